@@ -1,0 +1,24 @@
+/* Time helpers: a monotonic clock for durations and deadlines, the wall
+ * clock for timestamps people read. */
+#ifndef CM_CLOCK_H
+#define CM_CLOCK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Monotonic time in microseconds / milliseconds. */
+uint64_t cm_mono_us(void);
+uint64_t cm_mono_ms(void);
+/* Wall-clock time: milliseconds / seconds since the epoch. */
+int64_t cm_wall_ms(void);
+int64_t cm_wall_s(void);
+/* Format epoch milliseconds as RFC 3339 UTC ("2026-11-26T12:00:00.123Z").
+ * Needs 25 bytes; returns buf. */
+char *cm_fmt_rfc3339_ms(int64_t epoch_ms, char *buf, size_t len);
+/* Same, seconds precision ("2026-11-26T12:00:00Z"); needs 21 bytes. */
+char *cm_fmt_rfc3339(int64_t epoch_s, char *buf, size_t len);
+/* Parse a duration such as "250ms", "10s", "5m", "1h" or a bare number of
+ * milliseconds. Returns 0 or CM_ERR_INVAL. */
+int cm_parse_duration_ms(const char *s, uint64_t *out_ms);
+
+#endif

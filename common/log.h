@@ -1,0 +1,47 @@
+/* Logging: one line per event on stderr, level changeable at run time.
+ *   2026-11-26T12:00:00.123Z info  proxy: listener inbound bound on 0.0.0.0:15006
+ * With CM_LOG_FORMAT_JSON every line is a JSON object instead. */
+#ifndef CM_LOG_H
+#define CM_LOG_H
+
+#include <stdarg.h>
+
+enum cm_log_level {
+    CM_LOG_ERROR = 0, /* something failed that an operator must look at */
+    CM_LOG_WARN,      /* refused input, degraded service */
+    CM_LOG_INFO,      /* lifecycle: start, bind, reload, drain */
+    CM_LOG_DEBUG,     /* per connection / per request detail */
+    CM_LOG_TRACE      /* per frame / per callback detail */
+};
+
+enum cm_log_format {
+    CM_LOG_FORMAT_TEXT = 0,
+    CM_LOG_FORMAT_JSON
+};
+
+extern enum cm_log_level cm_log_current_level;
+
+void cm_log_set_level(enum cm_log_level level);
+/* Parse "error|warn|info|debug|trace"; returns 0 or CM_ERR_INVAL. */
+int cm_log_level_parse(const char *s, enum cm_log_level *out);
+const char *cm_log_level_name(enum cm_log_level level);
+void cm_log_set_format(enum cm_log_format fmt);
+/* Set the component tag printed on every line ("proxy", "injector"). */
+void cm_log_set_component(const char *name);
+
+void cm_log_write(enum cm_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void cm_log_vwrite(enum cm_log_level level, const char *fmt, va_list ap);
+
+#define cm_log(level, ...)                                                                         \
+    do {                                                                                           \
+        if ((level) <= cm_log_current_level)                                                       \
+            cm_log_write((level), __VA_ARGS__);                                                    \
+    } while (0)
+#define cm_error(...) cm_log(CM_LOG_ERROR, __VA_ARGS__)
+#define cm_warn(...) cm_log(CM_LOG_WARN, __VA_ARGS__)
+#define cm_info(...) cm_log(CM_LOG_INFO, __VA_ARGS__)
+#define cm_debug(...) cm_log(CM_LOG_DEBUG, __VA_ARGS__)
+#define cm_trace(...) cm_log(CM_LOG_TRACE, __VA_ARGS__)
+
+#endif

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install the Debian packages that the build, tests, fuzzers and benchmarks need.
+# Idempotent and quiet when everything is present.
+set -euo pipefail
+pkgs=(
+  gcc clang make pkg-config libclang-rt-14-dev
+  libevent-dev libnghttp2-dev libmbedtls-dev libjansson-dev libmicrohttpd-dev node-llhttp
+  libcmocka-dev
+  curl nghttp2-client nghttp2-server openssl jq iproute2 iptables procps
+  wrk haproxy nginx-light gnuplot-nox
+  nodejs npm
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [[ "$st" == "install ok installed" ]] || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "deps: installing ${missing[*]}"
+  SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# kubectl validates patches in the injector tests; Debian 12 has no package for it, the
+# machine image ships one. Say so clearly rather than fail obscurely later.
+command -v kubectl >/dev/null || echo "deps: note: kubectl not found; injector patch tests will fail" >&2
+# kubernetes-models validates patched pods (npm, pinned in test/js/package.json).
+if [[ -f test/js/package.json && ! -d test/js/node_modules/kubernetes-models ]]; then
+  echo "deps: npm install in test/js"
+  (cd test/js && npm install --no-audit --no-fund --silent >/dev/null)
+fi

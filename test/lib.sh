@@ -1,0 +1,86 @@
+# Shell helpers for integration tests: source it, then use check/expect_*.
+# Everything started with `bg` is killed by PID at exit, even when a test fails.
+set -uo pipefail
+: "${REMORA_BUILD:=build/asan}"
+: "${REMORA_ROOT:=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+cd "$REMORA_ROOT"
+PROXY=$REMORA_ROOT/$REMORA_BUILD/remora-proxy
+INJECTOR=$REMORA_ROOT/$REMORA_BUILD/remora-injector
+UPSTREAM=$REMORA_ROOT/$REMORA_BUILD/test-upstream
+TMP=$(mktemp -d /tmp/remora-test.XXXXXX)
+_pids=()
+_cleanups=()
+_fails=0
+
+_cleanup() {
+    local c p
+    for c in "${_cleanups[@]}"; do eval "$c" || true; done
+    for p in "${_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${_pids[@]}"; do
+        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$p" 2>/dev/null || true
+    done
+    rm -rf "$TMP"
+}
+trap _cleanup EXIT
+
+# on_exit CMD: run CMD at exit (namespaces, links...)
+on_exit() { _cleanups+=("$1"); }
+
+# bg NAME CMD...: start CMD in the background, log to $TMP/NAME.log; sets $LASTPID.
+bg() {
+    local name=$1; shift
+    "$@" >"$TMP/$name.log" 2>&1 &
+    LASTPID=$!
+    _pids+=("$LASTPID")
+}
+
+pass() { echo "PASS: $*"; }
+fail() { echo "FAIL: $*"; _fails=$((_fails + 1)); }
+
+# check NAME CMD...: PASS when CMD succeeds.
+check() {
+    local name=$1; shift
+    if "$@"; then pass "$name"; else fail "$name"; fi
+}
+
+# expect_eq NAME GOT WANT
+expect_eq() {
+    if [[ "$2" == "$3" ]]; then pass "$1"; else fail "$1: got '$2', want '$3'"; fi
+}
+
+# expect_match NAME GOT REGEX
+expect_match() {
+    if [[ "$2" =~ $3 ]]; then pass "$1"; else fail "$1: '$2' does not match /$3/"; fi
+}
+
+# A TCP port nobody listens on right now (the kernel picks it).
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# wait_port PORT [HOST]: wait until something accepts on it (10 s).
+wait_port() {
+    local host=${2:-127.0.0.1}
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/$host/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# wait_http URL [CODE]: wait until URL answers CODE (default 200), 10 s.
+wait_http() {
+    local want=${2:-200}
+    for _ in $(seq 100); do
+        [[ $(curl -s -o /dev/null -w '%{http_code}' "$1") == "$want" ]] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# alive PID: the process still runs (the proxy must never crash).
+alive() { kill -0 "$1" 2>/dev/null; }
+
+# finish: exit status for the runner (0 when nothing failed).
+finish() { exit $((_fails > 0)); }
