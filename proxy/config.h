@@ -1,0 +1,87 @@
+/* Bootstrap configuration of remora-proxy (DESIGN.md "Bootstrap config").
+ * A px_config is an immutable snapshot: loaded, validated, then used; never
+ * changed in place. */
+#ifndef PX_CONFIG_H
+#define PX_CONFIG_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/log.h"
+#include "common/net.h"
+
+enum px_direction {
+    PX_DIR_INBOUND = 0, /* mesh -> app (15006) */
+    PX_DIR_OUTBOUND     /* app -> mesh (15001) */
+};
+
+enum px_tls_mode {
+    PX_TLS_DISABLED = 0, /* plaintext only */
+    PX_TLS_STRICT,       /* inbound: mTLS required */
+    PX_TLS_PERMISSIVE,   /* inbound: mTLS or plaintext, told apart by the first bytes */
+    PX_TLS_MESH          /* outbound: originate mTLS */
+};
+
+enum px_upstream_proto {
+    PX_UP_HTTP1 = 0, /* talk HTTP/1.1 to the upstream (default: what apps speak) */
+    PX_UP_H2         /* talk HTTP/2 (h2c prior knowledge) to the upstream */
+};
+
+struct px_listener_cfg {
+    char *name;
+    struct cm_addr addr;
+    enum px_direction direction;
+    bool has_upstream;      /* fixed upstream; else the original destination */
+    struct cm_addr upstream;
+    enum px_tls_mode tls;
+    enum px_upstream_proto upstream_protocol;
+};
+
+/* Bounds on everything a peer can make us hold ("limits" object). */
+struct px_limits {
+    uint32_t max_header_bytes;      /* request/response head; over -> 431 / 502 */
+    uint32_t max_headers;           /* header count in one head */
+    uint64_t max_request_body;      /* 0: unbounded (streamed); over -> 413 */
+    uint32_t buffer_bytes;          /* per-direction high watermark for backpressure */
+    uint32_t header_timeout_ms;     /* a client must finish a request head within this */
+    uint32_t idle_timeout_ms;       /* keep-alive / idle connection timeout */
+    uint32_t connect_timeout_ms;    /* upstream connect */
+    uint32_t request_timeout_ms;    /* whole request, 0 = none (routes refine later) */
+    uint32_t detect_timeout_ms;     /* protocol detection: no bytes -> opaque TCP */
+    uint32_t drain_timeout_ms;      /* SIGTERM / drain bound */
+    uint32_t max_connections;       /* downstream connections, all listeners */
+    uint32_t pool_max_idle;         /* idle upstream h1 connections per address */
+    uint32_t pool_idle_timeout_ms;  /* an idle upstream connection is closed after this */
+    uint32_t h2_max_concurrent_streams;
+};
+
+struct px_config {
+    char *file;
+    json_t *raw; /* the parsed document, for /config_dump */
+    struct cm_addr admin_addr;
+    bool has_admin;
+    struct px_listener_cfg *listeners;
+    size_t nlisteners;
+    struct px_limits limits;
+    enum cm_log_level log_level;
+    enum cm_log_format log_format;
+    char *access_log; /* NULL: off; "-" : stderr; else a file path (JSON lines) */
+    char *cluster;    /* this proxy's locality, or NULL */
+    json_t *identity; /* validated later by the identity module; borrowed from raw */
+    char *policy_file;
+    char *routes_file;
+};
+
+/* Load and validate `file`. Returns 0 and *out (free with px_config_free), or
+ * CM_ERR_INVAL with *errmsg naming the file and key (caller frees). */
+int px_config_load(const char *file, struct px_config **out, char **errmsg);
+/* Same from memory (tests, fuzzing); `name` appears in messages. */
+int px_config_parse(const char *name, const char *buf, size_t len, struct px_config **out,
+                    char **errmsg);
+void px_config_free(struct px_config *cfg);
+/* Defaults of the "limits" object. */
+void px_limits_default(struct px_limits *l);
+
+#endif

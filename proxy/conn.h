@@ -1,0 +1,55 @@
+/* A downstream (client) connection accepted by a listener. The listener
+ * detects the protocol from the first bytes and hands the connection to a
+ * codec (h1 server, h2 server) or to the TCP tunnel, which then own its
+ * bufferevent. */
+#ifndef PX_CONN_H
+#define PX_CONN_H
+
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/list.h"
+#include "common/net.h"
+#include "proxy/config.h"
+
+struct px_listener;
+
+enum px_conn_proto {
+    PX_PROTO_UNKNOWN = 0, /* still detecting */
+    PX_PROTO_HTTP1,       /* HTTP/1.x request line seen */
+    PX_PROTO_H2,          /* HTTP/2 connection preface seen (h2c prior knowledge) */
+    PX_PROTO_TLS,         /* TLS ClientHello (mTLS lands here in a later issue) */
+    PX_PROTO_TCP          /* anything else: opaque TCP */
+};
+
+struct px_conn {
+    struct px_listener *listener;      /* borrowed; outlives its connections */
+    const struct px_listener_cfg *lcfg; /* borrowed from the config snapshot */
+    struct bufferevent *bev;           /* owned by the current handler */
+    int fd;
+    struct cm_addr peer, local;
+    struct cm_addr orig_dst; /* SO_ORIGINAL_DST, else the local address */
+    bool has_orig_dst;
+    enum px_conn_proto proto;
+    struct event *detect_timer;
+    void *handler; /* the codec's connection object */
+    uint64_t accepted_us;
+    uint64_t id;
+    struct cm_list link; /* in the server's connection list */
+};
+
+/* Free the connection record once its handler is done with it (the handler
+ * frees the bufferevent first, or hands over ownership). Updates counters. */
+void px_conn_free(struct px_conn *c);
+
+/* Where requests on this connection go by default: the listener's fixed
+ * upstream, else the original destination (outbound) or 127.0.0.1:<original
+ * port> (inbound). */
+void px_conn_default_upstream(const struct px_conn *c, struct cm_addr *out);
+
+/* Does `a` point back at one of our own listeners (a capture loop)? */
+bool px_conn_is_loop(const struct px_conn *c, const struct cm_addr *a);
+
+#endif

@@ -1,0 +1,72 @@
+/* HTTP message heads shared by the HTTP/1.1 and HTTP/2 codecs: a request or
+ * response head as a list of lower-case header fields, stored in the
+ * stream's arena. Pseudo headers (:method, :path, :authority, :scheme,
+ * :status) are fields of the struct, never in the list. */
+#ifndef PX_HTTP_H
+#define PX_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct px_arena;
+
+struct px_hdr {
+    const char *name; /* lower case, NUL-terminated */
+    const char *value;
+    uint32_t namelen;
+    uint32_t valuelen;
+};
+
+struct px_msg {
+    const char *method; /* request: "GET"...; NULL on responses */
+    const char *scheme; /* "http" / "https" */
+    const char *authority; /* Host / :authority, or NULL */
+    const char *path;      /* request target (origin form) */
+    int status;            /* response status; 0 on requests */
+    int http_minor;        /* HTTP/1.x minor version seen from an h1 peer (0 or 1) */
+    struct px_hdr *hdrs;
+    uint32_t nhdrs;
+    uint32_t cap;
+    uint32_t head_bytes;    /* sum of name+value lengths, checked against the bound */
+    int64_t content_length; /* -1 when unknown */
+    bool end_stream;        /* no body follows the head */
+};
+
+/* Bump allocator living as long as one stream; freed whole. */
+struct px_arena_chunk;
+struct px_arena {
+    struct px_arena_chunk *head;
+    size_t used; /* bytes handed out, for bounds and stats */
+};
+
+void px_arena_init(struct px_arena *a);
+void px_arena_deinit(struct px_arena *a);
+void *px_arena_alloc(struct px_arena *a, size_t n);
+char *px_arena_strndup(struct px_arena *a, const char *s, size_t n);
+
+void px_msg_init(struct px_msg *m);
+/* Append a header (the name is lower-cased in the copy). Returns 0, or
+ * CM_ERR_LIMIT when the head would pass max_bytes / max_count. */
+int px_msg_add(struct px_arena *a, struct px_msg *m, const char *name, size_t namelen,
+               const char *value, size_t valuelen, uint32_t max_bytes, uint32_t max_count);
+/* First header with this (lower-case) name, or NULL. */
+const struct px_hdr *px_msg_find(const struct px_msg *m, const char *name);
+/* Remove every header with this name; returns how many. */
+int px_msg_remove(struct px_msg *m, const char *name);
+/* Does a comma-separated header value contain token (case-insensitive)? */
+bool px_hdr_has_token(const char *value, size_t len, const char *token);
+/* Remove hop-by-hop headers (RFC 9110 7.6.1): Connection and every header it
+ * names, Keep-Alive, Proxy-Connection, Transfer-Encoding, TE (except
+ * "trailers" when keep_te_trailers), Upgrade, Proxy-Authorization is NOT
+ * removed (end-to-end for us). */
+void px_msg_strip_hop_by_hop(struct px_msg *m, bool keep_te_trailers);
+/* Is this a valid header field name / value (RFC 9110 tokens, no CR/LF/NUL)? */
+bool px_http_valid_name(const char *s, size_t len);
+bool px_http_valid_value(const char *s, size_t len);
+/* Method class for metrics: "read" (GET/HEAD/OPTIONS), "write", "other". */
+const char *px_method_class(const char *method);
+/* Standard reason phrase for a status code ("OK", "Not Found", ...). */
+const char *px_http_reason(int status);
+
+#endif

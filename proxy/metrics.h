@@ -1,0 +1,55 @@
+/* Counters and gauges of the proxy, read by the admin API (/stats as JSON,
+ * /metrics as Prometheus text). All updates happen on the event loop thread,
+ * so plain integers suffice. */
+#ifndef PX_METRICS_H
+#define PX_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proxy/config.h"
+
+/* Histogram buckets of remora_request_duration_seconds, upper bounds in us. */
+#define PX_METRICS_NBUCKETS 14
+
+struct px_metrics {
+    /* connections */
+    uint64_t downstream_cx_total;
+    uint64_t downstream_cx_active;
+    uint64_t downstream_cx_refused; /* over max_connections */
+    uint64_t upstream_cx_total;
+    uint64_t upstream_cx_active;       /* remora_upstream_connections_active */
+    uint64_t upstream_cx_connect_fail; /* refused, unreachable, timed out */
+    uint64_t upstream_cx_reused;       /* requests served on a pooled connection */
+    /* protocols detected on downstream connections */
+    uint64_t proto_http1, proto_h2, proto_tls, proto_tcp;
+    /* local answers and failures, by cause */
+    uint64_t bad_request;     /* 400 */
+    uint64_t header_too_big;  /* 431 */
+    uint64_t body_too_big;    /* 413 */
+    uint64_t header_timeout;  /* 408 / slow clients cut */
+    uint64_t upstream_errors; /* 502/503/504 made by the proxy */
+    uint64_t downstream_resets;
+    /* bytes */
+    uint64_t tcp_bytes_in, tcp_bytes_out;
+    /* later issues */
+    uint64_t retries_total;
+    uint64_t policy_denials_total;
+    int64_t cert_expiry_timestamp; /* 0 when no certificate */
+};
+
+extern struct px_metrics px_metrics;
+
+/* Count one finished exchange: labels listener, direction, method class,
+ * response code (0 when no response was sent), and its duration. */
+void px_metrics_request(const struct px_listener_cfg *l, const char *method, int status,
+                        uint64_t duration_us);
+/* Write all metrics in Prometheus text format into buf (an evbuffer). */
+struct evbuffer;
+void px_metrics_write_prometheus(struct evbuffer *out);
+/* Write /stats JSON. */
+void px_metrics_write_json(struct evbuffer *out);
+/* Free the labelled series (at exit). */
+void px_metrics_deinit(void);
+
+#endif

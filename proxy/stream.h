@@ -1,0 +1,151 @@
+/* One HTTP exchange (request + response) crossing the proxy, between a
+ * downstream side (the client's codec: h1 server connection or h2 server
+ * session) and an upstream side (h1 client connection or h2 client session).
+ *
+ * The codecs never talk to each other: each reports events to the stream
+ * (px_stream_on_*) and the stream drives the other side through its
+ * px_side_ops. That keeps h1<->h1, h1<->h2, h2<->h1 and h2<->h2 one path.
+ *
+ * Flow of a request:
+ *   downstream codec: px_stream_new() -> fills s->req -> px_stream_on_req_head()
+ *   stream: checks, chooses the upstream, px_upstream_attach() -> up->send_head()
+ *   downstream codec: px_stream_on_req_data()* -> px_stream_on_req_end()
+ *   upstream codec:   fills s->resp -> px_stream_on_resp_head() -> down->send_head()
+ *   upstream codec:   px_stream_on_resp_data()* -> px_stream_on_resp_end()
+ *   each side calls px_stream_detach() when it no longer touches the stream;
+ *   the stream is freed when both sides have detached.
+ *
+ * Backpressure: px_stream_on_*_data() returns true when the receiving side
+ * holds more than limits.buffer_bytes for this stream; the caller then stops
+ * reading (h1: disable reads; h2: stop consuming / defer window updates)
+ * until the stream calls its ops->resume(), which happens when the other
+ * side reports px_stream_on_drain().
+ *
+ * Ownership: the stream is created by the downstream codec and freed by the
+ * stream module itself once both sides detached; codecs only borrow it. */
+#ifndef PX_STREAM_H
+#define PX_STREAM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/list.h"
+#include "common/net.h"
+#include "proxy/config.h"
+#include "proxy/http.h"
+
+enum px_side {
+    PX_DOWN = 0, /* the client side */
+    PX_UP = 1    /* the upstream side */
+};
+
+struct px_stream;
+struct px_conn;
+
+/* What a codec exposes to the stream for one side of it. */
+struct px_side_ops {
+    const char *name; /* "h1-server", "h1-client", "h2-server", "h2-client" */
+    /* Write the head of this side's message: the response head (s->resp) on
+     * the downstream side, the request head (s->req) on the upstream side. */
+    void (*send_head)(struct px_stream *s);
+    /* Queue body bytes (copied) toward this side's peer. */
+    void (*send_data)(struct px_stream *s, const uint8_t *data, size_t len);
+    /* End the message (trailers in s->resp_trailers / s->req_trailers if any). */
+    void (*send_end)(struct px_stream *s);
+    /* Bytes of this stream queued toward this side's peer, not yet written. */
+    size_t (*pending)(struct px_stream *s);
+    /* The other side drained: read this stream's body again. */
+    void (*resume)(struct px_stream *s);
+    /* The stream failed elsewhere: reset this side (RST_STREAM, or close an
+     * h1 connection), then detach (now or later). Never called twice. */
+    void (*abort)(struct px_stream *s);
+};
+
+/* Why an exchange failed; picks the status and the short body. */
+enum px_cause {
+    PX_CAUSE_NONE = 0,
+    PX_CAUSE_CONNECT_REFUSED,  /* upstream refused the connection -> 503 */
+    PX_CAUSE_CONNECT_FAILED,   /* other connect failure (unreachable...) -> 503 */
+    PX_CAUSE_CONNECT_TIMEOUT,  /* connect took too long -> 504 */
+    PX_CAUSE_UPSTREAM_RESET,   /* upstream closed/reset before a full response -> 502 */
+    PX_CAUSE_UPSTREAM_PROTO,   /* upstream sent something we cannot parse -> 502 */
+    PX_CAUSE_UPSTREAM_TIMEOUT, /* no response in time -> 504 */
+    PX_CAUSE_DOWNSTREAM_RESET, /* the client went away */
+    PX_CAUSE_OVERLOAD,         /* a local bound (connections, streams) -> 503 */
+    PX_CAUSE_LOOP              /* the original destination is the proxy itself -> 508 */
+};
+
+enum px_stream_state {
+    PX_STREAM_HEAD = 0,  /* reading the request head */
+    PX_STREAM_FORWARD,   /* request head accepted, exchange in progress */
+    PX_STREAM_LOCAL,     /* the proxy answers itself (error, denial) */
+    PX_STREAM_DONE       /* both messages complete or aborted */
+};
+
+struct px_stream {
+    struct px_conn *conn; /* downstream connection: addresses, listener; borrowed */
+    const struct px_listener_cfg *lcfg;
+    enum px_stream_state state;
+    struct px_arena arena;
+    struct px_msg req, resp;
+    struct px_msg *req_trailers, *resp_trailers; /* NULL when none */
+
+    const struct px_side_ops *ops[2];
+    void *ctx[2]; /* the codec's per-stream object on each side */
+    bool attached[2];
+    bool head_sent[2];  /* request head sent upstream / response head sent downstream */
+    bool ended[2];      /* end of message sent toward that side */
+    bool req_complete;  /* the downstream finished the request */
+    bool resp_complete; /* the upstream finished the response */
+    bool aborted;
+    bool paused[2];     /* reading from that side is paused for backpressure */
+    bool expect_continue;
+
+    struct cm_addr upstream; /* where the request goes */
+    enum px_upstream_proto up_proto;
+    enum px_cause cause;
+    uint64_t start_us;
+    uint64_t req_body_bytes, resp_body_bytes;
+    struct cm_list link; /* in the server's list of live streams */
+};
+
+/* Create a stream for a request arriving on conn; the downstream codec
+ * attaches with its ops and context. */
+struct px_stream *px_stream_new(struct px_conn *conn, const struct px_side_ops *down_ops,
+                                void *down_ctx);
+
+/* Events from the downstream codec. */
+void px_stream_on_req_head(struct px_stream *s);
+bool px_stream_on_req_data(struct px_stream *s, const uint8_t *data, size_t len);
+void px_stream_on_req_end(struct px_stream *s);
+
+/* Events from the upstream codec. */
+void px_stream_on_resp_head(struct px_stream *s);
+bool px_stream_on_resp_data(struct px_stream *s, const uint8_t *data, size_t len);
+void px_stream_on_resp_end(struct px_stream *s);
+
+/* A side failed (connection error, reset, timeout, protocol error). From the
+ * upstream before the response head went down: the client gets a 502/503/504
+ * naming the cause; otherwise the other side is aborted. */
+void px_stream_on_error(struct px_stream *s, enum px_side side, enum px_cause cause);
+
+/* A side's queued output for this stream fell below half the high
+ * watermark: resume reading the other side. */
+void px_stream_on_drain(struct px_stream *s, enum px_side side);
+
+/* The codec on `side` no longer references the stream. */
+void px_stream_detach(struct px_stream *s, enum px_side side);
+
+/* Answer the request locally (errors, denials): status and a short text body.
+ * Only before the response head went downstream. */
+void px_stream_respond(struct px_stream *s, int status, const char *body);
+
+/* Upstream side attachment, done by the upstream codecs:
+ * px_h1_client_attach() / px_h2_client_attach() set ops[PX_UP], ctx[PX_UP]. */
+void px_stream_attach_up(struct px_stream *s, const struct px_side_ops *ops, void *ctx);
+
+const char *px_cause_str(enum px_cause c);
+int px_cause_status(enum px_cause c);
+
+#endif
