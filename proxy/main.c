@@ -1,4 +1,88 @@
-int main(void)
+/* remora-proxy: the per-pod sidecar. See DESIGN.md for the CLI. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "proxy/config.h"
+#include "proxy/server_run.h"
+
+#ifndef REMORA_VERSION
+#define REMORA_VERSION "0.1.0"
+#endif
+
+int px_iptables_main(int argc, char **argv);
+
+static void usage(FILE *f)
 {
+    fprintf(f, "usage: remora-proxy -c FILE            run the sidecar\n"
+               "       remora-proxy --check-config -c FILE  validate FILE and exit\n"
+               "       remora-proxy iptables [flags]    install the capture rules\n"
+               "       remora-proxy --version\n");
+}
+
+/* Runtime support this build lacks; refuse rather than quietly downgrade. */
+static int check_supported(const struct px_config *cfg)
+{
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        const struct px_listener_cfg *l = &cfg->listeners[i];
+        if (l->tls == PX_TLS_MESH || l->tls == PX_TLS_PERMISSIVE) {
+            cm_error("%s: listeners[%zu].tls: \"%s\" needs mTLS, which this build does not have "
+                     "yet; use \"disabled\"",
+                     cfg->file, i, l->tls == PX_TLS_MESH ? "mesh" : "permissive");
+            return -1;
+        }
+    }
     return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *file = NULL;
+    int check = 0, version = 0;
+    cm_log_set_component("proxy");
+    if (argc > 1 && strcmp(argv[1], "iptables") == 0)
+        return px_iptables_main(argc - 1, argv + 1);
+
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"check-config", no_argument, NULL, 'k'},
+                                         {"version", no_argument, NULL, 'V'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    int ch;
+    while ((ch = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c': file = optarg; break;
+        case 'k': check = 1; break;
+        case 'V': version = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (version) {
+        printf("remora-proxy %s\n", REMORA_VERSION);
+        return 0;
+    }
+    if (file == NULL || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+    struct px_config *cfg = NULL;
+    char *err = NULL;
+    if (px_config_load(file, &cfg, &err) != 0) {
+        fprintf(stderr, "remora-proxy: %s\n", err);
+        free(err);
+        return 1;
+    }
+    if (check) {
+        printf("%s: ok (%zu listeners)\n", file, cfg->nlisteners);
+        px_config_free(cfg);
+        return 0;
+    }
+    cm_log_set_level(cfg->log_level);
+    cm_log_set_format(cfg->log_format);
+    int rc = check_supported(cfg) == 0 ? px_server_run(cfg) : 1;
+    px_config_free(cfg);
+    return rc == 0 ? 0 : 1;
 }

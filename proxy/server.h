@@ -6,6 +6,7 @@
 #include <event2/event.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "common/list.h"
 #include "proxy/config.h"
@@ -26,8 +27,12 @@ struct px_server {
     uint32_t nstreams;
     uint64_t started_wall_ms;
     struct event *drain_timer;
+    uint64_t drain_deadline_ms;
     struct event *sig_term, *sig_int, *sig_hup;
     struct px_admin *admin;
+    FILE *access_log;        /* JSON lines, or NULL */
+    struct event *gc_ev;     /* frees closed streams/connections on the next loop turn */
+    struct cm_list gc_streams;
 };
 
 extern struct px_server *px_srv;

@@ -107,7 +107,11 @@ struct px_stream {
     enum px_cause cause;
     uint64_t start_us;
     uint64_t req_body_bytes, resp_body_bytes;
-    struct cm_list link; /* in the server's list of live streams */
+    struct cm_list link; /* in the server's list of live streams, then the gc list */
+    struct event *timer; /* whole-request timeout (limits.request_timeout_ms), or NULL */
+    bool metrics_done;
+    bool abort_sent[2];
+    struct cm_addr conn_peer; /* copied: the connection may go first */
 };
 
 /* Create a stream for a request arriving on conn; the downstream codec

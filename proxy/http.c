@@ -1,0 +1,283 @@
+#include "proxy/http.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "common/err.h"
+#include "common/xalloc.h"
+
+/* Arena chunks: most heads fit in the first 4 KiB; larger requests get
+ * chunks sized to the allocation. */
+#define ARENA_CHUNK 4096
+
+struct px_arena_chunk {
+    struct px_arena_chunk *next;
+    size_t size, off;
+    max_align_t data[]; /* aligned storage */
+};
+
+void px_arena_init(struct px_arena *a)
+{
+    a->head = NULL;
+    a->used = 0;
+}
+
+void px_arena_deinit(struct px_arena *a)
+{
+    struct px_arena_chunk *c = a->head;
+    while (c != NULL) {
+        struct px_arena_chunk *n = c->next;
+        free(c);
+        c = n;
+    }
+    a->head = NULL;
+    a->used = 0;
+}
+
+void *px_arena_alloc(struct px_arena *a, size_t n)
+{
+    n = (n + 15) & ~(size_t)15;
+    struct px_arena_chunk *c = a->head;
+    if (c == NULL || c->size - c->off < n) {
+        size_t size = n > ARENA_CHUNK - sizeof(*c) ? n : ARENA_CHUNK - sizeof(*c);
+        c = cm_xmalloc(sizeof(*c) + size);
+        c->size = size;
+        c->off = 0;
+        c->next = a->head;
+        a->head = c;
+    }
+    void *p = (char *)c->data + c->off;
+    c->off += n;
+    a->used += n;
+    return p;
+}
+
+char *px_arena_strndup(struct px_arena *a, const char *s, size_t n)
+{
+    char *p = px_arena_alloc(a, n + 1);
+    memcpy(p, s, n);
+    p[n] = '\0';
+    return p;
+}
+
+void px_msg_init(struct px_msg *m)
+{
+    memset(m, 0, sizeof(*m));
+    m->content_length = -1;
+}
+
+int px_msg_add(struct px_arena *a, struct px_msg *m, const char *name, size_t namelen,
+               const char *value, size_t valuelen, uint32_t max_bytes, uint32_t max_count)
+{
+    if (namelen + valuelen > max_bytes || m->head_bytes + namelen + valuelen > max_bytes ||
+        m->nhdrs >= max_count)
+        return CM_ERR_LIMIT;
+    if (m->nhdrs == m->cap) {
+        uint32_t ncap = m->cap ? m->cap * 2 : 16;
+        struct px_hdr *n = px_arena_alloc(a, ncap * sizeof(*n));
+        if (m->nhdrs)
+            memcpy(n, m->hdrs, m->nhdrs * sizeof(*n));
+        m->hdrs = n;
+        m->cap = ncap;
+    }
+    char *nm = px_arena_strndup(a, name, namelen);
+    for (size_t i = 0; i < namelen; i++)
+        if (nm[i] >= 'A' && nm[i] <= 'Z')
+            nm[i] = (char)(nm[i] + 32);
+    struct px_hdr *h = &m->hdrs[m->nhdrs++];
+    h->name = nm;
+    h->namelen = (uint32_t)namelen;
+    h->value = px_arena_strndup(a, value, valuelen);
+    h->valuelen = (uint32_t)valuelen;
+    m->head_bytes += (uint32_t)(namelen + valuelen);
+    return 0;
+}
+
+const struct px_hdr *px_msg_find(const struct px_msg *m, const char *name)
+{
+    for (uint32_t i = 0; i < m->nhdrs; i++)
+        if (strcmp(m->hdrs[i].name, name) == 0)
+            return &m->hdrs[i];
+    return NULL;
+}
+
+int px_msg_remove(struct px_msg *m, const char *name)
+{
+    uint32_t o = 0;
+    int removed = 0;
+    for (uint32_t i = 0; i < m->nhdrs; i++) {
+        if (strcmp(m->hdrs[i].name, name) == 0) {
+            removed++;
+            continue;
+        }
+        m->hdrs[o++] = m->hdrs[i];
+    }
+    m->nhdrs = o;
+    return removed;
+}
+
+static bool is_ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+bool px_hdr_has_token(const char *value, size_t len, const char *token)
+{
+    size_t tlen = strlen(token);
+    size_t i = 0;
+    while (i < len) {
+        while (i < len && (is_ows(value[i]) || value[i] == ','))
+            i++;
+        size_t start = i;
+        while (i < len && value[i] != ',')
+            i++;
+        size_t end = i;
+        while (end > start && is_ows(value[end - 1]))
+            end--;
+        if (end - start == tlen && strncasecmp(value + start, token, tlen) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Remove the headers named in a Connection value (each token). */
+static void strip_connection_tokens(struct px_msg *m, const char *value, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        while (i < len && (is_ows(value[i]) || value[i] == ','))
+            i++;
+        size_t start = i;
+        while (i < len && value[i] != ',')
+            i++;
+        size_t end = i;
+        while (end > start && is_ows(value[end - 1]))
+            end--;
+        char name[64];
+        size_t n = end - start;
+        if (n == 0 || n >= sizeof(name))
+            continue;
+        for (size_t k = 0; k < n; k++) {
+            char c = value[start + k];
+            name[k] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+        }
+        name[n] = '\0';
+        /* Never let a Connection token remove what framing needs downstream. */
+        if (strcmp(name, "content-length") == 0 || strcmp(name, "host") == 0)
+            continue;
+        px_msg_remove(m, name);
+    }
+}
+
+void px_msg_strip_hop_by_hop(struct px_msg *m, bool keep_te_trailers)
+{
+    /* Connection may appear several times; collect its tokens first. */
+    for (uint32_t i = 0; i < m->nhdrs; i++) {
+        if (strcmp(m->hdrs[i].name, "connection") == 0) {
+            const struct px_hdr h = m->hdrs[i];
+            strip_connection_tokens(m, h.value, h.valuelen);
+        }
+    }
+    static const char *const hop[] = {"connection",        "keep-alive", "proxy-connection",
+                                      "transfer-encoding", "upgrade",    "http2-settings"};
+    for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
+        px_msg_remove(m, hop[i]);
+    const struct px_hdr *te = px_msg_find(m, "te");
+    if (te != NULL) {
+        bool trailers = keep_te_trailers && px_hdr_has_token(te->value, te->valuelen, "trailers");
+        px_msg_remove(m, "te");
+        if (trailers) {
+            /* re-add as exactly "trailers": the only TE value h2 allows */
+            m->hdrs[m->nhdrs].name = "te";
+            m->hdrs[m->nhdrs].namelen = 2;
+            m->hdrs[m->nhdrs].value = "trailers";
+            m->hdrs[m->nhdrs].valuelen = 8;
+            m->nhdrs++; /* a slot was freed by the removal above */
+        }
+    }
+}
+
+/* RFC 9110 tchar */
+static bool is_tchar(unsigned char c)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return true;
+    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+bool px_http_valid_name(const char *s, size_t len)
+{
+    if (len == 0)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!is_tchar((unsigned char)s[i]))
+            return false;
+    return true;
+}
+
+bool px_http_valid_value(const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '\r' || c == '\n' || c == '\0')
+            return false;
+        if (c < 0x20 && c != '\t')
+            return false;
+        if (c == 0x7f)
+            return false;
+    }
+    return true;
+}
+
+const char *px_method_class(const char *method)
+{
+    if (method == NULL)
+        return "other";
+    if (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0 ||
+        strcmp(method, "OPTIONS") == 0)
+        return "read";
+    if (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
+        strcmp(method, "PATCH") == 0 || strcmp(method, "DELETE") == 0)
+        return "write";
+    return "other";
+}
+
+const char *px_http_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 417: return "Expectation Failed";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    case 508: return "Loop Detected";
+    default: return status < 200 ? "Informational" : status < 300 ? "OK" : status < 400 ? "Redirect" : status < 500 ? "Client Error" : "Server Error";
+    }
+}

@@ -1,0 +1,258 @@
+#include "proxy/listener.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <linux/netfilter_ipv4.h>
+#include <linux/netfilter_ipv6/ip6_tables.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/xalloc.h"
+#include "proxy/conn.h"
+#include "proxy/detect.h"
+#include "proxy/h1.h"
+#include "proxy/h2.h"
+#include "proxy/metrics.h"
+#include "proxy/server.h"
+#include "proxy/tcp.h"
+
+static uint64_t next_conn_id = 1;
+
+/* The destination the client meant before iptables redirected it; false
+ * when the connection was not redirected. */
+static bool original_dst(int fd, int family, struct cm_addr *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->len = sizeof(out->ss);
+    if (family == AF_INET6)
+        return getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &out->ss, &out->len) == 0;
+    return getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &out->ss, &out->len) == 0;
+}
+
+void px_conn_free(struct px_conn *c)
+{
+    if (c->detect_timer != NULL)
+        event_free(c->detect_timer);
+    cm_list_remove(&c->link);
+    px_srv->nconns--;
+    px_metrics.downstream_cx_active--;
+    free(c);
+}
+
+void px_conn_default_upstream(const struct px_conn *c, struct cm_addr *out)
+{
+    if (c->lcfg->has_upstream) {
+        *out = c->lcfg->upstream;
+        return;
+    }
+    if (c->lcfg->direction == PX_DIR_OUTBOUND) {
+        *out = c->orig_dst;
+        return;
+    }
+    cm_addr_loopback(out, &c->orig_dst, cm_addr_port(&c->orig_dst));
+}
+
+static bool same_host(const struct cm_addr *a, const struct cm_addr *b)
+{
+    struct cm_addr x = *a;
+    cm_addr_set_port(&x, cm_addr_port(b));
+    return cm_addr_equal(&x, b);
+}
+
+bool px_conn_is_loop(const struct px_conn *c, const struct cm_addr *a)
+{
+    for (size_t i = 0; i < px_srv->nlisteners; i++) {
+        const struct cm_addr *b = &px_srv->listeners[i]->bound;
+        if (cm_addr_equal(a, b))
+            return true;
+        if (cm_addr_port(a) == cm_addr_port(b) && cm_addr_is_any(b) &&
+            (cm_addr_is_loopback(a) || same_host(a, &c->local)))
+            return true;
+    }
+    return false;
+}
+
+static void dispatch(struct px_conn *c, enum px_conn_proto proto)
+{
+    c->proto = proto;
+    bufferevent_set_timeouts(c->bev, NULL, NULL);
+    if (c->detect_timer != NULL) {
+        event_free(c->detect_timer);
+        c->detect_timer = NULL;
+    }
+    char peer[CM_ADDR_STRLEN];
+    cm_debug("conn %llu from %s on %s: %s", (unsigned long long)c->id,
+             cm_addr_format(&c->peer, peer, sizeof(peer)), c->lcfg->name, px_proto_name(proto));
+    if (c->lcfg->tls == PX_TLS_STRICT) {
+        /* mTLS termination arrives with the identity module; until then a
+         * strict listener refuses everything rather than accept plaintext. */
+        cm_warn("listener %s: refusing %s connection (strict mTLS)", c->lcfg->name,
+                px_proto_name(proto));
+        bufferevent_free(c->bev);
+        px_conn_free(c);
+        return;
+    }
+    switch (proto) {
+    case PX_PROTO_HTTP1:
+        px_metrics.proto_http1++;
+        px_h1_server_start(c);
+        break;
+    case PX_PROTO_H2:
+        px_metrics.proto_h2++;
+        px_h2_server_start(c);
+        break;
+    case PX_PROTO_TLS:
+        px_metrics.proto_tls++;
+        px_tcp_start(c); /* the app's own TLS: passthrough */
+        break;
+    default:
+        px_metrics.proto_tcp++;
+        px_tcp_start(c);
+        break;
+    }
+}
+
+static void on_detect_read(struct bufferevent *bev, void *arg)
+{
+    struct px_conn *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    uint8_t buf[PX_DETECT_MAX];
+    ev_ssize_t n = evbuffer_copyout(in, buf, sizeof(buf));
+    if (n < 0)
+        n = 0;
+    enum px_conn_proto p = px_detect(buf, (size_t)n);
+    if (p != PX_PROTO_UNKNOWN)
+        dispatch(c, p);
+}
+
+static void on_detect_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct px_conn *c = arg;
+    (void)bev;
+    if (what & BEV_EVENT_TIMEOUT) {
+        /* Nothing (or too little) said: a server-first protocol; go TCP. */
+        dispatch(c, PX_PROTO_TCP);
+        return;
+    }
+    /* EOF or error before a protocol was known */
+    if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 && (what & BEV_EVENT_EOF)) {
+        dispatch(c, PX_PROTO_TCP);
+        return;
+    }
+    bufferevent_free(c->bev);
+    px_conn_free(c);
+}
+
+static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa,
+                      int salen, void *arg)
+{
+    struct px_listener *l = arg;
+    (void)evl;
+    const struct px_limits *lim = &px_srv->cfg->limits;
+    if (px_srv->nconns >= lim->max_connections || px_srv->draining) {
+        px_metrics.downstream_cx_refused++;
+        close(fd);
+        return;
+    }
+    struct px_conn *c = cm_xcalloc(1, sizeof(*c));
+    c->listener = l;
+    c->lcfg = l->cfg;
+    c->fd = fd;
+    c->id = next_conn_id++;
+    c->accepted_us = cm_mono_us();
+    cm_addr_from_sockaddr(&c->peer, sa, (socklen_t)salen);
+    cm_net_local_addr(fd, &c->local);
+    c->has_orig_dst = original_dst(fd, c->local.ss.ss_family, &c->orig_dst);
+    if (!c->has_orig_dst)
+        c->orig_dst = c->local;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    cm_list_insert_tail(&px_srv->conns, &c->link);
+    px_srv->nconns++;
+    px_metrics.downstream_cx_total++;
+    px_metrics.downstream_cx_active++;
+
+    c->bev = bufferevent_socket_new(px_srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (c->bev == NULL) {
+        close(fd);
+        px_conn_free(c);
+        return;
+    }
+    bufferevent_setcb(c->bev, on_detect_read, NULL, on_detect_event, c);
+    struct timeval tv = {lim->detect_timeout_ms / 1000, (lim->detect_timeout_ms % 1000) * 1000};
+    bufferevent_set_timeouts(c->bev, &tv, NULL);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, lim->buffer_bytes);
+    bufferevent_enable(c->bev, EV_READ);
+}
+
+static void on_resume_accept(evutil_socket_t fd, short what, void *arg)
+{
+    struct px_listener *l = arg;
+    (void)fd;
+    (void)what;
+    if (!px_srv->draining)
+        evconnlistener_enable(l->evl);
+}
+
+static void on_accept_error(struct evconnlistener *evl, void *arg)
+{
+    struct px_listener *l = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    (void)evl;
+    cm_warn("listener %s: accept: %s", l->cfg->name, evutil_socket_error_to_string(err));
+    /* Out of descriptors or memory: pause accepting briefly rather than spin. */
+    evconnlistener_disable(l->evl);
+    struct timeval tv = {0, 100000};
+    evtimer_add(l->resume_ev, &tv);
+}
+
+int px_listener_start(const struct px_listener_cfg *cfg, struct px_listener **out,
+                      char **errmsg)
+{
+    char a[CM_ADDR_STRLEN];
+    int fd = cm_net_listen(&cfg->addr, 1024);
+    if (fd < 0) {
+        *errmsg = cm_xasprintf("listener %s: cannot listen on %s: %s", cfg->name,
+                               cm_addr_format(&cfg->addr, a, sizeof(a)), strerror(errno));
+        return CM_ERR_IO;
+    }
+    struct px_listener *l = cm_xcalloc(1, sizeof(*l));
+    l->cfg = cfg;
+    cm_net_local_addr(fd, &l->bound);
+    l->evl = evconnlistener_new(px_srv->base, on_accept, l,
+                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd);
+    if (l->evl == NULL) {
+        close(fd);
+        free(l);
+        *errmsg = cm_xasprintf("listener %s: evconnlistener_new failed", cfg->name);
+        return CM_ERR_IO;
+    }
+    evconnlistener_set_error_cb(l->evl, on_accept_error);
+    l->resume_ev = evtimer_new(px_srv->base, on_resume_accept, l);
+    cm_info("listener %s (%s) on %s", cfg->name,
+            cfg->direction == PX_DIR_INBOUND ? "inbound" : "outbound",
+            cm_addr_format(&l->bound, a, sizeof(a)));
+    *out = l;
+    return 0;
+}
+
+void px_listener_stop(struct px_listener *l)
+{
+    evconnlistener_disable(l->evl);
+}
+
+void px_listener_free(struct px_listener *l)
+{
+    if (l == NULL)
+        return;
+    evconnlistener_free(l->evl);
+    event_free(l->resume_ev);
+    free(l);
+}

@@ -1,0 +1,25 @@
+/* Listeners: bound sockets that accept downstream connections, find their
+ * original destination, detect the protocol and hand them to a codec. */
+#ifndef PX_LISTENER_H
+#define PX_LISTENER_H
+
+#include <event2/listener.h>
+
+#include "common/net.h"
+#include "proxy/config.h"
+
+struct px_listener {
+    const struct px_listener_cfg *cfg; /* borrowed from the config snapshot */
+    struct evconnlistener *evl;
+    struct cm_addr bound; /* the real address (port 0 resolved) */
+    struct event *resume_ev; /* re-enables accepting after EMFILE */
+};
+
+/* Bind and start accepting. Returns 0 or CM_ERR_IO with *errmsg. */
+int px_listener_start(const struct px_listener_cfg *cfg, struct px_listener **out,
+                      char **errmsg);
+/* Stop accepting (drain); the socket stays bound until px_listener_free. */
+void px_listener_stop(struct px_listener *l);
+void px_listener_free(struct px_listener *l);
+
+#endif

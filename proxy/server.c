@@ -1,0 +1,177 @@
+#include "proxy/server.h"
+
+#include <event2/event.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/xalloc.h"
+#include "proxy/admin.h"
+#include "proxy/conn.h"
+#include "proxy/h1.h"
+#include "proxy/h2.h"
+#include "proxy/listener.h"
+#include "proxy/metrics.h"
+#include "proxy/server_run.h"
+#include "proxy/tcp.h"
+
+struct px_server *px_srv;
+
+void px_stream_gc(void);
+void px_stream_freelist_clear(void);
+
+static void on_gc(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    px_stream_gc();
+}
+
+bool px_server_ready(void)
+{
+    return px_srv != NULL && px_srv->listeners_bound && !px_srv->draining;
+}
+
+/* Polls while draining: exit once no connection is left. */
+static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    uint64_t deadline = px_srv->drain_deadline_ms;
+    if (px_srv->nconns == 0 || cm_mono_ms() >= deadline) {
+        if (px_srv->nconns > 0)
+            cm_warn("drain: %u connections still open after %u ms; closing them", px_srv->nconns,
+                    px_srv->cfg->limits.drain_timeout_ms);
+        else
+            cm_info("drain: complete");
+        if (px_srv->exit_after_drain) {
+            event_base_loopbreak(px_srv->base);
+            return;
+        }
+        return;
+    }
+    struct timeval tv = {0, 50000};
+    evtimer_add(px_srv->drain_timer, &tv);
+}
+
+void px_server_drain(bool exit_when_done)
+{
+    if (exit_when_done)
+        px_srv->exit_after_drain = true;
+    if (px_srv->draining) {
+        return;
+    }
+    cm_info("drain: stop accepting; %u connections, %u requests in flight", px_srv->nconns,
+            px_srv->nstreams);
+    px_srv->draining = true;
+    px_srv->drain_deadline_ms = cm_mono_ms() + px_srv->cfg->limits.drain_timeout_ms;
+    for (size_t i = 0; i < px_srv->nlisteners; i++)
+        px_listener_stop(px_srv->listeners[i]);
+    px_h1_drain();
+    px_h2_drain();
+    struct timeval tv = {0, 0};
+    evtimer_add(px_srv->drain_timer, &tv);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    (void)arg;
+    if (sig == SIGHUP) {
+        /* policy and routes reload hook in here (later issues) */
+        cm_info("SIGHUP: nothing to reload in this build");
+        return;
+    }
+    cm_info("%s: draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    px_server_drain(true);
+}
+
+int px_server_run(struct px_config *cfg)
+{
+    char *err = NULL;
+    int rc = 0;
+    signal(SIGPIPE, SIG_IGN);
+    px_srv = cm_xcalloc(1, sizeof(*px_srv));
+    px_srv->cfg = cfg;
+    px_srv->started_wall_ms = cm_wall_ms();
+    cm_list_init(&px_srv->conns);
+    cm_list_init(&px_srv->streams);
+    cm_list_init(&px_srv->gc_streams);
+    px_srv->base = event_base_new();
+    if (px_srv->base == NULL) {
+        cm_error("event_base_new failed");
+        free(px_srv);
+        px_srv = NULL;
+        return CM_ERR_IO;
+    }
+    px_srv->gc_ev = event_new(px_srv->base, -1, 0, on_gc, NULL);
+    px_srv->drain_timer = evtimer_new(px_srv->base, on_drain_tick, NULL);
+    px_srv->sig_term = evsignal_new(px_srv->base, SIGTERM, on_signal, NULL);
+    px_srv->sig_int = evsignal_new(px_srv->base, SIGINT, on_signal, NULL);
+    px_srv->sig_hup = evsignal_new(px_srv->base, SIGHUP, on_signal, NULL);
+    evsignal_add(px_srv->sig_term, NULL);
+    evsignal_add(px_srv->sig_int, NULL);
+    evsignal_add(px_srv->sig_hup, NULL);
+
+    if (cfg->access_log != NULL) {
+        if (strcmp(cfg->access_log, "-") == 0)
+            px_srv->access_log = stderr;
+        else if ((px_srv->access_log = fopen(cfg->access_log, "a")) == NULL)
+            cm_warn("access_log: cannot open %s; access log off", cfg->access_log);
+    }
+
+    px_srv->listeners = cm_xcalloc(cfg->nlisteners, sizeof(*px_srv->listeners));
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        if (px_listener_start(&cfg->listeners[i], &px_srv->listeners[i], &err) != 0) {
+            cm_error("%s", err);
+            rc = CM_ERR_IO;
+            goto out;
+        }
+        px_srv->nlisteners++;
+    }
+    if (cfg->has_admin && px_admin_start(px_srv->base, &cfg->admin_addr, &px_srv->admin, &err) != 0) {
+        cm_error("%s", err);
+        rc = CM_ERR_IO;
+        goto out;
+    }
+    px_srv->listeners_bound = true;
+    cm_info("remora-proxy ready");
+    event_base_dispatch(px_srv->base);
+
+out:
+    free(err);
+    px_h1_shutdown();
+    px_h2_shutdown();
+    px_tcp_shutdown();
+    px_stream_gc();
+    px_stream_freelist_clear();
+    /* connections still listed were never handed to a codec (detecting) */
+    while (!cm_list_empty(&px_srv->conns)) {
+        struct px_conn *c = cm_container_of(px_srv->conns.next, struct px_conn, link);
+        if (c->bev != NULL)
+            bufferevent_free(c->bev);
+        px_conn_free(c);
+    }
+    if (px_srv->admin != NULL)
+        px_admin_free(px_srv->admin);
+    for (size_t i = 0; i < px_srv->nlisteners; i++)
+        px_listener_free(px_srv->listeners[i]);
+    free(px_srv->listeners);
+    if (px_srv->access_log != NULL && px_srv->access_log != stderr)
+        fclose(px_srv->access_log);
+    event_free(px_srv->gc_ev);
+    event_free(px_srv->drain_timer);
+    event_free(px_srv->sig_term);
+    event_free(px_srv->sig_int);
+    event_free(px_srv->sig_hup);
+    event_base_free(px_srv->base);
+    px_metrics_deinit();
+    free(px_srv);
+    px_srv = NULL;
+    return rc;
+}

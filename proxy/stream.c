@@ -1,0 +1,372 @@
+#include "proxy/stream.h"
+
+#include <event2/event.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/xalloc.h"
+#include "proxy/conn.h"
+#include "proxy/h1.h"
+#include "proxy/h2.h"
+#include "proxy/metrics.h"
+#include "proxy/server.h"
+
+/* Freed stream records are kept for reuse: no malloc per request once warm.
+ * Bounded so that a burst does not pin memory forever. */
+#define STREAM_FREELIST_MAX 256
+static struct cm_list freelist = {&freelist, &freelist};
+static unsigned freelist_len;
+
+const char *px_cause_str(enum px_cause c)
+{
+    switch (c) {
+    case PX_CAUSE_NONE: return "none";
+    case PX_CAUSE_CONNECT_REFUSED: return "upstream connect error: connection refused";
+    case PX_CAUSE_CONNECT_FAILED: return "upstream connect error";
+    case PX_CAUSE_CONNECT_TIMEOUT: return "upstream connect timeout";
+    case PX_CAUSE_UPSTREAM_RESET: return "upstream reset before the response completed";
+    case PX_CAUSE_UPSTREAM_PROTO: return "upstream sent an invalid response";
+    case PX_CAUSE_UPSTREAM_TIMEOUT: return "upstream request timeout";
+    case PX_CAUSE_DOWNSTREAM_RESET: return "downstream reset";
+    case PX_CAUSE_OVERLOAD: return "proxy overloaded";
+    case PX_CAUSE_LOOP: return "loop detected: the destination is this proxy";
+    }
+    return "unknown";
+}
+
+int px_cause_status(enum px_cause c)
+{
+    switch (c) {
+    case PX_CAUSE_CONNECT_REFUSED:
+    case PX_CAUSE_CONNECT_FAILED:
+    case PX_CAUSE_OVERLOAD:
+        return 503;
+    case PX_CAUSE_CONNECT_TIMEOUT:
+    case PX_CAUSE_UPSTREAM_TIMEOUT:
+        return 504;
+    case PX_CAUSE_LOOP:
+        return 508;
+    default:
+        return 502;
+    }
+}
+
+struct px_stream *px_stream_new(struct px_conn *conn, const struct px_side_ops *down_ops,
+                                void *down_ctx)
+{
+    struct px_stream *s;
+    if (!cm_list_empty(&freelist)) {
+        struct cm_list *n = freelist.next;
+        cm_list_remove(n);
+        freelist_len--;
+        s = cm_container_of(n, struct px_stream, link);
+    } else {
+        s = cm_xmalloc(sizeof(*s));
+    }
+    memset(s, 0, sizeof(*s));
+    s->conn = conn;
+    s->lcfg = conn->lcfg;
+    s->state = PX_STREAM_HEAD;
+    px_arena_init(&s->arena);
+    px_msg_init(&s->req);
+    px_msg_init(&s->resp);
+    s->ops[PX_DOWN] = down_ops;
+    s->ctx[PX_DOWN] = down_ctx;
+    s->attached[PX_DOWN] = true;
+    s->start_us = cm_mono_us();
+    cm_list_insert_tail(&px_srv->streams, &s->link);
+    px_srv->nstreams++;
+    return s;
+}
+
+static void write_access_log(struct px_stream *s, int status, uint64_t dur_us)
+{
+    FILE *f = px_srv->access_log;
+    if (f == NULL)
+        return;
+    json_t *o = json_object();
+    char ts[32], up[CM_ADDR_STRLEN], peer[CM_ADDR_STRLEN];
+    json_object_set_new(o, "time", json_string(cm_fmt_rfc3339_ms(cm_wall_ms(), ts, sizeof(ts))));
+    json_object_set_new(o, "listener", json_string(s->lcfg->name));
+    json_object_set_new(o, "peer", json_string(cm_addr_format(&s->conn_peer, peer, sizeof(peer))));
+    json_object_set_new(o, "method", json_string(s->req.method ? s->req.method : "-"));
+    json_object_set_new(o, "authority", json_string(s->req.authority ? s->req.authority : ""));
+    json_object_set_new(o, "path", json_string(s->req.path ? s->req.path : "-"));
+    json_object_set_new(o, "status", json_integer(status));
+    json_object_set_new(o, "duration_ms", json_real((double)dur_us / 1000.0));
+    json_object_set_new(o, "request_bytes", json_integer((json_int_t)s->req_body_bytes));
+    json_object_set_new(o, "response_bytes", json_integer((json_int_t)s->resp_body_bytes));
+    if (s->head_sent[PX_UP])
+        json_object_set_new(o, "upstream",
+                            json_string(cm_addr_format(&s->upstream, up, sizeof(up))));
+    if (s->cause != PX_CAUSE_NONE)
+        json_object_set_new(o, "cause", json_string(px_cause_str(s->cause)));
+    char *line = json_dumps(o, JSON_COMPACT);
+    if (line != NULL) {
+        fputs(line, f);
+        fputc('\n', f);
+        fflush(f);
+        free(line);
+    }
+    json_decref(o);
+}
+
+static void record(struct px_stream *s)
+{
+    if (s->metrics_done || s->req.method == NULL)
+        return;
+    s->metrics_done = true;
+    int status = s->head_sent[PX_DOWN] ? s->resp.status : 0;
+    uint64_t dur = cm_mono_us() - s->start_us;
+    px_metrics_request(s->lcfg, s->req.method, status, dur);
+    write_access_log(s, status, dur);
+}
+
+/* Runs from the server's gc event, outside every codec callback. */
+void px_stream_gc(void);
+void px_stream_gc(void)
+{
+    while (!cm_list_empty(&px_srv->gc_streams)) {
+        struct cm_list *n = px_srv->gc_streams.next;
+        cm_list_remove(n);
+        struct px_stream *s = cm_container_of(n, struct px_stream, link);
+        px_arena_deinit(&s->arena);
+        if (freelist_len < STREAM_FREELIST_MAX) {
+            cm_list_insert_head(&freelist, &s->link);
+            freelist_len++;
+        } else {
+            free(s);
+        }
+    }
+}
+
+/* Release the freelist at exit (leak checks). */
+void px_stream_freelist_clear(void);
+void px_stream_freelist_clear(void)
+{
+    while (!cm_list_empty(&freelist)) {
+        struct cm_list *n = freelist.next;
+        cm_list_remove(n);
+        free(cm_container_of(n, struct px_stream, link));
+    }
+    freelist_len = 0;
+}
+
+void px_stream_detach(struct px_stream *s, enum px_side side)
+{
+    if (!s->attached[side])
+        return;
+    s->attached[side] = false;
+    if (s->attached[PX_DOWN] || s->attached[PX_UP])
+        return;
+    record(s);
+    if (s->timer != NULL) {
+        event_free(s->timer);
+        s->timer = NULL;
+    }
+    cm_list_remove(&s->link);
+    px_srv->nstreams--;
+    s->state = PX_STREAM_DONE;
+    cm_list_insert_tail(&px_srv->gc_streams, &s->link);
+    event_active(px_srv->gc_ev, EV_TIMEOUT, 0);
+}
+
+void px_stream_attach_up(struct px_stream *s, const struct px_side_ops *ops, void *ctx)
+{
+    s->ops[PX_UP] = ops;
+    s->ctx[PX_UP] = ctx;
+    s->attached[PX_UP] = true;
+}
+
+/* Tell a side to reset its half of the exchange, once. */
+static void abort_side(struct px_stream *s, enum px_side side)
+{
+    if (!s->attached[side] || s->ops[side] == NULL || s->abort_sent[side])
+        return;
+    s->abort_sent[side] = true;
+    s->ended[side] = true;
+    s->ops[side]->abort(s);
+}
+
+void px_stream_respond(struct px_stream *s, int status, const char *body)
+{
+    if (s->head_sent[PX_DOWN]) {
+        abort_side(s, PX_DOWN);
+        return;
+    }
+    s->state = PX_STREAM_LOCAL;
+    if (s->attached[PX_UP])
+        abort_side(s, PX_UP);
+    size_t blen = strlen(body);
+    px_msg_init(&s->resp);
+    s->resp.status = status;
+    char clen[24];
+    int n = snprintf(clen, sizeof(clen), "%zu", blen + 1);
+    uint32_t big = UINT32_MAX;
+    px_msg_add(&s->arena, &s->resp, "content-type", 12, "text/plain", 10, big, big);
+    px_msg_add(&s->arena, &s->resp, "content-length", 14, clen, (size_t)n, big, big);
+    s->resp.content_length = (int64_t)blen + 1;
+    px_msg_add(&s->arena, &s->resp, "server", 6, "remora", 6, big, big);
+    s->head_sent[PX_DOWN] = true;
+    s->ops[PX_DOWN]->send_head(s);
+    s->ops[PX_DOWN]->send_data(s, (const uint8_t *)body, blen);
+    s->ops[PX_DOWN]->send_data(s, (const uint8_t *)"\n", 1);
+    s->ended[PX_DOWN] = true;
+    s->ops[PX_DOWN]->send_end(s);
+    if (status >= 500)
+        px_metrics.upstream_errors++;
+}
+
+static void on_request_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct px_stream *s = arg;
+    s->cause = PX_CAUSE_UPSTREAM_TIMEOUT;
+    cm_debug("stream %s %s: request timeout", s->req.method, s->req.path);
+    if (!s->head_sent[PX_DOWN])
+        px_stream_respond(s, 504, px_cause_str(s->cause));
+    else {
+        abort_side(s, PX_UP);
+        abort_side(s, PX_DOWN);
+    }
+}
+
+void px_stream_on_req_head(struct px_stream *s)
+{
+    const struct px_limits *lim = &px_srv->cfg->limits;
+    s->conn_peer = s->conn->peer;
+    s->state = PX_STREAM_FORWARD;
+    if (lim->max_request_body > 0 && s->req.content_length > 0 &&
+        (uint64_t)s->req.content_length > lim->max_request_body) {
+        px_metrics.body_too_big++;
+        px_stream_respond(s, 413, "request body too large");
+        return;
+    }
+    px_msg_strip_hop_by_hop(&s->req, true);
+    px_conn_default_upstream(s->conn, &s->upstream);
+    if (px_conn_is_loop(s->conn, &s->upstream)) {
+        s->cause = PX_CAUSE_LOOP;
+        px_stream_respond(s, 508, px_cause_str(s->cause));
+        return;
+    }
+    s->up_proto = s->lcfg->upstream_protocol;
+    if (lim->request_timeout_ms > 0) {
+        s->timer = evtimer_new(px_srv->base, on_request_timeout, s);
+        struct timeval tv = {lim->request_timeout_ms / 1000,
+                             (lim->request_timeout_ms % 1000) * 1000};
+        evtimer_add(s->timer, &tv);
+    }
+    if (s->up_proto == PX_UP_H2)
+        px_h2_client_attach(s);
+    else
+        px_h1_client_attach(s);
+    if (!s->attached[PX_UP])
+        return; /* attach failed and already answered */
+    s->head_sent[PX_UP] = true;
+    s->ops[PX_UP]->send_head(s);
+}
+
+bool px_stream_on_req_data(struct px_stream *s, const uint8_t *data, size_t len)
+{
+    if (s->state != PX_STREAM_FORWARD || !s->attached[PX_UP] || s->ended[PX_UP])
+        return false; /* answered locally or upstream gone: discard */
+    const struct px_limits *lim = &px_srv->cfg->limits;
+    s->req_body_bytes += len;
+    if (lim->max_request_body > 0 && s->req_body_bytes > lim->max_request_body) {
+        px_metrics.body_too_big++;
+        px_stream_respond(s, 413, "request body too large");
+        return false;
+    }
+    s->ops[PX_UP]->send_data(s, data, len);
+    if (s->ops[PX_UP]->pending(s) > lim->buffer_bytes) {
+        s->paused[PX_DOWN] = true;
+        return true;
+    }
+    return false;
+}
+
+void px_stream_on_req_end(struct px_stream *s)
+{
+    s->req_complete = true;
+    if (s->state != PX_STREAM_FORWARD || !s->attached[PX_UP] || s->ended[PX_UP])
+        return;
+    s->ended[PX_UP] = true;
+    s->ops[PX_UP]->send_end(s);
+}
+
+void px_stream_on_resp_head(struct px_stream *s)
+{
+    if (s->state != PX_STREAM_FORWARD || s->head_sent[PX_DOWN] || !s->attached[PX_DOWN])
+        return;
+    px_msg_strip_hop_by_hop(&s->resp, false);
+    s->head_sent[PX_DOWN] = true;
+    s->ops[PX_DOWN]->send_head(s);
+}
+
+bool px_stream_on_resp_data(struct px_stream *s, const uint8_t *data, size_t len)
+{
+    if (s->state != PX_STREAM_FORWARD || !s->attached[PX_DOWN] || s->ended[PX_DOWN])
+        return false;
+    s->resp_body_bytes += len;
+    s->ops[PX_DOWN]->send_data(s, data, len);
+    if (s->ops[PX_DOWN]->pending(s) > px_srv->cfg->limits.buffer_bytes) {
+        s->paused[PX_UP] = true;
+        return true;
+    }
+    return false;
+}
+
+void px_stream_on_resp_end(struct px_stream *s)
+{
+    s->resp_complete = true;
+    if (s->timer != NULL)
+        evtimer_del(s->timer);
+    if (s->state != PX_STREAM_FORWARD || !s->attached[PX_DOWN] || s->ended[PX_DOWN])
+        return;
+    s->ended[PX_DOWN] = true;
+    s->ops[PX_DOWN]->send_end(s);
+}
+
+void px_stream_on_error(struct px_stream *s, enum px_side side, enum px_cause cause)
+{
+    if (s->aborted)
+        return;
+    if (side == PX_UP) {
+        if (s->resp_complete)
+            return;
+        s->cause = cause;
+        /* the failing side is finished with the exchange: never abort it back */
+        s->abort_sent[PX_UP] = true;
+        s->ended[PX_UP] = true;
+        if (s->state == PX_STREAM_FORWARD && !s->head_sent[PX_DOWN] && s->attached[PX_DOWN]) {
+            cm_debug("%s %s -> %s", s->req.method ? s->req.method : "-",
+                     s->req.path ? s->req.path : "-", px_cause_str(cause));
+            px_stream_respond(s, px_cause_status(cause), px_cause_str(cause));
+            return;
+        }
+        s->aborted = true;
+        abort_side(s, PX_DOWN);
+    } else {
+        if (s->req_complete && s->ended[PX_DOWN])
+            return; /* everything was delivered: nothing to undo */
+        s->cause = cause;
+        s->abort_sent[PX_DOWN] = true;
+        s->ended[PX_DOWN] = true;
+        s->aborted = true;
+        px_metrics.downstream_resets++;
+        abort_side(s, PX_UP);
+    }
+}
+
+void px_stream_on_drain(struct px_stream *s, enum px_side side)
+{
+    enum px_side other = side == PX_UP ? PX_DOWN : PX_UP;
+    if (!s->paused[other])
+        return;
+    s->paused[other] = false;
+    if (s->attached[other] && s->ops[other] != NULL)
+        s->ops[other]->resume(s);
+}

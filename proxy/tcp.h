@@ -1,0 +1,13 @@
+/* Opaque TCP forwarding with half-close, for connections that are not HTTP. */
+#ifndef PX_TCP_H
+#define PX_TCP_H
+
+#include "proxy/conn.h"
+
+/* Take over c (its bev's input may hold the first bytes) and splice it to
+ * its default upstream. */
+void px_tcp_start(struct px_conn *c);
+/* Close every tunnel (exit). */
+void px_tcp_shutdown(void);
+
+#endif
