@@ -1,0 +1,503 @@
+/* Counters, gauges and the labelled request series of remora-proxy.
+ *
+ * Plain counters live in the global px_metrics, bumped directly by the
+ * modules that see the events. Requests are labelled, so they need tables:
+ *   - a listener table, one entry per (listener name, direction), holding the
+ *     duration histogram (labels listener + direction);
+ *   - a series table, open addressing keyed by (listener entry, method class,
+ *     code), holding remora_requests_total.
+ * Both are bounded. Listener names come from the config and codes from a
+ * finite set (0, 100..599, "other"), so the bounds are only reached by odd
+ * configs or hostile upstreams answering every status; past them a new
+ * listener folds into listener "other" and a new code into code="other", and
+ * a last fixed series catches whatever still does not fit. Memory therefore
+ * never grows with traffic. Everything runs on the event loop thread. */
+#include "proxy/metrics.h"
+
+#include <event2/buffer.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/xalloc.h"
+#include "proxy/h2.h"
+#include "proxy/http.h"
+#include "proxy/server.h"
+
+struct px_metrics px_metrics;
+
+/* Upper bounds of the histogram buckets, in microseconds (0.1 ms .. 10 s). */
+static const uint64_t bucket_le_us[PX_METRICS_NBUCKETS] = {
+    100,   500,    1000,   2500,   5000,    10000,   25000,
+    50000, 100000, 250000, 500000, 1000000, 2500000, 10000000,
+};
+
+#define MAX_LISTENERS 64  /* the last one is "other" */
+#define SERIES_SLOTS  512 /* power of two */
+#define SERIES_EXACT  320 /* series with an exact code; then codes fold to "other" */
+#define SERIES_MAX    384 /* all series (75% load of the slots) */
+#define CODE_OTHER    600 /* code label "other": not 0 and not 100..599 */
+#define NCLASSES      3
+
+static const char *const class_names[NCLASSES] = {"read", "write", "other"};
+
+/* One listener as seen by metrics: copied out of the config, so a reload
+ * that frees the old config never leaves a dangling name here. */
+struct mlistener {
+    char *name;
+    const char *direction;                     /* "inbound" / "outbound" / "unknown", static */
+    uint64_t buckets[PX_METRICS_NBUCKETS + 1]; /* per bucket, not cumulative; last = +Inf */
+    uint64_t count;
+    uint64_t sum_us;
+};
+
+/* One remora_requests_total series; used == 0 marks a free slot. */
+struct series {
+    uint16_t lidx; /* index in listeners[] */
+    uint8_t cls;   /* index in class_names[] */
+    uint8_t used;
+    uint16_t code; /* 0, 100..599, CODE_OTHER */
+    uint64_t count;
+};
+
+static struct mlistener *listeners; /* MAX_LISTENERS, allocated on first use */
+static size_t nlisteners;
+static struct series *series; /* SERIES_SLOTS, allocated on first use */
+static size_t nseries;
+/* Whatever fits nowhere else (every bound reached): listener "other",
+ * method_class "other", code "other". */
+static uint64_t overflow_count;
+
+static const char *dir_name(enum px_direction d)
+{
+    switch (d) {
+    case PX_DIR_INBOUND:
+        return "inbound";
+    case PX_DIR_OUTBOUND:
+        return "outbound";
+    }
+    return "unknown";
+}
+
+static uint8_t class_index(const char *method)
+{
+    const char *c = method ? px_method_class(method) : "other";
+    for (uint8_t i = 0; i < NCLASSES; i++)
+        if (c && strcmp(c, class_names[i]) == 0)
+            return i;
+    return NCLASSES - 1;
+}
+
+static uint16_t code_index(int status)
+{
+    if (status == 0 || (status >= 100 && status <= 599))
+        return (uint16_t)status;
+    return CODE_OTHER;
+}
+
+/* Find or add the listener entry; the last slot is kept for "other". */
+static uint16_t listener_index(const char *name, const char *direction)
+{
+    if (!listeners)
+        listeners = cm_xcalloc(MAX_LISTENERS, sizeof(*listeners));
+    for (size_t i = 0; i < nlisteners; i++)
+        if (strcmp(listeners[i].name, name) == 0 && strcmp(listeners[i].direction, direction) == 0)
+            return (uint16_t)i;
+    if (nlisteners < MAX_LISTENERS - 1) {
+        listeners[nlisteners].name = cm_xstrdup(name);
+        listeners[nlisteners].direction = direction;
+        return (uint16_t)nlisteners++;
+    }
+    /* Full: "other" takes the last slot, created on first overflow. */
+    struct mlistener *o = &listeners[MAX_LISTENERS - 1];
+    if (!o->name) {
+        o->name = cm_xstrdup("other");
+        o->direction = "unknown";
+        nlisteners = MAX_LISTENERS;
+    }
+    return MAX_LISTENERS - 1;
+}
+
+static uint32_t series_hash(uint16_t lidx, uint8_t cls, uint16_t code)
+{
+    uint32_t h = ((uint32_t)lidx * 2654435761u) ^ ((uint32_t)cls * 40503u) ^ (uint32_t)code;
+    h ^= h >> 15;
+    h *= 2246822519u;
+    h ^= h >> 13;
+    return h;
+}
+
+/* The series of this key, added when there is room, or NULL. */
+static struct series *series_get(uint16_t lidx, uint8_t cls, uint16_t code, size_t limit)
+{
+    if (!series)
+        series = cm_xcalloc(SERIES_SLOTS, sizeof(*series));
+    size_t i = series_hash(lidx, cls, code) & (SERIES_SLOTS - 1);
+    for (;;) {
+        struct series *s = &series[i];
+        if (!s->used) {
+            if (nseries >= limit)
+                return NULL;
+            s->used = 1;
+            s->lidx = lidx;
+            s->cls = cls;
+            s->code = code;
+            nseries++;
+            return s;
+        }
+        if (s->lidx == lidx && s->cls == cls && s->code == code)
+            return s;
+        i = (i + 1) & (SERIES_SLOTS - 1); /* load stays under 75%: always ends */
+    }
+}
+
+void px_metrics_request(const struct px_listener_cfg *l, const char *method, int status,
+                        uint64_t duration_us)
+{
+    const char *name = l && l->name ? l->name : "unknown";
+    const char *direction = l ? dir_name(l->direction) : "unknown";
+    uint16_t lidx = listener_index(name, direction);
+    uint8_t cls = class_index(method);
+    uint16_t code = code_index(status);
+
+    struct series *s = series_get(lidx, cls, code, SERIES_EXACT);
+    if (!s && code != CODE_OTHER)
+        s = series_get(lidx, cls, CODE_OTHER, SERIES_MAX);
+    if (s)
+        s->count++;
+    else
+        overflow_count++;
+
+    struct mlistener *ml = &listeners[lidx];
+    size_t b = 0;
+    while (b < PX_METRICS_NBUCKETS && duration_us > bucket_le_us[b])
+        b++;
+    ml->buckets[b]++;
+    ml->count++;
+    ml->sum_us += duration_us;
+}
+
+void px_metrics_deinit(void)
+{
+    for (size_t i = 0; listeners && i < MAX_LISTENERS; i++)
+        free(listeners[i].name);
+    free(listeners);
+    free(series);
+    listeners = NULL;
+    series = NULL;
+    nlisteners = nseries = 0;
+    overflow_count = 0;
+}
+
+/* ---- Prometheus text (exposition format 0.0.4) ---------------------------- */
+
+/* Label values are quoted: escape backslash, quote and newline. */
+static void prom_label(struct evbuffer *out, const char *key, const char *value, bool first)
+{
+    evbuffer_add_printf(out, "%s%s=\"", first ? "" : ",", key);
+    for (const char *p = value; *p; p++) {
+        if (*p == '\\')
+            evbuffer_add(out, "\\\\", 2);
+        else if (*p == '"')
+            evbuffer_add(out, "\\\"", 2);
+        else if (*p == '\n')
+            evbuffer_add(out, "\\n", 2);
+        else
+            evbuffer_add(out, p, 1);
+    }
+    evbuffer_add(out, "\"", 1);
+}
+
+static void prom_head(struct evbuffer *out, const char *name, const char *type, const char *help)
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void prom_u64(struct evbuffer *out, const char *name, const char *type, const char *help,
+                     uint64_t v)
+{
+    prom_head(out, name, type, help);
+    evbuffer_add_printf(out, "%s %" PRIu64 "\n", name, v);
+}
+
+/* One counter with a single label taking several values. */
+struct labelled {
+    const char *value;
+    uint64_t v;
+};
+
+static void prom_by_label(struct evbuffer *out, const char *name, const char *help,
+                          const char *label, const struct labelled *vals, size_t n)
+{
+    prom_head(out, name, "counter", help);
+    for (size_t i = 0; i < n; i++)
+        evbuffer_add_printf(out, "%s{%s=\"%s\"} %" PRIu64 "\n", name, label, vals[i].value,
+                            vals[i].v);
+}
+
+/* Seconds from microseconds, exact enough for Prometheus (%.6f). */
+static void prom_seconds(struct evbuffer *out, uint64_t us)
+{
+    evbuffer_add_printf(out, "%" PRIu64 ".%06" PRIu64, us / 1000000, us % 1000000);
+}
+
+static void code_label(uint16_t code, char *buf, size_t len)
+{
+    if (code == CODE_OTHER)
+        snprintf(buf, len, "other");
+    else
+        snprintf(buf, len, "%u", (unsigned)code);
+}
+
+static void write_requests(struct evbuffer *out)
+{
+    prom_head(out, "remora_requests_total", "counter",
+              "Requests finished, by listener, direction, method class and response code "
+              "(0: no response was sent).");
+    for (size_t i = 0; series && i < SERIES_SLOTS; i++) {
+        const struct series *s = &series[i];
+        if (!s->used)
+            continue;
+        char code[16];
+        code_label(s->code, code, sizeof(code));
+        evbuffer_add(out, "remora_requests_total{", 22);
+        prom_label(out, "listener", listeners[s->lidx].name, true);
+        prom_label(out, "direction", listeners[s->lidx].direction, false);
+        prom_label(out, "method_class", class_names[s->cls], false);
+        prom_label(out, "code", code, false);
+        evbuffer_add_printf(out, "} %" PRIu64 "\n", s->count);
+    }
+    if (overflow_count)
+        evbuffer_add_printf(out,
+                            "remora_requests_total{listener=\"other\",direction=\"unknown\","
+                            "method_class=\"other\",code=\"other\"} %" PRIu64 "\n",
+                            overflow_count);
+}
+
+static void write_durations(struct evbuffer *out)
+{
+    const char *name = "remora_request_duration_seconds";
+    prom_head(out, name, "histogram",
+              "Time from the first byte of a request to the end of its response, by listener.");
+    for (size_t i = 0; i < nlisteners; i++) {
+        const struct mlistener *ml = &listeners[i];
+        if (!ml->name)
+            continue;
+        uint64_t cum = 0;
+        for (size_t b = 0; b <= PX_METRICS_NBUCKETS; b++) {
+            cum += ml->buckets[b];
+            evbuffer_add_printf(out, "%s_bucket{", name);
+            prom_label(out, "listener", ml->name, true);
+            prom_label(out, "direction", ml->direction, false);
+            evbuffer_add(out, ",le=\"", 5);
+            if (b == PX_METRICS_NBUCKETS)
+                evbuffer_add(out, "+Inf", 4);
+            else
+                prom_seconds(out, bucket_le_us[b]);
+            evbuffer_add_printf(out, "\"} %" PRIu64 "\n", cum);
+        }
+        evbuffer_add_printf(out, "%s_sum{", name);
+        prom_label(out, "listener", ml->name, true);
+        prom_label(out, "direction", ml->direction, false);
+        evbuffer_add(out, "} ", 2);
+        prom_seconds(out, ml->sum_us);
+        evbuffer_add_printf(out, "\n%s_count{", name);
+        prom_label(out, "listener", ml->name, true);
+        prom_label(out, "direction", ml->direction, false);
+        evbuffer_add_printf(out, "} %" PRIu64 "\n", ml->count);
+    }
+}
+
+void px_metrics_write_prometheus(struct evbuffer *out)
+{
+    const struct px_metrics *m = &px_metrics;
+
+    write_requests(out);
+    write_durations(out);
+
+    prom_u64(out, "remora_downstream_connections_active", "gauge", "Client connections open now.",
+             m->downstream_cx_active);
+    prom_u64(out, "remora_downstream_connections_total", "counter", "Client connections accepted.",
+             m->downstream_cx_total);
+    prom_u64(out, "remora_downstream_connections_refused_total", "counter",
+             "Client connections closed at once because limits.max_connections was reached.",
+             m->downstream_cx_refused);
+    prom_u64(out, "remora_downstream_resets_total", "counter",
+             "Client connections or streams that ended abruptly (reset, closed mid-request).",
+             m->downstream_resets);
+    struct labelled protos[] = {{"http1", m->proto_http1},
+                                {"h2", m->proto_h2},
+                                {"tls", m->proto_tls},
+                                {"tcp", m->proto_tcp}};
+    prom_by_label(out, "remora_downstream_protocol_total",
+                  "Client connections by the protocol detected on their first bytes.", "protocol",
+                  protos, sizeof(protos) / sizeof(protos[0]));
+
+    prom_u64(out, "remora_upstream_connections_active", "gauge",
+             "Upstream connections open now (in use or idle in the pool).", m->upstream_cx_active);
+    prom_u64(out, "remora_upstream_connections_total", "counter", "Upstream connections opened.",
+             m->upstream_cx_total);
+    prom_u64(out, "remora_upstream_connect_failures_total", "counter",
+             "Upstream connects that failed (refused, unreachable, timed out).",
+             m->upstream_cx_connect_fail);
+    prom_u64(out, "remora_upstream_connection_reuses_total", "counter",
+             "Requests sent on an upstream connection taken from the pool.", m->upstream_cx_reused);
+
+    struct labelled errs[] = {
+        {"bad_request", m->bad_request},        {"header_too_big", m->header_too_big},
+        {"body_too_big", m->body_too_big},      {"header_timeout", m->header_timeout},
+        {"upstream_error", m->upstream_errors},
+    };
+    prom_by_label(out, "remora_local_errors_total",
+                  "Requests the proxy answered itself with an error, by cause (400, 431, 413, "
+                  "408, 502/503/504).",
+                  "cause", errs, sizeof(errs) / sizeof(errs[0]));
+
+    struct labelled bytes[] = {{"in", m->tcp_bytes_in}, {"out", m->tcp_bytes_out}};
+    prom_by_label(out, "remora_tcp_bytes_total",
+                  "Bytes forwarded on opaque TCP connections, in (client to upstream) and out.",
+                  "flow", bytes, 2);
+
+    prom_u64(out, "remora_retries_total", "counter", "Requests retried to an upstream.",
+             m->retries_total);
+    prom_u64(out, "remora_policy_denials_total", "counter",
+             "Requests denied by the authorization policy (403).", m->policy_denials_total);
+    prom_head(out, "remora_cert_expiry_timestamp_seconds", "gauge",
+              "Expiry (not_after) of the workload certificate, Unix seconds; 0 without one.");
+    evbuffer_add_printf(out, "remora_cert_expiry_timestamp_seconds %" PRId64 "\n",
+                        m->cert_expiry_timestamp);
+
+    if (px_srv) {
+        prom_u64(out, "remora_streams_active", "gauge", "Requests in flight.", px_srv->nstreams);
+        prom_head(out, "remora_h2_sessions_active", "gauge", "HTTP/2 sessions open now, by side.");
+        evbuffer_add_printf(out, "remora_h2_sessions_active{side=\"server\"} %u\n",
+                            px_h2_server_sessions());
+        evbuffer_add_printf(out, "remora_h2_sessions_active{side=\"client\"} %u\n",
+                            px_h2_client_sessions());
+        prom_u64(out, "remora_draining", "gauge", "1 while the proxy drains, else 0.",
+                 px_srv->draining ? 1 : 0);
+        prom_head(out, "remora_start_time_seconds", "gauge", "Start time, Unix seconds.");
+        evbuffer_add_printf(out, "remora_start_time_seconds %" PRIu64 ".%03" PRIu64 "\n",
+                            px_srv->started_wall_ms / 1000, px_srv->started_wall_ms % 1000);
+    }
+}
+
+/* ---- /stats JSON ------------------------------------------------------------- */
+
+static int dump_to_evbuffer(const char *buf, size_t size, void *data)
+{
+    return evbuffer_add(data, buf, size);
+}
+
+static json_t *requests_json(uint64_t *total)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; series && i < SERIES_SLOTS; i++) {
+        const struct series *s = &series[i];
+        if (!s->used)
+            continue;
+        char code[16];
+        code_label(s->code, code, sizeof(code));
+        json_array_append_new(
+            arr, json_pack("{s:s, s:s, s:s, s:s, s:I}", "listener", listeners[s->lidx].name,
+                           "direction", listeners[s->lidx].direction, "method_class",
+                           class_names[s->cls], "code", code, "count", (json_int_t)s->count));
+        *total += s->count;
+    }
+    if (overflow_count) {
+        json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:s, s:I}", "listener", "other",
+                                             "direction", "unknown", "method_class", "other",
+                                             "code", "other", "count", (json_int_t)overflow_count));
+        *total += overflow_count;
+    }
+    return arr;
+}
+
+static json_t *durations_json(void)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < nlisteners; i++) {
+        const struct mlistener *ml = &listeners[i];
+        if (!ml->name)
+            continue;
+        json_t *buckets = json_object();
+        uint64_t cum = 0;
+        for (size_t b = 0; b < PX_METRICS_NBUCKETS; b++) {
+            char le[32];
+            cum += ml->buckets[b];
+            snprintf(le, sizeof(le), "%g", (double)bucket_le_us[b] / 1e6);
+            json_object_set_new(buckets, le, json_integer((json_int_t)cum));
+        }
+        json_array_append_new(
+            arr, json_pack("{s:s, s:s, s:I, s:f, s:o}", "listener", ml->name, "direction",
+                           ml->direction, "count", (json_int_t)ml->count, "sum_seconds",
+                           (double)ml->sum_us / 1e6, "buckets_le_seconds", buckets));
+    }
+    return arr;
+}
+
+/* A uint64 counter as a JSON integer (json_int_t is signed 64-bit). */
+static void set_u64(json_t *o, const char *key, uint64_t v)
+{
+    json_object_set_new(o, key, json_integer(v > INT64_MAX ? INT64_MAX : (json_int_t)v));
+}
+
+void px_metrics_write_json(struct evbuffer *out)
+{
+    const struct px_metrics *m = &px_metrics;
+    json_t *o = json_object();
+
+    if (px_srv) {
+        int64_t now = cm_wall_ms();
+        int64_t up = now - (int64_t)px_srv->started_wall_ms;
+        char ts[32];
+        cm_fmt_rfc3339_ms((int64_t)px_srv->started_wall_ms, ts, sizeof(ts));
+        json_object_set_new(o, "started_at", json_string(ts));
+        json_object_set_new(o, "uptime_seconds", json_integer(up > 0 ? up / 1000 : 0));
+        json_object_set_new(o, "ready", json_boolean(px_server_ready()));
+        json_object_set_new(o, "draining", json_boolean(px_srv->draining));
+        json_object_set_new(o, "listeners_bound", json_boolean(px_srv->listeners_bound));
+        set_u64(o, "connections_live", px_srv->nconns);
+        set_u64(o, "streams_live", px_srv->nstreams);
+        set_u64(o, "h2_server_sessions", px_h2_server_sessions());
+        set_u64(o, "h2_client_sessions", px_h2_client_sessions());
+    }
+    json_object_set_new(o, "log_level", json_string(cm_log_level_name(cm_log_current_level)));
+
+#define U64(field) set_u64(o, #field, m->field)
+    U64(downstream_cx_total);
+    U64(downstream_cx_active);
+    U64(downstream_cx_refused);
+    U64(upstream_cx_total);
+    U64(upstream_cx_active);
+    U64(upstream_cx_connect_fail);
+    U64(upstream_cx_reused);
+    U64(proto_http1);
+    U64(proto_h2);
+    U64(proto_tls);
+    U64(proto_tcp);
+    U64(bad_request);
+    U64(header_too_big);
+    U64(body_too_big);
+    U64(header_timeout);
+    U64(upstream_errors);
+    U64(downstream_resets);
+    U64(tcp_bytes_in);
+    U64(tcp_bytes_out);
+    U64(retries_total);
+    U64(policy_denials_total);
+#undef U64
+    json_object_set_new(o, "cert_expiry_timestamp", json_integer(m->cert_expiry_timestamp));
+
+    uint64_t total = 0;
+    json_t *reqs = requests_json(&total);
+    set_u64(o, "requests_total", total);
+    json_object_set_new(o, "requests", reqs);
+    json_object_set_new(o, "request_duration", durations_json());
+
+    json_dump_callback(o, dump_to_evbuffer, out, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    evbuffer_add(out, "\n", 1);
+    json_decref(o);
+}

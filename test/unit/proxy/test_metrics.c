@@ -1,0 +1,303 @@
+/* Unit tests of proxy/metrics.c: labelled request series, histogram buckets,
+ * the Prometheus text shape, /stats JSON and the bound on the series table.
+ * metrics.c is included to reach its statics. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <event2/buffer.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proxy/metrics.c"
+
+/* metrics.c reads the server state and the h2 session counts; stand-ins
+ * for server.c / h2.c, weak so the real ones win if the archive brings them. */
+__attribute__((weak)) struct px_server *px_srv;
+__attribute__((weak)) bool px_server_ready(void)
+{
+    return px_srv && px_srv->listeners_bound;
+}
+__attribute__((weak)) unsigned px_h2_server_sessions(void)
+{
+    return 2;
+}
+__attribute__((weak)) unsigned px_h2_client_sessions(void)
+{
+    return 3;
+}
+
+static struct px_listener_cfg l_in = {.name = "in", .direction = PX_DIR_INBOUND};
+static struct px_listener_cfg l_out = {.name = "out", .direction = PX_DIR_OUTBOUND};
+
+/* Prometheus text as a NUL-terminated heap string. */
+static char *prom_text(void)
+{
+    struct evbuffer *b = evbuffer_new();
+    px_metrics_write_prometheus(b);
+    size_t n = evbuffer_get_length(b);
+    char *s = malloc(n + 1);
+    evbuffer_remove(b, s, n);
+    s[n] = '\0';
+    evbuffer_free(b);
+    return s;
+}
+
+static char *json_text(void)
+{
+    struct evbuffer *b = evbuffer_new();
+    px_metrics_write_json(b);
+    size_t n = evbuffer_get_length(b);
+    char *s = malloc(n + 1);
+    evbuffer_remove(b, s, n);
+    s[n] = '\0';
+    evbuffer_free(b);
+    return s;
+}
+
+/* The value of the sample line starting with `series` ("name{labels}"), or -1. */
+static long long sample(const char *text, const char *key)
+{
+    size_t n = strlen(key);
+    for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+        if (strncmp(p, key, n) == 0 && p[n] == ' ')
+            return strtoll(p + n + 1, NULL, 10);
+    }
+    return -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    px_metrics_deinit();
+    memset(&px_metrics, 0, sizeof(px_metrics));
+    px_srv = NULL;
+    return 0;
+}
+
+static void test_series_labels(void **state)
+{
+    (void)state;
+    px_metrics_request(&l_in, "GET", 200, 1000);
+    px_metrics_request(&l_in, "GET", 200, 1000);
+    px_metrics_request(&l_in, "HEAD", 200, 1000);  /* read, same series */
+    px_metrics_request(&l_in, "POST", 201, 1000);  /* write */
+    px_metrics_request(&l_out, "BREW", 503, 1000); /* other */
+    px_metrics_request(&l_out, "GET", 0, 1000);    /* no response */
+    px_metrics_request(&l_out, "GET", 1000, 1000); /* nonsense status */
+    px_metrics_request(NULL, NULL, 400, 1000);     /* no listener, no method */
+    assert_int_equal(nlisteners, 3);
+    assert_int_equal(nseries, 6);
+
+    char *t = prom_text();
+    assert_int_equal(sample(t, "remora_requests_total{listener=\"in\",direction=\"inbound\","
+                               "method_class=\"read\",code=\"200\"}"),
+                     3);
+    assert_int_equal(sample(t, "remora_requests_total{listener=\"in\",direction=\"inbound\","
+                               "method_class=\"write\",code=\"201\"}"),
+                     1);
+    assert_int_equal(sample(t, "remora_requests_total{listener=\"out\",direction=\"outbound\","
+                               "method_class=\"other\",code=\"503\"}"),
+                     1);
+    assert_int_equal(sample(t, "remora_requests_total{listener=\"out\",direction=\"outbound\","
+                               "method_class=\"read\",code=\"0\"}"),
+                     1);
+    assert_int_equal(sample(t, "remora_requests_total{listener=\"out\",direction=\"outbound\","
+                               "method_class=\"read\",code=\"other\"}"),
+                     1);
+    assert_int_equal(sample(t, "remora_requests_total{listener=\"unknown\",direction=\"unknown\","
+                               "method_class=\"other\",code=\"400\"}"),
+                     1);
+    free(t);
+}
+
+static void test_histogram(void **state)
+{
+    (void)state;
+    px_metrics_request(&l_in, "GET", 200, 50);       /* <= 0.0001 */
+    px_metrics_request(&l_in, "GET", 200, 100);      /* <= 0.0001 (le is inclusive) */
+    px_metrics_request(&l_in, "GET", 200, 101);      /* <= 0.0005 */
+    px_metrics_request(&l_in, "GET", 200, 3000);     /* <= 0.005 */
+    px_metrics_request(&l_in, "GET", 200, 10000000); /* <= 10 */
+    px_metrics_request(&l_in, "GET", 200, 60000000); /* +Inf only */
+
+    char *t = prom_text();
+#define B(le)                                                                                      \
+    "remora_request_duration_seconds_bucket{listener=\"in\",direction=\"inbound\",le=\"" le "\"}"
+    assert_int_equal(sample(t, B("0.000100")), 2);
+    assert_int_equal(sample(t, B("0.000500")), 3);
+    assert_int_equal(sample(t, B("0.001000")), 3);
+    assert_int_equal(sample(t, B("0.002500")), 3);
+    assert_int_equal(sample(t, B("0.005000")), 4);
+    assert_int_equal(sample(t, B("2.500000")), 4);
+    assert_int_equal(sample(t, B("10.000000")), 5);
+    assert_int_equal(sample(t, B("+Inf")), 6);
+#undef B
+    assert_int_equal(sample(t, "remora_request_duration_seconds_count{listener=\"in\","
+                               "direction=\"inbound\"}"),
+                     6);
+    /* 50+100+101+3000+10000000+60000000 us = 70.003251 s */
+    assert_non_null(strstr(t, "remora_request_duration_seconds_sum{listener=\"in\","
+                              "direction=\"inbound\"} 70.003251\n"));
+    free(t);
+}
+
+/* Every sample line belongs to a metric announced by HELP and TYPE before it,
+ * names are valid, every line ends with a newline. */
+static void test_prometheus_shape(void **state)
+{
+    (void)state;
+    struct px_server srv = {
+        .listeners_bound = true, .nconns = 4, .nstreams = 5, .started_wall_ms = 1700000000123};
+    px_srv = &srv;
+    px_metrics.upstream_cx_active = 7;
+    px_metrics.retries_total = 8;
+    px_metrics.bad_request = 9;
+    px_metrics_request(&l_in, "GET", 200, 10);
+
+    char *t = prom_text();
+    size_t len = strlen(t);
+    assert_true(len > 0 && t[len - 1] == '\n');
+    char typed[64] = "";
+    for (char *line = t, *nl; *line; line = nl + 1) {
+        nl = strchr(line, '\n');
+        assert_non_null(nl);
+        *nl = '\0';
+        if (strncmp(line, "# HELP ", 7) == 0)
+            continue;
+        if (strncmp(line, "# TYPE ", 7) == 0) {
+            char *name = line + 7, *sp = strchr(name, ' ');
+            assert_non_null(sp);
+            *sp = '\0';
+            const char *type = sp + 1;
+            assert_true(strcmp(type, "counter") == 0 || strcmp(type, "gauge") == 0 ||
+                        strcmp(type, "histogram") == 0);
+            snprintf(typed, sizeof(typed), "%s", name);
+            continue;
+        }
+        assert_true(line[0] != '#');
+        size_t n = strlen(typed);
+        assert_true(n > 0);
+        /* Sample of the announced metric (histograms add _bucket/_sum/_count). */
+        assert_memory_equal(line, typed, n);
+        for (const char *p = line; *p && *p != '{' && *p != ' '; p++)
+            assert_true((*p >= 'a' && *p <= 'z') || *p == '_' || (*p >= '0' && *p <= '9'));
+        assert_non_null(strchr(line, ' '));
+    }
+    free(t);
+
+    t = prom_text();
+    assert_int_equal(sample(t, "remora_upstream_connections_active"), 7);
+    assert_int_equal(sample(t, "remora_retries_total"), 8);
+    assert_int_equal(sample(t, "remora_policy_denials_total"), 0);
+    assert_int_equal(sample(t, "remora_cert_expiry_timestamp_seconds"), 0);
+    assert_int_equal(sample(t, "remora_local_errors_total{cause=\"bad_request\"}"), 9);
+    assert_int_equal(sample(t, "remora_streams_active"), 5);
+    assert_int_equal(sample(t, "remora_h2_sessions_active{side=\"client\"}"), 3);
+    assert_non_null(strstr(t, "# TYPE remora_request_duration_seconds histogram\n"));
+    assert_non_null(strstr(t, "remora_start_time_seconds 1700000000.123\n"));
+    free(t);
+}
+
+/* Label values from the config are escaped. */
+static void test_label_escaping(void **state)
+{
+    (void)state;
+    struct px_listener_cfg odd = {.name = "a\"b\\c\nd", .direction = PX_DIR_INBOUND};
+    px_metrics_request(&odd, "GET", 200, 10);
+    char *t = prom_text();
+    assert_non_null(strstr(t, "listener=\"a\\\"b\\\\c\\nd\""));
+    free(t);
+}
+
+static void test_table_bound(void **state)
+{
+    (void)state;
+    /* 3 classes x 501 codes x 2 listeners = 3006 distinct keys: far past the cap. */
+    uint64_t n = 0;
+    for (int round = 0; round < 2; round++)
+        for (int code = 0; code <= 600; code++)
+            for (int c = 0; c < 3; c++) {
+                static const char *const m[] = {"GET", "POST", "BREW"};
+                px_metrics_request(code & 1 ? &l_in : &l_out, m[c], code, 10);
+                n++;
+            }
+    assert_true(nseries <= SERIES_MAX);
+    assert_true(nseries >= SERIES_EXACT);
+    /* Nothing is lost: the series (overflow included) add up to every request. */
+    uint64_t sum = overflow_count;
+    for (size_t i = 0; i < SERIES_SLOTS; i++)
+        if (series[i].used)
+            sum += series[i].count;
+    assert_int_equal(sum, n);
+    /* Folded requests land in code="other". */
+    char *t = prom_text();
+    assert_true(sample(t, "remora_requests_total{listener=\"in\",direction=\"inbound\","
+                          "method_class=\"read\",code=\"other\"}") > 0);
+    free(t);
+}
+
+static void test_listener_bound(void **state)
+{
+    (void)state;
+    char name[32];
+    for (int i = 0; i < 200; i++) {
+        snprintf(name, sizeof(name), "l%d", i);
+        struct px_listener_cfg l = {.name = name, .direction = PX_DIR_INBOUND};
+        px_metrics_request(&l, "GET", 200, 10);
+    }
+    assert_int_equal(nlisteners, MAX_LISTENERS);
+    assert_string_equal(listeners[MAX_LISTENERS - 1].name, "other");
+    assert_int_equal(listeners[MAX_LISTENERS - 1].count, 200 - (MAX_LISTENERS - 1));
+}
+
+static void test_stats_json(void **state)
+{
+    (void)state;
+    struct px_server srv = {.listeners_bound = true,
+                            .nconns = 4,
+                            .nstreams = 5,
+                            .started_wall_ms = (uint64_t)cm_wall_ms()};
+    px_srv = &srv;
+    px_metrics.downstream_cx_total = 11;
+    px_metrics.cert_expiry_timestamp = 1800000000;
+    px_metrics_request(&l_in, "GET", 200, 1500);
+    px_metrics_request(&l_in, "PUT", 404, 1500);
+
+    char *t = json_text();
+    json_error_t err;
+    json_t *o = json_loads(t, 0, &err);
+    assert_non_null(o);
+    assert_int_equal(json_integer_value(json_object_get(o, "downstream_cx_total")), 11);
+    assert_int_equal(json_integer_value(json_object_get(o, "connections_live")), 4);
+    assert_int_equal(json_integer_value(json_object_get(o, "streams_live")), 5);
+    assert_int_equal(json_integer_value(json_object_get(o, "h2_server_sessions")), 2);
+    assert_int_equal(json_integer_value(json_object_get(o, "requests_total")), 2);
+    assert_int_equal(json_integer_value(json_object_get(o, "cert_expiry_timestamp")), 1800000000);
+    assert_true(json_is_false(json_object_get(o, "draining")));
+    assert_true(json_is_true(json_object_get(o, "ready")));
+    assert_int_equal(json_array_size(json_object_get(o, "requests")), 2);
+    json_t *d = json_array_get(json_object_get(o, "request_duration"), 0);
+    assert_string_equal(json_string_value(json_object_get(d, "listener")), "in");
+    assert_int_equal(json_integer_value(json_object_get(d, "count")), 2);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(d, "buckets_le_seconds"), "0.0025")), 2);
+    json_decref(o);
+    free(t);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_series_labels, teardown),
+        cmocka_unit_test_teardown(test_histogram, teardown),
+        cmocka_unit_test_teardown(test_prometheus_shape, teardown),
+        cmocka_unit_test_teardown(test_label_escaping, teardown),
+        cmocka_unit_test_teardown(test_table_bound, teardown),
+        cmocka_unit_test_teardown(test_listener_bound, teardown),
+        cmocka_unit_test_teardown(test_stats_json, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
