@@ -103,7 +103,7 @@ static void write_access_log(struct px_stream *s, int status, uint64_t dur_us)
                             json_string(cm_addr_format(&s->upstream, up, sizeof(up))));
     if (s->cause != PX_CAUSE_NONE)
         json_object_set_new(o, "cause", json_string(px_cause_str(s->cause)));
-    char *line = json_dumps(o, JSON_COMPACT);
+    char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
     if (line != NULL) {
         fputs(line, f);
         fputc('\n', f);
@@ -245,14 +245,15 @@ void px_stream_on_req_head(struct px_stream *s)
         px_stream_respond(s, 413, "request body too large");
         return;
     }
-    px_msg_strip_hop_by_hop(&s->req, true);
+    s->up_proto = s->lcfg->upstream_protocol;
+    /* TE: trailers is meaningful to an HTTP/2 peer (gRPC); HTTP/1.1 drops it */
+    px_msg_strip_hop_by_hop(&s->req, s->up_proto == PX_UP_H2);
     px_conn_default_upstream(s->conn, &s->upstream);
     if (px_conn_is_loop(s->conn, &s->upstream)) {
         s->cause = PX_CAUSE_LOOP;
         px_stream_respond(s, 508, px_cause_str(s->cause));
         return;
     }
-    s->up_proto = s->lcfg->upstream_protocol;
     if (lim->request_timeout_ms > 0) {
         s->timer = evtimer_new(px_srv->base, on_request_timeout, s);
         struct timeval tv = {lim->request_timeout_ms / 1000,

@@ -84,3 +84,47 @@ alive() { kill -0 "$1" 2>/dev/null; }
 
 # finish: exit status for the runner (0 when nothing failed).
 finish() { exit $((_fails > 0)); }
+
+# start_upstream NAME [ARGS...]: run test-upstream on a kernel-chosen port;
+# sets UP_PORT and UP_PID.
+start_upstream() {
+    local name=$1; shift
+    bg "$name" "$UPSTREAM" --listen 127.0.0.1:0 --name "$name" "$@"
+    UP_PID=$LASTPID
+    UP_PORT=""
+    for _ in $(seq 100); do
+        UP_PORT=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$TMP/$name.log" | head -1)
+        [[ -n $UP_PORT ]] && return 0
+        sleep 0.05
+    done
+    echo "start_upstream $name: no port; log:" >&2; cat "$TMP/$name.log" >&2
+    return 1
+}
+
+# start_proxy NAME CONFIG-FILE: run remora-proxy; waits for its admin /ready
+# (ADMIN_PORT must be the config's admin port). Sets PROXY_PID.
+start_proxy() {
+    local name=$1 cfg=$2
+    bg "$name" "$PROXY" -c "$cfg"
+    PROXY_PID=$LASTPID
+    if ! wait_http "http://127.0.0.1:$ADMIN_PORT/ready"; then
+        echo "start_proxy $name: not ready; log:" >&2; tail -20 "$TMP/$name.log" >&2
+        return 1
+    fi
+}
+
+# stop_pid PID: SIGTERM and wait up to 10 s; sets STOP_RC to its exit status
+# (124 when it did not exit). Call it in the shell that started PID, not in $(...).
+stop_pid() {
+    kill -TERM "$1" 2>/dev/null
+    STOP_RC=124
+    for _ in $(seq 200); do kill -0 "$1" 2>/dev/null || break; sleep 0.05; done
+    kill -0 "$1" 2>/dev/null && return
+    wait "$1" 2>/dev/null; STOP_RC=$?
+}
+
+# rss_hwm_kb PID: peak resident set (VmHWM) in kB.
+rss_hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+
+RAW="python3 $REMORA_ROOT/test/tools/raw.py"
+PATTERN="python3 $REMORA_ROOT/test/upstream/pattern.py"

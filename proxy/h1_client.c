@@ -1,0 +1,593 @@
+/* HTTP/1.1 client codec: upstream connections, pooled per address.
+ *
+ * A connection carries one exchange at a time. When the response is
+ * complete, the request was fully sent and both sides allow keep-alive, it
+ * goes back to the idle pool of its address (bounded by pool_max_idle, closed
+ * after pool_idle_timeout_ms or when the server closes it). */
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <llhttp.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "common/log.h"
+#include "common/xalloc.h"
+#include "proxy/h1.h"
+#include "proxy/h1_common.h"
+#include "proxy/metrics.h"
+#include "proxy/server.h"
+
+enum h1c_state {
+    H1C_CONNECTING = 0, /* connect in progress; the request is already queued */
+    H1C_BUSY,           /* carrying an exchange */
+    H1C_IDLE,           /* in the pool, waiting for the next exchange */
+    H1C_DEAD            /* closed; freed from the kick event */
+};
+
+struct h1c {
+    struct bufferevent *bev;
+    struct cm_addr addr;
+    llhttp_t parser;
+    enum h1c_state state;
+    struct px_stream *s;
+    struct h1_acc acc;
+    struct event *kick;
+    bool reused;        /* this exchange runs on a pooled connection */
+    bool got_bytes;     /* response bytes arrived for this exchange */
+    bool req_chunked;
+    bool req_done;      /* request fully queued */
+    bool resp_done;
+    bool informational; /* parsing a 1xx response: not forwarded */
+    bool head_req;
+    bool keep_alive;
+    bool parser_paused;
+    bool body_paused;
+    bool replayable;    /* body-less request: may be resent once on a fresh connection */
+    bool connect_failed; /* connect() failed at once; reported from the kick */
+    struct cm_list link; /* pool idle list of its bucket, or the busy list */
+};
+
+#define POOL_BUCKETS 64
+struct bucket {
+    struct cm_list idle; /* h1c, most recently used first */
+    unsigned nidle;
+};
+static struct bucket pool[POOL_BUCKETS];
+static struct cm_list busy = {&busy, &busy};
+static bool pool_ready;
+static llhttp_settings_t settings;
+
+static void process(struct h1c *u);
+static void conn_dead(struct h1c *u);
+
+static const struct px_limits *limits(void)
+{
+    return &px_srv->cfg->limits;
+}
+
+static unsigned bucket_of(const struct cm_addr *a)
+{
+    const unsigned char *p = (const unsigned char *)&a->ss;
+    unsigned h = 2166136261u;
+    for (socklen_t i = 0; i < a->len; i++)
+        h = (h ^ p[i]) * 16777619u;
+    return h % POOL_BUCKETS;
+}
+
+static struct h1c *of(struct px_stream *s)
+{
+    return s->ctx[PX_UP];
+}
+
+/* ---- px_side_ops: the request toward the upstream -------------------------- */
+
+static void op_send_head(struct px_stream *s)
+{
+    struct h1c *u = of(s);
+    struct evbuffer *out = bufferevent_get_output(u->bev);
+    const struct px_msg *r = &s->req;
+    u->head_req = strcmp(r->method, "HEAD") == 0;
+    evbuffer_add_printf(out, "%s %s HTTP/1.1\r\n", r->method, r->path ? r->path : "/");
+    if (r->authority != NULL) {
+        evbuffer_add_printf(out, "host: %s\r\n", r->authority);
+    } else {
+        const struct px_hdr *host = px_msg_find(r, "host");
+        char a[CM_ADDR_STRLEN];
+        evbuffer_add_printf(out, "host: %s\r\n",
+                            host ? host->value : cm_addr_format(&u->addr, a, sizeof(a)));
+    }
+    px_h1_write_headers(out, r);
+    u->req_chunked = false;
+    if (r->content_length >= 0) {
+        evbuffer_add_printf(out, "content-length: %lld\r\n", (long long)r->content_length);
+    } else if (!r->end_stream) {
+        evbuffer_add(out, "transfer-encoding: chunked\r\n", 28);
+        u->req_chunked = true;
+    }
+    evbuffer_add(out, "\r\n", 2);
+    u->replayable = r->end_stream;
+}
+
+static void op_send_data(struct px_stream *s, const uint8_t *data, size_t len)
+{
+    struct h1c *u = of(s);
+    struct evbuffer *out = bufferevent_get_output(u->bev);
+    u->replayable = false;
+    if (u->req_chunked)
+        px_h1_write_chunk(out, data, len);
+    else
+        evbuffer_add(out, data, len);
+}
+
+static void op_send_end(struct px_stream *s)
+{
+    struct h1c *u = of(s);
+    if (u->req_chunked)
+        px_h1_write_last_chunk(bufferevent_get_output(u->bev));
+    u->req_done = true;
+    if (u->resp_done)
+        event_active(u->kick, EV_TIMEOUT, 0);
+}
+
+static size_t op_pending(struct px_stream *s)
+{
+    return evbuffer_get_length(bufferevent_get_output(of(s)->bev));
+}
+
+static void op_resume(struct px_stream *s)
+{
+    struct h1c *u = of(s);
+    if (!u->body_paused)
+        return;
+    u->body_paused = false;
+    bufferevent_enable(u->bev, EV_READ);
+    event_active(u->kick, EV_TIMEOUT, 0);
+}
+
+static void op_abort(struct px_stream *s)
+{
+    struct h1c *u = of(s);
+    u->s = NULL;
+    px_stream_detach(s, PX_UP);
+    conn_dead(u);
+}
+
+static const struct px_side_ops h1c_ops = {
+    .name = "h1-client",
+    .send_head = op_send_head,
+    .send_data = op_send_data,
+    .send_end = op_send_end,
+    .pending = op_pending,
+    .resume = op_resume,
+    .abort = op_abort,
+};
+
+/* ---- llhttp callbacks (response) ------------------------------------------- */
+
+static int on_message_begin(llhttp_t *p)
+{
+    struct h1c *u = p->data;
+    if (u->s == NULL)
+        return HPE_USER; /* bytes nobody asked for */
+    px_msg_init(&u->s->resp);
+    px_h1_acc_reset(&u->acc);
+    u->informational = false;
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct h1c *u = p->data;
+    return px_h1_acc_append(&u->acc, at, len, limits()->max_header_bytes) ? 0 : HPE_USER;
+}
+
+static int on_header_field_complete(llhttp_t *p)
+{
+    struct h1c *u = p->data;
+    u->acc.name_len = u->acc.len;
+    return 0;
+}
+
+static int on_header_value_complete(llhttp_t *p)
+{
+    struct h1c *u = p->data;
+    const struct px_limits *lim = limits();
+    const char *buf = u->acc.buf ? u->acc.buf : "";
+    size_t nlen = u->acc.name_len, vlen = u->acc.len - u->acc.name_len;
+    while (vlen > 0 && (buf[nlen + vlen - 1] == ' ' || buf[nlen + vlen - 1] == '\t'))
+        vlen--;
+    if (!px_http_valid_name(buf, nlen) || !px_http_valid_value(buf + nlen, vlen))
+        return HPE_USER;
+    if (px_msg_add(&u->s->arena, &u->s->resp, buf, nlen, buf + nlen, vlen, lim->max_header_bytes,
+                   lim->max_headers) != 0)
+        return HPE_USER;
+    px_h1_acc_reset(&u->acc);
+    return 0;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    struct h1c *u = p->data;
+    struct px_msg *r = &u->s->resp;
+    r->status = p->status_code;
+    r->http_minor = p->http_minor;
+    if (r->status >= 100 && r->status < 200) {
+        if (r->status == 101)
+            return HPE_USER; /* we never ask for an upgrade */
+        u->informational = true;
+        return 0;
+    }
+    bool chunked = (p->flags & F_CHUNKED) != 0;
+    if (!chunked && (p->flags & F_CONTENT_LENGTH))
+        r->content_length = (int64_t)p->content_length;
+    px_msg_remove(r, "content-length");
+    r->end_stream = u->head_req || r->status == 204 || r->status == 304 || r->content_length == 0;
+    px_stream_on_resp_head(u->s);
+    return u->head_req ? 1 : 0; /* 1: a response to HEAD has no body */
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct h1c *u = p->data;
+    if (u->s == NULL)
+        return 0;
+    if (px_stream_on_resp_data(u->s, (const uint8_t *)at, len)) {
+        u->body_paused = true;
+        return HPE_PAUSED;
+    }
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    struct h1c *u = p->data;
+    if (u->informational) {
+        u->informational = false;
+        return 0;
+    }
+    u->resp_done = true;
+    u->keep_alive = llhttp_should_keep_alive(p);
+    if (u->s != NULL)
+        px_stream_on_resp_end(u->s);
+    event_active(u->kick, EV_TIMEOUT, 0);
+    return HPE_PAUSED; /* nothing may follow a response we did not ask for */
+}
+
+static void init_settings(void)
+{
+    if (pool_ready)
+        return;
+    for (unsigned i = 0; i < POOL_BUCKETS; i++) {
+        cm_list_init(&pool[i].idle);
+        pool[i].nidle = 0;
+    }
+    llhttp_settings_init(&settings);
+    settings.on_message_begin = on_message_begin;
+    settings.on_header_field = on_header_field;
+    settings.on_header_field_complete = on_header_field_complete;
+    settings.on_header_value = on_header_field;
+    settings.on_header_value_complete = on_header_value_complete;
+    settings.on_headers_complete = on_headers_complete;
+    settings.on_body = on_body;
+    settings.on_message_complete = on_message_complete;
+    pool_ready = true;
+}
+
+/* ---- connection life ---------------------------------------------------------- */
+
+static void free_now(struct h1c *u)
+{
+    cm_list_remove(&u->link);
+    event_free(u->kick);
+    px_h1_acc_free(&u->acc);
+    bufferevent_free(u->bev);
+    px_metrics.upstream_cx_active--;
+    free(u);
+}
+
+static void conn_dead(struct h1c *u)
+{
+    if (u->state == H1C_DEAD)
+        return;
+    if (u->state == H1C_IDLE)
+        pool[bucket_of(&u->addr)].nidle--;
+    cm_list_remove(&u->link);
+    cm_list_insert_tail(&busy, &u->link);
+    u->state = H1C_DEAD;
+    bufferevent_disable(u->bev, EV_READ | EV_WRITE);
+    event_active(u->kick, EV_TIMEOUT, 0);
+}
+
+static void fail(struct h1c *u, enum px_cause cause)
+{
+    struct px_stream *s = u->s;
+    u->s = NULL;
+    if (s != NULL) {
+        px_stream_on_error(s, PX_UP, cause);
+        px_stream_detach(s, PX_UP);
+    }
+    conn_dead(u);
+}
+
+static struct h1c *conn_new(const struct cm_addr *addr);
+static void bind_stream(struct h1c *u, struct px_stream *s);
+
+/* A pooled connection failed before any response byte: the server closed it
+ * while idle (a keep-alive race). A body-less request is resent once on a
+ * fresh connection instead of failing the client. */
+static bool replay(struct h1c *u)
+{
+    struct px_stream *s = u->s;
+    if (s == NULL || !u->reused || u->got_bytes || !u->replayable || !u->req_done)
+        return false;
+    u->s = NULL;
+    conn_dead(u);
+    struct h1c *n = conn_new(&s->upstream);
+    if (n == NULL)
+        return false;
+    s->ctx[PX_UP] = n;
+    bind_stream(n, s);
+    op_send_head(s);
+    n->req_done = true;
+    cm_debug("h1 upstream: resending a body-less request on a fresh connection");
+    return true;
+}
+
+static void release(struct h1c *u)
+{
+    struct px_stream *s = u->s;
+    u->s = NULL;
+    if (s != NULL)
+        px_stream_detach(s, PX_UP);
+    struct bucket *b = &pool[bucket_of(&u->addr)];
+    if (!u->keep_alive || px_srv->draining || b->nidle >= limits()->pool_max_idle ||
+        evbuffer_get_length(bufferevent_get_input(u->bev)) > 0) {
+        conn_dead(u);
+        return;
+    }
+    u->state = H1C_IDLE;
+    cm_list_remove(&u->link);
+    cm_list_insert_head(&b->idle, &u->link);
+    b->nidle++;
+    /* the server may close an idle connection: watch for EOF; time it out */
+    struct timeval tv = {limits()->pool_idle_timeout_ms / 1000,
+                         (limits()->pool_idle_timeout_ms % 1000) * 1000};
+    bufferevent_set_timeouts(u->bev, &tv, NULL);
+    bufferevent_enable(u->bev, EV_READ);
+}
+
+static void on_kick(evutil_socket_t fd, short what, void *arg)
+{
+    struct h1c *u = arg;
+    (void)fd;
+    (void)what;
+    if (u->connect_failed && u->state == H1C_CONNECTING) {
+        u->connect_failed = false;
+        fail(u, PX_CAUSE_CONNECT_FAILED);
+        return;
+    }
+    if (u->state == H1C_DEAD) {
+        if (u->s != NULL) {
+            struct px_stream *s = u->s;
+            u->s = NULL;
+            px_stream_detach(s, PX_UP);
+        }
+        free_now(u);
+        return;
+    }
+    if (u->state == H1C_BUSY && u->resp_done) {
+        if (u->req_done)
+            release(u);
+        /* else the request is still being sent: wait for op_send_end */
+        return;
+    }
+    process(u);
+}
+
+static void process(struct h1c *u)
+{
+    struct evbuffer *in = bufferevent_get_input(u->bev);
+    while (u->state == H1C_BUSY && !u->resp_done && !u->body_paused) {
+        if (u->parser_paused) {
+            llhttp_resume(&u->parser);
+            u->parser_paused = false;
+        }
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
+            return;
+        const char *data = v.iov_base;
+        u->got_bytes = true;
+        llhttp_errno_t err = llhttp_execute(&u->parser, data, v.iov_len);
+        size_t used = v.iov_len;
+        if (err == HPE_PAUSED) {
+            used = (size_t)(llhttp_get_error_pos(&u->parser) - data);
+            u->parser_paused = true;
+        } else if (err != HPE_OK) {
+            char a[CM_ADDR_STRLEN];
+            cm_debug("h1 upstream %s: bad response: %s", cm_addr_format(&u->addr, a, sizeof(a)),
+                     llhttp_get_error_reason(&u->parser));
+            evbuffer_drain(in, v.iov_len);
+            fail(u, PX_CAUSE_UPSTREAM_PROTO);
+            return;
+        }
+        evbuffer_drain(in, used);
+        if (u->body_paused)
+            bufferevent_disable(u->bev, EV_READ);
+    }
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    struct h1c *u = arg;
+    (void)bev;
+    if (u->state == H1C_IDLE) {
+        conn_dead(u); /* an idle upstream has nothing to say */
+        return;
+    }
+    process(u);
+}
+
+static void on_write(struct bufferevent *bev, void *arg)
+{
+    struct h1c *u = arg;
+    (void)bev;
+    if (u->s != NULL && u->s->paused[PX_DOWN])
+        px_stream_on_drain(u->s, PX_UP);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct h1c *u = arg;
+    if (what & BEV_EVENT_CONNECTED) {
+        int one = 1;
+        setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        bufferevent_set_timeouts(bev, NULL, NULL);
+        if (u->state == H1C_CONNECTING)
+            u->state = H1C_BUSY;
+        return;
+    }
+    if (u->state == H1C_IDLE) {
+        conn_dead(u);
+        return;
+    }
+    if (u->state == H1C_CONNECTING) {
+        int err = EVUTIL_SOCKET_ERROR();
+        enum px_cause cause = (what & BEV_EVENT_TIMEOUT) ? PX_CAUSE_CONNECT_TIMEOUT
+                              : err == ECONNREFUSED       ? PX_CAUSE_CONNECT_REFUSED
+                                                          : PX_CAUSE_CONNECT_FAILED;
+        px_metrics.upstream_cx_connect_fail++;
+        char a[CM_ADDR_STRLEN];
+        cm_debug("h1 upstream %s: connect: %s", cm_addr_format(&u->addr, a, sizeof(a)),
+                 (what & BEV_EVENT_TIMEOUT) ? "timeout" : evutil_socket_error_to_string(err));
+        fail(u, cause);
+        return;
+    }
+    if (what & BEV_EVENT_EOF) {
+        /* close-delimited body, or a reset mid-response */
+        if (u->state == H1C_BUSY && !u->resp_done && u->got_bytes) {
+            process(u);
+            if (u->state == H1C_BUSY && !u->resp_done &&
+                llhttp_finish(&u->parser) == HPE_OK && u->resp_done) {
+                u->keep_alive = false;
+                return; /* completed by EOF; kick releases (closes) it */
+            }
+        }
+        if (u->state == H1C_BUSY && !u->resp_done) {
+            if (!replay(u))
+                fail(u, PX_CAUSE_UPSTREAM_RESET);
+            return;
+        }
+    }
+    if (u->state == H1C_BUSY && !u->resp_done && replay(u))
+        return;
+    fail(u, PX_CAUSE_UPSTREAM_RESET);
+}
+
+static void bind_stream(struct h1c *u, struct px_stream *s)
+{
+    u->s = s;
+    u->got_bytes = u->req_done = u->resp_done = false;
+    u->body_paused = u->informational = false;
+    u->keep_alive = true;
+    llhttp_init(&u->parser, HTTP_RESPONSE, &settings);
+    u->parser.data = u;
+    u->parser_paused = false;
+    px_stream_attach_up(s, &h1c_ops, u);
+}
+
+static struct h1c *conn_new(const struct cm_addr *addr)
+{
+    struct h1c *u = cm_xcalloc(1, sizeof(*u));
+    u->addr = *addr;
+    u->bev = bufferevent_socket_new(px_srv->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (u->bev == NULL) {
+        free(u);
+        return NULL;
+    }
+    u->kick = event_new(px_srv->base, -1, 0, on_kick, u);
+    u->state = H1C_CONNECTING;
+    cm_list_insert_tail(&busy, &u->link);
+    px_metrics.upstream_cx_total++;
+    px_metrics.upstream_cx_active++;
+    uint32_t bound = limits()->buffer_bytes;
+    bufferevent_setcb(u->bev, on_read, on_write, on_event, u);
+    bufferevent_setwatermark(u->bev, EV_READ, 0, bound);
+    bufferevent_setwatermark(u->bev, EV_WRITE, bound / 2, 0);
+    struct timeval tv = {limits()->connect_timeout_ms / 1000,
+                         (limits()->connect_timeout_ms % 1000) * 1000};
+    bufferevent_set_timeouts(u->bev, NULL, &tv);
+    if (bufferevent_socket_connect(u->bev, (const struct sockaddr *)&addr->ss, (int)addr->len) !=
+        0) {
+        /* immediate failure (no route, bad family): reported from the loop */
+        px_metrics.upstream_cx_connect_fail++;
+        u->connect_failed = true;
+        event_active(u->kick, EV_TIMEOUT, 0);
+    }
+    bufferevent_enable(u->bev, EV_READ | EV_WRITE);
+    return u;
+}
+
+void px_h1_client_attach(struct px_stream *s)
+{
+    init_settings();
+    struct bucket *b = &pool[bucket_of(&s->upstream)];
+    struct cm_list *n;
+    struct h1c *u = NULL;
+    for (n = b->idle.next; n != &b->idle; n = n->next) {
+        struct h1c *c = cm_container_of(n, struct h1c, link);
+        if (cm_addr_equal(&c->addr, &s->upstream)) {
+            u = c;
+            break;
+        }
+    }
+    if (u != NULL) {
+        cm_list_remove(&u->link);
+        b->nidle--;
+        cm_list_insert_tail(&busy, &u->link);
+        u->state = H1C_BUSY;
+        u->reused = true;
+        bufferevent_set_timeouts(u->bev, NULL, NULL);
+        px_metrics.upstream_cx_reused++;
+    } else {
+        u = conn_new(&s->upstream);
+        if (u == NULL) {
+            s->cause = PX_CAUSE_CONNECT_FAILED;
+            px_stream_respond(s, 503, px_cause_str(s->cause));
+            return;
+        }
+    }
+    bind_stream(u, s);
+}
+
+void px_h1_drain(void)
+{
+    for (unsigned i = 0; pool_ready && i < POOL_BUCKETS; i++) {
+        while (!cm_list_empty(&pool[i].idle)) {
+            struct h1c *u = cm_container_of(pool[i].idle.next, struct h1c, link);
+            conn_dead(u);
+        }
+    }
+    px_h1_server_drain();
+}
+
+void px_h1_shutdown(void)
+{
+    px_h1_server_shutdown();
+    for (unsigned i = 0; pool_ready && i < POOL_BUCKETS; i++)
+        while (!cm_list_empty(&pool[i].idle))
+            free_now(cm_container_of(pool[i].idle.next, struct h1c, link));
+    while (!cm_list_empty(&busy)) {
+        struct h1c *u = cm_container_of(busy.next, struct h1c, link);
+        if (u->s != NULL) {
+            struct px_stream *s = u->s;
+            u->s = NULL;
+            px_stream_detach(s, PX_UP);
+        }
+        free_now(u);
+    }
+}

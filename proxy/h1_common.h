@@ -1,0 +1,43 @@
+/* Pieces shared by the HTTP/1.1 server and client codecs (private). */
+#ifndef PX_H1_COMMON_H
+#define PX_H1_COMMON_H
+
+#include <event2/buffer.h>
+#include <llhttp.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proxy/http.h"
+
+/* Collects a token that llhttp may hand over in several pieces (a header
+ * name, then its value; or the URL). Bounded: over `max` it refuses. The
+ * buffer belongs to the connection and is reused by every request on it. */
+struct h1_acc {
+    char *buf;
+    size_t len, cap;
+    size_t name_len; /* where the value starts, once the name is complete */
+};
+
+void px_h1_acc_reset(struct h1_acc *a);
+void px_h1_acc_free(struct h1_acc *a);
+/* Append; returns false when the total would pass max. */
+bool px_h1_acc_append(struct h1_acc *a, const char *at, size_t len, size_t max);
+
+/* Write a head's header list (skipping framing headers the codec writes
+ * itself: content-length, transfer-encoding, host, connection). */
+void px_h1_write_headers(struct evbuffer *out, const struct px_msg *m);
+
+/* Body framing helpers. */
+void px_h1_write_chunk(struct evbuffer *out, const uint8_t *data, size_t len);
+void px_h1_write_last_chunk(struct evbuffer *out);
+
+/* The server half's drain and shutdown (h1_server.c), called by px_h1_drain
+ * and px_h1_shutdown (h1_client.c). */
+void px_h1_server_drain(void);
+void px_h1_server_shutdown(void);
+
+/* llhttp returns: do not let a codec call back into itself. */
+#define PX_H1_PAUSE HPE_PAUSED
+
+#endif

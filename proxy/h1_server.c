@@ -1,0 +1,604 @@
+/* HTTP/1.1 server codec: one per downstream connection speaking HTTP/1.x.
+ *
+ * Requests are handled one at a time: when a request is complete the parser
+ * is paused, so pipelined requests wait in the input buffer until the
+ * response to the current one has been queued (pipelining-safe, in order).
+ * The request body streams to the upstream; the parser is paused when the
+ * upstream side holds more than limits.buffer_bytes, and resumed when the
+ * stream says it drained. */
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <llhttp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "common/log.h"
+#include "common/xalloc.h"
+#include "proxy/h1.h"
+#include "proxy/h1_common.h"
+#include "proxy/metrics.h"
+#include "proxy/server.h"
+
+enum h1s_state {
+    H1S_IDLE = 0, /* between requests (keep-alive), idle timer armed */
+    H1S_HEAD,     /* reading a request head, header deadline armed */
+    H1S_BODY,     /* head handed to the stream, reading the body */
+    H1S_WAIT,     /* request complete, waiting for the response to finish */
+    H1S_CLOSING   /* flushing the output, then close */
+};
+
+struct h1s {
+    struct px_conn *c;
+    struct bufferevent *bev;
+    llhttp_t parser;
+    enum h1s_state state;
+    struct px_stream *s; /* the current exchange, or NULL */
+    struct h1_acc acc;
+    struct event *timer;  /* idle / header deadline */
+    struct event *kick;   /* re-run the parser from the event loop */
+    int err_status;       /* status for a parse error we raise ourselves */
+    bool keep_alive;      /* this response may leave the connection open */
+    bool chunked;         /* response body chunked toward the client */
+    bool head_req;        /* HEAD: no response body */
+    bool resp_done;       /* response fully queued */
+    bool req_done;        /* request fully read */
+    bool parser_paused;   /* llhttp returned HPE_PAUSED, resume before executing */
+    bool body_paused;     /* paused for backpressure */
+    bool peer_eof;        /* the client half-closed */
+    bool freeing;
+    struct cm_list link;
+};
+
+static struct cm_list servers = {&servers, &servers};
+static llhttp_settings_t settings;
+static bool settings_ready;
+
+static void process(struct h1s *h);
+static void close_conn(struct h1s *h);
+
+static const struct px_limits *limits(void)
+{
+    return &px_srv->cfg->limits;
+}
+
+static void arm_timer(struct h1s *h, uint32_t ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(h->timer, &tv);
+}
+
+static void kick(struct h1s *h)
+{
+    event_active(h->kick, EV_TIMEOUT, 0);
+}
+
+/* ---- response side: px_side_ops for the stream --------------------------- */
+
+static struct h1s *of(struct px_stream *s)
+{
+    return s->ctx[PX_DOWN];
+}
+
+static void op_send_head(struct px_stream *s)
+{
+    struct h1s *h = of(s);
+    struct evbuffer *out = bufferevent_get_output(h->bev);
+    const struct px_msg *r = &s->resp;
+    int minor = s->req.http_minor;
+    bool no_body = h->head_req || r->status == 204 || r->status == 304 ||
+                   (r->status >= 100 && r->status < 200);
+
+    /* A locally answered request whose body was not read kills the
+     * connection: the unread bytes cannot be told from the next request. */
+    if (!h->req_done)
+        h->keep_alive = false;
+    if (px_srv->draining)
+        h->keep_alive = false;
+
+    evbuffer_add_printf(out, "HTTP/1.%d %d %s\r\n", minor ? 1 : 0, r->status,
+                        px_http_reason(r->status));
+    px_h1_write_headers(out, r);
+    h->chunked = false;
+    if (no_body) {
+        if (r->content_length >= 0 && r->status != 204 && r->status != 304)
+            evbuffer_add_printf(out, "content-length: %lld\r\n", (long long)r->content_length);
+    } else if (r->content_length >= 0) {
+        evbuffer_add_printf(out, "content-length: %lld\r\n", (long long)r->content_length);
+    } else if (minor >= 1) {
+        evbuffer_add(out, "transfer-encoding: chunked\r\n", 28);
+        h->chunked = true;
+    } else {
+        h->keep_alive = false; /* HTTP/1.0: the body ends with the connection */
+    }
+    if (!h->keep_alive)
+        evbuffer_add(out, "connection: close\r\n", 19);
+    else if (minor == 0)
+        evbuffer_add(out, "connection: keep-alive\r\n", 24);
+    evbuffer_add(out, "\r\n", 2);
+}
+
+static void op_send_data(struct px_stream *s, const uint8_t *data, size_t len)
+{
+    struct h1s *h = of(s);
+    if (h->head_req)
+        return;
+    struct evbuffer *out = bufferevent_get_output(h->bev);
+    if (h->chunked)
+        px_h1_write_chunk(out, data, len);
+    else
+        evbuffer_add(out, data, len);
+}
+
+static void op_send_end(struct px_stream *s)
+{
+    struct h1s *h = of(s);
+    if (h->chunked && !h->head_req)
+        px_h1_write_last_chunk(bufferevent_get_output(h->bev));
+    h->resp_done = true;
+    kick(h); /* finish the exchange from the event loop, not from here */
+}
+
+static size_t op_pending(struct px_stream *s)
+{
+    return evbuffer_get_length(bufferevent_get_output(of(s)->bev));
+}
+
+static void op_resume(struct px_stream *s)
+{
+    struct h1s *h = of(s);
+    if (!h->body_paused)
+        return;
+    h->body_paused = false;
+    bufferevent_enable(h->bev, EV_READ);
+    kick(h);
+}
+
+static void op_abort(struct px_stream *s)
+{
+    struct h1s *h = of(s);
+    /* HTTP/1.1 has no way to abort one response but closing */
+    h->s = NULL;
+    px_stream_detach(s, PX_DOWN);
+    h->keep_alive = false;
+    close_conn(h);
+}
+
+static const struct px_side_ops h1s_ops = {
+    .name = "h1-server",
+    .send_head = op_send_head,
+    .send_data = op_send_data,
+    .send_end = op_send_end,
+    .pending = op_pending,
+    .resume = op_resume,
+    .abort = op_abort,
+};
+
+/* ---- local error answers ------------------------------------------------- */
+
+/* Answer an error before (or instead of) a stream, then close. */
+static void reply_error(struct h1s *h, int status, const char *body)
+{
+    if (h->s != NULL && !h->s->head_sent[PX_DOWN]) {
+        struct px_stream *s = h->s;
+        h->keep_alive = false;
+        if (!s->attached[PX_UP] && s->state == PX_STREAM_HEAD) {
+            /* never reached the stream logic: answer without it */
+            h->s = NULL;
+            px_stream_detach(s, PX_DOWN);
+        } else {
+            px_stream_respond(s, status, body);
+            h->state = H1S_CLOSING;
+            return;
+        }
+    } else if (h->s != NULL) {
+        /* response already under way: all we can do is close */
+        struct px_stream *s = h->s;
+        h->s = NULL;
+        px_stream_on_error(s, PX_DOWN, PX_CAUSE_DOWNSTREAM_RESET);
+        px_stream_detach(s, PX_DOWN);
+        close_conn(h);
+        return;
+    }
+    struct evbuffer *out = bufferevent_get_output(h->bev);
+    size_t blen = strlen(body);
+    evbuffer_add_printf(out,
+                        "HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %zu\r\n"
+                        "server: remora\r\nconnection: close\r\n\r\n%s\n",
+                        status, px_http_reason(status), blen + 1, body);
+    h->state = H1S_CLOSING;
+    bufferevent_disable(h->bev, EV_READ);
+    kick(h);
+}
+
+/* ---- llhttp callbacks ------------------------------------------------------ */
+
+static int on_message_begin(llhttp_t *p)
+{
+    struct h1s *h = p->data;
+    h->state = H1S_HEAD;
+    h->s = px_stream_new(h->c, &h1s_ops, h);
+    h->resp_done = h->req_done = false;
+    h->keep_alive = true;
+    h->chunked = h->head_req = false;
+    px_h1_acc_reset(&h->acc);
+    arm_timer(h, limits()->header_timeout_ms);
+    return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len)
+{
+    struct h1s *h = p->data;
+    if (!px_h1_acc_append(&h->acc, at, len, limits()->max_header_bytes)) {
+        h->err_status = 414;
+        return HPE_USER;
+    }
+    return 0;
+}
+
+static int on_url_complete(llhttp_t *p)
+{
+    struct h1s *h = p->data;
+    h->s->req.path = px_arena_strndup(&h->s->arena, h->acc.buf ? h->acc.buf : "", h->acc.len);
+    px_h1_acc_reset(&h->acc);
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct h1s *h = p->data;
+    if (!px_h1_acc_append(&h->acc, at, len, limits()->max_header_bytes)) {
+        h->err_status = 431;
+        return HPE_USER;
+    }
+    return 0;
+}
+
+static int on_header_field_complete(llhttp_t *p)
+{
+    struct h1s *h = p->data;
+    h->acc.name_len = h->acc.len;
+    return 0;
+}
+
+static int on_header_value_complete(llhttp_t *p)
+{
+    struct h1s *h = p->data;
+    const struct px_limits *lim = limits();
+    const char *buf = h->acc.buf ? h->acc.buf : "";
+    size_t nlen = h->acc.name_len, vlen = h->acc.len - h->acc.name_len;
+    /* trailing whitespace is not part of the value (RFC 9110 5.5) */
+    while (vlen > 0 && (buf[nlen + vlen - 1] == ' ' || buf[nlen + vlen - 1] == '\t'))
+        vlen--;
+    if (!px_http_valid_name(buf, nlen) || !px_http_valid_value(buf + nlen, vlen)) {
+        h->err_status = 400;
+        return HPE_USER;
+    }
+    if (px_msg_add(&h->s->arena, &h->s->req, buf, nlen, buf + nlen, vlen, lim->max_header_bytes,
+                   lim->max_headers) != 0) {
+        h->err_status = 431;
+        return HPE_USER;
+    }
+    px_h1_acc_reset(&h->acc);
+    return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    /* same accumulator, after the name */
+    return on_header_field(p, at, len);
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    struct h1s *h = p->data;
+    struct px_stream *s = h->s;
+    struct px_msg *r = &s->req;
+    evtimer_del(h->timer);
+
+    r->method = llhttp_method_name((llhttp_method_t)p->method);
+    r->http_minor = p->http_minor;
+    r->scheme = "http";
+    if (p->http_major != 1) {
+        h->err_status = 505;
+        return HPE_USER;
+    }
+    if (p->method == HTTP_CONNECT) {
+        h->err_status = 405;
+        return HPE_USER;
+    }
+    const struct px_hdr *host = px_msg_find(r, "host");
+    if (host != NULL) {
+        r->authority = host->value;
+        px_msg_remove(r, "host");
+    } else if (r->http_minor >= 1) {
+        h->err_status = 400; /* RFC 9112 3.2: Host is required in HTTP/1.1 */
+        return HPE_USER;
+    }
+    h->keep_alive = llhttp_should_keep_alive(p);
+    h->head_req = p->method == HTTP_HEAD;
+    bool chunked = (p->flags & F_CHUNKED) != 0;
+    if (!chunked && (p->flags & F_CONTENT_LENGTH))
+        r->content_length = (int64_t)p->content_length;
+    r->end_stream = !chunked && r->content_length <= 0;
+    px_msg_remove(r, "content-length");
+    /* Expect: 100-continue is answered by us once the request is accepted */
+    const struct px_hdr *expect = px_msg_find(r, "expect");
+    if (expect != NULL && strncasecmp(expect->value, "100-continue", 12) == 0) {
+        s->expect_continue = true;
+        px_msg_remove(r, "expect");
+    }
+    /* Upgrades (websocket, h2c) are refused by ignoring them: the request
+     * is served as plain HTTP/1.1 (RFC 9110 7.8); Upgrade is hop-by-hop. */
+    h->state = H1S_BODY;
+    px_stream_on_req_head(s);
+    if (h->s == s && s->state == PX_STREAM_FORWARD && s->expect_continue && !r->end_stream &&
+        !s->head_sent[PX_DOWN])
+        evbuffer_add(bufferevent_get_output(h->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct h1s *h = p->data;
+    if (h->s == NULL)
+        return 0;
+    if (px_stream_on_req_data(h->s, (const uint8_t *)at, len)) {
+        h->body_paused = true;
+        return HPE_PAUSED;
+    }
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    struct h1s *h = p->data;
+    h->req_done = true;
+    if (h->state != H1S_CLOSING)
+        h->state = H1S_WAIT;
+    if (h->s != NULL)
+        px_stream_on_req_end(h->s);
+    /* Stop here: a pipelined request waits until this response is queued. */
+    return HPE_PAUSED;
+}
+
+static void init_settings(void)
+{
+    if (settings_ready)
+        return;
+    llhttp_settings_init(&settings);
+    settings.on_message_begin = on_message_begin;
+    settings.on_url = on_url;
+    settings.on_url_complete = on_url_complete;
+    settings.on_header_field = on_header_field;
+    settings.on_header_field_complete = on_header_field_complete;
+    settings.on_header_value = on_header_value;
+    settings.on_header_value_complete = on_header_value_complete;
+    settings.on_headers_complete = on_headers_complete;
+    settings.on_body = on_body;
+    settings.on_message_complete = on_message_complete;
+    settings_ready = true;
+}
+
+/* ---- connection life ------------------------------------------------------- */
+
+static void free_now(struct h1s *h)
+{
+    if (h->s != NULL) {
+        struct px_stream *s = h->s;
+        h->s = NULL;
+        px_stream_on_error(s, PX_DOWN, PX_CAUSE_DOWNSTREAM_RESET);
+        px_stream_detach(s, PX_DOWN);
+    }
+    cm_list_remove(&h->link);
+    event_free(h->timer);
+    event_free(h->kick);
+    px_h1_acc_free(&h->acc);
+    bufferevent_free(h->bev);
+    h->c->bev = NULL;
+    px_conn_free(h->c);
+    free(h);
+}
+
+/* Mark closing; the object is freed from the kick event, never from inside
+ * a callback that may still be using it. */
+static void close_conn(struct h1s *h)
+{
+    if (h->freeing)
+        return;
+    h->freeing = true;
+    bufferevent_disable(h->bev, EV_READ | EV_WRITE);
+    kick(h);
+}
+
+/* The response is queued: finish this exchange and go on with the next. */
+static void finish_exchange(struct h1s *h)
+{
+    struct px_stream *s = h->s;
+    if (s != NULL) {
+        h->s = NULL;
+        if (!h->req_done)
+            px_stream_on_error(s, PX_DOWN, PX_CAUSE_DOWNSTREAM_RESET);
+        px_stream_detach(s, PX_DOWN);
+    }
+    if (!h->keep_alive || !h->req_done || px_srv->draining) {
+        h->state = H1S_CLOSING;
+        bufferevent_disable(h->bev, EV_READ);
+        return;
+    }
+    h->state = H1S_IDLE;
+    h->resp_done = h->req_done = false;
+    arm_timer(h, limits()->idle_timeout_ms);
+    if (!h->peer_eof)
+        bufferevent_enable(h->bev, EV_READ);
+}
+
+static void on_kick(evutil_socket_t fd, short what, void *arg)
+{
+    struct h1s *h = arg;
+    (void)fd;
+    (void)what;
+    if (h->freeing) {
+        free_now(h);
+        return;
+    }
+    if (h->resp_done && h->s != NULL)
+        finish_exchange(h);
+    if (h->state == H1S_CLOSING) {
+        if (evbuffer_get_length(bufferevent_get_output(h->bev)) == 0)
+            close_conn(h);
+        return; /* on_write closes once flushed */
+    }
+    process(h);
+    if (h->state == H1S_IDLE && h->peer_eof &&
+        evbuffer_get_length(bufferevent_get_input(h->bev)) == 0)
+        close_conn(h);
+}
+
+static void parse_error(struct h1s *h, llhttp_errno_t err)
+{
+    int status = h->err_status ? h->err_status : 400;
+    const char *why;
+    switch (status) {
+    case 431: why = "request header fields too large"; px_metrics.header_too_big++; break;
+    case 414: why = "request target too long"; px_metrics.header_too_big++; break;
+    case 405: why = "CONNECT is not supported"; break;
+    case 505: why = "HTTP version not supported"; break;
+    default: why = "malformed request"; px_metrics.bad_request++; break;
+    }
+    cm_debug("h1 conn %llu: %s (%s: %s)", (unsigned long long)h->c->id, why,
+             llhttp_errno_name(err), llhttp_get_error_reason(&h->parser));
+    reply_error(h, status, why);
+}
+
+/* Feed buffered input to llhttp until it pauses or the input is empty. */
+static void process(struct h1s *h)
+{
+    struct evbuffer *in = bufferevent_get_input(h->bev);
+    while (!h->freeing && h->state != H1S_CLOSING && !h->body_paused) {
+        if (h->state == H1S_WAIT)
+            return; /* next request waits for this response */
+        if (h->parser_paused) {
+            llhttp_resume(&h->parser);
+            h->parser_paused = false;
+        }
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
+            return;
+        const char *data = v.iov_base;
+        llhttp_errno_t err = llhttp_execute(&h->parser, data, v.iov_len);
+        size_t used = v.iov_len;
+        if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
+            used = (size_t)(llhttp_get_error_pos(&h->parser) - data);
+            if (err == HPE_PAUSED_UPGRADE)
+                llhttp_resume_after_upgrade(&h->parser);
+            else
+                h->parser_paused = true;
+        } else if (err != HPE_OK) {
+            evbuffer_drain(in, v.iov_len);
+            parse_error(h, err);
+            return;
+        }
+        evbuffer_drain(in, used);
+        if (h->body_paused)
+            bufferevent_disable(h->bev, EV_READ);
+    }
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    struct h1s *h = arg;
+    (void)bev;
+    if (h->state == H1S_IDLE)
+        evtimer_del(h->timer);
+    process(h);
+}
+
+static void on_write(struct bufferevent *bev, void *arg)
+{
+    struct h1s *h = arg;
+    (void)bev;
+    if (h->state == H1S_CLOSING) {
+        if (evbuffer_get_length(bufferevent_get_output(h->bev)) == 0)
+            close_conn(h);
+        return;
+    }
+    if (h->s != NULL && h->s->paused[PX_UP])
+        px_stream_on_drain(h->s, PX_DOWN);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct h1s *h = arg;
+    (void)bev;
+    if (what & BEV_EVENT_EOF) {
+        /* Half-close from the client: it may still read the response. */
+        h->peer_eof = true;
+        if (h->state == H1S_WAIT || (h->state == H1S_CLOSING && h->s != NULL)) {
+            bufferevent_disable(h->bev, EV_READ);
+            return;
+        }
+        if (h->state == H1S_BODY || h->state == H1S_HEAD) {
+            llhttp_errno_t err = llhttp_finish(&h->parser);
+            (void)err;
+            px_metrics.downstream_resets++;
+        }
+    }
+    close_conn(h);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct h1s *h = arg;
+    (void)fd;
+    (void)what;
+    if (h->state == H1S_HEAD) {
+        px_metrics.header_timeout++;
+        cm_debug("h1 conn %llu: request head not complete in time", (unsigned long long)h->c->id);
+        reply_error(h, 408, "request header timeout");
+        return;
+    }
+    if (h->state == H1S_IDLE)
+        close_conn(h);
+}
+
+void px_h1_server_start(struct px_conn *c)
+{
+    init_settings();
+    struct h1s *h = cm_xcalloc(1, sizeof(*h));
+    h->c = c;
+    h->bev = c->bev;
+    c->handler = h;
+    llhttp_init(&h->parser, HTTP_REQUEST, &settings);
+    h->parser.data = h;
+    h->timer = evtimer_new(px_srv->base, on_timer, h);
+    h->kick = event_new(px_srv->base, -1, 0, on_kick, h);
+    h->state = H1S_IDLE;
+    cm_list_insert_tail(&servers, &h->link);
+    uint32_t bound = limits()->buffer_bytes;
+    bufferevent_setcb(h->bev, on_read, on_write, on_event, h);
+    bufferevent_setwatermark(h->bev, EV_WRITE, bound / 2, 0);
+    bufferevent_setwatermark(h->bev, EV_READ, 0, bound);
+    bufferevent_enable(h->bev, EV_READ | EV_WRITE);
+    arm_timer(h, limits()->header_timeout_ms);
+    process(h); /* the detected bytes are already buffered */
+}
+
+void px_h1_server_drain(void)
+{
+    struct cm_list *n, *t;
+    cm_list_foreach_safe(n, t, &servers)
+    {
+        struct h1s *h = cm_container_of(n, struct h1s, link);
+        if (h->state == H1S_IDLE)
+            close_conn(h);
+        /* others answer with "connection: close" (op_send_head) and close */
+    }
+}
+
+void px_h1_server_shutdown(void)
+{
+    while (!cm_list_empty(&servers))
+        free_now(cm_container_of(servers.next, struct h1s, link));
+}

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# HTTP/1.1 through remora-proxy: keep-alive, pipelining, bodies both ways,
+# 100-continue, hop-by-hop headers, upgrades, bad input, upstream failures,
+# timeouts, opaque TCP with half-close, drain on SIGTERM.
+source "$(dirname "$0")/../lib.sh"
+
+start_upstream up1 || exit 1
+ADMIN_PORT=$(free_port); PORT=$(free_port); DEAD=$(free_port); TCPUP=$(free_port); TPORT=$(free_port)
+cat >"$TMP/proxy.json" <<JSON
+{"admin": {"address": "127.0.0.1:$ADMIN_PORT"},
+ "log_level": "info",
+ "access_log": "$TMP/access.log",
+ "limits": {"header_timeout_ms": 600, "max_request_body": 200000, "max_header_bytes": 16384},
+ "listeners": [
+  {"name": "in", "address": "127.0.0.1:$PORT", "direction": "inbound",
+   "upstream": "127.0.0.1:$UP_PORT", "tls": "disabled"},
+  {"name": "dead", "address": "127.0.0.1:$DEAD", "direction": "outbound",
+   "upstream": "127.0.0.1:1", "tls": "disabled"},
+  {"name": "tcp", "address": "127.0.0.1:$TPORT", "direction": "outbound",
+   "upstream": "127.0.0.1:$TCPUP", "tls": "disabled"}]}
+JSON
+start_proxy proxy "$TMP/proxy.json" || exit 1
+U=http://127.0.0.1:$PORT
+
+# -- basic forwarding and keep-alive ----------------------------------------------
+out=$(curl -s "$U/hello?x=1")
+expect_match "GET reaches the upstream with path and query" "$out" '"path":"/hello\?x=1"'
+expect_match "Host is passed through" "$out" "\"authority\":\"127.0.0.1:$PORT\""
+v=$(curl -sv "$U/a" "$U/b" 2>&1 >/dev/null | grep -c 'Re-using existing connection')
+expect_eq "client keep-alive: second request reuses the connection" "$v" 1
+reused=$(curl -s "http://127.0.0.1:$ADMIN_PORT/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["upstream_cx_reused"] > 0)' 2>/dev/null)
+expect_eq "upstream keep-alive: pooled connections are reused" "$reused" True
+
+# -- pipelining: three requests in one write, answered in order ---------------------
+out=$($RAW 127.0.0.1:$PORT 'GET /p1 HTTP/1.1\r\nHost: a\r\n\r\nPOST /p2 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /p3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n')
+order=$(grep -ao '"path":"/p[0-9]"' <<<"$out" | tr -d '\n')
+expect_eq "pipelined requests are answered in order" "$order" '"path":"/p1""path":"/p2""path":"/p3"'
+expect_eq "pipelined: three 200 responses" "$(grep -ao 'HTTP/1.1 200' <<<"$out" | wc -l)" 3
+
+# -- request bodies ---------------------------------------------------------------------
+head -c 150000 /dev/urandom >"$TMP/body"
+want=$(sha256sum <"$TMP/body" | cut -d' ' -f1)
+out=$(curl -s --data-binary @"$TMP/body" "$U/echo")
+expect_match "content-length body arrives intact" "$out" "\"body_sha256\":\"$want\""
+out=$(curl -s -H 'Transfer-Encoding: chunked' --data-binary @"$TMP/body" "$U/echo")
+expect_match "chunked body arrives intact" "$out" "\"body_sha256\":\"$want\""
+out=$(curl -sv -H 'Expect: 100-continue' --data-binary @"$TMP/body" "$U/echo" 2>&1)
+expect_match "Expect: 100-continue gets 100 Continue" "$out" 'HTTP/1.1 100 Continue'
+expect_match "... and the body arrives" "$out" "\"body_sha256\":\"$want\""
+expect_match "... Expect is not forwarded" "$out" '"headers":\{[^}]*\}' 
+[[ $out == *'"expect"'* ]] && fail "Expect header leaked upstream" || pass "Expect header not forwarded"
+
+# -- response bodies ----------------------------------------------------------------------
+n=20000000
+got=$(curl -s "$U/bytes/$n" | sha256sum | cut -d' ' -f1)
+expect_eq "20 MB content-length download intact" "$got" "$($PATTERN --sha256 $n)"
+got=$(curl -s "$U/bytes/$n?chunked=1" | sha256sum | cut -d' ' -f1)
+expect_eq "20 MB chunked download intact" "$got" "$($PATTERN --sha256 $n)"
+out=$(curl -s -I "$U/bytes/1234")
+expect_match "HEAD keeps content-length, no body" "$out" '[Cc]ontent-[Ll]ength: 1234'
+out=$($RAW 127.0.0.1:$PORT 'GET /bytes/10 HTTP/1.0\r\n\r\n')
+expect_match "HTTP/1.0 client gets an HTTP/1.0 answer" "$out" '^HTTP/1.0 200'
+
+# -- hop-by-hop headers and upgrades ----------------------------------------------------
+out=$(curl -s -H 'Connection: keep-alive, X-Secret' -H 'X-Secret: 1' -H 'Keep-Alive: timeout=5' \
+      -H 'Proxy-Connection: keep-alive' -H 'TE: trailers' -H 'X-End: ok' "$U/hop")
+bad=$(grep -oE '"(x-secret|keep-alive|proxy-connection|te|connection)"' <<<"$out" | tr '\n' ' ')
+expect_eq "hop-by-hop headers and those named by Connection are removed" "$bad" ""
+expect_match "end-to-end headers pass" "$out" '"x-end":"ok"'
+out=$(curl -s -i -H 'Connection: Upgrade' -H 'Upgrade: websocket' "$U/ws")
+expect_match "Upgrade is refused cleanly: served as plain HTTP/1.1" "$out" '^HTTP/1.1 200'
+[[ $out == *'"upgrade"'* ]] && fail "Upgrade header leaked upstream" || pass "Upgrade not forwarded"
+out=$($RAW 127.0.0.1:$PORT 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n')
+expect_match "CONNECT is refused with 405" "$out" '^HTTP/1.1 405'
+
+# -- bad input ----------------------------------------------------------------------------
+out=$($RAW 127.0.0.1:$PORT 'GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n')
+expect_match "space in a header name -> 400" "$out" '^HTTP/1.1 400'
+out=$($RAW 127.0.0.1:$PORT 'GET / HTTP/1.1\r\nHost: a\r\nNoColon\r\n\r\n')
+expect_match "header line without a colon -> 400" "$out" '^HTTP/1.1 400'
+out=$($RAW 127.0.0.1:$PORT 'GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n')
+expect_match "NUL in a header value -> 400" "$out" '^HTTP/1.1 400'
+out=$($RAW 127.0.0.1:$PORT 'GET / HTTP/1.1\r\n\r\n')
+expect_match "HTTP/1.1 without Host -> 400" "$out" '^HTTP/1.1 400'
+out=$($RAW 127.0.0.1:$PORT 'GET /\x01 HTTP/1.1\r\nHost: a\r\n\r\n')
+expect_match "control byte in the target -> 400" "$out" '^HTTP/1.1 400'
+out=$($RAW 127.0.0.1:$PORT 'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab')
+expect_match "duplicate Content-Length -> 400" "$out" '^HTTP/1.1 400'
+out=$($RAW 127.0.0.1:$PORT 'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n0\r\n\r\n')
+expect_match "Transfer-Encoding with Content-Length (smuggling) -> 400" "$out" '^HTTP/1.1 400'
+big=$(head -c 20000 /dev/zero | tr '\0' a)
+out=$(curl -s -o /dev/null -w '%{http_code}' -H "X-Big: $big" "$U/")
+expect_eq "headers over max_header_bytes -> 431" "$out" 431
+out=$(curl -s -o /dev/null -w '%{http_code}' --data-binary @"$TMP/body" -H 'Content-Type: x' "$U/")
+[[ $(stat -c %s "$TMP/body") -gt 200000 ]] || true
+head -c 300000 /dev/zero >"$TMP/big"
+out=$(curl -s -o /dev/null -w '%{http_code}' --data-binary @"$TMP/big" "$U/")
+expect_eq "content-length over max_request_body -> 413" "$out" 413
+out=$(curl -s -o /dev/null -w '%{http_code}' -H 'Transfer-Encoding: chunked' --data-binary @"$TMP/big" "$U/")
+expect_eq "chunked body over max_request_body -> 413" "$out" 413
+start=$(date +%s%N)
+out=$($RAW 127.0.0.1:$PORT 'GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ' --timeout 3)
+ms=$(( ($(date +%s%N) - start) / 1000000 ))
+expect_match "a client that never finishes its head gets 408" "$out" '^HTTP/1.1 408'
+check "... within the header timeout (took ${ms} ms)" test "$ms" -lt 2500
+check "proxy alive after bad input" alive "$PROXY_PID"
+
+# -- upstream failures ---------------------------------------------------------------------
+out=$(curl -s -w ' %{http_code}' "http://127.0.0.1:$DEAD/")
+expect_match "refused upstream -> 503 naming the cause" "$out" 'connection refused.* 503$'
+out=$(curl -s -w ' %{http_code}' "$U/close")
+expect_match "upstream closing before answering -> 502" "$out" 'upstream reset.* 502$'
+out=$(curl -s -o /dev/null -w '%{http_code}' "$U/status/503")
+expect_eq "upstream statuses pass through" "$out" 503
+
+# -- opaque TCP with half-close ---------------------------------------------------------------
+python3 - "$TCPUP" >"$TMP/tcpup.log" 2>&1 <<'PY' &
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(4)
+for _ in range(2):
+    c, _ = s.accept(); data = b""
+    while True:
+        b = c.recv(65536)
+        if not b: break
+        data += b
+    c.sendall(b"echo:" + data); c.close()
+PY
+_pids+=($!)
+wait_port "$TCPUP"
+out=$($RAW 127.0.0.1:$TPORT '\x00\x01binary-protocol\xff' --half-close | od -An -tx1 | tr -d ' \n')
+expect_eq "non-HTTP bytes are forwarded as TCP, half-close respected" "$out" \
+    "$(printf 'echo:\x00\x01binary-protocol\xff' | od -An -tx1 | tr -d ' \n')"
+
+# -- access log, metrics --------------------------------------------------------------------
+check "access log has JSON lines" grep -q '"path":"/hello?x=1"' "$TMP/access.log"
+m=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics")
+expect_match "remora_requests_total counts by listener/direction/method/code" "$m" 'remora_requests_total\{listener="in",direction="inbound",method_class="read",code="200"\} [1-9]'
+
+# -- drain on SIGTERM: the in-flight request completes, then exit 0 ---------------------------
+curl -s -o "$TMP/slow.out" -w '%{http_code}' "$U/delay/700" >"$TMP/slow.code" &
+cpid=$!
+sleep 0.3
+stop_pid "$PROXY_PID"; rc=$STOP_RC
+wait "$cpid"
+expect_eq "SIGTERM: in-flight request still answered" "$(cat "$TMP/slow.code")" 200
+expect_eq "SIGTERM: proxy exits 0 after draining" "$rc" 0
+if grep -q "ERROR: AddressSanitizer\|runtime error\|LeakSanitizer" "$TMP/proxy.log"; then
+    fail "sanitizers clean"; grep -A20 "Sanitizer\|runtime error" "$TMP/proxy.log" | head -40
+else
+    pass "sanitizers clean (ASan, UBSan, LeakSanitizer)"
+fi
+finish
