@@ -28,7 +28,7 @@ endif
 
 MBEDTLS_LIBS  = -lmbedtls -lmbedx509 -lmbedcrypto
 PROXY_LIBS    = -levent -lnghttp2 $(MBEDTLS_LIBS) -ljansson -lm
-INJECTOR_LIBS = -lmicrohttpd -levent $(MBEDTLS_LIBS) -ljansson -lm
+INJECTOR_LIBS = -lmicrohttpd -lgnutls -levent $(MBEDTLS_LIBS) -ljansson -lm
 TEST_LIBS     = -lcmocka -lmicrohttpd -levent -lnghttp2 $(MBEDTLS_LIBS) -ljansson -lm
 
 # Sources are found, not listed: a new module is a new file.
@@ -97,7 +97,7 @@ $(BUILD)/remora-injector: $(call obj,injector/main.c) $(LIB_INJECTOR) $(LIB_CERT
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(INJECTOR_LIBS)
 
 $(BUILD)/test-upstream: $(call obj,$(UPSTREAM_SRCS)) $(LIB_COMMON) $(LIB_LLHTTP)
-	$(CC) $(LDFLAGS_ALL) -o $@ $^ -levent -lnghttp2 -ljansson -lm
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ -levent -lnghttp2 -lmbedcrypto -ljansson -lm
 
 # A unit test links every component archive: one that #includes a .c file
 # to reach its statics simply does not pull that object from the archive.
