@@ -64,6 +64,9 @@ void px_server_drain(bool exit_when_done)
     if (exit_when_done)
         px_srv->exit_after_drain = true;
     if (px_srv->draining) {
+        /* already draining (maybe finished): re-check now, exiting if asked */
+        struct timeval now = {0, 0};
+        evtimer_add(px_srv->drain_timer, &now);
         return;
     }
     cm_info("drain: stop accepting; %u connections, %u requests in flight", px_srv->nconns,
