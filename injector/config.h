@@ -1,0 +1,50 @@
+/* remora-injector configuration: the JSON file given with -c.
+ * Loaded once at start; a change needs a restart (the serving certificate and
+ * the sidecar template, which do change at run time, reload on their own). */
+#ifndef IJ_CONFIG_H
+#define IJ_CONFIG_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/log.h"
+#include "common/net.h"
+
+#define IJ_VERSION "0.1.0"
+
+struct ij_config {
+    json_t *root; /* owns every string below */
+    const char *file;
+
+    /* webhook: the HTTPS server the API server calls */
+    const char *webhook_address; /* default "0.0.0.0:8443" */
+    struct cm_addr webhook_addr;
+    const char *cert_file;      /* required: PEM chain, leaf first */
+    const char *key_file;       /* required: PEM private key */
+    int64_t max_body_bytes;     /* 413 above this; default 4 MiB */
+    int64_t timeout_seconds;    /* idle / slow connection timeout; default 10 */
+    int64_t threads;            /* MHD thread pool size; default 2 */
+    int64_t max_connections;    /* default 1024 */
+    int64_t reload_interval_ms; /* cert / template change check; default 2000 */
+
+    /* ca: the signing endpoint (a later issue); accepted and validated now */
+    const char *ca_address; /* NULL: shares the webhook port */
+    struct cm_addr ca_addr;
+    const char *ca_cert_file, *ca_key_file, *ca_root_file, *ca_jwks_file;
+    const char *ca_audience; /* default "remora-ca" */
+    int64_t ca_ttl_seconds;  /* default 86400 */
+
+    const char *trust_domain;  /* default "cluster.local" */
+    const char *template_file; /* NULL: the built-in template */
+    bool native_sidecars;      /* default false */
+    enum cm_log_level log_level;
+};
+
+/* Load and validate `file` into *cfg (zeroed first). Returns 0, or
+ * CM_ERR_INVAL with *errmsg naming the file and key (caller frees). On
+ * success the caller releases cfg with ij_config_deinit. */
+int ij_config_load(const char *file, struct ij_config *cfg, char **errmsg);
+void ij_config_deinit(struct ij_config *cfg);
+
+#endif

@@ -1,0 +1,658 @@
+#include "injector/inject.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/xalloc.h"
+#include "injector/config.h"
+#include "injector/jsonpatch.h"
+
+static const char *const decision_names[IJ_DECIDE__COUNT] = {
+    [IJ_DECIDE_INJECT] = "injected",           [IJ_DECIDE_NOT_POD] = "not-pod",
+    [IJ_DECIDE_NOT_CREATE] = "not-create",     [IJ_DECIDE_SYSTEM_NS] = "system-namespace",
+    [IJ_DECIDE_HOST_NETWORK] = "host-network", [IJ_DECIDE_INJECTED] = "already-injected",
+    [IJ_DECIDE_OPTED_OUT] = "opted-out",       [IJ_DECIDE_CONFLICT] = "name-conflict",
+};
+
+static const char *const our_containers[] = {IJ_INIT_NAME, IJ_PROXY_NAME, NULL};
+static const char *const our_volumes[] = {"remora-token",     "remora-ca-root", "remora-keys",
+                                          "remora-bootstrap", "remora-policy",  NULL};
+
+const char *ij_decision_name(enum ij_decision d)
+{
+    if ((unsigned)d < IJ_DECIDE__COUNT)
+        return decision_names[d];
+    return "unknown";
+}
+
+/* ---- small readers of untrusted JSON: wrong types read as absent ---------- */
+
+static json_t *get_obj(json_t *o, const char *k)
+{
+    json_t *v = json_object_get(o, k);
+    return json_is_object(v) ? v : NULL;
+}
+
+static json_t *get_arr(json_t *o, const char *k)
+{
+    json_t *v = json_object_get(o, k);
+    return json_is_array(v) ? v : NULL;
+}
+
+static const char *get_str(json_t *o, const char *k)
+{
+    return json_string_value(json_object_get(o, k));
+}
+
+static const char *annotation(json_t *pod, const char *key)
+{
+    return get_str(get_obj(get_obj(pod, "metadata"), "annotations"), key);
+}
+
+static void warn(json_t *warnings, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void warn(json_t *warnings, const char *fmt, ...)
+{
+    char buf[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    json_array_append_new(warnings, json_string(buf));
+}
+
+/* Is `name` used by an element of spec[list]? */
+static bool name_in(json_t *spec, const char *list, const char *name)
+{
+    size_t i;
+    json_t *c;
+    json_array_foreach(get_arr(spec, list), i, c)
+    {
+        const char *n = get_str(c, "name");
+        if (n != NULL && strcmp(n, name) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* A boolean annotation: 1 true, 0 false, -1 absent or unreadable. */
+static int ann_bool(json_t *pod, const char *key)
+{
+    const char *v = annotation(pod, key);
+    if (v == NULL)
+        return -1;
+    if (strcasecmp(v, "true") == 0 || strcasecmp(v, "enabled") == 0 || strcmp(v, "1") == 0)
+        return 1;
+    if (strcasecmp(v, "false") == 0 || strcasecmp(v, "disabled") == 0 || strcmp(v, "0") == 0)
+        return 0;
+    return -1;
+}
+
+enum ij_decision ij_inject_decide(json_t *request, json_t *pod, json_t *warnings)
+{
+    json_t *kind = get_obj(request, "kind");
+    json_t *resource = get_obj(request, "resource");
+    const char *k = get_str(kind, "kind"), *g = get_str(kind, "group");
+    const char *r = get_str(resource, "resource");
+    const char *sub = get_str(request, "subResource");
+    const char *op = get_str(request, "operation");
+    const char *ns = get_str(request, "namespace");
+
+    if (k == NULL || strcmp(k, "Pod") != 0 || (g != NULL && *g != '\0') ||
+        (r != NULL && strcmp(r, "pods") != 0) || (sub != NULL && *sub != '\0') ||
+        !json_is_object(pod))
+        return IJ_DECIDE_NOT_POD;
+    if (op == NULL || strcmp(op, "CREATE") != 0)
+        return IJ_DECIDE_NOT_CREATE;
+    if (ns != NULL && (strcmp(ns, "kube-system") == 0 || strcmp(ns, "remora-system") == 0))
+        return IJ_DECIDE_SYSTEM_NS;
+    json_t *spec = get_obj(pod, "spec");
+    if (json_is_true(json_object_get(spec, "hostNetwork")))
+        return IJ_DECIDE_HOST_NETWORK;
+    if (json_object_get(get_obj(get_obj(pod, "metadata"), "annotations"), IJ_ANN_STATUS) != NULL)
+        return IJ_DECIDE_INJECTED;
+    const char *opt = annotation(pod, IJ_ANN_INJECT);
+    if (ann_bool(pod, IJ_ANN_INJECT) == 0)
+        return IJ_DECIDE_OPTED_OUT;
+    if (opt != NULL && ann_bool(pod, IJ_ANN_INJECT) < 0)
+        warn(warnings,
+             "remora: annotation %s: \"%.40s\" is neither \"true\" nor \"false\"; "
+             "injecting",
+             IJ_ANN_INJECT, opt);
+    for (int i = 0; our_containers[i] != NULL; i++) {
+        if (name_in(spec, "containers", our_containers[i]) ||
+            name_in(spec, "initContainers", our_containers[i]) ||
+            name_in(spec, "ephemeralContainers", our_containers[i])) {
+            warn(warnings,
+                 "remora: not injected: the pod already has a container named %s "
+                 "but no %s annotation",
+                 our_containers[i], IJ_ANN_STATUS);
+            return IJ_DECIDE_CONFLICT;
+        }
+    }
+    for (int i = 0; our_volumes[i] != NULL; i++) {
+        if (name_in(spec, "volumes", our_volumes[i])) {
+            warn(warnings, "remora: not injected: the pod already has a volume named %s",
+                 our_volumes[i]);
+            return IJ_DECIDE_CONFLICT;
+        }
+    }
+    return IJ_DECIDE_INJECT;
+}
+
+/* ---- exclusion annotations ------------------------------------------------ */
+
+/* Copy `s` without blanks into a fresh string. */
+static char *strip_blanks(const char *s)
+{
+    char *out = cm_xmalloc(strlen(s) + 1), *o = out;
+    for (; *s; s++)
+        if (!isspace((unsigned char)*s))
+            *o++ = *s;
+    *o = '\0';
+    return out;
+}
+
+static bool port_ok(const char *tok, size_t len)
+{
+    if (len == 0 || len > 5)
+        return false;
+    unsigned v = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (!isdigit((unsigned char)tok[i]))
+            return false;
+        v = v * 10 + (unsigned)(tok[i] - '0');
+    }
+    return v >= 1 && v <= 65535;
+}
+
+static bool cidr_ok(const char *tok, size_t len)
+{
+    char buf[64], *slash;
+    unsigned char addr[16];
+    if (len == 0 || len >= sizeof(buf))
+        return false;
+    memcpy(buf, tok, len);
+    buf[len] = '\0';
+    slash = strchr(buf, '/');
+    if (slash != NULL)
+        *slash = '\0';
+    int family = strchr(buf, ':') != NULL ? AF_INET6 : AF_INET;
+    if (inet_pton(family, buf, addr) != 1)
+        return false;
+    if (slash == NULL)
+        return true;
+    const char *bits = slash + 1;
+    size_t bl = strlen(bits);
+    if (bl == 0 || bl > 3)
+        return false;
+    unsigned v = 0;
+    for (size_t i = 0; i < bl; i++) {
+        if (!isdigit((unsigned char)bits[i]))
+            return false;
+        v = v * 10 + (unsigned)(bits[i] - '0');
+    }
+    return v <= (family == AF_INET ? 32u : 128u);
+}
+
+/* Read a comma-separated exclusion annotation. Returns the normalised list
+ * (heap, caller frees), or NULL when absent, empty or malformed (with a
+ * warning: a bad value must never reach remora-proxy's argv as a flag). */
+static char *exclusion(json_t *pod, const char *key, bool (*ok)(const char *, size_t),
+                       json_t *warnings)
+{
+    const char *raw = annotation(pod, key);
+    if (raw == NULL)
+        return NULL;
+    char *s = strip_blanks(raw);
+    if (*s == '\0') {
+        free(s);
+        return NULL;
+    }
+    for (const char *t = s;;) {
+        const char *comma = strchr(t, ',');
+        size_t len = comma != NULL ? (size_t)(comma - t) : strlen(t);
+        if (!ok(t, len)) {
+            warn(warnings,
+                 "remora: annotation %s: \"%.60s\" is not a comma-separated list of %s; "
+                 "ignored",
+                 key, raw, ok == port_ok ? "ports" : "IP ranges");
+            free(s);
+            return NULL;
+        }
+        if (comma == NULL)
+            break;
+        t = comma + 1;
+    }
+    return s;
+}
+
+/* Is port listed in a normalised port list? */
+static bool port_listed(const char *list, long port)
+{
+    for (const char *t = list; t != NULL && *t;) {
+        if (strtol(t, NULL, 10) == port)
+            return true;
+        t = strchr(t, ',');
+        if (t != NULL)
+            t++;
+    }
+    return false;
+}
+
+/* ---- probes --------------------------------------------------------------- */
+
+static const struct {
+    const char *field; /* the container's probe */
+    const char *what;  /* the last segment of the rewritten path */
+} probe_kinds[] = {
+    {"livenessProbe", "livez"},
+    {"readinessProbe", "readyz"},
+    {"startupProbe", "startupz"},
+};
+
+/* DNS-1123 label: what Kubernetes allows as a container name; anything else
+ * cannot be put in a URL path unescaped, so its probes are left alone. */
+static bool dns_label(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 63 || s[0] == '-' || s[n - 1] == '-')
+        return false;
+    for (; *s; s++)
+        if (!(islower((unsigned char)*s) || isdigit((unsigned char)*s) || *s == '-'))
+            return false;
+    return true;
+}
+
+/* The number behind a probe port: an integer, a numeric string, or the name
+ * of one of the container's ports. -1 when it cannot be resolved. */
+static long resolve_port(json_t *container, json_t *port)
+{
+    if (json_is_integer(port)) {
+        json_int_t v = json_integer_value(port);
+        return v >= 1 && v <= 65535 ? (long)v : -1;
+    }
+    const char *name = json_string_value(port);
+    if (name == NULL || *name == '\0')
+        return -1;
+    if (port_ok(name, strlen(name)))
+        return strtol(name, NULL, 10);
+    size_t i;
+    json_t *p;
+    json_array_foreach(get_arr(container, "ports"), i, p)
+    {
+        const char *n = get_str(p, "name");
+        json_t *cp = json_object_get(p, "containerPort");
+        if (n != NULL && strcmp(n, name) == 0 && json_is_integer(cp) &&
+            json_integer_value(cp) >= 1 && json_integer_value(cp) <= 65535)
+            return (long)json_integer_value(cp);
+    }
+    return -1;
+}
+
+/* Rewrite the HTTP probes of spec.containers[idx] to go through the proxy's
+ * health port; record each original target in `probers` (path -> probe). */
+static void rewrite_probes(json_t *patch, json_t *container, size_t idx, const char *excl_in,
+                           json_t *probers, json_t *warnings)
+{
+    const char *name = get_str(container, "name");
+    char index[32];
+    snprintf(index, sizeof(index), "%zu", idx);
+    for (size_t k = 0; k < sizeof(probe_kinds) / sizeof(probe_kinds[0]); k++) {
+        json_t *probe = get_obj(container, probe_kinds[k].field);
+        json_t *http = get_obj(probe, "httpGet");
+        if (http == NULL)
+            continue; /* exec, tcpSocket and grpc probes are left alone */
+        const char *host = get_str(http, "host");
+        if (host != NULL && *host != '\0')
+            continue; /* kubelet probes another host, not through the pod's capture */
+        if (name == NULL || !dns_label(name))
+            continue;
+        long port = resolve_port(container, json_object_get(http, "port"));
+        if (port < 0) {
+            warn(warnings, "remora: container %s: %s port cannot be resolved; probe not rewritten",
+                 name, probe_kinds[k].field);
+            continue;
+        }
+        if (port_listed(excl_in, port))
+            continue; /* not captured, kubelet reaches the app directly */
+
+        char *path = cm_xasprintf("/app-health/%s/%s", name, probe_kinds[k].what);
+        json_t *orig = json_deep_copy(http);
+        json_object_set_new(orig, "port", json_integer(port));
+        if (get_str(orig, "scheme") == NULL)
+            json_object_set_new(orig, "scheme", json_string("HTTP"));
+        if (get_str(orig, "path") == NULL)
+            json_object_set_new(orig, "path", json_string("/"));
+        json_t *entry = json_pack("{s:o}", "httpGet", orig);
+        json_t *timeout = json_object_get(probe, "timeoutSeconds");
+        if (json_is_integer(timeout))
+            json_object_set(entry, "timeoutSeconds", timeout);
+        json_object_set_new(probers, path, entry);
+
+        json_t *repl =
+            json_pack("{s:s, s:i, s:s}", "path", path, "port", IJ_PORT_HEALTH, "scheme", "HTTP");
+        char *ptr =
+            ij_jsonpatch_path("spec", "containers", index, probe_kinds[k].field, "httpGet", NULL);
+        ij_jsonpatch_op(patch, "replace", ptr, repl);
+        free(ptr);
+        free(path);
+    }
+}
+
+/* ---- what is added -------------------------------------------------------- */
+
+static json_t *field_env(const char *name, const char *path)
+{
+    return json_pack("{s:s, s:{s:{s:s, s:s}}}", "name", name, "valueFrom", "fieldRef", "apiVersion",
+                     "v1", "fieldPath", path);
+}
+
+static json_t *health_probe(int period, int failures)
+{
+    return json_pack("{s:{s:s, s:i, s:s}, s:i, s:i, s:i}", "httpGet", "path", "/healthz/ready",
+                     "port", IJ_PORT_HEALTH, "scheme", "HTTP", "periodSeconds", period,
+                     "timeoutSeconds", 1, "failureThreshold", failures);
+}
+
+static json_t *init_container(const struct ij_template *t, const char *excl_in,
+                              const char *excl_out, const char *excl_ranges)
+{
+    char uid[16], in[16], out[16];
+    snprintf(uid, sizeof(uid), "%d", IJ_PROXY_UID);
+    snprintf(in, sizeof(in), "%d", IJ_PORT_INBOUND);
+    snprintf(out, sizeof(out), "%d", IJ_PORT_OUTBOUND);
+    json_t *args = json_pack("[s, s, s, s, s, s, s]", "iptables", "--proxy-uid", uid,
+                             "--inbound-port", in, "--outbound-port", out);
+    if (excl_in != NULL) {
+        json_array_append_new(args, json_string("--exclude-inbound-ports"));
+        json_array_append_new(args, json_string(excl_in));
+    }
+    if (excl_out != NULL) {
+        json_array_append_new(args, json_string("--exclude-outbound-ports"));
+        json_array_append_new(args, json_string(excl_out));
+    }
+    if (excl_ranges != NULL) {
+        json_array_append_new(args, json_string("--exclude-outbound-ip-ranges"));
+        json_array_append_new(args, json_string(excl_ranges));
+    }
+    /* Root with NET_ADMIN and NET_RAW only. The root filesystem stays
+     * writable: iptables-restore takes its lock in /run/xtables.lock. */
+    json_t *sc = json_pack("{s:{s:[s, s], s:[s]}, s:b, s:b, s:b, s:b, s:i, s:i}", "capabilities",
+                           "add", "NET_ADMIN", "NET_RAW", "drop", "ALL", "privileged", 0,
+                           "allowPrivilegeEscalation", 0, "readOnlyRootFilesystem", 0,
+                           "runAsNonRoot", 0, "runAsUser", 0, "runAsGroup", 0);
+    return json_pack("{s:s, s:s, s:s, s:[s], s:o, s:o, s:o, s:s}", "name", IJ_INIT_NAME, "image",
+                     t->image, "imagePullPolicy", t->image_pull_policy, "command", "remora-proxy",
+                     "args", args, "resources", json_deep_copy(t->init_resources),
+                     "securityContext", sc, "terminationMessagePolicy", "FallbackToLogsOnError");
+}
+
+static json_t *proxy_container(const struct ij_template *t, bool native, bool policy,
+                               json_t *probers)
+{
+    json_t *env = json_pack("[o, o, o, o]", field_env("POD_NAME", "metadata.name"),
+                            field_env("POD_NAMESPACE", "metadata.namespace"),
+                            field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+                            field_env("POD_IP", "status.podIP"));
+    if (json_object_size(probers) > 0) {
+        char *s = json_dumps(probers, JSON_COMPACT | JSON_SORT_KEYS);
+        json_array_append_new(env,
+                              json_pack("{s:s, s:s}", "name", "REMORA_APP_PROBERS", "value", s));
+        free(s);
+    }
+    json_t *extra = json_deep_copy(t->env);
+    json_array_extend(env, extra);
+    json_decref(extra);
+
+    json_t *mounts = json_pack("[{s:s, s:s, s:b}, {s:s, s:s, s:b}, {s:s, s:s}, {s:s, s:s, s:b}]",
+                               "name", "remora-token", "mountPath", IJ_DIR_TOKEN, "readOnly", 1,
+                               "name", "remora-ca-root", "mountPath", IJ_DIR_CA, "readOnly", 1,
+                               "name", "remora-keys", "mountPath", IJ_DIR_KEYS, "name",
+                               "remora-bootstrap", "mountPath", IJ_DIR_BOOTSTRAP, "readOnly", 1);
+    if (policy)
+        json_array_append_new(mounts, json_pack("{s:s, s:s, s:b}", "name", "remora-policy",
+                                                "mountPath", IJ_DIR_POLICY, "readOnly", 1));
+
+    json_t *sc =
+        json_pack("{s:{s:[s]}, s:b, s:b, s:b, s:b, s:i, s:i}", "capabilities", "drop", "ALL",
+                  "privileged", 0, "allowPrivilegeEscalation", 0, "readOnlyRootFilesystem", 1,
+                  "runAsNonRoot", 1, "runAsUser", IJ_PROXY_UID, "runAsGroup", IJ_PROXY_UID);
+    json_t *ports = json_pack("[{s:s, s:i, s:s}, {s:s, s:i, s:s}]", "name", "remora-inbound",
+                              "containerPort", IJ_PORT_INBOUND, "protocol", "TCP", "name",
+                              "remora-health", "containerPort", IJ_PORT_HEALTH, "protocol", "TCP");
+
+    json_t *c = json_pack("{s:s, s:s, s:s, s:[s], s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:s}", "name",
+                          IJ_PROXY_NAME, "image", t->image, "imagePullPolicy", t->image_pull_policy,
+                          "command", "remora-proxy", "args", json_deep_copy(t->args), "ports",
+                          ports, "env", env, "resources", json_deep_copy(t->resources),
+                          "securityContext", sc, "volumeMounts", mounts, "readinessProbe",
+                          health_probe(2, 30), "terminationMessagePolicy", "FallbackToLogsOnError");
+    if (native) {
+        /* kubelet starts the next init container, and at last the app, only
+         * once a native sidecar's startup probe passed. */
+        json_object_set_new(c, "restartPolicy", json_string("Always"));
+        json_object_set_new(c, "startupProbe", health_probe(1, 600));
+    } else if (t->hold_application) {
+        /* kubelet runs containers' postStart hooks in order and waits for
+         * each: the app after us starts once the proxy answers ready. */
+        json_object_set_new(c, "lifecycle",
+                            json_pack("{s:{s:{s:o}}}", "postStart", "exec", "command",
+                                      json_deep_copy(t->wait_command)));
+    }
+    return c;
+}
+
+static json_t *volumes(const struct ij_inject_params *p, const char *policy)
+{
+    const struct ij_template *t = p->tpl;
+    /* 0444: the token is read by UID 1337 whatever the pod's fsGroup. */
+    json_t *v =
+        json_pack("[{s:s, s:{s:[{s:{s:s, s:I, s:s}}], s:i}},"
+                  " {s:s, s:{s:s, s:[{s:s, s:s}]}},"
+                  " {s:s, s:{s:s, s:s}},"
+                  " {s:s, s:{s:[{s:s, s:{s:s, s:s}}]}}]",
+                  "name", "remora-token", "projected", "sources", "serviceAccountToken", "audience",
+                  p->ca_audience, "expirationSeconds", (json_int_t)t->token_expiration_seconds,
+                  "path", "token", "defaultMode", 0444, "name", "remora-ca-root", "configMap",
+                  "name", t->ca_root_configmap, "items", "key", "root.pem", "path", "root.pem",
+                  "name", "remora-keys", "emptyDir", "medium", "Memory", "sizeLimit", "1Mi", "name",
+                  "remora-bootstrap", "downwardAPI", "items", "path", "bootstrap.json", "fieldRef",
+                  "apiVersion", "v1", "fieldPath", "metadata.annotations['" IJ_ANN_BOOTSTRAP "']");
+    if (policy != NULL)
+        json_array_append_new(v, json_pack("{s:s, s:{s:s, s:[{s:s, s:s}]}}", "name",
+                                           "remora-policy", "configMap", "name", policy, "items",
+                                           "key", "policy.json", "path", "policy.json"));
+    return v;
+}
+
+/* The proxy's bootstrap config (DESIGN.md "remora-proxy"), as the file the
+ * downward-API volume shows it at IJ_DIR_BOOTSTRAP/bootstrap.json. */
+static char *bootstrap(const struct ij_inject_params *p, bool policy)
+{
+    const struct ij_template *t = p->tpl;
+    char admin[32], in[32], out[32];
+    snprintf(admin, sizeof(admin), "127.0.0.1:%d", IJ_PORT_ADMIN);
+    snprintf(in, sizeof(in), "0.0.0.0:%d", IJ_PORT_INBOUND);
+    snprintf(out, sizeof(out), "127.0.0.1:%d", IJ_PORT_OUTBOUND);
+    json_t *b = json_pack("{s:{s:s}, s:[{s:s, s:s, s:s, s:s}, {s:s, s:s, s:s, s:s}],"
+                          " s:{s:s, s:s, s:s, s:s}}",
+                          "admin", "address", admin, "listeners", "name", "inbound", "address", in,
+                          "direction", "inbound", "tls", t->inbound_tls, "name", "outbound",
+                          "address", out, "direction", "outbound", "tls", "mesh", "identity",
+                          "trust_domain", p->trust_domain, "ca_address", t->ca_address, "ca_root",
+                          IJ_DIR_CA "/root.pem", "token_file", IJ_DIR_TOKEN "/token");
+    if (policy)
+        json_object_set_new(b, "policy_file", json_string(IJ_DIR_POLICY "/policy.json"));
+    char *s = json_dumps(b, JSON_COMPACT);
+    json_decref(b);
+    return s;
+}
+
+/* DNS-1123 subdomain: a ConfigMap name. */
+static bool dns_subdomain(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 253 || !isalnum((unsigned char)s[0]) || !isalnum((unsigned char)s[n - 1]))
+        return false;
+    for (; *s; s++)
+        if (!(islower((unsigned char)*s) || isdigit((unsigned char)*s) || *s == '-' || *s == '.'))
+            return false;
+    return true;
+}
+
+/* Add each (key, value) of `add` under /metadata/annotations: one op per key
+ * when the map exists, else the map whole. */
+static void add_annotations(json_t *patch, json_t *pod, json_t *add)
+{
+    json_t *meta = json_object_get(pod, "metadata");
+    json_t *ann = json_object_get(meta, "annotations");
+    const char *k;
+    json_t *v;
+    if (!json_is_object(meta)) {
+        ij_jsonpatch_add(patch, json_pack("{s:O}", "annotations", add), "metadata", NULL);
+    } else if (!json_is_object(ann)) {
+        ij_jsonpatch_add(patch, json_incref(add), "metadata", "annotations", NULL);
+    } else {
+        json_object_foreach(add, k, v)
+        {
+            ij_jsonpatch_add(patch, json_incref(v), "metadata", "annotations", k, NULL);
+        }
+    }
+}
+
+json_t *ij_inject_patch(const struct ij_inject_params *p, json_t *request, json_t *pod,
+                        json_t *warnings)
+{
+    (void)request;
+    const struct ij_template *t = p->tpl;
+    json_t *patch = json_array();
+    json_t *spec = json_object_get(pod, "spec");
+    json_t *containers = json_object_get(spec, "containers");
+    json_t *inits = get_arr(spec, "initContainers");
+    json_t *probers = json_object();
+    json_t *c;
+    size_t i;
+
+    int nat = ann_bool(pod, IJ_ANN_NATIVE);
+    bool native = nat < 0 ? p->native_default : nat == 1;
+    const char *natv = annotation(pod, IJ_ANN_NATIVE);
+    if (natv != NULL && nat < 0)
+        warn(warnings,
+             "remora: annotation %s: \"%.40s\" is neither \"true\" nor \"false\"; "
+             "using the default",
+             IJ_ANN_NATIVE, natv);
+    char *excl_in = exclusion(pod, IJ_ANN_EXCLUDE_IN, port_ok, warnings);
+    char *excl_out = exclusion(pod, IJ_ANN_EXCLUDE_OUT, port_ok, warnings);
+    char *excl_ranges = exclusion(pod, IJ_ANN_EXCLUDE_RANGES, cidr_ok, warnings);
+    const char *policy = annotation(pod, IJ_ANN_POLICY);
+    if (policy != NULL && !dns_subdomain(policy))
+        /* Mounted anyway: the API server then refuses the pod, which is
+         * better than a pod that runs without the policy its owner asked for. */
+        warn(warnings, "remora: annotation %s: \"%.60s\" is not a valid ConfigMap name",
+             IJ_ANN_POLICY, policy);
+
+    /* 1. Probe rewrites address containers by index: emit them while the
+     * indices are still those of the original pod. */
+    json_array_foreach(containers, i, c)
+    {
+        rewrite_probes(patch, c, i, excl_in, probers, warnings);
+    }
+
+    /* 2. Annotations: the bootstrap, the status, and in classic mode the
+     * default container for kubectl (the proxy goes first). */
+    json_t *status_probes = json_array();
+    const char *path;
+    json_t *v;
+    json_object_foreach(probers, path, v)
+    {
+        json_array_append_new(status_probes, json_string(path));
+    }
+    json_t *added_ann = json_array();
+    json_t *ann = json_object();
+    char *boot = bootstrap(p, policy != NULL);
+    json_object_set_new(ann, IJ_ANN_BOOTSTRAP, json_string(boot));
+    json_array_append_new(added_ann, json_string(IJ_ANN_BOOTSTRAP));
+    free(boot);
+    bool proxy_first = !native && t->hold_application;
+    if (proxy_first && annotation(pod, "kubectl.kubernetes.io/default-container") == NULL) {
+        const char *first = get_str(json_array_get(containers, 0), "name");
+        if (first != NULL) {
+            json_object_set_new(ann, "kubectl.kubernetes.io/default-container", json_string(first));
+            json_array_append_new(added_ann,
+                                  json_string("kubectl.kubernetes.io/default-container"));
+        }
+    }
+    json_t *status = json_pack(
+        "{s:s, s:s, s:o, s:o, s:o, s:o, s:o}", "version", IJ_VERSION, "mode",
+        native ? "native" : "classic", "initContainers",
+        native ? json_pack("[s, s]", IJ_INIT_NAME, IJ_PROXY_NAME) : json_pack("[s]", IJ_INIT_NAME),
+        "containers", native ? json_array() : json_pack("[s]", IJ_PROXY_NAME), "volumes",
+        json_pack("[s, s, s, s]", "remora-token", "remora-ca-root", "remora-keys",
+                  "remora-bootstrap"),
+        "annotations", added_ann, "probes", status_probes);
+    if (policy != NULL)
+        json_array_append_new(json_object_get(status, "volumes"), json_string("remora-policy"));
+    char *st = json_dumps(status, JSON_COMPACT);
+    json_object_set_new(ann, IJ_ANN_STATUS, json_string(st));
+    free(st);
+    json_decref(status);
+    add_annotations(patch, pod, ann);
+    json_decref(ann);
+
+    /* 3. remora-init first among the init containers; the native proxy right
+     * after it, so later init containers already have the mesh. */
+    json_t *init = init_container(t, excl_in, excl_out, excl_ranges);
+    json_t *proxy = proxy_container(t, native, policy != NULL, probers);
+    if (inits == NULL) {
+        json_t *a = json_pack("[o]", init);
+        if (native)
+            json_array_append_new(a, proxy);
+        ij_jsonpatch_add(patch, a, "spec", "initContainers", NULL);
+    } else {
+        ij_jsonpatch_add(patch, init, "spec", "initContainers", "0", NULL);
+        if (native)
+            ij_jsonpatch_add(patch, proxy, "spec", "initContainers", "1", NULL);
+    }
+    /* 4. Classic: the proxy first among containers when the app is held
+     * until it is ready, else last. */
+    if (!native)
+        ij_jsonpatch_add(patch, proxy, "spec", "containers", proxy_first ? "0" : "-", NULL);
+
+    /* 5. Volumes: appended, or the list whole. */
+    json_t *vols = volumes(p, policy);
+    if (get_arr(spec, "volumes") == NULL) {
+        ij_jsonpatch_add(patch, vols, "spec", "volumes", NULL);
+    } else {
+        json_array_foreach(vols, i, v)
+        {
+            ij_jsonpatch_add(patch, json_incref(v), "spec", "volumes", "-", NULL);
+        }
+        json_decref(vols);
+    }
+
+    /* Things Kubernetes cannot fix for us, said where the user sees them. */
+    const char *rp = get_str(spec, "restartPolicy");
+    if (!native && rp != NULL && strcmp(rp, "Always") != 0)
+        warn(warnings,
+             "remora: classic sidecar in a pod with restartPolicy %s: the pod completes "
+             "only when remora-proxy exits; use %s: \"true\"",
+             rp, IJ_ANN_NATIVE);
+    if (!native && json_array_size(inits) > 0)
+        warn(warnings,
+             "remora: classic sidecar: init containers run before the proxy and have "
+             "no network through the mesh; use %s: \"true\"",
+             IJ_ANN_NATIVE);
+    if (name_in(spec, "containers", "istio-proxy") || name_in(spec, "containers", "linkerd-proxy"))
+        warn(warnings, "remora: the pod also has another mesh's proxy; their traffic capture "
+                       "will conflict");
+
+    free(excl_in);
+    free(excl_out);
+    free(excl_ranges);
+    json_decref(probers);
+    return patch;
+}

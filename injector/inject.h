@@ -1,0 +1,73 @@
+/* The injection decision and the patch: what remora-injector adds to a Pod.
+ * Pure functions of (template, settings, AdmissionReview request); no I/O, so
+ * unit tests and the fuzzer call them directly. */
+#ifndef IJ_INJECT_H
+#define IJ_INJECT_H
+
+#include <jansson.h>
+#include <stdbool.h>
+
+#include "injector/template.h"
+
+/* Annotations of the injection contract (DESIGN.md). */
+#define IJ_ANN_INJECT         "remora.io/inject"
+#define IJ_ANN_STATUS         "remora.io/status"
+#define IJ_ANN_NATIVE         "remora.io/native-sidecar"
+#define IJ_ANN_POLICY         "remora.io/policy"
+#define IJ_ANN_EXCLUDE_IN     "remora.io/exclude-inbound-ports"
+#define IJ_ANN_EXCLUDE_OUT    "remora.io/exclude-outbound-ports"
+#define IJ_ANN_EXCLUDE_RANGES "remora.io/exclude-outbound-ip-ranges"
+/* Ours beyond the contract: the proxy's bootstrap config, read by the proxy
+ * through a downward-API volume (docs/injector.md). */
+#define IJ_ANN_BOOTSTRAP "remora.io/bootstrap"
+
+#define IJ_INIT_NAME     "remora-init"
+#define IJ_PROXY_NAME    "remora-proxy"
+#define IJ_PROXY_UID     1337
+#define IJ_PORT_INBOUND  15006
+#define IJ_PORT_OUTBOUND 15001
+#define IJ_PORT_ADMIN    15000
+#define IJ_PORT_HEALTH   15020
+
+/* Where the injected volumes are mounted in remora-proxy. */
+#define IJ_DIR_TOKEN     "/var/run/remora/token"
+#define IJ_DIR_CA        "/var/run/remora/ca"
+#define IJ_DIR_KEYS      "/var/run/remora/keys"
+#define IJ_DIR_BOOTSTRAP "/etc/remora/bootstrap"
+#define IJ_DIR_POLICY    "/etc/remora/policy"
+
+enum ij_decision {
+    IJ_DECIDE_INJECT = 0,   /* add the sidecar */
+    IJ_DECIDE_NOT_POD,      /* the object is not a Pod, or a subresource of one */
+    IJ_DECIDE_NOT_CREATE,   /* UPDATE, DELETE, CONNECT */
+    IJ_DECIDE_SYSTEM_NS,    /* kube-system or remora-system, whatever the labels say */
+    IJ_DECIDE_HOST_NETWORK, /* hostNetwork: iptables would capture the node's traffic */
+    IJ_DECIDE_INJECTED,     /* remora.io/status is already there (reinvocation) */
+    IJ_DECIDE_OPTED_OUT,    /* remora.io/inject: "false" */
+    IJ_DECIDE_CONFLICT,     /* a container or volume already uses one of our names */
+    IJ_DECIDE__COUNT
+};
+
+/* Short stable name ("host-network"...) for logs and metric labels. */
+const char *ij_decision_name(enum ij_decision d);
+
+/* What a review needs besides the request; all borrowed. */
+struct ij_inject_params {
+    const struct ij_template *tpl;
+    const char *trust_domain;
+    const char *ca_audience;
+    bool native_default; /* config native_sidecars */
+};
+
+/* Decide for one AdmissionReview `request` (an object) whose `object` is
+ * `pod` (NULL when the request has none). Appends human-readable strings
+ * to `warnings` (an array) when something is worth telling the user. */
+enum ij_decision ij_inject_decide(json_t *request, json_t *pod, json_t *warnings);
+
+/* Build the JSON Patch that injects the sidecar into `pod`, which the caller
+ * has checked is a Pod with spec.containers an array of named objects.
+ * Returns a new array (caller decrefs); appends warnings. */
+json_t *ij_inject_patch(const struct ij_inject_params *p, json_t *request, json_t *pod,
+                        json_t *warnings);
+
+#endif

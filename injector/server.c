@@ -1,0 +1,301 @@
+#include "injector/server.h"
+
+#include <errno.h>
+#include <microhttpd.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/xalloc.h"
+#include "injector/admission.h"
+#include "injector/metrics.h"
+
+struct ij_server {
+    struct MHD_Daemon *daemon;
+    const struct ij_config *cfg;
+    struct ij_tls *tls;
+    struct ij_template_slot *tpl;
+    atomic_bool ready;
+    atomic_uint connections;
+    int fd;
+    unsigned port;
+};
+
+/* One HTTP request; freed by MHD's completion callback. */
+struct req {
+    char *buf; /* the body so far, bounded by webhook.max_body_bytes */
+    size_t len, cap;
+    size_t dropped; /* bytes discarded once over the bound */
+    bool too_large; /* answer 413 at the end */
+    bool answered;  /* a response was queued at the first call */
+};
+
+/* A chunked body over the bound is read and dropped up to this many times
+ * the bound (for a clean 413); past that the connection is simply closed. */
+#define DRAIN_FACTOR 4
+
+static enum MHD_Result send_buf(struct MHD_Connection *conn, unsigned code, const char *type,
+                                char *body, size_t len)
+{
+    /* MUST_FREE: MHD frees the body with free() once sent. */
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    if (r == NULL) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    MHD_add_response_header(r, "Cache-Control", "no-store");
+    enum MHD_Result ret = MHD_queue_response(conn, code, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *conn, unsigned code, const char *msg)
+{
+    json_t *e = json_pack("{s:s, s:i}", "error", msg, "code", (int)code);
+    char *s = json_dumps(e, JSON_COMPACT);
+    json_decref(e);
+    return send_buf(conn, code, "application/json", s, strlen(s));
+}
+
+static enum MHD_Result send_text(struct MHD_Connection *conn, unsigned code, const char *text)
+{
+    char *s = cm_xstrdup(text);
+    return send_buf(conn, code, "application/json", s, strlen(s));
+}
+
+static enum MHD_Result inject(struct ij_server *s, struct MHD_Connection *conn, struct req *r)
+{
+    uint64_t t0 = cm_mono_us();
+    if (r->too_large) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "body larger than %lld bytes",
+                 (long long)s->cfg->max_body_bytes);
+        cm_warn("POST /inject: %s", msg);
+        ij_metrics_review(IJ_OUT_TOO_LARGE, IJ_DECIDE_INJECT, cm_mono_us() - t0);
+        return send_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, msg);
+    }
+    struct ij_template *tpl = ij_template_slot_get(s->tpl);
+    struct ij_inject_params p = {
+        .tpl = tpl,
+        .trust_domain = s->cfg->trust_domain,
+        .ca_audience = s->cfg->ca_audience,
+        .native_default = s->cfg->native_sidecars,
+    };
+    struct ij_review rv;
+    ij_admission_review(&p, r->buf != NULL ? r->buf : "", r->len, &rv);
+    ij_template_unref(tpl);
+    uint64_t us = cm_mono_us() - t0;
+    if (rv.http_status != 200) {
+        cm_warn("POST /inject: 400: %s", rv.errmsg);
+        ij_metrics_review(IJ_OUT_INVALID, IJ_DECIDE_INJECT, us);
+    } else {
+        cm_debug("review %s: %s (%llu us)", rv.uid, ij_decision_name(rv.decision),
+                 (unsigned long long)us);
+        ij_metrics_review(IJ_OUT_REVIEWED, rv.decision, us);
+    }
+    enum MHD_Result ret =
+        send_buf(conn, (unsigned)rv.http_status, "application/json", rv.body, rv.body_len);
+    rv.body = NULL; /* MHD owns it now */
+    ij_review_deinit(&rv);
+    return ret;
+}
+
+/* First call for a request: only the headers are known. Refuse what is
+ * refused on headers alone (wrong path or method, a declared body over the
+ * bound) before reading any body. */
+static enum MHD_Result first_call(struct ij_server *s, struct MHD_Connection *conn, const char *url,
+                                  const char *method, struct req *r)
+{
+    bool post = strcmp(method, MHD_HTTP_METHOD_POST) == 0;
+    bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, "HEAD") == 0;
+    r->answered = true;
+    if (strcmp(url, "/inject") == 0) {
+        if (!post)
+            return send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "use POST");
+        const char *cl =
+            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl != NULL) {
+            char *end;
+            errno = 0;
+            unsigned long long n = strtoull(cl, &end, 10);
+            if (errno == 0 && *end == '\0' && n > (unsigned long long)s->cfg->max_body_bytes) {
+                r->too_large = true;
+                return inject(s, conn, r); /* MHD closes after it: the body is unread */
+            }
+            if (errno == 0 && *end == '\0' && n > 0) {
+                r->cap = (size_t)n;
+                r->buf = cm_xmalloc(r->cap + 1);
+            }
+        }
+        r->answered = false;
+        return MHD_YES;
+    }
+    if (!get)
+        return send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "use GET");
+    if (strcmp(url, "/healthz") == 0)
+        return send_text(conn, MHD_HTTP_OK, "{\"status\":\"ok\"}");
+    if (strcmp(url, "/readyz") == 0) {
+        if (atomic_load(&s->ready))
+            return send_text(conn, MHD_HTTP_OK, "{\"status\":\"ready\"}");
+        return send_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "{\"status\":\"not ready\"}");
+    }
+    if (strcmp(url, "/metrics") == 0) {
+        size_t len;
+        char *m = ij_metrics_render(atomic_load(&s->connections), &len);
+        return send_buf(conn, MHD_HTTP_OK, "text/plain; version=0.0.4", m, len);
+    }
+    return send_error(conn, MHD_HTTP_NOT_FOUND, "no such path");
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **req_cls)
+{
+    (void)version;
+    struct ij_server *s = cls;
+    struct req *r = *req_cls;
+    if (r == NULL) {
+        r = cm_xcalloc(1, sizeof(*r));
+        *req_cls = r;
+        return first_call(s, conn, url, method, r);
+    }
+    if (r->answered) {
+        *upload_data_size = 0; /* a body to a GET: ignored */
+        return MHD_YES;
+    }
+    size_t n = *upload_data_size;
+    if (n > 0) {
+        *upload_data_size = 0;
+        size_t max = (size_t)s->cfg->max_body_bytes;
+        if (r->too_large || r->len + n > max) {
+            r->too_large = true;
+            r->dropped += n;
+            /* Past this, reading on only feeds a client that will not stop. */
+            return r->dropped > max * DRAIN_FACTOR ? MHD_NO : MHD_YES;
+        }
+        if (r->len + n > r->cap) {
+            size_t cap = r->cap ? r->cap : 16384;
+            while (cap < r->len + n)
+                cap *= 2;
+            if (cap > max)
+                cap = max;
+            r->buf = cm_xrealloc(r->buf, cap + 1);
+            r->cap = cap;
+        }
+        memcpy(r->buf + r->len, upload_data, n);
+        r->len += n;
+        return MHD_YES;
+    }
+    r->answered = true;
+    return inject(s, conn, r);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)conn;
+    (void)toe;
+    struct req *r = *req_cls;
+    if (r != NULL) {
+        free(r->buf);
+        free(r);
+        *req_cls = NULL;
+    }
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    (void)conn;
+    struct ij_server *s = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        *socket_context = ij_tls_conn_start(s->tls);
+        atomic_fetch_add(&s->connections, 1);
+    } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        ij_tls_conn_end(*socket_context);
+        *socket_context = NULL;
+        atomic_fetch_sub(&s->connections, 1);
+    }
+}
+
+/* MHD's own messages are mostly about peers (bad handshakes, resets). */
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    if (CM_LOG_DEBUG <= cm_log_current_level)
+        cm_log_vwrite(CM_LOG_DEBUG, fmt, ap);
+}
+
+int ij_server_start(const struct ij_config *cfg, struct ij_tls *tls, struct ij_template_slot *tpl,
+                    struct ij_server **out, char **errmsg)
+{
+    struct ij_server *s = cm_xcalloc(1, sizeof(*s));
+    struct cm_addr bound;
+    char addr[CM_ADDR_STRLEN];
+
+    s->cfg = cfg;
+    s->tls = tls;
+    s->tpl = tpl;
+    s->fd = cm_net_listen(&cfg->webhook_addr, 1024);
+    if (s->fd < 0) {
+        *errmsg = cm_xasprintf("%s: webhook.address: cannot listen on %s: %s", cfg->file,
+                               cfg->webhook_address, strerror(errno));
+        free(s);
+        return CM_ERR_IO;
+    }
+    if (cm_net_local_addr(s->fd, &bound) == 0)
+        s->port = cm_addr_port(&bound);
+    ij_tls_bind(tls);
+    unsigned flags = MHD_USE_TLS | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
+                     MHD_USE_ERROR_LOG;
+    s->daemon = MHD_start_daemon(
+        flags, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
+        MHD_OPTION_LISTEN_SOCKET, s->fd, MHD_OPTION_HTTPS_CERT_CALLBACK, ij_tls_on_cert,
+        MHD_OPTION_HTTPS_PRIORITIES, "NORMAL:-VERS-SSL3.0:-VERS-TLS1.0:-VERS-TLS1.1",
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)cfg->timeout_seconds, MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
+        s, MHD_OPTION_END);
+    if (s->daemon == NULL) {
+        *errmsg = cm_xasprintf("cannot start the HTTPS server on %s (libmicrohttpd)",
+                               cfg->webhook_address);
+        close(s->fd);
+        free(s);
+        return CM_ERR_IO;
+    }
+    atomic_store(&s->ready, true);
+    cm_info("serving https on %s (port %u, %lld threads)",
+            cm_addr_format(&bound, addr, sizeof(addr)), s->port, (long long)cfg->threads);
+    *out = s;
+    return 0;
+}
+
+unsigned ij_server_port(const struct ij_server *s)
+{
+    return s->port;
+}
+
+void ij_server_stop(struct ij_server *s, unsigned grace_ms)
+{
+    if (s == NULL)
+        return;
+    atomic_store(&s->ready, false);
+    MHD_socket fd = MHD_quiesce_daemon(s->daemon);
+    uint64_t deadline = cm_mono_ms() + grace_ms;
+    while (atomic_load(&s->connections) > 0 && cm_mono_ms() < deadline) {
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    MHD_stop_daemon(s->daemon);
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd);
+    free(s);
+}

@@ -1,0 +1,27 @@
+/* The webhook's HTTPS server on libmicrohttpd (GnuTLS underneath):
+ *   POST /inject   AdmissionReview -> AdmissionReview (admission.c)
+ *   GET  /healthz  200 while the process serves
+ *   GET  /readyz   200 once serving, 503 while shutting down
+ *   GET  /metrics  Prometheus text (metrics.c)
+ * MHD runs its own threads (a pool of webhook.threads, epoll each); every
+ * handler is short and never blocks, so a request cannot stall others. */
+#ifndef IJ_SERVER_H
+#define IJ_SERVER_H
+
+#include "injector/config.h"
+#include "injector/template.h"
+#include "injector/tls.h"
+
+struct ij_server;
+
+/* Bind webhook.address and start serving. cfg, tls and tpl are borrowed and
+ * must outlive the server. Returns 0 and *out, or CM_ERR_IO with *errmsg. */
+int ij_server_start(const struct ij_config *cfg, struct ij_tls *tls, struct ij_template_slot *tpl,
+                    struct ij_server **out, char **errmsg);
+/* The port actually bound (webhook.address may say port 0). */
+unsigned ij_server_port(const struct ij_server *s);
+/* Stop accepting, let open connections finish for up to grace_ms, then stop
+ * and free. */
+void ij_server_stop(struct ij_server *s, unsigned grace_ms);
+
+#endif
