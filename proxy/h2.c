@@ -1,0 +1,704 @@
+/* HTTP/2 codec, the part both roles share: session I/O between nghttp2 and a
+ * bufferevent, deferred closing, body queues with NO_COPY DATA frames, flow
+ * control tied to the other side's backpressure, header translation, and
+ * the public drain / shutdown / counters of proxy/h2.h.
+ * See docs/h2.md for the design. */
+#include "proxy/h2.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "common/xalloc.h"
+#include "proxy/h2_common.h"
+#include "proxy/http.h"
+#include "proxy/metrics.h"
+#include "proxy/server.h"
+
+struct cm_list px_h2_server_list = {&px_h2_server_list, &px_h2_server_list};
+struct cm_list px_h2_client_list = {&px_h2_client_list, &px_h2_client_list};
+unsigned px_h2_nserver, px_h2_nclient;
+static uint64_t next_session_id;
+
+/* A peer that never reads our last frames is cut after this long. */
+#define CLOSE_LINGER_MS 2000
+
+static void set_timer_ms(struct event *ev, uint32_t ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(ev, &tv);
+}
+
+static enum px_cause default_cause(const struct px_h2_session *sess)
+{
+    return sess->role == PX_H2_CLIENT ? PX_CAUSE_UPSTREAM_RESET : PX_CAUSE_DOWNSTREAM_RESET;
+}
+
+/* ---- sessions ------------------------------------------------------------ */
+
+static void on_defer(evutil_socket_t fd, short what, void *arg);
+static void on_idle(evutil_socket_t fd, short what, void *arg);
+
+struct px_h2_session *px_h2_session_new(enum px_h2_role role, struct bufferevent *bev)
+{
+    struct px_h2_session *sess = cm_xcalloc(1, sizeof(*sess));
+    sess->role = role;
+    sess->state = role == PX_H2_SERVER ? PX_H2_OPEN : PX_H2_CONNECTING;
+    sess->bev = bev;
+    sess->defer = event_new(px_srv->base, -1, 0, on_defer, sess);
+    sess->idle = evtimer_new(px_srv->base, on_idle, sess);
+    if (sess->defer == NULL || sess->idle == NULL) {
+        cm_error("h2: event_new failed");
+        abort();
+    }
+    cm_list_init(&sess->streams);
+    cm_list_init(&sess->link);
+    sess->fail_cause = default_cause(sess);
+    sess->id = ++next_session_id;
+    return sess;
+}
+
+void px_h2_session_schedule(struct px_h2_session *sess)
+{
+    event_active(sess->defer, EV_WRITE, 0);
+}
+
+void px_h2_session_close(struct px_h2_session *sess, enum px_cause cause)
+{
+    if (sess->state == PX_H2_CLOSING)
+        return;
+    cm_debug("h2 %s session %llu: closing (%s)", sess->role == PX_H2_SERVER ? "server" : "client",
+             (unsigned long long)sess->id, px_cause_str(cause));
+    sess->state = PX_H2_CLOSING;
+    sess->fail_cause = cause;
+    if (sess->bev != NULL)
+        bufferevent_disable(sess->bev, EV_READ | EV_WRITE);
+    evtimer_del(sess->idle);
+    event_active(sess->defer, EV_WRITE, 0);
+}
+
+void px_h2_session_idle_update(struct px_h2_session *sess)
+{
+    if (sess->state == PX_H2_CLOSING || sess->close_when_flushed)
+        return;
+    if (sess->nstreams > 0) {
+        evtimer_del(sess->idle);
+        return;
+    }
+    const struct px_limits *lim = &px_srv->cfg->limits;
+    uint32_t ms = sess->role == PX_H2_SERVER ? lim->idle_timeout_ms : lim->pool_idle_timeout_ms;
+    if (ms > 0)
+        set_timer_ms(sess->idle, ms);
+}
+
+/* No stream for the idle timeout (or the last frames did not leave in time):
+ * say goodbye with GOAWAY and let the flush close the connection. */
+static void on_idle(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct px_h2_session *sess = arg;
+    if (sess->state == PX_H2_CLOSING)
+        return;
+    if (sess->close_when_flushed || sess->state == PX_H2_CONNECTING) {
+        px_h2_session_close(sess, sess->fail_cause);
+        return;
+    }
+    if (sess->nstreams > 0)
+        return;
+    cm_debug("h2 session %llu: idle, closing", (unsigned long long)sess->id);
+    nghttp2_session_terminate_session(sess->ng, NGHTTP2_NO_ERROR);
+    sess->state = PX_H2_GOAWAY;
+    px_h2_session_flush(sess);
+}
+
+void px_h2_session_flush(struct px_h2_session *sess)
+{
+    if (sess->state == PX_H2_CLOSING || sess->state == PX_H2_CONNECTING)
+        return;
+    int rv = nghttp2_session_send(sess->ng);
+    if (rv != 0) {
+        cm_debug("h2 session %llu: send: %s", (unsigned long long)sess->id, nghttp2_strerror(rv));
+        px_h2_session_close(sess, sess->fail_cause);
+        return;
+    }
+    if (sess->state == PX_H2_CLOSING)
+        return; /* a callback closed it */
+    if (nghttp2_session_want_read(sess->ng) || nghttp2_session_want_write(sess->ng))
+        return;
+    /* nghttp2 is done with the connection (GOAWAY exchanged, no streams) */
+    if (evbuffer_get_length(bufferevent_get_output(sess->bev)) == 0) {
+        px_h2_session_close(sess, sess->fail_cause);
+        return;
+    }
+    if (!sess->close_when_flushed) {
+        sess->close_when_flushed = true;
+        bufferevent_disable(sess->bev, EV_READ);
+        bufferevent_setwatermark(sess->bev, EV_WRITE, 0, 0);
+        set_timer_ms(sess->idle, CLOSE_LINGER_MS);
+    }
+}
+
+/* Feed the bufferevent's input to nghttp2, then send what it produced. */
+static void process_input(struct px_h2_session *sess)
+{
+    struct evbuffer *in = bufferevent_get_input(sess->bev);
+    for (;;) {
+        size_t n = evbuffer_get_contiguous_space(in);
+        if (n == 0)
+            break;
+        unsigned char *p = evbuffer_pullup(in, (ev_ssize_t)n);
+        ssize_t rv = nghttp2_session_mem_recv(sess->ng, p, n);
+        if (rv < 0) {
+            cm_debug("h2 %s session %llu: bad input: %s",
+                     sess->role == PX_H2_SERVER ? "server" : "client",
+                     (unsigned long long)sess->id, nghttp2_strerror((int)rv));
+            if (sess->role == PX_H2_SERVER)
+                px_metrics.bad_request++;
+            px_h2_session_close(sess, sess->role == PX_H2_CLIENT ? PX_CAUSE_UPSTREAM_PROTO
+                                                                  : PX_CAUSE_DOWNSTREAM_RESET);
+            return;
+        }
+        evbuffer_drain(in, (size_t)rv);
+        if (sess->state == PX_H2_CLOSING)
+            return;
+    }
+    px_h2_session_flush(sess);
+}
+
+static bool output_full(const struct px_h2_session *sess)
+{
+    return evbuffer_get_length(bufferevent_get_output(sess->bev)) >= PX_H2_OUT_HIGH;
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    struct px_h2_session *sess = arg;
+    if (sess->state == PX_H2_CLOSING || sess->close_when_flushed) {
+        evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
+        return;
+    }
+    if (output_full(sess)) {
+        /* the peer does not read what we send: stop reading what it sends */
+        sess->input_held = true;
+        bufferevent_disable(bev, EV_READ);
+        return;
+    }
+    process_input(sess);
+}
+
+static void on_write(struct bufferevent *bev, void *arg)
+{
+    struct px_h2_session *sess = arg;
+    if (sess->state == PX_H2_CLOSING)
+        return;
+    if (sess->close_when_flushed) {
+        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+            px_h2_session_close(sess, sess->fail_cause);
+        return;
+    }
+    px_h2_session_flush(sess);
+    if (sess->input_held && sess->state != PX_H2_CLOSING && !output_full(sess)) {
+        sess->input_held = false;
+        bufferevent_enable(bev, EV_READ);
+        process_input(sess);
+    }
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    struct px_h2_session *sess = arg;
+    if (sess->state == PX_H2_CLOSING)
+        return;
+    if (sess->role == PX_H2_CLIENT &&
+        ((what & BEV_EVENT_CONNECTED) || sess->state == PX_H2_CONNECTING)) {
+        px_h2_client_on_event(sess, what);
+        return;
+    }
+    if (what & BEV_EVENT_CONNECTED)
+        return;
+    cm_debug("h2 %s session %llu: connection %s", sess->role == PX_H2_SERVER ? "server" : "client",
+             (unsigned long long)sess->id, (what & BEV_EVENT_EOF) ? "closed by peer" : "error");
+    px_h2_session_close(sess, default_cause(sess));
+}
+
+void px_h2_session_io(struct px_h2_session *sess)
+{
+    bufferevent_setcb(sess->bev, on_read, on_write, on_event, sess);
+    bufferevent_setwatermark(sess->bev, EV_WRITE, PX_H2_OUT_HIGH / 2, 0);
+    bufferevent_enable(sess->bev, EV_READ | EV_WRITE);
+}
+
+static void on_defer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct px_h2_session *sess = arg;
+    if (sess->state == PX_H2_CLOSING) {
+        px_h2_session_destroy(sess);
+        return;
+    }
+    if (sess->role == PX_H2_CLIENT)
+        px_h2_client_fail_pending(sess);
+    if (sess->state == PX_H2_CLOSING || sess->state == PX_H2_CONNECTING)
+        return;
+    if (!sess->input_held && !sess->close_when_flushed &&
+        evbuffer_get_length(bufferevent_get_input(sess->bev)) > 0 && !output_full(sess))
+        process_input(sess); /* the first bytes, read before we took over */
+    else if (!sess->close_when_flushed)
+        px_h2_session_flush(sess);
+}
+
+void px_h2_session_destroy(struct px_h2_session *sess)
+{
+    sess->state = PX_H2_CLOSING;
+    if (sess->role == PX_H2_SERVER)
+        px_h2_server_destroy_streams(sess);
+    else
+        px_h2_client_destroy_streams(sess);
+    if (cm_list_linked(&sess->link))
+        cm_list_remove(&sess->link);
+    nghttp2_session_del(sess->ng);
+    if (sess->bev != NULL)
+        bufferevent_free(sess->bev);
+    event_free(sess->defer);
+    event_free(sess->idle);
+    if (sess->role == PX_H2_SERVER) {
+        px_h2_nserver--;
+        if (sess->conn != NULL)
+            px_conn_free(sess->conn);
+    } else {
+        px_h2_nclient--;
+        px_metrics.upstream_cx_active--;
+    }
+    free(sess);
+}
+
+/* ---- nghttp2 glue shared by both roles ----------------------------------- */
+
+static ssize_t on_send(nghttp2_session *ng, const uint8_t *data, size_t len, int flags,
+                       void *user_data)
+{
+    (void)ng;
+    (void)flags;
+    struct px_h2_session *sess = user_data;
+    if (output_full(sess))
+        return NGHTTP2_ERR_WOULDBLOCK;
+    evbuffer_add(bufferevent_get_output(sess->bev), data, len);
+    return (ssize_t)len;
+}
+
+/* Body bytes left st->buf: tell the stream when it fell below half the bound
+ * while the other side is paused for us. */
+static void check_drain(struct px_h2_stream *st)
+{
+    struct px_stream *s = st->s;
+    if (s == NULL)
+        return;
+    enum px_side me = st->sess->role == PX_H2_SERVER ? PX_DOWN : PX_UP;
+    enum px_side other = me == PX_DOWN ? PX_UP : PX_DOWN;
+    if (s->paused[other] &&
+        evbuffer_get_length(st->buf) < px_srv->cfg->limits.buffer_bytes / 2)
+        px_stream_on_drain(s, me);
+}
+
+static int on_send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t *framehd,
+                        size_t length, nghttp2_data_source *source, void *user_data)
+{
+    (void)ng;
+    struct px_h2_session *sess = user_data;
+    struct px_h2_stream *st = source->ptr;
+    struct evbuffer *out = bufferevent_get_output(sess->bev);
+    if (output_full(sess))
+        return NGHTTP2_ERR_WOULDBLOCK;
+    if (frame->data.padlen > 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE; /* we never install a padding callback */
+    evbuffer_add(out, framehd, 9);
+    /* moves whole evbuffer chains when it can: no copy of the payload */
+    if (length > 0 && evbuffer_remove_buffer(st->buf, out, length) != (int)length)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    check_drain(st);
+    return 0;
+}
+
+static int on_error(nghttp2_session *ng, int lib_error_code, const char *msg, size_t len,
+                    void *user_data)
+{
+    (void)ng;
+    (void)lib_error_code;
+    struct px_h2_session *sess = user_data;
+    cm_debug("h2 %s session %llu: %.*s", sess->role == PX_H2_SERVER ? "server" : "client",
+             (unsigned long long)sess->id, (int)len, msg);
+    return 0;
+}
+
+void px_h2_common_setup(nghttp2_session_callbacks **cbs, nghttp2_option **opt)
+{
+    if (nghttp2_session_callbacks_new(cbs) != 0 || nghttp2_option_new(opt) != 0) {
+        cm_error("h2: out of memory");
+        abort();
+    }
+    nghttp2_session_callbacks_set_send_callback(*cbs, on_send);
+    nghttp2_session_callbacks_set_send_data_callback(*cbs, on_send_data);
+    nghttp2_session_callbacks_set_error_callback2(*cbs, on_error);
+    /* window updates only for bytes the other side accepted */
+    nghttp2_option_set_no_auto_window_update(*opt, 1);
+    /* no RFC 7540 priority tree: do not keep closed streams around for it */
+    nghttp2_option_set_no_closed_streams(*opt, 1);
+}
+
+/* Per-stream receive window: the bound, at least the protocol default. */
+static uint32_t stream_window(void)
+{
+    uint32_t w = px_srv->cfg->limits.buffer_bytes;
+    if (w < 65535)
+        w = 65535;
+    if (w > (1u << 24))
+        w = 1u << 24;
+    return w;
+}
+
+int px_h2_submit_settings(struct px_h2_session *sess)
+{
+    const struct px_limits *lim = &px_srv->cfg->limits;
+    nghttp2_settings_entry iv[4];
+    size_t n = 0;
+    if (sess->role == PX_H2_SERVER) {
+        iv[n].settings_id = NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS;
+        iv[n++].value = lim->h2_max_concurrent_streams ? lim->h2_max_concurrent_streams : 100;
+    } else {
+        iv[n].settings_id = NGHTTP2_SETTINGS_ENABLE_PUSH;
+        iv[n++].value = 0;
+    }
+    iv[n].settings_id = NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE;
+    iv[n++].value = stream_window();
+    iv[n].settings_id = NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE;
+    iv[n++].value = lim->max_header_bytes + 32 * (lim->max_headers + 8);
+    int rv = nghttp2_submit_settings(sess->ng, NGHTTP2_FLAG_NONE, iv, n);
+    if (rv != 0)
+        return rv;
+    /* The connection window bounds the bytes held back on all paused streams
+     * together; a generous one keeps a paused stream from stalling the rest. */
+    uint64_t cw = (uint64_t)stream_window() * 16;
+    if (cw > INT32_MAX)
+        cw = INT32_MAX;
+    return nghttp2_session_set_local_window_size(sess->ng, NGHTTP2_FLAG_NONE, 0, (int32_t)cw);
+}
+
+/* ---- streams ------------------------------------------------------------- */
+
+struct px_h2_stream *px_h2_stream_new(struct px_h2_session *sess, struct px_stream *s)
+{
+    struct px_h2_stream *st = cm_xcalloc(1, sizeof(*st));
+    st->sess = sess;
+    st->s = s;
+    st->id = -1;
+    st->buf = evbuffer_new();
+    if (st->buf == NULL) {
+        cm_error("h2: evbuffer_new failed");
+        abort();
+    }
+    cm_list_insert_tail(&sess->streams, &st->link);
+    sess->nstreams++;
+    px_h2_session_idle_update(sess);
+    return st;
+}
+
+void px_h2_stream_free(struct px_h2_stream *st)
+{
+    struct px_h2_session *sess = st->sess;
+    /* the connection window of held bytes must come back, or the
+     * connection starves once enough reset streams held some */
+    if (st->held > 0 && sess->state != PX_H2_CLOSING)
+        nghttp2_session_consume_connection(sess->ng, st->held);
+    cm_list_remove(&st->link);
+    sess->nstreams--;
+    evbuffer_free(st->buf);
+    free(st);
+    px_h2_session_idle_update(sess);
+    if (sess->state != PX_H2_CLOSING)
+        px_h2_session_schedule(sess);
+}
+
+void px_h2_stream_detach(struct px_h2_stream *st)
+{
+    struct px_stream *s = st->s;
+    if (s == NULL)
+        return;
+    st->s = NULL;
+    px_stream_detach(s, st->sess->role == PX_H2_SERVER ? PX_DOWN : PX_UP);
+}
+
+void px_h2_stream_consume(struct px_h2_stream *st, size_t len)
+{
+    if (len == 0 || st->sess->state == PX_H2_CLOSING)
+        return;
+    if (st->id > 0)
+        nghttp2_session_consume(st->sess->ng, st->id, len);
+    else
+        nghttp2_session_consume_connection(st->sess->ng, len);
+    px_h2_session_schedule(st->sess);
+}
+
+void px_h2_stream_received(struct px_h2_stream *st, size_t len, bool full)
+{
+    if (full) {
+        st->held += len;
+        st->paused = true;
+        return;
+    }
+    px_h2_stream_consume(st, len);
+}
+
+static void wake(struct px_h2_stream *st)
+{
+    if (st->deferred && st->id > 0) {
+        st->deferred = false;
+        nghttp2_session_resume_data(st->sess->ng, st->id);
+    }
+    px_h2_session_schedule(st->sess);
+}
+
+void px_h2_stream_queue(struct px_h2_stream *st, const uint8_t *data, size_t len)
+{
+    if (st->sess->state == PX_H2_CLOSING || st->out != PX_H2_OUT_BODY || len == 0)
+        return;
+    evbuffer_add(st->buf, data, len);
+    wake(st);
+}
+
+void px_h2_stream_queue_end(struct px_h2_stream *st)
+{
+    if (st->sess->state == PX_H2_CLOSING || st->out != PX_H2_OUT_BODY)
+        return;
+    st->out = PX_H2_OUT_END;
+    wake(st);
+}
+
+ssize_t px_h2_read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length,
+                        uint32_t *flags, nghttp2_data_source *src, void *user_data)
+{
+    (void)buf;
+    (void)user_data;
+    struct px_h2_stream *st = src->ptr;
+    size_t avail = evbuffer_get_length(st->buf);
+    size_t n = avail < length ? avail : length;
+    if (n == 0 && st->out != PX_H2_OUT_END) {
+        st->deferred = true;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    if (n == avail && st->out == PX_H2_OUT_END) {
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+        st->out = PX_H2_OUT_DONE;
+        struct px_stream *s = st->s;
+        const struct px_msg *t = NULL;
+        if (s != NULL)
+            t = st->sess->role == PX_H2_SERVER ? s->resp_trailers : s->req_trailers;
+        if (t != NULL && t->nhdrs > 0) {
+            nghttp2_nv *nva;
+            size_t nv = px_h2_make_trailer_nv(t, &nva);
+            if (nv > 0 && nghttp2_submit_trailer(ng, id, nva, nv) == 0)
+                *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            free(nva);
+        }
+    }
+    return (ssize_t)n;
+}
+
+/* ---- heads ----------------------------------------------------------------- */
+
+static void nv_set(nghttp2_nv *nv, const char *name, size_t namelen, const char *value,
+                   size_t valuelen)
+{
+    nv->name = (uint8_t *)name;
+    nv->namelen = namelen;
+    nv->value = (uint8_t *)value;
+    nv->valuelen = valuelen;
+    nv->flags = NGHTTP2_NV_FLAG_NONE;
+}
+
+/* Connection-specific fields never go out on HTTP/2 (RFC 9113 8.2.2). */
+static bool connection_specific(const struct px_hdr *h)
+{
+    static const char *const names[] = {"connection", "keep-alive",  "proxy-connection",
+                                        "transfer-encoding", "upgrade", "http2-settings"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (strcmp(h->name, names[i]) == 0)
+            return true;
+    return false;
+}
+
+size_t px_h2_make_nv(const struct px_msg *m, bool request, nghttp2_nv **nva, char *statusbuf)
+{
+    nghttp2_nv *nv = cm_xmalloc((m->nhdrs + 5) * sizeof(*nv));
+    size_t n = 0;
+    if (request) {
+        const char *method = m->method ? m->method : "GET";
+        const char *path = m->path && m->path[0] ? m->path : "/";
+        const char *authority = m->authority;
+        if (authority == NULL) {
+            const struct px_hdr *host = px_msg_find(m, "host");
+            if (host != NULL)
+                authority = host->value;
+        }
+        nv_set(&nv[n++], ":method", 7, method, strlen(method));
+        nv_set(&nv[n++], ":scheme", 7, "http", 4);
+        if (authority != NULL && authority[0])
+            nv_set(&nv[n++], ":authority", 10, authority, strlen(authority));
+        nv_set(&nv[n++], ":path", 5, path, strlen(path));
+    } else {
+        int status = m->status >= 100 && m->status <= 999 ? m->status : 502;
+        snprintf(statusbuf, 4, "%03d", status);
+        nv_set(&nv[n++], ":status", 7, statusbuf, 3);
+    }
+    for (uint32_t i = 0; i < m->nhdrs; i++) {
+        const struct px_hdr *h = &m->hdrs[i];
+        if (h->namelen == 0 || h->name[0] == ':' || connection_specific(h))
+            continue;
+        if (strcmp(h->name, "host") == 0)
+            continue; /* carried by :authority */
+        if (strcmp(h->name, "te") == 0) {
+            if (request && px_hdr_has_token(h->value, h->valuelen, "trailers"))
+                nv_set(&nv[n++], "te", 2, "trailers", 8);
+            continue;
+        }
+        nv_set(&nv[n++], h->name, h->namelen, h->value, h->valuelen);
+    }
+    *nva = nv;
+    return n;
+}
+
+size_t px_h2_make_trailer_nv(const struct px_msg *m, nghttp2_nv **nva)
+{
+    nghttp2_nv *nv = cm_xmalloc((m->nhdrs + 1) * sizeof(*nv));
+    size_t n = 0;
+    for (uint32_t i = 0; i < m->nhdrs; i++) {
+        const struct px_hdr *h = &m->hdrs[i];
+        if (h->namelen == 0 || h->name[0] == ':' || connection_specific(h) ||
+            strcmp(h->name, "te") == 0 || strcmp(h->name, "host") == 0 ||
+            strcmp(h->name, "content-length") == 0)
+            continue;
+        nv_set(&nv[n++], h->name, h->namelen, h->value, h->valuelen);
+    }
+    *nva = nv;
+    return n;
+}
+
+static bool name_is(const uint8_t *name, size_t len, const char *lit)
+{
+    size_t l = strlen(lit);
+    return len == l && memcmp(name, lit, l) == 0;
+}
+
+static int parse_status(const uint8_t *v, size_t len)
+{
+    if (len != 3)
+        return -1;
+    int st = 0;
+    for (size_t i = 0; i < 3; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        st = st * 10 + (v[i] - '0');
+    }
+    return st >= 100 ? st : -1;
+}
+
+static int64_t parse_length(const uint8_t *v, size_t len)
+{
+    if (len == 0 || len > 18)
+        return -1;
+    int64_t n = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        n = n * 10 + (v[i] - '0');
+    }
+    return n;
+}
+
+int px_h2_add_field(struct px_stream *s, struct px_msg *m, const uint8_t *name, size_t namelen,
+                    const uint8_t *value, size_t valuelen)
+{
+    const struct px_limits *lim = &px_srv->cfg->limits;
+    const char *v = (const char *)value;
+    if (namelen > 0 && name[0] == ':') {
+        if ((uint64_t)m->head_bytes + namelen + valuelen > lim->max_header_bytes)
+            return CM_ERR_LIMIT;
+        const char **field = NULL;
+        if (name_is(name, namelen, ":method"))
+            field = &m->method;
+        else if (name_is(name, namelen, ":scheme"))
+            field = &m->scheme;
+        else if (name_is(name, namelen, ":authority"))
+            field = &m->authority;
+        else if (name_is(name, namelen, ":path"))
+            field = &m->path;
+        else if (name_is(name, namelen, ":status")) {
+            int st = parse_status(value, valuelen);
+            if (st < 0)
+                return CM_ERR_PROTO;
+            m->status = st;
+        } else {
+            return CM_ERR_PROTO; /* :protocol (extended CONNECT) and unknown ones */
+        }
+        if (field != NULL) {
+            if (*field != NULL || !px_http_valid_value(v, valuelen))
+                return CM_ERR_PROTO;
+            *field = px_arena_strndup(&s->arena, v, valuelen);
+        }
+        m->head_bytes += (uint32_t)(namelen + valuelen);
+        return 0;
+    }
+    if (!px_http_valid_name((const char *)name, namelen) || !px_http_valid_value(v, valuelen))
+        return CM_ERR_PROTO;
+    if (m->status == 0 && name_is(name, namelen, "host")) {
+        /* :authority wins; Host only stands in for a missing one */
+        if ((uint64_t)m->head_bytes + namelen + valuelen > lim->max_header_bytes)
+            return CM_ERR_LIMIT;
+        if (m->authority == NULL)
+            m->authority = px_arena_strndup(&s->arena, v, valuelen);
+        m->head_bytes += (uint32_t)(namelen + valuelen);
+        return 0;
+    }
+    if (name_is(name, namelen, "content-length")) {
+        int64_t cl = parse_length(value, valuelen);
+        if (cl < 0 || (m->content_length >= 0 && m->content_length != cl))
+            return CM_ERR_PROTO;
+        if (m->content_length >= 0)
+            return 0; /* identical duplicate */
+        m->content_length = cl;
+    }
+    return px_msg_add(&s->arena, m, (const char *)name, namelen, v, valuelen,
+                      lim->max_header_bytes, lim->max_headers);
+}
+
+/* ---- public API -------------------------------------------------------------- */
+
+void px_h2_drain(void)
+{
+    px_h2_server_drain_all();
+    px_h2_client_drain_all();
+}
+
+void px_h2_shutdown(void)
+{
+    px_h2_server_shutdown_all();
+    px_h2_client_shutdown_all();
+}
+
+unsigned px_h2_server_sessions(void)
+{
+    return px_h2_nserver;
+}
+
+unsigned px_h2_client_sessions(void)
+{
+    return px_h2_nclient;
+}

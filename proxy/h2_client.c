@@ -1,0 +1,472 @@
+/* HTTP/2 client side: pooled h2c sessions to upstream addresses, each
+ * carrying many px_streams whose upstream side is "h2-client".
+ *
+ * Pool: a request joins a session to its address that is connecting or
+ * open and has fewer streams than the peer's SETTINGS_MAX_CONCURRENT_STREAMS
+ * (and our h2_max_concurrent_streams); else a new connection is opened. A
+ * session without streams closes after pool_idle_timeout_ms; one that got
+ * GOAWAY takes no new streams and closes when its last stream ends. */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "common/xalloc.h"
+#include "proxy/h2.h"
+#include "proxy/h2_common.h"
+#include "proxy/metrics.h"
+#include "proxy/server.h"
+
+static struct px_h2_stream *stream_of(nghttp2_session *ng, int32_t id)
+{
+    return nghttp2_session_get_stream_user_data(ng, id);
+}
+
+/* The stream failed on our side: reset it, tell the px_stream, detach. */
+static void fail_stream(struct px_h2_stream *st, enum px_cause cause, uint32_t code)
+{
+    if (st->s == NULL)
+        return;
+    if (st->id > 0 && st->sess->state != PX_H2_CLOSING)
+        nghttp2_submit_rst_stream(st->sess->ng, NGHTTP2_FLAG_NONE, st->id, code);
+    st->out = PX_H2_OUT_DONE;
+    st->in = PX_H2_IN_DONE;
+    st->failing = true;
+    px_stream_on_error(st->s, PX_UP, cause);
+    st->failing = false;
+    px_h2_stream_detach(st);
+    px_h2_session_schedule(st->sess);
+}
+
+/* ---- ops: the stream drives the request through these ---- */
+
+static void cli_send_head(struct px_stream *s)
+{
+    struct px_h2_stream *st = s->ctx[PX_UP];
+    struct px_h2_session *sess = st->sess;
+    if (sess->state == PX_H2_CLOSING || st->out != PX_H2_OUT_IDLE)
+        return; /* a closing session reports its streams when it is freed */
+    nghttp2_nv *nva;
+    size_t n = px_h2_make_nv(&s->req, true, &nva, NULL);
+    bool body = !s->req.end_stream;
+    nghttp2_data_provider prd = {.source = {.ptr = st}, .read_callback = px_h2_read_body};
+    int32_t id = nghttp2_submit_request(sess->ng, NULL, nva, n, body ? &prd : NULL, st);
+    free(nva);
+    if (id < 0) {
+        cm_debug("h2 client session %llu: request: %s", (unsigned long long)sess->id,
+                 nghttp2_strerror(id));
+        /* reported from the event loop, never from inside send_head */
+        st->out = PX_H2_OUT_DONE;
+        st->orphan = true;
+        st->fail = PX_CAUSE_UPSTREAM_RESET;
+    } else {
+        st->id = id;
+        st->out = body ? PX_H2_OUT_BODY : PX_H2_OUT_DONE;
+        sess->nrequests++;
+    }
+    px_h2_session_schedule(sess);
+}
+
+static void cli_send_data(struct px_stream *s, const uint8_t *data, size_t len)
+{
+    px_h2_stream_queue(s->ctx[PX_UP], data, len);
+}
+
+static void cli_send_end(struct px_stream *s)
+{
+    px_h2_stream_queue_end(s->ctx[PX_UP]);
+}
+
+static size_t cli_pending(struct px_stream *s)
+{
+    struct px_h2_stream *st = s->ctx[PX_UP];
+    return evbuffer_get_length(st->buf);
+}
+
+static void cli_resume(struct px_stream *s)
+{
+    struct px_h2_stream *st = s->ctx[PX_UP];
+    st->paused = false;
+    size_t held = st->held;
+    st->held = 0;
+    px_h2_stream_consume(st, held);
+}
+
+static void cli_abort(struct px_stream *s)
+{
+    struct px_h2_stream *st = s->ctx[PX_UP];
+    if (st->failing)
+        return;
+    if (st->id > 0 && st->sess->state != PX_H2_CLOSING &&
+        (st->out != PX_H2_OUT_DONE || st->in != PX_H2_IN_DONE))
+        nghttp2_submit_rst_stream(st->sess->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+    if (st->id < 0)
+        st->orphan = true; /* nghttp2 never saw it: free it from `defer` */
+    st->out = PX_H2_OUT_DONE;
+    st->in = PX_H2_IN_DONE;
+    px_h2_stream_detach(st);
+    px_h2_session_schedule(st->sess);
+}
+
+static const struct px_side_ops client_ops = {
+    .name = "h2-client",
+    .send_head = cli_send_head,
+    .send_data = cli_send_data,
+    .send_end = cli_send_end,
+    .pending = cli_pending,
+    .resume = cli_resume,
+    .abort = cli_abort,
+};
+
+/* ---- nghttp2 callbacks ---- */
+
+static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *user_data)
+{
+    (void)user_data;
+    if (f->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    struct px_h2_stream *st = stream_of(ng, f->hd.stream_id);
+    if (st == NULL || st->s == NULL)
+        return 0;
+    if (st->in == PX_H2_IN_HEAD) {
+        /* a fresh head: the previous one was an interim 1xx */
+        px_msg_init(&st->s->resp);
+        st->too_big = false;
+    } else if (st->in == PX_H2_IN_BODY) {
+        st->trailers = px_arena_alloc(&st->s->arena, sizeof(*st->trailers));
+        px_msg_init(st->trailers);
+        st->too_big = false;
+        st->in = PX_H2_IN_TRAILERS;
+    }
+    return 0;
+}
+
+static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t *name,
+                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                     void *user_data)
+{
+    (void)flags;
+    (void)user_data;
+    if (f->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    struct px_h2_stream *st = stream_of(ng, f->hd.stream_id);
+    if (st == NULL || st->s == NULL || st->too_big)
+        return 0;
+    struct px_msg *m = st->in == PX_H2_IN_HEAD       ? &st->s->resp
+                       : st->in == PX_H2_IN_TRAILERS ? st->trailers
+                                                     : NULL;
+    if (m == NULL)
+        return 0;
+    int rv = px_h2_add_field(st->s, m, name, namelen, value, valuelen);
+    if (rv == CM_ERR_LIMIT) {
+        st->too_big = true;
+    } else if (rv != 0) {
+        cm_debug("h2 client session %llu stream %d: invalid field %.*s from upstream",
+                 (unsigned long long)st->sess->id, st->id, (int)namelen, name);
+        fail_stream(st, PX_CAUSE_UPSTREAM_PROTO, NGHTTP2_PROTOCOL_ERROR);
+    }
+    return 0;
+}
+
+static void on_response_head(struct px_h2_stream *st, bool end_stream)
+{
+    struct px_stream *s = st->s;
+    if (st->too_big) {
+        cm_debug("h2 client session %llu stream %d: response head too large",
+                 (unsigned long long)st->sess->id, st->id);
+        fail_stream(st, PX_CAUSE_UPSTREAM_PROTO, NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
+    if (s->resp.status < 200) {
+        /* interim responses are not forwarded (the h1 side answers its own
+         * 100-continue); bound how many we swallow */
+        if (++st->n1xx > PX_H2_MAX_1XX)
+            fail_stream(st, PX_CAUSE_UPSTREAM_PROTO, NGHTTP2_PROTOCOL_ERROR);
+        return;
+    }
+    s->resp.end_stream = end_stream;
+    st->in = end_stream ? PX_H2_IN_DONE : PX_H2_IN_BODY;
+    px_stream_on_resp_head(s);
+    if (end_stream && st->s != NULL)
+        px_stream_on_resp_end(s);
+}
+
+static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user_data)
+{
+    struct px_h2_session *sess = user_data;
+    bool es = (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    if (f->hd.type == NGHTTP2_GOAWAY) {
+        cm_debug("h2 client session %llu: GOAWAY (last stream %d, error %u)",
+                 (unsigned long long)sess->id, f->goaway.last_stream_id, f->goaway.error_code);
+        if (sess->state == PX_H2_OPEN || sess->state == PX_H2_CONNECTING)
+            sess->state = PX_H2_GOAWAY;
+        return 0;
+    }
+    if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA)
+        return 0;
+    struct px_h2_stream *st = stream_of(ng, f->hd.stream_id);
+    if (st == NULL || st->s == NULL)
+        return 0;
+    if (f->hd.type == NGHTTP2_HEADERS) {
+        if (st->in == PX_H2_IN_HEAD) {
+            on_response_head(st, es);
+        } else if (st->in == PX_H2_IN_TRAILERS) {
+            if (st->too_big) {
+                fail_stream(st, PX_CAUSE_UPSTREAM_PROTO, NGHTTP2_INTERNAL_ERROR);
+                return 0;
+            }
+            st->in = PX_H2_IN_DONE;
+            st->s->resp_trailers = st->trailers;
+            px_stream_on_resp_end(st->s);
+        }
+        return 0;
+    }
+    if (es && st->in == PX_H2_IN_BODY) {
+        st->in = PX_H2_IN_DONE;
+        px_stream_on_resp_end(st->s);
+    }
+    return 0;
+}
+
+static int on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data,
+                              size_t len, void *user_data)
+{
+    (void)flags;
+    (void)user_data;
+    struct px_h2_stream *st = stream_of(ng, id);
+    if (st == NULL || st->s == NULL || st->in != PX_H2_IN_BODY) {
+        nghttp2_session_consume(ng, id, len);
+        return 0;
+    }
+    bool full = px_stream_on_resp_data(st->s, data, len);
+    if (st->s == NULL)
+        nghttp2_session_consume(ng, id, len);
+    else
+        px_h2_stream_received(st, len, full);
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code, void *user_data)
+{
+    (void)user_data;
+    struct px_h2_stream *st = stream_of(ng, id);
+    if (st == NULL)
+        return 0;
+    if (st->s != NULL) {
+        if (st->in != PX_H2_IN_DONE) {
+            cm_debug("h2 client session %llu stream %d: closed before the response completed "
+                     "(error %u)",
+                     (unsigned long long)st->sess->id, id, error_code);
+            st->failing = true;
+            px_stream_on_error(st->s, PX_UP, PX_CAUSE_UPSTREAM_RESET);
+            st->failing = false;
+        }
+        px_h2_stream_detach(st);
+    }
+    nghttp2_session_set_stream_user_data(ng, id, NULL);
+    px_h2_stream_free(st);
+    return 0;
+}
+
+static int on_frame_not_send(nghttp2_session *ng, const nghttp2_frame *f, int lib_error_code,
+                             void *user_data)
+{
+    struct px_h2_session *sess = user_data;
+    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    cm_debug("h2 client session %llu stream %d: request not sent: %s",
+             (unsigned long long)sess->id, f->hd.stream_id, nghttp2_strerror(lib_error_code));
+    if (nghttp2_session_find_stream(ng, f->hd.stream_id) != NULL)
+        return 0; /* on_stream_close follows */
+    /* the stream never existed for nghttp2: nothing will mention it again */
+    struct cm_list *pos;
+    for (pos = sess->streams.next; pos != &sess->streams; pos = pos->next) {
+        struct px_h2_stream *st = cm_container_of(pos, struct px_h2_stream, link);
+        if (st->id == f->hd.stream_id) {
+            st->orphan = true;
+            st->fail = PX_CAUSE_UPSTREAM_RESET;
+            px_h2_session_schedule(sess);
+            break;
+        }
+    }
+    return 0;
+}
+
+/* From `defer`: report and free the streams nghttp2 does not know about. */
+void px_h2_client_fail_pending(struct px_h2_session *sess)
+{
+    struct cm_list *pos, *tmp;
+    cm_list_foreach_safe(pos, tmp, &sess->streams)
+    {
+        struct px_h2_stream *st = cm_container_of(pos, struct px_h2_stream, link);
+        if (!st->orphan)
+            continue;
+        if (st->s != NULL) {
+            st->failing = true;
+            px_stream_on_error(st->s, PX_UP, st->fail ? st->fail : PX_CAUSE_UPSTREAM_RESET);
+            px_h2_stream_detach(st);
+        }
+        px_h2_stream_free(st);
+        /* px_stream_on_error may have touched other streams of this list
+         * (never freeing them: frees happen here or in nghttp2 callbacks) */
+    }
+}
+
+void px_h2_client_destroy_streams(struct px_h2_session *sess)
+{
+    struct cm_list *pos, *tmp;
+    cm_list_foreach_safe(pos, tmp, &sess->streams)
+    {
+        struct px_h2_stream *st = cm_container_of(pos, struct px_h2_stream, link);
+        if (st->s != NULL) {
+            st->failing = true;
+            px_stream_on_error(st->s, PX_UP, st->fail ? st->fail : sess->fail_cause);
+            px_h2_stream_detach(st);
+        }
+        px_h2_stream_free(st);
+    }
+}
+
+void px_h2_client_on_event(struct px_h2_session *sess, short what)
+{
+    char addr[CM_ADDR_STRLEN];
+    if (what & BEV_EVENT_CONNECTED) {
+        if (sess->state == PX_H2_CONNECTING)
+            sess->state = PX_H2_OPEN;
+        bufferevent_set_timeouts(sess->bev, NULL, NULL);
+        int one = 1;
+        setsockopt(bufferevent_getfd(sess->bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        cm_debug("h2 client session %llu: connected to %s", (unsigned long long)sess->id,
+                 cm_addr_format(&sess->addr, addr, sizeof(addr)));
+        px_h2_session_flush(sess);
+        return;
+    }
+    int err = EVUTIL_SOCKET_ERROR();
+    enum px_cause cause = (what & BEV_EVENT_TIMEOUT) ? PX_CAUSE_CONNECT_TIMEOUT
+                          : err == ECONNREFUSED      ? PX_CAUSE_CONNECT_REFUSED
+                                                     : PX_CAUSE_CONNECT_FAILED;
+    px_metrics.upstream_cx_connect_fail++;
+    cm_debug("h2 client session %llu: connect to %s: %s", (unsigned long long)sess->id,
+             cm_addr_format(&sess->addr, addr, sizeof(addr)), px_cause_str(cause));
+    px_h2_session_close(sess, cause);
+}
+
+/* How many streams this session may carry. */
+static uint32_t stream_cap(const struct px_h2_session *sess)
+{
+    uint32_t cap = px_srv->cfg->limits.h2_max_concurrent_streams;
+    if (cap == 0)
+        cap = 100;
+    if (sess->state == PX_H2_OPEN) {
+        uint32_t peer =
+            nghttp2_session_get_remote_settings(sess->ng, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+        if (peer < cap)
+            cap = peer > 0 ? peer : 1;
+    }
+    return cap;
+}
+
+static struct px_h2_session *pool_find(const struct cm_addr *a)
+{
+    struct cm_list *pos;
+    for (pos = px_h2_client_list.next; pos != &px_h2_client_list; pos = pos->next) {
+        struct px_h2_session *sess = cm_container_of(pos, struct px_h2_session, link);
+        if ((sess->state == PX_H2_OPEN || sess->state == PX_H2_CONNECTING) &&
+            !sess->close_when_flushed && cm_addr_equal(&sess->addr, a) &&
+            sess->nstreams < stream_cap(sess))
+            return sess;
+    }
+    return NULL;
+}
+
+static struct px_h2_session *client_new(const struct cm_addr *a)
+{
+    struct bufferevent *bev = bufferevent_socket_new(px_srv->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (bev == NULL) {
+        cm_error("h2: bufferevent_socket_new failed");
+        abort();
+    }
+    struct px_h2_session *sess = px_h2_session_new(PX_H2_CLIENT, bev);
+    sess->addr = *a;
+    /* newest first: pool_find prefers the sessions most likely to have room */
+    cm_list_insert_head(&px_h2_client_list, &sess->link);
+    px_h2_nclient++;
+    px_metrics.upstream_cx_total++;
+    px_metrics.upstream_cx_active++;
+
+    nghttp2_session_callbacks *cbs;
+    nghttp2_option *opt;
+    px_h2_common_setup(&cbs, &opt);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk_recv);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+    nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, on_frame_not_send);
+    int rv = nghttp2_session_client_new2(&sess->ng, cbs, sess, opt);
+    nghttp2_session_callbacks_del(cbs);
+    nghttp2_option_del(opt);
+    if (rv != 0) {
+        cm_error("h2: nghttp2_session_client_new2: %s", nghttp2_strerror(rv));
+        abort(); /* only fails on out of memory */
+    }
+    if (px_h2_submit_settings(sess) != 0) {
+        px_h2_session_close(sess, PX_CAUSE_CONNECT_FAILED);
+        return sess;
+    }
+    px_h2_session_io(sess);
+    uint32_t ms = px_srv->cfg->limits.connect_timeout_ms;
+    if (ms > 0) {
+        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        bufferevent_set_timeouts(bev, &tv, &tv);
+    }
+    if (bufferevent_socket_connect(bev, (struct sockaddr *)&a->ss, (int)a->len) < 0) {
+        int err = EVUTIL_SOCKET_ERROR();
+        px_metrics.upstream_cx_connect_fail++;
+        px_h2_session_close(sess, err == ECONNREFUSED ? PX_CAUSE_CONNECT_REFUSED
+                                                      : PX_CAUSE_CONNECT_FAILED);
+    }
+    return sess;
+}
+
+void px_h2_client_attach(struct px_stream *s)
+{
+    struct px_h2_session *sess = pool_find(&s->upstream);
+    if (sess != NULL) {
+        if (sess->nrequests > 0)
+            px_metrics.upstream_cx_reused++;
+    } else {
+        sess = client_new(&s->upstream);
+    }
+    struct px_h2_stream *st = px_h2_stream_new(sess, s);
+    px_stream_attach_up(s, &client_ops, st);
+}
+
+void px_h2_client_drain_all(void)
+{
+    struct cm_list *pos;
+    for (pos = px_h2_client_list.next; pos != &px_h2_client_list; pos = pos->next) {
+        struct px_h2_session *sess = cm_container_of(pos, struct px_h2_session, link);
+        if (sess->nstreams > 0 || sess->state == PX_H2_CLOSING)
+            continue;
+        if (sess->state == PX_H2_CONNECTING) {
+            px_h2_session_close(sess, PX_CAUSE_CONNECT_FAILED);
+            continue;
+        }
+        nghttp2_session_terminate_session(sess->ng, NGHTTP2_NO_ERROR);
+        sess->state = PX_H2_GOAWAY;
+        px_h2_session_schedule(sess);
+    }
+}
+
+void px_h2_client_shutdown_all(void)
+{
+    while (!cm_list_empty(&px_h2_client_list)) {
+        struct px_h2_session *sess =
+            cm_container_of(px_h2_client_list.next, struct px_h2_session, link);
+        px_h2_session_destroy(sess);
+    }
+}

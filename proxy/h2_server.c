@@ -1,0 +1,372 @@
+/* HTTP/2 server side: one nghttp2 server session per downstream connection
+ * (h2c prior knowledge), each request stream becoming a px_stream whose
+ * downstream side is "h2-server". */
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "common/xalloc.h"
+#include "proxy/h2.h"
+#include "proxy/h2_common.h"
+#include "proxy/metrics.h"
+#include "proxy/server.h"
+
+static struct px_h2_stream *stream_of(nghttp2_session *ng, int32_t id)
+{
+    return nghttp2_session_get_stream_user_data(ng, id);
+}
+
+/* Refuse a request stream (bad field, oversized trailers): RST_STREAM; the
+ * px_stream learns it from on_stream_close. */
+static void refuse(struct px_h2_stream *st, uint32_t code)
+{
+    st->refused = true;
+    nghttp2_submit_rst_stream(st->sess->ng, NGHTTP2_FLAG_NONE, st->id, code);
+}
+
+/* ---- ops: the stream drives the response through these ---- */
+
+static void srv_send_head(struct px_stream *s)
+{
+    struct px_h2_stream *st = s->ctx[PX_DOWN];
+    struct px_h2_session *sess = st->sess;
+    if (sess->state == PX_H2_CLOSING || st->out != PX_H2_OUT_IDLE)
+        return;
+    nghttp2_nv *nva;
+    char status[4];
+    size_t n = px_h2_make_nv(&s->resp, false, &nva, status);
+    bool body = !s->resp.end_stream;
+    nghttp2_data_provider prd = {.source = {.ptr = st}, .read_callback = px_h2_read_body};
+    int rv = nghttp2_submit_response(sess->ng, st->id, nva, n, body ? &prd : NULL);
+    free(nva);
+    if (rv != 0) {
+        cm_debug("h2 server session %llu stream %d: response: %s", (unsigned long long)sess->id,
+                 st->id, nghttp2_strerror(rv));
+        refuse(st, NGHTTP2_INTERNAL_ERROR);
+        st->out = PX_H2_OUT_DONE;
+    } else {
+        st->out = body ? PX_H2_OUT_BODY : PX_H2_OUT_DONE;
+    }
+    px_h2_session_schedule(sess);
+}
+
+static void srv_send_data(struct px_stream *s, const uint8_t *data, size_t len)
+{
+    px_h2_stream_queue(s->ctx[PX_DOWN], data, len);
+}
+
+static void srv_send_end(struct px_stream *s)
+{
+    px_h2_stream_queue_end(s->ctx[PX_DOWN]);
+}
+
+static size_t srv_pending(struct px_stream *s)
+{
+    struct px_h2_stream *st = s->ctx[PX_DOWN];
+    return evbuffer_get_length(st->buf);
+}
+
+static void srv_resume(struct px_stream *s)
+{
+    struct px_h2_stream *st = s->ctx[PX_DOWN];
+    st->paused = false;
+    size_t held = st->held;
+    st->held = 0;
+    px_h2_stream_consume(st, held);
+}
+
+static void srv_abort(struct px_stream *s)
+{
+    struct px_h2_stream *st = s->ctx[PX_DOWN];
+    if (st->failing)
+        return;
+    if (st->sess->state != PX_H2_CLOSING &&
+        (st->out != PX_H2_OUT_DONE || st->in != PX_H2_IN_DONE))
+        refuse(st, NGHTTP2_INTERNAL_ERROR);
+    st->out = PX_H2_OUT_DONE;
+    st->refused = true;
+    px_h2_stream_detach(st);
+    px_h2_session_schedule(st->sess);
+}
+
+static const struct px_side_ops server_ops = {
+    .name = "h2-server",
+    .send_head = srv_send_head,
+    .send_data = srv_send_data,
+    .send_end = srv_send_end,
+    .pending = srv_pending,
+    .resume = srv_resume,
+    .abort = srv_abort,
+};
+
+/* ---- nghttp2 callbacks ---- */
+
+static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *user_data)
+{
+    struct px_h2_session *sess = user_data;
+    if (f->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    if (f->headers.cat == NGHTTP2_HCAT_REQUEST) {
+        struct px_h2_stream *st = px_h2_stream_new(sess, NULL);
+        st->id = f->hd.stream_id;
+        st->s = px_stream_new(sess->conn, &server_ops, st);
+        nghttp2_session_set_stream_user_data(ng, st->id, st);
+        return 0;
+    }
+    struct px_h2_stream *st = stream_of(ng, f->hd.stream_id);
+    if (st != NULL && st->s != NULL && st->in == PX_H2_IN_BODY) {
+        st->trailers = px_arena_alloc(&st->s->arena, sizeof(*st->trailers));
+        px_msg_init(st->trailers);
+        st->too_big = false;
+        st->in = PX_H2_IN_TRAILERS;
+    }
+    return 0;
+}
+
+static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t *name,
+                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                     void *user_data)
+{
+    (void)flags;
+    (void)user_data;
+    if (f->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    struct px_h2_stream *st = stream_of(ng, f->hd.stream_id);
+    if (st == NULL || st->s == NULL || st->refused || st->too_big)
+        return 0;
+    struct px_msg *m = st->in == PX_H2_IN_HEAD       ? &st->s->req
+                       : st->in == PX_H2_IN_TRAILERS ? st->trailers
+                                                     : NULL;
+    if (m == NULL)
+        return 0;
+    int rv = px_h2_add_field(st->s, m, name, namelen, value, valuelen);
+    if (rv == CM_ERR_LIMIT) {
+        st->too_big = true;
+    } else if (rv != 0) {
+        cm_debug("h2 server session %llu stream %d: invalid field %.*s",
+                 (unsigned long long)st->sess->id, st->id, (int)namelen, name);
+        px_metrics.bad_request++;
+        refuse(st, NGHTTP2_PROTOCOL_ERROR);
+    }
+    return 0;
+}
+
+/* h2 splits Cookie into crumbs; HTTP/1.1 wants one field (RFC 9113 8.2.3). */
+static void join_cookies(struct px_stream *s)
+{
+    struct px_msg *m = &s->req;
+    size_t total = 0, count = 0;
+    for (uint32_t i = 0; i < m->nhdrs; i++) {
+        if (strcmp(m->hdrs[i].name, "cookie") == 0) {
+            total += m->hdrs[i].valuelen + 2;
+            count++;
+        }
+    }
+    if (count < 2)
+        return;
+    char *joined = px_arena_alloc(&s->arena, total + 1);
+    size_t off = 0;
+    for (uint32_t i = 0; i < m->nhdrs; i++) {
+        if (strcmp(m->hdrs[i].name, "cookie") != 0)
+            continue;
+        if (off > 0) {
+            memcpy(joined + off, "; ", 2);
+            off += 2;
+        }
+        memcpy(joined + off, m->hdrs[i].value, m->hdrs[i].valuelen);
+        off += m->hdrs[i].valuelen;
+    }
+    joined[off] = '\0';
+    px_msg_remove(m, "cookie");
+    px_msg_add(&s->arena, m, "cookie", 6, joined, off, UINT32_MAX, UINT32_MAX);
+}
+
+static void on_request_head(struct px_h2_stream *st, bool end_stream)
+{
+    struct px_stream *s = st->s;
+    if (st->too_big) {
+        /* answer 431, then ignore the rest of the request */
+        st->refused = true;
+        st->in = end_stream ? PX_H2_IN_DONE : PX_H2_IN_BODY;
+        px_metrics.header_too_big++;
+        px_stream_respond(s, 431, "request header fields too large");
+        return;
+    }
+    join_cookies(s);
+    if (s->req.scheme == NULL)
+        s->req.scheme = "http";
+    s->req.end_stream = end_stream;
+    st->in = end_stream ? PX_H2_IN_DONE : PX_H2_IN_BODY;
+    px_stream_on_req_head(s);
+    if (end_stream && st->s != NULL)
+        px_stream_on_req_end(s);
+}
+
+static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user_data)
+{
+    (void)user_data;
+    bool es = (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA)
+        return 0;
+    struct px_h2_stream *st = stream_of(ng, f->hd.stream_id);
+    if (st == NULL || st->s == NULL)
+        return 0;
+    if (f->hd.type == NGHTTP2_HEADERS) {
+        if (st->in == PX_H2_IN_HEAD) {
+            if (!(st->refused && !st->too_big))
+                on_request_head(st, es);
+        } else if (st->in == PX_H2_IN_TRAILERS) {
+            if (st->too_big) {
+                refuse(st, NGHTTP2_PROTOCOL_ERROR);
+                return 0;
+            }
+            st->in = PX_H2_IN_DONE;
+            if (!st->refused) {
+                st->s->req_trailers = st->trailers;
+                px_stream_on_req_end(st->s);
+            }
+        }
+        return 0;
+    }
+    if (es && st->in == PX_H2_IN_BODY) {
+        st->in = PX_H2_IN_DONE;
+        px_stream_on_req_end(st->s);
+    }
+    return 0;
+}
+
+static int on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data,
+                              size_t len, void *user_data)
+{
+    (void)flags;
+    (void)user_data;
+    struct px_h2_stream *st = stream_of(ng, id);
+    if (st == NULL || st->s == NULL || st->refused || st->in != PX_H2_IN_BODY) {
+        nghttp2_session_consume(ng, id, len);
+        return 0;
+    }
+    bool full = px_stream_on_req_data(st->s, data, len);
+    if (st->s == NULL)
+        nghttp2_session_consume(ng, id, len);
+    else
+        px_h2_stream_received(st, len, full);
+    return 0;
+}
+
+static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *f, void *user_data)
+{
+    (void)user_data;
+    if ((f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA) ||
+        !(f->hd.flags & NGHTTP2_FLAG_END_STREAM))
+        return 0;
+    struct px_h2_stream *st = stream_of(ng, f->hd.stream_id);
+    /* The response is complete but the request is not: tell the client to
+     * stop sending (RFC 9113 8.1). */
+    if (st != NULL && st->in != PX_H2_IN_DONE)
+        nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_NO_ERROR);
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code, void *user_data)
+{
+    (void)user_data;
+    struct px_h2_stream *st = stream_of(ng, id);
+    if (st == NULL)
+        return 0;
+    struct px_stream *s = st->s;
+    if (s != NULL) {
+        bool sent = error_code == NGHTTP2_NO_ERROR && st->out == PX_H2_OUT_DONE;
+        bool orphaned_up = st->in != PX_H2_IN_DONE && s->attached[PX_UP];
+        if (!sent || orphaned_up) {
+            st->failing = true;
+            px_stream_on_error(s, PX_DOWN, PX_CAUSE_DOWNSTREAM_RESET);
+            st->failing = false;
+        }
+        px_h2_stream_detach(st);
+    }
+    nghttp2_session_set_stream_user_data(ng, id, NULL);
+    px_h2_stream_free(st);
+    return 0;
+}
+
+void px_h2_server_destroy_streams(struct px_h2_session *sess)
+{
+    struct cm_list *pos, *tmp;
+    cm_list_foreach_safe(pos, tmp, &sess->streams)
+    {
+        struct px_h2_stream *st = cm_container_of(pos, struct px_h2_stream, link);
+        if (st->s != NULL) {
+            st->failing = true;
+            px_stream_on_error(st->s, PX_DOWN, PX_CAUSE_DOWNSTREAM_RESET);
+            px_h2_stream_detach(st);
+        }
+        px_h2_stream_free(st);
+    }
+}
+
+void px_h2_server_start(struct px_conn *c)
+{
+    struct px_h2_session *sess = px_h2_session_new(PX_H2_SERVER, c->bev);
+    sess->conn = c;
+    c->handler = sess;
+    cm_list_insert_tail(&px_h2_server_list, &sess->link);
+    px_h2_nserver++;
+
+    nghttp2_session_callbacks *cbs;
+    nghttp2_option *opt;
+    px_h2_common_setup(&cbs, &opt);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk_recv);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+    int rv = nghttp2_session_server_new2(&sess->ng, cbs, sess, opt);
+    nghttp2_session_callbacks_del(cbs);
+    nghttp2_option_del(opt);
+    if (rv != 0) {
+        cm_error("h2: nghttp2_session_server_new2: %s", nghttp2_strerror(rv));
+        abort(); /* only fails on out of memory */
+    }
+    if (px_h2_submit_settings(sess) != 0) {
+        px_h2_session_close(sess, PX_CAUSE_DOWNSTREAM_RESET);
+        return;
+    }
+    int one = 1;
+    setsockopt(bufferevent_getfd(c->bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    px_h2_session_io(sess);
+    px_h2_session_idle_update(sess);
+    if (px_srv->draining) {
+        nghttp2_submit_goaway(sess->ng, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, NULL, 0);
+        sess->state = PX_H2_GOAWAY;
+    }
+    /* the preface is already in the input buffer: read it on the next turn */
+    px_h2_session_schedule(sess);
+}
+
+void px_h2_server_drain_all(void)
+{
+    struct cm_list *pos;
+    for (pos = px_h2_server_list.next; pos != &px_h2_server_list; pos = pos->next) {
+        struct px_h2_session *sess = cm_container_of(pos, struct px_h2_session, link);
+        if (sess->state != PX_H2_OPEN)
+            continue;
+        nghttp2_submit_goaway(sess->ng, NGHTTP2_FLAG_NONE,
+                              nghttp2_session_get_last_proc_stream_id(sess->ng), NGHTTP2_NO_ERROR,
+                              NULL, 0);
+        sess->state = PX_H2_GOAWAY;
+        px_h2_session_schedule(sess);
+    }
+}
+
+void px_h2_server_shutdown_all(void)
+{
+    while (!cm_list_empty(&px_h2_server_list)) {
+        struct px_h2_session *sess =
+            cm_container_of(px_h2_server_list.next, struct px_h2_session, link);
+        px_h2_session_destroy(sess);
+    }
+}
