@@ -77,6 +77,13 @@ expect_eq "proxy forwards" "$(curl -s --max-time 10 "http://127.0.0.1:$LISTEN/he
 expect_eq "proxy forwards 404" \
     "$(curl -s --max-time 10 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$LISTEN/missing")" 404
 curl -s --max-time 10 -o /dev/null -X POST -d x "http://127.0.0.1:$LISTEN/hello.txt"
+# A request is counted when its stream ends, which may be a moment after curl
+# has the answer: wait (2 s at most) until all three are in.
+for _ in $(seq 20); do
+    req GET /stats
+    [[ $(json "$TMP/body" 'd["requests_total"]') == 3 ]] && break
+    sleep 0.1
+done
 
 req GET /metrics
 expect_eq "metrics: 200" "$CODE" 200
