@@ -111,6 +111,8 @@ int px_admin_route(struct px_admin *a, enum px_admin_method method, const char *
 {
     if (!path || path[0] != '/' || (method != PX_ADMIN_GET && method != PX_ADMIN_POST))
         return CM_ERR_INVAL;
+    if (!a)
+        return 0; /* no admin server: callers need not check */
     struct route *r = route_find(a, method, path);
     if (!fn) {
         if (r) {

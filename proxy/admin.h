@@ -42,8 +42,9 @@ typedef int (*px_admin_handler)(struct evhttp_request *req, const struct evkeyva
 /* Serve `method path` (exact path, e.g. "/policy/reload") with fn(arg); a
  * second registration of the same method and path replaces the first, and
  * fn == NULL removes it (a module freed before the admin server must).
- * `path` is copied; `arg` is borrowed. Returns 0, or CM_ERR_INVAL on a path
- * not starting with '/'. */
+ * `path` is copied; `arg` is borrowed. `a` may be NULL (no admin.address
+ * configured): nothing to do, returns 0. Returns 0, or CM_ERR_INVAL on a
+ * path not starting with '/'. */
 int px_admin_route(struct px_admin *a, enum px_admin_method method, const char *path,
                    px_admin_handler fn, void *arg);
 
