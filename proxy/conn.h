@@ -13,6 +13,7 @@
 #include "common/list.h"
 #include "common/net.h"
 #include "proxy/config.h"
+#include "proxy/io.h"
 
 struct px_listener;
 
@@ -27,7 +28,8 @@ enum px_conn_proto {
 struct px_conn {
     struct px_listener *listener;      /* borrowed; outlives its connections */
     const struct px_listener_cfg *lcfg; /* borrowed from the config snapshot */
-    struct bufferevent *bev;           /* owned by the current handler */
+    struct px_io *io;                  /* the socket; owned by the current handler */
+    struct bufferevent *bev;           /* h2 server (until it moves to px_io) */
     int fd;
     struct cm_addr peer, local;
     struct cm_addr orig_dst; /* SO_ORIGINAL_DST, else the local address */

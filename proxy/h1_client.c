@@ -6,7 +6,6 @@
  * after pool_idle_timeout_ms or when the server closes it). */
 #include <errno.h>
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <llhttp.h>
 #include <netinet/in.h>
@@ -30,7 +29,7 @@ enum h1c_state {
 };
 
 struct h1c {
-    struct bufferevent *bev;
+    struct px_io *io;
     struct cm_addr addr;
     llhttp_t parser;
     enum h1c_state state;
@@ -48,7 +47,6 @@ struct h1c {
     bool parser_paused;
     bool body_paused;
     bool replayable;    /* body-less request: may be resent once on a fresh connection */
-    bool connect_failed; /* connect() failed at once; reported from the kick */
     struct cm_list link; /* pool idle list of its bucket, or the busy list */
 };
 
@@ -89,7 +87,7 @@ static struct h1c *of(struct px_stream *s)
 static void op_send_head(struct px_stream *s)
 {
     struct h1c *u = of(s);
-    struct evbuffer *out = bufferevent_get_output(u->bev);
+    struct evbuffer *out = px_io_output(u->io);
     const struct px_msg *r = &s->req;
     u->head_req = strcmp(r->method, "HEAD") == 0;
     evbuffer_add_printf(out, "%s %s HTTP/1.1\r\n", r->method, r->path ? r->path : "/");
@@ -116,7 +114,7 @@ static void op_send_head(struct px_stream *s)
 static void op_send_data(struct px_stream *s, const uint8_t *data, size_t len)
 {
     struct h1c *u = of(s);
-    struct evbuffer *out = bufferevent_get_output(u->bev);
+    struct evbuffer *out = px_io_output(u->io);
     u->replayable = false;
     if (u->req_chunked)
         px_h1_write_chunk(out, data, len);
@@ -128,7 +126,7 @@ static void op_send_end(struct px_stream *s)
 {
     struct h1c *u = of(s);
     if (u->req_chunked)
-        px_h1_write_last_chunk(bufferevent_get_output(u->bev));
+        px_h1_write_last_chunk(px_io_output(u->io));
     u->req_done = true;
     if (u->resp_done)
         event_active(u->kick, EV_TIMEOUT, 0);
@@ -136,7 +134,7 @@ static void op_send_end(struct px_stream *s)
 
 static size_t op_pending(struct px_stream *s)
 {
-    return evbuffer_get_length(bufferevent_get_output(of(s)->bev));
+    return evbuffer_get_length(px_io_output(of(s)->io));
 }
 
 static void op_resume(struct px_stream *s)
@@ -145,7 +143,7 @@ static void op_resume(struct px_stream *s)
     if (!u->body_paused)
         return;
     u->body_paused = false;
-    bufferevent_enable(u->bev, EV_READ);
+    px_io_read_enable(u->io, true);
     event_active(u->kick, EV_TIMEOUT, 0);
 }
 
@@ -285,7 +283,7 @@ static void free_now(struct h1c *u)
     cm_list_remove(&u->link);
     event_free(u->kick);
     px_h1_acc_free(&u->acc);
-    bufferevent_free(u->bev);
+    px_io_free(u->io);
     px_metrics.upstream_cx_active--;
     free(u);
 }
@@ -299,7 +297,7 @@ static void conn_dead(struct h1c *u)
     cm_list_remove(&u->link);
     cm_list_insert_tail(&busy, &u->link);
     u->state = H1C_DEAD;
-    bufferevent_disable(u->bev, EV_READ | EV_WRITE);
+    px_io_read_enable(u->io, false);
     event_active(u->kick, EV_TIMEOUT, 0);
 }
 
@@ -346,7 +344,7 @@ static void release(struct h1c *u)
         px_stream_detach(s, PX_UP);
     struct bucket *b = &pool[bucket_of(&u->addr)];
     if (!u->keep_alive || px_srv->draining || b->nidle >= limits()->pool_max_idle ||
-        evbuffer_get_length(bufferevent_get_input(u->bev)) > 0) {
+        evbuffer_get_length(px_io_input(u->io)) > 0) {
         conn_dead(u);
         return;
     }
@@ -355,10 +353,8 @@ static void release(struct h1c *u)
     cm_list_insert_head(&b->idle, &u->link);
     b->nidle++;
     /* the server may close an idle connection: watch for EOF; time it out */
-    struct timeval tv = {limits()->pool_idle_timeout_ms / 1000,
-                         (limits()->pool_idle_timeout_ms % 1000) * 1000};
-    bufferevent_set_timeouts(u->bev, &tv, NULL);
-    bufferevent_enable(u->bev, EV_READ);
+    px_io_set_timeout(u->io, limits()->pool_idle_timeout_ms);
+    px_io_read_enable(u->io, true);
 }
 
 static void on_kick(evutil_socket_t fd, short what, void *arg)
@@ -366,11 +362,6 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
     struct h1c *u = arg;
     (void)fd;
     (void)what;
-    if (u->connect_failed && u->state == H1C_CONNECTING) {
-        u->connect_failed = false;
-        fail(u, PX_CAUSE_CONNECT_FAILED);
-        return;
-    }
     if (u->state == H1C_DEAD) {
         if (u->s != NULL) {
             struct px_stream *s = u->s;
@@ -391,7 +382,7 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 
 static void process(struct h1c *u)
 {
-    struct evbuffer *in = bufferevent_get_input(u->bev);
+    struct evbuffer *in = px_io_input(u->io);
     while (u->state == H1C_BUSY && !u->resp_done && !u->body_paused) {
         if (u->parser_paused) {
             llhttp_resume(&u->parser);
@@ -417,14 +408,14 @@ static void process(struct h1c *u)
         }
         evbuffer_drain(in, used);
         if (u->body_paused)
-            bufferevent_disable(u->bev, EV_READ);
+            px_io_read_enable(u->io, false);
     }
 }
 
-static void on_read(struct bufferevent *bev, void *arg)
+static void on_read(struct px_io *io, void *arg)
 {
     struct h1c *u = arg;
-    (void)bev;
+    (void)io;
     if (u->state == H1C_IDLE) {
         conn_dead(u); /* an idle upstream has nothing to say */
         return;
@@ -432,21 +423,21 @@ static void on_read(struct bufferevent *bev, void *arg)
     process(u);
 }
 
-static void on_write(struct bufferevent *bev, void *arg)
+static void on_write(struct px_io *io, void *arg)
 {
     struct h1c *u = arg;
-    (void)bev;
+    (void)io;
     if (u->s != NULL && u->s->paused[PX_DOWN])
         px_stream_on_drain(u->s, PX_UP);
 }
 
-static void on_event(struct bufferevent *bev, short what, void *arg)
+static void on_event(struct px_io *io, int what, void *arg)
 {
     struct h1c *u = arg;
-    if (what & BEV_EVENT_CONNECTED) {
+    if (what & PX_IO_CONNECTED) {
         int one = 1;
-        setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        bufferevent_set_timeouts(bev, NULL, NULL);
+        setsockopt(px_io_fd(io), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        px_io_set_timeout(io, 0);
         if (u->state == H1C_CONNECTING)
             u->state = H1C_BUSY;
         return;
@@ -456,18 +447,18 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         return;
     }
     if (u->state == H1C_CONNECTING) {
-        int err = EVUTIL_SOCKET_ERROR();
-        enum px_cause cause = (what & BEV_EVENT_TIMEOUT) ? PX_CAUSE_CONNECT_TIMEOUT
+        int err = px_io_errno(io);
+        enum px_cause cause = (what & PX_IO_TIMEOUT) ? PX_CAUSE_CONNECT_TIMEOUT
                               : err == ECONNREFUSED       ? PX_CAUSE_CONNECT_REFUSED
                                                           : PX_CAUSE_CONNECT_FAILED;
         px_metrics.upstream_cx_connect_fail++;
         char a[CM_ADDR_STRLEN];
         cm_debug("h1 upstream %s: connect: %s", cm_addr_format(&u->addr, a, sizeof(a)),
-                 (what & BEV_EVENT_TIMEOUT) ? "timeout" : evutil_socket_error_to_string(err));
+                 (what & PX_IO_TIMEOUT) ? "timeout" : strerror(err));
         fail(u, cause);
         return;
     }
-    if (what & BEV_EVENT_EOF) {
+    if (what & PX_IO_EOF) {
         /* close-delimited body, or a reset mid-response */
         if (u->state == H1C_BUSY && !u->resp_done && u->got_bytes) {
             process(u);
@@ -504,8 +495,8 @@ static struct h1c *conn_new(const struct cm_addr *addr)
 {
     struct h1c *u = cm_xcalloc(1, sizeof(*u));
     u->addr = *addr;
-    u->bev = bufferevent_socket_new(px_srv->base, -1, BEV_OPT_CLOSE_ON_FREE);
-    if (u->bev == NULL) {
+    u->io = px_io_connect(px_srv->base, addr, limits()->connect_timeout_ms);
+    if (u->io == NULL) {
         free(u);
         return NULL;
     }
@@ -515,20 +506,9 @@ static struct h1c *conn_new(const struct cm_addr *addr)
     px_metrics.upstream_cx_total++;
     px_metrics.upstream_cx_active++;
     uint32_t bound = limits()->buffer_bytes;
-    bufferevent_setcb(u->bev, on_read, on_write, on_event, u);
-    bufferevent_setwatermark(u->bev, EV_READ, 0, bound);
-    bufferevent_setwatermark(u->bev, EV_WRITE, bound / 2, 0);
-    struct timeval tv = {limits()->connect_timeout_ms / 1000,
-                         (limits()->connect_timeout_ms % 1000) * 1000};
-    bufferevent_set_timeouts(u->bev, NULL, &tv);
-    if (bufferevent_socket_connect(u->bev, (const struct sockaddr *)&addr->ss, (int)addr->len) !=
-        0) {
-        /* immediate failure (no route, bad family): reported from the loop */
-        px_metrics.upstream_cx_connect_fail++;
-        u->connect_failed = true;
-        event_active(u->kick, EV_TIMEOUT, 0);
-    }
-    bufferevent_enable(u->bev, EV_READ | EV_WRITE);
+    px_io_set_read_limit(u->io, bound);
+    px_io_set_write_lowat(u->io, bound / 2);
+    px_io_setcb(u->io, on_read, on_write, on_event, u);
     return u;
 }
 
@@ -551,7 +531,7 @@ void px_h1_client_attach(struct px_stream *s)
         cm_list_insert_tail(&busy, &u->link);
         u->state = H1C_BUSY;
         u->reused = true;
-        bufferevent_set_timeouts(u->bev, NULL, NULL);
+        px_io_set_timeout(u->io, 0);
         px_metrics.upstream_cx_reused++;
     } else {
         u = conn_new(&s->upstream);

@@ -7,7 +7,6 @@
  * upstream side holds more than limits.buffer_bytes, and resumed when the
  * stream says it drained. */
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <llhttp.h>
 #include <stdlib.h>
@@ -31,7 +30,7 @@ enum h1s_state {
 
 struct h1s {
     struct px_conn *c;
-    struct bufferevent *bev;
+    struct px_io *io;
     llhttp_t parser;
     enum h1s_state state;
     struct px_stream *s; /* the current exchange, or NULL */
@@ -84,7 +83,7 @@ static struct h1s *of(struct px_stream *s)
 static void op_send_head(struct px_stream *s)
 {
     struct h1s *h = of(s);
-    struct evbuffer *out = bufferevent_get_output(h->bev);
+    struct evbuffer *out = px_io_output(h->io);
     const struct px_msg *r = &s->resp;
     int minor = s->req.http_minor;
     bool no_body = h->head_req || r->status == 204 || r->status == 304 ||
@@ -124,7 +123,7 @@ static void op_send_data(struct px_stream *s, const uint8_t *data, size_t len)
     struct h1s *h = of(s);
     if (h->head_req)
         return;
-    struct evbuffer *out = bufferevent_get_output(h->bev);
+    struct evbuffer *out = px_io_output(h->io);
     if (h->chunked)
         px_h1_write_chunk(out, data, len);
     else
@@ -135,14 +134,14 @@ static void op_send_end(struct px_stream *s)
 {
     struct h1s *h = of(s);
     if (h->chunked && !h->head_req)
-        px_h1_write_last_chunk(bufferevent_get_output(h->bev));
+        px_h1_write_last_chunk(px_io_output(h->io));
     h->resp_done = true;
     kick(h); /* finish the exchange from the event loop, not from here */
 }
 
 static size_t op_pending(struct px_stream *s)
 {
-    return evbuffer_get_length(bufferevent_get_output(of(s)->bev));
+    return evbuffer_get_length(px_io_output(of(s)->io));
 }
 
 static void op_resume(struct px_stream *s)
@@ -151,7 +150,7 @@ static void op_resume(struct px_stream *s)
     if (!h->body_paused)
         return;
     h->body_paused = false;
-    bufferevent_enable(h->bev, EV_READ);
+    px_io_read_enable(h->io, true);
     kick(h);
 }
 
@@ -201,14 +200,14 @@ static void reply_error(struct h1s *h, int status, const char *body)
         close_conn(h);
         return;
     }
-    struct evbuffer *out = bufferevent_get_output(h->bev);
+    struct evbuffer *out = px_io_output(h->io);
     size_t blen = strlen(body);
     evbuffer_add_printf(out,
                         "HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %zu\r\n"
                         "server: remora\r\nconnection: close\r\n\r\n%s\n",
                         status, px_http_reason(status), blen + 1, body);
     h->state = H1S_CLOSING;
-    bufferevent_disable(h->bev, EV_READ);
+    px_io_read_enable(h->io, false);
     kick(h);
 }
 
@@ -335,7 +334,7 @@ static int on_headers_complete(llhttp_t *p)
     px_stream_on_req_head(s);
     if (h->s == s && s->state == PX_STREAM_FORWARD && s->expect_continue && !r->end_stream &&
         !s->head_sent[PX_DOWN])
-        evbuffer_add(bufferevent_get_output(h->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        evbuffer_add(px_io_output(h->io), "HTTP/1.1 100 Continue\r\n\r\n", 25);
     return 0;
 }
 
@@ -395,8 +394,8 @@ static void free_now(struct h1s *h)
     event_free(h->timer);
     event_free(h->kick);
     px_h1_acc_free(&h->acc);
-    bufferevent_free(h->bev);
-    h->c->bev = NULL;
+    px_io_free(h->io);
+    h->c->io = NULL;
     px_conn_free(h->c);
     free(h);
 }
@@ -408,7 +407,7 @@ static void close_conn(struct h1s *h)
     if (h->freeing)
         return;
     h->freeing = true;
-    bufferevent_disable(h->bev, EV_READ | EV_WRITE);
+    px_io_read_enable(h->io, false);
     kick(h);
 }
 
@@ -424,14 +423,14 @@ static void finish_exchange(struct h1s *h)
     }
     if (!h->keep_alive || !h->req_done || px_srv->draining) {
         h->state = H1S_CLOSING;
-        bufferevent_disable(h->bev, EV_READ);
+        px_io_read_enable(h->io, false);
         return;
     }
     h->state = H1S_IDLE;
     h->resp_done = h->req_done = false;
     arm_timer(h, limits()->idle_timeout_ms);
     if (!h->peer_eof)
-        bufferevent_enable(h->bev, EV_READ);
+        px_io_read_enable(h->io, true);
 }
 
 static void on_kick(evutil_socket_t fd, short what, void *arg)
@@ -446,13 +445,13 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
     if (h->resp_done && h->s != NULL)
         finish_exchange(h);
     if (h->state == H1S_CLOSING) {
-        if (evbuffer_get_length(bufferevent_get_output(h->bev)) == 0)
+        if (evbuffer_get_length(px_io_output(h->io)) == 0)
             close_conn(h);
         return; /* on_write closes once flushed */
     }
     process(h);
     if (h->state == H1S_IDLE && h->peer_eof &&
-        evbuffer_get_length(bufferevent_get_input(h->bev)) == 0)
+        evbuffer_get_length(px_io_input(h->io)) == 0)
         close_conn(h);
 }
 
@@ -475,7 +474,7 @@ static void parse_error(struct h1s *h, llhttp_errno_t err)
 /* Feed buffered input to llhttp until it pauses or the input is empty. */
 static void process(struct h1s *h)
 {
-    struct evbuffer *in = bufferevent_get_input(h->bev);
+    struct evbuffer *in = px_io_input(h->io);
     while (!h->freeing && h->state != H1S_CLOSING && !h->body_paused) {
         if (h->state == H1S_WAIT)
             return; /* next request waits for this response */
@@ -502,25 +501,25 @@ static void process(struct h1s *h)
         }
         evbuffer_drain(in, used);
         if (h->body_paused)
-            bufferevent_disable(h->bev, EV_READ);
+            px_io_read_enable(h->io, false);
     }
 }
 
-static void on_read(struct bufferevent *bev, void *arg)
+static void on_read(struct px_io *io, void *arg)
 {
     struct h1s *h = arg;
-    (void)bev;
+    (void)io;
     if (h->state == H1S_IDLE)
         evtimer_del(h->timer);
     process(h);
 }
 
-static void on_write(struct bufferevent *bev, void *arg)
+static void on_write(struct px_io *io, void *arg)
 {
     struct h1s *h = arg;
-    (void)bev;
+    (void)io;
     if (h->state == H1S_CLOSING) {
-        if (evbuffer_get_length(bufferevent_get_output(h->bev)) == 0)
+        if (evbuffer_get_length(px_io_output(h->io)) == 0)
             close_conn(h);
         return;
     }
@@ -528,15 +527,15 @@ static void on_write(struct bufferevent *bev, void *arg)
         px_stream_on_drain(h->s, PX_DOWN);
 }
 
-static void on_event(struct bufferevent *bev, short what, void *arg)
+static void on_event(struct px_io *io, int what, void *arg)
 {
     struct h1s *h = arg;
-    (void)bev;
-    if (what & BEV_EVENT_EOF) {
+    (void)io;
+    if (what & PX_IO_EOF) {
         /* Half-close from the client: it may still read the response. */
         h->peer_eof = true;
         if (h->state == H1S_WAIT || (h->state == H1S_CLOSING && h->s != NULL)) {
-            bufferevent_disable(h->bev, EV_READ);
+            px_io_read_enable(h->io, false);
             return;
         }
         if (h->state == H1S_BODY || h->state == H1S_HEAD) {
@@ -568,7 +567,7 @@ void px_h1_server_start(struct px_conn *c)
     init_settings();
     struct h1s *h = cm_xcalloc(1, sizeof(*h));
     h->c = c;
-    h->bev = c->bev;
+    h->io = c->io;
     c->handler = h;
     llhttp_init(&h->parser, HTTP_REQUEST, &settings);
     h->parser.data = h;
@@ -577,10 +576,9 @@ void px_h1_server_start(struct px_conn *c)
     h->state = H1S_IDLE;
     cm_list_insert_tail(&servers, &h->link);
     uint32_t bound = limits()->buffer_bytes;
-    bufferevent_setcb(h->bev, on_read, on_write, on_event, h);
-    bufferevent_setwatermark(h->bev, EV_WRITE, bound / 2, 0);
-    bufferevent_setwatermark(h->bev, EV_READ, 0, bound);
-    bufferevent_enable(h->bev, EV_READ | EV_WRITE);
+    px_io_set_write_lowat(h->io, bound / 2);
+    px_io_set_read_limit(h->io, bound);
+    px_io_setcb(h->io, on_read, on_write, on_event, h);
     arm_timer(h, limits()->header_timeout_ms);
     process(h); /* the detected bytes are already buffered */
 }

@@ -79,14 +79,21 @@ bool px_conn_is_loop(const struct px_conn *c, const struct cm_addr *a)
     return false;
 }
 
+/* HTTP/2 still runs on a bufferevent: hand it the fd and what was read. */
+static void to_bufferevent(struct px_conn *c)
+{
+    struct evbuffer *tmp = evbuffer_new();
+    int fd = px_io_release_fd(c->io, tmp);
+    c->io = NULL;
+    c->bev = bufferevent_socket_new(px_srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    evbuffer_add_buffer(bufferevent_get_input(c->bev), tmp);
+    evbuffer_free(tmp);
+}
+
 static void dispatch(struct px_conn *c, enum px_conn_proto proto)
 {
     c->proto = proto;
-    bufferevent_set_timeouts(c->bev, NULL, NULL);
-    if (c->detect_timer != NULL) {
-        event_free(c->detect_timer);
-        c->detect_timer = NULL;
-    }
+    px_io_set_timeout(c->io, 0);
     char peer[CM_ADDR_STRLEN];
     cm_debug("conn %llu from %s on %s: %s", (unsigned long long)c->id,
              cm_addr_format(&c->peer, peer, sizeof(peer)), c->lcfg->name, px_proto_name(proto));
@@ -95,8 +102,8 @@ static void dispatch(struct px_conn *c, enum px_conn_proto proto)
          * strict listener refuses everything rather than accept plaintext. */
         cm_warn("listener %s: refusing %s connection (strict mTLS)", c->lcfg->name,
                 px_proto_name(proto));
-        bufferevent_free(c->bev);
-        px_conn_free(c);
+        px_io_read_enable(c->io, false);
+        event_active(c->detect_timer, EV_TIMEOUT, 0);
         return;
     }
     switch (proto) {
@@ -106,6 +113,7 @@ static void dispatch(struct px_conn *c, enum px_conn_proto proto)
         break;
     case PX_PROTO_H2:
         px_metrics.proto_h2++;
+        to_bufferevent(c);
         px_h2_server_start(c);
         break;
     case PX_PROTO_TLS:
@@ -119,12 +127,11 @@ static void dispatch(struct px_conn *c, enum px_conn_proto proto)
     }
 }
 
-static void on_detect_read(struct bufferevent *bev, void *arg)
+static void on_detect_read(struct px_io *io, void *arg)
 {
     struct px_conn *c = arg;
-    struct evbuffer *in = bufferevent_get_input(bev);
     uint8_t buf[PX_DETECT_MAX];
-    ev_ssize_t n = evbuffer_copyout(in, buf, sizeof(buf));
+    ev_ssize_t n = evbuffer_copyout(px_io_input(io), buf, sizeof(buf));
     if (n < 0)
         n = 0;
     enum px_conn_proto p = px_detect(buf, (size_t)n);
@@ -132,21 +139,29 @@ static void on_detect_read(struct bufferevent *bev, void *arg)
         dispatch(c, p);
 }
 
-static void on_detect_event(struct bufferevent *bev, short what, void *arg)
+static void on_detect_event(struct px_io *io, int what, void *arg)
 {
     struct px_conn *c = arg;
-    (void)bev;
-    if (what & BEV_EVENT_TIMEOUT) {
-        /* Nothing (or too little) said: a server-first protocol; go TCP. */
+    /* Silence (a server-first protocol) or a short message then EOF: TCP. */
+    if ((what & PX_IO_TIMEOUT) ||
+        ((what & PX_IO_EOF) && evbuffer_get_length(px_io_input(io)) > 0)) {
         dispatch(c, PX_PROTO_TCP);
         return;
     }
-    /* EOF or error before a protocol was known */
-    if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 && (what & BEV_EVENT_EOF)) {
-        dispatch(c, PX_PROTO_TCP);
-        return;
-    }
-    bufferevent_free(c->bev);
+    /* Nothing said before EOF, or an error: freed from the detect event, not
+     * inside this callback. */
+    px_io_read_enable(io, false);
+    event_active(c->detect_timer, EV_TIMEOUT, 0);
+}
+
+/* Frees a connection that never reached a handler. */
+static void on_detect_abort(evutil_socket_t fd, short what, void *arg)
+{
+    struct px_conn *c = arg;
+    (void)fd;
+    (void)what;
+    px_io_free(c->io);
+    c->io = NULL;
     px_conn_free(c);
 }
 
@@ -179,17 +194,11 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
     px_metrics.downstream_cx_total++;
     px_metrics.downstream_cx_active++;
 
-    c->bev = bufferevent_socket_new(px_srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (c->bev == NULL) {
-        close(fd);
-        px_conn_free(c);
-        return;
-    }
-    bufferevent_setcb(c->bev, on_detect_read, NULL, on_detect_event, c);
-    struct timeval tv = {lim->detect_timeout_ms / 1000, (lim->detect_timeout_ms % 1000) * 1000};
-    bufferevent_set_timeouts(c->bev, &tv, NULL);
-    bufferevent_setwatermark(c->bev, EV_READ, 0, lim->buffer_bytes);
-    bufferevent_enable(c->bev, EV_READ);
+    c->io = px_io_new(px_srv->base, fd);
+    c->detect_timer = event_new(px_srv->base, -1, 0, on_detect_abort, c);
+    px_io_set_read_limit(c->io, lim->buffer_bytes);
+    px_io_set_timeout(c->io, lim->detect_timeout_ms);
+    px_io_setcb(c->io, on_detect_read, NULL, on_detect_event, c);
 }
 
 static void on_resume_accept(evutil_socket_t fd, short what, void *arg)

@@ -112,6 +112,7 @@ int px_server_run(struct px_config *cfg)
         px_srv = NULL;
         return CM_ERR_IO;
     }
+    px_io_init(px_srv->base);
     px_srv->gc_ev = event_new(px_srv->base, -1, 0, on_gc, NULL);
     px_srv->drain_timer = evtimer_new(px_srv->base, on_drain_tick, NULL);
     px_srv->sig_term = evsignal_new(px_srv->base, SIGTERM, on_signal, NULL);
@@ -158,6 +159,7 @@ out:
         struct px_conn *c = cm_container_of(px_srv->conns.next, struct px_conn, link);
         if (c->bev != NULL)
             bufferevent_free(c->bev);
+        px_io_free(c->io);
         px_conn_free(c);
     }
     if (px_srv->admin != NULL)
@@ -172,6 +174,7 @@ out:
     event_free(px_srv->sig_term);
     event_free(px_srv->sig_int);
     event_free(px_srv->sig_hup);
+    px_io_deinit();
     event_base_free(px_srv->base);
     px_metrics_deinit();
     free(px_srv);

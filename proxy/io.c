@@ -1,0 +1,427 @@
+#include "proxy/io.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/list.h"
+#include "common/xalloc.h"
+
+/* Largest single read: one syscall moves up to this much. */
+#define READ_CHUNK (64 * 1024)
+
+struct px_io {
+    struct event_base *base;
+    int fd;
+    const struct px_io_ops *ops;
+    struct evbuffer *in, *out;
+    struct event *rev, *wev, *timer;
+    px_io_cb on_read, on_drained;
+    px_io_event_cb on_event;
+    void *arg;
+    size_t read_limit;
+    size_t lowat;
+    int err;
+    bool read_on;      /* the owner wants input */
+    bool rev_added;    /* rev is registered */
+    bool wev_added;    /* wev is registered (output pushed back, or connecting) */
+    bool connecting;
+    bool connect_failed; /* connect() failed at once; reported from the timer */
+    bool eof;
+    bool shut_pending; /* shutdown(SHUT_WR) once the output is empty */
+    bool shut_done;
+    bool dead;         /* an error was reported: no more I/O */
+    bool dirty;        /* on the flush list */
+    struct cm_list dirty_link;
+};
+
+static struct event *flush_ev;
+static struct cm_list dirty = {&dirty, &dirty};
+
+static void update_read(struct px_io *io);
+static void flush(struct px_io *io);
+
+/* ---- plaintext transport ---------------------------------------------------- */
+
+static ssize_t plain_read(struct px_io *io, struct evbuffer *in, size_t max)
+{
+    struct evbuffer_iovec v[2];
+    int n = evbuffer_reserve_space(in, (ev_ssize_t)max, v, 2);
+    if (n <= 0)
+        return -1;
+    size_t cap0 = v[0].iov_len < max ? v[0].iov_len : max;
+    v[0].iov_len = cap0;
+    if (n > 1) {
+        size_t rest = max - cap0;
+        v[1].iov_len = v[1].iov_len < rest ? v[1].iov_len : rest;
+        if (v[1].iov_len == 0)
+            n = 1;
+    }
+    ssize_t r = readv(io->fd, (struct iovec *)v, n);
+    if (r < 0) {
+        evbuffer_commit_space(in, v, 0);
+        return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? -2 : -1;
+    }
+    size_t left = (size_t)r;
+    for (int i = 0; i < n; i++) {
+        if (v[i].iov_len > left)
+            v[i].iov_len = left;
+        left -= v[i].iov_len;
+    }
+    evbuffer_commit_space(in, v, n);
+    return r;
+}
+
+static ssize_t plain_write(struct px_io *io, struct evbuffer *out)
+{
+    int r = evbuffer_write(out, io->fd);
+    if (r < 0)
+        return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? -2 : -1;
+    return r;
+}
+
+static const struct px_io_ops plain_ops = {plain_read, plain_write};
+
+/* ---- events ------------------------------------------------------------------ */
+
+static void report(struct px_io *io, int what)
+{
+    if (io->on_event != NULL)
+        io->on_event(io, what, io->arg);
+}
+
+static void fail(struct px_io *io, int err)
+{
+    io->err = err;
+    io->dead = true;
+    if (io->rev_added) {
+        event_del(io->rev);
+        io->rev_added = false;
+    }
+    if (io->wev_added) {
+        event_del(io->wev);
+        io->wev_added = false;
+    }
+    report(io, PX_IO_ERROR);
+}
+
+static void on_readable(evutil_socket_t fd, short what, void *arg)
+{
+    struct px_io *io = arg;
+    (void)fd;
+    (void)what;
+    size_t have = evbuffer_get_length(io->in);
+    size_t room = io->read_limit > have ? io->read_limit - have : 0;
+    if (room == 0 || !io->read_on) {
+        update_read(io);
+        return;
+    }
+    if (room > READ_CHUNK)
+        room = READ_CHUNK;
+    ssize_t r = io->ops->read(io, io->in, room);
+    if (r == -2)
+        return;
+    if (r < 0) {
+        fail(io, errno);
+        return;
+    }
+    if (r == 0) {
+        io->eof = true;
+        update_read(io);
+        report(io, PX_IO_EOF);
+        return;
+    }
+    if (io->on_read != NULL)
+        io->on_read(io, io->arg);
+    /* the callback may have freed nothing (rule), but may have changed state */
+    update_read(io);
+}
+
+static void connected(struct px_io *io)
+{
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+        err = errno;
+    io->connecting = false;
+    evtimer_del(io->timer);
+    if (err != 0) {
+        fail(io, err);
+        return;
+    }
+    report(io, PX_IO_CONNECTED);
+    if (io->dead)
+        return;
+    update_read(io);
+    flush(io);
+}
+
+static void on_writable(evutil_socket_t fd, short what, void *arg)
+{
+    struct px_io *io = arg;
+    (void)fd;
+    (void)what;
+    if (io->connecting) {
+        if (io->wev_added && evbuffer_get_length(io->out) == 0) {
+            event_del(io->wev);
+            io->wev_added = false;
+        }
+        connected(io);
+        return;
+    }
+    flush(io);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct px_io *io = arg;
+    (void)fd;
+    (void)what;
+    if (io->connect_failed) {
+        io->connect_failed = false;
+        io->connecting = false;
+        fail(io, io->err);
+        return;
+    }
+    report(io, PX_IO_TIMEOUT);
+}
+
+/* Write what is queued; register EV_WRITE only if the socket pushed back. */
+static void flush(struct px_io *io)
+{
+    if (io->dead || io->connecting)
+        return;
+    size_t before = evbuffer_get_length(io->out);
+    if (before > 0) {
+        ssize_t r = io->ops->write(io, io->out);
+        if (r == -1) {
+            fail(io, errno);
+            return;
+        }
+    }
+    size_t after = evbuffer_get_length(io->out);
+    if (after > 0 && !io->wev_added) {
+        event_add(io->wev, NULL);
+        io->wev_added = true;
+    } else if (after == 0 && io->wev_added) {
+        event_del(io->wev);
+        io->wev_added = false;
+    }
+    if (after == 0 && io->shut_pending && !io->shut_done) {
+        shutdown(io->fd, SHUT_WR);
+        io->shut_done = true;
+    }
+    if (before > 0 && after <= io->lowat && io->on_drained != NULL)
+        io->on_drained(io, io->arg);
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    /* New output queued by the callbacks below lands at the tail and is
+     * flushed in this same pass. */
+    while (!cm_list_empty(&dirty)) {
+        struct px_io *io = cm_container_of(dirty.next, struct px_io, dirty_link);
+        cm_list_remove(&io->dirty_link);
+        io->dirty = false;
+        flush(io);
+    }
+}
+
+static void on_output_change(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct px_io *io = arg;
+    (void)buf;
+    if (info->n_added == 0 || io->dirty)
+        return;
+    io->dirty = true;
+    cm_list_insert_tail(&dirty, &io->dirty_link);
+    event_active(flush_ev, EV_TIMEOUT, 0);
+}
+
+static void update_read(struct px_io *io)
+{
+    bool want = io->read_on && !io->eof && !io->dead && !io->connecting &&
+                evbuffer_get_length(io->in) < io->read_limit;
+    if (want && !io->rev_added) {
+        event_add(io->rev, NULL);
+        io->rev_added = true;
+    } else if (!want && io->rev_added) {
+        event_del(io->rev);
+        io->rev_added = false;
+    }
+}
+
+/* ---- API ---------------------------------------------------------------------- */
+
+void px_io_init(struct event_base *base)
+{
+    if (flush_ev == NULL)
+        flush_ev = event_new(base, -1, 0, on_flush, NULL);
+}
+
+void px_io_deinit(void)
+{
+    if (flush_ev != NULL)
+        event_free(flush_ev);
+    flush_ev = NULL;
+    cm_list_init(&dirty);
+}
+
+static struct px_io *io_alloc(struct event_base *base, int fd)
+{
+    struct px_io *io = cm_xcalloc(1, sizeof(*io));
+    io->base = base;
+    io->fd = fd;
+    io->ops = &plain_ops;
+    io->in = evbuffer_new();
+    io->out = evbuffer_new();
+    if (io->in == NULL || io->out == NULL) {
+        fprintf(stderr, "fatal: out of memory (evbuffer)\n");
+        abort();
+    }
+    io->rev = event_new(base, fd, EV_READ | EV_PERSIST, on_readable, io);
+    io->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, on_writable, io);
+    io->timer = evtimer_new(base, on_timer, io);
+    io->read_limit = 64 * 1024;
+    io->read_on = true;
+    cm_list_init(&io->dirty_link);
+    evbuffer_add_cb(io->out, on_output_change, io);
+    return io;
+}
+
+struct px_io *px_io_new(struct event_base *base, int fd)
+{
+    evutil_make_socket_nonblocking(fd);
+    return io_alloc(base, fd);
+}
+
+struct px_io *px_io_connect(struct event_base *base, const struct cm_addr *addr,
+                            uint32_t timeout_ms)
+{
+    int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return NULL;
+    struct px_io *io = io_alloc(base, fd);
+    io->connecting = true;
+    if (connect(fd, (const struct sockaddr *)&addr->ss, addr->len) != 0 && errno != EINPROGRESS) {
+        io->err = errno;
+        io->connect_failed = true;
+        struct timeval zero = {0, 0};
+        evtimer_add(io->timer, &zero);
+        return io;
+    }
+    event_add(io->wev, NULL);
+    io->wev_added = true;
+    px_io_set_timeout(io, timeout_ms);
+    return io;
+}
+
+static void io_release(struct px_io *io)
+{
+    if (io->dirty)
+        cm_list_remove(&io->dirty_link);
+    event_free(io->rev);
+    event_free(io->wev);
+    event_free(io->timer);
+    evbuffer_free(io->in);
+    evbuffer_free(io->out);
+    free(io);
+}
+
+int px_io_release_fd(struct px_io *io, struct evbuffer *in_out)
+{
+    int fd = io->fd;
+    if (in_out != NULL)
+        evbuffer_add_buffer(in_out, io->in);
+    io_release(io);
+    return fd;
+}
+
+void px_io_free(struct px_io *io)
+{
+    if (io == NULL)
+        return;
+    int fd = io->fd;
+    io_release(io);
+    close(fd);
+}
+
+void px_io_setcb(struct px_io *io, px_io_cb on_read, px_io_cb on_drained, px_io_event_cb on_event,
+                 void *arg)
+{
+    io->on_read = on_read;
+    io->on_drained = on_drained;
+    io->on_event = on_event;
+    io->arg = arg;
+    update_read(io);
+}
+
+struct evbuffer *px_io_input(struct px_io *io)
+{
+    return io->in;
+}
+
+struct evbuffer *px_io_output(struct px_io *io)
+{
+    return io->out;
+}
+
+int px_io_fd(const struct px_io *io)
+{
+    return io->fd;
+}
+
+int px_io_errno(const struct px_io *io)
+{
+    return io->err;
+}
+
+void px_io_read_enable(struct px_io *io, bool on)
+{
+    io->read_on = on;
+    update_read(io);
+}
+
+void px_io_set_read_limit(struct px_io *io, size_t limit)
+{
+    io->read_limit = limit ? limit : 1;
+    update_read(io);
+}
+
+void px_io_set_write_lowat(struct px_io *io, size_t lowat)
+{
+    io->lowat = lowat;
+}
+
+void px_io_set_timeout(struct px_io *io, uint32_t ms)
+{
+    if (ms == 0) {
+        evtimer_del(io->timer);
+        return;
+    }
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(io->timer, &tv);
+}
+
+void px_io_shutdown_write(struct px_io *io)
+{
+    io->shut_pending = true;
+    if (!io->dirty && evbuffer_get_length(io->out) == 0 && !io->connecting && !io->shut_done &&
+        !io->dead) {
+        shutdown(io->fd, SHUT_WR);
+        io->shut_done = true;
+    }
+}
+
+void px_io_write(struct px_io *io, const void *data, size_t len)
+{
+    evbuffer_add(io->out, data, len);
+}
+
