@@ -535,9 +535,10 @@ static bool connection_specific(const struct px_hdr *h)
     return false;
 }
 
-size_t px_h2_make_nv(const struct px_msg *m, bool request, nghttp2_nv **nva, char *statusbuf)
+size_t px_h2_make_nv(const struct px_msg *m, bool request, nghttp2_nv **nva, char *statusbuf,
+                     char **clmem)
 {
-    nghttp2_nv *nv = cm_xmalloc((m->nhdrs + 5) * sizeof(*nv));
+    nghttp2_nv *nv = cm_xmalloc((m->nhdrs + 6) * sizeof(*nv));
     size_t n = 0;
     if (request) {
         const char *method = m->method ? m->method : "GET";
@@ -558,12 +559,20 @@ size_t px_h2_make_nv(const struct px_msg *m, bool request, nghttp2_nv **nva, cha
         snprintf(statusbuf, 4, "%03d", status);
         nv_set(&nv[n++], ":status", 7, statusbuf, 3);
     }
+    /* the length lives in m->content_length (the h1 codec's convention);
+     * a header copy in the list, if any, is skipped below */
+    char *clbuf = NULL;
+    bool no_body_status = !request && (m->status == 204 || m->status < 200);
+    if (m->content_length >= 0 && !no_body_status) {
+        clbuf = cm_xasprintf("%lld", (long long)m->content_length);
+        nv_set(&nv[n++], "content-length", 14, clbuf, strlen(clbuf));
+    }
     for (uint32_t i = 0; i < m->nhdrs; i++) {
         const struct px_hdr *h = &m->hdrs[i];
         if (h->namelen == 0 || h->name[0] == ':' || connection_specific(h))
             continue;
-        if (strcmp(h->name, "host") == 0)
-            continue; /* carried by :authority */
+        if (strcmp(h->name, "host") == 0 || strcmp(h->name, "content-length") == 0)
+            continue; /* carried by :authority / m->content_length */
         if (strcmp(h->name, "te") == 0) {
             if (request && px_hdr_has_token(h->value, h->valuelen, "trailers"))
                 nv_set(&nv[n++], "te", 2, "trailers", 8);
@@ -572,6 +581,7 @@ size_t px_h2_make_nv(const struct px_msg *m, bool request, nghttp2_nv **nva, cha
         nv_set(&nv[n++], h->name, h->namelen, h->value, h->valuelen);
     }
     *nva = nv;
+    *clmem = clbuf;
     return n;
 }
 
@@ -671,9 +681,9 @@ int px_h2_add_field(struct px_stream *s, struct px_msg *m, const uint8_t *name, 
         int64_t cl = parse_length(value, valuelen);
         if (cl < 0 || (m->content_length >= 0 && m->content_length != cl))
             return CM_ERR_PROTO;
-        if (m->content_length >= 0)
-            return 0; /* identical duplicate */
         m->content_length = cl;
+        m->head_bytes += (uint32_t)(namelen + valuelen);
+        return 0; /* kept in m->content_length only, as the h1 codec does */
     }
     return px_msg_add(&s->arena, m, (const char *)name, namelen, v, valuelen,
                       lim->max_header_bytes, lim->max_headers);

@@ -50,11 +50,13 @@ static void cli_send_head(struct px_stream *s)
     if (sess->state == PX_H2_CLOSING || st->out != PX_H2_OUT_IDLE)
         return; /* a closing session reports its streams when it is freed */
     nghttp2_nv *nva;
-    size_t n = px_h2_make_nv(&s->req, true, &nva, NULL);
+    char *clmem;
+    size_t n = px_h2_make_nv(&s->req, true, &nva, NULL, &clmem);
     bool body = !s->req.end_stream;
     nghttp2_data_provider prd = {.source = {.ptr = st}, .read_callback = px_h2_read_body};
     int32_t id = nghttp2_submit_request(sess->ng, NULL, nva, n, body ? &prd : NULL, st);
     free(nva);
+    free(clmem);
     if (id < 0) {
         cm_debug("h2 client session %llu: request: %s", (unsigned long long)sess->id,
                  nghttp2_strerror(id));

@@ -138,10 +138,12 @@ void px_h2_stream_detach(struct px_h2_stream *st);
 void px_h2_stream_consume(struct px_h2_stream *st, size_t len);
 
 /* Fill an nghttp2 header list for a request (client) or response (server)
- * head. Strips connection-specific fields. *nva is heap memory the caller
- * frees; strings point into m (and into statusbuf, 4 bytes). Returns the
- * count. */
-size_t px_h2_make_nv(const struct px_msg *m, bool request, nghttp2_nv **nva, char *statusbuf);
+ * head. Strips connection-specific fields; content-length comes from
+ * m->content_length. *nva and *clmem are heap memory the caller frees
+ * (after submitting: nghttp2 copies); strings point into m, statusbuf (4
+ * bytes) and *clmem. Returns the count. */
+size_t px_h2_make_nv(const struct px_msg *m, bool request, nghttp2_nv **nva, char *statusbuf,
+                     char **clmem);
 /* Header list of a trailer block (same filtering). */
 size_t px_h2_make_trailer_nv(const struct px_msg *m, nghttp2_nv **nva);
 /* Data provider reading st->buf (NO_COPY; trailers submitted at EOF). */

@@ -36,12 +36,14 @@ static void srv_send_head(struct px_stream *s)
     if (sess->state == PX_H2_CLOSING || st->out != PX_H2_OUT_IDLE)
         return;
     nghttp2_nv *nva;
+    char *clmem;
     char status[4];
-    size_t n = px_h2_make_nv(&s->resp, false, &nva, status);
+    size_t n = px_h2_make_nv(&s->resp, false, &nva, status, &clmem);
     bool body = !s->resp.end_stream;
     nghttp2_data_provider prd = {.source = {.ptr = st}, .read_callback = px_h2_read_body};
     int rv = nghttp2_submit_response(sess->ng, st->id, nva, n, body ? &prd : NULL);
     free(nva);
+    free(clmem);
     if (rv != 0) {
         cm_debug("h2 server session %llu stream %d: response: %s", (unsigned long long)sess->id,
                  st->id, nghttp2_strerror(rv));
@@ -199,6 +201,11 @@ static void on_request_head(struct px_h2_stream *st, bool end_stream)
     if (s->req.scheme == NULL)
         s->req.scheme = "http";
     s->req.end_stream = end_stream;
+    /* an h1 upstream may insist on a length for methods that carry bodies */
+    if (end_stream && s->req.content_length < 0 && s->req.method != NULL &&
+        (strcmp(s->req.method, "POST") == 0 || strcmp(s->req.method, "PUT") == 0 ||
+         strcmp(s->req.method, "PATCH") == 0))
+        s->req.content_length = 0;
     st->in = end_stream ? PX_H2_IN_DONE : PX_H2_IN_BODY;
     px_stream_on_req_head(s);
     if (end_stream && st->s != NULL)
