@@ -20,7 +20,7 @@ void px_limits_default(struct px_limits *l)
     l->detect_timeout_ms = 500;
     l->drain_timeout_ms = 5000;
     l->max_connections = 10000;
-    l->pool_max_idle = 64;
+    l->pool_max_idle = 1024;
     l->pool_idle_timeout_ms = 30000;
     l->h2_max_concurrent_streams = 128;
 }

@@ -36,6 +36,9 @@ struct px_io {
     bool shut_done;
     bool dead;         /* an error was reported: no more I/O */
     bool dirty;        /* on the flush list */
+    bool zombie;       /* freed (or fd released) during a callback: release after it */
+    bool close_fd;     /* ... and close the fd then */
+    int busy;          /* depth of callbacks running on this io */
     struct cm_list dirty_link;
 };
 
@@ -88,13 +91,32 @@ static const struct px_io_ops plain_ops = {plain_read, plain_write};
 
 /* ---- events ------------------------------------------------------------------ */
 
-static void report(struct px_io *io, int what)
+static void io_release(struct px_io *io);
+
+/* Callbacks may free the io (directly, or by handing its fd over); the
+ * memory is only released when the outermost callback returns. Returns
+ * true when the io is gone and the caller must not touch it. */
+static bool leave(struct px_io *io)
 {
-    if (io->on_event != NULL)
-        io->on_event(io, what, io->arg);
+    if (--io->busy > 0 || !io->zombie)
+        return false;
+    int fd = io->fd;
+    bool close_it = io->close_fd;
+    io_release(io);
+    if (close_it)
+        close(fd);
+    return true;
 }
 
-static void fail(struct px_io *io, int err)
+static bool report(struct px_io *io, int what)
+{
+    io->busy++;
+    if (io->on_event != NULL)
+        io->on_event(io, what, io->arg);
+    return leave(io);
+}
+
+static bool fail(struct px_io *io, int err)
 {
     io->err = err;
     io->dead = true;
@@ -106,7 +128,7 @@ static void fail(struct px_io *io, int err)
         event_del(io->wev);
         io->wev_added = false;
     }
-    report(io, PX_IO_ERROR);
+    return report(io, PX_IO_ERROR);
 }
 
 static void on_readable(evutil_socket_t fd, short what, void *arg)
@@ -135,9 +157,11 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
         report(io, PX_IO_EOF);
         return;
     }
+    io->busy++;
     if (io->on_read != NULL)
         io->on_read(io, io->arg);
-    /* the callback may have freed nothing (rule), but may have changed state */
+    if (leave(io))
+        return;
     update_read(io);
 }
 
@@ -153,8 +177,7 @@ static void connected(struct px_io *io)
         fail(io, err);
         return;
     }
-    report(io, PX_IO_CONNECTED);
-    if (io->dead)
+    if (report(io, PX_IO_CONNECTED) || io->dead)
         return;
     update_read(io);
     flush(io);
@@ -215,8 +238,11 @@ static void flush(struct px_io *io)
         shutdown(io->fd, SHUT_WR);
         io->shut_done = true;
     }
-    if (before > 0 && after <= io->lowat && io->on_drained != NULL)
+    if (before > 0 && after <= io->lowat && io->on_drained != NULL) {
+        io->busy++;
         io->on_drained(io, io->arg);
+        leave(io);
+    }
 }
 
 static void on_flush(evutil_socket_t fd, short what, void *arg)
@@ -335,22 +361,46 @@ static void io_release(struct px_io *io)
     free(io);
 }
 
+/* Stop all I/O now; release the memory now or, inside a callback, when the
+ * callback returns. */
+static void retire(struct px_io *io, bool close_fd)
+{
+    if (io->busy > 0) {
+        event_del(io->rev);
+        event_del(io->wev);
+        event_del(io->timer);
+        io->rev_added = io->wev_added = false;
+        if (io->dirty) {
+            cm_list_remove(&io->dirty_link);
+            io->dirty = false;
+        }
+        io->dead = true;
+        io->zombie = true;
+        io->close_fd = close_fd;
+        io->on_read = io->on_drained = NULL;
+        io->on_event = NULL;
+        return;
+    }
+    int fd = io->fd;
+    io_release(io);
+    if (close_fd)
+        close(fd);
+}
+
 int px_io_release_fd(struct px_io *io, struct evbuffer *in_out)
 {
     int fd = io->fd;
     if (in_out != NULL)
         evbuffer_add_buffer(in_out, io->in);
-    io_release(io);
+    retire(io, false);
     return fd;
 }
 
 void px_io_free(struct px_io *io)
 {
-    if (io == NULL)
+    if (io == NULL || io->zombie)
         return;
-    int fd = io->fd;
-    io_release(io);
-    close(fd);
+    retire(io, true);
 }
 
 void px_io_setcb(struct px_io *io, px_io_cb on_read, px_io_cb on_drained, px_io_event_cb on_event,

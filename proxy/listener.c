@@ -86,8 +86,13 @@ static void to_bufferevent(struct px_conn *c)
     int fd = px_io_release_fd(c->io, tmp);
     c->io = NULL;
     c->bev = bufferevent_socket_new(px_srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    evbuffer_add_buffer(bufferevent_get_input(c->bev), tmp);
+    /* a socket bufferevent freezes the end of its input: only it may add */
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    evbuffer_unfreeze(in, 0);
+    evbuffer_add_buffer(in, tmp);
+    evbuffer_freeze(in, 0);
     evbuffer_free(tmp);
+    bufferevent_enable(c->bev, EV_READ);
 }
 
 static void dispatch(struct px_conn *c, enum px_conn_proto proto)
