@@ -33,7 +33,7 @@ TEST_LIBS     = -lcmocka -lmicrohttpd -levent -lnghttp2 $(MBEDTLS_LIBS) -ljansso
 
 # Sources are found, not listed: a new module is a new file.
 COMMON_SRCS   = $(wildcard common/*.c)
-CERTS_SRCS    = $(wildcard certs/*.c)
+CERTS_SRCS    = $(filter-out certs/main.c,$(wildcard certs/*.c))
 PROXY_SRCS    = $(filter-out proxy/main.c,$(wildcard proxy/*.c))
 INJECTOR_SRCS = $(filter-out injector/main.c,$(wildcard injector/*.c))
 LLHTTP_SRCS   = $(LLHTTP_SRC)/api.c $(LLHTTP_SRC)/http.c $(LLHTTP_SRC)/llhttp.c
@@ -53,6 +53,9 @@ LIB_LLHTTP   = $(BUILD)/lib/libllhttp.a
 BINS = $(BUILD)/remora-proxy
 ifneq ($(wildcard injector/main.c),)
 BINS += $(BUILD)/remora-injector
+endif
+ifneq ($(wildcard certs/main.c),)
+BINS += $(BUILD)/remora-certs
 endif
 ifneq ($(UPSTREAM_SRCS),)
 BINS += $(BUILD)/test-upstream
@@ -95,6 +98,9 @@ $(BUILD)/remora-proxy: $(call obj,proxy/main.c) $(LIB_PROXY) $(LIB_CERTS) $(LIB_
 
 $(BUILD)/remora-injector: $(call obj,injector/main.c) $(LIB_INJECTOR) $(LIB_CERTS) $(LIB_COMMON)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(INJECTOR_LIBS)
+
+$(BUILD)/remora-certs: $(call obj,certs/main.c) $(LIB_CERTS) $(LIB_COMMON)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(MBEDTLS_LIBS) -ljansson -lm
 
 $(BUILD)/test-upstream: $(call obj,$(UPSTREAM_SRCS)) $(LIB_COMMON) $(LIB_LLHTTP)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ -levent -lnghttp2 -lmbedcrypto -ljansson -lm
