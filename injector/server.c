@@ -31,9 +31,10 @@ struct ij_server {
 struct req {
     char *buf; /* the body so far, bounded by webhook.max_body_bytes */
     size_t len, cap;
-    size_t dropped; /* bytes discarded once over the bound */
-    bool too_large; /* answer 413 at the end */
-    bool answered;  /* a response was queued at the first call */
+    size_t dropped;   /* bytes discarded once over the bound */
+    bool too_large;   /* answer 413 at the end */
+    bool answered;    /* a response was queued */
+    bool ignore_body; /* not POST /inject: a body is dropped unread */
 };
 
 /* A chunked body over the bound is read and dropped up to this many times
@@ -107,36 +108,44 @@ static enum MHD_Result inject(struct ij_server *s, struct MHD_Connection *conn, 
     return ret;
 }
 
-/* First call for a request: only the headers are known. Refuse what is
- * refused on headers alone (wrong path or method, a declared body over the
- * bound) before reading any body. */
+/* First call for a request: only the headers are known. Refuse a declared
+ * body over the bound before reading any of it (MHD then closes the
+ * connection, the body being unread); everything else is answered on the
+ * last call, once MHD has seen the whole request and can keep the
+ * connection alive. */
 static enum MHD_Result first_call(struct ij_server *s, struct MHD_Connection *conn, const char *url,
                                   const char *method, struct req *r)
 {
-    bool post = strcmp(method, MHD_HTTP_METHOD_POST) == 0;
-    bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, "HEAD") == 0;
-    r->answered = true;
-    if (strcmp(url, "/inject") == 0) {
-        if (!post)
-            return send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "use POST");
-        const char *cl =
-            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl != NULL) {
-            char *end;
-            errno = 0;
-            unsigned long long n = strtoull(cl, &end, 10);
-            if (errno == 0 && *end == '\0' && n > (unsigned long long)s->cfg->max_body_bytes) {
-                r->too_large = true;
-                return inject(s, conn, r); /* MHD closes after it: the body is unread */
-            }
-            if (errno == 0 && *end == '\0' && n > 0) {
-                r->cap = (size_t)n;
-                r->buf = cm_xmalloc(r->cap + 1);
-            }
-        }
-        r->answered = false;
+    if (strcmp(url, "/inject") != 0 || strcmp(method, MHD_HTTP_METHOD_POST) != 0) {
+        r->ignore_body = true;
         return MHD_YES;
     }
+    const char *cl =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl != NULL) {
+        char *end;
+        errno = 0;
+        unsigned long long n = strtoull(cl, &end, 10);
+        if (errno == 0 && *end == '\0' && n > (unsigned long long)s->cfg->max_body_bytes) {
+            r->too_large = true;
+            r->answered = true;
+            return inject(s, conn, r);
+        }
+        if (errno == 0 && *end == '\0' && n > 0) {
+            r->cap = (size_t)n;
+            r->buf = cm_xmalloc(r->cap + 1);
+        }
+    }
+    return MHD_YES;
+}
+
+/* Last call for a request other than POST /inject. */
+static enum MHD_Result route(struct ij_server *s, struct MHD_Connection *conn, const char *url,
+                             const char *method)
+{
+    bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, "HEAD") == 0;
+    if (strcmp(url, "/inject") == 0)
+        return send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "use POST");
     if (!get)
         return send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "use GET");
     if (strcmp(url, "/healthz") == 0)
@@ -166,14 +175,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *req_cls = r;
         return first_call(s, conn, url, method, r);
     }
+    size_t n = *upload_data_size;
+    size_t max = (size_t)s->cfg->max_body_bytes;
     if (r->answered) {
-        *upload_data_size = 0; /* a body to a GET: ignored */
+        *upload_data_size = 0; /* 413 already queued at the first call */
         return MHD_YES;
     }
-    size_t n = *upload_data_size;
+    if (n > 0 && r->ignore_body) {
+        /* A body where none is expected: dropped, within the same bound. */
+        *upload_data_size = 0;
+        r->dropped += n;
+        return r->dropped > max * DRAIN_FACTOR ? MHD_NO : MHD_YES;
+    }
     if (n > 0) {
         *upload_data_size = 0;
-        size_t max = (size_t)s->cfg->max_body_bytes;
         if (r->too_large || r->len + n > max) {
             r->too_large = true;
             r->dropped += n;
@@ -194,6 +209,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     }
     r->answered = true;
+    if (r->ignore_body)
+        return route(s, conn, url, method);
     return inject(s, conn, r);
 }
 

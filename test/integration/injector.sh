@@ -1,0 +1,351 @@
+#!/usr/bin/env bash
+# remora-injector end to end: the real binary over HTTPS on loopback.
+#  - every AdmissionReview of the shared corpus and every case in
+#    test/data/injector/ (a case is a file; format in its README.md),
+#    each patch applied with `kubectl patch --local --type=json`, the result
+#    validated with kubernetes-models and the injection contract
+#    (test/js/check-pods.js), and posted again to check idempotence;
+#  - the corpus twice: with classic and with native sidecars by default;
+#  - bad bodies (400), bodies over the bound (413), slow clients (timeout),
+#    keep-alive, concurrency, metrics, cert and template reload, config
+#    errors, and a clean SIGTERM exit without sanitizer reports.
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
+DATA=$REMORA_ROOT/test/data/injector
+CORPUS=
+for d in "${REMORA_CORPUS:-}" "$REMORA_ROOT/../shared/corpus/admission" /work/shared/corpus/admission; do
+    if [[ -n $d && -d $d ]]; then CORPUS=$d; break; fi
+done
+NODE_OK=1
+[[ -d $REMORA_ROOT/test/js/node_modules/kubernetes-models ]] ||
+    (cd "$REMORA_ROOT/test/js" && npm install --no-audit --no-fund --silent >/dev/null 2>&1) ||
+    NODE_OK=0
+
+# ---- certificates and configs ------------------------------------------------
+mkcert() { # DIR CN: an ECDSA P-256 serving pair for 127.0.0.1
+    mkdir -p "$1"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -keyout "$1/key.pem" -out "$1/cert.pem" -subj "/CN=$2" \
+        -addext "subjectAltName=DNS:remora-injector.remora-system.svc,IP:127.0.0.1" 2>/dev/null
+}
+mkcert "$TMP/pki" first
+mkcert "$TMP/pki2" second
+cp "$TMP/pki/cert.pem" "$TMP/ca.pem" # self-signed: the client trusts exactly this one
+
+# config NAME PORT NATIVE [EXTRA-JSON]: write $TMP/NAME.json
+config() {
+    jq -n --arg port "$2" --arg cert "$TMP/live/cert.pem" --arg key "$TMP/live/key.pem" \
+        --argjson native "$3" --argjson extra "${4:-{\}}" '{
+        webhook: {address: ("127.0.0.1:" + $port), cert_file: $cert, key_file: $key,
+                  timeout_seconds: 2, reload_interval_ms: 200, max_body_bytes: 1048576},
+        ca: {audience: "remora-ca", ttl_seconds: 86400},
+        trust_domain: "cluster.local", native_sidecars: $native, log_level: "info"} * $extra' \
+        >"$TMP/$1.json"
+}
+mkdir -p "$TMP/live"
+cp "$TMP/pki/cert.pem" "$TMP/pki/key.pem" "$TMP/live/"
+
+PORT=$(free_port)
+NPORT=$(free_port)
+cp "$REMORA_ROOT/manifests/injector/template.json" "$TMP/template.json"
+config classic "$PORT" false "{\"template_file\": \"$TMP/template.json\"}"
+config native "$NPORT" true
+
+# ---- command line ------------------------------------------------------------
+expect_match "--version prints the version" "$("$INJECTOR" --version 2>&1)" '^remora-injector [0-9]+\.[0-9]+\.[0-9]+$'
+out=$("$INJECTOR" --check-config -c "$TMP/classic.json" 2>&1)
+expect_eq "--check-config accepts a good config" "$?:$out" "0:$TMP/classic.json: ok"
+check "manifests' template.json is the built-in template" \
+    diff <(jq -S . "$REMORA_ROOT/manifests/injector/template.json") <("$INJECTOR" --print-template | jq -S .)
+
+# Each bad config is a file: {"config": <merged over a good one>, "error": "<regex>"}.
+for f in "$DATA"/config/*.json; do
+    n=$(basename "$f" .json)
+    config "bad-$n" 1 false "$(jq -c '.config' "$f" | sed -e "s#@TMP@#$TMP#g" -e "s#@DATA@#$DATA#g")"
+    out=$("$INJECTOR" --check-config -c "$TMP/bad-$n.json" 2>&1)
+    rc=$?
+    want=$(jq -r '.error' "$f")
+    if [[ $rc -ne 0 && $out =~ $want ]]; then
+        pass "--check-config refuses $n"
+    else
+        fail "--check-config refuses $n: rc=$rc out='$out' want /$want/"
+    fi
+done
+
+# ---- start the two servers -----------------------------------------------------
+bg injector "$INJECTOR" -c "$TMP/classic.json"
+IPID=$LASTPID
+bg injector-native "$INJECTOR" -c "$TMP/native.json"
+NPID=$LASTPID
+check "injector listens" wait_port "$PORT"
+check "native injector listens" wait_port "$NPORT"
+
+CURL=(curl -sS --cacert "$TMP/ca.pem" --max-time 10)
+url() { echo "https://127.0.0.1:$1$2"; }
+healthy() { [[ $("${CURL[@]}" -o /dev/null -w '%{http_code}' "$(url "${1:-$PORT}" /healthz)") == 200 ]]; }
+check "GET /healthz is 200" healthy
+expect_eq "GET /readyz is 200" "$("${CURL[@]}" -o /dev/null -w '%{http_code}' "$(url "$PORT" /readyz)")" 200
+expect_eq "GET /inject is 405" "$("${CURL[@]}" -o /dev/null -w '%{http_code}' "$(url "$PORT" /inject)")" 405
+expect_eq "unknown path is 404" "$("${CURL[@]}" -o /dev/null -w '%{http_code}' "$(url "$PORT" /nope)")" 404
+expect_eq "plain HTTP is refused" "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$PORT/healthz")" 000
+check "still serving after plain HTTP" healthy
+
+# post PORT FILE: POST a body; sets $CODE, response in $TMP/resp.json
+post() {
+    CODE=$("${CURL[@]}" -o "$TMP/resp.json" -w '%{http_code}' -H 'Content-Type: application/json' \
+        --data-binary "@$2" "$(url "$1" /inject)")
+}
+
+# review_of CASE-FILE NAME: the AdmissionReview a case describes
+review_of() {
+    jq --arg uid "uid-$2" 'if has("review") then .review else
+      {apiVersion: "admission.k8s.io/v1", kind: "AdmissionReview",
+       request: ({uid: $uid,
+                  kind: {group: "", version: "v1", kind: "Pod"},
+                  requestKind: {group: "", version: "v1", kind: "Pod"},
+                  resource: {group: "", version: "v1", resource: "pods"},
+                  requestResource: {group: "", version: "v1", resource: "pods"},
+                  namespace: (.namespace // "shop"), operation: "CREATE",
+                  userInfo: {username: "kubernetes-admin"},
+                  object: (.pod // null), oldObject: null, dryRun: false} + (.request // {}))}
+      end' "$1"
+}
+
+mkdir -p "$TMP/check" "$TMP/work"
+
+# run_review PORT NAME REVIEW-FILE WANT-PATCH(1/0/"") WANT-MODE
+# POSTs, checks the AdmissionReview answer, applies the patch with kubectl,
+# checks idempotence. Leaves the patched pod in $TMP/check/NAME.patched.json.
+run_review() {
+    local port=$1 name=$2 rf=$3 want=$4 mode=$5 uid patch got
+    post "$port" "$rf"
+    if [[ $CODE != 200 ]]; then fail "$name: HTTP $CODE"; return 1; fi
+    uid=$(jq -r '.request.uid' "$rf")
+    if jq -e --arg uid "$uid" '.apiVersion == "admission.k8s.io/v1" and .kind == "AdmissionReview"
+            and .response.uid == $uid and .response.allowed == true' "$TMP/resp.json" >/dev/null; then
+        pass "$name: answered with its uid, allowed"
+    else
+        fail "$name: bad AdmissionReview answer: $(head -c 300 "$TMP/resp.json")"
+        return 1
+    fi
+    got=$(jq -r 'if .response.patch then 1 else 0 end' "$TMP/resp.json")
+    if [[ -n $want && $got != "$want" ]]; then
+        fail "$name: patch expected=$want got=$got"
+        return 1
+    fi
+    [[ $got == 1 ]] || { pass "$name: no patch"; return 0; }
+    if ! jq -e '.response.patchType == "JSONPatch"' "$TMP/resp.json" >/dev/null; then
+        fail "$name: patchType is not JSONPatch"
+        return 1
+    fi
+    jq -r '.response.patch' "$TMP/resp.json" | base64 -d >"$TMP/work/$name.patch.json"
+    jq '.request.object' "$rf" >"$TMP/check/$name.orig.json"
+    if kubectl patch --local --type=json -f "$TMP/check/$name.orig.json" \
+        -p "$(cat "$TMP/work/$name.patch.json")" -o json --show-managed-fields \
+        >"$TMP/check/$name.patched.json" 2>"$TMP/work/$name.kubectl.err"; then
+        pass "$name: kubectl applies the patch"
+    else
+        fail "$name: kubectl patch: $(head -c 300 "$TMP/work/$name.kubectl.err")"
+        rm -f "$TMP/check/$name.patched.json"
+        return 1
+    fi
+    if [[ -n $mode ]]; then
+        got=$(jq -r '.metadata.annotations["remora.io/status"] | fromjson | .mode' "$TMP/check/$name.patched.json")
+        expect_eq "$name: $mode sidecar" "$got" "$mode"
+    fi
+    # Reinvocation: the injected pod, reviewed again, yields no patch.
+    jq --slurpfile p "$TMP/check/$name.patched.json" '.request.object = $p[0]' "$rf" >"$TMP/work/$name.again.json"
+    post "$port" "$TMP/work/$name.again.json"
+    if [[ $CODE == 200 ]] && jq -e '.response.allowed == true and (.response.patch == null)' "$TMP/resp.json" >/dev/null; then
+        pass "$name: re-injection yields no patch"
+    else
+        fail "$name: re-injection: HTTP $CODE $(head -c 200 "$TMP/resp.json")"
+    fi
+}
+
+# ---- the shared corpus, classic and native -------------------------------------
+if [[ -z $CORPUS ]]; then
+    fail "shared corpus not found (../shared/corpus/admission)"
+else
+    n=0
+    for f in "$CORPUS"/*.json; do
+        base=$(basename "$f" .json)
+        # The oracle: the skip rules, read straight from the review.
+        want=$(jq -r '.request as $r | ($r.object.metadata.annotations // {}) as $a |
+            if ($r.object.spec.hostNetwork == true) or ($a["remora.io/status"] != null)
+               or ($a["remora.io/inject"] == "false") or $r.operation != "CREATE"
+               or ($r.namespace == "kube-system") or ($r.namespace == "remora-system")
+            then 0 else 1 end' "$f")
+        run_review "$PORT" "corpus-$base" "$f" "$want" classic
+        run_review "$NPORT" "corpus-native-$base" "$f" "$want" native
+        n=$((n + 1))
+    done
+    expect_match "corpus has every file ($n)" "$n" '^[1-9][0-9]+$'
+fi
+
+# ---- own cases ---------------------------------------------------------------
+for f in "$DATA"/*.json; do
+    name=case-$(basename "$f" .json)
+    port=$PORT
+    [[ $(jq -r '.injector // "classic"' "$f") == native ]] && port=$NPORT
+    status=$(jq -r '.expect.status // 200' "$f")
+    if jq -e 'has("body")' "$f" >/dev/null; then
+        jq -j '.body' "$f" >"$TMP/work/$name.body"
+        post "$port" "$TMP/work/$name.body"
+        if [[ $CODE == "$status" ]] && jq -e '.error | type == "string"' "$TMP/resp.json" >/dev/null; then
+            pass "$name: HTTP $status with a JSON error"
+        else
+            fail "$name: HTTP $CODE (want $status): $(head -c 200 "$TMP/resp.json")"
+        fi
+        check "$name: still serving" healthy "$port"
+        continue
+    fi
+    review_of "$f" "$name" >"$TMP/work/$name.review.json"
+    if [[ $status != 200 ]]; then
+        post "$port" "$TMP/work/$name.review.json"
+        expect_eq "$name: HTTP $status" "$CODE" "$status"
+        check "$name: still serving" healthy "$port"
+        continue
+    fi
+    want=$(jq -r 'if .expect.patched == null then "" elif .expect.patched then 1 else 0 end' "$f")
+    run_review "$port" "$name" "$TMP/work/$name.review.json" "$want" "$(jq -r '.expect.mode // ""' "$f")" || continue
+    if jq -e '.expect.warning' "$f" >/dev/null; then
+        post "$port" "$TMP/work/$name.review.json"
+        w=$(jq -r '.response.warnings // [] | join(" | ")' "$TMP/resp.json")
+        expect_match "$name: warns" "$w" "$(jq -r '.expect.warning' "$f")"
+    fi
+    jq -e '.expect.no_schema == true' "$f" >/dev/null && touch "$TMP/check/$name.noschema"
+    while IFS= read -r e; do
+        [[ -n $e ]] || continue
+        if [[ $(jq "$e" "$TMP/check/$name.patched.json" 2>&1) == true ]]; then pass "$name: $e"
+        else fail "$name: $e"; fi
+    done < <(jq -r '.expect.jq // [] | .[]' "$f")
+    while IFS= read -r e; do
+        [[ -n $e ]] || continue
+        if [[ $(jq "$e" "$TMP/work/$name.patch.json" 2>&1) == true ]]; then pass "$name: patch: $e"
+        else fail "$name: patch: $e"; fi
+    done < <(jq -r '.expect.patch_jq // [] | .[]' "$f")
+done
+
+# ---- every patched pod: kubernetes-models + the injection contract --------------
+if ((NODE_OK)); then
+    node "$REMORA_ROOT/test/js/check-pods.js" "$TMP/check" >"$TMP/check.out" 2>&1
+    cat "$TMP/check.out"
+    # check-pods prints its own PASS/FAIL lines; count its failures here too.
+    _fails=$((_fails + $(grep -c '^FAIL: ' "$TMP/check.out" || true)))
+    grep -qE '^(PASS|FAIL): ' "$TMP/check.out" || fail "check-pods.js ran no check: $(tail -3 "$TMP/check.out")"
+else
+    fail "kubernetes-models not installed (npm install in test/js)"
+fi
+
+# ---- bodies over the bound, slow clients, keep-alive, load ---------------------
+head -c $((2 * 1024 * 1024)) /dev/zero | tr '\0' ' ' >"$TMP/big.json"
+post "$PORT" "$TMP/big.json"
+expect_eq "body over max_body_bytes (Content-Length) is 413" "$CODE" 413
+check "still serving after 413" healthy
+CODE=$("${CURL[@]}" -o "$TMP/resp.json" -w '%{http_code}' -H 'Transfer-Encoding: chunked' \
+    --data-binary "@$TMP/big.json" "$(url "$PORT" /inject)")
+expect_eq "chunked body over max_body_bytes is 413" "$CODE" 413
+check "still serving after chunked 413" healthy
+
+# A client that opens TLS and then says nothing, and one that stops mid-headers:
+# each is cut after webhook.timeout_seconds (2 s here) while others are served.
+# The end time is taken when s_client sees the server close.
+t_slow=$(date +%s%N)
+(sleep 6 | { openssl s_client -quiet -connect "127.0.0.1:$PORT" >/dev/null 2>&1
+    date +%s%N >"$TMP/slow1.end"; }) &
+slow1=$!
+( (printf 'POST /inject HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n'; sleep 6) |
+    { openssl s_client -quiet -connect "127.0.0.1:$PORT" >/dev/null 2>&1
+      date +%s%N >"$TMP/slow2.end"; }) &
+slow2=$!
+sleep 0.5
+check "serving while slow clients hang" healthy
+
+f=$CORPUS/istio-hello.json
+[[ -f $f ]] || f=$TMP/work/case-inject-opt-in.review.json
+urls=()
+for _ in $(seq 20); do urls+=(-o /dev/null --data-binary "@$f" "$(url "$PORT" /inject)"); done
+conns=$("${CURL[@]}" -v -w '%{http_code}\n' "${urls[@]}" 2>&1 | grep -c 'Re-using existing connection' || true)
+expect_match "keep-alive: 20 reviews on one connection" "$conns" '^1[0-9]$'
+codes=$(seq 64 | xargs -P 8 -I{} "${CURL[@]}" -o /dev/null -w '%{http_code}\n' \
+    --data-binary "@$f" "$(url "$PORT" /inject)" | sort | uniq -c | tr -s ' ')
+expect_eq "64 concurrent reviews all answered 200" "$codes" " 64 200"
+
+wait "$slow1" "$slow2"
+for n in 1 2; do
+    waited=$((($(cat "$TMP/slow$n.end" 2>/dev/null || echo 0) - t_slow) / 1000000))
+    if ((waited > 1500 && waited < 4500)); then
+        pass "slow client $n is cut after webhook.timeout_seconds (${waited} ms)"
+    else
+        fail "slow client $n was not cut after ~2 s (${waited} ms)"
+    fi
+done
+check "still serving after the slow clients" healthy
+
+# ---- metrics -----------------------------------------------------------------
+m=$("${CURL[@]}" "$(url "$PORT" /metrics)")
+for series in 'remora_injector_reviews_total\{result="injected",reason=""\} [1-9]' \
+    'remora_injector_reviews_total\{result="skipped",reason="host-network"\} [1-9]' \
+    'remora_injector_reviews_total\{result="skipped",reason="already-injected"\} [1-9]' \
+    'remora_injector_reviews_total\{result="invalid",reason=""\} [1-9]' \
+    'remora_injector_reviews_total\{result="too_large",reason=""\} [1-9]' \
+    'remora_injector_review_duration_seconds_bucket\{le="\+Inf"\} [1-9]' \
+    'remora_injector_review_duration_seconds_count [1-9]' \
+    'remora_injector_cert_expiry_timestamp_seconds [1-9]'; do
+    if grep -qE "^$series" <<<"$m"; then pass "metrics: $series"; else fail "metrics: $series"; fi
+done
+
+# ---- reloads -----------------------------------------------------------------
+subject() { openssl s_client -connect "127.0.0.1:$PORT" </dev/null 2>/dev/null | openssl x509 -noout -subject; }
+expect_match "serves the first certificate" "$(subject)" 'CN ?= ?first'
+# A keep-alive connection opened before the swap must survive it.
+exec {keep}< <( (for _ in 1 2 3 4 5 6; do printf 'GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n'; sleep 0.5; done
+    printf 'GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n') |
+    openssl s_client -quiet -connect "127.0.0.1:$PORT" 2>/dev/null)
+sleep 0.3
+cp "$TMP/pki2/cert.pem" "$TMP/live/cert.pem" # the key lags: the pair does not match yet
+sleep 0.6
+expect_match "a mismatched cert/key pair is not loaded" "$(subject)" 'CN ?= ?first'
+cp "$TMP/pki2/key.pem" "$TMP/live/key.pem"
+sleep 0.6
+expect_match "the renewed certificate is served without restart" "$(subject)" 'CN ?= ?second'
+expect_match "a connection from before the swap finishes" "$(timeout 5 cat <&"$keep" | grep -ao 'HTTP/1.1 200' | wc -l)" '^7$'
+exec {keep}<&-
+cp "$TMP/pki2/cert.pem" "$TMP/ca.pem"
+check "still serving after the certificate swap" healthy
+grep -q 'key does not match' "$TMP/injector.log" && pass "the mismatched pair was logged" ||
+    fail "the mismatched pair was not logged"
+
+jq '.image = "registry.example/remora-proxy:canary" | .env = [{"name": "REMORA_EXTRA", "value": "1"}]' \
+    "$REMORA_ROOT/manifests/injector/template.json" >"$TMP/template.new"
+mv "$TMP/template.new" "$TMP/template.json"
+sleep 0.6
+f=$TMP/work/case-inject-opt-in.review.json
+post "$PORT" "$f"
+img=$(jq -r '.response.patch' "$TMP/resp.json" | base64 -d | jq -r '[.[] | .value | .. | objects | select(.name == "remora-proxy") | .image][0]')
+expect_eq "a changed template is used without restart" "$img" "registry.example/remora-proxy:canary"
+echo '{"image": 1}' >"$TMP/template.new"
+mv "$TMP/template.new" "$TMP/template.json"
+sleep 0.6
+post "$PORT" "$f"
+img=$(jq -r '.response.patch' "$TMP/resp.json" | base64 -d | jq -r '[.[] | .value | .. | objects | select(.name == "remora-proxy") | .image][0]')
+expect_eq "a broken template keeps the last good one" "$img" "registry.example/remora-proxy:canary"
+expect_match "the broken template is logged with its key" "$(grep 'template not reloaded' "$TMP/injector.log")" "template.json: image: expected a string"
+
+# ---- clean exit ----------------------------------------------------------------
+stop() { # NAME PID: SIGTERM, exit 0, no sanitizer report
+    kill -TERM "$2"
+    local rc=0
+    wait "$2" || rc=$?
+    expect_eq "$1 exits 0 on SIGTERM" "$rc" 0
+    if grep -qE 'Sanitizer|runtime error' "$TMP/$1.log"; then
+        fail "$1: sanitizer report"
+        grep -E -A20 'Sanitizer|runtime error' "$TMP/$1.log" | head -40
+    else
+        pass "$1: no sanitizer report (leaks included)"
+    fi
+}
+stop injector "$IPID"
+stop injector-native "$NPID"
+finish
