@@ -68,9 +68,18 @@ struct pki_ca {
     char *bundle_pem; /* trust bundle (one or more roots) as PEM */
 };
 /* Load the signing cert (+ chain) and key, and the root bundle; checks that
- * the key matches and that the signing cert is a CA. */
+ * the key matches and that the signing cert is a CA. The CA struct needs no
+ * prior initialisation; on failure it is left empty (pki_ca_free is
+ * harmless). chain_pem gets the certificates of cert_file that are not
+ * self-issued; root_file NULL means no bundle check, and bundle_pem then
+ * holds the self-issued certificates of cert_file (possibly ""). */
 int pki_ca_load(struct pki_ca *ca, const char *cert_file, const char *key_file,
                 const char *root_file, char **errmsg);
+/* Same from PEM strings (root_pem may be NULL). */
+int pki_ca_load_pem(struct pki_ca *ca, const char *cert_pem, const char *key_pem,
+                    const char *root_pem, char **errmsg);
+/* Empty CA (what pki_ca_free leaves). */
+void pki_ca_init(struct pki_ca *ca);
 void pki_ca_free(struct pki_ca *ca);
 /* Sign a workload certificate: subject from the SPIFFE ID, URI SAN,
  * KU digitalSignature|keyEncipherment, EKU serverAuth+clientAuth, CA:false,
@@ -78,6 +87,11 @@ void pki_ca_free(struct pki_ca *ca);
  * not_after = now + ttl_s. Returns leaf + issuer chain as PEM. */
 int pki_sign_workload(const struct pki_ca *ca, mbedtls_pk_context *subject_key,
                       const char *spiffe_id, uint32_t ttl_s, char **chain_pem, char **errmsg);
+/* Same with "now" given (epoch seconds): tests, and certificates issued
+ * for a point in time. The validity is clamped into the issuer's. */
+int pki_sign_workload_at(const struct pki_ca *ca, mbedtls_pk_context *subject_key,
+                         const char *spiffe_id, int64_t now, uint32_t ttl_s, char **chain_pem,
+                         char **errmsg);
 
 /* ---- making CAs and serving certs (certs/make.c, used by the CLI and tests) -------- */
 /* Self-signed root CA (key generated), valid `days`. */
