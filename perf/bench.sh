@@ -41,6 +41,9 @@ for tool in wrk h2load haproxy nginx taskset curl python3 pgrep; do
     command -v "$tool" >/dev/null || { echo "bench: $tool missing: run 'make deps'" >&2; exit 1; }
 done
 
+# what is measured: the tree as it is when the run starts (the binary may be rebuilt meanwhile)
+REV="$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- proxy common 2>/dev/null || echo '+dirty')"
+LOAD0=$(cut -d' ' -f1 /proc/loadavg) # how busy the machine was before we started
 STAMP=$(date -u +%Y-%m-%d-%H%M)
 [[ ${BENCH_QUICK:-0} == 1 ]] && STAMP+=-quick
 OUT=$ROOT/perf/results/$STAMP
@@ -270,7 +273,7 @@ add_fmt() { [[ $1 == - ]] && echo - || awk -v v="$1" 'BEGIN {printf "%+.3f\n", v
     echo
     echo "$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) CPUs, Linux $(uname -r);" \
         "load generator + upstream on CPU $LOAD_CPU, proxy on CPU $PROXY_CPU."
-    echo "remora $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- proxy common 2>/dev/null || echo '+dirty')," \
+    echo "remora $REV, load average $LOAD0 before the run," \
         "$(haproxy -v | head -1 | awk '{print "haproxy", $3}'), $(nginx -v 2>&1 | sed 's/.*nginx\//nginx /')," \
         "$(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}'), $(h2load --version | awk '{print "h2load", $2}')."
     echo "Upstream: nginx returning \"ok\\n\" (HTTP/1.1 keep-alive from every proxy)." \
