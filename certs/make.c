@@ -84,7 +84,7 @@ static int load_issuer(const char *cert_pem, const char *key_pem, mbedtls_x509_c
                        mbedtls_pk_context *key, char **errmsg)
 {
     char *inner = NULL;
-    int rc, ret;
+    int rc;
     mbedtls_x509_crt_init(crt);
     mbedtls_pk_init(key);
     if (cert_pem == NULL || key_pem == NULL)
@@ -100,9 +100,8 @@ static int load_issuer(const char *cert_pem, const char *key_pem, mbedtls_x509_c
         free(inner);
         return rc;
     }
-    if ((ret = mbedtls_pk_check_pair(&crt->pk, key)) != 0)
-        return pki_fail_mbed(errmsg, CM_ERR_INVAL, ret,
-                             "issuer key does not match the issuer certificate");
+    if (mbedtls_pk_check_pair(&crt->pk, key) != 0)
+        return pki_fail(errmsg, CM_ERR_INVAL, "issuer key does not match the issuer certificate");
     if (!crt->ca_istrue)
         return pki_fail(errmsg, CM_ERR_INVAL, "issuer certificate is not a CA");
     if (mbedtls_x509_crt_check_key_usage(crt, MBEDTLS_X509_KU_KEY_CERT_SIGN) != 0)

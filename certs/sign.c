@@ -319,9 +319,9 @@ static int ca_load(struct pki_ca *ca, const unsigned char *cert, size_t certlen,
     }
     if ((rc = pki_key_check_strength(&ca->key, name_key, errmsg)) != 0)
         goto fail;
-    if ((ret = mbedtls_pk_check_pair(&ca->issuer.pk, &ca->key)) != 0) {
-        rc = pki_fail_mbed(errmsg, CM_ERR_INVAL, ret, "%s: key does not match the certificate in %s",
-                           name_key, name_cert);
+    if (mbedtls_pk_check_pair(&ca->issuer.pk, &ca->key) != 0) {
+        rc = pki_fail(errmsg, CM_ERR_INVAL, "%s: key does not match the certificate in %s",
+                      name_key, name_cert);
         goto fail;
     }
     if (!ca->issuer.ca_istrue) {
