@@ -17,7 +17,7 @@
 # (h2load -m, 10), BENCH_PEERS ("direct remora haproxy nginx"), BENCH_BODY_RATE (curl
 # --limit-rate for the 30 MB body, 100M), REMORA_PROXY (binary; build/remora-proxy).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 
 if [[ ${BENCH_QUICK:-0} == 1 ]]; then
@@ -165,9 +165,13 @@ run_load() {
     local proto=$1 peer=$2 rep=$3 url out res t0=0 t1=0 cpu=- pid=${PID[$2]}
     if [[ $proto == h1 ]]; then url=${URL_H1[$peer]}; else url=${URL_H2[$peer]}; fi
     [[ -n $url ]] || return 0
+    if ! kill -0 "$UP_PID" 2>/dev/null; then
+        log "the upstream nginx exited (see raw/upstream-nginx.log)"
+        exit 1
+    fi
     if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
         NOTE[$peer]="exited during the benchmark (see raw/$peer.log)"
-        URL_H1[$peer]= URL_H2[$peer]=
+        URL_H1[$peer]='' URL_H2[$peer]=''
         log "$peer: ${NOTE[$peer]}"
         return 0
     fi
@@ -235,13 +239,13 @@ declare -A M
 for proto in h1 h2; do
     for peer in "${PEERS[@]}"; do
         f=$WORK/$proto-$peer.samples
-        M[$proto,$peer,rps]=$(median $(col "$f" 1))
+        M[$proto,$peer,rps]=$(col "$f" 1 | median)
         M[$proto,$peer,rpsmin]=$( (col "$f" 1 || true) | sort -g | head -1)
         M[$proto,$peer,rpsmax]=$( (col "$f" 1 || true) | sort -g | tail -1)
-        M[$proto,$peer,p50]=$(median $(col "$f" 2))
-        M[$proto,$peer,p99]=$(median $(col "$f" 3))
+        M[$proto,$peer,p50]=$(col "$f" 2 | median)
+        M[$proto,$peer,p99]=$(col "$f" 3 | median)
         M[$proto,$peer,err]=$( (col "$f" 4 || true) | awk '{s += $1} END {print s + 0}')
-        M[$proto,$peer,cpu]=$(median $(col "$f" 5))
+        M[$proto,$peer,cpu]=$(col "$f" 5 | median)
         M[$proto,$peer,runs]=$( [[ -f $f ]] && wc -l <"$f" || echo 0)
     done
     for peer in "${PEERS[@]}"; do

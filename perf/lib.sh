@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # Helpers for perf/bench.sh: pinned processes we own, configs from templates,
 # wrk / h2load output parsing, RSS and CPU from /proc. Source it; needs $WORK and $RAW.
 # Every process started here is recorded by PID and killed by PID at exit: never by name.
@@ -93,11 +94,12 @@ to_us() {
         printf "%.0f\n", n * m }'
 }
 
-# median V...: the median of numbers ("-" when none).
+# median: the median of the numbers on stdin, one a line ("-" when none).
 median() {
-    (($#)) || { echo -; return; }
-    printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {
-        if (NR % 2) print a[(NR + 1) / 2]; else printf "%.2f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+    sort -g | awk '{a[NR] = $1} END {
+        if (NR == 0) print "-"
+        else if (NR % 2) print a[(NR + 1) / 2]
+        else printf "%.2f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 
 # wrk_parse FILE: "rps p50_us p99_us errors" from `wrk --latency` output.
