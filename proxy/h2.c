@@ -1,5 +1,5 @@
 /* HTTP/2 codec, the part both roles share: session I/O between nghttp2 and a
- * bufferevent, deferred closing, body queues with NO_COPY DATA frames, flow
+ * px_io, deferred closing, body queues with NO_COPY DATA frames, flow
  * control tied to the other side's backpressure, header translation, and
  * the public drain / shutdown / counters of proxy/h2.h.
  * See docs/h2.md for the design. */
@@ -44,12 +44,12 @@ static enum px_cause default_cause(const struct px_h2_session *sess)
 static void on_defer(evutil_socket_t fd, short what, void *arg);
 static void on_idle(evutil_socket_t fd, short what, void *arg);
 
-struct px_h2_session *px_h2_session_new(enum px_h2_role role, struct bufferevent *bev)
+struct px_h2_session *px_h2_session_new(enum px_h2_role role, struct px_io *io)
 {
     struct px_h2_session *sess = cm_xcalloc(1, sizeof(*sess));
     sess->role = role;
     sess->state = role == PX_H2_SERVER ? PX_H2_OPEN : PX_H2_CONNECTING;
-    sess->bev = bev;
+    sess->io = io;
     sess->defer = event_new(px_srv->base, -1, 0, on_defer, sess);
     sess->idle = evtimer_new(px_srv->base, on_idle, sess);
     if (sess->defer == NULL || sess->idle == NULL) {
@@ -76,8 +76,8 @@ void px_h2_session_close(struct px_h2_session *sess, enum px_cause cause)
              (unsigned long long)sess->id, px_cause_str(cause));
     sess->state = PX_H2_CLOSING;
     sess->fail_cause = cause;
-    if (sess->bev != NULL)
-        bufferevent_disable(sess->bev, EV_READ | EV_WRITE);
+    if (sess->io != NULL)
+        px_io_read_enable(sess->io, false);
     evtimer_del(sess->idle);
     event_active(sess->defer, EV_WRITE, 0);
 }
@@ -132,22 +132,22 @@ void px_h2_session_flush(struct px_h2_session *sess)
     if (nghttp2_session_want_read(sess->ng) || nghttp2_session_want_write(sess->ng))
         return;
     /* nghttp2 is done with the connection (GOAWAY exchanged, no streams) */
-    if (evbuffer_get_length(bufferevent_get_output(sess->bev)) == 0) {
+    if (evbuffer_get_length(px_io_output(sess->io)) == 0) {
         px_h2_session_close(sess, sess->fail_cause);
         return;
     }
     if (!sess->close_when_flushed) {
         sess->close_when_flushed = true;
-        bufferevent_disable(sess->bev, EV_READ);
-        bufferevent_setwatermark(sess->bev, EV_WRITE, 0, 0);
+        px_io_read_enable(sess->io, false);
+        px_io_set_write_lowat(sess->io, 0);
         set_timer_ms(sess->idle, CLOSE_LINGER_MS);
     }
 }
 
-/* Feed the bufferevent's input to nghttp2, then send what it produced. */
+/* Feed the io's input to nghttp2, then send what it produced. */
 static void process_input(struct px_h2_session *sess)
 {
-    struct evbuffer *in = bufferevent_get_input(sess->bev);
+    struct evbuffer *in = px_io_input(sess->io);
     for (;;) {
         size_t n = evbuffer_get_contiguous_space(in);
         if (n == 0)
@@ -173,66 +173,65 @@ static void process_input(struct px_h2_session *sess)
 
 static bool output_full(const struct px_h2_session *sess)
 {
-    return evbuffer_get_length(bufferevent_get_output(sess->bev)) >= PX_H2_OUT_HIGH;
+    return evbuffer_get_length(px_io_output(sess->io)) >= PX_H2_OUT_HIGH;
 }
 
-static void on_read(struct bufferevent *bev, void *arg)
+static void on_read(struct px_io *io, void *arg)
 {
     struct px_h2_session *sess = arg;
     if (sess->state == PX_H2_CLOSING || sess->close_when_flushed) {
-        evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
+        evbuffer_drain(px_io_input(io), evbuffer_get_length(px_io_input(io)));
         return;
     }
     if (output_full(sess)) {
-        /* the peer does not read what we send: stop reading what it sends */
+        /* the peer does not read what we send: leave its input unread (the
+         * io stops reading at its read limit) until our output drains */
         sess->input_held = true;
-        bufferevent_disable(bev, EV_READ);
         return;
     }
     process_input(sess);
 }
 
-static void on_write(struct bufferevent *bev, void *arg)
+static void on_drained(struct px_io *io, void *arg)
 {
     struct px_h2_session *sess = arg;
     if (sess->state == PX_H2_CLOSING)
         return;
     if (sess->close_when_flushed) {
-        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        if (evbuffer_get_length(px_io_output(io)) == 0)
             px_h2_session_close(sess, sess->fail_cause);
         return;
     }
     px_h2_session_flush(sess);
     if (sess->input_held && sess->state != PX_H2_CLOSING && !output_full(sess)) {
         sess->input_held = false;
-        bufferevent_enable(bev, EV_READ);
         process_input(sess);
     }
 }
 
-static void on_event(struct bufferevent *bev, short what, void *arg)
+static void on_event(struct px_io *io, int what, void *arg)
 {
-    (void)bev;
+    (void)io;
     struct px_h2_session *sess = arg;
     if (sess->state == PX_H2_CLOSING)
         return;
     if (sess->role == PX_H2_CLIENT &&
-        ((what & BEV_EVENT_CONNECTED) || sess->state == PX_H2_CONNECTING)) {
+        ((what & PX_IO_CONNECTED) || sess->state == PX_H2_CONNECTING)) {
         px_h2_client_on_event(sess, what);
         return;
     }
-    if (what & BEV_EVENT_CONNECTED)
+    if (what & PX_IO_CONNECTED)
         return;
     cm_debug("h2 %s session %llu: connection %s", sess->role == PX_H2_SERVER ? "server" : "client",
-             (unsigned long long)sess->id, (what & BEV_EVENT_EOF) ? "closed by peer" : "error");
+             (unsigned long long)sess->id,
+             (what & PX_IO_EOF) ? "closed by peer" : (what & PX_IO_TIMEOUT) ? "timeout" : "error");
     px_h2_session_close(sess, default_cause(sess));
 }
 
 void px_h2_session_io(struct px_h2_session *sess)
 {
-    bufferevent_setcb(sess->bev, on_read, on_write, on_event, sess);
-    bufferevent_setwatermark(sess->bev, EV_WRITE, PX_H2_OUT_HIGH / 2, 0);
-    bufferevent_enable(sess->bev, EV_READ | EV_WRITE);
+    px_io_set_write_lowat(sess->io, PX_H2_OUT_HIGH / 2);
+    px_io_setcb(sess->io, on_read, on_drained, on_event, sess);
 }
 
 static void on_defer(evutil_socket_t fd, short what, void *arg)
@@ -249,7 +248,7 @@ static void on_defer(evutil_socket_t fd, short what, void *arg)
     if (sess->state == PX_H2_CLOSING || sess->state == PX_H2_CONNECTING)
         return;
     if (!sess->input_held && !sess->close_when_flushed &&
-        evbuffer_get_length(bufferevent_get_input(sess->bev)) > 0 && !output_full(sess))
+        evbuffer_get_length(px_io_input(sess->io)) > 0 && !output_full(sess))
         process_input(sess); /* the first bytes, read before we took over */
     else if (!sess->close_when_flushed)
         px_h2_session_flush(sess);
@@ -265,8 +264,7 @@ void px_h2_session_destroy(struct px_h2_session *sess)
     if (cm_list_linked(&sess->link))
         cm_list_remove(&sess->link);
     nghttp2_session_del(sess->ng);
-    if (sess->bev != NULL)
-        bufferevent_free(sess->bev);
+    px_io_free(sess->io);
     event_free(sess->defer);
     event_free(sess->idle);
     if (sess->role == PX_H2_SERVER) {
@@ -290,7 +288,7 @@ static ssize_t on_send(nghttp2_session *ng, const uint8_t *data, size_t len, int
     struct px_h2_session *sess = user_data;
     if (output_full(sess))
         return NGHTTP2_ERR_WOULDBLOCK;
-    evbuffer_add(bufferevent_get_output(sess->bev), data, len);
+    evbuffer_add(px_io_output(sess->io), data, len);
     return (ssize_t)len;
 }
 
@@ -314,7 +312,7 @@ static int on_send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t
     (void)ng;
     struct px_h2_session *sess = user_data;
     struct px_h2_stream *st = source->ptr;
-    struct evbuffer *out = bufferevent_get_output(sess->bev);
+    struct evbuffer *out = px_io_output(sess->io);
     if (output_full(sess))
         return NGHTTP2_ERR_WOULDBLOCK;
     if (frame->data.padlen > 0)

@@ -335,19 +335,19 @@ void px_h2_client_destroy_streams(struct px_h2_session *sess)
 void px_h2_client_on_event(struct px_h2_session *sess, short what)
 {
     char addr[CM_ADDR_STRLEN];
-    if (what & BEV_EVENT_CONNECTED) {
+    if (what & PX_IO_CONNECTED) {
         if (sess->state == PX_H2_CONNECTING)
             sess->state = PX_H2_OPEN;
-        bufferevent_set_timeouts(sess->bev, NULL, NULL);
+        px_io_set_timeout(sess->io, 0);
         int one = 1;
-        setsockopt(bufferevent_getfd(sess->bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        setsockopt(px_io_fd(sess->io), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         cm_debug("h2 client session %llu: connected to %s", (unsigned long long)sess->id,
                  cm_addr_format(&sess->addr, addr, sizeof(addr)));
         px_h2_session_flush(sess);
         return;
     }
-    int err = EVUTIL_SOCKET_ERROR();
-    enum px_cause cause = (what & BEV_EVENT_TIMEOUT) ? PX_CAUSE_CONNECT_TIMEOUT
+    int err = px_io_errno(sess->io);
+    enum px_cause cause = (what & PX_IO_TIMEOUT) ? PX_CAUSE_CONNECT_TIMEOUT
                           : err == ECONNREFUSED      ? PX_CAUSE_CONNECT_REFUSED
                                                      : PX_CAUSE_CONNECT_FAILED;
     px_metrics.upstream_cx_connect_fail++;
@@ -386,12 +386,9 @@ static struct px_h2_session *pool_find(const struct cm_addr *a)
 
 static struct px_h2_session *client_new(const struct cm_addr *a)
 {
-    struct bufferevent *bev = bufferevent_socket_new(px_srv->base, -1, BEV_OPT_CLOSE_ON_FREE);
-    if (bev == NULL) {
-        cm_error("h2: bufferevent_socket_new failed");
-        abort();
-    }
-    struct px_h2_session *sess = px_h2_session_new(PX_H2_CLIENT, bev);
+    struct px_io *io = px_io_connect(px_srv->base, a, px_srv->cfg->limits.connect_timeout_ms);
+    int err = errno;
+    struct px_h2_session *sess = px_h2_session_new(PX_H2_CLIENT, io);
     sess->addr = *a;
     /* newest first: pool_find prefers the sessions most likely to have room */
     cm_list_insert_head(&px_h2_client_list, &sess->link);
@@ -415,22 +412,19 @@ static struct px_h2_session *client_new(const struct cm_addr *a)
         cm_error("h2: nghttp2_session_client_new2: %s", nghttp2_strerror(rv));
         abort(); /* only fails on out of memory */
     }
+    if (io == NULL) {
+        /* no socket at all (fd limit...): fail from the event loop */
+        cm_warn("h2: upstream socket: %s", strerror(err));
+        px_metrics.upstream_cx_connect_fail++;
+        px_h2_session_close(sess, PX_CAUSE_CONNECT_FAILED);
+        return sess;
+    }
     if (px_h2_submit_settings(sess) != 0) {
         px_h2_session_close(sess, PX_CAUSE_CONNECT_FAILED);
         return sess;
     }
+    /* connect failures arrive as PX_IO_ERROR / PX_IO_TIMEOUT events */
     px_h2_session_io(sess);
-    uint32_t ms = px_srv->cfg->limits.connect_timeout_ms;
-    if (ms > 0) {
-        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-        bufferevent_set_timeouts(bev, &tv, &tv);
-    }
-    if (bufferevent_socket_connect(bev, (struct sockaddr *)&a->ss, (int)a->len) < 0) {
-        int err = EVUTIL_SOCKET_ERROR();
-        px_metrics.upstream_cx_connect_fail++;
-        px_h2_session_close(sess, err == ECONNREFUSED ? PX_CAUSE_CONNECT_REFUSED
-                                                      : PX_CAUSE_CONNECT_FAILED);
-    }
     return sess;
 }
 

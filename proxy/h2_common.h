@@ -1,21 +1,21 @@
 /* Private to the HTTP/2 codec (proxy/h2.c, h2_server.c, h2_client.c): the
  * session and per-stream objects shared by the server and client sides.
  *
- * A px_h2_session wraps one nghttp2 session and one bufferevent. Input is fed
- * to nghttp2_session_mem_recv(); output goes through nghttp2_session_send()
- * whose callbacks append to the bufferevent's output and answer WOULDBLOCK
- * above PX_H2_OUT_HIGH, so the socket buffer stays bounded. DATA frames are
+ * A px_h2_session wraps one nghttp2 session and one px_io (proxy/io.h).
+ * Input is fed to nghttp2_session_mem_recv(); output goes through
+ * nghttp2_session_send() whose callbacks append to the io's output and
+ * answer WOULDBLOCK above PX_H2_OUT_HIGH, so the socket buffer stays
+ * bounded. DATA frames are
  * written with NGHTTP2_DATA_FLAG_NO_COPY: the payload moves from the
  * stream's evbuffer to the socket's without a copy into nghttp2.
  *
- * Nothing is freed inside an nghttp2 or bufferevent callback: a finished
+ * Nothing is freed inside an nghttp2 or px_io callback: a finished
  * session is marked PX_H2_CLOSING and its `defer` event frees it on the
  * next loop turn (after reporting its remaining streams as failed). */
 #ifndef PX_H2_COMMON_H
 #define PX_H2_COMMON_H
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <nghttp2/nghttp2.h>
 #include <stdbool.h>
@@ -24,10 +24,11 @@
 #include "common/list.h"
 #include "common/net.h"
 #include "proxy/conn.h"
+#include "proxy/io.h"
 #include "proxy/stream.h"
 
 /* Socket output high watermark: nghttp2 stops producing frames above it and
- * resumes when the bufferevent drained to half of it. */
+ * resumes when the io's output drained to half of it. */
 #define PX_H2_OUT_HIGH (64 * 1024)
 /* Interim (1xx) responses skipped on one client stream before we call the
  * upstream broken: each costs arena memory. */
@@ -49,7 +50,7 @@ struct px_h2_session {
     enum px_h2_role role;
     enum px_h2_sess_state state;
     nghttp2_session *ng;    /* owned */
-    struct bufferevent *bev; /* owned (server: taken over from the px_conn) */
+    struct px_io *io;       /* owned (server: taken over from the px_conn) */
     struct event *defer;    /* zero-delay work: flush output, or free when closing */
     struct event *idle;     /* no streams for a while: server idle / pool idle timeout */
     struct cm_list streams; /* px_h2_stream of this session */
@@ -106,16 +107,17 @@ struct px_h2_stream {
 
 /* ---- shared machinery (proxy/h2.c) ---- */
 
-/* A session with its events (not its nghttp2 session or bufferevent, which
- * the server/client code sets up). Freed through px_h2_session_close(). */
-struct px_h2_session *px_h2_session_new(enum px_h2_role role, struct bufferevent *bev);
+/* A session with its events (not its nghttp2 session, which the
+ * server/client code sets up); takes ownership of io. Freed through
+ * px_h2_session_close(). */
+struct px_h2_session *px_h2_session_new(enum px_h2_role role, struct px_io *io);
 /* nghttp2 options and callbacks common to both roles; role-specific
  * callbacks are added by the caller. Caller deletes both. */
 void px_h2_common_setup(nghttp2_session_callbacks **cbs, nghttp2_option **opt);
 /* Our SETTINGS (max concurrent streams, windows, header list size) and the
  * connection window. Returns 0 or an nghttp2 error. */
 int px_h2_submit_settings(struct px_h2_session *sess);
-/* Install the read/write/event callbacks on sess->bev. */
+/* Install the read/drained/event callbacks on sess->io. */
 void px_h2_session_io(struct px_h2_session *sess);
 /* Mark the session closing (once) and free it on the next loop turn; its
  * remaining streams are reported with `cause` (client) or as downstream

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/bufferevent.h>
+
 #include "common/err.h"
 #include "common/log.h"
 #include "common/xalloc.h"
@@ -314,9 +316,26 @@ void px_h2_server_destroy_streams(struct px_h2_session *sess)
     }
 }
 
+/* The connection's px_io, with the bytes read so far. A listener that still
+ * hands over a bufferevent (c->bev) gets it converted back. */
+static struct px_io *take_io(struct px_conn *c)
+{
+    struct px_io *io = c->io;
+    c->io = NULL;
+    if (io == NULL && c->bev != NULL) {
+        int fd = bufferevent_getfd(c->bev);
+        io = px_io_new(px_srv->base, fd);
+        evbuffer_add_buffer(px_io_input(io), bufferevent_get_input(c->bev));
+        bufferevent_setfd(c->bev, -1); /* the fd now belongs to io */
+        bufferevent_free(c->bev);
+        c->bev = NULL;
+    }
+    return io;
+}
+
 void px_h2_server_start(struct px_conn *c)
 {
-    struct px_h2_session *sess = px_h2_session_new(PX_H2_SERVER, c->bev);
+    struct px_h2_session *sess = px_h2_session_new(PX_H2_SERVER, take_io(c));
     sess->conn = c;
     c->handler = sess;
     cm_list_insert_tail(&px_h2_server_list, &sess->link);
@@ -343,7 +362,7 @@ void px_h2_server_start(struct px_conn *c)
         return;
     }
     int one = 1;
-    setsockopt(bufferevent_getfd(c->bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    setsockopt(px_io_fd(sess->io), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     px_h2_session_io(sess);
     px_h2_session_idle_update(sess);
     if (px_srv->draining) {
