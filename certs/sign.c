@@ -132,11 +132,8 @@ int pki_crt_write(const struct pki_tbs *t, char **pem, char **errmsg)
     if (t->issuer != NULL) {
         /* a certificate outliving its issuer would only fail later */
         int64_t ina = pki_x509_time_epoch(&t->issuer->valid_to);
-        int64_t inb = pki_x509_time_epoch(&t->issuer->valid_from);
         if (na > ina)
             na = ina;
-        if (nb < inb)
-            nb = inb;
     }
     if (na <= nb) {
         rc = pki_fail(errmsg, CM_ERR_INVAL, "certificate: empty validity period");
