@@ -1,52 +1,26 @@
 #include "proxy/io.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "common/list.h"
 #include "common/xalloc.h"
+#include "proxy/io_int.h"
 
 /* Largest single read: one syscall moves up to this much. */
 #define READ_CHUNK (64 * 1024)
 
-struct px_io {
-    struct event_base *base;
-    int fd;
-    const struct px_io_ops *ops;
-    struct evbuffer *in, *out;
-    struct event *rev, *wev, *timer;
-    px_io_cb on_read, on_drained;
-    px_io_event_cb on_event;
-    void *arg;
-    size_t read_limit;
-    size_t lowat;
-    int err;
-    bool read_on;      /* the owner wants input */
-    bool rev_added;    /* rev is registered */
-    bool wev_added;    /* wev is registered (output pushed back, or connecting) */
-    bool connecting;
-    bool connect_failed; /* connect() failed at once; reported from the timer */
-    bool eof;
-    bool shut_pending; /* shutdown(SHUT_WR) once the output is empty */
-    bool shut_done;
-    bool dead;         /* an error was reported: no more I/O */
-    bool dirty;        /* on the flush list */
-    bool zombie;       /* freed (or fd released) during a callback: release after it */
-    bool close_fd;     /* ... and close the fd then */
-    int busy;          /* depth of callbacks running on this io */
-    struct cm_list dirty_link;
-};
-
 static struct event *flush_ev;
 static struct cm_list dirty = {&dirty, &dirty};
 
-static void update_read(struct px_io *io);
+static void update_events(struct px_io *io);
 static void flush(struct px_io *io);
+static void io_release(struct px_io *io);
 
 /* ---- plaintext transport ---------------------------------------------------- */
 
@@ -55,7 +29,7 @@ static ssize_t plain_read(struct px_io *io, struct evbuffer *in, size_t max)
     struct evbuffer_iovec v[2];
     int n = evbuffer_reserve_space(in, (ev_ssize_t)max, v, 2);
     if (n <= 0)
-        return -1;
+        return PX_IO_FAILED;
     size_t cap0 = v[0].iov_len < max ? v[0].iov_len : max;
     v[0].iov_len = cap0;
     if (n > 1) {
@@ -67,7 +41,8 @@ static ssize_t plain_read(struct px_io *io, struct evbuffer *in, size_t max)
     ssize_t r = readv(io->fd, (struct iovec *)v, n);
     if (r < 0) {
         evbuffer_commit_space(in, v, 0);
-        return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? -2 : -1;
+        return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? PX_IO_AGAIN_READ
+                                                                           : PX_IO_FAILED;
     }
     size_t left = (size_t)r;
     for (int i = 0; i < n; i++) {
@@ -83,15 +58,26 @@ static ssize_t plain_write(struct px_io *io, struct evbuffer *out)
 {
     int r = evbuffer_write(out, io->fd);
     if (r < 0)
-        return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? -2 : -1;
+        return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? PX_IO_AGAIN_WRITE
+                                                                           : PX_IO_FAILED;
     return r;
 }
 
-static const struct px_io_ops plain_ops = {plain_read, plain_write};
+static void plain_shutdown(struct px_io *io)
+{
+    shutdown(io->fd, SHUT_WR);
+}
 
-/* ---- events ------------------------------------------------------------------ */
+static const struct px_io_ops plain_ops = {
+    .handshake = NULL,
+    .read = plain_read,
+    .write = plain_write,
+    .pending = NULL,
+    .shutdown = plain_shutdown,
+    .free = NULL,
+};
 
-static void io_release(struct px_io *io);
+/* ---- callbacks into the owner ----------------------------------------------------- */
 
 /* Callbacks may free the io (directly, or by handing its fd over); the
  * memory is only released when the outermost callback returns. Returns
@@ -120,15 +106,77 @@ static bool fail(struct px_io *io, int err)
 {
     io->err = err;
     io->dead = true;
-    if (io->rev_added) {
-        event_del(io->rev);
-        io->rev_added = false;
-    }
-    if (io->wev_added) {
-        event_del(io->wev);
-        io->wev_added = false;
-    }
+    io->handshaking = false;
+    update_events(io);
     return report(io, PX_IO_ERROR);
+}
+
+/* ---- reading ------------------------------------------------------------------------- */
+
+static size_t xprt_pending(struct px_io *io)
+{
+    return io->ops->pending != NULL ? io->ops->pending(io) : 0;
+}
+
+static void do_read(struct px_io *io)
+{
+    for (;;) {
+        size_t have = evbuffer_get_length(io->in);
+        size_t room = io->read_limit > have ? io->read_limit - have : 0;
+        if (room == 0 || !io->read_on || io->eof || io->dead) {
+            update_events(io);
+            return;
+        }
+        if (room > READ_CHUNK)
+            room = READ_CHUNK;
+        ssize_t r = io->ops->read(io, io->in, room);
+        if (r == PX_IO_AGAIN_READ || r == PX_IO_AGAIN_WRITE)
+            return;
+        if (r < 0) {
+            fail(io, errno ? errno : EPROTO);
+            return;
+        }
+        if (r == 0) {
+            io->eof = true;
+            update_events(io);
+            report(io, PX_IO_EOF);
+            return;
+        }
+        io->busy++;
+        if (io->on_read != NULL)
+            io->on_read(io, io->arg);
+        if (leave(io))
+            return;
+        /* A TLS record may hold more than fit: it will not show up as
+         * socket readiness again, so keep reading while it is there. */
+        if (xprt_pending(io) == 0)
+            break;
+    }
+    update_events(io);
+}
+
+void px_io_handshake_step(struct px_io *io)
+{
+    int r = io->ops->handshake(io);
+    if (r == PX_IO_AGAIN_READ || r == PX_IO_AGAIN_WRITE) {
+        io->hs_want_write = r == PX_IO_AGAIN_WRITE;
+        update_events(io);
+        return;
+    }
+    if (r < 0) {
+        fail(io, EPROTO);
+        return;
+    }
+    io->handshaking = false;
+    io->hs_want_write = false;
+    update_events(io);
+    if (report(io, PX_IO_HANDSHAKE) || io->dead)
+        return;
+    flush(io);
+    if (io->zombie || io->dead)
+        return;
+    /* application data may have arrived with the last handshake flight */
+    do_read(io);
 }
 
 static void on_readable(evutil_socket_t fd, short what, void *arg)
@@ -136,33 +184,11 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
     struct px_io *io = arg;
     (void)fd;
     (void)what;
-    size_t have = evbuffer_get_length(io->in);
-    size_t room = io->read_limit > have ? io->read_limit - have : 0;
-    if (room == 0 || !io->read_on) {
-        update_read(io);
+    if (io->handshaking) {
+        px_io_handshake_step(io);
         return;
     }
-    if (room > READ_CHUNK)
-        room = READ_CHUNK;
-    ssize_t r = io->ops->read(io, io->in, room);
-    if (r == -2)
-        return;
-    if (r < 0) {
-        fail(io, errno);
-        return;
-    }
-    if (r == 0) {
-        io->eof = true;
-        update_read(io);
-        report(io, PX_IO_EOF);
-        return;
-    }
-    io->busy++;
-    if (io->on_read != NULL)
-        io->on_read(io, io->arg);
-    if (leave(io))
-        return;
-    update_read(io);
+    do_read(io);
 }
 
 static void connected(struct px_io *io)
@@ -179,7 +205,12 @@ static void connected(struct px_io *io)
     }
     if (report(io, PX_IO_CONNECTED) || io->dead)
         return;
-    update_read(io);
+    if (io->ops->handshake != NULL) {
+        io->handshaking = true;
+        px_io_handshake_step(io);
+        return;
+    }
+    update_events(io);
     flush(io);
 }
 
@@ -189,11 +220,11 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     if (io->connecting) {
-        if (io->wev_added && evbuffer_get_length(io->out) == 0) {
-            event_del(io->wev);
-            io->wev_added = false;
-        }
         connected(io);
+        return;
+    }
+    if (io->handshaking) {
+        px_io_handshake_step(io);
         return;
     }
     flush(io);
@@ -213,29 +244,33 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     report(io, PX_IO_TIMEOUT);
 }
 
-/* Write what is queued; register EV_WRITE only if the socket pushed back. */
+/* ---- writing ---------------------------------------------------------------------- */
+
+/* Write what is queued; EV_WRITE stays registered only while the socket
+ * pushes back. */
 static void flush(struct px_io *io)
 {
-    if (io->dead || io->connecting)
+    if (io->dead || io->connecting || io->handshaking)
         return;
     size_t before = evbuffer_get_length(io->out);
+    io->out_blocked = false;
     if (before > 0) {
         ssize_t r = io->ops->write(io, io->out);
-        if (r == -1) {
-            fail(io, errno);
+        if (r == PX_IO_AGAIN_WRITE) {
+            io->out_blocked = true;
+        } else if (r == PX_IO_AGAIN_READ) {
+            io->out_blocked = true; /* TLS wants the peer's bytes first */
+        } else if (r < 0) {
+            fail(io, errno ? errno : EPIPE);
             return;
         }
     }
     size_t after = evbuffer_get_length(io->out);
-    if (after > 0 && !io->wev_added) {
-        event_add(io->wev, NULL);
-        io->wev_added = true;
-    } else if (after == 0 && io->wev_added) {
-        event_del(io->wev);
-        io->wev_added = false;
-    }
+    if (after > 0)
+        io->out_blocked = true;
+    update_events(io);
     if (after == 0 && io->shut_pending && !io->shut_done) {
-        shutdown(io->fd, SHUT_WR);
+        io->ops->shutdown(io);
         io->shut_done = true;
     }
     if (before > 0 && after <= io->lowat && io->on_drained != NULL) {
@@ -250,8 +285,8 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     (void)arg;
-    /* New output queued by the callbacks below lands at the tail and is
-     * flushed in this same pass. */
+    /* Output queued by the callbacks below lands at the tail and is flushed
+     * in this same pass. */
     while (!cm_list_empty(&dirty)) {
         struct px_io *io = cm_container_of(dirty.next, struct px_io, dirty_link);
         cm_list_remove(&io->dirty_link);
@@ -264,27 +299,50 @@ static void on_output_change(struct evbuffer *buf, const struct evbuffer_cb_info
 {
     struct px_io *io = arg;
     (void)buf;
-    if (info->n_added == 0 || io->dirty)
+    if (info->n_added == 0 || io->dirty || io->zombie)
         return;
     io->dirty = true;
     cm_list_insert_tail(&dirty, &io->dirty_link);
     event_active(flush_ev, EV_TIMEOUT, 0);
 }
 
-static void update_read(struct px_io *io)
+/* Register exactly the events the io's state needs. */
+static void update_events(struct px_io *io)
 {
-    bool want = io->read_on && !io->eof && !io->dead && !io->connecting &&
-                evbuffer_get_length(io->in) < io->read_limit;
-    if (want && !io->rev_added) {
-        event_add(io->rev, NULL);
-        io->rev_added = true;
-    } else if (!want && io->rev_added) {
-        event_del(io->rev);
-        io->rev_added = false;
+    bool want_r, want_w;
+    if (io->dead || io->zombie) {
+        want_r = want_w = false;
+    } else if (io->connecting) {
+        want_r = false;
+        want_w = !io->connect_failed;
+    } else if (io->handshaking) {
+        want_r = !io->hs_want_write;
+        want_w = io->hs_want_write;
+    } else {
+        want_r = io->read_on && !io->eof && evbuffer_get_length(io->in) < io->read_limit;
+        want_w = io->out_blocked;
     }
+    if (want_r != io->rev_added) {
+        if (want_r)
+            event_add(io->rev, NULL);
+        else
+            event_del(io->rev);
+        io->rev_added = want_r;
+    }
+    if (want_w != io->wev_added) {
+        if (want_w)
+            event_add(io->wev, NULL);
+        else
+            event_del(io->wev);
+        io->wev_added = want_w;
+    }
+    /* decoded bytes already waiting inside the transport: no socket event
+     * will announce them */
+    if (want_r && !io->handshaking && xprt_pending(io) > 0)
+        event_active(io->rev, EV_READ, 0);
 }
 
-/* ---- API ---------------------------------------------------------------------- */
+/* ---- API ------------------------------------------------------------------------------ */
 
 void px_io_init(struct event_base *base)
 {
@@ -336,6 +394,8 @@ struct px_io *px_io_connect(struct event_base *base, const struct cm_addr *addr,
         return NULL;
     struct px_io *io = io_alloc(base, fd);
     io->connecting = true;
+    io->has_addr = true;
+    io->addr = *addr;
     if (connect(fd, (const struct sockaddr *)&addr->ss, addr->len) != 0 && errno != EINPROGRESS) {
         io->err = errno;
         io->connect_failed = true;
@@ -343,8 +403,7 @@ struct px_io *px_io_connect(struct event_base *base, const struct cm_addr *addr,
         evtimer_add(io->timer, &zero);
         return io;
     }
-    event_add(io->wev, NULL);
-    io->wev_added = true;
+    update_events(io);
     px_io_set_timeout(io, timeout_ms);
     return io;
 }
@@ -353,6 +412,8 @@ static void io_release(struct px_io *io)
 {
     if (io->dirty)
         cm_list_remove(&io->dirty_link);
+    if (io->ops->free != NULL)
+        io->ops->free(io);
     event_free(io->rev);
     event_free(io->wev);
     event_free(io->timer);
@@ -410,7 +471,7 @@ void px_io_setcb(struct px_io *io, px_io_cb on_read, px_io_cb on_drained, px_io_
     io->on_drained = on_drained;
     io->on_event = on_event;
     io->arg = arg;
-    update_read(io);
+    update_events(io);
 }
 
 struct evbuffer *px_io_input(struct px_io *io)
@@ -436,13 +497,13 @@ int px_io_errno(const struct px_io *io)
 void px_io_read_enable(struct px_io *io, bool on)
 {
     io->read_on = on;
-    update_read(io);
+    update_events(io);
 }
 
 void px_io_set_read_limit(struct px_io *io, size_t limit)
 {
     io->read_limit = limit ? limit : 1;
-    update_read(io);
+    update_events(io);
 }
 
 void px_io_set_write_lowat(struct px_io *io, size_t lowat)
@@ -453,7 +514,8 @@ void px_io_set_write_lowat(struct px_io *io, size_t lowat)
 void px_io_set_timeout(struct px_io *io, uint32_t ms)
 {
     if (ms == 0) {
-        evtimer_del(io->timer);
+        if (!io->connect_failed)
+            evtimer_del(io->timer);
         return;
     }
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
@@ -463,9 +525,9 @@ void px_io_set_timeout(struct px_io *io, uint32_t ms)
 void px_io_shutdown_write(struct px_io *io)
 {
     io->shut_pending = true;
-    if (!io->dirty && evbuffer_get_length(io->out) == 0 && !io->connecting && !io->shut_done &&
-        !io->dead) {
-        shutdown(io->fd, SHUT_WR);
+    if (!io->dirty && evbuffer_get_length(io->out) == 0 && !io->connecting && !io->handshaking &&
+        !io->shut_done && !io->dead) {
+        io->ops->shutdown(io);
         io->shut_done = true;
     }
 }
@@ -474,4 +536,3 @@ void px_io_write(struct px_io *io, const void *data, size_t len)
 {
     evbuffer_add(io->out, data, len);
 }
-

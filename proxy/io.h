@@ -10,7 +10,8 @@
  * load that is recv + writev per hop and no epoll_ctl at all.
  *
  * It is also the transport seam of STYLE.md: byte I/O goes through a table
- * of operations (plaintext here; mbedTLS lands with the identity issue).
+ * of operations {handshake, read, write, pending, shutdown, free}:
+ * plaintext here, mbedTLS in tls.c.
  *
  * Ownership: whoever calls px_io_new owns the io and frees it with
  * px_io_free (which closes the fd). Callbacks never free the io directly:
@@ -32,18 +33,12 @@ struct px_io;
 #define PX_IO_EOF 0x01       /* the peer closed its sending side */
 #define PX_IO_ERROR 0x02     /* a socket error; px_io_errno() says which */
 #define PX_IO_TIMEOUT 0x04   /* the timer set by px_io_set_timeout fired */
-#define PX_IO_CONNECTED 0x08 /* an outgoing connect completed */
+#define PX_IO_CONNECTED 0x08 /* an outgoing connect completed (TCP) */
+#define PX_IO_HANDSHAKE 0x10 /* a TLS handshake completed (see proxy/tls.h) */
 
 typedef void (*px_io_cb)(struct px_io *io, void *arg);
 typedef void (*px_io_event_cb)(struct px_io *io, int what, void *arg);
 
-/* Byte transport under an io: plaintext sockets now, TLS later. */
-struct px_io_ops {
-    /* Read into `in`; >0 bytes read, 0 EOF, -1 error (errno), -2 would block. */
-    ssize_t (*read)(struct px_io *io, struct evbuffer *in, size_t max);
-    /* Write from `out` (draining what was written); >=0 bytes, -1 error, -2 would block. */
-    ssize_t (*write)(struct px_io *io, struct evbuffer *out);
-};
 
 /* Once per event loop, before any io; px_io_deinit frees the flush event. */
 void px_io_init(struct event_base *base);

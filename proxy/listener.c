@@ -79,22 +79,6 @@ bool px_conn_is_loop(const struct px_conn *c, const struct cm_addr *a)
     return false;
 }
 
-/* HTTP/2 still runs on a bufferevent: hand it the fd and what was read. */
-static void to_bufferevent(struct px_conn *c)
-{
-    struct evbuffer *tmp = evbuffer_new();
-    int fd = px_io_release_fd(c->io, tmp);
-    c->io = NULL;
-    c->bev = bufferevent_socket_new(px_srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    /* a socket bufferevent freezes the end of its input: only it may add */
-    struct evbuffer *in = bufferevent_get_input(c->bev);
-    evbuffer_unfreeze(in, 0);
-    evbuffer_add_buffer(in, tmp);
-    evbuffer_freeze(in, 0);
-    evbuffer_free(tmp);
-    bufferevent_enable(c->bev, EV_READ);
-}
-
 static void dispatch(struct px_conn *c, enum px_conn_proto proto)
 {
     c->proto = proto;
@@ -118,7 +102,6 @@ static void dispatch(struct px_conn *c, enum px_conn_proto proto)
         break;
     case PX_PROTO_H2:
         px_metrics.proto_h2++;
-        to_bufferevent(c);
         px_h2_server_start(c);
         break;
     case PX_PROTO_TLS:
