@@ -522,6 +522,21 @@ static void nv_set(nghttp2_nv *nv, const char *name, size_t namelen, const char 
     nv->flags = NGHTTP2_NV_FLAG_NONE;
 }
 
+/* HTTP/2 peers (nghttp2 among them) reset streams whose field values start
+ * or end with whitespace (RFC 9113 8.2.1); an h1 peer may have sent some. */
+static void add_field_nv(nghttp2_nv *nv, const struct px_hdr *h)
+{
+    const char *v = h->value;
+    size_t len = h->valuelen;
+    while (len > 0 && (v[0] == ' ' || v[0] == '\t')) {
+        v++;
+        len--;
+    }
+    while (len > 0 && (v[len - 1] == ' ' || v[len - 1] == '\t'))
+        len--;
+    nv_set(nv, h->name, h->namelen, v, len);
+}
+
 /* Connection-specific fields never go out on HTTP/2 (RFC 9113 8.2.2). */
 static bool connection_specific(const struct px_hdr *h)
 {
@@ -576,7 +591,7 @@ size_t px_h2_make_nv(const struct px_msg *m, bool request, nghttp2_nv **nva, cha
                 nv_set(&nv[n++], "te", 2, "trailers", 8);
             continue;
         }
-        nv_set(&nv[n++], h->name, h->namelen, h->value, h->valuelen);
+        add_field_nv(&nv[n++], h);
     }
     *nva = nv;
     *clmem = clbuf;
@@ -593,7 +608,7 @@ size_t px_h2_make_trailer_nv(const struct px_msg *m, nghttp2_nv **nva)
             strcmp(h->name, "te") == 0 || strcmp(h->name, "host") == 0 ||
             strcmp(h->name, "content-length") == 0)
             continue;
-        nv_set(&nv[n++], h->name, h->namelen, h->value, h->valuelen);
+        add_field_nv(&nv[n++], h);
     }
     *nva = nv;
     return n;

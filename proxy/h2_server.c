@@ -199,6 +199,13 @@ static void on_request_head(struct px_h2_stream *st, bool end_stream)
         px_stream_respond(s, 431, "request header fields too large");
         return;
     }
+    if (s->req.method != NULL && strcmp(s->req.method, "CONNECT") == 0) {
+        /* tunnels are not proxied (the h1 side refuses them the same way) */
+        st->refused = true;
+        st->in = end_stream ? PX_H2_IN_DONE : PX_H2_IN_BODY;
+        px_stream_respond(s, 405, "CONNECT is not supported");
+        return;
+    }
     join_cookies(s);
     if (s->req.scheme == NULL)
         s->req.scheme = "http";
