@@ -15,8 +15,7 @@
 #define CERT_HEADER "-----BEGIN CERTIFICATE-----"
 #define CERT_FOOTER "-----END CERTIFICATE-----"
 
-int pki_bundle_parse(mbedtls_x509_crt *chain, const unsigned char *pem, size_t len,
-                     char **errmsg)
+int pki_bundle_parse(mbedtls_x509_crt *chain, const unsigned char *pem, size_t len, char **errmsg)
 {
     int ret;
     if (pem == NULL || len == 0)
@@ -116,8 +115,8 @@ int pki_verify_peer(mbedtls_x509_crt *peer_chain, mbedtls_x509_crt *bundle,
     if ((rc = pki_spiffe_parse(id, td, NULL, NULL, errmsg)) != 0)
         return rc;
     if (trust_domain != NULL && strcmp(td, trust_domain) != 0)
-        return pki_fail(errmsg, CM_ERR_INVAL,
-                        "peer identity %s: trust domain %s is not %s", id, td, trust_domain);
+        return pki_fail(errmsg, CM_ERR_INVAL, "peer identity %s: trust domain %s is not %s", id, td,
+                        trust_domain);
     size_t n = strlen(id);
     if (n + 1 > idlen)
         return pki_fail(errmsg, CM_ERR_LIMIT, "peer identity: output buffer too small");

@@ -87,9 +87,9 @@ static int csr_verify_sig(const mbedtls_x509_csr *csr, char **errmsg)
         return pki_fail(errmsg, CM_ERR_INVAL, "CSR: unknown signature hash");
     if ((ret = mbedtls_md(md, csr->cri.p, csr->cri.len, hash)) != 0)
         return pki_fail_mbed(errmsg, CM_ERR_INVAL, ret, "CSR: hashing");
-    ret = mbedtls_pk_verify_ext(csr->sig_pk, csr->sig_opts, (mbedtls_pk_context *)&csr->pk,
-                                csr->sig_md, hash, mbedtls_md_get_size(md), csr->sig.p,
-                                csr->sig.len);
+    ret =
+        mbedtls_pk_verify_ext(csr->sig_pk, csr->sig_opts, (mbedtls_pk_context *)&csr->pk,
+                              csr->sig_md, hash, mbedtls_md_get_size(md), csr->sig.p, csr->sig.len);
     if (ret != 0)
         return pki_fail_mbed(errmsg, CM_ERR_INVAL, ret, "CSR: signature does not verify");
     return 0;

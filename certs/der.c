@@ -228,8 +228,8 @@ fail:
     return CM_ERR_INVAL;
 }
 
-int pki_der_eku(bool server, bool client, unsigned char *buf, size_t cap,
-                const unsigned char **der, size_t *len)
+int pki_der_eku(bool server, bool client, unsigned char *buf, size_t cap, const unsigned char **der,
+                size_t *len)
 {
     unsigned char *p = buf + cap;
     int ret;

@@ -24,12 +24,10 @@ int pki_fail_mbed(char **errmsg, int rc, int mbed_ret, const char *fmt, ...)
 
 /* Read a whole file (at most max bytes) into a NUL-terminated heap buffer;
  * *len excludes the NUL. Caller frees *buf. */
-int pki_read_file(const char *path, size_t max, unsigned char **buf, size_t *len,
-                  char **errmsg);
+int pki_read_file(const char *path, size_t max, unsigned char **buf, size_t *len, char **errmsg);
 /* Write data to path atomically (temporary file + rename) with `mode`
  * (0600 for keys). */
-int pki_write_file(const char *path, const void *data, size_t len, unsigned mode,
-                   char **errmsg);
+int pki_write_file(const char *path, const void *data, size_t len, unsigned mode, char **errmsg);
 
 /* Heap copy of buf with a NUL appended (mbedTLS parses PEM only when the
  * buffer ends in a NUL that its length counts). */
@@ -67,8 +65,8 @@ int pki_san_foreach(const unsigned char *san, size_t len,
  * (NULL-terminated list, may be NULL). *der is a heap buffer. */
 int pki_der_san(const char *uri, const char *const *dns, unsigned char **der, size_t *len);
 /* DER of an ExtendedKeyUsage value listing serverAuth and/or clientAuth. */
-int pki_der_eku(bool server, bool client, unsigned char *buf, size_t cap,
-                const unsigned char **der, size_t *len);
+int pki_der_eku(bool server, bool client, unsigned char *buf, size_t cap, const unsigned char **der,
+                size_t *len);
 
 /* Validate a SPIFFE ID given as bytes (may contain anything) and copy it
  * NUL-terminated into out. */

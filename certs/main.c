@@ -23,7 +23,7 @@
 #endif
 
 #define EXIT_USAGE 2
-#define PROG "remora-certs"
+#define PROG       "remora-certs"
 
 static const char usage_text[] =
     "usage: " PROG " root --out-cert FILE --out-key FILE [--cn NAME] [--days N]\n"
@@ -310,7 +310,7 @@ out:
 
 static int cmd_workload(struct args *a)
 {
-    static const int needed[] = {OPT_CA_CERT, OPT_CA_KEY,   OPT_SPIFFE_ID,
+    static const int needed[] = {OPT_CA_CERT,  OPT_CA_KEY,  OPT_SPIFFE_ID,
                                  OPT_OUT_CERT, OPT_OUT_KEY, 0};
     unsigned long ttl;
     char *chain = NULL, *keypem = NULL, *err = NULL;
@@ -386,7 +386,7 @@ static void collect_name(void *arg, int tag, const unsigned char *p, size_t n)
     struct names *nm = arg;
     json_t *to = tag == (MBEDTLS_ASN1_CONTEXT_SPECIFIC | 2)   ? nm->dns
                  : tag == (MBEDTLS_ASN1_CONTEXT_SPECIFIC | 6) ? nm->uri
-                                                               : NULL;
+                                                              : NULL;
     if (to == NULL)
         return;
     /* printable copy: names come from the file, not from us */
@@ -469,10 +469,10 @@ static json_t *crt_json(const mbedtls_x509_crt *crt)
     json_object_set_new(o, "issuer", json_string(buf));
     pki_crt_serial_hex(crt, buf, sizeof(buf));
     json_object_set_new(o, "serial", json_string(buf));
-    json_object_set_new(o, "not_before", json_string(cm_fmt_rfc3339(pki_crt_not_before(crt), t,
-                                                                    sizeof(t))));
-    json_object_set_new(o, "not_after", json_string(cm_fmt_rfc3339(pki_crt_not_after(crt), t,
-                                                                   sizeof(t))));
+    json_object_set_new(o, "not_before",
+                        json_string(cm_fmt_rfc3339(pki_crt_not_before(crt), t, sizeof(t))));
+    json_object_set_new(o, "not_after",
+                        json_string(cm_fmt_rfc3339(pki_crt_not_after(crt), t, sizeof(t))));
     json_object_set_new(o, "ca", json_boolean(crt->ca_istrue));
     if (crt->ca_istrue && crt->max_pathlen > 0)
         json_object_set_new(o, "pathlen", json_integer(crt->max_pathlen - 1));
@@ -486,8 +486,7 @@ static json_t *crt_json(const mbedtls_x509_crt *crt)
     size_t elen, sanlen;
     if (pki_crt_exts(crt, &exts, &elen) == 0 &&
         pki_der_find_ext(exts, elen, MBEDTLS_OID_SUBJECT_ALT_NAME,
-                         MBEDTLS_OID_SIZE(MBEDTLS_OID_SUBJECT_ALT_NAME), &san, &sanlen,
-                         NULL) == 0)
+                         MBEDTLS_OID_SIZE(MBEDTLS_OID_SUBJECT_ALT_NAME), &san, &sanlen, NULL) == 0)
         pki_san_foreach(san, sanlen, collect_name, &nm);
     json_object_set_new(o, "dns", nm.dns);
     json_object_set_new(o, "uri", nm.uri);
@@ -504,8 +503,7 @@ static void print_list(const char *label, json_t *arr)
     if (json_array_size(arr) == 0)
         return;
     printf("  %-15s", label);
-    json_array_foreach (arr, i, v)
-        printf("%s%s", i ? ", " : "", json_string_value(v));
+    json_array_foreach(arr, i, v) printf("%s%s", i ? ", " : "", json_string_value(v));
     printf("\n");
 }
 
@@ -513,7 +511,8 @@ static void print_text(json_t *certs)
 {
     size_t i, n = json_array_size(certs);
     json_t *c;
-    json_array_foreach (certs, i, c) {
+    json_array_foreach(certs, i, c)
+    {
         if (json_object_get(c, "csr") != NULL) {
             printf("certificate request\n");
             printf("  %-15s%s\n", "subject:", json_string_value(json_object_get(c, "subject")));
@@ -523,8 +522,8 @@ static void print_text(json_t *certs)
             continue;
         }
         printf("certificate %zu of %zu\n", i + 1, n);
-        static const char *const keys[] = {"subject", "issuer", "serial", "not_before",
-                                           "not_after", "key"};
+        static const char *const keys[] = {"subject",    "issuer",    "serial",
+                                           "not_before", "not_after", "key"};
         for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
             char label[32];
             snprintf(label, sizeof(label), "%s:", keys[k]);
@@ -607,10 +606,11 @@ int main(int argc, char **argv)
     static const int f_root[] = {OPT_OUT_CERT, OPT_OUT_KEY, OPT_CN, OPT_DAYS, OPT_HELP, 0};
     static const int f_int[] = {OPT_CA_CERT, OPT_CA_KEY, OPT_OUT_CERT, OPT_OUT_KEY,
                                 OPT_CN,      OPT_DAYS,   OPT_HELP,     0};
-    static const int f_server[] = {OPT_CA_CERT, OPT_CA_KEY, OPT_DNS,  OPT_OUT_CERT,
-                                   OPT_OUT_KEY, OPT_CN,     OPT_DAYS, OPT_HELP,     0};
-    static const int f_workload[] = {OPT_CA_CERT, OPT_CA_KEY, OPT_SPIFFE_ID, OPT_OUT_CERT,
-                                     OPT_OUT_KEY, OPT_TTL,    OPT_ROOT,      OPT_HELP,     0};
+    static const int f_server[] = {
+        OPT_CA_CERT, OPT_CA_KEY, OPT_DNS, OPT_OUT_CERT, OPT_OUT_KEY, OPT_CN, OPT_DAYS, OPT_HELP, 0};
+    static const int f_workload[] = {OPT_CA_CERT,  OPT_CA_KEY,  OPT_SPIFFE_ID,
+                                     OPT_OUT_CERT, OPT_OUT_KEY, OPT_TTL,
+                                     OPT_ROOT,     OPT_HELP,    0};
     static const int f_inspect[] = {OPT_JSON, OPT_HELP, 0};
     static const int f_csr[] = {OPT_KEY, OPT_SPIFFE_ID, OPT_OUT, OPT_HELP, 0};
     static const struct {
@@ -618,12 +618,9 @@ int main(int argc, char **argv)
         const int *flags;
         int (*run)(struct args *);
     } cmds[] = {
-        {"root", f_root, cmd_root},
-        {"intermediate", f_int, cmd_intermediate},
-        {"server", f_server, cmd_server},
-        {"workload", f_workload, cmd_workload},
-        {"inspect", f_inspect, cmd_inspect},
-        {"csr", f_csr, cmd_csr},
+        {"root", f_root, cmd_root},          {"intermediate", f_int, cmd_intermediate},
+        {"server", f_server, cmd_server},    {"workload", f_workload, cmd_workload},
+        {"inspect", f_inspect, cmd_inspect}, {"csr", f_csr, cmd_csr},
     };
 
     if (argc < 2)

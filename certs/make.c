@@ -12,7 +12,7 @@
 #include "common/err.h"
 #include "common/xalloc.h"
 
-#define SKEW_S 300
+#define SKEW_S   300
 #define MAX_DAYS 36500u
 
 /* "O=Remora,CN=<cn>" with ',' escaped the one way mbedTLS 2.28 accepts
@@ -111,8 +111,8 @@ static int load_issuer(const char *cert_pem, const char *key_pem, mbedtls_x509_c
 
 /* Generate a key, write the certificate, return both as PEM. For issued
  * certificates the issuer's own chain (minus roots) follows the cert. */
-static int make(struct pki_tbs *t, const mbedtls_x509_crt *issuer, char **cert_pem,
-                char **key_pem, char **errmsg)
+static int make(struct pki_tbs *t, const mbedtls_x509_crt *issuer, char **cert_pem, char **key_pem,
+                char **errmsg)
 {
     mbedtls_pk_context key;
     char *cert = NULL, *kp = NULL;

@@ -29,6 +29,10 @@ int pki_rng_fn(void *ctx, unsigned char *out, size_t len);
 /* Free the DRBG at exit (leak checks). */
 void pki_rng_free(void);
 
+/* Read a whole file of at most `max` bytes (PEM, tokens); *buf is NUL-
+ * terminated one past *len; caller frees. */
+int pki_read_file(const char *path, size_t max, unsigned char **buf, size_t *len, char **errmsg);
+
 /* ---- keys (certs/keys.c) ------------------------------------------------------ */
 /* Generate an EC P-256 key into an initialised pk context. */
 int pki_key_generate(mbedtls_pk_context *pk, char **errmsg);
@@ -107,8 +111,7 @@ int pki_make_server(const char *cn, const char *const *dns_names, uint32_t days,
 
 /* ---- bundles and verification (certs/bundle.c) ------------------------------------------- */
 /* Parse one or more PEM certificates into chain (initialised by the caller). */
-int pki_bundle_parse(mbedtls_x509_crt *chain, const unsigned char *pem, size_t len,
-                     char **errmsg);
+int pki_bundle_parse(mbedtls_x509_crt *chain, const unsigned char *pem, size_t len, char **errmsg);
 int pki_bundle_load_file(mbedtls_x509_crt *chain, const char *path, char **errmsg);
 /* Verify a peer chain against the bundle (time, signature, path) and return
  * its SPIFFE ID, which must be in trust_domain (NULL: any). */

@@ -88,8 +88,8 @@ static int set_aki(mbedtls_x509write_cert *w, const mbedtls_x509_crt *issuer)
     MBEDTLS_ASN1_CHK_ADD(len, mbedtls_asn1_write_len(&p, buf, skilen));
     MBEDTLS_ASN1_CHK_ADD(len, mbedtls_asn1_write_tag(&p, buf, MBEDTLS_ASN1_CONTEXT_SPECIFIC | 0));
     MBEDTLS_ASN1_CHK_ADD(len, mbedtls_asn1_write_len(&p, buf, len));
-    MBEDTLS_ASN1_CHK_ADD(len, mbedtls_asn1_write_tag(&p, buf, MBEDTLS_ASN1_CONSTRUCTED |
-                                                                  MBEDTLS_ASN1_SEQUENCE));
+    MBEDTLS_ASN1_CHK_ADD(
+        len, mbedtls_asn1_write_tag(&p, buf, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE));
     return mbedtls_x509write_crt_set_extension(
         w, MBEDTLS_OID_AUTHORITY_KEY_IDENTIFIER,
         MBEDTLS_OID_SIZE(MBEDTLS_OID_AUTHORITY_KEY_IDENTIFIER), 0, p, len);
@@ -184,8 +184,8 @@ int pki_crt_write(const struct pki_tbs *t, char **pem, char **errmsg)
         }
         step = "extendedKeyUsage";
         if ((ret = mbedtls_x509write_crt_set_extension(
-                 &w, MBEDTLS_OID_EXTENDED_KEY_USAGE, MBEDTLS_OID_SIZE(MBEDTLS_OID_EXTENDED_KEY_USAGE),
-                 0, eku, ekulen)) != 0)
+                 &w, MBEDTLS_OID_EXTENDED_KEY_USAGE,
+                 MBEDTLS_OID_SIZE(MBEDTLS_OID_EXTENDED_KEY_USAGE), 0, eku, ekulen)) != 0)
             goto fail_mbed;
     }
     if (t->uri != NULL || (t->dns != NULL && t->dns[0] != NULL)) {
@@ -196,8 +196,8 @@ int pki_crt_write(const struct pki_tbs *t, char **pem, char **errmsg)
         }
         step = "subjectAltName";
         if ((ret = mbedtls_x509write_crt_set_extension(
-                 &w, MBEDTLS_OID_SUBJECT_ALT_NAME, MBEDTLS_OID_SIZE(MBEDTLS_OID_SUBJECT_ALT_NAME), 0,
-                 san, sanlen)) != 0)
+                 &w, MBEDTLS_OID_SUBJECT_ALT_NAME, MBEDTLS_OID_SIZE(MBEDTLS_OID_SUBJECT_ALT_NAME),
+                 0, san, sanlen)) != 0)
             goto fail_mbed;
     }
 
@@ -351,8 +351,8 @@ static int ca_load(struct pki_ca *ca, const unsigned char *cert, size_t certlen,
         ret = mbedtls_x509_crt_verify(&ca->issuer, &roots, NULL, NULL, &flags, NULL, NULL);
         if (ret != 0) {
             char *why = pki_verify_flags_text(flags);
-            rc = pki_fail(errmsg, CM_ERR_INVAL, "%s: does not chain to a root in %s: %s",
-                          name_cert, name_root, why);
+            rc = pki_fail(errmsg, CM_ERR_INVAL, "%s: does not chain to a root in %s: %s", name_cert,
+                          name_root, why);
             free(why);
             goto fail;
         }
@@ -377,8 +377,8 @@ int pki_ca_load_pem(struct pki_ca *ca, const char *cert_pem, const char *key_pem
     }
     return ca_load(ca, (const unsigned char *)cert_pem, strlen(cert_pem), "CA certificate",
                    (const unsigned char *)key_pem, strlen(key_pem), "CA key",
-                   (const unsigned char *)root_pem, root_pem ? strlen(root_pem) : 0,
-                   "root bundle", errmsg);
+                   (const unsigned char *)root_pem, root_pem ? strlen(root_pem) : 0, "root bundle",
+                   errmsg);
 }
 
 int pki_ca_load(struct pki_ca *ca, const char *cert_file, const char *key_file,

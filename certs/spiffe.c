@@ -11,7 +11,7 @@
 #include "certs/internal.h"
 #include "common/err.h"
 
-#define PREFIX "spiffe://"
+#define PREFIX     "spiffe://"
 #define PREFIX_LEN (sizeof(PREFIX) - 1)
 
 /* Printable, bounded copy of untrusted text for messages. */
@@ -55,8 +55,7 @@ static const char *check_td(const char *s, size_t n)
 
 /* Kubernetes DNS-1123 label: [a-z0-9]([-a-z0-9]*[a-z0-9])?, at most max. */
 static const char *check_label(const char *s, size_t n, size_t max, const char *what_empty,
-                               const char *what_long, const char *what_chars,
-                               const char *what_edge)
+                               const char *what_long, const char *what_chars, const char *what_edge)
 {
     if (n == 0)
         return what_empty;
@@ -101,8 +100,8 @@ static const char *check_sa(const char *s, size_t n)
 }
 
 /* Split and check; offsets into id. Returns NULL or the reason. */
-static const char *split(const char *id, size_t n, size_t *td, size_t *tdn, size_t *ns,
-                         size_t *nsn, size_t *sa, size_t *san)
+static const char *split(const char *id, size_t n, size_t *td, size_t *tdn, size_t *ns, size_t *nsn,
+                         size_t *sa, size_t *san)
 {
     if (n >= PKI_SPIFFE_MAX)
         return "SPIFFE ID longer than 255 characters";

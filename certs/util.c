@@ -130,7 +130,7 @@ int pki_write_file(const char *path, const void *data, size_t len, unsigned mode
     free(tmp);
     return 0;
 
-fail_fd: {
+fail_fd : {
     int e = errno;
     if (fd >= 0)
         close(fd);
@@ -203,7 +203,7 @@ int64_t pki_x509_time_epoch(const mbedtls_x509_time *t)
 
 void pki_x509_time_str(int64_t epoch, char out[15])
 {
-    static const int64_t lo = -631152000;  /* 1950-01-01T00:00:00Z */
+    static const int64_t lo = -631152000;   /* 1950-01-01T00:00:00Z */
     static const int64_t hi = 253402300799; /* 9999-12-31T23:59:59Z */
     if (epoch < lo)
         epoch = lo;

@@ -214,42 +214,43 @@ static void spiffe_invalid(void **state)
         "https://x/ns/a/sa/b",
         "spiffe://x",
         "spiffe://x/",
-        "spiffe:///ns/a/sa/b",                 /* empty trust domain */
-        "spiffe://X/ns/a/sa/b",                /* upper case */
-        "spiffe://x:8080/ns/a/sa/b",           /* port */
-        "spiffe://user@x/ns/a/sa/b",           /* userinfo */
-        "spiffe://.x/ns/a/sa/b",               /* empty label */
+        "spiffe:///ns/a/sa/b",       /* empty trust domain */
+        "spiffe://X/ns/a/sa/b",      /* upper case */
+        "spiffe://x:8080/ns/a/sa/b", /* port */
+        "spiffe://user@x/ns/a/sa/b", /* userinfo */
+        "spiffe://.x/ns/a/sa/b",     /* empty label */
         "spiffe://x../ns/a/sa/b",
-        "spiffe://x/ns/a/sa/b/",               /* trailing slash */
-        "spiffe://x/ns/a/sa/b?q=1",            /* query */
-        "spiffe://x/ns/a/sa/b#f",              /* fragment */
-        "spiffe://x/ns/a/sa/b%41",             /* percent-encoding */
+        "spiffe://x/ns/a/sa/b/",    /* trailing slash */
+        "spiffe://x/ns/a/sa/b?q=1", /* query */
+        "spiffe://x/ns/a/sa/b#f",   /* fragment */
+        "spiffe://x/ns/a/sa/b%41",  /* percent-encoding */
         "spiffe://x/ns/%61/sa/b",
-        "spiffe://x/ns/a/sa/",                 /* empty sa */
-        "spiffe://x/ns//sa/b",                 /* empty ns */
-        "spiffe://x/ns/A/sa/b",                /* upper-case ns */
-        "spiffe://x/ns/a/sa/B",                /* upper-case sa */
-        "spiffe://x/ns/-a/sa/b",               /* label edges */
+        "spiffe://x/ns/a/sa/",   /* empty sa */
+        "spiffe://x/ns//sa/b",   /* empty ns */
+        "spiffe://x/ns/A/sa/b",  /* upper-case ns */
+        "spiffe://x/ns/a/sa/B",  /* upper-case sa */
+        "spiffe://x/ns/-a/sa/b", /* label edges */
         "spiffe://x/ns/a-/sa/b",
         "spiffe://x/ns/a/sa/b-",
         "spiffe://x/ns/a/sa/.b",
         "spiffe://x/ns/a/sa/b..c",
-        "spiffe://x/ns/a.b/sa/c",              /* ns is a label: no dot */
-        "spiffe://x/ns/a_b/sa/c",              /* no underscore in k8s names */
+        "spiffe://x/ns/a.b/sa/c", /* ns is a label: no dot */
+        "spiffe://x/ns/a_b/sa/c", /* no underscore in k8s names */
         "spiffe://x/ns/a/sa/b_c",
-        "spiffe://x/sa/b/ns/a",                /* order */
+        "spiffe://x/sa/b/ns/a", /* order */
         "spiffe://x/ns/a/sa/b/extra",
         "spiffe://x/ns/a",
         "spiffe://x/ns/a/sa",
         "spiffe://x/ns/a/svc/b",
         "spiffe://x/namespace/a/sa/b",
-        "spiffe://x/ns/a/sa/b ",               /* space */
+        "spiffe://x/ns/a/sa/b ", /* space */
         " spiffe://x/ns/a/sa/b",
         "spiffe://x/ns/a/sa/b\n",
         "spiffe://x/ns/a/sa/./b",
         "spiffe://x/ns/../sa/b",
-        "spiffe://x/ns/a/sa/\xc3\xa9",          /* non-ASCII */
-        "spiffe://x/ns/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/sa/b", /* 64 */
+        "spiffe://x/ns/a/sa/\xc3\xa9", /* non-ASCII */
+        "spiffe://x/ns/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/sa/b", /* 64
+                                                                                                */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char *err = NULL;
@@ -261,10 +262,9 @@ static void spiffe_invalid(void **state)
         free(err);
         /* the byte-level check agrees */
         char out[PKI_SPIFFE_MAX];
-        assert_int_not_equal(
-            pki_spiffe_check_bytes((const unsigned char *)bad[i], strlen(bad[i]), out, sizeof(out),
-                                   NULL),
-            0);
+        assert_int_not_equal(pki_spiffe_check_bytes((const unsigned char *)bad[i], strlen(bad[i]),
+                                                    out, sizeof(out), NULL),
+                             0);
     }
     /* too long overall: 256 characters */
     char id[300], *err = NULL;
@@ -385,9 +385,9 @@ static void csr_corrupt_signature(void **state)
     assert_int_equal(pki_key_generate(&k, &err), 0);
     assert_int_equal(pki_csr_new(&k, ID_WEB, &pem, &err), 0);
     mbedtls_x509_csr_init(&csr);
-    assert_int_equal(pki_csr_parse_verify(&csr, (const unsigned char *)pem, strlen(pem), id,
-                                          sizeof(id), &err),
-                     0);
+    assert_int_equal(
+        pki_csr_parse_verify(&csr, (const unsigned char *)pem, strlen(pem), id, sizeof(id), &err),
+        0);
     size_t dlen = csr.raw.len;
     unsigned char *der = cm_xmalloc(dlen);
     memcpy(der, csr.raw.p, dlen);
@@ -456,7 +456,8 @@ static size_t names_der(unsigned char *buf, size_t cap, const int *tags, const c
         len += (size_t)mbedtls_asn1_write_tag(&p, buf, (unsigned char)tags[i]);
     }
     len += (size_t)mbedtls_asn1_write_len(&p, buf, len);
-    len += (size_t)mbedtls_asn1_write_tag(&p, buf, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE);
+    len +=
+        (size_t)mbedtls_asn1_write_tag(&p, buf, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE);
     *start = p;
     return len;
 }
@@ -539,9 +540,9 @@ static void chain_verifies(void **state)
     assert_int_equal(pki_key_generate(&k, &err), 0);
     assert_int_equal(pki_csr_new(&k, ID_WEB, &pem, &err), 0);
     mbedtls_x509_csr_init(&csr);
-    assert_int_equal(pki_csr_parse_verify(&csr, (const unsigned char *)pem, strlen(pem), id,
-                                          sizeof(id), &err),
-                     0);
+    assert_int_equal(
+        pki_csr_parse_verify(&csr, (const unsigned char *)pem, strlen(pem), id, sizeof(id), &err),
+        0);
     if (pki_sign_workload(&ca, &csr.pk, id, 3600, &chain, &err) != 0)
         fail_msg("sign: %s", err);
     mbedtls_x509_csr_free(&csr);
@@ -573,8 +574,8 @@ static void chain_verifies(void **state)
     assert_non_null(strstr(msg, "not correctly signed by the trusted CA"));
     free(msg);
     /* the intermediate is not a trust anchor of ours: a leaf alone fails */
-    char *leaf_only = cm_xstrndup(chain, (size_t)(strstr(chain, "-----END CERTIFICATE-----") -
-                                                  chain) + 26);
+    char *leaf_only =
+        cm_xstrndup(chain, (size_t)(strstr(chain, "-----END CERTIFICATE-----") - chain) + 26);
     msg = verify(leaf_only, root_pem, NULL, NULL);
     assert_non_null(msg);
     free(msg);
@@ -783,16 +784,17 @@ static void server_cert(void **state)
     assert_int_equal(mbedtls_x509_crt_check_extended_key_usage(
                          &c, MBEDTLS_OID_SERVER_AUTH, MBEDTLS_OID_SIZE(MBEDTLS_OID_SERVER_AUTH)),
                      0);
-    assert_int_not_equal(mbedtls_x509_crt_check_extended_key_usage(
-                             &c, MBEDTLS_OID_CLIENT_AUTH, MBEDTLS_OID_SIZE(MBEDTLS_OID_CLIENT_AUTH)),
-                         0);
+    assert_int_not_equal(
+        mbedtls_x509_crt_check_extended_key_usage(&c, MBEDTLS_OID_CLIENT_AUTH,
+                                                  MBEDTLS_OID_SIZE(MBEDTLS_OID_CLIENT_AUTH)),
+        0);
 
     /* verifies for its names, not for others */
     uint32_t flags = 0;
     assert_int_equal(mbedtls_x509_crt_verify(&c, &trust, NULL, dns[0], &flags, NULL, NULL), 0);
     assert_int_equal(mbedtls_x509_crt_verify(&c, &trust, NULL, dns[1], &flags, NULL, NULL), 0);
-    assert_int_not_equal(
-        mbedtls_x509_crt_verify(&c, &trust, NULL, "other.svc", &flags, NULL, NULL), 0);
+    assert_int_not_equal(mbedtls_x509_crt_verify(&c, &trust, NULL, "other.svc", &flags, NULL, NULL),
+                         0);
     assert_true(flags & MBEDTLS_X509_BADCERT_CN_MISMATCH);
 
     /* its key is the one returned */
@@ -948,8 +950,9 @@ static void bundles(void **state)
     free(text);
     free(broken);
 
-    static const char *const bad[] = {"", "hello", "-----BEGIN CERTIFICATE-----\n",
-                                      "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"};
+    static const char *const bad[] = {
+        "", "hello", "-----BEGIN CERTIFICATE-----\n",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         mbedtls_x509_crt_init(&b);
         assert_int_not_equal(
@@ -984,8 +987,8 @@ static void der_walkers(void **state)
     static const char oid[] = MBEDTLS_OID_SUBJECT_ALT_NAME;
     size_t oidlen = MBEDTLS_OID_SIZE(MBEDTLS_OID_SUBJECT_ALT_NAME);
     /* Extensions: SEQ { SEQ { OID 2.5.29.17, OCTET STRING { 30 00 } } } */
-    static const unsigned char one[] = {0x30, 0x0b, 0x30, 0x09, 0x06, 0x03, 0x55, 0x1d,
-                                        0x11, 0x04, 0x02, 0x30, 0x00};
+    static const unsigned char one[] = {0x30, 0x0b, 0x30, 0x09, 0x06, 0x03, 0x55,
+                                        0x1d, 0x11, 0x04, 0x02, 0x30, 0x00};
     assert_int_equal(pki_der_find_ext(one, sizeof(one), oid, oidlen, &v, &vlen, NULL), 0);
     assert_int_equal(vlen, 2);
     /* every truncation fails cleanly */
@@ -998,8 +1001,8 @@ static void der_walkers(void **state)
     assert_int_equal(pki_der_find_ext(twice, sizeof(twice), oid, oidlen, &v, &vlen, NULL),
                      CM_ERR_INVAL);
     /* a length that points past the end */
-    static const unsigned char lying[] = {0x30, 0x0b, 0x30, 0x7f, 0x06, 0x03, 0x55, 0x1d,
-                                          0x11, 0x04, 0x02, 0x30, 0x00};
+    static const unsigned char lying[] = {0x30, 0x0b, 0x30, 0x7f, 0x06, 0x03, 0x55,
+                                          0x1d, 0x11, 0x04, 0x02, 0x30, 0x00};
     assert_int_equal(pki_der_find_ext(lying, sizeof(lying), oid, oidlen, &v, &vlen, NULL),
                      CM_ERR_INVAL);
     /* critical flag */
@@ -1022,9 +1025,8 @@ static void der_walkers(void **state)
         err = NULL;
     }
     static const unsigned char universal[] = {0x30, 0x02, 0x04, 0x00};
-    assert_int_not_equal(pki_san_single_uri(universal, sizeof(universal), false, &uri, &urilen,
-                                            &err),
-                         0);
+    assert_int_not_equal(
+        pki_san_single_uri(universal, sizeof(universal), false, &uri, &urilen, &err), 0);
     free(err);
     err = NULL;
     static const unsigned char hightag[] = {0x30, 0x03, 0x9f, 0x01, 0x00};
