@@ -16,7 +16,8 @@
 #define PKI_MAX_CSR (64u * 1024) /* one CSR */
 #define PKI_MAX_KEY (64u * 1024) /* one private key */
 
-/* Set *errmsg (if errmsg is non-NULL) to the formatted text; return rc. */
+/* Set *errmsg (if errmsg is non-NULL) to the formatted text, freeing what
+ * it held (common/json.c's convention: callers start from NULL); return rc. */
 int pki_fail(char **errmsg, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Same, followed by ": <mbedtls_strerror(mbed_ret)>". */
 int pki_fail_mbed(char **errmsg, int rc, int mbed_ret, const char *fmt, ...)

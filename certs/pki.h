@@ -4,7 +4,8 @@
  * Identities are SPIFFE IDs spiffe://<trust_domain>/ns/<namespace>/sa/<sa>,
  * carried as the one URI SubjectAltName of a workload certificate. Keys are
  * EC P-256. Every function that can fail takes char **errmsg (heap string,
- * caller frees) and returns 0 or a negative cm_err. Strings returned through
+ * caller frees; *errmsg must start NULL or hold an earlier message, which is
+ * replaced) and returns 0 or a negative cm_err. Strings returned through
  * char ** are heap-allocated, NUL-terminated, caller frees. */
 #ifndef PKI_H
 #define PKI_H

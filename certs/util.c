@@ -76,13 +76,13 @@ int pki_read_file(const char *path, size_t max, unsigned char **buf, size_t *len
         if (r == 0)
             break;
     }
-    int err = ferror(f), more = 0;
+    int err = ferror(f) ? errno : 0, more = 0;
     if (!err && n == cap && cap >= max)
         more = fgetc(f) != EOF;
     fclose(f);
     if (err) {
         free(b);
-        return pki_fail(errmsg, CM_ERR_IO, "%s: read error", path);
+        return pki_fail(errmsg, CM_ERR_IO, "%s: %s", path, err ? strerror(err) : "read error");
     }
     if (more) {
         free(b);
