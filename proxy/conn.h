@@ -37,6 +37,8 @@ struct px_conn {
     enum px_conn_proto proto;
     struct event *detect_timer;
     void *handler; /* the codec's connection object */
+    bool mtls;     /* terminated mTLS: peer_id is verified */
+    char peer_id[256]; /* the peer's SPIFFE ID ("" without mTLS) */
     uint64_t accepted_us;
     uint64_t id;
     struct cm_list link; /* in the server's connection list */

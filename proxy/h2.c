@@ -216,12 +216,13 @@ static void on_event(struct px_io *io, int what, void *arg)
     if (sess->state == PX_H2_CLOSING)
         return;
     if (sess->role == PX_H2_CLIENT &&
-        ((what & PX_IO_CONNECTED) || sess->state == PX_H2_CONNECTING)) {
+        ((what & (PX_IO_CONNECTED | PX_IO_HANDSHAKE)) ||
+         (sess->state == PX_H2_CONNECTING && (what & (PX_IO_EOF | PX_IO_ERROR | PX_IO_TIMEOUT))))) {
         px_h2_client_on_event(sess, what);
         return;
     }
-    if (what & PX_IO_CONNECTED)
-        return;
+    if (!(what & (PX_IO_EOF | PX_IO_ERROR | PX_IO_TIMEOUT)))
+        return; /* CONNECTED / HANDSHAKE: nothing to do, output flows */
     cm_debug("h2 %s session %llu: connection %s", sess->role == PX_H2_SERVER ? "server" : "client",
              (unsigned long long)sess->id,
              (what & PX_IO_EOF) ? "closed by peer" : (what & PX_IO_TIMEOUT) ? "timeout" : "error");

@@ -17,6 +17,8 @@
 #include "common/xalloc.h"
 #include "proxy/h2.h"
 #include "proxy/h2_common.h"
+#include "proxy/identity.h"
+#include "proxy/tls.h"
 #include "proxy/metrics.h"
 #include "proxy/server.h"
 
@@ -335,10 +337,29 @@ void px_h2_client_destroy_streams(struct px_h2_session *sess)
 void px_h2_client_on_event(struct px_h2_session *sess, short what)
 {
     char addr[CM_ADDR_STRLEN];
-    if (what & PX_IO_CONNECTED) {
+    if (what & PX_IO_HANDSHAKE) {
+        /* mTLS to a sidecar: it must agree to speak h2 */
+        if (strcmp(px_io_alpn(sess->io), "h2") != 0) {
+            cm_warn("h2 client session %llu: %s did not agree to h2 over mTLS (ALPN \"%s\")",
+                    (unsigned long long)sess->id, cm_addr_format(&sess->addr, addr, sizeof(addr)),
+                    px_io_alpn(sess->io));
+            px_h2_session_close(sess, PX_CAUSE_UPSTREAM_TLS);
+            return;
+        }
         if (sess->state == PX_H2_CONNECTING)
             sess->state = PX_H2_OPEN;
         px_io_set_timeout(sess->io, 0);
+        px_h2_session_flush(sess);
+        return;
+    }
+    if (what & PX_IO_CONNECTED) {
+        if (sess->state == PX_H2_CONNECTING && !sess->tls)
+            sess->state = PX_H2_OPEN;
+        /* with mTLS the connect timer keeps running through the handshake */
+        if (!sess->tls)
+            px_io_set_timeout(sess->io, 0);
+        else
+            px_io_set_timeout(sess->io, px_srv->cfg->limits.connect_timeout_ms);
         int one = 1;
         setsockopt(px_io_fd(sess->io), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         cm_debug("h2 client session %llu: connected to %s", (unsigned long long)sess->id,
@@ -347,9 +368,13 @@ void px_h2_client_on_event(struct px_h2_session *sess, short what)
         return;
     }
     int err = px_io_errno(sess->io);
-    enum px_cause cause = (what & PX_IO_TIMEOUT) ? PX_CAUSE_CONNECT_TIMEOUT
-                          : err == ECONNREFUSED      ? PX_CAUSE_CONNECT_REFUSED
-                                                     : PX_CAUSE_CONNECT_FAILED;
+    enum px_cause cause = (what & PX_IO_TIMEOUT)               ? PX_CAUSE_CONNECT_TIMEOUT
+                          : px_io_tls_error(sess->io)[0] != '\0' ? PX_CAUSE_UPSTREAM_TLS
+                          : err == ECONNREFUSED                ? PX_CAUSE_CONNECT_REFUSED
+                                                               : PX_CAUSE_CONNECT_FAILED;
+    if (cause == PX_CAUSE_UPSTREAM_TLS)
+        cm_warn("h2 client session %llu: mTLS to %s failed: %s", (unsigned long long)sess->id,
+                cm_addr_format(&sess->addr, addr, sizeof(addr)), px_io_tls_error(sess->io));
     px_metrics.upstream_cx_connect_fail++;
     cm_debug("h2 client session %llu: connect to %s: %s", (unsigned long long)sess->id,
              cm_addr_format(&sess->addr, addr, sizeof(addr)), px_cause_str(cause));
@@ -371,25 +396,28 @@ static uint32_t stream_cap(const struct px_h2_session *sess)
     return cap;
 }
 
-static struct px_h2_session *pool_find(const struct cm_addr *a)
+static struct px_h2_session *pool_find(const struct cm_addr *a, bool tls)
 {
     struct cm_list *pos;
     for (pos = px_h2_client_list.next; pos != &px_h2_client_list; pos = pos->next) {
         struct px_h2_session *sess = cm_container_of(pos, struct px_h2_session, link);
         if ((sess->state == PX_H2_OPEN || sess->state == PX_H2_CONNECTING) &&
-            !sess->close_when_flushed && cm_addr_equal(&sess->addr, a) &&
+            !sess->close_when_flushed && cm_addr_equal(&sess->addr, a) && sess->tls == tls &&
             sess->nstreams < stream_cap(sess))
             return sess;
     }
     return NULL;
 }
 
-static struct px_h2_session *client_new(const struct cm_addr *a)
+static struct px_h2_session *client_new(const struct cm_addr *a, struct px_tls_conf *tls)
 {
     struct px_io *io = px_io_connect(px_srv->base, a, px_srv->cfg->limits.connect_timeout_ms);
     int err = errno;
+    if (io != NULL && tls != NULL)
+        px_io_start_tls(io, tls, NULL); /* the handshake follows the connect */
     struct px_h2_session *sess = px_h2_session_new(PX_H2_CLIENT, io);
     sess->addr = *a;
+    sess->tls = tls != NULL;
     /* newest first: pool_find prefers the sessions most likely to have room */
     cm_list_insert_head(&px_h2_client_list, &sess->link);
     px_h2_nclient++;
@@ -430,12 +458,21 @@ static struct px_h2_session *client_new(const struct cm_addr *a)
 
 void px_h2_client_attach(struct px_stream *s)
 {
-    struct px_h2_session *sess = pool_find(&s->upstream);
+    struct px_tls_conf *tls = NULL;
+    if (s->up_tls) {
+        tls = px_identity_client_conf();
+        if (tls == NULL) {
+            s->cause = PX_CAUSE_UPSTREAM_TLS;
+            px_stream_respond(s, 503, "no workload certificate yet: mTLS not possible");
+            return;
+        }
+    }
+    struct px_h2_session *sess = pool_find(&s->upstream, s->up_tls);
     if (sess != NULL) {
         if (sess->nrequests > 0)
             px_metrics.upstream_cx_reused++;
     } else {
-        sess = client_new(&s->upstream);
+        sess = client_new(&s->upstream, tls);
     }
     struct px_h2_stream *st = px_h2_stream_new(sess, s);
     px_stream_attach_up(s, &client_ops, st);

@@ -61,6 +61,7 @@ struct px_h2_session {
     struct cm_list link;    /* in the server list, or in the client pool */
     struct px_conn *conn;   /* server: the downstream connection (owned) */
     struct cm_addr addr;    /* client: upstream address (the pool key) */
+    bool tls;               /* client: mTLS to another sidecar (part of the pool key) */
     uint64_t nrequests;     /* client: streams started on it */
     uint64_t id;            /* for logs */
 };

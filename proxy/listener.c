@@ -19,9 +19,11 @@
 #include "proxy/detect.h"
 #include "proxy/h1.h"
 #include "proxy/h2.h"
+#include "proxy/identity.h"
 #include "proxy/metrics.h"
 #include "proxy/server.h"
 #include "proxy/tcp.h"
+#include "proxy/tls.h"
 
 static uint64_t next_conn_id = 1;
 
@@ -79,20 +81,35 @@ bool px_conn_is_loop(const struct px_conn *c, const struct cm_addr *a)
     return false;
 }
 
+static void start_mtls(struct px_conn *c);
+
+/* Free a connection that never reached a handler, from the event loop. */
+static void abort_conn(struct px_conn *c)
+{
+    px_io_read_enable(c->io, false);
+    event_active(c->detect_timer, EV_TIMEOUT, 0);
+}
+
 static void dispatch(struct px_conn *c, enum px_conn_proto proto)
 {
     c->proto = proto;
     px_io_set_timeout(c->io, 0);
     char peer[CM_ADDR_STRLEN];
-    cm_debug("conn %llu from %s on %s: %s", (unsigned long long)c->id,
-             cm_addr_format(&c->peer, peer, sizeof(peer)), c->lcfg->name, px_proto_name(proto));
-    if (c->lcfg->tls == PX_TLS_STRICT) {
-        /* mTLS termination arrives with the identity module; until then a
-         * strict listener refuses everything rather than accept plaintext. */
-        cm_warn("listener %s: refusing %s connection (strict mTLS)", c->lcfg->name,
-                px_proto_name(proto));
-        px_io_read_enable(c->io, false);
-        event_active(c->detect_timer, EV_TIMEOUT, 0);
+    cm_debug("conn %llu from %s on %s: %s%s", (unsigned long long)c->id,
+             cm_addr_format(&c->peer, peer, sizeof(peer)), c->lcfg->name,
+             c->mtls ? "mtls+" : "", px_proto_name(proto));
+    bool mtls_listener = c->lcfg->tls == PX_TLS_STRICT || c->lcfg->tls == PX_TLS_PERMISSIVE;
+    if (proto == PX_PROTO_TLS && mtls_listener && !c->mtls) {
+        px_metrics.proto_tls++;
+        start_mtls(c);
+        return;
+    }
+    if (c->lcfg->tls == PX_TLS_STRICT && !c->mtls) {
+        /* strict: plaintext never reaches the app */
+        px_metrics.tls_plaintext_refused++;
+        cm_debug("listener %s: refusing plaintext %s from %s (strict mTLS)", c->lcfg->name,
+                 px_proto_name(proto), peer);
+        abort_conn(c);
         return;
     }
     switch (proto) {
@@ -106,13 +123,61 @@ static void dispatch(struct px_conn *c, enum px_conn_proto proto)
         break;
     case PX_PROTO_TLS:
         px_metrics.proto_tls++;
-        px_tcp_start(c); /* the app's own TLS: passthrough */
+        px_tcp_start(c); /* the app's own TLS (or TLS inside mTLS): passthrough */
         break;
     default:
         px_metrics.proto_tcp++;
         px_tcp_start(c);
         break;
     }
+}
+
+/* Handshake done: the verified peer is known; ALPN "h2" goes straight to
+ * HTTP/2, anything else is detected again on the decrypted bytes. */
+static void on_tls_event(struct px_io *io, int what, void *arg)
+{
+    struct px_conn *c = arg;
+    if (what & PX_IO_HANDSHAKE) {
+        c->mtls = true;
+        snprintf(c->peer_id, sizeof(c->peer_id), "%s", px_io_peer_id(io));
+        px_io_set_timeout(io, px_srv->cfg->limits.detect_timeout_ms);
+        if (strcmp(px_io_alpn(io), "h2") == 0)
+            dispatch(c, PX_PROTO_H2);
+        return;
+    }
+    if (what & PX_IO_TIMEOUT) {
+        if (c->mtls) { /* handshake done, then silence: opaque TCP inside mTLS */
+            dispatch(c, PX_PROTO_TCP);
+            return;
+        }
+        cm_debug("conn %llu: TLS handshake timed out", (unsigned long long)c->id);
+    } else if ((what & PX_IO_EOF) && c->mtls && evbuffer_get_length(px_io_input(io)) > 0) {
+        dispatch(c, PX_PROTO_TCP);
+        return;
+    } else if (what & PX_IO_ERROR) {
+        char peer[CM_ADDR_STRLEN];
+        cm_warn("listener %s: mTLS from %s refused: %s", c->lcfg->name,
+                cm_addr_format(&c->peer, peer, sizeof(peer)),
+                px_io_tls_error(io)[0] ? px_io_tls_error(io) : strerror(px_io_errno(io)));
+    }
+    abort_conn(c);
+}
+
+static void on_detect_read(struct px_io *io, void *arg);
+
+static void start_mtls(struct px_conn *c)
+{
+    struct px_tls_conf *conf = px_identity_server_conf();
+    if (conf == NULL) {
+        cm_warn("listener %s: mTLS connection refused: no workload certificate yet",
+                c->lcfg->name);
+        abort_conn(c);
+        return;
+    }
+    px_io_setcb(c->io, on_detect_read, NULL, on_tls_event, c);
+    px_io_set_timeout(c->io, px_srv->cfg->limits.header_timeout_ms);
+    if (px_io_start_tls(c->io, conf, NULL) != 0)
+        abort_conn(c);
 }
 
 static void on_detect_read(struct px_io *io, void *arg)
@@ -138,8 +203,8 @@ static void on_detect_event(struct px_io *io, int what, void *arg)
     }
     /* Nothing said before EOF, or an error: freed from the detect event, not
      * inside this callback. */
-    px_io_read_enable(io, false);
-    event_active(c->detect_timer, EV_TIMEOUT, 0);
+    (void)io;
+    abort_conn(c);
 }
 
 /* Frees a connection that never reached a handler. */

@@ -22,15 +22,18 @@ static void usage(FILE *f)
                "       remora-proxy --version\n");
 }
 
-/* Runtime support this build lacks; refuse rather than quietly downgrade. */
+/* mTLS modes need a workload identity to present. */
 static int check_supported(const struct px_config *cfg)
 {
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         const struct px_listener_cfg *l = &cfg->listeners[i];
-        if (l->tls == PX_TLS_MESH || l->tls == PX_TLS_PERMISSIVE) {
-            cm_error("%s: listeners[%zu].tls: \"%s\" needs mTLS, which this build does not have "
-                     "yet; use \"disabled\"",
-                     cfg->file, i, l->tls == PX_TLS_MESH ? "mesh" : "permissive");
+        if (l->tls != PX_TLS_DISABLED && cfg->identity == NULL) {
+            cm_error("%s: listeners[%zu].tls: \"%s\" needs an \"identity\" object (a certificate "
+                     "to present)",
+                     cfg->file, i,
+                     l->tls == PX_TLS_MESH     ? "mesh"
+                     : l->tls == PX_TLS_STRICT ? "strict"
+                                               : "permissive");
             return -1;
         }
     }
@@ -76,6 +79,10 @@ int main(int argc, char **argv)
         return 1;
     }
     if (check) {
+        if (check_supported(cfg) != 0) {
+            px_config_free(cfg);
+            return 1;
+        }
         printf("%s: ok (%zu listeners)\n", file, cfg->nlisteners);
         px_config_free(cfg);
         return 0;

@@ -13,10 +13,13 @@
 #include "proxy/conn.h"
 #include "proxy/h1.h"
 #include "proxy/h2.h"
+#include "proxy/identity.h"
 #include "proxy/listener.h"
 #include "proxy/metrics.h"
 #include "proxy/server_run.h"
 #include "proxy/tcp.h"
+#include "proxy/tls.h"
+#include "certs/pki.h"
 
 struct px_server *px_srv;
 
@@ -33,7 +36,7 @@ static void on_gc(evutil_socket_t fd, short what, void *arg)
 
 bool px_server_ready(void)
 {
-    return px_srv != NULL && px_srv->listeners_bound && !px_srv->draining;
+    return px_srv != NULL && px_srv->listeners_bound && !px_srv->draining && px_identity_ready();
 }
 
 /* Polls while draining: exit once no connection is left. */
@@ -129,6 +132,11 @@ int px_server_run(struct px_config *cfg)
             cm_warn("access_log: cannot open %s; access log off", cfg->access_log);
     }
 
+    if (px_identity_start(cfg, &err) != 0) {
+        cm_error("%s", err);
+        rc = CM_ERR_INVAL;
+        goto out;
+    }
     px_srv->listeners = cm_xcalloc(cfg->nlisteners, sizeof(*px_srv->listeners));
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         if (px_listener_start(&cfg->listeners[i], &px_srv->listeners[i], &err) != 0) {
@@ -143,6 +151,7 @@ int px_server_run(struct px_config *cfg)
         rc = CM_ERR_IO;
         goto out;
     }
+    px_identity_admin_routes();
     px_srv->listeners_bound = true;
     cm_info("remora-proxy ready");
     event_base_dispatch(px_srv->base);
@@ -152,6 +161,7 @@ out:
     px_h1_shutdown();
     px_h2_shutdown();
     px_tcp_shutdown();
+    px_identity_shutdown();
     px_stream_gc();
     px_stream_freelist_clear();
     /* connections still listed were never handed to a codec (detecting) */
@@ -175,7 +185,9 @@ out:
     event_free(px_srv->sig_int);
     event_free(px_srv->sig_hup);
     px_io_deinit();
+    px_tls_session_cache_clear();
     event_base_free(px_srv->base);
+    pki_rng_free();
     px_metrics_deinit();
     free(px_srv);
     px_srv = NULL;

@@ -10,6 +10,7 @@
 #include "proxy/conn.h"
 #include "proxy/h1.h"
 #include "proxy/h2.h"
+#include "proxy/identity.h"
 #include "proxy/metrics.h"
 #include "proxy/server.h"
 
@@ -31,6 +32,7 @@ const char *px_cause_str(enum px_cause c)
     case PX_CAUSE_UPSTREAM_TIMEOUT: return "upstream request timeout";
     case PX_CAUSE_DOWNSTREAM_RESET: return "downstream reset";
     case PX_CAUSE_OVERLOAD: return "proxy overloaded";
+    case PX_CAUSE_UPSTREAM_TLS: return "upstream mTLS handshake failed";
     case PX_CAUSE_LOOP: return "loop detected: the destination is this proxy";
     }
     return "unknown";
@@ -42,6 +44,7 @@ int px_cause_status(enum px_cause c)
     case PX_CAUSE_CONNECT_REFUSED:
     case PX_CAUSE_CONNECT_FAILED:
     case PX_CAUSE_OVERLOAD:
+    case PX_CAUSE_UPSTREAM_TLS:
         return 503;
     case PX_CAUSE_CONNECT_TIMEOUT:
     case PX_CAUSE_UPSTREAM_TIMEOUT:
@@ -234,6 +237,25 @@ static void on_request_timeout(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* x-forwarded-client-cert (Envoy's format): what the client sent is never
+ * trusted; with a verified mTLS peer the app learns who called. */
+static int pass_client_cert(struct px_stream *s)
+{
+    px_msg_remove(&s->req, "x-forwarded-client-cert");
+    if (!s->conn->mtls)
+        return 0;
+    char v[600];
+    int n = snprintf(v, sizeof(v), "By=%s;URI=%s", px_identity_spiffe_id(), s->conn->peer_id);
+    if (n < 0 || (size_t)n >= sizeof(v) ||
+        px_msg_add(&s->arena, &s->req, "x-forwarded-client-cert", 23, v, (size_t)n,
+                   px_srv->cfg->limits.max_header_bytes + 1024,
+                   px_srv->cfg->limits.max_headers + 1) != 0) {
+        px_stream_respond(s, 431, "request header fields too large");
+        return -1;
+    }
+    return 0;
+}
+
 void px_stream_on_req_head(struct px_stream *s)
 {
     const struct px_limits *lim = &px_srv->cfg->limits;
@@ -246,6 +268,13 @@ void px_stream_on_req_head(struct px_stream *s)
         return;
     }
     s->up_proto = s->lcfg->upstream_protocol;
+    if (s->lcfg->tls == PX_TLS_MESH) {
+        /* sidecar to sidecar: HTTP/2 over mTLS, whatever the app speaks */
+        s->up_proto = PX_UP_H2;
+        s->up_tls = true;
+    }
+    if (s->lcfg->direction == PX_DIR_INBOUND && pass_client_cert(s) != 0)
+        return;
     /* TE: trailers is meaningful to an HTTP/2 peer (gRPC); HTTP/1.1 drops it */
     px_msg_strip_hop_by_hop(&s->req, s->up_proto == PX_UP_H2);
     px_conn_default_upstream(s->conn, &s->upstream);

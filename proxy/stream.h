@@ -73,6 +73,7 @@ enum px_cause {
     PX_CAUSE_UPSTREAM_TIMEOUT, /* no response in time -> 504 */
     PX_CAUSE_DOWNSTREAM_RESET, /* the client went away */
     PX_CAUSE_OVERLOAD,         /* a local bound (connections, streams) -> 503 */
+    PX_CAUSE_UPSTREAM_TLS,     /* mTLS to the upstream failed (identity, handshake) -> 503 */
     PX_CAUSE_LOOP              /* the original destination is the proxy itself -> 508 */
 };
 
@@ -104,6 +105,7 @@ struct px_stream {
 
     struct cm_addr upstream; /* where the request goes */
     enum px_upstream_proto up_proto;
+    bool up_tls; /* originate mTLS to the upstream (outbound tls: mesh) */
     enum px_cause cause;
     uint64_t start_us;
     uint64_t req_body_bytes, resp_body_bytes;

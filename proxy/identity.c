@@ -1,0 +1,506 @@
+#include "proxy/identity.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <jansson.h>
+#include <mbedtls/pk.h>
+#include <mbedtls/x509_crt.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "certs/pki.h"
+#include "common/clock.h"
+#include "common/err.h"
+#include "common/json.h"
+#include "common/log.h"
+#include "common/xalloc.h"
+#include "proxy/admin.h"
+#include "proxy/caclient.h"
+#include "proxy/metrics.h"
+#include "proxy/server.h"
+
+#define MAX_PEM (256 * 1024)
+#define WATCH_MS 1000           /* static files: how often to look for changes */
+#define RETRY_MIN_MS 500        /* CA retries: first backoff */
+#define RETRY_MAX_MS 30000      /* ... and the cap */
+#define MIN_ROTATE_MS 1000      /* never hammer the CA faster than this */
+
+enum id_mode {
+    ID_NONE = 0, /* no identity configured */
+    ID_STATIC,   /* cert_file + key_file + bundle_file */
+    ID_CA        /* CSR to the CA with the projected token */
+};
+
+static const char *const server_alpn[] = {"h2", "http/1.1", NULL};
+static const char *const client_alpn[] = {"h2", NULL};
+
+static struct {
+    enum id_mode mode;
+    char spiffe_id[PKI_SPIFFE_MAX];
+    char trust_domain[PKI_SPIFFE_MAX];
+    /* static */
+    char *cert_file, *key_file, *bundle_file;
+    struct timespec mtimes[3];
+    /* CA */
+    struct cm_addr ca_addr;
+    char *ca_host;
+    char *ca_root_file, *token_file;
+    struct px_tls_conf *ca_conf; /* verifies the CA's serving cert */
+    struct px_caclient *inflight;
+    mbedtls_pk_context pending_key; /* the key the in-flight CSR was made for */
+    bool has_pending_key;
+    uint32_t backoff_ms;
+    /* what is held */
+    struct px_tls_conf *server, *client;
+    char serial[72];
+    int64_t not_before, not_after;
+    uint64_t rotations;
+    char last_error[512];
+    struct event *timer;
+} id;
+
+bool px_identity_configured(void)
+{
+    return id.mode != ID_NONE;
+}
+
+bool px_identity_ready(void)
+{
+    return id.mode == ID_NONE || (id.server != NULL && id.not_after > cm_wall_s());
+}
+
+const char *px_identity_spiffe_id(void)
+{
+    return id.spiffe_id;
+}
+
+struct px_tls_conf *px_identity_server_conf(void)
+{
+    return id.server;
+}
+
+struct px_tls_conf *px_identity_client_conf(void)
+{
+    return id.client;
+}
+
+static void arm(uint64_t ms)
+{
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    evtimer_add(id.timer, &tv);
+}
+
+static void set_error(const char *fmt, const char *detail)
+{
+    snprintf(id.last_error, sizeof(id.last_error), fmt, detail);
+    cm_warn("identity %s: %s", id.spiffe_id, id.last_error);
+}
+
+/* Build both TLS snapshots from PEM and swap them in. The leaf must carry
+ * our SPIFFE ID and match the key. */
+static int install(const char *chain_pem, const char *key_pem, const char *bundle_pem,
+                   char **errmsg)
+{
+    mbedtls_x509_crt leaf;
+    mbedtls_x509_crt_init(&leaf);
+    char got[PKI_SPIFFE_MAX];
+    int rc = CM_ERR_INVAL;
+    if (pki_bundle_parse(&leaf, (const unsigned char *)chain_pem, strlen(chain_pem), errmsg) != 0)
+        goto out;
+    if (pki_crt_spiffe_id(&leaf, got, sizeof(got), errmsg) != 0)
+        goto out;
+    if (strcmp(got, id.spiffe_id) != 0) {
+        *errmsg = cm_xasprintf("certificate is for %s, not %s", got, id.spiffe_id);
+        goto out;
+    }
+    int64_t nb = pki_crt_not_before(&leaf), na = pki_crt_not_after(&leaf);
+    if (na <= cm_wall_s()) {
+        *errmsg = cm_xstrdup("certificate has expired");
+        goto out;
+    }
+    struct px_tls_conf *srv = NULL, *cli = NULL;
+    if (px_tls_conf_new(PX_TLS_SERVER, chain_pem, key_pem, bundle_pem, id.trust_domain,
+                        server_alpn, &srv, errmsg) != 0)
+        goto out;
+    if (px_tls_conf_new(PX_TLS_CLIENT, chain_pem, key_pem, bundle_pem, id.trust_domain,
+                        client_alpn, &cli, errmsg) != 0) {
+        px_tls_conf_unref(srv);
+        goto out;
+    }
+    /* swap: connections established under the old snapshots keep them */
+    bool first = id.server == NULL;
+    px_tls_conf_unref(id.server);
+    px_tls_conf_unref(id.client);
+    id.server = srv;
+    id.client = cli;
+    pki_crt_serial_hex(&leaf, id.serial, sizeof(id.serial));
+    id.not_before = nb;
+    id.not_after = na;
+    if (!first)
+        id.rotations++;
+    px_metrics.cert_expiry_timestamp = na;
+    id.last_error[0] = '\0';
+    char a[32], b[32];
+    cm_info("identity %s: %s certificate serial %s valid %s .. %s", id.spiffe_id,
+            first ? "holding" : "rotated to", id.serial, cm_fmt_rfc3339(nb, a, sizeof(a)),
+            cm_fmt_rfc3339(na, b, sizeof(b)));
+    rc = 0;
+out:
+    mbedtls_x509_crt_free(&leaf);
+    return rc;
+}
+
+static char *read_text(const char *path, char **errmsg)
+{
+    unsigned char *buf = NULL;
+    size_t len = 0;
+    if (pki_read_file(path, MAX_PEM, &buf, &len, errmsg) != 0)
+        return NULL;
+    char *s = cm_xmalloc(len + 1);
+    memcpy(s, buf, len);
+    s[len] = '\0';
+    free(buf);
+    return s;
+}
+
+/* ---- static files --------------------------------------------------------------------- */
+
+static bool files_changed(void)
+{
+    const char *files[3] = {id.cert_file, id.key_file, id.bundle_file};
+    bool changed = false;
+    for (int i = 0; i < 3; i++) {
+        struct stat st;
+        if (stat(files[i], &st) != 0)
+            continue;
+        if (st.st_mtim.tv_sec != id.mtimes[i].tv_sec || st.st_mtim.tv_nsec != id.mtimes[i].tv_nsec) {
+            id.mtimes[i] = st.st_mtim;
+            changed = true;
+        }
+    }
+    return changed;
+}
+
+static int load_static(char **errmsg)
+{
+    char *chain = read_text(id.cert_file, errmsg), *key = NULL, *bundle = NULL;
+    int rc = CM_ERR_INVAL;
+    if (chain == NULL || (key = read_text(id.key_file, errmsg)) == NULL ||
+        (bundle = read_text(id.bundle_file, errmsg)) == NULL)
+        goto out;
+    rc = install(chain, key, bundle, errmsg);
+out:
+    if (key != NULL) {
+        memset(key, 0, strlen(key));
+        free(key);
+    }
+    free(chain);
+    free(bundle);
+    return rc;
+}
+
+static void on_watch(void)
+{
+    if (files_changed()) {
+        char *err = NULL;
+        if (load_static(&err) != 0) {
+            set_error("reload of static identity failed, keeping the current one: %s", err);
+            free(err);
+        }
+    }
+    arm(WATCH_MS);
+}
+
+/* ---- CA-issued ---------------------------------------------------------------------------- */
+
+static void request_cert(void);
+
+static void retry_later(void)
+{
+    id.backoff_ms = id.backoff_ms ? id.backoff_ms * 2 : RETRY_MIN_MS;
+    if (id.backoff_ms > RETRY_MAX_MS)
+        id.backoff_ms = RETRY_MAX_MS;
+    /* jitter: 50%..100% of the backoff */
+    uint32_t j = 0;
+    pki_rng_fn(NULL, (unsigned char *)&j, sizeof(j));
+    uint64_t ms = id.backoff_ms / 2 + j % (id.backoff_ms / 2 + 1);
+    cm_info("identity %s: next CA attempt in %llu ms", id.spiffe_id, (unsigned long long)ms);
+    arm(ms);
+}
+
+/* Rotate at a random point between 50% and 80% of the lifetime. */
+static void schedule_rotation(void)
+{
+    int64_t life = id.not_after - id.not_before;
+    uint32_t j = 0;
+    pki_rng_fn(NULL, (unsigned char *)&j, sizeof(j));
+    double frac = 0.5 + 0.3 * ((double)j / 4294967295.0);
+    int64_t at = id.not_before + (int64_t)((double)life * frac);
+    int64_t now_ms = cm_wall_ms();
+    int64_t ms = at * 1000 - now_ms;
+    if (ms < MIN_ROTATE_MS)
+        ms = MIN_ROTATE_MS;
+    arm((uint64_t)ms);
+}
+
+static void on_ca_answer(int status, const char *body, size_t len, const char *err, void *arg)
+{
+    (void)arg;
+    id.inflight = NULL;
+    char *e = NULL;
+    if (status == 0) {
+        set_error("CA unreachable: %s", err);
+        goto retry;
+    }
+    if (status != 200) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "%d %.*s", status, (int)(len > 200 ? 200 : len), body);
+        set_error("CA refused the CSR: %s", msg);
+        goto retry;
+    }
+    json_t *doc;
+    if (cm_json_load_buf("CA answer", body, len, true, &doc, &e) != 0) {
+        set_error("%s", e);
+        goto retry;
+    }
+    const char *chain = json_string_value(json_object_get(doc, "cert_chain"));
+    const char *bundle = json_string_value(json_object_get(doc, "trust_bundle"));
+    if (chain == NULL || bundle == NULL) {
+        json_decref(doc);
+        set_error("%s", "CA answer lacks cert_chain or trust_bundle");
+        goto retry;
+    }
+    char *key_pem = NULL;
+    if (pki_key_write_pem(&id.pending_key, &key_pem, &e) != 0 ||
+        install(chain, key_pem, bundle, &e) != 0) {
+        set_error("CA certificate not usable: %s", e);
+        if (key_pem != NULL) {
+            memset(key_pem, 0, strlen(key_pem));
+            free(key_pem);
+        }
+        json_decref(doc);
+        goto retry;
+    }
+    memset(key_pem, 0, strlen(key_pem));
+    free(key_pem);
+    json_decref(doc);
+    mbedtls_pk_free(&id.pending_key);
+    id.has_pending_key = false;
+    id.backoff_ms = 0;
+    schedule_rotation();
+    return;
+retry:
+    free(e);
+    retry_later();
+}
+
+static void request_cert(void)
+{
+    char *err = NULL, *csr = NULL, *token = NULL;
+    if (id.inflight != NULL)
+        return;
+    /* a fresh key for every certificate: a leaked key dies with its cert */
+    if (id.has_pending_key)
+        mbedtls_pk_free(&id.pending_key);
+    mbedtls_pk_init(&id.pending_key);
+    id.has_pending_key = true;
+    if (pki_key_generate(&id.pending_key, &err) != 0 ||
+        pki_csr_new(&id.pending_key, id.spiffe_id, &csr, &err) != 0) {
+        set_error("cannot make a CSR: %s", err);
+        goto fail;
+    }
+    /* re-read each time: kubelet rotates the projected token */
+    token = read_text(id.token_file, &err);
+    if (token == NULL) {
+        set_error("token: %s", err);
+        goto fail;
+    }
+    size_t tl = strlen(token);
+    while (tl > 0 && (token[tl - 1] == '\n' || token[tl - 1] == '\r' || token[tl - 1] == ' '))
+        token[--tl] = '\0';
+    json_t *req = json_pack("{s:s}", "csr", csr);
+    char *body = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    id.inflight = px_caclient_post(&id.ca_addr, id.ca_conf, id.ca_host, "/v1/sign", token, body,
+                                   on_ca_answer, NULL);
+    free(body);
+    if (id.inflight == NULL) {
+        set_error("CA: %s", strerror(errno));
+        goto fail;
+    }
+    cm_debug("identity %s: CSR sent to the CA", id.spiffe_id);
+    free(csr);
+    memset(token, 0, tl);
+    free(token);
+    return;
+fail:
+    free(err);
+    free(csr);
+    free(token);
+    retry_later();
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    if (id.mode == ID_STATIC)
+        on_watch();
+    else
+        request_cert();
+}
+
+/* ---- configuration --------------------------------------------------------------------- */
+
+static int get_str(const struct cm_jpath *p, json_t *o, const char *key, const char *env,
+                   const char *def, char *out, size_t outlen, char **errmsg)
+{
+    const char *v = NULL;
+    if (cm_json_get_string(p, o, key, false, &v, errmsg) != 0)
+        return CM_ERR_INVAL;
+    if (v == NULL && env != NULL)
+        v = getenv(env);
+    if (v == NULL)
+        v = def;
+    if (v == NULL || v[0] == '\0') {
+        struct cm_jpath c;
+        cm_jpath_key(&c, p, key);
+        return cm_json_fail(&c, errmsg, "required (or set $%s)", env ? env : "?");
+    }
+    snprintf(out, outlen, "%s", v);
+    return 0;
+}
+
+static char *opt_path(json_t *o, const char *key)
+{
+    const char *v = json_string_value(json_object_get(o, key));
+    return v ? cm_xstrdup(v) : NULL;
+}
+
+int px_identity_start(const struct px_config *cfg, char **errmsg)
+{
+    json_t *o = cfg->identity;
+    if (o == NULL)
+        return 0;
+    struct cm_jpath p;
+    cm_jpath_root(&p, cfg->file);
+    cm_jpath_key(&p, &p, "identity");
+    char ns[PKI_SPIFFE_MAX], sa[PKI_SPIFFE_MAX];
+    if (get_str(&p, o, "trust_domain", NULL, "cluster.local", id.trust_domain,
+                sizeof(id.trust_domain), errmsg) != 0 ||
+        get_str(&p, o, "namespace", "POD_NAMESPACE", NULL, ns, sizeof(ns), errmsg) != 0 ||
+        get_str(&p, o, "service_account", "SERVICE_ACCOUNT", NULL, sa, sizeof(sa), errmsg) != 0)
+        return CM_ERR_INVAL;
+    char *e = NULL;
+    if (pki_spiffe_build(id.trust_domain, ns, sa, id.spiffe_id, sizeof(id.spiffe_id), &e) != 0) {
+        cm_json_fail(&p, errmsg, "%s", e);
+        free(e);
+        return CM_ERR_INVAL;
+    }
+    bool has_static = json_object_get(o, "cert_file") != NULL;
+    bool has_ca = json_object_get(o, "ca_address") != NULL;
+    if (has_static == has_ca)
+        return cm_json_fail(&p, errmsg,
+                            "set either cert_file + key_file + bundle_file (static identity) or "
+                            "ca_address + ca_root + token_file (CA-issued), not %s",
+                            has_static ? "both" : "neither");
+    static const char *const static_keys[] = {"cert_file", "key_file", "bundle_file", NULL};
+    static const char *const ca_keys[] = {"ca_address", "ca_root", "token_file", NULL};
+    const char *const *need = has_static ? static_keys : ca_keys;
+    for (int i = 0; need[i] != NULL; i++) {
+        const char *v = NULL;
+        if (cm_json_get_string(&p, o, need[i], true, &v, errmsg) != 0)
+            return CM_ERR_INVAL;
+    }
+    id.timer = evtimer_new(px_srv->base, on_timer, NULL);
+    if (has_static) {
+        id.mode = ID_STATIC;
+        id.cert_file = opt_path(o, "cert_file");
+        id.key_file = opt_path(o, "key_file");
+        id.bundle_file = opt_path(o, "bundle_file");
+        files_changed();
+        if (load_static(errmsg) != 0)
+            return CM_ERR_INVAL;
+        arm(WATCH_MS);
+        return 0;
+    }
+    id.mode = ID_CA;
+    const char *ca = json_string_value(json_object_get(o, "ca_address"));
+    if (cm_addr_parse(ca, &id.ca_addr) != 0) {
+        struct cm_jpath c;
+        cm_jpath_key(&c, &p, "ca_address");
+        return cm_json_fail(&c, errmsg, "\"%s\" is not an address (ip:port)", ca);
+    }
+    id.ca_host = cm_xstrdup(ca);
+    id.ca_root_file = opt_path(o, "ca_root");
+    id.token_file = opt_path(o, "token_file");
+    char *root = read_text(id.ca_root_file, errmsg);
+    if (root == NULL)
+        return CM_ERR_INVAL;
+    int rc = px_tls_conf_new_anon_client(root, &id.ca_conf, errmsg);
+    free(root);
+    if (rc != 0)
+        return CM_ERR_INVAL;
+    arm(0); /* first request from the event loop */
+    return 0;
+}
+
+/* ---- admin ------------------------------------------------------------------------------ */
+
+static int on_certs(struct evhttp_request *req, const struct evkeyvalq *query, struct evbuffer *out,
+                    void *arg)
+{
+    (void)req;
+    (void)query;
+    (void)arg;
+    char a[32], b[32];
+    json_t *o = json_object();
+    json_object_set_new(o, "spiffe_id", json_string(id.spiffe_id));
+    json_object_set_new(o, "source", json_string(id.mode == ID_CA ? "ca" : "static"));
+    json_object_set_new(o, "ready", json_boolean(px_identity_ready()));
+    if (id.server != NULL) {
+        json_object_set_new(o, "serial", json_string(id.serial));
+        json_object_set_new(o, "not_before",
+                            json_string(cm_fmt_rfc3339(id.not_before, a, sizeof(a))));
+        json_object_set_new(o, "not_after", json_string(cm_fmt_rfc3339(id.not_after, b, sizeof(b))));
+    } else {
+        json_object_set_new(o, "serial", json_null());
+        json_object_set_new(o, "not_before", json_null());
+        json_object_set_new(o, "not_after", json_null());
+    }
+    json_object_set_new(o, "rotations", json_integer((json_int_t)id.rotations));
+    json_object_set_new(o, "last_error",
+                        id.last_error[0] ? json_string(id.last_error) : json_null());
+    px_admin_reply_json(out, o);
+    return 200;
+}
+
+void px_identity_admin_routes(void)
+{
+    if (id.mode != ID_NONE)
+        px_admin_route(px_srv->admin, PX_ADMIN_GET, "/certs", on_certs, NULL);
+}
+
+void px_identity_shutdown(void)
+{
+    px_caclient_cancel(id.inflight);
+    id.inflight = NULL;
+    if (id.timer != NULL)
+        event_free(id.timer);
+    px_tls_conf_unref(id.server);
+    px_tls_conf_unref(id.client);
+    px_tls_conf_unref(id.ca_conf);
+    if (id.has_pending_key)
+        mbedtls_pk_free(&id.pending_key);
+    free(id.cert_file);
+    free(id.key_file);
+    free(id.bundle_file);
+    free(id.ca_host);
+    free(id.ca_root_file);
+    free(id.token_file);
+    memset(&id, 0, sizeof(id));
+}

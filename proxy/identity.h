@@ -1,0 +1,41 @@
+/* Workload identity of the proxy (DESIGN.md "identity"): the SPIFFE ID, the
+ * certificate and key, the trust bundle, and the TLS snapshots built from
+ * them. Two sources:
+ *  - CA-issued (ca_address + ca_root + token_file): the key is generated in
+ *    memory and never leaves the process; a CSR goes to the CA's /v1/sign
+ *    with the projected service-account token (re-read every time: kubelet
+ *    rotates it); the certificate is rotated at a jittered point between 50%
+ *    and 80% of its lifetime, with backoff retries while the CA is down, and
+ *    the old certificate keeps serving until the new one arrives.
+ *  - static files (cert_file + key_file + bundle_file), reloaded when they
+ *    change on disk.
+ * Rotation builds new TLS snapshots and swaps them in for new handshakes;
+ * established connections keep theirs (px_tls_conf is refcounted). */
+#ifndef PX_IDENTITY_H
+#define PX_IDENTITY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "proxy/config.h"
+#include "proxy/tls.h"
+
+/* Validate cfg->identity and start obtaining a certificate (CA mode: the
+ * first request goes out from the event loop). Without an identity object
+ * this does nothing and returns 0. Returns CM_ERR_INVAL with *errmsg naming
+ * the key for a bad configuration. */
+int px_identity_start(const struct px_config *cfg, char **errmsg);
+/* Is an identity configured at all / is a valid certificate held? */
+bool px_identity_configured(void);
+bool px_identity_ready(void);
+/* Our SPIFFE ID ("" when unconfigured). */
+const char *px_identity_spiffe_id(void);
+/* Current TLS snapshots (borrowed; take a reference to keep one), or NULL
+ * while no certificate is held. */
+struct px_tls_conf *px_identity_server_conf(void);
+struct px_tls_conf *px_identity_client_conf(void);
+/* Register GET /certs on the admin API (after px_admin_start). */
+void px_identity_admin_routes(void);
+void px_identity_shutdown(void);
+
+#endif
