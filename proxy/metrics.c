@@ -335,6 +335,17 @@ void px_metrics_write_prometheus(struct evbuffer *out)
                   "Client connections by the protocol detected on their first bytes.", "protocol",
                   protos, sizeof(protos) / sizeof(protos[0]));
 
+    prom_u64(out, "remora_tls_handshakes_total", "counter",
+             "mTLS handshakes completed (inbound and outbound).", m->tls_handshakes);
+    prom_u64(out, "remora_tls_handshakes_resumed_total", "counter",
+             "Inbound mTLS handshakes resumed from a session ticket (no full handshake).",
+             m->tls_handshakes_resumed);
+    prom_u64(out, "remora_tls_handshake_failures_total", "counter",
+             "mTLS handshakes refused: bad or missing certificate, wrong identity, protocol errors.",
+             m->tls_handshake_failures);
+    prom_u64(out, "remora_tls_plaintext_refused_total", "counter",
+             "Plaintext connections refused by a strict mTLS listener.", m->tls_plaintext_refused);
+
     prom_u64(out, "remora_upstream_connections_active", "gauge",
              "Upstream connections open now (in use or idle in the pool).", m->upstream_cx_active);
     prom_u64(out, "remora_upstream_connections_total", "counter", "Upstream connections opened.",
@@ -488,6 +499,10 @@ void px_metrics_write_json(struct evbuffer *out)
     U64(tcp_bytes_out);
     U64(retries_total);
     U64(policy_denials_total);
+    U64(tls_handshakes);
+    U64(tls_handshakes_resumed);
+    U64(tls_handshake_failures);
+    U64(tls_plaintext_refused);
 #undef U64
     json_object_set_new(o, "cert_expiry_timestamp", json_integer(m->cert_expiry_timestamp));
 
