@@ -90,9 +90,10 @@ expect_eq "unknown path is 404" "$("${CURL[@]}" -o /dev/null -w '%{http_code}' "
 expect_eq "plain HTTP is refused" "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$PORT/healthz")" 000
 check "still serving after plain HTTP" healthy
 
-# post PORT FILE: POST a body; sets $CODE, response in $TMP/resp.json
+# post PORT FILE [OUT]: POST a body; sets $CODE and $RESP (the response file).
 post() {
-    CODE=$("${CURL[@]}" -o "$TMP/resp.json" -w '%{http_code}' -H 'Content-Type: application/json' \
+    RESP=${3:-$TMP/resp.json}
+    CODE=$("${CURL[@]}" -o "$RESP" -w '%{http_code}' -H 'Content-Type: application/json' \
         --data-binary "@$2" "$(url "$1" /inject)")
 }
 
@@ -111,107 +112,137 @@ review_of() {
       end' "$1"
 }
 
-mkdir -p "$TMP/check" "$TMP/work"
+mkdir -p "$TMP/check" "$TMP/work" "$TMP/out"
 
 # run_review PORT NAME REVIEW-FILE WANT-PATCH(1/0/"") WANT-MODE
 # POSTs, checks the AdmissionReview answer, applies the patch with kubectl,
 # checks idempotence. Leaves the patched pod in $TMP/check/NAME.patched.json.
 run_review() {
-    local port=$1 name=$2 rf=$3 want=$4 mode=$5 uid patch got
-    post "$port" "$rf"
+    local port=$1 name=$2 rf=$3 want=$4 mode=$5 w=$TMP/work/$2 verdict
+    post "$port" "$rf" "$w.resp.json"
     if [[ $CODE != 200 ]]; then fail "$name: HTTP $CODE"; return 1; fi
-    uid=$(jq -r '.request.uid' "$rf")
-    if jq -e --arg uid "$uid" '.apiVersion == "admission.k8s.io/v1" and .kind == "AdmissionReview"
-            and .response.uid == $uid and .response.allowed == true' "$TMP/resp.json" >/dev/null; then
-        pass "$name: answered with its uid, allowed"
-    else
-        fail "$name: bad AdmissionReview answer: $(head -c 300 "$TMP/resp.json")"
+    verdict=$(jq -r --slurpfile rq "$rf" '($rq[0].request.uid) as $uid |
+        if .apiVersion == "admission.k8s.io/v1" and .kind == "AdmissionReview"
+           and .response.uid == $uid and .response.allowed == true
+        then (if .response.patch == null then "0"
+              elif .response.patchType == "JSONPatch" then "1" else "badtype" end)
+        else "bad" end' "$w.resp.json")
+    case $verdict in
+    0 | 1) pass "$name: answered with its uid, allowed" ;;
+    *) fail "$name: bad AdmissionReview answer ($verdict): $(head -c 300 "$w.resp.json")"; return 1 ;;
+    esac
+    if [[ -n $want && $verdict != "$want" ]]; then
+        fail "$name: patch expected=$want got=$verdict"
         return 1
     fi
-    got=$(jq -r 'if .response.patch then 1 else 0 end' "$TMP/resp.json")
-    if [[ -n $want && $got != "$want" ]]; then
-        fail "$name: patch expected=$want got=$got"
-        return 1
-    fi
-    [[ $got == 1 ]] || { pass "$name: no patch"; return 0; }
-    if ! jq -e '.response.patchType == "JSONPatch"' "$TMP/resp.json" >/dev/null; then
-        fail "$name: patchType is not JSONPatch"
-        return 1
-    fi
-    jq -r '.response.patch' "$TMP/resp.json" | base64 -d >"$TMP/work/$name.patch.json"
+    [[ $verdict == 1 ]] || { pass "$name: no patch"; return 0; }
+    jq -r '.response.patch | @base64d' "$w.resp.json" >"$w.patch.json"
     jq '.request.object' "$rf" >"$TMP/check/$name.orig.json"
     if kubectl patch --local --type=json -f "$TMP/check/$name.orig.json" \
-        -p "$(cat "$TMP/work/$name.patch.json")" -o json --show-managed-fields \
-        >"$TMP/check/$name.patched.json" 2>"$TMP/work/$name.kubectl.err"; then
+        -p "$(cat "$w.patch.json")" -o json --show-managed-fields \
+        >"$TMP/check/$name.patched.json" 2>"$w.kubectl.err"; then
         pass "$name: kubectl applies the patch"
     else
-        fail "$name: kubectl patch: $(head -c 300 "$TMP/work/$name.kubectl.err")"
+        fail "$name: kubectl patch: $(head -c 300 "$w.kubectl.err")"
         rm -f "$TMP/check/$name.patched.json"
         return 1
     fi
-    if [[ -n $mode ]]; then
-        got=$(jq -r '.metadata.annotations["remora.io/status"] | fromjson | .mode' "$TMP/check/$name.patched.json")
-        expect_eq "$name: $mode sidecar" "$got" "$mode"
-    fi
     # Reinvocation: the injected pod, reviewed again, yields no patch.
-    jq --slurpfile p "$TMP/check/$name.patched.json" '.request.object = $p[0]' "$rf" >"$TMP/work/$name.again.json"
-    post "$port" "$TMP/work/$name.again.json"
-    if [[ $CODE == 200 ]] && jq -e '.response.allowed == true and (.response.patch == null)' "$TMP/resp.json" >/dev/null; then
+    jq --slurpfile p "$TMP/check/$name.patched.json" '.request.object = $p[0]' "$rf" >"$w.again.json"
+    post "$port" "$w.again.json" "$w.again.resp.json"
+    verdict=$(jq -r --slurpfile p "$TMP/check/$name.patched.json" '
+        (if .response.allowed == true and .response.patch == null then "none" else "patch" end)
+        + " " + ($p[0].metadata.annotations["remora.io/status"] | fromjson | .mode)' "$w.again.resp.json")
+    if [[ $CODE == 200 && $verdict == none* ]]; then
         pass "$name: re-injection yields no patch"
     else
-        fail "$name: re-injection: HTTP $CODE $(head -c 200 "$TMP/resp.json")"
+        fail "$name: re-injection: HTTP $CODE $(head -c 200 "$w.again.resp.json")"
     fi
+    [[ -z $mode ]] || expect_eq "$name: $mode sidecar" "${verdict#* }" "$mode"
+}
+
+# Reviews run JOBS at a time (they mostly wait on curl, kubectl and jq); each
+# writes its PASS/FAIL lines to its own file, printed and counted in order.
+JOBS=${INJECTOR_TEST_JOBS:-6}
+_spawned=()
+spawn() { # OUT-NAME FUNCTION ARGS...
+    local out=$TMP/out/$1 live p
+    shift
+    for (( ; ; )); do
+        live=0
+        for p in "${_spawned[@]}"; do kill -0 "$p" 2>/dev/null && live=$((live + 1)); done
+        ((live < JOBS)) && break
+        sleep 0.02
+    done
+    "$@" >"$out" 2>&1 &
+    _spawned+=($!)
+}
+collect() { # wait for the spawned reviews only (the servers run on)
+    local f p
+    for p in "${_spawned[@]}"; do wait "$p"; done
+    _spawned=()
+    for f in "$TMP"/out/*; do
+        cat "$f"
+        _fails=$((_fails + $(grep -c '^FAIL: ' "$f" || true)))
+    done
+    rm -f "$TMP"/out/*
 }
 
 # ---- the shared corpus, classic and native -------------------------------------
+corpus_one() {
+    local f=$1 base want
+    base=$(basename "$f" .json)
+    # The oracle: the skip rules, read straight from the review.
+    want=$(jq -r '.request as $r | ($r.object.metadata.annotations // {}) as $a |
+        if ($r.object.spec.hostNetwork == true) or ($a["remora.io/status"] != null)
+           or ($a["remora.io/inject"] == "false") or $r.operation != "CREATE"
+           or ($r.namespace == "kube-system") or ($r.namespace == "remora-system")
+        then 0 else 1 end' "$f")
+    run_review "$PORT" "corpus-$base" "$f" "$want" classic
+    run_review "$NPORT" "corpus-native-$base" "$f" "$want" native
+}
 if [[ -z $CORPUS ]]; then
     fail "shared corpus not found (../shared/corpus/admission)"
 else
     n=0
     for f in "$CORPUS"/*.json; do
-        base=$(basename "$f" .json)
-        # The oracle: the skip rules, read straight from the review.
-        want=$(jq -r '.request as $r | ($r.object.metadata.annotations // {}) as $a |
-            if ($r.object.spec.hostNetwork == true) or ($a["remora.io/status"] != null)
-               or ($a["remora.io/inject"] == "false") or $r.operation != "CREATE"
-               or ($r.namespace == "kube-system") or ($r.namespace == "remora-system")
-            then 0 else 1 end' "$f")
-        run_review "$PORT" "corpus-$base" "$f" "$want" classic
-        run_review "$NPORT" "corpus-native-$base" "$f" "$want" native
+        spawn "corpus-$(basename "$f")" corpus_one "$f"
         n=$((n + 1))
     done
+    collect
     expect_match "corpus has every file ($n)" "$n" '^[1-9][0-9]+$'
 fi
 
 # ---- own cases ---------------------------------------------------------------
-for f in "$DATA"/*.json; do
+case_one() {
+    local f=$1 name port status want w e
     name=case-$(basename "$f" .json)
+    w=$TMP/work/$name
     port=$PORT
     [[ $(jq -r '.injector // "classic"' "$f") == native ]] && port=$NPORT
     status=$(jq -r '.expect.status // 200' "$f")
     if jq -e 'has("body")' "$f" >/dev/null; then
-        jq -j '.body' "$f" >"$TMP/work/$name.body"
-        post "$port" "$TMP/work/$name.body"
-        if [[ $CODE == "$status" ]] && jq -e '.error | type == "string"' "$TMP/resp.json" >/dev/null; then
+        jq -j '.body' "$f" >"$w.body"
+        post "$port" "$w.body" "$w.resp.json"
+        if [[ $CODE == "$status" ]] && jq -e '.error | type == "string"' "$w.resp.json" >/dev/null; then
             pass "$name: HTTP $status with a JSON error"
         else
-            fail "$name: HTTP $CODE (want $status): $(head -c 200 "$TMP/resp.json")"
+            fail "$name: HTTP $CODE (want $status): $(head -c 200 "$w.resp.json")"
         fi
         check "$name: still serving" healthy "$port"
-        continue
+        return
     fi
-    review_of "$f" "$name" >"$TMP/work/$name.review.json"
+    review_of "$f" "$name" >"$w.review.json"
     if [[ $status != 200 ]]; then
-        post "$port" "$TMP/work/$name.review.json"
+        post "$port" "$w.review.json" "$w.resp.json"
         expect_eq "$name: HTTP $status" "$CODE" "$status"
         check "$name: still serving" healthy "$port"
-        continue
+        return
     fi
     want=$(jq -r 'if .expect.patched == null then "" elif .expect.patched then 1 else 0 end' "$f")
-    run_review "$port" "$name" "$TMP/work/$name.review.json" "$want" "$(jq -r '.expect.mode // ""' "$f")" || continue
+    run_review "$port" "$name" "$w.review.json" "$want" "$(jq -r '.expect.mode // ""' "$f")" || return
     if jq -e '.expect.warning' "$f" >/dev/null; then
-        post "$port" "$TMP/work/$name.review.json"
-        w=$(jq -r '.response.warnings // [] | join(" | ")' "$TMP/resp.json")
+        w=$(jq -r '.response.warnings // [] | join(" | ")' "$TMP/work/$name.resp.json")
         expect_match "$name: warns" "$w" "$(jq -r '.expect.warning' "$f")"
     fi
     jq -e '.expect.no_schema == true' "$f" >/dev/null && touch "$TMP/check/$name.noschema"
@@ -225,7 +256,11 @@ for f in "$DATA"/*.json; do
         if [[ $(jq "$e" "$TMP/work/$name.patch.json" 2>&1) == true ]]; then pass "$name: patch: $e"
         else fail "$name: patch: $e"; fi
     done < <(jq -r '.expect.patch_jq // [] | .[]' "$f")
+}
+for f in "$DATA"/*.json; do
+    spawn "case-$(basename "$f")" case_one "$f"
 done
+collect
 
 # ---- every patched pod: kubernetes-models + the injection contract --------------
 if ((NODE_OK)); then
