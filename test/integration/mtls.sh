@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# mTLS between two sidecars with static identities: client -> A (outbound,
+# tls mesh) -> h2 over mTLS -> B (inbound, strict) -> app. Peer identity in
+# x-forwarded-client-cert, refusals (plaintext, no cert, foreign trust domain,
+# unknown root), session resumption, and certificate rotation under load.
+source "$(dirname "$0")/../lib.sh"
+CERTS=$REMORA_ROOT/$REMORA_BUILD/remora-certs
+D=$TMP/pki; mkdir -p "$D"
+"$CERTS" root --out-cert "$D/root.pem" --out-key "$D/root-key.pem" --cn "mesh root" || exit 1
+"$CERTS" intermediate --ca-cert "$D/root.pem" --ca-key "$D/root-key.pem" \
+    --out-cert "$D/int.pem" --out-key "$D/int-key.pem" || exit 1
+wl() { "$CERTS" workload --ca-cert "$D/int.pem" --ca-key "$D/int-key.pem" --spiffe-id "$1" \
+        --out-cert "$2" --out-key "$3" ${4:+--ttl-seconds $4}; }
+wl spiffe://cluster.local/ns/shop/sa/frontend "$D/a.pem" "$D/a-key.pem"
+wl spiffe://cluster.local/ns/shop/sa/web "$D/b.pem" "$D/b-key.pem"
+wl spiffe://evil.example/ns/shop/sa/frontend "$D/evil.pem" "$D/evil-key.pem"
+"$CERTS" root --out-cert "$D/other-root.pem" --out-key "$D/other-root-key.pem"
+"$CERTS" workload --ca-cert "$D/other-root.pem" --ca-key "$D/other-root-key.pem" \
+    --spiffe-id spiffe://cluster.local/ns/shop/sa/frontend --out-cert "$D/rogue.pem" --out-key "$D/rogue-key.pem"
+
+start_upstream app || exit 1
+APP=$UP_PORT
+A_ADMIN=$(free_port); A_OUT=$(free_port); B_ADMIN=$(free_port); B_IN=$(free_port); B_PERM=$(free_port)
+A_PLAIN=$(free_port)
+cat >"$TMP/a.json" <<JSON
+{"admin": {"address": "127.0.0.1:$A_ADMIN"},
+ "listeners": [
+   {"name": "outbound", "address": "127.0.0.1:$A_OUT", "direction": "outbound",
+    "upstream": "127.0.0.1:$B_IN", "tls": "mesh"},
+   {"name": "to-plain", "address": "127.0.0.1:$A_PLAIN", "direction": "outbound",
+    "upstream": "127.0.0.1:$APP", "tls": "mesh"}],
+ "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "frontend",
+              "cert_file": "$D/a.pem", "key_file": "$D/a-key.pem", "bundle_file": "$D/root.pem"}}
+JSON
+cat >"$TMP/b.json" <<JSON
+{"admin": {"address": "127.0.0.1:$B_ADMIN"},
+ "listeners": [
+   {"name": "inbound", "address": "127.0.0.1:$B_IN", "direction": "inbound",
+    "upstream": "127.0.0.1:$APP", "tls": "strict"},
+   {"name": "permissive", "address": "127.0.0.1:$B_PERM", "direction": "inbound",
+    "upstream": "127.0.0.1:$APP", "tls": "permissive"}],
+ "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "web",
+              "cert_file": "$D/b.pem", "key_file": "$D/b-key.pem", "bundle_file": "$D/root.pem"}}
+JSON
+ADMIN_PORT=$B_ADMIN start_proxy b "$TMP/b.json" || exit 1
+BPID=$PROXY_PID
+ADMIN_PORT=$A_ADMIN start_proxy a "$TMP/a.json" || exit 1
+APID=$PROXY_PID
+
+# -- the mesh path ----------------------------------------------------------------------
+out=$(curl -s -H 'x-forwarded-client-cert: By=forged;URI=spiffe://cluster.local/ns/kube-system/sa/admin' \
+      "http://127.0.0.1:$A_OUT/hello")
+expect_match "HTTP/1.1 app -> A -> mTLS -> B -> app" "$out" '"path":"/hello"'
+expect_match "app sees the caller's verified identity in XFCC" "$out" \
+    '"x-forwarded-client-cert":"By=spiffe://cluster.local/ns/shop/sa/web;URI=spiffe://cluster.local/ns/shop/sa/frontend"'
+[[ $out == *forged* ]] && fail "client-supplied XFCC leaked" || pass "client-supplied XFCC is replaced"
+out=$(curl -s --http2-prior-knowledge "http://127.0.0.1:$A_OUT/h2")
+expect_match "h2c app traffic crosses the mTLS hop too" "$out" 'URI=spiffe://cluster.local/ns/shop/sa/frontend'
+head -c 3000000 /dev/urandom >"$TMP/body"
+want=$(sha256sum <"$TMP/body" | cut -d' ' -f1)
+out=$(curl -s --data-binary @"$TMP/body" "http://127.0.0.1:$A_OUT/echo")
+expect_match "3 MB request body intact over mTLS" "$out" "\"body_sha256\":\"$want\""
+got=$(curl -s "http://127.0.0.1:$A_OUT/bytes/20000000" | sha256sum | cut -d' ' -f1)
+expect_eq "20 MB response intact over mTLS" "$got" "$($PATTERN --sha256 20000000)"
+out=$(curl -s "http://127.0.0.1:$A_ADMIN/stats")
+expect_match "A reports the upstream handshake" "$out" '"tls_handshakes": [1-9]'
+
+# -- refusals on the strict listener ---------------------------------------------------------
+code=$(curl -s -m 3 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$B_IN/")
+expect_eq "plaintext to a strict listener is refused" "$code" 000
+tls() { curl -s -m 3 -k -o /dev/null -w '%{http_code}' "$@" "https://127.0.0.1:$B_IN/"; }
+expect_eq "TLS without a client certificate is refused" "$(tls)" 000
+expect_eq "a certificate from a foreign trust domain is refused" \
+    "$(tls --cert "$D/evil.pem" --key "$D/evil-key.pem")" 000
+expect_eq "a certificate from an unknown root is refused" \
+    "$(tls --cert "$D/rogue.pem" --key "$D/rogue-key.pem")" 000
+expect_eq "a valid mesh certificate is accepted (curl as the client)" \
+    "$(tls --cert "$D/a.pem" --key "$D/a-key.pem")" 200
+m=$(curl -s "http://127.0.0.1:$B_ADMIN/metrics")
+expect_match "refused handshakes are counted" "$m" 'remora_tls_handshake_failures_total [3-9]'
+expect_match "refused plaintext is counted" "$m" 'remora_tls_plaintext_refused_total [1-9]'
+check "B still alive" alive "$BPID"
+
+# -- permissive: both, identity only when verified ---------------------------------------------
+out=$(curl -s -H 'x-forwarded-client-cert: forged' "http://127.0.0.1:$B_PERM/p")
+expect_match "permissive accepts plaintext" "$out" '"path":"/p"'
+[[ $out == *x-forwarded-client-cert* ]] && fail "permissive plaintext got an XFCC" \
+    || pass "permissive plaintext carries no identity (forged XFCC dropped)"
+out=$(curl -s -k --cert "$D/a.pem" --key "$D/a-key.pem" "https://127.0.0.1:$B_PERM/p")
+expect_match "permissive accepts mTLS with identity" "$out" 'URI=spiffe://cluster.local/ns/shop/sa/frontend'
+
+# -- outbound mesh to something that is not a sidecar ---------------------------------------------
+out=$(curl -s -w ' %{http_code}' "http://127.0.0.1:$A_PLAIN/")
+expect_match "mesh upstream without TLS -> 503 naming mTLS" "$out" 'mTLS.* 503$'
+
+# -- session resumption -------------------------------------------------------------------------
+sess=$TMP/sess.pem
+openssl s_client -connect 127.0.0.1:$B_IN -cert "$D/a.pem" -cert_chain "$D/a.pem" -key "$D/a-key.pem" -CAfile "$D/root.pem" \
+    -sess_out "$sess" </dev/null >/dev/null 2>&1
+out=$(openssl s_client -connect 127.0.0.1:$B_IN -cert "$D/a.pem" -cert_chain "$D/a.pem" -key "$D/a-key.pem" \
+    -CAfile "$D/root.pem" -sess_in "$sess" </dev/null 2>/dev/null | grep -E '^(Reused|New),')
+expect_match "a reconnect resumes the session (ticket)" "$out" '^Reused'
+m=$(curl -s "http://127.0.0.1:$B_ADMIN/metrics")
+expect_match "resumed handshakes are counted" "$m" 'remora_tls_handshakes_resumed_total [1-9]'
+
+# -- rotation under load: new certs for both, no failed request ---------------------------------------
+old_b=$(curl -s "http://127.0.0.1:$B_ADMIN/certs" | jq -r .serial)
+h2load -n 6000 -c 4 -m 4 --rps 1500 "http://127.0.0.1:$A_OUT/r" >"$TMP/load.txt" 2>&1 &
+lpid=$!
+sleep 1
+wl spiffe://cluster.local/ns/shop/sa/web "$D/b2.pem" "$D/b2-key.pem"
+cat "$D/b2-key.pem" >"$D/b-key.pem.new"; cat "$D/b2.pem" >"$D/b.pem.new"
+mv "$D/b-key.pem.new" "$D/b-key.pem"; mv "$D/b.pem.new" "$D/b.pem"
+wl spiffe://cluster.local/ns/shop/sa/frontend "$D/a2.pem" "$D/a2-key.pem"
+mv "$D/a2-key.pem" "$D/a-key.pem"; mv "$D/a2.pem" "$D/a.pem"
+wait $lpid
+out=$(grep -E '^requests:' "$TMP/load.txt")
+expect_match "rotation under load: every request succeeded" "$out" 'requests: 6000 total.* 6000 succeeded, 0 failed'
+for _ in $(seq 50); do
+    c=$(curl -s "http://127.0.0.1:$B_ADMIN/certs"); [[ $(jq -r .rotations <<<"$c") -ge 1 ]] && break; sleep 0.1
+done
+expect_eq "B rotated once" "$(jq -r .rotations <<<"$c")" 1
+[[ $(jq -r .serial <<<"$c") != "$old_b" ]] && pass "B serves a new serial" || fail "B serial unchanged"
+out=$(curl -s "http://127.0.0.1:$A_OUT/after")
+expect_match "traffic flows after rotation" "$out" '"path":"/after"'
+
+# -- broken new files keep the old identity --------------------------------------------------------
+echo "garbage" >"$D/b.pem"
+sleep 1.5
+c=$(curl -s "http://127.0.0.1:$B_ADMIN/certs")
+expect_match "a bad certificate file is reported" "$(jq -r .last_error <<<"$c")" 'keeping the current one'
+expect_eq "... and the old certificate stays ready" "$(jq -r .ready <<<"$c")" true
+out=$(curl -s "http://127.0.0.1:$A_OUT/still")
+expect_match "... and traffic still flows" "$out" '"path":"/still"'
+
+stop_pid "$APID"; expect_eq "A exits 0" "$STOP_RC" 0
+stop_pid "$BPID"; expect_eq "B exits 0" "$STOP_RC" 0
+for l in a b; do
+    if grep -q "ERROR: AddressSanitizer\|runtime error\|LeakSanitizer" "$TMP/$l.log"; then
+        fail "sanitizers clean ($l)"; grep -A20 "Sanitizer\|runtime error" "$TMP/$l.log" | head -40
+    else
+        pass "sanitizers clean ($l)"
+    fi
+done
+finish
