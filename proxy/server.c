@@ -10,6 +10,7 @@
 #include "common/log.h"
 #include "common/xalloc.h"
 #include "proxy/admin.h"
+#include "proxy/authz.h"
 #include "proxy/conn.h"
 #include "proxy/h1.h"
 #include "proxy/h2.h"
@@ -89,8 +90,12 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     (void)what;
     (void)arg;
     if (sig == SIGHUP) {
-        /* policy and routes reload hook in here (later issues) */
-        cm_info("SIGHUP: nothing to reload in this build");
+        char *err = NULL;
+        cm_info("SIGHUP: reloading policy");
+        if (px_authz_reload(&err) != 0) {
+            cm_warn("SIGHUP: policy reload failed, keeping the last good policy: %s", err);
+            free(err);
+        }
         return;
     }
     cm_info("%s: draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -132,6 +137,11 @@ int px_server_run(struct px_config *cfg)
             cm_warn("access_log: cannot open %s; access log off", cfg->access_log);
     }
 
+    if (px_authz_start(cfg, &err) != 0) {
+        cm_error("%s", err);
+        rc = CM_ERR_INVAL;
+        goto out;
+    }
     if (px_identity_start(cfg, &err) != 0) {
         cm_error("%s", err);
         rc = CM_ERR_INVAL;
@@ -152,6 +162,7 @@ int px_server_run(struct px_config *cfg)
         goto out;
     }
     px_identity_admin_routes();
+    px_authz_admin_routes();
     px_srv->listeners_bound = true;
     cm_info("remora-proxy ready");
     event_base_dispatch(px_srv->base);
@@ -162,6 +173,7 @@ out:
     px_h2_shutdown();
     px_tcp_shutdown();
     px_identity_shutdown();
+    px_authz_shutdown();
     px_stream_gc();
     px_stream_freelist_clear();
     /* connections still listed were never handed to a codec (detecting) */

@@ -7,6 +7,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/xalloc.h"
+#include "proxy/authz.h"
 #include "proxy/conn.h"
 #include "proxy/h1.h"
 #include "proxy/h2.h"
@@ -273,6 +274,9 @@ void px_stream_on_req_head(struct px_stream *s)
         s->up_proto = PX_UP_H2;
         s->up_tls = true;
     }
+    /* the request chain: authorize -> route -> forward */
+    if (s->lcfg->direction == PX_DIR_INBOUND && !px_authz_check(s))
+        return;
     if (s->lcfg->direction == PX_DIR_INBOUND && pass_client_cert(s) != 0)
         return;
     /* TE: trailers is meaningful to an HTTP/2 peer (gRPC); HTTP/1.1 drops it */
