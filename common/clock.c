@@ -34,11 +34,17 @@ int64_t cm_wall_s(void)
 
 char *cm_fmt_rfc3339_ms(int64_t epoch_ms, char *buf, size_t len)
 {
-    time_t s = (time_t)(epoch_ms / 1000);
+    /* floor division: -1 ms is 1969-12-31T23:59:59.999Z */
+    int64_t secs = epoch_ms / 1000, ms = epoch_ms % 1000;
+    if (ms < 0) {
+        ms += 1000;
+        secs -= 1;
+    }
+    time_t s = (time_t)secs;
     struct tm tm;
     gmtime_r(&s, &tm);
     snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(epoch_ms % 1000));
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)ms);
     return buf;
 }
 

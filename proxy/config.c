@@ -193,13 +193,14 @@ static int parse_root(const char *name, json_t *root, struct px_config *cfg, cha
     if (cm_json_get_child(&p, root, "listeners", true, JSON_ARRAY, &listeners, errmsg) != 0)
         return CM_ERR_INVAL;
     cm_jpath_key(&c, &p, "listeners");
-    cfg->nlisteners = json_array_size(listeners);
-    if (cfg->nlisteners == 0)
+    size_t nl = json_array_size(listeners);
+    if (nl == 0)
         return cm_json_fail(&c, errmsg, "at least one listener is required");
-    if (cfg->nlisteners > 64)
+    if (nl > 64)
         return cm_json_fail(&c, errmsg, "at most 64 listeners");
-    cfg->listeners = cm_xcalloc(cfg->nlisteners, sizeof(*cfg->listeners));
-    for (size_t i = 0; i < cfg->nlisteners; i++) {
+    cfg->listeners = cm_xcalloc(nl, sizeof(*cfg->listeners));
+    cfg->nlisteners = nl;
+    for (size_t i = 0; i < nl; i++) {
         struct cm_jpath li;
         cm_jpath_index(&li, &c, i);
         if (parse_listener(&li, json_array_get(listeners, i), &cfg->listeners[i], errmsg) != 0) {

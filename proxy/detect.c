@@ -24,7 +24,7 @@ enum px_conn_proto px_detect(const uint8_t *buf, size_t len)
         i++;
     if (i == len && i < 20)
         return PX_PROTO_UNKNOWN;
-    if (i >= 3 && i < len && buf[i] == ' ')
+    if (i >= 3 && i < 20 && i < len && buf[i] == ' ')
         return PX_PROTO_HTTP1;
     return PX_PROTO_TCP;
 }

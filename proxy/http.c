@@ -141,7 +141,21 @@ bool px_hdr_has_token(const char *value, size_t len, const char *token)
     return false;
 }
 
-/* Remove the headers named in a Connection value (each token). */
+/* Remove every header whose name equals (case-insensitively) the n bytes at
+ * name; names in the list are already lower case. */
+static void remove_named(struct px_msg *m, const char *name, size_t n)
+{
+    uint32_t o = 0;
+    for (uint32_t i = 0; i < m->nhdrs; i++) {
+        if (m->hdrs[i].namelen == n && strncasecmp(m->hdrs[i].name, name, n) == 0)
+            continue;
+        m->hdrs[o++] = m->hdrs[i];
+    }
+    m->nhdrs = o;
+}
+
+/* Remove the headers named by one Connection value. Never lets a token
+ * remove what framing needs (Content-Length, Host). */
 static void strip_connection_tokens(struct px_msg *m, const char *value, size_t len)
 {
     size_t i = 0;
@@ -154,47 +168,46 @@ static void strip_connection_tokens(struct px_msg *m, const char *value, size_t 
         size_t end = i;
         while (end > start && is_ows(value[end - 1]))
             end--;
-        char name[64];
         size_t n = end - start;
-        if (n == 0 || n >= sizeof(name))
+        if (n == 0 || (n == 14 && strncasecmp(value + start, "content-length", 14) == 0) ||
+            (n == 4 && strncasecmp(value + start, "host", 4) == 0))
             continue;
-        for (size_t k = 0; k < n; k++) {
-            char c = value[start + k];
-            name[k] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
-        }
-        name[n] = '\0';
-        /* Never let a Connection token remove what framing needs downstream. */
-        if (strcmp(name, "content-length") == 0 || strcmp(name, "host") == 0)
-            continue;
-        px_msg_remove(m, name);
+        remove_named(m, value + start, n);
     }
 }
 
 void px_msg_strip_hop_by_hop(struct px_msg *m, bool keep_te_trailers)
 {
-    /* Connection may appear several times; collect its tokens first. */
-    for (uint32_t i = 0; i < m->nhdrs; i++) {
+    /* TE: trailers survives toward HTTP/2 even when Connection lists TE
+     * (RFC 9110 requires HTTP/1.1 clients to list it there). */
+    const struct px_hdr *te = px_msg_find(m, "te");
+    bool trailers = keep_te_trailers && te != NULL && px_hdr_has_token(te->value, te->valuelen,
+                                                                        "trailers");
+    /* Connection values live in the arena: collect them before removing
+     * anything, since removal compacts the header array. */
+    const char *conn_vals[16];
+    uint32_t conn_lens[16];
+    unsigned nconn = 0;
+    for (uint32_t i = 0; i < m->nhdrs && nconn < 16; i++) {
         if (strcmp(m->hdrs[i].name, "connection") == 0) {
-            const struct px_hdr h = m->hdrs[i];
-            strip_connection_tokens(m, h.value, h.valuelen);
+            conn_vals[nconn] = m->hdrs[i].value;
+            conn_lens[nconn++] = m->hdrs[i].valuelen;
         }
     }
+    for (unsigned k = 0; k < nconn; k++)
+        strip_connection_tokens(m, conn_vals[k], conn_lens[k]);
     static const char *const hop[] = {"connection",        "keep-alive", "proxy-connection",
-                                      "transfer-encoding", "upgrade",    "http2-settings"};
+                                      "transfer-encoding", "upgrade",    "http2-settings", "te"};
     for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
         px_msg_remove(m, hop[i]);
-    const struct px_hdr *te = px_msg_find(m, "te");
-    if (te != NULL) {
-        bool trailers = keep_te_trailers && px_hdr_has_token(te->value, te->valuelen, "trailers");
-        px_msg_remove(m, "te");
-        if (trailers) {
-            /* re-add as exactly "trailers": the only TE value h2 allows */
-            m->hdrs[m->nhdrs].name = "te";
-            m->hdrs[m->nhdrs].namelen = 2;
-            m->hdrs[m->nhdrs].value = "trailers";
-            m->hdrs[m->nhdrs].valuelen = 8;
-            m->nhdrs++; /* a slot was freed by the removal above */
-        }
+    if (trailers) {
+        /* re-add as exactly "trailers", the only TE value HTTP/2 allows; a
+         * slot is free since at least the original TE was removed */
+        m->hdrs[m->nhdrs].name = "te";
+        m->hdrs[m->nhdrs].namelen = 2;
+        m->hdrs[m->nhdrs].value = "trailers";
+        m->hdrs[m->nhdrs].valuelen = 8;
+        m->nhdrs++;
     }
 }
 
