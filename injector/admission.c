@@ -12,6 +12,11 @@
 
 static void fail_400(struct ij_review *out, char *msg)
 {
+    /* The message may quote the body (jansson's "near '...'"): keep it
+     * printable ASCII so it is valid JSON text and one log line. */
+    for (char *c = msg; *c; c++)
+        if ((unsigned char)*c < 0x20 || (unsigned char)*c > 0x7e)
+            *c = '?';
     json_t *e = json_pack("{s:s, s:i}", "error", msg, "code", 400);
     out->http_status = 400;
     out->errmsg = msg;

@@ -61,6 +61,10 @@ static void warn(json_t *warnings, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(buf, sizeof(buf), fmt, ap);
     va_end(ap);
+    /* Quoted values may be cut inside a UTF-8 sequence: keep ASCII. */
+    for (char *c = buf; *c; c++)
+        if ((unsigned char)*c < 0x20 || (unsigned char)*c > 0x7e)
+            *c = '?';
     json_array_append_new(warnings, json_string(buf));
 }
 
