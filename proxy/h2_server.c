@@ -6,8 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <event2/bufferevent.h>
-
 #include "common/err.h"
 #include "common/log.h"
 #include "common/xalloc.h"
@@ -323,26 +321,11 @@ void px_h2_server_destroy_streams(struct px_h2_session *sess)
     }
 }
 
-/* The connection's px_io, with the bytes read so far. A listener that still
- * hands over a bufferevent (c->bev) gets it converted back. */
-static struct px_io *take_io(struct px_conn *c)
-{
-    struct px_io *io = c->io;
-    c->io = NULL;
-    if (io == NULL && c->bev != NULL) {
-        int fd = bufferevent_getfd(c->bev);
-        io = px_io_new(px_srv->base, fd);
-        evbuffer_add_buffer(px_io_input(io), bufferevent_get_input(c->bev));
-        bufferevent_setfd(c->bev, -1); /* the fd now belongs to io */
-        bufferevent_free(c->bev);
-        c->bev = NULL;
-    }
-    return io;
-}
-
 void px_h2_server_start(struct px_conn *c)
 {
-    struct px_h2_session *sess = px_h2_session_new(PX_H2_SERVER, take_io(c));
+    /* the io carries the bytes read so far (the preface at least) */
+    struct px_h2_session *sess = px_h2_session_new(PX_H2_SERVER, c->io);
+    c->io = NULL;
     sess->conn = c;
     c->handler = sess;
     cm_list_insert_tail(&px_h2_server_list, &sess->link);
