@@ -262,6 +262,70 @@ for f in "$DATA"/*.json; do
 done
 collect
 
+# ---- manifests ---------------------------------------------------------------
+if kubectl kustomize "$REMORA_ROOT/manifests" >"$TMP/manifests.yaml" 2>"$TMP/kustomize.err"; then
+    pass "kubectl kustomize manifests/ renders offline"
+else
+    fail "kubectl kustomize manifests/: $(head -c 300 "$TMP/kustomize.err")"
+fi
+check "kubectl kustomize manifests/cert-manager renders offline" \
+    bash -c "kubectl kustomize '$REMORA_ROOT/manifests/cert-manager' >'$TMP/manifests-cm.yaml'"
+if ((NODE_OK)); then
+    node "$REMORA_ROOT/test/js/check-manifests.js" <"$TMP/manifests.yaml" >"$TMP/manifests.out" 2>&1
+    grep -E '^(PASS|FAIL): ' "$TMP/manifests.out"
+    _fails=$((_fails + $(grep -c '^FAIL: ' "$TMP/manifests.out" || true)))
+    NODE_PATH=$REMORA_ROOT/test/js/node_modules node -e '
+        const y = require("js-yaml"), fs = require("fs");
+        console.log(JSON.stringify(y.loadAll(fs.readFileSync(0, "utf8")).filter(Boolean)));' \
+        <"$TMP/manifests.yaml" >"$TMP/manifests.json"
+    m() { jq -r "$1" "$TMP/manifests.json"; }
+    expect_eq "webhook: v1 reviews, no side effects, reinvoked if needed, fails closed" \
+        "$(m '.[] | select(.kind == "MutatingWebhookConfiguration") | .webhooks[0] |
+            [.admissionReviewVersions[0], .sideEffects, .reinvocationPolicy, .failurePolicy,
+             .clientConfig.service.path, (.timeoutSeconds | tostring)] | join(" ")')" \
+        "v1 None IfNeeded Fail /inject 5"
+    expect_eq "webhook: namespaceSelector on remora-injection=enabled, never kube-system or remora-system" \
+        "$(m '.[] | select(.kind == "MutatingWebhookConfiguration") | .webhooks[0].namespaceSelector.matchExpressions |
+            map(.key + " " + .operator + " " + (.values | join(","))) | join("; ")')" \
+        "remora-injection In enabled; kubernetes.io/metadata.name NotIn kube-system,remora-system"
+    expect_eq "webhook: CREATE pods only" \
+        "$(m '.[] | select(.kind == "MutatingWebhookConfiguration") | .webhooks[0].rules' | jq -cS .)" \
+        '[{"apiGroups":[""],"apiVersions":["v1"],"operations":["CREATE"],"resources":["pods"],"scope":"Namespaced"}]'
+    expect_eq "deployment: 2 replicas, non-root, read-only, probes, resources, anti-affinity" \
+        "$(m '.[] | select(.kind == "Deployment" and .metadata.name == "remora-injector") |
+            [.spec.replicas, .spec.template.spec.securityContext.runAsNonRoot,
+             .spec.template.spec.containers[0].securityContext.readOnlyRootFilesystem,
+             .spec.template.spec.containers[0].readinessProbe.httpGet.path,
+             .spec.template.spec.containers[0].livenessProbe.httpGet.path,
+             (.spec.template.spec.containers[0].resources.limits.memory != null),
+             (.spec.template.spec.affinity.podAntiAffinity != null)] | map(tostring) | join(" ")')" \
+        "2 true true /readyz /healthz true true"
+    # The shipped config passes --check-config (with this test's certificate).
+    m '.[] | select(.kind == "ConfigMap" and (.metadata.name | startswith("remora-injector-config"))) |
+        .data["config.json"]' |
+        jq --arg c "$TMP/pki/cert.pem" --arg k "$TMP/pki/key.pem" --arg t "$REMORA_ROOT/manifests/injector/template.json" \
+            '.webhook.cert_file = $c | .webhook.key_file = $k | .template_file = $t' >"$TMP/shipped.json"
+    out=$("$INJECTOR" --check-config -c "$TMP/shipped.json" 2>&1)
+    expect_eq "the shipped config.json passes --check-config" "$?:$out" "0:$TMP/shipped.json: ok"
+    expect_eq "the shipped template ConfigMap is manifests/injector/template.json" \
+        "$(m '.[] | select(.metadata.name == "remora-sidecar-template") | .data["template.json"]' | jq -cS .)" \
+        "$(jq -cS . "$REMORA_ROOT/manifests/injector/template.json")"
+    # The sample app's pod, as its ReplicaSet would create it, through the webhook.
+    m '.[] | select(.kind == "Deployment" and .metadata.name == "web") |
+        {apiVersion: "admission.k8s.io/v1", kind: "AdmissionReview",
+         request: {uid: "sample-web", kind: {group: "", version: "v1", kind: "Pod"},
+                   resource: {group: "", version: "v1", resource: "pods"},
+                   namespace: .metadata.namespace, operation: "CREATE",
+                   object: {apiVersion: "v1", kind: "Pod",
+                            metadata: (.spec.template.metadata + {generateName: "web-", namespace: .metadata.namespace}),
+                            spec: .spec.template.spec}}}' >"$TMP/work/sample-web.review.json"
+    run_review "$NPORT" sample-web "$TMP/work/sample-web.review.json" 1 native
+    expect_eq "sample app: policy and exclusion reach the pod" \
+        "$(jq -r '[(.spec.volumes[] | select(.name == "remora-policy") | .configMap.name),
+                   (.spec.initContainers[0].args | .[index("--exclude-inbound-ports") + 1])] | join(" ")' \
+            "$TMP/check/sample-web.patched.json")" "web-policy 9113"
+fi
+
 # ---- every patched pod: kubernetes-models + the injection contract --------------
 if ((NODE_OK)); then
     node "$REMORA_ROOT/test/js/check-pods.js" "$TMP/check" >"$TMP/check.out" 2>&1
