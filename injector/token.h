@@ -15,12 +15,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define IJ_TOKEN_MAX (16 * 1024)   /* longest token we look at */
-#define IJ_JWKS_MAX (1024 * 1024)  /* largest JWKS document */
-#define IJ_JWKS_MAX_KEYS 64        /* keys in one JWKS */
-#define IJ_TOKEN_SKEW_S 60         /* allowed clock skew on exp / nbf / iat */
-#define IJ_TOKEN_NAME_MAX 254      /* namespace (63) and service account (253) names, NUL */
-#define IJ_TOKEN_UID_MAX 64        /* Kubernetes UIDs are 36 characters */
+#define IJ_TOKEN_MAX      (16 * 1024)   /* longest token we look at */
+#define IJ_JWKS_MAX       (1024 * 1024) /* largest JWKS document */
+#define IJ_JWKS_MAX_KEYS  64            /* keys in one JWKS */
+#define IJ_TOKEN_SKEW_S   60            /* allowed clock skew on exp / nbf / iat */
+#define IJ_TOKEN_NAME_MAX 254           /* namespace (63) and service account (253) names, NUL */
+#define IJ_TOKEN_UID_MAX  64            /* Kubernetes UIDs are 36 characters */
 
 /* Why a token was refused; also the label of the refusal in /metrics. */
 enum ij_token_reason {
@@ -30,21 +30,21 @@ enum ij_token_reason {
     IJ_TOKEN_UNKNOWN_KEY,   /* no key in the JWKS for this kid and algorithm */
     IJ_TOKEN_SIGNATURE,     /* the signature does not verify */
     IJ_TOKEN_AUDIENCE,      /* aud missing or without our audience */
-    IJ_TOKEN_EXPIRED,       /* exp in the past (beyond the skew), or missing */
+    IJ_TOKEN_EXPIRED,       /* exp in the past (beyond the skew) */
     IJ_TOKEN_NOT_YET_VALID, /* nbf or iat in the future (beyond the skew) */
-    IJ_TOKEN_CLAIMS,        /* kubernetes.io claim missing or malformed */
+    IJ_TOKEN_CLAIMS,        /* no exp, bad dates, kubernetes.io claim missing or malformed */
     IJ_TOKEN__COUNT
 };
 
 /* What a verified token says about its holder. */
 struct ij_token_claims {
-    char ns[IJ_TOKEN_NAME_MAX];       /* kubernetes.io.namespace */
-    char sa[IJ_TOKEN_NAME_MAX];       /* kubernetes.io.serviceaccount.name */
-    char sa_uid[IJ_TOKEN_UID_MAX];    /* kubernetes.io.serviceaccount.uid ("" if absent) */
-    char pod[IJ_TOKEN_NAME_MAX];      /* kubernetes.io.pod.name ("" if absent) */
-    char pod_uid[IJ_TOKEN_UID_MAX];   /* kubernetes.io.pod.uid ("" if absent) */
-    char kid[IJ_TOKEN_NAME_MAX];      /* the key that signed it ("" if none given) */
-    int64_t exp;                      /* expiry, epoch seconds */
+    char ns[IJ_TOKEN_NAME_MAX];     /* kubernetes.io.namespace */
+    char sa[IJ_TOKEN_NAME_MAX];     /* kubernetes.io.serviceaccount.name */
+    char sa_uid[IJ_TOKEN_UID_MAX];  /* kubernetes.io.serviceaccount.uid ("" if absent) */
+    char pod[IJ_TOKEN_NAME_MAX];    /* kubernetes.io.pod.name ("" if absent) */
+    char pod_uid[IJ_TOKEN_UID_MAX]; /* kubernetes.io.pod.uid ("" if absent) */
+    char kid[IJ_TOKEN_NAME_MAX];    /* the key that signed it ("" if none given) */
+    int64_t exp;                    /* expiry, epoch seconds */
 };
 
 struct ij_jwks;
@@ -67,9 +67,9 @@ size_t ij_jwks_skipped(const struct ij_jwks *k);
  * seconds) for `audience`. Returns 0 and fills *claims, or CM_ERR_INVAL with
  * *reason and *errmsg (caller frees) saying what is wrong in words a cluster
  * operator can act on. */
-int ij_token_verify(const struct ij_jwks *keys, const char *token, size_t len,
-                    const char *audience, int64_t now, struct ij_token_claims *claims,
-                    enum ij_token_reason *reason, char **errmsg);
+int ij_token_verify(const struct ij_jwks *keys, const char *token, size_t len, const char *audience,
+                    int64_t now, struct ij_token_claims *claims, enum ij_token_reason *reason,
+                    char **errmsg);
 
 /* Short label of a reason ("signature", "expired", ...). */
 const char *ij_token_reason_name(enum ij_token_reason r);

@@ -1,0 +1,699 @@
+#include "injector/ca.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "certs/pki.h"
+#include "common/clock.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/net.h"
+#include "common/xalloc.h"
+#include "injector/stamp.h"
+#include "injector/token.h"
+
+#define JWKS_CHECK_MS 1000 /* look at the JWKS file at most once a second */
+#define CA_MAX_PEM    (1024 * 1024)
+
+/* How a sign request ended, beside "issued": the label of the refusal. */
+enum refusal {
+    RF_TOO_LARGE = 0, /* 413: body over IJ_CA_MAX_BODY */
+    RF_NO_TOKEN,      /* 401: no Authorization: Bearer */
+    RF_TOKEN,         /* 401: first of the token reasons (IJ_TOKEN_MALFORMED...) */
+    RF_BAD_REQUEST = RF_TOKEN + IJ_TOKEN__COUNT - 1, /* 400: body not {"csr": "..."} */
+    RF_BAD_CSR,                                      /* 400: CSR unparsable or unverified */
+    RF_IDENTITY,                                     /* 403: CSR identity != token identity */
+    RF_INTERNAL,                                     /* 500: signing failed */
+    RF__COUNT
+};
+
+static const char *const refusal_names[RF__COUNT] = {
+    "too_large",           "no_token",        "token_malformed", "token_algorithm",
+    "token_unknown_key",   "token_signature", "token_audience",  "token_expired",
+    "token_not_yet_valid", "token_claims",    "bad_request",     "bad_csr",
+    "identity_mismatch",   "internal",
+};
+_Static_assert(RF_BAD_REQUEST == 10 && IJ_TOKEN__COUNT == 9,
+               "refusal_names follows enum refusal and enum ij_token_reason");
+
+static const char *refusal_name(enum refusal r)
+{
+    return (unsigned)r < RF__COUNT ? refusal_names[r] : "unknown";
+}
+
+/* ---- counters (process-wide, like metrics.c) ------------------------------------------- */
+
+static const uint64_t bucket_us[] = {500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000};
+#define NBUCKETS (sizeof(bucket_us) / sizeof(bucket_us[0]))
+
+static atomic_uint_fast64_t issued;
+static atomic_uint_fast64_t refused[RF__COUNT];
+static atomic_uint_fast64_t hist[NBUCKETS + 1];
+static atomic_uint_fast64_t hist_sum_us;
+static atomic_uint_fast64_t ca_reloads[2];
+static struct ij_ca *_Atomic active; /* the CA /metrics reports on */
+
+static void observe(uint64_t us)
+{
+    size_t b = 0;
+    while (b < NBUCKETS && us > bucket_us[b])
+        b++;
+    atomic_fetch_add(&hist[b], 1);
+    atomic_fetch_add(&hist_sum_us, us);
+}
+
+/* ---- the signing material ------------------------------------------------------------ */
+
+/* An immutable snapshot of the CA files; a request signs with the one it
+ * took, whatever a reload does meanwhile. */
+struct snap {
+    atomic_int refs;
+    struct pki_ca ca;
+    /* mbedTLS keeps a lazily built table in the signing key's EC group: one
+     * signature at a time per key. */
+    pthread_mutex_t sign_mu;
+    int64_t not_after;
+};
+
+struct ij_ca {
+    const struct ij_config *cfg;
+    pthread_mutex_t mu; /* guards cur */
+    struct snap *cur;   /* a reference */
+    struct ij_stamp stamps[3];
+    struct ij_jwks_file *jwks;
+    /* the ca.address server */
+    struct MHD_Daemon *daemon;
+    struct ij_tls *tls;
+    atomic_uint connections;
+    int fd;
+    unsigned port;
+};
+
+static void snap_unref(struct snap *s)
+{
+    if (s != NULL && atomic_fetch_sub(&s->refs, 1) == 1) {
+        pki_ca_free(&s->ca);
+        pthread_mutex_destroy(&s->sign_mu);
+        free(s);
+    }
+}
+
+static struct snap *snap_get(struct ij_ca *ca)
+{
+    pthread_mutex_lock(&ca->mu);
+    struct snap *s = ca->cur;
+    atomic_fetch_add(&s->refs, 1);
+    pthread_mutex_unlock(&ca->mu);
+    return s;
+}
+
+static void stamp_files(const struct ij_config *cfg, struct ij_stamp st[3])
+{
+    st[0] = ij_stamp_get(cfg->ca_cert_file);
+    st[1] = ij_stamp_get(cfg->ca_key_file);
+    st[2] = ij_stamp_get(cfg->ca_root_file);
+}
+
+static int snap_load(const struct ij_config *cfg, struct snap **out, char **errmsg)
+{
+    struct snap *s = cm_xcalloc(1, sizeof(*s));
+    atomic_init(&s->refs, 1);
+    pthread_mutex_init(&s->sign_mu, NULL);
+    if (pki_ca_load(&s->ca, cfg->ca_cert_file, cfg->ca_key_file, cfg->ca_root_file, errmsg) != 0) {
+        snap_unref(s);
+        return CM_ERR_INVAL;
+    }
+    if (s->ca.bundle_pem == NULL || s->ca.bundle_pem[0] == '\0') {
+        free(*errmsg);
+        *errmsg = cm_xasprintf("%s: ca.root_file is required: %s holds no root for the trust "
+                               "bundle",
+                               cfg->file, cfg->ca_cert_file);
+        snap_unref(s);
+        return CM_ERR_INVAL;
+    }
+    s->not_after = pki_crt_not_after(&s->ca.issuer);
+    *out = s;
+    return 0;
+}
+
+int ij_ca_new(const struct ij_config *cfg, struct ij_ca **out, char **errmsg)
+{
+    *out = NULL;
+    if (cfg->ca_cert_file == NULL)
+        return 0;
+    struct ij_ca *ca = cm_xcalloc(1, sizeof(*ca));
+    ca->cfg = cfg;
+    ca->fd = -1;
+    pthread_mutex_init(&ca->mu, NULL);
+    stamp_files(cfg, ca->stamps);
+    if (snap_load(cfg, &ca->cur, errmsg) != 0 ||
+        ij_jwks_file_new(cfg->ca_jwks_file, &ca->jwks, errmsg) != 0) {
+        ij_ca_free(ca);
+        return CM_ERR_INVAL;
+    }
+    struct ij_jwks_stats st;
+    ij_jwks_file_stats(ca->jwks, &st);
+    char na[32];
+    cm_info("CA: signing for trust domain %s with %s (notAfter %s), %lld s certificates; "
+            "JWKS %s: %zu keys (%zu skipped), audience %s",
+            cfg->trust_domain, cfg->ca_cert_file,
+            cm_fmt_rfc3339(ca->cur->not_after, na, sizeof(na)), (long long)cfg->ca_ttl_seconds,
+            cfg->ca_jwks_file, st.keys, st.skipped, cfg->ca_audience);
+    atomic_store(&active, ca);
+    *out = ca;
+    return 0;
+}
+
+void ij_ca_free(struct ij_ca *ca)
+{
+    if (ca == NULL)
+        return;
+    struct ij_ca *expect = ca;
+    atomic_compare_exchange_strong(&active, &expect, NULL);
+    snap_unref(ca->cur);
+    ij_jwks_file_free(ca->jwks);
+    pthread_mutex_destroy(&ca->mu);
+    free(ca);
+}
+
+void ij_ca_poll(struct ij_ca *ca, bool force)
+{
+    if (ca == NULL)
+        return;
+    char *err = NULL;
+    struct ij_stamp now[3];
+    stamp_files(ca->cfg, now);
+    bool changed = force;
+    for (int i = 0; i < 3; i++)
+        changed = changed || !ij_stamp_equal(&now[i], &ca->stamps[i]);
+    if (changed) {
+        /* A key and its certificate rarely land in the same instant: a
+         * mismatched pair is refused now and loaded once both are there. */
+        memcpy(ca->stamps, now, sizeof(now));
+        struct snap *s = NULL;
+        if (snap_load(ca->cfg, &s, &err) == 0) {
+            pthread_mutex_lock(&ca->mu);
+            struct snap *old = ca->cur;
+            ca->cur = s;
+            pthread_mutex_unlock(&ca->mu);
+            snap_unref(old);
+            atomic_fetch_add(&ca_reloads[1], 1);
+            char na[32];
+            cm_info("CA: signing material reloaded from %s (notAfter %s)", ca->cfg->ca_cert_file,
+                    cm_fmt_rfc3339(s->not_after, na, sizeof(na)));
+        } else {
+            atomic_fetch_add(&ca_reloads[0], 1);
+            cm_error("CA: signing material not reloaded, keeping the one in force: %s", err);
+        }
+        free(err);
+        err = NULL;
+    }
+    ij_jwks_file_reload(ca->jwks, force, &err); /* logs itself */
+    free(err);
+}
+
+/* ---- POST /v1/sign --------------------------------------------------------------------- */
+
+static enum MHD_Result send_json(struct MHD_Connection *conn, unsigned code, json_t *doc)
+{
+    char *body = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    if (body == NULL)
+        return MHD_NO;
+    /* MUST_FREE: MHD frees the body with free() once sent. */
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
+    if (r == NULL) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    MHD_add_response_header(r, "Cache-Control", "no-store");
+    if (code == MHD_HTTP_UNAUTHORIZED)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+                                "Bearer realm=\"remora-ca\", error=\"invalid_token\"");
+    enum MHD_Result ret = MHD_queue_response(conn, code, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *conn, unsigned code, const char *reason,
+                                  const char *msg)
+{
+    return send_json(
+        conn, code,
+        json_pack("{s:s, s:s, s:i}", "error", msg, "reason", reason, "code", (int)code));
+}
+
+static void peer_name(struct MHD_Connection *conn, char *buf, size_t len)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    snprintf(buf, len, "?");
+    if (ci == NULL || ci->client_addr == NULL)
+        return;
+    const struct sockaddr *sa = ci->client_addr;
+    socklen_t sl = sa->sa_family == AF_INET6 ? (socklen_t)sizeof(struct sockaddr_in6)
+                                             : (socklen_t)sizeof(struct sockaddr_in);
+    struct cm_addr a;
+    cm_addr_from_sockaddr(&a, sa, sl);
+    cm_addr_format(&a, buf, len);
+}
+
+/* The SPIFFE ID a CSR asks for, for the log line of a refusal: parsed, not
+ * verified (the signature only matters when we sign). */
+static void asked_identity(const char *pem, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "%s", pem == NULL ? "(no CSR)" : "(unreadable CSR)");
+    if (pem == NULL)
+        return;
+    mbedtls_x509_csr csr;
+    mbedtls_x509_csr_init(&csr);
+    char *err = NULL;
+    size_t len = strlen(pem);
+    if (len > 0 && len <= IJ_CA_MAX_BODY &&
+        mbedtls_x509_csr_parse(&csr, (const unsigned char *)pem, len + 1) == 0)
+        pki_csr_spiffe_id(&csr, out, outlen, &err);
+    free(err);
+    mbedtls_x509_csr_free(&csr);
+}
+
+/* Everything known about one request, for its answer and its log line. */
+struct sign_req {
+    struct ij_ca *ca;
+    struct MHD_Connection *conn;
+    const char *csr_pem; /* borrowed from body_doc */
+    struct ij_token_claims claims;
+    bool have_claims;
+    char asked[PKI_SPIFFE_MAX];
+    uint64_t t0;
+};
+
+static enum MHD_Result refuse(struct sign_req *q, unsigned code, enum refusal rf, const char *fmt,
+                              ...) __attribute__((format(printf, 4, 5)));
+static enum MHD_Result refuse(struct sign_req *q, unsigned code, enum refusal rf, const char *fmt,
+                              ...)
+{
+    char msg[700], peer[CM_ADDR_STRLEN], who[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (q->asked[0] == '\0')
+        asked_identity(q->csr_pem, q->asked, sizeof(q->asked));
+    peer_name(q->conn, peer, sizeof(peer));
+    if (q->have_claims)
+        snprintf(who, sizeof(who), "token for ns %s sa %s%s%s", q->claims.ns, q->claims.sa,
+                 q->claims.pod[0] ? " pod " : "", q->claims.pod);
+    else
+        snprintf(who, sizeof(who), "no valid token");
+    cm_warn("CA: refused %s from %s: %u %s: %s (asked for %s; %s)", IJ_CA_SIGN_PATH, peer, code,
+            refusal_name(rf), msg, q->asked, who);
+    atomic_fetch_add(&refused[rf], 1);
+    observe(cm_mono_us() - q->t0);
+    return send_error(q->conn, code, refusal_name(rf), msg);
+}
+
+/* "Bearer <token>": the scheme is case-insensitive (RFC 7235 §2.1). */
+static const char *bearer_token(struct MHD_Connection *conn, const char **why)
+{
+    const char *h =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (h == NULL || *h == '\0') {
+        *why = "no Authorization header: send \"Authorization: Bearer <service-account token>\"";
+        return NULL;
+    }
+    if (strncasecmp(h, "Bearer", 6) != 0 || (h[6] != ' ' && h[6] != '\t')) {
+        *why = "Authorization is not a Bearer token";
+        return NULL;
+    }
+    h += 6;
+    while (*h == ' ' || *h == '\t')
+        h++;
+    if (*h == '\0') {
+        *why = "Authorization: Bearer with an empty token";
+        return NULL;
+    }
+    return h;
+}
+
+enum MHD_Result ij_ca_sign(struct ij_ca *ca, struct MHD_Connection *conn, const char *body,
+                           size_t len, bool too_large)
+{
+    struct sign_req q = {.ca = ca, .conn = conn, .t0 = cm_mono_us()};
+    const struct ij_config *cfg = ca->cfg;
+    json_t *doc = NULL;
+    char *err = NULL, *chain = NULL;
+    char body_err[200] = "", id[PKI_SPIFFE_MAX], want[PKI_SPIFFE_MAX];
+    enum ij_token_reason why;
+    enum MHD_Result ret;
+    mbedtls_x509_csr csr;
+    mbedtls_x509_csr_init(&csr);
+
+    if (too_large || len > IJ_CA_MAX_BODY) {
+        ret = refuse(&q, MHD_HTTP_CONTENT_TOO_LARGE, RF_TOO_LARGE, "body larger than %d bytes",
+                     IJ_CA_MAX_BODY);
+        goto out;
+    }
+    /* The body is read first only to name the identity asked for in the
+     * log; the token is judged before anything in it is acted upon. */
+    json_error_t je;
+    doc = len ? json_loadb(body, len, JSON_REJECT_DUPLICATES, &je) : NULL;
+    json_t *v = json_object_get(doc, "csr");
+    if (len == 0)
+        snprintf(body_err, sizeof(body_err), "empty body; send {\"csr\": \"<PEM>\"}");
+    else if (doc == NULL)
+        snprintf(body_err, sizeof(body_err), "body is not JSON: %s", je.text);
+    else if (!json_is_object(doc))
+        snprintf(body_err, sizeof(body_err), "body is not a JSON object");
+    else if (v == NULL)
+        snprintf(body_err, sizeof(body_err), "body has no \"csr\"");
+    else if (!json_is_string(v) || json_string_length(v) == 0)
+        snprintf(body_err, sizeof(body_err), "\"csr\" is not a non-empty string");
+    else
+        q.csr_pem = json_string_value(v);
+
+    const char *why_not = NULL, *token = bearer_token(conn, &why_not);
+    if (token == NULL) {
+        ret = refuse(&q, MHD_HTTP_UNAUTHORIZED, RF_NO_TOKEN, "%s", why_not);
+        goto out;
+    }
+    struct ij_jwks *keys = ij_jwks_file_get(ca->jwks, JWKS_CHECK_MS);
+    int rc = ij_token_verify(keys, token, strlen(token), cfg->ca_audience, cm_wall_s(), &q.claims,
+                             &why, &err);
+    ij_jwks_unref(keys);
+    if (rc != 0) {
+        ret = refuse(&q, MHD_HTTP_UNAUTHORIZED, (enum refusal)(RF_TOKEN + why - 1), "%s", err);
+        goto out;
+    }
+    q.have_claims = true;
+    if (pki_spiffe_build(cfg->trust_domain, q.claims.ns, q.claims.sa, want, sizeof(want), &err) !=
+        0) {
+        ret = refuse(&q, MHD_HTTP_UNAUTHORIZED, (enum refusal)(RF_TOKEN + IJ_TOKEN_CLAIMS - 1),
+                     "token names no valid identity: %s", err);
+        goto out;
+    }
+    if (q.csr_pem == NULL) {
+        ret = refuse(&q, MHD_HTTP_BAD_REQUEST, RF_BAD_REQUEST, "%s", body_err);
+        goto out;
+    }
+    if (pki_csr_parse_verify(&csr, (const unsigned char *)q.csr_pem, strlen(q.csr_pem), id,
+                             sizeof(id), &err) != 0) {
+        ret = refuse(&q, MHD_HTTP_BAD_REQUEST, RF_BAD_CSR, "bad CSR: %s", err);
+        goto out;
+    }
+    snprintf(q.asked, sizeof(q.asked), "%s", id);
+    if (strcmp(id, want) != 0) {
+        ret = refuse(&q, MHD_HTTP_FORBIDDEN, RF_IDENTITY,
+                     "the CSR asks for %s but the token is for %s", id, want);
+        goto out;
+    }
+    struct snap *s = snap_get(ca);
+    pthread_mutex_lock(&s->sign_mu);
+    rc = pki_sign_workload(&s->ca, &csr.pk, id, (uint32_t)cfg->ca_ttl_seconds, &chain, &err);
+    pthread_mutex_unlock(&s->sign_mu);
+    if (rc != 0) {
+        snap_unref(s);
+        cm_error("CA: signing %s failed: %s", id, err);
+        ret = refuse(&q, MHD_HTTP_INTERNAL_SERVER_ERROR, RF_INTERNAL, "signing failed: %s", err);
+        goto out;
+    }
+    json_t *answer = json_pack("{s:s, s:s}", "cert_chain", chain, "trust_bundle", s->ca.bundle_pem);
+    snap_unref(s);
+    atomic_fetch_add(&issued, 1);
+    uint64_t us = cm_mono_us() - q.t0;
+    observe(us);
+    cm_info("CA: issued %s (pod %s, key %s) for %lld s in %llu us", id,
+            q.claims.pod[0] ? q.claims.pod : "?", q.claims.kid[0] ? q.claims.kid : "?",
+            (long long)cfg->ca_ttl_seconds, (unsigned long long)us);
+    ret = send_json(conn, MHD_HTTP_OK, answer);
+out:
+    mbedtls_x509_csr_free(&csr);
+    json_decref(doc);
+    free(chain);
+    free(err);
+    return ret;
+}
+
+/* ---- the ca.address server -------------------------------------------------------------- */
+
+/* One request on the CA's own port; freed by MHD's completion callback. */
+struct req {
+    char *buf;
+    size_t len;
+    size_t dropped; /* bytes discarded past the bound */
+    bool too_large; /* answer 413 once the body is in */
+    bool answered;  /* a response was queued at the first call */
+    bool sign;      /* POST /v1/sign */
+};
+
+static enum MHD_Result route(struct MHD_Connection *conn, const char *url, const char *method)
+{
+    bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, "HEAD") == 0;
+    if (strcmp(url, IJ_CA_SIGN_PATH) == 0)
+        return send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method", "use POST");
+    if (strcmp(url, "/healthz") == 0 && get)
+        return send_json(conn, MHD_HTTP_OK, json_pack("{s:s}", "status", "ok"));
+    return send_error(conn, MHD_HTTP_NOT_FOUND, "path",
+                      "no such path; the CA answers POST " IJ_CA_SIGN_PATH);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **req_cls)
+{
+    (void)version;
+    struct ij_ca *ca = cls;
+    struct req *r = *req_cls;
+    if (r == NULL) {
+        r = cm_xcalloc(1, sizeof(*r));
+        *req_cls = r;
+        r->sign = strcmp(url, IJ_CA_SIGN_PATH) == 0 && strcmp(method, MHD_HTTP_METHOD_POST) == 0;
+        const char *cl =
+            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        char *end;
+        errno = 0;
+        if (r->sign && cl != NULL && strtoull(cl, &end, 10) > IJ_CA_MAX_BODY && errno == 0 &&
+            *end == '\0') {
+            /* Refused before reading; MHD closes the connection after it. */
+            r->answered = true;
+            return ij_ca_sign(ca, conn, NULL, 0, true);
+        }
+        return MHD_YES;
+    }
+    size_t n = *upload_data_size;
+    if (n > 0) {
+        *upload_data_size = 0;
+        if (r->answered || !r->sign || r->too_large || r->len + n > IJ_CA_MAX_BODY) {
+            r->too_large = r->sign;
+            r->dropped += n;
+            /* A client that keeps sending past 4x the bound is cut off. */
+            return r->dropped > 4 * IJ_CA_MAX_BODY ? MHD_NO : MHD_YES;
+        }
+        r->buf = cm_xrealloc(r->buf, r->len + n + 1);
+        memcpy(r->buf + r->len, upload_data, n);
+        r->len += n;
+        return MHD_YES;
+    }
+    if (r->answered)
+        return MHD_YES;
+    r->answered = true;
+    if (!r->sign)
+        return route(conn, url, method);
+    return ij_ca_sign(ca, conn, r->buf, r->len, r->too_large);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)conn;
+    (void)toe;
+    struct req *r = *req_cls;
+    if (r != NULL) {
+        free(r->buf);
+        free(r);
+        *req_cls = NULL;
+    }
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    (void)conn;
+    struct ij_ca *ca = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        *socket_context = ij_tls_conn_start(ca->tls);
+        atomic_fetch_add(&ca->connections, 1);
+    } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        ij_tls_conn_end(*socket_context);
+        *socket_context = NULL;
+        atomic_fetch_sub(&ca->connections, 1);
+    }
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    if (CM_LOG_DEBUG <= cm_log_current_level)
+        cm_log_vwrite(CM_LOG_DEBUG, fmt, ap);
+}
+
+int ij_ca_serve(struct ij_ca *ca, struct ij_tls *tls, char **errmsg)
+{
+    const struct ij_config *cfg = ca->cfg;
+    struct cm_addr bound;
+    char addr[CM_ADDR_STRLEN];
+    ca->tls = tls;
+    ca->fd = cm_net_listen(&cfg->ca_addr, 1024);
+    if (ca->fd < 0) {
+        *errmsg = cm_xasprintf("%s: ca.address: cannot listen on %s: %s", cfg->file,
+                               cfg->ca_address, strerror(errno));
+        return CM_ERR_IO;
+    }
+    if (cm_net_local_addr(ca->fd, &bound) == 0)
+        ca->port = cm_addr_port(&bound);
+    ij_tls_bind(tls);
+    unsigned flags = MHD_USE_TLS | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
+                     MHD_USE_ERROR_LOG;
+    ca->daemon = MHD_start_daemon(
+        flags, 0, NULL, NULL, on_request, ca, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, ca,
+        MHD_OPTION_LISTEN_SOCKET, ca->fd, MHD_OPTION_HTTPS_CERT_CALLBACK, ij_tls_on_cert,
+        MHD_OPTION_HTTPS_PRIORITIES, "NORMAL:-VERS-SSL3.0:-VERS-TLS1.0:-VERS-TLS1.1",
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)cfg->timeout_seconds, MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, ca, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
+        ca, MHD_OPTION_END);
+    if (ca->daemon == NULL) {
+        *errmsg = cm_xasprintf("cannot start the CA's HTTPS server on %s (libmicrohttpd)",
+                               cfg->ca_address);
+        close(ca->fd);
+        ca->fd = -1;
+        return CM_ERR_IO;
+    }
+    cm_info("CA: serving POST %s on https %s (port %u)", IJ_CA_SIGN_PATH,
+            cm_addr_format(&bound, addr, sizeof(addr)), ca->port);
+    return 0;
+}
+
+unsigned ij_ca_port(const struct ij_ca *ca)
+{
+    return ca != NULL ? ca->port : 0;
+}
+
+void ij_ca_stop(struct ij_ca *ca, unsigned grace_ms)
+{
+    if (ca == NULL || ca->daemon == NULL)
+        return;
+    MHD_socket fd = MHD_quiesce_daemon(ca->daemon);
+    uint64_t deadline = cm_mono_ms() + grace_ms;
+    while (atomic_load(&ca->connections) > 0 && cm_mono_ms() < deadline) {
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    MHD_stop_daemon(ca->daemon);
+    ca->daemon = NULL;
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd);
+    ca->fd = -1;
+}
+
+/* ---- /metrics -------------------------------------------------------------------------- */
+
+struct out {
+    char *buf;
+    size_t len, cap;
+};
+
+static void put(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(struct out *o, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(o->buf + o->len, o->cap - o->len, fmt, ap);
+        va_end(ap);
+        if (n >= 0 && (size_t)n < o->cap - o->len) {
+            o->len += (size_t)n;
+            return;
+        }
+        o->cap *= 2;
+        o->buf = cm_xrealloc(o->buf, o->cap);
+    }
+}
+
+char *ij_ca_metrics_render(size_t *len)
+{
+    struct out o = {cm_xmalloc(4096), 0, 4096};
+    o.buf[0] = '\0';
+    struct ij_ca *ca = atomic_load(&active);
+    if (ca == NULL) {
+        *len = 0;
+        return o.buf;
+    }
+    put(&o,
+        "# HELP remora_injector_ca_certificates_issued_total Workload certificates signed.\n"
+        "# TYPE remora_injector_ca_certificates_issued_total counter\n"
+        "remora_injector_ca_certificates_issued_total %llu\n",
+        (unsigned long long)atomic_load(&issued));
+    put(&o, "# HELP remora_injector_ca_refusals_total Sign requests refused, by reason.\n"
+            "# TYPE remora_injector_ca_refusals_total counter\n");
+    for (int r = 0; r < RF__COUNT; r++)
+        put(&o, "remora_injector_ca_refusals_total{reason=\"%s\"} %llu\n",
+            refusal_name((enum refusal)r), (unsigned long long)atomic_load(&refused[r]));
+    put(&o, "# HELP remora_injector_ca_sign_duration_seconds Time to answer one sign request, "
+            "from the last body byte to the response.\n"
+            "# TYPE remora_injector_ca_sign_duration_seconds histogram\n");
+    uint64_t cum = 0;
+    for (size_t b = 0; b <= NBUCKETS; b++) {
+        cum += atomic_load(&hist[b]);
+        if (b < NBUCKETS)
+            put(&o, "remora_injector_ca_sign_duration_seconds_bucket{le=\"%g\"} %llu\n",
+                (double)bucket_us[b] / 1e6, (unsigned long long)cum);
+        else
+            put(&o, "remora_injector_ca_sign_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
+                (unsigned long long)cum);
+    }
+    put(&o, "remora_injector_ca_sign_duration_seconds_sum %.6f\n",
+        (double)atomic_load(&hist_sum_us) / 1e6);
+    put(&o, "remora_injector_ca_sign_duration_seconds_count %llu\n", (unsigned long long)cum);
+
+    struct ij_jwks_stats st;
+    ij_jwks_file_stats(ca->jwks, &st);
+    struct snap *s = snap_get(ca);
+    int64_t not_after = s->not_after;
+    snap_unref(s);
+    put(&o,
+        "# HELP remora_injector_ca_jwks_keys Service-account token keys in force.\n"
+        "# TYPE remora_injector_ca_jwks_keys gauge\n"
+        "remora_injector_ca_jwks_keys %zu\n"
+        "# HELP remora_injector_ca_jwks_reloads_total JWKS file reloads.\n"
+        "# TYPE remora_injector_ca_jwks_reloads_total counter\n"
+        "remora_injector_ca_jwks_reloads_total{result=\"ok\"} %llu\n"
+        "remora_injector_ca_jwks_reloads_total{result=\"error\"} %llu\n",
+        st.keys, (unsigned long long)st.reloads_ok, (unsigned long long)st.reloads_failed);
+    put(&o,
+        "# HELP remora_injector_ca_reloads_total Signing material (ca.cert_file, key, root) "
+        "reloads.\n"
+        "# TYPE remora_injector_ca_reloads_total counter\n"
+        "remora_injector_ca_reloads_total{result=\"ok\"} %llu\n"
+        "remora_injector_ca_reloads_total{result=\"error\"} %llu\n"
+        "# HELP remora_injector_ca_cert_expiry_timestamp_seconds notAfter of the signing "
+        "certificate.\n"
+        "# TYPE remora_injector_ca_cert_expiry_timestamp_seconds gauge\n"
+        "remora_injector_ca_cert_expiry_timestamp_seconds %lld\n",
+        (unsigned long long)atomic_load(&ca_reloads[1]),
+        (unsigned long long)atomic_load(&ca_reloads[0]), (long long)not_after);
+    *len = o.len;
+    return o.buf;
+}

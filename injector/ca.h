@@ -1,0 +1,58 @@
+/* The mesh's certificate authority inside remora-injector (docs/ca.md):
+ *   POST /v1/sign  Authorization: Bearer <projected service-account token>
+ *                  {"csr": "<PEM>"}  ->  {"cert_chain": "<PEM>", "trust_bundle": "<PEM>"}
+ * The token must verify against ca.jwks_file (token.c) and name the namespace
+ * and service account of the CSR's SPIFFE ID; the CSR's own signature must
+ * verify. Refusals are 400 (bad body or CSR), 401 (token), 403 (identity),
+ * 413 (body), each a JSON {"error": "..."} with the reason, counted in
+ * /metrics and logged with the identity asked for.
+ *
+ * Served on ca.address by a second HTTPS daemon (ij_ca_serve), or on the
+ * webhook's port when ca.address is unset (server.c calls ij_ca_sign). The
+ * signing material is an immutable snapshot, reloaded when its files change. */
+#ifndef IJ_CA_H
+#define IJ_CA_H
+
+#include <microhttpd.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "injector/config.h"
+#include "injector/tls.h"
+
+#define IJ_CA_SIGN_PATH "/v1/sign"
+#define IJ_CA_MAX_BODY  (64 * 1024) /* a CSR is under 1 KiB; RSA-4096 ones under 4 */
+
+struct ij_ca;
+
+/* Load the CA the config names (ca.cert_file, ca.key_file, ca.root_file,
+ * ca.jwks_file). cfg is borrowed and must outlive the CA. Returns 0 with
+ * *out, which is NULL when the config has no CA (ca.cert_file unset), or
+ * CM_ERR_INVAL with *errmsg naming the file (caller frees). */
+int ij_ca_new(const struct ij_config *cfg, struct ij_ca **out, char **errmsg);
+/* Free after ij_ca_stop and after the webhook server stopped. NULL is fine. */
+void ij_ca_free(struct ij_ca *ca);
+
+/* Look for changed CA files and JWKS (everything with force) and swap in
+ * what loads; a bad file keeps the material in force and is logged. */
+void ij_ca_poll(struct ij_ca *ca, bool force);
+
+/* Answer one POST /v1/sign whose body was read: body/len (NULL/0 when empty),
+ * too_large when the body passed the bound and was dropped. Queues the
+ * response on conn. Any MHD thread may call it. */
+enum MHD_Result ij_ca_sign(struct ij_ca *ca, struct MHD_Connection *conn, const char *body,
+                           size_t len, bool too_large);
+
+/* Serve POST /v1/sign (and GET /healthz) on ca.address with the webhook's
+ * serving certificate (tls, borrowed). Returns 0, or CM_ERR_IO with *errmsg. */
+int ij_ca_serve(struct ij_ca *ca, struct ij_tls *tls, char **errmsg);
+/* The port ca.address is bound to (0 when not serving one). */
+unsigned ij_ca_port(const struct ij_ca *ca);
+/* Stop the ca.address server, letting connections finish for up to grace_ms. */
+void ij_ca_stop(struct ij_ca *ca, unsigned grace_ms);
+
+/* The CA's lines of GET /metrics (heap string, caller frees; empty when the
+ * process has no CA). */
+char *ij_ca_metrics_render(size_t *len);
+
+#endif
