@@ -23,6 +23,7 @@ void px_limits_default(struct px_limits *l)
     l->pool_max_idle = 1024;
     l->pool_idle_timeout_ms = 30000;
     l->h2_max_concurrent_streams = 128;
+    l->retry_buffer_bytes = 64 * 1024;
 }
 
 void px_config_free(struct px_config *cfg)
@@ -77,7 +78,7 @@ static int parse_limits(const struct cm_jpath *p, json_t *o, struct px_limits *l
         "buffer_bytes",       "header_timeout_ms",  "idle_timeout_ms",
         "connect_timeout_ms", "request_timeout_ms", "detect_timeout_ms",
         "drain_timeout_ms",   "max_connections",    "pool_max_idle",
-        "pool_idle_timeout_ms", "h2_max_concurrent_streams", NULL};
+        "pool_idle_timeout_ms", "h2_max_concurrent_streams", "retry_buffer_bytes", NULL};
     if (cm_json_check_keys(p, o, keys, errmsg) != 0)
         return CM_ERR_INVAL;
     int64_t body = (int64_t)l->max_request_body;
@@ -98,6 +99,8 @@ static int parse_limits(const struct cm_jpath *p, json_t *o, struct px_limits *l
                        errmsg);
     rc = rc ?: get_u32(p, o, "h2_max_concurrent_streams", 1, 100000,
                        &l->h2_max_concurrent_streams, errmsg);
+    rc = rc ?: get_u32(p, o, "retry_buffer_bytes", 0, 16 * 1024 * 1024, &l->retry_buffer_bytes,
+                       errmsg);
     l->max_request_body = (uint64_t)body;
     return rc;
 }

@@ -55,6 +55,7 @@ struct px_limits {
     uint32_t pool_max_idle;         /* idle upstream h1 connections per address */
     uint32_t pool_idle_timeout_ms;  /* an idle upstream connection is closed after this */
     uint32_t h2_max_concurrent_streams;
+    uint32_t retry_buffer_bytes;    /* request body kept for retries; larger bodies are not retried */
 };
 
 struct px_config {

@@ -13,6 +13,7 @@
  * a last fixed series catches whatever still does not fit. Memory therefore
  * never grows with traffic. Everything runs on the event loop thread. */
 #include "proxy/metrics.h"
+#include "proxy/routes.h"
 
 #include <event2/buffer.h>
 #include <inttypes.h>
@@ -373,6 +374,7 @@ void px_metrics_write_prometheus(struct evbuffer *out)
 
     prom_u64(out, "remora_retries_total", "counter", "Requests retried to an upstream.",
              m->retries_total);
+    px_routes_write_prometheus(out); /* per-endpoint outcomes, ejections (routes.c) */
     prom_u64(out, "remora_policy_denials_total", "counter",
              "Requests denied by the authorization policy (403).", m->policy_denials_total);
     prom_head(out, "remora_cert_expiry_timestamp_seconds", "gauge",

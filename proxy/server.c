@@ -17,6 +17,7 @@
 #include "proxy/identity.h"
 #include "proxy/listener.h"
 #include "proxy/metrics.h"
+#include "proxy/routes.h"
 #include "proxy/server_run.h"
 #include "proxy/tcp.h"
 #include "proxy/tls.h"
@@ -91,11 +92,13 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     (void)arg;
     if (sig == SIGHUP) {
         char *err = NULL;
-        cm_info("SIGHUP: reloading policy");
+        cm_info("SIGHUP: reloading policy and routes");
         if (px_authz_reload(&err) != 0) {
             cm_warn("SIGHUP: policy reload failed, keeping the last good policy: %s", err);
             free(err);
+            err = NULL;
         }
+        px_routes_reload(NULL); /* logs and keeps the last good routes on failure */
         return;
     }
     cm_info("%s: draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -142,6 +145,11 @@ int px_server_run(struct px_config *cfg)
         rc = CM_ERR_INVAL;
         goto out;
     }
+    if (px_routes_start(cfg, &err) != 0) {
+        cm_error("%s", err);
+        rc = CM_ERR_INVAL;
+        goto out;
+    }
     if (px_identity_start(cfg, &err) != 0) {
         cm_error("%s", err);
         rc = CM_ERR_INVAL;
@@ -163,6 +171,7 @@ int px_server_run(struct px_config *cfg)
     }
     px_identity_admin_routes();
     px_authz_admin_routes();
+    px_routes_admin_routes();
     px_srv->listeners_bound = true;
     cm_info("remora-proxy ready");
     event_base_dispatch(px_srv->base);
@@ -174,6 +183,7 @@ out:
     px_tcp_shutdown();
     px_identity_shutdown();
     px_authz_shutdown();
+    px_routes_shutdown();
     px_stream_gc();
     px_stream_freelist_clear();
     /* connections still listed were never handed to a codec (detecting) */

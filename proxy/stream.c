@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "certs/pki.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/xalloc.h"
@@ -13,6 +14,7 @@
 #include "proxy/h2.h"
 #include "proxy/identity.h"
 #include "proxy/metrics.h"
+#include "proxy/routes.h"
 #include "proxy/server.h"
 
 /* Freed stream records are kept for reuse: no malloc per request once warm.
@@ -170,6 +172,18 @@ void px_stream_detach(struct px_stream *s, enum px_side side)
         event_free(s->timer);
         s->timer = NULL;
     }
+    if (s->try_timer != NULL) {
+        event_free(s->try_timer);
+        s->try_timer = NULL;
+    }
+    if (s->ep != NULL)
+        s->ep->st->outstanding--; /* the client went away mid-try: no verdict */
+    s->ep = NULL;
+    if (s->replay != NULL)
+        evbuffer_free(s->replay);
+    s->replay = NULL;
+    px_routes_unref(s->routes);
+    s->routes = NULL;
     cm_list_remove(&s->link);
     px_srv->nstreams--;
     s->state = PX_STREAM_DONE;
@@ -230,6 +244,9 @@ static void on_request_timeout(evutil_socket_t fd, short what, void *arg)
     struct px_stream *s = arg;
     s->cause = PX_CAUSE_UPSTREAM_TIMEOUT;
     cm_debug("stream %s %s: request timeout", s->req.method, s->req.path);
+    if (s->try_timer != NULL)
+        evtimer_del(s->try_timer);
+    s->retrying = false;
     if (!s->head_sent[PX_DOWN])
         px_stream_respond(s, 504, px_cause_str(s->cause));
     else {
@@ -257,6 +274,184 @@ static int pass_client_cert(struct px_stream *s)
     return 0;
 }
 
+/* ---- tries and retries ------------------------------------------------------- */
+
+static void on_try_timer(evutil_socket_t fd, short what, void *arg);
+
+static bool idempotent(const char *m)
+{
+    return m != NULL && (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0 ||
+                         strcmp(m, "OPTIONS") == 0 || strcmp(m, "PUT") == 0 ||
+                         strcmp(m, "DELETE") == 0 || strcmp(m, "TRACE") == 0);
+}
+
+static enum px_try_outcome outcome_of(enum px_cause c)
+{
+    switch (c) {
+    case PX_CAUSE_CONNECT_REFUSED:
+    case PX_CAUSE_CONNECT_FAILED:
+    case PX_CAUSE_CONNECT_TIMEOUT:
+    case PX_CAUSE_UPSTREAM_TLS:
+        return PX_TRY_CONNECT;
+    case PX_CAUSE_UPSTREAM_TIMEOUT:
+        return PX_TRY_TIMEOUT;
+    default:
+        return PX_TRY_RESET;
+    }
+}
+
+/* Give the current try's endpoint its verdict (once). */
+static void report_try(struct px_stream *s, enum px_try_outcome o)
+{
+    if (s->ep == NULL)
+        return;
+    s->ep->st->outstanding--;
+    px_route_report(s->route, s->ep, o, cm_mono_us() - s->try_start_us);
+    if (o != PX_TRY_OK)
+        s->last_failed = s->ep->st;
+    s->ep = NULL;
+}
+
+/* Attach an upstream for the next try and send what the request has so
+ * far: the head, the kept body, and its end if the client finished. */
+static void start_try(struct px_stream *s)
+{
+    if (s->route != NULL) {
+        s->ep = px_route_pick(s->route, s->last_failed);
+        s->upstream = s->ep->addr;
+        s->ep->st->outstanding++;
+        if (px_conn_is_loop(s->conn, &s->upstream)) {
+            report_try(s, PX_TRY_CONNECT);
+            s->cause = PX_CAUSE_LOOP;
+            px_stream_respond(s, 508, px_cause_str(s->cause));
+            return;
+        }
+    }
+    s->tries++;
+    s->try_start_us = cm_mono_us();
+    if (s->route != NULL && s->route->per_try_timeout_ms > 0) {
+        if (s->try_timer == NULL)
+            s->try_timer = evtimer_new(px_srv->base, on_try_timer, s);
+        uint32_t ms = s->route->per_try_timeout_ms;
+        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        evtimer_add(s->try_timer, &tv);
+    }
+    if (s->up_proto == PX_UP_H2)
+        px_h2_client_attach(s);
+    else
+        px_h1_client_attach(s);
+    if (!s->attached[PX_UP])
+        return; /* attach failed and already answered */
+    s->head_sent[PX_UP] = true;
+    s->ops[PX_UP]->send_head(s);
+    if (s->tries > 1 && s->replay != NULL) {
+        /* a retry: the body read so far, again */
+        struct evbuffer_ptr pos;
+        struct evbuffer_iovec v[8];
+        evbuffer_ptr_set(s->replay, &pos, 0, EVBUFFER_PTR_SET);
+        size_t left = evbuffer_get_length(s->replay);
+        while (left > 0) {
+            int n = evbuffer_peek(s->replay, (ev_ssize_t)left, &pos, v, 8);
+            if (n <= 0)
+                break;
+            for (int i = 0; i < n && i < 8 && left > 0; i++) {
+                size_t len = v[i].iov_len < left ? v[i].iov_len : left;
+                s->ops[PX_UP]->send_data(s, v[i].iov_base, len);
+                left -= len;
+                evbuffer_ptr_set(s->replay, &pos, len, EVBUFFER_PTR_ADD);
+            }
+        }
+    }
+    if (s->req_complete && !s->ended[PX_UP]) {
+        s->ended[PX_UP] = true;
+        s->ops[PX_UP]->send_end(s);
+    }
+    /* the client's body was held while no upstream was attached */
+    if (s->paused[PX_DOWN]) {
+        s->paused[PX_DOWN] = false;
+        s->ops[PX_DOWN]->resume(s);
+    }
+}
+
+/* After a failed try: may the request go to another endpoint? Only before
+ * anything of the response went to the client, within the route's
+ * attempts and retry_on, for idempotent methods (any method when the
+ * connection was never made), with the whole body kept, within budget. */
+static bool can_retry(struct px_stream *s, enum px_try_outcome o, int status)
+{
+    struct px_route *rt = s->route;
+    if (rt == NULL || s->tries >= rt->attempts || s->head_sent[PX_DOWN] ||
+        s->state != PX_STREAM_FORWARD || !s->attached[PX_DOWN] || s->aborted)
+        return false;
+    if (!px_route_retry_on(rt, o, status))
+        return false;
+    if (o != PX_TRY_CONNECT && !idempotent(s->req.method))
+        return false;
+    if (s->replay == NULL || !s->replayable)
+        return false;
+    return px_route_budget_retry(rt);
+}
+
+/* Wait (backoff with jitter) and start the next try once the failed
+ * upstream side has let go of the stream. */
+static void schedule_retry(struct px_stream *s)
+{
+    s->retrying = true;
+    px_metrics.retries_total++;
+    uint32_t base = s->route->backoff_base_ms;
+    uint64_t ms = (uint64_t)base << (s->tries > 4 ? 3 : s->tries - 1);
+    if (ms > (uint64_t)base * 10)
+        ms = (uint64_t)base * 10;
+    if (ms > 0) {
+        uint32_t j = 0;
+        pki_rng_fn(NULL, (unsigned char *)&j, sizeof(j));
+        ms = ms / 2 + j % (ms / 2 + 1);
+    }
+    if (s->try_timer == NULL)
+        s->try_timer = evtimer_new(px_srv->base, on_try_timer, s);
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    evtimer_add(s->try_timer, &tv);
+    char a[CM_ADDR_STRLEN];
+    cm_debug("%s %s: try %u failed (%s), retrying in %llu ms", s->req.method, s->req.path,
+             s->tries, cm_addr_format(&s->upstream, a, sizeof(a)), (unsigned long long)ms);
+}
+
+/* The timer is the per-try timeout while a try runs, and the backoff
+ * between tries. */
+static void on_try_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct px_stream *s = arg;
+    if (s->retrying) {
+        if (s->attached[PX_UP]) {
+            struct timeval tv = {0, 1000}; /* the old side still lets go */
+            evtimer_add(s->try_timer, &tv);
+            return;
+        }
+        s->retrying = false;
+        s->head_sent[PX_UP] = s->ended[PX_UP] = s->abort_sent[PX_UP] = false;
+        s->paused[PX_UP] = false;
+        s->resp_complete = false;
+        px_msg_init(&s->resp);
+        s->resp_trailers = NULL;
+        s->cause = PX_CAUSE_NONE;
+        start_try(s);
+        return;
+    }
+    /* per-try timeout */
+    if (s->head_sent[PX_DOWN] || s->state != PX_STREAM_FORWARD)
+        return;
+    report_try(s, PX_TRY_TIMEOUT);
+    abort_side(s, PX_UP);
+    if (can_retry(s, PX_TRY_TIMEOUT, 0)) {
+        schedule_retry(s);
+        return;
+    }
+    s->cause = PX_CAUSE_UPSTREAM_TIMEOUT;
+    px_stream_respond(s, 504, "upstream per-try timeout");
+}
+
 void px_stream_on_req_head(struct px_stream *s)
 {
     const struct px_limits *lim = &px_srv->cfg->limits;
@@ -281,33 +476,54 @@ void px_stream_on_req_head(struct px_stream *s)
         return;
     /* TE: trailers is meaningful to an HTTP/2 peer (gRPC); HTTP/1.1 drops it */
     px_msg_strip_hop_by_hop(&s->req, s->up_proto == PX_UP_H2);
-    px_conn_default_upstream(s->conn, &s->upstream);
-    if (px_conn_is_loop(s->conn, &s->upstream)) {
-        s->cause = PX_CAUSE_LOOP;
-        px_stream_respond(s, 508, px_cause_str(s->cause));
-        return;
+    /* a matching route overrides the listener's upstream / original destination */
+    s->routes = px_routes_ref(px_routes_current());
+    s->route = (struct px_route *)px_routes_match(s->routes, s->req.authority, &s->conn->orig_dst);
+    if (s->route == NULL) {
+        px_conn_default_upstream(s->conn, &s->upstream);
+        if (px_conn_is_loop(s->conn, &s->upstream)) {
+            s->cause = PX_CAUSE_LOOP;
+            px_stream_respond(s, 508, px_cause_str(s->cause));
+            return;
+        }
     }
-    if (lim->request_timeout_ms > 0) {
+    uint32_t timeout_ms = lim->request_timeout_ms;
+    if (s->route != NULL) {
+        if (s->route->timeout_ms > 0)
+            timeout_ms = s->route->timeout_ms;
+        px_route_budget_request(s->route);
+        if (s->route->attempts > 1 && lim->retry_buffer_bytes > 0) {
+            s->replay = evbuffer_new();
+            s->replayable = s->replay != NULL;
+        }
+    }
+    if (timeout_ms > 0) {
         s->timer = evtimer_new(px_srv->base, on_request_timeout, s);
-        struct timeval tv = {lim->request_timeout_ms / 1000,
-                             (lim->request_timeout_ms % 1000) * 1000};
+        struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
         evtimer_add(s->timer, &tv);
     }
-    if (s->up_proto == PX_UP_H2)
-        px_h2_client_attach(s);
-    else
-        px_h1_client_attach(s);
-    if (!s->attached[PX_UP])
-        return; /* attach failed and already answered */
-    s->head_sent[PX_UP] = true;
-    s->ops[PX_UP]->send_head(s);
+    start_try(s);
 }
 
 bool px_stream_on_req_data(struct px_stream *s, const uint8_t *data, size_t len)
 {
+    const struct px_limits *lim = &px_srv->cfg->limits;
+    if (s->state == PX_STREAM_FORWARD && s->replayable) {
+        if (evbuffer_get_length(s->replay) + len > lim->retry_buffer_bytes) {
+            s->replayable = false; /* too big to replay: this request is not retried */
+            evbuffer_free(s->replay);
+            s->replay = NULL;
+        } else {
+            evbuffer_add(s->replay, data, len);
+        }
+    }
+    if (s->state == PX_STREAM_FORWARD && s->retrying) {
+        s->req_body_bytes += len;
+        s->paused[PX_DOWN] = true; /* hold the client until the next try starts */
+        return true;
+    }
     if (s->state != PX_STREAM_FORWARD || !s->attached[PX_UP] || s->ended[PX_UP])
         return false; /* answered locally or upstream gone: discard */
-    const struct px_limits *lim = &px_srv->cfg->limits;
     s->req_body_bytes += len;
     if (lim->max_request_body > 0 && s->req_body_bytes > lim->max_request_body) {
         px_metrics.body_too_big++;
@@ -335,6 +551,16 @@ void px_stream_on_resp_head(struct px_stream *s)
 {
     if (s->state != PX_STREAM_FORWARD || s->head_sent[PX_DOWN] || !s->attached[PX_DOWN])
         return;
+    if (s->try_timer != NULL && !s->retrying)
+        evtimer_del(s->try_timer); /* the per-try timeout ends with the response head */
+    if (s->ep != NULL && s->resp.status >= 500) {
+        report_try(s, PX_TRY_5XX);
+        if (can_retry(s, PX_TRY_5XX, s->resp.status)) {
+            abort_side(s, PX_UP); /* drop this answer */
+            schedule_retry(s);
+            return;
+        }
+    }
     px_msg_strip_hop_by_hop(&s->resp, false);
     s->head_sent[PX_DOWN] = true;
     s->ops[PX_DOWN]->send_head(s);
@@ -356,6 +582,7 @@ bool px_stream_on_resp_data(struct px_stream *s, const uint8_t *data, size_t len
 void px_stream_on_resp_end(struct px_stream *s)
 {
     s->resp_complete = true;
+    report_try(s, PX_TRY_OK);
     if (s->timer != NULL)
         evtimer_del(s->timer);
     if (s->state != PX_STREAM_FORWARD || !s->attached[PX_DOWN] || s->ended[PX_DOWN])
@@ -369,8 +596,15 @@ void px_stream_on_error(struct px_stream *s, enum px_side side, enum px_cause ca
     if (s->aborted)
         return;
     if (side == PX_UP) {
-        if (s->resp_complete)
+        if (s->resp_complete || s->retrying)
             return;
+        report_try(s, outcome_of(cause));
+        if (can_retry(s, outcome_of(cause), 0)) {
+            /* the failing side detaches itself; the next try waits for that */
+            s->abort_sent[PX_UP] = true;
+            schedule_retry(s);
+            return;
+        }
         s->cause = cause;
         /* the failing side is finished with the exchange: never abort it back */
         s->abort_sent[PX_UP] = true;

@@ -112,6 +112,17 @@ struct px_stream {
     struct cm_list link; /* in the server's list of live streams, then the gc list */
     struct event *timer; /* whole-request timeout (limits.request_timeout_ms), or NULL */
     bool metrics_done;
+    /* routing and retries (proxy/routes.h) */
+    struct px_routes *routes;   /* snapshot reference, or NULL */
+    struct px_route *route;     /* matched route in routes, or NULL */
+    struct px_endpoint *ep;     /* endpoint of the current try, until reported */
+    const void *last_failed;    /* endpoint state of the last failed try (avoid it) */
+    uint32_t tries;             /* tries started */
+    uint64_t try_start_us;
+    struct evbuffer *replay;    /* request body kept for a retry, or NULL */
+    bool replayable;            /* replay holds the whole body read so far */
+    bool retrying;              /* between tries: waiting for backoff / old side */
+    struct event *try_timer;    /* per-try timeout, then retry backoff */
     bool abort_sent[2];
     struct cm_addr conn_peer; /* copied: the connection may go first */
 };

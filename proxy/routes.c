@@ -1,0 +1,711 @@
+#include "proxy/routes.h"
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#include "certs/pki.h"
+#include "common/clock.h"
+#include "common/err.h"
+#include "common/json.h"
+#include "common/log.h"
+#include "common/xalloc.h"
+#include "proxy/admin.h"
+#include "proxy/server.h"
+
+#define WATCH_MS 1000
+#define BUDGET_FLOOR 3 /* retries always allowed per 10 s window, whatever the percentage */
+
+static struct {
+    char *file;
+    struct px_routes *cur;
+    struct px_ep_state *states; /* every endpoint address ever seen */
+    uint64_t ejections_total;
+    char last_error[512];
+    int64_t loaded_at;
+    struct stat st;
+    bool have_st;
+    struct event *timer;
+} R;
+
+/* ---- endpoint state ------------------------------------------------------------ */
+
+static struct px_ep_state *state_for(const struct cm_addr *a)
+{
+    for (struct px_ep_state *s = R.states; s != NULL; s = s->next)
+        if (cm_addr_equal(&s->addr, a))
+            return s;
+    struct px_ep_state *s = cm_xcalloc(1, sizeof(*s));
+    s->addr = *a;
+    s->next = R.states;
+    R.states = s;
+    return s;
+}
+
+static bool ejected(const struct px_ep_state *s, uint64_t now)
+{
+    return s->ejected_until_ms > now;
+}
+
+/* ---- parsing ---------------------------------------------------------------------- */
+
+static void routes_free(struct px_routes *r)
+{
+    if (r == NULL)
+        return;
+    for (size_t i = 0; i < r->n; i++) {
+        struct px_route *rt = &r->routes[i];
+        for (size_t k = 0; k < rt->neps; k++)
+            free(rt->eps[k].cluster);
+        free(rt->eps);
+        free(rt->name);
+        free(rt->match_host);
+    }
+    free(r->routes);
+    json_decref(r->raw);
+    free(r);
+}
+
+struct px_routes *px_routes_ref(struct px_routes *r)
+{
+    if (r != NULL)
+        r->refs++;
+    return r;
+}
+
+void px_routes_unref(struct px_routes *r)
+{
+    if (r != NULL && --r->refs == 0)
+        routes_free(r);
+}
+
+struct px_routes *px_routes_current(void)
+{
+    return R.cur;
+}
+
+static int parse_retry_on(const struct cm_jpath *p, json_t *arr, struct px_route *rt,
+                          char **errmsg)
+{
+    if (!json_is_array(arr) || json_array_size(arr) == 0)
+        return cm_json_fail(p, errmsg, "expected a non-empty array");
+    rt->retry_on = 0;
+    rt->nretry_codes = 0;
+    size_t i;
+    json_t *v;
+    json_array_foreach(arr, i, v)
+    {
+        struct cm_jpath c;
+        cm_jpath_index(&c, p, i);
+        const char *s = json_string_value(v);
+        if (s == NULL)
+            return cm_json_fail(&c, errmsg, "expected a string");
+        if (strcmp(s, "connect-failure") == 0)
+            rt->retry_on |= PX_RETRY_CONNECT_FAILURE;
+        else if (strcmp(s, "reset") == 0)
+            rt->retry_on |= PX_RETRY_RESET;
+        else if (strcmp(s, "5xx") == 0)
+            rt->retry_on |= PX_RETRY_5XX;
+        else if (strcmp(s, "gateway-error") == 0)
+            rt->retry_on |= PX_RETRY_GATEWAY;
+        else {
+            char *end;
+            long code = strtol(s, &end, 10);
+            if (*s == '\0' || *end != '\0' || code < 100 || code > 599)
+                return cm_json_fail(&c, errmsg,
+                                    "\"%s\" is not connect-failure, reset, 5xx, gateway-error "
+                                    "or a status code",
+                                    s);
+            if (rt->nretry_codes >= sizeof(rt->retry_codes) / sizeof(rt->retry_codes[0]))
+                return cm_json_fail(&c, errmsg, "at most 8 status codes");
+            rt->retry_codes[rt->nretry_codes++] = (int)code;
+        }
+    }
+    return 0;
+}
+
+static int get_u32(const struct cm_jpath *p, json_t *o, const char *key, int64_t min,
+                   int64_t max, uint32_t *out, char **errmsg)
+{
+    int64_t v = *out;
+    if (cm_json_get_int(p, o, key, false, min, max, &v, errmsg) != 0)
+        return CM_ERR_INVAL;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+static int parse_route(const struct cm_jpath *p, json_t *o, struct px_route *rt, size_t idx,
+                       char **errmsg)
+{
+    static const char *const keys[] = {"name",      "match",   "timeout_ms", "retries",
+                                       "endpoints", "outlier", NULL};
+    static const char *const mkeys[] = {"host", "address", NULL};
+    static const char *const rkeys[] = {"attempts",       "per_try_timeout_ms", "on",
+                                        "budget_percent", "backoff_base_ms",    NULL};
+    static const char *const okeys[] = {"consecutive_failures", "base_ejection_ms", NULL};
+    static const char *const ekeys[] = {"address", "cluster", "weight", NULL};
+    struct cm_jpath c;
+    if (!json_is_object(o))
+        return cm_json_fail(p, errmsg, "expected an object");
+    if (cm_json_check_keys(p, o, keys, errmsg) != 0)
+        return CM_ERR_INVAL;
+    const char *name = NULL;
+    if (cm_json_get_string(p, o, "name", false, &name, errmsg) != 0)
+        return CM_ERR_INVAL;
+    rt->name = name ? cm_xstrdup(name) : cm_xasprintf("routes[%zu]", idx);
+    /* defaults: one try, no timeout, Envoy-like outlier settings */
+    rt->attempts = 1;
+    rt->retry_on = PX_RETRY_CONNECT_FAILURE | PX_RETRY_RESET;
+    rt->budget_percent = 20;
+    rt->backoff_base_ms = 10;
+    rt->outlier_failures = 5;
+    rt->outlier_base_ms = 30000;
+
+    json_t *m = NULL;
+    if (cm_json_get_child(p, o, "match", true, JSON_OBJECT, &m, errmsg) != 0)
+        return CM_ERR_INVAL;
+    cm_jpath_key(&c, p, "match");
+    if (cm_json_check_keys(&c, m, mkeys, errmsg) != 0)
+        return CM_ERR_INVAL;
+    const char *host = NULL, *addr = NULL;
+    if (cm_json_get_string(&c, m, "host", false, &host, errmsg) != 0 ||
+        cm_json_get_string(&c, m, "address", false, &addr, errmsg) != 0)
+        return CM_ERR_INVAL;
+    if ((host == NULL) == (addr == NULL))
+        return cm_json_fail(&c, errmsg, "give exactly one of \"host\" or \"address\"");
+    if (host != NULL) {
+        if (host[0] == '\0' || strlen(host) > 253)
+            return cm_json_fail(&c, errmsg, "host must be 1..253 characters");
+        rt->match_host = cm_xstrdup(host);
+        for (char *q = rt->match_host; *q; q++)
+            if (*q >= 'A' && *q <= 'Z')
+                *q = (char)(*q + 32);
+        char *colon = strrchr(rt->match_host, ':');
+        if (colon != NULL && strchr(rt->match_host, ']') == NULL)
+            *colon = '\0'; /* "port ignored" */
+    } else if (cm_addr_parse(addr, &rt->match_addr) != 0) {
+        struct cm_jpath a;
+        cm_jpath_key(&a, &c, "address");
+        return cm_json_fail(&a, errmsg, "\"%s\" is not an address (ip:port)", addr);
+    } else {
+        rt->has_match_addr = true;
+    }
+
+    if (get_u32(p, o, "timeout_ms", 0, 86400000, &rt->timeout_ms, errmsg) != 0)
+        return CM_ERR_INVAL;
+    json_t *r = NULL;
+    if (cm_json_get_child(p, o, "retries", false, JSON_OBJECT, &r, errmsg) != 0)
+        return CM_ERR_INVAL;
+    if (r != NULL) {
+        cm_jpath_key(&c, p, "retries");
+        if (cm_json_check_keys(&c, r, rkeys, errmsg) != 0 ||
+            get_u32(&c, r, "attempts", 1, 10, &rt->attempts, errmsg) != 0 ||
+            get_u32(&c, r, "per_try_timeout_ms", 0, 86400000, &rt->per_try_timeout_ms, errmsg) !=
+                0 ||
+            get_u32(&c, r, "budget_percent", 0, 100, &rt->budget_percent, errmsg) != 0 ||
+            get_u32(&c, r, "backoff_base_ms", 0, 10000, &rt->backoff_base_ms, errmsg) != 0)
+            return CM_ERR_INVAL;
+        json_t *on = json_object_get(r, "on");
+        if (on != NULL) {
+            struct cm_jpath onp;
+            cm_jpath_key(&onp, &c, "on");
+            if (parse_retry_on(&onp, on, rt, errmsg) != 0)
+                return CM_ERR_INVAL;
+        }
+    }
+    json_t *ol = NULL;
+    if (cm_json_get_child(p, o, "outlier", false, JSON_OBJECT, &ol, errmsg) != 0)
+        return CM_ERR_INVAL;
+    if (ol != NULL) {
+        cm_jpath_key(&c, p, "outlier");
+        if (cm_json_check_keys(&c, ol, okeys, errmsg) != 0 ||
+            get_u32(&c, ol, "consecutive_failures", 0, 1000, &rt->outlier_failures, errmsg) != 0 ||
+            get_u32(&c, ol, "base_ejection_ms", 1, 86400000, &rt->outlier_base_ms, errmsg) != 0)
+            return CM_ERR_INVAL;
+    }
+    json_t *eps = NULL;
+    if (cm_json_get_child(p, o, "endpoints", true, JSON_ARRAY, &eps, errmsg) != 0)
+        return CM_ERR_INVAL;
+    cm_jpath_key(&c, p, "endpoints");
+    size_t n = json_array_size(eps);
+    if (n == 0 || n > 4096)
+        return cm_json_fail(&c, errmsg, "1 to 4096 endpoints");
+    rt->eps = cm_xcalloc(n, sizeof(*rt->eps));
+    for (size_t i = 0; i < n; i++) {
+        struct cm_jpath e;
+        cm_jpath_index(&e, &c, i);
+        json_t *eo = json_array_get(eps, i);
+        const char *ea = NULL, *cl = NULL;
+        uint32_t w = 1;
+        if (!json_is_object(eo))
+            return cm_json_fail(&e, errmsg, "expected an object");
+        if (cm_json_check_keys(&e, eo, ekeys, errmsg) != 0 ||
+            cm_json_get_string(&e, eo, "address", true, &ea, errmsg) != 0 ||
+            cm_json_get_string(&e, eo, "cluster", false, &cl, errmsg) != 0 ||
+            get_u32(&e, eo, "weight", 1, 10000, &w, errmsg) != 0)
+            return CM_ERR_INVAL;
+        struct px_endpoint *ep = &rt->eps[rt->neps];
+        if (cm_addr_parse(ea, &ep->addr) != 0) {
+            struct cm_jpath a;
+            cm_jpath_key(&a, &e, "address");
+            return cm_json_fail(&a, errmsg, "\"%s\" is not an address (ip:port)", ea);
+        }
+        ep->cluster = cl ? cm_xstrdup(cl) : NULL;
+        ep->weight = w;
+        rt->neps++;
+    }
+    if (rt->per_try_timeout_ms > 0 && rt->timeout_ms > 0 && rt->per_try_timeout_ms > rt->timeout_ms) {
+        cm_jpath_key(&c, p, "retries");
+        cm_jpath_key(&c, &c, "per_try_timeout_ms");
+        return cm_json_fail(&c, errmsg, "longer than the route's timeout_ms");
+    }
+    return 0;
+}
+
+int px_routes_parse(const char *name, const char *buf, size_t len, struct px_routes **out,
+                    char **errmsg)
+{
+    json_t *root;
+    if (cm_json_load_buf(name, buf, len, true, &root, errmsg) != 0)
+        return CM_ERR_INVAL;
+    struct px_routes *r = cm_xcalloc(1, sizeof(*r));
+    r->refs = 1;
+    r->raw = root;
+    struct cm_jpath p, c;
+    cm_jpath_root(&p, name);
+    static const char *const keys[] = {"routes", NULL};
+    json_t *arr = NULL;
+    if (cm_json_check_keys(&p, root, keys, errmsg) != 0 ||
+        cm_json_get_child(&p, root, "routes", true, JSON_ARRAY, &arr, errmsg) != 0)
+        goto fail;
+    cm_jpath_key(&c, &p, "routes");
+    size_t n = json_array_size(arr);
+    if (n > 10000) {
+        cm_json_fail(&c, errmsg, "at most 10000 routes");
+        goto fail;
+    }
+    r->routes = cm_xcalloc(n ? n : 1, sizeof(*r->routes));
+    for (size_t i = 0; i < n; i++) {
+        struct cm_jpath ri;
+        cm_jpath_index(&ri, &c, i);
+        r->n = i + 1; /* what was (partly) filled is freed on failure */
+        if (parse_route(&ri, json_array_get(arr, i), &r->routes[i], i, errmsg) != 0)
+            goto fail;
+    }
+    *out = r;
+    return 0;
+fail:
+    routes_free(r);
+    return CM_ERR_INVAL;
+}
+
+/* Attach the shared health records (only for snapshots that go live). */
+static void bind_states(struct px_routes *r)
+{
+    for (size_t i = 0; i < r->n; i++)
+        for (size_t k = 0; k < r->routes[i].neps; k++)
+            r->routes[i].eps[k].st = state_for(&r->routes[i].eps[k].addr);
+}
+
+/* ---- matching and picking --------------------------------------------------------- */
+
+const struct px_route *px_routes_match(const struct px_routes *r, const char *authority,
+                                       const struct cm_addr *orig_dst)
+{
+    if (r == NULL)
+        return NULL;
+    size_t hlen = 0;
+    if (authority != NULL) {
+        hlen = strlen(authority);
+        const char *colon = strrchr(authority, ':');
+        if (colon != NULL && strchr(authority, ']') == NULL)
+            hlen = (size_t)(colon - authority);
+    }
+    for (size_t i = 0; i < r->n; i++) {
+        const struct px_route *rt = &r->routes[i];
+        if (rt->match_host != NULL) {
+            if (authority != NULL && strlen(rt->match_host) == hlen &&
+                strncasecmp(rt->match_host, authority, hlen) == 0)
+                return rt;
+        } else if (rt->has_match_addr && orig_dst != NULL &&
+                   cm_addr_equal(&rt->match_addr, orig_dst)) {
+            return rt;
+        }
+    }
+    return NULL;
+}
+
+static uint32_t rnd(void)
+{
+    uint32_t v = 0;
+    pki_rng_fn(NULL, (unsigned char *)&v, sizeof(v));
+    return v;
+}
+
+/* lower is better: outstanding requests per weight */
+static double load_of(const struct px_endpoint *e)
+{
+    return ((double)e->st->outstanding + 1.0) / (double)e->weight;
+}
+
+struct px_endpoint *px_route_pick(const struct px_route *rt, const struct px_ep_state *avoid)
+{
+    uint64_t now = cm_mono_ms();
+    const char *local = px_srv != NULL ? px_srv->cfg->cluster : NULL;
+    static struct px_endpoint *cand[4096]; /* single-threaded; routes hold <= 4096 */
+    size_t nc = 0;
+    /* tiers: 0 = healthy and local (or no locality), 1 = healthy remote,
+     * 2 = everything (all ejected: panic, better than nothing) */
+    for (int tier = 0; tier < 3 && nc == 0; tier++) {
+        for (size_t i = 0; i < rt->neps; i++) {
+            struct px_endpoint *e = &rt->eps[i];
+            bool healthy = !ejected(e->st, now);
+            bool is_local = local == NULL || (e->cluster != NULL && strcmp(e->cluster, local) == 0);
+            bool ok = tier == 0 ? healthy && is_local : tier == 1 ? healthy : true;
+            if (!ok || e->st == avoid)
+                continue;
+            cand[nc++] = e;
+        }
+    }
+    if (nc == 0) {
+        /* only the endpoint to avoid is left */
+        for (size_t i = 0; i < rt->neps; i++)
+            if (rt->eps[i].st == avoid)
+                return &rt->eps[i];
+        return &rt->eps[0];
+    }
+    if (nc == 1)
+        return cand[0];
+    /* power of two choices on load: two distinct random candidates */
+    size_t i = rnd() % nc, j = rnd() % (nc - 1);
+    if (j >= i)
+        j++;
+    return load_of(cand[i]) <= load_of(cand[j]) ? cand[i] : cand[j];
+}
+
+static size_t healthy_count(const struct px_route *rt, uint64_t now)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < rt->neps; i++)
+        if (!ejected(rt->eps[i].st, now))
+            n++;
+    return n;
+}
+
+void px_route_report(const struct px_route *rt, struct px_endpoint *ep, enum px_try_outcome o,
+                     uint64_t latency_us)
+{
+    struct px_ep_state *st = ep->st;
+    st->requests++;
+    double ms = (double)latency_us / 1000.0;
+    st->ewma_ms = st->ewma_ms == 0 ? ms : (ms > st->ewma_ms ? ms : 0.8 * st->ewma_ms + 0.2 * ms);
+    switch (o) {
+    case PX_TRY_OK:
+        st->successes++;
+        st->consecutive_failures = 0;
+        return;
+    case PX_TRY_CONNECT: st->fail_connect++; break;
+    case PX_TRY_RESET: st->fail_reset++; break;
+    case PX_TRY_TIMEOUT: st->fail_timeout++; break;
+    case PX_TRY_5XX: st->fail_5xx++; break;
+    }
+    st->consecutive_failures++;
+    uint64_t now = cm_mono_ms();
+    if (rt->outlier_failures == 0 || st->consecutive_failures < rt->outlier_failures ||
+        ejected(st, now))
+        return;
+    /* never eject the last healthy endpoint of the set */
+    if (healthy_count(rt, now) <= 1)
+        return;
+    st->ejections++;
+    st->ejected_until_ms = now + (uint64_t)rt->outlier_base_ms * st->ejections;
+    st->consecutive_failures = 0;
+    R.ejections_total++;
+    char a[CM_ADDR_STRLEN];
+    cm_warn("route %s: endpoint %s ejected for %u ms (ejection %u)", rt->name,
+            cm_addr_format(&st->addr, a, sizeof(a)), rt->outlier_base_ms * st->ejections,
+            st->ejections);
+}
+
+bool px_route_retry_on(const struct px_route *rt, enum px_try_outcome o, int status)
+{
+    switch (o) {
+    case PX_TRY_CONNECT: return (rt->retry_on & PX_RETRY_CONNECT_FAILURE) != 0;
+    case PX_TRY_RESET: return (rt->retry_on & PX_RETRY_RESET) != 0;
+    case PX_TRY_TIMEOUT: return (rt->retry_on & (PX_RETRY_5XX | PX_RETRY_RESET)) != 0;
+    case PX_TRY_5XX:
+        if (rt->retry_on & PX_RETRY_5XX)
+            return status >= 500;
+        if ((rt->retry_on & PX_RETRY_GATEWAY) && (status == 502 || status == 503 || status == 504))
+            return true;
+        for (unsigned i = 0; i < rt->nretry_codes; i++)
+            if (rt->retry_codes[i] == status)
+                return true;
+        return false;
+    default: return false;
+    }
+}
+
+/* The budget window: 10 one-second buckets, stale ones cleared lazily. */
+static unsigned bucket(struct px_route *rt)
+{
+    uint64_t sec = cm_mono_ms() / 1000;
+    unsigned i = (unsigned)(sec % 10);
+    if (rt->budget_sec[i] != sec) {
+        rt->budget_sec[i] = sec;
+        rt->budget_req[i] = rt->budget_retry[i] = 0;
+    }
+    return i;
+}
+
+void px_route_budget_request(struct px_route *rt)
+{
+    rt->budget_req[bucket(rt)]++;
+}
+
+bool px_route_budget_retry(struct px_route *rt)
+{
+    unsigned cur = bucket(rt);
+    uint64_t sec = cm_mono_ms() / 1000;
+    uint64_t req = 0, retry = 0;
+    for (unsigned i = 0; i < 10; i++) {
+        if (rt->budget_sec[i] + 10 <= sec)
+            continue;
+        req += rt->budget_req[i];
+        retry += rt->budget_retry[i];
+    }
+    uint64_t allowed = req * rt->budget_percent / 100;
+    if (allowed < BUDGET_FLOOR)
+        allowed = BUDGET_FLOOR;
+    if (retry >= allowed)
+        return false;
+    rt->budget_retry[cur]++;
+    return true;
+}
+
+/* ---- loading, reload, watch --------------------------------------------------------- */
+
+static int load(char **errmsg)
+{
+    unsigned char *buf = NULL;
+    size_t len = 0;
+    if (pki_read_file(R.file, 16 * 1024 * 1024, &buf, &len, errmsg) != 0)
+        return CM_ERR_INVAL;
+    struct px_routes *r = NULL;
+    int rc = px_routes_parse(R.file, (const char *)buf, len, &r, errmsg);
+    free(buf);
+    if (rc != 0)
+        return rc;
+    bind_states(r);
+    px_routes_unref(R.cur);
+    R.cur = r;
+    R.loaded_at = cm_wall_s();
+    R.last_error[0] = '\0';
+    cm_info("routes: loaded %zu routes from %s", r->n, R.file);
+    return 0;
+}
+
+int px_routes_reload(char **errmsg)
+{
+    if (R.file == NULL)
+        return 0;
+    char *e = NULL;
+    if (load(&e) != 0) {
+        snprintf(R.last_error, sizeof(R.last_error), "%s", e);
+        cm_warn("routes: reload failed, keeping the last good routes: %s", e);
+        if (errmsg != NULL)
+            *errmsg = e;
+        else
+            free(e);
+        return CM_ERR_INVAL;
+    }
+    return 0;
+}
+
+static bool changed(void)
+{
+    struct stat st;
+    if (stat(R.file, &st) != 0)
+        return false;
+    bool diff = !R.have_st || st.st_ino != R.st.st_ino || st.st_dev != R.st.st_dev ||
+                st.st_size != R.st.st_size || st.st_mtim.tv_sec != R.st.st_mtim.tv_sec ||
+                st.st_mtim.tv_nsec != R.st.st_mtim.tv_nsec;
+    R.st = st;
+    R.have_st = true;
+    return diff;
+}
+
+static void on_watch(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    if (changed())
+        px_routes_reload(NULL);
+    struct timeval tv = {WATCH_MS / 1000, (WATCH_MS % 1000) * 1000};
+    evtimer_add(R.timer, &tv);
+}
+
+int px_routes_start(const struct px_config *cfg, char **errmsg)
+{
+    if (cfg->routes_file == NULL)
+        return 0;
+    R.file = cm_xstrdup(cfg->routes_file);
+    changed();
+    if (load(errmsg) != 0)
+        return CM_ERR_INVAL;
+    R.timer = evtimer_new(px_srv->base, on_watch, NULL);
+    struct timeval tv = {WATCH_MS / 1000, (WATCH_MS % 1000) * 1000};
+    evtimer_add(R.timer, &tv);
+    return 0;
+}
+
+void px_routes_shutdown(void)
+{
+    if (R.timer != NULL)
+        event_free(R.timer);
+    px_routes_unref(R.cur);
+    while (R.states != NULL) {
+        struct px_ep_state *n = R.states->next;
+        free(R.states);
+        R.states = n;
+    }
+    free(R.file);
+    memset(&R, 0, sizeof(R));
+}
+
+/* ---- admin and metrics ---------------------------------------------------------------- */
+
+static json_t *endpoint_json(const struct px_endpoint *e, uint64_t now)
+{
+    char a[CM_ADDR_STRLEN];
+    const struct px_ep_state *s = e->st;
+    json_t *o = json_object();
+    json_object_set_new(o, "address", json_string(cm_addr_format(&e->addr, a, sizeof(a))));
+    json_object_set_new(o, "cluster", e->cluster ? json_string(e->cluster) : json_null());
+    json_object_set_new(o, "weight", json_integer(e->weight));
+    bool ej = ejected(s, now);
+    json_object_set_new(o, "health", json_string(ej ? "ejected" : "healthy"));
+    json_object_set_new(o, "ejected_for_ms",
+                        json_integer(ej ? (json_int_t)(s->ejected_until_ms - now) : 0));
+    json_object_set_new(o, "ejections", json_integer(s->ejections));
+    json_object_set_new(o, "consecutive_failures", json_integer(s->consecutive_failures));
+    json_object_set_new(o, "outstanding", json_integer(s->outstanding));
+    json_object_set_new(o, "requests", json_integer((json_int_t)s->requests));
+    json_object_set_new(o, "successes", json_integer((json_int_t)s->successes));
+    json_t *f = json_pack("{s:I, s:I, s:I, s:I}", "connect", (json_int_t)s->fail_connect, "reset",
+                          (json_int_t)s->fail_reset, "timeout", (json_int_t)s->fail_timeout, "5xx",
+                          (json_int_t)s->fail_5xx);
+    json_object_set_new(o, "failures", f);
+    json_object_set_new(o, "latency_ewma_ms", json_real(s->ewma_ms));
+    return o;
+}
+
+static int on_clusters(struct evhttp_request *req, const struct evkeyvalq *q, struct evbuffer *out,
+                       void *arg)
+{
+    (void)req;
+    (void)q;
+    (void)arg;
+    uint64_t now = cm_mono_ms();
+    json_t *o = json_object();
+    json_t *routes = json_array();
+    const char *local = px_srv->cfg->cluster;
+    for (size_t i = 0; R.cur != NULL && i < R.cur->n; i++) {
+        const struct px_route *rt = &R.cur->routes[i];
+        json_t *ro = json_object();
+        json_object_set_new(ro, "name", json_string(rt->name));
+        if (rt->match_host != NULL)
+            json_object_set_new(ro, "match", json_pack("{s:s}", "host", rt->match_host));
+        else {
+            char a[CM_ADDR_STRLEN];
+            json_object_set_new(ro, "match", json_pack("{s:s}", "address",
+                                                       cm_addr_format(&rt->match_addr, a, sizeof(a))));
+        }
+        json_t *eps = json_array();
+        for (size_t k = 0; k < rt->neps; k++)
+            json_array_append_new(eps, endpoint_json(&rt->eps[k], now));
+        json_object_set_new(ro, "endpoints", eps);
+        json_array_append_new(routes, ro);
+    }
+    json_object_set_new(o, "cluster", local ? json_string(local) : json_null());
+    json_object_set_new(o, "routes_file", R.file ? json_string(R.file) : json_null());
+    char ts[32];
+    json_object_set_new(o, "loaded_at",
+                        R.loaded_at ? json_string(cm_fmt_rfc3339(R.loaded_at, ts, sizeof(ts)))
+                                    : json_null());
+    json_object_set_new(o, "last_error", R.last_error[0] ? json_string(R.last_error) : json_null());
+    json_object_set_new(o, "ejections_total", json_integer((json_int_t)R.ejections_total));
+    json_object_set_new(o, "routes", routes);
+    px_admin_reply_json(out, o);
+    return 200;
+}
+
+static int on_reload(struct evhttp_request *req, const struct evkeyvalq *q, struct evbuffer *out,
+                     void *arg)
+{
+    (void)req;
+    (void)q;
+    (void)arg;
+    if (R.file == NULL)
+        return px_admin_reply_error(out, 404, "no routes_file configured");
+    char *e = NULL;
+    if (px_routes_reload(&e) != 0) {
+        int rc = px_admin_reply_error(out, 400, "%s", e);
+        free(e);
+        return rc;
+    }
+    px_admin_reply_json(out, json_pack("{s:s, s:I}", "status", "reloaded", "routes",
+                                       (json_int_t)R.cur->n));
+    return 200;
+}
+
+void px_routes_admin_routes(void)
+{
+    px_admin_route(px_srv->admin, PX_ADMIN_GET, "/clusters", on_clusters, NULL);
+    px_admin_route(px_srv->admin, PX_ADMIN_POST, "/routes/reload", on_reload, NULL);
+}
+
+uint64_t px_routes_ejections_total(void)
+{
+    return R.ejections_total;
+}
+
+void px_routes_write_prometheus(struct evbuffer *out)
+{
+    if (R.cur == NULL)
+        return;
+    evbuffer_add_printf(out, "# HELP remora_endpoint_requests_total Tries sent to an endpoint, by "
+                             "outcome.\n# TYPE remora_endpoint_requests_total counter\n");
+    for (const struct px_ep_state *s = R.states; s != NULL; s = s->next) {
+        char a[CM_ADDR_STRLEN];
+        cm_addr_format(&s->addr, a, sizeof(a));
+        const struct {
+            const char *o;
+            uint64_t v;
+        } rows[] = {{"success", s->successes},   {"connect_failure", s->fail_connect},
+                    {"reset", s->fail_reset},     {"timeout", s->fail_timeout},
+                    {"5xx", s->fail_5xx}};
+        for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
+            evbuffer_add_printf(out,
+                                "remora_endpoint_requests_total{endpoint=\"%s\",outcome=\"%s\"} "
+                                "%llu\n",
+                                a, rows[i].o, (unsigned long long)rows[i].v);
+    }
+    evbuffer_add_printf(out, "# HELP remora_endpoint_ejected 1 while an endpoint is ejected.\n"
+                             "# TYPE remora_endpoint_ejected gauge\n");
+    uint64_t now = cm_mono_ms();
+    for (const struct px_ep_state *s = R.states; s != NULL; s = s->next) {
+        char a[CM_ADDR_STRLEN];
+        evbuffer_add_printf(out, "remora_endpoint_ejected{endpoint=\"%s\"} %d\n",
+                            cm_addr_format(&s->addr, a, sizeof(a)), ejected(s, now) ? 1 : 0);
+    }
+    evbuffer_add_printf(out, "# HELP remora_outlier_ejections_total Endpoints ejected by outlier "
+                             "detection.\n# TYPE remora_outlier_ejections_total counter\n"
+                             "remora_outlier_ejections_total %llu\n",
+                        (unsigned long long)R.ejections_total);
+}

@@ -1,0 +1,124 @@
+/* Routes (DESIGN.md "Routes file"): which endpoints serve a request, how it
+ * is retried and timed out, load balancing, outlier ejection and failover
+ * between clusters (localities).
+ *
+ * The routes file compiles into an immutable, refcounted snapshot swapped on
+ * reload (SIGHUP, POST /routes/reload, a watch on the file); a stream keeps
+ * the snapshot it started under. Endpoint health state (outstanding
+ * requests, consecutive failures, ejections) lives in per-address records
+ * shared by all snapshots, so a reload neither forgets an ejection nor lets
+ * a request touch freed memory. */
+#ifndef PX_ROUTES_H
+#define PX_ROUTES_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/net.h"
+#include "proxy/config.h"
+#include "proxy/stream.h"
+
+/* retry_on bits */
+#define PX_RETRY_CONNECT_FAILURE 0x01 /* refused, unreachable, connect timeout, TLS */
+#define PX_RETRY_RESET 0x02           /* reset / closed before a full response */
+#define PX_RETRY_5XX 0x04             /* any 5xx response, and per-try timeouts */
+#define PX_RETRY_GATEWAY 0x08         /* 502, 503, 504 responses */
+
+/* Health record of one endpoint address; lives as long as the process. */
+struct px_ep_state {
+    struct cm_addr addr;
+    uint32_t outstanding;          /* requests in flight now */
+    uint32_t consecutive_failures;
+    uint32_t ejections;            /* how many times ejected so far */
+    uint64_t ejected_until_ms;     /* monotonic; 0 = healthy */
+    uint64_t requests, successes;
+    uint64_t fail_connect, fail_reset, fail_timeout, fail_5xx;
+    double ewma_ms;                /* latency, peak-EWMA style */
+    struct px_ep_state *next;
+};
+
+struct px_endpoint {
+    struct cm_addr addr;
+    char *cluster;   /* locality, or NULL */
+    uint32_t weight; /* >= 1 */
+    struct px_ep_state *st;
+};
+
+struct px_route {
+    char *name;            /* "routes[i]" or the given name */
+    char *match_host;      /* lower case, no port; or NULL */
+    bool has_match_addr;
+    struct cm_addr match_addr;
+    uint32_t timeout_ms;   /* whole request, 0 = none */
+    uint32_t attempts;     /* total tries, >= 1 */
+    uint32_t per_try_timeout_ms;
+    uint32_t retry_on;     /* PX_RETRY_* */
+    int retry_codes[8];
+    unsigned nretry_codes;
+    uint32_t budget_percent;
+    uint32_t backoff_base_ms;
+    uint32_t outlier_failures;   /* 0 = no ejection */
+    uint32_t outlier_base_ms;
+    struct px_endpoint *eps;
+    size_t neps;
+    /* retry budget: requests and retries in the last 10 s, one bucket a second */
+    uint64_t budget_sec[10];
+    uint32_t budget_req[10], budget_retry[10];
+};
+
+struct px_routes {
+    int refs;
+    struct px_route *routes;
+    size_t n;
+    json_t *raw;
+};
+
+/* Load cfg->routes_file if set (a bad file at startup is an error) and
+ * start its watch. */
+int px_routes_start(const struct px_config *cfg, char **errmsg);
+int px_routes_reload(char **errmsg);
+void px_routes_admin_routes(void);
+void px_routes_shutdown(void);
+/* Parse a routes document (tests, fuzzing). */
+int px_routes_parse(const char *name, const char *buf, size_t len, struct px_routes **out,
+                    char **errmsg);
+
+struct px_routes *px_routes_current(void);
+struct px_routes *px_routes_ref(struct px_routes *r);
+void px_routes_unref(struct px_routes *r);
+
+/* The route for a request: by Host/:authority (port ignored) or by the
+ * original destination address. NULL when none matches. */
+const struct px_route *px_routes_match(const struct px_routes *r, const char *authority,
+                                       const struct cm_addr *orig_dst);
+/* Pick an endpoint: healthy ones of our own cluster first (all traffic
+ * stays local while any is healthy), else the other clusters; power of two
+ * choices on outstanding requests per weight; `avoid` (may be NULL) is not
+ * picked when another candidate exists. Never NULL for a route with
+ * endpoints (when all are ejected, all are candidates again). */
+struct px_endpoint *px_route_pick(const struct px_route *rt, const struct px_ep_state *avoid);
+/* Outcome of one try on an endpoint: success, or a failure of a kind. */
+enum px_try_outcome {
+    PX_TRY_OK = 0,
+    PX_TRY_CONNECT,
+    PX_TRY_RESET,
+    PX_TRY_TIMEOUT,
+    PX_TRY_5XX
+};
+void px_route_report(const struct px_route *rt, struct px_endpoint *ep, enum px_try_outcome o,
+                     uint64_t latency_us);
+/* May this route retry now (budget)? Counts the retry when it returns true. */
+bool px_route_budget_retry(struct px_route *rt);
+void px_route_budget_request(struct px_route *rt);
+/* Does this failure qualify for a retry under rt's retry_on? status: the
+ * response code for PX_TRY_5XX. */
+bool px_route_retry_on(const struct px_route *rt, enum px_try_outcome o, int status);
+
+/* Prometheus text for per-endpoint requests/outcomes and ejections. */
+struct evbuffer;
+void px_routes_write_prometheus(struct evbuffer *out);
+uint64_t px_routes_ejections_total(void);
+
+#endif

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Routes, load balancing, retries within a budget, timeouts, outlier
+# ejection and multi-cluster failover, with several test upstreams and a
+# delaying relay standing in for a remote cluster.
+source "$(dirname "$0")/../lib.sh"
+RELAY="python3 $REMORA_ROOT/test/tools/delay_relay.py"
+
+# upstream NAME -> sets port var NAME_PORT and pid var NAME_PID
+up() {
+    start_upstream "$1" || exit 1
+    printf -v "${1}_PORT" '%s' "$UP_PORT"; printf -v "${1}_PID" '%s' "$UP_PID"
+}
+relay() { # NAME TO-PORT DELAY-MS
+    bg "$1" $RELAY --listen 127.0.0.1:0 --to "127.0.0.1:$2" --delay-ms "$3"
+    printf -v "${1}_PID" '%s' "$LASTPID"
+    local p=""
+    for _ in $(seq 100); do
+        p=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$TMP/$1.log" | head -1)
+        [[ -n $p ]] && break; sleep 0.05
+    done
+    printf -v "${1}_PORT" '%s' "$p"
+}
+up e1; up e2; up e3; up w1
+relay slow "$e3_PORT" 1500     # a slow endpoint: 1.5 s per chunk
+relay west "$w1_PORT" 120      # the remote cluster, 120 ms away
+DEAD=$(free_port)
+ADMIN_PORT=$(free_port); PORT=$(free_port)
+
+write_routes() { # attempts on budget
+cat >"$TMP/routes.json" <<JSON
+{"routes": [
+  {"name": "svc", "match": {"host": "svc.shop.svc.cluster.local"}, "timeout_ms": 5000,
+   "retries": {"attempts": $1, "per_try_timeout_ms": 1000, "on": [$2], "budget_percent": $3},
+   "endpoints": [{"address": "127.0.0.1:$e1_PORT", "cluster": "east"},
+                 {"address": "127.0.0.1:$e2_PORT", "cluster": "east"},
+                 {"address": "127.0.0.1:$DEAD", "cluster": "east"}],
+   "outlier": {"consecutive_failures": 3, "base_ejection_ms": 3000}},
+  {"name": "slow", "match": {"host": "slow.local"}, "timeout_ms": 2500,
+   "retries": {"attempts": 2, "per_try_timeout_ms": 300, "on": ["5xx", "reset"]},
+   "endpoints": [{"address": "127.0.0.1:$slow_PORT", "cluster": "east"},
+                 {"address": "127.0.0.1:$e1_PORT", "cluster": "east"}],
+   "outlier": {"consecutive_failures": 1, "base_ejection_ms": 60000}},
+  {"name": "timeout", "match": {"host": "timeout.local"}, "timeout_ms": 400,
+   "endpoints": [{"address": "127.0.0.1:$slow_PORT"}]},
+  {"name": "outage", "match": {"host": "outage.local"},
+   "retries": {"attempts": 3, "on": ["503"], "budget_percent": 20},
+   "endpoints": [{"address": "127.0.0.1:$e1_PORT"}, {"address": "127.0.0.1:$e2_PORT"}],
+   "outlier": {"consecutive_failures": 0}},
+  {"name": "geo", "match": {"host": "geo.local"},
+   "retries": {"attempts": 3, "on": ["connect-failure", "reset", "503"]},
+   "endpoints": [{"address": "127.0.0.1:$e3_PORT", "cluster": "east"},
+                 {"address": "127.0.0.1:$west_PORT", "cluster": "west"}],
+   "outlier": {"consecutive_failures": 2, "base_ejection_ms": 1000}}]}
+JSON
+}
+write_routes 3 '"connect-failure", "reset", "503"' 20
+cat >"$TMP/proxy.json" <<JSON
+{"admin": {"address": "127.0.0.1:$ADMIN_PORT"}, "cluster": "east",
+ "routes_file": "$TMP/routes.json",
+ "listeners": [{"name": "out", "address": "127.0.0.1:$PORT", "direction": "outbound",
+                "upstream": "127.0.0.1:$DEAD", "tls": "disabled"}]}
+JSON
+start_proxy proxy "$TMP/proxy.json" || exit 1
+U=http://127.0.0.1:$PORT
+ep() { # route endpoint-index field
+    curl -s "http://127.0.0.1:$ADMIN_PORT/clusters" |
+        jq -r ".routes[] | select(.name==\"$1\") | .endpoints[$2].$3"
+}
+load() { # authority n [extra h2load args] -> "succeeded failed"
+    local a=$1 n=$2; shift 2
+    h2load -n "$n" -c 4 -m 1 -H ":authority: $a" "$@" "$U/lb" 2>&1 |
+        sed -n 's/^requests: .* \([0-9]*\) succeeded, \([0-9]*\) failed.*/\1 \2/p'
+}
+
+# -- a dead endpoint in the set: retried elsewhere, then ejected ------------------------------
+expect_eq "route by Host: 300 requests, one endpoint dead, none fails" "$(load svc.shop.svc.cluster.local 300)" "300 0"
+expect_eq "the dead endpoint is ejected" "$(ep svc 2 health)" ejected
+n1=$(ep svc 0 requests); n2=$(ep svc 1 requests)
+check "load spread over the healthy endpoints ($n1 / $n2)" test "$n1" -gt 50 -a "$n2" -gt 50
+out=$(curl -s -H 'Host: svc.shop.svc.cluster.local:8080' "$U/hostport")
+expect_match "host match ignores the port" "$out" '"path":"/hostport"'
+
+# -- an endpoint dies mid-load: no client request fails ---------------------------------------------
+h2load -n 4000 -c 4 -m 1 --rps 800 -H ':authority: svc.shop.svc.cluster.local' "$U/mid" >"$TMP/mid.txt" 2>&1 &
+lpid=$!
+sleep 1.2
+kill -9 "$e2_PID"
+wait $lpid
+out=$(grep -E '^requests:' "$TMP/mid.txt")
+expect_match "endpoint killed (-9) mid-load: no failed request" "$out" '4000 succeeded, 0 failed'
+expect_eq "... and the killed endpoint is ejected" "$(ep svc 1 health)" ejected
+
+# -- per-try timeout: a slow endpoint is cut off and the request retried ---------------------------
+start=$(date +%s%N)
+out=$(curl -s -w ' %{http_code}' -H 'Host: slow.local' "$U/s")
+ms=$(( ($(date +%s%N) - start) / 1000000 ))
+expect_match "slow endpoint cut at per_try_timeout, retried on the other" "$out" '"name":"e1".* 200$'
+check "... in about the per-try timeout (${ms} ms < 1200)" test "$ms" -lt 1200
+out=$(curl -s -w ' %{http_code}' -H 'Host: timeout.local' "$U/t")
+expect_match "whole-request timeout_ms -> 504" "$out" ' 504$'
+
+# -- total 503 outage: retries capped by the budget -------------------------------------------------
+before=$(curl -s "http://127.0.0.1:$ADMIN_PORT/stats" | jq .retries_total)
+res=$(h2load -n 200 -c 2 -m 1 -H ':authority: outage.local' "$U/status/503" 2>&1 | grep -c '' )
+after=$(curl -s "http://127.0.0.1:$ADMIN_PORT/stats" | jq .retries_total)
+extra=$((after - before))
+echo "outage: 200 requests, $extra retries"
+check "503 outage: at most budget-worth of extra attempts ($extra <= 43)" test "$extra" -le 43
+check "... but some retries happen ($extra >= 3)" test "$extra" -ge 3
+
+# -- multi-cluster: local preference, failover, failback ----------------------------------------------
+load geo.local 100 >/dev/null
+expect_eq "all traffic stays in the local cluster while it is healthy" "$(ep geo 1 requests)" 0
+kill -9 "$e3_PID"   # the whole local cluster of this route dies
+r=$(load geo.local 60)
+expect_eq "local cluster dead: failover to the remote cluster, no failed request" "$r" "60 0"
+wr=$(ep geo 1 requests)
+check "... the remote cluster served them ($wr)" test "$wr" -ge 60
+# bring the local endpoint back on the same port, wait for the ejection to end
+bg e3back "$UPSTREAM" --listen "127.0.0.1:$e3_PORT" --name e3back
+sleep 1.5
+load geo.local 50 >/dev/null
+before_w=$(ep geo 1 requests)
+load geo.local 100 >/dev/null
+after_w=$(ep geo 1 requests)
+expect_eq "failback: traffic returns to the local cluster" "$((after_w - before_w))" 0
+
+# -- reload: file watch, POST, SIGHUP; bad files keep the last good routes ------------------------------
+sed 's/"svc.shop.svc.cluster.local"/"svc2.local"/' "$TMP/routes.json" >"$TMP/r2.json" && mv "$TMP/r2.json" "$TMP/routes.json"
+for _ in $(seq 30); do
+    [[ $(curl -s "http://127.0.0.1:$ADMIN_PORT/clusters" | jq -r '.routes[0].match.host') == svc2.local ]] && break
+    sleep 0.1
+done
+expect_eq "a changed routes file is picked up by the watch" \
+    "$(curl -s "http://127.0.0.1:$ADMIN_PORT/clusters" | jq -r '.routes[0].match.host')" svc2.local
+echo '{"routes": [{"match": {"hots": "x"}, "endpoints": []}]}' >"$TMP/routes.json"
+code=$(curl -s -o "$TMP/rl.json" -w '%{http_code}' -X POST "http://127.0.0.1:$ADMIN_PORT/routes/reload")
+expect_eq "POST /routes/reload of a bad file -> 400" "$code" 400
+expect_match "... naming the key" "$(cat "$TMP/rl.json")" 'routes\[0\]\.match\.hots: unknown key'
+expect_match "... last_error reported" "$(curl -s "http://127.0.0.1:$ADMIN_PORT/clusters" | jq -r .last_error)" 'unknown key'
+out=$(curl -s -w ' %{http_code}' -H 'Host: svc2.local' "$U/kept")
+expect_match "... and the last good routes stay in force" "$out" ' 200$'
+write_routes 3 '"connect-failure"' 20
+kill -HUP "$PROXY_PID"
+sleep 0.3
+expect_eq "SIGHUP reloads the routes" "$(curl -s "http://127.0.0.1:$ADMIN_PORT/clusters" | jq -r .last_error)" null
+m=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics")
+expect_match "per-endpoint outcomes in /metrics" "$m" 'remora_endpoint_requests_total\{endpoint="127.0.0.1:[0-9]+",outcome="connect_failure"\} [1-9]'
+expect_match "ejections in /metrics" "$m" 'remora_outlier_ejections_total [1-9]'
+expect_match "retries in /metrics" "$m" 'remora_retries_total [1-9]'
+
+stop_pid "$PROXY_PID"; expect_eq "proxy exits 0" "$STOP_RC" 0
+if grep -q "ERROR: AddressSanitizer\|runtime error\|LeakSanitizer" "$TMP/proxy.log"; then
+    fail "sanitizers clean"; grep -A20 "Sanitizer\|runtime error" "$TMP/proxy.log" | head -40
+else
+    pass "sanitizers clean"
+fi
+finish
