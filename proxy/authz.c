@@ -1,36 +1,316 @@
-/* Placeholder until the policy engine lands: no policy_file means no
- * authorization step (everything allowed, as without a policy in Istio); a
- * configured policy_file is refused at startup rather than ignored. */
+/* Authorization on inbound listeners (proxy/authz.h, docs/policy.md): holds the
+ * compiled policy in force, decides each request head with proxy/policy.c,
+ * answers denials, and reloads the policy file on SIGHUP, on POST
+ * /policy/reload, and when the file changes.
+ *
+ * Snapshots. A reload builds and validates a whole new px_policy before it
+ * replaces the old one, so a bad file never replaces a good one. The old
+ * policy is freed at once: a request is decided in one call at its head, on
+ * the event loop thread, and nothing keeps a pointer into the policy after
+ * px_authz_check() returns; requests in flight therefore finish under the
+ * policy that admitted them, without reference counting.
+ *
+ * The file watch polls stat() of the configured path every second and
+ * compares (device, inode, mtime, size) of what it resolves to. Kubernetes
+ * updates a mounted ConfigMap by swapping the `..data` symlink of the volume
+ * atomically: the path we watch never changes, but stat() follows the links
+ * to a new inode. Polling needs no inotify bookkeeping across those swaps and
+ * also catches in-place edits, renames over the file, and a file that goes
+ * away and comes back. A half-written file fails to load, keeps the last good
+ * policy, and is read again at the next change. */
 #include "proxy/authz.h"
 
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/clock.h"
 #include "common/err.h"
+#include "common/log.h"
 #include "common/xalloc.h"
+#include "proxy/admin.h"
+#include "proxy/conn.h"
+#include "proxy/metrics.h"
+#include "proxy/policy.h"
+#include "proxy/server.h"
+
+#define WATCH_MS 1000 /* how often the file is looked at */
+
+/* What stat() says about the policy file; a change means "read it again". */
+struct file_sig {
+    bool ok;   /* stat() succeeded */
+    int err;   /* its errno otherwise */
+    dev_t dev;
+    ino_t ino;
+    int64_t mtime_ns;
+    off_t size;
+};
+
+static struct {
+    char *file;               /* policy_file, or NULL: no authorization step */
+    struct px_policy *policy; /* in force; NULL only without policy_file */
+    struct event *watch;
+    struct file_sig sig;   /* of the file as last read (or found missing) */
+    int64_t loaded_at_ms;  /* when the policy in force was loaded */
+    int64_t attempt_at_ms; /* the last load attempt, good or bad */
+    char *last_error;      /* the last failed load, NULL after a good one */
+    uint64_t loads, failures;
+} az;
+
+static void take_sig(struct file_sig *s)
+{
+    struct stat st;
+    memset(s, 0, sizeof(*s));
+    if (stat(az.file, &st) != 0) {
+        s->err = errno;
+        return;
+    }
+    s->ok = true;
+    s->dev = st.st_dev;
+    s->ino = st.st_ino;
+    s->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+    s->size = st.st_size;
+}
+
+static bool sig_equal(const struct file_sig *a, const struct file_sig *b)
+{
+    if (a->ok != b->ok)
+        return false;
+    if (!a->ok)
+        return a->err == b->err;
+    return a->dev == b->dev && a->ino == b->ino && a->mtime_ns == b->mtime_ns &&
+           a->size == b->size;
+}
+
+static void set_error(const char *msg)
+{
+    free(az.last_error);
+    az.last_error = msg ? cm_xstrdup(msg) : NULL;
+}
+
+/* Read, compile and install the file. On failure the policy in force stays,
+ * last_error says why, and *errmsg gets the message (caller frees). */
+static int load(const char *trigger, char **errmsg)
+{
+    take_sig(&az.sig); /* before reading: a change during the read is seen next tick */
+    az.attempt_at_ms = cm_wall_ms();
+    struct px_policy *p = NULL;
+    if (px_policy_load_file(az.file, &p, errmsg) != 0) {
+        set_error(*errmsg);
+        az.failures++;
+        return CM_ERR_INVAL;
+    }
+    px_policy_free(az.policy);
+    az.policy = p;
+    az.loaded_at_ms = az.attempt_at_ms;
+    az.loads++;
+    set_error(NULL);
+    cm_info("policy: %s: loaded %s: %zu rules (%zu allow, %zu deny), default %s, mode %s",
+            trigger, az.file, px_policy_nrules(p), px_policy_nallow(p), px_policy_ndeny(p),
+            px_policy_default_deny(p) ? "deny" : "allow",
+            px_policy_mode(p) == PX_POLICY_AUDIT ? "audit" : "enforce");
+    return 0;
+}
+
+static void on_watch(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    struct file_sig s;
+    take_sig(&s);
+    if (sig_equal(&s, &az.sig))
+        return;
+    if (!s.ok) {
+        /* gone (or unreadable): keep enforcing what we have, say so once */
+        az.sig = s;
+        char msg[512];
+        snprintf(msg, sizeof(msg), "%s: %s (keeping the last good policy)", az.file,
+                 strerror(s.err));
+        set_error(msg);
+        az.failures++;
+        cm_warn("policy: %s", msg);
+        return;
+    }
+    char *err = NULL;
+    if (load("file changed", &err) != 0)
+        cm_warn("policy: reload after a file change failed, keeping the last good policy: %s",
+                err);
+    free(err);
+}
 
 int px_authz_start(const struct px_config *cfg, char **errmsg)
 {
-    if (cfg->policy_file != NULL) {
-        *errmsg = cm_xasprintf("%s: policy_file: the policy engine is not in this build", cfg->file);
+    if (cfg->policy_file == NULL)
+        return 0;
+    az.file = cm_xstrdup(cfg->policy_file);
+    if (load("startup", errmsg) != 0) {
+        px_authz_shutdown();
         return CM_ERR_INVAL;
+    }
+    if (px_srv != NULL && px_srv->base != NULL) {
+        az.watch = event_new(px_srv->base, -1, EV_PERSIST, on_watch, NULL);
+        struct timeval tv = {WATCH_MS / 1000, (WATCH_MS % 1000) * 1000};
+        if (az.watch != NULL)
+            evtimer_add(az.watch, &tv);
     }
     return 0;
 }
 
 int px_authz_reload(char **errmsg)
 {
-    (void)errmsg;
-    return 0;
+    if (az.file == NULL)
+        return 0;
+    return load("reload", errmsg);
+}
+
+/* ---- admin ------------------------------------------------------------------------ */
+
+static json_t *time_or_null(int64_t ms)
+{
+    char ts[40];
+    return ms > 0 ? json_string(cm_fmt_rfc3339_ms(ms, ts, sizeof(ts))) : json_null();
+}
+
+/* GET /policy: the policy in force (its source document) and the reload state. */
+static json_t *summary(void)
+{
+    const struct px_policy *p = az.policy;
+    json_t *o = json_object();
+    json_object_set_new(o, "file", json_string(az.file));
+    json_object_set_new(o, "mode",
+                        json_string(px_policy_mode(p) == PX_POLICY_AUDIT ? "audit" : "enforce"));
+    json_object_set_new(o, "default", json_string(px_policy_default_deny(p) ? "deny" : "allow"));
+    json_object_set_new(o, "rules", json_integer((json_int_t)px_policy_nrules(p)));
+    json_object_set_new(o, "allow_rules", json_integer((json_int_t)px_policy_nallow(p)));
+    json_object_set_new(o, "deny_rules", json_integer((json_int_t)px_policy_ndeny(p)));
+    json_object_set_new(o, "loaded_at", time_or_null(az.loaded_at_ms));
+    json_object_set_new(o, "last_attempt_at", time_or_null(az.attempt_at_ms));
+    json_object_set_new(o, "last_error", az.last_error ? json_string(az.last_error) : json_null());
+    json_object_set_new(o, "loads", json_integer((json_int_t)az.loads));
+    json_object_set_new(o, "load_failures", json_integer((json_int_t)az.failures));
+    json_object_set(o, "policy", px_policy_source(p));
+    return o;
+}
+
+static int on_get_policy(struct evhttp_request *req, const struct evkeyvalq *query,
+                         struct evbuffer *out, void *arg)
+{
+    (void)req;
+    (void)query;
+    (void)arg;
+    px_admin_reply_json(out, summary());
+    return 200;
+}
+
+static int on_reload(struct evhttp_request *req, const struct evkeyvalq *query,
+                     struct evbuffer *out, void *arg)
+{
+    (void)req;
+    (void)query;
+    (void)arg;
+    char *err = NULL;
+    if (load("POST /policy/reload", &err) != 0) {
+        cm_warn("policy: POST /policy/reload failed, keeping the last good policy: %s", err);
+        int status = px_admin_reply_error(out, 400, "%s", err);
+        free(err);
+        return status;
+    }
+    px_admin_reply_json(out, summary());
+    return 200;
 }
 
 void px_authz_admin_routes(void)
 {
+    if (az.file == NULL || px_srv == NULL)
+        return;
+    px_admin_route(px_srv->admin, PX_ADMIN_GET, "/policy", on_get_policy, NULL);
+    px_admin_route(px_srv->admin, PX_ADMIN_POST, "/policy/reload", on_reload, NULL);
 }
 
 void px_authz_shutdown(void)
 {
+    if (az.file != NULL && px_srv != NULL && px_srv->admin != NULL) {
+        px_admin_route(px_srv->admin, PX_ADMIN_GET, "/policy", NULL, NULL);
+        px_admin_route(px_srv->admin, PX_ADMIN_POST, "/policy/reload", NULL, NULL);
+    }
+    if (az.watch != NULL)
+        event_free(az.watch);
+    px_policy_free(az.policy);
+    free(az.file);
+    free(az.last_error);
+    memset(&az, 0, sizeof(az));
+    px_policy_metrics_reset();
+}
+
+/* ---- deciding ---------------------------------------------------------------------- */
+
+/* Untrusted text for one log line: printable ASCII, bounded. */
+static const char *loggable(const char *s, char *buf, size_t len)
+{
+    size_t o = 0;
+    if (s == NULL)
+        return "-";
+    for (; *s != '\0' && o + 4 < len; s++)
+        buf[o++] = ((unsigned char)*s >= 0x20 && (unsigned char)*s < 0x7f) ? *s : '?';
+    if (*s != '\0') {
+        memcpy(buf + o, "...", 3);
+        o += 3;
+    }
+    buf[o] = '\0';
+    return buf;
 }
 
 bool px_authz_check(struct px_stream *s)
 {
-    (void)s;
-    return true;
+    if (az.policy == NULL)
+        return true;
+    const struct px_conn *c = s->conn;
+    struct px_policy_request r = {
+        .principal = c->mtls && c->peer_id[0] != '\0' ? c->peer_id : NULL,
+        .port = cm_addr_port(&c->orig_dst),
+        .req = &s->req,
+    };
+    char small[512];
+    size_t need = px_policy_scratch_size(s->req.path);
+    char *scratch = need <= sizeof(small) ? small : px_arena_alloc(&s->arena, need);
+    struct px_policy_decision d;
+    px_policy_decide(az.policy, &r, scratch, need, &d);
+    if (d.verdict == PX_POLICY_ALLOW)
+        return true;
+
+    char peer[64], path[256], method[32];
+    cm_addr_format(&c->peer, peer, sizeof(peer));
+    loggable(s->req.path, path, sizeof(path));
+    loggable(s->req.method, method, sizeof(method));
+    const char *who = r.principal ? r.principal : "-";
+    if (d.verdict == PX_POLICY_BAD_PATH) {
+        cm_info("policy: %s %s %s from %s (%s): %s", d.enforce ? "rejected" : "audit: would reject",
+                method, path, who, peer, d.why);
+        if (!d.enforce)
+            return true;
+        px_metrics.bad_request++;
+        char body[128];
+        snprintf(body, sizeof(body), "bad request: %s", d.why);
+        px_stream_respond(s, 400, body);
+        return false;
+    }
+    px_policy_count_denial(d.rule, !d.enforce);
+    cm_info("policy: %s %s %s from %s (%s) to port %u by %s%s",
+            d.enforce ? "denied" : "audit: would deny", method, path, who, peer, (unsigned)r.port,
+            strcmp(d.rule, "default") == 0 ? "" : "rule ", d.rule);
+    if (!d.enforce)
+        return true;
+    px_metrics.policy_denials_total++;
+    char body[PX_POLICY_MAX_NAME + 64];
+    if (strcmp(d.rule, "default") == 0)
+        snprintf(body, sizeof(body), "RBAC: access denied by default");
+    else
+        snprintf(body, sizeof(body), "RBAC: access denied by rule %s", d.rule);
+    px_stream_respond(s, 403, body);
+    return false;
 }

@@ -25,6 +25,7 @@
 #include "common/xalloc.h"
 #include "proxy/h2.h"
 #include "proxy/http.h"
+#include "proxy/policy.h"
 #include "proxy/server.h"
 
 struct px_metrics px_metrics;
@@ -375,8 +376,9 @@ void px_metrics_write_prometheus(struct evbuffer *out)
     prom_u64(out, "remora_retries_total", "counter", "Requests retried to an upstream.",
              m->retries_total);
     px_routes_write_prometheus(out); /* per-endpoint outcomes, ejections (routes.c) */
-    prom_u64(out, "remora_policy_denials_total", "counter",
-             "Requests denied by the authorization policy (403).", m->policy_denials_total);
+    /* policy (issue 5): remora_policy_denials_total is labelled by rule, so proxy/policy.c
+     * writes it (and remora_policy_audit_denials_total) from its own table. */
+    px_policy_metrics_prometheus(out);
     prom_head(out, "remora_cert_expiry_timestamp_seconds", "gauge",
               "Expiry (not_after) of the workload certificate, Unix seconds; 0 without one.");
     evbuffer_add_printf(out, "remora_cert_expiry_timestamp_seconds %" PRId64 "\n",
@@ -507,6 +509,7 @@ void px_metrics_write_json(struct evbuffer *out)
     U64(tls_plaintext_refused);
 #undef U64
     json_object_set_new(o, "cert_expiry_timestamp", json_integer(m->cert_expiry_timestamp));
+    px_policy_metrics_json(o); /* policy (issue 5): denials by rule */
 
     uint64_t total = 0;
     json_t *reqs = requests_json(&total);

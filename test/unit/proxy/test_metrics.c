@@ -191,7 +191,7 @@ static void test_prometheus_shape(void **state)
     t = prom_text();
     assert_int_equal(sample(t, "remora_upstream_connections_active"), 7);
     assert_int_equal(sample(t, "remora_retries_total"), 8);
-    assert_int_equal(sample(t, "remora_policy_denials_total"), 0);
+    assert_int_equal(sample(t, "remora_policy_denials_total{rule=\"default\"}"), 0);
     assert_int_equal(sample(t, "remora_cert_expiry_timestamp_seconds"), 0);
     assert_int_equal(sample(t, "remora_local_errors_total{cause=\"bad_request\"}"), 9);
     assert_int_equal(sample(t, "remora_streams_active"), 5);

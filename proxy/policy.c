@@ -1,0 +1,1414 @@
+/* The policy engine: JSON -> compiled rules -> verdicts (docs/policy.md).
+ *
+ * Compiled form. Everything a policy owns lives in one px_arena, freed whole:
+ * rule names, patterns (literal part plus a kind: exact, prefix, suffix, any),
+ * methods as a bitmask, ports as sorted arrays, header conditions with
+ * lower-case names. A policy is immutable once compiled, so deciding needs no
+ * lock and no allocation; the only per-request buffer (the normalized path) is
+ * the caller's.
+ *
+ * Index. Deny rules and allow rules each get an index, so a policy with a
+ * thousand rules does not cost a thousand rule checks per request: a rule whose
+ * `principals` are all exact SPIFFE IDs is filed under each of them in a hash
+ * table; else a rule whose `namespaces` are all exact is filed under those; every
+ * other rule is "generic". A request only looks at the generic rules plus the two
+ * buckets of its own principal and namespace, merged in file order, so the rule
+ * that decides (and the name in the 403) is the same as a plain scan in file
+ * order would find. decide_linear() is that plain scan; the unit tests and the
+ * decision fuzzer hold the two to the same answer.
+ *
+ * Missing attributes. A request without a verified peer has no principal and no
+ * namespace; a header may be absent or repeated. The rule is that none of this
+ * may help a request in: in allow rules a condition on a missing principal or
+ * namespace fails (not_ forms included) and a repeated header must match in
+ * every copy; in deny rules a not_ condition on a missing principal holds (the
+ * request is indeed "not" that principal: Istio's notPrincipals ["*"] idiom) and
+ * one matching copy of a repeated header is enough. */
+#include "proxy/policy.h"
+
+#include <event2/buffer.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "certs/pki.h"
+#include "common/err.h"
+#include "common/json.h"
+#include "common/xalloc.h"
+
+#define SPIFFE_PREFIX     "spiffe://"
+#define SPIFFE_PREFIX_LEN (sizeof(SPIFFE_PREFIX) - 1)
+
+/* ---- patterns ---------------------------------------------------------------- */
+
+enum pat_kind {
+    PAT_EXACT = 0, /* "x": the whole value */
+    PAT_PREFIX,    /* "x*": starts with x */
+    PAT_SUFFIX,    /* "*x": ends with x */
+    PAT_ANY        /* "*": present, any value */
+};
+
+struct pat {
+    const char *s; /* literal part, without the '*' (NUL-terminated, in the arena) */
+    uint32_t len;
+    uint8_t kind;
+};
+
+struct plist {
+    struct pat *v;
+    uint32_t n;
+};
+
+static bool pat_match(const struct pat *p, const char *v, size_t n)
+{
+    switch (p->kind) {
+    case PAT_EXACT:
+        return n == p->len && memcmp(v, p->s, n) == 0;
+    case PAT_PREFIX:
+        return n >= p->len && memcmp(v, p->s, p->len) == 0;
+    case PAT_SUFFIX:
+        return n >= p->len && memcmp(v + n - p->len, p->s, p->len) == 0;
+    default:
+        return true;
+    }
+}
+
+static bool plist_match(const struct plist *l, const char *v, size_t n)
+{
+    for (uint32_t i = 0; i < l->n; i++)
+        if (pat_match(&l->v[i], v, n))
+            return true;
+    return false;
+}
+
+static bool plist_all_exact(const struct plist *l)
+{
+    for (uint32_t i = 0; i < l->n; i++)
+        if (l->v[i].kind != PAT_EXACT)
+            return false;
+    return true;
+}
+
+/* ---- methods and ports ------------------------------------------------------------ */
+
+static const char *const method_names[] = {"GET",     "HEAD",    "POST",  "PUT",   "DELETE",
+                                           "CONNECT", "OPTIONS", "TRACE", "PATCH", NULL};
+/* A method outside the list: never in a `methods` mask, so only not_methods
+ * (which it passes) can concern it. */
+#define METHOD_OTHER (1u << 9)
+
+static uint32_t method_bit(const char *m)
+{
+    if (m == NULL)
+        return METHOD_OTHER;
+    for (uint32_t i = 0; method_names[i] != NULL; i++)
+        if (strcmp(m, method_names[i]) == 0)
+            return 1u << i;
+    return METHOD_OTHER;
+}
+
+struct portset {
+    uint16_t *v; /* sorted, unique */
+    uint32_t n;
+};
+
+static bool port_in(const struct portset *s, uint16_t port)
+{
+    uint32_t lo = 0, hi = s->n;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (s->v[mid] == port)
+            return true;
+        if (s->v[mid] < port)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return false;
+}
+
+/* ---- compiled policy ------------------------------------------------------------- */
+
+enum cond {
+    C_PRINCIPALS = 1u << 0,
+    C_NOT_PRINCIPALS = 1u << 1,
+    C_NAMESPACES = 1u << 2,
+    C_NOT_NAMESPACES = 1u << 3,
+    C_METHODS = 1u << 4,
+    C_NOT_METHODS = 1u << 5,
+    C_PORTS = 1u << 6,
+    C_NOT_PORTS = 1u << 7,
+    C_PATHS = 1u << 8,
+    C_NOT_PATHS = 1u << 9,
+    C_HEADERS = 1u << 10
+};
+
+struct hcond {
+    const char *name; /* lower case */
+    uint32_t namelen;
+    bool authority; /* "host" / ":authority": matched against the request's authority */
+    struct plist values;
+};
+
+struct rule {
+    const char *name;
+    bool deny;
+    uint32_t conds; /* enum cond bits: which conditions this rule has (all must hold) */
+    uint32_t methods, not_methods;
+    struct portset ports, not_ports;
+    struct plist principals, not_principals, namespaces, not_namespaces, paths, not_paths;
+    struct hcond *headers;
+    uint32_t nheaders;
+};
+
+/* One hash table slot: a key (principal or namespace) and the rules filed
+ * under it, ascending. key == NULL marks a free slot. */
+struct bucket {
+    const char *key;
+    uint32_t len;
+    uint32_t n;
+    uint64_t hash;
+    uint32_t *rules;
+    uint32_t last; /* build time: last rule index added + 1 (0: none), to skip repeats */
+};
+
+struct table {
+    struct bucket *b; /* mask + 1 slots, or NULL when empty */
+    uint32_t mask;
+    uint32_t nkeys;
+};
+
+/* The rules of one action, indexed. */
+struct index {
+    uint32_t *generic; /* rule indices, ascending */
+    uint32_t ngeneric;
+    struct table by_principal, by_ns;
+};
+
+struct px_policy {
+    struct px_arena arena; /* everything below that is not the doc or the name */
+    char *name;
+    json_t *doc;
+    enum px_policy_mode mode;
+    bool default_deny;
+    bool needs_path; /* some rule looks at the path: normalize (and refuse bad ones) */
+    struct rule *rules;
+    uint32_t nrules, nallow, ndeny;
+    struct index deny, allow;
+};
+
+static uint64_t hash_bytes(const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+static const struct bucket *table_get(const struct table *t, const char *k, size_t n, uint64_t h)
+{
+    if (t->nkeys == 0)
+        return NULL;
+    for (uint32_t i = (uint32_t)h & t->mask;; i = (i + 1) & t->mask) {
+        const struct bucket *b = &t->b[i];
+        if (b->key == NULL)
+            return NULL;
+        if (b->hash == h && b->len == n && memcmp(b->key, k, n) == 0)
+            return b;
+    }
+}
+
+/* ---- path normalization ------------------------------------------------------------ */
+
+static int hexval(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* RFC 3986 2.3 unreserved: ALPHA / DIGIT / "-" / "." / "_" / "~" */
+static bool unreserved(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '.' || c == '_' || c == '~';
+}
+
+size_t px_policy_scratch_size(const char *path)
+{
+    return (path ? strlen(path) : 0) + 2;
+}
+
+int px_policy_normalize_path(const char *target, char *out, size_t outlen, const char **why)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    const char *s = target ? target : "";
+    size_t n = strcspn(s, "?");
+    if (outlen < n + 2) {
+        *why = "path too long";
+        return -1;
+    }
+    if (n == 1 && s[0] == '*') { /* OPTIONS * */
+        memcpy(out, "*", 2);
+        return 1;
+    }
+    if (n > 0 && s[0] != '/') {
+        /* absolute-form (RFC 9112 3.2.2): drop scheme and authority */
+        size_t skip = 0;
+        if (n >= 7 && strncasecmp(s, "http://", 7) == 0)
+            skip = 7;
+        else if (n >= 8 && strncasecmp(s, "https://", 8) == 0)
+            skip = 8;
+        else {
+            *why = "request target is not a path";
+            return -1;
+        }
+        const char *slash = memchr(s + skip, '/', n - skip);
+        if (slash == NULL) {
+            s = "/";
+            n = 1;
+        } else {
+            n -= (size_t)(slash - s);
+            s = slash;
+        }
+    }
+    if (n == 0) {
+        s = "/";
+        n = 1;
+    }
+
+    /* 1: percent-decoding of unreserved characters, checks */
+    size_t w = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '%') {
+            int hi = i + 2 < n ? hexval((unsigned char)s[i + 1]) : -1;
+            int lo = i + 2 < n ? hexval((unsigned char)s[i + 2]) : -1;
+            if (hi < 0 || lo < 0) {
+                *why = "malformed percent-encoding in path";
+                return -1;
+            }
+            unsigned char v = (unsigned char)(hi * 16 + lo);
+            if (v == '/' || v == '\\') {
+                *why = "encoded slash or backslash in path";
+                return -1;
+            }
+            if (v == 0) {
+                *why = "encoded NUL in path";
+                return -1;
+            }
+            if (unreserved(v)) {
+                out[w++] = (char)v;
+            } else {
+                out[w++] = '%';
+                out[w++] = hex[hi];
+                out[w++] = hex[lo];
+            }
+            i += 2;
+        } else if (c == '\\') {
+            *why = "backslash in path";
+            return -1;
+        } else if (c == '#') {
+            *why = "fragment in request target";
+            return -1;
+        } else if (c < 0x20 || c == 0x7f) {
+            *why = "control character in path";
+            return -1;
+        } else {
+            out[w++] = (char)c;
+        }
+    }
+
+    /* 2: merge slashes, remove dot segments, in place. out[0] is '/'; o only
+     * ever trails r, and out[0..o) always ends with '/'. */
+    size_t r = 1, o = 1;
+    bool slash_end = true; /* the result ends with '/' */
+    while (r < w) {
+        if (out[r] == '/') {
+            r++;
+            slash_end = true;
+            continue;
+        }
+        size_t e = r;
+        while (e < w && out[e] != '/')
+            e++;
+        size_t len = e - r;
+        if (len == 1 && out[r] == '.') {
+            slash_end = true;
+        } else if (len == 2 && out[r] == '.' && out[r + 1] == '.') {
+            if (o > 1) {
+                o--;
+                while (o > 0 && out[o - 1] != '/')
+                    o--;
+            }
+            slash_end = true;
+        } else {
+            memmove(out + o, out + r, len);
+            o += len;
+            out[o++] = '/';
+            slash_end = false;
+        }
+        r = e;
+    }
+    if (!slash_end && o > 1)
+        o--;
+    out[o] = '\0';
+    return (int)o;
+}
+
+/* ---- compiling ------------------------------------------------------------------- */
+
+enum pat_use {
+    USE_PRINCIPAL = 0, /* SPIFFE IDs */
+    USE_NAMESPACE,     /* Kubernetes namespaces */
+    USE_PATH,          /* request paths, after normalization */
+    USE_HEADER         /* header values */
+};
+
+static char *arena_strndup(struct px_policy *p, const char *s, size_t n)
+{
+    return px_arena_strndup(&p->arena, s, n);
+}
+
+/* Is `lit` (with `pre` before it and `post` after it) unchanged by path
+ * normalization? When not, *fixed gets the normalized text (heap) or the reason. */
+static bool path_is_normal(const char *pre, const char *lit, size_t n, const char *post,
+                           char **fixed, const char **why)
+{
+    size_t a = strlen(pre), b = strlen(post), len = a + n + b;
+    char *in = cm_xmalloc(len + 1), *out = cm_xmalloc(len + 2);
+    memcpy(in, pre, a);
+    memcpy(in + a, lit, n);
+    memcpy(in + a + n, post, b);
+    in[len] = '\0';
+    *why = NULL;
+    *fixed = NULL;
+    int m = px_policy_normalize_path(in, out, len + 2, why);
+    bool ok = m >= 0 && (size_t)m == len && memcmp(in, out, len) == 0;
+    if (!ok && m >= 0 && (size_t)m >= a + b) /* show the normal form of the literal */
+        *fixed = cm_xstrndup(out + a, (size_t)m - a - b);
+    free(in);
+    free(out);
+    return ok;
+}
+
+/* A namespace pattern's literal: DNS-1123 label characters. */
+static bool ns_chars(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-'))
+            return false;
+    return true;
+}
+
+static bool printable_no_space(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
+            return false;
+    return true;
+}
+
+/* Compile one pattern string for `use`. */
+static int compile_pattern(struct px_policy *p, const struct cm_jpath *jp, json_t *v,
+                           enum pat_use use, struct pat *out, char **errmsg)
+{
+    if (!json_is_string(v))
+        return cm_json_fail(jp, errmsg, "expected a string");
+    const char *s = json_string_value(v);
+    size_t n = json_string_length(v);
+    if (strlen(s) != n)
+        return cm_json_fail(jp, errmsg, "contains a NUL character");
+    if (n == 0)
+        return cm_json_fail(jp, errmsg, "empty pattern (\"*\" matches any value)");
+    if (n > PX_POLICY_MAX_PATTERN)
+        return cm_json_fail(jp, errmsg, "pattern longer than %d bytes", PX_POLICY_MAX_PATTERN);
+
+    const char *lit = s;
+    size_t len = n;
+    uint8_t kind = PAT_EXACT;
+    bool in_arena = false; /* lit already copied into the policy's arena */
+    if (n == 1 && s[0] == '*') {
+        kind = PAT_ANY;
+        len = 0;
+    } else if (s[0] == '*') {
+        kind = PAT_SUFFIX;
+        lit = s + 1;
+        len = n - 1;
+    } else if (s[n - 1] == '*') {
+        kind = PAT_PREFIX;
+        len = n - 1;
+    }
+    if (memchr(lit, '*', len) != NULL)
+        return cm_json_fail(jp, errmsg,
+                            "\"%s\": '*' may only stand alone, at the start or at the end", s);
+
+    switch (use) {
+    case USE_PRINCIPAL: {
+        if (!printable_no_space(lit, len))
+            return cm_json_fail(jp, errmsg, "\"%s\": spaces or control characters in a principal",
+                                s);
+        /* Istio writes principals without the scheme: accept both forms and
+         * compare against the full "spiffe://..." ID. */
+        bool add = kind != PAT_SUFFIX && kind != PAT_ANY &&
+                   (len < SPIFFE_PREFIX_LEN || memcmp(lit, SPIFFE_PREFIX, SPIFFE_PREFIX_LEN) != 0);
+        if (add) {
+            char *full = px_arena_alloc(&p->arena, SPIFFE_PREFIX_LEN + len + 1);
+            memcpy(full, SPIFFE_PREFIX, SPIFFE_PREFIX_LEN);
+            memcpy(full + SPIFFE_PREFIX_LEN, lit, len);
+            full[SPIFFE_PREFIX_LEN + len] = '\0';
+            lit = full;
+            len += SPIFFE_PREFIX_LEN;
+            in_arena = true;
+        }
+        if (kind == PAT_EXACT) {
+            char td[PKI_SPIFFE_MAX], ns[PKI_SPIFFE_MAX], sa[PKI_SPIFFE_MAX];
+            char *e = NULL;
+            if (len >= PKI_SPIFFE_MAX || pki_spiffe_parse(lit, td, ns, sa, &e) != 0) {
+                int rc = cm_json_fail(jp, errmsg, "\"%s\" is not a SPIFFE ID: %s", s,
+                                      e ? e : "longer than 255 characters");
+                free(e);
+                return rc;
+            }
+        }
+        break;
+    }
+    case USE_NAMESPACE:
+        if (!ns_chars(lit, len) || (kind == PAT_EXACT && len > 63))
+            return cm_json_fail(jp, errmsg,
+                                "\"%s\" is not a namespace (DNS-1123 label: a-z, 0-9, '-', "
+                                "at most 63)",
+                                s);
+        break;
+    case USE_PATH: {
+        if (kind == PAT_ANY)
+            break;
+        if (memchr(lit, '?', len) != NULL)
+            return cm_json_fail(jp, errmsg,
+                                "\"%s\": a path pattern cannot hold '?' (the query is not matched)",
+                                s);
+        if (kind != PAT_SUFFIX && (len == 0 || lit[0] != '/'))
+            return cm_json_fail(jp, errmsg, "\"%s\": a path must start with '/'", s);
+        /* Requests are matched after normalization, so a pattern that is not
+         * in normal form could never match: refuse it, and say what to write.
+         * A sentinel 'x' makes a trailing "." of a prefix, or a leading one of
+         * a suffix, part of a longer segment, as it is in the paths it matches. */
+        char *fixed = NULL;
+        const char *why = NULL;
+        bool ok = kind == PAT_EXACT    ? path_is_normal("", lit, len, "", &fixed, &why)
+                  : kind == PAT_PREFIX ? path_is_normal("", lit, len, "x", &fixed, &why)
+                                       : path_is_normal("/x", lit, len, "", &fixed, &why);
+        if (!ok) {
+            int rc;
+            if (fixed != NULL)
+                rc = cm_json_fail(jp, errmsg,
+                                  "\"%s\" is not a normalized path (requests are matched after "
+                                  "normalization; write \"%s%s%s\")",
+                                  s, kind == PAT_SUFFIX ? "*" : "", fixed,
+                                  kind == PAT_PREFIX ? "*" : "");
+            else
+                rc = cm_json_fail(jp, errmsg, "\"%s\": %s", s, why ? why : "not a path");
+            free(fixed);
+            return rc;
+        }
+        break;
+    }
+    case USE_HEADER:
+        if (!px_http_valid_value(lit, len))
+            return cm_json_fail(jp, errmsg, "\"%s\": not a valid header value", s);
+        break;
+    }
+    if (!in_arena)
+        lit = arena_strndup(p, lit, len);
+    out->s = lit;
+    out->len = (uint32_t)len;
+    out->kind = kind;
+    return 0;
+}
+
+/* Optional list member: absent leaves *out NULL; present must be a non-empty
+ * array of at most PX_POLICY_MAX_LIST entries. */
+static int get_list(const struct cm_jpath *parent, json_t *obj, const char *key,
+                    struct cm_jpath *lp, json_t **out, char **errmsg)
+{
+    *out = NULL;
+    int rc = cm_json_get_child(parent, obj, key, false, JSON_ARRAY, out, errmsg);
+    if (rc != 0 || *out == NULL)
+        return rc;
+    cm_jpath_key(lp, parent, key);
+    size_t n = json_array_size(*out);
+    if (n == 0)
+        return cm_json_fail(lp, errmsg, "empty list (omit the key, or give at least one entry)");
+    if (n > PX_POLICY_MAX_LIST)
+        return cm_json_fail(lp, errmsg, "more than %d entries", PX_POLICY_MAX_LIST);
+    return 0;
+}
+
+static int compile_plist(struct px_policy *p, const struct cm_jpath *lp, json_t *arr,
+                         enum pat_use use, struct plist *out, char **errmsg)
+{
+    size_t n = json_array_size(arr);
+    out->v = px_arena_alloc(&p->arena, n * sizeof(*out->v));
+    out->n = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct cm_jpath ep;
+        cm_jpath_index(&ep, lp, i);
+        if (compile_pattern(p, &ep, json_array_get(arr, i), use, &out->v[i], errmsg) != 0)
+            return CM_ERR_INVAL;
+        out->n++;
+    }
+    return 0;
+}
+
+/* A list of patterns under `key` of obj, if present: sets `bit` in r->conds. */
+static int opt_plist(struct px_policy *p, const struct cm_jpath *parent, json_t *obj,
+                     const char *key, enum pat_use use, struct plist *out, struct rule *r,
+                     uint32_t bit, char **errmsg)
+{
+    struct cm_jpath lp;
+    json_t *arr;
+    if (get_list(parent, obj, key, &lp, &arr, errmsg) != 0)
+        return CM_ERR_INVAL;
+    if (arr == NULL)
+        return 0;
+    r->conds |= bit;
+    return compile_plist(p, &lp, arr, use, out, errmsg);
+}
+
+static int opt_methods(const struct cm_jpath *parent, json_t *obj, const char *key, uint32_t *mask,
+                       struct rule *r, uint32_t bit, char **errmsg)
+{
+    struct cm_jpath lp;
+    json_t *arr;
+    if (get_list(parent, obj, key, &lp, &arr, errmsg) != 0)
+        return CM_ERR_INVAL;
+    if (arr == NULL)
+        return 0;
+    r->conds |= bit;
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        struct cm_jpath ep;
+        cm_jpath_index(&ep, &lp, i);
+        json_t *v = json_array_get(arr, i);
+        if (!json_is_string(v))
+            return cm_json_fail(&ep, errmsg, "expected a string");
+        uint32_t b = method_bit(json_string_value(v));
+        if (b == METHOD_OTHER || strlen(json_string_value(v)) != json_string_length(v))
+            return cm_json_fail(&ep, errmsg,
+                                "\"%s\" is not one of GET, HEAD, POST, PUT, DELETE, CONNECT, "
+                                "OPTIONS, TRACE, PATCH (upper case)",
+                                json_string_value(v));
+        *mask |= b;
+    }
+    return 0;
+}
+
+static int cmp_u16(const void *a, const void *b)
+{
+    return (int)*(const uint16_t *)a - (int)*(const uint16_t *)b;
+}
+
+static int opt_ports(struct px_policy *p, const struct cm_jpath *parent, json_t *obj,
+                     const char *key, struct portset *out, struct rule *r, uint32_t bit,
+                     char **errmsg)
+{
+    struct cm_jpath lp;
+    json_t *arr;
+    if (get_list(parent, obj, key, &lp, &arr, errmsg) != 0)
+        return CM_ERR_INVAL;
+    if (arr == NULL)
+        return 0;
+    r->conds |= bit;
+    size_t n = json_array_size(arr);
+    out->v = px_arena_alloc(&p->arena, n * sizeof(*out->v));
+    for (size_t i = 0; i < n; i++) {
+        struct cm_jpath ep;
+        cm_jpath_index(&ep, &lp, i);
+        json_t *v = json_array_get(arr, i);
+        long long port = -1;
+        if (json_is_integer(v)) {
+            port = json_integer_value(v);
+        } else if (json_is_string(v)) { /* Istio writes ports as strings */
+            const char *s = json_string_value(v);
+            size_t sl = json_string_length(v);
+            if (sl > 0 && sl <= 5 && strspn(s, "0123456789") == sl)
+                port = strtoll(s, NULL, 10);
+        }
+        if (port < 1 || port > 65535)
+            return cm_json_fail(&ep, errmsg, "expected a port number 1-65535");
+        out->v[i] = (uint16_t)port;
+    }
+    qsort(out->v, n, sizeof(*out->v), cmp_u16);
+    uint32_t u = 0;
+    for (size_t i = 0; i < n; i++)
+        if (u == 0 || out->v[u - 1] != out->v[i])
+            out->v[u++] = out->v[i];
+    out->n = u;
+    return 0;
+}
+
+static int compile_from(struct px_policy *p, const struct cm_jpath *fp, json_t *from,
+                        struct rule *r, char **errmsg)
+{
+    static const char *const keys[] = {"principals", "namespaces", "not_principals",
+                                       "not_namespaces", NULL};
+    if (cm_json_check_keys(fp, from, keys, errmsg) != 0)
+        return CM_ERR_INVAL;
+    if (json_object_size(from) == 0)
+        return cm_json_fail(fp, errmsg,
+                            "empty object (give principals, namespaces, not_principals or "
+                            "not_namespaces, or omit it)");
+    if (opt_plist(p, fp, from, "principals", USE_PRINCIPAL, &r->principals, r, C_PRINCIPALS,
+                  errmsg) != 0 ||
+        opt_plist(p, fp, from, "namespaces", USE_NAMESPACE, &r->namespaces, r, C_NAMESPACES,
+                  errmsg) != 0 ||
+        opt_plist(p, fp, from, "not_principals", USE_PRINCIPAL, &r->not_principals, r,
+                  C_NOT_PRINCIPALS, errmsg) != 0 ||
+        opt_plist(p, fp, from, "not_namespaces", USE_NAMESPACE, &r->not_namespaces, r,
+                  C_NOT_NAMESPACES, errmsg) != 0)
+        return CM_ERR_INVAL;
+    return 0;
+}
+
+static int compile_to(struct px_policy *p, const struct cm_jpath *tp, json_t *to, struct rule *r,
+                      char **errmsg)
+{
+    static const char *const keys[] = {"methods",     "paths",     "ports",     "not_methods",
+                                       "not_paths",   "not_ports", NULL};
+    if (cm_json_check_keys(tp, to, keys, errmsg) != 0)
+        return CM_ERR_INVAL;
+    if (json_object_size(to) == 0)
+        return cm_json_fail(tp, errmsg,
+                            "empty object (give methods, paths, ports or their not_ forms, or "
+                            "omit it)");
+    if (opt_methods(tp, to, "methods", &r->methods, r, C_METHODS, errmsg) != 0 ||
+        opt_plist(p, tp, to, "paths", USE_PATH, &r->paths, r, C_PATHS, errmsg) != 0 ||
+        opt_ports(p, tp, to, "ports", &r->ports, r, C_PORTS, errmsg) != 0 ||
+        opt_methods(tp, to, "not_methods", &r->not_methods, r, C_NOT_METHODS, errmsg) != 0 ||
+        opt_plist(p, tp, to, "not_paths", USE_PATH, &r->not_paths, r, C_NOT_PATHS, errmsg) != 0 ||
+        opt_ports(p, tp, to, "not_ports", &r->not_ports, r, C_NOT_PORTS, errmsg) != 0)
+        return CM_ERR_INVAL;
+    return 0;
+}
+
+static int compile_when(struct px_policy *p, const struct cm_jpath *wp, json_t *when,
+                        struct rule *r, char **errmsg)
+{
+    static const char *const keys[] = {"headers", NULL};
+    if (cm_json_check_keys(wp, when, keys, errmsg) != 0)
+        return CM_ERR_INVAL;
+    json_t *hdrs = NULL;
+    if (cm_json_get_child(wp, when, "headers", true, JSON_OBJECT, &hdrs, errmsg) != 0)
+        return CM_ERR_INVAL;
+    struct cm_jpath hp;
+    cm_jpath_key(&hp, wp, "headers");
+    size_t n = json_object_size(hdrs);
+    if (n == 0)
+        return cm_json_fail(&hp, errmsg, "empty object (give header names, or omit when)");
+    if (n > PX_POLICY_MAX_LIST)
+        return cm_json_fail(&hp, errmsg, "more than %d headers", PX_POLICY_MAX_LIST);
+    r->headers = px_arena_alloc(&p->arena, n * sizeof(*r->headers));
+    r->nheaders = 0;
+    r->conds |= C_HEADERS;
+    const char *key;
+    json_t *v;
+    json_object_foreach(hdrs, key, v)
+    {
+        struct cm_jpath kp;
+        cm_jpath_key(&kp, &hp, key);
+        struct hcond *h = &r->headers[r->nheaders];
+        size_t kl = strlen(key);
+        char *name = arena_strndup(p, key, kl);
+        for (size_t i = 0; i < kl; i++)
+            if (name[i] >= 'A' && name[i] <= 'Z')
+                name[i] = (char)(name[i] - 'A' + 'a');
+        h->authority = strcmp(name, "host") == 0 || strcmp(name, ":authority") == 0;
+        if (!h->authority && (kl == 0 || !px_http_valid_name(name, kl)))
+            return cm_json_fail(&kp, errmsg,
+                                "not a header name (pseudo-headers other than :authority are "
+                                "matched by to.methods and to.paths)");
+        for (uint32_t i = 0; i < r->nheaders; i++)
+            if (strcmp(r->headers[i].name, name) == 0 ||
+                (h->authority && r->headers[i].authority))
+                return cm_json_fail(&kp, errmsg, "the same header twice (names are case-insensitive)");
+        h->name = name;
+        h->namelen = (uint32_t)kl;
+        if (json_is_string(v)) {
+            h->values.v = px_arena_alloc(&p->arena, sizeof(*h->values.v));
+            h->values.n = 1;
+            if (compile_pattern(p, &kp, v, USE_HEADER, &h->values.v[0], errmsg) != 0)
+                return CM_ERR_INVAL;
+        } else if (json_is_array(v)) {
+            size_t m = json_array_size(v);
+            if (m == 0)
+                return cm_json_fail(&kp, errmsg, "empty list (\"*\" matches any value)");
+            if (m > PX_POLICY_MAX_LIST)
+                return cm_json_fail(&kp, errmsg, "more than %d entries", PX_POLICY_MAX_LIST);
+            if (compile_plist(p, &kp, v, USE_HEADER, &h->values, errmsg) != 0)
+                return CM_ERR_INVAL;
+        } else {
+            return cm_json_fail(&kp, errmsg, "expected a string or a list of strings");
+        }
+        r->nheaders++;
+    }
+    return 0;
+}
+
+static bool name_chars(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.' || c == ':' || c == '/'))
+            return false;
+    }
+    return true;
+}
+
+static int compile_rule(struct px_policy *p, const struct cm_jpath *rp, json_t *o, struct rule *r,
+                        json_t *names, char **errmsg)
+{
+    static const char *const keys[] = {"name", "action", "from", "to", "when", NULL};
+    static const char *const actions[] = {"allow", "deny", NULL};
+    if (!json_is_object(o))
+        return cm_json_fail(rp, errmsg, "expected an object");
+    if (cm_json_check_keys(rp, o, keys, errmsg) != 0)
+        return CM_ERR_INVAL;
+    const char *name = NULL;
+    int action = 0;
+    if (cm_json_get_string(rp, o, "name", true, &name, errmsg) != 0)
+        return CM_ERR_INVAL;
+    struct cm_jpath np;
+    cm_jpath_key(&np, rp, "name");
+    size_t nl = json_string_length(json_object_get(o, "name"));
+    if (nl == 0 || nl > PX_POLICY_MAX_NAME || strlen(name) != nl || !name_chars(name, nl))
+        return cm_json_fail(&np, errmsg,
+                            "a rule name is 1 to %d characters from A-Z a-z 0-9 - _ . : /",
+                            PX_POLICY_MAX_NAME);
+    if (strcmp(name, "default") == 0)
+        return cm_json_fail(&np, errmsg,
+                            "\"default\" is reserved (it names denials by the default)");
+    json_t *seen = json_object_get(names, name);
+    if (seen != NULL)
+        return cm_json_fail(&np, errmsg, "\"%s\" is also the name of rules[%lld]", name,
+                            (long long)json_integer_value(seen));
+    json_object_set_new(names, name, json_integer((json_int_t)(r - p->rules)));
+    r->name = arena_strndup(p, name, nl);
+    if (cm_json_get_enum(rp, o, "action", true, actions, &action, errmsg) != 0)
+        return CM_ERR_INVAL;
+    r->deny = action == 1;
+
+    json_t *from = NULL, *to = NULL, *when = NULL;
+    struct cm_jpath fp, tp, wp;
+    cm_jpath_key(&fp, rp, "from");
+    cm_jpath_key(&tp, rp, "to");
+    cm_jpath_key(&wp, rp, "when");
+    if (cm_json_get_child(rp, o, "from", false, JSON_OBJECT, &from, errmsg) != 0 ||
+        (from != NULL && compile_from(p, &fp, from, r, errmsg) != 0) ||
+        cm_json_get_child(rp, o, "to", false, JSON_OBJECT, &to, errmsg) != 0 ||
+        (to != NULL && compile_to(p, &tp, to, r, errmsg) != 0) ||
+        cm_json_get_child(rp, o, "when", false, JSON_OBJECT, &when, errmsg) != 0 ||
+        (when != NULL && compile_when(p, &wp, when, r, errmsg) != 0))
+        return CM_ERR_INVAL;
+    return 0;
+}
+
+/* ---- index ----------------------------------------------------------------------- */
+
+enum rule_class {
+    CLASS_GENERIC = 0,
+    CLASS_PRINCIPAL, /* filed under each of its exact principals */
+    CLASS_NS         /* filed under each of its exact namespaces */
+};
+
+static enum rule_class rule_class(const struct rule *r)
+{
+    if ((r->conds & C_PRINCIPALS) && plist_all_exact(&r->principals))
+        return CLASS_PRINCIPAL;
+    if ((r->conds & C_NAMESPACES) && plist_all_exact(&r->namespaces))
+        return CLASS_NS;
+    return CLASS_GENERIC;
+}
+
+static void table_init(struct px_policy *p, struct table *t, size_t maxkeys)
+{
+    if (maxkeys == 0)
+        return;
+    size_t cap = 8;
+    while (cap < maxkeys * 2)
+        cap *= 2;
+    t->b = px_arena_alloc(&p->arena, cap * sizeof(*t->b));
+    memset(t->b, 0, cap * sizeof(*t->b));
+    t->mask = (uint32_t)(cap - 1);
+}
+
+/* Find or add the bucket of key (build time). */
+static struct bucket *table_put(struct table *t, const char *k, size_t n)
+{
+    uint64_t h = hash_bytes(k, n);
+    for (uint32_t i = (uint32_t)h & t->mask;; i = (i + 1) & t->mask) {
+        struct bucket *b = &t->b[i];
+        if (b->key == NULL) {
+            b->key = k;
+            b->len = (uint32_t)n;
+            b->hash = h;
+            t->nkeys++;
+            return b;
+        }
+        if (b->hash == h && b->len == n && memcmp(b->key, k, n) == 0)
+            return b;
+    }
+}
+
+/* File rule i under every key of l: pass 0 counts, pass 1 stores. */
+static void table_file(struct table *t, const struct plist *l, uint32_t i, int pass)
+{
+    for (uint32_t k = 0; k < l->n; k++) {
+        struct bucket *b = table_put(t, l->v[k].s, l->v[k].len);
+        if (b->last == i + 1)
+            continue; /* the same key twice in one rule */
+        b->last = i + 1;
+        if (pass == 1)
+            b->rules[b->n] = i;
+        b->n++;
+    }
+}
+
+static void table_alloc_buckets(struct px_policy *p, struct table *t)
+{
+    for (uint32_t i = 0; t->b && i <= t->mask; i++) {
+        struct bucket *b = &t->b[i];
+        if (b->key == NULL)
+            continue;
+        b->rules = px_arena_alloc(&p->arena, b->n * sizeof(*b->rules));
+        b->n = 0;
+        b->last = 0;
+    }
+}
+
+static void index_build(struct px_policy *p, struct index *ix, bool deny)
+{
+    size_t ngen = 0, npk = 0, nnk = 0;
+    for (uint32_t i = 0; i < p->nrules; i++) {
+        const struct rule *r = &p->rules[i];
+        if (r->deny != deny)
+            continue;
+        switch (rule_class(r)) {
+        case CLASS_PRINCIPAL:
+            npk += r->principals.n;
+            break;
+        case CLASS_NS:
+            nnk += r->namespaces.n;
+            break;
+        default:
+            ngen++;
+        }
+    }
+    ix->generic = px_arena_alloc(&p->arena, (ngen ? ngen : 1) * sizeof(*ix->generic));
+    table_init(p, &ix->by_principal, npk);
+    table_init(p, &ix->by_ns, nnk);
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) {
+            table_alloc_buckets(p, &ix->by_principal);
+            table_alloc_buckets(p, &ix->by_ns);
+        }
+        for (uint32_t i = 0; i < p->nrules; i++) {
+            const struct rule *r = &p->rules[i];
+            if (r->deny != deny)
+                continue;
+            switch (rule_class(r)) {
+            case CLASS_PRINCIPAL:
+                table_file(&ix->by_principal, &r->principals, i, pass);
+                break;
+            case CLASS_NS:
+                table_file(&ix->by_ns, &r->namespaces, i, pass);
+                break;
+            default:
+                if (pass == 1)
+                    ix->generic[ix->ngeneric++] = i;
+            }
+        }
+    }
+}
+
+/* ---- load ------------------------------------------------------------------------- */
+
+void px_policy_free(struct px_policy *p)
+{
+    if (p == NULL)
+        return;
+    px_arena_deinit(&p->arena);
+    json_decref(p->doc);
+    free(p->name);
+    free(p);
+}
+
+int px_policy_compile(const char *name, json_t *doc, struct px_policy **out, char **errmsg)
+{
+    static const char *const keys[] = {"default", "mode", "rules", NULL};
+    static const char *const defaults[] = {"allow", "deny", NULL};
+    static const char *const modes[] = {"enforce", "audit", NULL};
+    struct px_policy *p = cm_xcalloc(1, sizeof(*p));
+    px_arena_init(&p->arena);
+    p->name = cm_xstrdup(name ? name : "policy");
+    json_t *names = json_object();
+    struct cm_jpath root;
+    cm_jpath_root(&root, p->name);
+    if (!json_is_object(doc)) {
+        cm_json_fail(&root, errmsg, "expected a JSON object at the top level");
+        goto fail;
+    }
+    p->doc = json_incref(doc);
+    int def = 0, mode = 0;
+    json_t *rules = NULL;
+    if (cm_json_check_keys(&root, doc, keys, errmsg) != 0 ||
+        cm_json_get_enum(&root, doc, "default", false, defaults, &def, errmsg) != 0 ||
+        cm_json_get_enum(&root, doc, "mode", false, modes, &mode, errmsg) != 0 ||
+        cm_json_get_child(&root, doc, "rules", false, JSON_ARRAY, &rules, errmsg) != 0)
+        goto fail;
+    p->default_deny = def == 1;
+    p->mode = mode == 1 ? PX_POLICY_AUDIT : PX_POLICY_ENFORCE;
+    size_t n = rules ? json_array_size(rules) : 0;
+    if (n > PX_POLICY_MAX_RULES) {
+        struct cm_jpath rp;
+        cm_jpath_key(&rp, &root, "rules");
+        cm_json_fail(&rp, errmsg, "more than %d rules", PX_POLICY_MAX_RULES);
+        goto fail;
+    }
+    p->rules = px_arena_alloc(&p->arena, (n ? n : 1) * sizeof(*p->rules));
+    memset(p->rules, 0, (n ? n : 1) * sizeof(*p->rules));
+    for (size_t i = 0; i < n; i++) {
+        struct cm_jpath rs, rp;
+        cm_jpath_key(&rs, &root, "rules");
+        cm_jpath_index(&rp, &rs, i);
+        struct rule *r = &p->rules[i];
+        if (compile_rule(p, &rp, json_array_get(rules, i), r, names, errmsg) != 0)
+            goto fail;
+        p->nrules++;
+        if (r->deny)
+            p->ndeny++;
+        else
+            p->nallow++;
+        if (r->conds & (C_PATHS | C_NOT_PATHS))
+            p->needs_path = true;
+    }
+    index_build(p, &p->deny, true);
+    index_build(p, &p->allow, false);
+    json_decref(names);
+    *out = p;
+    return 0;
+
+fail:
+    json_decref(names);
+    px_policy_free(p);
+    return CM_ERR_INVAL;
+}
+
+int px_policy_parse(const char *name, const char *buf, size_t len, struct px_policy **out,
+                    char **errmsg)
+{
+    json_t *doc;
+    if (cm_json_load_buf(name, buf, len, true, &doc, errmsg) != 0)
+        return CM_ERR_INVAL;
+    int rc = px_policy_compile(name, doc, out, errmsg);
+    json_decref(doc);
+    return rc;
+}
+
+int px_policy_load_file(const char *file, struct px_policy **out, char **errmsg)
+{
+    json_t *doc;
+    if (cm_json_load_file(file, true, &doc, errmsg) != 0)
+        return CM_ERR_INVAL;
+    int rc = px_policy_compile(file, doc, out, errmsg);
+    json_decref(doc);
+    return rc;
+}
+
+/* ---- deciding --------------------------------------------------------------------- */
+
+/* The request, as rules look at it; computed once per decision. */
+struct view {
+    const char *principal; /* NULL: no verified peer */
+    size_t plen;
+    const char *ns; /* the principal's namespace, or NULL */
+    size_t nslen;
+    uint32_t mbit;
+    uint16_t port;
+    const char *path; /* normalized; only when the policy looks at paths */
+    size_t pathlen;
+    const struct px_msg *msg;
+};
+
+/* The namespace of "spiffe://<td>/ns/<ns>/sa/<sa>", or NULL. */
+static const char *principal_ns(const char *id, size_t n, size_t *nslen)
+{
+    if (n < SPIFFE_PREFIX_LEN || memcmp(id, SPIFFE_PREFIX, SPIFFE_PREFIX_LEN) != 0)
+        return NULL;
+    const char *end = id + n;
+    const char *slash = memchr(id + SPIFFE_PREFIX_LEN, '/', n - SPIFFE_PREFIX_LEN);
+    if (slash == NULL || end - slash < 4 || memcmp(slash, "/ns/", 4) != 0)
+        return NULL;
+    const char *ns = slash + 4;
+    const char *e = memchr(ns, '/', (size_t)(end - ns));
+    if (e == NULL || e == ns)
+        return NULL;
+    *nslen = (size_t)(e - ns);
+    return ns;
+}
+
+static bool header_match(const struct hcond *h, const struct px_msg *m, bool deny)
+{
+    if (m == NULL)
+        return false;
+    if (h->authority)
+        return m->authority != NULL &&
+               plist_match(&h->values, m->authority, strlen(m->authority));
+    /* A repeated header never helps: a deny rule needs one matching copy, an
+     * allow rule needs every copy to match. */
+    bool seen = false;
+    for (uint32_t i = 0; i < m->nhdrs; i++) {
+        const struct px_hdr *x = &m->hdrs[i];
+        if (x->namelen != h->namelen || memcmp(x->name, h->name, h->namelen) != 0)
+            continue;
+        bool ok = plist_match(&h->values, x->value ? x->value : "", x->valuelen);
+        if (deny && ok)
+            return true;
+        if (!deny && !ok)
+            return false;
+        seen = true;
+    }
+    return !deny && seen;
+}
+
+static bool rule_match(const struct rule *r, const struct view *v)
+{
+    uint32_t c = r->conds;
+    if ((c & C_PORTS) && !port_in(&r->ports, v->port))
+        return false;
+    if ((c & C_NOT_PORTS) && port_in(&r->not_ports, v->port))
+        return false;
+    if ((c & C_METHODS) && !(r->methods & v->mbit))
+        return false;
+    if ((c & C_NOT_METHODS) && (r->not_methods & v->mbit))
+        return false;
+    if ((c & C_PRINCIPALS) &&
+        (v->principal == NULL || !plist_match(&r->principals, v->principal, v->plen)))
+        return false;
+    if (c & C_NOT_PRINCIPALS) {
+        if (v->principal == NULL ? !r->deny
+                                 : plist_match(&r->not_principals, v->principal, v->plen))
+            return false;
+    }
+    if ((c & C_NAMESPACES) && (v->ns == NULL || !plist_match(&r->namespaces, v->ns, v->nslen)))
+        return false;
+    if (c & C_NOT_NAMESPACES) {
+        if (v->ns == NULL ? !r->deny : plist_match(&r->not_namespaces, v->ns, v->nslen))
+            return false;
+    }
+    if ((c & C_PATHS) && !plist_match(&r->paths, v->path, v->pathlen))
+        return false;
+    if ((c & C_NOT_PATHS) && plist_match(&r->not_paths, v->path, v->pathlen))
+        return false;
+    for (uint32_t i = 0; (c & C_HEADERS) && i < r->nheaders; i++)
+        if (!header_match(&r->headers[i], v->msg, r->deny))
+            return false;
+    return true;
+}
+
+static void bucket_rules(const struct table *t, const char *k, size_t n, const uint32_t **rules,
+                         uint32_t *count)
+{
+    *rules = NULL;
+    *count = 0;
+    if (k == NULL || t->nkeys == 0)
+        return;
+    const struct bucket *b = table_get(t, k, n, hash_bytes(k, n));
+    if (b != NULL) {
+        *rules = b->rules;
+        *count = b->n;
+    }
+}
+
+/* The first rule of this index (in file order) that matches, or -1. */
+static int64_t find(const struct px_policy *p, const struct index *ix, const struct view *v)
+{
+    const uint32_t *g = ix->generic, *a, *b;
+    uint32_t ng = ix->ngeneric, na, nb, ig = 0, ia = 0, ib = 0;
+    bucket_rules(&ix->by_principal, v->principal, v->plen, &a, &na);
+    bucket_rules(&ix->by_ns, v->ns, v->nslen, &b, &nb);
+    if (na == 0 && nb == 0) { /* the common case: generic rules only */
+        for (; ig < ng; ig++)
+            if (rule_match(&p->rules[g[ig]], v))
+                return g[ig];
+        return -1;
+    }
+    while (ig < ng || ia < na || ib < nb) {
+        uint32_t x = UINT32_MAX;
+        if (ig < ng)
+            x = g[ig];
+        if (ia < na && a[ia] < x)
+            x = a[ia];
+        if (ib < nb && b[ib] < x)
+            x = b[ib];
+        /* a rule sits in exactly one list */
+        if (ig < ng && g[ig] == x)
+            ig++;
+        else if (ia < na && a[ia] == x)
+            ia++;
+        else
+            ib++;
+        if (rule_match(&p->rules[x], v))
+            return x;
+    }
+    return -1;
+}
+
+/* The same answer without the index: every rule of the action, in file order. */
+static int64_t find_linear(const struct px_policy *p, bool deny, const struct view *v)
+{
+    for (uint32_t i = 0; i < p->nrules; i++)
+        if (p->rules[i].deny == deny && rule_match(&p->rules[i], v))
+            return i;
+    return -1;
+}
+
+static int prepare(const struct px_policy *p, const struct px_policy_request *r, char *scratch,
+                   size_t scratch_len, struct view *v, struct px_policy_decision *d)
+{
+    const struct px_msg *m = r->req;
+    memset(v, 0, sizeof(*v));
+    d->enforce = p->mode == PX_POLICY_ENFORCE;
+    d->rule = NULL;
+    d->why = NULL;
+    v->msg = m;
+    v->port = r->port;
+    v->mbit = method_bit(m ? m->method : NULL);
+    if (r->principal != NULL && r->principal[0] != '\0') {
+        v->principal = r->principal;
+        v->plen = strlen(r->principal);
+        v->ns = principal_ns(v->principal, v->plen, &v->nslen);
+    }
+    if (p->needs_path) {
+        const char *why = "path too long";
+        const char *path = m && m->path ? m->path : "";
+        int n = scratch != NULL ? px_policy_normalize_path(path, scratch, scratch_len, &why) : -1;
+        if (n < 0) {
+            d->verdict = PX_POLICY_BAD_PATH;
+            d->why = why;
+            return -1;
+        }
+        v->path = scratch;
+        v->pathlen = (size_t)n;
+    }
+    return 0;
+}
+
+static void conclude(const struct px_policy *p, int64_t deny, int64_t allow,
+                     struct px_policy_decision *d)
+{
+    if (deny >= 0) {
+        d->verdict = PX_POLICY_DENY;
+        d->rule = p->rules[deny].name;
+    } else if (p->nallow > 0) {
+        d->verdict = allow >= 0 ? PX_POLICY_ALLOW : PX_POLICY_DENY;
+        d->rule = allow >= 0 ? p->rules[allow].name : "default";
+    } else {
+        d->verdict = p->default_deny ? PX_POLICY_DENY : PX_POLICY_ALLOW;
+        d->rule = "default";
+    }
+}
+
+void px_policy_decide(const struct px_policy *p, const struct px_policy_request *r, char *scratch,
+                      size_t scratch_len, struct px_policy_decision *d)
+{
+    struct view v;
+    if (prepare(p, r, scratch, scratch_len, &v, d) != 0)
+        return;
+    int64_t deny = p->ndeny ? find(p, &p->deny, &v) : -1;
+    int64_t allow = deny < 0 && p->nallow ? find(p, &p->allow, &v) : -1;
+    conclude(p, deny, allow, d);
+}
+
+/* px_policy_decide without the index (tests, fuzzing: the two must agree). */
+static void decide_linear(const struct px_policy *p, const struct px_policy_request *r,
+                          char *scratch, size_t scratch_len, struct px_policy_decision *d)
+    __attribute__((unused));
+static void decide_linear(const struct px_policy *p, const struct px_policy_request *r,
+                          char *scratch, size_t scratch_len, struct px_policy_decision *d)
+{
+    struct view v;
+    if (prepare(p, r, scratch, scratch_len, &v, d) != 0)
+        return;
+    int64_t deny = find_linear(p, true, &v);
+    int64_t allow = deny < 0 ? find_linear(p, false, &v) : -1;
+    conclude(p, deny, allow, d);
+}
+
+/* ---- facts ------------------------------------------------------------------------- */
+
+enum px_policy_mode px_policy_mode(const struct px_policy *p)
+{
+    return p->mode;
+}
+
+bool px_policy_default_deny(const struct px_policy *p)
+{
+    return p->default_deny;
+}
+
+size_t px_policy_nrules(const struct px_policy *p)
+{
+    return p->nrules;
+}
+
+size_t px_policy_nallow(const struct px_policy *p)
+{
+    return p->nallow;
+}
+
+size_t px_policy_ndeny(const struct px_policy *p)
+{
+    return p->ndeny;
+}
+
+const char *px_policy_name(const struct px_policy *p)
+{
+    return p->name;
+}
+
+json_t *px_policy_source(const struct px_policy *p)
+{
+    return p->doc;
+}
+
+/* ---- denial counters ---------------------------------------------------------------- */
+
+#define SERIES_SLOTS    8192 /* power of two, twice PX_POLICY_MAX_SERIES */
+#define OVERFLOW_NAME   "*overflow*"
+
+struct dseries {
+    char *rule;
+    uint64_t enforced, audit;
+};
+
+static struct dseries *dseries; /* PX_POLICY_MAX_SERIES + 1 (the last: overflow), insertion order */
+static uint32_t ndseries;
+static uint32_t *dslots; /* SERIES_SLOTS: index + 1, 0 = free */
+
+static struct dseries *series_get(const char *rule)
+{
+    if (dseries == NULL) {
+        dseries = cm_xcalloc(PX_POLICY_MAX_SERIES + 1, sizeof(*dseries));
+        dslots = cm_xcalloc(SERIES_SLOTS, sizeof(*dslots));
+        dseries[0].rule = cm_xstrdup("default"); /* always shown */
+        dslots[hash_bytes("default", 7) & (SERIES_SLOTS - 1)] = 1;
+        ndseries = 1;
+    }
+    size_t n = strlen(rule);
+    for (uint32_t i = (uint32_t)hash_bytes(rule, n) & (SERIES_SLOTS - 1);;
+         i = (i + 1) & (SERIES_SLOTS - 1)) {
+        if (dslots[i] == 0) {
+            if (ndseries >= PX_POLICY_MAX_SERIES) {
+                struct dseries *o = &dseries[PX_POLICY_MAX_SERIES];
+                if (o->rule == NULL)
+                    o->rule = cm_xstrdup(OVERFLOW_NAME);
+                return o;
+            }
+            dseries[ndseries].rule = cm_xstrdup(rule);
+            dslots[i] = ++ndseries;
+            return &dseries[ndseries - 1];
+        }
+        struct dseries *s = &dseries[dslots[i] - 1];
+        if (strcmp(s->rule, rule) == 0)
+            return s;
+    }
+}
+
+void px_policy_count_denial(const char *rule, bool audit)
+{
+    struct dseries *s = series_get(rule ? rule : "default");
+    if (audit)
+        s->audit++;
+    else
+        s->enforced++;
+}
+
+uint64_t px_policy_denials(const char *rule, bool audit)
+{
+    if (dseries == NULL)
+        return 0;
+    for (uint32_t i = 0; i <= PX_POLICY_MAX_SERIES; i++)
+        if (dseries[i].rule != NULL && strcmp(dseries[i].rule, rule) == 0)
+            return audit ? dseries[i].audit : dseries[i].enforced;
+    return 0;
+}
+
+void px_policy_metrics_reset(void)
+{
+    for (uint32_t i = 0; dseries != NULL && i <= PX_POLICY_MAX_SERIES; i++)
+        free(dseries[i].rule);
+    free(dseries);
+    free(dslots);
+    dseries = NULL;
+    dslots = NULL;
+    ndseries = 0;
+}
+
+static void write_family(struct evbuffer *out, const char *name, const char *help, bool audit)
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
+    if (dseries == NULL) {
+        evbuffer_add_printf(out, "%s{rule=\"default\"} 0\n", name);
+        return;
+    }
+    /* Rule names are [A-Za-z0-9._:/-]: nothing to escape in the label. */
+    for (uint32_t i = 0; i <= PX_POLICY_MAX_SERIES; i++) {
+        const struct dseries *s = &dseries[i];
+        if (s->rule == NULL)
+            continue;
+        uint64_t v = audit ? s->audit : s->enforced;
+        if (v == 0 && i > 0)
+            continue; /* a series exists once that kind of denial happened */
+        evbuffer_add_printf(out, "%s{rule=\"%s\"} %" PRIu64 "\n", name, s->rule, v);
+    }
+}
+
+void px_policy_metrics_prometheus(struct evbuffer *out)
+{
+    write_family(out, "remora_policy_denials_total",
+                 "Requests denied by the authorization policy (403), by the rule that decided "
+                 "(rule=\"default\": no rule allowed the request).",
+                 false);
+    write_family(out, "remora_policy_audit_denials_total",
+                 "Requests an audit-mode policy would have denied (they were let through), by "
+                 "rule.",
+                 true);
+}
+
+static json_t *family_json(bool audit)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "default", json_integer(0));
+    for (uint32_t i = 0; dseries != NULL && i <= PX_POLICY_MAX_SERIES; i++) {
+        const struct dseries *s = &dseries[i];
+        uint64_t v = audit ? s->audit : s->enforced;
+        if (s->rule != NULL && (v > 0 || i == 0))
+            json_object_set_new(o, s->rule,
+                                json_integer(v > INT64_MAX ? INT64_MAX : (json_int_t)v));
+    }
+    return o;
+}
+
+void px_policy_metrics_json(json_t *stats)
+{
+    json_object_set_new(stats, "policy_denials", family_json(false));
+    json_object_set_new(stats, "policy_audit_denials", family_json(true));
+}

@@ -1,0 +1,117 @@
+/* The per-pod authorization policy (DESIGN.md "Per-pod policy file", docs/policy.md):
+ * a JSON document compiled into an immutable decision structure, and the
+ * decision itself. This module knows nothing of streams, files being watched or
+ * the admin API (proxy/authz.c does that); it turns bytes into a px_policy and a
+ * request into a verdict, which is what the unit tests, the fuzzers and the
+ * benchmark drive directly.
+ *
+ * Semantics are Istio AuthorizationPolicy's: deny rules first (any match -> 403),
+ * then, when the policy has allow rules, a request must match one, else
+ * `default`. A missing identity or header never helps a request in: see
+ * docs/policy.md for the exact rules. */
+#ifndef PX_POLICY_H
+#define PX_POLICY_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proxy/http.h"
+
+/* Bounds on what one policy file may hold (beyond them: a load error). */
+#define PX_POLICY_MAX_RULES   10000 /* rules in one file */
+#define PX_POLICY_MAX_LIST    4096  /* entries in one list (principals, paths, ...) */
+#define PX_POLICY_MAX_NAME    128   /* bytes in a rule name */
+#define PX_POLICY_MAX_PATTERN 4096  /* bytes in one pattern */
+
+struct px_policy;
+
+enum px_policy_mode {
+    PX_POLICY_ENFORCE = 0, /* denials are answered 403 */
+    PX_POLICY_AUDIT        /* dry run: denials are logged and counted, nothing is refused */
+};
+
+enum px_policy_verdict {
+    PX_POLICY_ALLOW = 0, /* let the request through */
+    PX_POLICY_DENY,      /* 403: a deny rule matched, no allow rule matched, or default deny */
+    PX_POLICY_BAD_PATH   /* 400: the path cannot be normalized safely (encoded slash...) */
+};
+
+/* What decided a request. `rule` points into the policy (valid while it lives)
+ * or at a static string: the deciding rule's name, "default", or for
+ * BAD_PATH the reason. */
+struct px_policy_decision {
+    enum px_policy_verdict verdict;
+    bool enforce;     /* false in audit mode: report the verdict, let the request through */
+    const char *rule; /* rule name or "default" (ALLOW, DENY); NULL for BAD_PATH */
+    const char *why;  /* BAD_PATH: short reason; else NULL */
+};
+
+/* One request as the policy sees it. */
+struct px_policy_request {
+    const char *principal;  /* verified SPIFFE ID, or NULL (no mTLS peer) */
+    uint16_t port;          /* destination port the client meant */
+    const struct px_msg *req; /* method, path (request target), authority, headers */
+};
+
+/* Compile a policy document. `name` (the file) is used in messages and kept.
+ * Returns 0 and *out (free with px_policy_free), or CM_ERR_INVAL with *errmsg
+ * naming the file and the key ("policy.json: rules[2].from.principalz: unknown
+ * key"; caller frees). The document is not modified; a reference is kept for
+ * px_policy_source(). */
+int px_policy_compile(const char *name, json_t *doc, struct px_policy **out, char **errmsg);
+/* Same from bytes and from a file. */
+int px_policy_parse(const char *name, const char *buf, size_t len, struct px_policy **out,
+                    char **errmsg);
+int px_policy_load_file(const char *file, struct px_policy **out, char **errmsg);
+void px_policy_free(struct px_policy *p);
+
+/* Decide one request. Never allocates: the normalized path is written into
+ * `scratch`, which must hold strlen(req->path) + 2 bytes (callers with short
+ * paths pass a stack buffer). */
+void px_policy_decide(const struct px_policy *p, const struct px_policy_request *r, char *scratch,
+                      size_t scratch_len, struct px_policy_decision *d);
+/* Bytes px_policy_decide needs in `scratch` for this request target. */
+size_t px_policy_scratch_size(const char *path);
+
+/* Normalize the path part of a request target (RFC 3986 section 6 plus merged
+ * slashes): the query is cut; absolute-form loses scheme and authority;
+ * percent-encoded unreserved characters are decoded, other escapes get upper-case
+ * hex; "//" becomes "/", "." and ".." segments are removed (never above the
+ * root). Refused (returns -1 with *why): encoded '/' or '\' or NUL, a raw
+ * backslash, a fragment, control characters, malformed escapes, a target that is
+ * neither "*" nor a path. Returns the length written to out (NUL-terminated);
+ * outlen must be at least strlen(target) + 2. */
+int px_policy_normalize_path(const char *target, char *out, size_t outlen, const char **why);
+
+/* Facts about a compiled policy, for the admin API and the log. */
+enum px_policy_mode px_policy_mode(const struct px_policy *p);
+bool px_policy_default_deny(const struct px_policy *p);
+size_t px_policy_nrules(const struct px_policy *p);
+size_t px_policy_nallow(const struct px_policy *p);
+size_t px_policy_ndeny(const struct px_policy *p);
+const char *px_policy_name(const struct px_policy *p);
+/* The source document (borrowed). */
+json_t *px_policy_source(const struct px_policy *p);
+
+/* ---- Denial counters by rule ------------------------------------------------
+ * remora_policy_denials_total{rule=...} (enforced) and
+ * remora_policy_audit_denials_total{rule=...} (audit mode: would have been
+ * denied). Keyed by rule name so they survive reloads; rule="default" always
+ * exists. Bounded: past PX_POLICY_MAX_SERIES names, denials fold into
+ * rule="*overflow*" (a name no rule can have). Event-loop thread only. */
+#define PX_POLICY_MAX_SERIES 4096
+
+void px_policy_count_denial(const char *rule, bool audit);
+/* Prometheus text for both families (called by proxy/metrics.c). */
+struct evbuffer;
+void px_policy_metrics_prometheus(struct evbuffer *out);
+/* Adds "policy_denials" and "policy_audit_denials" ({rule: count}) to a /stats object. */
+void px_policy_metrics_json(json_t *stats);
+/* Count of one series (tests); 0 when absent. */
+uint64_t px_policy_denials(const char *rule, bool audit);
+/* Forget every series (exit, tests). */
+void px_policy_metrics_reset(void);
+
+#endif
