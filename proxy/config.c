@@ -174,7 +174,7 @@ static int parse_root(const char *name, json_t *root, struct px_config *cfg, cha
 {
     static const char *const keys[] = {"admin",       "listeners",  "identity",   "policy_file",
                                        "routes_file", "cluster",    "log_level",  "log_format",
-                                       "access_log",  "limits",     NULL};
+                                       "access_log",  "limits",     "health",     NULL};
     static const char *const formats[] = {"text", "json", NULL};
     struct cm_jpath p, c;
     cm_jpath_root(&p, name);
@@ -192,6 +192,20 @@ static int parse_root(const char *name, json_t *root, struct px_config *cfg, cha
             return CM_ERR_INVAL;
         cfg->has_admin = true;
     }
+
+    /* capture issue: the health port (kubelet probes, merged metrics); off when absent */
+    json_t *health = NULL;
+    if (cm_json_get_child(&p, root, "health", false, JSON_OBJECT, &health, errmsg) != 0)
+        return CM_ERR_INVAL;
+    if (health != NULL) {
+        static const char *const hkeys[] = {"address", NULL};
+        cm_jpath_key(&c, &p, "health");
+        if (cm_json_check_keys(&c, health, hkeys, errmsg) != 0 ||
+            get_addr(&c, health, "address", true, &cfg->health_addr, NULL, errmsg) != 0)
+            return CM_ERR_INVAL;
+        cfg->has_health = true;
+    }
+    /* end capture issue */
 
     if (cm_json_get_child(&p, root, "listeners", true, JSON_ARRAY, &listeners, errmsg) != 0)
         return CM_ERR_INVAL;

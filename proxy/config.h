@@ -63,6 +63,9 @@ struct px_config {
     json_t *raw; /* the parsed document, for /config_dump */
     struct cm_addr admin_addr;
     bool has_admin;
+    /* capture issue: health port (proxy/health.c), "health": {"address": ...} */
+    struct cm_addr health_addr;
+    bool has_health;
     struct px_listener_cfg *listeners;
     size_t nlisteners;
     struct px_limits limits;

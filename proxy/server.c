@@ -14,6 +14,7 @@
 #include "proxy/conn.h"
 #include "proxy/h1.h"
 #include "proxy/h2.h"
+#include "proxy/health.h" /* capture issue */
 #include "proxy/identity.h"
 #include "proxy/listener.h"
 #include "proxy/metrics.h"
@@ -109,6 +110,7 @@ int px_server_run(struct px_config *cfg)
 {
     char *err = NULL;
     int rc = 0;
+    struct px_health *health = NULL; /* capture issue */
     signal(SIGPIPE, SIG_IGN);
     px_srv = cm_xcalloc(1, sizeof(*px_srv));
     px_srv->cfg = cfg;
@@ -169,6 +171,12 @@ int px_server_run(struct px_config *cfg)
         rc = CM_ERR_IO;
         goto out;
     }
+    /* capture issue: health port for kubelet (proxy/health.c) */
+    if (cfg->has_health && px_health_start(px_srv->base, &cfg->health_addr, &health, &err) != 0) {
+        cm_error("%s", err);
+        rc = CM_ERR_IO;
+        goto out;
+    }
     px_identity_admin_routes();
     px_authz_admin_routes();
     px_routes_admin_routes();
@@ -194,6 +202,7 @@ out:
         px_io_free(c->io);
         px_conn_free(c);
     }
+    px_health_free(health); /* capture issue */
     if (px_srv->admin != NULL)
         px_admin_free(px_srv->admin);
     for (size_t i = 0; i < px_srv->nlisteners; i++)

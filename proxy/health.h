@@ -1,0 +1,30 @@
+/* Health port (15020, DESIGN.md "Ports"): what kubelet and Prometheus talk to.
+ *   GET /healthz/ready             200 when px_server_ready(), else 503
+ *   GET /app-health/<c>/<kind>     an app probe rewritten by the injector, sent on
+ *                                  to the app's original target (REMORA_APP_PROBERS)
+ *   GET /metrics                   the proxy's Prometheus text, plus the app's when
+ *                                  REMORA_APP_METRICS_URL names it
+ * Plain HTTP on libevent's evhttp, on the proxy's event loop. Design note:
+ * docs/capture.md "Health port". */
+#ifndef PX_HEALTH_H
+#define PX_HEALTH_H
+
+#include <event2/event.h>
+
+#include "common/net.h"
+
+struct px_health;
+
+/* Bind `addr` and serve. The probe table is read from the environment
+ * (REMORA_APP_PROBERS, REMORA_APP_METRICS_URL, POD_IP) once, here; a bad
+ * value is logged once and leaves that feature off, never fails the start.
+ * Returns 0 and *out (free with px_health_free), or CM_ERR_IO with *errmsg
+ * (caller frees) when the address cannot be bound. */
+int px_health_start(struct event_base *base, const struct cm_addr *addr, struct px_health **out,
+                    char **errmsg);
+/* The bound address (port 0 resolved). */
+void px_health_local_addr(const struct px_health *h, struct cm_addr *out);
+/* Answer what is in flight with 503, close everything, free. NULL is fine. */
+void px_health_free(struct px_health *h);
+
+#endif
