@@ -88,7 +88,7 @@ static int load_ca(const struct cm_jpath *root, json_t *top, struct ij_config *c
         (rc = cm_json_get_string(&p, ca, "jwks_file", false, &cfg->ca_jwks_file, errmsg)) != 0 ||
         (rc = cm_json_get_string(&p, ca, "audience", false, &cfg->ca_audience, errmsg)) != 0 ||
         (rc = nonempty(&p, "audience", cfg->ca_audience, errmsg)) != 0 ||
-        (rc = cm_json_get_int(&p, ca, "ttl_seconds", false, 60, 366 * 86400, &cfg->ca_ttl_seconds,
+        (rc = cm_json_get_int(&p, ca, "ttl_seconds", false, 10, 366 * 86400, &cfg->ca_ttl_seconds,
                               errmsg)) != 0)
         return rc;
     if (cfg->ca_address != NULL && cm_addr_parse(cfg->ca_address, &cfg->ca_addr) != 0) {
@@ -100,6 +100,17 @@ static int load_ca(const struct cm_jpath *root, json_t *top, struct ij_config *c
         cm_jpath_key(&c, &p, cfg->ca_cert_file == NULL ? "cert_file" : "key_file");
         return cm_json_fail(&c, errmsg, "required together with ca.%s",
                             cfg->ca_cert_file == NULL ? "key_file" : "cert_file");
+    }
+    /* A CA needs the keys that sign service-account tokens; an address
+     * without a CA to serve on it is a mistake. */
+    if (cfg->ca_cert_file != NULL && cfg->ca_jwks_file == NULL) {
+        cm_jpath_key(&c, &p, "jwks_file");
+        return cm_json_fail(&c, errmsg,
+                            "required with ca.cert_file (the cluster's /openid/v1/jwks)");
+    }
+    if (cfg->ca_address != NULL && cfg->ca_cert_file == NULL) {
+        cm_jpath_key(&c, &p, "address");
+        return cm_json_fail(&c, errmsg, "set, but there is no CA to serve (ca.cert_file unset)");
     }
     return 0;
 }

@@ -28,7 +28,7 @@ struct ij_config {
     int64_t max_connections;    /* default 1024 */
     int64_t reload_interval_ms; /* cert / template change check; default 2000 */
 
-    /* ca: the signing endpoint (a later issue); accepted and validated now */
+    /* ca: POST /v1/sign (ca.c); a CA exists when cert_file is set */
     const char *ca_address; /* NULL: shares the webhook port */
     struct cm_addr ca_addr;
     const char *ca_cert_file, *ca_key_file, *ca_root_file, *ca_jwks_file;

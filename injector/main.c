@@ -14,6 +14,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "injector/ca.h"
 #include "injector/config.h"
 #include "injector/metrics.h"
 #include "injector/server.h"
@@ -100,6 +101,7 @@ int main(int argc, char **argv)
     struct ij_template_slot tpl;
     struct ij_tls *tls = NULL;
     struct ij_server *srv = NULL;
+    struct ij_ca *ca = NULL;
     char *err = NULL;
     int status = 1;
 
@@ -117,10 +119,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "remora-injector: %s\n", err);
         goto fail_template;
     }
+    if (ij_ca_new(&cfg, &ca, &err) != 0) {
+        fprintf(stderr, "remora-injector: %s\n", err);
+        goto fail_tls;
+    }
     if (check) {
         printf("%s: ok\n", file);
         status = 0;
-        goto fail_tls;
+        goto fail_ca;
     }
     ij_metrics_set_cert_expiry(ij_tls_not_after(tls));
 
@@ -134,9 +140,14 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    if (ij_server_start(&cfg, tls, &tpl, &srv, &err) != 0) {
+    if (ij_server_start(&cfg, tls, &tpl, cfg.ca_address ? NULL : ca, &srv, &err) != 0) {
         cm_error("%s", err);
-        goto fail_tls;
+        goto fail_ca;
+    }
+    if (ca != NULL && cfg.ca_address != NULL && ij_ca_serve(ca, tls, &err) != 0) {
+        cm_error("%s", err);
+        ij_server_stop(srv, 0);
+        goto fail_ca;
     }
     cm_info("remora-injector %s started: trust domain %s, template %s, %s sidecars by default",
             IJ_VERSION, cfg.trust_domain, cfg.template_file ? cfg.template_file : "built-in",
@@ -156,10 +167,14 @@ int main(int argc, char **argv)
             break;
         }
         reload(tls, &tpl, sig == SIGHUP);
+        ij_ca_poll(ca, sig == SIGHUP);
     }
+    ij_ca_stop(ca, SHUTDOWN_GRACE_MS);
     ij_server_stop(srv, SHUTDOWN_GRACE_MS);
     status = 0;
 
+fail_ca:
+    ij_ca_free(ca);
 fail_tls:
     ij_tls_free(tls);
 fail_template:

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/xalloc.h"
+#include "injector/ca.h"
 #include "injector/config.h"
 
 /* Upper bounds in microseconds; a review takes tens of microseconds. */
@@ -128,6 +129,10 @@ char *ij_metrics_render(unsigned connections, size_t *len)
         "# TYPE remora_injector_connections gauge\n"
         "remora_injector_connections %u\n",
         connections);
+    size_t ca_len;
+    char *ca = ij_ca_metrics_render(&ca_len); /* the CA's counters, when it runs */
+    put(&o, "%s", ca);
+    free(ca);
     put(&o,
         "# HELP remora_injector_build_info Version of the running injector.\n"
         "# TYPE remora_injector_build_info gauge\n"

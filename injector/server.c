@@ -14,6 +14,7 @@
 #include "common/log.h"
 #include "common/xalloc.h"
 #include "injector/admission.h"
+#include "injector/ca.h"
 #include "injector/metrics.h"
 
 struct ij_server {
@@ -21,6 +22,7 @@ struct ij_server {
     const struct ij_config *cfg;
     struct ij_tls *tls;
     struct ij_template_slot *tpl;
+    struct ij_ca *ca; /* POST /v1/sign here too; NULL: no CA, or it has ca.address */
     atomic_bool ready;
     atomic_uint connections;
     int fd;
@@ -35,6 +37,7 @@ struct req {
     bool too_large;   /* answer 413 at the end */
     bool answered;    /* a response was queued */
     bool ignore_body; /* not POST /inject: a body is dropped unread */
+    bool sign;        /* POST /v1/sign, answered by the CA (ca.c) */
 };
 
 /* A chunked body over the bound is read and dropped up to this many times
@@ -116,7 +119,9 @@ static enum MHD_Result inject(struct ij_server *s, struct MHD_Connection *conn, 
 static enum MHD_Result first_call(struct ij_server *s, struct MHD_Connection *conn, const char *url,
                                   const char *method, struct req *r)
 {
-    if (strcmp(url, "/inject") != 0 || strcmp(method, MHD_HTTP_METHOD_POST) != 0) {
+    r->sign = s->ca != NULL && strcmp(url, IJ_CA_SIGN_PATH) == 0 &&
+              strcmp(method, MHD_HTTP_METHOD_POST) == 0;
+    if (!r->sign && (strcmp(url, "/inject") != 0 || strcmp(method, MHD_HTTP_METHOD_POST) != 0)) {
         r->ignore_body = true;
         return MHD_YES;
     }
@@ -126,10 +131,13 @@ static enum MHD_Result first_call(struct ij_server *s, struct MHD_Connection *co
         char *end;
         errno = 0;
         unsigned long long n = strtoull(cl, &end, 10);
-        if (errno == 0 && *end == '\0' && n > (unsigned long long)s->cfg->max_body_bytes) {
+        unsigned long long bound = (unsigned long long)s->cfg->max_body_bytes;
+        if (r->sign && bound > IJ_CA_MAX_BODY)
+            bound = IJ_CA_MAX_BODY;
+        if (errno == 0 && *end == '\0' && n > bound) {
             r->too_large = true;
             r->answered = true;
-            return inject(s, conn, r);
+            return r->sign ? ij_ca_sign(s->ca, conn, NULL, 0, true) : inject(s, conn, r);
         }
         if (errno == 0 && *end == '\0' && n > 0) {
             r->cap = (size_t)n;
@@ -146,6 +154,11 @@ static enum MHD_Result route(struct ij_server *s, struct MHD_Connection *conn, c
     bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, "HEAD") == 0;
     if (strcmp(url, "/inject") == 0)
         return send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "use POST");
+    if (strcmp(url, IJ_CA_SIGN_PATH) == 0)
+        return s->ca != NULL ? send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "use POST")
+                             : send_error(conn, MHD_HTTP_NOT_FOUND,
+                                          "no CA on this port (ca.cert_file unset, or the CA "
+                                          "serves on ca.address)");
     if (!get)
         return send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "use GET");
     if (strcmp(url, "/healthz") == 0)
@@ -211,6 +224,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     r->answered = true;
     if (r->ignore_body)
         return route(s, conn, url, method);
+    if (r->sign)
+        return ij_ca_sign(s->ca, conn, r->buf, r->len, r->too_large);
     return inject(s, conn, r);
 }
 
@@ -252,7 +267,7 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 }
 
 int ij_server_start(const struct ij_config *cfg, struct ij_tls *tls, struct ij_template_slot *tpl,
-                    struct ij_server **out, char **errmsg)
+                    struct ij_ca *ca, struct ij_server **out, char **errmsg)
 {
     struct ij_server *s = cm_xcalloc(1, sizeof(*s));
     struct cm_addr bound;
@@ -261,6 +276,7 @@ int ij_server_start(const struct ij_config *cfg, struct ij_tls *tls, struct ij_t
     s->cfg = cfg;
     s->tls = tls;
     s->tpl = tpl;
+    s->ca = ca;
     s->fd = cm_net_listen(&cfg->webhook_addr, 1024);
     if (s->fd < 0) {
         *errmsg = cm_xasprintf("%s: webhook.address: cannot listen on %s: %s", cfg->file,

@@ -3,21 +3,24 @@
  *   GET  /healthz  200 while the process serves
  *   GET  /readyz   200 once serving, 503 while shutting down
  *   GET  /metrics  Prometheus text (metrics.c)
+ *   POST /v1/sign  the CA (ca.c), when it has no ca.address of its own
  * MHD runs its own threads (a pool of webhook.threads, epoll each); every
  * handler is short and never blocks, so a request cannot stall others. */
 #ifndef IJ_SERVER_H
 #define IJ_SERVER_H
 
+#include "injector/ca.h"
 #include "injector/config.h"
 #include "injector/template.h"
 #include "injector/tls.h"
 
 struct ij_server;
 
-/* Bind webhook.address and start serving. cfg, tls and tpl are borrowed and
- * must outlive the server. Returns 0 and *out, or CM_ERR_IO with *errmsg. */
+/* Bind webhook.address and start serving. cfg, tls, tpl and ca are borrowed
+ * and must outlive the server; with a ca (NULL: none), POST /v1/sign is
+ * served here too. Returns 0 and *out, or CM_ERR_IO with *errmsg. */
 int ij_server_start(const struct ij_config *cfg, struct ij_tls *tls, struct ij_template_slot *tpl,
-                    struct ij_server **out, char **errmsg);
+                    struct ij_ca *ca, struct ij_server **out, char **errmsg);
 /* The port actually bound (webhook.address may say port 0). */
 unsigned ij_server_port(const struct ij_server *s);
 /* Stop accepting, let open connections finish for up to grace_ms, then stop
