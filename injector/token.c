@@ -657,7 +657,7 @@ int ij_token_verify(const struct ij_jwks *keys, const char *token, size_t len, c
     size_t hlen = 0, blen = 0, slen = 0;
     json_t *h = NULL, *p = NULL;
     const char *kid = NULL;
-    enum jwk_type type;
+    enum jwk_type type = JWK_RSA;
     int rc = CM_ERR_INVAL;
 
     memset(claims, 0, sizeof(*claims));
@@ -804,7 +804,8 @@ struct ij_jwks *ij_jwks_file_get(struct ij_jwks_file *f, uint64_t check_ms)
     if (now - f->checked_ms >= check_ms) {
         char *err = NULL;
         f->checked_ms = now;
-        log_reload(f, reload_locked(f, false, &err), err);
+        int rc = reload_locked(f, false, &err);
+        log_reload(f, rc, err);
         free(err);
     }
     struct ij_jwks *k = ij_jwks_ref(f->cur);
