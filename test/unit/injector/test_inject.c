@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "injector/admission.c"
 #include "injector/inject.c"
 
 #include "common/err.h"
@@ -394,6 +395,24 @@ static void test_admission(void **state)
     ij_review_deinit(&rv);
 }
 
+static void test_base64(void **state)
+{
+    (void)state;
+    const char *in = "\x00\xff\x10patch \"json\"~/";
+    for (size_t len = 0; len <= strlen(in + 1) + 1; len++) {
+        size_t olen = 0, mlen = 0;
+        char *ours = base64(in, len, &olen);
+        unsigned char theirs[64];
+        assert_int_equal(
+            mbedtls_base64_encode(theirs, sizeof(theirs), &mlen, (const unsigned char *)in, len),
+            0);
+        assert_int_equal(olen, mlen);
+        assert_memory_equal(ours, theirs, olen);
+        assert_int_equal(ours[olen], '\0');
+        free(ours);
+    }
+}
+
 /* ---- config and template ---------------------------------------------------- */
 
 static char *write_tmp(const char *text)
@@ -523,8 +542,8 @@ int main(void)
         cmocka_unit_test(test_patch_classic),    cmocka_unit_test(test_patch_native),
         cmocka_unit_test(test_patch_probes),     cmocka_unit_test(test_patch_exclusions),
         cmocka_unit_test(test_patch_whole_maps), cmocka_unit_test(test_admission),
-        cmocka_unit_test(test_config),           cmocka_unit_test(test_template),
-        cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_base64),           cmocka_unit_test(test_config),
+        cmocka_unit_test(test_template),         cmocka_unit_test(test_metrics),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
