@@ -335,6 +335,30 @@ static void strip_connection_long_name(void **state)
     assert_string_equal(dump(&f->m), "x-kept=k");
 }
 
+/* However many Connection fields a client sends, each one counts. */
+static void strip_many_connection_fields(void **state)
+{
+    struct fixture *f = *state;
+    for (int i = 0; i < 40; i++)
+        add(f, "Connection", i % 2 ? "keep-alive" : "");
+    add(f, "Connection", "x-late");
+    add(f, "X-Late", "must go");
+    add(f, "X-Kept", "k");
+    px_msg_strip_hop_by_hop(&f->m, false);
+    assert_string_equal(dump(&f->m), "x-kept=k");
+}
+
+/* RFC 9110 5.3: "TE: gzip" then "TE: trailers" means "TE: gzip, trailers". */
+static void strip_te_split_over_fields(void **state)
+{
+    struct fixture *f = *state;
+    add(f, "TE", "gzip");
+    add(f, "TE", "trailers");
+    add(f, "X-Kept", "k");
+    px_msg_strip_hop_by_hop(&f->m, true);
+    assert_string_equal(dump(&f->m), "x-kept=k;te=trailers");
+}
+
 static void strip_te(void **state)
 {
     struct fixture *f = *state;
@@ -496,7 +520,9 @@ int main(void)
         T(strip_several_connection_fields),
         T(strip_connection_naming_itself),
         T(strip_connection_long_name),
+        T(strip_many_connection_fields),
         T(strip_te),
+        T(strip_te_split_over_fields),
         T(strip_te_listed_in_connection),
         T(strip_empty_and_clean),
         cmocka_unit_test(valid_names),
