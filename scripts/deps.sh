@@ -6,7 +6,7 @@ pkgs=(
   gcc clang make pkg-config libclang-rt-14-dev
   libevent-dev libnghttp2-dev libmbedtls-dev libjansson-dev libmicrohttpd-dev node-llhttp
   libcmocka-dev
-  curl nghttp2-client nghttp2-server openssl jq iproute2 iptables procps
+  curl nghttp2-client nghttp2-server openssl jq iproute2 iptables procps util-linux
   wrk haproxy nginx-light gnuplot-nox
   nodejs npm
 )
