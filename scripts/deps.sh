@@ -5,6 +5,7 @@ set -euo pipefail
 pkgs=(
   gcc clang make pkg-config libclang-rt-14-dev
   libevent-dev libnghttp2-dev libmbedtls-dev libjansson-dev libmicrohttpd-dev node-llhttp
+  libgnutls28-dev # injector: serving-certificate reload through GnuTLS (docs/injector.md)
   libcmocka-dev
   curl nghttp2-client nghttp2-server openssl jq iproute2 iptables procps util-linux
   wrk haproxy nginx-light gnuplot-nox
