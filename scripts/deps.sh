@@ -9,13 +9,16 @@ pkgs=(
   libcmocka-dev
   curl nghttp2-client nghttp2-server openssl jq iproute2 iptables procps util-linux
   wrk haproxy nginx-light gnuplot-nox
-  nodejs npm
 )
 missing=()
 for p in "${pkgs[@]}"; do
   st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
   [[ "$st" == "install ok installed" ]] || missing+=("$p")
 done
+# Node.js validates patched pods (kubernetes-models). The machine image ships its own node and
+# npm, which Debian's npm package conflicts with: only install Debian's when there is none.
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if ((${#missing[@]})); then
   echo "deps: installing ${missing[*]}"
   SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo
