@@ -7,9 +7,9 @@
  *
  * Per input: a connected AF_UNIX socket pair; one end becomes a px_conn
  * handed to px_h1_server_start(), the input is written into the other end
- * while the loop runs without blocking, then that end is half-closed (EOF)
- * and the loop runs again. Everything is torn down the way px_server_run
- * does at exit (px_h1_shutdown, px_stream_gc, px_stream_freelist_clear).
+ * in pieces of 1 to 64 bytes (or at once) while the loop runs without
+ * blocking, then that end is half-closed (EOF) and the loop runs again. Everything is torn down the
+ * way px_server_run does at exit (px_h1_shutdown, px_stream_gc, px_stream_freelist_clear).
  *
  * Invariants (a violation traps): whatever the proxy writes back starts with
  * "HTTP/1."; after teardown no connection and no stream is left; and
@@ -125,14 +125,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     px_h1_server_start(c); /* owns c from here */
 
     struct sink out = {{0}, 0};
+    /* The bytes arrive in pieces, as TCP may cut them: piece sizes come from
+     * a PRNG seeded with a hash of the input, so a crash replays exactly. */
+    uint64_t h = 14695981039346656037ull;
+    for (size_t i = 0; i < size; i++)
+        h = (h ^ data[i]) * 1099511628211ull;
+    bool whole = (h & 3) == 0; /* a quarter of the runs: everything at once */
     size_t off = 0;
-    for (int rounds = 0; off < size && rounds < 1000; rounds++) {
-        ssize_t w = write(sv[1], data + off, size - off);
+    for (int rounds = 0; off < size && rounds < 4000; rounds++) {
+        h ^= h << 13;
+        h ^= h >> 7;
+        h ^= h << 17;
+        size_t piece = whole ? size - off : 1 + (size_t)(h % 64);
+        if (piece > size - off)
+            piece = size - off;
+        ssize_t w = write(sv[1], data + off, piece);
         if (w > 0)
             off += (size_t)w;
         else if (w < 0 && errno != EAGAIN)
             break; /* the proxy closed its end */
-        pump(sv[1], &out, 2);
+        pump(sv[1], &out, whole ? 2 : 1);
     }
     pump(sv[1], &out, 4);
     shutdown(sv[1], SHUT_WR);
