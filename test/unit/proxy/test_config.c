@@ -290,6 +290,7 @@ static void defaults(void **state)
     assert_int_equal(d.max_headers, 100);
     assert_int_equal(d.buffer_bytes, 65536);
     assert_false(cfg->has_admin);
+    assert_false(cfg->has_health);
     assert_int_equal(cfg->log_level, CM_LOG_INFO);
     assert_int_equal(cfg->log_format, CM_LOG_FORMAT_TEXT);
     assert_null(cfg->access_log);
@@ -333,6 +334,9 @@ static void all_keys(void **state)
     assert_int_equal(l->pool_max_idle, 8);
     assert_int_equal(l->pool_idle_timeout_ms, 10000);
     assert_int_equal(l->h2_max_concurrent_streams, 64);
+    assert_int_equal(l->retry_buffer_bytes, 32768);
+    assert_true(cfg->has_health);
+    assert_string_equal(addr(&cfg->health_addr), "0.0.0.0:15020");
     px_config_free(cfg);
 }
 
