@@ -37,6 +37,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "certs/pki.h"
@@ -906,4 +907,90 @@ void px_health_free(struct px_health *h)
     if (h->tls_ready)
         mbedtls_ssl_config_free(&h->tls);
     free(h);
+}
+
+/* ---- remora-proxy wait ---------------------------------------------------------- */
+
+/* One blocking GET /healthz/ready; the status, or 0 when there was none. */
+static int ready_once(const struct cm_addr *addr)
+{
+    int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    struct timeval tv = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    int code = 0;
+    if (connect(fd, (const struct sockaddr *)&addr->ss, addr->len) == 0) {
+        static const char req[] = "GET /healthz/ready HTTP/1.1\r\nHost: localhost\r\n"
+                                  "User-Agent: remora-proxy-wait\r\nConnection: close\r\n\r\n";
+        char buf[STATUS_LINE_MAX];
+        size_t len = 0;
+        if (send(fd, req, sizeof(req) - 1, MSG_NOSIGNAL) == (ssize_t)(sizeof(req) - 1)) {
+            while (len < sizeof(buf)) {
+                ssize_t n = recv(fd, buf + len, sizeof(buf) - len, 0);
+                if (n <= 0)
+                    break;
+                len += (size_t)n;
+                int c = status_line(buf, len);
+                if (c != 0) {
+                    code = c > 0 ? c : 0;
+                    break;
+                }
+            }
+        }
+    }
+    close(fd);
+    return code;
+}
+
+int px_health_wait_main(int argc, char **argv)
+{
+    long timeout_s = 60;
+    struct cm_addr addr;
+    cm_addr_parse("127.0.0.1:15020", &addr);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if ((strcmp(a, "--timeout") == 0 || strcmp(a, "--address") == 0) && i + 1 < argc) {
+            const char *v = argv[++i];
+            if (a[2] == 't') {
+                char *end = NULL;
+                errno = 0;
+                timeout_s = strtol(v, &end, 10);
+                if (errno != 0 || end == v || *end != '\0' || timeout_s < 0 || timeout_s > 86400) {
+                    fprintf(stderr,
+                            "remora-proxy wait: --timeout: \"%s\" is not a number of "
+                            "seconds (0..86400)\n",
+                            v);
+                    return 2;
+                }
+            } else if (cm_addr_parse(v, &addr) != 0) {
+                fprintf(stderr, "remora-proxy wait: --address: \"%s\" is not ip:port\n", v);
+                return 2;
+            }
+        } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            printf("usage: remora-proxy wait [--timeout SECONDS] [--address IP:PORT]\n");
+            return 0;
+        } else {
+            fprintf(stderr, "remora-proxy wait: unknown or incomplete flag \"%s\"\n", a);
+            return 2;
+        }
+    }
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    int last = 0;
+    for (;;) {
+        last = ready_once(&addr);
+        if (last == 200)
+            return 0;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec - start.tv_sec >= timeout_s)
+            break;
+        struct timespec pause = {0, 200 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+    }
+    char a[CM_ADDR_STRLEN];
+    fprintf(stderr, "remora-proxy wait: %s/healthz/ready not 200 after %ld s (last: %d)\n",
+            cm_addr_format(&addr, a, sizeof(a)), timeout_s, last);
+    return 1;
 }

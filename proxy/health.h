@@ -27,4 +27,11 @@ void px_health_local_addr(const struct px_health *h, struct cm_addr *out);
 /* Answer what is in flight with 503, close everything, free. NULL is fine. */
 void px_health_free(struct px_health *h);
 
+/* `remora-proxy wait [--timeout SECONDS] [--address IP:PORT]`: poll
+ * GET /healthz/ready on the health port (default 127.0.0.1:15020) until it
+ * answers 200 (exit 0) or the timeout (default 60 s) passes (exit 1); usage
+ * errors exit 2. The injected postStart hook of classic sidecars: kubelet
+ * starts the app only after it returns. Blocking, no event loop. */
+int px_health_wait_main(int argc, char **argv);
+
 #endif

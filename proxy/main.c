@@ -13,12 +13,14 @@
 #endif
 
 int px_iptables_main(int argc, char **argv);
+int px_health_wait_main(int argc, char **argv); /* capture issue: proxy/health.c */
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: remora-proxy -c FILE            run the sidecar\n"
                "       remora-proxy --check-config -c FILE  validate FILE and exit\n"
                "       remora-proxy iptables [flags]    install the capture rules\n"
+               "       remora-proxy wait [--timeout S]  wait until the health port says ready\n"
                "       remora-proxy --version\n");
 }
 
@@ -47,6 +49,8 @@ int main(int argc, char **argv)
     cm_log_set_component("proxy");
     if (argc > 1 && strcmp(argv[1], "iptables") == 0)
         return px_iptables_main(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "wait") == 0) /* capture issue: postStart hook */
+        return px_health_wait_main(argc - 1, argv + 1);
 
     static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
                                          {"check-config", no_argument, NULL, 'k'},

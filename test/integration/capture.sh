@@ -128,6 +128,7 @@ chmod 644 "$TMP/proxy.json"
 PROBERS='{"/app-health/app/readyz": {"httpGet": {"port": 8081, "path": "/status/204", "scheme": "HTTP"}},
  "/app-health/app/livez": {"httpGet": {"port": 8081, "path": "/status/503"}},
  "/app-health/app/startupz": {"httpGet": {"port": 8099, "path": "/"}},
+ "/app-health/tls/readyz": {"httpGet": {"port": 8443, "path": "/", "scheme": "HTTPS"}},
  "/app-health/bad/readyz": "nonsense"}'
 
 # (bg takes commands, not shell functions: the PID it records must be the process)
@@ -140,6 +141,13 @@ bg app-a6 ip netns exec "$A" "${APP_USER[@]}" "$UPSTREAM" --listen "[::1]:8081" 
 bg app-a ip netns exec "$A" "${APP_USER[@]}" "$UPSTREAM" --listen 127.0.0.1:8081 --name app8081
 bg app-a-excluded ip netns exec "$A" "${APP_USER[@]}" "$UPSTREAM" --listen 0.0.0.0:8082 \
     --name app8082
+# an app serving HTTPS on its probe port (kubelet does not verify its certificate)
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+    -keyout "$TMP/app-key.pem" -out "$TMP/app-cert.pem" -subj /CN=app 2>/dev/null
+bg app-tls ip netns exec "$A" openssl s_server -accept 127.0.0.1:8443 -cert "$TMP/app-cert.pem" \
+    -key "$TMP/app-key.pem" -www -quiet
+inA "$PROXY" wait --timeout 0 >"$TMP/wait0.log" 2>&1
+expect_eq "remora-proxy wait before the proxy runs: exit 1" "$?" 1
 bg proxy ip netns exec "$A" env REMORA_APP_PROBERS="$PROBERS" POD_IP="$A_IP" \
     setpriv --reuid=1337 --regid=1337 --clear-groups "$PROXY" -c "$TMP/proxy.json"
 PROXY_PID=$LASTPID
@@ -217,10 +225,16 @@ expect_eq "rewritten liveness probe: the app's 503" "$code" 503
 code=$(inB curl -s -m 5 -o /dev/null -w '%{http_code}' \
     "http://$A_IP:15020/app-health/app/startupz")
 expect_eq "probe of a port nobody listens on: 503" "$code" 503
+code=$(inB curl -s -m 5 -o /dev/null -w '%{http_code}' "http://$A_IP:15020/app-health/tls/readyz")
+expect_eq "rewritten HTTPS probe: sent over TLS, the app's 200" "$code" 200
 code=$(inB curl -s -m 5 -o /dev/null -w '%{http_code}' "http://$A_IP:15020/app-health/bad/readyz")
 expect_eq "a malformed REMORA_APP_PROBERS entry: 404" "$code" 404
 check "the probe did not cross the capture listeners" \
     bash -c "! grep -q '\"path\":\"/status/204\"' '$TMP/proxy.log'"
+inA "$PROXY" wait --timeout 5 >"$TMP/wait1.log" 2>&1
+expect_eq "remora-proxy wait (the postStart hook) with the proxy ready: exit 0" "$?" 0
+inA "$PROXY" wait --timeout x >"$TMP/wait2.log" 2>&1
+expect_eq "remora-proxy wait --timeout x: exit 2" "$?" 2
 metrics=$(inB curl -s -m 5 "http://$A_IP:15020/metrics")
 check "merged /metrics carries the proxy's series" grep -q '^remora_requests_total' <<<"$metrics"
 
