@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/xalloc.h"
@@ -43,6 +44,7 @@ static enum px_cause default_cause(const struct px_h2_session *sess)
 
 static void on_defer(evutil_socket_t fd, short what, void *arg);
 static void on_idle(evutil_socket_t fd, short what, void *arg);
+static void on_head_timer(evutil_socket_t fd, short what, void *arg);
 
 struct px_h2_session *px_h2_session_new(enum px_h2_role role, struct px_io *io)
 {
@@ -52,7 +54,8 @@ struct px_h2_session *px_h2_session_new(enum px_h2_role role, struct px_io *io)
     sess->io = io;
     sess->defer = event_new(px_srv->base, -1, 0, on_defer, sess);
     sess->idle = evtimer_new(px_srv->base, on_idle, sess);
-    if (sess->defer == NULL || sess->idle == NULL) {
+    sess->head_timer = evtimer_new(px_srv->base, on_head_timer, sess);
+    if (sess->defer == NULL || sess->idle == NULL || sess->head_timer == NULL) {
         cm_error("h2: event_new failed");
         abort();
     }
@@ -79,7 +82,48 @@ void px_h2_session_close(struct px_h2_session *sess, enum px_cause cause)
     if (sess->io != NULL)
         px_io_read_enable(sess->io, false);
     evtimer_del(sess->idle);
+    evtimer_del(sess->head_timer);
     event_active(sess->defer, EV_WRITE, 0);
+}
+
+void px_h2_session_watch_head(struct px_h2_session *sess, struct px_h2_stream *st)
+{
+    uint32_t ms = px_srv->cfg->limits.header_timeout_ms;
+    if (ms == 0)
+        return;
+    st->head_deadline_ms = cm_mono_ms() + ms;
+    if (!evtimer_pending(sess->head_timer, NULL))
+        set_timer_ms(sess->head_timer, ms);
+}
+
+/* A request head still unfinished past its deadline: a slow (or stuck)
+ * client. A half-sent header block blocks the whole connection (nothing may
+ * interleave with CONTINUATION frames), so the connection goes. */
+static void on_head_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct px_h2_session *sess = arg;
+    if (sess->state == PX_H2_CLOSING)
+        return;
+    uint64_t now = cm_mono_ms(), next = 0;
+    struct cm_list *pos;
+    for (pos = sess->streams.next; pos != &sess->streams; pos = pos->next) {
+        struct px_h2_stream *st = cm_container_of(pos, struct px_h2_stream, link);
+        if (st->in != PX_H2_IN_HEAD || st->head_deadline_ms == 0 || st->s == NULL)
+            continue;
+        if (st->head_deadline_ms <= now) {
+            cm_debug("h2 server session %llu stream %d: request head not finished in time",
+                     (unsigned long long)sess->id, st->id);
+            px_metrics.header_timeout++;
+            px_h2_session_close(sess, PX_CAUSE_DOWNSTREAM_RESET);
+            return;
+        }
+        if (next == 0 || st->head_deadline_ms < next)
+            next = st->head_deadline_ms;
+    }
+    if (next > 0)
+        set_timer_ms(sess->head_timer, (uint32_t)(next - now));
 }
 
 void px_h2_session_idle_update(struct px_h2_session *sess)
@@ -268,6 +312,7 @@ void px_h2_session_destroy(struct px_h2_session *sess)
     px_io_free(sess->io);
     event_free(sess->defer);
     event_free(sess->idle);
+    event_free(sess->head_timer);
     if (sess->role == PX_H2_SERVER) {
         px_h2_nserver--;
         if (sess->conn != NULL)

@@ -53,6 +53,7 @@ struct px_h2_session {
     struct px_io *io;       /* owned (server: taken over from the px_conn) */
     struct event *defer;    /* zero-delay work: flush output, or free when closing */
     struct event *idle;     /* no streams for a while: server idle / pool idle timeout */
+    struct event *head_timer; /* server: a request head unfinished after header_timeout_ms */
     struct cm_list streams; /* px_h2_stream of this session */
     uint32_t nstreams;
     bool input_held;        /* input left unread: our output is over the watermark */
@@ -102,6 +103,7 @@ struct px_h2_stream {
                            * reports `fail` if still attached, then frees it */
     enum px_cause fail;
     int n1xx;             /* client: interim responses skipped */
+    uint64_t head_deadline_ms; /* server: the head must be complete by then */
     struct px_msg *trailers; /* trailer block being received */
     struct cm_list link;  /* in sess->streams */
 };
@@ -126,6 +128,8 @@ void px_h2_session_io(struct px_h2_session *sess);
 void px_h2_session_close(struct px_h2_session *sess, enum px_cause cause);
 /* Flush (and read held input) on the next loop turn. */
 void px_h2_session_schedule(struct px_h2_session *sess);
+/* Server: a request head started; make sure it finishes in time. */
+void px_h2_session_watch_head(struct px_h2_session *sess, struct px_h2_stream *st);
 /* Arm or disarm the idle timer after the stream count changed. */
 void px_h2_session_idle_update(struct px_h2_session *sess);
 /* Connection became usable (client connected): send what nghttp2 queued. */

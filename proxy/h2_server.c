@@ -116,6 +116,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
         st->id = f->hd.stream_id;
         st->s = px_stream_new(sess->conn, &server_ops, st);
         nghttp2_session_set_stream_user_data(ng, st->id, st);
+        px_h2_session_watch_head(sess, st);
         return 0;
     }
     struct px_h2_stream *st = stream_of(ng, f->hd.stream_id);

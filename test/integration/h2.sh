@@ -17,7 +17,8 @@ PB=$(free_port); PT=$(free_port); GA_PORT=$(free_port); DEAD_PORT=$(free_port); 
 cat >"$TMP/proxy.json" <<JSON
 {"admin": {"address": "127.0.0.1:$ADMIN_PORT"},
  "log_level": "info",
- "limits": {"max_header_bytes": 16384, "idle_timeout_ms": 1500, "pool_idle_timeout_ms": 1000},
+ "limits": {"max_header_bytes": 16384, "idle_timeout_ms": 1500, "pool_idle_timeout_ms": 1000,
+            "header_timeout_ms": 1000},
  "listeners": [
   {"name": "toh1", "address": "127.0.0.1:$P1", "direction": "inbound",
    "upstream": "127.0.0.1:$H1_PORT", "tls": "disabled"},
@@ -33,8 +34,8 @@ cat >"$TMP/proxy.json" <<JSON
    "upstream": "127.0.0.1:$T_PORT", "tls": "disabled", "upstream_protocol": "h2"}]}
 JSON
 start_proxy proxy "$TMP/proxy.json" || exit 1
-H2C="curl -s --http2-prior-knowledge"
-stats() { curl -s "http://127.0.0.1:$ADMIN_PORT/stats"; }
+H2C="curl -s -m 120 --http2-prior-knowledge"
+stats() { curl -s -m 120 "http://127.0.0.1:$ADMIN_PORT/stats"; }
 gauge() { stats | python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"; }
 
 # -- the three translations ---------------------------------------------------------------
@@ -42,23 +43,23 @@ out=$($H2C -w ' %{http_version}' "http://127.0.0.1:$P1/hello?x=1")
 expect_match "h2 client -> h1 upstream: path and query arrive" "$out" '"protocol":"HTTP/1.1".*"path":"/hello\?x=1"'
 expect_match "... :authority becomes Host" "$out" "\"host\":\"127.0.0.1:$P1\""
 expect_match "... answered over HTTP/2" "$out" ' 2$'
-out=$(curl -s -w ' %{http_version}' "http://127.0.0.1:$P2/hello?y=2")
+out=$(curl -s -m 120 -w ' %{http_version}' "http://127.0.0.1:$P2/hello?y=2")
 expect_match "h1 client -> h2 upstream: path and query arrive" "$out" '"protocol":"HTTP/2".*"path":"/hello\?y=2"'
 expect_match "... Host becomes :authority" "$out" "\"authority\":\"127.0.0.1:$P2\""
 expect_match "... answered over HTTP/1.1" "$out" ' 1.1$'
 out=$($H2C -w ' %{http_version}' "http://127.0.0.1:$P2/hello")
 expect_match "h2 client -> h2 upstream" "$out" '"protocol":"HTTP/2".* 2$'
-out=$(curl -s -H 'Connection: keep-alive, X-Secret' -H 'X-Secret: 1' -H 'Keep-Alive: 5' \
+out=$(curl -s -m 120 -H 'Connection: keep-alive, X-Secret' -H 'X-Secret: 1' -H 'Keep-Alive: 5' \
       -H 'TE: trailers' -H 'X-End: ok' "http://127.0.0.1:$P2/hop")
 bad=$(grep -oE '"(x-secret|keep-alive|connection|transfer-encoding|upgrade|host)"' <<<"$out" | tr '\n' ' ')
 expect_eq "h1 -> h2: no connection-specific header reaches the h2 upstream" "$bad" ""
 expect_match "... TE: trailers is kept" "$out" '"te":"trailers"'
 expect_match "... end-to-end headers pass" "$out" '"x-end":"ok"'
-out=$(nghttp -H 'cookie: a=1' -H 'cookie: b=2' "http://127.0.0.1:$P1/c")
+out=$(timeout 60 nghttp -H 'cookie: a=1' -H 'cookie: b=2' "http://127.0.0.1:$P1/c")
 expect_match "h2 -> h1: cookie crumbs are joined into one Cookie" "$out" '"cookie":"a=1; b=2"'
 out=$($H2C -I "http://127.0.0.1:$P1/bytes/1234")
 expect_match "h2 -> h1: HEAD keeps content-length" "$out" 'content-length: 1234'
-out=$(curl -s -I "http://127.0.0.1:$P2/bytes/1234")
+out=$(curl -s -m 120 -I "http://127.0.0.1:$P2/bytes/1234")
 expect_match "h1 -> h2: HEAD keeps content-length" "$out" '[Cc]ontent-[Ll]ength: 1234'
 out=$($H2C -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P2/status/404")
 expect_eq "h2 -> h2: upstream statuses pass through" "$out" 404
@@ -66,15 +67,15 @@ out=$($H2C -X POST "http://127.0.0.1:$P1/empty")
 expect_match "h2 -> h1: POST without a body gets content-length: 0" "$out" '"content-length":"0"'
 head -c 70000 /dev/urandom >"$TMP/small"
 want=$(sha256sum <"$TMP/small" | cut -d' ' -f1)
-out=$(curl -s -H 'Transfer-Encoding: chunked' --data-binary @"$TMP/small" "http://127.0.0.1:$P2/echo")
+out=$(curl -s -m 120 -H 'Transfer-Encoding: chunked' --data-binary @"$TMP/small" "http://127.0.0.1:$P2/echo")
 expect_match "h1 chunked upload -> h2 upstream intact" "$out" "\"body_sha256\":\"$want\""
 
 # -- many concurrent streams ---------------------------------------------------------------
 for p in "$P1:h1" "$P2:h2"; do
-    out=$(h2load -n 5000 -c 10 -m 100 "http://127.0.0.1:${p%%:*}/hello" 2>&1)
+    out=$(timeout 120 h2load -n 5000 -c 10 -m 100 "http://127.0.0.1:${p%%:*}/hello" 2>&1)
     expect_match "h2load -c 10 -m 100 to the ${p##*:} upstream: all 2xx" "$out" 'status codes: 5000 2xx, 0 3xx, 0 4xx, 0 5xx'
 done
-out=$(h2load -n 400 -c 2 -m 100 "http://127.0.0.1:$P2/bytes/100000" 2>&1)
+out=$(timeout 120 h2load -n 400 -c 2 -m 100 "http://127.0.0.1:$P2/bytes/100000" 2>&1)
 expect_match "h2load 100 KB bodies, 100 streams per connection: all 2xx" "$out" 'status codes: 400 2xx'
 check "the h2 upstream pool is reused" test "$(gauge upstream_cx_reused)" -gt 0
 
@@ -90,9 +91,9 @@ for p in "$P1:h1" "$P2:h2"; do
     out=$($H2C --data-binary @"$TMP/big" "http://127.0.0.1:$port/echo")
     expect_match "50 MB upload, h2 client -> $up upstream, intact" "$out" "\"body_sha256\":\"$want_up\""
 done
-got=$(curl -s "http://127.0.0.1:$P2/bytes/$N" | sha256sum | cut -d' ' -f1)
+got=$(curl -s -m 120 "http://127.0.0.1:$P2/bytes/$N" | sha256sum | cut -d' ' -f1)
 expect_eq "50 MB download, h1 client <- h2 upstream, intact" "$got" "$want_dl"
-out=$(curl -s --data-binary @"$TMP/big" "http://127.0.0.1:$P2/echo")
+out=$(curl -s -m 120 --data-binary @"$TMP/big" "http://127.0.0.1:$P2/echo")
 expect_match "50 MB upload, h1 client -> h2 upstream, intact" "$out" "\"body_sha256\":\"$want_up\""
 
 # Memory: ASan's quarantine hides the real footprint, so peak RSS is measured
@@ -115,13 +116,13 @@ JSON
         [[ $($H2C "http://127.0.0.1:$port/bytes/$N" | sha256sum | cut -d' ' -f1) == "$want_dl" ]] || ok=0
         $H2C --data-binary @"$TMP/big" "http://127.0.0.1:$port/echo" | grep -q "$want_up" || ok=0
     done
-    curl -s "http://127.0.0.1:$R2/bytes/$N" -o /dev/null
-    curl -s --data-binary @"$TMP/big" "http://127.0.0.1:$R2/echo" -o /dev/null
+    curl -s -m 120 "http://127.0.0.1:$R2/bytes/$N" -o /dev/null
+    curl -s -m 120 --data-binary @"$TMP/big" "http://127.0.0.1:$R2/echo" -o /dev/null
     # slow readers: the upstream must be held back, not buffered
     timeout 3 $H2C --limit-rate 1M "http://127.0.0.1:$R1/bytes/1000000000" -o /dev/null
     timeout 3 $H2C --limit-rate 1M "http://127.0.0.1:$R2/bytes/1000000000" -o /dev/null
-    timeout 3 curl -s --limit-rate 1M "http://127.0.0.1:$R2/bytes/1000000000" -o /dev/null
-    h2load -n 2000 -c 10 -m 100 "http://127.0.0.1:$R2/bytes/20000" >/dev/null 2>&1
+    timeout 3 curl -s -m 120 --limit-rate 1M "http://127.0.0.1:$R2/bytes/1000000000" -o /dev/null
+    timeout 120 h2load -n 2000 -c 10 -m 100 "http://127.0.0.1:$R2/bytes/20000" >/dev/null 2>&1
     hwm=$(rss_hwm_kb "$PLAIN_PID")
     expect_eq "plain build: 4 x 50 MB each way + slow readers intact" "$ok" 1
     check "plain build: peak RSS ${hwm} kB stays under 12 MB" test "$hwm" -lt 12288
@@ -140,10 +141,10 @@ expect_eq "... and its stream is released after the client left" "$(gauge stream
 mkdir -p "$TMP/docroot"; head -c 100000 /dev/urandom >"$TMP/docroot/file"
 bg nghttpd nghttpd --no-tls --trailer 'x-checksum: abc123' -d "$TMP/docroot" "$T_PORT"
 if wait_port "$T_PORT"; then
-    out=$(nghttp -v "http://127.0.0.1:$PT/file" 2>&1)
+    out=$(timeout 60 nghttp -v "http://127.0.0.1:$PT/file" 2>&1)
     expect_match "h2 -> h2: response trailers are forwarded" "$out" 'x-checksum: abc123'
     head -c 30000 /dev/urandom >"$TMP/post"
-    out=$(nghttp -d "$TMP/post" --trailer 'x-req: 1' -s "http://127.0.0.1:$PT/file" 2>&1)
+    out=$(timeout 60 nghttp -d "$TMP/post" --trailer 'x-req: 1' -s "http://127.0.0.1:$PT/file" 2>&1)
     check "h2 -> h2: a request with trailers completes" grep -q 'responseEnd' <<<"$out"
 fi
 
@@ -187,12 +188,17 @@ expect_match "invalid HPACK: GOAWAY and close" "$out" '^closed goaway'
 check "proxy alive after bad input" alive "$PROXY_PID"
 out=$(h2raw "$P1" "000000040000000000")
 expect_match "idle h2 connection: GOAWAY then close after idle_timeout_ms" "$out" '^closed goaway'
+# HEADERS without END_HEADERS, and no CONTINUATION ever
+before=$(gauge header_timeout)
+out=$(h2raw "$P1" "000000040000000000""00000101000000000182")
+expect_match "a request head never finished: connection closed after header_timeout_ms" "$out" '^closed'
+check "... counted as a header timeout" test "$(gauge header_timeout)" -gt "$before"
 
 # -- client resets mid-response ------------------------------------------------------------------
 for p in "$P1:h1" "$P2:h2"; do
     timeout 1 $H2C "http://127.0.0.1:${p%%:*}/bytes/1000000000" -o /dev/null
 done
-h2load -n 300 -c 3 -m 100 -T 1 "http://127.0.0.1:$P2/slowbody/50?bytes=1000" >/dev/null 2>&1
+timeout 120 h2load -n 300 -c 3 -m 100 -T 1 "http://127.0.0.1:$P2/slowbody/50?bytes=1000" >/dev/null 2>&1
 sleep 0.5
 expect_eq "client resets mid-response release every stream" "$(gauge streams_live)" 0
 check "proxy alive after resets" alive "$PROXY_PID"
@@ -200,7 +206,7 @@ check "proxy alive after resets" alive "$PROXY_PID"
 # -- upstream failures ---------------------------------------------------------------------------
 out=$($H2C -w ' %{http_code}' "http://127.0.0.1:$PD/")
 expect_match "dead h2 upstream -> 503 naming the cause (h2 client)" "$out" 'connection refused.* 503$'
-out=$(curl -s -w ' %{http_code}' "http://127.0.0.1:$PD/")
+out=$(curl -s -m 120 -w ' %{http_code}' "http://127.0.0.1:$PD/")
 expect_match "dead h2 upstream -> 503 naming the cause (h1 client)" "$out" 'connection refused.* 503$'
 out=$($H2C -w ' %{http_code}' "http://127.0.0.1:$P2/close")
 expect_match "h2 upstream resets the stream -> 502 naming the cause" "$out" 'upstream reset.* 502$'
