@@ -29,7 +29,7 @@ endif
 MBEDTLS_LIBS  = -lmbedtls -lmbedx509 -lmbedcrypto
 PROXY_LIBS    = -levent -lnghttp2 $(MBEDTLS_LIBS) -ljansson -lm
 INJECTOR_LIBS = -lmicrohttpd -lgnutls -levent $(MBEDTLS_LIBS) -ljansson -lm
-TEST_LIBS     = -lcmocka -lmicrohttpd -levent -lnghttp2 $(MBEDTLS_LIBS) -ljansson -lm
+TEST_LIBS     = -lcmocka -lmicrohttpd -lgnutls -levent -lnghttp2 $(MBEDTLS_LIBS) -ljansson -lm
 
 # Sources are found, not listed: a new module is a new file.
 COMMON_SRCS   = $(wildcard common/*.c)
@@ -62,7 +62,7 @@ BINS += $(BUILD)/test-upstream
 endif
 UNIT_BINS = $(patsubst test/unit/%.c,$(BUILD)/test/unit/%,$(UNIT_SRCS))
 
-.PHONY: all unit-bins test test-gcc test-clang test-asan fuzz bench deps lint clean demo
+.PHONY: all perf-bins unit-bins test test-gcc test-clang test-asan fuzz bench deps lint clean demo
 all: $(BINS)
 
 $(OBJ)/%.o: %.c
@@ -141,8 +141,19 @@ $(BUILD)/fuzz-bin/%: $(OBJ)/test/fuzz/%.o $(ALL_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -fsanitize=fuzzer -o $@ $< $(ALL_LIBS) $(TEST_LIBS)
 
+# ---- perf/ benchmark tools (issue 9; not part of `all` nor `make test`) -----------
+# perf-micro: policy decision and LB pick cost, linked against the proxy archive.
+# perf-load: fixed-rate HTTP/1.1 + h2c load generator (latency from the intended send time).
+PERF_BINS = $(BUILD)/perf-micro $(BUILD)/perf-load
+perf-bins: $(PERF_BINS)
+$(BUILD)/perf-micro: $(call obj,perf/micro.c) $(LIB_PROXY) $(LIB_CERTS) $(LIB_COMMON) $(LIB_LLHTTP)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(PROXY_LIBS)
+$(BUILD)/perf-load: $(call obj,perf/loadgen.c) $(LIB_LLHTTP)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ -levent -lnghttp2
+# ---- end of perf/ tools -------------------------------------------------------
+
 # ---- the rest --------------------------------------------------------------
-bench: all
+bench: all perf-bins
 	./perf/bench.sh
 
 demo: all
