@@ -491,6 +491,10 @@ static char *bootstrap(const struct ij_inject_params *p, bool policy)
                           IJ_DIR_CA "/root.pem", "token_file", IJ_DIR_TOKEN "/token");
     if (policy)
         json_object_set_new(b, "policy_file", json_string(IJ_DIR_POLICY "/policy.json"));
+    /* capture issue: the health port the injected probes and postStart hook use */
+    char health[32];
+    snprintf(health, sizeof(health), "0.0.0.0:%d", IJ_PORT_HEALTH);
+    json_object_set_new(b, "health", json_pack("{s:s}", "address", health));
     char *s = json_dumps(b, JSON_COMPACT);
     json_decref(b);
     return s;
