@@ -62,7 +62,7 @@ BINS += $(BUILD)/test-upstream
 endif
 UNIT_BINS = $(patsubst test/unit/%.c,$(BUILD)/test/unit/%,$(UNIT_SRCS))
 
-.PHONY: all perf-bins unit-bins test test-gcc test-clang test-asan fuzz bench deps lint clean demo
+.PHONY: all perf-bins unit-bins test test-gcc test-clang test-asan fuzz bench policy-bench deps lint clean demo
 all: $(BINS)
 
 $(OBJ)/%.o: %.c
@@ -151,6 +151,12 @@ $(BUILD)/perf-micro: $(call obj,perf/micro.c) $(LIB_PROXY) $(LIB_CERTS) $(LIB_CO
 $(BUILD)/perf-load: $(call obj,perf/loadgen.c) $(LIB_LLHTTP)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ -levent -lnghttp2
 # ---- end of perf/ tools -------------------------------------------------------
+
+# Policy decision cost by policy shape and size (issue 5; perf/policy_bench.c, docs/policy.md).
+policy-bench: $(BUILD)/policy-bench
+	$(BUILD)/policy-bench
+$(BUILD)/policy-bench: $(call obj,perf/policy_bench.c) $(LIB_PROXY) $(LIB_CERTS) $(LIB_COMMON) $(LIB_LLHTTP)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(PROXY_LIBS)
 
 # ---- the rest --------------------------------------------------------------
 bench: all perf-bins

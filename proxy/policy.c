@@ -8,14 +8,22 @@
  * the caller's.
  *
  * Index. Deny rules and allow rules each get an index, so a policy with a
- * thousand rules does not cost a thousand rule checks per request: a rule whose
- * `principals` are all exact SPIFFE IDs is filed under each of them in a hash
- * table; else a rule whose `namespaces` are all exact is filed under those; every
- * other rule is "generic". A request only looks at the generic rules plus the two
- * buckets of its own principal and namespace, merged in file order, so the rule
- * that decides (and the name in the 403) is the same as a plain scan in file
- * order would find. decide_linear() is that plain scan; the unit tests and the
- * decision fuzzer hold the two to the same answer.
+ * thousand rules does not cost a thousand rule checks per request. A rule is
+ * filed under one of its conditions that must hold and can be looked up:
+ *   - its `principals`, when all are exact SPIFFE IDs (hash table);
+ *   - else its `paths`, when all are exact or prefixes ("/api/" + star): exact ones in
+ *     a hash table of paths, prefixes in a hash table of prefixes, looked up
+ *     once per distinct prefix length with an incremental hash of the path;
+ *   - else its `namespaces`, when all are exact (hash table);
+ *   - else it is "generic" and looked at for every request.
+ * A request looks at the generic rules and at the buckets of its principal,
+ * namespace, path and path prefixes. Each list is in file order; the answer is
+ * the smallest rule index that matches in any list, and a list stops at the
+ * first match or at the best index found so far. That is exactly the rule a
+ * plain scan in file order finds (and so the name in the 403); decide_linear()
+ * is that plain scan, and the unit tests and the decision fuzzer hold the two to
+ * the same answer. What stays linear is the generic rules: header-only rules,
+ * suffix paths, not_ forms alone (docs/policy.md has the numbers).
  *
  * Missing attributes. A request without a verified peer has no principal and no
  * namespace; a header may be absent or repeated. The rule is that none of this
@@ -184,7 +192,10 @@ struct table {
 struct index {
     uint32_t *generic; /* rule indices, ascending */
     uint32_t ngeneric;
-    struct table by_principal, by_ns;
+    struct table by_principal, by_ns, by_path; /* hash_bytes() keys */
+    struct table by_prefix;                    /* fnv keys, see prefix_hashes() */
+    uint32_t *prefix_lens; /* distinct lengths of the prefixes in by_prefix, ascending */
+    uint32_t nprefix_lens;
 };
 
 struct px_policy {
@@ -194,17 +205,38 @@ struct px_policy {
     enum px_policy_mode mode;
     bool default_deny;
     bool needs_path; /* some rule looks at the path: normalize (and refuse bad ones) */
+    bool index_principal, index_ns, index_path; /* some index has keys of that kind */
     struct rule *rules;
     uint32_t nrules, nallow, ndeny;
     struct index deny, allow;
 };
 
+/* Keys of the principal, namespace and exact-path tables: 8 bytes a step. */
 static uint64_t hash_bytes(const char *s, size_t n)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ (uint64_t)n;
+    for (; n >= 8; s += 8, n -= 8) {
+        uint64_t w;
+        memcpy(&w, s, 8);
+        h = (h ^ w) * 0xbf58476d1ce4e5b9ull;
+        h ^= h >> 31;
+    }
+    uint64_t w = 0;
+    memcpy(&w, s, n);
+    h = (h ^ w) * 0x94d049bb133111ebull;
+    return h ^ (h >> 29);
+}
+
+/* Keys of the prefix table: FNV-1a, which extends one byte at a time, so the
+ * hashes of every prefix of a path cost one pass over it. */
+#define FNV_INIT  1469598103934665603ull
+#define FNV_PRIME 1099511628211ull
+
+static uint64_t fnv_extend(uint64_t h, const char *s, size_t n)
+{
     for (size_t i = 0; i < n; i++) {
         h ^= (unsigned char)s[i];
-        h *= 1099511628211ull;
+        h *= FNV_PRIME;
     }
     return h;
 }
@@ -825,13 +857,24 @@ static int compile_rule(struct px_policy *p, const struct cm_jpath *rp, json_t *
 enum rule_class {
     CLASS_GENERIC = 0,
     CLASS_PRINCIPAL, /* filed under each of its exact principals */
+    CLASS_PATH,      /* filed under each of its exact paths and path prefixes */
     CLASS_NS         /* filed under each of its exact namespaces */
 };
+
+static bool paths_indexable(const struct plist *l)
+{
+    for (uint32_t i = 0; i < l->n; i++)
+        if (l->v[i].kind != PAT_EXACT && l->v[i].kind != PAT_PREFIX)
+            return false;
+    return true;
+}
 
 static enum rule_class rule_class(const struct rule *r)
 {
     if ((r->conds & C_PRINCIPALS) && plist_all_exact(&r->principals))
         return CLASS_PRINCIPAL;
+    if ((r->conds & C_PATHS) && paths_indexable(&r->paths))
+        return CLASS_PATH;
     if ((r->conds & C_NAMESPACES) && plist_all_exact(&r->namespaces))
         return CLASS_NS;
     return CLASS_GENERIC;
@@ -850,9 +893,8 @@ static void table_init(struct px_policy *p, struct table *t, size_t maxkeys)
 }
 
 /* Find or add the bucket of key (build time). */
-static struct bucket *table_put(struct table *t, const char *k, size_t n)
+static struct bucket *table_put(struct table *t, const char *k, size_t n, uint64_t h)
 {
-    uint64_t h = hash_bytes(k, n);
     for (uint32_t i = (uint32_t)h & t->mask;; i = (i + 1) & t->mask) {
         struct bucket *b = &t->b[i];
         if (b->key == NULL) {
@@ -867,11 +909,17 @@ static struct bucket *table_put(struct table *t, const char *k, size_t n)
     }
 }
 
-/* File rule i under every key of l: pass 0 counts, pass 1 stores. */
-static void table_file(struct table *t, const struct plist *l, uint32_t i, int pass)
+/* File rule i under every pattern of l of the given kind: pass 0 counts,
+ * pass 1 stores. Prefix patterns are keyed by FNV, the rest by hash_bytes. */
+static void table_file(struct table *t, const struct plist *l, uint8_t kind, uint32_t i, int pass)
 {
     for (uint32_t k = 0; k < l->n; k++) {
-        struct bucket *b = table_put(t, l->v[k].s, l->v[k].len);
+        const struct pat *pt = &l->v[k];
+        if (pt->kind != kind)
+            continue;
+        uint64_t h = kind == PAT_PREFIX ? fnv_extend(FNV_INIT, pt->s, pt->len)
+                                        : hash_bytes(pt->s, pt->len);
+        struct bucket *b = table_put(t, pt->s, pt->len, h);
         if (b->last == i + 1)
             continue; /* the same key twice in one rule */
         b->last = i + 1;
@@ -893,9 +941,34 @@ static void table_alloc_buckets(struct px_policy *p, struct table *t)
     }
 }
 
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The distinct key lengths of the prefix table, ascending. */
+static void prefix_lengths(struct px_policy *p, struct index *ix)
+{
+    const struct table *t = &ix->by_prefix;
+    if (t->nkeys == 0)
+        return;
+    ix->prefix_lens = px_arena_alloc(&p->arena, t->nkeys * sizeof(*ix->prefix_lens));
+    uint32_t n = 0;
+    for (uint32_t i = 0; i <= t->mask; i++)
+        if (t->b[i].key != NULL)
+            ix->prefix_lens[n++] = t->b[i].len;
+    qsort(ix->prefix_lens, n, sizeof(*ix->prefix_lens), cmp_u32);
+    uint32_t u = 0;
+    for (uint32_t i = 0; i < n; i++)
+        if (u == 0 || ix->prefix_lens[u - 1] != ix->prefix_lens[i])
+            ix->prefix_lens[u++] = ix->prefix_lens[i];
+    ix->nprefix_lens = u;
+}
+
 static void index_build(struct px_policy *p, struct index *ix, bool deny)
 {
-    size_t ngen = 0, npk = 0, nnk = 0;
+    size_t ngen = 0, npk = 0, nnk = 0, npath = 0;
     for (uint32_t i = 0; i < p->nrules; i++) {
         const struct rule *r = &p->rules[i];
         if (r->deny != deny)
@@ -903,6 +976,9 @@ static void index_build(struct px_policy *p, struct index *ix, bool deny)
         switch (rule_class(r)) {
         case CLASS_PRINCIPAL:
             npk += r->principals.n;
+            break;
+        case CLASS_PATH:
+            npath += r->paths.n;
             break;
         case CLASS_NS:
             nnk += r->namespaces.n;
@@ -914,10 +990,14 @@ static void index_build(struct px_policy *p, struct index *ix, bool deny)
     ix->generic = px_arena_alloc(&p->arena, (ngen ? ngen : 1) * sizeof(*ix->generic));
     table_init(p, &ix->by_principal, npk);
     table_init(p, &ix->by_ns, nnk);
+    table_init(p, &ix->by_path, npath);
+    table_init(p, &ix->by_prefix, npath);
     for (int pass = 0; pass < 2; pass++) {
         if (pass == 1) {
             table_alloc_buckets(p, &ix->by_principal);
             table_alloc_buckets(p, &ix->by_ns);
+            table_alloc_buckets(p, &ix->by_path);
+            table_alloc_buckets(p, &ix->by_prefix);
         }
         for (uint32_t i = 0; i < p->nrules; i++) {
             const struct rule *r = &p->rules[i];
@@ -925,10 +1005,14 @@ static void index_build(struct px_policy *p, struct index *ix, bool deny)
                 continue;
             switch (rule_class(r)) {
             case CLASS_PRINCIPAL:
-                table_file(&ix->by_principal, &r->principals, i, pass);
+                table_file(&ix->by_principal, &r->principals, PAT_EXACT, i, pass);
+                break;
+            case CLASS_PATH:
+                table_file(&ix->by_path, &r->paths, PAT_EXACT, i, pass);
+                table_file(&ix->by_prefix, &r->paths, PAT_PREFIX, i, pass);
                 break;
             case CLASS_NS:
-                table_file(&ix->by_ns, &r->namespaces, i, pass);
+                table_file(&ix->by_ns, &r->namespaces, PAT_EXACT, i, pass);
                 break;
             default:
                 if (pass == 1)
@@ -936,6 +1020,7 @@ static void index_build(struct px_policy *p, struct index *ix, bool deny)
             }
         }
     }
+    prefix_lengths(p, ix);
 }
 
 /* ---- load ------------------------------------------------------------------------- */
@@ -1001,6 +1086,9 @@ int px_policy_compile(const char *name, json_t *doc, struct px_policy **out, cha
     }
     index_build(p, &p->deny, true);
     index_build(p, &p->allow, false);
+    p->index_principal = p->deny.by_principal.nkeys + p->allow.by_principal.nkeys > 0;
+    p->index_ns = p->deny.by_ns.nkeys + p->allow.by_ns.nkeys > 0;
+    p->index_path = p->deny.by_path.nkeys + p->allow.by_path.nkeys > 0;
     json_decref(names);
     *out = p;
     return 0;
@@ -1038,6 +1126,9 @@ int px_policy_load_file(const char *file, struct px_policy **out, char **errmsg)
 struct view {
     const char *principal; /* NULL: no verified peer */
     size_t plen;
+    uint64_t phash; /* hash_bytes() of principal, ns, path */
+    uint64_t nshash;
+    uint64_t pathhash;
     const char *ns; /* the principal's namespace, or NULL */
     size_t nslen;
     uint32_t mbit;
@@ -1123,52 +1214,49 @@ static bool rule_match(const struct rule *r, const struct view *v)
     return true;
 }
 
-static void bucket_rules(const struct table *t, const char *k, size_t n, const uint32_t **rules,
-                         uint32_t *count)
+/* The first rule of `list` that matches, if it comes before *best. */
+static void scan(const struct px_policy *p, const uint32_t *list, uint32_t n,
+                 const struct view *v, uint32_t *best)
 {
-    *rules = NULL;
-    *count = 0;
-    if (k == NULL || t->nkeys == 0)
-        return;
-    const struct bucket *b = table_get(t, k, n, hash_bytes(k, n));
-    if (b != NULL) {
-        *rules = b->rules;
-        *count = b->n;
+    for (uint32_t i = 0; i < n && list[i] < *best; i++) {
+        if (rule_match(&p->rules[list[i]], v)) {
+            *best = list[i];
+            return;
+        }
     }
+}
+
+static void scan_bucket(const struct px_policy *p, const struct table *t, const char *k, size_t n,
+                        uint64_t h, const struct view *v, uint32_t *best)
+{
+    const struct bucket *b = table_get(t, k, n, h);
+    if (b != NULL)
+        scan(p, b->rules, b->n, v, best);
 }
 
 /* The first rule of this index (in file order) that matches, or -1. */
 static int64_t find(const struct px_policy *p, const struct index *ix, const struct view *v)
 {
-    const uint32_t *g = ix->generic, *a, *b;
-    uint32_t ng = ix->ngeneric, na, nb, ig = 0, ia = 0, ib = 0;
-    bucket_rules(&ix->by_principal, v->principal, v->plen, &a, &na);
-    bucket_rules(&ix->by_ns, v->ns, v->nslen, &b, &nb);
-    if (na == 0 && nb == 0) { /* the common case: generic rules only */
-        for (; ig < ng; ig++)
-            if (rule_match(&p->rules[g[ig]], v))
-                return g[ig];
-        return -1;
+    uint32_t best = UINT32_MAX;
+    scan(p, ix->generic, ix->ngeneric, v, &best);
+    if (v->principal != NULL && ix->by_principal.nkeys > 0)
+        scan_bucket(p, &ix->by_principal, v->principal, v->plen, v->phash, v, &best);
+    if (v->ns != NULL && ix->by_ns.nkeys > 0)
+        scan_bucket(p, &ix->by_ns, v->ns, v->nslen, v->nshash, v, &best);
+    if (v->path != NULL && ix->by_path.nkeys > 0)
+        scan_bucket(p, &ix->by_path, v->path, v->pathlen, v->pathhash, v, &best);
+    if (v->path != NULL && ix->nprefix_lens > 0) {
+        /* every prefix of the path whose length some pattern has */
+        uint64_t h = FNV_INIT;
+        size_t done = 0;
+        for (uint32_t i = 0; i < ix->nprefix_lens && ix->prefix_lens[i] <= v->pathlen; i++) {
+            size_t len = ix->prefix_lens[i];
+            h = fnv_extend(h, v->path + done, len - done);
+            done = len;
+            scan_bucket(p, &ix->by_prefix, v->path, len, h, v, &best);
+        }
     }
-    while (ig < ng || ia < na || ib < nb) {
-        uint32_t x = UINT32_MAX;
-        if (ig < ng)
-            x = g[ig];
-        if (ia < na && a[ia] < x)
-            x = a[ia];
-        if (ib < nb && b[ib] < x)
-            x = b[ib];
-        /* a rule sits in exactly one list */
-        if (ig < ng && g[ig] == x)
-            ig++;
-        else if (ia < na && a[ia] == x)
-            ia++;
-        else
-            ib++;
-        if (rule_match(&p->rules[x], v))
-            return x;
-    }
-    return -1;
+    return best == UINT32_MAX ? -1 : (int64_t)best;
 }
 
 /* The same answer without the index: every rule of the action, in file order. */
@@ -1195,6 +1283,10 @@ static int prepare(const struct px_policy *p, const struct px_policy_request *r,
         v->principal = r->principal;
         v->plen = strlen(r->principal);
         v->ns = principal_ns(v->principal, v->plen, &v->nslen);
+        if (p->index_principal)
+            v->phash = hash_bytes(v->principal, v->plen);
+        if (p->index_ns && v->ns != NULL)
+            v->nshash = hash_bytes(v->ns, v->nslen);
     }
     if (p->needs_path) {
         const char *why = "path too long";
@@ -1207,6 +1299,8 @@ static int prepare(const struct px_policy *p, const struct px_policy_request *r,
         }
         v->path = scratch;
         v->pathlen = (size_t)n;
+        if (p->index_path)
+            v->pathhash = hash_bytes(v->path, v->pathlen);
     }
     return 0;
 }

@@ -289,7 +289,8 @@ static uint32_t rnd(uint32_t n)
 
 static const char *const gen_ns[] = {"shop", "pay", "ops", "dev"};
 static const char *const gen_sa[] = {"web", "api", "db", "admin", "batch"};
-static const char *const gen_paths[] = {"/api/*", "/admin", "/admin/*", "*.png", "/healthz", "*"};
+static const char *const gen_paths[] = {"/api/*", "/admin", "/admin/*", "*.png",
+                                        "/healthz", "*",      "/a*",      "/api/v1/x"};
 static const char *const gen_methods[] = {"GET", "POST", "DELETE", "HEAD"};
 
 static json_t *gen_principal(void)
@@ -323,8 +324,10 @@ static json_t *gen_policy(unsigned nrules)
             json_object_set_new(from, "not_principals", json_pack("[o]", gen_principal()));
             break;
         }
-        if (rnd(2))
-            json_object_set_new(to, "paths", json_pack("[s]", gen_paths[rnd(6)]));
+        if (rnd(3) == 0)
+            json_object_set_new(to, "paths", json_pack("[s]", gen_paths[rnd(8)]));
+        else if (rnd(2))
+            json_object_set_new(to, "paths", json_pack("[s,s]", gen_paths[rnd(8)], gen_paths[rnd(8)]));
         if (rnd(2))
             json_object_set_new(to, "methods", json_pack("[s]", gen_methods[rnd(4)]));
         if (rnd(3) == 0)
@@ -344,9 +347,10 @@ static void index_matches_scan(void **state)
 {
     (void)state;
     static const char *const req_paths[] = {"/api/x", "/admin", "//admin", "/admin/x", "/a.png",
-                                            "/healthz", "/", "/api/../admin"};
+                                            "/healthz", "/", "/api/../admin", "/api/v1/x",
+                                            "/api/v1/x.png"};
     unsigned checked = 0;
-    for (unsigned round = 0; round < 40; round++) {
+    for (unsigned round = 0; round < 60; round++) {
         json_t *doc = gen_policy(1 + rnd(60));
         struct px_policy *p = NULL;
         char *err = NULL;
@@ -362,7 +366,7 @@ static void index_matches_scan(void **state)
             struct px_msg m;
             px_msg_init(&m);
             m.method = gen_methods[rnd(4)];
-            m.path = req_paths[rnd(8)];
+            m.path = req_paths[rnd(10)];
             json_t *pr = gen_principal();
             struct px_policy_request r = {
                 .principal = rnd(5) ? json_string_value(pr) : NULL,
@@ -384,7 +388,7 @@ static void index_matches_scan(void **state)
         }
         px_policy_free(p);
     }
-    assert_int_equal(checked, 40 * 200);
+    assert_int_equal(checked, 60 * 200);
 }
 
 /* ---- focused tests ----------------------------------------------------------------- */
