@@ -141,22 +141,20 @@ bool px_hdr_has_token(const char *value, size_t len, const char *token)
     return false;
 }
 
-/* Remove every header whose name equals (case-insensitively) the n bytes at
- * name; names in the list are already lower case. */
-static void remove_named(struct px_msg *m, const char *name, size_t n)
+#define DROP UINT32_MAX /* namelen marker: the header goes at the next compaction */
+
+/* Mark every header named by the n bytes at name (case-insensitively). */
+static void mark_named(struct px_msg *m, const char *name, size_t n)
 {
-    uint32_t o = 0;
-    for (uint32_t i = 0; i < m->nhdrs; i++) {
-        if (m->hdrs[i].namelen == n && strncasecmp(m->hdrs[i].name, name, n) == 0)
-            continue;
-        m->hdrs[o++] = m->hdrs[i];
-    }
-    m->nhdrs = o;
+    for (uint32_t i = 0; i < m->nhdrs; i++)
+        if (m->hdrs[i].namelen != DROP && strlen(m->hdrs[i].name) == n &&
+            strncasecmp(m->hdrs[i].name, name, n) == 0)
+            m->hdrs[i].namelen = DROP;
 }
 
-/* Remove the headers named by one Connection value. Never lets a token
- * remove what framing needs (Content-Length, Host). */
-static void strip_connection_tokens(struct px_msg *m, const char *value, size_t len)
+/* Mark the headers named by one Connection value. Never lets a token remove
+ * what framing needs (Content-Length, Host). */
+static void mark_connection_tokens(struct px_msg *m, const char *value, size_t len)
 {
     size_t i = 0;
     while (i < len) {
@@ -172,34 +170,36 @@ static void strip_connection_tokens(struct px_msg *m, const char *value, size_t 
         if (n == 0 || (n == 14 && strncasecmp(value + start, "content-length", 14) == 0) ||
             (n == 4 && strncasecmp(value + start, "host", 4) == 0))
             continue;
-        remove_named(m, value + start, n);
+        mark_named(m, value + start, n);
     }
 }
 
 void px_msg_strip_hop_by_hop(struct px_msg *m, bool keep_te_trailers)
 {
     /* TE: trailers survives toward HTTP/2 even when Connection lists TE
-     * (RFC 9110 requires HTTP/1.1 clients to list it there). */
-    const struct px_hdr *te = px_msg_find(m, "te");
-    bool trailers = keep_te_trailers && te != NULL && px_hdr_has_token(te->value, te->valuelen,
-                                                                        "trailers");
-    /* Connection values live in the arena: collect them before removing
-     * anything, since removal compacts the header array. */
-    const char *conn_vals[16];
-    uint32_t conn_lens[16];
-    unsigned nconn = 0;
-    for (uint32_t i = 0; i < m->nhdrs && nconn < 16; i++) {
-        if (strcmp(m->hdrs[i].name, "connection") == 0) {
-            conn_vals[nconn] = m->hdrs[i].value;
-            conn_lens[nconn++] = m->hdrs[i].valuelen;
-        }
-    }
-    for (unsigned k = 0; k < nconn; k++)
-        strip_connection_tokens(m, conn_vals[k], conn_lens[k]);
+     * (RFC 9110 requires HTTP/1.1 clients to list it there); TE may be split
+     * over several fields. */
+    bool trailers = false;
+    for (uint32_t i = 0; keep_te_trailers && i < m->nhdrs; i++)
+        if (strcmp(m->hdrs[i].name, "te") == 0 &&
+            px_hdr_has_token(m->hdrs[i].value, m->hdrs[i].valuelen, "trailers"))
+            trailers = true;
+    /* Mark first, compact once: every Connection field counts, whatever
+     * it names (even other Connection fields). */
+    for (uint32_t i = 0; i < m->nhdrs; i++)
+        if (strcmp(m->hdrs[i].name, "connection") == 0)
+            mark_connection_tokens(m, m->hdrs[i].value, m->hdrs[i].valuelen);
     static const char *const hop[] = {"connection",        "keep-alive", "proxy-connection",
                                       "transfer-encoding", "upgrade",    "http2-settings", "te"};
-    for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
-        px_msg_remove(m, hop[i]);
+    uint32_t o = 0;
+    for (uint32_t i = 0; i < m->nhdrs; i++) {
+        bool drop = m->hdrs[i].namelen == DROP;
+        for (size_t k = 0; !drop && k < sizeof(hop) / sizeof(hop[0]); k++)
+            drop = strcmp(m->hdrs[i].name, hop[k]) == 0;
+        if (!drop)
+            m->hdrs[o++] = m->hdrs[i];
+    }
+    m->nhdrs = o;
     if (trailers) {
         /* re-add as exactly "trailers", the only TE value HTTP/2 allows; a
          * slot is free since at least the original TE was removed */

@@ -13,7 +13,6 @@
  * a last fixed series catches whatever still does not fit. Memory therefore
  * never grows with traffic. Everything runs on the event loop thread. */
 #include "proxy/metrics.h"
-#include "proxy/routes.h"
 
 #include <event2/buffer.h>
 #include <inttypes.h>
@@ -312,6 +311,18 @@ static void write_durations(struct evbuffer *out)
     }
 }
 
+static px_metrics_writer writers[8];
+static size_t nwriters;
+
+void px_metrics_register(px_metrics_writer fn)
+{
+    for (size_t i = 0; i < nwriters; i++)
+        if (writers[i] == fn)
+            return;
+    if (nwriters < sizeof(writers) / sizeof(writers[0]))
+        writers[nwriters++] = fn;
+}
+
 void px_metrics_write_prometheus(struct evbuffer *out)
 {
     const struct px_metrics *m = &px_metrics;
@@ -375,7 +386,8 @@ void px_metrics_write_prometheus(struct evbuffer *out)
 
     prom_u64(out, "remora_retries_total", "counter", "Requests retried to an upstream.",
              m->retries_total);
-    px_routes_write_prometheus(out); /* per-endpoint outcomes, ejections (routes.c) */
+    for (size_t i = 0; i < nwriters; i++)
+        writers[i](out); /* series of other modules (routes: per-endpoint outcomes) */
     /* policy (issue 5): remora_policy_denials_total is labelled by rule, so proxy/policy.c
      * writes it (and remora_policy_audit_denials_total) from its own table. */
     px_policy_metrics_prometheus(out);

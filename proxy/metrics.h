@@ -54,6 +54,12 @@ struct evbuffer;
 void px_metrics_write_prometheus(struct evbuffer *out);
 /* Write /stats JSON. */
 void px_metrics_write_json(struct evbuffer *out);
+/* Other modules export their own series (routes: per-endpoint outcomes)
+ * without metrics.c depending on them: a registered writer appends
+ * Prometheus text to /metrics. At most 8; registering twice is a no-op. */
+typedef void (*px_metrics_writer)(struct evbuffer *out);
+void px_metrics_register(px_metrics_writer fn);
+
 /* Free the labelled series (at exit). */
 void px_metrics_deinit(void);
 

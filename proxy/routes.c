@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "common/xalloc.h"
 #include "proxy/admin.h"
+#include "proxy/metrics.h"
 #include "proxy/server.h"
 
 #define WATCH_MS 1000
@@ -554,6 +555,7 @@ int px_routes_start(const struct px_config *cfg, char **errmsg)
 {
     if (cfg->routes_file == NULL)
         return 0;
+    px_metrics_register(px_routes_write_prometheus);
     R.file = cm_xstrdup(cfg->routes_file);
     changed();
     if (load(errmsg) != 0)
@@ -666,6 +668,8 @@ static int on_reload(struct evhttp_request *req, const struct evkeyvalq *q, stru
 
 void px_routes_admin_routes(void)
 {
+    if (R.file == NULL)
+        return; /* like /certs and /policy: 404 "not configured" without a routes file */
     px_admin_route(px_srv->admin, PX_ADMIN_GET, "/clusters", on_clusters, NULL);
     px_admin_route(px_srv->admin, PX_ADMIN_POST, "/routes/reload", on_reload, NULL);
 }
