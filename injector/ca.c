@@ -161,14 +161,6 @@ int ij_ca_new(const struct ij_config *cfg, struct ij_ca **out, char **errmsg)
         ij_ca_free(ca);
         return CM_ERR_INVAL;
     }
-    struct ij_jwks_stats st;
-    ij_jwks_file_stats(ca->jwks, &st);
-    char na[32];
-    cm_info("CA: signing for trust domain %s with %s (notAfter %s), %lld s certificates; "
-            "JWKS %s: %zu keys (%zu skipped), audience %s",
-            cfg->trust_domain, cfg->ca_cert_file,
-            cm_fmt_rfc3339(ca->cur->not_after, na, sizeof(na)), (long long)cfg->ca_ttl_seconds,
-            cfg->ca_jwks_file, st.keys, st.skipped, cfg->ca_audience);
     atomic_store(&active, ca);
     *out = ca;
     return 0;
@@ -553,7 +545,18 @@ int ij_ca_serve(struct ij_ca *ca, struct ij_tls *tls, char **errmsg)
 {
     const struct ij_config *cfg = ca->cfg;
     struct cm_addr bound;
-    char addr[CM_ADDR_STRLEN];
+    char addr[CM_ADDR_STRLEN], na[32];
+    struct ij_jwks_stats st;
+    ij_jwks_file_stats(ca->jwks, &st);
+    cm_info("CA: signing for trust domain %s with %s (notAfter %s), %lld s certificates; "
+            "JWKS %s: %zu keys (%zu skipped), audience %s",
+            cfg->trust_domain, cfg->ca_cert_file,
+            cm_fmt_rfc3339(ca->cur->not_after, na, sizeof(na)), (long long)cfg->ca_ttl_seconds,
+            cfg->ca_jwks_file, st.keys, st.skipped, cfg->ca_audience);
+    if (cfg->ca_address == NULL) {
+        cm_info("CA: serving POST %s on the webhook's port", IJ_CA_SIGN_PATH);
+        return 0;
+    }
     ca->tls = tls;
     ca->fd = cm_net_listen(&cfg->ca_addr, 1024);
     if (ca->fd < 0) {

@@ -43,8 +43,10 @@ void ij_ca_poll(struct ij_ca *ca, bool force);
 enum MHD_Result ij_ca_sign(struct ij_ca *ca, struct MHD_Connection *conn, const char *body,
                            size_t len, bool too_large);
 
-/* Serve POST /v1/sign (and GET /healthz) on ca.address with the webhook's
- * serving certificate (tls, borrowed). Returns 0, or CM_ERR_IO with *errmsg. */
+/* Start serving: with ca.address, POST /v1/sign (and GET /healthz) on a
+ * daemon of its own, with the webhook's serving certificate (tls, borrowed);
+ * without, only say so (the webhook's server answers /v1/sign). Returns 0,
+ * or CM_ERR_IO with *errmsg. */
 int ij_ca_serve(struct ij_ca *ca, struct ij_tls *tls, char **errmsg);
 /* The port ca.address is bound to (0 when not serving one). */
 unsigned ij_ca_port(const struct ij_ca *ca);

@@ -1,0 +1,444 @@
+#!/usr/bin/env bash
+# The CA in remora-injector, end to end (docs/ca.md):
+#  - POST /v1/sign over HTTPS with curl: tokens minted here (RSA and EC keys,
+#    a JWKS) for every refusal (401 token, 403 identity, 400 body/CSR, 413),
+#    each with its reason in the answer, the log and /metrics; a good request
+#    returns a chain `openssl verify` accepts, with the right URI SAN and TTL;
+#  - the JWKS file reloaded when it changes (and a bad one keeps the keys);
+#    the CA on the webhook's port when ca.address is unset; config errors;
+#  - the real proxy in CA mode: two sidecars get their certificates from the
+#    CA (/certs, /ready), talk mTLS with them, rotate under continuous load
+#    with a 10 s TTL and no failed request, and keep serving while the CA is
+#    down, rotating again once it is back.
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+CERTS=$REMORA_ROOT/$REMORA_BUILD/remora-certs
+MINT=(node "$REMORA_ROOT/test/tools/mint-token.js")
+TD=cluster.local
+
+# ---- PKI, token keys, configs -----------------------------------------------------
+D=$TMP/pki
+mkdir -p "$D"
+"$CERTS" root --out-cert "$D/root.pem" --out-key "$D/root-key.pem" --cn "mesh root" || exit 1
+"$CERTS" intermediate --ca-cert "$D/root.pem" --ca-key "$D/root-key.pem" --cn east \
+    --out-cert "$D/int.pem" --out-key "$D/int-key.pem" || exit 1
+"$CERTS" server --ca-cert "$D/int.pem" --ca-key "$D/int-key.pem" \
+    --dns ca.test,remora-injector.remora-system.svc --out-cert "$D/srv.pem" --out-key "$D/srv-key.pem" || exit 1
+"$CERTS" root --out-cert "$D/other-root.pem" --out-key "$D/other-root-key.pem" --cn "other root" || exit 1
+"${MINT[@]}" keys "$TMP/tok" || exit 1
+"${MINT[@]}" keys "$TMP/tok2" || exit 1 # a rotated service-account signing key
+cp "$TMP/tok/jwks.json" "$TMP/jwks.json"
+
+WH=$(free_port)
+CAP=$(free_port)
+# config NAME TTL [EXTRA-JSON [JQ-FILTER]]: a CA on ca.address; EXTRA is merged
+# over it, then the filter runs (del(.ca.x) drops a key)
+config() {
+    jq -n --arg wh "127.0.0.1:$WH" --arg ca "127.0.0.1:$CAP" --arg d "$D" --arg jwks "$TMP/jwks.json" \
+        --argjson ttl "$2" --argjson extra "${3:-{\}}" '{
+        webhook: {address: $wh, cert_file: ($d + "/srv.pem"), key_file: ($d + "/srv-key.pem"),
+                  reload_interval_ms: 200},
+        ca: {address: $ca, cert_file: ($d + "/int.pem"), key_file: ($d + "/int-key.pem"),
+             root_file: ($d + "/root.pem"), jwks_file: $jwks, ttl_seconds: $ttl},
+        trust_domain: "cluster.local", log_level: "info"} * $extra | '"${4:-.}" >"$TMP/$1.json"
+}
+config main 3600
+
+# ---- config errors --------------------------------------------------------------------
+check_bad() { # NAME EXTRA-JSON REGEX [JQ-FILTER]
+    config "bad-$1" 3600 "$2" "${4:-.}"
+    local out rc
+    out=$("$INJECTOR" --check-config -c "$TMP/bad-$1.json" 2>&1)
+    rc=$?
+    if [[ $rc -ne 0 && $out =~ $3 ]]; then pass "--check-config refuses $1"; else
+        fail "--check-config refuses $1: rc=$rc out='$out' want /$3/"; fi
+}
+out=$("$INJECTOR" --check-config -c "$TMP/main.json" 2>&1)
+expect_eq "--check-config accepts a CA config" "$?:$out" "0:$TMP/main.json: ok"
+check_bad no-jwks '{}' 'ca\.jwks_file: required with ca\.cert_file' 'del(.ca.jwks_file)'
+echo '{"keys": [{"kty": "RSA", "n": "AQAB"' >"$TMP/broken-jwks.json"
+check_bad jwks-broken "{\"ca\": {\"jwks_file\": \"$TMP/broken-jwks.json\"}}" 'broken-jwks\.json: not JSON'
+check_bad jwks-missing '{"ca": {"jwks_file": "/nonexistent/jwks.json"}}' '/nonexistent/jwks\.json'
+check_bad ttl-9 '{"ca": {"ttl_seconds": 9}}' 'ca\.ttl_seconds: 9 is out of range'
+check_bad address-without-ca '{}' 'ca\.address: set, but there is no CA' \
+    'del(.ca.cert_file, .ca.key_file)'
+check_bad key-mismatch "{\"ca\": {\"key_file\": \"$D/root-key.pem\"}}" 'key'
+check_bad not-a-ca "{\"ca\": {\"cert_file\": \"$D/srv.pem\", \"key_file\": \"$D/srv-key.pem\"}}" 'CA'
+check_bad wrong-root "{\"ca\": {\"root_file\": \"$D/other-root.pem\"}}" 'root|chain|verify'
+config ok-ttl-10 10
+check "--check-config accepts ca.ttl_seconds 10" "$INJECTOR" --check-config -c "$TMP/ok-ttl-10.json"
+
+# ---- the CA on its own port ---------------------------------------------------------------
+NINJ=0
+start_injector() { # CONFIG: logs to $TMP/injector-<n>.log
+    NINJ=$((NINJ + 1))
+    bg "injector-$NINJ" "$INJECTOR" -c "$1"
+    IPID=$LASTPID
+    wait_port "$CAP" && wait_port "$WH"
+}
+start_injector "$TMP/main.json" || { fail "injector starts"; cat "$TMP/injector-1.log"; finish; }
+pass "injector starts with a CA on ca.address"
+
+# workload key + CSR as the proxy makes them
+csr() { # NAME SPIFFE-ID: $TMP/NAME.csr and NAME-key.pem, body $TMP/NAME.json
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$TMP/$1-key.pem" 2>/dev/null
+    "$CERTS" csr --key "$TMP/$1-key.pem" --spiffe-id "$2" --out "$TMP/$1.csr" || return 1
+    jq -n --rawfile csr "$TMP/$1.csr" '{csr: $csr}' >"$TMP/$1.json"
+}
+csr web "spiffe://$TD/ns/shop/sa/web" || exit 1
+csr evil "spiffe://evil.example/ns/shop/sa/web" || exit 1
+csr other "spiffe://$TD/ns/payments/sa/web" || exit 1
+openssl req -new -key "$TMP/web-key.pem" -subj "/CN=web" -out "$TMP/nosan.csr" 2>/dev/null
+jq -n --rawfile csr "$TMP/nosan.csr" '{csr: $csr}' >"$TMP/nosan.json"
+# the same CSR with one bit of its signature flipped
+python3 - "$TMP/web.csr" "$TMP/tampered.json" <<'PY'
+import base64, json, sys
+pem = open(sys.argv[1]).read().strip().splitlines()
+der = bytearray(base64.b64decode("".join(pem[1:-1])))
+der[-2] ^= 0x01
+b64 = base64.b64encode(bytes(der)).decode()
+out = "-----BEGIN CERTIFICATE REQUEST-----\n" + "\n".join(b64[i:i + 64] for i in range(0, len(b64), 64)) + "\n-----END CERTIFICATE REQUEST-----\n"
+json.dump({"csr": out}, open(sys.argv[2], "w"))
+PY
+
+tok() { "${MINT[@]}" token "$TMP/tok" "$@"; }
+# sign BODY-FILE [CURL-ARGS...]: sets CODE and BODY
+sign() {
+    local body=$1; shift
+    CODE=$(curl -s -m 10 --cacert "$D/root.pem" --resolve "ca.test:$CAP:127.0.0.1" \
+        -o "$TMP/answer" -w '%{http_code}' --data-binary @"$body" "$@" "https://ca.test:$CAP/v1/sign")
+    BODY=$(cat "$TMP/answer" 2>/dev/null)
+}
+bearer() { printf 'Authorization: Bearer %s' "$1"; }
+
+# -- a good request ---------------------------------------------------------------------------
+sign "$TMP/web.json" -H "$(bearer "$(tok)")"
+expect_eq "RS256 token + matching CSR -> 200" "$CODE" 200
+jq -r .cert_chain <<<"$BODY" >"$TMP/chain.pem"
+jq -r .trust_bundle <<<"$BODY" >"$TMP/bundle.pem"
+awk '/BEGIN/{n++} n==1' "$TMP/chain.pem" >"$TMP/leaf.pem"
+expect_eq "the chain is leaf + intermediate" "$(grep -c 'BEGIN CERTIFICATE' "$TMP/chain.pem")" 2
+out=$(openssl verify -CAfile "$D/root.pem" -untrusted "$D/int.pem" "$TMP/leaf.pem" 2>&1)
+expect_eq "openssl verify -CAfile root -untrusted int accepts the leaf" "$out" "$TMP/leaf.pem: OK"
+out=$(openssl verify -CAfile "$TMP/bundle.pem" -untrusted "$TMP/chain.pem" "$TMP/leaf.pem" 2>&1)
+expect_eq "... and so does the answer's own trust bundle + chain" "$out" "$TMP/leaf.pem: OK"
+expect_eq "the trust bundle is the root" "$(openssl x509 -in "$TMP/bundle.pem" -noout -fingerprint -sha256)" \
+    "$(openssl x509 -in "$D/root.pem" -noout -fingerprint -sha256)"
+text=$(openssl x509 -in "$TMP/leaf.pem" -noout -text)
+expect_match "URI SAN is the token's identity" "$text" "URI:spiffe://$TD/ns/shop/sa/web"
+na=$(date -d "$(openssl x509 -in "$TMP/leaf.pem" -noout -enddate | cut -d= -f2)" +%s)
+left=$((na - $(date +%s)))
+((left > 3590 && left <= 3600)) && pass "notAfter is now + ca.ttl_seconds (3600 s; $left s left)" ||
+    fail "notAfter is now + ca.ttl_seconds: $left s left"
+expect_match "the leaf is not a CA" "$text" 'CA:FALSE'
+expect_match "the leaf is for serverAuth + clientAuth" "$text" 'TLS Web Server Authentication, TLS Web Client Authentication'
+pubkey_csr=$(openssl req -in "$TMP/web.csr" -noout -pubkey | openssl sha256)
+expect_eq "the leaf carries the CSR's key" "$(openssl x509 -in "$TMP/leaf.pem" -noout -pubkey | openssl sha256)" "$pubkey_csr"
+
+sign "$TMP/web.json" -H "$(bearer "$(tok --alg ES256)")"
+expect_eq "ES256 token -> 200" "$CODE" 200
+sign "$TMP/web.json" -H "$(bearer "$(tok --aud remora-ca --aud-string)")"
+expect_eq "aud as a string -> 200" "$CODE" 200
+sign "$TMP/web.json" -H "$(bearer "$(tok --aud https://kubernetes.default.svc --aud remora-ca)")"
+expect_eq "aud array holding remora-ca among others -> 200" "$CODE" 200
+sign "$TMP/web.json" -H "authorization: bearer   $(tok)"
+expect_eq "scheme and header name are case-insensitive -> 200" "$CODE" 200
+sign "$TMP/web.json" -H "$(bearer "$(tok --exp-in -30)")"
+expect_eq "a token expired 30 s ago is inside the 60 s skew -> 200" "$CODE" 200
+
+# -- refusals ------------------------------------------------------------------------------------
+refused() { # NAME WANT-CODE WANT-REASON MESSAGE-REGEX BODY [CURL-ARGS...]
+    local name=$1 code=$2 reason=$3 re=$4 body=$5; shift 5
+    sign "$body" "$@"
+    local got_reason got_err
+    got_reason=$(jq -r .reason <<<"$BODY" 2>/dev/null)
+    got_err=$(jq -r .error <<<"$BODY" 2>/dev/null)
+    if [[ $CODE == "$code" && $got_reason == "$reason" && $got_err =~ $re ]]; then
+        pass "$name -> $code $reason"
+    else
+        fail "$name: got $CODE '$BODY', want $code $reason /$re/"
+    fi
+}
+W=$TMP/web.json
+refused "no Authorization header" 401 no_token 'Authorization: Bearer' "$W"
+refused "Basic credentials" 401 no_token 'not a Bearer' "$W" -H 'Authorization: Basic d2ViOndlYg=='
+refused "Bearer with nothing after it" 401 no_token 'empty token|not a Bearer' "$W" -H 'Authorization: Bearer '
+refused "a token that is no JWT" 401 token_malformed 'header.payload.signature' "$W" -H "$(bearer abc)"
+refused "alg none" 401 token_algorithm 'alg "none"' "$W" -H "$(bearer "$(tok --alg none)")"
+refused "HS256 keyed with the RSA public key" 401 token_algorithm 'symmetric' "$W" -H "$(bearer "$(tok --alg HS256)")"
+refused "alg PS256 (unsupported)" 401 token_algorithm 'not supported' "$W" -H "$(bearer "$(tok --alg PS256)")"
+refused "ES256 header naming the RSA key" 401 token_algorithm 'is RSA' "$W" -H "$(bearer "$(tok --alg ES256 --kid rsa-1)")"
+refused "bad RS256 signature" 401 token_signature 'does not verify.*rsa-1' "$W" -H "$(bearer "$(tok --bad-sig)")"
+refused "bad ES256 signature" 401 token_signature 'does not verify.*ec-1' "$W" -H "$(bearer "$(tok --alg ES256 --bad-sig)")"
+refused "signed by a key not in the JWKS, under its kid" 401 token_signature 'does not verify' \
+    "$W" -H "$(bearer "$(tok --key other --kid rsa-1)")"
+refused "unknown kid" 401 token_unknown_key 'kid "nobody" is not in the JWKS' "$W" -H "$(bearer "$(tok --kid nobody)")"
+refused "expired token" 401 token_expired 'expired at' "$W" -H "$(bearer "$(tok --exp-in -120)")"
+refused "token not yet valid (nbf)" 401 token_not_yet_valid 'nbf .* in the future' "$W" -H "$(bearer "$(tok --nbf-in 600)")"
+refused "token issued in the future (iat)" 401 token_not_yet_valid 'iat .* in the future' "$W" -H "$(bearer "$(tok --iat-in 600)")"
+refused "wrong audience" 401 token_audience 'do not include "remora-ca"' "$W" -H "$(bearer "$(tok --aud https://kubernetes.default.svc)")"
+refused "no audience" 401 token_audience 'no aud' "$W" -H "$(bearer "$(tok --no-aud)")"
+refused "no kubernetes.io claim" 401 token_claims 'no kubernetes.io claim' "$W" -H "$(bearer "$(tok --no-k8s)")"
+refused "no exp (legacy token)" 401 token_claims 'no exp claim' "$W" -H "$(bearer "$(tok --no-exp)")"
+refused "namespace that is no DNS label" 401 token_claims 'no valid identity' "$W" -H "$(bearer "$(tok --ns Shop_1)")"
+big=$(tok --claims "{\"pad\": \"$(head -c 12500 /dev/zero | tr '\0' x)\"}")
+refused "a token over 16 KiB (${#big} bytes)" 401 token_malformed 'at most 16384' "$W" -H "$(bearer "$big")"
+refused "token for another service account" 403 identity_mismatch \
+    "asks for spiffe://$TD/ns/shop/sa/web but the token is for spiffe://$TD/ns/shop/sa/admin" \
+    "$W" -H "$(bearer "$(tok --sa admin)")"
+refused "CSR for another namespace" 403 identity_mismatch "ns/payments/sa/web but the token is for .*ns/shop/sa/web" \
+    "$TMP/other.json" -H "$(bearer "$(tok)")"
+refused "CSR for another trust domain" 403 identity_mismatch 'spiffe://evil.example/ns/shop/sa/web but' \
+    "$TMP/evil.json" -H "$(bearer "$(tok)")"
+refused "CSR with a broken signature" 400 bad_csr 'bad CSR' "$TMP/tampered.json" -H "$(bearer "$(tok)")"
+refused "CSR without a SPIFFE ID" 400 bad_csr 'bad CSR' "$TMP/nosan.json" -H "$(bearer "$(tok)")"
+echo '{"csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"}' >"$TMP/junk.json"
+refused "CSR that is not one" 400 bad_csr 'bad CSR' "$TMP/junk.json" -H "$(bearer "$(tok)")"
+echo 'csr=abc' >"$TMP/form.txt"
+refused "body that is not JSON" 400 bad_request 'not JSON' "$TMP/form.txt" -H "$(bearer "$(tok)")"
+echo '{"cert": "x"}' >"$TMP/nocsr.json"
+refused "JSON without csr" 400 bad_request 'no "csr"' "$TMP/nocsr.json" -H "$(bearer "$(tok)")"
+echo '{"csr": 42}' >"$TMP/csrnum.json"
+refused "csr that is not a string" 400 bad_request 'not a non-empty string' "$TMP/csrnum.json" -H "$(bearer "$(tok)")"
+echo '[1]' >"$TMP/array.json"
+refused "JSON array body" 400 bad_request 'not a JSON object' "$TMP/array.json" -H "$(bearer "$(tok)")"
+: >"$TMP/empty.json"
+refused "empty body" 400 bad_request 'empty body' "$TMP/empty.json" -H "$(bearer "$(tok)")"
+refused "a bad token wins over a bad body (401 before 400)" 401 token_signature 'does not verify' \
+    "$TMP/form.txt" -H "$(bearer "$(tok --bad-sig)")"
+head -c 70000 /dev/zero | tr '\0' ' ' >"$TMP/huge.json"
+sign "$TMP/huge.json" -H "$(bearer "$(tok)")"
+expect_eq "body over 64 KiB -> 413" "$CODE" 413
+sign "$TMP/huge.json" -H "$(bearer "$(tok)")" -H 'Transfer-Encoding: chunked'
+expect_eq "chunked body over 64 KiB -> 413" "$CODE" 413
+code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/root.pem" --resolve "ca.test:$CAP:127.0.0.1" \
+    "https://ca.test:$CAP/v1/sign")
+expect_eq "GET /v1/sign -> 405" "$code" 405
+code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/root.pem" --resolve "ca.test:$CAP:127.0.0.1" \
+    -d x "https://ca.test:$CAP/inject")
+expect_eq "the CA port serves nothing else (POST /inject -> 404)" "$code" 404
+code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/root.pem" --resolve "ca.test:$CAP:127.0.0.1" \
+    "https://ca.test:$CAP/healthz")
+expect_eq "GET /healthz on the CA port -> 200" "$code" 200
+code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/root.pem" --resolve "ca.test:$WH:127.0.0.1" \
+    -H "$(bearer "$(tok)")" --data-binary @"$W" "https://ca.test:$WH/v1/sign")
+expect_eq "with ca.address set, the webhook port has no /v1/sign (404)" "$code" 404
+# 20 concurrent signs, 10 RS256 + 10 ES256 (wait for those alone: the servers are children too)
+cpids=()
+for i in $(seq 10); do
+    for a in RS256 ES256; do
+        curl -s -m 20 --cacert "$D/root.pem" --resolve "ca.test:$CAP:127.0.0.1" -o /dev/null -w '%{http_code}\n' \
+            -H "$(bearer "$(tok --alg $a)")" --data-binary @"$W" "https://ca.test:$CAP/v1/sign" >"$TMP/conc.$i.$a" &
+        cpids+=($!)
+    done
+done
+wait "${cpids[@]}"
+cat "$TMP"/conc.* >"$TMP/concurrent.txt"
+expect_eq "20 concurrent signs all 200" "$(sort "$TMP/concurrent.txt" | uniq -c | awk '{print $1":"$2}')" "20:200"
+check "injector alive after the refusals" alive "$IPID"
+
+# -- what the operator sees ---------------------------------------------------------------------
+m=$(curl -s --cacert "$D/root.pem" --resolve "ca.test:$WH:127.0.0.1" "https://ca.test:$WH/metrics")
+expect_match "issued certificates are counted" "$m" $'remora_injector_ca_certificates_issued_total (2[6-9]|[3-9][0-9])\n'
+for r in no_token:3 token_algorithm:4 token_signature:4 token_unknown_key:1 token_expired:1 \
+    token_not_yet_valid:2 token_audience:2 token_claims:3 token_malformed:2 identity_mismatch:3 \
+    bad_csr:3 bad_request:5 too_large:2; do
+    expect_match "refusals counted: ${r%%:*} = ${r##*:}" "$m" "remora_injector_ca_refusals_total\\{reason=\"${r%%:*}\"\\} ${r##*:}"$'\n'
+done
+expect_match "sign latency histogram" "$m" 'remora_injector_ca_sign_duration_seconds_count [0-9]+'
+expect_match "JWKS keys gauge" "$m" $'remora_injector_ca_jwks_keys 2\n'
+expect_match "CA certificate expiry gauge" "$m" 'remora_injector_ca_cert_expiry_timestamp_seconds [1-9][0-9]{9}'
+log=$(cat "$TMP/injector-1.log")
+expect_match "a refusal is logged with the identity asked for and the token's" "$log" \
+    "refused /v1/sign from 127\\.0\\.0\\.1:[0-9]+: 403 identity_mismatch: .*asked for spiffe://$TD/ns/shop/sa/web; token for ns shop sa admin pod web-0"
+expect_match "a token refusal names the CSR's identity too" "$log" \
+    "401 token_expired: token expired at .*asked for spiffe://$TD/ns/shop/sa/web; no valid token"
+expect_match "issues are logged" "$log" "CA: issued spiffe://$TD/ns/shop/sa/web \\(pod web-0, key rsa-1\\)"
+
+# -- JWKS rotation --------------------------------------------------------------------------------
+tok2() { "${MINT[@]}" token "$TMP/tok2" "$@"; }
+sign "$W" -H "$(bearer "$(tok2)")"
+expect_eq "a token from the next signing key is refused before the JWKS has it" "$CODE" 401
+jq -s '{keys: (.[0].keys + [.[1].keys[0] | .kid = "rsa-2"])}' "$TMP/tok/jwks.json" "$TMP/tok2/jwks.json" \
+    >"$TMP/jwks.new" && mv "$TMP/jwks.new" "$TMP/jwks.json"
+ok=0
+for _ in $(seq 40); do
+    sign "$W" -H "$(bearer "$(tok2 --kid rsa-2)")"
+    [[ $CODE == 200 ]] && { ok=1; break; }
+    sleep 0.1
+done
+expect_eq "the changed JWKS is picked up within ~1 s (new key accepted)" "$ok" 1
+sign "$W" -H "$(bearer "$(tok)")"
+expect_eq "... and the old key still verifies" "$CODE" 200
+echo '{"keys": [' >"$TMP/jwks.new" && mv "$TMP/jwks.new" "$TMP/jwks.json"
+sleep 1.2
+sign "$W" -H "$(bearer "$(tok2 --kid rsa-2)")"
+expect_eq "a broken JWKS file keeps the keys in force" "$CODE" 200
+m=$(curl -s --cacert "$D/root.pem" --resolve "ca.test:$WH:127.0.0.1" "https://ca.test:$WH/metrics")
+expect_match "JWKS reloads counted (ok and error)" "$m" \
+    'remora_injector_ca_jwks_reloads_total\{result="ok"\} [1-9].*remora_injector_ca_jwks_reloads_total\{result="error"\} [1-9]'
+expect_match "the broken JWKS is logged" "$(cat "$TMP/injector-1.log")" 'JWKS not reloaded, keeping the 3 keys in force'
+cp "$TMP/tok/jwks.json" "$TMP/jwks.new" && mv "$TMP/jwks.new" "$TMP/jwks.json"
+for _ in $(seq 30); do
+    sign "$W" -H "$(bearer "$(tok2 --kid rsa-2)")"
+    [[ $CODE == 401 ]] && break
+    sleep 0.1
+done
+expect_eq "a key removed from the JWKS stops verifying" "$CODE:$(jq -r .reason <<<"$BODY")" "401:token_unknown_key"
+
+stop_pid "$IPID"
+expect_eq "injector exits 0 on SIGTERM" "$STOP_RC" 0
+
+# ---- the CA sharing the webhook's port ------------------------------------------------------------
+config shared 3600 '{}' 'del(.ca.address)'
+bg injector-shared "$INJECTOR" -c "$TMP/shared.json"
+SPID=$LASTPID
+wait_port "$WH"
+code=$(curl -s -o "$TMP/answer" -w '%{http_code}' --cacert "$D/root.pem" --resolve "ca.test:$WH:127.0.0.1" \
+    -H "$(bearer "$(tok)")" --data-binary @"$W" "https://ca.test:$WH/v1/sign")
+expect_eq "ca.address unset: POST /v1/sign on the webhook port -> 200" "$code" 200
+code=$(curl -s -o "$TMP/answer" -w '%{http_code}' --cacert "$D/root.pem" --resolve "ca.test:$WH:127.0.0.1" \
+    -H "$(bearer "$(tok --sa admin)")" --data-binary @"$W" "https://ca.test:$WH/v1/sign")
+expect_eq "... with the same refusals (403)" "$code:$(jq -r .reason "$TMP/answer")" "403:identity_mismatch"
+head -c 70000 /dev/zero | tr '\0' ' ' >"$TMP/huge.json"
+code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/root.pem" --resolve "ca.test:$WH:127.0.0.1" \
+    -H "$(bearer "$(tok)")" --data-binary @"$TMP/huge.json" "https://ca.test:$WH/v1/sign")
+expect_eq "... and the 64 KiB bound (413)" "$code" 413
+code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/root.pem" --resolve "ca.test:$WH:127.0.0.1" \
+    "https://ca.test:$WH/v1/sign")
+expect_eq "... GET /v1/sign -> 405" "$code" 405
+code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/root.pem" --resolve "ca.test:$WH:127.0.0.1" \
+    "https://ca.test:$WH/healthz")
+expect_eq "... while the webhook still answers (/healthz)" "$code" 200
+stop_pid "$SPID"
+expect_eq "shared-port injector exits 0" "$STOP_RC" 0
+
+# ---- the proxy in CA mode ---------------------------------------------------------------------
+config ttl10 10
+start_injector "$TMP/ttl10.json" || { fail "injector (ttl 10) starts"; finish; }
+start_upstream app || exit 1
+APP=$UP_PORT
+A_ADMIN=$(free_port); A_OUT=$(free_port); B_ADMIN=$(free_port); B_IN=$(free_port)
+C_ADMIN=$(free_port); C_IN=$(free_port); E_ADMIN=$(free_port); E_IN=$(free_port)
+tok --ns shop --sa frontend --pod frontend-0 --exp-in 36000 >"$TMP/a.token"
+tok --ns shop --sa web --pod web-0 --alg ES256 --exp-in 36000 >"$TMP/b.token"
+tok --ns shop --sa admin --exp-in 36000 >"$TMP/c.token"
+proxy_config() { # FILE ADMIN LISTENERS-JSON SA TOKEN ROOT
+    cat >"$1" <<JSON
+{"admin": {"address": "127.0.0.1:$2"},
+ "listeners": $3,
+ "identity": {"trust_domain": "$TD", "namespace": "shop", "service_account": "$4",
+              "ca_address": "127.0.0.1:$CAP", "ca_root": "$6", "token_file": "$5"}}
+JSON
+}
+proxy_config "$TMP/a.json" "$A_ADMIN" \
+    "[{\"name\": \"outbound\", \"address\": \"127.0.0.1:$A_OUT\", \"direction\": \"outbound\",
+       \"upstream\": \"127.0.0.1:$B_IN\", \"tls\": \"mesh\"}]" frontend "$TMP/a.token" "$D/root.pem"
+proxy_config "$TMP/b.json" "$B_ADMIN" \
+    "[{\"name\": \"inbound\", \"address\": \"127.0.0.1:$B_IN\", \"direction\": \"inbound\",
+       \"upstream\": \"127.0.0.1:$APP\", \"tls\": \"strict\"}]" web "$TMP/b.token" "$D/root.pem"
+ADMIN_PORT=$B_ADMIN start_proxy b "$TMP/b.json" || { fail "proxy B gets a CA certificate"; finish; }
+BPID=$PROXY_PID
+ADMIN_PORT=$A_ADMIN start_proxy a "$TMP/a.json" || { fail "proxy A gets a CA certificate"; finish; }
+APID=$PROXY_PID
+pass "both proxies turn ready (/ready 200) once the CA signed"
+c=$(curl -s "http://127.0.0.1:$B_ADMIN/certs")
+expect_eq "B /certs: spiffe_id and source" "$(jq -r '.spiffe_id + " " + .source' <<<"$c")" "spiffe://$TD/ns/shop/sa/web ca"
+expect_match "B /certs: a serial" "$(jq -r .serial <<<"$c")" '^[0-9a-f]{16,}$'
+na=$(date -d "$(jq -r .not_after <<<"$c")" +%s)
+left=$((na - $(date +%s)))
+((left > 0 && left <= 10)) && pass "B /certs: not_after within the 10 s TTL ($left s)" || fail "B not_after: $left s left"
+
+out=$(curl -s -m 5 "http://127.0.0.1:$A_OUT/hello")
+expect_match "app -> A -> mTLS (CA-issued certs) -> B -> app" "$out" '"path":"/hello"'
+expect_match "B hands the app A's CA-issued identity" "$out" \
+    "\"x-forwarded-client-cert\":\"By=spiffe://$TD/ns/shop/sa/web;URI=spiffe://$TD/ns/shop/sa/frontend\""
+code=$(curl -s -m 3 -k -o /dev/null -w '%{http_code}' "https://127.0.0.1:$B_IN/")
+expect_eq "B (strict) still refuses TLS without a client cert" "$code" 000
+
+# a proxy whose token names another service account never gets a cert
+proxy_config "$TMP/c.json" "$C_ADMIN" \
+    "[{\"name\": \"inbound\", \"address\": \"127.0.0.1:$C_IN\", \"direction\": \"inbound\",
+       \"upstream\": \"127.0.0.1:$APP\", \"tls\": \"strict\"}]" web "$TMP/c.token" "$D/root.pem"
+bg c "$PROXY" -c "$TMP/c.json"
+CPID=$LASTPID
+# a proxy that does not trust the CA's serving certificate
+proxy_config "$TMP/e.json" "$E_ADMIN" \
+    "[{\"name\": \"inbound\", \"address\": \"127.0.0.1:$E_IN\", \"direction\": \"inbound\",
+       \"upstream\": \"127.0.0.1:$APP\", \"tls\": \"strict\"}]" web "$TMP/b.token" "$D/other-root.pem"
+bg e "$PROXY" -c "$TMP/e.json"
+EPID=$LASTPID
+wait_port "$C_ADMIN"; wait_port "$E_ADMIN"
+sleep 2
+expect_eq "a proxy with another service account's token stays not ready (503)" \
+    "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$C_ADMIN/ready")" 503
+expect_match "... and /certs says the CA refused it (403)" \
+    "$(curl -s "http://127.0.0.1:$C_ADMIN/certs" | jq -r .last_error)" 'CA refused the CSR: 403.*identity_mismatch'
+expect_eq "a proxy that cannot verify the CA stays not ready (503)" \
+    "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$E_ADMIN/ready")" 503
+expect_match "... and says why" "$(curl -s "http://127.0.0.1:$E_ADMIN/certs" | jq -r .last_error)" 'CA (unreachable|connection).*'
+stop_pid "$CPID"
+stop_pid "$EPID"
+
+# -- rotation under continuous load ------------------------------------------------------------
+rot_a0=$(curl -s "http://127.0.0.1:$A_ADMIN/certs" | jq -r .rotations)
+rot_b0=$(curl -s "http://127.0.0.1:$B_ADMIN/certs" | jq -r .rotations)
+h2load -n 6000 -c 2 -m 2 --rps 200 "http://127.0.0.1:$A_OUT/load" >"$TMP/load.txt" 2>&1
+out=$(grep -E '^requests:' "$TMP/load.txt")
+expect_match "~15 s of load through both sidecars while they rotate: no failed request" "$out" \
+    'requests: 6000 total, 6000 started, 6000 done, 6000 succeeded, 0 failed'
+expect_match "... every answer a 2xx" "$(grep -E '^status codes:' "$TMP/load.txt")" 'status codes: 6000 2xx'
+rot_a=$(curl -s "http://127.0.0.1:$A_ADMIN/certs" | jq -r .rotations)
+rot_b=$(curl -s "http://127.0.0.1:$B_ADMIN/certs" | jq -r .rotations)
+((rot_a - rot_a0 >= 1)) && pass "A rotated during the load ($rot_a0 -> $rot_a)" || fail "A rotations $rot_a0 -> $rot_a"
+((rot_b - rot_b0 >= 1)) && pass "B rotated during the load ($rot_b0 -> $rot_b)" || fail "B rotations $rot_b0 -> $rot_b"
+
+# -- the CA goes away and comes back --------------------------------------------------------------
+# Certificates of 60 s, so one outlives the outage by a wide margin.
+stop_pid "$IPID"
+expect_eq "injector (ttl 10) exits 0" "$STOP_RC" 0
+config ttl60 60
+start_injector "$TMP/ttl60.json" || { fail "injector (ttl 60) starts"; finish; }
+for _ in $(seq 50); do
+    na=$(date -d "$(curl -s "http://127.0.0.1:$B_ADMIN/certs" | jq -r .not_after)" +%s)
+    (((na - $(date +%s)) > 20)) && break
+    sleep 0.2
+done
+(((na - $(date +%s)) > 20)) && pass "proxies pick up the longer TTL on their next rotation" || fail "no 60 s cert"
+serial=$(curl -s "http://127.0.0.1:$B_ADMIN/certs" | jq -r .serial)
+stop_pid "$IPID"
+sleep 3
+c=$(curl -s "http://127.0.0.1:$B_ADMIN/certs")
+expect_match "CA down: B reports it" "$(jq -r .last_error <<<"$c")" 'CA unreachable|CA connection'
+expect_eq "CA down: B keeps its valid cert and stays ready" \
+    "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$B_ADMIN/ready"):$(jq -r .ready <<<"$c")" "200:true"
+(($(date -d "$(jq -r .not_after <<<"$c")" +%s) > $(date +%s))) && pass "CA down: the cert is still valid" ||
+    fail "CA down: the cert expired"
+out=$(curl -s -m 5 "http://127.0.0.1:$A_OUT/ca-down")
+expect_match "CA down: traffic still flows over mTLS" "$out" '"path":"/ca-down"'
+rot_b=$(curl -s "http://127.0.0.1:$B_ADMIN/certs" | jq -r .rotations)
+start_injector "$TMP/ttl60.json" || { fail "injector restarts"; finish; }
+for _ in $(seq 150); do
+    c=$(curl -s "http://127.0.0.1:$B_ADMIN/certs")
+    [[ $(jq -r .rotations <<<"$c") -gt $rot_b ]] && break
+    sleep 0.2
+done
+(($(jq -r .rotations <<<"$c") > rot_b)) && pass "CA back: B rotates again" || fail "CA back: no rotation ($c)"
+[[ $(jq -r .serial <<<"$c") != "$serial" ]] && pass "CA back: B holds a new serial" || fail "CA back: same serial"
+out=$(curl -s -m 5 "http://127.0.0.1:$A_OUT/after")
+expect_match "CA back: traffic flows" "$out" '"path":"/after"'
+
+# The CA first: a proxy stopped with a CSR in flight leaks that request
+# (proxy/caclient.c: the cancel is reaped by an event that never runs once the
+# loop has ended); with the CA gone, its retries wait on a timer instead.
+stop_pid "$IPID"; expect_eq "injector exits 0" "$STOP_RC" 0
+sleep 1
+stop_pid "$APID"; expect_eq "A exits 0" "$STOP_RC" 0
+stop_pid "$BPID"; expect_eq "B exits 0" "$STOP_RC" 0
+for l in "$TMP"/injector-*.log "$TMP"/{a,b,c,e}.log; do
+    if grep -q "ERROR: AddressSanitizer\|runtime error\|LeakSanitizer" "$l"; then
+        fail "sanitizers clean ($l)"; grep -A20 "Sanitizer\|runtime error" "$l" | head -40
+    else
+        pass "sanitizers clean ($(basename "$l" .log))"
+    fi
+done
+finish
