@@ -25,6 +25,8 @@ _e2e_in_node() { ip netns exec "$E2E_NODE" "$@"; }
 
 e2e_cluster() {
     mkdir -p "$E2E/pki" "$E2E/jwt" "$E2E/pods"
+    # E2E_KEEP=DIR: keep a copy of every pod's state and logs (debugging)
+    [[ -n ${E2E_KEEP:-} ]] && on_exit "rm -rf '$E2E_KEEP'; cp -r '$E2E' '$E2E_KEEP'"
     chmod 755 "$TMP" "$E2E" "$E2E/pods"
     ip netns add "$E2E_NODE" || return 1
     on_exit "ip netns del $E2E_NODE"
