@@ -20,6 +20,8 @@ void px_h1_acc_free(struct h1_acc *a)
 
 bool px_h1_acc_append(struct h1_acc *a, const char *at, size_t len, size_t max)
 {
+    if (len == 0)
+        return true; /* llhttp may hand over an empty piece (e.g. "CONNECT \n") */
     if (a->len + len > max)
         return false;
     if (a->len + len > a->cap) {
