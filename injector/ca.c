@@ -22,8 +22,9 @@
 #include "injector/stamp.h"
 #include "injector/token.h"
 
-#define JWKS_CHECK_MS 1000 /* look at the JWKS file at most once a second */
-#define CA_MAX_PEM    (1024 * 1024)
+#define JWKS_CHECK_MS   1000 /* look at the JWKS file at most once a second */
+#define CA_MAX_PEM      (1024 * 1024)
+#define SERVE_CERT_DAYS 365 /* the CA port's own certificate (clamped to the CA's) */
 
 /* How a sign request ended, beside "issued": the label of the refusal. */
 enum refusal {
@@ -93,7 +94,7 @@ struct ij_ca {
     struct ij_jwks_file *jwks;
     /* the ca.address server */
     struct MHD_Daemon *daemon;
-    struct ij_tls *tls;
+    char *serve_cert, *serve_key; /* its HTTPS certificate, issued by the CA itself */
     atomic_uint connections;
     int fd;
     unsigned port;
@@ -174,6 +175,11 @@ void ij_ca_free(struct ij_ca *ca)
     atomic_compare_exchange_strong(&active, &expect, NULL);
     snap_unref(ca->cur);
     ij_jwks_file_free(ca->jwks);
+    free(ca->serve_cert);
+    if (ca->serve_key != NULL) {
+        memset(ca->serve_key, 0, strlen(ca->serve_key));
+        free(ca->serve_key);
+    }
     pthread_mutex_destroy(&ca->mu);
     free(ca);
 }
@@ -524,14 +530,11 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
 {
     (void)conn;
     struct ij_ca *ca = cls;
-    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
-        *socket_context = ij_tls_conn_start(ca->tls);
+    (void)socket_context;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED)
         atomic_fetch_add(&ca->connections, 1);
-    } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
-        ij_tls_conn_end(*socket_context);
-        *socket_context = NULL;
+    else if (toe == MHD_CONNECTION_NOTIFY_CLOSED)
         atomic_fetch_sub(&ca->connections, 1);
-    }
 }
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
@@ -541,7 +544,38 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
         cm_log_vwrite(CM_LOG_DEBUG, fmt, ap);
 }
 
-int ij_ca_serve(struct ij_ca *ca, struct ij_tls *tls, char **errmsg)
+/* The CA port's certificate: issued by the CA to itself, so a proxy checks
+ * it with the mesh root it already holds (ca_root), whoever issued the
+ * webhook's certificate (cert-manager, openssl). */
+static int make_serving_cert(struct ij_ca *ca, char **errmsg)
+{
+    static const char *const names[] = {"remora-injector.remora-system.svc",
+                                        "remora-injector.remora-system.svc.cluster.local", NULL};
+    unsigned char *cert = NULL, *key = NULL;
+    size_t clen = 0, klen = 0;
+    char *inner = NULL;
+    int rc = CM_ERR_INVAL;
+    if (pki_read_file(ca->cfg->ca_cert_file, CA_MAX_PEM, &cert, &clen, errmsg) != 0 ||
+        pki_read_file(ca->cfg->ca_key_file, CA_MAX_PEM, &key, &klen, errmsg) != 0)
+        goto out;
+    if (pki_make_server("remora-ca", names, SERVE_CERT_DAYS, (const char *)cert, (const char *)key,
+                        &ca->serve_cert, &ca->serve_key, &inner) != 0) {
+        free(*errmsg);
+        *errmsg = cm_xasprintf("CA: cannot issue the CA port's certificate: %s", inner);
+        goto out;
+    }
+    rc = 0;
+out:
+    free(inner);
+    free(cert);
+    if (key != NULL) {
+        memset(key, 0, klen);
+        free(key);
+    }
+    return rc;
+}
+
+int ij_ca_serve(struct ij_ca *ca, char **errmsg)
 {
     const struct ij_config *cfg = ca->cfg;
     struct cm_addr bound;
@@ -557,7 +591,8 @@ int ij_ca_serve(struct ij_ca *ca, struct ij_tls *tls, char **errmsg)
         cm_info("CA: serving POST %s on the webhook's port", IJ_CA_SIGN_PATH);
         return 0;
     }
-    ca->tls = tls;
+    if (make_serving_cert(ca, errmsg) != 0)
+        return CM_ERR_INVAL;
     ca->fd = cm_net_listen(&cfg->ca_addr, 1024);
     if (ca->fd < 0) {
         *errmsg = cm_xasprintf("%s: ca.address: cannot listen on %s: %s", cfg->file,
@@ -566,17 +601,16 @@ int ij_ca_serve(struct ij_ca *ca, struct ij_tls *tls, char **errmsg)
     }
     if (cm_net_local_addr(ca->fd, &bound) == 0)
         ca->port = cm_addr_port(&bound);
-    ij_tls_bind(tls);
     unsigned flags = MHD_USE_TLS | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
                      MHD_USE_ERROR_LOG;
     ca->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, ca, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, ca,
-        MHD_OPTION_LISTEN_SOCKET, ca->fd, MHD_OPTION_HTTPS_CERT_CALLBACK, ij_tls_on_cert,
-        MHD_OPTION_HTTPS_PRIORITIES, "NORMAL:-VERS-SSL3.0:-VERS-TLS1.0:-VERS-TLS1.1",
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)cfg->timeout_seconds, MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, ca, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
-        ca, MHD_OPTION_END);
+        MHD_OPTION_LISTEN_SOCKET, ca->fd, MHD_OPTION_HTTPS_MEM_CERT, ca->serve_cert,
+        MHD_OPTION_HTTPS_MEM_KEY, ca->serve_key, MHD_OPTION_HTTPS_PRIORITIES,
+        "NORMAL:-VERS-SSL3.0:-VERS-TLS1.0:-VERS-TLS1.1", MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned)cfg->threads, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout_seconds,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections, MHD_OPTION_NOTIFY_COMPLETED,
+        on_completed, ca, MHD_OPTION_NOTIFY_CONNECTION, on_connection, ca, MHD_OPTION_END);
     if (ca->daemon == NULL) {
         *errmsg = cm_xasprintf("cannot start the CA's HTTPS server on %s (libmicrohttpd)",
                                cfg->ca_address);
@@ -584,8 +618,9 @@ int ij_ca_serve(struct ij_ca *ca, struct ij_tls *tls, char **errmsg)
         ca->fd = -1;
         return CM_ERR_IO;
     }
-    cm_info("CA: serving POST %s on https %s (port %u)", IJ_CA_SIGN_PATH,
-            cm_addr_format(&bound, addr, sizeof(addr)), ca->port);
+    cm_info("CA: serving POST %s on https %s (port %u), with a certificate of its own for "
+            "remora-injector.remora-system.svc (%d days)",
+            IJ_CA_SIGN_PATH, cm_addr_format(&bound, addr, sizeof(addr)), ca->port, SERVE_CERT_DAYS);
     return 0;
 }
 

@@ -18,7 +18,6 @@
 #include <stddef.h>
 
 #include "injector/config.h"
-#include "injector/tls.h"
 
 #define IJ_CA_SIGN_PATH "/v1/sign"
 #define IJ_CA_MAX_BODY  (64 * 1024) /* a CSR is under 1 KiB; RSA-4096 ones under 4 */
@@ -44,10 +43,12 @@ enum MHD_Result ij_ca_sign(struct ij_ca *ca, struct MHD_Connection *conn, const 
                            size_t len, bool too_large);
 
 /* Start serving: with ca.address, POST /v1/sign (and GET /healthz) on a
- * daemon of its own, with the webhook's serving certificate (tls, borrowed);
- * without, only say so (the webhook's server answers /v1/sign). Returns 0,
- * or CM_ERR_IO with *errmsg. */
-int ij_ca_serve(struct ij_ca *ca, struct ij_tls *tls, char **errmsg);
+ * daemon of its own, whose HTTPS certificate the CA issues to itself at start
+ * (DNS remora-injector.remora-system.svc[.cluster.local], under the mesh root,
+ * 365 days or the CA's own lifetime); without, only say so (the webhook's
+ * server answers /v1/sign with the webhook's certificate). Returns 0, or
+ * CM_ERR_IO / CM_ERR_INVAL with *errmsg. */
+int ij_ca_serve(struct ij_ca *ca, char **errmsg);
 /* The port ca.address is bound to (0 when not serving one). */
 unsigned ij_ca_port(const struct ij_ca *ca);
 /* Stop the ca.address server, letting connections finish for up to grace_ms. */

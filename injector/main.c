@@ -144,7 +144,7 @@ int main(int argc, char **argv)
         cm_error("%s", err);
         goto fail_ca;
     }
-    if (ca != NULL && ij_ca_serve(ca, tls, &err) != 0) {
+    if (ca != NULL && ij_ca_serve(ca, &err) != 0) {
         cm_error("%s", err);
         ij_server_stop(srv, 0);
         goto fail_ca;

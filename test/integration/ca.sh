@@ -22,7 +22,13 @@ mkdir -p "$D"
 "$CERTS" intermediate --ca-cert "$D/root.pem" --ca-key "$D/root-key.pem" --cn east \
     --out-cert "$D/int.pem" --out-key "$D/int-key.pem" || exit 1
 "$CERTS" server --ca-cert "$D/int.pem" --ca-key "$D/int-key.pem" \
-    --dns ca.test,remora-injector.remora-system.svc --out-cert "$D/srv.pem" --out-key "$D/srv-key.pem" || exit 1
+    --dns remora-injector.remora-system.svc --out-cert "$D/srv.pem" --out-key "$D/srv-key.pem" || exit 1
+# The webhook's own certificate, from a CA of its own (docs/install.md): the CA
+# port must not depend on it.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -keyout "$D/wh-key.pem" -out "$D/wh.pem" -subj "/CN=remora-injector" \
+    -addext "subjectAltName=DNS:remora-injector.remora-system.svc" 2>/dev/null || exit 1
+SVC=remora-injector.remora-system.svc
 "$CERTS" root --out-cert "$D/other-root.pem" --out-key "$D/other-root-key.pem" --cn "other root" || exit 1
 "${MINT[@]}" keys "$TMP/tok" || exit 1
 "${MINT[@]}" keys "$TMP/tok2" || exit 1 # a rotated service-account signing key
@@ -35,7 +41,7 @@ CAP=$(free_port)
 config() {
     jq -n --arg wh "127.0.0.1:$WH" --arg ca "127.0.0.1:$CAP" --arg d "$D" --arg jwks "$TMP/jwks.json" \
         --argjson ttl "$2" --argjson extra "${3:-{\}}" '{
-        webhook: {address: $wh, cert_file: ($d + "/srv.pem"), key_file: ($d + "/srv-key.pem"),
+        webhook: {address: $wh, cert_file: ($d + "/wh.pem"), key_file: ($d + "/wh-key.pem"),
                   reload_interval_ms: 200},
         ca: {address: $ca, cert_file: ($d + "/int.pem"), key_file: ($d + "/int-key.pem"),
              root_file: ($d + "/root.pem"), jwks_file: $jwks, ttl_seconds: $ttl},
@@ -77,6 +83,13 @@ start_injector() { # CONFIG: logs to $TMP/injector-<n>.log
 }
 start_injector "$TMP/main.json" || { fail "injector starts"; cat "$TMP/injector-1.log"; finish; }
 pass "injector starts with a CA on ca.address"
+out=$(openssl s_client -connect "127.0.0.1:$CAP" -servername "$SVC" -CAfile "$D/root.pem" \
+    -verify_return_error -verify_hostname "$SVC" </dev/null 2>&1)
+expect_match "the CA port's certificate verifies with the mesh root, for the Service name" "$out" \
+    'Verify return code: 0 \(ok\)'
+expect_match "... issued by the cluster's intermediate, not the webhook's CA" "$out" 'issuer=O ?= ?Remora, CN ?= ?east'
+out=$(openssl s_client -connect "127.0.0.1:$WH" -servername "$SVC" -CAfile "$D/wh.pem" </dev/null 2>&1)
+expect_match "the webhook port keeps its own certificate" "$out" 'Verify return code: 0 \(ok\)'
 
 # workload key + CSR as the proxy makes them
 csr() { # NAME SPIFFE-ID: $TMP/NAME.csr and NAME-key.pem, body $TMP/NAME.json
@@ -104,8 +117,8 @@ tok() { "${MINT[@]}" token "$TMP/tok" "$@"; }
 # sign BODY-FILE [CURL-ARGS...]: sets CODE and BODY
 sign() {
     local body=$1; shift
-    CODE=$(curl -s -m 10 --cacert "$D/root.pem" --resolve "ca.test:$CAP:127.0.0.1" \
-        -o "$TMP/answer" -w '%{http_code}' --data-binary @"$body" "$@" "https://ca.test:$CAP/v1/sign")
+    CODE=$(curl -s -m 10 --cacert "$D/root.pem" --resolve "$SVC:$CAP:127.0.0.1" \
+        -o "$TMP/answer" -w '%{http_code}' --data-binary @"$body" "$@" "https://$SVC:$CAP/v1/sign")
     BODY=$(cat "$TMP/answer" 2>/dev/null)
 }
 bearer() { printf 'Authorization: Bearer %s' "$1"; }
@@ -210,24 +223,24 @@ sign "$TMP/huge.json" -H "$(bearer "$(tok)")"
 expect_eq "body over 64 KiB -> 413" "$CODE" 413
 sign "$TMP/huge.json" -H "$(bearer "$(tok)")" -H 'Transfer-Encoding: chunked'
 expect_eq "chunked body over 64 KiB -> 413" "$CODE" 413
-code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/root.pem" --resolve "ca.test:$CAP:127.0.0.1" \
-    "https://ca.test:$CAP/v1/sign")
+code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/root.pem" --resolve "$SVC:$CAP:127.0.0.1" \
+    "https://$SVC:$CAP/v1/sign")
 expect_eq "GET /v1/sign -> 405" "$code" 405
-code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/root.pem" --resolve "ca.test:$CAP:127.0.0.1" \
-    -d x "https://ca.test:$CAP/inject")
+code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/root.pem" --resolve "$SVC:$CAP:127.0.0.1" \
+    -d x "https://$SVC:$CAP/inject")
 expect_eq "the CA port serves nothing else (POST /inject -> 404)" "$code" 404
-code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/root.pem" --resolve "ca.test:$CAP:127.0.0.1" \
-    "https://ca.test:$CAP/healthz")
+code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/root.pem" --resolve "$SVC:$CAP:127.0.0.1" \
+    "https://$SVC:$CAP/healthz")
 expect_eq "GET /healthz on the CA port -> 200" "$code" 200
-code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/root.pem" --resolve "ca.test:$WH:127.0.0.1" \
-    -H "$(bearer "$(tok)")" --data-binary @"$W" "https://ca.test:$WH/v1/sign")
+code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/wh.pem" --resolve "$SVC:$WH:127.0.0.1" \
+    -H "$(bearer "$(tok)")" --data-binary @"$W" "https://$SVC:$WH/v1/sign")
 expect_eq "with ca.address set, the webhook port has no /v1/sign (404)" "$code" 404
 # 20 concurrent signs, 10 RS256 + 10 ES256 (wait for those alone: the servers are children too)
 cpids=()
 for i in $(seq 10); do
     for a in RS256 ES256; do
-        curl -s -m 20 --cacert "$D/root.pem" --resolve "ca.test:$CAP:127.0.0.1" -o /dev/null -w '%{http_code}\n' \
-            -H "$(bearer "$(tok --alg $a)")" --data-binary @"$W" "https://ca.test:$CAP/v1/sign" >"$TMP/conc.$i.$a" &
+        curl -s -m 20 --cacert "$D/root.pem" --resolve "$SVC:$CAP:127.0.0.1" -o /dev/null -w '%{http_code}\n' \
+            -H "$(bearer "$(tok --alg $a)")" --data-binary @"$W" "https://$SVC:$CAP/v1/sign" >"$TMP/conc.$i.$a" &
         cpids+=($!)
     done
 done
@@ -237,7 +250,7 @@ expect_eq "20 concurrent signs all 200" "$(sort "$TMP/concurrent.txt" | uniq -c 
 check "injector alive after the refusals" alive "$IPID"
 
 # -- what the operator sees ---------------------------------------------------------------------
-m=$(curl -s --cacert "$D/root.pem" --resolve "ca.test:$WH:127.0.0.1" "https://ca.test:$WH/metrics")
+m=$(curl -s --cacert "$D/wh.pem" --resolve "$SVC:$WH:127.0.0.1" "https://$SVC:$WH/metrics")
 expect_match "issued certificates are counted" "$m" $'remora_injector_ca_certificates_issued_total (2[6-9]|[3-9][0-9])\n'
 for r in no_token:3 token_algorithm:4 token_signature:4 token_unknown_key:1 token_expired:1 \
     token_not_yet_valid:2 token_audience:2 token_claims:3 token_malformed:2 identity_mismatch:3 \
@@ -273,7 +286,7 @@ echo '{"keys": [' >"$TMP/jwks.new" && mv "$TMP/jwks.new" "$TMP/jwks.json"
 sleep 1.2
 sign "$W" -H "$(bearer "$(tok2 --kid rsa-2)")"
 expect_eq "a broken JWKS file keeps the keys in force" "$CODE" 200
-m=$(curl -s --cacert "$D/root.pem" --resolve "ca.test:$WH:127.0.0.1" "https://ca.test:$WH/metrics")
+m=$(curl -s --cacert "$D/wh.pem" --resolve "$SVC:$WH:127.0.0.1" "https://$SVC:$WH/metrics")
 expect_match "JWKS reloads counted (ok and error)" "$m" \
     'remora_injector_ca_jwks_reloads_total\{result="ok"\} [1-9].*remora_injector_ca_jwks_reloads_total\{result="error"\} [1-9]'
 expect_match "the broken JWKS is logged" "$(cat "$TMP/injector-1.log")" 'JWKS not reloaded, keeping the 3 keys in force'
@@ -289,25 +302,27 @@ stop_pid "$IPID"
 expect_eq "injector exits 0 on SIGTERM" "$STOP_RC" 0
 
 # ---- the CA sharing the webhook's port ------------------------------------------------------------
-config shared 3600 '{}' 'del(.ca.address)'
+# served with the webhook's certificate, which must then chain to the mesh root
+config shared 3600 "{\"webhook\": {\"cert_file\": \"$D/srv.pem\", \"key_file\": \"$D/srv-key.pem\"}}" \
+    'del(.ca.address)'
 bg injector-shared "$INJECTOR" -c "$TMP/shared.json"
 SPID=$LASTPID
 wait_port "$WH"
-code=$(curl -s -o "$TMP/answer" -w '%{http_code}' --cacert "$D/root.pem" --resolve "ca.test:$WH:127.0.0.1" \
-    -H "$(bearer "$(tok)")" --data-binary @"$W" "https://ca.test:$WH/v1/sign")
+code=$(curl -s -o "$TMP/answer" -w '%{http_code}' --cacert "$D/root.pem" --resolve "$SVC:$WH:127.0.0.1" \
+    -H "$(bearer "$(tok)")" --data-binary @"$W" "https://$SVC:$WH/v1/sign")
 expect_eq "ca.address unset: POST /v1/sign on the webhook port -> 200" "$code" 200
-code=$(curl -s -o "$TMP/answer" -w '%{http_code}' --cacert "$D/root.pem" --resolve "ca.test:$WH:127.0.0.1" \
-    -H "$(bearer "$(tok --sa admin)")" --data-binary @"$W" "https://ca.test:$WH/v1/sign")
+code=$(curl -s -o "$TMP/answer" -w '%{http_code}' --cacert "$D/root.pem" --resolve "$SVC:$WH:127.0.0.1" \
+    -H "$(bearer "$(tok --sa admin)")" --data-binary @"$W" "https://$SVC:$WH/v1/sign")
 expect_eq "... with the same refusals (403)" "$code:$(jq -r .reason "$TMP/answer")" "403:identity_mismatch"
 head -c 70000 /dev/zero | tr '\0' ' ' >"$TMP/huge.json"
-code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/root.pem" --resolve "ca.test:$WH:127.0.0.1" \
-    -H "$(bearer "$(tok)")" --data-binary @"$TMP/huge.json" "https://ca.test:$WH/v1/sign")
+code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/root.pem" --resolve "$SVC:$WH:127.0.0.1" \
+    -H "$(bearer "$(tok)")" --data-binary @"$TMP/huge.json" "https://$SVC:$WH/v1/sign")
 expect_eq "... and the 64 KiB bound (413)" "$code" 413
-code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/root.pem" --resolve "ca.test:$WH:127.0.0.1" \
-    "https://ca.test:$WH/v1/sign")
+code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/root.pem" --resolve "$SVC:$WH:127.0.0.1" \
+    "https://$SVC:$WH/v1/sign")
 expect_eq "... GET /v1/sign -> 405" "$code" 405
-code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/root.pem" --resolve "ca.test:$WH:127.0.0.1" \
-    "https://ca.test:$WH/healthz")
+code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/root.pem" --resolve "$SVC:$WH:127.0.0.1" \
+    "https://$SVC:$WH/healthz")
 expect_eq "... while the webhook still answers (/healthz)" "$code" 200
 stop_pid "$SPID"
 expect_eq "shared-port injector exits 0" "$STOP_RC" 0
