@@ -109,7 +109,7 @@ def admit(cluster, pod, state):
     url = inj["url"]
     m = re.match(r"https://([^:/]+):(\d+)/", url)
     if not m:
-        die("injector.url must be https://HOST:PORT/PATH")
+        raise RuntimeError("injector.url must be https://HOST:PORT/PATH")
     argv = ["ip", "netns", "exec", cluster["node_ns"], "curl", "-sS", "--max-time", "10",
             "--cacert", inj["cacert"], "--resolve", "%s:%s:%s" % (m.group(1), m.group(2),
                                                                   inj["resolve"]),
@@ -117,23 +117,23 @@ def admit(cluster, pod, state):
             "-w", "\n%{http_code}", url]
     r = run(argv)
     if r.returncode != 0:
-        die("admission: curl failed: %s" % r.stderr.strip())
+        raise RuntimeError("admission: curl failed: %s" % r.stderr.strip())
     body, _, code = r.stdout.rpartition("\n")
     if code != "200":
-        die("admission: HTTP %s: %s" % (code, body[:300]))
+        raise RuntimeError("admission: HTTP %s: %s" % (code, body[:300]))
     with open(os.path.join(state, "admission-response.json"), "w") as f:
         f.write(body)
     resp = json.loads(body).get("response") or {}
     if resp.get("uid") != review["request"]["uid"]:
-        die("admission: response uid %r is not the request's" % resp.get("uid"))
+        raise RuntimeError("admission: response uid %r is not the request's" % resp.get("uid"))
     if not resp.get("allowed"):
-        die("admission: not allowed: %s" % resp.get("status"))
+        raise RuntimeError("admission: not allowed: %s" % resp.get("status"))
     for w in resp.get("warnings") or []:
         log(state, "admission warning: %s" % w)
     if "patch" not in resp:
         return pod
     if resp.get("patchType") != "JSONPatch":
-        die("admission: patchType %r" % resp.get("patchType"))
+        raise RuntimeError("admission: patchType %r" % resp.get("patchType"))
     patch = base64.b64decode(resp["patch"]).decode()
     with open(os.path.join(state, "patch.json"), "w") as f:
         f.write(patch)
@@ -142,7 +142,7 @@ def admit(cluster, pod, state):
     r = run([cluster.get("kubectl", "kubectl"), "patch", "--local", "--type=json", "-f", pod_file,
              "-p", patch, "-o", "json"])
     if r.returncode != 0:
-        die("kubectl patch --local failed: %s" % r.stderr.strip())
+        raise RuntimeError("kubectl patch --local failed: %s" % r.stderr.strip())
     return json.loads(r.stdout)
 
 
@@ -585,6 +585,7 @@ class Pod:
         pod["metadata"].setdefault("uid", str(uuid.uuid4()))
         self.ip = ip
         self.netns = self.cluster["netns_prefix"] + pod["metadata"]["name"]
+        self.save()
         self.pod = admit(self.cluster, pod, self.state)
         write_json(os.path.join(self.state, "pod.json"), self.pod)
         with open(os.path.join(self.state, "ip"), "w") as f:
