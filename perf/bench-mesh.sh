@@ -16,7 +16,7 @@
 # Needs root, the release build (make), h2load. Writes DIR/summary.md and
 # DIR/summary.json (default perf/results/<date>-mesh/).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 RATES=1000,5000
 DURATION=10
 REPEAT=3
@@ -40,8 +40,11 @@ OUT=${OUT:-perf/results/$(date +%Y-%m-%d-%H%M)-mesh}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
+# shellcheck source=../test/lib.sh
 source test/lib.sh
+# shellcheck source=../test/e2e/lib.sh
 source test/e2e/lib.sh
+# shellcheck disable=SC2034 # read by e2e_pod
 E2E_WAIT=60
 e2e_cluster || { echo "bench-mesh: cluster setup failed" >&2; exit 1; }
 cat >"$E2E/policy.json" <<'EOF'
@@ -69,9 +72,11 @@ pod a frontend '{}' "$CLIENT"
 pod b backend '{"remora.io/policy": "policy"}' "$SERVER"
 pod a0 frontend '{"remora.io/inject": "false"}' "$CLIENT"
 pod b0 backend '{"remora.io/inject": "false"}' "$SERVER"
-e2e_pod b 10.232.0.21 "$E2E/b.json" && e2e_pod a 10.232.0.22 "$E2E/a.json" &&
-    e2e_pod b0 10.232.0.31 "$E2E/b0.json" && e2e_pod a0 10.232.0.32 "$E2E/a0.json" ||
-    { echo "bench-mesh: pods did not come up" >&2; exit 1; }
+if ! { e2e_pod b 10.232.0.21 "$E2E/b.json" && e2e_pod a 10.232.0.22 "$E2E/a.json" &&
+    e2e_pod b0 10.232.0.31 "$E2E/b0.json" && e2e_pod a0 10.232.0.32 "$E2E/a0.json"; }; then
+    echo "bench-mesh: pods did not come up" >&2
+    exit 1
+fi
 
 rss_kb() { awk "/^$2:/ {print \$2}" "/proc/$1/status"; }
 PA=$(e2e_proxy_pid a)

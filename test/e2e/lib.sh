@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # A cluster on one machine for end-to-end tests and benchmarks (docs/e2e.md).
 # Source after test/lib.sh (for bg, on_exit, $TMP, $PROXY, $INJECTOR, $UPSTREAM).
 #
@@ -17,7 +18,7 @@ E2E=$TMP/e2e
 E2E_NODE=rm-e2e-$$-node
 E2E_NODE_IP=10.232.0.1
 E2E_WAIT=${E2E_WAIT:-40}
-E2E_POD_PY="python3 $REMORA_ROOT/test/e2e/pod.py"
+E2E_POD_PY=(python3 "$REMORA_ROOT/test/e2e/pod.py")
 declare -A POD_PID=()
 declare -A POD_IP=()
 
@@ -104,7 +105,7 @@ e2e_pod() { # NAME IP MANIFEST
     local name=$1 ip=$2 manifest=$3 state=$E2E/pods/$1
     mkdir -p "$state"
     POD_IP[$name]=$ip
-    bg "pod-$name" $E2E_POD_PY run --cluster "$E2E/cluster.json" --manifest "$manifest" \
+    bg "pod-$name" "${E2E_POD_PY[@]}" run --cluster "$E2E/cluster.json" --manifest "$manifest" \
         --ip "$ip" --state "$state"
     POD_PID[$name]=$LASTPID
     on_exit "e2e_delete $name"
@@ -129,14 +130,14 @@ e2e_delete() { # NAME: the pod's kubelet runs the termination sequence, then exi
     fi
     wait "$pid" 2>/dev/null
     # whatever happened to the kubelet: nothing of the pod survives
-    $E2E_POD_PY cleanup --state "$E2E/pods/$name"
+    "${E2E_POD_PY[@]}" cleanup --state "$E2E/pods/$name"
     POD_PID[$name]=""
 }
 
 e2e_exec() { # NAME CONTAINER CMD...
     local name=$1 c=$2
     shift 2
-    $E2E_POD_PY exec --cluster "$E2E/cluster.json" --state "$E2E/pods/$name" --container "$c" \
+    "${E2E_POD_PY[@]}" exec --cluster "$E2E/cluster.json" --state "$E2E/pods/$name" --container "$c" \
         -- "$@"
 }
 

@@ -11,6 +11,7 @@
 # Two namespaces joined by a veth pair, both ends created inside them, so
 # nothing is added to the host's network; both are deleted at exit.
 # Root only (CI runs as root).
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 
 if [[ $(id -u) -ne 0 ]]; then

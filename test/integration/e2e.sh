@@ -10,6 +10,7 @@
 #   C  shop/legacy,   no sidecar (remora.io/inject: "false")
 #   D  shop/intruder, native sidecar: meshed, but B's policy does not allow it
 # Root only (CI runs as root).
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -19,6 +20,7 @@ fi
 for tool in ip setpriv unshare curl jq node kubectl python3; do
     command -v "$tool" >/dev/null || { fail "$tool is not installed (scripts/deps.sh)"; finish; }
 done
+# shellcheck source=../e2e/lib.sh
 source "$REMORA_ROOT/test/e2e/lib.sh"
 
 e2e_cluster || { fail "cluster setup (node namespace, PKI, injector)"; finish; }
@@ -62,11 +64,10 @@ A_IP=10.232.0.11
 B_IP=10.232.0.12
 C_IP=10.232.0.13
 D_IP=10.232.0.14
-e2e_pod b "$B_IP" "$E2E/b.json" && pass "pod b Ready (init iptables, proxy with a CA-issued cert, app)" ||
-    fail "pod b Ready"
-e2e_pod a "$A_IP" "$E2E/a.json" && pass "pod a Ready" || fail "pod a Ready"
-e2e_pod c "$C_IP" "$E2E/c.json" && pass "pod c (no sidecar) Ready" || fail "pod c Ready"
-e2e_pod d "$D_IP" "$E2E/d.json" && pass "pod d (native sidecar) Ready" || fail "pod d Ready"
+check "pod b Ready (init iptables, proxy with a CA-issued cert, app)" e2e_pod b "$B_IP" "$E2E/b.json"
+check "pod a Ready" e2e_pod a "$A_IP" "$E2E/a.json"
+check "pod c (no sidecar) Ready" e2e_pod c "$C_IP" "$E2E/c.json"
+check "pod d (native sidecar) Ready" e2e_pod d "$D_IP" "$E2E/d.json"
 
 # ---- what the injector made ------------------------------------------------------
 expect_eq "b: injected" "$(pod_status b .injected)" true
@@ -162,6 +163,7 @@ expect_eq "a deleted: the proxy exited 0" "$(pod_status a '.containers["remora-p
 expect_eq "d deleted (native sidecar, stopped after the app): the proxy exited 0" \
     "$(pod_status d '.containers["remora-proxy"].exitCode')" 0
 check "injector still running" alive "$E2E_INJECTOR_PID"
+# shellcheck disable=SC2154 # _fails: test/lib.sh
 if ((_fails > 0)); then # what the pods said, for whoever reads the CI log
     for f in "$E2E"/pods/*/*.log "$TMP"/pod-*.log "$TMP/injector.log"; do
         [[ -f $f ]] && { echo "---- $f"; tail -15 "$f"; }
