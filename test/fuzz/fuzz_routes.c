@@ -1,0 +1,43 @@
+/* libFuzzer target for px_routes_parse (proxy/routes.c): the bytes are a
+ * routes file. Either it loads and satisfies what the data path relies on
+ * (at least one endpoint per route, attempts >= 1, a match of exactly one
+ * kind), or it fails naming the file — never a crash or a leak. */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "proxy/routes.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    struct px_routes *r = NULL;
+    char *err = NULL;
+    int rc = px_routes_parse("fuzz.json", (const char *)data, size, &r, &err);
+    if (rc != 0) {
+        if (r != NULL || err == NULL || strncmp(err, "fuzz.json", 9) != 0)
+            __builtin_trap();
+        free(err);
+        return 0;
+    }
+    if (r == NULL || err != NULL)
+        __builtin_trap();
+    for (size_t i = 0; i < r->n; i++) {
+        const struct px_route *rt = &r->routes[i];
+        if (rt->neps < 1 || rt->attempts < 1 || rt->name == NULL)
+            __builtin_trap();
+        if ((rt->match_host == NULL) == !rt->has_match_addr)
+            __builtin_trap();
+        for (size_t k = 0; k < rt->neps; k++)
+            if (rt->eps[k].weight < 1)
+                __builtin_trap();
+        if (rt->match_host != NULL && px_routes_match(r, rt->match_host, NULL) == NULL)
+            __builtin_trap(); /* a route must match its own host */
+    }
+    px_routes_match(r, "example.com:8080", NULL);
+    px_routes_unref(r);
+    return 0;
+}
