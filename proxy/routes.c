@@ -54,6 +54,23 @@ static bool ejected(const struct px_ep_state *s, uint64_t now)
 
 /* ---- parsing ---------------------------------------------------------------------- */
 
+/* Length of a Host value without its ":port" (digits only; "[v6]:port" too). */
+static size_t host_len(const char *h)
+{
+    size_t n = strlen(h);
+    const char *colon = strrchr(h, ':');
+    if (colon == NULL || (h[0] == '[' && strchr(colon, ']') != NULL))
+        return n;
+    if (h[0] != '[' && strchr(h, ':') != colon)
+        return n; /* a bare IPv6 address: no port to strip */
+    for (const char *p = colon + 1; *p; p++)
+        if (*p < '0' || *p > '9')
+            return n;
+    if (colon[1] == '\0')
+        return n;
+    return (size_t)(colon - h);
+}
+
 static void routes_free(struct px_routes *r)
 {
     if (r == NULL)
@@ -181,13 +198,17 @@ static int parse_route(const struct cm_jpath *p, json_t *o, struct px_route *rt,
     if (host != NULL) {
         if (host[0] == '\0' || strlen(host) > 253)
             return cm_json_fail(&c, errmsg, "host must be 1..253 characters");
-        rt->match_host = cm_xstrdup(host);
-        for (char *q = rt->match_host; *q; q++)
+        rt->match_host = cm_xstrndup(host, host_len(host)); /* "port ignored" */
+        for (char *q = rt->match_host; *q; q++) {
             if (*q >= 'A' && *q <= 'Z')
                 *q = (char)(*q + 32);
-        char *colon = strrchr(rt->match_host, ':');
-        if (colon != NULL && strchr(rt->match_host, ']') == NULL)
-            *colon = '\0'; /* "port ignored" */
+            if (*q == ':' && rt->match_host[0] != '[' && strchr(q + 1, ':') == NULL &&
+                strchr(rt->match_host, ':') == q) {
+                struct cm_jpath h;
+                cm_jpath_key(&h, &c, "host");
+                return cm_json_fail(&h, errmsg, "\"%s\" is not a host[:port]", host);
+            }
+        }
     } else if (cm_addr_parse(addr, &rt->match_addr) != 0) {
         struct cm_jpath a;
         cm_jpath_key(&a, &c, "address");
@@ -319,13 +340,7 @@ const struct px_route *px_routes_match(const struct px_routes *r, const char *au
 {
     if (r == NULL)
         return NULL;
-    size_t hlen = 0;
-    if (authority != NULL) {
-        hlen = strlen(authority);
-        const char *colon = strrchr(authority, ':');
-        if (colon != NULL && strchr(authority, ']') == NULL)
-            hlen = (size_t)(colon - authority);
-    }
+    size_t hlen = authority != NULL ? host_len(authority) : 0;
     for (size_t i = 0; i < r->n; i++) {
         const struct px_route *rt = &r->routes[i];
         if (rt->match_host != NULL) {
