@@ -24,6 +24,7 @@
 
 #define JWKS_CHECK_MS   1000 /* look at the JWKS file at most once a second */
 #define CA_MAX_PEM      (1024 * 1024)
+#define DRAIN_MAX       (4 * IJ_CA_MAX_BODY) /* bytes read and dropped for a clean 413 */
 #define SERVE_CERT_DAYS 365 /* the CA port's own certificate (clamped to the CA's) */
 
 /* How a sign request ended, beside "issued": the label of the refusal. */
@@ -481,9 +482,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         char *end;
         errno = 0;
-        if (r->sign && cl != NULL && strtoull(cl, &end, 10) > IJ_CA_MAX_BODY && errno == 0 &&
+        if (r->sign && cl != NULL && strtoull(cl, &end, 10) > DRAIN_MAX && errno == 0 &&
             *end == '\0') {
-            /* Refused before reading; MHD closes the connection after it. */
+            /* Refused before reading; MHD closes the connection after it. A
+             * body over the bound but under DRAIN_MAX is read and dropped
+             * instead: closing on a client still sending resets the
+             * connection before it can read the 413. */
             r->answered = true;
             return ij_ca_sign(ca, conn, NULL, 0, true);
         }
@@ -495,8 +499,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (r->answered || !r->sign || r->too_large || r->len + n > IJ_CA_MAX_BODY) {
             r->too_large = r->sign;
             r->dropped += n;
-            /* A client that keeps sending past 4x the bound is cut off. */
-            return r->dropped > 4 * IJ_CA_MAX_BODY ? MHD_NO : MHD_YES;
+            /* A client that keeps sending past DRAIN_MAX is cut off. */
+            return r->dropped > DRAIN_MAX ? MHD_NO : MHD_YES;
         }
         r->buf = cm_xrealloc(r->buf, r->len + n + 1);
         memcpy(r->buf + r->len, upload_data, n);

@@ -131,10 +131,7 @@ static enum MHD_Result first_call(struct ij_server *s, struct MHD_Connection *co
         char *end;
         errno = 0;
         unsigned long long n = strtoull(cl, &end, 10);
-        unsigned long long bound = (unsigned long long)s->cfg->max_body_bytes;
-        if (r->sign && bound > IJ_CA_MAX_BODY)
-            bound = IJ_CA_MAX_BODY;
-        if (errno == 0 && *end == '\0' && n > bound) {
+        if (errno == 0 && *end == '\0' && n > (unsigned long long)s->cfg->max_body_bytes) {
             r->too_large = true;
             r->answered = true;
             return r->sign ? ij_ca_sign(s->ca, conn, NULL, 0, true) : inject(s, conn, r);

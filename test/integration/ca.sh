@@ -73,6 +73,48 @@ check_bad wrong-root "{\"ca\": {\"root_file\": \"$D/other-root.pem\"}}" 'root|ch
 config ok-ttl-10 10
 check "--check-config accepts ca.ttl_seconds 10" "$INJECTOR" --check-config -c "$TMP/ok-ttl-10.json"
 
+# ---- the shipped manifests ------------------------------------------------------------------
+# config.json's CA, with this test's files in place of the mounted ones, and the
+# Deployment / Service / CronJob that must agree with it.
+jq --arg d "$D" --arg j "$TMP/jwks.json" \
+    '.webhook.cert_file = ($d + "/wh.pem") | .webhook.key_file = ($d + "/wh-key.pem") | del(.template_file) |
+     .ca.cert_file = ($d + "/int.pem") | .ca.key_file = ($d + "/int-key.pem") |
+     .ca.root_file = ($d + "/root.pem") | .ca.jwks_file = $j' \
+    "$REMORA_ROOT/manifests/injector/config.json" >"$TMP/shipped.json"
+out=$("$INJECTOR" --check-config -c "$TMP/shipped.json" 2>&1)
+expect_eq "the shipped config.json's CA passes --check-config (with CA files)" "$?:$out" "0:$TMP/shipped.json: ok"
+if kubectl kustomize "$REMORA_ROOT/manifests" 2>/dev/null |
+    python3 -c 'import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))' \
+        >"$TMP/manifests.json"; then
+    mj() { jq -r "$1" "$TMP/manifests.json"; }
+    cfg=$REMORA_ROOT/manifests/injector/config.json
+    expect_eq "config.json: the CA on its own port, 15012" "$(jq -r .ca.address "$cfg")" "0.0.0.0:15012"
+    dep='.[] | select(.kind == "Deployment" and .metadata.name == "remora-injector") | .spec.template.spec'
+    expect_eq "Deployment: container port https-ca 15012" \
+        "$(mj "$dep | .containers[0].ports[] | select(.name == \"https-ca\") | .containerPort")" 15012
+    expect_eq "Service: port 15012 to https-ca" \
+        "$(mj '.[] | select(.kind == "Service" and .metadata.name == "remora-injector") | .spec.ports[] |
+            select(.port == 15012) | .targetPort')" https-ca
+    for k in cert_file key_file root_file jwks_file; do
+        dir=$(dirname "$(jq -r ".ca.$k" "$cfg")")
+        vol=$(mj "$dep | .containers[0].volumeMounts[] | select(.mountPath == \"$dir\") | .name")
+        src=$(mj "$dep | .volumes[] | select(.name == \"$vol\") | (.secret.secretName // .configMap.name)")
+        case $k in jwks_file) want=remora-jwks ;; *) want=remora-ca ;; esac
+        expect_eq "Deployment: ca.$k ($dir) is mounted from $want" "${src:-none}" "$want"
+    done
+    expect_eq "a CronJob keeps remora-jwks current from /openid/v1/jwks" \
+        "$(mj '.[] | select(.kind == "CronJob" and .metadata.name == "remora-jwks-refresh") |
+            [.spec.schedule, (.spec.jobTemplate.spec.template.spec.containers[0].args[0] |
+             contains("/openid/v1/jwks") and contains("remora-jwks"))] | map(tostring) | join(" ")')" \
+        "*/10 * * * * true"
+    expect_eq "... allowed to read the JWKS and patch that ConfigMap alone" \
+        "$(mj '[.[] | select(.kind == "ClusterRole" and .metadata.name == "remora-jwks-reader") | .rules[0].nonResourceURLs[0]] +
+            [.[] | select(.kind == "Role" and .metadata.name == "remora-jwks-refresh") | .rules[0].resourceNames[0]] | join(" ")')" \
+        "/openid/v1/jwks remora-jwks"
+else
+    fail "kubectl kustomize manifests/ renders"
+fi
+
 # ---- the CA on its own port ---------------------------------------------------------------
 NINJ=0
 start_injector() { # CONFIG: logs to $TMP/injector-<n>.log
