@@ -9,12 +9,16 @@
  *   paths       deny rule i: paths under /svc-i/admin/, and /svc-i/debug;
  *               a last rule allows the rest                               (path index)
  *   namespaces  allow rule i: namespace ns-i, methods, ports            (namespace index)
+ *   headers     deny rule i: header x-block-i present, or a path ending in .ext-i
+ *                                                                         (header, suffix index)
  *   mixed       half principals, 3/10 path prefixes, 1/10 exact paths,
- *               1/10 generic header rules                               (all indexes)
- *   generic     deny rule i: header x-block-i present, or a path ending in .ext-i
- *               (no index: every rule is checked)
+ *               1/10 header rules                                         (all of them)
+ *   generic     deny rule i: DELETE, not from principal svc-i, not under /public/: nothing
+ *               an index can use, every rule is checked (the worst case)
  * Requests: "hit" matches a rule in the middle of the file, "miss" matches nothing
- * (the default decides), so both the early exit and the full search are seen. Each
+ * (the default decides), so both the early exit and the full search are seen; for
+ * "generic", "hit" is a DELETE that every rule checks down to its last condition
+ * and "miss" a GET that every rule refuses at its first. Each
  * request carries 6 ordinary headers and a 30-byte path that needs normalizing
  * (one "//" and one "%61"), like a real request.
  *
@@ -37,9 +41,9 @@ static double now_ns(void)
     return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
 }
 
-enum shape { S_PRINCIPALS = 0, S_PATHS, S_NAMESPACES, S_MIXED, S_GENERIC, NSHAPES };
-static const char *const shape_names[NSHAPES] = {"principals", "paths", "namespaces", "mixed",
-                                                 "generic"};
+enum shape { S_PRINCIPALS = 0, S_PATHS, S_NAMESPACES, S_HEADERS, S_MIXED, S_GENERIC, NSHAPES };
+static const char *const shape_names[NSHAPES] = {"principals", "paths", "namespaces",
+                                                 "headers",    "mixed", "generic"};
 
 static json_t *rule_principal(unsigned i)
 {
@@ -78,7 +82,18 @@ static json_t *rule_namespace(unsigned i)
                      8080);
 }
 
-static json_t *rule_generic(unsigned i)
+/* Nothing an index can use: only not_ forms and methods. */
+static json_t *rule_unindexable(unsigned i)
+{
+    char name[32], id[96];
+    snprintf(name, sizeof(name), "u-%u", i);
+    snprintf(id, sizeof(id), "spiffe://cluster.local/ns/shop/sa/svc-%u", i);
+    return json_pack("{s:s, s:s, s:{s:[s]}, s:{s:[s], s:[s]}}", "name", name, "action", "deny",
+                     "from", "not_principals", id, "to", "methods", "DELETE", "not_paths",
+                     "/public/*");
+}
+
+static json_t *rule_header(unsigned i)
 {
     char name[32], h[32], p[32];
     snprintf(name, sizeof(name), "g-%u", i);
@@ -108,15 +123,19 @@ static json_t *make_policy(enum shape s, unsigned n)
         case S_NAMESPACES:
             r = rule_namespace(i);
             break;
+        case S_HEADERS:
+            r = i + 1 == n ? json_pack("{s:s, s:s}", "name", "allow-rest", "action", "allow")
+                           : rule_header(i);
+            break;
         case S_MIXED: {
             unsigned k = i % 10;
             r = k < 5 ? rule_principal(i) : k < 8 ? rule_path_prefix(i) : k < 9 ? rule_path_exact(i)
-                                                                              : rule_generic(i);
+                                                                              : rule_header(i);
             break;
         }
         case S_GENERIC:
             r = i + 1 == n ? json_pack("{s:s, s:s}", "name", "allow-rest", "action", "allow")
-                           : rule_generic(i);
+                           : rule_unindexable(i);
             break;
         default:
             break;
@@ -168,6 +187,11 @@ static void make_request(enum shape s, unsigned n, bool hit, struct request *r)
         px_msg_add(&r->arena, &r->msg, h[i][0], strlen(h[i][0]), h[i][1], strlen(h[i][1]),
                    1u << 20, 100);
     if (s == S_GENERIC && hit) {
+        /* every rule is checked down to its last condition, and none matches */
+        r->msg.method = "DELETE";
+        snprintf(r->path, sizeof(r->path), "/public//%sbc/%u?page=2", "%61", where);
+    }
+    if (s == S_HEADERS && hit) {
         char name[32];
         snprintf(name, sizeof(name), "x-block-%u", (t / 2) * 2);
         px_msg_add(&r->arena, &r->msg, name, strlen(name), "1", 1, 1u << 20, 100);

@@ -9,21 +9,24 @@
  *
  * Index. Deny rules and allow rules each get an index, so a policy with a
  * thousand rules does not cost a thousand rule checks per request. A rule is
- * filed under one of its conditions that must hold and can be looked up:
- *   - its `principals`, when all are exact SPIFFE IDs (hash table);
- *   - else its `paths`, when all are exact or prefixes ("/api/" + star): exact ones in
- *     a hash table of paths, prefixes in a hash table of prefixes, looked up
- *     once per distinct prefix length with an incremental hash of the path;
- *   - else its `namespaces`, when all are exact (hash table);
+ * filed under one condition that must hold for it to match and that can be
+ * looked up, the first of:
+ *   - its `principals`, when all are exact SPIFFE IDs;
+ *   - its `paths`, when none is "*": exact paths in one hash table, prefixes
+ *     and suffixes in two more, looked up once per distinct prefix (suffix)
+ *     length with a hash extended along the path (backwards for suffixes);
+ *   - its `namespaces`, when all are exact;
+ *   - the name of its first `when.headers` entry (the header must be there);
+ *   - its `ports`;
  *   - else it is "generic" and looked at for every request.
  * A request looks at the generic rules and at the buckets of its principal,
- * namespace, path and path prefixes. Each list is in file order; the answer is
- * the smallest rule index that matches in any list, and a list stops at the
- * first match or at the best index found so far. That is exactly the rule a
- * plain scan in file order finds (and so the name in the 403); decide_linear()
- * is that plain scan, and the unit tests and the decision fuzzer hold the two to
- * the same answer. What stays linear is the generic rules: header-only rules,
- * suffix paths, not_ forms alone (docs/policy.md has the numbers).
+ * namespace, path, path prefixes and suffixes, header names and port. Each list is
+ * in file order; the answer is the smallest rule index that matches in any
+ * list, and a list stops at its first match or at the best index found so far.
+ * That is exactly the rule a plain scan in file order finds (and so the name in
+ * the 403); decide_linear() is that plain scan, and the unit tests and the
+ * decision fuzzer hold the two to the same answer. What stays linear: rules
+ * with nothing but not_ forms, methods, or a "*" path (docs/policy.md).
  *
  * Missing attributes. A request without a verified peer has no principal and no
  * namespace; a header may be absent or repeated. The rule is that none of this
@@ -192,10 +195,10 @@ struct table {
 struct index {
     uint32_t *generic; /* rule indices, ascending */
     uint32_t ngeneric;
-    struct table by_principal, by_ns, by_path; /* hash_bytes() keys */
-    struct table by_prefix;                    /* fnv keys, see prefix_hashes() */
-    uint32_t *prefix_lens; /* distinct lengths of the prefixes in by_prefix, ascending */
-    uint32_t nprefix_lens;
+    struct table by_principal, by_ns, by_path, by_header, by_port; /* hash_bytes() keys */
+    struct table by_prefix, by_suffix; /* FNV keys (suffixes hashed from their end) */
+    uint32_t *prefix_lens, *suffix_lens; /* distinct key lengths of those two, ascending */
+    uint32_t nprefix_lens, nsuffix_lens;
 };
 
 struct px_policy {
@@ -240,6 +243,19 @@ static uint64_t fnv_extend(uint64_t h, const char *s, size_t n)
     }
     return h;
 }
+
+/* The same over s[n-1] down to s[0]: suffixes grow leftwards. */
+static uint64_t fnv_extend_rev(uint64_t h, const char *s, size_t n)
+{
+    while (n > 0) {
+        h ^= (unsigned char)s[--n];
+        h *= FNV_PRIME;
+    }
+    return h;
+}
+
+/* The key under which a header condition is filed and looked up. */
+#define AUTHORITY_KEY ":authority"
 
 static const struct bucket *table_get(const struct table *t, const char *k, size_t n, uint64_t h)
 {
@@ -857,14 +873,16 @@ static int compile_rule(struct px_policy *p, const struct cm_jpath *rp, json_t *
 enum rule_class {
     CLASS_GENERIC = 0,
     CLASS_PRINCIPAL, /* filed under each of its exact principals */
-    CLASS_PATH,      /* filed under each of its exact paths and path prefixes */
-    CLASS_NS         /* filed under each of its exact namespaces */
+    CLASS_PATH,      /* filed under each of its exact paths, prefixes and suffixes */
+    CLASS_NS,        /* filed under each of its exact namespaces */
+    CLASS_HEADER,    /* filed under the name of its first header condition */
+    CLASS_PORT       /* filed under each of its ports */
 };
 
 static bool paths_indexable(const struct plist *l)
 {
     for (uint32_t i = 0; i < l->n; i++)
-        if (l->v[i].kind != PAT_EXACT && l->v[i].kind != PAT_PREFIX)
+        if (l->v[i].kind == PAT_ANY)
             return false;
     return true;
 }
@@ -877,6 +895,10 @@ static enum rule_class rule_class(const struct rule *r)
         return CLASS_PATH;
     if ((r->conds & C_NAMESPACES) && plist_all_exact(&r->namespaces))
         return CLASS_NS;
+    if ((r->conds & C_HEADERS) && r->nheaders > 0)
+        return CLASS_HEADER;
+    if (r->conds & C_PORTS)
+        return CLASS_PORT;
     return CLASS_GENERIC;
 }
 
@@ -892,40 +914,42 @@ static void table_init(struct px_policy *p, struct table *t, size_t maxkeys)
     t->mask = (uint32_t)(cap - 1);
 }
 
-/* Find or add the bucket of key (build time). */
-static struct bucket *table_put(struct table *t, const char *k, size_t n, uint64_t h)
+/* File rule i under key k (hash h): pass 0 counts, pass 1 stores. */
+static void table_file_key(struct table *t, const char *k, size_t n, uint64_t h, uint32_t i,
+                           int pass)
 {
-    for (uint32_t i = (uint32_t)h & t->mask;; i = (i + 1) & t->mask) {
-        struct bucket *b = &t->b[i];
+    struct bucket *b = NULL;
+    for (uint32_t s = (uint32_t)h & t->mask;; s = (s + 1) & t->mask) {
+        b = &t->b[s];
         if (b->key == NULL) {
             b->key = k;
             b->len = (uint32_t)n;
             b->hash = h;
             t->nkeys++;
-            return b;
+            break;
         }
         if (b->hash == h && b->len == n && memcmp(b->key, k, n) == 0)
-            return b;
+            break;
     }
+    if (b->last == i + 1)
+        return; /* the same key twice in one rule */
+    b->last = i + 1;
+    if (pass == 1)
+        b->rules[b->n] = i;
+    b->n++;
 }
 
-/* File rule i under every pattern of l of the given kind: pass 0 counts,
- * pass 1 stores. Prefix patterns are keyed by FNV, the rest by hash_bytes. */
+/* File rule i under every pattern of l of the given kind. */
 static void table_file(struct table *t, const struct plist *l, uint8_t kind, uint32_t i, int pass)
 {
     for (uint32_t k = 0; k < l->n; k++) {
         const struct pat *pt = &l->v[k];
         if (pt->kind != kind)
             continue;
-        uint64_t h = kind == PAT_PREFIX ? fnv_extend(FNV_INIT, pt->s, pt->len)
-                                        : hash_bytes(pt->s, pt->len);
-        struct bucket *b = table_put(t, pt->s, pt->len, h);
-        if (b->last == i + 1)
-            continue; /* the same key twice in one rule */
-        b->last = i + 1;
-        if (pass == 1)
-            b->rules[b->n] = i;
-        b->n++;
+        uint64_t h = kind == PAT_PREFIX   ? fnv_extend(FNV_INIT, pt->s, pt->len)
+                     : kind == PAT_SUFFIX ? fnv_extend_rev(FNV_INIT, pt->s, pt->len)
+                                          : hash_bytes(pt->s, pt->len);
+        table_file_key(t, pt->s, pt->len, h, i, pass);
     }
 }
 
@@ -947,28 +971,71 @@ static int cmp_u32(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* The distinct key lengths of the prefix table, ascending. */
-static void prefix_lengths(struct px_policy *p, struct index *ix)
+/* The distinct key lengths of a table, ascending. */
+static uint32_t key_lengths(struct px_policy *p, const struct table *t, uint32_t **out)
 {
-    const struct table *t = &ix->by_prefix;
+    *out = NULL;
     if (t->nkeys == 0)
-        return;
-    ix->prefix_lens = px_arena_alloc(&p->arena, t->nkeys * sizeof(*ix->prefix_lens));
+        return 0;
+    uint32_t *v = px_arena_alloc(&p->arena, t->nkeys * sizeof(*v));
     uint32_t n = 0;
     for (uint32_t i = 0; i <= t->mask; i++)
         if (t->b[i].key != NULL)
-            ix->prefix_lens[n++] = t->b[i].len;
-    qsort(ix->prefix_lens, n, sizeof(*ix->prefix_lens), cmp_u32);
+            v[n++] = t->b[i].len;
+    qsort(v, n, sizeof(*v), cmp_u32);
     uint32_t u = 0;
     for (uint32_t i = 0; i < n; i++)
-        if (u == 0 || ix->prefix_lens[u - 1] != ix->prefix_lens[i])
-            ix->prefix_lens[u++] = ix->prefix_lens[i];
-    ix->nprefix_lens = u;
+        if (u == 0 || v[u - 1] != v[i])
+            v[u++] = v[i];
+    *out = v;
+    return u;
+}
+
+/* Ports are keyed by their two bytes, big-endian. */
+static void port_key(uint16_t port, char key[2])
+{
+    key[0] = (char)(port >> 8);
+    key[1] = (char)(port & 0xff);
+}
+
+static void file_rule(struct px_policy *p, struct index *ix, const struct rule *r, uint32_t i,
+                      int pass)
+{
+    switch (rule_class(r)) {
+    case CLASS_PRINCIPAL:
+        table_file(&ix->by_principal, &r->principals, PAT_EXACT, i, pass);
+        break;
+    case CLASS_PATH:
+        table_file(&ix->by_path, &r->paths, PAT_EXACT, i, pass);
+        table_file(&ix->by_prefix, &r->paths, PAT_PREFIX, i, pass);
+        table_file(&ix->by_suffix, &r->paths, PAT_SUFFIX, i, pass);
+        break;
+    case CLASS_NS:
+        table_file(&ix->by_ns, &r->namespaces, PAT_EXACT, i, pass);
+        break;
+    case CLASS_HEADER: {
+        const struct hcond *h = &r->headers[0];
+        const char *k = h->authority ? AUTHORITY_KEY : h->name;
+        size_t n = h->authority ? strlen(AUTHORITY_KEY) : h->namelen;
+        table_file_key(&ix->by_header, k, n, hash_bytes(k, n), i, pass);
+        break;
+    }
+    case CLASS_PORT:
+        for (uint32_t k = 0; k < r->ports.n; k++) {
+            char *key = px_arena_alloc(&p->arena, 2);
+            port_key(r->ports.v[k], key);
+            table_file_key(&ix->by_port, key, 2, hash_bytes(key, 2), i, pass);
+        }
+        break;
+    default:
+        if (pass == 1)
+            ix->generic[ix->ngeneric++] = i;
+    }
 }
 
 static void index_build(struct px_policy *p, struct index *ix, bool deny)
 {
-    size_t ngen = 0, npk = 0, nnk = 0, npath = 0;
+    size_t ngen = 0, npk = 0, nnk = 0, npath = 0, nhdr = 0, nport = 0;
     for (uint32_t i = 0; i < p->nrules; i++) {
         const struct rule *r = &p->rules[i];
         if (r->deny != deny)
@@ -983,6 +1050,12 @@ static void index_build(struct px_policy *p, struct index *ix, bool deny)
         case CLASS_NS:
             nnk += r->namespaces.n;
             break;
+        case CLASS_HEADER:
+            nhdr++;
+            break;
+        case CLASS_PORT:
+            nport += r->ports.n;
+            break;
         default:
             ngen++;
         }
@@ -992,35 +1065,20 @@ static void index_build(struct px_policy *p, struct index *ix, bool deny)
     table_init(p, &ix->by_ns, nnk);
     table_init(p, &ix->by_path, npath);
     table_init(p, &ix->by_prefix, npath);
+    table_init(p, &ix->by_suffix, npath);
+    table_init(p, &ix->by_header, nhdr);
+    table_init(p, &ix->by_port, nport);
+    struct table *all[] = {&ix->by_principal, &ix->by_ns,     &ix->by_path, &ix->by_prefix,
+                           &ix->by_suffix,    &ix->by_header, &ix->by_port};
     for (int pass = 0; pass < 2; pass++) {
-        if (pass == 1) {
-            table_alloc_buckets(p, &ix->by_principal);
-            table_alloc_buckets(p, &ix->by_ns);
-            table_alloc_buckets(p, &ix->by_path);
-            table_alloc_buckets(p, &ix->by_prefix);
-        }
-        for (uint32_t i = 0; i < p->nrules; i++) {
-            const struct rule *r = &p->rules[i];
-            if (r->deny != deny)
-                continue;
-            switch (rule_class(r)) {
-            case CLASS_PRINCIPAL:
-                table_file(&ix->by_principal, &r->principals, PAT_EXACT, i, pass);
-                break;
-            case CLASS_PATH:
-                table_file(&ix->by_path, &r->paths, PAT_EXACT, i, pass);
-                table_file(&ix->by_prefix, &r->paths, PAT_PREFIX, i, pass);
-                break;
-            case CLASS_NS:
-                table_file(&ix->by_ns, &r->namespaces, PAT_EXACT, i, pass);
-                break;
-            default:
-                if (pass == 1)
-                    ix->generic[ix->ngeneric++] = i;
-            }
-        }
+        for (size_t t = 0; pass == 1 && t < sizeof(all) / sizeof(all[0]); t++)
+            table_alloc_buckets(p, all[t]);
+        for (uint32_t i = 0; i < p->nrules; i++)
+            if (p->rules[i].deny == deny)
+                file_rule(p, ix, &p->rules[i], i, pass);
     }
-    prefix_lengths(p, ix);
+    ix->nprefix_lens = key_lengths(p, &ix->by_prefix, &ix->prefix_lens);
+    ix->nsuffix_lens = key_lengths(p, &ix->by_suffix, &ix->suffix_lens);
 }
 
 /* ---- load ------------------------------------------------------------------------- */
@@ -1255,6 +1313,36 @@ static int64_t find(const struct px_policy *p, const struct index *ix, const str
             done = len;
             scan_bucket(p, &ix->by_prefix, v->path, len, h, v, &best);
         }
+    }
+    if (v->path != NULL && ix->nsuffix_lens > 0) {
+        /* every suffix likewise, hashed from the end of the path */
+        uint64_t h = FNV_INIT;
+        size_t done = 0;
+        for (uint32_t i = 0; i < ix->nsuffix_lens && ix->suffix_lens[i] <= v->pathlen; i++) {
+            size_t len = ix->suffix_lens[i];
+            h = fnv_extend_rev(h, v->path + v->pathlen - len, len - done);
+            done = len;
+            scan_bucket(p, &ix->by_suffix, v->path + v->pathlen - len, len, h, v, &best);
+        }
+    }
+    if (ix->by_header.nkeys > 0 && v->msg != NULL) {
+        const struct px_msg *m = v->msg;
+        if (m->authority != NULL)
+            scan_bucket(p, &ix->by_header, AUTHORITY_KEY, strlen(AUTHORITY_KEY),
+                        hash_bytes(AUTHORITY_KEY, strlen(AUTHORITY_KEY)), v, &best);
+        for (uint32_t i = 0; i < m->nhdrs; i++) {
+            const struct px_hdr *x = &m->hdrs[i];
+            if (i > 0 && x->namelen == m->hdrs[i - 1].namelen &&
+                memcmp(x->name, m->hdrs[i - 1].name, x->namelen) == 0)
+                continue; /* the same name again: already looked at */
+            scan_bucket(p, &ix->by_header, x->name, x->namelen, hash_bytes(x->name, x->namelen),
+                        v, &best);
+        }
+    }
+    if (ix->by_port.nkeys > 0) {
+        char key[2];
+        port_key(v->port, key);
+        scan_bucket(p, &ix->by_port, key, 2, hash_bytes(key, 2), v, &best);
     }
     return best == UINT32_MAX ? -1 : (int64_t)best;
 }

@@ -289,9 +289,11 @@ static uint32_t rnd(uint32_t n)
 
 static const char *const gen_ns[] = {"shop", "pay", "ops", "dev"};
 static const char *const gen_sa[] = {"web", "api", "db", "admin", "batch"};
-static const char *const gen_paths[] = {"/api/*", "/admin", "/admin/*", "*.png",
-                                        "/healthz", "*",      "/a*",      "/api/v1/x"};
+static const char *const gen_paths[] = {"/api/*",   "/admin", "/admin/*", "*.png",
+                                        "/healthz", "*",      "/a*",      "/api/v1/x",
+                                        "*/x",      "*x.png"};
 static const char *const gen_methods[] = {"GET", "POST", "DELETE", "HEAD"};
+static const char *const gen_hdrs[] = {"x-a", "x-b", "host", "x-c"};
 
 static json_t *gen_principal(void)
 {
@@ -325,13 +327,16 @@ static json_t *gen_policy(unsigned nrules)
             break;
         }
         if (rnd(3) == 0)
-            json_object_set_new(to, "paths", json_pack("[s]", gen_paths[rnd(8)]));
+            json_object_set_new(to, "paths", json_pack("[s]", gen_paths[rnd(10)]));
         else if (rnd(2))
-            json_object_set_new(to, "paths", json_pack("[s,s]", gen_paths[rnd(8)], gen_paths[rnd(8)]));
+            json_object_set_new(to, "paths", json_pack("[s,s]", gen_paths[rnd(10)], gen_paths[rnd(10)]));
         if (rnd(2))
             json_object_set_new(to, "methods", json_pack("[s]", gen_methods[rnd(4)]));
         if (rnd(3) == 0)
             json_object_set_new(to, "ports", json_pack("[i]", 8080 + (int)rnd(2)));
+        if (rnd(4) == 0)
+            json_object_set_new(r, "when", json_pack("{s:{s:s}}", "headers",
+                                                     gen_hdrs[rnd(4)], rnd(2) ? "*" : "1"));
         if (json_object_size(from))
             json_object_set(r, "from", from);
         if (json_object_size(to))
@@ -364,9 +369,17 @@ static void index_matches_scan(void **state)
         }
         for (unsigned k = 0; k < 200; k++) {
             struct px_msg m;
+            struct px_arena a;
+            px_arena_init(&a);
             px_msg_init(&m);
             m.method = gen_methods[rnd(4)];
             m.path = req_paths[rnd(10)];
+            m.authority = rnd(2) ? "web" : NULL;
+            for (unsigned h = rnd(4); h > 0; h--) {
+                const char *name = gen_hdrs[rnd(4)];
+                const char *val = rnd(2) ? "1" : "2";
+                px_msg_add(&a, &m, name, strlen(name), val, 1, 1u << 16, 64);
+            }
             json_t *pr = gen_principal();
             struct px_policy_request r = {
                 .principal = rnd(5) ? json_string_value(pr) : NULL,
@@ -380,6 +393,7 @@ static void index_matches_scan(void **state)
             bool same = d.verdict == dl.verdict &&
                         (d.rule == dl.rule || (d.rule && dl.rule && !strcmp(d.rule, dl.rule)));
             json_decref(pr);
+            px_arena_deinit(&a);
             if (!same) {
                 px_policy_free(p);
                 fail_msg("round %u request %u: index and plain scan disagree", round, k);
