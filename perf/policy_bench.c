@@ -77,9 +77,8 @@ static json_t *rule_namespace(unsigned i)
     char name[32], ns[32];
     snprintf(name, sizeof(name), "n-%u", i);
     snprintf(ns, sizeof(ns), "ns-%u", i);
-    return json_pack("{s:s, s:s, s:{s:[s]}, s:{s:[s,s], s:[i]}}", "name", name, "action",
-                     "allow", "from", "namespaces", ns, "to", "methods", "GET", "POST", "ports",
-                     8080);
+    return json_pack("{s:s, s:s, s:{s:[s]}, s:{s:[s,s], s:[i]}}", "name", name, "action", "allow",
+                     "from", "namespaces", ns, "to", "methods", "GET", "POST", "ports", 8080);
 }
 
 /* Nothing an index can use: only not_ forms and methods. */
@@ -129,8 +128,10 @@ static json_t *make_policy(enum shape s, unsigned n)
             break;
         case S_MIXED: {
             unsigned k = i % 10;
-            r = k < 5 ? rule_principal(i) : k < 8 ? rule_path_prefix(i) : k < 9 ? rule_path_exact(i)
-                                                                              : rule_header(i);
+            r = k < 5   ? rule_principal(i)
+                : k < 8 ? rule_path_prefix(i)
+                : k < 9 ? rule_path_exact(i)
+                        : rule_header(i);
             break;
         }
         case S_GENERIC:
@@ -184,8 +185,8 @@ static void make_request(enum shape s, unsigned n, bool hit, struct request *r)
                                        {"content-type", "application/json"},
                                        {"x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"}};
     for (size_t i = 0; i < sizeof(h) / sizeof(h[0]); i++)
-        px_msg_add(&r->arena, &r->msg, h[i][0], strlen(h[i][0]), h[i][1], strlen(h[i][1]),
-                   1u << 20, 100);
+        px_msg_add(&r->arena, &r->msg, h[i][0], strlen(h[i][0]), h[i][1], strlen(h[i][1]), 1u << 20,
+                   100);
     if (s == S_GENERIC && hit) {
         /* every rule is checked down to its last condition, and none matches */
         r->msg.method = "DELETE";
@@ -282,8 +283,7 @@ int main(int argc, char **argv)
                            compile_ms, what);
                 else
                     printf("%-11s %6u  %-4s  %12.1f  %s%s\n", shape_names[s], n,
-                           hit ? "hit" : "miss", ns, what,
-                           hit ? "" : "");
+                           hit ? "hit" : "miss", ns, what, hit ? "" : "");
                 first = false;
                 px_arena_deinit(&rq.arena);
             }

@@ -42,8 +42,8 @@
 
 /* What stat() says about the policy file; a change means "read it again". */
 struct file_sig {
-    bool ok;   /* stat() succeeded */
-    int err;   /* its errno otherwise */
+    bool ok; /* stat() succeeded */
+    int err; /* its errno otherwise */
     dev_t dev;
     ino_t ino;
     int64_t mtime_ns;
@@ -82,8 +82,7 @@ static bool sig_equal(const struct file_sig *a, const struct file_sig *b)
         return false;
     if (!a->ok)
         return a->err == b->err;
-    return a->dev == b->dev && a->ino == b->ino && a->mtime_ns == b->mtime_ns &&
-           a->size == b->size;
+    return a->dev == b->dev && a->ino == b->ino && a->mtime_ns == b->mtime_ns && a->size == b->size;
 }
 
 static void set_error(const char *msg)
@@ -109,8 +108,8 @@ static int load(const char *trigger, char **errmsg)
     az.loaded_at_ms = az.attempt_at_ms;
     az.loads++;
     set_error(NULL);
-    cm_info("policy: %s: loaded %s: %zu rules (%zu allow, %zu deny), default %s, mode %s",
-            trigger, az.file, px_policy_nrules(p), px_policy_nallow(p), px_policy_ndeny(p),
+    cm_info("policy: %s: loaded %s: %zu rules (%zu allow, %zu deny), default %s, mode %s", trigger,
+            az.file, px_policy_nrules(p), px_policy_nallow(p), px_policy_ndeny(p),
             px_policy_default_deny(p) ? "deny" : "allow",
             px_policy_mode(p) == PX_POLICY_AUDIT ? "audit" : "enforce");
     return 0;
@@ -138,8 +137,7 @@ static void on_watch(evutil_socket_t fd, short what, void *arg)
     }
     char *err = NULL;
     if (load("file changed", &err) != 0)
-        cm_warn("policy: reload after a file change failed, keeping the last good policy: %s",
-                err);
+        cm_warn("policy: reload after a file change failed, keeping the last good policy: %s", err);
     free(err);
 }
 

@@ -196,7 +196,7 @@ struct index {
     uint32_t *generic; /* rule indices, ascending */
     uint32_t ngeneric;
     struct table by_principal, by_ns, by_path, by_header, by_port; /* hash_bytes() keys */
-    struct table by_prefix, by_suffix; /* FNV keys (suffixes hashed from their end) */
+    struct table by_prefix, by_suffix;   /* FNV keys (suffixes hashed from their end) */
     uint32_t *prefix_lens, *suffix_lens; /* distinct key lengths of those two, ascending */
     uint32_t nprefix_lens, nsuffix_lens;
 };
@@ -286,8 +286,8 @@ static int hexval(unsigned char c)
 /* RFC 3986 2.3 unreserved: ALPHA / DIGIT / "-" / "." / "_" / "~" */
 static bool unreserved(unsigned char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '.' || c == '_' || c == '~';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_' || c == '~';
 }
 
 size_t px_policy_scratch_size(const char *path)
@@ -540,9 +540,8 @@ static int compile_pattern(struct px_policy *p, const struct cm_jpath *jp, json_
         if (kind == PAT_ANY)
             break;
         if (memchr(lit, '?', len) != NULL)
-            return cm_json_fail(jp, errmsg,
-                                "\"%s\": a path pattern cannot hold '?' (the query is not matched)",
-                                s);
+            return cm_json_fail(
+                jp, errmsg, "\"%s\": a path pattern cannot hold '?' (the query is not matched)", s);
         if (kind != PAT_SUFFIX && (len == 0 || lit[0] != '/'))
             return cm_json_fail(jp, errmsg, "\"%s\": a path must start with '/'", s);
         /* Requests are matched after normalization, so a pattern that is not
@@ -728,8 +727,8 @@ static int compile_from(struct px_policy *p, const struct cm_jpath *fp, json_t *
 static int compile_to(struct px_policy *p, const struct cm_jpath *tp, json_t *to, struct rule *r,
                       char **errmsg)
 {
-    static const char *const keys[] = {"methods",     "paths",     "ports",     "not_methods",
-                                       "not_paths",   "not_ports", NULL};
+    static const char *const keys[] = {"methods",   "paths",     "ports", "not_methods",
+                                       "not_paths", "not_ports", NULL};
     if (cm_json_check_keys(tp, to, keys, errmsg) != 0)
         return CM_ERR_INVAL;
     if (json_object_size(to) == 0)
@@ -783,9 +782,9 @@ static int compile_when(struct px_policy *p, const struct cm_jpath *wp, json_t *
                                 "not a header name (pseudo-headers other than :authority are "
                                 "matched by to.methods and to.paths)");
         for (uint32_t i = 0; i < r->nheaders; i++)
-            if (strcmp(r->headers[i].name, name) == 0 ||
-                (h->authority && r->headers[i].authority))
-                return cm_json_fail(&kp, errmsg, "the same header twice (names are case-insensitive)");
+            if (strcmp(r->headers[i].name, name) == 0 || (h->authority && r->headers[i].authority))
+                return cm_json_fail(&kp, errmsg,
+                                    "the same header twice (names are case-insensitive)");
         h->name = name;
         h->namelen = (uint32_t)kl;
         if (json_is_string(v)) {
@@ -1218,8 +1217,7 @@ static bool header_match(const struct hcond *h, const struct px_msg *m, bool den
     if (m == NULL)
         return false;
     if (h->authority)
-        return m->authority != NULL &&
-               plist_match(&h->values, m->authority, strlen(m->authority));
+        return m->authority != NULL && plist_match(&h->values, m->authority, strlen(m->authority));
     /* A repeated header never helps: a deny rule needs one matching copy, an
      * allow rule needs every copy to match. */
     bool seen = false;
@@ -1273,8 +1271,8 @@ static bool rule_match(const struct rule *r, const struct view *v)
 }
 
 /* The first rule of `list` that matches, if it comes before *best. */
-static void scan(const struct px_policy *p, const uint32_t *list, uint32_t n,
-                 const struct view *v, uint32_t *best)
+static void scan(const struct px_policy *p, const uint32_t *list, uint32_t n, const struct view *v,
+                 uint32_t *best)
 {
     for (uint32_t i = 0; i < n && list[i] < *best; i++) {
         if (rule_match(&p->rules[list[i]], v)) {
@@ -1335,8 +1333,8 @@ static int64_t find(const struct px_policy *p, const struct index *ix, const str
             if (i > 0 && x->namelen == m->hdrs[i - 1].namelen &&
                 memcmp(x->name, m->hdrs[i - 1].name, x->namelen) == 0)
                 continue; /* the same name again: already looked at */
-            scan_bucket(p, &ix->by_header, x->name, x->namelen, hash_bytes(x->name, x->namelen),
-                        v, &best);
+            scan_bucket(p, &ix->by_header, x->name, x->namelen, hash_bytes(x->name, x->namelen), v,
+                        &best);
         }
     }
     if (ix->by_port.nkeys > 0) {
@@ -1473,8 +1471,8 @@ json_t *px_policy_source(const struct px_policy *p)
 
 /* ---- denial counters ---------------------------------------------------------------- */
 
-#define SERIES_SLOTS    8192 /* power of two, twice PX_POLICY_MAX_SERIES */
-#define OVERFLOW_NAME   "*overflow*"
+#define SERIES_SLOTS  8192 /* power of two, twice PX_POLICY_MAX_SERIES */
+#define OVERFLOW_NAME "*overflow*"
 
 struct dseries {
     char *rule;

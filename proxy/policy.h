@@ -50,8 +50,8 @@ struct px_policy_decision {
 
 /* One request as the policy sees it. */
 struct px_policy_request {
-    const char *principal;  /* verified SPIFFE ID, or NULL (no mTLS peer) */
-    uint16_t port;          /* destination port the client meant */
+    const char *principal;    /* verified SPIFFE ID, or NULL (no mTLS peer) */
+    uint16_t port;            /* destination port the client meant */
     const struct px_msg *req; /* method, path (request target), authority, headers */
 };
 

@@ -20,7 +20,8 @@ static const struct {
     const char *principal, *method, *path, *hname, *hvalue;
     uint16_t port;
 } reqs[] = {
-    {"spiffe://cluster.local/ns/shop/sa/frontend", "GET", "/api/items?x=1", "x-tenant", "acme", 8080},
+    {"spiffe://cluster.local/ns/shop/sa/frontend", "GET", "/api/items?x=1", "x-tenant", "acme",
+     8080},
     {"spiffe://cluster.local/ns/ops/sa/admin", "DELETE", "//admin/../admin/", "x-debug", "", 9090},
     {NULL, "POST", "/%61dmin", "host", "web", 80},
     {"spiffe://other.example/ns/a/sa/b", "PROPFIND", "*", "user-agent", "curl/8", 1},
@@ -39,8 +40,8 @@ static void same_decisions(const struct px_policy *p)
         m.authority = "web.shop:8080";
         px_msg_add(&a, &m, reqs[i].hname, strlen(reqs[i].hname), reqs[i].hvalue,
                    strlen(reqs[i].hvalue), 1u << 16, 100);
-        struct px_policy_request r = {.principal = reqs[i].principal, .port = reqs[i].port,
-                                      .req = &m};
+        struct px_policy_request r = {
+            .principal = reqs[i].principal, .port = reqs[i].port, .req = &m};
         char s1[64], s2[64];
         struct px_policy_decision d, dl;
         px_policy_decide(p, &r, s1, sizeof(s1), &d);

@@ -66,8 +66,8 @@ static const char *member_str(json_t *c, json_t *defaults, const char *key, cons
 }
 
 /* Build the request of a case in `a`; returns the principal (or NULL). */
-static const char *build_request(const struct policy_case *pc, struct px_arena *a,
-                                 struct px_msg *m, uint16_t *port)
+static const char *build_request(const struct policy_case *pc, struct px_arena *a, struct px_msg *m,
+                                 uint16_t *port)
 {
     json_t *c = pc->c, *d = pc->defaults;
     px_msg_init(m);
@@ -91,9 +91,8 @@ static const char *build_request(const struct policy_case *pc, struct px_arena *
         } else {
             size_t i;
             json_t *e;
-            json_array_foreach(v, i, e)
-                px_msg_add(a, m, name, strlen(name), json_string_value(e),
-                           json_string_length(e), 1u << 20, 1000);
+            json_array_foreach(v, i, e) px_msg_add(a, m, name, strlen(name), json_string_value(e),
+                                                   json_string_length(e), 1u << 20, 1000);
         }
     }
     /* the peer: explicit null means none; a name from "peers"; else a SPIFFE ID */
@@ -259,15 +258,14 @@ static void run_normalize(void **state)
             int n2 = px_policy_normalize_path(out, again, (size_t)n + 2, &why);
             ok = n2 == n && strcmp(again, out) == 0;
             if (!ok)
-                print_error("normalize.json[%zu] \"%s\": not idempotent: \"%s\" -> \"%s\"\n", i,
-                            in, out, n2 >= 0 ? again : why);
+                print_error("normalize.json[%zu] \"%s\": not idempotent: \"%s\" -> \"%s\"\n", i, in,
+                            out, n2 >= 0 ? again : why);
             free(again);
         } else if (!ok) {
             print_error("normalize.json[%zu] \"%s\": want %s%s%s, got %s \"%s\"\n", i, in,
                         json_is_null(want) ? "refusal" : "\"",
                         json_is_null(want) ? (reason ? reason : "") : json_string_value(want),
-                        json_is_null(want) ? "" : "\"", n < 0 ? "refusal" : "",
-                        n < 0 ? why : out);
+                        json_is_null(want) ? "" : "\"", n < 0 ? "refusal" : "", n < 0 ? why : out);
         }
         bad += !ok;
         free(out);
@@ -289,9 +287,8 @@ static uint32_t rnd(uint32_t n)
 
 static const char *const gen_ns[] = {"shop", "pay", "ops", "dev"};
 static const char *const gen_sa[] = {"web", "api", "db", "admin", "batch"};
-static const char *const gen_paths[] = {"/api/*",   "/admin", "/admin/*", "*.png",
-                                        "/healthz", "*",      "/a*",      "/api/v1/x",
-                                        "*/x",      "*x.png"};
+static const char *const gen_paths[] = {"/api/*", "/admin", "/admin/*",  "*.png", "/healthz",
+                                        "*",      "/a*",    "/api/v1/x", "*/x",   "*x.png"};
 static const char *const gen_methods[] = {"GET", "POST", "DELETE", "HEAD"};
 static const char *const gen_hdrs[] = {"x-a", "x-b", "host", "x-c"};
 
@@ -316,8 +313,8 @@ static json_t *gen_policy(unsigned nrules)
             json_object_set_new(from, "principals", json_pack("[o]", gen_principal()));
             break;
         case 1:
-            json_object_set_new(from, "principals", json_pack("[o,o]", gen_principal(),
-                                                              gen_principal()));
+            json_object_set_new(from, "principals",
+                                json_pack("[o,o]", gen_principal(), gen_principal()));
             break;
         case 2:
             json_object_set_new(from, "namespaces", json_pack("[s]", gen_ns[rnd(4)]));
@@ -329,14 +326,15 @@ static json_t *gen_policy(unsigned nrules)
         if (rnd(3) == 0)
             json_object_set_new(to, "paths", json_pack("[s]", gen_paths[rnd(10)]));
         else if (rnd(2))
-            json_object_set_new(to, "paths", json_pack("[s,s]", gen_paths[rnd(10)], gen_paths[rnd(10)]));
+            json_object_set_new(to, "paths",
+                                json_pack("[s,s]", gen_paths[rnd(10)], gen_paths[rnd(10)]));
         if (rnd(2))
             json_object_set_new(to, "methods", json_pack("[s]", gen_methods[rnd(4)]));
         if (rnd(3) == 0)
             json_object_set_new(to, "ports", json_pack("[i]", 8080 + (int)rnd(2)));
         if (rnd(4) == 0)
-            json_object_set_new(r, "when", json_pack("{s:{s:s}}", "headers",
-                                                     gen_hdrs[rnd(4)], rnd(2) ? "*" : "1"));
+            json_object_set_new(
+                r, "when", json_pack("{s:{s:s}}", "headers", gen_hdrs[rnd(4)], rnd(2) ? "*" : "1"));
         if (json_object_size(from))
             json_object_set(r, "from", from);
         if (json_object_size(to))
@@ -351,9 +349,9 @@ static json_t *gen_policy(unsigned nrules)
 static void index_matches_scan(void **state)
 {
     (void)state;
-    static const char *const req_paths[] = {"/api/x", "/admin", "//admin", "/admin/x", "/a.png",
-                                            "/healthz", "/", "/api/../admin", "/api/v1/x",
-                                            "/api/v1/x.png"};
+    static const char *const req_paths[] = {"/api/x",    "/admin",       "//admin", "/admin/x",
+                                            "/a.png",    "/healthz",     "/",       "/api/../admin",
+                                            "/api/v1/x", "/api/v1/x.png"};
     unsigned checked = 0;
     for (unsigned round = 0; round < 60; round++) {
         json_t *doc = gen_policy(1 + rnd(60));
@@ -520,12 +518,11 @@ static void counters(void **state)
     free(t);
     json_t *o = json_object();
     px_policy_metrics_json(o);
-    assert_int_equal(json_integer_value(json_object_get(json_object_get(o, "policy_denials"),
-                                                        "block-admin")),
-                     2);
-    assert_int_equal(json_integer_value(json_object_get(json_object_get(o, "policy_audit_denials"),
-                                                        "dry")),
-                     1);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(o, "policy_denials"), "block-admin")),
+        2);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(o, "policy_audit_denials"), "dry")), 1);
     json_decref(o);
     /* bounded: past PX_POLICY_MAX_SERIES names, denials fold into one series */
     for (int i = 0; i < PX_POLICY_MAX_SERIES + 50; i++) {
@@ -649,10 +646,10 @@ int main(void)
             pc->peers = json_object_get(f->doc, "peers");
             const char *note = json_string_value(json_object_get(c, "note"));
             const char *base = strrchr(f->path, '/');
-            snprintf(pc->name, sizeof(pc->name), "%s[%zu] %s %s -> %s%s%s", base ? base + 1 : f->path,
-                     k, member_str(c, pc->defaults, "method", "GET"),
-                     member_str(c, pc->defaults, "path", "/"),
-                     member_str(c, NULL, "want", "?"), note ? ": " : "", note ? note : "");
+            snprintf(pc->name, sizeof(pc->name), "%s[%zu] %s %s -> %s%s%s",
+                     base ? base + 1 : f->path, k, member_str(c, pc->defaults, "method", "GET"),
+                     member_str(c, pc->defaults, "path", "/"), member_str(c, NULL, "want", "?"),
+                     note ? ": " : "", note ? note : "");
         }
     }
     struct CMUnitTest *t = calloc(ncases ? ncases : 1, sizeof(*t));
