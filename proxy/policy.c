@@ -781,6 +781,10 @@ static int compile_when(struct px_policy *p, const struct cm_jpath *wp, json_t *
             return cm_json_fail(&kp, errmsg,
                                 "not a header name (pseudo-headers other than :authority are "
                                 "matched by to.methods and to.paths)");
+        if (strcmp(name, "x-forwarded-client-cert") == 0)
+            return cm_json_fail(&kp, errmsg,
+                                "the policy sees this header as the client sent it (the proxy "
+                                "sets it after deciding): match the caller with from.principals");
         for (uint32_t i = 0; i < r->nheaders; i++)
             if (strcmp(r->headers[i].name, name) == 0 || (h->authority && r->headers[i].authority))
                 return cm_json_fail(&kp, errmsg,
