@@ -1,8 +1,26 @@
 #!/usr/bin/env bash
-# Remora's benchmark: remora-proxy vs haproxy vs nginx vs direct, in the same run, on loopback.
+# Remora's benchmark (issue 9): remora-proxy vs haproxy vs nginx vs direct, in the same run,
+# on loopback. Every benchmark of the issue, in this order:
+#   sat      1. one sidecar, plaintext, at saturation: wrk (HTTP/1.1) and h2load (h2c)
+#   rate     1. the same peers at fixed rates (1,000 and 5,000 req/s, 100 staggered
+#               connections, build/perf-load): p50/p99/p99.9, added latency, vCPU
+#   body     3. peak RSS across a 30 MB and a 1 GB body
+#   mesh     2. client -> sidecar A -> mTLS -> sidecar B -> app, vs direct, vs the same
+#               path in plaintext, vs a haproxy pair doing the same mTLS (perf/sec-mesh.sh)
+#   memory   3. RSS over time: idle, 1,000 req/s x 100 connections, 1,000 idle client
+#               connections, 1,000 idle mTLS connections (perf/sec-memory.sh)
+#   tls      4. full and resumed mTLS handshakes/s and latency; resumption between
+#               sidecars (perf/sec-tls.sh, perf/tls_hs.py)
+#   failure  7. time to full success after an endpoint dies or hangs; retry amplification
+#               under a 503 outage (perf/sec-failure.sh)
+#   micro    6. policy decision and LB pick cost, mTLS public-key operations (build/perf-micro)
+#   injector 5. perf/bench-injector.sh, when present
+# then the issue's targets checked against the numbers (perf/sec-report.sh) and the plots
+# (gnuplot, perf/plots.gp).
 #
-#   make bench                     10 s x 3 repetitions per test, medians
-#   BENCH_QUICK=1 ./perf/bench.sh  3 s x 1, a smoke run
+#   make bench                     full: 8 s x 3 repetitions per test, medians (~13 min)
+#   BENCH_QUICK=1 ./perf/bench.sh  2 s x 1, a smoke run (~4 min)
+#   BENCH_ONLY="rate mesh" ./perf/bench.sh   some sections only
 #
 # Pinning: the load generator (wrk / h2load) and the upstream (an nginx answering "ok\n")
 # share CPU 0; the proxy under test runs on CPU 1. Every peer forwards to the same upstream,
@@ -13,18 +31,32 @@
 # while a 30 MB body goes through to a rate-limited client (so backpressure must hold).
 # Results: perf/results/<date>/{results.tsv,memory.tsv,results.md}; raw tool output in raw/.
 #
-# Knobs: BENCH_QUICK, BENCH_DURATION (s), BENCH_REPS, BENCH_CONNS (64), BENCH_STREAMS
-# (h2load -m, 10), BENCH_PEERS ("direct remora haproxy nginx"), BENCH_BODY_RATE (curl
-# --limit-rate for the 30 MB body, 100M), REMORA_PROXY (binary; build/remora-proxy).
+# Knobs: BENCH_QUICK, BENCH_ONLY (sections), BENCH_DURATION (s, saturation runs),
+# BENCH_RATE_DURATION (s, fixed-rate runs), BENCH_REPS, BENCH_CONNS (64), BENCH_STREAMS
+# (h2load -m, 10), BENCH_RATES ("1000 5000"), BENCH_RATE_CONNS (100), BENCH_PEERS
+# ("direct remora haproxy nginx"), BENCH_BODY_RATE (curl --limit-rate for the 30 MB body,
+# 100M), BENCH_BIG_BYTES (1 GiB; 256 MiB when quick), BENCH_BIG_RATE (500M),
+# BENCH_IDLE_CONNS (1000), REMORA_PROXY (binary; build/remora-proxy).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 
-if [[ ${BENCH_QUICK:-0} == 1 ]]; then
-    DUR=${BENCH_DURATION:-3} REPS=${BENCH_REPS:-1}
+QUICK=${BENCH_QUICK:-0}
+if [[ $QUICK == 1 ]]; then
+    DUR=${BENCH_DURATION:-2} REPS=${BENCH_REPS:-1} RDUR=${BENCH_RATE_DURATION:-2}
+    BIG_BYTES=${BENCH_BIG_BYTES:-268435456}
 else
-    DUR=${BENCH_DURATION:-10} REPS=${BENCH_REPS:-3}
+    DUR=${BENCH_DURATION:-8} REPS=${BENCH_REPS:-3} RDUR=${BENCH_RATE_DURATION:-4}
+    BIG_BYTES=${BENCH_BIG_BYTES:-1073741824}
 fi
+read -r -a RATES <<<"${BENCH_RATES:-1000 5000}"
+RCONNS=${BENCH_RATE_CONNS:-100}
+BIG_RATE=${BENCH_BIG_RATE:-500M}
+IDLE_CONNS=${BENCH_IDLE_CONNS:-1000}
+SECTIONS=${BENCH_ONLY:-sat rate body mesh memory tls failure micro injector}
+# want SECTION: is it part of this run?
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
+T_START=$(date +%s)
 CONNS=${BENCH_CONNS:-64}
 STREAMS=${BENCH_STREAMS:-10}
 BODY_RATE=${BENCH_BODY_RATE:-100M}
@@ -37,9 +69,16 @@ if (($(nproc) < 2)); then
     PROXY_CPU=0
 fi
 
-for tool in wrk h2load haproxy nginx taskset curl python3 pgrep; do
+for tool in wrk h2load haproxy nginx taskset curl python3 pgrep jq; do
     command -v "$tool" >/dev/null || { echo "bench: $tool missing: run 'make deps'" >&2; exit 1; }
 done
+BUILD_DIR=$(dirname "$PROXY_BIN")
+PERF_LOAD=$BUILD_DIR/perf-load PERF_MICRO=$BUILD_DIR/perf-micro CERTS_BIN=$BUILD_DIR/remora-certs
+UPSTREAM_BIN=$BUILD_DIR/test-upstream
+if [[ ! -x $PERF_LOAD || ! -x $PERF_MICRO ]]; then
+    make --no-print-directory BUILD="$BUILD_DIR" perf-bins >/dev/null ||
+        { echo "bench: cannot build perf-load / perf-micro (make perf-bins)" >&2; exit 1; }
+fi
 
 # what is measured: the tree as it is when the run starts (the binary may be rebuilt meanwhile)
 REV="$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- proxy common 2>/dev/null || echo '+dirty')"
@@ -63,7 +102,9 @@ mkdir -p "$WORK/www" "$WORK/upstream-tmp" "$WORK/nginx-tmp"
 # run as root, nginx's workers switch to an unprivileged user that must read www/
 chmod 755 "$WORK" "$WORK/www"
 python3 "$ROOT/test/upstream/pattern.py" $BODY_BYTES >"$WORK/www/large.bin"
+truncate -s "$BIG_BYTES" "$WORK/www/big.bin" # sparse: costs no disk, reads as zeros
 BODY_SHA=$(python3 "$ROOT/test/upstream/pattern.py" --sha256 $BODY_BYTES)
+chmod 644 "$WORK/www/big.bin"
 render perf/conf/upstream-nginx.conf.in "$WORK/upstream-nginx.conf" WORK="$WORK" \
     UP_PORT="$UP_PORT" UP_H2_PORT="$UP_H2_PORT" || exit 1
 bench_start upstream-nginx $LOAD_CPU nginx -p "$WORK" -e "$WORK/upstream-nginx.error.log" \
@@ -163,6 +204,7 @@ log "peers: ${ACTIVE[*]}; $DUR s x $REPS, $CONNS connections, h2c -m $STREAMS"
 # $WORK/PROTO-PEER.samples.
 run_load() {
     local proto=$1 peer=$2 rep=$3 url out res t0=0 t1=0 cpu=- pid=${PID[$2]}
+    local w0 w1
     if [[ $proto == h1 ]]; then url=${URL_H1[$peer]}; else url=${URL_H2[$peer]}; fi
     [[ -n $url ]] || return 0
     if ! kill -0 "$UP_PID" 2>/dev/null; then
@@ -176,7 +218,8 @@ run_load() {
         return 0
     fi
     out=$RAW/$proto-$peer-$rep.txt
-    [[ -n $pid ]] && t0=$(cpu_ticks "$pid")
+    [[ -n $pid ]] && t0=$(cpu_ns "$pid")
+    w0=$(date +%s%N)
     if [[ $proto == h1 ]]; then
         taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d"${DUR}s" --latency "$url" >"$out" 2>&1
         res=$(wrk_parse "$out")
@@ -186,16 +229,19 @@ run_load() {
         res=$(h2load_parse "$out" "$WORK/h2load.log")
         rm -f "$WORK/h2load.log"
     fi
-    [[ -n $pid ]] && t1=$(cpu_ticks "$pid")
+    [[ -n $pid ]] && t1=$(cpu_ns "$pid")
+    w1=$(date +%s%N)
     if [[ -z $res ]]; then
         log "$proto $peer run $rep: no result (see $out)"
         return 0
     fi
     read -r rps _ _ _ <<<"$res"
     if [[ -n $pid ]]; then
-        cpu=$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v r="$rps" -v d="$DUR" \
-            'BEGIN {if (r > 0) printf "%.1f\n", t / hz * 1e6 / (r * d); else print "-"}')
+        # requests = rate x the tool's run; CPU over the whole tool run (connects included)
+        cpu=$(awk -v t=$((t1 - t0)) -v r="$rps" -v d="$DUR" \
+            'BEGIN {if (r > 0) printf "%.1f\n", t / 1e3 / (r * d); else print "-"}')
     fi
+    : "$w0" "$w1"
     echo "$res $cpu" >>"$WORK/$proto-$peer.samples"
     log "$proto $peer run $rep: $res cpu_us/req=$cpu"
 }
@@ -203,18 +249,24 @@ run_load() {
 for peer in "${ACTIVE[@]}"; do # warm-up, not recorded
     [[ -n ${URL_H1[$peer]} ]] && taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d1s "${URL_H1[$peer]}" >/dev/null 2>&1
 done
-for rep in $(seq "$REPS"); do
-    for proto in h1 h2; do
-        for peer in "${ACTIVE[@]}"; do run_load "$proto" "$peer" "$rep"; done
+if want sat; then
+    for rep in $(seq "$REPS"); do
+        for proto in h1 h2; do
+            for peer in "${ACTIVE[@]}"; do run_load "$proto" "$peer" "$rep"; done
+        done
     done
-done
+fi
+source "$ROOT/perf/sec-rate.sh"
+want rate && sec_rate
 for peer in "${ACTIVE[@]}"; do
     [[ -n ${PID[$peer]} ]] && kill -0 "${PID[$peer]}" 2>/dev/null &&
         PEAK_LOAD[$peer]=$(rss_kb "${PID[$peer]}" VmHWM)
 done
 
-# ---- a 30 MB body to a rate-limited client ---------------------------------------------
+# ---- a 30 MB body to a rate-limited client, then a 1 GB one ------------------------------
+declare -A PEAK_BIG BIG_OK BIG_MBS
 for peer in "${ACTIVE[@]}"; do
+    want body || break
     url=${URL_H1[$peer]}
     [[ -n $url ]] || continue
     pid=${PID[$peer]}
@@ -223,6 +275,14 @@ for peer in "${ACTIVE[@]}"; do
     if [[ $got == "$BODY_SHA" ]]; then BODY_OK[$peer]=yes; else BODY_OK[$peer]=NO; fi
     [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null && PEAK_BODY[$peer]=$(rss_kb "$pid" VmHWM)
     log "30 MB body via $peer: intact=${BODY_OK[$peer]} peak=${PEAK_BODY[$peer]:-} kB"
+    # 1 GB (sparse file: zeros) to a client capped at BIG_RATE: all of it must arrive
+    [[ -n $pid ]] && reset_hwm "$pid"
+    read -r got mbs < <(curl -s --max-time 300 --limit-rate "$BIG_RATE" -o /dev/null \
+        -w '%{size_download} %{speed_download}\n' "${url}big.bin")
+    if [[ $got == "$BIG_BYTES" ]]; then BIG_OK[$peer]=yes; else BIG_OK[$peer]="NO ($got bytes)"; fi
+    BIG_MBS[$peer]=$(awk -v b="${mbs:-0}" 'BEGIN {printf "%.0f\n", b / 1048576}')
+    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null && PEAK_BIG[$peer]=$(rss_kb "$pid" VmHWM)
+    log "$((BIG_BYTES >> 20)) MB body via $peer: complete=${BIG_OK[$peer]} ${BIG_MBS[$peer]} MB/s peak=${PEAK_BIG[$peer]:-} kB"
 done
 
 # ---- report ---------------------------------------------------------------------------
@@ -233,7 +293,7 @@ TSV=$OUT/results.tsv
 MEM=$OUT/memory.tsv
 MD=$OUT/results.md
 printf 'proto\tpeer\trps\trps_min\trps_max\tp50_us\tp99_us\tadded_p50_us\tadded_p99_us\tcpu_us_per_req\terrors\truns\n' >"$TSV"
-printf 'peer\tidle_rss_kb\tpeak_rss_load_kb\tpeak_rss_30mb_body_kb\tbody_intact\n' >"$MEM"
+printf 'peer\tidle_rss_kb\tpeak_rss_load_kb\tpeak_rss_30mb_body_kb\tbody_intact\tpeak_rss_big_body_kb\tbig_body_bytes\tbig_body_complete\tbig_body_mb_s\n' >"$MEM"
 
 declare -A M
 for proto in h1 h2; do
@@ -266,8 +326,9 @@ for proto in h1 h2; do
 done
 for peer in "${PEERS[@]}"; do
     [[ $peer == direct ]] && continue
-    printf '%s\t%s\t%s\t%s\t%s\n' "$peer" "${IDLE[$peer]:--}" "${PEAK_LOAD[$peer]:--}" \
-        "${PEAK_BODY[$peer]:--}" "${BODY_OK[$peer]:--}" >>"$MEM"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$peer" "${IDLE[$peer]:--}" \
+        "${PEAK_LOAD[$peer]:--}" "${PEAK_BODY[$peer]:--}" "${BODY_OK[$peer]:--}" \
+        "${PEAK_BIG[$peer]:--}" "$BIG_BYTES" "${BIG_OK[$peer]:--}" "${BIG_MBS[$peer]:--}" >>"$MEM"
 done
 
 rps_fmt() { [[ $1 == - ]] && echo - || printf "%.0f\n" "$1"; }
@@ -302,15 +363,18 @@ add_fmt() { [[ $1 == - ]] && echo - || awk -v v="$1" 'BEGIN {printf "%+.3f\n", v
                 "| ${M[$proto,$peer,err]} |"
         done
     done
+    want rate && report_rate
     echo
     echo "## Memory (RSS of the proxy process tree; nginx: master + worker)"
     echo
-    echo "| peer | idle RSS MB | peak RSS under load MB | peak RSS, 30 MB body at $BODY_RATE/s MB | body intact |"
-    echo "|---|---:|---:|---:|---|"
+    big="$((BIG_BYTES >> 20)) MB"
+    echo "| peer | idle RSS MB | peak RSS under load MB | peak RSS, 30 MB body at $BODY_RATE/s MB | body intact | peak RSS, $big body at $BIG_RATE/s MB | $big complete, MB/s |"
+    echo "|---|---:|---:|---:|---|---:|---|"
     for peer in "${PEERS[@]}"; do
         [[ $peer == direct ]] && continue
         echo "| $peer | $(mb "${IDLE[$peer]:--}") | $(mb "${PEAK_LOAD[$peer]:--}")" \
-            "| $(mb "${PEAK_BODY[$peer]:--}") | ${BODY_OK[$peer]:--} |"
+            "| $(mb "${PEAK_BODY[$peer]:--}") | ${BODY_OK[$peer]:--} | $(mb "${PEAK_BIG[$peer]:--}")" \
+            "| ${BIG_OK[$peer]:--}, ${BIG_MBS[$peer]:--} |"
     done
     notes=0
     for peer in "${PEERS[@]}"; do
@@ -320,5 +384,28 @@ add_fmt() { [[ $1 == - ]] && echo - || awk -v v="$1" 'BEGIN {printf "%+.3f\n", v
         fi
     done
 } >"$MD"
+
+# ---- the mesh path, memory over time, TLS, failure, micro, injector ---------------------
+# Each section file defines sec_<name> (measure, write its TSV) and report_<name> (markdown).
+# shellcheck source=/dev/null
+for sec in mesh memory tls failure micro injector report; do source "$ROOT/perf/sec-$sec.sh"; done
+want mesh && sec_mesh
+want memory && sec_memory
+want tls && sec_tls
+want failure && sec_failure
+want micro && sec_micro
+want injector && sec_injector
+{
+    want mesh && report_mesh
+    want memory && report_memory
+    want tls && report_tls
+    want failure && report_failure
+    want micro && report_micro
+    want injector && report_injector
+    report_targets
+    report_plots
+    echo
+    echo "Run time: $(($(date +%s) - T_START)) s."
+} >>"$MD"
 cat "$MD"
 log "results in ${OUT#"$ROOT"/}"
