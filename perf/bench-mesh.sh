@@ -119,6 +119,11 @@ EOF
 
 : >"$OUT/runs.jsonl"
 IFS=, read -ra rate_list <<<"$RATES"
+# CPU of the sidecars: user+system clock ticks and the requests they served
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+reqs() { e2e_exec "$1" remora-proxy curl -s -m 5 http://127.0.0.1:15000/stats | jq .requests_total; }
+cpu0_a=$(cpu_ticks "$PA"); cpu0_b=$(cpu_ticks "$PB")
+req0_a=$(reqs a); req0_b=$(reqs b)
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 for ((i = 0; i < REPEAT; i++)); do
     for r in "${rate_list[@]}"; do
@@ -127,17 +132,25 @@ for ((i = 0; i < REPEAT; i++)); do
     done
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+hz=$(getconf CLK_TCK)
+us_per_req() { # TICKS0 TICKS1 REQ0 REQ1
+    awk -v t="$(($2 - $1))" -v r="$(($4 - $3))" -v hz="$hz" \
+        'BEGIN { if (r > 0) printf "%.1f", t * 1e6 / hz / r; else print "null" }'
+}
+cpu_a=$(us_per_req "$cpu0_a" "$(cpu_ticks "$PA")" "$req0_a" "$(reqs a)")
+cpu_b=$(us_per_req "$cpu0_b" "$(cpu_ticks "$PB")" "$req0_b" "$(reqs b)")
 load_a=$(rss_kb "$PA" VmRSS)
 load_b=$(rss_kb "$PB" VmRSS)
 hwm_a=$(rss_kb "$PA" VmHWM)
 hwm_b=$(rss_kb "$PB" VmHWM)
 
 python3 - "$OUT" "$idle_a" "$idle_b" "$load_a" "$load_b" "$hwm_a" "$hwm_b" "$load_before" \
-    "$load_after" <<'EOF'
+    "$load_after" "$cpu_a" "$cpu_b" <<'EOF'
 import json, os, platform, statistics, subprocess, sys
 out = sys.argv[1]
 idle_a, idle_b, load_a, load_b, hwm_a, hwm_b = (int(x) for x in sys.argv[2:8])
 loadavg = (sys.argv[8], sys.argv[9])
+cpu_us = (sys.argv[10], sys.argv[11])
 runs = [json.loads(l) for l in open(os.path.join(out, "runs.jsonl")) if l.strip()]
 groups = {}
 for r in runs:
@@ -161,7 +174,9 @@ for rate in sorted({r["rate"] for r in runs}):
                  "added_p99_ms": round(m["p99_ms"] - d["p99_ms"], 3)})
 mem = {"sidecar_a_rss_idle_kb": idle_a, "sidecar_b_rss_idle_kb": idle_b,
        "sidecar_a_rss_after_load_kb": load_a, "sidecar_b_rss_after_load_kb": load_b,
-       "sidecar_a_hwm_kb": hwm_a, "sidecar_b_hwm_kb": hwm_b}
+       "sidecar_a_hwm_kb": hwm_a, "sidecar_b_hwm_kb": hwm_b,
+       "sidecar_a_cpu_us_per_request": json.loads(cpu_us[0]),
+       "sidecar_b_cpu_us_per_request": json.loads(cpu_us[1])}
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
                      capture_output=True, text=True).stdout.strip()
 doc = {"machine": {"cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(),
@@ -183,7 +198,8 @@ for r in rows:
 lines += ["", "| sidecar memory | pod A (client side) | pod B (server side) |", "|---|---|---|",
           "| VmRSS idle, certificate held | %.1f MB | %.1f MB |" % (idle_a / 1024, idle_b / 1024),
           "| VmRSS after the runs | %.1f MB | %.1f MB |" % (load_a / 1024, load_b / 1024),
-          "| VmHWM (peak) | %.1f MB | %.1f MB |" % (hwm_a / 1024, hwm_b / 1024), ""]
+          "| VmHWM (peak) | %.1f MB | %.1f MB |" % (hwm_a / 1024, hwm_b / 1024),
+          "| CPU per request (user+system, all runs) | %s us | %s us |" % cpu_us, ""]
 open(os.path.join(out, "summary.md"), "w").write("\n".join(lines))
 print("\n".join(lines))
 EOF
