@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <event2/buffer.h>
+#include <event2/dns.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <jansson.h>
@@ -46,7 +47,11 @@ static struct {
     struct timespec mtimes[3];
     /* CA */
     struct cm_addr ca_addr;
-    char *ca_host;
+    char *ca_host;          /* ca_address as configured (Host header) */
+    char *ca_name;          /* DNS name to resolve before each request, or NULL (an IP) */
+    char ca_port[8];
+    struct evdns_base *dns;
+    struct evdns_getaddrinfo_request *resolving;
     char *ca_root_file, *token_file;
     struct px_tls_conf *ca_conf; /* verifies the CA's serving cert */
     struct px_caclient *inflight;
@@ -297,7 +302,48 @@ retry:
     retry_later();
 }
 
+static void send_csr(void);
+
+/* In a cluster ca_address is the CA Service's DNS name: resolve it (without
+ * blocking the loop) before every request, as Services may move. */
+static void on_resolved(int result, struct evutil_addrinfo *res, void *arg)
+{
+    (void)arg;
+    id.resolving = NULL;
+    if (result == EVUTIL_EAI_CANCEL)
+        return; /* shutting down */
+    if (result != 0 || res == NULL) {
+        set_error("CA address: cannot resolve %s", id.ca_name);
+        if (res != NULL)
+            evutil_freeaddrinfo(res);
+        retry_later();
+        return;
+    }
+    cm_addr_from_sockaddr(&id.ca_addr, res->ai_addr, (socklen_t)res->ai_addrlen);
+    evutil_freeaddrinfo(res);
+    send_csr();
+}
+
 static void request_cert(void)
+{
+    if (id.inflight != NULL || id.resolving != NULL)
+        return;
+    if (id.ca_name == NULL) {
+        send_csr();
+        return;
+    }
+    struct evutil_addrinfo hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = EVUTIL_AI_ADDRCONFIG;
+    struct evdns_getaddrinfo_request *r =
+        evdns_getaddrinfo(id.dns, id.ca_name, id.ca_port, &hints, on_resolved, NULL);
+    if (r != NULL)
+        id.resolving = r; /* else on_resolved already ran */
+}
+
+static void send_csr(void)
 {
     char *err = NULL, *csr = NULL, *token = NULL;
     if (id.inflight != NULL)
@@ -431,9 +477,28 @@ int px_identity_start(const struct px_config *cfg, char **errmsg)
     id.mode = ID_CA;
     const char *ca = json_string_value(json_object_get(o, "ca_address"));
     if (cm_addr_parse(ca, &id.ca_addr) != 0) {
-        struct cm_jpath c;
-        cm_jpath_key(&c, &p, "ca_address");
-        return cm_json_fail(&c, errmsg, "\"%s\" is not an address (ip:port)", ca);
+        /* host:port with a DNS name (the CA's Service) */
+        const char *colon = strrchr(ca, ':');
+        size_t hl = colon ? (size_t)(colon - ca) : 0;
+        bool ok = colon != NULL && hl > 0 && hl <= 253 && strlen(colon + 1) >= 1 &&
+                  strlen(colon + 1) <= 5;
+        for (const char *q = colon ? colon + 1 : ""; ok && *q; q++)
+            ok = *q >= '0' && *q <= '9';
+        for (size_t i = 0; ok && i < hl; i++)
+            ok = (ca[i] >= 'a' && ca[i] <= 'z') || (ca[i] >= 'A' && ca[i] <= 'Z') ||
+                 (ca[i] >= '0' && ca[i] <= '9') || ca[i] == '-' || ca[i] == '.';
+        if (!ok || strtol(colon + 1, NULL, 10) < 1 || strtol(colon + 1, NULL, 10) > 65535) {
+            struct cm_jpath c;
+            cm_jpath_key(&c, &p, "ca_address");
+            return cm_json_fail(&c, errmsg, "\"%s\" is not host:port or ip:port", ca);
+        }
+        id.ca_name = cm_xstrndup(ca, hl);
+        snprintf(id.ca_port, sizeof(id.ca_port), "%s", colon + 1);
+        id.dns = evdns_base_new(px_srv->base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+        if (id.dns == NULL) {
+            /* no resolv.conf: still try (hosts file, then it fails and retries) */
+            id.dns = evdns_base_new(px_srv->base, 0);
+        }
     }
     id.ca_host = cm_xstrdup(ca);
     id.ca_root_file = opt_path(o, "ca_root");
@@ -489,6 +554,11 @@ void px_identity_shutdown(void)
 {
     px_caclient_cancel(id.inflight);
     id.inflight = NULL;
+    if (id.resolving != NULL)
+        evdns_getaddrinfo_cancel(id.resolving);
+    if (id.dns != NULL)
+        evdns_base_free(id.dns, 0);
+    free(id.ca_name);
     if (id.timer != NULL)
         event_free(id.timer);
     px_tls_conf_unref(id.server);
