@@ -227,12 +227,11 @@ static void on_read(struct px_io *io, void *arg)
         evbuffer_drain(px_io_input(io), evbuffer_get_length(px_io_input(io)));
         return;
     }
-    if (output_full(sess)) {
-        /* the peer does not read what we send: leave its input unread (the
-         * io stops reading at its read limit) until our output drains */
-        sess->input_held = true;
-        return;
-    }
+    /* Input is read even while our output is full: the peer's WINDOW_UPDATEs
+     * arrive there, and a peer that also stops reading while its output is
+     * full would deadlock with us. What a non-reading peer can make us queue
+     * stays bounded: DATA by flow control, streams by max_concurrent_streams,
+     * control-frame answers by nghttp2's flood limits. */
     process_input(sess);
 }
 
@@ -247,10 +246,6 @@ static void on_drained(struct px_io *io, void *arg)
         return;
     }
     px_h2_session_flush(sess);
-    if (sess->input_held && sess->state != PX_H2_CLOSING && !output_full(sess)) {
-        sess->input_held = false;
-        process_input(sess);
-    }
 }
 
 static void on_event(struct px_io *io, int what, void *arg)
@@ -270,7 +265,15 @@ static void on_event(struct px_io *io, int what, void *arg)
     cm_debug("h2 %s session %llu: connection %s", sess->role == PX_H2_SERVER ? "server" : "client",
              (unsigned long long)sess->id,
              (what & PX_IO_EOF) ? "closed by peer" : (what & PX_IO_TIMEOUT) ? "timeout" : "error");
-    px_h2_session_close(sess, default_cause(sess));
+    enum px_cause cause = default_cause(sess);
+    if (sess->role == PX_H2_CLIENT && !sess->got_settings) {
+        /* connected, but the upstream never said a word: it was not
+         * usable, and nothing we sent was processed */
+        px_metrics.upstream_cx_connect_fail++;
+        if (what & PX_IO_TIMEOUT)
+            cause = PX_CAUSE_CONNECT_TIMEOUT;
+    }
+    px_h2_session_close(sess, cause);
 }
 
 void px_h2_session_io(struct px_h2_session *sess)
@@ -292,8 +295,7 @@ static void on_defer(evutil_socket_t fd, short what, void *arg)
         px_h2_client_fail_pending(sess);
     if (sess->state == PX_H2_CLOSING || sess->state == PX_H2_CONNECTING)
         return;
-    if (!sess->input_held && !sess->close_when_flushed &&
-        evbuffer_get_length(px_io_input(sess->io)) > 0 && !output_full(sess))
+    if (!sess->close_when_flushed && evbuffer_get_length(px_io_input(sess->io)) > 0)
         process_input(sess); /* the first bytes, read before we took over */
     else if (!sess->close_when_flushed)
         px_h2_session_flush(sess);

@@ -27,6 +27,8 @@ static struct px_h2_stream *stream_of(nghttp2_session *ng, int32_t id)
     return nghttp2_session_get_stream_user_data(ng, id);
 }
 
+static bool resubmit(struct px_h2_stream *st);
+
 /* The stream failed on our side: reset it, tell the px_stream, detach. */
 static void fail_stream(struct px_h2_stream *st, enum px_cause cause, uint32_t code)
 {
@@ -202,6 +204,12 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user
 {
     struct px_h2_session *sess = user_data;
     bool es = (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    if (f->hd.type == NGHTTP2_SETTINGS && !(f->hd.flags & NGHTTP2_FLAG_ACK) &&
+        !sess->got_settings) {
+        sess->got_settings = true;
+        px_io_set_timeout(sess->io, 0);
+        return 0;
+    }
     if (f->hd.type == NGHTTP2_GOAWAY) {
         cm_debug("h2 client session %llu: GOAWAY (last stream %d, error %u)",
                  (unsigned long long)sess->id, f->goaway.last_stream_id, f->goaway.error_code);
@@ -260,7 +268,9 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code,
     if (st == NULL)
         return 0;
     if (st->s != NULL) {
-        if (st->in != PX_H2_IN_DONE) {
+        if (st->in != PX_H2_IN_DONE && error_code == NGHTTP2_REFUSED_STREAM && resubmit(st)) {
+            /* moved to another stream; st->s is NULL now */
+        } else if (st->in != PX_H2_IN_DONE) {
             cm_debug("h2 client session %llu stream %d: closed before the response completed "
                      "(error %u)",
                      (unsigned long long)st->sess->id, id, error_code);
@@ -308,7 +318,8 @@ void px_h2_client_fail_pending(struct px_h2_session *sess)
         struct px_h2_stream *st = cm_container_of(pos, struct px_h2_stream, link);
         if (!st->orphan)
             continue;
-        if (st->s != NULL) {
+        /* never sent: as safe to send again as a refused stream */
+        if (st->s != NULL && !resubmit(st)) {
             st->failing = true;
             px_stream_on_error(st->s, PX_UP, st->fail ? st->fail : PX_CAUSE_UPSTREAM_RESET);
             px_h2_stream_detach(st);
@@ -348,18 +359,20 @@ void px_h2_client_on_event(struct px_h2_session *sess, short what)
         }
         if (sess->state == PX_H2_CONNECTING)
             sess->state = PX_H2_OPEN;
-        px_io_set_timeout(sess->io, 0);
+        /* the connect timer now waits for the upstream's SETTINGS */
+        if (!sess->got_settings)
+            px_io_set_timeout(sess->io, px_srv->cfg->limits.connect_timeout_ms);
         px_h2_session_flush(sess);
         return;
     }
     if (what & PX_IO_CONNECTED) {
         if (sess->state == PX_H2_CONNECTING && !sess->tls)
             sess->state = PX_H2_OPEN;
-        /* with mTLS the connect timer keeps running through the handshake */
-        if (!sess->tls)
-            px_io_set_timeout(sess->io, 0);
-        else
-            px_io_set_timeout(sess->io, px_srv->cfg->limits.connect_timeout_ms);
+        /* The connect timer keeps running through the TLS handshake and
+         * until the upstream's SETTINGS: a peer that accepted the TCP
+         * connection but never speaks (a process stopped, a black hole)
+         * must not hold requests forever. */
+        px_io_set_timeout(sess->io, px_srv->cfg->limits.connect_timeout_ms);
         int one = 1;
         setsockopt(px_io_fd(sess->io), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         cm_debug("h2 client session %llu: connected to %s", (unsigned long long)sess->id,
@@ -454,6 +467,34 @@ static struct px_h2_session *client_new(const struct cm_addr *a, struct px_tls_c
     /* connect failures arrive as PX_IO_ERROR / PX_IO_TIMEOUT events */
     px_h2_session_io(sess);
     return sess;
+}
+
+/* The upstream did not process a body-less request: REFUSED_STREAM (also
+ * what nghttp2 reports for streams above a GOAWAY's last id), or its HEADERS
+ * never left. Send it once more on another connection - the h1 pool does the
+ * same for a stale keep-alive connection - without the px_stream noticing.
+ * Returns true when the request moved (st is detached from s, not s from
+ * the upstream side). */
+static bool resubmit(struct px_h2_stream *st)
+{
+    struct px_stream *s = st->s;
+    if (s == NULL || st->resent || st->in != PX_H2_IN_HEAD || st->n1xx > 0 ||
+        !s->req.end_stream || s->state != PX_STREAM_FORWARD)
+        return false;
+    struct px_tls_conf *tls = NULL;
+    if (s->up_tls && (tls = px_identity_client_conf()) == NULL)
+        return false;
+    struct px_h2_session *sess = pool_find(&s->upstream, s->up_tls);
+    if (sess == NULL || sess == st->sess)
+        sess = client_new(&s->upstream, tls);
+    cm_debug("h2 client session %llu stream %d: refused unprocessed, resending on session %llu",
+             (unsigned long long)st->sess->id, st->id, (unsigned long long)sess->id);
+    struct px_h2_stream *nst = px_h2_stream_new(sess, s);
+    nst->resent = true;
+    st->s = NULL;
+    px_stream_attach_up(s, &client_ops, nst);
+    cli_send_head(s);
+    return true;
 }
 
 void px_h2_client_attach(struct px_stream *s)

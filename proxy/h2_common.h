@@ -56,8 +56,8 @@ struct px_h2_session {
     struct event *head_timer; /* server: a request head unfinished after header_timeout_ms */
     struct cm_list streams; /* px_h2_stream of this session */
     uint32_t nstreams;
-    bool input_held;        /* input left unread: our output is over the watermark */
     bool close_when_flushed; /* nghttp2 is done: close once the output is written */
+    bool got_settings;      /* client: the upstream's first SETTINGS arrived */
     enum px_cause fail_cause; /* client: what the remaining streams are told */
     struct cm_list link;    /* in the server list, or in the client pool */
     struct px_conn *conn;   /* server: the downstream connection (owned) */
@@ -98,6 +98,7 @@ struct px_h2_stream {
     bool refused;         /* server: the head was refused (RST or local answer) */
     bool too_big;         /* the head passed max_header_bytes / max_headers */
     bool failing;         /* reporting an error to the stream: ignore abort */
+    bool resent;          /* client: already moved once after a refusal (resubmit) */
     bool orphan;          /* client: nghttp2 will never mention it again (never
                            * submitted, or its HEADERS were not sent): `defer`
                            * reports `fail` if still attached, then frees it */

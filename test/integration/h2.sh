@@ -13,12 +13,13 @@ start_upstream up3 --h2 || exit 1
 H2B_PORT=$UP_PORT; H2B_PID=$UP_PID
 ADMIN_PORT=$(free_port); P1=$(free_port); P2=$(free_port); PD=$(free_port); PG=$(free_port)
 PB=$(free_port); PT=$(free_port); GA_PORT=$(free_port); DEAD_PORT=$(free_port); T_PORT=$(free_port)
+PS=$(free_port); SILENT_PORT=$(free_port)
 
 cat >"$TMP/proxy.json" <<JSON
 {"admin": {"address": "127.0.0.1:$ADMIN_PORT"},
  "log_level": "info",
  "limits": {"max_header_bytes": 16384, "idle_timeout_ms": 1500, "pool_idle_timeout_ms": 1000,
-            "header_timeout_ms": 1000},
+            "header_timeout_ms": 1000, "connect_timeout_ms": 2500},
  "listeners": [
   {"name": "toh1", "address": "127.0.0.1:$P1", "direction": "inbound",
    "upstream": "127.0.0.1:$H1_PORT", "tls": "disabled"},
@@ -31,7 +32,9 @@ cat >"$TMP/proxy.json" <<JSON
   {"name": "dies", "address": "127.0.0.1:$PB", "direction": "inbound",
    "upstream": "127.0.0.1:$H2B_PORT", "tls": "disabled", "upstream_protocol": "h2"},
   {"name": "trailers", "address": "127.0.0.1:$PT", "direction": "inbound",
-   "upstream": "127.0.0.1:$T_PORT", "tls": "disabled", "upstream_protocol": "h2"}]}
+   "upstream": "127.0.0.1:$T_PORT", "tls": "disabled", "upstream_protocol": "h2"},
+  {"name": "silent", "address": "127.0.0.1:$PS", "direction": "inbound",
+   "upstream": "127.0.0.1:$SILENT_PORT", "tls": "disabled", "upstream_protocol": "h2"}]}
 JSON
 start_proxy proxy "$TMP/proxy.json" || exit 1
 H2C="curl -s -m 120 --http2-prior-knowledge"
@@ -236,10 +239,36 @@ sleep 0.2
 before=$(grep -c '^conn' "$TMP/goaway.log")  # wait_port's probe
 out=$($H2C -w ' %{http_code}' "http://127.0.0.1:$PG/a")
 expect_match "upstream GOAWAY before our stream -> 502 naming the cause" "$out" 'upstream reset.* 502$'
+sleep 0.3
+expect_eq "... the refused request was resent once, on a new connection" \
+    "$(($(grep -c '^conn' "$TMP/goaway.log") - before))" 2
 $H2C -o /dev/null "http://127.0.0.1:$PG/b"
 sleep 0.3
-expect_eq "... a GOAWAY'd session takes no new streams: a new connection" \
-    "$(($(grep -c '^conn' "$TMP/goaway.log") - before))" 2
+expect_eq "... GOAWAY'd sessions take no new streams: new connections" \
+    "$(($(grep -c '^conn' "$TMP/goaway.log") - before))" 4
+
+# an upstream that accepts connections and never says a word (no SETTINGS)
+python3 - "$SILENT_PORT" >"$TMP/silent.log" 2>&1 <<'PY' &
+import socket, sys, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(16)
+def sink(c):
+    try:
+        while c.recv(65536):
+            pass
+    except Exception:
+        pass
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=sink, args=(c,), daemon=True).start()
+PY
+_pids+=($!)
+wait_port "$SILENT_PORT"
+start=$(date +%s%N)
+out=$($H2C -w ' %{http_code}' "http://127.0.0.1:$PS/")
+ms=$(( ($(date +%s%N) - start) / 1000000 ))
+expect_match "silent h2 upstream (no SETTINGS) -> 504 naming the cause" "$out" 'connect timeout.* 504$'
+check "... after connect_timeout_ms (took ${ms} ms)" test "$ms" -lt 4500
 
 # the upstream dies in the middle of a response
 $H2C -o "$TMP/dies.out" -w '%{http_code}' "http://127.0.0.1:$PB/slowbody/100?bytes=100" >"$TMP/dies.code" &
