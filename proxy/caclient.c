@@ -157,7 +157,7 @@ void px_caclient_cancel(struct px_caclient *c)
 {
     if (c == NULL || c->state == CA_DONE)
         return;
-    c->cb = NULL;
-    c->state = CA_DONE;
-    event_active(c->reap, EV_TIMEOUT, 0);
+    /* only called from outside the request's own callbacks (identity
+     * shutdown, a newer request): free now, the loop may not turn again */
+    on_reap(-1, 0, c);
 }

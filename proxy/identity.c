@@ -236,16 +236,17 @@ static void retry_later(void)
     arm(ms);
 }
 
-/* Rotate at a random point between 50% and 80% of the lifetime. */
+/* Rotate at a random point between 50% and 80% of the lifetime left when
+ * the certificate arrived (not_before is backdated for clock skew, so it
+ * would make short-lived certificates look half-spent on arrival). */
 static void schedule_rotation(void)
 {
-    int64_t life = id.not_after - id.not_before;
+    int64_t now_ms = cm_wall_ms();
+    int64_t life_ms = id.not_after * 1000 - now_ms;
     uint32_t j = 0;
     pki_rng_fn(NULL, (unsigned char *)&j, sizeof(j));
     double frac = 0.5 + 0.3 * ((double)j / 4294967295.0);
-    int64_t at = id.not_before + (int64_t)((double)life * frac);
-    int64_t now_ms = cm_wall_ms();
-    int64_t ms = at * 1000 - now_ms;
+    int64_t ms = (int64_t)((double)life_ms * frac);
     if (ms < MIN_ROTATE_MS)
         ms = MIN_ROTATE_MS;
     arm((uint64_t)ms);
