@@ -15,8 +15,10 @@
 #   mixed-1000     999 rules shaped like a real policy that grew large (half allow rules for
 #                  single principals, 3/10 deny rules on path prefixes, 1/10 on exact paths,
 #                  1/10 generic deny rules on headers and path suffixes) + the allow rule
-#   generic-1000   999 generic deny rules (header present, path suffix) + the allow rule: no
-#                  index applies, every rule is checked on every request (the worst case)
+#   headers-1000   999 deny rules on a header being present or a path suffix + the allow rule
+#                  (found through the header-name and path-suffix indexes)
+#   generic-1000   999 deny rules with nothing an index can use (not_namespaces + not_paths)
+#                  + the allow rule: every rule is checked on every request, the worst case
 # Policies are measured in turn inside each repetition, so drift hits all of them alike.
 #
 # Knobs: BENCH_QUICK, BENCH_DURATION (s), BENCH_REPS, BENCH_CONNS (64), BENCH_POLICIES,
@@ -31,7 +33,7 @@ else
     DUR=${BENCH_DURATION:-10} REPS=${BENCH_REPS:-3}
 fi
 CONNS=${BENCH_CONNS:-64}
-read -r -a POLICIES <<<"${BENCH_POLICIES:-none one mixed-1000 generic-1000}"
+read -r -a POLICIES <<<"${BENCH_POLICIES:-none one mixed-1000 headers-1000 generic-1000}"
 PROXY_BIN=${REMORA_PROXY:-$ROOT/build/remora-proxy}
 LOAD_CPU=0 PROXY_CPU=1
 (($(nproc) < 2)) && PROXY_CPU=0
@@ -90,19 +92,36 @@ def prefix(i):
             "to": {"paths": ["/svc-%d/admin/*" % i, "/svc-%d/debug" % i]}}
 def exact(i):
     return {"name": "e-%d" % i, "action": "deny", "to": {"paths": ["/internal/job-%d" % i]}}
-def generic(i):
+def unindexable(i):
+    return {"name": "u-%d" % i, "action": "deny",
+            "from": {"not_namespaces": ["ns-%d" % i]}, "to": {"not_paths": ["/api/*"]}}
+def header(i):
     if i % 2 == 0:
-        return {"name": "g-%d" % i, "action": "deny", "when": {"headers": {"x-block-%d" % i: "*"}}}
-    return {"name": "g-%d" % i, "action": "deny", "to": {"paths": ["*.ext-%d" % i]}}
+        return {"name": "h-%d" % i, "action": "deny", "when": {"headers": {"x-block-%d" % i: "*"}}}
+    return {"name": "h-%d" % i, "action": "deny", "to": {"paths": ["*.ext-%d" % i]}}
 def mixed(i):
     k = i % 10
-    return principal(i) if k < 5 else prefix(i) if k < 8 else exact(i) if k < 9 else generic(i)
+    return principal(i) if k < 5 else prefix(i) if k < 8 else exact(i) if k < 9 else header(i)
 def write(name, rules):
     json.dump({"default": "deny", "rules": rules + [allow]}, open("%s/%s.json" % (work, name), "w"))
 write("one", [])
 write("mixed-1000", [mixed(i) for i in range(999)])
-write("generic-1000", [generic(i) for i in range(999)])
+write("headers-1000", [header(i) for i in range(999)])
+write("generic-1000", [unindexable(i) for i in range(999)])
 PY
+
+# the decision alone, for this exact request (build/policy-bench --file)
+PB=$ROOT/build/policy-bench
+if [[ -x $PB ]]; then
+    for pol in "${POLICIES[@]}"; do
+        [[ $pol == none ]] && continue
+        cp "$WORK/$pol.json" "$OUT/$pol.json"
+        taskset -c $PROXY_CPU "$PB" --file "$WORK/$pol.json" --path /api/v1/items/42?page=2 \
+            --header 'host: 127.0.0.1' --header 'user-agent: bench/1' \
+            --header 'accept: application/json' \
+            --header 'x-request-id: 0f8fad5b-d9cb-469f-a165-70867728950e' | tee -a "$OUT/decision.txt"
+    done
+fi
 
 PORT=$(free_port) ADMIN=$(free_port)
 config() { # POLICY -> proxy config on stdout
