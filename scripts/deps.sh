@@ -8,6 +8,7 @@ pkgs=(
   libgnutls28-dev # injector: serving-certificate reload through GnuTLS (docs/injector.md)
   libcmocka-dev
   curl nghttp2-client nghttp2-server openssl jq iproute2 iptables procps util-linux
+  python3 # test helpers, the e2e pod harness (test/e2e/pod.py) and make demo
   wrk haproxy nginx-light gnuplot-nox
 )
 missing=()

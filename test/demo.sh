@@ -128,7 +128,7 @@ CERTS=$REMORA_ROOT/$REMORA_BUILD/remora-certs
 MINT=(node "$REMORA_ROOT/test/tools/mint-token.js")
 TD=cluster.local
 NS=shop
-TTL=12
+TTL=${REMORA_DEMO_TTL:-12}
 SP=spiffe://$TD/ns/$NS/sa
 PODS=(frontend api db-0 db-1)
 declare -A SA=([frontend]=frontend [api]=api [db-0]=db [db-1]=db)
@@ -537,7 +537,9 @@ PODS=(frontend api db-0)
 
 # ---- 5. rotation ------------------------------------------------------------------------------
 section "5. Certificates rotate while traffic flows (no restart, no failed request)"
-for p in "${PODS[@]}"; do ROT0[$p]=$(admin "$p" /certs | jq -r .rotations); done
+for p in "${PODS[@]}"; do
+    read -r ROT0[$p] SERIAL0[$p] < <(admin "$p" /certs | jq -r '"\(.rotations) \(.serial)"')
+done
 bg rot-api run_as frontend h2load -n 700 -c 2 -m 1 --rps 25 -H ":authority: api.$NS.svc.cluster.local" \
     "$(h2target api)/api/products"
 L1=$LASTPID
@@ -548,7 +550,7 @@ wait "$L1" "$L2"
 h2load_sum "$TMP/rot-api.log"; a_ok=$H_2XX a_bad=$H_BAD
 h2load_sum "$TMP/rot-db.log"; d_ok=$H_2XX d_bad=$H_BAD
 say "14 s of load: frontend -> api $a_ok x 2xx, $a_bad failed; api -> db $d_ok x 2xx, $d_bad failed"
-printf '  %-9s %-15s %-36s %s\n' pod rotations "serial (first -> now)" "not after (UTC)"
+printf '  %-9s %-15s %-36s %s\n' pod rotations "serial (before -> after)" "not after (UTC)"
 for p in "${PODS[@]}"; do
     c=$(admin "$p" /certs)
     read -r rot serial na < <(jq -r '"\(.rotations) \(.serial) \(.not_after)"' <<<"$c")
@@ -565,11 +567,17 @@ lat() { # URL...: per-request seconds, N sequential requests on one keep-alive c
 }
 lat --resolve "$(resolve api)" "$(url api)/api/warm?n=[1-20]" >/dev/null
 lat "$(direct_url)/api/warm?n=[1-20]" >/dev/null
-with=$(lat --resolve "$(resolve api)" "$(url api)/api/products?n=[1-$N]")
-without=$(lat "$(direct_url)/api/products?n=[1-$N]")
+# interleaved, 5 rounds of N/5 each way, so that a busy machine weighs on both alike
+with="" without=""
+for _ in 1 2 3 4 5; do
+    with+=$(lat --resolve "$(resolve api)" "$(url api)/api/products?n=[1-$((N / 5))]")$'\n'
+    without+=$(lat "$(direct_url)/api/products?n=[1-$((N / 5))]")$'\n'
+done
+with=$(grep . <<<"$with"); without=$(grep . <<<"$without")
 w50=$(median <<<"$with" | ms); o50=$(median <<<"$without" | ms)
 w99=$(pct 99 <<<"$with" | ms); o99=$(pct 99 <<<"$without" | ms)
-say "latency, $N sequential HTTP/1.1 GETs from the frontend's app to api's app:"
+say "latency, $N sequential HTTP/1.1 GETs each way from the frontend's app to api's app, interleaved"
+say "(load average $(cut -d' ' -f1 /proc/loadavg) on $(nproc) CPUs: whatever else runs here weighs on the tail):"
 say "    through both sidecars (mTLS + policy): median $w50 ms, p99 $w99 ms"
 say "    without sidecars (direct):             median $o50 ms, p99 $o99 ms"
 say "    added by the two sidecars:             median $(awk -v a="$w50" -v b="$o50" 'BEGIN {printf "%+.2f", a - b}') ms"
