@@ -235,7 +235,7 @@ struct rcase {
 static void op_pick(void *arg)
 {
     struct rcase *c = arg;
-    sink += (uintptr_t)px_route_pick(c->rt, NULL);
+    sink += (uintptr_t)px_route_pick(c->rt, NULL, 0);
 }
 
 static void op_match(void *arg)

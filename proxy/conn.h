@@ -1,7 +1,7 @@
 /* A downstream (client) connection accepted by a listener. The listener
  * detects the protocol from the first bytes and hands the connection to a
  * codec (h1 server, h2 server) or to the TCP tunnel, which then own its
- * bufferevent. */
+ * px_io. */
 #ifndef PX_CONN_H
 #define PX_CONN_H
 
@@ -29,7 +29,6 @@ struct px_conn {
     struct px_listener *listener;      /* borrowed; outlives its connections */
     const struct px_listener_cfg *lcfg; /* borrowed from the config snapshot */
     struct px_io *io;                  /* the socket; owned by the current handler */
-    struct bufferevent *bev;           /* h2 server (until it moves to px_io) */
     int fd;
     struct cm_addr peer, local;
     struct cm_addr orig_dst; /* SO_ORIGINAL_DST, else the local address */
@@ -45,7 +44,7 @@ struct px_conn {
 };
 
 /* Free the connection record once its handler is done with it (the handler
- * frees the bufferevent first, or hands over ownership). Updates counters. */
+ * frees c->io first, or hands it over). Updates counters. */
 void px_conn_free(struct px_conn *c);
 
 /* Where requests on this connection go by default: the listener's fixed

@@ -10,7 +10,7 @@
 #include "proxy/stream.h"
 
 /* Take over a downstream connection whose first bytes look like HTTP/1.x
- * (still in c->bev's input buffer). Owns c from now on. */
+ * (still in c->io's input buffer). Owns c from now on. */
 void px_h1_server_start(struct px_conn *c);
 
 /* Attach the upstream side of s to an HTTP/1.1 connection to s->upstream,

@@ -4,7 +4,7 @@
  *
  * Both bridge nghttp2 to px_stream (proxy/stream.h): flow control follows the
  * other side's backpressure (window updates are only sent for bytes the
- * other side has taken), and output stops at the bufferevent's watermark. */
+ * other side has taken), and output stops at the io's watermark. */
 #ifndef PX_H2_H
 #define PX_H2_H
 

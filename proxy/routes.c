@@ -19,7 +19,8 @@
 #include "proxy/server.h"
 
 #define WATCH_MS 1000
-#define BUDGET_FLOOR 3 /* retries always allowed per 10 s window, whatever the percentage */
+#define BUDGET_FLOOR 10 /* retries always allowed per 10 s window: a cold start or a
+                           * burst right after an endpoint dies must not fail requests */
 
 static struct {
     char *file;
@@ -355,11 +356,19 @@ const struct px_route *px_routes_match(const struct px_routes *r, const char *au
     return NULL;
 }
 
+/* Load balancing needs spread, not secrecy: xorshift64* seeded once from the
+ * CSPRNG (two CTR_DRBG draws cost more than the rest of a pick). */
 static uint32_t rnd(void)
 {
-    uint32_t v = 0;
-    pki_rng_fn(NULL, (unsigned char *)&v, sizeof(v));
-    return v;
+    static uint64_t x;
+    if (x == 0) {
+        pki_rng_fn(NULL, (unsigned char *)&x, sizeof(x));
+        x |= 1;
+    }
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    return (uint32_t)((x * 0x2545F4914F6CDD1DULL) >> 32);
 }
 
 /* lower is better: outstanding requests per weight */
@@ -368,7 +377,16 @@ static double load_of(const struct px_endpoint *e)
     return ((double)e->st->outstanding + 1.0) / (double)e->weight;
 }
 
-struct px_endpoint *px_route_pick(const struct px_route *rt, const struct px_ep_state *avoid)
+static bool avoided(const struct px_ep_state *st, const struct px_ep_state *const *avoid, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (avoid[i] == st)
+            return true;
+    return false;
+}
+
+struct px_endpoint *px_route_pick(const struct px_route *rt, const struct px_ep_state *const *avoid,
+                                  size_t navoid)
 {
     uint64_t now = cm_mono_ms();
     const char *local = px_srv != NULL ? px_srv->cfg->cluster : NULL;
@@ -382,17 +400,14 @@ struct px_endpoint *px_route_pick(const struct px_route *rt, const struct px_ep_
             bool healthy = !ejected(e->st, now);
             bool is_local = local == NULL || (e->cluster != NULL && strcmp(e->cluster, local) == 0);
             bool ok = tier == 0 ? healthy && is_local : tier == 1 ? healthy : true;
-            if (!ok || e->st == avoid)
+            if (!ok || avoided(e->st, avoid, navoid))
                 continue;
             cand[nc++] = e;
         }
     }
     if (nc == 0) {
-        /* only the endpoint to avoid is left */
-        for (size_t i = 0; i < rt->neps; i++)
-            if (rt->eps[i].st == avoid)
-                return &rt->eps[i];
-        return &rt->eps[0];
+        /* only endpoints this request already tried are left: any of them */
+        return &rt->eps[rnd() % rt->neps];
     }
     if (nc == 1)
         return cand[0];

@@ -95,10 +95,12 @@ const struct px_route *px_routes_match(const struct px_routes *r, const char *au
                                        const struct cm_addr *orig_dst);
 /* Pick an endpoint: healthy ones of our own cluster first (all traffic
  * stays local while any is healthy), else the other clusters; power of two
- * choices on outstanding requests per weight; `avoid` (may be NULL) is not
- * picked when another candidate exists. Never NULL for a route with
- * endpoints (when all are ejected, all are candidates again). */
-struct px_endpoint *px_route_pick(const struct px_route *rt, const struct px_ep_state *avoid);
+ * choices on outstanding requests per weight; endpoints in `avoid` (the ones
+ * this request already failed on; navoid may be 0) are not picked while
+ * another candidate exists. Never NULL for a route with endpoints (when all
+ * are ejected, all are candidates again). */
+struct px_endpoint *px_route_pick(const struct px_route *rt, const struct px_ep_state *const *avoid,
+                                  size_t navoid);
 /* Outcome of one try on an endpoint: success, or a failure of a kind. */
 enum px_try_outcome {
     PX_TRY_OK = 0,

@@ -197,8 +197,6 @@ out:
     /* connections still listed were never handed to a codec (detecting) */
     while (!cm_list_empty(&px_srv->conns)) {
         struct px_conn *c = cm_container_of(px_srv->conns.next, struct px_conn, link);
-        if (c->bev != NULL)
-            bufferevent_free(c->bev);
         px_io_free(c->io);
         px_conn_free(c);
     }

@@ -210,6 +210,11 @@ static void abort_side(struct px_stream *s, enum px_side side)
 
 void px_stream_respond(struct px_stream *s, int status, const char *body)
 {
+    if (!s->attached[PX_DOWN] || s->aborted || s->ops[PX_DOWN] == NULL) {
+        /* the client is gone: nobody to answer, only the upstream to stop */
+        abort_side(s, PX_UP);
+        return;
+    }
     if (s->head_sent[PX_DOWN]) {
         abort_side(s, PX_DOWN);
         return;
@@ -307,8 +312,8 @@ static void report_try(struct px_stream *s, enum px_try_outcome o)
         return;
     s->ep->st->outstanding--;
     px_route_report(s->route, s->ep, o, cm_mono_us() - s->try_start_us);
-    if (o != PX_TRY_OK)
-        s->last_failed = s->ep->st;
+    if (o != PX_TRY_OK && s->nfailed < sizeof(s->failed) / sizeof(s->failed[0]))
+        s->failed[s->nfailed++] = s->ep->st;
     s->ep = NULL;
 }
 
@@ -317,7 +322,7 @@ static void report_try(struct px_stream *s, enum px_try_outcome o)
 static void start_try(struct px_stream *s)
 {
     if (s->route != NULL) {
-        s->ep = px_route_pick(s->route, s->last_failed);
+        s->ep = px_route_pick(s->route, s->failed, s->nfailed);
         s->upstream = s->ep->addr;
         s->ep->st->outstanding++;
         if (px_conn_is_loop(s->conn, &s->upstream)) {

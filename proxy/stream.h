@@ -42,6 +42,7 @@ enum px_side {
 
 struct px_stream;
 struct px_conn;
+struct px_ep_state;
 
 /* What a codec exposes to the stream for one side of it. */
 struct px_side_ops {
@@ -116,7 +117,8 @@ struct px_stream {
     struct px_routes *routes;   /* snapshot reference, or NULL */
     struct px_route *route;     /* matched route in routes, or NULL */
     struct px_endpoint *ep;     /* endpoint of the current try, until reported */
-    const void *last_failed;    /* endpoint state of the last failed try (avoid it) */
+    const struct px_ep_state *failed[10]; /* endpoints this request failed on (avoided) */
+    uint8_t nfailed;
     uint32_t tries;             /* tries started */
     uint64_t try_start_us;
     struct evbuffer *replay;    /* request body kept for a retry, or NULL */

@@ -4,7 +4,7 @@
 
 #include "proxy/conn.h"
 
-/* Take over c (its bev's input may hold the first bytes) and splice it to
+/* Take over c (its io's input may hold the first bytes) and splice it to
  * its default upstream. */
 void px_tcp_start(struct px_conn *c);
 /* Close every tunnel (exit). */

@@ -92,24 +92,28 @@ static void locality_and_failover(void **state)
     struct px_route *rt = &r->routes[0];
     int counts[3] = {0, 0, 0};
     for (int i = 0; i < 300; i++)
-        counts[px_route_pick(rt, NULL) - rt->eps]++;
+        counts[px_route_pick(rt, NULL, 0) - rt->eps]++;
     assert_int_equal(counts[2], 0); /* west only as failover */
     assert_true(counts[0] > 50 && counts[1] > 50);
     /* avoid: a retry does not go back to the endpoint that failed */
+    const struct px_ep_state *tried[2] = {rt->eps[0].st, rt->eps[1].st};
     for (int i = 0; i < 50; i++)
-        assert_ptr_not_equal(px_route_pick(rt, rt->eps[0].st), &rt->eps[0]);
+        assert_ptr_not_equal(px_route_pick(rt, tried, 1), &rt->eps[0]);
+    /* every local endpoint tried: the next try goes remote */
+    for (int i = 0; i < 20; i++)
+        assert_ptr_equal(px_route_pick(rt, tried, 2), &rt->eps[2]);
     /* eject both local endpoints: traffic fails over west; the last healthy is never ejected */
     px_route_report(rt, &rt->eps[0], PX_TRY_CONNECT, 100);
     px_route_report(rt, &rt->eps[1], PX_TRY_CONNECT, 100);
     for (int i = 0; i < 20; i++)
-        assert_ptr_equal(px_route_pick(rt, NULL), &rt->eps[2]);
+        assert_ptr_equal(px_route_pick(rt, NULL, 0), &rt->eps[2]);
     px_route_report(rt, &rt->eps[2], PX_TRY_CONNECT, 100);
     assert_int_equal(rt->eps[2].st->ejections, 0);
     assert_int_equal(R.ejections_total, 2);
     /* ejection ends: local again */
     rt->eps[0].st->ejected_until_ms = 1;
     for (int i = 0; i < 20; i++)
-        assert_ptr_equal(px_route_pick(rt, NULL), &rt->eps[0]);
+        assert_ptr_equal(px_route_pick(rt, NULL, 0), &rt->eps[0]);
     px_routes_unref(r);
     px_routes_shutdown();
     px_srv = NULL;
@@ -123,7 +127,7 @@ static void p2c_prefers_less_loaded(void **state)
     struct px_route *rt = &r->routes[0];
     rt->eps[0].st->outstanding = 50;
     for (int i = 0; i < 50; i++)
-        assert_ptr_equal(px_route_pick(rt, NULL), &rt->eps[1]);
+        assert_ptr_equal(px_route_pick(rt, NULL, 0), &rt->eps[1]);
     px_routes_unref(r);
     px_routes_shutdown();
 }
@@ -139,12 +143,15 @@ static void budget_and_retry_on(void **state)
     assert_true(px_route_retry_on(rt, PX_TRY_5XX, 429));
     assert_false(px_route_retry_on(rt, PX_TRY_5XX, 500));
     assert_false(px_route_retry_on(rt, PX_TRY_CONNECT, 0));
-    for (int i = 0; i < 100; i++)
-        px_route_budget_request(rt);
     int allowed = 0;
+    for (int i = 0; i < 50; i++)
+        allowed += px_route_budget_retry(rt);
+    assert_int_equal(allowed, 10); /* nothing sent yet: the floor */
+    for (int i = 0; i < 300; i++)
+        px_route_budget_request(rt);
     for (int i = 0; i < 100; i++)
         allowed += px_route_budget_retry(rt);
-    assert_int_equal(allowed, 10); /* 10 % of 100 */
+    assert_int_equal(allowed, 30); /* 10 % of 300 */
     px_routes_unref(r);
     px_routes_shutdown();
 }
