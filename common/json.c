@@ -93,8 +93,8 @@ int cm_json_load_file(const char *file, bool want_object, json_t **out, char **e
     return finish_load(file, root, &jerr, want_object, out, errmsg);
 }
 
-int cm_json_load_buf(const char *name, const char *buf, size_t len, bool want_object,
-                     json_t **out, char **errmsg)
+int cm_json_load_buf(const char *name, const char *buf, size_t len, bool want_object, json_t **out,
+                     char **errmsg)
 {
     json_error_t jerr;
     json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
@@ -190,8 +190,7 @@ int cm_json_get_child(const struct cm_jpath *p, json_t *obj, const char *key, bo
     if (v == NULL)
         return rc;
     if (json_typeof(v) != type)
-        return cm_json_fail(&c, errmsg, "expected an %s",
-                            type == JSON_OBJECT ? "object" : "array");
+        return cm_json_fail(&c, errmsg, "expected an %s", type == JSON_OBJECT ? "object" : "array");
     *out = v;
     return 0;
 }

@@ -19,8 +19,8 @@ struct cm_jpath {
  * Returns 0 and *out (caller decrefs) or CM_ERR_INVAL with *errmsg. */
 int cm_json_load_file(const char *file, bool want_object, json_t **out, char **errmsg);
 /* Same from memory; `name` is used in messages. */
-int cm_json_load_buf(const char *name, const char *buf, size_t len, bool want_object,
-                     json_t **out, char **errmsg);
+int cm_json_load_buf(const char *name, const char *buf, size_t len, bool want_object, json_t **out,
+                     char **errmsg);
 
 /* Child path helpers: key of an object, index of an array. */
 void cm_jpath_root(struct cm_jpath *p, const char *file);

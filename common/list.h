@@ -46,6 +46,7 @@ static inline void cm_list_remove(struct cm_list *n)
 }
 
 #define cm_list_foreach_safe(pos, tmp, head)                                                       \
-    for ((pos) = (head)->next, (tmp) = (pos)->next; (pos) != (head); (pos) = (tmp), (tmp) = (pos)->next)
+    for ((pos) = (head)->next, (tmp) = (pos)->next; (pos) != (head);                               \
+         (pos) = (tmp), (tmp) = (pos)->next)
 
 #endif

@@ -14,10 +14,7 @@ enum cm_log_level {
     CM_LOG_TRACE      /* per frame / per callback detail */
 };
 
-enum cm_log_format {
-    CM_LOG_FORMAT_TEXT = 0,
-    CM_LOG_FORMAT_JSON
-};
+enum cm_log_format { CM_LOG_FORMAT_TEXT = 0, CM_LOG_FORMAT_JSON };
 
 extern enum cm_log_level cm_log_current_level;
 
@@ -39,8 +36,8 @@ void cm_log_vwrite(enum cm_log_level level, const char *fmt, va_list ap);
             cm_log_write((level), __VA_ARGS__);                                                    \
     } while (0)
 #define cm_error(...) cm_log(CM_LOG_ERROR, __VA_ARGS__)
-#define cm_warn(...) cm_log(CM_LOG_WARN, __VA_ARGS__)
-#define cm_info(...) cm_log(CM_LOG_INFO, __VA_ARGS__)
+#define cm_warn(...)  cm_log(CM_LOG_WARN, __VA_ARGS__)
+#define cm_info(...)  cm_log(CM_LOG_INFO, __VA_ARGS__)
 #define cm_debug(...) cm_log(CM_LOG_DEBUG, __VA_ARGS__)
 #define cm_trace(...) cm_log(CM_LOG_TRACE, __VA_ARGS__)
 

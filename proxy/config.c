@@ -56,13 +56,14 @@ static int get_addr(const struct cm_jpath *p, json_t *obj, const char *key, bool
     if (cm_addr_parse(s, out) != 0) {
         struct cm_jpath c;
         cm_jpath_key(&c, p, key);
-        return cm_json_fail(&c, errmsg, "\"%s\" is not an address (want \"ip:port\" or \"[ipv6]:port\")", s);
+        return cm_json_fail(&c, errmsg,
+                            "\"%s\" is not an address (want \"ip:port\" or \"[ipv6]:port\")", s);
     }
     return 0;
 }
 
-static int get_u32(const struct cm_jpath *p, json_t *obj, const char *key, int64_t min,
-                   int64_t max, uint32_t *out, char **errmsg)
+static int get_u32(const struct cm_jpath *p, json_t *obj, const char *key, int64_t min, int64_t max,
+                   uint32_t *out, char **errmsg)
 {
     int64_t v = *out;
     int rc = cm_json_get_int(p, obj, key, false, min, max, &v, errmsg);
@@ -73,12 +74,14 @@ static int get_u32(const struct cm_jpath *p, json_t *obj, const char *key, int64
 
 static int parse_limits(const struct cm_jpath *p, json_t *o, struct px_limits *l, char **errmsg)
 {
-    static const char *const keys[] = {
-        "max_header_bytes",   "max_headers",        "max_request_body",
-        "buffer_bytes",       "header_timeout_ms",  "idle_timeout_ms",
-        "connect_timeout_ms", "request_timeout_ms", "detect_timeout_ms",
-        "drain_timeout_ms",   "max_connections",    "pool_max_idle",
-        "pool_idle_timeout_ms", "h2_max_concurrent_streams", "retry_buffer_bytes", NULL};
+    static const char *const keys[] = {"max_header_bytes",     "max_headers",
+                                       "max_request_body",     "buffer_bytes",
+                                       "header_timeout_ms",    "idle_timeout_ms",
+                                       "connect_timeout_ms",   "request_timeout_ms",
+                                       "detect_timeout_ms",    "drain_timeout_ms",
+                                       "max_connections",      "pool_max_idle",
+                                       "pool_idle_timeout_ms", "h2_max_concurrent_streams",
+                                       "retry_buffer_bytes",   NULL};
     if (cm_json_check_keys(p, o, keys, errmsg) != 0)
         return CM_ERR_INVAL;
     int64_t body = (int64_t)l->max_request_body;
@@ -95,12 +98,13 @@ static int parse_limits(const struct cm_jpath *p, json_t *o, struct px_limits *l
     rc = rc ?: get_u32(p, o, "drain_timeout_ms", 0, 3600000, &l->drain_timeout_ms, errmsg);
     rc = rc ?: get_u32(p, o, "max_connections", 1, 10000000, &l->max_connections, errmsg);
     rc = rc ?: get_u32(p, o, "pool_max_idle", 0, 100000, &l->pool_max_idle, errmsg);
-    rc = rc ?: get_u32(p, o, "pool_idle_timeout_ms", 1, 86400000, &l->pool_idle_timeout_ms,
-                       errmsg);
-    rc = rc ?: get_u32(p, o, "h2_max_concurrent_streams", 1, 100000,
-                       &l->h2_max_concurrent_streams, errmsg);
-    rc = rc ?: get_u32(p, o, "retry_buffer_bytes", 0, 16 * 1024 * 1024, &l->retry_buffer_bytes,
-                       errmsg);
+    rc = rc ?: get_u32(p, o, "pool_idle_timeout_ms", 1, 86400000, &l->pool_idle_timeout_ms, errmsg);
+    rc = rc
+             ?: get_u32(p, o, "h2_max_concurrent_streams", 1, 100000, &l->h2_max_concurrent_streams,
+                        errmsg);
+    rc = rc
+             ?: get_u32(p, o, "retry_buffer_bytes", 0, 16 * 1024 * 1024, &l->retry_buffer_bytes,
+                        errmsg);
     l->max_request_body = (uint64_t)body;
     return rc;
 }
@@ -108,7 +112,7 @@ static int parse_limits(const struct cm_jpath *p, json_t *o, struct px_limits *l
 static int parse_listener(const struct cm_jpath *p, json_t *o, struct px_listener_cfg *l,
                           char **errmsg)
 {
-    static const char *const keys[] = {"name", "address",  "direction", "upstream",
+    static const char *const keys[] = {"name", "address",           "direction", "upstream",
                                        "tls",  "upstream_protocol", NULL};
     static const char *const dirs[] = {"inbound", "outbound", NULL};
     static const char *const tls_in[] = {"disabled", "strict", "permissive", NULL};
@@ -147,9 +151,9 @@ static int parse_listener(const struct cm_jpath *p, json_t *o, struct px_listene
 
 static int parse_identity(const struct cm_jpath *p, json_t *o, char **errmsg)
 {
-    static const char *const keys[] = {"trust_domain", "namespace",   "service_account",
-                                       "ca_address",   "ca_root",     "token_file",
-                                       "cert_file",    "key_file",    "bundle_file", NULL};
+    static const char *const keys[] = {
+        "trust_domain", "namespace", "service_account", "ca_address",  "ca_root",
+        "token_file",   "cert_file", "key_file",        "bundle_file", NULL};
     if (cm_json_check_keys(p, o, keys, errmsg) != 0)
         return CM_ERR_INVAL;
     const char *key;
@@ -172,9 +176,9 @@ static char *dup_opt(const char *s)
 
 static int parse_root(const char *name, json_t *root, struct px_config *cfg, char **errmsg)
 {
-    static const char *const keys[] = {"admin",       "listeners",  "identity",   "policy_file",
-                                       "routes_file", "cluster",    "log_level",  "log_format",
-                                       "access_log",  "limits",     "health",     NULL};
+    static const char *const keys[] = {"admin",       "listeners", "identity",  "policy_file",
+                                       "routes_file", "cluster",   "log_level", "log_format",
+                                       "access_log",  "limits",    "health",    NULL};
     static const char *const formats[] = {"text", "json", NULL};
     struct cm_jpath p, c;
     cm_jpath_root(&p, name);

@@ -33,7 +33,7 @@ struct px_listener_cfg {
     char *name;
     struct cm_addr addr;
     enum px_direction direction;
-    bool has_upstream;      /* fixed upstream; else the original destination */
+    bool has_upstream; /* fixed upstream; else the original destination */
     struct cm_addr upstream;
     enum px_tls_mode tls;
     enum px_upstream_proto upstream_protocol;
@@ -41,21 +41,21 @@ struct px_listener_cfg {
 
 /* Bounds on everything a peer can make us hold ("limits" object). */
 struct px_limits {
-    uint32_t max_header_bytes;      /* request/response head; over -> 431 / 502 */
-    uint32_t max_headers;           /* header count in one head */
-    uint64_t max_request_body;      /* 0: unbounded (streamed); over -> 413 */
-    uint32_t buffer_bytes;          /* per-direction high watermark for backpressure */
-    uint32_t header_timeout_ms;     /* a client must finish a request head within this */
-    uint32_t idle_timeout_ms;       /* keep-alive / idle connection timeout */
-    uint32_t connect_timeout_ms;    /* upstream connect */
-    uint32_t request_timeout_ms;    /* whole request, 0 = none (routes refine later) */
-    uint32_t detect_timeout_ms;     /* protocol detection: no bytes -> opaque TCP */
-    uint32_t drain_timeout_ms;      /* SIGTERM / drain bound */
-    uint32_t max_connections;       /* downstream connections, all listeners */
-    uint32_t pool_max_idle;         /* idle upstream h1 connections per address */
-    uint32_t pool_idle_timeout_ms;  /* an idle upstream connection is closed after this */
+    uint32_t max_header_bytes;     /* request/response head; over -> 431 / 502 */
+    uint32_t max_headers;          /* header count in one head */
+    uint64_t max_request_body;     /* 0: unbounded (streamed); over -> 413 */
+    uint32_t buffer_bytes;         /* per-direction high watermark for backpressure */
+    uint32_t header_timeout_ms;    /* a client must finish a request head within this */
+    uint32_t idle_timeout_ms;      /* keep-alive / idle connection timeout */
+    uint32_t connect_timeout_ms;   /* upstream connect */
+    uint32_t request_timeout_ms;   /* whole request, 0 = none (routes refine later) */
+    uint32_t detect_timeout_ms;    /* protocol detection: no bytes -> opaque TCP */
+    uint32_t drain_timeout_ms;     /* SIGTERM / drain bound */
+    uint32_t max_connections;      /* downstream connections, all listeners */
+    uint32_t pool_max_idle;        /* idle upstream h1 connections per address */
+    uint32_t pool_idle_timeout_ms; /* an idle upstream connection is closed after this */
     uint32_t h2_max_concurrent_streams;
-    uint32_t retry_buffer_bytes;    /* request body kept for retries; larger bodies are not retried */
+    uint32_t retry_buffer_bytes; /* request body kept for retries; larger bodies are not retried */
 };
 
 struct px_config {

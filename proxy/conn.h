@@ -26,17 +26,17 @@ enum px_conn_proto {
 };
 
 struct px_conn {
-    struct px_listener *listener;      /* borrowed; outlives its connections */
+    struct px_listener *listener;       /* borrowed; outlives its connections */
     const struct px_listener_cfg *lcfg; /* borrowed from the config snapshot */
-    struct px_io *io;                  /* the socket; owned by the current handler */
+    struct px_io *io;                   /* the socket; owned by the current handler */
     int fd;
     struct cm_addr peer, local;
     struct cm_addr orig_dst; /* SO_ORIGINAL_DST, else the local address */
     bool has_orig_dst;
     enum px_conn_proto proto;
     struct event *detect_timer;
-    void *handler; /* the codec's connection object */
-    bool mtls;     /* terminated mTLS: peer_id is verified */
+    void *handler;     /* the codec's connection object */
+    bool mtls;         /* terminated mTLS: peer_id is verified */
     char peer_id[256]; /* the peer's SPIFFE ID ("" without mTLS) */
     uint64_t accepted_us;
     uint64_t id;

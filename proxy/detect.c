@@ -20,7 +20,8 @@ enum px_conn_proto px_detect(const uint8_t *buf, size_t len)
     /* HTTP/1.x: a method token (upper-case letters, '-', '_') then a space.
      * llhttp will judge the rest; this only routes the connection. */
     size_t i = 0;
-    while (i < len && i < 20 && ((buf[i] >= 'A' && buf[i] <= 'Z') || buf[i] == '-' || buf[i] == '_'))
+    while (i < len && i < 20 &&
+           ((buf[i] >= 'A' && buf[i] <= 'Z') || buf[i] == '-' || buf[i] == '_'))
         i++;
     if (i == len && i < 20)
         return PX_PROTO_UNKNOWN;
@@ -32,10 +33,15 @@ enum px_conn_proto px_detect(const uint8_t *buf, size_t len)
 const char *px_proto_name(enum px_conn_proto p)
 {
     switch (p) {
-    case PX_PROTO_HTTP1: return "http1";
-    case PX_PROTO_H2: return "h2c";
-    case PX_PROTO_TLS: return "tls";
-    case PX_PROTO_TCP: return "tcp";
-    default: return "unknown";
+    case PX_PROTO_HTTP1:
+        return "http1";
+    case PX_PROTO_H2:
+        return "h2c";
+    case PX_PROTO_TLS:
+        return "tls";
+    case PX_PROTO_TCP:
+        return "tcp";
+    default:
+        return "unknown";
     }
 }

@@ -36,17 +36,17 @@ struct h1c {
     struct px_stream *s;
     struct h1_acc acc;
     struct event *kick;
-    bool reused;        /* this exchange runs on a pooled connection */
-    bool got_bytes;     /* response bytes arrived for this exchange */
+    bool reused;    /* this exchange runs on a pooled connection */
+    bool got_bytes; /* response bytes arrived for this exchange */
     bool req_chunked;
-    bool req_done;      /* request fully queued */
+    bool req_done; /* request fully queued */
     bool resp_done;
     bool informational; /* parsing a 1xx response: not forwarded */
     bool head_req;
     bool keep_alive;
     bool parser_paused;
     bool body_paused;
-    bool replayable;    /* body-less request: may be resent once on a fresh connection */
+    bool replayable;     /* body-less request: may be resent once on a fresh connection */
     struct cm_list link; /* pool idle list of its bucket, or the busy list */
 };
 
@@ -449,8 +449,8 @@ static void on_event(struct px_io *io, int what, void *arg)
     if (u->state == H1C_CONNECTING) {
         int err = px_io_errno(io);
         enum px_cause cause = (what & PX_IO_TIMEOUT) ? PX_CAUSE_CONNECT_TIMEOUT
-                              : err == ECONNREFUSED       ? PX_CAUSE_CONNECT_REFUSED
-                                                          : PX_CAUSE_CONNECT_FAILED;
+                              : err == ECONNREFUSED  ? PX_CAUSE_CONNECT_REFUSED
+                                                     : PX_CAUSE_CONNECT_FAILED;
         px_metrics.upstream_cx_connect_fail++;
         char a[CM_ADDR_STRLEN];
         cm_debug("h1 upstream %s: connect: %s", cm_addr_format(&u->addr, a, sizeof(a)),
@@ -462,8 +462,8 @@ static void on_event(struct px_io *io, int what, void *arg)
         /* close-delimited body, or a reset mid-response */
         if (u->state == H1C_BUSY && !u->resp_done && u->got_bytes) {
             process(u);
-            if (u->state == H1C_BUSY && !u->resp_done &&
-                llhttp_finish(&u->parser) == HPE_OK && u->resp_done) {
+            if (u->state == H1C_BUSY && !u->resp_done && llhttp_finish(&u->parser) == HPE_OK &&
+                u->resp_done) {
                 u->keep_alive = false;
                 return; /* completed by EOF; kick releases (closes) it */
             }

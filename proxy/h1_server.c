@@ -35,17 +35,17 @@ struct h1s {
     enum h1s_state state;
     struct px_stream *s; /* the current exchange, or NULL */
     struct h1_acc acc;
-    struct event *timer;  /* idle / header deadline */
-    struct event *kick;   /* re-run the parser from the event loop */
-    int err_status;       /* status for a parse error we raise ourselves */
-    bool keep_alive;      /* this response may leave the connection open */
-    bool chunked;         /* response body chunked toward the client */
-    bool head_req;        /* HEAD: no response body */
-    bool resp_done;       /* response fully queued */
-    bool req_done;        /* request fully read */
-    bool parser_paused;   /* llhttp returned HPE_PAUSED, resume before executing */
-    bool body_paused;     /* paused for backpressure */
-    bool peer_eof;        /* the client half-closed */
+    struct event *timer; /* idle / header deadline */
+    struct event *kick;  /* re-run the parser from the event loop */
+    int err_status;      /* status for a parse error we raise ourselves */
+    bool keep_alive;     /* this response may leave the connection open */
+    bool chunked;        /* response body chunked toward the client */
+    bool head_req;       /* HEAD: no response body */
+    bool resp_done;      /* response fully queued */
+    bool req_done;       /* request fully read */
+    bool parser_paused;  /* llhttp returned HPE_PAUSED, resume before executing */
+    bool body_paused;    /* paused for backpressure */
+    bool peer_eof;       /* the client half-closed */
     bool freeing;
     struct cm_list link;
 };
@@ -450,8 +450,7 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
         return; /* on_write closes once flushed */
     }
     process(h);
-    if (h->state == H1S_IDLE && h->peer_eof &&
-        evbuffer_get_length(px_io_input(h->io)) == 0)
+    if (h->state == H1S_IDLE && h->peer_eof && evbuffer_get_length(px_io_input(h->io)) == 0)
         close_conn(h);
 }
 
@@ -460,14 +459,27 @@ static void parse_error(struct h1s *h, llhttp_errno_t err)
     int status = h->err_status ? h->err_status : 400;
     const char *why;
     switch (status) {
-    case 431: why = "request header fields too large"; px_metrics.header_too_big++; break;
-    case 414: why = "request target too long"; px_metrics.header_too_big++; break;
-    case 405: why = "CONNECT is not supported"; break;
-    case 505: why = "HTTP version not supported"; break;
-    default: why = "malformed request"; px_metrics.bad_request++; break;
+    case 431:
+        why = "request header fields too large";
+        px_metrics.header_too_big++;
+        break;
+    case 414:
+        why = "request target too long";
+        px_metrics.header_too_big++;
+        break;
+    case 405:
+        why = "CONNECT is not supported";
+        break;
+    case 505:
+        why = "HTTP version not supported";
+        break;
+    default:
+        why = "malformed request";
+        px_metrics.bad_request++;
+        break;
     }
-    cm_debug("h1 conn %llu: %s (%s: %s)", (unsigned long long)h->c->id, why,
-             llhttp_errno_name(err), llhttp_get_error_reason(&h->parser));
+    cm_debug("h1 conn %llu: %s (%s: %s)", (unsigned long long)h->c->id, why, llhttp_errno_name(err),
+             llhttp_get_error_reason(&h->parser));
     reply_error(h, status, why);
 }
 

@@ -200,12 +200,12 @@ static void process_input(struct px_h2_session *sess)
         ssize_t rv = nghttp2_session_mem_recv(sess->ng, p, n);
         if (rv < 0) {
             cm_debug("h2 %s session %llu: bad input: %s",
-                     sess->role == PX_H2_SERVER ? "server" : "client",
-                     (unsigned long long)sess->id, nghttp2_strerror((int)rv));
+                     sess->role == PX_H2_SERVER ? "server" : "client", (unsigned long long)sess->id,
+                     nghttp2_strerror((int)rv));
             if (sess->role == PX_H2_SERVER)
                 px_metrics.bad_request++;
             px_h2_session_close(sess, sess->role == PX_H2_CLIENT ? PX_CAUSE_UPSTREAM_PROTO
-                                                                  : PX_CAUSE_DOWNSTREAM_RESET);
+                                                                 : PX_CAUSE_DOWNSTREAM_RESET);
             return;
         }
         evbuffer_drain(in, (size_t)rv);
@@ -264,7 +264,9 @@ static void on_event(struct px_io *io, int what, void *arg)
         return; /* CONNECTED / HANDSHAKE: nothing to do, output flows */
     cm_debug("h2 %s session %llu: connection %s", sess->role == PX_H2_SERVER ? "server" : "client",
              (unsigned long long)sess->id,
-             (what & PX_IO_EOF) ? "closed by peer" : (what & PX_IO_TIMEOUT) ? "timeout" : "error");
+             (what & PX_IO_EOF)       ? "closed by peer"
+             : (what & PX_IO_TIMEOUT) ? "timeout"
+                                      : "error");
     enum px_cause cause = default_cause(sess);
     if (sess->role == PX_H2_CLIENT && !sess->got_settings) {
         /* connected, but the upstream never said a word: it was not
@@ -349,8 +351,7 @@ static void check_drain(struct px_h2_stream *st)
         return;
     enum px_side me = st->sess->role == PX_H2_SERVER ? PX_DOWN : PX_UP;
     enum px_side other = me == PX_DOWN ? PX_UP : PX_DOWN;
-    if (s->paused[other] &&
-        evbuffer_get_length(st->buf) < px_srv->cfg->limits.buffer_bytes / 2)
+    if (s->paused[other] && evbuffer_get_length(st->buf) < px_srv->cfg->limits.buffer_bytes / 2)
         px_stream_on_drain(s, me);
 }
 
@@ -588,8 +589,8 @@ static void add_field_nv(nghttp2_nv *nv, const struct px_hdr *h)
 /* Connection-specific fields never go out on HTTP/2 (RFC 9113 8.2.2). */
 static bool connection_specific(const struct px_hdr *h)
 {
-    static const char *const names[] = {"connection", "keep-alive",  "proxy-connection",
-                                        "transfer-encoding", "upgrade", "http2-settings"};
+    static const char *const names[] = {"connection",        "keep-alive", "proxy-connection",
+                                        "transfer-encoding", "upgrade",    "http2-settings"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (strcmp(h->name, names[i]) == 0)
             return true;
@@ -746,8 +747,8 @@ int px_h2_add_field(struct px_stream *s, struct px_msg *m, const uint8_t *name, 
         m->head_bytes += (uint32_t)(namelen + valuelen);
         return 0; /* kept in m->content_length only, as the h1 codec does */
     }
-    return px_msg_add(&s->arena, m, (const char *)name, namelen, v, valuelen,
-                      lim->max_header_bytes, lim->max_headers);
+    return px_msg_add(&s->arena, m, (const char *)name, namelen, v, valuelen, lim->max_header_bytes,
+                      lim->max_headers);
 }
 
 /* ---- public API -------------------------------------------------------------- */

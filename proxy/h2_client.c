@@ -291,8 +291,8 @@ static int on_frame_not_send(nghttp2_session *ng, const nghttp2_frame *f, int li
     struct px_h2_session *sess = user_data;
     if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
-    cm_debug("h2 client session %llu stream %d: request not sent: %s",
-             (unsigned long long)sess->id, f->hd.stream_id, nghttp2_strerror(lib_error_code));
+    cm_debug("h2 client session %llu stream %d: request not sent: %s", (unsigned long long)sess->id,
+             f->hd.stream_id, nghttp2_strerror(lib_error_code));
     if (nghttp2_session_find_stream(ng, f->hd.stream_id) != NULL)
         return 0; /* on_stream_close follows */
     /* the stream never existed for nghttp2: nothing will mention it again */
@@ -381,10 +381,10 @@ void px_h2_client_on_event(struct px_h2_session *sess, short what)
         return;
     }
     int err = px_io_errno(sess->io);
-    enum px_cause cause = (what & PX_IO_TIMEOUT)               ? PX_CAUSE_CONNECT_TIMEOUT
+    enum px_cause cause = (what & PX_IO_TIMEOUT)                 ? PX_CAUSE_CONNECT_TIMEOUT
                           : px_io_tls_error(sess->io)[0] != '\0' ? PX_CAUSE_UPSTREAM_TLS
-                          : err == ECONNREFUSED                ? PX_CAUSE_CONNECT_REFUSED
-                                                               : PX_CAUSE_CONNECT_FAILED;
+                          : err == ECONNREFUSED                  ? PX_CAUSE_CONNECT_REFUSED
+                                                                 : PX_CAUSE_CONNECT_FAILED;
     if (cause == PX_CAUSE_UPSTREAM_TLS)
         cm_warn("h2 client session %llu: mTLS to %s failed: %s", (unsigned long long)sess->id,
                 cm_addr_format(&sess->addr, addr, sizeof(addr)), px_io_tls_error(sess->io));
@@ -478,8 +478,8 @@ static struct px_h2_session *client_new(const struct cm_addr *a, struct px_tls_c
 static bool resubmit(struct px_h2_stream *st)
 {
     struct px_stream *s = st->s;
-    if (s == NULL || st->resent || st->in != PX_H2_IN_HEAD || st->n1xx > 0 ||
-        !s->req.end_stream || s->state != PX_STREAM_FORWARD)
+    if (s == NULL || st->resent || st->in != PX_H2_IN_HEAD || st->n1xx > 0 || !s->req.end_stream ||
+        s->state != PX_STREAM_FORWARD)
         return false;
     struct px_tls_conf *tls = NULL;
     if (s->up_tls && (tls = px_identity_client_conf()) == NULL)

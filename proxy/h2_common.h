@@ -49,22 +49,22 @@ enum px_h2_sess_state {
 struct px_h2_session {
     enum px_h2_role role;
     enum px_h2_sess_state state;
-    nghttp2_session *ng;    /* owned */
-    struct px_io *io;       /* owned (server: taken over from the px_conn) */
-    struct event *defer;    /* zero-delay work: flush output, or free when closing */
-    struct event *idle;     /* no streams for a while: server idle / pool idle timeout */
+    nghttp2_session *ng;      /* owned */
+    struct px_io *io;         /* owned (server: taken over from the px_conn) */
+    struct event *defer;      /* zero-delay work: flush output, or free when closing */
+    struct event *idle;       /* no streams for a while: server idle / pool idle timeout */
     struct event *head_timer; /* server: a request head unfinished after header_timeout_ms */
-    struct cm_list streams; /* px_h2_stream of this session */
+    struct cm_list streams;   /* px_h2_stream of this session */
     uint32_t nstreams;
-    bool close_when_flushed; /* nghttp2 is done: close once the output is written */
-    bool got_settings;      /* client: the upstream's first SETTINGS arrived */
+    bool close_when_flushed;  /* nghttp2 is done: close once the output is written */
+    bool got_settings;        /* client: the upstream's first SETTINGS arrived */
     enum px_cause fail_cause; /* client: what the remaining streams are told */
-    struct cm_list link;    /* in the server list, or in the client pool */
-    struct px_conn *conn;   /* server: the downstream connection (owned) */
-    struct cm_addr addr;    /* client: upstream address (the pool key) */
-    bool tls;               /* client: mTLS to another sidecar (part of the pool key) */
-    uint64_t nrequests;     /* client: streams started on it */
-    uint64_t id;            /* for logs */
+    struct cm_list link;      /* in the server list, or in the client pool */
+    struct px_conn *conn;     /* server: the downstream connection (owned) */
+    struct cm_addr addr;      /* client: upstream address (the pool key) */
+    bool tls;                 /* client: mTLS to another sidecar (part of the pool key) */
+    uint64_t nrequests;       /* client: streams started on it */
+    uint64_t id;              /* for logs */
 };
 
 enum px_h2_in_state {
@@ -87,8 +87,8 @@ enum px_h2_out_state {
  * destroyed. It borrows `s` until it detaches (s = NULL afterwards). */
 struct px_h2_stream {
     struct px_h2_session *sess;
-    struct px_stream *s;  /* NULL once detached */
-    int32_t id;           /* nghttp2 stream id; -1 before the request is submitted */
+    struct px_stream *s; /* NULL once detached */
+    int32_t id;          /* nghttp2 stream id; -1 before the request is submitted */
     enum px_h2_in_state in;
     enum px_h2_out_state out;
     struct evbuffer *buf; /* body bytes toward the peer, not framed yet */
@@ -103,10 +103,10 @@ struct px_h2_stream {
                            * submitted, or its HEADERS were not sent): `defer`
                            * reports `fail` if still attached, then frees it */
     enum px_cause fail;
-    int n1xx;             /* client: interim responses skipped */
+    int n1xx;                  /* client: interim responses skipped */
     uint64_t head_deadline_ms; /* server: the head must be complete by then */
-    struct px_msg *trailers; /* trailer block being received */
-    struct cm_list link;  /* in sess->streams */
+    struct px_msg *trailers;   /* trailer block being received */
+    struct cm_list link;       /* in sess->streams */
 };
 
 /* ---- shared machinery (proxy/h2.c) ---- */

@@ -85,8 +85,7 @@ static void srv_abort(struct px_stream *s)
     struct px_h2_stream *st = s->ctx[PX_DOWN];
     if (st->failing)
         return;
-    if (st->sess->state != PX_H2_CLOSING &&
-        (st->out != PX_H2_OUT_DONE || st->in != PX_H2_IN_DONE))
+    if (st->sess->state != PX_H2_CLOSING && (st->out != PX_H2_OUT_DONE || st->in != PX_H2_IN_DONE))
         refuse(st, NGHTTP2_INTERNAL_ERROR);
     st->out = PX_H2_OUT_DONE;
     st->refused = true;

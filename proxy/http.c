@@ -189,8 +189,9 @@ void px_msg_strip_hop_by_hop(struct px_msg *m, bool keep_te_trailers)
     for (uint32_t i = 0; i < m->nhdrs; i++)
         if (strcmp(m->hdrs[i].name, "connection") == 0)
             mark_connection_tokens(m, m->hdrs[i].value, m->hdrs[i].valuelen);
-    static const char *const hop[] = {"connection",        "keep-alive", "proxy-connection",
-                                      "transfer-encoding", "upgrade",    "http2-settings", "te"};
+    static const char *const hop[] = {
+        "connection",     "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
+        "http2-settings", "te"};
     uint32_t o = 0;
     for (uint32_t i = 0; i < m->nhdrs; i++) {
         bool drop = m->hdrs[i].namelen == DROP;
@@ -247,11 +248,10 @@ const char *px_method_class(const char *method)
 {
     if (method == NULL)
         return "other";
-    if (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0 ||
-        strcmp(method, "OPTIONS") == 0)
+    if (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0 || strcmp(method, "OPTIONS") == 0)
         return "read";
-    if (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
-        strcmp(method, "PATCH") == 0 || strcmp(method, "DELETE") == 0)
+    if (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 || strcmp(method, "PATCH") == 0 ||
+        strcmp(method, "DELETE") == 0)
         return "write";
     return "other";
 }
@@ -259,38 +259,75 @@ const char *px_method_class(const char *method)
 const char *px_http_reason(int status)
 {
     switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 206: return "Partial Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 304: return "Not Modified";
-    case 307: return "Temporary Redirect";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 417: return "Expectation Failed";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    case 508: return "Loop Detected";
-    default: return status < 200 ? "Informational" : status < 300 ? "OK" : status < 400 ? "Redirect" : status < 500 ? "Client Error" : "Server Error";
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 206:
+        return "Partial Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 304:
+        return "Not Modified";
+    case 307:
+        return "Temporary Redirect";
+    case 308:
+        return "Permanent Redirect";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 411:
+        return "Length Required";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 417:
+        return "Expectation Failed";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    case 508:
+        return "Loop Detected";
+    default:
+        return status < 200   ? "Informational"
+               : status < 300 ? "OK"
+               : status < 400 ? "Redirect"
+               : status < 500 ? "Client Error"
+                              : "Server Error";
     }
 }

@@ -19,8 +19,8 @@ struct px_hdr {
 };
 
 struct px_msg {
-    const char *method; /* request: "GET"...; NULL on responses */
-    const char *scheme; /* "http" / "https" */
+    const char *method;    /* request: "GET"...; NULL on responses */
+    const char *scheme;    /* "http" / "https" */
     const char *authority; /* Host / :authority, or NULL */
     const char *path;      /* request target (origin form) */
     int status;            /* response status; 0 on requests */

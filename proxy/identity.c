@@ -23,11 +23,11 @@
 #include "proxy/metrics.h"
 #include "proxy/server.h"
 
-#define MAX_PEM (256 * 1024)
-#define WATCH_MS 1000           /* static files: how often to look for changes */
-#define RETRY_MIN_MS 500        /* CA retries: first backoff */
-#define RETRY_MAX_MS 30000      /* ... and the cap */
-#define MIN_ROTATE_MS 1000      /* never hammer the CA faster than this */
+#define MAX_PEM       (256 * 1024)
+#define WATCH_MS      1000  /* static files: how often to look for changes */
+#define RETRY_MIN_MS  500   /* CA retries: first backoff */
+#define RETRY_MAX_MS  30000 /* ... and the cap */
+#define MIN_ROTATE_MS 1000  /* never hammer the CA faster than this */
 
 enum id_mode {
     ID_NONE = 0, /* no identity configured */
@@ -47,8 +47,8 @@ static struct {
     struct timespec mtimes[3];
     /* CA */
     struct cm_addr ca_addr;
-    char *ca_host;          /* ca_address as configured (Host header) */
-    char *ca_name;          /* DNS name to resolve before each request, or NULL (an IP) */
+    char *ca_host; /* ca_address as configured (Host header) */
+    char *ca_name; /* DNS name to resolve before each request, or NULL (an IP) */
     char ca_port[8];
     struct evdns_base *dns;
     struct evdns_getaddrinfo_request *resolving;
@@ -127,11 +127,11 @@ static int install(const char *chain_pem, const char *key_pem, const char *bundl
         goto out;
     }
     struct px_tls_conf *srv = NULL, *cli = NULL;
-    if (px_tls_conf_new(PX_TLS_SERVER, chain_pem, key_pem, bundle_pem, id.trust_domain,
-                        server_alpn, &srv, errmsg) != 0)
+    if (px_tls_conf_new(PX_TLS_SERVER, chain_pem, key_pem, bundle_pem, id.trust_domain, server_alpn,
+                        &srv, errmsg) != 0)
         goto out;
-    if (px_tls_conf_new(PX_TLS_CLIENT, chain_pem, key_pem, bundle_pem, id.trust_domain,
-                        client_alpn, &cli, errmsg) != 0) {
+    if (px_tls_conf_new(PX_TLS_CLIENT, chain_pem, key_pem, bundle_pem, id.trust_domain, client_alpn,
+                        &cli, errmsg) != 0) {
         px_tls_conf_unref(srv);
         goto out;
     }
@@ -181,7 +181,8 @@ static bool files_changed(void)
         struct stat st;
         if (stat(files[i], &st) != 0)
             continue;
-        if (st.st_mtim.tv_sec != id.mtimes[i].tv_sec || st.st_mtim.tv_nsec != id.mtimes[i].tv_nsec) {
+        if (st.st_mtim.tv_sec != id.mtimes[i].tv_sec ||
+            st.st_mtim.tv_nsec != id.mtimes[i].tv_nsec) {
             id.mtimes[i] = st.st_mtim;
             changed = true;
         }
@@ -532,7 +533,8 @@ static int on_certs(struct evhttp_request *req, const struct evkeyvalq *query, s
         json_object_set_new(o, "serial", json_string(id.serial));
         json_object_set_new(o, "not_before",
                             json_string(cm_fmt_rfc3339(id.not_before, a, sizeof(a))));
-        json_object_set_new(o, "not_after", json_string(cm_fmt_rfc3339(id.not_after, b, sizeof(b))));
+        json_object_set_new(o, "not_after",
+                            json_string(cm_fmt_rfc3339(id.not_after, b, sizeof(b))));
     } else {
         json_object_set_new(o, "serial", json_null());
         json_object_set_new(o, "not_before", json_null());

@@ -30,15 +30,14 @@
 struct px_io;
 
 /* Events reported through the event callback. */
-#define PX_IO_EOF 0x01       /* the peer closed its sending side */
-#define PX_IO_ERROR 0x02     /* a socket error; px_io_errno() says which */
-#define PX_IO_TIMEOUT 0x04   /* the timer set by px_io_set_timeout fired */
+#define PX_IO_EOF       0x01 /* the peer closed its sending side */
+#define PX_IO_ERROR     0x02 /* a socket error; px_io_errno() says which */
+#define PX_IO_TIMEOUT   0x04 /* the timer set by px_io_set_timeout fired */
 #define PX_IO_CONNECTED 0x08 /* an outgoing connect completed (TCP) */
 #define PX_IO_HANDSHAKE 0x10 /* a TLS handshake completed (see proxy/tls.h) */
 
 typedef void (*px_io_cb)(struct px_io *io, void *arg);
 typedef void (*px_io_event_cb)(struct px_io *io, int what, void *arg);
-
 
 /* Once per event loop, before any io; px_io_deinit frees the flush event. */
 void px_io_init(struct event_base *base);

@@ -12,9 +12,9 @@
 #include "proxy/io.h"
 
 /* ops return codes besides byte counts */
-#define PX_IO_AGAIN_READ (-2)  /* wait until readable */
+#define PX_IO_AGAIN_READ  (-2) /* wait until readable */
 #define PX_IO_AGAIN_WRITE (-3) /* wait until writable */
-#define PX_IO_FAILED (-1)      /* error: errno (plain) or the transport's message */
+#define PX_IO_FAILED      (-1) /* error: errno (plain) or the transport's message */
 
 /* A transport under an io: plaintext sockets, or TLS (tls.c). */
 struct px_io_ops {
@@ -44,25 +44,25 @@ struct px_io {
     size_t read_limit;
     size_t lowat;
     int err;
-    bool read_on;      /* the owner wants input */
-    bool rev_added;    /* rev is registered */
-    bool wev_added;    /* wev is registered (output pushed back, or connecting) */
+    bool read_on;   /* the owner wants input */
+    bool rev_added; /* rev is registered */
+    bool wev_added; /* wev is registered (output pushed back, or connecting) */
     bool connecting;
     bool connect_failed; /* connect() failed at once; reported from the timer */
     bool eof;
     bool shut_pending; /* shutdown(SHUT_WR) once the output is empty */
     bool shut_done;
-    bool dead;         /* an error was reported: no more I/O */
-    bool dirty;        /* on the flush list */
-    bool handshaking;  /* a transport handshake (TLS) is in progress */
-    bool out_blocked;  /* the socket pushed back: wait for EV_WRITE */
+    bool dead;          /* an error was reported: no more I/O */
+    bool dirty;         /* on the flush list */
+    bool handshaking;   /* a transport handshake (TLS) is in progress */
+    bool out_blocked;   /* the socket pushed back: wait for EV_WRITE */
     bool hs_want_write; /* ... and waits for the socket to be writable */
-    void *xprt;        /* transport state (TLS), owned through ops->free */
-    bool has_addr;     /* addr is the connected peer (client side) */
+    void *xprt;         /* transport state (TLS), owned through ops->free */
+    bool has_addr;      /* addr is the connected peer (client side) */
     struct cm_addr addr;
-    bool zombie;       /* freed (or fd released) during a callback: release after it */
-    bool close_fd;     /* ... and close the fd then */
-    int busy;          /* depth of callbacks running on this io */
+    bool zombie;   /* freed (or fd released) during a callback: release after it */
+    bool close_fd; /* ... and close the fd then */
+    int busy;      /* depth of callbacks running on this io */
     struct cm_list dirty_link;
 };
 

@@ -96,8 +96,8 @@ static void dispatch(struct px_conn *c, enum px_conn_proto proto)
     px_io_set_timeout(c->io, 0);
     char peer[CM_ADDR_STRLEN];
     cm_debug("conn %llu from %s on %s: %s%s", (unsigned long long)c->id,
-             cm_addr_format(&c->peer, peer, sizeof(peer)), c->lcfg->name,
-             c->mtls ? "mtls+" : "", px_proto_name(proto));
+             cm_addr_format(&c->peer, peer, sizeof(peer)), c->lcfg->name, c->mtls ? "mtls+" : "",
+             px_proto_name(proto));
     bool mtls_listener = c->lcfg->tls == PX_TLS_STRICT || c->lcfg->tls == PX_TLS_PERMISSIVE;
     if (proto == PX_PROTO_TLS && mtls_listener && !c->mtls) {
         px_metrics.proto_tls++;
@@ -169,8 +169,7 @@ static void start_mtls(struct px_conn *c)
 {
     struct px_tls_conf *conf = px_identity_server_conf();
     if (conf == NULL) {
-        cm_warn("listener %s: mTLS connection refused: no workload certificate yet",
-                c->lcfg->name);
+        cm_warn("listener %s: mTLS connection refused: no workload certificate yet", c->lcfg->name);
         abort_conn(c);
         return;
     }
@@ -275,8 +274,7 @@ static void on_accept_error(struct evconnlistener *evl, void *arg)
     evtimer_add(l->resume_ev, &tv);
 }
 
-int px_listener_start(const struct px_listener_cfg *cfg, struct px_listener **out,
-                      char **errmsg)
+int px_listener_start(const struct px_listener_cfg *cfg, struct px_listener **out, char **errmsg)
 {
     char a[CM_ADDR_STRLEN];
     int fd = cm_net_listen(&cfg->addr, 1024);

@@ -11,13 +11,12 @@
 struct px_listener {
     const struct px_listener_cfg *cfg; /* borrowed from the config snapshot */
     struct evconnlistener *evl;
-    struct cm_addr bound; /* the real address (port 0 resolved) */
+    struct cm_addr bound;    /* the real address (port 0 resolved) */
     struct event *resume_ev; /* re-enables accepting after EMFILE */
 };
 
 /* Bind and start accepting. Returns 0 or CM_ERR_IO with *errmsg. */
-int px_listener_start(const struct px_listener_cfg *cfg, struct px_listener **out,
-                      char **errmsg);
+int px_listener_start(const struct px_listener_cfg *cfg, struct px_listener **out, char **errmsg);
 /* Stop accepting (drain); the socket stays bound until px_listener_free. */
 void px_listener_stop(struct px_listener *l);
 void px_listener_free(struct px_listener *l);

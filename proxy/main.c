@@ -60,11 +60,21 @@ int main(int argc, char **argv)
     int ch;
     while ((ch = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
         switch (ch) {
-        case 'c': file = optarg; break;
-        case 'k': check = 1; break;
-        case 'V': version = 1; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'c':
+            file = optarg;
+            break;
+        case 'k':
+            check = 1;
+            break;
+        case 'V':
+            version = 1;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (version) {

@@ -19,8 +19,9 @@
 #include "proxy/server.h"
 
 #define WATCH_MS 1000
-#define BUDGET_FLOOR 10 /* retries always allowed per 10 s window: a cold start or a
-                           * burst right after an endpoint dies must not fail requests */
+#define BUDGET_FLOOR                                                                               \
+    10 /* retries always allowed per 10 s window: a cold start or a                                \
+        * burst right after an endpoint dies must not fail requests */
 
 static struct {
     char *file;
@@ -107,8 +108,7 @@ struct px_routes *px_routes_current(void)
     return R.cur;
 }
 
-static int parse_retry_on(const struct cm_jpath *p, json_t *arr, struct px_route *rt,
-                          char **errmsg)
+static int parse_retry_on(const struct cm_jpath *p, json_t *arr, struct px_route *rt, char **errmsg)
 {
     if (!json_is_array(arr) || json_array_size(arr) == 0)
         return cm_json_fail(p, errmsg, "expected a non-empty array");
@@ -147,8 +147,8 @@ static int parse_retry_on(const struct cm_jpath *p, json_t *arr, struct px_route
     return 0;
 }
 
-static int get_u32(const struct cm_jpath *p, json_t *o, const char *key, int64_t min,
-                   int64_t max, uint32_t *out, char **errmsg)
+static int get_u32(const struct cm_jpath *p, json_t *o, const char *key, int64_t min, int64_t max,
+                   uint32_t *out, char **errmsg)
 {
     int64_t v = *out;
     if (cm_json_get_int(p, o, key, false, min, max, &v, errmsg) != 0)
@@ -281,7 +281,8 @@ static int parse_route(const struct cm_jpath *p, json_t *o, struct px_route *rt,
         ep->weight = w;
         rt->neps++;
     }
-    if (rt->per_try_timeout_ms > 0 && rt->timeout_ms > 0 && rt->per_try_timeout_ms > rt->timeout_ms) {
+    if (rt->per_try_timeout_ms > 0 && rt->timeout_ms > 0 &&
+        rt->per_try_timeout_ms > rt->timeout_ms) {
         cm_jpath_key(&c, p, "retries");
         cm_jpath_key(&c, &c, "per_try_timeout_ms");
         return cm_json_fail(&c, errmsg, "longer than the route's timeout_ms");
@@ -439,10 +440,18 @@ void px_route_report(const struct px_route *rt, struct px_endpoint *ep, enum px_
         st->successes++;
         st->consecutive_failures = 0;
         return;
-    case PX_TRY_CONNECT: st->fail_connect++; break;
-    case PX_TRY_RESET: st->fail_reset++; break;
-    case PX_TRY_TIMEOUT: st->fail_timeout++; break;
-    case PX_TRY_5XX: st->fail_5xx++; break;
+    case PX_TRY_CONNECT:
+        st->fail_connect++;
+        break;
+    case PX_TRY_RESET:
+        st->fail_reset++;
+        break;
+    case PX_TRY_TIMEOUT:
+        st->fail_timeout++;
+        break;
+    case PX_TRY_5XX:
+        st->fail_5xx++;
+        break;
     }
     st->consecutive_failures++;
     uint64_t now = cm_mono_ms();
@@ -465,9 +474,12 @@ void px_route_report(const struct px_route *rt, struct px_endpoint *ep, enum px_
 bool px_route_retry_on(const struct px_route *rt, enum px_try_outcome o, int status)
 {
     switch (o) {
-    case PX_TRY_CONNECT: return (rt->retry_on & PX_RETRY_CONNECT_FAILURE) != 0;
-    case PX_TRY_RESET: return (rt->retry_on & PX_RETRY_RESET) != 0;
-    case PX_TRY_TIMEOUT: return (rt->retry_on & (PX_RETRY_5XX | PX_RETRY_RESET)) != 0;
+    case PX_TRY_CONNECT:
+        return (rt->retry_on & PX_RETRY_CONNECT_FAILURE) != 0;
+    case PX_TRY_RESET:
+        return (rt->retry_on & PX_RETRY_RESET) != 0;
+    case PX_TRY_TIMEOUT:
+        return (rt->retry_on & (PX_RETRY_5XX | PX_RETRY_RESET)) != 0;
     case PX_TRY_5XX:
         if (rt->retry_on & PX_RETRY_5XX)
             return status >= 500;
@@ -477,7 +489,8 @@ bool px_route_retry_on(const struct px_route *rt, enum px_try_outcome o, int sta
             if (rt->retry_codes[i] == status)
                 return true;
         return false;
-    default: return false;
+    default:
+        return false;
     }
 }
 
@@ -655,8 +668,9 @@ static int on_clusters(struct evhttp_request *req, const struct evkeyvalq *q, st
             json_object_set_new(ro, "match", json_pack("{s:s}", "host", rt->match_host));
         else {
             char a[CM_ADDR_STRLEN];
-            json_object_set_new(ro, "match", json_pack("{s:s}", "address",
-                                                       cm_addr_format(&rt->match_addr, a, sizeof(a))));
+            json_object_set_new(
+                ro, "match",
+                json_pack("{s:s}", "address", cm_addr_format(&rt->match_addr, a, sizeof(a))));
         }
         json_t *eps = json_array();
         for (size_t k = 0; k < rt->neps; k++)
@@ -691,8 +705,8 @@ static int on_reload(struct evhttp_request *req, const struct evkeyvalq *q, stru
         free(e);
         return rc;
     }
-    px_admin_reply_json(out, json_pack("{s:s, s:I}", "status", "reloaded", "routes",
-                                       (json_int_t)R.cur->n));
+    px_admin_reply_json(
+        out, json_pack("{s:s, s:I}", "status", "reloaded", "routes", (json_int_t)R.cur->n));
     return 200;
 }
 
@@ -721,8 +735,10 @@ void px_routes_write_prometheus(struct evbuffer *out)
         const struct {
             const char *o;
             uint64_t v;
-        } rows[] = {{"success", s->successes},   {"connect_failure", s->fail_connect},
-                    {"reset", s->fail_reset},     {"timeout", s->fail_timeout},
+        } rows[] = {{"success", s->successes},
+                    {"connect_failure", s->fail_connect},
+                    {"reset", s->fail_reset},
+                    {"timeout", s->fail_timeout},
                     {"5xx", s->fail_5xx}};
         for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
             evbuffer_add_printf(out,
@@ -738,8 +754,9 @@ void px_routes_write_prometheus(struct evbuffer *out)
         evbuffer_add_printf(out, "remora_endpoint_ejected{endpoint=\"%s\"} %d\n",
                             cm_addr_format(&s->addr, a, sizeof(a)), ejected(s, now) ? 1 : 0);
     }
-    evbuffer_add_printf(out, "# HELP remora_outlier_ejections_total Endpoints ejected by outlier "
-                             "detection.\n# TYPE remora_outlier_ejections_total counter\n"
-                             "remora_outlier_ejections_total %llu\n",
+    evbuffer_add_printf(out,
+                        "# HELP remora_outlier_ejections_total Endpoints ejected by outlier "
+                        "detection.\n# TYPE remora_outlier_ejections_total counter\n"
+                        "remora_outlier_ejections_total %llu\n",
                         (unsigned long long)R.ejections_total);
 }

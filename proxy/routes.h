@@ -22,20 +22,20 @@
 
 /* retry_on bits */
 #define PX_RETRY_CONNECT_FAILURE 0x01 /* refused, unreachable, connect timeout, TLS */
-#define PX_RETRY_RESET 0x02           /* reset / closed before a full response */
-#define PX_RETRY_5XX 0x04             /* any 5xx response, and per-try timeouts */
-#define PX_RETRY_GATEWAY 0x08         /* 502, 503, 504 responses */
+#define PX_RETRY_RESET           0x02 /* reset / closed before a full response */
+#define PX_RETRY_5XX             0x04 /* any 5xx response, and per-try timeouts */
+#define PX_RETRY_GATEWAY         0x08 /* 502, 503, 504 responses */
 
 /* Health record of one endpoint address; lives as long as the process. */
 struct px_ep_state {
     struct cm_addr addr;
-    uint32_t outstanding;          /* requests in flight now */
+    uint32_t outstanding; /* requests in flight now */
     uint32_t consecutive_failures;
-    uint32_t ejections;            /* how many times ejected so far */
-    uint64_t ejected_until_ms;     /* monotonic; 0 = healthy */
+    uint32_t ejections;        /* how many times ejected so far */
+    uint64_t ejected_until_ms; /* monotonic; 0 = healthy */
     uint64_t requests, successes;
     uint64_t fail_connect, fail_reset, fail_timeout, fail_5xx;
-    double ewma_ms;                /* latency, peak-EWMA style */
+    double ewma_ms; /* latency, peak-EWMA style */
     struct px_ep_state *next;
 };
 
@@ -47,19 +47,19 @@ struct px_endpoint {
 };
 
 struct px_route {
-    char *name;            /* "routes[i]" or the given name */
-    char *match_host;      /* lower case, no port; or NULL */
+    char *name;       /* "routes[i]" or the given name */
+    char *match_host; /* lower case, no port; or NULL */
     bool has_match_addr;
     struct cm_addr match_addr;
-    uint32_t timeout_ms;   /* whole request, 0 = none */
-    uint32_t attempts;     /* total tries, >= 1 */
+    uint32_t timeout_ms; /* whole request, 0 = none */
+    uint32_t attempts;   /* total tries, >= 1 */
     uint32_t per_try_timeout_ms;
-    uint32_t retry_on;     /* PX_RETRY_* */
+    uint32_t retry_on; /* PX_RETRY_* */
     int retry_codes[8];
     unsigned nretry_codes;
     uint32_t budget_percent;
     uint32_t backoff_base_ms;
-    uint32_t outlier_failures;   /* 0 = no ejection */
+    uint32_t outlier_failures; /* 0 = no ejection */
     uint32_t outlier_base_ms;
     struct px_endpoint *eps;
     size_t neps;
@@ -102,13 +102,7 @@ const struct px_route *px_routes_match(const struct px_routes *r, const char *au
 struct px_endpoint *px_route_pick(const struct px_route *rt, const struct px_ep_state *const *avoid,
                                   size_t navoid);
 /* Outcome of one try on an endpoint: success, or a failure of a kind. */
-enum px_try_outcome {
-    PX_TRY_OK = 0,
-    PX_TRY_CONNECT,
-    PX_TRY_RESET,
-    PX_TRY_TIMEOUT,
-    PX_TRY_5XX
-};
+enum px_try_outcome { PX_TRY_OK = 0, PX_TRY_CONNECT, PX_TRY_RESET, PX_TRY_TIMEOUT, PX_TRY_5XX };
 void px_route_report(const struct px_route *rt, struct px_endpoint *ep, enum px_try_outcome o,
                      uint64_t latency_us);
 /* May this route retry now (budget)? Counts the retry when it returns true. */

@@ -166,7 +166,8 @@ int px_server_run(struct px_config *cfg)
         }
         px_srv->nlisteners++;
     }
-    if (cfg->has_admin && px_admin_start(px_srv->base, &cfg->admin_addr, &px_srv->admin, &err) != 0) {
+    if (cfg->has_admin &&
+        px_admin_start(px_srv->base, &cfg->admin_addr, &px_srv->admin, &err) != 0) {
         cm_error("%s", err);
         rc = CM_ERR_IO;
         goto out;

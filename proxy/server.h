@@ -19,7 +19,7 @@ struct px_server {
     struct px_listener **listeners;
     size_t nlisteners;
     bool listeners_bound;
-    bool draining;       /* stop accepting, finish in-flight, then exit */
+    bool draining; /* stop accepting, finish in-flight, then exit */
     bool exit_after_drain;
     struct cm_list conns;   /* px_conn, downstream */
     struct cm_list streams; /* live px_stream */
@@ -30,8 +30,8 @@ struct px_server {
     uint64_t drain_deadline_ms;
     struct event *sig_term, *sig_int, *sig_hup;
     struct px_admin *admin;
-    FILE *access_log;        /* JSON lines, or NULL */
-    struct event *gc_ev;     /* frees closed streams/connections on the next loop turn */
+    FILE *access_log;    /* JSON lines, or NULL */
+    struct event *gc_ev; /* frees closed streams/connections on the next loop turn */
     struct cm_list gc_streams;
 };
 

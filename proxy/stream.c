@@ -26,17 +26,28 @@ static unsigned freelist_len;
 const char *px_cause_str(enum px_cause c)
 {
     switch (c) {
-    case PX_CAUSE_NONE: return "none";
-    case PX_CAUSE_CONNECT_REFUSED: return "upstream connect error: connection refused";
-    case PX_CAUSE_CONNECT_FAILED: return "upstream connect error";
-    case PX_CAUSE_CONNECT_TIMEOUT: return "upstream connect timeout";
-    case PX_CAUSE_UPSTREAM_RESET: return "upstream reset before the response completed";
-    case PX_CAUSE_UPSTREAM_PROTO: return "upstream sent an invalid response";
-    case PX_CAUSE_UPSTREAM_TIMEOUT: return "upstream request timeout";
-    case PX_CAUSE_DOWNSTREAM_RESET: return "downstream reset";
-    case PX_CAUSE_OVERLOAD: return "proxy overloaded";
-    case PX_CAUSE_UPSTREAM_TLS: return "upstream mTLS handshake failed";
-    case PX_CAUSE_LOOP: return "loop detected: the destination is this proxy";
+    case PX_CAUSE_NONE:
+        return "none";
+    case PX_CAUSE_CONNECT_REFUSED:
+        return "upstream connect error: connection refused";
+    case PX_CAUSE_CONNECT_FAILED:
+        return "upstream connect error";
+    case PX_CAUSE_CONNECT_TIMEOUT:
+        return "upstream connect timeout";
+    case PX_CAUSE_UPSTREAM_RESET:
+        return "upstream reset before the response completed";
+    case PX_CAUSE_UPSTREAM_PROTO:
+        return "upstream sent an invalid response";
+    case PX_CAUSE_UPSTREAM_TIMEOUT:
+        return "upstream request timeout";
+    case PX_CAUSE_DOWNSTREAM_RESET:
+        return "downstream reset";
+    case PX_CAUSE_OVERLOAD:
+        return "proxy overloaded";
+    case PX_CAUSE_UPSTREAM_TLS:
+        return "upstream mTLS handshake failed";
+    case PX_CAUSE_LOOP:
+        return "loop detected: the destination is this proxy";
     }
     return "unknown";
 }
@@ -285,9 +296,9 @@ static void on_try_timer(evutil_socket_t fd, short what, void *arg);
 
 static bool idempotent(const char *m)
 {
-    return m != NULL && (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0 ||
-                         strcmp(m, "OPTIONS") == 0 || strcmp(m, "PUT") == 0 ||
-                         strcmp(m, "DELETE") == 0 || strcmp(m, "TRACE") == 0);
+    return m != NULL &&
+           (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0 || strcmp(m, "OPTIONS") == 0 ||
+            strcmp(m, "PUT") == 0 || strcmp(m, "DELETE") == 0 || strcmp(m, "TRACE") == 0);
 }
 
 static enum px_try_outcome outcome_of(enum px_cause c)
@@ -417,8 +428,8 @@ static void schedule_retry(struct px_stream *s)
     struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
     evtimer_add(s->try_timer, &tv);
     char a[CM_ADDR_STRLEN];
-    cm_debug("%s %s: try %u failed (%s), retrying in %llu ms", s->req.method, s->req.path,
-             s->tries, cm_addr_format(&s->upstream, a, sizeof(a)), (unsigned long long)ms);
+    cm_debug("%s %s: try %u failed (%s), retrying in %llu ms", s->req.method, s->req.path, s->tries,
+             cm_addr_format(&s->upstream, a, sizeof(a)), (unsigned long long)ms);
 }
 
 /* The timer is the per-try timeout while a try runs, and the backoff

@@ -79,10 +79,10 @@ enum px_cause {
 };
 
 enum px_stream_state {
-    PX_STREAM_HEAD = 0,  /* reading the request head */
-    PX_STREAM_FORWARD,   /* request head accepted, exchange in progress */
-    PX_STREAM_LOCAL,     /* the proxy answers itself (error, denial) */
-    PX_STREAM_DONE       /* both messages complete or aborted */
+    PX_STREAM_HEAD = 0, /* reading the request head */
+    PX_STREAM_FORWARD,  /* request head accepted, exchange in progress */
+    PX_STREAM_LOCAL,    /* the proxy answers itself (error, denial) */
+    PX_STREAM_DONE      /* both messages complete or aborted */
 };
 
 struct px_stream {
@@ -101,7 +101,7 @@ struct px_stream {
     bool req_complete;  /* the downstream finished the request */
     bool resp_complete; /* the upstream finished the response */
     bool aborted;
-    bool paused[2];     /* reading from that side is paused for backpressure */
+    bool paused[2]; /* reading from that side is paused for backpressure */
     bool expect_continue;
 
     struct cm_addr upstream; /* where the request goes */
@@ -114,17 +114,17 @@ struct px_stream {
     struct event *timer; /* whole-request timeout (limits.request_timeout_ms), or NULL */
     bool metrics_done;
     /* routing and retries (proxy/routes.h) */
-    struct px_routes *routes;   /* snapshot reference, or NULL */
-    struct px_route *route;     /* matched route in routes, or NULL */
-    struct px_endpoint *ep;     /* endpoint of the current try, until reported */
+    struct px_routes *routes;             /* snapshot reference, or NULL */
+    struct px_route *route;               /* matched route in routes, or NULL */
+    struct px_endpoint *ep;               /* endpoint of the current try, until reported */
     const struct px_ep_state *failed[10]; /* endpoints this request failed on (avoided) */
     uint8_t nfailed;
-    uint32_t tries;             /* tries started */
+    uint32_t tries; /* tries started */
     uint64_t try_start_us;
-    struct evbuffer *replay;    /* request body kept for a retry, or NULL */
-    bool replayable;            /* replay holds the whole body read so far */
-    bool retrying;              /* between tries: waiting for backoff / old side */
-    struct event *try_timer;    /* per-try timeout, then retry backoff */
+    struct evbuffer *replay; /* request body kept for a retry, or NULL */
+    bool replayable;         /* replay holds the whole body read so far */
+    bool retrying;           /* between tries: waiting for backoff / old side */
+    struct event *try_timer; /* per-try timeout, then retry backoff */
     bool abort_sent[2];
     struct cm_addr conn_peer; /* copied: the connection may go first */
 };

@@ -29,7 +29,7 @@ struct tunnel {
     struct px_io *side[2]; /* [0] client, [1] upstream */
     bool eof[2];           /* EOF read from side i */
     enum tcp_state state;
-    struct event *reap;    /* frees the tunnel outside its callbacks */
+    struct event *reap; /* frees the tunnel outside its callbacks */
     struct cm_list link;
 };
 

@@ -18,19 +18,19 @@
 #include "proxy/io_int.h"
 #include "proxy/metrics.h"
 
-#define ALPN_MAX 4
+#define ALPN_MAX          4
 #define SESSION_CACHE_MAX 128
-#define TLS_WRITE_CHUNK 16384
+#define TLS_WRITE_CHUNK   16384
 
 struct px_tls_conf {
     int refs;
     enum px_tls_role role;
     mbedtls_ssl_config conf;
-    mbedtls_x509_crt own;    /* our chain, leaf first (empty for the anon client) */
+    mbedtls_x509_crt own; /* our chain, leaf first (empty for the anon client) */
     mbedtls_pk_context key;
     mbedtls_x509_crt bundle; /* trust anchors */
     bool has_own;
-    bool check_spiffe;       /* peers must show a SPIFFE ID in trust_domain */
+    bool check_spiffe; /* peers must show a SPIFFE ID in trust_domain */
     char trust_domain[PKI_SPIFFE_MAX];
     const char *alpn[ALPN_MAX + 1];
     char alpn_store[ALPN_MAX][16];
@@ -49,14 +49,13 @@ struct tls_xprt {
     char *expected;
 };
 
-static const int ciphersuites[] = {
-    MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-    MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-    MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-    MBEDTLS_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-    MBEDTLS_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-    MBEDTLS_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-    0};
+static const int ciphersuites[] = {MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                                   MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                                   MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                                   MBEDTLS_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+                                   MBEDTLS_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+                                   MBEDTLS_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+                                   0};
 static const mbedtls_ecp_group_id curves[] = {MBEDTLS_ECP_DP_CURVE25519, MBEDTLS_ECP_DP_SECP256R1,
                                               MBEDTLS_ECP_DP_SECP384R1, MBEDTLS_ECP_DP_NONE};
 
@@ -99,8 +98,8 @@ static int setup_tickets(char **errmsg)
     if (tickets_ready)
         return 0;
     mbedtls_ssl_ticket_init(&tickets);
-    int r = mbedtls_ssl_ticket_setup(&tickets, pki_rng_fn, pki_rng(), MBEDTLS_CIPHER_AES_256_GCM,
-                                     3600);
+    int r =
+        mbedtls_ssl_ticket_setup(&tickets, pki_rng_fn, pki_rng(), MBEDTLS_CIPHER_AES_256_GCM, 3600);
     if (r != 0) {
         char e[128];
         mbedtls_strerror(r, e, sizeof(e));
@@ -126,16 +125,16 @@ static struct px_tls_conf *conf_alloc(enum px_tls_role role)
 
 static int conf_defaults(struct px_tls_conf *c, char **errmsg)
 {
-    int r = mbedtls_ssl_config_defaults(&c->conf,
-                                        c->role == PX_TLS_SERVER ? MBEDTLS_SSL_IS_SERVER
-                                                                 : MBEDTLS_SSL_IS_CLIENT,
-                                        MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT);
+    int r = mbedtls_ssl_config_defaults(
+        &c->conf, c->role == PX_TLS_SERVER ? MBEDTLS_SSL_IS_SERVER : MBEDTLS_SSL_IS_CLIENT,
+        MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT);
     if (r != 0) {
         *errmsg = cm_xasprintf("mbedtls_ssl_config_defaults failed (-0x%04x)", (unsigned)-r);
         return CM_ERR_INVAL;
     }
     mbedtls_ssl_conf_rng(&c->conf, pki_rng_fn, pki_rng());
-    mbedtls_ssl_conf_min_version(&c->conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+    mbedtls_ssl_conf_min_version(&c->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
+                                 MBEDTLS_SSL_MINOR_VERSION_3);
     mbedtls_ssl_conf_ciphersuites(&c->conf, ciphersuites);
     mbedtls_ssl_conf_curves(&c->conf, curves);
     mbedtls_ssl_conf_renegotiation(&c->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
@@ -151,7 +150,8 @@ int px_tls_conf_new(enum px_tls_role role, const char *chain_pem, const char *ke
 {
     struct px_tls_conf *c = conf_alloc(role);
     int r;
-    if (pki_bundle_parse(&c->own, (const unsigned char *)chain_pem, strlen(chain_pem), errmsg) != 0 ||
+    if (pki_bundle_parse(&c->own, (const unsigned char *)chain_pem, strlen(chain_pem), errmsg) !=
+            0 ||
         pki_key_parse(&c->key, (const unsigned char *)key_pem, strlen(key_pem), errmsg) != 0 ||
         pki_bundle_parse(&c->bundle, (const unsigned char *)bundle_pem, strlen(bundle_pem),
                          errmsg) != 0 ||

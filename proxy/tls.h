@@ -35,8 +35,7 @@ int px_tls_conf_new(enum px_tls_role role, const char *chain_pem, const char *ke
                     struct px_tls_conf **out, char **errmsg);
 /* A client snapshot that only verifies the server against a bundle, without
  * a client certificate (the CA client). */
-int px_tls_conf_new_anon_client(const char *bundle_pem, struct px_tls_conf **out,
-                                char **errmsg);
+int px_tls_conf_new_anon_client(const char *bundle_pem, struct px_tls_conf **out, char **errmsg);
 struct px_tls_conf *px_tls_conf_ref(struct px_tls_conf *c);
 void px_tls_conf_unref(struct px_tls_conf *c);
 

@@ -42,16 +42,19 @@ static void errors_name_the_key(void **state)
               "routes[0].endpoints: 1 to 4096 endpoints");
     parse_bad("{\"routes\": [{\"match\": {}, \"endpoints\": [{\"address\": \"1.2.3.4:5\"}]}]}",
               "routes[0].match: give exactly one");
-    parse_bad("{\"routes\": [{\"match\": {\"host\": \"a\"}, \"endpoints\": [{\"address\": \"x\"}]}]}",
-              "routes[0].endpoints[0].address: \"x\" is not an address");
-    parse_bad("{\"routes\": [{\"match\": {\"host\": \"a\"}, \"retries\": {\"on\": [\"sometimes\"]}, "
-              "\"endpoints\": [{\"address\": \"1.2.3.4:5\"}]}]}",
-              "routes[0].retries.on[0]: \"sometimes\" is not");
+    parse_bad(
+        "{\"routes\": [{\"match\": {\"host\": \"a\"}, \"endpoints\": [{\"address\": \"x\"}]}]}",
+        "routes[0].endpoints[0].address: \"x\" is not an address");
+    parse_bad(
+        "{\"routes\": [{\"match\": {\"host\": \"a\"}, \"retries\": {\"on\": [\"sometimes\"]}, "
+        "\"endpoints\": [{\"address\": \"1.2.3.4:5\"}]}]}",
+        "routes[0].retries.on[0]: \"sometimes\" is not");
     parse_bad("{\"routes\": [{\"match\": {\"host\": \"a\"}, \"retries\": {\"attempts\": 0}, "
               "\"endpoints\": [{\"address\": \"1.2.3.4:5\"}]}]}",
               "routes[0].retries.attempts: 0 is out of range");
     parse_bad("{\"routes\": [{\"match\": {\"host\": \"a\"}, \"timeout_ms\": 100, "
-              "\"retries\": {\"per_try_timeout_ms\": 200}, \"endpoints\": [{\"address\": \"1.2.3.4:5\"}]}]}",
+              "\"retries\": {\"per_try_timeout_ms\": 200}, \"endpoints\": [{\"address\": "
+              "\"1.2.3.4:5\"}]}]}",
               "per_try_timeout_ms: longer than the route's timeout_ms");
     parse_bad("[1]", "expected a JSON object");
 }
@@ -59,9 +62,10 @@ static void errors_name_the_key(void **state)
 static void matching(void **state)
 {
     (void)state;
-    struct px_routes *r = parse_ok(
-        "{\"routes\": [{\"match\": {\"host\": \"Reviews.Shop:9080\"}, \"endpoints\": [{\"address\": \"10.0.0.1:1\"}]},"
-        " {\"match\": {\"address\": \"10.96.0.1:80\"}, \"endpoints\": [{\"address\": \"10.0.0.2:1\"}]}]}");
+    struct px_routes *r = parse_ok("{\"routes\": [{\"match\": {\"host\": \"Reviews.Shop:9080\"}, "
+                                   "\"endpoints\": [{\"address\": \"10.0.0.1:1\"}]},"
+                                   " {\"match\": {\"address\": \"10.96.0.1:80\"}, \"endpoints\": "
+                                   "[{\"address\": \"10.0.0.2:1\"}]}]}");
     assert_ptr_equal(px_routes_match(r, "reviews.shop", NULL), &r->routes[0]);
     assert_ptr_equal(px_routes_match(r, "REVIEWS.shop:1234", NULL), &r->routes[0]);
     assert_null(px_routes_match(r, "reviews.shop.evil", NULL));
@@ -87,7 +91,8 @@ static void locality_and_failover(void **state)
     struct px_routes *r = parse_ok(
         "{\"routes\": [{\"match\": {\"host\": \"s\"}, \"outlier\": {\"consecutive_failures\": 1, "
         "\"base_ejection_ms\": 60000}, \"endpoints\": ["
-        "{\"address\": \"10.0.0.1:1\", \"cluster\": \"east\"}, {\"address\": \"10.0.0.2:1\", \"cluster\": \"east\"},"
+        "{\"address\": \"10.0.0.1:1\", \"cluster\": \"east\"}, {\"address\": \"10.0.0.2:1\", "
+        "\"cluster\": \"east\"},"
         "{\"address\": \"10.0.1.1:1\", \"cluster\": \"west\"}]}]}");
     struct px_route *rt = &r->routes[0];
     int counts[3] = {0, 0, 0};
@@ -122,8 +127,9 @@ static void locality_and_failover(void **state)
 static void p2c_prefers_less_loaded(void **state)
 {
     (void)state;
-    struct px_routes *r = parse_ok("{\"routes\": [{\"match\": {\"host\": \"s\"}, \"endpoints\": ["
-                                   "{\"address\": \"10.0.0.1:1\"}, {\"address\": \"10.0.0.2:1\"}]}]}");
+    struct px_routes *r =
+        parse_ok("{\"routes\": [{\"match\": {\"host\": \"s\"}, \"endpoints\": ["
+                 "{\"address\": \"10.0.0.1:1\"}, {\"address\": \"10.0.0.2:1\"}]}]}");
     struct px_route *rt = &r->routes[0];
     rt->eps[0].st->outstanding = 50;
     for (int i = 0; i < 50; i++)
@@ -135,9 +141,10 @@ static void p2c_prefers_less_loaded(void **state)
 static void budget_and_retry_on(void **state)
 {
     (void)state;
-    struct px_routes *r = parse_ok(
-        "{\"routes\": [{\"match\": {\"host\": \"s\"}, \"retries\": {\"attempts\": 3, \"on\": [\"gateway-error\", \"429\"],"
-        " \"budget_percent\": 10}, \"endpoints\": [{\"address\": \"10.0.0.1:1\"}]}]}");
+    struct px_routes *r =
+        parse_ok("{\"routes\": [{\"match\": {\"host\": \"s\"}, \"retries\": {\"attempts\": 3, "
+                 "\"on\": [\"gateway-error\", \"429\"],"
+                 " \"budget_percent\": 10}, \"endpoints\": [{\"address\": \"10.0.0.1:1\"}]}]}");
     struct px_route *rt = &r->routes[0];
     assert_true(px_route_retry_on(rt, PX_TRY_5XX, 503));
     assert_true(px_route_retry_on(rt, PX_TRY_5XX, 429));
@@ -159,7 +166,7 @@ static void budget_and_retry_on(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(errors_name_the_key), cmocka_unit_test(matching),
+        cmocka_unit_test(errors_name_the_key),   cmocka_unit_test(matching),
         cmocka_unit_test(locality_and_failover), cmocka_unit_test(p2c_prefers_less_loaded),
         cmocka_unit_test(budget_and_retry_on),
     };
