@@ -157,6 +157,16 @@ die_setup() { # the demo cannot go on; netns setup failures let the parent fall 
     [[ $MODE == netns && ${SETUP_DONE:-0} == 0 ]] && exit 3
     exit 1
 }
+# log_port FILE SED-REGEX: wait (10 s) for a log line matching REGEX, print its group 1
+log_port() {
+    local v=""
+    for _ in $(seq 100); do
+        v=$(sed -n "s/.*$2.*/\1/p" "$1" 2>/dev/null | head -1)
+        [[ -n $v ]] && break
+        sleep 0.1
+    done
+    echo "$v"
+}
 # metric TEXT SERIES: the value of one Prometheus series (0 when absent)
 metric() { awk -v s="$2" '$1 == s {v = $2} END {print v + 0}' <<<"$1"; }
 median() { sort -g | awk '{a[NR] = $1} END {if (NR) print a[int((NR + 1) / 2)]; else print 0}'; }
@@ -222,17 +232,18 @@ lb_setup() {
     step PKI "remora-certs: root \"demo mesh root\" -> intermediate \"demo cluster CA\" -> webhook serving cert"
     step tokens "test/tools/mint-token.js: service-account signing keys + JWKS (what the API server publishes)"
 
-    WH=$(free_port)
-    CAP=$(free_port)
-    jq -n --arg wh "127.0.0.1:$WH" --arg ca "127.0.0.1:$CAP" --arg d "$D" --arg jwks "$TMP/jwt/jwks.json" \
-        --argjson ttl "$TTL" '{
-        webhook: {address: $wh, cert_file: ($d + "/server.pem"), key_file: ($d + "/server-key.pem")},
-        ca: {address: $ca, cert_file: ($d + "/ca.pem"), key_file: ($d + "/ca-key.pem"),
+    # Every port is picked by the kernel (port 0) and read back from the logs: ports chosen
+    # ahead of time could be taken by someone else before they are bound.
+    jq -n --arg d "$D" --arg jwks "$TMP/jwt/jwks.json" --argjson ttl "$TTL" '{
+        webhook: {address: "127.0.0.1:0", cert_file: ($d + "/server.pem"), key_file: ($d + "/server-key.pem")},
+        ca: {address: "127.0.0.1:0", cert_file: ($d + "/ca.pem"), key_file: ($d + "/ca-key.pem"),
              root_file: ($d + "/root.pem"), jwks_file: $jwks, ttl_seconds: $ttl},
         trust_domain: "cluster.local"}' >"$TMP/injector.json"
     bg injector "$INJECTOR" -c "$TMP/injector.json"
     INJ_PID=$LASTPID
-    wait_port "$CAP" && wait_port "$WH" || { tail "$TMP/injector.log"; die_setup "remora-injector did not start"; }
+    WH=$(log_port "$TMP/injector.log" ' serving https on [0-9.]*:\([0-9]*\) ')
+    CAP=$(log_port "$TMP/injector.log" 'CA: serving POST \/v1\/sign on https [0-9.]*:\([0-9]*\) ')
+    [[ -n $WH && -n $CAP ]] || { tail "$TMP/injector.log"; die_setup "remora-injector did not start"; }
     step injector "remora-injector: webhook https://127.0.0.1:$WH/inject, CA https://127.0.0.1:$CAP/v1/sign, ttl_seconds $TTL"
 
     # The webhook at work: what it would add to the frontend pod.
@@ -256,36 +267,43 @@ lb_setup() {
     fi
 
     write_policies
-    for p in "${PODS[@]}"; do
-        APP_PORT[$p]=$(free_port); ADMIN[$p]=$(free_port); IN_PORT[$p]=$(free_port); OUT_PORT[$p]=$(free_port)
-    done
-    write_routes "127.0.0.1:${IN_PORT[db-0]}" "127.0.0.1:${IN_PORT[db-1]}"
     for p in db-0 db-1 api frontend; do
-        bg "$p-app" "$UPSTREAM" --listen "127.0.0.1:${APP_PORT[$p]}" --name "$p"
-        APP_PIDS[$p]=$LASTPID
+        start_upstream "$p-app" --name "$p" || die_setup "$p's app did not start"
+        APP_PORT[$p]=$UP_PORT
+        APP_PIDS[$p]=$UP_PID
         "${MINT[@]}" token "$TMP/jwt" --ns "$NS" --sa "${SA[$p]}" --pod "$p" --exp-in 36000 >"$TMP/$p.token"
         local listeners extra=""
-        listeners="{\"name\": \"inbound\", \"address\": \"127.0.0.1:${IN_PORT[$p]}\", \"direction\": \"inbound\",
+        listeners="{\"name\": \"inbound\", \"address\": \"127.0.0.1:0\", \"direction\": \"inbound\",
                     \"upstream\": \"127.0.0.1:${APP_PORT[$p]}\", \"tls\": \"strict\"}"
         case $p in
         frontend)
-            listeners+=", {\"name\": \"outbound\", \"address\": \"127.0.0.1:${OUT_PORT[$p]}\", \"direction\": \"outbound\",
+            listeners+=", {\"name\": \"outbound\", \"address\": \"127.0.0.1:0\", \"direction\": \"outbound\",
                           \"upstream\": \"127.0.0.1:${IN_PORT[api]}\", \"tls\": \"mesh\"}" ;;
         api)
-            listeners+=", {\"name\": \"outbound\", \"address\": \"127.0.0.1:${OUT_PORT[$p]}\", \"direction\": \"outbound\",
+            write_routes "127.0.0.1:${IN_PORT[db-0]}" "127.0.0.1:${IN_PORT[db-1]}"
+            listeners+=", {\"name\": \"outbound\", \"address\": \"127.0.0.1:0\", \"direction\": \"outbound\",
                           \"upstream\": \"127.0.0.1:${IN_PORT[db-0]}\", \"tls\": \"mesh\"}"
             extra="\"policy_file\": \"$TMP/api-policy.json\", \"routes_file\": \"$TMP/api-routes.json\"," ;;
         db-*) extra="\"policy_file\": \"$TMP/db-policy.json\"," ;;
         esac
         cat >"$TMP/$p-proxy.json" <<EOF
-{"admin": {"address": "127.0.0.1:${ADMIN[$p]}"},
+{"admin": {"address": "127.0.0.1:0"},
  "listeners": [$listeners], $extra
  "identity": {"trust_domain": "$TD", "namespace": "$NS", "service_account": "${SA[$p]}",
               "ca_address": "127.0.0.1:$CAP", "ca_root": "$D/root.pem", "token_file": "$TMP/$p.token"}}
 EOF
-        ADMIN_PORT=${ADMIN[$p]} start_proxy "$p-proxy" "$TMP/$p-proxy.json" ||
+        bg "$p-proxy" "$PROXY" -c "$TMP/$p-proxy.json"
+        PROXY_PIDS[$p]=$LASTPID
+        local log=$TMP/$p-proxy.log
+        ADMIN[$p]=$(log_port "$log" 'admin: serving on [0-9.]*:\([0-9]*\)')
+        IN_PORT[$p]=$(log_port "$log" 'listener inbound (inbound) on [0-9.]*:\([0-9]*\)')
+        if [[ $p == frontend || $p == api ]]; then
+            OUT_PORT[$p]=$(log_port "$log" 'listener outbound (outbound) on [0-9.]*:\([0-9]*\)')
+        fi
+        if [[ -z ${ADMIN[$p]} || -z ${IN_PORT[$p]} ]] || ! wait_http "http://127.0.0.1:${ADMIN[$p]}/ready"; then
+            tail -5 "$log"
             die_setup "$p's sidecar did not turn ready (it needs a certificate from the CA)"
-        PROXY_PIDS[$p]=$PROXY_PID
+        fi
     done
     step pods "frontend, api, db-0, db-1: app + remora-proxy each, ready (=/ready 200: a CA-issued certificate is held)"
     say "           apps call their sidecar's outbound listener (127.0.0.1:port) instead of being captured"
