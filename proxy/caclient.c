@@ -130,8 +130,9 @@ static void on_event(struct px_io *io, int what, void *arg)
 }
 
 struct px_caclient *px_caclient_post(const struct cm_addr *addr, struct px_tls_conf *conf,
-                                     const char *host, const char *path, const char *token,
-                                     const char *body, px_caclient_cb cb, void *arg)
+                                     const char *server_name, const char *host, const char *path,
+                                     const char *token, const char *body, px_caclient_cb cb,
+                                     void *arg)
 {
     struct px_io *io = px_io_connect(px_srv->base, addr, CA_TIMEOUT_MS);
     if (io == NULL)
@@ -148,7 +149,7 @@ struct px_caclient *px_caclient_post(const struct cm_addr *addr, struct px_tls_c
                               path, host, token, strlen(body), body);
     px_io_set_read_limit(io, CA_MAX_ANSWER + 32768);
     px_io_setcb(io, on_read, NULL, on_event, c);
-    px_io_start_tls(io, conf, NULL);
+    px_io_start_tls(io, conf, server_name);
     px_io_set_timeout(io, CA_TIMEOUT_MS);
     return c;
 }

@@ -372,8 +372,9 @@ static void send_csr(void)
     json_t *req = json_pack("{s:s}", "csr", csr);
     char *body = json_dumps(req, JSON_COMPACT);
     json_decref(req);
-    id.inflight = px_caclient_post(&id.ca_addr, id.ca_conf, id.ca_host, "/v1/sign", token, body,
-                                   on_ca_answer, NULL);
+    /* with a DNS name, the CA's certificate must carry it */
+    id.inflight = px_caclient_post(&id.ca_addr, id.ca_conf, id.ca_name, id.ca_host, "/v1/sign",
+                                   token, body, on_ca_answer, NULL);
     free(body);
     if (id.inflight == NULL) {
         set_error("CA: %s", strerror(errno));

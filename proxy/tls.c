@@ -316,8 +316,26 @@ static int check_peer(struct px_io *io, struct tls_xprt *x)
     const mbedtls_x509_crt *peer = mbedtls_ssl_get_peer_cert(&x->ssl);
     const char *alpn = mbedtls_ssl_get_alpn_protocol(&x->ssl);
     snprintf(x->alpn, sizeof(x->alpn), "%s", alpn ? alpn : "");
-    if (!x->conf->check_spiffe)
+    if (!x->conf->check_spiffe) {
+        /* the CA client: the server must be the CA, not a workload of the
+         * mesh (whose certificates chain to the same root) */
+        char id[PKI_SPIFFE_MAX];
+        char *e = NULL;
+        if (peer == NULL) {
+            snprintf(x->err, sizeof(x->err), "server presented no certificate");
+            return -1;
+        }
+        if (peer->subject_alt_names.buf.p != NULL &&
+            pki_crt_spiffe_id(peer, id, sizeof(id), &e) == 0) {
+            snprintf(x->err, sizeof(x->err),
+                     "server certificate is a workload's (%s), not the CA's: refusing to send "
+                     "the token",
+                     id);
+            return -1;
+        }
+        free(e);
         return 0;
+    }
     if (peer == NULL) {
         snprintf(x->err, sizeof(x->err), "peer presented no certificate");
         return -1;
@@ -471,7 +489,16 @@ int px_io_start_tls(struct px_io *io, struct px_tls_conf *conf, const char *expe
         return CM_ERR_INVAL;
     }
     x->conf = px_tls_conf_ref(conf);
-    x->expected = expected_id ? cm_xstrdup(expected_id) : NULL;
+    if (!conf->check_spiffe && expected_id != NULL) {
+        /* the CA client: expected_id is the CA's DNS name, checked by mbedTLS */
+        if (mbedtls_ssl_set_hostname(&x->ssl, expected_id) != 0) {
+            mbedtls_ssl_free(&x->ssl);
+            free(x);
+            return CM_ERR_INVAL;
+        }
+    } else {
+        x->expected = expected_id ? cm_xstrdup(expected_id) : NULL;
+    }
     mbedtls_ssl_set_bio(&x->ssl, io, bio_send, bio_recv, NULL);
     io->xprt = x;
     io->ops = &tls_ops;

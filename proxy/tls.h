@@ -43,7 +43,10 @@ void px_tls_conf_unref(struct px_tls_conf *c);
  * buffered (the ClientHello the detector saw). Client: it starts once the
  * TCP connect completes. PX_IO_HANDSHAKE is reported when it is done; a
  * failed handshake reports PX_IO_ERROR with px_io_tls_error() text.
- * expected_id (client only, may be NULL): the peer's SPIFFE ID must equal it.
+ * expected_id (client only, may be NULL): the peer's SPIFFE ID must equal it;
+ * for an anonymous (CA) client it is the server's DNS name, verified against
+ * the certificate. An anonymous client refuses servers whose certificate
+ * carries a SPIFFE ID: a workload of the mesh is never taken for the CA.
  * Takes a reference on conf. */
 int px_io_start_tls(struct px_io *io, struct px_tls_conf *conf, const char *expected_id);
 /* After the handshake: the peer's verified SPIFFE ID ("" when it showed no

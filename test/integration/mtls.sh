@@ -133,6 +133,30 @@ expect_eq "... and the old certificate stays ready" "$(jq -r .ready <<<"$c")" tr
 out=$(curl -s "http://127.0.0.1:$A_OUT/still")
 expect_match "... and traffic still flows" "$out" '"path":"/still"'
 
+# -- a workload posing as the CA never receives the token ----------------------------------------
+FAKE=$(free_port); C_ADMIN=$(free_port); C_IN=$(free_port)
+openssl s_server -accept "127.0.0.1:$FAKE" -cert "$D/b2.pem" -cert_chain "$D/b2.pem" -key "$D/b2-key.pem" -www -quiet \
+    >"$TMP/fake-ca.log" 2>&1 </dev/null &
+_pids+=($!)
+wait_port "$FAKE"
+echo "secret-token-must-not-leak" >"$TMP/token"
+cat >"$TMP/c.json" <<JSON
+{"admin": {"address": "127.0.0.1:$C_ADMIN"},
+ "listeners": [{"name": "in", "address": "127.0.0.1:$C_IN", "direction": "inbound",
+                "upstream": "127.0.0.1:$APP", "tls": "strict"}],
+ "identity": {"namespace": "shop", "service_account": "web", "ca_address": "127.0.0.1:$FAKE",
+              "ca_root": "$D/root.pem", "token_file": "$TMP/token"}}
+JSON
+bg c "$PROXY" -c "$TMP/c.json"; CPID=$LASTPID
+for _ in $(seq 50); do
+    e=$(curl -s "http://127.0.0.1:$C_ADMIN/certs" | jq -r .last_error 2>/dev/null)
+    [[ $e == *workload* ]] && break; sleep 0.1
+done
+expect_match "a CA address answered by a workload certificate is refused" "$e" "workload.*spiffe://cluster.local/ns/shop/sa/web"
+code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$C_ADMIN/ready")
+expect_eq "... and the proxy stays not ready" "$code" 503
+stop_pid "$CPID"; expect_eq "C exits 0" "$STOP_RC" 0
+
 stop_pid "$APID"; expect_eq "A exits 0" "$STOP_RC" 0
 stop_pid "$BPID"; expect_eq "B exits 0" "$STOP_RC" 0
 for l in a b; do
