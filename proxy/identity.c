@@ -60,6 +60,7 @@ static struct {
     uint32_t backoff_ms;
     /* what is held */
     struct px_tls_conf *server, *client;
+    struct px_tls_conf *tcp_client; /* no ALPN: the peer detects what follows (opaque TCP) */
     char serial[72];
     int64_t not_before, not_after;
     uint64_t rotations;
@@ -90,6 +91,11 @@ struct px_tls_conf *px_identity_server_conf(void)
 struct px_tls_conf *px_identity_client_conf(void)
 {
     return id.client;
+}
+
+struct px_tls_conf *px_identity_tcp_client_conf(void)
+{
+    return id.tcp_client;
 }
 
 static void arm(uint64_t ms)
@@ -126,21 +132,26 @@ static int install(const char *chain_pem, const char *key_pem, const char *bundl
         *errmsg = cm_xstrdup("certificate has expired");
         goto out;
     }
-    struct px_tls_conf *srv = NULL, *cli = NULL;
+    struct px_tls_conf *srv = NULL, *cli = NULL, *tcp = NULL;
     if (px_tls_conf_new(PX_TLS_SERVER, chain_pem, key_pem, bundle_pem, id.trust_domain, server_alpn,
                         &srv, errmsg) != 0)
         goto out;
     if (px_tls_conf_new(PX_TLS_CLIENT, chain_pem, key_pem, bundle_pem, id.trust_domain, client_alpn,
-                        &cli, errmsg) != 0) {
+                        &cli, errmsg) != 0 ||
+        px_tls_conf_new(PX_TLS_CLIENT, chain_pem, key_pem, bundle_pem, id.trust_domain, NULL, &tcp,
+                        errmsg) != 0) {
         px_tls_conf_unref(srv);
+        px_tls_conf_unref(cli);
         goto out;
     }
     /* swap: connections established under the old snapshots keep them */
     bool first = id.server == NULL;
     px_tls_conf_unref(id.server);
     px_tls_conf_unref(id.client);
+    px_tls_conf_unref(id.tcp_client);
     id.server = srv;
     id.client = cli;
+    id.tcp_client = tcp;
     pki_crt_serial_hex(&leaf, id.serial, sizeof(id.serial));
     id.not_before = nb;
     id.not_after = na;
@@ -567,6 +578,7 @@ void px_identity_shutdown(void)
         event_free(id.timer);
     px_tls_conf_unref(id.server);
     px_tls_conf_unref(id.client);
+    px_tls_conf_unref(id.tcp_client);
     px_tls_conf_unref(id.ca_conf);
     if (id.has_pending_key)
         mbedtls_pk_free(&id.pending_key);

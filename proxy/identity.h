@@ -34,6 +34,9 @@ const char *px_identity_spiffe_id(void);
  * while no certificate is held. */
 struct px_tls_conf *px_identity_server_conf(void);
 struct px_tls_conf *px_identity_client_conf(void);
+/* The client snapshot for opaque TCP: no ALPN, so the peer sidecar detects
+ * the protocol on the decrypted bytes. */
+struct px_tls_conf *px_identity_tcp_client_conf(void);
 /* Register GET /certs on the admin API (after px_admin_start). */
 void px_identity_admin_routes(void);
 void px_identity_shutdown(void);

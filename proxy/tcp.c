@@ -11,7 +11,9 @@
 #include "common/list.h"
 #include "common/log.h"
 #include "common/xalloc.h"
+#include "proxy/identity.h"
 #include "proxy/io.h"
+#include "proxy/tls.h"
 #include "proxy/metrics.h"
 #include "proxy/server.h"
 
@@ -120,7 +122,12 @@ static void on_event(struct px_io *io, int what, void *arg)
     int i = side_of(t, io);
     if (t->state == TUN_CLOSING)
         return;
-    if (what & PX_IO_CONNECTED) {
+    if ((what & PX_IO_CONNECTED) && px_io_is_tls(io)) {
+        /* mTLS: the tunnel opens when the handshake is done */
+        px_io_set_timeout(io, px_srv->cfg->limits.connect_timeout_ms);
+        return;
+    }
+    if (what & (PX_IO_CONNECTED | PX_IO_HANDSHAKE)) {
         t->state = TUN_OPEN;
         int one = 1;
         setsockopt(px_io_fd(io), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -171,12 +178,26 @@ void px_tcp_start(struct px_conn *c)
         return;
     }
     const struct px_limits *lim = &px_srv->cfg->limits;
+    struct px_tls_conf *tls = NULL;
+    if (c->lcfg->tls == PX_TLS_MESH) {
+        /* opaque TCP between sidecars is wrapped in mTLS too: the peer's
+         * strict listener refuses plaintext, and nothing leaves unencrypted */
+        tls = px_identity_tcp_client_conf();
+        if (tls == NULL) {
+            cm_warn("tcp conn %llu: no workload certificate yet: refusing",
+                    (unsigned long long)c->id);
+            close_later(t);
+            return;
+        }
+    }
     t->side[1] = px_io_connect(px_srv->base, &up, lim->connect_timeout_ms);
     if (t->side[1] == NULL) {
         px_metrics.upstream_cx_connect_fail++;
         close_later(t);
         return;
     }
+    if (tls != NULL)
+        px_io_start_tls(t->side[1], tls, NULL);
     px_metrics.upstream_cx_total++;
     px_metrics.upstream_cx_active++;
     for (int i = 0; i < 2; i++) {

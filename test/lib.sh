@@ -13,6 +13,7 @@ _cleanups=()
 _fails=0
 
 _cleanup() {
+    set +u # one broken cleanup command must not stop the rest
     local c p
     for c in "${_cleanups[@]}"; do eval "$c" || true; done
     for p in "${_pids[@]}"; do kill "$p" 2>/dev/null || true; done

@@ -65,6 +65,13 @@ expect_eq "20 MB response intact over mTLS" "$got" "$($PATTERN --sha256 20000000
 out=$(curl -s "http://127.0.0.1:$A_ADMIN/stats")
 expect_match "A reports the upstream handshake" "$out" '"tls_handshakes": [1-9]'
 
+# -- opaque TCP between sidecars is wrapped in mTLS too --------------------------------------------
+hs0=$(curl -s "http://127.0.0.1:$B_ADMIN/stats" | jq .tls_handshakes)
+out=$($RAW 127.0.0.1:$A_OUT '\x00\x01not-http\r\n\r\n' --timeout 3 | head -c 200)
+expect_match "non-HTTP bytes cross A -> mTLS -> B -> app (the app's answer comes back)" "$out" '^HTTP/1.1 400'
+hs1=$(curl -s "http://127.0.0.1:$B_ADMIN/stats" | jq .tls_handshakes)
+check "... over a new mTLS connection ($hs0 -> $hs1)" test "$hs1" -gt "$hs0"
+
 # -- refusals on the strict listener ---------------------------------------------------------
 code=$(curl -s -m 3 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$B_IN/")
 expect_eq "plaintext to a strict listener is refused" "$code" 000
