@@ -62,7 +62,7 @@ BINS += $(BUILD)/test-upstream
 endif
 UNIT_BINS = $(patsubst test/unit/%.c,$(BUILD)/test/unit/%,$(UNIT_SRCS))
 
-.PHONY: all perf-bins unit-bins test test-gcc test-clang test-asan fuzz bench policy-bench deps lint clean demo
+.PHONY: all perf-bins unit-bins test test-all test-gcc test-clang test-asan fuzz bench policy-bench deps lint clean demo
 all: $(BINS)
 
 $(OBJ)/%.o: %.c
@@ -116,7 +116,10 @@ unit-bins: $(UNIT_BINS)
 # ---- tests ---------------------------------------------------------------
 # gcc and clang builds must be warning-free; the suites run on the ASan+UBSan tree.
 ASAN_BUILD = build/asan
-test: test-gcc test-clang test-asan
+test: deps
+	$(MAKE) --no-print-directory test-all
+
+test-all: test-gcc test-clang test-asan
 	REMORA_BUILD=$(ASAN_BUILD) ./test/run.sh
 
 test-gcc:
