@@ -91,8 +91,8 @@ static void op_send_head(struct px_stream *s)
 
     /* A locally answered request whose body was not read kills the
      * connection: the unread bytes cannot be told from the next request. */
-    if (!h->req_done)
-        h->keep_alive = false;
+    if (!h->req_done && !s->req.end_stream)
+        h->keep_alive = false; /* a body is still coming: we cannot tell where it ends */
     if (px_srv->draining)
         h->keep_alive = false;
 
