@@ -195,17 +195,10 @@ static int on_header_value_complete(llhttp_t *p)
 {
     struct h1c *u = p->data;
     const struct px_limits *lim = limits();
-    const char *buf = u->acc.buf ? u->acc.buf : "";
-    size_t nlen = u->acc.name_len, vlen = u->acc.len - u->acc.name_len;
-    while (vlen > 0 && (buf[nlen + vlen - 1] == ' ' || buf[nlen + vlen - 1] == '\t'))
-        vlen--;
-    if (!px_http_valid_name(buf, nlen) || !px_http_valid_value(buf + nlen, vlen))
-        return HPE_USER;
-    if (px_msg_add(&u->s->arena, &u->s->resp, buf, nlen, buf + nlen, vlen, lim->max_header_bytes,
-                   lim->max_headers) != 0)
-        return HPE_USER;
-    px_h1_acc_reset(&u->acc);
-    return 0;
+    return px_h1_acc_take_header(&u->acc, &u->s->arena, &u->s->resp, lim->max_header_bytes,
+                                 lim->max_headers) == 0
+               ? 0
+               : HPE_USER;
 }
 
 static int on_headers_complete(llhttp_t *p)

@@ -38,6 +38,22 @@ bool px_h1_acc_append(struct h1_acc *a, const char *at, size_t len, size_t max)
     return true;
 }
 
+int px_h1_acc_take_header(struct h1_acc *a, struct px_arena *arena, struct px_msg *m,
+                          uint32_t max_bytes, uint32_t max_count)
+{
+    const char *buf = a->buf ? a->buf : "";
+    size_t nlen = a->name_len, vlen = a->len - a->name_len;
+    /* trailing whitespace is not part of the value (RFC 9110 5.5) */
+    while (vlen > 0 && (buf[nlen + vlen - 1] == ' ' || buf[nlen + vlen - 1] == '\t'))
+        vlen--;
+    if (!px_http_valid_name(buf, nlen) || !px_http_valid_value(buf + nlen, vlen))
+        return 400;
+    if (px_msg_add(arena, m, buf, nlen, buf + nlen, vlen, max_bytes, max_count) != 0)
+        return 431;
+    px_h1_acc_reset(a);
+    return 0;
+}
+
 static bool skip_header(const struct px_hdr *h)
 {
     return strcmp(h->name, "content-length") == 0 || strcmp(h->name, "transfer-encoding") == 0 ||

@@ -24,6 +24,12 @@ void px_h1_acc_free(struct h1_acc *a);
 /* Append; returns false when the total would pass max. */
 bool px_h1_acc_append(struct h1_acc *a, const char *at, size_t len, size_t max);
 
+/* The accumulated field is complete: validate it (RFC 9110 token name, no
+ * CR/LF/NUL in the value, trailing whitespace dropped) and add it to m.
+ * Returns 0, 400 for an invalid field, or 431 over the bounds; resets a. */
+int px_h1_acc_take_header(struct h1_acc *a, struct px_arena *arena, struct px_msg *m,
+                          uint32_t max_bytes, uint32_t max_count);
+
 /* Write a head's header list (skipping framing headers the codec writes
  * itself: content-length, transfer-encoding, host, connection). */
 void px_h1_write_headers(struct evbuffer *out, const struct px_msg *m);

@@ -265,21 +265,12 @@ static int on_header_value_complete(llhttp_t *p)
 {
     struct h1s *h = p->data;
     const struct px_limits *lim = limits();
-    const char *buf = h->acc.buf ? h->acc.buf : "";
-    size_t nlen = h->acc.name_len, vlen = h->acc.len - h->acc.name_len;
-    /* trailing whitespace is not part of the value (RFC 9110 5.5) */
-    while (vlen > 0 && (buf[nlen + vlen - 1] == ' ' || buf[nlen + vlen - 1] == '\t'))
-        vlen--;
-    if (!px_http_valid_name(buf, nlen) || !px_http_valid_value(buf + nlen, vlen)) {
-        h->err_status = 400;
+    int st = px_h1_acc_take_header(&h->acc, &h->s->arena, &h->s->req, lim->max_header_bytes,
+                                   lim->max_headers);
+    if (st != 0) {
+        h->err_status = st;
         return HPE_USER;
     }
-    if (px_msg_add(&h->s->arena, &h->s->req, buf, nlen, buf + nlen, vlen, lim->max_header_bytes,
-                   lim->max_headers) != 0) {
-        h->err_status = 431;
-        return HPE_USER;
-    }
-    px_h1_acc_reset(&h->acc);
     return 0;
 }
 
