@@ -75,9 +75,11 @@ done
 BUILD_DIR=$(dirname "$PROXY_BIN")
 PERF_LOAD=$BUILD_DIR/perf-load PERF_MICRO=$BUILD_DIR/perf-micro CERTS_BIN=$BUILD_DIR/remora-certs
 UPSTREAM_BIN=$BUILD_DIR/test-upstream
-if [[ ! -x $PERF_LOAD || ! -x $PERF_MICRO ]]; then
-    make --no-print-directory BUILD="$BUILD_DIR" perf-bins >/dev/null ||
+# always through make: perf-micro links the proxy archive, which changes under us
+if ! make --no-print-directory BUILD="$BUILD_DIR" perf-bins >/dev/null; then
+    [[ -x $PERF_LOAD && -x $PERF_MICRO ]] ||
         { echo "bench: cannot build perf-load / perf-micro (make perf-bins)" >&2; exit 1; }
+    echo "bench: make perf-bins failed: using the perf-load / perf-micro already built" >&2
 fi
 
 # what is measured: the tree as it is when the run starts (the binary may be rebuilt meanwhile)
@@ -264,7 +266,7 @@ for peer in "${ACTIVE[@]}"; do
 done
 
 # ---- a 30 MB body to a rate-limited client, then a 1 GB one ------------------------------
-declare -A PEAK_BIG BIG_OK BIG_MBS
+declare -A PEAK_BIG BIG_OK BIG_MBS BIG_CPU
 for peer in "${ACTIVE[@]}"; do
     want body || break
     url=${URL_H1[$peer]}
@@ -276,9 +278,10 @@ for peer in "${ACTIVE[@]}"; do
     [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null && PEAK_BODY[$peer]=$(rss_kb "$pid" VmHWM)
     log "30 MB body via $peer: intact=${BODY_OK[$peer]} peak=${PEAK_BODY[$peer]:-} kB"
     # 1 GB (sparse file: zeros) to a client capped at BIG_RATE: all of it must arrive
-    [[ -n $pid ]] && reset_hwm "$pid"
-    read -r got mbs < <(curl -s --max-time 300 --limit-rate "$BIG_RATE" -o /dev/null \
-        -w '%{size_download} %{speed_download}\n' "${url}big.bin")
+    [[ -n $pid ]] && reset_hwm "$pid" && c0=$(cpu_ns "$pid")
+    read -r got mbs < <(taskset -c $LOAD_CPU curl -s --max-time 300 --limit-rate "$BIG_RATE" \
+        -o /dev/null -w '%{size_download} %{speed_download}\n' "${url}big.bin")
+    [[ -n $pid ]] && BIG_CPU[$peer]=$(fmt0 "$(calc 'c / 1e6 / (n / 1073741824)' c=$(($(cpu_ns "$pid") - c0)) n="$BIG_BYTES")")
     if [[ $got == "$BIG_BYTES" ]]; then BIG_OK[$peer]=yes; else BIG_OK[$peer]="NO ($got bytes)"; fi
     BIG_MBS[$peer]=$(awk -v b="${mbs:-0}" 'BEGIN {printf "%.0f\n", b / 1048576}')
     [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null && PEAK_BIG[$peer]=$(rss_kb "$pid" VmHWM)
@@ -293,7 +296,7 @@ TSV=$OUT/results.tsv
 MEM=$OUT/memory.tsv
 MD=$OUT/results.md
 printf 'proto\tpeer\trps\trps_min\trps_max\tp50_us\tp99_us\tadded_p50_us\tadded_p99_us\tcpu_us_per_req\terrors\truns\n' >"$TSV"
-printf 'peer\tidle_rss_kb\tpeak_rss_load_kb\tpeak_rss_30mb_body_kb\tbody_intact\tpeak_rss_big_body_kb\tbig_body_bytes\tbig_body_complete\tbig_body_mb_s\n' >"$MEM"
+printf 'peer\tidle_rss_kb\tpeak_rss_load_kb\tpeak_rss_30mb_body_kb\tbody_intact\tpeak_rss_big_body_kb\tbig_body_bytes\tbig_body_complete\tbig_body_mb_s\tbig_body_cpu_ms_per_gb\n' >"$MEM"
 
 declare -A M
 for proto in h1 h2; do
@@ -326,9 +329,10 @@ for proto in h1 h2; do
 done
 for peer in "${PEERS[@]}"; do
     [[ $peer == direct ]] && continue
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$peer" "${IDLE[$peer]:--}" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$peer" "${IDLE[$peer]:--}" \
         "${PEAK_LOAD[$peer]:--}" "${PEAK_BODY[$peer]:--}" "${BODY_OK[$peer]:--}" \
-        "${PEAK_BIG[$peer]:--}" "$BIG_BYTES" "${BIG_OK[$peer]:--}" "${BIG_MBS[$peer]:--}" >>"$MEM"
+        "${PEAK_BIG[$peer]:--}" "$BIG_BYTES" "${BIG_OK[$peer]:--}" "${BIG_MBS[$peer]:--}" \
+        "${BIG_CPU[$peer]:--}" >>"$MEM"
 done
 
 rps_fmt() { [[ $1 == - ]] && echo - || printf "%.0f\n" "$1"; }
@@ -341,6 +345,7 @@ add_fmt() { [[ $1 == - ]] && echo - || awk -v v="$1" 'BEGIN {printf "%+.3f\n", v
     echo "remora $REV, load average $LOAD0 before the run," \
         "$(haproxy -v | head -1 | awk '{print "haproxy", $3}'), $(nginx -v 2>&1 | sed 's/.*nginx\//nginx /')," \
         "$(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}'), $(h2load --version | awk '{print "h2load", $2}')."
+    echo "Fixed-rate, failure and handshake-latency runs in SCHED_RR: $([[ $RT == 1 ]] && echo "yes (chrt -r $RT_PRIO)" || echo no)."
     echo "Upstream: nginx returning \"ok\\n\" (HTTP/1.1 keep-alive from every proxy)." \
         "$DUR s per run, $REPS run(s), medians; $CONNS connections; h2c with $STREAMS streams each."
     for proto in h1 h2; do
@@ -368,13 +373,13 @@ add_fmt() { [[ $1 == - ]] && echo - || awk -v v="$1" 'BEGIN {printf "%+.3f\n", v
     echo "## Memory (RSS of the proxy process tree; nginx: master + worker)"
     echo
     big="$((BIG_BYTES >> 20)) MB"
-    echo "| peer | idle RSS MB | peak RSS under load MB | peak RSS, 30 MB body at $BODY_RATE/s MB | body intact | peak RSS, $big body at $BIG_RATE/s MB | $big complete, MB/s |"
-    echo "|---|---:|---:|---:|---|---:|---|"
+    echo "| peer | idle RSS MB | peak RSS under load MB | peak RSS, 30 MB body at $BODY_RATE/s MB | body intact | peak RSS, $big body at $BIG_RATE/s MB | $big complete, MB/s | CPU ms per GB |"
+    echo "|---|---:|---:|---:|---|---:|---|---:|"
     for peer in "${PEERS[@]}"; do
         [[ $peer == direct ]] && continue
         echo "| $peer | $(mb "${IDLE[$peer]:--}") | $(mb "${PEAK_LOAD[$peer]:--}")" \
             "| $(mb "${PEAK_BODY[$peer]:--}") | ${BODY_OK[$peer]:--} | $(mb "${PEAK_BIG[$peer]:--}")" \
-            "| ${BIG_OK[$peer]:--}, ${BIG_MBS[$peer]:--} |"
+            "| ${BIG_OK[$peer]:--}, ${BIG_MBS[$peer]:--} | ${BIG_CPU[$peer]:--} |"
     done
     notes=0
     for peer in "${PEERS[@]}"; do
@@ -405,7 +410,7 @@ want injector && sec_injector
     report_targets
     report_plots
     echo
-    echo "Run time: $(($(date +%s) - T_START)) s."
+    echo "Run time: $(($(date +%s) - T_START)) s; load average before $LOAD0, after $(cut -d" " -f1 /proc/loadavg)."
 } >>"$MD"
 cat "$MD"
 log "results in ${OUT#"$ROOT"/}"

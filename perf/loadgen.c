@@ -55,13 +55,13 @@ struct conn {
     llhttp_t parser;
     bool keepalive; /* the last response allows another request (read at its end) */
     nghttp2_session *ng;
-    uint64_t q[MAX_INFLIGHT];    /* ring of due times not sent yet: [head, head + n) */
+    uint64_t q[MAX_INFLIGHT]; /* ring of due times not sent yet: [head, head + n) */
     unsigned head, n;
     struct req fl[MAX_INFLIGHT]; /* sent, not answered (h1: at most one) */
     unsigned nfl;
-    uint64_t next_k;             /* next request number of this connection */
-    struct event *tick;         /* the schedule */
-    struct event *retry;        /* reconnect after a failure */
+    uint64_t next_k;     /* next request number of this connection */
+    struct event *tick;  /* the schedule */
+    struct event *retry; /* reconnect after a failure */
 };
 
 static struct {
@@ -78,7 +78,7 @@ static struct event_base *base;
 static struct conn *conns;
 static uint64_t t0_mono_us, t0_real_us;
 static uint64_t total_planned, done_count, sent_count, ok_count, non2xx_count, fail_count;
-static uint32_t *lat;   /* latency of every finished request, microseconds */
+static uint32_t *lat; /* latency of every finished request, microseconds */
 static size_t nlat, caplat;
 static int nconnected;
 static bool started;
@@ -174,8 +174,7 @@ static void h1_send(struct conn *c)
 
 /* ---- h2c --------------------------------------------------------------------------------- */
 
-static ssize_t h2_send_cb(nghttp2_session *s, const uint8_t *data, size_t len, int flags,
-                          void *arg)
+static ssize_t h2_send_cb(nghttp2_session *s, const uint8_t *data, size_t len, int flags, void *arg)
 {
     struct conn *c = arg;
     (void)s;
@@ -426,16 +425,35 @@ int main(int argc, char **argv)
     int ch;
     while ((ch = getopt(argc, argv, "a:p:H:c:r:d:2t:l:")) != -1) {
         switch (ch) {
-        case 'a': addr = optarg; break;
-        case 'p': opt.path = optarg; break;
-        case 'H': opt.host = optarg; break;
-        case 'c': opt.conns = (int)strtol(optarg, NULL, 10); break;
-        case 'r': opt.rate = strtod(optarg, NULL); break;
-        case 'd': opt.duration = strtod(optarg, NULL); break;
-        case '2': opt.h2 = true; break;
-        case 't': opt.timeout_us = (uint64_t)strtoul(optarg, NULL, 10) * 1000u; break;
-        case 'l': logf = optarg; break;
-        default: usage();
+        case 'a':
+            addr = optarg;
+            break;
+        case 'p':
+            opt.path = optarg;
+            break;
+        case 'H':
+            opt.host = optarg;
+            break;
+        case 'c':
+            opt.conns = (int)strtol(optarg, NULL, 10);
+            break;
+        case 'r':
+            opt.rate = strtod(optarg, NULL);
+            break;
+        case 'd':
+            opt.duration = strtod(optarg, NULL);
+            break;
+        case '2':
+            opt.h2 = true;
+            break;
+        case 't':
+            opt.timeout_us = (uint64_t)strtoul(optarg, NULL, 10) * 1000u;
+            break;
+        case 'l':
+            logf = optarg;
+            break;
+        default:
+            usage();
         }
     }
     char ip[64];
@@ -510,8 +528,8 @@ int main(int argc, char **argv)
            "p999_us=%u max_us=%u mean_us=%.0f t0_us=%llu\n",
            (unsigned long long)sent_count, (unsigned long long)ok_count,
            (unsigned long long)non2xx_count, (unsigned long long)fail_count,
-           wall > 0 ? (double)done_count / wall : 0.0, pct(0.50), pct(0.90), pct(0.99),
-           pct(0.999), nlat ? lat[nlat - 1] : 0, nlat ? sum / (double)nlat : 0.0,
+           wall > 0 ? (double)done_count / wall : 0.0, pct(0.50), pct(0.90), pct(0.99), pct(0.999),
+           nlat ? lat[nlat - 1] : 0, nlat ? sum / (double)nlat : 0.0,
            (unsigned long long)t0_real_us);
     if (opt.log != NULL)
         fclose(opt.log);

@@ -121,10 +121,10 @@ static struct px_policy *make_policy(size_t n, int one_principal)
         snprintf(who, sizeof(who), "spiffe://cluster.local/ns/ns%zu/sa/sa%zu", k, k);
         snprintf(path, sizeof(path), "/api/v%zu/*", i);
         snprintf(name, sizeof(name), "r%zu", i);
-        json_array_append_new(
-            rules, json_pack("{s:s, s:s, s:{s:[s]}, s:{s:[s], s:[s], s:[i]}}", "name", name,
-                             "action", "allow", "from", "principals", who, "to", "methods",
-                             "GET", "paths", path, "ports", 8080));
+        json_array_append_new(rules,
+                              json_pack("{s:s, s:s, s:{s:[s]}, s:{s:[s], s:[s], s:[i]}}", "name",
+                                        name, "action", "allow", "from", "principals", who, "to",
+                                        "methods", "GET", "paths", path, "ports", 8080));
     }
     json_t *doc = json_pack("{s:s, s:o}", "default", "deny", "rules", rules);
     struct px_policy *p = NULL;
@@ -168,12 +168,12 @@ static void run_policy(void)
         snprintf(path, sizeof(path), "/api/v%zu/items/42?page=2", n - 1);
         struct px_policy *p = make_policy(n, 0);
         policy_case("policy_allow_last_rule", p, n, who, path, PX_POLICY_ALLOW);
-        policy_case("policy_unknown_caller_deny", p, n,
-                    "spiffe://cluster.local/ns/other/sa/nobody", path, PX_POLICY_DENY);
+        policy_case("policy_unknown_caller_deny", p, n, "spiffe://cluster.local/ns/other/sa/nobody",
+                    path, PX_POLICY_DENY);
         px_policy_free(p);
         p = make_policy(n, 1);
-        policy_case("policy_one_principal_allow_last", p, n,
-                    "spiffe://cluster.local/ns/ns0/sa/sa0", path, PX_POLICY_ALLOW);
+        policy_case("policy_one_principal_allow_last", p, n, "spiffe://cluster.local/ns/ns0/sa/sa0",
+                    path, PX_POLICY_ALLOW);
         px_policy_free(p);
     }
 }
@@ -194,8 +194,8 @@ static struct px_routes *make_routes(size_t nroutes, size_t neps, int split)
         }
         char host[64];
         snprintf(host, sizeof(host), "svc%zu.shop.svc.cluster.local", r);
-        json_array_append_new(routes, json_pack("{s:{s:s}, s:o}", "match", "host", host,
-                                                "endpoints", eps));
+        json_array_append_new(routes,
+                              json_pack("{s:{s:s}, s:o}", "match", "host", host, "endpoints", eps));
     }
     json_t *doc = json_pack("{s:o}", "routes", routes);
     char *text = json_dumps(doc, JSON_COMPACT);

@@ -5,6 +5,10 @@
 set terminal pngcairo size 1400,560 font "sans,10"
 set grid
 set key outside right top
+# 12 distinguishable line colours (the default cycle repeats after 8)
+array C[12] = ["#9400d3", "#009e73", "#56b4e9", "#e69f00", "#f0e442", "#0072b2", "#e51e10", "#000000", "#a0522d", "#ff69b4", "#708090", "#00ced1"]
+do for [k=1:12] { set linetype k lc rgb C[k] lw 2 }
+set linetype cycle 12
 ncols(f) = int(system("head -1 '" . f . "' | wc -w"))
 
 # ---- latency percentiles vs rate ------------------------------------------------------------
@@ -59,7 +63,7 @@ if (strstrt(have, "rss") > 0) {
     set xlabel "seconds from the start of each path's timeline"
     set ylabel "RSS, MB"
     set logscale y
-    plot for [i=1:words(rss_series)] dir . "/rss.dat" index (i-1) using 1:2 with lines lw 2 title word(rss_series, i)
+    plot for [i=1:words(rss_series)] dir . "/rss.dat" index (i-1) using 1:2 with lines lt i lw 2 title word(rss_series, i)
     unset logscale
 }
 

@@ -14,7 +14,7 @@
 # mesh.tsv: kind peer rate rps p50_us p90_us p99_us p999_us added_p50_us added_p99_us
 #           added_p999_us cpu_a_us_per_req cpu_b_us_per_req vcpu_a vcpu_b errors runs
 #   kind "rate" (perf-load, RCONNS connections) or "sat" (wrk -c CONNS, rate = "-")
-# mesh-body.tsv: peer body_bytes peak_a_kb peak_b_kb complete mb_s
+# mesh-body.tsv: peer body_bytes peak_a_kb peak_b_kb complete mb_s cpu_a_ms_per_gb cpu_b_ms_per_gb
 
 MESH_PEERS=(direct remora-mtls remora-plain haproxy-mtls)
 MESH_DUR=${BENCH_MESH_DURATION:-$([[ $QUICK == 1 ]] && echo 2 || echo 5)}
@@ -185,15 +185,19 @@ mesh_run() {
 
 # mesh_body PEER BYTES FILE: peak RSS of A and B while FILE goes through the path.
 mesh_body() {
-    local peer=$1 bytes=$2 file=$3 got mbs pa pb ok
+    local peer=$1 bytes=$2 file=$3 got mbs pa pb ok a0 b0 a1 b1
     reset_hwm "${MPID_A[$peer]}"
     reset_hwm "${MPID_B[$peer]}"
-    read -r got mbs < <(curl -s --max-time 300 --limit-rate "$BIG_RATE" -o /dev/null \
-        -w '%{size_download} %{speed_download}\n' "${MURL[$peer]}$file")
+    read -r a0 b0 < <(mesh_cpu "$peer")
+    read -r got mbs < <(taskset -c "$LOAD_CPU" curl -s --max-time 300 --limit-rate "$BIG_RATE" \
+        -o /dev/null -w '%{size_download} %{speed_download}\n' "${MURL[$peer]}$file")
+    read -r a1 b1 < <(mesh_cpu "$peer")
     pa=$(rss_kb "${MPID_A[$peer]}" VmHWM) pb=$(rss_kb "${MPID_B[$peer]}" VmHWM)
     if [[ $got == "$bytes" ]]; then ok=yes; else ok="NO ($got bytes)"; fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$peer" "$bytes" "$pa" "$pb" "$ok" \
-        "$(awk -v b="${mbs:-0}" 'BEGIN {printf "%.0f\n", b / 1048576}')" >>"$OUT/mesh-body.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$peer" "$bytes" "$pa" "$pb" "$ok" \
+        "$(awk -v b="${mbs:-0}" 'BEGIN {printf "%.0f\n", b / 1048576}')" \
+        "$(fmt0 "$(calc 'c / 1e6 / (n / 1073741824)' c=$((a1 - a0)) n="$bytes")")" \
+        "$(fmt0 "$(calc 'c / 1e6 / (n / 1073741824)' c=$((b1 - b0)) n="$bytes")")" >>"$OUT/mesh-body.tsv"
     log "mesh body $bytes via $peer: complete=$ok peak A=$pa B=$pb kB"
 }
 
@@ -215,7 +219,7 @@ sec_mesh() {
         curl -s "http://127.0.0.1:${MADMIN_A[remora-mtls]}/stats" >"$RAW/mesh-remora-mtls-a-stats.json"
     fi
     if want body; then
-        printf 'peer\tbody_bytes\tpeak_a_kb\tpeak_b_kb\tcomplete\tmb_s\n' >"$OUT/mesh-body.tsv"
+        printf 'peer\tbody_bytes\tpeak_a_kb\tpeak_b_kb\tcomplete\tmb_s\tcpu_a_ms_per_gb\tcpu_b_ms_per_gb\n' >"$OUT/mesh-body.tsv"
         for peer in "${MESH_PEERS[@]}"; do
             [[ $peer == direct ]] && continue
             mesh_body "$peer" "$BODY_BYTES" large.bin
@@ -304,10 +308,10 @@ report_mesh() {
         echo
         echo "Bodies through the path (client reading at most $BIG_RATE/s; VmHWM of each sidecar):"
         echo
-        echo "| path | body | peak RSS A MB | peak RSS B MB | complete | MB/s |"
-        echo "|---|---:|---:|---:|---|---:|"
-        tail -n +2 "$OUT/mesh-body.tsv" | while IFS=$'\t' read -r p bytes pa pb ok mbs; do
-            echo "| $p | $((bytes >> 20)) MB | $(mb "$pa") | $(mb "$pb") | $ok | $mbs |"
+        echo "| path | body | peak RSS A MB | peak RSS B MB | complete | MB/s | CPU ms per GB, A | CPU ms per GB, B |"
+        echo "|---|---:|---:|---:|---|---:|---:|---:|"
+        tail -n +2 "$OUT/mesh-body.tsv" | while IFS=$'\t' read -r p bytes pa pb ok mbs ca cb; do
+            echo "| $p | $((bytes >> 20)) MB | $(mb "$pa") | $(mb "$pb") | $ok | $mbs | $ca | $cb |"
         done
     fi
     local p
