@@ -353,9 +353,10 @@ void px_metrics_write_prometheus(struct evbuffer *out)
     prom_u64(out, "remora_tls_handshakes_resumed_total", "counter",
              "Inbound mTLS handshakes resumed from a session ticket (no full handshake).",
              m->tls_handshakes_resumed);
-    prom_u64(out, "remora_tls_handshake_failures_total", "counter",
-             "mTLS handshakes refused: bad or missing certificate, wrong identity, protocol errors.",
-             m->tls_handshake_failures);
+    prom_u64(
+        out, "remora_tls_handshake_failures_total", "counter",
+        "mTLS handshakes refused: bad or missing certificate, wrong identity, protocol errors.",
+        m->tls_handshake_failures);
     prom_u64(out, "remora_tls_plaintext_refused_total", "counter",
              "Plaintext connections refused by a strict mTLS listener.", m->tls_plaintext_refused);
 

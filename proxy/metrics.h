@@ -31,10 +31,10 @@ struct px_metrics {
     uint64_t upstream_errors; /* 502/503/504 made by the proxy */
     uint64_t downstream_resets;
     /* mTLS */
-    uint64_t tls_handshakes;          /* completed, both directions */
-    uint64_t tls_handshakes_resumed;  /* of which resumed from a session ticket (server side) */
-    uint64_t tls_handshake_failures;  /* bad certificate, wrong identity, protocol errors */
-    uint64_t tls_plaintext_refused;   /* plaintext on a strict listener */
+    uint64_t tls_handshakes;         /* completed, both directions */
+    uint64_t tls_handshakes_resumed; /* of which resumed from a session ticket (server side) */
+    uint64_t tls_handshake_failures; /* bad certificate, wrong identity, protocol errors */
+    uint64_t tls_plaintext_refused;  /* plaintext on a strict listener */
     /* bytes */
     uint64_t tcp_bytes_in, tcp_bytes_out;
     /* later issues */
