@@ -12,8 +12,8 @@
  *           cannot narrow).
  *   route   px_routes_match with N host routes (the request matches the last one).
  *   pick    px_route_pick over N endpoints, all in our cluster; and 1,000
- *           endpoints, half of them in our cluster; and one of the random draws
- *           it makes (4 bytes from the CTR_DRBG, pki_rng_fn).
+ *           endpoints, half of them in our cluster; and a 4-byte CTR_DRBG draw
+ *           (pki_rng_fn), what each of its two draws cost before xorshift.
  *   tls     the public-key operations of one full mTLS handshake, as mbedTLS
  *           (the proxy's TLS library) does them: ECDHE (X25519 and P-256, a
  *           fresh context each time as in a handshake), ECDSA P-256 sign with
@@ -244,8 +244,9 @@ static void op_match(void *arg)
     sink += (uintptr_t)px_routes_match(c->r, c->host, NULL);
 }
 
-/* What px_route_pick's two random draws cost: routes.c takes them from the CTR_DRBG
- * the certificates use (pki_rng_fn), 4 bytes each. */
+/* 4 bytes from the CTR_DRBG the certificates use (pki_rng_fn): what each of
+ * px_route_pick's two random draws cost until routes.c moved to xorshift (41d870b);
+ * kept as the reference for any per-request use of the DRBG. */
 static void op_rng(void *arg)
 {
     uint32_t v;

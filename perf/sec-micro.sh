@@ -35,7 +35,7 @@ report_micro() {
         lb_pick_local) what="px_route_pick, n endpoints in our cluster" ;;
         lb_pick_half_local) what="px_route_pick, n endpoints, half in our cluster" ;;
         route_match_last) what="px_routes_match, n host routes, the last matches" ;;
-        lb_random_draw_ctr_drbg) what="one of px_route_pick's 2 random draws (CTR_DRBG, 4 bytes)" ;;
+        lb_random_draw_ctr_drbg) what="4 bytes from the CTR_DRBG (pki_rng_fn): what each of px_route_pick's 2 draws cost before 41d870b (xorshift since)" ;;
         tls_ecdhe_x25519) what="ECDHE X25519: fresh context, make public + shared secret" ;;
         tls_ecdhe_p256) what="ECDHE P-256: the same" ;;
         tls_ecdsa_p256_sign) what="ECDSA P-256 sign (ServerKeyExchange / CertificateVerify)" ;;
