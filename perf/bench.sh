@@ -52,6 +52,7 @@ fi
 read -r -a RATES <<<"${BENCH_RATES:-1000 5000}"
 RCONNS=${BENCH_RATE_CONNS:-100}
 BIG_RATE=${BENCH_BIG_RATE:-500M}
+# shellcheck disable=SC2034 # used by perf/sec-memory.sh
 IDLE_CONNS=${BENCH_IDLE_CONNS:-1000}
 SECTIONS=${BENCH_ONLY:-sat rate body mesh memory tls failure micro injector}
 # want SECTION: is it part of this run?
@@ -73,7 +74,9 @@ for tool in wrk h2load haproxy nginx taskset curl python3 pgrep jq; do
     command -v "$tool" >/dev/null || { echo "bench: $tool missing: run 'make deps'" >&2; exit 1; }
 done
 BUILD_DIR=$(dirname "$PROXY_BIN")
+# shellcheck disable=SC2034
 PERF_LOAD=$BUILD_DIR/perf-load PERF_MICRO=$BUILD_DIR/perf-micro CERTS_BIN=$BUILD_DIR/remora-certs
+# shellcheck disable=SC2034
 UPSTREAM_BIN=$BUILD_DIR/test-upstream
 # always through make: perf-micro links the proxy archive, which changes under us
 if ! make --no-print-directory BUILD="$BUILD_DIR" perf-bins >/dev/null; then

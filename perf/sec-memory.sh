@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034
 # Benchmark 3, memory over time. For every proxy (single sidecars: remora, haproxy, nginx;
 # mesh paths: remora-mtls, remora-plain, haproxy-mtls, both sidecars) one timeline, RSS
 # sampled every 100 ms (perf/rss_sample.py):

@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034
 # Benchmark 2, the mesh path: client -> sidecar A (outbound) -> sidecar B (inbound) -> app,
 # against the client talking to the app directly. Mesh peers:
 #   remora-mtls   A "tls": "mesh" (HTTP/2 over mTLS to B), B "tls": "strict"
@@ -113,7 +113,7 @@ mesh_start() {
 mesh_stop() {
     stop_pid "${MPID_A[$1]:-}"
     stop_pid "${MPID_B[$1]:-}"
-    MPID_A[$1]= MPID_B[$1]=
+    MPID_A[$1]='' MPID_B[$1]=''
 }
 
 mesh_setup() {

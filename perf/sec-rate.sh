@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034
 # Benchmark 1, fixed rates: every single-sidecar peer at BENCH_RATES (1,000 and 5,000 req/s)
 # over RCONNS (100) connections, HTTP/1.1 and h2c, with build/perf-load: sends are spread
 # evenly (connection i of C sends at (i + k C) / rate), latency runs from the intended send
@@ -57,35 +57,35 @@ sec_rate() {
 # report_rate: rate.tsv and the markdown tables (inside bench.sh's report block).
 report_rate() {
     local tsv=$OUT/rate.tsv proto rate peer f q d v
-    declare -gA RT
+    declare -gA RATER # not RT: that is the SCHED_RR flag (lib.sh)
     printf 'proto\tpeer\trate\trps\tp50_us\tp90_us\tp99_us\tp999_us\tadded_p50_us\tadded_p99_us\tadded_p999_us\tcpu_us_per_req\tvcpu\terrors\truns\n' >"$tsv"
     for proto in h1 h2; do
         for rate in "${RATES[@]}"; do
             for peer in "${PEERS[@]}"; do
                 f=$WORK/rate-$proto-$peer-$rate.samples
-                RT[$proto,$peer,$rate,p50]=$(col "$f" 1 | median)
-                RT[$proto,$peer,$rate,p90]=$(col "$f" 2 | median)
-                RT[$proto,$peer,$rate,p99]=$(col "$f" 3 | median)
-                RT[$proto,$peer,$rate,p999]=$(col "$f" 4 | median)
-                RT[$proto,$peer,$rate,err]=$( (col "$f" 5 || true) | awk '{s += $1} END {print s + 0}')
-                RT[$proto,$peer,$rate,rps]=$(col "$f" 6 | median)
-                RT[$proto,$peer,$rate,cpu]=$(col "$f" 7 | median)
-                RT[$proto,$peer,$rate,vcpu]=$(col "$f" 8 | median)
-                RT[$proto,$peer,$rate,runs]=$([[ -f $f ]] && wc -l <"$f" || echo 0)
+                RATER[$proto,$peer,$rate,p50]=$(col "$f" 1 | median)
+                RATER[$proto,$peer,$rate,p90]=$(col "$f" 2 | median)
+                RATER[$proto,$peer,$rate,p99]=$(col "$f" 3 | median)
+                RATER[$proto,$peer,$rate,p999]=$(col "$f" 4 | median)
+                RATER[$proto,$peer,$rate,err]=$( (col "$f" 5 || true) | awk '{s += $1} END {print s + 0}')
+                RATER[$proto,$peer,$rate,rps]=$(col "$f" 6 | median)
+                RATER[$proto,$peer,$rate,cpu]=$(col "$f" 7 | median)
+                RATER[$proto,$peer,$rate,vcpu]=$(col "$f" 8 | median)
+                RATER[$proto,$peer,$rate,runs]=$([[ -f $f ]] && wc -l <"$f" || echo 0)
             done
             for peer in "${PEERS[@]}"; do
                 for q in p50 p99 p999; do
-                    d=${RT[$proto,direct,$rate,$q]:--} v=${RT[$proto,$peer,$rate,$q]}
-                    if [[ $peer == direct ]]; then RT[$proto,$peer,$rate,add$q]=-
-                    else RT[$proto,$peer,$rate,add$q]=$(calc 'a - b' a="$v" b="$d"); fi
+                    d=${RATER[$proto,direct,$rate,$q]:--} v=${RATER[$proto,$peer,$rate,$q]}
+                    if [[ $peer == direct ]]; then RATER[$proto,$peer,$rate,add$q]=-
+                    else RATER[$proto,$peer,$rate,add$q]=$(calc 'a - b' a="$v" b="$d"); fi
                 done
                 printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$proto" "$peer" \
-                    "$rate" "${RT[$proto,$peer,$rate,rps]}" "${RT[$proto,$peer,$rate,p50]}" \
-                    "${RT[$proto,$peer,$rate,p90]}" "${RT[$proto,$peer,$rate,p99]}" \
-                    "${RT[$proto,$peer,$rate,p999]}" "${RT[$proto,$peer,$rate,addp50]}" \
-                    "${RT[$proto,$peer,$rate,addp99]}" "${RT[$proto,$peer,$rate,addp999]}" \
-                    "${RT[$proto,$peer,$rate,cpu]}" "${RT[$proto,$peer,$rate,vcpu]}" \
-                    "${RT[$proto,$peer,$rate,err]}" "${RT[$proto,$peer,$rate,runs]}" >>"$tsv"
+                    "$rate" "${RATER[$proto,$peer,$rate,rps]}" "${RATER[$proto,$peer,$rate,p50]}" \
+                    "${RATER[$proto,$peer,$rate,p90]}" "${RATER[$proto,$peer,$rate,p99]}" \
+                    "${RATER[$proto,$peer,$rate,p999]}" "${RATER[$proto,$peer,$rate,addp50]}" \
+                    "${RATER[$proto,$peer,$rate,addp99]}" "${RATER[$proto,$peer,$rate,addp999]}" \
+                    "${RATER[$proto,$peer,$rate,cpu]}" "${RATER[$proto,$peer,$rate,vcpu]}" \
+                    "${RATER[$proto,$peer,$rate,err]}" "${RATER[$proto,$peer,$rate,runs]}" >>"$tsv"
             done
         done
     done
@@ -104,10 +104,10 @@ report_rate() {
         echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         for rate in "${RATES[@]}"; do
             for peer in "${PEERS[@]}"; do
-                echo "| $peer | $rate | $(ms "${RT[$proto,$peer,$rate,p50]}") | $(ms "${RT[$proto,$peer,$rate,p99]}")" \
-                    "| $(ms "${RT[$proto,$peer,$rate,p999]}") | $(add "${RT[$proto,$peer,$rate,addp50]}")" \
-                    "| $(add "${RT[$proto,$peer,$rate,addp99]}") | $(add "${RT[$proto,$peer,$rate,addp999]}")" \
-                    "| ${RT[$proto,$peer,$rate,cpu]} | $(fmt3 "${RT[$proto,$peer,$rate,vcpu]}") | ${RT[$proto,$peer,$rate,err]} |"
+                echo "| $peer | $rate | $(ms "${RATER[$proto,$peer,$rate,p50]}") | $(ms "${RATER[$proto,$peer,$rate,p99]}")" \
+                    "| $(ms "${RATER[$proto,$peer,$rate,p999]}") | $(add "${RATER[$proto,$peer,$rate,addp50]}")" \
+                    "| $(add "${RATER[$proto,$peer,$rate,addp99]}") | $(add "${RATER[$proto,$peer,$rate,addp999]}")" \
+                    "| ${RATER[$proto,$peer,$rate,cpu]} | $(fmt3 "${RATER[$proto,$peer,$rate,vcpu]}") | ${RATER[$proto,$peer,$rate,err]} |"
             done
         done
     done

@@ -40,11 +40,11 @@ report_targets() {
             for rate in "${RATES[@]}"; do
                 for q in p50 p99; do
                     # resolution: 10 us or 10 % (the rep-to-rep spread of these medians)
-                    v=$(calc 'a <= b + (b * 0.1 > 10 ? b * 0.1 : 10)' a="${RT[$proto,remora,$rate,add$q]:--}" b="${RT[$proto,haproxy,$rate,add$q]:--}")
+                    v=$(calc 'a <= b + (b * 0.1 > 10 ? b * 0.1 : 10)' a="${RATER[$proto,remora,$rate,add$q]:--}" b="${RATER[$proto,haproxy,$rate,add$q]:--}")
                     [[ $v == - ]] && continue
                     add_n=$((add_n + 1))
                     if [[ $v == 1 ]]; then add_ok=$((add_ok + 1)); else
-                        add_bad+=("$proto $rate/s $q $(ms "${RT[$proto,remora,$rate,add$q]}") vs $(ms "${RT[$proto,haproxy,$rate,add$q]}") ms")
+                        add_bad+=("$proto $rate/s $q $(ms "${RATER[$proto,remora,$rate,add$q]}") vs $(ms "${RATER[$proto,haproxy,$rate,add$q]}") ms")
                     fi
                 done
             done
@@ -109,7 +109,7 @@ report_plots() {
             for peer in "${PEERS[@]}"; do
                 {
                     for rate in "${RATES[@]}"; do
-                        echo "$rate $(ms "${RT[$proto,$peer,$rate,p50]:--}") $(ms "${RT[$proto,$peer,$rate,p99]:--}") $(ms "${RT[$proto,$peer,$rate,p999]:--}")"
+                        echo "$rate $(ms "${RATER[$proto,$peer,$rate,p50]:--}") $(ms "${RATER[$proto,$peer,$rate,p99]:--}") $(ms "${RATER[$proto,$peer,$rate,p999]:--}")"
                     done
                     [[ ${M[$proto,$peer,rps]:--} != - ]] &&
                         echo "${M[$proto,$peer,rps]} $(ms "${M[$proto,$peer,p50]}") $(ms "${M[$proto,$peer,p99]}") -"
@@ -130,7 +130,7 @@ report_plots() {
             if want rate; then
                 for rate in "${RATES[@]}"; do
                     echo -n "\"$pn $rate/s\""
-                    for peer in "${PEERS[@]}"; do [[ $peer == direct ]] || echo -n " ${RT[$proto,$peer,$rate,cpu]:--}"; done
+                    for peer in "${PEERS[@]}"; do [[ $peer == direct ]] || echo -n " ${RATER[$proto,$peer,$rate,cpu]:--}"; done
                     echo
                 done
             fi
