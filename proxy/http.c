@@ -35,6 +35,25 @@ void px_arena_deinit(struct px_arena *a)
     a->used = 0;
 }
 
+void px_arena_reset(struct px_arena *a)
+{
+    struct px_arena_chunk *keep = NULL, *c = a->head;
+    while (c != NULL) {
+        struct px_arena_chunk *n = c->next;
+        if (keep == NULL && c->size == ARENA_CHUNK - sizeof(*c))
+            keep = c;
+        else
+            free(c);
+        c = n;
+    }
+    if (keep != NULL) {
+        keep->next = NULL;
+        keep->off = 0;
+    }
+    a->head = keep;
+    a->used = 0;
+}
+
 void *px_arena_alloc(struct px_arena *a, size_t n)
 {
     n = (n + 15) & ~(size_t)15;

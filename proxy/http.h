@@ -42,6 +42,9 @@ struct px_arena {
 
 void px_arena_init(struct px_arena *a);
 void px_arena_deinit(struct px_arena *a);
+/* Empty the arena for reuse, keeping one standard chunk so a recycled stream
+ * does not allocate again for an ordinary head. */
+void px_arena_reset(struct px_arena *a);
 void *px_arena_alloc(struct px_arena *a, size_t n);
 char *px_arena_strndup(struct px_arena *a, const char *s, size_t n);
 

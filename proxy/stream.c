@@ -74,11 +74,14 @@ struct px_stream *px_stream_new(struct px_conn *conn, const struct px_side_ops *
                                 void *down_ctx)
 {
     struct px_stream *s;
+    struct px_arena arena;
+    px_arena_init(&arena);
     if (!cm_list_empty(&freelist)) {
         struct cm_list *n = freelist.next;
         cm_list_remove(n);
         freelist_len--;
         s = cm_container_of(n, struct px_stream, link);
+        arena = s->arena; /* its reset chunk: no malloc per request once warm */
     } else {
         s = cm_xmalloc(sizeof(*s));
     }
@@ -86,7 +89,7 @@ struct px_stream *px_stream_new(struct px_conn *conn, const struct px_side_ops *
     s->conn = conn;
     s->lcfg = conn->lcfg;
     s->state = PX_STREAM_HEAD;
-    px_arena_init(&s->arena);
+    s->arena = arena;
     px_msg_init(&s->req);
     px_msg_init(&s->resp);
     s->ops[PX_DOWN] = down_ops;
@@ -149,11 +152,12 @@ void px_stream_gc(void)
         struct cm_list *n = px_srv->gc_streams.next;
         cm_list_remove(n);
         struct px_stream *s = cm_container_of(n, struct px_stream, link);
-        px_arena_deinit(&s->arena);
         if (freelist_len < STREAM_FREELIST_MAX) {
+            px_arena_reset(&s->arena);
             cm_list_insert_head(&freelist, &s->link);
             freelist_len++;
         } else {
+            px_arena_deinit(&s->arena);
             free(s);
         }
     }
@@ -166,7 +170,9 @@ void px_stream_freelist_clear(void)
     while (!cm_list_empty(&freelist)) {
         struct cm_list *n = freelist.next;
         cm_list_remove(n);
-        free(cm_container_of(n, struct px_stream, link));
+        struct px_stream *s = cm_container_of(n, struct px_stream, link);
+        px_arena_deinit(&s->arena);
+        free(s);
     }
     freelist_len = 0;
 }
