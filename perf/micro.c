@@ -228,7 +228,7 @@ static void free_routes(struct px_routes *out)
 
 struct rcase {
     struct px_routes *r;
-    const struct px_route *rt;
+    struct px_route *rt;
     char host[80];
 };
 

@@ -3,6 +3,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -28,6 +29,7 @@ static struct {
     struct px_routes *cur;
     struct px_ep_state *states; /* every endpoint address ever seen */
     uint64_t ejections_total;
+    uint64_t eject_gen; /* bumped when an ejection starts: LB views rebuild */
     char last_error[512];
     int64_t loaded_at;
     struct stat st;
@@ -82,10 +84,13 @@ static void routes_free(struct px_routes *r)
         for (size_t k = 0; k < rt->neps; k++)
             free(rt->eps[k].cluster);
         free(rt->eps);
+        free(rt->lb_order);
         free(rt->name);
         free(rt->match_host);
     }
     free(r->routes);
+    free(r->host_idx);
+    free(r->addr_idx);
     json_decref(r->raw);
     free(r);
 }
@@ -290,6 +295,118 @@ static int parse_route(const struct cm_jpath *p, json_t *o, struct px_route *rt,
     return 0;
 }
 
+/* ---- the exact-match index -------------------------------------------------------- */
+
+/* Every match kind there is (a host, an original destination address) is an
+ * exact key, so "the first route in file order that matches" is the smaller
+ * of two positions: the first route with this host and the first with this
+ * address, each found in a hash table of first positions. A future non-exact
+ * kind (a wildcard, a suffix) must keep that rule: scan only such patterns
+ * placed before the exact hit. */
+
+static inline unsigned char lower(unsigned char c)
+{
+    return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
+}
+
+/* FNV-1a over the host's bytes, lower-cased (routes store hosts lower case). */
+static uint64_t hash_host(const char *h, size_t n)
+{
+    uint64_t x = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < n; i++)
+        x = (x ^ lower((unsigned char)h[i])) * 0x100000001b3ULL;
+    return x ^ (x >> 29);
+}
+
+static uint64_t hash_bytes(uint64_t x, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        x = (x ^ b[i]) * 0x100000001b3ULL;
+    return x;
+}
+
+/* Hash of what cm_addr_equal compares: family, port, address. */
+static uint64_t hash_addr(const struct cm_addr *a)
+{
+    uint64_t x = hash_bytes(0xcbf29ce484222325ULL, &a->ss.ss_family, sizeof(a->ss.ss_family));
+    if (a->ss.ss_family == AF_INET) {
+        const struct sockaddr_in *v = (const void *)&a->ss;
+        x = hash_bytes(x, &v->sin_port, sizeof(v->sin_port));
+        x = hash_bytes(x, &v->sin_addr, sizeof(v->sin_addr));
+    } else if (a->ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *v = (const void *)&a->ss;
+        x = hash_bytes(x, &v->sin6_port, sizeof(v->sin6_port));
+        x = hash_bytes(x, &v->sin6_addr, sizeof(v->sin6_addr));
+    }
+    return x ^ (x >> 29);
+}
+
+static bool host_is(const struct px_route *rt, const char *h, size_t n)
+{
+    return rt->match_host != NULL && strncasecmp(rt->match_host, h, n) == 0 &&
+           rt->match_host[n] == '\0';
+}
+
+/* Position of the first route with host h[0..n), or SIZE_MAX. */
+static size_t find_host(const struct px_routes *r, const char *h, size_t n)
+{
+    for (size_t i = hash_host(h, n) & r->idx_mask;; i = (i + 1) & r->idx_mask) {
+        uint32_t v = r->host_idx[i];
+        if (v == 0)
+            return SIZE_MAX;
+        if (host_is(&r->routes[v - 1], h, n))
+            return v - 1;
+    }
+}
+
+static size_t find_addr(const struct px_routes *r, const struct cm_addr *a)
+{
+    for (size_t i = hash_addr(a) & r->idx_mask;; i = (i + 1) & r->idx_mask) {
+        uint32_t v = r->addr_idx[i];
+        if (v == 0)
+            return SIZE_MAX;
+        const struct px_route *rt = &r->routes[v - 1];
+        if (rt->has_match_addr && cm_addr_equal(&rt->match_addr, a))
+            return v - 1;
+    }
+}
+
+/* Fill both tables in file order; a key already present keeps its first
+ * route (later duplicates can never match, as with the linear scan). At most
+ * half full, so a probe ends on an empty slot soon. */
+static void build_index(struct px_routes *r)
+{
+    size_t cap = 16;
+    while (cap < 2 * r->n)
+        cap *= 2;
+    r->idx_mask = cap - 1;
+    r->host_idx = cm_xcalloc(cap, sizeof(*r->host_idx));
+    r->addr_idx = cm_xcalloc(cap, sizeof(*r->addr_idx));
+    for (size_t k = 0; k < r->n; k++) {
+        const struct px_route *rt = &r->routes[k];
+        uint32_t *tab;
+        size_t i;
+        if (rt->match_host != NULL) {
+            size_t n = strlen(rt->match_host);
+            if (find_host(r, rt->match_host, n) != SIZE_MAX)
+                continue;
+            tab = r->host_idx;
+            i = hash_host(rt->match_host, n) & r->idx_mask;
+        } else if (rt->has_match_addr) {
+            if (find_addr(r, &rt->match_addr) != SIZE_MAX)
+                continue;
+            tab = r->addr_idx;
+            i = hash_addr(&rt->match_addr) & r->idx_mask;
+        } else {
+            continue;
+        }
+        while (tab[i] != 0)
+            i = (i + 1) & r->idx_mask;
+        tab[i] = (uint32_t)(k + 1);
+    }
+}
+
 int px_routes_parse(const char *name, const char *buf, size_t len, struct px_routes **out,
                     char **errmsg)
 {
@@ -320,6 +437,7 @@ int px_routes_parse(const char *name, const char *buf, size_t len, struct px_rou
         if (parse_route(&ri, json_array_get(arr, i), &r->routes[i], i, errmsg) != 0)
             goto fail;
     }
+    build_index(r);
     *out = r;
     return 0;
 fail:
@@ -340,21 +458,12 @@ static void bind_states(struct px_routes *r)
 const struct px_route *px_routes_match(const struct px_routes *r, const char *authority,
                                        const struct cm_addr *orig_dst)
 {
-    if (r == NULL)
+    if (r == NULL || r->n == 0)
         return NULL;
-    size_t hlen = authority != NULL ? host_len(authority) : 0;
-    for (size_t i = 0; i < r->n; i++) {
-        const struct px_route *rt = &r->routes[i];
-        if (rt->match_host != NULL) {
-            if (authority != NULL && strlen(rt->match_host) == hlen &&
-                strncasecmp(rt->match_host, authority, hlen) == 0)
-                return rt;
-        } else if (rt->has_match_addr && orig_dst != NULL &&
-                   cm_addr_equal(&rt->match_addr, orig_dst)) {
-            return rt;
-        }
-    }
-    return NULL;
+    size_t h = authority != NULL ? find_host(r, authority, host_len(authority)) : SIZE_MAX;
+    size_t a = orig_dst != NULL ? find_addr(r, orig_dst) : SIZE_MAX;
+    size_t k = h < a ? h : a; /* the first route in file order that matches */
+    return k == SIZE_MAX ? NULL : &r->routes[k];
 }
 
 /* Load balancing needs spread, not secrecy: xorshift64* seeded once from the
@@ -386,37 +495,105 @@ static bool avoided(const struct px_ep_state *st, const struct px_ep_state *cons
     return false;
 }
 
-struct px_endpoint *px_route_pick(const struct px_route *rt, const struct px_ep_state *const *avoid,
+/* Rebuild rt's LB view: rank endpoints against our locality (once per
+ * snapshot and locality), then order them healthy local, healthy remote,
+ * ejected, and note when the first ejection ends. O(endpoints), only after an
+ * ejection started (R.eject_gen) or ended (lb_until_ms). */
+static void lb_refresh(struct px_route *rt, uint64_t now, const char *local)
+{
+    if (rt->lb_order == NULL)
+        rt->lb_order = cm_xcalloc(rt->neps, sizeof(*rt->lb_order));
+    if (rt->lb_order[0] == NULL || rt->lb_cluster != local) {
+        for (size_t i = 0; i < rt->neps; i++) {
+            struct px_endpoint *e = &rt->eps[i];
+            e->local = local == NULL || (e->cluster != NULL && strcmp(e->cluster, local) == 0);
+        }
+        rt->lb_cluster = local;
+    }
+    size_t n = 0;
+    uint64_t until = UINT64_MAX;
+    for (int pass = 0; pass < 3; pass++) {
+        for (size_t i = 0; i < rt->neps; i++) {
+            struct px_endpoint *e = &rt->eps[i];
+            bool ej = ejected(e->st, now);
+            if (pass == 0 ? !ej && e->local : pass == 1 ? !ej && !e->local : ej)
+                rt->lb_order[n++] = e;
+            if (pass == 0 && ej && e->st->ejected_until_ms < until)
+                until = e->st->ejected_until_ms;
+        }
+        if (pass == 0)
+            rt->lb_nlocal = n;
+        else if (pass == 1)
+            rt->lb_nhealthy = n;
+    }
+    rt->lb_gen = R.eject_gen;
+    rt->lb_until_ms = until;
+}
+
+/* Power of two choices among c[0..n), n >= 1: two distinct random ones, the
+ * cheaper wins. */
+static struct px_endpoint *p2c(struct px_endpoint *const *c, size_t n)
+{
+    if (n == 1)
+        return c[0];
+    size_t i = rnd() % n, j = rnd() % (n - 1);
+    if (j >= i)
+        j++;
+    return load_of(c[i]) <= load_of(c[j]) ? c[i] : c[j];
+}
+
+/* P2C among the endpoints of c[0..n) not in avoid (a retry), or NULL when all
+ * are. navoid <= 10, so in a large tier random draws almost always miss the
+ * avoided ones; a small tier is filtered instead. */
+static struct px_endpoint *p2c_avoiding(struct px_endpoint *const *c, size_t n,
+                                        const struct px_ep_state *const *avoid, size_t navoid)
+{
+    static struct px_endpoint *cand[4096]; /* single-threaded; routes hold <= 4096 */
+    if (n > 4 * navoid + 8) {
+        struct px_endpoint *a = NULL, *b = NULL;
+        for (int tries = 0; tries < 64 && b == NULL; tries++) {
+            struct px_endpoint *e = c[rnd() % n];
+            if (e == a || avoided(e->st, avoid, navoid))
+                continue;
+            if (a == NULL)
+                a = e;
+            else
+                b = e;
+        }
+        if (b != NULL)
+            return load_of(a) <= load_of(b) ? a : b;
+        /* unlucky draws (or duplicate addresses): filter */
+    }
+    size_t nc = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!avoided(c[i]->st, avoid, navoid))
+            cand[nc++] = c[i];
+    return nc == 0 ? NULL : p2c(cand, nc);
+}
+
+struct px_endpoint *px_route_pick(struct px_route *rt, const struct px_ep_state *const *avoid,
                                   size_t navoid)
 {
     uint64_t now = cm_mono_ms();
     const char *local = px_srv != NULL ? px_srv->cfg->cluster : NULL;
-    static struct px_endpoint *cand[4096]; /* single-threaded; routes hold <= 4096 */
-    size_t nc = 0;
-    /* tiers: 0 = healthy and local (or no locality), 1 = healthy remote,
-     * 2 = everything (all ejected: panic, better than nothing) */
-    for (int tier = 0; tier < 3 && nc == 0; tier++) {
-        for (size_t i = 0; i < rt->neps; i++) {
-            struct px_endpoint *e = &rt->eps[i];
-            bool healthy = !ejected(e->st, now);
-            bool is_local = local == NULL || (e->cluster != NULL && strcmp(e->cluster, local) == 0);
-            bool ok = tier == 0 ? healthy && is_local : tier == 1 ? healthy : true;
-            if (!ok || avoided(e->st, avoid, navoid))
-                continue;
-            cand[nc++] = e;
-        }
+    if (rt->lb_order == NULL || rt->lb_gen != R.eject_gen || now >= rt->lb_until_ms ||
+        rt->lb_cluster != local)
+        lb_refresh(rt, now, local);
+    /* tiers, each a prefix of lb_order: healthy and local (or no locality),
+     * healthy anywhere (failover), everything (all ejected: a guess beats a
+     * certain failure) */
+    const size_t tier[3] = {rt->lb_nlocal, rt->lb_nhealthy, rt->neps};
+    for (int t = 0; t < 3; t++) {
+        if (tier[t] == 0 || (t > 0 && tier[t] == tier[t - 1]))
+            continue; /* empty, or the same set as the tier before */
+        if (navoid == 0)
+            return p2c(rt->lb_order, tier[t]);
+        struct px_endpoint *e = p2c_avoiding(rt->lb_order, tier[t], avoid, navoid);
+        if (e != NULL)
+            return e;
     }
-    if (nc == 0) {
-        /* only endpoints this request already tried are left: any of them */
-        return &rt->eps[rnd() % rt->neps];
-    }
-    if (nc == 1)
-        return cand[0];
-    /* power of two choices on load: two distinct random candidates */
-    size_t i = rnd() % nc, j = rnd() % (nc - 1);
-    if (j >= i)
-        j++;
-    return load_of(cand[i]) <= load_of(cand[j]) ? cand[i] : cand[j];
+    /* only endpoints this request already tried are left: any of them */
+    return &rt->eps[rnd() % rt->neps];
 }
 
 static size_t healthy_count(const struct px_route *rt, uint64_t now)
@@ -465,6 +642,7 @@ void px_route_report(const struct px_route *rt, struct px_endpoint *ep, enum px_
     st->ejected_until_ms = now + (uint64_t)rt->outlier_base_ms * st->ejections;
     st->consecutive_failures = 0;
     R.ejections_total++;
+    R.eject_gen++;
     char a[CM_ADDR_STRLEN];
     cm_warn("route %s: endpoint %s ejected for %u ms (ejection %u)", rt->name,
             cm_addr_format(&st->addr, a, sizeof(a)), rt->outlier_base_ms * st->ejections,

@@ -43,6 +43,7 @@ struct px_endpoint {
     struct cm_addr addr;
     char *cluster;   /* locality, or NULL */
     uint32_t weight; /* >= 1 */
+    bool local;      /* in our cluster (ranked by the route's LB view) */
     struct px_ep_state *st;
 };
 
@@ -66,6 +67,15 @@ struct px_route {
     /* retry budget: requests and retries in the last 10 s, one bucket a second */
     uint64_t budget_sec[10];
     uint32_t budget_req[10], budget_retry[10];
+    /* The LB view, derived from the endpoints' health and rebuilt only when
+     * an ejection starts or ends (lb_refresh in routes.c): lb_order holds the
+     * healthy local endpoints, then the healthy remote ones, then the ejected
+     * ones, so each candidate tier is a prefix and a pick draws two directly. */
+    struct px_endpoint **lb_order;
+    size_t lb_nlocal, lb_nhealthy;
+    uint64_t lb_gen;        /* the ejection generation it reflects */
+    uint64_t lb_until_ms;   /* it is stale from then on (the first ejection to end) */
+    const char *lb_cluster; /* the locality endpoints were ranked against */
 };
 
 struct px_routes {
@@ -73,6 +83,11 @@ struct px_routes {
     struct px_route *routes;
     size_t n;
     json_t *raw;
+    /* exact-match indexes built at parse time (open addressing, idx_mask + 1
+     * slots): route position + 1 of the FIRST route with that host / that
+     * address, 0 = empty slot */
+    uint32_t *host_idx, *addr_idx;
+    size_t idx_mask;
 };
 
 /* Load cfg->routes_file if set (a bad file at startup is an error) and
@@ -95,11 +110,12 @@ const struct px_route *px_routes_match(const struct px_routes *r, const char *au
                                        const struct cm_addr *orig_dst);
 /* Pick an endpoint: healthy ones of our own cluster first (all traffic
  * stays local while any is healthy), else the other clusters; power of two
- * choices on outstanding requests per weight; endpoints in `avoid` (the ones
- * this request already failed on; navoid may be 0) are not picked while
- * another candidate exists. Never NULL for a route with endpoints (when all
- * are ejected, all are candidates again). */
-struct px_endpoint *px_route_pick(const struct px_route *rt, const struct px_ep_state *const *avoid,
+ * choices on outstanding requests per weight; endpoints
+ * in `avoid` (the ones this request already failed on; navoid may be 0) are
+ * not picked while another candidate exists. Never NULL for a route with
+ * endpoints (when all are ejected, all are candidates again). O(1) per pick
+ * but for the rare rebuild of rt's LB view after an ejection change. */
+struct px_endpoint *px_route_pick(struct px_route *rt, const struct px_ep_state *const *avoid,
                                   size_t navoid);
 /* Outcome of one try on an endpoint: success, or a failure of a kind. */
 enum px_try_outcome { PX_TRY_OK = 0, PX_TRY_CONNECT, PX_TRY_RESET, PX_TRY_TIMEOUT, PX_TRY_5XX };

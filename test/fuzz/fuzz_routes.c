@@ -1,7 +1,8 @@
 /* libFuzzer target for px_routes_parse (proxy/routes.c): the bytes are a
  * routes file. Either it loads and satisfies what the data path relies on
  * (at least one endpoint per route, attempts >= 1, a match of exactly one
- * kind), or it fails naming the file — never a crash or a leak. */
+ * kind, every route's host or address matching the first route in file
+ * order that has it), or it fails naming the file — never a crash or a leak. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -34,8 +35,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (size_t k = 0; k < rt->neps; k++)
             if (rt->eps[k].weight < 1)
                 __builtin_trap();
-        if (rt->match_host != NULL && px_routes_match(r, rt->match_host, NULL) == NULL)
-            __builtin_trap(); /* a route must match its own host */
+        if (rt->match_host != NULL) {
+            /* its host matches the first route with that host (the index
+             * answers what a scan in file order would) */
+            const struct px_route *first = rt;
+            for (size_t k = 0; k < i; k++)
+                if (r->routes[k].match_host != NULL &&
+                    strcmp(r->routes[k].match_host, rt->match_host) == 0) {
+                    first = &r->routes[k];
+                    break;
+                }
+            if (px_routes_match(r, rt->match_host, NULL) != first)
+                __builtin_trap();
+        } else {
+            const struct px_route *first = rt;
+            for (size_t k = 0; k < i; k++)
+                if (r->routes[k].has_match_addr &&
+                    cm_addr_equal(&r->routes[k].match_addr, &rt->match_addr)) {
+                    first = &r->routes[k];
+                    break;
+                }
+            if (px_routes_match(r, NULL, &rt->match_addr) != first)
+                __builtin_trap();
+        }
     }
     px_routes_match(r, "example.com:8080", NULL);
     px_routes_unref(r);

@@ -1,11 +1,13 @@
-/* Unit tests of proxy/routes.c: parsing errors name the key, matching, the
- * endpoint pick (locality, failover, avoid, power of two choices), outlier
- * ejection (never the last healthy endpoint), the retry budget and retry_on. */
+/* Unit tests of proxy/routes.c: parsing errors name the key, matching (and
+ * its index keeping file order), the endpoint pick (locality tiers, failover,
+ * avoid, power of two choices, never an ejected endpoint), outlier ejection
+ * (never the last healthy endpoint), the retry budget and retry_on. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <unistd.h>
 
 #include "proxy/routes.c"
 
@@ -117,8 +119,215 @@ static void locality_and_failover(void **state)
     assert_int_equal(R.ejections_total, 2);
     /* ejection ends: local again */
     rt->eps[0].st->ejected_until_ms = 1;
+    R.eject_gen++; /* edited behind routes.c's back: the LB view must rebuild */
     for (int i = 0; i < 20; i++)
         assert_ptr_equal(px_route_pick(rt, NULL, 0), &rt->eps[0]);
+    px_routes_unref(r);
+    px_routes_shutdown();
+    px_srv = NULL;
+}
+
+/* The first route in file order wins, with the index as with a scan: an
+ * address route placed before a host route wins a request matching both,
+ * a host route placed before an address route wins, duplicates never match. */
+static void match_order_with_index(void **state)
+{
+    (void)state;
+    struct px_routes *r = parse_ok(
+        "{\"routes\": ["
+        "{\"match\": {\"address\": \"10.96.0.1:80\"}, \"endpoints\": [{\"address\": "
+        "\"10.0.0.1:1\"}]},"
+        "{\"match\": {\"host\": \"x.shop\"}, \"endpoints\": [{\"address\": \"10.0.0.2:1\"}]},"
+        "{\"match\": {\"host\": \"X.Shop:80\"}, \"endpoints\": [{\"address\": \"10.0.0.3:1\"}]},"
+        "{\"match\": {\"host\": \"y.shop\"}, \"endpoints\": [{\"address\": \"10.0.0.4:1\"}]},"
+        "{\"match\": {\"address\": \"10.96.0.2:80\"}, \"endpoints\": [{\"address\": "
+        "\"10.0.0.5:1\"}]},"
+        "{\"match\": {\"address\": \"10.96.0.1:80\"}, \"endpoints\": [{\"address\": "
+        "\"10.0.0.6:1\"}]},"
+        "{\"match\": {\"address\": \"[fd00::1]:80\"}, \"endpoints\": [{\"address\": "
+        "\"10.0.0.7:1\"}]}"
+        "]}");
+    struct cm_addr a1, a2, a6, other;
+    cm_addr_parse("10.96.0.1:80", &a1);
+    cm_addr_parse("10.96.0.2:80", &a2);
+    cm_addr_parse("[fd00::1]:80", &a6);
+    cm_addr_parse("10.96.0.3:80", &other);
+    assert_ptr_equal(px_routes_match(r, "x.shop", &a1), &r->routes[0]); /* address first */
+    assert_ptr_equal(px_routes_match(r, "X.SHOP:8080", &other), &r->routes[1]);
+    assert_ptr_equal(px_routes_match(r, "x.shop", NULL), &r->routes[1]); /* not the duplicate */
+    assert_ptr_equal(px_routes_match(r, "y.shop", &a2), &r->routes[3]);  /* host first */
+    assert_ptr_equal(px_routes_match(r, "z.shop", &a2), &r->routes[4]);
+    assert_ptr_equal(px_routes_match(r, NULL, &a1), &r->routes[0]);
+    assert_ptr_equal(px_routes_match(r, NULL, &a6), &r->routes[6]);
+    assert_null(px_routes_match(r, "z.shop", &other));
+    assert_null(px_routes_match(r, "x.sho", NULL));
+    assert_null(px_routes_match(r, "", NULL));
+    assert_null(px_routes_match(NULL, "x.shop", NULL));
+    px_routes_unref(r);
+    px_routes_shutdown();
+}
+
+/* What px_routes_match did before the index: the reference. */
+static const struct px_route *match_by_scan(const struct px_routes *r, const char *authority,
+                                            const struct cm_addr *orig_dst)
+{
+    size_t hlen = authority != NULL ? host_len(authority) : 0;
+    for (size_t i = 0; i < r->n; i++) {
+        const struct px_route *rt = &r->routes[i];
+        if (rt->match_host != NULL) {
+            if (authority != NULL && strlen(rt->match_host) == hlen &&
+                strncasecmp(rt->match_host, authority, hlen) == 0)
+                return rt;
+        } else if (orig_dst != NULL && cm_addr_equal(&rt->match_addr, orig_dst)) {
+            return rt;
+        }
+    }
+    return NULL;
+}
+
+/* 1,000 routes (hosts, addresses, duplicates mixed): the index answers what
+ * the scan answers, for every host and address in the file and some not. */
+static void thousand_routes(void **state)
+{
+    (void)state;
+    size_t cap = 256 * 1024, len = 0;
+    char *doc = malloc(cap);
+    len += (size_t)snprintf(doc + len, cap - len, "{\"routes\": [");
+    for (int i = 0; i < 1000; i++) {
+        if (i % 7 == 3)
+            len += (size_t)snprintf(doc + len, cap - len,
+                                    "%s{\"match\": {\"address\": \"10.96.%d.%d:80\"}, "
+                                    "\"endpoints\": [{\"address\": \"10.0.0.1:1\"}]}",
+                                    i ? "," : "", (i / 2) / 250, (i / 2) % 250);
+        else
+            len += (size_t)snprintf(doc + len, cap - len,
+                                    "%s{\"match\": {\"host\": \"svc%d.ns.svc.cluster.local\"}, "
+                                    "\"endpoints\": [{\"address\": \"10.0.0.1:1\"}]}",
+                                    i ? "," : "", i >= 900 && i < 990 ? i - 900 : i);
+        /* (routes 900..989 repeat the hosts of 0..89: they never match) */
+    }
+    len += (size_t)snprintf(doc + len, cap - len, "]}");
+    assert_true(len < cap);
+    struct px_routes *r = parse_ok(doc);
+    free(doc);
+    assert_int_equal(r->n, 1000);
+    for (int i = 0; i < 1100; i++) {
+        char host[64], addr[32];
+        snprintf(host, sizeof(host), "SVC%d.ns.svc.cluster.local:443", i);
+        snprintf(addr, sizeof(addr), "10.96.%d.%d:80", (i / 2) / 250, (i / 2) % 250);
+        struct cm_addr a;
+        assert_int_equal(cm_addr_parse(addr, &a), 0);
+        assert_ptr_equal(px_routes_match(r, host, NULL), match_by_scan(r, host, NULL));
+        assert_ptr_equal(px_routes_match(r, NULL, &a), match_by_scan(r, NULL, &a));
+        assert_ptr_equal(px_routes_match(r, host, &a), match_by_scan(r, host, &a));
+    }
+    /* the last route matches, and a duplicate host goes to its first route */
+    assert_ptr_equal(px_routes_match(r, "svc999.ns.svc.cluster.local", NULL), &r->routes[999]);
+    assert_ptr_equal(px_routes_match(r, "svc5.ns.svc.cluster.local", NULL), &r->routes[5]);
+    assert_string_equal(r->routes[905].match_host, "svc5.ns.svc.cluster.local");
+    px_routes_unref(r);
+    px_routes_shutdown();
+}
+
+/* Ejected endpoints are never picked while a healthy one exists, and come
+ * back when their ejection ends (the LB view rebuilds by itself). */
+static void pick_never_ejected(void **state)
+{
+    (void)state;
+    char doc[4096];
+    size_t len = (size_t)snprintf(doc, sizeof(doc),
+                                  "{\"routes\": [{\"match\": {\"host\": \"s\"}, \"outlier\": "
+                                  "{\"consecutive_failures\": 1, \"base_ejection_ms\": 40}, "
+                                  "\"endpoints\": [");
+    for (int i = 0; i < 40; i++)
+        len += (size_t)snprintf(doc + len, sizeof(doc) - len, "%s{\"address\": \"10.0.0.%d:1\"}",
+                                i ? "," : "", i + 1);
+    snprintf(doc + len, sizeof(doc) - len, "]}]}");
+    struct px_routes *r = parse_ok(doc);
+    struct px_route *rt = &r->routes[0];
+    for (int i = 0; i < 40; i += 3)
+        px_route_report(rt, &rt->eps[i], PX_TRY_CONNECT, 100); /* 14 ejected */
+    assert_int_equal(R.ejections_total, 14);
+    int seen[40] = {0};
+    for (int i = 0; i < 4000; i++) {
+        struct px_endpoint *e = px_route_pick(rt, NULL, 0);
+        assert_false(ejected(e->st, cm_mono_ms()));
+        seen[e - rt->eps]++;
+    }
+    for (int i = 0; i < 40; i++)
+        if (i % 3 != 0)
+            assert_true(seen[i] > 0); /* every healthy one gets traffic */
+    /* a retry avoiding healthy ones still never lands on an ejected one */
+    const struct px_ep_state *tried[3] = {rt->eps[1].st, rt->eps[2].st, rt->eps[4].st};
+    for (int i = 0; i < 1000; i++) {
+        struct px_endpoint *e = px_route_pick(rt, tried, 3);
+        assert_false(ejected(e->st, cm_mono_ms()));
+        assert_true(e != &rt->eps[1] && e != &rt->eps[2] && e != &rt->eps[4]);
+    }
+    usleep(60 * 1000); /* the ejections end (40 ms) */
+    memset(seen, 0, sizeof(seen));
+    for (int i = 0; i < 4000; i++)
+        seen[px_route_pick(rt, NULL, 0) - rt->eps]++;
+    assert_true(seen[0] > 0 && seen[39] > 0);
+    px_routes_unref(r);
+    px_routes_shutdown();
+}
+
+/* Locality tiers with many endpoints: local only while one is healthy (also
+ * for a retry avoiding several local ones), remote when every local one is
+ * avoided or ejected, back local when one returns. */
+static void locality_tiers(void **state)
+{
+    (void)state;
+    fake_cfg.cluster = "east";
+    fake_srv.cfg = &fake_cfg;
+    px_srv = &fake_srv;
+    char doc[8192];
+    size_t len = (size_t)snprintf(doc, sizeof(doc),
+                                  "{\"routes\": [{\"match\": {\"host\": \"s\"}, \"outlier\": "
+                                  "{\"consecutive_failures\": 1, \"base_ejection_ms\": 60000}, "
+                                  "\"endpoints\": [");
+    /* 100 endpoints: every 4th in east, the rest in west and south */
+    for (int i = 0; i < 100; i++)
+        len += (size_t)snprintf(doc + len, sizeof(doc) - len,
+                                "%s{\"address\": \"10.0.%d.%d:1\", \"cluster\": \"%s\"}",
+                                i ? "," : "", i / 250, i % 250 + 1,
+                                i % 4 == 0   ? "east"
+                                : i % 4 == 1 ? "south"
+                                             : "west");
+    snprintf(doc + len, sizeof(doc) - len, "]}]}");
+    struct px_routes *r = parse_ok(doc);
+    struct px_route *rt = &r->routes[0];
+    for (int i = 0; i < 2000; i++)
+        assert_true((px_route_pick(rt, NULL, 0) - rt->eps) % 4 == 0);
+    /* a retry that already failed on 10 local endpoints: still local */
+    const struct px_ep_state *tried[10];
+    for (int i = 0; i < 10; i++)
+        tried[i] = rt->eps[4 * i].st;
+    for (int i = 0; i < 2000; i++) {
+        size_t k = (size_t)(px_route_pick(rt, tried, 10) - rt->eps);
+        assert_true(k % 4 == 0 && k >= 40);
+    }
+    /* eject all local ones but two, then avoid those two: remote */
+    for (int i = 8; i < 100; i += 4)
+        px_route_report(rt, &rt->eps[i], PX_TRY_CONNECT, 100);
+    const struct px_ep_state *both[2] = {rt->eps[0].st, rt->eps[4].st};
+    for (int i = 0; i < 500; i++) {
+        size_t k = (size_t)(px_route_pick(rt, both, 2) - rt->eps);
+        assert_true(k % 4 != 0);
+        k = (size_t)(px_route_pick(rt, NULL, 0) - rt->eps);
+        assert_true(k == 0 || k == 4);
+    }
+    /* the last two local ones ejected: failover to the remote clusters */
+    px_route_report(rt, &rt->eps[0], PX_TRY_CONNECT, 100);
+    px_route_report(rt, &rt->eps[4], PX_TRY_CONNECT, 100);
+    for (int i = 0; i < 500; i++)
+        assert_true((px_route_pick(rt, NULL, 0) - rt->eps) % 4 != 0);
+    /* one local endpoint back (its ejection over): all traffic local again */
+    rt->eps[48].st->ejected_until_ms = 1;
+    R.eject_gen++;
+    for (int i = 0; i < 200; i++)
+        assert_ptr_equal(px_route_pick(rt, NULL, 0), &rt->eps[48]);
     px_routes_unref(r);
     px_routes_shutdown();
     px_srv = NULL;
@@ -168,7 +377,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(errors_name_the_key),   cmocka_unit_test(matching),
         cmocka_unit_test(locality_and_failover), cmocka_unit_test(p2c_prefers_less_loaded),
-        cmocka_unit_test(budget_and_retry_on),
+        cmocka_unit_test(budget_and_retry_on),   cmocka_unit_test(match_order_with_index),
+        cmocka_unit_test(thousand_routes),       cmocka_unit_test(pick_never_ejected),
+        cmocka_unit_test(locality_tiers),
     };
     int rc = cmocka_run_group_tests_name("proxy/routes", tests, NULL, NULL);
     pki_rng_free();
