@@ -215,6 +215,12 @@ static int parse_route(const struct cm_jpath *p, json_t *o, struct px_route *rt,
                 return cm_json_fail(&h, errmsg, "\"%s\" is not a host[:port]", host);
             }
         }
+        if (host_len(rt->match_host) != strlen(rt->match_host)) {
+            /* "[a:1:2" would keep a ":port" after stripping one: no request could match it */
+            struct cm_jpath h;
+            cm_jpath_key(&h, &c, "host");
+            return cm_json_fail(&h, errmsg, "\"%s\" is not a host[:port]", host);
+        }
     } else if (cm_addr_parse(addr, &rt->match_addr) != 0) {
         struct cm_jpath a;
         cm_jpath_key(&a, &c, "address");

@@ -58,6 +58,9 @@ static void errors_name_the_key(void **state)
               "\"retries\": {\"per_try_timeout_ms\": 200}, \"endpoints\": [{\"address\": "
               "\"1.2.3.4:5\"}]}]}",
               "per_try_timeout_ms: longer than the route's timeout_ms");
+    parse_bad("{\"routes\": [{\"match\": {\"host\": \"[a:66:66\"}, \"endpoints\": "
+              "[{\"address\": \"1.2.3.4:5\"}]}]}",
+              "routes[0].match.host: \"[a:66:66\" is not a host[:port]");
     parse_bad("[1]", "expected a JSON object");
 }
 
