@@ -63,6 +63,8 @@ mem_timeline() {
         stop_pid "$HOLD_PID"
         sleep 1
     fi
+    # "after" is the last samples: remora hands freed heap back on a 1 s tick
+    sleep 1.5
     echo "end $(now_ms)" >>"$ph"
     sampler_stop
     MEM_PATHS+=("$path")

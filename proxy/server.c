@@ -1,6 +1,7 @@
 #include "proxy/server.h"
 
 #include <event2/event.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,28 @@ static void on_gc(evutil_socket_t fd, short what, void *arg)
     (void)what;
     (void)arg;
     px_stream_gc();
+}
+
+/* glibc returns freed memory at the top of the heap by itself, but what a
+ * burst of connections freed in the middle stays resident: after 1,000 idle
+ * mTLS connections closed, RSS stayed at 45 MB. Once a second, when the heap's
+ * free bytes grew by more than TRIM_STEP since the last trim, malloc_trim
+ * hands the free pages back. The check (mallinfo2) costs a few us. */
+#define TRIM_STEP (1u << 20)
+#define TRIM_INTERVAL_MS 1000
+
+static void on_trim(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    struct mallinfo2 mi = mallinfo2();
+    if (mi.fordblks < px_srv->trim_free_base)
+        px_srv->trim_free_base = mi.fordblks;
+    else if (mi.fordblks - px_srv->trim_free_base > TRIM_STEP) {
+        malloc_trim(0);
+        px_srv->trim_free_base = mallinfo2().fordblks;
+    }
 }
 
 bool px_server_ready(void)
@@ -128,6 +151,11 @@ int px_server_run(struct px_config *cfg)
     px_io_init(px_srv->base);
     px_srv->gc_ev = event_new(px_srv->base, -1, 0, on_gc, NULL);
     px_srv->drain_timer = evtimer_new(px_srv->base, on_drain_tick, NULL);
+    px_srv->trim_ev = event_new(px_srv->base, -1, EV_PERSIST, on_trim, NULL);
+    {
+        struct timeval tv = {TRIM_INTERVAL_MS / 1000, (TRIM_INTERVAL_MS % 1000) * 1000};
+        evtimer_add(px_srv->trim_ev, &tv);
+    }
     px_srv->sig_term = evsignal_new(px_srv->base, SIGTERM, on_signal, NULL);
     px_srv->sig_int = evsignal_new(px_srv->base, SIGINT, on_signal, NULL);
     px_srv->sig_hup = evsignal_new(px_srv->base, SIGHUP, on_signal, NULL);
@@ -210,6 +238,7 @@ out:
     if (px_srv->access_log != NULL && px_srv->access_log != stderr)
         fclose(px_srv->access_log);
     event_free(px_srv->gc_ev);
+    event_free(px_srv->trim_ev);
     event_free(px_srv->drain_timer);
     event_free(px_srv->sig_term);
     event_free(px_srv->sig_int);

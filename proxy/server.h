@@ -32,6 +32,8 @@ struct px_server {
     struct px_admin *admin;
     FILE *access_log;    /* JSON lines, or NULL */
     struct event *gc_ev; /* frees closed streams/connections on the next loop turn */
+    struct event *trim_ev; /* gives freed heap back to the kernel (see on_trim) */
+    size_t trim_free_base; /* the heap's free bytes after the last trim */
     struct cm_list gc_streams;
 };
 
