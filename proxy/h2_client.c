@@ -67,6 +67,7 @@ static void cli_send_head(struct px_stream *s)
         /* reported from the event loop, never from inside send_head */
         st->out = PX_H2_OUT_DONE;
         st->orphan = true;
+        sess->norphans++;
         st->fail = PX_CAUSE_UPSTREAM_RESET;
     } else {
         st->id = id;
@@ -109,8 +110,10 @@ static void cli_abort(struct px_stream *s)
     if (st->id > 0 && st->sess->state != PX_H2_CLOSING &&
         (st->out != PX_H2_OUT_DONE || st->in != PX_H2_IN_DONE))
         nghttp2_submit_rst_stream(st->sess->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
-    if (st->id < 0)
+    if (st->id < 0) {
         st->orphan = true; /* nghttp2 never saw it: free it from `defer` */
+        st->sess->norphans++;
+    }
     st->out = PX_H2_OUT_DONE;
     st->in = PX_H2_IN_DONE;
     px_h2_stream_detach(st);
@@ -301,6 +304,7 @@ static int on_frame_not_send(nghttp2_session *ng, const nghttp2_frame *f, int li
         struct px_h2_stream *st = cm_container_of(pos, struct px_h2_stream, link);
         if (st->id == f->hd.stream_id) {
             st->orphan = true;
+            sess->norphans++;
             st->fail = PX_CAUSE_UPSTREAM_RESET;
             px_h2_session_schedule(sess);
             break;
@@ -312,6 +316,12 @@ static int on_frame_not_send(nghttp2_session *ng, const nghttp2_frame *f, int li
 /* From `defer`: report and free the streams nghttp2 does not know about. */
 void px_h2_client_fail_pending(struct px_h2_session *sess)
 {
+    /* runs on every deferred flush: walk the streams only when one was
+     * flagged (perf: the walk was the proxy's top symbol on a busy mesh
+     * session). Streams flagged during the walk count again. */
+    if (sess->norphans == 0)
+        return;
+    sess->norphans = 0;
     struct cm_list *pos, *tmp;
     cm_list_foreach_safe(pos, tmp, &sess->streams)
     {
