@@ -19,6 +19,7 @@
 #include "common/log.h"
 #include "common/net.h"
 #include "common/xalloc.h"
+#include "injector/server.h"
 #include "injector/stamp.h"
 #include "injector/token.h"
 
@@ -605,16 +606,14 @@ int ij_ca_serve(struct ij_ca *ca, char **errmsg)
     }
     if (cm_net_local_addr(ca->fd, &bound) == 0)
         ca->port = cm_addr_port(&bound);
-    unsigned flags = MHD_USE_TLS | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
-                     MHD_USE_ERROR_LOG;
     ca->daemon = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_request, ca, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, ca,
-        MHD_OPTION_LISTEN_SOCKET, ca->fd, MHD_OPTION_HTTPS_MEM_CERT, ca->serve_cert,
+        IJ_SERVER_MHD_FLAGS, 0, NULL, NULL, on_request, ca, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log,
+        ca, MHD_OPTION_LISTEN_SOCKET, ca->fd, MHD_OPTION_HTTPS_MEM_CERT, ca->serve_cert,
         MHD_OPTION_HTTPS_MEM_KEY, ca->serve_key, MHD_OPTION_HTTPS_PRIORITIES,
-        "NORMAL:-VERS-SSL3.0:-VERS-TLS1.0:-VERS-TLS1.1", MHD_OPTION_THREAD_POOL_SIZE,
-        (unsigned)cfg->threads, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout_seconds,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections, MHD_OPTION_NOTIFY_COMPLETED,
-        on_completed, ca, MHD_OPTION_NOTIFY_CONNECTION, on_connection, ca, MHD_OPTION_END);
+        IJ_SERVER_TLS_PRIORITIES, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout_seconds, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)cfg->max_connections, MHD_OPTION_NOTIFY_COMPLETED, on_completed, ca,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, ca, MHD_OPTION_END);
     if (ca->daemon == NULL) {
         *errmsg = cm_xasprintf("cannot start the CA's HTTPS server on %s (libmicrohttpd)",
                                cfg->ca_address);

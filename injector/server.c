@@ -284,16 +284,13 @@ int ij_server_start(const struct ij_config *cfg, struct ij_tls *tls, struct ij_t
     if (cm_net_local_addr(s->fd, &bound) == 0)
         s->port = cm_addr_port(&bound);
     ij_tls_bind(tls);
-    unsigned flags = MHD_USE_TLS | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
-                     MHD_USE_ERROR_LOG;
     s->daemon = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
-        MHD_OPTION_LISTEN_SOCKET, s->fd, MHD_OPTION_HTTPS_CERT_CALLBACK, ij_tls_on_cert,
-        MHD_OPTION_HTTPS_PRIORITIES, "NORMAL:-VERS-SSL3.0:-VERS-TLS1.0:-VERS-TLS1.1",
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)cfg->timeout_seconds, MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
-        s, MHD_OPTION_END);
+        IJ_SERVER_MHD_FLAGS, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log,
+        s, MHD_OPTION_LISTEN_SOCKET, s->fd, MHD_OPTION_HTTPS_CERT_CALLBACK, ij_tls_on_cert,
+        MHD_OPTION_HTTPS_PRIORITIES, IJ_SERVER_TLS_PRIORITIES, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned)cfg->threads, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout_seconds,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections, MHD_OPTION_NOTIFY_COMPLETED,
+        on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_END);
     if (s->daemon == NULL) {
         *errmsg = cm_xasprintf("cannot start the HTTPS server on %s (libmicrohttpd)",
                                cfg->webhook_address);

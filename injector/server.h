@@ -4,7 +4,7 @@
  *   GET  /readyz   200 once serving, 503 while shutting down
  *   GET  /metrics  Prometheus text (metrics.c)
  *   POST /v1/sign  the CA (ca.c), when it has no ca.address of its own
- * MHD runs its own threads (a pool of webhook.threads, epoll each); every
+ * MHD runs its own threads (a pool of webhook.threads, poll() each); every
  * handler is short and never blocks, so a request cannot stall others. */
 #ifndef IJ_SERVER_H
 #define IJ_SERVER_H
@@ -15,6 +15,19 @@
 #include "injector/tls.h"
 
 struct ij_server;
+
+/* What both HTTPS listeners (this one, and the CA's own on ca.address) run
+ * with; expand where <microhttpd.h> is included.
+ * poll(), not MHD_USE_EPOLL: libmicrohttpd 0.9.75's epoll loop busy-waits
+ * through every TLS handshake. GnuTLS reads the socket itself during the
+ * handshake, so MHD never sees the EAGAIN that would clear its edge-triggered
+ * "read ready" flag, and calls gnutls_handshake() again and again (epoll_wait
+ * with a 0 timeout) until the client's next flight arrives: one round trip
+ * plus the client's own handshake time of CPU burnt per new connection.
+ * poll() is level-triggered and sleeps. docs/injector.md, "Performance". */
+#define IJ_SERVER_MHD_FLAGS                                                                        \
+    (MHD_USE_TLS | MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG)
+#define IJ_SERVER_TLS_PRIORITIES "NORMAL:-VERS-SSL3.0:-VERS-TLS1.0:-VERS-TLS1.1"
 
 /* Bind webhook.address and start serving. cfg, tls, tpl and ca are borrowed
  * and must outlive the server; with a ca (NULL: none), POST /v1/sign is

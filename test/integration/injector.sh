@@ -384,6 +384,34 @@ for n in 1 2; do
 done
 check "still serving after the slow clients" healthy
 
+# ---- fresh TLS connections: no busy-wait ---------------------------------------
+# docs/injector.md, "Performance". A handshake waiting for the client's Finished
+# must cost no CPU (libmicrohttpd's epoll loop spun on it, a whole round trip of
+# CPU per connection).
+cpu_ms() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {printf "%d\n", s / 1000000}'; }
+c0=$(cpu_ms "$IPID")
+python3 - "$PORT" "$TMP/ca.pem" <<'PY'
+import socket, ssl, sys, time
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+t = ctx.wrap_bio(inc, out, server_hostname="127.0.0.1")
+try:
+    t.do_handshake()
+except ssl.SSLWantReadError:
+    pass
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(out.read())  # the ClientHello; the server answers, then waits for us
+s.recv(65536)
+time.sleep(1.5)
+s.close()
+PY
+c1=$(cpu_ms "$IPID")
+if ((c1 - c0 < 200)); then
+    pass "a handshake waiting 1.5 s for the client costs the server $((c1 - c0)) ms of CPU"
+else
+    fail "a handshake waiting 1.5 s for the client cost the server $((c1 - c0)) ms of CPU (busy-wait?)"
+fi
+
 # ---- metrics -----------------------------------------------------------------
 m=$("${CURL[@]}" "$(url "$PORT" /metrics)")
 for series in 'remora_injector_reviews_total\{result="injected",reason=""\} [1-9]' \
