@@ -598,7 +598,7 @@ int ij_ca_serve(struct ij_ca *ca, char **errmsg)
     }
     if (make_serving_cert(ca, errmsg) != 0)
         return CM_ERR_INVAL;
-    ca->fd = cm_net_listen(&cfg->ca_addr, 1024);
+    ca->fd = ij_server_listen(&cfg->ca_addr);
     if (ca->fd < 0) {
         *errmsg = cm_xasprintf("%s: ca.address: cannot listen on %s: %s", cfg->file,
                                cfg->ca_address, strerror(errno));

@@ -9,6 +9,7 @@
 #ifndef IJ_SERVER_H
 #define IJ_SERVER_H
 
+#include "common/net.h"
 #include "injector/ca.h"
 #include "injector/config.h"
 #include "injector/template.h"
@@ -28,6 +29,11 @@ struct ij_server;
 #define IJ_SERVER_MHD_FLAGS                                                                        \
     (MHD_USE_TLS | MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG)
 #define IJ_SERVER_TLS_PRIORITIES "NORMAL:-VERS-SSL3.0:-VERS-TLS1.0:-VERS-TLS1.1"
+
+/* A listening socket for a libmicrohttpd daemon: cm_net_listen() plus
+ * TCP_NODELAY, which Linux copies to every connection it accepts. Returns the
+ * fd or -1 with errno set. */
+int ij_server_listen(const struct cm_addr *a);
 
 /* Bind webhook.address and start serving. cfg, tls, tpl and ca are borrowed
  * and must outlive the server; with a ca (NULL: none), POST /v1/sign is
