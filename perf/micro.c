@@ -11,7 +11,8 @@
  *           all for ONE principal with different paths (what the principal index
  *           cannot narrow).
  *   route   px_routes_match with N host routes (the request matches the last one).
- *   pick    px_route_pick over N endpoints, all in our cluster; and 1,000
+ *   pick    px_route_pick over N endpoints, all in our cluster (never measured, and
+ *           measured with some requests in flight: the peak-EWMA cost); and 1,000
  *           endpoints, half of them in our cluster; and a 4-byte CTR_DRBG draw
  *           (pki_rng_fn), what each of its two draws cost before xorshift.
  *   tls     the public-key operations of one full mTLS handshake, as mbedTLS
@@ -232,6 +233,19 @@ struct rcase {
     char host[80];
 };
 
+/* Latency samples for every endpoint of rt (0.2-0.3 ms) and one request in
+ * flight on every third: what a pick meets in a running proxy. */
+static void measure(struct px_route *rt)
+{
+    for (size_t i = 0; i < rt->neps; i++) {
+        struct px_endpoint *e = &rt->eps[i];
+        px_route_try_start(e);
+        px_route_try_head(rt, e, 200 + 10 * (i % 10));
+        if (i % 3 != 0)
+            px_route_report(rt, e, PX_TRY_OK, 0);
+    }
+}
+
 static void op_pick(void *arg)
 {
     struct rcase *c = arg;
@@ -263,6 +277,16 @@ static void run_routes(void)
         c.r = make_routes(1, sizes[s], 0);
         c.rt = &c.r->routes[0];
         bench("lb_pick_local", sizes[s], op_pick, &c);
+        free_routes(c.r);
+    }
+    /* the same picks once every endpoint has latency samples and some have requests in
+     * flight: the peak-EWMA cost (decay, stall bound) on top of the draws */
+    for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
+        struct rcase c;
+        c.r = make_routes(1, sizes[s], 0);
+        c.rt = &c.r->routes[0];
+        measure(c.rt);
+        bench("lb_pick_local_measured", sizes[s], op_pick, &c);
         free_routes(c.r);
     }
     bench("lb_random_draw_ctr_drbg", 1, op_rng, NULL);

@@ -68,6 +68,12 @@ fail_run() {
     python3 "$ROOT/perf/fail_stats.py" "$log" "$evrel" "$sc" "$OUT/failure-timeline.tsv" \
         >>"$OUT/failure.tsv"
     log "failure $sc: $(tail -1 "$OUT/failure.tsv")"
+    # what the victim cost, as counts: tries that failed on it (for hang: requests that each
+    # waited a per-try timeout there), and whether outlier detection ejected it
+    log "failure $sc: victim $victim: $(curl -s "http://127.0.0.1:$FADMIN/clusters" |
+        jq -c ".routes[] | select(.name == \"$sc\") | .endpoints[] |
+            select(.address == \"127.0.0.1:${FUP[$victim,port]}\") |
+            {requests, failures, ejections, latency_ewma_ms}")"
 }
 
 # amp_run ROUTE HOST BUDGET

@@ -3,6 +3,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -487,10 +488,95 @@ static uint32_t rnd(void)
     return (uint32_t)((x * 0x2545F4914F6CDD1DULL) >> 32);
 }
 
-/* lower is better: outstanding requests per weight */
-static double load_of(const struct px_endpoint *e)
+/* ---- latency-aware cost (peak-EWMA, as linkerd2-proxy balances) ------------------ */
+
+/* Time constant of the decay toward 0. Linkerd's is 10 s, but its samples
+ * start on a ready connection; ours include setting up a fresh upstream
+ * connection (and its TLS handshake), so first samples are often peaks, as
+ * are scheduling hiccups on a busy node. With 10 s one such peak kept an
+ * endpoint nearly idle for a whole benchmark run (perf/sec-failure.sh: the
+ * victims got 1, 7 and 95 of 3,000 requests; 450-850 with 2 s); with 2 s it
+ * fades in seconds, while a 200 ms timeout still keeps an endpoint of
+ * 0.2 ms peers out for ~14 s at low load. */
+#define LAT_DECAY_US   2e6
+#define LAT_ALPHA      0.2  /* weight of a sample faster than the estimate */
+#define LAT_DEFAULT_MS 1.0  /* a route none of whose endpoints was ever measured */
+#define LAT_FLOOR_MS   1e-3 /* a decayed estimate never reaches 0: load still counts */
+
+/* The EWMA decayed to now: an endpoint nobody sends to loses its penalty. */
+static double decayed_ms(const struct px_ep_state *st, uint64_t now_us)
 {
-    return ((double)e->st->outstanding + 1.0) / (double)e->weight;
+    if (now_us <= st->ewma_at_us)
+        return st->ewma_ms;
+    return st->ewma_ms * exp(-(double)(now_us - st->ewma_at_us) / LAT_DECAY_US);
+}
+
+/* What we believe of st's latency from its samples; never measured: the
+ * route's typical latency (a new endpoint competes as an average one). */
+static double believed_ms(const struct px_route *rt, const struct px_ep_state *st, uint64_t now_us)
+{
+    if (st->ewma_at_us == 0)
+        return rt->lat_typical_ms > 0 ? rt->lat_typical_ms : LAT_DEFAULT_MS;
+    return decayed_ms(st, now_us);
+}
+
+/* The balancer's latency estimate: the belief, raised to how long st has gone
+ * without a response while it has requests outstanding (a hung endpoint
+ * becomes expensive within its first milliseconds, not after its timeouts). */
+static double estimate_ms(const struct px_route *rt, const struct px_ep_state *st, uint64_t now_us)
+{
+    double est = believed_ms(rt, st, now_us);
+    if (st->outstanding > 0 && now_us > st->progress_us) {
+        double stalled = (double)(now_us - st->progress_us) / 1000.0;
+        if (stalled > est)
+            est = stalled;
+    }
+    return est > LAT_FLOOR_MS ? est : LAT_FLOOR_MS;
+}
+
+/* lower is better: latency estimate x (outstanding + 1) / weight */
+static double cost_of(const struct px_route *rt, const struct px_endpoint *e, uint64_t now_us)
+{
+    return estimate_ms(rt, e->st, now_us) * ((double)e->st->outstanding + 1.0) / (double)e->weight;
+}
+
+/* One latency sample. Peak-EWMA: a slower sample is believed at once, a
+ * faster one moves the estimate by LAT_ALPHA; a failure's (a timeout's)
+ * duration only ever raises it. */
+static void observe(struct px_route *rt, struct px_ep_state *st, double ms, bool failure,
+                    uint64_t now_us)
+{
+    double cur = believed_ms(rt, st, now_us);
+    if (ms > cur || (st->ewma_at_us == 0 && !failure))
+        st->ewma_ms = ms;
+    else if (!failure)
+        st->ewma_ms = cur + LAT_ALPHA * (ms - cur);
+    else
+        st->ewma_ms = cur;
+    st->ewma_at_us = now_us > 0 ? now_us : 1;
+    if (!failure)
+        rt->lat_typical_ms =
+            rt->lat_typical_ms > 0 ? rt->lat_typical_ms + 0.1 * (ms - rt->lat_typical_ms) : ms;
+}
+
+void px_route_try_start(struct px_endpoint *ep)
+{
+    struct px_ep_state *st = ep->st;
+    if (st->outstanding++ == 0)
+        st->progress_us = cm_mono_us(); /* busy from now: the stall clock starts */
+}
+
+void px_route_try_head(struct px_route *rt, struct px_endpoint *ep, uint64_t latency_us)
+{
+    uint64_t now = cm_mono_us();
+    ep->st->progress_us = now;
+    observe(rt, ep->st, (double)latency_us / 1000.0, false, now);
+}
+
+void px_route_try_abandon(struct px_endpoint *ep)
+{
+    if (ep->st->outstanding > 0)
+        ep->st->outstanding--;
 }
 
 static bool avoided(const struct px_ep_state *st, const struct px_ep_state *const *avoid, size_t n)
@@ -501,14 +587,39 @@ static bool avoided(const struct px_ep_state *st, const struct px_ep_state *cons
     return false;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* A new snapshot's neutral estimate: the median of its endpoints' estimates
+ * (their records outlive reloads), so a new address competes as a typical one. */
+static void seed_typical(struct px_route *rt, uint64_t now_us)
+{
+    double *v = cm_xcalloc(rt->neps, sizeof(*v));
+    size_t n = 0;
+    for (size_t i = 0; i < rt->neps; i++)
+        if (rt->eps[i].st->ewma_at_us != 0)
+            v[n++] = decayed_ms(rt->eps[i].st, now_us);
+    if (n > 0) {
+        qsort(v, n, sizeof(*v), cmp_double);
+        rt->lat_typical_ms = v[(n - 1) / 2]; /* the lower middle one: new ones get tried */
+    }
+    free(v);
+}
+
 /* Rebuild rt's LB view: rank endpoints against our locality (once per
  * snapshot and locality), then order them healthy local, healthy remote,
  * ejected, and note when the first ejection ends. O(endpoints), only after an
  * ejection started (R.eject_gen) or ended (lb_until_ms). */
 static void lb_refresh(struct px_route *rt, uint64_t now, const char *local)
 {
-    if (rt->lb_order == NULL)
+    if (rt->lb_order == NULL) {
         rt->lb_order = cm_xcalloc(rt->neps, sizeof(*rt->lb_order));
+        if (rt->lat_typical_ms == 0)
+            seed_typical(rt, now * 1000);
+    }
     if (rt->lb_order[0] == NULL || rt->lb_cluster != local) {
         for (size_t i = 0; i < rt->neps; i++) {
             struct px_endpoint *e = &rt->eps[i];
@@ -538,21 +649,23 @@ static void lb_refresh(struct px_route *rt, uint64_t now, const char *local)
 
 /* Power of two choices among c[0..n), n >= 1: two distinct random ones, the
  * cheaper wins. */
-static struct px_endpoint *p2c(struct px_endpoint *const *c, size_t n)
+static struct px_endpoint *p2c(const struct px_route *rt, struct px_endpoint *const *c, size_t n,
+                               uint64_t now_us)
 {
     if (n == 1)
         return c[0];
     size_t i = rnd() % n, j = rnd() % (n - 1);
     if (j >= i)
         j++;
-    return load_of(c[i]) <= load_of(c[j]) ? c[i] : c[j];
+    return cost_of(rt, c[i], now_us) <= cost_of(rt, c[j], now_us) ? c[i] : c[j];
 }
 
 /* P2C among the endpoints of c[0..n) not in avoid (a retry), or NULL when all
  * are. navoid <= 10, so in a large tier random draws almost always miss the
  * avoided ones; a small tier is filtered instead. */
-static struct px_endpoint *p2c_avoiding(struct px_endpoint *const *c, size_t n,
-                                        const struct px_ep_state *const *avoid, size_t navoid)
+static struct px_endpoint *p2c_avoiding(const struct px_route *rt, struct px_endpoint *const *c,
+                                        size_t n, const struct px_ep_state *const *avoid,
+                                        size_t navoid, uint64_t now_us)
 {
     static struct px_endpoint *cand[4096]; /* single-threaded; routes hold <= 4096 */
     if (n > 4 * navoid + 8) {
@@ -567,20 +680,20 @@ static struct px_endpoint *p2c_avoiding(struct px_endpoint *const *c, size_t n,
                 b = e;
         }
         if (b != NULL)
-            return load_of(a) <= load_of(b) ? a : b;
+            return cost_of(rt, a, now_us) <= cost_of(rt, b, now_us) ? a : b;
         /* unlucky draws (or duplicate addresses): filter */
     }
     size_t nc = 0;
     for (size_t i = 0; i < n; i++)
         if (!avoided(c[i]->st, avoid, navoid))
             cand[nc++] = c[i];
-    return nc == 0 ? NULL : p2c(cand, nc);
+    return nc == 0 ? NULL : p2c(rt, cand, nc, now_us);
 }
 
 struct px_endpoint *px_route_pick(struct px_route *rt, const struct px_ep_state *const *avoid,
                                   size_t navoid)
 {
-    uint64_t now = cm_mono_ms();
+    uint64_t now_us = cm_mono_us(), now = now_us / 1000;
     const char *local = px_srv != NULL ? px_srv->cfg->cluster : NULL;
     if (rt->lb_order == NULL || rt->lb_gen != R.eject_gen || now >= rt->lb_until_ms ||
         rt->lb_cluster != local)
@@ -593,8 +706,8 @@ struct px_endpoint *px_route_pick(struct px_route *rt, const struct px_ep_state 
         if (tier[t] == 0 || (t > 0 && tier[t] == tier[t - 1]))
             continue; /* empty, or the same set as the tier before */
         if (navoid == 0)
-            return p2c(rt->lb_order, tier[t]);
-        struct px_endpoint *e = p2c_avoiding(rt->lb_order, tier[t], avoid, navoid);
+            return p2c(rt, rt->lb_order, tier[t], now_us);
+        struct px_endpoint *e = p2c_avoiding(rt, rt->lb_order, tier[t], avoid, navoid, now_us);
         if (e != NULL)
             return e;
     }
@@ -611,13 +724,21 @@ static size_t healthy_count(const struct px_route *rt, uint64_t now)
     return n;
 }
 
-void px_route_report(const struct px_route *rt, struct px_endpoint *ep, enum px_try_outcome o,
+void px_route_report(struct px_route *rt, struct px_endpoint *ep, enum px_try_outcome o,
                      uint64_t latency_us)
 {
     struct px_ep_state *st = ep->st;
+    uint64_t now_us = cm_mono_us();
     st->requests++;
-    double ms = (double)latency_us / 1000.0;
-    st->ewma_ms = st->ewma_ms == 0 ? ms : (ms > st->ewma_ms ? ms : 0.8 * st->ewma_ms + 0.2 * ms);
+    if (st->outstanding > 0)
+        st->outstanding--;
+    st->progress_us = now_us;
+    /* Of the failures before a response head only a timeout's duration is a
+     * latency sample: a refusal or a reset (a process dying with requests in
+     * flight) says nothing of speed, and making such an endpoint look slow
+     * would starve outlier detection of the failures that eject it. */
+    if (latency_us > 0 && (o == PX_TRY_OK || o == PX_TRY_TIMEOUT))
+        observe(rt, st, (double)latency_us / 1000.0, o != PX_TRY_OK, now_us);
     switch (o) {
     case PX_TRY_OK:
         st->successes++;
@@ -637,7 +758,7 @@ void px_route_report(const struct px_route *rt, struct px_endpoint *ep, enum px_
         break;
     }
     st->consecutive_failures++;
-    uint64_t now = cm_mono_ms();
+    uint64_t now = now_us / 1000;
     if (rt->outlier_failures == 0 || st->consecutive_failures < rt->outlier_failures ||
         ejected(st, now))
         return;
@@ -809,7 +930,8 @@ void px_routes_shutdown(void)
 
 /* ---- admin and metrics ---------------------------------------------------------------- */
 
-static json_t *endpoint_json(const struct px_endpoint *e, uint64_t now)
+static json_t *endpoint_json(const struct px_route *rt, const struct px_endpoint *e, uint64_t now,
+                             uint64_t now_us)
 {
     char a[CM_ADDR_STRLEN];
     const struct px_ep_state *s = e->st;
@@ -830,7 +952,16 @@ static json_t *endpoint_json(const struct px_endpoint *e, uint64_t now)
                           (json_int_t)s->fail_reset, "timeout", (json_int_t)s->fail_timeout, "5xx",
                           (json_int_t)s->fail_5xx);
     json_object_set_new(o, "failures", f);
-    json_object_set_new(o, "latency_ewma_ms", json_real(s->ewma_ms));
+    /* the balancer's view: the EWMA decayed to now, the estimate it uses
+     * (never measured: the route's typical latency; raised to the stall) */
+    json_object_set_new(o, "latency_ewma_ms",
+                        json_real(s->ewma_at_us != 0 ? decayed_ms(s, now_us) : 0.0));
+    json_object_set_new(o, "latency_estimate_ms", json_real(estimate_ms(rt, s, now_us)));
+    json_object_set_new(o, "stalled_ms",
+                        json_integer(s->outstanding > 0 && now_us > s->progress_us
+                                         ? (json_int_t)((now_us - s->progress_us) / 1000)
+                                         : 0));
+    json_object_set_new(o, "lb_cost", json_real(cost_of(rt, e, now_us)));
     return o;
 }
 
@@ -840,7 +971,7 @@ static int on_clusters(struct evhttp_request *req, const struct evkeyvalq *q, st
     (void)req;
     (void)q;
     (void)arg;
-    uint64_t now = cm_mono_ms();
+    uint64_t now_us = cm_mono_us(), now = now_us / 1000;
     json_t *o = json_object();
     json_t *routes = json_array();
     const char *local = px_srv->cfg->cluster;
@@ -858,7 +989,7 @@ static int on_clusters(struct evhttp_request *req, const struct evkeyvalq *q, st
         }
         json_t *eps = json_array();
         for (size_t k = 0; k < rt->neps; k++)
-            json_array_append_new(eps, endpoint_json(&rt->eps[k], now));
+            json_array_append_new(eps, endpoint_json(rt, &rt->eps[k], now, now_us));
         json_object_set_new(ro, "endpoints", eps);
         json_array_append_new(routes, ro);
     }

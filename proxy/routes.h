@@ -35,7 +35,15 @@ struct px_ep_state {
     uint64_t ejected_until_ms; /* monotonic; 0 = healthy */
     uint64_t requests, successes;
     uint64_t fail_connect, fail_reset, fail_timeout, fail_5xx;
-    double ewma_ms; /* latency, peak-EWMA style */
+    /* Latency, peak-EWMA (docs/routes.md "Choosing an endpoint"): a slower
+     * sample replaces the estimate at once, a faster one moves it a fifth of
+     * the way, and without samples it decays toward 0 (time constant 2 s). */
+    double ewma_ms;
+    uint64_t ewma_at_us;  /* monotonic time of the last sample; 0 = never measured */
+    uint64_t progress_us; /* the last response head or end of a try here, or when
+                           * outstanding went 0 -> 1: while requests are
+                           * outstanding, now - progress_us is a lower bound of
+                           * this endpoint's latency (a hung one shows at once) */
     struct px_ep_state *next;
 };
 
@@ -76,6 +84,8 @@ struct px_route {
     uint64_t lb_gen;        /* the ejection generation it reflects */
     uint64_t lb_until_ms;   /* it is stale from then on (the first ejection to end) */
     const char *lb_cluster; /* the locality endpoints were ranked against */
+    double lat_typical_ms;  /* EWMA of the route's latency samples: the estimate of
+                             * an endpoint never measured (0: none yet) */
 };
 
 struct px_routes {
@@ -110,7 +120,7 @@ const struct px_route *px_routes_match(const struct px_routes *r, const char *au
                                        const struct cm_addr *orig_dst);
 /* Pick an endpoint: healthy ones of our own cluster first (all traffic
  * stays local while any is healthy), else the other clusters; power of two
- * choices on outstanding requests per weight; endpoints
+ * choices on cost = latency estimate x (outstanding + 1) / weight; endpoints
  * in `avoid` (the ones this request already failed on; navoid may be 0) are
  * not picked while another candidate exists. Never NULL for a route with
  * endpoints (when all are ejected, all are candidates again). O(1) per pick
@@ -119,7 +129,19 @@ struct px_endpoint *px_route_pick(struct px_route *rt, const struct px_ep_state 
                                   size_t navoid);
 /* Outcome of one try on an endpoint: success, or a failure of a kind. */
 enum px_try_outcome { PX_TRY_OK = 0, PX_TRY_CONNECT, PX_TRY_RESET, PX_TRY_TIMEOUT, PX_TRY_5XX };
-void px_route_report(const struct px_route *rt, struct px_endpoint *ep, enum px_try_outcome o,
+/* The life of one try on ep, for outstanding counts and latency:
+ * px_route_try_start when it is sent; px_route_try_head when its response
+ * head arrives (latency_us since the start: the balancer's sample); then
+ * exactly one of px_route_report (the verdict) or px_route_try_abandon (the
+ * client went away: no verdict). */
+void px_route_try_start(struct px_endpoint *ep);
+void px_route_try_head(struct px_route *rt, struct px_endpoint *ep, uint64_t latency_us);
+void px_route_try_abandon(struct px_endpoint *ep);
+/* The verdict of a try. latency_us: how long a try that ended WITHOUT a
+ * response head waited, 0 when it had one (sampled by px_route_try_head). A
+ * timeout's duration is a latency sample that only ever raises the estimate;
+ * other failures are not samples. */
+void px_route_report(struct px_route *rt, struct px_endpoint *ep, enum px_try_outcome o,
                      uint64_t latency_us);
 /* May this route retry now (budget)? Counts the retry when it returns true. */
 bool px_route_budget_retry(struct px_route *rt);

@@ -194,7 +194,7 @@ void px_stream_detach(struct px_stream *s, enum px_side side)
         s->try_timer = NULL;
     }
     if (s->ep != NULL)
-        s->ep->st->outstanding--; /* the client went away mid-try: no verdict */
+        px_route_try_abandon(s->ep); /* the client went away mid-try: no verdict */
     s->ep = NULL;
     if (s->replay != NULL)
         evbuffer_free(s->replay);
@@ -327,8 +327,10 @@ static void report_try(struct px_stream *s, enum px_try_outcome o)
 {
     if (s->ep == NULL)
         return;
-    s->ep->st->outstanding--;
-    px_route_report(s->route, s->ep, o, cm_mono_us() - s->try_start_us);
+    /* a try that got its head was sampled then (px_route_try_head); one that
+     * failed before it waited this long: also a latency sample */
+    bool got_head = o == PX_TRY_OK || o == PX_TRY_5XX || s->head_sent[PX_DOWN];
+    px_route_report(s->route, s->ep, o, got_head ? 0 : cm_mono_us() - s->try_start_us);
     if (o != PX_TRY_OK && s->nfailed < sizeof(s->failed) / sizeof(s->failed[0]))
         s->failed[s->nfailed++] = s->ep->st;
     s->ep = NULL;
@@ -338,10 +340,11 @@ static void report_try(struct px_stream *s, enum px_try_outcome o)
  * far: the head, the kept body, and its end if the client finished. */
 static void start_try(struct px_stream *s)
 {
+    s->try_start_us = cm_mono_us(); /* before a verdict can be given below */
     if (s->route != NULL) {
         s->ep = px_route_pick(s->route, s->failed, s->nfailed);
         s->upstream = s->ep->addr;
-        s->ep->st->outstanding++;
+        px_route_try_start(s->ep);
         if (px_conn_is_loop(s->conn, &s->upstream)) {
             report_try(s, PX_TRY_CONNECT);
             s->cause = PX_CAUSE_LOOP;
@@ -350,7 +353,6 @@ static void start_try(struct px_stream *s)
         }
     }
     s->tries++;
-    s->try_start_us = cm_mono_us();
     if (s->route != NULL && s->route->per_try_timeout_ms > 0) {
         if (s->try_timer == NULL)
             s->try_timer = evtimer_new(px_srv->base, on_try_timer, s);
@@ -575,6 +577,8 @@ void px_stream_on_resp_head(struct px_stream *s)
         return;
     if (s->try_timer != NULL && !s->retrying)
         evtimer_del(s->try_timer); /* the per-try timeout ends with the response head */
+    if (s->ep != NULL)
+        px_route_try_head(s->route, s->ep, cm_mono_us() - s->try_start_us);
     if (s->ep != NULL && s->resp.status >= 500) {
         report_try(s, PX_TRY_5XX);
         if (can_retry(s, PX_TRY_5XX, s->resp.status)) {

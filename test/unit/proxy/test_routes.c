@@ -1,7 +1,9 @@
 /* Unit tests of proxy/routes.c: parsing errors name the key, matching (and
  * its index keeping file order), the endpoint pick (locality tiers, failover,
- * avoid, power of two choices, never an ejected endpoint), outlier ejection
- * (never the last healthy endpoint), the retry budget and retry_on. */
+ * avoid, power of two choices, never an ejected endpoint), the latency-aware
+ * cost (a hung endpoint loses at once, a new one gets traffic, a penalty
+ * decays), outlier ejection (never the last healthy endpoint), the retry
+ * budget and retry_on. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -350,6 +352,128 @@ static void p2c_prefers_less_loaded(void **state)
     px_routes_shutdown();
 }
 
+/* Three endpoints measured at ~0.3 ms (samples through the stream hooks). */
+static struct px_routes *measured_routes(const char *extra_ep)
+{
+    char doc[1024];
+    snprintf(doc, sizeof(doc),
+             "{\"routes\": [{\"match\": {\"host\": \"s\"}, \"outlier\": "
+             "{\"consecutive_failures\": 3}, \"endpoints\": [{\"address\": \"10.0.0.1:1\"}, "
+             "{\"address\": \"10.0.0.2:1\"}, {\"address\": \"10.0.0.3:1\"}%s]}]}",
+             extra_ep);
+    struct px_routes *r = parse_ok(doc);
+    struct px_route *rt = &r->routes[0];
+    for (int k = 0; k < 3; k++)
+        for (int i = 0; i < 10; i++) {
+            px_route_try_start(&rt->eps[k]);
+            px_route_try_head(rt, &rt->eps[k], 250 + 50 * (uint64_t)k);
+            px_route_report(rt, &rt->eps[k], PX_TRY_OK, 0);
+        }
+    return r;
+}
+
+/* A hung endpoint (a request outstanding, no answer for a while) costs more
+ * than healthy ones within milliseconds, long before any timeout: no new
+ * request goes there, even against endpoints with requests in flight. */
+static void hung_endpoint_loses(void **state)
+{
+    (void)state;
+    struct px_routes *r = measured_routes("");
+    struct px_route *rt = &r->routes[0];
+    assert_true(rt->eps[0].st->ewma_ms > 0.2 && rt->eps[0].st->ewma_ms < 0.4);
+    px_route_try_start(&rt->eps[0]); /* sent, never answered */
+    usleep(10 * 1000);
+    px_route_try_start(&rt->eps[1]); /* busy too, but just started */
+    assert_true(estimate_ms(rt, rt->eps[0].st, cm_mono_us()) >= 10.0);
+    for (int i = 0; i < 1000; i++)
+        assert_ptr_not_equal(px_route_pick(rt, NULL, 0), &rt->eps[0]);
+    /* an old request (50 ms) against endpoints with three in flight each */
+    rt->eps[0].st->progress_us = cm_mono_us() - 50000;
+    rt->eps[1].st->outstanding = rt->eps[2].st->outstanding = 3;
+    rt->eps[1].st->progress_us = rt->eps[2].st->progress_us = cm_mono_us();
+    for (int i = 0; i < 1000; i++)
+        assert_ptr_not_equal(px_route_pick(rt, NULL, 0), &rt->eps[0]);
+    rt->eps[1].st->outstanding = rt->eps[2].st->outstanding = 0;
+    /* its per-try timeout (200 ms) is a sample: expensive after it, too */
+    px_route_report(rt, &rt->eps[0], PX_TRY_TIMEOUT, 200000);
+    assert_int_equal(rt->eps[0].st->outstanding, 0);
+    assert_true(rt->eps[0].st->ewma_ms >= 199.0);
+    for (int i = 0; i < 1000; i++)
+        assert_ptr_not_equal(px_route_pick(rt, NULL, 0), &rt->eps[0]);
+    /* ... until the penalty decays (2 minutes later, 60 time constants) */
+    rt->eps[0].st->ewma_at_us -= 120 * 1000000ULL;
+    int n = 0;
+    for (int i = 0; i < 3000; i++)
+        n += px_route_pick(rt, NULL, 0) == &rt->eps[0];
+    assert_true(n > 300);
+    /* a fast failure does not make an endpoint look faster, nor a reset after
+     * a while slower (it must keep getting the tries that eject it) */
+    double before = rt->eps[2].st->ewma_ms;
+    px_route_try_start(&rt->eps[2]);
+    px_route_report(rt, &rt->eps[2], PX_TRY_CONNECT, 10);
+    assert_true(rt->eps[2].st->ewma_ms == before);
+    px_route_try_start(&rt->eps[2]);
+    px_route_report(rt, &rt->eps[2], PX_TRY_RESET, 50000);
+    assert_true(rt->eps[2].st->ewma_ms == before);
+    px_route_try_abandon(&rt->eps[1]);
+    assert_int_equal(rt->eps[1].st->outstanding, 0);
+    px_routes_unref(r);
+    px_routes_shutdown();
+}
+
+/* An endpoint never measured competes as a typical one: it gets traffic at
+ * once, in the snapshot that has it and in a reloaded one (whose neutral
+ * estimate is the median of its endpoints'). */
+static void new_endpoint_gets_picked(void **state)
+{
+    (void)state;
+    struct px_routes *r = measured_routes(", {\"address\": \"10.0.0.4:1\"}");
+    struct px_route *rt = &r->routes[0];
+    assert_int_equal(rt->eps[3].st->ewma_at_us, 0);
+    int n = 0;
+    for (int i = 0; i < 4000; i++)
+        n += px_route_pick(rt, NULL, 0) == &rt->eps[3];
+    assert_true(n > 400); /* ~1/4 expected */
+    /* a reload adds 10.0.0.5: the new snapshot seeds its neutral estimate with
+     * the median of its endpoints' (0.25, 0.30, 0.35 ms): it wins against the
+     * slower ones */
+    struct px_routes *r2 =
+        parse_ok("{\"routes\": [{\"match\": {\"host\": \"s\"}, \"endpoints\": [{\"address\": "
+                 "\"10.0.0.1:1\"}, {\"address\": \"10.0.0.2:1\"}, {\"address\": \"10.0.0.3:1\"}, "
+                 "{\"address\": \"10.0.0.5:1\"}]}]}");
+    struct px_route *rt2 = &r2->routes[0];
+    assert_ptr_equal(rt2->eps[0].st, rt->eps[0].st); /* health records are shared */
+    n = 0;
+    for (int i = 0; i < 3000; i++)
+        n += px_route_pick(rt2, NULL, 0) == &rt2->eps[3];
+    assert_true(rt2->lat_typical_ms > 0.28 && rt2->lat_typical_ms < 0.32);
+    assert_true(n > 200); /* ~1/6 expected: paired with the slowest one */
+    px_routes_unref(r2);
+    px_routes_unref(r);
+    px_routes_shutdown();
+}
+
+/* Weights: equal latency and load, weight 3 takes about three times the
+ * traffic of weight 1 under load. */
+static void weights_count(void **state)
+{
+    (void)state;
+    struct px_routes *r = parse_ok("{\"routes\": [{\"match\": {\"host\": \"s\"}, \"endpoints\": ["
+                                   "{\"address\": \"10.0.0.1:1\", \"weight\": 1}, "
+                                   "{\"address\": \"10.0.0.2:1\", \"weight\": 3}]}]}");
+    struct px_route *rt = &r->routes[0];
+    int n[2] = {0, 0};
+    /* keep requests outstanding (nothing completes): load decides */
+    for (int i = 0; i < 400; i++) {
+        struct px_endpoint *e = px_route_pick(rt, NULL, 0);
+        px_route_try_start(e);
+        n[e - rt->eps]++;
+    }
+    assert_true(n[1] > 2 * n[0]);
+    px_routes_unref(r);
+    px_routes_shutdown();
+}
+
 static void budget_and_retry_on(void **state)
 {
     (void)state;
@@ -378,11 +502,12 @@ static void budget_and_retry_on(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(errors_name_the_key),   cmocka_unit_test(matching),
-        cmocka_unit_test(locality_and_failover), cmocka_unit_test(p2c_prefers_less_loaded),
-        cmocka_unit_test(budget_and_retry_on),   cmocka_unit_test(match_order_with_index),
-        cmocka_unit_test(thousand_routes),       cmocka_unit_test(pick_never_ejected),
-        cmocka_unit_test(locality_tiers),
+        cmocka_unit_test(errors_name_the_key),      cmocka_unit_test(matching),
+        cmocka_unit_test(locality_and_failover),    cmocka_unit_test(p2c_prefers_less_loaded),
+        cmocka_unit_test(budget_and_retry_on),      cmocka_unit_test(match_order_with_index),
+        cmocka_unit_test(thousand_routes),          cmocka_unit_test(pick_never_ejected),
+        cmocka_unit_test(locality_tiers),           cmocka_unit_test(hung_endpoint_loses),
+        cmocka_unit_test(new_endpoint_gets_picked), cmocka_unit_test(weights_count),
     };
     int rc = cmocka_run_group_tests_name("proxy/routes", tests, NULL, NULL);
     pki_rng_free();
