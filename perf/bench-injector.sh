@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # remora-injector benchmark: reviews per second on one core and latency per
 # review, with keep-alive and with a fresh TLS connection per review (what
-# kube-apiserver often does). Prints a small table; docs/injector.md quotes it.
+# kube-apiserver does when it has no idle connection). Prints a small table;
+# docs/injector.md quotes it.
 #
 #   perf/bench-injector.sh [SECONDS]        (default 10 per keep-alive run)
 #   INJECTOR=path/to/remora-injector perf/bench-injector.sh   (skip the build)
+#   FRESH=N                 reviews per fresh-connection run (default 1000)
+#   BENCH_RT=0              fresh-connection runs without SCHED_RR
 #
 # Setup: the -O2 build (build/remora-injector), webhook.threads 1, pinned to
 # CPU 0; the clients pinned to CPU 1. The review is the shared corpus's
@@ -13,14 +16,27 @@
 # issues) and RSA 2048 for comparison on fresh connections.
 #   keep-alive   h2load --h1, C connections, as many reviews as they take;
 #                latency = h2load's per-request time (request sent -> response end).
-#   fresh TLS    a) sequential curl, one process per review: latency is
-#                curl's time_total (TCP connect + TLS handshake + review),
-#                measured inside curl, so process start-up is not counted;
-#                b) h2load opening one connection per review at a fixed rate
+#   fresh TLS    a) one client process (Python's ssl module, OpenSSL 3) opening
+#                a new TCP + TLS 1.3 connection per review, one after the
+#                other, as the API server would: latency = connect -> response
+#                end, measured inside that process. Client and server run in
+#                SCHED_RR for the run (as perf/lib.sh does for latency runs), so
+#                that neighbours on this shared machine do not add their time
+#                slices to the tail; BENCH_RT=0 turns that off;
+#                b) the same with the client's second flight (its Finished) held
+#                back 1 ms: what the server sees from a client a 1 ms round trip
+#                away. The server's CPU per review must not grow with the wait;
+#                c) sequential curl, one process per review: curl's time_total
+#                includes curl's own OpenSSL set-up (~1.5 ms here), so it
+#                measures curl more than the server; kept to compare with older
+#                runs;
+#                d) h2load opening one connection per review at a fixed rate
 #                for the throughput of handshake + review.
+# The server's CPU comes from /proc/PID/task/*/schedstat (nanoseconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
+FRESH=${FRESH:-1000}
 BUILD=${BUILD:-build}
 TMP=$(mktemp -d /tmp/remora-bench-injector.XXXXXX)
 PIDS=()
@@ -34,6 +50,11 @@ trap cleanup EXIT
 for t in h2load curl openssl jq taskset python3; do
     command -v "$t" >/dev/null || { echo "bench-injector: $t is needed" >&2; exit 2; }
 done
+RT=${BENCH_RT:-1}
+if [[ $RT == 1 ]] && ! chrt -r 10 true 2>/dev/null; then
+    echo "bench-injector: chrt -r failed (not root?): fresh-connection runs use the normal scheduler" >&2
+    RT=0
+fi
 if [[ -n ${INJECTOR:-} ]]; then
     INJ=$INJECTOR # a binary built elsewhere
 else
@@ -47,6 +68,103 @@ for d in ../shared/corpus/admission /work/shared/corpus/admission; do
 done
 [[ -n $CORPUS ]] || { echo "bench-injector: shared corpus not found" >&2; exit 2; }
 jq -c . "$CORPUS/istio-hello.json" >"$TMP/review.json"
+
+# The fresh-connection client: one process, a new TCP + TLS connection per
+# review. Prints "n ok p50 p99 hs_p50 hs_p99" (ms; hs = TCP connect + TLS).
+cat >"$TMP/fresh.py" <<'PY'
+import argparse, socket, ssl, time
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--port", type=int, required=True)
+ap.add_argument("--ca", required=True)
+ap.add_argument("--body", required=True)
+ap.add_argument("-n", type=int, default=1000)
+ap.add_argument("--hold-ms", type=float, default=0, help="hold the client's Finished back")
+a = ap.parse_args()
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.load_verify_locations(a.ca)
+body = open(a.body, "rb").read()
+req = (f"POST /inject HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+       f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+def handshake(s):
+    if a.hold_ms <= 0:
+        return ctx.wrap_socket(s, server_hostname="127.0.0.1"), None
+    # Memory BIOs, to send every flight after the ClientHello hold_ms late.
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    t = ctx.wrap_bio(inc, out, server_hostname="127.0.0.1")
+    flights = 0
+    while True:
+        try:
+            t.do_handshake()
+            done = True
+        except ssl.SSLWantReadError:
+            done = False
+        data = out.read()
+        if data:
+            if flights:
+                time.sleep(a.hold_ms / 1000)
+            s.sendall(data)
+            flights += 1
+        if done:
+            return t, (inc, out)
+        d = s.recv(65536)
+        if not d:
+            raise OSError("closed during the handshake")
+        inc.write(d)
+
+
+def review(t, bios, s):
+    resp = b""
+    if bios is None:
+        t.sendall(req)
+        while True:
+            d = t.recv(65536)
+            if not d:
+                return resp
+            resp += d
+    inc, out = bios
+    t.write(req)
+    s.sendall(out.read())
+    while True:
+        d = s.recv(65536)
+        if not d:
+            return resp
+        inc.write(d)
+        try:
+            while True:
+                r = t.read(65536)
+                if not r:
+                    break
+                resp += r
+        except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+            pass
+
+
+hs, tot, ok = [], [], 0
+for _ in range(a.n):
+    t0 = time.perf_counter_ns()
+    s = socket.create_connection(("127.0.0.1", a.port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    t, bios = handshake(s)
+    t1 = time.perf_counter_ns()
+    resp = review(t, bios, s)
+    t2 = time.perf_counter_ns()
+    s.close()
+    if resp.startswith(b"HTTP/1.1 200"):
+        ok += 1
+        hs.append((t1 - t0) / 1e6)
+        tot.append((t2 - t0) / 1e6)
+
+
+def pct(v, p):
+    v = sorted(v)
+    return v[min(len(v) - 1, max(0, int(len(v) * p) - 1))] if v else float("nan")
+
+
+print(f"{a.n} {ok} {pct(tot, .5):.3f} {pct(tot, .99):.3f} {pct(hs, .5):.3f} {pct(hs, .99):.3f}")
+PY
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
@@ -92,14 +210,27 @@ percentiles() {
             printf "%.3f %.3f\n", v[i50], v[i99] }'
 }
 
-# The server's CPU time in microseconds (utime + stime): with the machine
-# shared, wall-clock rates understate a dedicated core; CPU time per review
-# does not depend on what else runs.
+# The server's CPU time in microseconds, all threads (schedstat counts
+# nanoseconds; utime + stime count 10 ms ticks). With the machine shared,
+# wall-clock rates understate a dedicated core; CPU time per review does not
+# depend on what else runs.
 cpu_us() {
-    local tck
-    tck=$(getconf CLK_TCK)
-    awk -v t="$tck" '{print ($14 + $15) * 1000000 / t}' "/proc/$SPID/stat"
+    cat /proc/"$SPID"/task/*/schedstat | awk '{s += $1} END {printf "%.0f\n", s / 1000}'
 }
+
+# rt on|off: the server's threads in SCHED_RR, or back to normal.
+rt() {
+    [[ $RT == 1 ]] || return 0
+    local t
+    for t in /proc/"$SPID"/task/*; do
+        if [[ $1 == on ]]; then
+            chrt -r -p 10 "${t##*/}" >/dev/null
+        else
+            chrt -o -p 0 "${t##*/}" >/dev/null
+        fi
+    done
+}
+
 ROWS=()
 row() { # NAME REVIEWS/S P50 P99 [CPU-US-PER-REVIEW]
     local cap="-" per="-"
@@ -107,12 +238,12 @@ row() { # NAME REVIEWS/S P50 P99 [CPU-US-PER-REVIEW]
         per=$5
         cap=$((1000000 / $5))
     fi
-    ROWS+=("$(printf '| %-34s | %10s | %8s | %8s | %8s | %10s |' "$1" "$2" "$3" "$4" "$per" "$cap")")
+    ROWS+=("$(printf '| %-36s | %10s | %8s | %8s | %8s | %10s |' "$1" "$2" "$3" "$4" "$per" "$cap")")
 }
 
 # keepalive CLIENTS: h2load for SECS seconds
 keepalive() {
-    local log=$TMP/ka-$1.log out c0 c1 n
+    local log=$TMP/ka-$1.log out c0 c1
     c0=$(cpu_us)
     out=$(taskset -c 1 h2load --h1 -c "$1" -D "$SECS" --warm-up-time=1 -d "$TMP/review.json" \
         -H 'Content-Type: application/json' --log-file="$log" \
@@ -121,16 +252,34 @@ keepalive() {
     c1=$(cpu_us)
     rps=$(grep -oE 'finished in [^,]+, [0-9.]+ req/s' <<<"$out" | grep -oE '[0-9.]+ req/s' | cut -d' ' -f1)
     ok=$(grep -oE '[0-9]+ succeeded' <<<"$out" | cut -d' ' -f1)
-    n=$(awk '$2 == 200' "$log" | wc -l)
     read -r p50 p99 < <(awk '$2 == 200' "$log" | percentiles /dev/stdin 3 0.001)
     # CPU over the whole run (warm-up included) per review logged (measured period only): an upper bound.
-    row "keep-alive, $1 connection(s)" "${rps%.*}" "$p50" "$p99" "$(( ($(printf '%.0f' "$c1") - $(printf '%.0f' "$c0")) / (ok > 0 ? ok : 1) ))"
-    : "$n"
+    row "keep-alive, $1 connection(s)" "${rps%.*}" "$p50" "$p99" "$(( (c1 - c0) / (ok > 0 ? ok : 1) ))"
     [[ $(awk '$2 != 200' "$log" | wc -l) -eq 0 ]] || echo "bench-injector: non-200 answers in keep-alive run" >&2
-    : "$ok"
 }
 
-# fresh_curl KEYTYPE N: sequential curl, one connection per review
+# fresh_one KEYTYPE N [HOLD-MS]: one client process, a new connection per review
+fresh_one() {
+    local c0 c1 out n ok p50 p99 h50 h99 name rr=()
+    [[ $RT == 1 ]] && rr=(chrt -r 10)
+    rt on
+    c0=$(cpu_us)
+    out=$(taskset -c 1 "${rr[@]}" python3 "$TMP/fresh.py" --port "$PORT" --ca "$CA" \
+        --body "$TMP/review.json" -n "$2" --hold-ms "${3:-0}")
+    c1=$(cpu_us)
+    rt off
+    read -r n ok p50 p99 h50 h99 <<<"$out"
+    [[ $ok == "$n" ]] || echo "bench-injector: $((n - ok)) of $n fresh-connection reviews failed" >&2
+    if [[ ${3:-0} == 0 ]]; then
+        name="fresh TLS ($1), one client process"
+    else
+        name="fresh TLS ($1), Finished held $3 ms"
+    fi
+    row "$name" "-" "$p50" "$p99" "$(( (c1 - c0) / (ok > 0 ? ok : 1) ))"
+    [[ ${3:-0} != 0 ]] || row "  of which TCP+TLS handshake" "-" "$h50" "$h99"
+}
+
+# fresh_curl KEYTYPE N: sequential curl, one process and one connection per review
 fresh_curl() {
     local out=$TMP/curl-$1.txt c0 c1
     : >"$out"
@@ -143,8 +292,8 @@ fresh_curl() {
     c1=$(cpu_us)
     read -r p50 p99 < <(awk '$1 == 200' "$out" | percentiles /dev/stdin 3 1000)
     read -r h50 h99 < <(awk '$1 == 200' "$out" | percentiles /dev/stdin 2 1000)
-    row "fresh TLS ($1), sequential curl" "-" "$p50" "$p99" "$(( ($(printf '%.0f' "$c1") - $(printf '%.0f' "$c0")) / $2 ))"
-    row "  of which TCP+TLS handshake" "-" "$h50" "$h99"
+    row "fresh TLS ($1), sequential curl" "-" "$p50" "$p99" "$(( (c1 - c0) / $2 ))"
+    row "  of which curl's TCP+TLS handshake" "-" "$h50" "$h99"
 }
 
 # fresh_h2load KEYTYPE: one review per connection, connections opened at a fixed rate
@@ -160,7 +309,7 @@ fresh_h2load() {
     local bad
     bad=$(grep -oE '[0-9]+ failed' <<<"$out" | head -1 | cut -d' ' -f1)
     read -r p50 p99 < <(awk '$2 == 200' "$log" | percentiles /dev/stdin 3 0.001)
-    row "fresh TLS ($1), h2load 2000 conn/s" "${rps%.*}" "$p50" "$p99" "$(( ($(printf '%.0f' "$c1") - $(printf '%.0f' "$c0")) / (ok > 0 ? ok : 1) ))"
+    row "fresh TLS ($1), h2load 2000 conn/s" "${rps%.*}" "$p50" "$p99" "$(( (c1 - c0) / (ok > 0 ? ok : 1) ))"
     [[ ${bad:-0} == 0 ]] || echo "bench-injector: $bad failed requests in the fresh-connection run" >&2
 }
 
@@ -169,15 +318,18 @@ start ec
 keepalive 1
 keepalive 8
 keepalive 64
-fresh_curl ec 1000
+fresh_one ec "$FRESH"
+fresh_one ec $((FRESH / 2)) 1
+fresh_curl ec 200
 fresh_h2load ec
 start rsa
-fresh_curl rsa 500
+fresh_one rsa "$FRESH"
 
 echo "remora-injector $("$INJ" --version | cut -d' ' -f2), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), server on CPU 0 (1 thread), clients on CPU 1"
 echo "load average before: $LOAD0, after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "review: istio-hello.json ($(wc -c <"$TMP/review.json") bytes), injected; latencies in ms;"
 echo "cpu us = server CPU time per review; 1-core capacity = 1e6 / cpu us (reviews/s on a dedicated core)"
-printf '| %-34s | %10s | %8s | %8s | %8s | %10s |\n' "run" "reviews/s" "p50" "p99" "cpu us" "1-core cap"
-printf '|%s|%s|%s|%s|%s|%s|\n' "------------------------------------" "------------" "----------" "----------" "----------" "------------"
+echo "fresh TLS, one client process: $(if [[ $RT == 1 ]]; then echo "client and server in SCHED_RR"; else echo "normal scheduler"; fi)"
+printf '| %-36s | %10s | %8s | %8s | %8s | %10s |\n' "run" "reviews/s" "p50" "p99" "cpu us" "1-core cap"
+printf '|%s|%s|%s|%s|%s|%s|\n' "--------------------------------------" "------------" "----------" "----------" "----------" "------------"
 printf '%s\n' "${ROWS[@]}"
