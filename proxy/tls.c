@@ -21,6 +21,7 @@
 #define ALPN_MAX          4
 #define SESSION_CACHE_MAX 128
 #define TLS_WRITE_CHUNK   16384
+#define TLS_READ_AHEAD    (16384 + 2048) /* a full record and its overhead */
 
 struct px_tls_conf {
     int refs;
@@ -43,6 +44,7 @@ struct tls_xprt {
     struct evbuffer *pre; /* bytes read before TLS started (the ClientHello) */
     size_t write_pending; /* length of a write mbedTLS asked us to repeat */
     bool resumed;
+    bool established; /* tls_handshake finished and check_peer passed */
     char peer_id[PKI_SPIFFE_MAX];
     char alpn[16];
     char err[640];
@@ -288,13 +290,32 @@ static int bio_send(void *ctx, const unsigned char *buf, size_t len)
                                                  : MBEDTLS_ERR_NET_SEND_FAILED;
 }
 
+/* mbedTLS asks for a record's 5-byte header, then for its body: two recv
+ * calls per record, and a third that finds nothing. So one recv reads ahead
+ * into x->pre (an evbuffer: it frees its chain once drained, so an idle
+ * connection keeps nothing) and mbedTLS is served from there. perf at mesh
+ * saturation: sidecar A made 1.56 recv calls per request, haproxy 1.12. */
 static int bio_recv(void *ctx, unsigned char *buf, size_t len)
 {
     struct px_io *io = ctx;
     struct tls_xprt *x = io->xprt;
     if (x->pre != NULL && evbuffer_get_length(x->pre) > 0)
         return evbuffer_remove(x->pre, buf, len);
-    ssize_t n = recv(io->fd, buf, len, 0);
+    ssize_t n;
+    if (len >= TLS_READ_AHEAD) {
+        n = recv(io->fd, buf, len, 0);
+    } else {
+        if (x->pre == NULL)
+            x->pre = evbuffer_new();
+        struct evbuffer_iovec v;
+        if (x->pre == NULL || evbuffer_reserve_space(x->pre, TLS_READ_AHEAD, &v, 1) != 1)
+            return MBEDTLS_ERR_SSL_ALLOC_FAILED;
+        n = recv(io->fd, v.iov_base, v.iov_len < TLS_READ_AHEAD ? v.iov_len : TLS_READ_AHEAD, 0);
+        v.iov_len = n > 0 ? (size_t)n : 0;
+        evbuffer_commit_space(x->pre, &v, n > 0 ? 1 : 0);
+        if (n > 0)
+            return evbuffer_remove(x->pre, buf, len);
+    }
     if (n >= 0)
         return (int)n;
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
@@ -384,6 +405,7 @@ static int tls_handshake(struct px_io *io)
         px_metrics.tls_handshake_failures++;
         return PX_IO_FAILED;
     }
+    x->established = true;
     if (x->conf->role == PX_TLS_CLIENT && io->has_addr)
         cache_store(&io->addr, &x->ssl);
     px_metrics.tls_handshakes++;
@@ -395,11 +417,23 @@ static int tls_handshake(struct px_io *io)
 static ssize_t tls_read(struct px_io *io, struct evbuffer *in, size_t max)
 {
     struct tls_xprt *x = io->xprt;
+    /* mbedtls_ssl_read would run the handshake itself, without check_peer */
+    if (!x->established) {
+        snprintf(x->err, sizeof(x->err), "TLS read before the handshake finished");
+        errno = EPROTO;
+        return PX_IO_FAILED;
+    }
     struct evbuffer_iovec v;
     if (evbuffer_reserve_space(in, (ev_ssize_t)max, &v, 1) != 1)
         return PX_IO_FAILED;
     size_t cap = v.iov_len < max ? v.iov_len : max;
-    int r = mbedtls_ssl_read(&x->ssl, v.iov_base, cap);
+    int r;
+    /* a record that carried no application data (an alert, a ticket) ends in
+     * WANT_READ: records read ahead behind it would wait for a socket event
+     * that never comes. Each turn consumes a record, so this ends. */
+    do
+        r = mbedtls_ssl_read(&x->ssl, v.iov_base, cap);
+    while (r == MBEDTLS_ERR_SSL_WANT_READ && x->pre != NULL && evbuffer_get_length(x->pre) > 0);
     if (r <= 0) {
         evbuffer_commit_space(in, &v, 0);
         if (r == 0 || r == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY)
@@ -420,6 +454,11 @@ static ssize_t tls_write(struct px_io *io, struct evbuffer *out)
 {
     struct tls_xprt *x = io->xprt;
     ssize_t total = 0;
+    if (!x->established) {
+        snprintf(x->err, sizeof(x->err), "TLS write before the handshake finished");
+        errno = EPROTO;
+        return PX_IO_FAILED;
+    }
     while (evbuffer_get_length(out) > 0) {
         size_t n = x->write_pending;
         if (n == 0) {
@@ -446,10 +485,16 @@ static ssize_t tls_write(struct px_io *io, struct evbuffer *out)
     return total;
 }
 
+/* Decrypted bytes inside mbedTLS, or records read ahead: no socket event
+ * will announce either. (A partial record read ahead is handed to mbedTLS by
+ * the next read, which then waits for the socket.) */
 static size_t tls_pending(struct px_io *io)
 {
     struct tls_xprt *x = io->xprt;
-    return mbedtls_ssl_get_bytes_avail(&x->ssl);
+    if (!x->established)
+        return 0; /* the ClientHello waiting in x->pre is the handshake's */
+    return mbedtls_ssl_get_bytes_avail(&x->ssl) +
+           (x->pre != NULL ? evbuffer_get_length(x->pre) : 0);
 }
 
 static void tls_shutdown(struct px_io *io)
