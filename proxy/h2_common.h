@@ -56,7 +56,7 @@ struct px_h2_session {
     struct event *head_timer; /* server: a request head unfinished after header_timeout_ms */
     struct cm_list streams;   /* px_h2_stream of this session */
     uint32_t nstreams;
-    uint32_t norphans; /* client: streams flagged orphan since the last defer walk */
+    uint32_t norphans;        /* client: streams flagged orphan since the last defer walk */
     bool close_when_flushed;  /* nghttp2 is done: close once the output is written */
     bool got_settings;        /* client: the upstream's first SETTINGS arrived */
     enum px_cause fail_cause; /* client: what the remaining streams are told */

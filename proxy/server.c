@@ -43,7 +43,7 @@ static void on_gc(evutil_socket_t fd, short what, void *arg)
  * mTLS connections closed, RSS stayed at 45 MB. Once a second, when the heap's
  * free bytes grew by more than TRIM_STEP since the last trim, malloc_trim
  * hands the free pages back. The check (mallinfo2) costs a few us. */
-#define TRIM_STEP (1u << 20)
+#define TRIM_STEP        (1u << 20)
 #define TRIM_INTERVAL_MS 1000
 
 static void on_trim(evutil_socket_t fd, short what, void *arg)

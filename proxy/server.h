@@ -30,8 +30,8 @@ struct px_server {
     uint64_t drain_deadline_ms;
     struct event *sig_term, *sig_int, *sig_hup;
     struct px_admin *admin;
-    FILE *access_log;    /* JSON lines, or NULL */
-    struct event *gc_ev; /* frees closed streams/connections on the next loop turn */
+    FILE *access_log;      /* JSON lines, or NULL */
+    struct event *gc_ev;   /* frees closed streams/connections on the next loop turn */
     struct event *trim_ev; /* gives freed heap back to the kernel (see on_trim) */
     size_t trim_free_base; /* the heap's free bytes after the last trim */
     struct cm_list gc_streams;
