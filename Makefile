@@ -147,12 +147,15 @@ $(BUILD)/fuzz-bin/%: $(OBJ)/test/fuzz/%.o $(ALL_LIBS)
 # ---- perf/ benchmark tools (issue 9; not part of `all` nor `make test`) -----------
 # perf-micro: policy decision and LB pick cost, linked against the proxy archive.
 # perf-load: fixed-rate HTTP/1.1 + h2c load generator (latency from the intended send time).
-PERF_BINS = $(BUILD)/perf-micro $(BUILD)/perf-load
+# perf-floor: a proxy that only moves bytes, the CPU floor under every HTTP proxy (perf/floor.c).
+PERF_BINS = $(BUILD)/perf-micro $(BUILD)/perf-load $(BUILD)/perf-floor
 perf-bins: $(PERF_BINS)
 $(BUILD)/perf-micro: $(call obj,perf/micro.c) $(LIB_PROXY) $(LIB_CERTS) $(LIB_COMMON) $(LIB_LLHTTP)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(PROXY_LIBS)
 $(BUILD)/perf-load: $(call obj,perf/loadgen.c) $(LIB_LLHTTP)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ -levent -lnghttp2
+$(BUILD)/perf-floor: $(call obj,perf/floor.c)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^
 # ---- end of perf/ tools -------------------------------------------------------
 
 # Policy decision cost by policy shape and size (issue 5; perf/policy_bench.c, docs/policy.md).

@@ -34,7 +34,7 @@
 # Knobs: BENCH_QUICK, BENCH_ONLY (sections), BENCH_DURATION (s, saturation runs),
 # BENCH_RATE_DURATION (s, fixed-rate runs), BENCH_REPS, BENCH_CONNS (64), BENCH_STREAMS
 # (h2load -m, 10), BENCH_RATES ("1000 5000"), BENCH_RATE_CONNS (100), BENCH_PEERS
-# ("direct remora haproxy nginx"), BENCH_BODY_RATE (curl --limit-rate for the 30 MB body,
+# ("direct remora haproxy nginx floor"), BENCH_BODY_RATE (curl --limit-rate for the 30 MB body,
 # 100M), BENCH_BIG_BYTES (1 GiB; 256 MiB when quick), BENCH_BIG_RATE (500M),
 # BENCH_IDLE_CONNS (1000), REMORA_PROXY (binary; build/remora-proxy).
 set -uo pipefail
@@ -62,7 +62,7 @@ CONNS=${BENCH_CONNS:-64}
 STREAMS=${BENCH_STREAMS:-10}
 BODY_RATE=${BENCH_BODY_RATE:-100M}
 BODY_BYTES=31457280
-read -r -a PEERS <<<"${BENCH_PEERS:-direct remora haproxy nginx}"
+read -r -a PEERS <<<"${BENCH_PEERS:-direct remora haproxy nginx floor}"
 PROXY_BIN=${REMORA_PROXY:-$ROOT/build/remora-proxy}
 LOAD_CPU=0 PROXY_CPU=1
 if (($(nproc) < 2)); then
@@ -78,6 +78,7 @@ BUILD_DIR=$(dirname "$PROXY_BIN")
 PERF_LOAD=$BUILD_DIR/perf-load PERF_MICRO=$BUILD_DIR/perf-micro CERTS_BIN=$BUILD_DIR/remora-certs
 # shellcheck disable=SC2034
 UPSTREAM_BIN=$BUILD_DIR/test-upstream
+FLOOR_BIN=$BUILD_DIR/perf-floor
 # always through make: perf-micro links the proxy archive, which changes under us
 if ! make --no-print-directory BUILD="$BUILD_DIR" perf-bins >/dev/null; then
     [[ -x $PERF_LOAD && -x $PERF_MICRO ]] ||
@@ -151,6 +152,22 @@ start_haproxy() {
     wait_port "$port" && wait_port "$h2"
 }
 
+# floor: perf/floor.c, a proxy that only moves bytes (HTTP/1.1 only): the CPU per request the
+# kernel's TCP stack charges any proxy for the two hops, i.e. the floor under the others.
+start_floor() {
+    local port
+    if [[ ! -x $FLOOR_BIN ]]; then
+        NOTE[floor]="no $FLOOR_BIN (make perf-bins)"
+        return 1
+    fi
+    port=$(free_port)
+    bench_start floor $PROXY_CPU "$FLOOR_BIN" "$port" "$UP_PORT"
+    PID[floor]=$LASTPID
+    URL_H1[floor]=http://127.0.0.1:$port/
+    URL_H2[floor]=
+    wait_port "$port"
+}
+
 start_nginx() {
     local port h2
     port=$(free_port) h2=$(free_port)
@@ -179,7 +196,7 @@ for peer in "${PEERS[@]}"; do
         URL_H1[direct]=http://127.0.0.1:$UP_PORT/
         URL_H2[direct]=http://127.0.0.1:$UP_H2_PORT/
         ;;
-    remora | haproxy | nginx)
+    remora | haproxy | nginx | floor)
         if ! "start_$peer"; then
             NOTE[$peer]=${NOTE[$peer]:-"did not start (see raw/$peer.log)"}
             log "$peer: ${NOTE[$peer]}"
@@ -193,7 +210,7 @@ for peer in "${PEERS[@]}"; do
         log "$peer: ${NOTE[$peer]}"
         URL_H1[$peer]=
     fi
-    if ! smoke "${URL_H2[$peer]}" --http2-prior-knowledge; then
+    if [[ $peer != floor ]] && ! smoke "${URL_H2[$peer]}" --http2-prior-knowledge; then
         NOTE[$peer]="${NOTE[$peer]:+${NOTE[$peer]}; }h2c smoke request failed"
         log "$peer: h2c smoke request failed"
         URL_H2[$peer]=

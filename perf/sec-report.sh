@@ -24,6 +24,12 @@ report_targets() {
     r1=$(calc 'a / b' a="${M[h1,remora,cpu]:--}" b="${M[h1,haproxy,cpu]:--}")
     r2=$(calc 'a / b' a="${M[h2,remora,cpu]:--}" b="${M[h2,haproxy,cpu]:--}")
     echo "| CPU per request <= 0.8x haproxy (HTTP/1.1, saturation) | $(fmt2 "$r1")x (${M[h1,remora,cpu]:--} vs ${M[h1,haproxy,cpu]:--} us); h2c $(fmt2 "$r2")x | $(verdict 'r <= 0.8' r="$r1") |"
+    if [[ -n ${M[h1,floor,cpu]:-} ]]; then
+        # perf/floor.c moves bytes and nothing else: no HTTP proxy on the same sockets and
+        # system calls can spend less, so a target below it cannot be met on this kernel
+        r2=$(calc 'a / b' a="${M[h1,floor,cpu]}" b="${M[h1,haproxy,cpu]:--}")
+        echo "| (the floor under it: perf-floor, a proxy that only moves bytes, HTTP/1.1) | $(fmt2 "$r2")x haproxy (${M[h1,floor,cpu]} us); remora spends $(fmt2 "$(calc 'a / b' a="${M[h1,remora,cpu]:--}" b="${M[h1,floor,cpu]}")")x the floor | $(verdict 'r <= 0.8' r="$r2") for the floor itself |"
+    fi
     # Throughput: the best repetition of each peer (interference on a shared machine only
     # ever lowers req/s; the medians are in the tables), and the medians' ratio beside it.
     local proto_name
@@ -86,8 +92,11 @@ report_targets() {
         echo "| resumed handshakes used between sidecars | $r2 of $r1 new A -> B connections resumed; resumed handshake p50 $(ms "${TLSR[remora,resumed,p50]:--}") ms, $(fmt0 "${TLSR[remora,resumed,cpu]:--}") us of server CPU | $(verdict 'h > 1 && r >= h - 1' h="$r1" r="$r2") |"
     fi
     if want injector && [[ -s $OUT/injector.md ]]; then
-        v=$(inj_row 'fresh TLS \(ec\), sequential curl' 4)
-        echo "| injector: p99 < 2 ms per review with a fresh TLS connection | $v ms (sequential curl, ECDSA key) | $(verdict 'v < 2' v="$v") |"
+        # as the API server sees it: one client process, a new TCP + TLS connection per
+        # review (a curl per review also times curl's own start-up: shown beside it)
+        v=$(inj_row 'fresh TLS \(ec\), one client process' 4)
+        r1=$(inj_row 'fresh TLS \(ec\), sequential curl' 4)
+        echo "| injector: p99 < 2 ms per review with a fresh TLS connection | $v ms (one client process, a new connection per review, ECDSA key; a curl process per review: $r1 ms) | $(verdict 'v < 2' v="$v") |"
         v=$(grep -E '^\| *keep-alive' "$OUT/injector.md" | awk -F'|' '{gsub(/ /, "", $3); if ($3 + 0 > m) m = $3 + 0} END {print (m ? m : "-")}')
         r1=$(grep -E '^\| *keep-alive' "$OUT/injector.md" | awk -F'|' '{gsub(/ /, "", $7); if ($7 + 0 > m) m = $7 + 0} END {print (m ? m : "-")}')
         echo "| injector: > 5,000 reviews/s keep-alive | best $v reviews/s wall clock; $r1/s on a dedicated core from its CPU per review | $(verdict 'v > 5000' v="$v") |"
