@@ -90,24 +90,34 @@ static void op_send_head(struct px_stream *s)
     struct evbuffer *out = px_io_output(u->io);
     const struct px_msg *r = &s->req;
     u->head_req = strcmp(r->method, "HEAD") == 0;
-    evbuffer_add_printf(out, "%s %s HTTP/1.1\r\n", r->method, r->path ? r->path : "/");
-    if (r->authority != NULL) {
-        evbuffer_add_printf(out, "host: %s\r\n", r->authority);
-    } else {
-        const struct px_hdr *host = px_msg_find(r, "host");
-        char a[CM_ADDR_STRLEN];
-        evbuffer_add_printf(out, "host: %s\r\n",
-                            host ? host->value : cm_addr_format(&u->addr, a, sizeof(a)));
+    const char *path = r->path ? r->path : "/";
+    const char *host = r->authority;
+    char a[CM_ADDR_STRLEN];
+    if (host == NULL) {
+        const struct px_hdr *h = px_msg_find(r, "host");
+        host = h ? h->value : cm_addr_format(&u->addr, a, sizeof(a));
     }
-    px_h1_write_headers(out, r);
+    struct px_h1_head w;
+    px_h1_head_begin(&w, out,
+                     strlen(r->method) + strlen(path) + strlen(host) + px_h1_headers_size(r) + 96);
+    px_h1_put_str(&w, r->method);
+    px_h1_put(&w, " ", 1);
+    px_h1_put_str(&w, path);
+    px_h1_put(&w, " HTTP/1.1\r\nhost: ", 17);
+    px_h1_put_str(&w, host);
+    px_h1_put(&w, "\r\n", 2);
+    px_h1_put_headers(&w, r);
     u->req_chunked = false;
     if (r->content_length >= 0) {
-        evbuffer_add_printf(out, "content-length: %lld\r\n", (long long)r->content_length);
+        px_h1_put(&w, "content-length: ", 16);
+        px_h1_put_u64(&w, (uint64_t)r->content_length);
+        px_h1_put(&w, "\r\n", 2);
     } else if (!r->end_stream) {
-        evbuffer_add(out, "transfer-encoding: chunked\r\n", 28);
+        px_h1_put(&w, "transfer-encoding: chunked\r\n", 28);
         u->req_chunked = true;
     }
-    evbuffer_add(out, "\r\n", 2);
+    px_h1_put(&w, "\r\n", 2);
+    px_h1_head_end(&w);
     u->replayable = r->end_stream;
 }
 

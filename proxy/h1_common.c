@@ -54,30 +54,103 @@ int px_h1_acc_take_header(struct h1_acc *a, struct px_arena *arena, struct px_ms
     return 0;
 }
 
+/* Names are lower case and NUL-terminated (http.c). */
 static bool skip_header(const struct px_hdr *h)
 {
-    return strcmp(h->name, "content-length") == 0 || strcmp(h->name, "transfer-encoding") == 0 ||
-           strcmp(h->name, "host") == 0 || strcmp(h->name, "connection") == 0;
+    switch (h->namelen) {
+    case 4:
+        return memcmp(h->name, "host", 4) == 0;
+    case 10:
+        return memcmp(h->name, "connection", 10) == 0;
+    case 14:
+        return memcmp(h->name, "content-length", 14) == 0;
+    case 17:
+        return memcmp(h->name, "transfer-encoding", 17) == 0;
+    default:
+        return false;
+    }
 }
 
-void px_h1_write_headers(struct evbuffer *out, const struct px_msg *m)
+size_t px_h1_headers_size(const struct px_msg *m)
+{
+    size_t n = 0;
+    for (uint32_t i = 0; i < m->nhdrs; i++)
+        n += (size_t)m->hdrs[i].namelen + m->hdrs[i].valuelen + 4;
+    return n;
+}
+
+void px_h1_head_begin(struct px_h1_head *w, struct evbuffer *out, size_t need)
+{
+    w->out = out;
+    w->p = w->end = NULL;
+    if (evbuffer_reserve_space(out, (ev_ssize_t)need, &w->v, 1) == 1) {
+        w->p = w->v.iov_base;
+        w->end = w->p + w->v.iov_len;
+    }
+}
+
+void px_h1_put(struct px_h1_head *w, const char *s, size_t n)
+{
+    if (w->p != NULL && (size_t)(w->end - w->p) >= n) {
+        memcpy(w->p, s, n);
+        w->p += n;
+        return;
+    }
+    if (w->p != NULL)
+        px_h1_head_end(w); /* `need` was short: the rest goes piece by piece */
+    evbuffer_add(w->out, s, n);
+}
+
+void px_h1_put_str(struct px_h1_head *w, const char *s)
+{
+    px_h1_put(w, s, strlen(s));
+}
+
+void px_h1_put_u64(struct px_h1_head *w, uint64_t v)
+{
+    char d[20];
+    size_t i = sizeof(d);
+    do
+        d[--i] = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    px_h1_put(w, d + i, sizeof(d) - i);
+}
+
+void px_h1_put_headers(struct px_h1_head *w, const struct px_msg *m)
 {
     for (uint32_t i = 0; i < m->nhdrs; i++) {
         const struct px_hdr *h = &m->hdrs[i];
         if (skip_header(h))
             continue;
-        evbuffer_add(out, h->name, h->namelen);
-        evbuffer_add(out, ": ", 2);
-        evbuffer_add(out, h->value, h->valuelen);
-        evbuffer_add(out, "\r\n", 2);
+        px_h1_put(w, h->name, h->namelen);
+        px_h1_put(w, ": ", 2);
+        px_h1_put(w, h->value, h->valuelen);
+        px_h1_put(w, "\r\n", 2);
     }
+}
+
+void px_h1_head_end(struct px_h1_head *w)
+{
+    if (w->p == NULL)
+        return;
+    w->v.iov_len = (size_t)(w->p - (char *)w->v.iov_base);
+    evbuffer_commit_space(w->out, &w->v, 1);
+    w->p = w->end = NULL;
 }
 
 void px_h1_write_chunk(struct evbuffer *out, const uint8_t *data, size_t len)
 {
     if (len == 0)
         return; /* a zero-size chunk would end the body */
-    evbuffer_add_printf(out, "%zx\r\n", len);
+    char hex[2 * sizeof(size_t) + 2];
+    size_t i = sizeof(hex);
+    hex[--i] = '\n';
+    hex[--i] = '\r';
+    size_t v = len;
+    do
+        hex[--i] = "0123456789abcdef"[v & 15];
+    while ((v >>= 4) != 0);
+    evbuffer_add(out, hex + i, sizeof(hex) - i);
     evbuffer_add(out, data, len);
     evbuffer_add(out, "\r\n", 2);
 }

@@ -30,9 +30,26 @@ bool px_h1_acc_append(struct h1_acc *a, const char *at, size_t len, size_t max);
 int px_h1_acc_take_header(struct h1_acc *a, struct px_arena *arena, struct px_msg *m,
                           uint32_t max_bytes, uint32_t max_count);
 
-/* Write a head's header list (skipping framing headers the codec writes
- * itself: content-length, transfer-encoding, host, connection). */
-void px_h1_write_headers(struct evbuffer *out, const struct px_msg *m);
+/* A message head written into one extent reserved in the output evbuffer:
+ * one reserve + commit per head instead of an evbuffer_add (each running the
+ * buffer's callbacks) per piece, and no printf. `need` is an upper bound; if
+ * it was short, the rest goes through evbuffer_add, so it is never wrong. */
+struct px_h1_head {
+    struct evbuffer *out;
+    struct evbuffer_iovec v;
+    char *p, *end; /* NULL: writing straight to out */
+};
+
+/* Bytes px_h1_put_headers writes for m. */
+size_t px_h1_headers_size(const struct px_msg *m);
+void px_h1_head_begin(struct px_h1_head *w, struct evbuffer *out, size_t need);
+void px_h1_put(struct px_h1_head *w, const char *s, size_t n);
+void px_h1_put_str(struct px_h1_head *w, const char *s);
+void px_h1_put_u64(struct px_h1_head *w, uint64_t v);
+/* The header list, skipping the framing headers the codec writes itself:
+ * content-length, transfer-encoding, host, connection. */
+void px_h1_put_headers(struct px_h1_head *w, const struct px_msg *m);
+void px_h1_head_end(struct px_h1_head *w);
 
 /* Body framing helpers. */
 void px_h1_write_chunk(struct evbuffer *out, const uint8_t *data, size_t len);

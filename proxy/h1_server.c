@@ -96,26 +96,38 @@ static void op_send_head(struct px_stream *s)
     if (px_srv->draining)
         h->keep_alive = false;
 
-    evbuffer_add_printf(out, "HTTP/1.%d %d %s\r\n", minor ? 1 : 0, r->status,
-                        px_http_reason(r->status));
-    px_h1_write_headers(out, r);
+    const char *reason = px_http_reason(r->status);
+    struct px_h1_head w;
+    px_h1_head_begin(&w, out, strlen(reason) + px_h1_headers_size(r) + 128);
+    px_h1_put(&w, minor ? "HTTP/1.1 " : "HTTP/1.0 ", 9);
+    px_h1_put_u64(&w, (uint64_t)(r->status >= 0 ? r->status : 0));
+    px_h1_put(&w, " ", 1);
+    px_h1_put_str(&w, reason);
+    px_h1_put(&w, "\r\n", 2);
+    px_h1_put_headers(&w, r);
     h->chunked = false;
-    if (no_body) {
-        if (r->content_length >= 0 && r->status != 204 && r->status != 304)
-            evbuffer_add_printf(out, "content-length: %lld\r\n", (long long)r->content_length);
-    } else if (r->content_length >= 0) {
-        evbuffer_add_printf(out, "content-length: %lld\r\n", (long long)r->content_length);
-    } else if (minor >= 1) {
-        evbuffer_add(out, "transfer-encoding: chunked\r\n", 28);
+    bool length = false;
+    if (no_body)
+        length = r->content_length >= 0 && r->status != 204 && r->status != 304;
+    else if (r->content_length >= 0)
+        length = true;
+    else if (minor >= 1) {
+        px_h1_put(&w, "transfer-encoding: chunked\r\n", 28);
         h->chunked = true;
     } else {
         h->keep_alive = false; /* HTTP/1.0: the body ends with the connection */
     }
+    if (length) {
+        px_h1_put(&w, "content-length: ", 16);
+        px_h1_put_u64(&w, (uint64_t)r->content_length);
+        px_h1_put(&w, "\r\n", 2);
+    }
     if (!h->keep_alive)
-        evbuffer_add(out, "connection: close\r\n", 19);
+        px_h1_put(&w, "connection: close\r\n", 19);
     else if (minor == 0)
-        evbuffer_add(out, "connection: keep-alive\r\n", 24);
-    evbuffer_add(out, "\r\n", 2);
+        px_h1_put(&w, "connection: keep-alive\r\n", 24);
+    px_h1_put(&w, "\r\n", 2);
+    px_h1_head_end(&w);
 }
 
 static void op_send_data(struct px_stream *s, const uint8_t *data, size_t len)

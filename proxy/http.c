@@ -113,10 +113,18 @@ int px_msg_add(struct px_arena *a, struct px_msg *m, const char *name, size_t na
     return 0;
 }
 
+/* h's name is the lower-case `name` of length n (namelen always equals the
+ * name's strlen, so the length settles most comparisons). */
+static bool name_is(const struct px_hdr *h, const char *name, size_t n)
+{
+    return h->namelen == n && memcmp(h->name, name, n) == 0;
+}
+
 const struct px_hdr *px_msg_find(const struct px_msg *m, const char *name)
 {
+    size_t n = strlen(name);
     for (uint32_t i = 0; i < m->nhdrs; i++)
-        if (strcmp(m->hdrs[i].name, name) == 0)
+        if (name_is(&m->hdrs[i], name, n))
             return &m->hdrs[i];
     return NULL;
 }
@@ -125,8 +133,9 @@ int px_msg_remove(struct px_msg *m, const char *name)
 {
     uint32_t o = 0;
     int removed = 0;
+    size_t n = strlen(name);
     for (uint32_t i = 0; i < m->nhdrs; i++) {
-        if (strcmp(m->hdrs[i].name, name) == 0) {
+        if (name_is(&m->hdrs[i], name, n)) {
             removed++;
             continue;
         }
@@ -200,22 +209,29 @@ void px_msg_strip_hop_by_hop(struct px_msg *m, bool keep_te_trailers)
      * over several fields. */
     bool trailers = false;
     for (uint32_t i = 0; keep_te_trailers && i < m->nhdrs; i++)
-        if (strcmp(m->hdrs[i].name, "te") == 0 &&
+        if (name_is(&m->hdrs[i], "te", 2) &&
             px_hdr_has_token(m->hdrs[i].value, m->hdrs[i].valuelen, "trailers"))
             trailers = true;
     /* Mark first, compact once: every Connection field counts, whatever
      * it names (even other Connection fields). */
-    for (uint32_t i = 0; i < m->nhdrs; i++)
+    for (uint32_t i = 0; i < m->nhdrs; i++) /* by name: marking may have set namelen */
         if (strcmp(m->hdrs[i].name, "connection") == 0)
             mark_connection_tokens(m, m->hdrs[i].value, m->hdrs[i].valuelen);
-    static const char *const hop[] = {
-        "connection",     "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
-        "http2-settings", "te"};
+    static const struct {
+        const char *name;
+        size_t len;
+    } hop[] = {{"connection", 10},
+               {"keep-alive", 10},
+               {"proxy-connection", 16},
+               {"transfer-encoding", 17},
+               {"upgrade", 7},
+               {"http2-settings", 14},
+               {"te", 2}};
     uint32_t o = 0;
     for (uint32_t i = 0; i < m->nhdrs; i++) {
         bool drop = m->hdrs[i].namelen == DROP;
         for (size_t k = 0; !drop && k < sizeof(hop) / sizeof(hop[0]); k++)
-            drop = strcmp(m->hdrs[i].name, hop[k]) == 0;
+            drop = name_is(&m->hdrs[i], hop[k].name, hop[k].len);
         if (!drop)
             m->hdrs[o++] = m->hdrs[i];
     }
@@ -231,12 +247,21 @@ void px_msg_strip_hop_by_hop(struct px_msg *m, bool keep_te_trailers)
     }
 }
 
-/* RFC 9110 tchar */
+/* RFC 9110 tchar, as two bitmaps: characters 0-63 and 64-127 */
+#define BIT(c) (1ULL << ((unsigned)(c)&63))
+static const uint64_t tchar_lo = BIT('!') | BIT('#') | BIT('$') | BIT('%') | BIT('&') | BIT('\'') |
+                                 BIT('*') | BIT('+') | BIT('-') | BIT('.') | (0x3ffULL << '0');
+static const uint64_t tchar_hi = (0x3ffffffULL << ('A' - 64)) | (0x3ffffffULL << ('a' - 64)) |
+                                 BIT('^') | BIT('_') | BIT('`') | BIT('|') | BIT('~');
+#undef BIT
+
 static bool is_tchar(unsigned char c)
 {
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-        return true;
-    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+    if (c < 64)
+        return (tchar_lo >> c) & 1;
+    if (c < 128)
+        return (tchar_hi >> (c - 64)) & 1;
+    return false;
 }
 
 bool px_http_valid_name(const char *s, size_t len)
@@ -251,13 +276,10 @@ bool px_http_valid_name(const char *s, size_t len)
 
 bool px_http_valid_value(const char *s, size_t len)
 {
+    /* no control characters but HTAB (CR, LF and NUL among them), no DEL */
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c == '\r' || c == '\n' || c == '\0')
-            return false;
-        if (c < 0x20 && c != '\t')
-            return false;
-        if (c == 0x7f)
+        if (c < 0x20 ? c != '\t' : c == 0x7f)
             return false;
     }
     return true;
