@@ -126,7 +126,8 @@ static void on_accept(int lfd, int up_port)
             return;
         /* a blocking connect on loopback returns at once; then non-blocking */
         int u = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        struct sockaddr_in up = {.sin_family = AF_INET, .sin_port = htons((uint16_t)up_port),
+        struct sockaddr_in up = {.sin_family = AF_INET,
+                                 .sin_port = htons((uint16_t)up_port),
                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
         if (u < 0 || connect(u, (struct sockaddr *)&up, sizeof(up)) != 0) {
             perror("connect to the upstream");
@@ -159,8 +160,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: perf-floor LISTEN_PORT UPSTREAM_PORT\n");
         return 2;
     }
-    int port = atoi(argv[1]), up_port = atoi(argv[2]);
-    if (port <= 0 || port > 65535 || up_port <= 0 || up_port > 65535) {
+    char *e1, *e2;
+    long port = strtol(argv[1], &e1, 10), up_port = strtol(argv[2], &e2, 10);
+    if (*e1 != '\0' || *e2 != '\0' || port <= 0 || port > 65535 || up_port <= 0 ||
+        up_port > 65535) {
         fprintf(stderr, "perf-floor: bad port\n");
         return 2;
     }
@@ -168,7 +171,8 @@ int main(int argc, char **argv)
     int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     if (lfd < 0 || bind(lfd, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(lfd, 4096) != 0) {
         perror("perf-floor: listen");
@@ -182,7 +186,7 @@ int main(int argc, char **argv)
         int n = epoll_wait(ep, evs, MAX_EVENTS, -1);
         for (int i = 0; i < n; i++) {
             if (evs[i].data.ptr == NULL)
-                on_accept(lfd, up_port);
+                on_accept(lfd, (int)up_port);
             else
                 on_event(evs[i].data.ptr, evs[i].events);
         }
