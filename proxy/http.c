@@ -202,6 +202,27 @@ static void mark_connection_tokens(struct px_msg *m, const char *value, size_t l
     }
 }
 
+/* The fixed hop-by-hop list (RFC 9110 7.6.1, RFC 9113 8.2.2), by length first. */
+static bool is_hop_by_hop(const struct px_hdr *h)
+{
+    switch (h->namelen) {
+    case 2:
+        return memcmp(h->name, "te", 2) == 0;
+    case 7:
+        return memcmp(h->name, "upgrade", 7) == 0;
+    case 10:
+        return memcmp(h->name, "connection", 10) == 0 || memcmp(h->name, "keep-alive", 10) == 0;
+    case 14:
+        return memcmp(h->name, "http2-settings", 14) == 0;
+    case 16:
+        return memcmp(h->name, "proxy-connection", 16) == 0;
+    case 17:
+        return memcmp(h->name, "transfer-encoding", 17) == 0;
+    default:
+        return false;
+    }
+}
+
 void px_msg_strip_hop_by_hop(struct px_msg *m, bool keep_te_trailers)
 {
     /* TE: trailers survives toward HTTP/2 even when Connection lists TE
@@ -217,21 +238,9 @@ void px_msg_strip_hop_by_hop(struct px_msg *m, bool keep_te_trailers)
     for (uint32_t i = 0; i < m->nhdrs; i++) /* by name: marking may have set namelen */
         if (strcmp(m->hdrs[i].name, "connection") == 0)
             mark_connection_tokens(m, m->hdrs[i].value, m->hdrs[i].valuelen);
-    static const struct {
-        const char *name;
-        size_t len;
-    } hop[] = {{"connection", 10},
-               {"keep-alive", 10},
-               {"proxy-connection", 16},
-               {"transfer-encoding", 17},
-               {"upgrade", 7},
-               {"http2-settings", 14},
-               {"te", 2}};
     uint32_t o = 0;
     for (uint32_t i = 0; i < m->nhdrs; i++) {
-        bool drop = m->hdrs[i].namelen == DROP;
-        for (size_t k = 0; !drop && k < sizeof(hop) / sizeof(hop[0]); k++)
-            drop = name_is(&m->hdrs[i], hop[k].name, hop[k].len);
+        bool drop = m->hdrs[i].namelen == DROP || is_hop_by_hop(&m->hdrs[i]);
         if (!drop)
             m->hdrs[o++] = m->hdrs[i];
     }
@@ -257,11 +266,11 @@ static const uint64_t tchar_hi = (0x3ffffffULL << ('A' - 64)) | (0x3ffffffULL <<
 
 static bool is_tchar(unsigned char c)
 {
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return true;
     if (c < 64)
         return (tchar_lo >> c) & 1;
-    if (c < 128)
-        return (tchar_hi >> (c - 64)) & 1;
-    return false;
+    return c < 128 && ((tchar_hi >> (c - 64)) & 1);
 }
 
 bool px_http_valid_name(const char *s, size_t len)
