@@ -35,17 +35,17 @@ struct h1s {
     enum h1s_state state;
     struct px_stream *s; /* the current exchange, or NULL */
     struct h1_acc acc;
-    struct event *timer; /* idle / header deadline */
-    struct event *kick;  /* re-run the parser from the event loop */
-    int err_status;      /* status for a parse error we raise ourselves */
-    bool keep_alive;     /* this response may leave the connection open */
-    bool chunked;        /* response body chunked toward the client */
-    bool head_req;       /* HEAD: no response body */
-    bool resp_done;      /* response fully queued */
-    bool req_done;       /* request fully read */
-    bool parser_paused;  /* llhttp returned HPE_PAUSED, resume before executing */
-    bool body_paused;    /* paused for backpressure */
-    bool peer_eof;       /* the client half-closed */
+    struct px_timer timer; /* idle / header deadline */
+    struct event *kick;    /* re-run the parser from the event loop */
+    int err_status;        /* status for a parse error we raise ourselves */
+    bool keep_alive;       /* this response may leave the connection open */
+    bool chunked;          /* response body chunked toward the client */
+    bool head_req;         /* HEAD: no response body */
+    bool resp_done;        /* response fully queued */
+    bool req_done;         /* request fully read */
+    bool parser_paused;    /* llhttp returned HPE_PAUSED, resume before executing */
+    bool body_paused;      /* paused for backpressure */
+    bool peer_eof;         /* the client half-closed */
     bool freeing;
     struct cm_list link;
 };
@@ -64,8 +64,7 @@ static const struct px_limits *limits(void)
 
 static void arm_timer(struct h1s *h, uint32_t ms)
 {
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    evtimer_add(h->timer, &tv);
+    px_timer_set(&h->timer, ms);
 }
 
 static void kick(struct h1s *h)
@@ -297,7 +296,7 @@ static int on_headers_complete(llhttp_t *p)
     struct h1s *h = p->data;
     struct px_stream *s = h->s;
     struct px_msg *r = &s->req;
-    evtimer_del(h->timer);
+    px_timer_clear(&h->timer);
 
     r->method = llhttp_method_name((llhttp_method_t)p->method);
     r->http_minor = p->http_minor;
@@ -394,7 +393,7 @@ static void free_now(struct h1s *h)
         px_stream_detach(s, PX_DOWN);
     }
     cm_list_remove(&h->link);
-    event_free(h->timer);
+    px_timer_free(&h->timer);
     event_free(h->kick);
     px_h1_acc_free(&h->acc);
     px_io_free(h->io);
@@ -525,7 +524,7 @@ static void on_read(struct px_io *io, void *arg)
     struct h1s *h = arg;
     (void)io;
     if (h->state == H1S_IDLE)
-        evtimer_del(h->timer);
+        px_timer_clear(&h->timer);
     process(h);
 }
 
@@ -567,6 +566,8 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     struct h1s *h = arg;
     (void)fd;
     (void)what;
+    if (!px_timer_due(&h->timer))
+        return;
     if (h->state == H1S_HEAD) {
         px_metrics.header_timeout++;
         cm_debug("h1 conn %llu: request head not complete in time", (unsigned long long)h->c->id);
@@ -586,7 +587,7 @@ void px_h1_server_start(struct px_conn *c)
     c->handler = h;
     llhttp_init(&h->parser, HTTP_REQUEST, &settings);
     h->parser.data = h;
-    h->timer = evtimer_new(px_srv->base, on_timer, h);
+    px_timer_init(&h->timer, px_srv->base, on_timer, h);
     h->kick = event_new(px_srv->base, -1, 0, on_kick, h);
     h->state = H1S_IDLE;
     cm_list_insert_tail(&servers, &h->link);

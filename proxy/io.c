@@ -8,6 +8,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/list.h"
 #include "common/xalloc.h"
 #include "proxy/io_int.h"
@@ -219,7 +220,7 @@ static void connected(struct px_io *io)
     if (getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
         err = errno;
     io->connecting = false;
-    evtimer_del(io->timer);
+    px_timer_clear(&io->timer);
     if (err != 0) {
         fail(io, err);
         return;
@@ -259,9 +260,12 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     if (io->connect_failed) {
         io->connect_failed = false;
         io->connecting = false;
+        io->timer.armed_us = 0;
         fail(io, io->err);
         return;
     }
+    if (!px_timer_due(&io->timer))
+        return;
     report(io, PX_IO_TIMEOUT);
 }
 
@@ -393,7 +397,7 @@ static struct px_io *io_alloc(struct event_base *base, int fd)
     }
     io->rev = event_new(base, fd, EV_READ | EV_PERSIST, on_readable, io);
     io->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, on_writable, io);
-    io->timer = evtimer_new(base, on_timer, io);
+    px_timer_init(&io->timer, base, on_timer, io);
     io->read_limit = 64 * 1024;
     io->read_on = true;
     cm_list_init(&io->dirty_link);
@@ -421,7 +425,8 @@ struct px_io *px_io_connect(struct event_base *base, const struct cm_addr *addr,
         io->err = errno;
         io->connect_failed = true;
         struct timeval zero = {0, 0};
-        evtimer_add(io->timer, &zero);
+        evtimer_add(io->timer.ev, &zero); /* on_timer reports it */
+        io->timer.armed_us = cm_mono_us();
         return io;
     }
     update_events(io);
@@ -437,7 +442,7 @@ static void io_release(struct px_io *io)
         io->ops->free(io);
     event_free(io->rev);
     event_free(io->wev);
-    event_free(io->timer);
+    px_timer_free(&io->timer);
     evbuffer_free(io->in);
     evbuffer_free(io->out);
     free(io);
@@ -450,7 +455,7 @@ static void retire(struct px_io *io, bool close_fd)
     if (io->busy > 0) {
         event_del(io->rev);
         event_del(io->wev);
-        event_del(io->timer);
+        px_timer_stop(&io->timer);
         io->rev_added = io->wev_added = false;
         if (io->dirty) {
             cm_list_remove(&io->dirty_link);
@@ -534,13 +539,72 @@ void px_io_set_write_lowat(struct px_io *io, size_t lowat)
 
 void px_io_set_timeout(struct px_io *io, uint32_t ms)
 {
-    if (ms == 0) {
-        if (!io->connect_failed)
-            evtimer_del(io->timer);
-        return;
+    if (io->connect_failed)
+        return; /* the timer reports the failed connect */
+    if (ms == 0)
+        px_timer_clear(&io->timer);
+    else
+        px_timer_set(&io->timer, ms);
+}
+
+/* ---- lazy timers ---------------------------------------------------------------------- */
+
+/* libevent may run a timer a little before our clock says (it reads a coarse
+ * monotonic clock): closer than this to the deadline counts as due. */
+#define TIMER_SLACK_US 2000
+
+static void timer_arm(struct px_timer *t, uint64_t now, uint64_t us)
+{
+    struct timeval tv = {(time_t)(us / 1000000), (suseconds_t)(us % 1000000)};
+    evtimer_add(t->ev, &tv);
+    t->armed_us = now + us;
+}
+
+void px_timer_init(struct px_timer *t, struct event_base *base, event_callback_fn cb, void *arg)
+{
+    t->ev = evtimer_new(base, cb, arg);
+    t->deadline_us = t->armed_us = 0;
+}
+
+void px_timer_set(struct px_timer *t, uint32_t ms)
+{
+    uint64_t now = cm_mono_us();
+    t->deadline_us = now + (uint64_t)ms * 1000;
+    if (t->armed_us != 0 && t->armed_us <= t->deadline_us)
+        return; /* it fires first and re-arms for the rest */
+    timer_arm(t, now, (uint64_t)ms * 1000);
+}
+
+void px_timer_clear(struct px_timer *t)
+{
+    t->deadline_us = 0; /* a pending firing finds nothing to do */
+}
+
+bool px_timer_due(struct px_timer *t)
+{
+    t->armed_us = 0; /* it just fired */
+    if (t->deadline_us == 0)
+        return false;
+    uint64_t now = cm_mono_us();
+    if (now + TIMER_SLACK_US < t->deadline_us) {
+        timer_arm(t, now, t->deadline_us - now);
+        return false;
     }
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    evtimer_add(io->timer, &tv);
+    t->deadline_us = 0;
+    return true;
+}
+
+void px_timer_stop(struct px_timer *t)
+{
+    event_del(t->ev);
+    t->deadline_us = t->armed_us = 0;
+}
+
+void px_timer_free(struct px_timer *t)
+{
+    if (t->ev != NULL)
+        event_free(t->ev);
+    t->ev = NULL;
 }
 
 void px_io_shutdown_write(struct px_io *io)

@@ -73,6 +73,27 @@ void px_io_set_read_limit(struct px_io *io, size_t limit);
 void px_io_set_write_lowat(struct px_io *io, size_t lowat);
 /* One timer per io: PX_IO_TIMEOUT after ms (0 cancels). */
 void px_io_set_timeout(struct px_io *io, uint32_t ms);
+
+/* A timer re-armed lazily, for timeouts that move on every request (idle,
+ * header, pool-idle): setting or clearing it records the deadline, and the
+ * libevent timer is added only when it must fire earlier than it is armed
+ * for; a firing before the deadline re-arms for the rest. A keep-alive
+ * request then costs no event_add/event_del pair per timer. The callback
+ * must start with px_timer_due(). */
+struct px_timer {
+    struct event *ev;
+    uint64_t deadline_us; /* monotonic; 0: not set */
+    uint64_t armed_us;    /* when ev fires; 0: not pending */
+};
+void px_timer_init(struct px_timer *t, struct event_base *base, event_callback_fn cb, void *arg);
+void px_timer_set(struct px_timer *t, uint32_t ms);
+void px_timer_clear(struct px_timer *t);
+/* In the callback: true when the deadline has passed (the timer is then
+ * clear); false when it fired early (re-armed) or was cleared. */
+bool px_timer_due(struct px_timer *t);
+/* Stop it for good (the event stays allocated until px_timer_free). */
+void px_timer_stop(struct px_timer *t);
+void px_timer_free(struct px_timer *t);
 /* Half-close: shut the write side once the output is flushed. */
 void px_io_shutdown_write(struct px_io *io);
 /* Queue output (same as evbuffer_add on px_io_output): flushed at the end of

@@ -37,7 +37,8 @@ struct px_io {
     int fd;
     const struct px_io_ops *ops;
     struct evbuffer *in, *out;
-    struct event *rev, *wev, *timer;
+    struct event *rev, *wev;
+    struct px_timer timer;
     px_io_cb on_read, on_drained;
     px_io_event_cb on_event;
     void *arg;

@@ -163,6 +163,69 @@ check "access log has JSON lines" grep -q '"path":"/hello?x=1"' "$TMP/access.log
 m=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics")
 expect_match "remora_requests_total counts by listener/direction/method/code" "$m" 'remora_requests_total\{listener="in",direction="inbound",method_class="read",code="200"\} [1-9]'
 
+# -- idle timers: they move with every request (proxy/io.c lazy timers) -----------------------
+# A second proxy with short idle timeouts. A keep-alive connection that sends a request every
+# 400 ms outlives several idle_timeout_ms (900 ms) and keeps its one upstream connection; once
+# quiet, the client connection is closed after about idle_timeout_ms and the pooled upstream
+# connection after about pool_idle_timeout_ms (700 ms). Generous bounds: these check that the
+# timeouts happen and are pushed back, not how precisely.
+MAIN_ADMIN=$ADMIN_PORT
+ADMIN_PORT=$(free_port); IPORT=$(free_port)
+cat >"$TMP/idle.json" <<JSON
+{"admin": {"address": "127.0.0.1:$ADMIN_PORT"},
+ "limits": {"idle_timeout_ms": 900, "pool_idle_timeout_ms": 700},
+ "listeners": [{"name": "in", "address": "127.0.0.1:$IPORT", "direction": "inbound",
+                "upstream": "127.0.0.1:$UP_PORT", "tls": "disabled"}]}
+JSON
+MAIN_PID=$PROXY_PID
+if start_proxy idle "$TMP/idle.json"; then
+    IDLE_PID=$PROXY_PID
+    out=$(python3 - "$IPORT" "$ADMIN_PORT" <<'PY'
+import json, socket, sys, time, urllib.request
+port, admin = int(sys.argv[1]), int(sys.argv[2])
+def stats():
+    return json.load(urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats"))
+s = socket.create_connection(("127.0.0.1", port))
+s.settimeout(5)
+ok = 0
+for i in range(7):  # 2.8 s of traffic, one request every 400 ms
+    s.sendall(b"GET /t HTTP/1.1\r\nHost: a\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    n = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
+    while len(body) < n:
+        body += s.recv(65536)
+    ok += data.startswith(b"HTTP/1.1 200")
+    time.sleep(0.4)
+up_total = stats()["upstream_cx_total"]
+t0 = time.monotonic()
+closed = s.recv(1) == b""  # waits for the proxy to close the idle connection
+idle_s = time.monotonic() - t0 + 0.4
+time.sleep(1.0)
+print(ok, up_total, int(closed), round(idle_s, 2), stats()["upstream_cx_active"])
+PY
+)
+    read -r ok uptotal closed idle_s upactive <<<"$out"
+    expect_eq "idle timer: 7 requests 400 ms apart on one connection all answered" "$ok" 7
+    expect_eq "... over one pooled upstream connection (pool idle timer pushed back)" "$uptotal" 1
+    expect_eq "... then the quiet client connection is closed by the proxy" "$closed" 1
+    check "... after about idle_timeout_ms (${idle_s} s; 0.9 s configured)" \
+        python3 -c "import sys; sys.exit(not 0.6 <= float('$idle_s') <= 3.0)"
+    expect_eq "... and the pooled upstream connection after pool_idle_timeout_ms" "$upactive" 0
+    stop_pid "$IDLE_PID"
+    expect_eq "idle-timer proxy exits 0" "$STOP_RC" 0
+    check "idle-timer proxy: sanitizers clean" \
+        bash -c "! grep -q 'ERROR: AddressSanitizer\\|runtime error\\|LeakSanitizer' '$TMP/idle.log'"
+else
+    fail "idle-timer proxy did not start"
+fi
+PROXY_PID=$MAIN_PID ADMIN_PORT=$MAIN_ADMIN
+
 # -- drain on SIGTERM: the in-flight request completes, then exit 0 ---------------------------
 curl -s -o "$TMP/slow.out" -w '%{http_code}' "$U/delay/700" >"$TMP/slow.code" &
 cpid=$!
