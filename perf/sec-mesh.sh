@@ -269,7 +269,7 @@ report_mesh() {
     done
     add() { [[ $1 == - ]] && echo - || awk -v v="$1" 'BEGIN {printf "%+.3f\n", v / 1000}'; }
     echo
-    echo "## Mesh path: client -> A -> B -> app (HTTP/1.1 from the client; A to B: HTTP/2, over mTLS for *-mtls)"
+    echo "## Mesh path: client -> A -> B -> app (HTTP/1.1 from the client; A to B: HTTP/2 over mTLS for *-mtls, HTTP/1.1 for remora-plain)"
     echo
     echo "Fixed rates ($RCONNS staggered connections, $RDUR s x $REPS). Added latency is for both"
     echo "sidecars together, over \`direct\` measured in the same section. CPU per sidecar."
