@@ -4,8 +4,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "certs/pki.h"
 #include "common/log.h"
 #include "proxy/config.h"
+#include "proxy/policy.h"
+#include "proxy/routes.h"
 #include "proxy/server_run.h"
 
 #ifndef REMORA_VERSION
@@ -38,6 +41,37 @@ static int check_supported(const struct px_config *cfg)
                                                : "permissive");
             return -1;
         }
+    }
+    return 0;
+}
+
+/* --check-config also compiles the files the config points to, as the proxy
+ * would at startup (where a bad one is fatal): the policy and the routes. */
+static int check_files(const struct px_config *cfg)
+{
+    char *err = NULL;
+    if (cfg->policy_file != NULL) {
+        struct px_policy *p = NULL;
+        if (px_policy_load_file(cfg->policy_file, &p, &err) != 0) {
+            fprintf(stderr, "remora-proxy: policy_file: %s\n", err ? err : cfg->policy_file);
+            free(err);
+            return -1;
+        }
+        px_policy_free(p);
+    }
+    if (cfg->routes_file != NULL) {
+        unsigned char *buf = NULL;
+        size_t len = 0;
+        struct px_routes *r = NULL;
+        if (pki_read_file(cfg->routes_file, 16 * 1024 * 1024, &buf, &len, &err) != 0 ||
+            px_routes_parse(cfg->routes_file, (const char *)buf, len, &r, &err) != 0) {
+            fprintf(stderr, "remora-proxy: routes_file: %s\n", err ? err : cfg->routes_file);
+            free(err);
+            free(buf);
+            return -1;
+        }
+        free(buf);
+        px_routes_unref(r);
     }
     return 0;
 }
@@ -93,11 +127,12 @@ int main(int argc, char **argv)
         return 1;
     }
     if (check) {
-        if (check_supported(cfg) != 0) {
+        if (check_supported(cfg) != 0 || check_files(cfg) != 0) {
             px_config_free(cfg);
             return 1;
         }
-        printf("%s: ok (%zu listeners)\n", file, cfg->nlisteners);
+        printf("%s: ok (%zu listeners%s%s)\n", file, cfg->nlisteners,
+               cfg->policy_file ? ", policy" : "", cfg->routes_file ? ", routes" : "");
         px_config_free(cfg);
         return 0;
     }

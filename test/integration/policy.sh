@@ -124,6 +124,22 @@ cat >"$TMP/b.json" <<JSON
               "cert_file": "$D/web.pem", "key_file": "$D/web-key.pem", "bundle_file": "$D/root.pem"},
  "policy_file": "$CM/policy.json"}
 JSON
+# --check-config compiles the policy (and routes) file the config names, as startup would
+out=$("$PROXY" --check-config -c "$TMP/b.json" 2>&1)
+expect_eq "--check-config accepts B's config and its policy" "$?:$out" "0:$TMP/b.json: ok (2 listeners, policy)"
+sed "s|$CM/policy.json|$TMP/bad-policy.json|" "$TMP/b.json" >"$TMP/b-badpol.json"
+cp "$REMORA_ROOT/test/data/policy/bad-default-value.json" "$TMP/bad-policy.json"
+out=$("$PROXY" --check-config -c "$TMP/b-badpol.json" 2>&1); rc=$?
+expect_match "--check-config refuses a bad policy file, naming it (rc $rc)" "$rc:$out" "^1:remora-proxy: policy_file: .*bad-policy.json.*default"
+printf '{"listeners": [{"name": "o", "address": "127.0.0.1:1", "direction": "outbound", "tls": "disabled"}],
+ "routes_file": "%s"}' "$TMP/bad-routes.json" >"$TMP/badrt.json"
+echo '{"routes": [{"name": "r", "match": {"host": "a.local"}, "endpoints": []}]}' >"$TMP/bad-routes.json"
+out=$("$PROXY" --check-config -c "$TMP/badrt.json" 2>&1); rc=$?
+expect_match "--check-config refuses a bad routes file, naming the key (rc $rc)" "$rc:$out" "^1:remora-proxy: routes_file: .*endpoints"
+rm -f "$TMP/bad-routes.json"
+out=$("$PROXY" --check-config -c "$TMP/badrt.json" 2>&1); rc=$?
+expect_match "--check-config refuses a missing routes file (rc $rc)" "$rc:$out" "^1:remora-proxy: routes_file: .*bad-routes.json"
+
 client_cfg() { # NAME ADMIN OUT SA-FILE-PREFIX NS SA
     cat >"$TMP/$1.json" <<JSON
 {"admin": {"address": "127.0.0.1:$2"},
