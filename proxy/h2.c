@@ -325,6 +325,7 @@ void px_h2_session_destroy(struct px_h2_session *sess)
         px_h2_nclient--;
         px_metrics.upstream_cx_active--;
     }
+    free(sess->expected_id);
     free(sess);
 }
 

@@ -17,6 +17,7 @@
 #include "common/xalloc.h"
 #include "proxy/h2.h"
 #include "proxy/h2_common.h"
+#include "proxy/routes.h"
 #include "proxy/identity.h"
 #include "proxy/tls.h"
 #include "proxy/metrics.h"
@@ -419,28 +420,39 @@ static uint32_t stream_cap(const struct px_h2_session *sess)
     return cap;
 }
 
-static struct px_h2_session *pool_find(const struct cm_addr *a, bool tls)
+/* Both NULL, or the same SPIFFE ID. */
+static bool same_id(const char *a, const char *b)
+{
+    return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* The pool key: address, mTLS or not, and the identity the peer was checked
+ * against (a session verified for one identity never carries a request that
+ * expects another). */
+static struct px_h2_session *pool_find(const struct cm_addr *a, bool tls, const char *expected)
 {
     struct cm_list *pos;
     for (pos = px_h2_client_list.next; pos != &px_h2_client_list; pos = pos->next) {
         struct px_h2_session *sess = cm_container_of(pos, struct px_h2_session, link);
         if ((sess->state == PX_H2_OPEN || sess->state == PX_H2_CONNECTING) &&
             !sess->close_when_flushed && cm_addr_equal(&sess->addr, a) && sess->tls == tls &&
-            sess->nstreams < stream_cap(sess))
+            same_id(sess->expected_id, expected) && sess->nstreams < stream_cap(sess))
             return sess;
     }
     return NULL;
 }
 
-static struct px_h2_session *client_new(const struct cm_addr *a, struct px_tls_conf *tls)
+static struct px_h2_session *client_new(const struct cm_addr *a, struct px_tls_conf *tls,
+                                        const char *expected)
 {
     struct px_io *io = px_io_connect(px_srv->base, a, px_srv->cfg->limits.connect_timeout_ms);
     int err = errno;
     if (io != NULL && tls != NULL)
-        px_io_start_tls(io, tls, NULL); /* the handshake follows the connect */
+        px_io_start_tls(io, tls, expected); /* the handshake follows the connect */
     struct px_h2_session *sess = px_h2_session_new(PX_H2_CLIENT, io);
     sess->addr = *a;
     sess->tls = tls != NULL;
+    sess->expected_id = expected ? cm_xstrdup(expected) : NULL;
     /* newest first: pool_find prefers the sessions most likely to have room */
     cm_list_insert_head(&px_h2_client_list, &sess->link);
     px_h2_nclient++;
@@ -494,9 +506,10 @@ static bool resubmit(struct px_h2_stream *st)
     struct px_tls_conf *tls = NULL;
     if (s->up_tls && (tls = px_identity_client_conf()) == NULL)
         return false;
-    struct px_h2_session *sess = pool_find(&s->upstream, s->up_tls);
+    const char *expected = st->sess->expected_id; /* the same peer check */
+    struct px_h2_session *sess = pool_find(&s->upstream, s->up_tls, expected);
     if (sess == NULL || sess == st->sess)
-        sess = client_new(&s->upstream, tls);
+        sess = client_new(&s->upstream, tls, expected);
     cm_debug("h2 client session %llu stream %d: refused unprocessed, resending on session %llu",
              (unsigned long long)st->sess->id, st->id, (unsigned long long)sess->id);
     struct px_h2_stream *nst = px_h2_stream_new(sess, s);
@@ -510,6 +523,8 @@ static bool resubmit(struct px_h2_stream *st)
 void px_h2_client_attach(struct px_stream *s)
 {
     struct px_tls_conf *tls = NULL;
+    /* secure naming: the route's endpoint names the workload it must be */
+    const char *expected = s->ep != NULL ? s->ep->identity : NULL;
     if (s->up_tls) {
         tls = px_identity_client_conf();
         if (tls == NULL) {
@@ -518,12 +533,12 @@ void px_h2_client_attach(struct px_stream *s)
             return;
         }
     }
-    struct px_h2_session *sess = pool_find(&s->upstream, s->up_tls);
+    struct px_h2_session *sess = pool_find(&s->upstream, s->up_tls, expected);
     if (sess != NULL) {
         if (sess->nrequests > 0)
             px_metrics.upstream_cx_reused++;
     } else {
-        sess = client_new(&s->upstream, tls);
+        sess = client_new(&s->upstream, tls, expected);
     }
     struct px_h2_stream *st = px_h2_stream_new(sess, s);
     px_stream_attach_up(s, &client_ops, st);

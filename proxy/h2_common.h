@@ -64,6 +64,7 @@ struct px_h2_session {
     struct px_conn *conn;     /* server: the downstream connection (owned) */
     struct cm_addr addr;      /* client: upstream address (the pool key) */
     bool tls;                 /* client: mTLS to another sidecar (part of the pool key) */
+    char *expected_id;        /* client: the SPIFFE ID the peer must show (pool key), or NULL */
     uint64_t nrequests;       /* client: streams started on it */
     uint64_t id;              /* for logs */
 };

@@ -82,8 +82,10 @@ static void routes_free(struct px_routes *r)
         return;
     for (size_t i = 0; i < r->n; i++) {
         struct px_route *rt = &r->routes[i];
-        for (size_t k = 0; k < rt->neps; k++)
+        for (size_t k = 0; k < rt->neps; k++) {
             free(rt->eps[k].cluster);
+            free(rt->eps[k].identity);
+        }
         free(rt->eps);
         free(rt->lb_order);
         free(rt->name);
@@ -172,7 +174,7 @@ static int parse_route(const struct cm_jpath *p, json_t *o, struct px_route *rt,
     static const char *const rkeys[] = {"attempts",       "per_try_timeout_ms", "on",
                                         "budget_percent", "backoff_base_ms",    NULL};
     static const char *const okeys[] = {"consecutive_failures", "base_ejection_ms", NULL};
-    static const char *const ekeys[] = {"address", "cluster", "weight", NULL};
+    static const char *const ekeys[] = {"address", "cluster", "weight", "identity", NULL};
     struct cm_jpath c;
     if (!json_is_object(o))
         return cm_json_fail(p, errmsg, "expected an object");
@@ -274,15 +276,31 @@ static int parse_route(const struct cm_jpath *p, json_t *o, struct px_route *rt,
         struct cm_jpath e;
         cm_jpath_index(&e, &c, i);
         json_t *eo = json_array_get(eps, i);
-        const char *ea = NULL, *cl = NULL;
+        const char *ea = NULL, *cl = NULL, *id = NULL;
         uint32_t w = 1;
         if (!json_is_object(eo))
             return cm_json_fail(&e, errmsg, "expected an object");
         if (cm_json_check_keys(&e, eo, ekeys, errmsg) != 0 ||
             cm_json_get_string(&e, eo, "address", true, &ea, errmsg) != 0 ||
             cm_json_get_string(&e, eo, "cluster", false, &cl, errmsg) != 0 ||
+            cm_json_get_string(&e, eo, "identity", false, &id, errmsg) != 0 ||
             get_u32(&e, eo, "weight", 1, 10000, &w, errmsg) != 0)
             return CM_ERR_INVAL;
+        if (id != NULL) {
+            /* secure naming: the workload the endpoint must prove it is */
+            char td[PKI_SPIFFE_MAX], ns[PKI_SPIFFE_MAX], sa[PKI_SPIFFE_MAX];
+            char *why = NULL;
+            if (strlen(id) >= PKI_SPIFFE_MAX || pki_spiffe_parse(id, td, ns, sa, &why) != 0) {
+                struct cm_jpath k;
+                cm_jpath_key(&k, &e, "identity");
+                int rc = cm_json_fail(&k, errmsg,
+                                      "\"%s\" is not a SPIFFE ID "
+                                      "(spiffe://TRUST_DOMAIN/ns/NS/sa/SA)%s%s",
+                                      id, why ? ": " : "", why ? why : "");
+                free(why);
+                return rc;
+            }
+        }
         struct px_endpoint *ep = &rt->eps[rt->neps];
         if (cm_addr_parse(ea, &ep->addr) != 0) {
             struct cm_jpath a;
@@ -290,6 +308,7 @@ static int parse_route(const struct cm_jpath *p, json_t *o, struct px_route *rt,
             return cm_json_fail(&a, errmsg, "\"%s\" is not an address (ip:port)", ea);
         }
         ep->cluster = cl ? cm_xstrdup(cl) : NULL;
+        ep->identity = id ? cm_xstrdup(id) : NULL;
         ep->weight = w;
         rt->neps++;
     }
@@ -938,6 +957,7 @@ static json_t *endpoint_json(const struct px_route *rt, const struct px_endpoint
     json_t *o = json_object();
     json_object_set_new(o, "address", json_string(cm_addr_format(&e->addr, a, sizeof(a))));
     json_object_set_new(o, "cluster", e->cluster ? json_string(e->cluster) : json_null());
+    json_object_set_new(o, "identity", e->identity ? json_string(e->identity) : json_null());
     json_object_set_new(o, "weight", json_integer(e->weight));
     bool ej = ejected(s, now);
     json_object_set_new(o, "health", json_string(ej ? "ejected" : "healthy"));

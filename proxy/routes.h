@@ -50,6 +50,7 @@ struct px_ep_state {
 struct px_endpoint {
     struct cm_addr addr;
     char *cluster;   /* locality, or NULL */
+    char *identity;  /* SPIFFE ID the endpoint must present over mTLS, or NULL */
     uint32_t weight; /* >= 1 */
     bool local;      /* in our cluster (ranked by the route's LB view) */
     struct px_ep_state *st;

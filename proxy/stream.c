@@ -343,6 +343,16 @@ static void start_try(struct px_stream *s)
     s->try_start_us = cm_mono_us(); /* before a verdict can be given below */
     if (s->route != NULL) {
         s->ep = px_route_pick(s->route, s->failed, s->nfailed);
+        if (s->ep->identity != NULL && !s->up_tls) {
+            /* secure naming needs the peer's certificate: fail closed (a
+             * configuration error, not the endpoint's: no verdict on it) */
+            s->ep = NULL;
+            s->cause = PX_CAUSE_UPSTREAM_TLS;
+            px_stream_respond(s, 503,
+                              "the endpoint's identity can only be checked over mTLS "
+                              "(the listener's tls is not \"mesh\")");
+            return;
+        }
         s->upstream = s->ep->addr;
         px_route_try_start(s->ep);
         if (px_conn_is_loop(s->conn, &s->upstream)) {

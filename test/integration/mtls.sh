@@ -100,6 +100,61 @@ expect_match "permissive accepts mTLS with identity" "$out" 'URI=spiffe://cluste
 out=$(curl -s -w ' %{http_code}' "http://127.0.0.1:$A_PLAIN/")
 expect_match "mesh upstream without TLS -> 503 naming mTLS" "$out" 'mTLS.* 503$'
 
+# -- secure naming: a route endpoint names the workload it must be ------------------------------
+# N: an outbound sidecar whose routes send good.local to B expecting B's identity (web), bad.local
+# to B expecting another one, and plain.local to B with no identity (trust domain only). A
+# session checked for one identity is never reused for a request expecting another.
+N_ADMIN=$(free_port); N_OUT=$(free_port); N_PLAIN=$(free_port)
+WEB=spiffe://cluster.local/ns/shop/sa/web
+cat >"$TMP/n-routes.json" <<JSON
+{"routes": [
+  {"name": "good", "match": {"host": "good.local"},
+   "endpoints": [{"address": "127.0.0.1:$B_IN", "identity": "$WEB"}]},
+  {"name": "bad", "match": {"host": "bad.local"},
+   "endpoints": [{"address": "127.0.0.1:$B_IN", "identity": "spiffe://cluster.local/ns/shop/sa/payments"}]},
+  {"name": "plain", "match": {"host": "plain.local"}, "endpoints": [{"address": "127.0.0.1:$B_IN"}]}]}
+JSON
+cat >"$TMP/n.json" <<JSON
+{"admin": {"address": "127.0.0.1:$N_ADMIN"},
+ "listeners": [
+   {"name": "outbound", "address": "127.0.0.1:$N_OUT", "direction": "outbound",
+    "upstream": "127.0.0.1:$B_IN", "tls": "mesh"},
+   {"name": "no-mtls", "address": "127.0.0.1:$N_PLAIN", "direction": "outbound",
+    "upstream": "127.0.0.1:$APP", "tls": "disabled"}],
+ "routes_file": "$TMP/n-routes.json",
+ "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "frontend",
+              "cert_file": "$D/a.pem", "key_file": "$D/a-key.pem", "bundle_file": "$D/root.pem"}}
+JSON
+if ADMIN_PORT=$N_ADMIN start_proxy n "$TMP/n.json"; then
+    NPID=$PROXY_PID
+    n_get() { curl -s -o "$TMP/n.out" -w '%{http_code}' -H "Host: $1" "http://127.0.0.1:${2:-$N_OUT}/sn"; }
+    expect_eq "secure naming: the expected identity (B is $WEB) -> 200" "$(n_get good.local)" 200
+    expect_match "... and B's app sees N's identity" "$(cat "$TMP/n.out")" 'URI=spiffe://cluster.local/ns/shop/sa/frontend'
+    expect_eq "secure naming: B is not the expected identity -> 503, never sent" "$(n_get bad.local)" 503
+    check "... N logs who B is and whom it expected" \
+        grep -q "peer is $WEB, expected spiffe://cluster.local/ns/shop/sa/payments" "$TMP/n.log"
+    expect_eq "... while the verified session to B still serves the good route" "$(n_get good.local)" 200
+    expect_eq "an endpoint without identity: trust domain only -> 200" "$(n_get plain.local)" 200
+    expect_eq "an endpoint identity on a listener without mTLS -> 503 (fail closed)" \
+        "$(n_get good.local "$N_PLAIN")" 503
+    expect_match "... saying why" "$(cat "$TMP/n.out")" 'identity can only be checked over mTLS'
+    out=$(curl -s "http://127.0.0.1:$N_ADMIN/clusters")
+    expect_match "/clusters shows each endpoint's expected identity" "$out" "\"identity\": *\"$WEB\""
+    sed "s|\"$WEB\"|\"spiffe://bad id\"|" "$TMP/n-routes.json" >"$TMP/n-bad.json"
+    sed "s|$TMP/n-routes.json|$TMP/n-bad.json|" "$TMP/n.json" >"$TMP/n2.json"
+    out=$("$PROXY" --check-config -c "$TMP/n2.json" 2>&1)
+    expect_match "a malformed endpoint identity is refused, naming the key" "$out" \
+        'routes\[0\]\.endpoints\[0\]\.identity: "spiffe://bad id" is not a SPIFFE ID'
+    stop_pid "$NPID"; expect_eq "N exits 0" "$STOP_RC" 0
+    if grep -q "ERROR: AddressSanitizer\|runtime error\|LeakSanitizer" "$TMP/n.log"; then
+        fail "sanitizers clean (n)"
+    else
+        pass "sanitizers clean (n)"
+    fi
+else
+    fail "N did not start"
+fi
+
 # -- session resumption -------------------------------------------------------------------------
 sess=$TMP/sess.pem
 openssl s_client -connect 127.0.0.1:$B_IN -cert "$D/a.pem" -cert_chain "$D/a.pem" -key "$D/a-key.pem" -CAfile "$D/root.pem" \
