@@ -54,6 +54,7 @@ static struct {
     struct evdns_getaddrinfo_request *resolving;
     char *ca_root_file, *token_file;
     struct px_tls_conf *ca_conf; /* verifies the CA's serving cert */
+    struct stat ca_root_st;      /* ca_root as last loaded (or refused) */
     struct px_caclient *inflight;
     mbedtls_pk_context pending_key; /* the key the in-flight CSR was made for */
     bool has_pending_key;
@@ -189,6 +190,39 @@ static char *read_text(const char *path, char **errmsg)
     s[len] = '\0';
     free(buf);
     return s;
+}
+
+static bool same_file(const struct stat *a, const struct stat *b)
+{
+    return a->st_ino == b->st_ino && a->st_dev == b->st_dev && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/* ca_root can change under a running proxy: a root rotation publishes a
+ * bundle with the old and the new root (the remora-ca-root ConfigMap, whose
+ * ..data swap gives the file a new inode). Before each request to the CA,
+ * re-read it if it changed; a bad one is logged and the one in force kept. */
+static void refresh_ca_root(void)
+{
+    struct stat st;
+    if (id.ca_root_file == NULL || stat(id.ca_root_file, &st) != 0 ||
+        same_file(&st, &id.ca_root_st))
+        return;
+    id.ca_root_st = st; /* refused or not, try this version only once */
+    char *err = NULL;
+    struct px_tls_conf *conf = NULL;
+    char *root = read_text(id.ca_root_file, &err);
+    if (root == NULL || px_tls_conf_new_anon_client(root, &conf, &err) != 0) {
+        cm_warn("identity: ca_root %s changed but cannot be used, keeping the current one: %s",
+                id.ca_root_file, err ? err : "?");
+        free(err);
+        free(root);
+        return;
+    }
+    free(root);
+    px_tls_conf_unref(id.ca_conf); /* a request in flight holds its own reference */
+    id.ca_conf = conf;
+    cm_info("identity: ca_root %s reloaded", id.ca_root_file);
 }
 
 /* ---- static files --------------------------------------------------------------------- */
@@ -380,6 +414,7 @@ static void send_csr(void)
         set_error("cannot make a CSR: %s", err);
         goto fail;
     }
+    refresh_ca_root();
     /* re-read each time: kubelet rotates the projected token */
     token = read_text(id.token_file, &err);
     if (token == NULL) {
@@ -526,6 +561,8 @@ int px_identity_start(const struct px_config *cfg, char **errmsg)
     id.ca_host = cm_xstrdup(ca);
     id.ca_root_file = opt_path(o, "ca_root");
     id.token_file = opt_path(o, "token_file");
+    if (stat(id.ca_root_file, &id.ca_root_st) != 0)
+        memset(&id.ca_root_st, 0, sizeof(id.ca_root_st));
     char *root = read_text(id.ca_root_file, errmsg);
     if (root == NULL)
         return CM_ERR_INVAL;

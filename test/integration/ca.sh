@@ -449,6 +449,50 @@ rot_b=$(curl -s "http://127.0.0.1:$B_ADMIN/certs" | jq -r .rotations)
 ((rot_a - rot_a0 >= 1)) && pass "A rotated during the load ($rot_a0 -> $rot_a)" || fail "A rotations $rot_a0 -> $rot_a"
 ((rot_b - rot_b0 >= 1)) && pass "B rotated during the load ($rot_b0 -> $rot_b)" || fail "B rotations $rot_b0 -> $rot_b"
 
+# -- ca_root changes under a running proxy (a root rotation publishes a new bundle) -----------------
+# R starts with the mesh root as ca_root. Replaced by an unrelated root, the next rotation cannot
+# verify the CA (R keeps its valid certificate); replaced by a bundle with both roots, R rotates
+# again without a restart.
+R_ADMIN=$(free_port); R_IN=$(free_port)
+"$REMORA_ROOT/$REMORA_BUILD/remora-certs" root --out-cert "$TMP/unrelated-root.pem" \
+    --out-key "$TMP/unrelated-root-key.pem" --cn "unrelated root" >/dev/null
+cp "$D/root.pem" "$TMP/r-root.pem"
+tok --ns shop --sa web --pod web-1 --alg ES256 --exp-in 36000 >"$TMP/r.token"
+proxy_config "$TMP/r.json" "$R_ADMIN" \
+    "[{\"name\": \"inbound\", \"address\": \"127.0.0.1:$R_IN\", \"direction\": \"inbound\",
+       \"upstream\": \"127.0.0.1:$APP\", \"tls\": \"strict\"}]" web "$TMP/r.token" "$TMP/r-root.pem"
+if ADMIN_PORT=$R_ADMIN start_proxy r "$TMP/r.json"; then
+    RPID=$PROXY_PID
+    r_certs() { curl -s "http://127.0.0.1:$R_ADMIN/certs"; }
+    rot0=$(r_certs | jq -r .rotations)
+    cp "$TMP/unrelated-root.pem" "$TMP/r-root.new" && mv "$TMP/r-root.new" "$TMP/r-root.pem"
+    for _ in $(seq 150); do grep -q 'ca_root .* reloaded' "$TMP/r.log" && [[ $(r_certs | jq -r .last_error) != null ]] && break; sleep 0.1; done
+    c=$(r_certs)
+    check "a changed ca_root is reloaded before the next CA request" grep -q 'ca_root .* reloaded' "$TMP/r.log"
+    expect_match "... an unrelated root: the CA cannot be verified, the rotation fails" \
+        "$(jq -r .last_error <<<"$c")" '.'
+    expect_eq "... and R keeps its valid certificate (ready)" "$(jq -r .ready <<<"$c")" true
+    rot1=$(jq -r .rotations <<<"$c")
+    cat "$TMP/unrelated-root.pem" "$D/root.pem" >"$TMP/r-root.new" && mv "$TMP/r-root.new" "$TMP/r-root.pem"
+    for _ in $(seq 200); do (($(r_certs | jq -r .rotations) > rot1)) && break; sleep 0.1; done
+    rot2=$(r_certs | jq -r .rotations)
+    ((rot2 > rot1)) && pass "a bundle with both roots: R rotates again, no restart ($rot0 -> $rot1 -> $rot2)" ||
+        fail "no rotation after the bundle with both roots ($rot0 -> $rot1 -> $rot2): $(r_certs)"
+    echo 'not a PEM' >"$TMP/r-root.new" && mv "$TMP/r-root.new" "$TMP/r-root.pem"
+    for _ in $(seq 150); do grep -q 'ca_root .* cannot be used' "$TMP/r.log" && break; sleep 0.1; done
+    check "a ca_root that does not parse is logged and the one in force kept" \
+        grep -q 'ca_root .* cannot be used, keeping the current one' "$TMP/r.log"
+    expect_eq "... R still ready" "$(r_certs | jq -r .ready)" true
+    stop_pid "$RPID"; expect_eq "R exits 0" "$STOP_RC" 0
+    if grep -q "ERROR: AddressSanitizer\|runtime error\|LeakSanitizer" "$TMP/r.log"; then
+        fail "sanitizers clean (r)"
+    else
+        pass "sanitizers clean (r)"
+    fi
+else
+    fail "R (ca_root reload) did not start"
+fi
+
 # -- the CA goes away and comes back --------------------------------------------------------------
 # Certificates of 40 s: the proxy tries to rotate at 50-80 % of that (20-32 s),
 # finds the CA gone, keeps its valid certificate, and rotates once it is back.
