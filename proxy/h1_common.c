@@ -57,26 +57,16 @@ int px_h1_acc_take_header(struct h1_acc *a, struct px_arena *arena, struct px_ms
 /* Names are lower case and NUL-terminated (http.c). */
 static bool skip_header(const struct px_hdr *h)
 {
-    switch (h->namelen) {
-    case 4:
-        return memcmp(h->name, "host", 4) == 0;
-    case 10:
-        return memcmp(h->name, "connection", 10) == 0;
-    case 14:
-        return memcmp(h->name, "content-length", 14) == 0;
-    case 17:
-        return memcmp(h->name, "transfer-encoding", 17) == 0;
-    default:
-        return false;
-    }
+    return PX_HDR_IS(h, "host") || PX_HDR_IS(h, "connection") || PX_HDR_IS(h, "content-length") ||
+           PX_HDR_IS(h, "transfer-encoding");
 }
 
 size_t px_h1_headers_size(const struct px_msg *m)
 {
-    size_t n = 0;
-    for (uint32_t i = 0; i < m->nhdrs; i++)
-        n += (size_t)m->hdrs[i].namelen + m->hdrs[i].valuelen + 4;
-    return n;
+    /* head_bytes sums every name and value added (removals do not lower
+     * it), so this is exact for a message nothing was removed from and an
+     * upper bound otherwise: no walk over the headers */
+    return (size_t)m->head_bytes + 4 * (size_t)m->nhdrs;
 }
 
 void px_h1_head_begin(struct px_h1_head *w, struct evbuffer *out, size_t need)

@@ -40,7 +40,8 @@ struct px_h1_head {
     char *p, *end; /* NULL: writing straight to out */
 };
 
-/* Bytes px_h1_put_headers writes for m. */
+/* At least the bytes px_h1_put_headers writes for m (exact when no header was
+ * removed from it): the size to reserve for a head. */
 size_t px_h1_headers_size(const struct px_msg *m);
 void px_h1_head_begin(struct px_h1_head *w, struct evbuffer *out, size_t need);
 void px_h1_put(struct px_h1_head *w, const char *s, size_t n);

@@ -17,10 +17,10 @@
 #include "common/xalloc.h"
 #include "proxy/h2.h"
 #include "proxy/h2_common.h"
-#include "proxy/routes.h"
 #include "proxy/identity.h"
 #include "proxy/tls.h"
 #include "proxy/metrics.h"
+#include "proxy/routes.h"
 #include "proxy/server.h"
 
 static struct px_h2_stream *stream_of(nghttp2_session *ng, int32_t id)

@@ -113,18 +113,11 @@ int px_msg_add(struct px_arena *a, struct px_msg *m, const char *name, size_t na
     return 0;
 }
 
-/* h's name is the lower-case `name` of length n (namelen always equals the
- * name's strlen, so the length settles most comparisons). */
-static bool name_is(const struct px_hdr *h, const char *name, size_t n)
-{
-    return h->namelen == n && memcmp(h->name, name, n) == 0;
-}
-
 const struct px_hdr *px_msg_find(const struct px_msg *m, const char *name)
 {
     size_t n = strlen(name);
     for (uint32_t i = 0; i < m->nhdrs; i++)
-        if (name_is(&m->hdrs[i], name, n))
+        if (px_hdr_is(&m->hdrs[i], name, n))
             return &m->hdrs[i];
     return NULL;
 }
@@ -135,7 +128,7 @@ int px_msg_remove(struct px_msg *m, const char *name)
     int removed = 0;
     size_t n = strlen(name);
     for (uint32_t i = 0; i < m->nhdrs; i++) {
-        if (name_is(&m->hdrs[i], name, n)) {
+        if (px_hdr_is(&m->hdrs[i], name, n)) {
             removed++;
             continue;
         }
@@ -202,25 +195,12 @@ static void mark_connection_tokens(struct px_msg *m, const char *value, size_t l
     }
 }
 
-/* The fixed hop-by-hop list (RFC 9110 7.6.1, RFC 9113 8.2.2), by length first. */
+/* The fixed hop-by-hop list (RFC 9110 7.6.1, RFC 9113 8.2.2). */
 static bool is_hop_by_hop(const struct px_hdr *h)
 {
-    switch (h->namelen) {
-    case 2:
-        return memcmp(h->name, "te", 2) == 0;
-    case 7:
-        return memcmp(h->name, "upgrade", 7) == 0;
-    case 10:
-        return memcmp(h->name, "connection", 10) == 0 || memcmp(h->name, "keep-alive", 10) == 0;
-    case 14:
-        return memcmp(h->name, "http2-settings", 14) == 0;
-    case 16:
-        return memcmp(h->name, "proxy-connection", 16) == 0;
-    case 17:
-        return memcmp(h->name, "transfer-encoding", 17) == 0;
-    default:
-        return false;
-    }
+    return PX_HDR_IS(h, "te") || PX_HDR_IS(h, "upgrade") || PX_HDR_IS(h, "connection") ||
+           PX_HDR_IS(h, "keep-alive") || PX_HDR_IS(h, "http2-settings") ||
+           PX_HDR_IS(h, "proxy-connection") || PX_HDR_IS(h, "transfer-encoding");
 }
 
 void px_msg_strip_hop_by_hop(struct px_msg *m, bool keep_te_trailers)
@@ -230,7 +210,7 @@ void px_msg_strip_hop_by_hop(struct px_msg *m, bool keep_te_trailers)
      * over several fields. */
     bool trailers = false;
     for (uint32_t i = 0; keep_te_trailers && i < m->nhdrs; i++)
-        if (name_is(&m->hdrs[i], "te", 2) &&
+        if (PX_HDR_IS(&m->hdrs[i], "te") &&
             px_hdr_has_token(m->hdrs[i].value, m->hdrs[i].valuelen, "trailers"))
             trailers = true;
     /* Mark first, compact once: every Connection field counts, whatever

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 struct px_arena;
 
@@ -53,6 +54,15 @@ void px_msg_init(struct px_msg *m);
  * CM_ERR_LIMIT when the head would pass max_bytes / max_count. */
 int px_msg_add(struct px_arena *a, struct px_msg *m, const char *name, size_t namelen,
                const char *value, size_t valuelen, uint32_t max_bytes, uint32_t max_count);
+/* Is h's name the lower-case `name` of n bytes? namelen always equals the
+ * name's strlen, so the length settles most comparisons. PX_HDR_IS takes a
+ * string literal. */
+static inline bool px_hdr_is(const struct px_hdr *h, const char *name, size_t n)
+{
+    return h->namelen == n && memcmp(h->name, name, n) == 0;
+}
+#define PX_HDR_IS(h, lit) px_hdr_is((h), (lit), sizeof(lit) - 1)
+
 /* First header with this (lower-case) name, or NULL. */
 const struct px_hdr *px_msg_find(const struct px_msg *m, const char *name);
 /* Remove every header with this name; returns how many. */

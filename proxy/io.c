@@ -44,8 +44,6 @@ static ssize_t plain_read(struct px_io *io, struct evbuffer *in, size_t max)
     struct msghdr mh = {.msg_iov = (struct iovec *)v, .msg_iovlen = (size_t)n};
     ssize_t r = n == 1 ? recv(io->fd, v[0].iov_base, v[0].iov_len, MSG_DONTWAIT)
                        : recvmsg(io->fd, &mh, MSG_DONTWAIT);
-    if (r < 0 && errno == ENOTSOCK)
-        r = readv(io->fd, (struct iovec *)v, n);
     if (r < 0) {
         evbuffer_commit_space(in, v, 0);
         return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? PX_IO_AGAIN_READ
@@ -75,8 +73,6 @@ static ssize_t plain_write(struct px_io *io, struct evbuffer *out)
         return 0;
     struct msghdr mh = {.msg_iov = (struct iovec *)v, .msg_iovlen = (size_t)n};
     ssize_t r = sendmsg(io->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (r < 0 && errno == ENOTSOCK)
-        r = writev(io->fd, (struct iovec *)v, n);
     if (r > 0)
         evbuffer_drain(out, (size_t)r);
     if (r < 0)

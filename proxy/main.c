@@ -4,7 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "certs/pki.h"
 #include "common/log.h"
 #include "proxy/config.h"
 #include "proxy/policy.h"
@@ -60,17 +59,12 @@ static int check_files(const struct px_config *cfg)
         px_policy_free(p);
     }
     if (cfg->routes_file != NULL) {
-        unsigned char *buf = NULL;
-        size_t len = 0;
         struct px_routes *r = NULL;
-        if (pki_read_file(cfg->routes_file, 16 * 1024 * 1024, &buf, &len, &err) != 0 ||
-            px_routes_parse(cfg->routes_file, (const char *)buf, len, &r, &err) != 0) {
+        if (px_routes_load_file(cfg->routes_file, &r, &err) != 0) {
             fprintf(stderr, "remora-proxy: routes_file: %s\n", err ? err : cfg->routes_file);
             free(err);
-            free(buf);
             return -1;
         }
-        free(buf);
         px_routes_unref(r);
     }
     return 0;

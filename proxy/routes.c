@@ -857,15 +857,21 @@ bool px_route_budget_retry(struct px_route *rt)
 
 /* ---- loading, reload, watch --------------------------------------------------------- */
 
-static int load(char **errmsg)
+int px_routes_load_file(const char *file, struct px_routes **out, char **errmsg)
 {
     unsigned char *buf = NULL;
     size_t len = 0;
-    if (pki_read_file(R.file, 16 * 1024 * 1024, &buf, &len, errmsg) != 0)
+    if (pki_read_file(file, 16 * 1024 * 1024, &buf, &len, errmsg) != 0)
         return CM_ERR_INVAL;
-    struct px_routes *r = NULL;
-    int rc = px_routes_parse(R.file, (const char *)buf, len, &r, errmsg);
+    int rc = px_routes_parse(file, (const char *)buf, len, out, errmsg);
     free(buf);
+    return rc;
+}
+
+static int load(char **errmsg)
+{
+    struct px_routes *r = NULL;
+    int rc = px_routes_load_file(R.file, &r, errmsg);
     if (rc != 0)
         return rc;
     bind_states(r);

@@ -110,6 +110,8 @@ void px_routes_shutdown(void);
 /* Parse a routes document (tests, fuzzing). */
 int px_routes_parse(const char *name, const char *buf, size_t len, struct px_routes **out,
                     char **errmsg);
+/* Read and parse a routes file (at most 16 MiB; --check-config, reloads). */
+int px_routes_load_file(const char *file, struct px_routes **out, char **errmsg);
 
 struct px_routes *px_routes_current(void);
 struct px_routes *px_routes_ref(struct px_routes *r);

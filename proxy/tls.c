@@ -41,7 +41,8 @@ struct px_tls_conf {
 struct tls_xprt {
     mbedtls_ssl_context ssl;
     struct px_tls_conf *conf;
-    struct evbuffer *pre; /* bytes read before TLS started (the ClientHello) */
+    struct evbuffer *pre; /* raw bytes not yet given to mbedTLS: read before TLS started
+                             (the ClientHello), then read ahead by bio_recv */
     size_t write_pending; /* length of a write mbedTLS asked us to repeat */
     bool resumed;
     bool established; /* tls_handshake finished and check_peer passed */
