@@ -235,7 +235,7 @@ static int on_headers_complete(llhttp_t *p)
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     struct h1c *u = p->data;
-    if (u->s == NULL)
+    if (u->s == NULL || len == 0)
         return 0;
     if (px_stream_on_resp_data(u->s, (const uint8_t *)at, len)) {
         u->body_paused = true;
@@ -387,13 +387,20 @@ static void process(struct h1c *u)
 {
     struct evbuffer *in = px_io_input(u->io);
     while (u->state == H1C_BUSY && !u->resp_done && !u->body_paused) {
-        if (u->parser_paused) {
+        bool resumed = u->parser_paused;
+        if (resumed) {
             llhttp_resume(&u->parser);
             u->parser_paused = false;
         }
         struct evbuffer_iovec v;
-        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
-            return;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0) {
+            if (!resumed)
+                return;
+            /* paused on the body's last bytes: on_message_complete needs no
+             * input, and a keep-alive upstream sends nothing more (h1_server.c) */
+            v.iov_base = (void *)"";
+            v.iov_len = 0;
+        }
         const char *data = v.iov_base;
         u->got_bytes = true;
         llhttp_errno_t err = llhttp_execute(&u->parser, data, v.iov_len);

@@ -343,7 +343,7 @@ static int on_headers_complete(llhttp_t *p)
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     struct h1s *h = p->data;
-    if (h->s == NULL)
+    if (h->s == NULL || len == 0) /* len 0: the input-less run after a resume */
         return 0;
     if (px_stream_on_req_data(h->s, (const uint8_t *)at, len)) {
         h->body_paused = true;
@@ -492,13 +492,21 @@ static void process(struct h1s *h)
     while (!h->freeing && h->state != H1S_CLOSING && !h->body_paused) {
         if (h->state == H1S_WAIT)
             return; /* next request waits for this response */
-        if (h->parser_paused) {
+        bool resumed = h->parser_paused;
+        if (resumed) {
             llhttp_resume(&h->parser);
             h->parser_paused = false;
         }
         struct evbuffer_iovec v;
-        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
-            return;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0) {
+            if (!resumed)
+                return;
+            /* A pause on the body's last bytes left llhttp just before
+             * on_message_complete, which needs no input: run it now, as
+             * the client sends nothing more until it gets the answer. */
+            v.iov_base = (void *)"";
+            v.iov_len = 0;
+        }
         const char *data = v.iov_base;
         llhttp_errno_t err = llhttp_execute(&h->parser, data, v.iov_len);
         size_t used = v.iov_len;

@@ -1,8 +1,10 @@
-/* test-upstream --listen ADDR [--h2] [--name NAME]
+/* test-upstream --listen ADDR [--h2] [--h2-window BYTES] [--name NAME]
  *
  * Binds ADDR (port 0 picks one), prints "listening on 127.0.0.1:PORT" on stdout once bound,
- * serves HTTP/1.1 (or, with --h2, h2c prior knowledge) until SIGTERM / SIGINT, then frees
- * everything and exits 0. Endpoints: see upstream.h. */
+ * serves HTTP/1.1 (or, with --h2, h2c prior knowledge; --h2-window sets the stream window it
+ * announces) until SIGTERM / SIGINT, then frees everything and exits 0. Endpoints: see
+ * upstream.h. */
+#include <errno.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <netinet/in.h>
@@ -20,8 +22,9 @@
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: test-upstream --listen HOST:PORT [--h2] [--name NAME]\n"
-                    "       [--log-level error|warn|info|debug|trace]\n");
+    fprintf(stderr,
+            "usage: test-upstream --listen HOST:PORT [--h2] [--h2-window BYTES] [--name NAME]\n"
+            "       [--log-level error|warn|info|debug|trace]\n");
     exit(2);
 }
 
@@ -51,7 +54,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 
 int main(int argc, char **argv)
 {
-    struct tu_server srv = {.name = "upstream"};
+    struct tu_server srv = {.name = "upstream", .h2_window = 1u << 20};
     const char *listen_s = NULL;
     struct cm_addr addr;
     char buf[CM_ADDR_STRLEN];
@@ -64,6 +67,14 @@ int main(int argc, char **argv)
             srv.name = argv[++i];
         } else if (strcmp(argv[i], "--h2") == 0) {
             srv.h2 = true;
+        } else if (strcmp(argv[i], "--h2-window") == 0 && i + 1 < argc) {
+            /* small windows keep the proxy's h2 client waiting on WINDOW_UPDATE */
+            char *end;
+            errno = 0;
+            unsigned long w = strtoul(argv[++i], &end, 10);
+            if (errno != 0 || *end != '\0' || end == argv[i] || w > 0x7fffffffUL)
+                usage();
+            srv.h2_window = (uint32_t)w;
         } else if (strcmp(argv[i], "--log-level") == 0 && i + 1 < argc) {
             enum cm_log_level lvl;
             if (cm_log_level_parse(argv[++i], &lvl) != 0)

@@ -35,8 +35,9 @@
 /* The process: its loop and every open connection (freed at exit, so ASan sees no leak). */
 struct tu_server {
     struct event_base *base;
-    const char *name; /* --name, echoed as "name" and the x-upstream header */
-    bool h2;          /* --h2: every connection is h2c prior knowledge */
+    const char *name;   /* --name, echoed as "name" and the x-upstream header */
+    bool h2;            /* --h2: every connection is h2c prior knowledge */
+    uint32_t h2_window; /* --h2-window: SETTINGS_INITIAL_WINDOW_SIZE we announce (default 1 MiB) */
     struct cm_list conns;
 };
 
