@@ -489,6 +489,19 @@ static char *bootstrap(const struct ij_inject_params *p, bool policy)
                           "address", out, "direction", "outbound", "tls", "mesh", "identity",
                           "trust_domain", p->trust_domain, "ca_address", t->ca_address, "ca_root",
                           IJ_DIR_CA "/root.pem", "token_file", IJ_DIR_TOKEN "/token");
+    /* IPv6 twins of the capture listeners: remora-init installs ip6tables rules
+     * when the pod has a global IPv6 address, and those redirect to [::1]:15001
+     * and [::]:15006. A pod without IPv6 skips them (optional). */
+    char in6[32], out6[32];
+    snprintf(in6, sizeof(in6), "[::]:%d", IJ_PORT_INBOUND);
+    snprintf(out6, sizeof(out6), "[::1]:%d", IJ_PORT_OUTBOUND);
+    json_t *ls = json_object_get(b, "listeners");
+    json_array_append_new(ls,
+                          json_pack("{s:s, s:s, s:s, s:s, s:b}", "name", "inbound6", "address", in6,
+                                    "direction", "inbound", "tls", t->inbound_tls, "optional", 1));
+    json_array_append_new(ls,
+                          json_pack("{s:s, s:s, s:s, s:s, s:b}", "name", "outbound6", "address",
+                                    out6, "direction", "outbound", "tls", "mesh", "optional", 1));
     if (policy)
         json_object_set_new(b, "policy_file", json_string(IJ_DIR_POLICY "/policy.json"));
     /* capture issue: the health port the injected probes and postStart hook use */

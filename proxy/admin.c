@@ -25,6 +25,7 @@
 #include "common/log.h"
 #include "common/xalloc.h"
 #include "proxy/config.h"
+#include "proxy/listener.h"
 #include "proxy/metrics.h"
 #include "proxy/server.h"
 
@@ -222,6 +223,18 @@ static int on_config_dump(struct evhttp_request *req, const struct evkeyvalq *q,
     if (json_is_object(admin))
         json_object_set_new(admin, "bound_address",
                             json_string(cm_addr_format(&a->local, buf, sizeof(buf))));
+    json_t *ls = json_object_get(doc, "listeners");
+    for (size_t i = 0; i < cfg->nlisteners && i < json_array_size(ls); i++) {
+        json_t *lj = json_array_get(ls, i);
+        const struct px_listener *l = px_listener_of(&cfg->listeners[i]);
+        if (!json_is_object(lj))
+            continue;
+        if (l != NULL)
+            json_object_set_new(lj, "bound_address",
+                                json_string(cm_addr_format(&l->bound, buf, sizeof(buf))));
+        else
+            json_object_set_new(lj, "skipped", json_true()); /* optional, family unavailable */
+    }
     if (cfg->file)
         json_object_set_new(doc, "config_file", json_string(cfg->file));
     px_admin_reply_json(out, doc);

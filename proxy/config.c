@@ -113,7 +113,7 @@ static int parse_listener(const struct cm_jpath *p, json_t *o, struct px_listene
                           char **errmsg)
 {
     static const char *const keys[] = {"name", "address",           "direction", "upstream",
-                                       "tls",  "upstream_protocol", NULL};
+                                       "tls",  "upstream_protocol", "optional",  NULL};
     static const char *const dirs[] = {"inbound", "outbound", NULL};
     static const char *const tls_in[] = {"disabled", "strict", "permissive", NULL};
     static const char *const tls_out[] = {"disabled", "mesh", NULL};
@@ -129,7 +129,8 @@ static int parse_listener(const struct cm_jpath *p, json_t *o, struct px_listene
         get_addr(p, o, "address", true, &l->addr, NULL, errmsg) != 0 ||
         cm_json_get_enum(p, o, "direction", true, dirs, &dir, errmsg) != 0 ||
         get_addr(p, o, "upstream", false, &l->upstream, &l->has_upstream, errmsg) != 0 ||
-        cm_json_get_enum(p, o, "upstream_protocol", false, protos, &proto, errmsg) != 0)
+        cm_json_get_enum(p, o, "upstream_protocol", false, protos, &proto, errmsg) != 0 ||
+        cm_json_get_bool(p, o, "optional", false, &l->optional, errmsg) != 0)
         return CM_ERR_INVAL;
     if (name[0] == '\0') {
         struct cm_jpath c;

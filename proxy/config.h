@@ -37,6 +37,8 @@ struct px_listener_cfg {
     struct cm_addr upstream;
     enum px_tls_mode tls;
     enum px_upstream_proto upstream_protocol;
+    bool optional; /* skipped, with a warning, when its address family is not available
+                    * here (an IPv6 listener in a pod without IPv6) */
 };
 
 /* Bounds on everything a peer can make us hold ("limits" object). */

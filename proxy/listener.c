@@ -278,6 +278,13 @@ int px_listener_start(const struct px_listener_cfg *cfg, struct px_listener **ou
 {
     char a[CM_ADDR_STRLEN];
     int fd = cm_net_listen(&cfg->addr, 1024);
+    if (fd < 0 && cfg->optional && (errno == EAFNOSUPPORT || errno == EADDRNOTAVAIL)) {
+        /* the address family (or ::1) does not exist in this network namespace */
+        cm_warn("listener %s: %s is not available here (%s): skipped, it is optional", cfg->name,
+                cm_addr_format(&cfg->addr, a, sizeof(a)), strerror(errno));
+        *out = NULL;
+        return 0;
+    }
     if (fd < 0) {
         *errmsg = cm_xasprintf("listener %s: cannot listen on %s: %s", cfg->name,
                                cm_addr_format(&cfg->addr, a, sizeof(a)), strerror(errno));
@@ -301,6 +308,14 @@ int px_listener_start(const struct px_listener_cfg *cfg, struct px_listener **ou
             cm_addr_format(&l->bound, a, sizeof(a)));
     *out = l;
     return 0;
+}
+
+const struct px_listener *px_listener_of(const struct px_listener_cfg *cfg)
+{
+    for (size_t i = 0; px_srv != NULL && i < px_srv->nlisteners; i++)
+        if (px_srv->listeners[i]->cfg == cfg)
+            return px_srv->listeners[i];
+    return NULL;
 }
 
 void px_listener_stop(struct px_listener *l)

@@ -15,10 +15,13 @@ struct px_listener {
     struct event *resume_ev; /* re-enables accepting after EMFILE */
 };
 
-/* Bind and start accepting. Returns 0 or CM_ERR_IO with *errmsg. */
+/* Bind and start accepting. Returns 0 or CM_ERR_IO with *errmsg. An optional
+ * listener whose address family is not available returns 0 with *out NULL. */
 int px_listener_start(const struct px_listener_cfg *cfg, struct px_listener **out, char **errmsg);
 /* Stop accepting (drain); the socket stays bound until px_listener_free. */
 void px_listener_stop(struct px_listener *l);
 void px_listener_free(struct px_listener *l);
+/* The running listener started from cfg, or NULL (skipped, or not started). */
+const struct px_listener *px_listener_of(const struct px_listener_cfg *cfg);
 
 #endif

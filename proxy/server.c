@@ -187,12 +187,14 @@ int px_server_run(struct px_config *cfg)
     }
     px_srv->listeners = cm_xcalloc(cfg->nlisteners, sizeof(*px_srv->listeners));
     for (size_t i = 0; i < cfg->nlisteners; i++) {
-        if (px_listener_start(&cfg->listeners[i], &px_srv->listeners[i], &err) != 0) {
+        struct px_listener *l = NULL;
+        if (px_listener_start(&cfg->listeners[i], &l, &err) != 0) {
             cm_error("%s", err);
             rc = CM_ERR_IO;
             goto out;
         }
-        px_srv->nlisteners++;
+        if (l != NULL) /* else optional and skipped */
+            px_srv->listeners[px_srv->nlisteners++] = l;
     }
     if (cfg->has_admin &&
         px_admin_start(px_srv->base, &cfg->admin_addr, &px_srv->admin, &err) != 0) {

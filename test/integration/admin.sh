@@ -122,6 +122,8 @@ expect_eq "stats: not draining" "$(json "$TMP/body" 'd["draining"]')" False
 req GET /config_dump
 expect_eq "config_dump: 200" "$CODE" 200
 expect_eq "config_dump: listener" "$(json "$TMP/body" 'd["listeners"][0]["name"]')" in
+expect_eq "config_dump: the listener's bound address" \
+    "$(json "$TMP/body" 'd["listeners"][0]["bound_address"]')" "127.0.0.1:$LISTEN"
 expect_eq "config_dump: configured limit" "$(json "$TMP/body" 'd["limits"]["drain_timeout_ms"]')" 2000
 expect_match "config_dump: default limit filled in" \
     "$(json "$TMP/body" 'd["limits"]["max_header_bytes"]')" '^[0-9]+$'

@@ -113,6 +113,53 @@ expect_eq "IPv4-only namespace: exit 0" "$?" 0
 check "IPv4-only namespace: no ip6tables chains" \
     bash -c "! ip netns exec $C ip6tables-save -t nat | grep -q REMORA"
 
+# ---- a pod without IPv6: the injector's optional IPv6 listeners are skipped ------
+D=rm-cap-$$-d
+ip netns add "$D" && on_exit "ip netns del $D"
+ip -n "$D" link set lo up
+ip netns exec "$D" sysctl -q -w net.ipv6.conf.all.disable_ipv6=1 \
+    net.ipv6.conf.default.disable_ipv6=1 net.ipv6.conf.lo.disable_ipv6=1
+v4cfg() { # OPTIONAL(true|false)
+    cat <<EOF
+{"admin": {"address": "127.0.0.1:15000"},
+ "listeners": [
+   {"name": "inbound", "address": "0.0.0.0:15006", "direction": "inbound"},
+   {"name": "outbound", "address": "127.0.0.1:15001", "direction": "outbound"},
+   {"name": "inbound6", "address": "[::]:15006", "direction": "inbound", "optional": $1},
+   {"name": "outbound6", "address": "[::1]:15001", "direction": "outbound", "optional": $1}]}
+EOF
+}
+v4cfg true >"$TMP/v4only.json"
+v4cfg false >"$TMP/v4strict.json"
+bg proxy-v4only ip netns exec "$D" "$PROXY" -c "$TMP/v4only.json"
+V4PID=$LASTPID
+ready=""
+for _ in $(seq 100); do
+    ready=$(ip netns exec "$D" curl -s -m 2 -o /dev/null -w '%{http_code}' http://127.0.0.1:15000/ready)
+    [[ $ready == 200 ]] && break
+    sleep 0.1
+done
+expect_eq "no IPv6 in the pod: the proxy is ready with its optional IPv6 listeners" "$ready" 200
+check "... the one that cannot bind ([::1]) is skipped with a warning naming it" \
+    grep -q 'warn .*listener outbound6: \[::1\]:15001 is not available here' "$TMP/proxy-v4only.log"
+dump=$(ip netns exec "$D" curl -s -m 2 http://127.0.0.1:15000/config_dump)
+expect_eq "... /config_dump marks it skipped, and shows the others' bound addresses" \
+    "$(jq -c '[.listeners[] | .bound_address // "skipped"]' <<<"$dump")" \
+    '["0.0.0.0:15006","127.0.0.1:15001","[::]:15006","skipped"]'
+out=$(ip netns exec "$D" curl -s -m 2 -o /dev/null -w '%{http_code}' http://127.0.0.1:15001/)
+expect_match "... the IPv4 listeners serve (outbound to itself: a loop, refused)" "$out" '^508$'
+stop_pid "$V4PID"
+expect_eq "... and it exits 0 on SIGTERM" "$STOP_RC" 0
+ip netns exec "$D" "$PROXY" -c "$TMP/v4strict.json" >"$TMP/v4strict.log" 2>&1 &
+v4s=$!
+_pids+=("$v4s")
+for _ in $(seq 50); do alive "$v4s" || break; sleep 0.1; done
+wait "$v4s"
+rc=$?
+check "the same listeners without optional: the proxy refuses to start (exit $rc)" test "$rc" -ne 0
+check "... naming the listener and the address" \
+    grep -q 'listener outbound6: cannot listen on \[::1\]:15001' "$TMP/v4strict.log"
+
 # ---- traffic ------------------------------------------------------------------
 chmod 755 "$TMP" # the proxy (UID 1337) reads its config here
 cat >"$TMP/proxy.json" <<EOF
@@ -122,8 +169,8 @@ cat >"$TMP/proxy.json" <<EOF
  "listeners": [
    {"name": "inbound", "address": "0.0.0.0:15006", "direction": "inbound"},
    {"name": "outbound", "address": "127.0.0.1:15001", "direction": "outbound"},
-   {"name": "inbound6", "address": "[::]:15006", "direction": "inbound"},
-   {"name": "outbound6", "address": "[::1]:15001", "direction": "outbound"}]}
+   {"name": "inbound6", "address": "[::]:15006", "direction": "inbound", "optional": true},
+   {"name": "outbound6", "address": "[::1]:15001", "direction": "outbound", "optional": true}]}
 EOF
 chmod 644 "$TMP/proxy.json"
 PROBERS='{"/app-health/app/readyz": {"httpGet": {"port": 8081, "path": "/status/204", "scheme": "HTTP"}},

@@ -136,7 +136,10 @@ function invariants(orig, pod) {
   try { boot = JSON.parse(ann['remora.io/bootstrap']); } catch (x) { e('remora.io/bootstrap is not JSON'); }
   if (boot) {
     const names = (boot.listeners || []).map((l) => `${l.name}@${l.address}`);
-    if (!eq(names, ['inbound@0.0.0.0:15006', 'outbound@127.0.0.1:15001'])) e('bootstrap listeners');
+    if (!eq(names, ['inbound@0.0.0.0:15006', 'outbound@127.0.0.1:15001', 'inbound6@[::]:15006', 'outbound6@[::1]:15001'])) e('bootstrap listeners');
+    const ls = boot.listeners || [];
+    if (ls.length === 4 && (ls[0].optional || ls[1].optional || ls[2].optional !== true || ls[3].optional !== true)) e('bootstrap: only the IPv6 listeners are optional');
+    if (ls.length === 4 && (ls[2].tls !== ls[0].tls || ls[3].tls !== ls[1].tls)) e('bootstrap: IPv6 listeners differ in tls from their IPv4 twins');
     const id = boot.identity || {};
     const mounted = (p) => (proxy.volumeMounts || []).some((m) => p.startsWith(m.mountPath + '/'));
     for (const k of ['ca_root', 'token_file']) if (!id[k] || !mounted(id[k])) e(`bootstrap identity.${k} is not on a mounted volume`);

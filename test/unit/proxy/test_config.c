@@ -380,6 +380,17 @@ static void ipv6_and_any(void **state)
     cfg = load_case("ok-64-listeners.json");
     assert_int_equal(cfg->nlisteners, 64);
     assert_string_equal(cfg->listeners[63].name, "l63");
+    assert_false(cfg->listeners[0].optional); /* the default */
+    px_config_free(cfg);
+    /* the injector's IPv6 twins: only they are optional */
+    cfg = load_case("ok-optional-ipv6-twins.json");
+    assert_int_equal(cfg->nlisteners, 4);
+    assert_false(cfg->listeners[0].optional);
+    assert_false(cfg->listeners[1].optional);
+    assert_true(cfg->listeners[2].optional);
+    assert_true(cfg->listeners[3].optional);
+    assert_string_equal(addr(&cfg->listeners[3].addr), "[::1]:15001");
+    assert_int_equal(cfg->listeners[2].tls, PX_TLS_PERMISSIVE);
     px_config_free(cfg);
 }
 
