@@ -19,8 +19,9 @@ static const char *const decision_names[IJ_DECIDE__COUNT] = {
 };
 
 static const char *const our_containers[] = {IJ_INIT_NAME, IJ_PROXY_NAME, NULL};
-static const char *const our_volumes[] = {"remora-token",     "remora-ca-root", "remora-keys",
-                                          "remora-bootstrap", "remora-policy",  NULL};
+static const char *const our_volumes[] = {
+    "remora-token",  "remora-ca-root", "remora-keys", "remora-bootstrap",
+    "remora-policy", "remora-routes",  NULL};
 
 const char *ij_decision_name(enum ij_decision d)
 {
@@ -395,7 +396,7 @@ static json_t *init_container(const struct ij_template *t, const char *excl_in,
                      "securityContext", sc, "terminationMessagePolicy", "FallbackToLogsOnError");
 }
 
-static json_t *proxy_container(const struct ij_template *t, bool native, bool policy,
+static json_t *proxy_container(const struct ij_template *t, bool native, bool policy, bool routes,
                                json_t *probers)
 {
     json_t *env = json_pack("[o, o, o, o]", field_env("POD_NAME", "metadata.name"),
@@ -420,6 +421,9 @@ static json_t *proxy_container(const struct ij_template *t, bool native, bool po
     if (policy)
         json_array_append_new(mounts, json_pack("{s:s, s:s, s:b}", "name", "remora-policy",
                                                 "mountPath", IJ_DIR_POLICY, "readOnly", 1));
+    if (routes)
+        json_array_append_new(mounts, json_pack("{s:s, s:s, s:b}", "name", "remora-routes",
+                                                "mountPath", IJ_DIR_ROUTES, "readOnly", 1));
 
     json_t *sc =
         json_pack("{s:{s:[s]}, s:b, s:b, s:b, s:b, s:i, s:i}", "capabilities", "drop", "ALL",
@@ -450,7 +454,7 @@ static json_t *proxy_container(const struct ij_template *t, bool native, bool po
     return c;
 }
 
-static json_t *volumes(const struct ij_inject_params *p, const char *policy)
+static json_t *volumes(const struct ij_inject_params *p, const char *policy, const char *routes)
 {
     const struct ij_template *t = p->tpl;
     /* 0444: the token is read by UID 1337 whatever the pod's fsGroup. */
@@ -470,12 +474,16 @@ static json_t *volumes(const struct ij_inject_params *p, const char *policy)
         json_array_append_new(v, json_pack("{s:s, s:{s:s, s:[{s:s, s:s}]}}", "name",
                                            "remora-policy", "configMap", "name", policy, "items",
                                            "key", "policy.json", "path", "policy.json"));
+    if (routes != NULL)
+        json_array_append_new(v, json_pack("{s:s, s:{s:s, s:[{s:s, s:s}]}}", "name",
+                                           "remora-routes", "configMap", "name", routes, "items",
+                                           "key", "routes.json", "path", "routes.json"));
     return v;
 }
 
 /* The proxy's bootstrap config (DESIGN.md "remora-proxy"), as the file the
  * downward-API volume shows it at IJ_DIR_BOOTSTRAP/bootstrap.json. */
-static char *bootstrap(const struct ij_inject_params *p, bool policy)
+static char *bootstrap(const struct ij_inject_params *p, bool policy, bool routes)
 {
     const struct ij_template *t = p->tpl;
     char admin[32], in[32], out[32];
@@ -504,6 +512,8 @@ static char *bootstrap(const struct ij_inject_params *p, bool policy)
                                     out6, "direction", "outbound", "tls", "mesh", "optional", 1));
     if (policy)
         json_object_set_new(b, "policy_file", json_string(IJ_DIR_POLICY "/policy.json"));
+    if (routes)
+        json_object_set_new(b, "routes_file", json_string(IJ_DIR_ROUTES "/routes.json"));
     /* capture issue: the health port the injected probes and postStart hook use */
     char health[32];
     snprintf(health, sizeof(health), "0.0.0.0:%d", IJ_PORT_HEALTH);
@@ -575,6 +585,10 @@ json_t *ij_inject_patch(const struct ij_inject_params *p, json_t *request, json_
          * better than a pod that runs without the policy its owner asked for. */
         warn(warnings, "remora: annotation %s: \"%.60s\" is not a valid ConfigMap name",
              IJ_ANN_POLICY, policy);
+    const char *routes = annotation(pod, IJ_ANN_ROUTES);
+    if (routes != NULL && !dns_subdomain(routes)) /* mounted anyway, as the policy */
+        warn(warnings, "remora: annotation %s: \"%.60s\" is not a valid ConfigMap name",
+             IJ_ANN_ROUTES, routes);
 
     /* 1. Probe rewrites address containers by index: emit them while the
      * indices are still those of the original pod. */
@@ -594,7 +608,7 @@ json_t *ij_inject_patch(const struct ij_inject_params *p, json_t *request, json_
     }
     json_t *added_ann = json_array();
     json_t *ann = json_object();
-    char *boot = bootstrap(p, policy != NULL);
+    char *boot = bootstrap(p, policy != NULL, routes != NULL);
     json_object_set_new(ann, IJ_ANN_BOOTSTRAP, json_string(boot));
     json_array_append_new(added_ann, json_string(IJ_ANN_BOOTSTRAP));
     free(boot);
@@ -617,6 +631,8 @@ json_t *ij_inject_patch(const struct ij_inject_params *p, json_t *request, json_
         "annotations", added_ann, "probes", status_probes);
     if (policy != NULL)
         json_array_append_new(json_object_get(status, "volumes"), json_string("remora-policy"));
+    if (routes != NULL)
+        json_array_append_new(json_object_get(status, "volumes"), json_string("remora-routes"));
     char *st = json_dumps(status, JSON_COMPACT);
     json_object_set_new(ann, IJ_ANN_STATUS, json_string(st));
     free(st);
@@ -627,7 +643,7 @@ json_t *ij_inject_patch(const struct ij_inject_params *p, json_t *request, json_
     /* 3. remora-init first among the init containers; the native proxy right
      * after it, so later init containers already have the mesh. */
     json_t *init = init_container(t, excl_in, excl_out, excl_ranges);
-    json_t *proxy = proxy_container(t, native, policy != NULL, probers);
+    json_t *proxy = proxy_container(t, native, policy != NULL, routes != NULL, probers);
     if (inits == NULL) {
         json_t *a = json_pack("[o]", init);
         if (native)
@@ -644,7 +660,7 @@ json_t *ij_inject_patch(const struct ij_inject_params *p, json_t *request, json_
         ij_jsonpatch_add(patch, proxy, "spec", "containers", proxy_first ? "0" : "-", NULL);
 
     /* 5. Volumes: appended, or the list whole. */
-    json_t *vols = volumes(p, policy);
+    json_t *vols = volumes(p, policy, routes);
     if (get_arr(spec, "volumes") == NULL) {
         ij_jsonpatch_add(patch, vols, "spec", "volumes", NULL);
     } else {

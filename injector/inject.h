@@ -14,6 +14,7 @@
 #define IJ_ANN_STATUS         "remora.io/status"
 #define IJ_ANN_NATIVE         "remora.io/native-sidecar"
 #define IJ_ANN_POLICY         "remora.io/policy"
+#define IJ_ANN_ROUTES         "remora.io/routes"
 #define IJ_ANN_EXCLUDE_IN     "remora.io/exclude-inbound-ports"
 #define IJ_ANN_EXCLUDE_OUT    "remora.io/exclude-outbound-ports"
 #define IJ_ANN_EXCLUDE_RANGES "remora.io/exclude-outbound-ip-ranges"
@@ -35,6 +36,7 @@
 #define IJ_DIR_KEYS      "/var/run/remora/keys"
 #define IJ_DIR_BOOTSTRAP "/etc/remora/bootstrap"
 #define IJ_DIR_POLICY    "/etc/remora/policy"
+#define IJ_DIR_ROUTES    "/etc/remora/routes"
 
 enum ij_decision {
     IJ_DECIDE_INJECT = 0,   /* add the sidecar */

@@ -382,10 +382,10 @@ ns_setup() {
     manifest db-0 db '{"remora.io/policy": "db-policy"}' "[$(app db-0 8080)]"
     manifest db-1 db '{"remora.io/policy": "db-policy"}' "[$(app db-1 8080)]"
     # api: a second app container on 9090, excluded from capture: the no-sidecar baseline
-    manifest api api '{"remora.io/policy": "api-policy", "remora.io/exclude-inbound-ports": "9090"}' \
+    manifest api api '{"remora.io/policy": "api-policy", "remora.io/routes": "api-routes",
+                       "remora.io/exclude-inbound-ports": "9090"}' \
         "[$(app api 8080), {\"name\": \"direct\", \"image\": \"remora-e2e/app\", \"args\": [\"--listen\", \"0.0.0.0:9090\", \"--name\", \"api-direct\"]}]"
     manifest frontend frontend '{"remora.io/exclude-outbound-ports": "9090"}' "[$(app frontend 8080)]"
-    ns_add_routes api || die_setup "adding the routes file to api's injected spec"
 
     local p
     for p in db-0 db-1 api frontend; do
@@ -400,28 +400,6 @@ ns_setup() {
     say "           db Service: ClusterIP $DB_VIP, routed by api's sidecar to db-0 / db-1"
 }
 
-# api needs a routes file (db's two replicas, retries, outlier detection), and the injector
-# has no annotation for one yet (DESIGN.md names none): run admission here, as the API server
-# would, then add the routes volume and routes_file to the injected bootstrap. pod.py's own
-# admission then sees remora.io/status and leaves the pod as it is.
-ns_add_routes() {
-    local name=$1 f=$E2E/$1.json review=$E2E/$1-review.json resp patch
-    jq -n --slurpfile pod "$f" '{apiVersion: "admission.k8s.io/v1", kind: "AdmissionReview",
-        request: {uid: "demo-admission", kind: {group: "", version: "v1", kind: "Pod"},
-                  resource: {group: "", version: "v1", resource: "pods"},
-                  namespace: $pod[0].metadata.namespace, operation: "CREATE", object: $pod[0]}}' >"$review"
-    resp=$(ip netns exec "$E2E_NODE" curl -s -m 10 --cacert "$E2E/pki/root.pem" \
-        --resolve "remora-injector.remora-system.svc:8443:$E2E_NODE_IP" -H 'Content-Type: application/json' \
-        --data-binary @"$review" https://remora-injector.remora-system.svc:8443/inject) || return 1
-    patch=$(jq -r .response.patch <<<"$resp" | base64 -d) || return 1
-    kubectl patch --local --type=json -f "$f" -p "$patch" -o json >"$f.patched" 2>"$TMP/kubectl.log" || return 1
-    jq '.metadata.annotations["remora.io/bootstrap"] |=
-            (fromjson | .routes_file = "/etc/remora/routes/routes.json" | tojson)
-        | .spec.volumes += [{name: "remora-routes", configMap: {name: "api-routes"}}]
-        | (.spec.containers[] | select(.name == "remora-proxy") | .volumeMounts) +=
-            [{name: "remora-routes", mountPath: "/etc/remora/routes", readOnly: true}]' \
-        "$f.patched" >"$f" || return 1
-}
 ns_admin() { ip netns exec "$(pod_status "$1" .netns)" curl -s -m 5 "http://127.0.0.1:15000$2"; }
 ns_run() { local p=$1; shift; e2e_exec "$p" app "$@"; }
 ns_url() {

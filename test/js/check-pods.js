@@ -21,7 +21,7 @@ function eq(a, b) {
 }
 
 const PROBES = { livenessProbe: 'livez', readinessProbe: 'readyz', startupProbe: 'startupz' };
-const OURS_VOL = ['remora-token', 'remora-ca-root', 'remora-keys', 'remora-bootstrap', 'remora-policy'];
+const OURS_VOL = ['remora-token', 'remora-ca-root', 'remora-keys', 'remora-bootstrap', 'remora-policy', 'remora-routes'];
 
 function resolvePort(c, port) {
   if (typeof port === 'number') return port;
@@ -122,6 +122,10 @@ function invariants(orig, pod) {
   if (pol !== undefined) {
     if (!vol['remora-policy'] || vol['remora-policy'].configMap.name !== pol) e('policy ConfigMap volume missing or misnamed');
   } else if (vol['remora-policy']) e('policy volume without remora.io/policy');
+  const rts = oann['remora.io/routes'];
+  if (rts !== undefined) {
+    if (!vol['remora-routes'] || vol['remora-routes'].configMap.name !== rts) e('routes ConfigMap volume missing or misnamed');
+  } else if (vol['remora-routes']) e('routes volume without remora.io/routes');
   const added = vols.slice(ovols.length).map((v) => v.name);
   if (!added.every((n) => OURS_VOL.includes(n))) e('unexpected volumes added');
   if (!eq([...added].sort(), [...st.volumes].sort())) e('status.volumes does not list what was added');
@@ -145,6 +149,8 @@ function invariants(orig, pod) {
     for (const k of ['ca_root', 'token_file']) if (!id[k] || !mounted(id[k])) e(`bootstrap identity.${k} is not on a mounted volume`);
     if ((pol !== undefined) !== (boot.policy_file !== undefined)) e('bootstrap policy_file vs remora.io/policy');
     if (boot.policy_file && !mounted(boot.policy_file)) e('bootstrap policy_file not mounted');
+    if ((rts !== undefined) !== (boot.routes_file !== undefined)) e('bootstrap routes_file vs remora.io/routes');
+    if (boot.routes_file && !mounted(boot.routes_file)) e('bootstrap routes_file not mounted');
     const args = proxy.args || [];
     const ci = args.indexOf('-c');
     if (ci < 0 || !mounted(args[ci + 1])) e('remora-proxy -c does not point into a mounted volume');
