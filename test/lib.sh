@@ -39,6 +39,16 @@ bg() {
 pass() { echo "PASS: $*"; }
 fail() { echo "FAIL: $*"; _fails=$((_fails + 1)); }
 
+# expect_sanitizers_clean NAME LOG: PASS when LOG holds no ASan, UBSan or
+# LeakSanitizer report; else FAIL and show the report.
+expect_sanitizers_clean() {
+    if grep -q "ERROR: AddressSanitizer\|runtime error\|LeakSanitizer" "$2"; then
+        fail "$1"; grep -A30 "Sanitizer\|runtime error" "$2" | head -60
+    else
+        pass "$1"
+    fi
+}
+
 # check NAME CMD...: PASS when CMD succeeds.
 check() {
     local name=$1; shift

@@ -484,11 +484,7 @@ if ADMIN_PORT=$R_ADMIN start_proxy r "$TMP/r.json"; then
         grep -q 'ca_root .* cannot be used, keeping the current one' "$TMP/r.log"
     expect_eq "... R still ready" "$(r_certs | jq -r .ready)" true
     stop_pid "$RPID"; expect_eq "R exits 0" "$STOP_RC" 0
-    if grep -q "ERROR: AddressSanitizer\|runtime error\|LeakSanitizer" "$TMP/r.log"; then
-        fail "sanitizers clean (r)"
-    else
-        pass "sanitizers clean (r)"
-    fi
+    expect_sanitizers_clean "sanitizers clean (r)" "$TMP/r.log"
 else
     fail "R (ca_root reload) did not start"
 fi
@@ -540,10 +536,6 @@ sleep 1
 stop_pid "$APID"; expect_eq "A exits 0" "$STOP_RC" 0
 stop_pid "$BPID"; expect_eq "B exits 0" "$STOP_RC" 0
 for l in "$TMP"/injector-*.log "$TMP"/{a,b,c,e}.log; do
-    if grep -q "ERROR: AddressSanitizer\|runtime error\|LeakSanitizer" "$l"; then
-        fail "sanitizers clean ($l)"; grep -A20 "Sanitizer\|runtime error" "$l" | head -40
-    else
-        pass "sanitizers clean ($(basename "$l" .log))"
-    fi
+    expect_sanitizers_clean "sanitizers clean ($(basename "$l" .log))" "$l"
 done
 finish

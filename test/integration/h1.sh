@@ -234,9 +234,5 @@ stop_pid "$PROXY_PID"; rc=$STOP_RC
 wait "$cpid"
 expect_eq "SIGTERM: in-flight request still answered" "$(cat "$TMP/slow.code")" 200
 expect_eq "SIGTERM: proxy exits 0 after draining" "$rc" 0
-if grep -q "ERROR: AddressSanitizer\|runtime error\|LeakSanitizer" "$TMP/proxy.log"; then
-    fail "sanitizers clean"; grep -A20 "Sanitizer\|runtime error" "$TMP/proxy.log" | head -40
-else
-    pass "sanitizers clean (ASan, UBSan, LeakSanitizer)"
-fi
+expect_sanitizers_clean "sanitizers clean (ASan, UBSan, LeakSanitizer)" "$TMP/proxy.log"
 finish

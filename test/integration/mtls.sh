@@ -146,11 +146,7 @@ if ADMIN_PORT=$N_ADMIN start_proxy n "$TMP/n.json"; then
     expect_match "a malformed endpoint identity is refused, naming the key" "$out" \
         'routes\[0\]\.endpoints\[0\]\.identity: "spiffe://bad id" is not a SPIFFE ID'
     stop_pid "$NPID"; expect_eq "N exits 0" "$STOP_RC" 0
-    if grep -q "ERROR: AddressSanitizer\|runtime error\|LeakSanitizer" "$TMP/n.log"; then
-        fail "sanitizers clean (n)"
-    else
-        pass "sanitizers clean (n)"
-    fi
+    expect_sanitizers_clean "sanitizers clean (n)" "$TMP/n.log"
 else
     fail "N did not start"
 fi
@@ -222,10 +218,6 @@ stop_pid "$CPID"; expect_eq "C exits 0" "$STOP_RC" 0
 stop_pid "$APID"; expect_eq "A exits 0" "$STOP_RC" 0
 stop_pid "$BPID"; expect_eq "B exits 0" "$STOP_RC" 0
 for l in a b; do
-    if grep -q "ERROR: AddressSanitizer\|runtime error\|LeakSanitizer" "$TMP/$l.log"; then
-        fail "sanitizers clean ($l)"; grep -A20 "Sanitizer\|runtime error" "$TMP/$l.log" | head -40
-    else
-        pass "sanitizers clean ($l)"
-    fi
+    expect_sanitizers_clean "sanitizers clean ($l)" "$TMP/$l.log"
 done
 finish

@@ -403,10 +403,6 @@ stop_pid "$APID"; expect_eq "A exits 0" "$STOP_RC" 0
 stop_pid "$CPID"; expect_eq "C exits 0" "$STOP_RC" 0
 stop_pid "$BPID"; expect_eq "B exits 0" "$STOP_RC" 0
 for l in a b c b-bad; do
-    if grep -q "ERROR: AddressSanitizer\|runtime error\|LeakSanitizer" "$TMP/$l.log"; then
-        fail "sanitizers clean ($l)"; grep -A20 "Sanitizer\|runtime error" "$TMP/$l.log" | head -40
-    else
-        pass "sanitizers clean ($l)"
-    fi
+    expect_sanitizers_clean "sanitizers clean ($l)" "$TMP/$l.log"
 done
 finish

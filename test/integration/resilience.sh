@@ -178,9 +178,5 @@ expect_match "ejections in /metrics" "$m" 'remora_outlier_ejections_total [1-9]'
 expect_match "retries in /metrics" "$m" 'remora_retries_total [1-9]'
 
 stop_pid "$PROXY_PID"; expect_eq "proxy exits 0" "$STOP_RC" 0
-if grep -q "ERROR: AddressSanitizer\|runtime error\|LeakSanitizer" "$TMP/proxy.log"; then
-    fail "sanitizers clean"; grep -A20 "Sanitizer\|runtime error" "$TMP/proxy.log" | head -40
-else
-    pass "sanitizers clean"
-fi
+expect_sanitizers_clean "sanitizers clean" "$TMP/proxy.log"
 finish
