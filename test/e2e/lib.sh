@@ -2,14 +2,16 @@
 # A cluster on one machine for end-to-end tests and benchmarks (docs/e2e.md).
 # Source after test/lib.sh (for bg, on_exit, $TMP, $PROXY, $INJECTOR, $UPSTREAM).
 #
-#   e2e_cluster               a "node" network namespace with a bridge (10.232.0.1/24),
+#   e2e_cluster               a "node" network namespace with a bridge (10.232.0.1/24,
+#                             fd32::1/64),
 #                             a PKI (root, CA intermediate, the webhook's serving cert),
 #                             service-account token keys, remora-injector serving the
 #                             webhook and the CA on the node's address; writes
 #                             $E2E/cluster.json for test/e2e/pod.py
 #   e2e_configmap NS/NAME KEY FILE    add a ConfigMap key
-#   e2e_pod NAME IP MANIFEST  run a pod (pod.py run, in the background); waits until
-#                             Ready (E2E_WAIT seconds); sets POD_PID[NAME]
+#   e2e_pod NAME IP MANIFEST [IP6]  run a pod (pod.py run, in the background), dual-stack
+#                             with IP6; waits until Ready (E2E_WAIT seconds); sets
+#                             POD_PID[NAME]
 #   e2e_delete NAME           delete a pod (SIGTERM to its kubelet) and wait for it
 #   e2e_exec NAME CONTAINER CMD...    run CMD in a pod's container
 # Everything is removed at exit, even when a test fails: pods are deleted (their
@@ -17,10 +19,12 @@
 E2E=$TMP/e2e
 E2E_NODE=rm-e2e-$$-node
 E2E_NODE_IP=10.232.0.1
+E2E_NODE_IP6=fd32::1
 E2E_WAIT=${E2E_WAIT:-40}
 E2E_POD_PY=(python3 "$REMORA_ROOT/test/e2e/pod.py")
 declare -A POD_PID=()
 declare -A POD_IP=()
+declare -A POD_IP6=()
 
 _e2e_in_node() { ip netns exec "$E2E_NODE" "$@"; }
 
@@ -34,6 +38,8 @@ e2e_cluster() {
     _e2e_in_node ip link set lo up
     _e2e_in_node ip link add br0 type bridge
     _e2e_in_node ip addr add "$E2E_NODE_IP/24" dev br0
+    # nodad: the pods' IPv6 default route works at once (no tentative address)
+    _e2e_in_node ip addr add "$E2E_NODE_IP6/64" dev br0 nodad
     _e2e_in_node ip link set br0 up
 
     local certs=$REMORA_ROOT/$REMORA_BUILD/remora-certs
@@ -78,10 +84,12 @@ e2e_cluster() {
         return 1
     fi
 
-    jq -n --arg node "$E2E_NODE" --arg ip "$E2E_NODE_IP" --arg prefix "rm-e2e-$$-" \
+    jq -n --arg node "$E2E_NODE" --arg ip "$E2E_NODE_IP" --arg ip6 "$E2E_NODE_IP6" \
+        --arg prefix "rm-e2e-$$-" \
         --arg root "$E2E/pki/root.pem" --arg proxy "$PROXY" --arg up "$UPSTREAM" \
         --arg mint "$REMORA_ROOT/test/tools/mint-token.js" --arg keys "$E2E/jwt" '{
-        node_ns: $node, bridge: "br0", node_ip: $ip, prefix_len: 24, netns_prefix: $prefix,
+        node_ns: $node, bridge: "br0", node_ip: $ip, prefix_len: 24, node_ip6: $ip6,
+        netns_prefix: $prefix,
         injector: {url: "https://remora-injector.remora-system.svc:8443/inject",
                    resolve: $ip, cacert: $root},
         images: {
@@ -101,12 +109,15 @@ e2e_configmap() { # NS/NAME KEY FILE
 # pod_status NAME JQ-EXPR: a field of the pod's status.json
 pod_status() { jq -r "$2" "$E2E/pods/$1/status.json" 2>/dev/null; }
 
-e2e_pod() { # NAME IP MANIFEST
-    local name=$1 ip=$2 manifest=$3 state=$E2E/pods/$1
+e2e_pod() { # NAME IP MANIFEST [IP6]
+    local name=$1 ip=$2 manifest=$3 ip6=${4:-} state=$E2E/pods/$1
+    local v6=()
     mkdir -p "$state"
     POD_IP[$name]=$ip
+    POD_IP6[$name]=$ip6
+    [[ -n $ip6 ]] && v6=(--ip6 "$ip6")
     bg "pod-$name" "${E2E_POD_PY[@]}" run --cluster "$E2E/cluster.json" --manifest "$manifest" \
-        --ip "$ip" --state "$state"
+        --ip "$ip" "${v6[@]}" --state "$state"
     POD_PID[$name]=$LASTPID
     on_exit "e2e_delete $name"
     local i

@@ -2,14 +2,16 @@
 """Pods on one machine: a pod manifest becomes a running pod, set up by the pieces
 Kubernetes would run (docs/e2e.md). Python 3 standard library only.
 
-  pod.py run     --cluster C.json --manifest POD.json --ip IP --state DIR
+  pod.py run     --cluster C.json --manifest POD.json --ip IP [--ip6 IP6] --state DIR
                  the pod's kubelet, in the foreground until SIGTERM (= pod deletion):
                  admission (AdmissionReview over HTTPS to remora-injector, as the API
                  server sends it), the returned JSONPatch applied with
                  `kubectl patch --local --type=json`, a network namespace on the
                  cluster's bridge, volumes, init containers, containers (postStart
                  hooks, readiness/startup probes), and on SIGTERM the termination
-                 sequence. DIR/status.json says how the pod is doing.
+                 sequence. DIR/status.json says how the pod is doing. --ip6 makes
+                 the pod dual-stack: IP6/64 on eth0 too, an IPv6 default route via
+                 the node's node_ip6.
   pod.py exec    --state DIR [--container NAME] [--user UID] -- CMD...
                  run CMD inside a running pod's container (netns, mounts, user, env)
   pod.py cleanup --state DIR
@@ -18,6 +20,7 @@ Kubernetes would run (docs/e2e.md). Python 3 standard library only.
 
 C.json (written by the test; see test/integration/e2e.sh):
   {"node_ns": "...", "bridge": "br0", "node_ip": "10.232.0.1", "prefix_len": 24,
+   "node_ip6": "fd32::1",
    "netns_prefix": "rm-e2e-123-",
    "injector": {"url": "https://remora-injector.remora-system.svc:8443/inject",
                 "resolve": "10.232.0.1", "cacert": "root.pem"},
@@ -461,6 +464,15 @@ class Pod:
             ["ip", "-n", ns, "link", "set", "eth0", "up"],
             ["ip", "-n", ns, "route", "add", "default", "via", cl["node_ip"]],
         ]
+        if self.ip6:
+            if not cl.get("node_ip6"):
+                raise RuntimeError("--ip6: the cluster has no node_ip6")
+            # nodad: usable at once rather than tentative for a second, and in place
+            # before remora-init looks for a global IPv6 address (its ip6tables rules)
+            steps += [
+                ["ip", "-n", ns, "addr", "add", "%s/64" % self.ip6, "dev", "eth0", "nodad"],
+                ["ip", "-n", ns, "-6", "route", "add", "default", "via", cl["node_ip6"]],
+            ]
         for s in steps:
             r = run(s)
             if r.returncode != 0:
@@ -578,12 +590,13 @@ class Pod:
                 cs.update({"state": "terminated", "exitCode": p.returncode, "ready": False})
                 self.event("%s exited with %d" % (name, p.returncode))
 
-    def create(self, manifest, ip):
+    def create(self, manifest, ip, ip6=None):
         pod = manifest
         pod.setdefault("metadata", {}).setdefault("namespace", "default")
         pod.setdefault("spec", {}).setdefault("serviceAccountName", "default")
         pod["metadata"].setdefault("uid", str(uuid.uuid4()))
         self.ip = ip
+        self.ip6 = ip6
         self.netns = self.cluster["netns_prefix"] + pod["metadata"]["name"]
         self.save()
         self.pod = admit(self.cluster, pod, self.state)
@@ -591,6 +604,7 @@ class Pod:
         with open(os.path.join(self.state, "ip"), "w") as f:
             f.write(ip + "\n")
         self.status["podIP"] = ip
+        self.status["podIPs"] = [{"ip": x} for x in (ip, ip6) if x]
         self.status["netns"] = self.netns
         self.status["injected"] = "remora.io/status" in (self.pod["metadata"].get("annotations")
                                                          or {})
@@ -722,7 +736,7 @@ def cmd_run(args):
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     try:
-        pod.create(manifest, args.ip)
+        pod.create(manifest, args.ip, args.ip6)
         pod.supervise()
     except Exception as e:  # the pod failed: say why where the test looks
         pod.status["phase"] = "Failed"
@@ -772,6 +786,7 @@ def main():
     r.add_argument("--cluster", required=True)
     r.add_argument("--manifest", required=True)
     r.add_argument("--ip", required=True)
+    r.add_argument("--ip6", help="an IPv6 address too (dual-stack pod), e.g. fd32::12")
     r.add_argument("--state", required=True)
     e = sub.add_parser("exec")
     e.add_argument("--cluster", required=True)

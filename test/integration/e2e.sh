@@ -5,8 +5,9 @@
 # as their securityContext users with the injected env, volumes and args). The
 # injector's output is what runs. docs/e2e.md.
 #
-#   A  shop/frontend, classic sidecar: an unmodified client (UID 1000)
-#   B  shop/backend,  classic sidecar, strict mTLS, policy ConfigMap, port 9090 excluded
+#   A  shop/frontend, classic sidecar: an unmodified client (UID 1000); dual-stack
+#   B  shop/backend,  classic sidecar, strict mTLS, policy ConfigMap, port 9090 excluded;
+#                     dual-stack, with apps on [::]:8080 and [::]:9090 as well
 #   C  shop/legacy,   no sidecar (remora.io/inject: "false")
 #   D  shop/intruder, native sidecar: meshed, but B's policy does not allow it
 # Root only (CI runs as root).
@@ -56,7 +57,11 @@ manifest b backend '{"remora.io/policy": "b-policy", "remora.io/exclude-inbound-
    "readinessProbe": {"httpGet": {"path": "/status/200", "port": "http"}, "periodSeconds": 1},
    "livenessProbe": {"httpGet": {"path": "/status/204", "port": 8080}}},
   {"name": "plain", "image": "remora-e2e/app",
-   "args": ["--listen", "0.0.0.0:9090", "--name", "pod-b-9090"]}]'
+   "args": ["--listen", "0.0.0.0:9090", "--name", "pod-b-9090"]},
+  {"name": "app6", "image": "remora-e2e/app",
+   "args": ["--listen", "[::]:8080", "--name", "pod-b6"]},
+  {"name": "plain6", "image": "remora-e2e/app",
+   "args": ["--listen", "[::]:9090", "--name", "pod-b6-9090"]}]'
 manifest c legacy '{"remora.io/inject": "false"}' "$TOOLBOX"
 manifest d intruder '{"remora.io/native-sidecar": "true"}' "$TOOLBOX"
 
@@ -64,8 +69,11 @@ A_IP=10.232.0.11
 B_IP=10.232.0.12
 C_IP=10.232.0.13
 D_IP=10.232.0.14
-check "pod b Ready (init iptables, proxy with a CA-issued cert, app)" e2e_pod b "$B_IP" "$E2E/b.json"
-check "pod a Ready" e2e_pod a "$A_IP" "$E2E/a.json"
+A_IP6=fd32::11
+B_IP6=fd32::12
+check "pod b Ready (init iptables, proxy with a CA-issued cert, app)" \
+    e2e_pod b "$B_IP" "$E2E/b.json" "$B_IP6"
+check "pod a Ready" e2e_pod a "$A_IP" "$E2E/a.json" "$A_IP6"
 check "pod c (no sidecar) Ready" e2e_pod c "$C_IP" "$E2E/c.json"
 check "pod d (native sidecar) Ready" e2e_pod d "$D_IP" "$E2E/d.json"
 
@@ -84,6 +92,14 @@ expect_eq "b: the app runs as UID 1000" \
 certs=$(e2e_exec b remora-proxy curl -s -m 5 http://127.0.0.1:15000/certs)
 expect_match "b: certificate issued by the CA for its service account" "$certs" \
     "\"spiffe_id\": \"$SPIFFE/backend\".*\"source\": \"ca\""
+for p in a b; do
+    check "$p: dual-stack, remora-init installed IPv6 capture rules too" \
+        grep -q 'capture rules installed (IPv4 and IPv6)' "$E2E/pods/$p/remora-init.log"
+    dump=$(e2e_exec "$p" remora-proxy curl -s -m 5 http://127.0.0.1:15000/config_dump)
+    expect_eq "$p: the proxy bound its IPv6 capture listeners (inbound6, outbound6)" \
+        "$(jq -c '[.listeners[] | select(.name | endswith("6")) | .bound_address]' <<<"$dump")" \
+        '["[::]:15006","[::1]:15001"]'
+done
 
 # ---- A -> B through both sidecars ---------------------------------------------------
 # curl in A's client container: UID 1000, no proxy settings, B's pod IP and app port
@@ -99,6 +115,31 @@ out=$(e2e_exec a client curl -s -m 10 -o /dev/null -w '%{http_version} %{http_co
 expect_eq "A -> B (h2c): the client spoke HTTP/2" "$out" "2 200"
 stats_a=$(e2e_exec a remora-proxy curl -s -m 5 http://127.0.0.1:15000/stats)
 expect_match "A's sidecar originated mTLS" "$stats_a" '"tls_handshakes": *[1-9]'
+
+# ---- A -> B over IPv6 ------------------------------------------------------------------
+# The same client, B's IPv6 address: ip6tables sends it to A's outbound6 ([::1]:15001,
+# IP6T_SO_ORIGINAL_DST), mTLS to B's inbound6 ([::]:15006), which forwards to
+# [::1]:8080: app6 (pod-b6), which only listens on IPv6 (test-upstream sets IPV6_V6ONLY)
+body=$(e2e_exec a client curl -s -m 10 "http://[$B_IP6]:9090/api/direct6")
+expect_match "IPv6 routing: A -> B's excluded port 9090 over IPv6 is answered by B's IPv6 app" \
+    "$body" '"name": *"pod-b6-9090"'
+if [[ $body == *x-forwarded-client-cert* ]]; then
+    fail "excluded port 9090 over IPv6: no sidecar on the way (XFCC present)"
+else
+    pass "excluded port 9090 over IPv6: no sidecar on the way (no XFCC)"
+fi
+stats_a=$(e2e_exec a remora-proxy curl -s -m 5 http://127.0.0.1:15000/stats)
+body=$(e2e_exec a client curl -s -m 10 "http://[$B_IP6]:8080/api/hello")
+expect_match "A -> B over IPv6: B's IPv6 app answers (inbound6 forwards to [::1]:8080)" \
+    "$body" '"name": *"pod-b6"'
+expect_match "A -> B over IPv6: B's app sees A's SPIFFE identity (XFCC, mTLS between the sidecars)" \
+    "$body" "\"x-forwarded-client-cert\": *\"By=$SPIFFE/backend;URI=$SPIFFE/frontend\""
+stats_a2=$(e2e_exec a remora-proxy curl -s -m 5 http://127.0.0.1:15000/stats)
+expect_eq "A -> B over IPv6: A's sidecar counted the connection (downstream_cx_total +1)" \
+    "$(jq .downstream_cx_total <<<"$stats_a2")" "$(jq '.downstream_cx_total + 1' <<<"$stats_a")"
+code=$(e2e_exec a client curl -s -m 10 -o /dev/null -w '%{http_code}' -X POST \
+    "http://[$B_IP6]:8080/api/hello")
+expect_eq "policy over IPv6: POST from frontend denied by default" "$code" 403
 
 # ---- B's policy -----------------------------------------------------------------------
 code=$(e2e_exec a client curl -s -m 10 -o /dev/null -w '%{http_code}' -X POST \
