@@ -96,7 +96,7 @@ $(ALL_LIBS): $(BUILD)/lib/empty.o
 $(BUILD)/remora-proxy: $(call obj,proxy/main.c) $(LIB_PROXY) $(LIB_CERTS) $(LIB_COMMON) $(LIB_LLHTTP)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(PROXY_LIBS)
 
-$(BUILD)/remora-injector: $(call obj,injector/main.c) $(LIB_INJECTOR) $(LIB_CERTS) $(LIB_COMMON)
+$(BUILD)/remora-injector: $(call obj,injector/main.c) $(LIB_INJECTOR) $(LIB_CERTS) $(LIB_COMMON) $(LIB_LLHTTP)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(INJECTOR_LIBS)
 
 $(BUILD)/remora-certs: $(call obj,certs/main.c) $(LIB_CERTS) $(LIB_COMMON)

@@ -3,7 +3,9 @@
  *   remora-injector -c FILE                 serve
  *   remora-injector --check-config -c FILE  validate config, template and certificate; exit
  *   remora-injector --print-template        the built-in sidecar template
- *   remora-injector --version */
+ *   remora-injector --version
+ *   remora-injector publish-ca-root --root FILE [flags]
+ *                                           keep remora-ca-root in meshed namespaces (publish.h) */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -17,6 +19,7 @@
 #include "injector/ca.h"
 #include "injector/config.h"
 #include "injector/metrics.h"
+#include "injector/publish.h"
 #include "injector/server.h"
 #include "injector/template.h"
 #include "injector/tls.h"
@@ -29,7 +32,8 @@ static void usage(FILE *f)
     fprintf(f, "usage: remora-injector -c FILE\n"
                "       remora-injector --check-config -c FILE\n"
                "       remora-injector --print-template\n"
-               "       remora-injector --version\n");
+               "       remora-injector --version\n"
+               "       remora-injector publish-ca-root --root FILE [flags]  (--help: the flags)\n");
 }
 
 /* Poll the watched files; reload what changed (everything with force). */
@@ -70,6 +74,9 @@ int main(int argc, char **argv)
     int o;
 
     cm_log_set_component("injector");
+    /* A subcommand comes first, before the server's flags. */
+    if (argc > 1 && strcmp(argv[1], "publish-ca-root") == 0)
+        return ij_publish_main(argc - 1, argv + 1);
     while ((o = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
         switch (o) {
         case 'c':
