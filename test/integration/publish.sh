@@ -291,6 +291,47 @@ stop_pid "$LOOP_PID"
 expect_eq "... SIGTERM: exit 0" "$STOP_RC" 0
 expect_match "... logged" "$(tail -1 "$TMP/loop.log")" 'publish-ca-root: signal 15: stopping'
 
+# ---- the shipped manifests --------------------------------------------------------------------
+if kubectl kustomize "$REMORA_ROOT/manifests" 2>"$TMP/kustomize.err" |
+    python3 -c 'import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))' \
+        >"$TMP/manifests.json"; then
+    mj() { jq -c "$1" "$TMP/manifests.json"; }
+    cj='.[] | select(.kind == "CronJob" and .metadata.name == "remora-ca-root-publisher")'
+    pod="$cj | .spec.jobTemplate.spec.template.spec"
+    expect_eq "manifests: CronJob remora-ca-root-publisher every 5 minutes, Forbid, in remora-system" \
+        "$(mj "$cj | [.metadata.namespace, .spec.schedule, .spec.concurrencyPolicy]")" \
+        '["remora-system","*/5 * * * *","Forbid"]'
+    expect_eq "... the injector's image and tag" \
+        "$(mj "$pod | .containers[0].image")" \
+        "$(mj '.[] | select(.kind == "Deployment" and .metadata.name == "remora-injector") | .spec.template.spec.containers[0].image')"
+    expect_eq "... runs remora-injector publish-ca-root --root /etc/remora/ca/root.pem" \
+        "$(mj "$pod | .containers[0] | (.command + .args)")" \
+        '["remora-injector","publish-ca-root","--root","/etc/remora/ca/root.pem"]'
+    expect_eq "... mounts only root.pem of Secret remora-ca there, read-only" \
+        "$(mj "$pod | [(.containers[0].volumeMounts[] | [.mountPath, .readOnly]),
+            (.volumes[] | [.secret.secretName, .secret.items])]")" \
+        '[["/etc/remora/ca",true],["remora-ca",[{"key":"root.pem","path":"root.pem"}]]]'
+    expect_eq "... hardened: non-root, read-only root, no privilege escalation, no capabilities, seccomp, limits" \
+        "$(mj "$pod | [.serviceAccountName, .securityContext.runAsNonRoot, .securityContext.seccompProfile.type,
+            .containers[0].securityContext.readOnlyRootFilesystem,
+            .containers[0].securityContext.allowPrivilegeEscalation,
+            .containers[0].securityContext.capabilities.drop, .containers[0].resources.limits.memory]")" \
+        '["remora-ca-root-publisher",true,"RuntimeDefault",true,false,["ALL"],"64Mi"]'
+    expect_eq "ClusterRole: namespaces get/list, configmaps create, get/patch remora-ca-root only" \
+        "$(mj '.[] | select(.kind == "ClusterRole" and .metadata.name == "remora-ca-root-publisher") |
+            [.rules[] | [.resources[0], (.verbs | sort | join(",")), (.resourceNames // [] | join(","))]]')" \
+        '[["namespaces","get,list",""],["configmaps","create",""],["configmaps","get,patch","remora-ca-root"]]'
+    expect_eq "ClusterRoleBinding: to the publisher's ServiceAccount" \
+        "$(mj '.[] | select(.kind == "ClusterRoleBinding" and .metadata.name == "remora-ca-root-publisher") |
+            [.roleRef.name, .subjects[0].kind, .subjects[0].namespace, .subjects[0].name]')" \
+        '["remora-ca-root-publisher","ServiceAccount","remora-system","remora-ca-root-publisher"]'
+    # the published names agree with the template the pods are injected from
+    expect_eq "the template's ca_root_configmap is the name the publisher writes by default" \
+        "$(jq -r .ca_root_configmap "$REMORA_ROOT/manifests/injector/template.json")" remora-ca-root
+else
+    fail "kubectl kustomize manifests/ renders: $(head -c 300 "$TMP/kustomize.err")"
+fi
+
 # ---- sanitizers -------------------------------------------------------------------------------
 cat "$TMP"/run-*.log >"$TMP/all-runs.log"
 expect_sanitizers_clean "sanitizers clean ($NRUN runs)" "$TMP/all-runs.log"
