@@ -515,9 +515,12 @@ static char *bootstrap(const struct ij_inject_params *p, bool policy, bool route
     if (routes)
         json_object_set_new(b, "routes_file", json_string(IJ_DIR_ROUTES "/routes.json"));
     /* capture issue: the health port the injected probes and postStart hook use */
-    char health[32];
+    char health[32], health6[32];
     snprintf(health, sizeof(health), "0.0.0.0:%d", IJ_PORT_HEALTH);
-    json_object_set_new(b, "health", json_pack("{s:s}", "address", health));
+    snprintf(health6, sizeof(health6), "[::]:%d",
+             IJ_PORT_HEALTH); /* kubelet probing an IPv6 pod IP */
+    json_object_set_new(b, "health",
+                        json_pack("{s:s, s:s}", "address", health, "address6", health6));
     char *s = json_dumps(b, JSON_COMPACT);
     json_decref(b);
     return s;

@@ -203,10 +203,12 @@ static int parse_root(const char *name, json_t *root, struct px_config *cfg, cha
     if (cm_json_get_child(&p, root, "health", false, JSON_OBJECT, &health, errmsg) != 0)
         return CM_ERR_INVAL;
     if (health != NULL) {
-        static const char *const hkeys[] = {"address", NULL};
+        static const char *const hkeys[] = {"address", "address6", NULL};
         cm_jpath_key(&c, &p, "health");
         if (cm_json_check_keys(&c, health, hkeys, errmsg) != 0 ||
-            get_addr(&c, health, "address", true, &cfg->health_addr, NULL, errmsg) != 0)
+            get_addr(&c, health, "address", true, &cfg->health_addr, NULL, errmsg) != 0 ||
+            get_addr(&c, health, "address6", false, &cfg->health_addr6, &cfg->has_health6,
+                     errmsg) != 0)
             return CM_ERR_INVAL;
         cfg->has_health = true;
     }

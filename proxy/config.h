@@ -68,6 +68,10 @@ struct px_config {
     /* capture issue: health port (proxy/health.c), "health": {"address": ...} */
     struct cm_addr health_addr;
     bool has_health;
+    /* "health": {"address6": ...}: a second address for the same port, skipped
+     * when its family is not available here (kubelet probes an IPv6 pod IP) */
+    struct cm_addr health_addr6;
+    bool has_health6;
     struct px_listener_cfg *listeners;
     size_t nlisteners;
     struct px_limits limits;

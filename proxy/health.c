@@ -874,6 +874,30 @@ int px_health_start(struct event_base *base, const struct cm_addr *addr, struct 
     return 0;
 }
 
+int px_health_listen_optional(struct px_health *h, const struct cm_addr *addr, char **errmsg)
+{
+    char abuf[CM_ADDR_STRLEN];
+    int fd = cm_net_listen(addr, HEALTH_BACKLOG);
+    if (fd < 0 && (errno == EAFNOSUPPORT || errno == EADDRNOTAVAIL)) {
+        cm_warn("health: %s is not available here (%s): skipped",
+                cm_addr_format(addr, abuf, sizeof(abuf)), strerror(errno));
+        return 0;
+    }
+    if (fd < 0) {
+        *errmsg = cm_xasprintf("health: cannot listen on %s: %s",
+                               cm_addr_format(addr, abuf, sizeof(abuf)), strerror(errno));
+        return CM_ERR_IO;
+    }
+    if (evhttp_accept_socket_with_handle(h->http, fd) == NULL) {
+        close(fd);
+        *errmsg =
+            cm_xasprintf("health: cannot serve on %s", cm_addr_format(addr, abuf, sizeof(abuf)));
+        return CM_ERR_IO;
+    }
+    cm_info("health: also serving on %s", cm_addr_format(addr, abuf, sizeof(abuf)));
+    return 0;
+}
+
 void px_health_local_addr(const struct px_health *h, struct cm_addr *out)
 {
     *out = h->local;

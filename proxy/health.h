@@ -20,6 +20,9 @@ struct px_health;
  * value is logged once and leaves that feature off, never fails the start.
  * Returns 0 and *out (free with px_health_free), or CM_ERR_IO with *errmsg
  * (caller frees) when the address cannot be bound. */
+/* A second address for the same server (health.address6); one whose family
+ * is not available here is skipped with a warning. 0 or CM_ERR_IO. */
+int px_health_listen_optional(struct px_health *h, const struct cm_addr *addr, char **errmsg);
 int px_health_start(struct event_base *base, const struct cm_addr *addr, struct px_health **out,
                     char **errmsg);
 /* The bound address (port 0 resolved). */

@@ -203,7 +203,9 @@ int px_server_run(struct px_config *cfg)
         goto out;
     }
     /* capture issue: health port for kubelet (proxy/health.c) */
-    if (cfg->has_health && px_health_start(px_srv->base, &cfg->health_addr, &health, &err) != 0) {
+    if (cfg->has_health &&
+        (px_health_start(px_srv->base, &cfg->health_addr, &health, &err) != 0 ||
+         (cfg->has_health6 && px_health_listen_optional(health, &cfg->health_addr6, &err) != 0))) {
         cm_error("%s", err);
         rc = CM_ERR_IO;
         goto out;

@@ -122,6 +122,7 @@ ip netns exec "$D" sysctl -q -w net.ipv6.conf.all.disable_ipv6=1 \
 v4cfg() { # OPTIONAL(true|false)
     cat <<EOF
 {"admin": {"address": "127.0.0.1:15000"},
+ "health": {"address": "0.0.0.0:15020", "address6": "[::1]:15020"},
  "listeners": [
    {"name": "inbound", "address": "0.0.0.0:15006", "direction": "inbound"},
    {"name": "outbound", "address": "127.0.0.1:15001", "direction": "outbound"},
@@ -142,6 +143,8 @@ done
 expect_eq "no IPv6 in the pod: the proxy is ready with its optional IPv6 listeners" "$ready" 200
 check "... the one that cannot bind ([::1]) is skipped with a warning naming it" \
     grep -q 'warn .*listener outbound6: \[::1\]:15001 is not available here' "$TMP/proxy-v4only.log"
+check "... as is an unavailable health.address6" \
+    grep -q 'warn .*health: \[::1\]:15020 is not available here' "$TMP/proxy-v4only.log"
 dump=$(ip netns exec "$D" curl -s -m 2 http://127.0.0.1:15000/config_dump)
 expect_eq "... /config_dump marks it skipped, and shows the others' bound addresses" \
     "$(jq -c '[.listeners[] | .bound_address // "skipped"]' <<<"$dump")" \
@@ -164,7 +167,7 @@ check "... naming the listener and the address" \
 chmod 755 "$TMP" # the proxy (UID 1337) reads its config here
 cat >"$TMP/proxy.json" <<EOF
 {"admin": {"address": "127.0.0.1:15000"},
- "health": {"address": "0.0.0.0:15020"},
+ "health": {"address": "0.0.0.0:15020", "address6": "[::]:15020"},
  "access_log": "-",
  "listeners": [
    {"name": "inbound", "address": "0.0.0.0:15006", "direction": "inbound"},
@@ -268,6 +271,8 @@ code=$(inB curl -s -m 5 -o /dev/null -w '%{http_code}' "http://$A_IP:15020/healt
 expect_eq "kubelet -> pod:15020/healthz/ready: 200" "$code" 200
 code=$(inB curl -s -m 5 -o /dev/null -w '%{http_code}' "http://$A_IP:15020/app-health/app/readyz")
 expect_eq "rewritten readiness probe: the app's 204" "$code" 204
+code=$(inB curl -s -m 5 -o /dev/null -w '%{http_code}' "http://[$A_IP6]:15020/app-health/app/readyz")
+expect_eq "... and over IPv6 (health.address6), as kubelet probes an IPv6 pod IP" "$code" 204
 code=$(inB curl -s -m 5 -o /dev/null -w '%{http_code}' "http://$A_IP:15020/app-health/app/livez")
 expect_eq "rewritten liveness probe: the app's 503" "$code" 503
 code=$(inB curl -s -m 5 -o /dev/null -w '%{http_code}' \

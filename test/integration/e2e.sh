@@ -180,6 +180,9 @@ code=$(ip netns exec "$E2E_NODE" curl -s -m 5 -o /dev/null -w '%{http_code}' \
     -H 'User-Agent: kube-probe/1.30' "http://$B_IP:15020/app-health/app/readyz")
 expect_eq "kubelet-style plaintext probe of a rewritten readiness probe: 200" "$code" 200
 code=$(ip netns exec "$E2E_NODE" curl -s -m 5 -o /dev/null -w '%{http_code}' \
+    -H 'User-Agent: kube-probe/1.30' "http://[$B_IP6]:15020/app-health/app/readyz")
+expect_eq "... the same probe to B's IPv6 address (health.address6 in the bootstrap): 200" "$code" 200
+code=$(ip netns exec "$E2E_NODE" curl -s -m 5 -o /dev/null -w '%{http_code}' \
     "http://$B_IP:15020/app-health/app/livez")
 expect_eq "kubelet-style plaintext probe of a rewritten liveness probe: the app's 204" "$code" 204
 code=$(ip netns exec "$E2E_NODE" curl -s -m 5 -o /dev/null -w '%{http_code}' \

@@ -337,6 +337,12 @@ static void all_keys(void **state)
     assert_int_equal(l->retry_buffer_bytes, 32768);
     assert_true(cfg->has_health);
     assert_string_equal(addr(&cfg->health_addr), "0.0.0.0:15020");
+    assert_true(cfg->has_health6);
+    assert_string_equal(addr(&cfg->health_addr6), "[::]:15020");
+    px_config_free(cfg);
+    cfg = load_case("ok-health.json"); /* address6 is optional */
+    assert_true(cfg->has_health);
+    assert_false(cfg->has_health6);
     px_config_free(cfg);
 }
 
