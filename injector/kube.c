@@ -29,8 +29,8 @@
 
 #define STATUS_MESSAGE_MAX 512 /* of a Status.message quoted in an error */
 
-static int fail(char **errmsg, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(char **errmsg, int rc, const char *fmt, ...)
+static int kfail(char **errmsg, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int kfail(char **errmsg, int rc, const char *fmt, ...)
 {
     va_list ap;
     char buf[2048];
@@ -69,14 +69,14 @@ int ij_kube_url_parse(const char *url, struct ij_kube_url *out, char **errmsg)
     static const char scheme[] = "https://";
     memset(out, 0, sizeof(*out));
     if (url == NULL || strncmp(url, scheme, sizeof(scheme) - 1) != 0)
-        return fail(errmsg, CM_ERR_INVAL, "--api %s: want an https:// URL", url ? url : "(none)");
+        return kfail(errmsg, CM_ERR_INVAL, "--api %s: want an https:// URL", url ? url : "(none)");
     const char *p = url + sizeof(scheme) - 1;
     const char *host, *hend;
     if (*p == '[') {
         host = p + 1;
         hend = strchr(host, ']');
         if (hend == NULL)
-            return fail(errmsg, CM_ERR_INVAL, "--api %s: unterminated '[' in the host", url);
+            return kfail(errmsg, CM_ERR_INVAL, "--api %s: unterminated '[' in the host", url);
         p = hend + 1;
     } else {
         host = p;
@@ -85,12 +85,12 @@ int ij_kube_url_parse(const char *url, struct ij_kube_url *out, char **errmsg)
     }
     size_t hlen = (size_t)(hend - host);
     if (hlen == 0 || hlen >= sizeof(out->host))
-        return fail(errmsg, CM_ERR_INVAL, "--api %s: %s host", url, hlen ? "too long a" : "no");
+        return kfail(errmsg, CM_ERR_INVAL, "--api %s: %s host", url, hlen ? "too long a" : "no");
     memcpy(out->host, host, hlen);
     for (size_t i = 0; i < hlen; i++) {
         unsigned char c = (unsigned char)out->host[i];
         if (c <= 0x20 || c >= 0x7f || c == '@' || c == '%')
-            return fail(errmsg, CM_ERR_INVAL, "--api %s: bad character in the host", url);
+            return kfail(errmsg, CM_ERR_INVAL, "--api %s: bad character in the host", url);
     }
     snprintf(out->port, sizeof(out->port), "443");
     if (*p == ':') {
@@ -103,22 +103,22 @@ int ij_kube_url_parse(const char *url, struct ij_kube_url *out, char **errmsg)
             port = strtol(tmp, NULL, 10);
         }
         if (port < 1 || port > 65535)
-            return fail(errmsg, CM_ERR_INVAL, "--api %s: bad port", url);
+            return kfail(errmsg, CM_ERR_INVAL, "--api %s: bad port", url);
         snprintf(out->port, sizeof(out->port), "%ld", port);
         p += n;
     }
     if (*p != '\0' && *p != '/')
-        return fail(errmsg, CM_ERR_INVAL, "--api %s: unexpected '%c' after the host", url, *p);
+        return kfail(errmsg, CM_ERR_INVAL, "--api %s: unexpected '%c' after the host", url, *p);
     size_t blen = strlen(p);
     while (blen > 0 && p[blen - 1] == '/')
         blen--;
     if (blen >= sizeof(out->base))
-        return fail(errmsg, CM_ERR_INVAL, "--api %s: path too long", url);
+        return kfail(errmsg, CM_ERR_INVAL, "--api %s: path too long", url);
     for (size_t i = 0; i < blen; i++) {
         unsigned char c = (unsigned char)p[i];
         if (c <= 0x20 || c >= 0x7f || c == '?' || c == '#')
-            return fail(errmsg, CM_ERR_INVAL, "--api %s: the path may not hold a query or '%c'",
-                        url, c > 0x20 && c < 0x7f ? c : '?');
+            return kfail(errmsg, CM_ERR_INVAL, "--api %s: the path may not hold a query or '%c'",
+                         url, c > 0x20 && c < 0x7f ? c : '?');
     }
     memcpy(out->base, p, blen);
     if (inet_pton(AF_INET, out->host, out->ip) == 1)
@@ -126,7 +126,7 @@ int ij_kube_url_parse(const char *url, struct ij_kube_url *out, char **errmsg)
     else if (inet_pton(AF_INET6, out->host, out->ip) == 1)
         out->iplen = 16;
     else if (host[-1] == '[')
-        return fail(errmsg, CM_ERR_INVAL, "--api %s: [%s] is not an IPv6 address", url, out->host);
+        return kfail(errmsg, CM_ERR_INVAL, "--api %s: [%s] is not an IPv6 address", url, out->host);
     return 0;
 }
 
@@ -284,15 +284,15 @@ static void rparser_init(struct rparser *p, struct ij_kube_resp *resp, size_t ma
 static int rparser_error(struct rparser *p, llhttp_errno_t e, char **errmsg)
 {
     if (p->limit == 1)
-        return fail(errmsg, CM_ERR_LIMIT, "response head exceeds %u bytes", IJ_KUBE_MAX_HEAD);
+        return kfail(errmsg, CM_ERR_LIMIT, "response head exceeds %u bytes", IJ_KUBE_MAX_HEAD);
     if (p->limit == 2)
-        return fail(errmsg, CM_ERR_LIMIT, "response body exceeds %zu bytes", p->max_body);
+        return kfail(errmsg, CM_ERR_LIMIT, "response body exceeds %zu bytes", p->max_body);
     if (e == HPE_PAUSED_UPGRADE)
-        return fail(errmsg, CM_ERR_PROTO, "unexpected protocol upgrade (status %d)",
-                    p->http.status_code);
+        return kfail(errmsg, CM_ERR_PROTO, "unexpected protocol upgrade (status %d)",
+                     p->http.status_code);
     const char *reason = llhttp_get_error_reason(&p->http);
-    return fail(errmsg, CM_ERR_PROTO, "not a valid HTTP/1.x response: %s (%s)",
-                reason ? reason : "?", llhttp_errno_name(e));
+    return kfail(errmsg, CM_ERR_PROTO, "not a valid HTTP/1.x response: %s (%s)",
+                 reason ? reason : "?", llhttp_errno_name(e));
 }
 
 /* Feed bytes; returns 0 (p->done tells whether the response is complete) or
@@ -316,8 +316,8 @@ static int rparser_eof(struct rparser *p, char **errmsg)
     if (e != HPE_OK && e != HPE_INVALID_EOF_STATE && !(e == HPE_PAUSED && p->done))
         return rparser_error(p, e, errmsg);
     if (!p->done)
-        return fail(errmsg, CM_ERR_PROTO, "connection closed before the response %s",
-                    p->head_bytes || p->http.status_code ? "ended" : "began");
+        return kfail(errmsg, CM_ERR_PROTO, "connection closed before the response %s",
+                     p->head_bytes || p->http.status_code ? "ended" : "began");
     return 0;
 }
 
@@ -387,12 +387,12 @@ static int load_object(const char *what, const char *body, size_t len, json_t **
     json_error_t je;
     *out = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
     if (*out == NULL)
-        return fail(errmsg, CM_ERR_INVAL, "%s: not JSON: %s (at byte %d)", what, je.text,
-                    je.position);
+        return kfail(errmsg, CM_ERR_INVAL, "%s: not JSON: %s (at byte %d)", what, je.text,
+                     je.position);
     if (!json_is_object(*out)) {
         json_decref(*out);
         *out = NULL;
-        return fail(errmsg, CM_ERR_INVAL, "%s: not a JSON object", what);
+        return kfail(errmsg, CM_ERR_INVAL, "%s: not a JSON object", what);
     }
     return 0;
 }
@@ -406,7 +406,7 @@ static int check_kind(const char *what, json_t *doc, const char *want, char **er
     if (!json_is_string(k) || strcmp(json_string_value(k), want) != 0) {
         char *got = json_is_string(k) ? sanitize(json_string_value(k), json_string_length(k), 64)
                                       : cm_xstrdup("(not a string)");
-        fail(errmsg, CM_ERR_INVAL, "%s: kind is %s, want %s", what, got, want);
+        kfail(errmsg, CM_ERR_INVAL, "%s: kind is %s, want %s", what, got, want);
         free(got);
         return CM_ERR_INVAL;
     }
@@ -434,23 +434,23 @@ int ij_kube_ns_list_parse(const char *body, size_t len, struct ij_kube_ns_list *
         goto out;
     json_t *items = json_object_get(doc, "items");
     if (items != NULL && !json_is_array(items) && !json_is_null(items)) {
-        rc = fail(errmsg, CM_ERR_INVAL, "%s: items is not an array", what);
+        rc = kfail(errmsg, CM_ERR_INVAL, "%s: items is not an array", what);
         goto out;
     }
     size_t n = json_is_array(items) ? json_array_size(items) : 0;
     if (n > IJ_KUBE_MAX_ITEMS) {
-        rc = fail(errmsg, CM_ERR_LIMIT, "%s: %zu items, more than %u in one page", what, n,
-                  IJ_KUBE_MAX_ITEMS);
+        rc = kfail(errmsg, CM_ERR_LIMIT, "%s: %zu items, more than %u in one page", what, n,
+                   IJ_KUBE_MAX_ITEMS);
         goto out;
     }
     json_t *md = json_object_get(doc, "metadata");
     json_t *cont = json_object_get(md, "continue");
     if (md != NULL && !json_is_object(md)) {
-        rc = fail(errmsg, CM_ERR_INVAL, "%s: metadata is not an object", what);
+        rc = kfail(errmsg, CM_ERR_INVAL, "%s: metadata is not an object", what);
         goto out;
     }
     if (cont != NULL && !json_is_string(cont)) {
-        rc = fail(errmsg, CM_ERR_INVAL, "%s: metadata.continue is not a string", what);
+        rc = kfail(errmsg, CM_ERR_INVAL, "%s: metadata.continue is not a string", what);
         goto out;
     }
     out->items = cm_xcalloc(n ? n : 1, sizeof(*out->items));
@@ -460,8 +460,8 @@ int ij_kube_ns_list_parse(const char *body, size_t len, struct ij_kube_ns_list *
         json_t *name = json_object_get(imd, "name");
         if (!json_is_string(name) || json_string_length(name) == 0 ||
             strlen(json_string_value(name)) != json_string_length(name)) {
-            rc = fail(errmsg, CM_ERR_INVAL, "%s: items[%zu].metadata.name: want a non-empty string",
-                      what, i);
+            rc = kfail(errmsg, CM_ERR_INVAL,
+                       "%s: items[%zu].metadata.name: want a non-empty string", what, i);
             goto out;
         }
         json_t *phase = json_object_get(json_object_get(it, "status"), "phase");
@@ -495,14 +495,14 @@ int ij_kube_configmap_value(const char *body, size_t len, const char *key, char 
         goto out;
     json_t *data = json_object_get(doc, "data");
     if (data != NULL && !json_is_object(data) && !json_is_null(data)) {
-        rc = fail(errmsg, CM_ERR_INVAL, "%s: data is not an object", what);
+        rc = kfail(errmsg, CM_ERR_INVAL, "%s: data is not an object", what);
         goto out;
     }
     json_t *v = json_object_get(data, key);
     if (v == NULL || json_is_null(v))
         goto out;
     if (!json_is_string(v)) {
-        rc = fail(errmsg, CM_ERR_INVAL, "%s: data.%s is not a string", what, key);
+        rc = kfail(errmsg, CM_ERR_INVAL, "%s: data.%s is not a string", what, key);
         goto out;
     }
     *vlen = json_string_length(v);
@@ -619,7 +619,7 @@ static int read_token(struct ij_kube *k, const char *file, char **errmsg)
     char *inner = NULL;
     int rc = pki_read_file(file, IJ_KUBE_MAX_TOKEN, &buf, &len, &inner);
     if (rc != 0) {
-        fail(errmsg, rc, "token: %s", inner);
+        kfail(errmsg, rc, "token: %s", inner);
         free(inner);
         return rc;
     }
@@ -629,14 +629,14 @@ static int read_token(struct ij_kube *k, const char *file, char **errmsg)
     buf[len] = '\0';
     if (len == 0) {
         free(buf);
-        return fail(errmsg, CM_ERR_INVAL, "token: %s is empty", file);
+        return kfail(errmsg, CM_ERR_INVAL, "token: %s is empty", file);
     }
     for (size_t i = 0; i < len; i++) {
         if (buf[i] <= 0x20 || buf[i] >= 0x7f) {
             free(buf);
-            return fail(errmsg, CM_ERR_INVAL,
-                        "token: %s: byte %zu is white space or not ASCII (not a bearer token)",
-                        file, i);
+            return kfail(errmsg, CM_ERR_INVAL,
+                         "token: %s: byte %zu is white space or not ASCII (not a bearer token)",
+                         file, i);
         }
     }
     k->token = (char *)buf;
@@ -662,13 +662,13 @@ int ij_kube_new(const struct ij_kube_opts *o, struct ij_kube **out, char **errms
     if ((rc = read_token(k, o->token_file, errmsg)) != 0)
         goto fail;
     if ((rc = pki_bundle_load_file(&k->ca, o->ca_file, &inner)) != 0) {
-        fail(errmsg, rc, "--ca-file: %s", inner);
+        kfail(errmsg, rc, "--ca-file: %s", inner);
         goto fail;
     }
     ret = mbedtls_ssl_config_defaults(&k->conf, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM,
                                       MBEDTLS_SSL_PRESET_DEFAULT);
     if (ret != 0) {
-        rc = fail(errmsg, CM_ERR_INVAL, "TLS config: -0x%04x", (unsigned)-ret);
+        rc = kfail(errmsg, CM_ERR_INVAL, "TLS config: -0x%04x", (unsigned)-ret);
         goto fail;
     }
     mbedtls_ssl_conf_min_version(&k->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
@@ -714,8 +714,8 @@ static int do_connect(struct ij_kube *k, struct conn *c, char **errmsg)
         hints.ai_flags |= AI_NUMERICHOST;
     int gai = getaddrinfo(k->url.host, k->url.port, &hints, &res);
     if (gai != 0)
-        return fail(errmsg, CM_ERR_IO, "resolve %s: %s", k->url.host,
-                    gai == EAI_SYSTEM ? strerror(errno) : gai_strerror(gai));
+        return kfail(errmsg, CM_ERR_IO, "resolve %s: %s", k->url.host,
+                     gai == EAI_SYSTEM ? strerror(errno) : gai_strerror(gai));
     int err = ECONNREFUSED;
     for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
         c->fd =
@@ -747,9 +747,9 @@ static int do_connect(struct ij_kube *k, struct conn *c, char **errmsg)
     if (c->fd >= 0)
         return 0;
     if (c->timed_out)
-        return fail(errmsg, CM_ERR_TIMEOUT, "connect to %s: no connection within %d ms",
-                    k->endpoint, k->timeout_ms);
-    return fail(errmsg, CM_ERR_IO, "connect to %s: %s", k->endpoint, strerror(err));
+        return kfail(errmsg, CM_ERR_TIMEOUT, "connect to %s: no connection within %d ms",
+                     k->endpoint, k->timeout_ms);
+    return kfail(errmsg, CM_ERR_IO, "connect to %s: %s", k->endpoint, strerror(err));
 }
 
 /* The message for a failed mbedTLS call on connection c during `what`. */
@@ -757,8 +757,8 @@ static int io_fail(struct ij_kube *k, struct conn *c, mbedtls_ssl_context *ssl, 
                    const char *what, char **errmsg)
 {
     if (c->timed_out)
-        return fail(errmsg, CM_ERR_TIMEOUT, "%s %s: no answer within %d ms (--timeout-ms)", what,
-                    k->endpoint, k->timeout_ms);
+        return kfail(errmsg, CM_ERR_TIMEOUT, "%s %s: no answer within %d ms (--timeout-ms)", what,
+                     k->endpoint, k->timeout_ms);
     if (ret == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED) {
         char info[512];
         uint32_t flags = mbedtls_ssl_get_verify_result(ssl);
@@ -771,7 +771,7 @@ static int io_fail(struct ij_kube *k, struct conn *c, mbedtls_ssl_context *ssl, 
         size_t l = strlen(info);
         while (l > 0 && (info[l - 1] == ';' || info[l - 1] == ' '))
             info[--l] = '\0';
-        return fail(
+        return kfail(
             errmsg, CM_ERR_PROTO,
             "%s %s: the API server's certificate is not trusted (--ca-file %s, name %s): %s", what,
             k->endpoint, k->ca_file, k->url.host, info);
@@ -779,9 +779,9 @@ static int io_fail(struct ij_kube *k, struct conn *c, mbedtls_ssl_context *ssl, 
     char buf[160];
     mbedtls_strerror(ret, buf, sizeof(buf));
     if (c->sys_errno != 0)
-        return fail(errmsg, CM_ERR_IO, "%s %s: %s", what, k->endpoint, strerror(c->sys_errno));
-    return fail(errmsg, CM_ERR_PROTO, "%s %s: %s (-0x%04x)", what, k->endpoint, buf,
-                (unsigned)-ret);
+        return kfail(errmsg, CM_ERR_IO, "%s %s: %s", what, k->endpoint, strerror(c->sys_errno));
+    return kfail(errmsg, CM_ERR_PROTO, "%s %s: %s (-0x%04x)", what, k->endpoint, buf,
+                 (unsigned)-ret);
 }
 
 static int ssl_write_all(struct ij_kube *k, struct conn *c, mbedtls_ssl_context *ssl, const char *p,
@@ -874,7 +874,7 @@ int ij_kube_request(struct ij_kube *k, const char *method, const char *path, con
         close(c.fd);
     }
     if (rc != 0) {
-        fail(errmsg, rc, "%s %s: %s", method, path, inner);
+        kfail(errmsg, rc, "%s %s: %s", method, path, inner);
         free(inner);
     }
     return rc;

@@ -23,8 +23,8 @@
 
 static const char merge_patch[] = "application/merge-patch+json";
 
-static int fail(char **errmsg, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(char **errmsg, int rc, const char *fmt, ...)
+static int pfail(char **errmsg, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int pfail(char **errmsg, int rc, const char *fmt, ...)
 {
     va_list ap;
     char buf[2048];
@@ -114,8 +114,8 @@ static int parse_long(const char *flag, const char *s, long min, long max, long 
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno != 0 || end == s || *end != '\0' || v < min || v > max)
-        return fail(errmsg, CM_ERR_INVAL, "%s %s: want a whole number from %ld to %ld", flag, s,
-                    min, max);
+        return pfail(errmsg, CM_ERR_INVAL, "%s %s: want a whole number from %ld to %ld", flag, s,
+                     min, max);
     *out = v;
     return 0;
 }
@@ -193,27 +193,27 @@ int ij_publish_parse_args(int argc, char **argv, struct ij_publish_opts *o, char
             ij_publish_usage(stdout);
             return 1;
         case ':':
-            return fail(errmsg, CM_ERR_INVAL, "%s needs a value", argv[optind - 1]);
+            return pfail(errmsg, CM_ERR_INVAL, "%s needs a value", argv[optind - 1]);
         default:
-            return fail(errmsg, CM_ERR_INVAL, "unknown flag %s", argv[optind - 1]);
+            return pfail(errmsg, CM_ERR_INVAL, "unknown flag %s", argv[optind - 1]);
         }
     }
     if (optind != argc)
-        return fail(errmsg, CM_ERR_INVAL, "unexpected argument %s", argv[optind]);
+        return pfail(errmsg, CM_ERR_INVAL, "unexpected argument %s", argv[optind]);
     if (o->root_file == NULL || *o->root_file == '\0')
-        return fail(errmsg, CM_ERR_INVAL, "--root FILE is required (the mesh root, PEM)");
+        return pfail(errmsg, CM_ERR_INVAL, "--root FILE is required (the mesh root, PEM)");
     if (!ij_publish_valid_subdomain(o->name))
-        return fail(errmsg, CM_ERR_INVAL,
-                    "--name %s: not a valid ConfigMap name (DNS-1123 subdomain)", o->name);
+        return pfail(errmsg, CM_ERR_INVAL,
+                     "--name %s: not a valid ConfigMap name (DNS-1123 subdomain)", o->name);
     if (!ij_publish_valid_key(o->key))
-        return fail(errmsg, CM_ERR_INVAL, "--key %s: not a valid ConfigMap key ([-._a-zA-Z0-9]+)",
-                    o->key);
+        return pfail(errmsg, CM_ERR_INVAL, "--key %s: not a valid ConfigMap key ([-._a-zA-Z0-9]+)",
+                     o->key);
     size_t sl = strlen(o->selector);
     if (sl == 0 || sl > 1024)
-        return fail(errmsg, CM_ERR_INVAL, "--selector: want 1 to 1024 characters");
+        return pfail(errmsg, CM_ERR_INVAL, "--selector: want 1 to 1024 characters");
     for (size_t i = 0; i < sl; i++)
         if ((unsigned char)o->selector[i] < 0x20 || (unsigned char)o->selector[i] >= 0x7f)
-            return fail(errmsg, CM_ERR_INVAL, "--selector: control or non-ASCII character");
+            return pfail(errmsg, CM_ERR_INVAL, "--selector: control or non-ASCII character");
     o->api = api ? cm_xstrdup(api) : ij_kube_default_api();
     struct ij_kube_url u;
     int rc = ij_kube_url_parse(o->api, &u, errmsg);
@@ -231,7 +231,7 @@ int ij_publish_load_root(const char *file, char **pem, size_t *len, unsigned *nc
     char *inner = NULL;
     int rc = pki_read_file(file, IJ_PUBLISH_MAX_ROOT, &buf, &n, &inner);
     if (rc != 0) {
-        fail(errmsg, rc, "--root: %s", inner);
+        pfail(errmsg, rc, "--root: %s", inner);
         free(inner);
         return rc;
     }
@@ -239,39 +239,39 @@ int ij_publish_load_root(const char *file, char **pem, size_t *len, unsigned *nc
     for (size_t i = 0; i < n; i++) {
         if ((buf[i] < 0x20 && buf[i] != '\n' && buf[i] != '\r' && buf[i] != '\t') ||
             buf[i] >= 0x7f) {
-            rc = fail(errmsg, CM_ERR_INVAL,
-                      "--root %s: byte %zu (0x%02x) is not PEM text (a DER file? want PEM)", file,
-                      i, buf[i]);
+            rc = pfail(errmsg, CM_ERR_INVAL,
+                       "--root %s: byte %zu (0x%02x) is not PEM text (a DER file? want PEM)", file,
+                       i, buf[i]);
             goto out;
         }
     }
     if (strstr((char *)buf, CERT_HEADER) == NULL) {
-        rc = fail(errmsg, CM_ERR_INVAL, "--root %s: no PEM certificate (want \"" CERT_HEADER "\")",
-                  file);
+        rc = pfail(errmsg, CM_ERR_INVAL, "--root %s: no PEM certificate (want \"" CERT_HEADER "\")",
+                   file);
         goto out;
     }
     /* Publishing to every namespace a file that holds a key would leak it. */
     if (strstr((char *)buf, "PRIVATE KEY-----") != NULL) {
-        rc = fail(errmsg, CM_ERR_INVAL,
-                  "--root %s: holds a private key; refusing to publish it (want the root "
-                  "certificate alone)",
-                  file);
+        rc = pfail(errmsg, CM_ERR_INVAL,
+                   "--root %s: holds a private key; refusing to publish it (want the root "
+                   "certificate alone)",
+                   file);
         goto out;
     }
     mbedtls_x509_crt chain;
     mbedtls_x509_crt_init(&chain);
     rc = pki_bundle_parse(&chain, buf, n, &inner);
     if (rc != 0) {
-        fail(errmsg, rc, "--root %s: %s", file, inner);
+        pfail(errmsg, rc, "--root %s: %s", file, inner);
     } else {
         unsigned i = 0;
         for (const mbedtls_x509_crt *c = &chain; c != NULL && c->raw.p != NULL; c = c->next) {
             i++;
             if (!c->ca_istrue) {
-                rc = fail(errmsg, CM_ERR_INVAL,
-                          "--root %s: certificate %u is not a CA (basicConstraints CA:false): "
-                          "want the mesh root",
-                          file, i);
+                rc = pfail(errmsg, CM_ERR_INVAL,
+                           "--root %s: certificate %u is not a CA (basicConstraints CA:false): "
+                           "want the mesh root",
+                           file, i);
                 break;
             }
         }
@@ -304,7 +304,7 @@ static int status_fail(const char *method, const char *path, const struct ij_kub
                        char **errmsg)
 {
     char *d = ij_kube_resp_describe(r);
-    fail(errmsg, CM_ERR_PROTO, "%s %s: %s", method, path, d);
+    pfail(errmsg, CM_ERR_PROTO, "%s %s: %s", method, path, d);
     free(d);
     return CM_ERR_PROTO;
 }
@@ -365,7 +365,7 @@ static enum outcome sync_ns(struct ij_kube *k, const struct ij_publish_opts *o, 
             size_t clen = 0;
             char *inner = NULL;
             if (ij_kube_configmap_value(r.body, r.body_len, o->key, &cur, &clen, &inner) != 0) {
-                fail(errmsg, CM_ERR_PROTO, "GET %s: %s", path, inner);
+                pfail(errmsg, CM_ERR_PROTO, "GET %s: %s", path, inner);
                 free(inner);
                 done = true;
             } else if (cur != NULL && clen == rlen && memcmp(cur, root, rlen) == 0) {
@@ -416,10 +416,10 @@ static enum outcome sync_ns(struct ij_kube *k, const struct ij_publish_opts *o, 
             done = true;
         }
         if (!done && attempt + 1 == SYNC_ATTEMPTS)
-            fail(errmsg, CM_ERR_AGAIN,
-                 "%s: gave up after %d attempts: the ConfigMap kept changing between read and "
-                 "write",
-                 path, SYNC_ATTEMPTS);
+            pfail(errmsg, CM_ERR_AGAIN,
+                  "%s: gave up after %d attempts: the ConfigMap kept changing between read and "
+                  "write",
+                  path, SYNC_ATTEMPTS);
     }
     free(path);
     free(coll);
@@ -534,7 +534,7 @@ int ij_publish_run(const struct ij_publish_opts *o, const sigset_t *stop,
         if (rc == 0 && r.status != 200)
             rc = status_fail("GET", path, &r, &err);
         if (rc == 0 && (rc = ij_kube_ns_list_parse(r.body, r.body_len, &l, &inner)) != 0) {
-            fail(&err, rc, "GET %s: %s", path, inner);
+            pfail(&err, rc, "GET %s: %s", path, inner);
             free(inner);
         }
         ij_kube_resp_deinit(&r);
