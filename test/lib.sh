@@ -65,9 +65,35 @@ expect_match() {
     if [[ "$2" =~ $3 ]]; then pass "$1"; else fail "$1: '$2' does not match /$3/"; fi
 }
 
-# A TCP port nobody listens on right now (the kernel picks it).
+# A TCP port nobody uses right now, below the kernel's ephemeral range: the
+# port is closed again until a server binds it, and a port the kernel picked
+# could meanwhile become the local port of some outgoing connection (then the
+# server's bind fails with EADDRINUSE). Ports handed out once are not handed
+# out again in this suite ($TMP/ports).
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+    python3 - "$TMP/ports" <<'PY'
+import random, socket, sys
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+try:
+    used = set(int(x) for x in open(sys.argv[1]).read().split())
+except OSError:
+    used = set()
+for _ in range(1000):
+    port = random.randrange(10000, max(low, 10001))
+    if port in used:
+        continue
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    open(sys.argv[1], "a").write("%d\n" % port)
+    print(port)
+    sys.exit(0)
+sys.exit("free_port: no free port below %d" % low)
+PY
 }
 
 # wait_port PORT [HOST]: wait until something accepts on it (10 s).
@@ -108,7 +134,7 @@ start_upstream() {
         [[ -n $UP_PORT ]] && return 0
         sleep 0.05
     done
-    echo "start_upstream $name: no port; log:" >&2; cat "$TMP/$name.log" >&2
+    fail "start_upstream $name: no port"; cat "$TMP/$name.log" >&2
     return 1
 }
 
@@ -119,7 +145,7 @@ start_proxy() {
     bg "$name" "$PROXY" -c "$cfg"
     PROXY_PID=$LASTPID
     if ! wait_http "http://127.0.0.1:$ADMIN_PORT/ready"; then
-        echo "start_proxy $name: not ready; log:" >&2; tail -20 "$TMP/$name.log" >&2
+        fail "start_proxy $name: not ready"; tail -20 "$TMP/$name.log" >&2
         return 1
     fi
 }
