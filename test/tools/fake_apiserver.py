@@ -12,7 +12,8 @@ Every API request needs `Authorization: Bearer <state.token>` (else 401).
 Control endpoints (no token; loopback only), for the test to seed and read back:
   GET    /_control/state      the whole state as JSON
   PUT    /_control/state      replace it (any of: token, namespaces, configmaps, faults, max_page)
-  GET    /_control/requests   every API request so far: method, path, content_type, body, status
+  GET    /_control/requests   every API request so far: method, path, content_type, body, status,
+                              resumed (the TLS session was resumed)
   DELETE /_control/requests   forget them
 
 State:
@@ -117,6 +118,7 @@ def ns_object(name, ns):
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "fake-apiserver"
+    disable_nagle_algorithm = True  # as Go's net/http does: head and body go out at once
 
     def log_message(self, fmt, *args):  # quiet: the requests are recorded
         pass
@@ -148,7 +150,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.control(method, u.path, raw)
         rec = {"method": method, "path": self.path,
                "content_type": self.headers.get("Content-Type"),
-               "body": raw.decode("utf-8", "replace"), "status": None}
+               "body": raw.decode("utf-8", "replace"), "status": None,
+               "resumed": getattr(self.connection, "session_reused", None)}
         with LOCK:
             REQUESTS.append(rec)
             fault = self.pick_fault("%s %s" % (method, self.path))
