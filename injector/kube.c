@@ -777,16 +777,21 @@ static int io_fail(struct ij_kube *k, struct conn *c, mbedtls_ssl_context *ssl, 
         int n = mbedtls_x509_crt_verify_info(info, sizeof(info), "", flags);
         if (n < 0)
             snprintf(info, sizeof(info), "flags 0x%x", flags);
-        for (char *p = info; *p != '\0'; p++)
-            if (*p == '\n')
-                *p = ';';
-        size_t l = strlen(info);
-        while (l > 0 && (info[l - 1] == ';' || info[l - 1] == ' '))
-            info[--l] = '\0';
+        /* one reason a line: joined with "; " */
+        char joined[600], *save = NULL;
+        size_t j = 0;
+        joined[0] = '\0';
+        for (char *line = strtok_r(info, "\n", &save); line != NULL;
+             line = strtok_r(NULL, "\n", &save)) {
+            int w = snprintf(joined + j, sizeof(joined) - j, "%s%s", j ? "; " : "", line);
+            if (w < 0 || (size_t)w >= sizeof(joined) - j)
+                break;
+            j += (size_t)w;
+        }
         return kfail(
             errmsg, CM_ERR_PROTO,
             "%s %s: the API server's certificate is not trusted (--ca-file %s, name %s): %s", what,
-            k->endpoint, k->ca_file, k->url.host, info);
+            k->endpoint, k->ca_file, k->url.host, joined);
     }
     char buf[160];
     mbedtls_strerror(ret, buf, sizeof(buf));
