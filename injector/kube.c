@@ -520,7 +520,8 @@ out:
 
 struct ij_kube {
     struct ij_kube_url url;
-    char endpoint[300]; /* host:port for messages and the Host header */
+    char endpoint[300]; /* host:port, for messages */
+    char host_hdr[300]; /* the Host header: the port only when not 443 */
     char *token;        /* without trailing white space */
     char *ca_file;
     int timeout_ms;
@@ -664,7 +665,9 @@ int ij_kube_new(const struct ij_kube_opts *o, struct ij_kube **out, char **errms
         goto fail;
     bool v6 = k->url.iplen == 16;
     bool dflt = strcmp(k->url.port, "443") == 0;
-    snprintf(k->endpoint, sizeof(k->endpoint), "%s%s%s%s%s", v6 ? "[" : "", k->url.host,
+    snprintf(k->endpoint, sizeof(k->endpoint), "%s%s%s:%s", v6 ? "[" : "", k->url.host,
+             v6 ? "]" : "", k->url.port);
+    snprintf(k->host_hdr, sizeof(k->host_hdr), "%s%s%s%s%s", v6 ? "[" : "", k->url.host,
              v6 ? "]" : "", dflt ? "" : ":", dflt ? "" : k->url.port);
     if ((rc = read_token(k, o->token_file, errmsg)) != 0)
         goto fail;
@@ -892,7 +895,7 @@ int ij_kube_request(struct ij_kube *k, const char *method, const char *path, con
                          "Accept: application/json\r\n"
                          "Connection: close\r\n"
                          "%s\r\n",
-                         method, k->url.base, path, k->endpoint, k->token, IJ_VERSION, clen);
+                         method, k->url.base, path, k->host_hdr, k->token, IJ_VERSION, clen);
         mbedtls_ssl_context ssl;
         mbedtls_ssl_init(&ssl);
         rc = exchange(k, &c, &ssl, head, body, body ? body_len : 0, out, &inner);

@@ -108,6 +108,9 @@ expect_eq "the list asked for the selector, url-encoded, with a page limit" \
 expect_match "summary line" "$(tail -1 "$LOG")" \
     '6 namespaces match remora-injection=enabled: 2 created, 1 updated, 0 unchanged, 3 skipped, 0 failed \(.*root.pem: 1 certificate, [0-9]+ bytes; 127\.0\.0\.1:'"$PORT"'; [0-9]+ ms\)'
 
+expect_eq "every request: Host 127.0.0.1:PORT, User-Agent remora-injector/<version> (publish-ca-root)" \
+    "$(ctl requests | jq -r '[.[] | .host + " " + .user_agent] | unique | join(",")')" \
+    "127.0.0.1:$PORT remora-injector/$("$INJECTOR" --version | cut -d' ' -f2) (publish-ca-root)"
 expect_eq "TLS: one full handshake, then every connection resumes its session" \
     "$(ctl requests | jq -c '[.[] | .resumed] | [.[0], (.[1:] | all), length > 5]')" '[false,true,true]'
 

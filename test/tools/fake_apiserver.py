@@ -13,7 +13,7 @@ Control endpoints (no token; loopback only), for the test to seed and read back:
   GET    /_control/state      the whole state as JSON
   PUT    /_control/state      replace it (any of: token, namespaces, configmaps, faults, max_page)
   GET    /_control/requests   every API request so far: method, path, content_type, body, status,
-                              resumed (the TLS session was resumed)
+                              resumed (the TLS session was resumed), host, user_agent
   DELETE /_control/requests   forget them
 
 State:
@@ -151,7 +151,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         rec = {"method": method, "path": self.path,
                "content_type": self.headers.get("Content-Type"),
                "body": raw.decode("utf-8", "replace"), "status": None,
-               "resumed": getattr(self.connection, "session_reused", None)}
+               "resumed": getattr(self.connection, "session_reused", None),
+               "host": self.headers.get("Host"), "user_agent": self.headers.get("User-Agent")}
         with LOCK:
             REQUESTS.append(rec)
             fault = self.pick_fault("%s %s" % (method, self.path))
