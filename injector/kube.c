@@ -10,6 +10,7 @@
 #include <mbedtls/error.h>
 #include <mbedtls/net_sockets.h>
 #include <mbedtls/oid.h>
+#include <mbedtls/platform_util.h>
 #include <mbedtls/ssl.h>
 #include <mbedtls/x509_crt.h>
 #include <netdb.h>
@@ -704,6 +705,8 @@ void ij_kube_free(struct ij_kube *k)
     mbedtls_ssl_session_free(&k->session);
     mbedtls_ssl_config_free(&k->conf);
     mbedtls_x509_crt_free(&k->ca);
+    if (k->token != NULL)
+        mbedtls_platform_zeroize(k->token, strlen(k->token));
     free(k->token);
     free(k->ca_file);
     free(k);
@@ -847,7 +850,7 @@ static int exchange(struct ij_kube *k, struct conn *c, mbedtls_ssl_context *ssl,
     if (body_len > 0)
         memcpy(req + hlen, body, body_len);
     rc = ssl_write_all(k, c, ssl, req, hlen + body_len, errmsg);
-    memset(req, 0, hlen); /* the token is in there */
+    mbedtls_platform_zeroize(req, hlen); /* the token is in there */
     free(req);
     if (rc != 0)
         return rc;
@@ -900,8 +903,7 @@ int ij_kube_request(struct ij_kube *k, const char *method, const char *path, con
         mbedtls_ssl_init(&ssl);
         rc = exchange(k, &c, &ssl, head, body, body ? body_len : 0, out, &inner);
         mbedtls_ssl_free(&ssl);
-        /* the token is in there */
-        memset(head, 0, strlen(head));
+        mbedtls_platform_zeroize(head, strlen(head)); /* the token is in there */
         free(head);
         free(clen);
         close(c.fd);
