@@ -196,6 +196,8 @@ static json_t *limits_json(const struct px_limits *l)
     LIMIT(pool_max_idle);
     LIMIT(pool_idle_timeout_ms);
     LIMIT(h2_max_concurrent_streams);
+    LIMIT(h2_max_resets_per_window);
+    LIMIT(h2_reset_window_ms);
 #undef LIMIT
     return o;
 }

@@ -24,6 +24,8 @@ void px_limits_default(struct px_limits *l)
     l->pool_idle_timeout_ms = 30000;
     l->h2_max_concurrent_streams = 128;
     l->retry_buffer_bytes = 64 * 1024;
+    l->h2_max_resets_per_window = 200;
+    l->h2_reset_window_ms = 10000;
 }
 
 void px_config_free(struct px_config *cfg)
@@ -81,7 +83,8 @@ static int parse_limits(const struct cm_jpath *p, json_t *o, struct px_limits *l
                                        "detect_timeout_ms",    "drain_timeout_ms",
                                        "max_connections",      "pool_max_idle",
                                        "pool_idle_timeout_ms", "h2_max_concurrent_streams",
-                                       "retry_buffer_bytes",   NULL};
+                                       "retry_buffer_bytes",   "h2_max_resets_per_window",
+                                       "h2_reset_window_ms",   NULL};
     if (cm_json_check_keys(p, o, keys, errmsg) != 0)
         return CM_ERR_INVAL;
     int64_t body = (int64_t)l->max_request_body;
@@ -105,6 +108,9 @@ static int parse_limits(const struct cm_jpath *p, json_t *o, struct px_limits *l
     rc = rc
              ?: get_u32(p, o, "retry_buffer_bytes", 0, 16 * 1024 * 1024, &l->retry_buffer_bytes,
                         errmsg);
+    rc = rc ?: get_u32(p, o, "h2_max_resets_per_window", 1, 1000000, &l->h2_max_resets_per_window,
+                       errmsg);
+    rc = rc ?: get_u32(p, o, "h2_reset_window_ms", 1, 3600000, &l->h2_reset_window_ms, errmsg);
     l->max_request_body = (uint64_t)body;
     return rc;
 }
@@ -113,13 +119,15 @@ static int parse_listener(const struct cm_jpath *p, json_t *o, struct px_listene
                           char **errmsg)
 {
     static const char *const keys[] = {"name", "address",           "direction", "upstream",
-                                       "tls",  "upstream_protocol", "optional",  NULL};
+                                       "tls",  "upstream_protocol", "optional",  "downstream_protocol",
+                                       NULL};
     static const char *const dirs[] = {"inbound", "outbound", NULL};
     static const char *const tls_in[] = {"disabled", "strict", "permissive", NULL};
     static const char *const tls_out[] = {"disabled", "mesh", NULL};
     static const char *const protos[] = {"http1", "h2", NULL};
+    static const char *const down_protos[] = {"detect", "h2", NULL};
     const char *name = NULL;
-    int dir = 0, tls = 0, proto = 0;
+    int dir = 0, tls = 0, proto = 0, down_proto = 0;
 
     if (!json_is_object(o))
         return cm_json_fail(p, errmsg, "expected an object");
@@ -130,8 +138,10 @@ static int parse_listener(const struct cm_jpath *p, json_t *o, struct px_listene
         cm_json_get_enum(p, o, "direction", true, dirs, &dir, errmsg) != 0 ||
         get_addr(p, o, "upstream", false, &l->upstream, &l->has_upstream, errmsg) != 0 ||
         cm_json_get_enum(p, o, "upstream_protocol", false, protos, &proto, errmsg) != 0 ||
-        cm_json_get_bool(p, o, "optional", false, &l->optional, errmsg) != 0)
+        cm_json_get_bool(p, o, "optional", false, &l->optional, errmsg) != 0 ||
+        cm_json_get_enum(p, o, "downstream_protocol", false, down_protos, &down_proto, errmsg) != 0)
         return CM_ERR_INVAL;
+    l->downstream_h2 = down_proto == 1;
     if (name[0] == '\0') {
         struct cm_jpath c;
         cm_jpath_key(&c, p, "name");

@@ -37,6 +37,8 @@ struct px_listener_cfg {
     struct cm_addr upstream;
     enum px_tls_mode tls;
     enum px_upstream_proto upstream_protocol;
+    bool downstream_h2; /* "downstream_protocol": "h2": every connection is HTTP/2 (no
+                         * detection; a wrong preface gets GOAWAY PROTOCOL_ERROR) */
     bool optional; /* skipped, with a warning, when its address family is not available
                     * here (an IPv6 listener in a pod without IPv6) */
 };
@@ -58,6 +60,8 @@ struct px_limits {
     uint32_t pool_idle_timeout_ms; /* an idle upstream connection is closed after this */
     uint32_t h2_max_concurrent_streams;
     uint32_t retry_buffer_bytes; /* request body kept for retries; larger bodies are not retried */
+    uint32_t h2_max_resets_per_window; /* stream resets one h2 client may cause per window */
+    uint32_t h2_reset_window_ms;       /* ... then GOAWAY(ENHANCE_YOUR_CALM) */
 };
 
 struct px_config {

@@ -204,11 +204,21 @@ static void process_input(struct px_h2_session *sess)
                      nghttp2_strerror((int)rv));
             if (sess->role == PX_H2_SERVER)
                 px_metrics.bad_request++;
+            evbuffer_drain(in, evbuffer_get_length(in));
+            if (sess->role == PX_H2_SERVER && px_h2_server_bad_input(sess, (int)rv)) {
+                px_h2_session_flush(sess); /* GOAWAY, then close when written */
+                return;
+            }
             px_h2_session_close(sess, sess->role == PX_H2_CLIENT ? PX_CAUSE_UPSTREAM_PROTO
                                                                  : PX_CAUSE_DOWNSTREAM_RESET);
             return;
         }
         evbuffer_drain(in, (size_t)rv);
+        if (sess->state == PX_H2_CLOSING)
+            return;
+    }
+    if (sess->role == PX_H2_SERVER && sess->nready > 0) {
+        px_h2_server_dispatch_heads(sess);
         if (sess->state == PX_H2_CLOSING)
             return;
     }

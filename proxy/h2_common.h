@@ -67,6 +67,11 @@ struct px_h2_session {
     char *expected_id;        /* client: the SPIFFE ID the peer must show (pool key), or NULL */
     uint64_t nrequests;       /* client: streams started on it */
     uint64_t id;              /* for logs */
+    /* server: hostile-peer bookkeeping (proxy/h2_server.c) */
+    int32_t last_req_id;        /* highest client stream id seen on a HEADERS frame */
+    uint32_t nready;            /* streams with a complete head not dispatched yet */
+    uint32_t nresets;           /* stream resets charged to the client in this window */
+    uint64_t reset_window_ms;   /* when the current reset window started (monotonic) */
 };
 
 enum px_h2_in_state {
@@ -101,6 +106,9 @@ struct px_h2_stream {
     bool too_big;         /* the head passed max_header_bytes / max_headers */
     bool failing;         /* reporting an error to the stream: ignore abort */
     bool resent;          /* client: already moved once after a refusal (resubmit) */
+    bool head_ready;      /* server: head complete, dispatched once the input read so
+                           * far is processed (a RST_STREAM in it cancels it first) */
+    bool head_es;         /* server: ... and it ended the stream */
     bool orphan;          /* client: nghttp2 will never mention it again (never
                            * submitted, or its HEADERS were not sent): `defer`
                            * reports `fail` if still attached, then frees it */
@@ -172,6 +180,13 @@ int px_h2_add_field(struct px_stream *s, struct px_msg *m, const uint8_t *name, 
 
 /* ---- per-role hooks ---- */
 void px_h2_server_destroy_streams(struct px_h2_session *sess);
+/* Server: report the request heads completed by the input just processed
+ * (streams reset in the same input never reach the upstream). */
+void px_h2_server_dispatch_heads(struct px_h2_session *sess);
+/* Server: nghttp2 refused the input (bad preface, fatal framing error):
+ * GOAWAY with the matching code, then close once it is written. Returns
+ * false when the session must close at once. */
+bool px_h2_server_bad_input(struct px_h2_session *sess, int lib_error);
 void px_h2_client_destroy_streams(struct px_h2_session *sess);
 void px_h2_client_fail_pending(struct px_h2_session *sess);
 void px_h2_client_on_event(struct px_h2_session *sess, short what);

@@ -1,11 +1,19 @@
 /* HTTP/2 server side: one nghttp2 server session per downstream connection
  * (h2c prior knowledge), each request stream becoming a px_stream whose
- * downstream side is "h2-server". */
+ * downstream side is "h2-server".
+ *
+ * Hostile clients (docs/h2.md "Hostile peers"): a request head is only
+ * reported to the stream once the input read with it has been processed,
+ * so HEADERS + RST_STREAM in one read never opens anything upstream; the
+ * stream resets a client causes are counted per window and past
+ * limits.h2_max_resets_per_window the connection gets
+ * GOAWAY(ENHANCE_YOUR_CALM); stream ids must grow (RFC 9113 5.1.1). */
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/xalloc.h"
@@ -25,6 +33,35 @@ static void refuse(struct px_h2_stream *st, uint32_t code)
 {
     st->refused = true;
     nghttp2_submit_rst_stream(st->sess->ng, NGHTTP2_FLAG_NONE, st->id, code);
+}
+
+/* End the connection for a protocol error of the client: GOAWAY(code) with
+ * the last stream we processed; nghttp2 stops reading, the flush closes. */
+static void terminate(struct px_h2_session *sess, uint32_t code)
+{
+    if (sess->state == PX_H2_CLOSING || nghttp2_session_terminate_session(sess->ng, code) != 0)
+        return;
+    sess->state = PX_H2_GOAWAY;
+    px_h2_session_schedule(sess);
+}
+
+/* A stream reset the client caused (its RST_STREAM, or our RST_STREAM for
+ * its protocol error). Past the budget of the window, the connection goes:
+ * each reset may have cost work here and upstream (CVE-2023-44487). */
+static void charge_reset(struct px_h2_session *sess)
+{
+    const struct px_limits *lim = &px_srv->cfg->limits;
+    uint64_t now = cm_mono_ms();
+    if (sess->reset_window_ms == 0 || now - sess->reset_window_ms >= lim->h2_reset_window_ms) {
+        sess->reset_window_ms = now;
+        sess->nresets = 0;
+    }
+    if (++sess->nresets <= lim->h2_max_resets_per_window || sess->state != PX_H2_OPEN)
+        return;
+    cm_info("h2 server session %llu: %u stream resets within %u ms: GOAWAY ENHANCE_YOUR_CALM",
+            (unsigned long long)sess->id, sess->nresets, lim->h2_reset_window_ms);
+    px_metrics.h2_reset_flood++;
+    terminate(sess, NGHTTP2_ENHANCE_YOUR_CALM);
 }
 
 /* ---- ops: the stream drives the response through these ---- */
@@ -105,6 +142,30 @@ static const struct px_side_ops server_ops = {
 
 /* ---- nghttp2 callbacks ---- */
 
+static void dispatch_head(struct px_h2_stream *st);
+
+/* Every frame header, before nghttp2 acts on it. nghttp2 ignores a HEADERS
+ * frame opening a stream below the highest one seen (it cannot tell such an
+ * id from a long-closed stream); RFC 9113 5.1.1 makes it a connection error. */
+static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void *user_data)
+{
+    struct px_h2_session *sess = user_data;
+    if (hd->type != NGHTTP2_HEADERS || (hd->stream_id & 1) == 0)
+        return 0;
+    if (hd->stream_id > sess->last_req_id) {
+        sess->last_req_id = hd->stream_id;
+        return 0;
+    }
+    nghttp2_stream *ns = nghttp2_session_find_stream(ng, hd->stream_id);
+    if (ns != NULL && nghttp2_stream_get_state(ns) != NGHTTP2_STREAM_STATE_IDLE)
+        return 0; /* trailers on an open stream; nghttp2 answers closed ones (STREAM_CLOSED) */
+    cm_debug("h2 server session %llu: HEADERS on stream %d after stream %d",
+             (unsigned long long)sess->id, hd->stream_id, sess->last_req_id);
+    px_metrics.h2_protocol_errors++;
+    terminate(sess, NGHTTP2_PROTOCOL_ERROR);
+    return 0;
+}
+
 static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *user_data)
 {
     struct px_h2_session *sess = user_data;
@@ -119,6 +180,8 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
         return 0;
     }
     struct px_h2_stream *st = stream_of(ng, f->hd.stream_id);
+    if (st != NULL && st->head_ready)
+        dispatch_head(st); /* trailers follow the head */
     if (st != NULL && st->s != NULL && st->in == PX_H2_IN_BODY) {
         st->trailers = px_arena_alloc(&st->s->arena, sizeof(*st->trailers));
         px_msg_init(st->trailers);
@@ -219,19 +282,74 @@ static void on_request_head(struct px_h2_stream *st, bool end_stream)
         px_stream_on_req_end(s);
 }
 
+/* A request head is complete: it goes to the stream (and upstream) after
+ * the rest of this input, unless a RST_STREAM in it ends the stream first. */
+static void head_complete(struct px_h2_stream *st, bool es)
+{
+    st->head_ready = true;
+    st->head_es = es;
+    st->head_deadline_ms = 0;
+    st->sess->nready++;
+}
+
+static void dispatch_head(struct px_h2_stream *st)
+{
+    st->head_ready = false;
+    st->sess->nready--;
+    if (st->s != NULL)
+        on_request_head(st, st->head_es);
+}
+
+void px_h2_server_dispatch_heads(struct px_h2_session *sess)
+{
+    struct cm_list *pos, *tmp;
+    cm_list_foreach_safe(pos, tmp, &sess->streams)
+    {
+        if (sess->nready == 0 || sess->state == PX_H2_CLOSING)
+            break;
+        struct px_h2_stream *st = cm_container_of(pos, struct px_h2_stream, link);
+        /* on_request_head may answer locally; nothing it does frees a
+         * stream record (that only happens in on_stream_close, from
+         * nghttp2_session_mem_recv/send, or when the session goes) */
+        if (st->head_ready)
+            dispatch_head(st);
+    }
+}
+
+bool px_h2_server_bad_input(struct px_h2_session *sess, int lib_error)
+{
+    if (lib_error != NGHTTP2_ERR_BAD_CLIENT_MAGIC || sess->state == PX_H2_CLOSING)
+        return false;
+    /* RFC 9113 3.4: an invalid preface is a connection error (PROTOCOL_ERROR) */
+    px_metrics.h2_protocol_errors++;
+    if (nghttp2_session_terminate_session(sess->ng, NGHTTP2_PROTOCOL_ERROR) != 0)
+        return false;
+    sess->state = PX_H2_GOAWAY;
+    return true;
+}
+
 static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user_data)
 {
-    (void)user_data;
+    struct px_h2_session *sess = user_data;
     bool es = (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    if (f->hd.type == NGHTTP2_RST_STREAM) {
+        px_metrics.h2_resets_received++;
+        charge_reset(sess);
+        return 0;
+    }
     if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA)
         return 0;
     struct px_h2_stream *st = stream_of(ng, f->hd.stream_id);
     if (st == NULL || st->s == NULL)
         return 0;
+    if (st->head_ready)
+        dispatch_head(st); /* DATA (END_STREAM) or trailers after the head */
+    if (st->s == NULL)
+        return 0;
     if (f->hd.type == NGHTTP2_HEADERS) {
         if (st->in == PX_H2_IN_HEAD) {
             if (!(st->refused && !st->too_big))
-                on_request_head(st, es);
+                head_complete(st, es);
         } else if (st->in == PX_H2_IN_TRAILERS) {
             if (st->too_big) {
                 refuse(st, NGHTTP2_PROTOCOL_ERROR);
@@ -258,6 +376,8 @@ static int on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t id, co
     (void)flags;
     (void)user_data;
     struct px_h2_stream *st = stream_of(ng, id);
+    if (st != NULL && st->head_ready)
+        dispatch_head(st); /* the body proves a real request: the head goes first */
     if (st == NULL || st->s == NULL || st->refused || st->in != PX_H2_IN_BODY) {
         nghttp2_session_consume(ng, id, len);
         return 0;
@@ -272,7 +392,17 @@ static int on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t id, co
 
 static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *f, void *user_data)
 {
-    (void)user_data;
+    struct px_h2_session *sess = user_data;
+    if (f->hd.type == NGHTTP2_RST_STREAM) {
+        /* our resets for the client's own faults count against it too
+         * (invalid fields, flow control, too many streams: "MadeYouReset");
+         * NO_ERROR (response done first), CANCEL and INTERNAL_ERROR (the
+         * upstream failed) do not */
+        uint32_t code = f->rst_stream.error_code;
+        if (code != NGHTTP2_NO_ERROR && code != NGHTTP2_INTERNAL_ERROR && code != NGHTTP2_CANCEL)
+            charge_reset(sess);
+        return 0;
+    }
     if ((f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA) ||
         !(f->hd.flags & NGHTTP2_FLAG_END_STREAM))
         return 0;
@@ -291,6 +421,14 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code,
     if (st == NULL)
         return 0;
     struct px_stream *s = st->s;
+    if (st->head_ready) {
+        /* reset before its head was dispatched: nothing went upstream */
+        st->head_ready = false;
+        st->sess->nready--;
+        px_metrics.h2_resets_early++;
+    } else if (s != NULL && st->in == PX_H2_IN_HEAD) {
+        px_metrics.h2_resets_early++; /* reset mid-head */
+    }
     if (s != NULL) {
         bool sent = error_code == NGHTTP2_NO_ERROR && st->out == PX_H2_OUT_DONE;
         bool orphaned_up = st->in != PX_H2_IN_DONE && s->attached[PX_UP];
@@ -334,6 +472,11 @@ void px_h2_server_start(struct px_conn *c)
     nghttp2_session_callbacks *cbs;
     nghttp2_option *opt;
     px_h2_common_setup(&cbs, &opt);
+    /* Keep closed streams (nghttp2 bounds them by max_concurrent_streams):
+     * without them a DATA or HEADERS on a closed stream is silently ignored
+     * where RFC 9113 5.1 wants STREAM_CLOSED. */
+    nghttp2_option_set_no_closed_streams(opt, 0);
+    nghttp2_session_callbacks_set_on_begin_frame_callback(cbs, on_begin_frame);
     nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
     nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);

@@ -112,6 +112,8 @@ static void dispatch(struct px_conn *c, enum px_conn_proto proto)
         abort_conn(c);
         return;
     }
+    if (c->lcfg->downstream_h2)
+        proto = PX_PROTO_H2; /* no detection: a wrong preface gets GOAWAY from the h2 code */
     switch (proto) {
     case PX_PROTO_HTTP1:
         px_metrics.proto_http1++;

@@ -380,6 +380,18 @@ void px_metrics_write_prometheus(struct evbuffer *out)
                   "408, 502/503/504).",
                   "cause", errs, sizeof(errs) / sizeof(errs[0]));
 
+    prom_u64(out, "remora_h2_resets_received_total", "counter",
+             "RST_STREAM frames received from HTTP/2 clients.", m->h2_resets_received);
+    prom_u64(out, "remora_h2_resets_early_total", "counter",
+             "HTTP/2 client streams reset before their request went upstream (nothing opened).",
+             m->h2_resets_early);
+    prom_u64(out, "remora_h2_reset_flood_total", "counter",
+             "HTTP/2 connections closed with GOAWAY(ENHANCE_YOUR_CALM): stream reset budget spent.",
+             m->h2_reset_flood);
+    prom_u64(out, "remora_h2_protocol_errors_total", "counter",
+             "HTTP/2 client connections closed with GOAWAY for a protocol error.",
+             m->h2_protocol_errors);
+
     struct labelled bytes[] = {{"in", m->tcp_bytes_in}, {"out", m->tcp_bytes_out}};
     prom_by_label(out, "remora_tcp_bytes_total",
                   "Bytes forwarded on opaque TCP connections, in (client to upstream) and out.",
@@ -512,6 +524,10 @@ void px_metrics_write_json(struct evbuffer *out)
     U64(header_timeout);
     U64(upstream_errors);
     U64(downstream_resets);
+    U64(h2_resets_received);
+    U64(h2_resets_early);
+    U64(h2_reset_flood);
+    U64(h2_protocol_errors);
     U64(tcp_bytes_in);
     U64(tcp_bytes_out);
     U64(retries_total);

@@ -30,6 +30,11 @@ struct px_metrics {
     uint64_t header_timeout;  /* 408 / slow clients cut */
     uint64_t upstream_errors; /* 502/503/504 made by the proxy */
     uint64_t downstream_resets;
+    /* HTTP/2 server side (proxy/h2_server.c) */
+    uint64_t h2_resets_received;   /* RST_STREAM frames from clients */
+    uint64_t h2_resets_early;      /* client streams reset before the request went upstream */
+    uint64_t h2_reset_flood;       /* connections ended: reset budget spent (ENHANCE_YOUR_CALM) */
+    uint64_t h2_protocol_errors;   /* connections ended with GOAWAY for a protocol error */
     /* mTLS */
     uint64_t tls_handshakes;         /* completed, both directions */
     uint64_t tls_handshakes_resumed; /* of which resumed from a session ticket (server side) */
