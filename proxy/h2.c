@@ -176,6 +176,18 @@ void px_h2_session_flush(struct px_h2_session *sess)
     if (nghttp2_session_want_read(sess->ng) || nghttp2_session_want_write(sess->ng))
         return;
     /* nghttp2 is done with the connection (GOAWAY exchanged, no streams) */
+    if (sess->role == PX_H2_SERVER) {
+        /* Lingering close: FIN after our last frames, then read and drop
+         * until the client closes (or CLOSE_LINGER_MS). Closing with its
+         * bytes unread would answer them with a TCP RST, and a client still
+         * sending (a reset flood) would lose our GOAWAY with it. */
+        if (!sess->close_when_flushed) {
+            sess->close_when_flushed = true;
+            px_io_shutdown_write(sess->io);
+            set_timer_ms(sess->idle, CLOSE_LINGER_MS);
+        }
+        return;
+    }
     if (evbuffer_get_length(px_io_output(sess->io)) == 0) {
         px_h2_session_close(sess, sess->fail_cause);
         return;
@@ -251,7 +263,7 @@ static void on_drained(struct px_io *io, void *arg)
     if (sess->state == PX_H2_CLOSING)
         return;
     if (sess->close_when_flushed) {
-        if (evbuffer_get_length(px_io_output(io)) == 0)
+        if (sess->role == PX_H2_CLIENT && evbuffer_get_length(px_io_output(io)) == 0)
             px_h2_session_close(sess, sess->fail_cause);
         return;
     }
