@@ -117,7 +117,8 @@ class Peer:
 
 
 def run(port, attack, n):
-    p = Peer(port)
+    wait = float(os.environ.get("H2PEER_WAIT", "15"))
+    p = Peer(port, timeout=min(10.0, wait))
     p.send(hello())
     got_goaway = lambda r: r["goaway"] is not None
     if attack == "get":
@@ -137,7 +138,7 @@ def run(port, attack, n):
                 batch = b""
         if batch:
             p.send(batch)
-        p.read_until(got_goaway)
+        p.read_until(got_goaway, wait)
     elif attack == "continuation-flood":
         # one header block cut into n CONTINUATION frames of 1 field each
         p.send(frame(HEADERS, 0, 1, request_block()))
@@ -180,6 +181,15 @@ def run(port, attack, n):
                 break
         p.send(frame(DATA, ES, 1, b"hello"))
         p.read_until(lambda r: r["goaway"] is not None or r["rst"] or r["data_bytes"] > 0)
+    elif attack == "never-read":
+        # n streams of a large response and a huge window, then no reads
+        # for H2PEER_WAIT seconds: what the proxy queues must stay bounded
+        p.send(frame(SETTINGS, 0, 0, struct.pack(">HI", 4, 0x7FFFFFFF)))
+        p.send(frame(WINUP, 0, 0, struct.pack(">I", 0x7FFFFFFF - 65535)))
+        for i in range(n):
+            p.send(frame(HEADERS, EH | ES, 1 + 2 * i, request_block(path="/bytes/100000000")))
+        time.sleep(wait)
+        p.s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     else:
         sys.exit("unknown attack " + attack)
     p.s.close()
