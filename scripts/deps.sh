@@ -10,6 +10,7 @@ pkgs=(
   curl nghttp2-client nghttp2-server openssl jq iproute2 iptables procps util-linux
   python3 # test helpers, the e2e pod harness (test/e2e/pod.py) and make demo
   wrk haproxy nginx-light gnuplot-nox
+  stunnel4 # h2spec over mTLS: a TLS relay presenting a mesh certificate (docs/testing.md)
 )
 missing=()
 for p in "${pkgs[@]}"; do
