@@ -33,6 +33,9 @@
 /* Interim (1xx) responses skipped on one client stream before we call the
  * upstream broken: each costs arena memory. */
 #define PX_H2_MAX_1XX 8
+/* Consecutive empty DATA frames (no payload, no END_STREAM) a client may
+ * send: each costs a callback round and carries nothing (CVE-2019-9518). */
+#define PX_H2_MAX_EMPTY_FRAMES 100
 
 enum px_h2_role {
     PX_H2_SERVER = 0, /* downstream: we answer requests */
@@ -71,6 +74,7 @@ struct px_h2_session {
     int32_t last_req_id;        /* highest client stream id seen on a HEADERS frame */
     uint32_t nready;            /* streams with a complete head not dispatched yet */
     uint32_t nresets;           /* stream resets charged to the client in this window */
+    uint32_t nempty;            /* consecutive DATA frames without payload or END_STREAM */
     uint64_t reset_window_ms;   /* when the current reset window started (monotonic) */
 };
 

@@ -339,6 +339,17 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user
     }
     if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA)
         return 0;
+    if (f->hd.type == NGHTTP2_DATA && f->hd.length == f->data.padlen && !es) {
+        if (++sess->nempty > PX_H2_MAX_EMPTY_FRAMES && sess->state == PX_H2_OPEN) {
+            cm_info("h2 server session %llu: %u empty DATA frames in a row: GOAWAY "
+                    "ENHANCE_YOUR_CALM",
+                    (unsigned long long)sess->id, sess->nempty);
+            px_metrics.h2_empty_frame_flood++;
+            terminate(sess, NGHTTP2_ENHANCE_YOUR_CALM);
+        }
+    } else {
+        sess->nempty = 0;
+    }
     struct px_h2_stream *st = stream_of(ng, f->hd.stream_id);
     if (st == NULL || st->s == NULL)
         return 0;

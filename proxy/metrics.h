@@ -35,6 +35,7 @@ struct px_metrics {
     uint64_t h2_resets_early;      /* client streams reset before the request went upstream */
     uint64_t h2_reset_flood;       /* connections ended: reset budget spent (ENHANCE_YOUR_CALM) */
     uint64_t h2_protocol_errors;   /* connections ended with GOAWAY for a protocol error */
+    uint64_t h2_empty_frame_flood; /* connections ended: too many empty DATA frames in a row */
     /* mTLS */
     uint64_t tls_handshakes;         /* completed, both directions */
     uint64_t tls_handshakes_resumed; /* of which resumed from a session ticket (server side) */

@@ -123,15 +123,19 @@ done
 out=$($PEER "$P" window-overflow)
 expect_eq "WINDOW_UPDATE past 2^31-1: GOAWAY FLOW_CONTROL_ERROR (3)" "$(field "$out" goaway)" 3
 
-# -- empty DATA flood --------------------------------------------------------------------------
-out=$($PEER "$P" zero-data 10000)
-expect_eq "10000 empty DATA frames then 'hello': answered 200" "$(field "$out" statuses)" "[200]"
-body=$(python3 -c "
+# -- empty DATA frames -------------------------------------------------------------------------
+zero_bodies() { python3 -c "
 import json,sys
 for l in open(sys.argv[1]):
     e=json.loads(l)
-    if e['event']=='request' and e['path']=='/zero': print(e['body'])" "$APPLOG")
-expect_eq "... the app got exactly the 5 body bytes" "$body" "68656c6c6f"
+    if e['event']=='request' and e['path']=='/zero': print(e['body'])" "$APPLOG" | tr '\n' ' '; }
+out=$($PEER "$P" zero-data 100)
+expect_eq "100 empty DATA frames then 'hello': answered 200" "$(field "$out" statuses)" "[200]"
+expect_eq "... the app got exactly the 5 body bytes" "$(zero_bodies)" "68656c6c6f "
+out=$($PEER "$P" zero-data 10000)
+expect_eq "10000 empty DATA frames: GOAWAY ENHANCE_YOUR_CALM (11)" "$(field "$out" goaway)" 11
+expect_eq "... counted in h2_empty_frame_flood" "$(stat_of h2_empty_frame_flood)" 1
+expect_eq "... the app never got a complete second request" "$(zero_bodies)" "68656c6c6f "
 
 # -- a client that never reads ----------------------------------------------------------------
 rss0=$(awk '/^VmRSS/ {print $2}' "/proc/$PROXY_PID/status")
