@@ -305,6 +305,32 @@ static void defaults(void **state)
     px_config_free(cfg);
 }
 
+/* HTTP/2 hostile-peer keys (docs/h2.md): defaults, both ends, and the
+ * listener's downstream_protocol. */
+static void h2_hostile_keys(void **state)
+{
+    (void)state;
+    struct px_limits d;
+    px_limits_default(&d);
+    assert_int_equal(d.h2_max_resets_per_window, 200);
+    assert_int_equal(d.h2_reset_window_ms, 10000);
+    struct px_config *cfg = load_case("ok-minimal.json");
+    assert_false(cfg->listeners[0].downstream_h2);
+    px_config_free(cfg);
+    cfg = load_case("ok-h2-reset-budget-min.json");
+    assert_int_equal(cfg->limits.h2_max_resets_per_window, 1);
+    assert_int_equal(cfg->limits.h2_reset_window_ms, 1);
+    px_config_free(cfg);
+    cfg = load_case("ok-h2-reset-budget-max.json");
+    assert_int_equal(cfg->limits.h2_max_resets_per_window, 1000000);
+    assert_int_equal(cfg->limits.h2_reset_window_ms, 3600000);
+    px_config_free(cfg);
+    cfg = load_case("ok-downstream-protocol-h2.json");
+    assert_true(cfg->listeners[0].downstream_h2);
+    assert_false(cfg->listeners[1].downstream_h2);
+    px_config_free(cfg);
+}
+
 static void all_keys(void **state)
 {
     (void)state;
@@ -519,6 +545,7 @@ int main(void)
         cmocka_unit_test(all_keys),          cmocka_unit_test(limits_bounds),
         cmocka_unit_test(ipv6_and_any),      cmocka_unit_test(missing_file),
         cmocka_unit_test(names_in_messages), cmocka_unit_test_prestate(data_dir_is_consistent, &c),
+        cmocka_unit_test(h2_hostile_keys),
     };
     int failed = cmocka_run_group_tests_name("proxy/config", fixed, NULL, NULL);
     if (c.n > 0)
