@@ -108,8 +108,9 @@ static int parse_limits(const struct cm_jpath *p, json_t *o, struct px_limits *l
     rc = rc
              ?: get_u32(p, o, "retry_buffer_bytes", 0, 16 * 1024 * 1024, &l->retry_buffer_bytes,
                         errmsg);
-    rc = rc ?: get_u32(p, o, "h2_max_resets_per_window", 1, 1000000, &l->h2_max_resets_per_window,
-                       errmsg);
+    rc = rc
+             ?: get_u32(p, o, "h2_max_resets_per_window", 1, 1000000, &l->h2_max_resets_per_window,
+                        errmsg);
     rc = rc ?: get_u32(p, o, "h2_reset_window_ms", 1, 3600000, &l->h2_reset_window_ms, errmsg);
     l->max_request_body = (uint64_t)body;
     return rc;
@@ -118,9 +119,10 @@ static int parse_limits(const struct cm_jpath *p, json_t *o, struct px_limits *l
 static int parse_listener(const struct cm_jpath *p, json_t *o, struct px_listener_cfg *l,
                           char **errmsg)
 {
-    static const char *const keys[] = {"name", "address",           "direction", "upstream",
-                                       "tls",  "upstream_protocol", "optional",  "downstream_protocol",
-                                       NULL};
+    static const char *const keys[] = {
+        "name", "address",           "direction", "upstream",
+        "tls",  "upstream_protocol", "optional",  "downstream_protocol",
+        NULL};
     static const char *const dirs[] = {"inbound", "outbound", NULL};
     static const char *const tls_in[] = {"disabled", "strict", "permissive", NULL};
     static const char *const tls_out[] = {"disabled", "mesh", NULL};

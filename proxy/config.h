@@ -39,8 +39,8 @@ struct px_listener_cfg {
     enum px_upstream_proto upstream_protocol;
     bool downstream_h2; /* "downstream_protocol": "h2": every connection is HTTP/2 (no
                          * detection; a wrong preface gets GOAWAY PROTOCOL_ERROR) */
-    bool optional; /* skipped, with a warning, when its address family is not available
-                    * here (an IPv6 listener in a pod without IPv6) */
+    bool optional;      /* skipped, with a warning, when its address family is not available
+                         * here (an IPv6 listener in a pod without IPv6) */
 };
 
 /* Bounds on everything a peer can make us hold ("limits" object). */

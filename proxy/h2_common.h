@@ -71,11 +71,11 @@ struct px_h2_session {
     uint64_t nrequests;       /* client: streams started on it */
     uint64_t id;              /* for logs */
     /* server: hostile-peer bookkeeping (proxy/h2_server.c) */
-    int32_t last_req_id;        /* highest client stream id seen on a HEADERS frame */
-    uint32_t nready;            /* streams with a complete head not dispatched yet */
-    uint32_t nresets;           /* stream resets charged to the client in this window */
-    uint32_t nempty;            /* consecutive DATA frames without payload or END_STREAM */
-    uint64_t reset_window_ms;   /* when the current reset window started (monotonic) */
+    int32_t last_req_id;      /* highest client stream id seen on a HEADERS frame */
+    uint32_t nready;          /* streams with a complete head not dispatched yet */
+    uint32_t nresets;         /* stream resets charged to the client in this window */
+    uint32_t nempty;          /* consecutive DATA frames without payload or END_STREAM */
+    uint64_t reset_window_ms; /* when the current reset window started (monotonic) */
 };
 
 enum px_h2_in_state {

@@ -391,9 +391,10 @@ void px_metrics_write_prometheus(struct evbuffer *out)
     prom_u64(out, "remora_h2_protocol_errors_total", "counter",
              "HTTP/2 client connections closed with GOAWAY for a protocol error.",
              m->h2_protocol_errors);
-    prom_u64(out, "remora_h2_empty_frame_flood_total", "counter",
-             "HTTP/2 connections closed with GOAWAY(ENHANCE_YOUR_CALM): too many empty DATA frames.",
-             m->h2_empty_frame_flood);
+    prom_u64(
+        out, "remora_h2_empty_frame_flood_total", "counter",
+        "HTTP/2 connections closed with GOAWAY(ENHANCE_YOUR_CALM): too many empty DATA frames.",
+        m->h2_empty_frame_flood);
 
     struct labelled bytes[] = {{"in", m->tcp_bytes_in}, {"out", m->tcp_bytes_out}};
     prom_by_label(out, "remora_tcp_bytes_total",
