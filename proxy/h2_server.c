@@ -318,11 +318,21 @@ void px_h2_server_dispatch_heads(struct px_h2_session *sess)
 
 bool px_h2_server_bad_input(struct px_h2_session *sess, int lib_error)
 {
-    if (lib_error != NGHTTP2_ERR_BAD_CLIENT_MAGIC || sess->state == PX_H2_CLOSING)
+    uint32_t code;
+    if (sess->state == PX_H2_CLOSING)
         return false;
-    /* RFC 9113 3.4: an invalid preface is a connection error (PROTOCOL_ERROR) */
-    px_metrics.h2_protocol_errors++;
-    if (nghttp2_session_terminate_session(sess->ng, NGHTTP2_PROTOCOL_ERROR) != 0)
+    if (lib_error == NGHTTP2_ERR_BAD_CLIENT_MAGIC) {
+        /* RFC 9113 3.4: an invalid preface is a connection error */
+        code = NGHTTP2_PROTOCOL_ERROR;
+        px_metrics.h2_protocol_errors++;
+    } else if (lib_error == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS) {
+        /* a header block cut into more CONTINUATION frames than nghttp2
+         * accepts (8): a flood, told as such (the peer is still reading) */
+        code = NGHTTP2_ENHANCE_YOUR_CALM;
+    } else {
+        return false; /* FLOODED: the peer does not read; others: fatal */
+    }
+    if (nghttp2_session_terminate_session(sess->ng, code) != 0)
         return false;
     sess->state = PX_H2_GOAWAY;
     return true;

@@ -45,7 +45,7 @@ start_proxy proxy "$TMP/proxy.json" || exit 1
 run_h2spec() {
     local label=$1 port=$2 xml=$TMP/h2spec-$1.xml
     # -o: seconds h2spec waits for an expected frame; generous under load
-    timeout 900 "$H2SPEC" -h 127.0.0.1 -p "$port" -o 10 -j "$xml" >"$TMP/h2spec-$label.log" 2>&1
+    timeout 270 "$H2SPEC" -h 127.0.0.1 -p "$port" -o 10 -j "$xml" >"$TMP/h2spec-$label.log" 2>&1
     if [[ ! -s $xml ]]; then
         fail "$label: h2spec wrote no report"; tail -20 "$TMP/h2spec-$label.log"
         return

@@ -229,6 +229,8 @@ def seeds(d):
         "pings": b"\x03" + S + frame(PING, 0, 0, b"abcdefgh") * 50,
         "zero_data": b"\x01" + S + frame(HEADERS, EH, 1, request_block("POST")) +
         frame(DATA, 0, 1) * 100 + frame(DATA, ES, 1, b"z"),
+        "continuation_flood": b"\x01" + S + frame(HEADERS, 0, 1, request_block()) +
+        b"".join(frame(CONT, 0, 1, lit("x-c%d" % i, "v")) for i in range(20)),
         "goaway_from_client": b"\x01" + S + get + frame(GOAWAY, 0, 0, b"\0\0\0\x01\0\0\0\0"),
     }
     for name, data in cases.items():
