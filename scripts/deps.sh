@@ -10,6 +10,10 @@ pkgs=(
   curl nghttp2-client nghttp2-server openssl jq iproute2 iptables procps util-linux
   python3 # test helpers, the e2e pod harness (test/e2e/pod.py) and make demo
   wrk haproxy nginx-light gnuplot-nox
+  # make image / make image-test (docs/install.md): buildah builds the images from scratch,
+  # skopeo writes and inspects docker-archive tarballs, podman + runc run them (crun fails
+  # here), catatonit is podman's local pause image (nothing pulled), binutils strips
+  buildah skopeo podman runc catatonit binutils
 )
 missing=()
 for p in "${pkgs[@]}"; do
