@@ -239,7 +239,10 @@ build_extra() { # NAME=BIN[,BIN...]: host programs and their libraries (test ima
     IFS=, read -ra bl <<<"$bins"
     for b in "${bl[@]}"; do
         [[ -x $b ]] || b=$(command -v "$b") || die "$1: program not found"
-        stage_bin "$b" "/usr/bin/$(basename "$b")"
+        case $(readlink -f "$b") in
+        "$PWD"/*) stage_bin "$b" "/usr/bin/$(basename "$b")" strip ;; # this tree's
+        *) stage_bin "$b" "/usr/bin/$(basename "$b")" ;;
+        esac
         [[ -n $first ]] || first=/usr/bin/$(basename "$b")
     done
     stage_ca_certs

@@ -66,7 +66,11 @@ e2e_cluster() {
              jwks_file: $jwks, ttl_seconds: 3600},
         trust_domain: "cluster.local", template_file: $tpl, native_sidecars: false,
         log_level: "info"}' >"$E2E/injector.json"
-    bg injector ip netns exec "$E2E_NODE" "$INJECTOR" -c "$E2E/injector.json"
+    if [[ ${E2E_BACKEND:-} == podman ]]; then
+        e2e_podman_injector || return 1 # test/e2e/podman.sh: from its image
+    else
+        bg injector ip netns exec "$E2E_NODE" "$INJECTOR" -c "$E2E/injector.json"
+    fi
     E2E_INJECTOR_PID=$LASTPID
     local ok=0
     for _ in $(seq 100); do
@@ -98,6 +102,9 @@ e2e_cluster() {
           "remora-e2e/toolbox": {bin: {}, entrypoint: ["sleep"], cmd: ["infinity"]}},
         token: {mint: ["node", $mint], keys: $keys},
         configmaps: {}, kubectl: "kubectl"}' >"$E2E/cluster.json"
+    if [[ ${E2E_BACKEND:-} == podman ]]; then
+        e2e_podman_cluster_json || return 1 # images instead of binaries
+    fi
 }
 
 e2e_configmap() { # NS/NAME KEY FILE
