@@ -28,6 +28,7 @@ for f in remora-proxy remora-injector; do
     [[ -f $IMG/$f.tar && $IMG/$f.tar -nt $REMORA_ROOT/build/$f &&
         $IMG/$f.tar -nt $REMORA_ROOT/scripts/image.sh ]] || stale=1
 done
+[[ -x $REMORA_ROOT/build/test-upstream ]] || stale=1 # the test image's app
 if ((stale)); then
     if ! make -C "$REMORA_ROOT" --no-print-directory CC=gcc image >"$TMP/make-image.log" 2>&1; then
         fail "make image"
@@ -98,6 +99,40 @@ out=$("${PODMAN[@]}" run --rm --network none --entrypoint remora-proxy "$PROXY_R
 rc=$?
 expect_match "proxy image: \`remora-proxy wait\` by name (nothing listens: exit $rc)" "$rc" '^[1-9]'
 
+# ---- the manifests name these images --------------------------------------------------------
+# Every container image in `kubectl kustomize manifests/` (and the sidecar template's) that
+# is Remora's is one `make image` built, by the same name. Two are not Remora's and are
+# named here: the sample app and the JWKS refresher's shell+curl (docs/install.md).
+THIRD_PARTY='^(nginxinc/nginx-unprivileged|curlimages/curl):'
+if kubectl kustomize "$REMORA_ROOT/manifests" >"$TMP/manifests.yaml" 2>"$TMP/kustomize.err"; then
+    NODE_PATH=$REMORA_ROOT/test/js/node_modules node -e '
+        const y = require("js-yaml"), fs = require("fs"), out = new Set();
+        const walk = (o) => { if (Array.isArray(o)) return o.forEach(walk);
+            if (o && typeof o === "object") for (const [k, v] of Object.entries(o)) {
+                if ((k === "containers" || k === "initContainers") && Array.isArray(v))
+                    v.forEach((c) => c.image && out.add(c.image));
+                walk(v); } };
+        y.loadAll(fs.readFileSync(0, "utf8")).forEach(walk);
+        console.log([...out].sort().join("\n"));' <"$TMP/manifests.yaml" >"$TMP/manifest-images.txt"
+    jq -r .image "$REMORA_ROOT/manifests/injector/template.json" >>"$TMP/manifest-images.txt"
+    built=$(for n in remora-proxy remora-injector; do archive_tag "$IMG/$n.tar"; done)
+    n_ours=0
+    while read -r im; do
+        [[ -n $im ]] || continue
+        if [[ $im =~ $THIRD_PARTY ]]; then
+            echo "note: manifests name a third-party image: $im"
+        elif grep -qxF "$im" <<<"$built"; then
+            n_ours=$((n_ours + 1))
+        else
+            fail "manifests name $im, which make image does not build (it builds: $(echo $built))"
+        fi
+    done < <(sort -u "$TMP/manifest-images.txt")
+    expect_eq "every Remora image the manifests and the template name is one make image built" \
+        "$n_ours" 2
+else
+    fail "kubectl kustomize manifests/: $(head -3 "$TMP/kustomize.err")"
+fi
+
 # ---- the cluster: the injector from its image ------------------------------------------------
 # shellcheck source=../e2e/lib.sh
 source "$REMORA_ROOT/test/e2e/lib.sh"
@@ -127,20 +162,21 @@ cat >"$E2E/b-policy.json" <<EOF
 EOF
 e2e_configmap shop/remora-ca-root root.pem "$E2E/pki/root.pem"
 e2e_configmap shop/b-policy policy.json "$E2E/b-policy.json"
-manifest() { # NAME SA ANNOTATIONS-JSON CONTAINERS-JSON
-    jq -n --arg name "$1" --arg sa "$2" --argjson ann "$3" --argjson cs "$4" '{
+manifest() { # NAME SA ANNOTATIONS-JSON CONTAINERS-JSON GRACE
+    jq -n --arg name "$1" --arg sa "$2" --argjson ann "$3" --argjson cs "$4" --argjson g "$5" '{
         apiVersion: "v1", kind: "Pod",
         metadata: {name: $name, namespace: "shop", labels: {app: $name}, annotations: $ann},
-        spec: {serviceAccountName: $sa, terminationGracePeriodSeconds: 20,
+        spec: {serviceAccountName: $sa, terminationGracePeriodSeconds: $g,
                securityContext: {runAsUser: 1000, runAsGroup: 1000},
                containers: $cs}}' >"$E2E/$1.json"
 }
-manifest a frontend '{}' '[{"name": "client", "image": "remora-e2e/toolbox"}]'
+# (sleep as PID 1 ignores SIGTERM: a's deletion waits out its grace period, as in a cluster)
+manifest a frontend '{}' '[{"name": "client", "image": "remora-e2e/toolbox"}]' 3
 manifest b backend '{"remora.io/policy": "b-policy"}' '[
   {"name": "app", "image": "remora-e2e/app",
    "args": ["--listen", "0.0.0.0:8080", "--name", "pod-b"],
    "ports": [{"name": "http", "containerPort": 8080}],
-   "readinessProbe": {"httpGet": {"path": "/status/200", "port": "http"}, "periodSeconds": 1}}]'
+   "readinessProbe": {"httpGet": {"path": "/status/200", "port": "http"}, "periodSeconds": 1}}]' 20
 A_IP=10.232.0.21
 B_IP=10.232.0.22
 E2E_WAIT=${E2E_WAIT:-90}
