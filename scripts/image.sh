@@ -39,6 +39,15 @@ done
 ((${#names[@]} || ${#extras[@]})) || names=(remora-proxy remora-injector)
 
 die() { echo "image.sh: $*" >&2; exit 1; }
+# buildah and skopeo log their storage driver choice and podman's CNI config at info/warn
+# level; only errors are worth showing here (and a failing step's own output).
+bh() { buildah --log-level error "$@"; }
+sk() {
+    if ! skopeo "$@" 2>"$work/skopeo.err"; then
+        cat "$work/skopeo.err" >&2
+        return 1
+    fi
+}
 [[ $(id -u) -eq 0 ]] || die "run as root (buildah's default storage); try: sudo make image"
 for t in buildah skopeo ldd dpkg-query strip; do
     command -v "$t" >/dev/null || die "$t not found: run make deps"
@@ -57,7 +66,7 @@ work=$(mktemp -d /tmp/remora-image.XXXXXX)
 ctrs=()
 cleanup() {
     local c
-    for c in "${ctrs[@]}"; do buildah rm "$c" >/dev/null 2>&1 || true; done
+    for c in "${ctrs[@]}"; do [[ -n $c ]] && bh rm "$c" >/dev/null 2>&1; done
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -166,9 +175,9 @@ commit() {
     # Every staged file is root-owned with a fixed mtime; buildah --timestamp clamps too.
     chown -R 0:0 "$STAGE"
     find "$STAGE" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
-    ctr=$(buildah from --name "remora-image-$name-$$" scratch)
+    ctr=$(bh from --name "remora-image-$name-$$" scratch)
     ctrs+=("$ctr")
-    buildah copy --quiet "$ctr" "$STAGE" / >/dev/null
+    bh copy --quiet "$ctr" "$STAGE" / >/dev/null
     local cfg=(--env "PATH=/usr/local/bin:/usr/bin:/usr/sbin:/bin:/sbin"
         --user "$user" --workingdir / --entrypoint "$ep"
         --os linux --arch amd64
@@ -177,19 +186,19 @@ commit() {
         --label "org.opencontainers.image.version=$tag"
         --created-by "scripts/image.sh" --author "")
     [[ -n $cmd ]] && cfg+=(--cmd "$cmd")
-    buildah config "${cfg[@]}" "$ctr"
+    bh config "${cfg[@]}" "$ctr"
     # containers-storage under a name of this build's own: another build or a test's
     # loaded image of the same tag is never touched.
     local tmpref=localhost/remora-image-build-$$/$name:$tag
-    buildah commit --quiet --timestamp "$SOURCE_DATE_EPOCH" --format oci --rm "$ctr" "$tmpref" \
+    bh commit --quiet --timestamp "$SOURCE_DATE_EPOCH" --format oci --rm "$ctr" "$tmpref" \
         >"$work/$name.id"
     ctrs=("${ctrs[@]/$ctr/}")
     rm -f "$tarball"
-    skopeo copy --quiet "containers-storage:$tmpref" "docker-archive:$tarball:$ref"
-    buildah rmi "$tmpref" >/dev/null
+    sk copy --quiet "containers-storage:$tmpref" "docker-archive:$tarball:$ref"
+    bh rmi "$tmpref" >/dev/null
     local id manifest size
     id=$(cat "$work/$name.id")
-    manifest=$(skopeo inspect --format '{{.Digest}}' "docker-archive:$tarball")
+    manifest=$(sk inspect --format '{{.Digest}}' "docker-archive:$tarball")
     printf 'id sha256:%s\nmanifest %s\n' "${id#sha256:}" "$manifest" >"$out/$name.digest"
     size=$(du -sb --apparent-size "$STAGE" | cut -f1)
     printf '%s: %s (%s)\n  image id sha256:%s\n  size %s bytes uncompressed (%.1f MB), tarball %s bytes\n' \

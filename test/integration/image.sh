@@ -197,9 +197,9 @@ expect_eq "b: the proxy container runs as UID 1337" \
 expect_eq "b: the app container runs as UID 1000" \
     "$(awk '/^Uid:/ {print $2}' "/proc/$(podman_ctr_pid b app)/status" 2>/dev/null)" 1000
 expect_eq "b: the proxy's root filesystem is read-only, as injected" \
-    "$(podman_ctr_field b remora-proxy '{{.HostConfig.ReadonlyRootfs}}')" \
     "$(jq -r '.spec.containers[] | select(.name == "remora-proxy") |
-        .securityContext.readOnlyRootFilesystem // false' "$E2E/pods/b/pod.json")"
+        .securityContext.readOnlyRootFilesystem' "$E2E/pods/b/pod.json") \
+$(podman_ctr_field b remora-proxy '{{.HostConfig.ReadonlyRootfs}}')" "true true"
 # the admin port, from the app's container as the proxy's user (not captured)
 admin() { "${E2E_POD_PY[@]}" exec --cluster "$E2E/cluster.json" --state "$E2E/pods/$1/" \
     --container "$2" --user 1337 -- curl -s -m 5 "http://127.0.0.1:15000$3"; }
