@@ -9,6 +9,7 @@
 #                             touched), removed at exit; sets VAR to that reference
 #   E2E_PODMAN_IMAGES         JSON, the cluster's image map ({"<spec image>": {"ref": ...}})
 #   E2E_INJECTOR_REF          the injector image that serves the webhook and the CA
+#   E2E_INJECTOR_SC           how to run it: {"pod": <pod securityContext>, "c": <container's>}
 # Everything started here is removed at exit, even when a test fails: the injector
 # container, every pod (pod.py cleanup: podman pod rm), the loaded images.
 E2E_BACKEND=podman
@@ -16,6 +17,7 @@ PODMAN_PREFIX=rm-img-$$
 PODMAN=(podman)
 E2E_PODMAN_IMAGES='{}'
 E2E_INJECTOR_REF=
+E2E_INJECTOR_SC='{}'
 
 podman_setup() {
     # crun fails on this machine's hybrid cgroups, and podman asks for more open files
@@ -51,20 +53,33 @@ podman_load() { # NAME TARBALL VAR: VAR is set to the loaded image's reference
         { cat "$TMP/load-$name.log" >&2; return 1; }
 }
 
-# The injector as deployment.yaml runs it: UID/GID 65532, read-only root filesystem, no
-# capabilities, no privilege escalation; its config and PKI mounted read-only (the same
-# paths as on the machine, so injector.json is the netns backend's). In the node's
-# network namespace: the webhook and the CA on the node's address.
+# The injector as the Deployment runs it: E2E_INJECTOR_SC is its pod's and container's
+# securityContext from the rendered manifests ({"pod": {...}, "c": {...}}): user and group,
+# read-only root filesystem, capabilities dropped, no privilege escalation. Its config and
+# PKI are mounted read-only (the same paths as on the machine, so injector.json is the
+# netns backend's). In the node's network namespace: the webhook and the CA on the node's
+# address.
 e2e_podman_injector() {
-    local name=$PODMAN_PREFIX-injector
+    local name=$PODMAN_PREFIX-injector sc=$E2E_INJECTOR_SC uid gid flags=() x
+    uid=$(jq -r '.c.runAsUser // .pod.runAsUser // 0' <<<"$sc")
+    gid=$(jq -r '.c.runAsGroup // .pod.runAsGroup // 0' <<<"$sc")
+    if [[ $(jq -r '.c.runAsNonRoot // .pod.runAsNonRoot // false' <<<"$sc") == true && $uid == 0 ]]; then
+        echo "e2e: the injector's securityContext says runAsNonRoot with UID 0" >&2
+        return 1
+    fi
+    [[ $(jq -r '.c.readOnlyRootFilesystem // false' <<<"$sc") == true ]] &&
+        flags+=(--read-only --read-only-tmpfs=false)
+    [[ $(jq -r '.c.allowPrivilegeEscalation' <<<"$sc") == false ]] &&
+        flags+=(--security-opt no-new-privileges)
+    for x in $(jq -r '.c.capabilities.drop // [] | .[]' <<<"$sc"); do flags+=(--cap-drop "$x"); done
+    for x in $(jq -r '.c.capabilities.add // [] | .[]' <<<"$sc"); do flags+=(--cap-add "$x"); done
     # Secrets are mounted readable by the pod's user
-    chown -R 65532:65532 "$E2E/pki" "$E2E/jwt" "$E2E/template.json" "$E2E/injector.json"
+    chown -R "$uid:$gid" "$E2E/pki" "$E2E/jwt" "$E2E/template.json" "$E2E/injector.json"
     on_exit "${PODMAN[*]} rm --force --time 0 $name >/dev/null 2>&1"
+    echo "${PODMAN[*]} run --name $name --user $uid:$gid ${flags[*]}" >"$E2E/injector.argv"
     bg injector "${PODMAN[@]}" run --rm --name "$name" --pull never \
-        --network "ns:/run/netns/$E2E_NODE" \
-        --user 65532:65532 --read-only --read-only-tmpfs=false --cap-drop ALL \
-        --security-opt no-new-privileges -v "$E2E:$E2E:ro" \
-        "$E2E_INJECTOR_REF" -c "$E2E/injector.json"
+        --network "ns:/run/netns/$E2E_NODE" --user "$uid:$gid" "${flags[@]}" \
+        -v "$E2E:$E2E:ro" "$E2E_INJECTOR_REF" -c "$E2E/injector.json"
     E2E_INJECTOR_PID=$LASTPID
     E2E_INJECTOR_CTR=$name
 }

@@ -6,9 +6,10 @@
 #
 #   A  shop/frontend, classic sidecar: curl as UID 1000 in a test image
 #   B  shop/backend,  classic sidecar, strict mTLS, policy ConfigMap, readiness probe
+#   D  shop/intruder, native sidecar: meshed, but B's policy does not allow it
 # The images are built (`make image`, the release build) when build/images is missing or
 # older than the binaries. Prints one SKIP: line when podman cannot run a container here.
-# shellcheck source=../lib.sh
+# shellcheck source=../lib.sh disable=SC2034
 source "$(dirname "$0")/../lib.sh"
 
 skip() { echo "SKIP: image.sh: $*; nothing was run"; exit 0; }
@@ -104,17 +105,15 @@ expect_match "proxy image: \`remora-proxy wait\` by name (nothing listens: exit 
 # is Remora's is one `make image` built, by the same name. Two are not Remora's and are
 # named here: the sample app and the JWKS refresher's shell+curl (docs/install.md).
 THIRD_PARTY='^(nginxinc/nginx-unprivileged|curlimages/curl):'
-if kubectl kustomize "$REMORA_ROOT/manifests" >"$TMP/manifests.yaml" 2>"$TMP/kustomize.err"; then
+INJ_SC=
+if kubectl kustomize "$REMORA_ROOT/manifests" >"$TMP/manifests.yaml" 2>"$TMP/kustomize.err" &&
     NODE_PATH=$REMORA_ROOT/test/js/node_modules node -e '
-        const y = require("js-yaml"), fs = require("fs"), out = new Set();
-        const walk = (o) => { if (Array.isArray(o)) return o.forEach(walk);
-            if (o && typeof o === "object") for (const [k, v] of Object.entries(o)) {
-                if ((k === "containers" || k === "initContainers") && Array.isArray(v))
-                    v.forEach((c) => c.image && out.add(c.image));
-                walk(v); } };
-        y.loadAll(fs.readFileSync(0, "utf8")).forEach(walk);
-        console.log([...out].sort().join("\n"));' <"$TMP/manifests.yaml" >"$TMP/manifest-images.txt"
-    jq -r .image "$REMORA_ROOT/manifests/injector/template.json" >>"$TMP/manifest-images.txt"
+        const y = require("js-yaml"), fs = require("fs");
+        console.log(JSON.stringify(y.loadAll(fs.readFileSync(0, "utf8")).filter(Boolean)));' \
+        <"$TMP/manifests.yaml" >"$TMP/manifests.json"; then
+    { jq -r '.. | objects | (.containers?, .initContainers?) | arrays | .[].image' \
+        "$TMP/manifests.json"; jq -r .image "$REMORA_ROOT/manifests/injector/template.json"; } |
+        sort -u >"$TMP/manifest-images.txt"
     built=$(for n in remora-proxy remora-injector; do archive_tag "$IMG/$n.tar"; done)
     n_ours=0
     while read -r im; do
@@ -124,25 +123,33 @@ if kubectl kustomize "$REMORA_ROOT/manifests" >"$TMP/manifests.yaml" 2>"$TMP/kus
         elif grep -qxF "$im" <<<"$built"; then
             n_ours=$((n_ours + 1))
         else
-            fail "manifests name $im, which make image does not build (it builds: $(echo $built))"
+            fail "manifests name $im, which make image does not build (it builds: ${built//$'\n'/ })"
         fi
-    done < <(sort -u "$TMP/manifest-images.txt")
+    done <"$TMP/manifest-images.txt"
     expect_eq "every Remora image the manifests and the template name is one make image built" \
         "$n_ours" 2
+    # how the Deployment runs the injector: the container below is run that way
+    INJ_SC=$(jq -c '.[] | select(.kind == "Deployment" and .metadata.name == "remora-injector") |
+        .spec.template.spec | {pod: (.securityContext // {}),
+        c: (.containers[] | select(.name == "injector") | .securityContext // {})}' \
+        "$TMP/manifests.json")
 else
-    fail "kubectl kustomize manifests/: $(head -3 "$TMP/kustomize.err")"
+    fail "kubectl kustomize manifests/ (as JSON): $(head -3 "$TMP/kustomize.err")"
 fi
+[[ -n $INJ_SC ]] || { fail "the injector Deployment's securityContext in the manifests"; finish; }
 
 # ---- the cluster: the injector from its image ------------------------------------------------
 # shellcheck source=../e2e/lib.sh
 source "$REMORA_ROOT/test/e2e/lib.sh"
 E2E_INJECTOR_REF=$INJ_REF
+E2E_INJECTOR_SC=$INJ_SC
 E2E_PODMAN_IMAGES=$(jq -n --arg proxy "$PROXY_REF" --arg tools "$TOOLS_REF" '{
     "ghcr.io/remora-mesh/remora-proxy:0.1.0": {ref: $proxy},
     "remora-e2e/app": {ref: $tools, entrypoint: ["test-upstream"]},
     "remora-e2e/toolbox": {ref: $tools, entrypoint: ["sleep"], cmd: ["infinity"]}}')
 e2e_cluster || { fail "cluster setup (node namespace, PKI, the injector container)"; finish; }
 pass "the injector image serves the webhook over TLS (/healthz, verified against the root)"
+echo "injector: $(cat "$E2E/injector.argv")"
 ipid=$("${PODMAN[@]}" container inspect --format '{{.State.Pid}}' "$E2E_INJECTOR_CTR")
 expect_eq "injector container: runs as UID 65532" \
     "$(awk '/^Uid:/ {print $2}' "/proc/$ipid/status" 2>/dev/null)" 65532
@@ -172,6 +179,8 @@ manifest() { # NAME SA ANNOTATIONS-JSON CONTAINERS-JSON GRACE
 }
 # (sleep as PID 1 ignores SIGTERM: a's deletion waits out its grace period, as in a cluster)
 manifest a frontend '{}' '[{"name": "client", "image": "remora-e2e/toolbox"}]' 3
+manifest d intruder '{"remora.io/native-sidecar": "true"}' \
+    '[{"name": "client", "image": "remora-e2e/toolbox"}]' 3
 manifest b backend '{"remora.io/policy": "b-policy"}' '[
   {"name": "app", "image": "remora-e2e/app",
    "args": ["--listen", "0.0.0.0:8080", "--name", "pod-b"],
@@ -179,10 +188,15 @@ manifest b backend '{"remora.io/policy": "b-policy"}' '[
    "readinessProbe": {"httpGet": {"path": "/status/200", "port": "http"}, "periodSeconds": 1}}]' 20
 A_IP=10.232.0.21
 B_IP=10.232.0.22
+D_IP=10.232.0.24
 E2E_WAIT=${E2E_WAIT:-90}
 check "pod b Ready (podman pod: remora-init, the proxy with a CA-issued cert, the app)" \
     e2e_pod b "$B_IP" "$E2E/b.json"
 check "pod a Ready" e2e_pod a "$A_IP" "$E2E/a.json"
+check "pod d Ready (the proxy as a native sidecar: an init container with restartPolicy Always)" \
+    e2e_pod d "$D_IP" "$E2E/d.json"
+expect_eq "d: the proxy runs as a native sidecar, started before the app" \
+    "$(pod_status d '.containers["remora-proxy"].native')" true
 PB=$PODMAN_PREFIX-b
 expect_eq "b: a podman pod" "$("${PODMAN[@]}" pod exists "$PB" && echo yes)" yes
 expect_eq "b: injected" "$(pod_status b .injected)" true
@@ -225,6 +239,9 @@ expect_eq "policy: POST from frontend denied by default" "$code" 403
 out=$(e2e_exec a client curl -s -m 10 -w '\n%{http_code}' "http://$B_IP:8080/api/admin")
 expect_eq "policy: GET /api/admin denied" "${out##*$'\n'}" 403
 expect_match "policy: the 403 names the deny rule" "$out" no-admin
+code=$(e2e_exec d client curl -s -m 10 -o /dev/null -w '%{http_code}' \
+    "http://$B_IP:8080/api/hello")
+expect_eq "policy: another meshed identity (intruder, native sidecar) is denied" "$code" 403
 code=$(ip netns exec "$E2E_NODE" curl -s -m 5 -o /dev/null -w '%{http_code}' \
     -H 'User-Agent: kube-probe/1.30' "http://$B_IP:15020/app-health/app/readyz")
 expect_eq "health port: a kubelet probe of the rewritten readiness probe answers 200" "$code" 200
@@ -240,11 +257,14 @@ check "podman pod stop b: the proxy drained (log)" \
     grep -q 'drain: complete' "$E2E/pods/b/remora-proxy.log"
 e2e_delete b
 e2e_delete a
+e2e_delete d
+expect_eq "d deleted: its native sidecar exited 0 after the app" \
+    "$(pod_status d '.containers["remora-proxy"].exitCode')" 0
 expect_eq "deleted: no container of this test's pods is left" \
-    "$("${PODMAN[@]}" ps -a --filter "name=^$PODMAN_PREFIX-[ab]" --format '{{.Names}}' | wc -l)" 0
+    "$("${PODMAN[@]}" ps -a --filter "name=^$PODMAN_PREFIX-[abd]-" --format '{{.Names}}' | wc -l)" 0
 expect_eq "deleted: no podman pod is left" \
     "$("${PODMAN[@]}" pod ps --filter "name=^$PODMAN_PREFIX-" --format '{{.Name}}' | wc -l)" 0
 check "deleted: the pods' network namespaces are gone" \
-    bash -c "! ip netns list | grep -q 'rm-e2e-$$-[ab]'"
+    bash -c "! ip netns list | grep -q 'rm-e2e-$$-[abd]'"
 echo "timing: images ${T_BUILD} s, whole suite $(($(date +%s) - T0)) s"
 finish
