@@ -12,8 +12,9 @@ pkgs=(
   wrk haproxy nginx-light gnuplot-nox
   # make image / make image-test (docs/install.md): buildah builds the images from scratch,
   # skopeo writes and inspects docker-archive tarballs, podman + runc run them (crun fails
-  # here), catatonit is podman's local pause image (nothing pulled), binutils strips
-  buildah skopeo podman runc catatonit binutils
+  # here), catatonit is podman's local pause image (nothing pulled), netavark its network
+  # backend (the pods themselves use --network none), binutils strips
+  buildah skopeo podman runc catatonit netavark binutils
 )
 missing=()
 for p in "${pkgs[@]}"; do
