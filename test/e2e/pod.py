@@ -443,9 +443,8 @@ def podman(cluster):
     return list((cluster.get("podman") or {}).get("argv") or ["podman"])
 
 
-def podman_names(cluster, podname):
-    pod = (cluster.get("podman") or {}).get("prefix", "rm-pod-") + podname
-    return pod
+def podman_pod_name(cluster, podname):
+    return (cluster.get("podman") or {}).get("prefix", "rm-pod-") + podname
 
 
 def podman_ref(cluster, c):
@@ -455,7 +454,7 @@ def podman_ref(cluster, c):
     return img
 
 
-def podman_run_argv(cluster, pod, ip, vols, c, podname, init=False):
+def podman_run_argv(cluster, pod, ip, vols, c, podname):
     """`podman run` for a container of the patched spec: what kubelet would ask the
     runtime for (user, capabilities, read-only root, no_new_privs, env, volumes)."""
     img = podman_ref(cluster, c)
@@ -590,9 +589,9 @@ class Pod:
     def podman_ctr(self, c):
         return "%s-%s" % (self.podman_pod_name, c["name"])
 
-    def podman_spawn(self, c, logname, init=False):
+    def podman_spawn(self, c, logname):
         argv = podman_run_argv(self.cluster, self.pod, self.ip, self.vols, c,
-                               self.podman_pod_name, init)
+                               self.podman_pod_name)
         with open(os.path.join(self.state, "podman-%s.argv" % logname), "w") as f:
             f.write(" ".join(shlex.quote(x) for x in argv) + "\n")
         logf = open(os.path.join(self.state, "%s.log" % logname), "ab")
@@ -745,7 +744,7 @@ class Pod:
         self.ip = ip
         self.ip6 = ip6
         self.netns = self.cluster["netns_prefix"] + pod["metadata"]["name"]
-        self.podman_pod_name = podman_names(self.cluster, pod["metadata"]["name"])
+        self.podman_pod_name = podman_pod_name(self.cluster, pod["metadata"]["name"])
         self.save()
         self.pod = admit(self.cluster, pod, self.state)
         write_json(os.path.join(self.state, "pod.json"), self.pod)
@@ -769,7 +768,7 @@ class Pod:
             argv = container_argv(self.cluster, self.pod, ip, c)
             self.event("init %s: %s" % (c["name"], " ".join(argv)))
             if self.podman:
-                p = self.podman_spawn(c, c["name"], init=True)
+                p = self.podman_spawn(c, c["name"])
                 try:
                     rc = p.wait(timeout=120)
                 except subprocess.TimeoutExpired:
