@@ -48,11 +48,16 @@ if ! "$REMORA_ROOT/scripts/image.sh" --out "$TMP/images" --repo "localhost/$PODM
     finish
 fi
 
-# podman builds its pause image (the pods' infra) from catatonit on first use: removed at
-# exit if this test made it
+# podman builds its pause image (the pods' infra) from catatonit on first use: made here
+# once (pods created at the same time would each build one), removed at exit if this test
+# made it
 pause_before=$("${PODMAN[@]}" images --noheading --filter reference=localhost/podman-pause -q)
-[[ -n $pause_before ]] ||
-    on_exit "${PODMAN[*]} rmi \$(${PODMAN[*]} images -q --filter reference=localhost/podman-pause) >/dev/null 2>&1"
+if [[ -z $pause_before ]]; then
+    "${PODMAN[@]}" pod create --name "$PODMAN_PREFIX-warmup" --network none >/dev/null 2>&1
+    "${PODMAN[@]}" pod rm --force "$PODMAN_PREFIX-warmup" >/dev/null 2>&1
+    pause_id=$("${PODMAN[@]}" images --noheading --filter reference=localhost/podman-pause -q)
+    [[ -n $pause_id ]] && on_exit "${PODMAN[*]} rmi $pause_id >/dev/null 2>&1"
+fi
 podman_load remora-proxy "$IMG/remora-proxy.tar" PROXY_REF || { fail "load remora-proxy.tar"; finish; }
 podman_load remora-injector "$IMG/remora-injector.tar" INJ_REF || { fail "load remora-injector.tar"; finish; }
 podman_load remora-e2e-tools "$TMP/images/remora-e2e-tools.tar" TOOLS_REF ||
