@@ -9,6 +9,7 @@
 #                             webhook and the CA on the node's address; writes
 #                             $E2E/cluster.json for test/e2e/pod.py
 #   e2e_configmap NS/NAME KEY FILE    add a ConfigMap key
+#   e2e_secret NS/NAME KEY FILE       add a Secret key
 #   e2e_pod NAME IP MANIFEST [IP6]  run a pod (pod.py run, in the background), dual-stack
 #                             with IP6; waits until Ready (E2E_WAIT seconds); sets
 #                             POD_PID[NAME]
@@ -110,6 +111,12 @@ e2e_cluster() {
 e2e_configmap() { # NS/NAME KEY FILE
     local tmp=$E2E/cluster.json.tmp
     jq --arg cm "$1" --arg key "$2" --arg file "$3" '.configmaps[$cm][$key] = $file' \
+        "$E2E/cluster.json" >"$tmp" && mv "$tmp" "$E2E/cluster.json"
+}
+
+e2e_secret() { # NS/NAME KEY FILE: a Secret's key (secret volumes, projected secrets)
+    local tmp=$E2E/cluster.json.tmp
+    jq --arg s "$1" --arg key "$2" --arg file "$3" '.secrets[$s][$key] = $file' \
         "$E2E/cluster.json" >"$tmp" && mv "$tmp" "$E2E/cluster.json"
 }
 

@@ -27,6 +27,7 @@ C.json (written by the test; see test/integration/e2e.sh):
    "images": {"<image>": {"bin": {"<command>": "<path>"}, "entrypoint": [...], "cmd": [...]}},
    "token": {"mint": ["node", "mint-token.js"], "keys": "DIR"},
    "configmaps": {"<namespace>/<name>": {"<key>": "<file>"}},
+   "secrets": {"<namespace>/<name>": {"<key>": "<file>"}},
    "kubectl": "kubectl"}
 
 With "backend": "podman" in C.json (test/integration/image.sh, docs/e2e.md "The podman
@@ -240,20 +241,22 @@ def data_tree(root, files, mode):
         os.symlink(os.path.join("..data", t), os.path.join(root, t))
 
 
-def configmap_files(cluster, ns, src, what):
-    key = "%s/%s" % (ns, src["name"])
-    cm = cluster.get("configmaps", {}).get(key)
+def configmap_files(cluster, ns, src, what, kind="ConfigMap"):
+    """The files of a ConfigMap (or, with kind="Secret", a Secret: cluster["secrets"],
+    named by secretName in a volume and name in a projected source)."""
+    key = "%s/%s" % (ns, src.get("secretName", src.get("name")))
+    cm = cluster.get("secrets" if kind == "Secret" else "configmaps", {}).get(key)
     if cm is None:
         if src.get("optional"):
             return {}
-        raise ValueError("%s: ConfigMap %s not found" % (what, key))
+        raise ValueError("%s: %s %s not found" % (what, kind, key))
     items = src.get("items")
     out = {}
     if items is None:
         items = [{"key": k, "path": k} for k in cm]
     for it in items:
         if it["key"] not in cm:
-            raise ValueError("%s: ConfigMap %s has no key %s" % (what, key, it["key"]))
+            raise ValueError("%s: %s %s has no key %s" % (what, kind, key, it["key"]))
         with open(cm[it["key"]], "rb") as f:
             out[it["path"]] = f.read()
     return out
@@ -286,6 +289,10 @@ def make_volumes(cluster, pod, ip, state):
         elif "configMap" in v:
             src = v["configMap"]
             data_tree(root, configmap_files(cluster, ns, src, what), src.get("defaultMode", 0o644))
+        elif "secret" in v:
+            src = v["secret"]
+            data_tree(root, configmap_files(cluster, ns, src, what, "Secret"),
+                      src.get("defaultMode", 0o644))
         elif "downwardAPI" in v:
             src = v["downwardAPI"]
             files = {it["path"]: field_value(pod, ip, it["fieldRef"]["fieldPath"])
@@ -300,6 +307,8 @@ def make_volumes(cluster, pod, ip, state):
                     files[sat["path"]] = mint_token(cluster, pod, sat)
                 elif "configMap" in s:
                     files.update(configmap_files(cluster, ns, s["configMap"], what))
+                elif "secret" in s:
+                    files.update(configmap_files(cluster, ns, s["secret"], what, "Secret"))
                 elif "downwardAPI" in s:
                     for it in s["downwardAPI"].get("items") or []:
                         files[it["path"]] = field_value(pod, ip, it["fieldRef"]["fieldPath"])

@@ -174,6 +174,8 @@ cat >"$E2E/b-policy.json" <<EOF
 EOF
 e2e_configmap shop/remora-ca-root root.pem "$E2E/pki/root.pem"
 e2e_configmap shop/b-policy policy.json "$E2E/b-policy.json"
+printf 'b-secret-%s' "$$" >"$E2E/b-secret.txt"
+e2e_secret shop/b-secret token "$E2E/b-secret.txt"
 manifest() { # NAME SA ANNOTATIONS-JSON CONTAINERS-JSON GRACE
     jq -n --arg name "$1" --arg sa "$2" --argjson ann "$3" --argjson cs "$4" --argjson g "$5" '{
         apiVersion: "v1", kind: "Pod",
@@ -190,7 +192,12 @@ manifest b backend '{"remora.io/policy": "b-policy"}' '[
   {"name": "app", "image": "remora-e2e/app",
    "args": ["--listen", "0.0.0.0:8080", "--name", "pod-b"],
    "ports": [{"name": "http", "containerPort": 8080}],
-   "readinessProbe": {"httpGet": {"path": "/status/200", "port": "http"}, "periodSeconds": 1}}]' 20
+   "readinessProbe": {"httpGet": {"path": "/status/200", "port": "http"}, "periodSeconds": 1},
+   "volumeMounts": [{"name": "app-secret", "mountPath": "/etc/app-secret", "readOnly": true},
+                    {"name": "scratch", "mountPath": "/scratch"}]}]' 20
+jq '.spec.volumes = [{name: "app-secret", secret: {secretName: "b-secret", defaultMode: 256}},
+                     {name: "scratch", emptyDir: {}}]' "$E2E/b.json" >"$E2E/b.json.tmp" &&
+    mv "$E2E/b.json.tmp" "$E2E/b.json"
 A_IP=10.232.0.21
 B_IP=10.232.0.22
 D_IP=10.232.0.24
@@ -219,6 +226,16 @@ expect_eq "b: the proxy's root filesystem is read-only, as injected" \
     "$(jq -r '.spec.containers[] | select(.name == "remora-proxy") |
         .securityContext.readOnlyRootFilesystem' "$E2E/pods/b/pod.json") \
 $(podman_ctr_field b remora-proxy '{{.HostConfig.ReadonlyRootfs}}')" "true true"
+out=$(e2e_exec b app curl -s "file:///etc/app-secret/token")
+expect_eq "b: the Secret volume's content in the app container (mode 0400: read as root)" \
+    "$("${E2E_POD_PY[@]}" exec --cluster "$E2E/cluster.json" --state "$E2E/pods/b" \
+        --container app --user 0 -- curl -s file:///etc/app-secret/token)" "b-secret-$$"
+expect_eq "b: ... and not readable by the app's UID 1000 (defaultMode 0400)" "$out" ""
+expect_eq "b: the Secret volume is read-only in the container" \
+    "$(podman_ctr_field b app '{{range .Mounts}}{{if eq .Destination "/etc/app-secret"}}{{.RW}}{{end}}{{end}}')" false
+e2e_exec b app curl -s -o /scratch/hostname file:///etc/hostname
+expect_eq "b: the emptyDir is writable by the app (UID 1000): the pod's hostname, copied" \
+    "$(cat "$E2E/pods/b/volumes/scratch/hostname" 2>/dev/null)" b
 # the admin port, from the app's container as the proxy's user (not captured)
 admin() { "${E2E_POD_PY[@]}" exec --cluster "$E2E/cluster.json" --state "$E2E/pods/$1/" \
     --container "$2" --user 1337 -- curl -s -m 5 "http://127.0.0.1:15000$3"; }
