@@ -4,8 +4,9 @@
 # each a podman pod (test/e2e/pod.py's podman backend, docs/e2e.md). Two pods talk
 # through both sidecars over mTLS with certificates from the CA in the injector image.
 #
-#   A  shop/frontend, classic sidecar: curl as UID 1000 in a test image
-#   B  shop/backend,  classic sidecar, strict mTLS, policy ConfigMap, readiness probe
+#   A  shop/frontend, classic sidecar: curl as UID 1000 in a test image; dual-stack
+#   B  shop/backend,  classic sidecar, strict mTLS, policy ConfigMap, readiness probe, a
+#                     Secret and an emptyDir; dual-stack
 #   D  shop/intruder, native sidecar: meshed, but B's policy does not allow it
 # The images are built (`make image`, the release build) when build/images is missing or
 # older than the binaries. Prints one SKIP: line when podman cannot run a container here.
@@ -194,17 +195,20 @@ manifest b backend '{"remora.io/policy": "b-policy"}' '[
    "ports": [{"name": "http", "containerPort": 8080}],
    "readinessProbe": {"httpGet": {"path": "/status/200", "port": "http"}, "periodSeconds": 1},
    "volumeMounts": [{"name": "app-secret", "mountPath": "/etc/app-secret", "readOnly": true},
-                    {"name": "scratch", "mountPath": "/scratch"}]}]' 20
+                    {"name": "scratch", "mountPath": "/scratch"}]},
+  {"name": "app6", "image": "remora-e2e/app", "args": ["--listen", "[::]:8080", "--name", "pod-b6"]}]' 20
 jq '.spec.volumes = [{name: "app-secret", secret: {secretName: "b-secret", defaultMode: 256}},
                      {name: "scratch", emptyDir: {}}]' "$E2E/b.json" >"$E2E/b.json.tmp" &&
     mv "$E2E/b.json.tmp" "$E2E/b.json"
 A_IP=10.232.0.21
 B_IP=10.232.0.22
 D_IP=10.232.0.24
+A_IP6=fd32::21
+B_IP6=fd32::22
 E2E_WAIT=${E2E_WAIT:-90}
 check "pod b Ready (podman pod: remora-init, the proxy with a CA-issued cert, the app)" \
-    e2e_pod b "$B_IP" "$E2E/b.json"
-check "pod a Ready" e2e_pod a "$A_IP" "$E2E/a.json"
+    e2e_pod b "$B_IP" "$E2E/b.json" "$B_IP6"
+check "pod a Ready" e2e_pod a "$A_IP" "$E2E/a.json" "$A_IP6"
 check "pod d Ready (the proxy as a native sidecar: an init container with restartPolicy Always)" \
     e2e_pod d "$D_IP" "$E2E/d.json"
 expect_eq "d: the proxy runs as a native sidecar, started before the app" \
@@ -214,8 +218,8 @@ expect_eq "b: a podman pod" "$("${PODMAN[@]}" pod exists "$PB" && echo yes)" yes
 expect_eq "b: injected" "$(pod_status b .injected)" true
 expect_eq "b: remora-init (proxy image) ran to completion" \
     "$(pod_status b '.containers["remora-init"].exitCode')" 0
-check "b: remora-init installed the capture rules with the image's iptables-restore" \
-    grep -q 'capture rules installed' "$E2E/pods/b/remora-init.log"
+check "b (dual-stack): remora-init installed IPv4 and IPv6 rules with the image's iptables-restore and ip6tables-restore" \
+    grep -q 'capture rules installed (IPv4 and IPv6)' "$E2E/pods/b/remora-init.log"
 expect_match "b: remora-init ran with NET_ADMIN and NET_RAW only" \
     "$(cat "$E2E/pods/b/podman-remora-init.argv")" '--cap-drop ALL --cap-add NET_ADMIN --cap-add NET_RAW'
 expect_eq "b: the proxy container runs as UID 1337" \
@@ -249,6 +253,10 @@ expect_match "A -> B: B's app sees A's SPIFFE identity (XFCC: mTLS between the s
     "$body" "\"x-forwarded-client-cert\": *\"By=$SPIFFE/backend;URI=$SPIFFE/frontend\""
 expect_match "A -> B: the request reached B's app as sent (method, path)" "$body" \
     '"method": *"GET".*"path": *"/api/hello"'
+body=$(e2e_exec a client curl -s -m 10 "http://[$B_IP6]:8080/api/six")
+expect_match "A -> B over IPv6 (ip6tables capture in both pods): B's app6 answers" "$body" \
+    '"name": *"pod-b6"'
+expect_match "A -> B over IPv6: with A's identity (XFCC)" "$body" "URI=$SPIFFE/frontend"
 out=$(e2e_exec a client curl -s -m 10 -o /dev/null -w '%{http_version} %{http_code}' \
     --http2-prior-knowledge "http://$B_IP:8080/api/h2")
 expect_eq "A -> B (h2c): answered over HTTP/2" "$out" "2 200"
