@@ -66,7 +66,7 @@ work=$(mktemp -d /tmp/remora-image.XXXXXX)
 ctrs=()
 cleanup() {
     local c
-    for c in "${ctrs[@]}"; do [[ -n $c ]] && bh rm "$c" >/dev/null 2>&1; done
+    for c in "${ctrs[@]}"; do [[ -z $c ]] || bh rm "$c" >/dev/null 2>&1 || true; done
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -107,7 +107,7 @@ stage_libs() {
     local f lib
     for f in "$@"; do
         while read -r lib; do
-            [[ -n $lib ]] && stage_file "$lib"
+            [[ -z $lib ]] || stage_file "$lib"
         done < <(ldd "$f" 2>/dev/null | awk '/=> \//{print $3} /^\t\/[^ ]+ \(/{print $1}')
     done
 }
