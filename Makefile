@@ -6,6 +6,8 @@
 #   make bench           perf/ benchmarks against haproxy, nginx and direct
 #   make deps            install the Debian packages all of the above need
 #   make lint            clang-format check and banned calls
+#   make image           the OCI images in build/images/ (IMAGE_REPO, IMAGE_TAG; docs/install.md)
+#   make image-test      pods run from those images with podman (test/integration/image.sh)
 
 BUILD    ?= build
 CC       ?= cc
@@ -19,7 +21,9 @@ LLHTTP_INC = /usr/share/include/llhttp
 WARN = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
        -Wformat-security -Wvla -Wundef
 CPPFLAGS_ALL = -D_GNU_SOURCE -I. -I$(LLHTTP_INC)
-CFLAGS_ALL   = -std=c11 -g $(OPT) $(WARN) -MMD -MP $(CFLAGS)
+# Build paths never reach the binaries (reproducible images: docs/install.md).
+REPRO        = -ffile-prefix-map=$(CURDIR)=.
+CFLAGS_ALL   = -std=c11 -g $(OPT) $(REPRO) $(WARN) -MMD -MP $(CFLAGS)
 LDFLAGS_ALL  = $(LDFLAGS)
 ifneq ($(SANITIZE),)
 CFLAGS_ALL  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
@@ -72,7 +76,7 @@ $(OBJ)/%.o: %.c
 # llhttp is Debian's C sources, compiled here, never copied in; its own warnings are not ours.
 $(OBJ)/llhttp/%.o: $(LLHTTP_SRC)/%.c
 	@mkdir -p $(dir $@)
-	$(CC) -I$(LLHTTP_INC) -g $(OPT) -w $(filter -fsanitize=%,$(CFLAGS_ALL)) -c $< -o $@
+	$(CC) -I$(LLHTTP_INC) -g $(OPT) $(REPRO) -w $(filter -fsanitize=%,$(CFLAGS_ALL)) -c $< -o $@
 
 $(BUILD)/lib/%.a:
 	@mkdir -p $(dir $@)
@@ -173,6 +177,17 @@ demo:  # test/demo.sh runs make deps and make itself
 
 deps:
 	@./scripts/deps.sh
+
+# ---- container images (issue 16; docs/install.md) -------------------------------
+# From the release build only; no base image, nothing pulled. Same tree, same digest.
+IMAGE_REPO ?= ghcr.io/remora-mesh
+IMAGE_TAG  ?= 0.1.0
+.PHONY: image image-test
+image: all
+	./scripts/image.sh --build $(BUILD) --out $(BUILD)/images --repo $(IMAGE_REPO) --tag $(IMAGE_TAG)
+
+image-test: image
+	REMORA_BUILD=$(BUILD) ONLY=integration/image ./test/run.sh
 
 lint:
 	@./scripts/lint.sh

@@ -9,6 +9,7 @@
 #                             webhook and the CA on the node's address; writes
 #                             $E2E/cluster.json for test/e2e/pod.py
 #   e2e_configmap NS/NAME KEY FILE    add a ConfigMap key
+#   e2e_secret NS/NAME KEY FILE       add a Secret key
 #   e2e_pod NAME IP MANIFEST [IP6]  run a pod (pod.py run, in the background), dual-stack
 #                             with IP6; waits until Ready (E2E_WAIT seconds); sets
 #                             POD_PID[NAME]
@@ -66,7 +67,11 @@ e2e_cluster() {
              jwks_file: $jwks, ttl_seconds: 3600},
         trust_domain: "cluster.local", template_file: $tpl, native_sidecars: false,
         log_level: "info"}' >"$E2E/injector.json"
-    bg injector ip netns exec "$E2E_NODE" "$INJECTOR" -c "$E2E/injector.json"
+    if [[ ${E2E_BACKEND:-} == podman ]]; then
+        e2e_podman_injector || return 1 # test/e2e/podman.sh: from its image
+    else
+        bg injector ip netns exec "$E2E_NODE" "$INJECTOR" -c "$E2E/injector.json"
+    fi
     E2E_INJECTOR_PID=$LASTPID
     local ok=0
     for _ in $(seq 100); do
@@ -98,11 +103,20 @@ e2e_cluster() {
           "remora-e2e/toolbox": {bin: {}, entrypoint: ["sleep"], cmd: ["infinity"]}},
         token: {mint: ["node", $mint], keys: $keys},
         configmaps: {}, kubectl: "kubectl"}' >"$E2E/cluster.json"
+    if [[ ${E2E_BACKEND:-} == podman ]]; then
+        e2e_podman_cluster_json || return 1 # images instead of binaries
+    fi
 }
 
 e2e_configmap() { # NS/NAME KEY FILE
     local tmp=$E2E/cluster.json.tmp
     jq --arg cm "$1" --arg key "$2" --arg file "$3" '.configmaps[$cm][$key] = $file' \
+        "$E2E/cluster.json" >"$tmp" && mv "$tmp" "$E2E/cluster.json"
+}
+
+e2e_secret() { # NS/NAME KEY FILE: a Secret's key (secret volumes, projected secrets)
+    local tmp=$E2E/cluster.json.tmp
+    jq --arg s "$1" --arg key "$2" --arg file "$3" '.secrets[$s][$key] = $file' \
         "$E2E/cluster.json" >"$tmp" && mv "$tmp" "$E2E/cluster.json"
 }
 

@@ -27,7 +27,18 @@ C.json (written by the test; see test/integration/e2e.sh):
    "images": {"<image>": {"bin": {"<command>": "<path>"}, "entrypoint": [...], "cmd": [...]}},
    "token": {"mint": ["node", "mint-token.js"], "keys": "DIR"},
    "configmaps": {"<namespace>/<name>": {"<key>": "<file>"}},
+   "secrets": {"<namespace>/<name>": {"<key>": "<file>"}},
    "kubectl": "kubectl"}
+
+With "backend": "podman" in C.json (test/integration/image.sh, docs/e2e.md "The podman
+backend") the pod is a podman pod and its containers run from real images:
+  "podman": {"argv": ["podman"], "prefix": "rm-img-123-"},
+  "images": {"<image>": {"ref": "<local image>", "entrypoint": [...], "cmd": [...]}}
+The pod is `podman pod create --network none` (its infra container holds the pod's
+network namespace, which `ip netns attach` names so the veth goes into it as above);
+init containers are `podman run` to completion, containers `podman run --pod` (users,
+capabilities, read-only root, no_new_privs, env, args, volumes bind-mounted from the
+pod's directory); hooks and exec probes `podman exec`.
 
 What runs is what the patched spec says: commands and args, env (downward-API
 fields filled in), volumes and mounts (mapped into a per-pod directory and
@@ -230,20 +241,22 @@ def data_tree(root, files, mode):
         os.symlink(os.path.join("..data", t), os.path.join(root, t))
 
 
-def configmap_files(cluster, ns, src, what):
-    key = "%s/%s" % (ns, src["name"])
-    cm = cluster.get("configmaps", {}).get(key)
+def configmap_files(cluster, ns, src, what, kind="ConfigMap"):
+    """The files of a ConfigMap (or, with kind="Secret", a Secret: cluster["secrets"],
+    named by secretName in a volume and name in a projected source)."""
+    key = "%s/%s" % (ns, src.get("secretName", src.get("name")))
+    cm = cluster.get("secrets" if kind == "Secret" else "configmaps", {}).get(key)
     if cm is None:
         if src.get("optional"):
             return {}
-        raise ValueError("%s: ConfigMap %s not found" % (what, key))
+        raise ValueError("%s: %s %s not found" % (what, kind, key))
     items = src.get("items")
     out = {}
     if items is None:
         items = [{"key": k, "path": k} for k in cm]
     for it in items:
         if it["key"] not in cm:
-            raise ValueError("%s: ConfigMap %s has no key %s" % (what, key, it["key"]))
+            raise ValueError("%s: %s %s has no key %s" % (what, kind, key, it["key"]))
         with open(cm[it["key"]], "rb") as f:
             out[it["path"]] = f.read()
     return out
@@ -276,6 +289,10 @@ def make_volumes(cluster, pod, ip, state):
         elif "configMap" in v:
             src = v["configMap"]
             data_tree(root, configmap_files(cluster, ns, src, what), src.get("defaultMode", 0o644))
+        elif "secret" in v:
+            src = v["secret"]
+            data_tree(root, configmap_files(cluster, ns, src, what, "Secret"),
+                      src.get("defaultMode", 0o644))
         elif "downwardAPI" in v:
             src = v["downwardAPI"]
             files = {it["path"]: field_value(pod, ip, it["fieldRef"]["fieldPath"])
@@ -290,6 +307,8 @@ def make_volumes(cluster, pod, ip, state):
                     files[sat["path"]] = mint_token(cluster, pod, sat)
                 elif "configMap" in s:
                     files.update(configmap_files(cluster, ns, s["configMap"], what))
+                elif "secret" in s:
+                    files.update(configmap_files(cluster, ns, s["secret"], what, "Secret"))
                 elif "downwardAPI" in s:
                     for it in s["downwardAPI"].get("items") or []:
                         files[it["path"]] = field_value(pod, ip, it["fieldRef"]["fieldPath"])
@@ -419,9 +438,78 @@ def container_argv(cluster, pod, ip, c):
     else:
         argv = list(img.get("entrypoint", [])) + list(
             c["args"] if "args" in c else img.get("cmd", []))
+    if not argv and cluster.get("backend") == "podman":
+        argv = ["(the image's entrypoint)"] + list(c.get("args") or [])
     if not argv:
         raise ValueError("container %s: nothing to run" % c["name"])
     return [expand(a, env) for a in argv]
+
+
+# ---- the podman backend -------------------------------------------------------------------
+
+
+def podman(cluster):
+    return list((cluster.get("podman") or {}).get("argv") or ["podman"])
+
+
+def podman_pod_name(cluster, podname):
+    return (cluster.get("podman") or {}).get("prefix", "rm-pod-") + podname
+
+
+def podman_ref(cluster, c):
+    img = image_of(cluster, c)
+    if "ref" not in img:
+        raise ValueError("container %s: image %r has no local image (ref)" % (c["name"], c["image"]))
+    return img
+
+
+def podman_run_argv(cluster, pod, ip, vols, c, podname):
+    """`podman run` for a container of the patched spec: what kubelet would ask the
+    runtime for (user, capabilities, read-only root, no_new_privs, env, volumes)."""
+    img = podman_ref(cluster, c)
+    uid, gid, sc = security(pod, c)
+    env = container_env(cluster, pod, ip, c)
+    spec_names = {e["name"] for e in c.get("env") or []}
+    if "PATH" not in spec_names:
+        del env["PATH"]  # the image's PATH (its config) applies
+    argv = podman(cluster) + ["run", "--name", "%s-%s" % (podname, c["name"]), "--pod", podname,
+                              "--log-driver", "k8s-file", "--user", "%d:%d" % (uid, gid),
+                              "--pull", "never"]
+    caps = sc.get("capabilities") or {}
+    if sc.get("privileged"):
+        argv.append("--privileged")
+    else:
+        for x in caps.get("drop") or []:
+            argv += ["--cap-drop", x.upper()]
+        for x in caps.get("add") or []:
+            argv += ["--cap-add", x.upper()]
+    if sc.get("readOnlyRootFilesystem"):
+        argv += ["--read-only", "--read-only-tmpfs=false"]
+    if sc.get("allowPrivilegeEscalation") is False:
+        argv += ["--security-opt", "no-new-privileges"]
+    for m in c.get("volumeMounts") or []:
+        src = vols.get(m["name"])
+        if src is None:
+            raise ValueError("volumeMount %s: no such volume" % m["name"])
+        if m.get("subPath"):
+            src = os.path.join(src, m["subPath"])
+        argv += ["-v", "%s:%s%s" % (src, m["mountPath"], ":ro" if m.get("readOnly") else "")]
+    for k, v in sorted(env.items()):
+        argv += ["-e", "%s=%s" % (k, v)]
+    if c.get("workingDir"):
+        argv += ["--workdir", c["workingDir"]]
+    # Kubernetes' rules over the image's entrypoint and cmd; the image map may name them
+    # for test images whose one image serves several programs.
+    if "command" in c:
+        ep, args = list(c["command"]), list(c.get("args") or [])
+    else:
+        ep = img.get("entrypoint")
+        args = list(c["args"]) if "args" in c else list(img.get("cmd") or [])
+    ep = [expand(a, env) for a in ep] if ep is not None else None
+    args = [expand(a, env) for a in args]
+    if ep is not None:
+        argv += ["--entrypoint", json.dumps(ep)]
+    return argv + [img["ref"]] + args
 
 
 class Pod:
@@ -431,6 +519,7 @@ class Pod:
         self.procs = {}      # name -> Popen
         self.status = {"phase": "Pending", "ready": False, "containers": {}, "events": []}
         self.terminating = False
+        self.podman = cluster.get("backend") == "podman"
 
     # -- status and bookkeeping
     def event(self, msg):
@@ -473,16 +562,74 @@ class Pod:
                 ["ip", "-n", ns, "addr", "add", "%s/64" % self.ip6, "dev", "eth0", "nodad"],
                 ["ip", "-n", ns, "-6", "route", "add", "default", "via", cl["node_ip6"]],
             ]
+        if self.podman:
+            steps = self.podman_pod() + steps[1:]
         for s in steps:
             r = run(s)
             if r.returncode != 0:
                 raise RuntimeError("%s: %s" % (" ".join(s), r.stderr.strip()))
-            if s[:3] == ["ip", "netns", "add"]:
+            if s[:2] == ["ip", "netns"] and s[2] in ("add", "attach"):
                 with open(os.path.join(self.state, "netns"), "w") as f:
                     f.write(ns + "\n")
 
+    def podman_pod(self):
+        """The pod: its infra container holds a network namespace with only lo, which
+        `ip netns attach` names; the caller puts eth0 in it. Returns the attach step."""
+        pm = podman(self.cluster)
+        name = self.podman_pod_name
+        write_json(os.path.join(self.state, "podman-argv"), pm)
+        with open(os.path.join(self.state, "podman-pod"), "w") as f:
+            f.write(name + "\n")
+        for argv in (pm + ["pod", "create", "--name", name, "--network", "none",
+                           "--hostname", self.pod["metadata"]["name"]],
+                     pm + ["pod", "start", name]):
+            r = run(argv)
+            if r.returncode != 0:
+                raise RuntimeError("%s: %s" % (" ".join(argv), r.stderr.strip()))
+        r = run(pm + ["pod", "inspect", "--format", "{{.InfraContainerID}}", name])
+        infra = r.stdout.strip()
+        r = run(pm + ["inspect", "--format", "{{.State.Pid}}", infra])
+        pid = r.stdout.strip()
+        if r.returncode != 0 or not pid.isdigit() or pid == "0":
+            raise RuntimeError("podman pod %s: no infra process (%s)" % (name, r.stderr.strip()))
+        self.status["podman_pod"] = name
+        return [["ip", "netns", "attach", self.netns, pid]]
+
+    def podman_ctr(self, c):
+        return "%s-%s" % (self.podman_pod_name, c["name"])
+
+    def podman_spawn(self, c, logname):
+        argv = podman_run_argv(self.cluster, self.pod, self.ip, self.vols, c,
+                               self.podman_pod_name)
+        with open(os.path.join(self.state, "podman-%s.argv" % logname), "w") as f:
+            f.write(" ".join(shlex.quote(x) for x in argv) + "\n")
+        logf = open(os.path.join(self.state, "%s.log" % logname), "ab")
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+        logf.close()
+        self.record_pid(p.pid)
+        return p
+
+    def podman_wait_running(self, c, p, budget_s=60):
+        """postStart runs once the container has started, as kubelet's does."""
+        deadline = time.time() + budget_s
+        while time.time() < deadline:
+            r = run(podman(self.cluster) + ["container", "inspect", "--format",
+                                            "{{.State.Status}}", self.podman_ctr(c)])
+            if r.stdout.strip() in ("running", "exited", "stopped") or p.poll() is not None:
+                return
+            time.sleep(0.1)
+
     # -- processes
     def spawn(self, c, argv, logname, extra_env=None, user=None):
+        if self.podman:  # a hook or an exec probe: in the running container
+            logf = open(os.path.join(self.state, "%s.log" % logname), "ab")
+            p = subprocess.Popen(podman(self.cluster) + ["exec", self.podman_ctr(c)] + argv,
+                                 stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+            logf.close()
+            self.record_pid(p.pid)
+            return p
         script = launch_script(self.cluster, self.pod, self.ip, self.state, self.vols, c, argv,
                                extra_env, user)
         sfile = os.path.join(self.state, "launch-%s.sh" % logname)
@@ -558,7 +705,11 @@ class Pod:
         argv = container_argv(self.cluster, self.pod, self.ip, c)
         self.event("start %s%s: %s" % (name, " (native sidecar)" if native else "",
                                        " ".join(argv)))
-        p = self.spawn(c, argv, name)
+        if self.podman:
+            p = self.podman_spawn(c, name)
+            self.podman_wait_running(c, p)
+        else:
+            p = self.spawn(c, argv, name)
         self.procs[name] = p
         cs = self.cstatus(name)
         cs.update({"state": "running", "pid": p.pid, "argv": argv, "native": native})
@@ -577,6 +728,10 @@ class Pod:
 
     def kill(self, name, sig):
         p = self.procs.get(name)
+        if p is not None and p.poll() is None and self.podman:
+            run(podman(self.cluster) + ["kill", "--signal", str(int(sig)),
+                                        "%s-%s" % (self.podman_pod_name, name)])
+            return
         if p is not None and p.poll() is None:
             try:
                 os.kill(p.pid, sig)
@@ -598,6 +753,7 @@ class Pod:
         self.ip = ip
         self.ip6 = ip6
         self.netns = self.cluster["netns_prefix"] + pod["metadata"]["name"]
+        self.podman_pod_name = podman_pod_name(self.cluster, pod["metadata"]["name"])
         self.save()
         self.pod = admit(self.cluster, pod, self.state)
         write_json(os.path.join(self.state, "pod.json"), self.pod)
@@ -620,7 +776,15 @@ class Pod:
                 continue
             argv = container_argv(self.cluster, self.pod, ip, c)
             self.event("init %s: %s" % (c["name"], " ".join(argv)))
-            rc = self.run_to_end(c, argv, c["name"], 120)
+            if self.podman:
+                p = self.podman_spawn(c, c["name"])
+                try:
+                    rc = p.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    run(podman(self.cluster) + ["kill", self.podman_ctr(c)])
+                    rc = p.wait()
+            else:
+                rc = self.run_to_end(c, argv, c["name"], 120)
             self.cstatus(c["name"]).update({"state": "terminated", "exitCode": rc})
             if rc != 0:
                 raise RuntimeError("init container %s failed with %d" % (c["name"], rc))
@@ -712,6 +876,16 @@ def cleanup(state):
             if not alive:
                 break
             time.sleep(0.1)
+    try:  # the podman backend's pod: its containers, then the infra holding the netns
+        with open(os.path.join(state, "podman-pod")) as f:
+            name = f.read().strip()
+        with open(os.path.join(state, "podman-argv")) as f:
+            pm = json.load(f)
+        if name:
+            run(pm + ["pod", "rm", "--force", "--time", "0", name])
+            os.unlink(os.path.join(state, "podman-pod"))
+    except FileNotFoundError:
+        pass
     try:
         with open(os.path.join(state, "netns")) as f:
             ns = f.read().strip()
@@ -764,6 +938,11 @@ def cmd_exec(args):
     c = next((x for x in cs if x["name"] == name), None)
     if c is None:
         die("no container %s" % name)
+    if cluster.get("backend") == "podman":
+        with open(os.path.join(args.state, "podman-pod")) as f:
+            ctr = "%s-%s" % (f.read().strip(), name)
+        user = ["--user", str(args.user)] if args.user is not None else []
+        return subprocess.run(podman(cluster) + ["exec"] + user + [ctr] + args.cmd).returncode
     vols = {}
     for v in podspec["spec"].get("volumes") or []:
         vols[v["name"]] = os.path.join(args.state, "volumes", v["name"])
