@@ -5,7 +5,9 @@
  *   remora-injector --print-template        the built-in sidecar template
  *   remora-injector --version
  *   remora-injector publish-ca-root --root FILE [flags]
- *                                           keep remora-ca-root in meshed namespaces (publish.h) */
+ *                                           keep remora-ca-root in meshed namespaces (publish.h)
+ *   remora-injector refresh-jwks [flags]    copy the cluster's token keys into remora-jwks
+ *                                           (jwks_refresh.h) */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -18,6 +20,7 @@
 #include "common/log.h"
 #include "injector/ca.h"
 #include "injector/config.h"
+#include "injector/jwks_refresh.h"
 #include "injector/metrics.h"
 #include "injector/publish.h"
 #include "injector/server.h"
@@ -33,7 +36,8 @@ static void usage(FILE *f)
                "       remora-injector --check-config -c FILE\n"
                "       remora-injector --print-template\n"
                "       remora-injector --version\n"
-               "       remora-injector publish-ca-root --root FILE [flags]  (--help: the flags)\n");
+               "       remora-injector publish-ca-root --root FILE [flags]  (--help: the flags)\n"
+               "       remora-injector refresh-jwks [flags]                 (--help: the flags)\n");
 }
 
 /* Poll the watched files; reload what changed (everything with force). */
@@ -77,6 +81,8 @@ int main(int argc, char **argv)
     /* A subcommand comes first, before the server's flags. */
     if (argc > 1 && strcmp(argv[1], "publish-ca-root") == 0)
         return ij_publish_main(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "refresh-jwks") == 0)
+        return ij_jwks_refresh_main(argc - 1, argv + 1);
     while ((o = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
         switch (o) {
         case 'c':

@@ -291,14 +291,6 @@ out:
 
 /* ---- a run -------------------------------------------------------------------------------- */
 
-enum outcome {
-    OUT_CREATED = 0, /* POSTed */
-    OUT_UPDATED,     /* PATCHed data[key] */
-    OUT_UNCHANGED,   /* already right */
-    OUT_GONE,        /* the namespace was deleted while we worked */
-    OUT_FAILED       /* *errmsg says why */
-};
-
 /* "METHOD path: 403 Forbidden: <Status.message>" for an unexpected status. */
 static int status_fail(const char *method, const char *path, const struct ij_kube_resp *r,
                        char **errmsg)
@@ -318,18 +310,18 @@ static char *body_json(json_t *doc)
     return s;
 }
 
-static char *create_body(const struct ij_publish_opts *o, const char *ns, const char *root,
+static char *create_body(const char *name, const char *key, const char *ns, const char *root,
                          size_t rlen)
 {
     json_t *labels = json_object();
     json_object_set_new(labels, "app.kubernetes.io/part-of", json_string("remora"));
     json_object_set_new(labels, "app.kubernetes.io/managed-by", json_string("remora-injector"));
     json_t *md = json_object();
-    json_object_set_new(md, "name", json_string(o->name));
+    json_object_set_new(md, "name", json_string(name));
     json_object_set_new(md, "namespace", json_string(ns));
     json_object_set_new(md, "labels", labels);
     json_t *data = json_object();
-    json_object_set_new(data, o->key, json_stringn(root, rlen));
+    json_object_set_new(data, key, json_stringn(root, rlen));
     json_t *doc = json_object();
     json_object_set_new(doc, "apiVersion", json_string("v1"));
     json_object_set_new(doc, "kind", json_string("ConfigMap"));
@@ -338,23 +330,22 @@ static char *create_body(const struct ij_publish_opts *o, const char *ns, const 
     return body_json(doc);
 }
 
-static char *patch_body(const struct ij_publish_opts *o, const char *root, size_t rlen)
+static char *patch_body(const char *key, const char *root, size_t rlen)
 {
     json_t *data = json_object();
-    json_object_set_new(data, o->key, json_stringn(root, rlen));
+    json_object_set_new(data, key, json_stringn(root, rlen));
     json_t *doc = json_object();
     json_object_set_new(doc, "data", data);
     return body_json(doc);
 }
 
-/* Bring one namespace's ConfigMap to the root. A write that races with
- * someone else (404 on PATCH, 409 on POST) starts over with a fresh GET. */
-static enum outcome sync_ns(struct ij_kube *k, const struct ij_publish_opts *o, const char *ns,
-                            const char *root, size_t rlen, char **errmsg)
+enum ij_publish_outcome ij_publish_sync(struct ij_kube *k, const char *ns, const char *name,
+                                        const char *key, const char *root, size_t rlen,
+                                        char **errmsg)
 {
     char *coll = cm_xasprintf("/api/v1/namespaces/%s/configmaps", ns);
-    char *path = cm_xasprintf("%s/%s", coll, o->name);
-    enum outcome res = OUT_FAILED;
+    char *path = cm_xasprintf("%s/%s", coll, name);
+    enum ij_publish_outcome res = IJ_PUBLISH_FAILED;
     struct ij_kube_resp r;
     bool done = false;
     for (int attempt = 0; attempt < SYNC_ATTEMPTS && !done; attempt++) {
@@ -364,25 +355,25 @@ static enum outcome sync_ns(struct ij_kube *k, const struct ij_publish_opts *o, 
             char *cur = NULL;
             size_t clen = 0;
             char *inner = NULL;
-            if (ij_kube_configmap_value(r.body, r.body_len, o->key, &cur, &clen, &inner) != 0) {
+            if (ij_kube_configmap_value(r.body, r.body_len, key, &cur, &clen, &inner) != 0) {
                 pfail(errmsg, CM_ERR_PROTO, "GET %s: %s", path, inner);
                 free(inner);
                 done = true;
             } else if (cur != NULL && clen == rlen && memcmp(cur, root, rlen) == 0) {
-                res = OUT_UNCHANGED;
+                res = IJ_PUBLISH_UNCHANGED;
                 done = true;
             }
             free(cur);
             ij_kube_resp_deinit(&r);
             if (done)
                 break;
-            char *body = patch_body(o, root, rlen);
+            char *body = patch_body(key, root, rlen);
             int rc = ij_kube_request(k, "PATCH", path, merge_patch, body, strlen(body), &r, errmsg);
             free(body);
             if (rc != 0)
                 break;
             if (r.status == 200) {
-                res = OUT_UPDATED;
+                res = IJ_PUBLISH_UPDATED;
                 done = true;
             } else if (r.status != 404) { /* 404: deleted since the GET; again */
                 status_fail("PATCH", path, &r, errmsg);
@@ -391,7 +382,7 @@ static enum outcome sync_ns(struct ij_kube *k, const struct ij_publish_opts *o, 
             ij_kube_resp_deinit(&r);
         } else if (r.status == 404) {
             ij_kube_resp_deinit(&r);
-            char *body = create_body(o, ns, root, rlen);
+            char *body = create_body(name, key, ns, root, rlen);
             int rc = ij_kube_request(k, "POST", coll, "application/json", body, strlen(body), &r,
                                      errmsg);
             free(body);
@@ -399,10 +390,10 @@ static enum outcome sync_ns(struct ij_kube *k, const struct ij_publish_opts *o, 
                 break;
             char *kind = r.status == 404 ? ij_kube_status_details_kind(&r) : NULL;
             if (r.status == 201 || r.status == 200) {
-                res = OUT_CREATED;
+                res = IJ_PUBLISH_CREATED;
                 done = true;
             } else if (kind != NULL && strcmp(kind, "namespaces") == 0) {
-                res = OUT_GONE;
+                res = IJ_PUBLISH_GONE;
                 done = true;
             } else if (r.status != 409) { /* 409: created since the GET; again */
                 status_fail("POST", coll, &r, errmsg);
@@ -462,27 +453,27 @@ static void handle_ns(struct ij_kube *k, const struct ij_publish_opts *o,
     }
     char *err = NULL;
     uint64_t t0 = cm_mono_ms();
-    enum outcome res = sync_ns(k, o, n, root, rlen, &err);
+    enum ij_publish_outcome res = ij_publish_sync(k, n, o->name, o->key, root, rlen, &err);
     unsigned ms = (unsigned)(cm_mono_ms() - t0);
     switch (res) {
-    case OUT_CREATED:
+    case IJ_PUBLISH_CREATED:
         cm_info("publish-ca-root: %s: created ConfigMap %s (%s) in %u ms", n, o->name, o->key, ms);
         st->created++;
         break;
-    case OUT_UPDATED:
+    case IJ_PUBLISH_UPDATED:
         cm_info("publish-ca-root: %s: updated ConfigMap %s (%s changed; other keys kept) in %u ms",
                 n, o->name, o->key, ms);
         st->updated++;
         break;
-    case OUT_UNCHANGED:
+    case IJ_PUBLISH_UNCHANGED:
         cm_info("publish-ca-root: %s: unchanged", n);
         st->unchanged++;
         break;
-    case OUT_GONE:
+    case IJ_PUBLISH_GONE:
         cm_info("publish-ca-root: %s: skipped (the namespace was deleted)", n);
         st->skipped++;
         break;
-    case OUT_FAILED:
+    case IJ_PUBLISH_FAILED:
         cm_error("publish-ca-root: %s: error: %s", n, err ? err : "unknown");
         st->failed++;
         break;

@@ -61,6 +61,25 @@ bool ij_publish_valid_label(const char *s);
 bool ij_publish_valid_subdomain(const char *s);
 bool ij_publish_valid_key(const char *s);
 
+/* What ij_publish_sync did. */
+enum ij_publish_outcome {
+    IJ_PUBLISH_CREATED = 0, /* POSTed */
+    IJ_PUBLISH_UPDATED,     /* PATCHed data[key] */
+    IJ_PUBLISH_UNCHANGED,   /* already right */
+    IJ_PUBLISH_GONE,        /* the namespace was deleted while we worked */
+    IJ_PUBLISH_FAILED       /* *errmsg says why */
+};
+
+struct ij_kube;
+/* Bring ConfigMap ns/name's data[key] to `val` (len bytes): GET it; absent ->
+ * POST (labelled part-of remora, managed-by remora-injector); equal -> no
+ * write; else a JSON merge patch of data[key] alone. A write that races with
+ * someone else (404 on PATCH, 409 on POST) starts over with a fresh GET, at
+ * most 3 times. Used by publish-ca-root and refresh-jwks. */
+enum ij_publish_outcome ij_publish_sync(struct ij_kube *k, const char *ns, const char *name,
+                                        const char *key, const char *val, size_t len,
+                                        char **errmsg);
+
 /* One run. `stop` (may be NULL) holds signals whose pending presence ends the
  * run between namespaces. Returns 0 when every namespace succeeded, else 1. */
 int ij_publish_run(const struct ij_publish_opts *o, const sigset_t *stop,

@@ -7,6 +7,8 @@ Status bodies for errors:
   GET   /api/v1/namespaces/NS/configmaps/NAME
   POST  /api/v1/namespaces/NS/configmaps             (application/json)
   PATCH /api/v1/namespaces/NS/configmaps/NAME        (application/merge-patch+json, RFC 7386)
+  GET   /openid/v1/jwks                              state.jwks: an object sent as JSON, or a
+                                                     string sent as it is (404 when unset)
 Every API request needs `Authorization: Bearer <state.token>` (else 401).
 
 Control endpoints (no token; loopback only), for the test to seed and read back:
@@ -245,6 +247,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
     # ---- the API --------------------------------------------------------------
     def api(self, method, u, raw):
         q = urllib.parse.parse_qs(u.query)
+        if u.path == "/openid/v1/jwks" and method == "GET":
+            with LOCK:
+                j = STATE.get("jwks")
+            if j is None:
+                return self.status(404, "NotFound", "the server could not find the requested resource")
+            body = (j if isinstance(j, str) else json.dumps(j)).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/jwk-set+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True
+            self.answered = 200
+            return
         parts = u.path.strip("/").split("/")
         if parts[:2] != ["api", "v1"] or len(parts) < 3 or parts[2] != "namespaces":
             return self.status(404, "NotFound", "the server could not find the requested resource")
