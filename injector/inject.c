@@ -481,7 +481,7 @@ static json_t *volumes(const struct ij_inject_params *p, const char *policy, con
     return v;
 }
 
-/* The proxy's bootstrap config (DESIGN.md "remora-proxy"), as the file the
+/* The proxy's bootstrap config (docs/contract.md "remora-proxy"), as the file the
  * downward-API volume shows it at IJ_DIR_BOOTSTRAP/bootstrap.json. */
 static char *bootstrap(const struct ij_inject_params *p, bool policy, bool routes)
 {

@@ -9,7 +9,7 @@
 
 #include "injector/template.h"
 
-/* Annotations of the injection contract (DESIGN.md). */
+/* Annotations of the injection contract (docs/contract.md). */
 #define IJ_ANN_INJECT         "remora.io/inject"
 #define IJ_ANN_STATUS         "remora.io/status"
 #define IJ_ANN_NATIVE         "remora.io/native-sidecar"

@@ -1,5 +1,5 @@
 /* Admin API of remora-proxy: plain HTTP on admin.address, served by
- * libevent's evhttp on the proxy's own event loop (DESIGN.md "Admin API").
+ * libevent's evhttp on the proxy's own event loop (docs/contract.md "Admin API").
  *
  * Every endpoint, built-in or not, is a row of one route table keyed by
  * (method, exact path), filled through px_admin_route(); a single generic

@@ -1,5 +1,5 @@
 /* Admin API on admin.address (plain HTTP for curl), served with libevent's
- * evhttp on the proxy's event loop. Endpoints: DESIGN.md "Admin API". */
+ * evhttp on the proxy's event loop. Endpoints: docs/contract.md "Admin API". */
 #ifndef PX_ADMIN_H
 #define PX_ADMIN_H
 

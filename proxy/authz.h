@@ -1,4 +1,4 @@
-/* Per-pod authorization (DESIGN.md "Per-pod policy file"): the first step of
+/* Per-pod authorization (docs/contract.md "Per-pod policy file"): the first step of
  * the request chain on inbound listeners, before routing and before the app
  * sees anything. The policy is an immutable compiled snapshot swapped on
  * reload; a request is decided once, at its head, under the snapshot in

@@ -1,4 +1,4 @@
-/* Bootstrap configuration of remora-proxy (DESIGN.md "Bootstrap config").
+/* Bootstrap configuration of remora-proxy (docs/contract.md "Bootstrap config").
  * A px_config is an immutable snapshot: loaded, validated, then used; never
  * changed in place. */
 #ifndef PX_CONFIG_H

@@ -1,4 +1,4 @@
-/* Health port (15020, DESIGN.md "Ports"): what kubelet and Prometheus talk to.
+/* Health port (15020, docs/contract.md "Ports"): what kubelet and Prometheus talk to.
  *   GET /healthz/ready             200 when px_server_ready(), else 503
  *   GET /app-health/<c>/<kind>     an app probe rewritten by the injector, sent on
  *                                  to the app's original target (REMORA_APP_PROBERS)

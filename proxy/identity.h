@@ -1,4 +1,4 @@
-/* Workload identity of the proxy (DESIGN.md "identity"): the SPIFFE ID, the
+/* Workload identity of the proxy (docs/contract.md "identity"): the SPIFFE ID, the
  * certificate and key, the trust bundle, and the TLS snapshots built from
  * them. Two sources:
  *  - CA-issued (ca_address + ca_root + token_file): the key is generated in

@@ -9,7 +9,7 @@
  * pushes back (EAGAIN) — and reads into fixed-size reserved space. Under
  * load that is recv + writev per hop and no epoll_ctl at all.
  *
- * It is also the transport seam of STYLE.md: byte I/O goes through a table
+ * It is also the transport seam of docs/style.md: byte I/O goes through a table
  * of operations {handshake, read, write, pending, shutdown, free}:
  * plaintext here, mbedTLS in tls.c.
  *

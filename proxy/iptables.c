@@ -1,5 +1,5 @@
 /* `remora-proxy iptables`: the capture rules the init container installs
- * (DESIGN.md "remora-proxy"; design note in docs/capture.md).
+ * (docs/contract.md "remora-proxy"; design note in docs/capture.md).
  *
  * The rules live in four chains of the nat table that belong to us alone:
  *   REMORA_INBOUND      PREROUTING, TCP: the proxy's own ports and the excluded

@@ -1,4 +1,4 @@
-/* remora-proxy: the per-pod sidecar. See DESIGN.md for the CLI. */
+/* remora-proxy: the per-pod sidecar. The CLI: docs/contract.md. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>

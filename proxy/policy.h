@@ -1,4 +1,4 @@
-/* The per-pod authorization policy (DESIGN.md "Per-pod policy file", docs/policy.md):
+/* The per-pod authorization policy (docs/contract.md "Per-pod policy file", docs/policy.md):
  * a JSON document compiled into an immutable decision structure, and the
  * decision itself. This module knows nothing of streams, files being watched or
  * the admin API (proxy/authz.c does that); it turns bytes into a px_policy and a

@@ -1,4 +1,4 @@
-/* Routes (DESIGN.md "Routes file"): which endpoints serve a request, how it
+/* Routes (docs/contract.md "Routes file"): which endpoints serve a request, how it
  * is retried and timed out, load balancing, outlier ejection and failover
  * between clusters (localities).
  *

@@ -7,7 +7,7 @@
  * give the same result and message as loading the file. Each file is loaded
  * in a child process: a crash or a leak fails that case alone.
  *
- * Then a few cases check the parsed values themselves: the DESIGN.md example,
+ * Then a few cases check the parsed values themselves: the docs/contract.md example,
  * every key set, the defaults, and the bounds of "limits". */
 #include <stdarg.h>
 #include <stddef.h>

@@ -536,7 +536,7 @@ static void counters(void **state)
     assert_int_equal(px_policy_denials("block-admin", false), 0);
 }
 
-/* The DESIGN.md example loads and means what it says. */
+/* The docs/contract.md example loads and means what it says. */
 static void design_example(void **state)
 {
     (void)state;
