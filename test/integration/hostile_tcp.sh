@@ -58,6 +58,7 @@ req_with() { local f; f=$(grep -laF -- "$1" "$TMP/rhttp"/req-*.bin 2>/dev/null |
 P_ADMIN=$(free_port); L_PLAIN=$(free_port); L_MTLS=$(free_port); L_TCP=$(free_port)
 L_TCP2=$(free_port); L_GREET=$(free_port); L_MTLS_TCP=$(free_port); L_MTLS_GREET=$(free_port)
 PA_ADMIN=$(free_port); LA_TCP=$(free_port); P2_ADMIN=$(free_port); L2=$(free_port)
+L_OUT_GREET=$(free_port)
 
 # ---- the policy: HTTP rules scoped to the HTTP ports, L4 rules to the TCP ones -----------------
 cat >"$TMP/policy.json" <<JSON
@@ -85,9 +86,10 @@ cat >"$TMP/p.json" <<JSON
   {"name": "tcp2", "address": "127.0.0.1:$L_TCP2", "direction": "inbound", "upstream": "127.0.0.1:$R_TCP"},
   {"name": "greet", "address": "127.0.0.1:$L_GREET", "direction": "inbound", "upstream": "127.0.0.1:$R_GREET"},
   {"name": "mtls-tcp", "address": "127.0.0.1:$L_MTLS_TCP", "direction": "inbound", "upstream": "127.0.0.1:$R_TCP", "tls": "strict"},
-  {"name": "mtls-greet", "address": "127.0.0.1:$L_MTLS_GREET", "direction": "inbound", "upstream": "127.0.0.1:$R_GREET", "tls": "strict"}],
+  {"name": "mtls-greet", "address": "127.0.0.1:$L_MTLS_GREET", "direction": "inbound", "upstream": "127.0.0.1:$R_GREET", "tls": "strict"},
+  {"name": "out-greet", "address": "127.0.0.1:$L_OUT_GREET", "direction": "outbound", "upstream": "127.0.0.1:$R_GREET"}],
  $IDENT,
- "opaque_ports": [$L_GREET, $L_MTLS_GREET],
+ "opaque_ports": [$L_GREET, $L_MTLS_GREET, $L_OUT_GREET],
  "limits": {"detect_timeout_ms": 2000, "header_timeout_ms": 4000, "tcp_idle_timeout_ms": 1500},
  "policy_file": "$TMP/policy.json"}
 JSON
@@ -281,6 +283,10 @@ hc "127.0.0.1:$L_GREET" --timeout 3
 if [[ $GOT == *5.7.42-remora* ]] && within "$FIRST" 1.5; then
     pass "opaque port: the greeting arrives in $FIRST s, before detect_timeout_ms (2 s)"
 else fail "opaque port: greeting '${GOT}' after $FIRST s"; fi
+hc "127.0.0.1:$L_OUT_GREET" --timeout 3
+if [[ $GOT == *5.7.42-remora* ]] && within "$FIRST" 1.5; then
+    pass "outbound opaque port: the greeting arrives at once too ($FIRST s)"
+else fail "outbound opaque port: greeting '${GOT}' after $FIRST s"; fi
 hc "127.0.0.1:$L_MTLS_GREET" "${FE_TLS[@]}" --timeout 3
 if [[ $GOT == *5.7.42-remora* ]] && within "$FIRST" 1.5; then
     pass "mtls opaque port: the greeting arrives right after the handshake ($FIRST s)"
