@@ -189,8 +189,8 @@ static void detect_silence(struct px_conn *c)
     px_metrics.detect_silent++;
     cm_debug("conn %llu from %s on %s: no bytes within %u ms: closed (server-first protocols "
              "need their port in opaque_ports)",
-             (unsigned long long)c->id, cm_addr_format(&c->peer, peer, sizeof(peer)),
-             c->lcfg->name, (unsigned)px_srv->cfg->limits.header_timeout_ms);
+             (unsigned long long)c->id, cm_addr_format(&c->peer, peer, sizeof(peer)), c->lcfg->name,
+             (unsigned)px_srv->cfg->limits.header_timeout_ms);
 }
 
 static void start_mtls(struct px_conn *c)

@@ -887,9 +887,9 @@ static int opt_cidrs(struct px_policy *p, const struct cm_jpath *parent, json_t 
 static int compile_from(struct px_policy *p, const struct cm_jpath *fp, json_t *from,
                         struct rule *r, char **errmsg)
 {
-    static const char *const keys[] = {"principals",     "namespaces", "not_principals",
-                                       "not_namespaces", "ip_blocks",  "not_ip_blocks",
-                                       NULL};
+    static const char *const keys[] = {
+        "principals",    "namespaces", "not_principals", "not_namespaces", "ip_blocks",
+        "not_ip_blocks", NULL};
     if (cm_json_check_keys(fp, from, keys, errmsg) != 0)
         return CM_ERR_INVAL;
     if (json_object_size(from) == 0)
@@ -897,8 +897,7 @@ static int compile_from(struct px_policy *p, const struct cm_jpath *fp, json_t *
                             "empty object (give principals, namespaces, ip_blocks or their "
                             "not_ forms, or omit it)");
     if (opt_cidrs(p, fp, from, "ip_blocks", &r->ip_blocks, r, C_IP_BLOCKS, errmsg) != 0 ||
-        opt_cidrs(p, fp, from, "not_ip_blocks", &r->not_ip_blocks, r, C_NOT_IP_BLOCKS,
-                  errmsg) != 0)
+        opt_cidrs(p, fp, from, "not_ip_blocks", &r->not_ip_blocks, r, C_NOT_IP_BLOCKS, errmsg) != 0)
         return CM_ERR_INVAL;
     if (opt_plist(p, fp, from, "principals", USE_PRINCIPAL, &r->principals, r, C_PRINCIPALS,
                   errmsg) != 0 ||
@@ -1463,7 +1462,7 @@ static bool rule_match(const struct rule *r, const struct view *v)
     uint32_t c = r->conds;
     if (v->tcp && (c & C_HTTP_ONLY)) {
         if (!r->deny)
-            return false; /* an HTTP-only allow never admits a TCP connection */
+            return false;            /* an HTTP-only allow never admits a TCP connection */
         c &= ~(uint32_t)C_HTTP_ONLY; /* a deny matches with them ignored */
     }
     if ((c & C_IP_BLOCKS) && (!v->has_ip || !cidr_match(&r->ip_blocks, v->ip, v->ipfamily)))

@@ -34,7 +34,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const char *const fixed[] = {
     /* an HTTP-only allow: TCP is denied by default */
-    "{\"rules\": [{\"name\": \"public\", \"action\": \"allow\", \"to\": {\"paths\": [\"/public*\"]}},"
+    "{\"rules\": [{\"name\": \"public\", \"action\": \"allow\", \"to\": {\"paths\": "
+    "[\"/public*\"]}},"
     " {\"name\": \"gets\", \"action\": \"allow\", \"to\": {\"methods\": [\"GET\"]},"
     " \"from\": {\"principals\": [\"cluster.local/ns/shop/sa/frontend\"]}}]}",
     /* an HTTP-only deny: TCP is always denied by it */
@@ -45,7 +46,8 @@ static const char *const fixed[] = {
     "{\"default\": \"deny\", \"mode\": \"audit\", \"rules\": ["
     " {\"name\": \"lan-deny\", \"action\": \"deny\", \"from\": {\"ip_blocks\": [\"10.0.0.0/8\","
     " \"fd00::/8\"]}, \"to\": {\"not_ports\": [9090]}},"
-    " {\"name\": \"outsiders\", \"action\": \"deny\", \"from\": {\"not_ip_blocks\": [\"127.0.0.0/8\","
+    " {\"name\": \"outsiders\", \"action\": \"deny\", \"from\": {\"not_ip_blocks\": "
+    "[\"127.0.0.0/8\","
     " \"::1\", \"192.168.0.0/16\", \"10.1.2.0/23\"]}},"
     " {\"name\": \"x-debug\", \"action\": \"deny\", \"when\": {\"headers\": {\"x-debug\": \"*\"}},"
     " \"from\": {\"namespaces\": [\"dev\"]}},"
@@ -201,8 +203,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         char *err = NULL;
         if (sep == NULL)
             return 0;
-        if (px_policy_parse("fuzz.json", (const char *)bytes, (size_t)(sep - bytes), &own,
-                            &err) != 0) {
+        if (px_policy_parse("fuzz.json", (const char *)bytes, (size_t)(sep - bytes), &own, &err) !=
+            0) {
             free(err);
             return 0;
         }

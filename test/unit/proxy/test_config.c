@@ -562,11 +562,15 @@ int main(void)
     collect(&c);
 
     const struct CMUnitTest fixed[] = {
-        cmocka_unit_test(design_example),    cmocka_unit_test(defaults),
-        cmocka_unit_test(all_keys),          cmocka_unit_test(limits_bounds),
+        cmocka_unit_test(design_example),
+        cmocka_unit_test(defaults),
+        cmocka_unit_test(all_keys),
+        cmocka_unit_test(limits_bounds),
         cmocka_unit_test(opaque_ports_and_tcp_idle),
-        cmocka_unit_test(ipv6_and_any),      cmocka_unit_test(missing_file),
-        cmocka_unit_test(names_in_messages), cmocka_unit_test_prestate(data_dir_is_consistent, &c),
+        cmocka_unit_test(ipv6_and_any),
+        cmocka_unit_test(missing_file),
+        cmocka_unit_test(names_in_messages),
+        cmocka_unit_test_prestate(data_dir_is_consistent, &c),
         cmocka_unit_test(h2_hostile_keys),
     };
     int failed = cmocka_run_group_tests_name("proxy/config", fixed, NULL, NULL);

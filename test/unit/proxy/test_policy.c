@@ -9,15 +9,13 @@
  *                  or null for no verified peer; method; path; port; authority; headers:
  *                  {"name": "value" | ["copy 1", "copy 2"]}) and the decision wanted:
  *                  "allow", "allow <rule>", "allow default", "deny <rule>", "deny default",
- *                  "400" (path) or "400 header" ('_' for '-'); "tcp": true decides an opaque TCP connection (no
- *                  method, path or headers); "source": "10.1.2.3" or "::1" is the
- *                  peer address (from.ip_blocks). The indexed decision and a plain scan in file order
- *                  (decide_linear) must both give it; in an audit-mode policy the
- *                  decision must also be marked not enforced.
- *   bad-*.json     a policy that must fail to load, with a message starting with the
- *                  file name and containing the first line of the sibling bad-*.err;
- *                  loading the same bytes from memory must give the same message.
- *   normalize.json [[target, normalized], [target, null, "reason part"], ...] for
+ *                  "400" (path) or "400 header" ('_' for '-'); "tcp": true decides an opaque TCP
+ * connection (no method, path or headers); "source": "10.1.2.3" or "::1" is the peer address
+ * (from.ip_blocks). The indexed decision and a plain scan in file order (decide_linear) must both
+ * give it; in an audit-mode policy the decision must also be marked not enforced. bad-*.json     a
+ * policy that must fail to load, with a message starting with the file name and containing the
+ * first line of the sibling bad-*.err; loading the same bytes from memory must give the same
+ * message. normalize.json [[target, normalized], [target, null, "reason part"], ...] for
  *                  px_policy_normalize_path.
  *
  * Then the index is checked against the plain scan on generated policies and
