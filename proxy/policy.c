@@ -1832,12 +1832,12 @@ static void write_family(struct evbuffer *out, const char *name, const char *hel
 void px_policy_metrics_prometheus(struct evbuffer *out)
 {
     write_family(out, "remora_policy_denials_total",
-                 "Requests denied by the authorization policy (403), by the rule that decided "
-                 "(rule=\"default\": no rule allowed the request).",
+                 "Requests denied by the authorization policy (403) and TCP connections it "
+                 "closed, by the rule that decided (rule=\"default\": no rule allowed it).",
                  false);
     write_family(out, "remora_policy_audit_denials_total",
-                 "Requests an audit-mode policy would have denied (they were let through), by "
-                 "rule.",
+                 "Requests and TCP connections an audit-mode policy would have denied (they were "
+                 "let through), by rule.",
                  true);
 }
 

@@ -192,7 +192,7 @@ for req in 'get /admin/x?m=ROW4 HTTP/1.1\r\n\r\n' ' GET /admin/x?m=ROW4 HTTP/1.1
            '\tGET /admin/x?m=ROW4 HTTP/1.1\r\n\r\n' 'get /ok?m=ROW4 HTTP/1.1\r\n\r\n'; do
     for l in plain mtls; do
         if [[ $l == plain ]]; then hc "127.0.0.1:$L_PLAIN" --send "$req"; else hc "127.0.0.1:$L_MTLS" "${FE_TLS[@]}" --send "$req"; fi
-        if [[ $CLOSED == true && -z $GOT ]] && within "$CLOSE_S" 1.5; then
+        if [[ $CLOSED == true && -z $GOT ]] && within "$CLOSE_S" 2.5; then
             pass "$l: '${req:0:14}...' is closed at once by the HTTP-only deny no-admin (fail closed)"
         else
             fail "$l: '${req:0:14}...': closed=$CLOSED after $CLOSE_S s, got '${GOT:0:60}'"
