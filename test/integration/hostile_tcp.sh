@@ -12,6 +12,9 @@
 #            greet      (inbound, disabled, opaque port) -> R_GREET (speaks first, as MySQL)
 #            mtls-tcp   (inbound, strict)    -> R_TCP
 #            mtls-greet (inbound, strict, opaque port)   -> R_GREET
+#            perm-greet (inbound, permissive, opaque port) -> R_GREET
+#            out-greet  (outbound, opaque port)          -> R_GREET
+#            tcp6, tcp6-deny ([::1], inbound)            -> R_TCP
 #      -> PA: audit     (inbound, disabled)  -> R_TCP, the same rules in mode audit
 #      -> P2: small     (inbound, disabled, max_connections 50) -> R_HTTP
 # nginx answers the same leading-CRLF request, to show an app takes it as a request.
@@ -58,19 +61,20 @@ req_with() { local f; f=$(grep -laF -- "$1" "$TMP/rhttp"/req-*.bin 2>/dev/null |
 P_ADMIN=$(free_port); L_PLAIN=$(free_port); L_MTLS=$(free_port); L_TCP=$(free_port)
 L_TCP2=$(free_port); L_GREET=$(free_port); L_MTLS_TCP=$(free_port); L_MTLS_GREET=$(free_port)
 PA_ADMIN=$(free_port); LA_TCP=$(free_port); P2_ADMIN=$(free_port); L2=$(free_port)
-L_OUT_GREET=$(free_port)
+L_OUT_GREET=$(free_port); L_PERM_GREET=$(free_port); L6=$(free_port); L6_DENY=$(free_port)
 
 # ---- the policy: HTTP rules scoped to the HTTP ports, L4 rules to the TCP ones -----------------
 cat >"$TMP/policy.json" <<JSON
 {"default": "deny",
  "rules": [
   {"name": "lan-deny", "action": "deny", "from": {"ip_blocks": ["127.0.0.2/32", "fd00::/8"]}},
+  {"name": "v6-loopback-deny", "action": "deny", "from": {"ip_blocks": ["::1/128"]}, "to": {"ports": [$L6_DENY]}},
   {"name": "no-admin", "action": "deny", "to": {"paths": ["/admin*"], "ports": [$L_PLAIN, $L_MTLS, $LA_TCP]}},
   {"name": "no-debug", "action": "deny", "when": {"headers": {"x-debug": "*"}}, "to": {"ports": [$L_PLAIN, $L_MTLS]}},
   {"name": "fe-http", "action": "allow", "from": {"principals": ["$FE"]}, "to": {"methods": ["GET", "POST"], "ports": [$L_MTLS]}},
   {"name": "plain-http", "action": "allow", "to": {"methods": ["GET", "POST"], "ports": [$L_PLAIN, $L_TCP2, $L2]}},
   {"name": "fe-tcp", "action": "allow", "from": {"principals": ["$FE"]}, "to": {"ports": [$L_MTLS_TCP, $L_MTLS_GREET]}},
-  {"name": "plain-tcp", "action": "allow", "to": {"ports": [$L_TCP, $L_GREET, $LA_TCP]}}
+  {"name": "plain-tcp", "action": "allow", "to": {"ports": [$L_TCP, $L_GREET, $LA_TCP, $L_PERM_GREET, $L6, $L6_DENY]}}
  ]}
 JSON
 printf '{"mode": "audit",%s' "$(tail -c +2 "$TMP/policy.json")" >"$TMP/audit.json"
@@ -87,9 +91,12 @@ cat >"$TMP/p.json" <<JSON
   {"name": "greet", "address": "127.0.0.1:$L_GREET", "direction": "inbound", "upstream": "127.0.0.1:$R_GREET"},
   {"name": "mtls-tcp", "address": "127.0.0.1:$L_MTLS_TCP", "direction": "inbound", "upstream": "127.0.0.1:$R_TCP", "tls": "strict"},
   {"name": "mtls-greet", "address": "127.0.0.1:$L_MTLS_GREET", "direction": "inbound", "upstream": "127.0.0.1:$R_GREET", "tls": "strict"},
-  {"name": "out-greet", "address": "127.0.0.1:$L_OUT_GREET", "direction": "outbound", "upstream": "127.0.0.1:$R_GREET"}],
+  {"name": "out-greet", "address": "127.0.0.1:$L_OUT_GREET", "direction": "outbound", "upstream": "127.0.0.1:$R_GREET"},
+  {"name": "perm-greet", "address": "127.0.0.1:$L_PERM_GREET", "direction": "inbound", "upstream": "127.0.0.1:$R_GREET", "tls": "permissive"},
+  {"name": "tcp6", "address": "[::1]:$L6", "direction": "inbound", "upstream": "127.0.0.1:$R_TCP"},
+  {"name": "tcp6-deny", "address": "[::1]:$L6_DENY", "direction": "inbound", "upstream": "127.0.0.1:$R_TCP"}],
  $IDENT,
- "opaque_ports": [$L_GREET, $L_MTLS_GREET, $L_OUT_GREET],
+ "opaque_ports": [$L_GREET, $L_MTLS_GREET, $L_OUT_GREET, $L_PERM_GREET],
  "limits": {"detect_timeout_ms": 2000, "header_timeout_ms": 4000, "tcp_idle_timeout_ms": 1500},
  "policy_file": "$TMP/policy.json"}
 JSON
@@ -252,16 +259,23 @@ else fail "mtls tcp: web: closed=$CLOSED got '$GOT'"; fi
 hc "127.0.0.1:$L_MTLS_TCP" "${FE_TLS[@]}" --source 127.0.0.2 --send 'mtls TCP-LAN' --timeout 2
 if [[ $CLOSED == true && -z $GOT ]]; then pass "mtls tcp: the allowed principal from a denied ip_block is closed"
 else fail "mtls tcp: fe from .2: closed=$CLOSED got '$GOT'"; fi
-for m in TCP-LAN TCP-HTTPONLY TCP-WEB; do
+hc "[::1]:$L6" --send 'v6 TCP-V6-OK' --timeout 1
+expect_eq "tcp over IPv6: ::1 is outside the denied blocks, allowed, echoed" "$GOT" "v6 TCP-V6-OK"
+hc "[::1]:$L6_DENY" --send 'v6 TCP-V6-DENY' --timeout 2
+if [[ $CLOSED == true && -z $GOT ]]; then pass "tcp over IPv6: ip_blocks [\"::1/128\"] denies, closed at once"
+else fail "tcp over IPv6 deny: closed=$CLOSED got '$GOT'"; fi
+for m in TCP-LAN TCP-HTTPONLY TCP-WEB TCP-V6-DENY; do
     if seen rtcp "$m"; then fail "tcp: denied bytes ($m) reached the app"; else pass "tcp: denied bytes ($m) never reached the app"; fi
 done
-expect_eq "tcp: only the two allowed connections reached the app" "$(opens rtcp)" $((n0 + 2))
+expect_eq "tcp: only the three allowed connections reached the app" "$(opens rtcp)" $((n0 + 3))
 expect_eq "metrics: remora_policy_denials_total{rule=\"lan-deny\"} counts TCP denials" \
     "$(metric "$P_ADMIN" 'remora_policy_denials_total{rule="lan-deny"}')" $((deny0 + 2))
 expect_eq "metrics: remora_policy_denials_total{rule=\"default\"} too" \
     "$(metric "$P_ADMIN" 'remora_policy_denials_total{rule="default"}')" $((def0 + 2))
 expect_match "log: an ip_blocks denial names the rule and the source" "$(cat "$TMP/p.log")" \
     "policy: denied tcp connection [0-9]+ from - \(127.0.0.2:[0-9]+\) to port $L_TCP by rule lan-deny"
+expect_match "log: an IPv6 source is logged as such" "$(cat "$TMP/p.log")" \
+    "policy: denied tcp connection [0-9]+ from - \(\[::1\]:[0-9]+\) to port $L6_DENY by rule v6-loopback-deny"
 expect_match "log: a default TCP denial" "$(cat "$TMP/p.log")" \
     "policy: denied tcp connection [0-9]+ from $WEB \(127.0.0.1:[0-9]+\) to port $L_MTLS_TCP by default"
 
@@ -287,6 +301,14 @@ hc "127.0.0.1:$L_OUT_GREET" --timeout 3
 if [[ $GOT == *5.7.42-remora* ]] && within "$FIRST" 1.5; then
     pass "outbound opaque port: the greeting arrives at once too ($FIRST s)"
 else fail "outbound opaque port: greeting '${GOT}' after $FIRST s"; fi
+hc "127.0.0.1:$L_PERM_GREET" "${FE_TLS[@]}" --timeout 3
+if [[ $GOT == *5.7.42-remora* ]] && within "$FIRST" 1.5; then
+    pass "permissive opaque port, mTLS: the greeting arrives right after the handshake ($FIRST s)"
+else fail "permissive opaque port, mTLS: greeting '${GOT}' after $FIRST s"; fi
+hc "127.0.0.1:$L_PERM_GREET" --timeout 6
+if [[ $GOT == *5.7.42-remora* ]] && within "$FIRST" 5 && ! within "$FIRST" 1.5; then
+    pass "permissive opaque port, plaintext: silence becomes TCP after detect_timeout_ms (greeting at $FIRST s)"
+else fail "permissive opaque port, plaintext: greeting '${GOT}' after $FIRST s"; fi
 hc "127.0.0.1:$L_MTLS_GREET" "${FE_TLS[@]}" --timeout 3
 if [[ $GOT == *5.7.42-remora* ]] && within "$FIRST" 1.5; then
     pass "mtls opaque port: the greeting arrives right after the handshake ($FIRST s)"

@@ -38,7 +38,8 @@ def opt(args, name, n=1, default=None):
 
 def connect(hostport, source, tls, timeout):
     host, port = hostport.rsplit(":", 1)
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    host = host.strip("[]")
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     s.settimeout(timeout)
     if source:
         s.bind((source, 0))
