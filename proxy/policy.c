@@ -229,6 +229,7 @@ struct px_policy {
     enum px_policy_mode mode;
     bool default_deny;
     bool needs_path; /* some rule looks at the path: normalize (and refuse bad ones) */
+    bool needs_ip;   /* some rule has ip_blocks or not_ip_blocks */
     bool index_principal, index_ns, index_path; /* some index has keys of that kind */
     struct rule *rules;
     uint32_t nrules, nallow, ndeny;
@@ -1357,6 +1358,8 @@ int px_policy_compile(const char *name, json_t *doc, struct px_policy **out, cha
             p->nallow++;
         if (r->conds & (C_PATHS | C_NOT_PATHS))
             p->needs_path = true;
+        if (r->conds & (C_IP_BLOCKS | C_NOT_IP_BLOCKS))
+            p->needs_ip = true;
     }
     index_build(p, &p->deny, true);
     index_build(p, &p->allow, false);
@@ -1457,20 +1460,27 @@ static bool header_match(const struct hcond *h, const struct px_msg *m, bool den
     return !deny && seen;
 }
 
-static bool rule_match(const struct rule *r, const struct view *v)
+static bool ip_blocks_hold(const struct rule *r, uint32_t c, const struct view *v)
 {
-    uint32_t c = r->conds;
-    if (v->tcp && (c & C_HTTP_ONLY)) {
-        if (!r->deny)
-            return false;            /* an HTTP-only allow never admits a TCP connection */
-        c &= ~(uint32_t)C_HTTP_ONLY; /* a deny matches with them ignored */
-    }
     if ((c & C_IP_BLOCKS) && (!v->has_ip || !cidr_match(&r->ip_blocks, v->ip, v->ipfamily)))
         return false;
     if (c & C_NOT_IP_BLOCKS) {
         if (!v->has_ip ? !r->deny : cidr_match(&r->not_ip_blocks, v->ip, v->ipfamily))
             return false;
     }
+    return true;
+}
+
+static bool rule_match(const struct rule *r, const struct view *v)
+{
+    uint32_t c = r->conds;
+    if (__builtin_expect(v->tcp, 0) && (c & C_HTTP_ONLY)) {
+        if (!r->deny)
+            return false;            /* an HTTP-only allow never admits a TCP connection */
+        c &= ~(uint32_t)C_HTTP_ONLY; /* a deny matches with them ignored */
+    }
+    if ((c & (C_IP_BLOCKS | C_NOT_IP_BLOCKS)) && !ip_blocks_hold(r, c, v))
+        return false;
     if ((c & C_PORTS) && !port_in(&r->ports, v->port))
         return false;
     if ((c & C_NOT_PORTS) && port_in(&r->not_ports, v->port))
@@ -1616,7 +1626,8 @@ static int prepare(const struct px_policy *p, const struct px_policy_request *r,
     d->pathlen = 0;
     v->msg = m;
     v->tcp = r->tcp;
-    v->has_ip = source_bytes(r->source, v->ip, &v->ipfamily);
+    if (p->needs_ip)
+        v->has_ip = source_bytes(r->source, v->ip, &v->ipfamily);
     v->port = r->port;
     v->mbit = method_bit(m ? m->method : NULL);
     if (r->principal != NULL && r->principal[0] != '\0') {
