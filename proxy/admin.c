@@ -198,6 +198,7 @@ static json_t *limits_json(const struct px_limits *l)
     LIMIT(h2_max_concurrent_streams);
     LIMIT(h2_max_resets_per_window);
     LIMIT(h2_reset_window_ms);
+    LIMIT(tcp_idle_timeout_ms);
 #undef LIMIT
     return o;
 }

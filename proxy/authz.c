@@ -263,6 +263,24 @@ static const char *loggable(const char *s, char *buf, size_t len)
     return buf;
 }
 
+/* The app gets the path the policy decided on (Envoy's normalize_path and
+ * merge_slashes): "//admin/x" goes upstream as "/admin/x", the query kept. Only
+ * origin-form targets are rewritten; "*" and absolute-form are left to the codecs. */
+static void send_decided_path(struct px_stream *s, const struct px_policy_decision *d)
+{
+    const char *old = s->req.path;
+    if (d->path == NULL || old == NULL || old[0] != '/')
+        return;
+    size_t plen = strcspn(old, "?");
+    if (plen == d->pathlen && memcmp(old, d->path, plen) == 0)
+        return;
+    size_t qlen = strlen(old + plen);
+    char *np = px_arena_alloc(&s->arena, d->pathlen + qlen + 1);
+    memcpy(np, d->path, d->pathlen);
+    memcpy(np + d->pathlen, old + plen, qlen + 1);
+    s->req.path = np;
+}
+
 bool px_authz_check(struct px_stream *s)
 {
     if (az.policy == NULL)
@@ -272,21 +290,24 @@ bool px_authz_check(struct px_stream *s)
         .principal = c->mtls && c->peer_id[0] != '\0' ? c->peer_id : NULL,
         .port = cm_addr_port(&c->orig_dst),
         .req = &s->req,
+        .source = &c->peer,
     };
     char small[512];
     size_t need = px_policy_scratch_size(s->req.path);
     char *scratch = need <= sizeof(small) ? small : px_arena_alloc(&s->arena, need);
     struct px_policy_decision d;
     px_policy_decide(az.policy, &r, scratch, need, &d);
-    if (d.verdict == PX_POLICY_ALLOW)
+    if (d.verdict == PX_POLICY_ALLOW) {
+        send_decided_path(s, &d);
         return true;
+    }
 
     char peer[64], path[256], method[32];
     cm_addr_format(&c->peer, peer, sizeof(peer));
     loggable(s->req.path, path, sizeof(path));
     loggable(s->req.method, method, sizeof(method));
     const char *who = r.principal ? r.principal : "-";
-    if (d.verdict == PX_POLICY_BAD_PATH) {
+    if (d.verdict == PX_POLICY_BAD_PATH || d.verdict == PX_POLICY_BAD_HEADER) {
         cm_info("policy: %s %s %s from %s (%s): %s", d.enforce ? "rejected" : "audit: would reject",
                 method, path, who, peer, d.why);
         if (!d.enforce)
@@ -301,8 +322,10 @@ bool px_authz_check(struct px_stream *s)
     cm_info("policy: %s %s %s from %s (%s) to port %u by %s%s",
             d.enforce ? "denied" : "audit: would deny", method, path, who, peer, (unsigned)r.port,
             strcmp(d.rule, "default") == 0 ? "" : "rule ", d.rule);
-    if (!d.enforce)
+    if (!d.enforce) {
+        send_decided_path(s, &d);
         return true;
+    }
     px_metrics.policy_denials_total++;
     char body[PX_POLICY_MAX_NAME + 64];
     if (strcmp(d.rule, "default") == 0)
@@ -310,5 +333,32 @@ bool px_authz_check(struct px_stream *s)
     else
         snprintf(body, sizeof(body), "RBAC: access denied by rule %s", d.rule);
     px_stream_respond(s, 403, body);
+    return false;
+}
+
+bool px_authz_check_tcp(const struct px_conn *c)
+{
+    if (az.policy == NULL)
+        return true;
+    struct px_policy_request r = {
+        .principal = c->mtls && c->peer_id[0] != '\0' ? c->peer_id : NULL,
+        .port = cm_addr_port(&c->orig_dst),
+        .source = &c->peer,
+        .tcp = true,
+    };
+    struct px_policy_decision d;
+    px_policy_decide(az.policy, &r, NULL, 0, &d);
+    if (d.verdict == PX_POLICY_ALLOW)
+        return true;
+    char peer[CM_ADDR_STRLEN];
+    cm_addr_format(&c->peer, peer, sizeof(peer));
+    px_policy_count_denial(d.rule, !d.enforce);
+    cm_info("policy: %s tcp connection %llu from %s (%s) to port %u by %s%s",
+            d.enforce ? "denied" : "audit: would deny", (unsigned long long)c->id,
+            r.principal ? r.principal : "-", peer, (unsigned)r.port,
+            strcmp(d.rule, "default") == 0 ? "" : "rule ", d.rule);
+    if (!d.enforce)
+        return true;
+    px_metrics.policy_denials_total++;
     return false;
 }

@@ -26,4 +26,12 @@ void px_authz_shutdown(void);
  * when the request was denied and answered (403 naming the rule). */
 bool px_authz_check(struct px_stream *s);
 
+/* Decide an opaque TCP connection on an inbound listener (docs/policy.md "TCP
+ * connections") before anything is forwarded: its verified principal, source
+ * address and original destination port. Returns true to forward; false when
+ * denied (logged and counted; the caller closes it). Audit mode logs and lets
+ * it through. */
+struct px_conn;
+bool px_authz_check_tcp(const struct px_conn *c);
+
 #endif

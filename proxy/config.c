@@ -26,6 +26,7 @@ void px_limits_default(struct px_limits *l)
     l->retry_buffer_bytes = 64 * 1024;
     l->h2_max_resets_per_window = 200;
     l->h2_reset_window_ms = 10000;
+    l->tcp_idle_timeout_ms = 3600000; /* Envoy's tcp_proxy idle_timeout */
 }
 
 void px_config_free(struct px_config *cfg)
@@ -76,15 +77,25 @@ static int get_u32(const struct cm_jpath *p, json_t *obj, const char *key, int64
 
 static int parse_limits(const struct cm_jpath *p, json_t *o, struct px_limits *l, char **errmsg)
 {
-    static const char *const keys[] = {"max_header_bytes",     "max_headers",
-                                       "max_request_body",     "buffer_bytes",
-                                       "header_timeout_ms",    "idle_timeout_ms",
-                                       "connect_timeout_ms",   "request_timeout_ms",
-                                       "detect_timeout_ms",    "drain_timeout_ms",
-                                       "max_connections",      "pool_max_idle",
-                                       "pool_idle_timeout_ms", "h2_max_concurrent_streams",
-                                       "retry_buffer_bytes",   "h2_max_resets_per_window",
-                                       "h2_reset_window_ms",   NULL};
+    static const char *const keys[] = {"max_header_bytes",
+                                       "max_headers",
+                                       "max_request_body",
+                                       "buffer_bytes",
+                                       "header_timeout_ms",
+                                       "idle_timeout_ms",
+                                       "connect_timeout_ms",
+                                       "request_timeout_ms",
+                                       "detect_timeout_ms",
+                                       "drain_timeout_ms",
+                                       "max_connections",
+                                       "pool_max_idle",
+                                       "pool_idle_timeout_ms",
+                                       "h2_max_concurrent_streams",
+                                       "retry_buffer_bytes",
+                                       "h2_max_resets_per_window",
+                                       "h2_reset_window_ms",
+                                       "tcp_idle_timeout_ms",
+                                       NULL};
     if (cm_json_check_keys(p, o, keys, errmsg) != 0)
         return CM_ERR_INVAL;
     int64_t body = (int64_t)l->max_request_body;
@@ -112,6 +123,7 @@ static int parse_limits(const struct cm_jpath *p, json_t *o, struct px_limits *l
              ?: get_u32(p, o, "h2_max_resets_per_window", 1, 1000000, &l->h2_max_resets_per_window,
                         errmsg);
     rc = rc ?: get_u32(p, o, "h2_reset_window_ms", 1, 3600000, &l->h2_reset_window_ms, errmsg);
+    rc = rc ?: get_u32(p, o, "tcp_idle_timeout_ms", 0, 604800000, &l->tcp_idle_timeout_ms, errmsg);
     l->max_request_body = (uint64_t)body;
     return rc;
 }
@@ -187,11 +199,44 @@ static char *dup_opt(const char *s)
     return s ? cm_xstrdup(s) : NULL;
 }
 
+/* "opaque_ports": [3306, 5432]: at most PX_MAX_OPAQUE_PORTS port numbers. */
+static int parse_opaque_ports(const struct cm_jpath *p, json_t *root, struct px_config *cfg,
+                              char **errmsg)
+{
+    json_t *arr = NULL;
+    if (cm_json_get_child(p, root, "opaque_ports", false, JSON_ARRAY, &arr, errmsg) != 0)
+        return CM_ERR_INVAL;
+    if (arr == NULL)
+        return 0;
+    struct cm_jpath c;
+    cm_jpath_key(&c, p, "opaque_ports");
+    if (json_array_size(arr) > PX_MAX_OPAQUE_PORTS)
+        return cm_json_fail(&c, errmsg, "at most %d ports", PX_MAX_OPAQUE_PORTS);
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        struct cm_jpath e;
+        cm_jpath_index(&e, &c, i);
+        json_t *v = json_array_get(arr, i);
+        if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 65535)
+            return cm_json_fail(&e, errmsg, "expected a port number 1-65535");
+        cfg->opaque_ports[cfg->nopaque_ports++] = (uint16_t)json_integer_value(v);
+    }
+    return 0;
+}
+
+bool px_config_opaque_port(const struct px_config *cfg, uint16_t port)
+{
+    for (size_t i = 0; cfg != NULL && i < cfg->nopaque_ports; i++)
+        if (cfg->opaque_ports[i] == port)
+            return true;
+    return false;
+}
+
 static int parse_root(const char *name, json_t *root, struct px_config *cfg, char **errmsg)
 {
     static const char *const keys[] = {"admin",       "listeners", "identity",  "policy_file",
                                        "routes_file", "cluster",   "log_level", "log_format",
-                                       "access_log",  "limits",    "health",    NULL};
+                                       "access_log",  "limits",    "health",    "opaque_ports",
+                                       NULL};
     static const char *const formats[] = {"text", "json", NULL};
     struct cm_jpath p, c;
     cm_jpath_root(&p, name);
@@ -281,6 +326,9 @@ static int parse_root(const char *name, json_t *root, struct px_config *cfg, cha
     cfg->routes_file = dup_opt(routes);
     cfg->cluster = dup_opt(cluster);
     cfg->access_log = dup_opt(alog);
+
+    if (parse_opaque_ports(&p, root, cfg, errmsg) != 0)
+        return CM_ERR_INVAL;
 
     if (cm_json_get_child(&p, root, "limits", false, JSON_OBJECT, &limits, errmsg) != 0)
         return CM_ERR_INVAL;

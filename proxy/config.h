@@ -62,7 +62,11 @@ struct px_limits {
     uint32_t retry_buffer_bytes; /* request body kept for retries; larger bodies are not retried */
     uint32_t h2_max_resets_per_window; /* stream resets one h2 client may cause per window */
     uint32_t h2_reset_window_ms;       /* ... then GOAWAY(ENHANCE_YOUR_CALM) */
+    uint32_t tcp_idle_timeout_ms; /* a TCP tunnel with no byte either way is closed; 0: never */
 };
+
+/* At most this many entries in "opaque_ports". */
+#define PX_MAX_OPAQUE_PORTS 64
 
 struct px_config {
     char *file;
@@ -86,7 +90,14 @@ struct px_config {
     json_t *identity; /* validated later by the identity module; borrowed from raw */
     char *policy_file;
     char *routes_file;
+    /* "opaque_ports": server-first / opaque protocols by original destination port:
+     * no detection, straight to the TCP policy and the tunnel (issue 13) */
+    uint16_t opaque_ports[PX_MAX_OPAQUE_PORTS];
+    size_t nopaque_ports;
 };
+
+/* Is `port` listed in cfg->opaque_ports? */
+bool px_config_opaque_port(const struct px_config *cfg, uint16_t port);
 
 /* Load and validate `file`. Returns 0 and *out (free with px_config_free), or
  * CM_ERR_INVAL with *errmsg naming the file and key (caller frees). */

@@ -36,6 +36,8 @@ struct px_conn {
     enum px_conn_proto proto;
     struct event *detect_timer;
     void *handler;     /* the codec's connection object */
+    bool opaque;       /* original destination port in opaque_ports: no detection */
+    bool detect_bytes; /* detection saw a first byte (the detect timer runs from it) */
     bool mtls;         /* terminated mTLS: peer_id is verified */
     char peer_id[256]; /* the peer's SPIFFE ID ("" without mTLS) */
     uint64_t accepted_us;

@@ -82,6 +82,7 @@ bool px_conn_is_loop(const struct px_conn *c, const struct cm_addr *a)
 }
 
 static void start_mtls(struct px_conn *c);
+static void detect_silence(struct px_conn *c);
 
 /* Free a connection that never reached a handler, from the event loop. */
 static void abort_conn(struct px_conn *c)
@@ -142,17 +143,30 @@ static void on_tls_event(struct px_io *io, int what, void *arg)
     if (what & PX_IO_HANDSHAKE) {
         c->mtls = true;
         snprintf(c->peer_id, sizeof(c->peer_id), "%s", px_io_peer_id(io));
-        px_io_set_timeout(io, px_srv->cfg->limits.detect_timeout_ms);
-        if (strcmp(px_io_alpn(io), "h2") == 0)
+        if (strcmp(px_io_alpn(io), "h2") == 0) {
             dispatch(c, PX_PROTO_H2);
-        return;
-    }
-    if (what & PX_IO_TIMEOUT) {
-        if (c->mtls) { /* handshake done, then silence: opaque TCP inside mTLS */
+            return;
+        }
+        if (c->opaque) { /* a declared opaque port: the TCP policy, now */
             dispatch(c, PX_PROTO_TCP);
             return;
         }
-        cm_debug("conn %llu: TLS handshake timed out", (unsigned long long)c->id);
+        /* detect again on the decrypted bytes: the first one within the header
+         * timeout (nothing goes to the app before it) */
+        c->detect_bytes = false;
+        px_io_set_timeout(io, px_srv->cfg->limits.header_timeout_ms);
+        return;
+    }
+    if (what & PX_IO_TIMEOUT) {
+        if (c->mtls && evbuffer_get_length(px_io_input(io)) > 0) {
+            /* a few bytes, then silence: opaque TCP inside mTLS (policy-checked) */
+            dispatch(c, PX_PROTO_TCP);
+            return;
+        }
+        if (c->mtls)
+            detect_silence(c);
+        else
+            cm_debug("conn %llu: TLS handshake timed out", (unsigned long long)c->id);
     } else if ((what & PX_IO_EOF) && c->mtls && evbuffer_get_length(px_io_input(io)) > 0) {
         dispatch(c, PX_PROTO_TCP);
         return;
@@ -166,6 +180,18 @@ static void on_tls_event(struct px_io *io, int what, void *arg)
 }
 
 static void on_detect_read(struct px_io *io, void *arg);
+
+/* Nothing said within the header timeout on a port that is not declared
+ * opaque: closed, and nothing was ever opened toward the app. */
+static void detect_silence(struct px_conn *c)
+{
+    char peer[CM_ADDR_STRLEN];
+    px_metrics.detect_silent++;
+    cm_debug("conn %llu from %s on %s: no bytes within %u ms: closed (server-first protocols "
+             "need their port in opaque_ports)",
+             (unsigned long long)c->id, cm_addr_format(&c->peer, peer, sizeof(peer)), c->lcfg->name,
+             (unsigned)px_srv->cfg->limits.header_timeout_ms);
+}
 
 static void start_mtls(struct px_conn *c)
 {
@@ -189,19 +215,31 @@ static void on_detect_read(struct px_io *io, void *arg)
     if (n < 0)
         n = 0;
     enum px_conn_proto p = px_detect(buf, (size_t)n);
-    if (p != PX_PROTO_UNKNOWN)
+    if (p != PX_PROTO_UNKNOWN) {
         dispatch(c, p);
+        return;
+    }
+    if (n > 0 && !c->detect_bytes) {
+        /* a first byte: it is decided (as TCP under the policy at worst) within
+         * detect_timeout_ms from now, and the header timeout no longer applies */
+        c->detect_bytes = true;
+        px_io_set_timeout(io, px_srv->cfg->limits.detect_timeout_ms);
+    }
 }
 
 static void on_detect_event(struct px_io *io, int what, void *arg)
 {
     struct px_conn *c = arg;
-    /* Silence (a server-first protocol) or a short message then EOF: TCP. */
-    if ((what & PX_IO_TIMEOUT) ||
-        ((what & PX_IO_EOF) && evbuffer_get_length(px_io_input(io)) > 0)) {
+    bool some = evbuffer_get_length(px_io_input(io)) > 0;
+    /* A few bytes then silence or EOF, or a declared opaque port that stays
+     * silent (permissive mTLS listeners wait to see whether TLS comes): opaque
+     * TCP, which the policy decides before anything is forwarded. */
+    if (((what & PX_IO_TIMEOUT) && (some || c->opaque)) || ((what & PX_IO_EOF) && some)) {
         dispatch(c, PX_PROTO_TCP);
         return;
     }
+    if (what & PX_IO_TIMEOUT)
+        detect_silence(c);
     /* Nothing said before EOF, or an error: freed from the detect event, not
      * inside this callback. */
     (void)io;
@@ -248,11 +286,24 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
     px_metrics.downstream_cx_total++;
     px_metrics.downstream_cx_active++;
 
+    c->opaque = px_config_opaque_port(px_srv->cfg, cm_addr_port(&c->orig_dst));
+
     c->io = px_io_new(px_srv->base, fd);
     c->detect_timer = event_new(px_srv->base, -1, 0, on_detect_abort, c);
     px_io_set_read_limit(c->io, lim->buffer_bytes);
-    px_io_set_timeout(c->io, lim->detect_timeout_ms);
     px_io_setcb(c->io, on_detect_read, NULL, on_detect_event, c);
+    if (c->opaque && c->lcfg->tls == PX_TLS_STRICT) {
+        start_mtls(c); /* the peer sidecar speaks first: a ClientHello */
+        return;
+    }
+    if (c->opaque && c->lcfg->tls != PX_TLS_PERMISSIVE) {
+        /* server-first protocols (MySQL's greeting) need the app at once */
+        dispatch(c, PX_PROTO_TCP);
+        return;
+    }
+    /* Nothing is opened toward the app before the client's first byte; a
+     * client that says nothing is closed at the header timeout. */
+    px_io_set_timeout(c->io, c->opaque ? lim->detect_timeout_ms : lim->header_timeout_ms);
 }
 
 static void on_resume_accept(evutil_socket_t fd, short what, void *arg)

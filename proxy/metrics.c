@@ -403,6 +403,13 @@ void px_metrics_write_prometheus(struct evbuffer *out)
 
     prom_u64(out, "remora_retries_total", "counter", "Requests retried to an upstream.",
              m->retries_total);
+    prom_u64(out, "remora_tcp_idle_timeouts_total", "counter",
+             "TCP tunnels closed after limits.tcp_idle_timeout_ms without a byte either way.",
+             m->tcp_idle_timeout);
+    prom_u64(out, "remora_detect_silent_closed_total", "counter",
+             "Connections closed because no byte came within limits.header_timeout_ms (ports "
+             "not in opaque_ports).",
+             m->detect_silent);
     for (size_t i = 0; i < nwriters; i++)
         writers[i](out); /* series of other modules (routes: per-endpoint outcomes) */
     /* policy (issue 5): remora_policy_denials_total is labelled by rule, so proxy/policy.c
@@ -535,6 +542,8 @@ void px_metrics_write_json(struct evbuffer *out)
     U64(h2_empty_frame_flood);
     U64(tcp_bytes_in);
     U64(tcp_bytes_out);
+    U64(tcp_idle_timeout);
+    U64(detect_silent);
     U64(retries_total);
     U64(policy_denials_total);
     U64(tls_handshakes);

@@ -43,6 +43,9 @@ struct px_metrics {
     uint64_t tls_plaintext_refused;  /* plaintext on a strict listener */
     /* bytes */
     uint64_t tcp_bytes_in, tcp_bytes_out;
+    /* issue 13 */
+    uint64_t tcp_idle_timeout; /* tunnels closed after limits.tcp_idle_timeout_ms */
+    uint64_t detect_silent;    /* connections closed with no byte within header_timeout_ms */
     /* later issues */
     uint64_t retries_total;
     uint64_t policy_denials_total;

@@ -37,8 +37,10 @@
  * one matching copy of a repeated header is enough. */
 #include "proxy/policy.h"
 
+#include <arpa/inet.h>
 #include <event2/buffer.h>
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -153,7 +155,25 @@ enum cond {
     C_NOT_PORTS = 1u << 7,
     C_PATHS = 1u << 8,
     C_NOT_PATHS = 1u << 9,
-    C_HEADERS = 1u << 10
+    C_HEADERS = 1u << 10,
+    C_IP_BLOCKS = 1u << 11,
+    C_NOT_IP_BLOCKS = 1u << 12
+};
+
+/* Conditions a TCP connection has no value for: an allow rule holding one never
+ * matches TCP; a deny rule matches TCP with them ignored (Istio, fail closed). */
+#define C_HTTP_ONLY (C_METHODS | C_NOT_METHODS | C_PATHS | C_NOT_PATHS | C_HEADERS)
+
+/* One CIDR of from.ip_blocks: IPv4 in the first 4 bytes. */
+struct cidr {
+    uint8_t addr[16];
+    uint8_t family; /* 4 or 6 */
+    uint8_t bits;
+};
+
+struct cidrset {
+    struct cidr *v;
+    uint32_t n;
 };
 
 struct hcond {
@@ -172,6 +192,7 @@ struct rule {
     struct plist principals, not_principals, namespaces, not_namespaces, paths, not_paths;
     struct hcond *headers;
     uint32_t nheaders;
+    struct cidrset ip_blocks, not_ip_blocks;
 };
 
 /* One hash table slot: a key (principal or namespace) and the rules filed
@@ -208,10 +229,15 @@ struct px_policy {
     enum px_policy_mode mode;
     bool default_deny;
     bool needs_path; /* some rule looks at the path: normalize (and refuse bad ones) */
+    bool needs_ip;   /* some rule has ip_blocks or not_ip_blocks */
     bool index_principal, index_ns, index_path; /* some index has keys of that kind */
     struct rule *rules;
     uint32_t nrules, nallow, ndeny;
     struct index deny, allow;
+    /* Header names some rule matches: as written (lower case) and with '_' read as
+     * '-', keyed by name_hash(); for the underscore check (PX_POLICY_BAD_HEADER). */
+    struct table hdr_exact, hdr_mapped;
+    bool hdr_underscore; /* some of those names holds '_' */
 };
 
 /* Keys of the principal, namespace and exact-path tables: 8 bytes a step. */
@@ -267,6 +293,40 @@ static const struct bucket *table_get(const struct table *t, const char *k, size
             return NULL;
         if (b->hash == h && b->len == n && memcmp(b->key, k, n) == 0)
             return b;
+    }
+}
+
+/* '_' read as '-': how CGI/WSGI (HTTP_X_DEBUG) see a header name. */
+static uint64_t name_hash(const char *s, size_t n)
+{
+    uint64_t h = FNV_INIT;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)(s[i] == '_' ? '-' : s[i]);
+        h *= FNV_PRIME;
+    }
+    return h;
+}
+
+static bool name_eq_mapped(const char *a, const char *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((a[i] == '_' ? '-' : a[i]) != (b[i] == '_' ? '-' : b[i]))
+            return false;
+    return true;
+}
+
+/* Is a key of t equal to s[0..n) (with '_' read as '-' when `mapped`)? */
+static bool table_has(const struct table *t, const char *s, size_t n, uint64_t h, bool mapped)
+{
+    if (t->nkeys == 0)
+        return false;
+    for (uint32_t i = (uint32_t)h & t->mask;; i = (i + 1) & t->mask) {
+        const struct bucket *b = &t->b[i];
+        if (b->key == NULL)
+            return false;
+        if (b->hash == h && b->len == n &&
+            (mapped ? name_eq_mapped(b->key, s, n) : memcmp(b->key, s, n) == 0))
+            return true;
     }
 }
 
@@ -410,6 +470,99 @@ int px_policy_normalize_path(const char *target, char *out, size_t outlen, const
         o--;
     out[o] = '\0';
     return (int)o;
+}
+
+/* ---- CIDRs ----------------------------------------------------------------------- */
+
+int px_policy_parse_cidr(const char *s, uint8_t addr[16], uint8_t *family, uint8_t *bits,
+                         const char **why)
+{
+    char host[INET6_ADDRSTRLEN + 1];
+    const char *slash = strchr(s, '/');
+    size_t hl = slash ? (size_t)(slash - s) : strlen(s);
+    memset(addr, 0, 16);
+    if (hl == 0 || hl >= sizeof(host)) {
+        *why = "not an IPv4 or IPv6 address";
+        return -1;
+    }
+    memcpy(host, s, hl);
+    host[hl] = '\0';
+    unsigned max;
+    if (inet_pton(AF_INET, host, addr) == 1) {
+        *family = 4;
+        max = 32;
+    } else if (inet_pton(AF_INET6, host, addr) == 1) {
+        *family = 6;
+        max = 128;
+    } else {
+        *why = "not an IPv4 or IPv6 address";
+        return -1;
+    }
+    unsigned b = max;
+    if (slash != NULL) {
+        const char *d = slash + 1;
+        size_t dl = strlen(d);
+        if (dl == 0 || dl > 3 || strspn(d, "0123456789") != dl || (dl > 1 && d[0] == '0')) {
+            *why = "the prefix length is not a number";
+            return -1;
+        }
+        b = (unsigned)strtoul(d, NULL, 10);
+        if (b > max) {
+            *why = *family == 4 ? "the prefix length of an IPv4 block is at most 32"
+                                : "the prefix length of an IPv6 block is at most 128";
+            return -1;
+        }
+    }
+    for (unsigned i = b; i < max; i++) {
+        if (addr[i / 8] & (0x80u >> (i % 8))) {
+            *why = "bits set past the prefix length (write the network address)";
+            return -1;
+        }
+    }
+    *bits = (uint8_t)b;
+    return 0;
+}
+
+/* The source address as 16 bytes and a family (IPv4-mapped IPv6 as IPv4);
+ * false when it is neither. */
+static bool source_bytes(const struct cm_addr *a, uint8_t out[16], uint8_t *family)
+{
+    memset(out, 0, 16);
+    if (a == NULL)
+        return false;
+    if (a->ss.ss_family == AF_INET) {
+        memcpy(out, &((const struct sockaddr_in *)&a->ss)->sin_addr, 4);
+        *family = 4;
+        return true;
+    }
+    if (a->ss.ss_family == AF_INET6) {
+        const uint8_t *b = ((const struct sockaddr_in6 *)&a->ss)->sin6_addr.s6_addr;
+        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (memcmp(b, mapped, 12) == 0) {
+            memcpy(out, b + 12, 4);
+            *family = 4;
+        } else {
+            memcpy(out, b, 16);
+            *family = 6;
+        }
+        return true;
+    }
+    return false;
+}
+
+static bool cidr_match(const struct cidrset *s, const uint8_t ip[16], uint8_t family)
+{
+    for (uint32_t i = 0; i < s->n; i++) {
+        const struct cidr *c = &s->v[i];
+        if (c->family != family)
+            continue;
+        unsigned full = c->bits / 8, rest = c->bits % 8;
+        if (memcmp(c->addr, ip, full) != 0)
+            continue;
+        if (rest == 0 || ((c->addr[full] ^ ip[full]) & (0xffu << (8 - rest)) & 0xffu) == 0)
+            return true;
+    }
+    return false;
 }
 
 /* ---- compiling ------------------------------------------------------------------- */
@@ -701,17 +854,52 @@ static int opt_ports(struct px_policy *p, const struct cm_jpath *parent, json_t 
     return 0;
 }
 
+static int opt_cidrs(struct px_policy *p, const struct cm_jpath *parent, json_t *obj,
+                     const char *key, struct cidrset *out, struct rule *r, uint32_t bit,
+                     char **errmsg)
+{
+    struct cm_jpath lp;
+    json_t *arr;
+    if (get_list(parent, obj, key, &lp, &arr, errmsg) != 0)
+        return CM_ERR_INVAL;
+    if (arr == NULL)
+        return 0;
+    r->conds |= bit;
+    size_t n = json_array_size(arr);
+    out->v = px_arena_alloc(&p->arena, n * sizeof(*out->v));
+    out->n = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct cm_jpath ep;
+        cm_jpath_index(&ep, &lp, i);
+        json_t *v = json_array_get(arr, i);
+        if (!json_is_string(v))
+            return cm_json_fail(&ep, errmsg, "expected a string (a CIDR such as \"10.0.0.0/8\")");
+        const char *s = json_string_value(v), *why = NULL;
+        struct cidr *c = &out->v[i];
+        if (strlen(s) != json_string_length(v) ||
+            px_policy_parse_cidr(s, c->addr, &c->family, &c->bits, &why) != 0)
+            return cm_json_fail(&ep, errmsg, "\"%s\" is not a CIDR: %s", s,
+                                why ? why : "contains a NUL character");
+        out->n++;
+    }
+    return 0;
+}
+
 static int compile_from(struct px_policy *p, const struct cm_jpath *fp, json_t *from,
                         struct rule *r, char **errmsg)
 {
-    static const char *const keys[] = {"principals", "namespaces", "not_principals",
-                                       "not_namespaces", NULL};
+    static const char *const keys[] = {
+        "principals",    "namespaces", "not_principals", "not_namespaces", "ip_blocks",
+        "not_ip_blocks", NULL};
     if (cm_json_check_keys(fp, from, keys, errmsg) != 0)
         return CM_ERR_INVAL;
     if (json_object_size(from) == 0)
         return cm_json_fail(fp, errmsg,
-                            "empty object (give principals, namespaces, not_principals or "
-                            "not_namespaces, or omit it)");
+                            "empty object (give principals, namespaces, ip_blocks or their "
+                            "not_ forms, or omit it)");
+    if (opt_cidrs(p, fp, from, "ip_blocks", &r->ip_blocks, r, C_IP_BLOCKS, errmsg) != 0 ||
+        opt_cidrs(p, fp, from, "not_ip_blocks", &r->not_ip_blocks, r, C_NOT_IP_BLOCKS, errmsg) != 0)
+        return CM_ERR_INVAL;
     if (opt_plist(p, fp, from, "principals", USE_PRINCIPAL, &r->principals, r, C_PRINCIPALS,
                   errmsg) != 0 ||
         opt_plist(p, fp, from, "namespaces", USE_NAMESPACE, &r->namespaces, r, C_NAMESPACES,
@@ -1084,6 +1272,32 @@ static void index_build(struct px_policy *p, struct index *ix, bool deny)
     ix->nsuffix_lens = key_lengths(p, &ix->by_suffix, &ix->suffix_lens);
 }
 
+/* The header names of every when.headers (Host/:authority aside), for
+ * underscore_clash(). Both tables are keyed by name_hash(). */
+static void header_names_build(struct px_policy *p)
+{
+    size_t n = 0;
+    for (uint32_t i = 0; i < p->nrules; i++)
+        n += p->rules[i].nheaders;
+    table_init(p, &p->hdr_exact, n);
+    table_init(p, &p->hdr_mapped, n);
+    for (uint32_t i = 0; i < p->nrules; i++) {
+        const struct rule *r = &p->rules[i];
+        for (uint32_t k = 0; k < r->nheaders; k++) {
+            const struct hcond *h = &r->headers[k];
+            if (h->authority)
+                continue;
+            uint64_t hash = name_hash(h->name, h->namelen);
+            if (!table_has(&p->hdr_exact, h->name, h->namelen, hash, false))
+                table_file_key(&p->hdr_exact, h->name, h->namelen, hash, 0, 0);
+            if (!table_has(&p->hdr_mapped, h->name, h->namelen, hash, true))
+                table_file_key(&p->hdr_mapped, h->name, h->namelen, hash, 0, 0);
+            if (memchr(h->name, '_', h->namelen) != NULL)
+                p->hdr_underscore = true;
+        }
+    }
+}
+
 /* ---- load ------------------------------------------------------------------------- */
 
 void px_policy_free(struct px_policy *p)
@@ -1144,9 +1358,12 @@ int px_policy_compile(const char *name, json_t *doc, struct px_policy **out, cha
             p->nallow++;
         if (r->conds & (C_PATHS | C_NOT_PATHS))
             p->needs_path = true;
+        if (r->conds & (C_IP_BLOCKS | C_NOT_IP_BLOCKS))
+            p->needs_ip = true;
     }
     index_build(p, &p->deny, true);
     index_build(p, &p->allow, false);
+    header_names_build(p);
     p->index_principal = p->deny.by_principal.nkeys + p->allow.by_principal.nkeys > 0;
     p->index_ns = p->deny.by_ns.nkeys + p->allow.by_ns.nkeys > 0;
     p->index_path = p->deny.by_path.nkeys + p->allow.by_path.nkeys > 0;
@@ -1196,7 +1413,11 @@ struct view {
     uint16_t port;
     const char *path; /* normalized; only when the policy looks at paths */
     size_t pathlen;
-    const struct px_msg *msg;
+    const struct px_msg *msg; /* NULL for TCP */
+    bool tcp;                 /* an opaque TCP connection: see C_HTTP_ONLY */
+    bool has_ip;              /* the source address is known */
+    uint8_t ipfamily;
+    uint8_t ip[16];
 };
 
 /* The namespace of "spiffe://<td>/ns/<ns>/sa/<sa>", or NULL. */
@@ -1239,9 +1460,27 @@ static bool header_match(const struct hcond *h, const struct px_msg *m, bool den
     return !deny && seen;
 }
 
+static bool ip_blocks_hold(const struct rule *r, uint32_t c, const struct view *v)
+{
+    if ((c & C_IP_BLOCKS) && (!v->has_ip || !cidr_match(&r->ip_blocks, v->ip, v->ipfamily)))
+        return false;
+    if (c & C_NOT_IP_BLOCKS) {
+        if (!v->has_ip ? !r->deny : cidr_match(&r->not_ip_blocks, v->ip, v->ipfamily))
+            return false;
+    }
+    return true;
+}
+
 static bool rule_match(const struct rule *r, const struct view *v)
 {
     uint32_t c = r->conds;
+    if (__builtin_expect(v->tcp, 0) && (c & C_HTTP_ONLY)) {
+        if (!r->deny)
+            return false;            /* an HTTP-only allow never admits a TCP connection */
+        c &= ~(uint32_t)C_HTTP_ONLY; /* a deny matches with them ignored */
+    }
+    if ((c & (C_IP_BLOCKS | C_NOT_IP_BLOCKS)) && !ip_blocks_hold(r, c, v))
+        return false;
     if ((c & C_PORTS) && !port_in(&r->ports, v->port))
         return false;
     if ((c & C_NOT_PORTS) && port_in(&r->not_ports, v->port))
@@ -1358,15 +1597,37 @@ static int64_t find_linear(const struct px_policy *p, bool deny, const struct vi
     return -1;
 }
 
+/* Does a request header name differ from a name the policy matches only by '_'
+ * for '-'? An exact match with some policy name is not a clash. */
+static bool underscore_clash(const struct px_policy *p, const struct px_msg *m)
+{
+    for (uint32_t i = 0; i < m->nhdrs; i++) {
+        const struct px_hdr *x = &m->hdrs[i];
+        bool us = memchr(x->name, '_', x->namelen) != NULL;
+        if (!us && !(p->hdr_underscore && memchr(x->name, '-', x->namelen) != NULL))
+            continue;
+        uint64_t h = name_hash(x->name, x->namelen);
+        if (table_has(&p->hdr_mapped, x->name, x->namelen, h, true) &&
+            !table_has(&p->hdr_exact, x->name, x->namelen, h, false))
+            return true;
+    }
+    return false;
+}
+
 static int prepare(const struct px_policy *p, const struct px_policy_request *r, char *scratch,
                    size_t scratch_len, struct view *v, struct px_policy_decision *d)
 {
-    const struct px_msg *m = r->req;
+    const struct px_msg *m = r->tcp ? NULL : r->req;
     memset(v, 0, sizeof(*v));
     d->enforce = p->mode == PX_POLICY_ENFORCE;
     d->rule = NULL;
     d->why = NULL;
+    d->path = NULL;
+    d->pathlen = 0;
     v->msg = m;
+    v->tcp = r->tcp;
+    if (p->needs_ip)
+        v->has_ip = source_bytes(r->source, v->ip, &v->ipfamily);
     v->port = r->port;
     v->mbit = method_bit(m ? m->method : NULL);
     if (r->principal != NULL && r->principal[0] != '\0') {
@@ -1378,7 +1639,12 @@ static int prepare(const struct px_policy *p, const struct px_policy_request *r,
         if (p->index_ns && v->ns != NULL)
             v->nshash = hash_bytes(v->ns, v->nslen);
     }
-    if (p->needs_path) {
+    if (m != NULL && p->hdr_mapped.nkeys > 0 && underscore_clash(p, m)) {
+        d->verdict = PX_POLICY_BAD_HEADER;
+        d->why = "a header name differs from one the policy matches only by '_' for '-'";
+        return -1;
+    }
+    if (p->needs_path && !r->tcp) {
         const char *why = "path too long";
         const char *path = m && m->path ? m->path : "";
         int n = scratch != NULL ? px_policy_normalize_path(path, scratch, scratch_len, &why) : -1;
@@ -1389,6 +1655,8 @@ static int prepare(const struct px_policy *p, const struct px_policy_request *r,
         }
         v->path = scratch;
         v->pathlen = (size_t)n;
+        d->path = scratch;
+        d->pathlen = (size_t)n;
         if (p->index_path)
             v->pathhash = hash_bytes(v->path, v->pathlen);
     }
@@ -1416,6 +1684,13 @@ void px_policy_decide(const struct px_policy *p, const struct px_policy_request 
     struct view v;
     if (prepare(p, r, scratch, scratch_len, &v, d) != 0)
         return;
+    if (v.tcp) {
+        /* A connection is decided once, and the index files rules under HTTP
+         * conditions a connection does not have: scan in file order. */
+        int64_t tdeny = find_linear(p, true, &v);
+        conclude(p, tdeny, tdeny < 0 ? find_linear(p, false, &v) : -1, d);
+        return;
+    }
     int64_t deny = p->ndeny ? find(p, &p->deny, &v) : -1;
     int64_t allow = deny < 0 && p->nallow ? find(p, &p->allow, &v) : -1;
     conclude(p, deny, allow, d);
@@ -1568,12 +1843,12 @@ static void write_family(struct evbuffer *out, const char *name, const char *hel
 void px_policy_metrics_prometheus(struct evbuffer *out)
 {
     write_family(out, "remora_policy_denials_total",
-                 "Requests denied by the authorization policy (403), by the rule that decided "
-                 "(rule=\"default\": no rule allowed the request).",
+                 "Requests denied by the authorization policy (403) and TCP connections it "
+                 "closed, by the rule that decided (rule=\"default\": no rule allowed it).",
                  false);
     write_family(out, "remora_policy_audit_denials_total",
-                 "Requests an audit-mode policy would have denied (they were let through), by "
-                 "rule.",
+                 "Requests and TCP connections an audit-mode policy would have denied (they were "
+                 "let through), by rule.",
                  true);
 }
 

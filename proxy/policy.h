@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/net.h"
 #include "proxy/http.h"
 
 /* Bounds on what one policy file may hold (beyond them: a load error). */
@@ -35,7 +36,10 @@ enum px_policy_mode {
 enum px_policy_verdict {
     PX_POLICY_ALLOW = 0, /* let the request through */
     PX_POLICY_DENY,      /* 403: a deny rule matched, no allow rule matched, or default deny */
-    PX_POLICY_BAD_PATH   /* 400: the path cannot be normalized safely (encoded slash...) */
+    PX_POLICY_BAD_PATH,  /* 400: the path cannot be normalized safely (encoded slash...) */
+    PX_POLICY_BAD_HEADER /* 400: a header name differs from one the policy matches only by
+                          * '_' for '-' (x_debug against x-debug): apps behind CGI/WSGI read
+                          * both as HTTP_X_DEBUG (Envoy's headers_with_underscores_action) */
 };
 
 /* What decided a request. `rule` points into the policy (valid while it lives)
@@ -44,15 +48,26 @@ enum px_policy_verdict {
 struct px_policy_decision {
     enum px_policy_verdict verdict;
     bool enforce;     /* false in audit mode: report the verdict, let the request through */
-    const char *rule; /* rule name or "default" (ALLOW, DENY); NULL for BAD_PATH */
-    const char *why;  /* BAD_PATH: short reason; else NULL */
+    const char *rule; /* rule name or "default" (ALLOW, DENY); NULL for BAD_PATH/BAD_HEADER */
+    const char *why;  /* BAD_PATH, BAD_HEADER: short reason; else NULL */
+    /* The normalized path the rules saw (in the caller's scratch), or NULL when the
+     * policy does not look at paths or for TCP. The proxy sends this path upstream,
+     * so the app sees what was decided (merged slashes, dot segments removed). */
+    const char *path;
+    size_t pathlen;
 };
 
-/* One request as the policy sees it. */
+/* One request (or TCP connection) as the policy sees it. */
 struct px_policy_request {
-    const char *principal;    /* verified SPIFFE ID, or NULL (no mTLS peer) */
-    uint16_t port;            /* destination port the client meant */
-    const struct px_msg *req; /* method, path (request target), authority, headers */
+    const char *principal;        /* verified SPIFFE ID, or NULL (no mTLS peer) */
+    uint16_t port;                /* destination port the client meant */
+    const struct px_msg *req;     /* method, path (request target), authority, headers */
+    const struct cm_addr *source; /* the downstream peer (from.ip_blocks), or NULL */
+    /* An opaque TCP connection (req is ignored). Istio's semantics: an allow rule
+     * with any HTTP-only condition (methods, paths, headers/hosts, their not_ forms)
+     * never matches; a deny rule matches with those conditions ignored (fail
+     * closed); L4 conditions (principals, namespaces, ports, ip_blocks) apply. */
+    bool tcp;
 };
 
 /* Compile a policy document. `name` (the file) is used in messages and kept.
@@ -84,6 +99,12 @@ size_t px_policy_scratch_size(const char *path);
  * neither "*" nor a path. Returns the length written to out (NUL-terminated);
  * outlen must be at least strlen(target) + 2. */
 int px_policy_normalize_path(const char *target, char *out, size_t outlen, const char **why);
+
+/* Parse one CIDR ("10.0.0.0/8", "2001:db8::/32", or a bare address for /32 and
+ * /128) into 16 bytes (IPv4 in the first 4), the family (4 or 6) and the prefix
+ * length. Returns 0, or -1 with *why (bits set past the prefix are refused). */
+int px_policy_parse_cidr(const char *s, uint8_t addr[16], uint8_t *family, uint8_t *bits,
+                         const char **why);
 
 /* Facts about a compiled policy, for the admin API and the log. */
 enum px_policy_mode px_policy_mode(const struct px_policy *p);

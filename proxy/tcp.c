@@ -11,6 +11,7 @@
 #include "common/list.h"
 #include "common/log.h"
 #include "common/xalloc.h"
+#include "proxy/authz.h"
 #include "proxy/identity.h"
 #include "proxy/io.h"
 #include "proxy/tls.h"
@@ -31,7 +32,8 @@ struct tunnel {
     struct px_io *side[2]; /* [0] client, [1] upstream */
     bool eof[2];           /* EOF read from side i */
     enum tcp_state state;
-    struct event *reap; /* frees the tunnel outside its callbacks */
+    struct event *reap;   /* frees the tunnel outside its callbacks */
+    struct px_timer idle; /* limits.tcp_idle_timeout_ms without a byte either way */
     struct cm_list link;
 };
 
@@ -47,6 +49,7 @@ static void tunnel_free(struct tunnel *t)
         px_metrics.upstream_cx_active--;
     }
     event_free(t->reap);
+    px_timer_free(&t->idle);
     px_conn_free(t->c);
     free(t);
 }
@@ -82,6 +85,8 @@ static void pump(struct tunnel *t, int i)
     size_t n = evbuffer_get_length(in);
     if (n == 0)
         return;
+    if (px_srv->cfg->limits.tcp_idle_timeout_ms > 0)
+        px_timer_set(&t->idle, px_srv->cfg->limits.tcp_idle_timeout_ms);
     if (i == 0)
         px_metrics.tcp_bytes_in += n;
     else
@@ -90,6 +95,19 @@ static void pump(struct tunnel *t, int i)
     evbuffer_add_buffer(out, in);
     if (evbuffer_get_length(out) >= px_srv->cfg->limits.buffer_bytes)
         px_io_read_enable(t->side[i], false);
+}
+
+static void on_idle(evutil_socket_t fd, short what, void *arg)
+{
+    struct tunnel *t = arg;
+    (void)fd;
+    (void)what;
+    if (!px_timer_due(&t->idle))
+        return;
+    px_metrics.tcp_idle_timeout++;
+    cm_debug("tcp conn %llu: idle for %u ms: closed", (unsigned long long)t->c->id,
+             (unsigned)px_srv->cfg->limits.tcp_idle_timeout_ms);
+    close_later(t);
 }
 
 static void maybe_done(struct tunnel *t)
@@ -166,9 +184,18 @@ void px_tcp_start(struct px_conn *c)
     t->c = c;
     t->side[0] = c->io;
     t->reap = event_new(px_srv->base, -1, 0, on_reap, t);
+    px_timer_init(&t->idle, px_srv->base, on_idle, t);
     c->handler = t;
     cm_list_insert_tail(&tunnels, &t->link);
     px_io_set_timeout(c->io, 0);
+    px_io_setcb(c->io, on_read, on_drained, on_event, t); /* no listener callback from here */
+    if (c->lcfg->direction == PX_DIR_INBOUND && !px_authz_check_tcp(c)) {
+        /* denied: closed before a byte is forwarded or the app is connected */
+        close_later(t);
+        return;
+    }
+    if (px_srv->cfg->limits.tcp_idle_timeout_ms > 0)
+        px_timer_set(&t->idle, px_srv->cfg->limits.tcp_idle_timeout_ms);
     struct cm_addr up;
     px_conn_default_upstream(c, &up);
     if (px_conn_is_loop(c, &up)) {

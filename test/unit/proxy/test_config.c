@@ -395,6 +395,27 @@ static void limits_bounds(void **state)
     px_config_free(cfg);
 }
 
+/* issue 13: opaque_ports (what the injector writes from remora.io/opaque-ports)
+ * and limits.tcp_idle_timeout_ms (default 1 h, 0: never). */
+static void opaque_ports_and_tcp_idle(void **state)
+{
+    (void)state;
+    struct px_config *cfg = load_case("ok-opaque-ports.json");
+    assert_int_equal(cfg->nopaque_ports, 4);
+    assert_true(px_config_opaque_port(cfg, 3306));
+    assert_true(px_config_opaque_port(cfg, 5432));
+    assert_true(px_config_opaque_port(cfg, 1));
+    assert_true(px_config_opaque_port(cfg, 65535));
+    assert_false(px_config_opaque_port(cfg, 8080));
+    assert_int_equal(cfg->limits.tcp_idle_timeout_ms, 0);
+    px_config_free(cfg);
+    cfg = load_case("ok-minimal.json");
+    assert_int_equal(cfg->nopaque_ports, 0);
+    assert_false(px_config_opaque_port(cfg, 3306));
+    assert_int_equal(cfg->limits.tcp_idle_timeout_ms, 3600000);
+    px_config_free(cfg);
+}
+
 static void ipv6_and_any(void **state)
 {
     (void)state;
@@ -541,10 +562,15 @@ int main(void)
     collect(&c);
 
     const struct CMUnitTest fixed[] = {
-        cmocka_unit_test(design_example),    cmocka_unit_test(defaults),
-        cmocka_unit_test(all_keys),          cmocka_unit_test(limits_bounds),
-        cmocka_unit_test(ipv6_and_any),      cmocka_unit_test(missing_file),
-        cmocka_unit_test(names_in_messages), cmocka_unit_test_prestate(data_dir_is_consistent, &c),
+        cmocka_unit_test(design_example),
+        cmocka_unit_test(defaults),
+        cmocka_unit_test(all_keys),
+        cmocka_unit_test(limits_bounds),
+        cmocka_unit_test(opaque_ports_and_tcp_idle),
+        cmocka_unit_test(ipv6_and_any),
+        cmocka_unit_test(missing_file),
+        cmocka_unit_test(names_in_messages),
+        cmocka_unit_test_prestate(data_dir_is_consistent, &c),
         cmocka_unit_test(h2_hostile_keys),
     };
     int failed = cmocka_run_group_tests_name("proxy/config", fixed, NULL, NULL);

@@ -22,7 +22,7 @@ static enum px_conn_proto det(const char *s)
 static void h2_preface(void **state)
 {
     (void)state;
-    assert_int_equal(sizeof(preface) - 1, PX_DETECT_MAX);
+    assert_int_equal(sizeof(preface) - 1, 24);
     assert_int_equal(det(preface), PX_PROTO_H2);
     /* followed by the client SETTINGS frame */
     uint8_t buf[64];
@@ -136,6 +136,30 @@ static void opaque_tcp(void **state)
     }
 }
 
+/* RFC 9112 section 2.2: empty lines before a request line are skipped (llhttp
+ * and nginx do), up to PX_DETECT_MAX_SKIP bytes; beyond, or before anything
+ * but an HTTP/1 request line, the connection is opaque TCP (and the TCP policy
+ * decides it). */
+static void check_prefixes(const uint8_t *buf, size_t len);
+
+static void leading_empty_lines(void **state)
+{
+    (void)state;
+    assert_int_equal(det("\r\nGET /admin/x HTTP/1.1\r\n"), PX_PROTO_HTTP1);
+    assert_int_equal(det("\nGET /admin/x HTTP/1.1\r\n"), PX_PROTO_HTTP1);
+    assert_int_equal(det("\r\n\r\n\nPOST / HTTP/1.1"), PX_PROTO_HTTP1);
+    assert_int_equal(det("\r\n"), PX_PROTO_UNKNOWN);
+    assert_int_equal(det("\r\nGE"), PX_PROTO_UNKNOWN);
+    assert_int_equal(det("\r\n\r\n\r\n\r\n"), PX_PROTO_UNKNOWN); /* 8: still may come */
+    assert_int_equal(det("\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1"), PX_PROTO_TCP);
+    assert_int_equal(det("\r\nget / HTTP/1.1"), PX_PROTO_TCP);
+    assert_int_equal(det("\r\n GET / HTTP/1.1"), PX_PROTO_TCP);
+    assert_int_equal(det("\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), PX_PROTO_HTTP1);
+    static const uint8_t crlf_tls[] = {'\r', '\n', 0x16, 0x03, 0x01};
+    assert_int_equal(px_detect(crlf_tls, sizeof(crlf_tls)), PX_PROTO_TCP);
+    check_prefixes((const uint8_t *)"\r\n\nGET /x HTTP/1.1\r\n", 22);
+}
+
 /* Feeds every prefix of buf; fails if UNKNOWN comes at or after
  * PX_DETECT_MAX bytes, or if a decision changes with more bytes. */
 static void check_prefixes(const uint8_t *buf, size_t len)
@@ -206,6 +230,7 @@ int main(void)
         cmocka_unit_test(partial_waits),
         cmocka_unit_test(tls_records),
         cmocka_unit_test(opaque_tcp),
+        cmocka_unit_test(leading_empty_lines),
         cmocka_unit_test(never_unknown_at_max),
         cmocka_unit_test(decision_is_final_at_method_bound),
         cmocka_unit_test(names),

@@ -9,13 +9,13 @@
  *                  or null for no verified peer; method; path; port; authority; headers:
  *                  {"name": "value" | ["copy 1", "copy 2"]}) and the decision wanted:
  *                  "allow", "allow <rule>", "allow default", "deny <rule>", "deny default",
- *                  or "400". The indexed decision and a plain scan in file order
- *                  (decide_linear) must both give it; in an audit-mode policy the
- *                  decision must also be marked not enforced.
- *   bad-*.json     a policy that must fail to load, with a message starting with the
- *                  file name and containing the first line of the sibling bad-*.err;
- *                  loading the same bytes from memory must give the same message.
- *   normalize.json [[target, normalized], [target, null, "reason part"], ...] for
+ *                  "400" (path) or "400 header" ('_' for '-'); "tcp": true decides an opaque TCP
+ * connection (no method, path or headers); "source": "10.1.2.3" or "::1" is the peer address
+ * (from.ip_blocks). The indexed decision and a plain scan in file order (decide_linear) must both
+ * give it; in an audit-mode policy the decision must also be marked not enforced. bad-*.json     a
+ * policy that must fail to load, with a message starting with the file name and containing the
+ * first line of the sibling bad-*.err; loading the same bytes from memory must give the same
+ * message. normalize.json [[target, normalized], [target, null, "reason part"], ...] for
  *                  px_policy_normalize_path.
  *
  * Then the index is checked against the plain scan on generated policies and
@@ -107,8 +107,9 @@ static const char *build_request(const struct policy_case *pc, struct px_arena *
 
 static void describe(const struct px_policy_decision *d, char *buf, size_t len)
 {
-    if (d->verdict == PX_POLICY_BAD_PATH)
-        snprintf(buf, len, "400 (%s)", d->why ? d->why : "?");
+    if (d->verdict == PX_POLICY_BAD_PATH || d->verdict == PX_POLICY_BAD_HEADER)
+        snprintf(buf, len, "400%s (%s)", d->verdict == PX_POLICY_BAD_HEADER ? " header" : "",
+                 d->why ? d->why : "?");
     else
         snprintf(buf, len, "%s %s", d->verdict == PX_POLICY_ALLOW ? "allow" : "deny",
                  d->rule ? d->rule : "(null)");
@@ -119,6 +120,8 @@ static bool wanted(const char *want, const struct px_policy_decision *d)
 {
     if (strcmp(want, "400") == 0)
         return d->verdict == PX_POLICY_BAD_PATH;
+    if (strcmp(want, "400 header") == 0)
+        return d->verdict == PX_POLICY_BAD_HEADER;
     if (strcmp(want, "allow") == 0)
         return d->verdict == PX_POLICY_ALLOW;
     char buf[256];
@@ -142,6 +145,22 @@ static void run_case(void **state)
     px_arena_init(&a);
     const char *principal = build_request(pc, &a, &m, &port);
     struct px_policy_request r = {.principal = principal, .port = port, .req = &m};
+    struct cm_addr src;
+    json_t *sv = json_object_get(pc->c, "source");
+    if (sv == NULL && pc->defaults != NULL)
+        sv = json_object_get(pc->defaults, "source");
+    if (json_is_string(sv)) {
+        char buf[128];
+        const char *ip = json_string_value(sv);
+        snprintf(buf, sizeof(buf), strchr(ip, ':') ? "[%s]:1" : "%s:1", ip);
+        if (cm_addr_parse(buf, &src) != 0)
+            fail_msg("%s: bad source %s", pc->name, ip);
+        r.source = &src;
+    }
+    json_t *tv = json_object_get(pc->c, "tcp");
+    if (tv == NULL && pc->defaults != NULL)
+        tv = json_object_get(pc->defaults, "tcp");
+    r.tcp = json_is_true(tv);
     size_t need = px_policy_scratch_size(m.path);
     char *scratch = malloc(need), *scratch2 = malloc(need);
     struct px_policy_decision d, dl;
