@@ -234,7 +234,8 @@ static void on_detect_event(struct px_io *io, int what, void *arg)
     /* A few bytes then silence or EOF, or a declared opaque port that stays
      * silent (permissive mTLS listeners wait to see whether TLS comes): opaque
      * TCP, which the policy decides before anything is forwarded. */
-    if (((what & PX_IO_TIMEOUT) && (some || c->opaque)) || ((what & PX_IO_EOF) && some)) {
+    bool silence_is_tcp = some || c->opaque || c->lcfg->direction == PX_DIR_OUTBOUND;
+    if (((what & PX_IO_TIMEOUT) && silence_is_tcp) || ((what & PX_IO_EOF) && some)) {
         dispatch(c, PX_PROTO_TCP);
         return;
     }
@@ -301,9 +302,13 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
         dispatch(c, PX_PROTO_TCP);
         return;
     }
-    /* Nothing is opened toward the app before the client's first byte; a
-     * client that says nothing is closed at the header timeout. */
-    px_io_set_timeout(c->io, c->opaque ? lim->detect_timeout_ms : lim->header_timeout_ms);
+    /* Inbound, nothing is opened toward the app before the client's first
+     * byte, and a client that says nothing is closed at the header timeout.
+     * Outbound, the pod's own app is the client and no policy is at stake:
+     * silence for detect_timeout_ms is a server-first protocol (a MySQL or
+     * SMTP server outside the pod greets first), forwarded as opaque TCP. */
+    bool wait_short = c->opaque || c->lcfg->direction == PX_DIR_OUTBOUND;
+    px_io_set_timeout(c->io, wait_short ? lim->detect_timeout_ms : lim->header_timeout_ms);
 }
 
 static void on_resume_accept(evutil_socket_t fd, short what, void *arg)

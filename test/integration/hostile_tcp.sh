@@ -61,7 +61,7 @@ req_with() { local f; f=$(grep -laF -- "$1" "$TMP/rhttp"/req-*.bin 2>/dev/null |
 P_ADMIN=$(free_port); L_PLAIN=$(free_port); L_MTLS=$(free_port); L_TCP=$(free_port)
 L_TCP2=$(free_port); L_GREET=$(free_port); L_MTLS_TCP=$(free_port); L_MTLS_GREET=$(free_port)
 PA_ADMIN=$(free_port); LA_TCP=$(free_port); P2_ADMIN=$(free_port); L2=$(free_port)
-L_OUT_GREET=$(free_port); L_PERM_GREET=$(free_port); L6=$(free_port); L6_DENY=$(free_port)
+L_OUT_GREET=$(free_port); L_PERM_GREET=$(free_port); L6=$(free_port); L6_DENY=$(free_port); L_OUT_GREET2=$(free_port)
 
 # ---- the policy: HTTP rules scoped to the HTTP ports, L4 rules to the TCP ones -----------------
 cat >"$TMP/policy.json" <<JSON
@@ -92,6 +92,7 @@ cat >"$TMP/p.json" <<JSON
   {"name": "mtls-tcp", "address": "127.0.0.1:$L_MTLS_TCP", "direction": "inbound", "upstream": "127.0.0.1:$R_TCP", "tls": "strict"},
   {"name": "mtls-greet", "address": "127.0.0.1:$L_MTLS_GREET", "direction": "inbound", "upstream": "127.0.0.1:$R_GREET", "tls": "strict"},
   {"name": "out-greet", "address": "127.0.0.1:$L_OUT_GREET", "direction": "outbound", "upstream": "127.0.0.1:$R_GREET"},
+  {"name": "out-greet2", "address": "127.0.0.1:$L_OUT_GREET2", "direction": "outbound", "upstream": "127.0.0.1:$R_GREET"},
   {"name": "perm-greet", "address": "127.0.0.1:$L_PERM_GREET", "direction": "inbound", "upstream": "127.0.0.1:$R_GREET", "tls": "permissive"},
   {"name": "tcp6", "address": "[::1]:$L6", "direction": "inbound", "upstream": "127.0.0.1:$R_TCP"},
   {"name": "tcp6-deny", "address": "[::1]:$L6_DENY", "direction": "inbound", "upstream": "127.0.0.1:$R_TCP"}],
@@ -301,6 +302,10 @@ hc "127.0.0.1:$L_OUT_GREET" --timeout 3
 if [[ $GOT == *5.7.42-remora* ]] && within "$FIRST" 1.5; then
     pass "outbound opaque port: the greeting arrives at once too ($FIRST s)"
 else fail "outbound opaque port: greeting '${GOT}' after $FIRST s"; fi
+hc "127.0.0.1:$L_OUT_GREET2" --timeout 6
+if [[ $GOT == *5.7.42-remora* ]] && within "$FIRST" 5 && ! within "$FIRST" 1.5; then
+    pass "outbound port not declared opaque: silence becomes TCP after detect_timeout_ms (greeting at $FIRST s)"
+else fail "outbound undeclared port: greeting '${GOT}' after $FIRST s"; fi
 hc "127.0.0.1:$L_PERM_GREET" "${FE_TLS[@]}" --timeout 3
 if [[ $GOT == *5.7.42-remora* ]] && within "$FIRST" 1.5; then
     pass "permissive opaque port, mTLS: the greeting arrives right after the handshake ($FIRST s)"
