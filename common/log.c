@@ -95,6 +95,31 @@ void cm_log_write(enum cm_log_level level, const char *fmt, ...)
     va_end(ap);
 }
 
+size_t cm_log_escape(char *dst, size_t cap, const char *src, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    if (cap == 0)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)src[i];
+        if (c >= 0x20 && c < 0x7f && c != '\\') {
+            if (o + 1 >= cap)
+                break;
+            dst[o++] = (char)c;
+        } else {
+            if (o + 4 >= cap)
+                break;
+            dst[o++] = '\\';
+            dst[o++] = 'x';
+            dst[o++] = hex[c >> 4];
+            dst[o++] = hex[c & 15];
+        }
+    }
+    dst[o] = '\0';
+    return o;
+}
+
 /* ---- rate-limited lines ------------------------------------------------------ */
 
 unsigned cm_log_limit_burst = 5;

@@ -6,6 +6,7 @@
 
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 
 enum cm_log_level {
     CM_LOG_ERROR = 0, /* something failed that an operator must look at */
@@ -41,6 +42,12 @@ void cm_log_vwrite(enum cm_log_level level, const char *fmt, va_list ap);
 #define cm_info(...)  cm_log(CM_LOG_INFO, __VA_ARGS__)
 #define cm_debug(...) cm_log(CM_LOG_DEBUG, __VA_ARGS__)
 #define cm_trace(...) cm_log(CM_LOG_TRACE, __VA_ARGS__)
+
+/* Copy the len bytes at src into dst (cap bytes, always NUL-terminated) so
+ * that any log can print them: printable ASCII stays, every other byte and
+ * the backslash become \xHH (a 0xff in a Host header reads "\xff"). Cut at
+ * cap; returns the length written. 4 * len + 1 bytes always suffice. */
+size_t cm_log_escape(char *dst, size_t cap, const char *src, size_t len);
 
 /* ---- rate-limited lines -------------------------------------------------------
  * For events a peer can repeat at will (failed handshakes, 5xx answers):

@@ -274,6 +274,61 @@ bool px_http_valid_value(const char *s, size_t len)
     return true;
 }
 
+bool px_http_valid_authority(const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+            continue;
+        if (c == '%') {
+            /* pct-encoded: exactly two hex digits */
+            if (i + 2 >= len)
+                return false;
+            for (size_t k = 1; k <= 2; k++) {
+                unsigned char h = (unsigned char)s[i + k];
+                if (!((h >= '0' && h <= '9') || (h >= 'a' && h <= 'f') || (h >= 'A' && h <= 'F')))
+                    return false;
+            }
+            i += 2;
+            continue;
+        }
+        if (strchr("-._~!$&'()*+,;=:[]", c) == NULL || c == '\0')
+            return false;
+    }
+    return true;
+}
+
+enum px_target_form px_http_parse_target(const char *t, size_t len, bool options,
+                                         struct px_target *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (memchr(t, '#', len) != NULL || len == 0)
+        return out->form = PX_TARGET_INVALID;
+    if (t[0] == '/')
+        return out->form = PX_TARGET_ORIGIN;
+    if (len == 1 && t[0] == '*')
+        return out->form = options ? PX_TARGET_ASTERISK : PX_TARGET_INVALID;
+    size_t off;
+    if (len >= 7 && strncasecmp(t, "http://", 7) == 0) {
+        out->scheme = "http";
+        off = 7;
+    } else if (len >= 8 && strncasecmp(t, "https://", 8) == 0) {
+        out->scheme = "https";
+        off = 8;
+    } else {
+        return out->form = PX_TARGET_INVALID;
+    }
+    size_t end = off;
+    while (end < len && t[end] != '/' && t[end] != '?')
+        end++;
+    if (end == off || !px_http_valid_authority(t + off, end - off))
+        return out->form = PX_TARGET_INVALID;
+    out->auth_off = off;
+    out->auth_len = end - off;
+    out->path_off = end;
+    return out->form = PX_TARGET_ABSOLUTE;
+}
+
 const char *px_method_class(const char *method)
 {
     if (method == NULL)
