@@ -236,7 +236,9 @@ static int on_headers_complete(llhttp_t *p)
         if (r->status == 101)
             return bad_response(p, "101 Switching Protocols we never asked for");
         u->informational = true;
-        return 0;
+        /* 1: a 1xx response ends with its head (RFC 9110 15.2), whatever
+         * framing fields it carries; what follows is the next response */
+        return 1;
     }
     struct px_h1_framing fr;
     int st;

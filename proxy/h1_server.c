@@ -49,6 +49,8 @@ struct h1s {
     bool peer_eof;         /* the client half-closed */
     bool freeing;
     size_t chunk_ext_bytes; /* chunk extension bytes of the current chunk-size line */
+    const char *exec_base;  /* the buffer llhttp_execute runs on now */
+    char prev_tail;         /* the last byte llhttp consumed before exec_base */
     struct cm_list link;
 };
 
@@ -294,6 +296,15 @@ static int on_header_value_complete(llhttp_t *p)
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
+    struct h1s *h = p->data;
+    /* llhttp takes a line starting with whitespace as the value's
+     * continuation (obs-fold) and restarts the value span there: refuse it
+     * (RFC 9112 5.2), a hop that does not fold would see another header */
+    if (len > 0 && (at[0] == ' ' || at[0] == '\t')) {
+        char before = at > h->exec_base ? at[-1] : h->prev_tail;
+        if (before == '\n')
+            return refuse(h, 400, "obs-fold (a header line starting with whitespace)");
+    }
     /* same accumulator, after the name */
     return on_header_field(p, at, len);
 }
@@ -605,6 +616,7 @@ static void process(struct h1s *h)
             v.iov_len = 0;
         }
         const char *data = v.iov_base;
+        h->exec_base = data;
         llhttp_errno_t err = llhttp_execute(&h->parser, data, v.iov_len);
         size_t used = v.iov_len;
         if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
@@ -618,6 +630,8 @@ static void process(struct h1s *h)
             parse_error(h, err);
             return;
         }
+        if (used > 0)
+            h->prev_tail = data[used - 1];
         evbuffer_drain(in, used);
         if (h->body_paused)
             px_io_read_enable(h->io, false);

@@ -636,7 +636,8 @@ void px_stream_on_resp_head(struct px_stream *s)
 
 bool px_stream_on_resp_data(struct px_stream *s, const uint8_t *data, size_t len)
 {
-    if (s->state != PX_STREAM_FORWARD || !s->attached[PX_DOWN] || s->ended[PX_DOWN])
+    if (s->state != PX_STREAM_FORWARD || !s->attached[PX_DOWN] || s->ended[PX_DOWN] ||
+        !s->head_sent[PX_DOWN]) /* no body bytes ahead of a head (e.g. a 1xx's) */
         return false;
     s->resp_body_bytes += len;
     s->ops[PX_DOWN]->send_data(s, data, len);
