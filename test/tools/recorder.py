@@ -6,8 +6,8 @@ Content-Length or chunked body) gets the next fixed answer, sent verbatim.
 
   recorder.py --dir DIR [--response ESC]... [--after MS:ESC] [--close]
 
---response  an answer, with escapes like \\r\\n interpreted; the i-th request on a
-            connection gets the i-th one (the last repeats). Default: a 200 "ok".
+--response  an answer, with escapes like \\r\\n interpreted; the i-th request
+            received (over all connections) gets the i-th one (the last repeats). Default: a 200 "ok".
             Whatever it holds is sent: an invalid status line, or bytes after
             the response (stray bytes) are the point.
 --after     MS:ESC  also send ESC on the connection MS ms after each answer (bytes
@@ -26,6 +26,7 @@ import time
 
 lock = threading.Lock()
 counter = [0]
+served = [0]
 
 
 def unescape(s):
@@ -63,7 +64,6 @@ def request_end(buf):
 def serve(conn, n, args, responses):
     path = os.path.join(args.dir, "conn-%d.bin" % n)
     buf = b""
-    i = 0
     with open(path, "ab") as f:
         while True:
             try:
@@ -83,11 +83,13 @@ def serve(conn, n, args, responses):
                 if e < 0:
                     break
                 buf = buf[e:]
+                with lock:
+                    i = served[0]
+                    served[0] += 1
                 try:
                     conn.sendall(responses[min(i, len(responses) - 1)])
                 except OSError:
                     return
-                i += 1
                 if args.after:
                     ms, _, extra = args.after.partition(":")
                     time.sleep(int(ms) / 1000.0)
