@@ -126,10 +126,10 @@ unsigned cm_log_limit_burst = 5;
 unsigned cm_log_limit_window_ms = 1000;
 
 struct limit_slot {
-    char key[48];        /* "" when free */
-    uint64_t window_ms;  /* start of the current window (monotonic) */
-    uint64_t last_ms;    /* last event, to pick the slot to reuse */
-    unsigned written;    /* lines written in this window */
+    char key[48];             /* "" when free */
+    uint64_t window_ms;       /* start of the current window (monotonic) */
+    uint64_t last_ms;         /* last event, to pick the slot to reuse */
+    unsigned written;         /* lines written in this window */
     unsigned long suppressed; /* lines counted, not written, since the last report */
     enum cm_log_level level;
 };

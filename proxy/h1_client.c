@@ -47,8 +47,9 @@ struct h1c {
     bool parser_paused;
     bool body_paused;
     bool replayable;     /* body-less request: may be resent once on a fresh connection */
-    const char *err_reason; /* why we refused the response (static), or NULL */
     struct cm_list link; /* pool idle list of its bucket, or the busy list */
+    /* why we refused the response (static), or NULL */
+    const char *err_reason;
 };
 
 #define POOL_BUCKETS 64
@@ -496,7 +497,8 @@ static void on_read(struct px_io *io, void *arg)
     struct h1c *u = arg;
     (void)io;
     if (u->state == H1C_IDLE) {
-        drop_stray(u, evbuffer_get_length(px_io_input(u->io))); /* an idle upstream has nothing to say */
+        /* an idle upstream has nothing to say */
+        drop_stray(u, evbuffer_get_length(px_io_input(u->io)));
         return;
     }
     process(u);

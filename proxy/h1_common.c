@@ -95,8 +95,8 @@ const char *px_h1_check_framing(const struct px_msg *m, int http_minor, struct p
             size_t k = 0;
             bool empty = true;
             while (k < h->valuelen) {
-                while (k < h->valuelen && (h->value[k] == ' ' || h->value[k] == '\t' ||
-                                           h->value[k] == ','))
+                while (k < h->valuelen &&
+                       (h->value[k] == ' ' || h->value[k] == '\t' || h->value[k] == ','))
                     k++;
                 size_t start = k;
                 while (k < h->valuelen && h->value[k] != ',')
@@ -108,7 +108,8 @@ const char *px_h1_check_framing(const struct px_msg *m, int http_minor, struct p
                     continue;
                 empty = false;
                 codings++;
-                bool is_chunked = end - start == 7 && strncasecmp(h->value + start, "chunked", 7) == 0;
+                bool is_chunked =
+                    end - start == 7 && strncasecmp(h->value + start, "chunked", 7) == 0;
                 if (is_chunked && chunked_seen)
                     return "chunked applied twice";
                 chunked_seen = chunked_seen || is_chunked;

@@ -38,7 +38,6 @@ struct h1s {
     struct px_timer timer; /* idle / header deadline */
     struct event *kick;    /* re-run the parser from the event loop */
     int err_status;        /* status for a parse error we raise ourselves */
-    const char *err_reason; /* static text for it (llhttp overwrites its own reason) */
     bool keep_alive;       /* this response may leave the connection open */
     bool chunked;          /* response body chunked toward the client */
     bool head_req;         /* HEAD: no response body */
@@ -48,6 +47,7 @@ struct h1s {
     bool body_paused;      /* paused for backpressure */
     bool peer_eof;         /* the client half-closed */
     bool freeing;
+    const char *err_reason; /* static text for err_status (llhttp overwrites its own) */
     size_t chunk_ext_bytes; /* chunk extension bytes of the current chunk-size line */
     const char *exec_base;  /* the buffer llhttp_execute runs on now */
     char prev_tail;         /* the last byte llhttp consumed before exec_base */
@@ -581,8 +581,9 @@ static void parse_error(struct h1s *h, llhttp_errno_t err)
         break;
     default:
         /* name the rule that was broken: the client's developer reads this */
-        snprintf(buf, sizeof(buf), "%s: %s", status == 501 ? "not implemented" : "malformed request",
-                 h->err_reason != NULL                        ? h->err_reason
+        snprintf(buf, sizeof(buf), "%s: %s",
+                 status == 501 ? "not implemented" : "malformed request",
+                 h->err_reason != NULL                         ? h->err_reason
                  : llhttp_get_error_reason(&h->parser) != NULL ? llhttp_get_error_reason(&h->parser)
                                                                : llhttp_errno_name(err));
         why = buf;

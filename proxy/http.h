@@ -92,10 +92,10 @@ enum px_target_form {
 };
 struct px_target {
     enum px_target_form form;
-    const char *scheme;   /* ABSOLUTE: "http" or "https" (static) */
-    size_t auth_off;      /* ABSOLUTE: where the authority starts in the target */
-    size_t auth_len;      /* ABSOLUTE: its length (never 0) */
-    size_t path_off;      /* ABSOLUTE: where the path or query starts (may be len) */
+    const char *scheme; /* ABSOLUTE: "http" or "https" (static) */
+    size_t auth_off;    /* ABSOLUTE: where the authority starts in the target */
+    size_t auth_len;    /* ABSOLUTE: its length (never 0) */
+    size_t path_off;    /* ABSOLUTE: where the path or query starts (may be len) */
 };
 /* Classify the target t of len bytes; `options` is whether the method is
  * OPTIONS (the only one allowed "*"). A fragment ('#') is in no form. An

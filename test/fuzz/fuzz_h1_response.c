@@ -197,7 +197,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (fd >= 0) {
             ufd[1] = fd;
             pump(sv[1], &out, ufd, 2, 2);
-            static const char fresh[] = "HTTP/1.1 200 OK\r\nx-fresh: 1\r\ncontent-length: 5\r\n\r\nfresh";
+            static const char fresh[] =
+                "HTTP/1.1 200 OK\r\nx-fresh: 1\r\ncontent-length: 5\r\n\r\nfresh";
             if (write(fd, fresh, sizeof(fresh) - 1) < 0) {
                 /* the proxy may have closed it already: nothing to check */
             }

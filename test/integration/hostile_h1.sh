@@ -265,6 +265,12 @@ expect_match "row 12: ... and names the peer" "$line" '"peer":"127.0.0.1:[0-9]+"
 code=$(curl -s -o /dev/null -w '%{http_code}' --http2-prior-knowledge -H 'Host: internal.svc' "http://127.0.0.1:$P_IN/h2host")
 expect_eq "h2: curl turns Host into :authority: the policy denies internal.svc" "$code" 403
 app_got p-in "$TMP/got.bin"; expect_eq "... and the app got nothing" "$(stat -c %s "$TMP/got.bin")" 0
+out=$(nghttp -v -H 'host: internal.svc' "http://127.0.0.1:$P_IN/h2mismatch" 2>&1)
+expect_match "h2: a host field naming another authority than :authority -> stream reset" "$out" 'recv RST_STREAM'
+[[ $out == *':status: 200'* ]] && fail "... but it was answered 200" || pass "... not answered"
+app_got p-in "$TMP/got.bin"; expect_eq "... and the app got nothing" "$(stat -c %s "$TMP/got.bin")" 0
+line=$(grep -a '"path":"/h2mismatch"' "$TMP/p-access.log" | tail -1)
+expect_match "row 12: the refused h2 stream's access log line names its peer" "$line" '"peer":"127.0.0.1:[0-9]+"'
 
 # ---- stays up ----------------------------------------------------------------------------------
 check "P still alive" alive "$PPID_"
@@ -329,6 +335,8 @@ held=$(grep -o 'suppressed [0-9]* similar' <<<"$lines" | awk '{s += $2} END {pri
 expect_eq "row 14: the metric counts all 40 failed handshakes" "$((f1 - f0))" 40
 check "row 14: at most a few warn lines ($written for 40)" test "$written" -ge 1 -a "$written" -le 20
 expect_eq "row 14: lines written + counted as suppressed = 40" "$((written + held))" 40
+echo "# sample lines: $(grep -a -m1 'mTLS from' "$TMP/b.log")"
+echo "#               $(grep -a -m1 'suppressed .* similar lines' "$TMP/b.log")"
 
 # ---- peers: nginx and haproxy refuse the same requests --------------------------------------------
 NG=$(free_port); HA=$(free_port)

@@ -301,10 +301,14 @@ static void limited_slot_reuse(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(level_parse),  cmocka_unit_test(level_names),
-        cmocka_unit_test(level_filter), cmocka_unit_test(text_line),
-        cmocka_unit_test(json_line),    cmocka_unit_test(long_message_is_cut),
-        cmocka_unit_test(limited_burst_and_counts), cmocka_unit_test(limited_slot_reuse),
+        cmocka_unit_test(level_parse),
+        cmocka_unit_test(level_names),
+        cmocka_unit_test(level_filter),
+        cmocka_unit_test(text_line),
+        cmocka_unit_test(json_line),
+        cmocka_unit_test(long_message_is_cut),
+        cmocka_unit_test(limited_burst_and_counts),
+        cmocka_unit_test(limited_slot_reuse),
     };
     return cmocka_run_group_tests_name("common/log", tests, NULL, NULL);
 }

@@ -45,10 +45,10 @@ static void framing(void **state)
     static const struct {
         const char *head;
         int minor;
-        const char *why;    /* NULL: valid */
-        int status;         /* when refused */
-        int64_t cl;         /* when valid */
-        bool chunked;       /* when valid */
+        const char *why; /* NULL: valid */
+        int status;      /* when refused */
+        int64_t cl;      /* when valid */
+        bool chunked;    /* when valid */
     } cases[] = {
         {"", 1, NULL, 0, -1, false},
         {"content-length: 0", 1, NULL, 0, 0, false},
@@ -66,12 +66,14 @@ static void framing(void **state)
         {"content-length: 5\ncontent-length: 6", 1, "more than one Content-Length", 400, 0, false},
         {"transfer-encoding: chunked", 1, NULL, 0, -1, true},
         {"transfer-encoding: Chunked", 1, NULL, 0, -1, true},
-        {"transfer-encoding: gzip", 1, "Transfer-Encoding does not end with chunked", 400, 0, false},
+        {"transfer-encoding: gzip", 1, "Transfer-Encoding does not end with chunked", 400, 0,
+         false},
         {"transfer-encoding: identity", 1, "Transfer-Encoding does not end with chunked", 400, 0,
          false},
         {"transfer-encoding: chunked, gzip", 1, "Transfer-Encoding does not end with chunked", 400,
          0, false},
-        {"transfer-encoding: gzip, chunked", 1, "transfer coding other than chunked", 501, 0, false},
+        {"transfer-encoding: gzip, chunked", 1, "transfer coding other than chunked", 501, 0,
+         false},
         {"transfer-encoding: gzip\ntransfer-encoding: chunked", 1,
          "transfer coding other than chunked", 501, 0, false},
         {"transfer-encoding: chunked, chunked", 1, "chunked applied twice", 400, 0, false},
@@ -81,7 +83,8 @@ static void framing(void **state)
         {"transfer-encoding: ,", 1, "empty Transfer-Encoding", 400, 0, false},
         {"transfer-encoding: chunked;q=1", 1, "Transfer-Encoding does not end with chunked", 400, 0,
          false},
-        {"transfer-encoding: chunked", 0, "Transfer-Encoding in an HTTP/1.0 message", 400, 0, false},
+        {"transfer-encoding: chunked", 0, "Transfer-Encoding in an HTTP/1.0 message", 400, 0,
+         false},
         {"content-length: 3\ntransfer-encoding: chunked", 1,
          "both Content-Length and Transfer-Encoding", 400, 0, false},
         {"transfer-encoding: chunked\ncontent-length: 3", 1,
@@ -128,7 +131,8 @@ static void targets(void **state)
         {"", false, PX_TARGET_INVALID, NULL, NULL, NULL},
         {"a/b", false, PX_TARGET_INVALID, NULL, NULL, NULL},
         {"/a#frag", false, PX_TARGET_INVALID, NULL, NULL, NULL},
-        {"http://internal.svc/secret", false, PX_TARGET_ABSOLUTE, "internal.svc", "/secret", "http"},
+        {"http://internal.svc/secret", false, PX_TARGET_ABSOLUTE, "internal.svc", "/secret",
+         "http"},
         {"HTTP://Internal.svc:8080", false, PX_TARGET_ABSOLUTE, "Internal.svc:8080", "", "http"},
         {"https://a?q=1", false, PX_TARGET_ABSOLUTE, "a", "?q=1", "https"},
         {"http://[::1]:80/x", false, PX_TARGET_ABSOLUTE, "[::1]:80", "/x", "http"},
@@ -158,12 +162,11 @@ static void targets(void **state)
 static void authorities(void **state)
 {
     (void)state;
-    static const char *const ok[] = {"",          "a",           "public.svc",    "public.svc:8080",
-                                     "10.0.0.1:80", "[::1]:8080", "a-b_c~d.e",     "%41b",
-                                     "a!$&'()*+,;=b"};
-    static const char *const bad[] = {"a b",   "a/b", "a?b", "a#b",   "user@host", "a\\b",
-                                      "a\tb",  "%4",  "%zz", "a\"b",  "a<b>",      "\xff",
-                                      "a\x7f", "a%"};
+    static const char *const ok[] = {
+        "",           "a",         "public.svc", "public.svc:8080", "10.0.0.1:80",
+        "[::1]:8080", "a-b_c~d.e", "%41b",       "a!$&'()*+,;=b"};
+    static const char *const bad[] = {"a b", "a/b", "a?b",  "a#b",  "user@host", "a\\b",  "a\tb",
+                                      "%4",  "%zz", "a\"b", "a<b>", "\xff",      "a\x7f", "a%"};
     for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
         if (!px_http_valid_authority(ok[i], strlen(ok[i])))
             fail_msg("'%s' should be a valid authority", ok[i]);
