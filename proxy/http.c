@@ -274,26 +274,40 @@ bool px_http_valid_value(const char *s, size_t len)
     return true;
 }
 
+/* RFC 3986 unreserved, sub-delims, ':' and the IP-literal brackets: one
+ * lookup per byte ('%' is handled apart) */
+static bool authority_char[256];
+static bool authority_ready;
+
+static void authority_init(void)
+{
+    for (int c = 'a'; c <= 'z'; c++)
+        authority_char[c] = authority_char[c - 32] = true;
+    for (int c = '0'; c <= '9'; c++)
+        authority_char[c] = true;
+    for (const char *p = "-._~!$&'()*+,;=:[]"; *p; p++)
+        authority_char[(unsigned char)*p] = true;
+    authority_ready = true;
+}
+
+static bool is_hex(unsigned char h)
+{
+    return (h >= '0' && h <= '9') || (h >= 'a' && h <= 'f') || (h >= 'A' && h <= 'F');
+}
+
 bool px_http_valid_authority(const char *s, size_t len)
 {
+    if (!authority_ready)
+        authority_init();
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
-        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        if (authority_char[c])
             continue;
-        if (c == '%') {
-            /* pct-encoded: exactly two hex digits */
-            if (i + 2 >= len)
-                return false;
-            for (size_t k = 1; k <= 2; k++) {
-                unsigned char h = (unsigned char)s[i + k];
-                if (!((h >= '0' && h <= '9') || (h >= 'a' && h <= 'f') || (h >= 'A' && h <= 'F')))
-                    return false;
-            }
-            i += 2;
-            continue;
-        }
-        if (strchr("-._~!$&'()*+,;=:[]", c) == NULL || c == '\0')
+        /* pct-encoded: exactly two hex digits */
+        if (c != '%' || i + 2 >= len || !is_hex((unsigned char)s[i + 1]) ||
+            !is_hex((unsigned char)s[i + 2]))
             return false;
+        i += 2;
     }
     return true;
 }
