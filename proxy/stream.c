@@ -248,11 +248,13 @@ static void warn_5xx(struct px_stream *s, int status, const char *body)
     cm_log_escape(path, sizeof(path), p, strlen(p));
     const char *cause = s->cause != PX_CAUSE_NONE ? px_cause_str(s->cause) : body;
     bool has_up = s->upstream.len > 0;
+    /* the detail belongs to the invalid response it names, not to a later try */
+    const char *detail = s->cause == PX_CAUSE_UPSTREAM_PROTO ? s->cause_detail : NULL;
     cm_log_limited(CM_LOG_WARN, cause, "listener %s: %d for %s %s from %s, upstream %s: %s%s%s",
                    s->lcfg->name, status, s->req.method ? s->req.method : "-", path,
                    cm_addr_format(&s->conn_peer, peer, sizeof(peer)),
                    has_up ? cm_addr_format(&s->upstream, up, sizeof(up)) : "-", cause,
-                   s->cause_detail ? ": " : "", s->cause_detail ? s->cause_detail : "");
+                   detail ? ": " : "", detail ? detail : "");
 }
 
 void px_stream_respond(struct px_stream *s, int status, const char *body)
@@ -267,6 +269,8 @@ void px_stream_respond(struct px_stream *s, int status, const char *body)
         return;
     }
     s->state = PX_STREAM_LOCAL;
+    if (status == 502 || status == 503 || status == 504)
+        warn_5xx(s, status, body); /* before the codecs may finish the stream */
     if (s->attached[PX_UP])
         abort_side(s, PX_UP);
     size_t blen = strlen(body);
@@ -287,8 +291,6 @@ void px_stream_respond(struct px_stream *s, int status, const char *body)
     s->ops[PX_DOWN]->send_end(s);
     if (status >= 500)
         px_metrics.upstream_errors++;
-    if (status == 502 || status == 503 || status == 504)
-        warn_5xx(s, status, body);
 }
 
 static void on_request_timeout(evutil_socket_t fd, short what, void *arg)
