@@ -1,5 +1,6 @@
 #include "common/log.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -92,4 +93,126 @@ void cm_log_write(enum cm_log_level level, const char *fmt, ...)
     va_start(ap, fmt);
     cm_log_vwrite(level, fmt, ap);
     va_end(ap);
+}
+
+size_t cm_log_escape(char *dst, size_t cap, const char *src, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    if (cap == 0)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)src[i];
+        if (c >= 0x20 && c < 0x7f && c != '\\') {
+            if (o + 1 >= cap)
+                break;
+            dst[o++] = (char)c;
+        } else {
+            if (o + 4 >= cap)
+                break;
+            dst[o++] = '\\';
+            dst[o++] = 'x';
+            dst[o++] = hex[c >> 4];
+            dst[o++] = hex[c & 15];
+        }
+    }
+    dst[o] = '\0';
+    return o;
+}
+
+/* ---- rate-limited lines ------------------------------------------------------ */
+
+unsigned cm_log_limit_burst = 5;
+unsigned cm_log_limit_window_ms = 1000;
+
+struct limit_slot {
+    char key[48];             /* "" when free */
+    uint64_t window_ms;       /* start of the current window (monotonic) */
+    uint64_t last_ms;         /* last event, to pick the slot to reuse */
+    unsigned written;         /* lines written in this window */
+    unsigned long suppressed; /* lines counted, not written, since the last report */
+    enum cm_log_level level;
+};
+static struct limit_slot slots[CM_LOG_LIMIT_KEYS];
+
+static void report_suppressed(struct limit_slot *sl)
+{
+    if (sl->suppressed == 0)
+        return;
+    if (sl->level <= cm_log_current_level)
+        cm_log_write(sl->level, "%s: suppressed %lu similar lines", sl->key, sl->suppressed);
+    sl->suppressed = 0;
+}
+
+static struct limit_slot *slot_for(const char *key, uint64_t now)
+{
+    struct limit_slot *free_sl = NULL, *oldest = &slots[0];
+    for (size_t i = 0; i < CM_LOG_LIMIT_KEYS; i++) {
+        struct limit_slot *sl = &slots[i];
+        if (sl->key[0] == '\0') {
+            if (free_sl == NULL)
+                free_sl = sl;
+            continue;
+        }
+        if (strncmp(sl->key, key, sizeof(sl->key) - 1) == 0)
+            return sl;
+        if (sl->last_ms < oldest->last_ms)
+            oldest = sl;
+    }
+    struct limit_slot *sl = free_sl;
+    if (sl == NULL) {
+        sl = oldest;
+        report_suppressed(sl);
+    }
+    memset(sl, 0, sizeof(*sl));
+    snprintf(sl->key, sizeof(sl->key), "%s", key[0] ? key : "-");
+    sl->window_ms = now;
+    return sl;
+}
+
+bool cm_log_limited(enum cm_log_level level, const char *key, const char *fmt, ...)
+{
+    if (level > cm_log_current_level)
+        return false; /* not wanted at this level: not even counted */
+    uint64_t now = cm_mono_ms();
+    struct limit_slot *sl = slot_for(key, now);
+    sl->level = level;
+    sl->last_ms = now;
+    if (now - sl->window_ms >= cm_log_limit_window_ms) {
+        sl->window_ms = now;
+        sl->written = 0;
+    }
+    if (sl->written >= cm_log_limit_burst) {
+        sl->suppressed++;
+        return false;
+    }
+    sl->written++;
+    char msg[1900];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (sl->suppressed > 0) {
+        cm_log_write(level, "%s (suppressed %lu similar)", msg, sl->suppressed);
+        sl->suppressed = 0;
+    } else {
+        cm_log_write(level, "%s", msg);
+    }
+    return true;
+}
+
+void cm_log_limited_flush(void)
+{
+    uint64_t now = cm_mono_ms();
+    for (size_t i = 0; i < CM_LOG_LIMIT_KEYS; i++) {
+        struct limit_slot *sl = &slots[i];
+        if (sl->key[0] != '\0' && sl->suppressed > 0 &&
+            now - sl->window_ms >= cm_log_limit_window_ms)
+            report_suppressed(sl);
+    }
+}
+
+void cm_log_limited_reset(void)
+{
+    memset(slots, 0, sizeof(slots));
 }

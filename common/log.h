@@ -5,6 +5,8 @@
 #define CM_LOG_H
 
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
 
 enum cm_log_level {
     CM_LOG_ERROR = 0, /* something failed that an operator must look at */
@@ -40,5 +42,38 @@ void cm_log_vwrite(enum cm_log_level level, const char *fmt, va_list ap);
 #define cm_info(...)  cm_log(CM_LOG_INFO, __VA_ARGS__)
 #define cm_debug(...) cm_log(CM_LOG_DEBUG, __VA_ARGS__)
 #define cm_trace(...) cm_log(CM_LOG_TRACE, __VA_ARGS__)
+
+/* Copy the len bytes at src into dst (cap bytes, always NUL-terminated) so
+ * that any log can print them: printable ASCII stays, every other byte and
+ * the backslash become \xHH (a 0xff in a Host header reads "\xff"). Cut at
+ * cap; returns the length written. 4 * len + 1 bytes always suffice. */
+size_t cm_log_escape(char *dst, size_t cap, const char *src, size_t len);
+
+/* ---- rate-limited lines -------------------------------------------------------
+ * For events a peer can repeat at will (failed handshakes, 5xx answers):
+ *
+ *   cm_log_limited(CM_LOG_WARN, "tls-handshake", "listener %s: mTLS from %s refused: %s", ...);
+ *
+ * At most cm_log_limit_burst lines (default 5) per key per window of
+ * cm_log_limit_window_ms (default 1000 ms) are written; the others are counted.
+ * The first line written for that key after a window with suppressed lines
+ * ends with " (suppressed K similar)", and cm_log_limited_flush(), run about
+ * once a second by the program's event loop, writes
+ *   "<key>: suppressed K similar lines"
+ * for a key that went quiet, so no count is lost. The key is a short string
+ * naming the kind of event (it is copied); at most CM_LOG_LIMIT_KEYS kinds are
+ * tracked at once, the one idle longest making room for a new one (its
+ * pending count is written first). Not thread-safe: call from one thread
+ * (the event loop). Returns true when the line was written. */
+#define CM_LOG_LIMIT_KEYS 32
+extern unsigned cm_log_limit_burst;
+extern unsigned cm_log_limit_window_ms;
+
+bool cm_log_limited(enum cm_log_level level, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Write the pending "suppressed" summaries of keys whose window has ended. */
+void cm_log_limited_flush(void);
+/* Forget every key and count (tests). */
+void cm_log_limited_reset(void);
 
 #endif

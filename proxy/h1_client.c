@@ -48,6 +48,8 @@ struct h1c {
     bool body_paused;
     bool replayable;     /* body-less request: may be resent once on a fresh connection */
     struct cm_list link; /* pool idle list of its bucket, or the busy list */
+    /* why we refused the response (static), or NULL */
+    const char *err_reason;
 };
 
 #define POOL_BUCKETS 64
@@ -177,11 +179,19 @@ static const struct px_side_ops h1c_ops = {
 
 /* ---- llhttp callbacks (response) ------------------------------------------- */
 
+/* Refuse the response being parsed (the client gets a 502): why is static. */
+static int bad_response(llhttp_t *p, const char *why)
+{
+    struct h1c *u = p->data;
+    u->err_reason = why; /* llhttp overwrites its own reason on HPE_USER */
+    return HPE_USER;
+}
+
 static int on_message_begin(llhttp_t *p)
 {
     struct h1c *u = p->data;
     if (u->s == NULL)
-        return HPE_USER; /* bytes nobody asked for */
+        return bad_response(p, "bytes nobody asked for");
     px_msg_init(&u->s->resp);
     px_h1_acc_reset(&u->acc);
     u->informational = false;
@@ -191,7 +201,9 @@ static int on_message_begin(llhttp_t *p)
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     struct h1c *u = p->data;
-    return px_h1_acc_append(&u->acc, at, len, limits()->max_header_bytes) ? 0 : HPE_USER;
+    return px_h1_acc_append(&u->acc, at, len, limits()->max_header_bytes)
+               ? 0
+               : bad_response(p, "response head too large");
 }
 
 static int on_header_field_complete(llhttp_t *p)
@@ -208,7 +220,7 @@ static int on_header_value_complete(llhttp_t *p)
     return px_h1_acc_take_header(&u->acc, &u->s->arena, &u->s->resp, lim->max_header_bytes,
                                  lim->max_headers) == 0
                ? 0
-               : HPE_USER;
+               : bad_response(p, "invalid or too many header fields");
 }
 
 static int on_headers_complete(llhttp_t *p)
@@ -217,17 +229,31 @@ static int on_headers_complete(llhttp_t *p)
     struct px_msg *r = &u->s->resp;
     r->status = p->status_code;
     r->http_minor = p->http_minor;
+    if (p->http_major != 1)
+        return bad_response(p, "not an HTTP/1.x response");
+    if (r->status < 100 || r->status > 599) /* RFC 9110 15: three digits, 1xx to 5xx */
+        return bad_response(p, "invalid status code");
     if (r->status >= 100 && r->status < 200) {
         if (r->status == 101)
-            return HPE_USER; /* we never ask for an upgrade */
+            return bad_response(p, "101 Switching Protocols we never asked for");
         u->informational = true;
-        return 0;
+        /* 1: a 1xx response ends with its head (RFC 9110 15.2), whatever
+         * framing fields it carries; what follows is the next response */
+        return 1;
     }
-    bool chunked = (p->flags & F_CHUNKED) != 0;
-    if (!chunked && (p->flags & F_CONTENT_LENGTH))
-        r->content_length = (int64_t)p->content_length;
+    struct px_h1_framing fr;
+    int st;
+    const char *why = px_h1_check_framing(r, r->http_minor, &fr, &st);
+    if (why != NULL)
+        return bad_response(p, why);
+    bool no_body = u->head_req || r->status == 204 || r->status == 304;
+    if (!no_body && (fr.chunked != ((p->flags & F_CHUNKED) != 0) ||
+                     (!fr.chunked && fr.content_length >= 0 &&
+                      (uint64_t)fr.content_length != p->content_length)))
+        return bad_response(p, "framing the parser reads differently"); /* never expected */
+    r->content_length = fr.chunked ? -1 : fr.content_length;
     px_msg_remove(r, "content-length");
-    r->end_stream = u->head_req || r->status == 204 || r->status == 304 || r->content_length == 0;
+    r->end_stream = no_body || r->content_length == 0;
     px_stream_on_resp_head(u->s);
     return u->head_req ? 1 : 0; /* 1: a response to HEAD has no body */
 }
@@ -339,6 +365,43 @@ static bool replay(struct h1c *u)
     return true;
 }
 
+/* Bytes from an upstream after its response, or while idle in the pool
+ * (a body after a HEAD response, a second response nobody asked for): they
+ * would be read as the answer to the next request on this connection, so
+ * the connection is dropped, and that is worth a (rate-limited) warn line. */
+static void drop_stray(struct h1c *u, size_t n)
+{
+    char a[CM_ADDR_STRLEN];
+    px_metrics.upstream_cx_stray_bytes++;
+    cm_log_limited(CM_LOG_WARN, "h1 upstream stray bytes",
+                   "h1 upstream %s: %s%zu unexpected bytes after a complete response; "
+                   "connection closed, not reused",
+                   cm_addr_format(&u->addr, a, sizeof(a)), n ? "" : "at least ", n ? n : 1);
+    conn_dead(u);
+}
+
+/* Is an idle connection still fit for a request, right before reuse? Not
+ * when bytes wait in our buffer or in the socket (the loop may not have
+ * delivered them yet), nor after the server's EOF or an error: then it is
+ * closed here (with a warn line for bytes) and false returned. */
+static bool fit_for_reuse(struct h1c *u)
+{
+    size_t n = evbuffer_get_length(px_io_input(u->io));
+    if (n > 0) {
+        drop_stray(u, n);
+        return false;
+    }
+    char b;
+    ssize_t r = recv(px_io_fd(u->io), &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (r > 0)
+        drop_stray(u, 0);
+    else if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+        conn_dead(u); /* the server closed it: the keep-alive race, lost quietly */
+    else
+        return true;
+    return false;
+}
+
 static void release(struct h1c *u)
 {
     struct px_stream *s = u->s;
@@ -346,8 +409,12 @@ static void release(struct h1c *u)
     if (s != NULL)
         px_stream_detach(s, PX_UP);
     struct bucket *b = &pool[bucket_of(&u->addr)];
-    if (!u->keep_alive || px_srv->draining || b->nidle >= limits()->pool_max_idle ||
-        evbuffer_get_length(px_io_input(u->io)) > 0) {
+    size_t left = evbuffer_get_length(px_io_input(u->io));
+    if (left > 0 && u->keep_alive && !px_srv->draining) {
+        drop_stray(u, left);
+        return;
+    }
+    if (!u->keep_alive || px_srv->draining || b->nidle >= limits()->pool_max_idle || left > 0) {
         conn_dead(u);
         return;
     }
@@ -410,8 +477,11 @@ static void process(struct h1c *u)
             u->parser_paused = true;
         } else if (err != HPE_OK) {
             char a[CM_ADDR_STRLEN];
+            const char *why = u->err_reason ? u->err_reason : llhttp_get_error_reason(&u->parser);
             cm_debug("h1 upstream %s: bad response: %s", cm_addr_format(&u->addr, a, sizeof(a)),
-                     llhttp_get_error_reason(&u->parser));
+                     why ? why : llhttp_errno_name(err));
+            if (u->s != NULL) /* llhttp's reasons and ours are static strings */
+                u->s->cause_detail = why ? why : llhttp_errno_name(err);
             evbuffer_drain(in, v.iov_len);
             fail(u, PX_CAUSE_UPSTREAM_PROTO);
             return;
@@ -427,7 +497,8 @@ static void on_read(struct px_io *io, void *arg)
     struct h1c *u = arg;
     (void)io;
     if (u->state == H1C_IDLE) {
-        conn_dead(u); /* an idle upstream has nothing to say */
+        /* an idle upstream has nothing to say */
+        drop_stray(u, evbuffer_get_length(px_io_input(u->io)));
         return;
     }
     process(u);
@@ -494,6 +565,7 @@ static void bind_stream(struct h1c *u, struct px_stream *s)
     u->s = s;
     u->got_bytes = u->req_done = u->resp_done = false;
     u->body_paused = u->informational = false;
+    u->err_reason = NULL;
     u->keep_alive = true;
     llhttp_init(&u->parser, HTTP_RESPONSE, &settings);
     u->parser.data = u;
@@ -528,12 +600,16 @@ void px_h1_client_attach(struct px_stream *s)
     struct bucket *b = &pool[bucket_of(&s->upstream)];
     struct cm_list *n;
     struct h1c *u = NULL;
-    for (n = b->idle.next; n != &b->idle; n = n->next) {
+    struct cm_list *next;
+    for (n = b->idle.next; n != &b->idle; n = next) {
+        next = n->next;
         struct h1c *c = cm_container_of(n, struct h1c, link);
-        if (cm_addr_equal(&c->addr, &s->upstream)) {
-            u = c;
-            break;
-        }
+        if (!cm_addr_equal(&c->addr, &s->upstream))
+            continue;
+        if (!fit_for_reuse(c))
+            continue;
+        u = c;
+        break;
     }
     if (u != NULL) {
         cm_list_remove(&u->link);

@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "common/xalloc.h"
 
@@ -52,6 +53,86 @@ int px_h1_acc_take_header(struct h1_acc *a, struct px_arena *arena, struct px_ms
         return 431;
     px_h1_acc_reset(a);
     return 0;
+}
+
+/* 1*DIGIT up to 2^63-1: no sign, no space, no list ("5, 5"). */
+static int64_t parse_length(const char *v, size_t len)
+{
+    if (len == 0 || len > 19)
+        return -1;
+    uint64_t n = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        n = n * 10 + (uint64_t)(v[i] - '0'); /* 19 digits fit in 64 bits */
+    }
+    return n > (uint64_t)INT64_MAX ? -1 : (int64_t)n;
+}
+
+const char *px_h1_check_framing(const struct px_msg *m, int http_minor, struct px_h1_framing *out,
+                                int *status)
+{
+    out->content_length = -1;
+    out->chunked = false;
+    *status = 400;
+    unsigned ncl = 0, nte = 0, codings = 0;
+    bool chunked_last = false, chunked_seen = false;
+    for (uint32_t i = 0; i < m->nhdrs; i++) {
+        const struct px_hdr *h = &m->hdrs[i];
+        if (PX_HDR_IS(h, "content-length")) {
+            if (++ncl > 1)
+                return "more than one Content-Length";
+            out->content_length = parse_length(h->value, h->valuelen);
+            if (out->content_length < 0) {
+                bool digits = h->valuelen > 0;
+                for (uint32_t k = 0; k < h->valuelen; k++)
+                    digits = digits && h->value[k] >= '0' && h->value[k] <= '9';
+                return digits ? "Content-Length above 2^63-1" : "Content-Length is not a number";
+            }
+        } else if (PX_HDR_IS(h, "transfer-encoding")) {
+            nte++;
+            /* codings are a comma list, possibly over several field lines */
+            size_t k = 0;
+            bool empty = true;
+            while (k < h->valuelen) {
+                while (k < h->valuelen &&
+                       (h->value[k] == ' ' || h->value[k] == '\t' || h->value[k] == ','))
+                    k++;
+                size_t start = k;
+                while (k < h->valuelen && h->value[k] != ',')
+                    k++;
+                size_t end = k;
+                while (end > start && (h->value[end - 1] == ' ' || h->value[end - 1] == '\t'))
+                    end--;
+                if (end == start)
+                    continue;
+                empty = false;
+                codings++;
+                bool is_chunked =
+                    end - start == 7 && strncasecmp(h->value + start, "chunked", 7) == 0;
+                if (is_chunked && chunked_seen)
+                    return "chunked applied twice";
+                chunked_seen = chunked_seen || is_chunked;
+                chunked_last = is_chunked;
+            }
+            if (empty)
+                return "empty Transfer-Encoding";
+        }
+    }
+    if (nte == 0)
+        return NULL;
+    if (http_minor == 0)
+        return "Transfer-Encoding in an HTTP/1.0 message";
+    if (ncl > 0)
+        return "both Content-Length and Transfer-Encoding";
+    if (!chunked_last)
+        return "Transfer-Encoding does not end with chunked";
+    if (codings > 1) {
+        *status = 501;
+        return "transfer coding other than chunked";
+    }
+    out->chunked = true;
+    return NULL;
 }
 
 /* Names are lower case and NUL-terminated (http.c). */

@@ -30,6 +30,24 @@ bool px_h1_acc_append(struct h1_acc *a, const char *at, size_t len, size_t max);
 int px_h1_acc_take_header(struct h1_acc *a, struct px_arena *arena, struct px_msg *m,
                           uint32_t max_bytes, uint32_t max_count);
 
+/* How a message body is delimited, decided from its head alone (RFC 9112
+ * 6.1-6.3) before anything is forwarded. */
+struct px_h1_framing {
+    int64_t content_length; /* -1: none */
+    bool chunked;           /* Transfer-Encoding: chunked */
+};
+/* Check the framing fields of m (Content-Length, Transfer-Encoding; all of
+ * their field lines), received as HTTP/1.<http_minor>. Valid: at most one
+ * Content-Length field holding 1 to 19 digits and at most 2^63-1; a
+ * Transfer-Encoding whose codings are exactly one "chunked" (the only coding
+ * we can take apart: anything else would reach the next hop undeclared); not
+ * both; no Transfer-Encoding in HTTP/1.0. Returns NULL and fills out when
+ * valid; else a static reason for the log, with *status 400 (or 501 for a
+ * transfer coding other than chunked ahead of a final chunked). A response
+ * is refused (502) on any reason. */
+const char *px_h1_check_framing(const struct px_msg *m, int http_minor, struct px_h1_framing *out,
+                                int *status);
+
 /* A message head written into one extent reserved in the output evbuffer:
  * one reserve + commit per head instead of an evbuffer_add (each running the
  * buffer's callbacks) per piece, and no printf. `need` is an upper bound; if

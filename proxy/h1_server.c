@@ -47,6 +47,10 @@ struct h1s {
     bool body_paused;      /* paused for backpressure */
     bool peer_eof;         /* the client half-closed */
     bool freeing;
+    const char *err_reason; /* static text for err_status (llhttp overwrites its own) */
+    size_t chunk_ext_bytes; /* chunk extension bytes of the current chunk-size line */
+    const char *exec_base;  /* the buffer llhttp_execute runs on now */
+    char prev_tail;         /* the last byte llhttp consumed before exec_base */
     struct cm_list link;
 };
 
@@ -56,6 +60,7 @@ static bool settings_ready;
 
 static void process(struct h1s *h);
 static void close_conn(struct h1s *h);
+static int refuse(struct h1s *h, int status, const char *why);
 
 static const struct px_limits *limits(void)
 {
@@ -194,8 +199,11 @@ static void reply_error(struct h1s *h, int status, const char *body)
         struct px_stream *s = h->s;
         h->keep_alive = false;
         if (!s->attached[PX_UP] && s->state == PX_STREAM_HEAD) {
-            /* never reached the stream logic: answer without it */
+            /* never reached the stream logic: answer without it (the
+             * access log line still records the status we answer) */
             h->s = NULL;
+            s->resp.status = status;
+            s->head_sent[PX_DOWN] = true;
             px_stream_detach(s, PX_DOWN);
         } else {
             px_stream_respond(s, status, body);
@@ -232,6 +240,7 @@ static int on_message_begin(llhttp_t *p)
     h->resp_done = h->req_done = false;
     h->keep_alive = true;
     h->chunked = h->head_req = false;
+    h->chunk_ext_bytes = 0;
     px_h1_acc_reset(&h->acc);
     arm_timer(h, limits()->header_timeout_ms);
     return 0;
@@ -250,6 +259,8 @@ static int on_url(llhttp_t *p, const char *at, size_t len)
 static int on_url_complete(llhttp_t *p)
 {
     struct h1s *h = p->data;
+    if (h->acc.len > 0 && memchr(h->acc.buf, '\0', h->acc.len) != NULL)
+        return refuse(h, 400, "invalid request target");
     h->s->req.path = px_arena_strndup(&h->s->arena, h->acc.buf ? h->acc.buf : "", h->acc.len);
     px_h1_acc_reset(&h->acc);
     return 0;
@@ -278,17 +289,83 @@ static int on_header_value_complete(llhttp_t *p)
     const struct px_limits *lim = limits();
     int st = px_h1_acc_take_header(&h->acc, &h->s->arena, &h->s->req, lim->max_header_bytes,
                                    lim->max_headers);
-    if (st != 0) {
-        h->err_status = st;
-        return HPE_USER;
-    }
+    if (st != 0)
+        return refuse(h, st, "invalid header field (name or value)");
     return 0;
 }
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
+    struct h1s *h = p->data;
+    /* llhttp takes a line starting with whitespace as the value's
+     * continuation (obs-fold) and restarts the value span there: refuse it
+     * (RFC 9112 5.2), a hop that does not fold would see another header */
+    if (len > 0 && (at[0] == ' ' || at[0] == '\t')) {
+        char before = at > h->exec_base ? at[-1] : h->prev_tail;
+        if (before == '\n')
+            return refuse(h, 400, "obs-fold (a header line starting with whitespace)");
+    }
     /* same accumulator, after the name */
     return on_header_field(p, at, len);
+}
+
+/* Refuse the request being parsed: parse_error() answers `status` and logs
+ * `why` (a static string); nothing has been forwarded. */
+static int refuse(struct h1s *h, int status, const char *why)
+{
+    h->err_status = status;
+    h->err_reason = why;
+    return HPE_USER;
+}
+
+/* The request target and Host decide the authority the policy and the app
+ * both see (RFC 9112 3.2, 3.2.2): one Host field line with a valid value; an
+ * absolute-form target's authority wins over Host; the target goes on in
+ * origin form and Host is rewritten from the authority (op_send_head). */
+static int take_authority(struct h1s *h, llhttp_t *p, struct px_msg *r)
+{
+    const struct px_hdr *host = NULL;
+    for (uint32_t i = 0; i < r->nhdrs; i++) {
+        if (!PX_HDR_IS(&r->hdrs[i], "host"))
+            continue;
+        if (host != NULL) {
+            r->authority = host->value; /* for the access log only: refused */
+            return refuse(h, 400, "more than one Host");
+        }
+        host = &r->hdrs[i];
+    }
+    if (host == NULL && r->http_minor >= 1)
+        return refuse(h, 400, "no Host in an HTTP/1.1 request"); /* RFC 9112 3.2 */
+    if (host != NULL && !px_http_valid_authority(host->value, host->valuelen)) {
+        r->authority = host->value; /* for the access log only: refused */
+        return refuse(h, 400, "invalid Host");
+    }
+    const char *t = r->path ? r->path : "";
+    struct px_target tg;
+    switch (px_http_parse_target(t, strlen(t), p->method == HTTP_OPTIONS, &tg)) {
+    case PX_TARGET_INVALID:
+        return refuse(h, 400, "invalid request target");
+    case PX_TARGET_ABSOLUTE: {
+        r->authority = px_arena_strndup(&h->s->arena, t + tg.auth_off, tg.auth_len);
+        r->scheme = tg.scheme;
+        const char *rest = t + tg.path_off;
+        if (rest[0] == '/')
+            r->path = rest;
+        else { /* "" or "?query": the origin form starts with '/' */
+            size_t n = strlen(rest);
+            char *o = px_arena_alloc(&h->s->arena, n + 2);
+            o[0] = '/';
+            memcpy(o + 1, rest, n + 1);
+            r->path = o;
+        }
+        break;
+    }
+    default:
+        r->authority = host != NULL ? host->value : NULL;
+        break;
+    }
+    px_msg_remove(r, "host");
+    return 0;
 }
 
 static int on_headers_complete(llhttp_t *p)
@@ -309,20 +386,23 @@ static int on_headers_complete(llhttp_t *p)
         h->err_status = 405;
         return HPE_USER;
     }
-    const struct px_hdr *host = px_msg_find(r, "host");
-    if (host != NULL) {
-        r->authority = host->value;
-        px_msg_remove(r, "host");
-    } else if (r->http_minor >= 1) {
-        h->err_status = 400; /* RFC 9112 3.2: Host is required in HTTP/1.1 */
+    /* Everything that decides where this request ends and where it goes is
+     * checked here, before the stream sees the head: once it is forwarded, a
+     * refusal can no longer keep it from the app. */
+    struct px_h1_framing fr;
+    int st;
+    const char *why = px_h1_check_framing(r, r->http_minor, &fr, &st);
+    if (why != NULL)
+        return refuse(h, st, why);
+    if (fr.chunked != ((p->flags & F_CHUNKED) != 0) ||
+        (!fr.chunked && fr.content_length >= 0 && (uint64_t)fr.content_length != p->content_length))
+        return refuse(h, 400, "framing the parser reads differently"); /* never expected */
+    if (take_authority(h, p, r) != 0)
         return HPE_USER;
-    }
     h->keep_alive = llhttp_should_keep_alive(p);
     h->head_req = p->method == HTTP_HEAD;
-    bool chunked = (p->flags & F_CHUNKED) != 0;
-    if (!chunked && (p->flags & F_CONTENT_LENGTH))
-        r->content_length = (int64_t)p->content_length;
-    r->end_stream = !chunked && r->content_length <= 0;
+    r->content_length = fr.chunked ? -1 : fr.content_length;
+    r->end_stream = !fr.chunked && r->content_length <= 0;
     px_msg_remove(r, "content-length");
     /* Expect: 100-continue is answered by us once the request is accepted */
     const struct px_hdr *expect = px_msg_find(r, "expect");
@@ -337,6 +417,26 @@ static int on_headers_complete(llhttp_t *p)
     if (h->s == s && s->state == PX_STREAM_FORWARD && s->expect_continue && !r->end_stream &&
         !s->head_sent[PX_DOWN])
         evbuffer_add(px_io_output(h->io), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    return 0;
+}
+
+/* Chunk extensions are skipped (the body is re-chunked without them), but
+ * bounded: a chunk-size line is not a place to stream data through. */
+#define MAX_CHUNK_EXT_BYTES 4096
+static int on_chunk_ext(llhttp_t *p, const char *at, size_t len)
+{
+    struct h1s *h = p->data;
+    (void)at;
+    h->chunk_ext_bytes += len;
+    if (h->chunk_ext_bytes > MAX_CHUNK_EXT_BYTES)
+        return refuse(h, 400, "chunk extensions too long");
+    return 0;
+}
+
+static int on_chunk_complete(llhttp_t *p)
+{
+    struct h1s *h = p->data;
+    h->chunk_ext_bytes = 0;
     return 0;
 }
 
@@ -379,6 +479,9 @@ static void init_settings(void)
     settings.on_headers_complete = on_headers_complete;
     settings.on_body = on_body;
     settings.on_message_complete = on_message_complete;
+    settings.on_chunk_extension_name = on_chunk_ext;
+    settings.on_chunk_extension_value = on_chunk_ext;
+    settings.on_chunk_complete = on_chunk_complete;
     settings_ready = true;
 }
 
@@ -460,6 +563,7 @@ static void parse_error(struct h1s *h, llhttp_errno_t err)
 {
     int status = h->err_status ? h->err_status : 400;
     const char *why;
+    char buf[160];
     switch (status) {
     case 431:
         why = "request header fields too large";
@@ -476,12 +580,17 @@ static void parse_error(struct h1s *h, llhttp_errno_t err)
         why = "HTTP version not supported";
         break;
     default:
-        why = "malformed request";
+        /* name the rule that was broken: the client's developer reads this */
+        snprintf(buf, sizeof(buf), "%s: %s",
+                 status == 501 ? "not implemented" : "malformed request",
+                 h->err_reason != NULL                         ? h->err_reason
+                 : llhttp_get_error_reason(&h->parser) != NULL ? llhttp_get_error_reason(&h->parser)
+                                                               : llhttp_errno_name(err));
+        why = buf;
         px_metrics.bad_request++;
         break;
     }
-    cm_debug("h1 conn %llu: %s (%s: %s)", (unsigned long long)h->c->id, why, llhttp_errno_name(err),
-             llhttp_get_error_reason(&h->parser));
+    cm_debug("h1 conn %llu: %s (%s)", (unsigned long long)h->c->id, why, llhttp_errno_name(err));
     reply_error(h, status, why);
 }
 
@@ -508,6 +617,7 @@ static void process(struct h1s *h)
             v.iov_len = 0;
         }
         const char *data = v.iov_base;
+        h->exec_base = data;
         llhttp_errno_t err = llhttp_execute(&h->parser, data, v.iov_len);
         size_t used = v.iov_len;
         if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
@@ -521,6 +631,8 @@ static void process(struct h1s *h)
             parse_error(h, err);
             return;
         }
+        if (used > 0)
+            h->prev_tail = data[used - 1];
         evbuffer_drain(in, used);
         if (h->body_paused)
             px_io_read_enable(h->io, false);

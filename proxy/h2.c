@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "common/clock.h"
 #include "common/err.h"
@@ -746,6 +747,8 @@ int px_h2_add_field(struct px_stream *s, struct px_msg *m, const uint8_t *name, 
         if (field != NULL) {
             if (*field != NULL || !px_http_valid_value(v, valuelen))
                 return CM_ERR_PROTO;
+            if (field == &m->authority && !px_http_valid_authority(v, valuelen))
+                return CM_ERR_PROTO; /* as Host over HTTP/1.1: what policy and app read alike */
             *field = px_arena_strndup(&s->arena, v, valuelen);
         }
         m->head_bytes += (uint32_t)(namelen + valuelen);
@@ -754,11 +757,17 @@ int px_h2_add_field(struct px_stream *s, struct px_msg *m, const uint8_t *name, 
     if (!px_http_valid_name((const char *)name, namelen) || !px_http_valid_value(v, valuelen))
         return CM_ERR_PROTO;
     if (m->status == 0 && name_is(name, namelen, "host")) {
-        /* :authority wins; Host only stands in for a missing one */
+        /* Host only stands in for a missing :authority; one that names
+         * another authority makes the request malformed (RFC 9113 8.3.1),
+         * or the app could route on what the policy never saw */
         if ((uint64_t)m->head_bytes + namelen + valuelen > lim->max_header_bytes)
             return CM_ERR_LIMIT;
+        if (!px_http_valid_authority(v, valuelen))
+            return CM_ERR_PROTO;
         if (m->authority == NULL)
             m->authority = px_arena_strndup(&s->arena, v, valuelen);
+        else if (strlen(m->authority) != valuelen || strncasecmp(m->authority, v, valuelen) != 0)
+            return CM_ERR_PROTO;
         m->head_bytes += (uint32_t)(namelen + valuelen);
         return 0;
     }

@@ -397,8 +397,10 @@ void px_h2_client_on_event(struct px_h2_session *sess, short what)
                           : err == ECONNREFUSED                  ? PX_CAUSE_CONNECT_REFUSED
                                                                  : PX_CAUSE_CONNECT_FAILED;
     if (cause == PX_CAUSE_UPSTREAM_TLS)
-        cm_warn("h2 client session %llu: mTLS to %s failed: %s", (unsigned long long)sess->id,
-                cm_addr_format(&sess->addr, addr, sizeof(addr)), px_io_tls_error(sess->io));
+        cm_log_limited(CM_LOG_WARN, "outbound mTLS handshake failed",
+                       "h2 client session %llu: mTLS to %s failed: %s",
+                       (unsigned long long)sess->id,
+                       cm_addr_format(&sess->addr, addr, sizeof(addr)), px_io_tls_error(sess->io));
     px_metrics.upstream_cx_connect_fail++;
     cm_debug("h2 client session %llu: connect to %s: %s", (unsigned long long)sess->id,
              cm_addr_format(&sess->addr, addr, sizeof(addr)), px_cause_str(cause));

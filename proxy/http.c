@@ -274,6 +274,75 @@ bool px_http_valid_value(const char *s, size_t len)
     return true;
 }
 
+/* RFC 3986 unreserved, sub-delims, ':' and the IP-literal brackets: one
+ * lookup per byte ('%' is handled apart) */
+static bool authority_char[256];
+static bool authority_ready;
+
+static void authority_init(void)
+{
+    for (int c = 'a'; c <= 'z'; c++)
+        authority_char[c] = authority_char[c - 32] = true;
+    for (int c = '0'; c <= '9'; c++)
+        authority_char[c] = true;
+    for (const char *p = "-._~!$&'()*+,;=:[]"; *p; p++)
+        authority_char[(unsigned char)*p] = true;
+    authority_ready = true;
+}
+
+static bool is_hex(unsigned char h)
+{
+    return (h >= '0' && h <= '9') || (h >= 'a' && h <= 'f') || (h >= 'A' && h <= 'F');
+}
+
+bool px_http_valid_authority(const char *s, size_t len)
+{
+    if (!authority_ready)
+        authority_init();
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (authority_char[c])
+            continue;
+        /* pct-encoded: exactly two hex digits */
+        if (c != '%' || i + 2 >= len || !is_hex((unsigned char)s[i + 1]) ||
+            !is_hex((unsigned char)s[i + 2]))
+            return false;
+        i += 2;
+    }
+    return true;
+}
+
+enum px_target_form px_http_parse_target(const char *t, size_t len, bool options,
+                                         struct px_target *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (memchr(t, '#', len) != NULL || len == 0)
+        return out->form = PX_TARGET_INVALID;
+    if (t[0] == '/')
+        return out->form = PX_TARGET_ORIGIN;
+    if (len == 1 && t[0] == '*')
+        return out->form = options ? PX_TARGET_ASTERISK : PX_TARGET_INVALID;
+    size_t off;
+    if (len >= 7 && strncasecmp(t, "http://", 7) == 0) {
+        out->scheme = "http";
+        off = 7;
+    } else if (len >= 8 && strncasecmp(t, "https://", 8) == 0) {
+        out->scheme = "https";
+        off = 8;
+    } else {
+        return out->form = PX_TARGET_INVALID;
+    }
+    size_t end = off;
+    while (end < len && t[end] != '/' && t[end] != '?')
+        end++;
+    if (end == off || !px_http_valid_authority(t + off, end - off))
+        return out->form = PX_TARGET_INVALID;
+    out->auth_off = off;
+    out->auth_len = end - off;
+    out->path_off = end;
+    return out->form = PX_TARGET_ABSOLUTE;
+}
+
 const char *px_method_class(const char *method)
 {
     if (method == NULL)

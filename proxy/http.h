@@ -77,6 +77,33 @@ void px_msg_strip_hop_by_hop(struct px_msg *m, bool keep_te_trailers);
 /* Is this a valid header field name / value (RFC 9110 tokens, no CR/LF/NUL)? */
 bool px_http_valid_name(const char *s, size_t len);
 bool px_http_valid_value(const char *s, size_t len);
+/* Is this a valid authority (RFC 3986 3.2: host [":" port]) for Host or an
+ * absolute-form target: unreserved, pct-encoded, sub-delims, ':' and the
+ * brackets of an IP literal, and nothing else (no userinfo '@', no space,
+ * no '/', '?', '#', no byte above 0x7e). Empty is valid (RFC 9112 3.2). */
+bool px_http_valid_authority(const char *s, size_t len);
+
+/* The forms of a request target (RFC 9112 3.2). */
+enum px_target_form {
+    PX_TARGET_INVALID = 0, /* none of the forms below: refuse with 400 */
+    PX_TARGET_ORIGIN,      /* "/path?query" */
+    PX_TARGET_ABSOLUTE,    /* "http://authority/path?query" (http or https) */
+    PX_TARGET_ASTERISK     /* "*", OPTIONS only */
+};
+struct px_target {
+    enum px_target_form form;
+    const char *scheme; /* ABSOLUTE: "http" or "https" (static) */
+    size_t auth_off;    /* ABSOLUTE: where the authority starts in the target */
+    size_t auth_len;    /* ABSOLUTE: its length (never 0) */
+    size_t path_off;    /* ABSOLUTE: where the path or query starts (may be len) */
+};
+/* Classify the target t of len bytes; `options` is whether the method is
+ * OPTIONS (the only one allowed "*"). A fragment ('#') is in no form. An
+ * absolute-form target must name an http(s) scheme and a non-empty valid
+ * authority (px_http_valid_authority). Returns t's form (also in out). */
+enum px_target_form px_http_parse_target(const char *t, size_t len, bool options,
+                                         struct px_target *out);
+
 /* Method class for metrics: "read" (GET/HEAD/OPTIONS), "write", "other". */
 const char *px_method_class(const char *method);
 /* Standard reason phrase for a status code ("OK", "Not Found", ...). */

@@ -171,10 +171,13 @@ static void on_tls_event(struct px_io *io, int what, void *arg)
         dispatch(c, PX_PROTO_TCP);
         return;
     } else if (what & PX_IO_ERROR) {
-        char peer[CM_ADDR_STRLEN];
-        cm_warn("listener %s: mTLS from %s refused: %s", c->lcfg->name,
-                cm_addr_format(&c->peer, peer, sizeof(peer)),
-                px_io_tls_error(io)[0] ? px_io_tls_error(io) : strerror(px_io_errno(io)));
+        char peer[CM_ADDR_STRLEN], key[48];
+        /* a scanner can fail handshakes at will: counted in the metrics,
+         * written a few times a second per listener (common/log.h) */
+        snprintf(key, sizeof(key), "listener %s: mTLS refused", c->lcfg->name);
+        cm_log_limited(CM_LOG_WARN, key, "listener %s: mTLS from %s refused: %s", c->lcfg->name,
+                       cm_addr_format(&c->peer, peer, sizeof(peer)),
+                       px_io_tls_error(io)[0] ? px_io_tls_error(io) : strerror(px_io_errno(io)));
     }
     abort_conn(c);
 }

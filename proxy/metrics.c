@@ -369,6 +369,9 @@ void px_metrics_write_prometheus(struct evbuffer *out)
              m->upstream_cx_connect_fail);
     prom_u64(out, "remora_upstream_connection_reuses_total", "counter",
              "Requests sent on an upstream connection taken from the pool.", m->upstream_cx_reused);
+    prom_u64(out, "remora_upstream_stray_bytes_total", "counter",
+             "Upstream HTTP/1.1 connections closed for bytes after a complete response.",
+             m->upstream_cx_stray_bytes);
 
     struct labelled errs[] = {
         {"bad_request", m->bad_request},        {"header_too_big", m->header_too_big},
@@ -525,6 +528,7 @@ void px_metrics_write_json(struct evbuffer *out)
     U64(upstream_cx_active);
     U64(upstream_cx_connect_fail);
     U64(upstream_cx_reused);
+    U64(upstream_cx_stray_bytes);
     U64(proto_http1);
     U64(proto_h2);
     U64(proto_tls);

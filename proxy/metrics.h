@@ -21,6 +21,7 @@ struct px_metrics {
     uint64_t upstream_cx_active;       /* remora_upstream_connections_active */
     uint64_t upstream_cx_connect_fail; /* refused, unreachable, timed out */
     uint64_t upstream_cx_reused;       /* requests served on a pooled connection */
+    uint64_t upstream_cx_stray_bytes;  /* connections dropped: bytes after a response */
     /* protocols detected on downstream connections */
     uint64_t proto_http1, proto_h2, proto_tls, proto_tcp;
     /* local answers and failures, by cause */

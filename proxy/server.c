@@ -51,6 +51,7 @@ static void on_trim(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     (void)arg;
+    cm_log_limited_flush(); /* counts of rate-limited warn lines that went quiet */
     struct mallinfo2 mi = mallinfo2();
     if (mi.fordblks < px_srv->trim_free_base)
         px_srv->trim_free_base = mi.fordblks;

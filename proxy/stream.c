@@ -95,10 +95,22 @@ struct px_stream *px_stream_new(struct px_conn *conn, const struct px_side_ops *
     s->ops[PX_DOWN] = down_ops;
     s->ctx[PX_DOWN] = down_ctx;
     s->attached[PX_DOWN] = true;
+    s->conn_peer = conn->peer; /* a stream refused before its head still names its peer */
     s->start_us = cm_mono_us();
     cm_list_insert_tail(&px_srv->streams, &s->link);
     px_srv->nstreams++;
     return s;
+}
+
+static void set_escaped(json_t *o, const char *key, const char *v)
+{
+    size_t n = strlen(v);
+    char small[256];
+    char *e = 4 * n + 1 <= sizeof(small) ? small : cm_xmalloc(4 * n + 1);
+    cm_log_escape(e, 4 * n + 1, v, n);
+    json_object_set_new(o, key, json_string(e));
+    if (e != small)
+        free(e);
 }
 
 static void write_access_log(struct px_stream *s, int status, uint64_t dur_us)
@@ -111,9 +123,11 @@ static void write_access_log(struct px_stream *s, int status, uint64_t dur_us)
     json_object_set_new(o, "time", json_string(cm_fmt_rfc3339_ms(cm_wall_ms(), ts, sizeof(ts))));
     json_object_set_new(o, "listener", json_string(s->lcfg->name));
     json_object_set_new(o, "peer", json_string(cm_addr_format(&s->conn_peer, peer, sizeof(peer))));
-    json_object_set_new(o, "method", json_string(s->req.method ? s->req.method : "-"));
-    json_object_set_new(o, "authority", json_string(s->req.authority ? s->req.authority : ""));
-    json_object_set_new(o, "path", json_string(s->req.path ? s->req.path : "-"));
+    /* peer text may be anything (0xff is not UTF-8, and jansson refuses
+     * it): escaped, so the line always names what was asked */
+    set_escaped(o, "method", s->req.method ? s->req.method : "-");
+    set_escaped(o, "authority", s->req.authority ? s->req.authority : "");
+    set_escaped(o, "path", s->req.path ? s->req.path : "-");
     json_object_set_new(o, "status", json_integer(status));
     json_object_set_new(o, "duration_ms", json_real((double)dur_us / 1000.0));
     json_object_set_new(o, "request_bytes", json_integer((json_int_t)s->req_body_bytes));
@@ -225,6 +239,24 @@ static void abort_side(struct px_stream *s, enum px_side side)
     s->ops[side]->abort(s);
 }
 
+/* Every 502/503/504 the proxy makes is a warn line naming why and where,
+ * rate-limited per cause (a dead upstream fails every request). */
+static void warn_5xx(struct px_stream *s, int status, const char *body)
+{
+    char up[CM_ADDR_STRLEN], peer[CM_ADDR_STRLEN], path[200];
+    const char *p = s->req.path ? s->req.path : "-";
+    cm_log_escape(path, sizeof(path), p, strlen(p));
+    const char *cause = s->cause != PX_CAUSE_NONE ? px_cause_str(s->cause) : body;
+    bool has_up = s->upstream.len > 0;
+    /* the detail belongs to the invalid response it names, not to a later try */
+    const char *detail = s->cause == PX_CAUSE_UPSTREAM_PROTO ? s->cause_detail : NULL;
+    cm_log_limited(CM_LOG_WARN, cause, "listener %s: %d for %s %s from %s, upstream %s: %s%s%s",
+                   s->lcfg->name, status, s->req.method ? s->req.method : "-", path,
+                   cm_addr_format(&s->conn_peer, peer, sizeof(peer)),
+                   has_up ? cm_addr_format(&s->upstream, up, sizeof(up)) : "-", cause,
+                   detail ? ": " : "", detail ? detail : "");
+}
+
 void px_stream_respond(struct px_stream *s, int status, const char *body)
 {
     if (!s->attached[PX_DOWN] || s->aborted || s->ops[PX_DOWN] == NULL) {
@@ -237,6 +269,8 @@ void px_stream_respond(struct px_stream *s, int status, const char *body)
         return;
     }
     s->state = PX_STREAM_LOCAL;
+    if (status == 502 || status == 503 || status == 504)
+        warn_5xx(s, status, body); /* before the codecs may finish the stream */
     if (s->attached[PX_UP])
         abort_side(s, PX_UP);
     size_t blen = strlen(body);
@@ -604,7 +638,8 @@ void px_stream_on_resp_head(struct px_stream *s)
 
 bool px_stream_on_resp_data(struct px_stream *s, const uint8_t *data, size_t len)
 {
-    if (s->state != PX_STREAM_FORWARD || !s->attached[PX_DOWN] || s->ended[PX_DOWN])
+    if (s->state != PX_STREAM_FORWARD || !s->attached[PX_DOWN] || s->ended[PX_DOWN] ||
+        !s->head_sent[PX_DOWN]) /* no body bytes ahead of a head (e.g. a 1xx's) */
         return false;
     s->resp_body_bytes += len;
     s->ops[PX_DOWN]->send_data(s, data, len);

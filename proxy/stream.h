@@ -127,6 +127,7 @@ struct px_stream {
     struct event *try_timer; /* per-try timeout, then retry backoff */
     bool abort_sent[2];
     struct cm_addr conn_peer; /* copied: the connection may go first */
+    const char *cause_detail; /* static text refining `cause` for the warn line, or NULL */
 };
 
 /* Create a stream for a request arriving on conn; the downstream codec

@@ -211,12 +211,104 @@ static void long_message_is_cut(void **state)
     free(out);
 }
 
+static size_t count_str(const char *s, const char *needle)
+{
+    size_t n = 0;
+    for (const char *p = strstr(s, needle); p != NULL; p = strstr(p + 1, needle))
+        n++;
+    return n;
+}
+
+/* A burst per key per window; the rest counted and reported on the next line
+ * written for that key, or by the flush once the window is over; keys apart. */
+static void limited_burst_and_counts(void **state)
+{
+    (void)state;
+    struct capture c;
+    cm_log_set_component("test");
+    cm_log_set_format(CM_LOG_FORMAT_TEXT);
+    cm_log_set_level(CM_LOG_INFO);
+    cm_log_limited_reset();
+    cm_log_limit_burst = 3;
+    cm_log_limit_window_ms = 60000; /* nothing ends a window during the loop */
+    capture_start(&c);
+    unsigned wrote = 0;
+    for (int i = 0; i < 20; i++)
+        wrote += cm_log_limited(CM_LOG_WARN, "hs", "handshake %d failed", i);
+    for (int i = 0; i < 2; i++)
+        wrote += cm_log_limited(CM_LOG_WARN, "5xx", "answer %d", i);
+    cm_log_limited(CM_LOG_DEBUG, "hs", "below the level: not written, not counted");
+    cm_log_limited_flush(); /* the window is not over: nothing yet */
+    char *out = capture_end(&c);
+    assert_int_equal(wrote, 5);
+    assert_int_equal(count_lines(out), 5);
+    assert_int_equal(count_str(out, "handshake "), 3);
+    assert_non_null(strstr(out, "handshake 2 failed\n"));
+    assert_null(strstr(out, "handshake 3 failed"));
+    assert_int_equal(count_str(out, "answer "), 2);
+    free(out);
+
+    cm_log_limit_window_ms = 0; /* every window is over now */
+    capture_start(&c);
+    cm_log_limited_flush();
+    cm_log_limited_flush(); /* reported once only */
+    out = capture_end(&c);
+    assert_int_equal(count_lines(out), 1);
+    assert_non_null(strstr(out, " warn  test: hs: suppressed 17 similar lines\n"));
+    free(out);
+
+    /* counted lines ride on the next written line when the flush did not run */
+    cm_log_limit_window_ms = 60000;
+    cm_log_limited_reset();
+    capture_start(&c);
+    for (int i = 0; i < 5; i++)
+        cm_log_limited(CM_LOG_WARN, "k", "x%d", i);
+    cm_log_limit_window_ms = 0;
+    cm_log_limited(CM_LOG_WARN, "k", "after");
+    out = capture_end(&c);
+    assert_non_null(strstr(out, "test: after (suppressed 2 similar)\n"));
+    free(out);
+    cm_log_limit_burst = 5;
+    cm_log_limit_window_ms = 1000;
+    cm_log_limited_reset();
+}
+
+/* More kinds than slots: the one idle longest makes room, its count first. */
+static void limited_slot_reuse(void **state)
+{
+    (void)state;
+    struct capture c;
+    cm_log_limited_reset();
+    cm_log_limit_burst = 1;
+    cm_log_limit_window_ms = 60000;
+    capture_start(&c);
+    cm_log_limited(CM_LOG_WARN, "first", "a");
+    cm_log_limited(CM_LOG_WARN, "first", "b"); /* counted */
+    char key[16];
+    for (int i = 0; i < CM_LOG_LIMIT_KEYS; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        cm_log_limited(CM_LOG_WARN, key, "%s", key);
+    }
+    char *out = capture_end(&c);
+    assert_non_null(strstr(out, "first: suppressed 1 similar lines\n"));
+    assert_int_equal(count_lines(out), 2 + CM_LOG_LIMIT_KEYS);
+    free(out);
+    cm_log_limit_burst = 5;
+    cm_log_limit_window_ms = 1000;
+    cm_log_limited_reset();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(level_parse),  cmocka_unit_test(level_names),
-        cmocka_unit_test(level_filter), cmocka_unit_test(text_line),
-        cmocka_unit_test(json_line),    cmocka_unit_test(long_message_is_cut),
+        cmocka_unit_test(level_parse),
+        cmocka_unit_test(level_names),
+        cmocka_unit_test(level_filter),
+        cmocka_unit_test(text_line),
+        cmocka_unit_test(json_line),
+        cmocka_unit_test(long_message_is_cut),
+        cmocka_unit_test(limited_burst_and_counts),
+        cmocka_unit_test(limited_slot_reuse),
     };
     return cmocka_run_group_tests_name("common/log", tests, NULL, NULL);
 }
