@@ -280,9 +280,7 @@ static void asked_identity(const char *pem, char *out, size_t outlen)
     mbedtls_x509_csr csr;
     mbedtls_x509_csr_init(&csr);
     char *err = NULL;
-    size_t len = strlen(pem);
-    if (len > 0 && len <= IJ_CA_MAX_BODY &&
-        mbedtls_x509_csr_parse(&csr, (const unsigned char *)pem, len + 1) == 0)
+    if (pki_csr_parse(&csr, (const unsigned char *)pem, strlen(pem), &err) == 0)
         pki_csr_spiffe_id(&csr, out, outlen, &err);
     free(err);
     mbedtls_x509_csr_free(&csr);
