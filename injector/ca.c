@@ -499,6 +499,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     (void)version;
     struct ij_ca *ca = cls;
     struct req *r = *req_cls;
+    if (ij_guard_expired(ca->guard, conn)) /* see server.c's on_request */
+        return MHD_NO;
     if (r == NULL) {
         r = cm_xcalloc(1, sizeof(*r));
         *req_cls = r;

@@ -133,6 +133,24 @@ void ij_guard_conn_end(struct ij_guard *g, struct ij_guard_conn *c)
     free(c);
 }
 
+bool ij_guard_expired(struct ij_guard *g, struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct ij_guard_conn *c = ci != NULL ? ci->socket_context : NULL;
+    if (c == NULL)
+        return false;
+    bool expired;
+    pthread_mutex_lock(&g->mu);
+    expired = c->cut || cm_mono_ms() - c->start_ms > (uint64_t)g->cfg->request_timeout_ms;
+    if (expired && !c->cut) {
+        c->cut = true;
+        atomic_fetch_add(&deadline_cuts[g->idx], 1);
+    }
+    pthread_mutex_unlock(&g->mu);
+    return expired;
+}
+
 void ij_guard_request_done(struct ij_guard *g, struct ij_guard_conn *c)
 {
     if (c == NULL)
@@ -384,6 +402,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     (void)version;
     struct ij_server *s = cls;
     struct req *r = *req_cls;
+    /* Data still flowing past the deadline: the sweep's shutdown(2) does not
+     * stop a peer that keeps sending (Linux delivers data after SHUT_RD), so
+     * every call checks too, and MHD_NO closes the connection. */
+    if (ij_guard_expired(s->guard, conn))
+        return MHD_NO;
     if (r == NULL) {
         r = cm_xcalloc(1, sizeof(*r));
         *req_cls = r;

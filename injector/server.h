@@ -55,6 +55,9 @@ void ij_guard_free(struct ij_guard *g);
 /* From MHD_CONNECTION_NOTIFY_STARTED / _CLOSED. */
 struct ij_guard_conn *ij_guard_conn_start(struct ij_guard *g, struct MHD_Connection *conn);
 void ij_guard_conn_end(struct ij_guard *g, struct ij_guard_conn *c);
+/* From the access handler: is conn past its deadline (counted once)? The
+ * caller then returns MHD_NO, which closes it. */
+bool ij_guard_expired(struct ij_guard *g, struct MHD_Connection *conn);
 /* A request was answered: the next one's deadline starts now. */
 void ij_guard_request_done(struct ij_guard *g, struct ij_guard_conn *c);
 /* Reserve n bytes of request body against webhook.max_buffered_bytes (all

@@ -30,10 +30,12 @@ import time
 
 
 def client_ctx(cafile=None):
+    """One context per run: building one loads the system's CA store, tens
+    of ms that would slow the client, not the server, if done per connection."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if cafile:
-        ctx = ssl.create_default_context(cafile=cafile)
+        ctx.load_verify_locations(cafile)
     else:
-        ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
@@ -61,7 +63,7 @@ class Stats:
         self.held = 0
 
 
-async def one(args, src, st, stop_at, hello):
+async def one(args, src, st, stop_at, hello, ctx):
     while time.monotonic() < stop_at:
         t0 = time.monotonic()
         writer = None
@@ -73,7 +75,7 @@ async def one(args, src, st, stop_at, hello):
             else:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection("127.0.0.1", args.port, local_addr=(src, 0),
-                                            ssl=client_ctx(), server_hostname=args.server_name),
+                                            ssl=ctx, server_hostname=args.server_name),
                     10)
                 head = "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" % args.path
                 for h in args.header:
@@ -86,22 +88,33 @@ async def one(args, src, st, stop_at, hello):
                     payload = None  # args.length times b"x", one at a time
             st.opened += 1
             st.held += 1
+
+            async def until_eof():
+                try:
+                    while await reader.read(65536):
+                        pass
+                except (ConnectionError, OSError, ssl.SSLError):
+                    pass  # a reset is a close too
+
+            eof = asyncio.ensure_future(until_eof())
             try:
-                for i in range(len(payload) if payload is not None else args.length):
+                n = len(payload) if payload is not None else args.length
+                for i in range(n):
                     if time.monotonic() >= stop_at:
                         return
                     writer.write(payload[i:i + 1] if payload is not None else b"x")
                     await writer.drain()
                     st.bytes_sent += 1
-                    # a closed connection shows as EOF (or a reset) within the second
-                    try:
-                        data = await asyncio.wait_for(reader.read(4096), 1.0)
-                        if data == b"":
-                            break
-                    except asyncio.TimeoutError:
-                        pass
+                    # one byte a second, until the server closes (EOF or a reset)
+                    await asyncio.wait([eof], timeout=1.0)
+                    if eof.done():
+                        break
+                else:
+                    await eof
             finally:
                 st.held -= 1
+                if not eof.done():
+                    eof.cancel()
             st.closed += 1
             st.lifetimes.append(time.monotonic() - t0)
         except (ConnectionError, OSError, ssl.SSLError, asyncio.TimeoutError, EOFError):
@@ -118,11 +131,12 @@ async def attack(args):
     stop_at = time.monotonic() + args.seconds
     base = [int(x) for x in args.src_base.split(".")]
     hello = client_hello(args.server_name)
+    ctx = client_ctx()
     tasks = []
     for i in range(args.conns):
         a = base[3] + i // args.per_src
         src = "%d.%d.%d.%d" % (base[0], base[1], base[2] + a // 250, a % 250)
-        tasks.append(asyncio.ensure_future(one(args, src, st, stop_at, hello)))
+        tasks.append(asyncio.ensure_future(one(args, src, st, stop_at, hello, ctx)))
         if i % 50 == 49:
             await asyncio.sleep(0.05)  # ramp up over ~1 s, not one SYN burst
     await asyncio.gather(*tasks, return_exceptions=True)
