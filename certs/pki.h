@@ -60,6 +60,11 @@ int pki_csr_spiffe_id(const mbedtls_x509_csr *csr, char *out, size_t outlen, cha
 /* A PEM CSR for `key` carrying spiffe_id as its URI SAN (extension written as
  * DER by us: mbedTLS 2.28 has no SAN writer). */
 int pki_csr_new(mbedtls_pk_context *key, const char *spiffe_id, char **pem, char **errmsg);
+/* Parse a CSR (PEM or DER, up to 64 KiB) into csr without verifying it: for
+ * naming what a refused request asked for. An empty subject is accepted.
+ * csr is initialised and freed by the caller. Returns 0 or CM_ERR_INVAL /
+ * CM_ERR_LIMIT with *errmsg. */
+int pki_csr_parse(mbedtls_x509_csr *csr, const unsigned char *in, size_t len, char **errmsg);
 /* Parse a PEM CSR, verify its self-signature, and return its SPIFFE ID.
  * csr must be initialised by the caller and freed by the caller. */
 int pki_csr_parse_verify(mbedtls_x509_csr *csr, const unsigned char *pem, size_t len,

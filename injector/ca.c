@@ -96,6 +96,7 @@ struct ij_ca {
     struct ij_jwks_file *jwks;
     /* the ca.address server */
     struct MHD_Daemon *daemon;
+    struct ij_guard *guard;       /* deadlines of the ca.address daemon's connections */
     char *serve_cert, *serve_key; /* its HTTPS certificate, issued by the CA itself */
     atomic_uint connections;
     int fd;
@@ -280,9 +281,7 @@ static void asked_identity(const char *pem, char *out, size_t outlen)
     mbedtls_x509_csr csr;
     mbedtls_x509_csr_init(&csr);
     char *err = NULL;
-    size_t len = strlen(pem);
-    if (len > 0 && len <= IJ_CA_MAX_BODY &&
-        mbedtls_x509_csr_parse(&csr, (const unsigned char *)pem, len + 1) == 0)
+    if (pki_csr_parse(&csr, (const unsigned char *)pem, strlen(pem), &err) == 0)
         pki_csr_spiffe_id(&csr, out, outlen, &err);
     free(err);
     mbedtls_x509_csr_free(&csr);
@@ -345,6 +344,30 @@ static const char *bearer_token(struct MHD_Connection *conn, const char **why)
         return NULL;
     }
     return h;
+}
+
+bool ij_ca_precheck(struct ij_ca *ca, struct MHD_Connection *conn)
+{
+    struct sign_req q = {.ca = ca, .conn = conn, .t0 = cm_mono_us()};
+    char *err = NULL;
+    enum ij_token_reason why;
+    snprintf(q.asked, sizeof(q.asked), "(body not read)");
+    const char *why_not = NULL, *token = bearer_token(conn, &why_not);
+    if (token == NULL) {
+        refuse(&q, MHD_HTTP_UNAUTHORIZED, RF_NO_TOKEN, "%s", why_not);
+        return true;
+    }
+    struct ij_jwks *keys = ij_jwks_file_get(ca->jwks, JWKS_CHECK_MS);
+    int rc = ij_token_verify(keys, token, strlen(token), ca->cfg->ca_audience, cm_wall_s(),
+                             &q.claims, &why, &err);
+    ij_jwks_unref(keys);
+    if (rc != 0) {
+        refuse(&q, MHD_HTTP_UNAUTHORIZED, (enum refusal)(RF_TOKEN + why - 1), "%s", err);
+        free(err);
+        return true;
+    }
+    free(err);
+    return false;
 }
 
 enum MHD_Result ij_ca_sign(struct ij_ca *ca, struct MHD_Connection *conn, const char *body,
@@ -451,10 +474,11 @@ out:
 struct req {
     char *buf;
     size_t len;
-    size_t dropped; /* bytes discarded past the bound */
-    bool too_large; /* answer 413 once the body is in */
-    bool answered;  /* a response was queued at the first call */
-    bool sign;      /* POST /v1/sign */
+    size_t reserved; /* counted against webhook.max_buffered_bytes */
+    size_t dropped;  /* bytes discarded past the bound */
+    bool too_large;  /* answer 413 once the body is in */
+    bool answered;   /* a response was queued at the first call */
+    bool sign;       /* POST /v1/sign */
 };
 
 static enum MHD_Result route(struct MHD_Connection *conn, const char *url, const char *method)
@@ -475,6 +499,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     (void)version;
     struct ij_ca *ca = cls;
     struct req *r = *req_cls;
+    if (ij_guard_expired(ca->guard, conn)) /* see server.c's on_request */
+        return MHD_NO;
     if (r == NULL) {
         r = cm_xcalloc(1, sizeof(*r));
         *req_cls = r;
@@ -492,6 +518,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             r->answered = true;
             return ij_ca_sign(ca, conn, NULL, 0, true);
         }
+        /* No valid token: 401 before reading a byte of the body. */
+        if (r->sign && ij_ca_precheck(ca, conn))
+            r->answered = true;
         return MHD_YES;
     }
     size_t n = *upload_data_size;
@@ -503,6 +532,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             /* A client that keeps sending past DRAIN_MAX is cut off. */
             return r->dropped > DRAIN_MAX ? MHD_NO : MHD_YES;
         }
+        if (!ij_guard_reserve(ca->cfg, n)) {
+            r->answered = true;
+            return send_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "busy",
+                              "busy: request bodies held pass webhook.max_buffered_bytes; retry");
+        }
+        r->reserved += n;
         r->buf = cm_xrealloc(r->buf, r->len + n + 1);
         memcpy(r->buf + r->len, upload_data, n);
         r->len += n;
@@ -519,27 +554,33 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)cls;
-    (void)conn;
+    struct ij_ca *ca = cls;
     (void)toe;
     struct req *r = *req_cls;
     if (r != NULL) {
+        ij_guard_release(r->reserved);
         free(r->buf);
         free(r);
         *req_cls = NULL;
     }
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    if (ci != NULL)
+        ij_guard_request_done(ca->guard, ci->socket_context);
 }
 
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe)
 {
-    (void)conn;
     struct ij_ca *ca = cls;
-    (void)socket_context;
-    if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        *socket_context = ij_guard_conn_start(ca->guard, conn);
         atomic_fetch_add(&ca->connections, 1);
-    else if (toe == MHD_CONNECTION_NOTIFY_CLOSED)
+    } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        ij_guard_conn_end(ca->guard, *socket_context);
+        *socket_context = NULL;
         atomic_fetch_sub(&ca->connections, 1);
+    }
 }
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
@@ -606,15 +647,19 @@ int ij_ca_serve(struct ij_ca *ca, char **errmsg)
     }
     if (cm_net_local_addr(ca->fd, &bound) == 0)
         ca->port = cm_addr_port(&bound);
+    ca->guard = ij_guard_new("ca", cfg);
     ca->daemon = MHD_start_daemon(
         IJ_SERVER_MHD_FLAGS, 0, NULL, NULL, on_request, ca, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log,
         ca, MHD_OPTION_LISTEN_SOCKET, ca->fd, MHD_OPTION_HTTPS_MEM_CERT, ca->serve_cert,
         MHD_OPTION_HTTPS_MEM_KEY, ca->serve_key, MHD_OPTION_HTTPS_PRIORITIES,
         IJ_SERVER_TLS_PRIORITIES, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout_seconds, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)cfg->max_connections, MHD_OPTION_NOTIFY_COMPLETED, on_completed, ca,
+        (unsigned)cfg->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        (unsigned)cfg->max_connections_per_ip, MHD_OPTION_NOTIFY_COMPLETED, on_completed, ca,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, ca, MHD_OPTION_END);
     if (ca->daemon == NULL) {
+        ij_guard_free(ca->guard);
+        ca->guard = NULL;
         *errmsg = cm_xasprintf("cannot start the CA's HTTPS server on %s (libmicrohttpd)",
                                cfg->ca_address);
         close(ca->fd);
@@ -644,6 +689,8 @@ void ij_ca_stop(struct ij_ca *ca, unsigned grace_ms)
     }
     MHD_stop_daemon(ca->daemon);
     ca->daemon = NULL;
+    ij_guard_free(ca->guard);
+    ca->guard = NULL;
     if (fd != MHD_INVALID_SOCKET)
         close(fd);
     ca->fd = -1;

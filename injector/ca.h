@@ -36,6 +36,12 @@ void ij_ca_free(struct ij_ca *ca);
  * what loads; a bad file keeps the material in force and is logged. */
 void ij_ca_poll(struct ij_ca *ca, bool force);
 
+/* At the first call of a POST /v1/sign, headers only: without a valid
+ * bearer token (missing, malformed, refused by token.c) queue the 401 now,
+ * before any of the body is read, and return true; false lets the request
+ * go on to ij_ca_sign (which judges the token again, with the body). */
+bool ij_ca_precheck(struct ij_ca *ca, struct MHD_Connection *conn);
+
 /* Answer one POST /v1/sign whose body was read: body/len (NULL/0 when empty),
  * too_large when the body passed the bound and was dropped. Queues the
  * response on conn. Any MHD thread may call it. */

@@ -7,9 +7,18 @@
 
 static const char *const top_keys[] = {
     "webhook", "ca", "trust_domain", "template_file", "native_sidecars", "log_level", NULL};
-static const char *const webhook_keys[] = {"address",         "cert_file",          "key_file",
-                                           "max_body_bytes",  "timeout_seconds",    "threads",
-                                           "max_connections", "reload_interval_ms", NULL};
+static const char *const webhook_keys[] = {"address",
+                                           "cert_file",
+                                           "key_file",
+                                           "max_body_bytes",
+                                           "timeout_seconds",
+                                           "threads",
+                                           "max_connections",
+                                           "reload_interval_ms",
+                                           "request_timeout_ms",
+                                           "max_connections_per_ip",
+                                           "max_buffered_bytes",
+                                           NULL};
 static const char *const ca_keys[] = {"address",   "cert_file", "key_file",    "root_file",
                                       "jwks_file", "audience",  "ttl_seconds", NULL};
 
@@ -60,8 +69,19 @@ static int load_webhook(const struct cm_jpath *root, json_t *top, struct ij_conf
         (rc = cm_json_get_int(&p, w, "max_connections", false, 1, 100000, &cfg->max_connections,
                               errmsg)) != 0 ||
         (rc = cm_json_get_int(&p, w, "reload_interval_ms", false, 100, 3600000,
-                              &cfg->reload_interval_ms, errmsg)) != 0)
+                              &cfg->reload_interval_ms, errmsg)) != 0 ||
+        (rc = cm_json_get_int(&p, w, "request_timeout_ms", false, 100, 3600000,
+                              &cfg->request_timeout_ms, errmsg)) != 0 ||
+        (rc = cm_json_get_int(&p, w, "max_connections_per_ip", false, 1, 100000,
+                              &cfg->max_connections_per_ip, errmsg)) != 0 ||
+        (rc = cm_json_get_int(&p, w, "max_buffered_bytes", false, 64 << 10, 1LL << 34,
+                              &cfg->max_buffered_bytes, errmsg)) != 0)
         return rc;
+    if (cfg->max_buffered_bytes < cfg->max_body_bytes) {
+        cm_jpath_key(&c, &p, "max_buffered_bytes");
+        return cm_json_fail(&c, errmsg, "%lld is below webhook.max_body_bytes (%lld)",
+                            (long long)cfg->max_buffered_bytes, (long long)cfg->max_body_bytes);
+    }
     if (cm_addr_parse(cfg->webhook_address, &cfg->webhook_addr) != 0) {
         cm_jpath_key(&c, &p, "address");
         return cm_json_fail(&c, errmsg, "\"%s\" is not a numeric host:port", cfg->webhook_address);
@@ -130,6 +150,9 @@ int ij_config_load(const char *file, struct ij_config *cfg, char **errmsg)
     cfg->threads = 2;
     cfg->max_connections = 1024;
     cfg->reload_interval_ms = 2000;
+    cfg->request_timeout_ms = 10000;
+    cfg->max_connections_per_ip = 8;
+    cfg->max_buffered_bytes = 64 << 20;
     cfg->ca_audience = "remora-ca";
     cfg->ca_ttl_seconds = 86400;
     cfg->trust_domain = "cluster.local";

@@ -27,6 +27,10 @@ struct ij_config {
     int64_t threads;            /* MHD thread pool size; default 2 */
     int64_t max_connections;    /* default 1024 */
     int64_t reload_interval_ms; /* cert / template change check; default 2000 */
+    /* abuse bounds, on both ports (server.c: the guard) */
+    int64_t request_timeout_ms;     /* accept (or last answer) to whole request; 10000 */
+    int64_t max_connections_per_ip; /* per client address; default 8 */
+    int64_t max_buffered_bytes;     /* request bodies held at once, all connections; 64 MiB */
 
     /* ca: POST /v1/sign (ca.c); a CA exists when cert_file is set */
     const char *ca_address; /* NULL: shares the webhook port */

@@ -1,6 +1,8 @@
 #include "injector/server.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -21,8 +23,193 @@
 #include "injector/ca.h"
 #include "injector/metrics.h"
 
+/* ---- the guard (server.h) ------------------------------------------------------------- */
+
+struct ij_guard_conn {
+    struct ij_guard_conn *prev, *next;
+    int fd;                   /* the connection's socket, open while listed */
+    uint64_t start_ms;        /* when the current request began (accept or last answer) */
+    bool cut;                 /* shut down by the sweep */
+    struct ij_tls_cert *cert; /* the webhook's: the serving certificate it pinned */
+};
+
+struct ij_guard {
+    const struct ij_config *cfg;
+    int idx; /* 0 webhook, 1 ca: its metrics row */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct ij_guard_conn head; /* circular list of live connections */
+    bool stopping;
+    pthread_t thread;
+};
+
+static const char *const guard_names[2] = {"webhook", "ca"};
+static atomic_uint_fast64_t deadline_cuts[2];
+static atomic_uint_fast64_t over_budget;
+static atomic_size_t buffered;
+
+static void *sweep(void *arg)
+{
+    struct ij_guard *g = arg;
+    uint64_t limit = (uint64_t)g->cfg->request_timeout_ms;
+    /* a tenth of the deadline, within [20, 250] ms: a connection lives at
+     * most that much past it */
+    uint64_t every = limit / 10 < 20 ? 20 : limit / 10 > 250 ? 250 : limit / 10;
+    pthread_mutex_lock(&g->mu);
+    while (!g->stopping) {
+        uint64_t now = cm_mono_ms();
+        for (struct ij_guard_conn *c = g->head.next; c != &g->head; c = c->next) {
+            if (c->cut || now - c->start_ms <= limit || c->fd < 0)
+                continue;
+            c->cut = true;
+            shutdown(c->fd, SHUT_RDWR);
+            atomic_fetch_add(&deadline_cuts[g->idx], 1);
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += (long)(every * 1000000);
+        ts.tv_sec += ts.tv_nsec / 1000000000;
+        ts.tv_nsec %= 1000000000;
+        pthread_cond_timedwait(&g->cv, &g->mu, &ts);
+    }
+    pthread_mutex_unlock(&g->mu);
+    return NULL;
+}
+
+struct ij_guard *ij_guard_new(const char *name, const struct ij_config *cfg)
+{
+    struct ij_guard *g = cm_xcalloc(1, sizeof(*g));
+    g->cfg = cfg;
+    g->idx = strcmp(name, guard_names[1]) == 0;
+    g->head.next = g->head.prev = &g->head;
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cv, NULL);
+    int e = pthread_create(&g->thread, NULL, sweep, g);
+    if (e != 0) {
+        cm_error("guard: cannot start a thread: %s", strerror(e));
+        abort(); /* like an allocation failure: nothing to serve safely without it */
+    }
+    return g;
+}
+
+void ij_guard_free(struct ij_guard *g)
+{
+    if (g == NULL)
+        return;
+    pthread_mutex_lock(&g->mu);
+    g->stopping = true;
+    pthread_cond_signal(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+    pthread_join(g->thread, NULL);
+    pthread_cond_destroy(&g->cv);
+    pthread_mutex_destroy(&g->mu);
+    free(g);
+}
+
+struct ij_guard_conn *ij_guard_conn_start(struct ij_guard *g, struct MHD_Connection *conn)
+{
+    struct ij_guard_conn *c = cm_xcalloc(1, sizeof(*c));
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    c->fd = ci != NULL ? ci->connect_fd : -1;
+    c->start_ms = cm_mono_ms();
+    pthread_mutex_lock(&g->mu);
+    c->next = g->head.next;
+    c->prev = &g->head;
+    g->head.next->prev = c;
+    g->head.next = c;
+    pthread_mutex_unlock(&g->mu);
+    return c;
+}
+
+void ij_guard_conn_end(struct ij_guard *g, struct ij_guard_conn *c)
+{
+    if (c == NULL)
+        return;
+    pthread_mutex_lock(&g->mu);
+    c->prev->next = c->next;
+    c->next->prev = c->prev;
+    pthread_mutex_unlock(&g->mu);
+    free(c);
+}
+
+bool ij_guard_expired(struct ij_guard *g, struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct ij_guard_conn *c = ci != NULL ? ci->socket_context : NULL;
+    if (c == NULL)
+        return false;
+    bool expired;
+    pthread_mutex_lock(&g->mu);
+    expired = c->cut || cm_mono_ms() - c->start_ms > (uint64_t)g->cfg->request_timeout_ms;
+    if (expired && !c->cut) {
+        c->cut = true;
+        atomic_fetch_add(&deadline_cuts[g->idx], 1);
+    }
+    pthread_mutex_unlock(&g->mu);
+    return expired;
+}
+
+void ij_guard_request_done(struct ij_guard *g, struct ij_guard_conn *c)
+{
+    if (c == NULL)
+        return;
+    pthread_mutex_lock(&g->mu);
+    c->start_ms = cm_mono_ms();
+    pthread_mutex_unlock(&g->mu);
+}
+
+bool ij_guard_reserve(const struct ij_config *cfg, size_t n)
+{
+    size_t max = (size_t)cfg->max_buffered_bytes;
+    size_t cur = atomic_load(&buffered);
+    do {
+        if (cur + n > max) {
+            atomic_fetch_add(&over_budget, 1);
+            return false;
+        }
+    } while (!atomic_compare_exchange_weak(&buffered, &cur, cur + n));
+    return true;
+}
+
+void ij_guard_release(size_t n)
+{
+    atomic_fetch_sub(&buffered, n);
+}
+
+void ij_guard_metrics_append(char **buf, size_t *len)
+{
+    char t[1024];
+    int n = snprintf(
+        t, sizeof(t),
+        "# HELP remora_injector_request_deadline_closes_total Connections shut down at "
+        "webhook.request_timeout_ms (handshake, head and body not done in time), by port.\n"
+        "# TYPE remora_injector_request_deadline_closes_total counter\n"
+        "remora_injector_request_deadline_closes_total{port=\"webhook\"} %llu\n"
+        "remora_injector_request_deadline_closes_total{port=\"ca\"} %llu\n"
+        "# HELP remora_injector_buffered_body_bytes Request body bytes held, all connections.\n"
+        "# TYPE remora_injector_buffered_body_bytes gauge\n"
+        "remora_injector_buffered_body_bytes %zu\n"
+        "# HELP remora_injector_buffer_refusals_total Requests answered 503 because bodies "
+        "held passed webhook.max_buffered_bytes.\n"
+        "# TYPE remora_injector_buffer_refusals_total counter\n"
+        "remora_injector_buffer_refusals_total %llu\n",
+        (unsigned long long)atomic_load(&deadline_cuts[0]),
+        (unsigned long long)atomic_load(&deadline_cuts[1]), atomic_load(&buffered),
+        (unsigned long long)atomic_load(&over_budget));
+    if (n < 0 || (size_t)n >= sizeof(t))
+        return;
+    *buf = cm_xrealloc(*buf, *len + (size_t)n + 1);
+    memcpy(*buf + *len, t, (size_t)n + 1);
+    *len += (size_t)n;
+}
+
+/* ---- the webhook's server --------------------------------------------------------------- */
+
 struct ij_server {
     struct MHD_Daemon *daemon;
+    struct ij_guard *guard;
     const struct ij_config *cfg;
     struct ij_tls *tls;
     struct ij_template_slot *tpl;
@@ -37,6 +224,7 @@ struct ij_server {
 struct req {
     char *buf; /* the body so far, bounded by webhook.max_body_bytes */
     size_t len, cap;
+    size_t reserved;  /* cap, counted against webhook.max_buffered_bytes */
     size_t dropped;   /* bytes discarded once over the bound */
     bool too_large;   /* answer 413 at the end */
     bool answered;    /* a response was queued */
@@ -115,6 +303,24 @@ static enum MHD_Result inject(struct ij_server *s, struct MHD_Connection *conn, 
     return ret;
 }
 
+/* The body bound of a request: a sign request's is the CA's (a CSR is a few
+ * KiB), the rest webhook.max_body_bytes. */
+static size_t body_max(const struct ij_server *s, const struct req *r)
+{
+    return r->sign ? IJ_CA_MAX_BODY : (size_t)s->cfg->max_body_bytes;
+}
+
+/* Bodies held by all connections passed webhook.max_buffered_bytes: refuse
+ * this one rather than grow (the API server retries, failurePolicy decides). */
+static enum MHD_Result busy(struct ij_server *s, struct MHD_Connection *conn)
+{
+    char msg[128];
+    snprintf(msg, sizeof(msg), "busy: request bodies held pass %lld bytes; retry",
+             (long long)s->cfg->max_buffered_bytes);
+    cm_warn("%s", msg);
+    return send_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, msg);
+}
+
 /* First call for a request: only the headers are known. Refuse a declared
  * body over the bound before reading any of it (MHD then closes the
  * connection, the body being unread); everything else is answered on the
@@ -129,18 +335,29 @@ static enum MHD_Result first_call(struct ij_server *s, struct MHD_Connection *co
         r->ignore_body = true;
         return MHD_YES;
     }
+    /* A sign request with no valid token is answered before its body is
+     * read: reading it would let anyone hold the port and its memory. */
+    if (r->sign && ij_ca_precheck(s->ca, conn)) {
+        r->answered = true;
+        return MHD_YES;
+    }
     const char *cl =
         MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl != NULL) {
         char *end;
         errno = 0;
         unsigned long long n = strtoull(cl, &end, 10);
-        if (errno == 0 && *end == '\0' && n > (unsigned long long)s->cfg->max_body_bytes) {
+        if (errno == 0 && *end == '\0' && n > (unsigned long long)body_max(s, r)) {
             r->too_large = true;
             r->answered = true;
             return r->sign ? ij_ca_sign(s->ca, conn, NULL, 0, true) : inject(s, conn, r);
         }
         if (errno == 0 && *end == '\0' && n > 0) {
+            if (!ij_guard_reserve(s->cfg, (size_t)n + 1)) {
+                r->answered = true;
+                return busy(s, conn);
+            }
+            r->reserved = (size_t)n + 1;
             r->cap = (size_t)n;
             r->buf = cm_xmalloc(r->cap + 1);
         }
@@ -172,6 +389,7 @@ static enum MHD_Result route(struct ij_server *s, struct MHD_Connection *conn, c
     if (strcmp(url, "/metrics") == 0) {
         size_t len;
         char *m = ij_metrics_render(atomic_load(&s->connections), &len);
+        ij_guard_metrics_append(&m, &len);
         return send_buf(conn, MHD_HTTP_OK, "text/plain; version=0.0.4", m, len);
     }
     return send_error(conn, MHD_HTTP_NOT_FOUND, "no such path");
@@ -184,15 +402,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     (void)version;
     struct ij_server *s = cls;
     struct req *r = *req_cls;
+    /* Data still flowing past the deadline: the sweep's shutdown(2) does not
+     * stop a peer that keeps sending (Linux delivers data after SHUT_RD), so
+     * every call checks too, and MHD_NO closes the connection. */
+    if (ij_guard_expired(s->guard, conn))
+        return MHD_NO;
     if (r == NULL) {
         r = cm_xcalloc(1, sizeof(*r));
         *req_cls = r;
         return first_call(s, conn, url, method, r);
     }
     size_t n = *upload_data_size;
-    size_t max = (size_t)s->cfg->max_body_bytes;
+    size_t max = body_max(s, r);
     if (r->answered) {
-        *upload_data_size = 0; /* 413 already queued at the first call */
+        *upload_data_size = 0; /* 401/413/503 already queued at the first call */
         return MHD_YES;
     }
     if (n > 0 && r->ignore_body) {
@@ -215,6 +438,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 cap *= 2;
             if (cap > max)
                 cap = max;
+            if (cap + 1 > r->reserved) {
+                if (!ij_guard_reserve(s->cfg, cap + 1 - r->reserved)) {
+                    r->answered = true;
+                    return busy(s, conn);
+                }
+                r->reserved = cap + 1;
+            }
             r->buf = cm_xrealloc(r->buf, cap + 1);
             r->cap = cap;
         }
@@ -233,27 +463,36 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)cls;
-    (void)conn;
+    struct ij_server *s = cls;
     (void)toe;
     struct req *r = *req_cls;
     if (r != NULL) {
+        ij_guard_release(r->reserved);
         free(r->buf);
         free(r);
         *req_cls = NULL;
     }
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    if (ci != NULL)
+        ij_guard_request_done(s->guard, ci->socket_context);
 }
 
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe)
 {
-    (void)conn;
     struct ij_server *s = cls;
     if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
-        *socket_context = ij_tls_conn_start(s->tls);
+        struct ij_guard_conn *c = ij_guard_conn_start(s->guard, conn);
+        c->cert = ij_tls_conn_start(s->tls);
+        *socket_context = c;
         atomic_fetch_add(&s->connections, 1);
     } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
-        ij_tls_conn_end(*socket_context);
+        struct ij_guard_conn *c = *socket_context;
+        if (c != NULL) {
+            ij_tls_conn_end(c->cert);
+            ij_guard_conn_end(s->guard, c);
+        }
         *socket_context = NULL;
         atomic_fetch_sub(&s->connections, 1);
     }
@@ -307,14 +546,18 @@ int ij_server_start(const struct ij_config *cfg, struct ij_tls *tls, struct ij_t
     if (cm_net_local_addr(s->fd, &bound) == 0)
         s->port = cm_addr_port(&bound);
     ij_tls_bind(tls);
+    s->guard = ij_guard_new("webhook", cfg);
     s->daemon = MHD_start_daemon(
         IJ_SERVER_MHD_FLAGS, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log,
         s, MHD_OPTION_LISTEN_SOCKET, s->fd, MHD_OPTION_HTTPS_CERT_CALLBACK, ij_tls_on_cert,
         MHD_OPTION_HTTPS_PRIORITIES, IJ_SERVER_TLS_PRIORITIES, MHD_OPTION_THREAD_POOL_SIZE,
         (unsigned)cfg->threads, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout_seconds,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections, MHD_OPTION_NOTIFY_COMPLETED,
-        on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->max_connections_per_ip,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
+        s, MHD_OPTION_END);
     if (s->daemon == NULL) {
+        ij_guard_free(s->guard);
         *errmsg = cm_xasprintf("cannot start the HTTPS server on %s (libmicrohttpd)",
                                cfg->webhook_address);
         close(s->fd);
@@ -345,6 +588,7 @@ void ij_server_stop(struct ij_server *s, unsigned grace_ms)
         nanosleep(&ts, NULL);
     }
     MHD_stop_daemon(s->daemon);
+    ij_guard_free(s->guard);
     if (fd != MHD_INVALID_SOCKET)
         close(fd);
     free(s);

@@ -9,6 +9,10 @@
 #ifndef IJ_SERVER_H
 #define IJ_SERVER_H
 
+#include <microhttpd.h>
+#include <stdbool.h>
+#include <stddef.h>
+
 #include "common/net.h"
 #include "injector/ca.h"
 #include "injector/config.h"
@@ -29,6 +33,40 @@ struct ij_server;
 #define IJ_SERVER_MHD_FLAGS                                                                        \
     (MHD_USE_TLS | MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG)
 #define IJ_SERVER_TLS_PRIORITIES "NORMAL:-VERS-SSL3.0:-VERS-TLS1.0:-VERS-TLS1.1"
+
+/* ---- the guard: what one hostile client may hold (docs/injector.md, "Abuse bounds") ----
+ * One per HTTPS daemon (the webhook's, the CA's own). It keeps a list of the
+ * daemon's connections, each with the time its current request began (the
+ * accept, TLS handshake included, or the end of the previous answer), and a
+ * thread that shuts down every connection past webhook.request_timeout_ms:
+ * libmicrohttpd's own timeout is an idle one, which a client sending a byte
+ * a second never reaches. shutdown(2) wakes the daemon's poll, which then
+ * closes the connection itself; an entry leaves the list (under the lock)
+ * in the daemon's CLOSED notification, before MHD closes the fd, so the
+ * sweep never touches a reused descriptor. */
+struct ij_guard;
+struct ij_guard_conn;
+
+/* Start the guard of the daemon named `name` ("webhook", "ca"); cfg is
+ * borrowed. Returns the guard (ij_guard_free frees it, after the daemon
+ * stopped). */
+struct ij_guard *ij_guard_new(const char *name, const struct ij_config *cfg);
+void ij_guard_free(struct ij_guard *g);
+/* From MHD_CONNECTION_NOTIFY_STARTED / _CLOSED. */
+struct ij_guard_conn *ij_guard_conn_start(struct ij_guard *g, struct MHD_Connection *conn);
+void ij_guard_conn_end(struct ij_guard *g, struct ij_guard_conn *c);
+/* From the access handler: is conn past its deadline (counted once)? The
+ * caller then returns MHD_NO, which closes it. */
+bool ij_guard_expired(struct ij_guard *g, struct MHD_Connection *conn);
+/* A request was answered: the next one's deadline starts now. */
+void ij_guard_request_done(struct ij_guard *g, struct ij_guard_conn *c);
+/* Reserve n bytes of request body against webhook.max_buffered_bytes (all
+ * connections of both daemons together): false when that would pass it.
+ * ij_guard_release gives them back. */
+bool ij_guard_reserve(const struct ij_config *cfg, size_t n);
+void ij_guard_release(size_t n);
+/* The guard's lines of GET /metrics, appended to *buf (heap, grown). */
+void ij_guard_metrics_append(char **buf, size_t *len);
 
 /* A listening socket for a libmicrohttpd daemon: cm_net_listen() plus
  * TCP_NODELAY, which Linux copies to every connection it accepts. Returns the

@@ -177,8 +177,8 @@ static int parse_listener(const struct cm_jpath *p, json_t *o, struct px_listene
 static int parse_identity(const struct cm_jpath *p, json_t *o, char **errmsg)
 {
     static const char *const keys[] = {
-        "trust_domain", "namespace", "service_account", "ca_address",  "ca_root",
-        "token_file",   "cert_file", "key_file",        "bundle_file", NULL};
+        "trust_domain", "namespace", "service_account", "ca_address",     "ca_root", "token_file",
+        "cert_file",    "key_file",  "bundle_file",     "ca_server_name", NULL};
     if (cm_json_check_keys(p, o, keys, errmsg) != 0)
         return CM_ERR_INVAL;
     const char *key;

@@ -47,8 +47,9 @@ static struct {
     struct timespec mtimes[3];
     /* CA */
     struct cm_addr ca_addr;
-    char *ca_host; /* ca_address as configured (Host header) */
-    char *ca_name; /* DNS name to resolve before each request, or NULL (an IP) */
+    char *ca_host;        /* ca_address as configured (Host header) */
+    char *ca_name;        /* DNS name to resolve before each request, or NULL (an IP) */
+    char *ca_server_name; /* the DNS name the CA's certificate must carry (SNI too) */
     char ca_port[8];
     struct evdns_base *dns;
     struct evdns_getaddrinfo_request *resolving;
@@ -427,9 +428,11 @@ static void send_csr(void)
     json_t *req = json_pack("{s:s}", "csr", csr);
     char *body = json_dumps(req, JSON_COMPACT);
     json_decref(req);
-    /* with a DNS name, the CA's certificate must carry it */
-    id.inflight = px_caclient_post(&id.ca_addr, id.ca_conf, id.ca_name, id.ca_host, "/v1/sign",
-                                   token, body, on_ca_answer, NULL);
+    /* the CA's certificate must carry ca_server_name, whatever ca_address
+     * is: an IP address alone would let any certificate under the mesh root
+     * pose as the CA */
+    id.inflight = px_caclient_post(&id.ca_addr, id.ca_conf, id.ca_server_name, id.ca_host,
+                                   "/v1/sign", token, body, on_ca_answer, NULL);
     free(body);
     if (id.inflight == NULL) {
         set_error("CA: %s", strerror(errno));
@@ -479,6 +482,32 @@ static int get_str(const struct cm_jpath *p, json_t *o, const char *key, const c
     return 0;
 }
 
+/* A DNS name mbedTLS can match against a certificate: 1-253 characters,
+ * labels of letters, digits and '-', none empty or over 63. No IP address:
+ * the CA's certificate carries a DNS name only. */
+static bool valid_dns_name(const char *s)
+{
+    size_t n = strlen(s), label = 0;
+    bool alpha = false;
+    if (n == 0 || n > 253 || s[0] == '.' || s[n - 1] == '.')
+        return false;
+    for (; *s; s++) {
+        char c = *s;
+        if (c == '.') {
+            if (label == 0)
+                return false;
+            label = 0;
+            continue;
+        }
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-') ||
+            ++label > 63)
+            return false;
+        alpha = alpha || (c < '0' || c > '9');
+    }
+    return alpha;
+}
+
 static char *opt_path(json_t *o, const char *key)
 {
     const char *v = json_string_value(json_object_get(o, key));
@@ -514,6 +543,11 @@ int px_identity_start(const struct px_config *cfg, char **errmsg)
                             has_static ? "both" : "neither");
     static const char *const static_keys[] = {"cert_file", "key_file", "bundle_file", NULL};
     static const char *const ca_keys[] = {"ca_address", "ca_root", "token_file", NULL};
+    if (has_static && json_object_get(o, "ca_server_name") != NULL) {
+        struct cm_jpath c;
+        cm_jpath_key(&c, &p, "ca_server_name");
+        return cm_json_fail(&c, errmsg, "only with ca_address (a CA-issued identity)");
+    }
     const char *const *need = has_static ? static_keys : ca_keys;
     for (int i = 0; need[i] != NULL; i++) {
         const char *v = NULL;
@@ -559,6 +593,15 @@ int px_identity_start(const struct px_config *cfg, char **errmsg)
         }
     }
     id.ca_host = cm_xstrdup(ca);
+    const char *sn = json_string_value(json_object_get(o, "ca_server_name"));
+    if (sn == NULL)
+        sn = PX_IDENTITY_CA_SERVER_NAME;
+    if (!valid_dns_name(sn)) {
+        struct cm_jpath c;
+        cm_jpath_key(&c, &p, "ca_server_name");
+        return cm_json_fail(&c, errmsg, "\"%s\" is not a DNS name (letters, digits, '-', '.')", sn);
+    }
+    id.ca_server_name = cm_xstrdup(sn);
     id.ca_root_file = opt_path(o, "ca_root");
     id.token_file = opt_path(o, "token_file");
     if (stat(id.ca_root_file, &id.ca_root_st) != 0)
@@ -620,6 +663,7 @@ void px_identity_shutdown(void)
     if (id.dns != NULL)
         evdns_base_free(id.dns, 0);
     free(id.ca_name);
+    free(id.ca_server_name);
     if (id.timer != NULL)
         event_free(id.timer);
     px_tls_conf_unref(id.server);

@@ -20,6 +20,10 @@
 #include "proxy/config.h"
 #include "proxy/tls.h"
 
+/* identity.ca_server_name by default: the CA Service's name, which the
+ * injector's CA serving certificate carries. */
+#define PX_IDENTITY_CA_SERVER_NAME "remora-injector.remora-system.svc"
+
 /* Validate cfg->identity and start obtaining a certificate (CA mode: the
  * first request goes out from the event loop). Without an identity object
  * this does nothing and returns 0. Returns CM_ERR_INVAL with *errmsg naming

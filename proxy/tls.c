@@ -399,6 +399,18 @@ static int tls_handshake(struct px_io *io)
         return a;
     if (r != 0) {
         set_err(x->err, sizeof(x->err), "TLS handshake", r);
+        uint32_t flags = mbedtls_ssl_get_verify_result(&x->ssl);
+        if (r == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED && flags != 0 && flags != (uint32_t)-1) {
+            /* say why: "the certificate Common Name (CN) does not match..." */
+            char why[256];
+            size_t n = strlen(x->err);
+            if (mbedtls_x509_crt_verify_info(why, sizeof(why), "", flags) > 0) {
+                for (char *c = why; *c; c++)
+                    if (*c == '\n')
+                        *c = *(c + 1) ? ';' : '\0';
+                snprintf(x->err + n, sizeof(x->err) - n, ": %s", why);
+            }
+        }
         px_metrics.tls_handshake_failures++;
         return PX_IO_FAILED;
     }

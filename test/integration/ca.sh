@@ -42,7 +42,7 @@ config() {
     jq -n --arg wh "127.0.0.1:$WH" --arg ca "127.0.0.1:$CAP" --arg d "$D" --arg jwks "$TMP/jwks.json" \
         --argjson ttl "$2" --argjson extra "${3:-{\}}" '{
         webhook: {address: $wh, cert_file: ($d + "/wh.pem"), key_file: ($d + "/wh-key.pem"),
-                  reload_interval_ms: 200},
+                  reload_interval_ms: 200, max_connections_per_ip: 32},
         ca: {address: $ca, cert_file: ($d + "/int.pem"), key_file: ($d + "/int-key.pem"),
              root_file: ($d + "/root.pem"), jwks_file: $jwks, ttl_seconds: $ttl},
         trust_domain: "cluster.local", log_level: "info"} * $extra | '"${4:-.}" >"$TMP/$1.json"
@@ -200,6 +200,27 @@ expect_eq "scheme and header name are case-insensitive -> 200" "$CODE" 200
 sign "$TMP/web.json" -H "$(bearer "$(tok --exp-in -30)")"
 expect_eq "a token expired 30 s ago is inside the 60 s skew -> 200" "$CODE" 200
 
+# -- CSRs as real clients write them (test/data/csr/, made by make-samples.py) ------------------
+# openssl, Python's cryptography and Go-style DER, with a subject and without
+# one (URI SAN only: what SPIFFE clients send); DER is sent as PEM.
+for f in "$REMORA_ROOT"/test/data/csr/*.pem "$REMORA_ROOT"/test/data/csr/*.der; do
+    n=$(basename "$f")
+    if [[ $f == *.der ]]; then
+        { echo "-----BEGIN CERTIFICATE REQUEST-----"; base64 -w 64 "$f"; echo "-----END CERTIFICATE REQUEST-----"; } >"$TMP/flavour.csr"
+    else
+        cp "$f" "$TMP/flavour.csr"
+    fi
+    jq -n --rawfile csr "$TMP/flavour.csr" '{csr: $csr}' >"$TMP/flavour.json"
+    sign "$TMP/flavour.json" -H "$(bearer "$(tok)")"
+    jq -r .cert_chain <<<"$BODY" 2>/dev/null | awk '/BEGIN/{n++} n==1' >"$TMP/flavour-leaf.pem"
+    txt=$(openssl x509 -in "$TMP/flavour-leaf.pem" -noout -subject -ext subjectAltName 2>&1)
+    if [[ $CODE == 200 && $txt == *"URI:spiffe://$TD/ns/shop/sa/web"* && $txt == *"CN = web"* ]]; then
+        pass "CSR $n -> 200, leaf for spiffe://$TD/ns/shop/sa/web, subject rewritten"
+    else
+        fail "CSR $n: got $CODE '$BODY' / '$txt'"
+    fi
+done
+
 # -- refusals ------------------------------------------------------------------------------------
 refused() { # NAME WANT-CODE WANT-REASON MESSAGE-REGEX BODY [CURL-ARGS...]
     local name=$1 code=$2 reason=$3 re=$4 body=$5; shift 5
@@ -305,8 +326,8 @@ expect_match "CA certificate expiry gauge" "$m" 'remora_injector_ca_cert_expiry_
 log=$(cat "$TMP/injector-1.log")
 expect_match "a refusal is logged with the identity asked for and the token's" "$log" \
     "refused /v1/sign from 127\\.0\\.0\\.1:[0-9]+: 403 identity_mismatch: .*asked for spiffe://$TD/ns/shop/sa/web; token for ns shop sa admin pod web-0"
-expect_match "a token refusal names the CSR's identity too" "$log" \
-    "401 token_expired: token expired at .*asked for spiffe://$TD/ns/shop/sa/web; no valid token"
+expect_match "a token refusal is decided before the body is read" "$log" \
+    "401 token_expired: token expired at .*asked for \\(body not read\\); no valid token"
 expect_match "issues are logged" "$log" "CA: issued spiffe://$TD/ns/shop/sa/web \\(pod web-0, key rsa-1\\)"
 
 # -- JWKS rotation --------------------------------------------------------------------------------
@@ -538,4 +559,93 @@ stop_pid "$BPID"; expect_eq "B exits 0" "$STOP_RC" 0
 for l in "$TMP"/injector-*.log "$TMP"/{a,b,c,e}.log; do
     expect_sanitizers_clean "sanitizers clean ($(basename "$l" .log))" "$l"
 done
+
+# ---- the reload drill: new signing material under a running injector ---------------------------
+# The CA's files are replaced in place (each by a rename, as a Secret update
+# does): first a new intermediate under the same root, then a new root with a
+# bundle holding both roots. New certificates come from the new material; the
+# ones issued before keep verifying against what a proxy holds until they expire.
+R=$TMP/drill; mkdir -p "$R"
+"$CERTS" intermediate --ca-cert "$D/root.pem" --ca-key "$D/root-key.pem" --cn east-2 \
+    --out-cert "$R/int2.pem" --out-key "$R/int2-key.pem" || exit 1
+"$CERTS" root --out-cert "$R/root2.pem" --out-key "$R/root2-key.pem" --cn "mesh root 2" || exit 1
+"$CERTS" intermediate --ca-cert "$R/root2.pem" --ca-key "$R/root2-key.pem" --cn east-3 \
+    --out-cert "$R/int3.pem" --out-key "$R/int3-key.pem" || exit 1
+cp "$D/int.pem" "$R/cert.pem"; cp "$D/int-key.pem" "$R/key.pem"; cp "$D/root.pem" "$R/root.pem"
+DWH=$(free_port); DCAP=$(free_port)
+jq --arg wh "127.0.0.1:$DWH" --arg ca "127.0.0.1:$DCAP" --arg r "$R" \
+    '.webhook.address = $wh | .ca.address = $ca | .ca.cert_file = ($r + "/cert.pem") |
+     .ca.key_file = ($r + "/key.pem") | .ca.root_file = ($r + "/root.pem")' "$TMP/main.json" >"$TMP/drill.json"
+bg drill "$INJECTOR" -c "$TMP/drill.json"; DPID=$LASTPID
+wait_port "$DCAP" || { fail "drill injector starts"; finish; }
+# dsign N: sign web.json (the same CSR each time), leaf in $R/leafN.pem, chain
+# in $R/chainN.pem, bundle in $R/bundleN.pem
+dsign() {
+    local code
+    code=$(curl -s -m 10 --cacert "$D/root.pem" --resolve "$SVC:$DCAP:127.0.0.1" -o "$R/answer$1" \
+        -w '%{http_code}' -H "$(bearer "$(tok)")" --data-binary @"$TMP/web.json" "https://$SVC:$DCAP/v1/sign")
+    jq -r .cert_chain "$R/answer$1" >"$R/chain$1.pem"
+    jq -r .trust_bundle "$R/answer$1" >"$R/bundle$1.pem"
+    awk '/BEGIN/{n++} n==1' "$R/chain$1.pem" >"$R/leaf$1.pem"
+    awk '/BEGIN/{n++} n>=2' "$R/chain$1.pem" >"$R/inter$1.pem"
+    echo "$code"
+}
+# reloads_ok: remora_injector_ca_reloads_total{result="ok"}
+reloads() {
+    curl -s --cacert "$D/wh.pem" --resolve "$SVC:$DWH:127.0.0.1" "https://$SVC:$DWH/metrics" |
+        awk -v r="$1" '$1 == "remora_injector_ca_reloads_total{result=\"" r "\"}" {print $2}'
+}
+wait_reloads() { # RESULT N
+    for _ in $(seq 100); do [[ $(reloads "$1") -ge $2 ]] && return 0; sleep 0.1; done
+    return 1
+}
+issuer() { openssl x509 -in "$1" -noout -issuer | sed 's/.*CN *= *//'; }
+vfy() { # LEAF INTERMEDIATES BUNDLE [openssl flags]: "OK" or openssl's messages on one line
+    local out
+    if out=$(openssl verify -CAfile "$3" -untrusted "$2" "${@:4}" "$1" 2>&1); then echo OK; else
+        tr '\n' ' ' <<<"$out"; fi
+}
+expect_eq "drill: sign with the first intermediate -> 200" "$(dsign 1)" 200
+expect_eq "... issued by east" "$(issuer "$R/leaf1.pem")" east
+
+# 1. a new intermediate under the same root; the key lands before the cert:
+#    the mismatched pair in between is refused, the next poll loads both
+mv "$R/int2-key.pem" "$R/key.pem"
+sleep 0.6
+expect_eq "drill: a key without its certificate is not loaded (still east)" "$(dsign 1b)" 200
+expect_eq "... the old material signs meanwhile" "$(issuer "$R/leaf1b.pem")" east
+cp "$R/int2.pem" "$R/cert.tmp"; mv "$R/cert.tmp" "$R/cert.pem"
+check "drill: the new intermediate is loaded (reloads_total ok)" wait_reloads ok 1
+expect_eq "drill: sign after the new intermediate -> 200" "$(dsign 2)" 200
+expect_eq "... issued by east-2" "$(issuer "$R/leaf2.pem")" east-2
+expect_eq "... the chain carries east-2" "$(issuer "$R/inter2.pem")" "mesh root"
+expect_eq "... the new leaf verifies with the same root" "$(vfy "$R/leaf2.pem" "$R/inter2.pem" "$D/root.pem")" OK
+expect_eq "... the leaf issued before verifies still (its own chain, same root)" \
+    "$(vfy "$R/leaf1.pem" "$R/inter1.pem" "$D/root.pem")" OK
+check "... the mismatched key was refused once (reloads_total error)" wait_reloads error 1
+
+# 2. a new root: its intermediate and key, and a bundle with both roots
+cat "$D/root.pem" "$R/root2.pem" >"$R/root.tmp"; mv "$R/root.tmp" "$R/root.pem"
+cp "$R/int3-key.pem" "$R/key.tmp"; mv "$R/key.tmp" "$R/key.pem"
+cp "$R/int3.pem" "$R/cert.tmp"; mv "$R/cert.tmp" "$R/cert.pem"
+for _ in $(seq 100); do
+    [[ $(dsign 3) == 200 && $(issuer "$R/leaf3.pem") == east-3 ]] && break; sleep 0.1
+done
+expect_eq "drill: after the new root, certificates come from east-3" "$(issuer "$R/leaf3.pem")" east-3
+expect_eq "... the trust bundle holds both roots" "$(grep -c 'BEGIN CERTIFICATE' "$R/bundle3.pem")" 2
+expect_eq "... the new leaf verifies with the bundle" "$(vfy "$R/leaf3.pem" "$R/inter3.pem" "$R/bundle3.pem")" OK
+expect_eq "... and not with the old root alone (it is new material)" \
+    "$(vfy "$R/leaf3.pem" "$R/inter3.pem" "$D/root.pem" | grep -c 'unable to get local issuer')" 1
+for n in 1 2; do
+    expect_eq "... leaf $n (issued before) verifies with the new bundle" \
+        "$(vfy "$R/leaf$n.pem" "$R/inter$n.pem" "$R/bundle3.pem")" OK
+    end=$(date -d "$(openssl x509 -in "$R/leaf$n.pem" -noout -enddate | cut -d= -f2)" +%s)
+    expect_match "... until it expires (verify at its notAfter + 60 s fails)" \
+        "$(vfy "$R/leaf$n.pem" "$R/inter$n.pem" "$R/bundle3.pem" -attime $((end + 60)))" 'certificate has expired'
+done
+expect_eq "drill: the CA port's own serving certificate still verifies with the old root" \
+    "$(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/root.pem" --resolve "$SVC:$DCAP:127.0.0.1" "https://$SVC:$DCAP/healthz")" 200
+stop_pid "$DPID"; expect_eq "drill injector exits 0" "$STOP_RC" 0
+expect_sanitizers_clean "sanitizers clean (drill)" "$TMP/drill.log"
+
 finish

@@ -37,7 +37,8 @@ config() {
     jq -n --arg port "$2" --arg cert "$TMP/live/cert.pem" --arg key "$TMP/live/key.pem" \
         --argjson native "$3" --argjson extra "${4:-{\}}" '{
         webhook: {address: ("127.0.0.1:" + $port), cert_file: $cert, key_file: $key,
-                  timeout_seconds: 2, reload_interval_ms: 200, max_body_bytes: 1048576},
+                  timeout_seconds: 2, reload_interval_ms: 200, max_body_bytes: 1048576,
+                  max_connections_per_ip: 128},  # 64 concurrent reviews from 127.0.0.1 below
         ca: {audience: "remora-ca", ttl_seconds: 86400},
         trust_domain: "cluster.local", native_sidecars: $native, log_level: "info"} * $extra' \
         >"$TMP/$1.json"

@@ -192,28 +192,76 @@ out=$(curl -s "http://127.0.0.1:$A_OUT/still")
 expect_match "... and traffic still flows" "$out" '"path":"/still"'
 
 # -- a workload posing as the CA never receives the token ----------------------------------------
-FAKE=$(free_port); C_ADMIN=$(free_port); C_IN=$(free_port)
-openssl s_server -accept "127.0.0.1:$FAKE" -cert "$D/b2.pem" -cert_chain "$D/b2.pem" -key "$D/b2-key.pem" -www -quiet \
-    >"$TMP/fake-ca.log" 2>&1 </dev/null &
-_pids+=($!)
-wait_port "$FAKE"
+# ca_address is an IP here: only identity.ca_server_name (default
+# remora-injector.remora-system.svc) tells the CA from any other certificate
+# under the mesh root. The fake CA (Python's ssl) prints what it receives:
+# the token must never appear there.
+"$CERTS" server --ca-cert "$D/int.pem" --ca-key "$D/int-key.pem" --dns api.shop.svc \
+    --out-cert "$D/api.pem" --out-key "$D/api-key.pem" || exit 1
 echo "secret-token-must-not-leak" >"$TMP/token"
-cat >"$TMP/c.json" <<JSON
-{"admin": {"address": "127.0.0.1:$C_ADMIN"},
- "listeners": [{"name": "in", "address": "127.0.0.1:$C_IN", "direction": "inbound",
+NFAKE=0
+# fake_ca CERT KEY [CA-SERVER-NAME]: a fake CA on 127.0.0.1 and proxy C asking it;
+# sets E (C's last_error once it has one) and FAKELOG
+fake_ca() {
+    NFAKE=$((NFAKE + 1))
+    local fake cadmin cin fpid
+    fake=$(free_port); cadmin=$(free_port); cin=$(free_port)
+    FAKELOG=$TMP/fake-ca-$NFAKE.log
+    python3 -c '
+import socket, ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+ls = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+while True:
+    c, _ = ls.accept()
+    try:
+        t = ctx.wrap_socket(c, server_side=True)
+        t.settimeout(5)
+        data = t.recv(65536)
+        print(data.decode("latin-1"), flush=True)
+        t.sendall(b"HTTP/1.1 500 Fake\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        t.close()
+    except Exception as e:
+        print("handshake or read failed:", e, flush=True)
+        c.close()
+' "$fake" "$1" "$2" >"$FAKELOG" 2>&1 </dev/null &
+    fpid=$!; _pids+=("$fpid")
+    wait_port "$fake"
+    cat >"$TMP/c$NFAKE.json" <<JSON
+{"admin": {"address": "127.0.0.1:$cadmin"},
+ "listeners": [{"name": "in", "address": "127.0.0.1:$cin", "direction": "inbound",
                 "upstream": "127.0.0.1:$APP", "tls": "strict"}],
- "identity": {"namespace": "shop", "service_account": "web", "ca_address": "127.0.0.1:$FAKE",
-              "ca_root": "$D/root.pem", "token_file": "$TMP/token"}}
+ "identity": {"namespace": "shop", "service_account": "web", "ca_address": "127.0.0.1:$fake",
+              ${3:+\"ca_server_name\": \"$3\",} "ca_root": "$D/root.pem", "token_file": "$TMP/token"}}
 JSON
-bg c "$PROXY" -c "$TMP/c.json"; CPID=$LASTPID
-for _ in $(seq 50); do
-    e=$(curl -s "http://127.0.0.1:$C_ADMIN/certs" | jq -r .last_error 2>/dev/null)
-    [[ $e == *workload* ]] && break; sleep 0.1
-done
-expect_match "a CA address answered by a workload certificate is refused" "$e" "workload.*spiffe://cluster.local/ns/shop/sa/web"
-code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$C_ADMIN/ready")
-expect_eq "... and the proxy stays not ready" "$code" 503
-stop_pid "$CPID"; expect_eq "C exits 0" "$STOP_RC" 0
+    bg "c$NFAKE" "$PROXY" -c "$TMP/c$NFAKE.json"; CPID=$LASTPID
+    E=null
+    for _ in $(seq 100); do
+        E=$(curl -s "http://127.0.0.1:$cadmin/certs" | jq -r .last_error 2>/dev/null)
+        [[ -n $E && $E != null ]] && break; sleep 0.1
+    done
+    CODE=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$cadmin/ready")
+    stop_pid "$CPID"; expect_eq "proxy C$NFAKE exits 0" "$STOP_RC" 0
+    expect_sanitizers_clean "sanitizers clean (c$NFAKE)" "$TMP/c$NFAKE.log"
+    stop_pid "$fpid"
+}
+fake_ca "$D/b2.pem" "$D/b2-key.pem"
+expect_match "a workload's certificate at the CA's IP address is refused (no CA name in it)" "$E" \
+    "CA connection: .*Common Name \\(CN\\) does not match"
+expect_eq "... and the proxy stays not ready" "$CODE" 503
+check "... and the token never reached it" bash -c "! grep -q secret-token '$FAKELOG'"
+fake_ca "$D/api.pem" "$D/api-key.pem"
+expect_match "a mesh server certificate for another name (api.shop.svc) at the CA's IP is refused" "$E" \
+    "CA connection: .*Common Name \\(CN\\) does not match"
+check "... and the token never reached it" bash -c "! grep -q secret-token '$FAKELOG'"
+fake_ca "$D/api.pem" "$D/api-key.pem" api.shop.svc
+expect_match "with ca_server_name api.shop.svc the same certificate is taken for the CA" "$E" \
+    "CA refused the CSR: 500"
+check "... the request went out to it (SNI and name check use ca_server_name)" grep -q "POST /v1/sign" "$FAKELOG"
+jq '.identity.ca_server_name = "10.0.0.1"' "$TMP/c3.json" >"$TMP/c-badname.json"
+out=$(timeout 20 "$PROXY" -c "$TMP/c-badname.json" 2>&1)
+expect_match "a proxy with ca_server_name 10.0.0.1 does not start: it must be a DNS name" "$?:$out" \
+    '^[1-9][0-9]*:.*identity\.ca_server_name: "10\.0\.0\.1" is not a DNS name'
 
 stop_pid "$APID"; expect_eq "A exits 0" "$STOP_RC" 0
 stop_pid "$BPID"; expect_eq "B exits 0" "$STOP_RC" 0
