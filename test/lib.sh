@@ -18,12 +18,28 @@ _cleanup() {
     for c in "${_cleanups[@]}"; do eval "$c" || true; done
     for p in "${_pids[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${_pids[@]}"; do
-        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$p" 2>/dev/null || true
+        wait_until 5 gone "$p" || kill -9 "$p" 2>/dev/null || true
     done
     rm -rf "$TMP"
 }
 trap _cleanup EXIT
+
+# wait_until TIMEOUT_S CMD...: run CMD every 0.1 s (WAIT_UNTIL_STEP) until it succeeds
+# (return 0) or TIMEOUT_S seconds (fractions allowed) have passed (return 1). CMD runs in
+# this shell, so a function may set variables for the caller; it is tried at least once,
+# and once more at the deadline. Bounded, and measured on the clock, not in tries: a slow
+# CMD on a loaded machine does not stretch the bound.
+wait_until() {
+    local t=$1 now end; shift
+    now=${EPOCHREALTIME//[!0-9]/}
+    end=$((now + $(awk -v t="$t" 'BEGIN {printf "%d", t * 1000000}')))
+    while :; do
+        "$@" && return 0
+        now=${EPOCHREALTIME//[!0-9]/}
+        ((now >= end)) && return 1
+        sleep "${WAIT_UNTIL_STEP:-0.1}"
+    done
+}
 
 # on_exit CMD: run CMD at exit (namespaces, links...)
 on_exit() { _cleanups+=("$1"); }
@@ -96,28 +112,27 @@ sys.exit("free_port: no free port below %d" % low)
 PY
 }
 
+# accepts PORT [HOST]: something accepts a TCP connection on it now.
+accepts() { (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; }
 # wait_port PORT [HOST]: wait until something accepts on it (10 s).
-wait_port() {
-    local host=${2:-127.0.0.1}
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/$host/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
+wait_port() { wait_until 10 accepts "$1" "${2:-127.0.0.1}"; }
 
+# answers URL CODE: URL answers CODE now.
+answers() { [[ $(curl -s -o /dev/null -w '%{http_code}' "$1") == "$2" ]]; }
 # wait_http URL [CODE]: wait until URL answers CODE (default 200), 10 s.
-wait_http() {
-    local want=${2:-200}
-    for _ in $(seq 100); do
-        [[ $(curl -s -o /dev/null -w '%{http_code}' "$1") == "$want" ]] && return 0
-        sleep 0.1
-    done
-    return 1
-}
+wait_http() { wait_until 10 answers "$1" "${2:-200}"; }
 
 # alive PID: the process still runs (the proxy must never crash).
 alive() { kill -0 "$1" 2>/dev/null; }
+# gone PID: the process has ended.
+gone() { ! kill -0 "$1" 2>/dev/null; }
+
+# listen_port FILE: the port of the first "listening on HOST:PORT" line in FILE, in $LISTEN_PORT;
+# fails while there is none (wait_until 5 listen_port FILE waits for it).
+listen_port() {
+    LISTEN_PORT=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$1" 2>/dev/null | head -1)
+    [[ -n $LISTEN_PORT ]]
+}
 
 # finish: exit status for the runner (0 when nothing failed).
 finish() { exit $((_fails > 0)); }
@@ -129,11 +144,10 @@ start_upstream() {
     bg "$name" "$UPSTREAM" --listen 127.0.0.1:0 --name "$name" "$@"
     UP_PID=$LASTPID
     UP_PORT=""
-    for _ in $(seq 100); do
-        UP_PORT=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$TMP/$name.log" | head -1)
-        [[ -n $UP_PORT ]] && return 0
-        sleep 0.05
-    done
+    if wait_until 5 listen_port "$TMP/$name.log"; then
+        UP_PORT=$LISTEN_PORT
+        return 0
+    fi
     fail "start_upstream $name: no port"; cat "$TMP/$name.log" >&2
     return 1
 }
@@ -155,8 +169,7 @@ start_proxy() {
 stop_pid() {
     kill -TERM "$1" 2>/dev/null
     STOP_RC=124
-    for _ in $(seq 200); do kill -0 "$1" 2>/dev/null || break; sleep 0.05; done
-    kill -0 "$1" 2>/dev/null && return
+    WAIT_UNTIL_STEP=0.05 wait_until 10 gone "$1" || return
     wait "$1" 2>/dev/null; STOP_RC=$?
 }
 

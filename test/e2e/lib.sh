@@ -73,17 +73,12 @@ e2e_cluster() {
         bg injector ip netns exec "$E2E_NODE" "$INJECTOR" -c "$E2E/injector.json"
     fi
     E2E_INJECTOR_PID=$LASTPID
-    local ok=0
-    for _ in $(seq 100); do
-        if _e2e_in_node curl -s -o /dev/null --cacert "$E2E/pki/root.pem" \
+    _e2e_injector_up() {
+        _e2e_in_node curl -s -o /dev/null --cacert "$E2E/pki/root.pem" \
             --resolve "remora-injector.remora-system.svc:8443:$E2E_NODE_IP" \
-            https://remora-injector.remora-system.svc:8443/healthz; then
-            ok=1
-            break
-        fi
-        sleep 0.1
-    done
-    if ((!ok)); then
+            https://remora-injector.remora-system.svc:8443/healthz
+    }
+    if ! wait_until 10 _e2e_injector_up; then
         echo "e2e: remora-injector did not come up:" >&2
         tail -20 "$TMP/injector.log" >&2
         return 1
@@ -134,15 +129,19 @@ e2e_pod() { # NAME IP MANIFEST [IP6]
         --ip "$ip" "${v6[@]}" --state "$state"
     POD_PID[$name]=$LASTPID
     on_exit "e2e_delete $name"
-    local i
-    for ((i = 0; i < E2E_WAIT * 10; i++)); do
-        [[ $(pod_status "$name" .ready) == true ]] && return 0
-        [[ $(pod_status "$name" .phase) == Failed ]] && break
-        alive "${POD_PID[$name]}" || break
-        sleep 0.1
-    done
+    E2E_SETTLED=""
+    wait_until "$E2E_WAIT" _e2e_pod_settled "$name" && [[ $E2E_SETTLED == ready ]] && return 0
     echo "e2e: pod $name not Ready: $(pod_status "$name" '.phase + " " + (.reason // "")')" >&2
     tail -15 "$TMP/pod-$name.log" >&2
+    return 1
+}
+
+# _e2e_pod_settled NAME: true once the pod is Ready ($E2E_SETTLED=ready) or never will be
+# (Failed, or its kubelet gone); false while it may still come up.
+_e2e_pod_settled() {
+    [[ $(pod_status "$1" .ready) == true ]] && { E2E_SETTLED=ready; return 0; }
+    [[ $(pod_status "$1" .phase) == Failed ]] && { E2E_SETTLED=failed; return 0; }
+    alive "${POD_PID[$1]}" || { E2E_SETTLED=gone; return 0; }
     return 1
 }
 
@@ -151,7 +150,7 @@ e2e_delete() { # NAME: the pod's kubelet runs the termination sequence, then exi
     [[ -n $pid ]] || return 0
     if alive "$pid"; then
         kill -TERM "$pid" 2>/dev/null
-        for _ in $(seq 150); do alive "$pid" || break; sleep 0.1; done
+        wait_until 15 gone "$pid"
     fi
     wait "$pid" 2>/dev/null
     # whatever happened to the kubelet: nothing of the pod survives

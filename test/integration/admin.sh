@@ -35,11 +35,7 @@ EOF
 # wait_exit PID SECONDS: wait for the process to end; sets RC (or fails).
 wait_exit() {
     local pid=$1 secs=$2
-    for _ in $(seq $((secs * 10))); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
+    if ! wait_until "$secs" gone "$pid"; then
         RC=timeout
         return 1
     fi
@@ -79,11 +75,8 @@ expect_eq "proxy forwards 404" \
 curl -s --max-time 10 -o /dev/null -X POST -d x "http://127.0.0.1:$LISTEN/hello.txt"
 # A request is counted when its stream ends, which may be a moment after curl
 # has the answer: wait (2 s at most) until all three are in.
-for _ in $(seq 20); do
-    req GET /stats
-    [[ $(json "$TMP/body" 'd["requests_total"]') == 3 ]] && break
-    sleep 0.1
-done
+requests_total_is() { req GET /stats; [[ $(json "$TMP/body" 'd["requests_total"]') == "$1" ]]; }
+wait_until 2 requests_total_is 3
 
 req GET /metrics
 expect_eq "metrics: 200" "$CODE" 200
@@ -223,12 +216,9 @@ EOF
 bg p0 "$PROXY" -c "$TMP/p0.json"
 D_PID=$LASTPID
 wait_port "$LISTEN"
+admin_logged() { port=$(grep -oE 'admin: serving on 127\.0\.0\.1:[0-9]+' "$TMP/p0.log" | grep -oE '[0-9]+$'); [[ -n $port ]]; }
 port=""
-for _ in $(seq 50); do
-    port=$(grep -oE 'admin: serving on 127\.0\.0\.1:[0-9]+' "$TMP/p0.log" | grep -oE '[0-9]+$')
-    [[ -n $port ]] && break
-    sleep 0.1
-done
+wait_until 5 admin_logged
 expect_match "port 0: real port logged" "$port" '^[1-9][0-9]*$'
 ADMIN=$port
 req GET /ready

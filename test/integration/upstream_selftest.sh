@@ -15,12 +15,8 @@ start_upstream() {
         bg "$name" "$UPSTREAM" --listen 127.0.0.1:0 --name "$name" "$@"
     UPID=$LASTPID
     PORT=
-    for _ in $(seq 100); do
-        PORT=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$TMP/$name.log")
-        [[ -n $PORT ]] && return 0
-        sleep 0.1
-    done
-    return 1
+    wait_until 10 listen_port "$TMP/$name.log" || return 1
+    PORT=$LISTEN_PORT
 }
 
 # stop_upstream NAME PID: SIGTERM, wait, exit status 0 and no sanitizer report.
