@@ -102,11 +102,11 @@ if kubectl kustomize "$REMORA_ROOT/manifests" 2>/dev/null |
         case $k in jwks_file) want=remora-jwks ;; *) want=remora-ca ;; esac
         expect_eq "Deployment: ca.$k ($dir) is mounted from $want" "${src:-none}" "$want"
     done
-    expect_eq "a CronJob keeps remora-jwks current from /openid/v1/jwks" \
+    expect_eq "a CronJob keeps remora-jwks current from /openid/v1/jwks (remora-injector refresh-jwks)" \
         "$(mj '.[] | select(.kind == "CronJob" and .metadata.name == "remora-jwks-refresh") |
-            [.spec.schedule, (.spec.jobTemplate.spec.template.spec.containers[0].args[0] |
-             contains("/openid/v1/jwks") and contains("remora-jwks"))] | map(tostring) | join(" ")')" \
-        "*/10 * * * * true"
+            [.spec.schedule, (.spec.jobTemplate.spec.template.spec.containers[0].command | join(" "))] |
+            join(" ")')" \
+        "*/10 * * * * remora-injector refresh-jwks"
     expect_eq "... allowed to read the JWKS and patch that ConfigMap alone" \
         "$(mj '[.[] | select(.kind == "ClusterRole" and .metadata.name == "remora-jwks-reader") | .rules[0].nonResourceURLs[0]] +
             [.[] | select(.kind == "Role" and .metadata.name == "remora-jwks-refresh") | .rules[0].resourceNames[0]] | join(" ")')" \
