@@ -1,5 +1,6 @@
 #include "proxy/config.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,6 +28,11 @@ void px_limits_default(struct px_limits *l)
     l->h2_max_resets_per_window = 200;
     l->h2_reset_window_ms = 10000;
     l->tcp_idle_timeout_ms = 3600000; /* Envoy's tcp_proxy idle_timeout */
+    /* circuit breakers (Envoy's defaults but the timeout, which Envoy lacks) */
+    l->upstream.max_connections = 1024;
+    l->upstream.max_pending_requests = 1024;
+    l->upstream.pending_timeout_ms = 5000;
+    l->upstream.max_requests_per_connection = 128;
 }
 
 void px_config_free(struct px_config *cfg)
@@ -75,6 +81,22 @@ static int get_u32(const struct cm_jpath *p, json_t *obj, const char *key, int64
     return rc;
 }
 
+int px_breakers_parse(const struct cm_jpath *p, json_t *o, const char *prefix,
+                      struct px_breakers *b, char **errmsg)
+{
+    char k[64];
+    int rc = 0;
+    snprintf(k, sizeof(k), "%smax_connections", prefix);
+    rc = rc ?: get_u32(p, o, k, 1, 1000000, &b->max_connections, errmsg);
+    snprintf(k, sizeof(k), "%smax_pending_requests", prefix);
+    rc = rc ?: get_u32(p, o, k, 0, 1000000, &b->max_pending_requests, errmsg);
+    snprintf(k, sizeof(k), "%spending_timeout_ms", prefix);
+    rc = rc ?: get_u32(p, o, k, 1, 3600000, &b->pending_timeout_ms, errmsg);
+    snprintf(k, sizeof(k), "%smax_requests_per_connection", prefix);
+    rc = rc ?: get_u32(p, o, k, 1, 100000, &b->max_requests_per_connection, errmsg);
+    return rc;
+}
+
 static int parse_limits(const struct cm_jpath *p, json_t *o, struct px_limits *l, char **errmsg)
 {
     static const char *const keys[] = {"max_header_bytes",
@@ -95,6 +117,11 @@ static int parse_limits(const struct cm_jpath *p, json_t *o, struct px_limits *l
                                        "h2_max_resets_per_window",
                                        "h2_reset_window_ms",
                                        "tcp_idle_timeout_ms",
+                                       /* circuit breakers (proxy/pool.h) */
+                                       "upstream_max_connections",
+                                       "upstream_max_pending_requests",
+                                       "upstream_pending_timeout_ms",
+                                       "upstream_max_requests_per_connection",
                                        NULL};
     if (cm_json_check_keys(p, o, keys, errmsg) != 0)
         return CM_ERR_INVAL;
@@ -124,6 +151,7 @@ static int parse_limits(const struct cm_jpath *p, json_t *o, struct px_limits *l
                         errmsg);
     rc = rc ?: get_u32(p, o, "h2_reset_window_ms", 1, 3600000, &l->h2_reset_window_ms, errmsg);
     rc = rc ?: get_u32(p, o, "tcp_idle_timeout_ms", 0, 604800000, &l->tcp_idle_timeout_ms, errmsg);
+    rc = rc ?: px_breakers_parse(p, o, "upstream_", &l->upstream, errmsg);
     l->max_request_body = (uint64_t)body;
     return rc;
 }

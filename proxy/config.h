@@ -43,6 +43,15 @@ struct px_listener_cfg {
                          * here (an IPv6 listener in a pod without IPv6) */
 };
 
+/* Upstream circuit breakers, per endpoint (proxy/pool.h): the defaults are
+ * limits.upstream_*, a route's "circuit_breakers" overrides them. */
+struct px_breakers {
+    uint32_t max_connections;             /* connections open or opening to one endpoint */
+    uint32_t max_pending_requests;        /* requests waiting for one of them (0: none wait) */
+    uint32_t pending_timeout_ms;          /* how long one may wait */
+    uint32_t max_requests_per_connection; /* concurrent requests (streams) on one h2 connection */
+};
+
 /* Bounds on everything a peer can make us hold ("limits" object). */
 struct px_limits {
     uint32_t max_header_bytes;     /* request/response head; over -> 431 / 502 */
@@ -63,6 +72,7 @@ struct px_limits {
     uint32_t h2_max_resets_per_window; /* stream resets one h2 client may cause per window */
     uint32_t h2_reset_window_ms;       /* ... then GOAWAY(ENHANCE_YOUR_CALM) */
     uint32_t tcp_idle_timeout_ms; /* a TCP tunnel with no byte either way is closed; 0: never */
+    struct px_breakers upstream; /* upstream_max_connections, ... (circuit breakers) */
 };
 
 /* At most this many entries in "opaque_ports". */
@@ -106,6 +116,11 @@ int px_config_load(const char *file, struct px_config **out, char **errmsg);
 int px_config_parse(const char *name, const char *buf, size_t len, struct px_config **out,
                     char **errmsg);
 void px_config_free(struct px_config *cfg);
+/* Read the four circuit-breaker keys "<prefix>max_connections", ... of o
+ * into b (absent keys keep b's values). Errors name the key under p. */
+struct cm_jpath;
+int px_breakers_parse(const struct cm_jpath *p, json_t *o, const char *prefix,
+                      struct px_breakers *b, char **errmsg);
 /* Defaults of the "limits" object. */
 void px_limits_default(struct px_limits *l);
 

@@ -17,6 +17,8 @@ void px_h1_server_start(struct px_conn *c);
  * from the pool or new. Failures are reported later through
  * px_stream_on_error(s, PX_UP, cause). */
 void px_h1_client_attach(struct px_stream *s);
+/* An idle pooled connection to a waits (circuit breakers: a waiter may take it). */
+bool px_h1_client_has_idle(const struct cm_addr *a);
 
 /* Draining: close idle keep-alive connections, answer "Connection: close"
  * on the rest. */

@@ -19,6 +19,7 @@
 #include "proxy/h1.h"
 #include "proxy/h1_common.h"
 #include "proxy/metrics.h"
+#include "proxy/pool.h"
 #include "proxy/server.h"
 
 enum h1c_state {
@@ -50,6 +51,9 @@ struct h1c {
     struct cm_list link; /* pool idle list of its bucket, or the busy list */
     /* why we refused the response (static), or NULL */
     const char *err_reason;
+
+    /* its endpoint's circuit breakers (this connection is counted there) */
+    struct px_upstream_ep *pep;
 };
 
 #define POOL_BUCKETS 64
@@ -314,6 +318,7 @@ static void free_now(struct h1c *u)
     px_h1_acc_free(&u->acc);
     px_io_free(u->io);
     px_metrics.upstream_cx_active--;
+    px_pool_conn_closed(u->pep); /* the socket is closed: a waiter may connect */
     free(u);
 }
 
@@ -425,6 +430,7 @@ static void release(struct h1c *u)
     /* the server may close an idle connection: watch for EOF; time it out */
     px_io_set_timeout(u->io, limits()->pool_idle_timeout_ms);
     px_io_read_enable(u->io, true);
+    px_pool_wake(u->pep); /* the oldest waiter takes it on the next loop turn */
 }
 
 static void on_kick(evutil_socket_t fd, short what, void *arg)
@@ -584,6 +590,8 @@ static struct h1c *conn_new(const struct cm_addr *addr)
     }
     u->kick = event_new(px_srv->base, -1, 0, on_kick, u);
     u->state = H1C_CONNECTING;
+    u->pep = px_pool_ep(addr);
+    px_pool_conn_opened(u->pep);
     cm_list_insert_tail(&busy, &u->link);
     px_metrics.upstream_cx_total++;
     px_metrics.upstream_cx_active++;
@@ -592,6 +600,18 @@ static struct h1c *conn_new(const struct cm_addr *addr)
     px_io_set_write_lowat(u->io, bound / 2);
     px_io_setcb(u->io, on_read, on_write, on_event, u);
     return u;
+}
+
+bool px_h1_client_has_idle(const struct cm_addr *a)
+{
+    init_settings();
+    struct bucket *b = &pool[bucket_of(a)];
+    if (b->nidle == 0)
+        return false;
+    for (struct cm_list *n = b->idle.next; n != &b->idle; n = n->next)
+        if (cm_addr_equal(&cm_container_of(n, struct h1c, link)->addr, a))
+            return true;
+    return false;
 }
 
 void px_h1_client_attach(struct px_stream *s)

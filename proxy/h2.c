@@ -20,6 +20,7 @@
 #include "proxy/h2_common.h"
 #include "proxy/http.h"
 #include "proxy/metrics.h"
+#include "proxy/pool.h"
 #include "proxy/server.h"
 
 struct cm_list px_h2_server_list = {&px_h2_server_list, &px_h2_server_list};
@@ -347,6 +348,7 @@ void px_h2_session_destroy(struct px_h2_session *sess)
     } else {
         px_h2_nclient--;
         px_metrics.upstream_cx_active--;
+        px_pool_conn_closed(sess->pool_ep); /* the socket is closed: a waiter may connect */
     }
     free(sess->expected_id);
     free(sess);
@@ -495,6 +497,8 @@ void px_h2_stream_free(struct px_h2_stream *st)
     px_h2_session_idle_update(sess);
     if (sess->state != PX_H2_CLOSING)
         px_h2_session_schedule(sess);
+    if (sess->role == PX_H2_CLIENT)
+        px_pool_wake(sess->pool_ep); /* a stream slot is free */
 }
 
 void px_h2_stream_detach(struct px_h2_stream *st)

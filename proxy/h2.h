@@ -21,6 +21,10 @@ void px_h2_server_start(struct px_conn *c);
  * through px_stream_attach_up(). Failures are reported later, from the event
  * loop, through px_stream_on_error(s, PX_UP, cause). */
 void px_h2_client_attach(struct px_stream *s);
+/* A pooled session could take s now: same key (address, mTLS, expected
+ * identity) and fewer streams than s->cb.max_requests_per_connection and the
+ * peer's SETTINGS_MAX_CONCURRENT_STREAMS (circuit breakers). */
+bool px_h2_client_has_room(const struct px_stream *s);
 
 /* Draining: GOAWAY to every server session (in-flight streams finish);
  * close idle client sessions. */

@@ -20,6 +20,7 @@
 #include "proxy/identity.h"
 #include "proxy/tls.h"
 #include "proxy/metrics.h"
+#include "proxy/pool.h"
 #include "proxy/routes.h"
 #include "proxy/server.h"
 
@@ -407,12 +408,12 @@ void px_h2_client_on_event(struct px_h2_session *sess, short what)
     px_h2_session_close(sess, cause);
 }
 
-/* How many streams this session may carry. */
-static uint32_t stream_cap(const struct px_h2_session *sess)
+/* How many streams this session may carry for a request whose circuit
+ * breakers allow `limit` per connection: that, and the peer's
+ * SETTINGS_MAX_CONCURRENT_STREAMS once known. */
+static uint32_t stream_cap(const struct px_h2_session *sess, uint32_t limit)
 {
-    uint32_t cap = px_srv->cfg->limits.h2_max_concurrent_streams;
-    if (cap == 0)
-        cap = 100;
+    uint32_t cap = limit > 0 ? limit : 1;
     if (sess->state == PX_H2_OPEN) {
         uint32_t peer =
             nghttp2_session_get_remote_settings(sess->ng, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
@@ -431,14 +432,15 @@ static bool same_id(const char *a, const char *b)
 /* The pool key: address, mTLS or not, and the identity the peer was checked
  * against (a session verified for one identity never carries a request that
  * expects another). */
-static struct px_h2_session *pool_find(const struct cm_addr *a, bool tls, const char *expected)
+static struct px_h2_session *pool_find(const struct cm_addr *a, bool tls, const char *expected,
+                                       uint32_t limit)
 {
     struct cm_list *pos;
     for (pos = px_h2_client_list.next; pos != &px_h2_client_list; pos = pos->next) {
         struct px_h2_session *sess = cm_container_of(pos, struct px_h2_session, link);
         if ((sess->state == PX_H2_OPEN || sess->state == PX_H2_CONNECTING) &&
             !sess->close_when_flushed && cm_addr_equal(&sess->addr, a) && sess->tls == tls &&
-            same_id(sess->expected_id, expected) && sess->nstreams < stream_cap(sess))
+            same_id(sess->expected_id, expected) && sess->nstreams < stream_cap(sess, limit))
             return sess;
     }
     return NULL;
@@ -455,6 +457,8 @@ static struct px_h2_session *client_new(const struct cm_addr *a, struct px_tls_c
     sess->addr = *a;
     sess->tls = tls != NULL;
     sess->expected_id = expected ? cm_xstrdup(expected) : NULL;
+    sess->pool_ep = px_pool_ep(a);
+    px_pool_conn_opened(sess->pool_ep);
     /* newest first: pool_find prefers the sessions most likely to have room */
     cm_list_insert_head(&px_h2_client_list, &sess->link);
     px_h2_nclient++;
@@ -509,9 +513,15 @@ static bool resubmit(struct px_h2_stream *st)
     if (s->up_tls && (tls = px_identity_client_conf()) == NULL)
         return false;
     const char *expected = st->sess->expected_id; /* the same peer check */
-    struct px_h2_session *sess = pool_find(&s->upstream, s->up_tls, expected);
-    if (sess == NULL || sess == st->sess)
+    struct px_h2_session *sess =
+        pool_find(&s->upstream, s->up_tls, expected, s->cb.max_requests_per_connection);
+    if (sess == NULL || sess == st->sess) {
+        /* a new connection only within the circuit breaker; else the
+         * failure goes to the stream (whose retry waits in the queue) */
+        if (st->sess->pool_ep != NULL && st->sess->pool_ep->nconns >= s->cb.max_connections)
+            return false;
         sess = client_new(&s->upstream, tls, expected);
+    }
     cm_debug("h2 client session %llu stream %d: refused unprocessed, resending on session %llu",
              (unsigned long long)st->sess->id, st->id, (unsigned long long)sess->id);
     struct px_h2_stream *nst = px_h2_stream_new(sess, s);
@@ -535,7 +545,8 @@ void px_h2_client_attach(struct px_stream *s)
             return;
         }
     }
-    struct px_h2_session *sess = pool_find(&s->upstream, s->up_tls, expected);
+    struct px_h2_session *sess =
+        pool_find(&s->upstream, s->up_tls, expected, s->cb.max_requests_per_connection);
     if (sess != NULL) {
         if (sess->nrequests > 0)
             px_metrics.upstream_cx_reused++;
@@ -544,6 +555,13 @@ void px_h2_client_attach(struct px_stream *s)
     }
     struct px_h2_stream *st = px_h2_stream_new(sess, s);
     px_stream_attach_up(s, &client_ops, st);
+}
+
+bool px_h2_client_has_room(const struct px_stream *s)
+{
+    const char *expected = s->ep != NULL ? s->ep->identity : NULL;
+    return pool_find(&s->upstream, s->up_tls, expected, s->cb.max_requests_per_connection) !=
+           NULL;
 }
 
 void px_h2_client_drain_all(void)

@@ -69,6 +69,7 @@ struct px_h2_session {
     bool tls;                 /* client: mTLS to another sidecar (part of the pool key) */
     char *expected_id;        /* client: the SPIFFE ID the peer must show (pool key), or NULL */
     uint64_t nrequests;       /* client: streams started on it */
+    struct px_upstream_ep *pool_ep; /* client: its endpoint's circuit breakers (counted there) */
     uint64_t id;              /* for logs */
     /* server: hostile-peer bookkeeping (proxy/h2_server.c) */
     int32_t last_req_id;      /* highest client stream id seen on a HEADERS frame */

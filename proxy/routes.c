@@ -18,6 +18,7 @@
 #include "common/xalloc.h"
 #include "proxy/admin.h"
 #include "proxy/metrics.h"
+#include "proxy/pool.h"
 #include "proxy/server.h"
 
 #define WATCH_MS 1000
@@ -168,8 +169,11 @@ static int get_u32(const struct cm_jpath *p, json_t *o, const char *key, int64_t
 static int parse_route(const struct cm_jpath *p, json_t *o, struct px_route *rt, size_t idx,
                        char **errmsg)
 {
-    static const char *const keys[] = {"name",      "match",   "timeout_ms", "retries",
-                                       "endpoints", "outlier", NULL};
+    static const char *const keys[] = {"name",      "match",   "timeout_ms",       "retries",
+                                       "endpoints", "outlier", "circuit_breakers", NULL};
+    static const char *const cbkeys[] = {"max_connections", "max_pending_requests",
+                                         "pending_timeout_ms", "max_requests_per_connection",
+                                         NULL};
     static const char *const mkeys[] = {"host", "address", NULL};
     static const char *const rkeys[] = {"attempts",       "per_try_timeout_ms", "on",
                                         "budget_percent", "backoff_base_ms",    NULL};
@@ -191,6 +195,8 @@ static int parse_route(const struct cm_jpath *p, json_t *o, struct px_route *rt,
     rt->backoff_base_ms = 10;
     rt->outlier_failures = 5;
     rt->outlier_base_ms = 30000;
+    rt->cb.max_connections = rt->cb.max_pending_requests = PX_BREAKER_UNSET;
+    rt->cb.pending_timeout_ms = rt->cb.max_requests_per_connection = PX_BREAKER_UNSET;
 
     json_t *m = NULL;
     if (cm_json_get_child(p, o, "match", true, JSON_OBJECT, &m, errmsg) != 0)
@@ -262,6 +268,15 @@ static int parse_route(const struct cm_jpath *p, json_t *o, struct px_route *rt,
         if (cm_json_check_keys(&c, ol, okeys, errmsg) != 0 ||
             get_u32(&c, ol, "consecutive_failures", 0, 1000, &rt->outlier_failures, errmsg) != 0 ||
             get_u32(&c, ol, "base_ejection_ms", 1, 86400000, &rt->outlier_base_ms, errmsg) != 0)
+            return CM_ERR_INVAL;
+    }
+    json_t *cbo = NULL;
+    if (cm_json_get_child(p, o, "circuit_breakers", false, JSON_OBJECT, &cbo, errmsg) != 0)
+        return CM_ERR_INVAL;
+    if (cbo != NULL) {
+        cm_jpath_key(&c, p, "circuit_breakers");
+        if (cm_json_check_keys(&c, cbo, cbkeys, errmsg) != 0 ||
+            px_breakers_parse(&c, cbo, "", &rt->cb, errmsg) != 0)
             return CM_ERR_INVAL;
     }
     json_t *eps = NULL;
@@ -795,6 +810,18 @@ void px_route_report(struct px_route *rt, struct px_endpoint *ep, enum px_try_ou
             st->ejections);
 }
 
+void px_route_breakers(const struct px_route *rt, struct px_breakers *cb)
+{
+    if (rt->cb.max_connections != PX_BREAKER_UNSET)
+        cb->max_connections = rt->cb.max_connections;
+    if (rt->cb.max_pending_requests != PX_BREAKER_UNSET)
+        cb->max_pending_requests = rt->cb.max_pending_requests;
+    if (rt->cb.pending_timeout_ms != PX_BREAKER_UNSET)
+        cb->pending_timeout_ms = rt->cb.pending_timeout_ms;
+    if (rt->cb.max_requests_per_connection != PX_BREAKER_UNSET)
+        cb->max_requests_per_connection = rt->cb.max_requests_per_connection;
+}
+
 bool px_route_retry_on(const struct px_route *rt, enum px_try_outcome o, int status)
 {
     switch (o) {
@@ -988,6 +1015,9 @@ static json_t *endpoint_json(const struct px_route *rt, const struct px_endpoint
                                          ? (json_int_t)((now_us - s->progress_us) / 1000)
                                          : 0));
     json_object_set_new(o, "lb_cost", json_real(cost_of(rt, e, now_us)));
+    /* circuit breakers: the address's connections and waiters (shared by
+     * every route naming it, and by requests to it without a route) */
+    json_object_set_new(o, "circuit_breakers", px_pool_ep_json(px_pool_find(&e->addr)));
     return o;
 }
 
@@ -1013,6 +1043,14 @@ static int on_clusters(struct evhttp_request *req, const struct evkeyvalq *q, st
                 ro, "match",
                 json_pack("{s:s}", "address", cm_addr_format(&rt->match_addr, a, sizeof(a))));
         }
+        struct px_breakers cb = px_srv->cfg->limits.upstream;
+        px_route_breakers(rt, &cb);
+        json_object_set_new(
+            ro, "circuit_breakers",
+            json_pack("{s:i, s:i, s:i, s:i}", "max_connections", (int)cb.max_connections,
+                      "max_pending_requests", (int)cb.max_pending_requests, "pending_timeout_ms",
+                      (int)cb.pending_timeout_ms, "max_requests_per_connection",
+                      (int)cb.max_requests_per_connection));
         json_t *eps = json_array();
         for (size_t k = 0; k < rt->neps; k++)
             json_array_append_new(eps, endpoint_json(rt, &rt->eps[k], now, now_us));
@@ -1028,6 +1066,9 @@ static int on_clusters(struct evhttp_request *req, const struct evkeyvalq *q, st
     json_object_set_new(o, "last_error", R.last_error[0] ? json_string(R.last_error) : json_null());
     json_object_set_new(o, "ejections_total", json_integer((json_int_t)R.ejections_total));
     json_object_set_new(o, "routes", routes);
+    /* every upstream address with connections, waiters or a recent
+     * overflow, routed or not (original destinations, fixed upstreams) */
+    json_object_set_new(o, "upstreams", px_pool_all_json());
     px_admin_reply_json(out, o);
     return 200;
 }

@@ -87,7 +87,11 @@ struct px_route {
     const char *lb_cluster; /* the locality endpoints were ranked against */
     double lat_typical_ms;  /* EWMA of the route's latency samples: the estimate of
                              * an endpoint never measured (0: none yet) */
+    /* "circuit_breakers": per-endpoint overrides of limits.upstream_*;
+     * PX_BREAKER_UNSET where the route keeps the default */
+    struct px_breakers cb;
 };
+#define PX_BREAKER_UNSET UINT32_MAX
 
 struct px_routes {
     int refs;
@@ -146,6 +150,8 @@ void px_route_try_abandon(struct px_endpoint *ep);
  * other failures are not samples. */
 void px_route_report(struct px_route *rt, struct px_endpoint *ep, enum px_try_outcome o,
                      uint64_t latency_us);
+/* Apply rt's circuit_breakers overrides to cb (the limits.upstream_* defaults). */
+void px_route_breakers(const struct px_route *rt, struct px_breakers *cb);
 /* May this route retry now (budget)? Counts the retry when it returns true. */
 bool px_route_budget_retry(struct px_route *rt);
 void px_route_budget_request(struct px_route *rt);

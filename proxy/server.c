@@ -19,6 +19,7 @@
 #include "proxy/identity.h"
 #include "proxy/listener.h"
 #include "proxy/metrics.h"
+#include "proxy/pool.h"
 #include "proxy/routes.h"
 #include "proxy/server_run.h"
 #include "proxy/tcp.h"
@@ -150,6 +151,7 @@ int px_server_run(struct px_config *cfg)
         return CM_ERR_IO;
     }
     px_io_init(px_srv->base);
+    px_metrics_register(px_pool_write_prometheus); /* circuit breakers */
     px_srv->gc_ev = event_new(px_srv->base, -1, 0, on_gc, NULL);
     px_srv->drain_timer = evtimer_new(px_srv->base, on_drain_tick, NULL);
     px_srv->trim_ev = event_new(px_srv->base, -1, EV_PERSIST, on_trim, NULL);
@@ -223,6 +225,7 @@ out:
     px_h1_shutdown();
     px_h2_shutdown();
     px_tcp_shutdown();
+    px_pool_shutdown(); /* after the codecs: no connection is counted any more */
     px_identity_shutdown();
     px_authz_shutdown();
     px_routes_shutdown();

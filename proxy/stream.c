@@ -14,6 +14,7 @@
 #include "proxy/h2.h"
 #include "proxy/identity.h"
 #include "proxy/metrics.h"
+#include "proxy/pool.h"
 #include "proxy/routes.h"
 #include "proxy/server.h"
 
@@ -48,6 +49,10 @@ const char *px_cause_str(enum px_cause c)
         return "upstream mTLS handshake failed";
     case PX_CAUSE_LOOP:
         return "loop detected: the destination is this proxy";
+    case PX_CAUSE_OVERFLOW:
+        return "upstream overflow: max_pending_requests";
+    case PX_CAUSE_PENDING_TIMEOUT:
+        return "upstream pending timeout";
     }
     return "unknown";
 }
@@ -59,6 +64,8 @@ int px_cause_status(enum px_cause c)
     case PX_CAUSE_CONNECT_FAILED:
     case PX_CAUSE_OVERLOAD:
     case PX_CAUSE_UPSTREAM_TLS:
+    case PX_CAUSE_OVERFLOW:
+    case PX_CAUSE_PENDING_TIMEOUT:
         return 503;
     case PX_CAUSE_CONNECT_TIMEOUT:
     case PX_CAUSE_UPSTREAM_TIMEOUT:
@@ -198,6 +205,10 @@ void px_stream_detach(struct px_stream *s, enum px_side side)
     s->attached[side] = false;
     if (s->attached[PX_DOWN] || s->attached[PX_UP])
         return;
+    px_pool_cancel(s); /* still waiting for a connection: leave the queue */
+    if (s->held != NULL)
+        evbuffer_free(s->held);
+    s->held = NULL;
     record(s);
     if (s->timer != NULL) {
         event_free(s->timer);
@@ -259,6 +270,7 @@ static void warn_5xx(struct px_stream *s, int status, const char *body)
 
 void px_stream_respond(struct px_stream *s, int status, const char *body)
 {
+    px_pool_cancel(s); /* answered while waiting for a connection */
     if (!s->attached[PX_DOWN] || s->aborted || s->ops[PX_DOWN] == NULL) {
         /* the client is gone: nobody to answer, only the upstream to stop */
         abort_side(s, PX_UP);
@@ -370,8 +382,11 @@ static void report_try(struct px_stream *s, enum px_try_outcome o)
     s->ep = NULL;
 }
 
-/* Attach an upstream for the next try and send what the request has so
- * far: the head, the kept body, and its end if the client finished. */
+static void send_try(struct px_stream *s);
+
+/* Pick the endpoint of the next try and pass its circuit breakers; then
+ * send_try attaches an upstream and sends what the request has so far: the
+ * head, the kept body, and its end if the client finished. */
 static void start_try(struct px_stream *s)
 {
     s->try_start_us = cm_mono_us(); /* before a verdict can be given below */
@@ -397,6 +412,42 @@ static void start_try(struct px_stream *s)
         }
     }
     s->tries++;
+    /* circuit breakers: every try (retries too) waits for a connection of
+     * its endpoint when max_connections are busy */
+    const char *msg = NULL;
+    int rc = px_pool_admit(s, &msg);
+    if (rc < 0)
+        px_stream_refused(s, PX_CAUSE_OVERFLOW, msg);
+    if (rc != 0)
+        return; /* refused, or queued: px_stream_admitted / _refused follows */
+    send_try(s);
+}
+
+/* The try may use a connection of s->upstream now (px_pool_hooks.admitted
+ * after a wait). */
+void px_stream_admitted(struct px_stream *s)
+{
+    if (s->state != PX_STREAM_FORWARD || !s->attached[PX_DOWN] || s->aborted)
+        return; /* answered or gone meanwhile (the queue is left then) */
+    send_try(s);
+}
+
+/* The try gets no connection: 503 naming the breaker. The endpoint gets no
+ * verdict (the limit is ours, not its failure) and nothing is retried. */
+void px_stream_refused(struct px_stream *s, enum px_cause cause, const char *msg)
+{
+    px_pool_cancel(s);
+    if (s->ep != NULL)
+        px_route_try_abandon(s->ep);
+    s->ep = NULL;
+    s->cause = cause;
+    px_stream_respond(s, 503, msg);
+}
+
+/* Attach the upstream codec and send what the request has so far. */
+static void send_try(struct px_stream *s)
+{
+    s->try_start_us = cm_mono_us(); /* a wait for a connection is not the endpoint's latency */
     if (s->route != NULL && s->route->per_try_timeout_ms > 0) {
         if (s->try_timer == NULL)
             s->try_timer = evtimer_new(px_srv->base, on_try_timer, s);
@@ -429,6 +480,25 @@ static void start_try(struct px_stream *s)
                 evbuffer_ptr_set(s->replay, &pos, len, EVBUFFER_PTR_ADD);
             }
         }
+    } else if (s->held != NULL) {
+        /* the body that arrived while the try waited for a connection (a
+         * retry's replay above holds it too) */
+        struct evbuffer_iovec v[8];
+        while (evbuffer_get_length(s->held) > 0) {
+            int n = evbuffer_peek(s->held, -1, NULL, v, 8);
+            if (n <= 0)
+                break;
+            size_t used = 0;
+            for (int i = 0; i < n && i < 8; i++) {
+                s->ops[PX_UP]->send_data(s, v[i].iov_base, v[i].iov_len);
+                used += v[i].iov_len;
+            }
+            evbuffer_drain(s->held, used);
+        }
+    }
+    if (s->held != NULL) {
+        evbuffer_free(s->held);
+        s->held = NULL;
     }
     if (s->req_complete && !s->ended[PX_UP]) {
         s->ended[PX_UP] = true;
@@ -555,6 +625,9 @@ void px_stream_on_req_head(struct px_stream *s)
             return;
         }
     }
+    s->cb = lim->upstream;
+    if (s->route != NULL)
+        px_route_breakers(s->route, &s->cb);
     uint32_t timeout_ms = lim->request_timeout_ms;
     if (s->route != NULL) {
         if (s->route->timeout_ms > 0)
@@ -588,6 +661,22 @@ bool px_stream_on_req_data(struct px_stream *s, const uint8_t *data, size_t len)
     if (s->state == PX_STREAM_FORWARD && s->retrying) {
         s->req_body_bytes += len;
         s->paused[PX_DOWN] = true; /* hold the client until the next try starts */
+        return true;
+    }
+    if (s->state == PX_STREAM_FORWARD && s->queued_on != NULL) {
+        /* waiting for a connection: keep what came, hold the client */
+        s->req_body_bytes += len;
+        if (lim->max_request_body > 0 && s->req_body_bytes > lim->max_request_body) {
+            px_metrics.body_too_big++;
+            px_stream_respond(s, 413, "request body too large");
+            return false;
+        }
+        if (s->held == NULL && (s->held = evbuffer_new()) == NULL) {
+            cm_error("stream: evbuffer_new failed");
+            abort();
+        }
+        evbuffer_add(s->held, data, len);
+        s->paused[PX_DOWN] = true;
         return true;
     }
     if (s->state != PX_STREAM_FORWARD || !s->attached[PX_UP] || s->ended[PX_UP])
@@ -696,6 +785,7 @@ void px_stream_on_error(struct px_stream *s, enum px_side side, enum px_cause ca
         s->ended[PX_DOWN] = true;
         s->aborted = true;
         px_metrics.downstream_resets++;
+        px_pool_cancel(s); /* a waiting try leaves the queue, opening nothing */
         abort_side(s, PX_UP);
     }
 }

@@ -43,6 +43,7 @@ enum px_side {
 struct px_stream;
 struct px_conn;
 struct px_ep_state;
+struct px_upstream_ep;
 
 /* What a codec exposes to the stream for one side of it. */
 struct px_side_ops {
@@ -75,7 +76,9 @@ enum px_cause {
     PX_CAUSE_DOWNSTREAM_RESET, /* the client went away */
     PX_CAUSE_OVERLOAD,         /* a local bound (connections, streams) -> 503 */
     PX_CAUSE_UPSTREAM_TLS,     /* mTLS to the upstream failed (identity, handshake) -> 503 */
-    PX_CAUSE_LOOP              /* the original destination is the proxy itself -> 508 */
+    PX_CAUSE_LOOP,             /* the original destination is the proxy itself -> 508 */
+    PX_CAUSE_OVERFLOW,         /* circuit breaker: max_pending_requests reached -> 503 */
+    PX_CAUSE_PENDING_TIMEOUT   /* circuit breaker: no connection within pending_timeout_ms -> 503 */
 };
 
 enum px_stream_state {
@@ -128,6 +131,12 @@ struct px_stream {
     bool abort_sent[2];
     struct cm_addr conn_peer; /* copied: the connection may go first */
     const char *cause_detail; /* static text refining `cause` for the warn line, or NULL */
+    /* circuit breakers (proxy/pool.h) */
+    struct px_breakers cb;            /* limits.upstream_*, with the route's overrides */
+    struct px_upstream_ep *queued_on; /* waiting in this endpoint's queue, or NULL */
+    struct cm_list qlink;             /* in queued_on->pending */
+    uint64_t queue_deadline_ms;       /* monotonic: 503 when still waiting then */
+    struct evbuffer *held;            /* request body that arrived while waiting, or NULL */
 };
 
 /* Create a stream for a request arriving on conn; the downstream codec
@@ -164,6 +173,12 @@ void px_stream_respond(struct px_stream *s, int status, const char *body);
 /* Upstream side attachment, done by the upstream codecs:
  * px_h1_client_attach() / px_h2_client_attach() set ops[PX_UP], ctx[PX_UP]. */
 void px_stream_attach_up(struct px_stream *s, const struct px_side_ops *ops, void *ctx);
+
+/* Circuit breakers (proxy/pool.c): a try that waited for a connection may
+ * go now / must be answered 503 (cause PX_CAUSE_OVERFLOW or
+ * PX_CAUSE_PENDING_TIMEOUT, msg the body). */
+void px_stream_admitted(struct px_stream *s);
+void px_stream_refused(struct px_stream *s, enum px_cause cause, const char *msg);
 
 const char *px_cause_str(enum px_cause c);
 int px_cause_status(enum px_cause c);
