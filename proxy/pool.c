@@ -195,11 +195,9 @@ static void overflow(struct px_upstream_ep *ep, enum px_overflow why, const char
         ep->log_suppressed++;
         return;
     }
-    char a[CM_ADDR_STRLEN];
-    cm_warn("upstream %s: %s (%u connections, %u waiting; %llu more overflows since the last "
-            "report)",
-            cm_addr_format(&ep->addr, a, sizeof(a)), msg, ep->nconns, ep->npending,
-            (unsigned long long)ep->log_suppressed);
+    cm_warn("circuit breaker: %s (%u connections open, %u waiting; %llu more overflows of "
+            "this endpoint since the last line)",
+            msg, ep->nconns, ep->npending, (unsigned long long)ep->log_suppressed);
     ep->log_ms = now;
     ep->log_suppressed = 0;
 }

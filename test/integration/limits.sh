@@ -102,7 +102,7 @@ wait "${small[@]}"
 expect_eq "... the 2 sent and the 4 that waited all succeed" "$(sort "$TMP/small.codes" | uniq -c | awk '{print $1"x"$2}' | tr '\n' ' ')" "6x200 "
 expect_eq "... over 2 app connections" "$(app_stat "$B_PORT" max_open)" 2
 expect_eq "... the refused never reached the app" "$(app_stat "$B_PORT" requests)" 6
-check "... logged (rate-limited)" grep -q 'upstream 127.0.0.1:[0-9]*: upstream overflow: max_pending_requests' "$TMP/proxy.log"
+check "... logged (rate-limited)" grep -q 'circuit breaker: upstream overflow: max_pending_requests (4 requests already wait for a connection to 127.0.0.1:[0-9]*; max_connections 2) (2 connections open, 4 waiting' "$TMP/proxy.log"
 n=$(grep -c 'upstream overflow: max_pending_requests' "$TMP/proxy.log")
 check "... once, not 11 times ($n lines)" test "$n" -le 2
 

@@ -416,6 +416,25 @@ static void opaque_ports_and_tcp_idle(void **state)
     px_config_free(cfg);
 }
 
+/* The circuit-breaker defaults (Envoy's, docs/config.md) and the four keys. */
+static void upstream_breakers(void **state)
+{
+    (void)state;
+    struct px_limits d;
+    px_limits_default(&d);
+    assert_int_equal(d.upstream.max_connections, 1024);
+    assert_int_equal(d.upstream.max_pending_requests, 1024);
+    assert_int_equal(d.upstream.pending_timeout_ms, 5000);
+    assert_int_equal(d.upstream.max_requests_per_connection, 128);
+    struct px_config *cfg = load_case("ok-limits-upstream.json");
+    assert_int_equal(cfg->limits.upstream.max_connections, 16);
+    assert_int_equal(cfg->limits.upstream.max_pending_requests, 0);
+    assert_int_equal(cfg->limits.upstream.pending_timeout_ms, 3600000);
+    assert_int_equal(cfg->limits.upstream.max_requests_per_connection, 1);
+    assert_int_equal(cfg->limits.pool_max_idle, d.pool_max_idle); /* the rest: defaults */
+    px_config_free(cfg);
+}
+
 static void ipv6_and_any(void **state)
 {
     (void)state;
@@ -571,6 +590,7 @@ int main(void)
         cmocka_unit_test(missing_file),
         cmocka_unit_test(names_in_messages),
         cmocka_unit_test_prestate(data_dir_is_consistent, &c),
+        cmocka_unit_test(upstream_breakers),
         cmocka_unit_test(h2_hostile_keys),
     };
     int failed = cmocka_run_group_tests_name("proxy/config", fixed, NULL, NULL);

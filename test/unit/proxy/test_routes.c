@@ -499,6 +499,44 @@ static void budget_and_retry_on(void **state)
     px_routes_shutdown();
 }
 
+/* circuit_breakers: keys checked and named, unset ones keep the limits'. */
+static void circuit_breakers(void **state)
+{
+    (void)state;
+    parse_bad("{\"routes\": [{\"match\": {\"host\": \"a\"}, \"circuit_breakers\": "
+              "{\"max_conns\": 1}, \"endpoints\": [{\"address\": \"1.2.3.4:5\"}]}]}",
+              "routes[0].circuit_breakers.max_conns: unknown key");
+    parse_bad("{\"routes\": [{\"match\": {\"host\": \"a\"}, \"circuit_breakers\": "
+              "{\"max_connections\": 0}, \"endpoints\": [{\"address\": \"1.2.3.4:5\"}]}]}",
+              "routes[0].circuit_breakers.max_connections: 0 is out of range [1, 1000000]");
+    parse_bad("{\"routes\": [{\"match\": {\"host\": \"a\"}, \"circuit_breakers\": "
+              "{\"pending_timeout_ms\": 1.5}, \"endpoints\": [{\"address\": \"1.2.3.4:5\"}]}]}",
+              "routes[0].circuit_breakers.pending_timeout_ms: expected an integer");
+    parse_bad("{\"routes\": [{\"match\": {\"host\": \"a\"}, \"circuit_breakers\": "
+              "[], \"endpoints\": [{\"address\": \"1.2.3.4:5\"}]}]}",
+              "routes[0].circuit_breakers: expected an object");
+    parse_bad("{\"routes\": [{\"match\": {\"host\": \"a\"}, \"circuit_breakers\": "
+              "{\"max_requests_per_connection\": 100001}, \"endpoints\": [{\"address\": "
+              "\"1.2.3.4:5\"}]}]}",
+              "routes[0].circuit_breakers.max_requests_per_connection: 100001 is out of range");
+    struct px_routes *r =
+        parse_ok("{\"routes\": [{\"match\": {\"host\": \"a\"}, \"circuit_breakers\": "
+                 "{\"max_connections\": 16, \"max_pending_requests\": 0}, \"endpoints\": "
+                 "[{\"address\": \"1.2.3.4:5\"}]}, {\"match\": {\"host\": \"b\"}, "
+                 "\"endpoints\": [{\"address\": \"1.2.3.4:5\"}]}]}");
+    struct px_breakers cb = {100, 200, 300, 400};
+    px_route_breakers(&r->routes[0], &cb);
+    assert_int_equal(cb.max_connections, 16);
+    assert_int_equal(cb.max_pending_requests, 0);
+    assert_int_equal(cb.pending_timeout_ms, 300);
+    assert_int_equal(cb.max_requests_per_connection, 400);
+    struct px_breakers cb2 = {100, 200, 300, 400};
+    px_route_breakers(&r->routes[1], &cb2); /* no circuit_breakers: the defaults */
+    assert_memory_equal(&cb2, &((struct px_breakers){100, 200, 300, 400}), sizeof(cb2));
+    px_routes_unref(r);
+    px_routes_shutdown();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -508,6 +546,7 @@ int main(void)
         cmocka_unit_test(thousand_routes),          cmocka_unit_test(pick_never_ejected),
         cmocka_unit_test(locality_tiers),           cmocka_unit_test(hung_endpoint_loses),
         cmocka_unit_test(new_endpoint_gets_picked), cmocka_unit_test(weights_count),
+        cmocka_unit_test(circuit_breakers),
     };
     int rc = cmocka_run_group_tests_name("proxy/routes", tests, NULL, NULL);
     pki_rng_free();
