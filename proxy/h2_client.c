@@ -3,7 +3,9 @@
  *
  * Pool: a request joins a session to its address that is connecting or
  * open and has fewer streams than the peer's SETTINGS_MAX_CONCURRENT_STREAMS
- * (and our h2_max_concurrent_streams); else a new connection is opened. A
+ * and the request's circuit breaker (s->cb.max_requests_per_connection);
+ * else a new connection is opened - the stream passed px_pool_admit, so the
+ * address is below its max_connections, or a session has room. A
  * session without streams closes after pool_idle_timeout_ms; one that got
  * GOAWAY takes no new streams and closes when its last stream ends. */
 #include <errno.h>
