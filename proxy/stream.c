@@ -654,6 +654,15 @@ bool px_stream_on_req_data(struct px_stream *s, const uint8_t *data, size_t len)
             s->replayable = false; /* too big to replay: this request is not retried */
             evbuffer_free(s->replay);
             s->replay = NULL;
+            if (s->retrying || (s->queued_on != NULL && s->tries > 1)) {
+                /* a retry is pending (in its backoff, or waiting for a
+                 * connection) and would now miss the start of the body */
+                if (s->try_timer != NULL)
+                    evtimer_del(s->try_timer);
+                s->retrying = false;
+                px_stream_respond(s, 502, "upstream failed; the request body is too large to retry");
+                return false;
+            }
         } else {
             evbuffer_add(s->replay, data, len);
         }

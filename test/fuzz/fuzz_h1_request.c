@@ -9,7 +9,8 @@
  * handed to px_h1_server_start(), the input is written into the other end
  * in pieces of 1 to 64 bytes (or at once) while the loop runs without
  * blocking, then that end is half-closed (EOF) and the loop runs again. Everything is torn down the
- * way px_server_run does at exit (px_h1_shutdown, px_stream_gc, px_stream_freelist_clear).
+ * way px_server_run does at exit (px_h1_shutdown, px_pool_shutdown, px_stream_gc,
+ * px_stream_freelist_clear).
  *
  * Invariants (a violation traps): whatever the proxy writes back starts with
  * "HTTP/1."; after teardown no connection and no stream is left; and
@@ -33,6 +34,7 @@
 #include "proxy/h1.h"
 #include "proxy/io.h"
 #include "proxy/metrics.h"
+#include "proxy/pool.h"
 #include "proxy/server.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -159,6 +161,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         __builtin_trap();
 
     px_h1_shutdown();
+    px_pool_shutdown(); /* the upstream's circuit-breaker record */
     close(sv[1]);
     px_stream_gc();
     px_stream_freelist_clear();
