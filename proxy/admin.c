@@ -200,6 +200,13 @@ static json_t *limits_json(const struct px_limits *l)
     LIMIT(h2_reset_window_ms);
     LIMIT(tcp_idle_timeout_ms);
 #undef LIMIT
+    /* circuit breakers (proxy/pool.h), named as in the config */
+#define UPSTREAM(f) json_object_set_new(o, "upstream_" #f, json_integer((json_int_t)l->upstream.f))
+    UPSTREAM(max_connections);
+    UPSTREAM(max_pending_requests);
+    UPSTREAM(pending_timeout_ms);
+    UPSTREAM(max_requests_per_connection);
+#undef UPSTREAM
     return o;
 }
 

@@ -169,6 +169,9 @@ out=$(clusters | jq -c '.routes[] | select(.name == "h2") | .circuit_breakers')
 expect_eq "/clusters: the route's overrides over the limits" "$out" \
     '{"max_connections":3,"max_pending_requests":2048,"pending_timeout_ms":60000,"max_requests_per_connection":4}'
 
+out=$(curl -s -m 10 "http://127.0.0.1:$ADMIN_PORT/config_dump" | jq -c '[.limits.upstream_max_connections, .limits.upstream_max_pending_requests, .limits.upstream_pending_timeout_ms, .limits.upstream_max_requests_per_connection]')
+expect_eq "/config_dump: the upstream_* limits (set and default)" "$out" '[16,2048,60000,128]'
+
 # -- --check-config names the bad key ------------------------------------------------------------
 bad_cfg() { # NAME SED-ON-PROXY-JSON SED-ON-ROUTES-JSON WANT
     sed -e "$2" -e "s|$TMP/routes.json|$TMP/bad-routes.json|" "$TMP/proxy.json" >"$TMP/bad.json"
