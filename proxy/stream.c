@@ -673,7 +673,9 @@ bool px_stream_on_req_data(struct px_stream *s, const uint8_t *data, size_t len)
         return true;
     }
     if (s->state == PX_STREAM_FORWARD && s->queued_on != NULL) {
-        /* waiting for a connection: keep what came, hold the client */
+        /* waiting for a connection: keep what came, and hold the client past
+         * buffer_bytes as if the upstream were slow (below it the client is
+         * still read, so its close is seen and the request leaves the queue) */
         s->req_body_bytes += len;
         if (lim->max_request_body > 0 && s->req_body_bytes > lim->max_request_body) {
             px_metrics.body_too_big++;
@@ -685,6 +687,8 @@ bool px_stream_on_req_data(struct px_stream *s, const uint8_t *data, size_t len)
             abort();
         }
         evbuffer_add(s->held, data, len);
+        if (evbuffer_get_length(s->held) <= lim->buffer_bytes)
+            return false;
         s->paused[PX_DOWN] = true;
         return true;
     }
