@@ -19,11 +19,13 @@
 #include "proxy/stream.h"
 
 #define NBUCKETS 1024
+_Static_assert(NBUCKETS == 1 << 10, "hash_addr keeps 10 bits");
 #define LOG_EVERY_MS 1000
 
 static struct {
     struct px_upstream_ep *tab[NBUCKETS];
     struct cm_list idle; /* unused records, oldest first */
+    struct px_upstream_ep *last; /* the last one looked up (most requests go where the last did) */
     uint32_t nidle;
     uint32_t neps;
     uint64_t overflows[PX_OVERFLOW_N]; /* totals, records dropped included */
@@ -49,26 +51,21 @@ static void init(void)
     P.ready = true;
 }
 
-/* Hash of what cm_addr_equal compares: family, port, address. */
+/* Hash of what cm_addr_equal compares: family, port, address (one
+ * multiply for IPv4: this runs for every try). */
 static unsigned hash_addr(const struct cm_addr *a)
 {
-    const unsigned char *p = NULL;
-    size_t n = 0;
-    uint32_t h = 2166136261u;
+    uint64_t x = 0;
     if (a->ss.ss_family == AF_INET) {
         const struct sockaddr_in *v = (const void *)&a->ss;
-        h = (h ^ (uint32_t)v->sin_port) * 16777619u;
-        p = (const unsigned char *)&v->sin_addr;
-        n = sizeof(v->sin_addr);
+        x = (uint64_t)v->sin_addr.s_addr << 16 | v->sin_port;
     } else if (a->ss.ss_family == AF_INET6) {
         const struct sockaddr_in6 *v = (const void *)&a->ss;
-        h = (h ^ (uint32_t)v->sin6_port) * 16777619u;
-        p = (const unsigned char *)&v->sin6_addr;
-        n = sizeof(v->sin6_addr);
+        uint64_t w[2];
+        memcpy(w, &v->sin6_addr, sizeof(w));
+        x = (w[0] * 0x9E3779B97F4A7C15ULL) ^ w[1] ^ v->sin6_port;
     }
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ p[i]) * 16777619u;
-    return (h ^ (h >> 15)) % NBUCKETS;
+    return (unsigned)((x * 0x9E3779B97F4A7C15ULL) >> 54); /* NBUCKETS = 2^10 */
 }
 
 static void ep_free(struct px_upstream_ep *ep)
@@ -85,6 +82,8 @@ static void ep_free(struct px_upstream_ep *ep)
         event_free(ep->wake);
     if (ep->timer != NULL)
         event_free(ep->timer);
+    if (P.last == ep)
+        P.last = NULL;
     P.neps--;
     free(ep);
 }
@@ -106,10 +105,12 @@ static void update_idle(struct px_upstream_ep *ep)
 
 struct px_upstream_ep *px_pool_find(const struct cm_addr *addr)
 {
+    if (P.last != NULL && cm_addr_equal(&P.last->addr, addr))
+        return P.last;
     init();
     for (struct px_upstream_ep *ep = P.tab[hash_addr(addr)]; ep != NULL; ep = ep->hnext)
         if (cm_addr_equal(&ep->addr, addr))
-            return ep;
+            return P.last = ep;
     return NULL;
 }
 
