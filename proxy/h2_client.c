@@ -562,8 +562,7 @@ void px_h2_client_attach(struct px_stream *s)
 bool px_h2_client_has_room(const struct px_stream *s)
 {
     const char *expected = s->ep != NULL ? s->ep->identity : NULL;
-    return pool_find(&s->upstream, s->up_tls, expected, s->cb.max_requests_per_connection) !=
-           NULL;
+    return pool_find(&s->upstream, s->up_tls, expected, s->cb.max_requests_per_connection) != NULL;
 }
 
 void px_h2_client_drain_all(void)

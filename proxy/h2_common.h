@@ -69,7 +69,6 @@ struct px_h2_session {
     bool tls;                 /* client: mTLS to another sidecar (part of the pool key) */
     char *expected_id;        /* client: the SPIFFE ID the peer must show (pool key), or NULL */
     uint64_t nrequests;       /* client: streams started on it */
-    struct px_upstream_ep *pool_ep; /* client: its endpoint's circuit breakers (counted there) */
     uint64_t id;              /* for logs */
     /* server: hostile-peer bookkeeping (proxy/h2_server.c) */
     int32_t last_req_id;      /* highest client stream id seen on a HEADERS frame */
@@ -77,6 +76,9 @@ struct px_h2_session {
     uint32_t nresets;         /* stream resets charged to the client in this window */
     uint32_t nempty;          /* consecutive DATA frames without payload or END_STREAM */
     uint64_t reset_window_ms; /* when the current reset window started (monotonic) */
+
+    /* client: its endpoint's circuit breakers (this connection is counted there) */
+    struct px_upstream_ep *pool_ep;
 };
 
 enum px_h2_in_state {

@@ -24,7 +24,7 @@ _Static_assert(NBUCKETS == 1 << 10, "hash_addr keeps 10 bits");
 
 static struct {
     struct px_upstream_ep *tab[NBUCKETS];
-    struct cm_list idle; /* unused records, oldest first */
+    struct cm_list idle;         /* unused records, oldest first */
     struct px_upstream_ep *last; /* the last one looked up (most requests go where the last did) */
     uint32_t nidle;
     uint32_t neps;
@@ -40,8 +40,7 @@ static void default_refused(struct px_stream *s, enum px_overflow why, const cha
 
 struct px_pool_hooks px_pool_hooks = {default_has_free, default_admitted, default_refused};
 
-static const char *const reason_names[PX_OVERFLOW_N] = {"max_pending_requests",
-                                                        "pending_timeout"};
+static const char *const reason_names[PX_OVERFLOW_N] = {"max_pending_requests", "pending_timeout"};
 
 static void init(void)
 {

@@ -52,13 +52,13 @@ struct px_upstream_ep {
     struct cm_list pending; /* px_stream.qlink, oldest first */
     uint64_t queued_total;  /* requests that had to wait */
     uint64_t overflows[PX_OVERFLOW_N];
-    uint64_t log_ms;          /* last overflow log line (monotonic ms) */
-    uint64_t log_suppressed;  /* overflows not logged since */
-    uint64_t timer_at_ms;     /* the pending timer is armed for then (0: not armed) */
-    struct event *wake;       /* admit waiters on the next loop turn */
-    struct event *timer;      /* the earliest pending deadline */
+    uint64_t log_ms;              /* last overflow log line (monotonic ms) */
+    uint64_t log_suppressed;      /* overflows not logged since */
+    uint64_t timer_at_ms;         /* the pending timer is armed for then (0: not armed) */
+    struct event *wake;           /* admit waiters on the next loop turn */
+    struct event *timer;          /* the earliest pending deadline */
     struct px_upstream_ep *hnext; /* hash chain */
-    struct cm_list idle;      /* in the idle list while unused, else unlinked */
+    struct cm_list idle;          /* in the idle list while unused, else unlinked */
 };
 
 /* Hooks into the codecs and the stream; tests replace them. */

@@ -172,8 +172,7 @@ static int parse_route(const struct cm_jpath *p, json_t *o, struct px_route *rt,
     static const char *const keys[] = {"name",      "match",   "timeout_ms",       "retries",
                                        "endpoints", "outlier", "circuit_breakers", NULL};
     static const char *const cbkeys[] = {"max_connections", "max_pending_requests",
-                                         "pending_timeout_ms", "max_requests_per_connection",
-                                         NULL};
+                                         "pending_timeout_ms", "max_requests_per_connection", NULL};
     static const char *const mkeys[] = {"host", "address", NULL};
     static const char *const rkeys[] = {"attempts",       "per_try_timeout_ms", "on",
                                         "budget_percent", "backoff_base_ms",    NULL};
@@ -1045,12 +1044,12 @@ static int on_clusters(struct evhttp_request *req, const struct evkeyvalq *q, st
         }
         struct px_breakers cb = px_srv->cfg->limits.upstream;
         px_route_breakers(rt, &cb);
-        json_object_set_new(
-            ro, "circuit_breakers",
-            json_pack("{s:i, s:i, s:i, s:i}", "max_connections", (int)cb.max_connections,
-                      "max_pending_requests", (int)cb.max_pending_requests, "pending_timeout_ms",
-                      (int)cb.pending_timeout_ms, "max_requests_per_connection",
-                      (int)cb.max_requests_per_connection));
+        json_object_set_new(ro, "circuit_breakers",
+                            json_pack("{s:i, s:i, s:i, s:i}", "max_connections",
+                                      (int)cb.max_connections, "max_pending_requests",
+                                      (int)cb.max_pending_requests, "pending_timeout_ms",
+                                      (int)cb.pending_timeout_ms, "max_requests_per_connection",
+                                      (int)cb.max_requests_per_connection));
         json_t *eps = json_array();
         for (size_t k = 0; k < rt->neps; k++)
             json_array_append_new(eps, endpoint_json(rt, &rt->eps[k], now, now_us));

@@ -660,7 +660,8 @@ bool px_stream_on_req_data(struct px_stream *s, const uint8_t *data, size_t len)
                 if (s->try_timer != NULL)
                     evtimer_del(s->try_timer);
                 s->retrying = false;
-                px_stream_respond(s, 502, "upstream failed; the request body is too large to retry");
+                px_stream_respond(s, 502,
+                                  "upstream failed; the request body is too large to retry");
                 return false;
             }
         } else {

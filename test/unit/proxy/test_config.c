@@ -592,6 +592,7 @@ int main(void)
         cmocka_unit_test_prestate(data_dir_is_consistent, &c),
         cmocka_unit_test(upstream_breakers),
         cmocka_unit_test(h2_hostile_keys),
+        cmocka_unit_test(upstream_breakers),
     };
     int failed = cmocka_run_group_tests_name("proxy/config", fixed, NULL, NULL);
     if (c.n > 0)

@@ -28,7 +28,7 @@ static struct px_stream *admitted[64], *refused[64];
 static enum px_overflow refused_why[64];
 static char refused_msg[256];
 static int nadmitted, nrefused;
-static bool free_conn;    /* has_free answers this */
+static bool free_conn;     /* has_free answers this */
 static bool open_on_admit; /* an admitted try opens a connection (h1 without idle) */
 
 static bool t_has_free(struct px_upstream_ep *ep, const struct px_stream *s)
@@ -292,7 +292,8 @@ static void prometheus_text(void **state)
     evbuffer_add(b, "", 1);
     const char *t = (const char *)evbuffer_pullup(b, -1);
     assert_non_null(strstr(t, "# TYPE remora_upstream_overflow_total counter\n"));
-    assert_non_null(strstr(t, "remora_upstream_overflow_total{reason=\"max_pending_requests\"} 1\n"));
+    assert_non_null(
+        strstr(t, "remora_upstream_overflow_total{reason=\"max_pending_requests\"} 1\n"));
     assert_non_null(strstr(t, "remora_upstream_overflow_total{reason=\"pending_timeout\"} 0\n"));
     assert_non_null(strstr(t, "# TYPE remora_upstream_pending gauge\nremora_upstream_pending 1\n"));
     evbuffer_free(b);
