@@ -104,7 +104,7 @@ expect_eq "... over 2 app connections" "$(app_stat "$B_PORT" max_open)" 2
 expect_eq "... the refused never reached the app" "$(app_stat "$B_PORT" requests)" 6
 check "... logged (rate-limited)" grep -q 'circuit breaker: upstream overflow: max_pending_requests (4 requests already wait for a connection to 127.0.0.1:[0-9]*; max_connections 2) (2 connections open, 4 waiting' "$TMP/proxy.log"
 n=$(grep -c 'upstream overflow: max_pending_requests' "$TMP/proxy.log")
-check "... once, not 11 times ($n lines)" test "$n" -le 2
+check "... a few lines, not 11 ($n)" test "$n" -le 4
 
 # -- pending_timeout_ms -------------------------------------------------------------------------
 curl -s -m 60 -o /dev/null -H 'Host: slow.local' "http://127.0.0.1:$P1/delay/4000" &
@@ -121,10 +121,10 @@ wait "$holder"
 expect_eq "... the app saw only the holder" "$(app_stat "$C_PORT" requests)" 1
 
 # -- streams reset while waiting open nothing ---------------------------------------------------
-curl -s -m 60 -o /dev/null -H 'Host: reset.local' "http://127.0.0.1:$P1/delay/8000" &
+curl -s -m 60 -o /dev/null -H 'Host: reset.local' "http://127.0.0.1:$P1/delay/12000" &
 holder=$!
 for _ in $(seq 200); do [[ $(app_stat "$D_PORT" requests) == 1 ]] && break; sleep 0.05; done
-node "$REMORA_ROOT/test/tools/h2_reset.js" "http://127.0.0.1:$P1/never" reset.local 20 1000 >"$TMP/reset.out" 2>&1 &
+node "$REMORA_ROOT/test/tools/h2_reset.js" "http://127.0.0.1:$P1/never" reset.local 20 3000 >"$TMP/reset.out" 2>&1 &
 resetter=$!
 check "20 h2 streams wait behind max_connections 1" wait_pending "$D_PORT" 20
 wait "$resetter"
@@ -136,7 +136,7 @@ check "... while the connection is still busy" alive "$holder"
 hc=()
 for i in 1 2 3; do
     $RAW "127.0.0.1:$P1" 'POST /never-h1 HTTP/1.1\r\nHost: reset.local\r\nContent-Length: 1000\r\n\r\npart' \
-        --timeout 1.5 >/dev/null &
+        --timeout 3 >/dev/null &
     hc+=($!)
 done
 check "3 HTTP/1.1 requests, bodies unfinished, wait too" wait_pending "$D_PORT" 3
@@ -144,7 +144,7 @@ wait "${hc[@]}"
 check "... their clients close the connections mid-body: they leave the queue" wait_pending "$D_PORT" 0
 check "... while the connection is still busy" alive "$holder"
 wait "$holder"
-sleep 0.5
+sleep 1
 expect_eq "... nothing of them reached the app" "$(app_stat "$D_PORT" requests)" 1
 expect_eq "... and no connection was opened for them" "$(app_stat "$D_PORT" accepted)" 1
 expect_eq "... no overflow counted for them" "$(metric 'remora_upstream_overflow_total{reason="pending_timeout"}')" 1
@@ -154,9 +154,12 @@ head -c 300000 /dev/urandom >"$TMP/body.bin"
 want=$(sha256sum "$TMP/body.bin" | cut -d' ' -f1)
 for proto in --http1.1 --http2-prior-knowledge; do
     q0=$(upstream_field "$E_PORT" queued_total); q0=${q0:-0}
-    curl -s -m 60 -o /dev/null -H 'Host: body.local' "http://127.0.0.1:$P1/delay/1500" &
+    curl -s -m 60 -o /dev/null -H 'Host: body.local' "http://127.0.0.1:$P1/delay/3000" &
     holder=$!
-    sleep 0.5
+    for _ in $(seq 200); do # the holder's try is under way
+        [[ $(clusters | jq -r '.routes[] | select(.name == "body") | .endpoints[0].outstanding') == 1 ]] && break
+        sleep 0.05
+    done
     out=$(curl -s -m 60 $proto -H 'Host: body.local' --data-binary @"$TMP/body.bin" "http://127.0.0.1:$P1/sink")
     expect_eq "POST of 300 KB ($proto) behind max_connections 1: the app got every byte" \
         "$(jq -r '"\(.body_bytes) \(.body_sha256)"' <<<"$out")" "300000 $want"
