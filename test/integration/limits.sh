@@ -24,6 +24,7 @@ count_upstream big || exit 1; A_PORT=$CU_PORT
 count_upstream small || exit 1; B_PORT=$CU_PORT
 count_upstream slow || exit 1; C_PORT=$CU_PORT
 count_upstream reset || exit 1; D_PORT=$CU_PORT
+count_upstream retry || exit 1; G_PORT=$CU_PORT
 start_upstream body || exit 1; E_PORT=$UP_PORT
 start_upstream h2app --h2 || exit 1; F_PORT=$UP_PORT
 ADMIN_PORT=$(free_port); P1=$(free_port); P2=$(free_port)
@@ -35,6 +36,9 @@ cat >"$TMP/routes.json" <<JSON
   {"name": "slow", "match": {"host": "slow.local"}, "endpoints": [{"address": "127.0.0.1:$C_PORT"}],
    "circuit_breakers": {"max_connections": 1, "max_pending_requests": 10, "pending_timeout_ms": 300}},
   {"name": "reset", "match": {"host": "reset.local"}, "endpoints": [{"address": "127.0.0.1:$D_PORT"}],
+   "circuit_breakers": {"max_connections": 1, "pending_timeout_ms": 20000}},
+  {"name": "retry", "match": {"host": "retry.local"}, "endpoints": [{"address": "127.0.0.1:$G_PORT"}],
+   "retries": {"attempts": 2, "on": ["503"]},
    "circuit_breakers": {"max_connections": 1, "pending_timeout_ms": 20000}},
   {"name": "body", "match": {"host": "body.local"}, "endpoints": [{"address": "127.0.0.1:$E_PORT"}],
    "circuit_breakers": {"max_connections": 1}},
@@ -148,6 +152,23 @@ sleep 1
 expect_eq "... nothing of them reached the app" "$(app_stat "$D_PORT" requests)" 1
 expect_eq "... and no connection was opened for them" "$(app_stat "$D_PORT" accepted)" 1
 expect_eq "... no overflow counted for them" "$(metric 'remora_upstream_overflow_total{reason="pending_timeout"}')" 1
+
+# -- a retry waits for a connection like any try ------------------------------------------------
+curl -s -m 60 -o /dev/null -H 'Host: retry.local' "http://127.0.0.1:$P1/delay/3000" &
+holder=$!
+for _ in $(seq 200); do [[ $(app_stat "$G_PORT" requests) == 1 ]] && break; sleep 0.05; done
+curl -s -m 60 -o "$TMP/retry.out" -w '%{http_code}' -H 'Host: retry.local' "http://127.0.0.1:$P1/fail-once/r" >"$TMP/retry.code" &
+r=$!
+check "a request waits behind the holder" wait_pending "$G_PORT" 1
+curl -s -m 60 -o /dev/null -H 'Host: retry.local' "http://127.0.0.1:$P1/delay/2000" &
+w=$!
+check "... and one more behind it" wait_pending "$G_PORT" 2
+wait "$r" "$w" "$holder"
+expect_eq "... the first gets 503 from the app, is retried and answered 200" "$(cat "$TMP/retry.code")" 200
+expect_eq "... its retry waited too (3 waits: the request, the one behind it, the retry)" \
+    "$(upstream_field "$G_PORT" queued_total)" 3
+expect_eq "... one connection at a time (the dropped 503 closes one)" "$(app_stat "$G_PORT" max_open)" 1
+expect_eq "... the app saw holder, try 1, the other, try 2" "$(app_stat "$G_PORT" requests)" 4
 
 # -- a request body that arrives while waiting reaches the app intact ---------------------------
 head -c 300000 /dev/urandom >"$TMP/body.bin"

@@ -9,6 +9,7 @@ SIGTERM. Python's http.server parses; one thread per connection.
                         "max_inflight": N} (ask it directly, not through the proxy)
   GET /_reset          zero max_open, accepted, requests and max_inflight (open stays)
   anything /delay/MS   answered after MS milliseconds
+  anything /fail-once/KEY  503 the first time KEY is asked for, 200 after (retries)
   anything else        200 "ok <path>"
 Request bodies are read (Content-Length) and discarded.
 """
@@ -21,6 +22,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 lock = threading.Lock()
+failed_once = set()
 st = {"open": 0, "max_open": 0, "accepted": 0, "requests": 0, "inflight": 0,
       "max_inflight": 0}
 
@@ -78,6 +80,12 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if self.path.startswith("/delay/"):
                 time.sleep(int(self.path[7:].split("?")[0]) / 1000.0)
+            if self.path.startswith("/fail-once/"):
+                with lock:
+                    first = self.path not in failed_once
+                    failed_once.add(self.path)
+                if first:
+                    return self.reply(503, "failing once\n")
             self.reply(200, "ok %s\n" % self.path)
         finally:
             with lock:
