@@ -72,7 +72,9 @@ struct px_limits {
     uint32_t h2_max_resets_per_window; /* stream resets one h2 client may cause per window */
     uint32_t h2_reset_window_ms;       /* ... then GOAWAY(ENHANCE_YOUR_CALM) */
     uint32_t tcp_idle_timeout_ms; /* a TCP tunnel with no byte either way is closed; 0: never */
-    struct px_breakers upstream; /* upstream_max_connections, ... (circuit breakers) */
+
+    /* upstream_max_connections, ...: circuit breakers (proxy/pool.h) */
+    struct px_breakers upstream;
 };
 
 /* At most this many entries in "opaque_ports". */

@@ -590,7 +590,6 @@ int main(void)
         cmocka_unit_test(missing_file),
         cmocka_unit_test(names_in_messages),
         cmocka_unit_test_prestate(data_dir_is_consistent, &c),
-        cmocka_unit_test(upstream_breakers),
         cmocka_unit_test(h2_hostile_keys),
         cmocka_unit_test(upstream_breakers),
     };
