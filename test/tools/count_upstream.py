@@ -12,6 +12,8 @@ SIGTERM. Python's http.server parses; one thread per connection.
   anything /fail-once/KEY  503 the first time KEY is asked for, 200 after (retries)
   anything else        200 "ok <path>"
 Request bodies are read (Content-Length) and discarded.
+A connection counts as open until its handler reads the EOF: one the client closed can still
+count while the client's next one is accepted (ss sees the kernel's view).
 """
 import json
 import signal
