@@ -117,7 +117,6 @@ static int parse_limits(const struct cm_jpath *p, json_t *o, struct px_limits *l
                                        "h2_max_resets_per_window",
                                        "h2_reset_window_ms",
                                        "tcp_idle_timeout_ms",
-                                       /* circuit breakers (proxy/pool.h) */
                                        "upstream_max_connections",
                                        "upstream_max_pending_requests",
                                        "upstream_pending_timeout_ms",
