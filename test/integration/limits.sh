@@ -160,7 +160,11 @@ expect_eq "... no overflow counted for them" "$(metric 'remora_upstream_overflow
 sampler=$!
 curl -s -m 60 -o /dev/null -H 'Host: retry.local' "http://127.0.0.1:$P1/delay/3000" &
 holder=$!
-for _ in $(seq 200); do [[ $(app_stat "$G_PORT" requests) == 1 ]] && break; sleep 0.05; done
+# (not asking the app itself while ss counts its connections)
+for _ in $(seq 200); do
+    [[ $(clusters | jq -r '.routes[] | select(.name == "retry") | .endpoints[0].outstanding') == 1 ]] && break
+    sleep 0.05
+done
 curl -s -m 60 -o "$TMP/retry.out" -w '%{http_code}' -H 'Host: retry.local' "http://127.0.0.1:$P1/fail-once/r" >"$TMP/retry.code" &
 r=$!
 check "a request waits behind the holder" wait_pending "$G_PORT" 1
