@@ -20,7 +20,6 @@
 
 #define NBUCKETS 1024
 _Static_assert(NBUCKETS == 1 << 10, "hash_addr keeps 10 bits");
-#define LOG_EVERY_MS 1000
 
 static struct {
     struct px_upstream_ep *tab[NBUCKETS];
@@ -185,21 +184,12 @@ static void dequeue(struct px_upstream_ep *ep, struct px_stream *s)
     P.npending--;
 }
 
-/* Count an overflow and log it, at most once a second per endpoint. */
-static void overflow(struct px_upstream_ep *ep, enum px_overflow why, const char *msg)
+/* Count an overflow. The 503 that follows is the warn line (px_stream_respond:
+ * rate-limited per cause, naming the listener, the request and this msg). */
+static void overflow(struct px_upstream_ep *ep, enum px_overflow why)
 {
     ep->overflows[why]++;
     P.overflows[why]++;
-    uint64_t now = cm_mono_ms();
-    if (ep->log_ms != 0 && now - ep->log_ms < LOG_EVERY_MS) {
-        ep->log_suppressed++;
-        return;
-    }
-    cm_warn("circuit breaker: %s (%u connections open, %u waiting; %llu more overflows of "
-            "this endpoint since the last line)",
-            msg, ep->nconns, ep->npending, (unsigned long long)ep->log_suppressed);
-    ep->log_ms = now;
-    ep->log_suppressed = 0;
 }
 
 int px_pool_admit(struct px_stream *s, const char **msg)
@@ -214,7 +204,7 @@ int px_pool_admit(struct px_stream *s, const char **msg)
                  "upstream overflow: max_pending_requests (%u requests already wait for a "
                  "connection to %s; max_connections %u)",
                  ep->npending, cm_addr_format(&ep->addr, a, sizeof(a)), s->cb.max_connections);
-        overflow(ep, PX_OVERFLOW_PENDING, P.msg);
+        overflow(ep, PX_OVERFLOW_PENDING);
         *msg = P.msg;
         return -1;
     }
@@ -290,7 +280,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
                  "upstream pending timeout: no connection to %s became free within %u ms "
                  "(max_connections %u)",
                  a, s->cb.pending_timeout_ms, s->cb.max_connections);
-        overflow(ep, PX_OVERFLOW_TIMEOUT, P.msg);
+        overflow(ep, PX_OVERFLOW_TIMEOUT);
         px_pool_hooks.refused(s, PX_OVERFLOW_TIMEOUT, P.msg);
     }
     update_idle(ep);

@@ -5,8 +5,8 @@
  * connection back in the pool, an HTTP/2 session with a free stream slot, or
  * the connection count dropping below the limit), each for at most
  * pending_timeout_ms. A full queue or an expired wait answers 503 naming the
- * cause, counts remora_upstream_overflow_total{reason} and logs (at most once
- * a second per endpoint).
+ * cause (logged with the proxy's other 5xx answers, rate-limited per cause)
+ * and counts remora_upstream_overflow_total{reason}.
  *
  * The queue costs no heap per request: a waiting stream is linked into its
  * endpoint's queue through px_stream.qlink, and one timer per endpoint
@@ -52,8 +52,6 @@ struct px_upstream_ep {
     struct cm_list pending; /* px_stream.qlink, oldest first */
     uint64_t queued_total;  /* requests that had to wait */
     uint64_t overflows[PX_OVERFLOW_N];
-    uint64_t log_ms;              /* last overflow log line (monotonic ms) */
-    uint64_t log_suppressed;      /* overflows not logged since */
     uint64_t timer_at_ms;         /* the pending timer is armed for then (0: not armed) */
     struct event *wake;           /* admit waiters on the next loop turn */
     struct event *timer;          /* the earliest pending deadline */

@@ -258,13 +258,17 @@ static void warn_5xx(struct px_stream *s, int status, const char *body)
     const char *p = s->req.path ? s->req.path : "-";
     cm_log_escape(path, sizeof(path), p, strlen(p));
     const char *cause = s->cause != PX_CAUSE_NONE ? px_cause_str(s->cause) : body;
+    /* a circuit breaker's body says more (how many wait, the limit); the
+     * cause stays the rate limiter's key */
+    const char *text =
+        s->cause == PX_CAUSE_OVERFLOW || s->cause == PX_CAUSE_PENDING_TIMEOUT ? body : cause;
     bool has_up = s->upstream.len > 0;
     /* the detail belongs to the invalid response it names, not to a later try */
     const char *detail = s->cause == PX_CAUSE_UPSTREAM_PROTO ? s->cause_detail : NULL;
     cm_log_limited(CM_LOG_WARN, cause, "listener %s: %d for %s %s from %s, upstream %s: %s%s%s",
                    s->lcfg->name, status, s->req.method ? s->req.method : "-", path,
                    cm_addr_format(&s->conn_peer, peer, sizeof(peer)),
-                   has_up ? cm_addr_format(&s->upstream, up, sizeof(up)) : "-", cause,
+                   has_up ? cm_addr_format(&s->upstream, up, sizeof(up)) : "-", text,
                    detail ? ": " : "", detail ? detail : "");
 }
 

@@ -106,9 +106,9 @@ wait "${small[@]}"
 expect_eq "... the 2 sent and the 4 that waited all succeed" "$(sort "$TMP/small.codes" | uniq -c | awk '{print $1"x"$2}' | tr '\n' ' ')" "6x200 "
 expect_eq "... over 2 app connections" "$(app_stat "$B_PORT" max_open)" 2
 expect_eq "... the refused never reached the app" "$(app_stat "$B_PORT" requests)" 6
-check "... logged (rate-limited)" grep -q 'circuit breaker: upstream overflow: max_pending_requests (4 requests already wait for a connection to 127.0.0.1:[0-9]*; max_connections 2) (2 connections open, 4 waiting' "$TMP/proxy.log"
+check "... logged with the whole cause" grep -q "listener fixed: 503 for GET /x from 127.0.0.1:[0-9]*, upstream 127.0.0.1:$B_PORT: upstream overflow: max_pending_requests (4 requests already wait for a connection to 127.0.0.1:$B_PORT; max_connections 2)" "$TMP/proxy.log"
 n=$(grep -c 'upstream overflow: max_pending_requests' "$TMP/proxy.log")
-check "... a few lines, not 11 ($n)" test "$n" -le 4
+check "... rate-limited: fewer lines than the 11 overflows ($n)" test "$n" -le 7
 
 # -- pending_timeout_ms -------------------------------------------------------------------------
 curl -s -m 60 -o /dev/null -H 'Host: slow.local' "http://127.0.0.1:$P1/delay/4000" &
