@@ -22,6 +22,7 @@
 #include "injector/server.h"
 #include "injector/stamp.h"
 #include "injector/token.h"
+#include "injector/tokenreview.h" /* issue 14: ca.token_review */
 
 #define JWKS_CHECK_MS   1000 /* look at the JWKS file at most once a second */
 #define CA_MAX_PEM      (1024 * 1024)
@@ -37,6 +38,9 @@ enum refusal {
     RF_BAD_CSR,                                      /* 400: CSR unparsable or unverified */
     RF_IDENTITY,                                     /* 403: CSR identity != token identity */
     RF_INTERNAL,                                     /* 500: signing failed */
+    RF_REVIEW_REJECTED,    /* 401: the API server does not authenticate the token */
+    RF_REVIEW_POD_GONE,    /* 401: the token's pod no longer exists */
+    RF_REVIEW_UNAVAILABLE, /* 503: no answer from the API server (ca.token_review) */
     RF__COUNT
 };
 
@@ -44,7 +48,8 @@ static const char *const refusal_names[RF__COUNT] = {
     "too_large",           "no_token",        "token_malformed", "token_algorithm",
     "token_unknown_key",   "token_signature", "token_audience",  "token_expired",
     "token_not_yet_valid", "token_claims",    "bad_request",     "bad_csr",
-    "identity_mismatch",   "internal",
+    "identity_mismatch",   "internal",        "token_review_rejected",
+    "token_pod_gone",      "token_review_unavailable",
 };
 _Static_assert(RF_BAD_REQUEST == 10 && IJ_TOKEN__COUNT == 9,
                "refusal_names follows enum refusal and enum ij_token_reason");
@@ -94,6 +99,7 @@ struct ij_ca {
     struct snap *cur;   /* a reference */
     struct ij_stamp stamps[3];
     struct ij_jwks_file *jwks;
+    struct ij_tokrev *tokrev; /* ca.token_review, else NULL */
     /* the ca.address server */
     struct MHD_Daemon *daemon;
     struct ij_guard *guard;       /* deadlines of the ca.address daemon's connections */
@@ -165,6 +171,27 @@ int ij_ca_new(const struct ij_config *cfg, struct ij_ca **out, char **errmsg)
         ij_ca_free(ca);
         return CM_ERR_INVAL;
     }
+    if (cfg->ca_token_review) {
+        char *api = cfg->kube_api != NULL ? cm_xstrdup(cfg->kube_api) : ij_kube_default_api();
+        struct ij_tokrev_opts to = {
+            .kube = {.api = api,
+                     .token_file = cfg->kube_token_file ? cfg->kube_token_file
+                                                        : IJ_KUBE_DEFAULT_TOKEN_FILE,
+                     .ca_file = cfg->kube_ca_file ? cfg->kube_ca_file : IJ_KUBE_DEFAULT_CA_FILE,
+                     .timeout_ms = (int)cfg->kube_timeout_ms,
+                     .agent = "ca token review"},
+            .audience = cfg->ca_audience,
+            .cache_seconds = (int)cfg->ca_token_review_cache_seconds};
+        char *inner = NULL;
+        int rc = ij_tokrev_new(&to, &ca->tokrev, &inner);
+        free(api);
+        if (rc != 0) {
+            *errmsg = cm_xasprintf("%s: ca.token_review: %s", cfg->file, inner);
+            free(inner);
+            ij_ca_free(ca);
+            return CM_ERR_INVAL;
+        }
+    }
     atomic_store(&active, ca);
     *out = ca;
     return 0;
@@ -178,6 +205,7 @@ void ij_ca_free(struct ij_ca *ca)
     atomic_compare_exchange_strong(&active, &expect, NULL);
     snap_unref(ca->cur);
     ij_jwks_file_free(ca->jwks);
+    ij_tokrev_free(ca->tokrev);
     free(ca->serve_cert);
     if (ca->serve_key != NULL) {
         memset(ca->serve_key, 0, strlen(ca->serve_key));
@@ -440,6 +468,23 @@ enum MHD_Result ij_ca_sign(struct ij_ca *ca, struct MHD_Connection *conn, const 
         ret = refuse(&q, MHD_HTTP_FORBIDDEN, RF_IDENTITY,
                      "the CSR asks for %s but the token is for %s", id, want);
         goto out;
+    }
+    if (ca->tokrev != NULL) { /* issue 14: last, as it may cost API calls */
+        char *rwhy = NULL;
+        enum ij_tokrev_result tr =
+            ij_tokrev_check(ca->tokrev, token, strlen(token), &q.claims, cm_wall_ms(), &rwhy);
+        if (tr != IJ_TOKREV_OK) {
+            ret = tr == IJ_TOKREV_UNAVAILABLE
+                      ? refuse(&q, MHD_HTTP_SERVICE_UNAVAILABLE, RF_REVIEW_UNAVAILABLE,
+                               "%s; refusing to sign while the token cannot be checked "
+                               "(ca.token_review)",
+                               rwhy)
+                      : refuse(&q, MHD_HTTP_UNAUTHORIZED,
+                               tr == IJ_TOKREV_POD_GONE ? RF_REVIEW_POD_GONE : RF_REVIEW_REJECTED,
+                               "%s", rwhy);
+            free(rwhy);
+            goto out;
+        }
     }
     struct snap *s = snap_get(ca);
     pthread_mutex_lock(&s->sign_mu);
@@ -782,6 +827,9 @@ char *ij_ca_metrics_render(size_t *len)
         "remora_injector_ca_cert_expiry_timestamp_seconds %lld\n",
         (unsigned long long)atomic_load(&ca_reloads[1]),
         (unsigned long long)atomic_load(&ca_reloads[0]), (long long)not_after);
+    char *tr = ij_tokrev_metrics(ca->tokrev); /* issue 14; empty without ca.token_review */
+    put(&o, "%s", tr);
+    free(tr);
     *len = o.len;
     return o.buf;
 }

@@ -6,7 +6,7 @@
 #include "common/json.h"
 
 static const char *const top_keys[] = {
-    "webhook", "ca", "trust_domain", "template_file", "native_sidecars", "log_level", NULL};
+    "webhook", "ca", "trust_domain", "template_file", "native_sidecars", "log_level", "kube", NULL};
 static const char *const webhook_keys[] = {"address",
                                            "cert_file",
                                            "key_file",
@@ -19,8 +19,11 @@ static const char *const webhook_keys[] = {"address",
                                            "max_connections_per_ip",
                                            "max_buffered_bytes",
                                            NULL};
-static const char *const ca_keys[] = {"address",   "cert_file", "key_file",    "root_file",
-                                      "jwks_file", "audience",  "ttl_seconds", NULL};
+static const char *const ca_keys[] = {"address",     "cert_file",    "key_file",
+                                      "root_file",   "jwks_file",    "audience",
+                                      "ttl_seconds", "token_review", "token_review_cache_seconds",
+                                      NULL};
+static const char *const kube_keys[] = {"api", "token_file", "ca_file", "timeout_ms", NULL};
 
 /* SPIFFE trust domains: lowercase letters, digits, '.', '-', '_' (SPIFFE-ID §2.1). */
 static bool valid_trust_domain(const char *s)
@@ -109,8 +112,16 @@ static int load_ca(const struct cm_jpath *root, json_t *top, struct ij_config *c
         (rc = cm_json_get_string(&p, ca, "audience", false, &cfg->ca_audience, errmsg)) != 0 ||
         (rc = nonempty(&p, "audience", cfg->ca_audience, errmsg)) != 0 ||
         (rc = cm_json_get_int(&p, ca, "ttl_seconds", false, 10, 366 * 86400, &cfg->ca_ttl_seconds,
-                              errmsg)) != 0)
+                              errmsg)) != 0 ||
+        (rc = cm_json_get_bool(&p, ca, "token_review", false, &cfg->ca_token_review, errmsg)) !=
+            0 ||
+        (rc = cm_json_get_int(&p, ca, "token_review_cache_seconds", false, 0, 60,
+                              &cfg->ca_token_review_cache_seconds, errmsg)) != 0)
         return rc;
+    if (cfg->ca_token_review && cfg->ca_cert_file == NULL) {
+        cm_jpath_key(&c, &p, "token_review");
+        return cm_json_fail(&c, errmsg, "set, but there is no CA (ca.cert_file unset)");
+    }
     if (cfg->ca_address != NULL && cm_addr_parse(cfg->ca_address, &cfg->ca_addr) != 0) {
         cm_jpath_key(&c, &p, "address");
         return cm_json_fail(&c, errmsg, "\"%s\" is not a numeric host:port", cfg->ca_address);
@@ -135,6 +146,33 @@ static int load_ca(const struct cm_jpath *root, json_t *top, struct ij_config *c
     return 0;
 }
 
+/* kube: where the CA's token reviews go (issue 14); everything optional. */
+static int load_kube(const struct cm_jpath *root, json_t *top, struct ij_config *cfg, char **errmsg)
+{
+    struct cm_jpath p, c;
+    json_t *k = NULL;
+    int rc;
+    if ((rc = cm_json_get_child(root, top, "kube", false, JSON_OBJECT, &k, errmsg)) != 0)
+        return rc;
+    if (k == NULL)
+        return 0;
+    cm_jpath_key(&p, root, "kube");
+    if ((rc = cm_json_check_keys(&p, k, kube_keys, errmsg)) != 0 ||
+        (rc = cm_json_get_string(&p, k, "api", false, &cfg->kube_api, errmsg)) != 0 ||
+        (rc = cm_json_get_string(&p, k, "token_file", false, &cfg->kube_token_file, errmsg)) != 0 ||
+        (rc = cm_json_get_string(&p, k, "ca_file", false, &cfg->kube_ca_file, errmsg)) != 0 ||
+        (rc = nonempty(&p, "token_file", cfg->kube_token_file, errmsg)) != 0 ||
+        (rc = nonempty(&p, "ca_file", cfg->kube_ca_file, errmsg)) != 0 ||
+        (rc = cm_json_get_int(&p, k, "timeout_ms", false, 100, 30000, &cfg->kube_timeout_ms,
+                              errmsg)) != 0)
+        return rc;
+    if (cfg->kube_api != NULL && strncmp(cfg->kube_api, "https://", 8) != 0) {
+        cm_jpath_key(&c, &p, "api");
+        return cm_json_fail(&c, errmsg, "\"%s\" is not an https:// URL", cfg->kube_api);
+    }
+    return 0;
+}
+
 int ij_config_load(const char *file, struct ij_config *cfg, char **errmsg)
 {
     struct cm_jpath root, c;
@@ -155,6 +193,8 @@ int ij_config_load(const char *file, struct ij_config *cfg, char **errmsg)
     cfg->max_buffered_bytes = 64 << 20;
     cfg->ca_audience = "remora-ca";
     cfg->ca_ttl_seconds = 86400;
+    cfg->ca_token_review_cache_seconds = 60;
+    cfg->kube_timeout_ms = 2000;
     cfg->trust_domain = "cluster.local";
     cfg->log_level = CM_LOG_INFO;
 
@@ -164,6 +204,7 @@ int ij_config_load(const char *file, struct ij_config *cfg, char **errmsg)
     if ((rc = cm_json_check_keys(&root, top, top_keys, errmsg)) != 0 ||
         (rc = load_webhook(&root, top, cfg, errmsg)) != 0 ||
         (rc = load_ca(&root, top, cfg, errmsg)) != 0 ||
+        (rc = load_kube(&root, top, cfg, errmsg)) != 0 ||
         (rc = cm_json_get_string(&root, top, "trust_domain", false, &cfg->trust_domain, errmsg)) !=
             0 ||
         (rc = cm_json_get_string(&root, top, "template_file", false, &cfg->template_file,

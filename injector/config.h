@@ -38,6 +38,16 @@ struct ij_config {
     const char *ca_cert_file, *ca_key_file, *ca_root_file, *ca_jwks_file;
     const char *ca_audience; /* default "remora-ca" */
     int64_t ca_ttl_seconds;  /* default 86400 */
+    /* issue 14: ask the API server (TokenReview, and GET of the bound pod)
+     * about every token before signing; answers cached this long */
+    bool ca_token_review;                  /* default false */
+    int64_t ca_token_review_cache_seconds; /* 0 .. 60, default 60 */
+
+    /* kube: the API server the CA's token reviews go to (kube.h) */
+    const char *kube_api;        /* NULL: in-cluster (KUBERNETES_SERVICE_HOST/PORT) */
+    const char *kube_token_file; /* default the service-account token */
+    const char *kube_ca_file;    /* default the service-account ca.crt */
+    int64_t kube_timeout_ms;     /* per API request; default 2000 */
 
     const char *trust_domain;  /* default "cluster.local" */
     const char *template_file; /* NULL: the built-in template */

@@ -122,6 +122,11 @@ enum ij_decision ij_inject_decide(json_t *request, json_t *pod, json_t *warnings
     const char *opt = annotation(pod, IJ_ANN_INJECT);
     if (ann_bool(pod, IJ_ANN_INJECT) == 0)
         return IJ_DECIDE_OPTED_OUT;
+    /* The label of the same name opts a pod in from an unlabelled namespace
+     * (the webhook's objectSelector entry); "false" opts it out anywhere. */
+    const char *lab = get_str(get_obj(get_obj(pod, "metadata"), "labels"), IJ_ANN_INJECT);
+    if (lab != NULL && strcmp(lab, "false") == 0)
+        return IJ_DECIDE_OPTED_OUT;
     if (opt != NULL && ann_bool(pod, IJ_ANN_INJECT) < 0)
         warn(warnings,
              "remora: annotation %s: \"%.40s\" is neither \"true\" nor \"false\"; "
@@ -203,9 +208,12 @@ static bool cidr_ok(const char *tok, size_t len)
     return v <= (family == AF_INET ? 32u : 128u);
 }
 
-/* Read a comma-separated exclusion annotation. Returns the normalised list
- * (heap, caller frees), or NULL when absent, empty or malformed (with a
- * warning: a bad value must never reach remora-proxy's argv as a flag). */
+/* Read a comma-separated list annotation (ports or IP ranges). Returns the
+ * valid items, normalised (blanks removed, comma-joined; heap, caller frees),
+ * or NULL when absent or without a valid item. Each malformed item is left
+ * out with a warning naming it, the others are kept: a bad value must never
+ * reach remora-proxy's argv as a flag, and must not cost the good ones. */
+#define LIST_MAX_ITEMS 256 /* items looked at; more are dropped with one warning */
 static char *exclusion(json_t *pod, const char *key, bool (*ok)(const char *, size_t),
                        json_t *warnings)
 {
@@ -213,26 +221,44 @@ static char *exclusion(json_t *pod, const char *key, bool (*ok)(const char *, si
     if (raw == NULL)
         return NULL;
     char *s = strip_blanks(raw);
-    if (*s == '\0') {
-        free(s);
-        return NULL;
-    }
-    for (const char *t = s;;) {
+    char *out = cm_xmalloc(strlen(s) + 1);
+    size_t olen = 0, n = 0, bad = 0;
+    out[0] = '\0';
+    for (const char *t = s; *t != '\0';) {
         const char *comma = strchr(t, ',');
         size_t len = comma != NULL ? (size_t)(comma - t) : strlen(t);
-        if (!ok(t, len)) {
+        if (++n > LIST_MAX_ITEMS) {
+            warn(warnings, "remora: annotation %s: more than %d items; the rest is ignored", key,
+                 LIST_MAX_ITEMS);
+            break;
+        }
+        if (ok(t, len)) {
+            if (olen > 0)
+                out[olen++] = ',';
+            memcpy(out + olen, t, len);
+            olen += len;
+            out[olen] = '\0';
+        } else if (bad++ < 4) { /* a few named; the response's warnings stay short */
+            char item[48];
+            size_t il = len < sizeof(item) - 1 ? len : sizeof(item) - 1;
+            memcpy(item, t, il);
+            item[il] = '\0';
             warn(warnings,
-                 "remora: annotation %s: \"%.60s\" is not a comma-separated list of %s; "
-                 "ignored",
-                 key, raw, ok == port_ok ? "ports" : "IP ranges");
-            free(s);
-            return NULL;
+                 "remora: annotation %s: item \"%s\"%s is not %s; ignored, the other items "
+                 "are kept",
+                 key, item, len > il ? "..." : "",
+                 ok == port_ok ? "a port (1-65535)" : "an IP address or CIDR range");
         }
         if (comma == NULL)
             break;
         t = comma + 1;
     }
-    return s;
+    free(s);
+    if (olen == 0) {
+        free(out);
+        return NULL;
+    }
+    return out;
 }
 
 /* Is port listed in a normalised port list? */
@@ -298,6 +324,45 @@ static long resolve_port(json_t *container, json_t *port)
     return -1;
 }
 
+/* A grpc or tcpSocket probe on a captured port: the proxy cannot rewrite it
+ * yet, so say what happens. A gRPC probe reaches the inbound listener in
+ * plaintext: under strict mTLS it fails, and a failing liveness probe
+ * restarts the container in a loop. A tcpSocket probe is accepted by the
+ * capture whatever the app does: it always succeeds and checks nothing. */
+static void probe_warning(json_t *container, json_t *probe, const char *field,
+                          const char *excl_in, json_t *warnings)
+{
+    const char *name = get_str(container, "name");
+    json_t *grpc = get_obj(probe, "grpc"), *tcp = get_obj(probe, "tcpSocket");
+    if (name == NULL || (grpc == NULL && tcp == NULL))
+        return;
+    if (tcp != NULL) {
+        const char *host = get_str(tcp, "host");
+        if (host != NULL && *host != '\0')
+            return; /* another host: not through the pod's capture */
+    }
+    long port = resolve_port(container, json_object_get(grpc != NULL ? grpc : tcp, "port"));
+    if (port > 0 && port_listed(excl_in, port))
+        return; /* not captured: kubelet reaches the app */
+    char where[32] = "";
+    if (port > 0)
+        snprintf(where, sizeof(where), " on port %ld", port);
+    if (grpc != NULL)
+        warn(warnings,
+             "remora: container %.40s: %s is a gRPC probe%s, which the proxy cannot rewrite: "
+             "with strict mTLS it fails%s; exclude its port (%s) or use an httpGet probe",
+             name, field, where,
+             strcmp(field, "readinessProbe") == 0 ? " and the pod never becomes Ready"
+                                                  : " and the container restarts in a loop",
+             IJ_ANN_EXCLUDE_IN);
+    else
+        warn(warnings,
+             "remora: container %.40s: %s is a tcpSocket probe%s: the proxy accepts the "
+             "connection, so it always succeeds whatever the app does; use an httpGet or exec "
+             "probe, or exclude its port (%s)",
+             name, field, where, IJ_ANN_EXCLUDE_IN);
+}
+
 /* Rewrite the HTTP probes of spec.containers[idx] to go through the proxy's
  * health port; record each original target in `probers` (path -> probe). */
 static void rewrite_probes(json_t *patch, json_t *container, size_t idx, const char *excl_in,
@@ -309,8 +374,12 @@ static void rewrite_probes(json_t *patch, json_t *container, size_t idx, const c
     for (size_t k = 0; k < sizeof(probe_kinds) / sizeof(probe_kinds[0]); k++) {
         json_t *probe = get_obj(container, probe_kinds[k].field);
         json_t *http = get_obj(probe, "httpGet");
-        if (http == NULL)
-            continue; /* exec, tcpSocket and grpc probes are left alone */
+        if (http == NULL) {
+            /* exec, tcpSocket and grpc probes are left alone; the two that
+             * the capture changes are said (issue 14) */
+            probe_warning(container, probe, probe_kinds[k].field, excl_in, warnings);
+            continue;
+        }
         const char *host = get_str(http, "host");
         if (host != NULL && *host != '\0')
             continue; /* kubelet probes another host, not through the pod's capture */
@@ -397,7 +466,7 @@ static json_t *init_container(const struct ij_template *t, const char *excl_in,
 }
 
 static json_t *proxy_container(const struct ij_template *t, bool native, bool policy, bool routes,
-                               json_t *probers)
+                               json_t *probers, long drain_ms)
 {
     json_t *env = json_pack("[o, o, o, o]", field_env("POD_NAME", "metadata.name"),
                             field_env("POD_NAMESPACE", "metadata.namespace"),
@@ -444,12 +513,28 @@ static json_t *proxy_container(const struct ij_template *t, bool native, bool po
          * once a native sidecar's startup probe passed. */
         json_object_set_new(c, "restartPolicy", json_string("Always"));
         json_object_set_new(c, "startupProbe", health_probe(1, 600));
-    } else if (t->hold_application) {
-        /* kubelet runs containers' postStart hooks in order and waits for
-         * each: the app after us starts once the proxy answers ready. */
-        json_object_set_new(c, "lifecycle",
-                            json_pack("{s:{s:{s:o}}}", "postStart", "exec", "command",
-                                      json_deep_copy(t->wait_command)));
+    } else {
+        json_t *lc = json_object();
+        if (t->hold_application)
+            /* kubelet runs containers' postStart hooks in order and waits for
+             * each: the app after us starts once the proxy answers ready. */
+            json_object_set_new(lc, "postStart",
+                                json_pack("{s:{s:o}}", "exec", "command",
+                                          json_deep_copy(t->wait_command)));
+        if (drain_ms > 0) {
+            /* Classic sidecars get SIGTERM with the app. kubelet sends it to
+             * the proxy only once this returns: the proxy keeps serving until
+             * no request of the app is in flight, or drain_ms (issue 14). */
+            char ms[24];
+            snprintf(ms, sizeof(ms), "%ld", drain_ms);
+            json_object_set_new(lc, "preStop",
+                                json_pack("{s:{s:[s, s, s, s, s]}}", "exec", "command",
+                                          "remora-proxy", "wait", "--drain", "--timeout-ms", ms));
+        }
+        if (json_object_size(lc) > 0)
+            json_object_set_new(c, "lifecycle", lc);
+        else
+            json_decref(lc);
     }
     return c;
 }
@@ -483,7 +568,8 @@ static json_t *volumes(const struct ij_inject_params *p, const char *policy, con
 
 /* The proxy's bootstrap config (docs/contract.md "remora-proxy"), as the file the
  * downward-API volume shows it at IJ_DIR_BOOTSTRAP/bootstrap.json. */
-static char *bootstrap(const struct ij_inject_params *p, bool policy, bool routes)
+static char *bootstrap(const struct ij_inject_params *p, bool policy, bool routes,
+                       const char *opaque)
 {
     const struct ij_template *t = p->tpl;
     char admin[32], in[32], out[32];
@@ -521,9 +607,91 @@ static char *bootstrap(const struct ij_inject_params *p, bool policy, bool route
              IJ_PORT_HEALTH); /* kubelet probing an IPv6 pod IP */
     json_object_set_new(b, "health",
                         json_pack("{s:s, s:s}", "address", health, "address6", health6));
+    /* issue 14: only with remora.io/opaque-ports, so a proxy that does not
+     * know the key yet never sees it otherwise */
+    if (opaque != NULL) {
+        json_t *ports = json_array();
+        for (const char *o = opaque; o != NULL && *o;) {
+            json_array_append_new(ports, json_integer(strtol(o, NULL, 10)));
+            o = strchr(o, ',');
+            if (o != NULL)
+                o++;
+        }
+        json_object_set_new(b, "opaque_ports", ports);
+    }
     char *s = json_dumps(b, JSON_COMPACT);
     json_decref(b);
     return s;
+}
+
+/* A Go-style duration ("5s", "1m30s", "500ms", "0"): milliseconds, or -1. */
+static long duration_ms(const char *s)
+{
+    static const struct {
+        const char *unit;
+        long ms;
+    } units[] = {{"ms", 1}, {"h", 3600000}, {"m", 60000}, {"s", 1000}};
+    if (strcmp(s, "0") == 0)
+        return 0;
+    if (*s == '\0' || strlen(s) > 32)
+        return -1;
+    long total = 0;
+    while (*s) {
+        if (!isdigit((unsigned char)*s))
+            return -1;
+        long v = 0;
+        for (; isdigit((unsigned char)*s); s++) {
+            v = v * 10 + (*s - '0');
+            if (v > IJ_DRAIN_MAX_MS)
+                return -1;
+        }
+        size_t u = 0;
+        for (; u < sizeof(units) / sizeof(units[0]); u++)
+            if (strncmp(s, units[u].unit, strlen(units[u].unit)) == 0)
+                break;
+        if (u == sizeof(units) / sizeof(units[0]))
+            return -1;
+        s += strlen(units[u].unit);
+        total += v * units[u].ms;
+        if (total > IJ_DRAIN_MAX_MS)
+            return -1;
+    }
+    return total;
+}
+
+/* How long the classic proxy's preStop waits: the annotation (default 5 s),
+ * kept under the pod's terminationGracePeriodSeconds (default 30) so that
+ * kubelet's SIGTERM, and the proxy's own drain after it, still fit. 0: no
+ * preStop. */
+static long drain_budget(json_t *pod, json_t *warnings)
+{
+    const char *v = annotation(pod, IJ_ANN_DRAIN_DURATION);
+    long ms = IJ_DRAIN_DEFAULT_MS;
+    if (v != NULL) {
+        ms = duration_ms(v);
+        if (ms < 0) {
+            warn(warnings,
+                 "remora: annotation %s: \"%.40s\" is not a duration such as \"5s\" or "
+                 "\"1m30s\" (at most 1h); using %d s",
+                 IJ_ANN_DRAIN_DURATION, v, IJ_DRAIN_DEFAULT_MS / 1000);
+            ms = IJ_DRAIN_DEFAULT_MS;
+            v = NULL;
+        }
+    }
+    json_t *g = json_object_get(get_obj(pod, "spec"), "terminationGracePeriodSeconds");
+    json_int_t grace = json_is_integer(g) ? json_integer_value(g) : 30;
+    long cap = grace > 1 ? (long)(grace - 1) * 1000 : 0;
+    if (grace > 3600)
+        cap = IJ_DRAIN_MAX_MS;
+    if (ms > cap) {
+        if (v != NULL)
+            warn(warnings,
+                 "remora: annotation %s: %.40s does not fit in terminationGracePeriodSeconds "
+                 "%lld: the proxy waits at most %ld ms before its own SIGTERM",
+                 IJ_ANN_DRAIN_DURATION, v, (long long)grace, cap);
+        ms = cap;
+    }
+    return ms;
 }
 
 /* DNS-1123 subdomain: a ConfigMap name. */
@@ -582,6 +750,7 @@ json_t *ij_inject_patch(const struct ij_inject_params *p, json_t *request, json_
     char *excl_in = exclusion(pod, IJ_ANN_EXCLUDE_IN, port_ok, warnings);
     char *excl_out = exclusion(pod, IJ_ANN_EXCLUDE_OUT, port_ok, warnings);
     char *excl_ranges = exclusion(pod, IJ_ANN_EXCLUDE_RANGES, cidr_ok, warnings);
+    char *opaque = exclusion(pod, IJ_ANN_OPAQUE_PORTS, port_ok, warnings);
     const char *policy = annotation(pod, IJ_ANN_POLICY);
     if (policy != NULL && !dns_subdomain(policy))
         /* Mounted anyway: the API server then refuses the pod, which is
@@ -611,7 +780,7 @@ json_t *ij_inject_patch(const struct ij_inject_params *p, json_t *request, json_
     }
     json_t *added_ann = json_array();
     json_t *ann = json_object();
-    char *boot = bootstrap(p, policy != NULL, routes != NULL);
+    char *boot = bootstrap(p, policy != NULL, routes != NULL, opaque);
     json_object_set_new(ann, IJ_ANN_BOOTSTRAP, json_string(boot));
     json_array_append_new(added_ann, json_string(IJ_ANN_BOOTSTRAP));
     free(boot);
@@ -646,7 +815,8 @@ json_t *ij_inject_patch(const struct ij_inject_params *p, json_t *request, json_
     /* 3. remora-init first among the init containers; the native proxy right
      * after it, so later init containers already have the mesh. */
     json_t *init = init_container(t, excl_in, excl_out, excl_ranges);
-    json_t *proxy = proxy_container(t, native, policy != NULL, routes != NULL, probers);
+    long drain_ms = native ? 0 : drain_budget(pod, warnings); /* native: kubelet orders the stop */
+    json_t *proxy = proxy_container(t, native, policy != NULL, routes != NULL, probers, drain_ms);
     if (inits == NULL) {
         json_t *a = json_pack("[o]", init);
         if (native)
@@ -690,9 +860,22 @@ json_t *ij_inject_patch(const struct ij_inject_params *p, json_t *request, json_
         warn(warnings, "remora: the pod also has another mesh's proxy; their traffic capture "
                        "will conflict");
 
+    /* Pod Security (issue 14): remora-init adds NET_ADMIN and NET_RAW, which
+     * baseline and restricted refuse (restricted also refuses root). The
+     * webhook entry that called us knows the namespace's enforce label
+     * (manifests/injector/webhook.yaml); the pod is injected anyway and the
+     * API server refuses it, with this saying why. */
+    if (p->psa_enforce != NULL)
+        warn(warnings,
+             "remora: namespace enforces Pod Security \"%s\" (pod-security.kubernetes.io/"
+             "enforce): remora-init needs NET_ADMIN and NET_RAW%s, which it forbids, so this pod "
+             "will be refused; a meshed namespace needs enforce=privileged (docs/install.md)",
+             p->psa_enforce, strcmp(p->psa_enforce, "restricted") == 0 ? " and root" : "");
+
     free(excl_in);
     free(excl_out);
     free(excl_ranges);
+    free(opaque);
     json_decref(probers);
     return patch;
 }

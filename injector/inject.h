@@ -18,6 +18,13 @@
 #define IJ_ANN_EXCLUDE_IN     "remora.io/exclude-inbound-ports"
 #define IJ_ANN_EXCLUDE_OUT    "remora.io/exclude-outbound-ports"
 #define IJ_ANN_EXCLUDE_RANGES "remora.io/exclude-outbound-ip-ranges"
+/* Issue 14: ports whose traffic the proxy passes as opaque TCP (bootstrap
+ * key opaque_ports), and how long a classic sidecar's preStop waits for the
+ * app's requests to finish (docs/injector.md "Stop"). */
+#define IJ_ANN_OPAQUE_PORTS    "remora.io/opaque-ports"
+#define IJ_ANN_DRAIN_DURATION  "remora.io/termination-drain-duration"
+#define IJ_DRAIN_DEFAULT_MS    5000
+#define IJ_DRAIN_MAX_MS        3600000
 /* Ours beyond the contract: the proxy's bootstrap config, read by the proxy
  * through a downward-API volume (docs/injector.md). */
 #define IJ_ANN_BOOTSTRAP "remora.io/bootstrap"
@@ -59,6 +66,10 @@ struct ij_inject_params {
     const char *trust_domain;
     const char *ca_audience;
     bool native_default; /* config native_sidecars */
+    /* The namespace's pod-security.kubernetes.io/enforce level as the
+     * webhook entry that called us says it ("baseline", "restricted"), or
+     * NULL when it allows remora-init (privileged, or no label). */
+    const char *psa_enforce;
 };
 
 /* Decide for one AdmissionReview `request` (an object) whose `object` is

@@ -17,6 +17,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,7 @@
 #include "common/err.h"
 #include "common/xalloc.h"
 #include "injector/config.h"
+#include "injector/stamp.h"
 
 #define STATUS_MESSAGE_MAX 512 /* of a Status.message quoted in an error */
 
@@ -520,6 +522,10 @@ out:
 /* ---- the client ------------------------------------------------------------------------ */
 
 struct ij_kube {
+    pthread_mutex_t mu; /* guards token, token_stamp, session, have_session */
+    char *token_file;
+    struct ij_stamp token_stamp;
+    char agent[64];
     struct ij_kube_url url;
     char endpoint[300]; /* host:port, for messages */
     char host_hdr[300]; /* the Host header: the port only when not 443 */
@@ -647,8 +653,25 @@ static int read_token(struct ij_kube *k, const char *file, char **errmsg)
                          file, i);
         }
     }
+    if (k->token != NULL) {
+        mbedtls_platform_zeroize(k->token, strlen(k->token));
+        free(k->token);
+    }
     k->token = (char *)buf;
     return 0;
+}
+
+/* Under k->mu: read the token file again when it changed on disk. A file
+ * that cannot be read (mid-rotation) keeps the token in force. */
+static void maybe_reload_token(struct ij_kube *k)
+{
+    struct ij_stamp now = ij_stamp_get(k->token_file);
+    if (ij_stamp_equal(&now, &k->token_stamp))
+        return;
+    char *err = NULL;
+    if (read_token(k, k->token_file, &err) == 0)
+        k->token_stamp = now;
+    free(err);
 }
 
 int ij_kube_new(const struct ij_kube_opts *o, struct ij_kube **out, char **errmsg)
@@ -660,6 +683,9 @@ int ij_kube_new(const struct ij_kube_opts *o, struct ij_kube **out, char **errms
     mbedtls_x509_crt_init(&k->ca);
     mbedtls_ssl_config_init(&k->conf);
     mbedtls_ssl_session_init(&k->session);
+    pthread_mutex_init(&k->mu, NULL);
+    k->token_file = cm_xstrdup(o->token_file);
+    snprintf(k->agent, sizeof(k->agent), "%s", o->agent != NULL ? o->agent : "publish-ca-root");
     k->timeout_ms = o->timeout_ms;
     k->ca_file = cm_xstrdup(o->ca_file);
     if ((rc = ij_kube_url_parse(o->api, &k->url, errmsg)) != 0)
@@ -670,6 +696,7 @@ int ij_kube_new(const struct ij_kube_opts *o, struct ij_kube **out, char **errms
              v6 ? "]" : "", k->url.port);
     snprintf(k->host_hdr, sizeof(k->host_hdr), "%s%s%s%s%s", v6 ? "[" : "", k->url.host,
              v6 ? "]" : "", dflt ? "" : ":", dflt ? "" : k->url.port);
+    k->token_stamp = ij_stamp_get(o->token_file);
     if ((rc = read_token(k, o->token_file, errmsg)) != 0)
         goto fail;
     if ((rc = pki_bundle_load_file(&k->ca, o->ca_file, &inner)) != 0) {
@@ -708,7 +735,9 @@ void ij_kube_free(struct ij_kube *k)
     if (k->token != NULL)
         mbedtls_platform_zeroize(k->token, strlen(k->token));
     free(k->token);
+    free(k->token_file);
     free(k->ca_file);
+    pthread_mutex_destroy(&k->mu);
     free(k);
 }
 
@@ -834,15 +863,19 @@ static int exchange(struct ij_kube *k, struct conn *c, mbedtls_ssl_context *ssl,
         return io_fail(k, c, ssl, ret, "TLS setup for", errmsg);
     mbedtls_ssl_set_bio(ssl, c, bio_send, bio_recv, NULL);
     /* A session the server no longer knows just costs a full handshake. */
+    pthread_mutex_lock(&k->mu);
     if (k->have_session)
         mbedtls_ssl_set_session(ssl, &k->session);
+    pthread_mutex_unlock(&k->mu);
     while ((ret = mbedtls_ssl_handshake(ssl)) != 0) {
         if (ret != MBEDTLS_ERR_SSL_WANT_READ && ret != MBEDTLS_ERR_SSL_WANT_WRITE)
             return io_fail(k, c, ssl, ret, "TLS handshake with", errmsg);
     }
+    pthread_mutex_lock(&k->mu);
     mbedtls_ssl_session_free(&k->session);
     mbedtls_ssl_session_init(&k->session);
     k->have_session = mbedtls_ssl_get_session(ssl, &k->session) == 0;
+    pthread_mutex_unlock(&k->mu);
     /* head and body in one buffer: one TLS record, one segment when small */
     size_t hlen = strlen(head);
     char *req = cm_xmalloc(hlen + body_len);
@@ -890,15 +923,19 @@ int ij_kube_request(struct ij_kube *k, const char *method, const char *path, con
         char *clen = body ? cm_xasprintf("Content-Type: %s\r\nContent-Length: %zu\r\n",
                                          ctype ? ctype : "application/json", body_len)
                           : cm_xstrdup("");
+        pthread_mutex_lock(&k->mu);
+        maybe_reload_token(k);
         char *head =
             cm_xasprintf("%s %s%s HTTP/1.1\r\n"
                          "Host: %s\r\n"
                          "Authorization: Bearer %s\r\n"
-                         "User-Agent: remora-injector/%s (publish-ca-root)\r\n"
+                         "User-Agent: remora-injector/%s (%s)\r\n"
                          "Accept: application/json\r\n"
                          "Connection: close\r\n"
                          "%s\r\n",
-                         method, k->url.base, path, k->host_hdr, k->token, IJ_VERSION, clen);
+                         method, k->url.base, path, k->host_hdr, k->token, IJ_VERSION, k->agent,
+                         clen);
+        pthread_mutex_unlock(&k->mu);
         mbedtls_ssl_context ssl;
         mbedtls_ssl_init(&ssl);
         rc = exchange(k, &c, &ssl, head, body, body ? body_len : 0, out, &inner);

@@ -102,6 +102,7 @@ struct ij_kube_opts {
     const char *token_file; /* bearer token, read by ij_kube_new */
     const char *ca_file;    /* PEM bundle the API server's certificate must chain to */
     int timeout_ms;         /* per request: connect + handshake + write + read */
+    const char *agent;      /* User-Agent comment; NULL: "publish-ca-root" */
 };
 struct ij_kube;
 
@@ -111,7 +112,11 @@ int ij_kube_new(const struct ij_kube_opts *o, struct ij_kube **out, char **errms
 void ij_kube_free(struct ij_kube *k);
 /* "host:port" of the API server, for messages; owned by k. */
 const char *ij_kube_endpoint(const struct ij_kube *k);
-/* One request on a new connection. `path` starts with '/' and is appended to
+/* Safe to call from several threads at once on one client (the CA's token
+ * reviews): the TLS session and the token are guarded. The token file is
+ * looked at again when it changes on disk (kubelet rotates projected tokens),
+ * the last good token kept when the new file is unreadable.
+ * One request on a new connection. `path` starts with '/' and is appended to
  * the URL's prefix; body may be NULL (then no Content-Type is sent). Any
  * final HTTP status is a success here (the caller judges it); errors are
  * transport, TLS, protocol and bounds, and the message starts with

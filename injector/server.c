@@ -266,6 +266,19 @@ static enum MHD_Result send_text(struct MHD_Connection *conn, unsigned code, con
     return send_buf(conn, code, "application/json", s, strlen(s));
 }
 
+/* POST /inject?psa=LEVEL: the webhook entry that matched the namespace's
+ * pod-security.kubernetes.io/enforce label (manifests/injector/webhook.yaml,
+ * issue 14). Only the levels that refuse remora-init mean anything. */
+static const char *psa_level(struct MHD_Connection *conn)
+{
+    const char *v = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "psa");
+    if (v != NULL && strcmp(v, "baseline") == 0)
+        return "baseline";
+    if (v != NULL && strcmp(v, "restricted") == 0)
+        return "restricted";
+    return NULL;
+}
+
 static enum MHD_Result inject(struct ij_server *s, struct MHD_Connection *conn, struct req *r)
 {
     uint64_t t0 = cm_mono_us();
@@ -283,6 +296,7 @@ static enum MHD_Result inject(struct ij_server *s, struct MHD_Connection *conn, 
         .trust_domain = s->cfg->trust_domain,
         .ca_audience = s->cfg->ca_audience,
         .native_default = s->cfg->native_sidecars,
+        .psa_enforce = psa_level(conn),
     };
     struct ij_review rv;
     ij_admission_review(&p, r->buf != NULL ? r->buf : "", r->len, &rv);

@@ -95,7 +95,7 @@ check "still serving after plain HTTP" healthy
 post() {
     RESP=${3:-$TMP/resp.json}
     CODE=$("${CURL[@]}" -o "$RESP" -w '%{http_code}' -H 'Content-Type: application/json' \
-        --data-binary "@$2" "$(url "$1" /inject)")
+        --data-binary "@$2" "$(url "$1" "/inject${QUERY:+?$QUERY}")")
 }
 
 # review_of CASE-FILE NAME: the AdmissionReview a case describes
@@ -195,8 +195,10 @@ corpus_one() {
     base=$(basename "$f" .json)
     # The oracle: the skip rules, read straight from the review.
     want=$(jq -r '.request as $r | ($r.object.metadata.annotations // {}) as $a |
+        ($r.object.metadata.labels // {}) as $l |
         if ($r.object.spec.hostNetwork == true) or ($a["remora.io/status"] != null)
-           or ($a["remora.io/inject"] == "false") or $r.operation != "CREATE"
+           or ($a["remora.io/inject"] == "false") or ($l["remora.io/inject"] == "false")
+           or $r.operation != "CREATE"
            or ($r.namespace == "kube-system") or ($r.namespace == "remora-system")
         then 0 else 1 end' "$f")
     run_review "$PORT" "corpus-$base" "$f" "$want" classic
@@ -217,6 +219,10 @@ fi
 # ---- own cases ---------------------------------------------------------------
 case_one() {
     local f=$1 name port status want w e
+    # .query: the webhook entry's path query (psa=LEVEL, manifests/injector/webhook.yaml);
+    # post() sees it (bash's dynamic scope), the re-review too
+    local QUERY
+    QUERY=$(jq -r '.query // ""' "$f")
     name=case-$(basename "$f" .json)
     w=$TMP/work/$name
     port=$PORT
@@ -245,6 +251,11 @@ case_one() {
     if jq -e '.expect.warning' "$f" >/dev/null; then
         w=$(jq -r '.response.warnings // [] | join(" | ")' "$TMP/work/$name.resp.json")
         expect_match "$name: warns" "$w" "$(jq -r '.expect.warning' "$f")"
+    fi
+    if jq -e '.expect.no_warning' "$f" >/dev/null; then
+        w=$(jq -r '.response.warnings // [] | join(" | ")' "$TMP/work/$name.resp.json")
+        if [[ $w =~ $(jq -r '.expect.no_warning' "$f") ]]; then fail "$name: warns: $w"
+        else pass "$name: no warning /$(jq -r '.expect.no_warning' "$f")/"; fi
     fi
     jq -e '.expect.no_schema == true' "$f" >/dev/null && touch "$TMP/check/$name.noschema"
     while IFS= read -r e; do
@@ -287,8 +298,48 @@ if ((NODE_OK)); then
         "v1 None IfNeeded Fail /inject 5"
     expect_eq "webhook: namespaceSelector on remora-injection=enabled, never kube-system or remora-system" \
         "$(m '.[] | select(.kind == "MutatingWebhookConfiguration") | .webhooks[0].namespaceSelector.matchExpressions |
-            map(.key + " " + .operator + " " + (.values | join(","))) | join("; ")')" \
-        "remora-injection In enabled; kubernetes.io/metadata.name NotIn kube-system,remora-system"
+            map(.key + " " + .operator + " " + (.values // [] | join(","))) | join("; ")')" \
+        "remora-injection In enabled; kubernetes.io/metadata.name NotIn kube-system,remora-system; pod-security.kubernetes.io/enforce NotIn baseline,restricted"
+    expect_eq "webhook: six entries (namespace label / pod label, x three Pod Security levels), all alike but their selectors and path" \
+        "$(m '[.[] | select(.kind == "MutatingWebhookConfiguration") | .webhooks[] |
+            del(.name, .namespaceSelector, .objectSelector, .clientConfig.service.path)] | unique | length')" 1
+    # issue 14: which entry (if any) the API server calls, for every combination
+    # of namespace labels and pod label; never two for one pod
+    out=$(python3 - "$TMP/manifests.json" <<'PY'
+import itertools, json, sys
+hooks = [w for d in json.load(open(sys.argv[1])) if d["kind"] == "MutatingWebhookConfiguration"
+         for w in d["webhooks"]]
+def sel(s, labels):
+    for e in (s or {}).get("matchExpressions", []):
+        k, op, vs = e["key"], e["operator"], e.get("values", [])
+        if op == "In" and labels.get(k) not in vs: return False
+        if op == "NotIn" and k in labels and labels[k] in vs: return False
+        if op == "Exists" and k not in labels: return False
+        if op == "DoesNotExist" and k in labels: return False
+    return all(labels.get(k) == v for k, v in (s or {}).get("matchLabels", {}).items())
+bad = n = 0
+for ns, inj, psa, pod in itertools.product(["shop", "kube-system", "remora-system"],
+        [None, "enabled", "disabled"], [None, "privileged", "baseline", "restricted"], [None, "true", "false"]):
+    nl = {"kubernetes.io/metadata.name": ns}
+    if inj: nl["remora-injection"] = inj
+    if psa: nl["pod-security.kubernetes.io/enforce"] = psa
+    pl = {"app": "x"}
+    if pod: pl["remora.io/inject"] = pod
+    got = [w["clientConfig"]["service"]["path"] for w in hooks
+           if sel(w.get("namespaceSelector"), nl) and sel(w.get("objectSelector"), pl)]
+    system = ns != "shop"
+    want_call = not system and ((inj == "enabled" and pod != "false") or (inj is None and pod == "true"))
+    want = ["/inject" + ("?psa=" + psa if psa in ("baseline", "restricted") else "")] if want_call else []
+    n += 1
+    if got != want:
+        bad += 1
+        print("ns %s remora-injection=%s enforce=%s pod remora.io/inject=%s: calls %s, want %s" % (ns, inj, psa, pod, got, want))
+print("%d combinations, %d wrong" % (n, bad))
+PY
+)
+    expect_eq "webhook entries: exactly the right one (or none) for each of 108 namespace/pod label combinations" \
+        "${out##*$'\n'}" "108 combinations, 0 wrong"
+    [[ $out == *wrong* && ${out##*$'\n'} != *", 0 wrong" ]] && echo "$out" | head -20
     expect_eq "webhook: CREATE pods only" \
         "$(m '.[] | select(.kind == "MutatingWebhookConfiguration") | .webhooks[0].rules' | jq -cS .)" \
         '[{"apiGroups":[""],"apiVersions":["v1"],"operations":["CREATE"],"resources":["pods"],"scope":"Namespaced"}]'

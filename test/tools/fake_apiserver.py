@@ -9,6 +9,10 @@ Status bodies for errors:
   PATCH /api/v1/namespaces/NS/configmaps/NAME        (application/merge-patch+json, RFC 7386)
   GET   /openid/v1/jwks                              state.jwks: an object sent as JSON, or a
                                                      string sent as it is (404 when unset)
+  POST  /apis/authentication.k8s.io/v1/tokenreviews  (the CA's ca.token_review): 201 with
+        status = state.reviews[spec.token] (+ audiences = spec.audiences unless the entry
+        has its own), or {"authenticated": false, "error": "invalid bearer token"}
+  GET   /api/v1/namespaces/NS/pods/NAME             state.pods[NS][NAME] as a Pod, else 404
 Every API request needs `Authorization: Bearer <state.token>` (else 401).
 
 Control endpoints (no token; loopback only), for the test to seed and read back:
@@ -22,6 +26,9 @@ State:
   {"token": "t",
    "namespaces": {"shop": {"labels": {"remora-injection": "enabled"}, "phase": "Active"}},
    "configmaps": {"shop": {"remora-ca-root": {"metadata": {...}, "data": {...}}}},
+   "reviews": {"<token>": {"authenticated": true,
+                           "user": {"username": "system:serviceaccount:shop:web"}}},
+   "pods": {"shop": {"web-1": {"uid": "..."}}},
    "max_page": 2,          # at most this many namespaces per list page, whatever limit says
    "faults": [{"match": "^GET /api/v1/namespaces/pay/", "kind": "status", "status": 500},
               {"match": "...", "kind": "garbage"},            # non-HTTP bytes, then close
@@ -50,7 +57,8 @@ import urllib.parse
 import uuid
 
 LOCK = threading.Lock()
-STATE = {"token": "", "namespaces": {}, "configmaps": {}, "faults": [], "max_page": None}
+STATE = {"token": "", "namespaces": {}, "configmaps": {}, "faults": [], "max_page": None,
+         "reviews": {}, "pods": {}}
 REQUESTS = []
 RV = [1000]
 
@@ -263,6 +271,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.answered = 200
             return
         parts = u.path.strip("/").split("/")
+        if u.path == "/apis/authentication.k8s.io/v1/tokenreviews" and method == "POST":
+            return self.token_review(raw)
+        if len(parts) == 6 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "pods" \
+                and method == "GET":
+            return self.get_pod(parts[3], parts[5])
         if parts[:2] != ["api", "v1"] or len(parts) < 3 or parts[2] != "namespaces":
             return self.status(404, "NotFound", "the server could not find the requested resource")
         if len(parts) == 3 and method == "GET":
@@ -304,6 +317,35 @@ class Handler(http.server.BaseHTTPRequestHandler):
             md["continue"] = base64.urlsafe_b64encode(page[-1].encode()).decode()
         self.send_json(200, {"kind": "NamespaceList", "apiVersion": "v1", "metadata": md,
                              "items": items})
+
+    def token_review(self, raw):
+        try:
+            obj = json.loads(raw)
+            token = obj["spec"]["token"]
+            assert obj.get("kind") == "TokenReview" and obj.get("apiVersion") == \
+                "authentication.k8s.io/v1" and isinstance(token, str)
+        except Exception as e:
+            return self.status(400, "BadRequest", "bad TokenReview: %r" % e)
+        with LOCK:
+            st = copy.deepcopy(STATE.get("reviews", {}).get(token))
+        if st is None:
+            st = {"authenticated": False, "error": "invalid bearer token"}
+        elif "audiences" not in st and obj["spec"].get("audiences"):
+            st["audiences"] = obj["spec"]["audiences"]
+        out = {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+               "metadata": {"creationTimestamp": None},
+               "spec": {"audiences": obj["spec"].get("audiences")}, "status": st}
+        self.send_json(201, out)
+
+    def get_pod(self, ns, name):
+        with LOCK:
+            p = copy.deepcopy(STATE.get("pods", {}).get(ns, {}).get(name))
+        if p is None:
+            return self.status(404, "NotFound", 'pods "%s" not found' % name,
+                               {"name": name, "kind": "pods"})
+        self.send_json(200, {"kind": "Pod", "apiVersion": "v1",
+                             "metadata": {"name": name, "namespace": ns, "uid": p.get("uid")},
+                             "spec": {}, "status": {"phase": p.get("phase", "Running")}})
 
     def not_found(self, name):
         self.status(404, "NotFound", 'configmaps "%s" not found' % name,

@@ -47,7 +47,7 @@ static int teardown(void **state)
 
 static struct ij_inject_params params(bool native)
 {
-    struct ij_inject_params p = {tpl, "cluster.local", "remora-ca", native};
+    struct ij_inject_params p = {tpl, "cluster.local", "remora-ca", native, NULL};
     return p;
 }
 
