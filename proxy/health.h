@@ -1,5 +1,6 @@
 /* Health port (15020, docs/contract.md "Ports"): what kubelet and Prometheus talk to.
  *   GET /healthz/ready             200 when px_server_ready(), else 503
+ *   GET /healthz/idle              200 when nothing is in flight, else 503 (preStop)
  *   GET /app-health/<c>/<kind>     an app probe rewritten by the injector, sent on
  *                                  to the app's original target (REMORA_APP_PROBERS)
  *   GET /metrics                   the proxy's Prometheus text, plus the app's when
@@ -35,6 +36,10 @@ void px_health_free(struct px_health *h);
  * answers 200 (exit 0) or the timeout (default 60 s) passes (exit 1); usage
  * errors exit 2. The injected postStart hook of classic sidecars: kubelet
  * starts the app only after it returns. Blocking, no event loop. */
+/* With --drain [--timeout-ms MS] (issue 14; default 5000): the classic
+ * sidecar's preStop. Polls GET /healthz/idle (200 when no HTTP request and no
+ * opaque TCP connection is in flight, else 503) until it is idle twice in a
+ * row, the port stops answering, or the timeout; always exit 0. */
 int px_health_wait_main(int argc, char **argv);
 
 #endif

@@ -23,6 +23,8 @@ static void usage(FILE *f)
                "       remora-proxy --check-config -c FILE  validate FILE and exit\n"
                "       remora-proxy iptables [flags]    install the capture rules\n"
                "       remora-proxy wait [--timeout S]  wait until the health port says ready\n"
+               "       remora-proxy wait --drain [--timeout-ms MS]\n"
+               "                                        wait until no request is in flight (preStop)\n"
                "       remora-proxy --version\n");
 }
 

@@ -39,6 +39,14 @@ struct tunnel {
 
 static struct cm_list tunnels = {&tunnels, &tunnels};
 
+unsigned px_tcp_active(void)
+{
+    unsigned n = 0;
+    for (struct cm_list *l = tunnels.next; l != &tunnels; l = l->next)
+        n++;
+    return n;
+}
+
 static void tunnel_free(struct tunnel *t)
 {
     cm_list_remove(&t->link);

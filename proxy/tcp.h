@@ -7,6 +7,8 @@
 /* Take over c (its io's input may hold the first bytes) and splice it to
  * its default upstream. */
 void px_tcp_start(struct px_conn *c);
+/* Tunnels open now (opaque TCP: the preStop's "in flight", issue 14). */
+unsigned px_tcp_active(void);
 /* Close every tunnel (exit). */
 void px_tcp_shutdown(void);
 

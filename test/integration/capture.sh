@@ -288,6 +288,34 @@ inA "$PROXY" wait --timeout 5 >"$TMP/wait1.log" 2>&1
 expect_eq "remora-proxy wait (the postStart hook) with the proxy ready: exit 0" "$?" 0
 inA "$PROXY" wait --timeout x >"$TMP/wait2.log" 2>&1
 expect_eq "remora-proxy wait --timeout x: exit 2" "$?" 2
+# issue 14: the classic sidecar's preStop, `remora-proxy wait --drain`
+expect_eq "GET :15020/healthz/idle with nothing in flight: 200" \
+    "$(inB curl -s -m 5 -o /dev/null -w '%{http_code}' "http://$A_IP:15020/healthz/idle")" 200
+as_app curl -s -m 20 -o "$TMP/slow.out" -w '%{http_code}' "http://$B_IP:8080/delay/2500" >"$TMP/slow.code" &
+slow=$!
+busy=
+for _ in $(seq 50); do
+    busy=$(inA curl -s -m 2 "http://127.0.0.1:15020/healthz/idle")
+    [[ $busy == busy* ]] && break
+    sleep 0.05
+done
+expect_match "an outbound request in flight: /healthz/idle 503 busy" "$busy" '^busy: 1 requests and 0 TCP connections in flight'
+t0=$(date +%s%N)
+inA "$PROXY" wait --drain --timeout-ms 300 >"$TMP/drain0.log" 2>&1
+rc=$?
+ms=$((($(date +%s%N) - t0) / 1000000))
+expect_eq "wait --drain --timeout-ms 300 while busy: exit 0" "$rc" 0
+expect_match "... after its bound, saying so" "$(cat "$TMP/drain0.log")" 'still busy after 300 ms'
+((ms < 2000)) && pass "... in $ms ms (not the request's 2.5 s)" || fail "... took $ms ms"
+inA "$PROXY" wait --drain --timeout-ms 20000 >"$TMP/drain1.log" 2>&1
+rc=$?
+wait "$slow"
+expect_eq "wait --drain returns (exit 0) once the slow request is done" "$rc:$(cat "$TMP/slow.code")" 0:200
+expect_match "... saying nothing is in flight" "$(cat "$TMP/drain1.log")" 'nothing in flight after [0-9]+ ms'
+inA "$PROXY" wait --drain --timeout-ms x >"$TMP/drain2.log" 2>&1
+expect_eq "remora-proxy wait --drain --timeout-ms x: exit 2" "$?" 2
+inA "$PROXY" wait --drain --address 127.0.0.1:1 --timeout-ms 5000 >"$TMP/drain3.log" 2>&1
+expect_match "wait --drain with no proxy answering: exit 0 at once" "$?:$(cat "$TMP/drain3.log")" '^0:.*does not answer'
 metrics=$(inB curl -s -m 5 "http://$A_IP:15020/metrics")
 check "merged /metrics carries the proxy's series" grep -q '^remora_requests_total' <<<"$metrics"
 
