@@ -834,9 +834,32 @@ class Pod:
         natives = [c["name"] for c in spec.get("initContainers") or []
                    if c.get("restartPolicy") == "Always"]
         apps = [n for n in self.procs if n not in natives]
+        specs = {c["name"]: c for c in (spec.get("initContainers") or []) + spec["containers"]}
         deadline = time.time() + grace
         for group in (apps, list(reversed(natives))):
+            # kubelet: a container with a preStop hook gets its SIGTERM when the
+            # hook returns (the hooks run in parallel, within the grace period);
+            # the others get it at once
+            hooks = {}
             for n in group:
+                hook = ((specs.get(n, {}).get("lifecycle") or {}).get("preStop") or {}).get("exec")
+                if hook and self.procs[n].poll() is None:
+                    self.event("%s: preStop %s" % (n, " ".join(hook["command"])))
+                    hooks[n] = (self.spawn(specs[n], hook["command"], "%s-prestop" % n),
+                                time.time())
+                else:
+                    self.kill(n, signal.SIGTERM)
+            for n, (hp, t0) in hooks.items():
+                try:
+                    rc = hp.wait(timeout=max(0.1, deadline - time.time()))
+                except subprocess.TimeoutExpired:
+                    os.kill(hp.pid, signal.SIGKILL)
+                    rc = hp.wait()
+                    self.event("%s: preStop still running at the end of the grace period" % n)
+                self.cstatus(n)["preStop"] = {
+                    "exitCode": rc, "ms": int((time.time() - t0) * 1000)}
+                self.event("%s: preStop -> exit %d after %d ms: SIGTERM" % (
+                    n, rc, int((time.time() - t0) * 1000)))
                 self.kill(n, signal.SIGTERM)
             for n in group:
                 p = self.procs[n]

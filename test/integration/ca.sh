@@ -76,10 +76,12 @@ check "--check-config accepts ca.ttl_seconds 10" "$INJECTOR" --check-config -c "
 # ---- the shipped manifests ------------------------------------------------------------------
 # config.json's CA, with this test's files in place of the mounted ones, and the
 # Deployment / Service / CronJob that must agree with it.
-jq --arg d "$D" --arg j "$TMP/jwks.json" \
+echo "sa-token" >"$TMP/sa-token" # ca.token_review's own token (issue 14; tokenreview.sh tests it)
+jq --arg d "$D" --arg j "$TMP/jwks.json" --arg t "$TMP/sa-token" \
     '.webhook.cert_file = ($d + "/wh.pem") | .webhook.key_file = ($d + "/wh-key.pem") | del(.template_file) |
      .ca.cert_file = ($d + "/int.pem") | .ca.key_file = ($d + "/int-key.pem") |
-     .ca.root_file = ($d + "/root.pem") | .ca.jwks_file = $j' \
+     .ca.root_file = ($d + "/root.pem") | .ca.jwks_file = $j |
+     .kube.token_file = $t | .kube.ca_file = ($d + "/root.pem")' \
     "$REMORA_ROOT/manifests/injector/config.json" >"$TMP/shipped.json"
 out=$("$INJECTOR" --check-config -c "$TMP/shipped.json" 2>&1)
 expect_eq "the shipped config.json's CA passes --check-config (with CA files)" "$?:$out" "0:$TMP/shipped.json: ok"
@@ -89,6 +91,18 @@ if kubectl kustomize "$REMORA_ROOT/manifests" 2>/dev/null |
     mj() { jq -r "$1" "$TMP/manifests.json"; }
     cfg=$REMORA_ROOT/manifests/injector/config.json
     expect_eq "config.json: the CA on its own port, 15012" "$(jq -r .ca.address "$cfg")" "0.0.0.0:15012"
+    expect_eq "config.json: ca.token_review on (issue 14), answers cached 60 s" \
+        "$(jq -r '[.ca.token_review, .ca.token_review_cache_seconds] | join(" ")' "$cfg")" "true 60"
+    expect_eq "... the ServiceAccount may create TokenReviews and get pods, nothing else" \
+        "$(mj '[.[] | select(.kind == "ClusterRoleBinding" and .metadata.name == "remora-injector-token-review") |
+            .subjects[0].name] + [.[] | select(.kind == "ClusterRole" and .metadata.name == "remora-injector-token-review") |
+            .rules[] | (.resources[0] + ":" + (.verbs | join(",")))] | join(" ")')" \
+        "remora-injector tokenreviews:create pods:get"
+    dep0='.[] | select(.kind == "Deployment" and .metadata.name == "remora-injector") | .spec.template.spec'
+    expect_eq "... and the Deployment mounts its token and the API server's CA where kube.* looks" \
+        "$(mj "$dep0 | [(.containers[0].volumeMounts[] | select(.name == \"kube-api-access\") | .mountPath),
+            (.volumes[] | select(.name == \"kube-api-access\") | .projected.sources | map(keys[0]) | join(\",\"))] | join(\" \")")" \
+        "/var/run/secrets/kubernetes.io/serviceaccount serviceAccountToken,configMap"
     dep='.[] | select(.kind == "Deployment" and .metadata.name == "remora-injector") | .spec.template.spec'
     expect_eq "Deployment: container port https-ca 15012" \
         "$(mj "$dep | .containers[0].ports[] | select(.name == \"https-ca\") | .containerPort")" 15012

@@ -10,6 +10,8 @@
 #                     dual-stack, with apps on [::]:8080 and [::]:9090 as well
 #   C  shop/legacy,   no sidecar (remora.io/inject: "false")
 #   D  shop/intruder, native sidecar: meshed, but B's policy does not allow it
+#   S  shop/slow,     classic sidecar, no policy: a slow server for A's preStop drain
+#                     (A has remora.io/termination-drain-duration: 8s)
 # Root only (CI runs as root).
 # shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
@@ -49,7 +51,8 @@ manifest() {
                containers: $cs}}' >"$E2E/$1.json"
 }
 TOOLBOX='[{"name": "client", "image": "remora-e2e/toolbox"}]'
-manifest a frontend '{"remora.io/exclude-outbound-ports": "9090"}' "$TOOLBOX"
+manifest a frontend '{"remora.io/exclude-outbound-ports": "9090",
+                      "remora.io/termination-drain-duration": "8s"}' "$TOOLBOX"
 manifest b backend '{"remora.io/policy": "b-policy", "remora.io/exclude-inbound-ports": "9090"}' '[
   {"name": "app", "image": "remora-e2e/app",
    "args": ["--listen", "0.0.0.0:8080", "--name", "pod-b"],
@@ -63,12 +66,15 @@ manifest b backend '{"remora.io/policy": "b-policy", "remora.io/exclude-inbound-
   {"name": "plain6", "image": "remora-e2e/app",
    "args": ["--listen", "[::]:9090", "--name", "pod-b6-9090"]}]'
 manifest c legacy '{"remora.io/inject": "false"}' "$TOOLBOX"
+manifest s slow '{}' '[{"name": "app", "image": "remora-e2e/app",
+   "args": ["--listen", "0.0.0.0:8080", "--name", "pod-s"]}]'
 manifest d intruder '{"remora.io/native-sidecar": "true"}' "$TOOLBOX"
 
 A_IP=10.232.0.11
 B_IP=10.232.0.12
 C_IP=10.232.0.13
 D_IP=10.232.0.14
+S_IP=10.232.0.15
 A_IP6=fd32::11
 B_IP6=fd32::12
 check "pod b Ready (init iptables, proxy with a CA-issued cert, app)" \
@@ -76,6 +82,7 @@ check "pod b Ready (init iptables, proxy with a CA-issued cert, app)" \
 check "pod a Ready" e2e_pod a "$A_IP" "$E2E/a.json" "$A_IP6"
 check "pod c (no sidecar) Ready" e2e_pod c "$C_IP" "$E2E/c.json"
 check "pod d (native sidecar) Ready" e2e_pod d "$D_IP" "$E2E/d.json"
+check "pod s (slow server) Ready" e2e_pod s "$S_IP" "$E2E/s.json"
 
 # ---- what the injector made ------------------------------------------------------
 expect_eq "b: injected" "$(pod_status b .injected)" true
@@ -202,7 +209,39 @@ code=$(e2e_exec a client curl -s -m 9 -o /dev/null -w '%{http_code}' "http://$B_
 expect_match "A -> deleted B: an error from A's sidecar (connect timeout), not a hang" "$code" \
     '^(502|503|504)$'
 
-for p in a c d; do e2e_delete "$p"; done
+# ---- issue 14: a classic sidecar's preStop keeps a terminating pod's requests alive ------
+# A's app has a request in flight (6.5 s, longer than the proxy's own 5 s drain bound)
+# when A is deleted: kubelet sends the app its SIGTERM at once, runs the proxy's preStop
+# (remora-proxy wait --drain, 8 s from the annotation) and signals the proxy only after it.
+expect_eq "a: the proxy has the preStop drain hook, bounded by the annotation" \
+    "$(jq -c '.spec.containers[] | select(.name == "remora-proxy") | .lifecycle.preStop.exec.command' "$E2E/pods/a/pod.json")" \
+    '["remora-proxy","wait","--drain","--timeout-ms","8000"]'
+e2e_exec a client curl -s -m 30 -o "$E2E/slow.body" -w '%{http_code}' "http://$S_IP:8080/delay/6500" \
+    >"$E2E/slow.code" 2>"$E2E/slow.err" &
+slow=$!
+busy=
+for _ in $(seq 100); do
+    busy=$(e2e_exec a remora-proxy curl -s -m 2 http://127.0.0.1:15020/healthz/idle)
+    [[ $busy == busy* ]] && break
+    sleep 0.1
+done
+expect_match "a: its request to S is in flight (/healthz/idle: busy)" "$busy" '^busy: 1 requests'
+t0=$(date +%s%N)
+e2e_delete a
+ms=$((($(date +%s%N) - t0) / 1000000))
+wait "$slow"
+expect_eq "a deleted while its app's slow request was in flight: the request completed (200)" \
+    "$(cat "$E2E/slow.code")" 200
+expect_match "a: the app got SIGTERM at once, the proxy's preStop waited for the request" \
+    "$(pod_status a '.events | join("\n")')" 'remora-proxy: preStop remora-proxy wait --drain --timeout-ms 8000'
+pre=$(pod_status a '.containers["remora-proxy"].preStop.ms')
+if [[ $pre =~ ^[0-9]+$ ]] && ((pre > 4000 && pre < 8000)); then
+    pass "a: the preStop returned once the request was done ($pre ms; bound 8000; deletion took $ms ms)"
+else
+    fail "a: preStop took '$pre' ms (want the request's time, under the 8 s bound)"
+fi
+check "a: the preStop says nothing was left in flight" grep -q 'nothing in flight after' "$E2E/pods/a/remora-proxy-prestop.log"
+for p in c d s; do e2e_delete "$p"; done
 expect_eq "a deleted: the proxy exited 0" "$(pod_status a '.containers["remora-proxy"].exitCode')" 0
 expect_eq "d deleted (native sidecar, stopped after the app): the proxy exited 0" \
     "$(pod_status d '.containers["remora-proxy"].exitCode')" 0

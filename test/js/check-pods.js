@@ -87,7 +87,13 @@ function invariants(orig, pod) {
     ['remora.io/exclude-outbound-ports', '--exclude-outbound-ports'],
     ['remora.io/exclude-outbound-ip-ranges', '--exclude-outbound-ip-ranges']]) {
     const i = (init.args || []).indexOf(flag);
-    if (i >= 0 && (init.args[i + 1] || '') !== (oann[a] || '').replace(/\s/g, '')) e(`${flag} does not carry ${a}`);
+    // issue 14: the valid items of the annotation, in order (a malformed item is
+    // dropped with a warning, the others kept); the flag only when one is valid
+    const ok = a.endsWith('ranges')
+      ? (t) => /^[0-9a-fA-F.:]+(\/[0-9]{1,3})?$/.test(t)
+      : (t) => /^[0-9]{1,5}$/.test(t) && +t >= 1 && +t <= 65535;
+    const want = (oann[a] || '').replace(/\s/g, '').split(',').filter((t) => t !== '' && ok(t)).join(',');
+    if (i >= 0 && (init.args[i + 1] || '') !== want) e(`${flag} does not carry ${a}`);
   }
 
   // remora-proxy.
