@@ -315,6 +315,26 @@ static void test_patch_exclusions(void **state)
     json_decref(pod);
 }
 
+/* issue 14: Go-style durations of remora.io/termination-drain-duration */
+static void test_duration(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in;
+        long ms;
+    } cases[] = {
+        {"0", 0},          {"5s", 5000},      {"1m30s", 90000},  {"2500ms", 2500},
+        {"1h", 3600000},   {"1m1s1ms", 61001}, {"0s", 0},        {"1h1s", -1},
+        {"3601s", -1},     {"5", -1},         {"s", -1},         {"-5s", -1},
+        {"5 s", -1},       {"5S", -1},        {"1.5s", -1},      {"", -1},
+        {"5sm", -1},       {"99999999999999999999s", -1},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        if (duration_ms(cases[i].in) != cases[i].ms)
+            fail_msg("duration \"%s\": %ld, want %ld", cases[i].in, duration_ms(cases[i].in),
+                     cases[i].ms);
+}
+
 static void test_patch_whole_maps(void **state)
 {
     (void)state;
@@ -544,6 +564,7 @@ int main(void)
         cmocka_unit_test(test_patch_whole_maps), cmocka_unit_test(test_admission),
         cmocka_unit_test(test_base64),           cmocka_unit_test(test_config),
         cmocka_unit_test(test_template),         cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_duration),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
