@@ -20,7 +20,7 @@ MINT=(node "$REMORA_ROOT/test/tools/mint-token.js")
 FAKE=(python3 "$REMORA_ROOT/test/tools/fake_apiserver.py")
 TD=cluster.local
 SVC=remora-injector.remora-system.svc
-CACHE_S=3
+CACHE_S=5
 
 # ---- PKI: the mesh CA, the webhook's certificate, the API server's -----------------------
 D=$TMP/pki
