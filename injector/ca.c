@@ -45,11 +45,23 @@ enum refusal {
 };
 
 static const char *const refusal_names[RF__COUNT] = {
-    "too_large",           "no_token",        "token_malformed", "token_algorithm",
-    "token_unknown_key",   "token_signature", "token_audience",  "token_expired",
-    "token_not_yet_valid", "token_claims",    "bad_request",     "bad_csr",
-    "identity_mismatch",   "internal",        "token_review_rejected",
-    "token_pod_gone",      "token_review_unavailable",
+    "too_large",
+    "no_token",
+    "token_malformed",
+    "token_algorithm",
+    "token_unknown_key",
+    "token_signature",
+    "token_audience",
+    "token_expired",
+    "token_not_yet_valid",
+    "token_claims",
+    "bad_request",
+    "bad_csr",
+    "identity_mismatch",
+    "internal",
+    "token_review_rejected",
+    "token_pod_gone",
+    "token_review_unavailable",
 };
 _Static_assert(RF_BAD_REQUEST == 10 && IJ_TOKEN__COUNT == 9,
                "refusal_names follows enum refusal and enum ij_token_reason");
@@ -175,8 +187,8 @@ int ij_ca_new(const struct ij_config *cfg, struct ij_ca **out, char **errmsg)
         char *api = cfg->kube_api != NULL ? cm_xstrdup(cfg->kube_api) : ij_kube_default_api();
         struct ij_tokrev_opts to = {
             .kube = {.api = api,
-                     .token_file = cfg->kube_token_file ? cfg->kube_token_file
-                                                        : IJ_KUBE_DEFAULT_TOKEN_FILE,
+                     .token_file =
+                         cfg->kube_token_file ? cfg->kube_token_file : IJ_KUBE_DEFAULT_TOKEN_FILE,
                      .ca_file = cfg->kube_ca_file ? cfg->kube_ca_file : IJ_KUBE_DEFAULT_CA_FILE,
                      .timeout_ms = (int)cfg->kube_timeout_ms,
                      .agent = "ca token review"},

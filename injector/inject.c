@@ -329,8 +329,8 @@ static long resolve_port(json_t *container, json_t *port)
  * plaintext: under strict mTLS it fails, and a failing liveness probe
  * restarts the container in a loop. A tcpSocket probe is accepted by the
  * capture whatever the app does: it always succeeds and checks nothing. */
-static void probe_warning(json_t *container, json_t *probe, const char *field,
-                          const char *excl_in, json_t *warnings)
+static void probe_warning(json_t *container, json_t *probe, const char *field, const char *excl_in,
+                          json_t *warnings)
 {
     const char *name = get_str(container, "name");
     json_t *grpc = get_obj(probe, "grpc"), *tcp = get_obj(probe, "tcpSocket");
@@ -518,9 +518,9 @@ static json_t *proxy_container(const struct ij_template *t, bool native, bool po
         if (t->hold_application)
             /* kubelet runs containers' postStart hooks in order and waits for
              * each: the app after us starts once the proxy answers ready. */
-            json_object_set_new(lc, "postStart",
-                                json_pack("{s:{s:o}}", "exec", "command",
-                                          json_deep_copy(t->wait_command)));
+            json_object_set_new(
+                lc, "postStart",
+                json_pack("{s:{s:o}}", "exec", "command", json_deep_copy(t->wait_command)));
         if (drain_ms > 0) {
             /* Classic sidecars get SIGTERM with the app. kubelet sends it to
              * the proxy only once this returns: the proxy keeps serving until

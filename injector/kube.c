@@ -925,16 +925,15 @@ int ij_kube_request(struct ij_kube *k, const char *method, const char *path, con
                           : cm_xstrdup("");
         pthread_mutex_lock(&k->mu);
         maybe_reload_token(k);
-        char *head =
-            cm_xasprintf("%s %s%s HTTP/1.1\r\n"
-                         "Host: %s\r\n"
-                         "Authorization: Bearer %s\r\n"
-                         "User-Agent: remora-injector/%s (%s)\r\n"
-                         "Accept: application/json\r\n"
-                         "Connection: close\r\n"
-                         "%s\r\n",
-                         method, k->url.base, path, k->host_hdr, k->token, IJ_VERSION, k->agent,
-                         clen);
+        char *head = cm_xasprintf("%s %s%s HTTP/1.1\r\n"
+                                  "Host: %s\r\n"
+                                  "Authorization: Bearer %s\r\n"
+                                  "User-Agent: remora-injector/%s (%s)\r\n"
+                                  "Accept: application/json\r\n"
+                                  "Connection: close\r\n"
+                                  "%s\r\n",
+                                  method, k->url.base, path, k->host_hdr, k->token, IJ_VERSION,
+                                  k->agent, clen);
         pthread_mutex_unlock(&k->mu);
         mbedtls_ssl_context ssl;
         mbedtls_ssl_init(&ssl);

@@ -39,8 +39,8 @@ static const char *str_at(json_t *o, const char *k)
 }
 
 enum ij_tokrev_result ij_tokrev_judge_review(const char *body, size_t len,
-                                             const struct ij_token_claims *c,
-                                             const char *audience, char **why)
+                                             const struct ij_token_claims *c, const char *audience,
+                                             char **why)
 {
     *why = NULL;
     json_error_t je;
@@ -93,9 +93,8 @@ enum ij_tokrev_result ij_tokrev_judge_review(const char *body, size_t len,
         }
     }
     /* The API server's own view of the bound pod, when it gives one. */
-    json_t *puid = json_array_get(json_object_get(json_object_get(user, "extra"),
-                                                  "authentication.kubernetes.io/pod-uid"),
-                                  0);
+    json_t *puid = json_array_get(
+        json_object_get(json_object_get(user, "extra"), "authentication.kubernetes.io/pod-uid"), 0);
     if (json_is_string(puid) && c->pod_uid[0] != '\0' &&
         strcmp(json_string_value(puid), c->pod_uid) != 0) {
         res = IJ_TOKREV_POD_GONE;
@@ -197,9 +196,8 @@ static enum ij_tokrev_result ask_review(struct ij_tokrev *r, const char *token, 
         *why = fmt("token review: the token is not text");
         return IJ_TOKREV_REJECTED;
     }
-    json_t *doc = json_pack("{s:s, s:s, s:{s:O, s:[s]}}", "apiVersion",
-                            "authentication.k8s.io/v1", "kind", "TokenReview", "spec", "token",
-                            tok, "audiences", r->audience);
+    json_t *doc = json_pack("{s:s, s:s, s:{s:O, s:[s]}}", "apiVersion", "authentication.k8s.io/v1",
+                            "kind", "TokenReview", "spec", "token", tok, "audiences", r->audience);
     char *body = json_dumps(doc, JSON_COMPACT);
     /* the token's copies are wiped before they are freed */
     mbedtls_platform_zeroize((char *)json_string_value(tok), len);
@@ -208,8 +206,8 @@ static enum ij_tokrev_result ask_review(struct ij_tokrev *r, const char *token, 
     struct ij_kube_resp resp;
     char *err = NULL;
     size_t blen = strlen(body);
-    int rc = ij_kube_request(r->kube, "POST", REVIEW_PATH, "application/json", body, blen, &resp,
-                             &err);
+    int rc =
+        ij_kube_request(r->kube, "POST", REVIEW_PATH, "application/json", body, blen, &resp, &err);
     mbedtls_platform_zeroize(body, blen);
     free(body);
     if (rc != 0) {
@@ -306,8 +304,7 @@ void ij_tokrev_free(struct ij_tokrev *r)
 }
 
 enum ij_tokrev_result ij_tokrev_check(struct ij_tokrev *r, const char *token, size_t len,
-                                      const struct ij_token_claims *c, int64_t now_ms,
-                                      char **why)
+                                      const struct ij_token_claims *c, int64_t now_ms, char **why)
 {
     unsigned char key[32];
     *why = NULL;

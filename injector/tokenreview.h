@@ -48,8 +48,8 @@ enum ij_tokrev_result {
  * IJ_TOKREV_POD_GONE with *why, or IJ_TOKREV_UNAVAILABLE with *why when the
  * body is not a TokenReview. *why is heap (caller frees), NULL for OK. */
 enum ij_tokrev_result ij_tokrev_judge_review(const char *body, size_t len,
-                                             const struct ij_token_claims *c,
-                                             const char *audience, char **why);
+                                             const struct ij_token_claims *c, const char *audience,
+                                             char **why);
 /* metadata.uid of a Pod body: 0 and *uid (heap), or CM_ERR_INVAL with *errmsg. */
 int ij_tokrev_pod_uid(const char *body, size_t len, char **uid, char **errmsg);
 
@@ -70,8 +70,7 @@ void ij_tokrev_free(struct ij_tokrev *r);
  * (wall clock, ms). Returns the result; for anything but OK *why (heap,
  * caller frees) says what to tell the client. */
 enum ij_tokrev_result ij_tokrev_check(struct ij_tokrev *r, const char *token, size_t len,
-                                      const struct ij_token_claims *c, int64_t now_ms,
-                                      char **why);
+                                      const struct ij_token_claims *c, int64_t now_ms, char **why);
 /* Prometheus lines (heap, caller frees). NULL r: empty. */
 char *ij_tokrev_metrics(struct ij_tokrev *r);
 

@@ -819,8 +819,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         if (nreq + ntcp == 0)
             reply_text(req, 200, "idle");
         else
-            reply_text(req, 503, "busy: %u requests and %u TCP connections in flight", nreq,
-                       ntcp);
+            reply_text(req, 503, "busy: %u requests and %u TCP connections in flight", nreq, ntcp);
         return;
     }
     if (strcmp(path, "/metrics") == 0 || strcmp(path, "/stats/prometheus") == 0) {

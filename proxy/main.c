@@ -19,13 +19,14 @@ int px_health_wait_main(int argc, char **argv); /* capture issue: proxy/health.c
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: remora-proxy -c FILE            run the sidecar\n"
-               "       remora-proxy --check-config -c FILE  validate FILE and exit\n"
-               "       remora-proxy iptables [flags]    install the capture rules\n"
-               "       remora-proxy wait [--timeout S]  wait until the health port says ready\n"
-               "       remora-proxy wait --drain [--timeout-ms MS]\n"
-               "                                        wait until no request is in flight (preStop)\n"
-               "       remora-proxy --version\n");
+    fprintf(f,
+            "usage: remora-proxy -c FILE            run the sidecar\n"
+            "       remora-proxy --check-config -c FILE  validate FILE and exit\n"
+            "       remora-proxy iptables [flags]    install the capture rules\n"
+            "       remora-proxy wait [--timeout S]  wait until the health port says ready\n"
+            "       remora-proxy wait --drain [--timeout-ms MS]\n"
+            "                                        wait until no request is in flight (preStop)\n"
+            "       remora-proxy --version\n");
 }
 
 /* mTLS modes need a workload identity to present. */

@@ -9,6 +9,7 @@
  * an error with one and no uid. */
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,10 +33,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if ((data[0] & 1) == 0) {
         struct ij_token_claims c;
         memset(&c, 0, sizeof(c));
-        strcpy(c.ns, "shop");
-        strcpy(c.sa, "web");
-        strcpy(c.pod, "web-0");
-        strcpy(c.pod_uid, "6f1c0a4e-1b7d-4c55-9a39-2f5e4c1d8b01");
+        snprintf(c.ns, sizeof(c.ns), "%s", "shop");
+        snprintf(c.sa, sizeof(c.sa), "%s", "web");
+        snprintf(c.pod, sizeof(c.pod), "%s", "web-0");
+        snprintf(c.pod_uid, sizeof(c.pod_uid), "%s", "6f1c0a4e-1b7d-4c55-9a39-2f5e4c1d8b01");
         char *why = NULL;
         enum ij_tokrev_result r = ij_tokrev_judge_review(p, n, &c, "remora-ca", &why);
         if ((r == IJ_TOKREV_OK) != (why == NULL))

@@ -21,10 +21,10 @@ static struct ij_token_claims claims(void)
 {
     struct ij_token_claims c;
     memset(&c, 0, sizeof(c));
-    strcpy(c.ns, "shop");
-    strcpy(c.sa, "web");
-    strcpy(c.pod, "web-0");
-    strcpy(c.pod_uid, "u-1");
+    snprintf(c.ns, sizeof(c.ns), "%s", "shop");
+    snprintf(c.sa, sizeof(c.sa), "%s", "web");
+    snprintf(c.pod, sizeof(c.pod), "%s", "web-0");
+    snprintf(c.pod_uid, sizeof(c.pod_uid), "%s", "u-1");
     c.exp = 2000000000;
     return c;
 }
@@ -58,8 +58,7 @@ static void judge_review(void **state)
         {"{\"status\":{\"authenticated\":true,\"user\":{\"username\":"
          "\"system:serviceaccount:shop:webx\"}}}",
          IJ_TOKREV_REJECTED, "\"system:serviceaccount:shop:webx\", but it claims"},
-        {"{\"status\":{\"authenticated\":true,\"user\":{}}}", IJ_TOKREV_REJECTED,
-         "(no username)"},
+        {"{\"status\":{\"authenticated\":true,\"user\":{}}}", IJ_TOKREV_REJECTED, "(no username)"},
         {"{\"status\":{\"authenticated\":true,\"user\":{\"username\":"
          "\"system:serviceaccount:shop:web\"},\"audiences\":[]}}",
          IJ_TOKREV_REJECTED, "audience remora-ca"},
