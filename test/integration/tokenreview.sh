@@ -266,6 +266,43 @@ sign "$T9"
 expect_eq "a token bound to no pod: 200 after the TokenReview alone" \
     "$CODE $(ctl requests | jq -c '[.[] | .method]')" '200 ["POST"]'
 
+# -- concurrency: one kube client, many CA threads ---------------------------------------------------
+# 24 tokens for 24 pods at once: every review and pod GET goes through the one client (its
+# TLS session and token under a lock), from the CA's threads
+ctl requests -X DELETE >/dev/null
+pods='{}'
+for i in $(seq 24); do
+    u=$(printf 'cccccccc-0000-4000-8000-%012d' "$i")
+    "${MINT[@]}" token "$TMP/tok" --claims "$(jq -nc --arg p "par-$i" --arg u "$u" \
+        '{"kubernetes.io": {namespace: "shop", pod: {name: $p, uid: $u}, serviceaccount: {name: "web"}}}')" \
+        >"$TMP/par-$i.tok"
+    pods=$(jq -c --arg p "par-$i" --arg u "$u" '. + {($p): {uid: $u}}' <<<"$pods")
+done
+put_state "$(ctl state | jq -c --argjson p "$pods" --slurpfile t <(for i in $(seq 24); do jq -Rn --arg t "$(cat "$TMP/par-$i.tok")" '$t'; done) '
+    {pods: {shop: (.pods.shop + $p)},
+     reviews: (.reviews + ([$t[] | {(.): {authenticated: true, user: {username: "system:serviceaccount:shop:web"}}}] | add))}')"
+par=()
+for i in $(seq 24); do
+    curl -s -m 30 --cacert "$D/root.pem" --resolve "$SVC:$CAP:127.0.0.1" -o /dev/null -w '%{http_code}\n' \
+        --data-binary @"$TMP/web.json" -H "Authorization: Bearer $(cat "$TMP/par-$i.tok")" \
+        "https://$SVC:$CAP/v1/sign" >"$TMP/par-$i.code" &
+    par+=($!)
+done
+wait "${par[@]}" # not a bare wait: the injector and the fake are children too
+expect_eq "24 concurrent signs, each a cache miss: all 200" "$(cat "$TMP"/par-*.code | sort | uniq -c | awk '{print $1 " x " $2}')" "24 x 200"
+expect_eq "... after 24 TokenReviews and 24 pod GETs, every one authorised" \
+    "$(ctl requests | jq -c '[group_by(.method)[] | [.[0].method, length, ([.[] | .status] | unique)]]')" \
+    '[["GET",24,[200]],["POST",24,[201]]]'
+# what a check costs, seen from a client (informational)
+T10=$(tok web-10 dddddddd-0000-4000-8000-000000000000)
+authn "$T10"
+pod web-10 dddddddd-0000-4000-8000-000000000000
+t_miss=$(curl -s -m 10 --cacert "$D/root.pem" --resolve "$SVC:$CAP:127.0.0.1" -o /dev/null -w '%{time_total}' \
+    --data-binary @"$TMP/web.json" -H "Authorization: Bearer $T10" "https://$SVC:$CAP/v1/sign")
+t_hit=$(curl -s -m 10 --cacert "$D/root.pem" --resolve "$SVC:$CAP:127.0.0.1" -o /dev/null -w '%{time_total}' \
+    --data-binary @"$TMP/web.json" -H "Authorization: Bearer $T10" "https://$SVC:$CAP/v1/sign")
+echo "INFO: one sign, new TLS connection, $REMORA_BUILD: ${t_miss}s with a cache miss (TokenReview + pod GET), ${t_hit}s with a hit"
+
 # -- metrics and exit --------------------------------------------------------------------------------
 expect_eq "refusals counted by reason (token_pod_gone, token_review_rejected)" \
     "$(metric 'remora_injector_ca_refusals_total\{reason="token_pod_gone"\}') $(metric 'remora_injector_ca_refusals_total\{reason="token_review_rejected"\}')" \
