@@ -23,6 +23,31 @@ static const char *const our_volumes[] = {
     "remora-token",  "remora-ca-root", "remora-keys", "remora-bootstrap",
     "remora-policy", "remora-routes",  NULL};
 
+bool ij_inject_path(const char *path, const char **psa, bool *pod_scope)
+{
+    static const struct {
+        const char *path, *psa;
+        bool pod;
+    } paths[] = {
+        {"/inject", NULL, false},
+        {"/inject/psa/baseline", "baseline", false},
+        {"/inject/psa/restricted", "restricted", false},
+        {"/inject/pod", NULL, true},
+        {"/inject/pod/psa/baseline", "baseline", true},
+        {"/inject/pod/psa/restricted", "restricted", true},
+    };
+    for (size_t i = 0; path != NULL && i < sizeof(paths) / sizeof(paths[0]); i++) {
+        if (strcmp(path, paths[i].path) == 0) {
+            if (psa != NULL)
+                *psa = paths[i].psa;
+            if (pod_scope != NULL)
+                *pod_scope = paths[i].pod;
+            return true;
+        }
+    }
+    return false;
+}
+
 const char *ij_decision_name(enum ij_decision d)
 {
     if ((unsigned)d < IJ_DECIDE__COUNT)
@@ -860,10 +885,17 @@ json_t *ij_inject_patch(const struct ij_inject_params *p, json_t *request, json_
         warn(warnings, "remora: the pod also has another mesh's proxy; their traffic capture "
                        "will conflict");
 
+    if (p->pod_scope)
+        warn(warnings,
+             "remora: injected for the pod label %s in a namespace without the "
+             "remora-injection label: the CA-root publisher does not serve it, so create "
+             "ConfigMap %s here (docs/install.md) or the pod waits in ContainerCreating",
+             IJ_ANN_INJECT, t->ca_root_configmap);
     /* Pod Security (issue 14): remora-init adds NET_ADMIN and NET_RAW, which
      * baseline and restricted refuse (restricted also refuses root). The
      * webhook entry that called us knows the namespace's enforce label
-     * (manifests/injector/webhook.yaml); the pod is injected anyway and the
+     * (manifests/injector/webhook.yaml, ij_inject_path); the pod is injected
+     * anyway and the
      * API server refuses it, with this saying why. */
     if (p->psa_enforce != NULL)
         warn(warnings,

@@ -70,7 +70,17 @@ struct ij_inject_params {
      * webhook entry that called us says it ("baseline", "restricted"), or
      * NULL when it allows remora-init (privileged, or no label). */
     const char *psa_enforce;
+    /* Called by a pod-label entry (the namespace has no remora-injection
+     * label): the CA-root publisher does not serve that namespace. */
+    bool pod_scope;
 };
+
+/* The webhook's paths (manifests/injector/webhook.yaml), one per entry:
+ * /inject[/pod][/psa/baseline|/psa/restricted]. Path segments, not a query:
+ * the API server builds the webhook's URL from service.path as a path, so a
+ * '?' would arrive escaped. True for one of the six, with *psa ("baseline",
+ * "restricted" or NULL) and *pod_scope set (either may be NULL). */
+bool ij_inject_path(const char *path, const char **psa, bool *pod_scope);
 
 /* Decide for one AdmissionReview `request` (an object) whose `object` is
  * `pod` (NULL when the request has none). Appends human-readable strings

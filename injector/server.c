@@ -230,6 +230,8 @@ struct req {
     bool answered;    /* a response was queued */
     bool ignore_body; /* not POST /inject: a body is dropped unread */
     bool sign;        /* POST /v1/sign, answered by the CA (ca.c) */
+    const char *psa;  /* issue 14: the entry's Pod Security level (ij_inject_path) */
+    bool pod_scope;   /* issue 14: a pod-label entry */
 };
 
 /* A chunked body over the bound is read and dropped up to this many times
@@ -266,19 +268,6 @@ static enum MHD_Result send_text(struct MHD_Connection *conn, unsigned code, con
     return send_buf(conn, code, "application/json", s, strlen(s));
 }
 
-/* POST /inject?psa=LEVEL: the webhook entry that matched the namespace's
- * pod-security.kubernetes.io/enforce label (manifests/injector/webhook.yaml,
- * issue 14). Only the levels that refuse remora-init mean anything. */
-static const char *psa_level(struct MHD_Connection *conn)
-{
-    const char *v = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "psa");
-    if (v != NULL && strcmp(v, "baseline") == 0)
-        return "baseline";
-    if (v != NULL && strcmp(v, "restricted") == 0)
-        return "restricted";
-    return NULL;
-}
-
 static enum MHD_Result inject(struct ij_server *s, struct MHD_Connection *conn, struct req *r)
 {
     uint64_t t0 = cm_mono_us();
@@ -296,7 +285,8 @@ static enum MHD_Result inject(struct ij_server *s, struct MHD_Connection *conn, 
         .trust_domain = s->cfg->trust_domain,
         .ca_audience = s->cfg->ca_audience,
         .native_default = s->cfg->native_sidecars,
-        .psa_enforce = psa_level(conn),
+        .psa_enforce = r->psa,
+        .pod_scope = r->pod_scope,
     };
     struct ij_review rv;
     ij_admission_review(&p, r->buf != NULL ? r->buf : "", r->len, &rv);
@@ -345,7 +335,8 @@ static enum MHD_Result first_call(struct ij_server *s, struct MHD_Connection *co
 {
     r->sign = s->ca != NULL && strcmp(url, IJ_CA_SIGN_PATH) == 0 &&
               strcmp(method, MHD_HTTP_METHOD_POST) == 0;
-    if (!r->sign && (strcmp(url, "/inject") != 0 || strcmp(method, MHD_HTTP_METHOD_POST) != 0)) {
+    if (!r->sign && (!ij_inject_path(url, &r->psa, &r->pod_scope) ||
+                     strcmp(method, MHD_HTTP_METHOD_POST) != 0)) {
         r->ignore_body = true;
         return MHD_YES;
     }
@@ -384,7 +375,7 @@ static enum MHD_Result route(struct ij_server *s, struct MHD_Connection *conn, c
                              const char *method)
 {
     bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, "HEAD") == 0;
-    if (strcmp(url, "/inject") == 0)
+    if (ij_inject_path(url, NULL, NULL))
         return send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "use POST");
     if (strcmp(url, IJ_CA_SIGN_PATH) == 0)
         return s->ca != NULL ? send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "use POST")

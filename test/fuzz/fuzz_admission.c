@@ -39,7 +39,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 static void one(const char *body, size_t len, bool native, int depth)
 {
-    struct ij_inject_params p = {tpl, "cluster.local", "remora-ca", native, NULL};
+    struct ij_inject_params p = {tpl, "cluster.local", "remora-ca", native, NULL, false};
     struct ij_review rv;
     ij_admission_review(&p, body, len, &rv);
     json_t *out = json_loadb(rv.body, rv.body_len, 0, NULL);

@@ -87,6 +87,10 @@ healthy() { [[ $("${CURL[@]}" -o /dev/null -w '%{http_code}' "$(url "${1:-$PORT}
 check "GET /healthz is 200" healthy
 expect_eq "GET /readyz is 200" "$("${CURL[@]}" -o /dev/null -w '%{http_code}' "$(url "$PORT" /readyz)")" 200
 expect_eq "GET /inject is 405" "$("${CURL[@]}" -o /dev/null -w '%{http_code}' "$(url "$PORT" /inject)")" 405
+expect_eq "GET /inject/pod/psa/baseline (a webhook entry's path) is 405" \
+    "$("${CURL[@]}" -o /dev/null -w '%{http_code}' "$(url "$PORT" /inject/pod/psa/baseline)")" 405
+expect_eq "POST /inject/psa/privileged (no such entry) is not reviewed: 405, as any POST off the routes" \
+    "$("${CURL[@]}" -o /dev/null -w '%{http_code}' --data-binary '{}' "$(url "$PORT" /inject/psa/privileged)")" 405
 expect_eq "unknown path is 404" "$("${CURL[@]}" -o /dev/null -w '%{http_code}' "$(url "$PORT" /nope)")" 404
 expect_eq "plain HTTP is refused" "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$PORT/healthz")" 000
 check "still serving after plain HTTP" healthy
@@ -95,7 +99,7 @@ check "still serving after plain HTTP" healthy
 post() {
     RESP=${3:-$TMP/resp.json}
     CODE=$("${CURL[@]}" -o "$RESP" -w '%{http_code}' -H 'Content-Type: application/json' \
-        --data-binary "@$2" "$(url "$1" "/inject${QUERY:+?$QUERY}")")
+        --data-binary "@$2" "$(url "$1" "${INJECT_PATH:-/inject}")")
 }
 
 # review_of CASE-FILE NAME: the AdmissionReview a case describes
@@ -219,10 +223,10 @@ fi
 # ---- own cases ---------------------------------------------------------------
 case_one() {
     local f=$1 name port status want w e
-    # .query: the webhook entry's path query (psa=LEVEL, manifests/injector/webhook.yaml);
-    # post() sees it (bash's dynamic scope), the re-review too
-    local QUERY
-    QUERY=$(jq -r '.query // ""' "$f")
+    # .path: the webhook entry's path (/inject/pod/psa/restricted..., manifests/injector/
+    # webhook.yaml); post() sees it (bash's dynamic scope), the re-review too
+    local INJECT_PATH
+    INJECT_PATH=$(jq -r '.path // "/inject"' "$f")
     name=case-$(basename "$f" .json)
     w=$TMP/work/$name
     port=$PORT
@@ -329,7 +333,8 @@ for ns, inj, psa, pod in itertools.product(["shop", "kube-system", "remora-syste
            if sel(w.get("namespaceSelector"), nl) and sel(w.get("objectSelector"), pl)]
     system = ns != "shop"
     want_call = not system and ((inj == "enabled" and pod != "false") or (inj is None and pod == "true"))
-    want = ["/inject" + ("?psa=" + psa if psa in ("baseline", "restricted") else "")] if want_call else []
+    want = ["/inject" + ("/pod" if inj is None else "") +
+            ("/psa/" + psa if psa in ("baseline", "restricted") else "")] if want_call else []
     n += 1
     if got != want:
         bad += 1

@@ -47,7 +47,7 @@ static int teardown(void **state)
 
 static struct ij_inject_params params(bool native)
 {
-    struct ij_inject_params p = {tpl, "cluster.local", "remora-ca", native, NULL};
+    struct ij_inject_params p = {tpl, "cluster.local", "remora-ca", native, NULL, false};
     return p;
 }
 
@@ -336,6 +336,38 @@ static void test_duration(void **state)
                      cases[i].ms);
 }
 
+/* issue 14: the webhook entries' paths */
+static void test_inject_path(void **state)
+{
+    (void)state;
+    const char *psa = "x";
+    bool pod = true;
+    assert_true(ij_inject_path("/inject", &psa, &pod));
+    assert_null(psa);
+    assert_false(pod);
+    assert_true(ij_inject_path("/inject/pod/psa/restricted", &psa, &pod));
+    assert_string_equal(psa, "restricted");
+    assert_true(pod);
+    assert_true(ij_inject_path("/inject/psa/baseline", &psa, NULL));
+    assert_string_equal(psa, "baseline");
+    assert_true(ij_inject_path("/inject/pod", NULL, &pod));
+    assert_true(pod);
+    static const char *const no[] = {"/inject/",
+                                     "/inject/psa/privileged",
+                                     "/inject/pod/",
+                                     "/injectx",
+                                     "/inject/psa",
+                                     "/inject/pod/psa",
+                                     "/INJECT",
+                                     "inject",
+                                     "",
+                                     "/inject//pod"};
+    for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
+        if (ij_inject_path(no[i], &psa, &pod))
+            fail_msg("\"%s\" accepted", no[i]);
+    assert_false(ij_inject_path(NULL, NULL, NULL));
+}
+
 static void test_patch_whole_maps(void **state)
 {
     (void)state;
@@ -565,7 +597,7 @@ int main(void)
         cmocka_unit_test(test_patch_whole_maps), cmocka_unit_test(test_admission),
         cmocka_unit_test(test_base64),           cmocka_unit_test(test_config),
         cmocka_unit_test(test_template),         cmocka_unit_test(test_metrics),
-        cmocka_unit_test(test_duration),
+        cmocka_unit_test(test_duration),         cmocka_unit_test(test_inject_path),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
