@@ -238,16 +238,17 @@ static bool cidr_ok(const char *tok, size_t len)
  * or NULL when absent or without a valid item. Each malformed item is left
  * out with a warning naming it, the others are kept: a bad value must never
  * reach remora-proxy's argv as a flag, and must not cost the good ones. */
-#define LIST_MAX_ITEMS 256 /* items looked at; more are dropped with one warning */
-static char *exclusion(json_t *pod, const char *key, bool (*ok)(const char *, size_t),
-                       json_t *warnings)
+#define LIST_MAX_ITEMS   256 /* items looked at; more are dropped with one warning */
+#define OPAQUE_MAX_PORTS 64  /* what remora-proxy takes in opaque_ports (PX_MAX_OPAQUE_PORTS) */
+static char *list_items(json_t *pod, const char *key, bool (*ok)(const char *, size_t),
+                        size_t max_valid, json_t *warnings)
 {
     const char *raw = annotation(pod, key);
     if (raw == NULL)
         return NULL;
     char *s = strip_blanks(raw);
     char *out = cm_xmalloc(strlen(s) + 1);
-    size_t olen = 0, n = 0, bad = 0;
+    size_t olen = 0, n = 0, bad = 0, nvalid = 0;
     out[0] = '\0';
     for (const char *t = s; *t != '\0';) {
         const char *comma = strchr(t, ',');
@@ -257,7 +258,15 @@ static char *exclusion(json_t *pod, const char *key, bool (*ok)(const char *, si
                  LIST_MAX_ITEMS);
             break;
         }
+        if (ok(t, len) && nvalid == max_valid) {
+            warn(warnings,
+                 "remora: annotation %s: more than %zu valid items; \"%.*s\" and the rest are "
+                 "ignored",
+                 key, max_valid, len > 40 ? 40 : (int)len, t);
+            break;
+        }
         if (ok(t, len)) {
+            nvalid++;
             if (olen > 0)
                 out[olen++] = ',';
             memcpy(out + olen, t, len);
@@ -284,6 +293,12 @@ static char *exclusion(json_t *pod, const char *key, bool (*ok)(const char *, si
         return NULL;
     }
     return out;
+}
+
+static char *exclusion(json_t *pod, const char *key, bool (*ok)(const char *, size_t),
+                       json_t *warnings)
+{
+    return list_items(pod, key, ok, LIST_MAX_ITEMS, warnings);
 }
 
 /* Is port listed in a normalised port list? */
@@ -775,7 +790,9 @@ json_t *ij_inject_patch(const struct ij_inject_params *p, json_t *request, json_
     char *excl_in = exclusion(pod, IJ_ANN_EXCLUDE_IN, port_ok, warnings);
     char *excl_out = exclusion(pod, IJ_ANN_EXCLUDE_OUT, port_ok, warnings);
     char *excl_ranges = exclusion(pod, IJ_ANN_EXCLUDE_RANGES, cidr_ok, warnings);
-    char *opaque = exclusion(pod, IJ_ANN_OPAQUE_PORTS, port_ok, warnings);
+    /* more than the proxy takes would make a bootstrap it refuses: the pod
+     * would never start; the first OPAQUE_MAX_PORTS are kept, with a warning */
+    char *opaque = list_items(pod, IJ_ANN_OPAQUE_PORTS, port_ok, OPAQUE_MAX_PORTS, warnings);
     const char *policy = annotation(pod, IJ_ANN_POLICY);
     if (policy != NULL && !dns_subdomain(policy))
         /* Mounted anyway: the API server then refuses the pod, which is

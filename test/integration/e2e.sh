@@ -66,7 +66,7 @@ manifest b backend '{"remora.io/policy": "b-policy", "remora.io/exclude-inbound-
   {"name": "plain6", "image": "remora-e2e/app",
    "args": ["--listen", "[::]:9090", "--name", "pod-b6-9090"]}]'
 manifest c legacy '{"remora.io/inject": "false"}' "$TOOLBOX"
-manifest s slow '{}' '[{"name": "app", "image": "remora-e2e/app",
+manifest s slow '{"remora.io/opaque-ports": "5432, x"}' '[{"name": "app", "image": "remora-e2e/app",
    "args": ["--listen", "0.0.0.0:8080", "--name", "pod-s"]}]'
 manifest d intruder '{"remora.io/native-sidecar": "true"}' "$TOOLBOX"
 
@@ -83,6 +83,10 @@ check "pod a Ready" e2e_pod a "$A_IP" "$E2E/a.json" "$A_IP6"
 check "pod c (no sidecar) Ready" e2e_pod c "$C_IP" "$E2E/c.json"
 check "pod d (native sidecar) Ready" e2e_pod d "$D_IP" "$E2E/d.json"
 check "pod s (slow server) Ready" e2e_pod s "$S_IP" "$E2E/s.json"
+expect_eq "s: remora.io/opaque-ports \"5432, x\" became opaque_ports [5432] in the bootstrap its proxy runs with (issue 14)" \
+    "$(jq -c '.metadata.annotations["remora.io/bootstrap"] | fromjson | .opaque_ports' "$E2E/pods/s/pod.json")" '[5432]'
+check "s: ... and the injector said why x was dropped" \
+    grep -qF 'opaque-ports: item "x" is not a port' "$TMP/pod-s.log"
 
 # ---- what the injector made ------------------------------------------------------
 expect_eq "b: injected" "$(pod_status b .injected)" true
