@@ -64,7 +64,8 @@ CAP=$(free_port)
 config() { # NAME [EXTRA-JSON [JQ-FILTER]]
     jq -n --arg wh "127.0.0.1:$WH" --arg ca "127.0.0.1:$CAP" --arg d "$D" --arg t "$TMP" \
         --arg api "$API" --argjson cache "$CACHE_S" --argjson extra "${2:-{\}}" '{
-        webhook: {address: $wh, cert_file: ($d + "/wh.pem"), key_file: ($d + "/wh-key.pem")},
+        webhook: {address: $wh, cert_file: ($d + "/wh.pem"), key_file: ($d + "/wh-key.pem"),
+                  max_connections_per_ip: 64},
         ca: {address: $ca, cert_file: ($d + "/int.pem"), key_file: ($d + "/int-key.pem"),
              root_file: ($d + "/root.pem"), jwks_file: ($t + "/tok/jwks.json"), ttl_seconds: 3600,
              token_review: true, token_review_cache_seconds: $cache},
@@ -268,7 +269,8 @@ expect_eq "a token bound to no pod: 200 after the TokenReview alone" \
 
 # -- concurrency: one kube client, many CA threads ---------------------------------------------------
 # 24 tokens for 24 pods at once: every review and pod GET goes through the one client (its
-# TLS session and token under a lock), from the CA's threads
+# TLS session and token under a lock), from the CA's threads (all from 127.0.0.1: the
+# config lifts webhook.max_connections_per_ip to 64)
 ctl requests -X DELETE >/dev/null
 pods='{}'
 for i in $(seq 24); do
