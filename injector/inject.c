@@ -902,12 +902,6 @@ json_t *ij_inject_patch(const struct ij_inject_params *p, json_t *request, json_
         warn(warnings, "remora: the pod also has another mesh's proxy; their traffic capture "
                        "will conflict");
 
-    if (p->pod_scope)
-        warn(warnings,
-             "remora: injected for the pod label %s in a namespace without the "
-             "remora-injection label: the CA-root publisher does not serve it, so create "
-             "ConfigMap %s here (docs/install.md) or the pod waits in ContainerCreating",
-             IJ_ANN_INJECT, t->ca_root_configmap);
     /* Pod Security (issue 14): remora-init adds NET_ADMIN and NET_RAW, which
      * baseline and restricted refuse (restricted also refuses root). The
      * webhook entry that called us knows the namespace's enforce label

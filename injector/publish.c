@@ -99,7 +99,7 @@ void ij_publish_usage(FILE *f)
             "  --api URL          API server (default $KUBERNETES_SERVICE_HOST:PORT, else %s)\n"
             "  --token-file FILE  bearer token, re-read each run (default %s)\n"
             "  --ca-file FILE     CA of the API server's certificate (default %s)\n"
-            "  --selector S       namespace label selector (default remora-injection=enabled)\n"
+            "  --selector S       namespace label selector (default remora-injection!=disabled)\n"
             "  --name NAME        ConfigMap name (default remora-ca-root)\n"
             "  --key KEY          data key (default root.pem)\n"
             "  --interval SECONDS 0: run once and exit (default); N: run every N seconds\n"
@@ -148,7 +148,7 @@ int ij_publish_parse_args(int argc, char **argv, struct ij_publish_opts *o, char
     memset(o, 0, sizeof(*o));
     o->token_file = IJ_KUBE_DEFAULT_TOKEN_FILE;
     o->ca_file = IJ_KUBE_DEFAULT_CA_FILE;
-    o->selector = "remora-injection=enabled";
+    o->selector = "remora-injection!=disabled";
     o->name = "remora-ca-root";
     o->key = "root.pem";
     o->timeout_ms = 10000;

@@ -2,7 +2,9 @@
 # `remora-injector publish-ca-root` against test/tools/fake_apiserver.py over
 # HTTPS on loopback (docs/ca.md, "Publishing the root"):
 #  - labelled namespaces get remora-ca-root with the exact root and our labels;
-#    unlabelled ones, kube-system, remora-system and Terminating ones do not;
+#    unlabelled ones, kube-system, remora-system and Terminating ones do not
+#    with --selector remora-injection=enabled; by default (remora-injection!=disabled)
+#    every namespace but the opted-out ones does;
 #  - a second run writes nothing; a stale ConfigMap is merge-patched (its
 #    other keys kept); a deleted one is recreated; list pages are followed;
 #    a 409 race is retried; a namespace deleted mid-run is skipped;
@@ -74,7 +76,7 @@ publish() {
     LOG=$TMP/run-$NRUN.log
     local t0=$(date +%s%N)
     "$INJECTOR" publish-ca-root --root "$D/root.pem" --api "$API" --token-file "$TMP/token" \
-        --ca-file "$D/apica.pem" --timeout-ms 3000 "$@" >"$LOG" 2>&1
+        --ca-file "$D/apica.pem" --timeout-ms 3000 ${SEL:---selector remora-injection=enabled} "$@" >"$LOG" 2>&1
     RC=$?
     MS=$((($(date +%s%N) - t0) / 1000000))
 }
@@ -120,6 +122,20 @@ publish
 expect_eq "second run: exit 0" "$RC" 0
 expect_eq "second run: no POST or PATCH" "$(writes)" 0
 expect_eq "second run: shop, pay, web unchanged" "$(grep -c -E ' (shop|pay|web): unchanged$' "$LOG")" 3
+
+# ---- the default selector: every namespace but the opted-out ones -----------------------
+# (a pod can opt in by its own label in an unlabelled namespace, and needs the root there too)
+ctl requests -X DELETE >/dev/null
+SEL=" " publish
+expect_eq "default selector: exit 0, the unlabelled namespace 'other' gets the root too" \
+    "$RC $(state -r '.configmaps | keys | join(",")')" "0 other,pay,shop,web"
+check "other: the exact root" same_root other
+expect_eq "... the list asked for remora-injection!=disabled" \
+    "$(ctl requests | jq -r '[.[] | select(.path | startswith("/api/v1/namespaces?"))][0].path')" \
+    "/api/v1/namespaces?labelSelector=remora-injection%21%3Ddisabled&limit=500"
+expect_match "... disabled is not listed; kube-system, remora-system, dying skipped" "$(tail -1 "$LOG")" \
+    '7 namespaces match remora-injection!=disabled: 1 created, 0 updated, 3 unchanged, 3 skipped, 0 failed'
+put_state "$(state 'del(.configmaps.other) | {configmaps}')"
 
 # ---- stale, deleted, root rotation -----------------------------------------------------
 put_state "$(state '.configmaps.shop["remora-ca-root"].data["root.pem"] = "old root" |
