@@ -647,9 +647,9 @@ static char *bootstrap(const struct ij_inject_params *p, bool policy, bool route
              IJ_PORT_HEALTH); /* kubelet probing an IPv6 pod IP */
     json_object_set_new(b, "health",
                         json_pack("{s:s, s:s}", "address", health, "address6", health6));
-    /* issue 14: only with remora.io/opaque-ports, so a proxy that does not
-     * know the key yet never sees it otherwise */
-    if (opaque != NULL) {
+    /* the annotation's ports, or the defaults when it is absent; none when it
+     * holds no valid port ("" opts out) */
+    if (opaque != NULL && *opaque != '\0') {
         json_t *ports = json_array();
         for (const char *o = opaque; o != NULL && *o;) {
             json_array_append_new(ports, json_integer(strtol(o, NULL, 10)));
@@ -793,6 +793,12 @@ json_t *ij_inject_patch(const struct ij_inject_params *p, json_t *request, json_
     /* more than the proxy takes would make a bootstrap it refuses: the pod
      * would never start; the first OPAQUE_MAX_PORTS are kept, with a warning */
     char *opaque = list_items(pod, IJ_ANN_OPAQUE_PORTS, port_ok, OPAQUE_MAX_PORTS, warnings);
+    /* Without the annotation, the well-known server-first (or never
+     * HTTP) ports Linkerd also treats as opaque: the proxy closes a silent
+     * inbound connection on any other port at header_timeout_ms, which would
+     * break a MySQL or SMTP server nobody annotated. "" opts out. */
+    if (annotation(pod, IJ_ANN_OPAQUE_PORTS) == NULL)
+        opaque = cm_xstrdup(IJ_DEFAULT_OPAQUE_PORTS);
     const char *policy = annotation(pod, IJ_ANN_POLICY);
     if (policy != NULL && !dns_subdomain(policy))
         /* Mounted anyway: the API server then refuses the pod, which is

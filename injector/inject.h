@@ -22,6 +22,9 @@
  * key opaque_ports), and how long a classic sidecar's preStop waits for the
  * app's requests to finish (docs/injector.md "Stop"). */
 #define IJ_ANN_OPAQUE_PORTS   "remora.io/opaque-ports"
+/* opaque_ports when the annotation is absent: SMTP, MySQL, Galera, PostgreSQL,
+ * Redis, Elasticsearch transport, memcached (Linkerd's default list). */
+#define IJ_DEFAULT_OPAQUE_PORTS "25,587,3306,4444,5432,6379,9300,11211"
 #define IJ_ANN_DRAIN_DURATION "remora.io/termination-drain-duration"
 #define IJ_DRAIN_DEFAULT_MS   5000
 #define IJ_DRAIN_MAX_MS       3600000

@@ -393,7 +393,7 @@ static void flags(void **state)
     assert_string_equal(o.api, "https://kubernetes.default.svc");
     assert_string_equal(o.token_file, "/var/run/secrets/kubernetes.io/serviceaccount/token");
     assert_string_equal(o.ca_file, "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt");
-    assert_string_equal(o.selector, "remora-injection=enabled");
+    assert_string_equal(o.selector, "remora-injection!=disabled");
     assert_string_equal(o.name, "remora-ca-root");
     assert_string_equal(o.key, "root.pem");
     assert_int_equal(o.interval_s, 0);
