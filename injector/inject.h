@@ -21,13 +21,13 @@
 /* Issue 14: ports whose traffic the proxy passes as opaque TCP (bootstrap
  * key opaque_ports), and how long a classic sidecar's preStop waits for the
  * app's requests to finish (docs/injector.md "Stop"). */
-#define IJ_ANN_OPAQUE_PORTS   "remora.io/opaque-ports"
+#define IJ_ANN_OPAQUE_PORTS "remora.io/opaque-ports"
 /* opaque_ports when the annotation is absent: SMTP, MySQL, Galera, PostgreSQL,
  * Redis, Elasticsearch transport, memcached (Linkerd's default list). */
 #define IJ_DEFAULT_OPAQUE_PORTS "25,587,3306,4444,5432,6379,9300,11211"
-#define IJ_ANN_DRAIN_DURATION "remora.io/termination-drain-duration"
-#define IJ_DRAIN_DEFAULT_MS   5000
-#define IJ_DRAIN_MAX_MS       3600000
+#define IJ_ANN_DRAIN_DURATION   "remora.io/termination-drain-duration"
+#define IJ_DRAIN_DEFAULT_MS     5000
+#define IJ_DRAIN_MAX_MS         3600000
 /* Ours beyond the contract: the proxy's bootstrap config, read by the proxy
  * through a downward-API volume (docs/injector.md). */
 #define IJ_ANN_BOOTSTRAP "remora.io/bootstrap"
