@@ -386,24 +386,20 @@ static void drop_stray(struct h1c *u, size_t n)
 }
 
 /* Is an idle connection still fit for a request, right before reuse? Not
- * when bytes wait in our buffer or in the socket (the loop may not have
- * delivered them yet), nor after the server's EOF or an error: then it is
- * closed here (with a warn line for bytes) and false returned. */
+ * when bytes wait in our buffer: then it is closed here, with a warn line,
+ * and false returned. Bytes or an EOF still in the socket need no system call
+ * here: an idle connection's reads stay armed (on_read drops it), and epoll
+ * reports descriptors in the order they became ready, so whatever reached the
+ * socket before the request that wants this connection was read has already
+ * been handled in this loop turn. What arrives later is indistinguishable
+ * from an answer to the request about to be sent (no proxy can tell them
+ * apart); the keep-alive race is replay()'s. */
 static bool fit_for_reuse(struct h1c *u)
 {
     size_t n = evbuffer_get_length(px_io_input(u->io));
-    if (n > 0) {
-        drop_stray(u, n);
-        return false;
-    }
-    char b;
-    ssize_t r = recv(px_io_fd(u->io), &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (r > 0)
-        drop_stray(u, 0);
-    else if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
-        conn_dead(u); /* the server closed it: the keep-alive race, lost quietly */
-    else
+    if (n == 0)
         return true;
+    drop_stray(u, n);
     return false;
 }
 
