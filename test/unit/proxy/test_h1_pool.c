@@ -102,8 +102,7 @@ static void reuse_check(void **state)
         bool counted_stray;
     } cases[] = {
         {"quiet connection", NULL, false, true, false},
-        {"stray bytes while idle", "HTTP/1.1 200 OK\r\nx-smuggled: 1\r\n\r\n", false, false,
-         true},
+        {"stray bytes while idle", "HTTP/1.1 200 OK\r\nx-smuggled: 1\r\n\r\n", false, false, true},
         {"one stray byte", "x", false, false, true},
         {"the upstream closed it", NULL, true, false, false},
         {"bytes then close", "junk", true, false, true},
