@@ -54,11 +54,11 @@ static char routes_path[64];
 struct fdown {
     struct px_stream *s;
     struct px_conn conn;
-    int status;              /* of the response head sent, 0 before */
-    char head_hdrs[512];     /* "name: value\n" of that head */
-    struct evbuffer *body;   /* response body bytes received */
+    int status;            /* of the response head sent, 0 before */
+    char head_hdrs[512];   /* "name: value\n" of that head */
+    struct evbuffer *body; /* response body bytes received */
     bool ended, aborted, detached;
-    size_t pend;             /* what pending() answers */
+    size_t pend; /* what pending() answers */
     int resumes;
 };
 
@@ -183,8 +183,8 @@ static void fu_abort(struct px_stream *s)
     fu_detach(u);
 }
 
-static const struct px_side_ops fup_ops = {"fake-up", fu_send_head, fu_send_data, fu_send_end,
-                                           fu_pending, fu_resume,   fu_abort};
+static const struct px_side_ops fup_ops = {"fake-up",  fu_send_head, fu_send_data, fu_send_end,
+                                           fu_pending, fu_resume,    fu_abort};
 
 static void fake_attach(struct px_stream *s)
 {
@@ -256,7 +256,7 @@ static struct fdown *req_new(const char *method, const char *path, const char *a
         s->req.authority = px_arena_strndup(&s->arena, authority, strlen(authority));
     s->req.http_minor = 1;
     s->req.content_length = -1;
-    px_msg_add(&s->arena, &s->req, "host", 4, authority ? authority : "app", 
+    px_msg_add(&s->arena, &s->req, "host", 4, authority ? authority : "app",
                strlen(authority ? authority : "app"), BIG, BIG);
     return d;
 }
@@ -473,7 +473,7 @@ static void request_backpressure(void **state)
     struct fup *u = &ups[0];
     assert_false(req_data(d, "0123456789"));
     u->pend = cfg.limits.buffer_bytes + 1; /* the upstream stops accepting */
-    assert_true(req_data(d, "more"));        /* the client's codec must stop reading */
+    assert_true(req_data(d, "more"));      /* the client's codec must stop reading */
     assert_true(d->s->paused[PX_DOWN]);
     assert_int_equal(d->resumes, 0);
     /* the upstream's queue fell to half: its codec reports the drain */
@@ -622,8 +622,9 @@ static void attach_failure_answers_503(void **state)
 static void per_try_timeout_504(void **state)
 {
     (void)state;
-    load_routes("{\"routes\": [{\"match\": {\"host\": \"svc\"}, \"retries\": {\"attempts\": 1, "
-                "\"per_try_timeout_ms\": 50}, \"endpoints\": [{\"address\": \"127.0.0.1:9101\"}]}]}");
+    load_routes(
+        "{\"routes\": [{\"match\": {\"host\": \"svc\"}, \"retries\": {\"attempts\": 1, "
+        "\"per_try_timeout_ms\": 50}, \"endpoints\": [{\"address\": \"127.0.0.1:9101\"}]}]}");
     struct fdown *d = req_new("GET", "/slow", "svc");
     px_stream_on_req_head(d->s);
     px_stream_on_req_end(d->s);
@@ -706,8 +707,8 @@ static void client_abort_frees_upstream(void **state)
 }
 
 /* SIGTERM's drain (px_server_drain, without the exit): the request in
- * flight completes, byte for byte. New requests are refused by the
- * listeners and codecs (integration/drain), not by the stream. */
+ * flight completes, byte for byte. New requests are refused before a
+ * stream exists (listeners, h1 connection: close, h2 GOAWAY), not here. */
 static void drain_completes_in_flight(void **state)
 {
     (void)state;
