@@ -120,7 +120,7 @@ static const struct px_side_ops fdown_ops = {"fake-down", fd_send_head, fd_send_
 
 /* ---- the fake upstream codec (one per try) ------------------------------- */
 
-#define MAX_UPS 16
+#define MAX_UPS 32
 struct fup {
     struct px_stream *s;
     struct cm_addr addr;
@@ -604,6 +604,39 @@ static void no_retry_past_retry_buffer(void **state)
     expect_freed();
 }
 
+/* The retry budget (budget_percent 0: only the floor of 10 retries per
+ * 10 s) spent, a refused connect is answered 503 instead of retried. */
+static void retry_budget_spent_503(void **state)
+{
+    (void)state;
+    load_routes("{\"routes\": [{\"match\": {\"host\": \"svc\"}, \"retries\": {\"attempts\": 2, "
+                "\"backoff_base_ms\": 1, \"budget_percent\": 0}, \"endpoints\": "
+                "[{\"address\": \"127.0.0.1:9101\"}, {\"address\": \"127.0.0.1:9102\"}]}]}");
+    uint64_t retries0 = px_metrics.retries_total;
+    for (int i = 0; i < 11; i++) {
+        struct fdown *d = req_new("GET", "/r", "svc");
+        px_stream_on_req_head(d->s);
+        px_stream_on_req_end(d->s);
+        struct fup *first = &ups[nups - 1];
+        int want = nups + 1;
+        up_fail(first, PX_CAUSE_CONNECT_REFUSED);
+        if (i < 10) {
+            if (!run_until(ntries_at_least, &want, 5000))
+                fail_msg("request %d: no retry within 5 s", i);
+            up_head(&ups[nups - 1], 200);
+            up_end(&ups[nups - 1]);
+            assert_int_equal(d->status, 200);
+        } else {
+            assert_int_equal(d->status, 503);
+            assert_string_equal(text_of(d->body), "upstream connect error: connection refused\n");
+            assert_false(run_until(ntries_at_least, &want, 100));
+        }
+        req_free(d);
+    }
+    assert_int_equal(px_metrics.retries_total, retries0 + 10);
+    expect_freed();
+}
+
 /* A failed connect that the codec answers itself (px_h1_client_attach's
  * conn_new failure): 503, no upstream side left. */
 static void attach_failure_answers_503(void **state)
@@ -799,6 +832,42 @@ static void queued_request_admitted_with_held_body(void **state)
     expect_freed();
 }
 
+/* max_pending_requests 1 already waiting: the next is refused at once. */
+static void queue_full_overflow_503(void **state)
+{
+    (void)state;
+    one_connection_limits();
+    cfg.limits.upstream.max_pending_requests = 1;
+    struct fdown *d1 = req_new("GET", "/1", "app");
+    px_stream_on_req_head(d1->s);
+    struct fdown *d2 = req_new("GET", "/2", "app");
+    px_stream_on_req_head(d2->s);
+    assert_int_equal(d2->status, 0);
+    struct fdown *d3 = req_new("GET", "/3", "app");
+    px_stream_on_req_head(d3->s);
+    assert_int_equal(d3->status, 503);
+    if (strstr(text_of(d3->body), "upstream overflow: max_pending_requests") == NULL)
+        fail_msg("503 body: %s", text_of(d3->body));
+    assert_int_equal(px_pool_overflows(PX_OVERFLOW_PENDING), 1);
+    req_free(d3);
+    /* the first completes, the waiting one goes next */
+    px_stream_on_req_end(d1->s);
+    up_head(&ups[0], 200);
+    up_end(&ups[0]);
+    req_free(d1);
+    int want = 2;
+    if (!run_until(ntries_at_least, &want, 5000))
+        fail_msg("the waiting request was not admitted within 5 s");
+    assert_string_equal(ups[1].path, "/2");
+    px_stream_on_req_end(d2->s);
+    up_head(&ups[1], 200);
+    up_end(&ups[1]);
+    assert_int_equal(d2->status, 200);
+    req_free(d2);
+    expect_freed();
+    assert_int_equal(nups, 2);
+}
+
 /* A waiting request past pending_timeout_ms: 503 naming the breaker. */
 static void queued_request_times_out_503(void **state)
 {
@@ -833,6 +902,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(retry_after_connect_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(retry_after_reset_replays_body, setup, teardown),
         cmocka_unit_test_setup_teardown(no_retry_past_retry_buffer, setup, teardown),
+        cmocka_unit_test_setup_teardown(retry_budget_spent_503, setup, teardown),
         cmocka_unit_test_setup_teardown(attach_failure_answers_503, setup, teardown),
         cmocka_unit_test_setup_teardown(per_try_timeout_504, setup, teardown),
         cmocka_unit_test_setup_teardown(request_timeout_504, setup, teardown),
@@ -841,6 +911,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(drain_completes_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(queued_request_cancelled, setup, teardown),
         cmocka_unit_test_setup_teardown(queued_request_admitted_with_held_body, setup, teardown),
+        cmocka_unit_test_setup_teardown(queue_full_overflow_503, setup, teardown),
         cmocka_unit_test_setup_teardown(queued_request_times_out_503, setup, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
