@@ -49,35 +49,63 @@ static struct px_config cfg;
 static struct px_listener_cfg lcfg;
 static char routes_path[64];
 
-/* ---- the fake downstream codec ------------------------------------------ */
+/* ---- the fake codecs ------------------------------------------------------ */
 
-struct fdown {
+/* One fake side: the downstream (a server codec: it receives the response)
+ * or one try's upstream (a client codec: it receives the request). */
+struct fake {
     struct px_stream *s;
-    struct px_conn conn;
-    int status;            /* of the response head sent, 0 before */
-    char head_hdrs[512];   /* "name: value\n" of that head */
-    struct evbuffer *body; /* response body bytes received */
+    enum px_side side;
+    struct evbuffer *body; /* body bytes received */
     bool ended, aborted, detached;
     size_t pend; /* what pending() answers */
     int resumes;
+    /* downstream */
+    struct px_conn conn;
+    int status;          /* of the response head sent, 0 before */
+    char head_hdrs[512]; /* "name: value\n" of that head */
+    /* upstream */
+    struct cm_addr addr;
+    struct px_upstream_ep *pep; /* the pool record its "connection" counts in */
+    char method[16], path[64];
 };
 
-static struct fdown *down_of(struct px_stream *s)
+static void fake_detach(struct fake *f)
 {
-    return s->ctx[PX_DOWN];
+    if (f->detached)
+        return;
+    f->detached = true;
+    if (f->side == PX_UP)
+        px_pool_conn_closed(f->pep);
+    px_stream_detach(f->s, f->side);
 }
 
-static void fd_detach(struct fdown *d)
-{
-    if (d->detached)
-        return;
-    d->detached = true;
-    px_stream_detach(d->s, PX_DOWN);
-}
+/* The ops both sides share, for side SIDE (its context in s->ctx[SIDE]). */
+#define FAKE_COMMON_OPS(prefix, SIDE)                                                              \
+    static void prefix##_send_data(struct px_stream *s, const uint8_t *data, size_t len)           \
+    {                                                                                              \
+        evbuffer_add(((struct fake *)s->ctx[SIDE])->body, data, len);                              \
+    }                                                                                              \
+    static size_t prefix##_pending(struct px_stream *s)                                            \
+    {                                                                                              \
+        return ((struct fake *)s->ctx[SIDE])->pend;                                                \
+    }                                                                                              \
+    static void prefix##_resume(struct px_stream *s)                                               \
+    {                                                                                              \
+        ((struct fake *)s->ctx[SIDE])->resumes++;                                                  \
+    }                                                                                              \
+    static void prefix##_abort(struct px_stream *s)                                                \
+    {                                                                                              \
+        struct fake *f = s->ctx[SIDE];                                                             \
+        f->aborted = true;                                                                         \
+        fake_detach(f);                                                                            \
+    }
+FAKE_COMMON_OPS(fd, PX_DOWN)
+FAKE_COMMON_OPS(fu, PX_UP)
 
 static void fd_send_head(struct px_stream *s)
 {
-    struct fdown *d = down_of(s);
+    struct fake *d = s->ctx[PX_DOWN];
     d->status = s->resp.status;
     size_t off = 0;
     for (uint32_t i = 0; i < s->resp.nhdrs && off < sizeof(d->head_hdrs); i++)
@@ -85,106 +113,36 @@ static void fd_send_head(struct px_stream *s)
                                 s->resp.hdrs[i].name, s->resp.hdrs[i].value);
 }
 
-static void fd_send_data(struct px_stream *s, const uint8_t *data, size_t len)
-{
-    evbuffer_add(down_of(s)->body, data, len);
-}
-
 /* A real server codec lets go of the stream once its response is written. */
 static void fd_send_end(struct px_stream *s)
 {
-    struct fdown *d = down_of(s);
+    struct fake *d = s->ctx[PX_DOWN];
     d->ended = true;
-    fd_detach(d);
-}
-
-static size_t fd_pending(struct px_stream *s)
-{
-    return down_of(s)->pend;
-}
-
-static void fd_resume(struct px_stream *s)
-{
-    down_of(s)->resumes++;
-}
-
-static void fd_abort(struct px_stream *s)
-{
-    struct fdown *d = down_of(s);
-    d->aborted = true;
-    fd_detach(d);
+    fake_detach(d);
 }
 
 static const struct px_side_ops fdown_ops = {"fake-down", fd_send_head, fd_send_data, fd_send_end,
                                              fd_pending,  fd_resume,    fd_abort};
 
-/* ---- the fake upstream codec (one per try) ------------------------------- */
-
-#define MAX_UPS 32
-struct fup {
-    struct px_stream *s;
-    struct cm_addr addr;
-    struct px_upstream_ep *pep; /* the pool record its "connection" counts in */
-    char method[16], path[64];
-    struct evbuffer *body; /* request body bytes received */
-    bool ended, aborted, detached;
-    size_t pend;
-    int resumes;
-};
-static struct fup ups[MAX_UPS];
-static int nups;
-static bool attach_fails; /* the next attach answers 503 as a failed connect would */
-
-static struct fup *up_of(struct px_stream *s)
-{
-    return s->ctx[PX_UP];
-}
-
-static void fu_detach(struct fup *u)
-{
-    if (u->detached)
-        return;
-    u->detached = true;
-    px_pool_conn_closed(u->pep);
-    px_stream_detach(u->s, PX_UP);
-}
-
 static void fu_send_head(struct px_stream *s)
 {
-    struct fup *u = up_of(s);
+    struct fake *u = s->ctx[PX_UP];
     snprintf(u->method, sizeof(u->method), "%s", s->req.method);
     snprintf(u->path, sizeof(u->path), "%s", s->req.path);
 }
 
-static void fu_send_data(struct px_stream *s, const uint8_t *data, size_t len)
-{
-    evbuffer_add(up_of(s)->body, data, len);
-}
-
 static void fu_send_end(struct px_stream *s)
 {
-    up_of(s)->ended = true;
-}
-
-static size_t fu_pending(struct px_stream *s)
-{
-    return up_of(s)->pend;
-}
-
-static void fu_resume(struct px_stream *s)
-{
-    up_of(s)->resumes++;
-}
-
-static void fu_abort(struct px_stream *s)
-{
-    struct fup *u = up_of(s);
-    u->aborted = true;
-    fu_detach(u);
+    ((struct fake *)s->ctx[PX_UP])->ended = true;
 }
 
 static const struct px_side_ops fup_ops = {"fake-up",  fu_send_head, fu_send_data, fu_send_end,
                                            fu_pending, fu_resume,    fu_abort};
+
+#define MAX_UPS 32
+static struct fake ups[MAX_UPS]; /* every try of the test, in order */
+static int nups;
+static bool attach_fails; /* the next attach answers 503 as a failed connect would */
 
 static void fake_attach(struct px_stream *s)
 {
@@ -196,9 +154,10 @@ static void fake_attach(struct px_stream *s)
     }
     if (nups == MAX_UPS)
         fail_msg("more than %d tries", MAX_UPS);
-    struct fup *u = &ups[nups++];
+    struct fake *u = &ups[nups++];
     memset(u, 0, sizeof(*u));
     u->s = s;
+    u->side = PX_UP;
     u->addr = s->upstream;
     u->body = evbuffer_new();
     u->pep = px_pool_ep(&s->upstream);
@@ -208,7 +167,7 @@ static void fake_attach(struct px_stream *s)
 
 /* The upstream answers: head (status, one end-to-end and one hop-by-hop
  * header), then body chunks, then the end. */
-static void up_head(struct fup *u, int status)
+static void up_head(struct fake *u, int status)
 {
     struct px_stream *s = u->s;
     px_msg_init(&s->resp);
@@ -219,30 +178,31 @@ static void up_head(struct fup *u, int status)
     px_stream_on_resp_head(s);
 }
 
-static bool up_data(struct fup *u, const char *text)
+static bool up_data(struct fake *u, const char *text)
 {
     return px_stream_on_resp_data(u->s, (const uint8_t *)text, strlen(text));
 }
 
 /* The try ends: the response completed, or the connection failed. */
-static void up_end(struct fup *u)
+static void up_end(struct fake *u)
 {
     px_stream_on_resp_end(u->s);
-    fu_detach(u);
+    fake_detach(u);
 }
 
-static void up_fail(struct fup *u, enum px_cause cause)
+static void up_fail(struct fake *u, enum px_cause cause)
 {
     px_stream_on_error(u->s, PX_UP, cause);
-    fu_detach(u);
+    fake_detach(u);
 }
 
 /* ---- requests ------------------------------------------------------------ */
 
-static struct fdown *req_new(const char *method, const char *path, const char *authority)
+static struct fake *req_new(const char *method, const char *path, const char *authority)
 {
-    struct fdown *d = calloc(1, sizeof(*d));
+    struct fake *d = calloc(1, sizeof(*d));
     assert_non_null(d);
+    d->side = PX_DOWN;
     d->conn.lcfg = &lcfg;
     cm_addr_parse("127.0.0.1:40000", &d->conn.peer);
     cm_addr_parse("127.0.0.1:15001", &d->conn.local);
@@ -261,19 +221,19 @@ static struct fdown *req_new(const char *method, const char *path, const char *a
     return d;
 }
 
-static bool req_data(struct fdown *d, const char *text)
+static bool req_data(struct fake *d, const char *text)
 {
     return px_stream_on_req_data(d->s, (const uint8_t *)text, strlen(text));
 }
 
 /* The client went away (connection reset) and its codec let go. */
-static void down_reset(struct fdown *d)
+static void down_reset(struct fake *d)
 {
     px_stream_on_error(d->s, PX_DOWN, PX_CAUSE_DOWNSTREAM_RESET);
-    fd_detach(d);
+    fake_detach(d);
 }
 
-static void req_free(struct fdown *d)
+static void req_free(struct fake *d)
 {
     if (!d->detached)
         fail_msg("the downstream side still holds its stream");
@@ -313,7 +273,7 @@ static bool ntries_at_least(void *arg)
 
 static bool down_answered(void *arg)
 {
-    return ((struct fdown *)arg)->status != 0;
+    return ((struct fake *)arg)->status != 0;
 }
 
 static bool no_streams(void *arg)
@@ -326,6 +286,32 @@ static void expect_freed(void)
 {
     if (!run_until(no_streams, NULL, 5000))
         fail_msg("%u streams still live after 5 s", srv.nstreams);
+}
+
+/* A request whose head the downstream codec has read. */
+static struct fake *req_start(const char *method, const char *path, const char *authority)
+{
+    struct fake *d = req_new(method, path, authority);
+    px_stream_on_req_head(d->s);
+    return d;
+}
+
+/* The client's request ends, try u answers 200 with no body, d is done. */
+static void answer_ok(struct fake *d, struct fake *u)
+{
+    if (!d->s->req_complete)
+        px_stream_on_req_end(d->s);
+    up_head(u, 200);
+    up_end(u);
+    assert_int_equal(d->status, 200);
+    req_free(d);
+}
+
+/* Run the loop until the n-th try attached (a retry, an admitted waiter). */
+static void wait_tries(int n, const char *what)
+{
+    if (!run_until(ntries_at_least, &n, 5000))
+        fail_msg("%s: no try %d within 5 s", what, n);
 }
 
 /* ---- fixtures ------------------------------------------------------------ */
@@ -433,10 +419,9 @@ static const struct px_ep_state *ep_state(const char *addr)
 static void plain_exchange(void **state)
 {
     (void)state;
-    struct fdown *d = req_new("POST", "/upload?x=1", "app");
-    px_stream_on_req_head(d->s);
+    struct fake *d = req_start("POST", "/upload?x=1", "app");
     assert_int_equal(nups, 1);
-    struct fup *u = &ups[0];
+    struct fake *u = &ups[0];
     assert_string_equal(u->method, "POST");
     assert_string_equal(u->path, "/upload?x=1");
     assert_true(cm_addr_equal(&u->addr, &lcfg.upstream));
@@ -468,9 +453,8 @@ static void plain_exchange(void **state)
 static void request_backpressure(void **state)
 {
     (void)state;
-    struct fdown *d = req_new("PUT", "/big", "app");
-    px_stream_on_req_head(d->s);
-    struct fup *u = &ups[0];
+    struct fake *d = req_start("PUT", "/big", "app");
+    struct fake *u = &ups[0];
     assert_false(req_data(d, "0123456789"));
     u->pend = cfg.limits.buffer_bytes + 1; /* the upstream stops accepting */
     assert_true(req_data(d, "more"));      /* the client's codec must stop reading */
@@ -497,10 +481,9 @@ static void request_backpressure(void **state)
 static void response_backpressure(void **state)
 {
     (void)state;
-    struct fdown *d = req_new("GET", "/stream", "app");
-    px_stream_on_req_head(d->s);
+    struct fake *d = req_start("GET", "/stream", "app");
     px_stream_on_req_end(d->s);
-    struct fup *u = &ups[0];
+    struct fake *u = &ups[0];
     up_head(u, 200);
     assert_false(up_data(u, "part1,"));
     d->pend = cfg.limits.buffer_bytes + 1; /* the client reads slowly */
@@ -529,8 +512,7 @@ static void retry_case(enum px_cause cause, bool after_body)
 {
     load_routes(two_eps);
     uint64_t retries0 = px_metrics.retries_total;
-    struct fdown *d = req_new("PUT", "/item", "svc");
-    px_stream_on_req_head(d->s);
+    struct fake *d = req_start("PUT", "/item", "svc");
     assert_int_equal(nups, 1);
     char first[CM_ADDR_STRLEN];
     cm_addr_format(&ups[0].addr, first, sizeof(first));
@@ -541,10 +523,8 @@ static void retry_case(enum px_cause cause, bool after_body)
     }
     up_fail(&ups[0], cause);
     assert_int_equal(d->status, 0); /* nothing went to the client */
-    int want = 2;
-    if (!run_until(ntries_at_least, &want, 5000))
-        fail_msg("no second try within 5 s");
-    struct fup *u = &ups[1];
+    wait_tries(2, "the retry");
+    struct fake *u = &ups[1];
     assert_false(cm_addr_equal(&u->addr, &ups[0].addr)); /* the other endpoint */
     assert_string_equal(u->method, "PUT");
     if (!after_body) {
@@ -588,8 +568,7 @@ static void no_retry_past_retry_buffer(void **state)
     cfg.limits.retry_buffer_bytes = 8;
     load_routes(two_eps);
     uint64_t retries0 = px_metrics.retries_total;
-    struct fdown *d = req_new("PUT", "/item", "svc");
-    px_stream_on_req_head(d->s);
+    struct fake *d = req_start("PUT", "/item", "svc");
     assert_false(req_data(d, "0123456789abcdef"));
     assert_false(d->s->replayable);
     up_fail(&ups[0], PX_CAUSE_UPSTREAM_RESET);
@@ -614,23 +593,19 @@ static void retry_budget_spent_503(void **state)
                 "[{\"address\": \"127.0.0.1:9101\"}, {\"address\": \"127.0.0.1:9102\"}]}]}");
     uint64_t retries0 = px_metrics.retries_total;
     for (int i = 0; i < 11; i++) {
-        struct fdown *d = req_new("GET", "/r", "svc");
-        px_stream_on_req_head(d->s);
+        struct fake *d = req_start("GET", "/r", "svc");
         px_stream_on_req_end(d->s);
-        struct fup *first = &ups[nups - 1];
+        struct fake *first = &ups[nups - 1];
         int want = nups + 1;
         up_fail(first, PX_CAUSE_CONNECT_REFUSED);
         if (i < 10) {
-            if (!run_until(ntries_at_least, &want, 5000))
-                fail_msg("request %d: no retry within 5 s", i);
-            up_head(&ups[nups - 1], 200);
-            up_end(&ups[nups - 1]);
-            assert_int_equal(d->status, 200);
-        } else {
-            assert_int_equal(d->status, 503);
-            assert_string_equal(text_of(d->body), "upstream connect error: connection refused\n");
-            assert_false(run_until(ntries_at_least, &want, 100));
+            wait_tries(want, "a retry within the budget");
+            answer_ok(d, &ups[nups - 1]);
+            continue;
         }
+        assert_int_equal(d->status, 503);
+        assert_string_equal(text_of(d->body), "upstream connect error: connection refused\n");
+        assert_false(run_until(ntries_at_least, &want, 100));
         req_free(d);
     }
     assert_int_equal(px_metrics.retries_total, retries0 + 10);
@@ -643,8 +618,7 @@ static void attach_failure_answers_503(void **state)
 {
     (void)state;
     attach_fails = true;
-    struct fdown *d = req_new("GET", "/", "app");
-    px_stream_on_req_head(d->s);
+    struct fake *d = req_start("GET", "/", "app");
     assert_int_equal(nups, 0);
     assert_int_equal(d->status, 503);
     assert_string_equal(text_of(d->body), "upstream connect error\n");
@@ -658,8 +632,7 @@ static void per_try_timeout_504(void **state)
     load_routes(
         "{\"routes\": [{\"match\": {\"host\": \"svc\"}, \"retries\": {\"attempts\": 1, "
         "\"per_try_timeout_ms\": 50}, \"endpoints\": [{\"address\": \"127.0.0.1:9101\"}]}]}");
-    struct fdown *d = req_new("GET", "/slow", "svc");
-    px_stream_on_req_head(d->s);
+    struct fake *d = req_start("GET", "/slow", "svc");
     px_stream_on_req_end(d->s);
     assert_int_equal(nups, 1);
     if (!run_until(down_answered, d, 5000))
@@ -677,8 +650,7 @@ static void request_timeout_504(void **state)
 {
     (void)state;
     cfg.limits.request_timeout_ms = 50;
-    struct fdown *d = req_new("POST", "/slow", "app");
-    px_stream_on_req_head(d->s);
+    struct fake *d = req_start("POST", "/slow", "app");
     assert_false(req_data(d, "half a body"));
     if (!run_until(down_answered, d, 5000))
         fail_msg("no answer within 5 s");
@@ -695,8 +667,7 @@ static void request_timeout_mid_response_aborts_both(void **state)
 {
     (void)state;
     cfg.limits.request_timeout_ms = 50;
-    struct fdown *d = req_new("GET", "/slow", "app");
-    px_stream_on_req_head(d->s);
+    struct fake *d = req_start("GET", "/slow", "app");
     px_stream_on_req_end(d->s);
     up_head(&ups[0], 200);
     assert_false(up_data(&ups[0], "partial"));
@@ -717,9 +688,8 @@ static void client_abort_frees_upstream(void **state)
     (void)state;
     load_routes(two_eps);
     uint64_t resets0 = px_metrics.downstream_resets;
-    struct fdown *d = req_new("POST", "/upload", "svc");
-    px_stream_on_req_head(d->s);
-    struct fup *u = &ups[0];
+    struct fake *d = req_start("POST", "/upload", "svc");
+    struct fake *u = &ups[0];
     char a[CM_ADDR_STRLEN];
     cm_addr_format(&u->addr, a, sizeof(a));
     assert_false(req_data(d, "first part"));
@@ -745,8 +715,7 @@ static void client_abort_frees_upstream(void **state)
 static void drain_completes_in_flight(void **state)
 {
     (void)state;
-    struct fdown *d = req_new("POST", "/x", "app");
-    px_stream_on_req_head(d->s);
+    struct fake *d = req_start("POST", "/x", "app");
     assert_false(req_data(d, "before"));
     px_server_drain(false);
     assert_true(srv.draining);
@@ -778,11 +747,9 @@ static void queued_request_cancelled(void **state)
 {
     (void)state;
     one_connection_limits();
-    struct fdown *d1 = req_new("GET", "/1", "app");
-    px_stream_on_req_head(d1->s);
+    struct fake *d1 = req_start("GET", "/1", "app");
     assert_int_equal(nups, 1);
-    struct fdown *d2 = req_new("POST", "/2", "app");
-    px_stream_on_req_head(d2->s);
+    struct fake *d2 = req_start("POST", "/2", "app");
     assert_int_equal(nups, 1); /* waits */
     assert_non_null(d2->s->queued_on);
     assert_int_equal(px_pool_pending(), 1);
@@ -791,11 +758,7 @@ static void queued_request_cancelled(void **state)
     assert_int_equal(px_pool_pending(), 0);
     req_free(d2);
     /* the first completes; nothing was started for the second */
-    px_stream_on_req_end(d1->s);
-    up_head(&ups[0], 200);
-    up_end(&ups[0]);
-    assert_int_equal(d1->status, 200);
-    req_free(d1);
+    answer_ok(d1, &ups[0]);
     expect_freed();
     assert_int_equal(nups, 1);
     assert_int_equal(px_pool_ep(&lcfg.upstream)->nconns, 0);
@@ -807,28 +770,18 @@ static void queued_request_admitted_with_held_body(void **state)
 {
     (void)state;
     one_connection_limits();
-    struct fdown *d1 = req_new("GET", "/1", "app");
-    px_stream_on_req_head(d1->s);
-    struct fdown *d2 = req_new("POST", "/2", "app");
-    px_stream_on_req_head(d2->s);
+    struct fake *d1 = req_start("GET", "/1", "app");
+    struct fake *d2 = req_start("POST", "/2", "app");
     assert_false(req_data(d2, "held "));
     assert_false(req_data(d2, "body"));
     px_stream_on_req_end(d2->s);
-    px_stream_on_req_end(d1->s);
-    up_head(&ups[0], 200);
-    up_end(&ups[0]);
-    req_free(d1);
-    int want = 2;
-    if (!run_until(ntries_at_least, &want, 5000))
-        fail_msg("the waiting request was not admitted within 5 s");
+    answer_ok(d1, &ups[0]);
+    wait_tries(2, "the waiting request");
     assert_null(d2->s->queued_on);
     assert_string_equal(ups[1].path, "/2");
     assert_string_equal(text_of(ups[1].body), "held body");
     assert_true(ups[1].ended);
-    up_head(&ups[1], 200);
-    up_end(&ups[1]);
-    assert_int_equal(d2->status, 200);
-    req_free(d2);
+    answer_ok(d2, &ups[1]);
     expect_freed();
 }
 
@@ -838,32 +791,20 @@ static void queue_full_overflow_503(void **state)
     (void)state;
     one_connection_limits();
     cfg.limits.upstream.max_pending_requests = 1;
-    struct fdown *d1 = req_new("GET", "/1", "app");
-    px_stream_on_req_head(d1->s);
-    struct fdown *d2 = req_new("GET", "/2", "app");
-    px_stream_on_req_head(d2->s);
+    struct fake *d1 = req_start("GET", "/1", "app");
+    struct fake *d2 = req_start("GET", "/2", "app");
     assert_int_equal(d2->status, 0);
-    struct fdown *d3 = req_new("GET", "/3", "app");
-    px_stream_on_req_head(d3->s);
+    struct fake *d3 = req_start("GET", "/3", "app");
     assert_int_equal(d3->status, 503);
     if (strstr(text_of(d3->body), "upstream overflow: max_pending_requests") == NULL)
         fail_msg("503 body: %s", text_of(d3->body));
     assert_int_equal(px_pool_overflows(PX_OVERFLOW_PENDING), 1);
     req_free(d3);
     /* the first completes, the waiting one goes next */
-    px_stream_on_req_end(d1->s);
-    up_head(&ups[0], 200);
-    up_end(&ups[0]);
-    req_free(d1);
-    int want = 2;
-    if (!run_until(ntries_at_least, &want, 5000))
-        fail_msg("the waiting request was not admitted within 5 s");
+    answer_ok(d1, &ups[0]);
+    wait_tries(2, "the waiting request");
     assert_string_equal(ups[1].path, "/2");
-    px_stream_on_req_end(d2->s);
-    up_head(&ups[1], 200);
-    up_end(&ups[1]);
-    assert_int_equal(d2->status, 200);
-    req_free(d2);
+    answer_ok(d2, &ups[1]);
     expect_freed();
     assert_int_equal(nups, 2);
 }
@@ -874,10 +815,8 @@ static void queued_request_times_out_503(void **state)
     (void)state;
     one_connection_limits();
     cfg.limits.upstream.pending_timeout_ms = 50;
-    struct fdown *d1 = req_new("GET", "/1", "app");
-    px_stream_on_req_head(d1->s);
-    struct fdown *d2 = req_new("GET", "/2", "app");
-    px_stream_on_req_head(d2->s);
+    struct fake *d1 = req_start("GET", "/1", "app");
+    struct fake *d2 = req_start("GET", "/2", "app");
     px_stream_on_req_end(d2->s);
     if (!run_until(down_answered, d2, 5000))
         fail_msg("no answer within 5 s");
@@ -886,10 +825,7 @@ static void queued_request_times_out_503(void **state)
         fail_msg("503 body: %s", text_of(d2->body));
     assert_int_equal(nups, 1);
     req_free(d2);
-    px_stream_on_req_end(d1->s);
-    up_head(&ups[0], 200);
-    up_end(&ups[0]);
-    req_free(d1);
+    answer_ok(d1, &ups[0]);
     expect_freed();
 }
 
