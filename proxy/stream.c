@@ -448,6 +448,17 @@ void px_stream_refused(struct px_stream *s, enum px_cause cause, const char *msg
     px_stream_respond(s, 503, msg);
 }
 
+/* The upstream codec of a try, by protocol (the default of
+ * px_stream_attach_upstream). */
+static void attach_upstream(struct px_stream *s)
+{
+    if (s->up_proto == PX_UP_H2)
+        px_h2_client_attach(s);
+    else
+        px_h1_client_attach(s);
+}
+void (*px_stream_attach_upstream)(struct px_stream *s) = attach_upstream;
+
 /* Attach the upstream codec and send what the request has so far. */
 static void send_try(struct px_stream *s)
 {
@@ -459,10 +470,7 @@ static void send_try(struct px_stream *s)
         struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
         evtimer_add(s->try_timer, &tv);
     }
-    if (s->up_proto == PX_UP_H2)
-        px_h2_client_attach(s);
-    else
-        px_h1_client_attach(s);
+    px_stream_attach_upstream(s);
     if (!s->attached[PX_UP])
         return; /* attach failed and already answered */
     s->head_sent[PX_UP] = true;

@@ -173,6 +173,11 @@ void px_stream_respond(struct px_stream *s, int status, const char *body);
 /* Upstream side attachment, done by the upstream codecs:
  * px_h1_client_attach() / px_h2_client_attach() set ops[PX_UP], ctx[PX_UP]. */
 void px_stream_attach_up(struct px_stream *s, const struct px_side_ops *ops, void *ctx);
+/* Opens the upstream side of each try: px_h2_client_attach() or
+ * px_h1_client_attach() by s->up_proto, which call px_stream_attach_up() or
+ * answer the stream. The unit tests (test/unit/proxy/test_stream.c) replace
+ * it with a fake codec; production never changes it. */
+extern void (*px_stream_attach_upstream)(struct px_stream *s);
 
 /* Circuit breakers (proxy/pool.c): a try that waited for a connection may
  * go now / must be answered 503 (cause PX_CAUSE_OVERFLOW or

@@ -1,0 +1,856 @@
+/* Unit tests of proxy/stream.c, the exchange state machine, driven through
+ * a fake downstream codec and a fake upstream codec that implement
+ * px_side_ops and report to the stream as h1_server.c / h1_client.c do, on a
+ * real libevent base so the timers fire: a plain exchange (bytes checked on
+ * both sides, hop-by-hop headers stripped), request and response
+ * backpressure, a retry on another endpoint after a refused connect and
+ * after a reset (counted), no retry once the body outgrew
+ * retry_buffer_bytes (502), the per-try and the request timeout (504), a
+ * client abort mid-request (the upstream is aborted and every record let
+ * go: ASan checks the rest), drain, and the circuit breaker's queue (a
+ * queued request cancelled by its client, a queued one admitted when the
+ * connection frees, with the body that arrived meanwhile).
+ *
+ * The fake upstream replaces px_stream_attach_upstream (the seam in
+ * stream.h); everything else (routes, pool, metrics, server drain) is the
+ * real code. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "certs/pki.h"
+#include "common/clock.h"
+#include "proxy/conn.h"
+#include "proxy/metrics.h"
+#include "proxy/pool.h"
+#include "proxy/routes.h"
+#include "proxy/server.h"
+#include "proxy/stream.h"
+
+__attribute__((weak)) struct px_server *px_srv;
+
+/* stream.c's own, declared there next to their definitions */
+void px_stream_gc(void);
+void px_stream_freelist_clear(void);
+
+#define BIG UINT32_MAX
+
+static struct px_server srv;
+static struct px_config cfg;
+static struct px_listener_cfg lcfg;
+static char routes_path[64];
+
+/* ---- the fake codecs ------------------------------------------------------ */
+
+/* One fake side: the downstream (a server codec: it receives the response)
+ * or one try's upstream (a client codec: it receives the request). */
+struct fake {
+    struct px_stream *s;
+    enum px_side side;
+    struct evbuffer *body; /* body bytes received */
+    bool ended, aborted, detached;
+    size_t pend; /* what pending() answers */
+    int resumes;
+    /* downstream */
+    struct px_conn conn;
+    int status;          /* of the response head sent, 0 before */
+    char head_hdrs[512]; /* "name: value\n" of that head */
+    /* upstream */
+    struct cm_addr addr;
+    struct px_upstream_ep *pep; /* the pool record its "connection" counts in */
+    char method[16], path[64];
+};
+
+static void fake_detach(struct fake *f)
+{
+    if (f->detached)
+        return;
+    f->detached = true;
+    if (f->side == PX_UP)
+        px_pool_conn_closed(f->pep);
+    px_stream_detach(f->s, f->side);
+}
+
+/* The ops both sides share, for side SIDE (its context in s->ctx[SIDE]). */
+#define FAKE_COMMON_OPS(prefix, SIDE)                                                              \
+    static void prefix##_send_data(struct px_stream *s, const uint8_t *data, size_t len)           \
+    {                                                                                              \
+        evbuffer_add(((struct fake *)s->ctx[SIDE])->body, data, len);                              \
+    }                                                                                              \
+    static size_t prefix##_pending(struct px_stream *s)                                            \
+    {                                                                                              \
+        return ((struct fake *)s->ctx[SIDE])->pend;                                                \
+    }                                                                                              \
+    static void prefix##_resume(struct px_stream *s)                                               \
+    {                                                                                              \
+        ((struct fake *)s->ctx[SIDE])->resumes++;                                                  \
+    }                                                                                              \
+    static void prefix##_abort(struct px_stream *s)                                                \
+    {                                                                                              \
+        struct fake *f = s->ctx[SIDE];                                                             \
+        f->aborted = true;                                                                         \
+        fake_detach(f);                                                                            \
+    }
+FAKE_COMMON_OPS(fd, PX_DOWN)
+FAKE_COMMON_OPS(fu, PX_UP)
+
+static void fd_send_head(struct px_stream *s)
+{
+    struct fake *d = s->ctx[PX_DOWN];
+    d->status = s->resp.status;
+    size_t off = 0;
+    for (uint32_t i = 0; i < s->resp.nhdrs && off < sizeof(d->head_hdrs); i++)
+        off += (size_t)snprintf(d->head_hdrs + off, sizeof(d->head_hdrs) - off, "%s: %s\n",
+                                s->resp.hdrs[i].name, s->resp.hdrs[i].value);
+}
+
+/* A real server codec lets go of the stream once its response is written. */
+static void fd_send_end(struct px_stream *s)
+{
+    struct fake *d = s->ctx[PX_DOWN];
+    d->ended = true;
+    fake_detach(d);
+}
+
+static const struct px_side_ops fdown_ops = {"fake-down", fd_send_head, fd_send_data, fd_send_end,
+                                             fd_pending,  fd_resume,    fd_abort};
+
+static void fu_send_head(struct px_stream *s)
+{
+    struct fake *u = s->ctx[PX_UP];
+    snprintf(u->method, sizeof(u->method), "%s", s->req.method);
+    snprintf(u->path, sizeof(u->path), "%s", s->req.path);
+}
+
+static void fu_send_end(struct px_stream *s)
+{
+    ((struct fake *)s->ctx[PX_UP])->ended = true;
+}
+
+static const struct px_side_ops fup_ops = {"fake-up",  fu_send_head, fu_send_data, fu_send_end,
+                                           fu_pending, fu_resume,    fu_abort};
+
+#define MAX_UPS 32
+static struct fake ups[MAX_UPS]; /* every try of the test, in order */
+static int nups;
+static bool attach_fails; /* the next attach answers 503 as a failed connect would */
+
+static void fake_attach(struct px_stream *s)
+{
+    if (attach_fails) {
+        attach_fails = false;
+        s->cause = PX_CAUSE_CONNECT_FAILED;
+        px_stream_respond(s, 503, px_cause_str(s->cause));
+        return;
+    }
+    if (nups == MAX_UPS)
+        fail_msg("more than %d tries", MAX_UPS);
+    struct fake *u = &ups[nups++];
+    memset(u, 0, sizeof(*u));
+    u->s = s;
+    u->side = PX_UP;
+    u->addr = s->upstream;
+    u->body = evbuffer_new();
+    u->pep = px_pool_ep(&s->upstream);
+    px_pool_conn_opened(u->pep);
+    px_stream_attach_up(s, &fup_ops, u);
+}
+
+/* The upstream answers: head (status, one end-to-end and one hop-by-hop
+ * header), then body chunks, then the end. */
+static void up_head(struct fake *u, int status)
+{
+    struct px_stream *s = u->s;
+    px_msg_init(&s->resp);
+    s->resp.status = status;
+    s->resp.content_length = -1;
+    px_msg_add(&s->arena, &s->resp, "x-app", 5, "yes", 3, BIG, BIG);
+    px_msg_add(&s->arena, &s->resp, "keep-alive", 10, "timeout=5", 9, BIG, BIG);
+    px_stream_on_resp_head(s);
+}
+
+static bool up_data(struct fake *u, const char *text)
+{
+    return px_stream_on_resp_data(u->s, (const uint8_t *)text, strlen(text));
+}
+
+/* The try ends: the response completed, or the connection failed. */
+static void up_end(struct fake *u)
+{
+    px_stream_on_resp_end(u->s);
+    fake_detach(u);
+}
+
+static void up_fail(struct fake *u, enum px_cause cause)
+{
+    px_stream_on_error(u->s, PX_UP, cause);
+    fake_detach(u);
+}
+
+/* ---- requests ------------------------------------------------------------ */
+
+static struct fake *req_new(const char *method, const char *path, const char *authority)
+{
+    struct fake *d = calloc(1, sizeof(*d));
+    assert_non_null(d);
+    d->side = PX_DOWN;
+    d->conn.lcfg = &lcfg;
+    cm_addr_parse("127.0.0.1:40000", &d->conn.peer);
+    cm_addr_parse("127.0.0.1:15001", &d->conn.local);
+    cm_addr_parse("10.0.0.9:8080", &d->conn.orig_dst);
+    d->body = evbuffer_new();
+    d->s = px_stream_new(&d->conn, &fdown_ops, d);
+    struct px_stream *s = d->s;
+    s->req.method = px_arena_strndup(&s->arena, method, strlen(method));
+    s->req.path = px_arena_strndup(&s->arena, path, strlen(path));
+    if (authority != NULL)
+        s->req.authority = px_arena_strndup(&s->arena, authority, strlen(authority));
+    s->req.http_minor = 1;
+    s->req.content_length = -1;
+    px_msg_add(&s->arena, &s->req, "host", 4, authority ? authority : "app",
+               strlen(authority ? authority : "app"), BIG, BIG);
+    return d;
+}
+
+static bool req_data(struct fake *d, const char *text)
+{
+    return px_stream_on_req_data(d->s, (const uint8_t *)text, strlen(text));
+}
+
+/* The client went away (connection reset) and its codec let go. */
+static void down_reset(struct fake *d)
+{
+    px_stream_on_error(d->s, PX_DOWN, PX_CAUSE_DOWNSTREAM_RESET);
+    fake_detach(d);
+}
+
+static void req_free(struct fake *d)
+{
+    if (!d->detached)
+        fail_msg("the downstream side still holds its stream");
+    evbuffer_free(d->body);
+    free(d);
+}
+
+static char *text_of(struct evbuffer *b)
+{
+    static char out[4096];
+    size_t n = evbuffer_get_length(b);
+    if (n >= sizeof(out))
+        n = sizeof(out) - 1;
+    evbuffer_copyout(b, out, n);
+    out[n] = '\0';
+    return out;
+}
+
+/* Run the loop until cond() holds, at most ms (generous: a loaded machine). */
+static bool run_until(bool (*cond)(void *), void *arg, unsigned ms)
+{
+    uint64_t end = cm_mono_ms() + ms;
+    while (!cond(arg)) {
+        if (cm_mono_ms() >= end)
+            return false;
+        struct timeval tv = {0, 2000};
+        event_base_loopexit(srv.base, &tv);
+        event_base_loop(srv.base, 0);
+    }
+    return true;
+}
+
+static bool ntries_at_least(void *arg)
+{
+    return nups >= *(int *)arg;
+}
+
+static bool down_answered(void *arg)
+{
+    return ((struct fake *)arg)->status != 0;
+}
+
+static bool no_streams(void *arg)
+{
+    (void)arg;
+    return srv.nstreams == 0 && cm_list_empty(&srv.gc_streams);
+}
+
+static void expect_freed(void)
+{
+    if (!run_until(no_streams, NULL, 5000))
+        fail_msg("%u streams still live after 5 s", srv.nstreams);
+}
+
+/* A request whose head the downstream codec has read. */
+static struct fake *req_start(const char *method, const char *path, const char *authority)
+{
+    struct fake *d = req_new(method, path, authority);
+    px_stream_on_req_head(d->s);
+    return d;
+}
+
+/* The client's request ends, try u answers 200 with no body, d is done. */
+static void answer_ok(struct fake *d, struct fake *u)
+{
+    if (!d->s->req_complete)
+        px_stream_on_req_end(d->s);
+    up_head(u, 200);
+    up_end(u);
+    assert_int_equal(d->status, 200);
+    req_free(d);
+}
+
+/* Run the loop until the n-th try attached (a retry, an admitted waiter). */
+static void wait_tries(int n, const char *what)
+{
+    if (!run_until(ntries_at_least, &n, 5000))
+        fail_msg("%s: no try %d within 5 s", what, n);
+}
+
+/* ---- fixtures ------------------------------------------------------------ */
+
+static void on_gc(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    px_stream_gc();
+}
+
+static void on_drain_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+}
+
+static bool never_free(struct px_upstream_ep *ep, const struct px_stream *s)
+{
+    (void)ep;
+    (void)s;
+    return false; /* no idle connection: only max_connections counts */
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    memset(&srv, 0, sizeof(srv));
+    memset(&cfg, 0, sizeof(cfg));
+    memset(&lcfg, 0, sizeof(lcfg));
+    px_limits_default(&cfg.limits);
+    cfg.limits.buffer_bytes = 1024;
+    cfg.limits.request_timeout_ms = 0;
+    srv.cfg = &cfg;
+    srv.base = event_base_new();
+    cm_list_init(&srv.conns);
+    cm_list_init(&srv.streams);
+    cm_list_init(&srv.gc_streams);
+    srv.gc_ev = event_new(srv.base, -1, 0, on_gc, NULL);
+    srv.drain_timer = evtimer_new(srv.base, on_drain_timer, NULL);
+    px_srv = &srv;
+    lcfg.name = "test";
+    lcfg.direction = PX_DIR_OUTBOUND; /* no policy check */
+    lcfg.has_upstream = true;
+    cm_addr_parse("127.0.0.1:9001", &lcfg.upstream);
+    lcfg.upstream_protocol = PX_UP_HTTP1;
+    px_stream_attach_upstream = fake_attach;
+    px_pool_hooks.has_free = never_free;
+    nups = 0;
+    attach_fails = false;
+    routes_path[0] = '\0';
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    px_stream_gc();
+    for (int i = 0; i < nups; i++)
+        evbuffer_free(ups[i].body);
+    nups = 0;
+    px_routes_shutdown();
+    cfg.routes_file = NULL;
+    if (routes_path[0] != '\0')
+        unlink(routes_path);
+    px_pool_shutdown();
+    px_stream_freelist_clear();
+    event_free(srv.gc_ev);
+    event_free(srv.drain_timer);
+    event_base_free(srv.base);
+    px_srv = NULL;
+    return 0;
+}
+
+/* Load a routes document as the proxy does at start. */
+static void load_routes(const char *json)
+{
+    snprintf(routes_path, sizeof(routes_path), "/tmp/remora-test-stream.XXXXXX");
+    int fd = mkstemp(routes_path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, json, strlen(json)), (ssize_t)strlen(json));
+    close(fd);
+    cfg.routes_file = routes_path;
+    char *err = NULL;
+    if (px_routes_start(&cfg, &err) != 0)
+        fail_msg("routes: %s", err);
+}
+
+static const struct px_ep_state *ep_state(const char *addr)
+{
+    struct px_route *rt = &px_routes_current()->routes[0];
+    struct cm_addr a;
+    cm_addr_parse(addr, &a);
+    for (size_t i = 0; i < rt->neps; i++)
+        if (cm_addr_equal(&rt->eps[i].addr, &a))
+            return rt->eps[i].st;
+    fail_msg("no endpoint %s", addr);
+    return NULL;
+}
+
+/* ---- tests --------------------------------------------------------------- */
+
+static void plain_exchange(void **state)
+{
+    (void)state;
+    struct fake *d = req_start("POST", "/upload?x=1", "app");
+    assert_int_equal(nups, 1);
+    struct fake *u = &ups[0];
+    assert_string_equal(u->method, "POST");
+    assert_string_equal(u->path, "/upload?x=1");
+    assert_true(cm_addr_equal(&u->addr, &lcfg.upstream));
+    assert_false(req_data(d, "abc"));
+    assert_false(req_data(d, "defg"));
+    px_stream_on_req_end(d->s);
+    assert_true(u->ended);
+    assert_string_equal(text_of(u->body), "abcdefg");
+
+    up_head(u, 201);
+    assert_int_equal(d->status, 201);
+    assert_non_null(strstr(d->head_hdrs, "x-app: yes\n"));
+    assert_null(strstr(d->head_hdrs, "keep-alive")); /* hop-by-hop: not forwarded */
+    assert_false(up_data(u, "hello "));
+    assert_false(up_data(u, "world"));
+    assert_false(d->ended);
+    up_end(u);
+    assert_true(d->ended);
+    assert_false(d->aborted);
+    assert_false(u->aborted);
+    assert_string_equal(text_of(d->body), "hello world");
+    assert_int_equal(d->s->req_body_bytes, 7);
+    assert_int_equal(d->s->resp_body_bytes, 11);
+    assert_int_equal(px_pool_ep(&lcfg.upstream)->nconns, 0);
+    req_free(d);
+    expect_freed();
+}
+
+static void request_backpressure(void **state)
+{
+    (void)state;
+    struct fake *d = req_start("PUT", "/big", "app");
+    struct fake *u = &ups[0];
+    assert_false(req_data(d, "0123456789"));
+    u->pend = cfg.limits.buffer_bytes + 1; /* the upstream stops accepting */
+    assert_true(req_data(d, "more"));      /* the client's codec must stop reading */
+    assert_true(d->s->paused[PX_DOWN]);
+    assert_int_equal(d->resumes, 0);
+    /* the upstream's queue fell to half: its codec reports the drain */
+    u->pend = cfg.limits.buffer_bytes / 2;
+    px_stream_on_drain(d->s, PX_UP);
+    assert_int_equal(d->resumes, 1);
+    assert_false(d->s->paused[PX_DOWN]);
+    px_stream_on_drain(d->s, PX_UP); /* not paused: no second resume */
+    assert_int_equal(d->resumes, 1);
+    assert_false(req_data(d, "!"));
+    px_stream_on_req_end(d->s);
+    assert_string_equal(text_of(u->body), "0123456789more!");
+    up_head(u, 200);
+    up_end(u);
+    assert_int_equal(d->status, 200);
+    assert_int_equal(u->resumes, 0);
+    req_free(d);
+    expect_freed();
+}
+
+static void response_backpressure(void **state)
+{
+    (void)state;
+    struct fake *d = req_start("GET", "/stream", "app");
+    px_stream_on_req_end(d->s);
+    struct fake *u = &ups[0];
+    up_head(u, 200);
+    assert_false(up_data(u, "part1,"));
+    d->pend = cfg.limits.buffer_bytes + 1; /* the client reads slowly */
+    assert_true(up_data(u, "part2,"));
+    assert_true(d->s->paused[PX_UP]);
+    d->pend = 0;
+    px_stream_on_drain(d->s, PX_DOWN);
+    assert_int_equal(u->resumes, 1);
+    assert_false(d->s->paused[PX_UP]);
+    assert_false(up_data(u, "part3"));
+    up_end(u);
+    assert_string_equal(text_of(d->body), "part1,part2,part3");
+    assert_int_equal(d->resumes, 0);
+    req_free(d);
+    expect_freed();
+}
+
+static const char *const two_eps =
+    "{\"routes\": [{\"match\": {\"host\": \"svc\"}, \"retries\": {\"attempts\": 2, "
+    "\"backoff_base_ms\": 1, \"on\": [\"connect-failure\", \"reset\"]}, "
+    "\"endpoints\": [{\"address\": \"127.0.0.1:9101\"}, {\"address\": \"127.0.0.1:9102\"}]}]}";
+
+/* A try that fails before the response goes to the other endpoint; the
+ * retry is counted, the endpoint that failed gets the verdict. */
+static void retry_case(enum px_cause cause, bool after_body)
+{
+    load_routes(two_eps);
+    uint64_t retries0 = px_metrics.retries_total;
+    struct fake *d = req_start("PUT", "/item", "svc");
+    assert_int_equal(nups, 1);
+    char first[CM_ADDR_STRLEN];
+    cm_addr_format(&ups[0].addr, first, sizeof(first));
+    if (after_body) {
+        assert_false(req_data(d, "payload"));
+        px_stream_on_req_end(d->s);
+        assert_string_equal(text_of(ups[0].body), "payload");
+    }
+    up_fail(&ups[0], cause);
+    assert_int_equal(d->status, 0); /* nothing went to the client */
+    wait_tries(2, "the retry");
+    struct fake *u = &ups[1];
+    assert_false(cm_addr_equal(&u->addr, &ups[0].addr)); /* the other endpoint */
+    assert_string_equal(u->method, "PUT");
+    if (!after_body) {
+        assert_false(req_data(d, "payload"));
+        px_stream_on_req_end(d->s);
+    }
+    assert_true(u->ended);
+    assert_string_equal(text_of(u->body), "payload"); /* replayed or streamed, once */
+    up_head(u, 200);
+    assert_false(up_data(u, "ok"));
+    up_end(u);
+    assert_int_equal(d->status, 200);
+    assert_string_equal(text_of(d->body), "ok");
+    assert_int_equal(px_metrics.retries_total, retries0 + 1);
+    const struct px_ep_state *st = ep_state(first);
+    if (cause == PX_CAUSE_CONNECT_REFUSED)
+        assert_int_equal(st->fail_connect, 1);
+    else
+        assert_int_equal(st->fail_reset, 1);
+    assert_int_equal(st->outstanding, 0);
+    req_free(d);
+    expect_freed();
+}
+
+static void retry_after_connect_refused(void **state)
+{
+    (void)state;
+    retry_case(PX_CAUSE_CONNECT_REFUSED, false);
+}
+
+static void retry_after_reset_replays_body(void **state)
+{
+    (void)state;
+    retry_case(PX_CAUSE_UPSTREAM_RESET, true);
+}
+
+/* The body went past retry_buffer_bytes: a reset cannot be retried. */
+static void no_retry_past_retry_buffer(void **state)
+{
+    (void)state;
+    cfg.limits.retry_buffer_bytes = 8;
+    load_routes(two_eps);
+    uint64_t retries0 = px_metrics.retries_total;
+    struct fake *d = req_start("PUT", "/item", "svc");
+    assert_false(req_data(d, "0123456789abcdef"));
+    assert_false(d->s->replayable);
+    up_fail(&ups[0], PX_CAUSE_UPSTREAM_RESET);
+    assert_int_equal(d->status, 502);
+    assert_string_equal(text_of(d->body), "upstream reset before the response completed\n");
+    assert_true(d->ended);
+    int want = 2;
+    assert_false(run_until(ntries_at_least, &want, 100)); /* and none later */
+    assert_int_equal(nups, 1);
+    assert_int_equal(px_metrics.retries_total, retries0);
+    req_free(d);
+    expect_freed();
+}
+
+/* The retry budget (budget_percent 0: only the floor of 10 retries per
+ * 10 s) spent, a refused connect is answered 503 instead of retried. */
+static void retry_budget_spent_503(void **state)
+{
+    (void)state;
+    load_routes("{\"routes\": [{\"match\": {\"host\": \"svc\"}, \"retries\": {\"attempts\": 2, "
+                "\"backoff_base_ms\": 1, \"budget_percent\": 0}, \"endpoints\": "
+                "[{\"address\": \"127.0.0.1:9101\"}, {\"address\": \"127.0.0.1:9102\"}]}]}");
+    uint64_t retries0 = px_metrics.retries_total;
+    for (int i = 0; i < 11; i++) {
+        struct fake *d = req_start("GET", "/r", "svc");
+        px_stream_on_req_end(d->s);
+        struct fake *first = &ups[nups - 1];
+        int want = nups + 1;
+        up_fail(first, PX_CAUSE_CONNECT_REFUSED);
+        if (i < 10) {
+            wait_tries(want, "a retry within the budget");
+            answer_ok(d, &ups[nups - 1]);
+            continue;
+        }
+        assert_int_equal(d->status, 503);
+        assert_string_equal(text_of(d->body), "upstream connect error: connection refused\n");
+        assert_false(run_until(ntries_at_least, &want, 100));
+        req_free(d);
+    }
+    assert_int_equal(px_metrics.retries_total, retries0 + 10);
+    expect_freed();
+}
+
+/* A failed connect that the codec answers itself (px_h1_client_attach's
+ * conn_new failure): 503, no upstream side left. */
+static void attach_failure_answers_503(void **state)
+{
+    (void)state;
+    attach_fails = true;
+    struct fake *d = req_start("GET", "/", "app");
+    assert_int_equal(nups, 0);
+    assert_int_equal(d->status, 503);
+    assert_string_equal(text_of(d->body), "upstream connect error\n");
+    req_free(d);
+    expect_freed();
+}
+
+static void per_try_timeout_504(void **state)
+{
+    (void)state;
+    load_routes(
+        "{\"routes\": [{\"match\": {\"host\": \"svc\"}, \"retries\": {\"attempts\": 1, "
+        "\"per_try_timeout_ms\": 50}, \"endpoints\": [{\"address\": \"127.0.0.1:9101\"}]}]}");
+    struct fake *d = req_start("GET", "/slow", "svc");
+    px_stream_on_req_end(d->s);
+    assert_int_equal(nups, 1);
+    if (!run_until(down_answered, d, 5000))
+        fail_msg("no answer within 5 s");
+    assert_int_equal(d->status, 504);
+    assert_string_equal(text_of(d->body), "upstream per-try timeout\n");
+    assert_true(ups[0].aborted);
+    assert_int_equal(ep_state("127.0.0.1:9101")->fail_timeout, 1);
+    assert_int_equal(ep_state("127.0.0.1:9101")->outstanding, 0);
+    req_free(d);
+    expect_freed();
+}
+
+static void request_timeout_504(void **state)
+{
+    (void)state;
+    cfg.limits.request_timeout_ms = 50;
+    struct fake *d = req_start("POST", "/slow", "app");
+    assert_false(req_data(d, "half a body"));
+    if (!run_until(down_answered, d, 5000))
+        fail_msg("no answer within 5 s");
+    assert_int_equal(d->status, 504);
+    assert_string_equal(text_of(d->body), "upstream request timeout\n");
+    assert_true(ups[0].aborted);
+    assert_string_equal(text_of(ups[0].body), "half a body");
+    req_free(d);
+    expect_freed();
+}
+
+/* After the head went down a request timeout can only cut both sides. */
+static void request_timeout_mid_response_aborts_both(void **state)
+{
+    (void)state;
+    cfg.limits.request_timeout_ms = 50;
+    struct fake *d = req_start("GET", "/slow", "app");
+    px_stream_on_req_end(d->s);
+    up_head(&ups[0], 200);
+    assert_false(up_data(&ups[0], "partial"));
+    if (!run_until(no_streams, NULL, 5000))
+        fail_msg("the stream outlived its timeout");
+    assert_int_equal(d->status, 200);
+    assert_true(d->aborted);
+    assert_false(d->ended);
+    assert_true(ups[0].aborted);
+    assert_string_equal(text_of(d->body), "partial");
+    req_free(d);
+}
+
+/* The client resets mid-body: the upstream is aborted, its endpoint gets
+ * no verdict and no outstanding request, the pool no connection. */
+static void client_abort_frees_upstream(void **state)
+{
+    (void)state;
+    load_routes(two_eps);
+    uint64_t resets0 = px_metrics.downstream_resets;
+    struct fake *d = req_start("POST", "/upload", "svc");
+    struct fake *u = &ups[0];
+    char a[CM_ADDR_STRLEN];
+    cm_addr_format(&u->addr, a, sizeof(a));
+    assert_false(req_data(d, "first part"));
+    down_reset(d);
+    assert_true(u->aborted);
+    assert_true(u->detached);
+    assert_false(u->ended);
+    assert_string_equal(text_of(u->body), "first part");
+    assert_int_equal(px_metrics.downstream_resets, resets0 + 1);
+    const struct px_ep_state *st = ep_state(a);
+    assert_int_equal(st->outstanding, 0);
+    assert_int_equal(st->fail_reset + st->fail_connect + st->fail_timeout, 0);
+    assert_int_equal(u->pep->nconns, 0);
+    assert_int_equal(d->status, 0);
+    req_free(d);
+    expect_freed();
+    assert_int_equal(nups, 1);
+}
+
+/* SIGTERM's drain (px_server_drain, without the exit): the request in
+ * flight completes, byte for byte. New requests are refused before a
+ * stream exists (listeners, h1 connection: close, h2 GOAWAY), not here. */
+static void drain_completes_in_flight(void **state)
+{
+    (void)state;
+    struct fake *d = req_start("POST", "/x", "app");
+    assert_false(req_data(d, "before"));
+    px_server_drain(false);
+    assert_true(srv.draining);
+    assert_false(px_server_ready());
+    assert_false(req_data(d, "-after"));
+    px_stream_on_req_end(d->s);
+    up_head(&ups[0], 200);
+    assert_false(up_data(&ups[0], "done"));
+    up_end(&ups[0]);
+    assert_string_equal(text_of(ups[0].body), "before-after");
+    assert_int_equal(d->status, 200);
+    assert_true(d->ended);
+    assert_false(d->aborted);
+    assert_string_equal(text_of(d->body), "done");
+    req_free(d);
+    expect_freed();
+}
+
+static void one_connection_limits(void)
+{
+    cfg.limits.upstream.max_connections = 1;
+    cfg.limits.upstream.max_pending_requests = 4;
+    cfg.limits.upstream.pending_timeout_ms = 10000;
+}
+
+/* A request waiting for a connection (max_connections 1) that its client
+ * abandons leaves the queue, never opening one. */
+static void queued_request_cancelled(void **state)
+{
+    (void)state;
+    one_connection_limits();
+    struct fake *d1 = req_start("GET", "/1", "app");
+    assert_int_equal(nups, 1);
+    struct fake *d2 = req_start("POST", "/2", "app");
+    assert_int_equal(nups, 1); /* waits */
+    assert_non_null(d2->s->queued_on);
+    assert_int_equal(px_pool_pending(), 1);
+    assert_false(req_data(d2, "held"));
+    down_reset(d2);
+    assert_int_equal(px_pool_pending(), 0);
+    req_free(d2);
+    /* the first completes; nothing was started for the second */
+    answer_ok(d1, &ups[0]);
+    expect_freed();
+    assert_int_equal(nups, 1);
+    assert_int_equal(px_pool_ep(&lcfg.upstream)->nconns, 0);
+}
+
+/* ...and one that keeps waiting is admitted when the connection closes,
+ * with the body that arrived meanwhile. */
+static void queued_request_admitted_with_held_body(void **state)
+{
+    (void)state;
+    one_connection_limits();
+    struct fake *d1 = req_start("GET", "/1", "app");
+    struct fake *d2 = req_start("POST", "/2", "app");
+    assert_false(req_data(d2, "held "));
+    assert_false(req_data(d2, "body"));
+    px_stream_on_req_end(d2->s);
+    answer_ok(d1, &ups[0]);
+    wait_tries(2, "the waiting request");
+    assert_null(d2->s->queued_on);
+    assert_string_equal(ups[1].path, "/2");
+    assert_string_equal(text_of(ups[1].body), "held body");
+    assert_true(ups[1].ended);
+    answer_ok(d2, &ups[1]);
+    expect_freed();
+}
+
+/* max_pending_requests 1 already waiting: the next is refused at once. */
+static void queue_full_overflow_503(void **state)
+{
+    (void)state;
+    one_connection_limits();
+    cfg.limits.upstream.max_pending_requests = 1;
+    struct fake *d1 = req_start("GET", "/1", "app");
+    struct fake *d2 = req_start("GET", "/2", "app");
+    assert_int_equal(d2->status, 0);
+    struct fake *d3 = req_start("GET", "/3", "app");
+    assert_int_equal(d3->status, 503);
+    if (strstr(text_of(d3->body), "upstream overflow: max_pending_requests") == NULL)
+        fail_msg("503 body: %s", text_of(d3->body));
+    assert_int_equal(px_pool_overflows(PX_OVERFLOW_PENDING), 1);
+    req_free(d3);
+    /* the first completes, the waiting one goes next */
+    answer_ok(d1, &ups[0]);
+    wait_tries(2, "the waiting request");
+    assert_string_equal(ups[1].path, "/2");
+    answer_ok(d2, &ups[1]);
+    expect_freed();
+    assert_int_equal(nups, 2);
+}
+
+/* A waiting request past pending_timeout_ms: 503 naming the breaker. */
+static void queued_request_times_out_503(void **state)
+{
+    (void)state;
+    one_connection_limits();
+    cfg.limits.upstream.pending_timeout_ms = 50;
+    struct fake *d1 = req_start("GET", "/1", "app");
+    struct fake *d2 = req_start("GET", "/2", "app");
+    px_stream_on_req_end(d2->s);
+    if (!run_until(down_answered, d2, 5000))
+        fail_msg("no answer within 5 s");
+    assert_int_equal(d2->status, 503);
+    if (strstr(text_of(d2->body), "upstream pending timeout") == NULL)
+        fail_msg("503 body: %s", text_of(d2->body));
+    assert_int_equal(nups, 1);
+    req_free(d2);
+    answer_ok(d1, &ups[0]);
+    expect_freed();
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(plain_exchange, setup, teardown),
+        cmocka_unit_test_setup_teardown(request_backpressure, setup, teardown),
+        cmocka_unit_test_setup_teardown(response_backpressure, setup, teardown),
+        cmocka_unit_test_setup_teardown(retry_after_connect_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(retry_after_reset_replays_body, setup, teardown),
+        cmocka_unit_test_setup_teardown(no_retry_past_retry_buffer, setup, teardown),
+        cmocka_unit_test_setup_teardown(retry_budget_spent_503, setup, teardown),
+        cmocka_unit_test_setup_teardown(attach_failure_answers_503, setup, teardown),
+        cmocka_unit_test_setup_teardown(per_try_timeout_504, setup, teardown),
+        cmocka_unit_test_setup_teardown(request_timeout_504, setup, teardown),
+        cmocka_unit_test_setup_teardown(request_timeout_mid_response_aborts_both, setup, teardown),
+        cmocka_unit_test_setup_teardown(client_abort_frees_upstream, setup, teardown),
+        cmocka_unit_test_setup_teardown(drain_completes_in_flight, setup, teardown),
+        cmocka_unit_test_setup_teardown(queued_request_cancelled, setup, teardown),
+        cmocka_unit_test_setup_teardown(queued_request_admitted_with_held_body, setup, teardown),
+        cmocka_unit_test_setup_teardown(queue_full_overflow_503, setup, teardown),
+        cmocka_unit_test_setup_teardown(queued_request_times_out_503, setup, teardown),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    pki_rng_free();
+    return rc;
+}
