@@ -107,8 +107,9 @@ static void pod_uid(void **state)
         "{\"metadata\":{}}",
         "{\"metadata\":{\"uid\":\"\"}}",
         "{\"metadata\":{\"uid\":7}}",
-        "{\"metadata\":{\"uid\":\"0123456789012345678901234567890123456789012345678901234567890123"
-        "4\"}}",
+        /* a uid of 65 characters */
+        ("{\"metadata\":{\"uid\":\"0123456789012345678901234567890123456789012345678901234567890123"
+         "4\"}}"),
         "nope",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
