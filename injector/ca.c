@@ -107,8 +107,8 @@ struct snap {
 
 struct ij_ca {
     const struct ij_config *cfg;
-    pthread_mutex_t mu; /* guards cur */
-    struct snap *cur;   /* a reference */
+    pthread_mutex_t mu;    /* guards cur */
+    struct snap *cur;      /* a reference */
     struct cm_watch watch; /* ca.cert_file, ca.key_file, ca.root_file */
     struct ij_jwks_file *jwks;
     struct ij_tokrev *tokrev; /* ca.token_review, else NULL */

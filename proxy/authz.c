@@ -41,9 +41,9 @@
 static struct {
     char *file;               /* policy_file, or NULL: no authorization step */
     struct px_policy *policy; /* in force; NULL only without policy_file */
-    struct px_watch watch; /* the file as last read (or found missing), last_error */
-    int64_t loaded_at_ms;  /* when the policy in force was loaded */
-    int64_t attempt_at_ms; /* the last load attempt, good or bad */
+    struct px_watch watch;    /* the file as last read (or found missing), last_error */
+    int64_t loaded_at_ms;     /* when the policy in force was loaded */
+    int64_t attempt_at_ms;    /* the last load attempt, good or bad */
     uint64_t loads, failures;
 } az;
 
