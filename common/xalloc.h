@@ -4,6 +4,7 @@
 #ifndef CM_XALLOC_H
 #define CM_XALLOC_H
 
+#include <stdarg.h>
 #include <stddef.h>
 
 void *cm_xmalloc(size_t n);
@@ -13,5 +14,7 @@ char *cm_xstrdup(const char *s);
 char *cm_xstrndup(const char *s, size_t n);
 /* printf into a fresh heap string; caller frees. */
 char *cm_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The same with a va_list. */
+char *cm_xvasprintf(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
 
 #endif

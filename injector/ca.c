@@ -18,9 +18,9 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/net.h"
+#include "common/watch.h"
 #include "common/xalloc.h"
 #include "injector/server.h"
-#include "injector/stamp.h"
 #include "injector/token.h"
 #include "injector/tokenreview.h" /* issue 14: ca.token_review */
 
@@ -107,9 +107,9 @@ struct snap {
 
 struct ij_ca {
     const struct ij_config *cfg;
-    pthread_mutex_t mu; /* guards cur */
-    struct snap *cur;   /* a reference */
-    struct ij_stamp stamps[3];
+    pthread_mutex_t mu;    /* guards cur */
+    struct snap *cur;      /* a reference */
+    struct cm_watch watch; /* ca.cert_file, ca.key_file, ca.root_file */
     struct ij_jwks_file *jwks;
     struct ij_tokrev *tokrev; /* ca.token_review, else NULL */
     /* the ca.address server */
@@ -137,13 +137,6 @@ static struct snap *snap_get(struct ij_ca *ca)
     atomic_fetch_add(&s->refs, 1);
     pthread_mutex_unlock(&ca->mu);
     return s;
-}
-
-static void stamp_files(const struct ij_config *cfg, struct ij_stamp st[3])
-{
-    st[0] = ij_stamp_get(cfg->ca_cert_file);
-    st[1] = ij_stamp_get(cfg->ca_key_file);
-    st[2] = ij_stamp_get(cfg->ca_root_file);
 }
 
 static int snap_load(const struct ij_config *cfg, struct snap **out, char **errmsg)
@@ -177,7 +170,8 @@ int ij_ca_new(const struct ij_config *cfg, struct ij_ca **out, char **errmsg)
     ca->cfg = cfg;
     ca->fd = -1;
     pthread_mutex_init(&ca->mu, NULL);
-    stamp_files(cfg, ca->stamps);
+    const char *files[3] = {cfg->ca_cert_file, cfg->ca_key_file, cfg->ca_root_file};
+    cm_watch_init(&ca->watch, files, 3);
     if (snap_load(cfg, &ca->cur, errmsg) != 0 ||
         ij_jwks_file_new(cfg->ca_jwks_file, &ca->jwks, errmsg) != 0) {
         ij_ca_free(ca);
@@ -216,6 +210,7 @@ void ij_ca_free(struct ij_ca *ca)
     struct ij_ca *expect = ca;
     atomic_compare_exchange_strong(&active, &expect, NULL);
     snap_unref(ca->cur);
+    cm_watch_deinit(&ca->watch);
     ij_jwks_file_free(ca->jwks);
     ij_tokrev_free(ca->tokrev);
     free(ca->serve_cert);
@@ -232,15 +227,10 @@ void ij_ca_poll(struct ij_ca *ca, bool force)
     if (ca == NULL)
         return;
     char *err = NULL;
-    struct ij_stamp now[3];
-    stamp_files(ca->cfg, now);
-    bool changed = force;
-    for (int i = 0; i < 3; i++)
-        changed = changed || !ij_stamp_equal(&now[i], &ca->stamps[i]);
-    if (changed) {
-        /* A key and its certificate rarely land in the same instant: a
-         * mismatched pair is refused now and loaded once both are there. */
-        memcpy(ca->stamps, now, sizeof(now));
+    /* A key and its certificate rarely land in the same instant: a
+     * mismatched pair is refused now and loaded once both are there. */
+    bool changed = cm_watch_poll(&ca->watch);
+    if (changed || force) {
         struct snap *s = NULL;
         if (snap_load(ca->cfg, &s, &err) == 0) {
             pthread_mutex_lock(&ca->mu);

@@ -28,9 +28,9 @@
 #include "certs/pki.h"
 #include "common/clock.h"
 #include "common/err.h"
+#include "common/watch.h"
 #include "common/xalloc.h"
 #include "injector/config.h"
-#include "injector/stamp.h"
 
 #define STATUS_MESSAGE_MAX 512 /* of a Status.message quoted in an error */
 
@@ -524,7 +524,7 @@ out:
 struct ij_kube {
     pthread_mutex_t mu; /* guards token, token_stamp, session, have_session */
     char *token_file;
-    struct ij_stamp token_stamp;
+    struct cm_watch_stamp token_stamp; /* of the token in force (common/watch.h) */
     char agent[64];
     struct ij_kube_url url;
     char endpoint[300]; /* host:port, for messages */
@@ -665,8 +665,9 @@ static int read_token(struct ij_kube *k, const char *file, char **errmsg)
  * that cannot be read (mid-rotation) keeps the token in force. */
 static void maybe_reload_token(struct ij_kube *k)
 {
-    struct ij_stamp now = ij_stamp_get(k->token_file);
-    if (ij_stamp_equal(&now, &k->token_stamp))
+    struct cm_watch_stamp now;
+    cm_watch_stamp_get(k->token_file, &now);
+    if (!cm_watch_changed(&k->token_stamp, &now))
         return;
     char *err = NULL;
     if (read_token(k, k->token_file, &err) == 0)
@@ -696,7 +697,7 @@ int ij_kube_new(const struct ij_kube_opts *o, struct ij_kube **out, char **errms
              v6 ? "]" : "", k->url.port);
     snprintf(k->host_hdr, sizeof(k->host_hdr), "%s%s%s%s%s", v6 ? "[" : "", k->url.host,
              v6 ? "]" : "", dflt ? "" : ":", dflt ? "" : k->url.port);
-    k->token_stamp = ij_stamp_get(o->token_file);
+    cm_watch_stamp_get(o->token_file, &k->token_stamp);
     if ((rc = read_token(k, o->token_file, errmsg)) != 0)
         goto fail;
     if ((rc = pki_bundle_load_file(&k->ca, o->ca_file, &inner)) != 0) {

@@ -238,7 +238,7 @@ int ij_template_slot_init(struct ij_template_slot *s, const char *file, char **e
 {
     memset(s, 0, sizeof(*s));
     s->file = file;
-    s->stamp = ij_stamp_get(file);
+    cm_watch_init(&s->watch, &file, 1);
     int rc = ij_template_load(file, &s->cur, errmsg);
     if (rc != 0)
         return rc;
@@ -249,6 +249,7 @@ int ij_template_slot_init(struct ij_template_slot *s, const char *file, char **e
 void ij_template_slot_deinit(struct ij_template_slot *s)
 {
     ij_template_unref(s->cur);
+    cm_watch_deinit(&s->watch);
     pthread_mutex_destroy(&s->mu);
     memset(s, 0, sizeof(*s));
 }
@@ -265,12 +266,10 @@ int ij_template_slot_reload(struct ij_template_slot *s, bool force, char **errms
 {
     if (s->file == NULL)
         return 0;
-    struct ij_stamp now = ij_stamp_get(s->file);
-    if (!force && ij_stamp_equal(&now, &s->stamp))
-        return 0;
-    /* Remember the stamp even on failure: a bad file is reported once, not
+    /* The stamp moves on even on failure: a bad file is reported once, not
      * every tick; the next change is tried again. */
-    s->stamp = now;
+    if (!cm_watch_poll(&s->watch) && !force)
+        return 0;
     struct ij_template *t = NULL;
     int rc = ij_template_load(s->file, &t, errmsg);
     if (rc != 0)

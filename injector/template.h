@@ -14,7 +14,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "injector/stamp.h"
+#include "common/watch.h"
 
 struct ij_template {
     atomic_int refs;
@@ -50,7 +50,7 @@ struct ij_template_slot {
     pthread_mutex_t mu;
     struct ij_template *cur;
     const char *file; /* borrowed; NULL: built-in, never reloads */
-    struct ij_stamp stamp;
+    struct cm_watch watch;
 };
 
 /* Load the first template. Returns 0 or CM_ERR_INVAL with *errmsg. */

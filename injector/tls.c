@@ -8,7 +8,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/xalloc.h"
-#include "injector/stamp.h"
+#include "common/watch.h"
 
 #define MAX_CHAIN 16
 
@@ -25,7 +25,7 @@ struct ij_tls {
     pthread_mutex_t mu;
     struct ij_tls_cert *cur; /* a reference */
     const char *cert_file, *key_file;
-    struct ij_stamp cert_stamp, key_stamp;
+    struct cm_watch watch; /* cert_file, key_file */
 };
 
 static struct ij_tls *bound;
@@ -126,8 +126,8 @@ int ij_tls_new(const char *cert_file, const char *key_file, struct ij_tls **out,
     struct ij_tls *t = cm_xcalloc(1, sizeof(*t));
     t->cert_file = cert_file;
     t->key_file = key_file;
-    t->cert_stamp = ij_stamp_get(cert_file);
-    t->key_stamp = ij_stamp_get(key_file);
+    const char *files[2] = {cert_file, key_file};
+    cm_watch_init(&t->watch, files, 2);
     int rc = load(cert_file, key_file, &t->cur, errmsg);
     if (rc != 0) {
         free(t);
@@ -151,13 +151,10 @@ void ij_tls_free(struct ij_tls *t)
 
 int ij_tls_reload(struct ij_tls *t, bool force, char **errmsg)
 {
-    struct ij_stamp cs = ij_stamp_get(t->cert_file), ks = ij_stamp_get(t->key_file);
-    if (!force && ij_stamp_equal(&cs, &t->cert_stamp) && ij_stamp_equal(&ks, &t->key_stamp))
-        return 0;
     /* A renewal writes two files; if we catch it half-way the pair does not
      * match and the next tick, after the second write, tries again. */
-    t->cert_stamp = cs;
-    t->key_stamp = ks;
+    if (!cm_watch_poll(&t->watch) && !force)
+        return 0;
     struct ij_tls_cert *c = NULL;
     int rc = load(t->cert_file, t->key_file, &c, errmsg);
     if (rc != 0)

@@ -21,7 +21,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/xalloc.h"
-#include "injector/stamp.h"
+#include "common/watch.h"
 
 #define RSA_MIN_BITS 2048
 #define RSA_MAX_BITS 8192
@@ -726,7 +726,7 @@ struct ij_jwks_file {
     pthread_mutex_t mu;
     const char *path;
     struct ij_jwks *cur; /* a reference */
-    struct ij_stamp stamp;
+    struct cm_watch watch;
     uint64_t checked_ms;
     uint64_t reloads_ok, reloads_failed;
 };
@@ -735,10 +735,8 @@ struct ij_jwks_file {
  * a broken file is reported once, not at every check. */
 static int reload_locked(struct ij_jwks_file *f, bool force, char **errmsg)
 {
-    struct ij_stamp now = ij_stamp_get(f->path);
-    if (!force && ij_stamp_equal(&now, &f->stamp))
+    if (!cm_watch_poll(&f->watch) && !force)
         return 0;
-    f->stamp = now;
     unsigned char *buf = NULL;
     size_t len = 0;
     struct ij_jwks *k = NULL;
@@ -758,6 +756,7 @@ int ij_jwks_file_new(const char *path, struct ij_jwks_file **out, char **errmsg)
     struct ij_jwks_file *f = cm_xcalloc(1, sizeof(*f));
     pthread_mutex_init(&f->mu, NULL);
     f->path = path;
+    cm_watch_init(&f->watch, &path, 1);
     if (reload_locked(f, true, errmsg) < 0) {
         ij_jwks_file_free(f);
         return CM_ERR_INVAL;
@@ -772,6 +771,7 @@ void ij_jwks_file_free(struct ij_jwks_file *f)
     if (f == NULL)
         return;
     ij_jwks_unref(f->cur);
+    cm_watch_deinit(&f->watch);
     pthread_mutex_destroy(&f->mu);
     free(f);
 }

@@ -10,8 +10,9 @@
  * px_authz_check() returns; requests in flight therefore finish under the
  * policy that admitted them, without reference counting.
  *
- * The file watch polls stat() of the configured path every second and
- * compares (device, inode, mtime, size) of what it resolves to. Kubernetes
+ * The file watch (proxy/watch.h) polls stat() of the configured path every
+ * second and compares what common/watch.h calls a change (device, inode,
+ * size, mtime, ctime of what it resolves to, or a failed stat()). Kubernetes
  * updates a mounted ConfigMap by swapping the `..data` symlink of the volume
  * atomically: the path we watch never changes, but stat() follows the links
  * to a new inode. Polling needs no inotify bookkeeping across those swaps and
@@ -20,13 +21,11 @@
  * policy, and is read again at the next change. */
 #include "proxy/authz.h"
 
-#include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "common/clock.h"
 #include "common/err.h"
@@ -37,65 +36,30 @@
 #include "proxy/metrics.h"
 #include "proxy/policy.h"
 #include "proxy/server.h"
-
-#define WATCH_MS 1000 /* how often the file is looked at */
-
-/* What stat() says about the policy file; a change means "read it again". */
-struct file_sig {
-    bool ok; /* stat() succeeded */
-    int err; /* its errno otherwise */
-    dev_t dev;
-    ino_t ino;
-    int64_t mtime_ns;
-    off_t size;
-};
+#include "proxy/watch.h"
 
 static struct {
     char *file;               /* policy_file, or NULL: no authorization step */
     struct px_policy *policy; /* in force; NULL only without policy_file */
-    struct event *watch;
-    struct file_sig sig;   /* of the file as last read (or found missing) */
-    int64_t loaded_at_ms;  /* when the policy in force was loaded */
-    int64_t attempt_at_ms; /* the last load attempt, good or bad */
-    char *last_error;      /* the last failed load, NULL after a good one */
+    struct px_watch watch;    /* the file as last read (or found missing), last_error */
+    int64_t loaded_at_ms;     /* when the policy in force was loaded */
+    int64_t attempt_at_ms;    /* the last load attempt, good or bad */
     uint64_t loads, failures;
 } az;
 
-static void take_sig(struct file_sig *s)
-{
-    struct stat st;
-    memset(s, 0, sizeof(*s));
-    if (stat(az.file, &st) != 0) {
-        s->err = errno;
-        return;
-    }
-    s->ok = true;
-    s->dev = st.st_dev;
-    s->ino = st.st_ino;
-    s->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
-    s->size = st.st_size;
-}
-
-static bool sig_equal(const struct file_sig *a, const struct file_sig *b)
-{
-    if (a->ok != b->ok)
-        return false;
-    if (!a->ok)
-        return a->err == b->err;
-    return a->dev == b->dev && a->ino == b->ino && a->mtime_ns == b->mtime_ns && a->size == b->size;
-}
-
 static void set_error(const char *msg)
 {
-    free(az.last_error);
-    az.last_error = msg ? cm_xstrdup(msg) : NULL;
+    if (msg != NULL)
+        cm_watch_set_error(&az.watch.files, "%s", msg);
+    else
+        cm_watch_set_error(&az.watch.files, NULL);
 }
 
 /* Read, compile and install the file. On failure the policy in force stays,
  * last_error says why, and *errmsg gets the message (caller frees). */
 static int load(const char *trigger, char **errmsg)
 {
-    take_sig(&az.sig); /* before reading: a change during the read is seen next tick */
+    cm_watch_poll(&az.watch.files); /* before reading: a change during the read is seen next tick */
     az.attempt_at_ms = cm_wall_ms();
     struct px_policy *p = NULL;
     if (px_policy_load_file(az.file, &p, errmsg) != 0) {
@@ -115,24 +79,11 @@ static int load(const char *trigger, char **errmsg)
     return 0;
 }
 
-static void on_watch(evutil_socket_t fd, short what, void *arg)
+static void on_watch(void *arg, bool gone)
 {
-    (void)fd;
-    (void)what;
     (void)arg;
-    struct file_sig s;
-    take_sig(&s);
-    if (sig_equal(&s, &az.sig))
-        return;
-    if (!s.ok) {
-        /* gone (or unreadable): keep enforcing what we have, say so once */
-        az.sig = s;
-        char msg[512];
-        snprintf(msg, sizeof(msg), "%s: %s (keeping the last good policy)", az.file,
-                 strerror(s.err));
-        set_error(msg);
+    if (gone) { /* gone (or unreadable): keep enforcing what we have; said once */
         az.failures++;
-        cm_warn("policy: %s", msg);
         return;
     }
     char *err = NULL;
@@ -146,15 +97,12 @@ int px_authz_start(const struct px_config *cfg, char **errmsg)
     if (cfg->policy_file == NULL)
         return 0;
     az.file = cm_xstrdup(cfg->policy_file);
+    const char *path = az.file;
+    px_watch_start(&az.watch, "policy", px_srv != NULL ? px_srv->base : NULL, &path, 1, on_watch,
+                   NULL);
     if (load("startup", errmsg) != 0) {
         px_authz_shutdown();
         return CM_ERR_INVAL;
-    }
-    if (px_srv != NULL && px_srv->base != NULL) {
-        az.watch = event_new(px_srv->base, -1, EV_PERSIST, on_watch, NULL);
-        struct timeval tv = {WATCH_MS / 1000, (WATCH_MS % 1000) * 1000};
-        if (az.watch != NULL)
-            evtimer_add(az.watch, &tv);
     }
     return 0;
 }
@@ -188,7 +136,8 @@ static json_t *summary(void)
     json_object_set_new(o, "deny_rules", json_integer((json_int_t)px_policy_ndeny(p)));
     json_object_set_new(o, "loaded_at", time_or_null(az.loaded_at_ms));
     json_object_set_new(o, "last_attempt_at", time_or_null(az.attempt_at_ms));
-    json_object_set_new(o, "last_error", az.last_error ? json_string(az.last_error) : json_null());
+    const char *last_error = cm_watch_last_error(&az.watch.files);
+    json_object_set_new(o, "last_error", last_error ? json_string(last_error) : json_null());
     json_object_set_new(o, "loads", json_integer((json_int_t)az.loads));
     json_object_set_new(o, "load_failures", json_integer((json_int_t)az.failures));
     json_object_set(o, "policy", px_policy_source(p));
@@ -236,11 +185,9 @@ void px_authz_shutdown(void)
         px_admin_route(px_srv->admin, PX_ADMIN_GET, "/policy", NULL, NULL);
         px_admin_route(px_srv->admin, PX_ADMIN_POST, "/policy/reload", NULL, NULL);
     }
-    if (az.watch != NULL)
-        event_free(az.watch);
+    px_watch_stop(&az.watch);
     px_policy_free(az.policy);
     free(az.file);
-    free(az.last_error);
     memset(&az, 0, sizeof(az));
     px_policy_metrics_reset();
 }

@@ -10,7 +10,6 @@
 #include <mbedtls/x509_crt.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "certs/pki.h"
 #include "common/clock.h"
@@ -22,9 +21,9 @@
 #include "proxy/caclient.h"
 #include "proxy/metrics.h"
 #include "proxy/server.h"
+#include "proxy/watch.h"
 
 #define MAX_PEM       (256 * 1024)
-#define WATCH_MS      1000  /* static files: how often to look for changes */
 #define RETRY_MIN_MS  500   /* CA retries: first backoff */
 #define RETRY_MAX_MS  30000 /* ... and the cap */
 #define MIN_ROTATE_MS 1000  /* never hammer the CA faster than this */
@@ -44,7 +43,6 @@ static struct {
     char trust_domain[PKI_SPIFFE_MAX];
     /* static */
     char *cert_file, *key_file, *bundle_file;
-    struct timespec mtimes[3];
     /* CA */
     struct cm_addr ca_addr;
     char *ca_host;        /* ca_address as configured (Host header) */
@@ -55,7 +53,6 @@ static struct {
     struct evdns_getaddrinfo_request *resolving;
     char *ca_root_file, *token_file;
     struct px_tls_conf *ca_conf; /* verifies the CA's serving cert */
-    struct stat ca_root_st;      /* ca_root as last loaded (or refused) */
     struct px_caclient *inflight;
     mbedtls_pk_context pending_key; /* the key the in-flight CSR was made for */
     bool has_pending_key;
@@ -66,8 +63,10 @@ static struct {
     char serial[72];
     int64_t not_before, not_after;
     uint64_t rotations;
-    char last_error[512];
-    struct event *timer;
+    /* static: cert, key and bundle files, on a timer; CA: ca_root, looked
+     * at before each CSR. Either way it holds last_error. */
+    struct px_watch watch;
+    struct event *timer; /* CA: the next request */
 } id;
 
 bool px_identity_configured(void)
@@ -108,8 +107,8 @@ static void arm(uint64_t ms)
 
 static void set_error(const char *fmt, const char *detail)
 {
-    snprintf(id.last_error, sizeof(id.last_error), fmt, detail);
-    cm_warn("identity %s: %s", id.spiffe_id, id.last_error);
+    cm_watch_set_error(&id.watch.files, fmt, detail);
+    cm_warn("identity %s: %s", id.spiffe_id, cm_watch_last_error(&id.watch.files));
 }
 
 /* Build both TLS snapshots from PEM and swap them in. The leaf must carry
@@ -168,7 +167,7 @@ static int install(const char *chain_pem, const char *key_pem, const char *bundl
     if (!first)
         id.rotations++;
     px_metrics.cert_expiry_timestamp = na;
-    id.last_error[0] = '\0';
+    cm_watch_set_error(&id.watch.files, NULL);
     char a[32], b[32];
     cm_info("identity %s: %s certificate serial %s valid %s .. %s", id.spiffe_id,
             first ? "holding" : "rotated to", id.serial, cm_fmt_rfc3339(nb, a, sizeof(a)),
@@ -193,23 +192,16 @@ static char *read_text(const char *path, char **errmsg)
     return s;
 }
 
-static bool same_file(const struct stat *a, const struct stat *b)
-{
-    return a->st_ino == b->st_ino && a->st_dev == b->st_dev && a->st_size == b->st_size &&
-           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
-}
-
 /* ca_root can change under a running proxy: a root rotation publishes a
  * bundle with the old and the new root (the remora-ca-root ConfigMap, whose
  * ..data swap gives the file a new inode). Before each request to the CA,
- * re-read it if it changed; a bad one is logged and the one in force kept. */
-static void refresh_ca_root(void)
+ * re-read it if it changed (px_watch_check); a bad one is logged and the one
+ * in force kept, and that version is not tried again. */
+static void on_ca_root_change(void *arg, bool gone)
 {
-    struct stat st;
-    if (id.ca_root_file == NULL || stat(id.ca_root_file, &st) != 0 ||
-        same_file(&st, &id.ca_root_st))
+    (void)arg;
+    if (gone)
         return;
-    id.ca_root_st = st; /* refused or not, try this version only once */
     char *err = NULL;
     struct px_tls_conf *conf = NULL;
     char *root = read_text(id.ca_root_file, &err);
@@ -227,23 +219,6 @@ static void refresh_ca_root(void)
 }
 
 /* ---- static files --------------------------------------------------------------------- */
-
-static bool files_changed(void)
-{
-    const char *files[3] = {id.cert_file, id.key_file, id.bundle_file};
-    bool changed = false;
-    for (int i = 0; i < 3; i++) {
-        struct stat st;
-        if (stat(files[i], &st) != 0)
-            continue;
-        if (st.st_mtim.tv_sec != id.mtimes[i].tv_sec ||
-            st.st_mtim.tv_nsec != id.mtimes[i].tv_nsec) {
-            id.mtimes[i] = st.st_mtim;
-            changed = true;
-        }
-    }
-    return changed;
-}
 
 static int load_static(char **errmsg)
 {
@@ -263,16 +238,16 @@ out:
     return rc;
 }
 
-static void on_watch(void)
+static void on_static_change(void *arg, bool gone)
 {
-    if (files_changed()) {
-        char *err = NULL;
-        if (load_static(&err) != 0) {
-            set_error("reload of static identity failed, keeping the current one: %s", err);
-            free(err);
-        }
+    (void)arg;
+    if (gone) /* the watch said so; the identity in force stays */
+        return;
+    char *err = NULL;
+    if (load_static(&err) != 0) {
+        set_error("reload of static identity failed, keeping the current one: %s", err);
+        free(err);
     }
-    arm(WATCH_MS);
 }
 
 /* ---- CA-issued ---------------------------------------------------------------------------- */
@@ -415,7 +390,7 @@ static void send_csr(void)
         set_error("cannot make a CSR: %s", err);
         goto fail;
     }
-    refresh_ca_root();
+    px_watch_check(&id.watch); /* ca_root */
     /* re-read each time: kubelet rotates the projected token */
     token = read_text(id.token_file, &err);
     if (token == NULL) {
@@ -455,10 +430,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     (void)arg;
-    if (id.mode == ID_STATIC)
-        on_watch();
-    else
-        request_cert();
+    request_cert();
 }
 
 /* ---- configuration --------------------------------------------------------------------- */
@@ -554,18 +526,16 @@ int px_identity_start(const struct px_config *cfg, char **errmsg)
         if (cm_json_get_string(&p, o, need[i], true, &v, errmsg) != 0)
             return CM_ERR_INVAL;
     }
-    id.timer = evtimer_new(px_srv->base, on_timer, NULL);
     if (has_static) {
         id.mode = ID_STATIC;
         id.cert_file = opt_path(o, "cert_file");
         id.key_file = opt_path(o, "key_file");
         id.bundle_file = opt_path(o, "bundle_file");
-        files_changed();
-        if (load_static(errmsg) != 0)
-            return CM_ERR_INVAL;
-        arm(WATCH_MS);
-        return 0;
+        const char *files[3] = {id.cert_file, id.key_file, id.bundle_file};
+        px_watch_start(&id.watch, "identity", px_srv->base, files, 3, on_static_change, NULL);
+        return load_static(errmsg) != 0 ? CM_ERR_INVAL : 0;
     }
+    id.timer = evtimer_new(px_srv->base, on_timer, NULL);
     id.mode = ID_CA;
     const char *ca = json_string_value(json_object_get(o, "ca_address"));
     if (cm_addr_parse(ca, &id.ca_addr) != 0) {
@@ -604,8 +574,8 @@ int px_identity_start(const struct px_config *cfg, char **errmsg)
     id.ca_server_name = cm_xstrdup(sn);
     id.ca_root_file = opt_path(o, "ca_root");
     id.token_file = opt_path(o, "token_file");
-    if (stat(id.ca_root_file, &id.ca_root_st) != 0)
-        memset(&id.ca_root_st, 0, sizeof(id.ca_root_st));
+    const char *root_path = id.ca_root_file;
+    px_watch_start(&id.watch, "identity", NULL, &root_path, 1, on_ca_root_change, NULL);
     char *root = read_text(id.ca_root_file, errmsg);
     if (root == NULL)
         return CM_ERR_INVAL;
@@ -642,8 +612,8 @@ static int on_certs(struct evhttp_request *req, const struct evkeyvalq *query, s
         json_object_set_new(o, "not_after", json_null());
     }
     json_object_set_new(o, "rotations", json_integer((json_int_t)id.rotations));
-    json_object_set_new(o, "last_error",
-                        id.last_error[0] ? json_string(id.last_error) : json_null());
+    const char *last_error = cm_watch_last_error(&id.watch.files);
+    json_object_set_new(o, "last_error", last_error ? json_string(last_error) : json_null());
     px_admin_reply_json(out, o);
     return 200;
 }
@@ -666,6 +636,7 @@ void px_identity_shutdown(void)
     free(id.ca_server_name);
     if (id.timer != NULL)
         event_free(id.timer);
+    px_watch_stop(&id.watch);
     px_tls_conf_unref(id.server);
     px_tls_conf_unref(id.client);
     px_tls_conf_unref(id.tcp_client);

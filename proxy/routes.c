@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/stat.h>
 
 #include "certs/pki.h"
 #include "common/clock.h"
@@ -20,8 +19,8 @@
 #include "proxy/metrics.h"
 #include "proxy/pool.h"
 #include "proxy/server.h"
+#include "proxy/watch.h"
 
-#define WATCH_MS 1000
 #define BUDGET_FLOOR                                                                               \
     10 /* retries always allowed per 10 s window: a cold start or a                                \
         * burst right after an endpoint dies must not fail requests */
@@ -32,11 +31,8 @@ static struct {
     struct px_ep_state *states; /* every endpoint address ever seen */
     uint64_t ejections_total;
     uint64_t eject_gen; /* bumped when an ejection starts: LB views rebuild */
-    char last_error[512];
     int64_t loaded_at;
-    struct stat st;
-    bool have_st;
-    struct event *timer;
+    struct px_watch watch; /* routes_file, and the last failed load */
 } R;
 
 /* ---- endpoint state ------------------------------------------------------------ */
@@ -904,7 +900,7 @@ static int load(char **errmsg)
     px_routes_unref(R.cur);
     R.cur = r;
     R.loaded_at = cm_wall_s();
-    R.last_error[0] = '\0';
+    cm_watch_set_error(&R.watch.files, NULL);
     cm_info("routes: loaded %zu routes from %s", r->n, R.file);
     return 0;
 }
@@ -915,7 +911,7 @@ int px_routes_reload(char **errmsg)
         return 0;
     char *e = NULL;
     if (load(&e) != 0) {
-        snprintf(R.last_error, sizeof(R.last_error), "%s", e);
+        cm_watch_set_error(&R.watch.files, "%s", e);
         cm_warn("routes: reload failed, keeping the last good routes: %s", e);
         if (errmsg != NULL)
             *errmsg = e;
@@ -926,28 +922,11 @@ int px_routes_reload(char **errmsg)
     return 0;
 }
 
-static bool changed(void)
+static void on_watch(void *arg, bool gone)
 {
-    struct stat st;
-    if (stat(R.file, &st) != 0)
-        return false;
-    bool diff = !R.have_st || st.st_ino != R.st.st_ino || st.st_dev != R.st.st_dev ||
-                st.st_size != R.st.st_size || st.st_mtim.tv_sec != R.st.st_mtim.tv_sec ||
-                st.st_mtim.tv_nsec != R.st.st_mtim.tv_nsec;
-    R.st = st;
-    R.have_st = true;
-    return diff;
-}
-
-static void on_watch(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
     (void)arg;
-    if (changed())
+    if (!gone) /* gone: the watch said so; the routes in force stay */
         px_routes_reload(NULL);
-    struct timeval tv = {WATCH_MS / 1000, (WATCH_MS % 1000) * 1000};
-    evtimer_add(R.timer, &tv);
 }
 
 int px_routes_start(const struct px_config *cfg, char **errmsg)
@@ -956,19 +935,16 @@ int px_routes_start(const struct px_config *cfg, char **errmsg)
         return 0;
     px_metrics_register(px_routes_write_prometheus);
     R.file = cm_xstrdup(cfg->routes_file);
-    changed();
+    const char *path = R.file;
+    px_watch_start(&R.watch, "routes", px_srv->base, &path, 1, on_watch, NULL);
     if (load(errmsg) != 0)
         return CM_ERR_INVAL;
-    R.timer = evtimer_new(px_srv->base, on_watch, NULL);
-    struct timeval tv = {WATCH_MS / 1000, (WATCH_MS % 1000) * 1000};
-    evtimer_add(R.timer, &tv);
     return 0;
 }
 
 void px_routes_shutdown(void)
 {
-    if (R.timer != NULL)
-        event_free(R.timer);
+    px_watch_stop(&R.watch);
     px_routes_unref(R.cur);
     while (R.states != NULL) {
         struct px_ep_state *n = R.states->next;
@@ -1062,7 +1038,8 @@ static int on_clusters(struct evhttp_request *req, const struct evkeyvalq *q, st
     json_object_set_new(o, "loaded_at",
                         R.loaded_at ? json_string(cm_fmt_rfc3339(R.loaded_at, ts, sizeof(ts)))
                                     : json_null());
-    json_object_set_new(o, "last_error", R.last_error[0] ? json_string(R.last_error) : json_null());
+    const char *last_error = cm_watch_last_error(&R.watch.files);
+    json_object_set_new(o, "last_error", last_error ? json_string(last_error) : json_null());
     json_object_set_new(o, "ejections_total", json_integer((json_int_t)R.ejections_total));
     json_object_set_new(o, "routes", routes);
     /* every upstream address with connections, waiters or a recent

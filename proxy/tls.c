@@ -164,6 +164,12 @@ int px_tls_conf_new(enum px_tls_role role, const char *chain_pem, const char *ke
                          errmsg) != 0 ||
         conf_defaults(c, errmsg) != 0)
         goto fail;
+    if (mbedtls_pk_check_pair(&c->own.pk, &c->key) != 0) {
+        /* a rotation caught half-way (new key, old certificate): refused,
+         * the pair in force stays and the next change is tried again */
+        *errmsg = cm_xstrdup("the key does not match the certificate");
+        goto fail;
+    }
     c->has_own = true;
     c->check_spiffe = true;
     snprintf(c->trust_domain, sizeof(c->trust_domain), "%s", trust_domain);

@@ -360,7 +360,8 @@ expect_eq "the changed JWKS is picked up within ~1 s (new key accepted)" "$ok" 1
 sign "$W" -H "$(bearer "$(tok)")"
 expect_eq "... and the old key still verifies" "$CODE" 200
 echo '{"keys": [' >"$TMP/jwks.new" && mv "$TMP/jwks.new" "$TMP/jwks.json"
-sleep 1.2
+jwks_refused() { grep -q 'JWKS not reloaded' "$TMP/injector-1.log"; }
+wait_until 10 jwks_refused
 sign "$W" -H "$(bearer "$(tok2 --kid rsa-2)")"
 expect_eq "a broken JWKS file keeps the keys in force" "$CODE" 200
 m=$(curl -s --cacert "$D/wh.pem" --resolve "$SVC:$WH:127.0.0.1" "https://$SVC:$WH/metrics")

@@ -4,6 +4,7 @@
 # x-forwarded-client-cert, refusals (plaintext, no cert, foreign trust domain,
 # unknown root), session resumption, and certificate rotation under load.
 source "$(dirname "$0")/../lib.sh"
+export REMORA_WATCH_MS=100 # the static identity files are looked at every 100 ms
 CERTS=$REMORA_ROOT/$REMORA_BUILD/remora-certs
 D=$TMP/pki; mkdir -p "$D"
 "$CERTS" root --out-cert "$D/root.pem" --out-key "$D/root-key.pem" --cn "mesh root" || exit 1
@@ -184,8 +185,8 @@ expect_match "traffic flows after rotation" "$out" '"path":"/after"'
 
 # -- broken new files keep the old identity --------------------------------------------------------
 echo "garbage" >"$D/b.pem"
-sleep 1.5
-c=$(curl -s "http://127.0.0.1:$B_ADMIN/certs")
+certs_error() { c=$(curl -s "http://127.0.0.1:$B_ADMIN/certs"); [[ $(jq -r .last_error <<<"$c") != null ]]; }
+wait_until 10 certs_error
 expect_match "a bad certificate file is reported" "$(jq -r .last_error <<<"$c")" 'keeping the current one'
 expect_eq "... and the old certificate stays ready" "$(jq -r .ready <<<"$c")" true
 out=$(curl -s "http://127.0.0.1:$A_OUT/still")

@@ -10,10 +10,13 @@
 # ..data -> ..<timestamp>). The app is a small Python server that logs every request it gets,
 # so "a denied request never reaches the app" is checked against that log.
 #
-# Reloads are checked one path at a time. POST /policy/reload and SIGHUP are tested with edits
-# the file watch cannot see (same inode, same size, mtime put back), so only the path under
-# test can load them; the watch is then tested with the ConfigMap `..data` swap.
+# Reloads are checked one path at a time. The watch sees every change (common/watch.h: inode,
+# size, mtime and ctime), even an in-place edit with the mtime put back; POST /policy/reload
+# and SIGHUP prove their own load by what they answer or log (the rule count of the new file),
+# whatever the watch did meanwhile. The watch looks every $REMORA_WATCH_MS (100 ms here), and
+# waits are bounded polls of GET /policy.
 source "$(dirname "$0")/../lib.sh"
+export REMORA_WATCH_MS=100
 CERTS=$REMORA_ROOT/$REMORA_BUILD/remora-certs
 D=$TMP/pki; mkdir -p "$D"
 "$CERTS" root --out-cert "$D/root.pem" --out-key "$D/root-key.pem" --cn "mesh root" >/dev/null || exit 1
@@ -82,12 +85,12 @@ cm_publish() {
     ln -sfn "$dir" "$CM/..data_tmp"
     mv -T "$CM/..data_tmp" "$CM/..data"
 }
-# edit_unseen NAME: overwrite the file in force in place (same inode) with $TMP/NAME.json,
-# which must have the same size, and put the mtime back: invisible to the file watch.
-edit_unseen() {
+# edit_in_place NAME: overwrite the file in force in place (same inode) with $TMP/NAME.json,
+# which must have the same size, and put the mtime back: only ctime tells it changed.
+edit_in_place() {
     local target
     target=$(readlink -f "$CM/policy.json")
-    [[ $(stat -c %s "$target") == $(stat -c %s "$TMP/$1.json") ]] || { fail "edit_unseen $1: sizes differ"; return 1; }
+    [[ $(stat -c %s "$target") == $(stat -c %s "$TMP/$1.json") ]] || { fail "edit_in_place $1: sizes differ"; return 1; }
     touch -r "$target" "$TMP/stamp"
     cat "$TMP/$1.json" >"$target"
     touch -r "$TMP/stamp" "$target"
@@ -205,6 +208,8 @@ rule_body() { echo "^RBAC: access denied by rule $1\$"; }
 DEFAULT_BODY='^RBAC: access denied by default$'
 metric() { curl -s "http://127.0.0.1:$B_ADMIN/metrics" | awk -v k="$1" '$1 == k {print $2}'; }
 policy() { curl -s "http://127.0.0.1:$B_ADMIN/policy"; }
+# policy_is JQ-EXPR VALUE: GET /policy's JQ-EXPR is VALUE now (for wait_until)
+policy_is() { [[ $(jq -r "$1" <<<"$(policy)") == "$2" ]]; }
 
 # ---- decisions per principal / namespace / method / path / header --------------------------------
 call "frontend GET /api/items (h1 app -> h2 mTLS hop)" 200 '"path": "/api/items"' "$FE_OUT/api/items"
@@ -302,7 +307,7 @@ expect_match "GET /policy: loaded_at" "$(jq -r .loaded_at <<<"$p")" '^20[0-9]{2}
 expect_eq "GET /policy: last_error" "$(jq -r .last_error <<<"$p")" null
 
 # ---- POST /policy/reload ---------------------------------------------------------------------------------
-# same rules plus one more, same size as the file in force, edited where the watch cannot see it
+# same rules plus one more, same size as the file in force, edited in place
 SIZE=4096 # every variant edited in place is padded to this size
 jq -c '.rules += [{"name": "reload-probe", "action": "allow", "to": {"paths": ["/probe/post"]}}]' \
     "$TMP/main.json" >"$TMP/post.json"
@@ -311,17 +316,19 @@ jq -c '.' "$TMP/main.json" >"$TMP/main-c.json"
 pad main-c $SIZE
 # the file in force must be the padded compact one first (a watch reload, then quiet)
 cm_publish main-c
-for _ in $(seq 50); do [[ $(jq -r .loads <<<"$(policy)") -ge 2 ]] && break; sleep 0.1; done
+wait_until 10 policy_is .loads 2
 expect_eq "watch: picked up the re-published (equivalent) file" "$(jq -r .loads <<<"$(policy)")" 2
-edit_unseen post
-sleep 1.5
-call "an unseen edit is not in force before the reload" 403 "$DEFAULT_BODY" "$(deny_url "$PLAIN/probe/post")"
+edit_in_place post
+check "watch: an in-place edit of the same size with the mtime put back is seen (ctime)" \
+    wait_until 10 policy_is .rules 7
 r=$(curl -s -w ' %{http_code}' -X POST "http://127.0.0.1:$B_ADMIN/policy/reload")
-expect_match "POST /policy/reload: 200 with the new summary" "$r" '"rules": 7.* 200$'
+expect_match "POST /policy/reload: 200 with the summary of what it read" "$r" '"rules": 7.* 200$'
+expect_match "... its own load, logged" "$(cat "$TMP/b.log")" \
+    "policy: POST /policy/reload: loaded $CM/policy.json: 7 rules"
 call "... and the new rule is in force" 200 '"path": "/probe/post"' "$PLAIN/probe/post"
 jq -c '.rules[0].from = {"principalz": ["*"]}' "$TMP/post.json" >"$TMP/post-bad.json"
 pad post-bad $SIZE
-edit_unseen post-bad
+edit_in_place post-bad
 r=$(curl -s -w ' %{http_code}' -X POST "http://127.0.0.1:$B_ADMIN/policy/reload")
 expect_match "POST /policy/reload with a bad file: 400 naming file and key" "$r" \
     "\"error\": \"$CM/policy.json: rules\[0\]\.from\.principalz: unknown key\".* 400$"
@@ -335,18 +342,20 @@ call "... deny rules too" 403 "$(rule_body admin-only-from-ops)" "$(deny_url "$P
 jq -c '.rules += [{"name": "reload-probe", "action": "allow", "to": {"paths": ["/probe/hup"]}}]' \
     "$TMP/main.json" >"$TMP/hup.json"
 pad hup $SIZE
-edit_unseen hup
-sleep 1.5
-call "unseen edit: still the old rule before SIGHUP" 403 "$DEFAULT_BODY" "$(deny_url "$PLAIN/probe/hup")"
+edit_in_place hup
+wait_until 10 policy_is .last_error null # the watch may load it first: SIGHUP must load it anyway
+hups() { grep -c "policy: reload: loaded $CM/policy.json: 7 rules" "$TMP/b.log"; }
+h0=$(hups)
 kill -HUP "$BPID"
-for _ in $(seq 50); do [[ $(jq -r .last_error <<<"$(policy)") == null ]] && break; sleep 0.1; done
+hup_loaded() { (($(hups) > h0)); }
+check "SIGHUP: reloads the file itself (logged with its 7 rules)" wait_until 10 hup_loaded
 call "SIGHUP: the new rule is in force" 200 '"path": "/probe/hup"' "$PLAIN/probe/hup"
 call "SIGHUP: the rule it replaced is gone" 403 "$DEFAULT_BODY" "$(deny_url "$PLAIN/probe/post")"
-edit_unseen post-bad
+edit_in_place post-bad
 kill -HUP "$BPID"
-for _ in $(seq 50); do [[ $(jq -r .last_error <<<"$(policy)") != null ]] && break; sleep 0.1; done
+hup_failed() { grep -q 'SIGHUP: policy reload failed, keeping the last good policy' "$TMP/b.log"; }
+check "SIGHUP with a bad file: logged" wait_until 10 hup_failed
 expect_match "SIGHUP with a bad file: last_error" "$(jq -r .last_error <<<"$(policy)")" 'principalz: unknown key'
-expect_match "SIGHUP with a bad file: logged" "$(cat "$TMP/b.log")" 'SIGHUP: policy reload failed, keeping the last good policy'
 call "SIGHUP with a bad file: the last good policy stays" 200 '"path": "/probe/hup"' "$PLAIN/probe/hup"
 check "B survived the signals" alive "$BPID"
 
@@ -372,13 +381,13 @@ expect_match "a bad ..data swap: logged" "$(cat "$TMP/b.log")" 'reload after a f
 
 # ---- requests in flight finish under the policy they started with --------------------------------------------
 cm_publish main
-sleep 1.5
+wait_until 10 policy_is '[.rules, .last_error] | join(" ")' "6 "
 curl -s -m 10 -o "$TMP/slow.out" -w '%{http_code}' "$FE_OUT/slow" >"$TMP/slow.code" &
 slowpid=$!
 sleep 0.3
 echo '{"default": "deny"}' >"$TMP/deny-all.json"
 cm_publish deny-all
-sleep 1.5
+wait_until 10 policy_is '[.rules, .default] | join(" ")' "0 deny"
 call "deny-all is in force" 403 "$DEFAULT_BODY" "$(deny_url "$FE_OUT/api/items")"
 wait $slowpid
 expect_eq "a request admitted before the swap finished 200" "$(cat "$TMP/slow.code")" 200

@@ -3,6 +3,7 @@
 # ejection and multi-cluster failover, with several test upstreams and a
 # delaying relay standing in for a remote cluster.
 source "$(dirname "$0")/../lib.sh"
+export REMORA_WATCH_MS=100 # routes_file is looked at every 100 ms
 RELAY="python3 $REMORA_ROOT/test/tools/delay_relay.py"
 
 # upstream NAME -> sets port var NAME_PORT and pid var NAME_PID
@@ -206,6 +207,15 @@ kill -HUP "$PROXY_PID"
 no_error() { [[ $(curl -s "http://127.0.0.1:$ADMIN_PORT/clusters" | jq -r .last_error) == null ]]; }
 wait_until 10 no_error
 expect_eq "SIGHUP reloads the routes" "$(curl -s "http://127.0.0.1:$ADMIN_PORT/clusters" | jq -r .last_error)" null
+# a routes file that goes away is reported once and the routes in force stay; its return is loaded
+mv "$TMP/routes.json" "$TMP/routes.away"
+gone_error() { [[ $(curl -s "http://127.0.0.1:$ADMIN_PORT/clusters" | jq -r .last_error) == *"No such file or directory (keeping the last good routes)" ]]; }
+check "a deleted routes file: last_error says so" wait_until 10 gone_error
+expect_eq "... logged once" "$(grep -c 'routes: .*routes.json: No such file or directory (keeping the last good routes)' "$TMP/proxy.log")" 1
+out=$(curl -s -w ' %{http_code}' -H 'Host: svc.shop.svc.cluster.local' "$U/gone")
+expect_match "... and the routes in force still serve" "$out" ' 200$'
+mv "$TMP/routes.away" "$TMP/routes.json"
+check "... and when it comes back it is loaded (last_error cleared)" wait_until 10 no_error
 m=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics")
 expect_match "per-endpoint outcomes in /metrics" "$m" 'remora_endpoint_requests_total\{endpoint="127.0.0.1:[0-9]+",outcome="connect_failure"\} [1-9]'
 expect_match "ejections in /metrics" "$m" 'remora_outlier_ejections_total [1-9]'
