@@ -153,8 +153,8 @@ static bool rule_match(const struct rule *r, const struct px_policy_view *v)
 }
 
 /* The first rule of `list` that matches, if it comes before *best. */
-static void scan(const struct px_policy *p, const uint32_t *list, uint32_t n, const struct px_policy_view *v,
-                 uint32_t *best)
+static void scan(const struct px_policy *p, const uint32_t *list, uint32_t n,
+                 const struct px_policy_view *v, uint32_t *best)
 {
     for (uint32_t i = 0; i < n && list[i] < *best; i++) {
         if (rule_match(&p->rules[list[i]], v)) {
@@ -173,7 +173,8 @@ static void scan_bucket(const struct px_policy *p, const struct table *t, const 
 }
 
 /* The first rule of this index (in file order) that matches, or -1. */
-static int64_t find(const struct px_policy *p, const struct index *ix, const struct px_policy_view *v)
+static int64_t find(const struct px_policy *p, const struct index *ix,
+                    const struct px_policy_view *v)
 {
     uint32_t best = UINT32_MAX;
     scan(p, ix->generic, ix->ngeneric, v, &best);
@@ -254,7 +255,7 @@ static bool underscore_clash(const struct px_policy *p, const struct px_msg *m)
 }
 
 int px_policy_prepare(const struct px_policy *p, const struct px_policy_request *r, char *scratch,
-                   size_t scratch_len, struct px_policy_view *v, struct px_policy_decision *d)
+                      size_t scratch_len, struct px_policy_view *v, struct px_policy_decision *d)
 {
     const struct px_msg *m = r->tcp ? NULL : r->req;
     memset(v, 0, sizeof(*v));
@@ -303,7 +304,7 @@ int px_policy_prepare(const struct px_policy *p, const struct px_policy_request 
 }
 
 void px_policy_conclude(const struct px_policy *p, int64_t deny, int64_t allow,
-                     struct px_policy_decision *d)
+                        struct px_policy_decision *d)
 {
     if (deny >= 0) {
         d->verdict = PX_POLICY_DENY;

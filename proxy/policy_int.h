@@ -254,7 +254,8 @@ static inline uint64_t fnv_extend_rev(uint64_t h, const char *s, size_t n)
 /* The key under which a header condition is filed and looked up. */
 #define AUTHORITY_KEY ":authority"
 
-static inline const struct bucket *table_get(const struct table *t, const char *k, size_t n, uint64_t h)
+static inline const struct bucket *table_get(const struct table *t, const char *k, size_t n,
+                                             uint64_t h)
 {
     if (t->nkeys == 0)
         return NULL;
@@ -287,7 +288,8 @@ static inline bool name_eq_mapped(const char *a, const char *b, size_t n)
 }
 
 /* Is a key of t equal to s[0..n) (with '_' read as '-' when `mapped`)? */
-static inline bool table_has(const struct table *t, const char *s, size_t n, uint64_t h, bool mapped)
+static inline bool table_has(const struct table *t, const char *s, size_t n, uint64_t h,
+                             bool mapped)
 {
     if (t->nkeys == 0)
         return false;

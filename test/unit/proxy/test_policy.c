@@ -1,6 +1,6 @@
-/* Unit tests of the policy engine (proxy/policy_*.c, pathnorm.c), table-driven from test/data/policy/ (found
- * under $REMORA_ROOT or the current directory). A new case is a new line in a
- * data file, or a new file:
+/* Unit tests of the policy engine (proxy/policy_*.c, pathnorm.c), table-driven from
+ * test/data/policy/ (found under $REMORA_ROOT or the current directory). A new case is a new line
+ * in a data file, or a new file:
  *
  *   cases-*.json   {"policy": {...}, "peers": {"fe": "spiffe://..."},
  *                   "defaults": {"peer": "fe", "method": "GET", "path": "/", "port": 8080},
