@@ -1,8 +1,8 @@
 /* The test oracle of the policy engine: px_policy_decide without the index, a
  * plain scan of the rules in file order. The index must find the same rule
- * (docs/policy.md "Performance"), so test_policy.c, fuzz_policy.c and
- * fuzz_policy_decide.c hold the two to the same answer. Shared by those three;
- * not part of the proxy. */
+ * (docs/policy.md "Performance"), so test_policy.c and the fuzzers
+ * fuzz_policy.c, fuzz_policy_decide.c and fuzz_detect_tcp.c hold the two to the
+ * same answer. Shared by those; not part of the proxy. */
 #ifndef TEST_POLICY_ORACLE_H
 #define TEST_POLICY_ORACLE_H
 
