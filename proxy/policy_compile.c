@@ -235,10 +235,11 @@ static int compile_pattern(struct px_policy *p, const struct cm_jpath *jp, json_
     return 0;
 }
 
-/* Optional list member: absent leaves *out NULL; present must be a non-empty
- * array of at most PX_POLICY_MAX_LIST entries. */
-static int get_list(const struct cm_jpath *parent, json_t *obj, const char *key,
-                    struct cm_jpath *lp, json_t **out, char **errmsg)
+/* A rule's optional condition list: absent leaves *out NULL; present must be a
+ * non-empty array of at most PX_POLICY_MAX_LIST entries, and gives the rule the
+ * condition `bit`. */
+static int get_list(const struct cm_jpath *parent, json_t *obj, const char *key, struct rule *r,
+                    uint32_t bit, struct cm_jpath *lp, json_t **out, char **errmsg)
 {
     *out = NULL;
     int rc = cm_json_get_child(parent, obj, key, false, JSON_ARRAY, out, errmsg);
@@ -250,6 +251,7 @@ static int get_list(const struct cm_jpath *parent, json_t *obj, const char *key,
         return cm_json_fail(lp, errmsg, "empty list (omit the key, or give at least one entry)");
     if (n > PX_POLICY_MAX_LIST)
         return cm_json_fail(lp, errmsg, "more than %d entries", PX_POLICY_MAX_LIST);
+    r->conds |= bit;
     return 0;
 }
 
@@ -276,11 +278,9 @@ static int opt_plist(struct px_policy *p, const struct cm_jpath *parent, json_t 
 {
     struct cm_jpath lp;
     json_t *arr;
-    if (get_list(parent, obj, key, &lp, &arr, errmsg) != 0)
-        return CM_ERR_INVAL;
-    if (arr == NULL)
-        return 0;
-    r->conds |= bit;
+    int rc = get_list(parent, obj, key, r, bit, &lp, &arr, errmsg);
+    if (rc != 0 || arr == NULL)
+        return rc;
     return compile_plist(p, &lp, arr, use, out, errmsg);
 }
 
@@ -289,11 +289,9 @@ static int opt_methods(const struct cm_jpath *parent, json_t *obj, const char *k
 {
     struct cm_jpath lp;
     json_t *arr;
-    if (get_list(parent, obj, key, &lp, &arr, errmsg) != 0)
-        return CM_ERR_INVAL;
-    if (arr == NULL)
-        return 0;
-    r->conds |= bit;
+    int rc = get_list(parent, obj, key, r, bit, &lp, &arr, errmsg);
+    if (rc != 0 || arr == NULL)
+        return rc;
     for (size_t i = 0; i < json_array_size(arr); i++) {
         struct cm_jpath ep;
         cm_jpath_index(&ep, &lp, i);
@@ -322,11 +320,9 @@ static int opt_ports(struct px_policy *p, const struct cm_jpath *parent, json_t 
 {
     struct cm_jpath lp;
     json_t *arr;
-    if (get_list(parent, obj, key, &lp, &arr, errmsg) != 0)
-        return CM_ERR_INVAL;
-    if (arr == NULL)
-        return 0;
-    r->conds |= bit;
+    int rc = get_list(parent, obj, key, r, bit, &lp, &arr, errmsg);
+    if (rc != 0 || arr == NULL)
+        return rc;
     size_t n = json_array_size(arr);
     out->v = px_arena_alloc(&p->arena, n * sizeof(*out->v));
     for (size_t i = 0; i < n; i++) {
@@ -361,11 +357,9 @@ static int opt_cidrs(struct px_policy *p, const struct cm_jpath *parent, json_t 
 {
     struct cm_jpath lp;
     json_t *arr;
-    if (get_list(parent, obj, key, &lp, &arr, errmsg) != 0)
-        return CM_ERR_INVAL;
-    if (arr == NULL)
-        return 0;
-    r->conds |= bit;
+    int rc = get_list(parent, obj, key, r, bit, &lp, &arr, errmsg);
+    if (rc != 0 || arr == NULL)
+        return rc;
     size_t n = json_array_size(arr);
     out->v = px_arena_alloc(&p->arena, n * sizeof(*out->v));
     out->n = 0;

@@ -167,7 +167,7 @@ static void scan(const struct px_policy *p, const uint32_t *list, uint32_t n,
 static void scan_bucket(const struct px_policy *p, const struct table *t, const char *k, size_t n,
                         uint64_t h, const struct px_policy_view *v, uint32_t *best)
 {
-    const struct bucket *b = table_get(t, k, n, h);
+    const struct bucket *b = table_get(t, k, n, h, false);
     if (b != NULL)
         scan(p, b->rules, b->n, v, best);
 }
@@ -247,8 +247,8 @@ static bool underscore_clash(const struct px_policy *p, const struct px_msg *m)
         if (!us && !(p->hdr_underscore && memchr(x->name, '-', x->namelen) != NULL))
             continue;
         uint64_t h = name_hash(x->name, x->namelen);
-        if (table_has(&p->hdr_mapped, x->name, x->namelen, h, true) &&
-            !table_has(&p->hdr_exact, x->name, x->namelen, h, false))
+        if (table_get(&p->hdr_mapped, x->name, x->namelen, h, true) != NULL &&
+            table_get(&p->hdr_exact, x->name, x->namelen, h, false) == NULL)
             return true;
     }
     return false;

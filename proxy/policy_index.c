@@ -247,9 +247,9 @@ static void header_names_build(struct px_policy *p)
             if (h->authority)
                 continue;
             uint64_t hash = name_hash(h->name, h->namelen);
-            if (!table_has(&p->hdr_exact, h->name, h->namelen, hash, false))
+            if (table_get(&p->hdr_exact, h->name, h->namelen, hash, false) == NULL)
                 table_file_key(&p->hdr_exact, h->name, h->namelen, hash, 0, 0);
-            if (!table_has(&p->hdr_mapped, h->name, h->namelen, hash, true))
+            if (table_get(&p->hdr_mapped, h->name, h->namelen, hash, true) == NULL)
                 table_file_key(&p->hdr_mapped, h->name, h->namelen, hash, 0, 0);
             if (memchr(h->name, '_', h->namelen) != NULL)
                 p->hdr_underscore = true;

@@ -254,20 +254,6 @@ static inline uint64_t fnv_extend_rev(uint64_t h, const char *s, size_t n)
 /* The key under which a header condition is filed and looked up. */
 #define AUTHORITY_KEY ":authority"
 
-static inline const struct bucket *table_get(const struct table *t, const char *k, size_t n,
-                                             uint64_t h)
-{
-    if (t->nkeys == 0)
-        return NULL;
-    for (uint32_t i = (uint32_t)h & t->mask;; i = (i + 1) & t->mask) {
-        const struct bucket *b = &t->b[i];
-        if (b->key == NULL)
-            return NULL;
-        if (b->hash == h && b->len == n && memcmp(b->key, k, n) == 0)
-            return b;
-    }
-}
-
 /* '_' read as '-': how CGI/WSGI (HTTP_X_DEBUG) see a header name. */
 static inline uint64_t name_hash(const char *s, size_t n)
 {
@@ -287,19 +273,20 @@ static inline bool name_eq_mapped(const char *a, const char *b, size_t n)
     return true;
 }
 
-/* Is a key of t equal to s[0..n) (with '_' read as '-' when `mapped`)? */
-static inline bool table_has(const struct table *t, const char *s, size_t n, uint64_t h,
-                             bool mapped)
+/* The bucket of t whose key equals k[0..n) (with '_' read as '-' when `mapped`),
+ * or NULL. */
+static inline const struct bucket *table_get(const struct table *t, const char *k, size_t n,
+                                             uint64_t h, bool mapped)
 {
     if (t->nkeys == 0)
-        return false;
+        return NULL;
     for (uint32_t i = (uint32_t)h & t->mask;; i = (i + 1) & t->mask) {
         const struct bucket *b = &t->b[i];
         if (b->key == NULL)
-            return false;
+            return NULL;
         if (b->hash == h && b->len == n &&
-            (mapped ? name_eq_mapped(b->key, s, n) : memcmp(b->key, s, n) == 0))
-            return true;
+            (mapped ? name_eq_mapped(b->key, k, n) : memcmp(b->key, k, n) == 0))
+            return b;
     }
 }
 
