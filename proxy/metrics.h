@@ -66,11 +66,11 @@ struct evbuffer;
 void px_metrics_write_prometheus(struct evbuffer *out);
 /* Write /stats JSON. */
 void px_metrics_write_json(struct evbuffer *out);
-/* Other modules export their own series (routes: per-endpoint outcomes; policy:
- * denials by rule) without metrics.c depending on them: a registered writer
- * appends Prometheus text to /metrics, a registered JSON writer adds its keys to
- * the /stats object. Written in the order registered, after the proxy's own
- * counters. At most 8 in all; registering a writer twice is a no-op. */
+/* Other modules export their own series (pool: circuit breakers; routes:
+ * per-endpoint outcomes; policy: denials by rule) without metrics.c depending on
+ * them: a registered writer appends Prometheus text to /metrics, a registered
+ * JSON writer adds its keys to the /stats object, in the order registered. At
+ * most 8 in all; registering a writer twice is a no-op. */
 typedef void (*px_metrics_writer)(struct evbuffer *out);
 typedef void (*px_metrics_json_writer)(json_t *stats);
 void px_metrics_register(px_metrics_writer fn);
