@@ -255,20 +255,59 @@ static int get_list(const struct cm_jpath *parent, json_t *obj, const char *key,
     return 0;
 }
 
+/* Compiles one entry of a list (v, at ep) into *slot; `use` is an enum pat_use
+ * for patterns. */
+typedef int (*entry_fn)(struct px_policy *p, const struct cm_jpath *ep, json_t *v, enum pat_use use,
+                        void *slot, char **errmsg);
+
+/* Each entry of arr (at lp) compiled by `entry` into an array of `size`-byte
+ * slots in p's arena: *v, and *n entries. */
+static int each_entry(struct px_policy *p, const struct cm_jpath *lp, json_t *arr, size_t size,
+                      entry_fn entry, enum pat_use use, void **v, uint32_t *n, char **errmsg)
+{
+    size_t len = json_array_size(arr);
+    char *mem = px_arena_alloc(&p->arena, len * size);
+    *v = mem;
+    *n = 0;
+    for (size_t i = 0; i < len; i++) {
+        struct cm_jpath ep;
+        cm_jpath_index(&ep, lp, i);
+        if (entry(p, &ep, json_array_get(arr, i), use, mem + i * size, errmsg) != 0)
+            return CM_ERR_INVAL;
+        (*n)++;
+    }
+    return 0;
+}
+
+/* A rule's optional condition list under `key` of obj (get_list), compiled by
+ * each_entry; *v NULL and *n 0 when absent. */
+static int opt_entries(struct px_policy *p, const struct cm_jpath *parent, json_t *obj,
+                       const char *key, struct rule *r, uint32_t bit, size_t size, entry_fn entry,
+                       enum pat_use use, void **v, uint32_t *n, char **errmsg)
+{
+    struct cm_jpath lp;
+    json_t *arr;
+    *v = NULL;
+    *n = 0;
+    int rc = get_list(parent, obj, key, r, bit, &lp, &arr, errmsg);
+    if (rc != 0 || arr == NULL)
+        return rc;
+    return each_entry(p, &lp, arr, size, entry, use, v, n, errmsg);
+}
+
+static int pattern_entry(struct px_policy *p, const struct cm_jpath *ep, json_t *v,
+                         enum pat_use use, void *slot, char **errmsg)
+{
+    return compile_pattern(p, ep, v, use, slot, errmsg);
+}
+
 static int compile_plist(struct px_policy *p, const struct cm_jpath *lp, json_t *arr,
                          enum pat_use use, struct plist *out, char **errmsg)
 {
-    size_t n = json_array_size(arr);
-    out->v = px_arena_alloc(&p->arena, n * sizeof(*out->v));
-    out->n = 0;
-    for (size_t i = 0; i < n; i++) {
-        struct cm_jpath ep;
-        cm_jpath_index(&ep, lp, i);
-        if (compile_pattern(p, &ep, json_array_get(arr, i), use, &out->v[i], errmsg) != 0)
-            return CM_ERR_INVAL;
-        out->n++;
-    }
-    return 0;
+    void *v;
+    int rc = each_entry(p, lp, arr, sizeof(*out->v), pattern_entry, use, &v, &out->n, errmsg);
+    out->v = v;
+    return rc;
 }
 
 /* A list of patterns under `key` of obj, if present: sets `bit` in r->conds. */
@@ -276,12 +315,11 @@ static int opt_plist(struct px_policy *p, const struct cm_jpath *parent, json_t 
                      const char *key, enum pat_use use, struct plist *out, struct rule *r,
                      uint32_t bit, char **errmsg)
 {
-    struct cm_jpath lp;
-    json_t *arr;
-    int rc = get_list(parent, obj, key, r, bit, &lp, &arr, errmsg);
-    if (rc != 0 || arr == NULL)
-        return rc;
-    return compile_plist(p, &lp, arr, use, out, errmsg);
+    void *v;
+    int rc = opt_entries(p, parent, obj, key, r, bit, sizeof(*out->v), pattern_entry, use, &v,
+                         &out->n, errmsg);
+    out->v = v;
+    return rc;
 }
 
 static int opt_methods(const struct cm_jpath *parent, json_t *obj, const char *key, uint32_t *mask,
@@ -314,40 +352,58 @@ static int cmp_u16(const void *a, const void *b)
     return (int)*(const uint16_t *)a - (int)*(const uint16_t *)b;
 }
 
+static int port_entry(struct px_policy *p, const struct cm_jpath *ep, json_t *v, enum pat_use use,
+                      void *slot, char **errmsg)
+{
+    (void)p;
+    (void)use;
+    long long port = -1;
+    if (json_is_integer(v)) {
+        port = json_integer_value(v);
+    } else if (json_is_string(v)) { /* Istio writes ports as strings */
+        const char *s = json_string_value(v);
+        size_t sl = json_string_length(v);
+        if (sl > 0 && sl <= 5 && strspn(s, "0123456789") == sl)
+            port = strtoll(s, NULL, 10);
+    }
+    if (port < 1 || port > 65535)
+        return cm_json_fail(ep, errmsg, "expected a port number 1-65535");
+    *(uint16_t *)slot = (uint16_t)port;
+    return 0;
+}
+
 static int opt_ports(struct px_policy *p, const struct cm_jpath *parent, json_t *obj,
                      const char *key, struct portset *out, struct rule *r, uint32_t bit,
                      char **errmsg)
 {
-    struct cm_jpath lp;
-    json_t *arr;
-    int rc = get_list(parent, obj, key, r, bit, &lp, &arr, errmsg);
-    if (rc != 0 || arr == NULL)
+    void *v;
+    int rc = opt_entries(p, parent, obj, key, r, bit, sizeof(*out->v), port_entry, USE_PATH, &v,
+                         &out->n, errmsg);
+    out->v = v;
+    if (rc != 0 || out->n == 0)
         return rc;
-    size_t n = json_array_size(arr);
-    out->v = px_arena_alloc(&p->arena, n * sizeof(*out->v));
-    for (size_t i = 0; i < n; i++) {
-        struct cm_jpath ep;
-        cm_jpath_index(&ep, &lp, i);
-        json_t *v = json_array_get(arr, i);
-        long long port = -1;
-        if (json_is_integer(v)) {
-            port = json_integer_value(v);
-        } else if (json_is_string(v)) { /* Istio writes ports as strings */
-            const char *s = json_string_value(v);
-            size_t sl = json_string_length(v);
-            if (sl > 0 && sl <= 5 && strspn(s, "0123456789") == sl)
-                port = strtoll(s, NULL, 10);
-        }
-        if (port < 1 || port > 65535)
-            return cm_json_fail(&ep, errmsg, "expected a port number 1-65535");
-        out->v[i] = (uint16_t)port;
-    }
-    qsort(out->v, n, sizeof(*out->v), cmp_u16);
+    qsort(out->v, out->n, sizeof(*out->v), cmp_u16);
     uint32_t u = 0;
-    for (size_t i = 0; i < n; i++)
+    for (uint32_t i = 0; i < out->n; i++)
         if (u == 0 || out->v[u - 1] != out->v[i])
             out->v[u++] = out->v[i];
     out->n = u;
+    return 0;
+}
+
+static int cidr_entry(struct px_policy *p, const struct cm_jpath *ep, json_t *v, enum pat_use use,
+                      void *slot, char **errmsg)
+{
+    (void)p;
+    (void)use;
+    if (!json_is_string(v))
+        return cm_json_fail(ep, errmsg, "expected a string (a CIDR such as \"10.0.0.0/8\")");
+    const char *s = json_string_value(v), *why = NULL;
+    struct cidr *c = slot;
+    if (strlen(s) != json_string_length(v) ||
+        px_policy_parse_cidr(s, c->addr, &c->family, &c->bits, &why) != 0)
+        return cm_json_fail(ep, errmsg, "\"%s\" is not a CIDR: %s", s,
+                            why ? why : "contains a NUL character");
     return 0;
 }
 
@@ -355,29 +411,11 @@ static int opt_cidrs(struct px_policy *p, const struct cm_jpath *parent, json_t 
                      const char *key, struct cidrset *out, struct rule *r, uint32_t bit,
                      char **errmsg)
 {
-    struct cm_jpath lp;
-    json_t *arr;
-    int rc = get_list(parent, obj, key, r, bit, &lp, &arr, errmsg);
-    if (rc != 0 || arr == NULL)
-        return rc;
-    size_t n = json_array_size(arr);
-    out->v = px_arena_alloc(&p->arena, n * sizeof(*out->v));
-    out->n = 0;
-    for (size_t i = 0; i < n; i++) {
-        struct cm_jpath ep;
-        cm_jpath_index(&ep, &lp, i);
-        json_t *v = json_array_get(arr, i);
-        if (!json_is_string(v))
-            return cm_json_fail(&ep, errmsg, "expected a string (a CIDR such as \"10.0.0.0/8\")");
-        const char *s = json_string_value(v), *why = NULL;
-        struct cidr *c = &out->v[i];
-        if (strlen(s) != json_string_length(v) ||
-            px_policy_parse_cidr(s, c->addr, &c->family, &c->bits, &why) != 0)
-            return cm_json_fail(&ep, errmsg, "\"%s\" is not a CIDR: %s", s,
-                                why ? why : "contains a NUL character");
-        out->n++;
-    }
-    return 0;
+    void *v;
+    int rc = opt_entries(p, parent, obj, key, r, bit, sizeof(*out->v), cidr_entry, USE_PATH, &v,
+                         &out->n, errmsg);
+    out->v = v;
+    return rc;
 }
 
 static int compile_from(struct px_policy *p, const struct cm_jpath *fp, json_t *from,
