@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/err.h"
 #include "test/unit/proxy/policy_oracle.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proxy/pathnorm.c" /* hexval, unreserved */
 #include "test/unit/proxy/policy_oracle.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
