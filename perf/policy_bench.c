@@ -1,4 +1,4 @@
-/* Decision cost of the policy engine (proxy/policy.c), in nanoseconds per
+/* Decision cost of the policy engine (proxy/policy_*.c), in nanoseconds per
  * decision, for policies of 1, 100, 1000 and 10000 rules of several shapes.
  * Built by `make policy-bench` as build/policy-bench; results in docs/policy.md.
  *

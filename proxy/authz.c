@@ -1,5 +1,5 @@
 /* Authorization on inbound listeners (proxy/authz.h, docs/policy.md): holds the
- * compiled policy in force, decides each request head with proxy/policy.c,
+ * compiled policy in force, decides each request head with proxy/policy_*.c,
  * answers denials, and reloads the policy file on SIGHUP, on POST
  * /policy/reload, and when the file changes.
  *

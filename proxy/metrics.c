@@ -24,7 +24,6 @@
 #include "common/xalloc.h"
 #include "proxy/h2.h"
 #include "proxy/http.h"
-#include "proxy/policy.h"
 #include "proxy/server.h"
 
 struct px_metrics px_metrics;
@@ -311,16 +310,34 @@ static void write_durations(struct evbuffer *out)
     }
 }
 
-static px_metrics_writer writers[8];
+/* Series of other modules, in the order they registered: each entry has one of
+ * the two writers (/metrics text or /stats keys). */
+static struct {
+    px_metrics_writer prometheus;
+    px_metrics_json_writer json;
+} writers[8];
 static size_t nwriters;
+
+static void add_writer(px_metrics_writer prometheus, px_metrics_json_writer json)
+{
+    for (size_t i = 0; i < nwriters; i++)
+        if ((prometheus && writers[i].prometheus == prometheus) ||
+            (json && writers[i].json == json))
+            return;
+    if (nwriters < sizeof(writers) / sizeof(writers[0])) {
+        writers[nwriters].prometheus = prometheus;
+        writers[nwriters++].json = json;
+    }
+}
 
 void px_metrics_register(px_metrics_writer fn)
 {
-    for (size_t i = 0; i < nwriters; i++)
-        if (writers[i] == fn)
-            return;
-    if (nwriters < sizeof(writers) / sizeof(writers[0]))
-        writers[nwriters++] = fn;
+    add_writer(fn, NULL);
+}
+
+void px_metrics_register_json(px_metrics_json_writer fn)
+{
+    add_writer(NULL, fn);
 }
 
 void px_metrics_write_prometheus(struct evbuffer *out)
@@ -413,11 +430,10 @@ void px_metrics_write_prometheus(struct evbuffer *out)
              "Connections closed because no byte came within limits.header_timeout_ms (ports "
              "not in opaque_ports).",
              m->detect_silent);
+    /* series of other modules (routes: per-endpoint outcomes; policy: denials by rule) */
     for (size_t i = 0; i < nwriters; i++)
-        writers[i](out); /* series of other modules (routes: per-endpoint outcomes) */
-    /* policy (issue 5): remora_policy_denials_total is labelled by rule, so proxy/policy.c
-     * writes it (and remora_policy_audit_denials_total) from its own table. */
-    px_policy_metrics_prometheus(out);
+        if (writers[i].prometheus != NULL)
+            writers[i].prometheus(out);
     prom_head(out, "remora_cert_expiry_timestamp_seconds", "gauge",
               "Expiry (not_after) of the workload certificate, Unix seconds; 0 without one.");
     evbuffer_add_printf(out, "remora_cert_expiry_timestamp_seconds %" PRId64 "\n",
@@ -556,7 +572,9 @@ void px_metrics_write_json(struct evbuffer *out)
     U64(tls_plaintext_refused);
 #undef U64
     json_object_set_new(o, "cert_expiry_timestamp", json_integer(m->cert_expiry_timestamp));
-    px_policy_metrics_json(o); /* policy (issue 5): denials by rule */
+    for (size_t i = 0; i < nwriters; i++) /* other modules' keys (policy: denials by rule) */
+        if (writers[i].json != NULL)
+            writers[i].json(o);
 
     uint64_t total = 0;
     json_t *reqs = requests_json(&total);

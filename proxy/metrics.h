@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "proxy/config.h"
 
 /* Histogram buckets of remora_request_duration_seconds, upper bounds in us. */
@@ -64,11 +66,15 @@ struct evbuffer;
 void px_metrics_write_prometheus(struct evbuffer *out);
 /* Write /stats JSON. */
 void px_metrics_write_json(struct evbuffer *out);
-/* Other modules export their own series (routes: per-endpoint outcomes)
- * without metrics.c depending on them: a registered writer appends
- * Prometheus text to /metrics. At most 8; registering twice is a no-op. */
+/* Other modules export their own series (pool: circuit breakers; routes:
+ * per-endpoint outcomes; policy: denials by rule) without metrics.c depending on
+ * them: a registered writer appends Prometheus text to /metrics, a registered
+ * JSON writer adds its keys to the /stats object, in the order registered. At
+ * most 8 in all; registering a writer twice is a no-op. */
 typedef void (*px_metrics_writer)(struct evbuffer *out);
+typedef void (*px_metrics_json_writer)(json_t *stats);
 void px_metrics_register(px_metrics_writer fn);
+void px_metrics_register_json(px_metrics_json_writer fn);
 
 /* Free the labelled series (at exit). */
 void px_metrics_deinit(void);

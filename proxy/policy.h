@@ -19,6 +19,7 @@
 
 #include "common/net.h"
 #include "proxy/http.h"
+#include "proxy/pathnorm.h" /* px_policy_normalize_path, px_policy_scratch_size */
 
 /* Bounds on what one policy file may hold (beyond them: a load error). */
 #define PX_POLICY_MAX_RULES   10000 /* rules in one file */
@@ -87,19 +88,6 @@ void px_policy_free(struct px_policy *p);
  * paths pass a stack buffer). */
 void px_policy_decide(const struct px_policy *p, const struct px_policy_request *r, char *scratch,
                       size_t scratch_len, struct px_policy_decision *d);
-/* Bytes px_policy_decide needs in `scratch` for this request target. */
-size_t px_policy_scratch_size(const char *path);
-
-/* Normalize the path part of a request target (RFC 3986 section 6 plus merged
- * slashes): the query is cut; absolute-form loses scheme and authority;
- * percent-encoded unreserved characters are decoded, other escapes get upper-case
- * hex; "//" becomes "/", "." and ".." segments are removed (never above the
- * root). Refused (returns -1 with *why): encoded '/' or '\' or NUL, a raw
- * backslash, a fragment, control characters, malformed escapes, a target that is
- * neither "*" nor a path. Returns the length written to out (NUL-terminated);
- * outlen must be at least strlen(target) + 2. */
-int px_policy_normalize_path(const char *target, char *out, size_t outlen, const char **why);
-
 /* Parse one CIDR ("10.0.0.0/8", "2001:db8::/32", or a bare address for /32 and
  * /128) into 16 bytes (IPv4 in the first 4), the family (4 or 6) and the prefix
  * length. Returns 0, or -1 with *why (bits set past the prefix are refused). */
@@ -125,11 +113,15 @@ json_t *px_policy_source(const struct px_policy *p);
 #define PX_POLICY_MAX_SERIES 4096
 
 void px_policy_count_denial(const char *rule, bool audit);
-/* Prometheus text for both families (called by proxy/metrics.c). */
+/* Prometheus text for both families. */
 struct evbuffer;
 void px_policy_metrics_prometheus(struct evbuffer *out);
 /* Adds "policy_denials" and "policy_audit_denials" ({rule: count}) to a /stats object. */
 void px_policy_metrics_json(json_t *stats);
+/* Register the two above with proxy/metrics.c (px_metrics_register and
+ * px_metrics_register_json), so /metrics and /stats carry them; once at startup,
+ * with or without a policy file (again: a no-op). */
+void px_policy_metrics_register(void);
 /* Count of one series (tests); 0 when absent. */
 uint64_t px_policy_denials(const char *rule, bool audit);
 /* Forget every series (exit, tests). */

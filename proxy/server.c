@@ -19,6 +19,7 @@
 #include "proxy/identity.h"
 #include "proxy/listener.h"
 #include "proxy/metrics.h"
+#include "proxy/policy.h"
 #include "proxy/pool.h"
 #include "proxy/routes.h"
 #include "proxy/server_run.h"
@@ -183,6 +184,8 @@ int px_server_run(struct px_config *cfg)
         rc = CM_ERR_INVAL;
         goto out;
     }
+    /* after routes: /metrics keeps routes' series, then the policy's */
+    px_policy_metrics_register();
     if (px_identity_start(cfg, &err) != 0) {
         cm_error("%s", err);
         rc = CM_ERR_INVAL;

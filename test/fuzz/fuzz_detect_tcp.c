@@ -1,7 +1,7 @@
 /* libFuzzer target for the path an inbound connection takes before any byte
  * is forwarded (issue 13): protocol detection of its first bytes
  * (proxy/detect.c), then, whatever detection says (a TCP fallback can follow
- * any prefix: silence, EOF), the TCP decision of the policy (proxy/policy.c)
+ * any prefix: silence, EOF), the TCP decision of the policy (proxy/policy_decide.c)
  * on its L4 attributes.
  *
  * Input: 20 bytes of L4 attributes, then the connection's first bytes:
@@ -28,7 +28,8 @@
 #include <string.h>
 
 #include "proxy/detect.h"
-#include "proxy/policy.c"
+#include "proxy/policy_decide.c" /* source_bytes, cidr_match */
+#include "test/unit/proxy/policy_oracle.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -1,15 +1,16 @@
-/* libFuzzer target for the policy loader (proxy/policy.c): the bytes are a
+/* libFuzzer target for the policy loader (proxy/policy_*.c): the bytes are a
  * policy file. Either it compiles, and then it is consistent and decides a few
  * requests the same way through the index as through a plain scan in file
  * order, or it fails with a message naming the file, touching nothing - never
  * a crash, a leak, or an abort (cm_xmalloc is only reached for bounded sizes).
- * policy.c is included to reach the plain scan (decide_linear). */
+ * The plain scan (decide_linear) is test/unit/proxy/policy_oracle.h. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "proxy/policy.c"
+#include "common/err.h"
+#include "test/unit/proxy/policy_oracle.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

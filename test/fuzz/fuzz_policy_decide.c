@@ -1,4 +1,4 @@
-/* libFuzzer target for decisions and path normalization (proxy/policy.c),
+/* libFuzzer target for decisions and path normalization (proxy/policy_*.c),
  * against one fixed policy that uses every kind of condition. The input is a
  * request, one field per line:
  *     METHOD\nTARGET\nPRINCIPAL (empty: no peer)\nPORT\nname: value\n...
@@ -14,7 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "proxy/policy.c"
+#include "proxy/pathnorm.c" /* hexval, unreserved */
+#include "test/unit/proxy/policy_oracle.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "proxy/metrics.c"
+#include "proxy/policy.h"
 
 /* metrics.c reads the server state and the h2 session counts; stand-ins
  * for server.c / h2.c, weak so the real ones win if the archive brings them. */
@@ -156,6 +157,7 @@ static void test_prometheus_shape(void **state)
     px_metrics.retries_total = 8;
     px_metrics.bad_request = 9;
     px_metrics_request(&l_in, "GET", 200, 10);
+    px_policy_metrics_register(); /* as the server does: the policy's families */
 
     char *t = prom_text();
     size_t len = strlen(t);
@@ -288,6 +290,82 @@ static void test_stats_json(void **state)
     free(t);
 }
 
+/* Modules' writers: called in the order registered, each once however often it
+ * registered, at most 8 of them; JSON writers add their keys to /stats. */
+static int module_calls;
+static void module_a(struct evbuffer *out)
+{
+    module_calls++;
+    evbuffer_add_printf(out, "# TYPE module_a gauge\nmodule_a 1\n");
+}
+static void module_b(struct evbuffer *out)
+{
+    evbuffer_add_printf(out, "# TYPE module_b gauge\nmodule_b 2\n");
+}
+static void module_json(json_t *stats)
+{
+    json_object_set_new(stats, "module_key", json_integer(3));
+}
+static void fill_1(struct evbuffer *out)
+{
+    evbuffer_add_printf(out, "# fill 1\n");
+}
+static void fill_2(struct evbuffer *out)
+{
+    evbuffer_add_printf(out, "# fill 2\n");
+}
+static void fill_3(struct evbuffer *out)
+{
+    evbuffer_add_printf(out, "# fill 3\n");
+}
+static void past_bound(struct evbuffer *out)
+{
+    evbuffer_add_printf(out, "# past the bound\n");
+}
+
+static void test_module_writers(void **state)
+{
+    (void)state;
+    nwriters = 0;
+    px_metrics_register(module_a);
+    px_metrics_register(module_b);
+    px_metrics_register(module_a);
+    px_metrics_register_json(module_json);
+    px_metrics_register_json(module_json);
+    assert_int_equal(nwriters, 3);
+    px_policy_metrics_register();
+    px_policy_metrics_register();
+    assert_int_equal(nwriters, 5);
+    char *t = prom_text();
+    assert_int_equal(module_calls, 1);
+    char *a = strstr(t, "\nmodule_a 1\n"), *b = strstr(t, "\nmodule_b 2\n");
+    char *pol = strstr(t, "\nremora_policy_denials_total{rule=\"default\"} 0\n");
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_non_null(pol);
+    assert_true(a < b && b < pol);
+    free(t);
+    t = json_text();
+    json_t *o = json_loads(t, 0, NULL);
+    assert_non_null(o);
+    assert_int_equal(json_integer_value(json_object_get(o, "module_key")), 3);
+    assert_true(json_is_object(json_object_get(o, "policy_denials")));
+    assert_true(json_is_object(json_object_get(o, "policy_audit_denials")));
+    json_decref(o);
+    free(t);
+    /* the bound: 3 more fill the 8 slots, the next is not kept */
+    px_metrics_register(fill_1);
+    px_metrics_register(fill_2);
+    px_metrics_register(fill_3);
+    px_metrics_register(past_bound);
+    assert_int_equal(nwriters, 8);
+    t = prom_text();
+    assert_non_null(strstr(t, "# fill 3\n"));
+    assert_null(strstr(t, "# past the bound\n"));
+    free(t);
+    nwriters = 0;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -298,6 +376,7 @@ int main(void)
         cmocka_unit_test_teardown(test_table_bound, teardown),
         cmocka_unit_test_teardown(test_listener_bound, teardown),
         cmocka_unit_test_teardown(test_stats_json, teardown),
+        cmocka_unit_test_teardown(test_module_writers, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
