@@ -1,14 +1,14 @@
-/* A downstream (client) connection accepted by a listener. The listener
- * detects the protocol from the first bytes and hands the connection to a
- * codec (h1 server, h2 server) or to the TCP tunnel, which then own its
- * px_io. */
+/* A downstream (client) connection accepted by a listener (proxy/conn.c):
+ * its protocol is detected from the first bytes (after mTLS on mesh
+ * listeners) and it is handed to a codec (h1 server, h2 server) or to the TCP
+ * tunnel, which then own its px_io. */
 #ifndef PX_CONN_H
 #define PX_CONN_H
 
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "common/list.h"
 #include "common/net.h"
@@ -21,7 +21,7 @@ enum px_conn_proto {
     PX_PROTO_UNKNOWN = 0, /* still detecting */
     PX_PROTO_HTTP1,       /* HTTP/1.x request line seen */
     PX_PROTO_H2,          /* HTTP/2 connection preface seen (h2c prior knowledge) */
-    PX_PROTO_TLS,         /* TLS ClientHello (mTLS lands here in a later issue) */
+    PX_PROTO_TLS,         /* TLS ClientHello: mTLS on mesh listeners, else passed through */
     PX_PROTO_TCP          /* anything else: opaque TCP */
 };
 
@@ -44,6 +44,12 @@ struct px_conn {
     uint64_t id;
     struct cm_list link; /* in the server's connection list */
 };
+
+/* Take an accepted socket (fd, peer sa/salen) from listener l: record it,
+ * count it, then detect its protocol (or start mTLS, or tunnel a declared
+ * opaque port at once) and hand it to a handler. The caller has already
+ * checked max_connections and draining. */
+void px_conn_accept(struct px_listener *l, int fd, const struct sockaddr *sa, socklen_t salen);
 
 /* Free the connection record once its handler is done with it (the handler
  * frees c->io first, or hands it over). Updates counters. */

@@ -20,6 +20,8 @@
  * IPv6 gets the same rules through ip6tables-restore when the pod has a
  * global IPv6 address on a non-loopback interface (/proc/net/if_inet6), or
  * when forced with --ipv6 yes. */
+#include "proxy/iptables.h"
+
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
@@ -37,8 +39,6 @@
 #include <unistd.h>
 
 #include "common/xalloc.h"
-
-int px_iptables_main(int argc, char **argv);
 
 #define IPT_MAX_ITEMS  256         /* per exclusion flag */
 #define IPT_MAX_SAVE   (16u << 20) /* bytes of iptables-save output we read */

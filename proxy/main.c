@@ -6,6 +6,8 @@
 
 #include "common/log.h"
 #include "proxy/config.h"
+#include "proxy/health.h"
+#include "proxy/iptables.h"
 #include "proxy/policy.h"
 #include "proxy/routes.h"
 #include "proxy/server_run.h"
@@ -13,9 +15,6 @@
 #ifndef REMORA_VERSION
 #define REMORA_VERSION "0.1.0"
 #endif
-
-int px_iptables_main(int argc, char **argv);
-int px_health_wait_main(int argc, char **argv); /* capture issue: proxy/health.c */
 
 static void usage(FILE *f)
 {
@@ -80,7 +79,7 @@ int main(int argc, char **argv)
     cm_log_set_component("proxy");
     if (argc > 1 && strcmp(argv[1], "iptables") == 0)
         return px_iptables_main(argc - 1, argv + 1);
-    if (argc > 1 && strcmp(argv[1], "wait") == 0) /* capture issue: postStart hook */
+    if (argc > 1 && strcmp(argv[1], "wait") == 0) /* the postStart hook (proxy/health.c) */
         return px_health_wait_main(argc - 1, argv + 1);
 
     static const struct option opts[] = {{"config", required_argument, NULL, 'c'},

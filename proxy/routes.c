@@ -491,8 +491,8 @@ static void bind_states(struct px_routes *r)
 
 /* ---- matching and picking --------------------------------------------------------- */
 
-const struct px_route *px_routes_match(const struct px_routes *r, const char *authority,
-                                       const struct cm_addr *orig_dst)
+struct px_route *px_routes_match(struct px_routes *r, const char *authority,
+                                 const struct cm_addr *orig_dst)
 {
     if (r == NULL || r->n == 0)
         return NULL;

@@ -122,9 +122,10 @@ struct px_routes *px_routes_ref(struct px_routes *r);
 void px_routes_unref(struct px_routes *r);
 
 /* The route for a request: by Host/:authority (port ignored) or by the
- * original destination address. NULL when none matches. */
-const struct px_route *px_routes_match(const struct px_routes *r, const char *authority,
-                                       const struct cm_addr *orig_dst);
+ * original destination address. NULL when none matches. The route is r's
+ * own (its LB and budget state change as requests use it), hence not const. */
+struct px_route *px_routes_match(struct px_routes *r, const char *authority,
+                                 const struct cm_addr *orig_dst);
 /* Pick an endpoint: healthy ones of our own cluster first (all traffic
  * stays local while any is healthy), else the other clusters; power of two
  * choices on cost = latency estimate x (outstanding + 1) / weight; endpoints

@@ -15,7 +15,7 @@
 #include "proxy/conn.h"
 #include "proxy/h1.h"
 #include "proxy/h2.h"
-#include "proxy/health.h" /* capture issue */
+#include "proxy/health.h"
 #include "proxy/identity.h"
 #include "proxy/listener.h"
 #include "proxy/metrics.h"
@@ -23,14 +23,12 @@
 #include "proxy/pool.h"
 #include "proxy/routes.h"
 #include "proxy/server_run.h"
+#include "proxy/stream.h"
 #include "proxy/tcp.h"
 #include "proxy/tls.h"
 #include "certs/pki.h"
 
 struct px_server *px_srv;
-
-void px_stream_gc(void);
-void px_stream_freelist_clear(void);
 
 static void on_gc(evutil_socket_t fd, short what, void *arg)
 {
@@ -136,7 +134,7 @@ int px_server_run(struct px_config *cfg)
 {
     char *err = NULL;
     int rc = 0;
-    struct px_health *health = NULL; /* capture issue */
+    struct px_health *health = NULL;
     signal(SIGPIPE, SIG_IGN);
     px_srv = cm_xcalloc(1, sizeof(*px_srv));
     px_srv->cfg = cfg;
@@ -208,7 +206,7 @@ int px_server_run(struct px_config *cfg)
         rc = CM_ERR_IO;
         goto out;
     }
-    /* capture issue: health port for kubelet (proxy/health.c) */
+    /* the health port for kubelet and Prometheus (proxy/health.c) */
     if (cfg->has_health &&
         (px_health_start(px_srv->base, &cfg->health_addr, &health, &err) != 0 ||
          (cfg->has_health6 && px_health_listen_optional(health, &cfg->health_addr6, &err) != 0))) {
@@ -240,7 +238,7 @@ out:
         px_io_free(c->io);
         px_conn_free(c);
     }
-    px_health_free(health); /* capture issue */
+    px_health_free(health);
     if (px_srv->admin != NULL)
         px_admin_free(px_srv->admin);
     for (size_t i = 0; i < px_srv->nlisteners; i++)

@@ -628,7 +628,7 @@ void px_stream_on_req_head(struct px_stream *s)
     px_msg_strip_hop_by_hop(&s->req, s->up_proto == PX_UP_H2);
     /* a matching route overrides the listener's upstream / original destination */
     s->routes = px_routes_ref(px_routes_current());
-    s->route = (struct px_route *)px_routes_match(s->routes, s->req.authority, &s->conn->orig_dst);
+    s->route = px_routes_match(s->routes, s->req.authority, &s->conn->orig_dst);
     if (s->route == NULL) {
         px_conn_default_upstream(s->conn, &s->upstream);
         if (px_conn_is_loop(s->conn, &s->upstream)) {

@@ -188,4 +188,11 @@ void px_stream_refused(struct px_stream *s, enum px_cause cause, const char *msg
 const char *px_cause_str(enum px_cause c);
 int px_cause_status(enum px_cause c);
 
+/* Recycle the streams both sides have detached from (kept on a bounded
+ * freelist for reuse). Runs from the server's gc event, outside every codec
+ * callback. */
+void px_stream_gc(void);
+/* Release the freelist (at exit, for the leak checks). */
+void px_stream_freelist_clear(void);
+
 #endif

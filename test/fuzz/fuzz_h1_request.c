@@ -36,12 +36,10 @@
 #include "proxy/metrics.h"
 #include "proxy/pool.h"
 #include "proxy/server.h"
+#include "proxy/stream.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-/* Not in a header: server.c declares them for its own exit path. */
-void px_stream_gc(void);
-void px_stream_freelist_clear(void);
 
 static const char config_text[] =
     "{\"listeners\": [{\"name\": \"fuzz\", \"address\": \"127.0.0.1:0\","

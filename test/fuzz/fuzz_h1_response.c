@@ -40,11 +40,10 @@
 #include "proxy/io.h"
 #include "proxy/metrics.h"
 #include "proxy/server.h"
+#include "proxy/stream.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-void px_stream_gc(void);
-void px_stream_freelist_clear(void);
 
 static struct px_server srv;
 static uint64_t next_id;

@@ -1,0 +1,308 @@
+/* Downstream connections (proxy/conn.h): the record each accepted socket
+ * gets, its original destination, protocol detection on the first bytes,
+ * mTLS termination on mesh listeners, and the hand-over to a codec (h1
+ * server, h2 server) or the TCP tunnel. */
+#include "proxy/conn.h"
+
+#include <event2/buffer.h>
+#include <linux/netfilter_ipv4.h>
+#include <linux/netfilter_ipv6/ip6_tables.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/xalloc.h"
+#include "proxy/detect.h"
+#include "proxy/h1.h"
+#include "proxy/h2.h"
+#include "proxy/identity.h"
+#include "proxy/listener.h"
+#include "proxy/metrics.h"
+#include "proxy/server.h"
+#include "proxy/tcp.h"
+#include "proxy/tls.h"
+
+static uint64_t next_conn_id = 1;
+
+/* The destination the client meant before iptables redirected it; false
+ * when the connection was not redirected. */
+static bool original_dst(int fd, int family, struct cm_addr *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->len = sizeof(out->ss);
+    if (family == AF_INET6)
+        return getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &out->ss, &out->len) == 0;
+    return getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &out->ss, &out->len) == 0;
+}
+
+void px_conn_free(struct px_conn *c)
+{
+    if (c->detect_timer != NULL)
+        event_free(c->detect_timer);
+    cm_list_remove(&c->link);
+    px_srv->nconns--;
+    px_metrics.downstream_cx_active--;
+    free(c);
+}
+
+void px_conn_default_upstream(const struct px_conn *c, struct cm_addr *out)
+{
+    if (c->lcfg->has_upstream) {
+        *out = c->lcfg->upstream;
+        return;
+    }
+    if (c->lcfg->direction == PX_DIR_OUTBOUND) {
+        *out = c->orig_dst;
+        return;
+    }
+    cm_addr_loopback(out, &c->orig_dst, cm_addr_port(&c->orig_dst));
+}
+
+static bool same_host(const struct cm_addr *a, const struct cm_addr *b)
+{
+    struct cm_addr x = *a;
+    cm_addr_set_port(&x, cm_addr_port(b));
+    return cm_addr_equal(&x, b);
+}
+
+bool px_conn_is_loop(const struct px_conn *c, const struct cm_addr *a)
+{
+    for (size_t i = 0; i < px_srv->nlisteners; i++) {
+        const struct cm_addr *b = &px_srv->listeners[i]->bound;
+        if (cm_addr_equal(a, b))
+            return true;
+        if (cm_addr_port(a) == cm_addr_port(b) && cm_addr_is_any(b) &&
+            (cm_addr_is_loopback(a) || same_host(a, &c->local)))
+            return true;
+    }
+    return false;
+}
+
+static void start_mtls(struct px_conn *c);
+static void detect_silence(struct px_conn *c);
+
+/* Free a connection that never reached a handler, from the event loop. */
+static void abort_conn(struct px_conn *c)
+{
+    px_io_read_enable(c->io, false);
+    event_active(c->detect_timer, EV_TIMEOUT, 0);
+}
+
+static void dispatch(struct px_conn *c, enum px_conn_proto proto)
+{
+    c->proto = proto;
+    px_io_set_timeout(c->io, 0);
+    char peer[CM_ADDR_STRLEN];
+    cm_debug("conn %llu from %s on %s: %s%s", (unsigned long long)c->id,
+             cm_addr_format(&c->peer, peer, sizeof(peer)), c->lcfg->name, c->mtls ? "mtls+" : "",
+             px_proto_name(proto));
+    bool mtls_listener = c->lcfg->tls == PX_TLS_STRICT || c->lcfg->tls == PX_TLS_PERMISSIVE;
+    if (proto == PX_PROTO_TLS && mtls_listener && !c->mtls) {
+        px_metrics.proto_tls++;
+        start_mtls(c);
+        return;
+    }
+    if (c->lcfg->tls == PX_TLS_STRICT && !c->mtls) {
+        /* strict: plaintext never reaches the app */
+        px_metrics.tls_plaintext_refused++;
+        cm_debug("listener %s: refusing plaintext %s from %s (strict mTLS)", c->lcfg->name,
+                 px_proto_name(proto), peer);
+        abort_conn(c);
+        return;
+    }
+    if (c->lcfg->downstream_h2)
+        proto = PX_PROTO_H2; /* no detection: a wrong preface gets GOAWAY from the h2 code */
+    switch (proto) {
+    case PX_PROTO_HTTP1:
+        px_metrics.proto_http1++;
+        px_h1_server_start(c);
+        break;
+    case PX_PROTO_H2:
+        px_metrics.proto_h2++;
+        px_h2_server_start(c);
+        break;
+    case PX_PROTO_TLS:
+        px_metrics.proto_tls++;
+        px_tcp_start(c); /* the app's own TLS (or TLS inside mTLS): passthrough */
+        break;
+    default:
+        px_metrics.proto_tcp++;
+        px_tcp_start(c);
+        break;
+    }
+}
+
+/* Handshake done: the verified peer is known; ALPN "h2" goes straight to
+ * HTTP/2, anything else is detected again on the decrypted bytes. */
+static void on_tls_event(struct px_io *io, int what, void *arg)
+{
+    struct px_conn *c = arg;
+    if (what & PX_IO_HANDSHAKE) {
+        c->mtls = true;
+        snprintf(c->peer_id, sizeof(c->peer_id), "%s", px_io_peer_id(io));
+        if (strcmp(px_io_alpn(io), "h2") == 0) {
+            dispatch(c, PX_PROTO_H2);
+            return;
+        }
+        if (c->opaque) { /* a declared opaque port: the TCP policy, now */
+            dispatch(c, PX_PROTO_TCP);
+            return;
+        }
+        /* detect again on the decrypted bytes: the first one within the header
+         * timeout (nothing goes to the app before it) */
+        c->detect_bytes = false;
+        px_io_set_timeout(io, px_srv->cfg->limits.header_timeout_ms);
+        return;
+    }
+    if (what & PX_IO_TIMEOUT) {
+        if (c->mtls && evbuffer_get_length(px_io_input(io)) > 0) {
+            /* a few bytes, then silence: opaque TCP inside mTLS (policy-checked) */
+            dispatch(c, PX_PROTO_TCP);
+            return;
+        }
+        if (c->mtls)
+            detect_silence(c);
+        else
+            cm_debug("conn %llu: TLS handshake timed out", (unsigned long long)c->id);
+    } else if ((what & PX_IO_EOF) && c->mtls && evbuffer_get_length(px_io_input(io)) > 0) {
+        dispatch(c, PX_PROTO_TCP);
+        return;
+    } else if (what & PX_IO_ERROR) {
+        char peer[CM_ADDR_STRLEN], key[48];
+        /* a scanner can fail handshakes at will: counted in the metrics,
+         * written a few times a second per listener (common/log.h) */
+        snprintf(key, sizeof(key), "listener %s: mTLS refused", c->lcfg->name);
+        cm_log_limited(CM_LOG_WARN, key, "listener %s: mTLS from %s refused: %s", c->lcfg->name,
+                       cm_addr_format(&c->peer, peer, sizeof(peer)),
+                       px_io_tls_error(io)[0] ? px_io_tls_error(io) : strerror(px_io_errno(io)));
+    }
+    abort_conn(c);
+}
+
+static void on_detect_read(struct px_io *io, void *arg);
+
+/* Nothing said within the header timeout on a port that is not declared
+ * opaque: closed, and nothing was ever opened toward the app. */
+static void detect_silence(struct px_conn *c)
+{
+    char peer[CM_ADDR_STRLEN];
+    px_metrics.detect_silent++;
+    cm_debug("conn %llu from %s on %s: no bytes within %u ms: closed (server-first protocols "
+             "need their port in opaque_ports)",
+             (unsigned long long)c->id, cm_addr_format(&c->peer, peer, sizeof(peer)), c->lcfg->name,
+             (unsigned)px_srv->cfg->limits.header_timeout_ms);
+}
+
+static void start_mtls(struct px_conn *c)
+{
+    struct px_tls_conf *conf = px_identity_server_conf();
+    if (conf == NULL) {
+        cm_warn("listener %s: mTLS connection refused: no workload certificate yet", c->lcfg->name);
+        abort_conn(c);
+        return;
+    }
+    px_io_setcb(c->io, on_detect_read, NULL, on_tls_event, c);
+    px_io_set_timeout(c->io, px_srv->cfg->limits.header_timeout_ms);
+    if (px_io_start_tls(c->io, conf, NULL) != 0)
+        abort_conn(c);
+}
+
+static void on_detect_read(struct px_io *io, void *arg)
+{
+    struct px_conn *c = arg;
+    uint8_t buf[PX_DETECT_MAX];
+    ev_ssize_t n = evbuffer_copyout(px_io_input(io), buf, sizeof(buf));
+    if (n < 0)
+        n = 0;
+    enum px_conn_proto p = px_detect(buf, (size_t)n);
+    if (p != PX_PROTO_UNKNOWN) {
+        dispatch(c, p);
+        return;
+    }
+    if (n > 0 && !c->detect_bytes) {
+        /* a first byte: it is decided (as TCP under the policy at worst) within
+         * detect_timeout_ms from now, and the header timeout no longer applies */
+        c->detect_bytes = true;
+        px_io_set_timeout(io, px_srv->cfg->limits.detect_timeout_ms);
+    }
+}
+
+static void on_detect_event(struct px_io *io, int what, void *arg)
+{
+    struct px_conn *c = arg;
+    bool some = evbuffer_get_length(px_io_input(io)) > 0;
+    /* A few bytes then silence or EOF, or a declared opaque port that stays
+     * silent (permissive mTLS listeners wait to see whether TLS comes): opaque
+     * TCP, which the policy decides before anything is forwarded. */
+    bool silence_is_tcp = some || c->opaque || c->lcfg->direction == PX_DIR_OUTBOUND;
+    if (((what & PX_IO_TIMEOUT) && silence_is_tcp) || ((what & PX_IO_EOF) && some)) {
+        dispatch(c, PX_PROTO_TCP);
+        return;
+    }
+    if (what & PX_IO_TIMEOUT)
+        detect_silence(c);
+    /* Nothing said before EOF, or an error: freed from the detect event, not
+     * inside this callback. */
+    (void)io;
+    abort_conn(c);
+}
+
+/* Frees a connection that never reached a handler. */
+static void on_detect_abort(evutil_socket_t fd, short what, void *arg)
+{
+    struct px_conn *c = arg;
+    (void)fd;
+    (void)what;
+    px_io_free(c->io);
+    c->io = NULL;
+    px_conn_free(c);
+}
+
+void px_conn_accept(struct px_listener *l, int fd, const struct sockaddr *sa, socklen_t salen)
+{
+    const struct px_limits *lim = &px_srv->cfg->limits;
+    struct px_conn *c = cm_xcalloc(1, sizeof(*c));
+    c->listener = l;
+    c->lcfg = l->cfg;
+    c->fd = fd;
+    c->id = next_conn_id++;
+    c->accepted_us = cm_mono_us();
+    cm_addr_from_sockaddr(&c->peer, sa, salen);
+    cm_net_local_addr(fd, &c->local);
+    c->has_orig_dst = original_dst(fd, c->local.ss.ss_family, &c->orig_dst);
+    if (!c->has_orig_dst)
+        c->orig_dst = c->local;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    cm_list_insert_tail(&px_srv->conns, &c->link);
+    px_srv->nconns++;
+    px_metrics.downstream_cx_total++;
+    px_metrics.downstream_cx_active++;
+
+    c->opaque = px_config_opaque_port(px_srv->cfg, cm_addr_port(&c->orig_dst));
+
+    c->io = px_io_new(px_srv->base, fd);
+    c->detect_timer = event_new(px_srv->base, -1, 0, on_detect_abort, c);
+    px_io_set_read_limit(c->io, lim->buffer_bytes);
+    px_io_setcb(c->io, on_detect_read, NULL, on_detect_event, c);
+    if (c->opaque && c->lcfg->tls == PX_TLS_STRICT) {
+        start_mtls(c); /* the peer sidecar speaks first: a ClientHello */
+        return;
+    }
+    if (c->opaque && c->lcfg->tls != PX_TLS_PERMISSIVE) {
+        /* server-first protocols (MySQL's greeting) need the app at once */
+        dispatch(c, PX_PROTO_TCP);
+        return;
+    }
+    /* Inbound, nothing is opened toward the app before the client's first
+     * byte, and a client that says nothing is closed at the header timeout.
+     * Outbound, the pod's own app is the client and no policy is at stake:
+     * silence for detect_timeout_ms is a server-first protocol (a MySQL or
+     * SMTP server outside the pod greets first), forwarded as opaque TCP. */
+    bool wait_short = c->opaque || c->lcfg->direction == PX_DIR_OUTBOUND;
+    px_io_set_timeout(c->io, wait_short ? lim->detect_timeout_ms : lim->header_timeout_ms);
+}
+
