@@ -1,6 +1,7 @@
 # Remora: one Makefile for both programs, the tests, the fuzzers and the benchmarks.
 #   make                 build/remora-proxy, build/remora-injector, test tools
 #   make test            everything: gcc + clang builds, unit + integration suites under ASan+UBSan
+#                        (run `make deps` once before; `make test` installs nothing)
 #   make SANITIZE=address,undefined BUILD=build/asan   a sanitized tree
 #   make fuzz            libFuzzer targets, each run briefly (FUZZ_SECONDS)
 #   make bench           perf/ benchmarks against haproxy, nginx and direct
@@ -89,13 +90,7 @@ $(LIB_PROXY): $(call obj,$(PROXY_SRCS))
 $(LIB_INJECTOR): $(call obj,$(INJECTOR_SRCS))
 $(LIB_LLHTTP): $(patsubst $(LLHTTP_SRC)/%.c,$(OBJ)/llhttp/%.o,$(LLHTTP_SRCS))
 
-# Empty component libraries still need an archive.
-$(BUILD)/lib/empty.o:
-	@mkdir -p $(dir $@)
-	echo 'typedef int remora_empty;' | $(CC) -x c -c - -o $@
-
 ALL_LIBS = $(LIB_PROXY) $(LIB_INJECTOR) $(LIB_CERTS) $(LIB_COMMON) $(LIB_LLHTTP)
-$(ALL_LIBS): $(BUILD)/lib/empty.o
 
 $(BUILD)/remora-proxy: $(call obj,proxy/main.c) $(LIB_PROXY) $(LIB_CERTS) $(LIB_COMMON) $(LIB_LLHTTP)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(PROXY_LIBS)
@@ -119,9 +114,9 @@ unit-bins: $(UNIT_BINS)
 
 # ---- tests ---------------------------------------------------------------
 # gcc and clang builds must be warning-free; the suites run on the ASan+UBSan tree.
+# The packages come from `make deps`, run once beforehand (CI runs both).
 ASAN_BUILD = build/asan
-test: deps
-	$(MAKE) --no-print-directory test-all
+test: test-all
 
 test-all: test-gcc test-clang test-asan
 	REMORA_BUILD=$(ASAN_BUILD) ./test/run.sh
@@ -148,7 +143,7 @@ $(BUILD)/fuzz-bin/%: $(OBJ)/test/fuzz/%.o $(ALL_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -fsanitize=fuzzer -o $@ $< $(ALL_LIBS) $(TEST_LIBS)
 
-# ---- perf/ benchmark tools (issue 9; not part of `all` nor `make test`) -----------
+# ---- perf/ benchmark tools (not part of `all` nor `make test`; docs/performance.md) ----
 # perf-micro: policy decision and LB pick cost, linked against the proxy archive.
 # perf-load: fixed-rate HTTP/1.1 + h2c load generator (latency from the intended send time).
 # perf-floor: a proxy that only moves bytes, the CPU floor under every HTTP proxy (perf/floor.c).
@@ -162,7 +157,7 @@ $(BUILD)/perf-floor: $(call obj,perf/floor.c)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^
 # ---- end of perf/ tools -------------------------------------------------------
 
-# Policy decision cost by policy shape and size (issue 5; perf/policy_bench.c, docs/policy.md).
+# Policy decision cost by policy shape and size (perf/policy_bench.c, docs/policy.md).
 policy-bench: $(BUILD)/policy-bench
 	$(BUILD)/policy-bench
 $(BUILD)/policy-bench: $(call obj,perf/policy_bench.c) $(LIB_PROXY) $(LIB_CERTS) $(LIB_COMMON) $(LIB_LLHTTP)
@@ -178,7 +173,7 @@ demo:  # test/demo.sh runs make deps and make itself
 deps:
 	@./scripts/deps.sh
 
-# ---- container images (issue 16; docs/install.md) -------------------------------
+# ---- container images (docs/install.md) ------------------------------------------
 # From the release build only; no base image, nothing pulled. Same tree, same digest.
 IMAGE_REPO ?= ghcr.io/remora-mesh
 IMAGE_TAG  ?= 0.1.0
