@@ -640,7 +640,7 @@ static char *bootstrap(const struct ij_inject_params *p, bool policy, bool route
         json_object_set_new(b, "policy_file", json_string(IJ_DIR_POLICY "/policy.json"));
     if (routes)
         json_object_set_new(b, "routes_file", json_string(IJ_DIR_ROUTES "/routes.json"));
-    /* capture issue: the health port the injected probes and postStart hook use */
+    /* the health port the injected probes and postStart hook use */
     char health[32], health6[32];
     snprintf(health, sizeof(health), "0.0.0.0:%d", IJ_PORT_HEALTH);
     snprintf(health6, sizeof(health6), "[::]:%d",

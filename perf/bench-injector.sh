@@ -188,7 +188,7 @@ start() {
         '{webhook: {address: $a, cert_file: $c, key_file: $k, threads: 1, max_connections: 4096,
                     max_connections_per_ip: 4096},
           log_level: "warn"}' >"$dir/config.json"
-    # every client is 127.0.0.1: lift the per-address limit (issue 14), where
+    # every client is 127.0.0.1: lift the per-address limit (max_connections_per_ip), where
     # the binary has it (the same script benches older builds)
     if ! "$INJ" --check-config -c "$dir/config.json" >/dev/null 2>&1; then
         jq 'del(.webhook.max_connections_per_ip)' "$dir/config.json" >"$dir/c.json"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end cost of the authorization policy (issue 5, docs/policy.md): requests/s through one
+# End-to-end cost of the authorization policy (docs/policy.md): requests/s through one
 # inbound remora-proxy with no policy, a 1-rule policy, and 1,000-rule policies, on loopback.
 #
 #   ./perf/bench-policy.sh                     10 s x 3 repetitions per policy, medians

@@ -143,7 +143,7 @@ mb() {
     awk -v v="$1" 'BEGIN {printf "%.1f\n", v / 1024}'
 }
 
-# ---- added for issue 9's full harness ------------------------------------------------
+# ---- the full harness (perf/bench.sh) ----------------------------------------------------
 
 # cpu_ns PID: nanoseconds on CPU so far, summed over every thread of the process tree
 # (/proc/PID/task/*/schedstat, first field). Unlike clock ticks (10 ms) this resolves the

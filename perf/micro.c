@@ -1,5 +1,5 @@
 /* perf-micro: what the per-request decisions cost, outside the event loop
- * (issue 9, benchmark 6). Linked against the proxy archive; drives
+ * (benchmark 6 of perf/bench.sh). Linked against the proxy archive; drives
  * proxy/policy.h and proxy/routes.h directly.
  *
  *   perf-micro [-q] [-t] [-c PKI_DIR]   -q: shorter batches (smoke runs); -t: no banner

@@ -282,7 +282,7 @@ static int parse_root(const char *name, json_t *root, struct px_config *cfg, cha
         cfg->has_admin = true;
     }
 
-    /* capture issue: the health port (kubelet probes, merged metrics); off when absent */
+    /* the health port (kubelet probes, merged metrics); off when absent */
     json_t *health = NULL;
     if (cm_json_get_child(&p, root, "health", false, JSON_OBJECT, &health, errmsg) != 0)
         return CM_ERR_INVAL;
@@ -296,7 +296,6 @@ static int parse_root(const char *name, json_t *root, struct px_config *cfg, cha
             return CM_ERR_INVAL;
         cfg->has_health = true;
     }
-    /* end capture issue */
 
     if (cm_json_get_child(&p, root, "listeners", true, JSON_ARRAY, &listeners, errmsg) != 0)
         return CM_ERR_INVAL;

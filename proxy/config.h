@@ -85,7 +85,7 @@ struct px_config {
     json_t *raw; /* the parsed document, for /config_dump */
     struct cm_addr admin_addr;
     bool has_admin;
-    /* capture issue: health port (proxy/health.c), "health": {"address": ...} */
+    /* the health port (proxy/health.c), "health": {"address": ...} */
     struct cm_addr health_addr;
     bool has_health;
     /* "health": {"address6": ...}: a second address for the same port, skipped
@@ -103,7 +103,7 @@ struct px_config {
     char *policy_file;
     char *routes_file;
     /* "opaque_ports": server-first / opaque protocols by original destination port:
-     * no detection, straight to the TCP policy and the tunnel (issue 13) */
+     * no detection, straight to the TCP policy and the tunnel */
     uint16_t opaque_ports[PX_MAX_OPAQUE_PORTS];
     size_t nopaque_ports;
 };

@@ -1,5 +1,5 @@
 /* HTTP/2 on both sides, with nghttp2: a server session per downstream
- * connection (h2c prior knowledge now, h2 over TLS later) and pooled client
+ * connection (h2c prior knowledge, or ALPN "h2" inside mTLS) and pooled client
  * sessions per upstream address, multiplexing many streams.
  *
  * Both bridge nghttp2 to px_stream (proxy/stream.h): flow control follows the

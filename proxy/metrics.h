@@ -46,10 +46,10 @@ struct px_metrics {
     uint64_t tls_plaintext_refused;  /* plaintext on a strict listener */
     /* bytes */
     uint64_t tcp_bytes_in, tcp_bytes_out;
-    /* issue 13 */
+    /* opaque TCP and protocol detection */
     uint64_t tcp_idle_timeout; /* tunnels closed after limits.tcp_idle_timeout_ms */
     uint64_t detect_silent;    /* connections closed with no byte within header_timeout_ms */
-    /* later issues */
+    /* retries (proxy/stream.c), policy denials (proxy/authz.c), certificate (proxy/identity.c) */
     uint64_t retries_total;
     uint64_t policy_denials_total;
     int64_t cert_expiry_timestamp; /* 0 when no certificate */

@@ -43,7 +43,8 @@ extern struct px_server *px_srv;
  * closed, in-flight requests finish (bounded by limits.drain_timeout_ms).
  * With exit_when_done the loop exits afterwards (SIGTERM, /quitquitquit). */
 void px_server_drain(bool exit_when_done);
-/* Ready = listeners bound (identity is added by a later issue). */
+/* Ready = listeners bound, not draining, and a valid workload certificate
+ * held when an identity is configured (px_identity_ready). */
 bool px_server_ready(void);
 
 #endif

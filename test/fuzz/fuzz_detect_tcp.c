@@ -1,5 +1,5 @@
 /* libFuzzer target for the path an inbound connection takes before any byte
- * is forwarded (issue 13): protocol detection of its first bytes
+ * is forwarded: protocol detection of its first bytes
  * (proxy/detect.c), then, whatever detection says (a TCP fallback can follow
  * any prefix: silence, EOF), the TCP decision of the policy (proxy/policy_decide.c)
  * on its L4 attributes.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# HTTP/1.1 framing the attacker controls (issue 13 part A, docs/config.md
+# HTTP/1.1 framing the attacker controls (docs/config.md
 # "Hostile HTTP/1.1"). Raw requests through four entry points:
 #   P.in   plaintext inbound listener (with a policy)     -> recording app
 #   P.out  plaintext outbound listener                    -> recording app

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Per-pod authorization through real sidecars (issue 5, docs/policy.md).
+# Per-pod authorization through real sidecars (docs/policy.md).
 #
 #   frontend app -> A (outbound, mesh, spiffe://cluster.local/ns/shop/sa/frontend) --mTLS h2--+
 #   ops app      -> C (outbound, mesh, spiffe://cluster.local/ns/ops/sa/admin) -----mTLS h2--+-> B inbound (strict)    -> app

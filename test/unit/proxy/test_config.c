@@ -395,7 +395,7 @@ static void limits_bounds(void **state)
     px_config_free(cfg);
 }
 
-/* issue 13: opaque_ports (what the injector writes from remora.io/opaque-ports)
+/* opaque_ports (what the injector writes from remora.io/opaque-ports)
  * and limits.tcp_idle_timeout_ms (default 1 h, 0: never). */
 static void opaque_ports_and_tcp_idle(void **state)
 {

@@ -1,5 +1,5 @@
 /* Unit tests of the HTTP/1.1 parsing decisions taken before anything is
- * forwarded (issue 13): message framing from Content-Length and
+ * forwarded: message framing from Content-Length and
  * Transfer-Encoding (px_h1_check_framing, RFC 9112 6), the request-target
  * forms (px_http_parse_target, RFC 9112 3.2), valid authorities for Host and
  * absolute-form targets (px_http_valid_authority), and the log escaping of

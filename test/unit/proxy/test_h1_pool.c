@@ -1,4 +1,4 @@
-/* Unit tests of the HTTP/1.1 upstream pool's reuse check (issue 13 row 10):
+/* Unit tests of the HTTP/1.1 upstream pool's reuse check:
  * an idle pooled connection is only handed to the next request when nothing
  * is waiting on it. What the upstream sends while the connection idles is
  * read by the loop (reads stay armed) and closes it; fit_for_reuse(), right
