@@ -187,7 +187,7 @@ static int parse_empty_subject(mbedtls_x509_csr *csr, const unsigned char *der, 
     return 0;
 }
 
-/* Parse a CSR, PEM or DER, into csr; an empty subject is accepted
+/* Parse a CSR, PEM or DER, at most PKI_MAX_CSR bytes, into csr; an empty subject is accepted
  * (parse_empty_subject). *der receives a heap copy of the DER when the
  * signed bytes are not csr->cri (caller frees; NULL otherwise), and
  * *cri, *cri_len the bytes the signature covers. */
@@ -196,6 +196,10 @@ static int csr_parse(mbedtls_x509_csr *csr, const unsigned char *in, size_t len,
 {
     int ret;
     *der = NULL;
+    if (in == NULL || len == 0)
+        return pki_fail(errmsg, CM_ERR_INVAL, "CSR: empty");
+    if (len > PKI_MAX_CSR)
+        return pki_fail(errmsg, CM_ERR_LIMIT, "CSR: larger than %u bytes", PKI_MAX_CSR);
     bool pem = pki_looks_pem(in, len);
     unsigned char *c = NULL;
     if (pem && in[len - 1] != '\0') {
@@ -259,10 +263,6 @@ int pki_csr_parse(mbedtls_x509_csr *csr, const unsigned char *in, size_t len, ch
     unsigned char *der = NULL;
     const unsigned char *cri;
     size_t cri_len;
-    if (in == NULL || len == 0)
-        return pki_fail(errmsg, CM_ERR_INVAL, "CSR: empty");
-    if (len > PKI_MAX_CSR)
-        return pki_fail(errmsg, CM_ERR_LIMIT, "CSR: larger than %u bytes", PKI_MAX_CSR);
     int rc = csr_parse(csr, in, len, &der, &cri, &cri_len, errmsg);
     free(der);
     return rc;
@@ -275,10 +275,6 @@ int pki_csr_parse_verify(mbedtls_x509_csr *csr, const unsigned char *pem, size_t
     unsigned char *der = NULL;
     const unsigned char *cri;
     size_t cri_len;
-    if (pem == NULL || len == 0)
-        return pki_fail(errmsg, CM_ERR_INVAL, "CSR: empty");
-    if (len > PKI_MAX_CSR)
-        return pki_fail(errmsg, CM_ERR_LIMIT, "CSR: larger than %u bytes", PKI_MAX_CSR);
     if ((rc = csr_parse(csr, pem, len, &der, &cri, &cri_len, errmsg)) != 0)
         return rc;
     if (csr->version != 1) {

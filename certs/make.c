@@ -109,10 +109,11 @@ static int load_issuer(const char *cert_pem, const char *key_pem, mbedtls_x509_c
     return 0;
 }
 
-/* Generate a key, write the certificate, return both as PEM. For issued
- * certificates the issuer's own chain (minus roots) follows the cert. */
-static int make(struct pki_tbs *t, const mbedtls_x509_crt *issuer, char **cert_pem, char **key_pem,
-                char **errmsg)
+/* Generate a key, write the certificate valid from now (less the clock
+ * skew) for `days`, return both as PEM. issuer/ikey NULL: self-signed. For
+ * issued certificates the issuer's own chain (minus roots) follows the cert. */
+static int make(struct pki_tbs *t, uint32_t days, const mbedtls_x509_crt *issuer,
+                mbedtls_pk_context *ikey, char **cert_pem, char **key_pem, char **errmsg)
 {
     mbedtls_pk_context key;
     char *cert = NULL, *kp = NULL;
@@ -120,9 +121,12 @@ static int make(struct pki_tbs *t, const mbedtls_x509_crt *issuer, char **cert_p
     mbedtls_pk_init(&key);
     if ((rc = pki_key_generate(&key, errmsg)) != 0)
         goto out;
+    int64_t now = (int64_t)time(NULL);
+    t->not_before = now - SKEW_S;
+    t->not_after = now + (int64_t)days * 86400;
     t->subject_key = &key;
-    if (issuer == NULL)
-        t->issuer_key = &key;
+    t->issuer = issuer;
+    t->issuer_key = issuer != NULL ? ikey : &key;
     if ((rc = pki_crt_write(t, &cert, errmsg)) != 0)
         goto out;
     if ((rc = pki_key_write_pem(&key, &kp, errmsg)) != 0)
@@ -141,25 +145,30 @@ out:
     return rc;
 }
 
-int pki_make_root(const char *cn, uint32_t days, char **cert_pem, char **key_pem, char **errmsg)
+/* A CA certificate named cn: self-signed when issuer is NULL. pathlen: -1
+ * none, 0 for a CA that signs only leaves. */
+static int make_ca(const char *cn, uint32_t days, const mbedtls_x509_crt *issuer,
+                   mbedtls_pk_context *ikey, int pathlen, char **cert_pem, char **key_pem,
+                   char **errmsg)
 {
-    char *subject;
+    char *subject = NULL;
     int rc;
-    if ((rc = check_days(days, errmsg)) != 0 ||
-        (rc = subject_for(cn ? cn : "Remora Root CA", &subject, errmsg)) != 0)
+    if ((rc = check_days(days, errmsg)) != 0 || (rc = subject_for(cn, &subject, errmsg)) != 0)
         return rc;
-    int64_t now = (int64_t)time(NULL);
     struct pki_tbs t = {
         .subject = subject,
-        .not_before = now - SKEW_S,
-        .not_after = now + (int64_t)days * 86400,
         .ca = true,
-        .pathlen = -1,
+        .pathlen = pathlen,
         .key_usage = MBEDTLS_X509_KU_KEY_CERT_SIGN | MBEDTLS_X509_KU_CRL_SIGN,
     };
-    rc = make(&t, NULL, cert_pem, key_pem, errmsg);
+    rc = make(&t, days, issuer, ikey, cert_pem, key_pem, errmsg);
     free(subject);
     return rc;
+}
+
+int pki_make_root(const char *cn, uint32_t days, char **cert_pem, char **key_pem, char **errmsg)
+{
+    return make_ca(cn ? cn : "Remora Root CA", days, NULL, NULL, -1, cert_pem, key_pem, errmsg);
 }
 
 int pki_make_intermediate(const char *cn, uint32_t days, const char *issuer_cert_pem,
@@ -168,27 +177,10 @@ int pki_make_intermediate(const char *cn, uint32_t days, const char *issuer_cert
 {
     mbedtls_x509_crt issuer;
     mbedtls_pk_context ikey;
-    char *subject = NULL;
-    int rc;
-    if ((rc = load_issuer(issuer_cert_pem, issuer_key_pem, &issuer, &ikey, errmsg)) != 0)
-        goto out;
-    if ((rc = check_days(days, errmsg)) != 0 ||
-        (rc = subject_for(cn ? cn : "Remora Intermediate CA", &subject, errmsg)) != 0)
-        goto out;
-    int64_t now = (int64_t)time(NULL);
-    struct pki_tbs t = {
-        .subject = subject,
-        .issuer = &issuer,
-        .issuer_key = &ikey,
-        .not_before = now - SKEW_S,
-        .not_after = now + (int64_t)days * 86400,
-        .ca = true,
-        .pathlen = 0, /* signs workloads, never further CAs */
-        .key_usage = MBEDTLS_X509_KU_KEY_CERT_SIGN | MBEDTLS_X509_KU_CRL_SIGN,
-    };
-    rc = make(&t, &issuer, cert_pem, key_pem, errmsg);
-out:
-    free(subject);
+    int rc = load_issuer(issuer_cert_pem, issuer_key_pem, &issuer, &ikey, errmsg);
+    if (rc == 0) /* pathlen 0: signs workloads, never further CAs */
+        rc = make_ca(cn ? cn : "Remora Intermediate CA", days, &issuer, &ikey, 0, cert_pem,
+                     key_pem, errmsg);
     mbedtls_x509_crt_free(&issuer);
     mbedtls_pk_free(&ikey);
     return rc;
@@ -217,20 +209,15 @@ int pki_make_server(const char *cn, const char *const *dns_names, uint32_t days,
         cn = strlen(dns_names[0]) <= 64 ? dns_names[0] : "Remora server";
     if ((rc = subject_for(cn, &subject, errmsg)) != 0)
         goto out;
-    int64_t now = (int64_t)time(NULL);
     struct pki_tbs t = {
         .subject = subject,
-        .issuer = &issuer,
-        .issuer_key = &ikey,
-        .not_before = now - SKEW_S,
-        .not_after = now + (int64_t)days * 86400,
         .ca = false,
         .pathlen = -1,
         .key_usage = MBEDTLS_X509_KU_DIGITAL_SIGNATURE | MBEDTLS_X509_KU_KEY_ENCIPHERMENT,
         .eku_server = true,
         .dns = dns_names,
     };
-    rc = make(&t, &issuer, cert_pem, key_pem, errmsg);
+    rc = make(&t, days, &issuer, &ikey, cert_pem, key_pem, errmsg);
 out:
     free(subject);
     mbedtls_x509_crt_free(&issuer);
