@@ -179,8 +179,8 @@ int pki_make_intermediate(const char *cn, uint32_t days, const char *issuer_cert
     mbedtls_pk_context ikey;
     int rc = load_issuer(issuer_cert_pem, issuer_key_pem, &issuer, &ikey, errmsg);
     if (rc == 0) /* pathlen 0: signs workloads, never further CAs */
-        rc = make_ca(cn ? cn : "Remora Intermediate CA", days, &issuer, &ikey, 0, cert_pem,
-                     key_pem, errmsg);
+        rc = make_ca(cn ? cn : "Remora Intermediate CA", days, &issuer, &ikey, 0, cert_pem, key_pem,
+                     errmsg);
     mbedtls_x509_crt_free(&issuer);
     mbedtls_pk_free(&ikey);
     return rc;

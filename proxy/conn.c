@@ -305,4 +305,3 @@ void px_conn_accept(struct px_listener *l, int fd, const struct sockaddr *sa, so
     bool wait_short = c->opaque || c->lcfg->direction == PX_DIR_OUTBOUND;
     px_io_set_timeout(c->io, wait_short ? lim->detect_timeout_ms : lim->header_timeout_ms);
 }
-
