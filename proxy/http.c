@@ -143,22 +143,33 @@ static bool is_ows(char c)
     return c == ' ' || c == '\t';
 }
 
+/* The next element of a comma-separated list value from *i on, without
+ * surrounding whitespace (possibly empty): its offset *start and length *n.
+ * False at the end of the value. */
+static bool next_element(const char *value, size_t len, size_t *i, size_t *start, size_t *n)
+{
+    if (*i >= len)
+        return false;
+    while (*i < len && (is_ows(value[*i]) || value[*i] == ','))
+        (*i)++;
+    size_t s = *i;
+    while (*i < len && value[*i] != ',')
+        (*i)++;
+    size_t end = *i;
+    while (end > s && is_ows(value[end - 1]))
+        end--;
+    *start = s;
+    *n = end - s;
+    return true;
+}
+
 bool px_hdr_has_token(const char *value, size_t len, const char *token)
 {
     size_t tlen = strlen(token);
-    size_t i = 0;
-    while (i < len) {
-        while (i < len && (is_ows(value[i]) || value[i] == ','))
-            i++;
-        size_t start = i;
-        while (i < len && value[i] != ',')
-            i++;
-        size_t end = i;
-        while (end > start && is_ows(value[end - 1]))
-            end--;
-        if (end - start == tlen && strncasecmp(value + start, token, tlen) == 0)
+    size_t i = 0, start, n;
+    while (next_element(value, len, &i, &start, &n))
+        if (n == tlen && strncasecmp(value + start, token, tlen) == 0)
             return true;
-    }
     return false;
 }
 
@@ -177,17 +188,8 @@ static void mark_named(struct px_msg *m, const char *name, size_t n)
  * what framing needs (Content-Length, Host). */
 static void mark_connection_tokens(struct px_msg *m, const char *value, size_t len)
 {
-    size_t i = 0;
-    while (i < len) {
-        while (i < len && (is_ows(value[i]) || value[i] == ','))
-            i++;
-        size_t start = i;
-        while (i < len && value[i] != ',')
-            i++;
-        size_t end = i;
-        while (end > start && is_ows(value[end - 1]))
-            end--;
-        size_t n = end - start;
+    size_t i = 0, start, n;
+    while (next_element(value, len, &i, &start, &n)) {
         if (n == 0 || (n == 14 && strncasecmp(value + start, "content-length", 14) == 0) ||
             (n == 4 && strncasecmp(value + start, "host", 4) == 0))
             continue;
