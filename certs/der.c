@@ -16,6 +16,23 @@
 #define SEQ (MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE)
 #define SET (MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SET)
 
+/* The start of a SEQUENCE { type OID, ... } element at *p (an Extension or
+ * an Attribute): *eend its end, *oid and *olen the OID's bytes; *p is left
+ * after the OID. */
+static int oid_entry(unsigned char **p, const unsigned char *end, const unsigned char **eend,
+                     const unsigned char **oid, size_t *olen)
+{
+    size_t elen;
+    if (mbedtls_asn1_get_tag(p, end, &elen, SEQ) != 0)
+        return CM_ERR_INVAL;
+    *eend = *p + elen;
+    if (mbedtls_asn1_get_tag(p, *eend, olen, MBEDTLS_ASN1_OID) != 0)
+        return CM_ERR_INVAL;
+    *oid = *p;
+    *p += *olen;
+    return 0;
+}
+
 int pki_der_find_ext(const unsigned char *exts, size_t len, const char *oid, size_t oidlen,
                      const unsigned char **val, size_t *vlen, bool *critical)
 {
@@ -27,15 +44,11 @@ int pki_der_find_ext(const unsigned char *exts, size_t len, const char *oid, siz
     if (mbedtls_asn1_get_tag(&p, end, &n, SEQ) != 0 || p + n != end)
         return CM_ERR_INVAL;
     while (p < end) {
-        size_t elen, olen, octlen;
+        size_t olen, octlen;
+        const unsigned char *eend, *o;
         int crit = 0;
-        if (mbedtls_asn1_get_tag(&p, end, &elen, SEQ) != 0)
+        if (oid_entry(&p, end, &eend, &o, &olen) != 0)
             return CM_ERR_INVAL;
-        const unsigned char *eend = p + elen;
-        if (mbedtls_asn1_get_tag(&p, eend, &olen, MBEDTLS_ASN1_OID) != 0)
-            return CM_ERR_INVAL;
-        const unsigned char *o = p;
-        p += olen;
         if (p < eend && *p == MBEDTLS_ASN1_BOOLEAN && mbedtls_asn1_get_bool(&p, eend, &crit) != 0)
             return CM_ERR_INVAL;
         if (mbedtls_asn1_get_tag(&p, eend, &octlen, MBEDTLS_ASN1_OCTET_STRING) != 0 ||
@@ -96,14 +109,10 @@ int pki_csr_exts(const mbedtls_x509_csr *csr, const unsigned char **exts, size_t
         p + n != end)
         return CM_ERR_INVAL;
     while (p < end) {
-        size_t alen, olen, slen;
-        if (mbedtls_asn1_get_tag(&p, end, &alen, SEQ) != 0)
+        size_t olen, slen;
+        const unsigned char *aend, *o;
+        if (oid_entry(&p, end, &aend, &o, &olen) != 0)
             return CM_ERR_INVAL;
-        const unsigned char *aend = p + alen;
-        if (mbedtls_asn1_get_tag(&p, aend, &olen, MBEDTLS_ASN1_OID) != 0)
-            return CM_ERR_INVAL;
-        const unsigned char *o = p;
-        p += olen;
         if (mbedtls_asn1_get_tag(&p, aend, &slen, SET) != 0 || p + slen != aend)
             return CM_ERR_INVAL;
         if (olen == MBEDTLS_OID_SIZE(MBEDTLS_OID_PKCS9_CSR_EXT_REQ) &&
