@@ -125,7 +125,7 @@ test-gcc:
 	$(MAKE) --no-print-directory CC=gcc BUILD=build all
 
 test-clang:
-	$(MAKE) --no-print-directory CC=clang BUILD=build/clang all
+	$(MAKE) --no-print-directory CC=clang BUILD=build/clang all unit-bins
 
 test-asan:
 	$(MAKE) --no-print-directory CC=gcc BUILD=$(ASAN_BUILD) OPT=-O1 SANITIZE=address,undefined all unit-bins

@@ -166,7 +166,6 @@ static void record(struct px_stream *s)
 }
 
 /* Runs from the server's gc event, outside every codec callback. */
-void px_stream_gc(void);
 void px_stream_gc(void)
 {
     while (!cm_list_empty(&px_srv->gc_streams)) {
@@ -185,7 +184,6 @@ void px_stream_gc(void)
 }
 
 /* Release the freelist at exit (leak checks). */
-void px_stream_freelist_clear(void);
 void px_stream_freelist_clear(void)
 {
     while (!cm_list_empty(&freelist)) {
