@@ -87,9 +87,11 @@ for port in webhook ca; do
     for mode in tls head body; do
         r=$("${TRICKLE[@]}" attack --port "$p" --conns 3 --mode "$mode" --seconds 5.5 --length 30000 \
             --path "$path" "${hdr[@]}" --src-base 127.0.0.20)
-        lo=$(jq .lifetime_min <<<"$r"); hi=$(jq .lifetime_max <<<"$r"); n=$(jq .closed_by_server <<<"$r")
-        if [[ $n -ge 3 ]] && awk -v a="$lo" -v b="$hi" 'BEGIN {exit !(a >= 1.9 && b <= 4.5)}'; then
-            pass "$port port: a client trickling the $mode one byte a second is closed at the 2 s deadline ($lo..$hi s, $n closes)"
+        # No trickler outlives the deadline (max), and the typical one is cut at it (median);
+        # on a loaded machine a reconnect can be closed early (the minimum), which is no breach.
+        md=$(jq .lifetime_median <<<"$r"); hi=$(jq .lifetime_max <<<"$r"); n=$(jq .closed_by_server <<<"$r")
+        if [[ $n -ge 3 ]] && awk -v a="$md" -v b="$hi" 'BEGIN {exit !(a >= 1.9 && b <= 4.5)}'; then
+            pass "$port port: a client trickling the $mode one byte a second is closed at the 2 s deadline (median $md s, max $hi s, $n closes)"
         else
             fail "$port port: $mode trickle not cut at 2 s: $r"
         fi
