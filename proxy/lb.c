@@ -44,7 +44,7 @@ static uint32_t rnd(void)
 #define LAT_FLOOR_MS   1e-3 /* a decayed estimate never reaches 0: load still counts */
 
 /* The EWMA decayed to now: an endpoint nobody sends to loses its penalty. */
-double px_lb_decayed_ms(const struct px_ep_state *st, uint64_t now_us)
+static double decayed_ms(const struct px_ep_state *st, uint64_t now_us)
 {
     if (now_us <= st->ewma_at_us)
         return st->ewma_ms;
@@ -57,13 +57,13 @@ static double believed_ms(const struct px_route *rt, const struct px_ep_state *s
 {
     if (st->ewma_at_us == 0)
         return rt->lat_typical_ms > 0 ? rt->lat_typical_ms : LAT_DEFAULT_MS;
-    return px_lb_decayed_ms(st, now_us);
+    return decayed_ms(st, now_us);
 }
 
 /* The balancer's latency estimate: the belief, raised to how long st has gone
  * without a response while it has requests outstanding (a hung endpoint
  * becomes expensive within its first milliseconds, not after its timeouts). */
-double px_lb_estimate_ms(const struct px_route *rt, const struct px_ep_state *st, uint64_t now_us)
+static double estimate_ms(const struct px_route *rt, const struct px_ep_state *st, uint64_t now_us)
 {
     double est = believed_ms(rt, st, now_us);
     if (st->outstanding > 0 && now_us > st->progress_us) {
@@ -75,17 +75,16 @@ double px_lb_estimate_ms(const struct px_route *rt, const struct px_ep_state *st
 }
 
 /* lower is better: latency estimate x (outstanding + 1) / weight */
-double px_lb_cost(const struct px_route *rt, const struct px_endpoint *e, uint64_t now_us)
+static double cost_of(const struct px_route *rt, const struct px_endpoint *e, uint64_t now_us)
 {
-    return px_lb_estimate_ms(rt, e->st, now_us) * ((double)e->st->outstanding + 1.0) /
-           (double)e->weight;
+    return estimate_ms(rt, e->st, now_us) * ((double)e->st->outstanding + 1.0) / (double)e->weight;
 }
 
 /* One latency sample. Peak-EWMA: a slower sample is believed at once, a
  * faster one moves the estimate by LAT_ALPHA; a failure's (a timeout's)
  * duration only ever raises it. */
-void px_lb_observe(struct px_route *rt, struct px_ep_state *st, double ms, bool failure,
-                   uint64_t now_us)
+static void observe(struct px_route *rt, struct px_ep_state *st, double ms, bool failure,
+                    uint64_t now_us)
 {
     double cur = believed_ms(rt, st, now_us);
     if (ms > cur || (st->ewma_at_us == 0 && !failure))
@@ -111,7 +110,7 @@ void px_route_try_head(struct px_route *rt, struct px_endpoint *ep, uint64_t lat
 {
     uint64_t now = cm_mono_us();
     ep->st->progress_us = now;
-    px_lb_observe(rt, ep->st, (double)latency_us / 1000.0, false, now);
+    observe(rt, ep->st, (double)latency_us / 1000.0, false, now);
 }
 
 void px_route_try_abandon(struct px_endpoint *ep)
@@ -142,7 +141,7 @@ static void seed_typical(struct px_route *rt, uint64_t now_us)
     size_t n = 0;
     for (size_t i = 0; i < rt->neps; i++)
         if (rt->eps[i].st->ewma_at_us != 0)
-            v[n++] = px_lb_decayed_ms(rt->eps[i].st, now_us);
+            v[n++] = decayed_ms(rt->eps[i].st, now_us);
     if (n > 0) {
         qsort(v, n, sizeof(*v), cmp_double);
         rt->lat_typical_ms = v[(n - 1) / 2]; /* the lower middle one: new ones get tried */
@@ -198,7 +197,7 @@ static struct px_endpoint *p2c(const struct px_route *rt, struct px_endpoint *co
     size_t i = rnd() % n, j = rnd() % (n - 1);
     if (j >= i)
         j++;
-    return px_lb_cost(rt, c[i], now_us) <= px_lb_cost(rt, c[j], now_us) ? c[i] : c[j];
+    return cost_of(rt, c[i], now_us) <= cost_of(rt, c[j], now_us) ? c[i] : c[j];
 }
 
 /* P2C among the endpoints of c[0..n) not in avoid (a retry), or NULL when all
@@ -221,7 +220,7 @@ static struct px_endpoint *p2c_avoiding(const struct px_route *rt, struct px_end
                 b = e;
         }
         if (b != NULL)
-            return px_lb_cost(rt, a, now_us) <= px_lb_cost(rt, b, now_us) ? a : b;
+            return cost_of(rt, a, now_us) <= cost_of(rt, b, now_us) ? a : b;
         /* unlucky draws (or duplicate addresses): filter */
     }
     size_t nc = 0;
@@ -254,4 +253,27 @@ struct px_endpoint *px_route_pick(struct px_route *rt, const struct px_ep_state 
     }
     /* only endpoints this request already tried are left: any of them */
     return &rt->eps[rnd() % rt->neps];
+}
+
+/* The latency model for the rest of the routes (routes_int.h); lb.c itself
+ * calls the static ones, which the compiler inlines into the pick. */
+double px_lb_decayed_ms(const struct px_ep_state *st, uint64_t now_us)
+{
+    return decayed_ms(st, now_us);
+}
+
+double px_lb_estimate_ms(const struct px_route *rt, const struct px_ep_state *st, uint64_t now_us)
+{
+    return estimate_ms(rt, st, now_us);
+}
+
+double px_lb_cost(const struct px_route *rt, const struct px_endpoint *e, uint64_t now_us)
+{
+    return cost_of(rt, e, now_us);
+}
+
+void px_lb_observe(struct px_route *rt, struct px_ep_state *st, double ms, bool failure,
+                   uint64_t now_us)
+{
+    observe(rt, st, ms, failure, now_us);
 }
