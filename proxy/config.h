@@ -85,7 +85,7 @@ struct px_config {
     json_t *raw; /* the parsed document, for /config_dump */
     struct cm_addr admin_addr;
     bool has_admin;
-    /* the health port (proxy/health.c), "health": {"address": ...} */
+    /* the health port (proxy/health_server.c), "health": {"address": ...} */
     struct cm_addr health_addr;
     bool has_health;
     /* "health": {"address6": ...}: a second address for the same port, skipped

@@ -79,7 +79,7 @@ int main(int argc, char **argv)
     cm_log_set_component("proxy");
     if (argc > 1 && strcmp(argv[1], "iptables") == 0)
         return px_iptables_main(argc - 1, argv + 1);
-    if (argc > 1 && strcmp(argv[1], "wait") == 0) /* the postStart hook (proxy/health.c) */
+    if (argc > 1 && strcmp(argv[1], "wait") == 0) /* the postStart hook (proxy/wait.c) */
         return px_health_wait_main(argc - 1, argv + 1);
 
     static const struct option opts[] = {{"config", required_argument, NULL, 'c'},

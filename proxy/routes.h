@@ -77,7 +77,7 @@ struct px_route {
     uint64_t budget_sec[10];
     uint32_t budget_req[10], budget_retry[10];
     /* The LB view, derived from the endpoints' health and rebuilt only when
-     * an ejection starts or ends (lb_refresh in routes.c): lb_order holds the
+     * an ejection starts or ends (lb_refresh in lb.c): lb_order holds the
      * healthy local endpoints, then the healthy remote ones, then the ejected
      * ones, so each candidate tier is a prefix and a pick draws two directly. */
     struct px_endpoint **lb_order;

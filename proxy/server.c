@@ -206,7 +206,7 @@ int px_server_run(struct px_config *cfg)
         rc = CM_ERR_IO;
         goto out;
     }
-    /* the health port for kubelet and Prometheus (proxy/health.c) */
+    /* the health port for kubelet and Prometheus (proxy/health_server.c) */
     if (cfg->has_health &&
         (px_health_start(px_srv->base, &cfg->health_addr, &health, &err) != 0 ||
          (cfg->has_health6 && px_health_listen_optional(health, &cfg->health_addr6, &err) != 0))) {

@@ -8,7 +8,7 @@
  * its default upstream. */
 void px_tcp_start(struct px_conn *c);
 /* Tunnels open now (opaque TCP: part of what `remora-proxy wait --drain`, the
- * preStop hook, counts as in flight; proxy/health.c /healthz/idle). */
+ * preStop hook, counts as in flight; proxy/health_server.c /healthz/idle). */
 unsigned px_tcp_active(void);
 /* Close every tunnel (exit). */
 void px_tcp_shutdown(void);

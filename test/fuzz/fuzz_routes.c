@@ -1,4 +1,4 @@
-/* libFuzzer target for px_routes_parse (proxy/routes.c): the bytes are a
+/* libFuzzer target for px_routes_parse (proxy/routes_config.c): the bytes are a
  * routes file. Either it loads and satisfies what the data path relies on
  * (at least one endpoint per route, attempts >= 1, a match of exactly one
  * kind, every route's host or address matching the first route in file

@@ -1,9 +1,8 @@
-/* Unit tests of proxy/routes.c: parsing errors name the key, matching (and
- * its index keeping file order), the endpoint pick (locality tiers, failover,
- * avoid, power of two choices, never an ejected endpoint), the latency-aware
- * cost (a hung endpoint loses at once, a new one gets traffic, a penalty
- * decays), outlier ejection (never the last healthy endpoint), the retry
- * budget and retry_on. */
+/* Unit tests of the routes (proxy/routes*.c, lb.c, outlier.c): parsing errors name the key,
+ * matching (and its index keeping file order), the endpoint pick (locality tiers, failover, avoid,
+ * power of two choices, never an ejected endpoint), the latency-aware cost (a hung endpoint loses
+ * at once, a new one gets traffic, a penalty decays), outlier ejection (never the last healthy
+ * endpoint), the retry budget and retry_on. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -11,7 +10,15 @@
 #include <cmocka.h>
 #include <unistd.h>
 
-#include "proxy/routes.c"
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "certs/pki.h"
+#include "common/clock.h"
+#include "proxy/routes.h"
+#include "proxy/routes_int.h"
+#include "proxy/server.h"
 
 static struct px_routes *parse_ok(const char *json)
 {
@@ -20,7 +27,7 @@ static struct px_routes *parse_ok(const char *json)
     int rc = px_routes_parse("t.json", json, strlen(json), &r, &err);
     if (rc != 0)
         fail_msg("unexpected error: %s", err);
-    bind_states(r);
+    px_routes_bind_states(r);
     return r;
 }
 
@@ -121,10 +128,10 @@ static void locality_and_failover(void **state)
         assert_ptr_equal(px_route_pick(rt, NULL, 0), &rt->eps[2]);
     px_route_report(rt, &rt->eps[2], PX_TRY_CONNECT, 100);
     assert_int_equal(rt->eps[2].st->ejections, 0);
-    assert_int_equal(R.ejections_total, 2);
+    assert_int_equal(px_routes_g.ejections_total, 2);
     /* ejection ends: local again */
     rt->eps[0].st->ejected_until_ms = 1;
-    R.eject_gen++; /* edited behind routes.c's back: the LB view must rebuild */
+    px_routes_g.eject_gen++; /* edited behind outlier.c's back: the LB view must rebuild */
     for (int i = 0; i < 20; i++)
         assert_ptr_equal(px_route_pick(rt, NULL, 0), &rt->eps[0]);
     px_routes_unref(r);
@@ -176,7 +183,7 @@ static void match_order_with_index(void **state)
 static const struct px_route *match_by_scan(const struct px_routes *r, const char *authority,
                                             const struct cm_addr *orig_dst)
 {
-    size_t hlen = authority != NULL ? host_len(authority) : 0;
+    size_t hlen = authority != NULL ? px_routes_host_len(authority) : 0;
     for (size_t i = 0; i < r->n; i++) {
         const struct px_route *rt = &r->routes[i];
         if (rt->match_host != NULL) {
@@ -252,11 +259,11 @@ static void pick_never_ejected(void **state)
     struct px_route *rt = &r->routes[0];
     for (int i = 0; i < 40; i += 3)
         px_route_report(rt, &rt->eps[i], PX_TRY_CONNECT, 100); /* 14 ejected */
-    assert_int_equal(R.ejections_total, 14);
+    assert_int_equal(px_routes_g.ejections_total, 14);
     int seen[40] = {0};
     for (int i = 0; i < 4000; i++) {
         struct px_endpoint *e = px_route_pick(rt, NULL, 0);
-        assert_false(ejected(e->st, cm_mono_ms()));
+        assert_false(px_ep_ejected(e->st, cm_mono_ms()));
         seen[e - rt->eps]++;
     }
     for (int i = 0; i < 40; i++)
@@ -266,7 +273,7 @@ static void pick_never_ejected(void **state)
     const struct px_ep_state *tried[3] = {rt->eps[1].st, rt->eps[2].st, rt->eps[4].st};
     for (int i = 0; i < 1000; i++) {
         struct px_endpoint *e = px_route_pick(rt, tried, 3);
-        assert_false(ejected(e->st, cm_mono_ms()));
+        assert_false(px_ep_ejected(e->st, cm_mono_ms()));
         assert_true(e != &rt->eps[1] && e != &rt->eps[2] && e != &rt->eps[4]);
     }
     usleep(60 * 1000); /* the ejections end (40 ms) */
@@ -330,7 +337,7 @@ static void locality_tiers(void **state)
         assert_true((px_route_pick(rt, NULL, 0) - rt->eps) % 4 != 0);
     /* one local endpoint back (its ejection over): all traffic local again */
     rt->eps[48].st->ejected_until_ms = 1;
-    R.eject_gen++;
+    px_routes_g.eject_gen++;
     for (int i = 0; i < 200; i++)
         assert_ptr_equal(px_route_pick(rt, NULL, 0), &rt->eps[48]);
     px_routes_unref(r);
@@ -384,7 +391,7 @@ static void hung_endpoint_loses(void **state)
     px_route_try_start(&rt->eps[0]); /* sent, never answered */
     usleep(10 * 1000);
     px_route_try_start(&rt->eps[1]); /* busy too, but just started */
-    assert_true(estimate_ms(rt, rt->eps[0].st, cm_mono_us()) >= 10.0);
+    assert_true(px_lb_estimate_ms(rt, rt->eps[0].st, cm_mono_us()) >= 10.0);
     for (int i = 0; i < 1000; i++)
         assert_ptr_not_equal(px_route_pick(rt, NULL, 0), &rt->eps[0]);
     /* an old request (50 ms) against endpoints with three in flight each */

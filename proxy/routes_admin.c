@@ -1,0 +1,180 @@
+/* The routes on the admin port (GET /clusters, POST /routes/reload) and on
+ * /metrics (per-endpoint outcomes, ejections). */
+#include "proxy/routes.h"
+
+#include <event2/buffer.h>
+#include <event2/http.h>
+#include <stdlib.h>
+
+#include "common/clock.h"
+#include "common/log.h"
+#include "proxy/admin.h"
+#include "proxy/pool.h"
+#include "proxy/routes_int.h"
+#include "proxy/server.h"
+#include "proxy/watch.h"
+
+static json_t *endpoint_json(const struct px_route *rt, const struct px_endpoint *e, uint64_t now,
+                             uint64_t now_us)
+{
+    char a[CM_ADDR_STRLEN];
+    const struct px_ep_state *s = e->st;
+    json_t *o = json_object();
+    json_object_set_new(o, "address", json_string(cm_addr_format(&e->addr, a, sizeof(a))));
+    json_object_set_new(o, "cluster", e->cluster ? json_string(e->cluster) : json_null());
+    json_object_set_new(o, "identity", e->identity ? json_string(e->identity) : json_null());
+    json_object_set_new(o, "weight", json_integer(e->weight));
+    bool ej = px_ep_ejected(s, now);
+    json_object_set_new(o, "health", json_string(ej ? "ejected" : "healthy"));
+    json_object_set_new(o, "ejected_for_ms",
+                        json_integer(ej ? (json_int_t)(s->ejected_until_ms - now) : 0));
+    json_object_set_new(o, "ejections", json_integer(s->ejections));
+    json_object_set_new(o, "consecutive_failures", json_integer(s->consecutive_failures));
+    json_object_set_new(o, "outstanding", json_integer(s->outstanding));
+    json_object_set_new(o, "requests", json_integer((json_int_t)s->requests));
+    json_object_set_new(o, "successes", json_integer((json_int_t)s->successes));
+    json_t *f = json_pack("{s:I, s:I, s:I, s:I}", "connect", (json_int_t)s->fail_connect, "reset",
+                          (json_int_t)s->fail_reset, "timeout", (json_int_t)s->fail_timeout, "5xx",
+                          (json_int_t)s->fail_5xx);
+    json_object_set_new(o, "failures", f);
+    /* the balancer's view: the EWMA decayed to now, the estimate it uses
+     * (never measured: the route's typical latency; raised to the stall) */
+    json_object_set_new(o, "latency_ewma_ms",
+                        json_real(s->ewma_at_us != 0 ? px_lb_decayed_ms(s, now_us) : 0.0));
+    json_object_set_new(o, "latency_estimate_ms", json_real(px_lb_estimate_ms(rt, s, now_us)));
+    json_object_set_new(o, "stalled_ms",
+                        json_integer(s->outstanding > 0 && now_us > s->progress_us
+                                         ? (json_int_t)((now_us - s->progress_us) / 1000)
+                                         : 0));
+    json_object_set_new(o, "lb_cost", json_real(px_lb_cost(rt, e, now_us)));
+    /* circuit breakers: the address's connections and waiters (shared by
+     * every route naming it, and by requests to it without a route) */
+    json_object_set_new(o, "circuit_breakers", px_pool_ep_json(px_pool_find(&e->addr)));
+    return o;
+}
+
+static int on_clusters(struct evhttp_request *req, const struct evkeyvalq *q, struct evbuffer *out,
+                       void *arg)
+{
+    (void)req;
+    (void)q;
+    (void)arg;
+    uint64_t now_us = cm_mono_us(), now = now_us / 1000;
+    json_t *o = json_object();
+    json_t *routes = json_array();
+    const char *local = px_srv->cfg->cluster;
+    for (size_t i = 0; px_routes_g.cur != NULL && i < px_routes_g.cur->n; i++) {
+        const struct px_route *rt = &px_routes_g.cur->routes[i];
+        json_t *ro = json_object();
+        json_object_set_new(ro, "name", json_string(rt->name));
+        if (rt->match_host != NULL)
+            json_object_set_new(ro, "match", json_pack("{s:s}", "host", rt->match_host));
+        else {
+            char a[CM_ADDR_STRLEN];
+            json_object_set_new(
+                ro, "match",
+                json_pack("{s:s}", "address", cm_addr_format(&rt->match_addr, a, sizeof(a))));
+        }
+        struct px_breakers cb = px_srv->cfg->limits.upstream;
+        px_route_breakers(rt, &cb);
+        json_object_set_new(ro, "circuit_breakers",
+                            json_pack("{s:i, s:i, s:i, s:i}", "max_connections",
+                                      (int)cb.max_connections, "max_pending_requests",
+                                      (int)cb.max_pending_requests, "pending_timeout_ms",
+                                      (int)cb.pending_timeout_ms, "max_requests_per_connection",
+                                      (int)cb.max_requests_per_connection));
+        json_t *eps = json_array();
+        for (size_t k = 0; k < rt->neps; k++)
+            json_array_append_new(eps, endpoint_json(rt, &rt->eps[k], now, now_us));
+        json_object_set_new(ro, "endpoints", eps);
+        json_array_append_new(routes, ro);
+    }
+    json_object_set_new(o, "cluster", local ? json_string(local) : json_null());
+    json_object_set_new(o, "routes_file",
+                        px_routes_g.file ? json_string(px_routes_g.file) : json_null());
+    char ts[32];
+    json_object_set_new(o, "loaded_at",
+                        px_routes_g.loaded_at
+                            ? json_string(cm_fmt_rfc3339(px_routes_g.loaded_at, ts, sizeof(ts)))
+                            : json_null());
+    const char *last_error = cm_watch_last_error(&px_routes_g.watch.files);
+    json_object_set_new(o, "last_error", last_error ? json_string(last_error) : json_null());
+    json_object_set_new(o, "ejections_total",
+                        json_integer((json_int_t)px_routes_g.ejections_total));
+    json_object_set_new(o, "routes", routes);
+    /* every upstream address with connections, waiters or a recent
+     * overflow, routed or not (original destinations, fixed upstreams) */
+    json_object_set_new(o, "upstreams", px_pool_all_json());
+    px_admin_reply_json(out, o);
+    return 200;
+}
+
+static int on_reload(struct evhttp_request *req, const struct evkeyvalq *q, struct evbuffer *out,
+                     void *arg)
+{
+    (void)req;
+    (void)q;
+    (void)arg;
+    if (px_routes_g.file == NULL)
+        return px_admin_reply_error(out, 404, "no routes_file configured");
+    char *e = NULL;
+    if (px_routes_reload(&e) != 0) {
+        int rc = px_admin_reply_error(out, 400, "%s", e);
+        free(e);
+        return rc;
+    }
+    px_admin_reply_json(out, json_pack("{s:s, s:I}", "status", "reloaded", "routes",
+                                       (json_int_t)px_routes_g.cur->n));
+    return 200;
+}
+
+void px_routes_admin_routes(void)
+{
+    if (px_routes_g.file == NULL)
+        return; /* like /certs and /policy: 404 "not configured" without a routes file */
+    px_admin_route(px_srv->admin, PX_ADMIN_GET, "/clusters", on_clusters, NULL);
+    px_admin_route(px_srv->admin, PX_ADMIN_POST, "/routes/reload", on_reload, NULL);
+}
+
+uint64_t px_routes_ejections_total(void)
+{
+    return px_routes_g.ejections_total;
+}
+
+void px_routes_write_prometheus(struct evbuffer *out)
+{
+    if (px_routes_g.cur == NULL)
+        return;
+    evbuffer_add_printf(out, "# HELP remora_endpoint_requests_total Tries sent to an endpoint, by "
+                             "outcome.\n# TYPE remora_endpoint_requests_total counter\n");
+    for (const struct px_ep_state *s = px_routes_g.states; s != NULL; s = s->next) {
+        char a[CM_ADDR_STRLEN];
+        cm_addr_format(&s->addr, a, sizeof(a));
+        const struct {
+            const char *o;
+            uint64_t v;
+        } rows[] = {{"success", s->successes},
+                    {"connect_failure", s->fail_connect},
+                    {"reset", s->fail_reset},
+                    {"timeout", s->fail_timeout},
+                    {"5xx", s->fail_5xx}};
+        for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
+            evbuffer_add_printf(out,
+                                "remora_endpoint_requests_total{endpoint=\"%s\",outcome=\"%s\"} "
+                                "%llu\n",
+                                a, rows[i].o, (unsigned long long)rows[i].v);
+    }
+    evbuffer_add_printf(out, "# HELP remora_endpoint_ejected 1 while an endpoint is ejected.\n"
+                             "# TYPE remora_endpoint_ejected gauge\n");
+    uint64_t now = cm_mono_ms();
+    for (const struct px_ep_state *s = px_routes_g.states; s != NULL; s = s->next) {
+        char a[CM_ADDR_STRLEN];
+        evbuffer_add_printf(out, "remora_endpoint_ejected{endpoint=\"%s\"} %d\n",
+                            cm_addr_format(&s->addr, a, sizeof(a)), px_ep_ejected(s, now) ? 1 : 0);
+    }
+    evbuffer_add_printf(out,
+                        "# HELP remora_outlier_ejections_total Endpoints ejected by outlier "
+                        "detection.\n# TYPE remora_outlier_ejections_total counter\n"
+                        "remora_outlier_ejections_total %llu\n",
+                        (unsigned long long)px_routes_g.ejections_total);
+}

@@ -1,0 +1,54 @@
+/* Internals shared by the routes files (not an API: proxy/routes.h is).
+ *   routes.c         the routes in force: loading, reload, the watch, refcounts,
+ *                    the shared per-address endpoint records
+ *   routes_config.c  JSON -> routes (parsing, defaults), circuit_breakers overrides
+ *   routes_index.c   the exact-match index, px_routes_match
+ *   lb.c             endpoint picks: P2C on a peak-EWMA cost, the LB view
+ *   outlier.c        the verdict of a try: counts, ejection, retry_on, retry budget
+ *   routes_admin.c   GET /clusters, POST /routes/reload, the /metrics rows */
+#ifndef PX_ROUTES_INT_H
+#define PX_ROUTES_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proxy/routes.h"
+#include "proxy/watch.h"
+
+/* The one live state of the routes (routes.c owns it). */
+struct px_routes_state {
+    char *file;
+    struct px_routes *cur;
+    struct px_ep_state *states; /* every endpoint address ever seen */
+    uint64_t ejections_total;
+    uint64_t eject_gen; /* bumped when an ejection starts: LB views rebuild */
+    int64_t loaded_at;
+    struct px_watch watch; /* routes_file, and the last failed load */
+};
+extern struct px_routes_state px_routes_g;
+
+static inline bool px_ep_ejected(const struct px_ep_state *s, uint64_t now)
+{
+    return s->ejected_until_ms > now;
+}
+
+/* routes.c */
+void px_routes_free(struct px_routes *r);
+/* Attach the shared health records (only for snapshots that go live). */
+void px_routes_bind_states(struct px_routes *r);
+
+/* routes_config.c: length of a Host value without its ":port". */
+size_t px_routes_host_len(const char *h);
+
+/* routes_index.c: fill r's exact-match index (after parsing). */
+void px_routes_index_build(struct px_routes *r);
+
+/* lb.c: the latency model (admin output and verdicts use it too) */
+double px_lb_decayed_ms(const struct px_ep_state *st, uint64_t now_us);
+double px_lb_estimate_ms(const struct px_route *rt, const struct px_ep_state *st, uint64_t now_us);
+double px_lb_cost(const struct px_route *rt, const struct px_endpoint *e, uint64_t now_us);
+void px_lb_observe(struct px_route *rt, struct px_ep_state *st, double ms, bool failure,
+                   uint64_t now_us);
+
+#endif
