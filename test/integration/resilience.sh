@@ -99,8 +99,14 @@ kill -9 "$e2_PID"
 wait $lpid
 out=$(grep -E '^requests:' "$TMP/mid.txt")
 expect_match "endpoint killed (-9) mid-load: no failed request" "$out" '4000 succeeded, 0 failed'
-ej=$(ep svc 1 ejections)
-check "... and the killed endpoint is ejected ($ej ejections)" test "$ej" -ge 1
+# What the mesh guarantees after the kill: the dead endpoint gets no more traffic. Which
+# mechanism stops it (ejection after consecutive failures, or the latency-aware balancer
+# pricing it out after one connect failure) depends on timing, so it is shown, not asserted.
+ej=$(ep svc 1 ejections); r1=$(ep svc 1 requests)
+expect_eq "... 200 more requests after the kill: none fails" "$(load svc.shop.svc.cluster.local 200)" "200 0"
+r2=$(ep svc 1 requests)
+check "... and the killed endpoint gets none of them (requests $r1 -> $r2; $ej ejections)" \
+    test "$r2" -le $((r1 + 1))
 
 # -- per-try timeout: a slow endpoint is cut off and the request retried ---------------------------
 start=$(date +%s%N)
