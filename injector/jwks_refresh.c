@@ -1,7 +1,6 @@
 /* refresh-jwks (jwks_refresh.h): the cluster's JWKS into remora-jwks, on kube.c. */
 #include "injector/jwks_refresh.h"
 
-#include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -48,92 +47,37 @@ void ij_jwks_refresh_usage(FILE *f)
 
 void ij_jwks_refresh_opts_deinit(struct ij_jwks_refresh_opts *o)
 {
-    free(o->api);
-    o->api = NULL;
+    ij_job_opts_deinit(&o->job);
 }
 
 int ij_jwks_refresh_parse_args(int argc, char **argv, struct ij_jwks_refresh_opts *o, char **errmsg)
 {
-    enum { O_API = 1, O_TOKEN, O_CA, O_NS, O_NAME, O_KEY, O_TIMEOUT, O_HELP };
+    enum { O_NS = 1 };
     static const struct option opts[] = {
-        {"api", required_argument, NULL, O_API},
-        {"token-file", required_argument, NULL, O_TOKEN},
-        {"ca-file", required_argument, NULL, O_CA},
         {"namespace", required_argument, NULL, O_NS},
-        {"name", required_argument, NULL, O_NAME},
-        {"key", required_argument, NULL, O_KEY},
-        {"timeout-ms", required_argument, NULL, O_TIMEOUT},
-        {"help", no_argument, NULL, O_HELP},
+        IJ_JOB_OPTIONS,
         {NULL, 0, NULL, 0},
     };
-    const char *api = NULL;
-    int c;
+    int c, rc;
     memset(o, 0, sizeof(*o));
-    o->token_file = IJ_KUBE_DEFAULT_TOKEN_FILE;
-    o->ca_file = IJ_KUBE_DEFAULT_CA_FILE;
+    ij_job_opts_init(&o->job, "remora-jwks", "jwks.json");
     o->ns = "remora-system";
-    o->name = "remora-jwks";
-    o->key = "jwks.json";
-    o->timeout_ms = 10000;
-
-    optind = 1;
-    opterr = 0;
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-        switch (c) {
-        case O_API:
-            api = optarg;
-            break;
-        case O_TOKEN:
-            o->token_file = optarg;
-            break;
-        case O_CA:
-            o->ca_file = optarg;
-            break;
-        case O_NS:
+        if ((rc = ij_job_opt(&o->job, c, optarg, argv, errmsg)) != 0) {
+            if (rc < 0)
+                return rc;
+            continue;
+        }
+        if (c == O_NS) {
             o->ns = optarg;
-            break;
-        case O_NAME:
-            o->name = optarg;
-            break;
-        case O_KEY:
-            o->key = optarg;
-            break;
-        case O_TIMEOUT: {
-            char *end;
-            errno = 0;
-            long v = strtol(optarg, &end, 10);
-            if (errno != 0 || end == optarg || *end != '\0' || v < 10 || v > 600000)
-                return jfail(errmsg, CM_ERR_INVAL,
-                             "--timeout-ms %s: want a whole number from 10 to 600000", optarg);
-            o->timeout_ms = (int)v;
-            break;
+            continue;
         }
-        case 'h':
-        case O_HELP:
-            ij_jwks_refresh_usage(stdout);
-            return 1;
-        case ':':
-            return jfail(errmsg, CM_ERR_INVAL, "%s needs a value", argv[optind - 1]);
-        default:
-            return jfail(errmsg, CM_ERR_INVAL, "unknown flag %s", argv[optind - 1]);
-        }
+        ij_jwks_refresh_usage(stdout); /* 'h', IJ_JOB_HELP */
+        return 1;
     }
-    if (optind != argc)
-        return jfail(errmsg, CM_ERR_INVAL, "unexpected argument %s", argv[optind]);
     if (!ij_publish_valid_label(o->ns))
         return jfail(errmsg, CM_ERR_INVAL, "--namespace %s: not a valid namespace name", o->ns);
-    if (!ij_publish_valid_subdomain(o->name))
-        return jfail(errmsg, CM_ERR_INVAL,
-                     "--name %s: not a valid ConfigMap name (DNS-1123 subdomain)", o->name);
-    if (!ij_publish_valid_key(o->key))
-        return jfail(errmsg, CM_ERR_INVAL, "--key %s: not a valid ConfigMap key ([-._a-zA-Z0-9]+)",
-                     o->key);
-    o->api = api ? cm_xstrdup(api) : ij_kube_default_api();
-    struct ij_kube_url u;
-    int rc = ij_kube_url_parse(o->api, &u, errmsg);
-    if (rc != 0)
-        ij_jwks_refresh_opts_deinit(o);
-    return rc;
+    return ij_job_opts_finish(&o->job, argc, argv, errmsg);
 }
 
 int ij_jwks_refresh_run(const struct ij_jwks_refresh_opts *o)
@@ -144,10 +88,10 @@ int ij_jwks_refresh_run(const struct ij_jwks_refresh_opts *o)
     char *err = NULL;
     int ret = 1;
     uint64_t t0 = cm_mono_ms();
-    struct ij_kube_opts ko = {.api = o->api,
-                              .token_file = o->token_file,
-                              .ca_file = o->ca_file,
-                              .timeout_ms = o->timeout_ms};
+    struct ij_kube_opts ko = {.api = o->job.api,
+                              .token_file = o->job.token_file,
+                              .ca_file = o->job.ca_file,
+                              .timeout_ms = o->job.timeout_ms};
     if (ij_kube_new(&ko, &k, &err) != 0)
         goto out;
     if (ij_kube_request(k, "GET", IJ_JWKS_REFRESH_PATH, NULL, NULL, 0, &r, &err) != 0)
@@ -167,7 +111,7 @@ int ij_jwks_refresh_run(const struct ij_jwks_refresh_opts *o)
         goto out;
     }
     enum ij_publish_outcome res =
-        ij_publish_sync(k, o->ns, o->name, o->key, r.body, r.body_len, &err);
+        ij_publish_sync(k, o->ns, o->job.name, o->job.key, r.body, r.body_len, &err);
     static const char *const what[] = {
         [IJ_PUBLISH_CREATED] = "created",
         [IJ_PUBLISH_UPDATED] = "updated (other keys kept)",
@@ -179,7 +123,7 @@ int ij_jwks_refresh_run(const struct ij_jwks_refresh_opts *o)
         goto out;
     cm_info("refresh-jwks: ConfigMap %s/%s (%s) %s: %zu key%s (%zu skipped), %zu bytes from %s%s "
             "in %u ms",
-            o->ns, o->name, o->key, what[res], ij_jwks_count(keys),
+            o->ns, o->job.name, o->job.key, what[res], ij_jwks_count(keys),
             ij_jwks_count(keys) == 1 ? "" : "s", ij_jwks_skipped(keys), r.body_len,
             ij_kube_endpoint(k), IJ_JWKS_REFRESH_PATH, (unsigned)(cm_mono_ms() - t0));
     ret = 0;

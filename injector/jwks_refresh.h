@@ -13,17 +13,15 @@
 
 #include <stdio.h>
 
+#include "injector/publish.h"
+
 #define IJ_JWKS_REFRESH_PATH "/openid/v1/jwks"
 
-/* The command line; strings are borrowed from argv, except api. */
+/* The command line: the shared job flags (--name/--key name the ConfigMap),
+ * and its namespace. */
 struct ij_jwks_refresh_opts {
-    char *api; /* heap: --api or ij_kube_default_api() */
-    const char *token_file;
-    const char *ca_file;
-    const char *ns;   /* the ConfigMap's namespace */
-    const char *name; /* the ConfigMap */
-    const char *key;  /* its data key */
-    int timeout_ms;   /* per request */
+    struct ij_job_opts job;
+    const char *ns; /* --namespace */
 };
 
 /* Parse the arguments after "refresh-jwks" (argv[0] is the subcommand).

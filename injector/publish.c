@@ -120,106 +120,127 @@ static int parse_long(const char *flag, const char *s, long min, long max, long 
     return 0;
 }
 
+void ij_job_opts_init(struct ij_job_opts *j, const char *name, const char *key)
+{
+    memset(j, 0, sizeof(*j));
+    j->token_file = IJ_KUBE_DEFAULT_TOKEN_FILE;
+    j->ca_file = IJ_KUBE_DEFAULT_CA_FILE;
+    j->name = name;
+    j->key = key;
+    j->timeout_ms = 10000;
+    optind = 1;
+    opterr = 0;
+}
+
+int ij_job_opt(struct ij_job_opts *j, int c, const char *arg, char **argv, char **errmsg)
+{
+    long v;
+    switch (c) {
+    case IJ_JOB_API:
+        j->api_arg = arg;
+        return 1;
+    case IJ_JOB_TOKEN:
+        j->token_file = arg;
+        return 1;
+    case IJ_JOB_CA:
+        j->ca_file = arg;
+        return 1;
+    case IJ_JOB_NAME:
+        j->name = arg;
+        return 1;
+    case IJ_JOB_KEY:
+        j->key = arg;
+        return 1;
+    case IJ_JOB_TIMEOUT:
+        if (parse_long("--timeout-ms", arg, 10, 600000, &v, errmsg) != 0)
+            return CM_ERR_INVAL;
+        j->timeout_ms = (int)v;
+        return 1;
+    case ':':
+        return pfail(errmsg, CM_ERR_INVAL, "%s needs a value", argv[optind - 1]);
+    case '?':
+        return pfail(errmsg, CM_ERR_INVAL, "unknown flag %s", argv[optind - 1]);
+    default:
+        return 0;
+    }
+}
+
+int ij_job_opts_finish(struct ij_job_opts *j, int argc, char **argv, char **errmsg)
+{
+    if (optind != argc)
+        return pfail(errmsg, CM_ERR_INVAL, "unexpected argument %s", argv[optind]);
+    if (!ij_publish_valid_subdomain(j->name))
+        return pfail(errmsg, CM_ERR_INVAL,
+                     "--name %s: not a valid ConfigMap name (DNS-1123 subdomain)", j->name);
+    if (!ij_publish_valid_key(j->key))
+        return pfail(errmsg, CM_ERR_INVAL, "--key %s: not a valid ConfigMap key ([-._a-zA-Z0-9]+)",
+                     j->key);
+    j->api = j->api_arg ? cm_xstrdup(j->api_arg) : ij_kube_default_api();
+    struct ij_kube_url u;
+    int rc = ij_kube_url_parse(j->api, &u, errmsg);
+    if (rc != 0)
+        ij_job_opts_deinit(j);
+    return rc;
+}
+
+void ij_job_opts_deinit(struct ij_job_opts *j)
+{
+    free(j->api);
+    j->api = NULL;
+}
+
 void ij_publish_opts_deinit(struct ij_publish_opts *o)
 {
-    free(o->api);
-    o->api = NULL;
+    ij_job_opts_deinit(&o->job);
 }
 
 int ij_publish_parse_args(int argc, char **argv, struct ij_publish_opts *o, char **errmsg)
 {
-    enum { O_ROOT = 1, O_API, O_TOKEN, O_CA, O_SEL, O_NAME, O_KEY, O_INTERVAL, O_TIMEOUT, O_HELP };
+    enum { O_ROOT = 1, O_SEL, O_INTERVAL };
     static const struct option opts[] = {
         {"root", required_argument, NULL, O_ROOT},
-        {"api", required_argument, NULL, O_API},
-        {"token-file", required_argument, NULL, O_TOKEN},
-        {"ca-file", required_argument, NULL, O_CA},
         {"selector", required_argument, NULL, O_SEL},
-        {"name", required_argument, NULL, O_NAME},
-        {"key", required_argument, NULL, O_KEY},
         {"interval", required_argument, NULL, O_INTERVAL},
-        {"timeout-ms", required_argument, NULL, O_TIMEOUT},
-        {"help", no_argument, NULL, O_HELP},
+        IJ_JOB_OPTIONS,
         {NULL, 0, NULL, 0},
     };
-    const char *api = NULL;
     long v;
-    int c;
+    int c, rc;
     memset(o, 0, sizeof(*o));
-    o->token_file = IJ_KUBE_DEFAULT_TOKEN_FILE;
-    o->ca_file = IJ_KUBE_DEFAULT_CA_FILE;
+    ij_job_opts_init(&o->job, "remora-ca-root", "root.pem");
     o->selector = "remora-injection!=disabled";
-    o->name = "remora-ca-root";
-    o->key = "root.pem";
-    o->timeout_ms = 10000;
-
-    optind = 1;
-    opterr = 0;
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        if ((rc = ij_job_opt(&o->job, c, optarg, argv, errmsg)) != 0) {
+            if (rc < 0)
+                return rc;
+            continue;
+        }
         switch (c) {
         case O_ROOT:
             o->root_file = optarg;
             break;
-        case O_API:
-            api = optarg;
-            break;
-        case O_TOKEN:
-            o->token_file = optarg;
-            break;
-        case O_CA:
-            o->ca_file = optarg;
-            break;
         case O_SEL:
             o->selector = optarg;
-            break;
-        case O_NAME:
-            o->name = optarg;
-            break;
-        case O_KEY:
-            o->key = optarg;
             break;
         case O_INTERVAL:
             if (parse_long("--interval", optarg, 0, IJ_PUBLISH_MAX_INTERVAL, &v, errmsg) != 0)
                 return CM_ERR_INVAL;
             o->interval_s = v;
             break;
-        case O_TIMEOUT:
-            if (parse_long("--timeout-ms", optarg, 10, 600000, &v, errmsg) != 0)
-                return CM_ERR_INVAL;
-            o->timeout_ms = (int)v;
-            break;
-        case 'h':
-        case O_HELP:
+        default: /* 'h', IJ_JOB_HELP */
             ij_publish_usage(stdout);
             return 1;
-        case ':':
-            return pfail(errmsg, CM_ERR_INVAL, "%s needs a value", argv[optind - 1]);
-        default:
-            return pfail(errmsg, CM_ERR_INVAL, "unknown flag %s", argv[optind - 1]);
         }
     }
-    if (optind != argc)
-        return pfail(errmsg, CM_ERR_INVAL, "unexpected argument %s", argv[optind]);
-    if (o->root_file == NULL || *o->root_file == '\0')
+    if (optind == argc && (o->root_file == NULL || *o->root_file == '\0'))
         return pfail(errmsg, CM_ERR_INVAL, "--root FILE is required (the mesh root, PEM)");
-    if (!ij_publish_valid_subdomain(o->name))
-        return pfail(errmsg, CM_ERR_INVAL,
-                     "--name %s: not a valid ConfigMap name (DNS-1123 subdomain)", o->name);
-    if (!ij_publish_valid_key(o->key))
-        return pfail(errmsg, CM_ERR_INVAL, "--key %s: not a valid ConfigMap key ([-._a-zA-Z0-9]+)",
-                     o->key);
     size_t sl = strlen(o->selector);
     if (sl == 0 || sl > 1024)
         return pfail(errmsg, CM_ERR_INVAL, "--selector: want 1 to 1024 characters");
     for (size_t i = 0; i < sl; i++)
         if ((unsigned char)o->selector[i] < 0x20 || (unsigned char)o->selector[i] >= 0x7f)
             return pfail(errmsg, CM_ERR_INVAL, "--selector: control or non-ASCII character");
-    o->api = api ? cm_xstrdup(api) : ij_kube_default_api();
-    struct ij_kube_url u;
-    int rc = ij_kube_url_parse(o->api, &u, errmsg);
-    if (rc != 0)
-        ij_publish_opts_deinit(o);
-    return rc;
+    return ij_job_opts_finish(&o->job, argc, argv, errmsg);
 }
 
 /* ---- the root ------------------------------------------------------------------------- */
@@ -453,16 +474,17 @@ static void handle_ns(struct ij_kube *k, const struct ij_publish_opts *o,
     }
     char *err = NULL;
     uint64_t t0 = cm_mono_ms();
-    enum ij_publish_outcome res = ij_publish_sync(k, n, o->name, o->key, root, rlen, &err);
+    enum ij_publish_outcome res = ij_publish_sync(k, n, o->job.name, o->job.key, root, rlen, &err);
     unsigned ms = (unsigned)(cm_mono_ms() - t0);
     switch (res) {
     case IJ_PUBLISH_CREATED:
-        cm_info("publish-ca-root: %s: created ConfigMap %s (%s) in %u ms", n, o->name, o->key, ms);
+        cm_info("publish-ca-root: %s: created ConfigMap %s (%s) in %u ms", n, o->job.name,
+                o->job.key, ms);
         st->created++;
         break;
     case IJ_PUBLISH_UPDATED:
         cm_info("publish-ca-root: %s: updated ConfigMap %s (%s changed; other keys kept) in %u ms",
-                n, o->name, o->key, ms);
+                n, o->job.name, o->job.key, ms);
         st->updated++;
         break;
     case IJ_PUBLISH_UNCHANGED:
@@ -497,10 +519,10 @@ int ij_publish_run(const struct ij_publish_opts *o, const sigset_t *stop,
         st->failed++;
         goto out;
     }
-    struct ij_kube_opts ko = {.api = o->api,
-                              .token_file = o->token_file,
-                              .ca_file = o->ca_file,
-                              .timeout_ms = o->timeout_ms};
+    struct ij_kube_opts ko = {.api = o->job.api,
+                              .token_file = o->job.token_file,
+                              .ca_file = o->job.ca_file,
+                              .timeout_ms = o->job.timeout_ms};
     if (ij_kube_new(&ko, &k, &err) != 0) {
         cm_error("publish-ca-root: %s", err);
         st->failed++;
@@ -554,7 +576,7 @@ int ij_publish_run(const struct ij_publish_opts *o, const sigset_t *stop,
             "skipped, %u failed (%s: %u certificate%s, %zu bytes; %s; %u ms)",
             st->matched, o->selector, stopped ? " (stopped early by a signal)" : "", st->created,
             st->updated, st->unchanged, st->skipped, st->failed, o->root_file, ncerts,
-            ncerts == 1 ? "" : "s", rlen, k ? ij_kube_endpoint(k) : o->api,
+            ncerts == 1 ? "" : "s", rlen, k ? ij_kube_endpoint(k) : o->job.api,
             (unsigned)(cm_mono_ms() - t0));
 out:
     free(cont);
@@ -596,7 +618,7 @@ int ij_publish_main(int argc, char **argv)
     sigaddset(&set, SIGHUP);
     sigprocmask(SIG_BLOCK, &set, NULL);
     cm_info("publish-ca-root: every %ld s, selector %s, ConfigMap %s key %s, API %s", o.interval_s,
-            o.selector, o.name, o.key, o.api);
+            o.selector, o.job.name, o.job.key, o.job.api);
     for (;;) {
         ij_publish_run(&o, &set, &st);
         struct timespec ts = {(time_t)o.interval_s, 0};

@@ -20,17 +20,62 @@
 #define IJ_PUBLISH_MAX_PAGES    10000      /* a server that never ends a list */
 #define IJ_PUBLISH_MAX_INTERVAL 86400
 
-/* The command line; strings are borrowed from argv, except api. */
+#include <getopt.h>
+
+/* What every API-server job (publish-ca-root, refresh-jwks) takes from its
+ * command line: the client's flags and the ConfigMap it writes. Strings are
+ * borrowed from argv, except api. */
+struct ij_job_opts {
+    char *api;              /* heap after ij_job_opts_finish: --api or ij_kube_default_api() */
+    const char *api_arg;    /* --api as given, or NULL */
+    const char *token_file; /* --token-file */
+    const char *ca_file;    /* --ca-file */
+    const char *name;       /* --name: the ConfigMap */
+    const char *key;        /* --key: its data key */
+    int timeout_ms;         /* --timeout-ms: per request */
+};
+
+/* getopt_long codes of the shared flags (a job's own flags use codes below
+ * 0x100), and their entries for a job's option table. */
+enum {
+    IJ_JOB_API = 0x100,
+    IJ_JOB_TOKEN,
+    IJ_JOB_CA,
+    IJ_JOB_NAME,
+    IJ_JOB_KEY,
+    IJ_JOB_TIMEOUT,
+    IJ_JOB_HELP
+};
+#define IJ_JOB_OPTIONS                                                                             \
+    {"api", required_argument, NULL, IJ_JOB_API},                                                  \
+        {"token-file", required_argument, NULL, IJ_JOB_TOKEN},                                     \
+        {"ca-file", required_argument, NULL, IJ_JOB_CA},                                           \
+        {"name", required_argument, NULL, IJ_JOB_NAME},                                            \
+        {"key", required_argument, NULL, IJ_JOB_KEY},                                              \
+        {"timeout-ms", required_argument, NULL, IJ_JOB_TIMEOUT},                                   \
+    {                                                                                              \
+        "help", no_argument, NULL, IJ_JOB_HELP                                                     \
+    }
+
+/* Defaults: the in-cluster token and CA files, 10 s per request, the given
+ * ConfigMap name and key. Resets getopt (optind, opterr). */
+void ij_job_opts_init(struct ij_job_opts *j, const char *name, const char *key);
+/* One getopt_long(":h", ...) result c with its optarg: 1 when it was a shared
+ * flag (taken), 0 when it is the job's own (IJ_JOB_HELP and 'h' included), or
+ * CM_ERR_INVAL with *errmsg for a bad value, a missing value (':') or an
+ * unknown flag. */
+int ij_job_opt(struct ij_job_opts *j, int c, const char *arg, char **argv, char **errmsg);
+/* After the loop: no stray argument, --name and --key valid, api resolved and
+ * parsed as an https URL. Returns 0 or CM_ERR_INVAL with *errmsg. */
+int ij_job_opts_finish(struct ij_job_opts *j, int argc, char **argv, char **errmsg);
+void ij_job_opts_deinit(struct ij_job_opts *j);
+
+/* The command line of publish-ca-root. */
 struct ij_publish_opts {
+    struct ij_job_opts job;
     const char *root_file;
-    char *api; /* heap: --api or ij_kube_default_api() */
-    const char *token_file;
-    const char *ca_file;
     const char *selector;
-    const char *name; /* the ConfigMap */
-    const char *key;  /* its data key */
-    long interval_s;  /* 0: once */
-    int timeout_ms;   /* per request */
+    long interval_s; /* 0: once */
 };
 
 /* What one run did. */

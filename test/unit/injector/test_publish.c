@@ -390,22 +390,22 @@ static void flags(void **state)
     unsetenv("KUBERNETES_SERVICE_HOST");
     assert_int_equal(args(&o, &err, "--root", "r.pem", NULL), 0);
     assert_string_equal(o.root_file, "r.pem");
-    assert_string_equal(o.api, "https://kubernetes.default.svc");
-    assert_string_equal(o.token_file, "/var/run/secrets/kubernetes.io/serviceaccount/token");
-    assert_string_equal(o.ca_file, "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt");
+    assert_string_equal(o.job.api, "https://kubernetes.default.svc");
+    assert_string_equal(o.job.token_file, "/var/run/secrets/kubernetes.io/serviceaccount/token");
+    assert_string_equal(o.job.ca_file, "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt");
     assert_string_equal(o.selector, "remora-injection!=disabled");
-    assert_string_equal(o.name, "remora-ca-root");
-    assert_string_equal(o.key, "root.pem");
+    assert_string_equal(o.job.name, "remora-ca-root");
+    assert_string_equal(o.job.key, "root.pem");
     assert_int_equal(o.interval_s, 0);
-    assert_int_equal(o.timeout_ms, 10000);
+    assert_int_equal(o.job.timeout_ms, 10000);
     ij_publish_opts_deinit(&o);
     assert_int_equal(args(&o, &err, "--root=r.pem", "--api", "https://127.0.0.1:6443", "--interval",
                           "30", "--timeout-ms", "500", "--name", "ca", "--key", "ca.crt",
                           "--selector", "mesh", NULL),
                      0);
-    assert_string_equal(o.api, "https://127.0.0.1:6443");
+    assert_string_equal(o.job.api, "https://127.0.0.1:6443");
     assert_int_equal(o.interval_s, 30);
-    assert_int_equal(o.timeout_ms, 500);
+    assert_int_equal(o.job.timeout_ms, 500);
     ij_publish_opts_deinit(&o);
 
     static const struct {
