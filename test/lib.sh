@@ -178,3 +178,65 @@ rss_hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 
 RAW="python3 $REMORA_ROOT/test/tools/raw.py"
 PATTERN="python3 $REMORA_ROOT/test/upstream/pattern.py"
+
+# ---- the CA suites' fixture (ca.sh, ca_config.sh, ca_rotation.sh) --------------------------
+# ca_pki: a mesh root and an "east" intermediate (the CA's signing pair), a server
+# certificate under it, the webhook's own self-signed certificate (the CA port must not
+# depend on it), an unrelated root, service-account token keys ($TMP/tok, $TMP/tok2) and
+# the CA's JWKS ($TMP/jwks.json). Sets D (the directory), SVC, CERTS, MINT, TD, WH, CAP.
+ca_pki() {
+    CERTS=$REMORA_ROOT/$REMORA_BUILD/remora-certs
+    MINT=(node "$REMORA_ROOT/test/tools/mint-token.js")
+    TD=cluster.local
+    SVC=remora-injector.remora-system.svc
+    D=$TMP/pki
+    mkdir -p "$D"
+    "$CERTS" root --out-cert "$D/root.pem" --out-key "$D/root-key.pem" --cn "mesh root" || return 1
+    "$CERTS" intermediate --ca-cert "$D/root.pem" --ca-key "$D/root-key.pem" --cn east \
+        --out-cert "$D/int.pem" --out-key "$D/int-key.pem" || return 1
+    "$CERTS" server --ca-cert "$D/int.pem" --ca-key "$D/int-key.pem" \
+        --dns "$SVC" --out-cert "$D/srv.pem" --out-key "$D/srv-key.pem" || return 1
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -keyout "$D/wh-key.pem" -out "$D/wh.pem" -subj "/CN=remora-injector" \
+        -addext "subjectAltName=DNS:$SVC" 2>/dev/null || return 1
+    "$CERTS" root --out-cert "$D/other-root.pem" --out-key "$D/other-root-key.pem" --cn "other root" || return 1
+    "${MINT[@]}" keys "$TMP/tok" || return 1
+    "${MINT[@]}" keys "$TMP/tok2" || return 1 # a rotated service-account signing key
+    cp "$TMP/tok/jwks.json" "$TMP/jwks.json"
+    WH=$(free_port)
+    CAP=$(free_port)
+}
+
+# ca_config NAME TTL [EXTRA-JSON [JQ-FILTER]]: $TMP/NAME.json, an injector with the CA
+# of ca_pki on ca.address; EXTRA is merged over it, then the filter runs (del(.ca.x)
+# drops a key).
+ca_config() {
+    jq -n --arg wh "127.0.0.1:$WH" --arg ca "127.0.0.1:$CAP" --arg d "$D" --arg jwks "$TMP/jwks.json" \
+        --argjson ttl "$2" --argjson extra "${3:-{\}}" '{
+        webhook: {address: $wh, cert_file: ($d + "/wh.pem"), key_file: ($d + "/wh-key.pem"),
+                  reload_interval_ms: 200, max_connections_per_ip: 32},
+        ca: {address: $ca, cert_file: ($d + "/int.pem"), key_file: ($d + "/int-key.pem"),
+             root_file: ($d + "/root.pem"), jwks_file: $jwks, ttl_seconds: $ttl},
+        trust_domain: "cluster.local", log_level: "info"} * $extra | '"${4:-.}" >"$TMP/$1.json"
+}
+
+# ca_start_injector CONFIG: an injector in the background (log $TMP/injector-<n>.log, n
+# counting from 1), its PID in IPID; waits for the CA and webhook ports.
+CA_NINJ=0
+ca_start_injector() {
+    CA_NINJ=$((CA_NINJ + 1))
+    bg "injector-$CA_NINJ" "$INJECTOR" -c "$1"
+    IPID=$LASTPID
+    wait_port "$CAP" && wait_port "$WH"
+}
+# ca_tok [mint-token.js token options]: a service-account token signed with $TMP/tok's keys.
+ca_tok() { "${MINT[@]}" token "$TMP/tok" "$@"; }
+# ca_bearer TOKEN: the Authorization header line for curl -H.
+ca_bearer() { printf 'Authorization: Bearer %s' "$1"; }
+# ca_csr NAME SPIFFE-ID: a workload key and CSR as the proxy makes them: $TMP/NAME-key.pem,
+# $TMP/NAME.csr, and the /v1/sign body $TMP/NAME.json.
+ca_csr() {
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$TMP/$1-key.pem" 2>/dev/null
+    "$CERTS" csr --key "$TMP/$1-key.pem" --spiffe-id "$2" --out "$TMP/$1.csr" || return 1
+    jq -n --rawfile csr "$TMP/$1.csr" '{csr: $csr}' >"$TMP/$1.json"
+}

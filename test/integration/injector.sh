@@ -404,6 +404,52 @@ PY
             "$TMP/check/sample-web.patched.json")" "web-policy 9113"
 fi
 
+# ---- manifests: the CA (docs/ca.md): its port, mounts, TokenReview RBAC, the JWKS CronJob ----
+# (the shipped config.json's CA passing --check-config with CA files is in ca_config.sh)
+if kubectl kustomize "$REMORA_ROOT/manifests" 2>/dev/null |
+    python3 -c 'import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))' \
+        >"$TMP/manifests-ca.json"; then
+    mj() { jq -r "$1" "$TMP/manifests-ca.json"; }
+    cfg=$REMORA_ROOT/manifests/injector/config.json
+    expect_eq "config.json: the CA on its own port, 15012" "$(jq -r .ca.address "$cfg")" "0.0.0.0:15012"
+    expect_eq "config.json: ca.token_review on (issue 14), answers cached 60 s" \
+        "$(jq -r '[.ca.token_review, .ca.token_review_cache_seconds] | join(" ")' "$cfg")" "true 60"
+    expect_eq "... the ServiceAccount may create TokenReviews and get pods, nothing else" \
+        "$(mj '[.[] | select(.kind == "ClusterRoleBinding" and .metadata.name == "remora-injector-token-review") |
+            .subjects[0].name] + [.[] | select(.kind == "ClusterRole" and .metadata.name == "remora-injector-token-review") |
+            .rules[] | (.resources[0] + ":" + (.verbs | join(",")))] | join(" ")')" \
+        "remora-injector tokenreviews:create pods:get"
+    dep0='.[] | select(.kind == "Deployment" and .metadata.name == "remora-injector") | .spec.template.spec'
+    expect_eq "... and the Deployment mounts its token and the API server's CA where kube.* looks" \
+        "$(mj "$dep0 | [(.containers[0].volumeMounts[] | select(.name == \"kube-api-access\") | .mountPath),
+            (.volumes[] | select(.name == \"kube-api-access\") | .projected.sources | map(keys[0]) | join(\",\"))] | join(\" \")")" \
+        "/var/run/secrets/kubernetes.io/serviceaccount serviceAccountToken,configMap"
+    dep='.[] | select(.kind == "Deployment" and .metadata.name == "remora-injector") | .spec.template.spec'
+    expect_eq "Deployment: container port https-ca 15012" \
+        "$(mj "$dep | .containers[0].ports[] | select(.name == \"https-ca\") | .containerPort")" 15012
+    expect_eq "Service: port 15012 to https-ca" \
+        "$(mj '.[] | select(.kind == "Service" and .metadata.name == "remora-injector") | .spec.ports[] |
+            select(.port == 15012) | .targetPort')" https-ca
+    for k in cert_file key_file root_file jwks_file; do
+        dir=$(dirname "$(jq -r ".ca.$k" "$cfg")")
+        vol=$(mj "$dep | .containers[0].volumeMounts[] | select(.mountPath == \"$dir\") | .name")
+        src=$(mj "$dep | .volumes[] | select(.name == \"$vol\") | (.secret.secretName // .configMap.name)")
+        case $k in jwks_file) want=remora-jwks ;; *) want=remora-ca ;; esac
+        expect_eq "Deployment: ca.$k ($dir) is mounted from $want" "${src:-none}" "$want"
+    done
+    expect_eq "a CronJob keeps remora-jwks current from /openid/v1/jwks (remora-injector refresh-jwks)" \
+        "$(mj '.[] | select(.kind == "CronJob" and .metadata.name == "remora-jwks-refresh") |
+            [.spec.schedule, (.spec.jobTemplate.spec.template.spec.containers[0].command | join(" "))] |
+            join(" ")')" \
+        "*/10 * * * * remora-injector refresh-jwks"
+    expect_eq "... allowed to read the JWKS and patch that ConfigMap alone" \
+        "$(mj '[.[] | select(.kind == "ClusterRole" and .metadata.name == "remora-jwks-reader") | .rules[0].nonResourceURLs[0]] +
+            [.[] | select(.kind == "Role" and .metadata.name == "remora-jwks-refresh") | .rules[0].resourceNames[0]] | join(" ")')" \
+        "/openid/v1/jwks remora-jwks"
+else
+    fail "kubectl kustomize manifests/ renders"
+fi
+
 # ---- every patched pod: kubernetes-models + the injection contract --------------
 if ((NODE_OK)); then
     node "$REMORA_ROOT/test/js/check-pods.js" "$TMP/check" >"$TMP/check.out" 2>&1

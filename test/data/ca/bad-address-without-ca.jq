@@ -1,0 +1,1 @@
+del(.ca.cert_file, .ca.key_file)

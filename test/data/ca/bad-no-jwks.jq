@@ -1,0 +1,1 @@
+del(.ca.jwks_file)
