@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
-# The CA in remora-injector, end to end (docs/ca.md):
+# The CA in remora-injector, its signing API (docs/ca.md):
 #  - POST /v1/sign over HTTPS with curl: tokens minted here (RSA and EC keys,
 #    a JWKS) for every refusal (401 token, 403 identity, 400 body/CSR, 413),
 #    each with its reason in the answer, the log and /metrics; a good request
 #    returns a chain `openssl verify` accepts, with the right URI SAN and TTL;
 #  - the JWKS file reloaded when it changes (and a bad one keeps the keys);
-#    the CA on the webhook's port when ca.address is unset; config errors;
-#  - the real proxy in CA mode: two sidecars get their certificates from the
-#    CA (/certs, /ready), talk mTLS with them, rotate under continuous load
-#    with a 10 s TTL and no failed request, and keep serving while the CA is
-#    down, rotating again once it is back.
+#    the CA on the webhook's port when ca.address is unset.
+# Config cases: ca_config.sh. Proxies in CA mode, rotation under load and the
+# reload drill: ca_rotation.sh. The manifests' CA wiring: injector.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 # ---- PKI, token keys, configs (test/lib.sh) -------------------------------------------
@@ -228,12 +226,10 @@ sign "$W" -H "$(bearer "$(tok2)")"
 expect_eq "a token from the next signing key is refused before the JWKS has it" "$CODE" 401
 jq -s '{keys: (.[0].keys + [.[1].keys[0] | .kid = "rsa-2"])}' "$TMP/tok/jwks.json" "$TMP/tok2/jwks.json" \
     >"$TMP/jwks.new" && mv "$TMP/jwks.new" "$TMP/jwks.json"
+# signs_rsa2 CODE: a token from the rotated key gets CODE now (sets CODE and BODY)
+signs_rsa2() { sign "$W" -H "$(bearer "$(tok2 --kid rsa-2)")"; [[ $CODE == "$1" ]]; }
 ok=0
-for _ in $(seq 40); do
-    sign "$W" -H "$(bearer "$(tok2 --kid rsa-2)")"
-    [[ $CODE == 200 ]] && { ok=1; break; }
-    sleep 0.1
-done
+wait_until 10 signs_rsa2 200 && ok=1
 expect_eq "the changed JWKS is picked up within ~1 s (new key accepted)" "$ok" 1
 sign "$W" -H "$(bearer "$(tok)")"
 expect_eq "... and the old key still verifies" "$CODE" 200
@@ -247,11 +243,7 @@ expect_match "JWKS reloads counted (ok and error)" "$m" \
     'remora_injector_ca_jwks_reloads_total\{result="ok"\} [1-9].*remora_injector_ca_jwks_reloads_total\{result="error"\} [1-9]'
 expect_match "the broken JWKS is logged" "$(cat "$TMP/injector-1.log")" 'JWKS not reloaded, keeping the 3 keys in force'
 cp "$TMP/tok/jwks.json" "$TMP/jwks.new" && mv "$TMP/jwks.new" "$TMP/jwks.json"
-for _ in $(seq 30); do
-    sign "$W" -H "$(bearer "$(tok2 --kid rsa-2)")"
-    [[ $CODE == 401 ]] && break
-    sleep 0.1
-done
+wait_until 10 signs_rsa2 401
 expect_eq "a key removed from the JWKS stops verifying" "$CODE:$(jq -r .reason <<<"$BODY")" "401:token_unknown_key"
 
 stop_pid "$IPID"

@@ -114,7 +114,8 @@ if ADMIN_PORT=$R_ADMIN start_proxy r "$TMP/r.json"; then
     r_certs() { curl -s "http://127.0.0.1:$R_ADMIN/certs"; }
     rot0=$(r_certs | jq -r .rotations)
     cp "$TMP/unrelated-root.pem" "$TMP/r-root.new" && mv "$TMP/r-root.new" "$TMP/r-root.pem"
-    for _ in $(seq 150); do grep -q 'ca_root .* reloaded' "$TMP/r.log" && [[ $(r_certs | jq -r .last_error) != null ]] && break; sleep 0.1; done
+    r_refused() { grep -q 'ca_root .* reloaded' "$TMP/r.log" && [[ $(r_certs | jq -r .last_error) != null ]]; }
+    wait_until 15 r_refused
     c=$(r_certs)
     check "a changed ca_root is reloaded before the next CA request" grep -q 'ca_root .* reloaded' "$TMP/r.log"
     expect_match "... an unrelated root: the CA cannot be verified, the rotation fails" \
@@ -122,12 +123,13 @@ if ADMIN_PORT=$R_ADMIN start_proxy r "$TMP/r.json"; then
     expect_eq "... and R keeps its valid certificate (ready)" "$(jq -r .ready <<<"$c")" true
     rot1=$(jq -r .rotations <<<"$c")
     cat "$TMP/unrelated-root.pem" "$D/root.pem" >"$TMP/r-root.new" && mv "$TMP/r-root.new" "$TMP/r-root.pem"
-    for _ in $(seq 200); do (($(r_certs | jq -r .rotations) > rot1)) && break; sleep 0.1; done
+    r_rotated() { (($(r_certs | jq -r .rotations) > $1)); }
+    wait_until 20 r_rotated "$rot1"
     rot2=$(r_certs | jq -r .rotations)
     ((rot2 > rot1)) && pass "a bundle with both roots: R rotates again, no restart ($rot0 -> $rot1 -> $rot2)" ||
         fail "no rotation after the bundle with both roots ($rot0 -> $rot1 -> $rot2): $(r_certs)"
     echo 'not a PEM' >"$TMP/r-root.new" && mv "$TMP/r-root.new" "$TMP/r-root.pem"
-    for _ in $(seq 150); do grep -q 'ca_root .* cannot be used' "$TMP/r.log" && break; sleep 0.1; done
+    wait_until 15 grep -q 'ca_root .* cannot be used' "$TMP/r.log"
     check "a ca_root that does not parse is logged and the one in force kept" \
         grep -q 'ca_root .* cannot be used, keeping the current one' "$TMP/r.log"
     expect_eq "... R still ready" "$(r_certs | jq -r .ready)" true
@@ -144,19 +146,18 @@ stop_pid "$IPID"
 expect_eq "injector (ttl 10) exits 0" "$STOP_RC" 0
 config ttl40 40
 start_injector "$TMP/ttl40.json" || { fail "injector (ttl 40) starts"; finish; }
-for _ in $(seq 100); do
+# b_long_cert: B's certificate has more than 30 s left (sets na)
+b_long_cert() {
     na=$(date -d "$(curl -s "http://127.0.0.1:$B_ADMIN/certs" | jq -r .not_after)" +%s)
-    (((na - $(date +%s)) > 30)) && break
-    sleep 0.2
-done
+    (((na - $(date +%s)) > 30))
+}
+WAIT_UNTIL_STEP=0.2 wait_until 20 b_long_cert
 (((na - $(date +%s)) > 30)) && pass "proxies pick up the longer TTL on their next rotation" || fail "no 40 s cert"
 serial=$(curl -s "http://127.0.0.1:$B_ADMIN/certs" | jq -r .serial)
 stop_pid "$IPID"
-for _ in $(seq 200); do
-    c=$(curl -s "http://127.0.0.1:$B_ADMIN/certs")
-    [[ $(jq -r .last_error <<<"$c") =~ CA\ unreachable|CA\ connection ]] && break
-    sleep 0.2
-done
+# b_certs_match JQ REGEX: B's /certs (kept in c) has JQ matching REGEX now
+b_certs_match() { c=$(curl -s "http://127.0.0.1:$B_ADMIN/certs"); [[ $(jq -r "$1" <<<"$c") =~ $2 ]]; }
+WAIT_UNTIL_STEP=0.2 wait_until 40 b_certs_match .last_error 'CA unreachable|CA connection'
 expect_match "CA down: B reports it" "$(jq -r .last_error <<<"$c")" 'CA unreachable|CA connection'
 expect_eq "CA down: B keeps its valid cert and stays ready" \
     "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$B_ADMIN/ready"):$(jq -r .ready <<<"$c")" "200:true"
@@ -166,11 +167,8 @@ out=$(curl -s -m 5 "http://127.0.0.1:$A_OUT/ca-down")
 expect_match "CA down: traffic still flows over mTLS" "$out" '"path":"/ca-down"'
 rot_b=$(curl -s "http://127.0.0.1:$B_ADMIN/certs" | jq -r .rotations)
 start_injector "$TMP/ttl40.json" || { fail "injector restarts"; finish; }
-for _ in $(seq 150); do
-    c=$(curl -s "http://127.0.0.1:$B_ADMIN/certs")
-    [[ $(jq -r .rotations <<<"$c") -gt $rot_b ]] && break
-    sleep 0.2
-done
+b_rotated_past() { c=$(curl -s "http://127.0.0.1:$B_ADMIN/certs"); [[ $(jq -r .rotations <<<"$c") -gt $1 ]]; }
+WAIT_UNTIL_STEP=0.2 wait_until 30 b_rotated_past "$rot_b"
 (($(jq -r .rotations <<<"$c") > rot_b)) && pass "CA back: B rotates again" || fail "CA back: no rotation ($c)"
 [[ $(jq -r .serial <<<"$c") != "$serial" ]] && pass "CA back: B holds a new serial" || fail "CA back: same serial"
 out=$(curl -s -m 5 "http://127.0.0.1:$A_OUT/after")
@@ -222,10 +220,8 @@ reloads() {
     curl -s --cacert "$D/wh.pem" --resolve "$SVC:$DWH:127.0.0.1" "https://$SVC:$DWH/metrics" |
         awk -v r="$1" '$1 == "remora_injector_ca_reloads_total{result=\"" r "\"}" {print $2}'
 }
-wait_reloads() { # RESULT N
-    for _ in $(seq 100); do [[ $(reloads "$1") -ge $2 ]] && return 0; sleep 0.1; done
-    return 1
-}
+reloads_at_least() { [[ $(reloads "$1") -ge $2 ]]; } # RESULT N
+wait_reloads() { wait_until 10 reloads_at_least "$@"; } # RESULT N
 issuer() { openssl x509 -in "$1" -noout -issuer | sed 's/.*CN *= *//'; }
 vfy() { # LEAF INTERMEDIATES BUNDLE [openssl flags]: "OK" or openssl's messages on one line
     local out
@@ -255,9 +251,8 @@ check "... the mismatched key was refused once (reloads_total error)" wait_reloa
 cat "$D/root.pem" "$R/root2.pem" >"$R/root.tmp"; mv "$R/root.tmp" "$R/root.pem"
 cp "$R/int3-key.pem" "$R/key.tmp"; mv "$R/key.tmp" "$R/key.pem"
 cp "$R/int3.pem" "$R/cert.tmp"; mv "$R/cert.tmp" "$R/cert.pem"
-for _ in $(seq 100); do
-    [[ $(dsign 3) == 200 && $(issuer "$R/leaf3.pem") == east-3 ]] && break; sleep 0.1
-done
+signs_from_east3() { [[ $(dsign 3) == 200 && $(issuer "$R/leaf3.pem") == east-3 ]]; }
+wait_until 10 signs_from_east3
 expect_eq "drill: after the new root, certificates come from east-3" "$(issuer "$R/leaf3.pem")" east-3
 expect_eq "... the trust bundle holds both roots" "$(grep -c 'BEGIN CERTIFICATE' "$R/bundle3.pem")" 2
 expect_eq "... the new leaf verifies with the bundle" "$(vfy "$R/leaf3.pem" "$R/inter3.pem" "$R/bundle3.pem")" OK
