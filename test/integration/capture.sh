@@ -134,12 +134,9 @@ v4cfg true >"$TMP/v4only.json"
 v4cfg false >"$TMP/v4strict.json"
 bg proxy-v4only ip netns exec "$D" "$PROXY" -c "$TMP/v4only.json"
 V4PID=$LASTPID
+v4only_ready() { ready=$(ip netns exec "$D" curl -s -m 2 -o /dev/null -w '%{http_code}' http://127.0.0.1:15000/ready); [[ $ready == 200 ]]; }
 ready=""
-for _ in $(seq 100); do
-    ready=$(ip netns exec "$D" curl -s -m 2 -o /dev/null -w '%{http_code}' http://127.0.0.1:15000/ready)
-    [[ $ready == 200 ]] && break
-    sleep 0.1
-done
+wait_until 20 v4only_ready
 expect_eq "no IPv6 in the pod: the proxy is ready with its optional IPv6 listeners" "$ready" 200
 check "... the one that cannot bind ([::1]) is skipped with a warning naming it" \
     grep -q 'warn .*listener outbound6: \[::1\]:15001 is not available here' "$TMP/proxy-v4only.log"
@@ -156,7 +153,7 @@ expect_eq "... and it exits 0 on SIGTERM" "$STOP_RC" 0
 ip netns exec "$D" "$PROXY" -c "$TMP/v4strict.json" >"$TMP/v4strict.log" 2>&1 &
 v4s=$!
 _pids+=("$v4s")
-for _ in $(seq 50); do alive "$v4s" || break; sleep 0.1; done
+wait_until 5 gone "$v4s"
 wait "$v4s"
 rc=$?
 check "the same listeners without optional: the proxy refuses to start (exit $rc)" test "$rc" -ne 0
@@ -202,14 +199,9 @@ expect_eq "remora-proxy wait before the proxy runs: exit 1" "$?" 1
 bg proxy ip netns exec "$A" env REMORA_APP_PROBERS="$PROBERS" POD_IP="$A_IP" \
     setpriv --reuid=1337 --regid=1337 --clear-groups "$PROXY" -c "$TMP/proxy.json"
 PROXY_PID=$LASTPID
+a_ready() { [[ $(inA curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:15000/ready) == 200 ]]; }
 ready=0
-for _ in $(seq 100); do
-    if [[ $(inA curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:15000/ready) == 200 ]]; then
-        ready=1
-        break
-    fi
-    sleep 0.1
-done
+wait_until 20 a_ready && ready=1
 expect_eq "proxy (UID 1337) ready in the pod namespace" "$ready" 1
 check "proxy runs as UID 1337" \
     test "$(awk '/^Uid:/ {print $2}' "/proc/$PROXY_PID/status")" == 1337
@@ -293,12 +285,9 @@ expect_eq "GET :15020/healthz/idle with nothing in flight: 200" \
     "$(inB curl -s -m 5 -o /dev/null -w '%{http_code}' "http://$A_IP:15020/healthz/idle")" 200
 as_app curl -s -m 20 -o "$TMP/slow.out" -w '%{http_code}' "http://$B_IP:8080/delay/2500" >"$TMP/slow.code" &
 slow=$!
+a_busy() { busy=$(inA curl -s -m 2 "http://127.0.0.1:15020/healthz/idle"); [[ $busy == busy* ]]; }
 busy=
-for _ in $(seq 50); do
-    busy=$(inA curl -s -m 2 "http://127.0.0.1:15020/healthz/idle")
-    [[ $busy == busy* ]] && break
-    sleep 0.05
-done
+WAIT_UNTIL_STEP=0.05 wait_until 3 a_busy
 expect_match "an outbound request in flight: /healthz/idle 503 busy" "$busy" '^busy: 1 requests and 0 TCP connections in flight'
 t0=$(date +%s%N)
 inA "$PROXY" wait --drain --timeout-ms 300 >"$TMP/drain0.log" 2>&1

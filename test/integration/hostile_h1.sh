@@ -22,11 +22,7 @@ start_recorder() {
     local name=$1; shift
     bg "$name" $REC --dir "$TMP/$name" "$@"
     REC_PORT=""
-    for _ in $(seq 100); do
-        REC_PORT=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$TMP/$name.log" | head -1)
-        [[ -n $REC_PORT ]] && return 0
-        sleep 0.05
-    done
+    WAIT_UNTIL_STEP=0.05 wait_until 10 listening_in "$TMP/$name.log" && { REC_PORT=$LISTEN_PORT; return 0; }
     fail "start_recorder $name: no port"; return 1
 }
 
@@ -286,7 +282,7 @@ expect_match "status 600 from the upstream -> 502" "$out" '^HTTP/1.1 502'
 out=$($RAW "127.0.0.1:$P_CL" 'GET /rcl HTTP/1.1\r\nHost: a\r\n\r\n' --timeout 3)
 expect_match "row 1 (response): Content-Length 2^64-1 from the upstream -> 502" "$out" '^HTTP/1.1 502'
 [[ $out == *x-smuggled* ]] && fail "... the smuggled response reached the client" || pass "... the smuggled response did not reach the client"
-for _ in $(seq 50); do grep -q 'GET /rcl' "$TMP/p.log" && break; sleep 0.1; done
+wait_until 5 grep -q 'GET /rcl' "$TMP/p.log"
 expect_match "row 10: 502 warn line: status 000, cause and endpoint" "$(grep -a 'GET /r11' "$TMP/p.log")" \
     "warn  proxy: listener up000: 502 for GET /r11 from 127.0.0.1:[0-9]+, upstream 127.0.0.1:$R000: upstream sent an invalid response: invalid status code"
 expect_match "row 10: 502 warn line for the Content-Length overflow" "$(grep -a 'GET /rcl' "$TMP/p.log")" \

@@ -12,11 +12,7 @@ APPLOG=$TMP/app.jsonl
 : >"$APPLOG"
 bg app python3 "$REMORA_ROOT/test/tools/rec_upstream.py" "$APPLOG"
 APP_PORT=""
-for _ in $(seq 100); do
-    APP_PORT=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$TMP/app.log" | head -1)
-    [[ -n $APP_PORT ]] && break
-    sleep 0.1
-done
+wait_until 10 listening_in "$TMP/app.log" && APP_PORT=$LISTEN_PORT
 [[ -n $APP_PORT ]] || { fail "recording upstream did not start"; finish; }
 start_upstream bulk || exit 1
 BULK_PORT=$UP_PORT
@@ -145,7 +141,8 @@ rss1=$(awk '/^VmRSS/ {print $2}' "/proc/$PROXY_PID/status")
 wait $npid
 check "50 streams of 100 MB, client never reads: proxy RSS ${rss0} -> ${rss1} kB (growth < 64 MB)" \
     test $((rss1 - rss0)) -lt 65536
-for _ in $(seq 100); do [[ $(stat_of h2_server_sessions) == 0 ]] && break; sleep 0.1; done
+no_h2_sessions() { [[ $(stat_of h2_server_sessions) == 0 ]]; }
+wait_until 10 no_h2_sessions
 expect_eq "... the session is gone after the client left" "$(stat_of h2_server_sessions)" 0
 out=$($PEER "$P" get)
 expect_eq "... and the proxy still serves: GET answered 200" "$(field "$out" statuses)" "[200]"

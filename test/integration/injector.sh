@@ -170,15 +170,15 @@ run_review() {
 # writes its PASS/FAIL lines to its own file, printed and counted in order.
 JOBS=${INJECTOR_TEST_JOBS:-6}
 _spawned=()
+slot_free() { # fewer than JOBS spawned reviews still run
+    local live=0 p
+    for p in "${_spawned[@]}"; do kill -0 "$p" 2>/dev/null && live=$((live + 1)); done
+    ((live < JOBS))
+}
 spawn() { # OUT-NAME FUNCTION ARGS...
-    local out=$TMP/out/$1 live p
+    local out=$TMP/out/$1
     shift
-    for (( ; ; )); do
-        live=0
-        for p in "${_spawned[@]}"; do kill -0 "$p" 2>/dev/null && live=$((live + 1)); done
-        ((live < JOBS)) && break
-        sleep 0.02
-    done
+    WAIT_UNTIL_STEP=0.02 wait_until 300 slot_free || fail "spawn ${out##*/}: no free slot among $JOBS jobs in 300 s"
     "$@" >"$out" 2>&1 &
     _spawned+=($!)
 }

@@ -175,9 +175,8 @@ mv "$D/a2-key.pem" "$D/a-key.pem"; mv "$D/a2.pem" "$D/a.pem"
 wait $lpid
 out=$(grep -E '^requests:' "$TMP/load.txt")
 expect_match "rotation under load: every request succeeded" "$out" 'requests: 6000 total.* 6000 succeeded, 0 failed'
-for _ in $(seq 50); do
-    c=$(curl -s "http://127.0.0.1:$B_ADMIN/certs"); [[ $(jq -r .rotations <<<"$c") -ge 1 ]] && break; sleep 0.1
-done
+b_rotated() { c=$(curl -s "http://127.0.0.1:$B_ADMIN/certs"); [[ $(jq -r .rotations <<<"$c") -ge 1 ]]; }
+wait_until 10 b_rotated
 expect_eq "B rotated once" "$(jq -r .rotations <<<"$c")" 1
 [[ $(jq -r .serial <<<"$c") != "$old_b" ]] && pass "B serves a new serial" || fail "B serial unchanged"
 out=$(curl -s "http://127.0.0.1:$A_OUT/after")
@@ -201,6 +200,8 @@ expect_match "... and traffic still flows" "$out" '"path":"/still"'
     --out-cert "$D/api.pem" --out-key "$D/api-key.pem" || exit 1
 echo "secret-token-must-not-leak" >"$TMP/token"
 NFAKE=0
+# c_has_error ADMIN-PORT: that proxy's /certs has a last_error now (sets E)
+c_has_error() { E=$(curl -s "http://127.0.0.1:$1/certs" | jq -r .last_error 2>/dev/null); [[ -n $E && $E != null ]]; }
 # fake_ca CERT KEY [CA-SERVER-NAME]: a fake CA on 127.0.0.1 and proxy C asking it;
 # sets E (C's last_error once it has one) and FAKELOG
 fake_ca() {
@@ -237,10 +238,7 @@ while True:
 JSON
     bg "c$NFAKE" "$PROXY" -c "$TMP/c$NFAKE.json"; CPID=$LASTPID
     E=null
-    for _ in $(seq 100); do
-        E=$(curl -s "http://127.0.0.1:$cadmin/certs" | jq -r .last_error 2>/dev/null)
-        [[ -n $E && $E != null ]] && break; sleep 0.1
-    done
+    wait_until 10 c_has_error "$cadmin"
     CODE=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$cadmin/ready")
     stop_pid "$CPID"; expect_eq "proxy C$NFAKE exits 0" "$STOP_RC" 0
     expect_sanitizers_clean "sanitizers clean (c$NFAKE)" "$TMP/c$NFAKE.log"

@@ -61,11 +61,7 @@ srv.serve_forever()
 PY
 bg app python3 "$TMP/app.py" "$APPLOG"
 APP=""
-for _ in $(seq 100); do
-    APP=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$TMP/app.log" | head -1)
-    [[ -n $APP ]] && break
-    sleep 0.05
-done
+WAIT_UNTIL_STEP=0.05 wait_until 10 listening_in "$TMP/app.log" && APP=$LISTEN_PORT
 [[ -n $APP ]] || { fail "app did not start"; cat "$TMP/app.log"; finish; }
 
 A_ADMIN=$(free_port); A_OUT=$(free_port); C_ADMIN=$(free_port); C_OUT=$(free_port)
@@ -364,16 +360,14 @@ jq -c '.rules += [{"name": "reload-probe", "action": "allow", "to": {"paths": ["
     "$TMP/main.json" >"$TMP/watch.json"
 cm_publish watch
 t0=$(date +%s%N)
-for _ in $(seq 40); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' "$PLAIN/probe/watch") == 200 ]] && break
-    sleep 0.1
-done
+wait_until 4 answers "$PLAIN/probe/watch" 200
 ms=$((($(date +%s%N) - t0) / 1000000))
 ((ms <= 2500)) && pass "..data swap picked up by the watch in ${ms} ms" || fail "..data swap not seen within 2.5 s ($ms ms)"
 expect_eq "... and the last error is cleared" "$(jq -r .last_error <<<"$(policy)")" null
 echo '{"default": "allow", "rules": [{"name": "x", "action": "alow"}]}' >"$TMP/watch-bad.json"
 cm_publish watch-bad
-for _ in $(seq 30); do [[ $(jq -r .last_error <<<"$(policy)") != null ]] && break; sleep 0.1; done
+has_last_error() { [[ $(jq -r .last_error <<<"$(policy)") != null ]]; }
+wait_until 10 has_last_error
 expect_match "a bad ..data swap: last_error" "$(jq -r .last_error <<<"$(policy)")" 'rules\[0\]\.action: "alow" is not one of'
 call "a bad ..data swap: the last good policy stays" 200 '"path": "/probe/watch"' "$PLAIN/probe/watch"
 call "... deny rules too" 403 "$(rule_body admin-only-from-ops)" "$(deny_url "$PLAIN/admin")"
@@ -394,7 +388,7 @@ expect_eq "a request admitted before the swap finished 200" "$(cat "$TMP/slow.co
 
 # ---- audit mode ---------------------------------------------------------------------------------------------------
 cm_publish audit
-for _ in $(seq 30); do [[ $(jq -r .mode <<<"$(policy)") == audit ]] && break; sleep 0.1; done
+wait_until 10 policy_is .mode audit
 expect_eq "GET /policy: mode audit" "$(jq -r .mode <<<"$(policy)")" audit
 before=$(metric 'remora_policy_denials_total{rule="admin-only-from-ops"}')
 call "audit: /admin from the frontend goes through" 200 '"path": "/admin\?m=AUDIT-1"' "$FE_OUT/admin?m=AUDIT-1"

@@ -56,7 +56,7 @@ start_fake() { # NAME CERT: sets FPORT
     rm -f "$TMP/$1.port"
     bg "$1" "${FAKE[@]}" --cert "$D/$2.pem" --key "$D/$2-key.pem" --state "$TMP/state.json" \
         --port-file "$TMP/$1.port"
-    for _ in $(seq 100); do [[ -s $TMP/$1.port ]] && break; sleep 0.05; done
+    WAIT_UNTIL_STEP=0.05 wait_until 10 test -s "$TMP/$1.port"
     FPORT=$(cat "$TMP/$1.port" 2>/dev/null)
     [[ -n $FPORT ]] || { echo "fake $1 did not start:"; cat "$TMP/$1.log"; exit 1; }
 }
@@ -224,7 +224,7 @@ s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(8)
 print(s.getsockname()[1], flush=True); time.sleep(120)' >"$TMP/silent.port" 2>&1 &
 SILENT_PID=$!
 _pids+=("$SILENT_PID")
-for _ in $(seq 50); do [[ -s $TMP/silent.port ]] && break; sleep 0.05; done
+WAIT_UNTIL_STEP=0.05 wait_until 5 test -s "$TMP/silent.port"
 publish --api "https://127.0.0.1:$(cat "$TMP/silent.port")" --timeout-ms 500
 expect_match "a server that never handshakes: exit 1, named, bounded" "$RC $MS $(cat "$LOG")" \
     '^1 [0-9]+ .*TLS handshake with 127\.0\.0\.1:[0-9]+: no answer within 500 ms'
@@ -239,7 +239,7 @@ for c in fill:
     except BlockingIOError: pass
 time.sleep(0.2); print(port, flush=True); time.sleep(120)' >"$TMP/full.port" 2>&1 &
 _pids+=("$!")
-for _ in $(seq 50); do [[ -s $TMP/full.port ]] && break; sleep 0.05; done
+WAIT_UNTIL_STEP=0.05 wait_until 5 test -s "$TMP/full.port"
 publish --api "https://127.0.0.1:$(cat "$TMP/full.port")" --timeout-ms 500
 expect_match "a connect that never completes: exit 1, named, bounded" "$RC $MS $(cat "$LOG")" \
     '^1 [0-9]+ .*connect to 127\.0\.0\.1:[0-9]+: no connection within 500 ms'
@@ -318,10 +318,10 @@ expect_eq "... ConfigMap mesh-root with key ca.crt in shop" \
 bg loop "$INJECTOR" publish-ca-root --root "$D/root.pem" --api "$API" --token-file "$TMP/token" \
     --ca-file "$D/apica.pem" --interval 1
 LOOP_PID=$LASTPID
-for _ in $(seq 100); do grep -q 'namespaces match' "$TMP/loop.log" && break; sleep 0.1; done
+wait_until 10 grep -q 'namespaces match' "$TMP/loop.log"
 expect_match "--interval 1: the first run's summary" "$(grep -m1 'namespaces match' "$TMP/loop.log")" '0 failed'
 put_state "$(state --argjson lab "$LAB" '.namespaces.newcomer = {labels: $lab} | {namespaces}')"
-for _ in $(seq 60); do same_root newcomer && break; sleep 0.1; done
+wait_until 10 same_root newcomer
 check "--interval: a newly labelled namespace gets the ConfigMap within a period" same_root newcomer
 check "... still running" alive "$LOOP_PID"
 stop_pid "$LOOP_PID"
