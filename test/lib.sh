@@ -240,10 +240,3 @@ ca_csr() {
     "$CERTS" csr --key "$TMP/$1-key.pem" --spiffe-id "$2" --out "$TMP/$1.csr" || return 1
     jq -n --rawfile csr "$TMP/$1.csr" '{csr: $csr}' >"$TMP/$1.json"
 }
-
-# listening_in LOG: LOG has a "listening on HOST:PORT" line (test/tools' recorders and
-# apps print one); sets LISTEN_PORT to its port. Poll it: wait_until 10 listening_in LOG.
-listening_in() {
-    LISTEN_PORT=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$1" 2>/dev/null | head -1)
-    [[ -n $LISTEN_PORT ]]
-}

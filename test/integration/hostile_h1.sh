@@ -22,7 +22,7 @@ start_recorder() {
     local name=$1; shift
     bg "$name" $REC --dir "$TMP/$name" "$@"
     REC_PORT=""
-    WAIT_UNTIL_STEP=0.05 wait_until 10 listening_in "$TMP/$name.log" && { REC_PORT=$LISTEN_PORT; return 0; }
+    WAIT_UNTIL_STEP=0.05 wait_until 10 listen_port "$TMP/$name.log" && { REC_PORT=$LISTEN_PORT; return 0; }
     fail "start_recorder $name: no port"; return 1
 }
 

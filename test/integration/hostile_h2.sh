@@ -12,7 +12,7 @@ APPLOG=$TMP/app.jsonl
 : >"$APPLOG"
 bg app python3 "$REMORA_ROOT/test/tools/rec_upstream.py" "$APPLOG"
 APP_PORT=""
-wait_until 10 listening_in "$TMP/app.log" && APP_PORT=$LISTEN_PORT
+wait_until 10 listen_port "$TMP/app.log" && APP_PORT=$LISTEN_PORT
 [[ -n $APP_PORT ]] || { fail "recording upstream did not start"; finish; }
 start_upstream bulk || exit 1
 BULK_PORT=$UP_PORT

@@ -40,7 +40,7 @@ start_rec() {
     local name=$1; shift
     bg "$name" python3 "$REMORA_ROOT/test/tools/recorder.py" "$TMP/$name" "$@"
     REC_PORT=""
-    WAIT_UNTIL_STEP=0.05 wait_until 10 listening_in "$TMP/$name.log" && { REC_PORT=$LISTEN_PORT; return 0; }
+    WAIT_UNTIL_STEP=0.05 wait_until 10 listen_port "$TMP/$name.log" && { REC_PORT=$LISTEN_PORT; return 0; }
     fail "recorder $name did not start"; cat "$TMP/$name.log"; finish
 }
 start_rec rhttp --mode http; R_HTTP=$REC_PORT

@@ -61,7 +61,7 @@ srv.serve_forever()
 PY
 bg app python3 "$TMP/app.py" "$APPLOG"
 APP=""
-WAIT_UNTIL_STEP=0.05 wait_until 10 listening_in "$TMP/app.log" && APP=$LISTEN_PORT
+WAIT_UNTIL_STEP=0.05 wait_until 10 listen_port "$TMP/app.log" && APP=$LISTEN_PORT
 [[ -n $APP ]] || { fail "app did not start"; cat "$TMP/app.log"; finish; }
 
 A_ADMIN=$(free_port); A_OUT=$(free_port); C_ADMIN=$(free_port); C_OUT=$(free_port)
