@@ -13,13 +13,26 @@
 #    on the plain build (ASan's shadow memory and quarantine would be measured
 #    instead of ours), as h2.sh does; the functional checks run on $REMORA_BUILD.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+CERTS=$REMORA_ROOT/$REMORA_BUILD/remora-certs
+MINT=(node "$REMORA_ROOT/test/tools/mint-token.js")
 TRICKLE=(python3 "$REMORA_ROOT/test/tools/trickle.py")
+SVC=remora-injector.remora-system.svc
 
-# ---- PKI, token keys, a review, a CSR (ca_pki, ca_csr: test/lib.sh) ----------------------
-ca_pki || exit 1
-TOKEN=$(ca_tok --ns shop --sa web --pod web-0 --exp-in 3600)
-ca_csr web spiffe://cluster.local/ns/shop/sa/web || exit 1
-cp "$TMP/web.json" "$TMP/sign.json"
+# ---- PKI, token keys, a review, a CSR --------------------------------------------------
+D=$TMP/pki
+mkdir -p "$D"
+"$CERTS" root --out-cert "$D/root.pem" --out-key "$D/root-key.pem" --cn "mesh root" || exit 1
+"$CERTS" intermediate --ca-cert "$D/root.pem" --ca-key "$D/root-key.pem" --cn east \
+    --out-cert "$D/int.pem" --out-key "$D/int-key.pem" || exit 1
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -keyout "$D/wh-key.pem" -out "$D/wh.pem" -subj "/CN=remora-injector" \
+    -addext "subjectAltName=DNS:$SVC" 2>/dev/null || exit 1
+"${MINT[@]}" keys "$TMP/tok" || exit 1
+TOKEN=$("${MINT[@]}" token "$TMP/tok" --ns shop --sa web --pod web-0 --exp-in 3600)
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$TMP/web-key.pem" 2>/dev/null
+"$CERTS" csr --key "$TMP/web-key.pem" --spiffe-id spiffe://cluster.local/ns/shop/sa/web \
+    --out "$TMP/web.csr" || exit 1
+jq -n --rawfile csr "$TMP/web.csr" '{csr: $csr}' >"$TMP/sign.json"
 jq '{apiVersion: "admission.k8s.io/v1", kind: "AdmissionReview",
      request: {uid: "uid-abuse", kind: {group: "", version: "v1", kind: "Pod"},
                resource: {group: "", version: "v1", resource: "pods"}, namespace: "shop",
