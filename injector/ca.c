@@ -744,43 +744,38 @@ void ij_ca_stop(struct ij_ca *ca, unsigned grace_ms)
     ca->fd = -1;
 }
 
-/* Bound of the CA's /metrics text; it is a few kilobytes. */
-#define IJ_CA_METRICS_MAX (1 << 20)
-
 /* ---- /metrics -------------------------------------------------------------------------- */
 
-char *ij_ca_metrics_render(size_t *len)
+void ij_ca_metrics_write(struct cm_prom *o)
 {
-    struct cm_prom o;
-    cm_prom_init(&o, IJ_CA_METRICS_MAX);
     struct ij_ca *ca = atomic_load(&active);
     if (ca == NULL)
-        return cm_prom_take(&o, len, NULL);
+        return;
     cm_prom_printf(
-        &o,
+        o,
         "# HELP remora_injector_ca_certificates_issued_total Workload certificates signed.\n"
         "# TYPE remora_injector_ca_certificates_issued_total counter\n"
         "remora_injector_ca_certificates_issued_total %llu\n",
         (unsigned long long)atomic_load(&issued));
-    cm_prom_head(&o, "remora_injector_ca_refusals_total", "counter",
+    cm_prom_head(o, "remora_injector_ca_refusals_total", "counter",
                  "Sign requests refused, by reason.");
     for (int r = 0; r < RF__COUNT; r++)
-        cm_prom_printf(&o, "remora_injector_ca_refusals_total{reason=\"%s\"} %llu\n",
+        cm_prom_printf(o, "remora_injector_ca_refusals_total{reason=\"%s\"} %llu\n",
                        refusal_name((enum refusal)r), (unsigned long long)atomic_load(&refused[r]));
-    cm_prom_head(&o, "remora_injector_ca_sign_duration_seconds", "histogram",
+    cm_prom_head(o, "remora_injector_ca_sign_duration_seconds", "histogram",
                  "Time to answer one sign request, from the last body byte to the response.");
     uint64_t counts[NBUCKETS + 1];
     for (size_t b = 0; b <= NBUCKETS; b++)
         counts[b] = atomic_load(&hist[b]);
-    cm_prom_histogram_us(&o, "remora_injector_ca_sign_duration_seconds", bucket_us, counts,
-                         NBUCKETS, atomic_load(&hist_sum_us));
+    cm_prom_histogram_us(o, "remora_injector_ca_sign_duration_seconds", bucket_us, counts, NBUCKETS,
+                         atomic_load(&hist_sum_us));
 
     struct ij_jwks_stats st;
     ij_jwks_file_stats(ca->jwks, &st);
     struct snap *s = snap_get(ca);
     int64_t not_after = s->not_after;
     snap_unref(s);
-    cm_prom_printf(&o,
+    cm_prom_printf(o,
                    "# HELP remora_injector_ca_jwks_keys Service-account token keys in force.\n"
                    "# TYPE remora_injector_ca_jwks_keys gauge\n"
                    "remora_injector_ca_jwks_keys %zu\n"
@@ -791,7 +786,7 @@ char *ij_ca_metrics_render(size_t *len)
                    st.keys, (unsigned long long)st.reloads_ok,
                    (unsigned long long)st.reloads_failed);
     cm_prom_printf(
-        &o,
+        o,
         "# HELP remora_injector_ca_reloads_total Signing material (ca.cert_file, key, root) "
         "reloads.\n"
         "# TYPE remora_injector_ca_reloads_total counter\n"
@@ -804,11 +799,6 @@ char *ij_ca_metrics_render(size_t *len)
         (unsigned long long)atomic_load(&ca_reloads[1]),
         (unsigned long long)atomic_load(&ca_reloads[0]), (long long)not_after);
     char *tr = ij_tokrev_metrics(ca->tokrev); /* issue 14; empty without ca.token_review */
-    cm_prom_add(&o, tr, strlen(tr));
+    cm_prom_add(o, tr, strlen(tr));
     free(tr);
-    int err;
-    char *text = cm_prom_take(&o, len, &err);
-    if (err != CM_OK) /* fixed series: only a code change can pass the bound */
-        cm_error("CA: /metrics text over %d bytes: %s", IJ_CA_METRICS_MAX, cm_err_str(err));
-    return text;
 }

@@ -10,6 +10,7 @@
 #include "common/prom.h"
 #include "injector/ca.h"
 #include "injector/config.h"
+#include "injector/server.h"
 
 /* Upper bounds in microseconds; a review takes tens of microseconds. */
 static const uint64_t bucket_us[] = {25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000};
@@ -99,15 +100,13 @@ char *ij_metrics_render(unsigned connections, size_t *len)
                    (long long)atomic_load(&cert_expiry));
     cm_prom_u64(&o, "remora_injector_connections", "gauge", "Open webhook connections.",
                 connections);
-    size_t ca_len;
-    char *ca = ij_ca_metrics_render(&ca_len); /* the CA's counters, when it runs */
-    cm_prom_add(&o, ca, ca_len);
-    free(ca);
+    ij_ca_metrics_write(&o); /* the CA's counters, when it runs */
     cm_prom_printf(&o,
                    "# HELP remora_injector_build_info Version of the running injector.\n"
                    "# TYPE remora_injector_build_info gauge\n"
                    "remora_injector_build_info{version=\"%s\"} 1\n",
                    IJ_VERSION);
+    ij_guard_metrics_write(&o); /* the connection guard's */
     int err;
     char *text = cm_prom_take(&o, len, &err);
     if (err != CM_OK) /* fixed series: only a code change can pass the bound */
