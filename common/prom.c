@@ -57,6 +57,17 @@ void cm_prom_u64(struct cm_prom *p, const char *name, const char *type, const ch
     cm_prom_printf(p, "%s %" PRIu64 "\n", name, v);
 }
 
+void cm_prom_by_label(struct cm_prom *p, const char *name, const char *type, const char *help,
+                      const char *label, const struct cm_prom_sample *s, size_t n)
+{
+    cm_prom_head(p, name, type, help);
+    for (size_t i = 0; i < n; i++) {
+        cm_prom_printf(p, "%s{", name);
+        cm_prom_label(p, label, s[i].value, 1);
+        cm_prom_printf(p, "} %" PRIu64 "\n", s[i].v);
+    }
+}
+
 void cm_prom_seconds(struct cm_prom *p, uint64_t us)
 {
     cm_prom_printf(p, "%" PRIu64 ".%06" PRIu64, us / 1000000, us % 1000000);

@@ -26,6 +26,14 @@ void cm_prom_label(struct cm_prom *p, const char *key, const char *value, int fi
 /* A family of one unlabelled sample: head, then "name v\n". */
 void cm_prom_u64(struct cm_prom *p, const char *name, const char *type, const char *help,
                  uint64_t v);
+/* A family of one label taking several values: head, then one
+ * "name{label="value"} v\n" per value (escaped). */
+struct cm_prom_sample {
+    const char *value;
+    uint64_t v;
+};
+void cm_prom_by_label(struct cm_prom *p, const char *name, const char *type, const char *help,
+                      const char *label, const struct cm_prom_sample *s, size_t n);
 /* Microseconds as exact seconds, "S.UUUUUU". */
 void cm_prom_seconds(struct cm_prom *p, uint64_t us);
 /* The samples of an unlabelled histogram (after its head): n upper bounds in

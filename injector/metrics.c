@@ -78,20 +78,14 @@ char *ij_metrics_render(unsigned connections, size_t *len)
     cm_prom_histogram_us(&o, "remora_injector_review_duration_seconds", bucket_us, counts, NBUCKETS,
                          atomic_load(&hist_sum_us));
 
-    cm_prom_printf(&o,
-                   "# HELP remora_injector_cert_reloads_total Serving certificate reloads.\n"
-                   "# TYPE remora_injector_cert_reloads_total counter\n"
-                   "remora_injector_cert_reloads_total{result=\"ok\"} %llu\n"
-                   "remora_injector_cert_reloads_total{result=\"error\"} %llu\n",
-                   (unsigned long long)atomic_load(&cert_reloads[1]),
-                   (unsigned long long)atomic_load(&cert_reloads[0]));
-    cm_prom_printf(&o,
-                   "# HELP remora_injector_template_reloads_total Sidecar template reloads.\n"
-                   "# TYPE remora_injector_template_reloads_total counter\n"
-                   "remora_injector_template_reloads_total{result=\"ok\"} %llu\n"
-                   "remora_injector_template_reloads_total{result=\"error\"} %llu\n",
-                   (unsigned long long)atomic_load(&template_reloads[1]),
-                   (unsigned long long)atomic_load(&template_reloads[0]));
+    struct cm_prom_sample certs[] = {{"ok", atomic_load(&cert_reloads[1])},
+                                     {"error", atomic_load(&cert_reloads[0])}};
+    cm_prom_by_label(&o, "remora_injector_cert_reloads_total", "counter",
+                     "Serving certificate reloads.", "result", certs, 2);
+    struct cm_prom_sample templates[] = {{"ok", atomic_load(&template_reloads[1])},
+                                         {"error", atomic_load(&template_reloads[0])}};
+    cm_prom_by_label(&o, "remora_injector_template_reloads_total", "counter",
+                     "Sidecar template reloads.", "result", templates, 2);
     cm_prom_printf(&o,
                    "# HELP remora_injector_cert_expiry_timestamp_seconds notAfter of the serving "
                    "certificate.\n"

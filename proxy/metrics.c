@@ -198,20 +198,6 @@ void px_metrics_deinit(void)
 
 /* ---- Prometheus text (exposition format 0.0.4) ---------------------------- */
 
-/* One counter with a single label taking several values. */
-struct labelled {
-    const char *value;
-    uint64_t v;
-};
-
-static void prom_by_label(struct cm_prom *out, const char *name, const char *help,
-                          const char *label, const struct labelled *vals, size_t n)
-{
-    cm_prom_head(out, name, "counter", help);
-    for (size_t i = 0; i < n; i++)
-        cm_prom_printf(out, "%s{%s=\"%s\"} %" PRIu64 "\n", name, label, vals[i].value, vals[i].v);
-}
-
 static void code_label(uint16_t code, char *buf, size_t len)
 {
     if (code == CODE_OTHER)
@@ -340,13 +326,13 @@ void px_metrics_write_prometheus(struct evbuffer *dst)
     cm_prom_u64(out, "remora_downstream_resets_total", "counter",
                 "Client connections or streams that ended abruptly (reset, closed mid-request).",
                 m->downstream_resets);
-    struct labelled protos[] = {{"http1", m->proto_http1},
-                                {"h2", m->proto_h2},
-                                {"tls", m->proto_tls},
-                                {"tcp", m->proto_tcp}};
-    prom_by_label(out, "remora_downstream_protocol_total",
-                  "Client connections by the protocol detected on their first bytes.", "protocol",
-                  protos, sizeof(protos) / sizeof(protos[0]));
+    struct cm_prom_sample protos[] = {{"http1", m->proto_http1},
+                                      {"h2", m->proto_h2},
+                                      {"tls", m->proto_tls},
+                                      {"tcp", m->proto_tcp}};
+    cm_prom_by_label(out, "remora_downstream_protocol_total", "counter",
+                     "Client connections by the protocol detected on their first bytes.",
+                     "protocol", protos, sizeof(protos) / sizeof(protos[0]));
 
     cm_prom_u64(out, "remora_tls_handshakes_total", "counter",
                 "mTLS handshakes completed (inbound and outbound).", m->tls_handshakes);
@@ -376,15 +362,15 @@ void px_metrics_write_prometheus(struct evbuffer *dst)
                 "Upstream HTTP/1.1 connections closed for bytes after a complete response.",
                 m->upstream_cx_stray_bytes);
 
-    struct labelled errs[] = {
+    struct cm_prom_sample errs[] = {
         {"bad_request", m->bad_request},        {"header_too_big", m->header_too_big},
         {"body_too_big", m->body_too_big},      {"header_timeout", m->header_timeout},
         {"upstream_error", m->upstream_errors},
     };
-    prom_by_label(out, "remora_local_errors_total",
-                  "Requests the proxy answered itself with an error, by cause (400, 431, 413, "
-                  "408, 502/503/504).",
-                  "cause", errs, sizeof(errs) / sizeof(errs[0]));
+    cm_prom_by_label(out, "remora_local_errors_total", "counter",
+                     "Requests the proxy answered itself with an error, by cause (400, 431, 413, "
+                     "408, 502/503/504).",
+                     "cause", errs, sizeof(errs) / sizeof(errs[0]));
 
     cm_prom_u64(out, "remora_h2_resets_received_total", "counter",
                 "RST_STREAM frames received from HTTP/2 clients.", m->h2_resets_received);
@@ -403,10 +389,10 @@ void px_metrics_write_prometheus(struct evbuffer *dst)
         "HTTP/2 connections closed with GOAWAY(ENHANCE_YOUR_CALM): too many empty DATA frames.",
         m->h2_empty_frame_flood);
 
-    struct labelled bytes[] = {{"in", m->tcp_bytes_in}, {"out", m->tcp_bytes_out}};
-    prom_by_label(out, "remora_tcp_bytes_total",
-                  "Bytes forwarded on opaque TCP connections, in (client to upstream) and out.",
-                  "flow", bytes, 2);
+    struct cm_prom_sample bytes[] = {{"in", m->tcp_bytes_in}, {"out", m->tcp_bytes_out}};
+    cm_prom_by_label(out, "remora_tcp_bytes_total", "counter",
+                     "Bytes forwarded on opaque TCP connections, in (client to upstream) and out.",
+                     "flow", bytes, 2);
 
     cm_prom_u64(out, "remora_retries_total", "counter", "Requests retried to an upstream.",
                 m->retries_total);
