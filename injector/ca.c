@@ -18,6 +18,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/net.h"
+#include "common/prom.h"
 #include "common/watch.h"
 #include "common/xalloc.h"
 #include "injector/server.h"
@@ -745,79 +746,47 @@ void ij_ca_stop(struct ij_ca *ca, unsigned grace_ms)
 
 /* ---- /metrics -------------------------------------------------------------------------- */
 
-struct out {
-    char *buf;
-    size_t len, cap;
-};
-
-static void put(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(struct out *o, const char *fmt, ...)
+void ij_ca_metrics_write(struct cm_prom *o)
 {
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(o->buf + o->len, o->cap - o->len, fmt, ap);
-        va_end(ap);
-        if (n >= 0 && (size_t)n < o->cap - o->len) {
-            o->len += (size_t)n;
-            return;
-        }
-        o->cap *= 2;
-        o->buf = cm_xrealloc(o->buf, o->cap);
-    }
-}
-
-char *ij_ca_metrics_render(size_t *len)
-{
-    struct out o = {cm_xmalloc(4096), 0, 4096};
-    o.buf[0] = '\0';
     struct ij_ca *ca = atomic_load(&active);
-    if (ca == NULL) {
-        *len = 0;
-        return o.buf;
-    }
-    put(&o,
+    if (ca == NULL)
+        return;
+    cm_prom_printf(
+        o,
         "# HELP remora_injector_ca_certificates_issued_total Workload certificates signed.\n"
         "# TYPE remora_injector_ca_certificates_issued_total counter\n"
         "remora_injector_ca_certificates_issued_total %llu\n",
         (unsigned long long)atomic_load(&issued));
-    put(&o, "# HELP remora_injector_ca_refusals_total Sign requests refused, by reason.\n"
-            "# TYPE remora_injector_ca_refusals_total counter\n");
+    cm_prom_head(o, "remora_injector_ca_refusals_total", "counter",
+                 "Sign requests refused, by reason.");
     for (int r = 0; r < RF__COUNT; r++)
-        put(&o, "remora_injector_ca_refusals_total{reason=\"%s\"} %llu\n",
-            refusal_name((enum refusal)r), (unsigned long long)atomic_load(&refused[r]));
-    put(&o, "# HELP remora_injector_ca_sign_duration_seconds Time to answer one sign request, "
-            "from the last body byte to the response.\n"
-            "# TYPE remora_injector_ca_sign_duration_seconds histogram\n");
-    uint64_t cum = 0;
-    for (size_t b = 0; b <= NBUCKETS; b++) {
-        cum += atomic_load(&hist[b]);
-        if (b < NBUCKETS)
-            put(&o, "remora_injector_ca_sign_duration_seconds_bucket{le=\"%g\"} %llu\n",
-                (double)bucket_us[b] / 1e6, (unsigned long long)cum);
-        else
-            put(&o, "remora_injector_ca_sign_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
-                (unsigned long long)cum);
-    }
-    put(&o, "remora_injector_ca_sign_duration_seconds_sum %.6f\n",
-        (double)atomic_load(&hist_sum_us) / 1e6);
-    put(&o, "remora_injector_ca_sign_duration_seconds_count %llu\n", (unsigned long long)cum);
+        cm_prom_printf(o, "remora_injector_ca_refusals_total{reason=\"%s\"} %llu\n",
+                       refusal_name((enum refusal)r), (unsigned long long)atomic_load(&refused[r]));
+    cm_prom_head(o, "remora_injector_ca_sign_duration_seconds", "histogram",
+                 "Time to answer one sign request, from the last body byte to the response.");
+    uint64_t counts[NBUCKETS + 1];
+    for (size_t b = 0; b <= NBUCKETS; b++)
+        counts[b] = atomic_load(&hist[b]);
+    cm_prom_histogram_us(o, "remora_injector_ca_sign_duration_seconds", bucket_us, counts, NBUCKETS,
+                         atomic_load(&hist_sum_us));
 
     struct ij_jwks_stats st;
     ij_jwks_file_stats(ca->jwks, &st);
     struct snap *s = snap_get(ca);
     int64_t not_after = s->not_after;
     snap_unref(s);
-    put(&o,
-        "# HELP remora_injector_ca_jwks_keys Service-account token keys in force.\n"
-        "# TYPE remora_injector_ca_jwks_keys gauge\n"
-        "remora_injector_ca_jwks_keys %zu\n"
-        "# HELP remora_injector_ca_jwks_reloads_total JWKS file reloads.\n"
-        "# TYPE remora_injector_ca_jwks_reloads_total counter\n"
-        "remora_injector_ca_jwks_reloads_total{result=\"ok\"} %llu\n"
-        "remora_injector_ca_jwks_reloads_total{result=\"error\"} %llu\n",
-        st.keys, (unsigned long long)st.reloads_ok, (unsigned long long)st.reloads_failed);
-    put(&o,
+    cm_prom_printf(o,
+                   "# HELP remora_injector_ca_jwks_keys Service-account token keys in force.\n"
+                   "# TYPE remora_injector_ca_jwks_keys gauge\n"
+                   "remora_injector_ca_jwks_keys %zu\n"
+                   "# HELP remora_injector_ca_jwks_reloads_total JWKS file reloads.\n"
+                   "# TYPE remora_injector_ca_jwks_reloads_total counter\n"
+                   "remora_injector_ca_jwks_reloads_total{result=\"ok\"} %llu\n"
+                   "remora_injector_ca_jwks_reloads_total{result=\"error\"} %llu\n",
+                   st.keys, (unsigned long long)st.reloads_ok,
+                   (unsigned long long)st.reloads_failed);
+    cm_prom_printf(
+        o,
         "# HELP remora_injector_ca_reloads_total Signing material (ca.cert_file, key, root) "
         "reloads.\n"
         "# TYPE remora_injector_ca_reloads_total counter\n"
@@ -830,8 +799,6 @@ char *ij_ca_metrics_render(size_t *len)
         (unsigned long long)atomic_load(&ca_reloads[1]),
         (unsigned long long)atomic_load(&ca_reloads[0]), (long long)not_after);
     char *tr = ij_tokrev_metrics(ca->tokrev); /* issue 14; empty without ca.token_review */
-    put(&o, "%s", tr);
+    cm_prom_add(o, tr, strlen(tr));
     free(tr);
-    *len = o.len;
-    return o.buf;
 }

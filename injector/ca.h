@@ -60,8 +60,8 @@ unsigned ij_ca_port(const struct ij_ca *ca);
 /* Stop the ca.address server, letting connections finish for up to grace_ms. */
 void ij_ca_stop(struct ij_ca *ca, unsigned grace_ms);
 
-/* The CA's lines of GET /metrics (heap string, caller frees; empty when the
- * process has no CA). */
-char *ij_ca_metrics_render(size_t *len);
+/* The CA's lines of GET /metrics (none when the process has no CA). */
+struct cm_prom;
+void ij_ca_metrics_write(struct cm_prom *o);
 
 #endif

@@ -1,18 +1,22 @@
 #include "injector/metrics.h"
 
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/xalloc.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/prom.h"
 #include "injector/ca.h"
 #include "injector/config.h"
+#include "injector/server.h"
 
 /* Upper bounds in microseconds; a review takes tens of microseconds. */
 static const uint64_t bucket_us[] = {25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000};
 #define NBUCKETS (sizeof(bucket_us) / sizeof(bucket_us[0]))
+/* Bound of the /metrics text; it is a few kilobytes. */
+#define IJ_METRICS_MAX (1 << 20)
 
 static atomic_uint_fast64_t reviews[IJ_DECIDE__COUNT];
 static atomic_uint_fast64_t failed[IJ_OUT__COUNT];
@@ -49,95 +53,57 @@ void ij_metrics_set_cert_expiry(int64_t not_after)
     atomic_store(&cert_expiry, not_after);
 }
 
-struct out {
-    char *buf;
-    size_t len, cap;
-};
-
-static void put(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(struct out *o, const char *fmt, ...)
-{
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(o->buf + o->len, o->cap - o->len, fmt, ap);
-        va_end(ap);
-        if (n >= 0 && (size_t)n < o->cap - o->len) {
-            o->len += (size_t)n;
-            return;
-        }
-        o->cap *= 2;
-        o->buf = cm_xrealloc(o->buf, o->cap);
-    }
-}
-
 char *ij_metrics_render(unsigned connections, size_t *len)
 {
     static const char *const outcome_names[IJ_OUT__COUNT] = {"reviewed", "invalid", "too_large"};
-    struct out o = {cm_xmalloc(4096), 0, 4096};
+    struct cm_prom o;
+    cm_prom_init(&o, IJ_METRICS_MAX);
 
-    put(&o, "# HELP remora_injector_reviews_total AdmissionReviews answered, by result.\n"
-            "# TYPE remora_injector_reviews_total counter\n");
+    cm_prom_head(&o, "remora_injector_reviews_total", "counter",
+                 "AdmissionReviews answered, by result.");
     for (int d = 0; d < IJ_DECIDE__COUNT; d++)
-        put(&o, "remora_injector_reviews_total{result=\"%s\",reason=\"%s\"} %llu\n",
-            d == IJ_DECIDE_INJECT ? "injected" : "skipped",
-            d == IJ_DECIDE_INJECT ? "" : ij_decision_name((enum ij_decision)d),
-            (unsigned long long)atomic_load(&reviews[d]));
+        cm_prom_printf(&o, "remora_injector_reviews_total{result=\"%s\",reason=\"%s\"} %llu\n",
+                       d == IJ_DECIDE_INJECT ? "injected" : "skipped",
+                       d == IJ_DECIDE_INJECT ? "" : ij_decision_name((enum ij_decision)d),
+                       (unsigned long long)atomic_load(&reviews[d]));
     for (int f = 1; f < IJ_OUT__COUNT; f++)
-        put(&o, "remora_injector_reviews_total{result=\"%s\",reason=\"\"} %llu\n", outcome_names[f],
-            (unsigned long long)atomic_load(&failed[f]));
+        cm_prom_printf(&o, "remora_injector_reviews_total{result=\"%s\",reason=\"\"} %llu\n",
+                       outcome_names[f], (unsigned long long)atomic_load(&failed[f]));
 
-    put(&o, "# HELP remora_injector_review_duration_seconds Time to answer one review, from "
-            "the last body byte to the response.\n"
-            "# TYPE remora_injector_review_duration_seconds histogram\n");
-    uint64_t cum = 0;
-    for (size_t b = 0; b <= NBUCKETS; b++) {
-        cum += atomic_load(&hist[b]);
-        if (b < NBUCKETS)
-            put(&o, "remora_injector_review_duration_seconds_bucket{le=\"%g\"} %llu\n",
-                (double)bucket_us[b] / 1e6, (unsigned long long)cum);
-        else
-            put(&o, "remora_injector_review_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
-                (unsigned long long)cum);
-    }
-    put(&o, "remora_injector_review_duration_seconds_sum %.6f\n",
-        (double)atomic_load(&hist_sum_us) / 1e6);
-    put(&o, "remora_injector_review_duration_seconds_count %llu\n", (unsigned long long)cum);
+    cm_prom_head(&o, "remora_injector_review_duration_seconds", "histogram",
+                 "Time to answer one review, from the last body byte to the response.");
+    uint64_t counts[NBUCKETS + 1];
+    for (size_t b = 0; b <= NBUCKETS; b++)
+        counts[b] = atomic_load(&hist[b]);
+    cm_prom_histogram_us(&o, "remora_injector_review_duration_seconds", bucket_us, counts, NBUCKETS,
+                         atomic_load(&hist_sum_us));
 
-    put(&o,
-        "# HELP remora_injector_cert_reloads_total Serving certificate reloads.\n"
-        "# TYPE remora_injector_cert_reloads_total counter\n"
-        "remora_injector_cert_reloads_total{result=\"ok\"} %llu\n"
-        "remora_injector_cert_reloads_total{result=\"error\"} %llu\n",
-        (unsigned long long)atomic_load(&cert_reloads[1]),
-        (unsigned long long)atomic_load(&cert_reloads[0]));
-    put(&o,
-        "# HELP remora_injector_template_reloads_total Sidecar template reloads.\n"
-        "# TYPE remora_injector_template_reloads_total counter\n"
-        "remora_injector_template_reloads_total{result=\"ok\"} %llu\n"
-        "remora_injector_template_reloads_total{result=\"error\"} %llu\n",
-        (unsigned long long)atomic_load(&template_reloads[1]),
-        (unsigned long long)atomic_load(&template_reloads[0]));
-    put(&o,
-        "# HELP remora_injector_cert_expiry_timestamp_seconds notAfter of the serving "
-        "certificate.\n"
-        "# TYPE remora_injector_cert_expiry_timestamp_seconds gauge\n"
-        "remora_injector_cert_expiry_timestamp_seconds %lld\n",
-        (long long)atomic_load(&cert_expiry));
-    put(&o,
-        "# HELP remora_injector_connections Open webhook connections.\n"
-        "# TYPE remora_injector_connections gauge\n"
-        "remora_injector_connections %u\n",
-        connections);
-    size_t ca_len;
-    char *ca = ij_ca_metrics_render(&ca_len); /* the CA's counters, when it runs */
-    put(&o, "%s", ca);
-    free(ca);
-    put(&o,
-        "# HELP remora_injector_build_info Version of the running injector.\n"
-        "# TYPE remora_injector_build_info gauge\n"
-        "remora_injector_build_info{version=\"%s\"} 1\n",
-        IJ_VERSION);
-    *len = o.len;
-    return o.buf;
+    struct cm_prom_sample certs[] = {{"ok", atomic_load(&cert_reloads[1])},
+                                     {"error", atomic_load(&cert_reloads[0])}};
+    cm_prom_by_label(&o, "remora_injector_cert_reloads_total", "counter",
+                     "Serving certificate reloads.", "result", certs, 2);
+    struct cm_prom_sample templates[] = {{"ok", atomic_load(&template_reloads[1])},
+                                         {"error", atomic_load(&template_reloads[0])}};
+    cm_prom_by_label(&o, "remora_injector_template_reloads_total", "counter",
+                     "Sidecar template reloads.", "result", templates, 2);
+    cm_prom_printf(&o,
+                   "# HELP remora_injector_cert_expiry_timestamp_seconds notAfter of the serving "
+                   "certificate.\n"
+                   "# TYPE remora_injector_cert_expiry_timestamp_seconds gauge\n"
+                   "remora_injector_cert_expiry_timestamp_seconds %lld\n",
+                   (long long)atomic_load(&cert_expiry));
+    cm_prom_u64(&o, "remora_injector_connections", "gauge", "Open webhook connections.",
+                connections);
+    ij_ca_metrics_write(&o); /* the CA's counters, when it runs */
+    cm_prom_printf(&o,
+                   "# HELP remora_injector_build_info Version of the running injector.\n"
+                   "# TYPE remora_injector_build_info gauge\n"
+                   "remora_injector_build_info{version=\"%s\"} 1\n",
+                   IJ_VERSION);
+    ij_guard_metrics_write(&o); /* the connection guard's */
+    int err;
+    char *text = cm_prom_take(&o, len, &err);
+    if (err != CM_OK) /* fixed series: only a code change can pass the bound */
+        cm_error("/metrics text over %d bytes: %s", IJ_METRICS_MAX, cm_err_str(err));
+    return text;
 }

@@ -18,6 +18,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/net.h"
+#include "common/prom.h"
 #include "common/xalloc.h"
 #include "injector/admission.h"
 #include "injector/ca.h"
@@ -178,11 +179,10 @@ void ij_guard_release(size_t n)
     atomic_fetch_sub(&buffered, n);
 }
 
-void ij_guard_metrics_append(char **buf, size_t *len)
+void ij_guard_metrics_write(struct cm_prom *o)
 {
-    char t[1024];
-    int n = snprintf(
-        t, sizeof(t),
+    cm_prom_printf(
+        o,
         "# HELP remora_injector_request_deadline_closes_total Connections shut down at "
         "webhook.request_timeout_ms (handshake, head and body not done in time), by port.\n"
         "# TYPE remora_injector_request_deadline_closes_total counter\n"
@@ -198,11 +198,6 @@ void ij_guard_metrics_append(char **buf, size_t *len)
         (unsigned long long)atomic_load(&deadline_cuts[0]),
         (unsigned long long)atomic_load(&deadline_cuts[1]), atomic_load(&buffered),
         (unsigned long long)atomic_load(&over_budget));
-    if (n < 0 || (size_t)n >= sizeof(t))
-        return;
-    *buf = cm_xrealloc(*buf, *len + (size_t)n + 1);
-    memcpy(*buf + *len, t, (size_t)n + 1);
-    *len += (size_t)n;
 }
 
 /* ---- the webhook's server --------------------------------------------------------------- */
@@ -394,7 +389,6 @@ static enum MHD_Result route(struct ij_server *s, struct MHD_Connection *conn, c
     if (strcmp(url, "/metrics") == 0) {
         size_t len;
         char *m = ij_metrics_render(atomic_load(&s->connections), &len);
-        ij_guard_metrics_append(&m, &len);
         return send_buf(conn, MHD_HTTP_OK, "text/plain; version=0.0.4", m, len);
     }
     return send_error(conn, MHD_HTTP_NOT_FOUND, "no such path");

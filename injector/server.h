@@ -65,8 +65,9 @@ void ij_guard_request_done(struct ij_guard *g, struct ij_guard_conn *c);
  * ij_guard_release gives them back. */
 bool ij_guard_reserve(const struct ij_config *cfg, size_t n);
 void ij_guard_release(size_t n);
-/* The guard's lines of GET /metrics, appended to *buf (heap, grown). */
-void ij_guard_metrics_append(char **buf, size_t *len);
+/* The guard's lines of GET /metrics. */
+struct cm_prom;
+void ij_guard_metrics_write(struct cm_prom *o);
 
 /* A listening socket for a libmicrohttpd daemon: cm_net_listen() plus
  * TCP_NODELAY, which Linux copies to every connection it accepts. Returns the

@@ -20,7 +20,9 @@
 #include <string.h>
 
 #include "common/clock.h"
+#include "common/err.h"
 #include "common/log.h"
+#include "common/prom.h"
 #include "common/xalloc.h"
 #include "proxy/h2.h"
 #include "proxy/http.h"
@@ -40,6 +42,9 @@ static const uint64_t bucket_le_us[PX_METRICS_NBUCKETS] = {
 #define SERIES_MAX    384 /* all series (75% load of the slots) */
 #define CODE_OTHER    600 /* code label "other": not 0 and not 100..599 */
 #define NCLASSES      3
+/* Bound of the /metrics text of this module (its series are bounded above:
+ * a few hundred kilobytes at most). */
+#define PX_METRICS_TEXT_MAX (4 << 20)
 
 static const char *const class_names[NCLASSES] = {"read", "write", "other"};
 
@@ -193,56 +198,6 @@ void px_metrics_deinit(void)
 
 /* ---- Prometheus text (exposition format 0.0.4) ---------------------------- */
 
-/* Label values are quoted: escape backslash, quote and newline. */
-static void prom_label(struct evbuffer *out, const char *key, const char *value, bool first)
-{
-    evbuffer_add_printf(out, "%s%s=\"", first ? "" : ",", key);
-    for (const char *p = value; *p; p++) {
-        if (*p == '\\')
-            evbuffer_add(out, "\\\\", 2);
-        else if (*p == '"')
-            evbuffer_add(out, "\\\"", 2);
-        else if (*p == '\n')
-            evbuffer_add(out, "\\n", 2);
-        else
-            evbuffer_add(out, p, 1);
-    }
-    evbuffer_add(out, "\"", 1);
-}
-
-static void prom_head(struct evbuffer *out, const char *name, const char *type, const char *help)
-{
-    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
-static void prom_u64(struct evbuffer *out, const char *name, const char *type, const char *help,
-                     uint64_t v)
-{
-    prom_head(out, name, type, help);
-    evbuffer_add_printf(out, "%s %" PRIu64 "\n", name, v);
-}
-
-/* One counter with a single label taking several values. */
-struct labelled {
-    const char *value;
-    uint64_t v;
-};
-
-static void prom_by_label(struct evbuffer *out, const char *name, const char *help,
-                          const char *label, const struct labelled *vals, size_t n)
-{
-    prom_head(out, name, "counter", help);
-    for (size_t i = 0; i < n; i++)
-        evbuffer_add_printf(out, "%s{%s=\"%s\"} %" PRIu64 "\n", name, label, vals[i].value,
-                            vals[i].v);
-}
-
-/* Seconds from microseconds, exact enough for Prometheus (%.6f). */
-static void prom_seconds(struct evbuffer *out, uint64_t us)
-{
-    evbuffer_add_printf(out, "%" PRIu64 ".%06" PRIu64, us / 1000000, us % 1000000);
-}
-
 static void code_label(uint16_t code, char *buf, size_t len)
 {
     if (code == CODE_OTHER)
@@ -251,36 +206,36 @@ static void code_label(uint16_t code, char *buf, size_t len)
         snprintf(buf, len, "%u", (unsigned)code);
 }
 
-static void write_requests(struct evbuffer *out)
+static void write_requests(struct cm_prom *out)
 {
-    prom_head(out, "remora_requests_total", "counter",
-              "Requests finished, by listener, direction, method class and response code "
-              "(0: no response was sent).");
+    cm_prom_head(out, "remora_requests_total", "counter",
+                 "Requests finished, by listener, direction, method class and response code "
+                 "(0: no response was sent).");
     for (size_t i = 0; series && i < SERIES_SLOTS; i++) {
         const struct series *s = &series[i];
         if (!s->used)
             continue;
         char code[16];
         code_label(s->code, code, sizeof(code));
-        evbuffer_add(out, "remora_requests_total{", 22);
-        prom_label(out, "listener", listeners[s->lidx].name, true);
-        prom_label(out, "direction", listeners[s->lidx].direction, false);
-        prom_label(out, "method_class", class_names[s->cls], false);
-        prom_label(out, "code", code, false);
-        evbuffer_add_printf(out, "} %" PRIu64 "\n", s->count);
+        cm_prom_add(out, "remora_requests_total{", 22);
+        cm_prom_label(out, "listener", listeners[s->lidx].name, true);
+        cm_prom_label(out, "direction", listeners[s->lidx].direction, false);
+        cm_prom_label(out, "method_class", class_names[s->cls], false);
+        cm_prom_label(out, "code", code, false);
+        cm_prom_printf(out, "} %" PRIu64 "\n", s->count);
     }
     if (overflow_count)
-        evbuffer_add_printf(out,
-                            "remora_requests_total{listener=\"other\",direction=\"unknown\","
-                            "method_class=\"other\",code=\"other\"} %" PRIu64 "\n",
-                            overflow_count);
+        cm_prom_printf(out,
+                       "remora_requests_total{listener=\"other\",direction=\"unknown\","
+                       "method_class=\"other\",code=\"other\"} %" PRIu64 "\n",
+                       overflow_count);
 }
 
-static void write_durations(struct evbuffer *out)
+static void write_durations(struct cm_prom *out)
 {
     const char *name = "remora_request_duration_seconds";
-    prom_head(out, name, "histogram",
-              "Time from the first byte of a request to the end of its response, by listener.");
+    cm_prom_head(out, name, "histogram",
+                 "Time from the first byte of a request to the end of its response, by listener.");
     for (size_t i = 0; i < nlisteners; i++) {
         const struct mlistener *ml = &listeners[i];
         if (!ml->name)
@@ -288,25 +243,25 @@ static void write_durations(struct evbuffer *out)
         uint64_t cum = 0;
         for (size_t b = 0; b <= PX_METRICS_NBUCKETS; b++) {
             cum += ml->buckets[b];
-            evbuffer_add_printf(out, "%s_bucket{", name);
-            prom_label(out, "listener", ml->name, true);
-            prom_label(out, "direction", ml->direction, false);
-            evbuffer_add(out, ",le=\"", 5);
+            cm_prom_printf(out, "%s_bucket{", name);
+            cm_prom_label(out, "listener", ml->name, true);
+            cm_prom_label(out, "direction", ml->direction, false);
+            cm_prom_add(out, ",le=\"", 5);
             if (b == PX_METRICS_NBUCKETS)
-                evbuffer_add(out, "+Inf", 4);
+                cm_prom_add(out, "+Inf", 4);
             else
-                prom_seconds(out, bucket_le_us[b]);
-            evbuffer_add_printf(out, "\"} %" PRIu64 "\n", cum);
+                cm_prom_seconds(out, bucket_le_us[b]);
+            cm_prom_printf(out, "\"} %" PRIu64 "\n", cum);
         }
-        evbuffer_add_printf(out, "%s_sum{", name);
-        prom_label(out, "listener", ml->name, true);
-        prom_label(out, "direction", ml->direction, false);
-        evbuffer_add(out, "} ", 2);
-        prom_seconds(out, ml->sum_us);
-        evbuffer_add_printf(out, "\n%s_count{", name);
-        prom_label(out, "listener", ml->name, true);
-        prom_label(out, "direction", ml->direction, false);
-        evbuffer_add_printf(out, "} %" PRIu64 "\n", ml->count);
+        cm_prom_printf(out, "%s_sum{", name);
+        cm_prom_label(out, "listener", ml->name, true);
+        cm_prom_label(out, "direction", ml->direction, false);
+        cm_prom_add(out, "} ", 2);
+        cm_prom_seconds(out, ml->sum_us);
+        cm_prom_printf(out, "\n%s_count{", name);
+        cm_prom_label(out, "listener", ml->name, true);
+        cm_prom_label(out, "direction", ml->direction, false);
+        cm_prom_printf(out, "} %" PRIu64 "\n", ml->count);
     }
 }
 
@@ -340,118 +295,139 @@ void px_metrics_register_json(px_metrics_json_writer fn)
     add_writer(NULL, fn);
 }
 
-void px_metrics_write_prometheus(struct evbuffer *out)
+/* Move the text written so far into the evbuffer. */
+static void flush(struct cm_prom *p, struct evbuffer *dst)
 {
+    size_t len;
+    int err;
+    char *text = cm_prom_take(p, &len, &err);
+    if (err != CM_OK) /* bounded series: only a code change can pass the bound */
+        cm_error("/metrics text over %d bytes: %s", PX_METRICS_TEXT_MAX, cm_err_str(err));
+    evbuffer_add(dst, text, len);
+    free(text);
+}
+
+void px_metrics_write_prometheus(struct evbuffer *dst)
+{
+    struct cm_prom prom, *out = &prom;
+    cm_prom_init(out, PX_METRICS_TEXT_MAX);
     const struct px_metrics *m = &px_metrics;
 
     write_requests(out);
     write_durations(out);
 
-    prom_u64(out, "remora_downstream_connections_active", "gauge", "Client connections open now.",
-             m->downstream_cx_active);
-    prom_u64(out, "remora_downstream_connections_total", "counter", "Client connections accepted.",
-             m->downstream_cx_total);
-    prom_u64(out, "remora_downstream_connections_refused_total", "counter",
-             "Client connections closed at once because limits.max_connections was reached.",
-             m->downstream_cx_refused);
-    prom_u64(out, "remora_downstream_resets_total", "counter",
-             "Client connections or streams that ended abruptly (reset, closed mid-request).",
-             m->downstream_resets);
-    struct labelled protos[] = {{"http1", m->proto_http1},
-                                {"h2", m->proto_h2},
-                                {"tls", m->proto_tls},
-                                {"tcp", m->proto_tcp}};
-    prom_by_label(out, "remora_downstream_protocol_total",
-                  "Client connections by the protocol detected on their first bytes.", "protocol",
-                  protos, sizeof(protos) / sizeof(protos[0]));
+    cm_prom_u64(out, "remora_downstream_connections_active", "gauge",
+                "Client connections open now.", m->downstream_cx_active);
+    cm_prom_u64(out, "remora_downstream_connections_total", "counter",
+                "Client connections accepted.", m->downstream_cx_total);
+    cm_prom_u64(out, "remora_downstream_connections_refused_total", "counter",
+                "Client connections closed at once because limits.max_connections was reached.",
+                m->downstream_cx_refused);
+    cm_prom_u64(out, "remora_downstream_resets_total", "counter",
+                "Client connections or streams that ended abruptly (reset, closed mid-request).",
+                m->downstream_resets);
+    struct cm_prom_sample protos[] = {{"http1", m->proto_http1},
+                                      {"h2", m->proto_h2},
+                                      {"tls", m->proto_tls},
+                                      {"tcp", m->proto_tcp}};
+    cm_prom_by_label(out, "remora_downstream_protocol_total", "counter",
+                     "Client connections by the protocol detected on their first bytes.",
+                     "protocol", protos, sizeof(protos) / sizeof(protos[0]));
 
-    prom_u64(out, "remora_tls_handshakes_total", "counter",
-             "mTLS handshakes completed (inbound and outbound).", m->tls_handshakes);
-    prom_u64(out, "remora_tls_handshakes_resumed_total", "counter",
-             "Inbound mTLS handshakes resumed from a session ticket (no full handshake).",
-             m->tls_handshakes_resumed);
-    prom_u64(
+    cm_prom_u64(out, "remora_tls_handshakes_total", "counter",
+                "mTLS handshakes completed (inbound and outbound).", m->tls_handshakes);
+    cm_prom_u64(out, "remora_tls_handshakes_resumed_total", "counter",
+                "Inbound mTLS handshakes resumed from a session ticket (no full handshake).",
+                m->tls_handshakes_resumed);
+    cm_prom_u64(
         out, "remora_tls_handshake_failures_total", "counter",
         "mTLS handshakes refused: bad or missing certificate, wrong identity, protocol errors.",
         m->tls_handshake_failures);
-    prom_u64(out, "remora_tls_plaintext_refused_total", "counter",
-             "Plaintext connections refused by a strict mTLS listener.", m->tls_plaintext_refused);
+    cm_prom_u64(out, "remora_tls_plaintext_refused_total", "counter",
+                "Plaintext connections refused by a strict mTLS listener.",
+                m->tls_plaintext_refused);
 
-    prom_u64(out, "remora_upstream_connections_active", "gauge",
-             "Upstream connections open now (in use or idle in the pool).", m->upstream_cx_active);
-    prom_u64(out, "remora_upstream_connections_total", "counter", "Upstream connections opened.",
-             m->upstream_cx_total);
-    prom_u64(out, "remora_upstream_connect_failures_total", "counter",
-             "Upstream connects that failed (refused, unreachable, timed out).",
-             m->upstream_cx_connect_fail);
-    prom_u64(out, "remora_upstream_connection_reuses_total", "counter",
-             "Requests sent on an upstream connection taken from the pool.", m->upstream_cx_reused);
-    prom_u64(out, "remora_upstream_stray_bytes_total", "counter",
-             "Upstream HTTP/1.1 connections closed for bytes after a complete response.",
-             m->upstream_cx_stray_bytes);
+    cm_prom_u64(out, "remora_upstream_connections_active", "gauge",
+                "Upstream connections open now (in use or idle in the pool).",
+                m->upstream_cx_active);
+    cm_prom_u64(out, "remora_upstream_connections_total", "counter", "Upstream connections opened.",
+                m->upstream_cx_total);
+    cm_prom_u64(out, "remora_upstream_connect_failures_total", "counter",
+                "Upstream connects that failed (refused, unreachable, timed out).",
+                m->upstream_cx_connect_fail);
+    cm_prom_u64(out, "remora_upstream_connection_reuses_total", "counter",
+                "Requests sent on an upstream connection taken from the pool.",
+                m->upstream_cx_reused);
+    cm_prom_u64(out, "remora_upstream_stray_bytes_total", "counter",
+                "Upstream HTTP/1.1 connections closed for bytes after a complete response.",
+                m->upstream_cx_stray_bytes);
 
-    struct labelled errs[] = {
+    struct cm_prom_sample errs[] = {
         {"bad_request", m->bad_request},        {"header_too_big", m->header_too_big},
         {"body_too_big", m->body_too_big},      {"header_timeout", m->header_timeout},
         {"upstream_error", m->upstream_errors},
     };
-    prom_by_label(out, "remora_local_errors_total",
-                  "Requests the proxy answered itself with an error, by cause (400, 431, 413, "
-                  "408, 502/503/504).",
-                  "cause", errs, sizeof(errs) / sizeof(errs[0]));
+    cm_prom_by_label(out, "remora_local_errors_total", "counter",
+                     "Requests the proxy answered itself with an error, by cause (400, 431, 413, "
+                     "408, 502/503/504).",
+                     "cause", errs, sizeof(errs) / sizeof(errs[0]));
 
-    prom_u64(out, "remora_h2_resets_received_total", "counter",
-             "RST_STREAM frames received from HTTP/2 clients.", m->h2_resets_received);
-    prom_u64(out, "remora_h2_resets_early_total", "counter",
-             "HTTP/2 client streams reset before their request went upstream (nothing opened).",
-             m->h2_resets_early);
-    prom_u64(out, "remora_h2_reset_flood_total", "counter",
-             "HTTP/2 connections closed with GOAWAY(ENHANCE_YOUR_CALM): stream reset budget spent.",
-             m->h2_reset_flood);
-    prom_u64(out, "remora_h2_protocol_errors_total", "counter",
-             "HTTP/2 client connections closed with GOAWAY for a protocol error.",
-             m->h2_protocol_errors);
-    prom_u64(
+    cm_prom_u64(out, "remora_h2_resets_received_total", "counter",
+                "RST_STREAM frames received from HTTP/2 clients.", m->h2_resets_received);
+    cm_prom_u64(out, "remora_h2_resets_early_total", "counter",
+                "HTTP/2 client streams reset before their request went upstream (nothing opened).",
+                m->h2_resets_early);
+    cm_prom_u64(
+        out, "remora_h2_reset_flood_total", "counter",
+        "HTTP/2 connections closed with GOAWAY(ENHANCE_YOUR_CALM): stream reset budget spent.",
+        m->h2_reset_flood);
+    cm_prom_u64(out, "remora_h2_protocol_errors_total", "counter",
+                "HTTP/2 client connections closed with GOAWAY for a protocol error.",
+                m->h2_protocol_errors);
+    cm_prom_u64(
         out, "remora_h2_empty_frame_flood_total", "counter",
         "HTTP/2 connections closed with GOAWAY(ENHANCE_YOUR_CALM): too many empty DATA frames.",
         m->h2_empty_frame_flood);
 
-    struct labelled bytes[] = {{"in", m->tcp_bytes_in}, {"out", m->tcp_bytes_out}};
-    prom_by_label(out, "remora_tcp_bytes_total",
-                  "Bytes forwarded on opaque TCP connections, in (client to upstream) and out.",
-                  "flow", bytes, 2);
+    struct cm_prom_sample bytes[] = {{"in", m->tcp_bytes_in}, {"out", m->tcp_bytes_out}};
+    cm_prom_by_label(out, "remora_tcp_bytes_total", "counter",
+                     "Bytes forwarded on opaque TCP connections, in (client to upstream) and out.",
+                     "flow", bytes, 2);
 
-    prom_u64(out, "remora_retries_total", "counter", "Requests retried to an upstream.",
-             m->retries_total);
-    prom_u64(out, "remora_tcp_idle_timeouts_total", "counter",
-             "TCP tunnels closed after limits.tcp_idle_timeout_ms without a byte either way.",
-             m->tcp_idle_timeout);
-    prom_u64(out, "remora_detect_silent_closed_total", "counter",
-             "Connections closed because no byte came within limits.header_timeout_ms (ports "
-             "not in opaque_ports).",
-             m->detect_silent);
+    cm_prom_u64(out, "remora_retries_total", "counter", "Requests retried to an upstream.",
+                m->retries_total);
+    cm_prom_u64(out, "remora_tcp_idle_timeouts_total", "counter",
+                "TCP tunnels closed after limits.tcp_idle_timeout_ms without a byte either way.",
+                m->tcp_idle_timeout);
+    cm_prom_u64(out, "remora_detect_silent_closed_total", "counter",
+                "Connections closed because no byte came within limits.header_timeout_ms (ports "
+                "not in opaque_ports).",
+                m->detect_silent);
     /* series of other modules (routes: per-endpoint outcomes; policy: denials by rule) */
+    flush(out, dst);
     for (size_t i = 0; i < nwriters; i++)
         if (writers[i].prometheus != NULL)
-            writers[i].prometheus(out);
-    prom_head(out, "remora_cert_expiry_timestamp_seconds", "gauge",
-              "Expiry (not_after) of the workload certificate, Unix seconds; 0 without one.");
-    evbuffer_add_printf(out, "remora_cert_expiry_timestamp_seconds %" PRId64 "\n",
-                        m->cert_expiry_timestamp);
+            writers[i].prometheus(dst);
+    cm_prom_head(out, "remora_cert_expiry_timestamp_seconds", "gauge",
+                 "Expiry (not_after) of the workload certificate, Unix seconds; 0 without one.");
+    cm_prom_printf(out, "remora_cert_expiry_timestamp_seconds %" PRId64 "\n",
+                   m->cert_expiry_timestamp);
 
     if (px_srv) {
-        prom_u64(out, "remora_streams_active", "gauge", "Requests in flight.", px_srv->nstreams);
-        prom_head(out, "remora_h2_sessions_active", "gauge", "HTTP/2 sessions open now, by side.");
-        evbuffer_add_printf(out, "remora_h2_sessions_active{side=\"server\"} %u\n",
-                            px_h2_server_sessions());
-        evbuffer_add_printf(out, "remora_h2_sessions_active{side=\"client\"} %u\n",
-                            px_h2_client_sessions());
-        prom_u64(out, "remora_draining", "gauge", "1 while the proxy drains, else 0.",
-                 px_srv->draining ? 1 : 0);
-        prom_head(out, "remora_start_time_seconds", "gauge", "Start time, Unix seconds.");
-        evbuffer_add_printf(out, "remora_start_time_seconds %" PRIu64 ".%03" PRIu64 "\n",
-                            px_srv->started_wall_ms / 1000, px_srv->started_wall_ms % 1000);
+        cm_prom_u64(out, "remora_streams_active", "gauge", "Requests in flight.", px_srv->nstreams);
+        cm_prom_head(out, "remora_h2_sessions_active", "gauge",
+                     "HTTP/2 sessions open now, by side.");
+        cm_prom_printf(out, "remora_h2_sessions_active{side=\"server\"} %u\n",
+                       px_h2_server_sessions());
+        cm_prom_printf(out, "remora_h2_sessions_active{side=\"client\"} %u\n",
+                       px_h2_client_sessions());
+        cm_prom_u64(out, "remora_draining", "gauge", "1 while the proxy drains, else 0.",
+                    px_srv->draining ? 1 : 0);
+        cm_prom_head(out, "remora_start_time_seconds", "gauge", "Start time, Unix seconds.");
+        cm_prom_printf(out, "remora_start_time_seconds %" PRIu64 ".%03" PRIu64 "\n",
+                       px_srv->started_wall_ms / 1000, px_srv->started_wall_ms % 1000);
     }
+    flush(out, dst);
 }
 
 /* ---- /stats JSON ------------------------------------------------------------- */
