@@ -37,6 +37,7 @@
 #include "proxy/pool.h"
 #include "proxy/server.h"
 #include "proxy/stream.h"
+#include "test/fuzz/fuzz_server.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -51,33 +52,13 @@ static struct px_server srv;
 static uint64_t next_id;
 static bool dump; /* FUZZ_H1_DUMP=1: say what came back (debugging seeds) */
 
-static void on_gc(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    (void)arg;
-    px_stream_gc();
-}
-
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
     signal(SIGPIPE, SIG_IGN);
     cm_log_set_level(CM_LOG_ERROR);
-    char *err = NULL;
-    if (px_config_parse("fuzz.json", config_text, sizeof(config_text) - 1, &srv.cfg, &err) != 0)
-        abort();
-    cm_list_init(&srv.conns);
-    cm_list_init(&srv.streams);
-    cm_list_init(&srv.gc_streams);
-    srv.base = event_base_new();
-    if (srv.base == NULL)
-        abort();
-    px_io_init(srv.base);
-    srv.gc_ev = event_new(srv.base, -1, 0, on_gc, NULL);
-    srv.listeners_bound = true;
-    px_srv = &srv;
+    fuzz_server_start(&srv, config_text, sizeof(config_text) - 1);
     dump = getenv("FUZZ_H1_DUMP") != NULL;
     return 0;
 }
@@ -109,19 +90,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0)
         abort();
 
-    struct px_conn *c = cm_xcalloc(1, sizeof(*c));
-    c->lcfg = &srv.cfg->listeners[0];
-    c->fd = sv[0];
-    c->io = px_io_new(srv.base, sv[0]);
-    c->proto = PX_PROTO_HTTP1;
-    c->id = ++next_id;
-    cm_addr_parse("127.0.0.1:40000", &c->peer);
-    cm_addr_parse("127.0.0.1:15001", &c->local);
-    c->orig_dst = c->local;
-    cm_list_insert_tail(&srv.conns, &c->link);
-    srv.nconns++;
-    px_metrics.downstream_cx_total++;
-    px_metrics.downstream_cx_active++;
+    struct px_conn *c = fuzz_conn_new(&srv, sv[0], PX_PROTO_HTTP1, "127.0.0.1:15001", ++next_id);
     px_h1_server_start(c); /* owns c from here */
 
     struct sink out = {{0}, 0};

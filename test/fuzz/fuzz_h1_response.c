@@ -41,6 +41,7 @@
 #include "proxy/metrics.h"
 #include "proxy/server.h"
 #include "proxy/stream.h"
+#include "test/fuzz/fuzz_server.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -49,14 +50,6 @@ static struct px_server srv;
 static uint64_t next_id;
 static int lfd = -1; /* the stand-in upstream's listening socket */
 static bool dump;
-
-static void on_gc(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    (void)arg;
-    px_stream_gc();
-}
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -77,19 +70,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
                      " \"limits\": {\"max_header_bytes\": 8192, \"max_headers\": 32,"
                      " \"buffer_bytes\": 16384, \"connect_timeout_ms\": 2000}}",
                      (unsigned)ntohs(sin.sin_port));
-    char *err = NULL;
-    if (px_config_parse("fuzz.json", cfg, (size_t)n, &srv.cfg, &err) != 0)
-        abort();
-    cm_list_init(&srv.conns);
-    cm_list_init(&srv.streams);
-    cm_list_init(&srv.gc_streams);
-    srv.base = event_base_new();
-    if (srv.base == NULL)
-        abort();
-    px_io_init(srv.base);
-    srv.gc_ev = event_new(srv.base, -1, 0, on_gc, NULL);
-    srv.listeners_bound = true;
-    px_srv = &srv;
+    fuzz_server_start(&srv, cfg, (size_t)n);
     dump = getenv("FUZZ_H1_DUMP") != NULL;
     return 0;
 }
@@ -138,19 +119,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0)
         abort();
-    struct px_conn *c = cm_xcalloc(1, sizeof(*c));
-    c->lcfg = &srv.cfg->listeners[0];
-    c->fd = sv[0];
-    c->io = px_io_new(srv.base, sv[0]);
-    c->proto = PX_PROTO_HTTP1;
-    c->id = ++next_id;
-    cm_addr_parse("127.0.0.1:40000", &c->peer);
-    cm_addr_parse("127.0.0.1:15001", &c->local);
-    c->orig_dst = c->local;
-    cm_list_insert_tail(&srv.conns, &c->link);
-    srv.nconns++;
-    px_metrics.downstream_cx_total++;
-    px_metrics.downstream_cx_active++;
+    struct px_conn *c = fuzz_conn_new(&srv, sv[0], PX_PROTO_HTTP1, "127.0.0.1:15001", ++next_id);
     px_h1_server_start(c);
 
     static const char get[] = "GET /one HTTP/1.1\r\nHost: up\r\n\r\n";

@@ -48,6 +48,7 @@
 #include "proxy/metrics.h"
 #include "proxy/server.h"
 #include "proxy/stream.h"
+#include "test/fuzz/fuzz_server.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -107,14 +108,6 @@ static void up_on_accept(struct evconnlistener *l, evutil_socket_t fd, struct so
     bufferevent_enable(u->bev, EV_READ | EV_WRITE);
 }
 
-static void on_gc(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    (void)arg;
-    px_stream_gc();
-}
-
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
@@ -142,17 +135,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
                      " \"h2_max_concurrent_streams\": 8, \"h2_max_resets_per_window\": 20,"
                      " \"connect_timeout_ms\": 2000, \"header_timeout_ms\": 5000}}",
                      (unsigned)ntohs(sin.sin_port));
-    char *err = NULL;
-    if (n <= 0 || (size_t)n >= sizeof(cfg) ||
-        px_config_parse("fuzz.json", cfg, (size_t)n, &srv.cfg, &err) != 0)
+    if (n <= 0 || (size_t)n >= sizeof(cfg))
         abort();
-    cm_list_init(&srv.conns);
-    cm_list_init(&srv.streams);
-    cm_list_init(&srv.gc_streams);
-    px_io_init(srv.base);
-    srv.gc_ev = event_new(srv.base, -1, 0, on_gc, NULL);
-    srv.listeners_bound = true;
-    px_srv = &srv;
+    fuzz_server_start(&srv, cfg, (size_t)n);
     dump = getenv("FUZZ_H2_DUMP") != NULL;
     return 0;
 }
@@ -209,19 +194,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0)
         abort();
 
-    struct px_conn *c = cm_xcalloc(1, sizeof(*c));
-    c->lcfg = &srv.cfg->listeners[0];
-    c->fd = sv[0];
-    c->io = px_io_new(srv.base, sv[0]);
-    c->proto = PX_PROTO_H2;
-    c->id = ++next_id;
-    cm_addr_parse("127.0.0.1:40000", &c->peer);
-    cm_addr_parse("127.0.0.1:15006", &c->local);
-    c->orig_dst = c->local;
-    cm_list_insert_tail(&srv.conns, &c->link);
-    srv.nconns++;
-    px_metrics.downstream_cx_total++;
-    px_metrics.downstream_cx_active++;
+    struct px_conn *c = fuzz_conn_new(&srv, sv[0], PX_PROTO_H2, "127.0.0.1:15006", ++next_id);
     px_h2_server_start(c); /* owns c from here */
 
     struct sink out = {{0}, 0, 0};
