@@ -603,7 +603,6 @@ static void on_try_timer(evutil_socket_t fd, short what, void *arg)
 void px_stream_on_req_head(struct px_stream *s)
 {
     const struct px_limits *lim = &px_srv->cfg->limits;
-    s->conn_peer = s->conn->peer;
     s->state = PX_STREAM_FORWARD;
     if (lim->max_request_body > 0 && s->req.content_length > 0 &&
         (uint64_t)s->req.content_length > lim->max_request_body) {
