@@ -30,6 +30,7 @@ enum h1c_state {
 };
 
 struct h1c {
+    struct px_server *srv;
     struct px_io *io;
     struct cm_addr addr;
     llhttp_t parser;
@@ -47,7 +48,6 @@ struct h1c {
     bool keep_alive;
     bool parser_paused;
     bool body_paused;
-    bool replayable;     /* body-less request: may be resent once on a fresh connection */
     struct cm_list link; /* pool idle list of its bucket, or the busy list */
     /* why we refused the response (static), or NULL */
     const char *err_reason;
@@ -69,9 +69,9 @@ static llhttp_settings_t settings;
 static void process(struct h1c *u);
 static void conn_dead(struct h1c *u);
 
-static const struct px_limits *limits(void)
+static const struct px_limits *limits(const struct h1c *u)
 {
-    return &px_srv->cfg->limits;
+    return &u->srv->cfg->limits;
 }
 
 static unsigned bucket_of(const struct cm_addr *a)
@@ -124,14 +124,12 @@ static void op_send_head(struct px_stream *s)
     }
     px_h1_put(&w, "\r\n", 2);
     px_h1_head_end(&w);
-    u->replayable = r->end_stream;
 }
 
 static void op_send_data(struct px_stream *s, const uint8_t *data, size_t len)
 {
     struct h1c *u = of(s);
     struct evbuffer *out = px_io_output(u->io);
-    u->replayable = false;
     if (u->req_chunked)
         px_h1_write_chunk(out, data, len);
     else
@@ -205,7 +203,7 @@ static int on_message_begin(llhttp_t *p)
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     struct h1c *u = p->data;
-    return px_h1_acc_append(&u->acc, at, len, limits()->max_header_bytes)
+    return px_h1_acc_append(&u->acc, at, len, limits(u)->max_header_bytes)
                ? 0
                : bad_response(p, "response head too large");
 }
@@ -220,7 +218,7 @@ static int on_header_field_complete(llhttp_t *p)
 static int on_header_value_complete(llhttp_t *p)
 {
     struct h1c *u = p->data;
-    const struct px_limits *lim = limits();
+    const struct px_limits *lim = limits(u);
     return px_h1_acc_take_header(&u->acc, &u->s->arena, &u->s->resp, lim->max_header_bytes,
                                  lim->max_headers) == 0
                ? 0
@@ -346,27 +344,19 @@ static void fail(struct h1c *u, enum px_cause cause)
     conn_dead(u);
 }
 
-static struct h1c *conn_new(const struct cm_addr *addr);
-static void bind_stream(struct h1c *u, struct px_stream *s);
-
 /* A pooled connection failed before any response byte: the server closed it
- * while idle (a keep-alive race). A body-less request is resent once on a
- * fresh connection instead of failing the client. */
-static bool replay(struct h1c *u)
+ * while idle (a keep-alive race), so it never processed the request. The
+ * stream may send it again (on a fresh connection: s->resending) instead of
+ * failing the client; it decides and counts that (px_stream_on_unprocessed). */
+static bool unprocessed(struct h1c *u)
 {
     struct px_stream *s = u->s;
-    if (s == NULL || !u->reused || u->got_bytes || !u->replayable || !u->req_done)
+    if (s == NULL || !u->reused || u->got_bytes)
         return false;
     u->s = NULL;
+    px_stream_on_unprocessed(s, PX_CAUSE_UPSTREAM_RESET);
+    px_stream_detach(s, PX_UP);
     conn_dead(u);
-    struct h1c *n = conn_new(&s->upstream);
-    if (n == NULL)
-        return false;
-    s->ctx[PX_UP] = n;
-    bind_stream(n, s);
-    op_send_head(s);
-    n->req_done = true;
-    cm_debug("h1 upstream: resending a body-less request on a fresh connection");
     return true;
 }
 
@@ -393,7 +383,7 @@ static void drop_stray(struct h1c *u, size_t n)
  * socket before the request that wants this connection was read has already
  * been handled in this loop turn. What arrives later is indistinguishable
  * from an answer to the request about to be sent (no proxy can tell them
- * apart); the keep-alive race is replay()'s. */
+ * apart); the keep-alive race is unprocessed()'s. */
 static bool fit_for_reuse(struct h1c *u)
 {
     size_t n = evbuffer_get_length(px_io_input(u->io));
@@ -411,11 +401,11 @@ static void release(struct h1c *u)
         px_stream_detach(s, PX_UP);
     struct bucket *b = &pool[bucket_of(&u->addr)];
     size_t left = evbuffer_get_length(px_io_input(u->io));
-    if (left > 0 && u->keep_alive && !px_srv->draining) {
+    if (left > 0 && u->keep_alive && !u->srv->draining) {
         drop_stray(u, left);
         return;
     }
-    if (!u->keep_alive || px_srv->draining || b->nidle >= limits()->pool_max_idle || left > 0) {
+    if (!u->keep_alive || u->srv->draining || b->nidle >= limits(u)->pool_max_idle || left > 0) {
         conn_dead(u);
         return;
     }
@@ -424,7 +414,7 @@ static void release(struct h1c *u)
     cm_list_insert_head(&b->idle, &u->link);
     b->nidle++;
     /* the server may close an idle connection: watch for EOF; time it out */
-    px_io_set_timeout(u->io, limits()->pool_idle_timeout_ms);
+    px_io_set_timeout(u->io, limits(u)->pool_idle_timeout_ms);
     px_io_read_enable(u->io, true);
     px_pool_wake(u->pep); /* the oldest waiter takes it on the next loop turn */
 }
@@ -552,12 +542,12 @@ static void on_event(struct px_io *io, int what, void *arg)
             }
         }
         if (u->state == H1C_BUSY && !u->resp_done) {
-            if (!replay(u))
+            if (!unprocessed(u))
                 fail(u, PX_CAUSE_UPSTREAM_RESET);
             return;
         }
     }
-    if (u->state == H1C_BUSY && !u->resp_done && replay(u))
+    if (u->state == H1C_BUSY && !u->resp_done && unprocessed(u))
         return;
     fail(u, PX_CAUSE_UPSTREAM_RESET);
 }
@@ -575,23 +565,24 @@ static void bind_stream(struct h1c *u, struct px_stream *s)
     px_stream_attach_up(s, &h1c_ops, u);
 }
 
-static struct h1c *conn_new(const struct cm_addr *addr)
+static struct h1c *conn_new(struct px_server *srv, const struct cm_addr *addr)
 {
     struct h1c *u = cm_xcalloc(1, sizeof(*u));
+    u->srv = srv;
     u->addr = *addr;
-    u->io = px_io_connect(px_srv->base, addr, limits()->connect_timeout_ms);
+    u->io = px_io_connect(srv->base, addr, limits(u)->connect_timeout_ms);
     if (u->io == NULL) {
         free(u);
         return NULL;
     }
-    u->kick = event_new(px_srv->base, -1, 0, on_kick, u);
+    u->kick = event_new(srv->base, -1, 0, on_kick, u);
     u->state = H1C_CONNECTING;
-    u->pep = px_pool_ep(addr);
+    u->pep = px_pool_ep(srv, addr);
     px_pool_conn_opened(u->pep);
     cm_list_insert_tail(&busy, &u->link);
     px_metrics.upstream_cx_total++;
     px_metrics.upstream_cx_active++;
-    uint32_t bound = limits()->buffer_bytes;
+    uint32_t bound = limits(u)->buffer_bytes;
     px_io_set_read_limit(u->io, bound);
     px_io_set_write_lowat(u->io, bound / 2);
     px_io_setcb(u->io, on_read, on_write, on_event, u);
@@ -613,14 +604,16 @@ bool px_h1_client_has_idle(const struct cm_addr *a)
 void px_h1_client_attach(struct px_stream *s)
 {
     init_settings();
-    struct bucket *b = &pool[bucket_of(&s->upstream)];
+    const struct cm_addr *addr = &s->target.addr;
+    struct bucket *b = &pool[bucket_of(addr)];
     struct cm_list *n;
     struct h1c *u = NULL;
     struct cm_list *next;
-    for (n = b->idle.next; n != &b->idle; n = next) {
+    /* a resend after a stale keep-alive connection takes a fresh one */
+    for (n = s->resending ? &b->idle : b->idle.next; n != &b->idle; n = next) {
         next = n->next;
         struct h1c *c = cm_container_of(n, struct h1c, link);
-        if (!cm_addr_equal(&c->addr, &s->upstream))
+        if (!cm_addr_equal(&c->addr, addr))
             continue;
         if (!fit_for_reuse(c))
             continue;
@@ -636,7 +629,7 @@ void px_h1_client_attach(struct px_stream *s)
         px_io_set_timeout(u->io, 0);
         px_metrics.upstream_cx_reused++;
     } else {
-        u = conn_new(&s->upstream);
+        u = conn_new(s->srv, addr);
         if (u == NULL) {
             s->cause = PX_CAUSE_CONNECT_FAILED;
             px_stream_respond(s, 503, px_cause_str(s->cause));

@@ -71,8 +71,9 @@ struct px_pool_hooks {
 };
 extern struct px_pool_hooks px_pool_hooks;
 
-/* The record of addr, created when missing. Never NULL. */
-struct px_upstream_ep *px_pool_ep(const struct cm_addr *addr);
+/* The record of addr, created when missing (its events on srv's loop). Never NULL. */
+struct px_server;
+struct px_upstream_ep *px_pool_ep(struct px_server *srv, const struct cm_addr *addr);
 /* A connection to ep was opened / closed (its socket is gone). Closing
  * wakes the waiters. */
 void px_pool_conn_opened(struct px_upstream_ep *ep);
@@ -81,7 +82,7 @@ void px_pool_conn_closed(struct px_upstream_ep *ep);
  * waiters are admitted on the next loop turn. Cheap when nobody waits. */
 void px_pool_wake(struct px_upstream_ep *ep);
 
-/* Admission of a try to s->upstream under s->cb: returns 0 when it may go
+/* Admission of a try to s->target.addr under s->cb: returns 0 when it may go
  * now; 1 when it was queued (px_pool_hooks.admitted or .refused follows,
  * unless px_pool_cancel comes first); -1 when refused (the queue is full):
  * *msg then holds the 503 body (a static buffer, valid until the next call). */

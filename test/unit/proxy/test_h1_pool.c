@@ -57,6 +57,7 @@ static int teardown(void **state)
 static struct h1c *pooled(int fd)
 {
     struct h1c *u = cm_xcalloc(1, sizeof(*u));
+    u->srv = &srv;
     u->io = px_io_new(srv.base, fd);
     assert_non_null(u->io);
     cm_addr_parse("127.0.0.1:8080", &u->addr);

@@ -158,9 +158,9 @@ static void fake_attach(struct px_stream *s)
     memset(u, 0, sizeof(*u));
     u->s = s;
     u->side = PX_UP;
-    u->addr = s->upstream;
+    u->addr = s->target.addr;
     u->body = evbuffer_new();
-    u->pep = px_pool_ep(&s->upstream);
+    u->pep = px_pool_ep(&srv, &s->target.addr);
     px_pool_conn_opened(u->pep);
     px_stream_attach_up(s, &fup_ops, u);
 }
@@ -203,6 +203,7 @@ static struct fake *req_new(const char *method, const char *path, const char *au
     struct fake *d = calloc(1, sizeof(*d));
     assert_non_null(d);
     d->side = PX_DOWN;
+    d->conn.srv = &srv;
     d->conn.lcfg = &lcfg;
     cm_addr_parse("127.0.0.1:40000", &d->conn.peer);
     cm_addr_parse("127.0.0.1:15001", &d->conn.local);
@@ -445,7 +446,7 @@ static void plain_exchange(void **state)
     assert_string_equal(text_of(d->body), "hello world");
     assert_int_equal(d->s->req_body_bytes, 7);
     assert_int_equal(d->s->resp_body_bytes, 11);
-    assert_int_equal(px_pool_ep(&lcfg.upstream)->nconns, 0);
+    assert_int_equal(px_pool_ep(&srv, &lcfg.upstream)->nconns, 0);
     req_free(d);
     expect_freed();
 }
@@ -761,7 +762,7 @@ static void queued_request_cancelled(void **state)
     answer_ok(d1, &ups[0]);
     expect_freed();
     assert_int_equal(nups, 1);
-    assert_int_equal(px_pool_ep(&lcfg.upstream)->nconns, 0);
+    assert_int_equal(px_pool_ep(&srv, &lcfg.upstream)->nconns, 0);
 }
 
 /* ...and one that keeps waiting is admitted when the connection closes,
