@@ -35,6 +35,7 @@
 #include "proxy/routes.h"
 #include "proxy/server.h"
 #include "proxy/stream.h"
+#include "proxy/upstream.h"
 
 __attribute__((weak)) struct px_server *px_srv;
 
@@ -562,6 +563,61 @@ static void retry_after_reset_replays_body(void **state)
     retry_case(PX_CAUSE_UPSTREAM_RESET, true);
 }
 
+/* The upstream never processed a body-less request (a stale keep-alive
+ * connection, an h2 REFUSED_STREAM): the stream sends it again at once, to
+ * the same address on a fresh connection (s->resending), without a route
+ * configuring retries; counted as a retry with reason "unprocessed", and
+ * only once per try. */
+static void unprocessed_resent_once(void **state)
+{
+    (void)state;
+    uint64_t retries0 = px_metrics.retries_total;
+    uint64_t unproc0 = px_upstream_retries(PX_RETRY_REASON_UNPROCESSED);
+    struct fake *d = req_new("POST", "/x", NULL);
+    d->s->req.end_stream = true;
+    px_stream_on_req_head(d->s);
+    px_stream_on_req_end(d->s);
+    assert_int_equal(nups, 1);
+    assert_false(d->s->resending);
+    px_stream_on_unprocessed(ups[0].s, PX_CAUSE_UPSTREAM_RESET);
+    fake_detach(&ups[0]);
+    assert_int_equal(d->status, 0); /* nothing went to the client */
+    wait_tries(2, "the resend");
+    struct fake *u = &ups[1];
+    assert_true(d->s->resending);
+    assert_true(cm_addr_equal(&u->addr, &ups[0].addr));
+    assert_string_equal(u->method, "POST");
+    assert_true(u->ended);
+    assert_int_equal(px_metrics.retries_total, retries0 + 1);
+    assert_int_equal(px_upstream_retries(PX_RETRY_REASON_UNPROCESSED), unproc0 + 1);
+    /* the resend is not processed either: this time the client hears it */
+    px_stream_on_unprocessed(u->s, PX_CAUSE_UPSTREAM_RESET);
+    fake_detach(u);
+    assert_int_equal(d->status, 502);
+    assert_int_equal(nups, 2);
+    assert_int_equal(px_metrics.retries_total, retries0 + 1);
+    req_free(d);
+    expect_freed();
+}
+
+/* A request with a body is not resent (nothing kept it): the failure goes to
+ * the client as any reset, with no retry counted. */
+static void unprocessed_with_body_fails(void **state)
+{
+    (void)state;
+    uint64_t retries0 = px_metrics.retries_total;
+    struct fake *d = req_start("POST", "/x", NULL);
+    assert_false(req_data(d, "payload"));
+    px_stream_on_unprocessed(ups[0].s, PX_CAUSE_UPSTREAM_RESET);
+    fake_detach(&ups[0]);
+    assert_int_equal(d->status, 502);
+    assert_int_equal(nups, 1);
+    assert_int_equal(px_metrics.retries_total, retries0);
+    px_stream_on_req_end(d->s);
+    req_free(d);
+    expect_freed();
+}
+
 /* The body went past retry_buffer_bytes: a reset cannot be retried. */
 static void no_retry_past_retry_buffer(void **state)
 {
@@ -848,6 +904,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(drain_completes_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(queued_request_cancelled, setup, teardown),
         cmocka_unit_test_setup_teardown(queued_request_admitted_with_held_body, setup, teardown),
+        cmocka_unit_test_setup_teardown(unprocessed_resent_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(unprocessed_with_body_fails, setup, teardown),
         cmocka_unit_test_setup_teardown(queue_full_overflow_503, setup, teardown),
         cmocka_unit_test_setup_teardown(queued_request_times_out_503, setup, teardown),
     };
