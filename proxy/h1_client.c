@@ -2,8 +2,9 @@
  *
  * A connection carries one exchange at a time. When the response is
  * complete, the request was fully sent and both sides allow keep-alive, it
- * goes back to the idle pool of its address (bounded by pool_max_idle, closed
- * after pool_idle_timeout_ms or when the server closes it). */
+ * goes back to the idle list of its address's pool record (proxy/pool.h:
+ * px_upstream_ep.h1_idle, bounded by pool_max_idle, closed after
+ * pool_idle_timeout_ms or when the server closes it). */
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -48,7 +49,8 @@ struct h1c {
     bool keep_alive;
     bool parser_paused;
     bool body_paused;
-    struct cm_list link; /* pool idle list of its bucket, or the busy list */
+    struct cm_list link;  /* the idle list (every address), or the busy list */
+    struct cm_list plink; /* while idle: in pep->h1_idle */
     /* why we refused the response (static), or NULL */
     const char *err_reason;
 
@@ -56,14 +58,9 @@ struct h1c {
     struct px_upstream_ep *pep;
 };
 
-#define POOL_BUCKETS 64
-struct bucket {
-    struct cm_list idle; /* h1c, most recently used first */
-    unsigned nidle;
-};
-static struct bucket pool[POOL_BUCKETS];
+static struct cm_list idle_all = {&idle_all, &idle_all}; /* for drain and shutdown */
 static struct cm_list busy = {&busy, &busy};
-static bool pool_ready;
+static bool ready;
 static llhttp_settings_t settings;
 
 static void process(struct h1c *u);
@@ -72,15 +69,6 @@ static void conn_dead(struct h1c *u);
 static const struct px_limits *limits(const struct h1c *u)
 {
     return &u->srv->cfg->limits;
-}
-
-static unsigned bucket_of(const struct cm_addr *a)
-{
-    const unsigned char *p = (const unsigned char *)&a->ss;
-    unsigned h = 2166136261u;
-    for (socklen_t i = 0; i < a->len; i++)
-        h = (h ^ p[i]) * 16777619u;
-    return h % POOL_BUCKETS;
 }
 
 static struct h1c *of(struct px_stream *s)
@@ -289,12 +277,8 @@ static int on_message_complete(llhttp_t *p)
 
 static void init_settings(void)
 {
-    if (pool_ready)
+    if (ready)
         return;
-    for (unsigned i = 0; i < POOL_BUCKETS; i++) {
-        cm_list_init(&pool[i].idle);
-        pool[i].nidle = 0;
-    }
     llhttp_settings_init(&settings);
     settings.on_message_begin = on_message_begin;
     settings.on_header_field = on_header_field;
@@ -304,13 +288,22 @@ static void init_settings(void)
     settings.on_headers_complete = on_headers_complete;
     settings.on_body = on_body;
     settings.on_message_complete = on_message_complete;
-    pool_ready = true;
+    ready = true;
 }
 
 /* ---- connection life ---------------------------------------------------------- */
 
+/* Out of its address's idle list (it is leaving the idle state). */
+static void unidle(struct h1c *u)
+{
+    cm_list_remove(&u->plink);
+    u->pep->h1_nidle--;
+}
+
 static void free_now(struct h1c *u)
 {
+    if (u->state == H1C_IDLE)
+        unidle(u);
     cm_list_remove(&u->link);
     event_free(u->kick);
     px_h1_acc_free(&u->acc);
@@ -325,7 +318,7 @@ static void conn_dead(struct h1c *u)
     if (u->state == H1C_DEAD)
         return;
     if (u->state == H1C_IDLE)
-        pool[bucket_of(&u->addr)].nidle--;
+        unidle(u);
     cm_list_remove(&u->link);
     cm_list_insert_tail(&busy, &u->link);
     u->state = H1C_DEAD;
@@ -399,20 +392,22 @@ static void release(struct h1c *u)
     u->s = NULL;
     if (s != NULL)
         px_stream_detach(s, PX_UP);
-    struct bucket *b = &pool[bucket_of(&u->addr)];
+    struct px_upstream_ep *ep = u->pep;
     size_t left = evbuffer_get_length(px_io_input(u->io));
     if (left > 0 && u->keep_alive && !u->srv->draining) {
         drop_stray(u, left);
         return;
     }
-    if (!u->keep_alive || u->srv->draining || b->nidle >= limits(u)->pool_max_idle || left > 0) {
+    if (!u->keep_alive || u->srv->draining || ep->h1_nidle >= limits(u)->pool_max_idle ||
+        left > 0) {
         conn_dead(u);
         return;
     }
     u->state = H1C_IDLE;
     cm_list_remove(&u->link);
-    cm_list_insert_head(&b->idle, &u->link);
-    b->nidle++;
+    cm_list_insert_head(&idle_all, &u->link);
+    cm_list_insert_head(&ep->h1_idle, &u->plink);
+    ep->h1_nidle++;
     /* the server may close an idle connection: watch for EOF; time it out */
     px_io_set_timeout(u->io, limits(u)->pool_idle_timeout_ms);
     px_io_read_enable(u->io, true);
@@ -591,38 +586,31 @@ static struct h1c *conn_new(struct px_server *srv, const struct cm_addr *addr)
 
 bool px_h1_client_has_idle(const struct cm_addr *a)
 {
-    init_settings();
-    struct bucket *b = &pool[bucket_of(a)];
-    if (b->nidle == 0)
-        return false;
-    for (struct cm_list *n = b->idle.next; n != &b->idle; n = n->next)
-        if (cm_addr_equal(&cm_container_of(n, struct h1c, link)->addr, a))
-            return true;
-    return false;
+    const struct px_upstream_ep *ep = px_pool_find(a);
+    return ep != NULL && ep->h1_nidle > 0;
 }
 
 void px_h1_client_attach(struct px_stream *s)
 {
     init_settings();
     const struct cm_addr *addr = &s->target.addr;
-    struct bucket *b = &pool[bucket_of(addr)];
-    struct cm_list *n;
+    struct px_upstream_ep *ep = px_pool_ep(s->srv, addr);
     struct h1c *u = NULL;
-    struct cm_list *next;
     /* a resend after a stale keep-alive connection takes a fresh one */
-    for (n = s->resending ? &b->idle : b->idle.next; n != &b->idle; n = next) {
-        next = n->next;
-        struct h1c *c = cm_container_of(n, struct h1c, link);
-        if (!cm_addr_equal(&c->addr, addr))
-            continue;
-        if (!fit_for_reuse(c))
-            continue;
-        u = c;
-        break;
+    if (!s->resending) {
+        struct cm_list *n, *next;
+        for (n = ep->h1_idle.next; n != &ep->h1_idle; n = next) {
+            next = n->next;
+            struct h1c *c = cm_container_of(n, struct h1c, plink);
+            if (fit_for_reuse(c)) { /* else closed (and unlinked) */
+                u = c;
+                break;
+            }
+        }
     }
     if (u != NULL) {
+        unidle(u);
         cm_list_remove(&u->link);
-        b->nidle--;
         cm_list_insert_tail(&busy, &u->link);
         u->state = H1C_BUSY;
         u->reused = true;
@@ -641,21 +629,16 @@ void px_h1_client_attach(struct px_stream *s)
 
 void px_h1_drain(void)
 {
-    for (unsigned i = 0; pool_ready && i < POOL_BUCKETS; i++) {
-        while (!cm_list_empty(&pool[i].idle)) {
-            struct h1c *u = cm_container_of(pool[i].idle.next, struct h1c, link);
-            conn_dead(u);
-        }
-    }
+    while (!cm_list_empty(&idle_all))
+        conn_dead(cm_container_of(idle_all.next, struct h1c, link));
     px_h1_server_drain();
 }
 
 void px_h1_shutdown(void)
 {
     px_h1_server_shutdown();
-    for (unsigned i = 0; pool_ready && i < POOL_BUCKETS; i++)
-        while (!cm_list_empty(&pool[i].idle))
-            free_now(cm_container_of(pool[i].idle.next, struct h1c, link));
+    while (!cm_list_empty(&idle_all))
+        free_now(cm_container_of(idle_all.next, struct h1c, link));
     while (!cm_list_empty(&busy)) {
         struct h1c *u = cm_container_of(busy.next, struct h1c, link);
         if (u->s != NULL) {

@@ -65,6 +65,7 @@ struct px_h2_session *px_h2_session_new(struct px_server *srv, enum px_h2_role r
     }
     cm_list_init(&sess->streams);
     cm_list_init(&sess->link);
+    cm_list_init(&sess->plink);
     sess->fail_cause = default_cause(sess);
     sess->id = ++next_session_id;
     return sess;
@@ -350,6 +351,7 @@ void px_h2_session_destroy(struct px_h2_session *sess)
     } else {
         px_h2_nclient--;
         px_metrics.upstream_cx_active--;
+        cm_list_remove(&sess->plink);
         px_pool_conn_closed(sess->pool_ep); /* the socket is closed: a waiter may connect */
     }
     free(sess->expected_id);

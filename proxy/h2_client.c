@@ -1,7 +1,9 @@
 /* HTTP/2 client side: pooled h2c sessions to upstream addresses, each
  * carrying many px_streams whose upstream side is "h2-client".
  *
- * Pool: a request joins a session to its address that is connecting or
+ * Pool: the sessions of an address are linked in its pool record
+ * (px_upstream_ep.h2_sessions, proxy/pool.h). A request joins a session to
+ * its target that is connecting or
  * open and has fewer streams than the peer's SETTINGS_MAX_CONCURRENT_STREAMS
  * and the request's circuit breaker (s->cb.max_requests_per_connection);
  * else a new connection is opened - the stream passed px_pool_admit, so the
@@ -447,12 +449,15 @@ static struct px_h2_session *pool_find(const struct px_stream *s)
     const struct px_upstream_target *t = &s->target;
     uint32_t limit = s->cb.max_requests_per_connection;
     bool tls = t->tls != NULL;
+    const struct px_upstream_ep *ep = px_pool_find(&t->addr);
+    if (ep == NULL)
+        return NULL;
     struct cm_list *pos;
-    for (pos = px_h2_client_list.next; pos != &px_h2_client_list; pos = pos->next) {
-        struct px_h2_session *sess = cm_container_of(pos, struct px_h2_session, link);
+    for (pos = ep->h2_sessions.next; pos != &ep->h2_sessions; pos = pos->next) {
+        struct px_h2_session *sess = cm_container_of(pos, struct px_h2_session, plink);
         if ((sess->state == PX_H2_OPEN || sess->state == PX_H2_CONNECTING) &&
-            !sess->close_when_flushed && cm_addr_equal(&sess->addr, &t->addr) &&
-            sess->tls == tls && same_id(sess->expected_id, t->expected_id) &&
+            !sess->close_when_flushed && sess->tls == tls &&
+            same_id(sess->expected_id, t->expected_id) &&
             sess->nstreams < stream_cap(sess, limit) && sess->id != s->avoid_sess)
             return sess;
     }
@@ -473,6 +478,7 @@ static struct px_h2_session *client_new(struct px_server *srv, const struct px_u
     sess->expected_id = t->expected_id ? cm_xstrdup(t->expected_id) : NULL;
     sess->pool_ep = px_pool_ep(srv, &t->addr);
     px_pool_conn_opened(sess->pool_ep);
+    cm_list_insert_head(&sess->pool_ep->h2_sessions, &sess->plink);
     /* newest first: pool_find prefers the sessions most likely to have room */
     cm_list_insert_head(&px_h2_client_list, &sess->link);
     px_h2_nclient++;

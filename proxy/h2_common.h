@@ -79,7 +79,8 @@ struct px_h2_session {
     uint64_t reset_window_ms; /* when the current reset window started (monotonic) */
 
     /* client: its endpoint's circuit breakers (this connection is counted there) */
-    struct px_upstream_ep *pool_ep;
+    struct px_upstream_ep *pool_ep; /* client: its pool record (proxy/pool.h) */
+    struct cm_list plink;           /* client: in pool_ep->h2_sessions */
 };
 
 enum px_h2_in_state {

@@ -123,6 +123,8 @@ struct px_upstream_ep *px_pool_ep(struct px_server *srv, const struct cm_addr *a
     ep->addr = *addr;
     cm_list_init(&ep->pending);
     cm_list_init(&ep->idle);
+    cm_list_init(&ep->h1_idle);
+    cm_list_init(&ep->h2_sessions);
     ep->wake = event_new(srv->base, -1, 0, on_wake, ep);
     ep->timer = evtimer_new(srv->base, on_timer, ep);
     if (ep->wake == NULL || ep->timer == NULL) {

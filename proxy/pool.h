@@ -1,4 +1,9 @@
-/* Upstream circuit breakers (issue 13 part D; Envoy's circuit_breakers): per
+/* The upstream pool: per upstream endpoint (address), the connections the
+ * codecs hand out to tries (idle HTTP/1.1 connections, HTTP/2 client
+ * sessions: linked into the endpoint's record by h1_client.c / h2_client.c,
+ * looked up through it), and in front of them the circuit breakers.
+ *
+ * Upstream circuit breakers (issue 13 part D; Envoy's circuit_breakers): per
  * upstream endpoint (address), at most max_connections connections open or
  * opening (HTTP/1.1 and HTTP/2 together), and at most max_pending_requests
  * requests waiting, FIFO, for one of them to become free (an HTTP/1.1
@@ -57,6 +62,10 @@ struct px_upstream_ep {
     struct event *timer;          /* the earliest pending deadline */
     struct px_upstream_ep *hnext; /* hash chain */
     struct cm_list idle;          /* in the idle list while unused, else unlinked */
+    /* the connections handed out from here (counted in nconns while open) */
+    struct cm_list h1_idle;     /* idle HTTP/1.1 connections, most recently used first */
+    uint32_t h1_nidle;          /* their number (bounded by limits.pool_max_idle) */
+    struct cm_list h2_sessions; /* HTTP/2 client sessions, newest first (h2_client.c) */
 };
 
 /* Hooks into the codecs and the stream; tests replace them. */
