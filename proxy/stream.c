@@ -166,10 +166,10 @@ static void record(struct px_stream *s)
 }
 
 /* Runs from the server's gc event, outside every codec callback. */
-void px_stream_gc(void)
+void px_stream_gc(struct px_server *srv)
 {
-    while (!cm_list_empty(&px_srv->gc_streams)) {
-        struct cm_list *n = px_srv->gc_streams.next;
+    while (!cm_list_empty(&srv->gc_streams)) {
+        struct cm_list *n = srv->gc_streams.next;
         cm_list_remove(n);
         struct px_stream *s = cm_container_of(n, struct px_stream, link);
         if (freelist_len < STREAM_FREELIST_MAX) {

@@ -206,7 +206,7 @@ int px_cause_status(enum px_cause c);
 /* Recycle the streams both sides have detached from (kept on a bounded
  * freelist for reuse). Runs from the server's gc event, outside every codec
  * callback. */
-void px_stream_gc(void);
+void px_stream_gc(struct px_server *srv);
 /* Release the freelist (at exit, for the leak checks). */
 void px_stream_freelist_clear(void);
 

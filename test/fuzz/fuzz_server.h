@@ -25,7 +25,7 @@ static void fuzz_on_gc(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     (void)arg;
-    px_stream_gc();
+    px_stream_gc(px_srv);
 }
 
 /* Parse cfg (len bytes) into srv and make srv the process's server; the event

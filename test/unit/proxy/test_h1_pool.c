@@ -32,7 +32,7 @@
 #include "proxy/stream.h"
 
 __attribute__((weak)) struct px_server *px_srv;
-void px_stream_gc(void);
+void px_stream_gc(struct px_server *srv);
 void px_stream_freelist_clear(void);
 
 static struct px_server srv;
@@ -80,7 +80,7 @@ static void on_gc(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     (void)arg;
-    px_stream_gc();
+    px_stream_gc(&srv);
 }
 
 static int setup(void **state)
@@ -125,10 +125,11 @@ static int teardown(void **state)
     (void)state;
     px_h1_shutdown();
     event_base_loop(srv.base, EVLOOP_NONBLOCK);
-    px_stream_gc();
+    px_stream_gc(&srv);
     px_pool_shutdown();
     px_stream_freelist_clear();
     event_free(srv.gc_ev);
+    px_io_deinit(); /* its flush event belongs to this base */
     event_base_free(srv.base);
     close(lfd);
     px_srv = NULL;

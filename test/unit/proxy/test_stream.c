@@ -40,7 +40,7 @@
 __attribute__((weak)) struct px_server *px_srv;
 
 /* stream.c's own, declared there next to their definitions */
-void px_stream_gc(void);
+void px_stream_gc(struct px_server *srv);
 void px_stream_freelist_clear(void);
 
 #define BIG UINT32_MAX
@@ -323,7 +323,7 @@ static void on_gc(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     (void)arg;
-    px_stream_gc();
+    px_stream_gc(&srv);
 }
 
 static void on_drain_timer(evutil_socket_t fd, short what, void *arg)
@@ -373,7 +373,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    px_stream_gc();
+    px_stream_gc(&srv);
     for (int i = 0; i < nups; i++)
         evbuffer_free(ups[i].body);
     nups = 0;
