@@ -559,7 +559,8 @@ static void schedule_retry(struct px_stream *s, enum px_retry_reason why)
     uint64_t ms = 0;
     if (why == PX_RETRY_REASON_RETRY_ON) {
         uint32_t base = s->route->backoff_base_ms;
-        ms = (uint64_t)base << (s->tries > 4 ? 3 : s->tries - 1);
+        uint32_t n = s->tries - s->resends; /* resends are not the route's tries */
+        ms = (uint64_t)base << (n > 4 ? 3 : n - 1);
         if (ms > (uint64_t)base * 10)
             ms = (uint64_t)base * 10;
         if (ms > 0) {
