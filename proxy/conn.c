@@ -265,6 +265,7 @@ void px_conn_accept(struct px_listener *l, int fd, const struct sockaddr *sa, so
 {
     const struct px_limits *lim = &px_srv->cfg->limits;
     struct px_conn *c = cm_xcalloc(1, sizeof(*c));
+    c->srv = px_srv;
     c->listener = l;
     c->lcfg = l->cfg;
     c->fd = fd;

@@ -16,6 +16,7 @@
 #include "proxy/io.h"
 
 struct px_listener;
+struct px_server;
 
 enum px_conn_proto {
     PX_PROTO_UNKNOWN = 0, /* still detecting */
@@ -26,6 +27,7 @@ enum px_conn_proto {
 };
 
 struct px_conn {
+    struct px_server *srv;              /* the proxy this connection belongs to */
     struct px_listener *listener;       /* borrowed; outlives its connections */
     const struct px_listener_cfg *lcfg; /* borrowed from the config snapshot */
     struct px_io *io;                   /* the socket; owned by the current handler */

@@ -2,8 +2,9 @@
  *
  * A connection carries one exchange at a time. When the response is
  * complete, the request was fully sent and both sides allow keep-alive, it
- * goes back to the idle pool of its address (bounded by pool_max_idle, closed
- * after pool_idle_timeout_ms or when the server closes it). */
+ * goes back to the idle list of its address's pool record (proxy/pool.h:
+ * px_upstream_ep.h1_idle, bounded by pool_max_idle, closed after
+ * pool_idle_timeout_ms or when the server closes it). */
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -30,6 +31,7 @@ enum h1c_state {
 };
 
 struct h1c {
+    struct px_server *srv;
     struct px_io *io;
     struct cm_addr addr;
     llhttp_t parser;
@@ -47,8 +49,8 @@ struct h1c {
     bool keep_alive;
     bool parser_paused;
     bool body_paused;
-    bool replayable;     /* body-less request: may be resent once on a fresh connection */
-    struct cm_list link; /* pool idle list of its bucket, or the busy list */
+    struct cm_list link;  /* the idle list (every address), or the busy list */
+    struct cm_list plink; /* while idle: in pep->h1_idle */
     /* why we refused the response (static), or NULL */
     const char *err_reason;
 
@@ -56,31 +58,17 @@ struct h1c {
     struct px_upstream_ep *pep;
 };
 
-#define POOL_BUCKETS 64
-struct bucket {
-    struct cm_list idle; /* h1c, most recently used first */
-    unsigned nidle;
-};
-static struct bucket pool[POOL_BUCKETS];
+static struct cm_list idle_all = {&idle_all, &idle_all}; /* for drain and shutdown */
 static struct cm_list busy = {&busy, &busy};
-static bool pool_ready;
+static bool ready;
 static llhttp_settings_t settings;
 
 static void process(struct h1c *u);
 static void conn_dead(struct h1c *u);
 
-static const struct px_limits *limits(void)
+static const struct px_limits *limits(const struct h1c *u)
 {
-    return &px_srv->cfg->limits;
-}
-
-static unsigned bucket_of(const struct cm_addr *a)
-{
-    const unsigned char *p = (const unsigned char *)&a->ss;
-    unsigned h = 2166136261u;
-    for (socklen_t i = 0; i < a->len; i++)
-        h = (h ^ p[i]) * 16777619u;
-    return h % POOL_BUCKETS;
+    return &u->srv->cfg->limits;
 }
 
 static struct h1c *of(struct px_stream *s)
@@ -124,14 +112,12 @@ static void op_send_head(struct px_stream *s)
     }
     px_h1_put(&w, "\r\n", 2);
     px_h1_head_end(&w);
-    u->replayable = r->end_stream;
 }
 
 static void op_send_data(struct px_stream *s, const uint8_t *data, size_t len)
 {
     struct h1c *u = of(s);
     struct evbuffer *out = px_io_output(u->io);
-    u->replayable = false;
     if (u->req_chunked)
         px_h1_write_chunk(out, data, len);
     else
@@ -205,7 +191,7 @@ static int on_message_begin(llhttp_t *p)
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     struct h1c *u = p->data;
-    return px_h1_acc_append(&u->acc, at, len, limits()->max_header_bytes)
+    return px_h1_acc_append(&u->acc, at, len, limits(u)->max_header_bytes)
                ? 0
                : bad_response(p, "response head too large");
 }
@@ -220,7 +206,7 @@ static int on_header_field_complete(llhttp_t *p)
 static int on_header_value_complete(llhttp_t *p)
 {
     struct h1c *u = p->data;
-    const struct px_limits *lim = limits();
+    const struct px_limits *lim = limits(u);
     return px_h1_acc_take_header(&u->acc, &u->s->arena, &u->s->resp, lim->max_header_bytes,
                                  lim->max_headers) == 0
                ? 0
@@ -291,12 +277,8 @@ static int on_message_complete(llhttp_t *p)
 
 static void init_settings(void)
 {
-    if (pool_ready)
+    if (ready)
         return;
-    for (unsigned i = 0; i < POOL_BUCKETS; i++) {
-        cm_list_init(&pool[i].idle);
-        pool[i].nidle = 0;
-    }
     llhttp_settings_init(&settings);
     settings.on_message_begin = on_message_begin;
     settings.on_header_field = on_header_field;
@@ -306,13 +288,22 @@ static void init_settings(void)
     settings.on_headers_complete = on_headers_complete;
     settings.on_body = on_body;
     settings.on_message_complete = on_message_complete;
-    pool_ready = true;
+    ready = true;
 }
 
 /* ---- connection life ---------------------------------------------------------- */
 
+/* Out of its address's idle list (it is leaving the idle state). */
+static void unidle(struct h1c *u)
+{
+    cm_list_remove(&u->plink);
+    u->pep->h1_nidle--;
+}
+
 static void free_now(struct h1c *u)
 {
+    if (u->state == H1C_IDLE)
+        unidle(u);
     cm_list_remove(&u->link);
     event_free(u->kick);
     px_h1_acc_free(&u->acc);
@@ -327,7 +318,7 @@ static void conn_dead(struct h1c *u)
     if (u->state == H1C_DEAD)
         return;
     if (u->state == H1C_IDLE)
-        pool[bucket_of(&u->addr)].nidle--;
+        unidle(u);
     cm_list_remove(&u->link);
     cm_list_insert_tail(&busy, &u->link);
     u->state = H1C_DEAD;
@@ -346,27 +337,19 @@ static void fail(struct h1c *u, enum px_cause cause)
     conn_dead(u);
 }
 
-static struct h1c *conn_new(const struct cm_addr *addr);
-static void bind_stream(struct h1c *u, struct px_stream *s);
-
 /* A pooled connection failed before any response byte: the server closed it
- * while idle (a keep-alive race). A body-less request is resent once on a
- * fresh connection instead of failing the client. */
-static bool replay(struct h1c *u)
+ * while idle (a keep-alive race), so it never processed the request. The
+ * stream may send it again (on a fresh connection: s->resending) instead of
+ * failing the client; it decides and counts that (px_stream_on_unprocessed). */
+static bool unprocessed(struct h1c *u)
 {
     struct px_stream *s = u->s;
-    if (s == NULL || !u->reused || u->got_bytes || !u->replayable || !u->req_done)
+    if (s == NULL || !u->reused || u->got_bytes)
         return false;
     u->s = NULL;
+    px_stream_on_unprocessed(s, PX_CAUSE_UPSTREAM_RESET);
+    px_stream_detach(s, PX_UP);
     conn_dead(u);
-    struct h1c *n = conn_new(&s->upstream);
-    if (n == NULL)
-        return false;
-    s->ctx[PX_UP] = n;
-    bind_stream(n, s);
-    op_send_head(s);
-    n->req_done = true;
-    cm_debug("h1 upstream: resending a body-less request on a fresh connection");
     return true;
 }
 
@@ -393,7 +376,7 @@ static void drop_stray(struct h1c *u, size_t n)
  * socket before the request that wants this connection was read has already
  * been handled in this loop turn. What arrives later is indistinguishable
  * from an answer to the request about to be sent (no proxy can tell them
- * apart); the keep-alive race is replay()'s. */
+ * apart); the keep-alive race is unprocessed()'s. */
 static bool fit_for_reuse(struct h1c *u)
 {
     size_t n = evbuffer_get_length(px_io_input(u->io));
@@ -409,22 +392,24 @@ static void release(struct h1c *u)
     u->s = NULL;
     if (s != NULL)
         px_stream_detach(s, PX_UP);
-    struct bucket *b = &pool[bucket_of(&u->addr)];
+    struct px_upstream_ep *ep = u->pep;
     size_t left = evbuffer_get_length(px_io_input(u->io));
-    if (left > 0 && u->keep_alive && !px_srv->draining) {
+    if (left > 0 && u->keep_alive && !u->srv->draining) {
         drop_stray(u, left);
         return;
     }
-    if (!u->keep_alive || px_srv->draining || b->nidle >= limits()->pool_max_idle || left > 0) {
+    if (!u->keep_alive || u->srv->draining || ep->h1_nidle >= limits(u)->pool_max_idle ||
+        left > 0) {
         conn_dead(u);
         return;
     }
     u->state = H1C_IDLE;
     cm_list_remove(&u->link);
-    cm_list_insert_head(&b->idle, &u->link);
-    b->nidle++;
+    cm_list_insert_head(&idle_all, &u->link);
+    cm_list_insert_head(&ep->h1_idle, &u->plink);
+    ep->h1_nidle++;
     /* the server may close an idle connection: watch for EOF; time it out */
-    px_io_set_timeout(u->io, limits()->pool_idle_timeout_ms);
+    px_io_set_timeout(u->io, limits(u)->pool_idle_timeout_ms);
     px_io_read_enable(u->io, true);
     px_pool_wake(u->pep); /* the oldest waiter takes it on the next loop turn */
 }
@@ -552,12 +537,12 @@ static void on_event(struct px_io *io, int what, void *arg)
             }
         }
         if (u->state == H1C_BUSY && !u->resp_done) {
-            if (!replay(u))
+            if (!unprocessed(u))
                 fail(u, PX_CAUSE_UPSTREAM_RESET);
             return;
         }
     }
-    if (u->state == H1C_BUSY && !u->resp_done && replay(u))
+    if (u->state == H1C_BUSY && !u->resp_done && unprocessed(u))
         return;
     fail(u, PX_CAUSE_UPSTREAM_RESET);
 }
@@ -575,23 +560,24 @@ static void bind_stream(struct h1c *u, struct px_stream *s)
     px_stream_attach_up(s, &h1c_ops, u);
 }
 
-static struct h1c *conn_new(const struct cm_addr *addr)
+static struct h1c *conn_new(struct px_server *srv, const struct cm_addr *addr)
 {
     struct h1c *u = cm_xcalloc(1, sizeof(*u));
+    u->srv = srv;
     u->addr = *addr;
-    u->io = px_io_connect(px_srv->base, addr, limits()->connect_timeout_ms);
+    u->io = px_io_connect(srv->base, addr, limits(u)->connect_timeout_ms);
     if (u->io == NULL) {
         free(u);
         return NULL;
     }
-    u->kick = event_new(px_srv->base, -1, 0, on_kick, u);
+    u->kick = event_new(srv->base, -1, 0, on_kick, u);
     u->state = H1C_CONNECTING;
-    u->pep = px_pool_ep(addr);
+    u->pep = px_pool_ep(srv, addr);
     px_pool_conn_opened(u->pep);
     cm_list_insert_tail(&busy, &u->link);
     px_metrics.upstream_cx_total++;
     px_metrics.upstream_cx_active++;
-    uint32_t bound = limits()->buffer_bytes;
+    uint32_t bound = limits(u)->buffer_bytes;
     px_io_set_read_limit(u->io, bound);
     px_io_set_write_lowat(u->io, bound / 2);
     px_io_setcb(u->io, on_read, on_write, on_event, u);
@@ -600,43 +586,38 @@ static struct h1c *conn_new(const struct cm_addr *addr)
 
 bool px_h1_client_has_idle(const struct cm_addr *a)
 {
-    init_settings();
-    struct bucket *b = &pool[bucket_of(a)];
-    if (b->nidle == 0)
-        return false;
-    for (struct cm_list *n = b->idle.next; n != &b->idle; n = n->next)
-        if (cm_addr_equal(&cm_container_of(n, struct h1c, link)->addr, a))
-            return true;
-    return false;
+    const struct px_upstream_ep *ep = px_pool_find(a);
+    return ep != NULL && ep->h1_nidle > 0;
 }
 
 void px_h1_client_attach(struct px_stream *s)
 {
     init_settings();
-    struct bucket *b = &pool[bucket_of(&s->upstream)];
-    struct cm_list *n;
+    const struct cm_addr *addr = &s->target.addr;
+    struct px_upstream_ep *ep = px_pool_ep(s->srv, addr);
     struct h1c *u = NULL;
-    struct cm_list *next;
-    for (n = b->idle.next; n != &b->idle; n = next) {
-        next = n->next;
-        struct h1c *c = cm_container_of(n, struct h1c, link);
-        if (!cm_addr_equal(&c->addr, &s->upstream))
-            continue;
-        if (!fit_for_reuse(c))
-            continue;
-        u = c;
-        break;
+    /* a resend after a stale keep-alive connection takes a fresh one */
+    if (!s->resending) {
+        struct cm_list *n, *next;
+        for (n = ep->h1_idle.next; n != &ep->h1_idle; n = next) {
+            next = n->next;
+            struct h1c *c = cm_container_of(n, struct h1c, plink);
+            if (fit_for_reuse(c)) { /* else closed (and unlinked) */
+                u = c;
+                break;
+            }
+        }
     }
     if (u != NULL) {
+        unidle(u);
         cm_list_remove(&u->link);
-        b->nidle--;
         cm_list_insert_tail(&busy, &u->link);
         u->state = H1C_BUSY;
         u->reused = true;
         px_io_set_timeout(u->io, 0);
         px_metrics.upstream_cx_reused++;
     } else {
-        u = conn_new(&s->upstream);
+        u = conn_new(s->srv, addr);
         if (u == NULL) {
             s->cause = PX_CAUSE_CONNECT_FAILED;
             px_stream_respond(s, 503, px_cause_str(s->cause));
@@ -648,21 +629,16 @@ void px_h1_client_attach(struct px_stream *s)
 
 void px_h1_drain(void)
 {
-    for (unsigned i = 0; pool_ready && i < POOL_BUCKETS; i++) {
-        while (!cm_list_empty(&pool[i].idle)) {
-            struct h1c *u = cm_container_of(pool[i].idle.next, struct h1c, link);
-            conn_dead(u);
-        }
-    }
+    while (!cm_list_empty(&idle_all))
+        conn_dead(cm_container_of(idle_all.next, struct h1c, link));
     px_h1_server_drain();
 }
 
 void px_h1_shutdown(void)
 {
     px_h1_server_shutdown();
-    for (unsigned i = 0; pool_ready && i < POOL_BUCKETS; i++)
-        while (!cm_list_empty(&pool[i].idle))
-            free_now(cm_container_of(pool[i].idle.next, struct h1c, link));
+    while (!cm_list_empty(&idle_all))
+        free_now(cm_container_of(idle_all.next, struct h1c, link));
     while (!cm_list_empty(&busy)) {
         struct h1c *u = cm_container_of(busy.next, struct h1c, link);
         if (u->s != NULL) {

@@ -62,9 +62,9 @@ static void process(struct h1s *h);
 static void close_conn(struct h1s *h);
 static int refuse(struct h1s *h, int status, const char *why);
 
-static const struct px_limits *limits(void)
+static const struct px_limits *limits(const struct h1s *h)
 {
-    return &px_srv->cfg->limits;
+    return &h->c->srv->cfg->limits;
 }
 
 static void arm_timer(struct h1s *h, uint32_t ms)
@@ -97,7 +97,7 @@ static void op_send_head(struct px_stream *s)
      * connection: the unread bytes cannot be told from the next request. */
     if (!h->req_done && !s->req.end_stream)
         h->keep_alive = false; /* a body is still coming: we cannot tell where it ends */
-    if (px_srv->draining)
+    if (h->c->srv->draining)
         h->keep_alive = false;
 
     const char *reason = px_http_reason(r->status);
@@ -242,14 +242,14 @@ static int on_message_begin(llhttp_t *p)
     h->chunked = h->head_req = false;
     h->chunk_ext_bytes = 0;
     px_h1_acc_reset(&h->acc);
-    arm_timer(h, limits()->header_timeout_ms);
+    arm_timer(h, limits(h)->header_timeout_ms);
     return 0;
 }
 
 static int on_url(llhttp_t *p, const char *at, size_t len)
 {
     struct h1s *h = p->data;
-    if (!px_h1_acc_append(&h->acc, at, len, limits()->max_header_bytes)) {
+    if (!px_h1_acc_append(&h->acc, at, len, limits(h)->max_header_bytes)) {
         h->err_status = 414;
         return HPE_USER;
     }
@@ -269,7 +269,7 @@ static int on_url_complete(llhttp_t *p)
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     struct h1s *h = p->data;
-    if (!px_h1_acc_append(&h->acc, at, len, limits()->max_header_bytes)) {
+    if (!px_h1_acc_append(&h->acc, at, len, limits(h)->max_header_bytes)) {
         h->err_status = 431;
         return HPE_USER;
     }
@@ -286,7 +286,7 @@ static int on_header_field_complete(llhttp_t *p)
 static int on_header_value_complete(llhttp_t *p)
 {
     struct h1s *h = p->data;
-    const struct px_limits *lim = limits();
+    const struct px_limits *lim = limits(h);
     int st = px_h1_acc_take_header(&h->acc, &h->s->arena, &h->s->req, lim->max_header_bytes,
                                    lim->max_headers);
     if (st != 0)
@@ -526,14 +526,14 @@ static void finish_exchange(struct h1s *h)
             px_stream_on_error(s, PX_DOWN, PX_CAUSE_DOWNSTREAM_RESET);
         px_stream_detach(s, PX_DOWN);
     }
-    if (!h->keep_alive || !h->req_done || px_srv->draining) {
+    if (!h->keep_alive || !h->req_done || h->c->srv->draining) {
         h->state = H1S_CLOSING;
         px_io_read_enable(h->io, false);
         return;
     }
     h->state = H1S_IDLE;
     h->resp_done = h->req_done = false;
-    arm_timer(h, limits()->idle_timeout_ms);
+    arm_timer(h, limits(h)->idle_timeout_ms);
     if (!h->peer_eof)
         px_io_read_enable(h->io, true);
 }
@@ -707,15 +707,15 @@ void px_h1_server_start(struct px_conn *c)
     c->handler = h;
     llhttp_init(&h->parser, HTTP_REQUEST, &settings);
     h->parser.data = h;
-    px_timer_init(&h->timer, px_srv->base, on_timer, h);
-    h->kick = event_new(px_srv->base, -1, 0, on_kick, h);
+    px_timer_init(&h->timer, c->srv->base, on_timer, h);
+    h->kick = event_new(c->srv->base, -1, 0, on_kick, h);
     h->state = H1S_IDLE;
     cm_list_insert_tail(&servers, &h->link);
-    uint32_t bound = limits()->buffer_bytes;
+    uint32_t bound = limits(h)->buffer_bytes;
     px_io_set_write_lowat(h->io, bound / 2);
     px_io_set_read_limit(h->io, bound);
     px_io_setcb(h->io, on_read, on_write, on_event, h);
-    arm_timer(h, limits()->header_timeout_ms);
+    arm_timer(h, limits(h)->header_timeout_ms);
     process(h); /* the detected bytes are already buffered */
 }
 

@@ -48,21 +48,24 @@ static void on_defer(evutil_socket_t fd, short what, void *arg);
 static void on_idle(evutil_socket_t fd, short what, void *arg);
 static void on_head_timer(evutil_socket_t fd, short what, void *arg);
 
-struct px_h2_session *px_h2_session_new(enum px_h2_role role, struct px_io *io)
+struct px_h2_session *px_h2_session_new(struct px_server *srv, enum px_h2_role role,
+                                        struct px_io *io)
 {
     struct px_h2_session *sess = cm_xcalloc(1, sizeof(*sess));
     sess->role = role;
     sess->state = role == PX_H2_SERVER ? PX_H2_OPEN : PX_H2_CONNECTING;
     sess->io = io;
-    sess->defer = event_new(px_srv->base, -1, 0, on_defer, sess);
-    sess->idle = evtimer_new(px_srv->base, on_idle, sess);
-    sess->head_timer = evtimer_new(px_srv->base, on_head_timer, sess);
+    sess->srv = srv;
+    sess->defer = event_new(srv->base, -1, 0, on_defer, sess);
+    sess->idle = evtimer_new(srv->base, on_idle, sess);
+    sess->head_timer = evtimer_new(srv->base, on_head_timer, sess);
     if (sess->defer == NULL || sess->idle == NULL || sess->head_timer == NULL) {
         cm_error("h2: event_new failed");
         abort();
     }
     cm_list_init(&sess->streams);
     cm_list_init(&sess->link);
+    cm_list_init(&sess->plink);
     sess->fail_cause = default_cause(sess);
     sess->id = ++next_session_id;
     return sess;
@@ -90,7 +93,7 @@ void px_h2_session_close(struct px_h2_session *sess, enum px_cause cause)
 
 void px_h2_session_watch_head(struct px_h2_session *sess, struct px_h2_stream *st)
 {
-    uint32_t ms = px_srv->cfg->limits.header_timeout_ms;
+    uint32_t ms = sess->srv->cfg->limits.header_timeout_ms;
     if (ms == 0)
         return;
     st->head_deadline_ms = cm_mono_ms() + ms;
@@ -136,7 +139,7 @@ void px_h2_session_idle_update(struct px_h2_session *sess)
         evtimer_del(sess->idle);
         return;
     }
-    const struct px_limits *lim = &px_srv->cfg->limits;
+    const struct px_limits *lim = &sess->srv->cfg->limits;
     uint32_t ms = sess->role == PX_H2_SERVER ? lim->idle_timeout_ms : lim->pool_idle_timeout_ms;
     if (ms > 0)
         set_timer_ms(sess->idle, ms);
@@ -348,6 +351,7 @@ void px_h2_session_destroy(struct px_h2_session *sess)
     } else {
         px_h2_nclient--;
         px_metrics.upstream_cx_active--;
+        cm_list_remove(&sess->plink);
         px_pool_conn_closed(sess->pool_ep); /* the socket is closed: a waiter may connect */
     }
     free(sess->expected_id);
@@ -377,7 +381,7 @@ static void check_drain(struct px_h2_stream *st)
         return;
     enum px_side me = st->sess->role == PX_H2_SERVER ? PX_DOWN : PX_UP;
     enum px_side other = me == PX_DOWN ? PX_UP : PX_DOWN;
-    if (s->paused[other] && evbuffer_get_length(st->buf) < px_srv->cfg->limits.buffer_bytes / 2)
+    if (s->paused[other] && evbuffer_get_length(st->buf) < s->srv->cfg->limits.buffer_bytes / 2)
         px_stream_on_drain(s, me);
 }
 
@@ -427,9 +431,9 @@ void px_h2_common_setup(nghttp2_session_callbacks **cbs, nghttp2_option **opt)
 }
 
 /* Per-stream receive window: the bound, at least the protocol default. */
-static uint32_t stream_window(void)
+static uint32_t stream_window(const struct px_server *srv)
 {
-    uint32_t w = px_srv->cfg->limits.buffer_bytes;
+    uint32_t w = srv->cfg->limits.buffer_bytes;
     if (w < 65535)
         w = 65535;
     if (w > (1u << 24))
@@ -439,7 +443,7 @@ static uint32_t stream_window(void)
 
 int px_h2_submit_settings(struct px_h2_session *sess)
 {
-    const struct px_limits *lim = &px_srv->cfg->limits;
+    const struct px_limits *lim = &sess->srv->cfg->limits;
     nghttp2_settings_entry iv[4];
     size_t n = 0;
     if (sess->role == PX_H2_SERVER) {
@@ -450,7 +454,7 @@ int px_h2_submit_settings(struct px_h2_session *sess)
         iv[n++].value = 0;
     }
     iv[n].settings_id = NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE;
-    iv[n++].value = stream_window();
+    iv[n++].value = stream_window(sess->srv);
     iv[n].settings_id = NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE;
     iv[n++].value = lim->max_header_bytes + 32 * (lim->max_headers + 8);
     int rv = nghttp2_submit_settings(sess->ng, NGHTTP2_FLAG_NONE, iv, n);
@@ -458,7 +462,7 @@ int px_h2_submit_settings(struct px_h2_session *sess)
         return rv;
     /* The connection window bounds the bytes held back on all paused streams
      * together; a generous one keeps a paused stream from stalling the rest. */
-    uint64_t cw = (uint64_t)stream_window() * 16;
+    uint64_t cw = (uint64_t)stream_window(sess->srv) * 16;
     if (cw > INT32_MAX)
         cw = INT32_MAX;
     return nghttp2_session_set_local_window_size(sess->ng, NGHTTP2_FLAG_NONE, 0, (int32_t)cw);
@@ -726,7 +730,7 @@ static int64_t parse_length(const uint8_t *v, size_t len)
 int px_h2_add_field(struct px_stream *s, struct px_msg *m, const uint8_t *name, size_t namelen,
                     const uint8_t *value, size_t valuelen)
 {
-    const struct px_limits *lim = &px_srv->cfg->limits;
+    const struct px_limits *lim = &s->srv->cfg->limits;
     const char *v = (const char *)value;
     if (namelen > 0 && name[0] == ':') {
         if ((uint64_t)m->head_bytes + namelen + valuelen > lim->max_header_bytes)

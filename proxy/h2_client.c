@@ -1,7 +1,9 @@
 /* HTTP/2 client side: pooled h2c sessions to upstream addresses, each
  * carrying many px_streams whose upstream side is "h2-client".
  *
- * Pool: a request joins a session to its address that is connecting or
+ * Pool: the sessions of an address are linked in its pool record
+ * (px_upstream_ep.h2_sessions, proxy/pool.h). A request joins a session to
+ * its target that is connecting or
  * open and has fewer streams than the peer's SETTINGS_MAX_CONCURRENT_STREAMS
  * and the request's circuit breaker (s->cb.max_requests_per_connection);
  * else a new connection is opened - the stream passed px_pool_admit, so the
@@ -19,7 +21,6 @@
 #include "common/xalloc.h"
 #include "proxy/h2.h"
 #include "proxy/h2_common.h"
-#include "proxy/identity.h"
 #include "proxy/tls.h"
 #include "proxy/metrics.h"
 #include "proxy/pool.h"
@@ -31,7 +32,17 @@ static struct px_h2_stream *stream_of(nghttp2_session *ng, int32_t id)
     return nghttp2_session_get_stream_user_data(ng, id);
 }
 
-static bool resubmit(struct px_h2_stream *st);
+/* The upstream did not process st's request: REFUSED_STREAM (also what
+ * nghttp2 reports for streams above a GOAWAY's last id), or its HEADERS never
+ * left. The stream decides whether it goes again, on another session
+ * (avoid_sess), and counts that as a retry (px_stream_on_unprocessed). */
+static void unprocessed(struct px_h2_stream *st, enum px_cause cause)
+{
+    st->s->avoid_sess = st->sess->id;
+    st->failing = true;
+    px_stream_on_unprocessed(st->s, cause);
+    st->failing = false;
+}
 
 /* The stream failed on our side: reset it, tell the px_stream, detach. */
 static void fail_stream(struct px_h2_stream *st, enum px_cause cause, uint32_t code)
@@ -275,8 +286,8 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code,
     if (st == NULL)
         return 0;
     if (st->s != NULL) {
-        if (st->in != PX_H2_IN_DONE && error_code == NGHTTP2_REFUSED_STREAM && resubmit(st)) {
-            /* moved to another stream; st->s is NULL now */
+        if (st->in == PX_H2_IN_HEAD && st->n1xx == 0 && error_code == NGHTTP2_REFUSED_STREAM) {
+            unprocessed(st, PX_CAUSE_UPSTREAM_RESET);
         } else if (st->in != PX_H2_IN_DONE) {
             cm_debug("h2 client session %llu stream %d: closed before the response completed "
                      "(error %u)",
@@ -333,9 +344,8 @@ void px_h2_client_fail_pending(struct px_h2_session *sess)
         if (!st->orphan)
             continue;
         /* never sent: as safe to send again as a refused stream */
-        if (st->s != NULL && !resubmit(st)) {
-            st->failing = true;
-            px_stream_on_error(st->s, PX_UP, st->fail ? st->fail : PX_CAUSE_UPSTREAM_RESET);
+        if (st->s != NULL) {
+            unprocessed(st, st->fail ? st->fail : PX_CAUSE_UPSTREAM_RESET);
             px_h2_stream_detach(st);
         }
         px_h2_stream_free(st);
@@ -375,7 +385,7 @@ void px_h2_client_on_event(struct px_h2_session *sess, short what)
             sess->state = PX_H2_OPEN;
         /* the connect timer now waits for the upstream's SETTINGS */
         if (!sess->got_settings)
-            px_io_set_timeout(sess->io, px_srv->cfg->limits.connect_timeout_ms);
+            px_io_set_timeout(sess->io, sess->srv->cfg->limits.connect_timeout_ms);
         px_h2_session_flush(sess);
         return;
     }
@@ -386,7 +396,7 @@ void px_h2_client_on_event(struct px_h2_session *sess, short what)
          * until the upstream's SETTINGS: a peer that accepted the TCP
          * connection but never speaks (a process stopped, a black hole)
          * must not hold requests forever. */
-        px_io_set_timeout(sess->io, px_srv->cfg->limits.connect_timeout_ms);
+        px_io_set_timeout(sess->io, sess->srv->cfg->limits.connect_timeout_ms);
         int one = 1;
         setsockopt(px_io_fd(sess->io), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         cm_debug("h2 client session %llu: connected to %s", (unsigned long long)sess->id,
@@ -433,34 +443,42 @@ static bool same_id(const char *a, const char *b)
 
 /* The pool key: address, mTLS or not, and the identity the peer was checked
  * against (a session verified for one identity never carries a request that
- * expects another). */
-static struct px_h2_session *pool_find(const struct cm_addr *a, bool tls, const char *expected,
-                                       uint32_t limit)
+ * expects another). A resend avoids the session that refused it. */
+static struct px_h2_session *pool_find(const struct px_stream *s)
 {
+    const struct px_upstream_target *t = &s->target;
+    uint32_t limit = s->cb.max_requests_per_connection;
+    bool tls = t->tls != NULL;
+    const struct px_upstream_ep *ep = px_pool_find(&t->addr);
+    if (ep == NULL)
+        return NULL;
     struct cm_list *pos;
-    for (pos = px_h2_client_list.next; pos != &px_h2_client_list; pos = pos->next) {
-        struct px_h2_session *sess = cm_container_of(pos, struct px_h2_session, link);
+    for (pos = ep->h2_sessions.next; pos != &ep->h2_sessions; pos = pos->next) {
+        struct px_h2_session *sess = cm_container_of(pos, struct px_h2_session, plink);
         if ((sess->state == PX_H2_OPEN || sess->state == PX_H2_CONNECTING) &&
-            !sess->close_when_flushed && cm_addr_equal(&sess->addr, a) && sess->tls == tls &&
-            same_id(sess->expected_id, expected) && sess->nstreams < stream_cap(sess, limit))
+            !sess->close_when_flushed && sess->tls == tls &&
+            same_id(sess->expected_id, t->expected_id) &&
+            sess->nstreams < stream_cap(sess, limit) && sess->id != s->avoid_sess)
             return sess;
     }
     return NULL;
 }
 
-static struct px_h2_session *client_new(const struct cm_addr *a, struct px_tls_conf *tls,
-                                        const char *expected)
+/* A new session to the target (its TLS configuration and expected peer
+ * identity are the target's: the upstream module chose them). */
+static struct px_h2_session *client_new(struct px_server *srv, const struct px_upstream_target *t)
 {
-    struct px_io *io = px_io_connect(px_srv->base, a, px_srv->cfg->limits.connect_timeout_ms);
+    struct px_io *io = px_io_connect(srv->base, &t->addr, srv->cfg->limits.connect_timeout_ms);
     int err = errno;
-    if (io != NULL && tls != NULL)
-        px_io_start_tls(io, tls, expected); /* the handshake follows the connect */
-    struct px_h2_session *sess = px_h2_session_new(PX_H2_CLIENT, io);
-    sess->addr = *a;
-    sess->tls = tls != NULL;
-    sess->expected_id = expected ? cm_xstrdup(expected) : NULL;
-    sess->pool_ep = px_pool_ep(a);
+    if (io != NULL && t->tls != NULL)
+        px_io_start_tls(io, t->tls, t->expected_id); /* the handshake follows the connect */
+    struct px_h2_session *sess = px_h2_session_new(srv, PX_H2_CLIENT, io);
+    sess->addr = t->addr;
+    sess->tls = t->tls != NULL;
+    sess->expected_id = t->expected_id ? cm_xstrdup(t->expected_id) : NULL;
+    sess->pool_ep = px_pool_ep(srv, &t->addr);
     px_pool_conn_opened(sess->pool_ep);
+    cm_list_insert_head(&sess->pool_ep->h2_sessions, &sess->plink);
     /* newest first: pool_find prefers the sessions most likely to have room */
     cm_list_insert_head(&px_h2_client_list, &sess->link);
     px_h2_nclient++;
@@ -499,61 +517,14 @@ static struct px_h2_session *client_new(const struct cm_addr *a, struct px_tls_c
     return sess;
 }
 
-/* The upstream did not process a body-less request: REFUSED_STREAM (also
- * what nghttp2 reports for streams above a GOAWAY's last id), or its HEADERS
- * never left. Send it once more on another connection - the h1 pool does the
- * same for a stale keep-alive connection - without the px_stream noticing.
- * Returns true when the request moved (st is detached from s, not s from
- * the upstream side). */
-static bool resubmit(struct px_h2_stream *st)
-{
-    struct px_stream *s = st->s;
-    if (s == NULL || st->resent || st->in != PX_H2_IN_HEAD || st->n1xx > 0 || !s->req.end_stream ||
-        s->state != PX_STREAM_FORWARD)
-        return false;
-    struct px_tls_conf *tls = NULL;
-    if (s->up_tls && (tls = px_identity_client_conf()) == NULL)
-        return false;
-    const char *expected = st->sess->expected_id; /* the same peer check */
-    struct px_h2_session *sess =
-        pool_find(&s->upstream, s->up_tls, expected, s->cb.max_requests_per_connection);
-    if (sess == NULL || sess == st->sess) {
-        /* a new connection only within the circuit breaker; else the
-         * failure goes to the stream (whose retry waits in the queue) */
-        if (st->sess->pool_ep != NULL && st->sess->pool_ep->nconns >= s->cb.max_connections)
-            return false;
-        sess = client_new(&s->upstream, tls, expected);
-    }
-    cm_debug("h2 client session %llu stream %d: refused unprocessed, resending on session %llu",
-             (unsigned long long)st->sess->id, st->id, (unsigned long long)sess->id);
-    struct px_h2_stream *nst = px_h2_stream_new(sess, s);
-    nst->resent = true;
-    st->s = NULL;
-    px_stream_attach_up(s, &client_ops, nst);
-    cli_send_head(s);
-    return true;
-}
-
 void px_h2_client_attach(struct px_stream *s)
 {
-    struct px_tls_conf *tls = NULL;
-    /* secure naming: the route's endpoint names the workload it must be */
-    const char *expected = s->ep != NULL ? s->ep->identity : NULL;
-    if (s->up_tls) {
-        tls = px_identity_client_conf();
-        if (tls == NULL) {
-            s->cause = PX_CAUSE_UPSTREAM_TLS;
-            px_stream_respond(s, 503, "no workload certificate yet: mTLS not possible");
-            return;
-        }
-    }
-    struct px_h2_session *sess =
-        pool_find(&s->upstream, s->up_tls, expected, s->cb.max_requests_per_connection);
+    struct px_h2_session *sess = pool_find(s);
     if (sess != NULL) {
         if (sess->nrequests > 0)
             px_metrics.upstream_cx_reused++;
     } else {
-        sess = client_new(&s->upstream, tls, expected);
+        sess = client_new(s->srv, &s->target);
     }
     struct px_h2_stream *st = px_h2_stream_new(sess, s);
     px_stream_attach_up(s, &client_ops, st);
@@ -561,8 +532,7 @@ void px_h2_client_attach(struct px_stream *s)
 
 bool px_h2_client_has_room(const struct px_stream *s)
 {
-    const char *expected = s->ep != NULL ? s->ep->identity : NULL;
-    return pool_find(&s->upstream, s->up_tls, expected, s->cb.max_requests_per_connection) != NULL;
+    return pool_find(s) != NULL;
 }
 
 void px_h2_client_drain_all(void)

@@ -69,7 +69,8 @@ struct px_h2_session {
     bool tls;                 /* client: mTLS to another sidecar (part of the pool key) */
     char *expected_id;        /* client: the SPIFFE ID the peer must show (pool key), or NULL */
     uint64_t nrequests;       /* client: streams started on it */
-    uint64_t id;              /* for logs */
+    uint64_t id;              /* for logs; unique (a resend avoids a session by it) */
+    struct px_server *srv;    /* the proxy it belongs to */
     /* server: hostile-peer bookkeeping (proxy/h2_server.c) */
     int32_t last_req_id;      /* highest client stream id seen on a HEADERS frame */
     uint32_t nready;          /* streams with a complete head not dispatched yet */
@@ -78,7 +79,8 @@ struct px_h2_session {
     uint64_t reset_window_ms; /* when the current reset window started (monotonic) */
 
     /* client: its endpoint's circuit breakers (this connection is counted there) */
-    struct px_upstream_ep *pool_ep;
+    struct px_upstream_ep *pool_ep; /* client: its pool record (proxy/pool.h) */
+    struct cm_list plink;           /* client: in pool_ep->h2_sessions */
 };
 
 enum px_h2_in_state {
@@ -112,7 +114,6 @@ struct px_h2_stream {
     bool refused;         /* server: the head was refused (RST or local answer) */
     bool too_big;         /* the head passed max_header_bytes / max_headers */
     bool failing;         /* reporting an error to the stream: ignore abort */
-    bool resent;          /* client: already moved once after a refusal (resubmit) */
     bool head_ready;      /* server: head complete, dispatched once the input read so
                            * far is processed (a RST_STREAM in it cancels it first) */
     bool head_es;         /* server: ... and it ended the stream */
@@ -131,7 +132,8 @@ struct px_h2_stream {
 /* A session with its events (not its nghttp2 session, which the
  * server/client code sets up); takes ownership of io. Freed through
  * px_h2_session_close(). */
-struct px_h2_session *px_h2_session_new(enum px_h2_role role, struct px_io *io);
+struct px_h2_session *px_h2_session_new(struct px_server *srv, enum px_h2_role role,
+                                        struct px_io *io);
 /* nghttp2 options and callbacks common to both roles; role-specific
  * callbacks are added by the caller. Caller deletes both. */
 void px_h2_common_setup(nghttp2_session_callbacks **cbs, nghttp2_option **opt);

@@ -50,7 +50,7 @@ static void terminate(struct px_h2_session *sess, uint32_t code)
  * each reset may have cost work here and upstream (CVE-2023-44487). */
 static void charge_reset(struct px_h2_session *sess)
 {
-    const struct px_limits *lim = &px_srv->cfg->limits;
+    const struct px_limits *lim = &sess->srv->cfg->limits;
     uint64_t now = cm_mono_ms();
     if (sess->reset_window_ms == 0 || now - sess->reset_window_ms >= lim->h2_reset_window_ms) {
         sess->reset_window_ms = now;
@@ -483,7 +483,7 @@ void px_h2_server_destroy_streams(struct px_h2_session *sess)
 void px_h2_server_start(struct px_conn *c)
 {
     /* the io carries the bytes read so far (the preface at least) */
-    struct px_h2_session *sess = px_h2_session_new(PX_H2_SERVER, c->io);
+    struct px_h2_session *sess = px_h2_session_new(c->srv, PX_H2_SERVER, c->io);
     c->io = NULL;
     sess->conn = c;
     c->handler = sess;
@@ -519,7 +519,7 @@ void px_h2_server_start(struct px_conn *c)
     setsockopt(px_io_fd(sess->io), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     px_h2_session_io(sess);
     px_h2_session_idle_update(sess);
-    if (px_srv->draining) {
+    if (sess->srv->draining) {
         nghttp2_submit_goaway(sess->ng, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, NULL, 0);
         sess->state = PX_H2_GOAWAY;
     }

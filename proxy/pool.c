@@ -13,10 +13,9 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/xalloc.h"
-#include "proxy/h1.h"
-#include "proxy/h2.h"
 #include "proxy/server.h"
 #include "proxy/stream.h"
+#include "proxy/upstream.h"
 
 #define NBUCKETS 1024
 _Static_assert(NBUCKETS == 1 << 10, "hash_addr keeps 10 bits");
@@ -115,7 +114,7 @@ struct px_upstream_ep *px_pool_find(const struct cm_addr *addr)
 static void on_wake(evutil_socket_t fd, short what, void *arg);
 static void on_timer(evutil_socket_t fd, short what, void *arg);
 
-struct px_upstream_ep *px_pool_ep(const struct cm_addr *addr)
+struct px_upstream_ep *px_pool_ep(struct px_server *srv, const struct cm_addr *addr)
 {
     struct px_upstream_ep *ep = px_pool_find(addr);
     if (ep != NULL)
@@ -124,8 +123,10 @@ struct px_upstream_ep *px_pool_ep(const struct cm_addr *addr)
     ep->addr = *addr;
     cm_list_init(&ep->pending);
     cm_list_init(&ep->idle);
-    ep->wake = event_new(px_srv->base, -1, 0, on_wake, ep);
-    ep->timer = evtimer_new(px_srv->base, on_timer, ep);
+    cm_list_init(&ep->h1_idle);
+    cm_list_init(&ep->h2_sessions);
+    ep->wake = event_new(srv->base, -1, 0, on_wake, ep);
+    ep->timer = evtimer_new(srv->base, on_timer, ep);
     if (ep->wake == NULL || ep->timer == NULL) {
         cm_error("pool: event_new failed");
         abort();
@@ -194,7 +195,7 @@ static void overflow(struct px_upstream_ep *ep, enum px_overflow why)
 
 int px_pool_admit(struct px_stream *s, const char **msg)
 {
-    struct px_upstream_ep *ep = px_pool_ep(&s->upstream);
+    struct px_upstream_ep *ep = px_pool_ep(s->srv, &s->target.addr);
     /* FIFO: nobody overtakes a waiter */
     if (ep->npending == 0 && has_room(ep, s))
         return 0;
@@ -338,6 +339,7 @@ void px_pool_write_prometheus(struct evbuffer *out)
                         "connection now.\n# TYPE remora_upstream_pending gauge\n"
                         "remora_upstream_pending %llu\n",
                         (unsigned long long)P.npending);
+    px_upstream_write_prometheus(out); /* retries by reason: the try's other accounting */
 }
 
 void px_pool_shutdown(void)
@@ -358,9 +360,7 @@ void px_pool_shutdown(void)
 
 static bool default_has_free(struct px_upstream_ep *ep, const struct px_stream *s)
 {
-    if (s->up_proto == PX_UP_H2)
-        return px_h2_client_has_room(s);
-    return px_h1_client_has_idle(&ep->addr);
+    return px_upstream_has_free(ep, s);
 }
 
 static void default_admitted(struct px_stream *s)

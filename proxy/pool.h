@@ -1,4 +1,9 @@
-/* Upstream circuit breakers (issue 13 part D; Envoy's circuit_breakers): per
+/* The upstream pool: per upstream endpoint (address), the connections the
+ * codecs hand out to tries (idle HTTP/1.1 connections, HTTP/2 client
+ * sessions: linked into the endpoint's record by h1_client.c / h2_client.c,
+ * looked up through it), and in front of them the circuit breakers.
+ *
+ * Upstream circuit breakers (issue 13 part D; Envoy's circuit_breakers): per
  * upstream endpoint (address), at most max_connections connections open or
  * opening (HTTP/1.1 and HTTP/2 together), and at most max_pending_requests
  * requests waiting, FIFO, for one of them to become free (an HTTP/1.1
@@ -57,6 +62,10 @@ struct px_upstream_ep {
     struct event *timer;          /* the earliest pending deadline */
     struct px_upstream_ep *hnext; /* hash chain */
     struct cm_list idle;          /* in the idle list while unused, else unlinked */
+    /* the connections handed out from here (counted in nconns while open) */
+    struct cm_list h1_idle;     /* idle HTTP/1.1 connections, most recently used first */
+    uint32_t h1_nidle;          /* their number (bounded by limits.pool_max_idle) */
+    struct cm_list h2_sessions; /* HTTP/2 client sessions, newest first (h2_client.c) */
 };
 
 /* Hooks into the codecs and the stream; tests replace them. */
@@ -71,8 +80,9 @@ struct px_pool_hooks {
 };
 extern struct px_pool_hooks px_pool_hooks;
 
-/* The record of addr, created when missing. Never NULL. */
-struct px_upstream_ep *px_pool_ep(const struct cm_addr *addr);
+/* The record of addr, created when missing (its events on srv's loop). Never NULL. */
+struct px_server;
+struct px_upstream_ep *px_pool_ep(struct px_server *srv, const struct cm_addr *addr);
 /* A connection to ep was opened / closed (its socket is gone). Closing
  * wakes the waiters. */
 void px_pool_conn_opened(struct px_upstream_ep *ep);
@@ -81,7 +91,7 @@ void px_pool_conn_closed(struct px_upstream_ep *ep);
  * waiters are admitted on the next loop turn. Cheap when nobody waits. */
 void px_pool_wake(struct px_upstream_ep *ep);
 
-/* Admission of a try to s->upstream under s->cb: returns 0 when it may go
+/* Admission of a try to s->target.addr under s->cb: returns 0 when it may go
  * now; 1 when it was queued (px_pool_hooks.admitted or .refused follows,
  * unless px_pool_cancel comes first); -1 when refused (the queue is full):
  * *msg then holds the 503 body (a static buffer, valid until the next call). */

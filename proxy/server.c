@@ -35,7 +35,7 @@ static void on_gc(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     (void)arg;
-    px_stream_gc();
+    px_stream_gc(px_srv);
 }
 
 /* glibc returns freed memory at the top of the heap by itself, but what a
@@ -230,7 +230,7 @@ out:
     px_identity_shutdown();
     px_authz_shutdown();
     px_routes_shutdown();
-    px_stream_gc();
+    px_stream_gc(px_srv);
     px_stream_freelist_clear();
     /* connections still listed were never handed to a codec (detecting) */
     while (!cm_list_empty(&px_srv->conns)) {

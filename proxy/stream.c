@@ -10,13 +10,12 @@
 #include "common/xalloc.h"
 #include "proxy/authz.h"
 #include "proxy/conn.h"
-#include "proxy/h1.h"
-#include "proxy/h2.h"
 #include "proxy/identity.h"
 #include "proxy/metrics.h"
 #include "proxy/pool.h"
 #include "proxy/routes.h"
 #include "proxy/server.h"
+#include "proxy/upstream.h"
 
 /* Freed stream records are kept for reuse: no malloc per request once warm.
  * Bounded so that a burst does not pin memory forever. */
@@ -93,6 +92,7 @@ struct px_stream *px_stream_new(struct px_conn *conn, const struct px_side_ops *
         s = cm_xmalloc(sizeof(*s));
     }
     memset(s, 0, sizeof(*s));
+    s->srv = conn->srv;
     s->conn = conn;
     s->lcfg = conn->lcfg;
     s->state = PX_STREAM_HEAD;
@@ -104,8 +104,8 @@ struct px_stream *px_stream_new(struct px_conn *conn, const struct px_side_ops *
     s->attached[PX_DOWN] = true;
     s->conn_peer = conn->peer; /* a stream refused before its head still names its peer */
     s->start_us = cm_mono_us();
-    cm_list_insert_tail(&px_srv->streams, &s->link);
-    px_srv->nstreams++;
+    cm_list_insert_tail(&s->srv->streams, &s->link);
+    s->srv->nstreams++;
     return s;
 }
 
@@ -122,7 +122,7 @@ static void set_escaped(json_t *o, const char *key, const char *v)
 
 static void write_access_log(struct px_stream *s, int status, uint64_t dur_us)
 {
-    FILE *f = px_srv->access_log;
+    FILE *f = s->srv->access_log;
     if (f == NULL)
         return;
     json_t *o = json_object();
@@ -141,7 +141,7 @@ static void write_access_log(struct px_stream *s, int status, uint64_t dur_us)
     json_object_set_new(o, "response_bytes", json_integer((json_int_t)s->resp_body_bytes));
     if (s->head_sent[PX_UP])
         json_object_set_new(o, "upstream",
-                            json_string(cm_addr_format(&s->upstream, up, sizeof(up))));
+                            json_string(cm_addr_format(&s->target.addr, up, sizeof(up))));
     if (s->cause != PX_CAUSE_NONE)
         json_object_set_new(o, "cause", json_string(px_cause_str(s->cause)));
     char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
@@ -166,10 +166,10 @@ static void record(struct px_stream *s)
 }
 
 /* Runs from the server's gc event, outside every codec callback. */
-void px_stream_gc(void)
+void px_stream_gc(struct px_server *srv)
 {
-    while (!cm_list_empty(&px_srv->gc_streams)) {
-        struct cm_list *n = px_srv->gc_streams.next;
+    while (!cm_list_empty(&srv->gc_streams)) {
+        struct cm_list *n = srv->gc_streams.next;
         cm_list_remove(n);
         struct px_stream *s = cm_container_of(n, struct px_stream, link);
         if (freelist_len < STREAM_FREELIST_MAX) {
@@ -222,13 +222,15 @@ void px_stream_detach(struct px_stream *s, enum px_side side)
     if (s->replay != NULL)
         evbuffer_free(s->replay);
     s->replay = NULL;
+    px_upstream_target_release(&s->target);
+    s->target.expected_id = NULL; /* borrowed from the routes released next */
     px_routes_unref(s->routes);
     s->routes = NULL;
     cm_list_remove(&s->link);
-    px_srv->nstreams--;
+    s->srv->nstreams--;
     s->state = PX_STREAM_DONE;
-    cm_list_insert_tail(&px_srv->gc_streams, &s->link);
-    event_active(px_srv->gc_ev, EV_TIMEOUT, 0);
+    cm_list_insert_tail(&s->srv->gc_streams, &s->link);
+    event_active(s->srv->gc_ev, EV_TIMEOUT, 0);
 }
 
 void px_stream_attach_up(struct px_stream *s, const struct px_side_ops *ops, void *ctx)
@@ -260,13 +262,13 @@ static void warn_5xx(struct px_stream *s, int status, const char *body)
      * cause stays the rate limiter's key */
     const char *text =
         s->cause == PX_CAUSE_OVERFLOW || s->cause == PX_CAUSE_PENDING_TIMEOUT ? body : cause;
-    bool has_up = s->upstream.len > 0;
+    bool has_up = s->target.addr.len > 0;
     /* the detail belongs to the invalid response it names, not to a later try */
     const char *detail = s->cause == PX_CAUSE_UPSTREAM_PROTO ? s->cause_detail : NULL;
     cm_log_limited(CM_LOG_WARN, cause, "listener %s: %d for %s %s from %s, upstream %s: %s%s%s",
                    s->lcfg->name, status, s->req.method ? s->req.method : "-", path,
                    cm_addr_format(&s->conn_peer, peer, sizeof(peer)),
-                   has_up ? cm_addr_format(&s->upstream, up, sizeof(up)) : "-", text,
+                   has_up ? cm_addr_format(&s->target.addr, up, sizeof(up)) : "-", text,
                    detail ? ": " : "", detail ? detail : "");
 }
 
@@ -316,7 +318,7 @@ static void on_request_timeout(evutil_socket_t fd, short what, void *arg)
     cm_debug("stream %s %s: request timeout", s->req.method, s->req.path);
     if (s->try_timer != NULL)
         evtimer_del(s->try_timer);
-    s->retrying = false;
+    s->retrying = s->resend_due = false;
     if (!s->head_sent[PX_DOWN])
         px_stream_respond(s, 504, px_cause_str(s->cause));
     else {
@@ -336,8 +338,8 @@ static int pass_client_cert(struct px_stream *s)
     int n = snprintf(v, sizeof(v), "By=%s;URI=%s", px_identity_spiffe_id(), s->conn->peer_id);
     if (n < 0 || (size_t)n >= sizeof(v) ||
         px_msg_add(&s->arena, &s->req, "x-forwarded-client-cert", 23, v, (size_t)n,
-                   px_srv->cfg->limits.max_header_bytes + 1024,
-                   px_srv->cfg->limits.max_headers + 1) != 0) {
+                   s->srv->cfg->limits.max_header_bytes + 1024,
+                   s->srv->cfg->limits.max_headers + 1) != 0) {
         px_stream_respond(s, 431, "request header fields too large");
         return -1;
     }
@@ -392,24 +394,27 @@ static void send_try(struct px_stream *s);
 static void start_try(struct px_stream *s)
 {
     s->try_start_us = cm_mono_us(); /* before a verdict can be given below */
-    if (s->route != NULL) {
-        s->ep = px_route_pick(s->route, s->failed, s->nfailed);
-        if (s->ep->identity != NULL && !s->up_tls) {
-            /* secure naming needs the peer's certificate: fail closed (a
-             * configuration error, not the endpoint's: no verdict on it) */
-            s->ep = NULL;
-            s->cause = PX_CAUSE_UPSTREAM_TLS;
-            px_stream_respond(s, 503,
-                              "the endpoint's identity can only be checked over mTLS "
-                              "(the listener's tls is not \"mesh\")");
-            return;
-        }
-        s->upstream = s->ep->addr;
-        px_route_try_start(s->ep);
-        if (px_conn_is_loop(s->conn, &s->upstream)) {
-            report_try(s, PX_TRY_CONNECT);
-            s->cause = PX_CAUSE_LOOP;
-            px_stream_respond(s, 508, px_cause_str(s->cause));
+    if (s->resend_due) {
+        /* the upstream never processed the last try: the same endpoint and
+         * target again (no verdict was given; s->ep is still in flight) */
+        s->resend_due = false;
+        s->resending = true;
+        s->resends++;
+    } else {
+        s->resending = false;
+        s->avoid_sess = 0;
+        if (s->route != NULL)
+            s->ep = px_route_pick(s->route, s->failed, s->nfailed);
+        enum px_resolve r = px_upstream_resolve(s, s->ep, &s->target);
+        if (r == PX_RESOLVE_ID_NEEDS_MTLS)
+            s->ep = NULL; /* a configuration error, not the endpoint's: no verdict on it */
+        else if (s->ep != NULL)
+            px_route_try_start(s->ep);
+        if (r != PX_RESOLVE_OK) {
+            if (r == PX_RESOLVE_LOOP)
+                report_try(s, PX_TRY_CONNECT);
+            s->cause = r == PX_RESOLVE_LOOP ? PX_CAUSE_LOOP : PX_CAUSE_UPSTREAM_TLS;
+            px_stream_respond(s, px_resolve_status(r), px_resolve_str(r));
             return;
         }
     }
@@ -425,7 +430,7 @@ static void start_try(struct px_stream *s)
     send_try(s);
 }
 
-/* The try may use a connection of s->upstream now (px_pool_hooks.admitted
+/* The try may use a connection of s->target now (px_pool_hooks.admitted
  * after a wait). */
 void px_stream_admitted(struct px_stream *s)
 {
@@ -446,16 +451,7 @@ void px_stream_refused(struct px_stream *s, enum px_cause cause, const char *msg
     px_stream_respond(s, 503, msg);
 }
 
-/* The upstream codec of a try, by protocol (the default of
- * px_stream_attach_upstream). */
-static void attach_upstream(struct px_stream *s)
-{
-    if (s->up_proto == PX_UP_H2)
-        px_h2_client_attach(s);
-    else
-        px_h1_client_attach(s);
-}
-void (*px_stream_attach_upstream)(struct px_stream *s) = attach_upstream;
+void (*px_stream_attach_upstream)(struct px_stream *s) = px_upstream_attach;
 
 /* Attach the upstream codec and send what the request has so far. */
 static void send_try(struct px_stream *s)
@@ -463,7 +459,7 @@ static void send_try(struct px_stream *s)
     s->try_start_us = cm_mono_us(); /* a wait for a connection is not the endpoint's latency */
     if (s->route != NULL && s->route->per_try_timeout_ms > 0) {
         if (s->try_timer == NULL)
-            s->try_timer = evtimer_new(px_srv->base, on_try_timer, s);
+            s->try_timer = evtimer_new(s->srv->base, on_try_timer, s);
         uint32_t ms = s->route->per_try_timeout_ms;
         struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
         evtimer_add(s->try_timer, &tv);
@@ -528,7 +524,7 @@ static void send_try(struct px_stream *s)
 static bool can_retry(struct px_stream *s, enum px_try_outcome o, int status)
 {
     struct px_route *rt = s->route;
-    if (rt == NULL || s->tries >= rt->attempts || s->head_sent[PX_DOWN] ||
+    if (rt == NULL || s->tries - s->resends >= rt->attempts || s->head_sent[PX_DOWN] ||
         s->state != PX_STREAM_FORWARD || !s->attached[PX_DOWN] || s->aborted)
         return false;
     if (!px_route_retry_on(rt, o, status))
@@ -540,28 +536,61 @@ static bool can_retry(struct px_stream *s, enum px_try_outcome o, int status)
     return px_route_budget_retry(rt);
 }
 
-/* Wait (backoff with jitter) and start the next try once the failed
- * upstream side has let go of the stream. */
-static void schedule_retry(struct px_stream *s)
+/* May the request the upstream never processed go again? Body-less only
+ * (nothing to keep), once per try, before anything went to the client, and
+ * within the route's retry budget or, without a route, the proxy's (both
+ * with a floor that a quiet system never reaches). */
+static bool can_resend(struct px_stream *s)
+{
+    if (s->resending || !s->req.end_stream || s->head_sent[PX_DOWN] ||
+        s->state != PX_STREAM_FORWARD || !s->attached[PX_DOWN] || s->aborted)
+        return false;
+    return s->route != NULL ? px_route_budget_retry(s->route)
+                            : px_upstream_budget_resend(cm_mono_us());
+}
+
+/* Wait (backoff with jitter; none for a resend) and start the next try once
+ * the failed upstream side has let go of the stream. */
+static void schedule_retry(struct px_stream *s, enum px_retry_reason why)
 {
     s->retrying = true;
     px_metrics.retries_total++;
-    uint32_t base = s->route->backoff_base_ms;
-    uint64_t ms = (uint64_t)base << (s->tries > 4 ? 3 : s->tries - 1);
-    if (ms > (uint64_t)base * 10)
-        ms = (uint64_t)base * 10;
-    if (ms > 0) {
-        uint32_t j = 0;
-        pki_rng_fn(NULL, (unsigned char *)&j, sizeof(j));
-        ms = ms / 2 + j % (ms / 2 + 1);
+    px_upstream_count_retry(why);
+    uint64_t ms = 0;
+    if (why == PX_RETRY_REASON_RETRY_ON) {
+        uint32_t base = s->route->backoff_base_ms;
+        uint32_t n = s->tries - s->resends; /* resends are not the route's tries */
+        ms = (uint64_t)base << (n > 4 ? 3 : n - 1);
+        if (ms > (uint64_t)base * 10)
+            ms = (uint64_t)base * 10;
+        if (ms > 0) {
+            uint32_t j = 0;
+            pki_rng_fn(NULL, (unsigned char *)&j, sizeof(j));
+            ms = ms / 2 + j % (ms / 2 + 1);
+        }
     }
     if (s->try_timer == NULL)
-        s->try_timer = evtimer_new(px_srv->base, on_try_timer, s);
+        s->try_timer = evtimer_new(s->srv->base, on_try_timer, s);
     struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
     evtimer_add(s->try_timer, &tv);
     char a[CM_ADDR_STRLEN];
-    cm_debug("%s %s: try %u failed (%s), retrying in %llu ms", s->req.method, s->req.path, s->tries,
-             cm_addr_format(&s->upstream, a, sizeof(a)), (unsigned long long)ms);
+    cm_debug("%s %s: try %u %s (%s), %s in %llu ms", s->req.method, s->req.path, s->tries,
+             why == PX_RETRY_REASON_RETRY_ON ? "failed" : "not processed",
+             cm_addr_format(&s->target.addr, a, sizeof(a)),
+             why == PX_RETRY_REASON_RETRY_ON ? "retrying" : "resending", (unsigned long long)ms);
+}
+
+void px_stream_on_unprocessed(struct px_stream *s, enum px_cause cause)
+{
+    if (s->aborted || s->resp_complete || s->retrying)
+        return;
+    if (!can_resend(s)) {
+        px_stream_on_error(s, PX_UP, cause);
+        return;
+    }
+    s->abort_sent[PX_UP] = true; /* the codec detaches itself; the resend waits for that */
+    s->resend_due = true;
+    schedule_retry(s, PX_RETRY_REASON_UNPROCESSED);
 }
 
 /* The timer is the per-try timeout while a try runs, and the backoff
@@ -593,7 +622,7 @@ static void on_try_timer(evutil_socket_t fd, short what, void *arg)
     report_try(s, PX_TRY_TIMEOUT);
     abort_side(s, PX_UP);
     if (can_retry(s, PX_TRY_TIMEOUT, 0)) {
-        schedule_retry(s);
+        schedule_retry(s, PX_RETRY_REASON_RETRY_ON);
         return;
     }
     s->cause = PX_CAUSE_UPSTREAM_TIMEOUT;
@@ -602,7 +631,7 @@ static void on_try_timer(evutil_socket_t fd, short what, void *arg)
 
 void px_stream_on_req_head(struct px_stream *s)
 {
-    const struct px_limits *lim = &px_srv->cfg->limits;
+    const struct px_limits *lim = &s->srv->cfg->limits;
     s->state = PX_STREAM_FORWARD;
     if (lim->max_request_body > 0 && s->req.content_length > 0 &&
         (uint64_t)s->req.content_length > lim->max_request_body) {
@@ -610,30 +639,16 @@ void px_stream_on_req_head(struct px_stream *s)
         px_stream_respond(s, 413, "request body too large");
         return;
     }
-    s->up_proto = s->lcfg->upstream_protocol;
-    if (s->lcfg->tls == PX_TLS_MESH) {
-        /* sidecar to sidecar: HTTP/2 over mTLS, whatever the app speaks */
-        s->up_proto = PX_UP_H2;
-        s->up_tls = true;
-    }
     /* the request chain: authorize -> route -> forward */
     if (s->lcfg->direction == PX_DIR_INBOUND && !px_authz_check(s))
         return;
     if (s->lcfg->direction == PX_DIR_INBOUND && pass_client_cert(s) != 0)
         return;
     /* TE: trailers is meaningful to an HTTP/2 peer (gRPC); HTTP/1.1 drops it */
-    px_msg_strip_hop_by_hop(&s->req, s->up_proto == PX_UP_H2);
+    px_msg_strip_hop_by_hop(&s->req, px_upstream_proto(s->lcfg) == PX_TGT_H2);
     /* a matching route overrides the listener's upstream / original destination */
     s->routes = px_routes_ref(px_routes_current());
     s->route = px_routes_match(s->routes, s->req.authority, &s->conn->orig_dst);
-    if (s->route == NULL) {
-        px_conn_default_upstream(s->conn, &s->upstream);
-        if (px_conn_is_loop(s->conn, &s->upstream)) {
-            s->cause = PX_CAUSE_LOOP;
-            px_stream_respond(s, 508, px_cause_str(s->cause));
-            return;
-        }
-    }
     s->cb = lim->upstream;
     if (s->route != NULL)
         px_route_breakers(s->route, &s->cb);
@@ -646,9 +661,11 @@ void px_stream_on_req_head(struct px_stream *s)
             s->replay = evbuffer_new();
             s->replayable = s->replay != NULL;
         }
+    } else {
+        px_upstream_budget_request(s->start_us); /* the budget of resends no route counts */
     }
     if (timeout_ms > 0) {
-        s->timer = evtimer_new(px_srv->base, on_request_timeout, s);
+        s->timer = evtimer_new(s->srv->base, on_request_timeout, s);
         struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
         evtimer_add(s->timer, &tv);
     }
@@ -657,7 +674,7 @@ void px_stream_on_req_head(struct px_stream *s)
 
 bool px_stream_on_req_data(struct px_stream *s, const uint8_t *data, size_t len)
 {
-    const struct px_limits *lim = &px_srv->cfg->limits;
+    const struct px_limits *lim = &s->srv->cfg->limits;
     if (s->state == PX_STREAM_FORWARD && s->replayable) {
         if (evbuffer_get_length(s->replay) + len > lim->retry_buffer_bytes) {
             s->replayable = false; /* too big to replay: this request is not retried */
@@ -739,7 +756,7 @@ void px_stream_on_resp_head(struct px_stream *s)
         report_try(s, PX_TRY_5XX);
         if (can_retry(s, PX_TRY_5XX, s->resp.status)) {
             abort_side(s, PX_UP); /* drop this answer */
-            schedule_retry(s);
+            schedule_retry(s, PX_RETRY_REASON_RETRY_ON);
             return;
         }
     }
@@ -755,7 +772,7 @@ bool px_stream_on_resp_data(struct px_stream *s, const uint8_t *data, size_t len
         return false;
     s->resp_body_bytes += len;
     s->ops[PX_DOWN]->send_data(s, data, len);
-    if (s->ops[PX_DOWN]->pending(s) > px_srv->cfg->limits.buffer_bytes) {
+    if (s->ops[PX_DOWN]->pending(s) > s->srv->cfg->limits.buffer_bytes) {
         s->paused[PX_UP] = true;
         return true;
     }
@@ -785,7 +802,7 @@ void px_stream_on_error(struct px_stream *s, enum px_side side, enum px_cause ca
         if (can_retry(s, outcome_of(cause), 0)) {
             /* the failing side detaches itself; the next try waits for that */
             s->abort_sent[PX_UP] = true;
-            schedule_retry(s);
+            schedule_retry(s, PX_RETRY_REASON_RETRY_ON);
             return;
         }
         s->cause = cause;

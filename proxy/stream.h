@@ -34,6 +34,7 @@
 #include "common/net.h"
 #include "proxy/config.h"
 #include "proxy/http.h"
+#include "proxy/upstream.h"
 
 enum px_side {
     PX_DOWN = 0, /* the client side */
@@ -88,8 +89,11 @@ enum px_stream_state {
     PX_STREAM_DONE      /* both messages complete or aborted */
 };
 
+struct px_server;
+
 struct px_stream {
-    struct px_conn *conn; /* downstream connection: addresses, listener; borrowed */
+    struct px_server *srv; /* the proxy this exchange runs in (from conn->srv) */
+    struct px_conn *conn;  /* downstream connection: addresses, listener; borrowed */
     const struct px_listener_cfg *lcfg;
     enum px_stream_state state;
     struct px_arena arena;
@@ -107,9 +111,7 @@ struct px_stream {
     bool paused[2]; /* reading from that side is paused for backpressure */
     bool expect_continue;
 
-    struct cm_addr upstream; /* where the request goes */
-    enum px_upstream_proto up_proto;
-    bool up_tls; /* originate mTLS to the upstream (outbound tls: mesh) */
+    struct px_upstream_target target; /* where the current try goes and over what (proxy/upstream.h) */
     enum px_cause cause;
     uint64_t start_us;
     uint64_t req_body_bytes, resp_body_bytes;
@@ -122,7 +124,11 @@ struct px_stream {
     struct px_endpoint *ep;               /* endpoint of the current try, until reported */
     const struct px_ep_state *failed[10]; /* endpoints this request failed on (avoided) */
     uint8_t nfailed;
-    uint32_t tries; /* tries started */
+    uint32_t tries;   /* tries started (resends included) */
+    uint32_t resends; /* of which resends of a request the upstream never processed */
+    bool resending;   /* this try is such a resend: a fresh h1 connection, another h2 session */
+    bool resend_due;  /* the retry being scheduled is a resend (same endpoint, no backoff) */
+    uint64_t avoid_sess; /* h2: the id of the session that refused the request, or 0 */
     uint64_t try_start_us;
     struct evbuffer *replay; /* request body kept for a retry, or NULL */
     bool replayable;         /* replay holds the whole body read so far */
@@ -170,13 +176,22 @@ void px_stream_detach(struct px_stream *s, enum px_side side);
  * Only before the response head went downstream. */
 void px_stream_respond(struct px_stream *s, int status, const char *body);
 
+/* The upstream codec did not get the request processed: a reused keep-alive
+ * connection closed before any response byte, an h2 REFUSED_STREAM (also a
+ * stream above a GOAWAY's last id), or HEADERS that never left. The stream
+ * sends a body-less request again (once per try, within the retry budget,
+ * even when the route configures no retries) and counts it as a retry with
+ * reason "unprocessed"; otherwise it is px_stream_on_error(s, PX_UP, cause).
+ * The codec detaches afterwards as after an error. */
+void px_stream_on_unprocessed(struct px_stream *s, enum px_cause cause);
+
 /* Upstream side attachment, done by the upstream codecs:
  * px_h1_client_attach() / px_h2_client_attach() set ops[PX_UP], ctx[PX_UP]. */
 void px_stream_attach_up(struct px_stream *s, const struct px_side_ops *ops, void *ctx);
-/* Opens the upstream side of each try: px_h2_client_attach() or
- * px_h1_client_attach() by s->up_proto, which call px_stream_attach_up() or
- * answer the stream. The unit tests (test/unit/proxy/test_stream.c) replace
- * it with a fake codec; production never changes it. */
+/* Opens the upstream side of each try on s->target: px_upstream_attach()
+ * (proxy/upstream.h), which calls px_stream_attach_up() or answers the
+ * stream. The unit tests (test/unit/proxy/test_stream.c) replace it with a
+ * fake codec; production never changes it. */
 extern void (*px_stream_attach_upstream)(struct px_stream *s);
 
 /* Circuit breakers (proxy/pool.c): a try that waited for a connection may
@@ -191,7 +206,7 @@ int px_cause_status(enum px_cause c);
 /* Recycle the streams both sides have detached from (kept on a bounded
  * freelist for reuse). Runs from the server's gc event, outside every codec
  * callback. */
-void px_stream_gc(void);
+void px_stream_gc(struct px_server *srv);
 /* Release the freelist (at exit, for the leak checks). */
 void px_stream_freelist_clear(void);
 

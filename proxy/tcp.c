@@ -12,11 +12,11 @@
 #include "common/log.h"
 #include "common/xalloc.h"
 #include "proxy/authz.h"
-#include "proxy/identity.h"
 #include "proxy/io.h"
 #include "proxy/tls.h"
 #include "proxy/metrics.h"
 #include "proxy/server.h"
+#include "proxy/upstream.h"
 
 /* One spliced connection pair. Each direction ends on its own (half-close):
  * EOF from one peer becomes shutdown(SHUT_WR) toward the other once what was
@@ -28,12 +28,14 @@ enum tcp_state {
 };
 
 struct tunnel {
+    struct px_server *srv;
     struct px_conn *c;
     struct px_io *side[2]; /* [0] client, [1] upstream */
     bool eof[2];           /* EOF read from side i */
     enum tcp_state state;
     struct event *reap;   /* frees the tunnel outside its callbacks */
     struct px_timer idle; /* limits.tcp_idle_timeout_ms without a byte either way */
+    struct px_upstream_target target; /* resolved by proxy/upstream.c */
     struct cm_list link;
 };
 
@@ -58,6 +60,7 @@ static void tunnel_free(struct tunnel *t)
     }
     event_free(t->reap);
     px_timer_free(&t->idle);
+    px_upstream_target_release(&t->target);
     px_conn_free(t->c);
     free(t);
 }
@@ -93,15 +96,16 @@ static void pump(struct tunnel *t, int i)
     size_t n = evbuffer_get_length(in);
     if (n == 0)
         return;
-    if (px_srv->cfg->limits.tcp_idle_timeout_ms > 0)
-        px_timer_set(&t->idle, px_srv->cfg->limits.tcp_idle_timeout_ms);
+    const struct px_limits *lim = &t->srv->cfg->limits;
+    if (lim->tcp_idle_timeout_ms > 0)
+        px_timer_set(&t->idle, lim->tcp_idle_timeout_ms);
     if (i == 0)
         px_metrics.tcp_bytes_in += n;
     else
         px_metrics.tcp_bytes_out += n;
     struct evbuffer *out = px_io_output(t->side[!i]);
     evbuffer_add_buffer(out, in);
-    if (evbuffer_get_length(out) >= px_srv->cfg->limits.buffer_bytes)
+    if (evbuffer_get_length(out) >= lim->buffer_bytes)
         px_io_read_enable(t->side[i], false);
 }
 
@@ -114,7 +118,7 @@ static void on_idle(evutil_socket_t fd, short what, void *arg)
         return;
     px_metrics.tcp_idle_timeout++;
     cm_debug("tcp conn %llu: idle for %u ms: closed", (unsigned long long)t->c->id,
-             (unsigned)px_srv->cfg->limits.tcp_idle_timeout_ms);
+             (unsigned)t->srv->cfg->limits.tcp_idle_timeout_ms);
     close_later(t);
 }
 
@@ -150,7 +154,7 @@ static void on_event(struct px_io *io, int what, void *arg)
         return;
     if ((what & PX_IO_CONNECTED) && px_io_is_tls(io)) {
         /* mTLS: the tunnel opens when the handshake is done */
-        px_io_set_timeout(io, px_srv->cfg->limits.connect_timeout_ms);
+        px_io_set_timeout(io, t->srv->cfg->limits.connect_timeout_ms);
         return;
     }
     if (what & (PX_IO_CONNECTED | PX_IO_HANDSHAKE)) {
@@ -177,10 +181,8 @@ static void on_event(struct px_io *io, int what, void *arg)
     if (i == 1 && t->state == TUN_CONNECTING) {
         px_metrics.upstream_cx_connect_fail++;
         char a[CM_ADDR_STRLEN];
-        struct cm_addr up;
-        px_conn_default_upstream(t->c, &up);
         cm_debug("tcp conn %llu: upstream %s: %s", (unsigned long long)t->c->id,
-                 cm_addr_format(&up, a, sizeof(a)),
+                 cm_addr_format(&t->target.addr, a, sizeof(a)),
                  (what & PX_IO_TIMEOUT) ? "connect timeout" : strerror(px_io_errno(io)));
     }
     close_later(t);
@@ -189,10 +191,12 @@ static void on_event(struct px_io *io, int what, void *arg)
 void px_tcp_start(struct px_conn *c)
 {
     struct tunnel *t = cm_xcalloc(1, sizeof(*t));
+    const struct px_limits *lim = &c->srv->cfg->limits;
+    t->srv = c->srv;
     t->c = c;
     t->side[0] = c->io;
-    t->reap = event_new(px_srv->base, -1, 0, on_reap, t);
-    px_timer_init(&t->idle, px_srv->base, on_idle, t);
+    t->reap = event_new(t->srv->base, -1, 0, on_reap, t);
+    px_timer_init(&t->idle, t->srv->base, on_idle, t);
     c->handler = t;
     cm_list_insert_tail(&tunnels, &t->link);
     px_io_set_timeout(c->io, 0);
@@ -202,37 +206,28 @@ void px_tcp_start(struct px_conn *c)
         close_later(t);
         return;
     }
-    if (px_srv->cfg->limits.tcp_idle_timeout_ms > 0)
-        px_timer_set(&t->idle, px_srv->cfg->limits.tcp_idle_timeout_ms);
-    struct cm_addr up;
-    px_conn_default_upstream(c, &up);
-    if (px_conn_is_loop(c, &up)) {
+    if (lim->tcp_idle_timeout_ms > 0)
+        px_timer_set(&t->idle, lim->tcp_idle_timeout_ms);
+    enum px_resolve r = px_upstream_resolve_tcp(c, &t->target);
+    if (r == PX_RESOLVE_LOOP) {
         cm_warn("tcp conn %llu: refusing a connection to the proxy itself",
                 (unsigned long long)c->id);
         close_later(t);
         return;
     }
-    const struct px_limits *lim = &px_srv->cfg->limits;
-    struct px_tls_conf *tls = NULL;
-    if (c->lcfg->tls == PX_TLS_MESH) {
-        /* opaque TCP between sidecars is wrapped in mTLS too: the peer's
-         * strict listener refuses plaintext, and nothing leaves unencrypted */
-        tls = px_identity_tcp_client_conf();
-        if (tls == NULL) {
-            cm_warn("tcp conn %llu: no workload certificate yet: refusing",
-                    (unsigned long long)c->id);
-            close_later(t);
-            return;
-        }
+    if (r != PX_RESOLVE_OK) {
+        cm_warn("tcp conn %llu: %s: refusing", (unsigned long long)c->id, px_resolve_str(r));
+        close_later(t);
+        return;
     }
-    t->side[1] = px_io_connect(px_srv->base, &up, lim->connect_timeout_ms);
+    t->side[1] = px_io_connect(t->srv->base, &t->target.addr, lim->connect_timeout_ms);
     if (t->side[1] == NULL) {
         px_metrics.upstream_cx_connect_fail++;
         close_later(t);
         return;
     }
-    if (tls != NULL)
-        px_io_start_tls(t->side[1], tls, NULL);
+    if (t->target.tls != NULL)
+        px_io_start_tls(t->side[1], t->target.tls, NULL);
     px_metrics.upstream_cx_total++;
     px_metrics.upstream_cx_active++;
     for (int i = 0; i < 2; i++) {

@@ -130,7 +130,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     px_h1_shutdown();
     px_pool_shutdown(); /* the upstream's circuit-breaker record */
     close(sv[1]);
-    px_stream_gc();
+    px_stream_gc(&srv);
     px_stream_freelist_clear();
     if (srv.nconns != 0 || srv.nstreams != 0 || !cm_list_empty(&srv.conns) ||
         !cm_list_empty(&srv.streams) || !cm_list_empty(&srv.gc_streams))

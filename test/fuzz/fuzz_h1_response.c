@@ -187,7 +187,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (int k = 0; k < 2; k++)
         if (ufd[k] >= 0)
             close(ufd[k]);
-    px_stream_gc();
+    px_stream_gc(&srv);
     px_stream_freelist_clear();
     if (srv.nconns != 0 || srv.nstreams != 0 || !cm_list_empty(&srv.conns) ||
         !cm_list_empty(&srv.streams) || !cm_list_empty(&srv.gc_streams))

@@ -237,7 +237,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     close(sv[1]);
     px_h1_shutdown();
     px_h2_shutdown();
-    px_stream_gc();
+    px_stream_gc(&srv);
     px_stream_freelist_clear();
     while (!cm_list_empty(&up_conns))
         up_free(cm_container_of(up_conns.next, struct up_conn, link));

@@ -25,7 +25,7 @@ static void fuzz_on_gc(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     (void)arg;
-    px_stream_gc();
+    px_stream_gc(px_srv);
 }
 
 /* Parse cfg (len bytes) into srv and make srv the process's server; the event
@@ -53,6 +53,7 @@ static struct px_conn *fuzz_conn_new(struct px_server *srv, int fd, enum px_conn
                                      const char *local, uint64_t id)
 {
     struct px_conn *c = cm_xcalloc(1, sizeof(*c));
+    c->srv = srv;
     c->lcfg = &srv->cfg->listeners[0];
     c->fd = fd;
     c->io = px_io_new(srv->base, fd);

@@ -42,7 +42,7 @@ static void t_admitted(struct px_stream *s)
 {
     admitted[nadmitted++] = s;
     if (open_on_admit)
-        px_pool_conn_opened(px_pool_ep(&s->upstream));
+        px_pool_conn_opened(px_pool_ep(&srv, &s->target.addr));
 }
 
 static void t_refused(struct px_stream *s, enum px_overflow why, const char *msg)
@@ -84,9 +84,10 @@ static struct px_stream *stream_to(struct px_stream *s, int port, uint32_t max_c
                                    uint32_t max_pending, uint32_t timeout_ms)
 {
     memset(s, 0, sizeof(*s));
+    s->srv = &srv;
     char a[32];
     snprintf(a, sizeof(a), "127.0.0.1:%d", port);
-    assert_int_equal(cm_addr_parse(a, &s->upstream), 0);
+    assert_int_equal(cm_addr_parse(a, &s->target.addr), 0);
     s->cb.max_connections = max_conns;
     s->cb.max_pending_requests = max_pending;
     s->cb.pending_timeout_ms = timeout_ms;
@@ -109,11 +110,11 @@ static void admits_under_the_limit_then_queues(void **state)
     for (int i = 0; i < 2; i++) {
         stream_to(&s[i], 1000, 2, 10, 5000);
         assert_int_equal(px_pool_admit(&s[i], &msg), 0);
-        px_pool_conn_opened(px_pool_ep(&s[i].upstream)); /* the codec opens one */
+        px_pool_conn_opened(px_pool_ep(&srv, &s[i].target.addr)); /* the codec opens one */
     }
     stream_to(&s[2], 1000, 2, 10, 5000);
     assert_int_equal(px_pool_admit(&s[2], &msg), 1);
-    struct px_upstream_ep *ep = px_pool_find(&s[2].upstream);
+    struct px_upstream_ep *ep = px_pool_find(&s[2].target.addr);
     assert_non_null(ep);
     assert_ptr_equal(s[2].queued_on, ep);
     assert_int_equal(ep->nconns, 2);
@@ -122,7 +123,7 @@ static void admits_under_the_limit_then_queues(void **state)
     /* a free connection (an idle h1 one) admits without opening */
     free_conn = true;
     stream_to(&s[3], 1001, 1, 10, 5000);
-    px_pool_conn_opened(px_pool_ep(&s[3].upstream));
+    px_pool_conn_opened(px_pool_ep(&srv, &s[3].target.addr));
     assert_int_equal(px_pool_admit(&s[3], &msg), 0);
     px_pool_cancel(&s[2]);
     assert_int_equal(px_pool_pending(), 0);
@@ -135,7 +136,7 @@ static void fifo_nobody_overtakes(void **state)
     const char *msg = NULL;
     stream_to(&s[0], 1000, 1, 10, 5000);
     assert_int_equal(px_pool_admit(&s[0], &msg), 0);
-    struct px_upstream_ep *ep = px_pool_ep(&s[0].upstream);
+    struct px_upstream_ep *ep = px_pool_ep(&srv, &s[0].target.addr);
     px_pool_conn_opened(ep);
     for (int i = 1; i < 5; i++) {
         stream_to(&s[i], 1000, 1, 10, 5000);
@@ -181,7 +182,7 @@ static void full_queue_overflows(void **state)
     const char *msg = NULL;
     stream_to(&s[0], 1000, 1, 3, 5000);
     assert_int_equal(px_pool_admit(&s[0], &msg), 0);
-    struct px_upstream_ep *ep = px_pool_ep(&s[0].upstream);
+    struct px_upstream_ep *ep = px_pool_ep(&srv, &s[0].target.addr);
     px_pool_conn_opened(ep);
     for (int i = 1; i < 4; i++) {
         stream_to(&s[i], 1000, 1, 3, 5000);
@@ -214,7 +215,7 @@ static void cancel_from_anywhere(void **state)
     const char *msg = NULL;
     stream_to(&s[0], 1000, 1, 10, 5000);
     assert_int_equal(px_pool_admit(&s[0], &msg), 0);
-    struct px_upstream_ep *ep = px_pool_ep(&s[0].upstream);
+    struct px_upstream_ep *ep = px_pool_ep(&srv, &s[0].target.addr);
     px_pool_conn_opened(ep);
     for (int i = 1; i < 5; i++) {
         stream_to(&s[i], 1000, 1, 10, 5000);
@@ -245,7 +246,7 @@ static void pending_timeouts(void **state)
     const char *msg = NULL;
     stream_to(&s[0], 1000, 1, 10, 5000);
     assert_int_equal(px_pool_admit(&s[0], &msg), 0);
-    struct px_upstream_ep *ep = px_pool_ep(&s[0].upstream);
+    struct px_upstream_ep *ep = px_pool_ep(&srv, &s[0].target.addr);
     px_pool_conn_opened(ep);
     /* mixed deadlines (two routes to one address): 1 s, 30 ms, 1 s */
     stream_to(&s[1], 1000, 1, 10, 1000);
@@ -282,7 +283,7 @@ static void prometheus_text(void **state)
     const char *msg = NULL;
     stream_to(&s[0], 1000, 1, 1, 5000);
     assert_int_equal(px_pool_admit(&s[0], &msg), 0);
-    px_pool_conn_opened(px_pool_ep(&s[0].upstream));
+    px_pool_conn_opened(px_pool_ep(&srv, &s[0].target.addr));
     stream_to(&s[1], 1000, 1, 1, 5000);
     assert_int_equal(px_pool_admit(&s[1], &msg), 1);
     stream_to(&s[2], 1000, 1, 1, 5000);
@@ -319,7 +320,7 @@ static void idle_records_bounded(void **state)
     const char *msg = NULL;
     /* a busy record survives any number of new addresses */
     stream_to(&s, 1, 1, 1, 5000);
-    struct px_upstream_ep *busy = px_pool_ep(&s.upstream);
+    struct px_upstream_ep *busy = px_pool_ep(&srv, &s.target.addr);
     px_pool_conn_opened(busy);
     for (int port = 2; port < PX_POOL_MAX_IDLE_EPS + 500; port++) {
         stream_to(&s, port, 1, 1, 5000);
@@ -328,9 +329,9 @@ static void idle_records_bounded(void **state)
     assert_int_equal(P.nidle, PX_POOL_MAX_IDLE_EPS);
     assert_int_equal(P.neps, PX_POOL_MAX_IDLE_EPS + 1);
     stream_to(&s, 1, 1, 1, 5000);
-    assert_ptr_equal(px_pool_find(&s.upstream), busy);
+    assert_ptr_equal(px_pool_find(&s.target.addr), busy);
     stream_to(&s, 2, 1, 1, 5000);
-    assert_null(px_pool_find(&s.upstream)); /* the oldest idle ones went first */
+    assert_null(px_pool_find(&s.target.addr)); /* the oldest idle ones went first */
     px_pool_conn_closed(busy);
     assert_int_equal(P.nidle, PX_POOL_MAX_IDLE_EPS); /* and the busy one idles now */
 }

@@ -35,11 +35,12 @@
 #include "proxy/routes.h"
 #include "proxy/server.h"
 #include "proxy/stream.h"
+#include "proxy/upstream.h"
 
 __attribute__((weak)) struct px_server *px_srv;
 
 /* stream.c's own, declared there next to their definitions */
-void px_stream_gc(void);
+void px_stream_gc(struct px_server *srv);
 void px_stream_freelist_clear(void);
 
 #define BIG UINT32_MAX
@@ -158,9 +159,9 @@ static void fake_attach(struct px_stream *s)
     memset(u, 0, sizeof(*u));
     u->s = s;
     u->side = PX_UP;
-    u->addr = s->upstream;
+    u->addr = s->target.addr;
     u->body = evbuffer_new();
-    u->pep = px_pool_ep(&s->upstream);
+    u->pep = px_pool_ep(&srv, &s->target.addr);
     px_pool_conn_opened(u->pep);
     px_stream_attach_up(s, &fup_ops, u);
 }
@@ -203,6 +204,7 @@ static struct fake *req_new(const char *method, const char *path, const char *au
     struct fake *d = calloc(1, sizeof(*d));
     assert_non_null(d);
     d->side = PX_DOWN;
+    d->conn.srv = &srv;
     d->conn.lcfg = &lcfg;
     cm_addr_parse("127.0.0.1:40000", &d->conn.peer);
     cm_addr_parse("127.0.0.1:15001", &d->conn.local);
@@ -321,7 +323,7 @@ static void on_gc(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     (void)arg;
-    px_stream_gc();
+    px_stream_gc(&srv);
 }
 
 static void on_drain_timer(evutil_socket_t fd, short what, void *arg)
@@ -371,7 +373,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    px_stream_gc();
+    px_stream_gc(&srv);
     for (int i = 0; i < nups; i++)
         evbuffer_free(ups[i].body);
     nups = 0;
@@ -445,7 +447,7 @@ static void plain_exchange(void **state)
     assert_string_equal(text_of(d->body), "hello world");
     assert_int_equal(d->s->req_body_bytes, 7);
     assert_int_equal(d->s->resp_body_bytes, 11);
-    assert_int_equal(px_pool_ep(&lcfg.upstream)->nconns, 0);
+    assert_int_equal(px_pool_ep(&srv, &lcfg.upstream)->nconns, 0);
     req_free(d);
     expect_freed();
 }
@@ -559,6 +561,61 @@ static void retry_after_reset_replays_body(void **state)
 {
     (void)state;
     retry_case(PX_CAUSE_UPSTREAM_RESET, true);
+}
+
+/* The upstream never processed a body-less request (a stale keep-alive
+ * connection, an h2 REFUSED_STREAM): the stream sends it again at once, to
+ * the same address on a fresh connection (s->resending), without a route
+ * configuring retries; counted as a retry with reason "unprocessed", and
+ * only once per try. */
+static void unprocessed_resent_once(void **state)
+{
+    (void)state;
+    uint64_t retries0 = px_metrics.retries_total;
+    uint64_t unproc0 = px_upstream_retries(PX_RETRY_REASON_UNPROCESSED);
+    struct fake *d = req_new("POST", "/x", NULL);
+    d->s->req.end_stream = true;
+    px_stream_on_req_head(d->s);
+    px_stream_on_req_end(d->s);
+    assert_int_equal(nups, 1);
+    assert_false(d->s->resending);
+    px_stream_on_unprocessed(ups[0].s, PX_CAUSE_UPSTREAM_RESET);
+    fake_detach(&ups[0]);
+    assert_int_equal(d->status, 0); /* nothing went to the client */
+    wait_tries(2, "the resend");
+    struct fake *u = &ups[1];
+    assert_true(d->s->resending);
+    assert_true(cm_addr_equal(&u->addr, &ups[0].addr));
+    assert_string_equal(u->method, "POST");
+    assert_true(u->ended);
+    assert_int_equal(px_metrics.retries_total, retries0 + 1);
+    assert_int_equal(px_upstream_retries(PX_RETRY_REASON_UNPROCESSED), unproc0 + 1);
+    /* the resend is not processed either: this time the client hears it */
+    px_stream_on_unprocessed(u->s, PX_CAUSE_UPSTREAM_RESET);
+    fake_detach(u);
+    assert_int_equal(d->status, 502);
+    assert_int_equal(nups, 2);
+    assert_int_equal(px_metrics.retries_total, retries0 + 1);
+    req_free(d);
+    expect_freed();
+}
+
+/* A request with a body is not resent (nothing kept it): the failure goes to
+ * the client as any reset, with no retry counted. */
+static void unprocessed_with_body_fails(void **state)
+{
+    (void)state;
+    uint64_t retries0 = px_metrics.retries_total;
+    struct fake *d = req_start("POST", "/x", NULL);
+    assert_false(req_data(d, "payload"));
+    px_stream_on_unprocessed(ups[0].s, PX_CAUSE_UPSTREAM_RESET);
+    fake_detach(&ups[0]);
+    assert_int_equal(d->status, 502);
+    assert_int_equal(nups, 1);
+    assert_int_equal(px_metrics.retries_total, retries0);
+    px_stream_on_req_end(d->s);
+    req_free(d);
+    expect_freed();
 }
 
 /* The body went past retry_buffer_bytes: a reset cannot be retried. */
@@ -761,7 +818,7 @@ static void queued_request_cancelled(void **state)
     answer_ok(d1, &ups[0]);
     expect_freed();
     assert_int_equal(nups, 1);
-    assert_int_equal(px_pool_ep(&lcfg.upstream)->nconns, 0);
+    assert_int_equal(px_pool_ep(&srv, &lcfg.upstream)->nconns, 0);
 }
 
 /* ...and one that keeps waiting is admitted when the connection closes,
@@ -847,6 +904,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(drain_completes_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(queued_request_cancelled, setup, teardown),
         cmocka_unit_test_setup_teardown(queued_request_admitted_with_held_body, setup, teardown),
+        cmocka_unit_test_setup_teardown(unprocessed_resent_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(unprocessed_with_body_fails, setup, teardown),
         cmocka_unit_test_setup_teardown(queue_full_overflow_503, setup, teardown),
         cmocka_unit_test_setup_teardown(queued_request_times_out_503, setup, teardown),
     };

@@ -1,0 +1,183 @@
+/* Target resolution, the codec of a try, and the budget of resends no route
+ * accounts for. See upstream.h and docs/internals/upstream.md. */
+#include "proxy/upstream.h"
+
+#include <event2/buffer.h>
+#include <string.h>
+
+#include "proxy/conn.h"
+#include "proxy/h1.h"
+#include "proxy/h2.h"
+#include "proxy/identity.h"
+#include "proxy/pool.h"
+#include "proxy/routes.h"
+#include "proxy/stream.h"
+#include "proxy/tls.h"
+
+/* Same window and floor as a route's retry budget (proxy/outlier.c). */
+#define BUDGET_SECS 10
+#define BUDGET_PERCENT 20
+#define BUDGET_FLOOR 10
+
+static struct {
+    uint64_t sec[BUDGET_SECS];
+    uint32_t req[BUDGET_SECS], resend[BUDGET_SECS];
+} B;
+
+static uint64_t retries[PX_RETRY_REASON_N];
+static const char *const reason_names[PX_RETRY_REASON_N] = {"retry_on", "unprocessed"};
+
+enum px_target_proto px_upstream_proto(const struct px_listener_cfg *l)
+{
+    if (l->tls == PX_TLS_MESH)
+        return PX_TGT_H2; /* sidecar to sidecar: HTTP/2 over mTLS, whatever the app speaks */
+    return l->upstream_protocol == PX_UP_H2 ? PX_TGT_H2 : PX_TGT_H1;
+}
+
+void px_upstream_target_release(struct px_upstream_target *t)
+{
+    if (t->tls != NULL)
+        px_tls_conf_unref(t->tls);
+    t->tls = NULL;
+}
+
+enum px_resolve px_upstream_resolve(const struct px_stream *s, const struct px_endpoint *ep,
+                                    struct px_upstream_target *t)
+{
+    px_upstream_target_release(t);
+    bool mesh = s->lcfg->tls == PX_TLS_MESH;
+    if (ep != NULL)
+        t->addr = ep->addr;
+    else
+        px_conn_default_upstream(s->conn, &t->addr);
+    t->proto = px_upstream_proto(s->lcfg);
+    /* secure naming: the route's endpoint names the workload it must be */
+    t->expected_id = ep != NULL ? ep->identity : NULL;
+    if (t->expected_id != NULL && !mesh)
+        return PX_RESOLVE_ID_NEEDS_MTLS; /* only a peer certificate can prove it: fail closed */
+    if (px_conn_is_loop(s->conn, &t->addr))
+        return PX_RESOLVE_LOOP;
+    if (mesh) {
+        struct px_tls_conf *conf = px_identity_client_conf();
+        if (conf == NULL)
+            return PX_RESOLVE_NO_CERT;
+        t->tls = px_tls_conf_ref(conf); /* the try may wait in a queue across a rotation */
+    }
+    return PX_RESOLVE_OK;
+}
+
+enum px_resolve px_upstream_resolve_tcp(const struct px_conn *c, struct px_upstream_target *t)
+{
+    px_upstream_target_release(t);
+    px_conn_default_upstream(c, &t->addr);
+    t->proto = PX_TGT_TCP;
+    t->expected_id = NULL;
+    if (px_conn_is_loop(c, &t->addr))
+        return PX_RESOLVE_LOOP;
+    if (c->lcfg->tls == PX_TLS_MESH) {
+        /* opaque TCP between sidecars is wrapped in mTLS too (no ALPN: the
+         * peer sidecar detects the protocol on the decrypted bytes) */
+        struct px_tls_conf *conf = px_identity_tcp_client_conf();
+        if (conf == NULL)
+            return PX_RESOLVE_NO_CERT;
+        t->tls = px_tls_conf_ref(conf);
+    }
+    return PX_RESOLVE_OK;
+}
+
+int px_resolve_status(enum px_resolve r)
+{
+    return r == PX_RESOLVE_LOOP ? 508 : 503;
+}
+
+const char *px_resolve_str(enum px_resolve r)
+{
+    switch (r) {
+    case PX_RESOLVE_OK:
+        return "ok";
+    case PX_RESOLVE_LOOP:
+        return px_cause_str(PX_CAUSE_LOOP);
+    case PX_RESOLVE_ID_NEEDS_MTLS:
+        return "the endpoint's identity can only be checked over mTLS "
+               "(the listener's tls is not \"mesh\")";
+    case PX_RESOLVE_NO_CERT:
+        return "no workload certificate yet: mTLS not possible";
+    }
+    return "unknown";
+}
+
+void px_upstream_attach(struct px_stream *s)
+{
+    if (s->target.proto == PX_TGT_H2)
+        px_h2_client_attach(s);
+    else
+        px_h1_client_attach(s);
+}
+
+bool px_upstream_has_free(struct px_upstream_ep *ep, const struct px_stream *s)
+{
+    if (s->target.proto == PX_TGT_H2)
+        return px_h2_client_has_room(s);
+    /* a resend after a stale keep-alive connection wants a fresh one */
+    return !s->resending && px_h1_client_has_idle(&ep->addr);
+}
+
+void px_upstream_count_retry(enum px_retry_reason r)
+{
+    retries[r]++;
+}
+
+uint64_t px_upstream_retries(enum px_retry_reason r)
+{
+    return retries[r];
+}
+
+static unsigned bucket(uint64_t sec)
+{
+    unsigned i = (unsigned)(sec % BUDGET_SECS);
+    if (B.sec[i] != sec) {
+        B.sec[i] = sec;
+        B.req[i] = B.resend[i] = 0;
+    }
+    return i;
+}
+
+void px_upstream_budget_request(uint64_t now_us)
+{
+    B.req[bucket(now_us / 1000000)]++;
+}
+
+bool px_upstream_budget_resend(uint64_t now_us)
+{
+    uint64_t sec = now_us / 1000000;
+    unsigned cur = bucket(sec);
+    uint64_t req = 0, resend = 0;
+    for (unsigned i = 0; i < BUDGET_SECS; i++) {
+        if (B.sec[i] + BUDGET_SECS <= sec)
+            continue;
+        req += B.req[i];
+        resend += B.resend[i];
+    }
+    uint64_t allowed = req * BUDGET_PERCENT / 100;
+    if (allowed < BUDGET_FLOOR)
+        allowed = BUDGET_FLOOR;
+    if (resend >= allowed)
+        return false;
+    B.resend[cur]++;
+    return true;
+}
+
+void px_upstream_budget_reset(void)
+{
+    memset(&B, 0, sizeof(B));
+}
+
+void px_upstream_write_prometheus(struct evbuffer *out)
+{
+    evbuffer_add_printf(out, "# HELP remora_retries_by_reason_total Upstream retries by why the "
+                             "request was sent again (part of remora_retries_total).\n"
+                             "# TYPE remora_retries_by_reason_total counter\n");
+    for (int i = 0; i < PX_RETRY_REASON_N; i++)
+        evbuffer_add_printf(out, "remora_retries_by_reason_total{reason=\"%s\"} %llu\n",
+                            reason_names[i], (unsigned long long)retries[i]);
+}
