@@ -559,7 +559,7 @@ void ij_disc_metrics_write(struct cm_prom *o)
     PER_KIND("remora_discovery_skipped_objects_total", "counter",
              "Objects that did not decode and were skipped, by kind.", skipped);
     PER_KIND("remora_discovery_lists_total", "counter",
-             "Full lists (the first, and after 410 Gone), by kind.", relists);
+             "Full list attempts (the first, retries until it succeeds, after 410 Gone), by kind.", relists);
     PER_KIND("remora_discovery_events_total", "counter", "Watch events applied, by kind.",
              events);
     PER_KIND("remora_discovery_stale", "gauge",

@@ -375,7 +375,8 @@ void ij_disc_store_retain(struct ij_disc_store *s, enum ij_disc_kind kind, char 
 {
     struct mmap *m = kind == IJ_DISC_SERVICE ? &s->svc : kind == IJ_DISC_SLICE ? &s->slice : &s->pod;
     char **sorted = cm_xmalloc((n ? n : 1) * sizeof(*sorted));
-    memcpy(sorted, keep, n * sizeof(*sorted));
+    if (n > 0)
+        memcpy(sorted, keep, n * sizeof(*sorted));
     qsort(sorted, n, sizeof(*sorted), cmp_str);
     pthread_rwlock_wrlock(&s->lock);
     size_t ngone = 0;
