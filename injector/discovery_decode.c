@@ -601,6 +601,8 @@ int ij_disc_lines_feed(struct ij_disc_lines *l, const char *p, size_t n, ij_disc
             size_t cap = l->cap ? l->cap : 4096;
             while (cap < l->len + take + 1)
                 cap *= 2;
+            if (cap > IJ_DISC_MAX_LINE + 1)
+                cap = IJ_DISC_MAX_LINE + 1;
             l->buf = cm_xrealloc(l->buf, cap);
             l->cap = cap;
         }
