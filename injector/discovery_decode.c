@@ -176,6 +176,17 @@ static int opt_str(json_t *obj, const char *key, size_t max, const char **out)
     return 1;
 }
 
+/* A Kubernetes object name as a key part: printable ASCII, no '/', not empty. */
+static bool name_ok(const char *s)
+{
+    if (s == NULL || *s == '\0')
+        return false;
+    for (; *s; s++)
+        if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7f || *s == '/')
+            return false;
+    return true;
+}
+
 /* metadata.namespace and .name (required, DNS-label-ish: no '/', not empty). */
 static int meta_key(json_t *obj, char **key, uint16_t *ns_len, char **errmsg)
 {
@@ -184,11 +195,9 @@ static int meta_key(json_t *obj, char **key, uint16_t *ns_len, char **errmsg)
     *key = NULL;
     if (!json_is_object(md))
         return dfail(errmsg, "metadata: want an object");
-    if (opt_str(md, "namespace", IJ_DISC_MAX_NAME, &ns) != 1 || *ns == '\0' ||
-        strchr(ns, '/') != NULL)
+    if (opt_str(md, "namespace", IJ_DISC_MAX_NAME, &ns) != 1 || !name_ok(ns))
         return dfail(errmsg, "metadata.namespace: want a non-empty name");
-    if (opt_str(md, "name", IJ_DISC_MAX_NAME, &name) != 1 || *name == '\0' ||
-        strchr(name, '/') != NULL)
+    if (opt_str(md, "name", IJ_DISC_MAX_NAME, &name) != 1 || !name_ok(name))
         return dfail(errmsg, "metadata.name: want a non-empty name");
     *key = cm_xasprintf("%s/%s", ns, name);
     if (ns_len != NULL)
@@ -325,7 +334,7 @@ static int decode_slice(json_t *obj, struct ij_disc_slice **out, char **errmsg)
         dfail(errmsg, "kubernetes.io/service-name / addressType: want strings");
         goto fail;
     }
-    if (svc != NULL && *svc != '\0' && strchr(svc, '/') == NULL)
+    if (name_ok(svc))
         s->service = cm_xasprintf("%.*s/%s", (int)ns_len, s->key, svc);
     if (decode_ports(json_object_get(obj, "ports"), false, &s->ports, &s->nports, errmsg) != 0)
         goto fail;
@@ -376,8 +385,8 @@ static int decode_slice(json_t *obj, struct ij_disc_slice **out, char **errmsg)
             goto fail;
         }
         char pod[2 * IJ_DISC_MAX_NAME + 2] = "";
-        if (rkind != NULL && strcmp(rkind, "Pod") == 0 && rname != NULL && *rname != '\0' &&
-            strchr(rname, '/') == NULL && (rns == NULL || strchr(rns, '/') == NULL))
+        if (rkind != NULL && strcmp(rkind, "Pod") == 0 && name_ok(rname) &&
+            (rns == NULL || *rns == '\0' || name_ok(rns)))
             snprintf(pod, sizeof(pod), "%.*s/%s", rns && *rns ? (int)strlen(rns) : (int)ns_len,
                      rns && *rns ? rns : s->key, rname);
         for (size_t j = 0; j < json_array_size(a); j++) {
@@ -436,7 +445,7 @@ static int decode_pod(json_t *obj, struct ij_disc_pod **out, char **errmsg)
     p->terminating = del != NULL && !json_is_null(del);
     if (opt_str(spec, "serviceAccountName", IJ_DISC_MAX_NAME, &sa) < 0 ||
         opt_str(st, "phase", 32, &phase) < 0 || opt_str(st, "podIP", 64, &pip) < 0 ||
-        (sa != NULL && strchr(sa, '/') != NULL)) {
+        (sa != NULL && *sa != '\0' && !name_ok(sa))) {
         dfail(errmsg, "spec.serviceAccountName / status.phase / status.podIP: want strings");
         goto fail;
     }
@@ -536,7 +545,9 @@ int ij_disc_decode_event(enum ij_disc_kind kind, const char *line, size_t len,
     ev->obj.kind = kind;
     json_t *doc = json_loadb(line, len, JSON_REJECT_DUPLICATES, &je);
     if (doc == NULL) {
-        dfail(errmsg, "watch event: not JSON: %s (at byte %d)", je.text, je.position);
+        char *why = ij_kube_sanitize(je.text, strlen(je.text), sizeof(je.text));
+        dfail(errmsg, "watch event: not JSON: %s (at byte %d)", why, je.position);
+        free(why);
         return CM_ERR_PROTO;
     }
     int rc = 0;

@@ -76,7 +76,7 @@ static void fuzz_response(const char *p, size_t n)
     if (rc == 0) {
         char *d = ij_kube_resp_describe(&r);
         char *k = ij_kube_status_details_kind(&r);
-        if (d == NULL || strlen(d) > 64 + sizeof(r.reason) + STATUS_MESSAGE_MAX + 8)
+        if (d == NULL || strlen(d) > 64 + sizeof(r.reason) + IJ_KUBE_STATUS_MESSAGE_MAX + 8)
             __builtin_trap();
         free(d);
         free(k);
