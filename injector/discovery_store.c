@@ -132,7 +132,9 @@ static void keys_add(struct ij_disc_keys *k, const char *prefix, const char *s)
     if (k == NULL)
         return;
     size_t pl = strlen(prefix), sl = strlen(s);
-    for (size_t i = 0; i < k->n; i++) /* a change touches a handful */
+    /* Duplicates are harmless (a waiter is released once); only the
+     * recent few are looked at, so a 1000-address slice stays linear. */
+    for (size_t i = k->n > 8 ? k->n - 8 : 0; i < k->n; i++)
         if (strncmp(k->v[i], prefix, pl) == 0 && strcmp(k->v[i] + pl, s) == 0)
             return;
     if (k->n == k->cap) {
