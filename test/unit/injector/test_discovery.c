@@ -481,9 +481,27 @@ static void memory_per_object(void **state)
     assert_int_equal(decode(IJ_DISC_SERVICE, SVC, &o, &err), 0);
     size_t svc = ij_disc_obj_bytes(&o);
     ij_disc_obj_free(&o);
-    print_message("record bytes: pod %zu, service (2 ports) %zu\n", pod, svc);
+    char slice[4096];
+    int n = snprintf(slice, sizeof(slice),
+                     "{\"metadata\":{\"namespace\":\"ns-7\",\"name\":\"svc-1234-abcde\","
+                     "\"labels\":{\"kubernetes.io/service-name\":\"svc-1234\"}},"
+                     "\"addressType\":\"IPv4\",\"ports\":[{\"name\":\"http\",\"port\":8080}],"
+                     "\"endpoints\":[");
+    for (int i = 0; i < 10; i++)
+        n += snprintf(slice + n, sizeof(slice) - (size_t)n,
+                      "%s{\"addresses\":[\"10.64.%d.%d\"],\"zone\":\"zone-a\","
+                      "\"nodeName\":\"node-17\",\"targetRef\":{\"kind\":\"Pod\","
+                      "\"namespace\":\"ns-7\",\"name\":\"svc-1234-%d\"}}",
+                      i ? "," : "", i, i + 1, i);
+    snprintf(slice + n, sizeof(slice) - (size_t)n, "]}");
+    assert_int_equal(decode(IJ_DISC_SLICE, slice, &o, &err), 0);
+    size_t sl = ij_disc_obj_bytes(&o);
+    ij_disc_obj_free(&o);
+    print_message("record bytes: pod %zu, service (2 ports) %zu, slice (10 endpoints) %zu\n",
+                  pod, svc, sl);
     assert_true(pod <= 128);
     assert_true(svc <= 256);
+    assert_true(sl <= 1536);
 }
 
 int main(void)
