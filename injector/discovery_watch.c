@@ -77,8 +77,13 @@ static int list_all(struct ij_disc_watch *w)
                                   q ? "&continue=" : "", q ? q : "");
         free(q);
         struct ij_kube_resp r;
-        int rc = ij_kube_request(w->d->kube, "GET", path, NULL, NULL, 0, &r, &err);
+        int rc = ij_kube_stream(w->d->kube, path, 0, &w->d->stop, NULL, NULL, &r, &err);
         free(path);
+        if (atomic_load(&w->d->stop)) { /* shutting down: whatever came is moot */
+            if (rc == 0)
+                ij_kube_resp_deinit(&r);
+            goto out;
+        }
         if (rc != 0) {
             cm_warn("discovery: list %s: %s", kind, err);
             goto out;
@@ -205,7 +210,12 @@ static int on_line(void *arg, const char *line, size_t len)
     }
     if (ev.rv[0] != '\0')
         memcpy(w->rv, ev.rv, sizeof(w->rv));
-    if (rc == CM_ERR_INVAL) {
+    if (rc == CM_ERR_INVAL && ev.type == IJ_EV_DELETED && ev.key != NULL) {
+        atomic_fetch_add(&w->events, 1); /* gone is gone, whatever else it says */
+        ij_disc_obj_free(&ev.obj);
+        ev.skipped = true;
+        apply(w, &ev, seen);
+    } else if (rc == CM_ERR_INVAL) {
         atomic_fetch_add(&w->skipped, 1);
         cm_warn("discovery: %s %s (%s event, resourceVersion %s) skipped: %s", kind,
                 ev.key ? ev.key : "(unnamed)",

@@ -138,7 +138,9 @@ typedef int (*ij_kube_sink_fn)(void *arg, const char *at, size_t n);
  * final status's (at most IJ_KUBE_MAX_STATUS_BODY) to out->body. *stop, looked
  * at every 200 ms, ends it quietly. Returns 0 when the response ended (EOF,
  * the server's timeoutSeconds) or was stopped, out->status telling what came
- * (0: nothing), else a negative cm_err as ij_kube_request does. */
+ * (0: nothing), else a negative cm_err as ij_kube_request does.
+ * With sink NULL and idle_ms 0 it is ij_kube_request's GET (the body kept,
+ * at most IJ_KUBE_MAX_BODY, one deadline) that *stop can cut short. */
 int ij_kube_stream(struct ij_kube *k, const char *path, int idle_ms, const atomic_bool *stop,
                    ij_kube_sink_fn sink, void *sink_arg, struct ij_kube_resp *out, char **errmsg);
 

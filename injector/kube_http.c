@@ -418,7 +418,7 @@ static int exchange(struct ij_kube *k, struct conn *c, mbedtls_ssl_context *ssl,
     ij_kube_rparser_init(&p, out, sink != NULL ? IJ_KUBE_MAX_STATUS_BODY : IJ_KUBE_MAX_BODY);
     p.sink = sink;
     p.sink_arg = sink_arg;
-    if (sink != NULL) /* the head came: from now on the deadline is an idle one */
+    if (c->idle_ms > 0) /* a watch: from now on the deadline is an idle one */
         c->deadline_ms = cm_mono_ms() + (uint64_t)k->timeout_ms;
     unsigned char buf[16384];
     for (;;) {
