@@ -6,7 +6,7 @@
 #include "common/json.h"
 
 static const char *const top_keys[] = {
-    "webhook",  "ca",   "trust_domain", "template_file", "native_sidecars", "log_level", "kube",
+    "webhook",   "ca", "trust_domain", "template_file", "native_sidecars", "log_level", "kube",
     "discovery", NULL};
 static const char *const webhook_keys[] = {"address",
                                            "cert_file",
@@ -25,10 +25,14 @@ static const char *const ca_keys[] = {"address",     "cert_file",    "key_file",
                                       "ttl_seconds", "token_review", "token_review_cache_seconds",
                                       NULL};
 static const char *const kube_keys[] = {"api", "token_file", "ca_file", "timeout_ms", NULL};
-static const char *const discovery_keys[] = {"address",         "api",
-                                             "token_file",      "ca_file",
-                                             "cluster_domain",  "timeout_ms",
-                                             "max_connections", "max_connections_per_ip",
+static const char *const discovery_keys[] = {"address",
+                                             "api",
+                                             "token_file",
+                                             "ca_file",
+                                             "cluster_domain",
+                                             "timeout_ms",
+                                             "max_connections",
+                                             "max_connections_per_ip",
                                              NULL};
 
 /* SPIFFE trust domains: lowercase letters, digits, '.', '-', '_' (SPIFFE-ID §2.1). */
@@ -193,13 +197,11 @@ static int load_discovery(const struct cm_jpath *root, json_t *top, struct ij_co
         return 0;
     cm_jpath_key(&p, root, "discovery");
     if ((rc = cm_json_check_keys(&p, d, discovery_keys, errmsg)) != 0 ||
-        (rc = cm_json_get_string(&p, d, "address", false, &cfg->discovery_address, errmsg)) !=
-            0 ||
+        (rc = cm_json_get_string(&p, d, "address", false, &cfg->discovery_address, errmsg)) != 0 ||
         (rc = cm_json_get_string(&p, d, "api", false, &cfg->discovery_api, errmsg)) != 0 ||
-        (rc = cm_json_get_string(&p, d, "token_file", false, &cfg->discovery_token_file,
-                                 errmsg)) != 0 ||
-        (rc = cm_json_get_string(&p, d, "ca_file", false, &cfg->discovery_ca_file, errmsg)) !=
+        (rc = cm_json_get_string(&p, d, "token_file", false, &cfg->discovery_token_file, errmsg)) !=
             0 ||
+        (rc = cm_json_get_string(&p, d, "ca_file", false, &cfg->discovery_ca_file, errmsg)) != 0 ||
         (rc = cm_json_get_string(&p, d, "cluster_domain", false, &cfg->discovery_cluster_domain,
                                  errmsg)) != 0 ||
         (rc = nonempty(&p, "token_file", cfg->discovery_token_file, errmsg)) != 0 ||
@@ -216,6 +218,7 @@ static int load_discovery(const struct cm_jpath *root, json_t *top, struct ij_co
         return cm_json_fail(&c, errmsg, "\"%s\" is not an https:// URL", cfg->discovery_api);
     }
     if (!valid_trust_domain(cfg->discovery_cluster_domain) ||
+        strstr(cfg->discovery_cluster_domain, "..") != NULL ||
         cfg->discovery_cluster_domain[0] == '.' ||
         cfg->discovery_cluster_domain[strlen(cfg->discovery_cluster_domain) - 1] == '.') {
         cm_jpath_key(&c, &p, "cluster_domain");

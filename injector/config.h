@@ -52,9 +52,9 @@ struct ij_config {
     /* discovery: GET /v1/destination for proxies (issue 17, docs/discovery.md) */
     const char *discovery_address; /* NULL: off */
     struct cm_addr discovery_addr;
-    const char *discovery_api;        /* NULL: in-cluster (KUBERNETES_SERVICE_HOST/PORT) */
-    const char *discovery_token_file; /* default the service-account token */
-    const char *discovery_ca_file;    /* default the service-account ca.crt */
+    const char *discovery_api;                /* NULL: in-cluster (KUBERNETES_SERVICE_HOST/PORT) */
+    const char *discovery_token_file;         /* default the service-account token */
+    const char *discovery_ca_file;            /* default the service-account ca.crt */
     const char *discovery_cluster_domain;     /* default "cluster.local" */
     int64_t discovery_timeout_ms;             /* per list page / watch head; default 10000 */
     int64_t discovery_max_connections;        /* default 16384 */

@@ -18,12 +18,12 @@
 
 #include "injector/config.h"
 
-#define IJ_DISC_MAX_NAME      253       /* metadata.name / namespace / service account */
-#define IJ_DISC_MAX_PORTS     128       /* ports of one Service or EndpointSlice */
-#define IJ_DISC_MAX_ENDPOINTS 1000      /* addresses of one EndpointSlice (the API's own cap) */
+#define IJ_DISC_MAX_NAME      253        /* metadata.name / namespace / service account */
+#define IJ_DISC_MAX_PORTS     128        /* ports of one Service or EndpointSlice */
+#define IJ_DISC_MAX_ENDPOINTS 1000       /* addresses of one EndpointSlice (the API's own cap) */
 #define IJ_DISC_MAX_LINE      (4u << 20) /* one watch event (a JSON object on one line) */
-#define IJ_DISC_MAX_RV        128       /* resourceVersion */
-#define IJ_DISC_LIST_LIMIT    500       /* objects per list page */
+#define IJ_DISC_MAX_RV        128        /* resourceVersion */
+#define IJ_DISC_LIST_LIMIT    500        /* objects per list page */
 
 enum ij_disc_kind { IJ_DISC_SERVICE = 0, IJ_DISC_SLICE, IJ_DISC_POD, IJ_DISC__KINDS };
 const char *ij_disc_kind_name(enum ij_disc_kind k); /* "services", "endpointslices", "pods" */
@@ -39,10 +39,10 @@ bool ij_disc_ip_parse(const char *s, struct ij_disc_ip *out);
 const char *ij_disc_ip_str(const struct ij_disc_ip *ip, char *buf, size_t len);
 
 struct ij_disc_port {
-    char *name;         /* "" when unnamed; heap, one block with app */
-    char *app;          /* appProtocol, "" when unset */
-    uint16_t port;      /* 0: an EndpointSlice port without a number (all ports) */
-    uint8_t udp;        /* protocol UDP or SCTP: never proxied, kept for matching */
+    char *name;    /* "" when unnamed; heap, one block with app */
+    char *app;     /* appProtocol, "" when unset */
+    uint16_t port; /* 0: an EndpointSlice port without a number (all ports) */
+    uint8_t udp;   /* protocol UDP or SCTP: never proxied, kept for matching */
 };
 
 struct ij_disc_svc {
@@ -75,7 +75,7 @@ struct ij_disc_slice {
 struct ij_disc_pod {
     char *key; /* "ns/name" */
     uint16_t ns_len;
-    char *sa;  /* spec.serviceAccountName ("default" when unset) */
+    char *sa;         /* spec.serviceAccountName ("default" when unset) */
     bool meshed;      /* annotation remora.io/status present */
     bool ready;       /* condition Ready True */
     bool terminating; /* metadata.deletionTimestamp set */
@@ -168,7 +168,7 @@ size_t ij_disc_store_count(struct ij_disc_store *s, enum ij_disc_kind kind, size
 /* A parsed query of GET /v1/destination. */
 struct ij_disc_query {
     bool by_host;
-    struct ij_disc_ip ip; /* addr= */
+    struct ij_disc_ip ip;               /* addr= */
     char key[2 * IJ_DISC_MAX_NAME + 2]; /* host=: "ns/name" */
     uint16_t port;
     char wake[2 * IJ_DISC_MAX_NAME + 8]; /* the wake key a long-poll on it waits for */

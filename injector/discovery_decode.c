@@ -131,8 +131,7 @@ size_t ij_disc_obj_bytes(const struct ij_disc_obj *o)
         break;
     }
     case IJ_DISC_POD:
-        b = chunk(sizeof(*o->u.pod)) +
-            chunk(strlen(o->u.pod->key) + strlen(o->u.pod->sa) + 2);
+        b = chunk(sizeof(*o->u.pod)) + chunk(strlen(o->u.pod->key) + strlen(o->u.pod->sa) + 2);
         break;
     default:
         break;
@@ -240,8 +239,10 @@ static int decode_ports(json_t *arr, bool service, struct ij_disc_port **out, ui
         if (!json_is_object(e) || opt_str(e, "name", 63, &name) < 0 ||
             opt_str(e, "appProtocol", 253, &app) < 0 || opt_str(e, "protocol", 16, &proto) < 0) {
             ports_free(p, i);
-            return dfail(errmsg, "ports[%zu]: want an object with string name, protocol, "
-                                 "appProtocol", i);
+            return dfail(errmsg,
+                         "ports[%zu]: want an object with string name, protocol, "
+                         "appProtocol",
+                         i);
         }
         json_int_t v = json_is_integer(num) ? json_integer_value(num) : -1;
         if ((num == NULL || json_is_null(num)) && !service)
@@ -502,8 +503,8 @@ int ij_disc_decode_object(enum ij_disc_kind kind, json_t *obj, struct ij_disc_ob
     out->kind = kind;
     if (key_out != NULL) {
         *key_out = NULL;
-        const char *ns = json_string_value(json_object_get(json_object_get(obj, "metadata"),
-                                                           "namespace"));
+        const char *ns =
+            json_string_value(json_object_get(json_object_get(obj, "metadata"), "namespace"));
         const char *name =
             json_string_value(json_object_get(json_object_get(obj, "metadata"), "name"));
         if (ns != NULL && name != NULL) {
@@ -564,8 +565,8 @@ int ij_disc_decode_event(enum ij_disc_kind kind, const char *line, size_t len,
         goto out;
     }
     ev->type = (enum ij_disc_ev_type)i;
-    const char *rv = json_string_value(json_object_get(json_object_get(obj, "metadata"),
-                                                       "resourceVersion"));
+    const char *rv =
+        json_string_value(json_object_get(json_object_get(obj, "metadata"), "resourceVersion"));
     if (rv != NULL && strlen(rv) <= IJ_DISC_MAX_RV) {
         bool clean = true;
         for (const char *c = rv; *c; c++)
@@ -576,10 +577,10 @@ int ij_disc_decode_event(enum ij_disc_kind kind, const char *line, size_t len,
     if (ev->type == IJ_EV_ERROR) {
         json_t *code = json_object_get(obj, "code");
         const char *m = json_string_value(json_object_get(obj, "message"));
-        ev->code = json_is_integer(code) && json_integer_value(code) > 0 &&
-                           json_integer_value(code) < 1000
-                       ? (int)json_integer_value(code)
-                       : 0;
+        ev->code =
+            json_is_integer(code) && json_integer_value(code) > 0 && json_integer_value(code) < 1000
+                ? (int)json_integer_value(code)
+                : 0;
         if (m != NULL)
             ev->message = ij_kube_sanitize(m, strlen(m), IJ_KUBE_STATUS_MESSAGE_MAX);
         goto out;

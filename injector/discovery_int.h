@@ -18,10 +18,10 @@ struct ij_disc_watch {
     enum ij_disc_kind kind;
     pthread_t thread;
     bool started;
-    char rv[IJ_DISC_MAX_RV + 1]; /* where the watch resumes; "" before the first list */
-    atomic_bool synced;          /* listed at least once */
-    atomic_bool stale;           /* the last list or watch failed; answers are from before */
-    atomic_uint_fast64_t errors; /* API errors: transport, HTTP, broken streams */
+    char rv[IJ_DISC_MAX_RV + 1];  /* where the watch resumes; "" before the first list */
+    atomic_bool synced;           /* listed at least once */
+    atomic_bool stale;            /* the last list or watch failed; answers are from before */
+    atomic_uint_fast64_t errors;  /* API errors: transport, HTTP, broken streams */
     atomic_uint_fast64_t skipped; /* objects that did not decode */
     atomic_uint_fast64_t relists; /* 410 Gone (or a first list) */
     atomic_uint_fast64_t events;  /* watch events applied */

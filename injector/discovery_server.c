@@ -22,16 +22,16 @@
 #include "injector/discovery_int.h"
 #include "injector/server.h"
 
-#define SERVE_CERT_DAYS   365
-#define MAX_PEM           (1024 * 1024)
-#define WAIT_DEFAULT_S    30
-#define WAIT_MAX_S        60
-#define MAX_VERSION_LEN   64
-#define MAX_PEER_CERTS    8
-#define WAITER_BUCKETS    4096 /* power of two */
-#define TIMER_TICK_MS     100
-#define IDLE_TIMEOUT_S    120 /* a connection between polls; held ones do not time out */
-#define DESTINATION_PATH  "/v1/destination"
+#define SERVE_CERT_DAYS  365
+#define MAX_PEM          (1024 * 1024)
+#define WAIT_DEFAULT_S   30
+#define WAIT_MAX_S       60
+#define MAX_VERSION_LEN  64
+#define MAX_PEER_CERTS   8
+#define WAITER_BUCKETS   4096 /* power of two */
+#define TIMER_TICK_MS    100
+#define IDLE_TIMEOUT_S   120 /* a connection between polls; held ones do not time out */
+#define DESTINATION_PATH "/v1/destination"
 
 /* ---- metrics ---------------------------------------------------------------------------- */
 
@@ -39,7 +39,7 @@ enum answer { AN_OK, AN_NOT_MODIFIED, AN_NOT_FOUND, AN_BAD, AN_UNAUTH, AN_OTHER,
 static const char *const answer_names[AN__COUNT] = {"200", "304", "404", "400", "401", "other"};
 static atomic_uint_fast64_t answers[AN__COUNT];
 static atomic_int_fast64_t subscribers;
-static const uint64_t push_bucket_us[] = {1000,   5000,   10000,   25000,   50000,
+static const uint64_t push_bucket_us[] = {1000,   5000,   10000,   25000,  50000,
                                           100000, 250000, 1000000, 5000000};
 #define NPUSH (sizeof(push_bucket_us) / sizeof(push_bucket_us[0]))
 static atomic_uint_fast64_t push_hist[NPUSH + 1];
@@ -153,9 +153,10 @@ static void *timer_main(void *arg)
         for (struct cm_list *n = W->all.next, *nx; n != &W->all; n = nx) {
             nx = n->next;
             struct dreq *r = cm_container_of(n, struct dreq, all);
-            if (closing)
-                release(r, 503, cm_xstrdup("{\"error\":\"shutting down\"}"), 25, 0);
-            else if (now >= r->deadline_ms)
+            if (closing) {
+                char *b = cm_xstrdup("{\"error\":\"shutting down\"}");
+                release(r, 503, b, strlen(b), 0);
+            } else if (now >= r->deadline_ms)
                 release(r, 304, NULL, 0, 0);
         }
         pthread_mutex_unlock(&W->mu);
@@ -166,13 +167,12 @@ static void *timer_main(void *arg)
 
 /* ---- answers ------------------------------------------------------------------------------ */
 
-static enum MHD_Result send_body(struct MHD_Connection *conn, unsigned code, char *body,
-                                 size_t len)
+static enum MHD_Result send_body(struct MHD_Connection *conn, unsigned code, char *body, size_t len)
 {
     count_answer(code);
-    struct MHD_Response *r =
-        body != NULL ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE)
-                     : MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+    struct MHD_Response *r = body != NULL
+                                 ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE)
+                                 : MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
     if (r == NULL) {
         free(body);
         return MHD_NO;
@@ -330,8 +330,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return send_error(conn, MHD_HTTP_UNAUTHORIZED, why);
     bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, "HEAD") == 0;
     if (strcmp(url, DESTINATION_PATH) != 0)
-        return send_error(conn, MHD_HTTP_NOT_FOUND, "no such path; discovery answers GET "
-                                                    DESTINATION_PATH);
+        return send_error(conn, MHD_HTTP_NOT_FOUND,
+                          "no such path; discovery answers GET " DESTINATION_PATH);
     if (!get)
         return send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "use GET");
     return destination(d, conn, r);
@@ -407,13 +407,13 @@ static int load_tls(struct ij_disc *d, char **errmsg)
     }
     if (pki_make_server("remora-discovery", names, SERVE_CERT_DAYS, (const char *)cert,
                         (const char *)key, &d->serve_cert, &d->serve_key, &inner) != 0) {
-        *errmsg = cm_xasprintf("discovery: cannot issue the discovery port's certificate: %s",
-                               inner);
+        *errmsg =
+            cm_xasprintf("discovery: cannot issue the discovery port's certificate: %s", inner);
         goto out;
     }
     d->trust_pem = cm_xstrdup(ca.bundle_pem);
-    if (pki_bundle_parse(&d->trust, (const unsigned char *)d->trust_pem,
-                         strlen(d->trust_pem) + 1, &inner) != 0) {
+    if (pki_bundle_parse(&d->trust, (const unsigned char *)d->trust_pem, strlen(d->trust_pem) + 1,
+                         &inner) != 0) {
         *errmsg = cm_xasprintf("discovery: mesh roots: %s", inner);
         goto out;
     }
@@ -459,8 +459,8 @@ int ij_disc_server_start(struct ij_disc *d, char **errmsg)
         IJ_SERVER_TLS_PRIORITIES, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)IDLE_TIMEOUT_S, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)cfg->discovery_max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-        (unsigned)cfg->discovery_max_connections_per_ip, MHD_OPTION_NOTIFY_COMPLETED,
-        on_completed, d, MHD_OPTION_NOTIFY_CONNECTION, on_connection, d, MHD_OPTION_END);
+        (unsigned)cfg->discovery_max_connections_per_ip, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+        d, MHD_OPTION_NOTIFY_CONNECTION, on_connection, d, MHD_OPTION_END);
     if (d->daemon == NULL) {
         *errmsg = cm_xasprintf("cannot start the discovery HTTPS server on %s (libmicrohttpd)",
                                cfg->discovery_address);
@@ -554,14 +554,13 @@ void ij_disc_metrics_write(struct cm_prom *o)
                            (unsigned long long)atomic_load(&d->watch[k].field));                   \
     } while (0)
     PER_KIND("remora_discovery_api_errors_total", "counter",
-             "Failed lists and watches (transport, HTTP status, broken streams), by kind.",
-             errors);
+             "Failed lists and watches (transport, HTTP status, broken streams), by kind.", errors);
     PER_KIND("remora_discovery_skipped_objects_total", "counter",
              "Objects that did not decode and were skipped, by kind.", skipped);
     PER_KIND("remora_discovery_lists_total", "counter",
-             "Full list attempts (the first, retries until it succeeds, after 410 Gone), by kind.", relists);
-    PER_KIND("remora_discovery_events_total", "counter", "Watch events applied, by kind.",
-             events);
+             "Full list attempts (the first, retries until it succeeds, after 410 Gone), by kind.",
+             relists);
+    PER_KIND("remora_discovery_events_total", "counter", "Watch events applied, by kind.", events);
     PER_KIND("remora_discovery_stale", "gauge",
              "1 while the last list or watch of the kind failed: answers come from the last "
              "snapshot.",

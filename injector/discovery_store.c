@@ -157,14 +157,14 @@ static void keys_add_ip(struct ij_disc_keys *k, const struct ij_disc_ip *ip)
 
 struct ij_disc_store {
     pthread_rwlock_t lock;
-    char *td, *cd; /* trust domain, cluster domain */
-    struct mmap svc;      /* "ns/name" -> ij_disc_svc */
-    struct mmap svc_ip;   /* clusterIP text -> ij_disc_svc */
-    struct mmap slice;    /* "ns/name" -> ij_disc_slice */
-    struct mmap by_svc;   /* service "ns/name" -> ij_disc_slice */
-    struct mmap ep_ip;    /* endpoint address text -> ij_disc_slice (once per address) */
-    struct mmap pod;      /* "ns/name" -> ij_disc_pod */
-    struct mmap pod_ip;   /* pod IP text -> ij_disc_pod */
+    char *td, *cd;      /* trust domain, cluster domain */
+    struct mmap svc;    /* "ns/name" -> ij_disc_svc */
+    struct mmap svc_ip; /* clusterIP text -> ij_disc_svc */
+    struct mmap slice;  /* "ns/name" -> ij_disc_slice */
+    struct mmap by_svc; /* service "ns/name" -> ij_disc_slice */
+    struct mmap ep_ip;  /* endpoint address text -> ij_disc_slice (once per address) */
+    struct mmap pod;    /* "ns/name" -> ij_disc_pod */
+    struct mmap pod_ip; /* pod IP text -> ij_disc_pod */
     size_t bytes[IJ_DISC__KINDS];
 };
 
@@ -292,8 +292,7 @@ static void pod_index(struct ij_disc_store *s, struct ij_disc_pod *v, bool add,
             mm_del(&s->pod_ip, buf, v);
         keys_add(wake, "ip:", buf);
         /* the Services whose slices hold this address */
-        for (struct ment *e = mm_first(&s->ep_ip, buf); e != NULL && wake != NULL;
-             e = mm_next(e))
+        for (struct ment *e = mm_first(&s->ep_ip, buf); e != NULL && wake != NULL; e = mm_next(e))
             wake_service(s, ((struct ij_disc_slice *)e->val)->service, wake);
     }
     if (add)
@@ -375,7 +374,9 @@ static int cmp_str(const void *a, const void *b)
 void ij_disc_store_retain(struct ij_disc_store *s, enum ij_disc_kind kind, char *const *keep,
                           size_t n, struct ij_disc_keys *wake)
 {
-    struct mmap *m = kind == IJ_DISC_SERVICE ? &s->svc : kind == IJ_DISC_SLICE ? &s->slice : &s->pod;
+    struct mmap *m = kind == IJ_DISC_SERVICE ? &s->svc
+                     : kind == IJ_DISC_SLICE ? &s->slice
+                                             : &s->pod;
     char **sorted = cm_xmalloc((n ? n : 1) * sizeof(*sorted));
     if (n > 0)
         memcpy(sorted, keep, n * sizeof(*sorted));
@@ -493,7 +494,7 @@ int ij_disc_query_parse(const char *addr, const char *host, const char *cluster_
         return qfail(errmsg, "host: want svc.ns, svc.ns.svc or svc.ns.svc.<cluster domain>, "
                              "then :PORT");
     *dot = '\0';
-    snprintf(q->key, sizeof(q->key), "%s/%s", dot + 1, name);
+    snprintf(q->key, sizeof(q->key), "%.63s/%.63s", dot + 1, name); /* labels: <= 63 */
     q->by_host = true;
     snprintf(q->wake, sizeof(q->wake), "s:%s", q->key);
     return 0;
@@ -505,8 +506,8 @@ int ij_disc_query_parse(const char *addr, const char *host, const char *cluster_
  * before the first '-' ("http-web" -> http, "grpc" -> grpc); "" unknown. */
 static const char *protocol_of(const struct ij_disc_port *p)
 {
-    static const char *const known[] = {"http", "http2", "https", "grpc", "grpc-web", "tcp",
-                                        "tls",  "udp",   "mongo", "mysql", "redis", NULL};
+    static const char *const known[] = {"http", "http2", "https", "grpc",  "grpc-web", "tcp",
+                                        "tls",  "udp",   "mongo", "mysql", "redis",    NULL};
     char buf[64];
     const char *src = p->app[0] ? p->app : p->name;
     if (strcmp(src, "kubernetes.io/h2c") == 0)
@@ -562,15 +563,14 @@ static json_t *endpoint_json(struct ij_disc_store *s, const struct ij_disc_ip *i
     snprintf(addr, alen, ip->len == 16 ? "[%s]:%u" : "%s:%u", ipb, port);
     json_t *id = json_null();
     if (pod != NULL && pod->meshed) {
-        char *v = cm_xasprintf("spiffe://%s/ns/%.*s/sa/%s", s->td, (int)pod->ns_len, pod->key,
-                               pod->sa);
+        char *v =
+            cm_xasprintf("spiffe://%s/ns/%.*s/sa/%s", s->td, (int)pod->ns_len, pod->key, pod->sa);
         id = json_string(v);
         free(v);
     }
     return json_pack("{s:s, s:o, s:b, s:s, s:b, s:b, s:b, s:s?}", "address", addr, "identity", id,
-                     "meshed", pod != NULL && pod->meshed, "zone", zone, "ready", ready,
-                     "serving", serving, "terminating", terminating, "pod",
-                     pod != NULL ? pod->key : NULL);
+                     "meshed", pod != NULL && pod->meshed, "zone", zone, "ready", ready, "serving",
+                     serving, "terminating", terminating, "pod", pod != NULL ? pod->key : NULL);
 }
 
 /* Finish a 200: the body with "version" (a hash of everything else) last. */
@@ -634,9 +634,9 @@ static void answer_service(struct ij_disc_store *s, const struct ij_disc_svc *v,
             const struct ij_disc_ep *ep = &sl->eps[i];
             if (n == cap)
                 eps = cm_xrealloc(eps, (cap *= 2) * sizeof(*eps));
-            eps[n].j = endpoint_json(s, &ep->ip, target, pod_of(s, ep->pod, &ep->ip), ep->zone,
-                                     ep->ready, ep->serving, ep->terminating, eps[n].addr,
-                                     sizeof(eps[n].addr));
+            eps[n].j =
+                endpoint_json(s, &ep->ip, target, pod_of(s, ep->pod, &ep->ip), ep->zone, ep->ready,
+                              ep->serving, ep->terminating, eps[n].addr, sizeof(eps[n].addr));
             n++;
         }
     }
@@ -677,11 +677,10 @@ static void answer_pod(struct ij_disc_store *s, const struct ij_disc_pod *p,
             break;
         }
     json_t *arr = json_array();
-    json_array_append_new(arr, endpoint_json(s, ip, port, p, ep ? ep->zone : "",
-                                             ep ? ep->ready : p->ready,
-                                             ep ? ep->serving : p->ready,
-                                             ep ? ep->terminating : p->terminating, addr,
-                                             sizeof(addr)));
+    json_array_append_new(arr,
+                          endpoint_json(s, ip, port, p, ep ? ep->zone : "",
+                                        ep ? ep->ready : p->ready, ep ? ep->serving : p->ready,
+                                        ep ? ep->terminating : p->terminating, addr, sizeof(addr)));
     finish(json_pack("{s:s, s:s?, s:i, s:s, s:o}", "kind", "pod", "service",
                      sl != NULL ? sl->service : NULL, "port", (int)port, "protocol", proto,
                      "endpoints", arr),

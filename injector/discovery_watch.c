@@ -23,10 +23,10 @@
 #include "injector/discovery_int.h"
 #include "injector/kube_int.h"
 
-#define BACKOFF_MIN_MS 250
-#define BACKOFF_MAX_MS 8000
+#define BACKOFF_MIN_MS  250
+#define BACKOFF_MAX_MS  8000
 #define WATCH_TIMEOUT_S 300 /* timeoutSeconds asked of the API server */
-#define WATCH_IDLE_MS ((WATCH_TIMEOUT_S + 60) * 1000)
+#define WATCH_IDLE_MS   ((WATCH_TIMEOUT_S + 60) * 1000)
 
 static const char *const paths[IJ_DISC__KINDS] = {
     "/api/v1/services", "/apis/discovery.k8s.io/v1/endpointslices", "/api/v1/pods"};
@@ -109,8 +109,9 @@ static int list_all(struct ij_disc_watch *w)
         json_t *md = json_object_get(doc, "metadata");
         const char *prv = json_string_value(json_object_get(md, "resourceVersion"));
         const char *pc = json_string_value(json_object_get(md, "continue"));
-        if (!json_is_object(doc) || (items != NULL && !json_is_null(items) && !json_is_array(items)) ||
-            prv == NULL || strlen(prv) > IJ_DISC_MAX_RV) {
+        if (!json_is_object(doc) ||
+            (items != NULL && !json_is_null(items) && !json_is_array(items)) || prv == NULL ||
+            strlen(prv) > IJ_DISC_MAX_RV) {
             cm_warn("discovery: list %s: not a list (%s)", kind,
                     doc == NULL ? je.text : "want items[] and metadata.resourceVersion");
             json_decref(doc);
@@ -119,7 +120,8 @@ static int list_all(struct ij_disc_watch *w)
         snprintf(rv, sizeof(rv), "%s", prv);
         for (size_t i = 0; i < json_array_size(items); i++) {
             struct ij_disc_event ev = {.type = IJ_EV_ADDED};
-            int d = ij_disc_decode_object(w->kind, json_array_get(items, i), &ev.obj, &ev.key, &err);
+            int d =
+                ij_disc_decode_object(w->kind, json_array_get(items, i), &ev.obj, &ev.key, &err);
             if (d < 0) {
                 atomic_fetch_add(&w->skipped, 1);
                 if (bad++ < 10)
@@ -219,7 +221,9 @@ static int on_line(void *arg, const char *line, size_t len)
         atomic_fetch_add(&w->skipped, 1);
         cm_warn("discovery: %s %s (%s event, resourceVersion %s) skipped: %s", kind,
                 ev.key ? ev.key : "(unnamed)",
-                ev.type == IJ_EV_DELETED ? "DELETED" : ev.type == IJ_EV_ADDED ? "ADDED" : "MODIFIED",
+                ev.type == IJ_EV_DELETED ? "DELETED"
+                : ev.type == IJ_EV_ADDED ? "ADDED"
+                                         : "MODIFIED",
                 ev.rv, err);
     } else if (ev.type != IJ_EV_BOOKMARK) {
         atomic_fetch_add(&w->events, 1);
@@ -381,13 +385,13 @@ int ij_disc_start(const struct ij_config *cfg, struct ij_disc **out, char **errm
     atomic_store(&active, d); /* not ready from now on, until each kind is listed */
     d->store = ij_disc_store_new(cfg->trust_domain, cfg->discovery_cluster_domain);
     char *api = cfg->discovery_api ? cm_xstrdup(cfg->discovery_api) : ij_kube_default_api();
-    struct ij_kube_opts ko = {
-        .api = api,
-        .token_file =
-            cfg->discovery_token_file ? cfg->discovery_token_file : IJ_KUBE_DEFAULT_TOKEN_FILE,
-        .ca_file = cfg->discovery_ca_file ? cfg->discovery_ca_file : IJ_KUBE_DEFAULT_CA_FILE,
-        .timeout_ms = (int)cfg->discovery_timeout_ms,
-        .agent = "discovery"};
+    struct ij_kube_opts ko = {.api = api,
+                              .token_file = cfg->discovery_token_file ? cfg->discovery_token_file
+                                                                      : IJ_KUBE_DEFAULT_TOKEN_FILE,
+                              .ca_file = cfg->discovery_ca_file ? cfg->discovery_ca_file
+                                                                : IJ_KUBE_DEFAULT_CA_FILE,
+                              .timeout_ms = (int)cfg->discovery_timeout_ms,
+                              .agent = "discovery"};
     char *inner = NULL;
     int rc = ij_kube_new(&ko, &d->kube, &inner);
     free(api);

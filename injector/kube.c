@@ -15,7 +15,6 @@
 #include "common/err.h"
 #include "common/xalloc.h"
 
-
 int ij_kube_fail(char **errmsg, int rc, const char *fmt, ...)
 {
     va_list ap;
@@ -55,14 +54,16 @@ int ij_kube_url_parse(const char *url, struct ij_kube_url *out, char **errmsg)
     static const char scheme[] = "https://";
     memset(out, 0, sizeof(*out));
     if (url == NULL || strncmp(url, scheme, sizeof(scheme) - 1) != 0)
-        return ij_kube_fail(errmsg, CM_ERR_INVAL, "--api %s: want an https:// URL", url ? url : "(none)");
+        return ij_kube_fail(errmsg, CM_ERR_INVAL, "--api %s: want an https:// URL",
+                            url ? url : "(none)");
     const char *p = url + sizeof(scheme) - 1;
     const char *host, *hend;
     if (*p == '[') {
         host = p + 1;
         hend = strchr(host, ']');
         if (hend == NULL)
-            return ij_kube_fail(errmsg, CM_ERR_INVAL, "--api %s: unterminated '[' in the host", url);
+            return ij_kube_fail(errmsg, CM_ERR_INVAL, "--api %s: unterminated '[' in the host",
+                                url);
         p = hend + 1;
     } else {
         host = p;
@@ -71,7 +72,8 @@ int ij_kube_url_parse(const char *url, struct ij_kube_url *out, char **errmsg)
     }
     size_t hlen = (size_t)(hend - host);
     if (hlen == 0 || hlen >= sizeof(out->host))
-        return ij_kube_fail(errmsg, CM_ERR_INVAL, "--api %s: %s host", url, hlen ? "too long a" : "no");
+        return ij_kube_fail(errmsg, CM_ERR_INVAL, "--api %s: %s host", url,
+                            hlen ? "too long a" : "no");
     memcpy(out->host, host, hlen);
     for (size_t i = 0; i < hlen; i++) {
         unsigned char c = (unsigned char)out->host[i];
@@ -94,7 +96,8 @@ int ij_kube_url_parse(const char *url, struct ij_kube_url *out, char **errmsg)
         p += n;
     }
     if (*p != '\0' && *p != '/')
-        return ij_kube_fail(errmsg, CM_ERR_INVAL, "--api %s: unexpected '%c' after the host", url, *p);
+        return ij_kube_fail(errmsg, CM_ERR_INVAL, "--api %s: unexpected '%c' after the host", url,
+                            *p);
     size_t blen = strlen(p);
     while (blen > 0 && p[blen - 1] == '/')
         blen--;
@@ -103,8 +106,9 @@ int ij_kube_url_parse(const char *url, struct ij_kube_url *out, char **errmsg)
     for (size_t i = 0; i < blen; i++) {
         unsigned char c = (unsigned char)p[i];
         if (c <= 0x20 || c >= 0x7f || c == '?' || c == '#')
-            return ij_kube_fail(errmsg, CM_ERR_INVAL, "--api %s: the path may not hold a query or '%c'",
-                         url, c > 0x20 && c < 0x7f ? c : '?');
+            return ij_kube_fail(errmsg, CM_ERR_INVAL,
+                                "--api %s: the path may not hold a query or '%c'", url,
+                                c > 0x20 && c < 0x7f ? c : '?');
     }
     memcpy(out->base, p, blen);
     if (inet_pton(AF_INET, out->host, out->ip) == 1)
@@ -112,7 +116,8 @@ int ij_kube_url_parse(const char *url, struct ij_kube_url *out, char **errmsg)
     else if (inet_pton(AF_INET6, out->host, out->ip) == 1)
         out->iplen = 16;
     else if (host[-1] == '[')
-        return ij_kube_fail(errmsg, CM_ERR_INVAL, "--api %s: [%s] is not an IPv6 address", url, out->host);
+        return ij_kube_fail(errmsg, CM_ERR_INVAL, "--api %s: [%s] is not an IPv6 address", url,
+                            out->host);
     return 0;
 }
 
@@ -148,7 +153,6 @@ char *ij_kube_query_escape(const char *s)
 }
 
 /* ---- the response parser (llhttp) ------------------------------------------------------ */
-
 
 static int on_message_begin(llhttp_t *h)
 {
@@ -271,7 +275,8 @@ void ij_kube_rparser_init(struct ij_kube_rparser *p, struct ij_kube_resp *resp, 
 static int rparser_error(struct ij_kube_rparser *p, llhttp_errno_t e, char **errmsg)
 {
     if (p->limit == 1)
-        return ij_kube_fail(errmsg, CM_ERR_LIMIT, "response head exceeds %u bytes", IJ_KUBE_MAX_HEAD);
+        return ij_kube_fail(errmsg, CM_ERR_LIMIT, "response head exceeds %u bytes",
+                            IJ_KUBE_MAX_HEAD);
     if (p->limit == 2)
         return ij_kube_fail(errmsg, CM_ERR_LIMIT, "response body exceeds %zu bytes", p->max_body);
     if (p->limit == 3) /* the sink said why in *errmsg, or did not */
@@ -280,10 +285,10 @@ static int rparser_error(struct ij_kube_rparser *p, llhttp_errno_t e, char **err
                    : ij_kube_fail(errmsg, CM_ERR_LIMIT, "streamed body refused");
     if (e == HPE_PAUSED_UPGRADE)
         return ij_kube_fail(errmsg, CM_ERR_PROTO, "unexpected protocol upgrade (status %d)",
-                     p->http.status_code);
+                            p->http.status_code);
     const char *reason = llhttp_get_error_reason(&p->http);
     return ij_kube_fail(errmsg, CM_ERR_PROTO, "not a valid HTTP/1.x response: %s (%s)",
-                 reason ? reason : "?", llhttp_errno_name(e));
+                        reason ? reason : "?", llhttp_errno_name(e));
 }
 
 /* Feed bytes; returns 0 (p->done tells whether the response is complete) or
@@ -308,7 +313,7 @@ int ij_kube_rparser_eof(struct ij_kube_rparser *p, char **errmsg)
         return rparser_error(p, e, errmsg);
     if (!p->done)
         return ij_kube_fail(errmsg, CM_ERR_PROTO, "connection closed before the response %s",
-                     p->head_bytes || p->http.status_code ? "ended" : "began");
+                            p->head_bytes || p->http.status_code ? "ended" : "began");
     return 0;
 }
 
@@ -353,7 +358,8 @@ char *ij_kube_resp_describe(const struct ij_kube_resp *r)
     json_t *m = st ? json_object_get(st, "message") : NULL;
     char *msg = NULL;
     if (json_is_string(m) && json_string_length(m) > 0)
-        msg = ij_kube_sanitize(json_string_value(m), json_string_length(m), IJ_KUBE_STATUS_MESSAGE_MAX);
+        msg = ij_kube_sanitize(json_string_value(m), json_string_length(m),
+                               IJ_KUBE_STATUS_MESSAGE_MAX);
     json_decref(st);
     char *out = cm_xasprintf("%d%s%s%s%s", r->status, r->reason[0] ? " " : "", r->reason,
                              msg ? ": " : "", msg ? msg : "");
@@ -365,8 +371,9 @@ char *ij_kube_status_details_kind(const struct ij_kube_resp *r)
 {
     json_t *st = status_object(r);
     json_t *k = st ? json_object_get(json_object_get(st, "details"), "kind") : NULL;
-    char *out =
-        json_is_string(k) ? ij_kube_sanitize(json_string_value(k), json_string_length(k), 64) : NULL;
+    char *out = json_is_string(k)
+                    ? ij_kube_sanitize(json_string_value(k), json_string_length(k), 64)
+                    : NULL;
     json_decref(st);
     return out;
 }
@@ -379,7 +386,7 @@ static int load_object(const char *what, const char *body, size_t len, json_t **
     *out = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
     if (*out == NULL)
         return ij_kube_fail(errmsg, CM_ERR_INVAL, "%s: not JSON: %s (at byte %d)", what, je.text,
-                     je.position);
+                            je.position);
     if (!json_is_object(*out)) {
         json_decref(*out);
         *out = NULL;
@@ -395,8 +402,9 @@ static int check_kind(const char *what, json_t *doc, const char *want, char **er
     if (k == NULL)
         return 0;
     if (!json_is_string(k) || strcmp(json_string_value(k), want) != 0) {
-        char *got = json_is_string(k) ? ij_kube_sanitize(json_string_value(k), json_string_length(k), 64)
-                                      : cm_xstrdup("(not a string)");
+        char *got = json_is_string(k)
+                        ? ij_kube_sanitize(json_string_value(k), json_string_length(k), 64)
+                        : cm_xstrdup("(not a string)");
         ij_kube_fail(errmsg, CM_ERR_INVAL, "%s: kind is %s, want %s", what, got, want);
         free(got);
         return CM_ERR_INVAL;
@@ -431,7 +439,7 @@ int ij_kube_ns_list_parse(const char *body, size_t len, struct ij_kube_ns_list *
     size_t n = json_is_array(items) ? json_array_size(items) : 0;
     if (n > IJ_KUBE_MAX_ITEMS) {
         rc = ij_kube_fail(errmsg, CM_ERR_LIMIT, "%s: %zu items, more than %u in one page", what, n,
-                   IJ_KUBE_MAX_ITEMS);
+                          IJ_KUBE_MAX_ITEMS);
         goto out;
     }
     json_t *md = json_object_get(doc, "metadata");
@@ -452,7 +460,7 @@ int ij_kube_ns_list_parse(const char *body, size_t len, struct ij_kube_ns_list *
         if (!json_is_string(name) || json_string_length(name) == 0 ||
             strlen(json_string_value(name)) != json_string_length(name)) {
             rc = ij_kube_fail(errmsg, CM_ERR_INVAL,
-                       "%s: items[%zu].metadata.name: want a non-empty string", what, i);
+                              "%s: items[%zu].metadata.name: want a non-empty string", what, i);
             goto out;
         }
         json_t *phase = json_object_get(json_object_get(it, "status"), "phase");

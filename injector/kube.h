@@ -22,10 +22,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define IJ_KUBE_MAX_BODY  (16u << 20) /* largest response body we keep */
-#define IJ_KUBE_MAX_HEAD  (64u << 10) /* status line + headers, 1xx heads included */
-#define IJ_KUBE_MAX_TOKEN (64u << 10) /* bearer token file */
-#define IJ_KUBE_MAX_ITEMS 100000      /* namespaces in one list page */
+#define IJ_KUBE_MAX_BODY        (16u << 20) /* largest response body we keep */
+#define IJ_KUBE_MAX_HEAD        (64u << 10) /* status line + headers, 1xx heads included */
+#define IJ_KUBE_MAX_TOKEN       (64u << 10) /* bearer token file */
+#define IJ_KUBE_MAX_ITEMS       100000      /* namespaces in one list page */
 #define IJ_KUBE_MAX_STATUS_BODY (64u << 10) /* a streamed request's non-200 body */
 
 #define IJ_KUBE_DEFAULT_API        "https://kubernetes.default.svc"
@@ -128,8 +128,8 @@ int ij_kube_request(struct ij_kube *k, const char *method, const char *path, con
                     const char *body, size_t body_len, struct ij_kube_resp *out, char **errmsg);
 
 /* A streamed 200 body goes to the sink as it arrives (de-chunked; once with
- * (NULL, 0) first, when the head is in): return 0, or non-zero to stop reading (the request then fails with CM_ERR_LIMIT
- * and, when the sink set it, the sink's message in *errmsg). */
+ * (NULL, 0) first, when the head is in): return 0, or non-zero to stop reading (the request then
+ * fails with CM_ERR_LIMIT and, when the sink set it, the sink's message in *errmsg). */
 typedef int (*ij_kube_sink_fn)(void *arg, const char *at, size_t n);
 
 /* One streamed GET on a new connection (a watch): connect, handshake and the

@@ -54,10 +54,10 @@ struct ij_kube {
  * it with poll() and give up at the deadline. */
 struct conn {
     int fd;
-    uint64_t deadline_ms; /* cm_mono_ms() */
-    bool timed_out;       /* the last failure was the deadline */
-    int sys_errno;        /* the last failure's errno, or 0 */
-    int idle_ms;          /* > 0 (a watch): every read moves the deadline this far on */
+    uint64_t deadline_ms;    /* cm_mono_ms() */
+    bool timed_out;          /* the last failure was the deadline */
+    int sys_errno;           /* the last failure's errno, or 0 */
+    int idle_ms;             /* > 0 (a watch): every read moves the deadline this far on */
     const atomic_bool *stop; /* a watch: true ends the wait (looked at every STOP_SLICE_MS) */
     bool stopped;            /* the last failure was *stop */
 };
@@ -172,9 +172,9 @@ static int read_token(struct ij_kube *k, const char *file, char **errmsg)
     for (size_t i = 0; i < len; i++) {
         if (buf[i] <= 0x20 || buf[i] >= 0x7f) {
             free(buf);
-            return ij_kube_fail(errmsg, CM_ERR_INVAL,
-                         "token: %s: byte %zu is white space or not ASCII (not a bearer token)",
-                         file, i);
+            return ij_kube_fail(
+                errmsg, CM_ERR_INVAL,
+                "token: %s: byte %zu is white space or not ASCII (not a bearer token)", file, i);
         }
     }
     if (k->token != NULL) {
@@ -283,7 +283,7 @@ static int do_connect(struct ij_kube *k, struct conn *c, char **errmsg)
     int gai = getaddrinfo(k->url.host, k->url.port, &hints, &res);
     if (gai != 0)
         return ij_kube_fail(errmsg, CM_ERR_IO, "resolve %s: %s", k->url.host,
-                     gai == EAI_SYSTEM ? strerror(errno) : gai_strerror(gai));
+                            gai == EAI_SYSTEM ? strerror(errno) : gai_strerror(gai));
     int err = ECONNREFUSED;
     for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
         c->fd =
@@ -320,7 +320,7 @@ static int do_connect(struct ij_kube *k, struct conn *c, char **errmsg)
         return 0;
     if (c->timed_out)
         return ij_kube_fail(errmsg, CM_ERR_TIMEOUT, "connect to %s: no connection within %d ms",
-                     k->endpoint, k->timeout_ms);
+                            k->endpoint, k->timeout_ms);
     return ij_kube_fail(errmsg, CM_ERR_IO, "connect to %s: %s", k->endpoint, strerror(err));
 }
 
@@ -329,8 +329,8 @@ static int io_fail(struct ij_kube *k, struct conn *c, mbedtls_ssl_context *ssl, 
                    const char *what, char **errmsg)
 {
     if (c->timed_out)
-        return ij_kube_fail(errmsg, CM_ERR_TIMEOUT, "%s %s: no answer within %d ms (--timeout-ms)", what,
-                     k->endpoint, k->timeout_ms);
+        return ij_kube_fail(errmsg, CM_ERR_TIMEOUT, "%s %s: no answer within %d ms (--timeout-ms)",
+                            what, k->endpoint, k->timeout_ms);
     if (ret == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED) {
         char info[512];
         uint32_t flags = mbedtls_ssl_get_verify_result(ssl);
@@ -356,9 +356,10 @@ static int io_fail(struct ij_kube *k, struct conn *c, mbedtls_ssl_context *ssl, 
     char buf[160];
     mbedtls_strerror(ret, buf, sizeof(buf));
     if (c->sys_errno != 0)
-        return ij_kube_fail(errmsg, CM_ERR_IO, "%s %s: %s", what, k->endpoint, strerror(c->sys_errno));
+        return ij_kube_fail(errmsg, CM_ERR_IO, "%s %s: %s", what, k->endpoint,
+                            strerror(c->sys_errno));
     return ij_kube_fail(errmsg, CM_ERR_PROTO, "%s %s: %s (-0x%04x)", what, k->endpoint, buf,
-                 (unsigned)-ret);
+                        (unsigned)-ret);
 }
 
 static int ssl_write_all(struct ij_kube *k, struct conn *c, mbedtls_ssl_context *ssl, const char *p,
@@ -443,19 +444,20 @@ static int exchange(struct ij_kube *k, struct conn *c, mbedtls_ssl_context *ssl,
 }
 
 /* The request head; the caller zeroes and frees it (the token is in it). */
-static char *request_head(struct ij_kube *k, const char *method, const char *path, const char *extra)
+static char *request_head(struct ij_kube *k, const char *method, const char *path,
+                          const char *extra)
 {
     pthread_mutex_lock(&k->mu);
     maybe_reload_token(k);
-    char *head = cm_xasprintf("%s %s%s HTTP/1.1\r\n"
-                              "Host: %s\r\n"
-                              "Authorization: Bearer %s\r\n"
-                              "User-Agent: remora-injector/%s (%s)\r\n"
-                              "Accept: application/json\r\n"
-                              "Connection: close\r\n"
-                              "%s\r\n",
-                              method, k->url.base, path, k->host_hdr, k->token, IJ_VERSION,
-                              k->agent, extra);
+    char *head =
+        cm_xasprintf("%s %s%s HTTP/1.1\r\n"
+                     "Host: %s\r\n"
+                     "Authorization: Bearer %s\r\n"
+                     "User-Agent: remora-injector/%s (%s)\r\n"
+                     "Accept: application/json\r\n"
+                     "Connection: close\r\n"
+                     "%s\r\n",
+                     method, k->url.base, path, k->host_hdr, k->token, IJ_VERSION, k->agent, extra);
     pthread_mutex_unlock(&k->mu);
     return head;
 }

@@ -28,11 +28,11 @@ struct ij_kube_rparser {
     size_t cap;        /* allocated bytes of resp->body */
     size_t head_bytes; /* status line and header bytes so far, 1xx included */
     size_t reason_len;
-    bool done;             /* a final response is complete */
-    int limit;             /* 0, or which bound a callback hit: 1 head, 2 body, 3 the sink */
-    ij_kube_sink_fn sink;  /* NULL: bodies are kept in resp->body */
+    bool done;            /* a final response is complete */
+    int limit;            /* 0, or which bound a callback hit: 1 head, 2 body, 3 the sink */
+    ij_kube_sink_fn sink; /* NULL: bodies are kept in resp->body */
     void *sink_arg;
-    bool head_done;        /* a final response's head is in (resp->status set) */
+    bool head_done; /* a final response's head is in (resp->status set) */
 };
 
 void ij_kube_rparser_init(struct ij_kube_rparser *p, struct ij_kube_resp *resp, size_t max_body);

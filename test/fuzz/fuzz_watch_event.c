@@ -79,8 +79,8 @@ static int on_line(void *arg, const char *line, size_t len)
         printable(err);
     }
     struct ij_disc_keys wake = {0};
-    if (rc == 0 && (ev.type == IJ_EV_ADDED || ev.type == IJ_EV_MODIFIED ||
-                    ev.type == IJ_EV_DELETED)) {
+    if (rc == 0 &&
+        (ev.type == IJ_EV_ADDED || ev.type == IJ_EV_MODIFIED || ev.type == IJ_EV_DELETED)) {
         if (!ev.skipped) {
             const char *k = ij_disc_obj_key(&ev.obj);
             if (k == NULL || ev.key == NULL || strcmp(k, ev.key) != 0)

@@ -35,7 +35,8 @@ static const char SLICE[] =
     "\"ports\":[{\"name\":\"http-web\",\"port\":8080,\"protocol\":\"TCP\"},"
     "{\"name\":\"grpc\",\"port\":9091}],"
     "\"endpoints\":[{\"addresses\":[\"10.1.0.1\"],\"conditions\":{\"ready\":true},\"zone\":\"z1\","
-    "\"nodeName\":\"n1\",\"targetRef\":{\"kind\":\"Pod\",\"namespace\":\"shop\",\"name\":\"web-1\"}},"
+    "\"nodeName\":\"n1\",\"targetRef\":{\"kind\":\"Pod\",\"namespace\":\"shop\",\"name\":\"web-1\"}"
+    "},"
     "{\"addresses\":[\"10.1.0.2\"],\"conditions\":{\"ready\":false,\"serving\":true,"
     "\"terminating\":true},\"zone\":\"z2\",\"targetRef\":{\"kind\":\"Pod\",\"name\":\"web-2\"}},"
     "{\"addresses\":[\"10.1.0.3\"]}]}";
@@ -44,9 +45,8 @@ static const char POD1[] =
     "\"annotations\":{\"remora.io/status\":\"{}\"}},\"spec\":{\"serviceAccountName\":\"web\"},"
     "\"status\":{\"phase\":\"Running\",\"podIP\":\"10.1.0.1\",\"podIPs\":[{\"ip\":\"10.1.0.1\"}],"
     "\"conditions\":[{\"type\":\"Ready\",\"status\":\"True\"}]}}";
-static const char POD2[] =
-    "{\"metadata\":{\"namespace\":\"shop\",\"name\":\"web-2\"},\"spec\":{},"
-    "\"status\":{\"phase\":\"Running\",\"podIP\":\"10.1.0.2\"}}";
+static const char POD2[] = "{\"metadata\":{\"namespace\":\"shop\",\"name\":\"web-2\"},\"spec\":{},"
+                           "\"status\":{\"phase\":\"Running\",\"podIP\":\"10.1.0.2\"}}";
 
 static int decode(enum ij_disc_kind k, const char *text, struct ij_disc_obj *o, char **err)
 {
@@ -139,20 +139,24 @@ static void decode_objects(void **state)
         {IJ_DISC_SERVICE, "{\"metadata\":{\"name\":\"x\"}}", "metadata.namespace"},
         {IJ_DISC_SERVICE, "{\"metadata\":{\"namespace\":\"a\",\"name\":\"a/b\"}}", "metadata.name"},
         {IJ_DISC_SERVICE,
-         "{\"metadata\":{\"namespace\":\"a\",\"name\":\"x\"},\"spec\":{\"clusterIP\":\"10.0.0.300\"}}",
+         "{\"metadata\":{\"namespace\":\"a\",\"name\":\"x\"},\"spec\":{\"clusterIP\":\"10.0.0."
+         "300\"}}",
          "is not an IP address"},
         {IJ_DISC_SERVICE,
          "{\"metadata\":{\"namespace\":\"a\",\"name\":\"x\"},\"spec\":{\"ports\":[{\"port\":0}]}}",
          "spec.ports[0].port"},
         {IJ_DISC_SLICE,
-         "{\"metadata\":{\"namespace\":\"a\",\"name\":\"x\"},\"endpoints\":[{\"addresses\":[\"nope\"]}]}",
+         "{\"metadata\":{\"namespace\":\"a\",\"name\":\"x\"},\"endpoints\":[{\"addresses\":["
+         "\"nope\"]}]}",
          "endpoints[0].addresses[0]"},
         {IJ_DISC_SLICE,
-         "{\"metadata\":{\"namespace\":\"a\",\"name\":\"x\"},\"endpoints\":[{\"addresses\":[\"10.0.0.1\"],"
+         "{\"metadata\":{\"namespace\":\"a\",\"name\":\"x\"},\"endpoints\":[{\"addresses\":[\"10.0."
+         "0.1\"],"
          "\"conditions\":{\"ready\":\"yes\"}}]}",
          "conditions"},
         {IJ_DISC_POD,
-         "{\"metadata\":{\"namespace\":\"a\",\"name\":\"p\"},\"status\":{\"podIPs\":[{\"ip\":\"x\"}]}}",
+         "{\"metadata\":{\"namespace\":\"a\",\"name\":\"p\"},\"status\":{\"podIPs\":[{\"ip\":\"x\"}"
+         "]}}",
          "status.podIPs[0]"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -207,8 +211,12 @@ static void decode_events(void **state)
 
     /* not watch events: the stream is broken */
     static const char *const garbage[] = {
-        "not json", "{\"type\":\"ADDED\"}", "{\"type\":\"EXPLODED\",\"object\":{}}",
-        "{\"type\":\"ADDED\",\"object\":[]}", "[1,2]", "{\"type\":\"ADDED\",\"object\":{}",
+        "not json",
+        "{\"type\":\"ADDED\"}",
+        "{\"type\":\"EXPLODED\",\"object\":{}}",
+        "{\"type\":\"ADDED\",\"object\":[]}",
+        "[1,2]",
+        "{\"type\":\"ADDED\",\"object\":{}",
         "{\"type\":\"ADDED\",\"type\":\"DELETED\",\"object\":{}}"};
     for (size_t i = 0; i < sizeof(garbage) / sizeof(garbage[0]); i++) {
         assert_int_equal(
@@ -282,14 +290,14 @@ static void queries(void **state)
     /* another cluster domain is not ours: svc.ns.svc.other is not svc.ns */
     assert_int_equal(ij_disc_query_parse(NULL, "web.shop.svc.other:80", "cluster.local", &q, &err),
                      CM_ERR_INVAL);
-    static const char *const bad_addr[] = {"10.96.0.10", "10.96.0.10:0", "10.96.0.10:65536",
-                                           "fd00::1:80", "[10.0.0.1]:80", "x:80", ":80",
-                                           "10.0.0.1:8a"};
+    static const char *const bad_addr[] = {"10.96.0.10", "10.96.0.10:0",  "10.96.0.10:65536",
+                                           "fd00::1:80", "[10.0.0.1]:80", "x:80",
+                                           ":80",        "10.0.0.1:8a"};
     for (size_t i = 0; i < sizeof(bad_addr) / sizeof(bad_addr[0]); i++)
         assert_int_equal(ij_disc_query_parse(bad_addr[i], NULL, "cluster.local", &q, &err),
                          CM_ERR_INVAL);
-    static const char *const bad_host[] = {"web:80", "web.shop", "-web.shop:80", "web..shop:80",
-                                           "a.b.c:80", "we_b.shop:80", ""};
+    static const char *const bad_host[] = {
+        "web:80", "web.shop", "-web.shop:80", "web..shop:80", "a.b.c:80", "we_b.shop:80", ""};
     for (size_t i = 0; i < sizeof(bad_host) / sizeof(bad_host[0]); i++)
         assert_int_equal(ij_disc_query_parse(NULL, bad_host[i], "cluster.local", &q, &err),
                          CM_ERR_INVAL);
@@ -379,10 +387,9 @@ static void store_answers(void **state)
     json_decref(a);
     a = ask(s, NULL, "web.shop:9090", &st, v2);
     assert_string_equal(json_string_value(json_object_get(a, "protocol")), "http2");
-    assert_string_equal(
-        json_string_value(json_object_get(json_array_get(json_object_get(a, "endpoints"), 0),
-                                          "address")),
-        "10.1.0.1:9091");
+    assert_string_equal(json_string_value(json_object_get(
+                            json_array_get(json_object_get(a, "endpoints"), 0), "address")),
+                        "10.1.0.1:9091");
     json_decref(a);
 
     /* a pod IP: kind pod, its one endpoint, what the slice says of it */
@@ -439,10 +446,9 @@ static void store_answers(void **state)
         NULL);
     a = ask(s, NULL, "db.shop:5432", &st, v1);
     assert_int_equal(st, 200);
-    assert_string_equal(
-        json_string_value(json_object_get(json_array_get(json_object_get(a, "endpoints"), 0),
-                                          "address")),
-        "10.1.0.7:5432");
+    assert_string_equal(json_string_value(json_object_get(
+                            json_array_get(json_object_get(a, "endpoints"), 0), "address")),
+                        "10.1.0.7:5432");
     json_decref(a);
 
     /* deletions and a full list's retain */
@@ -497,8 +503,8 @@ static void memory_per_object(void **state)
     assert_int_equal(decode(IJ_DISC_SLICE, slice, &o, &err), 0);
     size_t sl = ij_disc_obj_bytes(&o);
     ij_disc_obj_free(&o);
-    print_message("record bytes: pod %zu, service (2 ports) %zu, slice (10 endpoints) %zu\n",
-                  pod, svc, sl);
+    print_message("record bytes: pod %zu, service (2 ports) %zu, slice (10 endpoints) %zu\n", pod,
+                  svc, sl);
     assert_true(pod <= 128);
     assert_true(svc <= 256);
     assert_true(sl <= 1536);
