@@ -113,6 +113,14 @@ static void release(struct dreq *r, unsigned status, char *body, size_t len, uin
     MHD_resume_connection(r->conn);
 }
 
+/* Two held requests ask the same question (the answer is the same). */
+static bool same_query(const struct ij_disc_query *a, const struct ij_disc_query *b)
+{
+    return a->by_host == b->by_host && a->port == b->port &&
+           (a->by_host ? strcmp(a->key, b->key) == 0
+                       : a->ip.len == b->ip.len && memcmp(a->ip.b, b->ip.b, a->ip.len) == 0);
+}
+
 void ij_disc_wake(struct ij_disc *d, const struct ij_disc_keys *keys, uint64_t seen_us)
 {
     struct ij_disc_waiters *W = d->waiters;
@@ -121,21 +129,31 @@ void ij_disc_wake(struct ij_disc *d, const struct ij_disc_keys *keys, uint64_t s
     pthread_mutex_lock(&W->mu);
     for (size_t i = 0; i < keys->n; i++) {
         struct cm_list *head = &W->bucket[key_hash(keys->v[i])];
+        /* proxies waiting on one destination ask the same question: it is
+         * answered once per key, the body copied for each */
+        struct ij_disc_query last = {0}; /* the question body answers */
+        bool have = false;
+        unsigned status = 0;
+        char *body = NULL, version[17] = "";
+        size_t len = 0;
         for (struct cm_list *n = head->next, *nx; n != head; n = nx) {
             nx = n->next;
             struct dreq *r = cm_container_of(n, struct dreq, bucket);
             if (strcmp(r->q.wake, keys->v[i]) != 0)
                 continue;
-            unsigned status;
-            char *body, version[17];
-            size_t len;
-            ij_disc_store_answer(d->store, &r->q, &status, &body, &len, version);
-            if (status == 200 && strcmp(version, r->wait) == 0) {
-                free(body); /* touched, not changed */
-                continue;
+            if (!have || !same_query(&last, &r->q)) {
+                free(body);
+                ij_disc_store_answer(d->store, &r->q, &status, &body, &len, version);
+                last = r->q;
+                have = true;
             }
-            release(r, status, body, len, seen_us);
+            if (status == 200 && strcmp(version, r->wait) == 0)
+                continue; /* touched, not changed */
+            char *copy = cm_xmalloc(len + 1);
+            memcpy(copy, body, len + 1);
+            release(r, status, copy, len, seen_us);
         }
+        free(body);
     }
     pthread_mutex_unlock(&W->mu);
 }

@@ -155,19 +155,21 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* Discovery first: its readiness gate is in place before /readyz can
+     * be asked (docs/discovery.md, "Readiness"). */
+    if (ij_disc_start(&cfg, &disc, &err) != 0) {
+        cm_error("%s", err);
+        goto fail_ca;
+    }
     if (ij_server_start(&cfg, tls, &tpl, cfg.ca_address ? NULL : ca, &srv, &err) != 0) {
         cm_error("%s", err);
+        ij_disc_stop(disc);
         goto fail_ca;
     }
     if (ca != NULL && ij_ca_serve(ca, &err) != 0) {
         cm_error("%s", err);
         ij_server_stop(srv, 0);
-        goto fail_ca;
-    }
-    if (ij_disc_start(&cfg, &disc, &err) != 0) {
-        cm_error("%s", err);
-        ij_ca_stop(ca, 0);
-        ij_server_stop(srv, 0);
+        ij_disc_stop(disc);
         goto fail_ca;
     }
     cm_info("remora-injector %s started: trust domain %s, template %s, %s sidecars by default",
