@@ -513,7 +513,7 @@ static const char *protocol_of(const struct ij_disc_port *p)
     if (strcmp(src, "kubernetes.io/h2c") == 0)
         return "http2";
     if (strcmp(src, "kubernetes.io/ws") == 0 || strcmp(src, "kubernetes.io/wss") == 0)
-        return src[15] == 's' ? "https" : "http";
+        return strcmp(src, "kubernetes.io/wss") == 0 ? "https" : "http";
     size_t n = strcspn(src, p->app[0] ? "" : "-");
     if (n >= sizeof(buf))
         return "";

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "common/clock.h"
@@ -373,11 +374,34 @@ void ij_disc_watch_join(struct ij_disc *d)
 
 /* ---- the service -------------------------------------------------------------------------- */
 
+/* Each proxy holds a connection: raise the soft descriptor limit toward
+ * discovery.max_connections (+ 1024 for everything else), within the hard
+ * one, and say so when it stays short. */
+static void raise_nofile(const struct ij_config *cfg)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    rlim_t want = (rlim_t)cfg->discovery_max_connections + 1024;
+    if (rl.rlim_max != RLIM_INFINITY && want > rl.rlim_max)
+        want = rl.rlim_max;
+    if (want > rl.rlim_cur) {
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur < (rlim_t)cfg->discovery_max_connections + 1024)
+        cm_warn("discovery: open files limited to %llu (hard limit), below "
+                "discovery.max_connections %lld + 1024: connections past it are refused",
+                (unsigned long long)rl.rlim_cur, (long long)cfg->discovery_max_connections);
+}
+
 int ij_disc_start(const struct ij_config *cfg, struct ij_disc **out, char **errmsg)
 {
     *out = NULL;
     if (cfg->discovery_address == NULL)
         return 0;
+    raise_nofile(cfg);
     struct ij_disc *d = cm_xcalloc(1, sizeof(*d));
     d->cfg = cfg;
     d->fd = -1;

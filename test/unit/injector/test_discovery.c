@@ -474,6 +474,40 @@ static void store_answers(void **state)
     ij_disc_store_free(s);
 }
 
+/* The protocol as Istio reads it: appProtocol first, else the name's prefix. */
+static void protocols(void **state)
+{
+    (void)state;
+    struct ij_disc_store *s = ij_disc_store_new("cluster.local", "cluster.local");
+    put(s, IJ_DISC_SERVICE,
+        "{\"metadata\":{\"namespace\":\"a\",\"name\":\"p\"},\"spec\":{\"clusterIP\":\"10.96.1.1\","
+        "\"ports\":[{\"name\":\"grpc-web\",\"port\":1},{\"name\":\"tcp-db\",\"port\":2},"
+        "{\"name\":\"metrics\",\"port\":3},{\"name\":\"http\",\"port\":4,\"appProtocol\":\"HTTP2\"}"
+        ","
+        "{\"name\":\"x\",\"port\":5,\"appProtocol\":\"kubernetes.io/ws\"},{\"port\":6},"
+        "{\"name\":\"dns\",\"port\":7,\"protocol\":\"UDP\"},"
+        "{\"name\":\"https\",\"port\":8,\"appProtocol\":\"example.com/custom\"}]}}",
+        NULL);
+    static const struct {
+        const char *addr, *want;
+        unsigned status;
+    } cases[] = {
+        {"10.96.1.1:1", "grpc", 200},  {"10.96.1.1:2", "tcp", 200},  {"10.96.1.1:3", "", 200},
+        {"10.96.1.1:4", "http2", 200}, {"10.96.1.1:5", "http", 200}, {"10.96.1.1:6", "", 200},
+        {"10.96.1.1:7", NULL, 404},    {"10.96.1.1:8", "", 200},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        unsigned st;
+        char v[17];
+        json_t *a = ask(s, cases[i].addr, NULL, &st, v);
+        assert_int_equal(st, cases[i].status);
+        if (cases[i].want != NULL)
+            assert_string_equal(json_string_value(json_object_get(a, "protocol")), cases[i].want);
+        json_decref(a);
+    }
+    ij_disc_store_free(s);
+}
+
 /* Memory per object as docs/discovery.md states it: a pod, a Service with
  * one port, an EndpointSlice of 10 endpoints, with their index entries. */
 static void memory_per_object(void **state)
@@ -513,9 +547,13 @@ static void memory_per_object(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(decode_objects), cmocka_unit_test(decode_events),
-        cmocka_unit_test(lines),          cmocka_unit_test(queries),
-        cmocka_unit_test(store_answers),  cmocka_unit_test(memory_per_object),
+        cmocka_unit_test(decode_objects),
+        cmocka_unit_test(decode_events),
+        cmocka_unit_test(lines),
+        cmocka_unit_test(queries),
+        cmocka_unit_test(store_answers),
+        cmocka_unit_test(protocols),
+        cmocka_unit_test(memory_per_object),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
