@@ -6,7 +6,8 @@
 #include "common/json.h"
 
 static const char *const top_keys[] = {
-    "webhook", "ca", "trust_domain", "template_file", "native_sidecars", "log_level", "kube", NULL};
+    "webhook",   "ca", "trust_domain", "template_file", "native_sidecars", "log_level", "kube",
+    "discovery", NULL};
 static const char *const webhook_keys[] = {"address",
                                            "cert_file",
                                            "key_file",
@@ -24,6 +25,15 @@ static const char *const ca_keys[] = {"address",     "cert_file",    "key_file",
                                       "ttl_seconds", "token_review", "token_review_cache_seconds",
                                       NULL};
 static const char *const kube_keys[] = {"api", "token_file", "ca_file", "timeout_ms", NULL};
+static const char *const discovery_keys[] = {"address",
+                                             "api",
+                                             "token_file",
+                                             "ca_file",
+                                             "cluster_domain",
+                                             "timeout_ms",
+                                             "max_connections",
+                                             "max_connections_per_ip",
+                                             NULL};
 
 /* SPIFFE trust domains: lowercase letters, digits, '.', '-', '_' (SPIFFE-ID §2.1). */
 static bool valid_trust_domain(const char *s)
@@ -173,6 +183,65 @@ static int load_kube(const struct cm_jpath *root, json_t *top, struct ij_config 
     return 0;
 }
 
+/* discovery: the service proxies ask about destinations (issue 17); off
+ * without an address. */
+static int load_discovery(const struct cm_jpath *root, json_t *top, struct ij_config *cfg,
+                          char **errmsg)
+{
+    struct cm_jpath p, c;
+    json_t *d = NULL;
+    int rc;
+    if ((rc = cm_json_get_child(root, top, "discovery", false, JSON_OBJECT, &d, errmsg)) != 0)
+        return rc;
+    if (d == NULL)
+        return 0;
+    cm_jpath_key(&p, root, "discovery");
+    if ((rc = cm_json_check_keys(&p, d, discovery_keys, errmsg)) != 0 ||
+        (rc = cm_json_get_string(&p, d, "address", false, &cfg->discovery_address, errmsg)) != 0 ||
+        (rc = cm_json_get_string(&p, d, "api", false, &cfg->discovery_api, errmsg)) != 0 ||
+        (rc = cm_json_get_string(&p, d, "token_file", false, &cfg->discovery_token_file, errmsg)) !=
+            0 ||
+        (rc = cm_json_get_string(&p, d, "ca_file", false, &cfg->discovery_ca_file, errmsg)) != 0 ||
+        (rc = cm_json_get_string(&p, d, "cluster_domain", false, &cfg->discovery_cluster_domain,
+                                 errmsg)) != 0 ||
+        (rc = nonempty(&p, "token_file", cfg->discovery_token_file, errmsg)) != 0 ||
+        (rc = nonempty(&p, "ca_file", cfg->discovery_ca_file, errmsg)) != 0 ||
+        (rc = cm_json_get_int(&p, d, "timeout_ms", false, 100, 120000, &cfg->discovery_timeout_ms,
+                              errmsg)) != 0 ||
+        (rc = cm_json_get_int(&p, d, "max_connections", false, 1, 1000000,
+                              &cfg->discovery_max_connections, errmsg)) != 0 ||
+        (rc = cm_json_get_int(&p, d, "max_connections_per_ip", false, 1, 1000000,
+                              &cfg->discovery_max_connections_per_ip, errmsg)) != 0)
+        return rc;
+    if (cfg->discovery_api != NULL && strncmp(cfg->discovery_api, "https://", 8) != 0) {
+        cm_jpath_key(&c, &p, "api");
+        return cm_json_fail(&c, errmsg, "\"%s\" is not an https:// URL", cfg->discovery_api);
+    }
+    if (!valid_trust_domain(cfg->discovery_cluster_domain) ||
+        strstr(cfg->discovery_cluster_domain, "..") != NULL ||
+        cfg->discovery_cluster_domain[0] == '.' ||
+        cfg->discovery_cluster_domain[strlen(cfg->discovery_cluster_domain) - 1] == '.') {
+        cm_jpath_key(&c, &p, "cluster_domain");
+        return cm_json_fail(&c, errmsg, "\"%s\" is not a DNS domain (a-z 0-9 . - _)",
+                            cfg->discovery_cluster_domain);
+    }
+    if (cfg->discovery_address == NULL)
+        return 0;
+    if (cm_addr_parse(cfg->discovery_address, &cfg->discovery_addr) != 0) {
+        cm_jpath_key(&c, &p, "address");
+        return cm_json_fail(&c, errmsg, "\"%s\" is not a numeric host:port",
+                            cfg->discovery_address);
+    }
+    /* its certificate, and the anchors of the proxies' ones, are the CA's */
+    if (cfg->ca_cert_file == NULL) {
+        cm_jpath_key(&c, &p, "address");
+        return cm_json_fail(&c, errmsg,
+                            "set, but there is no CA (ca.cert_file unset) to issue the "
+                            "discovery port's certificate and check the proxies' ones");
+    }
+    return 0;
+}
+
 int ij_config_load(const char *file, struct ij_config *cfg, char **errmsg)
 {
     struct cm_jpath root, c;
@@ -195,6 +264,10 @@ int ij_config_load(const char *file, struct ij_config *cfg, char **errmsg)
     cfg->ca_ttl_seconds = 86400;
     cfg->ca_token_review_cache_seconds = 60;
     cfg->kube_timeout_ms = 2000;
+    cfg->discovery_cluster_domain = "cluster.local";
+    cfg->discovery_timeout_ms = 10000;
+    cfg->discovery_max_connections = 16384;
+    cfg->discovery_max_connections_per_ip = 64;
     cfg->trust_domain = "cluster.local";
     cfg->log_level = CM_LOG_INFO;
 
@@ -205,6 +278,7 @@ int ij_config_load(const char *file, struct ij_config *cfg, char **errmsg)
         (rc = load_webhook(&root, top, cfg, errmsg)) != 0 ||
         (rc = load_ca(&root, top, cfg, errmsg)) != 0 ||
         (rc = load_kube(&root, top, cfg, errmsg)) != 0 ||
+        (rc = load_discovery(&root, top, cfg, errmsg)) != 0 ||
         (rc = cm_json_get_string(&root, top, "trust_domain", false, &cfg->trust_domain, errmsg)) !=
             0 ||
         (rc = cm_json_get_string(&root, top, "template_file", false, &cfg->template_file,

@@ -49,6 +49,17 @@ struct ij_config {
     const char *kube_ca_file;    /* default the service-account ca.crt */
     int64_t kube_timeout_ms;     /* per API request; default 2000 */
 
+    /* discovery: GET /v1/destination for proxies (issue 17, docs/discovery.md) */
+    const char *discovery_address; /* NULL: off */
+    struct cm_addr discovery_addr;
+    const char *discovery_api;                /* NULL: in-cluster (KUBERNETES_SERVICE_HOST/PORT) */
+    const char *discovery_token_file;         /* default the service-account token */
+    const char *discovery_ca_file;            /* default the service-account ca.crt */
+    const char *discovery_cluster_domain;     /* default "cluster.local" */
+    int64_t discovery_timeout_ms;             /* per list page / watch head; default 10000 */
+    int64_t discovery_max_connections;        /* default 16384 */
+    int64_t discovery_max_connections_per_ip; /* default 64 */
+
     const char *trust_domain;  /* default "cluster.local" */
     const char *template_file; /* NULL: the built-in template */
     bool native_sidecars;      /* default false */

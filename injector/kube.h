@@ -1,5 +1,6 @@
 /* A small, blocking Kubernetes API client for the CA-root publisher
- * (`remora-injector publish-ca-root`, docs/ca.md): HTTPS/1.1 on mbedTLS,
+ * (`remora-injector publish-ca-root`, docs/ca.md), the CA's token reviews and
+ * the discovery service's list+watch (docs/discovery.md): HTTPS/1.1 on mbedTLS,
  * one request per connection (Connection: close), the API server's
  * certificate verified against the service-account CA with the URL's host
  * (a DNS name through mbedTLS, an IP literal against the certificate's IP
@@ -16,14 +17,16 @@
 #ifndef IJ_KUBE_H
 #define IJ_KUBE_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-#define IJ_KUBE_MAX_BODY  (16u << 20) /* largest response body we keep */
-#define IJ_KUBE_MAX_HEAD  (64u << 10) /* status line + headers, 1xx heads included */
-#define IJ_KUBE_MAX_TOKEN (64u << 10) /* bearer token file */
-#define IJ_KUBE_MAX_ITEMS 100000      /* namespaces in one list page */
+#define IJ_KUBE_MAX_BODY        (16u << 20) /* largest response body we keep */
+#define IJ_KUBE_MAX_HEAD        (64u << 10) /* status line + headers, 1xx heads included */
+#define IJ_KUBE_MAX_TOKEN       (64u << 10) /* bearer token file */
+#define IJ_KUBE_MAX_ITEMS       100000      /* namespaces in one list page */
+#define IJ_KUBE_MAX_STATUS_BODY (64u << 10) /* a streamed request's non-200 body */
 
 #define IJ_KUBE_DEFAULT_API        "https://kubernetes.default.svc"
 #define IJ_KUBE_DEFAULT_TOKEN_FILE "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -123,5 +126,22 @@ const char *ij_kube_endpoint(const struct ij_kube *k);
  * "METHOD path: ". Returns 0 and *out (ij_kube_resp_deinit). */
 int ij_kube_request(struct ij_kube *k, const char *method, const char *path, const char *ctype,
                     const char *body, size_t body_len, struct ij_kube_resp *out, char **errmsg);
+
+/* A streamed 200 body goes to the sink as it arrives (de-chunked; once with
+ * (NULL, 0) first, when the head is in): return 0, or non-zero to stop reading (the request then
+ * fails with CM_ERR_LIMIT and, when the sink set it, the sink's message in *errmsg). */
+typedef int (*ij_kube_sink_fn)(void *arg, const char *at, size_t n);
+
+/* One streamed GET on a new connection (a watch): connect, handshake and the
+ * response head within the client's timeout_ms; then the connection may stay
+ * silent up to idle_ms between reads. A 200's body goes to sink, any other
+ * final status's (at most IJ_KUBE_MAX_STATUS_BODY) to out->body. *stop, looked
+ * at every 200 ms, ends it quietly. Returns 0 when the response ended (EOF,
+ * the server's timeoutSeconds) or was stopped, out->status telling what came
+ * (0: nothing), else a negative cm_err as ij_kube_request does.
+ * With sink NULL and idle_ms 0 it is ij_kube_request's GET (the body kept,
+ * at most IJ_KUBE_MAX_BODY, one deadline) that *stop can cut short. */
+int ij_kube_stream(struct ij_kube *k, const char *path, int idle_ms, const atomic_bool *stop,
+                   ij_kube_sink_fn sink, void *sink_arg, struct ij_kube_resp *out, char **errmsg);
 
 #endif

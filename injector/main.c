@@ -20,6 +20,7 @@
 #include "common/log.h"
 #include "injector/ca.h"
 #include "injector/config.h"
+#include "injector/discovery.h"
 #include "injector/jwks_refresh.h"
 #include "injector/metrics.h"
 #include "injector/publish.h"
@@ -115,6 +116,7 @@ int main(int argc, char **argv)
     struct ij_tls *tls = NULL;
     struct ij_server *srv = NULL;
     struct ij_ca *ca = NULL;
+    struct ij_disc *disc = NULL;
     char *err = NULL;
     int status = 1;
 
@@ -153,13 +155,21 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* Discovery first: its readiness gate is in place before /readyz can
+     * be asked (docs/discovery.md, "Readiness"). */
+    if (ij_disc_start(&cfg, &disc, &err) != 0) {
+        cm_error("%s", err);
+        goto fail_ca;
+    }
     if (ij_server_start(&cfg, tls, &tpl, cfg.ca_address ? NULL : ca, &srv, &err) != 0) {
         cm_error("%s", err);
+        ij_disc_stop(disc);
         goto fail_ca;
     }
     if (ca != NULL && ij_ca_serve(ca, &err) != 0) {
         cm_error("%s", err);
         ij_server_stop(srv, 0);
+        ij_disc_stop(disc);
         goto fail_ca;
     }
     cm_info("remora-injector %s started: trust domain %s, template %s, %s sidecars by default",
@@ -182,6 +192,7 @@ int main(int argc, char **argv)
         reload(tls, &tpl, sig == SIGHUP);
         ij_ca_poll(ca, sig == SIGHUP);
     }
+    ij_disc_stop(disc);
     ij_ca_stop(ca, SHUTDOWN_GRACE_MS);
     ij_server_stop(srv, SHUTDOWN_GRACE_MS);
     status = 0;

@@ -10,6 +10,7 @@
 #include "common/prom.h"
 #include "injector/ca.h"
 #include "injector/config.h"
+#include "injector/discovery.h"
 #include "injector/server.h"
 
 /* Upper bounds in microseconds; a review takes tens of microseconds. */
@@ -101,6 +102,7 @@ char *ij_metrics_render(unsigned connections, size_t *len)
                    "remora_injector_build_info{version=\"%s\"} 1\n",
                    IJ_VERSION);
     ij_guard_metrics_write(&o); /* the connection guard's */
+    ij_disc_metrics_write(&o);  /* the discovery service's, when it runs */
     int err;
     char *text = cm_prom_take(&o, len, &err);
     if (err != CM_OK) /* fixed series: only a code change can pass the bound */

@@ -1,4 +1,5 @@
 #include "injector/server.h"
+#include "injector/discovery.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -382,6 +383,10 @@ static enum MHD_Result route(struct ij_server *s, struct MHD_Connection *conn, c
     if (strcmp(url, "/healthz") == 0)
         return send_text(conn, MHD_HTTP_OK, "{\"status\":\"ok\"}");
     if (strcmp(url, "/readyz") == 0) {
+        if (atomic_load(&s->ready) && !ij_disc_ready())
+            return send_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+                             "{\"status\":\"not ready\",\"reason\":\"discovery: not every kind "
+                             "listed yet\"}");
         if (atomic_load(&s->ready))
             return send_text(conn, MHD_HTTP_OK, "{\"status\":\"ready\"}");
         return send_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "{\"status\":\"not ready\"}");

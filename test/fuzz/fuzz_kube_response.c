@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "injector/kube.c"
+#include "injector/kube_int.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -76,7 +76,7 @@ static void fuzz_response(const char *p, size_t n)
     if (rc == 0) {
         char *d = ij_kube_resp_describe(&r);
         char *k = ij_kube_status_details_kind(&r);
-        if (d == NULL || strlen(d) > 64 + sizeof(r.reason) + STATUS_MESSAGE_MAX + 8)
+        if (d == NULL || strlen(d) > 64 + sizeof(r.reason) + IJ_KUBE_STATUS_MESSAGE_MAX + 8)
             __builtin_trap();
         free(d);
         free(k);
@@ -96,13 +96,13 @@ static void fuzz_split(const char *p, size_t n, size_t cut)
     char *e1 = NULL, *e2 = NULL;
     int rc1 = ij_kube_parse_response(p, n, FUZZ_MAX_BODY, &whole, &e1);
 
-    struct rparser rp;
-    rparser_init(&rp, &parts, FUZZ_MAX_BODY);
-    int rc2 = rparser_feed(&rp, p, cut, &e2);
+    struct ij_kube_rparser rp;
+    ij_kube_rparser_init(&rp, &parts, FUZZ_MAX_BODY);
+    int rc2 = ij_kube_rparser_feed(&rp, p, cut, &e2);
     if (rc2 == 0)
-        rc2 = rparser_feed(&rp, p + cut, n - cut, &e2);
+        rc2 = ij_kube_rparser_feed(&rp, p + cut, n - cut, &e2);
     if (rc2 == 0)
-        rc2 = rparser_eof(&rp, &e2);
+        rc2 = ij_kube_rparser_eof(&rp, &e2);
     if (rc2 != 0)
         ij_kube_resp_deinit(&parts);
     check_resp(rc2, &parts, e2);

@@ -380,7 +380,7 @@ PY
     m '.[] | select(.kind == "ConfigMap" and (.metadata.name | startswith("remora-injector-config"))) |
         .data["config.json"]' |
         jq --arg c "$TMP/pki/cert.pem" --arg k "$TMP/pki/key.pem" --arg t "$REMORA_ROOT/manifests/injector/template.json" \
-            '.webhook.cert_file = $c | .webhook.key_file = $k | .template_file = $t |
+            '.webhook.cert_file = $c | .webhook.key_file = $k | .template_file = $t | del(.discovery.address) |
              del(.ca.address, .ca.cert_file, .ca.key_file, .ca.root_file, .ca.jwks_file, .ca.token_review)' \
             >"$TMP/shipped.json" # the CA half is checked by ca.sh, with CA files
     out=$("$INJECTOR" --check-config -c "$TMP/shipped.json" 2>&1)

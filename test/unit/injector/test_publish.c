@@ -18,7 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "injector/kube.c"
+#include "injector/kube_int.h"
 #include "injector/publish.c"
 
 /* ---- URLs and names ---------------------------------------------------------------- */
@@ -223,14 +223,14 @@ static void response_split(void **state)
     size_t n = sizeof(raw) - 1;
     for (size_t cut = 0; cut <= n; cut++) {
         struct ij_kube_resp r;
-        struct rparser p;
+        struct ij_kube_rparser p;
         char *err = NULL;
-        rparser_init(&p, &r, 1024);
-        int rc = rparser_feed(&p, raw, cut, &err);
+        ij_kube_rparser_init(&p, &r, 1024);
+        int rc = ij_kube_rparser_feed(&p, raw, cut, &err);
         if (rc == 0)
-            rc = rparser_feed(&p, raw + cut, n - cut, &err);
+            rc = ij_kube_rparser_feed(&p, raw + cut, n - cut, &err);
         if (rc == 0)
-            rc = rparser_eof(&p, &err);
+            rc = ij_kube_rparser_eof(&p, &err);
         if (rc != 0 || r.status != 200 || strcmp(r.body, "hello!") != 0 ||
             strcmp(r.reason, "Fine") != 0)
             fail_msg("cut %zu: rc %d '%s' status %d body '%s'", cut, rc, err ? err : "", r.status,
@@ -282,7 +282,7 @@ static void describe(void **state)
     r = mkresp(400, "Bad Request", body);
     free(body);
     d = ij_kube_resp_describe(&r);
-    assert_int_equal(strlen(d), strlen("400 Bad Request: ") + STATUS_MESSAGE_MAX + 3);
+    assert_int_equal(strlen(d), strlen("400 Bad Request: ") + IJ_KUBE_STATUS_MESSAGE_MAX + 3);
     free(d);
     ij_kube_resp_deinit(&r);
 }

@@ -1,0 +1,603 @@
+/* GET /v1/destination on discovery.address (discovery.h): HTTPS with a
+ * certificate the CA issues to itself, mTLS (a mesh certificate with a
+ * SPIFFE ID in the trust domain, verified with mbedTLS from the DER chain
+ * GnuTLS received), and long-polls held with libmicrohttpd's suspend/resume:
+ * a held request costs its struct and its socket, no thread. */
+#include <errno.h>
+#include <gnutls/gnutls.h>
+#include <jansson.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "common/err.h"
+#include "common/list.h"
+#include "common/log.h"
+#include "common/prom.h"
+#include "common/xalloc.h"
+#include "injector/discovery_int.h"
+#include "injector/server.h"
+
+#define SERVE_CERT_DAYS  365
+#define MAX_PEM          (1024 * 1024)
+#define WAIT_DEFAULT_S   30
+#define WAIT_MAX_S       60
+#define MAX_VERSION_LEN  64
+#define MAX_PEER_CERTS   8
+#define WAITER_BUCKETS   4096 /* power of two */
+#define TIMER_TICK_MS    100
+#define IDLE_TIMEOUT_S   120 /* a connection between polls; held ones do not time out */
+#define DESTINATION_PATH "/v1/destination"
+
+/* ---- metrics ---------------------------------------------------------------------------- */
+
+enum answer { AN_OK, AN_NOT_MODIFIED, AN_NOT_FOUND, AN_BAD, AN_UNAUTH, AN_OTHER, AN__COUNT };
+static const char *const answer_names[AN__COUNT] = {"200", "304", "404", "400", "401", "other"};
+static atomic_uint_fast64_t answers[AN__COUNT];
+static atomic_int_fast64_t subscribers;
+static const uint64_t push_bucket_us[] = {1000,   5000,   10000,   25000,  50000,
+                                          100000, 250000, 1000000, 5000000};
+#define NPUSH (sizeof(push_bucket_us) / sizeof(push_bucket_us[0]))
+static atomic_uint_fast64_t push_hist[NPUSH + 1];
+static atomic_uint_fast64_t push_sum_us;
+
+static void count_answer(unsigned code)
+{
+    enum answer a = code == 200   ? AN_OK
+                    : code == 304 ? AN_NOT_MODIFIED
+                    : code == 404 ? AN_NOT_FOUND
+                    : code == 400 ? AN_BAD
+                    : code == 401 ? AN_UNAUTH
+                                  : AN_OTHER;
+    atomic_fetch_add(&answers[a], 1);
+}
+
+static void observe_push(uint64_t us)
+{
+    size_t b = 0;
+    while (b < NPUSH && us > push_bucket_us[b])
+        b++;
+    atomic_fetch_add(&push_hist[b], 1);
+    atomic_fetch_add(&push_sum_us, us);
+}
+
+/* ---- requests and waiters ------------------------------------------------------------------- */
+
+struct dreq {
+    struct cm_list bucket, all; /* linked while held */
+    struct MHD_Connection *conn;
+    struct ij_disc_query q;
+    char wait[MAX_VERSION_LEN + 1];
+    uint64_t deadline_ms;
+    size_t dropped; /* body bytes of a GET, read and dropped */
+    bool held, resumed, answered;
+    unsigned status; /* the answer a wake or the timer left */
+    char *body;
+    size_t len;
+    uint64_t seen_us; /* the API event that woke it (0: none) */
+};
+
+struct ij_disc_waiters {
+    pthread_mutex_t mu;
+    struct cm_list bucket[WAITER_BUCKETS];
+    struct cm_list all;
+    bool closing;
+};
+
+static uint32_t key_hash(const char *s)
+{
+    uint32_t h = 2166136261u;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h & (WAITER_BUCKETS - 1);
+}
+
+/* Under W->mu: let r go with this answer (body taken). */
+static void release(struct dreq *r, unsigned status, char *body, size_t len, uint64_t seen_us)
+{
+    cm_list_remove(&r->bucket);
+    cm_list_remove(&r->all);
+    cm_list_init(&r->bucket);
+    cm_list_init(&r->all);
+    r->held = false;
+    r->resumed = true;
+    r->status = status;
+    r->body = body;
+    r->len = len;
+    r->seen_us = seen_us;
+    atomic_fetch_sub(&subscribers, 1);
+    MHD_resume_connection(r->conn);
+}
+
+/* Two held requests ask the same question (the answer is the same). */
+static bool same_query(const struct ij_disc_query *a, const struct ij_disc_query *b)
+{
+    return a->by_host == b->by_host && a->port == b->port &&
+           (a->by_host ? strcmp(a->key, b->key) == 0
+                       : a->ip.len == b->ip.len && memcmp(a->ip.b, b->ip.b, a->ip.len) == 0);
+}
+
+void ij_disc_wake(struct ij_disc *d, const struct ij_disc_keys *keys, uint64_t seen_us)
+{
+    struct ij_disc_waiters *W = d->waiters;
+    if (W == NULL || keys->n == 0 || atomic_load(&subscribers) == 0)
+        return;
+    pthread_mutex_lock(&W->mu);
+    for (size_t i = 0; i < keys->n; i++) {
+        struct cm_list *head = &W->bucket[key_hash(keys->v[i])];
+        /* proxies waiting on one destination ask the same question: it is
+         * answered once per key, the body copied for each */
+        struct ij_disc_query last = {0}; /* the question body answers */
+        bool have = false;
+        unsigned status = 0;
+        char *body = NULL, version[17] = "";
+        size_t len = 0;
+        for (struct cm_list *n = head->next, *nx; n != head; n = nx) {
+            nx = n->next;
+            struct dreq *r = cm_container_of(n, struct dreq, bucket);
+            if (strcmp(r->q.wake, keys->v[i]) != 0)
+                continue;
+            if (!have || !same_query(&last, &r->q)) {
+                free(body);
+                ij_disc_store_answer(d->store, &r->q, &status, &body, &len, version);
+                last = r->q;
+                have = true;
+            }
+            if (status == 200 && strcmp(version, r->wait) == 0)
+                continue; /* touched, not changed */
+            char *copy = cm_xmalloc(len + 1);
+            memcpy(copy, body, len + 1);
+            release(r, status, copy, len, seen_us);
+        }
+        free(body);
+    }
+    pthread_mutex_unlock(&W->mu);
+}
+
+static void *timer_main(void *arg)
+{
+    struct ij_disc *d = arg;
+    struct ij_disc_waiters *W = d->waiters;
+    for (;;) {
+        struct timespec ts = {0, TIMER_TICK_MS * 1000000L};
+        nanosleep(&ts, NULL);
+        pthread_mutex_lock(&W->mu);
+        bool closing = W->closing;
+        uint64_t now = cm_mono_ms();
+        for (struct cm_list *n = W->all.next, *nx; n != &W->all; n = nx) {
+            nx = n->next;
+            struct dreq *r = cm_container_of(n, struct dreq, all);
+            if (closing) {
+                char *b = cm_xstrdup("{\"error\":\"shutting down\"}");
+                release(r, 503, b, strlen(b), 0);
+            } else if (now >= r->deadline_ms)
+                release(r, 304, NULL, 0, 0);
+        }
+        pthread_mutex_unlock(&W->mu);
+        if (closing)
+            return NULL;
+    }
+}
+
+/* ---- answers ------------------------------------------------------------------------------ */
+
+static enum MHD_Result send_body(struct MHD_Connection *conn, unsigned code, char *body, size_t len)
+{
+    count_answer(code);
+    struct MHD_Response *r = body != NULL
+                                 ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE)
+                                 : MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+    if (r == NULL) {
+        free(body);
+        return MHD_NO;
+    }
+    if (body != NULL)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    MHD_add_response_header(r, "Cache-Control", "no-store");
+    enum MHD_Result ret = MHD_queue_response(conn, code, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *conn, unsigned code, const char *msg)
+{
+    json_t *doc = json_pack("{s:s}", "error", msg);
+    char *body = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    return send_body(conn, code, body, strlen(body));
+}
+
+/* Per connection: the peer's SPIFFE ID once its certificate verified. */
+struct dconn {
+    int state; /* 0 not looked at, 1 verified, -1 refused */
+    char why[300];
+};
+
+/* The client certificate: a chain to the mesh root with a SPIFFE ID in the
+ * trust domain. Looked at once per connection. */
+static bool peer_ok(struct ij_disc *d, struct MHD_Connection *conn, const char **why)
+{
+    const union MHD_ConnectionInfo *sc =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct dconn *dc = sc != NULL ? sc->socket_context : NULL;
+    static const char no_ctx[] = "no connection state";
+    if (dc == NULL) {
+        *why = no_ctx;
+        return false;
+    }
+    if (dc->state != 0) {
+        *why = dc->why;
+        return dc->state > 0;
+    }
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+    gnutls_session_t ses = ci != NULL ? (gnutls_session_t)ci->tls_session : NULL;
+    unsigned n = 0;
+    const gnutls_datum_t *certs = ses != NULL ? gnutls_certificate_get_peers(ses, &n) : NULL;
+    dc->state = -1;
+    if (certs == NULL || n == 0) {
+        snprintf(dc->why, sizeof(dc->why),
+                 "a mesh client certificate is required (mTLS, trust domain %s)",
+                 d->cfg->trust_domain);
+        *why = dc->why;
+        return false;
+    }
+    mbedtls_x509_crt chain;
+    mbedtls_x509_crt_init(&chain);
+    bool ok = true;
+    for (unsigned i = 0; i < n && i < MAX_PEER_CERTS && ok; i++)
+        ok = mbedtls_x509_crt_parse_der(&chain, certs[i].data, certs[i].size) == 0;
+    char id[256], *err = NULL;
+    if (!ok)
+        snprintf(dc->why, sizeof(dc->why), "client certificate: not X.509 DER");
+    else if (pki_verify_peer(&chain, &d->trust, d->cfg->trust_domain, id, sizeof(id), &err) != 0)
+        snprintf(dc->why, sizeof(dc->why), "client certificate refused: %s", err);
+    else {
+        dc->state = 1;
+        snprintf(dc->why, sizeof(dc->why), "%s", id);
+    }
+    free(err);
+    mbedtls_x509_crt_free(&chain);
+    *why = dc->why;
+    return dc->state > 0;
+}
+
+static enum MHD_Result destination(struct ij_disc *d, struct MHD_Connection *conn, struct dreq *r)
+{
+    const char *addr = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "addr");
+    const char *host = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "host");
+    const char *wait = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "wait");
+    const char *tmo = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "timeout_s");
+    char *err = NULL;
+    if (ij_disc_query_parse(addr, host, d->cfg->discovery_cluster_domain, &r->q, &err) != 0) {
+        enum MHD_Result ret = send_error(conn, MHD_HTTP_BAD_REQUEST, err);
+        free(err);
+        return ret;
+    }
+    long timeout = WAIT_DEFAULT_S;
+    if (tmo != NULL) {
+        char *end;
+        errno = 0;
+        timeout = strtol(tmo, &end, 10);
+        if (*tmo == '\0' || *end != '\0' || errno != 0 || timeout < 1 || timeout > WAIT_MAX_S)
+            return send_error(conn, MHD_HTTP_BAD_REQUEST, "timeout_s: want 1..60 (seconds)");
+    }
+    if (wait != NULL && strlen(wait) > MAX_VERSION_LEN)
+        return send_error(conn, MHD_HTTP_BAD_REQUEST, "wait: a version is at most 64 bytes");
+    unsigned status;
+    char *body, version[17];
+    size_t len;
+    struct ij_disc_waiters *W = d->waiters;
+    /* Answer and register under W->mu: a change applied after this answer
+     * wakes through ij_disc_wake, which takes W->mu after the store's lock. */
+    pthread_mutex_lock(&W->mu);
+    ij_disc_store_answer(d->store, &r->q, &status, &body, &len, version);
+    if (wait != NULL && status == 200 && strcmp(wait, version) == 0 && !W->closing) {
+        free(body);
+        snprintf(r->wait, sizeof(r->wait), "%s", wait);
+        r->conn = conn;
+        r->deadline_ms = cm_mono_ms() + (uint64_t)timeout * 1000;
+        r->held = true;
+        cm_list_insert_tail(&W->bucket[key_hash(r->q.wake)], &r->bucket);
+        cm_list_insert_tail(&W->all, &r->all);
+        atomic_fetch_add(&subscribers, 1);
+        MHD_suspend_connection(conn);
+        pthread_mutex_unlock(&W->mu);
+        return MHD_YES;
+    }
+    pthread_mutex_unlock(&W->mu);
+    return send_body(conn, status, body, len);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **req_cls)
+{
+    (void)version;
+    (void)upload_data;
+    struct ij_disc *d = cls;
+    struct dreq *r = *req_cls;
+    if (r == NULL) {
+        r = cm_xcalloc(1, sizeof(*r));
+        cm_list_init(&r->bucket);
+        cm_list_init(&r->all);
+        *req_cls = r;
+        return MHD_YES;
+    }
+    if (*upload_data_size > 0) { /* a GET has no body: drop it, a little */
+        r->dropped += *upload_data_size;
+        *upload_data_size = 0;
+        return r->dropped > 65536 ? MHD_NO : MHD_YES;
+    }
+    if (r->resumed) {
+        r->resumed = false;
+        r->answered = true;
+        char *body = r->body;
+        r->body = NULL;
+        return send_body(conn, r->status, body, r->len);
+    }
+    if (r->answered)
+        return MHD_YES;
+    r->answered = true;
+    const char *why = NULL;
+    if (!peer_ok(d, conn, &why))
+        return send_error(conn, MHD_HTTP_UNAUTHORIZED, why);
+    bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, "HEAD") == 0;
+    if (strcmp(url, DESTINATION_PATH) != 0)
+        return send_error(conn, MHD_HTTP_NOT_FOUND,
+                          "no such path; discovery answers GET " DESTINATION_PATH);
+    if (!get)
+        return send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "use GET");
+    return destination(d, conn, r);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    struct ij_disc *d = cls;
+    (void)conn;
+    struct dreq *r = *req_cls;
+    if (r == NULL)
+        return;
+    if (r->held) { /* not reached while suspended; be sure anyway */
+        pthread_mutex_lock(&d->waiters->mu);
+        if (r->held) {
+            cm_list_remove(&r->bucket);
+            cm_list_remove(&r->all);
+            atomic_fetch_sub(&subscribers, 1);
+        }
+        pthread_mutex_unlock(&d->waiters->mu);
+    }
+    if (r->seen_us != 0 && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        observe_push(cm_mono_us() - r->seen_us);
+    free(r->body);
+    free(r);
+    *req_cls = NULL;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    (void)cls;
+    (void)conn;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        *socket_context = cm_xcalloc(1, sizeof(struct dconn));
+    } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        free(*socket_context);
+        *socket_context = NULL;
+    }
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    if (CM_LOG_DEBUG <= cm_log_current_level)
+        cm_log_vwrite(CM_LOG_DEBUG, fmt, ap);
+}
+
+/* The discovery port's certificate, issued by the CA to itself (as the CA
+ * port's), and the mesh roots client certificates must chain to. */
+static int load_tls(struct ij_disc *d, char **errmsg)
+{
+    static const char *const names[] = {"remora-injector.remora-system.svc",
+                                        "remora-injector.remora-system.svc.cluster.local", NULL};
+    const struct ij_config *cfg = d->cfg;
+    unsigned char *cert = NULL, *key = NULL;
+    size_t clen = 0, klen = 0;
+    char *inner = NULL;
+    int rc = CM_ERR_INVAL;
+    struct pki_ca ca;
+    pki_ca_init(&ca);
+    if (pki_read_file(cfg->ca_cert_file, MAX_PEM, &cert, &clen, &inner) != 0 ||
+        pki_read_file(cfg->ca_key_file, MAX_PEM, &key, &klen, &inner) != 0 ||
+        pki_ca_load(&ca, cfg->ca_cert_file, cfg->ca_key_file, cfg->ca_root_file, &inner) != 0) {
+        *errmsg = cm_xasprintf("discovery: %s", inner);
+        goto out;
+    }
+    if (ca.bundle_pem == NULL || ca.bundle_pem[0] == '\0') {
+        *errmsg = cm_xasprintf("discovery: no mesh root to check client certificates with "
+                               "(ca.root_file)");
+        goto out;
+    }
+    if (pki_make_server("remora-discovery", names, SERVE_CERT_DAYS, (const char *)cert,
+                        (const char *)key, &d->serve_cert, &d->serve_key, &inner) != 0) {
+        *errmsg =
+            cm_xasprintf("discovery: cannot issue the discovery port's certificate: %s", inner);
+        goto out;
+    }
+    d->trust_pem = cm_xstrdup(ca.bundle_pem);
+    if (pki_bundle_parse(&d->trust, (const unsigned char *)d->trust_pem, strlen(d->trust_pem) + 1,
+                         &inner) != 0) {
+        *errmsg = cm_xasprintf("discovery: mesh roots: %s", inner);
+        goto out;
+    }
+    rc = 0;
+out:
+    pki_ca_free(&ca);
+    free(inner);
+    free(cert);
+    if (key != NULL) {
+        memset(key, 0, klen);
+        free(key);
+    }
+    return rc;
+}
+
+int ij_disc_server_start(struct ij_disc *d, char **errmsg)
+{
+    const struct ij_config *cfg = d->cfg;
+    int rc = load_tls(d, errmsg);
+    if (rc != 0)
+        return rc;
+    struct ij_disc_waiters *W = cm_xcalloc(1, sizeof(*W));
+    pthread_mutex_init(&W->mu, NULL);
+    for (size_t i = 0; i < WAITER_BUCKETS; i++)
+        cm_list_init(&W->bucket[i]);
+    cm_list_init(&W->all);
+    d->waiters = W;
+    d->fd = ij_server_listen(&cfg->discovery_addr);
+    if (d->fd < 0) {
+        *errmsg = cm_xasprintf("%s: discovery.address: cannot listen on %s: %s", cfg->file,
+                               cfg->discovery_address, strerror(errno));
+        return CM_ERR_IO;
+    }
+    struct cm_addr bound;
+    char addr[CM_ADDR_STRLEN];
+    if (cm_net_local_addr(d->fd, &bound) == 0)
+        d->port = cm_addr_port(&bound);
+    d->daemon = MHD_start_daemon(
+        IJ_SERVER_MHD_FLAGS | MHD_ALLOW_SUSPEND_RESUME, 0, NULL, NULL, on_request, d,
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, d, MHD_OPTION_LISTEN_SOCKET, d->fd,
+        MHD_OPTION_HTTPS_MEM_CERT, d->serve_cert, MHD_OPTION_HTTPS_MEM_KEY, d->serve_key,
+        MHD_OPTION_HTTPS_MEM_TRUST, d->trust_pem, MHD_OPTION_HTTPS_PRIORITIES,
+        IJ_SERVER_TLS_PRIORITIES, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)IDLE_TIMEOUT_S, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)cfg->discovery_max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        (unsigned)cfg->discovery_max_connections_per_ip, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+        d, MHD_OPTION_NOTIFY_CONNECTION, on_connection, d, MHD_OPTION_END);
+    if (d->daemon == NULL) {
+        *errmsg = cm_xasprintf("cannot start the discovery HTTPS server on %s (libmicrohttpd)",
+                               cfg->discovery_address);
+        close(d->fd);
+        d->fd = -1;
+        return CM_ERR_IO;
+    }
+    int e = pthread_create(&d->timer, NULL, timer_main, d);
+    if (e != 0) {
+        *errmsg = cm_xasprintf("discovery: cannot start the long-poll timer: %s", strerror(e));
+        return CM_ERR_IO;
+    }
+    d->timer_started = true;
+    cm_info("discovery: serving GET %s on https %s (port %u), client certificates of trust "
+            "domain %s required",
+            DESTINATION_PATH, cm_addr_format(&bound, addr, sizeof(addr)), d->port,
+            cfg->trust_domain);
+    return 0;
+}
+
+void ij_disc_server_stop(struct ij_disc *d)
+{
+    struct ij_disc_waiters *W = d->waiters;
+    if (W != NULL) {
+        pthread_mutex_lock(&W->mu);
+        W->closing = true; /* the timer answers every held request 503, then ends */
+        pthread_mutex_unlock(&W->mu);
+        if (d->timer_started)
+            pthread_join(d->timer, NULL);
+        else { /* no timer: resume them here (none can be held without it, but be sure) */
+            pthread_mutex_lock(&W->mu);
+            for (struct cm_list *n = W->all.next, *nx; n != &W->all; n = nx) {
+                nx = n->next;
+                release(cm_container_of(n, struct dreq, all), 503, NULL, 0, 0);
+            }
+            pthread_mutex_unlock(&W->mu);
+        }
+        d->timer_started = false;
+    }
+    if (d->daemon != NULL) {
+        MHD_socket fd = MHD_quiesce_daemon(d->daemon);
+        /* a moment for the resumed requests' answers to go out */
+        struct timespec ts = {0, 200 * 1000000L};
+        nanosleep(&ts, NULL);
+        MHD_stop_daemon(d->daemon);
+        d->daemon = NULL;
+        if (fd != MHD_INVALID_SOCKET)
+            close(fd);
+        d->fd = -1;
+    } else if (d->fd >= 0) {
+        close(d->fd);
+        d->fd = -1;
+    }
+    if (W != NULL) {
+        pthread_mutex_destroy(&W->mu);
+        free(W);
+        d->waiters = NULL;
+    }
+}
+
+unsigned ij_disc_port(const struct ij_disc *d)
+{
+    return d != NULL ? d->port : 0;
+}
+
+/* ---- /metrics ------------------------------------------------------------------------------- */
+
+void ij_disc_metrics_write(struct cm_prom *o)
+{
+    struct ij_disc *d = ij_disc_active();
+    if (d == NULL)
+        return;
+    cm_prom_head(o, "remora_discovery_objects", "gauge",
+                 "Kubernetes objects the discovery store holds, by kind.");
+    size_t bytes[IJ_DISC__KINDS];
+    for (int k = 0; k < IJ_DISC__KINDS; k++)
+        cm_prom_printf(o, "remora_discovery_objects{kind=\"%s\"} %zu\n",
+                       ij_disc_kind_name((enum ij_disc_kind)k),
+                       ij_disc_store_count(d->store, (enum ij_disc_kind)k, &bytes[k]));
+    cm_prom_head(o, "remora_discovery_object_bytes", "gauge",
+                 "Heap bytes of the records the discovery store holds, by kind.");
+    for (int k = 0; k < IJ_DISC__KINDS; k++)
+        cm_prom_printf(o, "remora_discovery_object_bytes{kind=\"%s\"} %zu\n",
+                       ij_disc_kind_name((enum ij_disc_kind)k), bytes[k]);
+#define PER_KIND(name, type, help, field)                                                          \
+    do {                                                                                           \
+        cm_prom_head(o, name, type, help);                                                         \
+        for (int k = 0; k < IJ_DISC__KINDS; k++)                                                   \
+            cm_prom_printf(o, name "{kind=\"%s\"} %llu\n",                                         \
+                           ij_disc_kind_name((enum ij_disc_kind)k),                                \
+                           (unsigned long long)atomic_load(&d->watch[k].field));                   \
+    } while (0)
+    PER_KIND("remora_discovery_api_errors_total", "counter",
+             "Failed lists and watches (transport, HTTP status, broken streams), by kind.", errors);
+    PER_KIND("remora_discovery_skipped_objects_total", "counter",
+             "Objects that did not decode and were skipped, by kind.", skipped);
+    PER_KIND("remora_discovery_lists_total", "counter",
+             "Full list attempts (the first, retries until it succeeds, after 410 Gone), by kind.",
+             relists);
+    PER_KIND("remora_discovery_events_total", "counter", "Watch events applied, by kind.", events);
+    PER_KIND("remora_discovery_stale", "gauge",
+             "1 while the last list or watch of the kind failed: answers come from the last "
+             "snapshot.",
+             stale);
+    PER_KIND("remora_discovery_synced", "gauge", "1 once the kind was listed.", synced);
+#undef PER_KIND
+    cm_prom_u64(o, "remora_discovery_subscribers", "gauge",
+                "Long-polls held, waiting for their destination to change.",
+                (uint64_t)atomic_load(&subscribers));
+    cm_prom_head(o, "remora_discovery_answers_total", "counter",
+                 "Answers of GET /v1/destination, by status.");
+    for (int a = 0; a < AN__COUNT; a++)
+        cm_prom_printf(o, "remora_discovery_answers_total{code=\"%s\"} %llu\n", answer_names[a],
+                       (unsigned long long)atomic_load(&answers[a]));
+    cm_prom_head(o, "remora_discovery_push_seconds", "histogram",
+                 "From an API event seen to a long-poll's answer for it sent, per answer.");
+    uint64_t counts[NPUSH + 1];
+    for (size_t b = 0; b <= NPUSH; b++)
+        counts[b] = atomic_load(&push_hist[b]);
+    cm_prom_histogram_us(o, "remora_discovery_push_seconds", push_bucket_us, counts, NPUSH,
+                         atomic_load(&push_sum_us));
+}
