@@ -519,7 +519,8 @@ def c_endpoint(spec):
             pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
         c_put("pods", pod)
     c_put("endpointslices", s)
-    return {"pod": pk, "slice": sk}
+    # when the event went to the open watches (CLOCK_MONOTONIC, comparable across processes)
+    return {"pod": pk, "slice": sk, "monotonic": time.monotonic()}
 
 
 def c_mesh(spec):
