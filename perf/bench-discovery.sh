@@ -6,11 +6,13 @@
 #                the fake API server is already up with the whole cluster)
 #   rss_mb       the injector's VmRSS once synced (and VmHWM, its peak)
 #   long-polls   perf/discovery_load.py: PROXIES (1000) simulated proxies, one TLS connection
-#                each, long-polling min(PROXIES, services) different destinations; CHANGES
+#                each, long-polling DESTS (default min(PROXIES, services)) different
+#                destinations, PROXIES/DESTS per destination, each from its own 127.1.X.Y; CHANGES
 #                (200) EndpointSlice changes one after the other (an endpoint's readiness
 #                flipped through the fake's control port); latency = control request sent ->
 #                every waiting proxy of that Service has its answer (p50/p99/max)
-#   cpu          the injector's utime+stime (/proc/PID/stat) over the changes / CHANGES, and
+#   cpu          the injector's CPU time (utime+stime; its threads' /proc/PID/task/*/schedstat,
+#                in ns) over the changes / CHANGES, and
 #                net of its idle CPU over a window of the same length (bookmarks, timers)
 #   fake_list_s  what the fake alone needs to serve the three lists at limit=500 (the floor
 #                under sync_s: this Python server is slower than kube-apiserver's cache)
@@ -153,7 +155,7 @@ PY
     sleep 2
     rss_mb=$(awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$IPID/status")
     hwm_mb=$(awk '/^VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$IPID/status")
-    dests=$((nsvc < PROXIES ? nsvc : PROXIES))
+    dests=${DESTS:-$((nsvc < PROXIES ? nsvc : PROXIES))}
     load=$(taskset -c 1 python3 "$ROOT/perf/discovery_load.py" --port "$DP" --sni "$SVC" \
         --cacert "$D/root.pem" --cert "$D/cli.pem" --key "$D/cli-key.pem" --control "$CTL" \
         --pid "$IPID" --proxies "$PROXIES" --destinations "$dests" --changes "$CHANGES" \
@@ -177,9 +179,9 @@ done
     echo "Injector: $INJ on CPU 0; fake API server and $PROXIES simulated proxies on CPU 1."
     echo "Targets at 10000x10: sync < 20 s, RSS < 150 MB, p99 < 100 ms, < 1 ms CPU per change."
     echo
-    echo "| size | endpoints | fake list s | sync s | RSS MB | peak MB | proxies | dests | p50 ms | p99 ms | max ms | CPU ms/change | net | timeouts |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-    jq -r '"| \(.size) | \(.services * .endpoints) | \(.fake_list_s) | \(.sync_s) | \(.rss_mb) | \(.hwm_mb) | \(.proxies // "-") | \(.destinations // "-") | \(.p50_ms // "-") | \(.p99_ms // "-") | \(.max_ms // "-") | \(.cpu_ms_per_change // "-") | \(.net_cpu_ms_per_change // "-") | \(.timeouts // "-") |"' "$OUT/runs.jsonl"
+    echo "| size | endpoints | fake list s | sync s | RSS MB | + proxies MB | proxies | dests | p50 ms | p99 ms | max ms | event p99 ms | CPU ms/change | net | timeouts |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    jq -r '"| \(.size) | \(.services * .endpoints) | \(.fake_list_s) | \(.sync_s) | \(.rss_mb) | \(.rss_with_proxies_mb) | \(.proxies // "-") | \(.destinations // "-") | \(.p50_ms // "-") | \(.p99_ms // "-") | \(.max_ms // "-") | \(.event_p99_ms // "-") | \(.cpu_ms_per_change // "-") | \(.net_cpu_ms_per_change // "-") | \(.timeouts // "-") |"' "$OUT/runs.jsonl"
 } >"$OUT/summary.md"
 cat "$OUT/summary.md"
 echo "results in $OUT"

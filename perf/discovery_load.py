@@ -10,7 +10,7 @@ Then C changes, one after the other: change k flips the readiness of one endpoin
 svc-(k mod D) through the fake API server's control port, and waits until every proxy
 watching that Service has its answer. Latency = control request sent -> answer read by
 the proxy (an upper bound: it includes the fake API server's own work and the watch's
-trip). The injector's CPU (utime+stime from /proc/PID/stat) is read before and after the
+trip). The injector's CPU (its threads' /proc/PID/task/*/schedstat, i.e. utime+stime in ns) is read before and after the
 changes, and over an idle window of the same length before them.
 
 Prints one JSON object: proxies, destinations, connect_s, changes, answers, p50/p90/p99/max
@@ -34,9 +34,16 @@ def cluster_ip(i):
 
 
 def cpu_ticks(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime (fields 14, 15)
+    """The process's CPU time in ns: the sum of its threads' /proc/PID/task/*/schedstat run
+    time (the same as utime+stime of /proc/PID/stat, without its 10 ms ticks)."""
+    total = 0
+    for t in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/schedstat" % (pid, t)) as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            pass  # a thread that just ended
+    return total
 
 
 class Proxy:
@@ -73,10 +80,23 @@ async def read_response(reader):
     return code, hdrs, body
 
 
+async def connect(p, a, ctx, sem):
+    """Proxy i connects from its own loopback address (127.1.X.Y), as pods have their own IPs:
+    the injector's per-IP connection cap applies per proxy, as in a cluster."""
+    src = "127.1.%d.%d" % (p.i >> 8, p.i & 255)
+    for attempt in range(20):
+        try:
+            async with sem:
+                return await asyncio.open_connection(a.host, a.port, ssl=ctx, server_hostname=a.sni,
+                                                     local_addr=(src, 0))
+        except (ConnectionError, ssl.SSLError, OSError):
+            p.errors += 1
+            await asyncio.sleep(0.2 * (attempt + 1))
+    raise ConnectionError("proxy %d: no connection after 20 attempts" % p.i)
+
+
 async def run_proxy(p, a, ctx, sem, ready):
-    async with sem:
-        reader, writer = await asyncio.open_connection(a.host, a.port, ssl=ctx,
-                                                       server_hostname=a.sni)
+    reader, writer = await connect(p, a, ctx, sem)
     ready.append(p.i)
     q = "addr=%s:80" % p.dest
     while True:
@@ -90,9 +110,7 @@ async def run_proxy(p, a, ctx, sem, ready):
             p.errors += 1
             writer.close()
             await asyncio.sleep(0.1)
-            async with sem:
-                reader, writer = await asyncio.open_connection(a.host, a.port, ssl=ctx,
-                                                               server_hostname=a.sni)
+            reader, writer = await connect(p, a, ctx, sem)
             continue
         now = time.monotonic()
         if code == 200:
@@ -106,9 +124,7 @@ async def run_proxy(p, a, ctx, sem, ready):
             await asyncio.sleep(0.5)
         if hdrs.get("connection", "").lower() == "close":
             writer.close()
-            async with sem:
-                reader, writer = await asyncio.open_connection(a.host, a.port, ssl=ctx,
-                                                               server_hostname=a.sni)
+            reader, writer = await connect(p, a, ctx, sem)
 
 
 def control(url, body):
@@ -195,7 +211,7 @@ async def main():
         await asyncio.sleep(a.gap_ms / 1000.0)
     change_s = time.monotonic() - tc0
     ticks = cpu_ticks(a.pid) - c0
-    hz = os.sysconf("SC_CLK_TCK")
+    hz = 1e9 / 1000.0  # "ticks" are ns: ticks * 1000 / hz = ms
     out = {"proxies": a.proxies, "destinations": len(dests), "connect_s": round(connect_s, 2),
            "changes": a.changes, "answers": len(lat), "timeouts": timeouts,
            "errors": sum(p.errors for p in proxies),
