@@ -142,7 +142,14 @@ PY
         kill -0 "$IPID" 2>/dev/null || break
         c=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/wh.pem" --resolve "$SVC:$WH:127.0.0.1" \
             "https://$SVC:$WH/readyz" || true)
-        [[ $c == 200 ]] && { synced=1; break; }
+        # /readyz alone is not enough: it answers 200 for a moment at start, before the
+        # discovery service registers (see docs/discovery.md, Numbers); so also every
+        # kind's remora_discovery_synced must be 1
+        if [[ $c == 200 ]] && [[ $(curl -s --cacert "$D/wh.pem" --resolve "$SVC:$WH:127.0.0.1" \
+            "https://$SVC:$WH/metrics" | grep -c '^remora_discovery_synced{kind="[a-z]*"} 1$') == 3 ]]; then
+            synced=1
+            break
+        fi
         sleep 0.1
     done
     sync_s=$(awk -v us=$((${EPOCHREALTIME//[!0-9]/} - t0)) 'BEGIN {printf "%.2f", us / 1e6}')
