@@ -71,6 +71,32 @@ ca_config main 3600 "$(jq -n --arg a "127.0.0.1:$DP" --arg api "https://127.0.0.
     --arg tok "$TMP/sa-token" --arg ca "$D/apica.pem" \
     '{discovery: {address: $a, api: $api, token_file: $tok, ca_file: $ca}}')"
 post down '{}'
+# /readyz polled as fast as one client can from before the injector starts until the API
+# server comes up: with no sync possible, no probe may ever see 200 (a window between the
+# webhook's start and the discovery service's would let a readiness probe through)
+python3 - "$WH" "$D/wh.pem" "$SVC" "$TMP/readyz-probes.json" "$TMP/readyz-stop" <<'PY' &
+import json, os, socket, ssl, sys, time
+port, ca, name, out, stop = sys.argv[1:]
+ctx = ssl.create_default_context(cafile=ca)
+seen = {}
+while not os.path.exists(stop):
+    try:
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(port)), timeout=2),
+                             server_hostname=name) as t:
+            t.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            while len(data) < 65536:
+                d = t.recv(4096)
+                if not d:
+                    break
+                data += d
+        code = data.split(b" ", 2)[1].decode()
+        seen[code] = seen.get(code, 0) + 1
+    except (OSError, ssl.SSLError, IndexError):
+        time.sleep(0.002)  # not listening yet
+json.dump(seen, open(out, "w"))
+PY
+_pids+=($!)
 ca_start_injector "$TMP/main.json" || { fail "injector starts with a discovery block"; cat "$TMP/injector-1.log"; finish; }
 ILOG=$TMP/injector-1.log
 wait_port "$DP" || { fail "discovery port listens"; cat "$ILOG"; finish; }
@@ -109,6 +135,11 @@ dq() {
 # the endpoints of BODY, sorted, one compact line: address identity meshed zone ready serving terminating pod
 eps() { jq -c '[.endpoints[] | [.address, .identity, .meshed, .zone, .ready, .serving, .terminating, .pod]] | sort' <<<"$BODY"; }
 addrs() { jq -c '[.endpoints[].address] | sort' <<<"$BODY"; }
+
+touch "$TMP/readyz-stop"
+wait_until 10 test -s "$TMP/readyz-probes.json"
+expect_eq "/readyz polled from before the start while the API server is down: never 200" \
+    "$(jq -c '[(."200" // 0), ((."503" // 0) >= 1)]' "$TMP/readyz-probes.json" 2>/dev/null)" '[0,true]'
 
 # ---- first sync once the API server is up --------------------------------------------------
 post up '{}'
