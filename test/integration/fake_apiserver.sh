@@ -8,6 +8,7 @@
 #    lines; bookmarks carry an RV no older than the last event; RV 0 replays ADDED;
 #    an RV older than the history is an ERROR event with a 410 Status (or HTTP 410);
 #    expire/drop/garbage/truncate reach open watches; down refuses connections, up accepts;
+#  - kubectl finds the kinds (API discovery), lists them and watches (get pods -w);
 #  - the generated 10,000 x 10 cluster is ready and listed within generous bounds.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 FAKE=(python3 "$REMORA_ROOT/test/tools/fake_apiserver.py")
@@ -191,6 +192,27 @@ ctl("up", {})
 check("up: answered again", get("/api/v1/pods?limit=1")[0] == 200)
 sys.exit(1 if fails else 0)
 PY
+
+# ---- kubectl against it (API discovery, list, watch) ---------------------------------------------
+cat >"$TMP/kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters: [{name: fake, cluster: {server: "$API", certificate-authority: "$D/api.pem"}}]
+users: [{name: u, user: {token: tok}}]
+contexts: [{name: c, context: {cluster: fake, user: u}}]
+current-context: c
+KC
+K=(kubectl --kubeconfig "$TMP/kubeconfig" --cache-dir "$TMP/kcache" --request-timeout 20s)
+expect_eq "kubectl get endpointslices -A: the 6 slices, by name" \
+    "$("${K[@]}" get endpointslices -A -o name 2>&1 | sort | paste -sd,)" \
+    "$(for i in 0 1 2 3 4 5; do echo "endpointslice.discovery.k8s.io/svc-$i-0"; done | sort | paste -sd,)"
+bg kwatch "${K[@]}" get pods -n ns-1 -w -o name
+KW=$LASTPID
+kw_has() { grep -q "^pod/$1\$" "$TMP/kwatch.log"; }
+wait_until 20 kw_has svc-5-0 || { fail "kubectl get pods -w lists ns-1's pods"; cat "$TMP/kwatch.log"; }
+curl -s -X POST --data-binary '{"service": "ns-1/svc-5", "replicas": 5}' "$CTL/scale" >/dev/null
+check "kubectl get pods -w: the pod a scale-up adds arrives on the watch" wait_until 10 kw_has svc-5-4
+kill "$KW"
 stop_pid "$FAKE_PID"
 
 # ---- the benchmark's size -----------------------------------------------------------------------

@@ -29,6 +29,8 @@ Services, EndpointSlices (discovery.k8s.io/v1) and Pods, cluster-wide or per nam
          version"), or HTTP 410 when cluster.gone_as is "http". Bookmarks every
          cluster.bookmark_s seconds (default 5) while idle.
 resourceVersion is one counter over every kind, as etcd's revision is.
+  GET /version, /api, /apis, /api/v1, /apis/discovery.k8s.io/v1: API discovery, enough for
+  `kubectl get pods -A -w` with a kubeconfig pointing here.
 
 Cluster control (also on the plain-HTTP --control-listen port, which keeps answering while
 the API is "down"); bodies are JSON:
@@ -558,6 +560,30 @@ def api_kind(parts):
     return kind, ns, name
 
 
+def _resources(*rs):
+    return [{"name": n, "singularName": sn, "namespaced": ns, "kind": k, "shortNames": sh,
+             "verbs": ["get", "list", "watch"]} for n, sn, ns, k, sh in rs]
+
+
+# API discovery, enough for kubectl (get, -w) to find the three kinds
+DISCOVERY_DOCS = {
+    "/version": {"major": "1", "minor": "29", "gitVersion": "v1.29.0-fake", "platform": "linux/amd64"},
+    "/api": {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []},
+    "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+        {"name": "discovery.k8s.io",
+         "versions": [{"groupVersion": "discovery.k8s.io/v1", "version": "v1"}],
+         "preferredVersion": {"groupVersion": "discovery.k8s.io/v1", "version": "v1"}}]},
+    "/api/v1": {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1",
+                "resources": _resources(("pods", "pod", True, "Pod", ["po"]),
+                                        ("services", "service", True, "Service", ["svc"]),
+                                        ("namespaces", "namespace", False, "Namespace", ["ns"]),
+                                        ("configmaps", "configmap", True, "ConfigMap", ["cm"]))},
+    "/apis/discovery.k8s.io/v1": {
+        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "discovery.k8s.io/v1",
+        "resources": _resources(("endpointslices", "endpointslice", True, "EndpointSlice", []))},
+}
+
+
 def event_line(typ, b):
     return b'{"type":"%s","object":%s}\n' % (typ.encode(), b)
 
@@ -959,6 +985,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     # ---- the API --------------------------------------------------------------
     def api(self, method, u, raw):
         q = urllib.parse.parse_qs(u.query)
+        if method == "GET" and u.path in DISCOVERY_DOCS:
+            return self.send_json(200, DISCOVERY_DOCS[u.path])
         parts = u.path.strip("/").split("/")
         ak = api_kind(parts)
         if ak is not None and method == "GET" and not (
