@@ -142,9 +142,9 @@ PY
         kill -0 "$IPID" 2>/dev/null || break
         c=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/wh.pem" --resolve "$SVC:$WH:127.0.0.1" \
             "https://$SVC:$WH/readyz" || true)
-        # /readyz alone is not enough: it answers 200 for a moment at start, before the
-        # discovery service registers (see docs/discovery.md, Numbers); so also every
-        # kind's remora_discovery_synced must be 1
+        # and every kind's remora_discovery_synced is 1: /readyz alone once answered 200
+        # for a moment at start, before the discovery service registered (fixed since;
+        # docs/discovery.md, Numbers), and a bench must not time a sync it did not see
         if [[ $c == 200 ]] && [[ $(curl -s --cacert "$D/wh.pem" --resolve "$SVC:$WH:127.0.0.1" \
             "https://$SVC:$WH/metrics" | grep -c '^remora_discovery_synced{kind="[a-z]*"} 1$') == 3 ]]; then
             synced=1
