@@ -34,7 +34,6 @@ echo "tok-$$" >"$TMP/sa-token"
 bg fake "${FAKE[@]}" --cert "$D/api.pem" --key "$D/api-key.pem" --port-file "$TMP/api.port" \
     --control-listen 127.0.0.1:0 --control-port-file "$TMP/ctl.port" \
     --cluster '{"services": 4, "endpoints": 3, "namespaces": 2, "meshed": 0.5}'
-FAKE_PID=$LASTPID
 WAIT_UNTIL_STEP=0.05 wait_until 20 test -s "$TMP/ctl.port" -a -s "$TMP/api.port" ||
     { fail "fake API server starts"; cat "$TMP/fake.log"; finish; }
 APIP=$(cat "$TMP/api.port")
@@ -286,6 +285,7 @@ check "... and the injector still runs" alive "$IPID"
 
 # oversized answers: a list declaring 2 GB, then 24 MiB of chunks (the bound is 16 MiB), then
 # a 5 MiB watch line (the bound is 4 MiB): each refused and counted, then a list that fits
+# shellcheck disable=SC2034 # E0 is read in an eval below
 E0=$(metric 'remora_discovery_api_errors_total{kind="pods"}')
 ctl state -X PUT --data-binary '{"faults": [
     {"match": "^GET /api/v1/pods\\?", "kind": "huge", "bytes": 2147483648, "times": 1},
