@@ -167,6 +167,11 @@ $(BUILD)/policy-bench: $(call obj,perf/policy_bench.c) $(LIB_PROXY) $(LIB_CERTS)
 bench: all perf-bins
 	./perf/bench.sh
 
+# Discovery at 1k/10k/100k endpoints against the fake API server (perf/bench-discovery.sh).
+.PHONY: bench-discovery
+bench-discovery: all
+	./perf/bench-discovery.sh
+
 demo:  # test/demo.sh runs make deps and make itself
 	./test/demo.sh
 
