@@ -46,6 +46,7 @@
 #include "proxy/http.h"
 #include "proxy/policy.h"
 #include "proxy/routes.h"
+#include "proxy/routes_int.h"
 #include "proxy/server.h"
 
 static int quick;
@@ -500,7 +501,7 @@ int main(int argc, char **argv)
         }
     }
     cm_log_set_level(CM_LOG_ERROR);
-    /* px_route_pick reads px_srv->cfg->cluster: our locality is "east" */
+    /* px_route_pick ranks against the cluster px_routes_start takes from the config: "east" */
     static const char cfg_text[] =
         "{\"cluster\": \"east\", \"listeners\": [{\"name\": \"b\", \"address\": "
         "\"127.0.0.1:0\", \"direction\": \"outbound\", \"upstream\": \"127.0.0.1:1\"}]}";
@@ -510,7 +511,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "perf-micro: %s\n", err);
         return 1;
     }
-    px_srv = &srv;
+    px_routes_g.cluster = srv.cfg->cluster;
     if (!tsv)
         fprintf(stderr, "perf-micro: ns per operation, fastest and median of the batches\n");
     printf("case\tn\tns_per_op_min\tns_per_op_median\tops\n");
@@ -518,7 +519,7 @@ int main(int argc, char **argv)
     run_routes();
     run_tls(pki_dir);
     run_records();
-    px_srv = NULL;
+    px_routes_g.cluster = NULL;
     px_config_free(srv.cfg);
     pki_rng_free();
     return 0;

@@ -309,6 +309,11 @@ static void flush(struct cm_prom *p, struct evbuffer *dst)
 
 void px_metrics_write_prometheus(struct evbuffer *dst)
 {
+    px_metrics_write_prometheus_of(px_srv, dst);
+}
+
+void px_metrics_write_prometheus_of(const struct px_server *srv, struct evbuffer *dst)
+{
     struct cm_prom prom, *out = &prom;
     cm_prom_init(out, PX_METRICS_TEXT_MAX);
     const struct px_metrics *m = &px_metrics;
@@ -413,8 +418,8 @@ void px_metrics_write_prometheus(struct evbuffer *dst)
     cm_prom_printf(out, "remora_cert_expiry_timestamp_seconds %" PRId64 "\n",
                    m->cert_expiry_timestamp);
 
-    if (px_srv) {
-        cm_prom_u64(out, "remora_streams_active", "gauge", "Requests in flight.", px_srv->nstreams);
+    if (srv) {
+        cm_prom_u64(out, "remora_streams_active", "gauge", "Requests in flight.", srv->nstreams);
         cm_prom_head(out, "remora_h2_sessions_active", "gauge",
                      "HTTP/2 sessions open now, by side.");
         cm_prom_printf(out, "remora_h2_sessions_active{side=\"server\"} %u\n",
@@ -422,10 +427,10 @@ void px_metrics_write_prometheus(struct evbuffer *dst)
         cm_prom_printf(out, "remora_h2_sessions_active{side=\"client\"} %u\n",
                        px_h2_client_sessions());
         cm_prom_u64(out, "remora_draining", "gauge", "1 while the proxy drains, else 0.",
-                    px_srv->draining ? 1 : 0);
+                    srv->draining ? 1 : 0);
         cm_prom_head(out, "remora_start_time_seconds", "gauge", "Start time, Unix seconds.");
         cm_prom_printf(out, "remora_start_time_seconds %" PRIu64 ".%03" PRIu64 "\n",
-                       px_srv->started_wall_ms / 1000, px_srv->started_wall_ms % 1000);
+                       srv->started_wall_ms / 1000, srv->started_wall_ms % 1000);
     }
     flush(out, dst);
 }
@@ -492,21 +497,26 @@ static void set_u64(json_t *o, const char *key, uint64_t v)
 
 void px_metrics_write_json(struct evbuffer *out)
 {
+    px_metrics_write_json_of(px_srv, out);
+}
+
+void px_metrics_write_json_of(const struct px_server *srv, struct evbuffer *out)
+{
     const struct px_metrics *m = &px_metrics;
     json_t *o = json_object();
 
-    if (px_srv) {
+    if (srv) {
         int64_t now = cm_wall_ms();
-        int64_t up = now - (int64_t)px_srv->started_wall_ms;
+        int64_t up = now - (int64_t)srv->started_wall_ms;
         char ts[32];
-        cm_fmt_rfc3339_ms((int64_t)px_srv->started_wall_ms, ts, sizeof(ts));
+        cm_fmt_rfc3339_ms((int64_t)srv->started_wall_ms, ts, sizeof(ts));
         json_object_set_new(o, "started_at", json_string(ts));
         json_object_set_new(o, "uptime_seconds", json_integer(up > 0 ? up / 1000 : 0));
-        json_object_set_new(o, "ready", json_boolean(px_server_ready()));
-        json_object_set_new(o, "draining", json_boolean(px_srv->draining));
-        json_object_set_new(o, "listeners_bound", json_boolean(px_srv->listeners_bound));
-        set_u64(o, "connections_live", px_srv->nconns);
-        set_u64(o, "streams_live", px_srv->nstreams);
+        json_object_set_new(o, "ready", json_boolean(px_server_is_ready(srv)));
+        json_object_set_new(o, "draining", json_boolean(srv->draining));
+        json_object_set_new(o, "listeners_bound", json_boolean(srv->listeners_bound));
+        set_u64(o, "connections_live", srv->nconns);
+        set_u64(o, "streams_live", srv->nstreams);
         set_u64(o, "h2_server_sessions", px_h2_server_sessions());
         set_u64(o, "h2_client_sessions", px_h2_client_sessions());
     }

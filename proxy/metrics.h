@@ -61,10 +61,16 @@ extern struct px_metrics px_metrics;
  * response code (0 when no response was sent), and its duration. */
 void px_metrics_request(const struct px_listener_cfg *l, const char *method, int status,
                         uint64_t duration_us);
-/* Write all metrics in Prometheus text format into buf (an evbuffer). */
+/* Write all metrics in Prometheus text format into out (an evbuffer); srv's
+ * gauges (streams, drain state, start time) when srv is not NULL. */
 struct evbuffer;
+struct px_server;
+void px_metrics_write_prometheus_of(const struct px_server *srv, struct evbuffer *out);
+/* Write /stats JSON (srv's keys when srv is not NULL). */
+void px_metrics_write_json_of(const struct px_server *srv, struct evbuffer *out);
+/* Compatibility wrappers on px_srv, to be removed when callers pass srv
+ * (health_server.c). */
 void px_metrics_write_prometheus(struct evbuffer *out);
-/* Write /stats JSON. */
 void px_metrics_write_json(struct evbuffer *out);
 /* Other modules export their own series (pool: circuit breakers; routes:
  * per-endpoint outcomes; policy: denials by rule) without metrics.c depending on

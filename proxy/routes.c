@@ -46,6 +46,7 @@ void px_routes_free(struct px_routes *r)
         }
         free(rt->eps);
         free(rt->lb_order);
+        free(rt->lb_cand);
         free(rt->name);
         free(rt->match_host);
     }
@@ -134,14 +135,16 @@ static void on_watch(void *arg, bool gone)
         px_routes_reload(NULL);
 }
 
-int px_routes_start(const struct px_config *cfg, char **errmsg)
+int px_routes_start(struct px_server *srv, char **errmsg)
 {
+    const struct px_config *cfg = srv->cfg;
+    px_routes_g.cluster = cfg->cluster;
     if (cfg->routes_file == NULL)
         return 0;
     px_metrics_register(px_routes_write_prometheus);
     px_routes_g.file = cm_xstrdup(cfg->routes_file);
     const char *path = px_routes_g.file;
-    px_watch_start(&px_routes_g.watch, "routes", px_srv->base, &path, 1, on_watch, NULL);
+    px_watch_start(&px_routes_g.watch, "routes", srv->base, &path, 1, on_watch, NULL);
     if (load(errmsg) != 0)
         return CM_ERR_INVAL;
     return 0;

@@ -81,6 +81,7 @@ struct px_route {
      * healthy local endpoints, then the healthy remote ones, then the ejected
      * ones, so each candidate tier is a prefix and a pick draws two directly. */
     struct px_endpoint **lb_order;
+    struct px_endpoint **lb_cand; /* neps slots: lb.c's scratch when a retry filters a tier */
     size_t lb_nlocal, lb_nhealthy;
     uint64_t lb_gen;        /* the ejection generation it reflects */
     uint64_t lb_until_ms;   /* it is stale from then on (the first ejection to end) */
@@ -105,9 +106,11 @@ struct px_routes {
     size_t idx_mask;
 };
 
-/* Load cfg->routes_file if set (a bad file at startup is an error) and
- * start its watch. */
-int px_routes_start(const struct px_config *cfg, char **errmsg);
+/* Load srv->cfg->routes_file if set (a bad file at startup is an error)
+ * and start its watch on srv's loop; the local cluster (cfg->cluster) is
+ * remembered for the endpoint picks. */
+struct px_server;
+int px_routes_start(struct px_server *srv, char **errmsg);
 int px_routes_reload(char **errmsg);
 void px_routes_admin_routes(void);
 void px_routes_shutdown(void);

@@ -25,6 +25,7 @@ struct px_routes_state {
     uint64_t eject_gen; /* bumped when an ejection starts: LB views rebuild */
     int64_t loaded_at;
     struct px_watch watch; /* routes_file, and the last failed load */
+    const char *cluster;   /* our locality (cfg->cluster, borrowed), or NULL */
 };
 extern struct px_routes_state px_routes_g;
 

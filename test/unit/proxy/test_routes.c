@@ -93,15 +93,10 @@ static void matching(void **state)
     px_routes_shutdown();
 }
 
-static struct px_server fake_srv;
-static struct px_config fake_cfg;
-
 static void locality_and_failover(void **state)
 {
     (void)state;
-    fake_cfg.cluster = "east";
-    fake_srv.cfg = &fake_cfg;
-    px_srv = &fake_srv;
+    px_routes_g.cluster = "east"; /* what px_routes_start takes from cfg->cluster */
     struct px_routes *r = parse_ok(
         "{\"routes\": [{\"match\": {\"host\": \"s\"}, \"outlier\": {\"consecutive_failures\": 1, "
         "\"base_ejection_ms\": 60000}, \"endpoints\": ["
@@ -136,7 +131,6 @@ static void locality_and_failover(void **state)
         assert_ptr_equal(px_route_pick(rt, NULL, 0), &rt->eps[0]);
     px_routes_unref(r);
     px_routes_shutdown();
-    px_srv = NULL;
 }
 
 /* The first route in file order wins, with the index as with a scan: an
@@ -291,9 +285,7 @@ static void pick_never_ejected(void **state)
 static void locality_tiers(void **state)
 {
     (void)state;
-    fake_cfg.cluster = "east";
-    fake_srv.cfg = &fake_cfg;
-    px_srv = &fake_srv;
+    px_routes_g.cluster = "east"; /* what px_routes_start takes from cfg->cluster */
     char doc[8192];
     size_t len = (size_t)snprintf(doc, sizeof(doc),
                                   "{\"routes\": [{\"match\": {\"host\": \"s\"}, \"outlier\": "
@@ -342,7 +334,6 @@ static void locality_tiers(void **state)
         assert_ptr_equal(px_route_pick(rt, NULL, 0), &rt->eps[48]);
     px_routes_unref(r);
     px_routes_shutdown();
-    px_srv = NULL;
 }
 
 static void p2c_prefers_less_loaded(void **state)

@@ -400,7 +400,7 @@ static void load_routes(const char *json)
     close(fd);
     cfg.routes_file = routes_path;
     char *err = NULL;
-    if (px_routes_start(&cfg, &err) != 0)
+    if (px_routes_start(&srv, &err) != 0)
         fail_msg("routes: %s", err);
 }
 
