@@ -26,6 +26,7 @@
 #include "common/xalloc.h"
 #include "proxy/h2.h"
 #include "proxy/http.h"
+#include "proxy/metrics_int.h"
 #include "proxy/server.h"
 
 struct px_metrics px_metrics;
@@ -36,11 +37,6 @@ static const uint64_t bucket_le_us[PX_METRICS_NBUCKETS] = {
     50000, 100000, 250000, 500000, 1000000, 2500000, 10000000,
 };
 
-#define MAX_LISTENERS 64  /* the last one is "other" */
-#define SERIES_SLOTS  512 /* power of two */
-#define SERIES_EXACT  320 /* series with an exact code; then codes fold to "other" */
-#define SERIES_MAX    384 /* all series (75% load of the slots) */
-#define CODE_OTHER    600 /* code label "other": not 0 and not 100..599 */
 #define NCLASSES      3
 /* Bound of the /metrics text of this module (its series are bounded above:
  * a few hundred kilobytes at most). */
@@ -48,32 +44,22 @@ static const uint64_t bucket_le_us[PX_METRICS_NBUCKETS] = {
 
 static const char *const class_names[NCLASSES] = {"read", "write", "other"};
 
-/* One listener as seen by metrics: copied out of the config, so a reload
- * that frees the old config never leaves a dangling name here. */
-struct mlistener {
-    char *name;
-    const char *direction;                     /* "inbound" / "outbound" / "unknown", static */
-    uint64_t buckets[PX_METRICS_NBUCKETS + 1]; /* per bucket, not cumulative; last = +Inf */
-    uint64_t count;
-    uint64_t sum_us;
-};
-
-/* One remora_requests_total series; used == 0 marks a free slot. */
-struct series {
-    uint16_t lidx; /* index in listeners[] */
-    uint8_t cls;   /* index in class_names[] */
-    uint8_t used;
-    uint16_t code; /* 0, 100..599, CODE_OTHER */
-    uint64_t count;
-};
-
-static struct mlistener *listeners; /* MAX_LISTENERS, allocated on first use */
+static struct px_metrics_listener *listeners; /* PX_METRICS_MAX_LISTENERS, allocated on first use */
 static size_t nlisteners;
-static struct series *series; /* SERIES_SLOTS, allocated on first use */
+static struct px_metrics_series *series; /* PX_METRICS_SERIES_SLOTS, allocated on first use */
 static size_t nseries;
 /* Whatever fits nowhere else (every bound reached): listener "other",
  * method_class "other", code "other". */
 static uint64_t overflow_count;
+
+void px_metrics_tables_get(struct px_metrics_tables *out)
+{
+    out->listeners = listeners;
+    out->nlisteners = nlisteners;
+    out->series = series;
+    out->nseries = nseries;
+    out->overflow_count = overflow_count;
+}
 
 static const char *dir_name(enum px_direction d)
 {
@@ -99,30 +85,30 @@ static uint16_t code_index(int status)
 {
     if (status == 0 || (status >= 100 && status <= 599))
         return (uint16_t)status;
-    return CODE_OTHER;
+    return PX_METRICS_CODE_OTHER;
 }
 
 /* Find or add the listener entry; the last slot is kept for "other". */
 static uint16_t listener_index(const char *name, const char *direction)
 {
     if (!listeners)
-        listeners = cm_xcalloc(MAX_LISTENERS, sizeof(*listeners));
+        listeners = cm_xcalloc(PX_METRICS_MAX_LISTENERS, sizeof(*listeners));
     for (size_t i = 0; i < nlisteners; i++)
         if (strcmp(listeners[i].name, name) == 0 && strcmp(listeners[i].direction, direction) == 0)
             return (uint16_t)i;
-    if (nlisteners < MAX_LISTENERS - 1) {
+    if (nlisteners < PX_METRICS_MAX_LISTENERS - 1) {
         listeners[nlisteners].name = cm_xstrdup(name);
         listeners[nlisteners].direction = direction;
         return (uint16_t)nlisteners++;
     }
     /* Full: "other" takes the last slot, created on first overflow. */
-    struct mlistener *o = &listeners[MAX_LISTENERS - 1];
+    struct px_metrics_listener *o = &listeners[PX_METRICS_MAX_LISTENERS - 1];
     if (!o->name) {
         o->name = cm_xstrdup("other");
         o->direction = "unknown";
-        nlisteners = MAX_LISTENERS;
+        nlisteners = PX_METRICS_MAX_LISTENERS;
     }
-    return MAX_LISTENERS - 1;
+    return PX_METRICS_MAX_LISTENERS - 1;
 }
 
 static uint32_t series_hash(uint16_t lidx, uint8_t cls, uint16_t code)
@@ -135,13 +121,13 @@ static uint32_t series_hash(uint16_t lidx, uint8_t cls, uint16_t code)
 }
 
 /* The series of this key, added when there is room, or NULL. */
-static struct series *series_get(uint16_t lidx, uint8_t cls, uint16_t code, size_t limit)
+static struct px_metrics_series *series_get(uint16_t lidx, uint8_t cls, uint16_t code, size_t limit)
 {
     if (!series)
-        series = cm_xcalloc(SERIES_SLOTS, sizeof(*series));
-    size_t i = series_hash(lidx, cls, code) & (SERIES_SLOTS - 1);
+        series = cm_xcalloc(PX_METRICS_SERIES_SLOTS, sizeof(*series));
+    size_t i = series_hash(lidx, cls, code) & (PX_METRICS_SERIES_SLOTS - 1);
     for (;;) {
-        struct series *s = &series[i];
+        struct px_metrics_series *s = &series[i];
         if (!s->used) {
             if (nseries >= limit)
                 return NULL;
@@ -154,7 +140,7 @@ static struct series *series_get(uint16_t lidx, uint8_t cls, uint16_t code, size
         }
         if (s->lidx == lidx && s->cls == cls && s->code == code)
             return s;
-        i = (i + 1) & (SERIES_SLOTS - 1); /* load stays under 75%: always ends */
+        i = (i + 1) & (PX_METRICS_SERIES_SLOTS - 1); /* load stays under 75%: always ends */
     }
 }
 
@@ -167,15 +153,15 @@ void px_metrics_request(const struct px_listener_cfg *l, const char *method, int
     uint8_t cls = class_index(method);
     uint16_t code = code_index(status);
 
-    struct series *s = series_get(lidx, cls, code, SERIES_EXACT);
-    if (!s && code != CODE_OTHER)
-        s = series_get(lidx, cls, CODE_OTHER, SERIES_MAX);
+    struct px_metrics_series *s = series_get(lidx, cls, code, PX_METRICS_SERIES_EXACT);
+    if (!s && code != PX_METRICS_CODE_OTHER)
+        s = series_get(lidx, cls, PX_METRICS_CODE_OTHER, PX_METRICS_SERIES_MAX);
     if (s)
         s->count++;
     else
         overflow_count++;
 
-    struct mlistener *ml = &listeners[lidx];
+    struct px_metrics_listener *ml = &listeners[lidx];
     size_t b = 0;
     while (b < PX_METRICS_NBUCKETS && duration_us > bucket_le_us[b])
         b++;
@@ -186,7 +172,7 @@ void px_metrics_request(const struct px_listener_cfg *l, const char *method, int
 
 void px_metrics_deinit(void)
 {
-    for (size_t i = 0; listeners && i < MAX_LISTENERS; i++)
+    for (size_t i = 0; listeners && i < PX_METRICS_MAX_LISTENERS; i++)
         free(listeners[i].name);
     free(listeners);
     free(series);
@@ -200,7 +186,7 @@ void px_metrics_deinit(void)
 
 static void code_label(uint16_t code, char *buf, size_t len)
 {
-    if (code == CODE_OTHER)
+    if (code == PX_METRICS_CODE_OTHER)
         snprintf(buf, len, "other");
     else
         snprintf(buf, len, "%u", (unsigned)code);
@@ -211,8 +197,8 @@ static void write_requests(struct cm_prom *out)
     cm_prom_head(out, "remora_requests_total", "counter",
                  "Requests finished, by listener, direction, method class and response code "
                  "(0: no response was sent).");
-    for (size_t i = 0; series && i < SERIES_SLOTS; i++) {
-        const struct series *s = &series[i];
+    for (size_t i = 0; series && i < PX_METRICS_SERIES_SLOTS; i++) {
+        const struct px_metrics_series *s = &series[i];
         if (!s->used)
             continue;
         char code[16];
@@ -237,7 +223,7 @@ static void write_durations(struct cm_prom *out)
     cm_prom_head(out, name, "histogram",
                  "Time from the first byte of a request to the end of its response, by listener.");
     for (size_t i = 0; i < nlisteners; i++) {
-        const struct mlistener *ml = &listeners[i];
+        const struct px_metrics_listener *ml = &listeners[i];
         if (!ml->name)
             continue;
         uint64_t cum = 0;
@@ -283,6 +269,16 @@ static void add_writer(px_metrics_writer prometheus, px_metrics_json_writer json
         writers[nwriters].prometheus = prometheus;
         writers[nwriters++].json = json;
     }
+}
+
+size_t px_metrics_nwriters(void)
+{
+    return nwriters;
+}
+
+void px_metrics_writers_reset(void)
+{
+    nwriters = 0;
 }
 
 void px_metrics_register(px_metrics_writer fn)
@@ -445,8 +441,8 @@ static int dump_to_evbuffer(const char *buf, size_t size, void *data)
 static json_t *requests_json(uint64_t *total)
 {
     json_t *arr = json_array();
-    for (size_t i = 0; series && i < SERIES_SLOTS; i++) {
-        const struct series *s = &series[i];
+    for (size_t i = 0; series && i < PX_METRICS_SERIES_SLOTS; i++) {
+        const struct px_metrics_series *s = &series[i];
         if (!s->used)
             continue;
         char code[16];
@@ -470,7 +466,7 @@ static json_t *durations_json(void)
 {
     json_t *arr = json_array();
     for (size_t i = 0; i < nlisteners; i++) {
-        const struct mlistener *ml = &listeners[i];
+        const struct px_metrics_listener *ml = &listeners[i];
         if (!ml->name)
             continue;
         json_t *buckets = json_object();
