@@ -151,8 +151,8 @@ static void seed_typical(struct px_route *rt, uint64_t now_us)
 /* Rebuild rt's LB view: rank endpoints against our locality (once per
  * snapshot and locality), then order them healthy local, healthy remote,
  * ejected, and note when the first ejection ends. O(endpoints), only after an
- * ejection started (px_routes_g.eject_gen) or ended (lb_until_ms). */
-static void lb_refresh(struct px_route *rt, uint64_t now, const char *local)
+ * ejection started (the state's eject_gen) or ended (lb_until_ms). */
+static void lb_refresh(struct px_route *rt, uint64_t now, const char *local, uint64_t gen)
 {
     if (rt->lb_order == NULL) {
         rt->lb_order = cm_xcalloc(rt->neps, sizeof(*rt->lb_order));
@@ -183,7 +183,7 @@ static void lb_refresh(struct px_route *rt, uint64_t now, const char *local)
         else if (pass == 1)
             rt->lb_nhealthy = n;
     }
-    rt->lb_gen = px_routes_g.eject_gen;
+    rt->lb_gen = gen;
     rt->lb_until_ms = until;
 }
 
@@ -234,10 +234,12 @@ struct px_endpoint *px_route_pick(struct px_route *rt, const struct px_ep_state 
                                   size_t navoid)
 {
     uint64_t now_us = cm_mono_us(), now = now_us / 1000;
-    const char *local = px_routes_g.cluster;
-    if (rt->lb_order == NULL || rt->lb_gen != px_routes_g.eject_gen || now >= rt->lb_until_ms ||
+    const struct px_routes_state *rs = rt->rs; /* NULL: an unbound snapshot (benchmarks) */
+    const char *local = rs != NULL ? rs->cluster : NULL;
+    uint64_t gen = rs != NULL ? rs->eject_gen : 0;
+    if (rt->lb_order == NULL || rt->lb_gen != gen || now >= rt->lb_until_ms ||
         rt->lb_cluster != local)
-        lb_refresh(rt, now, local);
+        lb_refresh(rt, now, local, gen);
     /* tiers, each a prefix of lb_order: healthy and local (or no locality),
      * healthy anywhere (failover), everything (all ejected: a guess beats a
      * certain failure) */

@@ -256,6 +256,8 @@ static void write_durations(struct cm_prom *out)
 static struct {
     px_metrics_writer prometheus;
     px_metrics_json_writer json;
+    px_metrics_writer_with with; /* with its arg */
+    void *arg;
 } writers[8];
 static size_t nwriters;
 
@@ -266,6 +268,7 @@ static void add_writer(px_metrics_writer prometheus, px_metrics_json_writer json
             (json && writers[i].json == json))
             return;
     if (nwriters < sizeof(writers) / sizeof(writers[0])) {
+        memset(&writers[nwriters], 0, sizeof(writers[nwriters]));
         writers[nwriters].prometheus = prometheus;
         writers[nwriters++].json = json;
     }
@@ -289,6 +292,28 @@ void px_metrics_register(px_metrics_writer fn)
 void px_metrics_register_json(px_metrics_json_writer fn)
 {
     add_writer(NULL, fn);
+}
+
+void px_metrics_register_with(px_metrics_writer_with fn, void *arg)
+{
+    for (size_t i = 0; i < nwriters; i++)
+        if (writers[i].with == fn && writers[i].arg == arg)
+            return;
+    if (nwriters < sizeof(writers) / sizeof(writers[0])) {
+        memset(&writers[nwriters], 0, sizeof(writers[nwriters]));
+        writers[nwriters].with = fn;
+        writers[nwriters++].arg = arg;
+    }
+}
+
+void px_metrics_unregister_with(px_metrics_writer_with fn, void *arg)
+{
+    for (size_t i = 0; i < nwriters; i++)
+        if (writers[i].with == fn && writers[i].arg == arg) {
+            memmove(&writers[i], &writers[i + 1], (nwriters - i - 1) * sizeof(writers[0]));
+            nwriters--;
+            return;
+        }
 }
 
 /* Move the text written so far into the evbuffer. */
@@ -409,6 +434,8 @@ void px_metrics_write_prometheus_of(const struct px_server *srv, struct evbuffer
     for (size_t i = 0; i < nwriters; i++)
         if (writers[i].prometheus != NULL)
             writers[i].prometheus(dst);
+        else if (writers[i].with != NULL)
+            writers[i].with(dst, writers[i].arg);
     cm_prom_head(out, "remora_cert_expiry_timestamp_seconds", "gauge",
                  "Expiry (not_after) of the workload certificate, Unix seconds; 0 without one.");
     cm_prom_printf(out, "remora_cert_expiry_timestamp_seconds %" PRId64 "\n",

@@ -81,6 +81,11 @@ typedef void (*px_metrics_writer)(struct evbuffer *out);
 typedef void (*px_metrics_json_writer)(json_t *stats);
 void px_metrics_register(px_metrics_writer fn);
 void px_metrics_register_json(px_metrics_json_writer fn);
+/* A Prometheus writer on a module's state: fn(out, arg). The pair (fn, arg)
+ * counts once; px_metrics_unregister_with removes it (before arg is freed). */
+typedef void (*px_metrics_writer_with)(struct evbuffer *out, void *arg);
+void px_metrics_register_with(px_metrics_writer_with fn, void *arg);
+void px_metrics_unregister_with(px_metrics_writer_with fn, void *arg);
 
 /* Free the labelled series (at exit). */
 void px_metrics_deinit(void);

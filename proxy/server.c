@@ -133,7 +133,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
             free(err);
             err = NULL;
         }
-        px_routes_reload(NULL); /* logs and keeps the last good routes on failure */
+        px_routes_reload(srv->routes, NULL); /* logs and keeps the last good routes on failure */
         return;
     }
     cm_info("%s: draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -227,7 +227,7 @@ int px_server_run(struct px_config *cfg)
     }
     px_identity_admin_routes(srv->identity, srv->admin);
     px_authz_admin_routes(srv->authz, srv->admin);
-    px_routes_admin_routes();
+    px_routes_admin_routes(srv->routes, srv->admin);
     srv->listeners_bound = true;
     cm_info("remora-proxy ready");
     event_base_dispatch(srv->base);
@@ -242,7 +242,8 @@ out:
     srv->identity = NULL;
     px_authz_free(srv->authz);
     srv->authz = NULL;
-    px_routes_shutdown();
+    px_routes_state_free(srv->routes);
+    srv->routes = NULL;
     px_stream_gc(srv);
     px_stream_freelist_clear();
     /* connections still listed were never handed to a codec (detecting) */

@@ -1,6 +1,6 @@
 /* The proxy's process context: the event loop, the config snapshot,
  * listeners, live connections, drain state, and the state of the modules
- * (authorization, identity). One per process, created by
+ * (authorization, identity, routes). One per process, created by
  * px_server_run; code reaches it through what it is given (a connection's
  * c->srv, a callback's argument), never through a global, except the
  * compatibility wrappers below and the process's own start-up and signal
@@ -19,6 +19,7 @@
 struct px_listener;
 struct px_authz;
 struct px_identity;
+struct px_routes_state;
 
 struct px_server {
     struct event_base *base;
@@ -46,6 +47,7 @@ struct px_server {
     /* module state, created by px_server_run and freed when it returns */
     struct px_authz *authz;         /* proxy/authz.c: NULL without policy_file */
     struct px_identity *identity;   /* proxy/identity.c: always set (mode none without identity) */
+    struct px_routes_state *routes; /* proxy/routes.c: always set (no snapshot without routes_file) */
 };
 
 /* The running server, for the process's own start-up, shut-down and signal
