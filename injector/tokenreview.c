@@ -140,7 +140,8 @@ static size_t bucket_of(const unsigned char key[32])
 }
 
 /* Under mu. */
-struct ij_tokrev_slot *ij_tokrev_cache_lookup(struct ij_tokrev *r, const unsigned char key[32], int64_t now)
+struct ij_tokrev_slot *ij_tokrev_cache_lookup(struct ij_tokrev *r, const unsigned char key[32],
+                                              int64_t now)
 {
     struct ij_tokrev_slot *b = r->slots + bucket_of(key);
     for (int i = 0; i < IJ_TOKREV_BUCKET; i++)

@@ -16,13 +16,21 @@ struct ij_tokrev_slot {
     char msg[IJ_TOKREV_MSG_MAX];
 };
 
-enum { IJ_TOKREV_CNT_HIT, IJ_TOKREV_CNT_MISS, IJ_TOKREV_CNT_OK, IJ_TOKREV_CNT_REJECTED, IJ_TOKREV_CNT_POD_GONE, IJ_TOKREV_CNT_ERROR, IJ_TOKREV_CNT__COUNT };
+enum {
+    IJ_TOKREV_CNT_HIT,
+    IJ_TOKREV_CNT_MISS,
+    IJ_TOKREV_CNT_OK,
+    IJ_TOKREV_CNT_REJECTED,
+    IJ_TOKREV_CNT_POD_GONE,
+    IJ_TOKREV_CNT_ERROR,
+    IJ_TOKREV_CNT__COUNT
+};
 
 struct ij_tokrev {
     struct ij_kube *kube;
     const char *audience;
     int64_t cache_ms;
-    pthread_mutex_t mu; /* guards slots and counters */
+    pthread_mutex_t mu;           /* guards slots and counters */
     struct ij_tokrev_slot *slots; /* IJ_TOKREV_CACHE_SLOTS */
     uint64_t count[IJ_TOKREV_CNT__COUNT];
 };

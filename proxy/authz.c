@@ -60,7 +60,8 @@ static void set_error(struct px_authz *az, const char *msg)
  * last_error says why, and *errmsg gets the message (caller frees). */
 static int load(struct px_authz *az, const char *trigger, char **errmsg)
 {
-    cm_watch_poll(&az->watch.files); /* before reading: a change during the read is seen next tick */
+    /* before reading: a change during the read is seen next tick */
+    cm_watch_poll(&az->watch.files);
     az->attempt_at_ms = cm_wall_ms();
     struct px_policy *p = NULL;
     if (px_policy_load_file(az->file, &p, errmsg) != 0) {

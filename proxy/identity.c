@@ -76,8 +76,7 @@ bool px_identity_is_configured(const struct px_identity *id)
 
 bool px_identity_is_ready(const struct px_identity *id)
 {
-    return id == NULL || id->mode == ID_NONE ||
-           (id->server != NULL && id->not_after > cm_wall_s());
+    return id == NULL || id->mode == ID_NONE || (id->server != NULL && id->not_after > cm_wall_s());
 }
 
 const char *px_identity_id(const struct px_identity *id)
@@ -151,8 +150,8 @@ static void set_error(struct px_identity *id, const char *fmt, const char *detai
 
 /* Build both TLS snapshots from PEM and swap them in. The leaf must carry
  * our SPIFFE ID and match the key. */
-static int install(struct px_identity *id, const char *chain_pem, const char *key_pem, const char *bundle_pem,
-                   char **errmsg)
+static int install(struct px_identity *id, const char *chain_pem, const char *key_pem,
+                   const char *bundle_pem, char **errmsg)
 {
     char *anchors = NULL;
     mbedtls_x509_crt leaf;
@@ -180,11 +179,11 @@ static int install(struct px_identity *id, const char *chain_pem, const char *ke
     anchors = inter ? cm_xasprintf("%s\n%s", bundle_pem, inter) : cm_xstrdup(bundle_pem);
     bundle_pem = anchors;
     struct px_tls_conf *srv = NULL, *cli = NULL, *tcp = NULL;
-    if (px_tls_conf_new(PX_TLS_SERVER, chain_pem, key_pem, bundle_pem, id->trust_domain, server_alpn,
-                        &srv, errmsg) != 0)
+    if (px_tls_conf_new(PX_TLS_SERVER, chain_pem, key_pem, bundle_pem, id->trust_domain,
+                        server_alpn, &srv, errmsg) != 0)
         goto out;
-    if (px_tls_conf_new(PX_TLS_CLIENT, chain_pem, key_pem, bundle_pem, id->trust_domain, client_alpn,
-                        &cli, errmsg) != 0 ||
+    if (px_tls_conf_new(PX_TLS_CLIENT, chain_pem, key_pem, bundle_pem, id->trust_domain,
+                        client_alpn, &cli, errmsg) != 0 ||
         px_tls_conf_new(PX_TLS_CLIENT, chain_pem, key_pem, bundle_pem, id->trust_domain, NULL, &tcp,
                         errmsg) != 0) {
         px_tls_conf_unref(srv);
@@ -445,7 +444,7 @@ static void send_csr(struct px_identity *id)
      * is: an IP address alone would let any certificate under the mesh root
      * pose as the CA */
     id->inflight = px_caclient_post(&id->ca_addr, id->ca_conf, id->ca_server_name, id->ca_host,
-                                   "/v1/sign", token, body, on_ca_answer, id);
+                                    "/v1/sign", token, body, on_ca_answer, id);
     free(body);
     if (id->inflight == NULL) {
         set_error(id, "CA: %s", strerror(errno));

@@ -649,8 +649,8 @@ int px_iptables_main(int argc, char **argv)
     int rc = px_iptables_parse_args(argc, argv, &o);
     if (rc != 0)
         return rc < 0 ? 0 : rc;
-    bool v6 =
-        o.ipv6 == IPT_V6_YES || (o.ipv6 == IPT_V6_AUTO && px_iptables_has_global_ipv6("/proc/net/if_inet6"));
+    bool v6 = o.ipv6 == IPT_V6_YES ||
+              (o.ipv6 == IPT_V6_AUTO && px_iptables_has_global_ipv6("/proc/net/if_inet6"));
     if (o.dry_run) {
         char *doc = px_iptables_build_doc(&o, AF_INET, NULL);
         fputs(doc, stdout);

@@ -8,8 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define IPT_MAX_ITEMS  256         /* per exclusion flag */
-#define IPT_MAX_SAVE   (16u << 20) /* bytes of iptables-save output we read */
+#define IPT_MAX_ITEMS 256         /* per exclusion flag */
+#define IPT_MAX_SAVE  (16u << 20) /* bytes of iptables-save output we read */
 
 enum ipt_v6 {
     IPT_V6_AUTO = 0, /* ip6tables when the pod has a global IPv6 address */

@@ -91,7 +91,7 @@ int px_listener_start(struct px_server *srv, const struct px_listener_cfg *cfg,
 }
 
 const struct px_listener *px_listener_of(const struct px_server *srv,
-                                        const struct px_listener_cfg *cfg)
+                                         const struct px_listener_cfg *cfg)
 {
     for (size_t i = 0; srv != NULL && i < srv->nlisteners; i++)
         if (srv->listeners[i]->cfg == cfg)

@@ -27,6 +27,6 @@ void px_listener_stop(struct px_listener *l);
 void px_listener_free(struct px_listener *l);
 /* The running listener started from cfg, or NULL (skipped, or not started). */
 const struct px_listener *px_listener_of(const struct px_server *srv,
-                                        const struct px_listener_cfg *cfg);
+                                         const struct px_listener_cfg *cfg);
 
 #endif

@@ -59,7 +59,8 @@ static bool header_match(const struct hcond *h, const struct px_msg *m, bool den
 
 static bool ip_blocks_hold(const struct rule *r, uint32_t c, const struct px_policy_view *v)
 {
-    if ((c & C_IP_BLOCKS) && (!v->has_ip || !px_policy_cidr_match(&r->ip_blocks, v->ip, v->ipfamily)))
+    if ((c & C_IP_BLOCKS) &&
+        (!v->has_ip || !px_policy_cidr_match(&r->ip_blocks, v->ip, v->ipfamily)))
         return false;
     if (c & C_NOT_IP_BLOCKS) {
         if (!v->has_ip ? !r->deny : px_policy_cidr_match(&r->not_ip_blocks, v->ip, v->ipfamily))

@@ -370,7 +370,8 @@ static inline bool px_policy_source_bytes(const struct cm_addr *a, uint8_t out[1
     return false;
 }
 
-static inline bool px_policy_cidr_match(const struct cidrset *s, const uint8_t ip[16], uint8_t family)
+static inline bool px_policy_cidr_match(const struct cidrset *s, const uint8_t ip[16],
+                                        uint8_t family)
 {
     for (uint32_t i = 0; i < s->n; i++) {
         const struct cidr *c = &s->v[i];

@@ -90,17 +90,14 @@ static int on_clusters(struct evhttp_request *req, const struct evkeyvalq *q, st
         json_array_append_new(routes, ro);
     }
     json_object_set_new(o, "cluster", local ? json_string(local) : json_null());
-    json_object_set_new(o, "routes_file",
-                        rs->file ? json_string(rs->file) : json_null());
+    json_object_set_new(o, "routes_file", rs->file ? json_string(rs->file) : json_null());
     char ts[32];
     json_object_set_new(o, "loaded_at",
-                        rs->loaded_at
-                            ? json_string(cm_fmt_rfc3339(rs->loaded_at, ts, sizeof(ts)))
-                            : json_null());
+                        rs->loaded_at ? json_string(cm_fmt_rfc3339(rs->loaded_at, ts, sizeof(ts)))
+                                      : json_null());
     const char *last_error = cm_watch_last_error(&rs->watch.files);
     json_object_set_new(o, "last_error", last_error ? json_string(last_error) : json_null());
-    json_object_set_new(o, "ejections_total",
-                        json_integer((json_int_t)rs->ejections_total));
+    json_object_set_new(o, "ejections_total", json_integer((json_int_t)rs->ejections_total));
     json_object_set_new(o, "routes", routes);
     /* every upstream address with connections, waiters or a recent
      * overflow, routed or not (original destinations, fixed upstreams) */
@@ -123,8 +120,8 @@ static int on_reload(struct evhttp_request *req, const struct evkeyvalq *q, stru
         free(e);
         return rc;
     }
-    px_admin_reply_json(out, json_pack("{s:s, s:I}", "status", "reloaded", "routes",
-                                       (json_int_t)rs->cur->n));
+    px_admin_reply_json(
+        out, json_pack("{s:s, s:I}", "status", "reloaded", "routes", (json_int_t)rs->cur->n));
     return 200;
 }
 

@@ -32,7 +32,7 @@ struct px_routes_state {
     struct px_watch watch; /* routes_file, and the last failed load */
     const char *cluster;   /* our locality (cfg->cluster, borrowed), or NULL */
     const struct px_limits *limits; /* cfg->limits (borrowed): the breakers' defaults */
-    struct px_admin *admin; /* where GET /clusters is registered, or NULL */
+    struct px_admin *admin;         /* where GET /clusters is registered, or NULL */
 };
 
 static inline bool px_ep_ejected(const struct px_ep_state *s, uint64_t now)

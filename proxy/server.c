@@ -211,8 +211,7 @@ int px_server_run(struct px_config *cfg)
         if (l != NULL) /* else optional and skipped */
             srv->listeners[srv->nlisteners++] = l;
     }
-    if (cfg->has_admin &&
-        px_admin_start(srv, &cfg->admin_addr, &srv->admin, &err) != 0) {
+    if (cfg->has_admin && px_admin_start(srv, &cfg->admin_addr, &srv->admin, &err) != 0) {
         cm_error("%s", err);
         rc = CM_ERR_IO;
         goto out;

@@ -83,7 +83,8 @@ static void check_normal(const char *target, const char *out, int n)
         (len >= 3 && strcmp(out + len - 3, "/..") == 0))
         __builtin_trap();
     for (const char *p = strchr(out, '%'); p != NULL; p = strchr(p + 1, '%')) {
-        int hi = px_pathnorm_hexval((unsigned char)p[1]), lo = hi >= 0 ? px_pathnorm_hexval((unsigned char)p[2]) : -1;
+        int hi = px_pathnorm_hexval((unsigned char)p[1]),
+            lo = hi >= 0 ? px_pathnorm_hexval((unsigned char)p[2]) : -1;
         if (hi < 0 || lo < 0 || (p[1] >= 'a' && p[1] <= 'f') || (p[2] >= 'a' && p[2] <= 'f'))
             __builtin_trap();
         int v = hi * 16 + lo;

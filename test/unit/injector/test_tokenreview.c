@@ -183,7 +183,8 @@ static void cache_bounded(void **state)
         assert_int_equal(r->slots[i].expires_ms, 0);
     /* an expired entry's slot is reused before anything is evicted */
     key_in_bucket0(k, 101);
-    ij_tokrev_cache_store(r, k, now + 2000, now + 9000, IJ_TOKREV_OK, NULL); /* all but 100 expired by now+2000 */
+    ij_tokrev_cache_store(r, k, now + 2000, now + 9000, IJ_TOKREV_OK,
+                          NULL); /* all but 100 expired by now+2000 */
     key_in_bucket0(k, 100);
     assert_non_null(ij_tokrev_cache_lookup(r, k, now + 2000));
     /* a long message is cut, NUL-terminated */

@@ -351,8 +351,8 @@ static void test_jumps_idempotent(void **state)
     free(second);
     /* CRLF line ends and a missing last newline do not matter */
     second = px_iptables_build_doc(&o, AF_INET,
-                       "-A PREROUTING -p tcp -j REMORA_INBOUND\r\n"
-                       "-A OUTPUT -p tcp -j REMORA_OUTPUT");
+                                   "-A PREROUTING -p tcp -j REMORA_INBOUND\r\n"
+                                   "-A OUTPUT -p tcp -j REMORA_OUTPUT");
     assert_int_equal(count(second, "-A PREROUTING"), 0);
     assert_int_equal(count(second, "-A OUTPUT"), 0);
     free(second);
@@ -366,10 +366,10 @@ static void test_jumps_foreign(void **state)
     char *argv[] = {(char *)"iptables", (char *)"--dry-run", NULL};
     assert_int_equal(px_iptables_parse_args(2, argv, &o), 0);
     char *doc = px_iptables_build_doc(&o, AF_INET,
-                          "-A PREROUTING -p tcp -j REMORA_INBOUND_OLD\n"
-                          "-A PREROUTING -p tcp -j ISTIO_INBOUND\n"
-                          "-A OUTPUT -p udp --dport 53 -j REDIRECT --to-ports 15053\n"
-                          "-A REMORA_OUTPUT -j REMORA_REDIRECT\n");
+                                      "-A PREROUTING -p tcp -j REMORA_INBOUND_OLD\n"
+                                      "-A PREROUTING -p tcp -j ISTIO_INBOUND\n"
+                                      "-A OUTPUT -p udp --dport 53 -j REDIRECT --to-ports 15053\n"
+                                      "-A REMORA_OUTPUT -j REMORA_REDIRECT\n");
     assert_int_equal(count(doc, "-D "), 0);
     assert_int_equal(count(doc, "-A PREROUTING -p tcp -j REMORA_INBOUND\n"), 1);
     free(doc);
