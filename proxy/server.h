@@ -45,8 +45,8 @@ struct px_server {
     size_t trim_free_base; /* the heap's free bytes after the last trim */
     struct cm_list gc_streams;
     /* module state, created by px_server_run and freed when it returns */
-    struct px_authz *authz;       /* proxy/authz.c: NULL without policy_file */
-    struct px_identity *identity; /* proxy/identity.c: always set (mode none without identity) */
+    struct px_authz *authz;         /* proxy/authz.c: NULL without policy_file */
+    struct px_identity *identity;   /* proxy/identity.c: always set (mode none without identity) */
     struct px_routes_state *routes; /* proxy/routes.c: always set (no snapshot without a file) */
 };
 
