@@ -34,21 +34,28 @@ struct px_metrics_series {
     uint64_t count;
 };
 
-/* The tables as they are now (borrowed; NULL before the first request):
- * PX_METRICS_MAX_LISTENERS listener rows, PX_METRICS_SERIES_SLOTS series
- * slots, and the count of requests that fit nowhere else. */
-struct px_metrics_tables {
-    const struct px_metrics_listener *listeners;
-    size_t nlisteners;
-    const struct px_metrics_series *series;
-    size_t nseries;
-    uint64_t overflow_count;
+/* A module's writer (px_metrics_register*): exactly one of the three set. */
+struct px_metrics_writer_slot {
+    px_metrics_writer prometheus;
+    px_metrics_json_writer json;
+    px_metrics_writer_with with; /* called with arg */
+    void *arg;
 };
-void px_metrics_tables_get(struct px_metrics_tables *out);
 
-/* The modules' registered writers (px_metrics_register*): how many, and
- * forget them all (a test's fresh start). */
-size_t px_metrics_nwriters(void);
-void px_metrics_writers_reset(void);
+#define PX_METRICS_MAX_WRITERS 8
+
+/* The labelled request tables and the registered writers of a server
+ * (srv->metrics). Both tables are allocated on first use and bounded. */
+struct px_metrics_state {
+    struct px_metrics_listener *listeners; /* PX_METRICS_MAX_LISTENERS */
+    size_t nlisteners;
+    struct px_metrics_series *series; /* PX_METRICS_SERIES_SLOTS */
+    size_t nseries;
+    /* Whatever fits nowhere else (every bound reached): listener "other",
+     * method_class "other", code "other". */
+    uint64_t overflow_count;
+    struct px_metrics_writer_slot writers[PX_METRICS_MAX_WRITERS]; /* in registration order */
+    size_t nwriters;
+};
 
 #endif

@@ -155,7 +155,8 @@ int px_routes_start(struct px_server *srv, char **errmsg)
     srv->routes = rs; /* freed by px_routes_state_free, also after a failed start */
     if (cfg->routes_file == NULL)
         return 0;
-    px_metrics_register_with(px_routes_write_prometheus, rs);
+    rs->metrics = srv->metrics;
+    px_metrics_register_with(rs->metrics, px_routes_write_prometheus, rs);
     rs->file = cm_xstrdup(cfg->routes_file);
     const char *path = rs->file;
     px_watch_start(&rs->watch, "routes", srv->base, &path, 1, on_watch, rs);
@@ -172,7 +173,7 @@ void px_routes_state_free(struct px_routes_state *rs)
         px_admin_route(rs->admin, PX_ADMIN_GET, "/clusters", NULL, NULL);
         px_admin_route(rs->admin, PX_ADMIN_POST, "/routes/reload", NULL, NULL);
     }
-    px_metrics_unregister_with(px_routes_write_prometheus, rs);
+    px_metrics_unregister_with(rs->metrics, px_routes_write_prometheus, rs);
     px_watch_stop(&rs->watch);
     px_routes_unref(rs->cur);
     while (rs->states != NULL) {

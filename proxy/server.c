@@ -161,7 +161,8 @@ int px_server_run(struct px_config *cfg)
         return CM_ERR_IO;
     }
     px_io_init(srv->base);
-    px_metrics_register(px_pool_write_prometheus); /* circuit breakers */
+    srv->metrics = px_metrics_state_new();
+    px_metrics_register_on(srv->metrics, px_pool_write_prometheus); /* circuit breakers */
     srv->gc_ev = event_new(srv->base, -1, 0, on_gc, srv);
     srv->drain_timer = evtimer_new(srv->base, on_drain_tick, srv);
     srv->trim_ev = event_new(srv->base, -1, EV_PERSIST, on_trim, srv);
@@ -269,7 +270,7 @@ out:
     px_tls_session_cache_clear();
     event_base_free(srv->base);
     pki_rng_free();
-    px_metrics_deinit();
+    px_metrics_state_free(srv->metrics);
     free(srv);
     px_srv = NULL;
     return rc;

@@ -1,6 +1,6 @@
 /* The proxy's process context: the event loop, the config snapshot,
  * listeners, live connections, drain state, and the state of the modules
- * (authorization, identity, routes). One per process, created by
+ * (metrics tables, authorization, identity, routes). One per process, created by
  * px_server_run; code reaches it through what it is given (a connection's
  * c->srv, a callback's argument), never through a global, except the
  * compatibility wrappers below and the process's own start-up and signal
@@ -19,6 +19,7 @@
 struct px_listener;
 struct px_authz;
 struct px_identity;
+struct px_metrics_state;
 struct px_routes_state;
 
 struct px_server {
@@ -45,6 +46,7 @@ struct px_server {
     size_t trim_free_base; /* the heap's free bytes after the last trim */
     struct cm_list gc_streams;
     /* module state, created by px_server_run and freed when it returns */
+    struct px_metrics_state *metrics; /* proxy/metrics.c: request tables, modules' writers */
     struct px_authz *authz;         /* proxy/authz.c: NULL without policy_file */
     struct px_identity *identity;   /* proxy/identity.c: always set (mode none without identity) */
     struct px_routes_state *routes; /* proxy/routes.c: always set (no snapshot without a file) */
