@@ -93,7 +93,8 @@ static uint16_t listener_index(struct px_metrics_state *m, const char *name, con
     if (!m->listeners)
         m->listeners = cm_xcalloc(PX_METRICS_MAX_LISTENERS, sizeof(*m->listeners));
     for (size_t i = 0; i < m->nlisteners; i++)
-        if (strcmp(m->listeners[i].name, name) == 0 && strcmp(m->listeners[i].direction, direction) == 0)
+        if (strcmp(m->listeners[i].name, name) == 0 &&
+            strcmp(m->listeners[i].direction, direction) == 0)
             return (uint16_t)i;
     if (m->nlisteners < PX_METRICS_MAX_LISTENERS - 1) {
         m->listeners[m->nlisteners].name = cm_xstrdup(name);
@@ -477,9 +478,10 @@ static json_t *requests_json(const struct px_metrics_state *m, uint64_t *total)
         *total += s->count;
     }
     if (m->overflow_count) {
-        json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:s, s:I}", "listener", "other",
-                                             "direction", "unknown", "method_class", "other",
-                                             "code", "other", "count", (json_int_t)m->overflow_count));
+        json_array_append_new(arr,
+                              json_pack("{s:s, s:s, s:s, s:s, s:I}", "listener", "other",
+                                        "direction", "unknown", "method_class", "other", "code",
+                                        "other", "count", (json_int_t)m->overflow_count));
         *total += m->overflow_count;
     }
     return arr;

@@ -47,7 +47,7 @@ struct px_server {
     struct cm_list gc_streams;
     /* module state, created by px_server_run and freed when it returns */
     struct px_metrics_state *metrics; /* proxy/metrics.c: request tables, modules' writers */
-    struct px_authz *authz;         /* proxy/authz.c: NULL without policy_file */
+    struct px_authz *authz;           /* proxy/authz.c: NULL without policy_file */
     struct px_identity *identity;   /* proxy/identity.c: always set (mode none without identity) */
     struct px_routes_state *routes; /* proxy/routes.c: always set (no snapshot without a file) */
 };
