@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/log.h"
 #include "injector/token.h"
 #include "injector/token_int.h"
 
