@@ -55,7 +55,7 @@ void px_identity_admin_routes(struct px_identity *id, struct px_admin *admin);
 void px_identity_free(struct px_identity *id);
 
 /* Compatibility wrappers on px_srv->identity, to be removed when callers pass
- * srv (stream.c, h2_client.c, tcp.c). */
+ * srv (stream.c, upstream.c). */
 bool px_identity_configured(void);
 bool px_identity_ready(void);
 const char *px_identity_spiffe_id(void);

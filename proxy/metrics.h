@@ -79,7 +79,7 @@ void px_metrics_write_prometheus_of(const struct px_server *srv, struct evbuffer
 /* Write /stats JSON (srv's keys when srv is not NULL). */
 void px_metrics_write_json_of(const struct px_server *srv, struct evbuffer *out);
 /* Compatibility wrappers on px_srv, to be removed when callers pass srv
- * (health_server.c). */
+ * (scrape.c). */
 void px_metrics_write_prometheus(struct evbuffer *out);
 void px_metrics_write_json(struct evbuffer *out);
 /* Other modules export their own series (pool: circuit breakers; routes:
