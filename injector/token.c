@@ -1,4 +1,5 @@
 #include "injector/token.h"
+#include "injector/token_int.h"
 
 #include <jansson.h>
 #include <limits.h>
@@ -98,7 +99,7 @@ static bool b64url_char(unsigned char c)
  * alphabet. Only the 64 characters are accepted: mbedTLS itself would skip
  * white space, and a padded or otherwise altered part is not what was signed.
  * Returns 0 and *out (heap, NUL-terminated one past *outlen) or -1. */
-static int b64url_decode(const char *in, size_t len, unsigned char **out, size_t *outlen)
+int ij_token_b64url_decode(const char *in, size_t len, unsigned char **out, size_t *outlen)
 {
     if (len % 4 == 1)
         return -1;
@@ -201,7 +202,7 @@ static int get_bytes(json_t *o, const char *key, size_t min, size_t max, unsigne
     if (!json_is_string(v))
         return failf(errmsg, "%s: \"%s\" is not a string", where, key);
     if (json_string_length(v) > 2 * max + 4 ||
-        b64url_decode(json_string_value(v), json_string_length(v), out, outlen) != 0)
+        ij_token_b64url_decode(json_string_value(v), json_string_length(v), out, outlen) != 0)
         return failf(errmsg, "%s: \"%s\" is not base64url", where, key);
     if (*outlen < min || *outlen > max) {
         free(*out);
@@ -522,8 +523,8 @@ static int check_kubernetes(json_t *payload, struct ij_token_claims *c,
 
 /* Claims of a token whose signature verified, in the order an operator
  * would look: still valid? for us? whose? */
-static int check_claims(json_t *payload, const char *audience, int64_t now,
-                        struct ij_token_claims *c, enum ij_token_reason *reason, char **errmsg)
+int ij_token_check_claims(json_t *payload, const char *audience, int64_t now,
+                          struct ij_token_claims *c, enum ij_token_reason *reason, char **errmsg)
 {
     if (check_times(payload, now, c, reason, errmsg) != 0 ||
         check_audience(payload, audience, reason, errmsg) != 0 ||
@@ -677,14 +678,14 @@ int ij_token_verify(const struct ij_jwks *keys, const char *token, size_t len, c
                       "not a JWS: more than three parts (an encrypted JWE?)");
     const char *sig_b64 = dot2 + 1;
     size_t sig_b64_len = len - (size_t)(sig_b64 - token);
-    if (b64url_decode(token, (size_t)(dot1 - token), &hdr, &hlen) != 0 || hlen == 0 ||
+    if (ij_token_b64url_decode(token, (size_t)(dot1 - token), &hdr, &hlen) != 0 || hlen == 0 ||
         (h = parse_object(hdr, hlen)) == NULL) {
         refuse(reason, IJ_TOKEN_MALFORMED, errmsg, "token header is not a base64url JSON object");
         goto out;
     }
     if (check_header(h, &type, &kid, reason, errmsg) != 0)
         goto out;
-    if (b64url_decode(sig_b64, sig_b64_len, &sig, &slen) != 0 || slen == 0) {
+    if (ij_token_b64url_decode(sig_b64, sig_b64_len, &sig, &slen) != 0 || slen == 0) {
         refuse(reason, IJ_TOKEN_MALFORMED, errmsg, "token signature is not base64url");
         goto out;
     }
@@ -700,12 +701,12 @@ int ij_token_verify(const struct ij_jwks *keys, const char *token, size_t len, c
     if (verify_sig(k, hash, sig, slen, reason, errmsg) != 0)
         goto out;
     /* Only what a trusted key signed is read past this point. */
-    if (b64url_decode(dot1 + 1, (size_t)(dot2 - dot1 - 1), &body, &blen) != 0 ||
+    if (ij_token_b64url_decode(dot1 + 1, (size_t)(dot2 - dot1 - 1), &body, &blen) != 0 ||
         (p = parse_object(body, blen)) == NULL) {
         refuse(reason, IJ_TOKEN_MALFORMED, errmsg, "token payload is not a base64url JSON object");
         goto out;
     }
-    if (check_claims(p, audience, now, claims, reason, errmsg) != 0)
+    if (ij_token_check_claims(p, audience, now, claims, reason, errmsg) != 0)
         goto out;
     if (kid != NULL)
         snprintf(claims->kid, sizeof(claims->kid), "%s", kid);

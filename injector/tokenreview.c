@@ -1,5 +1,6 @@
 /* TokenReview and the bound pod's existence, cached (tokenreview.h). */
 #include "injector/tokenreview.h"
+#include "injector/tokenreview_int.h"
 
 #include <jansson.h>
 #include <mbedtls/platform_util.h>
@@ -132,24 +133,6 @@ int ij_tokrev_pod_uid(const char *body, size_t len, char **uid, char **errmsg)
 
 /* ---- the cache -------------------------------------------------------------------------- */
 
-struct slot {
-    unsigned char key[32]; /* SHA-256 of the token */
-    int64_t expires_ms;    /* 0: empty */
-    unsigned char result;  /* enum ij_tokrev_result */
-    char msg[IJ_TOKREV_MSG_MAX];
-};
-
-enum { CNT_HIT, CNT_MISS, CNT_OK, CNT_REJECTED, CNT_POD_GONE, CNT_ERROR, CNT__COUNT };
-
-struct ij_tokrev {
-    struct ij_kube *kube;
-    const char *audience;
-    int64_t cache_ms;
-    pthread_mutex_t mu; /* guards slots and counters */
-    struct slot *slots; /* IJ_TOKREV_CACHE_SLOTS */
-    uint64_t count[CNT__COUNT];
-};
-
 static size_t bucket_of(const unsigned char key[32])
 {
     size_t h = (size_t)key[0] | (size_t)key[1] << 8 | (size_t)key[2] << 16;
@@ -157,9 +140,10 @@ static size_t bucket_of(const unsigned char key[32])
 }
 
 /* Under mu. */
-static struct slot *lookup(struct ij_tokrev *r, const unsigned char key[32], int64_t now)
+struct ij_tokrev_slot *ij_tokrev_cache_lookup(struct ij_tokrev *r, const unsigned char key[32],
+                                              int64_t now)
 {
-    struct slot *b = r->slots + bucket_of(key);
+    struct ij_tokrev_slot *b = r->slots + bucket_of(key);
     for (int i = 0; i < IJ_TOKREV_BUCKET; i++)
         if (b[i].expires_ms > now && memcmp(b[i].key, key, 32) == 0)
             return &b[i];
@@ -168,10 +152,10 @@ static struct slot *lookup(struct ij_tokrev *r, const unsigned char key[32], int
 
 /* Under mu: the same token's slot, an empty or expired one, else the one
  * closest to expiry. */
-static void store(struct ij_tokrev *r, const unsigned char key[32], int64_t now, int64_t until,
-                  enum ij_tokrev_result res, const char *msg)
+void ij_tokrev_cache_store(struct ij_tokrev *r, const unsigned char key[32], int64_t now,
+                           int64_t until, enum ij_tokrev_result res, const char *msg)
 {
-    struct slot *b = r->slots + bucket_of(key), *victim = &b[0];
+    struct ij_tokrev_slot *b = r->slots + bucket_of(key), *victim = &b[0];
     for (int i = 0; i < IJ_TOKREV_BUCKET; i++) {
         if (memcmp(b[i].key, key, 32) == 0 || b[i].expires_ms <= now) {
             victim = &b[i];
@@ -310,16 +294,16 @@ enum ij_tokrev_result ij_tokrev_check(struct ij_tokrev *r, const char *token, si
     *why = NULL;
     mbedtls_sha256_ret((const unsigned char *)token, len, key, 0);
     pthread_mutex_lock(&r->mu);
-    struct slot *s = r->cache_ms > 0 ? lookup(r, key, now_ms) : NULL;
+    struct ij_tokrev_slot *s = r->cache_ms > 0 ? ij_tokrev_cache_lookup(r, key, now_ms) : NULL;
     if (s != NULL) {
         enum ij_tokrev_result res = (enum ij_tokrev_result)s->result;
         if (res != IJ_TOKREV_OK)
             *why = cm_xasprintf("%s (cached)", s->msg);
-        r->count[CNT_HIT]++;
+        r->count[IJ_TOKREV_CNT_HIT]++;
         pthread_mutex_unlock(&r->mu);
         return res;
     }
-    r->count[CNT_MISS]++;
+    r->count[IJ_TOKREV_CNT_MISS]++;
     pthread_mutex_unlock(&r->mu);
 
     enum ij_tokrev_result res = ask_review(r, token, len, c, why);
@@ -327,16 +311,16 @@ enum ij_tokrev_result ij_tokrev_check(struct ij_tokrev *r, const char *token, si
         res = ask_pod(r, c, why);
 
     pthread_mutex_lock(&r->mu);
-    r->count[res == IJ_TOKREV_OK         ? CNT_OK
-             : res == IJ_TOKREV_REJECTED ? CNT_REJECTED
-             : res == IJ_TOKREV_POD_GONE ? CNT_POD_GONE
-                                         : CNT_ERROR]++;
+    r->count[res == IJ_TOKREV_OK         ? IJ_TOKREV_CNT_OK
+             : res == IJ_TOKREV_REJECTED ? IJ_TOKREV_CNT_REJECTED
+             : res == IJ_TOKREV_POD_GONE ? IJ_TOKREV_CNT_POD_GONE
+                                         : IJ_TOKREV_CNT_ERROR]++;
     /* An answer is kept; the lack of one is not. Never past the token's exp. */
     int64_t until = now_ms + r->cache_ms;
     if (c->exp > 0 && c->exp * 1000 < until)
         until = c->exp * 1000;
     if (res != IJ_TOKREV_UNAVAILABLE && r->cache_ms > 0 && until > now_ms)
-        store(r, key, now_ms, until, res, *why);
+        ij_tokrev_cache_store(r, key, now_ms, until, res, *why);
     pthread_mutex_unlock(&r->mu);
     mbedtls_platform_zeroize(key, sizeof(key));
     return res;
@@ -346,7 +330,7 @@ char *ij_tokrev_metrics(struct ij_tokrev *r)
 {
     if (r == NULL)
         return cm_xstrdup("");
-    uint64_t n[CNT__COUNT];
+    uint64_t n[IJ_TOKREV_CNT__COUNT];
     pthread_mutex_lock(&r->mu);
     memcpy(n, r->count, sizeof(n));
     pthread_mutex_unlock(&r->mu);
@@ -363,7 +347,7 @@ char *ij_tokrev_metrics(struct ij_tokrev *r)
         "remora_injector_ca_token_reviews_total{result=\"rejected\"} %llu\n"
         "remora_injector_ca_token_reviews_total{result=\"pod_gone\"} %llu\n"
         "remora_injector_ca_token_reviews_total{result=\"error\"} %llu\n",
-        (unsigned long long)n[CNT_HIT], (unsigned long long)n[CNT_MISS],
-        (unsigned long long)n[CNT_OK], (unsigned long long)n[CNT_REJECTED],
-        (unsigned long long)n[CNT_POD_GONE], (unsigned long long)n[CNT_ERROR]);
+        (unsigned long long)n[IJ_TOKREV_CNT_HIT], (unsigned long long)n[IJ_TOKREV_CNT_MISS],
+        (unsigned long long)n[IJ_TOKREV_CNT_OK], (unsigned long long)n[IJ_TOKREV_CNT_REJECTED],
+        (unsigned long long)n[IJ_TOKREV_CNT_POD_GONE], (unsigned long long)n[IJ_TOKREV_CNT_ERROR]);
 }

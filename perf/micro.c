@@ -46,10 +46,12 @@
 #include "proxy/http.h"
 #include "proxy/policy.h"
 #include "proxy/routes.h"
+#include "proxy/routes_int.h"
 #include "proxy/server.h"
 
 static int quick;
 static volatile uintptr_t sink; /* keeps results alive */
+static struct px_routes_state *micro_routes; /* the state the benchmark's routes are bound to */
 
 static double now_ns(void)
 {
@@ -208,14 +210,17 @@ static struct px_routes *make_routes(size_t nroutes, size_t neps, int split)
         exit(1);
     }
     free(text);
-    /* the proxy binds shared health records only to live snapshots (a static step of
-     * px_routes_start); give every endpoint a fresh healthy one of ours */
-    for (size_t r = 0; r < out->n; r++)
+    /* the proxy binds shared health records only to live snapshots (a step of
+     * px_routes_start); give every endpoint a fresh healthy one of ours, and every
+     * route our routes state (locality "east") */
+    for (size_t r = 0; r < out->n; r++) {
+        out->routes[r].rs = micro_routes;
         for (size_t i = 0; i < out->routes[r].neps; i++) {
             struct px_endpoint *e = &out->routes[r].eps[i];
             e->st = calloc(1, sizeof(*e->st));
             e->st->addr = e->addr;
         }
+    }
     return out;
 }
 
@@ -500,7 +505,7 @@ int main(int argc, char **argv)
         }
     }
     cm_log_set_level(CM_LOG_ERROR);
-    /* px_route_pick reads px_srv->cfg->cluster: our locality is "east" */
+    /* px_route_pick ranks against the routes state's cluster, from the config: "east" */
     static const char cfg_text[] =
         "{\"cluster\": \"east\", \"listeners\": [{\"name\": \"b\", \"address\": "
         "\"127.0.0.1:0\", \"direction\": \"outbound\", \"upstream\": \"127.0.0.1:1\"}]}";
@@ -510,7 +515,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "perf-micro: %s\n", err);
         return 1;
     }
-    px_srv = &srv;
+    micro_routes = px_routes_state_new(srv.cfg->cluster);
     if (!tsv)
         fprintf(stderr, "perf-micro: ns per operation, fastest and median of the batches\n");
     printf("case\tn\tns_per_op_min\tns_per_op_median\tops\n");
@@ -518,7 +523,7 @@ int main(int argc, char **argv)
     run_routes();
     run_tls(pki_dir);
     run_records();
-    px_srv = NULL;
+    px_routes_state_free(micro_routes);
     px_config_free(srv.cfg);
     pki_rng_free();
     return 0;

@@ -45,12 +45,13 @@ struct route {
 };
 
 struct px_admin {
+    struct px_server *srv;   /* borrowed: the process context */
     struct event_base *base; /* borrowed: the proxy's loop */
     struct evhttp *http;
     struct cm_addr local;
     struct route *routes;
     size_t nroutes, cap;
-    struct event *quit_ev; /* fires px_server_drain(true) after /quitquitquit */
+    struct event *quit_ev; /* fires px_server_begin_drain(srv, true) after /quitquitquit */
     bool quitting;
 };
 
@@ -141,15 +142,16 @@ int px_admin_route(struct px_admin *a, enum px_admin_method method, const char *
 static int on_ready(struct evhttp_request *req, const struct evkeyvalq *q, struct evbuffer *out,
                     void *arg)
 {
-    (void)req, (void)q, (void)arg;
+    (void)req, (void)q;
+    const struct px_server *srv = ((struct px_admin *)arg)->srv;
     const char *reason = NULL;
-    if (!px_srv)
+    if (!srv)
         reason = "server not started";
-    else if (px_srv->draining)
+    else if (srv->draining)
         reason = "draining"; /* leave the load balancers' endpoints before we go */
-    else if (!px_srv->listeners_bound)
+    else if (!srv->listeners_bound)
         reason = "listeners not bound";
-    else if (!px_server_ready())
+    else if (!px_server_is_ready(srv))
         reason = "not ready";
     if (reason) {
         px_admin_reply_json(out, json_pack("{s:b, s:s}", "ready", 0, "reason", reason));
@@ -162,18 +164,18 @@ static int on_ready(struct evhttp_request *req, const struct evkeyvalq *q, struc
 static int on_stats(struct evhttp_request *req, const struct evkeyvalq *q, struct evbuffer *out,
                     void *arg)
 {
-    (void)req, (void)q, (void)arg;
-    px_metrics_write_json(out);
+    (void)req, (void)q;
+    px_metrics_write_json_of(((struct px_admin *)arg)->srv, out);
     return 200;
 }
 
 static int on_metrics(struct evhttp_request *req, const struct evkeyvalq *q, struct evbuffer *out,
                       void *arg)
 {
-    (void)q, (void)arg;
+    (void)q;
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/plain; version=0.0.4; charset=utf-8");
-    px_metrics_write_prometheus(out);
+    px_metrics_write_prometheus_of(((struct px_admin *)arg)->srv, out);
     return 200;
 }
 
@@ -218,7 +220,7 @@ static int on_config_dump(struct evhttp_request *req, const struct evkeyvalq *q,
 {
     (void)req, (void)q;
     struct px_admin *a = arg;
-    const struct px_config *cfg = px_srv ? px_srv->cfg : NULL;
+    const struct px_config *cfg = a->srv ? a->srv->cfg : NULL;
     if (!cfg || !cfg->raw)
         return px_admin_reply_error(out, 404, "no configuration loaded");
     json_t *doc = json_deep_copy(cfg->raw);
@@ -236,7 +238,7 @@ static int on_config_dump(struct evhttp_request *req, const struct evkeyvalq *q,
     json_t *ls = json_object_get(doc, "listeners");
     for (size_t i = 0; i < cfg->nlisteners && i < json_array_size(ls); i++) {
         json_t *lj = json_array_get(ls, i);
-        const struct px_listener *l = px_listener_of(&cfg->listeners[i]);
+        const struct px_listener *l = px_listener_of(a->srv, &cfg->listeners[i]);
         if (!json_is_object(lj))
             continue;
         if (l != NULL)
@@ -282,11 +284,12 @@ static int on_logging_post(struct evhttp_request *req, const struct evkeyvalq *q
 static int on_drain(struct evhttp_request *req, const struct evkeyvalq *q, struct evbuffer *out,
                     void *arg)
 {
-    (void)req, (void)q, (void)arg;
-    if (!px_srv)
+    (void)req, (void)q;
+    struct px_server *srv = ((struct px_admin *)arg)->srv;
+    if (!srv)
         return px_admin_reply_error(out, 503, "server not started");
     cm_info("admin: drain requested");
-    px_server_drain(false);
+    px_server_begin_drain(srv, false);
     px_admin_reply_json(out, json_pack("{s:b}", "draining", 1));
     return 200;
 }
@@ -301,8 +304,8 @@ static void on_quit_timer(evutil_socket_t fd, short what, void *arg)
         return;
     a->quitting = false;
     cm_info("admin: /quitquitquit: draining, then exiting");
-    if (px_srv)
-        px_server_drain(true);
+    if (a->srv)
+        px_server_begin_drain(a->srv, true);
 }
 
 static void on_quit_sent(struct evhttp_request *req, void *arg)
@@ -319,7 +322,7 @@ static int on_quit(struct evhttp_request *req, const struct evkeyvalq *q, struct
 {
     (void)q;
     struct px_admin *a = arg;
-    if (!px_srv)
+    if (!a->srv)
         return px_admin_reply_error(out, 503, "server not started");
     if (!a->quitting) {
         struct timeval tv = {QUIT_FLUSH_MS / 1000, (QUIT_FLUSH_MS % 1000) * 1000};
@@ -434,9 +437,10 @@ static void on_request(struct evhttp_request *req, void *arg)
 
 /* ---- lifecycle ---------------------------------------------------------------- */
 
-int px_admin_start(struct event_base *base, const struct cm_addr *addr, struct px_admin **out,
+int px_admin_start(struct px_server *srv, const struct cm_addr *addr, struct px_admin **out,
                    char **errmsg)
 {
+    struct event_base *base = srv->base;
     char abuf[CM_ADDR_STRLEN];
     int fd = cm_net_listen(addr, ADMIN_BACKLOG);
     if (fd < 0) {
@@ -446,6 +450,7 @@ int px_admin_start(struct event_base *base, const struct cm_addr *addr, struct p
     }
 
     struct px_admin *a = cm_xcalloc(1, sizeof(*a));
+    a->srv = srv;
     a->base = base;
     if (cm_net_local_addr(fd, &a->local) != 0)
         a->local = *addr;

@@ -8,9 +8,11 @@
 #include "common/net.h"
 
 struct px_admin;
+struct px_server;
 
-/* Bind and serve. Returns 0 and *out, or CM_ERR_IO with *errmsg. */
-int px_admin_start(struct event_base *base, const struct cm_addr *addr, struct px_admin **out,
+/* Bind and serve on srv's loop; the built-in endpoints read and drain srv.
+ * Returns 0 and *out, or CM_ERR_IO with *errmsg. */
+int px_admin_start(struct px_server *srv, const struct cm_addr *addr, struct px_admin **out,
                    char **errmsg);
 /* The bound address (port 0 in the config resolves to a real port). */
 void px_admin_local_addr(const struct px_admin *a, struct cm_addr *out);

@@ -38,42 +38,44 @@
 #include "proxy/server.h"
 #include "proxy/watch.h"
 
-static struct {
+struct px_authz {
+    struct px_admin *admin;   /* where GET /policy is registered, or NULL */
     char *file;               /* policy_file, or NULL: no authorization step */
     struct px_policy *policy; /* in force; NULL only without policy_file */
     struct px_watch watch;    /* the file as last read (or found missing), last_error */
     int64_t loaded_at_ms;     /* when the policy in force was loaded */
     int64_t attempt_at_ms;    /* the last load attempt, good or bad */
     uint64_t loads, failures;
-} az;
+};
 
-static void set_error(const char *msg)
+static void set_error(struct px_authz *az, const char *msg)
 {
     if (msg != NULL)
-        cm_watch_set_error(&az.watch.files, "%s", msg);
+        cm_watch_set_error(&az->watch.files, "%s", msg);
     else
-        cm_watch_set_error(&az.watch.files, NULL);
+        cm_watch_set_error(&az->watch.files, NULL);
 }
 
 /* Read, compile and install the file. On failure the policy in force stays,
  * last_error says why, and *errmsg gets the message (caller frees). */
-static int load(const char *trigger, char **errmsg)
+static int load(struct px_authz *az, const char *trigger, char **errmsg)
 {
-    cm_watch_poll(&az.watch.files); /* before reading: a change during the read is seen next tick */
-    az.attempt_at_ms = cm_wall_ms();
+    /* before reading: a change during the read is seen next tick */
+    cm_watch_poll(&az->watch.files);
+    az->attempt_at_ms = cm_wall_ms();
     struct px_policy *p = NULL;
-    if (px_policy_load_file(az.file, &p, errmsg) != 0) {
-        set_error(*errmsg);
-        az.failures++;
+    if (px_policy_load_file(az->file, &p, errmsg) != 0) {
+        set_error(az, *errmsg);
+        az->failures++;
         return CM_ERR_INVAL;
     }
-    px_policy_free(az.policy);
-    az.policy = p;
-    az.loaded_at_ms = az.attempt_at_ms;
-    az.loads++;
-    set_error(NULL);
+    px_policy_free(az->policy);
+    az->policy = p;
+    az->loaded_at_ms = az->attempt_at_ms;
+    az->loads++;
+    set_error(az, NULL);
     cm_info("policy: %s: loaded %s: %zu rules (%zu allow, %zu deny), default %s, mode %s", trigger,
-            az.file, px_policy_nrules(p), px_policy_nallow(p), px_policy_ndeny(p),
+            az->file, px_policy_nrules(p), px_policy_nallow(p), px_policy_ndeny(p),
             px_policy_default_deny(p) ? "deny" : "allow",
             px_policy_mode(p) == PX_POLICY_AUDIT ? "audit" : "enforce");
     return 0;
@@ -81,37 +83,39 @@ static int load(const char *trigger, char **errmsg)
 
 static void on_watch(void *arg, bool gone)
 {
-    (void)arg;
+    struct px_authz *az = arg;
     if (gone) { /* gone (or unreadable): keep enforcing what we have; said once */
-        az.failures++;
+        az->failures++;
         return;
     }
     char *err = NULL;
-    if (load("file changed", &err) != 0)
+    if (load(az, "file changed", &err) != 0)
         cm_warn("policy: reload after a file change failed, keeping the last good policy: %s", err);
     free(err);
 }
 
-int px_authz_start(const struct px_config *cfg, char **errmsg)
+int px_authz_start(struct px_server *srv, char **errmsg)
 {
-    if (cfg->policy_file == NULL)
+    srv->authz = NULL;
+    if (srv->cfg->policy_file == NULL)
         return 0;
-    az.file = cm_xstrdup(cfg->policy_file);
-    const char *path = az.file;
-    px_watch_start(&az.watch, "policy", px_srv != NULL ? px_srv->base : NULL, &path, 1, on_watch,
-                   NULL);
-    if (load("startup", errmsg) != 0) {
-        px_authz_shutdown();
+    struct px_authz *az = cm_xcalloc(1, sizeof(*az));
+    az->file = cm_xstrdup(srv->cfg->policy_file);
+    const char *path = az->file;
+    px_watch_start(&az->watch, "policy", srv->base, &path, 1, on_watch, az);
+    if (load(az, "startup", errmsg) != 0) {
+        px_authz_free(az);
         return CM_ERR_INVAL;
     }
+    srv->authz = az;
     return 0;
 }
 
-int px_authz_reload(char **errmsg)
+int px_authz_reload(struct px_authz *az, char **errmsg)
 {
-    if (az.file == NULL)
+    if (az == NULL)
         return 0;
-    return load("reload", errmsg);
+    return load(az, "reload", errmsg);
 }
 
 /* ---- admin ------------------------------------------------------------------------ */
@@ -123,23 +127,23 @@ static json_t *time_or_null(int64_t ms)
 }
 
 /* GET /policy: the policy in force (its source document) and the reload state. */
-static json_t *summary(void)
+static json_t *summary(const struct px_authz *az)
 {
-    const struct px_policy *p = az.policy;
+    const struct px_policy *p = az->policy;
     json_t *o = json_object();
-    json_object_set_new(o, "file", json_string(az.file));
+    json_object_set_new(o, "file", json_string(az->file));
     json_object_set_new(o, "mode",
                         json_string(px_policy_mode(p) == PX_POLICY_AUDIT ? "audit" : "enforce"));
     json_object_set_new(o, "default", json_string(px_policy_default_deny(p) ? "deny" : "allow"));
     json_object_set_new(o, "rules", json_integer((json_int_t)px_policy_nrules(p)));
     json_object_set_new(o, "allow_rules", json_integer((json_int_t)px_policy_nallow(p)));
     json_object_set_new(o, "deny_rules", json_integer((json_int_t)px_policy_ndeny(p)));
-    json_object_set_new(o, "loaded_at", time_or_null(az.loaded_at_ms));
-    json_object_set_new(o, "last_attempt_at", time_or_null(az.attempt_at_ms));
-    const char *last_error = cm_watch_last_error(&az.watch.files);
+    json_object_set_new(o, "loaded_at", time_or_null(az->loaded_at_ms));
+    json_object_set_new(o, "last_attempt_at", time_or_null(az->attempt_at_ms));
+    const char *last_error = cm_watch_last_error(&az->watch.files);
     json_object_set_new(o, "last_error", last_error ? json_string(last_error) : json_null());
-    json_object_set_new(o, "loads", json_integer((json_int_t)az.loads));
-    json_object_set_new(o, "load_failures", json_integer((json_int_t)az.failures));
+    json_object_set_new(o, "loads", json_integer((json_int_t)az->loads));
+    json_object_set_new(o, "load_failures", json_integer((json_int_t)az->failures));
     json_object_set(o, "policy", px_policy_source(p));
     return o;
 }
@@ -149,46 +153,48 @@ static int on_get_policy(struct evhttp_request *req, const struct evkeyvalq *que
 {
     (void)req;
     (void)query;
-    (void)arg;
-    px_admin_reply_json(out, summary());
+    px_admin_reply_json(out, summary(arg));
     return 200;
 }
 
 static int on_reload(struct evhttp_request *req, const struct evkeyvalq *query,
                      struct evbuffer *out, void *arg)
 {
+    struct px_authz *az = arg;
     (void)req;
     (void)query;
-    (void)arg;
     char *err = NULL;
-    if (load("POST /policy/reload", &err) != 0) {
+    if (load(az, "POST /policy/reload", &err) != 0) {
         cm_warn("policy: POST /policy/reload failed, keeping the last good policy: %s", err);
         int status = px_admin_reply_error(out, 400, "%s", err);
         free(err);
         return status;
     }
-    px_admin_reply_json(out, summary());
+    px_admin_reply_json(out, summary(az));
     return 200;
 }
 
-void px_authz_admin_routes(void)
+void px_authz_admin_routes(struct px_authz *az, struct px_admin *admin)
 {
-    if (az.file == NULL || px_srv == NULL)
+    if (az == NULL || admin == NULL)
         return;
-    px_admin_route(px_srv->admin, PX_ADMIN_GET, "/policy", on_get_policy, NULL);
-    px_admin_route(px_srv->admin, PX_ADMIN_POST, "/policy/reload", on_reload, NULL);
+    az->admin = admin;
+    px_admin_route(admin, PX_ADMIN_GET, "/policy", on_get_policy, az);
+    px_admin_route(admin, PX_ADMIN_POST, "/policy/reload", on_reload, az);
 }
 
-void px_authz_shutdown(void)
+void px_authz_free(struct px_authz *az)
 {
-    if (az.file != NULL && px_srv != NULL && px_srv->admin != NULL) {
-        px_admin_route(px_srv->admin, PX_ADMIN_GET, "/policy", NULL, NULL);
-        px_admin_route(px_srv->admin, PX_ADMIN_POST, "/policy/reload", NULL, NULL);
+    if (az != NULL) {
+        if (az->admin != NULL) {
+            px_admin_route(az->admin, PX_ADMIN_GET, "/policy", NULL, NULL);
+            px_admin_route(az->admin, PX_ADMIN_POST, "/policy/reload", NULL, NULL);
+        }
+        px_watch_stop(&az->watch);
+        px_policy_free(az->policy);
+        free(az->file);
+        free(az);
     }
-    px_watch_stop(&az.watch);
-    px_policy_free(az.policy);
-    free(az.file);
-    memset(&az, 0, sizeof(az));
     px_policy_metrics_reset();
 }
 
@@ -228,10 +234,10 @@ static void send_decided_path(struct px_stream *s, const struct px_policy_decisi
     s->req.path = np;
 }
 
-bool px_authz_check(struct px_stream *s)
+/* The decision proper, out of line: without a policy the check below costs a
+ * few loads, not this function's frame. */
+static __attribute__((noinline)) bool check(const struct px_authz *az, struct px_stream *s)
 {
-    if (az.policy == NULL)
-        return true;
     const struct px_conn *c = s->conn;
     struct px_policy_request r = {
         .principal = c->mtls && c->peer_id[0] != '\0' ? c->peer_id : NULL,
@@ -243,7 +249,7 @@ bool px_authz_check(struct px_stream *s)
     size_t need = px_policy_scratch_size(s->req.path);
     char *scratch = need <= sizeof(small) ? small : px_arena_alloc(&s->arena, need);
     struct px_policy_decision d;
-    px_policy_decide(az.policy, &r, scratch, need, &d);
+    px_policy_decide(az->policy, &r, scratch, need, &d);
     if (d.verdict == PX_POLICY_ALLOW) {
         send_decided_path(s, &d);
         return true;
@@ -283,9 +289,17 @@ bool px_authz_check(struct px_stream *s)
     return false;
 }
 
+bool px_authz_check(struct px_stream *s)
+{
+    const struct px_server *srv = s->conn->srv;
+    const struct px_authz *az = srv != NULL ? srv->authz : NULL;
+    return az == NULL || check(az, s);
+}
+
 bool px_authz_check_tcp(const struct px_conn *c)
 {
-    if (az.policy == NULL)
+    const struct px_authz *az = c->srv != NULL ? c->srv->authz : NULL;
+    if (az == NULL)
         return true;
     struct px_policy_request r = {
         .principal = c->mtls && c->peer_id[0] != '\0' ? c->peer_id : NULL,
@@ -294,7 +308,7 @@ bool px_authz_check_tcp(const struct px_conn *c)
         .tcp = true,
     };
     struct px_policy_decision d;
-    px_policy_decide(az.policy, &r, NULL, 0, &d);
+    px_policy_decide(az->policy, &r, NULL, 0, &d);
     if (d.verdict == PX_POLICY_ALLOW)
         return true;
     char peer[CM_ADDR_STRLEN];

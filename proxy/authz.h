@@ -9,20 +9,32 @@
 
 #include <stdbool.h>
 
-#include "proxy/config.h"
 #include "proxy/stream.h"
 
-/* Load cfg->policy_file if set. A bad file at startup is an error (the
- * proxy does not start with an unknown policy); later reloads keep the last
- * good one. Starts the file watch. */
-int px_authz_start(const struct px_config *cfg, char **errmsg);
-/* Re-read the policy file (SIGHUP, the file watch, POST /policy/reload). */
-int px_authz_reload(char **errmsg);
-/* Register GET /policy and POST /policy/reload on the admin API. */
-void px_authz_admin_routes(void);
-void px_authz_shutdown(void);
+struct px_admin;
+struct px_server;
 
-/* Decide the request whose head is in s->req. Returns true to go on; false
+/* The authorization state of a server (srv->authz): the policy file, the
+ * compiled policy in force, its watch and reload counters. */
+struct px_authz;
+
+/* Load srv->cfg->policy_file if set, into a new srv->authz (left NULL
+ * without a policy file: no authorization step). A bad file at startup is an
+ * error (the proxy does not start with an unknown policy); later reloads keep
+ * the last good one. Starts the file watch on srv's loop. */
+int px_authz_start(struct px_server *srv, char **errmsg);
+/* Re-read the policy file (SIGHUP, the file watch, POST /policy/reload);
+ * az NULL (no policy file): nothing to do. */
+int px_authz_reload(struct px_authz *az, char **errmsg);
+/* Register GET /policy and POST /policy/reload on the admin API (admin may be
+ * NULL: no admin address). */
+void px_authz_admin_routes(struct px_authz *az, struct px_admin *admin);
+/* Unregister the admin routes, stop the watch, free az (NULL is fine) and
+ * reset the denial series (proxy/policy_metrics.c). */
+void px_authz_free(struct px_authz *az);
+
+/* Decide the request whose head is in s->req under the policy of its
+ * connection's server (s->conn->srv->authz). Returns true to go on; false
  * when the request was denied and answered (403 naming the rule). */
 bool px_authz_check(struct px_stream *s);
 

@@ -25,8 +25,6 @@
 #include "proxy/tcp.h"
 #include "proxy/tls.h"
 
-static uint64_t next_conn_id = 1;
-
 /* The destination the client meant before iptables redirected it; false
  * when the connection was not redirected. */
 static bool original_dst(int fd, int family, struct cm_addr *out)
@@ -43,7 +41,7 @@ void px_conn_free(struct px_conn *c)
     if (c->detect_timer != NULL)
         event_free(c->detect_timer);
     cm_list_remove(&c->link);
-    px_srv->nconns--;
+    c->srv->nconns--;
     px_metrics.downstream_cx_active--;
     free(c);
 }
@@ -70,8 +68,9 @@ static bool same_host(const struct cm_addr *a, const struct cm_addr *b)
 
 bool px_conn_is_loop(const struct px_conn *c, const struct cm_addr *a)
 {
-    for (size_t i = 0; i < px_srv->nlisteners; i++) {
-        const struct cm_addr *b = &px_srv->listeners[i]->bound;
+    const struct px_server *srv = c->srv;
+    for (size_t i = 0; i < srv->nlisteners; i++) {
+        const struct cm_addr *b = &srv->listeners[i]->bound;
         if (cm_addr_equal(a, b))
             return true;
         if (cm_addr_port(a) == cm_addr_port(b) && cm_addr_is_any(b) &&
@@ -154,7 +153,7 @@ static void on_tls_event(struct px_io *io, int what, void *arg)
         /* detect again on the decrypted bytes: the first one within the header
          * timeout (nothing goes to the app before it) */
         c->detect_bytes = false;
-        px_io_set_timeout(io, px_srv->cfg->limits.header_timeout_ms);
+        px_io_set_timeout(io, c->srv->cfg->limits.header_timeout_ms);
         return;
     }
     if (what & PX_IO_TIMEOUT) {
@@ -193,19 +192,19 @@ static void detect_silence(struct px_conn *c)
     cm_debug("conn %llu from %s on %s: no bytes within %u ms: closed (server-first protocols "
              "need their port in opaque_ports)",
              (unsigned long long)c->id, cm_addr_format(&c->peer, peer, sizeof(peer)), c->lcfg->name,
-             (unsigned)px_srv->cfg->limits.header_timeout_ms);
+             (unsigned)c->srv->cfg->limits.header_timeout_ms);
 }
 
 static void start_mtls(struct px_conn *c)
 {
-    struct px_tls_conf *conf = px_identity_server_conf();
+    struct px_tls_conf *conf = px_identity_server_tls(c->srv->identity);
     if (conf == NULL) {
         cm_warn("listener %s: mTLS connection refused: no workload certificate yet", c->lcfg->name);
         abort_conn(c);
         return;
     }
     px_io_setcb(c->io, on_detect_read, NULL, on_tls_event, c);
-    px_io_set_timeout(c->io, px_srv->cfg->limits.header_timeout_ms);
+    px_io_set_timeout(c->io, c->srv->cfg->limits.header_timeout_ms);
     if (px_io_start_tls(c->io, conf, NULL) != 0)
         abort_conn(c);
 }
@@ -226,7 +225,7 @@ static void on_detect_read(struct px_io *io, void *arg)
         /* a first byte: it is decided (as TCP under the policy at worst) within
          * detect_timeout_ms from now, and the header timeout no longer applies */
         c->detect_bytes = true;
-        px_io_set_timeout(io, px_srv->cfg->limits.detect_timeout_ms);
+        px_io_set_timeout(io, c->srv->cfg->limits.detect_timeout_ms);
     }
 }
 
@@ -263,13 +262,14 @@ static void on_detect_abort(evutil_socket_t fd, short what, void *arg)
 
 void px_conn_accept(struct px_listener *l, int fd, const struct sockaddr *sa, socklen_t salen)
 {
-    const struct px_limits *lim = &px_srv->cfg->limits;
+    struct px_server *srv = l->srv;
+    const struct px_limits *lim = &srv->cfg->limits;
     struct px_conn *c = cm_xcalloc(1, sizeof(*c));
-    c->srv = px_srv;
+    c->srv = srv;
     c->listener = l;
     c->lcfg = l->cfg;
     c->fd = fd;
-    c->id = next_conn_id++;
+    c->id = ++srv->next_conn_id;
     c->accepted_us = cm_mono_us();
     cm_addr_from_sockaddr(&c->peer, sa, salen);
     cm_net_local_addr(fd, &c->local);
@@ -278,15 +278,15 @@ void px_conn_accept(struct px_listener *l, int fd, const struct sockaddr *sa, so
         c->orig_dst = c->local;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    cm_list_insert_tail(&px_srv->conns, &c->link);
-    px_srv->nconns++;
+    cm_list_insert_tail(&srv->conns, &c->link);
+    srv->nconns++;
     px_metrics.downstream_cx_total++;
     px_metrics.downstream_cx_active++;
 
-    c->opaque = px_config_opaque_port(px_srv->cfg, cm_addr_port(&c->orig_dst));
+    c->opaque = px_config_opaque_port(srv->cfg, cm_addr_port(&c->orig_dst));
 
-    c->io = px_io_new(px_srv->base, fd);
-    c->detect_timer = event_new(px_srv->base, -1, 0, on_detect_abort, c);
+    c->io = px_io_new(srv->base, fd);
+    c->detect_timer = event_new(srv->base, -1, 0, on_detect_abort, c);
     px_io_set_read_limit(c->io, lim->buffer_bytes);
     px_io_setcb(c->io, on_detect_read, NULL, on_detect_event, c);
     if (c->opaque && c->lcfg->tls == PX_TLS_STRICT) {

@@ -27,7 +27,7 @@ enum px_conn_proto {
 };
 
 struct px_conn {
-    struct px_server *srv;              /* the proxy this connection belongs to */
+    struct px_server *srv;              /* the process context (set by the listener) */
     struct px_listener *listener;       /* borrowed; outlives its connections */
     const struct px_listener_cfg *lcfg; /* borrowed from the config snapshot */
     struct px_io *io;                   /* the socket; owned by the current handler */

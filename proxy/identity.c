@@ -37,7 +37,7 @@ enum id_mode {
 static const char *const server_alpn[] = {"h2", "http/1.1", NULL};
 static const char *const client_alpn[] = {"h2", NULL};
 
-static struct {
+struct px_identity {
     enum id_mode mode;
     char spiffe_id[PKI_SPIFFE_MAX];
     char trust_domain[PKI_SPIFFE_MAX];
@@ -67,54 +67,91 @@ static struct {
      * at before each CSR. Either way it holds last_error. */
     struct px_watch watch;
     struct event *timer; /* CA: the next request */
-} id;
+};
+
+bool px_identity_is_configured(const struct px_identity *id)
+{
+    return id != NULL && id->mode != ID_NONE;
+}
+
+bool px_identity_is_ready(const struct px_identity *id)
+{
+    return id == NULL || id->mode == ID_NONE || (id->server != NULL && id->not_after > cm_wall_s());
+}
+
+const char *px_identity_id(const struct px_identity *id)
+{
+    return id != NULL ? id->spiffe_id : "";
+}
+
+struct px_tls_conf *px_identity_server_tls(const struct px_identity *id)
+{
+    return id != NULL ? id->server : NULL;
+}
+
+struct px_tls_conf *px_identity_client_tls(const struct px_identity *id)
+{
+    return id != NULL ? id->client : NULL;
+}
+
+struct px_tls_conf *px_identity_tcp_client_tls(const struct px_identity *id)
+{
+    return id != NULL ? id->tcp_client : NULL;
+}
+
+/* ---- compatibility wrappers (identity.h): to be removed when callers pass srv ---- */
+
+static const struct px_identity *current(void)
+{
+    return px_srv != NULL ? px_srv->identity : NULL;
+}
 
 bool px_identity_configured(void)
 {
-    return id.mode != ID_NONE;
+    return px_identity_is_configured(current());
 }
 
 bool px_identity_ready(void)
 {
-    return id.mode == ID_NONE || (id.server != NULL && id.not_after > cm_wall_s());
+    return px_identity_is_ready(current());
 }
 
 const char *px_identity_spiffe_id(void)
 {
-    return id.spiffe_id;
+    return px_identity_id(current());
 }
 
 struct px_tls_conf *px_identity_server_conf(void)
 {
-    return id.server;
+    return px_identity_server_tls(current());
 }
 
 struct px_tls_conf *px_identity_client_conf(void)
 {
-    return id.client;
+    return px_identity_client_tls(current());
 }
 
 struct px_tls_conf *px_identity_tcp_client_conf(void)
 {
-    return id.tcp_client;
+    return px_identity_tcp_client_tls(current());
 }
 
-static void arm(uint64_t ms)
+static void arm(struct px_identity *id, uint64_t ms)
 {
     struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
-    evtimer_add(id.timer, &tv);
+    evtimer_add(id->timer, &tv);
 }
 
-static void set_error(const char *fmt, const char *detail)
+static void set_error(struct px_identity *id, const char *fmt, const char *detail)
 {
-    cm_watch_set_error(&id.watch.files, fmt, detail);
-    cm_warn("identity %s: %s", id.spiffe_id, cm_watch_last_error(&id.watch.files));
+    cm_watch_set_error(&id->watch.files, fmt, detail);
+    cm_warn("identity %s: %s", id->spiffe_id, cm_watch_last_error(&id->watch.files));
 }
 
 /* Build both TLS snapshots from PEM and swap them in. The leaf must carry
  * our SPIFFE ID and match the key. */
-static int install(const char *chain_pem, const char *key_pem, const char *bundle_pem,
-                   char **errmsg)
+static int install(struct px_identity *id, const char *chain_pem, const char *key_pem,
+                   const char *bundle_pem, char **errmsg)
 {
     char *anchors = NULL;
     mbedtls_x509_crt leaf;
@@ -125,8 +162,8 @@ static int install(const char *chain_pem, const char *key_pem, const char *bundl
         goto out;
     if (pki_crt_spiffe_id(&leaf, got, sizeof(got), errmsg) != 0)
         goto out;
-    if (strcmp(got, id.spiffe_id) != 0) {
-        *errmsg = cm_xasprintf("certificate is for %s, not %s", got, id.spiffe_id);
+    if (strcmp(got, id->spiffe_id) != 0) {
+        *errmsg = cm_xasprintf("certificate is for %s, not %s", got, id->spiffe_id);
         goto out;
     }
     int64_t nb = pki_crt_not_before(&leaf), na = pki_crt_not_after(&leaf);
@@ -142,35 +179,35 @@ static int install(const char *chain_pem, const char *key_pem, const char *bundl
     anchors = inter ? cm_xasprintf("%s\n%s", bundle_pem, inter) : cm_xstrdup(bundle_pem);
     bundle_pem = anchors;
     struct px_tls_conf *srv = NULL, *cli = NULL, *tcp = NULL;
-    if (px_tls_conf_new(PX_TLS_SERVER, chain_pem, key_pem, bundle_pem, id.trust_domain, server_alpn,
-                        &srv, errmsg) != 0)
+    if (px_tls_conf_new(PX_TLS_SERVER, chain_pem, key_pem, bundle_pem, id->trust_domain,
+                        server_alpn, &srv, errmsg) != 0)
         goto out;
-    if (px_tls_conf_new(PX_TLS_CLIENT, chain_pem, key_pem, bundle_pem, id.trust_domain, client_alpn,
-                        &cli, errmsg) != 0 ||
-        px_tls_conf_new(PX_TLS_CLIENT, chain_pem, key_pem, bundle_pem, id.trust_domain, NULL, &tcp,
+    if (px_tls_conf_new(PX_TLS_CLIENT, chain_pem, key_pem, bundle_pem, id->trust_domain,
+                        client_alpn, &cli, errmsg) != 0 ||
+        px_tls_conf_new(PX_TLS_CLIENT, chain_pem, key_pem, bundle_pem, id->trust_domain, NULL, &tcp,
                         errmsg) != 0) {
         px_tls_conf_unref(srv);
         px_tls_conf_unref(cli);
         goto out;
     }
     /* swap: connections established under the old snapshots keep them */
-    bool first = id.server == NULL;
-    px_tls_conf_unref(id.server);
-    px_tls_conf_unref(id.client);
-    px_tls_conf_unref(id.tcp_client);
-    id.server = srv;
-    id.client = cli;
-    id.tcp_client = tcp;
-    pki_crt_serial_hex(&leaf, id.serial, sizeof(id.serial));
-    id.not_before = nb;
-    id.not_after = na;
+    bool first = id->server == NULL;
+    px_tls_conf_unref(id->server);
+    px_tls_conf_unref(id->client);
+    px_tls_conf_unref(id->tcp_client);
+    id->server = srv;
+    id->client = cli;
+    id->tcp_client = tcp;
+    pki_crt_serial_hex(&leaf, id->serial, sizeof(id->serial));
+    id->not_before = nb;
+    id->not_after = na;
     if (!first)
-        id.rotations++;
+        id->rotations++;
     px_metrics.cert_expiry_timestamp = na;
-    cm_watch_set_error(&id.watch.files, NULL);
+    cm_watch_set_error(&id->watch.files, NULL);
     char a[32], b[32];
-    cm_info("identity %s: %s certificate serial %s valid %s .. %s", id.spiffe_id,
-            first ? "holding" : "rotated to", id.serial, cm_fmt_rfc3339(nb, a, sizeof(a)),
+    cm_info("identity %s: %s certificate serial %s valid %s .. %s", id->spiffe_id,
+            first ? "holding" : "rotated to", id->serial, cm_fmt_rfc3339(nb, a, sizeof(a)),
             cm_fmt_rfc3339(na, b, sizeof(b)));
     rc = 0;
 out:
@@ -199,35 +236,35 @@ static char *read_text(const char *path, char **errmsg)
  * in force kept, and that version is not tried again. */
 static void on_ca_root_change(void *arg, bool gone)
 {
-    (void)arg;
+    struct px_identity *id = arg;
     if (gone)
         return;
     char *err = NULL;
     struct px_tls_conf *conf = NULL;
-    char *root = read_text(id.ca_root_file, &err);
+    char *root = read_text(id->ca_root_file, &err);
     if (root == NULL || px_tls_conf_new_anon_client(root, &conf, &err) != 0) {
         cm_warn("identity: ca_root %s changed but cannot be used, keeping the current one: %s",
-                id.ca_root_file, err ? err : "?");
+                id->ca_root_file, err ? err : "?");
         free(err);
         free(root);
         return;
     }
     free(root);
-    px_tls_conf_unref(id.ca_conf); /* a request in flight holds its own reference */
-    id.ca_conf = conf;
-    cm_info("identity: ca_root %s reloaded", id.ca_root_file);
+    px_tls_conf_unref(id->ca_conf); /* a request in flight holds its own reference */
+    id->ca_conf = conf;
+    cm_info("identity: ca_root %s reloaded", id->ca_root_file);
 }
 
 /* ---- static files --------------------------------------------------------------------- */
 
-static int load_static(char **errmsg)
+static int load_static(struct px_identity *id, char **errmsg)
 {
-    char *chain = read_text(id.cert_file, errmsg), *key = NULL, *bundle = NULL;
+    char *chain = read_text(id->cert_file, errmsg), *key = NULL, *bundle = NULL;
     int rc = CM_ERR_INVAL;
-    if (chain == NULL || (key = read_text(id.key_file, errmsg)) == NULL ||
-        (bundle = read_text(id.bundle_file, errmsg)) == NULL)
+    if (chain == NULL || (key = read_text(id->key_file, errmsg)) == NULL ||
+        (bundle = read_text(id->bundle_file, errmsg)) == NULL)
         goto out;
-    rc = install(chain, key, bundle, errmsg);
+    rc = install(id, chain, key, bundle, errmsg);
 out:
     if (key != NULL) {
         memset(key, 0, strlen(key));
@@ -240,80 +277,80 @@ out:
 
 static void on_static_change(void *arg, bool gone)
 {
-    (void)arg;
+    struct px_identity *id = arg;
     if (gone) /* the watch said so; the identity in force stays */
         return;
     char *err = NULL;
-    if (load_static(&err) != 0) {
-        set_error("reload of static identity failed, keeping the current one: %s", err);
+    if (load_static(id, &err) != 0) {
+        set_error(id, "reload of static identity failed, keeping the current one: %s", err);
         free(err);
     }
 }
 
 /* ---- CA-issued ---------------------------------------------------------------------------- */
 
-static void request_cert(void);
+static void request_cert(struct px_identity *id);
 
-static void retry_later(void)
+static void retry_later(struct px_identity *id)
 {
-    id.backoff_ms = id.backoff_ms ? id.backoff_ms * 2 : RETRY_MIN_MS;
-    if (id.backoff_ms > RETRY_MAX_MS)
-        id.backoff_ms = RETRY_MAX_MS;
+    id->backoff_ms = id->backoff_ms ? id->backoff_ms * 2 : RETRY_MIN_MS;
+    if (id->backoff_ms > RETRY_MAX_MS)
+        id->backoff_ms = RETRY_MAX_MS;
     /* jitter: 50%..100% of the backoff */
     uint32_t j = 0;
     pki_rng_fn(NULL, (unsigned char *)&j, sizeof(j));
-    uint64_t ms = id.backoff_ms / 2 + j % (id.backoff_ms / 2 + 1);
-    cm_info("identity %s: next CA attempt in %llu ms", id.spiffe_id, (unsigned long long)ms);
-    arm(ms);
+    uint64_t ms = id->backoff_ms / 2 + j % (id->backoff_ms / 2 + 1);
+    cm_info("identity %s: next CA attempt in %llu ms", id->spiffe_id, (unsigned long long)ms);
+    arm(id, ms);
 }
 
 /* Rotate at a random point between 50% and 80% of the lifetime left when
  * the certificate arrived (not_before is backdated for clock skew, so it
  * would make short-lived certificates look half-spent on arrival). */
-static void schedule_rotation(void)
+static void schedule_rotation(struct px_identity *id)
 {
     int64_t now_ms = cm_wall_ms();
-    int64_t life_ms = id.not_after * 1000 - now_ms;
+    int64_t life_ms = id->not_after * 1000 - now_ms;
     uint32_t j = 0;
     pki_rng_fn(NULL, (unsigned char *)&j, sizeof(j));
     double frac = 0.5 + 0.3 * ((double)j / 4294967295.0);
     int64_t ms = (int64_t)((double)life_ms * frac);
     if (ms < MIN_ROTATE_MS)
         ms = MIN_ROTATE_MS;
-    arm((uint64_t)ms);
+    arm(id, (uint64_t)ms);
 }
 
 static void on_ca_answer(int status, const char *body, size_t len, const char *err, void *arg)
 {
-    (void)arg;
-    id.inflight = NULL;
+    struct px_identity *id = arg;
+    id->inflight = NULL;
     char *e = NULL;
     if (status == 0) {
-        set_error("CA unreachable: %s", err);
+        set_error(id, "CA unreachable: %s", err);
         goto retry;
     }
     if (status != 200) {
         char msg[300];
         snprintf(msg, sizeof(msg), "%d %.*s", status, (int)(len > 200 ? 200 : len), body);
-        set_error("CA refused the CSR: %s", msg);
+        set_error(id, "CA refused the CSR: %s", msg);
         goto retry;
     }
     json_t *doc;
     if (cm_json_load_buf("CA answer", body, len, true, &doc, &e) != 0) {
-        set_error("%s", e);
+        set_error(id, "%s", e);
         goto retry;
     }
     const char *chain = json_string_value(json_object_get(doc, "cert_chain"));
     const char *bundle = json_string_value(json_object_get(doc, "trust_bundle"));
     if (chain == NULL || bundle == NULL) {
         json_decref(doc);
-        set_error("%s", "CA answer lacks cert_chain or trust_bundle");
+        set_error(id, "%s", "CA answer lacks cert_chain or trust_bundle");
         goto retry;
     }
     char *key_pem = NULL;
-    if (pki_key_write_pem(&id.pending_key, &key_pem, &e) != 0 ||
-        install(chain, key_pem, bundle, &e) != 0) {
-        set_error("CA certificate not usable: %s", e);
+    if (pki_key_write_pem(&id->pending_key, &key_pem, &e) != 0 ||
+        install(id, chain, key_pem, bundle, &e) != 0) {
+        set_error(id, "CA certificate not usable: %s", e);
         if (key_pem != NULL) {
             memset(key_pem, 0, strlen(key_pem));
             free(key_pem);
@@ -324,44 +361,44 @@ static void on_ca_answer(int status, const char *body, size_t len, const char *e
     memset(key_pem, 0, strlen(key_pem));
     free(key_pem);
     json_decref(doc);
-    mbedtls_pk_free(&id.pending_key);
-    id.has_pending_key = false;
-    id.backoff_ms = 0;
-    schedule_rotation();
+    mbedtls_pk_free(&id->pending_key);
+    id->has_pending_key = false;
+    id->backoff_ms = 0;
+    schedule_rotation(id);
     return;
 retry:
     free(e);
-    retry_later();
+    retry_later(id);
 }
 
-static void send_csr(void);
+static void send_csr(struct px_identity *id);
 
 /* In a cluster ca_address is the CA Service's DNS name: resolve it (without
  * blocking the loop) before every request, as Services may move. */
 static void on_resolved(int result, struct evutil_addrinfo *res, void *arg)
 {
-    (void)arg;
-    id.resolving = NULL;
+    struct px_identity *id = arg;
+    id->resolving = NULL;
     if (result == EVUTIL_EAI_CANCEL)
         return; /* shutting down */
     if (result != 0 || res == NULL) {
-        set_error("CA address: cannot resolve %s", id.ca_name);
+        set_error(id, "CA address: cannot resolve %s", id->ca_name);
         if (res != NULL)
             evutil_freeaddrinfo(res);
-        retry_later();
+        retry_later(id);
         return;
     }
-    cm_addr_from_sockaddr(&id.ca_addr, res->ai_addr, (socklen_t)res->ai_addrlen);
+    cm_addr_from_sockaddr(&id->ca_addr, res->ai_addr, (socklen_t)res->ai_addrlen);
     evutil_freeaddrinfo(res);
-    send_csr();
+    send_csr(id);
 }
 
-static void request_cert(void)
+static void request_cert(struct px_identity *id)
 {
-    if (id.inflight != NULL || id.resolving != NULL)
+    if (id->inflight != NULL || id->resolving != NULL)
         return;
-    if (id.ca_name == NULL) {
-        send_csr();
+    if (id->ca_name == NULL) {
+        send_csr(id);
         return;
     }
     struct evutil_addrinfo hints;
@@ -370,31 +407,31 @@ static void request_cert(void)
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = EVUTIL_AI_ADDRCONFIG;
     struct evdns_getaddrinfo_request *r =
-        evdns_getaddrinfo(id.dns, id.ca_name, id.ca_port, &hints, on_resolved, NULL);
+        evdns_getaddrinfo(id->dns, id->ca_name, id->ca_port, &hints, on_resolved, id);
     if (r != NULL)
-        id.resolving = r; /* else on_resolved already ran */
+        id->resolving = r; /* else on_resolved already ran */
 }
 
-static void send_csr(void)
+static void send_csr(struct px_identity *id)
 {
     char *err = NULL, *csr = NULL, *token = NULL;
-    if (id.inflight != NULL)
+    if (id->inflight != NULL)
         return;
     /* a fresh key for every certificate: a leaked key dies with its cert */
-    if (id.has_pending_key)
-        mbedtls_pk_free(&id.pending_key);
-    mbedtls_pk_init(&id.pending_key);
-    id.has_pending_key = true;
-    if (pki_key_generate(&id.pending_key, &err) != 0 ||
-        pki_csr_new(&id.pending_key, id.spiffe_id, &csr, &err) != 0) {
-        set_error("cannot make a CSR: %s", err);
+    if (id->has_pending_key)
+        mbedtls_pk_free(&id->pending_key);
+    mbedtls_pk_init(&id->pending_key);
+    id->has_pending_key = true;
+    if (pki_key_generate(&id->pending_key, &err) != 0 ||
+        pki_csr_new(&id->pending_key, id->spiffe_id, &csr, &err) != 0) {
+        set_error(id, "cannot make a CSR: %s", err);
         goto fail;
     }
-    px_watch_check(&id.watch); /* ca_root */
+    px_watch_check(&id->watch); /* ca_root */
     /* re-read each time: kubelet rotates the projected token */
-    token = read_text(id.token_file, &err);
+    token = read_text(id->token_file, &err);
     if (token == NULL) {
-        set_error("token: %s", err);
+        set_error(id, "token: %s", err);
         goto fail;
     }
     size_t tl = strlen(token);
@@ -406,14 +443,14 @@ static void send_csr(void)
     /* the CA's certificate must carry ca_server_name, whatever ca_address
      * is: an IP address alone would let any certificate under the mesh root
      * pose as the CA */
-    id.inflight = px_caclient_post(&id.ca_addr, id.ca_conf, id.ca_server_name, id.ca_host,
-                                   "/v1/sign", token, body, on_ca_answer, NULL);
+    id->inflight = px_caclient_post(&id->ca_addr, id->ca_conf, id->ca_server_name, id->ca_host,
+                                    "/v1/sign", token, body, on_ca_answer, id);
     free(body);
-    if (id.inflight == NULL) {
-        set_error("CA: %s", strerror(errno));
+    if (id->inflight == NULL) {
+        set_error(id, "CA: %s", strerror(errno));
         goto fail;
     }
-    cm_debug("identity %s: CSR sent to the CA", id.spiffe_id);
+    cm_debug("identity %s: CSR sent to the CA", id->spiffe_id);
     free(csr);
     memset(token, 0, tl);
     free(token);
@@ -422,15 +459,15 @@ fail:
     free(err);
     free(csr);
     free(token);
-    retry_later();
+    retry_later(id);
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    (void)arg;
-    request_cert();
+    struct px_identity *id = arg;
+    request_cert(id);
 }
 
 /* ---- configuration --------------------------------------------------------------------- */
@@ -486,8 +523,11 @@ static char *opt_path(json_t *o, const char *key)
     return v ? cm_xstrdup(v) : NULL;
 }
 
-int px_identity_start(const struct px_config *cfg, char **errmsg)
+int px_identity_start(struct px_server *srv, char **errmsg)
 {
+    const struct px_config *cfg = srv->cfg;
+    struct px_identity *id = cm_xcalloc(1, sizeof(*id));
+    srv->identity = id; /* freed by px_identity_free, also after a failed start */
     json_t *o = cfg->identity;
     if (o == NULL)
         return 0;
@@ -495,13 +535,13 @@ int px_identity_start(const struct px_config *cfg, char **errmsg)
     cm_jpath_root(&p, cfg->file);
     cm_jpath_key(&p, &p, "identity");
     char ns[PKI_SPIFFE_MAX], sa[PKI_SPIFFE_MAX];
-    if (get_str(&p, o, "trust_domain", NULL, "cluster.local", id.trust_domain,
-                sizeof(id.trust_domain), errmsg) != 0 ||
+    if (get_str(&p, o, "trust_domain", NULL, "cluster.local", id->trust_domain,
+                sizeof(id->trust_domain), errmsg) != 0 ||
         get_str(&p, o, "namespace", "POD_NAMESPACE", NULL, ns, sizeof(ns), errmsg) != 0 ||
         get_str(&p, o, "service_account", "SERVICE_ACCOUNT", NULL, sa, sizeof(sa), errmsg) != 0)
         return CM_ERR_INVAL;
     char *e = NULL;
-    if (pki_spiffe_build(id.trust_domain, ns, sa, id.spiffe_id, sizeof(id.spiffe_id), &e) != 0) {
+    if (pki_spiffe_build(id->trust_domain, ns, sa, id->spiffe_id, sizeof(id->spiffe_id), &e) != 0) {
         cm_json_fail(&p, errmsg, "%s", e);
         free(e);
         return CM_ERR_INVAL;
@@ -527,18 +567,18 @@ int px_identity_start(const struct px_config *cfg, char **errmsg)
             return CM_ERR_INVAL;
     }
     if (has_static) {
-        id.mode = ID_STATIC;
-        id.cert_file = opt_path(o, "cert_file");
-        id.key_file = opt_path(o, "key_file");
-        id.bundle_file = opt_path(o, "bundle_file");
-        const char *files[3] = {id.cert_file, id.key_file, id.bundle_file};
-        px_watch_start(&id.watch, "identity", px_srv->base, files, 3, on_static_change, NULL);
-        return load_static(errmsg) != 0 ? CM_ERR_INVAL : 0;
+        id->mode = ID_STATIC;
+        id->cert_file = opt_path(o, "cert_file");
+        id->key_file = opt_path(o, "key_file");
+        id->bundle_file = opt_path(o, "bundle_file");
+        const char *files[3] = {id->cert_file, id->key_file, id->bundle_file};
+        px_watch_start(&id->watch, "identity", srv->base, files, 3, on_static_change, id);
+        return load_static(id, errmsg) != 0 ? CM_ERR_INVAL : 0;
     }
-    id.timer = evtimer_new(px_srv->base, on_timer, NULL);
-    id.mode = ID_CA;
+    id->timer = evtimer_new(srv->base, on_timer, id);
+    id->mode = ID_CA;
     const char *ca = json_string_value(json_object_get(o, "ca_address"));
-    if (cm_addr_parse(ca, &id.ca_addr) != 0) {
+    if (cm_addr_parse(ca, &id->ca_addr) != 0) {
         /* host:port with a DNS name (the CA's Service) */
         const char *colon = strrchr(ca, ':');
         size_t hl = colon ? (size_t)(colon - ca) : 0;
@@ -554,15 +594,15 @@ int px_identity_start(const struct px_config *cfg, char **errmsg)
             cm_jpath_key(&c, &p, "ca_address");
             return cm_json_fail(&c, errmsg, "\"%s\" is not host:port or ip:port", ca);
         }
-        id.ca_name = cm_xstrndup(ca, hl);
-        snprintf(id.ca_port, sizeof(id.ca_port), "%s", colon + 1);
-        id.dns = evdns_base_new(px_srv->base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
-        if (id.dns == NULL) {
+        id->ca_name = cm_xstrndup(ca, hl);
+        snprintf(id->ca_port, sizeof(id->ca_port), "%s", colon + 1);
+        id->dns = evdns_base_new(srv->base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+        if (id->dns == NULL) {
             /* no resolv.conf: still try (hosts file, then it fails and retries) */
-            id.dns = evdns_base_new(px_srv->base, 0);
+            id->dns = evdns_base_new(srv->base, 0);
         }
     }
-    id.ca_host = cm_xstrdup(ca);
+    id->ca_host = cm_xstrdup(ca);
     const char *sn = json_string_value(json_object_get(o, "ca_server_name"));
     if (sn == NULL)
         sn = PX_IDENTITY_CA_SERVER_NAME;
@@ -571,19 +611,19 @@ int px_identity_start(const struct px_config *cfg, char **errmsg)
         cm_jpath_key(&c, &p, "ca_server_name");
         return cm_json_fail(&c, errmsg, "\"%s\" is not a DNS name (letters, digits, '-', '.')", sn);
     }
-    id.ca_server_name = cm_xstrdup(sn);
-    id.ca_root_file = opt_path(o, "ca_root");
-    id.token_file = opt_path(o, "token_file");
-    const char *root_path = id.ca_root_file;
-    px_watch_start(&id.watch, "identity", NULL, &root_path, 1, on_ca_root_change, NULL);
-    char *root = read_text(id.ca_root_file, errmsg);
+    id->ca_server_name = cm_xstrdup(sn);
+    id->ca_root_file = opt_path(o, "ca_root");
+    id->token_file = opt_path(o, "token_file");
+    const char *root_path = id->ca_root_file;
+    px_watch_start(&id->watch, "identity", NULL, &root_path, 1, on_ca_root_change, id);
+    char *root = read_text(id->ca_root_file, errmsg);
     if (root == NULL)
         return CM_ERR_INVAL;
-    int rc = px_tls_conf_new_anon_client(root, &id.ca_conf, errmsg);
+    int rc = px_tls_conf_new_anon_client(root, &id->ca_conf, errmsg);
     free(root);
     if (rc != 0)
         return CM_ERR_INVAL;
-    arm(0); /* first request from the event loop */
+    arm(id, 0); /* first request from the event loop */
     return 0;
 }
 
@@ -594,60 +634,62 @@ static int on_certs(struct evhttp_request *req, const struct evkeyvalq *query, s
 {
     (void)req;
     (void)query;
-    (void)arg;
+    struct px_identity *id = arg;
     char a[32], b[32];
     json_t *o = json_object();
-    json_object_set_new(o, "spiffe_id", json_string(id.spiffe_id));
-    json_object_set_new(o, "source", json_string(id.mode == ID_CA ? "ca" : "static"));
-    json_object_set_new(o, "ready", json_boolean(px_identity_ready()));
-    if (id.server != NULL) {
-        json_object_set_new(o, "serial", json_string(id.serial));
+    json_object_set_new(o, "spiffe_id", json_string(id->spiffe_id));
+    json_object_set_new(o, "source", json_string(id->mode == ID_CA ? "ca" : "static"));
+    json_object_set_new(o, "ready", json_boolean(px_identity_is_ready(id)));
+    if (id->server != NULL) {
+        json_object_set_new(o, "serial", json_string(id->serial));
         json_object_set_new(o, "not_before",
-                            json_string(cm_fmt_rfc3339(id.not_before, a, sizeof(a))));
+                            json_string(cm_fmt_rfc3339(id->not_before, a, sizeof(a))));
         json_object_set_new(o, "not_after",
-                            json_string(cm_fmt_rfc3339(id.not_after, b, sizeof(b))));
+                            json_string(cm_fmt_rfc3339(id->not_after, b, sizeof(b))));
     } else {
         json_object_set_new(o, "serial", json_null());
         json_object_set_new(o, "not_before", json_null());
         json_object_set_new(o, "not_after", json_null());
     }
-    json_object_set_new(o, "rotations", json_integer((json_int_t)id.rotations));
-    const char *last_error = cm_watch_last_error(&id.watch.files);
+    json_object_set_new(o, "rotations", json_integer((json_int_t)id->rotations));
+    const char *last_error = cm_watch_last_error(&id->watch.files);
     json_object_set_new(o, "last_error", last_error ? json_string(last_error) : json_null());
     px_admin_reply_json(out, o);
     return 200;
 }
 
-void px_identity_admin_routes(void)
+void px_identity_admin_routes(struct px_identity *id, struct px_admin *admin)
 {
-    if (id.mode != ID_NONE)
-        px_admin_route(px_srv->admin, PX_ADMIN_GET, "/certs", on_certs, NULL);
+    if (id != NULL && id->mode != ID_NONE)
+        px_admin_route(admin, PX_ADMIN_GET, "/certs", on_certs, id);
 }
 
-void px_identity_shutdown(void)
+void px_identity_free(struct px_identity *id)
 {
-    px_caclient_cancel(id.inflight);
-    id.inflight = NULL;
-    if (id.resolving != NULL)
-        evdns_getaddrinfo_cancel(id.resolving);
-    if (id.dns != NULL)
-        evdns_base_free(id.dns, 0);
-    free(id.ca_name);
-    free(id.ca_server_name);
-    if (id.timer != NULL)
-        event_free(id.timer);
-    px_watch_stop(&id.watch);
-    px_tls_conf_unref(id.server);
-    px_tls_conf_unref(id.client);
-    px_tls_conf_unref(id.tcp_client);
-    px_tls_conf_unref(id.ca_conf);
-    if (id.has_pending_key)
-        mbedtls_pk_free(&id.pending_key);
-    free(id.cert_file);
-    free(id.key_file);
-    free(id.bundle_file);
-    free(id.ca_host);
-    free(id.ca_root_file);
-    free(id.token_file);
-    memset(&id, 0, sizeof(id));
+    if (id == NULL)
+        return;
+    px_caclient_cancel(id->inflight);
+    id->inflight = NULL;
+    if (id->resolving != NULL)
+        evdns_getaddrinfo_cancel(id->resolving);
+    if (id->dns != NULL)
+        evdns_base_free(id->dns, 0);
+    free(id->ca_name);
+    free(id->ca_server_name);
+    if (id->timer != NULL)
+        event_free(id->timer);
+    px_watch_stop(&id->watch);
+    px_tls_conf_unref(id->server);
+    px_tls_conf_unref(id->client);
+    px_tls_conf_unref(id->tcp_client);
+    px_tls_conf_unref(id->ca_conf);
+    if (id->has_pending_key)
+        mbedtls_pk_free(&id->pending_key);
+    free(id->cert_file);
+    free(id->key_file);
+    free(id->bundle_file);
+    free(id->ca_host);
+    free(id->ca_root_file);
+    free(id->token_file);
+    free(id);
 }

@@ -24,25 +24,43 @@
  * injector's CA serving certificate carries. */
 #define PX_IDENTITY_CA_SERVER_NAME "remora-injector.remora-system.svc"
 
-/* Validate cfg->identity and start obtaining a certificate (CA mode: the
- * first request goes out from the event loop). Without an identity object
- * this does nothing and returns 0. Returns CM_ERR_INVAL with *errmsg naming
- * the key for a bad configuration. */
-int px_identity_start(const struct px_config *cfg, char **errmsg);
+struct px_admin;
+struct px_server;
+
+/* The identity state of a server (srv->identity). Every function below takes
+ * it; NULL behaves as "no identity configured". */
+struct px_identity;
+
+/* Create srv->identity, validate srv->cfg->identity and start obtaining a
+ * certificate on srv's loop (CA mode: the first request goes out from the
+ * event loop). Without an identity object the state says "none" and this
+ * returns 0. Returns CM_ERR_INVAL with *errmsg naming the key for a bad
+ * configuration (srv->identity is set either way: px_identity_free it). */
+int px_identity_start(struct px_server *srv, char **errmsg);
 /* Is an identity configured at all / is a valid certificate held? */
-bool px_identity_configured(void);
-bool px_identity_ready(void);
+bool px_identity_is_configured(const struct px_identity *id);
+bool px_identity_is_ready(const struct px_identity *id);
 /* Our SPIFFE ID ("" when unconfigured). */
-const char *px_identity_spiffe_id(void);
+const char *px_identity_id(const struct px_identity *id);
 /* Current TLS snapshots (borrowed; take a reference to keep one), or NULL
  * while no certificate is held. */
-struct px_tls_conf *px_identity_server_conf(void);
-struct px_tls_conf *px_identity_client_conf(void);
+struct px_tls_conf *px_identity_server_tls(const struct px_identity *id);
+struct px_tls_conf *px_identity_client_tls(const struct px_identity *id);
 /* The client snapshot for opaque TCP: no ALPN, so the peer sidecar detects
  * the protocol on the decrypted bytes. */
+struct px_tls_conf *px_identity_tcp_client_tls(const struct px_identity *id);
+/* Register GET /certs on the admin API (after px_admin_start; admin may be NULL). */
+void px_identity_admin_routes(struct px_identity *id, struct px_admin *admin);
+/* Stop rotation, cancel a CSR in flight, drop the snapshots, free id (NULL is fine). */
+void px_identity_free(struct px_identity *id);
+
+/* Compatibility wrappers on px_srv->identity, to be removed when callers pass
+ * srv (stream.c, upstream.c). */
+bool px_identity_configured(void);
+bool px_identity_ready(void);
+const char *px_identity_spiffe_id(void);
+struct px_tls_conf *px_identity_server_conf(void);
+struct px_tls_conf *px_identity_client_conf(void);
 struct px_tls_conf *px_identity_tcp_client_conf(void);
-/* Register GET /certs on the admin API (after px_admin_start). */
-void px_identity_admin_routes(void);
-void px_identity_shutdown(void);
 
 #endif

@@ -39,9 +39,8 @@
 #include <unistd.h>
 
 #include "common/xalloc.h"
+#include "proxy/iptables_int.h"
 
-#define IPT_MAX_ITEMS  256         /* per exclusion flag */
-#define IPT_MAX_SAVE   (16u << 20) /* bytes of iptables-save output we read */
 #define IPT_EXIT_USAGE 2
 #define IPT_EXIT_FAIL  1
 
@@ -50,32 +49,6 @@
  * as 127.0.0.1:15000), health (kubelet), Istio's 15021/15090 layout. The
  * outbound capture port is added at run time. */
 static const uint16_t own_inbound_ports[] = {15000, 15020, 15021, 15090};
-
-enum ipt_v6 {
-    IPT_V6_AUTO = 0, /* ip6tables when the pod has a global IPv6 address */
-    IPT_V6_YES,      /* always (fails where the kernel has no IPv6 nat) */
-    IPT_V6_NO        /* never */
-};
-
-struct ipt_cidr {
-    int family;    /* AF_INET or AF_INET6 */
-    char text[64]; /* canonical "network/prefix" */
-};
-
-struct ipt_opts {
-    uint32_t proxy_uid;
-    bool has_gid;
-    uint32_t proxy_gid;
-    uint16_t inbound_port, outbound_port;
-    uint16_t excl_in[IPT_MAX_ITEMS];
-    size_t nexcl_in;
-    uint16_t excl_out[IPT_MAX_ITEMS];
-    size_t nexcl_out;
-    struct ipt_cidr ranges[IPT_MAX_ITEMS];
-    size_t nranges;
-    enum ipt_v6 ipv6;
-    bool dry_run;
-};
 
 /* ---- flag values ------------------------------------------------------------ */
 
@@ -203,7 +176,7 @@ static int add_port(const char *flag, const char *item, size_t len, void *arg)
 
 /* Parse "a.b.c.d[/n]" or "v6[/n]" into a canonical network/prefix (host bits
  * cleared, as iptables-save prints it). Returns false on anything else. */
-static bool cidr_parse(const char *item, size_t len, struct ipt_cidr *out)
+bool px_iptables_cidr_parse(const char *item, size_t len, struct ipt_cidr *out)
 {
     char buf[INET6_ADDRSTRLEN + 8];
     unsigned char addr[16];
@@ -238,7 +211,7 @@ static int add_cidr(const char *flag, const char *item, size_t len, void *arg)
 {
     struct ipt_opts *o = arg;
     struct ipt_cidr c;
-    if (!cidr_parse(item, len, &c))
+    if (!px_iptables_cidr_parse(item, len, &c))
         return usage_error(flag, "\"%.*s\" is not an IPv4 or IPv6 CIDR (a.b.c.d/n, x:y::/n)",
                            (int)(len > 64 ? 64 : len), item);
     for (size_t i = 0; i < o->nranges; i++)
@@ -265,7 +238,7 @@ enum {
 
 /* Parse argv (argv[0] is "iptables"). Returns 0, IPT_EXIT_USAGE after a
  * message, or -1 for --help (printed). */
-static int parse_args(int argc, char **argv, struct ipt_opts *o)
+int px_iptables_parse_args(int argc, char **argv, struct ipt_opts *o)
 {
     static const struct option opts[] = {
         {"proxy-uid", required_argument, NULL, OPT_UID},
@@ -430,7 +403,7 @@ static void plan_jumps(FILE *doc, const char *saved, bool keep[2])
 
 /* The iptables-restore --noflush input for one family, against the current
  * state `saved` (NULL: a namespace without our rules). Heap string. */
-static char *build_doc(const struct ipt_opts *o, int family, const char *saved)
+char *px_iptables_build_doc(const struct ipt_opts *o, int family, const char *saved)
 {
     char *text = NULL;
     size_t tlen = 0;
@@ -509,7 +482,7 @@ static char *build_doc(const struct ipt_opts *o, int family, const char *saved)
  * if_inet6 file ("addr ifindex prefixlen scope flags name" per line). A pod
  * with only link-local addresses (every IPv4-only pod with IPv6 enabled in
  * the kernel) is not IPv6: no peer can reach it over IPv6 anyway. */
-static bool has_global_ipv6(const char *path)
+bool px_iptables_has_global_ipv6(const char *path)
 {
     FILE *f = fopen(path, "r");
     if (f == NULL)
@@ -645,7 +618,7 @@ static int install(const struct ipt_opts *o, int family)
         free(saved);
         saved = NULL;
     }
-    char *doc = build_doc(o, family, saved);
+    char *doc = px_iptables_build_doc(o, family, saved);
     free(saved);
     rc = run_tool(restore_argv, doc, NULL);
     if (rc != 0) {
@@ -673,17 +646,17 @@ static int install(const struct ipt_opts *o, int family)
 int px_iptables_main(int argc, char **argv)
 {
     static struct ipt_opts o; /* large: keep it off the stack */
-    int rc = parse_args(argc, argv, &o);
+    int rc = px_iptables_parse_args(argc, argv, &o);
     if (rc != 0)
         return rc < 0 ? 0 : rc;
-    bool v6 =
-        o.ipv6 == IPT_V6_YES || (o.ipv6 == IPT_V6_AUTO && has_global_ipv6("/proc/net/if_inet6"));
+    bool v6 = o.ipv6 == IPT_V6_YES ||
+              (o.ipv6 == IPT_V6_AUTO && px_iptables_has_global_ipv6("/proc/net/if_inet6"));
     if (o.dry_run) {
-        char *doc = build_doc(&o, AF_INET, NULL);
+        char *doc = px_iptables_build_doc(&o, AF_INET, NULL);
         fputs(doc, stdout);
         free(doc);
         if (v6) {
-            doc = build_doc(&o, AF_INET6, NULL);
+            doc = px_iptables_build_doc(&o, AF_INET6, NULL);
             fputs(doc, stdout);
             free(doc);
         }

@@ -11,7 +11,6 @@
 #include "common/clock.h"
 #include "common/xalloc.h"
 #include "proxy/routes_int.h"
-#include "proxy/server.h"
 
 /* Load balancing needs spread, not secrecy: xorshift64* seeded once from the
  * CSPRNG (two CTR_DRBG draws cost more than the rest of a pick). */
@@ -152,11 +151,12 @@ static void seed_typical(struct px_route *rt, uint64_t now_us)
 /* Rebuild rt's LB view: rank endpoints against our locality (once per
  * snapshot and locality), then order them healthy local, healthy remote,
  * ejected, and note when the first ejection ends. O(endpoints), only after an
- * ejection started (px_routes_g.eject_gen) or ended (lb_until_ms). */
-static void lb_refresh(struct px_route *rt, uint64_t now, const char *local)
+ * ejection started (the state's eject_gen) or ended (lb_until_ms). */
+static void lb_refresh(struct px_route *rt, uint64_t now, const char *local, uint64_t gen)
 {
     if (rt->lb_order == NULL) {
         rt->lb_order = cm_xcalloc(rt->neps, sizeof(*rt->lb_order));
+        rt->lb_cand = cm_xcalloc(rt->neps, sizeof(*rt->lb_cand));
         if (rt->lat_typical_ms == 0)
             seed_typical(rt, now * 1000);
     }
@@ -183,7 +183,7 @@ static void lb_refresh(struct px_route *rt, uint64_t now, const char *local)
         else if (pass == 1)
             rt->lb_nhealthy = n;
     }
-    rt->lb_gen = px_routes_g.eject_gen;
+    rt->lb_gen = gen;
     rt->lb_until_ms = until;
 }
 
@@ -202,12 +202,12 @@ static struct px_endpoint *p2c(const struct px_route *rt, struct px_endpoint *co
 
 /* P2C among the endpoints of c[0..n) not in avoid (a retry), or NULL when all
  * are. navoid <= 10, so in a large tier random draws almost always miss the
- * avoided ones; a small tier is filtered instead. */
+ * avoided ones; a small tier is filtered instead, into the route's scratch. */
 static struct px_endpoint *p2c_avoiding(const struct px_route *rt, struct px_endpoint *const *c,
                                         size_t n, const struct px_ep_state *const *avoid,
                                         size_t navoid, uint64_t now_us)
 {
-    static struct px_endpoint *cand[4096]; /* single-threaded; routes hold <= 4096 */
+    struct px_endpoint **cand = rt->lb_cand; /* the route's scratch: neps >= n slots */
     if (n > 4 * navoid + 8) {
         struct px_endpoint *a = NULL, *b = NULL;
         for (int tries = 0; tries < 64 && b == NULL; tries++) {
@@ -234,10 +234,12 @@ struct px_endpoint *px_route_pick(struct px_route *rt, const struct px_ep_state 
                                   size_t navoid)
 {
     uint64_t now_us = cm_mono_us(), now = now_us / 1000;
-    const char *local = px_srv != NULL ? px_srv->cfg->cluster : NULL;
-    if (rt->lb_order == NULL || rt->lb_gen != px_routes_g.eject_gen || now >= rt->lb_until_ms ||
+    const struct px_routes_state *rs = rt->rs; /* NULL: an unbound snapshot (benchmarks) */
+    const char *local = rs != NULL ? rs->cluster : NULL;
+    uint64_t gen = rs != NULL ? rs->eject_gen : 0;
+    if (rt->lb_order == NULL || rt->lb_gen != gen || now >= rt->lb_until_ms ||
         rt->lb_cluster != local)
-        lb_refresh(rt, now, local);
+        lb_refresh(rt, now, local, gen);
     /* tiers, each a prefix of lb_order: healthy and local (or no locality),
      * healthy anywhere (failover), everything (all ejected: a guess beats a
      * certain failure) */

@@ -20,9 +20,10 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
                       int salen, void *arg)
 {
     struct px_listener *l = arg;
+    const struct px_server *srv = l->srv;
     (void)evl;
-    const struct px_limits *lim = &px_srv->cfg->limits;
-    if (px_srv->nconns >= lim->max_connections || px_srv->draining) {
+    const struct px_limits *lim = &srv->cfg->limits;
+    if (srv->nconns >= lim->max_connections || srv->draining) {
         px_metrics.downstream_cx_refused++;
         close(fd);
         return;
@@ -35,7 +36,7 @@ static void on_resume_accept(evutil_socket_t fd, short what, void *arg)
     struct px_listener *l = arg;
     (void)fd;
     (void)what;
-    if (!px_srv->draining)
+    if (!l->srv->draining)
         evconnlistener_enable(l->evl);
 }
 
@@ -51,7 +52,8 @@ static void on_accept_error(struct evconnlistener *evl, void *arg)
     evtimer_add(l->resume_ev, &tv);
 }
 
-int px_listener_start(const struct px_listener_cfg *cfg, struct px_listener **out, char **errmsg)
+int px_listener_start(struct px_server *srv, const struct px_listener_cfg *cfg,
+                      struct px_listener **out, char **errmsg)
 {
     char a[CM_ADDR_STRLEN];
     int fd = cm_net_listen(&cfg->addr, 1024);
@@ -68,9 +70,10 @@ int px_listener_start(const struct px_listener_cfg *cfg, struct px_listener **ou
         return CM_ERR_IO;
     }
     struct px_listener *l = cm_xcalloc(1, sizeof(*l));
+    l->srv = srv;
     l->cfg = cfg;
     cm_net_local_addr(fd, &l->bound);
-    l->evl = evconnlistener_new(px_srv->base, on_accept, l,
+    l->evl = evconnlistener_new(srv->base, on_accept, l,
                                 LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd);
     if (l->evl == NULL) {
         close(fd);
@@ -79,7 +82,7 @@ int px_listener_start(const struct px_listener_cfg *cfg, struct px_listener **ou
         return CM_ERR_IO;
     }
     evconnlistener_set_error_cb(l->evl, on_accept_error);
-    l->resume_ev = evtimer_new(px_srv->base, on_resume_accept, l);
+    l->resume_ev = evtimer_new(srv->base, on_resume_accept, l);
     cm_info("listener %s (%s) on %s", cfg->name,
             cfg->direction == PX_DIR_INBOUND ? "inbound" : "outbound",
             cm_addr_format(&l->bound, a, sizeof(a)));
@@ -87,11 +90,12 @@ int px_listener_start(const struct px_listener_cfg *cfg, struct px_listener **ou
     return 0;
 }
 
-const struct px_listener *px_listener_of(const struct px_listener_cfg *cfg)
+const struct px_listener *px_listener_of(const struct px_server *srv,
+                                         const struct px_listener_cfg *cfg)
 {
-    for (size_t i = 0; px_srv != NULL && i < px_srv->nlisteners; i++)
-        if (px_srv->listeners[i]->cfg == cfg)
-            return px_srv->listeners[i];
+    for (size_t i = 0; srv != NULL && i < srv->nlisteners; i++)
+        if (srv->listeners[i]->cfg == cfg)
+            return srv->listeners[i];
     return NULL;
 }
 

@@ -8,7 +8,10 @@
 #include "common/net.h"
 #include "proxy/config.h"
 
+struct px_server;
+
 struct px_listener {
+    struct px_server *srv;             /* the process context its connections get */
     const struct px_listener_cfg *cfg; /* borrowed from the config snapshot */
     struct evconnlistener *evl;
     struct cm_addr bound;    /* the real address (port 0 resolved) */
@@ -17,11 +20,13 @@ struct px_listener {
 
 /* Bind and start accepting. Returns 0 or CM_ERR_IO with *errmsg. An optional
  * listener whose address family is not available returns 0 with *out NULL. */
-int px_listener_start(const struct px_listener_cfg *cfg, struct px_listener **out, char **errmsg);
+int px_listener_start(struct px_server *srv, const struct px_listener_cfg *cfg,
+                      struct px_listener **out, char **errmsg);
 /* Stop accepting (drain); the socket stays bound until px_listener_free. */
 void px_listener_stop(struct px_listener *l);
 void px_listener_free(struct px_listener *l);
 /* The running listener started from cfg, or NULL (skipped, or not started). */
-const struct px_listener *px_listener_of(const struct px_listener_cfg *cfg);
+const struct px_listener *px_listener_of(const struct px_server *srv,
+                                         const struct px_listener_cfg *cfg);
 
 #endif

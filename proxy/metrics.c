@@ -26,6 +26,7 @@
 #include "common/xalloc.h"
 #include "proxy/h2.h"
 #include "proxy/http.h"
+#include "proxy/metrics_int.h"
 #include "proxy/server.h"
 
 struct px_metrics px_metrics;
@@ -36,11 +37,6 @@ static const uint64_t bucket_le_us[PX_METRICS_NBUCKETS] = {
     50000, 100000, 250000, 500000, 1000000, 2500000, 10000000,
 };
 
-#define MAX_LISTENERS 64  /* the last one is "other" */
-#define SERIES_SLOTS  512 /* power of two */
-#define SERIES_EXACT  320 /* series with an exact code; then codes fold to "other" */
-#define SERIES_MAX    384 /* all series (75% load of the slots) */
-#define CODE_OTHER    600 /* code label "other": not 0 and not 100..599 */
 #define NCLASSES      3
 /* Bound of the /metrics text of this module (its series are bounded above:
  * a few hundred kilobytes at most). */
@@ -48,32 +44,21 @@ static const uint64_t bucket_le_us[PX_METRICS_NBUCKETS] = {
 
 static const char *const class_names[NCLASSES] = {"read", "write", "other"};
 
-/* One listener as seen by metrics: copied out of the config, so a reload
- * that frees the old config never leaves a dangling name here. */
-struct mlistener {
-    char *name;
-    const char *direction;                     /* "inbound" / "outbound" / "unknown", static */
-    uint64_t buckets[PX_METRICS_NBUCKETS + 1]; /* per bucket, not cumulative; last = +Inf */
-    uint64_t count;
-    uint64_t sum_us;
-};
+struct px_metrics_state *px_metrics_state_new(void)
+{
+    return cm_xcalloc(1, sizeof(struct px_metrics_state));
+}
 
-/* One remora_requests_total series; used == 0 marks a free slot. */
-struct series {
-    uint16_t lidx; /* index in listeners[] */
-    uint8_t cls;   /* index in class_names[] */
-    uint8_t used;
-    uint16_t code; /* 0, 100..599, CODE_OTHER */
-    uint64_t count;
-};
-
-static struct mlistener *listeners; /* MAX_LISTENERS, allocated on first use */
-static size_t nlisteners;
-static struct series *series; /* SERIES_SLOTS, allocated on first use */
-static size_t nseries;
-/* Whatever fits nowhere else (every bound reached): listener "other",
- * method_class "other", code "other". */
-static uint64_t overflow_count;
+void px_metrics_state_free(struct px_metrics_state *m)
+{
+    if (m == NULL)
+        return;
+    for (size_t i = 0; m->listeners && i < PX_METRICS_MAX_LISTENERS; i++)
+        free(m->listeners[i].name);
+    free(m->listeners);
+    free(m->series);
+    free(m);
+}
 
 static const char *dir_name(enum px_direction d)
 {
@@ -86,7 +71,8 @@ static const char *dir_name(enum px_direction d)
     return "unknown";
 }
 
-static uint8_t class_index(const char *method)
+/* always inlined, as they were into the one caller before: once per request */
+static inline __attribute__((always_inline)) uint8_t class_index(const char *method)
 {
     const char *c = method ? px_method_class(method) : "other";
     for (uint8_t i = 0; i < NCLASSES; i++)
@@ -99,30 +85,32 @@ static uint16_t code_index(int status)
 {
     if (status == 0 || (status >= 100 && status <= 599))
         return (uint16_t)status;
-    return CODE_OTHER;
+    return PX_METRICS_CODE_OTHER;
 }
 
 /* Find or add the listener entry; the last slot is kept for "other". */
-static uint16_t listener_index(const char *name, const char *direction)
+static inline __attribute__((always_inline)) uint16_t
+listener_index(struct px_metrics_state *m, const char *name, const char *direction)
 {
-    if (!listeners)
-        listeners = cm_xcalloc(MAX_LISTENERS, sizeof(*listeners));
-    for (size_t i = 0; i < nlisteners; i++)
-        if (strcmp(listeners[i].name, name) == 0 && strcmp(listeners[i].direction, direction) == 0)
+    if (!m->listeners)
+        m->listeners = cm_xcalloc(PX_METRICS_MAX_LISTENERS, sizeof(*m->listeners));
+    for (size_t i = 0; i < m->nlisteners; i++)
+        if (strcmp(m->listeners[i].name, name) == 0 &&
+            strcmp(m->listeners[i].direction, direction) == 0)
             return (uint16_t)i;
-    if (nlisteners < MAX_LISTENERS - 1) {
-        listeners[nlisteners].name = cm_xstrdup(name);
-        listeners[nlisteners].direction = direction;
-        return (uint16_t)nlisteners++;
+    if (m->nlisteners < PX_METRICS_MAX_LISTENERS - 1) {
+        m->listeners[m->nlisteners].name = cm_xstrdup(name);
+        m->listeners[m->nlisteners].direction = direction;
+        return (uint16_t)m->nlisteners++;
     }
     /* Full: "other" takes the last slot, created on first overflow. */
-    struct mlistener *o = &listeners[MAX_LISTENERS - 1];
+    struct px_metrics_listener *o = &m->listeners[PX_METRICS_MAX_LISTENERS - 1];
     if (!o->name) {
         o->name = cm_xstrdup("other");
         o->direction = "unknown";
-        nlisteners = MAX_LISTENERS;
+        m->nlisteners = PX_METRICS_MAX_LISTENERS;
     }
-    return MAX_LISTENERS - 1;
+    return PX_METRICS_MAX_LISTENERS - 1;
 }
 
 static uint32_t series_hash(uint16_t lidx, uint8_t cls, uint16_t code)
@@ -135,47 +123,52 @@ static uint32_t series_hash(uint16_t lidx, uint8_t cls, uint16_t code)
 }
 
 /* The series of this key, added when there is room, or NULL. */
-static struct series *series_get(uint16_t lidx, uint8_t cls, uint16_t code, size_t limit)
+static struct px_metrics_series *series_get(struct px_metrics_state *m, uint16_t lidx, uint8_t cls,
+                                            uint16_t code, size_t limit)
 {
-    if (!series)
-        series = cm_xcalloc(SERIES_SLOTS, sizeof(*series));
-    size_t i = series_hash(lidx, cls, code) & (SERIES_SLOTS - 1);
+    if (!m->series)
+        m->series = cm_xcalloc(PX_METRICS_SERIES_SLOTS, sizeof(*m->series));
+    size_t i = series_hash(lidx, cls, code) & (PX_METRICS_SERIES_SLOTS - 1);
     for (;;) {
-        struct series *s = &series[i];
+        struct px_metrics_series *s = &m->series[i];
         if (!s->used) {
-            if (nseries >= limit)
+            if (m->nseries >= limit)
                 return NULL;
             s->used = 1;
             s->lidx = lidx;
             s->cls = cls;
             s->code = code;
-            nseries++;
+            m->nseries++;
             return s;
         }
         if (s->lidx == lidx && s->cls == cls && s->code == code)
             return s;
-        i = (i + 1) & (SERIES_SLOTS - 1); /* load stays under 75%: always ends */
+        i = (i + 1) & (PX_METRICS_SERIES_SLOTS - 1); /* load stays under 75%: always ends */
     }
 }
 
-void px_metrics_request(const struct px_listener_cfg *l, const char *method, int status,
-                        uint64_t duration_us)
+/* Inlined into both entry points: the wrapper the data path calls once per
+ * request costs no extra call. */
+static inline __attribute__((always_inline)) void record(struct px_metrics_state *m,
+                                                         const struct px_listener_cfg *l,
+                                                         const char *method, int status,
+                                                         uint64_t duration_us)
 {
     const char *name = l && l->name ? l->name : "unknown";
     const char *direction = l ? dir_name(l->direction) : "unknown";
-    uint16_t lidx = listener_index(name, direction);
+    uint16_t lidx = listener_index(m, name, direction);
     uint8_t cls = class_index(method);
     uint16_t code = code_index(status);
 
-    struct series *s = series_get(lidx, cls, code, SERIES_EXACT);
-    if (!s && code != CODE_OTHER)
-        s = series_get(lidx, cls, CODE_OTHER, SERIES_MAX);
+    struct px_metrics_series *s = series_get(m, lidx, cls, code, PX_METRICS_SERIES_EXACT);
+    if (!s && code != PX_METRICS_CODE_OTHER)
+        s = series_get(m, lidx, cls, PX_METRICS_CODE_OTHER, PX_METRICS_SERIES_MAX);
     if (s)
         s->count++;
     else
-        overflow_count++;
+        m->overflow_count++;
 
-    struct mlistener *ml = &listeners[lidx];
+    struct px_metrics_listener *ml = &m->listeners[lidx];
     size_t b = 0;
     while (b < PX_METRICS_NBUCKETS && duration_us > bucket_le_us[b])
         b++;
@@ -184,60 +177,62 @@ void px_metrics_request(const struct px_listener_cfg *l, const char *method, int
     ml->sum_us += duration_us;
 }
 
-void px_metrics_deinit(void)
+void px_metrics_record(struct px_metrics_state *m, const struct px_listener_cfg *l,
+                       const char *method, int status, uint64_t duration_us)
 {
-    for (size_t i = 0; listeners && i < MAX_LISTENERS; i++)
-        free(listeners[i].name);
-    free(listeners);
-    free(series);
-    listeners = NULL;
-    series = NULL;
-    nlisteners = nseries = 0;
-    overflow_count = 0;
+    record(m, l, method, status, duration_us);
+}
+
+void px_metrics_request(const struct px_listener_cfg *l, const char *method, int status,
+                        uint64_t duration_us)
+{
+    struct px_metrics_state *m = px_srv != NULL ? px_srv->metrics : NULL;
+    if (m != NULL)
+        record(m, l, method, status, duration_us);
 }
 
 /* ---- Prometheus text (exposition format 0.0.4) ---------------------------- */
 
 static void code_label(uint16_t code, char *buf, size_t len)
 {
-    if (code == CODE_OTHER)
+    if (code == PX_METRICS_CODE_OTHER)
         snprintf(buf, len, "other");
     else
         snprintf(buf, len, "%u", (unsigned)code);
 }
 
-static void write_requests(struct cm_prom *out)
+static void write_requests(const struct px_metrics_state *m, struct cm_prom *out)
 {
     cm_prom_head(out, "remora_requests_total", "counter",
                  "Requests finished, by listener, direction, method class and response code "
                  "(0: no response was sent).");
-    for (size_t i = 0; series && i < SERIES_SLOTS; i++) {
-        const struct series *s = &series[i];
+    for (size_t i = 0; m->series && i < PX_METRICS_SERIES_SLOTS; i++) {
+        const struct px_metrics_series *s = &m->series[i];
         if (!s->used)
             continue;
         char code[16];
         code_label(s->code, code, sizeof(code));
         cm_prom_add(out, "remora_requests_total{", 22);
-        cm_prom_label(out, "listener", listeners[s->lidx].name, true);
-        cm_prom_label(out, "direction", listeners[s->lidx].direction, false);
+        cm_prom_label(out, "listener", m->listeners[s->lidx].name, true);
+        cm_prom_label(out, "direction", m->listeners[s->lidx].direction, false);
         cm_prom_label(out, "method_class", class_names[s->cls], false);
         cm_prom_label(out, "code", code, false);
         cm_prom_printf(out, "} %" PRIu64 "\n", s->count);
     }
-    if (overflow_count)
+    if (m->overflow_count)
         cm_prom_printf(out,
                        "remora_requests_total{listener=\"other\",direction=\"unknown\","
                        "method_class=\"other\",code=\"other\"} %" PRIu64 "\n",
-                       overflow_count);
+                       m->overflow_count);
 }
 
-static void write_durations(struct cm_prom *out)
+static void write_durations(const struct px_metrics_state *m, struct cm_prom *out)
 {
     const char *name = "remora_request_duration_seconds";
     cm_prom_head(out, name, "histogram",
                  "Time from the first byte of a request to the end of its response, by listener.");
-    for (size_t i = 0; i < nlisteners; i++) {
-        const struct mlistener *ml = &listeners[i];
+    for (size_t i = 0; i < m->nlisteners; i++) {
+        const struct px_metrics_listener *ml = &m->listeners[i];
         if (!ml->name)
             continue;
         uint64_t cum = 0;
@@ -265,34 +260,67 @@ static void write_durations(struct cm_prom *out)
     }
 }
 
-/* Series of other modules, in the order they registered: each entry has one of
- * the two writers (/metrics text or /stats keys). */
-static struct {
-    px_metrics_writer prometheus;
-    px_metrics_json_writer json;
-} writers[8];
-static size_t nwriters;
-
-static void add_writer(px_metrics_writer prometheus, px_metrics_json_writer json)
+static void add_writer(struct px_metrics_state *m, px_metrics_writer prometheus,
+                       px_metrics_json_writer json)
 {
-    for (size_t i = 0; i < nwriters; i++)
-        if ((prometheus && writers[i].prometheus == prometheus) ||
-            (json && writers[i].json == json))
+    for (size_t i = 0; i < m->nwriters; i++)
+        if ((prometheus && m->writers[i].prometheus == prometheus) ||
+            (json && m->writers[i].json == json))
             return;
-    if (nwriters < sizeof(writers) / sizeof(writers[0])) {
-        writers[nwriters].prometheus = prometheus;
-        writers[nwriters++].json = json;
+    if (m->nwriters < PX_METRICS_MAX_WRITERS) {
+        memset(&m->writers[m->nwriters], 0, sizeof(m->writers[0]));
+        m->writers[m->nwriters].prometheus = prometheus;
+        m->writers[m->nwriters++].json = json;
     }
+}
+
+void px_metrics_register_on(struct px_metrics_state *m, px_metrics_writer fn)
+{
+    if (m != NULL)
+        add_writer(m, fn, NULL);
+}
+
+void px_metrics_register_json_on(struct px_metrics_state *m, px_metrics_json_writer fn)
+{
+    if (m != NULL)
+        add_writer(m, NULL, fn);
 }
 
 void px_metrics_register(px_metrics_writer fn)
 {
-    add_writer(fn, NULL);
+    if (px_srv != NULL && px_srv->metrics != NULL)
+        add_writer(px_srv->metrics, fn, NULL);
 }
 
 void px_metrics_register_json(px_metrics_json_writer fn)
 {
-    add_writer(NULL, fn);
+    if (px_srv != NULL && px_srv->metrics != NULL)
+        add_writer(px_srv->metrics, NULL, fn);
+}
+
+void px_metrics_register_with(struct px_metrics_state *m, px_metrics_writer_with fn, void *arg)
+{
+    if (m == NULL)
+        return;
+    for (size_t i = 0; i < m->nwriters; i++)
+        if (m->writers[i].with == fn && m->writers[i].arg == arg)
+            return;
+    if (m->nwriters < PX_METRICS_MAX_WRITERS) {
+        memset(&m->writers[m->nwriters], 0, sizeof(m->writers[0]));
+        m->writers[m->nwriters].with = fn;
+        m->writers[m->nwriters++].arg = arg;
+    }
+}
+
+void px_metrics_unregister_with(struct px_metrics_state *m, px_metrics_writer_with fn, void *arg)
+{
+    for (size_t i = 0; m != NULL && i < m->nwriters; i++)
+        if (m->writers[i].with == fn && m->writers[i].arg == arg) {
+            memmove(&m->writers[i], &m->writers[i + 1],
+                    (m->nwriters - i - 1) * sizeof(m->writers[0]));
+            m->nwriters--;
+            return;
+        }
 }
 
 /* Move the text written so far into the evbuffer. */
@@ -309,12 +337,20 @@ static void flush(struct cm_prom *p, struct evbuffer *dst)
 
 void px_metrics_write_prometheus(struct evbuffer *dst)
 {
+    px_metrics_write_prometheus_of(px_srv, dst);
+}
+
+void px_metrics_write_prometheus_of(const struct px_server *srv, struct evbuffer *dst)
+{
     struct cm_prom prom, *out = &prom;
     cm_prom_init(out, PX_METRICS_TEXT_MAX);
     const struct px_metrics *m = &px_metrics;
+    const struct px_metrics_state *ms = srv != NULL ? srv->metrics : NULL;
 
-    write_requests(out);
-    write_durations(out);
+    if (ms != NULL) {
+        write_requests(ms, out);
+        write_durations(ms, out);
+    }
 
     cm_prom_u64(out, "remora_downstream_connections_active", "gauge",
                 "Client connections open now.", m->downstream_cx_active);
@@ -405,16 +441,18 @@ void px_metrics_write_prometheus(struct evbuffer *dst)
                 m->detect_silent);
     /* series of other modules (routes: per-endpoint outcomes; policy: denials by rule) */
     flush(out, dst);
-    for (size_t i = 0; i < nwriters; i++)
-        if (writers[i].prometheus != NULL)
-            writers[i].prometheus(dst);
+    for (size_t i = 0; ms != NULL && i < ms->nwriters; i++)
+        if (ms->writers[i].prometheus != NULL)
+            ms->writers[i].prometheus(dst);
+        else if (ms->writers[i].with != NULL)
+            ms->writers[i].with(dst, ms->writers[i].arg);
     cm_prom_head(out, "remora_cert_expiry_timestamp_seconds", "gauge",
                  "Expiry (not_after) of the workload certificate, Unix seconds; 0 without one.");
     cm_prom_printf(out, "remora_cert_expiry_timestamp_seconds %" PRId64 "\n",
                    m->cert_expiry_timestamp);
 
-    if (px_srv) {
-        cm_prom_u64(out, "remora_streams_active", "gauge", "Requests in flight.", px_srv->nstreams);
+    if (srv) {
+        cm_prom_u64(out, "remora_streams_active", "gauge", "Requests in flight.", srv->nstreams);
         cm_prom_head(out, "remora_h2_sessions_active", "gauge",
                      "HTTP/2 sessions open now, by side.");
         cm_prom_printf(out, "remora_h2_sessions_active{side=\"server\"} %u\n",
@@ -422,10 +460,10 @@ void px_metrics_write_prometheus(struct evbuffer *dst)
         cm_prom_printf(out, "remora_h2_sessions_active{side=\"client\"} %u\n",
                        px_h2_client_sessions());
         cm_prom_u64(out, "remora_draining", "gauge", "1 while the proxy drains, else 0.",
-                    px_srv->draining ? 1 : 0);
+                    srv->draining ? 1 : 0);
         cm_prom_head(out, "remora_start_time_seconds", "gauge", "Start time, Unix seconds.");
         cm_prom_printf(out, "remora_start_time_seconds %" PRIu64 ".%03" PRIu64 "\n",
-                       px_srv->started_wall_ms / 1000, px_srv->started_wall_ms % 1000);
+                       srv->started_wall_ms / 1000, srv->started_wall_ms % 1000);
     }
     flush(out, dst);
 }
@@ -437,35 +475,36 @@ static int dump_to_evbuffer(const char *buf, size_t size, void *data)
     return evbuffer_add(data, buf, size);
 }
 
-static json_t *requests_json(uint64_t *total)
+static json_t *requests_json(const struct px_metrics_state *m, uint64_t *total)
 {
     json_t *arr = json_array();
-    for (size_t i = 0; series && i < SERIES_SLOTS; i++) {
-        const struct series *s = &series[i];
+    for (size_t i = 0; m->series && i < PX_METRICS_SERIES_SLOTS; i++) {
+        const struct px_metrics_series *s = &m->series[i];
         if (!s->used)
             continue;
         char code[16];
         code_label(s->code, code, sizeof(code));
         json_array_append_new(
-            arr, json_pack("{s:s, s:s, s:s, s:s, s:I}", "listener", listeners[s->lidx].name,
-                           "direction", listeners[s->lidx].direction, "method_class",
+            arr, json_pack("{s:s, s:s, s:s, s:s, s:I}", "listener", m->listeners[s->lidx].name,
+                           "direction", m->listeners[s->lidx].direction, "method_class",
                            class_names[s->cls], "code", code, "count", (json_int_t)s->count));
         *total += s->count;
     }
-    if (overflow_count) {
-        json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:s, s:I}", "listener", "other",
-                                             "direction", "unknown", "method_class", "other",
-                                             "code", "other", "count", (json_int_t)overflow_count));
-        *total += overflow_count;
+    if (m->overflow_count) {
+        json_array_append_new(arr,
+                              json_pack("{s:s, s:s, s:s, s:s, s:I}", "listener", "other",
+                                        "direction", "unknown", "method_class", "other", "code",
+                                        "other", "count", (json_int_t)m->overflow_count));
+        *total += m->overflow_count;
     }
     return arr;
 }
 
-static json_t *durations_json(void)
+static json_t *durations_json(const struct px_metrics_state *m)
 {
     json_t *arr = json_array();
-    for (size_t i = 0; i < nlisteners; i++) {
-        const struct mlistener *ml = &listeners[i];
+    for (size_t i = 0; i < m->nlisteners; i++) {
+        const struct px_metrics_listener *ml = &m->listeners[i];
         if (!ml->name)
             continue;
         json_t *buckets = json_object();
@@ -492,21 +531,27 @@ static void set_u64(json_t *o, const char *key, uint64_t v)
 
 void px_metrics_write_json(struct evbuffer *out)
 {
+    px_metrics_write_json_of(px_srv, out);
+}
+
+void px_metrics_write_json_of(const struct px_server *srv, struct evbuffer *out)
+{
     const struct px_metrics *m = &px_metrics;
+    const struct px_metrics_state *ms = srv != NULL ? srv->metrics : NULL;
     json_t *o = json_object();
 
-    if (px_srv) {
+    if (srv) {
         int64_t now = cm_wall_ms();
-        int64_t up = now - (int64_t)px_srv->started_wall_ms;
+        int64_t up = now - (int64_t)srv->started_wall_ms;
         char ts[32];
-        cm_fmt_rfc3339_ms((int64_t)px_srv->started_wall_ms, ts, sizeof(ts));
+        cm_fmt_rfc3339_ms((int64_t)srv->started_wall_ms, ts, sizeof(ts));
         json_object_set_new(o, "started_at", json_string(ts));
         json_object_set_new(o, "uptime_seconds", json_integer(up > 0 ? up / 1000 : 0));
-        json_object_set_new(o, "ready", json_boolean(px_server_ready()));
-        json_object_set_new(o, "draining", json_boolean(px_srv->draining));
-        json_object_set_new(o, "listeners_bound", json_boolean(px_srv->listeners_bound));
-        set_u64(o, "connections_live", px_srv->nconns);
-        set_u64(o, "streams_live", px_srv->nstreams);
+        json_object_set_new(o, "ready", json_boolean(px_server_is_ready(srv)));
+        json_object_set_new(o, "draining", json_boolean(srv->draining));
+        json_object_set_new(o, "listeners_bound", json_boolean(srv->listeners_bound));
+        set_u64(o, "connections_live", srv->nconns);
+        set_u64(o, "streams_live", srv->nstreams);
         set_u64(o, "h2_server_sessions", px_h2_server_sessions());
         set_u64(o, "h2_client_sessions", px_h2_client_sessions());
     }
@@ -548,15 +593,15 @@ void px_metrics_write_json(struct evbuffer *out)
     U64(tls_plaintext_refused);
 #undef U64
     json_object_set_new(o, "cert_expiry_timestamp", json_integer(m->cert_expiry_timestamp));
-    for (size_t i = 0; i < nwriters; i++) /* other modules' keys (policy: denials by rule) */
-        if (writers[i].json != NULL)
-            writers[i].json(o);
+    for (size_t i = 0; ms != NULL && i < ms->nwriters; i++) /* other modules' keys */
+        if (ms->writers[i].json != NULL)
+            ms->writers[i].json(o);
 
     uint64_t total = 0;
-    json_t *reqs = requests_json(&total);
+    json_t *reqs = ms != NULL ? requests_json(ms, &total) : json_array();
     set_u64(o, "requests_total", total);
     json_object_set_new(o, "requests", reqs);
-    json_object_set_new(o, "request_duration", durations_json());
+    json_object_set_new(o, "request_duration", ms != NULL ? durations_json(ms) : json_array());
 
     json_dump_callback(o, dump_to_evbuffer, out, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     evbuffer_add(out, "\n", 1);

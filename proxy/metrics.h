@@ -57,14 +57,30 @@ struct px_metrics {
 
 extern struct px_metrics px_metrics;
 
-/* Count one finished exchange: labels listener, direction, method class,
+/* The labelled request tables and the registered writers of a server
+ * (srv->metrics, proxy/metrics_int.h); made by px_server_run. */
+struct px_metrics_state;
+struct px_metrics_state *px_metrics_state_new(void);
+void px_metrics_state_free(struct px_metrics_state *m);
+
+/* Count one finished exchange in m: labels listener, direction, method class,
  * response code (0 when no response was sent), and its duration. */
+void px_metrics_record(struct px_metrics_state *m, const struct px_listener_cfg *l,
+                       const char *method, int status, uint64_t duration_us);
+/* Compatibility wrapper on px_srv->metrics (nothing without one), to be
+ * removed when callers pass srv (stream.c). */
 void px_metrics_request(const struct px_listener_cfg *l, const char *method, int status,
                         uint64_t duration_us);
-/* Write all metrics in Prometheus text format into buf (an evbuffer). */
+/* Write all metrics in Prometheus text format into out (an evbuffer); srv's
+ * gauges (streams, drain state, start time) when srv is not NULL. */
 struct evbuffer;
+struct px_server;
+void px_metrics_write_prometheus_of(const struct px_server *srv, struct evbuffer *out);
+/* Write /stats JSON (srv's keys when srv is not NULL). */
+void px_metrics_write_json_of(const struct px_server *srv, struct evbuffer *out);
+/* Compatibility wrappers on px_srv, to be removed when callers pass srv
+ * (scrape.c). */
 void px_metrics_write_prometheus(struct evbuffer *out);
-/* Write /stats JSON. */
 void px_metrics_write_json(struct evbuffer *out);
 /* Other modules export their own series (pool: circuit breakers; routes:
  * per-endpoint outcomes; policy: denials by rule) without metrics.c depending on
@@ -73,10 +89,16 @@ void px_metrics_write_json(struct evbuffer *out);
  * most 8 in all; registering a writer twice is a no-op. */
 typedef void (*px_metrics_writer)(struct evbuffer *out);
 typedef void (*px_metrics_json_writer)(json_t *stats);
+void px_metrics_register_on(struct px_metrics_state *m, px_metrics_writer fn);
+void px_metrics_register_json_on(struct px_metrics_state *m, px_metrics_json_writer fn);
+/* A Prometheus writer on a module's state: fn(out, arg). The pair (fn, arg)
+ * counts once; px_metrics_unregister_with removes it (before arg is freed). */
+typedef void (*px_metrics_writer_with)(struct evbuffer *out, void *arg);
+void px_metrics_register_with(struct px_metrics_state *m, px_metrics_writer_with fn, void *arg);
+void px_metrics_unregister_with(struct px_metrics_state *m, px_metrics_writer_with fn, void *arg);
+/* Compatibility wrappers on px_srv->metrics, to be removed when callers pass
+ * srv (policy_metrics.c). */
 void px_metrics_register(px_metrics_writer fn);
 void px_metrics_register_json(px_metrics_json_writer fn);
-
-/* Free the labelled series (at exit). */
-void px_metrics_deinit(void);
 
 #endif

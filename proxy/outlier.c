@@ -63,8 +63,10 @@ void px_route_report(struct px_route *rt, struct px_endpoint *ep, enum px_try_ou
     st->ejections++;
     st->ejected_until_ms = now + (uint64_t)rt->outlier_base_ms * st->ejections;
     st->consecutive_failures = 0;
-    px_routes_g.ejections_total++;
-    px_routes_g.eject_gen++;
+    if (rt->rs != NULL) {
+        rt->rs->ejections_total++;
+        rt->rs->eject_gen++; /* every LB view rebuilds */
+    }
     char a[CM_ADDR_STRLEN];
     cm_warn("route %s: endpoint %s ejected for %u ms (ejection %u)", rt->name,
             cm_addr_format(&st->addr, a, sizeof(a)), rt->outlier_base_ms * st->ejections,

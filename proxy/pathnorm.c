@@ -2,28 +2,11 @@
  * percent-escapes and refusing what must not reach a rule, then one pass in
  * place merging slashes and removing dot segments. */
 #include "proxy/pathnorm.h"
+#include "proxy/pathnorm_int.h"
 
 #include <stdbool.h>
 #include <string.h>
 #include <strings.h>
-
-static int hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* RFC 3986 2.3 unreserved: ALPHA / DIGIT / "-" / "." / "_" / "~" */
-static bool unreserved(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
-           c == '.' || c == '_' || c == '~';
-}
 
 size_t px_policy_scratch_size(const char *path)
 {
@@ -73,8 +56,8 @@ int px_policy_normalize_path(const char *target, char *out, size_t outlen, const
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c == '%') {
-            int hi = i + 2 < n ? hexval((unsigned char)s[i + 1]) : -1;
-            int lo = i + 2 < n ? hexval((unsigned char)s[i + 2]) : -1;
+            int hi = i + 2 < n ? px_pathnorm_hexval((unsigned char)s[i + 1]) : -1;
+            int lo = i + 2 < n ? px_pathnorm_hexval((unsigned char)s[i + 2]) : -1;
             if (hi < 0 || lo < 0) {
                 *why = "malformed percent-encoding in path";
                 return -1;
@@ -88,7 +71,7 @@ int px_policy_normalize_path(const char *target, char *out, size_t outlen, const
                 *why = "encoded NUL in path";
                 return -1;
             }
-            if (unreserved(v)) {
+            if (px_pathnorm_unreserved(v)) {
                 out[w++] = (char)v;
             } else {
                 out[w++] = '%';

@@ -16,48 +16,6 @@
 #include "common/net.h"
 #include "proxy/policy_int.h"
 
-/* The source address as 16 bytes and a family (IPv4-mapped IPv6 as IPv4);
- * false when it is neither. */
-static bool source_bytes(const struct cm_addr *a, uint8_t out[16], uint8_t *family)
-{
-    memset(out, 0, 16);
-    if (a == NULL)
-        return false;
-    if (a->ss.ss_family == AF_INET) {
-        memcpy(out, &((const struct sockaddr_in *)&a->ss)->sin_addr, 4);
-        *family = 4;
-        return true;
-    }
-    if (a->ss.ss_family == AF_INET6) {
-        const uint8_t *b = ((const struct sockaddr_in6 *)&a->ss)->sin6_addr.s6_addr;
-        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-        if (memcmp(b, mapped, 12) == 0) {
-            memcpy(out, b + 12, 4);
-            *family = 4;
-        } else {
-            memcpy(out, b, 16);
-            *family = 6;
-        }
-        return true;
-    }
-    return false;
-}
-
-static bool cidr_match(const struct cidrset *s, const uint8_t ip[16], uint8_t family)
-{
-    for (uint32_t i = 0; i < s->n; i++) {
-        const struct cidr *c = &s->v[i];
-        if (c->family != family)
-            continue;
-        unsigned full = c->bits / 8, rest = c->bits % 8;
-        if (memcmp(c->addr, ip, full) != 0)
-            continue;
-        if (rest == 0 || ((c->addr[full] ^ ip[full]) & (0xffu << (8 - rest)) & 0xffu) == 0)
-            return true;
-    }
-    return false;
-}
-
 /* ---- deciding --------------------------------------------------------------------- */
 /* The namespace of "spiffe://<td>/ns/<ns>/sa/<sa>", or NULL. */
 static const char *principal_ns(const char *id, size_t n, size_t *nslen)
@@ -101,10 +59,11 @@ static bool header_match(const struct hcond *h, const struct px_msg *m, bool den
 
 static bool ip_blocks_hold(const struct rule *r, uint32_t c, const struct px_policy_view *v)
 {
-    if ((c & C_IP_BLOCKS) && (!v->has_ip || !cidr_match(&r->ip_blocks, v->ip, v->ipfamily)))
+    if ((c & C_IP_BLOCKS) &&
+        (!v->has_ip || !px_policy_cidr_match(&r->ip_blocks, v->ip, v->ipfamily)))
         return false;
     if (c & C_NOT_IP_BLOCKS) {
-        if (!v->has_ip ? !r->deny : cidr_match(&r->not_ip_blocks, v->ip, v->ipfamily))
+        if (!v->has_ip ? !r->deny : px_policy_cidr_match(&r->not_ip_blocks, v->ip, v->ipfamily))
             return false;
     }
     return true;
@@ -270,7 +229,7 @@ prepare(const struct px_policy *p, const struct px_policy_request *r, char *scra
     v->msg = m;
     v->tcp = r->tcp;
     if (p->needs_ip)
-        v->has_ip = source_bytes(r->source, v->ip, &v->ipfamily);
+        v->has_ip = px_policy_source_bytes(r->source, v->ip, &v->ipfamily);
     v->port = r->port;
     v->mbit = method_bit(m ? m->method : NULL);
     if (r->principal != NULL && r->principal[0] != '\0') {

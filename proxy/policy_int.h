@@ -18,7 +18,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
+#include <netinet/in.h>
 
+#include "common/net.h"
 #include "proxy/http.h"
 #include "proxy/policy.h"
 
@@ -338,5 +340,50 @@ int px_policy_prepare(const struct px_policy *p, const struct px_policy_request 
 int64_t px_policy_find_linear(const struct px_policy *p, bool deny, const struct px_policy_view *v);
 void px_policy_conclude(const struct px_policy *p, int64_t deny, int64_t allow,
                         struct px_policy_decision *d);
+
+/* ---- source addresses (policy_decide.c; its fuzz target's reference too) ---- */
+
+/* The source address as 16 bytes and a family (IPv4-mapped IPv6 as IPv4);
+ * false when it is neither. */
+static inline bool px_policy_source_bytes(const struct cm_addr *a, uint8_t out[16], uint8_t *family)
+{
+    memset(out, 0, 16);
+    if (a == NULL)
+        return false;
+    if (a->ss.ss_family == AF_INET) {
+        memcpy(out, &((const struct sockaddr_in *)&a->ss)->sin_addr, 4);
+        *family = 4;
+        return true;
+    }
+    if (a->ss.ss_family == AF_INET6) {
+        const uint8_t *b = ((const struct sockaddr_in6 *)&a->ss)->sin6_addr.s6_addr;
+        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (memcmp(b, mapped, 12) == 0) {
+            memcpy(out, b + 12, 4);
+            *family = 4;
+        } else {
+            memcpy(out, b, 16);
+            *family = 6;
+        }
+        return true;
+    }
+    return false;
+}
+
+static inline bool px_policy_cidr_match(const struct cidrset *s, const uint8_t ip[16],
+                                        uint8_t family)
+{
+    for (uint32_t i = 0; i < s->n; i++) {
+        const struct cidr *c = &s->v[i];
+        if (c->family != family)
+            continue;
+        unsigned full = c->bits / 8, rest = c->bits % 8;
+        if (memcmp(c->addr, ip, full) != 0)
+            continue;
+        if (rest == 0 || ((c->addr[full] ^ ip[full]) & (0xffu << (8 - rest)) & 0xffu) == 0)
+            return true;
+    }
+    return false;
+}
 
 #endif

@@ -13,24 +13,23 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/xalloc.h"
+#include "proxy/admin.h"
 #include "proxy/metrics.h"
 #include "proxy/routes_int.h"
 #include "proxy/server.h"
 #include "proxy/watch.h"
 
-struct px_routes_state px_routes_g;
-
 /* ---- endpoint state ------------------------------------------------------------ */
 
-static struct px_ep_state *state_for(const struct cm_addr *a)
+static struct px_ep_state *state_for(struct px_routes_state *rs, const struct cm_addr *a)
 {
-    for (struct px_ep_state *s = px_routes_g.states; s != NULL; s = s->next)
+    for (struct px_ep_state *s = rs->states; s != NULL; s = s->next)
         if (cm_addr_equal(&s->addr, a))
             return s;
     struct px_ep_state *s = cm_xcalloc(1, sizeof(*s));
     s->addr = *a;
-    s->next = px_routes_g.states;
-    px_routes_g.states = s;
+    s->next = rs->states;
+    rs->states = s;
     return s;
 }
 
@@ -46,6 +45,7 @@ void px_routes_free(struct px_routes *r)
         }
         free(rt->eps);
         free(rt->lb_order);
+        free(rt->lb_cand);
         free(rt->name);
         free(rt->match_host);
     }
@@ -69,17 +69,24 @@ void px_routes_unref(struct px_routes *r)
         px_routes_free(r);
 }
 
+struct px_routes *px_routes_current_of(const struct px_routes_state *rs)
+{
+    return rs != NULL ? rs->cur : NULL;
+}
+
 struct px_routes *px_routes_current(void)
 {
-    return px_routes_g.cur;
+    return px_srv != NULL ? px_routes_current_of(px_srv->routes) : NULL;
 }
 
 /* Attach the shared health records (only for snapshots that go live). */
-void px_routes_bind_states(struct px_routes *r)
+void px_routes_bind_states(struct px_routes_state *rs, struct px_routes *r)
 {
-    for (size_t i = 0; i < r->n; i++)
+    for (size_t i = 0; i < r->n; i++) {
+        r->routes[i].rs = rs;
         for (size_t k = 0; k < r->routes[i].neps; k++)
-            r->routes[i].eps[k].st = state_for(&r->routes[i].eps[k].addr);
+            r->routes[i].eps[k].st = state_for(rs, &r->routes[i].eps[k].addr);
+    }
 }
 
 /* ---- loading, reload, watch --------------------------------------------------------- */
@@ -95,28 +102,28 @@ int px_routes_load_file(const char *file, struct px_routes **out, char **errmsg)
     return rc;
 }
 
-static int load(char **errmsg)
+static int load(struct px_routes_state *rs, char **errmsg)
 {
     struct px_routes *r = NULL;
-    int rc = px_routes_load_file(px_routes_g.file, &r, errmsg);
+    int rc = px_routes_load_file(rs->file, &r, errmsg);
     if (rc != 0)
         return rc;
-    px_routes_bind_states(r);
-    px_routes_unref(px_routes_g.cur);
-    px_routes_g.cur = r;
-    px_routes_g.loaded_at = cm_wall_s();
-    cm_watch_set_error(&px_routes_g.watch.files, NULL);
-    cm_info("routes: loaded %zu routes from %s", r->n, px_routes_g.file);
+    px_routes_bind_states(rs, r);
+    px_routes_unref(rs->cur);
+    rs->cur = r;
+    rs->loaded_at = cm_wall_s();
+    cm_watch_set_error(&rs->watch.files, NULL);
+    cm_info("routes: loaded %zu routes from %s", r->n, rs->file);
     return 0;
 }
 
-int px_routes_reload(char **errmsg)
+int px_routes_reload(struct px_routes_state *rs, char **errmsg)
 {
-    if (px_routes_g.file == NULL)
+    if (rs == NULL || rs->file == NULL)
         return 0;
     char *e = NULL;
-    if (load(&e) != 0) {
-        cm_watch_set_error(&px_routes_g.watch.files, "%s", e);
+    if (load(rs, &e) != 0) {
+        cm_watch_set_error(&rs->watch.files, "%s", e);
         cm_warn("routes: reload failed, keeping the last good routes: %s", e);
         if (errmsg != NULL)
             *errmsg = e;
@@ -129,33 +136,51 @@ int px_routes_reload(char **errmsg)
 
 static void on_watch(void *arg, bool gone)
 {
-    (void)arg;
     if (!gone) /* gone: the watch said so; the routes in force stay */
-        px_routes_reload(NULL);
+        px_routes_reload(arg, NULL);
 }
 
-int px_routes_start(const struct px_config *cfg, char **errmsg)
+struct px_routes_state *px_routes_state_new(const char *cluster)
 {
+    struct px_routes_state *rs = cm_xcalloc(1, sizeof(*rs));
+    rs->cluster = cluster;
+    return rs;
+}
+
+int px_routes_start(struct px_server *srv, char **errmsg)
+{
+    const struct px_config *cfg = srv->cfg;
+    struct px_routes_state *rs = px_routes_state_new(cfg->cluster);
+    rs->limits = &cfg->limits;
+    srv->routes = rs; /* freed by px_routes_state_free, also after a failed start */
     if (cfg->routes_file == NULL)
         return 0;
-    px_metrics_register(px_routes_write_prometheus);
-    px_routes_g.file = cm_xstrdup(cfg->routes_file);
-    const char *path = px_routes_g.file;
-    px_watch_start(&px_routes_g.watch, "routes", px_srv->base, &path, 1, on_watch, NULL);
-    if (load(errmsg) != 0)
+    rs->metrics = srv->metrics;
+    px_metrics_register_with(rs->metrics, px_routes_write_prometheus, rs);
+    rs->file = cm_xstrdup(cfg->routes_file);
+    const char *path = rs->file;
+    px_watch_start(&rs->watch, "routes", srv->base, &path, 1, on_watch, rs);
+    if (load(rs, errmsg) != 0)
         return CM_ERR_INVAL;
     return 0;
 }
 
-void px_routes_shutdown(void)
+void px_routes_state_free(struct px_routes_state *rs)
 {
-    px_watch_stop(&px_routes_g.watch);
-    px_routes_unref(px_routes_g.cur);
-    while (px_routes_g.states != NULL) {
-        struct px_ep_state *n = px_routes_g.states->next;
-        free(px_routes_g.states);
-        px_routes_g.states = n;
+    if (rs == NULL)
+        return;
+    if (rs->admin != NULL) {
+        px_admin_route(rs->admin, PX_ADMIN_GET, "/clusters", NULL, NULL);
+        px_admin_route(rs->admin, PX_ADMIN_POST, "/routes/reload", NULL, NULL);
     }
-    free(px_routes_g.file);
-    memset(&px_routes_g, 0, sizeof(px_routes_g));
+    px_metrics_unregister_with(rs->metrics, px_routes_write_prometheus, rs);
+    px_watch_stop(&rs->watch);
+    px_routes_unref(rs->cur);
+    while (rs->states != NULL) {
+        struct px_ep_state *n = rs->states->next;
+        free(rs->states);
+        rs->states = n;
+    }
+    free(rs->file);
+    free(rs);
 }

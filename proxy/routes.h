@@ -56,7 +56,10 @@ struct px_endpoint {
     struct px_ep_state *st;
 };
 
+struct px_routes_state;
+
 struct px_route {
+    struct px_routes_state *rs; /* the state its snapshot is bound to; NULL when unbound */
     char *name;       /* "routes[i]" or the given name */
     char *match_host; /* lower case, no port; or NULL */
     bool has_match_addr;
@@ -81,6 +84,7 @@ struct px_route {
      * healthy local endpoints, then the healthy remote ones, then the ejected
      * ones, so each candidate tier is a prefix and a pick draws two directly. */
     struct px_endpoint **lb_order;
+    struct px_endpoint **lb_cand; /* neps slots: lb.c's scratch when a retry filters a tier */
     size_t lb_nlocal, lb_nhealthy;
     uint64_t lb_gen;        /* the ejection generation it reflects */
     uint64_t lb_until_ms;   /* it is stale from then on (the first ejection to end) */
@@ -105,18 +109,32 @@ struct px_routes {
     size_t idx_mask;
 };
 
-/* Load cfg->routes_file if set (a bad file at startup is an error) and
- * start its watch. */
-int px_routes_start(const struct px_config *cfg, char **errmsg);
-int px_routes_reload(char **errmsg);
-void px_routes_admin_routes(void);
-void px_routes_shutdown(void);
+/* Create srv->routes (our locality: cfg->cluster), load srv->cfg->routes_file
+ * if set (a bad file at startup is an error; srv->routes is set either way)
+ * and start its watch on srv's loop. */
+struct px_server;
+struct px_admin;
+int px_routes_start(struct px_server *srv, char **errmsg);
+/* A routes state without a file (tests, benchmarks): endpoint records and
+ * ejection counters for snapshots bound with px_routes_bind_states. */
+struct px_routes_state *px_routes_state_new(const char *cluster);
+/* Re-read the routes file (SIGHUP, POST /routes/reload, the watch); without
+ * one, nothing to do. */
+int px_routes_reload(struct px_routes_state *rs, char **errmsg);
+/* GET /clusters and POST /routes/reload (only with a routes file). */
+void px_routes_admin_routes(struct px_routes_state *rs, struct px_admin *admin);
+/* Unregister, stop the watch, drop the snapshot and the endpoint records (NULL is fine). */
+void px_routes_state_free(struct px_routes_state *rs);
 /* Parse a routes document (tests, fuzzing). */
 int px_routes_parse(const char *name, const char *buf, size_t len, struct px_routes **out,
                     char **errmsg);
 /* Read and parse a routes file (at most 16 MiB; --check-config, reloads). */
 int px_routes_load_file(const char *file, struct px_routes **out, char **errmsg);
 
+/* The snapshot in force (borrowed; px_routes_ref to keep it), or NULL. */
+struct px_routes *px_routes_current_of(const struct px_routes_state *rs);
+/* Compatibility wrapper on px_srv->routes, to be removed when callers pass
+ * srv (stream.c). */
 struct px_routes *px_routes_current(void);
 struct px_routes *px_routes_ref(struct px_routes *r);
 void px_routes_unref(struct px_routes *r);
@@ -162,7 +180,7 @@ bool px_route_retry_on(const struct px_route *rt, enum px_try_outcome o, int sta
 
 /* Prometheus text for per-endpoint requests/outcomes and ejections. */
 struct evbuffer;
-void px_routes_write_prometheus(struct evbuffer *out);
-uint64_t px_routes_ejections_total(void);
+void px_routes_write_prometheus(struct evbuffer *out, void *rs);
+uint64_t px_routes_ejections_total(const struct px_routes_state *rs);
 
 #endif

@@ -58,13 +58,13 @@ static int on_clusters(struct evhttp_request *req, const struct evkeyvalq *q, st
 {
     (void)req;
     (void)q;
-    (void)arg;
+    const struct px_routes_state *rs = arg;
     uint64_t now_us = cm_mono_us(), now = now_us / 1000;
     json_t *o = json_object();
     json_t *routes = json_array();
-    const char *local = px_srv->cfg->cluster;
-    for (size_t i = 0; px_routes_g.cur != NULL && i < px_routes_g.cur->n; i++) {
-        const struct px_route *rt = &px_routes_g.cur->routes[i];
+    const char *local = rs->cluster;
+    for (size_t i = 0; rs->cur != NULL && i < rs->cur->n; i++) {
+        const struct px_route *rt = &rs->cur->routes[i];
         json_t *ro = json_object();
         json_object_set_new(ro, "name", json_string(rt->name));
         if (rt->match_host != NULL)
@@ -75,7 +75,7 @@ static int on_clusters(struct evhttp_request *req, const struct evkeyvalq *q, st
                 ro, "match",
                 json_pack("{s:s}", "address", cm_addr_format(&rt->match_addr, a, sizeof(a))));
         }
-        struct px_breakers cb = px_srv->cfg->limits.upstream;
+        struct px_breakers cb = rs->limits->upstream;
         px_route_breakers(rt, &cb);
         json_object_set_new(ro, "circuit_breakers",
                             json_pack("{s:i, s:i, s:i, s:i}", "max_connections",
@@ -90,17 +90,14 @@ static int on_clusters(struct evhttp_request *req, const struct evkeyvalq *q, st
         json_array_append_new(routes, ro);
     }
     json_object_set_new(o, "cluster", local ? json_string(local) : json_null());
-    json_object_set_new(o, "routes_file",
-                        px_routes_g.file ? json_string(px_routes_g.file) : json_null());
+    json_object_set_new(o, "routes_file", rs->file ? json_string(rs->file) : json_null());
     char ts[32];
     json_object_set_new(o, "loaded_at",
-                        px_routes_g.loaded_at
-                            ? json_string(cm_fmt_rfc3339(px_routes_g.loaded_at, ts, sizeof(ts)))
-                            : json_null());
-    const char *last_error = cm_watch_last_error(&px_routes_g.watch.files);
+                        rs->loaded_at ? json_string(cm_fmt_rfc3339(rs->loaded_at, ts, sizeof(ts)))
+                                      : json_null());
+    const char *last_error = cm_watch_last_error(&rs->watch.files);
     json_object_set_new(o, "last_error", last_error ? json_string(last_error) : json_null());
-    json_object_set_new(o, "ejections_total",
-                        json_integer((json_int_t)px_routes_g.ejections_total));
+    json_object_set_new(o, "ejections_total", json_integer((json_int_t)rs->ejections_total));
     json_object_set_new(o, "routes", routes);
     /* every upstream address with connections, waiters or a recent
      * overflow, routed or not (original destinations, fixed upstreams) */
@@ -114,40 +111,42 @@ static int on_reload(struct evhttp_request *req, const struct evkeyvalq *q, stru
 {
     (void)req;
     (void)q;
-    (void)arg;
-    if (px_routes_g.file == NULL)
+    struct px_routes_state *rs = arg;
+    if (rs->file == NULL)
         return px_admin_reply_error(out, 404, "no routes_file configured");
     char *e = NULL;
-    if (px_routes_reload(&e) != 0) {
+    if (px_routes_reload(rs, &e) != 0) {
         int rc = px_admin_reply_error(out, 400, "%s", e);
         free(e);
         return rc;
     }
-    px_admin_reply_json(out, json_pack("{s:s, s:I}", "status", "reloaded", "routes",
-                                       (json_int_t)px_routes_g.cur->n));
+    px_admin_reply_json(
+        out, json_pack("{s:s, s:I}", "status", "reloaded", "routes", (json_int_t)rs->cur->n));
     return 200;
 }
 
-void px_routes_admin_routes(void)
+void px_routes_admin_routes(struct px_routes_state *rs, struct px_admin *admin)
 {
-    if (px_routes_g.file == NULL)
+    if (rs == NULL || rs->file == NULL || admin == NULL)
         return; /* like /certs and /policy: 404 "not configured" without a routes file */
-    px_admin_route(px_srv->admin, PX_ADMIN_GET, "/clusters", on_clusters, NULL);
-    px_admin_route(px_srv->admin, PX_ADMIN_POST, "/routes/reload", on_reload, NULL);
+    rs->admin = admin;
+    px_admin_route(admin, PX_ADMIN_GET, "/clusters", on_clusters, rs);
+    px_admin_route(admin, PX_ADMIN_POST, "/routes/reload", on_reload, rs);
 }
 
-uint64_t px_routes_ejections_total(void)
+uint64_t px_routes_ejections_total(const struct px_routes_state *rs)
 {
-    return px_routes_g.ejections_total;
+    return rs->ejections_total;
 }
 
-void px_routes_write_prometheus(struct evbuffer *out)
+void px_routes_write_prometheus(struct evbuffer *out, void *arg)
 {
-    if (px_routes_g.cur == NULL)
+    const struct px_routes_state *rs = arg;
+    if (rs->cur == NULL)
         return;
     evbuffer_add_printf(out, "# HELP remora_endpoint_requests_total Tries sent to an endpoint, by "
                              "outcome.\n# TYPE remora_endpoint_requests_total counter\n");
-    for (const struct px_ep_state *s = px_routes_g.states; s != NULL; s = s->next) {
+    for (const struct px_ep_state *s = rs->states; s != NULL; s = s->next) {
         char a[CM_ADDR_STRLEN];
         cm_addr_format(&s->addr, a, sizeof(a));
         const struct {
@@ -167,7 +166,7 @@ void px_routes_write_prometheus(struct evbuffer *out)
     evbuffer_add_printf(out, "# HELP remora_endpoint_ejected 1 while an endpoint is ejected.\n"
                              "# TYPE remora_endpoint_ejected gauge\n");
     uint64_t now = cm_mono_ms();
-    for (const struct px_ep_state *s = px_routes_g.states; s != NULL; s = s->next) {
+    for (const struct px_ep_state *s = rs->states; s != NULL; s = s->next) {
         char a[CM_ADDR_STRLEN];
         evbuffer_add_printf(out, "remora_endpoint_ejected{endpoint=\"%s\"} %d\n",
                             cm_addr_format(&s->addr, a, sizeof(a)), px_ep_ejected(s, now) ? 1 : 0);
@@ -176,5 +175,5 @@ void px_routes_write_prometheus(struct evbuffer *out)
                         "# HELP remora_outlier_ejections_total Endpoints ejected by outlier "
                         "detection.\n# TYPE remora_outlier_ejections_total counter\n"
                         "remora_outlier_ejections_total %llu\n",
-                        (unsigned long long)px_routes_g.ejections_total);
+                        (unsigned long long)rs->ejections_total);
 }

@@ -16,7 +16,13 @@
 #include "proxy/routes.h"
 #include "proxy/watch.h"
 
-/* The one live state of the routes (routes.c owns it). */
+struct px_admin;
+struct px_metrics_state;
+
+/* The routes state of a server (srv->routes; routes.c owns it): the file,
+ * the snapshot in force, the per-address endpoint records, the ejection
+ * counters the LB views follow, our locality. Snapshots bound to it and their
+ * routes point back at it (px_routes.rs, px_route.rs). */
 struct px_routes_state {
     char *file;
     struct px_routes *cur;
@@ -25,8 +31,11 @@ struct px_routes_state {
     uint64_t eject_gen; /* bumped when an ejection starts: LB views rebuild */
     int64_t loaded_at;
     struct px_watch watch; /* routes_file, and the last failed load */
+    const char *cluster;   /* our locality (cfg->cluster, borrowed), or NULL */
+    const struct px_limits *limits;   /* cfg->limits (borrowed): the breakers' defaults */
+    struct px_admin *admin;           /* where GET /clusters is registered, or NULL */
+    struct px_metrics_state *metrics; /* where its /metrics rows are registered, or NULL */
 };
-extern struct px_routes_state px_routes_g;
 
 static inline bool px_ep_ejected(const struct px_ep_state *s, uint64_t now)
 {
@@ -35,8 +44,9 @@ static inline bool px_ep_ejected(const struct px_ep_state *s, uint64_t now)
 
 /* routes.c */
 void px_routes_free(struct px_routes *r);
-/* Attach the shared health records (only for snapshots that go live). */
-void px_routes_bind_states(struct px_routes *r);
+/* Attach rs's shared health records to r and point r and its routes at rs
+ * (only for snapshots that go live). */
+void px_routes_bind_states(struct px_routes_state *rs, struct px_routes *r);
 
 /* routes_config.c: length of a Host value without its ":port". */
 size_t px_routes_host_len(const char *h);

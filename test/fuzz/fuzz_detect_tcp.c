@@ -28,7 +28,7 @@
 #include <string.h>
 
 #include "proxy/detect.h"
-#include "proxy/policy_decide.c" /* source_bytes, cidr_match */
+#include "proxy/policy_int.h" /* px_policy_source_bytes, px_policy_cidr_match */
 #include "test/unit/proxy/policy_oracle.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -144,7 +144,7 @@ static void check_decision(const struct px_policy *p, const struct px_policy_req
 static void check_cidrs(const struct px_policy *p, const struct cm_addr *a)
 {
     uint8_t ip[16], fam = 0;
-    if (!source_bytes(a, ip, &fam))
+    if (!px_policy_source_bytes(a, ip, &fam))
         return;
     for (uint32_t i = 0; i < p->nrules; i++) {
         const struct cidrset *sets[2] = {&p->rules[i].ip_blocks, &p->rules[i].not_ip_blocks};
@@ -152,7 +152,7 @@ static void check_cidrs(const struct px_policy *p, const struct cm_addr *a)
             bool ref = false;
             for (uint32_t k = 0; k < sets[s]->n; k++)
                 ref = ref || ref_in_block(&sets[s]->v[k], ip, fam);
-            if (ref != cidr_match(sets[s], ip, fam))
+            if (ref != px_policy_cidr_match(sets[s], ip, fam))
                 __builtin_trap();
         }
     }

@@ -14,7 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "proxy/pathnorm.c" /* hexval, unreserved */
+#include "proxy/pathnorm.h"
+#include "proxy/pathnorm_int.h"
 #include "test/unit/proxy/policy_oracle.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -82,11 +83,12 @@ static void check_normal(const char *target, const char *out, int n)
         (len >= 3 && strcmp(out + len - 3, "/..") == 0))
         __builtin_trap();
     for (const char *p = strchr(out, '%'); p != NULL; p = strchr(p + 1, '%')) {
-        int hi = hexval((unsigned char)p[1]), lo = hi >= 0 ? hexval((unsigned char)p[2]) : -1;
+        int hi = px_pathnorm_hexval((unsigned char)p[1]),
+            lo = hi >= 0 ? px_pathnorm_hexval((unsigned char)p[2]) : -1;
         if (hi < 0 || lo < 0 || (p[1] >= 'a' && p[1] <= 'f') || (p[2] >= 'a' && p[2] <= 'f'))
             __builtin_trap();
         int v = hi * 16 + lo;
-        if (v == '/' || v == '\\' || v == 0 || unreserved((unsigned char)v))
+        if (v == '/' || v == '\\' || v == 0 || px_pathnorm_unreserved((unsigned char)v))
             __builtin_trap();
     }
     char *again = malloc(len + 2);

@@ -14,7 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "injector/token.c"
+#include "common/log.h"
+#include "injector/token.h"
+#include "injector/token_int.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -73,7 +75,7 @@ static void fuzz_claims(const char *p, size_t n)
     memset(&c, 0, sizeof(c));
     enum ij_token_reason why = IJ_TOKEN_OK;
     char *err = NULL;
-    if (check_claims(doc, "remora-ca", NOW, &c, &why, &err) == 0) {
+    if (ij_token_check_claims(doc, "remora-ca", NOW, &c, &why, &err) == 0) {
         if (err != NULL || why != IJ_TOKEN_OK || c.ns[0] == '\0' || c.sa[0] == '\0' ||
             strlen(c.ns) >= sizeof(c.ns) || strlen(c.sa) >= sizeof(c.sa))
             __builtin_trap();
@@ -88,7 +90,7 @@ static void fuzz_b64(const char *p, size_t n)
 {
     unsigned char *out = NULL;
     size_t len = 0;
-    if (b64url_decode(p, n, &out, &len) == 0) {
+    if (ij_token_b64url_decode(p, n, &out, &len) == 0) {
         if (len > n * 3 / 4 + 1 || out[len] != '\0')
             __builtin_trap();
         free(out);

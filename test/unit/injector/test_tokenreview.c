@@ -15,7 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "injector/tokenreview.c"
+#include "common/xalloc.h"
+#include "injector/tokenreview.h"
+#include "injector/tokenreview_int.h"
 
 static struct ij_token_claims claims(void)
 {
@@ -149,48 +151,49 @@ static void cache_bounded(void **state)
     const int64_t now = 1000;
     /* hits, misses, expiry */
     key_in_bucket0(k, 1);
-    store(r, k, now, now + 500, IJ_TOKREV_POD_GONE, "gone");
-    struct slot *s = lookup(r, k, now + 499);
+    ij_tokrev_cache_store(r, k, now, now + 500, IJ_TOKREV_POD_GONE, "gone");
+    struct ij_tokrev_slot *s = ij_tokrev_cache_lookup(r, k, now + 499);
     assert_non_null(s);
     assert_int_equal(s->result, IJ_TOKREV_POD_GONE);
     assert_string_equal(s->msg, "gone");
-    assert_null(lookup(r, k, now + 500));
+    assert_null(ij_tokrev_cache_lookup(r, k, now + 500));
     /* the same token's answer is replaced in place */
-    store(r, k, now, now + 900, IJ_TOKREV_OK, NULL);
-    assert_int_equal(lookup(r, k, now + 800)->result, IJ_TOKREV_OK);
+    ij_tokrev_cache_store(r, k, now, now + 900, IJ_TOKREV_OK, NULL);
+    assert_int_equal(ij_tokrev_cache_lookup(r, k, now + 800)->result, IJ_TOKREV_OK);
     /* a full bucket: the entry closest to expiry goes, never more than the bucket */
     for (unsigned n = 2; n <= IJ_TOKREV_BUCKET; n++) {
         key_in_bucket0(k, n);
-        store(r, k, now, now + 1000 + n, IJ_TOKREV_OK, NULL);
+        ij_tokrev_cache_store(r, k, now, now + 1000 + n, IJ_TOKREV_OK, NULL);
     }
     for (unsigned n = 1; n <= IJ_TOKREV_BUCKET; n++) {
         key_in_bucket0(k, n);
-        assert_non_null(lookup(r, k, now));
+        assert_non_null(ij_tokrev_cache_lookup(r, k, now));
     }
     key_in_bucket0(k, 100);
-    store(r, k, now, now + 5000, IJ_TOKREV_REJECTED, "no");
-    assert_non_null(lookup(r, k, now));
+    ij_tokrev_cache_store(r, k, now, now + 5000, IJ_TOKREV_REJECTED, "no");
+    assert_non_null(ij_tokrev_cache_lookup(r, k, now));
     key_in_bucket0(k, 1); /* expired soonest (now + 900): evicted */
-    assert_null(lookup(r, k, now));
+    assert_null(ij_tokrev_cache_lookup(r, k, now));
     for (unsigned n = 2; n <= IJ_TOKREV_BUCKET; n++) {
         key_in_bucket0(k, n);
-        assert_non_null(lookup(r, k, now));
+        assert_non_null(ij_tokrev_cache_lookup(r, k, now));
     }
     /* nothing outside bucket 0 was touched */
     for (size_t i = IJ_TOKREV_BUCKET; i < IJ_TOKREV_CACHE_SLOTS; i++)
         assert_int_equal(r->slots[i].expires_ms, 0);
     /* an expired entry's slot is reused before anything is evicted */
     key_in_bucket0(k, 101);
-    store(r, k, now + 2000, now + 9000, IJ_TOKREV_OK, NULL); /* all but 100 expired by now+2000 */
+    ij_tokrev_cache_store(r, k, now + 2000, now + 9000, IJ_TOKREV_OK,
+                          NULL); /* all but 100 expired by now+2000 */
     key_in_bucket0(k, 100);
-    assert_non_null(lookup(r, k, now + 2000));
+    assert_non_null(ij_tokrev_cache_lookup(r, k, now + 2000));
     /* a long message is cut, NUL-terminated */
     char big[600];
     memset(big, 'm', sizeof(big) - 1);
     big[sizeof(big) - 1] = '\0';
     key_in_bucket0(k, 102);
-    store(r, k, now, now + 100, IJ_TOKREV_REJECTED, big);
-    assert_int_equal(strlen(lookup(r, k, now)->msg), IJ_TOKREV_MSG_MAX - 1);
+    ij_tokrev_cache_store(r, k, now, now + 100, IJ_TOKREV_REJECTED, big);
+    assert_int_equal(strlen(ij_tokrev_cache_lookup(r, k, now)->msg), IJ_TOKREV_MSG_MAX - 1);
     ij_tokrev_free(r);
 }
 
@@ -201,8 +204,8 @@ static void metrics_text(void **state)
     assert_string_equal(m, "");
     free(m);
     struct ij_tokrev *r = cache_only();
-    r->count[CNT_HIT] = 3;
-    r->count[CNT_ERROR] = 2;
+    r->count[IJ_TOKREV_CNT_HIT] = 3;
+    r->count[IJ_TOKREV_CNT_ERROR] = 2;
     m = ij_tokrev_metrics(r);
     assert_non_null(strstr(m, "remora_injector_ca_token_review_cache_total{result=\"hit\"} 3\n"));
     assert_non_null(strstr(m, "remora_injector_ca_token_reviews_total{result=\"error\"} 2\n"));

@@ -27,7 +27,16 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
-#include "proxy/iptables.c"
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/xalloc.h"
+#include "proxy/iptables.h"
+#include "proxy/iptables_int.h"
 
 static char data_dir[4096];
 
@@ -158,10 +167,10 @@ static bool run_case(const char *name, struct tally *t)
     } else if (save != NULL) {
         /* against a current ruleset: the generator directly */
         struct ipt_opts o;
-        if (parse_args(argc, argv, &o) != 0) {
+        if (px_iptables_parse_args(argc, argv, &o) != 0) {
             print_error("%s: flags refused\n", name);
         } else {
-            char *doc = build_doc(&o, AF_INET, save);
+            char *doc = px_iptables_build_doc(&o, AF_INET, save);
             okay = strcmp(doc, want) == 0;
             if (!okay)
                 show_diff(name, doc, want);
@@ -237,7 +246,7 @@ static size_t list_cases(char **names)
 static void expect_cidr(const char *in, const char *want)
 {
     struct ipt_cidr c;
-    bool ok = cidr_parse(in, strlen(in), &c);
+    bool ok = px_iptables_cidr_parse(in, strlen(in), &c);
     if (want == NULL) {
         if (ok)
             fail_msg("\"%s\" accepted as %s", in, c.text);
@@ -289,21 +298,21 @@ static void test_ipv6_detection(void **state)
     snprintf(path, sizeof(path), "/tmp/remora-ipt-if6-%d", (int)getpid());
     /* loopback only */
     write_file(path, "00000000000000000000000000000001 01 80 10 80       lo\n");
-    assert_false(has_global_ipv6(path));
+    assert_false(px_iptables_has_global_ipv6(path));
     /* link-local on eth0: an IPv4-only pod with IPv6 enabled in the kernel */
     write_file(path, "00000000000000000000000000000001 01 80 10 80       lo\n"
                      "fe8000000000000000fc00fffe000001 02 40 20 80     eth0\n");
-    assert_false(has_global_ipv6(path));
+    assert_false(px_iptables_has_global_ipv6(path));
     /* a global (or ULA) address on eth0 */
     write_file(path, "fe8000000000000000fc00fffe000001 02 40 20 80     eth0\n"
                      "fd000000000000000000000000000002 02 40 00 80     eth0\n");
-    assert_true(has_global_ipv6(path));
+    assert_true(px_iptables_has_global_ipv6(path));
     /* garbage lines are skipped */
     write_file(path, "nonsense\n\n fd00 zz\n");
-    assert_false(has_global_ipv6(path));
+    assert_false(px_iptables_has_global_ipv6(path));
     unlink(path);
     /* no file: no IPv6 in this kernel */
-    assert_false(has_global_ipv6(path));
+    assert_false(px_iptables_has_global_ipv6(path));
 }
 
 static size_t count(const char *hay, const char *needle)
@@ -321,8 +330,8 @@ static void test_jumps_idempotent(void **state)
     (void)state;
     struct ipt_opts o;
     char *argv[] = {(char *)"iptables", (char *)"--dry-run", NULL};
-    assert_int_equal(parse_args(2, argv, &o), 0);
-    char *first = build_doc(&o, AF_INET, NULL);
+    assert_int_equal(px_iptables_parse_args(2, argv, &o), 0);
+    char *first = px_iptables_build_doc(&o, AF_INET, NULL);
     assert_int_equal(count(first, "-A PREROUTING -p tcp -j REMORA_INBOUND\n"), 1);
     assert_int_equal(count(first, "-A OUTPUT -p tcp -j REMORA_OUTPUT\n"), 1);
     /* what iptables-save prints after the first run */
@@ -330,7 +339,7 @@ static void test_jumps_idempotent(void **state)
                         "-A PREROUTING -p tcp -j REMORA_INBOUND\n"
                         "-A OUTPUT -p tcp -j REMORA_OUTPUT\n"
                         "-A REMORA_INBOUND -p tcp -j REMORA_IN_REDIRECT\nCOMMIT\n";
-    char *second = build_doc(&o, AF_INET, saved);
+    char *second = px_iptables_build_doc(&o, AF_INET, saved);
     assert_int_equal(count(second, "-A PREROUTING"), 0);
     assert_int_equal(count(second, "-A OUTPUT"), 0);
     assert_int_equal(count(second, "-D "), 0);
@@ -341,9 +350,9 @@ static void test_jumps_idempotent(void **state)
     free(first);
     free(second);
     /* CRLF line ends and a missing last newline do not matter */
-    second = build_doc(&o, AF_INET,
-                       "-A PREROUTING -p tcp -j REMORA_INBOUND\r\n"
-                       "-A OUTPUT -p tcp -j REMORA_OUTPUT");
+    second = px_iptables_build_doc(&o, AF_INET,
+                                   "-A PREROUTING -p tcp -j REMORA_INBOUND\r\n"
+                                   "-A OUTPUT -p tcp -j REMORA_OUTPUT");
     assert_int_equal(count(second, "-A PREROUTING"), 0);
     assert_int_equal(count(second, "-A OUTPUT"), 0);
     free(second);
@@ -355,12 +364,12 @@ static void test_jumps_foreign(void **state)
     (void)state;
     struct ipt_opts o;
     char *argv[] = {(char *)"iptables", (char *)"--dry-run", NULL};
-    assert_int_equal(parse_args(2, argv, &o), 0);
-    char *doc = build_doc(&o, AF_INET,
-                          "-A PREROUTING -p tcp -j REMORA_INBOUND_OLD\n"
-                          "-A PREROUTING -p tcp -j ISTIO_INBOUND\n"
-                          "-A OUTPUT -p udp --dport 53 -j REDIRECT --to-ports 15053\n"
-                          "-A REMORA_OUTPUT -j REMORA_REDIRECT\n");
+    assert_int_equal(px_iptables_parse_args(2, argv, &o), 0);
+    char *doc = px_iptables_build_doc(&o, AF_INET,
+                                      "-A PREROUTING -p tcp -j REMORA_INBOUND_OLD\n"
+                                      "-A PREROUTING -p tcp -j ISTIO_INBOUND\n"
+                                      "-A OUTPUT -p udp --dport 53 -j REDIRECT --to-ports 15053\n"
+                                      "-A REMORA_OUTPUT -j REMORA_REDIRECT\n");
     assert_int_equal(count(doc, "-D "), 0);
     assert_int_equal(count(doc, "-A PREROUTING -p tcp -j REMORA_INBOUND\n"), 1);
     free(doc);

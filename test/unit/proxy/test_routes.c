@@ -20,6 +20,23 @@
 #include "proxy/routes_int.h"
 #include "proxy/server.h"
 
+/* The routes state the tests' snapshots are bound to (px_routes_start makes
+ * the server's); made on first use, freed by state_free(). */
+static struct px_routes_state *rs;
+
+static struct px_routes_state *routes_state(void)
+{
+    if (rs == NULL)
+        rs = px_routes_state_new(NULL);
+    return rs;
+}
+
+static void state_free(void)
+{
+    px_routes_state_free(rs);
+    rs = NULL;
+}
+
 static struct px_routes *parse_ok(const char *json)
 {
     struct px_routes *r = NULL;
@@ -27,7 +44,7 @@ static struct px_routes *parse_ok(const char *json)
     int rc = px_routes_parse("t.json", json, strlen(json), &r, &err);
     if (rc != 0)
         fail_msg("unexpected error: %s", err);
-    px_routes_bind_states(r);
+    px_routes_bind_states(routes_state(), r);
     return r;
 }
 
@@ -90,18 +107,13 @@ static void matching(void **state)
     cm_addr_parse("10.96.0.1:81", &a);
     assert_null(px_routes_match(r, NULL, &a));
     px_routes_unref(r);
-    px_routes_shutdown();
+    state_free();
 }
-
-static struct px_server fake_srv;
-static struct px_config fake_cfg;
 
 static void locality_and_failover(void **state)
 {
     (void)state;
-    fake_cfg.cluster = "east";
-    fake_srv.cfg = &fake_cfg;
-    px_srv = &fake_srv;
+    routes_state()->cluster = "east"; /* what px_routes_start takes from cfg->cluster */
     struct px_routes *r = parse_ok(
         "{\"routes\": [{\"match\": {\"host\": \"s\"}, \"outlier\": {\"consecutive_failures\": 1, "
         "\"base_ejection_ms\": 60000}, \"endpoints\": ["
@@ -128,15 +140,14 @@ static void locality_and_failover(void **state)
         assert_ptr_equal(px_route_pick(rt, NULL, 0), &rt->eps[2]);
     px_route_report(rt, &rt->eps[2], PX_TRY_CONNECT, 100);
     assert_int_equal(rt->eps[2].st->ejections, 0);
-    assert_int_equal(px_routes_g.ejections_total, 2);
+    assert_int_equal(routes_state()->ejections_total, 2);
     /* ejection ends: local again */
     rt->eps[0].st->ejected_until_ms = 1;
-    px_routes_g.eject_gen++; /* edited behind outlier.c's back: the LB view must rebuild */
+    routes_state()->eject_gen++; /* edited behind outlier.c's back: the LB view must rebuild */
     for (int i = 0; i < 20; i++)
         assert_ptr_equal(px_route_pick(rt, NULL, 0), &rt->eps[0]);
     px_routes_unref(r);
-    px_routes_shutdown();
-    px_srv = NULL;
+    state_free();
 }
 
 /* The first route in file order wins, with the index as with a scan: an
@@ -176,7 +187,7 @@ static void match_order_with_index(void **state)
     assert_null(px_routes_match(r, "", NULL));
     assert_null(px_routes_match(NULL, "x.shop", NULL));
     px_routes_unref(r);
-    px_routes_shutdown();
+    state_free();
 }
 
 /* What px_routes_match did before the index: the reference. */
@@ -238,7 +249,7 @@ static void thousand_routes(void **state)
     assert_ptr_equal(px_routes_match(r, "svc5.ns.svc.cluster.local", NULL), &r->routes[5]);
     assert_string_equal(r->routes[905].match_host, "svc5.ns.svc.cluster.local");
     px_routes_unref(r);
-    px_routes_shutdown();
+    state_free();
 }
 
 /* Ejected endpoints are never picked while a healthy one exists, and come
@@ -259,7 +270,7 @@ static void pick_never_ejected(void **state)
     struct px_route *rt = &r->routes[0];
     for (int i = 0; i < 40; i += 3)
         px_route_report(rt, &rt->eps[i], PX_TRY_CONNECT, 100); /* 14 ejected */
-    assert_int_equal(px_routes_g.ejections_total, 14);
+    assert_int_equal(routes_state()->ejections_total, 14);
     int seen[40] = {0};
     for (int i = 0; i < 4000; i++) {
         struct px_endpoint *e = px_route_pick(rt, NULL, 0);
@@ -282,7 +293,7 @@ static void pick_never_ejected(void **state)
         seen[px_route_pick(rt, NULL, 0) - rt->eps]++;
     assert_true(seen[0] > 0 && seen[39] > 0);
     px_routes_unref(r);
-    px_routes_shutdown();
+    state_free();
 }
 
 /* Locality tiers with many endpoints: local only while one is healthy (also
@@ -291,9 +302,7 @@ static void pick_never_ejected(void **state)
 static void locality_tiers(void **state)
 {
     (void)state;
-    fake_cfg.cluster = "east";
-    fake_srv.cfg = &fake_cfg;
-    px_srv = &fake_srv;
+    routes_state()->cluster = "east"; /* what px_routes_start takes from cfg->cluster */
     char doc[8192];
     size_t len = (size_t)snprintf(doc, sizeof(doc),
                                   "{\"routes\": [{\"match\": {\"host\": \"s\"}, \"outlier\": "
@@ -337,12 +346,11 @@ static void locality_tiers(void **state)
         assert_true((px_route_pick(rt, NULL, 0) - rt->eps) % 4 != 0);
     /* one local endpoint back (its ejection over): all traffic local again */
     rt->eps[48].st->ejected_until_ms = 1;
-    px_routes_g.eject_gen++;
+    routes_state()->eject_gen++;
     for (int i = 0; i < 200; i++)
         assert_ptr_equal(px_route_pick(rt, NULL, 0), &rt->eps[48]);
     px_routes_unref(r);
-    px_routes_shutdown();
-    px_srv = NULL;
+    state_free();
 }
 
 static void p2c_prefers_less_loaded(void **state)
@@ -356,7 +364,7 @@ static void p2c_prefers_less_loaded(void **state)
     for (int i = 0; i < 50; i++)
         assert_ptr_equal(px_route_pick(rt, NULL, 0), &rt->eps[1]);
     px_routes_unref(r);
-    px_routes_shutdown();
+    state_free();
 }
 
 /* Three endpoints measured at ~0.3 ms (samples through the stream hooks). */
@@ -425,7 +433,7 @@ static void hung_endpoint_loses(void **state)
     px_route_try_abandon(&rt->eps[1]);
     assert_int_equal(rt->eps[1].st->outstanding, 0);
     px_routes_unref(r);
-    px_routes_shutdown();
+    state_free();
 }
 
 /* An endpoint never measured competes as a typical one: it gets traffic at
@@ -457,7 +465,7 @@ static void new_endpoint_gets_picked(void **state)
     assert_true(n > 200); /* ~1/6 expected: paired with the slowest one */
     px_routes_unref(r2);
     px_routes_unref(r);
-    px_routes_shutdown();
+    state_free();
 }
 
 /* Weights: equal latency and load, weight 3 takes about three times the
@@ -478,7 +486,7 @@ static void weights_count(void **state)
     }
     assert_true(n[1] > 2 * n[0]);
     px_routes_unref(r);
-    px_routes_shutdown();
+    state_free();
 }
 
 static void budget_and_retry_on(void **state)
@@ -503,7 +511,7 @@ static void budget_and_retry_on(void **state)
         allowed += px_route_budget_retry(rt);
     assert_int_equal(allowed, 30); /* 10 % of 300 */
     px_routes_unref(r);
-    px_routes_shutdown();
+    state_free();
 }
 
 /* circuit_breakers: keys checked and named, unset ones keep the limits'. */
@@ -541,7 +549,7 @@ static void circuit_breakers(void **state)
     px_route_breakers(&r->routes[1], &cb2); /* no circuit_breakers: the defaults */
     assert_memory_equal(&cb2, &((struct px_breakers){100, 200, 300, 400}), sizeof(cb2));
     px_routes_unref(r);
-    px_routes_shutdown();
+    state_free();
 }
 
 int main(void)

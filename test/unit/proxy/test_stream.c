@@ -377,7 +377,8 @@ static int teardown(void **state)
     for (int i = 0; i < nups; i++)
         evbuffer_free(ups[i].body);
     nups = 0;
-    px_routes_shutdown();
+    px_routes_state_free(srv.routes);
+    srv.routes = NULL;
     cfg.routes_file = NULL;
     if (routes_path[0] != '\0')
         unlink(routes_path);
@@ -400,7 +401,7 @@ static void load_routes(const char *json)
     close(fd);
     cfg.routes_file = routes_path;
     char *err = NULL;
-    if (px_routes_start(&cfg, &err) != 0)
+    if (px_routes_start(&srv, &err) != 0)
         fail_msg("routes: %s", err);
 }
 
