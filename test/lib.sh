@@ -179,6 +179,17 @@ rss_hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 RAW="python3 $REMORA_ROOT/test/tools/raw.py"
 PATTERN="python3 $REMORA_ROOT/test/upstream/pattern.py"
 
+# start_recorder NAME [h1_recorder.py ARGS...]: test/tools/h1_recorder.py, an HTTP/1.1 app that
+# records every byte it receives into $TMP/NAME/ (per connection and all.bin) and answers fixed
+# responses; sets REC_PORT (hostile_h1.sh, hostile_h1_upstream.sh).
+start_recorder() {
+    local name=$1; shift
+    bg "$name" python3 "$REMORA_ROOT/test/tools/h1_recorder.py" --dir "$TMP/$name" "$@"
+    REC_PORT=""
+    WAIT_UNTIL_STEP=0.05 wait_until 10 listen_port "$TMP/$name.log" && { REC_PORT=$LISTEN_PORT; return 0; }
+    fail "start_recorder $name: no port"; return 1
+}
+
 # ---- the CA suites' fixture (ca.sh, ca_config.sh, ca_rotation.sh) --------------------------
 # ca_pki: a mesh root and an "east" intermediate (the CA's signing pair), a server
 # certificate under it, the webhook's own self-signed certificate (the CA port must not
