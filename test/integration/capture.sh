@@ -205,8 +205,10 @@ wait_until 20 a_ready && ready=1
 expect_eq "proxy (UID 1337) ready in the pod namespace" "$ready" 1
 check "proxy runs as UID 1337" \
     test "$(awk '/^Uid:/ {print $2}' "/proc/$PROXY_PID/status")" == 1337
-inB bash -c "for i in \$(seq 50); do (exec 3<>/dev/tcp/$B_IP/8080) 2>/dev/null && exit 0; sleep 0.1; done; exit 1"
-inA bash -c "for i in \$(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/8081) 2>/dev/null && exit 0; sleep 0.1; done; exit 1"
+b_app_up() { inB bash -c "(exec 3<>/dev/tcp/$B_IP/8080) 2>/dev/null"; }
+a_app_up() { inA bash -c "(exec 3<>/dev/tcp/127.0.0.1/8081) 2>/dev/null"; }
+wait_until 10 b_app_up
+wait_until 10 a_app_up
 
 log_has() { grep -q "$1" "$TMP/proxy.log"; }
 
