@@ -168,7 +168,7 @@ collect() { # wait for the spawned reviews only (the servers run on)
     rm -f "$TMP"/out/*
 }
 
-# case_one CASE-FILE: one case of test/data/injector/ (its format: docs/testing.md)
+# case_one CASE-FILE: one case of test/data/injector/ (its format: docs/injector.md, "Testing", and case_one itself)
 case_one() {
     local f=$1 name port status want w e
     # .path: the webhook entry's path (/inject/pod/psa/restricted..., manifests/injector/

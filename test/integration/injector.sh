@@ -2,7 +2,7 @@
 # remora-injector's reviews end to end: the real binary over HTTPS on loopback
 # (fixture: test/lib_injector.sh).
 #  - every AdmissionReview of the shared corpus and every case in
-#    test/data/injector/ (a case is a file; format in docs/testing.md),
+#    test/data/injector/ (a case is a file; format in docs/injector.md, "Testing"),
 #    each patch applied with `kubectl patch --local --type=json`, the result
 #    validated with kubernetes-models and the injection contract
 #    (test/js/check-pods.js), and posted again to check idempotence;

@@ -263,7 +263,9 @@ while IFS=$'\t' read -r -u 3 name re args; do
     out=$("$INJECTOR" publish-ca-root "${argv[@]}" 2>&1)
     rc=$?
     expect_match "usage: $name -> 2" "$rc $out" "^2 .*$re"
+    nusage=$((${nusage:-0} + 1))
 done 3<"$REMORA_ROOT/test/data/publish/usage.tsv"
+check "the usage table ran its cases (${nusage:-0})" test "${nusage:-0}" -ge 9
 out=$("$INJECTOR" publish-ca-root --help 2>&1)
 expect_match "--help: exit 0 with the flags" "$? $out" '^0 usage: remora-injector publish-ca-root --root FILE.*--timeout-ms'
 
