@@ -179,6 +179,17 @@ rss_hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 RAW="python3 $REMORA_ROOT/test/tools/raw.py"
 PATTERN="python3 $REMORA_ROOT/test/upstream/pattern.py"
 
+# start_recorder NAME [h1_recorder.py ARGS...]: test/tools/h1_recorder.py, an HTTP/1.1 app that
+# records every byte it receives into $TMP/NAME/ (per connection and all.bin) and answers fixed
+# responses; sets REC_PORT (hostile_h1.sh, hostile_h1_upstream.sh).
+start_recorder() {
+    local name=$1; shift
+    bg "$name" python3 "$REMORA_ROOT/test/tools/h1_recorder.py" --dir "$TMP/$name" "$@"
+    REC_PORT=""
+    WAIT_UNTIL_STEP=0.05 wait_until 10 listen_port "$TMP/$name.log" && { REC_PORT=$LISTEN_PORT; return 0; }
+    fail "start_recorder $name: no port"; return 1
+}
+
 # ---- the CA suites' fixture (ca.sh, ca_config.sh, ca_rotation.sh) --------------------------
 # ca_pki: a mesh root and an "east" intermediate (the CA's signing pair), a server
 # certificate under it, the webhook's own self-signed certificate (the CA port must not
@@ -240,3 +251,49 @@ ca_csr() {
     "$CERTS" csr --key "$TMP/$1-key.pem" --spiffe-id "$2" --out "$TMP/$1.csr" || return 1
     jq -n --rawfile csr "$TMP/$1.csr" '{csr: $csr}' >"$TMP/$1.json"
 }
+
+# ---- the fake API server's fixture (publish.sh, publish_jwks.sh) ------------------------------
+# fake_pki: in $D (made here) the API server's CA apica (and an unrelated otherca), its
+# certificate api (localhost, 127.0.0.1) and wrongname (another name, another IP); the token
+# the fake accepts in $TMP/token (FAKE_TOKEN), a stale one in $TMP/bad-token. The suite
+# writes the fake's state to $TMP/state.json (test/tools/fake_apiserver.py: token, namespaces,
+# configmaps, faults, jwks).
+fake_pki() {
+    D=$TMP/pki
+    mkdir -p "$D"
+    local n
+    for n in apica otherca; do
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+            -keyout "$D/$n-key.pem" -out "$D/$n.pem" -subj "/CN=$n" 2>/dev/null || return 1
+    done
+    _fake_cert api "DNS:localhost,IP:127.0.0.1" || return 1
+    _fake_cert wrongname "DNS:wrong.example,IP:10.9.8.7" || return 1
+    FAKE_TOKEN=tok-$$-good
+    echo "$FAKE_TOKEN" >"$TMP/token"
+    echo "tok-$$-stale" >"$TMP/bad-token"
+}
+_fake_cert() { # NAME SAN: a serving certificate for the fake, signed by apica
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$D/$1-key.pem" \
+        -out "$D/$1.csr" -subj "/CN=kube-apiserver" 2>/dev/null &&
+        printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\n' "$2" >"$D/$1.ext" &&
+        openssl x509 -req -in "$D/$1.csr" -CA "$D/apica.pem" -CAkey "$D/apica-key.pem" -CAcreateserial \
+            -days 2 -extfile "$D/$1.ext" -out "$D/$1.pem" 2>/dev/null
+}
+# fake_start NAME CERT: the fake on $TMP/state.json with $D/CERT.pem; sets FPORT (exits when
+# it does not start). The first one started also sets API, the URL ctl and friends use.
+fake_start() {
+    rm -f "$TMP/$1.port"
+    bg "$1" python3 "$REMORA_ROOT/test/tools/fake_apiserver.py" --cert "$D/$2.pem" --key "$D/$2-key.pem" \
+        --state "$TMP/state.json" --port-file "$TMP/$1.port"
+    WAIT_UNTIL_STEP=0.05 wait_until 10 test -s "$TMP/$1.port"
+    FPORT=$(cat "$TMP/$1.port" 2>/dev/null)
+    [[ -n $FPORT ]] || { fail "fake API server $1 did not start"; cat "$TMP/$1.log"; exit 1; }
+    : "${API:=https://127.0.0.1:$FPORT}"
+}
+# ctl PATH [curl args]: the fake's control API (state, requests); state JQ: its state through
+# jq -c; put_state JSON: merge JSON into it; writes: how many requests since the last
+# `ctl requests -X DELETE` were not GETs.
+ctl() { curl -sS --cacert "$D/apica.pem" "$API/_control/$1" "${@:2}"; }
+state() { ctl state | jq -c "$@"; }
+put_state() { ctl state -X PUT --data-binary "$1" >/dev/null; }
+writes() { ctl requests | jq -c '[.[] | select(.method != "GET")] | length'; }

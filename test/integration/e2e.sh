@@ -224,11 +224,8 @@ e2e_exec a client curl -s -m 30 -o "$E2E/slow.body" -w '%{http_code}' "http://$S
     >"$E2E/slow.code" 2>"$E2E/slow.err" &
 slow=$!
 busy=
-for _ in $(seq 100); do
-    busy=$(e2e_exec a remora-proxy curl -s -m 2 http://127.0.0.1:15020/healthz/idle)
-    [[ $busy == busy* ]] && break
-    sleep 0.1
-done
+a_busy() { busy=$(e2e_exec a remora-proxy curl -s -m 2 http://127.0.0.1:15020/healthz/idle); [[ $busy == busy* ]]; }
+wait_until 10 a_busy
 expect_match "a: its request to S is in flight (/healthz/idle: busy)" "$busy" '^busy: 1 requests'
 t0=$(date +%s%N)
 e2e_delete a

@@ -12,38 +12,21 @@
 #    401, a 500 in one namespace, a non-HTTP answer, an answer slower than
 #    --timeout-ms, a server that never handshakes, a refused port, a body
 #    past 16 MiB, a certificate not from --ca-file or for another name;
-#  - bad --root files and bad flags; the in-cluster default URL from
-#    KUBERNETES_SERVICE_HOST/PORT; --interval picks up a newly labelled
-#    namespace and stops on SIGTERM with 0; no sanitizer report anywhere.
+#  - bad --root files and bad flags (test/data/publish/usage.tsv); the in-cluster
+#    default URL from KUBERNETES_SERVICE_HOST/PORT; --interval picks up a newly
+#    labelled namespace and stops on SIGTERM with 0; no sanitizer report anywhere.
+# refresh-jwks: publish_jwks.sh; the CronJobs in the manifests: injector_manifests.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 CERTS=$REMORA_ROOT/$REMORA_BUILD/remora-certs
-FAKE=(python3 "$REMORA_ROOT/test/tools/fake_apiserver.py")
-D=$TMP/pki
-mkdir -p "$D"
 
-# ---- PKI: the mesh root (what is published), the API server's CA and certs ------------
+# ---- PKI: the mesh root (what is published), the API server's CA and certs (fake_pki) ---------
+fake_pki || exit 1
 "$CERTS" root --out-cert "$D/root.pem" --out-key "$D/root-key.pem" --cn "mesh root" || exit 1
 "$CERTS" root --out-cert "$D/root2.pem" --out-key "$D/root2-key.pem" --cn "mesh root 2" || exit 1
-mkca() { # NAME
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-        -keyout "$D/$1-key.pem" -out "$D/$1.pem" -subj "/CN=$1" 2>/dev/null
-}
-mkcert() { # NAME CA SAN
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$D/$1-key.pem" \
-        -out "$D/$1.csr" -subj "/CN=kube-apiserver" 2>/dev/null &&
-        printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\n' "$3" >"$D/$1.ext" &&
-        openssl x509 -req -in "$D/$1.csr" -CA "$D/$2.pem" -CAkey "$D/$2-key.pem" -CAcreateserial \
-            -days 2 -extfile "$D/$1.ext" -out "$D/$1.pem" 2>/dev/null
-}
-mkca apica && mkca otherca || exit 1
-mkcert api apica "DNS:localhost,IP:127.0.0.1" || exit 1
-mkcert wrongname apica "DNS:wrong.example,IP:10.9.8.7" || exit 1
-echo "tok-$$-good" >"$TMP/token"
-echo "tok-$$-stale" >"$TMP/bad-token"
 
 # ---- the fake API server ---------------------------------------------------------------
 LAB='{"remora-injection": "enabled"}'
-jq -n --arg tok "tok-$$-good" --argjson lab "$LAB" '{
+jq -n --arg tok "$FAKE_TOKEN" --argjson lab "$LAB" '{
   token: $tok,
   namespaces: {shop: {labels: $lab}, pay: {labels: $lab}, web: {labels: $lab},
                other: {labels: {team: "x"}}, disabled: {labels: {"remora-injection": "disabled"}},
@@ -52,21 +35,8 @@ jq -n --arg tok "tok-$$-good" --argjson lab "$LAB" '{
   configmaps: {pay: {"remora-ca-root": {apiVersion: "v1", kind: "ConfigMap",
       metadata: {name: "remora-ca-root", namespace: "pay"},
       data: {"root.pem": "stale root", "extra.txt": "keep me"}}}}}' >"$TMP/state.json"
-start_fake() { # NAME CERT: sets FPORT
-    rm -f "$TMP/$1.port"
-    bg "$1" "${FAKE[@]}" --cert "$D/$2.pem" --key "$D/$2-key.pem" --state "$TMP/state.json" \
-        --port-file "$TMP/$1.port"
-    WAIT_UNTIL_STEP=0.05 wait_until 10 test -s "$TMP/$1.port"
-    FPORT=$(cat "$TMP/$1.port" 2>/dev/null)
-    [[ -n $FPORT ]] || { echo "fake $1 did not start:"; cat "$TMP/$1.log"; exit 1; }
-}
-start_fake fake api
+fake_start fake api
 PORT=$FPORT
-API=https://127.0.0.1:$PORT
-ctl() { curl -sS --cacert "$D/apica.pem" "$API/_control/$1" "${@:2}"; }
-state() { ctl state | jq -c "$@"; }
-put_state() { ctl state -X PUT --data-binary "$1" >/dev/null; }
-writes() { ctl requests | jq -c '[.[] | select(.method != "GET")] | length'; }
 
 NRUN=0
 # publish [ARGS...]: one run; its output in $TMP/run-N.log (LOG), exit status in RC,
@@ -197,15 +167,17 @@ put_state '{"faults": [{"match": "^GET /api/v1/namespaces\\?", "kind": "garbage"
 publish
 expect_match "a non-HTTP answer: exit 1, named, at once" "$RC $MS $(cat "$LOG")" \
     '^1 [0-9]+ .*GET /api/v1/namespaces\?labelSelector=[^:]*: not a valid HTTP/1.x response: .*\(HPE_'
-((MS < 3000)) && pass "... in ${MS} ms, no hang" || fail "garbage answer took ${MS} ms"
+# the error is the parse error, not the 3 s --timeout-ms (the message above); the bound only
+# catches a hang, however loaded the machine
+((MS < 10000)) && pass "... in ${MS} ms, no hang" || fail "garbage answer took ${MS} ms"
 
-put_state '{"faults": [{"match": "^GET /api/v1/namespaces/shop/configmaps", "kind": "slow", "seconds": 4}]}'
+put_state '{"faults": [{"match": "^GET /api/v1/namespaces/shop/configmaps", "kind": "slow", "seconds": 20}]}'
 publish --timeout-ms 600
 expect_eq "an answer slower than --timeout-ms: exit 1" "$RC" 1
 expect_match "... named, with the bound" "$(grep ' shop: ' "$LOG")" \
     'shop: error: GET /api/v1/namespaces/shop/configmaps/remora-ca-root: read from 127\.0\.0\.1:'"$PORT"': no answer within 600 ms \(--timeout-ms\)'
 expect_match "... the others still done" "$(grep -c ': unchanged$' "$LOG")" '^[1-9]'
-((MS < 3500)) && pass "... the run took ${MS} ms (one 600 ms timeout, not the 4 s answer)" ||
+((MS < 15000)) && pass "... the run took ${MS} ms (one 600 ms timeout, not the 20 s answer)" ||
     fail "slow answer: the run took ${MS} ms"
 
 put_state '{"faults": [{"match": "^GET /api/v1/namespaces\\?", "kind": "huge"}]}'
@@ -228,7 +200,7 @@ WAIT_UNTIL_STEP=0.05 wait_until 5 test -s "$TMP/silent.port"
 publish --api "https://127.0.0.1:$(cat "$TMP/silent.port")" --timeout-ms 500
 expect_match "a server that never handshakes: exit 1, named, bounded" "$RC $MS $(cat "$LOG")" \
     '^1 [0-9]+ .*TLS handshake with 127\.0\.0\.1:[0-9]+: no answer within 500 ms'
-((MS < 2500)) && pass "... in ${MS} ms" || fail "silent server: ${MS} ms"
+((MS < 10000)) && pass "... in ${MS} ms (the server stays silent for 120 s)" || fail "silent server: ${MS} ms"
 # a listener whose accept queue is full (backlog 0, filled, never accepted): SYNs are dropped
 python3 -c 'import socket, sys, time
 s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(0); port = s.getsockname()[1]
@@ -243,7 +215,7 @@ WAIT_UNTIL_STEP=0.05 wait_until 5 test -s "$TMP/full.port"
 publish --api "https://127.0.0.1:$(cat "$TMP/full.port")" --timeout-ms 500
 expect_match "a connect that never completes: exit 1, named, bounded" "$RC $MS $(cat "$LOG")" \
     '^1 [0-9]+ .*connect to 127\.0\.0\.1:[0-9]+: no connection within 500 ms'
-((MS < 2500)) && pass "... in ${MS} ms" || fail "full accept queue: ${MS} ms"
+((MS < 10000)) && pass "... in ${MS} ms (the queue stays full for 120 s)" || fail "full accept queue: ${MS} ms"
 CLOSED=$(free_port)
 publish --api "https://127.0.0.1:$CLOSED"
 expect_match "a refused port: exit 1, named" "$RC $(cat "$LOG")" "^1 .*connect to 127\.0\.0\.1:$CLOSED: Connection refused"
@@ -253,7 +225,7 @@ publish --ca-file "$D/otherca.pem"
 expect_match "an API certificate that does not chain to --ca-file: refused" "$RC $(grep 'not trusted' "$LOG")" \
     "^1 .*TLS handshake with 127\.0\.0\.1:$PORT: the API server's certificate is not trusted \(--ca-file $D/otherca\.pem, name 127\.0\.0\.1\): The certificate is not correctly signed by the trusted CA$"
 expect_eq "... and nothing was written" "$(grep -c -E ': (created|updated) ConfigMap' "$LOG")" 0
-start_fake fake-wrongname wrongname
+fake_start fake-wrongname wrongname
 publish --api "https://127.0.0.1:$FPORT"
 expect_match "a certificate without the URL's IP: refused" "$RC $(grep 'not trusted' "$LOG")" \
     '^1 .*not trusted \(--ca-file .*, name 127\.0\.0\.1\): The certificate Common Name \(CN\) does not match with the expected CN$'
@@ -283,22 +255,17 @@ bad_root "missing" "$TMP/nope.pem" "nope\.pem"
 bad_root "empty" "$TMP/empty.pem" 'empty\.pem'
 expect_eq "... no request reached the API server" "$(ctl requests | jq length)" 0
 
-# usage errors: exit 2
-usage() { # NAME REGEX ARGS...
-    local out rc
-    out=$("$INJECTOR" publish-ca-root "${@:3}" 2>&1)
+
+# usage errors: exit 2 (test/data/publish/usage.tsv: NAME REGEX [ARGS])
+while IFS=$'\t' read -r -u 3 name re args; do
+    [[ -z $name || $name == '#'* ]] && continue
+    eval "argv=($args)"
+    out=$("$INJECTOR" publish-ca-root "${argv[@]}" 2>&1)
     rc=$?
-    expect_match "usage: $1 -> 2" "$rc $out" "^2 .*$2"
-}
-usage "no --root" '--root FILE is required'
-usage "--interval abc" '--interval abc: want a whole number' --root "$D/root.pem" --interval abc
-usage "--interval -1" '--interval -1: want a whole number' --root "$D/root.pem" --interval -1
-usage "--timeout-ms 0" '--timeout-ms 0: want a whole number' --root "$D/root.pem" --timeout-ms 0
-usage "--name Bad_Name" '--name Bad_Name: not a valid ConfigMap name' --root "$D/root.pem" --name Bad_Name
-usage "--key a/b" '--key a/b: not a valid ConfigMap key' --root "$D/root.pem" --key a/b
-usage "--api http://" '--api http://127.0.0.1:1: want an https:// URL' --root "$D/root.pem" --api http://127.0.0.1:1
-usage "unknown flag" 'unknown flag --frobnicate' --root "$D/root.pem" --frobnicate
-usage "a stray argument" 'unexpected argument extra' --root "$D/root.pem" extra
+    expect_match "usage: $name -> 2" "$rc $out" "^2 .*$re"
+    nusage=$((${nusage:-0} + 1))
+done 3<"$REMORA_ROOT/test/data/publish/usage.tsv"
+check "the usage table ran its cases (${nusage:-0})" test "${nusage:-0}" -ge 9
 out=$("$INJECTOR" publish-ca-root --help 2>&1)
 expect_match "--help: exit 0 with the flags" "$? $out" '^0 usage: remora-injector publish-ca-root --root FILE.*--timeout-ms'
 
@@ -328,105 +295,6 @@ stop_pid "$LOOP_PID"
 expect_eq "... SIGTERM: exit 0" "$STOP_RC" 0
 expect_match "... logged" "$(tail -1 "$TMP/loop.log")" 'publish-ca-root: signal 15: stopping'
 
-# ---- the shipped manifests --------------------------------------------------------------------
-if kubectl kustomize "$REMORA_ROOT/manifests" 2>"$TMP/kustomize.err" |
-    python3 -c 'import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))' \
-        >"$TMP/manifests.json"; then
-    mj() { jq -c "$1" "$TMP/manifests.json"; }
-    cj='.[] | select(.kind == "CronJob" and .metadata.name == "remora-ca-root-publisher")'
-    pod="$cj | .spec.jobTemplate.spec.template.spec"
-    expect_eq "manifests: CronJob remora-ca-root-publisher every 5 minutes, Forbid, in remora-system" \
-        "$(mj "$cj | [.metadata.namespace, .spec.schedule, .spec.concurrencyPolicy]")" \
-        '["remora-system","*/5 * * * *","Forbid"]'
-    expect_eq "... the injector's image and tag" \
-        "$(mj "$pod | .containers[0].image")" \
-        "$(mj '.[] | select(.kind == "Deployment" and .metadata.name == "remora-injector") | .spec.template.spec.containers[0].image')"
-    expect_eq "... runs remora-injector publish-ca-root --root /etc/remora/ca/root.pem" \
-        "$(mj "$pod | .containers[0] | (.command + .args)")" \
-        '["remora-injector","publish-ca-root","--root","/etc/remora/ca/root.pem"]'
-    expect_eq "... mounts only root.pem of Secret remora-ca there, read-only" \
-        "$(mj "$pod | [(.containers[0].volumeMounts[] | [.mountPath, .readOnly]),
-            (.volumes[] | [.secret.secretName, .secret.items])]")" \
-        '[["/etc/remora/ca",true],["remora-ca",[{"key":"root.pem","path":"root.pem"}]]]'
-    expect_eq "... hardened: non-root, read-only root, no privilege escalation, no capabilities, seccomp, limits" \
-        "$(mj "$pod | [.serviceAccountName, .securityContext.runAsNonRoot, .securityContext.seccompProfile.type,
-            .containers[0].securityContext.readOnlyRootFilesystem,
-            .containers[0].securityContext.allowPrivilegeEscalation,
-            .containers[0].securityContext.capabilities.drop, .containers[0].resources.limits.memory]")" \
-        '["remora-ca-root-publisher",true,"RuntimeDefault",true,false,["ALL"],"64Mi"]'
-    expect_eq "ClusterRole: namespaces get/list, configmaps create, get/patch remora-ca-root only" \
-        "$(mj '.[] | select(.kind == "ClusterRole" and .metadata.name == "remora-ca-root-publisher") |
-            [.rules[] | [.resources[0], (.verbs | sort | join(",")), (.resourceNames // [] | join(","))]]')" \
-        '[["namespaces","get,list",""],["configmaps","create",""],["configmaps","get,patch","remora-ca-root"]]'
-    expect_eq "ClusterRoleBinding: to the publisher's ServiceAccount" \
-        "$(mj '.[] | select(.kind == "ClusterRoleBinding" and .metadata.name == "remora-ca-root-publisher") |
-            [.roleRef.name, .subjects[0].kind, .subjects[0].namespace, .subjects[0].name]')" \
-        '["remora-ca-root-publisher","ServiceAccount","remora-system","remora-ca-root-publisher"]'
-    # the published names agree with the template the pods are injected from
-    expect_eq "the template's ca_root_configmap is the name the publisher writes by default" \
-        "$(jq -r .ca_root_configmap "$REMORA_ROOT/manifests/injector/template.json")" remora-ca-root
-else
-    fail "kubectl kustomize manifests/ renders: $(head -c 300 "$TMP/kustomize.err")"
-fi
-
-# ---- refresh-jwks: the cluster's token keys into remora-system/remora-jwks -------------------
-# (what the remora-jwks-refresh CronJob runs from the injector's image; docs/ca.md)
-jwks_refresh() {
-    NRUN=$((NRUN + 1))
-    LOG=$TMP/run-$NRUN.log
-    "$INJECTOR" refresh-jwks --api "$API" --token-file "$TMP/token" --ca-file "$D/apica.pem" \
-        --timeout-ms 3000 "$@" >"$LOG" 2>&1
-    RC=$?
-}
-jcm() { ctl state | jq -j '.configmaps["remora-system"]["remora-jwks"]'" | $1"; }
-JW=$REMORA_ROOT/test/data/token
-put_state '{"faults": [], "jwks": null}'
-ctl requests -X DELETE >/dev/null
-jwks_refresh
-expect_eq "refresh-jwks: the API server has no JWKS (404): exit 1, nothing written" "$RC $(writes)" "1 0"
-expect_match "... the error names the request and the status" "$(cat "$LOG")" \
-    'refresh-jwks: GET /openid/v1/jwks: 404'
-put_state "$(jq -n --rawfile j "$JW/jwks.json" '{jwks: $j}')"
-jwks_refresh
-expect_eq "refresh-jwks: exit 0, ConfigMap created" "$RC $(grep -c 'remora-jwks (jwks.json) created: 2 keys' "$LOG")" "0 1"
-expect_eq "... data[jwks.json] is the API server's answer byte for byte" \
-    "$(jcm '.data["jwks.json"]' | sha256sum)" "$(sha256sum <"$JW/jwks.json")"
-expect_eq "... labelled part-of remora" "$(jcm '.metadata.labels["app.kubernetes.io/part-of"]')" remora
-ctl requests -X DELETE >/dev/null
-jwks_refresh
-expect_eq "refresh-jwks again: unchanged, no write" "$RC $(writes) $(grep -c ' unchanged: ' "$LOG")" "0 0 1"
-put_state "$(state --rawfile j "$JW/jwks/ok-rsa-only.json" '.jwks = $j |
-    .configmaps["remora-system"]["remora-jwks"].data["note"] = "keep me"')"
-jwks_refresh
-expect_eq "a rotated key set: updated, the other key kept" \
-    "$RC $(jcm '.data["jwks.json"]' | sha256sum | cut -c1-16) $(jcm '.data.note')" \
-    "0 $(sha256sum <"$JW/jwks/ok-rsa-only.json" | cut -c1-16) keep me"
-for bad in bad-not-json bad-only-unsupported bad-rsa-small; do
-    put_state "$(jq -n --rawfile j "$JW/jwks/$bad.json" '{jwks: $j}')"
-    ctl requests -X DELETE >/dev/null
-    jwks_refresh
-    expect_eq "an answer that is not a usable JWKS ($bad): exit 1, no write, the good one kept" \
-        "$RC $(writes) $(jcm '.data["jwks.json"]' | sha256sum | cut -c1-16)" \
-        "1 0 $(sha256sum <"$JW/jwks/ok-rsa-only.json" | cut -c1-16)"
-done
-expect_match "... and says why" "$(cat "$LOG")" 'refresh-jwks: .*(RSA|bits|key)'
-put_state "$(jq -n --rawfile j "$JW/jwks.json" '{jwks: $j}')"
-jwks_refresh --token-file "$TMP/bad-token"
-expect_match "refresh-jwks with a token the API server refuses: exit 1, 401 named" "$RC $(cat "$LOG")" \
-    '^1 .*GET /openid/v1/jwks: 401'
-jwks_refresh --namespace 'Not_A_Namespace'
-expect_match "refresh-jwks with a bad --namespace: exit 2, the flag named" "$RC $(cat "$LOG")" \
-    '^2 .*--namespace Not_A_Namespace: not a valid namespace name'
-if [[ -s $TMP/manifests.json ]]; then
-    rj="$(mj '.[] | select(.kind == "CronJob" and .metadata.name == "remora-jwks-refresh") |
-        .spec.jobTemplate.spec.template.spec.containers[0] | [.image, (.command + (.args // []))]')"
-    expect_eq "manifests: the remora-jwks-refresh CronJob runs remora-injector refresh-jwks from the injector image" \
-        "$rj" "$(mj '[(.[] | select(.kind == "Deployment" and .metadata.name == "remora-injector") |
-            .spec.template.spec.containers[0].image), ["remora-injector", "refresh-jwks"]]')"
-    expect_eq "manifests: every image under manifests/injector is the injector's or the proxy's" \
-        "$(kubectl kustomize "$REMORA_ROOT/manifests/injector" | grep -E '^\s+image:' |
-            grep -vcE 'remora-mesh/remora-(injector|proxy):')" 0
-fi
 
 # ---- sanitizers -------------------------------------------------------------------------------
 cat "$TMP"/run-*.log >"$TMP/all-runs.log"

@@ -239,13 +239,15 @@ pod web-7 99999999-0000-4000-8000-000000000000
 sign "$T7"
 expect_eq "GET pod forbidden: 503" "$CODE:$REASON" "503:token_review_unavailable"
 expect_match "... needs get pods" "$ERR" 'needs RBAC get pods'
-put_state '{"faults": [{"match": "^POST /apis/authentication", "kind": "slow", "seconds": 4, "times": 1}]}'
+put_state '{"faults": [{"match": "^POST /apis/authentication", "kind": "slow", "seconds": 20, "times": 1}]}'
 t0=$(date +%s%N)
 sign "$T7"
 ms=$((($(date +%s%N) - t0) / 1000000))
 expect_eq "an API server slower than kube.timeout_ms: 503" "$CODE:$REASON" "503:token_review_unavailable"
 expect_match "... no answer within 1500 ms" "$ERR" 'no answer within 1500 ms'
-((ms < 3900)) && pass "... answered before the slow API server did ($ms ms)" || fail "... took $ms ms"
+# the bound is far below the slow answer (20 s), so a loaded machine cannot blur the two
+((ms < 15000)) && pass "... answered before the slow API server did ($ms ms, the API server takes 20 s)" ||
+    fail "... took $ms ms"
 sign "$T7"
 expect_eq "... and signed once it answers in time" "$CODE" 200
 
