@@ -70,12 +70,15 @@ JSON
 start_proxy proxy "$TMP/proxy.json" || exit 1
 U=http://127.0.0.1:$PORT
 metric() { curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk -v k="$1" '$1 == k {print $2}'; }
+# app_lines N: the app has logged at least N requests (it logs "answered" after its answer
+# is sent, so the client can read the answer before the line is written)
+app_lines() { (($(grep -c '^conn' "$TMP/stale.log") >= $1)); }
 
 out=$(curl -s -w ' %{http_code}' "$U/one")
 expect_eq "first request: answered on connection 1" "$out" "conn 1 /one 200"
 out=$(curl -s -w ' %{http_code}' "$U/two")
 expect_eq "stale pooled connection: the GET is resent on a fresh connection" "$out" "conn 2 /two 200"
-sleep 0.2
+wait_until 10 app_lines 3
 app=$(grep '^conn' "$TMP/stale.log")
 expect_eq "... the app saw it once dropped, once answered, nothing else" "$app" \
 "conn 1 GET /one - answered
@@ -90,7 +93,8 @@ expect_match "... the debug line says why" "$(cat "$TMP/proxy.log")" 'not proces
 # a body nothing kept: never resent, the client hears the reset
 out=$(curl -s -w ' %{http_code}' --data-binary abc "$U/three")
 expect_match "stale connection, POST with a body: 502 naming the reset" "$out" 'upstream reset.* 502$'
-sleep 0.2
+# a resend would have come before the 502 (the proxy answers 502 instead of resending)
+wait_until 10 app_lines 4
 app=$(grep '^conn' "$TMP/stale.log" | tail -n +4)
 expect_eq "... the app saw the POST once (dropped), never again" "$app" "conn 2 POST /three abc dropped"
 expect_eq "... no retry counted" "$(metric remora_retries_total)" 1
