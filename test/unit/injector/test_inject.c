@@ -17,6 +17,9 @@
 
 #include "injector/admission.c"
 #include "injector/inject.c"
+#include "injector/inject_ann.c"
+#include "injector/inject_build.c"
+#include "injector/inject_probes.c"
 
 #include "common/err.h"
 #include "injector/admission.h"
@@ -118,31 +121,31 @@ static void test_decide(void **state)
 static void test_lists(void **state)
 {
     (void)state;
-    assert_true(port_ok("1", 1));
-    assert_true(port_ok("65535", 5));
-    assert_false(port_ok("0", 1));
-    assert_false(port_ok("65536", 5));
-    assert_false(port_ok("", 0));
-    assert_false(port_ok("-1", 2));
-    assert_false(port_ok("080a", 4));
-    assert_true(cidr_ok("10.0.0.0/8", 10));
-    assert_true(cidr_ok("1.2.3.4", 7));
-    assert_true(cidr_ok("::/0", 4));
-    assert_true(cidr_ok("fd00::1/128", 11));
-    assert_false(cidr_ok("10.0.0.0/33", 11));
-    assert_false(cidr_ok("fd00::/129", 10));
-    assert_false(cidr_ok("10.0.0.0/", 9));
-    assert_false(cidr_ok("10.0.0/8", 8));
-    assert_false(cidr_ok("--dry-run", 9));
-    assert_true(port_listed("80,9090", 9090));
-    assert_false(port_listed("80,9090", 90));
-    assert_false(port_listed(NULL, 80));
+    assert_true(ij_port_ok("1", 1));
+    assert_true(ij_port_ok("65535", 5));
+    assert_false(ij_port_ok("0", 1));
+    assert_false(ij_port_ok("65536", 5));
+    assert_false(ij_port_ok("", 0));
+    assert_false(ij_port_ok("-1", 2));
+    assert_false(ij_port_ok("080a", 4));
+    assert_true(ij_cidr_ok("10.0.0.0/8", 10));
+    assert_true(ij_cidr_ok("1.2.3.4", 7));
+    assert_true(ij_cidr_ok("::/0", 4));
+    assert_true(ij_cidr_ok("fd00::1/128", 11));
+    assert_false(ij_cidr_ok("10.0.0.0/33", 11));
+    assert_false(ij_cidr_ok("fd00::/129", 10));
+    assert_false(ij_cidr_ok("10.0.0.0/", 9));
+    assert_false(ij_cidr_ok("10.0.0/8", 8));
+    assert_false(ij_cidr_ok("--dry-run", 9));
+    assert_true(ij_port_listed("80,9090", 9090));
+    assert_false(ij_port_listed("80,9090", 90));
+    assert_false(ij_port_listed(NULL, 80));
     assert_true(dns_label("web-1"));
     assert_false(dns_label("Web"));
     assert_false(dns_label("a/b"));
-    assert_true(dns_subdomain("web-policy.v2"));
-    assert_false(dns_subdomain("Bad_Name"));
-    assert_false(dns_subdomain("-x"));
+    assert_true(ij_dns_subdomain("web-policy.v2"));
+    assert_false(ij_dns_subdomain("Bad_Name"));
+    assert_false(ij_dns_subdomain("-x"));
 
     json_t *c = json_loads("{\"ports\":[{\"name\":\"http\",\"containerPort\":8080},"
                            "{\"name\":\"bad\",\"containerPort\":70000}]}",
