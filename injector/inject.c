@@ -17,6 +17,7 @@ static const char *const decision_names[IJ_DECIDE__COUNT] = {
     [IJ_DECIDE_NOT_CREATE] = "not-create",     [IJ_DECIDE_SYSTEM_NS] = "system-namespace",
     [IJ_DECIDE_HOST_NETWORK] = "host-network", [IJ_DECIDE_INJECTED] = "already-injected",
     [IJ_DECIDE_OPTED_OUT] = "opted-out",       [IJ_DECIDE_CONFLICT] = "name-conflict",
+    [IJ_DECIDE_REFUSED] = "bad-annotation",
 };
 
 static const char *const our_containers[] = {IJ_INIT_NAME, IJ_PROXY_NAME, NULL};
@@ -134,6 +135,16 @@ static void add_annotations(json_t *patch, json_t *pod, json_t *add)
     }
 }
 
+char *ij_inject_check(const struct ij_inject_params *p, json_t *pod)
+{
+    struct ij_inbound_tls tls;
+    char *err = NULL;
+    json_t *w = json_array();
+    int rc = ij_inbound_tls_read(pod, p->tpl->inbound_tls, &tls, &err, w);
+    json_decref(w);
+    return rc == 0 ? NULL : err;
+}
+
 json_t *ij_inject_patch(const struct ij_inject_params *p, json_t *request, json_t *pod,
                         json_t *warnings)
 {
@@ -196,7 +207,15 @@ json_t *ij_inject_patch(const struct ij_inject_params *p, json_t *request, json_
     }
     json_t *added_ann = json_array();
     json_t *ann = json_object();
-    char *boot = ij_bootstrap(p, policy != NULL, routes != NULL, opaque);
+    /* the inbound mTLS mode; a bad value was refused by ij_inject_check, and
+     * reads here as strict without ports (callers that skip the check) */
+    struct ij_inbound_tls tls;
+    char *tls_err = NULL;
+    if (ij_inbound_tls_read(pod, t->inbound_tls, &tls, &tls_err, warnings) != 0) {
+        ij_warn(warnings, "%s; strict on every port", tls_err);
+        free(tls_err);
+    }
+    char *boot = ij_bootstrap(p, policy != NULL, routes != NULL, opaque, &tls);
     json_object_set_new(ann, IJ_ANN_BOOTSTRAP, json_string(boot));
     json_array_append_new(added_ann, json_string(IJ_ANN_BOOTSTRAP));
     free(boot);

@@ -291,3 +291,73 @@ bool ij_dns_subdomain(const char *s)
             return false;
     return true;
 }
+
+int ij_inbound_tls_read(json_t *pod, const char *tpl_mode, struct ij_inbound_tls *out,
+                        char **errmsg, json_t *warnings)
+{
+    memset(out, 0, sizeof(*out));
+    out->mode = "strict";
+    const char *mode = ij_annotation(pod, IJ_ANN_INBOUND_TLS);
+    const char *ports = ij_annotation(pod, IJ_ANN_PERMISSIVE_PORTS);
+    json_t *meta_ann = ij_get_obj(ij_get_obj(pod, "metadata"), "annotations");
+    /* a number or a list where a string belongs is as wrong as a typo */
+    if (mode == NULL && json_object_get(meta_ann, IJ_ANN_INBOUND_TLS) != NULL)
+        mode = "";
+    if (ports == NULL && json_object_get(meta_ann, IJ_ANN_PERMISSIVE_PORTS) != NULL) {
+        *errmsg = cm_xasprintf("remora: annotation %s: expected a string such as \"9090,8080\"",
+                               IJ_ANN_PERMISSIVE_PORTS);
+        return -1;
+    }
+    if (mode != NULL && strcmp(mode, "strict") != 0 && strcmp(mode, "permissive") != 0) {
+        *errmsg = cm_xasprintf("remora: annotation %s: \"%.40s\" is neither \"strict\" nor "
+                               "\"permissive\"",
+                               IJ_ANN_INBOUND_TLS, mode);
+        return -1;
+    }
+    const char *want = mode != NULL ? mode : tpl_mode;
+    size_t n = 0;
+    uint16_t list[IJ_MAX_PERMISSIVE_PORTS];
+    for (const char *t = ports; t != NULL && *t != '\0';) {
+        while (isspace((unsigned char)*t))
+            t++;
+        const char *comma = strchr(t, ',');
+        size_t len = comma != NULL ? (size_t)(comma - t) : strlen(t);
+        size_t tl = len;
+        while (tl > 0 && isspace((unsigned char)t[tl - 1]))
+            tl--;
+        if (tl == 0 && comma == NULL)
+            break; /* "", blanks, or a trailing comma */
+        if (!ij_port_ok(t, tl)) {
+            *errmsg = cm_xasprintf("remora: annotation %s: item \"%.*s\"%s is not a port "
+                                   "(1-65535)",
+                                   IJ_ANN_PERMISSIVE_PORTS, tl > 40 ? 40 : (int)tl, t,
+                                   tl > 40 ? "..." : "");
+            return -1;
+        }
+        uint16_t port = (uint16_t)strtol(t, NULL, 10);
+        for (size_t j = 0; j < n; j++)
+            if (list[j] == port) {
+                *errmsg = cm_xasprintf("remora: annotation %s: port %u is listed twice",
+                                       IJ_ANN_PERMISSIVE_PORTS, (unsigned)port);
+                return -1;
+            }
+        if (n == IJ_MAX_PERMISSIVE_PORTS) {
+            *errmsg = cm_xasprintf("remora: annotation %s: more than %d ports",
+                                   IJ_ANN_PERMISSIVE_PORTS, IJ_MAX_PERMISSIVE_PORTS);
+            return -1;
+        }
+        list[n++] = port;
+        t = comma != NULL ? comma + 1 : NULL;
+    }
+    out->mode = want;
+    if (n > 0 && strcmp(want, "strict") != 0) {
+        ij_warn(warnings,
+                "remora: annotation %s: the inbound mTLS mode is \"%s\" on every port, so the "
+                "list is not used",
+                IJ_ANN_PERMISSIVE_PORTS, want);
+        return 0;
+    }
+    memcpy(out->ports, list, n * sizeof(list[0]));
+    out->nports = n;
+    return 0;
+}

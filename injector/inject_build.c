@@ -158,7 +158,8 @@ json_t *ij_volumes(const struct ij_inject_params *p, const char *policy, const c
 
 /* The proxy's bootstrap config (docs/contract.md "remora-proxy"), as the file the
  * downward-API volume shows it at IJ_DIR_BOOTSTRAP/bootstrap.json. */
-char *ij_bootstrap(const struct ij_inject_params *p, bool policy, bool routes, const char *opaque)
+char *ij_bootstrap(const struct ij_inject_params *p, bool policy, bool routes, const char *opaque,
+                   const struct ij_inbound_tls *tls)
 {
     const struct ij_template *t = p->tpl;
     char admin[32], in[32], out[32];
@@ -168,9 +169,9 @@ char *ij_bootstrap(const struct ij_inject_params *p, bool policy, bool routes, c
     json_t *b = json_pack("{s:{s:s}, s:[{s:s, s:s, s:s, s:s}, {s:s, s:s, s:s, s:s}],"
                           " s:{s:s, s:s, s:s, s:s}}",
                           "admin", "address", admin, "listeners", "name", "inbound", "address", in,
-                          "direction", "inbound", "tls", t->inbound_tls, "name", "outbound",
-                          "address", out, "direction", "outbound", "tls", "mesh", "identity",
-                          "trust_domain", p->trust_domain, "ca_address", t->ca_address, "ca_root",
+                          "direction", "inbound", "tls", tls->mode, "name", "outbound", "address",
+                          out, "direction", "outbound", "tls", "mesh", "identity", "trust_domain",
+                          p->trust_domain, "ca_address", t->ca_address, "ca_root",
                           IJ_DIR_CA "/root.pem", "token_file", IJ_DIR_TOKEN "/token");
     /* IPv6 twins of the capture listeners: remora-init installs ip6tables rules
      * when the pod has a global IPv6 address, and those redirect to [::1]:15001
@@ -181,10 +182,21 @@ char *ij_bootstrap(const struct ij_inject_params *p, bool policy, bool routes, c
     json_t *ls = json_object_get(b, "listeners");
     json_array_append_new(ls,
                           json_pack("{s:s, s:s, s:s, s:s, s:b}", "name", "inbound6", "address", in6,
-                                    "direction", "inbound", "tls", t->inbound_tls, "optional", 1));
+                                    "direction", "inbound", "tls", tls->mode, "optional", 1));
     json_array_append_new(ls,
                           json_pack("{s:s, s:s, s:s, s:s, s:b}", "name", "outbound6", "address",
                                     out6, "direction", "outbound", "tls", "mesh", "optional", 1));
+    /* remora.io/permissive-ports, on both inbound listeners (the proxy takes
+     * it with tls strict only, which ij_inbound_tls_read ensures) */
+    for (size_t i = 0; tls->nports > 0 && i < json_array_size(ls); i++) {
+        json_t *l = json_array_get(ls, i);
+        if (strcmp(json_string_value(json_object_get(l, "direction")), "inbound") != 0)
+            continue;
+        json_t *ports = json_array();
+        for (size_t k = 0; k < tls->nports; k++)
+            json_array_append_new(ports, json_integer(tls->ports[k]));
+        json_object_set_new(l, "permissive_ports", ports);
+    }
     if (policy)
         json_object_set_new(b, "policy_file", json_string(IJ_DIR_POLICY "/policy.json"));
     if (routes)

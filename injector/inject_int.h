@@ -6,6 +6,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "injector/inject.h"
 
@@ -43,6 +44,21 @@ long ij_drain_budget(json_t *pod, json_t *warnings);
 /* DNS-1123 subdomain: a ConfigMap name. */
 bool ij_dns_subdomain(const char *s);
 
+/* remora.io/inbound-tls and remora.io/permissive-ports, read together: the
+ * inbound listeners' "tls" and "permissive_ports" in the bootstrap. */
+#define IJ_MAX_PERMISSIVE_PORTS 64 /* what remora-proxy takes (PX_MAX_PERMISSIVE_PORTS) */
+struct ij_inbound_tls {
+    const char *mode; /* "strict", "permissive", or the template's inbound_tls (static) */
+    uint16_t ports[IJ_MAX_PERMISSIVE_PORTS]; /* only with mode "strict" */
+    size_t nports;
+};
+/* Fill *out from the pod's annotations, tpl_mode when inbound-tls is absent.
+ * A bad value in either (a typo must neither weaken nor silently keep a mode
+ * the owner did not ask for) returns -1 with *errmsg (heap) naming the
+ * annotation and the item; *out is then strict without ports. */
+int ij_inbound_tls_read(json_t *pod, const char *tpl_mode, struct ij_inbound_tls *out,
+                        char **errmsg, json_t *warnings);
+
 /* ---- inject_probes.c ------------------------------------------------------ */
 /* Rewrite the HTTP probes of spec.containers[idx] to go through the proxy's
  * health port; record each original target in `probers` (path -> probe). */
@@ -56,6 +72,7 @@ json_t *ij_proxy_container(const struct ij_template *t, bool native, bool policy
                            json_t *probers, long drain_ms);
 json_t *ij_volumes(const struct ij_inject_params *p, const char *policy, const char *routes);
 /* The proxy's bootstrap config as JSON text (heap, caller frees). */
-char *ij_bootstrap(const struct ij_inject_params *p, bool policy, bool routes, const char *opaque);
+char *ij_bootstrap(const struct ij_inject_params *p, bool policy, bool routes, const char *opaque,
+                   const struct ij_inbound_tls *tls);
 
 #endif

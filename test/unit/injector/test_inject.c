@@ -451,6 +451,157 @@ static void test_admission(void **state)
     ij_review_deinit(&rv);
 }
 
+/* remora.io/inbound-tls and remora.io/permissive-ports (issue 19): the
+ * bootstrap's inbound listeners; a bad value refuses the pod. */
+static json_t *boot_of(const char *pod_json, json_t **warnings)
+{
+    json_t *pod = inject(pod_json, false, NULL, warnings);
+    json_t *boot = json_loads(str_at(pod, "metadata|annotations|remora.io/bootstrap"), 0, NULL);
+    assert_non_null(boot);
+    json_decref(pod);
+    return boot;
+}
+
+static char *check_pod_json(const char *pod_json)
+{
+    json_t *pod = json_loads(pod_json, 0, NULL);
+    assert_non_null(pod);
+    struct ij_inject_params p = params(false);
+    char *why = ij_inject_check(&p, pod);
+    json_decref(pod);
+    return why;
+}
+
+static void test_inbound_tls(void **state)
+{
+    (void)state;
+    json_t *w;
+    /* default: the template's strict, no list */
+    json_t *boot = boot_of(POD("", ""), NULL);
+    assert_string_equal(str_at(boot, "listeners|0|tls"), "strict");
+    assert_null(at(boot, "listeners|0|permissive_ports"));
+    json_decref(boot);
+
+    boot = boot_of(POD("", ",\"annotations\":{\"remora.io/inbound-tls\":\"permissive\"}"), NULL);
+    assert_string_equal(str_at(boot, "listeners|0|name"), "inbound");
+    assert_string_equal(str_at(boot, "listeners|0|tls"), "permissive");
+    assert_string_equal(str_at(boot, "listeners|2|name"), "inbound6");
+    assert_string_equal(str_at(boot, "listeners|2|tls"), "permissive");
+    assert_string_equal(str_at(boot, "listeners|1|tls"), "mesh");
+    json_decref(boot);
+
+    boot =
+        boot_of(POD("", ",\"annotations\":{\"remora.io/permissive-ports\":\" 9090, 8080 ,\"}"), &w);
+    assert_int_equal(json_array_size(w), 0);
+    json_decref(w);
+    for (int i = 0; i < 4; i++) {
+        json_t *l = json_array_get(json_object_get(boot, "listeners"), (size_t)i);
+        json_t *ports = json_object_get(l, "permissive_ports");
+        if (strcmp(json_string_value(json_object_get(l, "direction")), "outbound") == 0) {
+            assert_null(ports);
+            continue;
+        }
+        assert_string_equal(json_string_value(json_object_get(l, "tls")), "strict");
+        assert_int_equal(json_array_size(ports), 2);
+        assert_int_equal(json_integer_value(json_array_get(ports, 0)), 9090);
+        assert_int_equal(json_integer_value(json_array_get(ports, 1)), 8080);
+    }
+    json_decref(boot);
+
+    /* explicit strict, and an empty list: strict without ports */
+    boot = boot_of(POD("", ",\"annotations\":{\"remora.io/inbound-tls\":\"strict\","
+                           "\"remora.io/permissive-ports\":\"\"}"),
+                   NULL);
+    assert_string_equal(str_at(boot, "listeners|0|tls"), "strict");
+    assert_null(at(boot, "listeners|0|permissive_ports"));
+    json_decref(boot);
+
+    /* permissive everywhere: the list says nothing more, with a warning */
+    boot = boot_of(POD("", ",\"annotations\":{\"remora.io/inbound-tls\":\"permissive\","
+                           "\"remora.io/permissive-ports\":\"9090\"}"),
+                   &w);
+    assert_string_equal(str_at(boot, "listeners|0|tls"), "permissive");
+    assert_null(at(boot, "listeners|0|permissive_ports"));
+    assert_int_equal(json_array_size(w), 1);
+    assert_non_null(strstr(json_string_value(json_array_get(w, 0)), "remora.io/permissive-ports"));
+    json_decref(w);
+    json_decref(boot);
+
+    char *why =
+        check_pod_json(POD("", ",\"annotations\":{\"remora.io/permissive-ports\":\"9090\"}"));
+    assert_null(why);
+
+    /* refused, each with the annotation named */
+    static const struct {
+        const char *ann, *want;
+    } bad[] = {
+        {"\"remora.io/inbound-tls\":\"Strict\"", "remora.io/inbound-tls: \"Strict\" is neither"},
+        {"\"remora.io/inbound-tls\":\"disabled\"", "remora.io/inbound-tls: \"disabled\""},
+        {"\"remora.io/inbound-tls\":\"\"", "remora.io/inbound-tls: \"\" is neither"},
+        {"\"remora.io/inbound-tls\":true", "remora.io/inbound-tls: \"\" is neither"},
+        {"\"remora.io/permissive-ports\":\"9090,abc\"",
+         "remora.io/permissive-ports: item \"abc\" is not a port"},
+        {"\"remora.io/permissive-ports\":\"0\"", "remora.io/permissive-ports: item \"0\""},
+        {"\"remora.io/permissive-ports\":\"70000\"", "remora.io/permissive-ports: item \"70000\""},
+        {"\"remora.io/permissive-ports\":\"9090,,8080\"", "remora.io/permissive-ports: item \"\""},
+        {"\"remora.io/permissive-ports\":\"--dry-run\"", "item \"--dry-run\" is not a port"},
+        {"\"remora.io/permissive-ports\":\"9090, 9090\"", "port 9090 is listed twice"},
+        {"\"remora.io/permissive-ports\":9090", "remora.io/permissive-ports: expected a string"},
+        {"\"remora.io/inbound-tls\":\"permissive\",\"remora.io/permissive-ports\":\"x\"",
+         "remora.io/permissive-ports: item \"x\""},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char pod[512];
+        snprintf(pod, sizeof(pod),
+                 "{\"metadata\":{\"name\":\"p\",\"annotations\":{%s}},\"spec\":{\"containers\":"
+                 "[{\"name\":\"app\"}]}}",
+                 bad[i].ann);
+        why = check_pod_json(pod);
+        if (why == NULL || strstr(why, bad[i].want) == NULL)
+            fail_msg("%s: got %s, want %s", bad[i].ann, why ? why : "(accepted)", bad[i].want);
+        free(why);
+    }
+    /* 64 ports are taken, 65 refused */
+    char list[65 * 6 + 1], pod[1024];
+    size_t off = 0;
+    for (int i = 0; i < 65; i++)
+        off += (size_t)snprintf(list + off, sizeof(list) - off, "%s%d", i ? "," : "", 2000 + i);
+    snprintf(pod, sizeof(pod),
+             "{\"metadata\":{\"annotations\":{\"remora.io/permissive-ports\":\"%s\"}},"
+             "\"spec\":{\"containers\":[{\"name\":\"app\"}]}}",
+             list);
+    why = check_pod_json(pod);
+    assert_non_null(why);
+    assert_non_null(strstr(why, "more than 64 ports"));
+    free(why);
+    *strrchr(list, ',') = '\0';
+    snprintf(pod, sizeof(pod),
+             "{\"metadata\":{\"annotations\":{\"remora.io/permissive-ports\":\"%s\"}},"
+             "\"spec\":{\"containers\":[{\"name\":\"app\"}]}}",
+             list);
+    assert_null(check_pod_json(pod));
+
+    /* the admission answer: allowed false, the message in status */
+    struct ij_review rv;
+    review("{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\",\"request\":{"
+           "\"uid\":\"r1\",\"kind\":{\"kind\":\"Pod\"},\"operation\":\"CREATE\",\"object\":" POD(
+               "", ",\"annotations\":{\"remora.io/inbound-tls\":\"off\"}") "}}",
+           &rv);
+    assert_int_equal(rv.http_status, 200);
+    assert_int_equal(rv.decision, IJ_DECIDE_REFUSED);
+    json_t *doc = json_loads(rv.body, 0, NULL);
+    assert_string_equal(str_at(doc, "response|uid"), "r1");
+    assert_true(json_is_false(at(doc, "response|allowed")));
+    assert_null(at(doc, "response|patch"));
+    assert_int_equal(json_integer_value(at(doc, "response|status|code")), 400);
+    assert_string_equal(str_at(doc, "response|status|message"),
+                        "remora: annotation remora.io/inbound-tls: \"off\" is neither \"strict\" "
+                        "nor \"permissive\"");
+    json_decref(doc);
+    ij_review_deinit(&rv);
+    assert_string_equal(ij_decision_name(IJ_DECIDE_REFUSED), "bad-annotation");
+}
+
 static void test_base64(void **state)
 {
     (void)state;
@@ -598,9 +749,10 @@ int main(void)
         cmocka_unit_test(test_patch_classic),    cmocka_unit_test(test_patch_native),
         cmocka_unit_test(test_patch_probes),     cmocka_unit_test(test_patch_exclusions),
         cmocka_unit_test(test_patch_whole_maps), cmocka_unit_test(test_admission),
-        cmocka_unit_test(test_base64),           cmocka_unit_test(test_config),
-        cmocka_unit_test(test_template),         cmocka_unit_test(test_metrics),
-        cmocka_unit_test(test_duration),         cmocka_unit_test(test_inject_path),
+        cmocka_unit_test(test_inbound_tls),      cmocka_unit_test(test_base64),
+        cmocka_unit_test(test_config),           cmocka_unit_test(test_template),
+        cmocka_unit_test(test_metrics),          cmocka_unit_test(test_duration),
+        cmocka_unit_test(test_inject_path),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
