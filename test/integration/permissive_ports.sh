@@ -10,8 +10,9 @@
 #
 # Without iptables the original destination of a connection is the address it
 # reached, so a listener's own port is what its permissive_ports are matched
-# against here (docs/config.md "permissive_ports"); the capture suite's
-# namespaces are not needed to exercise the decision.
+# against here (docs/config.md "permissive_ports"). A second part does the same
+# through the real capture (iptables in a network namespace, a peer in another),
+# where the original destination port is the app's.
 #
 #   hostile_client.py / curl (plaintext, or mTLS as frontend)
 #      -> P: perm        (inbound, strict, permissive_ports [L_PERM])   -> R_HTTP
@@ -188,6 +189,80 @@ expect_eq "/stats has the same counters" \
 check "P still alive" alive "$PPID_"
 stop_pid "$PPID_"; expect_eq "P exits 0" "$STOP_RC" 0
 expect_sanitizers_clean "sanitizers clean (p)" "$TMP/p.log"
+
+# ---- with the capture: the real original destination port (network namespaces, root) ----------
+# Pod namespace A: `remora-proxy iptables`, the proxy as UID 1337 on 0.0.0.0:15006 (strict,
+# permissive_ports [9090]), apps on 127.0.0.1:9090 and :8080. Peer namespace B calls A's address.
+if [[ $(id -u) -ne 0 ]]; then
+    echo "SKIP: the capture part needs root (network namespaces, iptables); the rest ran"
+else
+    NA=rm-pp-$$-a NB=rm-pp-$$-b
+    ip netns add "$NA" && on_exit "ip netns del $NA"
+    ip netns add "$NB" && on_exit "ip netns del $NB"
+    ip link add va netns "$NA" type veth peer name vb netns "$NB"
+    ip -n "$NA" addr add 10.232.0.1/24 dev va
+    ip -n "$NB" addr add 10.232.0.2/24 dev vb
+    for ns in "$NA" "$NB"; do ip -n "$ns" link set lo up; done
+    ip -n "$NA" link set va up
+    ip -n "$NB" link set vb up
+    ip netns exec "$NA" "$PROXY" iptables >"$TMP/ipt.log" 2>&1
+    expect_eq "capture: iptables rules installed in the pod namespace" "$?" 0
+    chmod 755 "$TMP" "$D"; chmod 644 "$D"/*.pem "$TMP/policy.json"
+    cat >"$TMP/cap-policy.json" <<JSON
+{"rules": [
+  {"name": "fe-only", "action": "allow", "from": {"principals": ["$FE"]}},
+  {"name": "metrics", "action": "allow", "to": {"ports": [9090], "paths": ["/metrics"]}}]}
+JSON
+    cat >"$TMP/cap.json" <<JSON
+{"admin": {"address": "127.0.0.1:15000"},
+ "listeners": [
+  {"name": "inbound", "address": "0.0.0.0:15006", "direction": "inbound", "tls": "strict",
+   "permissive_ports": [9090]},
+  {"name": "outbound", "address": "127.0.0.1:15001", "direction": "outbound", "tls": "mesh"}],
+ "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "web",
+   "cert_file": "$D/web.pem", "key_file": "$D/web-key.pem", "bundle_file": "$D/root.pem"},
+ "policy_file": "$TMP/cap-policy.json"}
+JSON
+    chmod 644 "$TMP/cap.json" "$TMP/cap-policy.json"
+    mkdir -p "$TMP/a9090" "$TMP/a8080"
+    bg a9090 ip netns exec "$NA" python3 "$REMORA_ROOT/test/tools/recorder.py" "$TMP/a9090" --mode http --port 9090
+    bg a8080 ip netns exec "$NA" python3 "$REMORA_ROOT/test/tools/recorder.py" "$TMP/a8080" --mode http --port 8080
+    bg cap ip netns exec "$NA" setpriv --reuid=1337 --regid=1337 --clear-groups "$PROXY" -c "$TMP/cap.json"
+    CAPPID=$LASTPID
+    cap_ready() { [[ $(ip netns exec "$NA" curl -s -m 2 -o /dev/null -w '%{http_code}' http://127.0.0.1:15000/ready) == 200 ]]; }
+    check "capture: the proxy is ready" wait_until 20 cap_ready
+    check "capture: the app on 9090 listens" wait_until 10 listen_port "$TMP/a9090.log"
+    check "capture: the app on 8080 listens" wait_until 10 listen_port "$TMP/a8080.log"
+    inB() { ip netns exec "$NB" "$@"; }
+    j=$(inB $HC one 10.232.0.1:9090 --send 'GET /metrics?m=CAP-9090 HTTP/1.1\r\nHost: pod\r\n\r\n')
+    expect_match "capture: plaintext from another namespace to the pod's port 9090 (listed) -> 200" \
+        "$(jq -r .got <<<"$j")" '^HTTP/1.1 200'
+    f=$(grep -laF CAP-9090 "$TMP/a9090"/req-*.bin 2>/dev/null | head -1)
+    expect_eq "capture: the app on 9090 got the request byte for byte" \
+        "$(od -An -c <"${f:-/dev/null}" | tr -s ' \n' ' ')" \
+        "$(printf 'GET /metrics?m=CAP-9090 HTTP/1.1\r\nhost: pod\r\n\r\n' | od -An -c | tr -s ' \n' ' ')"
+    j=$(inB $HC one 10.232.0.1:9090 --send 'GET /admin?m=CAP-ADMIN HTTP/1.1\r\nHost: pod\r\n\r\n')
+    expect_match "capture: plaintext to 9090 outside the rule's paths -> 403 (no principal)" \
+        "$(jq -r .got <<<"$j")" '^HTTP/1.1 403'
+    if grep -qaF CAP-ADMIN "$TMP/a9090"/conn-*.bin 2>/dev/null; then fail "capture: the denied request reached the app"
+    else pass "capture: ... and it never reached the app"; fi
+    j=$(inB $HC one 10.232.0.1:8080 --send 'GET /metrics?m=CAP-8080 HTTP/1.1\r\nHost: pod\r\n\r\n' --timeout 5)
+    expect_eq "capture: plaintext to the pod's port 8080 (not listed) is closed, nothing back" \
+        "$(jq -r '[.closed, .got] | map(tostring) | join(":")' <<<"$j")" "true:"
+    n=$(grep -c '^open' "$TMP/a8080/events" 2>/dev/null); expect_eq "capture: the app on 8080 received nothing" "${n:-0}" 0
+    j=$(inB $HC one 10.232.0.1:8080 "${FE_TLS[@]}" --send 'GET /x?m=CAP-MTLS-8080 HTTP/1.1\r\nHost: pod\r\n\r\n')
+    expect_match "capture: mTLS to 8080 as frontend -> 200" "$(jq -r .got <<<"$j")" '^HTTP/1.1 200'
+    j=$(inB $HC one 10.232.0.1:9090 "${FE_TLS[@]}" --send 'GET /admin?m=CAP-MTLS-9090 HTTP/1.1\r\nHost: pod\r\n\r\n')
+    expect_match "capture: mTLS to 9090 as frontend -> 200 (mTLS still works on a listed port)" \
+        "$(jq -r .got <<<"$j")" '^HTTP/1.1 200'
+    m=$(ip netns exec "$NA" curl -s http://127.0.0.1:15000/metrics)
+    expect_match "capture: remora_inbound_plaintext_total{port=\"9090\"} is 2" "$m" \
+        $'(^|\n)remora_inbound_plaintext_total\\{port="9090"\\} 2(\n|$)'
+    expect_match "capture: plaintext to 8080 counted as refused" "$m" \
+        $'(^|\n)remora_tls_plaintext_refused_total 1(\n|$)'
+    stop_pid "$CAPPID"; expect_eq "capture: the proxy exits 0" "$STOP_RC" 0
+    expect_sanitizers_clean "sanitizers clean (capture)" "$TMP/cap.log"
+fi
 
 # ---- the injector writes the bootstrap from the annotations (AdmissionReview over HTTPS) ------
 mkdir -p "$TMP/ipki"
