@@ -189,11 +189,20 @@ json_t *ij_inject_patch(const struct ij_inject_params *p, json_t *request, json_
         ij_warn(warnings, "remora: annotation %s: \"%.60s\" is not a valid ConfigMap name",
                 IJ_ANN_ROUTES, routes);
 
+    /* the inbound mTLS mode; a bad value was refused by ij_inject_check, and
+     * reads here as strict without ports (callers that skip the check) */
+    struct ij_inbound_tls tls;
+    char *tls_err = NULL;
+    if (ij_inbound_tls_read(pod, t->inbound_tls, &tls, &tls_err, warnings) != 0) {
+        ij_warn(warnings, "%s; strict on every port", tls_err);
+        free(tls_err);
+    }
+
     /* 1. Probe rewrites address containers by index: emit them while the
      * indices are still those of the original pod. */
     json_array_foreach(containers, i, c)
     {
-        ij_rewrite_probes(patch, c, i, excl_in, probers, warnings);
+        ij_rewrite_probes(patch, c, i, excl_in, &tls, probers, warnings);
     }
 
     /* 2. Annotations: the bootstrap, the status, and in classic mode the
@@ -207,14 +216,6 @@ json_t *ij_inject_patch(const struct ij_inject_params *p, json_t *request, json_
     }
     json_t *added_ann = json_array();
     json_t *ann = json_object();
-    /* the inbound mTLS mode; a bad value was refused by ij_inject_check, and
-     * reads here as strict without ports (callers that skip the check) */
-    struct ij_inbound_tls tls;
-    char *tls_err = NULL;
-    if (ij_inbound_tls_read(pod, t->inbound_tls, &tls, &tls_err, warnings) != 0) {
-        ij_warn(warnings, "%s; strict on every port", tls_err);
-        free(tls_err);
-    }
     char *boot = ij_bootstrap(p, policy != NULL, routes != NULL, opaque, &tls);
     json_object_set_new(ann, IJ_ANN_BOOTSTRAP, json_string(boot));
     json_array_append_new(added_ann, json_string(IJ_ANN_BOOTSTRAP));

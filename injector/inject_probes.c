@@ -4,6 +4,7 @@
 #include "injector/inject_int.h"
 
 #include <ctype.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,7 +68,7 @@ static long resolve_port(json_t *container, json_t *port)
  * restarts the container in a loop. A tcpSocket probe is accepted by the
  * capture whatever the app does: it always succeeds and checks nothing. */
 static void probe_warning(json_t *container, json_t *probe, const char *field, const char *excl_in,
-                          json_t *warnings)
+                          const struct ij_inbound_tls *tls, json_t *warnings)
 {
     const char *name = ij_get_str(container, "name");
     json_t *grpc = ij_get_obj(probe, "grpc"), *tcp = ij_get_obj(probe, "tcpSocket");
@@ -84,7 +85,17 @@ static void probe_warning(json_t *container, json_t *probe, const char *field, c
     char where[32] = "";
     if (port > 0)
         snprintf(where, sizeof(where), " on port %ld", port);
-    if (grpc != NULL)
+    bool plaintext_ok = strcmp(tls->mode, "permissive") == 0;
+    for (size_t i = 0; port > 0 && i < tls->nports; i++)
+        plaintext_ok |= tls->ports[i] == port;
+    if (grpc != NULL && plaintext_ok)
+        /* remora.io/permissive-ports (issue 19): kubelet's plaintext gets
+         * through, but as a caller without a principal */
+        ij_warn(warnings,
+                "remora: container %.40s: %s is a gRPC probe%s, which reaches the app in "
+                "plaintext (permissive): the pod's policy must allow it with no principal",
+                name, field, where);
+    else if (grpc != NULL)
         ij_warn(warnings,
                 "remora: container %.40s: %s is a gRPC probe%s, which the proxy cannot rewrite: "
                 "with strict mTLS it fails%s; exclude its port (%s) or use an httpGet probe",
@@ -103,7 +114,7 @@ static void probe_warning(json_t *container, json_t *probe, const char *field, c
 /* Rewrite the HTTP probes of spec.containers[idx] to go through the proxy's
  * health port; record each original target in `probers` (path -> probe). */
 void ij_rewrite_probes(json_t *patch, json_t *container, size_t idx, const char *excl_in,
-                       json_t *probers, json_t *warnings)
+                       const struct ij_inbound_tls *tls, json_t *probers, json_t *warnings)
 {
     const char *name = ij_get_str(container, "name");
     char index[32];
@@ -114,7 +125,7 @@ void ij_rewrite_probes(json_t *patch, json_t *container, size_t idx, const char 
         if (http == NULL) {
             /* exec, tcpSocket and grpc probes are left alone; the two that
              * the capture changes are said (issue 14) */
-            probe_warning(container, probe, probe_kinds[k].field, excl_in, warnings);
+            probe_warning(container, probe, probe_kinds[k].field, excl_in, tls, warnings);
             continue;
         }
         const char *host = ij_get_str(http, "host");

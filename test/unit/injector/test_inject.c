@@ -527,6 +527,22 @@ static void test_inbound_tls(void **state)
     json_decref(w);
     json_decref(boot);
 
+    /* a gRPC probe on a permissive port: told it gets in, as a caller without principal */
+    json_decref(
+        inject("{\"metadata\":{\"name\":\"p\",\"annotations\":{\"remora.io/permissive-ports\":"
+               "\"50051\"}},\"spec\":{\"containers\":[{\"name\":\"api\",\"livenessProbe\":"
+               "{\"grpc\":{\"port\":50051}},\"readinessProbe\":{\"grpc\":{\"port\":50052}}}]}}",
+               false, NULL, &w));
+    assert_int_equal(json_array_size(w), 2);
+    assert_non_null(
+        strstr(json_string_value(json_array_get(w, 0)),
+               "livenessProbe is a gRPC probe on port 50051, which reaches the app in "
+               "plaintext (permissive): the pod's policy must allow it with no principal"));
+    assert_non_null(
+        strstr(json_string_value(json_array_get(w, 1)),
+               "readinessProbe is a gRPC probe on port 50052, which the proxy cannot rewrite"));
+    json_decref(w);
+
     char *why =
         check_pod_json(POD("", ",\"annotations\":{\"remora.io/permissive-ports\":\"9090\"}"));
     assert_null(why);
