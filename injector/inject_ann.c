@@ -301,8 +301,12 @@ int ij_inbound_tls_read(json_t *pod, const char *tpl_mode, struct ij_inbound_tls
     const char *ports = ij_annotation(pod, IJ_ANN_PERMISSIVE_PORTS);
     json_t *meta_ann = ij_get_obj(ij_get_obj(pod, "metadata"), "annotations");
     /* a number or a list where a string belongs is as wrong as a typo */
-    if (mode == NULL && json_object_get(meta_ann, IJ_ANN_INBOUND_TLS) != NULL)
-        mode = "";
+    if (mode == NULL && json_object_get(meta_ann, IJ_ANN_INBOUND_TLS) != NULL) {
+        *errmsg = cm_xasprintf("remora: annotation %s: expected the string \"strict\" or "
+                               "\"permissive\"",
+                               IJ_ANN_INBOUND_TLS);
+        return -1;
+    }
     if (ports == NULL && json_object_get(meta_ann, IJ_ANN_PERMISSIVE_PORTS) != NULL) {
         *errmsg = cm_xasprintf("remora: annotation %s: expected a string such as \"9090,8080\"",
                                IJ_ANN_PERMISSIVE_PORTS);

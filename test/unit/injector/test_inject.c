@@ -554,7 +554,7 @@ static void test_inbound_tls(void **state)
         {"\"remora.io/inbound-tls\":\"Strict\"", "remora.io/inbound-tls: \"Strict\" is neither"},
         {"\"remora.io/inbound-tls\":\"disabled\"", "remora.io/inbound-tls: \"disabled\""},
         {"\"remora.io/inbound-tls\":\"\"", "remora.io/inbound-tls: \"\" is neither"},
-        {"\"remora.io/inbound-tls\":true", "remora.io/inbound-tls: \"\" is neither"},
+        {"\"remora.io/inbound-tls\":true", "remora.io/inbound-tls: expected the string \"strict\""},
         {"\"remora.io/permissive-ports\":\"9090,abc\"",
          "remora.io/permissive-ports: item \"abc\" is not a port"},
         {"\"remora.io/permissive-ports\":\"0\"", "remora.io/permissive-ports: item \"0\""},
