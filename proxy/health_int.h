@@ -41,6 +41,8 @@ struct prober {
     unsigned timeout_ms;
 };
 
+struct px_grpc_health;
+
 struct px_health {
     struct event_base *base; /* borrowed: the proxy's loop */
     struct evhttp *http;
@@ -57,6 +59,7 @@ struct px_health {
     unsigned ninflight;
     mbedtls_ssl_config tls; /* client, no verification: HTTPS probes */
     bool tls_ready;
+    struct px_grpc_health *grpc; /* gRPC probes (proxy/grpc_health.h), never NULL once started */
 };
 
 /* health_server.c: answer a request of the health port. */
