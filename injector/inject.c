@@ -202,7 +202,7 @@ json_t *ij_inject_patch(const struct ij_inject_params *p, json_t *request, json_
      * indices are still those of the original pod. */
     json_array_foreach(containers, i, c)
     {
-        ij_rewrite_probes(patch, c, i, excl_in, &tls, probers, warnings);
+        ij_rewrite_probes(patch, c, i, excl_in, probers, warnings);
     }
 
     /* 2. Annotations: the bootstrap, the status, and in classic mode the

@@ -62,11 +62,23 @@ json_t *ij_proxy_container(const struct ij_template *t, bool native, bool policy
                             field_env("POD_NAMESPACE", "metadata.namespace"),
                             field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
                             field_env("POD_IP", "status.podIP"));
-    if (json_object_size(probers) > 0) {
-        char *s = json_dumps(probers, JSON_COMPACT | JSON_SORT_KEYS);
-        json_array_append_new(env,
-                              json_pack("{s:s, s:s}", "name", "REMORA_APP_PROBERS", "value", s));
-        free(s);
+    /* httpGet targets for proxy/prober.c, grpc ones for proxy/grpc_health.c */
+    json_t *http = json_object(), *grpc = json_object();
+    const char *k;
+    json_t *v;
+    json_object_foreach(probers, k, v)
+    {
+        json_object_set(json_object_get(v, "grpc") != NULL ? grpc : http, k, v);
+    }
+    static const char *const names[] = {"REMORA_APP_PROBERS", "REMORA_APP_GRPC_PROBERS"};
+    json_t *maps[] = {http, grpc};
+    for (int i = 0; i < 2; i++) {
+        if (json_object_size(maps[i]) > 0) {
+            char *s = json_dumps(maps[i], JSON_COMPACT | JSON_SORT_KEYS);
+            json_array_append_new(env, json_pack("{s:s, s:s}", "name", names[i], "value", s));
+            free(s);
+        }
+        json_decref(maps[i]);
     }
     json_t *extra = json_deep_copy(t->env);
     json_array_extend(env, extra);

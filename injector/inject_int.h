@@ -60,11 +60,11 @@ int ij_inbound_tls_read(json_t *pod, const char *tpl_mode, struct ij_inbound_tls
                         char **errmsg, json_t *warnings);
 
 /* ---- inject_probes.c ------------------------------------------------------ */
-/* Rewrite the HTTP probes of spec.containers[idx] to go through the proxy's
- * health port; record each original target in `probers` (path -> probe).
- * The others are warned about; tls says whether a gRPC probe's plaintext gets in. */
+/* Rewrite the HTTP and gRPC probes of spec.containers[idx] to go through the
+ * proxy's health port; record each original target in `probers` (path ->
+ * {"httpGet": ...} or {"grpc": ...}); tcpSocket probes are warned about. */
 void ij_rewrite_probes(json_t *patch, json_t *container, size_t idx, const char *excl_in,
-                       const struct ij_inbound_tls *tls, json_t *probers, json_t *warnings);
+                       json_t *probers, json_t *warnings);
 
 /* ---- inject_build.c: what is added (new references, caller owns) ---------- */
 json_t *ij_init_container(const struct ij_template *t, const char *excl_in, const char *excl_out,

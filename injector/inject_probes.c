@@ -62,13 +62,14 @@ static long resolve_port(json_t *container, json_t *port)
     return -1;
 }
 
-/* A grpc or tcpSocket probe on a captured port: the proxy cannot rewrite it
- * yet, so say what happens. A gRPC probe reaches the inbound listener in
- * plaintext: under strict mTLS it fails, and a failing liveness probe
- * restarts the container in a loop. A tcpSocket probe is accepted by the
- * capture whatever the app does: it always succeeds and checks nothing. */
+/* A tcpSocket probe on a captured port, or a gRPC probe that could not be
+ * rewritten (a container name that cannot go in a path): say what happens. A
+ * gRPC probe reaches the inbound listener in plaintext: under strict mTLS it
+ * fails, and a failing liveness probe restarts the container in a loop. A
+ * tcpSocket probe is accepted by the capture whatever the app does: it always
+ * succeeds and checks nothing. */
 static void probe_warning(json_t *container, json_t *probe, const char *field, const char *excl_in,
-                          const struct ij_inbound_tls *tls, json_t *warnings)
+                          json_t *warnings)
 {
     const char *name = ij_get_str(container, "name");
     json_t *grpc = ij_get_obj(probe, "grpc"), *tcp = ij_get_obj(probe, "tcpSocket");
@@ -85,17 +86,7 @@ static void probe_warning(json_t *container, json_t *probe, const char *field, c
     char where[32] = "";
     if (port > 0)
         snprintf(where, sizeof(where), " on port %ld", port);
-    bool plaintext_ok = strcmp(tls->mode, "permissive") == 0;
-    for (size_t i = 0; port > 0 && i < tls->nports; i++)
-        plaintext_ok |= tls->ports[i] == port;
-    if (grpc != NULL && plaintext_ok)
-        /* remora.io/permissive-ports (issue 19): kubelet's plaintext gets
-         * through, but as a caller without a principal */
-        ij_warn(warnings,
-                "remora: container %.40s: %s is a gRPC probe%s, which reaches the app in "
-                "plaintext (permissive): the pod's policy must allow it with no principal",
-                name, field, where);
-    else if (grpc != NULL)
+    if (grpc != NULL)
         ij_warn(warnings,
                 "remora: container %.40s: %s is a gRPC probe%s, which the proxy cannot rewrite: "
                 "with strict mTLS it fails%s; exclude its port (%s) or use an httpGet probe",
@@ -111,10 +102,57 @@ static void probe_warning(json_t *container, json_t *probe, const char *field, c
                 name, field, where, IJ_ANN_EXCLUDE_IN);
 }
 
-/* Rewrite the HTTP probes of spec.containers[idx] to go through the proxy's
- * health port; record each original target in `probers` (path -> probe). */
+/* A gRPC probe (issue 19): the whole probe is replaced by an httpGet of
+ * `path` on the health port, which runs grpc.health.v1.Health/Check against
+ * the app (proxy/grpc_health.c); `probers` gets {"grpc": {port, service},
+ * timeoutSeconds}. One that cannot be is left alone, with a warning. */
+static void rewrite_grpc(json_t *patch, json_t *container, const char *index, json_t *probe,
+                         json_t *grpc, const char *field, const char *path, const char *excl_in,
+                         json_t *probers, json_t *warnings)
+{
+    const char *name = ij_get_str(container, "name");
+    long port = resolve_port(container, json_object_get(grpc, "port"));
+    json_t *svc = json_object_get(grpc, "service");
+    if (port < 0) {
+        ij_warn(warnings,
+                "remora: container %.40s: %s port cannot be resolved; probe not rewritten", name,
+                field);
+        return;
+    }
+    if (ij_port_listed(excl_in, port))
+        return; /* not captured, kubelet reaches the app directly */
+    if (svc != NULL && !json_is_null(svc) &&
+        (!json_is_string(svc) || json_string_length(svc) > 200)) {
+        ij_warn(warnings,
+                "remora: container %.40s: %s grpc.service is not a name of at most 200 bytes; "
+                "probe not rewritten",
+                name, field);
+        return;
+    }
+    json_t *target = json_pack("{s:I}", "port", (json_int_t)port);
+    if (json_is_string(svc))
+        json_object_set(target, "service", svc);
+    json_t *entry = json_pack("{s:o}", "grpc", target);
+    json_t *timeout = json_object_get(probe, "timeoutSeconds");
+    if (json_is_integer(timeout))
+        json_object_set(entry, "timeoutSeconds", timeout);
+    json_object_set_new(probers, path, entry);
+
+    json_t *repl = json_deep_copy(probe);
+    json_object_del(repl, "grpc");
+    json_object_set_new(
+        repl, "httpGet",
+        json_pack("{s:s, s:i, s:s}", "path", path, "port", IJ_PORT_HEALTH, "scheme", "HTTP"));
+    char *ptr = ij_jsonpatch_path("spec", "containers", index, field, NULL);
+    ij_jsonpatch_op(patch, "replace", ptr, repl);
+    free(ptr);
+}
+
+/* Rewrite the HTTP and gRPC probes of spec.containers[idx] to go through the
+ * proxy's health port; record each original target in `probers` (path ->
+ * probe: {"httpGet": ...} or {"grpc": ...}). */
 void ij_rewrite_probes(json_t *patch, json_t *container, size_t idx, const char *excl_in,
-                       const struct ij_inbound_tls *tls, json_t *probers, json_t *warnings)
+                       json_t *probers, json_t *warnings)
 {
     const char *name = ij_get_str(container, "name");
     char index[32];
@@ -122,10 +160,18 @@ void ij_rewrite_probes(json_t *patch, json_t *container, size_t idx, const char 
     for (size_t k = 0; k < sizeof(probe_kinds) / sizeof(probe_kinds[0]); k++) {
         json_t *probe = ij_get_obj(container, probe_kinds[k].field);
         json_t *http = ij_get_obj(probe, "httpGet");
+        json_t *grpc = ij_get_obj(probe, "grpc");
+        if (grpc != NULL && http == NULL && name != NULL && dns_label(name)) {
+            char *path = cm_xasprintf("/app-health/%s/%s", name, probe_kinds[k].what);
+            rewrite_grpc(patch, container, index, probe, grpc, probe_kinds[k].field, path, excl_in,
+                         probers, warnings);
+            free(path);
+            continue;
+        }
         if (http == NULL) {
-            /* exec, tcpSocket and grpc probes are left alone; the two that
-             * the capture changes are said (issue 14) */
-            probe_warning(container, probe, probe_kinds[k].field, excl_in, tls, warnings);
+            /* exec and tcpSocket probes are left alone; tcpSocket, which the
+             * capture changes, is said (issue 14) */
+            probe_warning(container, probe, probe_kinds[k].field, excl_in, warnings);
             continue;
         }
         const char *host = ij_get_str(http, "host");

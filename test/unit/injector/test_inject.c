@@ -301,6 +301,62 @@ static void test_patch_probes(void **state)
     json_decref(pod);
 }
 
+/* gRPC probes (issue 19): replaced by an httpGet of /app-health/... on 15020,
+ * the target in REMORA_APP_GRPC_PROBERS; excluded ports are left alone. */
+static void test_patch_grpc_probes(void **state)
+{
+    (void)state;
+    json_t *w;
+    json_t *pod = inject(
+        "{\"metadata\":{\"name\":\"p\",\"annotations\":{\"remora.io/exclude-inbound-ports\":"
+        "\"9001\"}},\"spec\":{\"containers\":[{\"name\":\"api\","
+        "\"livenessProbe\":{\"grpc\":{\"port\":9000},\"periodSeconds\":7,\"timeoutSeconds\":3},"
+        "\"readinessProbe\":{\"grpc\":{\"port\":9000,\"service\":\"shop.Cart\"}},"
+        "\"startupProbe\":{\"grpc\":{\"port\":9001}}}]}}",
+        false, NULL, &w);
+    assert_int_equal(json_array_size(w), 0);
+    json_decref(w);
+    assert_string_equal(str_at(pod, "spec|containers|1|livenessProbe|httpGet|path"),
+                        "/app-health/api/livez");
+    assert_int_equal(json_integer_value(at(pod, "spec|containers|1|livenessProbe|httpGet|port")),
+                     15020);
+    assert_null(at(pod, "spec|containers|1|livenessProbe|grpc"));
+    assert_int_equal(json_integer_value(at(pod, "spec|containers|1|livenessProbe|periodSeconds")),
+                     7);
+    assert_string_equal(str_at(pod, "spec|containers|1|readinessProbe|httpGet|path"),
+                        "/app-health/api/readyz");
+    /* the excluded port: kubelet reaches the app itself */
+    assert_int_equal(json_integer_value(at(pod, "spec|containers|1|startupProbe|grpc|port")), 9001);
+    assert_null(at(pod, "spec|containers|1|startupProbe|httpGet"));
+    const char *grpc = NULL, *http = NULL;
+    size_t i;
+    json_t *e;
+    json_array_foreach(at(pod, "spec|containers|0|env"), i, e)
+    {
+        const char *n = json_string_value(json_object_get(e, "name"));
+        if (strcmp(n, "REMORA_APP_GRPC_PROBERS") == 0)
+            grpc = json_string_value(json_object_get(e, "value"));
+        if (strcmp(n, "REMORA_APP_PROBERS") == 0)
+            http = json_string_value(json_object_get(e, "value"));
+    }
+    assert_null(http);
+    assert_non_null(grpc);
+    assert_string_equal(grpc, "{\"/app-health/api/livez\":{\"grpc\":{\"port\":9000},"
+                              "\"timeoutSeconds\":3},\"/app-health/api/readyz\":{\"grpc\":"
+                              "{\"port\":9000,\"service\":\"shop.Cart\"}}}");
+    json_decref(pod);
+
+    /* a service name that cannot be sent: left alone, said */
+    pod = inject("{\"metadata\":{\"name\":\"p\"},\"spec\":{\"containers\":[{\"name\":\"api\","
+                 "\"livenessProbe\":{\"grpc\":{\"port\":9000,\"service\":7}}}]}}",
+                 false, NULL, &w);
+    assert_int_equal(json_array_size(w), 1);
+    assert_non_null(strstr(json_string_value(json_array_get(w, 0)), "probe not rewritten"));
+    assert_non_null(at(pod, "spec|containers|1|livenessProbe|grpc"));
+    json_decref(w);
+    json_decref(pod);
+}
+
 static void test_patch_exclusions(void **state)
 {
     (void)state;
@@ -527,22 +583,6 @@ static void test_inbound_tls(void **state)
     json_decref(w);
     json_decref(boot);
 
-    /* a gRPC probe on a permissive port: told it gets in, as a caller without principal */
-    json_decref(
-        inject("{\"metadata\":{\"name\":\"p\",\"annotations\":{\"remora.io/permissive-ports\":"
-               "\"50051\"}},\"spec\":{\"containers\":[{\"name\":\"api\",\"livenessProbe\":"
-               "{\"grpc\":{\"port\":50051}},\"readinessProbe\":{\"grpc\":{\"port\":50052}}}]}}",
-               false, NULL, &w));
-    assert_int_equal(json_array_size(w), 2);
-    assert_non_null(
-        strstr(json_string_value(json_array_get(w, 0)),
-               "livenessProbe is a gRPC probe on port 50051, which reaches the app in "
-               "plaintext (permissive): the pod's policy must allow it with no principal"));
-    assert_non_null(
-        strstr(json_string_value(json_array_get(w, 1)),
-               "readinessProbe is a gRPC probe on port 50052, which the proxy cannot rewrite"));
-    json_decref(w);
-
     char *why =
         check_pod_json(POD("", ",\"annotations\":{\"remora.io/permissive-ports\":\"9090\"}"));
     assert_null(why);
@@ -761,13 +801,21 @@ static void test_metrics(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_decide),           cmocka_unit_test(test_lists),
-        cmocka_unit_test(test_patch_classic),    cmocka_unit_test(test_patch_native),
-        cmocka_unit_test(test_patch_probes),     cmocka_unit_test(test_patch_exclusions),
-        cmocka_unit_test(test_patch_whole_maps), cmocka_unit_test(test_admission),
-        cmocka_unit_test(test_inbound_tls),      cmocka_unit_test(test_base64),
-        cmocka_unit_test(test_config),           cmocka_unit_test(test_template),
-        cmocka_unit_test(test_metrics),          cmocka_unit_test(test_duration),
+        cmocka_unit_test(test_decide),
+        cmocka_unit_test(test_lists),
+        cmocka_unit_test(test_patch_classic),
+        cmocka_unit_test(test_patch_native),
+        cmocka_unit_test(test_patch_probes),
+        cmocka_unit_test(test_patch_exclusions),
+        cmocka_unit_test(test_patch_grpc_probes),
+        cmocka_unit_test(test_patch_whole_maps),
+        cmocka_unit_test(test_admission),
+        cmocka_unit_test(test_inbound_tls),
+        cmocka_unit_test(test_base64),
+        cmocka_unit_test(test_config),
+        cmocka_unit_test(test_template),
+        cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_duration),
         cmocka_unit_test(test_inject_path),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
