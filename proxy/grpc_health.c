@@ -277,14 +277,14 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
     if (nlen == 7 && memcmp(name, ":status", 7) == 0 && vlen == 3) {
         memcpy(v, value, 3);
         v[3] = '\0';
-        c->http_status = atoi(v);
+        c->http_status = (int)strtol(v, NULL, 10);
     } else if (nlen == 11 && memcmp(name, "grpc-status", 11) == 0) {
         c->grpc_status = 9999; /* not a number: a failure */
         if (vlen >= 1 && vlen <= 3) {
             memcpy(v, value, vlen);
             v[vlen] = '\0';
             if (strspn(v, "0123456789") == vlen)
-                c->grpc_status = atoi(v);
+                c->grpc_status = (int)strtol(v, NULL, 10);
         }
     } else if (nlen == 12 && memcmp(name, "grpc-message", 12) == 0) {
         size_t n = vlen < sizeof(c->grpc_msg) - 1 ? vlen : sizeof(c->grpc_msg) - 1;
