@@ -114,7 +114,7 @@ static void dispatch(struct px_conn *c, enum px_conn_proto proto)
         return;
     }
     if (c->tls == PX_TLS_PERMISSIVE && !c->mtls)
-        px_inbound_plaintext_count(c->lcfg, cm_addr_port(&c->orig_dst));
+        px_inbound_plaintext_count(c->listener, cm_addr_port(&c->orig_dst));
     if (c->lcfg->downstream_h2)
         proto = PX_PROTO_H2; /* no detection: a wrong preface gets GOAWAY from the h2 code */
     switch (proto) {

@@ -183,9 +183,6 @@ expect_eq "remora_inbound_plaintext_total{port=\"other\"} is 0 (no plaintext acc
     "$(metric 'remora_inbound_plaintext_total{port="other"}')" 0
 expect_eq "exactly three series (the listed ports and other): the label set is bounded" \
     "$(curl -s "http://127.0.0.1:$P_ADMIN/metrics" | grep -c '^remora_inbound_plaintext_total')" 3
-expect_eq "/stats has the same counters" \
-    "$(curl -s "http://127.0.0.1:$P_ADMIN/stats" | jq -c .inbound_plaintext)" \
-    "{\"$L_PERM\":4,\"$L_PTCP\":1,\"other\":0}"
 check "P still alive" alive "$PPID_"
 stop_pid "$PPID_"; expect_eq "P exits 0" "$STOP_RC" 0
 expect_sanitizers_clean "sanitizers clean (p)" "$TMP/p.log"
