@@ -126,6 +126,22 @@ static char *response(const char *uid, const char *b64, size_t b64_len, json_t *
     return out;
 }
 
+/* allowed: false, with the reason in status.message (kubectl prints it:
+ * 'admission webhook "..." denied the request: <message>'). */
+static char *refusal(const char *uid, const char *msg, json_t *warnings, size_t *len)
+{
+    json_t *r = json_pack("{s:s, s:b, s:{s:i, s:s}}", "uid", uid, "allowed", 0, "status", "code",
+                          400, "message", msg);
+    if (json_array_size(warnings) > 0)
+        json_object_set(r, "warnings", warnings);
+    json_t *doc = json_pack("{s:s, s:s, s:o}", "apiVersion", REVIEW_API, "kind", "AdmissionReview",
+                            "response", r);
+    char *out = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    *len = strlen(out);
+    return out;
+}
+
 void ij_admission_review(const struct ij_inject_params *p, const char *body, size_t len,
                          struct ij_review *out)
 {
@@ -173,6 +189,17 @@ void ij_admission_review(const struct ij_inject_params *p, const char *body, siz
         if (check_pod(pod, &obj, &errmsg) != 0) {
             json_decref(warnings);
             goto bad;
+        }
+        char *why = ij_inject_check(p, pod);
+        if (why != NULL) {
+            out->http_status = 200;
+            out->decision = IJ_DECIDE_REFUSED;
+            out->uid = cm_xstrdup(uid);
+            out->body = refusal(uid, why, warnings, &out->body_len);
+            free(why);
+            json_decref(warnings);
+            json_decref(doc);
+            return;
         }
         patch = ij_inject_patch(p, request, pod, warnings);
     }

@@ -28,6 +28,12 @@
 #define IJ_ANN_DRAIN_DURATION   "remora.io/termination-drain-duration"
 #define IJ_DRAIN_DEFAULT_MS     5000
 #define IJ_DRAIN_MAX_MS         3600000
+/* Issue 19: the pod's inbound mTLS mode ("strict" | "permissive", default
+ * the template's inbound_tls) and, under strict, the original destination
+ * ports where plaintext is accepted too (bootstrap key permissive_ports). A
+ * bad value refuses the pod (ij_inject_check). */
+#define IJ_ANN_INBOUND_TLS      "remora.io/inbound-tls"
+#define IJ_ANN_PERMISSIVE_PORTS "remora.io/permissive-ports"
 /* Ours beyond the contract: the proxy's bootstrap config, read by the proxy
  * through a downward-API volume (docs/injector.md). */
 #define IJ_ANN_BOOTSTRAP "remora.io/bootstrap"
@@ -57,6 +63,7 @@ enum ij_decision {
     IJ_DECIDE_INJECTED,     /* remora.io/status is already there (reinvocation) */
     IJ_DECIDE_OPTED_OUT,    /* remora.io/inject: "false" */
     IJ_DECIDE_CONFLICT,     /* a container or volume already uses one of our names */
+    IJ_DECIDE_REFUSED,      /* injectable, but an annotation is bad: admission refused */
     IJ_DECIDE__COUNT
 };
 
@@ -89,6 +96,11 @@ bool ij_inject_path(const char *path, const char **psa, bool *pod_scope);
  * `pod` (NULL when the request has none). Appends human-readable strings
  * to `warnings` (an array) when something is worth telling the user. */
 enum ij_decision ij_inject_decide(json_t *request, json_t *pod, json_t *warnings);
+
+/* For a pod that would be injected: NULL, or why the admission must be
+ * refused instead (heap, caller frees; the message names the annotation):
+ * a bad remora.io/inbound-tls or remora.io/permissive-ports. */
+char *ij_inject_check(const struct ij_inject_params *p, json_t *pod);
 
 /* Build the JSON Patch that injects the sidecar into `pod`, which the caller
  * has checked is a Pod with spec.containers an array of named objects.

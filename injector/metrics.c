@@ -64,7 +64,9 @@ char *ij_metrics_render(unsigned connections, size_t *len)
                  "AdmissionReviews answered, by result.");
     for (int d = 0; d < IJ_DECIDE__COUNT; d++)
         cm_prom_printf(&o, "remora_injector_reviews_total{result=\"%s\",reason=\"%s\"} %llu\n",
-                       d == IJ_DECIDE_INJECT ? "injected" : "skipped",
+                       d == IJ_DECIDE_INJECT    ? "injected"
+                       : d == IJ_DECIDE_REFUSED ? "refused"
+                                                : "skipped",
                        d == IJ_DECIDE_INJECT ? "" : ij_decision_name((enum ij_decision)d),
                        (unsigned long long)atomic_load(&reviews[d]));
     for (int f = 1; f < IJ_OUT__COUNT; f++)

@@ -43,8 +43,10 @@ static const char *const keys[] = {"image",
 static const char *const pull_policies[] = {"Always", "IfNotPresent", "Never", NULL};
 static const char *const tls_modes[] = {"strict", "permissive", "disabled", NULL};
 /* Env vars the injector sets itself; the template may not shadow them. */
-static const char *const reserved_env[] = {"POD_NAME", "POD_NAMESPACE",      "SERVICE_ACCOUNT",
-                                           "POD_IP",   "REMORA_APP_PROBERS", NULL};
+static const char *const reserved_env[] = {
+    "POD_NAME", "POD_NAMESPACE",      "SERVICE_ACCOUNT",
+    "POD_IP",   "REMORA_APP_PROBERS", "REMORA_APP_GRPC_PROBERS",
+    NULL};
 
 static int string_array(const struct cm_jpath *p, json_t *obj, const char *key, bool nonempty,
                         json_t **out, char **errmsg)

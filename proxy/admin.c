@@ -25,6 +25,7 @@
 #include "common/log.h"
 #include "common/xalloc.h"
 #include "proxy/config.h"
+#include "proxy/inbound_tls.h"
 #include "proxy/listener.h"
 #include "proxy/metrics.h"
 #include "proxy/server.h"
@@ -246,6 +247,8 @@ static int on_config_dump(struct evhttp_request *req, const struct evkeyvalq *q,
                                 json_string(cm_addr_format(&l->bound, buf, sizeof(buf))));
         else
             json_object_set_new(lj, "skipped", json_true()); /* optional, family unavailable */
+        /* the mTLS mode each original destination port gets */
+        px_inbound_tls_dump(&cfg->listeners[i], lj);
     }
     if (cfg->file)
         json_object_set_new(doc, "config_file", json_string(cfg->file));

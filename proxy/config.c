@@ -155,13 +155,53 @@ static int parse_limits(const struct cm_jpath *p, json_t *o, struct px_limits *l
     return rc;
 }
 
+/* "permissive_ports": [9090, 8080] on an inbound listener with "tls": "strict":
+ * at most PX_MAX_PERMISSIVE_PORTS distinct port numbers. Anywhere else it would
+ * mean nothing (or, on a permissive listener, less than it says): refused. */
+static int parse_permissive_ports(const struct cm_jpath *p, json_t *o, struct px_listener_cfg *l,
+                                  char **errmsg)
+{
+    json_t *arr = NULL;
+    if (cm_json_get_child(p, o, "permissive_ports", false, JSON_ARRAY, &arr, errmsg) != 0)
+        return CM_ERR_INVAL;
+    if (arr == NULL)
+        return 0;
+    struct cm_jpath c;
+    cm_jpath_key(&c, p, "permissive_ports");
+    if (l->direction != PX_DIR_INBOUND || l->tls != PX_TLS_STRICT)
+        return cm_json_fail(&c, errmsg,
+                            "only an inbound listener with \"tls\": \"strict\" takes "
+                            "permissive_ports");
+    if (json_array_size(arr) > PX_MAX_PERMISSIVE_PORTS)
+        return cm_json_fail(&c, errmsg, "at most %d ports", PX_MAX_PERMISSIVE_PORTS);
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        struct cm_jpath e;
+        cm_jpath_index(&e, &c, i);
+        json_t *v = json_array_get(arr, i);
+        if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 65535)
+            return cm_json_fail(&e, errmsg, "expected a port number 1-65535");
+        uint16_t port = (uint16_t)json_integer_value(v);
+        for (size_t j = 0; j < l->npermissive_ports; j++)
+            if (l->permissive_ports[j] == port)
+                return cm_json_fail(&e, errmsg, "port %u is listed twice", (unsigned)port);
+        l->permissive_ports[l->npermissive_ports++] = port;
+    }
+    return 0;
+}
+
 static int parse_listener(const struct cm_jpath *p, json_t *o, struct px_listener_cfg *l,
                           char **errmsg)
 {
-    static const char *const keys[] = {
-        "name", "address",           "direction", "upstream",
-        "tls",  "upstream_protocol", "optional",  "downstream_protocol",
-        NULL};
+    static const char *const keys[] = {"name",
+                                       "address",
+                                       "direction",
+                                       "upstream",
+                                       "tls",
+                                       "upstream_protocol",
+                                       "optional",
+                                       "downstream_protocol",
+                                       "permissive_ports",
+                                       NULL};
     static const char *const dirs[] = {"inbound", "outbound", NULL};
     static const char *const tls_in[] = {"disabled", "strict", "permissive", NULL};
     static const char *const tls_out[] = {"disabled", "mesh", NULL};
@@ -197,6 +237,8 @@ static int parse_listener(const struct cm_jpath *p, json_t *o, struct px_listene
     else
         l->tls = tls == 0 ? PX_TLS_DISABLED : PX_TLS_MESH;
     l->upstream_protocol = (enum px_upstream_proto)proto;
+    if (parse_permissive_ports(p, o, l, errmsg) != 0)
+        return CM_ERR_INVAL;
     l->name = cm_xstrdup(name);
     return 0;
 }

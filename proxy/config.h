@@ -29,6 +29,9 @@ enum px_upstream_proto {
     PX_UP_H2         /* talk HTTP/2 (h2c prior knowledge) to the upstream */
 };
 
+/* At most this many entries in a listener's "permissive_ports". */
+#define PX_MAX_PERMISSIVE_PORTS 64
+
 struct px_listener_cfg {
     char *name;
     struct cm_addr addr;
@@ -41,6 +44,11 @@ struct px_listener_cfg {
                          * detection; a wrong preface gets GOAWAY PROTOCOL_ERROR) */
     bool optional;      /* skipped, with a warning, when its address family is not available
                          * here (an IPv6 listener in a pod without IPv6) */
+    /* "permissive_ports" (inbound, tls strict only): original destination ports
+     * where plaintext is accepted too, as on a permissive listener
+     * (proxy/inbound_tls.h); every other port stays strict */
+    uint16_t permissive_ports[PX_MAX_PERMISSIVE_PORTS];
+    size_t npermissive_ports;
 };
 
 /* Upstream circuit breakers, per endpoint (proxy/pool.h): the defaults are

@@ -19,6 +19,7 @@
 #include "proxy/h1.h"
 #include "proxy/h2.h"
 #include "proxy/identity.h"
+#include "proxy/inbound_tls.h"
 #include "proxy/listener.h"
 #include "proxy/metrics.h"
 #include "proxy/server.h"
@@ -98,13 +99,13 @@ static void dispatch(struct px_conn *c, enum px_conn_proto proto)
     cm_debug("conn %llu from %s on %s: %s%s", (unsigned long long)c->id,
              cm_addr_format(&c->peer, peer, sizeof(peer)), c->lcfg->name, c->mtls ? "mtls+" : "",
              px_proto_name(proto));
-    bool mtls_listener = c->lcfg->tls == PX_TLS_STRICT || c->lcfg->tls == PX_TLS_PERMISSIVE;
+    bool mtls_listener = c->tls == PX_TLS_STRICT || c->tls == PX_TLS_PERMISSIVE;
     if (proto == PX_PROTO_TLS && mtls_listener && !c->mtls) {
         px_metrics.proto_tls++;
         start_mtls(c);
         return;
     }
-    if (c->lcfg->tls == PX_TLS_STRICT && !c->mtls) {
+    if (c->tls == PX_TLS_STRICT && !c->mtls) {
         /* strict: plaintext never reaches the app */
         px_metrics.tls_plaintext_refused++;
         cm_debug("listener %s: refusing plaintext %s from %s (strict mTLS)", c->lcfg->name,
@@ -112,6 +113,8 @@ static void dispatch(struct px_conn *c, enum px_conn_proto proto)
         abort_conn(c);
         return;
     }
+    if (c->tls == PX_TLS_PERMISSIVE && !c->mtls)
+        px_inbound_plaintext_count(c->listener, cm_addr_port(&c->orig_dst));
     if (c->lcfg->downstream_h2)
         proto = PX_PROTO_H2; /* no detection: a wrong preface gets GOAWAY from the h2 code */
     switch (proto) {
@@ -284,16 +287,17 @@ void px_conn_accept(struct px_listener *l, int fd, const struct sockaddr *sa, so
     px_metrics.downstream_cx_active++;
 
     c->opaque = px_config_opaque_port(srv->cfg, cm_addr_port(&c->orig_dst));
+    c->tls = px_inbound_tls_mode(c->lcfg, cm_addr_port(&c->orig_dst));
 
     c->io = px_io_new(srv->base, fd);
     c->detect_timer = event_new(srv->base, -1, 0, on_detect_abort, c);
     px_io_set_read_limit(c->io, lim->buffer_bytes);
     px_io_setcb(c->io, on_detect_read, NULL, on_detect_event, c);
-    if (c->opaque && c->lcfg->tls == PX_TLS_STRICT) {
+    if (c->opaque && c->tls == PX_TLS_STRICT) {
         start_mtls(c); /* the peer sidecar speaks first: a ClientHello */
         return;
     }
-    if (c->opaque && c->lcfg->tls != PX_TLS_PERMISSIVE) {
+    if (c->opaque && c->tls != PX_TLS_PERMISSIVE) {
         /* server-first protocols (MySQL's greeting) need the app at once */
         dispatch(c, PX_PROTO_TCP);
         return;

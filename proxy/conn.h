@@ -45,6 +45,10 @@ struct px_conn {
     uint64_t accepted_us;
     uint64_t id;
     struct cm_list link; /* in the server's connection list */
+
+    /* the listener's mTLS mode for this original destination port
+     * (proxy/inbound_tls.h: a strict listener's permissive_ports) */
+    enum px_tls_mode tls;
 };
 
 /* Take an accepted socket (fd, peer sa/salen) from listener l: record it,

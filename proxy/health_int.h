@@ -1,6 +1,7 @@
 /* Internals shared by the health port's files (not an API: proxy/health.h is).
  *   health_server.c  the HTTP server: dispatch, /healthz/ready, /healthz/idle, lifecycle
  *   prober.c         the app probes: REMORA_APP_PROBERS, the raw prober and its TLS config
+ *   grpc_health.c    gRPC app probes: REMORA_APP_GRPC_PROBERS, Health/Check over h2c (issue 19)
  *   scrape.c         /metrics: the proxy's text merged with the app's (REMORA_APP_METRICS_URL)
  *   wait.c           the `remora-proxy wait` command */
 #ifndef PX_HEALTH_INT_H
@@ -41,6 +42,8 @@ struct prober {
     unsigned timeout_ms;
 };
 
+struct px_grpc_health;
+
 struct px_health {
     struct event_base *base; /* borrowed: the proxy's loop */
     struct evhttp *http;
@@ -57,6 +60,7 @@ struct px_health {
     unsigned ninflight;
     mbedtls_ssl_config tls; /* client, no verification: HTTPS probes */
     bool tls_ready;
+    struct px_grpc_health *grpc; /* gRPC probes (proxy/grpc_health.h), never NULL once started */
 };
 
 /* health_server.c: answer a request of the health port. */

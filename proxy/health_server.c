@@ -17,6 +17,7 @@
 #include "common/list.h"
 #include "common/log.h"
 #include "common/xalloc.h"
+#include "proxy/grpc_health.h"
 #include "proxy/health_int.h"
 #include "proxy/server.h"
 #include "proxy/tcp.h" /* issue 14: /healthz/idle */
@@ -92,6 +93,8 @@ static void on_request(struct evhttp_request *req, void *arg)
         px_health_start_scrape(h, req);
         return;
     }
+    if (px_grpc_health_handle(h->grpc, path, req)) /* issue 19: rewritten gRPC probes */
+        return;
     const struct prober *pr = px_health_find_prober(h, path);
     if (pr != NULL) {
         px_health_start_probe(h, pr, req);
@@ -147,6 +150,7 @@ int px_health_start(struct event_base *base, const struct cm_addr *addr, struct 
         snprintf(h->pod_ip, sizeof(h->pod_ip), "%s", ip);
     px_health_load_probers(h, getenv("REMORA_APP_PROBERS"));
     px_health_load_metrics_url(h, getenv("REMORA_APP_METRICS_URL"));
+    h->grpc = px_grpc_health_new(base, getenv("REMORA_APP_GRPC_PROBERS"));
     cm_info("health: serving on %s (%zu app probes)", cm_addr_format(&h->local, abuf, sizeof(abuf)),
             h->nprobers);
     *out = h;
@@ -190,6 +194,7 @@ void px_health_free(struct px_health *h)
      * by the reply, the others go with evhttp_free. */
     px_health_probes_abort(h);
     px_health_scrapes_abort(h);
+    px_grpc_health_free(h->grpc);
     evhttp_free(h->http);
     for (size_t i = 0; i < h->nprobers; i++)
         px_health_prober_deinit(&h->probers[i]);

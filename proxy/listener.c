@@ -13,6 +13,7 @@
 #include "common/log.h"
 #include "common/xalloc.h"
 #include "proxy/conn.h"
+#include "proxy/inbound_tls.h"
 #include "proxy/metrics.h"
 #include "proxy/server.h"
 
@@ -86,6 +87,7 @@ int px_listener_start(struct px_server *srv, const struct px_listener_cfg *cfg,
     cm_info("listener %s (%s) on %s", cfg->name,
             cfg->direction == PX_DIR_INBOUND ? "inbound" : "outbound",
             cm_addr_format(&l->bound, a, sizeof(a)));
+    px_inbound_tls_listener_started(l); /* plaintext counters by port */
     *out = l;
     return 0;
 }

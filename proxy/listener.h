@@ -16,6 +16,9 @@ struct px_listener {
     struct evconnlistener *evl;
     struct cm_addr bound;    /* the real address (port 0 resolved) */
     struct event *resume_ev; /* re-enables accepting after EMFILE */
+    /* plaintext accepted on this mTLS listener (proxy/inbound_tls.c), by index
+     * in cfg->permissive_ports; the last slot: every other port */
+    uint64_t plaintext[PX_MAX_PERMISSIVE_PORTS + 1];
 };
 
 /* Bind and start accepting. Returns 0 or CM_ERR_IO with *errmsg. An optional

@@ -3,6 +3,8 @@
  * in classic and native mode. Beyond "no crash, no leak, no UB" it checks
  * what must hold for any input:
  *   - the answer is JSON, and a 200 carries the request's uid;
+ *   - a 200 is allowed, or refused for a bad remora.io/inbound-tls or
+ *     remora.io/permissive-ports with a message naming it and no patch;
  *   - a patch decodes, applies cleanly to the pod it was built for, and the
  *     patched pod, reviewed again, gets no patch (reinvocation is safe).
  * Seeds: test/fuzz/corpus/fuzz_admission/ (from the shared corpus). */
@@ -48,8 +50,19 @@ static void one(const char *body, size_t len, bool native, int depth)
     if (rv.http_status != 200)
         goto done;
     json_t *resp = json_object_get(out, "response");
-    CHECK(json_is_true(json_object_get(resp, "allowed")));
     CHECK(strcmp(json_string_value(json_object_get(resp, "uid")), rv.uid) == 0);
+    if (rv.decision == IJ_DECIDE_REFUSED) {
+        /* a bad security annotation (issue 19): refused, naming it, no patch */
+        json_t *st = json_object_get(resp, "status");
+        const char *msg = json_string_value(json_object_get(st, "message"));
+        CHECK(json_is_false(json_object_get(resp, "allowed")));
+        CHECK(json_integer_value(json_object_get(st, "code")) == 400);
+        CHECK(msg != NULL && strncmp(msg, "remora: annotation remora.io/", 29) == 0);
+        CHECK(json_object_get(resp, "patch") == NULL);
+        CHECK(depth == 0);
+        goto done;
+    }
+    CHECK(json_is_true(json_object_get(resp, "allowed")));
     const char *b64 = json_string_value(json_object_get(resp, "patch"));
     if (b64 == NULL)
         goto done;

@@ -166,12 +166,29 @@ function invariants(orig, pod) {
   const apps = conts.filter((c) => c.name !== 'remora-proxy');
   if (!eq(apps.map((c) => c.name), orig.spec.containers.map((c) => c.name))) e('app containers changed or reordered');
   const probers = env.REMORA_APP_PROBERS ? JSON.parse(env.REMORA_APP_PROBERS.value) : {};
+  const grpcProbers = env.REMORA_APP_GRPC_PROBERS ? JSON.parse(env.REMORA_APP_GRPC_PROBERS.value) : {};
   apps.forEach((c, i) => {
     const o = orig.spec.containers[i];
     if (!o) return;
     const restored = JSON.parse(JSON.stringify(c));
     for (const [field, what] of Object.entries(PROBES)) {
       const op = o[field];
+      if (op && op.grpc && !op.httpGet && /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(o.name)) {
+        // issue 19: the whole probe becomes an httpGet of the health port; the target in
+        // REMORA_APP_GRPC_PROBERS (a port excluded from capture is left alone)
+        const key = `/app-health/${o.name}/${what}`;
+        if (excluded(oann['remora.io/exclude-inbound-ports'], op.grpc.port)) continue;
+        const np = c[field] || {};
+        if (np.grpc || !np.httpGet || np.httpGet.port !== 15020 || np.httpGet.path !== key) {
+          e(`${o.name}.${field}: gRPC probe not rewritten to 15020${key}`); continue;
+        }
+        const pr = grpcProbers[key];
+        const want = { port: op.grpc.port, ...(op.grpc.service !== undefined ? { service: op.grpc.service } : {}) };
+        if (!pr || !eq(pr.grpc, want)) { e(`REMORA_APP_GRPC_PROBERS lacks ${key} as ${JSON.stringify(want)}`); continue; }
+        delete restored[field].httpGet;
+        restored[field].grpc = op.grpc;
+        continue;
+      }
       if (!op || !op.httpGet || op.httpGet.host) continue;
       const port = resolvePort(o, op.httpGet.port);
       const key = `/app-health/${o.name}/${what}`;

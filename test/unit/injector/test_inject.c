@@ -17,6 +17,9 @@
 
 #include "injector/admission.c"
 #include "injector/inject.c"
+#include "injector/inject_ann.c"
+#include "injector/inject_build.c"
+#include "injector/inject_probes.c"
 
 #include "common/err.h"
 #include "injector/admission.h"
@@ -118,31 +121,31 @@ static void test_decide(void **state)
 static void test_lists(void **state)
 {
     (void)state;
-    assert_true(port_ok("1", 1));
-    assert_true(port_ok("65535", 5));
-    assert_false(port_ok("0", 1));
-    assert_false(port_ok("65536", 5));
-    assert_false(port_ok("", 0));
-    assert_false(port_ok("-1", 2));
-    assert_false(port_ok("080a", 4));
-    assert_true(cidr_ok("10.0.0.0/8", 10));
-    assert_true(cidr_ok("1.2.3.4", 7));
-    assert_true(cidr_ok("::/0", 4));
-    assert_true(cidr_ok("fd00::1/128", 11));
-    assert_false(cidr_ok("10.0.0.0/33", 11));
-    assert_false(cidr_ok("fd00::/129", 10));
-    assert_false(cidr_ok("10.0.0.0/", 9));
-    assert_false(cidr_ok("10.0.0/8", 8));
-    assert_false(cidr_ok("--dry-run", 9));
-    assert_true(port_listed("80,9090", 9090));
-    assert_false(port_listed("80,9090", 90));
-    assert_false(port_listed(NULL, 80));
+    assert_true(ij_port_ok("1", 1));
+    assert_true(ij_port_ok("65535", 5));
+    assert_false(ij_port_ok("0", 1));
+    assert_false(ij_port_ok("65536", 5));
+    assert_false(ij_port_ok("", 0));
+    assert_false(ij_port_ok("-1", 2));
+    assert_false(ij_port_ok("080a", 4));
+    assert_true(ij_cidr_ok("10.0.0.0/8", 10));
+    assert_true(ij_cidr_ok("1.2.3.4", 7));
+    assert_true(ij_cidr_ok("::/0", 4));
+    assert_true(ij_cidr_ok("fd00::1/128", 11));
+    assert_false(ij_cidr_ok("10.0.0.0/33", 11));
+    assert_false(ij_cidr_ok("fd00::/129", 10));
+    assert_false(ij_cidr_ok("10.0.0.0/", 9));
+    assert_false(ij_cidr_ok("10.0.0/8", 8));
+    assert_false(ij_cidr_ok("--dry-run", 9));
+    assert_true(ij_port_listed("80,9090", 9090));
+    assert_false(ij_port_listed("80,9090", 90));
+    assert_false(ij_port_listed(NULL, 80));
     assert_true(dns_label("web-1"));
     assert_false(dns_label("Web"));
     assert_false(dns_label("a/b"));
-    assert_true(dns_subdomain("web-policy.v2"));
-    assert_false(dns_subdomain("Bad_Name"));
-    assert_false(dns_subdomain("-x"));
+    assert_true(ij_dns_subdomain("web-policy.v2"));
+    assert_false(ij_dns_subdomain("Bad_Name"));
+    assert_false(ij_dns_subdomain("-x"));
 
     json_t *c = json_loads("{\"ports\":[{\"name\":\"http\",\"containerPort\":8080},"
                            "{\"name\":\"bad\",\"containerPort\":70000}]}",
@@ -298,6 +301,62 @@ static void test_patch_probes(void **state)
     json_decref(pod);
 }
 
+/* gRPC probes (issue 19): replaced by an httpGet of /app-health/... on 15020,
+ * the target in REMORA_APP_GRPC_PROBERS; excluded ports are left alone. */
+static void test_patch_grpc_probes(void **state)
+{
+    (void)state;
+    json_t *w;
+    json_t *pod = inject(
+        "{\"metadata\":{\"name\":\"p\",\"annotations\":{\"remora.io/exclude-inbound-ports\":"
+        "\"9001\"}},\"spec\":{\"containers\":[{\"name\":\"api\","
+        "\"livenessProbe\":{\"grpc\":{\"port\":9000},\"periodSeconds\":7,\"timeoutSeconds\":3},"
+        "\"readinessProbe\":{\"grpc\":{\"port\":9000,\"service\":\"shop.Cart\"}},"
+        "\"startupProbe\":{\"grpc\":{\"port\":9001}}}]}}",
+        false, NULL, &w);
+    assert_int_equal(json_array_size(w), 0);
+    json_decref(w);
+    assert_string_equal(str_at(pod, "spec|containers|1|livenessProbe|httpGet|path"),
+                        "/app-health/api/livez");
+    assert_int_equal(json_integer_value(at(pod, "spec|containers|1|livenessProbe|httpGet|port")),
+                     15020);
+    assert_null(at(pod, "spec|containers|1|livenessProbe|grpc"));
+    assert_int_equal(json_integer_value(at(pod, "spec|containers|1|livenessProbe|periodSeconds")),
+                     7);
+    assert_string_equal(str_at(pod, "spec|containers|1|readinessProbe|httpGet|path"),
+                        "/app-health/api/readyz");
+    /* the excluded port: kubelet reaches the app itself */
+    assert_int_equal(json_integer_value(at(pod, "spec|containers|1|startupProbe|grpc|port")), 9001);
+    assert_null(at(pod, "spec|containers|1|startupProbe|httpGet"));
+    const char *grpc = NULL, *http = NULL;
+    size_t i;
+    json_t *e;
+    json_array_foreach(at(pod, "spec|containers|0|env"), i, e)
+    {
+        const char *n = json_string_value(json_object_get(e, "name"));
+        if (strcmp(n, "REMORA_APP_GRPC_PROBERS") == 0)
+            grpc = json_string_value(json_object_get(e, "value"));
+        if (strcmp(n, "REMORA_APP_PROBERS") == 0)
+            http = json_string_value(json_object_get(e, "value"));
+    }
+    assert_null(http);
+    assert_non_null(grpc);
+    assert_string_equal(grpc, "{\"/app-health/api/livez\":{\"grpc\":{\"port\":9000},"
+                              "\"timeoutSeconds\":3},\"/app-health/api/readyz\":{\"grpc\":"
+                              "{\"port\":9000,\"service\":\"shop.Cart\"}}}");
+    json_decref(pod);
+
+    /* a service name that cannot be sent: left alone, said */
+    pod = inject("{\"metadata\":{\"name\":\"p\"},\"spec\":{\"containers\":[{\"name\":\"api\","
+                 "\"livenessProbe\":{\"grpc\":{\"port\":9000,\"service\":7}}}]}}",
+                 false, NULL, &w);
+    assert_int_equal(json_array_size(w), 1);
+    assert_non_null(strstr(json_string_value(json_array_get(w, 0)), "probe not rewritten"));
+    assert_non_null(at(pod, "spec|containers|1|livenessProbe|grpc"));
+    json_decref(w);
+    json_decref(pod);
+}
+
 static void test_patch_exclusions(void **state)
 {
     (void)state;
@@ -448,6 +507,157 @@ static void test_admission(void **state)
     ij_review_deinit(&rv);
 }
 
+/* remora.io/inbound-tls and remora.io/permissive-ports (issue 19): the
+ * bootstrap's inbound listeners; a bad value refuses the pod. */
+static json_t *boot_of(const char *pod_json, json_t **warnings)
+{
+    json_t *pod = inject(pod_json, false, NULL, warnings);
+    json_t *boot = json_loads(str_at(pod, "metadata|annotations|remora.io/bootstrap"), 0, NULL);
+    assert_non_null(boot);
+    json_decref(pod);
+    return boot;
+}
+
+static char *check_pod_json(const char *pod_json)
+{
+    json_t *pod = json_loads(pod_json, 0, NULL);
+    assert_non_null(pod);
+    struct ij_inject_params p = params(false);
+    char *why = ij_inject_check(&p, pod);
+    json_decref(pod);
+    return why;
+}
+
+static void test_inbound_tls(void **state)
+{
+    (void)state;
+    json_t *w;
+    /* default: the template's strict, no list */
+    json_t *boot = boot_of(POD("", ""), NULL);
+    assert_string_equal(str_at(boot, "listeners|0|tls"), "strict");
+    assert_null(at(boot, "listeners|0|permissive_ports"));
+    json_decref(boot);
+
+    boot = boot_of(POD("", ",\"annotations\":{\"remora.io/inbound-tls\":\"permissive\"}"), NULL);
+    assert_string_equal(str_at(boot, "listeners|0|name"), "inbound");
+    assert_string_equal(str_at(boot, "listeners|0|tls"), "permissive");
+    assert_string_equal(str_at(boot, "listeners|2|name"), "inbound6");
+    assert_string_equal(str_at(boot, "listeners|2|tls"), "permissive");
+    assert_string_equal(str_at(boot, "listeners|1|tls"), "mesh");
+    json_decref(boot);
+
+    boot =
+        boot_of(POD("", ",\"annotations\":{\"remora.io/permissive-ports\":\" 9090, 8080 ,\"}"), &w);
+    assert_int_equal(json_array_size(w), 0);
+    json_decref(w);
+    for (int i = 0; i < 4; i++) {
+        json_t *l = json_array_get(json_object_get(boot, "listeners"), (size_t)i);
+        json_t *ports = json_object_get(l, "permissive_ports");
+        if (strcmp(json_string_value(json_object_get(l, "direction")), "outbound") == 0) {
+            assert_null(ports);
+            continue;
+        }
+        assert_string_equal(json_string_value(json_object_get(l, "tls")), "strict");
+        assert_int_equal(json_array_size(ports), 2);
+        assert_int_equal(json_integer_value(json_array_get(ports, 0)), 9090);
+        assert_int_equal(json_integer_value(json_array_get(ports, 1)), 8080);
+    }
+    json_decref(boot);
+
+    /* explicit strict, and an empty list: strict without ports */
+    boot = boot_of(POD("", ",\"annotations\":{\"remora.io/inbound-tls\":\"strict\","
+                           "\"remora.io/permissive-ports\":\"\"}"),
+                   NULL);
+    assert_string_equal(str_at(boot, "listeners|0|tls"), "strict");
+    assert_null(at(boot, "listeners|0|permissive_ports"));
+    json_decref(boot);
+
+    /* permissive everywhere: the list says nothing more, with a warning */
+    boot = boot_of(POD("", ",\"annotations\":{\"remora.io/inbound-tls\":\"permissive\","
+                           "\"remora.io/permissive-ports\":\"9090\"}"),
+                   &w);
+    assert_string_equal(str_at(boot, "listeners|0|tls"), "permissive");
+    assert_null(at(boot, "listeners|0|permissive_ports"));
+    assert_int_equal(json_array_size(w), 1);
+    assert_non_null(strstr(json_string_value(json_array_get(w, 0)), "remora.io/permissive-ports"));
+    json_decref(w);
+    json_decref(boot);
+
+    char *why =
+        check_pod_json(POD("", ",\"annotations\":{\"remora.io/permissive-ports\":\"9090\"}"));
+    assert_null(why);
+
+    /* refused, each with the annotation named */
+    static const struct {
+        const char *ann, *want;
+    } bad[] = {
+        {"\"remora.io/inbound-tls\":\"Strict\"", "remora.io/inbound-tls: \"Strict\" is neither"},
+        {"\"remora.io/inbound-tls\":\"disabled\"", "remora.io/inbound-tls: \"disabled\""},
+        {"\"remora.io/inbound-tls\":\"\"", "remora.io/inbound-tls: \"\" is neither"},
+        {"\"remora.io/inbound-tls\":true", "remora.io/inbound-tls: expected the string \"strict\""},
+        {"\"remora.io/permissive-ports\":\"9090,abc\"",
+         "remora.io/permissive-ports: item \"abc\" is not a port"},
+        {"\"remora.io/permissive-ports\":\"0\"", "remora.io/permissive-ports: item \"0\""},
+        {"\"remora.io/permissive-ports\":\"70000\"", "remora.io/permissive-ports: item \"70000\""},
+        {"\"remora.io/permissive-ports\":\"9090,,8080\"", "remora.io/permissive-ports: item \"\""},
+        {"\"remora.io/permissive-ports\":\"--dry-run\"", "item \"--dry-run\" is not a port"},
+        {"\"remora.io/permissive-ports\":\"9090, 9090\"", "port 9090 is listed twice"},
+        {"\"remora.io/permissive-ports\":9090", "remora.io/permissive-ports: expected a string"},
+        {"\"remora.io/inbound-tls\":\"permissive\",\"remora.io/permissive-ports\":\"x\"",
+         "remora.io/permissive-ports: item \"x\""},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char pod[512];
+        snprintf(pod, sizeof(pod),
+                 "{\"metadata\":{\"name\":\"p\",\"annotations\":{%s}},\"spec\":{\"containers\":"
+                 "[{\"name\":\"app\"}]}}",
+                 bad[i].ann);
+        why = check_pod_json(pod);
+        if (why == NULL || strstr(why, bad[i].want) == NULL)
+            fail_msg("%s: got %s, want %s", bad[i].ann, why ? why : "(accepted)", bad[i].want);
+        free(why);
+    }
+    /* 64 ports are taken, 65 refused */
+    char list[65 * 6 + 1], pod[1024];
+    size_t off = 0;
+    for (int i = 0; i < 65; i++)
+        off += (size_t)snprintf(list + off, sizeof(list) - off, "%s%d", i ? "," : "", 2000 + i);
+    snprintf(pod, sizeof(pod),
+             "{\"metadata\":{\"annotations\":{\"remora.io/permissive-ports\":\"%s\"}},"
+             "\"spec\":{\"containers\":[{\"name\":\"app\"}]}}",
+             list);
+    why = check_pod_json(pod);
+    assert_non_null(why);
+    assert_non_null(strstr(why, "more than 64 ports"));
+    free(why);
+    *strrchr(list, ',') = '\0';
+    snprintf(pod, sizeof(pod),
+             "{\"metadata\":{\"annotations\":{\"remora.io/permissive-ports\":\"%s\"}},"
+             "\"spec\":{\"containers\":[{\"name\":\"app\"}]}}",
+             list);
+    assert_null(check_pod_json(pod));
+
+    /* the admission answer: allowed false, the message in status */
+    struct ij_review rv;
+    review("{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\",\"request\":{"
+           "\"uid\":\"r1\",\"kind\":{\"kind\":\"Pod\"},\"operation\":\"CREATE\",\"object\":" POD(
+               "", ",\"annotations\":{\"remora.io/inbound-tls\":\"off\"}") "}}",
+           &rv);
+    assert_int_equal(rv.http_status, 200);
+    assert_int_equal(rv.decision, IJ_DECIDE_REFUSED);
+    json_t *doc = json_loads(rv.body, 0, NULL);
+    assert_string_equal(str_at(doc, "response|uid"), "r1");
+    assert_true(json_is_false(at(doc, "response|allowed")));
+    assert_null(at(doc, "response|patch"));
+    assert_int_equal(json_integer_value(at(doc, "response|status|code")), 400);
+    assert_string_equal(str_at(doc, "response|status|message"),
+                        "remora: annotation remora.io/inbound-tls: \"off\" is neither \"strict\" "
+                        "nor \"permissive\"");
+    json_decref(doc);
+    ij_review_deinit(&rv);
+    assert_string_equal(ij_decision_name(IJ_DECIDE_REFUSED), "bad-annotation");
+}
+
 static void test_base64(void **state)
 {
     (void)state;
@@ -591,13 +801,22 @@ static void test_metrics(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_decide),           cmocka_unit_test(test_lists),
-        cmocka_unit_test(test_patch_classic),    cmocka_unit_test(test_patch_native),
-        cmocka_unit_test(test_patch_probes),     cmocka_unit_test(test_patch_exclusions),
-        cmocka_unit_test(test_patch_whole_maps), cmocka_unit_test(test_admission),
-        cmocka_unit_test(test_base64),           cmocka_unit_test(test_config),
-        cmocka_unit_test(test_template),         cmocka_unit_test(test_metrics),
-        cmocka_unit_test(test_duration),         cmocka_unit_test(test_inject_path),
+        cmocka_unit_test(test_decide),
+        cmocka_unit_test(test_lists),
+        cmocka_unit_test(test_patch_classic),
+        cmocka_unit_test(test_patch_native),
+        cmocka_unit_test(test_patch_probes),
+        cmocka_unit_test(test_patch_exclusions),
+        cmocka_unit_test(test_patch_grpc_probes),
+        cmocka_unit_test(test_patch_whole_maps),
+        cmocka_unit_test(test_admission),
+        cmocka_unit_test(test_inbound_tls),
+        cmocka_unit_test(test_base64),
+        cmocka_unit_test(test_config),
+        cmocka_unit_test(test_template),
+        cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_duration),
+        cmocka_unit_test(test_inject_path),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

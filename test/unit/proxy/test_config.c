@@ -24,6 +24,8 @@
 
 #include "common/err.h"
 #include "proxy/config.h"
+#include "proxy/inbound_tls.h"
+#include "proxy/listener.h"
 
 static char data_dir[4096];
 
@@ -416,6 +418,57 @@ static void opaque_ports_and_tcp_idle(void **state)
     px_config_free(cfg);
 }
 
+/* permissive_ports (what the injector writes from remora.io/permissive-ports):
+ * the listed ports get permissive, every other port stays strict; the
+ * plaintext counters have one series per listed port plus "other". */
+static void permissive_ports(void **state)
+{
+    (void)state;
+    struct px_config *cfg = load_case("ok-permissive-ports.json");
+    const struct px_listener_cfg *in = &cfg->listeners[0], *out = &cfg->listeners[1];
+    assert_int_equal(in->tls, PX_TLS_STRICT);
+    assert_int_equal(in->npermissive_ports, 4);
+    assert_int_equal(px_inbound_tls_mode(in, 9090), PX_TLS_PERMISSIVE);
+    assert_int_equal(px_inbound_tls_mode(in, 8080), PX_TLS_PERMISSIVE);
+    assert_int_equal(px_inbound_tls_mode(in, 1), PX_TLS_PERMISSIVE);
+    assert_int_equal(px_inbound_tls_mode(in, 65535), PX_TLS_PERMISSIVE);
+    assert_int_equal(px_inbound_tls_mode(in, 9091), PX_TLS_STRICT);
+    assert_int_equal(px_inbound_tls_mode(in, 80), PX_TLS_STRICT);
+    assert_int_equal(px_inbound_tls_mode(out, 9090), PX_TLS_DISABLED);
+
+    json_t *lj = json_object();
+    px_inbound_tls_dump(in, lj);
+    json_t *by = json_object_get(lj, "tls_by_port");
+    assert_string_equal(json_string_value(json_object_get(by, "9090")), "permissive");
+    assert_string_equal(json_string_value(json_object_get(by, "65535")), "permissive");
+    assert_string_equal(json_string_value(json_object_get(by, "other")), "strict");
+    assert_int_equal(json_object_size(by), 5);
+    json_decref(lj);
+    lj = json_object();
+    px_inbound_tls_dump(out, lj); /* outbound: nothing to say */
+    assert_int_equal(json_object_size(lj), 0);
+    json_decref(lj);
+
+    /* the counters are the listener's; without a server nothing is registered */
+    struct px_listener l = {.cfg = in};
+    px_inbound_tls_listener_started(&l);
+    px_inbound_plaintext_count(&l, 9090);
+    px_inbound_plaintext_count(&l, 9090);
+    px_inbound_plaintext_count(&l, 8080);
+    px_inbound_plaintext_count(&l, 4444); /* not listed: "other" */
+    assert_int_equal(px_inbound_plaintext_of(&l, 9090), 2);
+    assert_int_equal(px_inbound_plaintext_of(&l, 8080), 1);
+    assert_int_equal(px_inbound_plaintext_of(&l, 1), 0);
+    assert_int_equal(px_inbound_plaintext_of(&l, 4444), 0);
+    assert_int_equal(px_inbound_plaintext_of(&l, 0), 1);
+    px_config_free(cfg);
+
+    cfg = load_case("ok-minimal.json");
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+        assert_int_equal(cfg->listeners[i].npermissive_ports, 0);
+    px_config_free(cfg);
+}
+
 /* The circuit-breaker defaults (Envoy's, docs/config.md) and the four keys. */
 static void upstream_breakers(void **state)
 {
@@ -592,6 +645,7 @@ int main(void)
         cmocka_unit_test_prestate(data_dir_is_consistent, &c),
         cmocka_unit_test(h2_hostile_keys),
         cmocka_unit_test(upstream_breakers),
+        cmocka_unit_test(permissive_ports),
     };
     int failed = cmocka_run_group_tests_name("proxy/config", fixed, NULL, NULL);
     if (c.n > 0)
