@@ -38,6 +38,7 @@ static const uint64_t bucket_le_us[PX_METRICS_NBUCKETS] = {
 };
 
 #define NCLASSES      3
+#define GRPC_OTHER    18 /* grpc_status="other": none, or outside 0..16 */
 /* Bound of the /metrics text of this module (its series are bounded above:
  * a few hundred kilobytes at most). */
 #define PX_METRICS_TEXT_MAX (4 << 20)
@@ -113,9 +114,10 @@ listener_index(struct px_metrics_state *m, const char *name, const char *directi
     return PX_METRICS_MAX_LISTENERS - 1;
 }
 
-static uint32_t series_hash(uint16_t lidx, uint8_t cls, uint16_t code)
+static uint32_t series_hash(uint16_t lidx, uint8_t cls, uint16_t code, uint8_t grpc)
 {
-    uint32_t h = ((uint32_t)lidx * 2654435761u) ^ ((uint32_t)cls * 40503u) ^ (uint32_t)code;
+    uint32_t h = ((uint32_t)lidx * 2654435761u) ^ ((uint32_t)cls * 40503u) ^ (uint32_t)code ^
+                 ((uint32_t)grpc << 20);
     h ^= h >> 15;
     h *= 2246822519u;
     h ^= h >> 13;
@@ -124,11 +126,11 @@ static uint32_t series_hash(uint16_t lidx, uint8_t cls, uint16_t code)
 
 /* The series of this key, added when there is room, or NULL. */
 static struct px_metrics_series *series_get(struct px_metrics_state *m, uint16_t lidx, uint8_t cls,
-                                            uint16_t code, size_t limit)
+                                            uint16_t code, uint8_t grpc, size_t limit)
 {
     if (!m->series)
         m->series = cm_xcalloc(PX_METRICS_SERIES_SLOTS, sizeof(*m->series));
-    size_t i = series_hash(lidx, cls, code) & (PX_METRICS_SERIES_SLOTS - 1);
+    size_t i = series_hash(lidx, cls, code, grpc) & (PX_METRICS_SERIES_SLOTS - 1);
     for (;;) {
         struct px_metrics_series *s = &m->series[i];
         if (!s->used) {
@@ -138,10 +140,11 @@ static struct px_metrics_series *series_get(struct px_metrics_state *m, uint16_t
             s->lidx = lidx;
             s->cls = cls;
             s->code = code;
+            s->grpc = grpc;
             m->nseries++;
             return s;
         }
-        if (s->lidx == lidx && s->cls == cls && s->code == code)
+        if (s->lidx == lidx && s->cls == cls && s->code == code && s->grpc == grpc)
             return s;
         i = (i + 1) & (PX_METRICS_SERIES_SLOTS - 1); /* load stays under 75%: always ends */
     }
@@ -152,7 +155,7 @@ static struct px_metrics_series *series_get(struct px_metrics_state *m, uint16_t
 static inline __attribute__((always_inline)) void record(struct px_metrics_state *m,
                                                          const struct px_listener_cfg *l,
                                                          const char *method, int status,
-                                                         uint64_t duration_us)
+                                                         uint8_t grpc, uint64_t duration_us)
 {
     const char *name = l && l->name ? l->name : "unknown";
     const char *direction = l ? dir_name(l->direction) : "unknown";
@@ -160,9 +163,9 @@ static inline __attribute__((always_inline)) void record(struct px_metrics_state
     uint8_t cls = class_index(method);
     uint16_t code = code_index(status);
 
-    struct px_metrics_series *s = series_get(m, lidx, cls, code, PX_METRICS_SERIES_EXACT);
+    struct px_metrics_series *s = series_get(m, lidx, cls, code, grpc, PX_METRICS_SERIES_EXACT);
     if (!s && code != PX_METRICS_CODE_OTHER)
-        s = series_get(m, lidx, cls, PX_METRICS_CODE_OTHER, PX_METRICS_SERIES_MAX);
+        s = series_get(m, lidx, cls, PX_METRICS_CODE_OTHER, grpc, PX_METRICS_SERIES_MAX);
     if (s)
         s->count++;
     else
@@ -180,7 +183,15 @@ static inline __attribute__((always_inline)) void record(struct px_metrics_state
 void px_metrics_record(struct px_metrics_state *m, const struct px_listener_cfg *l,
                        const char *method, int status, uint64_t duration_us)
 {
-    record(m, l, method, status, duration_us);
+    record(m, l, method, status, 0, duration_us);
+}
+
+void px_metrics_record_grpc(struct px_metrics_state *m, const struct px_listener_cfg *l,
+                            const char *method, int status, int grpc_status,
+                            uint64_t duration_us)
+{
+    uint8_t grpc = grpc_status >= 0 && grpc_status <= 16 ? (uint8_t)(grpc_status + 1) : GRPC_OTHER;
+    record(m, l, method, status, grpc, duration_us);
 }
 
 void px_metrics_request(const struct px_listener_cfg *l, const char *method, int status,
@@ -188,7 +199,7 @@ void px_metrics_request(const struct px_listener_cfg *l, const char *method, int
 {
     struct px_metrics_state *m = px_srv != NULL ? px_srv->metrics : NULL;
     if (m != NULL)
-        record(m, l, method, status, duration_us);
+        record(m, l, method, status, 0, duration_us);
 }
 
 /* ---- Prometheus text (exposition format 0.0.4) ---------------------------- */
@@ -199,6 +210,14 @@ static void code_label(uint16_t code, char *buf, size_t len)
         snprintf(buf, len, "other");
     else
         snprintf(buf, len, "%u", (unsigned)code);
+}
+
+static void grpc_label(uint8_t grpc, char *buf, size_t len)
+{
+    if (grpc == GRPC_OTHER)
+        snprintf(buf, len, "other");
+    else
+        snprintf(buf, len, "%u", (unsigned)(grpc - 1));
 }
 
 static void write_requests(const struct px_metrics_state *m, struct cm_prom *out)
@@ -217,6 +236,11 @@ static void write_requests(const struct px_metrics_state *m, struct cm_prom *out
         cm_prom_label(out, "direction", m->listeners[s->lidx].direction, false);
         cm_prom_label(out, "method_class", class_names[s->cls], false);
         cm_prom_label(out, "code", code, false);
+        if (s->grpc != 0) {
+            char g[8];
+            grpc_label(s->grpc, g, sizeof(g));
+            cm_prom_label(out, "grpc_status", g, false);
+        }
         cm_prom_printf(out, "} %" PRIu64 "\n", s->count);
     }
     if (m->overflow_count)
@@ -484,10 +508,16 @@ static json_t *requests_json(const struct px_metrics_state *m, uint64_t *total)
             continue;
         char code[16];
         code_label(s->code, code, sizeof(code));
-        json_array_append_new(
-            arr, json_pack("{s:s, s:s, s:s, s:s, s:I}", "listener", m->listeners[s->lidx].name,
-                           "direction", m->listeners[s->lidx].direction, "method_class",
-                           class_names[s->cls], "code", code, "count", (json_int_t)s->count));
+        json_t *o =
+            json_pack("{s:s, s:s, s:s, s:s, s:I}", "listener", m->listeners[s->lidx].name,
+                      "direction", m->listeners[s->lidx].direction, "method_class",
+                      class_names[s->cls], "code", code, "count", (json_int_t)s->count);
+        if (s->grpc != 0) {
+            char g[8];
+            grpc_label(s->grpc, g, sizeof(g));
+            json_object_set_new(o, "grpc_status", json_string(g));
+        }
+        json_array_append_new(arr, o);
         *total += s->count;
     }
     if (m->overflow_count) {

@@ -31,6 +31,7 @@ struct px_metrics_series {
     uint8_t cls;   /* index in the method classes (read, write, other) */
     uint8_t used;
     uint16_t code; /* 0, 100..599, PX_METRICS_CODE_OTHER */
+    uint8_t grpc;  /* 0: not gRPC (no label); 1..17: grpc_status 0..16; GRPC_OTHER (metrics.c) */
     uint64_t count;
 };
 
