@@ -29,7 +29,7 @@ wl spiffe://cluster.local/ns/shop/sa/web "$D/b.pem" "$D/b-key.pem" || exit 1
 bg app "${PEER[@]}" server "$TMP/app.port"
 wait_until 20 test -s "$TMP/app.port" || { fail "grpc app did not start"; cat "$TMP/app.log"; finish; }
 APP=$(cat "$TMP/app.port")
-start_upstream plain || exit 1
+start_upstream plain --h2 || exit 1
 PLAIN=$UP_PORT
 
 A_ADMIN=$(free_port); A_OUT=$(free_port); B_ADMIN=$(free_port); B_IN=$(free_port)
