@@ -11,6 +11,7 @@ pkgs=(
   python3 # test helpers, the e2e pod harness (test/e2e/pod.py) and make demo
   wrk haproxy nginx-light gnuplot-nox
   stunnel4 # h2spec over mTLS: a TLS relay presenting a mesh certificate (docs/testing.md)
+  python3-grpcio # test/integration/grpc.sh: a real gRPC server and client (docs/grpc.md)
   # make image / make image-test (docs/install.md): buildah builds the images from scratch,
   # skopeo writes and inspects docker-archive tarballs, podman + runc run them (crun fails
   # here), catatonit is podman's local pause image (nothing pulled), netavark its network
