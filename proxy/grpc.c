@@ -6,14 +6,21 @@
 
 #include "proxy/server.h"
 
-bool px_grpc_is_request(const struct px_msg *req)
+bool px_grpc_is_request_slow(const struct px_msg *req)
 {
-    const struct px_hdr *h = px_msg_find(req, "content-type");
+    if (req->method == NULL || strcmp(req->method, "POST") != 0)
+        return false;
     static const char ct[] = "application/grpc";
     size_t n = sizeof(ct) - 1;
-    if (h == NULL || h->valuelen < n || strncasecmp(h->value, ct, n) != 0)
-        return false;
-    return h->valuelen == n || h->value[n] == '+' || h->value[n] == ';';
+    for (uint32_t i = 0; i < req->nhdrs; i++) {
+        const struct px_hdr *h = &req->hdrs[i];
+        if (!PX_HDR_IS(h, "content-type"))
+            continue;
+        if (h->valuelen < n || strncasecmp(h->value, ct, n) != 0)
+            return false;
+        return h->valuelen == n || h->value[n] == '+' || h->value[n] == ';';
+    }
+    return false;
 }
 
 int px_grpc_timeout_parse(const char *v, size_t len, uint64_t *ms)

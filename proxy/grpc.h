@@ -42,9 +42,16 @@ enum px_grpc_status {
 /* Longest grpc-timeout the proxy honours, in ms (the value is capped there). */
 #define PX_GRPC_TIMEOUT_MAX_MS UINT32_MAX
 
-/* Is this request gRPC? Its content-type is application/grpc, alone or
- * followed by '+' (application/grpc+proto) or ';' (parameters), any case. */
-bool px_grpc_is_request(const struct px_msg *req);
+/* Is this request gRPC? A POST whose content-type is application/grpc,
+ * alone or followed by '+' (application/grpc+proto) or ';' (parameters),
+ * any case. */
+bool px_grpc_is_request_slow(const struct px_msg *req);
+static inline bool px_grpc_is_request(const struct px_msg *req)
+{
+    /* every gRPC call is a POST: plain GETs cost two loads, not a call */
+    const char *m = req->method;
+    return m != NULL && m[0] == 'P' && m[1] == 'O' && px_grpc_is_request_slow(req);
+}
 
 /* Parse a grpc-timeout value (1 to 8 ASCII digits, then one unit: H M S m u
  * n). Returns 0 and the timeout in milliseconds, rounded up to at least 1 and

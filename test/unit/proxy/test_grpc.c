@@ -101,6 +101,7 @@ static bool is_grpc(const char *ct)
     struct px_msg m;
     px_arena_init(&a);
     px_msg_init(&m);
+    m.method = "POST";
     if (ct != NULL)
         px_msg_add(&a, &m, "content-type", 12, ct, strlen(ct), UINT32_MAX, UINT32_MAX);
     bool r = px_grpc_is_request(&m);
@@ -120,6 +121,14 @@ static void content_types(void **state)
     assert_false(is_grpc("application/grpcx"));
     assert_false(is_grpc("application/json"));
     assert_false(is_grpc("application/grp"));
+    struct px_arena a;
+    struct px_msg m;
+    px_arena_init(&a);
+    px_msg_init(&m);
+    m.method = "GET"; /* gRPC calls are POSTs */
+    px_msg_add(&a, &m, "content-type", 12, "application/grpc", 16, UINT32_MAX, UINT32_MAX);
+    assert_false(px_grpc_is_request(&m));
+    px_arena_deinit(&a);
 }
 
 static void retry_names(void **state)
