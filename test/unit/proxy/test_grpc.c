@@ -166,7 +166,6 @@ static void retry_names(void **state)
     assert_non_null(strstr(err, "routes[0].retries.on[0]: \"unavaliable\" is not"));
     assert_non_null(strstr(err, "unavailable"));
     free(err);
-    px_routes_shutdown();
 }
 
 static void http_to_grpc(void **state)
