@@ -135,7 +135,7 @@ dt=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%d", (b - a) * 1000}')
 expect_eq "the route's timeout_ms (300 ms, smaller than the client's 20 s) answers DEADLINE_EXCEEDED" \
     "$(field '.code + " " + .details' "$out")" "DEADLINE_EXCEEDED upstream request timeout"
 check "... well before the app's 5 s (${dt} ms)" test "$dt" -lt 4000
-h2h() { curl -s --http2-prior-knowledge -o /dev/null -D - -m 10 -H 'content-type: application/grpc' -H 'te: trailers' "$@"; }
+h2h() { curl -s --http2-prior-knowledge -X POST -o /dev/null -D - -m 10 -H 'content-type: application/grpc' -H 'te: trailers' "$@"; }
 t0=$EPOCHREALTIME
 hdrs=$(h2h -H 'grpc-timeout: 200m' "http://127.0.0.1:$C_PLAIN/delay/3000")
 dt=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%d", (b - a) * 1000}')
