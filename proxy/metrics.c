@@ -38,7 +38,13 @@ static const uint64_t bucket_le_us[PX_METRICS_NBUCKETS] = {
 };
 
 #define NCLASSES      3
-#define GRPC_OTHER    18 /* grpc_status="other": none, or outside 0..16 */
+/* A gRPC request's series keeps its grpc_status label in the code's upper
+ * bits (codes stay below 1 << GRPC_SHIFT): 0 no label, 1..17 grpc_status
+ * 0..16, GRPC_OTHER "other" (none seen, or out of range). Plain requests key
+ * their series exactly as before, at no cost. */
+#define GRPC_SHIFT    10
+#define GRPC_OTHER    18
+#define CODE_OF(k)    ((uint16_t)((k) & ((1u << GRPC_SHIFT) - 1)))
 /* Bound of the /metrics text of this module (its series are bounded above:
  * a few hundred kilobytes at most). */
 #define PX_METRICS_TEXT_MAX (4 << 20)
@@ -114,10 +120,9 @@ listener_index(struct px_metrics_state *m, const char *name, const char *directi
     return PX_METRICS_MAX_LISTENERS - 1;
 }
 
-static uint32_t series_hash(uint16_t lidx, uint8_t cls, uint16_t code, uint8_t grpc)
+static uint32_t series_hash(uint16_t lidx, uint8_t cls, uint16_t code)
 {
-    uint32_t h = ((uint32_t)lidx * 2654435761u) ^ ((uint32_t)cls * 40503u) ^ (uint32_t)code ^
-                 ((uint32_t)grpc << 20);
+    uint32_t h = ((uint32_t)lidx * 2654435761u) ^ ((uint32_t)cls * 40503u) ^ (uint32_t)code;
     h ^= h >> 15;
     h *= 2246822519u;
     h ^= h >> 13;
@@ -126,11 +131,11 @@ static uint32_t series_hash(uint16_t lidx, uint8_t cls, uint16_t code, uint8_t g
 
 /* The series of this key, added when there is room, or NULL. */
 static struct px_metrics_series *series_get(struct px_metrics_state *m, uint16_t lidx, uint8_t cls,
-                                            uint16_t code, uint8_t grpc, size_t limit)
+                                            uint16_t code, size_t limit)
 {
     if (!m->series)
         m->series = cm_xcalloc(PX_METRICS_SERIES_SLOTS, sizeof(*m->series));
-    size_t i = series_hash(lidx, cls, code, grpc) & (PX_METRICS_SERIES_SLOTS - 1);
+    size_t i = series_hash(lidx, cls, code) & (PX_METRICS_SERIES_SLOTS - 1);
     for (;;) {
         struct px_metrics_series *s = &m->series[i];
         if (!s->used) {
@@ -140,11 +145,10 @@ static struct px_metrics_series *series_get(struct px_metrics_state *m, uint16_t
             s->lidx = lidx;
             s->cls = cls;
             s->code = code;
-            s->grpc = grpc;
             m->nseries++;
             return s;
         }
-        if (s->lidx == lidx && s->cls == cls && s->code == code && s->grpc == grpc)
+        if (s->lidx == lidx && s->cls == cls && s->code == code)
             return s;
         i = (i + 1) & (PX_METRICS_SERIES_SLOTS - 1); /* load stays under 75%: always ends */
     }
@@ -161,11 +165,12 @@ static inline __attribute__((always_inline)) void record(struct px_metrics_state
     const char *direction = l ? dir_name(l->direction) : "unknown";
     uint16_t lidx = listener_index(m, name, direction);
     uint8_t cls = class_index(method);
+    uint16_t g = (uint16_t)(grpc << GRPC_SHIFT); /* 0 for plain requests: folded away */
     uint16_t code = code_index(status);
 
-    struct px_metrics_series *s = series_get(m, lidx, cls, code, grpc, PX_METRICS_SERIES_EXACT);
+    struct px_metrics_series *s = series_get(m, lidx, cls, code | g, PX_METRICS_SERIES_EXACT);
     if (!s && code != PX_METRICS_CODE_OTHER)
-        s = series_get(m, lidx, cls, PX_METRICS_CODE_OTHER, grpc, PX_METRICS_SERIES_MAX);
+        s = series_get(m, lidx, cls, PX_METRICS_CODE_OTHER | g, PX_METRICS_SERIES_MAX);
     if (s)
         s->count++;
     else
@@ -230,15 +235,15 @@ static void write_requests(const struct px_metrics_state *m, struct cm_prom *out
         if (!s->used)
             continue;
         char code[16];
-        code_label(s->code, code, sizeof(code));
+        code_label(CODE_OF(s->code), code, sizeof(code));
         cm_prom_add(out, "remora_requests_total{", 22);
         cm_prom_label(out, "listener", m->listeners[s->lidx].name, true);
         cm_prom_label(out, "direction", m->listeners[s->lidx].direction, false);
         cm_prom_label(out, "method_class", class_names[s->cls], false);
         cm_prom_label(out, "code", code, false);
-        if (s->grpc != 0) {
+        if (s->code >> GRPC_SHIFT) {
             char g[8];
-            grpc_label(s->grpc, g, sizeof(g));
+            grpc_label((uint8_t)(s->code >> GRPC_SHIFT), g, sizeof(g));
             cm_prom_label(out, "grpc_status", g, false);
         }
         cm_prom_printf(out, "} %" PRIu64 "\n", s->count);
@@ -507,14 +512,14 @@ static json_t *requests_json(const struct px_metrics_state *m, uint64_t *total)
         if (!s->used)
             continue;
         char code[16];
-        code_label(s->code, code, sizeof(code));
+        code_label(CODE_OF(s->code), code, sizeof(code));
         json_t *o =
             json_pack("{s:s, s:s, s:s, s:s, s:I}", "listener", m->listeners[s->lidx].name,
                       "direction", m->listeners[s->lidx].direction, "method_class",
                       class_names[s->cls], "code", code, "count", (json_int_t)s->count);
-        if (s->grpc != 0) {
+        if (s->code >> GRPC_SHIFT) {
             char g[8];
-            grpc_label(s->grpc, g, sizeof(g));
+            grpc_label((uint8_t)(s->code >> GRPC_SHIFT), g, sizeof(g));
             json_object_set_new(o, "grpc_status", json_string(g));
         }
         json_array_append_new(arr, o);

@@ -30,8 +30,8 @@ struct px_metrics_series {
     uint16_t lidx; /* index in listeners[] */
     uint8_t cls;   /* index in the method classes (read, write, other) */
     uint8_t used;
-    uint16_t code; /* 0, 100..599, PX_METRICS_CODE_OTHER */
-    uint8_t grpc;  /* 0: not gRPC (no label); 1..17: grpc_status 0..16; GRPC_OTHER (metrics.c) */
+    uint16_t code; /* 0, 100..599, PX_METRICS_CODE_OTHER; gRPC requests add their
+                    * grpc_status label << 10 (metrics.c, GRPC_SHIFT) */
     uint64_t count;
 };
 

@@ -850,10 +850,24 @@ void px_stream_on_resp_head(struct px_stream *s)
     send_resp_head(s);
 }
 
+/* A held gRPC head goes down with the first message: the call is answered,
+ * no retry. Out of line: plain traffic never takes it. */
+static __attribute__((noinline)) void release_held_head(struct px_stream *s)
+{
+    if (s->state == PX_STREAM_FORWARD && s->attached[PX_DOWN])
+        send_resp_head(s);
+}
+
+/* The end of a response whose head was held: true when a retry took it. */
+static __attribute__((noinline)) bool held_end(struct px_stream *s)
+{
+    return s->state == PX_STREAM_FORWARD && s->attached[PX_DOWN] && grpc_retry(s);
+}
+
 bool px_stream_on_resp_data(struct px_stream *s, const uint8_t *data, size_t len)
 {
-    if (s->resp_held && s->state == PX_STREAM_FORWARD && s->attached[PX_DOWN])
-        send_resp_head(s); /* a message came: the call is answered, no retry */
+    if (__builtin_expect(s->resp_held, 0))
+        release_held_head(s);
     if (s->state != PX_STREAM_FORWARD || !s->attached[PX_DOWN] || s->ended[PX_DOWN] ||
         !s->head_sent[PX_DOWN]) /* no body bytes ahead of a head (e.g. a 1xx's) */
         return false;
@@ -868,7 +882,7 @@ bool px_stream_on_resp_data(struct px_stream *s, const uint8_t *data, size_t len
 
 void px_stream_on_resp_end(struct px_stream *s)
 {
-    if (s->resp_held && s->state == PX_STREAM_FORWARD && s->attached[PX_DOWN] && grpc_retry(s))
+    if (__builtin_expect(s->resp_held, 0) && held_end(s))
         return;
     s->resp_complete = true;
     report_try(s, PX_TRY_OK);
