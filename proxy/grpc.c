@@ -96,10 +96,8 @@ int px_grpc_status_by_name(const char *name, int *code)
         const char *name;
         int code;
     } names[] = {
-        {"cancelled", PX_GRPC_CANCELLED},
-        {"deadline-exceeded", PX_GRPC_DEADLINE_EXCEEDED},
-        {"internal", PX_GRPC_INTERNAL},
-        {"resource-exhausted", PX_GRPC_RESOURCE_EXHAUSTED},
+        {"cancelled", PX_GRPC_CANCELLED},     {"deadline-exceeded", PX_GRPC_DEADLINE_EXCEEDED},
+        {"internal", PX_GRPC_INTERNAL},       {"resource-exhausted", PX_GRPC_RESOURCE_EXHAUSTED},
         {"unavailable", PX_GRPC_UNAVAILABLE},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)

@@ -192,8 +192,7 @@ void px_metrics_record(struct px_metrics_state *m, const struct px_listener_cfg 
 }
 
 void px_metrics_record_grpc(struct px_metrics_state *m, const struct px_listener_cfg *l,
-                            const char *method, int status, int grpc_status,
-                            uint64_t duration_us)
+                            const char *method, int status, int grpc_status, uint64_t duration_us)
 {
     uint8_t grpc = grpc_status >= 0 && grpc_status <= 16 ? (uint8_t)(grpc_status + 1) : GRPC_OTHER;
     record(m, l, method, status, grpc, duration_us);
@@ -513,10 +512,9 @@ static json_t *requests_json(const struct px_metrics_state *m, uint64_t *total)
             continue;
         char code[16];
         code_label(CODE_OF(s->code), code, sizeof(code));
-        json_t *o =
-            json_pack("{s:s, s:s, s:s, s:s, s:I}", "listener", m->listeners[s->lidx].name,
-                      "direction", m->listeners[s->lidx].direction, "method_class",
-                      class_names[s->cls], "code", code, "count", (json_int_t)s->count);
+        json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:I}", "listener", m->listeners[s->lidx].name,
+                              "direction", m->listeners[s->lidx].direction, "method_class",
+                              class_names[s->cls], "code", code, "count", (json_int_t)s->count);
         if (s->code >> GRPC_SHIFT) {
             char g[8];
             grpc_label((uint8_t)(s->code >> GRPC_SHIFT), g, sizeof(g));

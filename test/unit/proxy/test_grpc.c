@@ -40,10 +40,10 @@ static void timeout_units(void **state)
     assert_int_equal(tmo_ok("2M"), 120000);
     assert_int_equal(tmo_ok("3S"), 3000);
     assert_int_equal(tmo_ok("250m"), 250);
-    assert_int_equal(tmo_ok("1500u"), 2);     /* rounded up */
+    assert_int_equal(tmo_ok("1500u"), 2); /* rounded up */
     assert_int_equal(tmo_ok("1000000n"), 1);
     assert_int_equal(tmo_ok("1000001n"), 2);
-    assert_int_equal(tmo_ok("0m"), 1);        /* already due: the shortest timer */
+    assert_int_equal(tmo_ok("0m"), 1); /* already due: the shortest timer */
     assert_int_equal(tmo_ok("1n"), 1);
     assert_int_equal(tmo_ok("00000005S"), 5000); /* 8 digits, leading zeros */
     assert_int_equal(tmo_ok("99999999m"), 99999999);
@@ -53,8 +53,8 @@ static void timeout_units(void **state)
 static void timeout_malformed(void **state)
 {
     (void)state;
-    static const char *const bad[] = {"",    "S",   "5",    "5s",  "5 S", " 5S", "-5S", "+5S",
-                                      "5SS", "5.0S", "123456789S", "0x5S", "5h", "5MS"};
+    static const char *const bad[] = {"",    "S",   "5",    "5s",         "5 S",  " 5S", "-5S",
+                                      "+5S", "5SS", "5.0S", "123456789S", "0x5S", "5h",  "5MS"};
     uint64_t ms = 77;
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         if (tmo(bad[i], &ms) != -1)
@@ -148,9 +148,10 @@ static void retry_names(void **state)
     assert_int_equal(px_grpc_status_by_name("UNAVAILABLE", &c), -1);
     assert_int_equal(px_grpc_status_by_name("14", &c), -1);
 
-    const char *json = "{\"routes\": [{\"match\": {\"host\": \"s\"}, \"retries\": {\"attempts\": 2, "
-                       "\"on\": [\"unavailable\", \"cancelled\", \"503\"]}, "
-                       "\"endpoints\": [{\"address\": \"10.0.0.1:1\"}]}]}";
+    const char *json =
+        "{\"routes\": [{\"match\": {\"host\": \"s\"}, \"retries\": {\"attempts\": 2, "
+        "\"on\": [\"unavailable\", \"cancelled\", \"503\"]}, "
+        "\"endpoints\": [{\"address\": \"10.0.0.1:1\"}]}]}";
     struct px_routes *r = NULL;
     char *err = NULL;
     if (px_routes_parse("t.json", json, strlen(json), &r, &err) != 0)
@@ -207,10 +208,10 @@ static void percent_encoding(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(timeout_units),   cmocka_unit_test(timeout_malformed),
-        cmocka_unit_test(status_values),   cmocka_unit_test(resp_status_prefers_trailers),
-        cmocka_unit_test(content_types),   cmocka_unit_test(retry_names),
-        cmocka_unit_test(http_to_grpc),    cmocka_unit_test(percent_encoding),
+        cmocka_unit_test(timeout_units), cmocka_unit_test(timeout_malformed),
+        cmocka_unit_test(status_values), cmocka_unit_test(resp_status_prefers_trailers),
+        cmocka_unit_test(content_types), cmocka_unit_test(retry_names),
+        cmocka_unit_test(http_to_grpc),  cmocka_unit_test(percent_encoding),
     };
     return cmocka_run_group_tests_name("proxy/grpc", tests, NULL, NULL);
 }

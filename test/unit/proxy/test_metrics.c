@@ -137,8 +137,8 @@ static void test_grpc_status_label(void **state)
     assert_int_equal(tables()->nseries, 5);
     char *t = prom_text();
 #define G(code, g)                                                                                 \
-    "remora_requests_total{listener=\"in\",direction=\"inbound\",method_class=\"write\",code=\"" code \
-    "\",grpc_status=\"" g "\"}"
+    "remora_requests_total{listener=\"in\",direction=\"inbound\",method_class=\"write\",code="     \
+    "\"" code "\",grpc_status=\"" g "\"}"
     assert_int_equal(sample(t, G("200", "0")), 2);
     assert_int_equal(sample(t, G("200", "14")), 1);
     assert_int_equal(sample(t, G("200", "other")), 1);

@@ -131,8 +131,8 @@ static void fd_send_end(struct px_stream *s)
 static const struct px_side_ops fdown_ops = {"fake-down", fd_send_head, fd_send_data, fd_send_end,
                                              fd_pending,  fd_resume,    fd_abort};
 /* The same, named as the HTTP/2 server codec: gRPC answers need trailers. */
-static const struct px_side_ops fdown_h2_ops = {"h2-server", fd_send_head, fd_send_data, fd_send_end,
-                                                fd_pending,  fd_resume,    fd_abort};
+static const struct px_side_ops fdown_h2_ops = {
+    "h2-server", fd_send_head, fd_send_data, fd_send_end, fd_pending, fd_resume, fd_abort};
 
 static void fu_send_head(struct px_stream *s)
 {
@@ -972,7 +972,8 @@ static void grpc_timeout_answers_deadline_exceeded(void **state)
     if (!run_until(down_answered, d, 5000))
         fail_msg("no answer within 5 s");
     assert_int_equal(d->status, 200);
-    assert_non_null(strstr(d->head_hdrs, "grpc-status: 4\ngrpc-message: upstream request timeout\n"));
+    assert_non_null(
+        strstr(d->head_hdrs, "grpc-status: 4\ngrpc-message: upstream request timeout\n"));
     assert_true(ups[0].aborted);
     req_free(d);
     expect_freed();
@@ -985,7 +986,8 @@ static void grpc_timeout_malformed_refused(void **state)
     struct fake *d = grpc_start("app", "grpc-timeout", "123456789S");
     assert_int_equal(nups, 0);
     assert_int_equal(d->status, 200);
-    assert_non_null(strstr(d->head_hdrs, "grpc-status: 13\ngrpc-message: malformed grpc-timeout\n"));
+    assert_non_null(
+        strstr(d->head_hdrs, "grpc-status: 13\ngrpc-message: malformed grpc-timeout\n"));
     req_free(d);
     expect_freed();
 }
