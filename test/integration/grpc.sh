@@ -94,8 +94,10 @@ for path in "A -> B:127.0.0.1:$A_OUT" "C:127.0.0.1:$C_APP"; do
     expect_eq "$name: unary call" "$(field '.code + " " + .reply' "$out")" "OK hello grpc"
     out=$(gc "$t" stream 1000)
     expect_eq "$name: server streaming, 1000 messages in order" "$(field '.code + " " + (.n|tostring)' "$out")" "OK 1000"
+    t0=$EPOCHREALTIME
     out=$(gc "$t" bidi 10000 --timeout 120)
-    expect_eq "$name: bidirectional streaming, 10,000 messages echoed in order" \
+    dt=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%d", (b - a) * 1000}')
+    expect_eq "$name: bidirectional streaming, 10,000 messages echoed in order (${dt} ms)" \
         "$(field '.code + " " + (.n|tostring)' "$out")" "OK 10000"
     out=$(gc "$t" big 4194304 --timeout 60)
     check "$name: a 4 MB message both ways, intact" \
