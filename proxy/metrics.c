@@ -38,6 +38,13 @@ static const uint64_t bucket_le_us[PX_METRICS_NBUCKETS] = {
 };
 
 #define NCLASSES      3
+/* A gRPC request's series keeps its grpc_status label in the code's upper
+ * bits (codes stay below 1 << GRPC_SHIFT): 0 no label, 1..17 grpc_status
+ * 0..16, GRPC_OTHER "other" (none seen, or out of range). Plain requests key
+ * their series exactly as before, at no cost. */
+#define GRPC_SHIFT    10
+#define GRPC_OTHER    18
+#define CODE_OF(k)    ((uint16_t)((k) & ((1u << GRPC_SHIFT) - 1)))
 /* Bound of the /metrics text of this module (its series are bounded above:
  * a few hundred kilobytes at most). */
 #define PX_METRICS_TEXT_MAX (4 << 20)
@@ -152,17 +159,18 @@ static struct px_metrics_series *series_get(struct px_metrics_state *m, uint16_t
 static inline __attribute__((always_inline)) void record(struct px_metrics_state *m,
                                                          const struct px_listener_cfg *l,
                                                          const char *method, int status,
-                                                         uint64_t duration_us)
+                                                         uint8_t grpc, uint64_t duration_us)
 {
     const char *name = l && l->name ? l->name : "unknown";
     const char *direction = l ? dir_name(l->direction) : "unknown";
     uint16_t lidx = listener_index(m, name, direction);
     uint8_t cls = class_index(method);
+    uint16_t g = (uint16_t)(grpc << GRPC_SHIFT); /* 0 for plain requests: folded away */
     uint16_t code = code_index(status);
 
-    struct px_metrics_series *s = series_get(m, lidx, cls, code, PX_METRICS_SERIES_EXACT);
+    struct px_metrics_series *s = series_get(m, lidx, cls, code | g, PX_METRICS_SERIES_EXACT);
     if (!s && code != PX_METRICS_CODE_OTHER)
-        s = series_get(m, lidx, cls, PX_METRICS_CODE_OTHER, PX_METRICS_SERIES_MAX);
+        s = series_get(m, lidx, cls, PX_METRICS_CODE_OTHER | g, PX_METRICS_SERIES_MAX);
     if (s)
         s->count++;
     else
@@ -180,7 +188,14 @@ static inline __attribute__((always_inline)) void record(struct px_metrics_state
 void px_metrics_record(struct px_metrics_state *m, const struct px_listener_cfg *l,
                        const char *method, int status, uint64_t duration_us)
 {
-    record(m, l, method, status, duration_us);
+    record(m, l, method, status, 0, duration_us);
+}
+
+void px_metrics_record_grpc(struct px_metrics_state *m, const struct px_listener_cfg *l,
+                            const char *method, int status, int grpc_status, uint64_t duration_us)
+{
+    uint8_t grpc = grpc_status >= 0 && grpc_status <= 16 ? (uint8_t)(grpc_status + 1) : GRPC_OTHER;
+    record(m, l, method, status, grpc, duration_us);
 }
 
 void px_metrics_request(const struct px_listener_cfg *l, const char *method, int status,
@@ -188,7 +203,7 @@ void px_metrics_request(const struct px_listener_cfg *l, const char *method, int
 {
     struct px_metrics_state *m = px_srv != NULL ? px_srv->metrics : NULL;
     if (m != NULL)
-        record(m, l, method, status, duration_us);
+        record(m, l, method, status, 0, duration_us);
 }
 
 /* ---- Prometheus text (exposition format 0.0.4) ---------------------------- */
@@ -201,6 +216,14 @@ static void code_label(uint16_t code, char *buf, size_t len)
         snprintf(buf, len, "%u", (unsigned)code);
 }
 
+static void grpc_label(uint8_t grpc, char *buf, size_t len)
+{
+    if (grpc == GRPC_OTHER)
+        snprintf(buf, len, "other");
+    else
+        snprintf(buf, len, "%u", (unsigned)(grpc - 1));
+}
+
 static void write_requests(const struct px_metrics_state *m, struct cm_prom *out)
 {
     cm_prom_head(out, "remora_requests_total", "counter",
@@ -211,12 +234,17 @@ static void write_requests(const struct px_metrics_state *m, struct cm_prom *out
         if (!s->used)
             continue;
         char code[16];
-        code_label(s->code, code, sizeof(code));
+        code_label(CODE_OF(s->code), code, sizeof(code));
         cm_prom_add(out, "remora_requests_total{", 22);
         cm_prom_label(out, "listener", m->listeners[s->lidx].name, true);
         cm_prom_label(out, "direction", m->listeners[s->lidx].direction, false);
         cm_prom_label(out, "method_class", class_names[s->cls], false);
         cm_prom_label(out, "code", code, false);
+        if (s->code >> GRPC_SHIFT) {
+            char g[8];
+            grpc_label((uint8_t)(s->code >> GRPC_SHIFT), g, sizeof(g));
+            cm_prom_label(out, "grpc_status", g, false);
+        }
         cm_prom_printf(out, "} %" PRIu64 "\n", s->count);
     }
     if (m->overflow_count)
@@ -483,11 +511,16 @@ static json_t *requests_json(const struct px_metrics_state *m, uint64_t *total)
         if (!s->used)
             continue;
         char code[16];
-        code_label(s->code, code, sizeof(code));
-        json_array_append_new(
-            arr, json_pack("{s:s, s:s, s:s, s:s, s:I}", "listener", m->listeners[s->lidx].name,
-                           "direction", m->listeners[s->lidx].direction, "method_class",
-                           class_names[s->cls], "code", code, "count", (json_int_t)s->count));
+        code_label(CODE_OF(s->code), code, sizeof(code));
+        json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:I}", "listener", m->listeners[s->lidx].name,
+                              "direction", m->listeners[s->lidx].direction, "method_class",
+                              class_names[s->cls], "code", code, "count", (json_int_t)s->count);
+        if (s->code >> GRPC_SHIFT) {
+            char g[8];
+            grpc_label((uint8_t)(s->code >> GRPC_SHIFT), g, sizeof(g));
+            json_object_set_new(o, "grpc_status", json_string(g));
+        }
+        json_array_append_new(arr, o);
         *total += s->count;
     }
     if (m->overflow_count) {

@@ -67,6 +67,10 @@ void px_metrics_state_free(struct px_metrics_state *m);
  * response code (0 when no response was sent), and its duration. */
 void px_metrics_record(struct px_metrics_state *m, const struct px_listener_cfg *l,
                        const char *method, int status, uint64_t duration_us);
+/* The same for a gRPC request: the series also carries grpc_status="0".."16",
+ * or "other" (grpc_status < 0: none seen, or out of range). */
+void px_metrics_record_grpc(struct px_metrics_state *m, const struct px_listener_cfg *l,
+                            const char *method, int status, int grpc_status, uint64_t duration_us);
 /* Compatibility wrapper on px_srv->metrics (nothing without one), to be
  * removed when callers pass srv (stream.c). */
 void px_metrics_request(const struct px_listener_cfg *l, const char *method, int status,

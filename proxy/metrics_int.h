@@ -30,7 +30,8 @@ struct px_metrics_series {
     uint16_t lidx; /* index in listeners[] */
     uint8_t cls;   /* index in the method classes (read, write, other) */
     uint8_t used;
-    uint16_t code; /* 0, 100..599, PX_METRICS_CODE_OTHER */
+    uint16_t code; /* 0, 100..599, PX_METRICS_CODE_OTHER; gRPC requests add their
+                    * grpc_status label << 10 (metrics.c, GRPC_SHIFT) */
     uint64_t count;
 };
 

@@ -70,6 +70,7 @@ struct px_route {
     uint32_t retry_on; /* PX_RETRY_* */
     int retry_codes[8];
     unsigned nretry_codes;
+    uint32_t retry_grpc; /* bit n: retry on gRPC status n (proxy/grpc.h) */
     uint32_t budget_percent;
     uint32_t backoff_base_ms;
     uint32_t outlier_failures; /* 0 = no ejection */

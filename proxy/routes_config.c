@@ -11,6 +11,7 @@
 #include "common/err.h"
 #include "common/json.h"
 #include "common/xalloc.h"
+#include "proxy/grpc.h"
 #include "proxy/routes_int.h"
 
 /* Length of a Host value without its ":port" (digits only; "[v6]:port" too). */
@@ -36,6 +37,7 @@ static int parse_retry_on(const struct cm_jpath *p, json_t *arr, struct px_route
         return cm_json_fail(p, errmsg, "expected a non-empty array");
     rt->retry_on = 0;
     rt->nretry_codes = 0;
+    rt->retry_grpc = 0;
     size_t i;
     json_t *v;
     json_array_foreach(arr, i, v)
@@ -43,6 +45,7 @@ static int parse_retry_on(const struct cm_jpath *p, json_t *arr, struct px_route
         struct cm_jpath c;
         cm_jpath_index(&c, p, i);
         const char *s = json_string_value(v);
+        int gcode;
         if (s == NULL)
             return cm_json_fail(&c, errmsg, "expected a string");
         if (strcmp(s, "connect-failure") == 0)
@@ -53,13 +56,17 @@ static int parse_retry_on(const struct cm_jpath *p, json_t *arr, struct px_route
             rt->retry_on |= PX_RETRY_5XX;
         else if (strcmp(s, "gateway-error") == 0)
             rt->retry_on |= PX_RETRY_GATEWAY;
+        else if (px_grpc_status_by_name(s, &gcode) == 0)
+            rt->retry_grpc |= 1u << gcode; /* gRPC status names: proxy/grpc.c */
         else {
             char *end;
             long code = strtol(s, &end, 10);
             if (*s == '\0' || *end != '\0' || code < 100 || code > 599)
                 return cm_json_fail(&c, errmsg,
-                                    "\"%s\" is not connect-failure, reset, 5xx, gateway-error "
-                                    "or a status code",
+                                    "\"%s\" is not connect-failure, reset, 5xx, gateway-error, "
+                                    "a status code or a gRPC status (cancelled, "
+                                    "deadline-exceeded, internal, resource-exhausted, "
+                                    "unavailable)",
                                     s);
             if (rt->nretry_codes >= sizeof(rt->retry_codes) / sizeof(rt->retry_codes[0]))
                 return cm_json_fail(&c, errmsg, "at most 8 status codes");

@@ -10,6 +10,7 @@
 #include "common/xalloc.h"
 #include "proxy/authz.h"
 #include "proxy/conn.h"
+#include "proxy/grpc.h"
 #include "proxy/identity.h"
 #include "proxy/metrics.h"
 #include "proxy/pool.h"
@@ -104,6 +105,7 @@ struct px_stream *px_stream_new(struct px_conn *conn, const struct px_side_ops *
     s->attached[PX_DOWN] = true;
     s->conn_peer = conn->peer; /* a stream refused before its head still names its peer */
     s->start_us = cm_mono_us();
+    s->grpc_status = -1;
     cm_list_insert_tail(&s->srv->streams, &s->link);
     s->srv->nstreams++;
     return s;
@@ -161,7 +163,14 @@ static void record(struct px_stream *s)
     s->metrics_done = true;
     int status = s->head_sent[PX_DOWN] ? s->resp.status : 0;
     uint64_t dur = cm_mono_us() - s->start_us;
-    px_metrics_request(s->lcfg, s->req.method, status, dur);
+    if (s->grpc && s->srv->metrics != NULL) {
+        int grpc = s->grpc_status >= 0 ? s->grpc_status
+                   : status != 0       ? px_grpc_resp_status(&s->resp, s->resp_trailers)
+                                       : -1;
+        px_metrics_record_grpc(s->srv->metrics, s->lcfg, s->req.method, status, grpc, dur);
+    } else {
+        px_metrics_request(s->lcfg, s->req.method, status, dur);
+    }
     write_access_log(s, status, dur);
 }
 
@@ -289,6 +298,11 @@ void px_stream_respond(struct px_stream *s, int status, const char *body)
         warn_5xx(s, status, body); /* before the codecs may finish the stream */
     if (s->attached[PX_UP])
         abort_side(s, PX_UP);
+    if (s->grpc && px_grpc_respond(s, status, body)) {
+        if (status >= 500)
+            px_metrics.upstream_errors++;
+        return;
+    }
     size_t blen = strlen(body);
     px_msg_init(&s->resp);
     s->resp.status = status;
@@ -321,7 +335,13 @@ static void on_request_timeout(evutil_socket_t fd, short what, void *arg)
     s->retrying = s->resend_due = false;
     if (!s->head_sent[PX_DOWN])
         px_stream_respond(s, 504, px_cause_str(s->cause));
-    else {
+    else if (s->grpc && !s->ended[PX_DOWN]) {
+        /* a gRPC response under way ends with DEADLINE_EXCEEDED after what
+         * was sent, instead of a reset the client would call INTERNAL */
+        abort_side(s, PX_UP);
+        if (!px_grpc_end_with(s, PX_GRPC_DEADLINE_EXCEEDED, px_cause_str(s->cause)))
+            abort_side(s, PX_DOWN);
+    } else {
         abort_side(s, PX_UP);
         abort_side(s, PX_DOWN);
     }
@@ -521,19 +541,30 @@ static void send_try(struct px_stream *s)
  * anything of the response went to the client, within the route's
  * attempts and retry_on, for idempotent methods (any method when the
  * connection was never made), with the whole body kept, within budget. */
-static bool can_retry(struct px_stream *s, enum px_try_outcome o, int status)
+static bool can_retry_if(struct px_stream *s, enum px_try_outcome o, int status, int grpc)
 {
     struct px_route *rt = s->route;
     if (rt == NULL || s->tries - s->resends >= rt->attempts || s->head_sent[PX_DOWN] ||
         s->state != PX_STREAM_FORWARD || !s->attached[PX_DOWN] || s->aborted)
         return false;
-    if (!px_route_retry_on(rt, o, status))
+    if (grpc >= 0) {
+        /* a gRPC status the route names: every gRPC call is a POST, and
+         * naming the status is the route's word that the call may go again */
+        if (grpc > PX_GRPC_STATUS_MAX || !(rt->retry_grpc & (1u << grpc)))
+            return false;
+    } else if (!px_route_retry_on(rt, o, status)) {
         return false;
-    if (o != PX_TRY_CONNECT && !idempotent(s->req.method))
+    } else if (o != PX_TRY_CONNECT && !idempotent(s->req.method)) {
         return false;
+    }
     if (s->replay == NULL || !s->replayable)
         return false;
     return px_route_budget_retry(rt);
+}
+
+static bool can_retry(struct px_stream *s, enum px_try_outcome o, int status)
+{
+    return can_retry_if(s, o, status, -1);
 }
 
 /* May the request the upstream never processed go again? Body-less only
@@ -610,6 +641,7 @@ static void on_try_timer(evutil_socket_t fd, short what, void *arg)
         s->head_sent[PX_UP] = s->ended[PX_UP] = s->abort_sent[PX_UP] = false;
         s->paused[PX_UP] = false;
         s->resp_complete = false;
+        s->resp_held = false;
         px_msg_init(&s->resp);
         s->resp_trailers = NULL;
         s->cause = PX_CAUSE_NONE;
@@ -629,10 +661,30 @@ static void on_try_timer(evutil_socket_t fd, short what, void *arg)
     px_stream_respond(s, 504, "upstream per-try timeout");
 }
 
+/* grpc-timeout bounds the request like timeout_ms: the smaller wins. A
+ * malformed value is refused (gRPC servers treat it as an error too), so a
+ * client never runs without the deadline it thinks it set. */
+static int grpc_timeout(struct px_stream *s, uint32_t *timeout_ms)
+{
+    const struct px_hdr *h = px_msg_find(&s->req, "grpc-timeout");
+    uint64_t ms;
+    if (h == NULL)
+        return 0;
+    if (px_grpc_timeout_parse(h->value, h->valuelen, &ms) != 0) {
+        px_metrics.bad_request++;
+        px_stream_respond(s, 400, "malformed grpc-timeout");
+        return -1;
+    }
+    if (*timeout_ms == 0 || ms < *timeout_ms)
+        *timeout_ms = (uint32_t)ms;
+    return 0;
+}
+
 void px_stream_on_req_head(struct px_stream *s)
 {
     const struct px_limits *lim = &s->srv->cfg->limits;
     s->state = PX_STREAM_FORWARD;
+    s->grpc = px_grpc_is_request(&s->req); /* before anything may answer it */
     if (lim->max_request_body > 0 && s->req.content_length > 0 &&
         (uint64_t)s->req.content_length > lim->max_request_body) {
         px_metrics.body_too_big++;
@@ -653,9 +705,11 @@ void px_stream_on_req_head(struct px_stream *s)
     if (s->route != NULL)
         px_route_breakers(s->route, &s->cb);
     uint32_t timeout_ms = lim->request_timeout_ms;
+    if (s->route != NULL && s->route->timeout_ms > 0)
+        timeout_ms = s->route->timeout_ms;
+    if (s->grpc && grpc_timeout(s, &timeout_ms) != 0)
+        return;
     if (s->route != NULL) {
-        if (s->route->timeout_ms > 0)
-            timeout_ms = s->route->timeout_ms;
         px_route_budget_request(s->route);
         if (s->route->attempts > 1 && lim->retry_buffer_bytes > 0) {
             s->replay = evbuffer_new();
@@ -744,6 +798,32 @@ void px_stream_on_req_end(struct px_stream *s)
     s->ops[PX_UP]->send_end(s);
 }
 
+static void send_resp_head(struct px_stream *s)
+{
+    s->resp_held = false;
+    px_msg_strip_hop_by_hop(&s->resp, false);
+    s->head_sent[PX_DOWN] = true;
+    s->ops[PX_DOWN]->send_head(s);
+}
+
+/* The end of a response whose head was held: retry when its gRPC status is
+ * one the route names and a retry is allowed (true); otherwise send the
+ * head on (false). */
+static bool grpc_retry(struct px_stream *s)
+{
+    int g = px_grpc_resp_status(&s->resp, s->resp_trailers);
+    if (g >= 0 && g <= PX_GRPC_STATUS_MAX && (s->route->retry_grpc & (1u << g)) != 0) {
+        report_try(s, PX_TRY_5XX); /* a failure of the endpoint, as a 5xx */
+        if (can_retry_if(s, PX_TRY_5XX, 0, g)) {
+            abort_side(s, PX_UP); /* drop this answer */
+            schedule_retry(s, PX_RETRY_REASON_RETRY_ON);
+            return true;
+        }
+    }
+    send_resp_head(s);
+    return false;
+}
+
 void px_stream_on_resp_head(struct px_stream *s)
 {
     if (s->state != PX_STREAM_FORWARD || s->head_sent[PX_DOWN] || !s->attached[PX_DOWN])
@@ -760,13 +840,34 @@ void px_stream_on_resp_head(struct px_stream *s)
             return;
         }
     }
-    px_msg_strip_hop_by_hop(&s->resp, false);
-    s->head_sent[PX_DOWN] = true;
-    s->ops[PX_DOWN]->send_head(s);
+    if (s->grpc && s->route != NULL && s->route->retry_grpc != 0 && s->resp.status == 200) {
+        /* retries.on names a gRPC status: the head waits until the first
+         * DATA (no retry then) or the trailers (a trailers-only response
+         * included) tell whether the call failed with it */
+        s->resp_held = true;
+        return;
+    }
+    send_resp_head(s);
+}
+
+/* A held gRPC head goes down with the first message: the call is answered,
+ * no retry. Out of line: plain traffic never takes it. */
+static __attribute__((noinline)) void release_held_head(struct px_stream *s)
+{
+    if (s->state == PX_STREAM_FORWARD && s->attached[PX_DOWN])
+        send_resp_head(s);
+}
+
+/* The end of a response whose head was held: true when a retry took it. */
+static __attribute__((noinline)) bool held_end(struct px_stream *s)
+{
+    return s->state == PX_STREAM_FORWARD && s->attached[PX_DOWN] && grpc_retry(s);
 }
 
 bool px_stream_on_resp_data(struct px_stream *s, const uint8_t *data, size_t len)
 {
+    if (__builtin_expect(s->resp_held, 0))
+        release_held_head(s);
     if (s->state != PX_STREAM_FORWARD || !s->attached[PX_DOWN] || s->ended[PX_DOWN] ||
         !s->head_sent[PX_DOWN]) /* no body bytes ahead of a head (e.g. a 1xx's) */
         return false;
@@ -781,6 +882,8 @@ bool px_stream_on_resp_data(struct px_stream *s, const uint8_t *data, size_t len
 
 void px_stream_on_resp_end(struct px_stream *s)
 {
+    if (__builtin_expect(s->resp_held, 0) && held_end(s))
+        return;
     s->resp_complete = true;
     report_try(s, PX_TRY_OK);
     if (s->timer != NULL)

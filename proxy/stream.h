@@ -143,6 +143,11 @@ struct px_stream {
     struct cm_list qlink;             /* in queued_on->pending */
     uint64_t queue_deadline_ms;       /* monotonic: 503 when still waiting then */
     struct evbuffer *held;            /* request body that arrived while waiting, or NULL */
+    /* gRPC (proxy/grpc.h) */
+    bool grpc;          /* content-type application/grpc: errors are gRPC statuses */
+    bool resp_held;     /* the response head waits for the first DATA or the trailers
+                         * (retries.on names a gRPC status) */
+    int8_t grpc_status; /* the status the proxy answered with, or -1 */
 };
 
 /* Create a stream for a request arriving on conn; the downstream codec

@@ -9,7 +9,7 @@ pkgs=(
   libcmocka-dev
   curl nghttp2-client nghttp2-server openssl jq iproute2 iptables procps util-linux
   python3 # test helpers, the e2e pod harness (test/e2e/pod.py) and make demo
-  python3-grpcio # a real gRPC server for the health port's gRPC probes (docs/testing.md, grpc_probe.sh)
+  python3-grpcio # real gRPC servers and clients: grpc.sh (docs/grpc.md), the health port's gRPC probes (grpc_probe.sh)
   wrk haproxy nginx-light gnuplot-nox
   stunnel4 # h2spec over mTLS: a TLS relay presenting a mesh certificate (docs/testing.md)
   # make image / make image-test (docs/install.md): buildah builds the images from scratch,

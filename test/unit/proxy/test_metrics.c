@@ -124,6 +124,32 @@ static void test_series_labels(void **state)
     free(t);
 }
 
+static void test_grpc_status_label(void **state)
+{
+    (void)state;
+    struct px_metrics_state *m = srv0.metrics;
+    px_metrics_record_grpc(m, &l_in, "POST", 200, 0, 1000);
+    px_metrics_record_grpc(m, &l_in, "POST", 200, 0, 1000);
+    px_metrics_record_grpc(m, &l_in, "POST", 200, 14, 1000);
+    px_metrics_record_grpc(m, &l_in, "POST", 200, 99, 1000); /* out of range */
+    px_metrics_record_grpc(m, &l_in, "POST", 0, -1, 1000);   /* reset: none */
+    px_metrics_request(&l_in, "POST", 200, 1000);            /* not gRPC */
+    assert_int_equal(tables()->nseries, 5);
+    char *t = prom_text();
+#define G(code, g)                                                                                 \
+    "remora_requests_total{listener=\"in\",direction=\"inbound\",method_class=\"write\",code="     \
+    "\"" code "\",grpc_status=\"" g "\"}"
+    assert_int_equal(sample(t, G("200", "0")), 2);
+    assert_int_equal(sample(t, G("200", "14")), 1);
+    assert_int_equal(sample(t, G("200", "other")), 1);
+    assert_int_equal(sample(t, G("0", "other")), 1);
+#undef G
+    assert_int_equal(sample(t, "remora_requests_total{listener=\"in\",direction=\"inbound\","
+                               "method_class=\"write\",code=\"200\"}"),
+                     1);
+    free(t);
+}
+
 static void test_histogram(void **state)
 {
     (void)state;
@@ -386,6 +412,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_series_labels, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_grpc_status_label, setup, teardown),
         cmocka_unit_test_setup_teardown(test_histogram, setup, teardown),
         cmocka_unit_test_setup_teardown(test_prometheus_shape, setup, teardown),
         cmocka_unit_test_setup_teardown(test_label_escaping, setup, teardown),

@@ -65,6 +65,7 @@ struct fake {
     struct px_conn conn;
     int status;          /* of the response head sent, 0 before */
     char head_hdrs[512]; /* "name: value\n" of that head */
+    char trailers[256];  /* "name: value\n" of the trailers sent at the end */
     /* upstream */
     struct cm_addr addr;
     struct px_upstream_ep *pep; /* the pool record its "connection" counts in */
@@ -118,12 +119,20 @@ static void fd_send_head(struct px_stream *s)
 static void fd_send_end(struct px_stream *s)
 {
     struct fake *d = s->ctx[PX_DOWN];
+    const struct px_msg *t = s->resp_trailers;
+    size_t off = 0;
+    for (uint32_t i = 0; t != NULL && i < t->nhdrs && off < sizeof(d->trailers); i++)
+        off += (size_t)snprintf(d->trailers + off, sizeof(d->trailers) - off, "%s: %s\n",
+                                t->hdrs[i].name, t->hdrs[i].value);
     d->ended = true;
     fake_detach(d);
 }
 
 static const struct px_side_ops fdown_ops = {"fake-down", fd_send_head, fd_send_data, fd_send_end,
                                              fd_pending,  fd_resume,    fd_abort};
+/* The same, named as the HTTP/2 server codec: gRPC answers need trailers. */
+static const struct px_side_ops fdown_h2_ops = {
+    "h2-server", fd_send_head, fd_send_data, fd_send_end, fd_pending, fd_resume, fd_abort};
 
 static void fu_send_head(struct px_stream *s)
 {
@@ -887,6 +896,191 @@ static void queued_request_times_out_503(void **state)
     expect_freed();
 }
 
+/* ---- gRPC (proxy/grpc.c) ------------------------------------------------------------------ */
+
+/* A gRPC call on an HTTP/2 downstream, head read (extra: "name: value" or NULL). */
+static struct fake *grpc_start(const char *authority, const char *extra_name, const char *extra)
+{
+    struct fake *d = req_new("POST", "/pkg.Svc/Method", authority);
+    struct px_stream *s = d->s;
+    s->ops[PX_DOWN] = &fdown_h2_ops;
+    px_msg_add(&s->arena, &s->req, "content-type", 12, "application/grpc", 16, BIG, BIG);
+    if (extra_name != NULL)
+        px_msg_add(&s->arena, &s->req, extra_name, strlen(extra_name), extra, strlen(extra), BIG,
+                   BIG);
+    px_stream_on_req_head(s);
+    return d;
+}
+
+/* The upstream answers 200 application/grpc; grpc >= 0 adds grpc-status to
+ * the head, and end makes it trailers-only. */
+static void up_grpc_head(struct fake *u, int grpc, bool end)
+{
+    struct px_stream *s = u->s;
+    px_msg_init(&s->resp);
+    s->resp.status = 200;
+    s->resp.content_length = -1;
+    s->resp.end_stream = end;
+    px_msg_add(&s->arena, &s->resp, "content-type", 12, "application/grpc", 16, BIG, BIG);
+    if (grpc >= 0) {
+        char v[8];
+        int n = snprintf(v, sizeof(v), "%d", grpc);
+        px_msg_add(&s->arena, &s->resp, "grpc-status", 11, v, (size_t)n, BIG, BIG);
+    }
+    px_stream_on_resp_head(s);
+}
+
+static void up_grpc_trailers(struct fake *u, int grpc)
+{
+    struct px_stream *s = u->s;
+    struct px_msg *t = px_arena_alloc(&s->arena, sizeof(*t));
+    px_msg_init(t);
+    char v[8];
+    int n = snprintf(v, sizeof(v), "%d", grpc);
+    px_msg_add(&s->arena, t, "grpc-status", 11, v, (size_t)n, BIG, BIG);
+    s->resp_trailers = t;
+    up_end(u);
+}
+
+static const char grpc_routes[] =
+    "{\"routes\": [{\"match\": {\"host\": \"svc\"}, \"retries\": {\"attempts\": 3, \"on\": "
+    "[\"unavailable\"], \"backoff_base_ms\": 1}, \"endpoints\": [{\"address\": "
+    "\"127.0.0.1:9201\"}, {\"address\": \"127.0.0.1:9202\"}]}]}";
+
+/* A failed connect answers a gRPC call trailers-only: 200, grpc-status 14. */
+static void grpc_error_is_trailers_only(void **state)
+{
+    (void)state;
+    attach_fails = true;
+    struct fake *d = grpc_start("app", NULL, NULL);
+    assert_int_equal(d->status, 200);
+    assert_true(d->ended);
+    assert_string_equal(d->head_hdrs, "content-type: application/grpc\ngrpc-status: 14\n"
+                                      "grpc-message: upstream connect error\nserver: remora\n");
+    assert_string_equal(text_of(d->body), "");
+    req_free(d);
+    expect_freed();
+}
+
+/* grpc-timeout 50m bounds a request no timeout_ms bounds: grpc-status 4. */
+static void grpc_timeout_answers_deadline_exceeded(void **state)
+{
+    (void)state;
+    struct fake *d = grpc_start("app", "grpc-timeout", "50m");
+    px_stream_on_req_end(d->s);
+    assert_int_equal(nups, 1);
+    if (!run_until(down_answered, d, 5000))
+        fail_msg("no answer within 5 s");
+    assert_int_equal(d->status, 200);
+    assert_non_null(
+        strstr(d->head_hdrs, "grpc-status: 4\ngrpc-message: upstream request timeout\n"));
+    assert_true(ups[0].aborted);
+    req_free(d);
+    expect_freed();
+}
+
+/* A malformed grpc-timeout is refused before any try: grpc-status 13. */
+static void grpc_timeout_malformed_refused(void **state)
+{
+    (void)state;
+    struct fake *d = grpc_start("app", "grpc-timeout", "123456789S");
+    assert_int_equal(nups, 0);
+    assert_int_equal(d->status, 200);
+    assert_non_null(
+        strstr(d->head_hdrs, "grpc-status: 13\ngrpc-message: malformed grpc-timeout\n"));
+    req_free(d);
+    expect_freed();
+}
+
+/* A gRPC response under way when the deadline passes ends with trailers
+ * grpc-status 4 after what was sent. */
+static void grpc_timeout_mid_response_trailers(void **state)
+{
+    (void)state;
+    struct fake *d = grpc_start("app", "grpc-timeout", "60m");
+    px_stream_on_req_end(d->s);
+    up_grpc_head(&ups[0], -1, false);
+    assert_false(up_data(&ups[0], "msg"));
+    if (!run_until(no_streams, NULL, 5000))
+        fail_msg("the stream outlived its timeout");
+    assert_int_equal(d->status, 200);
+    assert_true(d->ended);
+    assert_false(d->aborted);
+    assert_true(ups[0].aborted);
+    assert_string_equal(text_of(d->body), "msg");
+    assert_string_equal(d->trailers, "grpc-status: 4\ngrpc-message: upstream request timeout\n");
+    req_free(d);
+}
+
+/* retries.on "unavailable": a trailers-only UNAVAILABLE is dropped and the
+ * call goes to the other endpoint; nothing reached the client before. */
+static void grpc_retry_trailers_only(void **state)
+{
+    (void)state;
+    load_routes(grpc_routes);
+    uint64_t retries0 = px_metrics.retries_total;
+    struct fake *d = grpc_start("svc", NULL, NULL);
+    assert_false(req_data(d, "call"));
+    px_stream_on_req_end(d->s);
+    up_grpc_head(&ups[0], 14, true);
+    assert_int_equal(d->status, 0);
+    up_end(&ups[0]);
+    assert_int_equal(d->status, 0);
+    wait_tries(2, "the retry");
+    assert_false(cm_addr_equal(&ups[1].addr, &ups[0].addr));
+    assert_string_equal(text_of(ups[1].body), "call");
+    up_grpc_head(&ups[1], -1, false);
+    assert_int_equal(d->status, 0); /* held until DATA or trailers */
+    assert_false(up_data(&ups[1], "reply"));
+    assert_int_equal(d->status, 200);
+    up_grpc_trailers(&ups[1], 0);
+    assert_string_equal(text_of(d->body), "reply");
+    assert_string_equal(d->trailers, "grpc-status: 0\n");
+    assert_int_equal(px_metrics.retries_total, retries0 + 1);
+    req_free(d);
+    expect_freed();
+}
+
+/* UNAVAILABLE in the trailers of a response without DATA is retried too;
+ * once DATA went to the client it is not. */
+static void grpc_retry_from_trailers_not_after_data(void **state)
+{
+    (void)state;
+    load_routes(grpc_routes);
+    struct fake *d = grpc_start("svc", NULL, NULL);
+    px_stream_on_req_end(d->s);
+    up_grpc_head(&ups[0], -1, false);
+    up_grpc_trailers(&ups[0], 14);
+    assert_int_equal(d->status, 0);
+    wait_tries(2, "the retry");
+    up_grpc_head(&ups[1], -1, false);
+    assert_false(up_data(&ups[1], "partial"));
+    up_grpc_trailers(&ups[1], 14);
+    assert_int_equal(d->status, 200);
+    assert_string_equal(text_of(d->body), "partial");
+    assert_string_equal(d->trailers, "grpc-status: 14\n");
+    assert_int_equal(nups, 2);
+    req_free(d);
+    expect_freed();
+}
+
+/* A status the route does not name goes to the client at once. */
+static void grpc_other_status_not_retried(void **state)
+{
+    (void)state;
+    load_routes(grpc_routes);
+    struct fake *d = grpc_start("svc", NULL, NULL);
+    px_stream_on_req_end(d->s);
+    up_grpc_head(&ups[0], 13, true);
+    up_end(&ups[0]);
+    assert_int_equal(d->status, 200);
+    assert_true(d->ended);
+    assert_non_null(strstr(d->head_hdrs, "grpc-status: 13\n"));
+    assert_int_equal(nups, 1);
+    req_free(d);
+    expect_freed();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -909,6 +1103,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(unprocessed_with_body_fails, setup, teardown),
         cmocka_unit_test_setup_teardown(queue_full_overflow_503, setup, teardown),
         cmocka_unit_test_setup_teardown(queued_request_times_out_503, setup, teardown),
+        cmocka_unit_test_setup_teardown(grpc_error_is_trailers_only, setup, teardown),
+        cmocka_unit_test_setup_teardown(grpc_timeout_answers_deadline_exceeded, setup, teardown),
+        cmocka_unit_test_setup_teardown(grpc_timeout_malformed_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(grpc_timeout_mid_response_trailers, setup, teardown),
+        cmocka_unit_test_setup_teardown(grpc_retry_trailers_only, setup, teardown),
+        cmocka_unit_test_setup_teardown(grpc_retry_from_trailers_not_after_data, setup, teardown),
+        cmocka_unit_test_setup_teardown(grpc_other_status_not_retried, setup, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     pki_rng_free();
