@@ -19,8 +19,10 @@
 #include "common/xalloc.h"
 #include "proxy/grpc_health.h"
 #include "proxy/health_int.h"
+#include "proxy/http.h"
 #include "proxy/server.h"
 #include "proxy/tcp.h" /* issue 14: /healthz/idle */
+#include "proxy/tls.h"
 
 /* ---- answering ------------------------------------------------------------------ */
 
@@ -71,9 +73,8 @@ static void on_request(struct evhttp_request *req, void *arg)
             px_health_reply_text(req, 200, "ready");
         else
             px_health_reply_text(req, 503, "not ready: %s",
-                                 px_srv == NULL             ? "server not started"
-                                 : px_srv->draining         ? "draining"
-                                 : !px_srv->listeners_bound ? "listeners not bound"
+                                 h->srv->draining           ? "draining"
+                                 : !h->srv->listeners_bound ? "listeners not bound"
                                                             : "no workload certificate yet");
         return;
     }
@@ -81,7 +82,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         /* issue 14: what the classic sidecar's preStop waits for. In flight
          * = HTTP requests (either direction) + opaque TCP connections; idle
          * keep-alive connections (a peer's pool) do not count. */
-        unsigned nreq = px_srv != NULL ? px_srv->nstreams : 0, ntcp = px_tcp_active();
+        unsigned nreq = h->srv->nstreams, ntcp = px_tcp_active();
         if (nreq + ntcp == 0)
             px_health_reply_text(req, 200, "idle");
         else
@@ -105,7 +106,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 
 /* ---- lifecycle ------------------------------------------------------------------ */
 
-int px_health_start(struct event_base *base, const struct cm_addr *addr, struct px_health **out,
+int px_health_start(struct px_server *srv, const struct cm_addr *addr, struct px_health **out,
                     char **errmsg)
 {
     char abuf[CM_ADDR_STRLEN];
@@ -116,12 +117,13 @@ int px_health_start(struct event_base *base, const struct cm_addr *addr, struct 
         return CM_ERR_IO;
     }
     struct px_health *h = cm_xcalloc(1, sizeof(*h));
-    h->base = base;
+    h->srv = srv;
+    h->base = srv->base;
     cm_list_init(&h->probes);
     cm_list_init(&h->scrapes);
     if (cm_net_local_addr(fd, &h->local) != 0)
         h->local = *addr;
-    h->http = evhttp_new(base);
+    h->http = evhttp_new(h->base);
     if (h->http == NULL) {
         close(fd);
         free(h);
@@ -145,12 +147,12 @@ int px_health_start(struct event_base *base, const struct cm_addr *addr, struct 
         return CM_ERR_IO;
     }
     const char *ip = getenv("POD_IP");
-    if (ip != NULL && strlen(ip) < sizeof(h->pod_ip) && px_health_is_field_value(ip) &&
+    if (ip != NULL && strlen(ip) < sizeof(h->pod_ip) && px_http_valid_value(ip, strlen(ip)) &&
         !strchr(ip, ' '))
         snprintf(h->pod_ip, sizeof(h->pod_ip), "%s", ip);
     px_health_load_probers(h, getenv("REMORA_APP_PROBERS"));
     px_health_load_metrics_url(h, getenv("REMORA_APP_METRICS_URL"));
-    h->grpc = px_grpc_health_new(base, getenv("REMORA_APP_GRPC_PROBERS"));
+    h->grpc = px_grpc_health_new(h->base, getenv("REMORA_APP_GRPC_PROBERS"));
     cm_info("health: serving on %s (%zu app probes)", cm_addr_format(&h->local, abuf, sizeof(abuf)),
             h->nprobers);
     *out = h;
@@ -201,7 +203,6 @@ void px_health_free(struct px_health *h)
     free(h->probers);
     free(h->metrics_host);
     free(h->metrics_target);
-    if (h->tls_ready)
-        mbedtls_ssl_config_free(&h->tls);
+    px_tls_conf_unref(h->probe_tls);
     free(h);
 }
