@@ -32,6 +32,7 @@ struct px_tls_conf {
     mbedtls_x509_crt bundle; /* trust anchors */
     bool has_own;
     bool check_spiffe; /* peers must show a SPIFFE ID in trust_domain */
+    bool no_verify;    /* px_tls_conf_new_unverified_client: the peer is not checked at all */
     char trust_domain[PKI_SPIFFE_MAX];
     const char *alpn[ALPN_MAX + 1];
     char alpn_store[ALPN_MAX][16];
@@ -215,6 +216,19 @@ int px_tls_conf_new_anon_client(const char *bundle_pem, struct px_tls_conf **out
     return 0;
 }
 
+int px_tls_conf_new_unverified_client(struct px_tls_conf **out, char **errmsg)
+{
+    struct px_tls_conf *c = conf_alloc(PX_TLS_CLIENT);
+    if (conf_defaults(c, errmsg) != 0) {
+        px_tls_conf_unref(c);
+        return CM_ERR_INVAL;
+    }
+    mbedtls_ssl_conf_authmode(&c->conf, MBEDTLS_SSL_VERIFY_NONE);
+    c->no_verify = true;
+    *out = c;
+    return 0;
+}
+
 struct px_tls_conf *px_tls_conf_ref(struct px_tls_conf *c)
 {
     c->refs++;
@@ -348,6 +362,8 @@ static int check_peer(struct px_io *io, struct tls_xprt *x)
     const mbedtls_x509_crt *peer = mbedtls_ssl_get_peer_cert(&x->ssl);
     const char *alpn = mbedtls_ssl_get_alpn_protocol(&x->ssl);
     snprintf(x->alpn, sizeof(x->alpn), "%s", alpn ? alpn : "");
+    if (x->conf->no_verify)
+        return 0; /* the app's HTTPS probes: kubelet does not verify either */
     if (!x->conf->check_spiffe) {
         /* the CA client: the server must be the CA, not a workload of the
          * mesh (whose certificates chain to the same root) */
@@ -425,7 +441,7 @@ static int tls_handshake(struct px_io *io)
         return PX_IO_FAILED;
     }
     x->established = true;
-    if (x->conf->role == PX_TLS_CLIENT && io->has_addr)
+    if (x->conf->role == PX_TLS_CLIENT && io->has_addr && !x->conf->no_verify)
         cache_store(&io->addr, &x->ssl);
     px_metrics.tls_handshakes++;
     if (x->resumed)
@@ -570,7 +586,7 @@ int px_io_start_tls(struct px_io *io, struct px_tls_conf *conf, const char *expe
     mbedtls_ssl_set_bio(&x->ssl, io, bio_send, bio_recv, NULL);
     io->xprt = x;
     io->ops = &tls_ops;
-    if (conf->role == PX_TLS_CLIENT && io->has_addr) {
+    if (conf->role == PX_TLS_CLIENT && io->has_addr && !conf->no_verify) {
         struct cached_session *e = cache_find(&io->addr);
         if (e != NULL)
             mbedtls_ssl_set_session(&x->ssl, &e->sess);

@@ -36,6 +36,10 @@ int px_tls_conf_new(enum px_tls_role role, const char *chain_pem, const char *ke
 /* A client snapshot that only verifies the server against a bundle, without
  * a client certificate (the CA client). */
 int px_tls_conf_new_anon_client(const char *bundle_pem, struct px_tls_conf **out, char **errmsg);
+/* A client snapshot that does not verify the server at all and presents no
+ * certificate: the app's HTTPS probes (kubelet does not verify them either).
+ * Its sessions are never cached nor resumed (the cache is the mesh's). */
+int px_tls_conf_new_unverified_client(struct px_tls_conf **out, char **errmsg);
 struct px_tls_conf *px_tls_conf_ref(struct px_tls_conf *c);
 void px_tls_conf_unref(struct px_tls_conf *c);
 

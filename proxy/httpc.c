@@ -1,0 +1,410 @@
+/* px_httpc (proxy/httpc.h; docs/internals/httpc.md): one request, one
+ * connection. connect -> [TLS handshake] -> write the request -> feed the
+ * answer to llhttp as it arrives -> done at the end of the message (or of
+ * the status line), at a close, an error or the deadline. */
+#include "proxy/httpc.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <event2/buffer.h>
+#include <llhttp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/xalloc.h"
+#include "proxy/http.h"
+#include "proxy/io.h"
+
+#define HTTPC_TIMEOUT_MS   10000
+#define HTTPC_MAX_HEAD     (16 * 1024)
+#define HTTPC_MAX_BODY     (256 * 1024)
+#define HTTPC_READ_LIMIT   (64 * 1024) /* input held at once: it is parsed and drained */
+#define HTTPC_MAX_REQ_HEAD (64 * 1024) /* our own request's head */
+
+enum httpc_state {
+    HC_CONNECTING = 0, /* TCP connect in progress (the request is queued when plain) */
+    HC_HANDSHAKE,      /* TLS handshake: the request is written when it completes */
+    HC_WAITING,        /* the request is out (or queued): parsing the answer */
+    HC_DONE            /* cb called (or cancelled); freed from the reap event */
+};
+
+struct px_httpc {
+    struct event_base *base;
+    struct px_io *io;
+    enum httpc_state state;
+    px_httpc_cb cb;
+    void *arg;
+    struct cm_buf req; /* the request bytes, until written */
+    bool tls;
+    bool connected; /* the TCP connect completed */
+    bool status_only;
+    uint32_t timeout_ms;
+    uint64_t deadline_us;
+    struct event *reap;
+    /* the answer */
+    llhttp_t parser;
+    bool got_bytes; /* anything at all arrived */
+    bool final;     /* the final (non-1xx) answer is complete (or its status line, status_only) */
+    struct cm_buf head; /* "name\0value\0" per field, names lower-cased */
+    size_t name_off[PX_HTTPC_MAX_HEADERS], value_off[PX_HTTPC_MAX_HEADERS];
+    size_t nfields, mark;
+    struct cm_buf body;
+    char err[512]; /* set by a parser callback that refused the answer */
+};
+
+static const llhttp_settings_t *settings(void);
+
+/* ---- finishing ------------------------------------------------------------------- */
+
+static void on_reap(evutil_socket_t fd, short what, void *arg)
+{
+    struct px_httpc *c = arg;
+    (void)fd;
+    (void)what;
+    px_io_free(c->io);
+    event_free(c->reap);
+    cm_buf_free(&c->req);
+    cm_buf_free(&c->head);
+    cm_buf_free(&c->body);
+    free(c);
+}
+
+/* Call cb once (status 0 with err, or the final status) and free on the next
+ * loop turn: we are inside one of the io's callbacks. */
+static void finish(struct px_httpc *c, int status, const char *err)
+{
+    if (c->state == HC_DONE)
+        return;
+    c->state = HC_DONE;
+    px_io_read_enable(c->io, false);
+    px_io_set_timeout(c->io, 0);
+    struct px_httpc_hdr hdrs[PX_HTTPC_MAX_HEADERS];
+    struct px_httpc_resp r = {.status = status, .err = err, .hdrs = hdrs, .body = &c->body};
+    if (status != 0) {
+        for (size_t i = 0; i < c->nfields; i++) {
+            hdrs[i].name = c->head.data + c->name_off[i];
+            hdrs[i].value = c->head.data + c->value_off[i];
+        }
+        r.nhdrs = c->nfields;
+    }
+    if (c->cb != NULL)
+        c->cb(&r, c->arg);
+    event_active(c->reap, EV_TIMEOUT, 0);
+}
+
+static void fail(struct px_httpc *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fail(struct px_httpc *c, const char *fmt, ...)
+{
+    char e[sizeof(c->err)];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e, sizeof(e), fmt, ap);
+    va_end(ap);
+    finish(c, 0, e);
+}
+
+/* ---- llhttp callbacks: the answer's fields and body, bounded ----------------------- */
+
+static int refuse(struct px_httpc *c, const char *what)
+{
+    snprintf(c->err, sizeof(c->err), "%s", what);
+    return HPE_USER;
+}
+
+static int add_head(struct px_httpc *c, const char *at, size_t len, bool lower)
+{
+    size_t from = c->head.len;
+    if (cm_buf_add(&c->head, at, len) != 0) {
+        snprintf(c->err, sizeof(c->err), "answer's header fields over %zu bytes", c->head.max);
+        return HPE_USER;
+    }
+    if (lower)
+        for (size_t i = from; i < c->head.len; i++)
+            if (c->head.data[i] >= 'A' && c->head.data[i] <= 'Z')
+                c->head.data[i] = (char)(c->head.data[i] - 'A' + 'a');
+    return 0;
+}
+
+static int on_status_complete(llhttp_t *p)
+{
+    struct px_httpc *c = p->data;
+    if (c->status_only && (p->status_code >= 200 || p->status_code == 101)) {
+        c->final = true;
+        return HPE_PAUSED;
+    }
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    return add_head(p->data, at, len, true);
+}
+
+static int on_header_field_complete(llhttp_t *p)
+{
+    struct px_httpc *c = p->data;
+    if (c->nfields == PX_HTTPC_MAX_HEADERS)
+        return refuse(c, "answer has too many header fields");
+    c->name_off[c->nfields] = c->mark;
+    int r = add_head(c, "", 1, false);
+    c->value_off[c->nfields] = c->head.len;
+    return r;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    return add_head(p->data, at, len, false);
+}
+
+static int on_header_value_complete(llhttp_t *p)
+{
+    struct px_httpc *c = p->data;
+    int r = add_head(c, "", 1, false);
+    c->nfields++;
+    c->mark = c->head.len;
+    return r;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    struct px_httpc *c = p->data;
+    if (p->status_code < 200 && p->status_code != 101) {
+        /* an interim answer (100 Continue, 103 Early Hints): its fields are not the answer's */
+        cm_buf_reset(&c->head);
+        c->nfields = 0;
+        c->mark = 0;
+    }
+    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct px_httpc *c = p->data;
+    if (cm_buf_add(&c->body, at, len) != 0) {
+        snprintf(c->err, sizeof(c->err), "answer's body over %zu bytes", c->body.max);
+        return HPE_USER;
+    }
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    struct px_httpc *c = p->data;
+    if (p->status_code < 200 && p->status_code != 101)
+        return 0; /* the final answer follows */
+    c->final = true;
+    return HPE_PAUSED;
+}
+
+static const llhttp_settings_t *settings(void)
+{
+    static llhttp_settings_t s;
+    static bool ready;
+    if (!ready) {
+        llhttp_settings_init(&s);
+        s.on_status_complete = on_status_complete;
+        s.on_header_field = on_header_field;
+        s.on_header_field_complete = on_header_field_complete;
+        s.on_header_value = on_header_value;
+        s.on_header_value_complete = on_header_value_complete;
+        s.on_headers_complete = on_headers_complete;
+        s.on_body = on_body;
+        s.on_message_complete = on_message_complete;
+        ready = true;
+    }
+    return &s;
+}
+
+/* After llhttp_execute/llhttp_finish returned e: done, or wait for more. */
+static void parsed(struct px_httpc *c, llhttp_errno_t e)
+{
+    if (c->final) {
+        finish(c, c->parser.status_code, NULL);
+    } else if (c->err[0] != '\0') {
+        /* a callback refused (llhttp reports a *_complete one as its own code) */
+        finish(c, 0, c->err);
+    } else if (e != HPE_OK) {
+        fail(c, "malformed answer: %s", llhttp_get_error_reason(&c->parser));
+    }
+}
+
+/* ---- px_io callbacks --------------------------------------------------------------- */
+
+static void on_read(struct px_io *io, void *arg)
+{
+    struct px_httpc *c = arg;
+    struct evbuffer *in = px_io_input(io);
+    while (c->state != HC_DONE && evbuffer_get_length(in) > 0) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+            break;
+        c->got_bytes = true;
+        llhttp_errno_t e = llhttp_execute(&c->parser, v.iov_base, v.iov_len);
+        evbuffer_drain(in, v.iov_len);
+        parsed(c, e);
+    }
+}
+
+static void send_request(struct px_httpc *c)
+{
+    px_io_write(c->io, c->req.data, c->req.len);
+    cm_buf_free(&c->req);
+    c->state = HC_WAITING;
+}
+
+static void on_event(struct px_io *io, int what, void *arg)
+{
+    struct px_httpc *c = arg;
+    if (c->state == HC_DONE)
+        return;
+    if (what & PX_IO_CONNECTED) {
+        /* connecting spent the timer: the rest of the one deadline */
+        uint64_t now = cm_mono_us();
+        uint64_t left = c->deadline_us > now ? (c->deadline_us - now + 999) / 1000 : 1;
+        px_io_set_timeout(io, (uint32_t)left);
+        c->connected = true;
+        if (c->tls)
+            c->state = HC_HANDSHAKE;
+        return;
+    }
+    if (what & PX_IO_HANDSHAKE) {
+        send_request(c);
+        return;
+    }
+    if (what & PX_IO_EOF) {
+        if (!c->got_bytes) {
+            fail(c, "the server closed the connection without an answer");
+            return;
+        }
+        llhttp_errno_t e = llhttp_finish(&c->parser);
+        if (!c->final && (e == HPE_OK || e == HPE_PAUSED || e == HPE_INVALID_EOF_STATE)) {
+            fail(c, "the server closed the connection before the end of the answer");
+            return;
+        }
+        parsed(c, e);
+        if (c->state != HC_DONE)
+            fail(c, "the server closed the connection before the end of the answer");
+        return;
+    }
+    if (what & PX_IO_TIMEOUT) {
+        fail(c, "no complete answer within %u ms", (unsigned)c->timeout_ms);
+        return;
+    }
+    const char *tls_err = px_io_tls_error(io);
+    if (!c->connected)
+        fail(c, "connect: %s", strerror(px_io_errno(io)));
+    else if (tls_err[0] != '\0')
+        fail(c, "TLS: %s", tls_err);
+    else
+        fail(c, "connection: %s", strerror(px_io_errno(io)));
+}
+
+/* ---- the request ------------------------------------------------------------------- */
+
+static bool valid_target(const char *t)
+{
+    if (t == NULL || t[0] != '/')
+        return false;
+    for (; *t; t++)
+        if ((unsigned char)*t <= 0x20 || (unsigned char)*t >= 0x7f)
+            return false;
+    return true;
+}
+
+static bool valid_field(const char *name, const char *value)
+{
+    return name != NULL && value != NULL && px_http_valid_name(name, strlen(name)) &&
+           px_http_valid_value(value, strlen(value));
+}
+
+/* The request's bytes into c->req; false when a part is not valid HTTP. */
+static bool build_request(struct px_httpc *c, const struct px_httpc_req *rq)
+{
+    if (rq->method == NULL || !px_http_valid_name(rq->method, strlen(rq->method)) ||
+        !valid_target(rq->target) ||
+        (rq->host != NULL && !px_http_valid_value(rq->host, strlen(rq->host))))
+        return false;
+    if (rq->body != NULL && rq->body_len > SIZE_MAX - HTTPC_MAX_REQ_HEAD)
+        return false;
+    cm_buf_init(&c->req, HTTPC_MAX_REQ_HEAD + (rq->body ? rq->body_len : 0));
+    int r = cm_buf_printf(&c->req, "%s %s HTTP/1.1\r\n", rq->method, rq->target);
+    if (rq->host != NULL)
+        r |= cm_buf_printf(&c->req, "Host: %s\r\n", rq->host);
+    for (size_t i = 0; i < rq->nhdrs; i++) {
+        if (!valid_field(rq->hdrs[i].name, rq->hdrs[i].value))
+            return false;
+        r |= cm_buf_printf(&c->req, "%s: %s\r\n", rq->hdrs[i].name, rq->hdrs[i].value);
+    }
+    if (rq->body != NULL)
+        r |= cm_buf_printf(&c->req, "Content-Length: %zu\r\n", rq->body_len);
+    r |= cm_buf_adds(&c->req, "Connection: close\r\n\r\n");
+    if (rq->body != NULL)
+        r |= cm_buf_add(&c->req, rq->body, rq->body_len);
+    return r == 0;
+}
+
+struct px_httpc *px_httpc_start(struct event_base *base, const struct px_httpc_req *rq,
+                                px_httpc_cb cb, void *arg)
+{
+    if (base == NULL || rq == NULL || rq->addr == NULL) {
+        errno = EINVAL;
+        return NULL;
+    }
+    struct px_httpc *c = cm_xcalloc(1, sizeof(*c));
+    if (!build_request(c, rq)) {
+        cm_buf_free(&c->req);
+        free(c);
+        errno = EINVAL;
+        return NULL;
+    }
+    c->timeout_ms = rq->timeout_ms ? rq->timeout_ms : HTTPC_TIMEOUT_MS;
+    c->io = px_io_connect(base, rq->addr, c->timeout_ms);
+    if (c->io == NULL) {
+        int e = errno;
+        cm_buf_free(&c->req);
+        free(c);
+        errno = e;
+        return NULL;
+    }
+    if (rq->tls != NULL && px_io_start_tls(c->io, rq->tls, rq->tls_name) != 0) {
+        px_io_free(c->io);
+        cm_buf_free(&c->req);
+        free(c);
+        errno = EINVAL;
+        return NULL;
+    }
+    c->base = base;
+    c->cb = cb;
+    c->arg = arg;
+    c->tls = rq->tls != NULL;
+    c->status_only = rq->status_only;
+    c->deadline_us = cm_mono_us() + (uint64_t)c->timeout_ms * 1000;
+    c->reap = event_new(base, -1, 0, on_reap, c);
+    cm_buf_init(&c->head, rq->max_head ? rq->max_head : HTTPC_MAX_HEAD);
+    cm_buf_init(&c->body, rq->max_body ? rq->max_body : HTTPC_MAX_BODY);
+    llhttp_init(&c->parser, HTTP_RESPONSE, settings());
+    c->parser.data = c;
+    px_io_set_read_limit(c->io, HTTPC_READ_LIMIT);
+    px_io_setcb(c->io, on_read, NULL, on_event, c);
+    px_io_set_timeout(c->io, c->timeout_ms);
+    if (!c->tls)
+        send_request(c); /* queued until the connect completes */
+    return c;
+}
+
+void px_httpc_cancel(struct px_httpc *c)
+{
+    if (c == NULL || c->state == HC_DONE)
+        return;
+    on_reap(-1, 0, c);
+}
+
+const char *px_httpc_header(const struct px_httpc_resp *r, const char *name)
+{
+    for (size_t i = 0; i < r->nhdrs; i++)
+        if (strcmp(r->hdrs[i].name, name) == 0)
+            return r->hdrs[i].value;
+    return NULL;
+}

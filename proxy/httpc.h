@@ -1,0 +1,76 @@
+/* px_httpc: the proxy's one small HTTP/1.1 client for what the proxy itself
+ * asks (the CA, the app's probes, the app's metrics, `remora-proxy wait`),
+ * apart from the data path (h1_client.c). One request per connection
+ * (Connection: close), asynchronous on px_io (plain or px_tls), the answer
+ * parsed with llhttp, bounded in time (one deadline for the whole exchange)
+ * and in size (head and body). Design note: docs/internals/httpc.md. */
+#ifndef PX_HTTPC_H
+#define PX_HTTPC_H
+
+#include <event2/event.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/buf.h"
+#include "common/net.h"
+#include "proxy/tls.h"
+
+#define PX_HTTPC_MAX_HEADERS 64 /* response fields kept; more is an error */
+
+struct px_httpc_hdr {
+    const char *name; /* as given (request) / lower-cased (response) */
+    const char *value;
+};
+
+/* What to send. Everything is borrowed for the duration of px_httpc_start:
+ * the request bytes are built there. */
+struct px_httpc_req {
+    const struct cm_addr *addr;
+    struct px_tls_conf *tls; /* NULL: plaintext; else a client snapshot (a reference is taken) */
+    const char *tls_name;    /* px_io_start_tls's expected_id (SPIFFE ID, or the CA's DNS name) */
+    const char *method;      /* "GET", "POST" */
+    const char *target;      /* origin form: "/path?query" */
+    const char *host;        /* the Host field */
+    const struct px_httpc_hdr *hdrs; /* more fields; names and values are validated */
+    size_t nhdrs;
+    const char *body; /* NULL: none (no Content-Length) */
+    size_t body_len;
+    uint32_t timeout_ms; /* connect to the end of the answer; 0: 10 s */
+    size_t max_head;     /* bytes of the answer's fields; 0: 16 KiB */
+    size_t max_body;     /* bytes of the answer's body; 0: 256 KiB */
+    bool status_only;    /* done at the final status line (the prober: kubelet reads no more) */
+};
+
+/* The answer, valid during the callback only. status is 0 when the exchange
+ * failed (err says why: connect, TLS, timeout, a malformed or over-limit
+ * answer, a close before the end); otherwise err is NULL and status is the
+ * final status (1xx answers are skipped). */
+struct px_httpc_resp {
+    int status;
+    const char *err;
+    const struct px_httpc_hdr *hdrs; /* lower-case names */
+    size_t nhdrs;
+    const struct cm_buf *body; /* empty with status_only */
+};
+
+typedef void (*px_httpc_cb)(const struct px_httpc_resp *r, void *arg);
+
+struct px_httpc;
+
+/* Start a request on `base` (px_io_init must have run for it). Returns the
+ * handle, or NULL (errno: EINVAL for a request that cannot be sent, with a
+ * field name or value that is not valid HTTP, a CR/LF in the target or a
+ * missing part; else why no socket could be made). cb is then called exactly
+ * once, from the event loop, unless px_httpc_cancel comes first; the handle
+ * frees itself after cb returns. */
+struct px_httpc *px_httpc_start(struct event_base *base, const struct px_httpc_req *req,
+                                px_httpc_cb cb, void *arg);
+/* Drop a request whose callback has not run yet; cb is not called. NULL is
+ * fine. Not from inside the request's own callback. */
+void px_httpc_cancel(struct px_httpc *c);
+
+/* The first response field of this (lower-case) name, or NULL. */
+const char *px_httpc_header(const struct px_httpc_resp *r, const char *name);
+
+#endif
