@@ -1,8 +1,9 @@
-/* A one-shot HTTPS POST over px_io + TLS: how the proxy asks the CA for a
- * certificate without blocking its event loop. */
+/* A one-shot HTTPS POST on px_httpc (proxy/httpc.h): how the proxy asks the
+ * CA for a certificate without blocking its event loop. */
 #ifndef PX_CACLIENT_H
 #define PX_CACLIENT_H
 
+#include <event2/event.h>
 #include <stddef.h>
 
 #include "common/net.h"
@@ -18,14 +19,16 @@ struct px_caclient;
 /* POST body (JSON) to https://addr/path with "Authorization: Bearer token".
  * Verifies the server against conf's bundle, refuses a workload certificate
  * and, when server_name is not NULL, checks it against the certificate's
- * DNS names. Bounded: 10 s, 256 KiB answer.
- * Returns the request handle (cancel with px_caclient_cancel) or NULL when no
- * socket could be made; cb is always called from the event loop. */
-struct px_caclient *px_caclient_post(const struct cm_addr *addr, struct px_tls_conf *conf,
-                                     const char *server_name, const char *host, const char *path,
-                                     const char *token, const char *body, px_caclient_cb cb,
-                                     void *arg);
-/* Drop a request in flight; cb is not called. */
+ * DNS names. Bounded: 10 s, 256 KiB answer; done at the end of the answer.
+ * Returns the request handle, freed after cb returns (or by
+ * px_caclient_cancel before), or NULL with errno (no socket could be made;
+ * EINVAL: the token or host is not a valid header value); cb is always called
+ * from the event loop on `base`. */
+struct px_caclient *px_caclient_post(struct event_base *base, const struct cm_addr *addr,
+                                     struct px_tls_conf *conf, const char *server_name,
+                                     const char *host, const char *path, const char *token,
+                                     const char *body, px_caclient_cb cb, void *arg);
+/* Drop a request whose cb has not run; cb is not called. NULL is fine. */
 void px_caclient_cancel(struct px_caclient *c);
 
 #endif

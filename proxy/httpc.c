@@ -296,7 +296,7 @@ static void on_event(struct px_io *io, int what, void *arg)
     if (!c->connected)
         fail(c, "connect: %s", strerror(px_io_errno(io)));
     else if (tls_err[0] != '\0')
-        fail(c, "TLS: %s", tls_err);
+        fail(c, "%s%s", strncmp(tls_err, "TLS", 3) == 0 ? "" : "TLS: ", tls_err);
     else
         fail(c, "connection: %s", strerror(px_io_errno(io)));
 }

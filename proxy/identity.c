@@ -443,8 +443,10 @@ static void send_csr(struct px_identity *id)
     /* the CA's certificate must carry ca_server_name, whatever ca_address
      * is: an IP address alone would let any certificate under the mesh root
      * pose as the CA */
-    id->inflight = px_caclient_post(&id->ca_addr, id->ca_conf, id->ca_server_name, id->ca_host,
-                                    "/v1/sign", token, body, on_ca_answer, id);
+    /* the CA mode's timer is on the server's loop: the request goes there too */
+    id->inflight =
+        px_caclient_post(event_get_base(id->timer), &id->ca_addr, id->ca_conf, id->ca_server_name,
+                         id->ca_host, "/v1/sign", token, body, on_ca_answer, id);
     free(body);
     if (id->inflight == NULL) {
         set_error(id, "CA: %s", strerror(errno));
