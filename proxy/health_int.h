@@ -9,8 +9,6 @@
 
 #include <event2/event.h>
 #include <event2/http.h>
-#include <mbedtls/net_sockets.h>
-#include <mbedtls/ssl.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -18,6 +16,7 @@
 #include "common/list.h"
 #include "common/net.h"
 #include "proxy/health.h"
+#include "proxy/tls.h"
 
 #define HEALTH_MAX_HEADERS   8192
 #define HEALTH_TIMEOUT_S     10 /* kubelet's side of the connection */
@@ -27,8 +26,7 @@
 #define MAX_PROBE_HEADERS    32          /* httpHeaders per probe */
 #define MAX_INFLIGHT         64          /* probes and scrapes at once; more get 503 */
 #define PROBE_MAX_TIMEOUT_MS 60000
-#define STATUS_LINE_MAX      512 /* bytes read before the status line must end */
-#define SCRAPE_TIMEOUT_S     5
+#define SCRAPE_TIMEOUT_MS    5000
 #define SCRAPE_MAX_BODY      (8u << 20) /* app metrics text */
 
 /* One rewritten probe, from REMORA_APP_PROBERS. */
@@ -55,11 +53,11 @@ struct px_health {
     bool app_metrics;
     char *metrics_host;
     uint16_t metrics_port;
+    struct cm_addr metrics_addr;
     char *metrics_target;
     struct cm_list probes, scrapes; /* struct probe (prober.c), struct scrape (scrape.c) */
     unsigned ninflight;
-    mbedtls_ssl_config tls; /* client, no verification: HTTPS probes */
-    bool tls_ready;
+    struct px_tls_conf *probe_tls; /* HTTPS probes (no verification); made at the first */
     struct px_grpc_health *grpc; /* gRPC probes (proxy/grpc_health.h), never NULL once started */
 };
 
@@ -70,7 +68,6 @@ void px_health_reply_text(struct evhttp_request *req, int status, const char *fm
     __attribute__((format(printf, 3, 4)));
 
 /* prober.c */
-bool px_health_is_field_value(const char *s);
 void px_health_prober_deinit(struct prober *p);
 void px_health_load_probers(struct px_health *h, const char *env);
 const struct prober *px_health_find_prober(const struct px_health *h, const char *path);
@@ -78,9 +75,6 @@ void px_health_start_probe(struct px_health *h, const struct prober *pr,
                            struct evhttp_request *req);
 /* Answer every probe in flight 503 "shutting down" and free it. */
 void px_health_probes_abort(struct px_health *h);
-/* The status code from the bytes read so far: >0 found, 0 need more, -1 bad
- * (the prober's and `wait`'s). */
-int px_health_status_line(const char *buf, size_t len);
 
 /* scrape.c */
 void px_health_load_metrics_url(struct px_health *h, const char *url);

@@ -19,8 +19,10 @@
 #include "common/xalloc.h"
 #include "proxy/grpc_health.h"
 #include "proxy/health_int.h"
+#include "proxy/http.h"
 #include "proxy/server.h"
 #include "proxy/tcp.h" /* issue 14: /healthz/idle */
+#include "proxy/tls.h"
 
 /* ---- answering ------------------------------------------------------------------ */
 
@@ -145,7 +147,7 @@ int px_health_start(struct event_base *base, const struct cm_addr *addr, struct 
         return CM_ERR_IO;
     }
     const char *ip = getenv("POD_IP");
-    if (ip != NULL && strlen(ip) < sizeof(h->pod_ip) && px_health_is_field_value(ip) &&
+    if (ip != NULL && strlen(ip) < sizeof(h->pod_ip) && px_http_valid_value(ip, strlen(ip)) &&
         !strchr(ip, ' '))
         snprintf(h->pod_ip, sizeof(h->pod_ip), "%s", ip);
     px_health_load_probers(h, getenv("REMORA_APP_PROBERS"));
@@ -201,7 +203,6 @@ void px_health_free(struct px_health *h)
     free(h->probers);
     free(h->metrics_host);
     free(h->metrics_target);
-    if (h->tls_ready)
-        mbedtls_ssl_config_free(&h->tls);
+    px_tls_conf_unref(h->probe_tls);
     free(h);
 }

@@ -197,12 +197,33 @@ static void mark_connection_tokens(struct px_msg *m, const char *value, size_t l
     }
 }
 
-/* The fixed hop-by-hop list (RFC 9110 7.6.1, RFC 9113 8.2.2). */
+/* The fixed hop-by-hop list (RFC 9110 7.6.1, RFC 9113 8.2.2): the one list,
+ * also used by the health port's prober (px_http_is_hop_by_hop). */
+static const struct {
+    const char *name;
+    size_t len;
+} hop_by_hop[] = {{"te", 2},
+                  {"upgrade", 7},
+                  {"connection", 10},
+                  {"keep-alive", 10},
+                  {"http2-settings", 14},
+                  {"proxy-connection", 16},
+                  {"transfer-encoding", 17}};
+
 static bool is_hop_by_hop(const struct px_hdr *h)
 {
-    return PX_HDR_IS(h, "te") || PX_HDR_IS(h, "upgrade") || PX_HDR_IS(h, "connection") ||
-           PX_HDR_IS(h, "keep-alive") || PX_HDR_IS(h, "http2-settings") ||
-           PX_HDR_IS(h, "proxy-connection") || PX_HDR_IS(h, "transfer-encoding");
+    for (size_t i = 0; i < sizeof(hop_by_hop) / sizeof(hop_by_hop[0]); i++)
+        if (px_hdr_is(h, hop_by_hop[i].name, hop_by_hop[i].len))
+            return true;
+    return false;
+}
+
+bool px_http_is_hop_by_hop(const char *name, size_t len)
+{
+    for (size_t i = 0; i < sizeof(hop_by_hop) / sizeof(hop_by_hop[0]); i++)
+        if (len == hop_by_hop[i].len && strncasecmp(name, hop_by_hop[i].name, len) == 0)
+            return true;
+    return false;
 }
 
 void px_msg_strip_hop_by_hop(struct px_msg *m, bool keep_te_trailers)

@@ -74,6 +74,11 @@ bool px_hdr_has_token(const char *value, size_t len, const char *token);
  * "trailers" when keep_te_trailers), Upgrade, Proxy-Authorization is NOT
  * removed (end-to-end for us). */
 void px_msg_strip_hop_by_hop(struct px_msg *m, bool keep_te_trailers);
+/* Is `name` (len bytes, any case) one of the fixed hop-by-hop fields that
+ * px_msg_strip_hop_by_hop removes (Connection, Keep-Alive, Proxy-Connection,
+ * Transfer-Encoding, TE, Upgrade, HTTP2-Settings)? Fields a Connection
+ * header names are the caller's to check (px_hdr_has_token). */
+bool px_http_is_hop_by_hop(const char *name, size_t len);
 /* Is this a valid header field name / value (RFC 9110 tokens, no CR/LF/NUL)? */
 bool px_http_valid_name(const char *s, size_t len);
 bool px_http_valid_value(const char *s, size_t len);

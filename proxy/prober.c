@@ -15,41 +15,30 @@
  * app's port must not send kubelet there), anything else (no answer, a
  * timeout, a malformed status line) is 503 with the reason in the body.
  *
- * The prober is a small state machine on a raw non-blocking socket
- * (connect -> [TLS handshake] -> write request -> read status line) rather
- * than evhttp's client, which has no TLS of ours. /metrics uses the evhttp
- * client (scrape.c): there the body matters, and only plaintext is supported. */
+ * The request goes out on px_httpc (proxy/httpc.h) with status_only: llhttp
+ * reads the status line, px_tls_conf_new_unverified_client is the TLS. The
+ * fields copied from kubelet's request leave out http.c's hop-by-hop list
+ * (px_http_is_hop_by_hop), whatever its Connection field names, and fields
+ * that are not valid HTTP (px_http_valid_name / _value). */
 #include "proxy/health.h"
 
 #include <errno.h>
-#include <event2/buffer.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <jansson.h>
-#include <mbedtls/error.h>
-#include <mbedtls/net_sockets.h>
-#include <mbedtls/ssl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
+#include <strings.h>
 
-#include "certs/pki.h"
 #include "common/list.h"
 #include "common/log.h"
 #include "common/xalloc.h"
 #include "proxy/health_int.h"
-
-enum probe_state {
-    PROBE_CONNECTING = 0, /* non-blocking connect() in progress */
-    PROBE_HANDSHAKE,      /* TLS handshake (HTTPS probes) */
-    PROBE_WRITING,        /* sending the request */
-    PROBE_READING         /* waiting for the status line */
-};
+#include "proxy/http.h"
+#include "proxy/httpc.h"
+#include "proxy/tls.h"
 
 /* One probe in flight: kubelet's request waits for the app's status. */
 struct probe {
@@ -57,44 +46,10 @@ struct probe {
     struct cm_list link;
     struct evhttp_request *req; /* kubelet's, answered exactly once */
     const struct prober *pr;
-    enum probe_state state;
-    int fd;
-    struct event *io;    /* fd readiness, re-armed for what the next step needs */
-    struct event *timer; /* the probe's timeoutSeconds */
-    bool has_ssl;
-    mbedtls_ssl_context ssl;
-    mbedtls_net_context net;
-    char *out; /* the request */
-    size_t outlen, outoff;
-    char in[STATUS_LINE_MAX];
-    size_t inlen;
+    struct px_httpc *call; /* the request to the app; frees itself after its callback */
 };
 
 /* ---- REMORA_APP_PROBERS ------------------------------------------------------ */
-
-/* A header field name: an HTTP token. */
-static bool is_token(const char *s)
-{
-    if (*s == '\0')
-        return false;
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c <= 0x20 || c >= 0x7f || strchr("()<>@,;:\\\"/[]?={}", c) != NULL)
-            return false;
-    }
-    return true;
-}
-
-/* A header value: no control characters (CR/LF would inject lines). */
-bool px_health_is_field_value(const char *s)
-{
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if ((c < 0x20 && c != '\t') || c == 0x7f)
-            return false;
-    }
-    return true;
-}
 
 /* The request target for `path`: a leading '/', and every byte that cannot
  * appear raw in a request line percent-encoded (kubelet builds a URL). */
@@ -136,7 +91,7 @@ static bool prober_parse(const char *path, json_t *v, struct prober *p, const ch
 {
     memset(p, 0, sizeof(*p));
     json_t *http = json_object_get(v, "httpGet");
-    if (path[0] != '/' || !px_health_is_field_value(path)) {
+    if (path[0] != '/' || !px_http_valid_value(path, strlen(path))) {
         *why = "the key is not a path";
         return false;
     }
@@ -173,7 +128,8 @@ static bool prober_parse(const char *path, json_t *v, struct prober *p, const ch
     {
         const char *n = json_string_value(json_object_get(hv, "name"));
         const char *val = json_string_value(json_object_get(hv, "value"));
-        if (n == NULL || val == NULL || !is_token(n) || !px_health_is_field_value(val)) {
+        if (n == NULL || val == NULL || !px_http_valid_name(n, strlen(n)) ||
+            !px_http_valid_value(val, strlen(val))) {
             *why = "httpGet.httpHeaders has an entry that is not a valid {name, value}";
             return false;
         }
@@ -253,27 +209,17 @@ const struct prober *px_health_find_prober(const struct px_health *h, const char
 
 static void probe_free(struct probe *p)
 {
-    if (p->io != NULL)
-        event_free(p->io);
-    if (p->timer != NULL)
-        event_free(p->timer);
-    if (p->has_ssl)
-        mbedtls_ssl_free(&p->ssl);
-    if (p->fd >= 0)
-        close(p->fd);
     cm_list_remove(&p->link);
     p->h->ninflight--;
-    free(p->out);
     free(p);
 }
 
-/* Answer kubelet and free. Called from the probe's own events, which are
- * freed here: libevent allows freeing the event whose callback is running. */
-static void probe_done(struct probe *p, int status, const char *fmt, ...)
+/* Answer kubelet with status and the reason in the body. */
+static void probe_reply(struct probe *p, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-static void probe_done(struct probe *p, int status, const char *fmt, ...)
+static void probe_reply(struct probe *p, int status, const char *fmt, ...)
 {
-    char why[256];
+    char why[700];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(why, sizeof(why), fmt, ap);
@@ -281,189 +227,47 @@ static void probe_done(struct probe *p, int status, const char *fmt, ...)
     if (status >= 300 || status < 200)
         cm_debug("health: %s -> %d (%s)", p->pr->path, status, why);
     px_health_reply_text(p->req, status, "%s", why);
+}
+
+/* The app's answer (its final status line: status_only), or why there was
+ * none; the px_httpc frees itself after this. */
+static void on_probe_answer(const struct px_httpc_resp *r, void *arg)
+{
+    struct probe *p = arg;
+    int code = r->status;
+    if (code == 0)
+        probe_reply(p, 503, "app probe: 127.0.0.1:%u: %s", (unsigned)p->pr->port, r->err);
+    else if (code >= 200 && code < 300)
+        probe_reply(p, code, "app probe: %d", code);
+    else if (code >= 300 && code < 400)
+        probe_reply(p, 200, "app probe: %d (a redirect counts as success)", code);
+    else if (code >= 400 && code < 600)
+        probe_reply(p, code, "app probe: %d", code);
+    else
+        probe_reply(p, 503, "app probe: status %d", code);
     probe_free(p);
 }
 
-static void on_probe_io(evutil_socket_t fd, short what, void *arg);
-
-static void probe_wait(struct probe *p, short what)
+/* Not copied from kubelet's request to the app although not hop-by-hop:
+ * Host is the probe's, there is no body, and a proxy credential is never the
+ * app's. */
+static bool probe_own_header(const char *name)
 {
-    event_del(p->io);
-    event_assign(p->io, p->h->base, p->fd, what, on_probe_io, p);
-    event_add(p->io, NULL);
-}
-
-/* The status code from the bytes read so far: >0 found, 0 need more, -1 bad. */
-int px_health_status_line(const char *buf, size_t len)
-{
-    const char *eol = memchr(buf, '\n', len);
-    if (eol == NULL)
-        return len >= STATUS_LINE_MAX ? -1 : 0;
-    if (len < 12 || memcmp(buf, "HTTP/1.", 7) != 0 || buf[8] != ' ')
-        return -1;
-    int code = 0;
-    for (int i = 9; i < 12; i++) {
-        if (buf[i] < '0' || buf[i] > '9')
-            return -1;
-        code = code * 10 + (buf[i] - '0');
-    }
-    return code >= 100 ? code : -1;
-}
-
-/* mbedTLS return values WANT_READ / WANT_WRITE: wait; others are final. */
-static bool tls_wait(struct probe *p, int r)
-{
-    if (r == MBEDTLS_ERR_SSL_WANT_READ) {
-        probe_wait(p, EV_READ);
-        return true;
-    }
-    if (r == MBEDTLS_ERR_SSL_WANT_WRITE) {
-        probe_wait(p, EV_WRITE);
-        return true;
-    }
+    static const char *const own[] = {"host", "content-length", "trailer", "proxy-authorization",
+                                      NULL};
+    for (int i = 0; own[i] != NULL; i++)
+        if (strcasecmp(name, own[i]) == 0)
+            return true;
     return false;
 }
 
-static void probe_step(struct probe *p)
+/* Does a Connection field of kubelet's request name `name`? */
+static bool connection_names(struct evkeyvalq *in, const char *name)
 {
-    for (;;) {
-        switch (p->state) {
-        case PROBE_CONNECTING: {
-            int err = 0;
-            socklen_t elen = sizeof(err);
-            if (getsockopt(p->fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0)
-                err = errno;
-            if (err != 0) {
-                probe_done(p, 503, "app probe: connect to 127.0.0.1:%u: %s", (unsigned)p->pr->port,
-                           strerror(err));
-                return;
-            }
-            p->state = p->pr->https ? PROBE_HANDSHAKE : PROBE_WRITING;
-            if (p->pr->https) {
-                mbedtls_ssl_init(&p->ssl);
-                p->has_ssl = true;
-                int r = mbedtls_ssl_setup(&p->ssl, &p->h->tls);
-                if (r != 0) {
-                    probe_done(p, 503, "app probe: TLS setup failed (-0x%04x)", (unsigned)-r);
-                    return;
-                }
-                p->net.fd = p->fd;
-                mbedtls_ssl_set_bio(&p->ssl, &p->net, mbedtls_net_send, mbedtls_net_recv, NULL);
-            }
-            break;
-        }
-        case PROBE_HANDSHAKE: {
-            int r = mbedtls_ssl_handshake(&p->ssl);
-            if (tls_wait(p, r))
-                return;
-            if (r != 0) {
-                char e[128];
-                mbedtls_strerror(r, e, sizeof(e));
-                probe_done(p, 503, "app probe: TLS handshake with 127.0.0.1:%u: %s",
-                           (unsigned)p->pr->port, e);
-                return;
-            }
-            p->state = PROBE_WRITING;
-            break;
-        }
-        case PROBE_WRITING: {
-            const unsigned char *b = (const unsigned char *)p->out + p->outoff;
-            size_t left = p->outlen - p->outoff;
-            ssize_t n;
-            if (p->has_ssl) {
-                int r = mbedtls_ssl_write(&p->ssl, b, left);
-                if (tls_wait(p, r))
-                    return;
-                n = r;
-            } else {
-                n = send(p->fd, b, left, MSG_NOSIGNAL);
-                if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-                    probe_wait(p, EV_WRITE);
-                    return;
-                }
-            }
-            if (n <= 0) {
-                probe_done(p, 503, "app probe: sending the request failed");
-                return;
-            }
-            p->outoff += (size_t)n;
-            if (p->outoff == p->outlen)
-                p->state = PROBE_READING;
-            break;
-        }
-        case PROBE_READING: {
-            unsigned char *b = (unsigned char *)p->in + p->inlen;
-            size_t room = sizeof(p->in) - p->inlen;
-            ssize_t n;
-            if (p->has_ssl) {
-                int r = mbedtls_ssl_read(&p->ssl, b, room);
-                if (tls_wait(p, r))
-                    return;
-                n = r == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY ? 0 : r;
-            } else {
-                n = recv(p->fd, b, room, 0);
-                if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-                    probe_wait(p, EV_READ);
-                    return;
-                }
-            }
-            if (n <= 0) {
-                probe_done(p, 503, "app probe: the app closed the connection without a status");
-                return;
-            }
-            p->inlen += (size_t)n;
-            int code = px_health_status_line(p->in, p->inlen);
-            if (code == 0)
-                break;
-            if (code < 0) {
-                probe_done(p, 503, "app probe: malformed status line from the app");
-            } else if (code >= 200 && code < 300) {
-                probe_done(p, code, "app probe: %d", code);
-            } else if (code >= 300 && code < 400) {
-                probe_done(p, 200, "app probe: %d (a redirect counts as success)", code);
-            } else if (code >= 400 && code < 600) {
-                probe_done(p, code, "app probe: %d", code);
-            } else {
-                probe_done(p, 503, "app probe: status %d", code);
-            }
-            return;
-        }
-        }
-    }
-}
-
-static void on_probe_io(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    probe_step(arg);
-}
-
-static void on_probe_timeout(evutil_socket_t fd, short what, void *arg)
-{
-    struct probe *p = arg;
-    (void)fd;
-    (void)what;
-    probe_done(p, 503, "app probe: no status from 127.0.0.1:%u within %u ms", (unsigned)p->pr->port,
-               p->pr->timeout_ms);
-}
-
-/* Is `name` one of the fields we never copy from kubelet's request? */
-static bool hop_header(const char *name)
-{
-    static const char *const skip[] = {"host",
-                                       "connection",
-                                       "keep-alive",
-                                       "te",
-                                       "trailer",
-                                       "transfer-encoding",
-                                       "upgrade",
-                                       "content-length",
-                                       "proxy-connection",
-                                       "proxy-authorization",
-                                       NULL};
-    for (int i = 0; skip[i] != NULL; i++)
-        if (strcasecmp(name, skip[i]) == 0)
+    struct evkeyval *kv;
+    for (kv = in->tqh_first; kv != NULL; kv = kv->next.tqe_next)
+        if (strcasecmp(kv->key, "connection") == 0 &&
+            px_hdr_has_token(kv->value, strlen(kv->value), name))
             return true;
     return false;
 }
@@ -476,52 +280,7 @@ static bool prober_sets(const struct prober *pr, const char *name)
     return false;
 }
 
-/* The request kubelet would have sent: its own headers (User-Agent, Accept)
- * unless the probe sets them, the probe's httpHeaders, Host as the probe's
- * (the pod IP and the app's port) unless httpHeaders names one. */
-static char *probe_request(const struct px_health *h, const struct prober *pr,
-                           struct evhttp_request *req, size_t *len)
-{
-    struct evbuffer *b = evbuffer_new();
-    evbuffer_add_printf(b, "GET %s HTTP/1.1\r\n", pr->target);
-    if (!prober_sets(pr, "host"))
-        evbuffer_add_printf(b, "Host: %s%s%s:%u\r\n", strchr(h->pod_ip, ':') ? "[" : "",
-                            h->pod_ip[0] ? h->pod_ip : "127.0.0.1",
-                            strchr(h->pod_ip, ':') ? "]" : "", (unsigned)pr->port);
-    struct evkeyval *kv;
-    for (kv = evhttp_request_get_input_headers(req)->tqh_first; kv != NULL;
-         kv = kv->next.tqe_next) { /* TAILQ_FOREACH, which event2 does not export */
-        if (!hop_header(kv->key) && !prober_sets(pr, kv->key) &&
-            px_health_is_field_value(kv->value))
-            evbuffer_add_printf(b, "%s: %s\r\n", kv->key, kv->value);
-    }
-    for (size_t i = 0; i < pr->nheaders; i++)
-        evbuffer_add_printf(b, "%s: %s\r\n", pr->hname[i], pr->hvalue[i]);
-    evbuffer_add_printf(b, "Connection: close\r\n\r\n");
-    *len = evbuffer_get_length(b);
-    char *s = cm_xmalloc(*len + 1);
-    evbuffer_remove(b, s, *len);
-    s[*len] = '\0';
-    evbuffer_free(b);
-    return s;
-}
-
-static bool tls_config_ready(struct px_health *h)
-{
-    if (h->tls_ready)
-        return true;
-    mbedtls_ssl_config_init(&h->tls);
-    if (mbedtls_ssl_config_defaults(&h->tls, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM,
-                                    MBEDTLS_SSL_PRESET_DEFAULT) != 0) {
-        mbedtls_ssl_config_free(&h->tls);
-        return false;
-    }
-    /* kubelet does not verify the app's certificate for HTTPS probes */
-    mbedtls_ssl_conf_authmode(&h->tls, MBEDTLS_SSL_VERIFY_NONE);
-    mbedtls_ssl_conf_rng(&h->tls, pki_rng_fn, pki_rng());
-    h->tls_ready = true;
-    return true;
-}
+#define PROBE_MAX_FIELDS (MAX_PROBE_HEADERS + 64) /* kubelet's fields, then the probe's */
 
 void px_health_start_probe(struct px_health *h, const struct prober *pr, struct evhttp_request *req)
 {
@@ -529,41 +288,67 @@ void px_health_start_probe(struct px_health *h, const struct prober *pr, struct 
         px_health_reply_text(req, 503, "app probe: too many probes in flight");
         return;
     }
-    if (pr->https && !tls_config_ready(h)) {
-        px_health_reply_text(req, 503, "app probe: cannot set up TLS");
+    if (pr->https && h->probe_tls == NULL) {
+        char *err = NULL;
+        if (px_tls_conf_new_unverified_client(&h->probe_tls, &err) != 0) {
+            px_health_reply_text(req, 503, "app probe: cannot set up TLS: %s", err ? err : "?");
+            free(err);
+            return;
+        }
+    }
+    /* The request kubelet would have sent: Host as the probe's (the pod IP
+     * and the app's port) unless httpHeaders names one, kubelet's own fields
+     * (User-Agent, Accept) unless the probe sets them, then httpHeaders. */
+    struct px_httpc_hdr f[PROBE_MAX_FIELDS];
+    size_t n = 0;
+    char host[96];
+    if (!prober_sets(pr, "host")) {
+        bool v6 = strchr(h->pod_ip, ':') != NULL;
+        snprintf(host, sizeof(host), "%s%s%s:%u", v6 ? "[" : "",
+                 h->pod_ip[0] ? h->pod_ip : "127.0.0.1", v6 ? "]" : "", (unsigned)pr->port);
+        f[n++] = (struct px_httpc_hdr){"Host", host};
+    }
+    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    struct evkeyval *kv;
+    for (kv = in->tqh_first; kv != NULL && n < PROBE_MAX_FIELDS - pr->nheaders;
+         kv = kv->next.tqe_next) { /* TAILQ_FOREACH, which event2 does not export */
+        size_t nl = strlen(kv->key);
+        if (!px_http_is_hop_by_hop(kv->key, nl) && !probe_own_header(kv->key) &&
+            !connection_names(in, kv->key) && !prober_sets(pr, kv->key) &&
+            px_http_valid_name(kv->key, nl) && px_http_valid_value(kv->value, strlen(kv->value)))
+            f[n++] = (struct px_httpc_hdr){kv->key, kv->value};
+    }
+    for (size_t i = 0; i < pr->nheaders; i++)
+        f[n++] = (struct px_httpc_hdr){pr->hname[i], pr->hvalue[i]};
+
+    struct cm_addr a;
+    char ap[32];
+    snprintf(ap, sizeof(ap), "127.0.0.1:%u", (unsigned)pr->port);
+    if (cm_addr_parse(ap, &a) != 0) {
+        px_health_reply_text(req, 503, "app probe: bad port %u", (unsigned)pr->port);
         return;
     }
+    struct px_httpc_req rq = {.addr = &a,
+                              .tls = pr->https ? h->probe_tls : NULL,
+                              .method = "GET",
+                              .target = pr->target,
+                              .hdrs = f,
+                              .nhdrs = n,
+                              .timeout_ms = pr->timeout_ms,
+                              .status_only = true};
     struct probe *p = cm_xcalloc(1, sizeof(*p));
     p->h = h;
     p->req = req;
     p->pr = pr;
-    p->fd = -1;
+    p->call = px_httpc_start(h->base, &rq, on_probe_answer, p);
+    if (p->call == NULL) {
+        px_health_reply_text(req, 503, "app probe: 127.0.0.1:%u: %s", (unsigned)pr->port,
+                             strerror(errno));
+        free(p);
+        return;
+    }
     cm_list_insert_tail(&h->probes, &p->link);
     h->ninflight++;
-    p->out = probe_request(h, pr, req, &p->outlen);
-    p->io = event_new(h->base, -1, 0, on_probe_io, p);
-    p->timer = evtimer_new(h->base, on_probe_timeout, p);
-    struct timeval tv = {pr->timeout_ms / 1000, (pr->timeout_ms % 1000) * 1000};
-    evtimer_add(p->timer, &tv);
-
-    struct sockaddr_in sin;
-    memset(&sin, 0, sizeof(sin));
-    sin.sin_family = AF_INET;
-    sin.sin_port = htons(pr->port);
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    p->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (p->fd < 0) {
-        probe_done(p, 503, "app probe: socket: %s", strerror(errno));
-        return;
-    }
-    int one = 1;
-    setsockopt(p->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (connect(p->fd, (struct sockaddr *)&sin, sizeof(sin)) != 0 && errno != EINPROGRESS) {
-        probe_done(p, 503, "app probe: connect to 127.0.0.1:%u: %s", (unsigned)pr->port,
-                   strerror(errno));
-        return;
-    }
-    probe_wait(p, EV_WRITE);
 }
 
 void px_health_probes_abort(struct px_health *h)
@@ -572,6 +357,8 @@ void px_health_probes_abort(struct px_health *h)
     cm_list_foreach_safe(pos, tmp, &h->probes)
     {
         struct probe *p = cm_container_of(pos, struct probe, link);
-        probe_done(p, 503, "shutting down");
+        px_httpc_cancel(p->call);
+        probe_reply(p, 503, "shutting down");
+        probe_free(p);
     }
 }

@@ -1,56 +1,62 @@
 /* `remora-proxy wait` (proxy/health.h): block until the health port says
- * ready, or (--drain) idle. Blocking sockets, no event loop. */
+ * ready, or (--drain) idle. Each poll is one px_httpc GET run to its end on a
+ * private event loop: the command blocks, the proxy's loop is not involved. */
 #include "proxy/health.h"
 
+#include <errno.h>
+#include <event2/event.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "common/log.h"
 #include "proxy/health_int.h"
+#include "proxy/httpc.h"
+#include "proxy/io.h"
 
 /* ---- remora-proxy wait ---------------------------------------------------------- */
 
-/* One blocking GET of `path` (/healthz/ready, /healthz/idle); the status, or
- * 0 when there was none. */
+struct once {
+    bool done;
+    int status;
+};
+
+static void on_status(const struct px_httpc_resp *r, void *arg)
+{
+    struct once *o = arg;
+    o->done = true;
+    o->status = r->status;
+}
+
+/* One GET of `path` (/healthz/ready, /healthz/idle) on px_httpc, run to its
+ * end on a private event loop (bounded: 1 s); the status, or 0 when there was
+ * none. */
 static int status_once(const struct cm_addr *addr, const char *path)
 {
-    int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
+    struct event_base *base = event_base_new();
+    if (base == NULL)
         return 0;
-    struct timeval tv = {1, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    int code = 0;
-    if (connect(fd, (const struct sockaddr *)&addr->ss, addr->len) == 0) {
-        char req[128];
-        int rl = snprintf(req, sizeof(req),
-                          "GET %s HTTP/1.1\r\nHost: localhost\r\n"
-                          "User-Agent: remora-proxy-wait\r\nConnection: close\r\n\r\n",
-                          path);
-        char buf[STATUS_LINE_MAX];
-        size_t len = 0;
-        if (rl > 0 && (size_t)rl < sizeof(req) &&
-            send(fd, req, (size_t)rl, MSG_NOSIGNAL) == (ssize_t)rl) {
-            while (len < sizeof(buf)) {
-                ssize_t n = recv(fd, buf + len, sizeof(buf) - len, 0);
-                if (n <= 0)
-                    break;
-                len += (size_t)n;
-                int c = px_health_status_line(buf, len);
-                if (c != 0) {
-                    code = c > 0 ? c : 0;
-                    break;
-                }
-            }
-        }
+    px_io_init(base);
+    const struct px_httpc_hdr ua[] = {{"User-Agent", "remora-proxy-wait"}};
+    struct px_httpc_req rq = {.addr = addr,
+                              .method = "GET",
+                              .target = path,
+                              .host = "localhost",
+                              .hdrs = ua,
+                              .nhdrs = 1,
+                              .timeout_ms = 1000,
+                              .status_only = true};
+    struct once o = {0};
+    if (px_httpc_start(base, &rq, on_status, &o) != NULL) {
+        while (!o.done && event_base_loop(base, EVLOOP_ONCE) == 0)
+            ;
+        event_base_loop(base, EVLOOP_NONBLOCK); /* the request frees itself */
     }
-    close(fd);
-    return code;
+    px_io_deinit();
+    event_base_free(base);
+    return o.status;
 }
 
 static long mono_ms(void)
