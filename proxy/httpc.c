@@ -30,6 +30,21 @@ enum httpc_state {
     HC_DONE            /* cb called (or cancelled); freed from the reap event */
 };
 
+/* The answer side: llhttp and what its callbacks keep, bounded. */
+struct px_httpc_answer {
+    llhttp_t parser;
+    bool status_only;
+    bool got_bytes; /* anything at all arrived */
+    bool final;     /* the final (non-1xx) answer is complete (or its status line, status_only) */
+    int result;     /* PX_HTTPC_MORE, _DONE, _FAILED: the answer's fate, once settled */
+    struct cm_buf head; /* "name\0value\0" per field, names lower-cased */
+    size_t name_off[PX_HTTPC_MAX_HEADERS], value_off[PX_HTTPC_MAX_HEADERS];
+    size_t nfields, mark;
+    struct px_httpc_hdr hdrs[PX_HTTPC_MAX_HEADERS]; /* filled by px_httpc_answer_result */
+    struct cm_buf body;
+    char err[512];
+};
+
 struct px_httpc {
     struct event_base *base;
     struct px_io *io;
@@ -39,19 +54,10 @@ struct px_httpc {
     struct cm_buf req; /* the request bytes, until written */
     bool tls;
     bool connected; /* the TCP connect completed */
-    bool status_only;
     uint32_t timeout_ms;
     uint64_t deadline_us;
     struct event *reap;
-    /* the answer */
-    llhttp_t parser;
-    bool got_bytes; /* anything at all arrived */
-    bool final;     /* the final (non-1xx) answer is complete (or its status line, status_only) */
-    struct cm_buf head; /* "name\0value\0" per field, names lower-cased */
-    size_t name_off[PX_HTTPC_MAX_HEADERS], value_off[PX_HTTPC_MAX_HEADERS];
-    size_t nfields, mark;
-    struct cm_buf body;
-    char err[512]; /* set by a parser callback that refused the answer */
+    struct px_httpc_answer *ans;
 };
 
 static const llhttp_settings_t *settings(void);
@@ -66,13 +72,12 @@ static void on_reap(evutil_socket_t fd, short what, void *arg)
     px_io_free(c->io);
     event_free(c->reap);
     cm_buf_free(&c->req);
-    cm_buf_free(&c->head);
-    cm_buf_free(&c->body);
+    px_httpc_answer_free(c->ans);
     free(c);
 }
 
-/* Call cb once (status 0 with err, or the final status) and free on the next
- * loop turn: we are inside one of the io's callbacks. */
+/* Call cb once (status 0 with err, or the answer) and free on the next loop
+ * turn: we are inside one of the io's callbacks. */
 static void finish(struct px_httpc *c, int status, const char *err)
 {
     if (c->state == HC_DONE)
@@ -80,14 +85,12 @@ static void finish(struct px_httpc *c, int status, const char *err)
     c->state = HC_DONE;
     px_io_read_enable(c->io, false);
     px_io_set_timeout(c->io, 0);
-    struct px_httpc_hdr hdrs[PX_HTTPC_MAX_HEADERS];
-    struct px_httpc_resp r = {.status = status, .err = err, .hdrs = hdrs, .body = &c->body};
-    if (status != 0) {
-        for (size_t i = 0; i < c->nfields; i++) {
-            hdrs[i].name = c->head.data + c->name_off[i];
-            hdrs[i].value = c->head.data + c->value_off[i];
-        }
-        r.nhdrs = c->nfields;
+    struct px_httpc_resp r;
+    px_httpc_answer_result(c->ans, &r);
+    if (status == 0) {
+        r.status = 0;
+        r.err = err;
+        r.nhdrs = 0;
     }
     if (c->cb != NULL)
         c->cb(&r, c->arg);
@@ -97,7 +100,7 @@ static void finish(struct px_httpc *c, int status, const char *err)
 static void fail(struct px_httpc *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void fail(struct px_httpc *c, const char *fmt, ...)
 {
-    char e[sizeof(c->err)];
+    char e[640];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(e, sizeof(e), fmt, ap);
@@ -107,31 +110,31 @@ static void fail(struct px_httpc *c, const char *fmt, ...)
 
 /* ---- llhttp callbacks: the answer's fields and body, bounded ----------------------- */
 
-static int refuse(struct px_httpc *c, const char *what)
+static int refuse(struct px_httpc_answer *a, const char *what)
 {
-    snprintf(c->err, sizeof(c->err), "%s", what);
+    snprintf(a->err, sizeof(a->err), "%s", what);
     return HPE_USER;
 }
 
-static int add_head(struct px_httpc *c, const char *at, size_t len, bool lower)
+static int add_head(struct px_httpc_answer *a, const char *at, size_t len, bool lower)
 {
-    size_t from = c->head.len;
-    if (cm_buf_add(&c->head, at, len) != 0) {
-        snprintf(c->err, sizeof(c->err), "answer's header fields over %zu bytes", c->head.max);
+    size_t from = a->head.len;
+    if (cm_buf_add(&a->head, at, len) != 0) {
+        snprintf(a->err, sizeof(a->err), "answer's header fields over %zu bytes", a->head.max);
         return HPE_USER;
     }
     if (lower)
-        for (size_t i = from; i < c->head.len; i++)
-            if (c->head.data[i] >= 'A' && c->head.data[i] <= 'Z')
-                c->head.data[i] = (char)(c->head.data[i] - 'A' + 'a');
+        for (size_t i = from; i < a->head.len; i++)
+            if (a->head.data[i] >= 'A' && a->head.data[i] <= 'Z')
+                a->head.data[i] = (char)(a->head.data[i] - 'A' + 'a');
     return 0;
 }
 
 static int on_status_complete(llhttp_t *p)
 {
-    struct px_httpc *c = p->data;
-    if (c->status_only && (p->status_code >= 200 || p->status_code == 101)) {
-        c->final = true;
+    struct px_httpc_answer *a = p->data;
+    if (a->status_only && (p->status_code >= 200 || p->status_code == 101)) {
+        a->final = true;
         return HPE_PAUSED;
     }
     return 0;
@@ -144,12 +147,14 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
 
 static int on_header_field_complete(llhttp_t *p)
 {
-    struct px_httpc *c = p->data;
-    if (c->nfields == PX_HTTPC_MAX_HEADERS)
-        return refuse(c, "answer has too many header fields");
-    c->name_off[c->nfields] = c->mark;
-    int r = add_head(c, "", 1, false);
-    c->value_off[c->nfields] = c->head.len;
+    struct px_httpc_answer *a = p->data;
+    if (a->nfields == PX_HTTPC_MAX_HEADERS)
+        return refuse(a, "answer has too many header fields");
+    if (a->head.len == a->mark) /* llhttp 8.1 lets ":v" through after a bare CR */
+        return refuse(a, "malformed answer: a header field without a name");
+    a->name_off[a->nfields] = a->mark;
+    int r = add_head(a, "", 1, false);
+    a->value_off[a->nfields] = a->head.len;
     return r;
 }
 
@@ -160,30 +165,30 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
 
 static int on_header_value_complete(llhttp_t *p)
 {
-    struct px_httpc *c = p->data;
-    int r = add_head(c, "", 1, false);
-    c->nfields++;
-    c->mark = c->head.len;
+    struct px_httpc_answer *a = p->data;
+    int r = add_head(a, "", 1, false);
+    a->nfields++;
+    a->mark = a->head.len;
     return r;
 }
 
 static int on_headers_complete(llhttp_t *p)
 {
-    struct px_httpc *c = p->data;
+    struct px_httpc_answer *a = p->data;
     if (p->status_code < 200 && p->status_code != 101) {
         /* an interim answer (100 Continue, 103 Early Hints): its fields are not the answer's */
-        cm_buf_reset(&c->head);
-        c->nfields = 0;
-        c->mark = 0;
+        cm_buf_reset(&a->head);
+        a->nfields = 0;
+        a->mark = 0;
     }
     return 0;
 }
 
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
-    struct px_httpc *c = p->data;
-    if (cm_buf_add(&c->body, at, len) != 0) {
-        snprintf(c->err, sizeof(c->err), "answer's body over %zu bytes", c->body.max);
+    struct px_httpc_answer *a = p->data;
+    if (cm_buf_add(&a->body, at, len) != 0) {
+        snprintf(a->err, sizeof(a->err), "answer's body over %zu bytes", a->body.max);
         return HPE_USER;
     }
     return 0;
@@ -191,10 +196,10 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
 
 static int on_message_complete(llhttp_t *p)
 {
-    struct px_httpc *c = p->data;
+    struct px_httpc_answer *a = p->data;
     if (p->status_code < 200 && p->status_code != 101)
         return 0; /* the final answer follows */
-    c->final = true;
+    a->final = true;
     return HPE_PAUSED;
 }
 
@@ -217,20 +222,98 @@ static const llhttp_settings_t *settings(void)
     return &s;
 }
 
-/* After llhttp_execute/llhttp_finish returned e: done, or wait for more. */
-static void parsed(struct px_httpc *c, llhttp_errno_t e)
+/* After llhttp_execute/llhttp_finish returned e: settle the answer's fate. */
+static int settle(struct px_httpc_answer *a, llhttp_errno_t e)
 {
-    if (c->final) {
-        finish(c, c->parser.status_code, NULL);
-    } else if (c->err[0] != '\0') {
+    if (a->final) {
+        a->result = PX_HTTPC_DONE;
+    } else if (a->err[0] != '\0') {
         /* a callback refused (llhttp reports a *_complete one as its own code) */
-        finish(c, 0, c->err);
+        a->result = PX_HTTPC_FAILED;
     } else if (e != HPE_OK) {
-        fail(c, "malformed answer: %s", llhttp_get_error_reason(&c->parser));
+        snprintf(a->err, sizeof(a->err), "malformed answer: %s",
+                 llhttp_get_error_reason(&a->parser));
+        a->result = PX_HTTPC_FAILED;
     }
+    return a->result;
+}
+
+struct px_httpc_answer *px_httpc_answer_new(size_t max_head, size_t max_body, bool status_only)
+{
+    struct px_httpc_answer *a = cm_xcalloc(1, sizeof(*a));
+    a->status_only = status_only;
+    cm_buf_init(&a->head, max_head ? max_head : HTTPC_MAX_HEAD);
+    cm_buf_init(&a->body, max_body ? max_body : HTTPC_MAX_BODY);
+    llhttp_init(&a->parser, HTTP_RESPONSE, settings());
+    a->parser.data = a;
+    return a;
+}
+
+int px_httpc_answer_feed(struct px_httpc_answer *a, const char *data, size_t len)
+{
+    if (a->result != PX_HTTPC_MORE || len == 0)
+        return a->result;
+    a->got_bytes = true;
+    return settle(a, llhttp_execute(&a->parser, data, len));
+}
+
+int px_httpc_answer_eof(struct px_httpc_answer *a)
+{
+    if (a->result != PX_HTTPC_MORE)
+        return a->result;
+    if (!a->got_bytes) {
+        snprintf(a->err, sizeof(a->err), "the server closed the connection without an answer");
+        a->result = PX_HTTPC_FAILED;
+        return a->result;
+    }
+    llhttp_errno_t e = llhttp_finish(&a->parser);
+    /* a body delimited by the close ends here; anything else was cut */
+    if (settle(a, e == HPE_INVALID_EOF_STATE ? HPE_OK : e) == PX_HTTPC_MORE) {
+        snprintf(a->err, sizeof(a->err),
+                 "the server closed the connection before the end of the answer");
+        a->result = PX_HTTPC_FAILED;
+    }
+    return a->result;
+}
+
+void px_httpc_answer_result(struct px_httpc_answer *a, struct px_httpc_resp *r)
+{
+    memset(r, 0, sizeof(*r));
+    r->body = &a->body;
+    r->hdrs = a->hdrs;
+    if (a->result == PX_HTTPC_FAILED) {
+        r->err = a->err;
+        return;
+    }
+    if (a->result != PX_HTTPC_DONE)
+        return;
+    r->status = a->parser.status_code;
+    for (size_t i = 0; i < a->nfields; i++) {
+        a->hdrs[i].name = a->head.data + a->name_off[i];
+        a->hdrs[i].value = a->head.data + a->value_off[i];
+    }
+    r->nhdrs = a->nfields;
+}
+
+void px_httpc_answer_free(struct px_httpc_answer *a)
+{
+    if (a == NULL)
+        return;
+    cm_buf_free(&a->head);
+    cm_buf_free(&a->body);
+    free(a);
 }
 
 /* ---- px_io callbacks --------------------------------------------------------------- */
+
+/* The answer's fate settled: tell the caller. */
+static void answered(struct px_httpc *c, int result)
+{
+    if (result == PX_HTTPC_DONE)
+        finish(c, 1, NULL);
+    else if (result == PX_HTTPC_FAILED)
+        finish(c, 0, c->ans->err);
+}
 
 static void on_read(struct px_io *io, void *arg)
 {
@@ -240,10 +323,9 @@ static void on_read(struct px_io *io, void *arg)
         struct evbuffer_iovec v;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
             break;
-        c->got_bytes = true;
-        llhttp_errno_t e = llhttp_execute(&c->parser, v.iov_base, v.iov_len);
+        int r = px_httpc_answer_feed(c->ans, v.iov_base, v.iov_len);
         evbuffer_drain(in, v.iov_len);
-        parsed(c, e);
+        answered(c, r);
     }
 }
 
@@ -274,18 +356,7 @@ static void on_event(struct px_io *io, int what, void *arg)
         return;
     }
     if (what & PX_IO_EOF) {
-        if (!c->got_bytes) {
-            fail(c, "the server closed the connection without an answer");
-            return;
-        }
-        llhttp_errno_t e = llhttp_finish(&c->parser);
-        if (!c->final && (e == HPE_OK || e == HPE_PAUSED || e == HPE_INVALID_EOF_STATE)) {
-            fail(c, "the server closed the connection before the end of the answer");
-            return;
-        }
-        parsed(c, e);
-        if (c->state != HC_DONE)
-            fail(c, "the server closed the connection before the end of the answer");
+        answered(c, px_httpc_answer_eof(c->ans));
         return;
     }
     if (what & PX_IO_TIMEOUT) {
@@ -379,13 +450,9 @@ struct px_httpc *px_httpc_start(struct event_base *base, const struct px_httpc_r
     c->cb = cb;
     c->arg = arg;
     c->tls = rq->tls != NULL;
-    c->status_only = rq->status_only;
     c->deadline_us = cm_mono_us() + (uint64_t)c->timeout_ms * 1000;
     c->reap = event_new(base, -1, 0, on_reap, c);
-    cm_buf_init(&c->head, rq->max_head ? rq->max_head : HTTPC_MAX_HEAD);
-    cm_buf_init(&c->body, rq->max_body ? rq->max_body : HTTPC_MAX_BODY);
-    llhttp_init(&c->parser, HTTP_RESPONSE, settings());
-    c->parser.data = c;
+    c->ans = px_httpc_answer_new(rq->max_head, rq->max_body, rq->status_only);
     px_io_set_read_limit(c->io, HTTPC_READ_LIMIT);
     px_io_setcb(c->io, on_read, NULL, on_event, c);
     px_io_set_timeout(c->io, c->timeout_ms);

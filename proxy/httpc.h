@@ -70,6 +70,26 @@ struct px_httpc *px_httpc_start(struct event_base *base, const struct px_httpc_r
  * fine. Not from inside the request's own callback. */
 void px_httpc_cancel(struct px_httpc *c);
 
+/* The answer side alone: the llhttp response parser px_httpc feeds what it
+ * reads to (and test/fuzz/fuzz_httpc_response.c drives). Bounds as in
+ * px_httpc_req (0: the defaults). Feeding returns PX_HTTPC_MORE until the
+ * answer's fate is settled, then PX_HTTPC_DONE (the final answer, or its
+ * status line with status_only) or PX_HTTPC_FAILED (malformed, over a bound,
+ * cut by the close), and the same on every later call. */
+#define PX_HTTPC_MORE   0
+#define PX_HTTPC_DONE   1
+#define PX_HTTPC_FAILED (-1)
+struct px_httpc_answer;
+struct px_httpc_answer *px_httpc_answer_new(size_t max_head, size_t max_body, bool status_only);
+int px_httpc_answer_feed(struct px_httpc_answer *a, const char *data, size_t len);
+/* The server closed: a body delimited by the close ends here. */
+int px_httpc_answer_eof(struct px_httpc_answer *a);
+/* The answer so far as px_httpc's callback gets it (status 0 and err when it
+ * failed, status 0 and no err while it is not settled); valid until the next
+ * feed or free. */
+void px_httpc_answer_result(struct px_httpc_answer *a, struct px_httpc_resp *r);
+void px_httpc_answer_free(struct px_httpc_answer *a);
+
 /* The first response field of this (lower-case) name, or NULL. */
 const char *px_httpc_header(const struct px_httpc_resp *r, const char *name);
 
