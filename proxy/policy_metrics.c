@@ -9,6 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/err.h"
+#include "common/log.h"
+#include "common/prom.h"
 #include "common/xalloc.h"
 #include "proxy/metrics.h"
 #include "proxy/policy.h"
@@ -85,14 +88,17 @@ void px_policy_metrics_reset(void)
     ndseries = 0;
 }
 
-static void write_family(struct evbuffer *out, const char *name, const char *help, bool audit)
+/* Bound of this writer's text: 4097 series x 2 families of at most
+ * PX_POLICY_MAX_NAME-byte rule names come to about 1.6 MB. */
+#define POLICY_TEXT_MAX (4u << 20)
+
+static void write_family(struct cm_prom *out, const char *name, const char *help, bool audit)
 {
-    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
+    cm_prom_head(out, name, "counter", help);
     if (dseries == NULL) {
-        evbuffer_add_printf(out, "%s{rule=\"default\"} 0\n", name);
+        cm_prom_printf(out, "%s{rule=\"default\"} 0\n", name);
         return;
     }
-    /* Rule names are [A-Za-z0-9._:/-]: nothing to escape in the label. */
     for (uint32_t i = 0; i <= PX_POLICY_MAX_SERIES; i++) {
         const struct dseries *s = &dseries[i];
         if (s->rule == NULL)
@@ -100,20 +106,33 @@ static void write_family(struct evbuffer *out, const char *name, const char *hel
         uint64_t v = audit ? s->audit : s->enforced;
         if (v == 0 && i > 0)
             continue; /* a series exists once that kind of denial happened */
-        evbuffer_add_printf(out, "%s{rule=\"%s\"} %" PRIu64 "\n", name, s->rule, v);
+        cm_prom_printf(out, "%s{", name);
+        cm_prom_label(out, "rule", s->rule, true);
+        cm_prom_printf(out, "} %" PRIu64 "\n", v);
     }
 }
 
-void px_policy_metrics_prometheus(struct evbuffer *out)
+void px_policy_metrics_prometheus(struct evbuffer *dst)
 {
-    write_family(out, "remora_policy_denials_total",
+    struct cm_prom out;
+    cm_prom_init(&out, POLICY_TEXT_MAX);
+    write_family(&out, "remora_policy_denials_total",
                  "Requests denied by the authorization policy (403) and TCP connections it "
                  "closed, by the rule that decided (rule=\"default\": no rule allowed it).",
                  false);
-    write_family(out, "remora_policy_audit_denials_total",
+    write_family(&out, "remora_policy_audit_denials_total",
                  "Requests and TCP connections an audit-mode policy would have denied (they were "
                  "let through), by rule.",
                  true);
+    size_t len;
+    int err;
+    char *text = cm_prom_take(&out, &len, &err);
+    if (err != CM_OK) /* bounded series: only a code change can pass the bound */
+        cm_error("policy metrics: text over %u bytes (%s): left out of /metrics", POLICY_TEXT_MAX,
+                 cm_err_str(err));
+    else
+        evbuffer_add(dst, text, len);
+    free(text);
 }
 
 static json_t *family_json(bool audit)

@@ -4,10 +4,13 @@
 
 #include <event2/buffer.h>
 #include <event2/http.h>
+#include <inttypes.h>
 #include <stdlib.h>
 
 #include "common/clock.h"
+#include "common/err.h"
 #include "common/log.h"
+#include "common/prom.h"
 #include "proxy/admin.h"
 #include "proxy/pool.h"
 #include "proxy/routes_int.h"
@@ -139,13 +142,18 @@ uint64_t px_routes_ejections_total(const struct px_routes_state *rs)
     return rs->ejections_total;
 }
 
-void px_routes_write_prometheus(struct evbuffer *out, void *arg)
+/* Bound of this writer's text: about 550 bytes per endpoint. */
+#define ROUTES_TEXT_MAX (8u << 20)
+
+void px_routes_write_prometheus(struct evbuffer *dst, void *arg)
 {
     const struct px_routes_state *rs = arg;
     if (rs->cur == NULL)
         return;
-    evbuffer_add_printf(out, "# HELP remora_endpoint_requests_total Tries sent to an endpoint, by "
-                             "outcome.\n# TYPE remora_endpoint_requests_total counter\n");
+    struct cm_prom prom, *out = &prom;
+    cm_prom_init(out, ROUTES_TEXT_MAX);
+    cm_prom_head(out, "remora_endpoint_requests_total", "counter",
+                 "Tries sent to an endpoint, by outcome.");
     for (const struct px_ep_state *s = rs->states; s != NULL; s = s->next) {
         char a[CM_ADDR_STRLEN];
         cm_addr_format(&s->addr, a, sizeof(a));
@@ -157,23 +165,30 @@ void px_routes_write_prometheus(struct evbuffer *out, void *arg)
                     {"reset", s->fail_reset},
                     {"timeout", s->fail_timeout},
                     {"5xx", s->fail_5xx}};
-        for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
-            evbuffer_add_printf(out,
-                                "remora_endpoint_requests_total{endpoint=\"%s\",outcome=\"%s\"} "
-                                "%llu\n",
-                                a, rows[i].o, (unsigned long long)rows[i].v);
+        for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+            cm_prom_add(out, "remora_endpoint_requests_total{", 31);
+            cm_prom_label(out, "endpoint", a, true);
+            cm_prom_label(out, "outcome", rows[i].o, false);
+            cm_prom_printf(out, "} %" PRIu64 "\n", rows[i].v);
+        }
     }
-    evbuffer_add_printf(out, "# HELP remora_endpoint_ejected 1 while an endpoint is ejected.\n"
-                             "# TYPE remora_endpoint_ejected gauge\n");
+    cm_prom_head(out, "remora_endpoint_ejected", "gauge", "1 while an endpoint is ejected.");
     uint64_t now = cm_mono_ms();
     for (const struct px_ep_state *s = rs->states; s != NULL; s = s->next) {
         char a[CM_ADDR_STRLEN];
-        evbuffer_add_printf(out, "remora_endpoint_ejected{endpoint=\"%s\"} %d\n",
-                            cm_addr_format(&s->addr, a, sizeof(a)), px_ep_ejected(s, now) ? 1 : 0);
+        cm_prom_add(out, "remora_endpoint_ejected{", 24);
+        cm_prom_label(out, "endpoint", cm_addr_format(&s->addr, a, sizeof(a)), true);
+        cm_prom_printf(out, "} %d\n", px_ep_ejected(s, now) ? 1 : 0);
     }
-    evbuffer_add_printf(out,
-                        "# HELP remora_outlier_ejections_total Endpoints ejected by outlier "
-                        "detection.\n# TYPE remora_outlier_ejections_total counter\n"
-                        "remora_outlier_ejections_total %llu\n",
-                        (unsigned long long)rs->ejections_total);
+    cm_prom_u64(out, "remora_outlier_ejections_total", "counter",
+                "Endpoints ejected by outlier detection.", rs->ejections_total);
+    size_t len;
+    int err;
+    char *text = cm_prom_take(out, &len, &err);
+    if (err != CM_OK)
+        cm_error("routes metrics: text over %u bytes (%s): left out of /metrics", ROUTES_TEXT_MAX,
+                 cm_err_str(err));
+    else
+        evbuffer_add(dst, text, len);
+    free(text);
 }
