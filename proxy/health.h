@@ -20,12 +20,14 @@ struct px_health;
  * (REMORA_APP_PROBERS, REMORA_APP_METRICS_URL, POD_IP) once, here; a bad
  * value is logged once and leaves that feature off, never fails the start.
  * Returns 0 and *out (free with px_health_free), or CM_ERR_IO with *errmsg
- * (caller frees) when the address cannot be bound. */
+ * (caller frees) when the address cannot be bound. srv is borrowed for the
+ * health port's life: its loop, its readiness and what it has in flight. */
+struct px_server;
+int px_health_start(struct px_server *srv, const struct cm_addr *addr, struct px_health **out,
+                    char **errmsg);
 /* A second address for the same server (health.address6); one whose family
  * is not available here is skipped with a warning. 0 or CM_ERR_IO. */
 int px_health_listen_optional(struct px_health *h, const struct cm_addr *addr, char **errmsg);
-int px_health_start(struct event_base *base, const struct cm_addr *addr, struct px_health **out,
-                    char **errmsg);
 /* The bound address (port 0 resolved). */
 void px_health_local_addr(const struct px_health *h, struct cm_addr *out);
 /* Answer what is in flight with 503, close everything, free. NULL is fine. */

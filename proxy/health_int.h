@@ -43,7 +43,8 @@ struct prober {
 struct px_grpc_health;
 
 struct px_health {
-    struct event_base *base; /* borrowed: the proxy's loop */
+    struct px_server *srv;   /* borrowed: the proxy (readiness, what is in flight) */
+    struct event_base *base; /* borrowed: srv's loop */
     struct evhttp *http;
     struct cm_addr local;
     struct prober *probers;

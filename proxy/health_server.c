@@ -73,9 +73,8 @@ static void on_request(struct evhttp_request *req, void *arg)
             px_health_reply_text(req, 200, "ready");
         else
             px_health_reply_text(req, 503, "not ready: %s",
-                                 px_srv == NULL             ? "server not started"
-                                 : px_srv->draining         ? "draining"
-                                 : !px_srv->listeners_bound ? "listeners not bound"
+                                 h->srv->draining           ? "draining"
+                                 : !h->srv->listeners_bound ? "listeners not bound"
                                                             : "no workload certificate yet");
         return;
     }
@@ -83,7 +82,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         /* issue 14: what the classic sidecar's preStop waits for. In flight
          * = HTTP requests (either direction) + opaque TCP connections; idle
          * keep-alive connections (a peer's pool) do not count. */
-        unsigned nreq = px_srv != NULL ? px_srv->nstreams : 0, ntcp = px_tcp_active();
+        unsigned nreq = h->srv->nstreams, ntcp = px_tcp_active();
         if (nreq + ntcp == 0)
             px_health_reply_text(req, 200, "idle");
         else
@@ -107,7 +106,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 
 /* ---- lifecycle ------------------------------------------------------------------ */
 
-int px_health_start(struct event_base *base, const struct cm_addr *addr, struct px_health **out,
+int px_health_start(struct px_server *srv, const struct cm_addr *addr, struct px_health **out,
                     char **errmsg)
 {
     char abuf[CM_ADDR_STRLEN];
@@ -118,12 +117,13 @@ int px_health_start(struct event_base *base, const struct cm_addr *addr, struct 
         return CM_ERR_IO;
     }
     struct px_health *h = cm_xcalloc(1, sizeof(*h));
-    h->base = base;
+    h->srv = srv;
+    h->base = srv->base;
     cm_list_init(&h->probes);
     cm_list_init(&h->scrapes);
     if (cm_net_local_addr(fd, &h->local) != 0)
         h->local = *addr;
-    h->http = evhttp_new(base);
+    h->http = evhttp_new(h->base);
     if (h->http == NULL) {
         close(fd);
         free(h);

@@ -219,7 +219,7 @@ int px_server_run(struct px_config *cfg)
     }
     /* the health port for kubelet and Prometheus (proxy/health_server.c) */
     if (cfg->has_health &&
-        (px_health_start(srv->base, &cfg->health_addr, &health, &err) != 0 ||
+        (px_health_start(srv, &cfg->health_addr, &health, &err) != 0 ||
          (cfg->has_health6 && px_health_listen_optional(health, &cfg->health_addr6, &err) != 0))) {
         cm_error("%s", err);
         rc = CM_ERR_IO;

@@ -75,6 +75,10 @@ P1=$PID
 H=http://127.0.0.1:$HP
 code() { curl -s -m 15 -o "$TMP/body" -w '%{http_code}' "$@"; }
 
+expect_eq "GET /healthz/ready: 200" "$(code "$H/healthz/ready")" 200
+expect_eq "GET /healthz/idle with nothing in flight: 200" "$(code "$H/healthz/idle")" 200
+expect_eq "POST to the health port: 405" "$(code -X POST "$H/healthz/ready")" 405
+
 # ---- probes ----------------------------------------------------------------------
 # kubelet's request, byte for byte (raw.py): fields that must not reach the app
 "$REMORA_ROOT/test/tools/raw.py" "127.0.0.1:$HP" \
