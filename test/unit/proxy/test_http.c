@@ -451,6 +451,24 @@ static void valid_names(void **state)
     assert_true(px_http_valid_name("ab\0", 2)); /* only len bytes count */
 }
 
+/* px_http_is_hop_by_hop: the list px_msg_strip_hop_by_hop removes, any case
+ * (the health port's prober checks kubelet's field names with it). */
+static void hop_by_hop_names(void **state)
+{
+    (void)state;
+    const char *hop[] = {"Connection", "keep-alive", "PROXY-CONNECTION", "Transfer-Encoding",
+                         "te", "Upgrade", "HTTP2-Settings"};
+    const char *not_hop[] = {"host", "content-length", "trailer", "proxy-authorization",
+                             "tex", "t", "", "connectio", "x-connection"};
+    for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
+        assert_true(px_http_is_hop_by_hop(hop[i], strlen(hop[i])));
+    for (size_t i = 0; i < sizeof(not_hop) / sizeof(not_hop[0]); i++)
+        assert_false(px_http_is_hop_by_hop(not_hop[i], strlen(not_hop[i])));
+    /* the length is what counts, not a terminator */
+    assert_true(px_http_is_hop_by_hop("te: x", 2));
+    assert_false(px_http_is_hop_by_hop("upgrade", 6));
+}
+
 static void valid_values(void **state)
 {
     (void)state;
@@ -590,6 +608,7 @@ int main(void)
         T(strip_empty_and_clean),
         cmocka_unit_test(valid_names),
         cmocka_unit_test(valid_values),
+        cmocka_unit_test(hop_by_hop_names),
         cmocka_unit_test(method_classes),
         cmocka_unit_test(reasons),
         T(head_writer),
