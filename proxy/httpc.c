@@ -71,6 +71,8 @@ static void on_reap(evutil_socket_t fd, short what, void *arg)
     (void)what;
     px_io_free(c->io);
     event_free(c->reap);
+    if (c->req.data != NULL) /* never sent (a failed connect or handshake) */
+        explicit_bzero(c->req.data, c->req.len);
     cm_buf_free(&c->req);
     px_httpc_answer_free(c->ans);
     free(c);
@@ -332,6 +334,7 @@ static void on_read(struct px_io *io, void *arg)
 static void send_request(struct px_httpc *c)
 {
     px_io_write(c->io, c->req.data, c->req.len);
+    explicit_bzero(c->req.data, c->req.len); /* a bearer token, for the CA */
     cm_buf_free(&c->req);
     c->state = HC_WAITING;
 }
