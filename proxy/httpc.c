@@ -62,6 +62,14 @@ struct px_httpc {
 
 static const llhttp_settings_t *settings(void);
 
+/* Forget the request bytes: they may hold a bearer token (the CA's). */
+static void wipe_request(struct px_httpc *c)
+{
+    if (c->req.data != NULL)
+        explicit_bzero(c->req.data, c->req.len);
+    cm_buf_free(&c->req);
+}
+
 /* ---- finishing ------------------------------------------------------------------- */
 
 static void on_reap(evutil_socket_t fd, short what, void *arg)
@@ -71,9 +79,7 @@ static void on_reap(evutil_socket_t fd, short what, void *arg)
     (void)what;
     px_io_free(c->io);
     event_free(c->reap);
-    if (c->req.data != NULL) /* never sent (a failed connect or handshake) */
-        explicit_bzero(c->req.data, c->req.len);
-    cm_buf_free(&c->req);
+    wipe_request(c);
     px_httpc_answer_free(c->ans);
     free(c);
 }
@@ -334,8 +340,7 @@ static void on_read(struct px_io *io, void *arg)
 static void send_request(struct px_httpc *c)
 {
     px_io_write(c->io, c->req.data, c->req.len);
-    explicit_bzero(c->req.data, c->req.len); /* a bearer token, for the CA */
-    cm_buf_free(&c->req);
+    wipe_request(c);
     c->state = HC_WAITING;
 }
 
@@ -428,7 +433,7 @@ struct px_httpc *px_httpc_start(struct event_base *base, const struct px_httpc_r
     }
     struct px_httpc *c = cm_xcalloc(1, sizeof(*c));
     if (!build_request(c, rq)) {
-        cm_buf_free(&c->req);
+        wipe_request(c);
         free(c);
         errno = EINVAL;
         return NULL;
@@ -437,14 +442,14 @@ struct px_httpc *px_httpc_start(struct event_base *base, const struct px_httpc_r
     c->io = px_io_connect(base, rq->addr, c->timeout_ms);
     if (c->io == NULL) {
         int e = errno;
-        cm_buf_free(&c->req);
+        wipe_request(c);
         free(c);
         errno = e;
         return NULL;
     }
     if (rq->tls != NULL && px_io_start_tls(c->io, rq->tls, rq->tls_name) != 0) {
         px_io_free(c->io);
-        cm_buf_free(&c->req);
+        wipe_request(c);
         free(c);
         errno = EINVAL;
         return NULL;
