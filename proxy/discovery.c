@@ -85,11 +85,11 @@ struct px_disc {
 
 static void start_request(struct entry *e, bool watch);
 
-/* The workload certificate, without ALPN (the discovery port speaks HTTP/1.1). */
+/* The workload certificate of the identity module (arg: struct px_identity *),
+ * without ALPN (the discovery port speaks HTTP/1.1). */
 static struct px_tls_conf *identity_tls(void *arg)
 {
-    (void)arg;
-    struct px_tls_conf *c = px_identity_tcp_client_conf();
+    struct px_tls_conf *c = arg != NULL ? px_identity_tcp_client_tls(arg) : NULL;
     return c != NULL ? px_tls_conf_ref(c) : NULL;
 }
 

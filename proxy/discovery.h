@@ -144,7 +144,8 @@ struct px_disc_wait;
  * provider and shorter times; the proxy uses px_disc_opts_default. */
 struct px_disc_opts {
     /* The client configuration with the workload certificate (a new reference),
-     * or NULL while there is none (lookups are then UNAVAILABLE). */
+     * or NULL while there is none (lookups are then UNAVAILABLE). Default: the
+     * identity module's (tls_arg: the struct px_identity *). */
     struct px_tls_conf *(*tls_conf)(void *arg);
     void *tls_arg;
     uint32_t idle_ms;     /* PX_DISC_IDLE_MS */
@@ -189,6 +190,13 @@ json_t *px_disc_json(struct px_disc *d);
 /* remora_discovery_* series of the proxy (entries, stale entries, lookups by
  * result, requests and failures to the discovery service). */
 void px_disc_write_prometheus(struct px_disc *d, struct evbuffer *out);
+
+/* In the running proxy (proxy/discovery_server.c): make srv->disc when the
+ * bootstrap has "discovery" (after the admin server: GET /destinations), and
+ * free it (before the admin server). */
+struct px_server;
+void px_disc_start(struct px_server *srv);
+void px_disc_shutdown(struct px_server *srv);
 
 /* Counters (tests, /stats). */
 struct px_disc_stats {
