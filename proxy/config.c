@@ -305,11 +305,11 @@ bool px_config_opaque_port(const struct px_config *cfg, uint16_t port)
 
 static int parse_root(const char *name, json_t *root, struct px_config *cfg, char **errmsg)
 {
-    static const char *const keys[] = {"admin",       "listeners", "identity",  "policy_file",
-                                       "routes_file", "cluster",   "log_level", "log_format",
-                                       "access_log",  "limits",    "health",    "opaque_ports",
-                                       /* service discovery (proxy/discovery_config.c) */
-                                       "discovery", "outbound_policy", "egress_allow", NULL};
+    static const char *const keys[] = {
+        "admin",       "listeners",       "identity",     "policy_file",
+        "routes_file", "cluster",         "log_level",    "log_format",
+        "access_log",  "limits",          "health",       "opaque_ports",
+        "discovery",   "outbound_policy", "egress_allow", NULL};
     static const char *const formats[] = {"text", "json", NULL};
     struct cm_jpath p, c;
     cm_jpath_root(&p, name);

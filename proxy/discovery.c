@@ -32,10 +32,10 @@
 #include "proxy/identity.h"
 #include "proxy/tls.h"
 
-#define NBUCKETS       1024
-#define FIRST_TIMEOUT  10000 /* ms: the first request of an entry (its waiters give up sooner) */
-#define RETRY_MIN_MS   250
-#define MAX_KEY        300 /* "name:port" */
+#define NBUCKETS      1024
+#define FIRST_TIMEOUT 10000 /* ms: the first request of an entry (its waiters give up sooner) */
+#define RETRY_MIN_MS  250
+#define MAX_KEY       300 /* "name:port" */
 
 enum entry_state {
     E_FETCHING = 0, /* the first request is in flight, no answer yet */
@@ -54,7 +54,7 @@ struct entry {
     enum entry_state st;
     struct px_dest_answer *ans; /* E_FOUND */
     uint64_t used_ms, changed_ms, confirmed_ms, until_ms;
-    bool stale;   /* E_FOUND, and the last watch failed */
+    bool stale; /* E_FOUND, and the last watch failed */
     bool notifying;
     char err[200]; /* why the last request failed */
     struct px_httpc *req;
@@ -128,8 +128,8 @@ static void on_wait_timeout(evutil_socket_t fd, short what, void *arg)
     struct px_disc *d = w->e->d;
     px_disc_cb cb = w->cb;
     void *cbarg = w->arg;
-    cm_info("discovery: %s: no answer within %" PRIu32 " ms: outside the mesh for now",
-            w->e->key, d->cfg->lookup_timeout_ms);
+    cm_info("discovery: %s: no answer within %" PRIu32 " ms: outside the mesh for now", w->e->key,
+            d->cfg->lookup_timeout_ms);
     waiter_free(w);
     d->st.unavailable++;
     cb(PX_DISC_UNAVAILABLE, NULL, cbarg);
@@ -313,8 +313,8 @@ static void start_request(struct entry *e, bool watch)
     struct px_disc *d = e->d;
     char target[MAX_KEY * 3 + 160];
     if (watch)
-        snprintf(target, sizeof(target), "/v1/destination?%s&wait=%s&timeout_s=%" PRIu32,
-                 e->query, e->ans->version, d->o.watch_s);
+        snprintf(target, sizeof(target), "/v1/destination?%s&wait=%s&timeout_s=%" PRIu32, e->query,
+                 e->ans->version, d->o.watch_s);
     else
         snprintf(target, sizeof(target), "/v1/destination?%s", e->query);
     struct px_tls_conf *tls = d->o.tls_conf(d->o.tls_arg);
@@ -579,12 +579,12 @@ json_t *px_disc_json(struct px_disc *d)
     struct cm_list *pos;
     for (pos = d->lru.prev; pos != &d->lru; pos = pos->prev) { /* most recently used first */
         const struct entry *e = cm_container_of(pos, struct entry, lru);
-        json_t *o = json_pack("{s:s, s:s, s:b, s:I}", "destination", e->key, "state",
-                              state_name(e), "stale", e->stale, "unused_ms",
-                              (json_int_t)(now - e->used_ms));
+        json_t *o = json_pack("{s:s, s:s, s:b, s:I}", "destination", e->key, "state", state_name(e),
+                              "stale", e->stale, "unused_ms", (json_int_t)(now - e->used_ms));
         if (e->st == E_FOUND) {
             json_object_set_new(o, "version", json_string(e->ans->version));
-            json_object_set_new(o, "changed_ms_ago", json_integer((json_int_t)(now - e->changed_ms)));
+            json_object_set_new(o, "changed_ms_ago",
+                                json_integer((json_int_t)(now - e->changed_ms)));
             json_object_set_new(o, "confirmed_ms_ago",
                                 json_integer((json_int_t)(now - e->confirmed_ms)));
             json_object_set_new(o, "answer", px_dest_answer_json(e->ans));
@@ -594,8 +594,8 @@ json_t *px_disc_json(struct px_disc *d)
         json_array_append_new(arr, o);
     }
     char a[CM_ADDR_STRLEN];
-    return json_pack("{s:s, s:s, s:I, s:o}", "discovery", cm_addr_format(&d->cfg->addr, a, sizeof(a)),
-                     "outbound_policy",
+    return json_pack("{s:s, s:s, s:I, s:o}", "discovery",
+                     cm_addr_format(&d->cfg->addr, a, sizeof(a)), "outbound_policy",
                      d->cfg->policy == PX_OUTBOUND_REGISTRY_ONLY ? "registry_only" : "allow_any",
                      "entries", (json_int_t)d->nentries, "destinations", arr);
 }
@@ -617,8 +617,7 @@ void px_disc_write_prometheus(struct px_disc *d, struct evbuffer *dst)
     struct cm_prom p;
     cm_prom_init(&p, 8192);
     cm_prom_u64(&p, "remora_destinations", "gauge",
-                "Destinations the proxy holds an entry for (service discovery cache).",
-                s.entries);
+                "Destinations the proxy holds an entry for (service discovery cache).", s.entries);
     cm_prom_u64(&p, "remora_destinations_stale", "gauge",
                 "Held answers kept while the discovery service cannot be reached.", s.stale);
     const struct cm_prom_sample res[] = {

@@ -32,8 +32,8 @@ struct px_tls_conf;
 /* ---- configuration (proxy/discovery_config.c) ------------------------------------- */
 
 enum px_outbound_policy {
-    PX_OUTBOUND_ALLOW_ANY = 0,  /* outside the mesh: passed through as the app sent it */
-    PX_OUTBOUND_REGISTRY_ONLY   /* outside the mesh: refused unless egress_allow lists it */
+    PX_OUTBOUND_ALLOW_ANY = 0, /* outside the mesh: passed through as the app sent it */
+    PX_OUTBOUND_REGISTRY_ONLY  /* outside the mesh: refused unless egress_allow lists it */
 };
 
 enum px_egress_kind {
@@ -51,13 +51,13 @@ struct px_egress_rule {
     uint16_t port;
 };
 
-#define PX_EGRESS_MAX_RULES 256
+#define PX_EGRESS_MAX_RULES         256
 #define PX_DISC_DEFAULT_SERVER_NAME "remora-injector.remora-system.svc"
 
 struct px_disc_cfg {
-    bool enabled;              /* a "discovery" block is present */
-    struct cm_addr addr;       /* discovery.address (numeric) */
-    char *server_name;         /* discovery.server_name: the DNS name its certificate carries */
+    bool enabled;               /* a "discovery" block is present */
+    struct cm_addr addr;        /* discovery.address (numeric) */
+    char *server_name;          /* discovery.server_name: the DNS name its certificate carries */
     uint32_t lookup_timeout_ms; /* discovery.lookup_timeout_ms: a first lookup waits at most this */
     enum px_outbound_policy policy;
     struct px_egress_rule *egress;
@@ -124,17 +124,17 @@ json_t *px_dest_answer_json(const struct px_dest_answer *a);
 
 /* ---- the cache (proxy/discovery.c) ----------------------------------------------- */
 
-#define PX_DISC_MAX_ENTRIES   4096   /* destinations held; more: the least recently used goes */
-#define PX_DISC_IDLE_MS       300000 /* an entry unused this long is dropped (its watch too) */
-#define PX_DISC_NEGATIVE_MS   5000   /* a 404 is believed this long (404s are never held) */
-#define PX_DISC_WATCH_S       30     /* timeout_s of a long-poll */
+#define PX_DISC_MAX_ENTRIES 4096   /* destinations held; more: the least recently used goes */
+#define PX_DISC_IDLE_MS     300000 /* an entry unused this long is dropped (its watch too) */
+#define PX_DISC_NEGATIVE_MS 5000   /* a 404 is believed this long (404s are never held) */
+#define PX_DISC_WATCH_S     30     /* timeout_s of a long-poll */
 
 /* What a lookup found. */
 enum px_disc_result {
-    PX_DISC_FOUND = 0,   /* in the registry: the answer (maybe stale, see px_disc_stale) */
-    PX_DISC_NOT_FOUND,   /* discovery answered 404: outside the mesh */
-    PX_DISC_UNAVAILABLE  /* no answer in time (unreachable, timeout, a bad answer, no
-                          * workload certificate yet): treated as outside the mesh */
+    PX_DISC_FOUND = 0,  /* in the registry: the answer (maybe stale, see px_disc_stale) */
+    PX_DISC_NOT_FOUND,  /* discovery answered 404: outside the mesh */
+    PX_DISC_UNAVAILABLE /* no answer in time (unreachable, timeout, a bad answer, no
+                         * workload certificate yet): treated as outside the mesh */
 };
 
 struct px_disc;
@@ -148,10 +148,10 @@ struct px_disc_opts {
      * identity module's (tls_arg: the struct px_identity *). */
     struct px_tls_conf *(*tls_conf)(void *arg);
     void *tls_arg;
-    uint32_t idle_ms;     /* PX_DISC_IDLE_MS */
-    uint32_t negative_ms; /* PX_DISC_NEGATIVE_MS */
-    uint32_t watch_s;     /* PX_DISC_WATCH_S */
-    uint32_t max_entries; /* PX_DISC_MAX_ENTRIES */
+    uint32_t idle_ms;      /* PX_DISC_IDLE_MS */
+    uint32_t negative_ms;  /* PX_DISC_NEGATIVE_MS */
+    uint32_t watch_s;      /* PX_DISC_WATCH_S */
+    uint32_t max_entries;  /* PX_DISC_MAX_ENTRIES */
     uint32_t retry_max_ms; /* backoff of a failed watch: 250 ms doubling to this (30 s) */
     bool plaintext;        /* tests only: tls_conf NULL means plain HTTP (never in the proxy:
                             * no configuration key sets it) */

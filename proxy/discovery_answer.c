@@ -94,8 +94,8 @@ static int decode_ep(json_t *o, size_t i, struct px_dest_ep *ep, char **errmsg)
         return fail(errmsg, "endpoints[%zu].identity: set for an endpoint that is not meshed", i);
     }
     json_t *zone = json_object_get(o, "zone"), *pod = json_object_get(o, "pod");
-    if (zone != NULL && !json_is_null(zone) && !(json_string_length(zone) == 0 && json_is_string(zone)) &&
-        !plain(zone, MAX_STR))
+    if (zone != NULL && !json_is_null(zone) &&
+        !(json_string_length(zone) == 0 && json_is_string(zone)) && !plain(zone, MAX_STR))
         return fail(errmsg, "endpoints[%zu].zone: expected a zone name", i);
     ep->zone = cm_xstrdup(json_is_string(zone) ? json_string_value(zone) : "");
     if (pod != NULL && !json_is_null(pod)) {
@@ -150,8 +150,8 @@ int px_dest_decode(const char *buf, size_t len, struct px_dest_answer **out, cha
     }
     a->port = (uint16_t)json_integer_value(port);
     json_t *proto = json_object_get(root, "protocol");
-    if (proto != NULL && !json_is_null(proto) && !(json_is_string(proto) && json_string_length(proto) == 0) &&
-        !plain(proto, 32)) {
+    if (proto != NULL && !json_is_null(proto) &&
+        !(json_is_string(proto) && json_string_length(proto) == 0) && !plain(proto, 32)) {
         rc = fail(errmsg, "protocol: expected a protocol name");
         goto done;
     }
@@ -227,13 +227,13 @@ json_t *px_dest_answer_json(const struct px_dest_answer *a)
     for (size_t i = 0; i < a->neps; i++) {
         const struct px_dest_ep *e = &a->eps[i];
         char buf[CM_ADDR_STRLEN];
-        json_array_append_new(
-            eps, json_pack("{s:s, s:o, s:b, s:s, s:b, s:b, s:b, s:o}", "address",
-                           cm_addr_format(&e->addr, buf, sizeof(buf)), "identity",
-                           e->identity ? json_string(e->identity) : json_null(), "meshed",
-                           e->meshed, "zone", e->zone, "ready", e->ready, "serving", e->serving,
-                           "terminating", e->terminating, "pod",
-                           e->pod ? json_string(e->pod) : json_null()));
+        json_array_append_new(eps,
+                              json_pack("{s:s, s:o, s:b, s:s, s:b, s:b, s:b, s:o}", "address",
+                                        cm_addr_format(&e->addr, buf, sizeof(buf)), "identity",
+                                        e->identity ? json_string(e->identity) : json_null(),
+                                        "meshed", e->meshed, "zone", e->zone, "ready", e->ready,
+                                        "serving", e->serving, "terminating", e->terminating, "pod",
+                                        e->pod ? json_string(e->pod) : json_null()));
     }
     return json_pack("{s:s, s:o, s:i, s:s, s:s, s:o}", "kind",
                      a->kind == PX_DEST_SERVICE ? "service" : "pod", "service",

@@ -220,8 +220,9 @@ int px_disc_cfg_parse(const struct cm_jpath *p, json_t *root, bool has_identity,
         cm_jpath_index(&e, &k, i);
         json_t *v = json_array_get(egress, i);
         if (!json_is_string(v))
-            return cm_json_fail(&e, errmsg, "expected a string (host:port, *.domain:port or "
-                                            "CIDR:port)");
+            return cm_json_fail(&e, errmsg,
+                                "expected a string (host:port, *.domain:port or "
+                                "CIDR:port)");
         const char *why = parse_rule(json_string_value(v), &c->egress[i]);
         c->negress = i + 1; /* freeable from here */
         if (why != NULL)

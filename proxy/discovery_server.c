@@ -21,7 +21,8 @@ static int on_destinations(struct evhttp_request *req, const struct evkeyvalq *q
     (void)req, (void)q;
     struct px_server *srv = arg;
     if (srv->disc == NULL)
-        return px_admin_reply_error(out, 404, "/destinations: no \"discovery\" configured");
+        return px_admin_reply_error(
+            out, 404, "/destinations: no \"discovery\" in the bootstrap configuration");
     px_admin_reply_json(out, px_disc_json(srv->disc));
     return 200;
 }
@@ -29,6 +30,8 @@ static int on_destinations(struct evhttp_request *req, const struct evkeyvalq *q
 void px_disc_start(struct px_server *srv)
 {
     const struct px_disc_cfg *c = srv->cfg->discovery;
+    /* registered either way: without discovery it says so (404 naming why) */
+    px_admin_route(srv->admin, PX_ADMIN_GET, "/destinations", on_destinations, srv);
     if (c == NULL || !c->enabled)
         return;
     struct px_disc_opts o;
@@ -36,7 +39,6 @@ void px_disc_start(struct px_server *srv)
     o.tls_arg = srv->identity;
     srv->disc = px_disc_new(srv->base, c, &o);
     px_metrics_register_with(srv->metrics, write_prometheus, srv->disc);
-    px_admin_route(srv->admin, PX_ADMIN_GET, "/destinations", on_destinations, srv);
     char a[CM_ADDR_STRLEN];
     cm_info("discovery: asking %s (%s), outbound_policy %s, %zu egress_allow entries",
             cm_addr_format(&c->addr, a, sizeof(a)), c->server_name,
@@ -45,9 +47,9 @@ void px_disc_start(struct px_server *srv)
 
 void px_disc_shutdown(struct px_server *srv)
 {
+    px_admin_route(srv->admin, PX_ADMIN_GET, "/destinations", NULL, NULL);
     if (srv->disc == NULL)
         return;
-    px_admin_route(srv->admin, PX_ADMIN_GET, "/destinations", NULL, NULL);
     px_metrics_unregister_with(srv->metrics, write_prometheus, srv->disc);
     px_disc_free(srv->disc);
     srv->disc = NULL;

@@ -39,11 +39,13 @@
 
 /* ---- config -------------------------------------------------------------------- */
 
-#define LISTENERS "\"listeners\": [{\"name\": \"o\", \"address\": \"127.0.0.1:0\", " \
-                  "\"direction\": \"outbound\"}]"
-#define IDENTITY  "\"identity\": {\"trust_domain\": \"t.local\", \"namespace\": \"a\", " \
-                  "\"service_account\": \"b\", \"cert_file\": \"c\", \"key_file\": \"k\", " \
-                  "\"bundle_file\": \"b\"}"
+#define LISTENERS                                                                                  \
+    "\"listeners\": [{\"name\": \"o\", \"address\": \"127.0.0.1:0\", "                             \
+    "\"direction\": \"outbound\"}]"
+#define IDENTITY                                                                                   \
+    "\"identity\": {\"trust_domain\": \"t.local\", \"namespace\": \"a\", "                         \
+    "\"service_account\": \"b\", \"cert_file\": \"c\", \"key_file\": \"k\", "                      \
+    "\"bundle_file\": \"b\"}"
 
 static struct px_config *parse_ok(const char *doc)
 {
@@ -77,7 +79,8 @@ static void config_defaults(void **state)
     assert_int_equal(cfg->discovery->negress, 0);
     px_config_free(cfg);
 
-    cfg = parse_ok("{" LISTENERS ", " IDENTITY ", \"discovery\": {\"address\": \"10.96.0.20:15011\"}, "
+    cfg = parse_ok("{" LISTENERS ", " IDENTITY
+                   ", \"discovery\": {\"address\": \"10.96.0.20:15011\"}, "
                    "\"outbound_policy\": \"registry_only\"}");
     const struct px_disc_cfg *c = cfg->discovery;
     assert_true(c->enabled);
@@ -88,8 +91,9 @@ static void config_defaults(void **state)
     assert_string_equal(cm_addr_format(&c->addr, a, sizeof(a)), "10.96.0.20:15011");
     px_config_free(cfg);
 
-    cfg = parse_ok("{" LISTENERS ", " IDENTITY ", \"discovery\": {\"address\": \"[fd00::1]:15011\", "
-                   "\"server_name\": \"Disc.Example.\", \"lookup_timeout_ms\": 250}}");
+    cfg =
+        parse_ok("{" LISTENERS ", " IDENTITY ", \"discovery\": {\"address\": \"[fd00::1]:15011\", "
+                 "\"server_name\": \"Disc.Example.\", \"lookup_timeout_ms\": 250}}");
     assert_string_equal(cfg->discovery->server_name, "disc.example");
     assert_int_equal(cfg->discovery->lookup_timeout_ms, 250);
     px_config_free(cfg);
@@ -166,11 +170,11 @@ static void egress_matching(void **state)
 /* ---- answers ------------------------------------------------------------------- */
 
 #define EP_MESHED                                                                                  \
-    "{\"address\": \"10.64.0.5:8080\", \"identity\": \"spiffe://cluster.local/ns/shop/sa/web\", " \
-    "\"meshed\": true, \"zone\": \"z1\", \"ready\": true, \"serving\": true, \"terminating\": "  \
+    "{\"address\": \"10.64.0.5:8080\", \"identity\": \"spiffe://cluster.local/ns/shop/sa/web\", "  \
+    "\"meshed\": true, \"zone\": \"z1\", \"ready\": true, \"serving\": true, \"terminating\": "    \
     "false, \"pod\": \"shop/web-1\"}"
 #define EP_PLAIN                                                                                   \
-    "{\"address\": \"[fd00::7]:8080\", \"identity\": null, \"meshed\": false, \"zone\": \"\", "   \
+    "{\"address\": \"[fd00::7]:8080\", \"identity\": null, \"meshed\": false, \"zone\": \"\", "    \
     "\"ready\": false, \"serving\": true, \"terminating\": true, \"pod\": null, \"new\": 1}"
 
 static void answer_decodes(void **state)
@@ -242,7 +246,8 @@ static void answer_refused(void **state)
     refused("{\"kind\": \"x\"}", "kind");
     refused(ANS("service", EP_MESHED, ""), "version");
     refused(ANS("service", EP_MESHED, "a&b=c"), "version");
-    refused(ANS("service", EP_MESHED, "0123456789012345678901234567890123456789012345678901234567890123456789"),
+    refused(ANS("service", EP_MESHED,
+                "0123456789012345678901234567890123456789012345678901234567890123456789"),
             "version");
     refused(ANS("pod", EP_MESHED ", " EP_MESHED, "v"), "exactly one");
     refused("{\"kind\": \"service\", \"service\": null, \"port\": 80, \"endpoints\": [], "
@@ -257,42 +262,50 @@ static void answer_refused(void **state)
     refused("{\"kind\": \"service\", \"service\": \"a/b\", \"port\": 80, \"endpoints\": {}, "
             "\"version\": \"v\"}",
             "endpoints: expected an array");
-    refused(ANS("service", "{\"address\": \"10.0.0.1\", \"meshed\": false, \"ready\": true, "
-                           "\"serving\": true, \"terminating\": false}",
+    refused(ANS("service",
+                "{\"address\": \"10.0.0.1\", \"meshed\": false, \"ready\": true, "
+                "\"serving\": true, \"terminating\": false}",
                 "v"),
             "endpoints[0].address");
-    refused(ANS("service", "{\"address\": \"0.0.0.0:80\", \"meshed\": false, \"ready\": true, "
-                           "\"serving\": true, \"terminating\": false}",
+    refused(ANS("service",
+                "{\"address\": \"0.0.0.0:80\", \"meshed\": false, \"ready\": true, "
+                "\"serving\": true, \"terminating\": false}",
                 "v"),
             "endpoints[0].address");
-    refused(ANS("service", EP_MESHED ", {\"address\": \"10.0.0.1:80\", \"meshed\": true, "
-                           "\"identity\": null, \"ready\": true, \"serving\": true, "
-                           "\"terminating\": false}",
+    refused(ANS("service",
+                EP_MESHED ", {\"address\": \"10.0.0.1:80\", \"meshed\": true, "
+                          "\"identity\": null, \"ready\": true, \"serving\": true, "
+                          "\"terminating\": false}",
                 "v"),
             "endpoints[1].identity: a meshed endpoint needs its SPIFFE ID");
-    refused(ANS("service", "{\"address\": \"10.0.0.1:80\", \"meshed\": true, "
-                           "\"identity\": \"https://x/ns/a/sa/b\", \"ready\": true, "
-                           "\"serving\": true, \"terminating\": false}",
+    refused(ANS("service",
+                "{\"address\": \"10.0.0.1:80\", \"meshed\": true, "
+                "\"identity\": \"https://x/ns/a/sa/b\", \"ready\": true, "
+                "\"serving\": true, \"terminating\": false}",
                 "v"),
             "endpoints[0].identity");
-    refused(ANS("service", "{\"address\": \"10.0.0.1:80\", \"meshed\": false, "
-                           "\"identity\": \"spiffe://t/ns/a/sa/b\", \"ready\": true, "
-                           "\"serving\": true, \"terminating\": false}",
+    refused(ANS("service",
+                "{\"address\": \"10.0.0.1:80\", \"meshed\": false, "
+                "\"identity\": \"spiffe://t/ns/a/sa/b\", \"ready\": true, "
+                "\"serving\": true, \"terminating\": false}",
                 "v"),
             "endpoints[0].identity: set for an endpoint that is not meshed");
-    refused(ANS("service", "{\"address\": \"10.0.0.1:80\", \"meshed\": false, \"ready\": 1, "
-                           "\"serving\": true, \"terminating\": false}",
+    refused(ANS("service",
+                "{\"address\": \"10.0.0.1:80\", \"meshed\": false, \"ready\": 1, "
+                "\"serving\": true, \"terminating\": false}",
                 "v"),
             "endpoints[0].ready: expected true or false");
-    refused(ANS("service", "{\"address\": \"10.0.0.1:80\", \"meshed\": false, \"ready\": true, "
-                           "\"serving\": true, \"terminating\": false, \"zone\": \"a\\\"b\"}",
+    refused(ANS("service",
+                "{\"address\": \"10.0.0.1:80\", \"meshed\": false, \"ready\": true, "
+                "\"serving\": true, \"terminating\": false, \"zone\": \"a\\\"b\"}",
                 "v"),
             "endpoints[0].zone");
     /* too many endpoints, and too many bytes */
     size_t n = PX_DEST_MAX_ENDPOINTS + 1, cap = n * 120 + 256, o = 0;
     char *big = malloc(cap);
-    o += (size_t)snprintf(big + o, cap - o, "{\"kind\": \"service\", \"service\": \"a/b\", "
-                                            "\"port\": 80, \"version\": \"v\", \"endpoints\": [");
+    o += (size_t)snprintf(big + o, cap - o,
+                          "{\"kind\": \"service\", \"service\": \"a/b\", "
+                          "\"port\": 80, \"version\": \"v\", \"endpoints\": [");
     for (size_t i = 0; i < n; i++)
         o += (size_t)snprintf(big + o, cap - o,
                               "%s{\"address\": \"10.0.%zu.%zu:80\", \"meshed\": false, \"ready\": "
@@ -375,8 +388,7 @@ static void fake_answer(int c, const char *target)
     int n = snprintf(resp, sizeof(resp),
                      "HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: "
                      "%zu\r\nConnection: close\r\n\r\n%.*s",
-                     status, status == 304 ? (size_t)0 : blen, status == 304 ? 0 : (int)blen,
-                     body);
+                     status, status == 304 ? (size_t)0 : blen, status == 304 ? 0 : (int)blen, body);
     ssize_t w = write(c, resp, (size_t)n);
     (void)w;
 }
@@ -689,8 +701,7 @@ static void not_found_is_believed(void **state)
     assert_string_equal(target(1), "/v1/destination?host=web.shop%3A80");
     assert_int_equal(px_disc_lookup(d, NULL, "web shop:80", &a, on_result, &h, &w),
                      PX_DISC_NOT_FOUND);
-    assert_int_equal(px_disc_lookup(d, NULL, "web.shop", &a, on_result, &h, &w),
-                     PX_DISC_NOT_FOUND);
+    assert_int_equal(px_disc_lookup(d, NULL, "web.shop", &a, on_result, &h, &w), PX_DISC_NOT_FOUND);
     assert_int_equal(px_disc_lookup(d, NULL, "web.shop:80&x=1", &a, on_result, &h, &w),
                      PX_DISC_NOT_FOUND);
     assert_int_equal(px_disc_lookup(d, NULL, "a:1:2", &a, on_result, &h, &w), PX_DISC_NOT_FOUND);
