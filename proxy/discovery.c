@@ -86,10 +86,11 @@ struct px_disc {
 static void start_request(struct entry *e, bool watch);
 
 /* The workload certificate of the identity module (arg: struct px_identity *),
- * without ALPN (the discovery port speaks HTTP/1.1). */
+ * toward a server named by DNS, without ALPN (the discovery port speaks
+ * HTTP/1.1). */
 static struct px_tls_conf *identity_tls(void *arg)
 {
-    struct px_tls_conf *c = arg != NULL ? px_identity_tcp_client_tls(arg) : NULL;
+    struct px_tls_conf *c = arg != NULL ? px_identity_dns_client_tls(arg) : NULL;
     return c != NULL ? px_tls_conf_ref(c) : NULL;
 }
 
@@ -600,6 +601,46 @@ json_t *px_disc_json(struct px_disc *d)
                      "entries", (json_int_t)d->nentries, "destinations", arr);
 }
 
+enum px_disc_route px_disc_route(struct px_disc *d, enum px_disc_result res,
+                                 const struct px_dest_answer *ans, const struct cm_addr *dst,
+                                 const char *host, const char **expected_id)
+{
+    *expected_id = NULL;
+    if (res == PX_DISC_FOUND && ans != NULL) {
+        const char *id = NULL;
+        bool meshed = false, one_id = true;
+        for (size_t i = 0; i < ans->neps; i++) {
+            const struct px_dest_ep *e = &ans->eps[i];
+            if (!e->meshed)
+                continue;
+            if (meshed && strcmp(id, e->identity) != 0)
+                one_id = false;
+            meshed = true;
+            id = e->identity;
+        }
+        if (!meshed)
+            return PX_ROUTE_PLAIN;
+        *expected_id = one_id ? id : NULL;
+        return PX_ROUTE_MESH;
+    }
+    char a[CM_ADDR_STRLEN];
+    if (d->cfg->policy == PX_OUTBOUND_ALLOW_ANY) {
+        d->st.egress_passthrough++;
+        return PX_ROUTE_EGRESS;
+    }
+    if (px_egress_allowed(d->cfg, host, dst, cm_addr_port(dst))) {
+        d->st.egress_allowed++;
+        return PX_ROUTE_EGRESS;
+    }
+    d->st.egress_refused++;
+    cm_info("egress: %s%s%s refused: not in the mesh registry (%s) and not in egress_allow "
+            "(outbound_policy registry_only)",
+            host ? host : "", host ? " at " : "", cm_addr_format(dst, a, sizeof(a)),
+            res == PX_DISC_NOT_FOUND ? "discovery answered 404"
+                                     : "no answer from discovery in time");
+    return PX_ROUTE_REFUSED;
+}
+
 void px_disc_get_stats(struct px_disc *d, struct px_disc_stats *s)
 {
     *s = d->st;
@@ -633,6 +674,13 @@ void px_disc_write_prometheus(struct px_disc *d, struct evbuffer *dst)
                      "outcome", req, 2);
     cm_prom_u64(&p, "remora_discovery_updates_total", "counter",
                 "Held answers replaced by a newer version.", s.updates);
+    const struct cm_prom_sample eg[] = {{"passthrough", s.egress_passthrough},
+                                        {"allowed", s.egress_allowed},
+                                        {"refused", s.egress_refused}};
+    cm_prom_by_label(&p, "remora_egress_total", "counter",
+                     "Tries to destinations outside the mesh registry: passed through "
+                     "(allow_any), let out by egress_allow, or refused (registry_only).",
+                     "decision", eg, 3);
     size_t len;
     int err;
     char *text = cm_prom_take(&p, &len, &err);

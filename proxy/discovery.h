@@ -191,6 +191,22 @@ json_t *px_disc_json(struct px_disc *d);
  * result, requests and failures to the discovery service). */
 void px_disc_write_prometheus(struct px_disc *d, struct evbuffer *out);
 
+/* What the outbound path does with a connection's lookup result (px_upstream_resolve). */
+enum px_disc_route {
+    PX_ROUTE_MESH = 0, /* in the registry with meshed endpoints: mTLS (with *expected_id when
+                        * every meshed endpoint is the same workload: secure naming) */
+    PX_ROUTE_PLAIN,    /* in the registry, no endpoint meshed: as the app sent it, no mTLS */
+    PX_ROUTE_EGRESS,   /* outside the mesh, let out (allow_any, or listed in egress_allow) */
+    PX_ROUTE_REFUSED   /* outside the mesh under registry_only, not in egress_allow */
+};
+/* Decide for a destination dst (host: its name when known, else NULL) from a
+ * finished lookup (res, and ans for FOUND). Counts the egress decisions
+ * (remora_egress_total{decision}) and logs the refusals. *expected_id is
+ * borrowed from ans. */
+enum px_disc_route px_disc_route(struct px_disc *d, enum px_disc_result res,
+                                 const struct px_dest_answer *ans, const struct cm_addr *dst,
+                                 const char *host, const char **expected_id);
+
 /* In the running proxy (proxy/discovery_server.c): make srv->disc when the
  * bootstrap has "discovery" (after the admin server: GET /destinations), and
  * free it (before the admin server). */
@@ -204,6 +220,7 @@ struct px_disc_stats {
     uint64_t requests, failures, updates;
     uint64_t found, not_found, unavailable; /* results given */
     uint64_t evicted, expired;
+    uint64_t egress_passthrough, egress_allowed, egress_refused; /* remora_egress_total */
     uint32_t entries, stale;
 };
 void px_disc_get_stats(struct px_disc *d, struct px_disc_stats *s);

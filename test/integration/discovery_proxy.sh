@@ -6,7 +6,7 @@
 # its series on /metrics; /config_dump shows the keys; a proxy without one
 # answers /destinations 404. The cache itself (lookups, long-polls, staleness,
 # bounds) is covered by test/unit/proxy/test_discovery.c against a fake
-# discovery service; the outbound path does not ask it yet.
+# discovery service, the outbound path asking it by discovery_wire.sh.
 source "$(dirname "$0")/../lib.sh"
 
 if [[ ! -x $PROXY ]]; then
