@@ -192,8 +192,8 @@ static int install(struct px_identity *id, const char *chain_pem, const char *ke
                         client_alpn, &cli, errmsg) != 0 ||
         px_tls_conf_new(PX_TLS_CLIENT, chain_pem, key_pem, bundle_pem, id->trust_domain, NULL, &tcp,
                         errmsg) != 0 ||
-        px_tls_conf_new(PX_TLS_CLIENT, chain_pem, key_pem, bundle_pem, NULL, NULL, &dns,
-                        errmsg) != 0) {
+        px_tls_conf_new(PX_TLS_CLIENT, chain_pem, key_pem, bundle_pem, NULL, NULL, &dns, errmsg) !=
+            0) {
         px_tls_conf_unref(srv);
         px_tls_conf_unref(cli);
         px_tls_conf_unref(tcp);
