@@ -7,6 +7,8 @@
 # proxy looks up as it would an original destination:
 #  - a pod in the registry that is not meshed gets the request as the app
 #    sent it (plaintext), byte for byte;
+#  - a meshed pod is reached over mTLS and must present exactly its identity
+#    from the registry (secure naming): another workload's certificate -> 503;
 #  - an address nothing in the registry has: passed through under allow_any,
 #    502 "destination X is not in the mesh registry (outbound_policy
 #    registry_only)" under registry_only (the app sees nothing), let out again
@@ -44,6 +46,18 @@ ctl objects/pods -X PUT --data-binary '{"metadata": {"name": "legacy-0", "namesp
     "status": {"phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
                "conditions": [{"type": "Ready", "status": "True"}]}}' >/dev/null
 
+# a meshed pod at 127.0.0.3 running as shop/web (its sidecar is started below)
+ctl objects/pods -X PUT --data-binary '{"metadata": {"name": "web-0", "namespace": "shop",
+    "labels": {"app": "web"}, "annotations": {"remora.io/status": "{}"}},
+    "spec": {"serviceAccountName": "web", "nodeName": "n1"},
+    "status": {"phase": "Running", "podIP": "127.0.0.3", "podIPs": [{"ip": "127.0.0.3"}],
+               "conditions": [{"type": "Ready", "status": "True"}]}}' >/dev/null
+for sa in web other; do
+    "$CERTS" workload --ca-cert "$D/root.pem" --ca-key "$D/root-key.pem" \
+        --spiffe-id "spiffe://cluster.local/ns/shop/sa/$sa" --out-cert "$D/$sa.pem" \
+        --out-key "$D/$sa-key.pem" >/dev/null || exit 1
+done
+
 DP=$(free_port)
 ca_config main 3600 "$(jq -n --arg a "127.0.0.1:$DP" --arg api "https://127.0.0.1:$APIP" \
     --arg tok "$TMP/sa-token" --arg ca "$D/apica.pem" \
@@ -66,17 +80,36 @@ bg rec2 python3 "$REMORA_ROOT/test/tools/h1_recorder.py" --dir "$TMP/rec2" --lis
     --response 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'
 wait_until 5 listen_port "$TMP/rec2.log" || { fail "recorder 2 did not start"; cat "$TMP/rec2.log"; finish; }
 
+# web_sidecar SA: the meshed pod's inbound sidecar on 127.0.0.3:$WEBP (strict mTLS, to the
+# app on 127.0.0.1:$APP1), presenting the certificate of service account SA; sets WEB_PID.
+WEBP=$(free_port)
+web_sidecar() {
+    local admin; admin=$(free_port)
+    cat >"$TMP/web-$1.json" <<JSON
+{"admin": {"address": "127.0.0.1:$admin"},
+ "listeners": [{"name": "in", "address": "127.0.0.3:$WEBP", "direction": "inbound",
+                "tls": "strict", "upstream": "127.0.0.1:$APP1"}],
+ "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "$1",
+              "cert_file": "$D/$1.pem", "key_file": "$D/$1-key.pem", "bundle_file": "$D/root.pem"}}
+JSON
+    bg "web-$1" "$PROXY" -c "$TMP/web-$1.json"
+    WEB_PID=$LASTPID
+    wait_http "http://127.0.0.1:$admin/ready" || { fail "web sidecar ($1) starts"; return 1; }
+}
+
 # run_proxy NAME POLICY EGRESS-JSON: a proxy with two mesh outbound listeners (L1 -> APP1,
 # L2 -> APP2) and a TCP one on an opaque port (L3 -> APP2); sets ADMIN_PORT, L1, L2, PROXY_PID.
 run_proxy() {
-    ADMIN_PORT=$(free_port); L1=$(free_port); L2=$(free_port)
+    ADMIN_PORT=$(free_port); L1=$(free_port); L2=$(free_port); L3=$(free_port)
     cat >"$TMP/$1.json" <<JSON
 {"admin": {"address": "127.0.0.1:$ADMIN_PORT"},
  "listeners": [
    {"name": "l1", "address": "127.0.0.1:$L1", "direction": "outbound", "tls": "mesh",
     "upstream": "127.0.0.1:$APP1"},
    {"name": "l2", "address": "127.0.0.1:$L2", "direction": "outbound", "tls": "mesh",
-    "upstream": "127.0.0.2:$APP2"}],
+    "upstream": "127.0.0.2:$APP2"},
+   {"name": "l3", "address": "127.0.0.1:$L3", "direction": "outbound", "tls": "mesh",
+    "upstream": "127.0.0.3:$WEBP"}],
  "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "client",
               "cert_file": "$D/w.pem", "key_file": "$D/w-key.pem", "bundle_file": "$D/root.pem"},
  "discovery": {"address": "127.0.0.1:$DP", "lookup_timeout_ms": 3000},
@@ -122,6 +155,22 @@ expect_eq "/destinations: the pod (current) and the outside address (not in the 
     "[[\"127.0.0.1:$APP1\",\"current\",\"pod\"],[\"127.0.0.2:$APP2\",\"not in the registry\",\"\"]]"
 expect_match "remora_egress_total passthrough" "$(curl -s "$A/metrics")" \
     'remora_egress_total\{decision="passthrough"\} 1'
+# secure naming from discovery: the pod at 127.0.0.3 is shop/web
+web_sidecar other || finish
+n1=$(stat -c %s "$TMP/rec1/all.bin")
+expect_eq "meshed pod answered by another workload: 503, never sent" "$(send "$L3")" \
+    "HTTP/1.1 503 Service Unavailable upstream mTLS handshake failed"
+expect_eq "... the app behind it saw nothing" "$(stat -c %s "$TMP/rec1/all.bin")" "$n1"
+expect_match "... the log names both identities" "$(cat "$TMP/allow.log")" \
+    'peer is spiffe://cluster.local/ns/shop/sa/other, expected spiffe://cluster.local/ns/shop/sa/web'
+stop_pid "$WEB_PID"
+expect_sanitizers_clean "web sidecar (other): sanitizers clean" "$TMP/web-other.log"
+web_sidecar web || finish
+n1=$(stat -c %s "$TMP/rec1/all.bin")
+expect_eq "meshed pod answered by its own workload: mTLS, 200" "$(send "$L3")" "HTTP/1.1 200 OK ok"
+check "... and the app behind its sidecar got the request" test "$(stat -c %s "$TMP/rec1/all.bin")" -gt "$n1"
+stop_pid "$WEB_PID"
+expect_sanitizers_clean "web sidecar (web): sanitizers clean" "$TMP/web-web.log"
 stop_pid "$PROXY_PID"
 expect_sanitizers_clean "allow_any proxy: sanitizers clean" "$TMP/allow.log"
 
