@@ -833,6 +833,67 @@ static void entries_expire_and_are_bounded(void **state)
     px_disc_free(d);
 }
 
+static void route_decisions(void **state)
+{
+    (void)state;
+    struct px_disc_opts o = test_opts();
+    struct px_disc *d = new_disc(&o);
+    struct cm_addr dst, listed;
+    cm_addr_parse("203.0.113.9:443", &dst);
+    cm_addr_parse("198.51.100.7:443", &listed);
+    const char *one = "{\"kind\": \"service\", \"service\": \"a/b\", \"port\": 80, \"version\": "
+                      "\"v\", \"endpoints\": [" EP_MESHED ", " EP_PLAIN ", " EP_MESHED "]}";
+    const char *two =
+        "{\"kind\": \"service\", \"service\": \"a/b\", \"port\": 80, \"version\": "
+        "\"v\", \"endpoints\": [" EP_MESHED ", {\"address\": \"10.0.0.2:80\", "
+        "\"identity\": \"spiffe://cluster.local/ns/shop/sa/other\", \"meshed\": true, "
+        "\"ready\": true, \"serving\": true, \"terminating\": false}]}";
+    const char *plain = "{\"kind\": \"pod\", \"service\": null, \"port\": 80, \"version\": "
+                        "\"v\", \"endpoints\": [" EP_PLAIN "]}";
+    struct px_dest_answer *a1 = NULL, *a2 = NULL, *a3 = NULL;
+    char *err = NULL;
+    assert_int_equal(px_dest_decode(one, strlen(one), &a1, &err), 0);
+    assert_int_equal(px_dest_decode(two, strlen(two), &a2, &err), 0);
+    assert_int_equal(px_dest_decode(plain, strlen(plain), &a3, &err), 0);
+    const char *id = "x";
+    /* one workload behind every meshed endpoint: its identity is required */
+    assert_int_equal(px_disc_route(d, PX_DISC_FOUND, a1, &dst, NULL, &id), PX_ROUTE_MESH);
+    assert_string_equal(id, "spiffe://cluster.local/ns/shop/sa/web");
+    /* two workloads: any mesh workload (no single expected identity) */
+    assert_int_equal(px_disc_route(d, PX_DISC_FOUND, a2, &dst, NULL, &id), PX_ROUTE_MESH);
+    assert_null(id);
+    assert_int_equal(px_disc_route(d, PX_DISC_FOUND, a3, &dst, NULL, &id), PX_ROUTE_PLAIN);
+    assert_null(id);
+    /* outside the mesh: allow_any passes, registry_only refuses unless listed */
+    assert_int_equal(px_disc_route(d, PX_DISC_NOT_FOUND, NULL, &dst, NULL, &id), PX_ROUTE_EGRESS);
+    dcfg.policy = PX_OUTBOUND_REGISTRY_ONLY;
+    dcfg.egress = calloc(1, sizeof(*dcfg.egress));
+    dcfg.negress = 1;
+    dcfg.egress[0] = (struct px_egress_rule){.kind = PX_EGRESS_CIDR,
+                                             .family = AF_INET,
+                                             .net = {198, 51, 100, 0},
+                                             .prefix = 24,
+                                             .port = 443};
+    assert_int_equal(px_disc_route(d, PX_DISC_NOT_FOUND, NULL, &dst, NULL, &id), PX_ROUTE_REFUSED);
+    assert_int_equal(px_disc_route(d, PX_DISC_UNAVAILABLE, NULL, &dst, NULL, &id),
+                     PX_ROUTE_REFUSED);
+    assert_int_equal(px_disc_route(d, PX_DISC_UNAVAILABLE, NULL, &listed, NULL, &id),
+                     PX_ROUTE_EGRESS);
+    struct px_disc_stats st;
+    px_disc_get_stats(d, &st);
+    assert_int_equal(st.egress_passthrough, 1);
+    assert_int_equal(st.egress_refused, 2);
+    assert_int_equal(st.egress_allowed, 1);
+    free(dcfg.egress);
+    dcfg.egress = NULL;
+    dcfg.negress = 0;
+    dcfg.policy = PX_OUTBOUND_ALLOW_ANY;
+    px_dest_answer_unref(a1);
+    px_dest_answer_unref(a2);
+    px_dest_answer_unref(a3);
+    px_disc_free(d);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -847,6 +908,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(unreachable_keeps_held_answers, setup, teardown),
         cmocka_unit_test_setup_teardown(slow_first_lookup_is_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(entries_expire_and_are_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(route_decisions, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
