@@ -240,7 +240,6 @@ out:
     px_h2_shutdown();
     px_tcp_shutdown();
     px_pool_shutdown(); /* after the codecs: no connection is counted any more */
-    px_disc_shutdown(srv); /* before the identity: a request in flight holds its conf */
     px_identity_free(srv->identity);
     srv->identity = NULL;
     px_authz_free(srv->authz);
@@ -255,6 +254,7 @@ out:
         px_io_free(c->io);
         px_conn_free(c);
     }
+    px_disc_shutdown(srv); /* after the connections: one still detecting may wait on a lookup */
     px_health_free(health);
     if (srv->admin != NULL)
         px_admin_free(srv->admin);

@@ -56,11 +56,21 @@ ADMIN_PORT=$(free_port); OUT=$(free_port); DISC=$(free_port)
 cat >"$TMP/proxy.json" <<JSON
 {"admin": {"address": "127.0.0.1:$ADMIN_PORT"},
  "listeners": [{"name": "out", "address": "127.0.0.1:$OUT", "direction": "outbound"}],
- "discovery": {"address": "127.0.0.1:$DISC", "lookup_timeout_ms": 300},
+ "discovery": {"address": "127.0.0.1:$DISC", "lookup_timeout_ms": 30000},
  "outbound_policy": "registry_only",
  "egress_allow": ["api.example.com:443", "*.googleapis.com:443", "203.0.113.0/24:80"],
  $IDENTITY}
 JSON
+# a discovery service that accepts and never answers: lookups wait their lookup_timeout_ms
+bg silent python3 -c '
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(16)
+print("listening on 127.0.0.1:%d" % s.getsockname()[1], flush=True)
+held = []
+while True:
+    c, _ = s.accept(); held.append(c)' "$DISC"
+wait_port "$DISC" || { fail "silent discovery service starts"; finish; }
 start_proxy proxy "$TMP/proxy.json" || finish
 A=http://127.0.0.1:$ADMIN_PORT
 dest=$(curl -s "$A/destinations")
@@ -76,9 +86,16 @@ expect_match "/metrics: requests to discovery" "$metrics" 'remora_discovery_requ
 dump=$(curl -s "$A/config_dump")
 expect_eq "/config_dump: the discovery keys" \
     "$(jq -c '[.discovery.lookup_timeout_ms, .outbound_policy, (.egress_allow | length)]' <<<"$dump")" \
-    '[300,"registry_only",3]'
+    '[30000,"registry_only",3]'
+# a connection whose destination is being looked up when the proxy stops
+exec 7<>"/dev/tcp/127.0.0.1/$OUT"
+printf 'GET / HTTP/1.1\r\nHost: x\r\n\r\n' >&7
+# shellcheck disable=SC2317 # called through wait_until
+waiting() { curl -s "$A/destinations" | jq -e '.destinations[0].state == "looking up"' >/dev/null; }
+check "a lookup in flight (the service does not answer)" wait_until 10 waiting
 stop_pid "$PROXY_PID"
-expect_eq "proxy exits 0 on SIGTERM" "$STOP_RC" 0
+expect_eq "proxy exits 0 on SIGTERM with a lookup in flight" "$STOP_RC" 0
+exec 7>&-
 expect_sanitizers_clean "proxy: sanitizers clean" "$TMP/proxy.log"
 
 # ---- a proxy without discovery -----------------------------------------------------------
