@@ -435,7 +435,8 @@ static void start_try(struct px_stream *s)
                 report_try(s, PX_TRY_CONNECT);
             s->cause = r == PX_RESOLVE_LOOP ? PX_CAUSE_LOOP : PX_CAUSE_UPSTREAM_TLS;
             char msg[192];
-            px_stream_respond(s, px_resolve_status(r), px_resolve_msg(r, &s->target, msg, sizeof(msg)));
+            px_stream_respond(s, px_resolve_status(r),
+                              px_resolve_msg(r, &s->target, msg, sizeof(msg)));
             return;
         }
     }
