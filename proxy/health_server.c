@@ -152,7 +152,7 @@ int px_health_start(struct px_server *srv, const struct cm_addr *addr, struct px
         snprintf(h->pod_ip, sizeof(h->pod_ip), "%s", ip);
     px_health_load_probers(h, getenv("REMORA_APP_PROBERS"));
     px_health_load_metrics_url(h, getenv("REMORA_APP_METRICS_URL"));
-    h->grpc = px_grpc_health_new(base, getenv("REMORA_APP_GRPC_PROBERS"));
+    h->grpc = px_grpc_health_new(srv->base, getenv("REMORA_APP_GRPC_PROBERS"));
     cm_info("health: serving on %s (%zu app probes)", cm_addr_format(&h->local, abuf, sizeof(abuf)),
             h->nprobers);
     *out = h;
