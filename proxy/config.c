@@ -7,6 +7,7 @@
 #include "common/err.h"
 #include "common/json.h"
 #include "common/xalloc.h"
+#include "proxy/discovery.h"
 
 void px_limits_default(struct px_limits *l)
 {
@@ -46,6 +47,8 @@ void px_config_free(struct px_config *cfg)
     free(cfg->cluster);
     free(cfg->policy_file);
     free(cfg->routes_file);
+    px_disc_cfg_deinit(cfg->discovery);
+    free(cfg->discovery);
     free(cfg->file);
     json_decref(cfg->raw);
     free(cfg);
@@ -302,10 +305,11 @@ bool px_config_opaque_port(const struct px_config *cfg, uint16_t port)
 
 static int parse_root(const char *name, json_t *root, struct px_config *cfg, char **errmsg)
 {
-    static const char *const keys[] = {"admin",       "listeners", "identity",  "policy_file",
-                                       "routes_file", "cluster",   "log_level", "log_format",
-                                       "access_log",  "limits",    "health",    "opaque_ports",
-                                       NULL};
+    static const char *const keys[] = {
+        "admin",       "listeners",       "identity",     "policy_file",
+        "routes_file", "cluster",         "log_level",    "log_format",
+        "access_log",  "limits",          "health",       "opaque_ports",
+        "discovery",   "outbound_policy", "egress_allow", NULL};
     static const char *const formats[] = {"text", "json", NULL};
     struct cm_jpath p, c;
     cm_jpath_root(&p, name);
@@ -396,6 +400,10 @@ static int parse_root(const char *name, json_t *root, struct px_config *cfg, cha
     cfg->access_log = dup_opt(alog);
 
     if (parse_opaque_ports(&p, root, cfg, errmsg) != 0)
+        return CM_ERR_INVAL;
+
+    cfg->discovery = cm_xcalloc(1, sizeof(*cfg->discovery));
+    if (px_disc_cfg_parse(&p, root, cfg->identity != NULL, cfg->discovery, errmsg) != 0)
         return CM_ERR_INVAL;
 
     if (cm_json_get_child(&p, root, "limits", false, JSON_OBJECT, &limits, errmsg) != 0)

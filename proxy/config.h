@@ -12,6 +12,8 @@
 #include "common/log.h"
 #include "common/net.h"
 
+struct px_disc_cfg;
+
 enum px_direction {
     PX_DIR_INBOUND = 0, /* mesh -> app (15006) */
     PX_DIR_OUTBOUND     /* app -> mesh (15001) */
@@ -114,6 +116,9 @@ struct px_config {
      * no detection, straight to the TCP policy and the tunnel */
     uint16_t opaque_ports[PX_MAX_OPAQUE_PORTS];
     size_t nopaque_ports;
+    /* "discovery", "outbound_policy", "egress_allow" (proxy/discovery.h); never NULL
+     * once loaded (enabled false without a "discovery" block) */
+    struct px_disc_cfg *discovery;
 };
 
 /* Is `port` listed in cfg->opaque_ports? */

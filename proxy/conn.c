@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "common/xalloc.h"
 #include "proxy/detect.h"
+#include "proxy/discovery.h"
 #include "proxy/h1.h"
 #include "proxy/h2.h"
 #include "proxy/identity.h"
@@ -41,6 +42,8 @@ void px_conn_free(struct px_conn *c)
 {
     if (c->detect_timer != NULL)
         event_free(c->detect_timer);
+    px_disc_cancel(c->disc_wait);
+    px_dest_answer_unref(c->dest);
     cm_list_remove(&c->link);
     c->srv->nconns--;
     px_metrics.downstream_cx_active--;
@@ -83,6 +86,31 @@ bool px_conn_is_loop(const struct px_conn *c, const struct cm_addr *a)
 
 static void start_mtls(struct px_conn *c);
 static void detect_silence(struct px_conn *c);
+static void dispatch(struct px_conn *c, enum px_conn_proto proto);
+static void abort_conn(struct px_conn *c);
+
+/* The client closed or failed while its destination was being looked up. */
+static void on_deferred_event(struct px_io *io, int what, void *arg)
+{
+    (void)io;
+    if (what & (PX_IO_EOF | PX_IO_ERROR)) {
+        struct px_conn *c = arg;
+        px_disc_cancel(c->disc_wait);
+        c->disc_wait = NULL;
+        abort_conn(c);
+    }
+}
+
+static void on_dest(enum px_disc_result res, struct px_dest_answer *ans, void *arg)
+{
+    struct px_conn *c = arg;
+    c->disc_wait = NULL;
+    c->disc_done = true;
+    c->disc_res = (int)res;
+    c->dest = ans != NULL ? px_dest_answer_ref(ans) : NULL;
+    if (c->disc_deferred)
+        dispatch(c, c->disc_proto);
+}
 
 /* Free a connection that never reached a handler, from the event loop. */
 static void abort_conn(struct px_conn *c)
@@ -93,6 +121,15 @@ static void abort_conn(struct px_conn *c)
 
 static void dispatch(struct px_conn *c, enum px_conn_proto proto)
 {
+    if (c->disc_wait != NULL) {
+        /* the destination is still being looked up (at most lookup_timeout_ms):
+         * the handler starts with the answer; bytes wait in the input buffer */
+        c->disc_deferred = true;
+        c->disc_proto = proto;
+        px_io_set_timeout(c->io, 0);
+        px_io_setcb(c->io, NULL, NULL, on_deferred_event, c);
+        return;
+    }
     c->proto = proto;
     px_io_set_timeout(c->io, 0);
     char peer[CM_ADDR_STRLEN];
@@ -293,6 +330,15 @@ void px_conn_accept(struct px_listener *l, int fd, const struct sockaddr *sa, so
     c->detect_timer = event_new(srv->base, -1, 0, on_detect_abort, c);
     px_io_set_read_limit(c->io, lim->buffer_bytes);
     px_io_setcb(c->io, on_detect_read, NULL, on_detect_event, c);
+    if (srv->disc != NULL && c->lcfg->direction == PX_DIR_OUTBOUND) {
+        /* where this connection goes, asked while its protocol is detected */
+        struct cm_addr dst;
+        px_conn_default_upstream(c, &dst);
+        enum px_disc_result r =
+            px_disc_lookup(srv->disc, &dst, NULL, &c->dest, on_dest, c, &c->disc_wait);
+        c->disc_done = c->disc_wait == NULL;
+        c->disc_res = (int)r;
+    }
     if (c->opaque && c->tls == PX_TLS_STRICT) {
         start_mtls(c); /* the peer sidecar speaks first: a ClientHello */
         return;

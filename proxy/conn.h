@@ -17,6 +17,8 @@
 
 struct px_listener;
 struct px_server;
+struct px_disc_wait;
+struct px_dest_answer;
 
 enum px_conn_proto {
     PX_PROTO_UNKNOWN = 0, /* still detecting */
@@ -49,6 +51,14 @@ struct px_conn {
     /* the listener's mTLS mode for this original destination port
      * (proxy/inbound_tls.h: a strict listener's permissive_ports) */
     enum px_tls_mode tls;
+    /* service discovery (proxy/discovery.h), outbound with a "discovery" block:
+     * the default upstream looked up at accept; dispatch waits for the answer */
+    struct px_disc_wait *disc_wait; /* the lookup in flight, or NULL */
+    bool disc_done;                 /* disc_res (and dest) hold the result */
+    int disc_res;                   /* enum px_disc_result */
+    struct px_dest_answer *dest;    /* FOUND: the answer (one reference), else NULL */
+    bool disc_deferred;             /* detection finished while the lookup was in flight */
+    enum px_conn_proto disc_proto;  /* ... with this protocol */
 };
 
 /* Take an accepted socket (fd, peer sa/salen) from listener l: record it,

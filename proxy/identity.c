@@ -60,6 +60,7 @@ struct px_identity {
     /* what is held */
     struct px_tls_conf *server, *client;
     struct px_tls_conf *tcp_client; /* no ALPN: the peer detects what follows (opaque TCP) */
+    struct px_tls_conf *dns_client; /* our certificate to a server named by DNS (discovery) */
     char serial[72];
     int64_t not_before, not_after;
     uint64_t rotations;
@@ -92,6 +93,11 @@ struct px_tls_conf *px_identity_server_tls(const struct px_identity *id)
 struct px_tls_conf *px_identity_client_tls(const struct px_identity *id)
 {
     return id != NULL ? id->client : NULL;
+}
+
+struct px_tls_conf *px_identity_dns_client_tls(const struct px_identity *id)
+{
+    return id != NULL ? id->dns_client : NULL;
 }
 
 struct px_tls_conf *px_identity_tcp_client_tls(const struct px_identity *id)
@@ -178,16 +184,19 @@ static int install(struct px_identity *id, const char *chain_pem, const char *ke
     const char *inter = strstr(chain_pem + 1, "-----BEGIN CERTIFICATE-----");
     anchors = inter ? cm_xasprintf("%s\n%s", bundle_pem, inter) : cm_xstrdup(bundle_pem);
     bundle_pem = anchors;
-    struct px_tls_conf *srv = NULL, *cli = NULL, *tcp = NULL;
+    struct px_tls_conf *srv = NULL, *cli = NULL, *tcp = NULL, *dns = NULL;
     if (px_tls_conf_new(PX_TLS_SERVER, chain_pem, key_pem, bundle_pem, id->trust_domain,
                         server_alpn, &srv, errmsg) != 0)
         goto out;
     if (px_tls_conf_new(PX_TLS_CLIENT, chain_pem, key_pem, bundle_pem, id->trust_domain,
                         client_alpn, &cli, errmsg) != 0 ||
         px_tls_conf_new(PX_TLS_CLIENT, chain_pem, key_pem, bundle_pem, id->trust_domain, NULL, &tcp,
-                        errmsg) != 0) {
+                        errmsg) != 0 ||
+        px_tls_conf_new(PX_TLS_CLIENT, chain_pem, key_pem, bundle_pem, NULL, NULL, &dns, errmsg) !=
+            0) {
         px_tls_conf_unref(srv);
         px_tls_conf_unref(cli);
+        px_tls_conf_unref(tcp);
         goto out;
     }
     /* swap: connections established under the old snapshots keep them */
@@ -195,6 +204,8 @@ static int install(struct px_identity *id, const char *chain_pem, const char *ke
     px_tls_conf_unref(id->server);
     px_tls_conf_unref(id->client);
     px_tls_conf_unref(id->tcp_client);
+    px_tls_conf_unref(id->dns_client);
+    id->dns_client = dns;
     id->server = srv;
     id->client = cli;
     id->tcp_client = tcp;
@@ -683,6 +694,7 @@ void px_identity_free(struct px_identity *id)
     px_watch_stop(&id->watch);
     px_tls_conf_unref(id->server);
     px_tls_conf_unref(id->client);
+    px_tls_conf_unref(id->dns_client);
     px_tls_conf_unref(id->tcp_client);
     px_tls_conf_unref(id->ca_conf);
     if (id->has_pending_key)

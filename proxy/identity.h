@@ -49,6 +49,9 @@ struct px_tls_conf *px_identity_client_tls(const struct px_identity *id);
 /* The client snapshot for opaque TCP: no ALPN, so the peer sidecar detects
  * the protocol on the decrypted bytes. */
 struct px_tls_conf *px_identity_tcp_client_tls(const struct px_identity *id);
+/* Our certificate toward a server named by DNS, not a workload (the discovery
+ * service: px_io_start_tls's expected_id is its DNS name). */
+struct px_tls_conf *px_identity_dns_client_tls(const struct px_identity *id);
 /* Register GET /certs on the admin API (after px_admin_start; admin may be NULL). */
 void px_identity_admin_routes(struct px_identity *id, struct px_admin *admin);
 /* Stop rotation, cancel a CSR in flight, drop the snapshots, free id (NULL is fine). */

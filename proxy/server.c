@@ -13,6 +13,7 @@
 #include "proxy/admin.h"
 #include "proxy/authz.h"
 #include "proxy/conn.h"
+#include "proxy/discovery.h"
 #include "proxy/h1.h"
 #include "proxy/h2.h"
 #include "proxy/health.h"
@@ -228,6 +229,7 @@ int px_server_run(struct px_config *cfg)
     px_identity_admin_routes(srv->identity, srv->admin);
     px_authz_admin_routes(srv->authz, srv->admin);
     px_routes_admin_routes(srv->routes, srv->admin);
+    px_disc_start(srv);
     srv->listeners_bound = true;
     cm_info("remora-proxy ready");
     event_base_dispatch(srv->base);
@@ -252,6 +254,7 @@ out:
         px_io_free(c->io);
         px_conn_free(c);
     }
+    px_disc_shutdown(srv); /* after the connections: one still detecting may wait on a lookup */
     px_health_free(health);
     if (srv->admin != NULL)
         px_admin_free(srv->admin);

@@ -434,7 +434,9 @@ static void start_try(struct px_stream *s)
             if (r == PX_RESOLVE_LOOP)
                 report_try(s, PX_TRY_CONNECT);
             s->cause = r == PX_RESOLVE_LOOP ? PX_CAUSE_LOOP : PX_CAUSE_UPSTREAM_TLS;
-            px_stream_respond(s, px_resolve_status(r), px_resolve_str(r));
+            char msg[192];
+            px_stream_respond(s, px_resolve_status(r),
+                              px_resolve_msg(r, &s->target, msg, sizeof(msg)));
             return;
         }
     }

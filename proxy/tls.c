@@ -172,8 +172,8 @@ int px_tls_conf_new(enum px_tls_role role, const char *chain_pem, const char *ke
         goto fail;
     }
     c->has_own = true;
-    c->check_spiffe = true;
-    snprintf(c->trust_domain, sizeof(c->trust_domain), "%s", trust_domain);
+    c->check_spiffe = trust_domain != NULL; /* NULL: a server named by DNS (discovery) */
+    snprintf(c->trust_domain, sizeof(c->trust_domain), "%s", trust_domain ? trust_domain : "");
     if ((r = mbedtls_ssl_conf_own_cert(&c->conf, &c->own, &c->key)) != 0) {
         char e[160];
         set_err(e, sizeof(e), "certificate and key", r);

@@ -28,8 +28,11 @@ enum px_tls_role {
  * bundle (one or more roots), the trust domain peers must be in, and the
  * ALPN list to offer/accept (NULL-terminated, e.g. {"h2", "http/1.1"}).
  * require_peer_cert: servers in strict/permissive mode ask for and verify a
- * client certificate. Returns 0 and *out (one reference), or an error with
- * *errmsg. */
+ * client certificate. trust_domain NULL (clients only): the server is named
+ * by DNS (px_io_start_tls's expected_id, checked by mbedTLS) and must not be
+ * a workload, as for the anonymous CA client, while our certificate is
+ * presented (the discovery client). Returns 0 and *out (one reference), or an
+ * error with *errmsg. */
 int px_tls_conf_new(enum px_tls_role role, const char *chain_pem, const char *key_pem,
                     const char *bundle_pem, const char *trust_domain, const char *const *alpn,
                     struct px_tls_conf **out, char **errmsg);

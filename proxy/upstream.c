@@ -3,14 +3,17 @@
 #include "proxy/upstream.h"
 
 #include <event2/buffer.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "proxy/conn.h"
+#include "proxy/discovery.h"
 #include "proxy/h1.h"
 #include "proxy/h2.h"
 #include "proxy/identity.h"
 #include "proxy/pool.h"
 #include "proxy/routes.h"
+#include "proxy/server.h"
 #include "proxy/stream.h"
 #include "proxy/tls.h"
 
@@ -53,6 +56,26 @@ enum px_resolve px_upstream_resolve(const struct px_stream *s, const struct px_e
     t->proto = px_upstream_proto(s->lcfg);
     /* secure naming: the route's endpoint names the workload it must be */
     t->expected_id = ep != NULL ? ep->identity : NULL;
+    const struct px_conn *c = s->conn;
+    if (ep == NULL && c->disc_done && c->srv->disc != NULL) {
+        /* service discovery (a routes-file endpoint above wins): what the
+         * registry says about the connection's destination */
+        const char *id = NULL;
+        switch (px_disc_route(c->srv->disc, (enum px_disc_result)c->disc_res, c->dest, &t->addr,
+                              NULL, &id)) {
+        case PX_ROUTE_REFUSED:
+            return PX_RESOLVE_NOT_IN_REGISTRY;
+        case PX_ROUTE_PLAIN:
+        case PX_ROUTE_EGRESS: /* as the app sent it: no mTLS, its own protocol */
+            mesh = false;
+            t->proto = s->lcfg->upstream_protocol == PX_UP_H2 ? PX_TGT_H2 : PX_TGT_H1;
+            break;
+        case PX_ROUTE_MESH:
+            if (mesh)
+                t->expected_id = id;
+            break;
+        }
+    }
     if (t->expected_id != NULL && !mesh)
         return PX_RESOLVE_ID_NEEDS_MTLS; /* only a peer certificate can prove it: fail closed */
     if (px_conn_is_loop(s->conn, &t->addr))
@@ -74,7 +97,22 @@ enum px_resolve px_upstream_resolve_tcp(const struct px_conn *c, struct px_upstr
     t->expected_id = NULL;
     if (px_conn_is_loop(c, &t->addr))
         return PX_RESOLVE_LOOP;
-    if (c->lcfg->tls == PX_TLS_MESH) {
+    bool mesh = c->lcfg->tls == PX_TLS_MESH;
+    if (c->disc_done && c->srv->disc != NULL) {
+        const char *id = NULL;
+        switch (px_disc_route(c->srv->disc, (enum px_disc_result)c->disc_res, c->dest, &t->addr,
+                              NULL, &id)) {
+        case PX_ROUTE_REFUSED:
+            return PX_RESOLVE_NOT_IN_REGISTRY;
+        case PX_ROUTE_PLAIN:
+        case PX_ROUTE_EGRESS: /* TCP and the app's own TLS spliced as they are */
+            mesh = false;
+            break;
+        case PX_ROUTE_MESH:
+            break;
+        }
+    }
+    if (mesh) {
         /* opaque TCP between sidecars is wrapped in mTLS too (no ALPN: the
          * peer sidecar detects the protocol on the decrypted bytes) */
         struct px_tls_conf *conf = px_identity_tcp_client_conf();
@@ -87,6 +125,8 @@ enum px_resolve px_upstream_resolve_tcp(const struct px_conn *c, struct px_upstr
 
 int px_resolve_status(enum px_resolve r)
 {
+    if (r == PX_RESOLVE_NOT_IN_REGISTRY)
+        return 502;
     return r == PX_RESOLVE_LOOP ? 508 : 503;
 }
 
@@ -102,8 +142,21 @@ const char *px_resolve_str(enum px_resolve r)
                "(the listener's tls is not \"mesh\")";
     case PX_RESOLVE_NO_CERT:
         return "no workload certificate yet: mTLS not possible";
+    case PX_RESOLVE_NOT_IN_REGISTRY:
+        return "the destination is not in the mesh registry (outbound_policy registry_only)";
     }
     return "unknown";
+}
+
+const char *px_resolve_msg(enum px_resolve r, const struct px_upstream_target *t, char *buf,
+                           size_t len)
+{
+    if (r != PX_RESOLVE_NOT_IN_REGISTRY)
+        return px_resolve_str(r);
+    char a[CM_ADDR_STRLEN];
+    snprintf(buf, len, "destination %s is not in the mesh registry (outbound_policy registry_only)",
+             cm_addr_format(&t->addr, a, sizeof(a)));
+    return buf;
 }
 
 void px_upstream_attach(struct px_stream *s)

@@ -16,6 +16,7 @@
 #define PX_UPSTREAM_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "common/net.h"
@@ -47,9 +48,10 @@ struct px_upstream_target {
 /* Why a target could not be resolved (the stream answers with the status). */
 enum px_resolve {
     PX_RESOLVE_OK = 0,
-    PX_RESOLVE_LOOP,          /* the address is one of our listeners -> 508 */
-    PX_RESOLVE_ID_NEEDS_MTLS, /* the endpoint names an identity, the listener is not mesh -> 503 */
-    PX_RESOLVE_NO_CERT        /* mesh, but no workload certificate yet -> 503 */
+    PX_RESOLVE_LOOP,           /* the address is one of our listeners -> 508 */
+    PX_RESOLVE_ID_NEEDS_MTLS,  /* the endpoint names an identity, the listener is not mesh -> 503 */
+    PX_RESOLVE_NO_CERT,        /* mesh, but no workload certificate yet -> 503 */
+    PX_RESOLVE_NOT_IN_REGISTRY /* outside the mesh, registry_only, not in egress_allow -> 502 */
 };
 
 /* The protocol requests of listener l are sent upstream with: HTTP/2 between
@@ -67,6 +69,10 @@ enum px_resolve px_upstream_resolve_tcp(const struct px_conn *c, struct px_upstr
 /* The status and body the client gets for a resolve failure. */
 int px_resolve_status(enum px_resolve r);
 const char *px_resolve_str(enum px_resolve r);
+/* The body for the client: px_resolve_str, or for NOT_IN_REGISTRY the message
+ * naming the destination (t->addr), written into buf. */
+const char *px_resolve_msg(enum px_resolve r, const struct px_upstream_target *t, char *buf,
+                           size_t len);
 /* Drop the target's TLS reference (idempotent). */
 void px_upstream_target_release(struct px_upstream_target *t);
 

@@ -109,15 +109,17 @@ def main():
     p.add_argument("--response", action="append")
     p.add_argument("--after")
     p.add_argument("--close", action="store_true")
+    p.add_argument("--listen", default="127.0.0.1:0", help="host:port (default 127.0.0.1:0)")
     args = p.parse_args()
     responses = [unescape(r) for r in (args.response or
                                        ["HTTP/1.1 200 OK\\r\\ncontent-length: 2\\r\\n\\r\\nok"])]
     os.makedirs(args.dir, exist_ok=True)
     open(os.path.join(args.dir, "all.bin"), "ab").close()
+    host, _, port = args.listen.rpartition(":")
     s = socket.socket()
-    s.bind(("127.0.0.1", 0))
+    s.bind((host, int(port)))
     s.listen(64)
-    print("listening on 127.0.0.1:%d" % s.getsockname()[1], flush=True)
+    print("listening on %s:%d" % (host, s.getsockname()[1]), flush=True)
     while True:
         c, _ = s.accept()
         with lock:

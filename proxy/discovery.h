@@ -1,0 +1,228 @@
+/* Service discovery, the proxy side (issue 18): what the proxy asks the
+ * injector's discovery service (docs/discovery.md) about a destination, and
+ * the cache of those answers.
+ *
+ * Three parts:
+ *  - the bootstrap keys "discovery", "outbound_policy", "egress_allow"
+ *    (proxy/discovery_config.c), with the egress_allow matcher;
+ *  - the answer decoder (proxy/discovery_answer.c): the JSON of
+ *    GET /v1/destination into a bounded, validated, reference-counted
+ *    px_dest_answer (fuzzed by test/fuzz/fuzz_destination.c);
+ *  - the cache (proxy/discovery.c): one entry per destination in use, each
+ *    fetched once (concurrent lookups share the request), then kept current
+ *    by a long-poll (&wait=VERSION) while in use and dropped after
+ *    5 minutes unused. Admin: GET /destinations.
+ *
+ * Design note: docs/discovery.md, "Proxy side". */
+#ifndef PX_DISCOVERY_H
+#define PX_DISCOVERY_H
+
+#include <event2/event.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/net.h"
+
+struct cm_jpath;
+struct evbuffer;
+struct px_tls_conf;
+
+/* ---- configuration (proxy/discovery_config.c) ------------------------------------- */
+
+enum px_outbound_policy {
+    PX_OUTBOUND_ALLOW_ANY = 0, /* outside the mesh: passed through as the app sent it */
+    PX_OUTBOUND_REGISTRY_ONLY  /* outside the mesh: refused unless egress_allow lists it */
+};
+
+enum px_egress_kind {
+    PX_EGRESS_HOST = 0, /* "api.example.com:443": that name, any case, trailing dot ignored */
+    PX_EGRESS_SUFFIX,   /* "*.example.com:443": any name under example.com (not itself) */
+    PX_EGRESS_CIDR      /* "203.0.113.0/24:443", "[2001:db8::]/32:443", "10.1.2.3:80" (/32) */
+};
+
+struct px_egress_rule {
+    enum px_egress_kind kind;
+    char *name; /* HOST: lower-case name; SUFFIX: ".example.com" (lower-case) */
+    int family; /* CIDR: AF_INET or AF_INET6 */
+    uint8_t net[16];
+    uint8_t prefix;
+    uint16_t port;
+};
+
+#define PX_EGRESS_MAX_RULES         256
+#define PX_DISC_DEFAULT_SERVER_NAME "remora-injector.remora-system.svc"
+
+struct px_disc_cfg {
+    bool enabled;               /* a "discovery" block is present */
+    struct cm_addr addr;        /* discovery.address (numeric) */
+    char *server_name;          /* discovery.server_name: the DNS name its certificate carries */
+    uint32_t lookup_timeout_ms; /* discovery.lookup_timeout_ms: a first lookup waits at most this */
+    enum px_outbound_policy policy;
+    struct px_egress_rule *egress;
+    size_t negress;
+};
+
+/* Read the three top-level keys of the bootstrap document `root` (path p)
+ * into *out (zeroed first: absent keys give the defaults). Errors name the
+ * key: "proxy.json: egress_allow[2]: ...". has_identity: whether the
+ * document has an "identity" block (discovery is mTLS only). Returns 0 or
+ * CM_ERR_INVAL with *errmsg (caller frees); *out is then still freeable. */
+int px_disc_cfg_parse(const struct cm_jpath *p, json_t *root, bool has_identity,
+                      struct px_disc_cfg *out, char **errmsg);
+void px_disc_cfg_deinit(struct px_disc_cfg *c);
+
+/* Does egress_allow let this destination out under registry_only? host is the
+ * HTTP Host or the TLS SNI without its port (NULL: not known), dst the
+ * original destination address (NULL: not known), port the destination port.
+ * Names match HOST and SUFFIX rules, the address CIDR rules. */
+bool px_egress_allowed(const struct px_disc_cfg *c, const char *host, const struct cm_addr *dst,
+                       uint16_t port);
+
+/* ---- answers (proxy/discovery_answer.c) -------------------------------------------- */
+
+#define PX_DEST_MAX_ANSWER    (1u << 20) /* bytes of one answer's JSON */
+#define PX_DEST_MAX_ENDPOINTS 1000       /* endpoints of one answer (a slice's bound) */
+#define PX_DEST_MAX_VERSION   64         /* the injector's version is 16 hex digits */
+
+enum px_dest_kind {
+    PX_DEST_SERVICE = 0, /* a Service (ClusterIP or name) with its endpoints */
+    PX_DEST_POD          /* one pod's address: one endpoint */
+};
+
+struct px_dest_ep {
+    struct cm_addr addr;
+    char *identity; /* SPIFFE ID the peer must present (meshed), else NULL */
+    char *zone;     /* "" when unknown */
+    char *pod;      /* "ns/name", or NULL */
+    bool meshed, ready, serving, terminating;
+};
+
+/* Immutable once decoded; shared by the cache and whoever holds it while a
+ * request is in flight (px_dest_answer_ref / _unref). */
+struct px_dest_answer {
+    unsigned refs;
+    enum px_dest_kind kind;
+    char *service; /* "ns/name", or NULL (a pod no Service selects) */
+    uint16_t port;
+    char *protocol; /* "http", "http2", "grpc", "tcp", ... or "" */
+    char version[PX_DEST_MAX_VERSION + 1];
+    struct px_dest_ep *eps;
+    size_t neps;
+};
+
+/* Decode one 200 answer. Returns 0 and *out (one reference: the caller
+ * unrefs), or CM_ERR_INVAL with *errmsg naming the field
+ * ("endpoints[3].address: ..."). Unknown fields are ignored (a newer
+ * injector); missing, mistyped or over-bound ones are refused. */
+int px_dest_decode(const char *buf, size_t len, struct px_dest_answer **out, char **errmsg);
+struct px_dest_answer *px_dest_answer_ref(struct px_dest_answer *a);
+void px_dest_answer_unref(struct px_dest_answer *a);
+/* The answer as JSON (for /destinations): a new reference. */
+json_t *px_dest_answer_json(const struct px_dest_answer *a);
+
+/* ---- the cache (proxy/discovery.c) ----------------------------------------------- */
+
+#define PX_DISC_MAX_ENTRIES 4096   /* destinations held; more: the least recently used goes */
+#define PX_DISC_IDLE_MS     300000 /* an entry unused this long is dropped (its watch too) */
+#define PX_DISC_NEGATIVE_MS 5000   /* a 404 is believed this long (404s are never held) */
+#define PX_DISC_WATCH_S     30     /* timeout_s of a long-poll */
+
+/* What a lookup found. */
+enum px_disc_result {
+    PX_DISC_FOUND = 0,  /* in the registry: the answer (maybe stale, see px_disc_stale) */
+    PX_DISC_NOT_FOUND,  /* discovery answered 404: outside the mesh */
+    PX_DISC_UNAVAILABLE /* no answer in time (unreachable, timeout, a bad answer, no
+                         * workload certificate yet): treated as outside the mesh */
+};
+
+struct px_disc;
+struct px_disc_wait;
+
+/* How the cache reaches the discovery service. Tests set their own TLS
+ * provider and shorter times; the proxy uses px_disc_opts_default. */
+struct px_disc_opts {
+    /* The client configuration with the workload certificate (a new reference),
+     * or NULL while there is none (lookups are then UNAVAILABLE). Default: the
+     * identity module's (tls_arg: the struct px_identity *). */
+    struct px_tls_conf *(*tls_conf)(void *arg);
+    void *tls_arg;
+    uint32_t idle_ms;      /* PX_DISC_IDLE_MS */
+    uint32_t negative_ms;  /* PX_DISC_NEGATIVE_MS */
+    uint32_t watch_s;      /* PX_DISC_WATCH_S */
+    uint32_t max_entries;  /* PX_DISC_MAX_ENTRIES */
+    uint32_t retry_max_ms; /* backoff of a failed watch: 250 ms doubling to this (30 s) */
+    bool plaintext;        /* tests only: tls_conf NULL means plain HTTP (never in the proxy:
+                            * no configuration key sets it) */
+};
+void px_disc_opts_default(struct px_disc_opts *o);
+
+/* A cache on base for cfg (borrowed: it outlives the cache; cfg->enabled).
+ * Free with px_disc_free (pending lookups are dropped without callbacks). */
+struct px_disc *px_disc_new(struct event_base *base, const struct px_disc_cfg *cfg,
+                            const struct px_disc_opts *opts);
+void px_disc_free(struct px_disc *d);
+
+/* The callback of a lookup that had to wait: res and, for FOUND, the answer
+ * (borrowed for the call; take a reference to keep it). */
+typedef void (*px_disc_cb)(enum px_disc_result res, struct px_dest_answer *ans, void *arg);
+
+/* Look up a destination: dst (an original destination address) or, when dst
+ * is NULL, host ("name:port", as an HTTP Host with its port). When the cache
+ * knows the answer it returns the result at once (FOUND: *ans is a new
+ * reference) and *w is NULL; else it returns PX_DISC_UNAVAILABLE with *w set,
+ * and cb runs exactly once from the event loop within lookup_timeout_ms,
+ * unless px_disc_cancel(*w) comes first. A host that is not a valid
+ * "name:port" is NOT_FOUND at once. */
+enum px_disc_result px_disc_lookup(struct px_disc *d, const struct cm_addr *dst, const char *host,
+                                   struct px_dest_answer **ans, px_disc_cb cb, void *arg,
+                                   struct px_disc_wait **w);
+/* Drop a waiting lookup (its cb is not called). NULL is fine. */
+void px_disc_cancel(struct px_disc_wait *w);
+
+/* Is the answer of this destination held while the discovery service cannot
+ * be reached (its last watch failed)? */
+bool px_disc_stale(struct px_disc *d, const struct cm_addr *dst, const char *host);
+
+/* GET /destinations: every entry with its answer, version, age, staleness. */
+json_t *px_disc_json(struct px_disc *d);
+/* remora_discovery_* series of the proxy (entries, stale entries, lookups by
+ * result, requests and failures to the discovery service). */
+void px_disc_write_prometheus(struct px_disc *d, struct evbuffer *out);
+
+/* What the outbound path does with a connection's lookup result (px_upstream_resolve). */
+enum px_disc_route {
+    PX_ROUTE_MESH = 0, /* in the registry with meshed endpoints: mTLS (with *expected_id when
+                        * every meshed endpoint is the same workload: secure naming) */
+    PX_ROUTE_PLAIN,    /* in the registry, no endpoint meshed: as the app sent it, no mTLS */
+    PX_ROUTE_EGRESS,   /* outside the mesh, let out (allow_any, or listed in egress_allow) */
+    PX_ROUTE_REFUSED   /* outside the mesh under registry_only, not in egress_allow */
+};
+/* Decide for a destination dst (host: its name when known, else NULL) from a
+ * finished lookup (res, and ans for FOUND). Counts the egress decisions
+ * (remora_egress_total{decision}) and logs the refusals. *expected_id is
+ * borrowed from ans. */
+enum px_disc_route px_disc_route(struct px_disc *d, enum px_disc_result res,
+                                 const struct px_dest_answer *ans, const struct cm_addr *dst,
+                                 const char *host, const char **expected_id);
+
+/* In the running proxy (proxy/discovery_server.c): make srv->disc when the
+ * bootstrap has "discovery" (after the admin server: GET /destinations), and
+ * free it (before the admin server). */
+struct px_server;
+void px_disc_start(struct px_server *srv);
+void px_disc_shutdown(struct px_server *srv);
+
+/* Counters (tests, /stats). */
+struct px_disc_stats {
+    uint64_t lookups_hit, lookups_miss, lookups_coalesced;
+    uint64_t requests, failures, updates;
+    uint64_t found, not_found, unavailable; /* results given */
+    uint64_t evicted, expired;
+    uint64_t egress_passthrough, egress_allowed, egress_refused; /* remora_egress_total */
+    uint32_t entries, stale;
+};
+void px_disc_get_stats(struct px_disc *d, struct px_disc_stats *s);
+
+#endif

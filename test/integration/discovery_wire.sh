@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# The outbound path asks service discovery (issue 18, the first wired piece;
+# docs/discovery.md "Proxy side"): the real injector's discovery service over
+# mTLS, fed by the fake API server, and a proxy whose outbound listener is
+# tls "mesh" (which without discovery wraps everything in mTLS). On loopback
+# the connection's destination is the listener's fixed upstream, which the
+# proxy looks up as it would an original destination:
+#  - a pod in the registry that is not meshed gets the request as the app
+#    sent it (plaintext), byte for byte;
+#  - a meshed pod is reached over mTLS and must present exactly its identity
+#    from the registry (secure naming): another workload's certificate -> 503;
+#  - an address nothing in the registry has: passed through under allow_any,
+#    502 "destination X is not in the mesh registry (outbound_policy
+#    registry_only)" under registry_only (the app sees nothing), let out again
+#    when egress_allow lists it; opaque TCP refused (closed) the same way;
+#  - the unmeshed pod still answered under registry_only (it is in the registry);
+#  - the injector stopped: the held answer keeps working (stale), and
+#    /destinations and the series say so.
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+FAKE=(python3 "$REMORA_ROOT/test/tools/fake_apiserver.py")
+
+ca_pki || exit 1
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -keyout "$D/apica-key.pem" -out "$D/apica.pem" -subj "/CN=apica" 2>/dev/null || exit 1
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$D/api-key.pem" \
+    -out "$D/api.csr" -subj "/CN=kube-apiserver" 2>/dev/null &&
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$D/api.ext" &&
+    openssl x509 -req -in "$D/api.csr" -CA "$D/apica.pem" -CAkey "$D/apica-key.pem" -CAcreateserial \
+        -days 2 -extfile "$D/api.ext" -out "$D/api.pem" 2>/dev/null || exit 1
+echo "tok-$$" >"$TMP/sa-token"
+"$CERTS" workload --ca-cert "$D/root.pem" --ca-key "$D/root-key.pem" \
+    --spiffe-id spiffe://cluster.local/ns/shop/sa/client --out-cert "$D/w.pem" --out-key "$D/w-key.pem" \
+    >/dev/null || exit 1
+
+bg fake "${FAKE[@]}" --cert "$D/api.pem" --key "$D/api-key.pem" --port-file "$TMP/api.port" \
+    --control-listen 127.0.0.1:0 --control-port-file "$TMP/ctl.port"
+WAIT_UNTIL_STEP=0.05 wait_until 20 test -s "$TMP/ctl.port" -a -s "$TMP/api.port" ||
+    { fail "fake API server starts"; cat "$TMP/fake.log"; finish; }
+APIP=$(cat "$TMP/api.port")
+CTL=http://127.0.0.1:$(cat "$TMP/ctl.port")/_control
+ctl() { curl -sS -m 10 "$CTL/$1" "${@:2}"; }
+ctl state -X PUT --data-binary "{\"token\": \"tok-$$\"}" >/dev/null
+# an unmeshed pod at 127.0.0.1 (the app below listens there)
+ctl objects/pods -X PUT --data-binary '{"metadata": {"name": "legacy-0", "namespace": "shop",
+    "labels": {"app": "legacy"}}, "spec": {"serviceAccountName": "legacy", "nodeName": "n1"},
+    "status": {"phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
+               "conditions": [{"type": "Ready", "status": "True"}]}}' >/dev/null
+
+# a meshed pod at 127.0.0.3 running as shop/web (its sidecar is started below)
+ctl objects/pods -X PUT --data-binary '{"metadata": {"name": "web-0", "namespace": "shop",
+    "labels": {"app": "web"}, "annotations": {"remora.io/status": "{}"}},
+    "spec": {"serviceAccountName": "web", "nodeName": "n1"},
+    "status": {"phase": "Running", "podIP": "127.0.0.3", "podIPs": [{"ip": "127.0.0.3"}],
+               "conditions": [{"type": "Ready", "status": "True"}]}}' >/dev/null
+for sa in web other; do
+    "$CERTS" workload --ca-cert "$D/root.pem" --ca-key "$D/root-key.pem" \
+        --spiffe-id "spiffe://cluster.local/ns/shop/sa/$sa" --out-cert "$D/$sa.pem" \
+        --out-key "$D/$sa-key.pem" >/dev/null || exit 1
+done
+
+DP=$(free_port)
+ca_config main 3600 "$(jq -n --arg a "127.0.0.1:$DP" --arg api "https://127.0.0.1:$APIP" \
+    --arg tok "$TMP/sa-token" --arg ca "$D/apica.pem" \
+    '{discovery: {address: $a, api: $api, token_file: $tok, ca_file: $ca}}')"
+ca_start_injector "$TMP/main.json" || { fail "injector starts"; cat "$TMP/injector-1.log"; finish; }
+wait_port "$DP" || { fail "discovery port listens"; cat "$TMP/injector-1.log"; finish; }
+# shellcheck disable=SC2317 # called through check/wait_until
+readyz() { [[ $(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/wh.pem" \
+    --resolve "$SVC:$WH:127.0.0.1" "https://$SVC:$WH/readyz") == 200 ]]; }
+check "injector synced (/readyz 200)" wait_until 30 readyz
+
+# the app: a recorder on 127.0.0.1 (in the registry), and one on 127.0.0.2 (outside it)
+mkdir -p "$TMP/rec1" "$TMP/rec2"
+bg rec1 python3 "$REMORA_ROOT/test/tools/h1_recorder.py" --dir "$TMP/rec1" \
+    --response 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'
+wait_until 5 listen_port "$TMP/rec1.log" || { fail "recorder 1 did not start"; finish; }
+APP1=$LISTEN_PORT
+APP2=$(free_port)
+bg rec2 python3 "$REMORA_ROOT/test/tools/h1_recorder.py" --dir "$TMP/rec2" --listen "127.0.0.2:$APP2" \
+    --response 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'
+wait_until 5 listen_port "$TMP/rec2.log" || { fail "recorder 2 did not start"; cat "$TMP/rec2.log"; finish; }
+
+# web_sidecar SA: the meshed pod's inbound sidecar on 127.0.0.3:$WEBP (strict mTLS, to the
+# app on 127.0.0.1:$APP1), presenting the certificate of service account SA; sets WEB_PID.
+WEBP=$(free_port)
+web_sidecar() {
+    local admin; admin=$(free_port)
+    cat >"$TMP/web-$1.json" <<JSON
+{"admin": {"address": "127.0.0.1:$admin"},
+ "listeners": [{"name": "in", "address": "127.0.0.3:$WEBP", "direction": "inbound",
+                "tls": "strict", "upstream": "127.0.0.1:$APP1"}],
+ "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "$1",
+              "cert_file": "$D/$1.pem", "key_file": "$D/$1-key.pem", "bundle_file": "$D/root.pem"}}
+JSON
+    bg "web-$1" "$PROXY" -c "$TMP/web-$1.json"
+    WEB_PID=$LASTPID
+    wait_http "http://127.0.0.1:$admin/ready" || { fail "web sidecar ($1) starts"; return 1; }
+}
+
+# run_proxy NAME POLICY EGRESS-JSON: a proxy with two mesh outbound listeners (L1 -> APP1,
+# L2 -> APP2) and a TCP one on an opaque port (L3 -> APP2); sets ADMIN_PORT, L1, L2, PROXY_PID.
+run_proxy() {
+    ADMIN_PORT=$(free_port); L1=$(free_port); L2=$(free_port); L3=$(free_port)
+    cat >"$TMP/$1.json" <<JSON
+{"admin": {"address": "127.0.0.1:$ADMIN_PORT"},
+ "listeners": [
+   {"name": "l1", "address": "127.0.0.1:$L1", "direction": "outbound", "tls": "mesh",
+    "upstream": "127.0.0.1:$APP1"},
+   {"name": "l2", "address": "127.0.0.1:$L2", "direction": "outbound", "tls": "mesh",
+    "upstream": "127.0.0.2:$APP2"},
+   {"name": "l3", "address": "127.0.0.1:$L3", "direction": "outbound", "tls": "mesh",
+    "upstream": "127.0.0.3:$WEBP"}],
+ "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "client",
+              "cert_file": "$D/w.pem", "key_file": "$D/w-key.pem", "bundle_file": "$D/root.pem"},
+ "discovery": {"address": "127.0.0.1:$DP", "lookup_timeout_ms": 3000},
+ "outbound_policy": "$2", "egress_allow": $3}
+JSON
+    start_proxy "$1" "$TMP/$1.json"
+}
+
+REQ=$'GET /hello?x=1 HTTP/1.1\r\nHost: legacy.shop:80\r\nX-App: 1\r\n\r\n'
+# send PORT: the app's request through the proxy; prints the status line
+send() {
+    printf '%s' "$REQ" | timeout 20 python3 -c '
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=15)
+s.sendall(sys.stdin.buffer.read())
+data = b""
+while b"\r\n\r\n" not in data:
+    d = s.recv(4096)
+    if not d: break
+    data += d
+head, _, body = data.partition(b"\r\n\r\n")
+import re
+m = re.search(rb"content-length: *(\d+)", head, re.I)
+n = int(m.group(1)) if m else 0
+while len(body) < n:
+    d = s.recv(4096)
+    if not d: break
+    body += d
+print(head.split(b"\r\n")[0].decode(), body.decode(errors="replace"))' "$1"
+}
+
+run_proxy allow allow_any '[]' || finish
+A=http://127.0.0.1:$ADMIN_PORT
+expect_eq "unmeshed pod in the registry: plaintext, 200" "$(send "$L1")" "HTTP/1.1 200 OK ok"
+got=$(head -c 400 "$TMP/rec1/all.bin")
+expect_match "the app got the request as sent (path, Host, field)" "$got" \
+    $'^GET /hello\\?x=1 HTTP/1.1\r\n.*[Hh]ost: legacy.shop:80\r\n'
+expect_eq "outside the mesh, allow_any: passed through, 200" "$(send "$L2")" "HTTP/1.1 200 OK ok"
+dest=$(curl -s "$A/destinations")
+jq -r '.destinations[] | select(.last_error) | "   " + .destination + ": " + .last_error' <<<"$dest"
+expect_eq "/destinations: the pod (current) and the outside address (not in the registry)" \
+    "$(jq -c '[.destinations[] | [.destination, .state, (.answer.kind // "")]] | sort' <<<"$dest")" \
+    "[[\"127.0.0.1:$APP1\",\"current\",\"pod\"],[\"127.0.0.2:$APP2\",\"not in the registry\",\"\"]]"
+expect_match "remora_egress_total passthrough" "$(curl -s "$A/metrics")" \
+    'remora_egress_total\{decision="passthrough"\} 1'
+# secure naming from discovery: the pod at 127.0.0.3 is shop/web
+web_sidecar other || finish
+n1=$(stat -c %s "$TMP/rec1/all.bin")
+expect_eq "meshed pod answered by another workload: 503, never sent" "$(send "$L3")" \
+    "HTTP/1.1 503 Service Unavailable upstream mTLS handshake failed"
+expect_eq "... the app behind it saw nothing" "$(stat -c %s "$TMP/rec1/all.bin")" "$n1"
+expect_match "... the log names both identities" "$(cat "$TMP/allow.log")" \
+    'peer is spiffe://cluster.local/ns/shop/sa/other, expected spiffe://cluster.local/ns/shop/sa/web'
+stop_pid "$WEB_PID"
+expect_sanitizers_clean "web sidecar (other): sanitizers clean" "$TMP/web-other.log"
+web_sidecar web || finish
+n1=$(stat -c %s "$TMP/rec1/all.bin")
+expect_eq "meshed pod answered by its own workload: mTLS, 200" "$(send "$L3")" "HTTP/1.1 200 OK ok"
+check "... and the app behind its sidecar got the request" test "$(stat -c %s "$TMP/rec1/all.bin")" -gt "$n1"
+stop_pid "$WEB_PID"
+expect_sanitizers_clean "web sidecar (web): sanitizers clean" "$TMP/web-web.log"
+stop_pid "$PROXY_PID"
+expect_sanitizers_clean "allow_any proxy: sanitizers clean" "$TMP/allow.log"
+
+before=$(stat -c %s "$TMP/rec2/all.bin")
+run_proxy strict registry_only '[]' || finish
+A=http://127.0.0.1:$ADMIN_PORT
+expect_eq "registry_only: 502 naming the destination" "$(send "$L2")" \
+    "HTTP/1.1 502 Bad Gateway destination 127.0.0.2:$APP2 is not in the mesh registry (outbound_policy registry_only)"
+expect_eq "registry_only: the outside app saw nothing" "$(stat -c %s "$TMP/rec2/all.bin")" "$before"
+timed() { curl -s -o /dev/null -w '%{http_code} %{time_total}' -H 'Host: legacy.shop:80' "http://127.0.0.1:$1/t"; }
+read -r c1 s1 <<<"$(timed "$L1")"
+read -r c2 s2 <<<"$(timed "$L1")"
+expect_eq "registry_only: the unmeshed pod in the registry still 200, twice" "$c1 $c2" "200 200"
+echo "   measured (curl time_total): first request ${s1}s (a lookup over mTLS), second ${s2}s (a hit)"
+tcp_answer=$(timeout 20 python3 -c '
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=15)
+s.sendall(b"\x00\x01\x02 not http\r\n")
+data = b""
+try:
+    while True:
+        d = s.recv(4096)
+        if not d: break
+        data += d
+    print("closed", len(data))
+except OSError as e:
+    print("error", e)' "$L2")
+expect_eq "registry_only: opaque TCP to the outside address closed, nothing answered" "$tcp_answer" "closed 0"
+expect_eq "registry_only: the outside app saw no TCP bytes either" "$(stat -c %s "$TMP/rec2/all.bin")" "$before"
+expect_match "remora_egress_total refused (the request and the TCP connection)" \
+    "$(curl -s "$A/metrics")" 'remora_egress_total\{decision="refused"\} 2'
+expect_match "the refusal is logged with the destination" "$(cat "$TMP/strict.log")" \
+    "egress: 127.0.0.2:$APP2 refused: not in the mesh registry"
+# the injector stops: the held answer keeps working, stale
+kill -TERM "$IPID"; wait "$IPID" 2>/dev/null
+# shellcheck disable=SC2317 # called through wait_until
+stale() { curl -s "$A/destinations" | jq -e --arg d "127.0.0.1:$APP1" \
+    '.destinations[] | select(.destination == $d) | .stale' >/dev/null; }
+check "injector stopped: the held answer turns stale" wait_until 30 stale
+expect_eq "injector stopped: the known destination keeps working" "$(send "$L1")" "HTTP/1.1 200 OK ok"
+stop_pid "$PROXY_PID"
+expect_sanitizers_clean "registry_only proxy: sanitizers clean" "$TMP/strict.log"
+
+ca_start_injector "$TMP/main.json" || { fail "injector restarts"; finish; }
+check "injector synced again" wait_until 30 readyz
+run_proxy listed registry_only "[\"127.0.0.0/8:$APP2\"]" || finish
+expect_eq "registry_only + egress_allow CIDR: let out, 200" "$(send "$L2")" "HTTP/1.1 200 OK ok"
+expect_match "remora_egress_total allowed" "$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics")" \
+    'remora_egress_total\{decision="allowed"\} 1'
+stop_pid "$PROXY_PID"
+expect_sanitizers_clean "egress_allow proxy: sanitizers clean" "$TMP/listed.log"
+finish

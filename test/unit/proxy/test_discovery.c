@@ -1,0 +1,914 @@
+/* Unit tests of service discovery on the proxy side (proxy/discovery.h):
+ *  - the bootstrap keys (discovery, outbound_policy, egress_allow) through
+ *    px_config_parse: defaults, errors naming the key, the egress matcher;
+ *  - the answer decoder: a good answer, and each way an answer is refused;
+ *  - the cache against a fake discovery service: a plaintext HTTP/1.1 server
+ *    in threads on 127.0.0.1 (one thread per connection) answering
+ *    /v1/destination as the injector does, holding long-polls until the
+ *    version changes. It records every request target, so the tests assert
+ *    what the cache asked, byte for byte: concurrent lookups share one
+ *    request, a hit asks nothing, a 404 is believed, a long-poll carries the
+ *    version and swaps the answer, an unreachable service leaves the held
+ *    answer in use (stale) and new destinations UNAVAILABLE, a slow one
+ *    bounds the first lookup by lookup_timeout_ms, unused entries are
+ *    dropped, and the entry count is bounded. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "common/net.h"
+#include "proxy/config.h"
+#include "proxy/discovery.h"
+#include "proxy/io.h"
+
+/* ---- config -------------------------------------------------------------------- */
+
+#define LISTENERS                                                                                  \
+    "\"listeners\": [{\"name\": \"o\", \"address\": \"127.0.0.1:0\", "                             \
+    "\"direction\": \"outbound\"}]"
+#define IDENTITY                                                                                   \
+    "\"identity\": {\"trust_domain\": \"t.local\", \"namespace\": \"a\", "                         \
+    "\"service_account\": \"b\", \"cert_file\": \"c\", \"key_file\": \"k\", "                      \
+    "\"bundle_file\": \"b\"}"
+
+static struct px_config *parse_ok(const char *doc)
+{
+    struct px_config *cfg = NULL;
+    char *err = NULL;
+    int rc = px_config_parse("p.json", doc, strlen(doc), &cfg, &err);
+    if (rc != 0)
+        fprintf(stderr, "unexpected: %s\n", err);
+    assert_int_equal(rc, 0);
+    return cfg;
+}
+
+static void parse_fails(const char *doc, const char *want)
+{
+    struct px_config *cfg = NULL;
+    char *err = NULL;
+    assert_int_not_equal(px_config_parse("p.json", doc, strlen(doc), &cfg, &err), 0);
+    assert_non_null(err);
+    if (strstr(err, want) == NULL)
+        fprintf(stderr, "got: %s\nwant: %s\n", err, want);
+    assert_non_null(strstr(err, want));
+    free(err);
+}
+
+static void config_defaults(void **state)
+{
+    (void)state;
+    struct px_config *cfg = parse_ok("{" LISTENERS "}");
+    assert_false(cfg->discovery->enabled);
+    assert_int_equal(cfg->discovery->policy, PX_OUTBOUND_ALLOW_ANY);
+    assert_int_equal(cfg->discovery->negress, 0);
+    px_config_free(cfg);
+
+    cfg = parse_ok("{" LISTENERS ", " IDENTITY
+                   ", \"discovery\": {\"address\": \"10.96.0.20:15011\"}, "
+                   "\"outbound_policy\": \"registry_only\"}");
+    const struct px_disc_cfg *c = cfg->discovery;
+    assert_true(c->enabled);
+    assert_string_equal(c->server_name, PX_DISC_DEFAULT_SERVER_NAME);
+    assert_int_equal(c->lookup_timeout_ms, 1000);
+    assert_int_equal(c->policy, PX_OUTBOUND_REGISTRY_ONLY);
+    char a[CM_ADDR_STRLEN];
+    assert_string_equal(cm_addr_format(&c->addr, a, sizeof(a)), "10.96.0.20:15011");
+    px_config_free(cfg);
+
+    cfg =
+        parse_ok("{" LISTENERS ", " IDENTITY ", \"discovery\": {\"address\": \"[fd00::1]:15011\", "
+                 "\"server_name\": \"Disc.Example.\", \"lookup_timeout_ms\": 250}}");
+    assert_string_equal(cfg->discovery->server_name, "disc.example");
+    assert_int_equal(cfg->discovery->lookup_timeout_ms, 250);
+    px_config_free(cfg);
+}
+
+static void config_errors(void **state)
+{
+    (void)state;
+    parse_fails("{" LISTENERS ", " IDENTITY ", \"discovery\": {\"adress\": \"1.2.3.4:1\"}}",
+                "p.json: discovery.adress: unknown key");
+    parse_fails("{" LISTENERS ", " IDENTITY ", \"discovery\": {}}", "discovery.address");
+    parse_fails("{" LISTENERS ", " IDENTITY ", \"discovery\": {\"address\": "
+                "\"remora-injector.remora-system.svc:15011\"}}",
+                "discovery.address: \"remora-injector.remora-system.svc:15011\" is not a numeric");
+    parse_fails("{" LISTENERS ", \"discovery\": {\"address\": \"1.2.3.4:1\"}}",
+                "discovery: needs an \"identity\" block");
+    parse_fails("{" LISTENERS ", " IDENTITY ", \"discovery\": {\"address\": \"1.2.3.4:1\", "
+                "\"lookup_timeout_ms\": 0}}",
+                "discovery.lookup_timeout_ms");
+    parse_fails("{" LISTENERS ", " IDENTITY ", \"discovery\": {\"address\": \"1.2.3.4:1\", "
+                "\"server_name\": \"a b\"}}",
+                "discovery.server_name: \"a b\" is not a DNS name");
+    parse_fails("{" LISTENERS ", \"outbound_policy\": \"deny\"}", "outbound_policy");
+    parse_fails("{" LISTENERS ", \"egress_allow\": \"x:1\"}", "egress_allow");
+    parse_fails("{" LISTENERS ", \"egress_allow\": [\"ok.example:443\", 5]}",
+                "egress_allow[1]: expected a string");
+    parse_fails("{" LISTENERS ", \"egress_allow\": [\"api.example\"]}",
+                "egress_allow[0]: \"api.example\": no port");
+    parse_fails("{" LISTENERS ", \"egress_allow\": [\"api.example:0\"]}",
+                "the port is not a number 1-65535");
+    parse_fails("{" LISTENERS ", \"egress_allow\": [\"api.example:http\"]}",
+                "the port is not a number 1-65535");
+    parse_fails("{" LISTENERS ", \"egress_allow\": [\"10.0.0.0/33:80\"]}",
+                "the prefix length is not 0-32");
+    parse_fails("{" LISTENERS ", \"egress_allow\": [\"[fd00::/8:80\"]}", "IPv6");
+    parse_fails("{" LISTENERS ", \"egress_allow\": [\"**.example:80\"]}", "*.domain");
+    parse_fails("{" LISTENERS ", \"egress_allow\": [\"a..b:80\"]}", "not a host name");
+    parse_fails("{" LISTENERS ", \"egress_allow\": [\"a/b:80\"]}", "not an IPv4 network");
+}
+
+static void egress_matching(void **state)
+{
+    (void)state;
+    struct px_config *cfg =
+        parse_ok("{" LISTENERS ", \"outbound_policy\": \"registry_only\", \"egress_allow\": "
+                 "[\"API.example.com:443\", \"*.googleapis.com:443\", \"203.0.113.0/24:80\", "
+                 "\"198.51.100.7:5432\", \"[2001:db8::]/32:443\"]}");
+    const struct px_disc_cfg *c = cfg->discovery;
+    assert_int_equal(c->negress, 5);
+    struct cm_addr in, in2, out6, in6;
+    assert_int_equal(cm_addr_parse("203.0.113.77:80", &in), 0);
+    assert_int_equal(cm_addr_parse("198.51.100.7:5432", &in2), 0);
+    assert_int_equal(cm_addr_parse("[2001:db8:1::5]:443", &in6), 0);
+    assert_int_equal(cm_addr_parse("[2001:db9::5]:443", &out6), 0);
+
+    assert_true(px_egress_allowed(c, "api.example.com", NULL, 443));
+    assert_true(px_egress_allowed(c, "Api.Example.Com.", NULL, 443)); /* case, trailing dot */
+    assert_false(px_egress_allowed(c, "api.example.com", NULL, 80));  /* port */
+    assert_false(px_egress_allowed(c, "x.api.example.com", NULL, 443));
+    assert_true(px_egress_allowed(c, "storage.googleapis.com", NULL, 443));
+    assert_true(px_egress_allowed(c, "a.b.googleapis.com", NULL, 443));
+    assert_false(px_egress_allowed(c, "googleapis.com", NULL, 443)); /* *. is below */
+    assert_false(px_egress_allowed(c, "evilgoogleapis.com", NULL, 443));
+    assert_true(px_egress_allowed(c, NULL, &in, 80));
+    assert_false(px_egress_allowed(c, NULL, &in, 443));
+    assert_true(px_egress_allowed(c, NULL, &in2, 5432));
+    assert_true(px_egress_allowed(c, NULL, &in6, 443));
+    assert_false(px_egress_allowed(c, NULL, &out6, 443));
+    assert_false(px_egress_allowed(c, "bad host", NULL, 443));
+    assert_false(px_egress_allowed(c, NULL, NULL, 443));
+    px_config_free(cfg);
+}
+
+/* ---- answers ------------------------------------------------------------------- */
+
+#define EP_MESHED                                                                                  \
+    "{\"address\": \"10.64.0.5:8080\", \"identity\": \"spiffe://cluster.local/ns/shop/sa/web\", "  \
+    "\"meshed\": true, \"zone\": \"z1\", \"ready\": true, \"serving\": true, \"terminating\": "    \
+    "false, \"pod\": \"shop/web-1\"}"
+#define EP_PLAIN                                                                                   \
+    "{\"address\": \"[fd00::7]:8080\", \"identity\": null, \"meshed\": false, \"zone\": \"\", "    \
+    "\"ready\": false, \"serving\": true, \"terminating\": true, \"pod\": null, \"new\": 1}"
+
+static void answer_decodes(void **state)
+{
+    (void)state;
+    const char *doc = "{\"kind\": \"service\", \"service\": \"shop/web\", \"port\": 80, "
+                      "\"protocol\": \"http\", \"endpoints\": [" EP_MESHED ", " EP_PLAIN "], "
+                      "\"version\": \"3f1c0a4e1b7d4c55\", \"future\": {\"x\": 1}}";
+    struct px_dest_answer *a = NULL;
+    char *err = NULL;
+    assert_int_equal(px_dest_decode(doc, strlen(doc), &a, &err), 0);
+    assert_int_equal(a->kind, PX_DEST_SERVICE);
+    assert_string_equal(a->service, "shop/web");
+    assert_int_equal(a->port, 80);
+    assert_string_equal(a->protocol, "http");
+    assert_string_equal(a->version, "3f1c0a4e1b7d4c55");
+    assert_int_equal(a->neps, 2);
+    char buf[CM_ADDR_STRLEN];
+    assert_string_equal(cm_addr_format(&a->eps[0].addr, buf, sizeof(buf)), "10.64.0.5:8080");
+    assert_string_equal(a->eps[0].identity, "spiffe://cluster.local/ns/shop/sa/web");
+    assert_true(a->eps[0].meshed && a->eps[0].ready && a->eps[0].serving);
+    assert_false(a->eps[0].terminating);
+    assert_string_equal(a->eps[0].zone, "z1");
+    assert_string_equal(a->eps[0].pod, "shop/web-1");
+    assert_string_equal(cm_addr_format(&a->eps[1].addr, buf, sizeof(buf)), "[fd00::7]:8080");
+    assert_null(a->eps[1].identity);
+    assert_null(a->eps[1].pod);
+    assert_true(a->eps[1].terminating);
+    json_t *j = px_dest_answer_json(a);
+    assert_non_null(j);
+    assert_string_equal(json_string_value(json_object_get(j, "version")), "3f1c0a4e1b7d4c55");
+    assert_int_equal(json_array_size(json_object_get(j, "endpoints")), 2);
+    json_decref(j);
+    assert_ptr_equal(px_dest_answer_ref(a), a);
+    px_dest_answer_unref(a);
+    px_dest_answer_unref(a);
+
+    const char *pod = "{\"kind\": \"pod\", \"service\": null, \"port\": 9000, \"protocol\": \"\", "
+                      "\"endpoints\": [" EP_PLAIN "], \"version\": \"v1\"}";
+    assert_int_equal(px_dest_decode(pod, strlen(pod), &a, &err), 0);
+    assert_int_equal(a->kind, PX_DEST_POD);
+    assert_null(a->service);
+    assert_string_equal(a->protocol, "");
+    px_dest_answer_unref(a);
+}
+
+static void refused(const char *doc, const char *want)
+{
+    struct px_dest_answer *a = (void *)1;
+    char *err = NULL;
+    assert_int_not_equal(px_dest_decode(doc, strlen(doc), &a, &err), 0);
+    assert_null(a);
+    assert_non_null(err);
+    if (strstr(err, want) == NULL)
+        fprintf(stderr, "got: %s\nwant: %s\n", err, want);
+    assert_non_null(strstr(err, want));
+    free(err);
+}
+
+#define ANS(kind, eps, ver)                                                                        \
+    "{\"kind\": \"" kind "\", \"service\": \"shop/web\", \"port\": 80, \"protocol\": \"http\", "   \
+    "\"endpoints\": [" eps "], \"version\": \"" ver "\"}"
+
+static void answer_refused(void **state)
+{
+    (void)state;
+    refused("", "not JSON");
+    refused("[1]", "not a JSON object");
+    refused("{\"kind\": \"x\"}", "kind");
+    refused(ANS("service", EP_MESHED, ""), "version");
+    refused(ANS("service", EP_MESHED, "a&b=c"), "version");
+    refused(ANS("service", EP_MESHED,
+                "0123456789012345678901234567890123456789012345678901234567890123456789"),
+            "version");
+    refused(ANS("pod", EP_MESHED ", " EP_MESHED, "v"), "exactly one");
+    refused("{\"kind\": \"service\", \"service\": null, \"port\": 80, \"endpoints\": [], "
+            "\"version\": \"v\"}",
+            "service: a kind \"service\" answer names its Service");
+    refused("{\"kind\": \"service\", \"service\": \"noslash\", \"port\": 80, \"endpoints\": [], "
+            "\"version\": \"v\"}",
+            "service: expected \"ns/name\"");
+    refused("{\"kind\": \"service\", \"service\": \"a/b\", \"port\": 0, \"endpoints\": [], "
+            "\"version\": \"v\"}",
+            "port");
+    refused("{\"kind\": \"service\", \"service\": \"a/b\", \"port\": 80, \"endpoints\": {}, "
+            "\"version\": \"v\"}",
+            "endpoints: expected an array");
+    refused(ANS("service",
+                "{\"address\": \"10.0.0.1\", \"meshed\": false, \"ready\": true, "
+                "\"serving\": true, \"terminating\": false}",
+                "v"),
+            "endpoints[0].address");
+    refused(ANS("service",
+                "{\"address\": \"0.0.0.0:80\", \"meshed\": false, \"ready\": true, "
+                "\"serving\": true, \"terminating\": false}",
+                "v"),
+            "endpoints[0].address");
+    refused(ANS("service",
+                EP_MESHED ", {\"address\": \"10.0.0.1:80\", \"meshed\": true, "
+                          "\"identity\": null, \"ready\": true, \"serving\": true, "
+                          "\"terminating\": false}",
+                "v"),
+            "endpoints[1].identity: a meshed endpoint needs its SPIFFE ID");
+    refused(ANS("service",
+                "{\"address\": \"10.0.0.1:80\", \"meshed\": true, "
+                "\"identity\": \"https://x/ns/a/sa/b\", \"ready\": true, "
+                "\"serving\": true, \"terminating\": false}",
+                "v"),
+            "endpoints[0].identity");
+    refused(ANS("service",
+                "{\"address\": \"10.0.0.1:80\", \"meshed\": false, "
+                "\"identity\": \"spiffe://t/ns/a/sa/b\", \"ready\": true, "
+                "\"serving\": true, \"terminating\": false}",
+                "v"),
+            "endpoints[0].identity: set for an endpoint that is not meshed");
+    refused(ANS("service",
+                "{\"address\": \"10.0.0.1:80\", \"meshed\": false, \"ready\": 1, "
+                "\"serving\": true, \"terminating\": false}",
+                "v"),
+            "endpoints[0].ready: expected true or false");
+    refused(ANS("service",
+                "{\"address\": \"10.0.0.1:80\", \"meshed\": false, \"ready\": true, "
+                "\"serving\": true, \"terminating\": false, \"zone\": \"a\\\"b\"}",
+                "v"),
+            "endpoints[0].zone");
+    /* too many endpoints, and too many bytes */
+    size_t n = PX_DEST_MAX_ENDPOINTS + 1, cap = n * 120 + 256, o = 0;
+    char *big = malloc(cap);
+    o += (size_t)snprintf(big + o, cap - o,
+                          "{\"kind\": \"service\", \"service\": \"a/b\", "
+                          "\"port\": 80, \"version\": \"v\", \"endpoints\": [");
+    for (size_t i = 0; i < n; i++)
+        o += (size_t)snprintf(big + o, cap - o,
+                              "%s{\"address\": \"10.0.%zu.%zu:80\", \"meshed\": false, \"ready\": "
+                              "true, \"serving\": true, \"terminating\": false}",
+                              i ? "," : "", i / 250, i % 250 + 1);
+    snprintf(big + o, cap - o, "]}");
+    refused(big, "endpoints: 1001 (at most 1000)");
+    free(big);
+    char *huge = calloc(1, PX_DEST_MAX_ANSWER + 2);
+    memset(huge, ' ', PX_DEST_MAX_ANSWER + 1);
+    refused(huge, "bytes (at most");
+    free(huge);
+}
+
+/* ---- a fake discovery service ----------------------------------------------------- */
+
+enum fake_mode {
+    FAKE_OK = 0, /* answer */
+    FAKE_DOWN    /* close every connection without an answer */
+};
+
+static struct fake {
+    int fd;
+    uint16_t port;
+    pthread_t thr;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool stop;
+    enum fake_mode mode;
+    unsigned version; /* "v<N>" */
+    unsigned neps;
+    char targets[64][256]; /* every request target, in order */
+    unsigned ntargets;
+    unsigned active; /* connection threads running */
+} fk;
+
+static void fake_answer(int c, const char *target)
+{
+    char body[4096], resp[4608];
+    int status = 200;
+    size_t blen = 0;
+    pthread_mutex_lock(&fk.mu);
+    const char *wait = strstr(target, "&wait=");
+    if (wait != NULL) { /* hold until the version moves, the mode changes or 1.5 s */
+        unsigned held = (unsigned)strtoul(wait + 7, NULL, 10);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 2;
+        while (!fk.stop && fk.mode == FAKE_OK && fk.version == held)
+            if (pthread_cond_timedwait(&fk.cv, &fk.mu, &until) == ETIMEDOUT)
+                break;
+        if (fk.mode == FAKE_OK && fk.version == held)
+            status = 304;
+    }
+    enum fake_mode mode = fk.mode;
+    unsigned ver = fk.version, neps = fk.neps;
+    pthread_mutex_unlock(&fk.mu);
+    if (mode == FAKE_DOWN)
+        return;
+    if (strstr(target, "addr=10.0.0.9%3A80") != NULL || strstr(target, "host=gone") != NULL) {
+        status = 404;
+        blen = (size_t)snprintf(body, sizeof(body), "{\"error\": \"nothing has 10.0.0.9:80\"}");
+    } else if (strstr(target, "addr=10.0.0.8%3A80") != NULL) {
+        usleep(1500 * 1000); /* slower than any lookup_timeout_ms of these tests */
+    }
+    if (status == 200) {
+        blen = (size_t)snprintf(body, sizeof(body),
+                                "{\"kind\": \"service\", \"service\": \"shop/web\", \"port\": 80, "
+                                "\"protocol\": \"http\", \"version\": \"v%u\", \"endpoints\": [",
+                                ver);
+        for (unsigned i = 0; i < neps; i++)
+            blen += (size_t)snprintf(body + blen, sizeof(body) - blen,
+                                     "%s{\"address\": \"10.64.0.%u:8080\", \"identity\": "
+                                     "\"spiffe://cluster.local/ns/shop/sa/web\", \"meshed\": "
+                                     "true, \"zone\": \"z1\", \"ready\": true, \"serving\": true, "
+                                     "\"terminating\": false, \"pod\": \"shop/web-%u\"}",
+                                     i ? ", " : "", i + 1, i);
+        blen += (size_t)snprintf(body + blen, sizeof(body) - blen, "]}");
+    }
+    int n = snprintf(resp, sizeof(resp),
+                     "HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: "
+                     "%zu\r\nConnection: close\r\n\r\n%.*s",
+                     status, status == 304 ? (size_t)0 : blen, status == 304 ? 0 : (int)blen, body);
+    ssize_t w = write(c, resp, (size_t)n);
+    (void)w;
+}
+
+static void *conn_main(void *arg)
+{
+    int c = (int)(intptr_t)arg;
+    char req[4096];
+    size_t len = 0;
+    while (len < sizeof(req) - 1) {
+        ssize_t r = read(c, req + len, sizeof(req) - 1 - len);
+        if (r <= 0)
+            break;
+        len += (size_t)r;
+        req[len] = '\0';
+        if (strstr(req, "\r\n\r\n") != NULL)
+            break;
+    }
+    req[len] = '\0';
+    char target[256] = "";
+    if (strncmp(req, "GET ", 4) == 0) {
+        const char *sp = strchr(req + 4, ' ');
+        size_t n = sp ? (size_t)(sp - (req + 4)) : 0;
+        if (n < sizeof(target)) {
+            memcpy(target, req + 4, n);
+            target[n] = '\0';
+        }
+    }
+    pthread_mutex_lock(&fk.mu);
+    if (fk.ntargets < 64)
+        snprintf(fk.targets[fk.ntargets++], sizeof(fk.targets[0]), "%s", target);
+    pthread_mutex_unlock(&fk.mu);
+    if (target[0] != '\0')
+        fake_answer(c, target);
+    close(c);
+    pthread_mutex_lock(&fk.mu);
+    fk.active--;
+    pthread_cond_broadcast(&fk.cv);
+    pthread_mutex_unlock(&fk.mu);
+    return NULL;
+}
+
+static void *accept_main(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        int c = accept(fk.fd, NULL, NULL);
+        if (c < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            return NULL; /* the socket was shut down */
+        }
+        pthread_mutex_lock(&fk.mu);
+        bool stop = fk.stop;
+        if (!stop)
+            fk.active++;
+        pthread_mutex_unlock(&fk.mu);
+        if (stop) {
+            close(c);
+            return NULL;
+        }
+        pthread_t t;
+        pthread_create(&t, NULL, conn_main, (void *)(intptr_t)c);
+        pthread_detach(t);
+    }
+}
+
+static struct event_base *base;
+static struct px_disc_cfg dcfg;
+
+static int setup(void **state)
+{
+    (void)state;
+    memset(&fk, 0, sizeof(fk));
+    pthread_mutex_init(&fk.mu, NULL);
+    pthread_cond_init(&fk.cv, NULL);
+    fk.version = 1;
+    fk.neps = 2;
+    fk.fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof(sa);
+    if (bind(fk.fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(fk.fd, 64) != 0 ||
+        getsockname(fk.fd, (struct sockaddr *)&sa, &sl) != 0)
+        return -1;
+    fk.port = ntohs(sa.sin_port);
+    pthread_create(&fk.thr, NULL, accept_main, NULL);
+    base = event_base_new();
+    px_io_init(base);
+    memset(&dcfg, 0, sizeof(dcfg));
+    dcfg.enabled = true;
+    char a[32];
+    snprintf(a, sizeof(a), "127.0.0.1:%u", fk.port);
+    cm_addr_parse(a, &dcfg.addr);
+    dcfg.server_name = strdup("disc.test");
+    dcfg.lookup_timeout_ms = 2000;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    pthread_mutex_lock(&fk.mu);
+    fk.stop = true;
+    pthread_cond_broadcast(&fk.cv);
+    pthread_mutex_unlock(&fk.mu);
+    shutdown(fk.fd, SHUT_RDWR);
+    pthread_join(fk.thr, NULL);
+    close(fk.fd);
+    pthread_mutex_lock(&fk.mu);
+    while (fk.active > 0)
+        pthread_cond_wait(&fk.cv, &fk.mu);
+    pthread_mutex_unlock(&fk.mu);
+    event_base_free(base);
+    free(dcfg.server_name);
+    return 0;
+}
+
+static void set_fake(enum fake_mode m, unsigned version, unsigned neps)
+{
+    pthread_mutex_lock(&fk.mu);
+    fk.mode = m;
+    fk.version = version;
+    fk.neps = neps;
+    pthread_cond_broadcast(&fk.cv);
+    pthread_mutex_unlock(&fk.mu);
+}
+
+static unsigned ntargets(void)
+{
+    pthread_mutex_lock(&fk.mu);
+    unsigned n = fk.ntargets;
+    pthread_mutex_unlock(&fk.mu);
+    return n;
+}
+
+static const char *target(unsigned i)
+{
+    return fk.targets[i]; /* written before ntargets moved past it */
+}
+
+static struct px_disc_opts test_opts(void)
+{
+    struct px_disc_opts o;
+    px_disc_opts_default(&o);
+    o.plaintext = true;
+    o.tls_conf = NULL;
+    o.watch_s = 2;
+    o.retry_max_ms = 500;
+    return o;
+}
+
+static struct px_tls_conf *no_tls(void *arg)
+{
+    (void)arg;
+    return NULL;
+}
+
+/* Run the loop until cond() or max_ms (generous: the machine is shared). */
+static bool run_until(bool (*cond)(void *), void *arg, unsigned max_ms)
+{
+    uint64_t end = cm_mono_ms() + max_ms;
+    while (!cond(arg)) {
+        if (cm_mono_ms() > end)
+            return false;
+        struct timeval tv = {0, 20000};
+        event_base_loopexit(base, &tv);
+        event_base_dispatch(base);
+    }
+    return true;
+}
+
+struct result {
+    int calls;
+    enum px_disc_result res;
+    char version[80];
+    size_t neps;
+};
+
+static void on_result(enum px_disc_result res, struct px_dest_answer *ans, void *arg)
+{
+    struct result *r = arg;
+    r->calls++;
+    r->res = res;
+    if (ans != NULL) {
+        snprintf(r->version, sizeof(r->version), "%s", ans->version);
+        r->neps = ans->neps;
+    }
+}
+
+static bool called(void *arg)
+{
+    return ((struct result *)arg)->calls > 0;
+}
+
+static bool two_called(void *arg)
+{
+    struct result *r = arg;
+    return r[0].calls > 0 && r[1].calls > 0;
+}
+
+struct want_targets {
+    unsigned n;
+};
+static bool have_targets(void *arg)
+{
+    return ntargets() >= ((struct want_targets *)arg)->n;
+}
+
+static struct px_disc *new_disc(struct px_disc_opts *o)
+{
+    o->tls_conf = no_tls;
+    return px_disc_new(base, &dcfg, o);
+}
+
+static void lookups_share_one_request(void **state)
+{
+    (void)state;
+    struct px_disc_opts o = test_opts();
+    struct px_disc *d = new_disc(&o);
+    struct cm_addr dst;
+    cm_addr_parse("10.96.0.10:80", &dst);
+    struct result r[2] = {{0}};
+    struct px_dest_answer *a = NULL;
+    struct px_disc_wait *w1 = NULL, *w2 = NULL;
+    assert_int_equal(px_disc_lookup(d, &dst, NULL, &a, on_result, &r[0], &w1), PX_DISC_UNAVAILABLE);
+    assert_non_null(w1);
+    assert_null(a);
+    assert_int_equal(px_disc_lookup(d, &dst, NULL, &a, on_result, &r[1], &w2), PX_DISC_UNAVAILABLE);
+    assert_non_null(w2);
+    assert_true(run_until(two_called, r, 10000));
+    assert_int_equal(r[0].res, PX_DISC_FOUND);
+    assert_int_equal(r[1].res, PX_DISC_FOUND);
+    assert_string_equal(r[0].version, "v1");
+    assert_int_equal(r[0].neps, 2);
+    assert_int_equal(r[0].calls, 1);
+    assert_string_equal(target(0), "/v1/destination?addr=10.96.0.10%3A80");
+
+    /* a hit: at once, no callback, a reference of the held answer */
+    struct px_disc_wait *w3 = (void *)1;
+    assert_int_equal(px_disc_lookup(d, &dst, NULL, &a, on_result, NULL, &w3), PX_DISC_FOUND);
+    assert_null(w3);
+    assert_non_null(a);
+    assert_string_equal(a->version, "v1");
+
+    /* the long-poll carries the version; a change swaps the answer */
+    struct want_targets wt = {2};
+    assert_true(run_until(have_targets, &wt, 10000));
+    assert_string_equal(target(1), "/v1/destination?addr=10.96.0.10%3A80&wait=v1&timeout_s=2");
+    set_fake(FAKE_OK, 2, 3);
+    struct px_disc_stats st;
+    for (uint64_t end = cm_mono_ms() + 10000; cm_mono_ms() < end;) {
+        px_disc_get_stats(d, &st);
+        if (st.updates == 1)
+            break;
+        run_until(called, &(struct result){0}, 50);
+    }
+    px_disc_get_stats(d, &st);
+    assert_int_equal(st.updates, 1);
+    struct px_dest_answer *b = NULL;
+    assert_int_equal(px_disc_lookup(d, &dst, NULL, &b, on_result, NULL, &w3), PX_DISC_FOUND);
+    assert_string_equal(b->version, "v2");
+    assert_int_equal(b->neps, 3);
+    assert_string_equal(a->version, "v1"); /* still whole in its holder's hands */
+    assert_int_equal(a->neps, 2);
+    px_dest_answer_unref(a);
+    px_dest_answer_unref(b);
+
+    px_disc_get_stats(d, &st);
+    assert_int_equal(st.lookups_miss, 1);
+    assert_int_equal(st.lookups_coalesced, 1);
+    assert_int_equal(st.lookups_hit, 2);
+    assert_int_equal(st.entries, 1);
+    /* the first request was the only one without &wait= */
+    unsigned n = ntargets();
+    for (unsigned i = 1; i < n; i++)
+        assert_non_null(strstr(target(i), "&wait=v"));
+
+    json_t *j = px_disc_json(d);
+    json_t *e0 = json_array_get(json_object_get(j, "destinations"), 0);
+    assert_string_equal(json_string_value(json_object_get(e0, "destination")), "10.96.0.10:80");
+    assert_string_equal(json_string_value(json_object_get(e0, "state")), "current");
+    assert_string_equal(json_string_value(json_object_get(e0, "version")), "v2");
+    json_decref(j);
+    px_disc_free(d);
+}
+
+static void not_found_is_believed(void **state)
+{
+    (void)state;
+    struct px_disc_opts o = test_opts();
+    struct px_disc *d = new_disc(&o);
+    struct cm_addr dst;
+    cm_addr_parse("10.0.0.9:80", &dst);
+    struct result r = {0};
+    struct px_dest_answer *a = NULL;
+    struct px_disc_wait *w = NULL;
+    px_disc_lookup(d, &dst, NULL, &a, on_result, &r, &w);
+    assert_true(run_until(called, &r, 10000));
+    assert_int_equal(r.res, PX_DISC_NOT_FOUND);
+    assert_int_equal(px_disc_lookup(d, &dst, NULL, &a, on_result, &r, &w), PX_DISC_NOT_FOUND);
+    assert_null(w);
+    assert_int_equal(ntargets(), 1); /* no long-poll on a 404, no second ask */
+
+    /* hosts: lower-cased, percent-encoded; a bad one is NOT_FOUND without asking */
+    struct result h = {0};
+    px_disc_lookup(d, NULL, "Web.Shop:80", &a, on_result, &h, &w);
+    assert_non_null(w);
+    assert_true(run_until(called, &h, 10000));
+    assert_int_equal(h.res, PX_DISC_FOUND);
+    assert_string_equal(target(1), "/v1/destination?host=web.shop%3A80");
+    assert_int_equal(px_disc_lookup(d, NULL, "web shop:80", &a, on_result, &h, &w),
+                     PX_DISC_NOT_FOUND);
+    assert_int_equal(px_disc_lookup(d, NULL, "web.shop", &a, on_result, &h, &w), PX_DISC_NOT_FOUND);
+    assert_int_equal(px_disc_lookup(d, NULL, "web.shop:80&x=1", &a, on_result, &h, &w),
+                     PX_DISC_NOT_FOUND);
+    assert_int_equal(px_disc_lookup(d, NULL, "a:1:2", &a, on_result, &h, &w), PX_DISC_NOT_FOUND);
+    px_disc_free(d);
+}
+
+static bool stale_now(void *arg)
+{
+    struct px_disc *d = arg;
+    struct px_disc_stats st;
+    px_disc_get_stats(d, &st);
+    return st.stale == 1;
+}
+
+static bool fresh_now(void *arg)
+{
+    return !stale_now(arg);
+}
+
+static void unreachable_keeps_held_answers(void **state)
+{
+    (void)state;
+    struct px_disc_opts o = test_opts();
+    struct px_disc *d = new_disc(&o);
+    struct cm_addr dst, other;
+    cm_addr_parse("10.96.0.10:80", &dst);
+    cm_addr_parse("10.96.0.11:80", &other);
+    struct result r = {0};
+    struct px_dest_answer *a = NULL;
+    struct px_disc_wait *w = NULL;
+    px_disc_lookup(d, &dst, NULL, &a, on_result, &r, &w);
+    assert_true(run_until(called, &r, 10000));
+    assert_int_equal(r.res, PX_DISC_FOUND);
+
+    set_fake(FAKE_DOWN, 1, 2); /* the held long-poll is closed unanswered */
+    assert_true(run_until(stale_now, d, 10000));
+    assert_true(px_disc_stale(d, &dst, NULL));
+    assert_int_equal(px_disc_lookup(d, &dst, NULL, &a, on_result, &r, &w), PX_DISC_FOUND);
+    assert_string_equal(a->version, "v1");
+    px_dest_answer_unref(a);
+    /* a new destination: UNAVAILABLE (outside the mesh), then believed for the backoff */
+    struct result n = {0};
+    px_disc_lookup(d, &other, NULL, &a, on_result, &n, &w);
+    assert_true(run_until(called, &n, 10000));
+    assert_int_equal(n.res, PX_DISC_UNAVAILABLE);
+    json_t *j = px_disc_json(d);
+    char *text = json_dumps(j, 0);
+    assert_non_null(strstr(text, "\"state\": \"stale\""));
+    assert_non_null(strstr(text, "\"last_error\""));
+    free(text);
+    json_decref(j);
+
+    set_fake(FAKE_OK, 1, 2); /* back: the retry (same version) makes it current again */
+    assert_true(run_until(fresh_now, d, 10000));
+    assert_false(px_disc_stale(d, &dst, NULL));
+    px_disc_free(d);
+}
+
+static void slow_first_lookup_is_bounded(void **state)
+{
+    (void)state;
+    dcfg.lookup_timeout_ms = 200;
+    struct px_disc_opts o = test_opts();
+    struct px_disc *d = new_disc(&o);
+    struct cm_addr dst;
+    cm_addr_parse("10.0.0.8:80", &dst);
+    struct result r = {0};
+    struct px_dest_answer *a = NULL;
+    struct px_disc_wait *w = NULL;
+    uint64_t t0 = cm_mono_ms();
+    px_disc_lookup(d, &dst, NULL, &a, on_result, &r, &w);
+    assert_true(run_until(called, &r, 10000));
+    assert_int_equal(r.res, PX_DISC_UNAVAILABLE);
+    assert_true(cm_mono_ms() - t0 < 1400); /* before the server's 1.5 s answer */
+    /* the request went on and filled the cache */
+    struct result r2 = {0};
+    px_disc_lookup(d, &dst, NULL, &a, on_result, &r2, &w);
+    if (w != NULL)
+        px_disc_cancel(w); /* cancelled: never called */
+    for (uint64_t end = cm_mono_ms() + 10000; cm_mono_ms() < end;) {
+        if (px_disc_lookup(d, &dst, NULL, &a, on_result, &r2, &w) == PX_DISC_FOUND)
+            break;
+        if (w != NULL)
+            px_disc_cancel(w);
+        run_until(called, &(struct result){0}, 100);
+    }
+    assert_non_null(a);
+    assert_int_equal(r2.calls, 0);
+    px_dest_answer_unref(a);
+    px_disc_free(d);
+}
+
+static void entries_expire_and_are_bounded(void **state)
+{
+    (void)state;
+    struct px_disc_opts o = test_opts();
+    o.max_entries = 2;
+    o.idle_ms = 300;
+    struct px_disc *d = new_disc(&o);
+    const char *dests[] = {"10.96.0.1:80", "10.96.0.2:80", "10.96.0.3:80"};
+    for (int i = 0; i < 3; i++) {
+        struct cm_addr dst;
+        cm_addr_parse(dests[i], &dst);
+        struct result r = {0};
+        struct px_dest_answer *a = NULL;
+        struct px_disc_wait *w = NULL;
+        px_disc_lookup(d, &dst, NULL, &a, on_result, &r, &w);
+        assert_true(run_until(called, &r, 10000));
+        assert_int_equal(r.res, PX_DISC_FOUND);
+    }
+    struct px_disc_stats st;
+    px_disc_get_stats(d, &st);
+    assert_int_equal(st.entries, 2);
+    assert_int_equal(st.evicted, 1);
+    json_t *j = px_disc_json(d);
+    char *text = json_dumps(j, 0);
+    assert_null(strstr(text, "10.96.0.1:80")); /* the least recently used went */
+    assert_non_null(strstr(text, "10.96.0.3:80"));
+    free(text);
+    json_decref(j);
+    for (uint64_t end = cm_mono_ms() + 10000; cm_mono_ms() < end;) {
+        px_disc_get_stats(d, &st);
+        if (st.entries == 0)
+            break;
+        run_until(called, &(struct result){0}, 50);
+    }
+    assert_int_equal(st.entries, 0);
+    assert_int_equal(st.expired, 2);
+    px_disc_free(d);
+}
+
+static void route_decisions(void **state)
+{
+    (void)state;
+    struct px_disc_opts o = test_opts();
+    struct px_disc *d = new_disc(&o);
+    struct cm_addr dst, listed;
+    cm_addr_parse("203.0.113.9:443", &dst);
+    cm_addr_parse("198.51.100.7:443", &listed);
+    const char *one = "{\"kind\": \"service\", \"service\": \"a/b\", \"port\": 80, \"version\": "
+                      "\"v\", \"endpoints\": [" EP_MESHED ", " EP_PLAIN ", " EP_MESHED "]}";
+    const char *two =
+        "{\"kind\": \"service\", \"service\": \"a/b\", \"port\": 80, \"version\": "
+        "\"v\", \"endpoints\": [" EP_MESHED ", {\"address\": \"10.0.0.2:80\", "
+        "\"identity\": \"spiffe://cluster.local/ns/shop/sa/other\", \"meshed\": true, "
+        "\"ready\": true, \"serving\": true, \"terminating\": false}]}";
+    const char *plain = "{\"kind\": \"pod\", \"service\": null, \"port\": 80, \"version\": "
+                        "\"v\", \"endpoints\": [" EP_PLAIN "]}";
+    struct px_dest_answer *a1 = NULL, *a2 = NULL, *a3 = NULL;
+    char *err = NULL;
+    assert_int_equal(px_dest_decode(one, strlen(one), &a1, &err), 0);
+    assert_int_equal(px_dest_decode(two, strlen(two), &a2, &err), 0);
+    assert_int_equal(px_dest_decode(plain, strlen(plain), &a3, &err), 0);
+    const char *id = "x";
+    /* one workload behind every meshed endpoint: its identity is required */
+    assert_int_equal(px_disc_route(d, PX_DISC_FOUND, a1, &dst, NULL, &id), PX_ROUTE_MESH);
+    assert_string_equal(id, "spiffe://cluster.local/ns/shop/sa/web");
+    /* two workloads: any mesh workload (no single expected identity) */
+    assert_int_equal(px_disc_route(d, PX_DISC_FOUND, a2, &dst, NULL, &id), PX_ROUTE_MESH);
+    assert_null(id);
+    assert_int_equal(px_disc_route(d, PX_DISC_FOUND, a3, &dst, NULL, &id), PX_ROUTE_PLAIN);
+    assert_null(id);
+    /* outside the mesh: allow_any passes, registry_only refuses unless listed */
+    assert_int_equal(px_disc_route(d, PX_DISC_NOT_FOUND, NULL, &dst, NULL, &id), PX_ROUTE_EGRESS);
+    dcfg.policy = PX_OUTBOUND_REGISTRY_ONLY;
+    dcfg.egress = calloc(1, sizeof(*dcfg.egress));
+    dcfg.negress = 1;
+    dcfg.egress[0] = (struct px_egress_rule){.kind = PX_EGRESS_CIDR,
+                                             .family = AF_INET,
+                                             .net = {198, 51, 100, 0},
+                                             .prefix = 24,
+                                             .port = 443};
+    assert_int_equal(px_disc_route(d, PX_DISC_NOT_FOUND, NULL, &dst, NULL, &id), PX_ROUTE_REFUSED);
+    assert_int_equal(px_disc_route(d, PX_DISC_UNAVAILABLE, NULL, &dst, NULL, &id),
+                     PX_ROUTE_REFUSED);
+    assert_int_equal(px_disc_route(d, PX_DISC_UNAVAILABLE, NULL, &listed, NULL, &id),
+                     PX_ROUTE_EGRESS);
+    struct px_disc_stats st;
+    px_disc_get_stats(d, &st);
+    assert_int_equal(st.egress_passthrough, 1);
+    assert_int_equal(st.egress_refused, 2);
+    assert_int_equal(st.egress_allowed, 1);
+    free(dcfg.egress);
+    dcfg.egress = NULL;
+    dcfg.negress = 0;
+    dcfg.policy = PX_OUTBOUND_ALLOW_ANY;
+    px_dest_answer_unref(a1);
+    px_dest_answer_unref(a2);
+    px_dest_answer_unref(a3);
+    px_disc_free(d);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(config_defaults),
+        cmocka_unit_test(config_errors),
+        cmocka_unit_test(egress_matching),
+        cmocka_unit_test(answer_decodes),
+        cmocka_unit_test(answer_refused),
+        cmocka_unit_test_setup_teardown(lookups_share_one_request, setup, teardown),
+        cmocka_unit_test_setup_teardown(not_found_is_believed, setup, teardown),
+        cmocka_unit_test_setup_teardown(unreachable_keeps_held_answers, setup, teardown),
+        cmocka_unit_test_setup_teardown(slow_first_lookup_is_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(entries_expire_and_are_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(route_decisions, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
