@@ -207,19 +207,13 @@ void px_traceparent_format(const struct px_traceparent *tp, char *out)
 
 #define NOLIMIT UINT32_MAX /* what is added here is bounded by construction */
 
-/* Keep one well-formed x-request-id, else put a new UUIDv4 in its place. */
-static void decide_request_id(struct px_stream *s)
+/* Keep the one well-formed x-request-id (value v of len bytes, n of them in
+ * the head), else put a new UUIDv4 in their place. Header values live in the
+ * arena: v stays valid when the header array moves. */
+static void set_request_id(struct px_stream *s, const char *v, uint32_t len, unsigned n)
 {
-    struct px_trace *t = &s->tr;
-    const struct px_hdr *found = NULL;
-    unsigned n = 0;
-    for (uint32_t i = 0; i < s->req.nhdrs; i++)
-        if (PX_HDR_IS(&s->req.hdrs[i], "x-request-id")) {
-            found = &s->req.hdrs[i];
-            n++;
-        }
-    if (n == 1 && px_reqid_valid(found->value, found->valuelen)) {
-        t->request_id = found->value;
+    if (n == 1 && px_reqid_valid(v, len)) {
+        s->tr.request_id = v;
         return;
     }
     if (n > 0)
@@ -228,38 +222,28 @@ static void decide_request_id(struct px_stream *s)
     px_reqid_generate(id);
     if (px_msg_add(&s->arena, &s->req, "x-request-id", 12, id, PX_UUID_LEN, NOLIMIT, NOLIMIT) ==
         0)
-        t->request_id = s->req.hdrs[s->req.nhdrs - 1].value;
+        s->tr.request_id = s->req.hdrs[s->req.nhdrs - 1].value;
 }
 
-void px_trace_on_req_head(struct px_stream *s, bool outbound, uint32_t sample_percent)
+/* The trace part of px_trace_on_req_head: tp_at is the index of the only
+ * traceparent when ntp == 1. */
+static void set_trace(struct px_stream *s, uint32_t tp_at, unsigned ntp, bool outbound,
+                      uint32_t sample_percent)
 {
     struct px_trace *t = &s->tr;
-    if (t->request_id == NULL)
-        decide_request_id(s);
-    if (t->peer_id == NULL && s->conn != NULL && s->conn->mtls && s->conn->peer_id[0] != '\0')
-        t->peer_id = px_arena_strndup(&s->arena, s->conn->peer_id, strlen(s->conn->peer_id));
-    if (t->traced)
-        return;
-
-    struct px_hdr *tph = NULL;
-    unsigned ntp = 0;
-    for (uint32_t i = 0; i < s->req.nhdrs; i++)
-        if (PX_HDR_IS(&s->req.hdrs[i], "traceparent")) {
-            tph = &s->req.hdrs[i];
-            ntp++;
-        }
     struct px_traceparent tp;
-    if (ntp == 1 && px_traceparent_parse(tph->value, tph->valuelen, &tp) == 0) {
+    bool keep = ntp == 1 && px_traceparent_parse(s->req.hdrs[tp_at].value,
+                                                 s->req.hdrs[tp_at].valuelen, &tp) == 0;
+    if (keep) {
         t->has_parent = true;
         memcpy(t->parent_id, tp.parent_id, sizeof(t->parent_id));
-    } else if (ntp == 0 && !outbound) {
-        return; /* inbound: the caller is not traced; the app may start its own */
     } else {
+        if (ntp == 0 && !outbound)
+            return; /* inbound: the caller is not traced; the app may start its own */
         if (ntp > 0) {
             /* invalid or repeated: a new trace, and the state that went with the old one goes */
             px_msg_remove(&s->req, "traceparent");
             px_msg_remove(&s->req, "tracestate");
-            tph = NULL;
         }
         px_trace_random_id(tp.trace_id, sizeof(tp.trace_id));
         tp.flags = px_trace_sample(sample_percent) ? 0x01 : 0x00;
@@ -272,14 +256,55 @@ void px_trace_on_req_head(struct px_stream *s, bool outbound, uint32_t sample_pe
     t->flags = tp.flags;
     char v[PX_TRACEPARENT_LEN + 1];
     px_traceparent_format(&tp, v);
-    if (tph != NULL) {
-        tph->value = px_arena_strndup(&s->arena, v, PX_TRACEPARENT_LEN);
-        tph->valuelen = PX_TRACEPARENT_LEN;
+    if (keep) {
+        struct px_hdr *h = &s->req.hdrs[tp_at];
+        h->value = px_arena_strndup(&s->arena, v, PX_TRACEPARENT_LEN);
+        h->valuelen = PX_TRACEPARENT_LEN;
     } else if (px_msg_add(&s->arena, &s->req, "traceparent", 11, v, PX_TRACEPARENT_LEN, NOLIMIT,
                           NOLIMIT) != 0) {
         return;
     }
     t->traced = true;
+}
+
+void px_trace_on_req_head(struct px_stream *s, bool outbound, uint32_t sample_percent)
+{
+    struct px_trace *t = &s->tr;
+    if (t->request_id != NULL)
+        return; /* done already */
+    /* one pass over the head for both headers */
+    const char *idv = NULL;
+    uint32_t idlen = 0, tp_at = 0;
+    unsigned nid = 0, ntp = 0;
+    for (uint32_t i = 0; i < s->req.nhdrs; i++) {
+        const struct px_hdr *h = &s->req.hdrs[i];
+        if (PX_HDR_IS(h, "x-request-id")) {
+            idv = h->value;
+            idlen = h->valuelen;
+            nid++;
+        } else if (PX_HDR_IS(h, "traceparent")) {
+            tp_at = i;
+            ntp++;
+        }
+    }
+    set_trace(s, tp_at, ntp, outbound, sample_percent); /* first: it uses the index */
+    set_request_id(s, idv, idlen, nid);
+    if (s->conn != NULL && s->conn->mtls && s->conn->peer_id[0] != '\0')
+        t->peer_id = px_arena_strndup(&s->arena, s->conn->peer_id, strlen(s->conn->peer_id));
+}
+
+static void decide_request_id(struct px_stream *s)
+{
+    const char *v = NULL;
+    uint32_t len = 0;
+    unsigned n = 0;
+    for (uint32_t i = 0; i < s->req.nhdrs; i++)
+        if (PX_HDR_IS(&s->req.hdrs[i], "x-request-id")) {
+            v = s->req.hdrs[i].value;
+            len = s->req.hdrs[i].valuelen;
+            n++;
+        }
+    set_request_id(s, v, len, n);
 }
 
 void px_trace_on_respond(struct px_stream *s)

@@ -83,7 +83,7 @@ struct px_stream;
  * trace (sampled with sample_percent); an invalid or repeated traceparent is
  * replaced by a new trace and its tracestate dropped (W3C 4.3). tracestate and
  * the B3 headers otherwise pass untouched. Also copies the verified peer
- * identity for the access log. Idempotent: a second call does nothing. */
+ * identity for the access log. A second call does nothing. */
 void px_trace_on_req_head(struct px_stream *s, bool outbound, uint32_t sample_percent);
 
 /* A local reply (s->resp being built by px_stream_respond): add the request's
