@@ -2,7 +2,8 @@
 #include "proxy/trace.h"
 
 #include <errno.h>
-#include <mbedtls/chacha20.h>
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/error.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -13,51 +14,55 @@
 #include "proxy/stream.h"
 
 /* ---- random bytes ------------------------------------------------------------------
- * A ChaCha20 keystream keyed once from getrandom(). Each refill produces
- * 32 + RNG_BUF bytes: the first 32 become the next key (so a later memory
- * read cannot recover ids already handed out, and the block counter never
- * nears its wrap), the rest are handed out in order. Per-process state: the
- * generator is the process's, like pki_rng(); the proxy is single-threaded. */
-#define RNG_BUF 1024
+ * mbedTLS's CTR_DRBG (AES-256 in counter mode, AES-NI where the CPU has it), seeded from
+ * getrandom() at first use. Refilled RNG_BUF bytes at a time (the DRBG's largest request),
+ * each refill followed by the DRBG's own state update, so a later memory read does not
+ * reveal what was handed out before it; the DRBG reseeds from getrandom() every
+ * MBEDTLS_CTR_DRBG_RESEED_INTERVAL (10,000) refills, once per ~10 MiB. Bytes are handed out
+ * once each and not wiped after: what they become (ids) is sent in headers and logged, not
+ * secret. Per-process state, like pki_rng(); the proxy is single-threaded. */
+#define RNG_BUF MBEDTLS_CTR_DRBG_MAX_REQUEST
 
 static struct {
-    bool keyed;
-    uint8_t key[32];
+    bool seeded;
+    mbedtls_ctr_drbg_context drbg;
     uint8_t buf[RNG_BUF];
     size_t pos; /* next unused byte of buf; RNG_BUF: empty */
 } rng = {.pos = RNG_BUF};
 
-static void rng_seed(void)
+static int os_entropy(void *ctx, unsigned char *out, size_t len)
 {
+    (void)ctx;
     size_t got = 0;
-    while (got < sizeof(rng.key)) {
-        ssize_t n = getrandom(rng.key + got, sizeof(rng.key) - got, 0);
+    while (got < len) {
+        ssize_t n = getrandom(out + got, len - got, 0);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n <= 0) {
-            /* no kernel entropy: ids would be guessable; refuse to go on */
-            cm_error("trace: getrandom failed: %s", strerror(errno));
-            abort();
-        }
+        if (n <= 0)
+            return MBEDTLS_ERR_CTR_DRBG_ENTROPY_SOURCE_FAILED;
         got += (size_t)n;
     }
-    rng.keyed = true;
+    return 0;
 }
 
 static void rng_refill(void)
 {
-    static const uint8_t zero[32 + RNG_BUF];
-    static const uint8_t nonce[12];
-    uint8_t out[32 + RNG_BUF];
-    if (!rng.keyed)
-        rng_seed();
-    if (mbedtls_chacha20_crypt(rng.key, nonce, 0, sizeof(out), zero, out) != 0) {
-        cm_error("trace: chacha20 failed");
+    static const unsigned char pers[] = "remora trace ids";
+    int rc = 0;
+    if (!rng.seeded) {
+        mbedtls_ctr_drbg_init(&rng.drbg);
+        rc = mbedtls_ctr_drbg_seed(&rng.drbg, os_entropy, NULL, pers, sizeof(pers) - 1);
+        rng.seeded = rc == 0;
+    }
+    if (rc == 0)
+        rc = mbedtls_ctr_drbg_random(&rng.drbg, rng.buf, RNG_BUF);
+    if (rc != 0) {
+        /* no kernel entropy: ids would be guessable; refuse to go on */
+        char msg[128];
+        mbedtls_strerror(rc, msg, sizeof(msg));
+        cm_error("trace: random generator failed: %s", msg);
         abort();
     }
-    memcpy(rng.key, out, 32);
-    memcpy(rng.buf, out + 32, RNG_BUF);
-    memset(out, 0, sizeof(out));
     rng.pos = 0;
 }
 
@@ -68,8 +73,7 @@ void px_trace_random(void *buf, size_t n)
         if (rng.pos == RNG_BUF)
             rng_refill();
         size_t k = RNG_BUF - rng.pos < n ? RNG_BUF - rng.pos : n;
-        memcpy(b, rng.buf + rng.pos, k);
-        memset(rng.buf + rng.pos, 0, k); /* handed out once */
+        memcpy(b, rng.buf + rng.pos, k); /* each byte handed out once */
         rng.pos += k;
         b += k;
         n -= k;
@@ -105,31 +109,74 @@ bool px_trace_sample(uint32_t percent)
 
 void px_trace_shutdown(void)
 {
+    if (rng.seeded)
+        mbedtls_ctr_drbg_free(&rng.drbg);
     memset(&rng, 0, sizeof(rng));
     rng.pos = RNG_BUF;
 }
 
 /* ---- formats ---------------------------------------------------------------------- */
 
-static const char hexdig[] = "0123456789abcdef";
+/* "00" .. "ff": one 2-byte copy per byte (ids are written on every request). */
+static const char hex2[513] =
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+    "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
+    "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
+    "606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f"
+    "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
+    "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+    "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
+    "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
 
 void px_trace_hex(const uint8_t *b, size_t n, char *out)
 {
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = hexdig[b[i] >> 4];
-        out[2 * i + 1] = hexdig[b[i] & 15];
-    }
+    for (size_t i = 0; i < n; i++)
+        memcpy(out + 2 * i, hex2 + 2 * b[i], 2);
     out[2 * n] = '\0';
+}
+
+/* ---- eight bytes at a time -----------------------------------------------------------
+ * The checks below run on every request's ids, so they test a 64-bit word per step
+ * (the "bit twiddling hacks" byte-range tests): for each byte, without carries from one
+ * byte into the next, the high bit says whether it is in a range. */
+#define ONES UINT64_C(0x0101010101010101)
+#define HIGHS (ONES * 0x80)
+#if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__)
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define LITTLE_ENDIAN_HOST 1
+#endif
+#endif
+#ifndef LITTLE_ENDIAN_HOST
+#define LITTLE_ENDIAN_HOST 0
+#endif
+
+static inline uint64_t load8(const char *s)
+{
+    uint64_t x;
+    memcpy(&x, s, 8);
+    return x;
+}
+
+/* High bit of each byte set where lo < byte < hi (0 <= lo <= 127, 0 <= hi <= 128); a byte
+ * with its own high bit set is never in range. */
+static inline uint64_t between(uint64_t x, unsigned lo, unsigned hi)
+{
+    uint64_t low7 = x & (ONES * 0x7f);
+    return (ONES * (127 + hi) - low7) & ~x & (low7 + ONES * (127 - lo)) & HIGHS;
 }
 
 bool px_reqid_valid(const char *s, size_t len)
 {
     if (len == 0 || len > PX_REQID_MAX)
         return false;
-    for (size_t i = 0; i < len; i++)
-        if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7e)
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8)
+        if (between(load8(s + i), 0x20, 0x7f) != HIGHS)
             return false;
-    return true;
+    unsigned bad = 0;
+    for (; i < len; i++)
+        bad |= (uint8_t)((uint8_t)s[i] - 0x21) > 0x7e - 0x21;
+    return bad == 0;
 }
 
 void px_reqid_generate(char *out)
@@ -138,35 +185,53 @@ void px_reqid_generate(char *out)
     px_trace_random(u, sizeof(u));
     u[6] = (uint8_t)((u[6] & 0x0f) | 0x40); /* version 4 */
     u[8] = (uint8_t)((u[8] & 0x3f) | 0x80); /* variant 10 */
-    size_t o = 0;
-    for (size_t i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10)
-            out[o++] = '-';
-        out[o++] = hexdig[u[i] >> 4];
-        out[o++] = hexdig[u[i] & 15];
-    }
-    out[o] = '\0';
+    /* 8-4-4-4-12 hex digits */
+    px_trace_hex(u, 4, out);
+    out[8] = '-';
+    px_trace_hex(u + 4, 2, out + 9);
+    out[13] = '-';
+    px_trace_hex(u + 6, 2, out + 14);
+    out[18] = '-';
+    px_trace_hex(u + 8, 2, out + 19);
+    out[23] = '-';
+    px_trace_hex(u + 10, 6, out + 24);
 }
 
-/* Lower-case hex only (W3C: "HEXDIGLC"); -1 for anything else. */
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
+/* Lower-case hex digits (W3C: "HEXDIGLC") as value + 1; 0 for anything else. */
+static const uint8_t hexv[256] = {
+    ['0'] = 1,  ['1'] = 2,  ['2'] = 3,  ['3'] = 4,  ['4'] = 5,  ['5'] = 6,
+    ['6'] = 7,  ['7'] = 8,  ['8'] = 9,  ['9'] = 10, ['a'] = 11, ['b'] = 12,
+    ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
+};
 
+/* Decode 2n lower-case hex chars into out[n]; false when one is not (out is then
+ * partly written). */
 static bool unhex(const char *s, size_t n, uint8_t *out)
 {
-    for (size_t i = 0; i < n; i++) {
-        int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
-        if (hi < 0 || lo < 0)
+    size_t i = 0;
+#if LITTLE_ENDIAN_HOST
+    /* 8 chars -> 4 bytes: all in '0'-'9' or 'a'-'f'; a digit's value is its low nibble,
+     * plus 9 for a letter (bit 6 set) */
+    for (; i + 4 <= n; i += 4) {
+        uint64_t x = load8(s + 2 * i);
+        if ((between(x, 0x2f, 0x3a) | between(x, 0x60, 0x67)) != HIGHS)
             return false;
-        out[i] = (uint8_t)(hi << 4 | lo);
+        uint64_t nib = (x & (ONES * 0x0f)) + ((x >> 6) & ONES) * 9;
+        uint64_t t = ((nib & UINT64_C(0x00ff00ff00ff00ff)) << 4) |
+                     ((nib >> 8) & UINT64_C(0x00ff00ff00ff00ff));
+        t = (t | (t >> 8)) & UINT64_C(0x0000ffff0000ffff);
+        t = (t | (t >> 16)) & UINT64_C(0x00000000ffffffff);
+        uint32_t w = (uint32_t)t;
+        memcpy(out + i, &w, 4);
     }
-    return true;
+#endif
+    unsigned bad = 0;
+    for (; i < n; i++) {
+        unsigned hi = hexv[(uint8_t)s[2 * i]], lo = hexv[(uint8_t)s[2 * i + 1]];
+        bad |= (hi == 0) | (lo == 0);
+        out[i] = (uint8_t)(((hi - 1) & 15) << 4 | ((lo - 1) & 15));
+    }
+    return bad == 0;
 }
 
 int px_traceparent_parse(const char *s, size_t len, struct px_traceparent *out)
@@ -245,11 +310,16 @@ static void set_trace(struct px_stream *s, uint32_t tp_at, unsigned ntp, bool ou
             px_msg_remove(&s->req, "traceparent");
             px_msg_remove(&s->req, "tracestate");
         }
-        px_trace_random_id(tp.trace_id, sizeof(tp.trace_id));
+        /* trace-id and our span in one draw (non-zero each, redrawn in the 2^-64 case) */
+        px_trace_random(tp.trace_id, sizeof(tp.trace_id));
+        px_trace_random(tp.parent_id, sizeof(tp.parent_id));
+        if (all_zero(tp.trace_id, sizeof(tp.trace_id)))
+            px_trace_random_id(tp.trace_id, sizeof(tp.trace_id));
         tp.flags = px_trace_sample(sample_percent) ? 0x01 : 0x00;
         t->started = true;
     }
-    px_trace_random_id(tp.parent_id, sizeof(tp.parent_id)); /* our span is the next parent */
+    if (keep || all_zero(tp.parent_id, sizeof(tp.parent_id)))
+        px_trace_random_id(tp.parent_id, sizeof(tp.parent_id)); /* our span: the next parent */
     tp.version = 0;
     memcpy(t->trace_id, tp.trace_id, sizeof(t->trace_id));
     memcpy(t->span_id, tp.parent_id, sizeof(t->span_id));

@@ -4,10 +4,10 @@
  *
  * The parsers and generators here are pure (unit-tested, fuzzed by
  * test/fuzz/fuzz_trace.c); px_trace_on_req_head() and px_trace_on_respond()
- * are the two hooks the stream calls. Random bytes come from a ChaCha20
- * keystream (mbedTLS) keyed once from getrandom(), rekeyed from its own
- * output at each refill (fast key erasure), and buffered: a UUID costs no
- * syscall and no lock (the proxy is one event-loop thread). */
+ * are the two hooks the stream calls. Random bytes come from mbedTLS's
+ * CTR_DRBG (AES-256-CTR) seeded from getrandom() at first use, refilled 1 KiB
+ * at a time: a UUID costs no syscall and no lock (the proxy is one event-loop
+ * thread). */
 #ifndef PX_TRACE_H
 #define PX_TRACE_H
 

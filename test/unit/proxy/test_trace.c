@@ -168,6 +168,61 @@ static void test_traceparent_grammar(void **state)
         -1);
 }
 
+/* Every byte value at every position of the hex fields (and of a request id), against a
+ * one-char-at-a-time reference: the word-at-a-time checks must agree with it. */
+static bool ref_hex(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+}
+
+static void test_every_byte_every_position(void **state)
+{
+    (void)state;
+    char tp[PX_TRACEPARENT_LEN + 1];
+    for (int pos = 0; pos < PX_TRACEPARENT_LEN; pos++) {
+        if (pos == 2 || pos == 35 || pos == 52)
+            continue;
+        for (int c = 0; c < 256; c++) {
+            memcpy(tp, TP_OK, sizeof(tp));
+            tp[pos] = (char)c;
+            bool want = ref_hex((unsigned char)c) && !(pos < 2 && memcmp(tp, "ff", 2) == 0);
+            struct px_traceparent p;
+            int rc = px_traceparent_parse(tp, PX_TRACEPARENT_LEN, &p);
+            if ((rc == 0) != want)
+                fail_msg("traceparent with 0x%02x at %d: got %d", c, pos, rc);
+            if (rc == 0) {
+                char back[PX_TRACEPARENT_LEN + 1];
+                px_traceparent_format(&p, back);
+                if (pos >= 3 && memcmp(back, tp, PX_TRACEPARENT_LEN) != 0)
+                    fail_msg("round trip of %s gave %s", tp, back);
+            }
+        }
+    }
+    char id[41];
+    for (size_t len = 1; len <= sizeof(id) - 1; len++)
+        for (size_t pos = 0; pos < len; pos++)
+            for (int c = 0; c < 256; c++) {
+                memset(id, 'x', sizeof(id));
+                id[pos] = (char)c;
+                bool want = c >= 0x21 && c <= 0x7e;
+                if (px_reqid_valid(id, len) != want)
+                    fail_msg("id of %zu with 0x%02x at %zu", len, c, pos);
+            }
+    /* random ids round-trip through format and parse */
+    for (int i = 0; i < 10000; i++) {
+        struct px_traceparent a, b;
+        px_trace_random(&a, sizeof(a));
+        a.version = 0;
+        px_trace_random_id(a.trace_id, 16);
+        px_trace_random_id(a.parent_id, 8);
+        px_traceparent_format(&a, tp);
+        assert_int_equal(px_traceparent_parse(tp, PX_TRACEPARENT_LEN, &b), 0);
+        assert_memory_equal(a.trace_id, b.trace_id, 16);
+        assert_memory_equal(a.parent_id, b.parent_id, 8);
+        assert_int_equal(a.flags, b.flags);
+    }
+}
+
 static unsigned sampled_of(uint32_t percent, unsigned n)
 {
     unsigned k = 0;
@@ -359,6 +414,7 @@ int main(void)
         cmocka_unit_test(test_uuid_format_and_unique),
         cmocka_unit_test(test_random_reseed),
         cmocka_unit_test(test_traceparent_grammar),
+        cmocka_unit_test(test_every_byte_every_position),
         cmocka_unit_test(test_sample_rate),
         cmocka_unit_test_setup_teardown(test_hook_keeps_ids, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hook_generates, setup, teardown),
