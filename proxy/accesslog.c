@@ -52,9 +52,8 @@ static json_t *common_fields(const struct px_listener_cfg *lcfg, const struct cm
     char ts[32], p[CM_ADDR_STRLEN];
     json_object_set_new(o, "time", json_string(cm_fmt_rfc3339_ms(cm_wall_ms(), ts, sizeof(ts))));
     json_object_set_new(o, "listener", json_string(lcfg->name));
-    json_object_set_new(
-        o, "direction",
-        json_string(lcfg->direction == PX_DIR_INBOUND ? "inbound" : "outbound"));
+    json_object_set_new(o, "direction",
+                        json_string(lcfg->direction == PX_DIR_INBOUND ? "inbound" : "outbound"));
     json_object_set_new(o, "protocol", json_string(protocol));
     json_object_set_new(o, "peer", json_string(cm_addr_format(peer, p, sizeof(p))));
     return o;
@@ -67,8 +66,8 @@ void px_accesslog_http(FILE *f, const struct px_stream *s, int status, uint64_t 
     const struct px_trace *t = &s->tr;
     const char *dname = s->ops[PX_DOWN] != NULL ? s->ops[PX_DOWN]->name : "";
     const char *proto = strncmp(dname, "h2", 2) == 0 ? "HTTP/2"
-                        : s->req.http_minor == 0    ? "HTTP/1.0"
-                                                    : "HTTP/1.1";
+                        : s->req.http_minor == 0     ? "HTTP/1.0"
+                                                     : "HTTP/1.1";
     json_t *o = common_fields(s->lcfg, &s->conn_peer, proto);
     if (t->request_id != NULL)
         json_object_set_new(o, "request_id", json_string(t->request_id));

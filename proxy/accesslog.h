@@ -20,10 +20,10 @@ void px_accesslog_http(FILE *f, const struct px_stream *s, int status, uint64_t 
 
 /* What a TCP tunnel (proxy/tcp.c) keeps for its line. Zeroed with the tunnel. */
 struct px_tcp_log {
-    uint64_t bytes[2];    /* [0] downstream -> upstream, [1] upstream -> downstream */
+    uint64_t bytes[2];       /* [0] downstream -> upstream, [1] upstream -> downstream */
     struct cm_addr upstream; /* where it was connected (len 0: never) */
-    const char *cause;    /* static text: why it failed or was closed early, or NULL */
-    char rule[130];       /* the policy rule that decided ("" when no policy ran) */
+    const char *cause;       /* static text: why it failed or was closed early, or NULL */
+    char rule[130];          /* the policy rule that decided ("" when no policy ran) */
 };
 
 /* Write the line of a closing TCP connection c to f (nothing when f is NULL);

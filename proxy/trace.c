@@ -118,15 +118,14 @@ void px_trace_shutdown(void)
 /* ---- formats ---------------------------------------------------------------------- */
 
 /* "00" .. "ff": one 2-byte copy per byte (ids are written on every request). */
-static const char hex2[513] =
-    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
-    "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
-    "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
-    "606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f"
-    "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
-    "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
-    "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
-    "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+static const char hex2[513] = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+                              "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
+                              "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
+                              "606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f"
+                              "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
+                              "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+                              "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
+                              "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
 
 void px_trace_hex(const uint8_t *b, size_t n, char *out)
 {
@@ -139,7 +138,7 @@ void px_trace_hex(const uint8_t *b, size_t n, char *out)
  * The checks below run on every request's ids, so they test a 64-bit word per step
  * (the "bit twiddling hacks" byte-range tests): for each byte, without carries from one
  * byte into the next, the high bit says whether it is in a range. */
-#define ONES UINT64_C(0x0101010101010101)
+#define ONES  UINT64_C(0x0101010101010101)
 #define HIGHS (ONES * 0x80)
 #if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__)
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
@@ -199,9 +198,8 @@ void px_reqid_generate(char *out)
 
 /* Lower-case hex digits (W3C: "HEXDIGLC") as value + 1; 0 for anything else. */
 static const uint8_t hexv[256] = {
-    ['0'] = 1,  ['1'] = 2,  ['2'] = 3,  ['3'] = 4,  ['4'] = 5,  ['5'] = 6,
-    ['6'] = 7,  ['7'] = 8,  ['8'] = 9,  ['9'] = 10, ['a'] = 11, ['b'] = 12,
-    ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
+    ['0'] = 1, ['1'] = 2,  ['2'] = 3,  ['3'] = 4,  ['4'] = 5,  ['5'] = 6,  ['6'] = 7,  ['7'] = 8,
+    ['8'] = 9, ['9'] = 10, ['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
 };
 
 /* Decode 2n lower-case hex chars into out[n]; false when one is not (out is then
@@ -285,8 +283,7 @@ static void set_request_id(struct px_stream *s, const char *v, uint32_t len, uns
         px_msg_remove(&s->req, "x-request-id");
     char id[PX_UUID_LEN + 1];
     px_reqid_generate(id);
-    if (px_msg_add(&s->arena, &s->req, "x-request-id", 12, id, PX_UUID_LEN, NOLIMIT, NOLIMIT) ==
-        0)
+    if (px_msg_add(&s->arena, &s->req, "x-request-id", 12, id, PX_UUID_LEN, NOLIMIT, NOLIMIT) == 0)
         s->tr.request_id = s->req.hdrs[s->req.nhdrs - 1].value;
 }
 

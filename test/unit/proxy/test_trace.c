@@ -137,8 +137,7 @@ static void test_traceparent_grammar(void **state)
     assert_int_equal(parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff"), 0);
     /* a later version: the known fields, and more after a '-' */
     assert_int_equal(parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), 0);
-    assert_int_equal(parse("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-ever"),
-                     0);
+    assert_int_equal(parse("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-ever"), 0);
     assert_int_equal(parse("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01.x"), -1);
     /* version 00 is exactly 55 chars */
     assert_int_equal(parse(TP_OK "-x"), -1);
@@ -273,8 +272,8 @@ static int teardown(void **state)
 
 static void add(struct px_msg *m, struct px_stream *s, const char *name, const char *value)
 {
-    assert_int_equal(
-        px_msg_add(&s->arena, m, name, strlen(name), value, strlen(value), BIG, BIG), 0);
+    assert_int_equal(px_msg_add(&s->arena, m, name, strlen(name), value, strlen(value), BIG, BIG),
+                     0);
 }
 
 static int count(const struct px_msg *m, const char *name)
