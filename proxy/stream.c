@@ -659,6 +659,7 @@ void px_stream_on_req_head(struct px_stream *s)
         return;
     /* TE: trailers is meaningful to an HTTP/2 peer (gRPC); HTTP/1.1 drops it */
     px_msg_strip_hop_by_hop(&s->req, px_upstream_proto(s->lcfg) == PX_TGT_H2);
+    px_trace_restore(s); /* a Connection header cannot strip the request id or trace */
     /* a matching route overrides the listener's upstream / original destination */
     s->routes = px_routes_ref(px_routes_current());
     s->route = px_routes_match(s->routes, s->req.authority, &s->conn->orig_dst);

@@ -352,6 +352,8 @@ void px_trace_on_req_head(struct px_stream *s, bool outbound, uint32_t sample_pe
         } else if (PX_HDR_IS(h, "traceparent")) {
             tp_at = i;
             ntp++;
+        } else if (PX_HDR_IS(h, "connection")) {
+            t->connection = true;
         }
     }
     set_trace(s, tp_at, ntp, outbound, sample_percent); /* first: it uses the index */
@@ -372,6 +374,29 @@ static void decide_request_id(struct px_stream *s)
             n++;
         }
     set_request_id(s, v, len, n);
+}
+
+void px_trace_restore(struct px_stream *s)
+{
+    const struct px_trace *t = &s->tr;
+    if (!t->connection)
+        return;
+    bool id = false, tp = false;
+    for (uint32_t i = 0; i < s->req.nhdrs; i++) {
+        id |= PX_HDR_IS(&s->req.hdrs[i], "x-request-id");
+        tp |= PX_HDR_IS(&s->req.hdrs[i], "traceparent");
+    }
+    if (!id && t->request_id != NULL)
+        px_msg_add(&s->arena, &s->req, "x-request-id", 12, t->request_id, strlen(t->request_id),
+                   NOLIMIT, NOLIMIT);
+    if (!tp && t->traced) {
+        struct px_traceparent p = {.version = 0, .flags = t->flags};
+        memcpy(p.trace_id, t->trace_id, sizeof(p.trace_id));
+        memcpy(p.parent_id, t->span_id, sizeof(p.parent_id));
+        char v[PX_TRACEPARENT_LEN + 1];
+        px_traceparent_format(&p, v);
+        px_msg_add(&s->arena, &s->req, "traceparent", 11, v, PX_TRACEPARENT_LEN, NOLIMIT, NOLIMIT);
+    }
 }
 
 void px_trace_on_respond(struct px_stream *s)

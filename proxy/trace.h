@@ -32,6 +32,7 @@ struct px_trace {
     bool traced;            /* a traceparent went on: the ids below are set */
     bool has_parent;        /* the caller sent a valid traceparent (parent_id is its span) */
     bool started;           /* this sidecar started the trace (absent or invalid before) */
+    bool connection;        /* the head has a Connection header (px_trace_restore looks) */
     uint8_t flags;          /* trace-flags sent on */
     uint8_t trace_id[16];
     uint8_t span_id[8];   /* this sidecar's span: the parent-id sent on */
@@ -85,6 +86,11 @@ struct px_stream;
  * the B3 headers otherwise pass untouched. Also copies the verified peer
  * identity for the access log. A second call does nothing. */
 void px_trace_on_req_head(struct px_stream *s, bool outbound, uint32_t sample_percent);
+
+/* After the hop-by-hop headers were stripped: a client's Connection header may
+ * have named x-request-id or traceparent; put back what px_trace_on_req_head
+ * decided, so the app always gets both. Costs nothing without a Connection header. */
+void px_trace_restore(struct px_stream *s);
 
 /* A local reply (s->resp being built by px_stream_respond): add the request's
  * x-request-id, deciding it first when the head never got that far. */

@@ -198,6 +198,18 @@ else
     fail "badtp request did not reach the app"
 fi
 
+# -- a Connection header naming them cannot strip them ------------------------------------------
+get conn "http://127.0.0.1:$A_OUT/conn" -H 'Connection: x-request-id, traceparent' \
+    -H 'x-request-id: conn-named-1' -H "traceparent: $TP"
+if [[ -n $REQ ]]; then
+    expect_eq "'Connection: x-request-id, traceparent': the app still gets the id, once" \
+        "$(grep -a -c -i '^x-request-id:' "$REQ"):$(hdr "$REQ" x-request-id)" "1:conn-named-1"
+    tp=$(hdr "$REQ" traceparent)
+    expect_eq "... and the caller's trace" "${tp:0:36}" "${TP:0:36}"
+else
+    fail "conn request did not reach the app"
+fi
+
 # -- the proxy's own errors carry x-request-id -----------------------------------------------------
 get e403 "http://127.0.0.1:$A_OUT/forbidden" -H 'x-request-id: deny-me-1'
 expect_match "B's 403 reaches the client with its x-request-id" \

@@ -394,6 +394,29 @@ static void test_hook_repeated(void **state)
     assert_memory_not_equal(value(&s->req, "traceparent") + 3, TP_OK + 3, 32);
 }
 
+static void test_restore_after_hop_by_hop(void **state)
+{
+    struct fx *f = *state;
+    struct px_stream *s = &f->s;
+    add(&s->req, s, "connection", "x-request-id, traceparent, tracestate");
+    add(&s->req, s, "x-request-id", "keep-me");
+    add(&s->req, s, "traceparent", TP_OK);
+    add(&s->req, s, "tracestate", "a=b");
+    px_trace_on_req_head(s, false, 0);
+    char want[PX_TRACEPARENT_LEN + 1];
+    snprintf(want, sizeof(want), "%s", value(&s->req, "traceparent"));
+    px_msg_strip_hop_by_hop(&s->req, false);
+    assert_null(value(&s->req, "x-request-id")); /* what the client asked for */
+    px_trace_restore(s);
+    assert_string_equal(value(&s->req, "x-request-id"), "keep-me");
+    assert_string_equal(value(&s->req, "traceparent"), want);
+    assert_int_equal(count(&s->req, "x-request-id"), 1);
+    assert_int_equal(count(&s->req, "traceparent"), 1);
+    assert_null(value(&s->req, "tracestate")); /* hop-by-hop as the client said: not ours */
+    px_trace_restore(s);                       /* again: nothing added twice */
+    assert_int_equal(count(&s->req, "x-request-id"), 1);
+}
+
 static void test_respond_before_head(void **state)
 {
     struct fx *f = *state;
@@ -421,6 +444,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hook_inbound_absent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hook_replaces_malformed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hook_repeated, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_restore_after_hop_by_hop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_respond_before_head, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
