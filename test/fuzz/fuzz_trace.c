@@ -5,8 +5,10 @@
  *     version-00 form parses again to the same fields; a version-00 input
  *     formats back to exactly itself;
  *   - px_reqid_valid accepts only 1..128 visible ASCII bytes;
- *   - after the hook, the head has exactly one x-request-id, well-formed, and
- *     (outbound, or when the input had one) exactly one valid traceparent. */
+ *   - after the hook, the hop-by-hop strip and px_trace_restore (byte 0 bit 1 adds a
+ *     Connection header naming both), the head has exactly one x-request-id,
+ *     well-formed, and (outbound, or when the input had one) exactly one valid
+ *     traceparent. */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -64,7 +66,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (had_tp)
         px_msg_add(&st.arena, &st.req, "traceparent", 11, (const char *)nl + 1, size - a - 1,
                    UINT32_MAX, UINT32_MAX);
+    if (size > 0 && (data[0] & 2)) /* a client naming both as hop-by-hop */
+        px_msg_add(&st.arena, &st.req, "connection", 10, "x-request-id, traceparent", 25,
+                   UINT32_MAX, UINT32_MAX);
     px_trace_on_req_head(&st, outbound, size > 0 ? data[0] % 101u : 0);
+    px_msg_strip_hop_by_hop(&st.req, false);
+    px_trace_restore(&st);
     const struct px_hdr *id = px_msg_find(&st.req, "x-request-id");
     if (count(&st.req, "x-request-id") != 1 || !px_reqid_valid(id->value, id->valuelen))
         __builtin_trap();
