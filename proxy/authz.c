@@ -36,6 +36,7 @@
 #include "proxy/metrics.h"
 #include "proxy/policy.h"
 #include "proxy/server.h"
+#include "proxy/trace.h"
 #include "proxy/watch.h"
 
 struct px_authz {
@@ -250,6 +251,7 @@ static __attribute__((noinline)) bool check(const struct px_authz *az, struct px
     char *scratch = need <= sizeof(small) ? small : px_arena_alloc(&s->arena, need);
     struct px_policy_decision d;
     px_policy_decide(az->policy, &r, scratch, need, &d);
+    px_trace_set_rule(s, d.rule); /* for the access log */
     if (d.verdict == PX_POLICY_ALLOW) {
         send_decided_path(s, &d);
         return true;
@@ -296,7 +298,7 @@ bool px_authz_check(struct px_stream *s)
     return az == NULL || check(az, s);
 }
 
-bool px_authz_check_tcp(const struct px_conn *c)
+bool px_authz_check_tcp(const struct px_conn *c, char *rule, size_t rulelen)
 {
     const struct px_authz *az = c->srv != NULL ? c->srv->authz : NULL;
     if (az == NULL)
@@ -309,6 +311,8 @@ bool px_authz_check_tcp(const struct px_conn *c)
     };
     struct px_policy_decision d;
     px_policy_decide(az->policy, &r, NULL, 0, &d);
+    if (rule != NULL && rulelen > 0)
+        snprintf(rule, rulelen, "%s", d.rule != NULL ? d.rule : ""); /* for the access log */
     if (d.verdict == PX_POLICY_ALLOW)
         return true;
     char peer[CM_ADDR_STRLEN];

@@ -42,8 +42,9 @@ bool px_authz_check(struct px_stream *s);
  * connections") before anything is forwarded: its verified principal, source
  * address and original destination port. Returns true to forward; false when
  * denied (logged and counted; the caller closes it). Audit mode logs and lets
- * it through. */
+ * it through. The deciding rule's name goes to rule[rulelen] (for the access
+ * log) when rule is not NULL and a policy ran. */
 struct px_conn;
-bool px_authz_check_tcp(const struct px_conn *c);
+bool px_authz_check_tcp(const struct px_conn *c, char *rule, size_t rulelen);
 
 #endif

@@ -303,13 +303,31 @@ bool px_config_opaque_port(const struct px_config *cfg, uint16_t port)
     return false;
 }
 
+/* "tracing": {"sample_percent": N} (docs/config.md, docs/observability.md). */
+static int parse_tracing(const struct cm_jpath *p, json_t *root, struct px_config *cfg,
+                         char **errmsg)
+{
+    static const char *const keys[] = {"sample_percent", NULL};
+    json_t *tr = NULL;
+    struct cm_jpath c;
+    if (cm_json_get_child(p, root, "tracing", false, JSON_OBJECT, &tr, errmsg) != 0)
+        return CM_ERR_INVAL;
+    if (tr == NULL)
+        return 0;
+    cm_jpath_key(&c, p, "tracing");
+    if (cm_json_check_keys(&c, tr, keys, errmsg) != 0 ||
+        get_u32(&c, tr, "sample_percent", 0, 100, &cfg->tracing.sample_percent, errmsg) != 0)
+        return CM_ERR_INVAL;
+    return 0;
+}
+
 static int parse_root(const char *name, json_t *root, struct px_config *cfg, char **errmsg)
 {
     static const char *const keys[] = {
         "admin",       "listeners",       "identity",     "policy_file",
         "routes_file", "cluster",         "log_level",    "log_format",
         "access_log",  "limits",          "health",       "opaque_ports",
-        "discovery",   "outbound_policy", "egress_allow", NULL};
+        "discovery",   "outbound_policy", "egress_allow", "tracing", NULL};
     static const char *const formats[] = {"text", "json", NULL};
     struct cm_jpath p, c;
     cm_jpath_root(&p, name);
@@ -400,6 +418,8 @@ static int parse_root(const char *name, json_t *root, struct px_config *cfg, cha
     cfg->access_log = dup_opt(alog);
 
     if (parse_opaque_ports(&p, root, cfg, errmsg) != 0)
+        return CM_ERR_INVAL;
+    if (parse_tracing(&p, root, cfg, errmsg) != 0)
         return CM_ERR_INVAL;
 
     cfg->discovery = cm_xcalloc(1, sizeof(*cfg->discovery));

@@ -119,6 +119,11 @@ struct px_config {
     /* "discovery", "outbound_policy", "egress_allow" (proxy/discovery.h); never NULL
      * once loaded (enabled false without a "discovery" block) */
     struct px_disc_cfg *discovery;
+    /* "tracing": {"sample_percent": 0-100}: the sampled flag of the traces an
+     * outbound listener starts (proxy/trace.h); 0 (default): never sampled */
+    struct {
+        uint32_t sample_percent;
+    } tracing;
 };
 
 /* Is `port` listed in cfg->opaque_ports? */

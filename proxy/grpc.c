@@ -193,6 +193,7 @@ bool px_grpc_respond(struct px_stream *s, int status, const char *msg)
     px_msg_add(&s->arena, &s->resp, "content-type", 12, "application/grpc", 16, big, big);
     add_status(s, &s->resp, px_grpc_status_of_http(status, s->cause), msg);
     px_msg_add(&s->arena, &s->resp, "server", 6, "remora", 6, big, big);
+    px_trace_on_respond(s); /* x-request-id (proxy/trace.h) */
     s->resp_trailers = NULL;
     s->head_sent[PX_DOWN] = true;
     s->ops[PX_DOWN]->send_head(s);

@@ -8,6 +8,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/xalloc.h"
+#include "proxy/accesslog.h"
 #include "proxy/authz.h"
 #include "proxy/conn.h"
 #include "proxy/grpc.h"
@@ -111,51 +112,6 @@ struct px_stream *px_stream_new(struct px_conn *conn, const struct px_side_ops *
     return s;
 }
 
-static void set_escaped(json_t *o, const char *key, const char *v)
-{
-    size_t n = strlen(v);
-    char small[256];
-    char *e = 4 * n + 1 <= sizeof(small) ? small : cm_xmalloc(4 * n + 1);
-    cm_log_escape(e, 4 * n + 1, v, n);
-    json_object_set_new(o, key, json_string(e));
-    if (e != small)
-        free(e);
-}
-
-static void write_access_log(struct px_stream *s, int status, uint64_t dur_us)
-{
-    FILE *f = s->srv->access_log;
-    if (f == NULL)
-        return;
-    json_t *o = json_object();
-    char ts[32], up[CM_ADDR_STRLEN], peer[CM_ADDR_STRLEN];
-    json_object_set_new(o, "time", json_string(cm_fmt_rfc3339_ms(cm_wall_ms(), ts, sizeof(ts))));
-    json_object_set_new(o, "listener", json_string(s->lcfg->name));
-    json_object_set_new(o, "peer", json_string(cm_addr_format(&s->conn_peer, peer, sizeof(peer))));
-    /* peer text may be anything (0xff is not UTF-8, and jansson refuses
-     * it): escaped, so the line always names what was asked */
-    set_escaped(o, "method", s->req.method ? s->req.method : "-");
-    set_escaped(o, "authority", s->req.authority ? s->req.authority : "");
-    set_escaped(o, "path", s->req.path ? s->req.path : "-");
-    json_object_set_new(o, "status", json_integer(status));
-    json_object_set_new(o, "duration_ms", json_real((double)dur_us / 1000.0));
-    json_object_set_new(o, "request_bytes", json_integer((json_int_t)s->req_body_bytes));
-    json_object_set_new(o, "response_bytes", json_integer((json_int_t)s->resp_body_bytes));
-    if (s->head_sent[PX_UP])
-        json_object_set_new(o, "upstream",
-                            json_string(cm_addr_format(&s->target.addr, up, sizeof(up))));
-    if (s->cause != PX_CAUSE_NONE)
-        json_object_set_new(o, "cause", json_string(px_cause_str(s->cause)));
-    char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
-    if (line != NULL) {
-        fputs(line, f);
-        fputc('\n', f);
-        fflush(f);
-        free(line);
-    }
-    json_decref(o);
-}
-
 static void record(struct px_stream *s)
 {
     if (s->metrics_done || s->req.method == NULL)
@@ -171,7 +127,7 @@ static void record(struct px_stream *s)
     } else {
         px_metrics_request(s->lcfg, s->req.method, status, dur);
     }
-    write_access_log(s, status, dur);
+    px_accesslog_http(s->srv->access_log, s, status, dur);
 }
 
 /* Runs from the server's gc event, outside every codec callback. */
@@ -313,6 +269,7 @@ void px_stream_respond(struct px_stream *s, int status, const char *body)
     px_msg_add(&s->arena, &s->resp, "content-length", 14, clen, (size_t)n, big, big);
     s->resp.content_length = (int64_t)blen + 1;
     px_msg_add(&s->arena, &s->resp, "server", 6, "remora", 6, big, big);
+    px_trace_on_respond(s);
     s->head_sent[PX_DOWN] = true;
     s->ops[PX_DOWN]->send_head(s);
     s->ops[PX_DOWN]->send_data(s, (const uint8_t *)body, blen);
@@ -687,6 +644,8 @@ void px_stream_on_req_head(struct px_stream *s)
     const struct px_limits *lim = &s->srv->cfg->limits;
     s->state = PX_STREAM_FORWARD;
     s->grpc = px_grpc_is_request(&s->req); /* before anything may answer it */
+    px_trace_on_req_head(s, s->lcfg->direction == PX_DIR_OUTBOUND,
+                         s->srv->cfg->tracing.sample_percent);
     if (lim->max_request_body > 0 && s->req.content_length > 0 &&
         (uint64_t)s->req.content_length > lim->max_request_body) {
         px_metrics.body_too_big++;
@@ -700,6 +659,7 @@ void px_stream_on_req_head(struct px_stream *s)
         return;
     /* TE: trailers is meaningful to an HTTP/2 peer (gRPC); HTTP/1.1 drops it */
     px_msg_strip_hop_by_hop(&s->req, px_upstream_proto(s->lcfg) == PX_TGT_H2);
+    px_trace_restore(s); /* a Connection header cannot strip the request id or trace */
     /* a matching route overrides the listener's upstream / original destination */
     s->routes = px_routes_ref(px_routes_current());
     s->route = px_routes_match(s->routes, s->req.authority, &s->conn->orig_dst);

@@ -34,6 +34,7 @@
 #include "common/net.h"
 #include "proxy/config.h"
 #include "proxy/http.h"
+#include "proxy/trace.h"
 #include "proxy/upstream.h"
 
 enum px_side {
@@ -148,6 +149,7 @@ struct px_stream {
     bool resp_held;     /* the response head waits for the first DATA or the trailers
                          * (retries.on names a gRPC status) */
     int8_t grpc_status; /* the status the proxy answered with, or -1 */
+    struct px_trace tr;               /* request id, trace context, log fields (proxy/trace.h) */
 };
 
 /* Create a stream for a request arriving on conn; the downstream codec

@@ -11,6 +11,7 @@
 #include "common/list.h"
 #include "common/log.h"
 #include "common/xalloc.h"
+#include "proxy/accesslog.h"
 #include "proxy/authz.h"
 #include "proxy/io.h"
 #include "proxy/tls.h"
@@ -37,6 +38,7 @@ struct tunnel {
     struct px_timer idle; /* limits.tcp_idle_timeout_ms without a byte either way */
     struct px_upstream_target target; /* resolved by proxy/upstream.c */
     struct cm_list link;
+    struct px_tcp_log log; /* its access log line (proxy/accesslog.h) */
 };
 
 static struct cm_list tunnels = {&tunnels, &tunnels};
@@ -52,6 +54,7 @@ unsigned px_tcp_active(void)
 static void tunnel_free(struct tunnel *t)
 {
     cm_list_remove(&t->link);
+    px_accesslog_tcp(t->srv->access_log, t->c, &t->log);
     px_io_free(t->side[0]);
     t->c->io = NULL;
     if (t->side[1] != NULL) {
@@ -99,6 +102,7 @@ static void pump(struct tunnel *t, int i)
     const struct px_limits *lim = &t->srv->cfg->limits;
     if (lim->tcp_idle_timeout_ms > 0)
         px_timer_set(&t->idle, lim->tcp_idle_timeout_ms);
+    t->log.bytes[i] += n;
     if (i == 0)
         px_metrics.tcp_bytes_in += n;
     else
@@ -117,6 +121,7 @@ static void on_idle(evutil_socket_t fd, short what, void *arg)
     if (!px_timer_due(&t->idle))
         return;
     px_metrics.tcp_idle_timeout++;
+    t->log.cause = "idle timeout";
     cm_debug("tcp conn %llu: idle for %u ms: closed", (unsigned long long)t->c->id,
              (unsigned)t->srv->cfg->limits.tcp_idle_timeout_ms);
     close_later(t);
@@ -144,6 +149,20 @@ static void on_drained(struct px_io *io, void *arg)
     if (t->state == TUN_OPEN && !t->eof[!i])
         px_io_read_enable(t->side[!i], true);
     maybe_done(t);
+}
+
+/* The access log's cause for an error or timeout on side i. */
+static const char *tcp_cause(const struct tunnel *t, int i, int what, int err)
+{
+    if (i == 0)
+        return px_cause_str(PX_CAUSE_DOWNSTREAM_RESET);
+    if (t->state != TUN_CONNECTING)
+        return px_cause_str(PX_CAUSE_UPSTREAM_RESET);
+    if (what & PX_IO_TIMEOUT)
+        return px_cause_str(PX_CAUSE_CONNECT_TIMEOUT);
+    if (px_io_is_tls(t->side[1]))
+        return px_cause_str(PX_CAUSE_UPSTREAM_TLS);
+    return px_cause_str(err == ECONNREFUSED ? PX_CAUSE_CONNECT_REFUSED : PX_CAUSE_CONNECT_FAILED);
 }
 
 static void on_event(struct px_io *io, int what, void *arg)
@@ -178,6 +197,8 @@ static void on_event(struct px_io *io, int what, void *arg)
         return;
     }
     /* error (reset, refused) or timeout: tear both down */
+    if (t->log.cause == NULL)
+        t->log.cause = tcp_cause(t, i, what, px_io_errno(io));
     if (i == 1 && t->state == TUN_CONNECTING) {
         px_metrics.upstream_cx_connect_fail++;
         char a[CM_ADDR_STRLEN];
@@ -201,8 +222,10 @@ void px_tcp_start(struct px_conn *c)
     cm_list_insert_tail(&tunnels, &t->link);
     px_io_set_timeout(c->io, 0);
     px_io_setcb(c->io, on_read, on_drained, on_event, t); /* no listener callback from here */
-    if (c->lcfg->direction == PX_DIR_INBOUND && !px_authz_check_tcp(c)) {
+    if (c->lcfg->direction == PX_DIR_INBOUND &&
+        !px_authz_check_tcp(c, t->log.rule, sizeof(t->log.rule))) {
         /* denied: closed before a byte is forwarded or the app is connected */
+        t->log.cause = "denied by policy";
         close_later(t);
         return;
     }
@@ -212,17 +235,21 @@ void px_tcp_start(struct px_conn *c)
     if (r == PX_RESOLVE_LOOP) {
         cm_warn("tcp conn %llu: refusing a connection to the proxy itself",
                 (unsigned long long)c->id);
+        t->log.cause = px_cause_str(PX_CAUSE_LOOP);
         close_later(t);
         return;
     }
     if (r != PX_RESOLVE_OK) {
         cm_warn("tcp conn %llu: %s: refusing", (unsigned long long)c->id, px_resolve_str(r));
+        t->log.cause = px_resolve_str(r);
         close_later(t);
         return;
     }
+    t->log.upstream = t->target.addr;
     t->side[1] = px_io_connect(t->srv->base, &t->target.addr, lim->connect_timeout_ms);
     if (t->side[1] == NULL) {
         px_metrics.upstream_cx_connect_fail++;
+        t->log.cause = px_cause_str(PX_CAUSE_CONNECT_FAILED);
         close_later(t);
         return;
     }

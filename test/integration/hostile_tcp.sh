@@ -170,11 +170,12 @@ for pre in '\r\n' '\n' '\r\n\r\n'; do
     if seen rhttp "m=CRLF"; then fail "mtls: '$pre' /admin/x reached the app"; else pass "mtls: '$pre' /admin/x never reached the app"; fi
     expect_eq "no connection to the app for '$pre' /admin/x" "$(opens rhttp)" "$n0"
 done
-hc "127.0.0.1:$L_PLAIN" --send '\r\nGET /ok?m=CRLF-OK HTTP/1.1\r\nHost: app\r\n\r\n'
+# (each request carries its own x-request-id, which the proxy keeps: docs/observability.md)
+hc "127.0.0.1:$L_PLAIN" --send '\r\nGET /ok?m=CRLF-OK HTTP/1.1\r\nHost: app\r\nX-Request-Id: crlf-ok\r\n\r\n'
 expect_match "plain: '\\r\\n' then an allowed GET: 200" "$GOT" "^HTTP/1.1 200"
 expect_eq "plain: the app got the request without the empty line, byte for byte" \
     "$(req_with CRLF-OK | od -An -c | tr -s ' \n' ' ')" \
-    "$(printf 'GET /ok?m=CRLF-OK HTTP/1.1\r\nhost: app\r\n\r\n' | od -An -c | tr -s ' \n' ' ')"
+    "$(printf 'GET /ok?m=CRLF-OK HTTP/1.1\r\nhost: app\r\nx-request-id: crlf-ok\r\n\r\n' | od -An -c | tr -s ' \n' ' ')"
 
 # ---- row 3: silence longer than detect_timeout_ms, then a request ---------------------------------
 n0=$(opens rhttp)
@@ -185,11 +186,11 @@ expect_match "mtls: a peer the policy denies, silent 2.5 s then GET: 403 default
     "^HTTP/1.1 403 .*RBAC: access denied by default"
 if seen rhttp "m=SILENT"; then fail "silence: a denied request reached the app"; else pass "silence: nothing reached the app"; fi
 expect_eq "silence: no connection was opened to the app" "$(opens rhttp)" "$n0"
-hc "127.0.0.1:$L_MTLS" "${FE_TLS[@]}" --sleep 2.5 --send 'GET /ok?m=SILENT-FE HTTP/1.1\r\nHost: app\r\n\r\n'
+hc "127.0.0.1:$L_MTLS" "${FE_TLS[@]}" --sleep 2.5 --send 'GET /ok?m=SILENT-FE HTTP/1.1\r\nHost: app\r\nX-Request-Id: silent-fe\r\n\r\n'
 expect_match "mtls: an allowed peer silent 2.5 s then GET: 200 (decided as HTTP)" "$GOT" "^HTTP/1.1 200"
 expect_eq "mtls: the app got exactly the request and the verified identity" \
     "$(req_with SILENT-FE)" \
-    "$(printf 'GET /ok?m=SILENT-FE HTTP/1.1\r\nhost: app\r\nx-forwarded-client-cert: By=%s;URI=%s\r\n\r\n' "$DB" "$FE")"
+    "$(printf 'GET /ok?m=SILENT-FE HTTP/1.1\r\nhost: app\r\nx-request-id: silent-fe\r\nx-forwarded-client-cert: By=%s;URI=%s\r\n\r\n' "$DB" "$FE")"
 
 # ---- row 4: a lowercase method, a leading space or tab: opaque TCP, decided by the TCP policy -----
 for req in 'get /admin/x?m=ROW4 HTTP/1.1\r\n\r\n' ' GET /admin/x?m=ROW4 HTTP/1.1\r\n\r\n' \

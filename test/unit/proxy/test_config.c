@@ -627,6 +627,18 @@ static void data_dir_is_consistent(void **state)
     free(ents);
 }
 
+/* "tracing.sample_percent": 0 by default, the value when set. */
+static void tracing_sample_percent(void **state)
+{
+    (void)state;
+    struct px_config *cfg = load_case("ok-minimal.json");
+    assert_int_equal(cfg->tracing.sample_percent, 0);
+    px_config_free(cfg);
+    cfg = load_case("ok-tracing-sample-percent.json");
+    assert_int_equal(cfg->tracing.sample_percent, 100);
+    px_config_free(cfg);
+}
+
 int main(void)
 {
     find_data_dir();
@@ -646,6 +658,7 @@ int main(void)
         cmocka_unit_test(h2_hostile_keys),
         cmocka_unit_test(upstream_breakers),
         cmocka_unit_test(permissive_ports),
+        cmocka_unit_test(tracing_sample_percent),
     };
     int failed = cmocka_run_group_tests_name("proxy/config", fixed, NULL, NULL);
     if (c.n > 0)

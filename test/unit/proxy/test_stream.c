@@ -955,8 +955,13 @@ static void grpc_error_is_trailers_only(void **state)
     struct fake *d = grpc_start("app", NULL, NULL);
     assert_int_equal(d->status, 200);
     assert_true(d->ended);
-    assert_string_equal(d->head_hdrs, "content-type: application/grpc\ngrpc-status: 14\n"
-                                      "grpc-message: upstream connect error\nserver: remora\n");
+    /* and the request id the proxy gave it (a UUIDv4: proxy/trace.h) */
+    static const char want[] = "content-type: application/grpc\ngrpc-status: 14\n"
+                               "grpc-message: upstream connect error\nserver: remora\n"
+                               "x-request-id: ";
+    assert_memory_equal(d->head_hdrs, want, sizeof(want) - 1);
+    assert_int_equal(strlen(d->head_hdrs), sizeof(want) - 1 + PX_UUID_LEN + 1);
+    assert_true(px_reqid_valid(d->head_hdrs + sizeof(want) - 1, PX_UUID_LEN));
     assert_string_equal(text_of(d->body), "");
     req_free(d);
     expect_freed();
