@@ -1,7 +1,7 @@
 /* HTTP/1.1 on both sides, with llhttp: the server codec for downstream
  * connections (keep-alive, pipelining handled one request at a time,
  * chunked and content-length bodies, Expect: 100-continue, hop-by-hop
- * headers, upgrades refused) and the client codec for pooled upstream
+ * headers, Upgrade requests and the tunnel after 101) and the client codec for pooled upstream
  * connections. */
 #ifndef PX_H1_H
 #define PX_H1_H

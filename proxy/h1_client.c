@@ -49,6 +49,8 @@ struct h1c {
     bool keep_alive;
     bool parser_paused;
     bool body_paused;
+    bool tunnel;          /* the server answered 101 to our Upgrade: raw bytes both ways */
+    bool peer_eof;        /* tunnel: the server half-closed (the end follows its last bytes) */
     struct cm_list link;  /* the idle list (every address), or the busy list */
     struct cm_list plink; /* while idle: in pep->h1_idle */
     /* why we refused the response (static), or NULL */
@@ -101,6 +103,8 @@ static void op_send_head(struct px_stream *s)
     px_h1_put_str(&w, host);
     px_h1_put(&w, "\r\n", 2);
     px_h1_put_headers(&w, r);
+    if (s->upgrade != NULL) /* the Upgrade field itself is in the list */
+        px_h1_put(&w, "connection: upgrade\r\n", 21);
     u->req_chunked = false;
     if (r->content_length >= 0) {
         px_h1_put(&w, "content-length: ", 16);
@@ -127,6 +131,14 @@ static void op_send_data(struct px_stream *s, const uint8_t *data, size_t len)
 static void op_send_end(struct px_stream *s)
 {
     struct h1c *u = of(s);
+    if (u->tunnel) {
+        /* the client half-closed the tunnel: so do we, after its bytes */
+        px_io_shutdown_write(u->io);
+        u->req_done = true;
+        if (u->resp_done)
+            event_active(u->kick, EV_TIMEOUT, 0);
+        return;
+    }
     if (u->req_chunked)
         px_h1_write_last_chunk(px_io_output(u->io));
     u->req_done = true;
@@ -224,8 +236,24 @@ static int on_headers_complete(llhttp_t *p)
     if (r->status < 100 || r->status > 599) /* RFC 9110 15: three digits, 1xx to 5xx */
         return bad_response(p, "invalid status code");
     if (r->status >= 100 && r->status < 200) {
-        if (r->status == 101)
-            return bad_response(p, "101 Switching Protocols we never asked for");
+        if (r->status == 101) {
+            if (u->s->upgrade == NULL)
+                return bad_response(p, "101 Switching Protocols we never asked for");
+            /* the stream checks it and, when it takes it, makes this
+             * exchange a tunnel; else it answered 502 and let go of us */
+            r->content_length = -1;
+            /* raw bytes from here (the stream may pass early ones at once) */
+            u->tunnel = true;
+            u->req_done = false;   /* the client's bytes follow, then its half-close */
+            u->keep_alive = false; /* never back to the pool */
+            u->req_chunked = false;
+            px_stream_on_resp_head(u->s);
+            if (u->s == NULL || !u->s->tunnel) {
+                u->tunnel = false;
+                return bad_response(p, "101 Switching Protocols refused");
+            }
+            return 2; /* no body: the rest is the new protocol */
+        }
         u->informational = true;
         /* 1: a 1xx response ends with its head (RFC 9110 15.2), whatever
          * framing fields it carries; what follows is the next response */
@@ -263,6 +291,8 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
 static int on_message_complete(llhttp_t *p)
 {
     struct h1c *u = p->data;
+    if (u->tunnel)
+        return 0; /* llhttp stops with HPE_PAUSED_UPGRADE */
     if (u->informational) {
         u->informational = false;
         return 0;
@@ -437,9 +467,37 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
     process(u);
 }
 
+/* After a 101: hand what the server sends to the stream as it comes; after
+ * its EOF and its last byte, the end of the response (the half-close). */
+static void tunnel_pump(struct h1c *u)
+{
+    struct evbuffer *in = px_io_input(u->io);
+    while (u->s != NULL && !u->body_paused && u->state == H1C_BUSY) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0) {
+            if (u->peer_eof && !u->resp_done) {
+                u->resp_done = true;
+                px_stream_on_resp_end(u->s);
+                event_active(u->kick, EV_TIMEOUT, 0); /* released once both ways ended */
+            }
+            return;
+        }
+        bool pause = px_stream_on_resp_data(u->s, v.iov_base, v.iov_len);
+        evbuffer_drain(in, v.iov_len);
+        if (pause) {
+            u->body_paused = true;
+            px_io_read_enable(u->io, false);
+        }
+    }
+}
+
 static void process(struct h1c *u)
 {
     struct evbuffer *in = px_io_input(u->io);
+    if (u->tunnel) {
+        tunnel_pump(u);
+        return;
+    }
     while (u->state == H1C_BUSY && !u->resp_done && !u->body_paused) {
         bool resumed = u->parser_paused;
         if (resumed) {
@@ -459,7 +517,12 @@ static void process(struct h1c *u)
         u->got_bytes = true;
         llhttp_errno_t err = llhttp_execute(&u->parser, data, v.iov_len);
         size_t used = v.iov_len;
-        if (err == HPE_PAUSED) {
+        if (err == HPE_PAUSED_UPGRADE && u->tunnel) {
+            /* the 101's head is read: what follows is the new protocol */
+            evbuffer_drain(in, (size_t)(llhttp_get_error_pos(&u->parser) - data));
+            tunnel_pump(u);
+            return;
+        } else if (err == HPE_PAUSED) {
             used = (size_t)(llhttp_get_error_pos(&u->parser) - data);
             u->parser_paused = true;
         } else if (err != HPE_OK) {
@@ -524,6 +587,12 @@ static void on_event(struct px_io *io, int what, void *arg)
         cm_debug("h1 upstream %s: connect: %s", cm_addr_format(&u->addr, a, sizeof(a)),
                  (what & PX_IO_TIMEOUT) ? "timeout" : strerror(err));
         fail(u, cause);
+        return;
+    }
+    if ((what & PX_IO_EOF) && u->tunnel && u->state == H1C_BUSY) {
+        /* the server half-closed the tunnel: its last bytes, then the end */
+        u->peer_eof = true;
+        tunnel_pump(u); /* ends the response once the input is empty */
         return;
     }
     if (what & PX_IO_EOF) {

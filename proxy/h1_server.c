@@ -25,7 +25,8 @@ enum h1s_state {
     H1S_HEAD,     /* reading a request head, header deadline armed */
     H1S_BODY,     /* head handed to the stream, reading the body */
     H1S_WAIT,     /* request complete, waiting for the response to finish */
-    H1S_CLOSING   /* flushing the output, then close */
+    H1S_CLOSING,  /* flushing the output, then close */
+    H1S_TUNNEL    /* 101 sent: raw bytes both ways until both ends closed */
 };
 
 struct h1s {
@@ -46,6 +47,7 @@ struct h1s {
     bool parser_paused;    /* llhttp returned HPE_PAUSED, resume before executing */
     bool body_paused;      /* paused for backpressure */
     bool peer_eof;         /* the client half-closed */
+    bool req_eof_sent;     /* tunnel: the client's half-close went to the stream */
     bool freeing;
     const char *err_reason; /* static text for err_status (llhttp overwrites its own) */
     size_t chunk_ext_bytes; /* chunk extension bytes of the current chunk-size line */
@@ -59,6 +61,7 @@ static llhttp_settings_t settings;
 static bool settings_ready;
 
 static void process(struct h1s *h);
+static void tunnel_pump(struct h1s *h);
 static void close_conn(struct h1s *h);
 static int refuse(struct h1s *h, int status, const char *why);
 
@@ -84,11 +87,33 @@ static struct h1s *of(struct px_stream *s)
     return s->ctx[PX_DOWN];
 }
 
+/* 101 Switching Protocols (the stream checked it answers our Upgrade and
+ * kept the Upgrade field): the head, then the connection is a tunnel. */
+static void send_switching(struct h1s *h, struct px_stream *s)
+{
+    struct px_h1_head w;
+    px_h1_head_begin(&w, px_io_output(h->io), px_h1_headers_size(&s->resp) + 64);
+    px_h1_put(&w, "HTTP/1.1 101 Switching Protocols\r\n", 34);
+    px_h1_put_headers(&w, &s->resp);
+    px_h1_put(&w, "connection: upgrade\r\n\r\n", 23);
+    px_h1_head_end(&w);
+    h->state = H1S_TUNNEL;
+    h->keep_alive = false;
+    h->chunked = h->head_req = false;
+    h->req_done = false; /* the client's bytes follow, then its half-close */
+    px_timer_clear(&h->timer);
+    kick(h); /* bytes the client sent after its request (held) go now */
+}
+
 static void op_send_head(struct px_stream *s)
 {
     struct h1s *h = of(s);
     struct evbuffer *out = px_io_output(h->io);
     const struct px_msg *r = &s->resp;
+    if (s->tunnel) {
+        send_switching(h, s);
+        return;
+    }
     int minor = s->req.http_minor;
     bool no_body = h->head_req || r->status == 204 || r->status == 304 ||
                    (r->status >= 100 && r->status < 200);
@@ -149,6 +174,12 @@ static void op_send_data(struct px_stream *s, const uint8_t *data, size_t len)
 static void op_send_end(struct px_stream *s)
 {
     struct h1s *h = of(s);
+    if (h->state == H1S_TUNNEL) {
+        px_io_shutdown_write(h->io); /* the app half-closed: after its bytes */
+        h->resp_done = true;
+        kick(h);
+        return;
+    }
     if (h->chunked && !h->head_req)
         px_h1_write_last_chunk(px_io_output(h->io));
     h->resp_done = true;
@@ -410,8 +441,11 @@ static int on_headers_complete(llhttp_t *p)
         s->expect_continue = true;
         px_msg_remove(r, "expect");
     }
-    /* Upgrades (websocket, h2c) are refused by ignoring them: the request
-     * is served as plain HTTP/1.1 (RFC 9110 7.8); Upgrade is hop-by-hop. */
+    s->upgrade_asked =
+        p->upgrade != 0; /* Upgrade + Connection: upgrade (or CONNECT: refused above) */
+    /* An Upgrade request goes on as one (the stream decides: s->upgrade);
+     * bytes behind it stay unparsed in the input until the answer: after a
+     * 101 they are tunnel data (tunnel_pump), else the next request. */
     h->state = H1S_BODY;
     px_stream_on_req_head(s);
     if (h->s == s && s->state == PX_STREAM_FORWARD && s->expect_continue && !r->end_stream &&
@@ -547,6 +581,10 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
         free_now(h);
         return;
     }
+    if (h->state == H1S_TUNNEL) {
+        tunnel_pump(h);
+        return;
+    }
     if (h->resp_done && h->s != NULL)
         finish_exchange(h);
     if (h->state == H1S_CLOSING) {
@@ -594,10 +632,48 @@ static void parse_error(struct h1s *h, llhttp_errno_t err)
     reply_error(h, status, why);
 }
 
+/* After a 101: hand the client's bytes to the stream as they come (first
+ * those it sent before the 101, held unparsed); after its EOF and its last
+ * byte, the half-close. Both ways ended: the exchange and the connection
+ * are over. */
+static void tunnel_pump(struct h1s *h)
+{
+    struct evbuffer *in = px_io_input(h->io);
+    while (h->s != NULL && !h->body_paused && !h->freeing) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
+            break;
+        bool pause = px_stream_on_req_data(h->s, v.iov_base, v.iov_len);
+        evbuffer_drain(in, v.iov_len);
+        if (pause) {
+            h->body_paused = true;
+            px_io_read_enable(h->io, false);
+        }
+    }
+    if (h->s == NULL || h->freeing)
+        return;
+    if (h->peer_eof && !h->req_eof_sent && evbuffer_get_length(in) == 0) {
+        h->req_eof_sent = true;
+        px_stream_on_req_end(h->s);
+    }
+    if (h->req_eof_sent && h->resp_done) {
+        struct px_stream *s = h->s;
+        h->s = NULL;
+        px_stream_detach(s, PX_DOWN);
+        h->state = H1S_CLOSING;
+        if (evbuffer_get_length(px_io_output(h->io)) == 0)
+            close_conn(h);
+    }
+}
+
 /* Feed buffered input to llhttp until it pauses or the input is empty. */
 static void process(struct h1s *h)
 {
     struct evbuffer *in = px_io_input(h->io);
+    if (h->state == H1S_TUNNEL) {
+        tunnel_pump(h);
+        return;
+    }
     while (!h->freeing && h->state != H1S_CLOSING && !h->body_paused) {
         if (h->state == H1S_WAIT)
             return; /* next request waits for this response */
@@ -665,6 +741,13 @@ static void on_event(struct px_io *io, int what, void *arg)
 {
     struct h1s *h = arg;
     (void)io;
+    if ((what & PX_IO_EOF) && h->state == H1S_TUNNEL) {
+        /* the client half-closed the tunnel; the app may still answer */
+        h->peer_eof = true;
+        px_io_read_enable(h->io, false);
+        tunnel_pump(h);
+        return;
+    }
     if (what & PX_IO_EOF) {
         /* Half-close from the client: it may still read the response. */
         h->peer_eof = true;

@@ -444,11 +444,14 @@ static uint32_t stream_window(const struct px_server *srv)
 int px_h2_submit_settings(struct px_h2_session *sess)
 {
     const struct px_limits *lim = &sess->srv->cfg->limits;
-    nghttp2_settings_entry iv[4];
+    nghttp2_settings_entry iv[5];
     size_t n = 0;
     if (sess->role == PX_H2_SERVER) {
         iv[n].settings_id = NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS;
         iv[n++].value = lim->h2_max_concurrent_streams ? lim->h2_max_concurrent_streams : 100;
+        /* WebSocket (any HTTP Upgrade) over HTTP/2: RFC 8441 */
+        iv[n].settings_id = NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL;
+        iv[n++].value = 1;
     } else {
         iv[n].settings_id = NGHTTP2_SETTINGS_ENABLE_PUSH;
         iv[n++].value = 0;
@@ -749,8 +752,14 @@ int px_h2_add_field(struct px_stream *s, struct px_msg *m, const uint8_t *name, 
             if (st < 0)
                 return CM_ERR_PROTO;
             m->status = st;
+        } else if (name_is(name, namelen, ":protocol") && m == &s->req) {
+            /* extended CONNECT (RFC 8441): the protocol of the tunnel, an
+             * HTTP Upgrade token for the stream (docs/h2.md) */
+            if (s->upgrade != NULL || !px_http_valid_name(v, valuelen))
+                return CM_ERR_PROTO;
+            s->upgrade = px_arena_strndup(&s->arena, v, valuelen);
         } else {
-            return CM_ERR_PROTO; /* :protocol (extended CONNECT) and unknown ones */
+            return CM_ERR_PROTO; /* :protocol in a response, unknown ones */
         }
         if (field != NULL) {
             if (*field != NULL || !px_http_valid_value(v, valuelen))

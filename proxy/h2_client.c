@@ -62,6 +62,51 @@ static void fail_stream(struct px_h2_stream *st, enum px_cause cause, uint32_t c
 
 /* ---- ops: the stream drives the request through these ---- */
 
+/* The request's fields as extended CONNECT: :method CONNECT and :protocol
+ * (the Upgrade token) among the pseudo fields; the rest as they were
+ * (Sec-WebSocket-Key among them: docs/h2.md). Replaces *nva; returns the
+ * new count. */
+static size_t extended_connect_nv(const struct px_stream *s, nghttp2_nv **nva, size_t n)
+{
+    nghttp2_nv *old = *nva, *nv = cm_xmalloc((n + 1) * sizeof(*nv));
+    size_t o = 0, i = 0;
+    for (; i < n && old[i].namelen > 0 && old[i].name[0] == ':'; i++) {
+        nv[o] = old[i];
+        if (old[i].namelen == 7 && memcmp(old[i].name, ":method", 7) == 0) {
+            nv[o].value = (uint8_t *)"CONNECT";
+            nv[o].valuelen = 7;
+        }
+        o++;
+    }
+    nv[o].name = (uint8_t *)":protocol";
+    nv[o].namelen = 9;
+    nv[o].value = (uint8_t *)s->upgrade;
+    nv[o].valuelen = strlen(s->upgrade);
+    nv[o++].flags = NGHTTP2_NV_FLAG_NONE;
+    for (; i < n; i++)
+        nv[o++] = old[i];
+    free(old);
+    *nva = nv;
+    return o;
+}
+
+#define NO_CONNECT_MSG                                                                             \
+    "the peer sidecar does not accept extended CONNECT (RFC 8441 "                                 \
+    "SETTINGS_ENABLE_CONNECT_PROTOCOL): no WebSocket over this mesh connection"
+
+/* The peer did not enable extended CONNECT: a clear 502, not a silent
+ * downgrade to plain HTTP. */
+static void refuse_no_connect(struct px_h2_stream *st)
+{
+    struct px_stream *s = st->s;
+    st->failing = true;
+    s->cause = PX_CAUSE_UPSTREAM_PROTO;
+    s->cause_detail = "no extended CONNECT";
+    px_stream_respond(s, 502, NO_CONNECT_MSG);
+    st->failing = false;
+    px_h2_stream_detach(st);
+}
+
 static void cli_send_head(struct px_stream *s)
 {
     struct px_h2_stream *st = s->ctx[PX_UP];
@@ -72,6 +117,24 @@ static void cli_send_head(struct px_stream *s)
     char *clmem;
     size_t n = px_h2_make_nv(&s->req, true, &nva, NULL, &clmem);
     bool body = !s->req.end_stream;
+    if (s->upgrade != NULL) {
+        /* an HTTP Upgrade goes as extended CONNECT (RFC 8441), if the peer
+         * enabled it; its stream stays open for the tunnel */
+        if (sess->got_settings && nghttp2_session_get_remote_settings(
+                                      sess->ng, NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL) == 0) {
+            free(nva);
+            free(clmem);
+            st->no_connect = true;
+            st->out = PX_H2_OUT_DONE;
+            st->orphan = true; /* answered from `defer`, never from inside send_head */
+            sess->norphans++;
+            px_h2_session_schedule(sess);
+            return;
+        }
+        n = extended_connect_nv(s, &nva, n);
+        st->connect = true;
+        body = true;
+    }
     nghttp2_data_provider prd = {.source = {.ptr = st}, .read_callback = px_h2_read_body};
     int32_t id = nghttp2_submit_request(sess->ng, NULL, nva, n, body ? &prd : NULL, st);
     free(nva);
@@ -99,7 +162,10 @@ static void cli_send_data(struct px_stream *s, const uint8_t *data, size_t len)
 
 static void cli_send_end(struct px_stream *s)
 {
-    px_h2_stream_queue_end(s->ctx[PX_UP]);
+    struct px_h2_stream *st = s->ctx[PX_UP];
+    if (st->connect && !s->tunnel)
+        return; /* the Upgrade request ended; its stream carries the tunnel */
+    px_h2_stream_queue_end(st);
 }
 
 static size_t cli_pending(struct px_stream *s)
@@ -213,6 +279,28 @@ static void on_response_head(struct px_h2_stream *st, bool end_stream)
     }
     s->resp.end_stream = end_stream;
     st->in = end_stream ? PX_H2_IN_DONE : PX_H2_IN_BODY;
+    if (st->connect && nghttp2_session_get_remote_settings(
+                           st->sess->ng, NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL) == 0) {
+        /* sent before the peer's SETTINGS, answered by a peer that never
+         * enabled extended CONNECT: whatever it answered, it is no tunnel */
+        nghttp2_submit_rst_stream(st->sess->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+        st->out = PX_H2_OUT_DONE;
+        st->in = PX_H2_IN_DONE;
+        refuse_no_connect(st);
+        px_h2_session_schedule(st->sess);
+        return;
+    }
+    if (st->connect && s->resp.status / 100 == 2 && !end_stream) {
+        /* the tunnel is open: to the stream, the 101 it stands for */
+        s->resp.status = 101;
+        s->resp.content_length = -1;
+        uint32_t big = UINT32_MAX;
+        px_msg_remove(&s->resp, "upgrade");
+        px_msg_add(&s->arena, &s->resp, "upgrade", 7, s->upgrade, strlen(s->upgrade), big, big);
+    } else if (st->connect) {
+        st->connect = false; /* refused: an ordinary response; our half ends */
+        px_h2_stream_queue_end(st);
+    }
     px_stream_on_resp_head(s);
     if (end_stream && st->s != NULL)
         px_stream_on_resp_end(s);
@@ -286,7 +374,12 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code,
     if (st == NULL)
         return 0;
     if (st->s != NULL) {
-        if (st->in == PX_H2_IN_HEAD && st->n1xx == 0 && error_code == NGHTTP2_REFUSED_STREAM) {
+        if (st->connect && st->in == PX_H2_IN_HEAD &&
+            nghttp2_session_get_remote_settings(ng, NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL) ==
+                0) {
+            refuse_no_connect(st); /* sent before the peer's SETTINGS said no */
+        } else if (st->in == PX_H2_IN_HEAD && st->n1xx == 0 &&
+                   error_code == NGHTTP2_REFUSED_STREAM) {
             unprocessed(st, PX_CAUSE_UPSTREAM_RESET);
         } else if (st->in != PX_H2_IN_DONE) {
             cm_debug("h2 client session %llu stream %d: closed before the response completed "
@@ -344,7 +437,9 @@ void px_h2_client_fail_pending(struct px_h2_session *sess)
         if (!st->orphan)
             continue;
         /* never sent: as safe to send again as a refused stream */
-        if (st->s != NULL) {
+        if (st->s != NULL && st->no_connect) {
+            refuse_no_connect(st);
+        } else if (st->s != NULL) {
             unprocessed(st, st->fail ? st->fail : PX_CAUSE_UPSTREAM_RESET);
             px_h2_stream_detach(st);
         }

@@ -121,6 +121,8 @@ struct px_h2_stream {
                            * submitted, or its HEADERS were not sent): `defer`
                            * reports `fail` if still attached, then frees it */
     enum px_cause fail;
+    bool connect;              /* client: an extended CONNECT (RFC 8441) carrying an HTTP Upgrade */
+    bool no_connect;           /* client: ... that the peer did not enable: `defer` answers 502 */
     int n1xx;                  /* client: interim responses skipped */
     uint64_t head_deadline_ms; /* server: the head must be complete by then */
     struct px_msg *trailers;   /* trailer block being received */

@@ -17,6 +17,9 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/xalloc.h"
+#include "certs/pki.h"
+#include <mbedtls/base64.h>
+#include <strings.h>
 #include "proxy/h2.h"
 #include "proxy/h2_common.h"
 #include "proxy/metrics.h"
@@ -75,7 +78,10 @@ static void srv_send_head(struct px_stream *s)
     nghttp2_nv *nva;
     char *clmem;
     char status[4];
-    size_t n = px_h2_make_nv(&s->resp, false, &nva, status, &clmem);
+    struct px_msg r = s->resp;
+    if (s->tunnel)
+        r.status = 200; /* 101 is the HTTP/1.1 answer; extended CONNECT's is 2xx */
+    size_t n = px_h2_make_nv(&r, false, &nva, status, &clmem);
     bool body = !s->resp.end_stream;
     nghttp2_data_provider prd = {.source = {.ptr = st}, .read_callback = px_h2_read_body};
     int rv = nghttp2_submit_response(sess->ng, st->id, nva, n, body ? &prd : NULL);
@@ -249,6 +255,46 @@ static void join_cookies(struct px_stream *s)
     px_msg_add(&s->arena, m, "cookie", 6, joined, off, UINT32_MAX, UINT32_MAX);
 }
 
+/* An extended CONNECT (RFC 8441) from an HTTP/2 client, a sidecar's or a
+ * browser's WebSocket: the stream takes it as the HTTP/1.1 Upgrade request
+ * it stands for (a GET with Upgrade: <:protocol>; policy, routes, metrics
+ * and the access log see that). The request message is the head alone; DATA
+ * that follows is tunnel data, END_STREAM the client's half-close. A
+ * WebSocket request without Sec-WebSocket-Key (a browser's: RFC 8441 5 has
+ * none) gets a fresh one, so an HTTP/1.1 app can answer it; a sidecar
+ * forwards the client's own, so the client's check of the app's
+ * Sec-WebSocket-Accept holds end to end (docs/h2.md). */
+static void extended_connect(struct px_h2_stream *st, bool end_stream)
+{
+    struct px_stream *s = st->s;
+    if (end_stream || s->req.path == NULL) {
+        st->refused = true;
+        st->in = end_stream ? PX_H2_IN_DONE : PX_H2_IN_BODY;
+        px_stream_respond(s, 400, "malformed request: extended CONNECT without :path or a stream");
+        return;
+    }
+    s->req.method = "GET";
+    if (s->req.scheme == NULL)
+        s->req.scheme = "http";
+    s->req.http_minor = 1;
+    s->req.content_length = -1;
+    s->req.end_stream = true;
+    join_cookies(s);
+    if (strcasecmp(s->upgrade, "websocket") == 0 &&
+        px_msg_find(&s->req, "sec-websocket-key") == NULL) {
+        unsigned char nonce[16], key[32];
+        size_t klen = 0;
+        pki_rng_fn(NULL, nonce, sizeof(nonce));
+        mbedtls_base64_encode(key, sizeof(key), &klen, nonce, sizeof(nonce));
+        uint32_t big = UINT32_MAX;
+        px_msg_add(&s->arena, &s->req, "sec-websocket-key", 17, (const char *)key, klen, big, big);
+    }
+    st->in = PX_H2_IN_BODY;
+    px_stream_on_req_head(s);
+    if (st->s != NULL)
+        px_stream_on_req_end(s); /* the request message; the tunnel may follow */
+}
+
 static void on_request_head(struct px_h2_stream *st, bool end_stream)
 {
     struct px_stream *s = st->s;
@@ -260,8 +306,20 @@ static void on_request_head(struct px_h2_stream *st, bool end_stream)
         px_stream_respond(s, 431, "request header fields too large");
         return;
     }
+    if (s->req.method != NULL && strcmp(s->req.method, "CONNECT") == 0 && s->upgrade != NULL) {
+        extended_connect(st, end_stream);
+        return;
+    }
+    if (s->upgrade != NULL) {
+        /* :protocol without CONNECT (nghttp2 lets it through when we
+         * enable extended CONNECT): malformed, RFC 8441 4 */
+        st->refused = true;
+        st->in = end_stream ? PX_H2_IN_DONE : PX_H2_IN_BODY;
+        px_stream_respond(s, 400, "malformed request: :protocol without CONNECT");
+        return;
+    }
     if (s->req.method != NULL && strcmp(s->req.method, "CONNECT") == 0) {
-        /* tunnels are not proxied (the h1 side refuses them the same way) */
+        /* plain CONNECT tunnels are not proxied (the h1 side refuses them the same way) */
         st->refused = true;
         st->in = end_stream ? PX_H2_IN_DONE : PX_H2_IN_BODY;
         px_stream_respond(s, 405, "CONNECT is not supported");

@@ -3,6 +3,7 @@
 #include <event2/event.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "certs/pki.h"
 #include "common/clock.h"
@@ -172,6 +173,9 @@ void px_stream_detach(struct px_stream *s, enum px_side side)
     if (s->held != NULL)
         evbuffer_free(s->held);
     s->held = NULL;
+    if (s->early != NULL)
+        evbuffer_free(s->early);
+    s->early = NULL;
     record(s);
     if (s->timer != NULL) {
         event_free(s->timer);
@@ -639,6 +643,123 @@ static int grpc_timeout(struct px_stream *s, uint32_t *timeout_ms)
     return 0;
 }
 
+/* An HTTP/1.1 Upgrade request (RFC 9110 7.8): an Upgrade field and
+ * "upgrade" among the Connection options. Returns the Upgrade value (the
+ * protocols asked for, in the arena), or NULL. Only toward an HTTP/1.1
+ * upstream: toward HTTP/2 the request goes as plain HTTP, which RFC 9110
+ * allows (extended CONNECT between sidecars is not done yet). */
+static const char *upgrade_requested(struct px_stream *s)
+{
+    const struct px_msg *r = &s->req;
+    if (s->upgrade != NULL)
+        return s->upgrade; /* an HTTP/2 client's extended CONNECT (h2_server.c) */
+    if (!s->upgrade_asked || r->http_minor < 1)
+        return NULL; /* the common case: no header scan */
+    const struct px_hdr *up = px_msg_find(r, "upgrade");
+    if (up == NULL || up->valuelen == 0)
+        return NULL;
+    /* toward HTTP/2 (the mesh): extended CONNECT carries one protocol and no
+     * request body; h2c is an upgrade to the hop, never tunneled */
+    if (px_upstream_proto(s->lcfg) == PX_TGT_H2 &&
+        (!r->end_stream || !px_http_valid_name(up->value, up->valuelen) ||
+         strcasecmp(up->value, "h2c") == 0))
+        return NULL;
+    for (uint32_t i = 0; i < r->nhdrs; i++)
+        if (PX_HDR_IS(&r->hdrs[i], "connection") &&
+            px_hdr_has_token(r->hdrs[i].value, r->hdrs[i].valuelen, "upgrade"))
+            return up->value;
+    return NULL;
+}
+
+/* After the hop-by-hop headers went: put the Upgrade field back (the codec
+ * writes "connection: upgrade" itself). Returns 0, or -1 after answering. */
+static int keep_upgrade(struct px_stream *s, struct px_msg *m, const char *value)
+{
+    const struct px_limits *lim = &s->srv->cfg->limits;
+    if (px_msg_add(&s->arena, m, "upgrade", 7, value, strlen(value), lim->max_header_bytes + 1024,
+                   lim->max_headers + 1) != 0) {
+        px_stream_respond(s, 431, "request header fields too large");
+        return -1;
+    }
+    if (m == &s->req)
+        s->upgrade = value;
+    return 0;
+}
+
+/* limits.tcp_idle_timeout_ms without a tunnel byte either way: both sides
+ * are closed, as an idle TCP tunnel is (tcp.c). */
+static void on_tunnel_idle(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct px_stream *s = arg;
+    uint64_t idle_us = (uint64_t)s->srv->cfg->limits.tcp_idle_timeout_ms * 1000;
+    uint64_t now = cm_mono_us();
+    if (now - s->tunnel_active_us + 2000 < idle_us) {
+        uint64_t left = idle_us - (now - s->tunnel_active_us);
+        struct timeval tv = {(time_t)(left / 1000000), (suseconds_t)(left % 1000000)};
+        evtimer_add(s->timer, &tv);
+        return;
+    }
+    px_metrics.tcp_idle_timeout++;
+    cm_debug("upgrade tunnel %s: idle for %u ms: closed", s->req.path ? s->req.path : "-",
+             (unsigned)s->srv->cfg->limits.tcp_idle_timeout_ms);
+    s->cause = PX_CAUSE_UPSTREAM_TIMEOUT;
+    s->aborted = true;
+    abort_side(s, PX_UP);
+    abort_side(s, PX_DOWN);
+}
+
+/* The upstream accepted the upgrade: from now on both directions carry
+ * opaque bytes. The request timeout ends (a tunnel lives as long as it is
+ * used); the TCP idle timeout starts. The request direction is open again:
+ * what the client sends next is tunnel data, its EOF the half-close. */
+static void start_tunnel(struct px_stream *s)
+{
+    const struct px_limits *lim = &s->srv->cfg->limits;
+    s->tunnel = true;
+    report_try(s, PX_TRY_OK);
+    if (s->try_timer != NULL)
+        evtimer_del(s->try_timer);
+    if (s->timer != NULL)
+        event_free(s->timer);
+    s->timer = NULL;
+    if (s->replay != NULL)
+        evbuffer_free(s->replay);
+    s->replay = NULL;
+    s->replayable = false;
+    s->req_complete = false;
+    s->ended[PX_UP] = false;
+    s->resp.content_length = -1;
+    s->resp.end_stream = false;
+    s->tunnel_active_us = cm_mono_us();
+    if (s->early != NULL) {
+        /* an h2 client's DATA ahead of the answer, then maybe its END_STREAM */
+        size_t n = evbuffer_get_length(s->early);
+        if (n > 0 && s->attached[PX_UP]) {
+            s->req_body_bytes += n;
+            px_metrics.tcp_bytes_in += n;
+            s->ops[PX_UP]->send_data(s, evbuffer_pullup(s->early, -1), n);
+        }
+        evbuffer_free(s->early);
+        s->early = NULL;
+    }
+    if (s->early_eof && s->attached[PX_UP]) {
+        s->req_complete = s->ended[PX_UP] = true;
+        s->ops[PX_UP]->send_end(s);
+    }
+    if (s->paused[PX_DOWN] && s->attached[PX_DOWN]) {
+        s->paused[PX_DOWN] = false;
+        s->ops[PX_DOWN]->resume(s);
+    }
+    if (lim->tcp_idle_timeout_ms > 0) {
+        s->timer = evtimer_new(s->srv->base, on_tunnel_idle, s);
+        uint32_t ms = lim->tcp_idle_timeout_ms;
+        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        evtimer_add(s->timer, &tv);
+    }
+}
+
 void px_stream_on_req_head(struct px_stream *s)
 {
     const struct px_limits *lim = &s->srv->cfg->limits;
@@ -658,8 +779,11 @@ void px_stream_on_req_head(struct px_stream *s)
     if (s->lcfg->direction == PX_DIR_INBOUND && pass_client_cert(s) != 0)
         return;
     /* TE: trailers is meaningful to an HTTP/2 peer (gRPC); HTTP/1.1 drops it */
+    const char *upgrade = upgrade_requested(s);
     px_msg_strip_hop_by_hop(&s->req, px_upstream_proto(s->lcfg) == PX_TGT_H2);
     px_trace_restore(s); /* a Connection header cannot strip the request id or trace */
+    if (upgrade != NULL && keep_upgrade(s, &s->req, upgrade) != 0)
+        return;
     /* a matching route overrides the listener's upstream / original destination */
     s->routes = px_routes_ref(px_routes_current());
     s->route = px_routes_match(s->routes, s->req.authority, &s->conn->orig_dst);
@@ -691,6 +815,35 @@ void px_stream_on_req_head(struct px_stream *s)
 bool px_stream_on_req_data(struct px_stream *s, const uint8_t *data, size_t len)
 {
     const struct px_limits *lim = &s->srv->cfg->limits;
+    if (s->tunnel) {
+        if (s->state != PX_STREAM_FORWARD || !s->attached[PX_UP] || s->ended[PX_UP])
+            return false;
+        s->req_body_bytes += len;
+        px_metrics.tcp_bytes_in += len;
+        s->tunnel_active_us = cm_mono_us();
+        s->ops[PX_UP]->send_data(s, data, len);
+        if (s->ops[PX_UP]->pending(s) > lim->buffer_bytes) {
+            s->paused[PX_DOWN] = true;
+            return true;
+        }
+        return false;
+    }
+    if (s->upgrade != NULL && s->req_complete) {
+        /* bytes behind an Upgrade request before the answer (an h2 client's
+         * early DATA; an h1 client's wait unparsed in its input): kept for
+         * the tunnel, the client held past buffer_bytes */
+        if (s->state != PX_STREAM_FORWARD)
+            return false;
+        if (s->early == NULL && (s->early = evbuffer_new()) == NULL) {
+            cm_error("stream: evbuffer_new failed");
+            abort();
+        }
+        evbuffer_add(s->early, data, len);
+        if (evbuffer_get_length(s->early) <= lim->buffer_bytes)
+            return false;
+        s->paused[PX_DOWN] = true;
+        return true;
+    }
     if (s->state == PX_STREAM_FORWARD && s->replayable) {
         if (evbuffer_get_length(s->replay) + len > lim->retry_buffer_bytes) {
             s->replayable = false; /* too big to replay: this request is not retried */
@@ -753,6 +906,10 @@ bool px_stream_on_req_data(struct px_stream *s, const uint8_t *data, size_t len)
 
 void px_stream_on_req_end(struct px_stream *s)
 {
+    if (s->upgrade != NULL && s->req_complete && !s->tunnel) {
+        s->early_eof = true; /* the half-close of a tunnel not open yet */
+        return;
+    }
     s->req_complete = true;
     if (s->state != PX_STREAM_FORWARD || !s->attached[PX_UP] || s->ended[PX_UP])
         return;
@@ -802,6 +959,31 @@ void px_stream_on_resp_head(struct px_stream *s)
             return;
         }
     }
+    if (__builtin_expect(s->resp.status == 101, 0)) {
+        /* Switching Protocols: only as the answer to an Upgrade request we
+         * forwarded, and only once the whole request went up (what follows
+         * the head is the new protocol) */
+        const struct px_hdr *up = px_msg_find(&s->resp, "upgrade");
+        const char *why = s->upgrade == NULL ? "101 Switching Protocols we never asked for"
+                          : !s->req_complete ? "101 before the request body was complete"
+                          : up == NULL       ? "101 without an Upgrade field"
+                                             : NULL;
+        if (why != NULL) {
+            s->cause_detail = why;
+            report_try(s, PX_TRY_RESET);
+            s->cause = PX_CAUSE_UPSTREAM_PROTO;
+            px_stream_respond(s, 502, why);
+            return;
+        }
+        const char *proto = up->value;
+        px_msg_strip_hop_by_hop(&s->resp, false);
+        if (keep_upgrade(s, &s->resp, proto) != 0)
+            return;
+        start_tunnel(s);
+        s->head_sent[PX_DOWN] = true;
+        s->ops[PX_DOWN]->send_head(s);
+        return;
+    }
     if (s->grpc && s->route != NULL && s->route->retry_grpc != 0 && s->resp.status == 200) {
         /* retries.on names a gRPC status: the head waits until the first
          * DATA (no retry then) or the trailers (a trailers-only response
@@ -834,6 +1016,10 @@ bool px_stream_on_resp_data(struct px_stream *s, const uint8_t *data, size_t len
         !s->head_sent[PX_DOWN]) /* no body bytes ahead of a head (e.g. a 1xx's) */
         return false;
     s->resp_body_bytes += len;
+    if (s->tunnel) {
+        px_metrics.tcp_bytes_out += len;
+        s->tunnel_active_us = cm_mono_us();
+    }
     s->ops[PX_DOWN]->send_data(s, data, len);
     if (s->ops[PX_DOWN]->pending(s) > s->srv->cfg->limits.buffer_bytes) {
         s->paused[PX_UP] = true;
@@ -848,7 +1034,7 @@ void px_stream_on_resp_end(struct px_stream *s)
         return;
     s->resp_complete = true;
     report_try(s, PX_TRY_OK);
-    if (s->timer != NULL)
+    if (s->timer != NULL && !s->tunnel) /* a tunnel's idle timer watches the other way too */
         evtimer_del(s->timer);
     if (s->state != PX_STREAM_FORWARD || !s->attached[PX_DOWN] || s->ended[PX_DOWN])
         return;

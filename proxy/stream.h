@@ -150,6 +150,13 @@ struct px_stream {
                          * (retries.on names a gRPC status) */
     int8_t grpc_status; /* the status the proxy answered with, or -1 */
     struct px_trace tr;               /* request id, trace context, log fields (proxy/trace.h) */
+    /* HTTP Upgrade (docs/proxy.md "Upgrade and the tunnel after 101") */
+    const char *upgrade;       /* the request's Upgrade value (in the arena), or NULL: no upgrade */
+    bool upgrade_asked;        /* h1 codec: Upgrade with Connection: upgrade seen (llhttp's flag) */
+    bool tunnel;               /* the upstream answered 101: both directions are a byte tunnel */
+    uint64_t tunnel_active_us; /* monotonic: the last tunnel byte either way (idle timeout) */
+    struct evbuffer *early;    /* tunnel bytes an h2 client sent before the answer, or NULL */
+    bool early_eof;            /* ... and its half-close */
 };
 
 /* Create a stream for a request arriving on conn; the downstream codec

@@ -12,6 +12,7 @@ pkgs=(
   python3-grpcio # real gRPC servers and clients: grpc.sh (docs/grpc.md), the health port's gRPC probes (grpc_probe.sh)
   wrk haproxy nginx-light gnuplot-nox
   stunnel4 # h2spec over mTLS: a TLS relay presenting a mesh certificate (docs/testing.md)
+  python3-websockets python3-h2 # WebSocket peers nobody here wrote: test/integration/websocket.sh (docs/testing.md)
   # make image / make image-test (docs/install.md): buildah builds the images from scratch,
   # skopeo writes and inspects docker-archive tarballs, podman + runc run them (crun fails
   # here), catatonit is podman's local pause image (nothing pulled), netavark its network

@@ -87,7 +87,8 @@ e2e_cluster() {
     jq -n --arg node "$E2E_NODE" --arg ip "$E2E_NODE_IP" --arg ip6 "$E2E_NODE_IP6" \
         --arg prefix "rm-e2e-$$-" \
         --arg root "$E2E/pki/root.pem" --arg proxy "$PROXY" --arg up "$UPSTREAM" \
-        --arg mint "$REMORA_ROOT/test/tools/mint-token.js" --arg keys "$E2E/jwt" '{
+        --arg mint "$REMORA_ROOT/test/tools/mint-token.js" --arg keys "$E2E/jwt" \
+        --arg ws "$REMORA_ROOT/test/tools/ws.py" '{
         node_ns: $node, bridge: "br0", node_ip: $ip, prefix_len: 24, node_ip6: $ip6,
         netns_prefix: $prefix,
         injector: {url: "https://remora-injector.remora-system.svc:8443/inject",
@@ -95,7 +96,9 @@ e2e_cluster() {
         images: {
           "ghcr.io/remora-mesh/remora-proxy:0.1.0": {bin: {"remora-proxy": $proxy}},
           "remora-e2e/app": {bin: {"test-upstream": $up}, entrypoint: ["test-upstream"]},
-          "remora-e2e/toolbox": {bin: {}, entrypoint: ["sleep"], cmd: ["infinity"]}},
+          "remora-e2e/toolbox": {bin: {}, entrypoint: ["sleep"], cmd: ["infinity"]},
+          "remora-e2e/ws": {bin: {"python3": "/usr/bin/python3"},
+                            entrypoint: ["python3", $ws, "server"]}},
         token: {mint: ["node", $mint], keys: $keys},
         configmaps: {}, kubectl: "kubectl"}' >"$E2E/cluster.json"
     if [[ ${E2E_BACKEND:-} == podman ]]; then

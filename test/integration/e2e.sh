@@ -69,12 +69,14 @@ manifest c legacy '{"remora.io/inject": "false"}' "$TOOLBOX"
 manifest s slow '{"remora.io/opaque-ports": "5432, x"}' '[{"name": "app", "image": "remora-e2e/app",
    "args": ["--listen", "0.0.0.0:8080", "--name", "pod-s"]}]'
 manifest d intruder '{"remora.io/native-sidecar": "true"}' "$TOOLBOX"
+manifest w chat '{}' '[{"name": "app", "image": "remora-e2e/ws", "args": ["--listen", "0.0.0.0:8080"]}]'
 
 A_IP=10.232.0.11
 B_IP=10.232.0.12
 C_IP=10.232.0.13
 D_IP=10.232.0.14
 S_IP=10.232.0.15
+W_IP=10.232.0.16
 A_IP6=fd32::11
 B_IP6=fd32::12
 check "pod b Ready (init iptables, proxy with a CA-issued cert, app)" \
@@ -83,6 +85,7 @@ check "pod a Ready" e2e_pod a "$A_IP" "$E2E/a.json" "$A_IP6"
 check "pod c (no sidecar) Ready" e2e_pod c "$C_IP" "$E2E/c.json"
 check "pod d (native sidecar) Ready" e2e_pod d "$D_IP" "$E2E/d.json"
 check "pod s (slow server) Ready" e2e_pod s "$S_IP" "$E2E/s.json"
+check "pod w (python3-websockets server) Ready" e2e_pod w "$W_IP" "$E2E/w.json"
 expect_eq "s: remora.io/opaque-ports \"5432, x\" became opaque_ports [5432] in the bootstrap its proxy runs with (issue 14)" \
     "$(jq -c '.metadata.annotations["remora.io/bootstrap"] | fromjson | .opaque_ports' "$E2E/pods/s/pod.json")" '[5432]'
 check "s: ... and the injector said why x was dropped" \
@@ -126,6 +129,13 @@ out=$(e2e_exec a client curl -s -m 10 -o /dev/null -w '%{http_version} %{http_co
 expect_eq "A -> B (h2c): the client spoke HTTP/2" "$out" "2 200"
 stats_a=$(e2e_exec a remora-proxy curl -s -m 5 http://127.0.0.1:15000/stats)
 expect_match "A's sidecar originated mTLS" "$stats_a" '"tls_handshakes": *[1-9]'
+# WebSocket between pods (issue 19): python3-websockets in A's client container to W's app,
+# through both sidecars (extended CONNECT over the mesh's HTTP/2 + mTLS)
+out=$(e2e_exec a client timeout 60 /usr/bin/python3 "$REMORA_ROOT/test/tools/ws.py" client \
+    "ws://$W_IP:8080" echo big ping close 2>&1)
+expect_eq "A -> W (WebSocket through both sidecars): echo, 1 MiB, ping, close code" \
+    "$(grep -c '^ok ' <<<"$out")" 4
+grep -q '^FAIL' <<<"$out" && echo "$out"
 
 # ---- A -> B over IPv6 ------------------------------------------------------------------
 # The same client, B's IPv6 address: ip6tables sends it to A's outbound6 ([::1]:15001,

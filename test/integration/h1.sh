@@ -67,9 +67,12 @@ out=$(curl -s -H 'Connection: keep-alive, X-Secret' -H 'X-Secret: 1' -H 'Keep-Al
 bad=$(grep -oE '"(x-secret|keep-alive|proxy-connection|te|connection)"' <<<"$out" | tr '\n' ' ')
 expect_eq "hop-by-hop headers and those named by Connection are removed" "$bad" ""
 expect_match "end-to-end headers pass" "$out" '"x-end":"ok"'
+# an Upgrade request goes to the app (the tunnel after a 101: websocket.sh); this app does
+# not upgrade, so its 200 is an ordinary response
 out=$(curl -s -i -H 'Connection: Upgrade' -H 'Upgrade: websocket' "$U/ws")
-expect_match "Upgrade is refused cleanly: served as plain HTTP/1.1" "$out" '^HTTP/1.1 200'
-[[ $out == *'"upgrade"'* ]] && fail "Upgrade header leaked upstream" || pass "Upgrade not forwarded"
+expect_match "Upgrade answered 200 by the app: an ordinary HTTP/1.1 response" "$out" '^HTTP/1.1 200'
+expect_match "... the app saw the Upgrade request" "$out" '"upgrade":"websocket"'
+expect_match "... with Connection: upgrade and nothing else" "$out" '"connection":"upgrade"'
 out=$($RAW 127.0.0.1:$PORT 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n')
 expect_match "CONNECT is refused with 405" "$out" '^HTTP/1.1 405'
 

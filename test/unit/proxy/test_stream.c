@@ -325,6 +325,165 @@ static void wait_tries(int n, const char *what)
         fail_msg("%s: no try %d within 5 s", what, n);
 }
 
+/* ---- HTTP Upgrade: the tunnel after 101 ------------------------------------ */
+
+/* An Upgrade request as h1_server.c reports it (body-less, Connection lists
+ * upgrade and one more hop-by-hop header). */
+static struct fake *upgrade_start(void)
+{
+    struct fake *d = req_new("GET", "/chat", "app");
+    struct px_stream *s = d->s;
+    s->req.end_stream = true;
+    s->upgrade_asked = true; /* llhttp's flag, as h1_server.c passes it */
+    px_msg_add(&s->arena, &s->req, "upgrade", 7, "websocket", 9, BIG, BIG);
+    px_msg_add(&s->arena, &s->req, "connection", 10, "Upgrade, x-hop", 14, BIG, BIG);
+    px_msg_add(&s->arena, &s->req, "x-hop", 5, "1", 1, BIG, BIG);
+    px_msg_add(&s->arena, &s->req, "sec-websocket-key", 17, "dGhlIHNhbXBsZSBub25jZQ==", 24, BIG,
+               BIG);
+    px_stream_on_req_head(s);
+    px_stream_on_req_end(s);
+    return d;
+}
+
+static void up_101(struct fake *u, bool with_upgrade)
+{
+    struct px_stream *s = u->s;
+    px_msg_init(&s->resp);
+    s->resp.status = 101;
+    s->resp.content_length = -1;
+    if (with_upgrade)
+        px_msg_add(&s->arena, &s->resp, "upgrade", 7, "websocket", 9, BIG, BIG);
+    px_msg_add(&s->arena, &s->resp, "connection", 10, "upgrade", 7, BIG, BIG);
+    px_msg_add(&s->arena, &s->resp, "sec-websocket-accept", 20, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", 28,
+               BIG, BIG);
+    px_stream_on_resp_head(s);
+}
+
+static void upgrade_tunnel(void **state)
+{
+    (void)state;
+    struct fake *d = upgrade_start();
+    struct px_stream *s = d->s;
+    assert_int_equal(nups, 1);
+    struct fake *u = &ups[0];
+    assert_string_equal(s->upgrade, "websocket");
+    assert_non_null(px_msg_find(&s->req, "upgrade")); /* kept for the upstream codec */
+    assert_null(px_msg_find(&s->req, "connection"));  /* the codec writes its own */
+    assert_null(px_msg_find(&s->req, "x-hop"));       /* still hop-by-hop */
+    assert_non_null(px_msg_find(&s->req, "sec-websocket-key"));
+    assert_true(u->ended); /* the request message ended */
+    uint64_t in0 = px_metrics.tcp_bytes_in, out0 = px_metrics.tcp_bytes_out;
+
+    up_101(u, true);
+    assert_int_equal(d->status, 101);
+    assert_true(s->tunnel);
+    assert_non_null(strstr(d->head_hdrs, "upgrade: websocket\n"));
+    assert_non_null(strstr(d->head_hdrs, "sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\n"));
+    assert_null(strstr(d->head_hdrs, "connection"));
+    assert_false(s->req_complete); /* the client's bytes follow */
+
+    /* bytes both ways, counted like TCP; backpressure as for bodies */
+    u->ended = false;
+    assert_false(req_data(d, "ping"));
+    assert_string_equal(text_of(u->body), "ping");
+    assert_false(up_data(u, "pong"));
+    assert_string_equal(text_of(d->body), "pong");
+    assert_int_equal(px_metrics.tcp_bytes_in - in0, 4);
+    assert_int_equal(px_metrics.tcp_bytes_out - out0, 4);
+    u->pend = 4096;
+    assert_true(req_data(d, "more"));
+    assert_true(s->paused[PX_DOWN]);
+    u->pend = 0;
+    px_stream_on_drain(s, PX_UP);
+    assert_int_equal(d->resumes, 1);
+
+    /* half-close from the client, then the app finishes */
+    px_stream_on_req_end(s);
+    assert_true(u->ended);
+    assert_false(d->ended);
+    assert_false(up_data(u, "bye"));
+    up_end(u);
+    assert_true(d->ended);
+    assert_string_equal(text_of(d->body), "pongbye");
+    req_free(d);
+    expect_freed();
+}
+
+static void unasked_101_is_502(void **state)
+{
+    (void)state;
+    struct fake *d = req_start("GET", "/plain", "app");
+    px_stream_on_req_end(d->s);
+    struct fake *u = &ups[0];
+    up_101(u, true);
+    assert_int_equal(d->status, 502);
+    assert_true(u->aborted);
+    assert_false(d->s == NULL);
+    req_free(d);
+    expect_freed();
+}
+
+static void upgrade_101_without_upgrade_is_502(void **state)
+{
+    (void)state;
+    struct fake *d = upgrade_start();
+    up_101(&ups[0], false);
+    assert_int_equal(d->status, 502);
+    req_free(d);
+    expect_freed();
+}
+
+static void upgrade_declined_is_ordinary(void **state)
+{
+    (void)state;
+    struct fake *d = upgrade_start();
+    struct fake *u = &ups[0];
+    up_head(u, 426);
+    assert_int_equal(d->status, 426);
+    assert_false(d->s->tunnel);
+    assert_false(up_data(u, "upgrade elsewhere"));
+    up_end(u);
+    assert_true(d->ended);
+    req_free(d);
+    expect_freed();
+}
+
+static void tunnel_idle_timeout(void **state)
+{
+    (void)state;
+    cfg.limits.tcp_idle_timeout_ms = 60;
+    struct fake *d = upgrade_start();
+    struct fake *u = &ups[0];
+    up_101(u, true);
+    assert_false(req_data(d, "x"));
+    uint64_t idle0 = px_metrics.tcp_idle_timeout;
+    if (!run_until(no_streams, NULL, 5000))
+        fail_msg("idle tunnel not closed");
+    assert_true(d->aborted);
+    assert_true(u->aborted);
+    assert_int_equal(px_metrics.tcp_idle_timeout - idle0, 1);
+    req_free(d);
+}
+
+/* Toward HTTP/2 (the mesh) only what extended CONNECT can carry is an
+ * upgrade: one token, no body, never h2c. */
+static void upgrade_toward_h2_one_token(void **state)
+{
+    (void)state;
+    lcfg.upstream_protocol = PX_UP_H2;
+    struct fake *d = req_new("GET", "/x", "app");
+    struct px_stream *s = d->s;
+    s->req.end_stream = true;
+    s->upgrade_asked = true;
+    px_msg_add(&s->arena, &s->req, "upgrade", 7, "h2c", 3, BIG, BIG);
+    px_msg_add(&s->arena, &s->req, "connection", 10, "upgrade", 7, BIG, BIG);
+    px_stream_on_req_head(s);
+    assert_null(s->upgrade); /* plain HTTP */
+    assert_null(px_msg_find(&s->req, "upgrade"));
+    answer_ok(d, &ups[0]);
+    expect_freed();
+}
+
 /* ---- fixtures ------------------------------------------------------------ */
 
 static void on_gc(evutil_socket_t fd, short what, void *arg)
@@ -1115,6 +1274,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(grpc_retry_trailers_only, setup, teardown),
         cmocka_unit_test_setup_teardown(grpc_retry_from_trailers_not_after_data, setup, teardown),
         cmocka_unit_test_setup_teardown(grpc_other_status_not_retried, setup, teardown),
+        cmocka_unit_test_setup_teardown(upgrade_tunnel, setup, teardown),
+        cmocka_unit_test_setup_teardown(unasked_101_is_502, setup, teardown),
+        cmocka_unit_test_setup_teardown(upgrade_101_without_upgrade_is_502, setup, teardown),
+        cmocka_unit_test_setup_teardown(upgrade_declined_is_ordinary, setup, teardown),
+        cmocka_unit_test_setup_teardown(tunnel_idle_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(upgrade_toward_h2_one_token, setup, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     pki_rng_free();
