@@ -41,9 +41,7 @@ static atomic_uint_fast64_t answers[AN__COUNT];
 static atomic_int_fast64_t subscribers;
 static const uint64_t push_bucket_us[] = {1000,   5000,   10000,   25000,  50000,
                                           100000, 250000, 1000000, 5000000};
-#define NPUSH (sizeof(push_bucket_us) / sizeof(push_bucket_us[0]))
-static atomic_uint_fast64_t push_hist[NPUSH + 1];
-static atomic_uint_fast64_t push_sum_us;
+static struct cm_prom_hist push_hist = CM_PROM_HIST_INIT(push_bucket_us);
 
 static void count_answer(unsigned code)
 {
@@ -54,15 +52,6 @@ static void count_answer(unsigned code)
                     : code == 401 ? AN_UNAUTH
                                   : AN_OTHER;
     atomic_fetch_add(&answers[a], 1);
-}
-
-static void observe_push(uint64_t us)
-{
-    size_t b = 0;
-    while (b < NPUSH && us > push_bucket_us[b])
-        b++;
-    atomic_fetch_add(&push_hist[b], 1);
-    atomic_fetch_add(&push_sum_us, us);
 }
 
 /* ---- requests and waiters ------------------------------------------------------------------- */
@@ -373,7 +362,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
         pthread_mutex_unlock(&d->waiters->mu);
     }
     if (r->seen_us != 0 && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
-        observe_push(cm_mono_us() - r->seen_us);
+        cm_prom_hist_observe(&push_hist, cm_mono_us() - r->seen_us);
     free(r->body);
     free(r);
     *req_cls = NULL;
@@ -593,11 +582,7 @@ void ij_disc_metrics_write(struct cm_prom *o)
     for (int a = 0; a < AN__COUNT; a++)
         cm_prom_printf(o, "remora_discovery_answers_total{code=\"%s\"} %llu\n", answer_names[a],
                        (unsigned long long)atomic_load(&answers[a]));
-    cm_prom_head(o, "remora_discovery_push_seconds", "histogram",
-                 "From an API event seen to a long-poll's answer for it sent, per answer.");
-    uint64_t counts[NPUSH + 1];
-    for (size_t b = 0; b <= NPUSH; b++)
-        counts[b] = atomic_load(&push_hist[b]);
-    cm_prom_histogram_us(o, "remora_discovery_push_seconds", push_bucket_us, counts, NPUSH,
-                         atomic_load(&push_sum_us));
+    cm_prom_hist_write(o, "remora_discovery_push_seconds",
+                       "From an API event seen to a long-poll's answer for it sent, per answer.",
+                       &push_hist);
 }

@@ -69,6 +69,14 @@ int ij_job_opt(struct ij_job_opts *j, int c, const char *arg, char **argv, char 
  * parsed as an https URL. Returns 0 or CM_ERR_INVAL with *errmsg. */
 int ij_job_opts_finish(struct ij_job_opts *j, int argc, char **argv, char **errmsg);
 void ij_job_opts_deinit(struct ij_job_opts *j);
+struct ij_kube;
+/* A client for the job's API server: ij_kube_new with its --api,
+ * --token-file, --ca-file and --timeout-ms. */
+int ij_job_kube_new(const struct ij_job_opts *j, struct ij_kube **out, char **errmsg);
+/* The exit status of subcommand `cmd` ("publish-ca-root") whose parse_args
+ * returned rc != 0: 0 after --help; else err and the usage on stderr, and 2.
+ * Frees err. */
+int ij_job_args_exit(const char *cmd, int rc, char *err, void (*usage)(FILE *));
 
 /* The command line of publish-ca-root. */
 struct ij_publish_opts {
@@ -115,7 +123,6 @@ enum ij_publish_outcome {
     IJ_PUBLISH_FAILED       /* *errmsg says why */
 };
 
-struct ij_kube;
 /* Bring ConfigMap ns/name's data[key] to `val` (len bytes): GET it; absent ->
  * POST (labelled part-of remora, managed-by remora-injector); equal -> no
  * write; else a JSON merge patch of data[key] alone. A write that races with

@@ -153,8 +153,12 @@ bool ij_guard_expired(struct ij_guard *g, struct MHD_Connection *conn)
     return expired;
 }
 
-void ij_guard_request_done(struct ij_guard *g, struct ij_guard_conn *c)
+void ij_guard_request_done(struct ij_guard *g, struct MHD_Connection *conn, size_t reserved)
 {
+    ij_guard_release(reserved);
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct ij_guard_conn *c = ci != NULL ? ci->socket_context : NULL;
     if (c == NULL)
         return;
     pthread_mutex_lock(&g->mu);
@@ -470,16 +474,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     struct ij_server *s = cls;
     (void)toe;
     struct req *r = *req_cls;
-    if (r != NULL) {
-        ij_guard_release(r->reserved);
+    *req_cls = NULL;
+    ij_guard_request_done(s->guard, conn, r != NULL ? r->reserved : 0);
+    if (r != NULL)
         free(r->buf);
-        free(r);
-        *req_cls = NULL;
-    }
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    if (ci != NULL)
-        ij_guard_request_done(s->guard, ci->socket_context);
+    free(r);
 }
 
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,

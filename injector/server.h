@@ -58,8 +58,10 @@ void ij_guard_conn_end(struct ij_guard *g, struct ij_guard_conn *c);
 /* From the access handler: is conn past its deadline (counted once)? The
  * caller then returns MHD_NO, which closes it. */
 bool ij_guard_expired(struct ij_guard *g, struct MHD_Connection *conn);
-/* A request was answered: the next one's deadline starts now. */
-void ij_guard_request_done(struct ij_guard *g, struct ij_guard_conn *c);
+/* From MHD's completion callback: a request on conn ended. Gives back the
+ * `reserved` bytes of body it held (ij_guard_reserve), and the next
+ * request's deadline starts now. */
+void ij_guard_request_done(struct ij_guard *g, struct MHD_Connection *conn, size_t reserved);
 /* Reserve n bytes of request body against webhook.max_buffered_bytes (all
  * connections of both daemons together): false when that would pass it.
  * ij_guard_release gives them back. */
