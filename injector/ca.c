@@ -615,17 +615,8 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     }
 }
 
-static void on_mhd_log(void *cls, const char *fmt, va_list ap)
-{
-    (void)cls;
-    if (CM_LOG_DEBUG <= cm_log_current_level)
-        cm_log_vwrite(CM_LOG_DEBUG, fmt, ap);
-}
-
-/* The CA port's certificate: issued by the CA to itself, so a proxy checks
- * it with the mesh root it already holds (ca_root), whoever issued the
- * webhook's certificate (cert-manager, openssl). */
-static int make_serving_cert(struct ij_ca *ca, char **errmsg)
+int ij_ca_issue_serving(const struct ij_config *cfg, const char *cn, const char *what,
+                        char **cert_pem, char **key_pem, char **errmsg)
 {
     static const char *const names[] = {"remora-injector.remora-system.svc",
                                         "remora-injector.remora-system.svc.cluster.local", NULL};
@@ -633,13 +624,12 @@ static int make_serving_cert(struct ij_ca *ca, char **errmsg)
     size_t clen = 0, klen = 0;
     char *inner = NULL;
     int rc = CM_ERR_INVAL;
-    if (pki_read_file(ca->cfg->ca_cert_file, CA_MAX_PEM, &cert, &clen, errmsg) != 0 ||
-        pki_read_file(ca->cfg->ca_key_file, CA_MAX_PEM, &key, &klen, errmsg) != 0)
+    if (pki_read_file(cfg->ca_cert_file, CA_MAX_PEM, &cert, &clen, errmsg) != 0 ||
+        pki_read_file(cfg->ca_key_file, CA_MAX_PEM, &key, &klen, errmsg) != 0)
         goto out;
-    if (pki_make_server("remora-ca", names, SERVE_CERT_DAYS, (const char *)cert, (const char *)key,
-                        &ca->serve_cert, &ca->serve_key, &inner) != 0) {
-        free(*errmsg);
-        *errmsg = cm_xasprintf("CA: cannot issue the CA port's certificate: %s", inner);
+    if (pki_make_server(cn, names, SERVE_CERT_DAYS, (const char *)cert, (const char *)key, cert_pem,
+                        key_pem, &inner) != 0) {
+        cm_fail(errmsg, CM_ERR_INVAL, "cannot issue %s's certificate: %s", what, inner);
         goto out;
     }
     rc = 0;
@@ -650,6 +640,20 @@ out:
         memset(key, 0, klen);
         free(key);
     }
+    return rc;
+}
+
+/* The CA port's certificate: issued by the CA to itself, so a proxy checks
+ * it with the mesh root it already holds (ca_root), whoever issued the
+ * webhook's certificate (cert-manager, openssl). */
+static int make_serving_cert(struct ij_ca *ca, char **errmsg)
+{
+    char *inner = NULL;
+    int rc = ij_ca_issue_serving(ca->cfg, "remora-ca", "the CA port", &ca->serve_cert,
+                                 &ca->serve_key, &inner);
+    if (rc != 0)
+        cm_fail(errmsg, rc, "CA: %s", inner);
+    free(inner);
     return rc;
 }
 
@@ -681,9 +685,9 @@ int ij_ca_serve(struct ij_ca *ca, char **errmsg)
         ca->port = cm_addr_port(&bound);
     ca->guard = ij_guard_new("ca", cfg);
     ca->daemon = MHD_start_daemon(
-        IJ_SERVER_MHD_FLAGS, 0, NULL, NULL, on_request, ca, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log,
-        ca, MHD_OPTION_LISTEN_SOCKET, ca->fd, MHD_OPTION_HTTPS_MEM_CERT, ca->serve_cert,
-        MHD_OPTION_HTTPS_MEM_KEY, ca->serve_key, MHD_OPTION_HTTPS_PRIORITIES,
+        IJ_SERVER_MHD_FLAGS, 0, NULL, NULL, on_request, ca, MHD_OPTION_EXTERNAL_LOGGER,
+        ij_server_mhd_log, ca, MHD_OPTION_LISTEN_SOCKET, ca->fd, MHD_OPTION_HTTPS_MEM_CERT,
+        ca->serve_cert, MHD_OPTION_HTTPS_MEM_KEY, ca->serve_key, MHD_OPTION_HTTPS_PRIORITIES,
         IJ_SERVER_TLS_PRIORITIES, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout_seconds, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)cfg->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,

@@ -22,8 +22,6 @@
 #include "injector/discovery_int.h"
 #include "injector/server.h"
 
-#define SERVE_CERT_DAYS  365
-#define MAX_PEM          (1024 * 1024)
 #define WAIT_DEFAULT_S   30
 #define WAIT_MAX_S       60
 #define MAX_VERSION_LEN  64
@@ -381,28 +379,17 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     }
 }
 
-static void on_mhd_log(void *cls, const char *fmt, va_list ap)
-{
-    (void)cls;
-    if (CM_LOG_DEBUG <= cm_log_current_level)
-        cm_log_vwrite(CM_LOG_DEBUG, fmt, ap);
-}
-
 /* The discovery port's certificate, issued by the CA to itself (as the CA
  * port's), and the mesh roots client certificates must chain to. */
 static int load_tls(struct ij_disc *d, char **errmsg)
 {
-    static const char *const names[] = {"remora-injector.remora-system.svc",
-                                        "remora-injector.remora-system.svc.cluster.local", NULL};
     const struct ij_config *cfg = d->cfg;
-    unsigned char *cert = NULL, *key = NULL;
-    size_t clen = 0, klen = 0;
     char *inner = NULL;
     int rc = CM_ERR_INVAL;
     struct pki_ca ca;
     pki_ca_init(&ca);
-    if (pki_read_file(cfg->ca_cert_file, MAX_PEM, &cert, &clen, &inner) != 0 ||
-        pki_read_file(cfg->ca_key_file, MAX_PEM, &key, &klen, &inner) != 0 ||
+    if (ij_ca_issue_serving(cfg, "remora-discovery", "the discovery port", &d->serve_cert,
+                            &d->serve_key, &inner) != 0 ||
         pki_ca_load(&ca, cfg->ca_cert_file, cfg->ca_key_file, cfg->ca_root_file, &inner) != 0) {
         *errmsg = cm_xasprintf("discovery: %s", inner);
         goto out;
@@ -410,12 +397,6 @@ static int load_tls(struct ij_disc *d, char **errmsg)
     if (ca.bundle_pem == NULL || ca.bundle_pem[0] == '\0') {
         *errmsg = cm_xasprintf("discovery: no mesh root to check client certificates with "
                                "(ca.root_file)");
-        goto out;
-    }
-    if (pki_make_server("remora-discovery", names, SERVE_CERT_DAYS, (const char *)cert,
-                        (const char *)key, &d->serve_cert, &d->serve_key, &inner) != 0) {
-        *errmsg =
-            cm_xasprintf("discovery: cannot issue the discovery port's certificate: %s", inner);
         goto out;
     }
     d->trust_pem = cm_xstrdup(ca.bundle_pem);
@@ -428,11 +409,6 @@ static int load_tls(struct ij_disc *d, char **errmsg)
 out:
     pki_ca_free(&ca);
     free(inner);
-    free(cert);
-    if (key != NULL) {
-        memset(key, 0, klen);
-        free(key);
-    }
     return rc;
 }
 
@@ -460,7 +436,7 @@ int ij_disc_server_start(struct ij_disc *d, char **errmsg)
         d->port = cm_addr_port(&bound);
     d->daemon = MHD_start_daemon(
         IJ_SERVER_MHD_FLAGS | MHD_ALLOW_SUSPEND_RESUME, 0, NULL, NULL, on_request, d,
-        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, d, MHD_OPTION_LISTEN_SOCKET, d->fd,
+        MHD_OPTION_EXTERNAL_LOGGER, ij_server_mhd_log, d, MHD_OPTION_LISTEN_SOCKET, d->fd,
         MHD_OPTION_HTTPS_MEM_CERT, d->serve_cert, MHD_OPTION_HTTPS_MEM_KEY, d->serve_key,
         MHD_OPTION_HTTPS_MEM_TRUST, d->trust_pem, MHD_OPTION_HTTPS_PRIORITIES,
         IJ_SERVER_TLS_PRIORITIES, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads,

@@ -48,19 +48,15 @@ int ij_jwks_refresh_parse_args(int argc, char **argv, struct ij_jwks_refresh_opt
     memset(o, 0, sizeof(*o));
     ij_job_opts_init(&o->job, "remora-jwks", "jwks.json");
     o->ns = "remora-system";
-    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-        if ((rc = ij_job_opt(&o->job, c, optarg, argv, errmsg)) != 0) {
-            if (rc < 0)
-                return rc;
-            continue;
+    while ((rc = ij_job_getopt(&o->job, argc, argv, opts, &c, errmsg)) > 0) {
+        if (c != O_NS) {
+            ij_jwks_refresh_usage(stdout); /* 'h', IJ_JOB_HELP */
+            return 1;
         }
-        if (c == O_NS) {
-            o->ns = optarg;
-            continue;
-        }
-        ij_jwks_refresh_usage(stdout); /* 'h', IJ_JOB_HELP */
-        return 1;
+        o->ns = optarg;
     }
+    if (rc < 0)
+        return rc;
     if (!ij_publish_valid_label(o->ns))
         return cm_fail(errmsg, CM_ERR_INVAL, "--namespace %s: not a valid namespace name", o->ns);
     return ij_job_opts_finish(&o->job, argc, argv, errmsg);

@@ -118,7 +118,9 @@ void ij_job_opts_init(struct ij_job_opts *j, const char *name, const char *key)
     opterr = 0;
 }
 
-int ij_job_opt(struct ij_job_opts *j, int c, const char *arg, char **argv, char **errmsg)
+/* One getopt_long result c with its optarg: 1 when it was a shared flag
+ * (taken), 0 when it is the job's own, or CM_ERR_INVAL with *errmsg. */
+static int job_opt(struct ij_job_opts *j, int c, const char *arg, char **argv, char **errmsg)
 {
     long v;
     switch (c) {
@@ -149,6 +151,16 @@ int ij_job_opt(struct ij_job_opts *j, int c, const char *arg, char **argv, char 
     default:
         return 0;
     }
+}
+
+int ij_job_getopt(struct ij_job_opts *j, int argc, char **argv, const struct option *opts, int *c,
+                  char **errmsg)
+{
+    int rc;
+    while ((*c = getopt_long(argc, argv, ":h", opts, NULL)) != -1)
+        if ((rc = job_opt(j, *c, optarg, argv, errmsg)) <= 0)
+            return rc < 0 ? rc : 1;
+    return 0;
 }
 
 int ij_job_opts_finish(struct ij_job_opts *j, int argc, char **argv, char **errmsg)
@@ -214,12 +226,7 @@ int ij_publish_parse_args(int argc, char **argv, struct ij_publish_opts *o, char
     memset(o, 0, sizeof(*o));
     ij_job_opts_init(&o->job, "remora-ca-root", "root.pem");
     o->selector = "remora-injection!=disabled";
-    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-        if ((rc = ij_job_opt(&o->job, c, optarg, argv, errmsg)) != 0) {
-            if (rc < 0)
-                return rc;
-            continue;
-        }
+    while ((rc = ij_job_getopt(&o->job, argc, argv, opts, &c, errmsg)) > 0) {
         switch (c) {
         case O_ROOT:
             o->root_file = optarg;
@@ -237,6 +244,8 @@ int ij_publish_parse_args(int argc, char **argv, struct ij_publish_opts *o, char
             return 1;
         }
     }
+    if (rc < 0)
+        return rc;
     if (optind == argc && (o->root_file == NULL || *o->root_file == '\0'))
         return cm_fail(errmsg, CM_ERR_INVAL, "--root FILE is required (the mesh root, PEM)");
     size_t sl = strlen(o->selector);

@@ -60,11 +60,13 @@ enum {
 /* Defaults: the in-cluster token and CA files, 10 s per request, the given
  * ConfigMap name and key. Resets getopt (optind, opterr). */
 void ij_job_opts_init(struct ij_job_opts *j, const char *name, const char *key);
-/* One getopt_long(":h", ...) result c with its optarg: 1 when it was a shared
- * flag (taken), 0 when it is the job's own (IJ_JOB_HELP and 'h' included), or
- * CM_ERR_INVAL with *errmsg for a bad value, a missing value (':') or an
+/* The next of the job's own flags: getopt_long(argc, argv, ":h", opts), the
+ * shared flags taken into j on the way. Returns 1 with *c (one of the job's
+ * own codes, 'h' or IJ_JOB_HELP; its value in optarg), 0 once the flags are
+ * over, or CM_ERR_INVAL with *errmsg for a bad value, a missing value or an
  * unknown flag. */
-int ij_job_opt(struct ij_job_opts *j, int c, const char *arg, char **argv, char **errmsg);
+int ij_job_getopt(struct ij_job_opts *j, int argc, char **argv, const struct option *opts, int *c,
+                  char **errmsg);
 /* After the loop: no stray argument, --name and --key valid, api resolved and
  * parsed as an https URL. Returns 0 or CM_ERR_INVAL with *errmsg. */
 int ij_job_opts_finish(struct ij_job_opts *j, int argc, char **argv, char **errmsg);

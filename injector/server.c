@@ -501,8 +501,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     }
 }
 
-/* MHD's own messages are mostly about peers (bad handshakes, resets). */
-static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+void ij_server_mhd_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
     if (CM_LOG_DEBUG <= cm_log_current_level)
@@ -551,11 +550,11 @@ int ij_server_start(const struct ij_config *cfg, struct ij_tls *tls, struct ij_t
     ij_tls_bind(tls);
     s->guard = ij_guard_new("webhook", cfg);
     s->daemon = MHD_start_daemon(
-        IJ_SERVER_MHD_FLAGS, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log,
-        s, MHD_OPTION_LISTEN_SOCKET, s->fd, MHD_OPTION_HTTPS_CERT_CALLBACK, ij_tls_on_cert,
-        MHD_OPTION_HTTPS_PRIORITIES, IJ_SERVER_TLS_PRIORITIES, MHD_OPTION_THREAD_POOL_SIZE,
-        (unsigned)cfg->threads, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout_seconds,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
+        IJ_SERVER_MHD_FLAGS, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER,
+        ij_server_mhd_log, s, MHD_OPTION_LISTEN_SOCKET, s->fd, MHD_OPTION_HTTPS_CERT_CALLBACK,
+        ij_tls_on_cert, MHD_OPTION_HTTPS_PRIORITIES, IJ_SERVER_TLS_PRIORITIES,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)cfg->timeout_seconds, MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->max_connections_per_ip,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
         s, MHD_OPTION_END);

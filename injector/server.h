@@ -10,6 +10,7 @@
 #define IJ_SERVER_H
 
 #include <microhttpd.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -70,6 +71,10 @@ void ij_guard_release(size_t n);
 /* The guard's lines of GET /metrics. */
 struct cm_prom;
 void ij_guard_metrics_write(struct cm_prom *o);
+
+/* MHD_OPTION_EXTERNAL_LOGGER of every injector daemon: MHD's own messages
+ * are mostly about peers (bad handshakes, resets), so they are debug lines. */
+void ij_server_mhd_log(void *cls, const char *fmt, va_list ap);
 
 /* A listening socket for a libmicrohttpd daemon: cm_net_listen() plus
  * TCP_NODELAY, which Linux copies to every connection it accepts. Returns the

@@ -225,27 +225,40 @@ static void grpc_label(uint8_t grpc, char *buf, size_t len)
         snprintf(buf, len, "%u", (unsigned)(grpc - 1));
 }
 
+/* The used request series from slot *i on, with its labels: code[16], and
+ * grpc[8] ("" when it has no gRPC status). NULL past the last. */
+static const struct px_metrics_series *next_series(const struct px_metrics_state *m, size_t *i,
+                                                   char code[16], char grpc[8])
+{
+    for (; m->series && *i < PX_METRICS_SERIES_SLOTS; (*i)++) {
+        const struct px_metrics_series *s = &m->series[*i];
+        if (s->used) {
+            (*i)++;
+            code_label(CODE_OF(s->code), code, 16);
+            grpc[0] = '\0';
+            if (s->code >> GRPC_SHIFT)
+                grpc_label((uint8_t)(s->code >> GRPC_SHIFT), grpc, 8);
+            return s;
+        }
+    }
+    return NULL;
+}
+
 static void write_requests(const struct px_metrics_state *m, struct cm_prom *out)
 {
     cm_prom_head(out, "remora_requests_total", "counter",
                  "Requests finished, by listener, direction, method class and response code "
                  "(0: no response was sent).");
-    for (size_t i = 0; m->series && i < PX_METRICS_SERIES_SLOTS; i++) {
-        const struct px_metrics_series *s = &m->series[i];
-        if (!s->used)
-            continue;
-        char code[16];
-        code_label(CODE_OF(s->code), code, sizeof(code));
+    char code[16], grpc[8];
+    const struct px_metrics_series *s;
+    for (size_t i = 0; (s = next_series(m, &i, code, grpc)) != NULL;) {
         cm_prom_add(out, "remora_requests_total{", 22);
         cm_prom_label(out, "listener", m->listeners[s->lidx].name, true);
         cm_prom_label(out, "direction", m->listeners[s->lidx].direction, false);
         cm_prom_label(out, "method_class", class_names[s->cls], false);
         cm_prom_label(out, "code", code, false);
-        if (s->code >> GRPC_SHIFT) {
-            char g[8];
-            grpc_label((uint8_t)(s->code >> GRPC_SHIFT), g, sizeof(g));
-            cm_prom_label(out, "grpc_status", g, false);
-        }
+        if (grpc[0] != '\0')
+            cm_prom_label(out, "grpc_status", grpc, false);
         cm_prom_printf(out, "} %" PRIu64 "\n", s->count);
     }
     if (m->overflow_count)
@@ -536,20 +549,14 @@ static int dump_to_evbuffer(const char *buf, size_t size, void *data)
 static json_t *requests_json(const struct px_metrics_state *m, uint64_t *total)
 {
     json_t *arr = json_array();
-    for (size_t i = 0; m->series && i < PX_METRICS_SERIES_SLOTS; i++) {
-        const struct px_metrics_series *s = &m->series[i];
-        if (!s->used)
-            continue;
-        char code[16];
-        code_label(CODE_OF(s->code), code, sizeof(code));
+    char code[16], grpc[8];
+    const struct px_metrics_series *s;
+    for (size_t i = 0; (s = next_series(m, &i, code, grpc)) != NULL;) {
         json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:I}", "listener", m->listeners[s->lidx].name,
                               "direction", m->listeners[s->lidx].direction, "method_class",
                               class_names[s->cls], "code", code, "count", (json_int_t)s->count);
-        if (s->code >> GRPC_SHIFT) {
-            char g[8];
-            grpc_label((uint8_t)(s->code >> GRPC_SHIFT), g, sizeof(g));
-            json_object_set_new(o, "grpc_status", json_string(g));
-        }
+        if (grpc[0] != '\0')
+            json_object_set_new(o, "grpc_status", json_string(grpc));
         json_array_append_new(arr, o);
         *total += s->count;
     }
