@@ -197,18 +197,26 @@ static int get_bytes(json_t *o, const char *key, size_t min, size_t max, unsigne
     return 0;
 }
 
+/* k->pk set up for a key of `type` (`what`: "RSA", "EC"). */
+static int pk_setup(struct jwk *k, mbedtls_pk_type_t type, const char *what, const char *where,
+                    char **errmsg)
+{
+    int ret = mbedtls_pk_setup(&k->pk, mbedtls_pk_info_from_type(type));
+    if (ret != 0)
+        return cm_fail(errmsg, CM_ERR_INVAL, "%s: %s key setup failed (-0x%04x)", where, what,
+                       (unsigned)-ret);
+    return 0;
+}
+
 static int load_rsa(struct jwk *k, json_t *o, const char *where, char **errmsg)
 {
     unsigned char *n = NULL, *e = NULL;
     size_t nlen = 0, elen = 0;
-    int rc = CM_ERR_INVAL, ret;
+    int rc = CM_ERR_INVAL;
     if (get_bytes(o, "n", 1, RSA_MAX_BITS / 8, &n, &nlen, where, errmsg) != 0 ||
-        get_bytes(o, "e", 1, 8, &e, &elen, where, errmsg) != 0)
+        get_bytes(o, "e", 1, 8, &e, &elen, where, errmsg) != 0 ||
+        pk_setup(k, MBEDTLS_PK_RSA, "RSA", where, errmsg) != 0)
         goto out;
-    if ((ret = mbedtls_pk_setup(&k->pk, mbedtls_pk_info_from_type(MBEDTLS_PK_RSA))) != 0) {
-        cm_fail(errmsg, CM_ERR_INVAL, "%s: RSA key setup failed (-0x%04x)", where, (unsigned)-ret);
-        goto out;
-    }
     mbedtls_rsa_context *rsa = mbedtls_pk_rsa(k->pk);
     if (mbedtls_rsa_import_raw(rsa, n, nlen, NULL, 0, NULL, 0, NULL, 0, e, elen) != 0 ||
         mbedtls_rsa_complete(rsa) != 0 || mbedtls_rsa_check_pubkey(rsa) != 0) {
@@ -233,14 +241,11 @@ static int load_ec(struct jwk *k, json_t *o, const char *where, char **errmsg)
 {
     unsigned char *x = NULL, *y = NULL, pt[1 + 2 * P256_LEN];
     size_t xlen = 0, ylen = 0;
-    int rc = CM_ERR_INVAL, ret;
+    int rc = CM_ERR_INVAL;
     if (get_bytes(o, "x", P256_LEN, P256_LEN, &x, &xlen, where, errmsg) != 0 ||
-        get_bytes(o, "y", P256_LEN, P256_LEN, &y, &ylen, where, errmsg) != 0)
+        get_bytes(o, "y", P256_LEN, P256_LEN, &y, &ylen, where, errmsg) != 0 ||
+        pk_setup(k, MBEDTLS_PK_ECKEY, "EC", where, errmsg) != 0)
         goto out;
-    if ((ret = mbedtls_pk_setup(&k->pk, mbedtls_pk_info_from_type(MBEDTLS_PK_ECKEY))) != 0) {
-        cm_fail(errmsg, CM_ERR_INVAL, "%s: EC key setup failed (-0x%04x)", where, (unsigned)-ret);
-        goto out;
-    }
     mbedtls_ecp_keypair *ec = mbedtls_pk_ec(k->pk);
     pt[0] = 0x04; /* uncompressed point */
     memcpy(pt + 1, x, P256_LEN);
