@@ -66,21 +66,14 @@ int pki_bundle_parse(mbedtls_x509_crt *chain, const unsigned char *pem, size_t l
     return rc;
 }
 
+static int parse_chain(void *chain, const unsigned char *buf, size_t len, char **errmsg)
+{
+    return pki_bundle_parse(chain, buf, len, errmsg);
+}
+
 int pki_bundle_load_file(mbedtls_x509_crt *chain, const char *path, char **errmsg)
 {
-    unsigned char *buf;
-    size_t len;
-    int rc = pki_read_file(path, PKI_MAX_PEM, &buf, &len, errmsg);
-    if (rc != 0)
-        return rc;
-    char *inner = NULL;
-    rc = pki_bundle_parse(chain, buf, len, &inner);
-    free(buf);
-    if (rc != 0) {
-        pki_fail(errmsg, rc, "%s: %s", path, inner);
-        free(inner);
-    }
-    return rc;
+    return pki_load_file(path, PKI_MAX_PEM, parse_chain, chain, errmsg);
 }
 
 int pki_verify_peer(mbedtls_x509_crt *peer_chain, mbedtls_x509_crt *bundle,

@@ -26,6 +26,12 @@ int pki_fail_mbed(char **errmsg, int rc, int mbed_ret, const char *fmt, ...)
 /* Read a whole file (at most max bytes) into a NUL-terminated heap buffer;
  * *len excludes the NUL. Caller frees *buf. */
 int pki_read_file(const char *path, size_t max, unsigned char **buf, size_t *len, char **errmsg);
+/* pki_read_file, then parse(obj, buf, len, &inner), whose error comes out as
+ * "<path>: <inner>"; the buffer is wiped before it is freed (it may hold a
+ * key). Returns parse's result or pki_read_file's error. */
+int pki_load_file(const char *path, size_t max,
+                  int (*parse)(void *obj, const unsigned char *buf, size_t len, char **errmsg),
+                  void *obj, char **errmsg);
 /* Write data to path atomically (temporary file + rename) with `mode`
  * (0600 for keys). */
 int pki_write_file(const char *path, const void *data, size_t len, unsigned mode, char **errmsg);

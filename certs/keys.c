@@ -49,22 +49,14 @@ int pki_key_parse(mbedtls_pk_context *pk, const unsigned char *buf, size_t len, 
     return 0;
 }
 
+static int parse_key(void *pk, const unsigned char *buf, size_t len, char **errmsg)
+{
+    return pki_key_parse(pk, buf, len, errmsg);
+}
+
 int pki_key_load_file(mbedtls_pk_context *pk, const char *path, char **errmsg)
 {
-    unsigned char *buf;
-    size_t len;
-    int rc = pki_read_file(path, PKI_MAX_KEY, &buf, &len, errmsg);
-    if (rc != 0)
-        return rc;
-    char *inner = NULL;
-    rc = pki_key_parse(pk, buf, len, &inner);
-    mbedtls_platform_zeroize(buf, len);
-    free(buf);
-    if (rc != 0) {
-        pki_fail(errmsg, rc, "%s: %s", path, inner);
-        free(inner);
-    }
-    return rc;
+    return pki_load_file(path, PKI_MAX_KEY, parse_key, pk, errmsg);
 }
 
 int pki_key_write_pem(mbedtls_pk_context *pk, char **pem, char **errmsg)

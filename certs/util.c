@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <mbedtls/error.h>
 #include <mbedtls/pem.h>
+#include <mbedtls/platform_util.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,6 +93,26 @@ int pki_read_file(const char *path, size_t max, unsigned char **buf, size_t *len
     *buf = b;
     *len = n;
     return 0;
+}
+
+int pki_load_file(const char *path, size_t max,
+                  int (*parse)(void *obj, const unsigned char *buf, size_t len, char **errmsg),
+                  void *obj, char **errmsg)
+{
+    unsigned char *buf;
+    size_t len;
+    int rc = pki_read_file(path, max, &buf, &len, errmsg);
+    if (rc != 0)
+        return rc;
+    char *inner = NULL;
+    rc = parse(obj, buf, len, &inner);
+    mbedtls_platform_zeroize(buf, len);
+    free(buf);
+    if (rc != 0) {
+        pki_fail(errmsg, rc, "%s: %s", path, inner);
+        free(inner);
+    }
+    return rc;
 }
 
 int pki_write_file(const char *path, const void *data, size_t len, unsigned mode, char **errmsg)

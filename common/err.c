@@ -1,5 +1,10 @@
 #include "common/err.h"
 
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "common/xalloc.h"
+
 const char *cm_err_str(int err)
 {
     switch (err) {
@@ -24,4 +29,24 @@ const char *cm_err_str(int err)
     default:
         return "unknown error";
     }
+}
+
+int cm_fail(char **errmsg, int rc, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    cm_vfail(errmsg, rc, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+int cm_vfail(char **errmsg, int rc, const char *fmt, va_list ap)
+{
+    if (errmsg == NULL)
+        return rc;
+    char buf[CM_FAIL_MAX];
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    free(*errmsg);
+    *errmsg = cm_xstrdup(buf);
+    return rc;
 }

@@ -3,6 +3,8 @@
 #ifndef CM_ERR_H
 #define CM_ERR_H
 
+#include <stdarg.h>
+
 enum cm_err {
     CM_OK = 0,
     CM_ERR_INVAL = -1,    /* bad argument or bad input from a peer / file */
@@ -19,6 +21,14 @@ enum cm_err {
 
 /* Static text for an error code; never NULL. */
 const char *cm_err_str(int err);
+
+/* Replace *errmsg (a heap string or NULL, freed here) with the formatted
+ * message, cut at CM_FAIL_MAX - 1 bytes; errmsg NULL: nothing is kept.
+ * Returns rc, so a parser can `return cm_fail(errmsg, CM_ERR_INVAL, ...)`. */
+#define CM_FAIL_MAX 2048
+int cm_fail(char **errmsg, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+int cm_vfail(char **errmsg, int rc, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
 
 static inline int cm_err_is_fatal(int err)
 {

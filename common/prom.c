@@ -89,6 +89,27 @@ void cm_prom_histogram_us(struct cm_prom *p, const char *name, const uint64_t *b
     cm_prom_printf(p, "%s_count %llu\n", name, (unsigned long long)cum);
 }
 
+void cm_prom_hist_observe(struct cm_prom_hist *h, uint64_t us)
+{
+    size_t n = h->n < CM_PROM_HIST_MAX ? h->n : CM_PROM_HIST_MAX;
+    size_t b = 0;
+    while (b < n && us > h->bounds_us[b])
+        b++;
+    atomic_fetch_add(&h->counts[b], 1);
+    atomic_fetch_add(&h->sum_us, us);
+}
+
+void cm_prom_hist_write(struct cm_prom *p, const char *name, const char *help,
+                        struct cm_prom_hist *h)
+{
+    size_t n = h->n < CM_PROM_HIST_MAX ? h->n : CM_PROM_HIST_MAX;
+    uint64_t counts[CM_PROM_HIST_MAX + 1];
+    for (size_t b = 0; b <= n; b++)
+        counts[b] = atomic_load(&h->counts[b]);
+    cm_prom_head(p, name, "histogram", help);
+    cm_prom_histogram_us(p, name, h->bounds_us, counts, n, atomic_load(&h->sum_us));
+}
+
 char *cm_prom_take(struct cm_prom *p, size_t *len, int *err)
 {
     if (err)

@@ -5,6 +5,7 @@
 #ifndef CM_PROM_H
 #define CM_PROM_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -41,6 +42,24 @@ void cm_prom_seconds(struct cm_prom *p, uint64_t us);
  * cumulative (the last is +Inf), the sum in microseconds (%.6f seconds). */
 void cm_prom_histogram_us(struct cm_prom *p, const char *name, const uint64_t *bounds_us,
                           const uint64_t *counts, size_t n, uint64_t sum_us);
+/* An unlabelled histogram of microseconds that any thread observes into
+ * without a lock; a static one starts from CM_PROM_HIST_INIT(bounds), bounds
+ * being a static array of at most CM_PROM_HIST_MAX ascending upper bounds. */
+#define CM_PROM_HIST_MAX 16
+struct cm_prom_hist {
+    const uint64_t *bounds_us;
+    size_t n;
+    atomic_uint_fast64_t counts[CM_PROM_HIST_MAX + 1]; /* per bucket; [n]: +Inf */
+    atomic_uint_fast64_t sum_us;
+};
+#define CM_PROM_HIST_INIT(bounds)                                                                  \
+    {                                                                                              \
+        .bounds_us = (bounds), .n = sizeof(bounds) / sizeof((bounds)[0])                           \
+    }
+void cm_prom_hist_observe(struct cm_prom_hist *h, uint64_t us);
+/* Its family: head, then the samples as cm_prom_histogram_us writes them. */
+void cm_prom_hist_write(struct cm_prom *p, const char *name, const char *help,
+                        struct cm_prom_hist *h);
 /* The text (never NULL; the caller frees it) and its length; returns the
  * sticky error in *err. The writer is left empty. */
 char *cm_prom_take(struct cm_prom *p, size_t *len, int *err);

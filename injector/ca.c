@@ -75,23 +75,12 @@ static const char *refusal_name(enum refusal r)
 /* ---- counters (process-wide, like metrics.c) ------------------------------------------- */
 
 static const uint64_t bucket_us[] = {500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000};
-#define NBUCKETS (sizeof(bucket_us) / sizeof(bucket_us[0]))
 
 static atomic_uint_fast64_t issued;
 static atomic_uint_fast64_t refused[RF__COUNT];
-static atomic_uint_fast64_t hist[NBUCKETS + 1];
-static atomic_uint_fast64_t hist_sum_us;
+static struct cm_prom_hist hist = CM_PROM_HIST_INIT(bucket_us);
 static atomic_uint_fast64_t ca_reloads[2];
 static struct ij_ca *_Atomic active; /* the CA /metrics reports on */
-
-static void observe(uint64_t us)
-{
-    size_t b = 0;
-    while (b < NBUCKETS && us > bucket_us[b])
-        b++;
-    atomic_fetch_add(&hist[b], 1);
-    atomic_fetch_add(&hist_sum_us, us);
-}
 
 /* ---- the signing material ------------------------------------------------------------ */
 
@@ -350,7 +339,7 @@ static enum MHD_Result refuse(struct sign_req *q, unsigned code, enum refusal rf
     cm_warn("CA: refused %s from %s: %u %s: %s (asked for %s; %s)", IJ_CA_SIGN_PATH, peer, code,
             refusal_name(rf), msg, q->asked, who);
     atomic_fetch_add(&refused[rf], 1);
-    observe(cm_mono_us() - q->t0);
+    cm_prom_hist_observe(&hist, cm_mono_us() - q->t0);
     return send_error(q->conn, code, refusal_name(rf), msg);
 }
 
@@ -503,7 +492,7 @@ enum MHD_Result ij_ca_sign(struct ij_ca *ca, struct MHD_Connection *conn, const 
     snap_unref(s);
     atomic_fetch_add(&issued, 1);
     uint64_t us = cm_mono_us() - q.t0;
-    observe(us);
+    cm_prom_hist_observe(&hist, us);
     cm_info("CA: issued %s (pod %s, key %s) for %lld s in %llu us", id,
             q.claims.pod[0] ? q.claims.pod : "?", q.claims.kid[0] ? q.claims.kid : "?",
             (long long)cfg->ca_ttl_seconds, (unsigned long long)us);
@@ -605,16 +594,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     struct ij_ca *ca = cls;
     (void)toe;
     struct req *r = *req_cls;
-    if (r != NULL) {
-        ij_guard_release(r->reserved);
+    *req_cls = NULL;
+    ij_guard_request_done(ca->guard, conn, r != NULL ? r->reserved : 0);
+    if (r != NULL)
         free(r->buf);
-        free(r);
-        *req_cls = NULL;
-    }
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    if (ci != NULL)
-        ij_guard_request_done(ca->guard, ci->socket_context);
+    free(r);
 }
 
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
@@ -631,17 +615,8 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     }
 }
 
-static void on_mhd_log(void *cls, const char *fmt, va_list ap)
-{
-    (void)cls;
-    if (CM_LOG_DEBUG <= cm_log_current_level)
-        cm_log_vwrite(CM_LOG_DEBUG, fmt, ap);
-}
-
-/* The CA port's certificate: issued by the CA to itself, so a proxy checks
- * it with the mesh root it already holds (ca_root), whoever issued the
- * webhook's certificate (cert-manager, openssl). */
-static int make_serving_cert(struct ij_ca *ca, char **errmsg)
+int ij_ca_issue_serving(const struct ij_config *cfg, const char *cn, const char *what,
+                        char **cert_pem, char **key_pem, char **errmsg)
 {
     static const char *const names[] = {"remora-injector.remora-system.svc",
                                         "remora-injector.remora-system.svc.cluster.local", NULL};
@@ -649,13 +624,12 @@ static int make_serving_cert(struct ij_ca *ca, char **errmsg)
     size_t clen = 0, klen = 0;
     char *inner = NULL;
     int rc = CM_ERR_INVAL;
-    if (pki_read_file(ca->cfg->ca_cert_file, CA_MAX_PEM, &cert, &clen, errmsg) != 0 ||
-        pki_read_file(ca->cfg->ca_key_file, CA_MAX_PEM, &key, &klen, errmsg) != 0)
+    if (pki_read_file(cfg->ca_cert_file, CA_MAX_PEM, &cert, &clen, errmsg) != 0 ||
+        pki_read_file(cfg->ca_key_file, CA_MAX_PEM, &key, &klen, errmsg) != 0)
         goto out;
-    if (pki_make_server("remora-ca", names, SERVE_CERT_DAYS, (const char *)cert, (const char *)key,
-                        &ca->serve_cert, &ca->serve_key, &inner) != 0) {
-        free(*errmsg);
-        *errmsg = cm_xasprintf("CA: cannot issue the CA port's certificate: %s", inner);
+    if (pki_make_server(cn, names, SERVE_CERT_DAYS, (const char *)cert, (const char *)key, cert_pem,
+                        key_pem, &inner) != 0) {
+        cm_fail(errmsg, CM_ERR_INVAL, "cannot issue %s's certificate: %s", what, inner);
         goto out;
     }
     rc = 0;
@@ -666,6 +640,20 @@ out:
         memset(key, 0, klen);
         free(key);
     }
+    return rc;
+}
+
+/* The CA port's certificate: issued by the CA to itself, so a proxy checks
+ * it with the mesh root it already holds (ca_root), whoever issued the
+ * webhook's certificate (cert-manager, openssl). */
+static int make_serving_cert(struct ij_ca *ca, char **errmsg)
+{
+    char *inner = NULL;
+    int rc = ij_ca_issue_serving(ca->cfg, "remora-ca", "the CA port", &ca->serve_cert,
+                                 &ca->serve_key, &inner);
+    if (rc != 0)
+        cm_fail(errmsg, rc, "CA: %s", inner);
+    free(inner);
     return rc;
 }
 
@@ -697,9 +685,9 @@ int ij_ca_serve(struct ij_ca *ca, char **errmsg)
         ca->port = cm_addr_port(&bound);
     ca->guard = ij_guard_new("ca", cfg);
     ca->daemon = MHD_start_daemon(
-        IJ_SERVER_MHD_FLAGS, 0, NULL, NULL, on_request, ca, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log,
-        ca, MHD_OPTION_LISTEN_SOCKET, ca->fd, MHD_OPTION_HTTPS_MEM_CERT, ca->serve_cert,
-        MHD_OPTION_HTTPS_MEM_KEY, ca->serve_key, MHD_OPTION_HTTPS_PRIORITIES,
+        IJ_SERVER_MHD_FLAGS, 0, NULL, NULL, on_request, ca, MHD_OPTION_EXTERNAL_LOGGER,
+        ij_server_mhd_log, ca, MHD_OPTION_LISTEN_SOCKET, ca->fd, MHD_OPTION_HTTPS_MEM_CERT,
+        ca->serve_cert, MHD_OPTION_HTTPS_MEM_KEY, ca->serve_key, MHD_OPTION_HTTPS_PRIORITIES,
         IJ_SERVER_TLS_PRIORITIES, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout_seconds, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)cfg->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
@@ -762,13 +750,9 @@ void ij_ca_metrics_write(struct cm_prom *o)
     for (int r = 0; r < RF__COUNT; r++)
         cm_prom_printf(o, "remora_injector_ca_refusals_total{reason=\"%s\"} %llu\n",
                        refusal_name((enum refusal)r), (unsigned long long)atomic_load(&refused[r]));
-    cm_prom_head(o, "remora_injector_ca_sign_duration_seconds", "histogram",
-                 "Time to answer one sign request, from the last body byte to the response.");
-    uint64_t counts[NBUCKETS + 1];
-    for (size_t b = 0; b <= NBUCKETS; b++)
-        counts[b] = atomic_load(&hist[b]);
-    cm_prom_histogram_us(o, "remora_injector_ca_sign_duration_seconds", bucket_us, counts, NBUCKETS,
-                         atomic_load(&hist_sum_us));
+    cm_prom_hist_write(o, "remora_injector_ca_sign_duration_seconds",
+                       "Time to answer one sign request, from the last body byte to the response.",
+                       &hist);
 
     struct ij_jwks_stats st;
     ij_jwks_file_stats(ca->jwks, &st);

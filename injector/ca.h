@@ -55,6 +55,14 @@ enum MHD_Result ij_ca_sign(struct ij_ca *ca, struct MHD_Connection *conn, const 
  * server answers /v1/sign with the webhook's certificate). Returns 0, or
  * CM_ERR_IO / CM_ERR_INVAL with *errmsg. */
 int ij_ca_serve(struct ij_ca *ca, char **errmsg);
+/* The HTTPS certificate of one of the CA's own ports, issued by the CA to
+ * itself: common name cn, DNS remora-injector.remora-system.svc[.cluster.local],
+ * 365 days (clamped to the CA's), from ca.cert_file and ca.key_file (read
+ * here; the key is wiped after). Returns 0 with *cert_pem and *key_pem (heap;
+ * the caller wipes the key before freeing it), or CM_ERR_INVAL with *errmsg
+ * ("cannot issue <what>'s certificate: ..." when the files were read). */
+int ij_ca_issue_serving(const struct ij_config *cfg, const char *cn, const char *what,
+                        char **cert_pem, char **key_pem, char **errmsg);
 /* The port ca.address is bound to (0 when not serving one). */
 unsigned ij_ca_port(const struct ij_ca *ca);
 /* Stop the ca.address server, letting connections finish for up to grace_ms. */

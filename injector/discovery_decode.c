@@ -3,7 +3,6 @@
  * (discovery.h). Pure: bytes or jansson values in, records or a message out. */
 #include <arpa/inet.h>
 #include <jansson.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,21 +140,6 @@ size_t ij_disc_obj_bytes(const struct ij_disc_obj *o)
 
 /* ---- decoding ----------------------------------------------------------------------- */
 
-static int dfail(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int dfail(char **errmsg, const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    if (errmsg != NULL) {
-        free(*errmsg);
-        *errmsg = cm_xstrdup(buf);
-    }
-    return CM_ERR_INVAL;
-}
-
 /* A string member that is absent or null (NULL, 0), or a string of at most
  * max bytes without NULs or control bytes (1). -1: anything else. */
 static int opt_str(json_t *obj, const char *key, size_t max, const char **out)
@@ -193,11 +177,11 @@ static int meta_key(json_t *obj, char **key, uint16_t *ns_len, char **errmsg)
     const char *ns = NULL, *name = NULL;
     *key = NULL;
     if (!json_is_object(md))
-        return dfail(errmsg, "metadata: want an object");
+        return cm_fail(errmsg, CM_ERR_INVAL, "metadata: want an object");
     if (opt_str(md, "namespace", IJ_DISC_MAX_NAME, &ns) != 1 || !name_ok(ns))
-        return dfail(errmsg, "metadata.namespace: want a non-empty name");
+        return cm_fail(errmsg, CM_ERR_INVAL, "metadata.namespace: want a non-empty name");
     if (opt_str(md, "name", IJ_DISC_MAX_NAME, &name) != 1 || !name_ok(name))
-        return dfail(errmsg, "metadata.name: want a non-empty name");
+        return cm_fail(errmsg, CM_ERR_INVAL, "metadata.name: want a non-empty name");
     *key = cm_xasprintf("%s/%s", ns, name);
     if (ns_len != NULL)
         *ns_len = (uint16_t)strlen(ns);
@@ -225,10 +209,11 @@ static int decode_ports(json_t *arr, bool service, struct ij_disc_port **out, ui
     if (arr == NULL || json_is_null(arr))
         return 0;
     if (!json_is_array(arr))
-        return dfail(errmsg, "ports: want an array");
+        return cm_fail(errmsg, CM_ERR_INVAL, "ports: want an array");
     size_t cnt = json_array_size(arr);
     if (cnt > IJ_DISC_MAX_PORTS)
-        return dfail(errmsg, "ports: %zu of them, more than %d", cnt, IJ_DISC_MAX_PORTS);
+        return cm_fail(errmsg, CM_ERR_INVAL, "ports: %zu of them, more than %d", cnt,
+                       IJ_DISC_MAX_PORTS);
     if (cnt == 0)
         return 0;
     struct ij_disc_port *p = cm_xcalloc(cnt, sizeof(*p));
@@ -239,17 +224,17 @@ static int decode_ports(json_t *arr, bool service, struct ij_disc_port **out, ui
         if (!json_is_object(e) || opt_str(e, "name", 63, &name) < 0 ||
             opt_str(e, "appProtocol", 253, &app) < 0 || opt_str(e, "protocol", 16, &proto) < 0) {
             ports_free(p, i);
-            return dfail(errmsg,
-                         "ports[%zu]: want an object with string name, protocol, "
-                         "appProtocol",
-                         i);
+            return cm_fail(errmsg, CM_ERR_INVAL,
+                           "ports[%zu]: want an object with string name, protocol, "
+                           "appProtocol",
+                           i);
         }
         json_int_t v = json_is_integer(num) ? json_integer_value(num) : -1;
         if ((num == NULL || json_is_null(num)) && !service)
             v = 0;
         if (v < (service ? 1 : 0) || v > 65535) {
             ports_free(p, i);
-            return dfail(errmsg, "ports[%zu].port: want 1..65535", i);
+            return cm_fail(errmsg, CM_ERR_INVAL, "ports[%zu].port: want 1..65535", i);
         }
         size_t nl = name ? strlen(name) : 0, al = app ? strlen(app) : 0;
         p[i].name = cm_xmalloc(nl + al + 2);
@@ -274,16 +259,16 @@ static int decode_service(json_t *obj, struct ij_disc_svc **out, char **errmsg)
     if (meta_key(obj, &s->key, &s->ns_len, errmsg) != 0)
         goto fail;
     if (spec != NULL && !json_is_object(spec)) {
-        dfail(errmsg, "spec: want an object");
+        cm_fail(errmsg, CM_ERR_INVAL, "spec: want an object");
         goto fail;
     }
     if (opt_str(spec, "type", 32, &type) < 0 || opt_str(spec, "clusterIP", 64, &cip) < 0) {
-        dfail(errmsg, "spec.type / spec.clusterIP: want strings");
+        cm_fail(errmsg, CM_ERR_INVAL, "spec.type / spec.clusterIP: want strings");
         goto fail;
     }
     json_t *ips = json_object_get(spec, "clusterIPs");
     if (ips != NULL && !json_is_null(ips) && !json_is_array(ips)) {
-        dfail(errmsg, "spec.clusterIPs: want an array");
+        cm_fail(errmsg, CM_ERR_INVAL, "spec.clusterIPs: want an array");
         goto fail;
     }
     bool external = type != NULL && strcmp(type, "ExternalName") == 0;
@@ -296,7 +281,8 @@ static int decode_service(json_t *obj, struct ij_disc_svc **out, char **errmsg)
                 continue;
             if (!ij_disc_ip_parse(t, &s->ips[s->nips])) {
                 char *q = ij_kube_sanitize(t, strlen(t), 64);
-                dfail(errmsg, "spec.clusterIPs[%zu]: \"%s\" is not an IP address", i, q);
+                cm_fail(errmsg, CM_ERR_INVAL, "spec.clusterIPs[%zu]: \"%s\" is not an IP address",
+                        i, q);
                 free(q);
                 goto fail;
             }
@@ -327,12 +313,12 @@ static int decode_slice(json_t *obj, struct ij_disc_slice **out, char **errmsg)
         goto fail;
     json_t *labels = json_object_get(json_object_get(obj, "metadata"), "labels");
     if (labels != NULL && !json_is_null(labels) && !json_is_object(labels)) {
-        dfail(errmsg, "metadata.labels: want an object");
+        cm_fail(errmsg, CM_ERR_INVAL, "metadata.labels: want an object");
         goto fail;
     }
     if (opt_str(labels, "kubernetes.io/service-name", IJ_DISC_MAX_NAME, &svc) < 0 ||
         opt_str(obj, "addressType", 16, &atype) < 0) {
-        dfail(errmsg, "kubernetes.io/service-name / addressType: want strings");
+        cm_fail(errmsg, CM_ERR_INVAL, "kubernetes.io/service-name / addressType: want strings");
         goto fail;
     }
     if (name_ok(svc))
@@ -345,20 +331,21 @@ static int decode_slice(json_t *obj, struct ij_disc_slice **out, char **errmsg)
     }
     json_t *eps = json_object_get(obj, "endpoints");
     if (eps != NULL && !json_is_null(eps) && !json_is_array(eps)) {
-        dfail(errmsg, "endpoints: want an array");
+        cm_fail(errmsg, CM_ERR_INVAL, "endpoints: want an array");
         goto fail;
     }
     size_t total = 0;
     for (size_t i = 0; i < json_array_size(eps); i++) {
         json_t *a = json_object_get(json_array_get(eps, i), "addresses");
         if (!json_is_array(a)) {
-            dfail(errmsg, "endpoints[%zu].addresses: want an array", i);
+            cm_fail(errmsg, CM_ERR_INVAL, "endpoints[%zu].addresses: want an array", i);
             goto fail;
         }
         total += json_array_size(a);
     }
     if (total > IJ_DISC_MAX_ENDPOINTS) {
-        dfail(errmsg, "endpoints: %zu addresses, more than %d", total, IJ_DISC_MAX_ENDPOINTS);
+        cm_fail(errmsg, CM_ERR_INVAL, "endpoints: %zu addresses, more than %d", total,
+                IJ_DISC_MAX_ENDPOINTS);
         goto fail;
     }
     s->eps = total ? cm_xcalloc(total, sizeof(*s->eps)) : NULL;
@@ -373,7 +360,8 @@ static int decode_slice(json_t *obj, struct ij_disc_slice **out, char **errmsg)
             opt_str(ref, "kind", 64, &rkind) < 0 ||
             opt_str(ref, "namespace", IJ_DISC_MAX_NAME, &rns) < 0 ||
             opt_str(ref, "name", IJ_DISC_MAX_NAME, &rname) < 0) {
-            dfail(errmsg, "endpoints[%zu]: conditions, zone, nodeName or targetRef malformed", i);
+            cm_fail(errmsg, CM_ERR_INVAL,
+                    "endpoints[%zu]: conditions, zone, nodeName or targetRef malformed", i);
             goto fail;
         }
         /* nil ready is "unknown", which consumers treat as ready; nil serving
@@ -382,7 +370,7 @@ static int decode_slice(json_t *obj, struct ij_disc_slice **out, char **errmsg)
         bool serving = bool_or(cond, "serving", ready, &bad);
         bool term = bool_or(cond, "terminating", false, &bad);
         if (bad) {
-            dfail(errmsg, "endpoints[%zu].conditions: want booleans", i);
+            cm_fail(errmsg, CM_ERR_INVAL, "endpoints[%zu].conditions: want booleans", i);
             goto fail;
         }
         char pod[2 * IJ_DISC_MAX_NAME + 2] = "";
@@ -395,8 +383,8 @@ static int decode_slice(json_t *obj, struct ij_disc_slice **out, char **errmsg)
             struct ij_disc_ep *ep = &s->eps[s->neps];
             if (t == NULL || !ij_disc_ip_parse(t, &ep->ip)) {
                 char *q = t ? ij_kube_sanitize(t, strlen(t), 64) : cm_xstrdup("(not a string)");
-                dfail(errmsg, "endpoints[%zu].addresses[%zu]: \"%s\" is not an IP address", i, j,
-                      q);
+                cm_fail(errmsg, CM_ERR_INVAL,
+                        "endpoints[%zu].addresses[%zu]: \"%s\" is not an IP address", i, j, q);
                 free(q);
                 goto fail;
             }
@@ -433,12 +421,12 @@ static int decode_pod(json_t *obj, struct ij_disc_pod **out, char **errmsg)
     if (meta_key(obj, &key, &p->ns_len, errmsg) != 0)
         goto fail;
     if ((spec != NULL && !json_is_object(spec)) || (st != NULL && !json_is_object(st))) {
-        dfail(errmsg, "spec / status: want objects");
+        cm_fail(errmsg, CM_ERR_INVAL, "spec / status: want objects");
         goto fail;
     }
     json_t *ann = json_object_get(md, "annotations");
     if (ann != NULL && !json_is_null(ann) && !json_is_object(ann)) {
-        dfail(errmsg, "metadata.annotations: want an object");
+        cm_fail(errmsg, CM_ERR_INVAL, "metadata.annotations: want an object");
         goto fail;
     }
     p->meshed = json_object_get(ann, "remora.io/status") != NULL;
@@ -447,7 +435,8 @@ static int decode_pod(json_t *obj, struct ij_disc_pod **out, char **errmsg)
     if (opt_str(spec, "serviceAccountName", IJ_DISC_MAX_NAME, &sa) < 0 ||
         opt_str(st, "phase", 32, &phase) < 0 || opt_str(st, "podIP", 64, &pip) < 0 ||
         (sa != NULL && *sa != '\0' && !name_ok(sa))) {
-        dfail(errmsg, "spec.serviceAccountName / status.phase / status.podIP: want strings");
+        cm_fail(errmsg, CM_ERR_INVAL,
+                "spec.serviceAccountName / status.phase / status.podIP: want strings");
         goto fail;
     }
     if (json_is_true(json_object_get(spec, "hostNetwork")) ||
@@ -458,7 +447,7 @@ static int decode_pod(json_t *obj, struct ij_disc_pod **out, char **errmsg)
     }
     json_t *ips = json_object_get(st, "podIPs");
     if (ips != NULL && !json_is_null(ips) && !json_is_array(ips)) {
-        dfail(errmsg, "status.podIPs: want an array");
+        cm_fail(errmsg, CM_ERR_INVAL, "status.podIPs: want an array");
         goto fail;
     }
     size_t n = json_array_size(ips);
@@ -468,7 +457,7 @@ static int decode_pod(json_t *obj, struct ij_disc_pod **out, char **errmsg)
             continue;
         if (!ij_disc_ip_parse(t, &p->ips[p->nips])) {
             char *q = ij_kube_sanitize(t, strlen(t), 64);
-            dfail(errmsg, "status.podIPs[%zu]: \"%s\" is not an IP address", i, q);
+            cm_fail(errmsg, CM_ERR_INVAL, "status.podIPs[%zu]: \"%s\" is not an IP address", i, q);
             free(q);
             goto fail;
         }
@@ -516,7 +505,7 @@ int ij_disc_decode_object(enum ij_disc_kind kind, json_t *obj, struct ij_disc_ob
         }
     }
     if (!json_is_object(obj))
-        return dfail(errmsg, "not a JSON object");
+        return cm_fail(errmsg, CM_ERR_INVAL, "not a JSON object");
     switch (kind) {
     case IJ_DISC_SERVICE:
         return decode_service(obj, &out->u.svc, errmsg);
@@ -525,7 +514,7 @@ int ij_disc_decode_object(enum ij_disc_kind kind, json_t *obj, struct ij_disc_ob
     case IJ_DISC_POD:
         return decode_pod(obj, &out->u.pod, errmsg);
     default:
-        return dfail(errmsg, "unknown kind");
+        return cm_fail(errmsg, CM_ERR_INVAL, "unknown kind");
     }
 }
 
@@ -547,7 +536,7 @@ int ij_disc_decode_event(enum ij_disc_kind kind, const char *line, size_t len,
     json_t *doc = json_loadb(line, len, JSON_REJECT_DUPLICATES, &je);
     if (doc == NULL) {
         char *why = ij_kube_sanitize(je.text, strlen(je.text), sizeof(je.text));
-        dfail(errmsg, "watch event: not JSON: %s (at byte %d)", why, je.position);
+        cm_fail(errmsg, CM_ERR_INVAL, "watch event: not JSON: %s (at byte %d)", why, je.position);
         free(why);
         return CM_ERR_PROTO;
     }
@@ -560,8 +549,9 @@ int ij_disc_decode_event(enum ij_disc_kind kind, const char *line, size_t len,
     if (!json_is_object(doc) || t == NULL || i == sizeof(types) / sizeof(types[0]) ||
         !json_is_object(obj)) {
         rc = CM_ERR_PROTO;
-        dfail(errmsg, "watch event: want {\"type\": ADDED|MODIFIED|DELETED|BOOKMARK|ERROR, "
-                      "\"object\": {...}}");
+        cm_fail(errmsg, CM_ERR_INVAL,
+                "watch event: want {\"type\": ADDED|MODIFIED|DELETED|BOOKMARK|ERROR, "
+                "\"object\": {...}}");
         goto out;
     }
     ev->type = (enum ij_disc_ev_type)i;

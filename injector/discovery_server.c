@@ -22,8 +22,6 @@
 #include "injector/discovery_int.h"
 #include "injector/server.h"
 
-#define SERVE_CERT_DAYS  365
-#define MAX_PEM          (1024 * 1024)
 #define WAIT_DEFAULT_S   30
 #define WAIT_MAX_S       60
 #define MAX_VERSION_LEN  64
@@ -41,9 +39,7 @@ static atomic_uint_fast64_t answers[AN__COUNT];
 static atomic_int_fast64_t subscribers;
 static const uint64_t push_bucket_us[] = {1000,   5000,   10000,   25000,  50000,
                                           100000, 250000, 1000000, 5000000};
-#define NPUSH (sizeof(push_bucket_us) / sizeof(push_bucket_us[0]))
-static atomic_uint_fast64_t push_hist[NPUSH + 1];
-static atomic_uint_fast64_t push_sum_us;
+static struct cm_prom_hist push_hist = CM_PROM_HIST_INIT(push_bucket_us);
 
 static void count_answer(unsigned code)
 {
@@ -54,15 +50,6 @@ static void count_answer(unsigned code)
                     : code == 401 ? AN_UNAUTH
                                   : AN_OTHER;
     atomic_fetch_add(&answers[a], 1);
-}
-
-static void observe_push(uint64_t us)
-{
-    size_t b = 0;
-    while (b < NPUSH && us > push_bucket_us[b])
-        b++;
-    atomic_fetch_add(&push_hist[b], 1);
-    atomic_fetch_add(&push_sum_us, us);
 }
 
 /* ---- requests and waiters ------------------------------------------------------------------- */
@@ -373,7 +360,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
         pthread_mutex_unlock(&d->waiters->mu);
     }
     if (r->seen_us != 0 && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
-        observe_push(cm_mono_us() - r->seen_us);
+        cm_prom_hist_observe(&push_hist, cm_mono_us() - r->seen_us);
     free(r->body);
     free(r);
     *req_cls = NULL;
@@ -392,28 +379,17 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     }
 }
 
-static void on_mhd_log(void *cls, const char *fmt, va_list ap)
-{
-    (void)cls;
-    if (CM_LOG_DEBUG <= cm_log_current_level)
-        cm_log_vwrite(CM_LOG_DEBUG, fmt, ap);
-}
-
 /* The discovery port's certificate, issued by the CA to itself (as the CA
  * port's), and the mesh roots client certificates must chain to. */
 static int load_tls(struct ij_disc *d, char **errmsg)
 {
-    static const char *const names[] = {"remora-injector.remora-system.svc",
-                                        "remora-injector.remora-system.svc.cluster.local", NULL};
     const struct ij_config *cfg = d->cfg;
-    unsigned char *cert = NULL, *key = NULL;
-    size_t clen = 0, klen = 0;
     char *inner = NULL;
     int rc = CM_ERR_INVAL;
     struct pki_ca ca;
     pki_ca_init(&ca);
-    if (pki_read_file(cfg->ca_cert_file, MAX_PEM, &cert, &clen, &inner) != 0 ||
-        pki_read_file(cfg->ca_key_file, MAX_PEM, &key, &klen, &inner) != 0 ||
+    if (ij_ca_issue_serving(cfg, "remora-discovery", "the discovery port", &d->serve_cert,
+                            &d->serve_key, &inner) != 0 ||
         pki_ca_load(&ca, cfg->ca_cert_file, cfg->ca_key_file, cfg->ca_root_file, &inner) != 0) {
         *errmsg = cm_xasprintf("discovery: %s", inner);
         goto out;
@@ -421,12 +397,6 @@ static int load_tls(struct ij_disc *d, char **errmsg)
     if (ca.bundle_pem == NULL || ca.bundle_pem[0] == '\0') {
         *errmsg = cm_xasprintf("discovery: no mesh root to check client certificates with "
                                "(ca.root_file)");
-        goto out;
-    }
-    if (pki_make_server("remora-discovery", names, SERVE_CERT_DAYS, (const char *)cert,
-                        (const char *)key, &d->serve_cert, &d->serve_key, &inner) != 0) {
-        *errmsg =
-            cm_xasprintf("discovery: cannot issue the discovery port's certificate: %s", inner);
         goto out;
     }
     d->trust_pem = cm_xstrdup(ca.bundle_pem);
@@ -439,11 +409,6 @@ static int load_tls(struct ij_disc *d, char **errmsg)
 out:
     pki_ca_free(&ca);
     free(inner);
-    free(cert);
-    if (key != NULL) {
-        memset(key, 0, klen);
-        free(key);
-    }
     return rc;
 }
 
@@ -471,7 +436,7 @@ int ij_disc_server_start(struct ij_disc *d, char **errmsg)
         d->port = cm_addr_port(&bound);
     d->daemon = MHD_start_daemon(
         IJ_SERVER_MHD_FLAGS | MHD_ALLOW_SUSPEND_RESUME, 0, NULL, NULL, on_request, d,
-        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, d, MHD_OPTION_LISTEN_SOCKET, d->fd,
+        MHD_OPTION_EXTERNAL_LOGGER, ij_server_mhd_log, d, MHD_OPTION_LISTEN_SOCKET, d->fd,
         MHD_OPTION_HTTPS_MEM_CERT, d->serve_cert, MHD_OPTION_HTTPS_MEM_KEY, d->serve_key,
         MHD_OPTION_HTTPS_MEM_TRUST, d->trust_pem, MHD_OPTION_HTTPS_PRIORITIES,
         IJ_SERVER_TLS_PRIORITIES, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads,
@@ -593,11 +558,7 @@ void ij_disc_metrics_write(struct cm_prom *o)
     for (int a = 0; a < AN__COUNT; a++)
         cm_prom_printf(o, "remora_discovery_answers_total{code=\"%s\"} %llu\n", answer_names[a],
                        (unsigned long long)atomic_load(&answers[a]));
-    cm_prom_head(o, "remora_discovery_push_seconds", "histogram",
-                 "From an API event seen to a long-poll's answer for it sent, per answer.");
-    uint64_t counts[NPUSH + 1];
-    for (size_t b = 0; b <= NPUSH; b++)
-        counts[b] = atomic_load(&push_hist[b]);
-    cm_prom_histogram_us(o, "remora_discovery_push_seconds", push_bucket_us, counts, NPUSH,
-                         atomic_load(&push_sum_us));
+    cm_prom_hist_write(o, "remora_discovery_push_seconds",
+                       "From an API event seen to a long-poll's answer for it sent, per answer.",
+                       &push_hist);
 }

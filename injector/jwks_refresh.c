@@ -2,7 +2,6 @@
 #include "injector/jwks_refresh.h"
 
 #include <getopt.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,19 +13,6 @@
 #include "injector/kube.h"
 #include "injector/publish.h"
 #include "injector/token.h"
-
-static int jfail(char **errmsg, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int jfail(char **errmsg, int rc, const char *fmt, ...)
-{
-    va_list ap;
-    char buf[2048];
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    free(*errmsg);
-    *errmsg = cm_xstrdup(buf);
-    return rc;
-}
 
 void ij_jwks_refresh_usage(FILE *f)
 {
@@ -62,21 +48,17 @@ int ij_jwks_refresh_parse_args(int argc, char **argv, struct ij_jwks_refresh_opt
     memset(o, 0, sizeof(*o));
     ij_job_opts_init(&o->job, "remora-jwks", "jwks.json");
     o->ns = "remora-system";
-    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-        if ((rc = ij_job_opt(&o->job, c, optarg, argv, errmsg)) != 0) {
-            if (rc < 0)
-                return rc;
-            continue;
+    while ((rc = ij_job_getopt(&o->job, argc, argv, opts, &c, errmsg)) > 0) {
+        if (c != O_NS) {
+            ij_jwks_refresh_usage(stdout); /* 'h', IJ_JOB_HELP */
+            return 1;
         }
-        if (c == O_NS) {
-            o->ns = optarg;
-            continue;
-        }
-        ij_jwks_refresh_usage(stdout); /* 'h', IJ_JOB_HELP */
-        return 1;
+        o->ns = optarg;
     }
+    if (rc < 0)
+        return rc;
     if (!ij_publish_valid_label(o->ns))
-        return jfail(errmsg, CM_ERR_INVAL, "--namespace %s: not a valid namespace name", o->ns);
+        return cm_fail(errmsg, CM_ERR_INVAL, "--namespace %s: not a valid namespace name", o->ns);
     return ij_job_opts_finish(&o->job, argc, argv, errmsg);
 }
 
@@ -88,17 +70,13 @@ int ij_jwks_refresh_run(const struct ij_jwks_refresh_opts *o)
     char *err = NULL;
     int ret = 1;
     uint64_t t0 = cm_mono_ms();
-    struct ij_kube_opts ko = {.api = o->job.api,
-                              .token_file = o->job.token_file,
-                              .ca_file = o->job.ca_file,
-                              .timeout_ms = o->job.timeout_ms};
-    if (ij_kube_new(&ko, &k, &err) != 0)
+    if (ij_job_kube_new(&o->job, &k, &err) != 0)
         goto out;
     if (ij_kube_request(k, "GET", IJ_JWKS_REFRESH_PATH, NULL, NULL, 0, &r, &err) != 0)
         goto out;
     if (r.status != 200) {
         char *d = ij_kube_resp_describe(&r);
-        jfail(&err, CM_ERR_PROTO, "GET %s: %s", IJ_JWKS_REFRESH_PATH, d);
+        cm_fail(&err, CM_ERR_PROTO, "GET %s: %s", IJ_JWKS_REFRESH_PATH, d);
         free(d);
         goto out;
     }
@@ -106,8 +84,8 @@ int ij_jwks_refresh_run(const struct ij_jwks_refresh_opts *o)
     if (ij_jwks_parse(IJ_JWKS_REFRESH_PATH, r.body, r.body_len, &keys, &err) != 0)
         goto out;
     if (ij_jwks_count(keys) == 0) {
-        jfail(&err, CM_ERR_INVAL, "GET %s: no key the CA can use (%zu skipped as unsupported)",
-              IJ_JWKS_REFRESH_PATH, ij_jwks_skipped(keys));
+        cm_fail(&err, CM_ERR_INVAL, "GET %s: no key the CA can use (%zu skipped as unsupported)",
+                IJ_JWKS_REFRESH_PATH, ij_jwks_skipped(keys));
         goto out;
     }
     enum ij_publish_outcome res =
@@ -118,7 +96,7 @@ int ij_jwks_refresh_run(const struct ij_jwks_refresh_opts *o)
         [IJ_PUBLISH_UNCHANGED] = "unchanged",
     };
     if (res == IJ_PUBLISH_GONE)
-        jfail(&err, CM_ERR_PROTO, "namespace %s does not exist", o->ns);
+        cm_fail(&err, CM_ERR_PROTO, "namespace %s does not exist", o->ns);
     if (res != IJ_PUBLISH_CREATED && res != IJ_PUBLISH_UPDATED && res != IJ_PUBLISH_UNCHANGED)
         goto out;
     cm_info("refresh-jwks: ConfigMap %s/%s (%s) %s: %zu key%s (%zu skipped), %zu bytes from %s%s "
@@ -142,14 +120,8 @@ int ij_jwks_refresh_main(int argc, char **argv)
     struct ij_jwks_refresh_opts o;
     char *err = NULL;
     int rc = ij_jwks_refresh_parse_args(argc, argv, &o, &err);
-    if (rc == 1)
-        return 0;
-    if (rc != 0) {
-        fprintf(stderr, "remora-injector refresh-jwks: %s\n", err);
-        ij_jwks_refresh_usage(stderr);
-        free(err);
-        return 2;
-    }
+    if (rc != 0)
+        return ij_job_args_exit("refresh-jwks", rc, err, ij_jwks_refresh_usage);
     cm_log_set_component("injector");
     rc = ij_jwks_refresh_run(&o);
     ij_jwks_refresh_opts_deinit(&o);

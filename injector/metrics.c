@@ -15,14 +15,12 @@
 
 /* Upper bounds in microseconds; a review takes tens of microseconds. */
 static const uint64_t bucket_us[] = {25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000};
-#define NBUCKETS (sizeof(bucket_us) / sizeof(bucket_us[0]))
 /* Bound of the /metrics text; it is a few kilobytes. */
 #define IJ_METRICS_MAX (1 << 20)
 
 static atomic_uint_fast64_t reviews[IJ_DECIDE__COUNT];
 static atomic_uint_fast64_t failed[IJ_OUT__COUNT];
-static atomic_uint_fast64_t hist[NBUCKETS + 1];
-static atomic_uint_fast64_t hist_sum_us;
+static struct cm_prom_hist hist = CM_PROM_HIST_INIT(bucket_us);
 static atomic_uint_fast64_t cert_reloads[2], template_reloads[2];
 static atomic_int_fast64_t cert_expiry;
 
@@ -32,11 +30,7 @@ void ij_metrics_review(enum ij_outcome o, enum ij_decision d, uint64_t us)
         atomic_fetch_add(&reviews[d], 1);
     else if ((unsigned)o < IJ_OUT__COUNT)
         atomic_fetch_add(&failed[o], 1);
-    size_t b = 0;
-    while (b < NBUCKETS && us > bucket_us[b])
-        b++;
-    atomic_fetch_add(&hist[b], 1);
-    atomic_fetch_add(&hist_sum_us, us);
+    cm_prom_hist_observe(&hist, us);
 }
 
 void ij_metrics_cert_reload(int ok)
@@ -73,13 +67,9 @@ char *ij_metrics_render(unsigned connections, size_t *len)
         cm_prom_printf(&o, "remora_injector_reviews_total{result=\"%s\",reason=\"\"} %llu\n",
                        outcome_names[f], (unsigned long long)atomic_load(&failed[f]));
 
-    cm_prom_head(&o, "remora_injector_review_duration_seconds", "histogram",
-                 "Time to answer one review, from the last body byte to the response.");
-    uint64_t counts[NBUCKETS + 1];
-    for (size_t b = 0; b <= NBUCKETS; b++)
-        counts[b] = atomic_load(&hist[b]);
-    cm_prom_histogram_us(&o, "remora_injector_review_duration_seconds", bucket_us, counts, NBUCKETS,
-                         atomic_load(&hist_sum_us));
+    cm_prom_hist_write(&o, "remora_injector_review_duration_seconds",
+                       "Time to answer one review, from the last body byte to the response.",
+                       &hist);
 
     struct cm_prom_sample certs[] = {{"ok", atomic_load(&cert_reloads[1])},
                                      {"error", atomic_load(&cert_reloads[0])}};

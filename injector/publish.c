@@ -5,7 +5,6 @@
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,19 +21,6 @@
 #define SYNC_ATTEMPTS 3 /* GET then write, again when the object changed in between */
 
 static const char merge_patch[] = "application/merge-patch+json";
-
-static int pfail(char **errmsg, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int pfail(char **errmsg, int rc, const char *fmt, ...)
-{
-    va_list ap;
-    char buf[2048];
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    free(*errmsg);
-    *errmsg = cm_xstrdup(buf);
-    return rc;
-}
 
 /* ---- names -------------------------------------------------------------------------- */
 
@@ -114,8 +100,8 @@ static int parse_long(const char *flag, const char *s, long min, long max, long 
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno != 0 || end == s || *end != '\0' || v < min || v > max)
-        return pfail(errmsg, CM_ERR_INVAL, "%s %s: want a whole number from %ld to %ld", flag, s,
-                     min, max);
+        return cm_fail(errmsg, CM_ERR_INVAL, "%s %s: want a whole number from %ld to %ld", flag, s,
+                       min, max);
     *out = v;
     return 0;
 }
@@ -132,7 +118,9 @@ void ij_job_opts_init(struct ij_job_opts *j, const char *name, const char *key)
     opterr = 0;
 }
 
-int ij_job_opt(struct ij_job_opts *j, int c, const char *arg, char **argv, char **errmsg)
+/* One getopt_long result c with its optarg: 1 when it was a shared flag
+ * (taken), 0 when it is the job's own, or CM_ERR_INVAL with *errmsg. */
+static int job_opt(struct ij_job_opts *j, int c, const char *arg, char **argv, char **errmsg)
 {
     long v;
     switch (c) {
@@ -157,24 +145,34 @@ int ij_job_opt(struct ij_job_opts *j, int c, const char *arg, char **argv, char 
         j->timeout_ms = (int)v;
         return 1;
     case ':':
-        return pfail(errmsg, CM_ERR_INVAL, "%s needs a value", argv[optind - 1]);
+        return cm_fail(errmsg, CM_ERR_INVAL, "%s needs a value", argv[optind - 1]);
     case '?':
-        return pfail(errmsg, CM_ERR_INVAL, "unknown flag %s", argv[optind - 1]);
+        return cm_fail(errmsg, CM_ERR_INVAL, "unknown flag %s", argv[optind - 1]);
     default:
         return 0;
     }
 }
 
+int ij_job_getopt(struct ij_job_opts *j, int argc, char **argv, const struct option *opts, int *c,
+                  char **errmsg)
+{
+    int rc;
+    while ((*c = getopt_long(argc, argv, ":h", opts, NULL)) != -1)
+        if ((rc = job_opt(j, *c, optarg, argv, errmsg)) <= 0)
+            return rc < 0 ? rc : 1;
+    return 0;
+}
+
 int ij_job_opts_finish(struct ij_job_opts *j, int argc, char **argv, char **errmsg)
 {
     if (optind != argc)
-        return pfail(errmsg, CM_ERR_INVAL, "unexpected argument %s", argv[optind]);
+        return cm_fail(errmsg, CM_ERR_INVAL, "unexpected argument %s", argv[optind]);
     if (!ij_publish_valid_subdomain(j->name))
-        return pfail(errmsg, CM_ERR_INVAL,
-                     "--name %s: not a valid ConfigMap name (DNS-1123 subdomain)", j->name);
+        return cm_fail(errmsg, CM_ERR_INVAL,
+                       "--name %s: not a valid ConfigMap name (DNS-1123 subdomain)", j->name);
     if (!ij_publish_valid_key(j->key))
-        return pfail(errmsg, CM_ERR_INVAL, "--key %s: not a valid ConfigMap key ([-._a-zA-Z0-9]+)",
-                     j->key);
+        return cm_fail(errmsg, CM_ERR_INVAL,
+                       "--key %s: not a valid ConfigMap key ([-._a-zA-Z0-9]+)", j->key);
     j->api = j->api_arg ? cm_xstrdup(j->api_arg) : ij_kube_default_api();
     struct ij_kube_url u;
     int rc = ij_kube_url_parse(j->api, &u, errmsg);
@@ -187,6 +185,25 @@ void ij_job_opts_deinit(struct ij_job_opts *j)
 {
     free(j->api);
     j->api = NULL;
+}
+
+int ij_job_kube_new(const struct ij_job_opts *j, struct ij_kube **out, char **errmsg)
+{
+    struct ij_kube_opts ko = {.api = j->api,
+                              .token_file = j->token_file,
+                              .ca_file = j->ca_file,
+                              .timeout_ms = j->timeout_ms};
+    return ij_kube_new(&ko, out, errmsg);
+}
+
+int ij_job_args_exit(const char *cmd, int rc, char *err, void (*usage)(FILE *))
+{
+    if (rc == 1)
+        return 0;
+    fprintf(stderr, "remora-injector %s: %s\n", cmd, err);
+    usage(stderr);
+    free(err);
+    return 2;
 }
 
 void ij_publish_opts_deinit(struct ij_publish_opts *o)
@@ -209,12 +226,7 @@ int ij_publish_parse_args(int argc, char **argv, struct ij_publish_opts *o, char
     memset(o, 0, sizeof(*o));
     ij_job_opts_init(&o->job, "remora-ca-root", "root.pem");
     o->selector = "remora-injection!=disabled";
-    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-        if ((rc = ij_job_opt(&o->job, c, optarg, argv, errmsg)) != 0) {
-            if (rc < 0)
-                return rc;
-            continue;
-        }
+    while ((rc = ij_job_getopt(&o->job, argc, argv, opts, &c, errmsg)) > 0) {
         switch (c) {
         case O_ROOT:
             o->root_file = optarg;
@@ -232,14 +244,16 @@ int ij_publish_parse_args(int argc, char **argv, struct ij_publish_opts *o, char
             return 1;
         }
     }
+    if (rc < 0)
+        return rc;
     if (optind == argc && (o->root_file == NULL || *o->root_file == '\0'))
-        return pfail(errmsg, CM_ERR_INVAL, "--root FILE is required (the mesh root, PEM)");
+        return cm_fail(errmsg, CM_ERR_INVAL, "--root FILE is required (the mesh root, PEM)");
     size_t sl = strlen(o->selector);
     if (sl == 0 || sl > 1024)
-        return pfail(errmsg, CM_ERR_INVAL, "--selector: want 1 to 1024 characters");
+        return cm_fail(errmsg, CM_ERR_INVAL, "--selector: want 1 to 1024 characters");
     for (size_t i = 0; i < sl; i++)
         if ((unsigned char)o->selector[i] < 0x20 || (unsigned char)o->selector[i] >= 0x7f)
-            return pfail(errmsg, CM_ERR_INVAL, "--selector: control or non-ASCII character");
+            return cm_fail(errmsg, CM_ERR_INVAL, "--selector: control or non-ASCII character");
     return ij_job_opts_finish(&o->job, argc, argv, errmsg);
 }
 
@@ -252,7 +266,7 @@ int ij_publish_load_root(const char *file, char **pem, size_t *len, unsigned *nc
     char *inner = NULL;
     int rc = pki_read_file(file, IJ_PUBLISH_MAX_ROOT, &buf, &n, &inner);
     if (rc != 0) {
-        pfail(errmsg, rc, "--root: %s", inner);
+        cm_fail(errmsg, rc, "--root: %s", inner);
         free(inner);
         return rc;
     }
@@ -260,39 +274,39 @@ int ij_publish_load_root(const char *file, char **pem, size_t *len, unsigned *nc
     for (size_t i = 0; i < n; i++) {
         if ((buf[i] < 0x20 && buf[i] != '\n' && buf[i] != '\r' && buf[i] != '\t') ||
             buf[i] >= 0x7f) {
-            rc = pfail(errmsg, CM_ERR_INVAL,
-                       "--root %s: byte %zu (0x%02x) is not PEM text (a DER file? want PEM)", file,
-                       i, buf[i]);
+            rc = cm_fail(errmsg, CM_ERR_INVAL,
+                         "--root %s: byte %zu (0x%02x) is not PEM text (a DER file? want PEM)",
+                         file, i, buf[i]);
             goto out;
         }
     }
     if (strstr((char *)buf, CERT_HEADER) == NULL) {
-        rc = pfail(errmsg, CM_ERR_INVAL, "--root %s: no PEM certificate (want \"" CERT_HEADER "\")",
-                   file);
+        rc = cm_fail(errmsg, CM_ERR_INVAL,
+                     "--root %s: no PEM certificate (want \"" CERT_HEADER "\")", file);
         goto out;
     }
     /* Publishing to every namespace a file that holds a key would leak it. */
     if (strstr((char *)buf, "PRIVATE KEY-----") != NULL) {
-        rc = pfail(errmsg, CM_ERR_INVAL,
-                   "--root %s: holds a private key; refusing to publish it (want the root "
-                   "certificate alone)",
-                   file);
+        rc = cm_fail(errmsg, CM_ERR_INVAL,
+                     "--root %s: holds a private key; refusing to publish it (want the root "
+                     "certificate alone)",
+                     file);
         goto out;
     }
     mbedtls_x509_crt chain;
     mbedtls_x509_crt_init(&chain);
     rc = pki_bundle_parse(&chain, buf, n, &inner);
     if (rc != 0) {
-        pfail(errmsg, rc, "--root %s: %s", file, inner);
+        cm_fail(errmsg, rc, "--root %s: %s", file, inner);
     } else {
         unsigned i = 0;
         for (const mbedtls_x509_crt *c = &chain; c != NULL && c->raw.p != NULL; c = c->next) {
             i++;
             if (!c->ca_istrue) {
-                rc = pfail(errmsg, CM_ERR_INVAL,
-                           "--root %s: certificate %u is not a CA (basicConstraints CA:false): "
-                           "want the mesh root",
-                           file, i);
+                rc = cm_fail(errmsg, CM_ERR_INVAL,
+                             "--root %s: certificate %u is not a CA (basicConstraints CA:false): "
+                             "want the mesh root",
+                             file, i);
                 break;
             }
         }
@@ -317,7 +331,7 @@ static int status_fail(const char *method, const char *path, const struct ij_kub
                        char **errmsg)
 {
     char *d = ij_kube_resp_describe(r);
-    pfail(errmsg, CM_ERR_PROTO, "%s %s: %s", method, path, d);
+    cm_fail(errmsg, CM_ERR_PROTO, "%s %s: %s", method, path, d);
     free(d);
     return CM_ERR_PROTO;
 }
@@ -377,7 +391,7 @@ enum ij_publish_outcome ij_publish_sync(struct ij_kube *k, const char *ns, const
             size_t clen = 0;
             char *inner = NULL;
             if (ij_kube_configmap_value(r.body, r.body_len, key, &cur, &clen, &inner) != 0) {
-                pfail(errmsg, CM_ERR_PROTO, "GET %s: %s", path, inner);
+                cm_fail(errmsg, CM_ERR_PROTO, "GET %s: %s", path, inner);
                 free(inner);
                 done = true;
             } else if (cur != NULL && clen == rlen && memcmp(cur, root, rlen) == 0) {
@@ -428,10 +442,10 @@ enum ij_publish_outcome ij_publish_sync(struct ij_kube *k, const char *ns, const
             done = true;
         }
         if (!done && attempt + 1 == SYNC_ATTEMPTS)
-            pfail(errmsg, CM_ERR_AGAIN,
-                  "%s: gave up after %d attempts: the ConfigMap kept changing between read and "
-                  "write",
-                  path, SYNC_ATTEMPTS);
+            cm_fail(errmsg, CM_ERR_AGAIN,
+                    "%s: gave up after %d attempts: the ConfigMap kept changing between read and "
+                    "write",
+                    path, SYNC_ATTEMPTS);
     }
     free(path);
     free(coll);
@@ -519,11 +533,7 @@ int ij_publish_run(const struct ij_publish_opts *o, const sigset_t *stop,
         st->failed++;
         goto out;
     }
-    struct ij_kube_opts ko = {.api = o->job.api,
-                              .token_file = o->job.token_file,
-                              .ca_file = o->job.ca_file,
-                              .timeout_ms = o->job.timeout_ms};
-    if (ij_kube_new(&ko, &k, &err) != 0) {
+    if (ij_job_kube_new(&o->job, &k, &err) != 0) {
         cm_error("publish-ca-root: %s", err);
         st->failed++;
         goto out;
@@ -547,7 +557,7 @@ int ij_publish_run(const struct ij_publish_opts *o, const sigset_t *stop,
         if (rc == 0 && r.status != 200)
             rc = status_fail("GET", path, &r, &err);
         if (rc == 0 && (rc = ij_kube_ns_list_parse(r.body, r.body_len, &l, &inner)) != 0) {
-            pfail(&err, rc, "GET %s: %s", path, inner);
+            cm_fail(&err, rc, "GET %s: %s", path, inner);
             free(inner);
         }
         ij_kube_resp_deinit(&r);
@@ -593,14 +603,8 @@ int ij_publish_main(int argc, char **argv)
     struct ij_publish_stats st;
     char *err = NULL;
     int rc = ij_publish_parse_args(argc, argv, &o, &err);
-    if (rc == 1)
-        return 0;
-    if (rc != 0) {
-        fprintf(stderr, "remora-injector publish-ca-root: %s\n", err);
-        ij_publish_usage(stderr);
-        free(err);
-        return 2;
-    }
+    if (rc != 0)
+        return ij_job_args_exit("publish-ca-root", rc, err, ij_publish_usage);
     cm_log_set_component("injector");
     if (o.interval_s == 0) {
         rc = ij_publish_run(&o, NULL, &st);

@@ -60,15 +60,25 @@ enum {
 /* Defaults: the in-cluster token and CA files, 10 s per request, the given
  * ConfigMap name and key. Resets getopt (optind, opterr). */
 void ij_job_opts_init(struct ij_job_opts *j, const char *name, const char *key);
-/* One getopt_long(":h", ...) result c with its optarg: 1 when it was a shared
- * flag (taken), 0 when it is the job's own (IJ_JOB_HELP and 'h' included), or
- * CM_ERR_INVAL with *errmsg for a bad value, a missing value (':') or an
+/* The next of the job's own flags: getopt_long(argc, argv, ":h", opts), the
+ * shared flags taken into j on the way. Returns 1 with *c (one of the job's
+ * own codes, 'h' or IJ_JOB_HELP; its value in optarg), 0 once the flags are
+ * over, or CM_ERR_INVAL with *errmsg for a bad value, a missing value or an
  * unknown flag. */
-int ij_job_opt(struct ij_job_opts *j, int c, const char *arg, char **argv, char **errmsg);
+int ij_job_getopt(struct ij_job_opts *j, int argc, char **argv, const struct option *opts, int *c,
+                  char **errmsg);
 /* After the loop: no stray argument, --name and --key valid, api resolved and
  * parsed as an https URL. Returns 0 or CM_ERR_INVAL with *errmsg. */
 int ij_job_opts_finish(struct ij_job_opts *j, int argc, char **argv, char **errmsg);
 void ij_job_opts_deinit(struct ij_job_opts *j);
+struct ij_kube;
+/* A client for the job's API server: ij_kube_new with its --api,
+ * --token-file, --ca-file and --timeout-ms. */
+int ij_job_kube_new(const struct ij_job_opts *j, struct ij_kube **out, char **errmsg);
+/* The exit status of subcommand `cmd` ("publish-ca-root") whose parse_args
+ * returned rc != 0: 0 after --help; else err and the usage on stderr, and 2.
+ * Frees err. */
+int ij_job_args_exit(const char *cmd, int rc, char *err, void (*usage)(FILE *));
 
 /* The command line of publish-ca-root. */
 struct ij_publish_opts {
@@ -115,7 +125,6 @@ enum ij_publish_outcome {
     IJ_PUBLISH_FAILED       /* *errmsg says why */
 };
 
-struct ij_kube;
 /* Bring ConfigMap ns/name's data[key] to `val` (len bytes): GET it; absent ->
  * POST (labelled part-of remora, managed-by remora-injector); equal -> no
  * write; else a JSON merge patch of data[key] alone. A write that races with

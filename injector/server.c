@@ -153,8 +153,12 @@ bool ij_guard_expired(struct ij_guard *g, struct MHD_Connection *conn)
     return expired;
 }
 
-void ij_guard_request_done(struct ij_guard *g, struct ij_guard_conn *c)
+void ij_guard_request_done(struct ij_guard *g, struct MHD_Connection *conn, size_t reserved)
 {
+    ij_guard_release(reserved);
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct ij_guard_conn *c = ci != NULL ? ci->socket_context : NULL;
     if (c == NULL)
         return;
     pthread_mutex_lock(&g->mu);
@@ -470,16 +474,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     struct ij_server *s = cls;
     (void)toe;
     struct req *r = *req_cls;
-    if (r != NULL) {
-        ij_guard_release(r->reserved);
+    *req_cls = NULL;
+    ij_guard_request_done(s->guard, conn, r != NULL ? r->reserved : 0);
+    if (r != NULL)
         free(r->buf);
-        free(r);
-        *req_cls = NULL;
-    }
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    if (ci != NULL)
-        ij_guard_request_done(s->guard, ci->socket_context);
+    free(r);
 }
 
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
@@ -502,8 +501,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     }
 }
 
-/* MHD's own messages are mostly about peers (bad handshakes, resets). */
-static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+void ij_server_mhd_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
     if (CM_LOG_DEBUG <= cm_log_current_level)
@@ -552,11 +550,11 @@ int ij_server_start(const struct ij_config *cfg, struct ij_tls *tls, struct ij_t
     ij_tls_bind(tls);
     s->guard = ij_guard_new("webhook", cfg);
     s->daemon = MHD_start_daemon(
-        IJ_SERVER_MHD_FLAGS, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log,
-        s, MHD_OPTION_LISTEN_SOCKET, s->fd, MHD_OPTION_HTTPS_CERT_CALLBACK, ij_tls_on_cert,
-        MHD_OPTION_HTTPS_PRIORITIES, IJ_SERVER_TLS_PRIORITIES, MHD_OPTION_THREAD_POOL_SIZE,
-        (unsigned)cfg->threads, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout_seconds,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
+        IJ_SERVER_MHD_FLAGS, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER,
+        ij_server_mhd_log, s, MHD_OPTION_LISTEN_SOCKET, s->fd, MHD_OPTION_HTTPS_CERT_CALLBACK,
+        ij_tls_on_cert, MHD_OPTION_HTTPS_PRIORITIES, IJ_SERVER_TLS_PRIORITIES,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)cfg->timeout_seconds, MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->max_connections_per_ip,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
         s, MHD_OPTION_END);

@@ -10,6 +10,7 @@
 #define IJ_SERVER_H
 
 #include <microhttpd.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -58,8 +59,10 @@ void ij_guard_conn_end(struct ij_guard *g, struct ij_guard_conn *c);
 /* From the access handler: is conn past its deadline (counted once)? The
  * caller then returns MHD_NO, which closes it. */
 bool ij_guard_expired(struct ij_guard *g, struct MHD_Connection *conn);
-/* A request was answered: the next one's deadline starts now. */
-void ij_guard_request_done(struct ij_guard *g, struct ij_guard_conn *c);
+/* From MHD's completion callback: a request on conn ended. Gives back the
+ * `reserved` bytes of body it held (ij_guard_reserve), and the next
+ * request's deadline starts now. */
+void ij_guard_request_done(struct ij_guard *g, struct MHD_Connection *conn, size_t reserved);
 /* Reserve n bytes of request body against webhook.max_buffered_bytes (all
  * connections of both daemons together): false when that would pass it.
  * ij_guard_release gives them back. */
@@ -68,6 +71,10 @@ void ij_guard_release(size_t n);
 /* The guard's lines of GET /metrics. */
 struct cm_prom;
 void ij_guard_metrics_write(struct cm_prom *o);
+
+/* MHD_OPTION_EXTERNAL_LOGGER of every injector daemon: MHD's own messages
+ * are mostly about peers (bad handshakes, resets), so they are debug lines. */
+void ij_server_mhd_log(void *cls, const char *fmt, va_list ap);
 
 /* A listening socket for a libmicrohttpd daemon: cm_net_listen() plus
  * TCP_NODELAY, which Linux copies to every connection it accepts. Returns the

@@ -60,31 +60,15 @@ static const char *fmt_time(int64_t t, char *buf, size_t len)
     return buf;
 }
 
-static int failf(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int failf(char **errmsg, const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    free(*errmsg);
-    *errmsg = cm_xstrdup(buf);
-    return CM_ERR_INVAL;
-}
-
 static int refuse(enum ij_token_reason *reason, enum ij_token_reason r, char **errmsg,
                   const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static int refuse(enum ij_token_reason *reason, enum ij_token_reason r, char **errmsg,
                   const char *fmt, ...)
 {
-    char buf[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, ap);
+    cm_vfail(errmsg, CM_ERR_INVAL, fmt, ap);
     va_end(ap);
-    free(*errmsg);
-    *errmsg = cm_xstrdup(buf);
     *reason = r;
     return CM_ERR_INVAL;
 }
@@ -198,18 +182,29 @@ static int get_bytes(json_t *o, const char *key, size_t min, size_t max, unsigne
 {
     json_t *v = json_object_get(o, key);
     if (v == NULL)
-        return failf(errmsg, "%s: no \"%s\"", where, key);
+        return cm_fail(errmsg, CM_ERR_INVAL, "%s: no \"%s\"", where, key);
     if (!json_is_string(v))
-        return failf(errmsg, "%s: \"%s\" is not a string", where, key);
+        return cm_fail(errmsg, CM_ERR_INVAL, "%s: \"%s\" is not a string", where, key);
     if (json_string_length(v) > 2 * max + 4 ||
         ij_token_b64url_decode(json_string_value(v), json_string_length(v), out, outlen) != 0)
-        return failf(errmsg, "%s: \"%s\" is not base64url", where, key);
+        return cm_fail(errmsg, CM_ERR_INVAL, "%s: \"%s\" is not base64url", where, key);
     if (*outlen < min || *outlen > max) {
         free(*out);
         *out = NULL;
-        return failf(errmsg, "%s: \"%s\" is %zu bytes, expected %s%zu", where, key, *outlen,
-                     min == max ? "" : "at most ", max);
+        return cm_fail(errmsg, CM_ERR_INVAL, "%s: \"%s\" is %zu bytes, expected %s%zu", where, key,
+                       *outlen, min == max ? "" : "at most ", max);
     }
+    return 0;
+}
+
+/* k->pk set up for a key of `type` (`what`: "RSA", "EC"). */
+static int pk_setup(struct jwk *k, mbedtls_pk_type_t type, const char *what, const char *where,
+                    char **errmsg)
+{
+    int ret = mbedtls_pk_setup(&k->pk, mbedtls_pk_info_from_type(type));
+    if (ret != 0)
+        return cm_fail(errmsg, CM_ERR_INVAL, "%s: %s key setup failed (-0x%04x)", where, what,
+                       (unsigned)-ret);
     return 0;
 }
 
@@ -217,24 +212,21 @@ static int load_rsa(struct jwk *k, json_t *o, const char *where, char **errmsg)
 {
     unsigned char *n = NULL, *e = NULL;
     size_t nlen = 0, elen = 0;
-    int rc = CM_ERR_INVAL, ret;
+    int rc = CM_ERR_INVAL;
     if (get_bytes(o, "n", 1, RSA_MAX_BITS / 8, &n, &nlen, where, errmsg) != 0 ||
-        get_bytes(o, "e", 1, 8, &e, &elen, where, errmsg) != 0)
+        get_bytes(o, "e", 1, 8, &e, &elen, where, errmsg) != 0 ||
+        pk_setup(k, MBEDTLS_PK_RSA, "RSA", where, errmsg) != 0)
         goto out;
-    if ((ret = mbedtls_pk_setup(&k->pk, mbedtls_pk_info_from_type(MBEDTLS_PK_RSA))) != 0) {
-        failf(errmsg, "%s: RSA key setup failed (-0x%04x)", where, (unsigned)-ret);
-        goto out;
-    }
     mbedtls_rsa_context *rsa = mbedtls_pk_rsa(k->pk);
     if (mbedtls_rsa_import_raw(rsa, n, nlen, NULL, 0, NULL, 0, NULL, 0, e, elen) != 0 ||
         mbedtls_rsa_complete(rsa) != 0 || mbedtls_rsa_check_pubkey(rsa) != 0) {
-        failf(errmsg, "%s: not a valid RSA public key (n, e)", where);
+        cm_fail(errmsg, CM_ERR_INVAL, "%s: not a valid RSA public key (n, e)", where);
         goto out;
     }
     size_t bits = mbedtls_pk_get_bitlen(&k->pk);
     if (bits < RSA_MIN_BITS) {
-        failf(errmsg, "%s: RSA key of %zu bits; at least %d are required", where, bits,
-              RSA_MIN_BITS);
+        cm_fail(errmsg, CM_ERR_INVAL, "%s: RSA key of %zu bits; at least %d are required", where,
+                bits, RSA_MIN_BITS);
         goto out;
     }
     k->type = JWK_RSA;
@@ -249,14 +241,11 @@ static int load_ec(struct jwk *k, json_t *o, const char *where, char **errmsg)
 {
     unsigned char *x = NULL, *y = NULL, pt[1 + 2 * P256_LEN];
     size_t xlen = 0, ylen = 0;
-    int rc = CM_ERR_INVAL, ret;
+    int rc = CM_ERR_INVAL;
     if (get_bytes(o, "x", P256_LEN, P256_LEN, &x, &xlen, where, errmsg) != 0 ||
-        get_bytes(o, "y", P256_LEN, P256_LEN, &y, &ylen, where, errmsg) != 0)
+        get_bytes(o, "y", P256_LEN, P256_LEN, &y, &ylen, where, errmsg) != 0 ||
+        pk_setup(k, MBEDTLS_PK_ECKEY, "EC", where, errmsg) != 0)
         goto out;
-    if ((ret = mbedtls_pk_setup(&k->pk, mbedtls_pk_info_from_type(MBEDTLS_PK_ECKEY))) != 0) {
-        failf(errmsg, "%s: EC key setup failed (-0x%04x)", where, (unsigned)-ret);
-        goto out;
-    }
     mbedtls_ecp_keypair *ec = mbedtls_pk_ec(k->pk);
     pt[0] = 0x04; /* uncompressed point */
     memcpy(pt + 1, x, P256_LEN);
@@ -264,7 +253,7 @@ static int load_ec(struct jwk *k, json_t *o, const char *where, char **errmsg)
     if (mbedtls_ecp_group_load(&ec->grp, MBEDTLS_ECP_DP_SECP256R1) != 0 ||
         mbedtls_ecp_point_read_binary(&ec->grp, &ec->Q, pt, sizeof(pt)) != 0 ||
         mbedtls_ecp_check_pubkey(&ec->grp, &ec->Q) != 0) {
-        failf(errmsg, "%s: (x, y) is not a point on P-256", where);
+        cm_fail(errmsg, CM_ERR_INVAL, "%s: (x, y) is not a point on P-256", where);
         goto out;
     }
     k->type = JWK_EC;
@@ -281,14 +270,14 @@ static int load_key(struct jwk *k, json_t *o, const char *where, char **errmsg)
 {
     const char *kty = NULL, *use = NULL, *alg = NULL, *crv = NULL, *kid = NULL;
     if (!json_is_object(o))
-        return failf(errmsg, "%s: not an object", where);
+        return cm_fail(errmsg, CM_ERR_INVAL, "%s: not an object", where);
     if (opt_string(o, "kty", 16, &kty) != 0 || kty == NULL)
-        return failf(errmsg, "%s: \"kty\" missing or not a short string", where);
+        return cm_fail(errmsg, CM_ERR_INVAL, "%s: \"kty\" missing or not a short string", where);
     if (opt_string(o, "use", 16, &use) != 0 || opt_string(o, "alg", 16, &alg) != 0)
-        return failf(errmsg, "%s: \"use\" or \"alg\" is not a short string", where);
+        return cm_fail(errmsg, CM_ERR_INVAL, "%s: \"use\" or \"alg\" is not a short string", where);
     if (opt_string(o, "kid", IJ_TOKEN_NAME_MAX, &kid) != 0)
-        return failf(errmsg, "%s: \"kid\" is not a string of 1..%d bytes", where,
-                     IJ_TOKEN_NAME_MAX - 1);
+        return cm_fail(errmsg, CM_ERR_INVAL, "%s: \"kid\" is not a string of 1..%d bytes", where,
+                       IJ_TOKEN_NAME_MAX - 1);
     if (use != NULL && strcmp(use, "sig") != 0)
         return 1;
     if (strcmp(kty, "RSA") == 0) {
@@ -298,7 +287,8 @@ static int load_key(struct jwk *k, json_t *o, const char *where, char **errmsg)
             return CM_ERR_INVAL;
     } else if (strcmp(kty, "EC") == 0) {
         if (opt_string(o, "crv", 16, &crv) != 0 || crv == NULL)
-            return failf(errmsg, "%s: \"crv\" missing or not a short string", where);
+            return cm_fail(errmsg, CM_ERR_INVAL, "%s: \"crv\" missing or not a short string",
+                           where);
         if (strcmp(crv, "P-256") != 0 || (alg != NULL && strcmp(alg, "ES256") != 0))
             return 1;
         if (load_ec(k, o, where, errmsg) != 0)
@@ -315,20 +305,21 @@ int ij_jwks_parse(const char *name, const char *buf, size_t len, struct ij_jwks 
 {
     json_error_t je;
     if (len > IJ_JWKS_MAX)
-        return failf(errmsg, "%s: larger than %d bytes", name, IJ_JWKS_MAX);
+        return cm_fail(errmsg, CM_ERR_INVAL, "%s: larger than %d bytes", name, IJ_JWKS_MAX);
     json_t *doc = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
     if (doc == NULL)
-        return failf(errmsg, "%s: not JSON: %s (line %d, column %d)", name, je.text, je.line,
-                     je.column);
+        return cm_fail(errmsg, CM_ERR_INVAL, "%s: not JSON: %s (line %d, column %d)", name, je.text,
+                       je.line, je.column);
     json_t *keys = json_object_get(doc, "keys");
     if (!json_is_object(doc) || !json_is_array(keys)) {
         json_decref(doc);
-        return failf(errmsg, "%s: not a JWKS: expected {\"keys\": [...]}", name);
+        return cm_fail(errmsg, CM_ERR_INVAL, "%s: not a JWKS: expected {\"keys\": [...]}", name);
     }
     size_t n = json_array_size(keys);
     if (n > IJ_JWKS_MAX_KEYS) {
         json_decref(doc);
-        return failf(errmsg, "%s: %zu keys; at most %d are accepted", name, n, IJ_JWKS_MAX_KEYS);
+        return cm_fail(errmsg, CM_ERR_INVAL, "%s: %zu keys; at most %d are accepted", name, n,
+                       IJ_JWKS_MAX_KEYS);
     }
     struct ij_jwks *k = cm_xcalloc(1, sizeof(*k) + n * sizeof(k->keys[0]));
     atomic_init(&k->refs, 1);
@@ -355,8 +346,9 @@ int ij_jwks_parse(const char *name, const char *buf, size_t len, struct ij_jwks 
     if (k->n == 0) {
         size_t skipped = k->skipped;
         jwks_free(k);
-        return failf(errmsg, "%s: no usable key (RSA >= %d bits or EC P-256, use \"sig\")%s", name,
-                     RSA_MIN_BITS, skipped ? "; every key was of another type" : "");
+        return cm_fail(errmsg, CM_ERR_INVAL,
+                       "%s: no usable key (RSA >= %d bits or EC P-256, use \"sig\")%s", name,
+                       RSA_MIN_BITS, skipped ? "; every key was of another type" : "");
     }
     *out = k;
     return 0;

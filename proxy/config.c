@@ -158,6 +158,28 @@ static int parse_limits(const struct cm_jpath *p, json_t *o, struct px_limits *l
     return rc;
 }
 
+/* The array at c: at most max port numbers 1-65535, appended to ports[*n]
+ * (`distinct`: a port listed twice is refused). Returns 0 or CM_ERR_INVAL. */
+static int port_array(const struct cm_jpath *c, json_t *arr, size_t max, bool distinct,
+                      uint16_t *ports, size_t *n, char **errmsg)
+{
+    if (*n > max || json_array_size(arr) > max - *n)
+        return cm_json_fail(c, errmsg, "at most %zu ports", max);
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        struct cm_jpath e;
+        cm_jpath_index(&e, c, i);
+        json_t *v = json_array_get(arr, i);
+        if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 65535)
+            return cm_json_fail(&e, errmsg, "expected a port number 1-65535");
+        uint16_t port = (uint16_t)json_integer_value(v);
+        for (size_t j = 0; distinct && j < *n; j++)
+            if (ports[j] == port)
+                return cm_json_fail(&e, errmsg, "port %u is listed twice", (unsigned)port);
+        ports[(*n)++] = port;
+    }
+    return 0;
+}
+
 /* "permissive_ports": [9090, 8080] on an inbound listener with "tls": "strict":
  * at most PX_MAX_PERMISSIVE_PORTS distinct port numbers. Anywhere else it would
  * mean nothing (or, on a permissive listener, less than it says): refused. */
@@ -175,21 +197,8 @@ static int parse_permissive_ports(const struct cm_jpath *p, json_t *o, struct px
         return cm_json_fail(&c, errmsg,
                             "only an inbound listener with \"tls\": \"strict\" takes "
                             "permissive_ports");
-    if (json_array_size(arr) > PX_MAX_PERMISSIVE_PORTS)
-        return cm_json_fail(&c, errmsg, "at most %d ports", PX_MAX_PERMISSIVE_PORTS);
-    for (size_t i = 0; i < json_array_size(arr); i++) {
-        struct cm_jpath e;
-        cm_jpath_index(&e, &c, i);
-        json_t *v = json_array_get(arr, i);
-        if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 65535)
-            return cm_json_fail(&e, errmsg, "expected a port number 1-65535");
-        uint16_t port = (uint16_t)json_integer_value(v);
-        for (size_t j = 0; j < l->npermissive_ports; j++)
-            if (l->permissive_ports[j] == port)
-                return cm_json_fail(&e, errmsg, "port %u is listed twice", (unsigned)port);
-        l->permissive_ports[l->npermissive_ports++] = port;
-    }
-    return 0;
+    return port_array(&c, arr, PX_MAX_PERMISSIVE_PORTS, true, l->permissive_ports,
+                      &l->npermissive_ports, errmsg);
 }
 
 static int parse_listener(const struct cm_jpath *p, json_t *o, struct px_listener_cfg *l,
@@ -282,17 +291,8 @@ static int parse_opaque_ports(const struct cm_jpath *p, json_t *root, struct px_
         return 0;
     struct cm_jpath c;
     cm_jpath_key(&c, p, "opaque_ports");
-    if (json_array_size(arr) > PX_MAX_OPAQUE_PORTS)
-        return cm_json_fail(&c, errmsg, "at most %d ports", PX_MAX_OPAQUE_PORTS);
-    for (size_t i = 0; i < json_array_size(arr); i++) {
-        struct cm_jpath e;
-        cm_jpath_index(&e, &c, i);
-        json_t *v = json_array_get(arr, i);
-        if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 65535)
-            return cm_json_fail(&e, errmsg, "expected a port number 1-65535");
-        cfg->opaque_ports[cfg->nopaque_ports++] = (uint16_t)json_integer_value(v);
-    }
-    return 0;
+    return port_array(&c, arr, PX_MAX_OPAQUE_PORTS, false, cfg->opaque_ports, &cfg->nopaque_ports,
+                      errmsg);
 }
 
 bool px_config_opaque_port(const struct px_config *cfg, uint16_t port)

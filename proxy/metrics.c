@@ -17,6 +17,7 @@
 #include <event2/buffer.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "common/clock.h"
@@ -224,27 +225,40 @@ static void grpc_label(uint8_t grpc, char *buf, size_t len)
         snprintf(buf, len, "%u", (unsigned)(grpc - 1));
 }
 
+/* The used request series from slot *i on, with its labels: code[16], and
+ * grpc[8] ("" when it has no gRPC status). NULL past the last. */
+static const struct px_metrics_series *next_series(const struct px_metrics_state *m, size_t *i,
+                                                   char code[16], char grpc[8])
+{
+    for (; m->series && *i < PX_METRICS_SERIES_SLOTS; (*i)++) {
+        const struct px_metrics_series *s = &m->series[*i];
+        if (s->used) {
+            (*i)++;
+            code_label(CODE_OF(s->code), code, 16);
+            grpc[0] = '\0';
+            if (s->code >> GRPC_SHIFT)
+                grpc_label((uint8_t)(s->code >> GRPC_SHIFT), grpc, 8);
+            return s;
+        }
+    }
+    return NULL;
+}
+
 static void write_requests(const struct px_metrics_state *m, struct cm_prom *out)
 {
     cm_prom_head(out, "remora_requests_total", "counter",
                  "Requests finished, by listener, direction, method class and response code "
                  "(0: no response was sent).");
-    for (size_t i = 0; m->series && i < PX_METRICS_SERIES_SLOTS; i++) {
-        const struct px_metrics_series *s = &m->series[i];
-        if (!s->used)
-            continue;
-        char code[16];
-        code_label(CODE_OF(s->code), code, sizeof(code));
+    char code[16], grpc[8];
+    const struct px_metrics_series *s;
+    for (size_t i = 0; (s = next_series(m, &i, code, grpc)) != NULL;) {
         cm_prom_add(out, "remora_requests_total{", 22);
         cm_prom_label(out, "listener", m->listeners[s->lidx].name, true);
         cm_prom_label(out, "direction", m->listeners[s->lidx].direction, false);
         cm_prom_label(out, "method_class", class_names[s->cls], false);
         cm_prom_label(out, "code", code, false);
-        if (s->code >> GRPC_SHIFT) {
-            char g[8];
-            grpc_label((uint8_t)(s->code >> GRPC_SHIFT), g, sizeof(g));
-            cm_prom_label(out, "grpc_status", g, false);
-        }
+        if (grpc[0] != '\0')
+            cm_prom_label(out, "grpc_status", grpc, false);
         cm_prom_printf(out, "} %" PRIu64 "\n", s->count);
     }
     if (m->overflow_count)
@@ -363,6 +377,91 @@ static void flush(struct cm_prom *p, struct evbuffer *dst)
     free(text);
 }
 
+/* A plain px_metrics series, by its field (each a uint64_t). */
+struct plain {
+    const char *name, *type, *help;
+    size_t field; /* offsetof(struct px_metrics, ...) */
+};
+/* The _Generic term adds 0 and fails to compile unless field is a uint64_t. */
+#define PLAIN(name, type, help, field)                                                             \
+    {                                                                                              \
+        name, type, help,                                                                          \
+            offsetof(struct px_metrics, field) +                                                   \
+                0 * sizeof(_Generic(((struct px_metrics *)0)->field, uint64_t : 1))                \
+    }
+
+static void write_plain(struct cm_prom *out, const struct px_metrics *m, const struct plain *p,
+                        size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint64_t v;
+        memcpy(&v, (const char *)m + p[i].field, sizeof(v));
+        cm_prom_u64(out, p[i].name, p[i].type, p[i].help, v);
+    }
+}
+
+static const struct plain downstream_series[] = {
+    PLAIN("remora_downstream_connections_active", "gauge", "Client connections open now.",
+          downstream_cx_active),
+    PLAIN("remora_downstream_connections_total", "counter", "Client connections accepted.",
+          downstream_cx_total),
+    PLAIN("remora_downstream_connections_refused_total", "counter",
+          "Client connections closed at once because limits.max_connections was reached.",
+          downstream_cx_refused),
+    PLAIN("remora_downstream_resets_total", "counter",
+          "Client connections or streams that ended abruptly (reset, closed mid-request).",
+          downstream_resets),
+};
+static const struct plain tls_upstream_series[] = {
+    PLAIN("remora_tls_handshakes_total", "counter",
+          "mTLS handshakes completed (inbound and outbound).", tls_handshakes),
+    PLAIN("remora_tls_handshakes_resumed_total", "counter",
+          "Inbound mTLS handshakes resumed from a session ticket (no full handshake).",
+          tls_handshakes_resumed),
+    PLAIN("remora_tls_handshake_failures_total", "counter",
+          "mTLS handshakes refused: bad or missing certificate, wrong identity, protocol errors.",
+          tls_handshake_failures),
+    PLAIN("remora_tls_plaintext_refused_total", "counter",
+          "Plaintext connections refused by a strict mTLS listener.", tls_plaintext_refused),
+    PLAIN("remora_upstream_connections_active", "gauge",
+          "Upstream connections open now (in use or idle in the pool).", upstream_cx_active),
+    PLAIN("remora_upstream_connections_total", "counter", "Upstream connections opened.",
+          upstream_cx_total),
+    PLAIN("remora_upstream_connect_failures_total", "counter",
+          "Upstream connects that failed (refused, unreachable, timed out).",
+          upstream_cx_connect_fail),
+    PLAIN("remora_upstream_connection_reuses_total", "counter",
+          "Requests sent on an upstream connection taken from the pool.", upstream_cx_reused),
+    PLAIN("remora_upstream_stray_bytes_total", "counter",
+          "Upstream HTTP/1.1 connections closed for bytes after a complete response.",
+          upstream_cx_stray_bytes),
+};
+static const struct plain h2_series[] = {
+    PLAIN("remora_h2_resets_received_total", "counter",
+          "RST_STREAM frames received from HTTP/2 clients.", h2_resets_received),
+    PLAIN("remora_h2_resets_early_total", "counter",
+          "HTTP/2 client streams reset before their request went upstream (nothing opened).",
+          h2_resets_early),
+    PLAIN("remora_h2_reset_flood_total", "counter",
+          "HTTP/2 connections closed with GOAWAY(ENHANCE_YOUR_CALM): stream reset budget spent.",
+          h2_reset_flood),
+    PLAIN("remora_h2_protocol_errors_total", "counter",
+          "HTTP/2 client connections closed with GOAWAY for a protocol error.", h2_protocol_errors),
+    PLAIN("remora_h2_empty_frame_flood_total", "counter",
+          "HTTP/2 connections closed with GOAWAY(ENHANCE_YOUR_CALM): too many empty DATA frames.",
+          h2_empty_frame_flood),
+};
+static const struct plain tunnel_series[] = {
+    PLAIN("remora_retries_total", "counter", "Requests retried to an upstream.", retries_total),
+    PLAIN("remora_tcp_idle_timeouts_total", "counter",
+          "TCP tunnels closed after limits.tcp_idle_timeout_ms without a byte either way.",
+          tcp_idle_timeout),
+    PLAIN("remora_detect_silent_closed_total", "counter",
+          "Connections closed because no byte came within limits.header_timeout_ms (ports not in "
+          "opaque_ports).",
+          detect_silent),
+};
+
 void px_metrics_write_prometheus(struct evbuffer *dst)
 {
     px_metrics_write_prometheus_of(px_srv, dst);
@@ -380,16 +479,8 @@ void px_metrics_write_prometheus_of(const struct px_server *srv, struct evbuffer
         write_durations(ms, out);
     }
 
-    cm_prom_u64(out, "remora_downstream_connections_active", "gauge",
-                "Client connections open now.", m->downstream_cx_active);
-    cm_prom_u64(out, "remora_downstream_connections_total", "counter",
-                "Client connections accepted.", m->downstream_cx_total);
-    cm_prom_u64(out, "remora_downstream_connections_refused_total", "counter",
-                "Client connections closed at once because limits.max_connections was reached.",
-                m->downstream_cx_refused);
-    cm_prom_u64(out, "remora_downstream_resets_total", "counter",
-                "Client connections or streams that ended abruptly (reset, closed mid-request).",
-                m->downstream_resets);
+    write_plain(out, m, downstream_series,
+                sizeof(downstream_series) / sizeof(downstream_series[0]));
     struct cm_prom_sample protos[] = {{"http1", m->proto_http1},
                                       {"h2", m->proto_h2},
                                       {"tls", m->proto_tls},
@@ -398,33 +489,8 @@ void px_metrics_write_prometheus_of(const struct px_server *srv, struct evbuffer
                      "Client connections by the protocol detected on their first bytes.",
                      "protocol", protos, sizeof(protos) / sizeof(protos[0]));
 
-    cm_prom_u64(out, "remora_tls_handshakes_total", "counter",
-                "mTLS handshakes completed (inbound and outbound).", m->tls_handshakes);
-    cm_prom_u64(out, "remora_tls_handshakes_resumed_total", "counter",
-                "Inbound mTLS handshakes resumed from a session ticket (no full handshake).",
-                m->tls_handshakes_resumed);
-    cm_prom_u64(
-        out, "remora_tls_handshake_failures_total", "counter",
-        "mTLS handshakes refused: bad or missing certificate, wrong identity, protocol errors.",
-        m->tls_handshake_failures);
-    cm_prom_u64(out, "remora_tls_plaintext_refused_total", "counter",
-                "Plaintext connections refused by a strict mTLS listener.",
-                m->tls_plaintext_refused);
-
-    cm_prom_u64(out, "remora_upstream_connections_active", "gauge",
-                "Upstream connections open now (in use or idle in the pool).",
-                m->upstream_cx_active);
-    cm_prom_u64(out, "remora_upstream_connections_total", "counter", "Upstream connections opened.",
-                m->upstream_cx_total);
-    cm_prom_u64(out, "remora_upstream_connect_failures_total", "counter",
-                "Upstream connects that failed (refused, unreachable, timed out).",
-                m->upstream_cx_connect_fail);
-    cm_prom_u64(out, "remora_upstream_connection_reuses_total", "counter",
-                "Requests sent on an upstream connection taken from the pool.",
-                m->upstream_cx_reused);
-    cm_prom_u64(out, "remora_upstream_stray_bytes_total", "counter",
-                "Upstream HTTP/1.1 connections closed for bytes after a complete response.",
-                m->upstream_cx_stray_bytes);
+    write_plain(out, m, tls_upstream_series,
+                sizeof(tls_upstream_series) / sizeof(tls_upstream_series[0]));
 
     struct cm_prom_sample errs[] = {
         {"bad_request", m->bad_request},        {"header_too_big", m->header_too_big},
@@ -436,37 +502,14 @@ void px_metrics_write_prometheus_of(const struct px_server *srv, struct evbuffer
                      "408, 502/503/504).",
                      "cause", errs, sizeof(errs) / sizeof(errs[0]));
 
-    cm_prom_u64(out, "remora_h2_resets_received_total", "counter",
-                "RST_STREAM frames received from HTTP/2 clients.", m->h2_resets_received);
-    cm_prom_u64(out, "remora_h2_resets_early_total", "counter",
-                "HTTP/2 client streams reset before their request went upstream (nothing opened).",
-                m->h2_resets_early);
-    cm_prom_u64(
-        out, "remora_h2_reset_flood_total", "counter",
-        "HTTP/2 connections closed with GOAWAY(ENHANCE_YOUR_CALM): stream reset budget spent.",
-        m->h2_reset_flood);
-    cm_prom_u64(out, "remora_h2_protocol_errors_total", "counter",
-                "HTTP/2 client connections closed with GOAWAY for a protocol error.",
-                m->h2_protocol_errors);
-    cm_prom_u64(
-        out, "remora_h2_empty_frame_flood_total", "counter",
-        "HTTP/2 connections closed with GOAWAY(ENHANCE_YOUR_CALM): too many empty DATA frames.",
-        m->h2_empty_frame_flood);
+    write_plain(out, m, h2_series, sizeof(h2_series) / sizeof(h2_series[0]));
 
     struct cm_prom_sample bytes[] = {{"in", m->tcp_bytes_in}, {"out", m->tcp_bytes_out}};
     cm_prom_by_label(out, "remora_tcp_bytes_total", "counter",
                      "Bytes forwarded on opaque TCP connections, in (client to upstream) and out.",
                      "flow", bytes, 2);
 
-    cm_prom_u64(out, "remora_retries_total", "counter", "Requests retried to an upstream.",
-                m->retries_total);
-    cm_prom_u64(out, "remora_tcp_idle_timeouts_total", "counter",
-                "TCP tunnels closed after limits.tcp_idle_timeout_ms without a byte either way.",
-                m->tcp_idle_timeout);
-    cm_prom_u64(out, "remora_detect_silent_closed_total", "counter",
-                "Connections closed because no byte came within limits.header_timeout_ms (ports "
-                "not in opaque_ports).",
-                m->detect_silent);
+    write_plain(out, m, tunnel_series, sizeof(tunnel_series) / sizeof(tunnel_series[0]));
     /* series of other modules (routes: per-endpoint outcomes; policy: denials by rule) */
     flush(out, dst);
     for (size_t i = 0; ms != NULL && i < ms->nwriters; i++)
@@ -506,20 +549,14 @@ static int dump_to_evbuffer(const char *buf, size_t size, void *data)
 static json_t *requests_json(const struct px_metrics_state *m, uint64_t *total)
 {
     json_t *arr = json_array();
-    for (size_t i = 0; m->series && i < PX_METRICS_SERIES_SLOTS; i++) {
-        const struct px_metrics_series *s = &m->series[i];
-        if (!s->used)
-            continue;
-        char code[16];
-        code_label(CODE_OF(s->code), code, sizeof(code));
+    char code[16], grpc[8];
+    const struct px_metrics_series *s;
+    for (size_t i = 0; (s = next_series(m, &i, code, grpc)) != NULL;) {
         json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:I}", "listener", m->listeners[s->lidx].name,
                               "direction", m->listeners[s->lidx].direction, "method_class",
                               class_names[s->cls], "code", code, "count", (json_int_t)s->count);
-        if (s->code >> GRPC_SHIFT) {
-            char g[8];
-            grpc_label((uint8_t)(s->code >> GRPC_SHIFT), g, sizeof(g));
-            json_object_set_new(o, "grpc_status", json_string(g));
-        }
+        if (grpc[0] != '\0')
+            json_object_set_new(o, "grpc_status", json_string(grpc));
         json_array_append_new(arr, o);
         *total += s->count;
     }

@@ -1,6 +1,7 @@
 /* Unit tests of common/buf.c (bounds, growth, printf at the bound,
  * zero-length appends, take) and common/prom.c (the Prometheus text writer:
- * heads, label escaping, histograms, the sticky error at the bound). */
+ * heads, label escaping, histograms, the sticky error at the bound), and
+ * cm_fail of common/err.c. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -190,6 +191,55 @@ static void prom_histogram(void **state)
     cm_prom_free(&p);
 }
 
+/* cm_prom_hist: observations land in the first bucket whose bound is not
+ * below them (the bound itself included), past the last in +Inf; the family
+ * is the head and the same samples cm_prom_histogram_us writes. */
+static void prom_hist_observe_and_write(void **state)
+{
+    (void)state;
+    static const uint64_t bounds[] = {25, 1000, 2500000};
+    static struct cm_prom_hist h = CM_PROM_HIST_INIT(bounds);
+    assert_int_equal(h.n, 3);
+    const uint64_t seen[] = {25, 1001, 2500000, 2500001, 0, 999};
+    for (size_t i = 0; i < sizeof(seen) / sizeof(seen[0]); i++)
+        cm_prom_hist_observe(&h, seen[i]);
+    struct cm_prom p;
+    cm_prom_init(&p, 1 << 16);
+    cm_prom_hist_write(&p, "h_seconds", "H.", &h);
+    int err;
+    char *t = prom_text(&p, &err);
+    assert_int_equal(err, CM_OK);
+    assert_string_equal(t, "# HELP h_seconds H.\n# TYPE h_seconds histogram\n"
+                           "h_seconds_bucket{le=\"2.5e-05\"} 2\n"
+                           "h_seconds_bucket{le=\"0.001\"} 3\n"
+                           "h_seconds_bucket{le=\"2.5\"} 5\n"
+                           "h_seconds_bucket{le=\"+Inf\"} 6\n"
+                           "h_seconds_sum 5.002026\n"
+                           "h_seconds_count 6\n");
+    free(t);
+    cm_prom_free(&p);
+}
+
+/* cm_fail: replaces the message, returns the code, cuts at CM_FAIL_MAX - 1
+ * bytes, and keeps nothing without an errmsg. */
+static void fail_sets_message(void **state)
+{
+    (void)state;
+    char *msg = NULL;
+    assert_int_equal(cm_fail(&msg, CM_ERR_PROTO, "a %s %d", "b", 7), CM_ERR_PROTO);
+    assert_string_equal(msg, "a b 7");
+    assert_int_equal(cm_fail(&msg, CM_ERR_INVAL, "second"), CM_ERR_INVAL);
+    assert_string_equal(msg, "second");
+    char *big = malloc(CM_FAIL_MAX * 2);
+    memset(big, 'x', CM_FAIL_MAX * 2 - 1);
+    big[CM_FAIL_MAX * 2 - 1] = '\0';
+    cm_fail(&msg, CM_ERR_INVAL, "%s", big);
+    assert_int_equal(strlen(msg), CM_FAIL_MAX - 1);
+    free(big);
+    free(msg);
+    assert_int_equal(cm_fail(NULL, CM_ERR_LIMIT, "dropped"), CM_ERR_LIMIT);
+}
+
 static void prom_error_is_sticky(void **state)
 {
     (void)state;
@@ -216,10 +266,16 @@ static void prom_error_is_sticky(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(empty_and_zero_length), cmocka_unit_test(bound_is_exact),
-        cmocka_unit_test(growth_keeps_contents), cmocka_unit_test(printf_at_the_bound),
-        cmocka_unit_test(take_hands_over),       cmocka_unit_test(prom_families),
-        cmocka_unit_test(prom_histogram),        cmocka_unit_test(prom_error_is_sticky),
+        cmocka_unit_test(empty_and_zero_length),
+        cmocka_unit_test(bound_is_exact),
+        cmocka_unit_test(growth_keeps_contents),
+        cmocka_unit_test(printf_at_the_bound),
+        cmocka_unit_test(take_hands_over),
+        cmocka_unit_test(prom_families),
+        cmocka_unit_test(prom_histogram),
+        cmocka_unit_test(prom_error_is_sticky),
+        cmocka_unit_test(prom_hist_observe_and_write),
+        cmocka_unit_test(fail_sets_message),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
