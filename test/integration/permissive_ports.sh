@@ -120,11 +120,13 @@ expect_eq "plaintext series start at 0: listed ports and other" \
     "0:0:0"
 
 # ---- a listed port: plaintext reaches the app, decided by the policy -------------------------
-hc "127.0.0.1:$L_PERM" --send 'GET /open/a?m=PLAIN-1 HTTP/1.1\r\nHost: app\r\nX-Forwarded-Client-Cert: By=x;URI=spiffe://cluster.local/ns/kube-system/sa/admin\r\n\r\n'
+# (requests compared byte for byte carry their own x-request-id, which the proxy keeps as sent;
+# without one it would add a random UUID: docs/observability.md)
+hc "127.0.0.1:$L_PERM" --send 'GET /open/a?m=PLAIN-1 HTTP/1.1\r\nHost: app\r\nX-Request-Id: pp-plain-1\r\nX-Forwarded-Client-Cert: By=x;URI=spiffe://cluster.local/ns/kube-system/sa/admin\r\n\r\n'
 expect_match "listed port: plaintext GET /open is allowed (200)" "$GOT" '^HTTP/1.1 200'
 expect_eq "listed port: the app got the request byte for byte, without the forged XFCC and without an identity" \
     "$(req_with PLAIN-1 | od -An -c | tr -s ' \n' ' ')" \
-    "$(printf 'GET /open/a?m=PLAIN-1 HTTP/1.1\r\nhost: app\r\n\r\n' | od -An -c | tr -s ' \n' ' ')"
+    "$(printf 'GET /open/a?m=PLAIN-1 HTTP/1.1\r\nhost: app\r\nx-request-id: pp-plain-1\r\n\r\n' | od -An -c | tr -s ' \n' ' ')"
 head -c 200000 /dev/urandom | base64 -w0 | head -c 200000 >"$TMP/body"
 code=$(curl -s -o /dev/null -w '%{http_code}' --data-binary @"$TMP/body" -H 'Content-Type: text/plain' \
     "http://127.0.0.1:$L_PERM/open/post?m=PLAIN-BODY")
@@ -146,10 +148,10 @@ hc "127.0.0.1:$L_PERM" --send '\x00\x01binary?m=PLAIN-TCP-DENIED\r\n'
 if seen rhttp PLAIN-TCP-DENIED; then fail "plaintext opaque TCP without a principal reached the app"
 else pass "listed port: plaintext opaque TCP is decided by the TCP policy (no principal: denied, nothing reached the app)"; fi
 
-hc "127.0.0.1:$L_PERM" "${FE_TLS[@]}" --send 'GET /secure?m=MTLS-SECURE HTTP/1.1\r\nHost: app\r\n\r\n'
+hc "127.0.0.1:$L_PERM" "${FE_TLS[@]}" --send 'GET /secure?m=MTLS-SECURE HTTP/1.1\r\nHost: app\r\nX-Request-Id: pp-mtls-1\r\n\r\n'
 expect_match "listed port: mTLS as frontend still works (200 on /secure)" "$GOT" '^HTTP/1.1 200'
 expect_eq "... and the app sees the verified identity" "$(req_with MTLS-SECURE)" \
-    "$(printf 'GET /secure?m=MTLS-SECURE HTTP/1.1\r\nhost: app\r\nx-forwarded-client-cert: By=%s;URI=%s\r\n\r\n' "$WEB" "$FE")"
+    "$(printf 'GET /secure?m=MTLS-SECURE HTTP/1.1\r\nhost: app\r\nx-request-id: pp-mtls-1\r\nx-forwarded-client-cert: By=%s;URI=%s\r\n\r\n' "$WEB" "$FE")"
 
 hc "127.0.0.1:$L_PTCP" --send '\x00\x01\xffopaque-bytes\r\n\x00' --timeout 3
 expect_eq "listed TCP port: plaintext opaque bytes allowed by a port rule are echoed back" \
@@ -231,13 +233,13 @@ JSON
     check "capture: the app on 9090 listens" wait_until 10 listen_port "$TMP/a9090.log"
     check "capture: the app on 8080 listens" wait_until 10 listen_port "$TMP/a8080.log"
     inB() { ip netns exec "$NB" "$@"; }
-    j=$(inB $HC one 10.232.0.1:9090 --send 'GET /metrics?m=CAP-9090 HTTP/1.1\r\nHost: pod\r\n\r\n')
+    j=$(inB $HC one 10.232.0.1:9090 --send 'GET /metrics?m=CAP-9090 HTTP/1.1\r\nHost: pod\r\nX-Request-Id: pp-cap-1\r\n\r\n')
     expect_match "capture: plaintext from another namespace to the pod's port 9090 (listed) -> 200" \
         "$(jq -r .got <<<"$j")" '^HTTP/1.1 200'
     f=$(grep -laF CAP-9090 "$TMP/a9090"/req-*.bin 2>/dev/null | head -1)
     expect_eq "capture: the app on 9090 got the request byte for byte" \
         "$(od -An -c <"${f:-/dev/null}" | tr -s ' \n' ' ')" \
-        "$(printf 'GET /metrics?m=CAP-9090 HTTP/1.1\r\nhost: pod\r\n\r\n' | od -An -c | tr -s ' \n' ' ')"
+        "$(printf 'GET /metrics?m=CAP-9090 HTTP/1.1\r\nhost: pod\r\nx-request-id: pp-cap-1\r\n\r\n' | od -An -c | tr -s ' \n' ' ')"
     j=$(inB $HC one 10.232.0.1:9090 --send 'GET /admin?m=CAP-ADMIN HTTP/1.1\r\nHost: pod\r\n\r\n')
     expect_match "capture: plaintext to 9090 outside the rule's paths -> 403 (no principal)" \
         "$(jq -r .got <<<"$j")" '^HTTP/1.1 403'

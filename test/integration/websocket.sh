@@ -111,16 +111,17 @@ expect_match "... and why in the proxy's warn line" "$(grep 'GET /plain' "$TMP/p
     '502 for GET /plain .*: upstream sent an invalid response: 101 Switching Protocols we never asked for'
 
 # an upgrade answered 200: an ordinary response, the connection keeps serving requests
-out=$($RAW "127.0.0.1:$P_REC200" 'GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n')
+# (requests compared byte for byte carry their own x-request-id: the proxy keeps it as sent)
+out=$($RAW "127.0.0.1:$P_REC200" 'GET /ws HTTP/1.1\r\nHost: a\r\nX-Request-Id: ws-1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\nX-Request-Id: ws-2\r\n\r\n')
 expect_eq "an upgrade answered 200, then a keep-alive request: two 200s on one connection" \
     "$(grep -o 'HTTP/1.1 200' <<<"$out" | wc -l)" 2
 got=$(cat "$TMP/rec200/all.bin" 2>/dev/null)
 expect_match "the app got the upgrade request with Upgrade and Connection: upgrade only" "$got" \
-    $'^GET /ws HTTP/1.1\r\nhost: a\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nGET /next HTTP/1.1\r\nhost: a\r\n'
+    $'^GET /ws HTTP/1.1\r\nhost: a\r\nx-request-id: ws-1\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nGET /next HTTP/1.1\r\nhost: a\r\nx-request-id: ws-2\r\n'
 # other Connection options are still hop-by-hop
-$RAW "127.0.0.1:$P_REC200" 'GET /ws2 HTTP/1.1\r\nHost: a\r\nX-Hop: 1\r\nUpgrade: websocket\r\nConnection: upgrade, x-hop\r\n\r\n' >/dev/null
+$RAW "127.0.0.1:$P_REC200" 'GET /ws2 HTTP/1.1\r\nHost: a\r\nX-Request-Id: ws-3\r\nX-Hop: 1\r\nUpgrade: websocket\r\nConnection: upgrade, x-hop\r\n\r\n' >/dev/null
 expect_match "a header named by Connection besides upgrade is still removed" \
-    "$(tr -d '\r' <"$TMP/rec200/all.bin" | sed -n '/^GET \/ws2/,/^$/p')" $'^GET /ws2 HTTP/1.1\nhost: a\nupgrade: websocket\nconnection: upgrade$'
+    "$(tr -d '\r' <"$TMP/rec200/all.bin" | sed -n '/^GET \/ws2/,/^$/p')" $'^GET /ws2 HTTP/1.1\nhost: a\nx-request-id: ws-3\nupgrade: websocket\nconnection: upgrade$'
 
 # a server that never reads: the client is held by backpressure, the proxy's memory bounded
 before=$(rss_hwm_kb "$PROXY_MAIN")
@@ -151,7 +152,7 @@ expect_match "an h2 client's extended CONNECT gets 200 and its WebSocket frames 
     "$out" $'status 200\necho over h2\nclose 1000'
 last=$(tail -n +$((n0 + 1)) "$TMP/app-headers.json" | head -1)
 expect_match "... the app got an HTTP/1.1 Upgrade with a Sec-WebSocket-Key the proxy made" "$last" \
-    '\["sec-websocket-version", "13"\], \["sec-websocket-key", "[A-Za-z0-9+/]{22}=="\], \["upgrade", "websocket"\], \["connection", "upgrade"\]'
+    '\["sec-websocket-version", "13"\], \["sec-websocket-key", "[A-Za-z0-9+/]{22}=="\], (\["x-request-id", "[0-9a-f-]{36}"\], )?\["upgrade", "websocket"\], \["connection", "upgrade"\]'
 
 stop_pid "$PROXY_MAIN"
 expect_eq "proxy exits cleanly" "$STOP_RC" 0
