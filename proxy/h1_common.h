@@ -9,6 +9,8 @@
 #include <stdint.h>
 
 #include "proxy/http.h"
+#include "proxy/io.h"
+#include "proxy/stream.h"
 
 /* Collects a token that llhttp may hand over in several pieces (a header
  * name, then its value; or the URL). Bounded: over `max` it refuses. The
@@ -73,6 +75,27 @@ void px_h1_head_end(struct px_h1_head *w);
 /* Body framing helpers. */
 void px_h1_write_chunk(struct evbuffer *out, const uint8_t *data, size_t len);
 void px_h1_write_last_chunk(struct evbuffer *out);
+/* Body bytes as they go: one chunk, or as they are (a length or the close
+ * delimits the body). */
+void px_h1_write_body(struct evbuffer *out, bool chunked, const uint8_t *data, size_t len);
+
+/* Both codecs' input loop: the next run for llhttp. Resumes a parser paused
+ * by a callback (*paused is cleared) and peeks the first extent of `in`
+ * into *v. A parser paused on the body's last bytes stands just before
+ * on_message_complete, which needs no input, and the peer sends nothing
+ * more until it is answered: then *v is an empty run. Returns false when
+ * there is nothing to run. */
+bool px_h1_next_run(llhttp_t *p, bool *paused, struct evbuffer *in, struct evbuffer_iovec *v);
+
+/* A tunnel after a 101: hand the first extent of io's input to s as data
+ * from `from` (the request's from downstream, the response's from
+ * upstream) and drain it; when the other side is full set *paused and stop
+ * reading. Returns false when the input is empty. */
+bool px_h1_tunnel_step(struct px_io *io, struct px_stream *s, enum px_side from, bool *paused);
+
+/* The stream's resume op: reading goes on if the body had paused it.
+ * Returns whether it had (the caller then processes the held input). */
+bool px_h1_resume_read(struct px_io *io, bool *paused);
 
 /* The server half's drain and shutdown (h1_server.c), called by px_h1_drain
  * and px_h1_shutdown (h1_client.c). */
