@@ -231,30 +231,6 @@ void px_h1_write_last_chunk(struct evbuffer *out)
     evbuffer_add(out, "0\r\n\r\n", 5);
 }
 
-void px_h1_write_body(struct evbuffer *out, bool chunked, const uint8_t *data, size_t len)
-{
-    if (chunked)
-        px_h1_write_chunk(out, data, len);
-    else
-        evbuffer_add(out, data, len);
-}
-
-bool px_h1_next_run(llhttp_t *p, bool *paused, struct evbuffer *in, struct evbuffer_iovec *v)
-{
-    bool resumed = *paused;
-    if (resumed) {
-        llhttp_resume(p);
-        *paused = false;
-    }
-    if (evbuffer_peek(in, -1, NULL, v, 1) < 1 || v->iov_len == 0) {
-        if (!resumed)
-            return false;
-        v->iov_base = (void *)"";
-        v->iov_len = 0;
-    }
-    return true;
-}
-
 bool px_h1_tunnel_step(struct px_io *io, struct px_stream *s, enum px_side from, bool *paused)
 {
     struct evbuffer *in = px_io_input(io);
@@ -268,14 +244,5 @@ bool px_h1_tunnel_step(struct px_io *io, struct px_stream *s, enum px_side from,
         *paused = true;
         px_io_read_enable(io, false);
     }
-    return true;
-}
-
-bool px_h1_resume_read(struct px_io *io, bool *paused)
-{
-    if (!*paused)
-        return false;
-    *paused = false;
-    px_io_read_enable(io, true);
     return true;
 }
