@@ -121,11 +121,7 @@ static void op_send_head(struct px_stream *s)
 static void op_send_data(struct px_stream *s, const uint8_t *data, size_t len)
 {
     struct h1c *u = of(s);
-    struct evbuffer *out = px_io_output(u->io);
-    if (u->req_chunked)
-        px_h1_write_chunk(out, data, len);
-    else
-        evbuffer_add(out, data, len);
+    px_h1_write_body(px_io_output(u->io), u->req_chunked, data, len);
 }
 
 static void op_send_end(struct px_stream *s)
@@ -154,11 +150,8 @@ static size_t op_pending(struct px_stream *s)
 static void op_resume(struct px_stream *s)
 {
     struct h1c *u = of(s);
-    if (!u->body_paused)
-        return;
-    u->body_paused = false;
-    px_io_read_enable(u->io, true);
-    event_active(u->kick, EV_TIMEOUT, 0);
+    if (px_h1_resume_read(u->io, &u->body_paused))
+        event_active(u->kick, EV_TIMEOUT, 0);
 }
 
 static void op_abort(struct px_stream *s)
@@ -471,22 +464,14 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
  * its EOF and its last byte, the end of the response (the half-close). */
 static void tunnel_pump(struct h1c *u)
 {
-    struct evbuffer *in = px_io_input(u->io);
     while (u->s != NULL && !u->body_paused && u->state == H1C_BUSY) {
-        struct evbuffer_iovec v;
-        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0) {
+        if (!px_h1_tunnel_step(u->io, u->s, PX_UP, &u->body_paused)) {
             if (u->peer_eof && !u->resp_done) {
                 u->resp_done = true;
                 px_stream_on_resp_end(u->s);
                 event_active(u->kick, EV_TIMEOUT, 0); /* released once both ways ended */
             }
             return;
-        }
-        bool pause = px_stream_on_resp_data(u->s, v.iov_base, v.iov_len);
-        evbuffer_drain(in, v.iov_len);
-        if (pause) {
-            u->body_paused = true;
-            px_io_read_enable(u->io, false);
         }
     }
 }
@@ -499,20 +484,9 @@ static void process(struct h1c *u)
         return;
     }
     while (u->state == H1C_BUSY && !u->resp_done && !u->body_paused) {
-        bool resumed = u->parser_paused;
-        if (resumed) {
-            llhttp_resume(&u->parser);
-            u->parser_paused = false;
-        }
         struct evbuffer_iovec v;
-        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0) {
-            if (!resumed)
-                return;
-            /* paused on the body's last bytes: on_message_complete needs no
-             * input, and a keep-alive upstream sends nothing more (h1_server.c) */
-            v.iov_base = (void *)"";
-            v.iov_len = 0;
-        }
+        if (!px_h1_next_run(&u->parser, &u->parser_paused, in, &v))
+            return;
         const char *data = v.iov_base;
         u->got_bytes = true;
         llhttp_errno_t err = llhttp_execute(&u->parser, data, v.iov_len);

@@ -230,3 +230,19 @@ void px_h1_write_last_chunk(struct evbuffer *out)
 {
     evbuffer_add(out, "0\r\n\r\n", 5);
 }
+
+bool px_h1_tunnel_step(struct px_io *io, struct px_stream *s, enum px_side from, bool *paused)
+{
+    struct evbuffer *in = px_io_input(io);
+    struct evbuffer_iovec v;
+    if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
+        return false;
+    bool full = from == PX_DOWN ? px_stream_on_req_data(s, v.iov_base, v.iov_len)
+                                : px_stream_on_resp_data(s, v.iov_base, v.iov_len);
+    evbuffer_drain(in, v.iov_len);
+    if (full) {
+        *paused = true;
+        px_io_read_enable(io, false);
+    }
+    return true;
+}

@@ -9,6 +9,8 @@
 #include <stdint.h>
 
 #include "proxy/http.h"
+#include "proxy/io.h"
+#include "proxy/stream.h"
 
 /* Collects a token that llhttp may hand over in several pieces (a header
  * name, then its value; or the URL). Bounded: over `max` it refuses. The
@@ -70,9 +72,60 @@ void px_h1_put_u64(struct px_h1_head *w, uint64_t v);
 void px_h1_put_headers(struct px_h1_head *w, const struct px_msg *m);
 void px_h1_head_end(struct px_h1_head *w);
 
-/* Body framing helpers. */
+/* Body framing helpers (the per-request ones inline: they run on the
+ * request path of both codecs). */
 void px_h1_write_chunk(struct evbuffer *out, const uint8_t *data, size_t len);
 void px_h1_write_last_chunk(struct evbuffer *out);
+/* Body bytes as they go: one chunk, or as they are (a length or the close
+ * delimits the body). */
+static inline void px_h1_write_body(struct evbuffer *out, bool chunked, const uint8_t *data,
+                                    size_t len)
+{
+    if (chunked)
+        px_h1_write_chunk(out, data, len);
+    else
+        evbuffer_add(out, data, len);
+}
+
+/* Both codecs' input loop: the next run for llhttp. Resumes a parser paused
+ * by a callback (*paused is cleared) and peeks the first extent of `in`
+ * into *v. A parser paused on the body's last bytes stands just before
+ * on_message_complete, which needs no input, and the peer sends nothing
+ * more until it is answered: then *v is an empty run. Returns false when
+ * there is nothing to run. */
+static inline bool px_h1_next_run(llhttp_t *p, bool *paused, struct evbuffer *in,
+                                  struct evbuffer_iovec *v)
+{
+    bool resumed = *paused;
+    if (resumed) {
+        llhttp_resume(p);
+        *paused = false;
+    }
+    if (evbuffer_peek(in, -1, NULL, v, 1) < 1 || v->iov_len == 0) {
+        if (!resumed)
+            return false;
+        v->iov_base = (void *)"";
+        v->iov_len = 0;
+    }
+    return true;
+}
+
+/* A tunnel after a 101: hand the first extent of io's input to s as data
+ * from `from` (the request's from downstream, the response's from
+ * upstream) and drain it; when the other side is full set *paused and stop
+ * reading. Returns false when the input is empty. */
+bool px_h1_tunnel_step(struct px_io *io, struct px_stream *s, enum px_side from, bool *paused);
+
+/* The stream's resume op: reading goes on if the body had paused it.
+ * Returns whether it had (the caller then processes the held input). */
+static inline bool px_h1_resume_read(struct px_io *io, bool *paused)
+{
+    if (!*paused)
+        return false;
+    *paused = false;
+    px_io_read_enable(io, true);
+    return true;
+}
 
 /* The server half's drain and shutdown (h1_server.c), called by px_h1_drain
  * and px_h1_shutdown (h1_client.c). */

@@ -164,11 +164,7 @@ static void op_send_data(struct px_stream *s, const uint8_t *data, size_t len)
     struct h1s *h = of(s);
     if (h->head_req)
         return;
-    struct evbuffer *out = px_io_output(h->io);
-    if (h->chunked)
-        px_h1_write_chunk(out, data, len);
-    else
-        evbuffer_add(out, data, len);
+    px_h1_write_body(px_io_output(h->io), h->chunked, data, len);
 }
 
 static void op_send_end(struct px_stream *s)
@@ -194,11 +190,8 @@ static size_t op_pending(struct px_stream *s)
 static void op_resume(struct px_stream *s)
 {
     struct h1s *h = of(s);
-    if (!h->body_paused)
-        return;
-    h->body_paused = false;
-    px_io_read_enable(h->io, true);
-    kick(h);
+    if (px_h1_resume_read(h->io, &h->body_paused))
+        kick(h);
 }
 
 static void op_abort(struct px_stream *s)
@@ -640,15 +633,8 @@ static void tunnel_pump(struct h1s *h)
 {
     struct evbuffer *in = px_io_input(h->io);
     while (h->s != NULL && !h->body_paused && !h->freeing) {
-        struct evbuffer_iovec v;
-        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
+        if (!px_h1_tunnel_step(h->io, h->s, PX_DOWN, &h->body_paused))
             break;
-        bool pause = px_stream_on_req_data(h->s, v.iov_base, v.iov_len);
-        evbuffer_drain(in, v.iov_len);
-        if (pause) {
-            h->body_paused = true;
-            px_io_read_enable(h->io, false);
-        }
     }
     if (h->s == NULL || h->freeing)
         return;
@@ -677,21 +663,9 @@ static void process(struct h1s *h)
     while (!h->freeing && h->state != H1S_CLOSING && !h->body_paused) {
         if (h->state == H1S_WAIT)
             return; /* next request waits for this response */
-        bool resumed = h->parser_paused;
-        if (resumed) {
-            llhttp_resume(&h->parser);
-            h->parser_paused = false;
-        }
         struct evbuffer_iovec v;
-        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0) {
-            if (!resumed)
-                return;
-            /* A pause on the body's last bytes left llhttp just before
-             * on_message_complete, which needs no input: run it now, as
-             * the client sends nothing more until it gets the answer. */
-            v.iov_base = (void *)"";
-            v.iov_len = 0;
-        }
+        if (!px_h1_next_run(&h->parser, &h->parser_paused, in, &v))
+            return;
         const char *data = v.iov_base;
         h->exec_base = data;
         llhttp_errno_t err = llhttp_execute(&h->parser, data, v.iov_len);

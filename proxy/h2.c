@@ -330,13 +330,29 @@ static void on_defer(evutil_socket_t fd, short what, void *arg)
         px_h2_session_flush(sess);
 }
 
+/* The session goes: every stream still attached fails on its side (a
+ * client stream with the cause it recorded, else the session's). */
+static void destroy_streams(struct px_h2_session *sess)
+{
+    bool server = sess->role == PX_H2_SERVER;
+    enum px_cause cause = server ? PX_CAUSE_DOWNSTREAM_RESET : sess->fail_cause;
+    struct cm_list *pos, *tmp;
+    cm_list_foreach_safe(pos, tmp, &sess->streams)
+    {
+        struct px_h2_stream *st = cm_container_of(pos, struct px_h2_stream, link);
+        if (st->s != NULL) {
+            st->failing = true;
+            px_stream_on_error(st->s, server ? PX_DOWN : PX_UP, st->fail ? st->fail : cause);
+            px_h2_stream_detach(st);
+        }
+        px_h2_stream_free(st);
+    }
+}
+
 void px_h2_session_destroy(struct px_h2_session *sess)
 {
     sess->state = PX_H2_CLOSING;
-    if (sess->role == PX_H2_SERVER)
-        px_h2_server_destroy_streams(sess);
-    else
-        px_h2_client_destroy_streams(sess);
+    destroy_streams(sess);
     if (cm_list_linked(&sess->link))
         cm_list_remove(&sess->link);
     nghttp2_session_del(sess->ng);
@@ -428,6 +444,20 @@ void px_h2_common_setup(nghttp2_session_callbacks **cbs, nghttp2_option **opt)
     nghttp2_option_set_no_auto_window_update(*opt, 1);
     /* no RFC 7540 priority tree: do not keep closed streams around for it */
     nghttp2_option_set_no_closed_streams(*opt, 1);
+}
+
+void px_h2_session_make_ng(struct px_h2_session *sess, nghttp2_session_callbacks *cbs,
+                           nghttp2_option *opt)
+{
+    int rv = sess->role == PX_H2_SERVER ? nghttp2_session_server_new2(&sess->ng, cbs, sess, opt)
+                                        : nghttp2_session_client_new2(&sess->ng, cbs, sess, opt);
+    nghttp2_session_callbacks_del(cbs);
+    nghttp2_option_del(opt);
+    if (rv != 0) {
+        cm_error("h2: nghttp2_session_%s_new2: %s",
+                 sess->role == PX_H2_SERVER ? "server" : "client", nghttp2_strerror(rv));
+        abort(); /* only fails on out of memory */
+    }
 }
 
 /* Per-stream receive window: the bound, at least the protocol default. */
@@ -530,12 +560,78 @@ void px_h2_stream_consume(struct px_h2_stream *st, size_t len)
 
 void px_h2_stream_received(struct px_h2_stream *st, size_t len, bool full)
 {
+    if (st->s == NULL) {
+        /* the chunk ended the stream: nobody will resume it */
+        nghttp2_session_consume(st->sess->ng, st->id, len);
+        return;
+    }
     if (full) {
         st->held += len;
         st->paused = true;
         return;
     }
     px_h2_stream_consume(st, len);
+}
+
+size_t px_h2_stream_pending(const struct px_h2_stream *st)
+{
+    return evbuffer_get_length(st->buf);
+}
+
+void px_h2_stream_resume(struct px_h2_stream *st)
+{
+    st->paused = false;
+    size_t held = st->held;
+    st->held = 0;
+    px_h2_stream_consume(st, held);
+}
+
+void px_h2_stream_fail(struct px_h2_stream *st, enum px_cause cause)
+{
+    st->failing = true; /* the stream's abort must not reset what is failing already */
+    px_stream_on_error(st->s, st->sess->role == PX_H2_SERVER ? PX_DOWN : PX_UP, cause);
+    st->failing = false;
+}
+
+void px_h2_stream_closed(struct px_h2_stream *st)
+{
+    px_h2_stream_detach(st);
+    nghttp2_session_set_stream_user_data(st->sess->ng, st->id, NULL);
+    px_h2_stream_free(st);
+}
+
+void px_h2_stream_begin_trailers(struct px_h2_stream *st)
+{
+    st->trailers = px_arena_alloc(&st->s->arena, sizeof(*st->trailers));
+    px_msg_init(st->trailers);
+    st->too_big = false;
+    st->in = PX_H2_IN_TRAILERS;
+}
+
+void px_h2_stream_in_data(nghttp2_session *ng, int32_t id, struct px_h2_stream *st,
+                          const uint8_t *data, size_t len)
+{
+    if (st == NULL || st->s == NULL || st->refused || st->in != PX_H2_IN_BODY) {
+        nghttp2_session_consume(ng, id, len); /* nobody takes them: the window comes back */
+        return;
+    }
+    bool full = st->sess->role == PX_H2_SERVER ? px_stream_on_req_data(st->s, data, len)
+                                               : px_stream_on_resp_data(st->s, data, len);
+    px_h2_stream_received(st, len, full);
+}
+
+void px_h2_stream_in_end(struct px_h2_stream *st, struct px_msg *trailers)
+{
+    st->in = PX_H2_IN_DONE;
+    if (st->sess->role == PX_H2_SERVER) {
+        if (trailers != NULL)
+            st->s->req_trailers = trailers;
+        px_stream_on_req_end(st->s);
+    } else {
+        if (trailers != NULL)
+            st->s->resp_trailers = trailers;
+        px_stream_on_resp_end(st->s);
+    }
 }
 
 static void wake(struct px_h2_stream *st)
@@ -800,6 +896,28 @@ int px_h2_add_field(struct px_stream *s, struct px_msg *m, const uint8_t *name, 
                       lim->max_headers);
 }
 
+int px_h2_stream_add_field(struct px_h2_stream *st, struct px_msg *head, const uint8_t *name,
+                           size_t namelen, const uint8_t *value, size_t valuelen)
+{
+    struct px_msg *m = st->in == PX_H2_IN_HEAD       ? head
+                       : st->in == PX_H2_IN_TRAILERS ? st->trailers
+                                                     : NULL;
+    if (m == NULL)
+        return 0;
+    int rv = px_h2_add_field(st->s, m, name, namelen, value, valuelen);
+    if (rv == CM_ERR_LIMIT) {
+        st->too_big = true; /* answered once the head (or trailers) is complete */
+        return 0;
+    }
+    return rv;
+}
+
+static void shutdown_list(struct cm_list *list)
+{
+    while (!cm_list_empty(list))
+        px_h2_session_destroy(cm_container_of(list->next, struct px_h2_session, link));
+}
+
 /* ---- public API -------------------------------------------------------------- */
 
 void px_h2_drain(void)
@@ -810,8 +928,8 @@ void px_h2_drain(void)
 
 void px_h2_shutdown(void)
 {
-    px_h2_server_shutdown_all();
-    px_h2_client_shutdown_all();
+    shutdown_list(&px_h2_server_list);
+    shutdown_list(&px_h2_client_list);
 }
 
 unsigned px_h2_server_sessions(void)

@@ -53,9 +53,7 @@ static void fail_stream(struct px_h2_stream *st, enum px_cause cause, uint32_t c
         nghttp2_submit_rst_stream(st->sess->ng, NGHTTP2_FLAG_NONE, st->id, code);
     st->out = PX_H2_OUT_DONE;
     st->in = PX_H2_IN_DONE;
-    st->failing = true;
-    px_stream_on_error(st->s, PX_UP, cause);
-    st->failing = false;
+    px_h2_stream_fail(st, cause);
     px_h2_stream_detach(st);
     px_h2_session_schedule(st->sess);
 }
@@ -170,17 +168,12 @@ static void cli_send_end(struct px_stream *s)
 
 static size_t cli_pending(struct px_stream *s)
 {
-    struct px_h2_stream *st = s->ctx[PX_UP];
-    return evbuffer_get_length(st->buf);
+    return px_h2_stream_pending(s->ctx[PX_UP]);
 }
 
 static void cli_resume(struct px_stream *s)
 {
-    struct px_h2_stream *st = s->ctx[PX_UP];
-    st->paused = false;
-    size_t held = st->held;
-    st->held = 0;
-    px_h2_stream_consume(st, held);
+    px_h2_stream_resume(s->ctx[PX_UP]);
 }
 
 static void cli_abort(struct px_stream *s)
@@ -226,10 +219,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
         px_msg_init(&st->s->resp);
         st->too_big = false;
     } else if (st->in == PX_H2_IN_BODY) {
-        st->trailers = px_arena_alloc(&st->s->arena, sizeof(*st->trailers));
-        px_msg_init(st->trailers);
-        st->too_big = false;
-        st->in = PX_H2_IN_TRAILERS;
+        px_h2_stream_begin_trailers(st);
     }
     return 0;
 }
@@ -245,15 +235,7 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
     struct px_h2_stream *st = stream_of(ng, f->hd.stream_id);
     if (st == NULL || st->s == NULL || st->too_big)
         return 0;
-    struct px_msg *m = st->in == PX_H2_IN_HEAD       ? &st->s->resp
-                       : st->in == PX_H2_IN_TRAILERS ? st->trailers
-                                                     : NULL;
-    if (m == NULL)
-        return 0;
-    int rv = px_h2_add_field(st->s, m, name, namelen, value, valuelen);
-    if (rv == CM_ERR_LIMIT) {
-        st->too_big = true;
-    } else if (rv != 0) {
+    if (px_h2_stream_add_field(st, &st->s->resp, name, namelen, value, valuelen) != 0) {
         cm_debug("h2 client session %llu stream %d: invalid field %.*s from upstream",
                  (unsigned long long)st->sess->id, st->id, (int)namelen, name);
         fail_stream(st, PX_CAUSE_UPSTREAM_PROTO, NGHTTP2_PROTOCOL_ERROR);
@@ -336,16 +318,12 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user
                 fail_stream(st, PX_CAUSE_UPSTREAM_PROTO, NGHTTP2_INTERNAL_ERROR);
                 return 0;
             }
-            st->in = PX_H2_IN_DONE;
-            st->s->resp_trailers = st->trailers;
-            px_stream_on_resp_end(st->s);
+            px_h2_stream_in_end(st, st->trailers);
         }
         return 0;
     }
-    if (es && st->in == PX_H2_IN_BODY) {
-        st->in = PX_H2_IN_DONE;
-        px_stream_on_resp_end(st->s);
-    }
+    if (es && st->in == PX_H2_IN_BODY)
+        px_h2_stream_in_end(st, NULL);
     return 0;
 }
 
@@ -354,16 +332,7 @@ static int on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t id, co
 {
     (void)flags;
     (void)user_data;
-    struct px_h2_stream *st = stream_of(ng, id);
-    if (st == NULL || st->s == NULL || st->in != PX_H2_IN_BODY) {
-        nghttp2_session_consume(ng, id, len);
-        return 0;
-    }
-    bool full = px_stream_on_resp_data(st->s, data, len);
-    if (st->s == NULL)
-        nghttp2_session_consume(ng, id, len);
-    else
-        px_h2_stream_received(st, len, full);
+    px_h2_stream_in_data(ng, id, stream_of(ng, id), data, len);
     return 0;
 }
 
@@ -385,14 +354,10 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code,
             cm_debug("h2 client session %llu stream %d: closed before the response completed "
                      "(error %u)",
                      (unsigned long long)st->sess->id, id, error_code);
-            st->failing = true;
-            px_stream_on_error(st->s, PX_UP, PX_CAUSE_UPSTREAM_RESET);
-            st->failing = false;
+            px_h2_stream_fail(st, PX_CAUSE_UPSTREAM_RESET);
         }
-        px_h2_stream_detach(st);
     }
-    nghttp2_session_set_stream_user_data(ng, id, NULL);
-    px_h2_stream_free(st);
+    px_h2_stream_closed(st);
     return 0;
 }
 
@@ -446,21 +411,6 @@ void px_h2_client_fail_pending(struct px_h2_session *sess)
         px_h2_stream_free(st);
         /* px_stream_on_error may have touched other streams of this list
          * (never freeing them: frees happen here or in nghttp2 callbacks) */
-    }
-}
-
-void px_h2_client_destroy_streams(struct px_h2_session *sess)
-{
-    struct cm_list *pos, *tmp;
-    cm_list_foreach_safe(pos, tmp, &sess->streams)
-    {
-        struct px_h2_stream *st = cm_container_of(pos, struct px_h2_stream, link);
-        if (st->s != NULL) {
-            st->failing = true;
-            px_stream_on_error(st->s, PX_UP, st->fail ? st->fail : sess->fail_cause);
-            px_h2_stream_detach(st);
-        }
-        px_h2_stream_free(st);
     }
 }
 
@@ -589,13 +539,7 @@ static struct px_h2_session *client_new(struct px_server *srv, const struct px_u
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk_recv);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
     nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, on_frame_not_send);
-    int rv = nghttp2_session_client_new2(&sess->ng, cbs, sess, opt);
-    nghttp2_session_callbacks_del(cbs);
-    nghttp2_option_del(opt);
-    if (rv != 0) {
-        cm_error("h2: nghttp2_session_client_new2: %s", nghttp2_strerror(rv));
-        abort(); /* only fails on out of memory */
-    }
+    px_h2_session_make_ng(sess, cbs, opt);
     if (io == NULL) {
         /* no socket at all (fd limit...): fail from the event loop */
         cm_warn("h2: upstream socket: %s", strerror(err));
@@ -644,14 +588,5 @@ void px_h2_client_drain_all(void)
         nghttp2_session_terminate_session(sess->ng, NGHTTP2_NO_ERROR);
         sess->state = PX_H2_GOAWAY;
         px_h2_session_schedule(sess);
-    }
-}
-
-void px_h2_client_shutdown_all(void)
-{
-    while (!cm_list_empty(&px_h2_client_list)) {
-        struct px_h2_session *sess =
-            cm_container_of(px_h2_client_list.next, struct px_h2_session, link);
-        px_h2_session_destroy(sess);
     }
 }

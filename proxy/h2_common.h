@@ -142,6 +142,10 @@ void px_h2_common_setup(nghttp2_session_callbacks **cbs, nghttp2_option **opt);
 /* Our SETTINGS (max concurrent streams, windows, header list size) and the
  * connection window. Returns 0 or an nghttp2 error. */
 int px_h2_submit_settings(struct px_h2_session *sess);
+/* Create sess->ng for the session's role from the callbacks and options of
+ * px_h2_common_setup (both deleted here); aborts on out of memory. */
+void px_h2_session_make_ng(struct px_h2_session *sess, nghttp2_session_callbacks *cbs,
+                           nghttp2_option *opt);
 /* Install the read/drained/event callbacks on sess->io. */
 void px_h2_session_io(struct px_h2_session *sess);
 /* Mark the session closing (once) and free it on the next loop turn; its
@@ -165,6 +169,17 @@ void px_h2_stream_free(struct px_h2_stream *st);
 void px_h2_stream_detach(struct px_h2_stream *st);
 /* The other side accepted held bytes: consume them (window updates). */
 void px_h2_stream_consume(struct px_h2_stream *st, size_t len);
+/* The stream ops' pending / resume: bytes queued toward the peer; the
+ * other side drained, so consume what was held. */
+size_t px_h2_stream_pending(const struct px_h2_stream *st);
+void px_h2_stream_resume(struct px_h2_stream *st);
+/* Report `cause` to the attached px_stream on this role's side, with
+ * st->failing set meanwhile (its abort op then leaves the stream alone). */
+void px_h2_stream_fail(struct px_h2_stream *st, enum px_cause cause);
+/* From on_stream_close: detach (if attached), forget and free the record. */
+void px_h2_stream_closed(struct px_h2_stream *st);
+/* A second HEADERS after the body: the trailers message starts (arena). */
+void px_h2_stream_begin_trailers(struct px_h2_stream *st);
 
 /* Fill an nghttp2 header list for a request (client) or response (server)
  * head. Strips connection-specific fields; content-length comes from
@@ -182,15 +197,29 @@ ssize_t px_h2_read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t le
 void px_h2_stream_queue(struct px_h2_stream *st, const uint8_t *data, size_t len);
 void px_h2_stream_queue_end(struct px_h2_stream *st);
 /* Received DATA bytes (from on_data_chunk_recv) were handed to the stream:
- * consume now, or hold the window when the other side is full. */
+ * consume now, or hold the window when the other side is full; consume
+ * them too when the stream went away taking them. */
 void px_h2_stream_received(struct px_h2_stream *st, size_t len, bool full);
+/* on_data_chunk_recv of either role: the peer's DATA bytes on stream `id`
+ * (record st, or NULL) go to the attached stream (the request body on the
+ * server, the response body on the client), then px_h2_stream_received;
+ * bytes nobody takes (no stream, refused, not in the body) are consumed. */
+void px_h2_stream_in_data(nghttp2_session *ng, int32_t id, struct px_h2_stream *st,
+                          const uint8_t *data, size_t len);
+/* The peer's message ended (END_STREAM, or `trailers`, NULL for none):
+ * st->in becomes DONE and the attached stream learns it. */
+void px_h2_stream_in_end(struct px_h2_stream *st, struct px_msg *trailers);
 /* Parse a header field into msg (pseudo fields by name). Returns 0, or
  * CM_ERR_LIMIT when over the head bounds, CM_ERR_PROTO when invalid. */
 int px_h2_add_field(struct px_stream *s, struct px_msg *m, const uint8_t *name, size_t namelen,
                     const uint8_t *value, size_t valuelen);
+/* on_header of either role: a field of the head (into `head`) or of the
+ * trailers, by st->in. Over the bounds sets st->too_big and returns 0;
+ * returns CM_ERR_PROTO for an invalid field. */
+int px_h2_stream_add_field(struct px_h2_stream *st, struct px_msg *head, const uint8_t *name,
+                           size_t namelen, const uint8_t *value, size_t valuelen);
 
 /* ---- per-role hooks ---- */
-void px_h2_server_destroy_streams(struct px_h2_session *sess);
 /* Server: report the request heads completed by the input just processed
  * (streams reset in the same input never reach the upstream). */
 void px_h2_server_dispatch_heads(struct px_h2_session *sess);
@@ -198,13 +227,10 @@ void px_h2_server_dispatch_heads(struct px_h2_session *sess);
  * GOAWAY with the matching code, then close once it is written. Returns
  * false when the session must close at once. */
 bool px_h2_server_bad_input(struct px_h2_session *sess, int lib_error);
-void px_h2_client_destroy_streams(struct px_h2_session *sess);
 void px_h2_client_fail_pending(struct px_h2_session *sess);
 void px_h2_client_on_event(struct px_h2_session *sess, short what);
 void px_h2_server_drain_all(void);
 void px_h2_client_drain_all(void);
-void px_h2_server_shutdown_all(void);
-void px_h2_client_shutdown_all(void);
 /* Destroy now (shutdown path; also used by the deferred close). */
 void px_h2_session_destroy(struct px_h2_session *sess);
 

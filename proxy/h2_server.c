@@ -110,17 +110,12 @@ static void srv_send_end(struct px_stream *s)
 
 static size_t srv_pending(struct px_stream *s)
 {
-    struct px_h2_stream *st = s->ctx[PX_DOWN];
-    return evbuffer_get_length(st->buf);
+    return px_h2_stream_pending(s->ctx[PX_DOWN]);
 }
 
 static void srv_resume(struct px_stream *s)
 {
-    struct px_h2_stream *st = s->ctx[PX_DOWN];
-    st->paused = false;
-    size_t held = st->held;
-    st->held = 0;
-    px_h2_stream_consume(st, held);
+    px_h2_stream_resume(s->ctx[PX_DOWN]);
 }
 
 static void srv_abort(struct px_stream *s)
@@ -188,12 +183,8 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
     struct px_h2_stream *st = stream_of(ng, f->hd.stream_id);
     if (st != NULL && st->head_ready)
         dispatch_head(st); /* trailers follow the head */
-    if (st != NULL && st->s != NULL && st->in == PX_H2_IN_BODY) {
-        st->trailers = px_arena_alloc(&st->s->arena, sizeof(*st->trailers));
-        px_msg_init(st->trailers);
-        st->too_big = false;
-        st->in = PX_H2_IN_TRAILERS;
-    }
+    if (st != NULL && st->s != NULL && st->in == PX_H2_IN_BODY)
+        px_h2_stream_begin_trailers(st);
     return 0;
 }
 
@@ -208,15 +199,7 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
     struct px_h2_stream *st = stream_of(ng, f->hd.stream_id);
     if (st == NULL || st->s == NULL || st->refused || st->too_big)
         return 0;
-    struct px_msg *m = st->in == PX_H2_IN_HEAD       ? &st->s->req
-                       : st->in == PX_H2_IN_TRAILERS ? st->trailers
-                                                     : NULL;
-    if (m == NULL)
-        return 0;
-    int rv = px_h2_add_field(st->s, m, name, namelen, value, valuelen);
-    if (rv == CM_ERR_LIMIT) {
-        st->too_big = true;
-    } else if (rv != 0) {
+    if (px_h2_stream_add_field(st, &st->s->req, name, namelen, value, valuelen) != 0) {
         cm_debug("h2 server session %llu stream %d: invalid field %.*s",
                  (unsigned long long)st->sess->id, st->id, (int)namelen, name);
         px_metrics.bad_request++;
@@ -434,18 +417,15 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user
                 refuse(st, NGHTTP2_PROTOCOL_ERROR);
                 return 0;
             }
-            st->in = PX_H2_IN_DONE;
-            if (!st->refused) {
-                st->s->req_trailers = st->trailers;
-                px_stream_on_req_end(st->s);
-            }
+            if (st->refused)
+                st->in = PX_H2_IN_DONE; /* answered already: the trailers go nowhere */
+            else
+                px_h2_stream_in_end(st, st->trailers);
         }
         return 0;
     }
-    if (es && st->in == PX_H2_IN_BODY) {
-        st->in = PX_H2_IN_DONE;
-        px_stream_on_req_end(st->s);
-    }
+    if (es && st->in == PX_H2_IN_BODY)
+        px_h2_stream_in_end(st, NULL);
     return 0;
 }
 
@@ -457,15 +437,7 @@ static int on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t id, co
     struct px_h2_stream *st = stream_of(ng, id);
     if (st != NULL && st->head_ready)
         dispatch_head(st); /* the body proves a real request: the head goes first */
-    if (st == NULL || st->s == NULL || st->refused || st->in != PX_H2_IN_BODY) {
-        nghttp2_session_consume(ng, id, len);
-        return 0;
-    }
-    bool full = px_stream_on_req_data(st->s, data, len);
-    if (st->s == NULL)
-        nghttp2_session_consume(ng, id, len);
-    else
-        px_h2_stream_received(st, len, full);
+    px_h2_stream_in_data(ng, id, st, data, len);
     return 0;
 }
 
@@ -511,31 +483,11 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code,
     if (s != NULL) {
         bool sent = error_code == NGHTTP2_NO_ERROR && st->out == PX_H2_OUT_DONE;
         bool orphaned_up = st->in != PX_H2_IN_DONE && s->attached[PX_UP];
-        if (!sent || orphaned_up) {
-            st->failing = true;
-            px_stream_on_error(s, PX_DOWN, PX_CAUSE_DOWNSTREAM_RESET);
-            st->failing = false;
-        }
-        px_h2_stream_detach(st);
+        if (!sent || orphaned_up)
+            px_h2_stream_fail(st, PX_CAUSE_DOWNSTREAM_RESET);
     }
-    nghttp2_session_set_stream_user_data(ng, id, NULL);
-    px_h2_stream_free(st);
+    px_h2_stream_closed(st);
     return 0;
-}
-
-void px_h2_server_destroy_streams(struct px_h2_session *sess)
-{
-    struct cm_list *pos, *tmp;
-    cm_list_foreach_safe(pos, tmp, &sess->streams)
-    {
-        struct px_h2_stream *st = cm_container_of(pos, struct px_h2_stream, link);
-        if (st->s != NULL) {
-            st->failing = true;
-            px_stream_on_error(st->s, PX_DOWN, PX_CAUSE_DOWNSTREAM_RESET);
-            px_h2_stream_detach(st);
-        }
-        px_h2_stream_free(st);
-    }
 }
 
 void px_h2_server_start(struct px_conn *c)
@@ -562,13 +514,7 @@ void px_h2_server_start(struct px_conn *c)
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk_recv);
     nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
-    int rv = nghttp2_session_server_new2(&sess->ng, cbs, sess, opt);
-    nghttp2_session_callbacks_del(cbs);
-    nghttp2_option_del(opt);
-    if (rv != 0) {
-        cm_error("h2: nghttp2_session_server_new2: %s", nghttp2_strerror(rv));
-        abort(); /* only fails on out of memory */
-    }
+    px_h2_session_make_ng(sess, cbs, opt);
     if (px_h2_submit_settings(sess) != 0) {
         px_h2_session_close(sess, PX_CAUSE_DOWNSTREAM_RESET);
         return;
@@ -597,14 +543,5 @@ void px_h2_server_drain_all(void)
                               NULL, 0);
         sess->state = PX_H2_GOAWAY;
         px_h2_session_schedule(sess);
-    }
-}
-
-void px_h2_server_shutdown_all(void)
-{
-    while (!cm_list_empty(&px_h2_server_list)) {
-        struct px_h2_session *sess =
-            cm_container_of(px_h2_server_list.next, struct px_h2_session, link);
-        px_h2_session_destroy(sess);
     }
 }
