@@ -134,9 +134,6 @@ int px_routes_load_file(const char *file, struct px_routes **out, char **errmsg)
 
 /* The snapshot in force (borrowed; px_routes_ref to keep it), or NULL. */
 struct px_routes *px_routes_current_of(const struct px_routes_state *rs);
-/* Compatibility wrapper on px_srv->routes, to be removed when callers pass
- * srv (stream.c). */
-struct px_routes *px_routes_current(void);
 struct px_routes *px_routes_ref(struct px_routes *r);
 void px_routes_unref(struct px_routes *r);
 
