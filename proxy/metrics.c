@@ -38,14 +38,14 @@ static const uint64_t bucket_le_us[PX_METRICS_NBUCKETS] = {
     50000, 100000, 250000, 500000, 1000000, 2500000, 10000000,
 };
 
-#define NCLASSES      3
+#define NCLASSES 3
 /* A gRPC request's series keeps its grpc_status label in the code's upper
  * bits (codes stay below 1 << GRPC_SHIFT): 0 no label, 1..17 grpc_status
  * 0..16, GRPC_OTHER "other" (none seen, or out of range). Plain requests key
  * their series exactly as before, at no cost. */
-#define GRPC_SHIFT    10
-#define GRPC_OTHER    18
-#define CODE_OF(k)    ((uint16_t)((k) & ((1u << GRPC_SHIFT) - 1)))
+#define GRPC_SHIFT 10
+#define GRPC_OTHER 18
+#define CODE_OF(k) ((uint16_t)((k) & ((1u << GRPC_SHIFT) - 1)))
 /* Bound of the /metrics text of this module (its series are bounded above:
  * a few hundred kilobytes at most). */
 #define PX_METRICS_TEXT_MAX (4 << 20)

@@ -60,8 +60,8 @@ struct px_routes_state;
 
 struct px_route {
     struct px_routes_state *rs; /* the state its snapshot is bound to; NULL when unbound */
-    char *name;       /* "routes[i]" or the given name */
-    char *match_host; /* lower case, no port; or NULL */
+    char *name;                 /* "routes[i]" or the given name */
+    char *match_host;           /* lower case, no port; or NULL */
     bool has_match_addr;
     struct cm_addr match_addr;
     uint32_t timeout_ms; /* whole request, 0 = none */

@@ -18,9 +18,9 @@
 #include "proxy/tls.h"
 
 /* Same window and floor as a route's retry budget (proxy/outlier.c). */
-#define BUDGET_SECS 10
+#define BUDGET_SECS    10
 #define BUDGET_PERCENT 20
-#define BUDGET_FLOOR 10
+#define BUDGET_FLOOR   10
 
 static struct {
     uint64_t sec[BUDGET_SECS];
