@@ -44,10 +44,8 @@ enum px_try_outcome px_stream_outcome_of(enum px_cause c)
 }
 
 /* Give the current try's endpoint its verdict (once). */
-void px_stream_report_try(struct px_stream *s, enum px_try_outcome o)
+void px_stream_report_try_ep(struct px_stream *s, enum px_try_outcome o)
 {
-    if (s->ep == NULL)
-        return;
     /* a try that got its head was sampled then (px_route_try_head); one that
      * failed before it waited this long: also a latency sample */
     bool got_head = o == PX_TRY_OK || o == PX_TRY_5XX || s->head_sent[PX_DOWN];

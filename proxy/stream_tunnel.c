@@ -17,18 +17,15 @@
 #include "proxy/stream_int.h"
 #include "proxy/upstream.h"
 
-/* An HTTP/1.1 Upgrade request (RFC 9110 7.8): an Upgrade field and
+/* px_stream_upgrade_requested past its inline checks (stream_int.h). An
+ * HTTP/1.1 Upgrade request (RFC 9110 7.8): an Upgrade field and
  * "upgrade" among the Connection options. Returns the Upgrade value (the
  * protocols asked for, in the arena), or NULL. Only toward an HTTP/1.1
  * upstream: toward HTTP/2 the request goes as plain HTTP, which RFC 9110
  * allows (extended CONNECT between sidecars is not done yet). */
-const char *px_stream_upgrade_requested(struct px_stream *s)
+const char *px_stream_upgrade_scan(struct px_stream *s)
 {
     const struct px_msg *r = &s->req;
-    if (s->upgrade != NULL)
-        return s->upgrade; /* an HTTP/2 client's extended CONNECT (h2_server.c) */
-    if (!s->upgrade_asked || r->http_minor < 1)
-        return NULL; /* the common case: no header scan */
     const struct px_hdr *up = px_msg_find(r, "upgrade");
     if (up == NULL || up->valuelen == 0)
         return NULL;
