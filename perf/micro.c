@@ -50,7 +50,7 @@
 #include "proxy/server.h"
 
 static int quick;
-static volatile uintptr_t sink; /* keeps results alive */
+static volatile uintptr_t sink;              /* keeps results alive */
 static struct px_routes_state *micro_routes; /* the state the benchmark's routes are bound to */
 
 static double now_ns(void)

@@ -327,7 +327,8 @@ static int parse_root(const char *name, json_t *root, struct px_config *cfg, cha
         "admin",       "listeners",       "identity",     "policy_file",
         "routes_file", "cluster",         "log_level",    "log_format",
         "access_log",  "limits",          "health",       "opaque_ports",
-        "discovery",   "outbound_policy", "egress_allow", "tracing", NULL};
+        "discovery",   "outbound_policy", "egress_allow", "tracing",
+        NULL};
     static const char *const formats[] = {"text", "json", NULL};
     struct cm_jpath p, c;
     cm_jpath_root(&p, name);

@@ -1,5 +1,5 @@
 /* Health port (15020, docs/contract.md "Ports"): what kubelet and Prometheus talk to.
- *   GET /healthz/ready             200 when px_server_ready(), else 503
+ *   GET /healthz/ready             200 when px_server_is_ready(srv), else 503
  *   GET /healthz/idle              200 when nothing is in flight, else 503 (preStop)
  *   GET /app-health/<c>/<kind>     an app probe rewritten by the injector, sent on
  *                                  to the app's original target (REMORA_APP_PROBERS)

@@ -59,7 +59,7 @@ struct px_health {
     struct cm_list probes, scrapes; /* struct probe (prober.c), struct scrape (scrape.c) */
     unsigned ninflight;
     struct px_tls_conf *probe_tls; /* HTTPS probes (no verification); made at the first */
-    struct px_grpc_health *grpc; /* gRPC probes (proxy/grpc_health.h), never NULL once started */
+    struct px_grpc_health *grpc;   /* gRPC probes (proxy/grpc_health.h), never NULL once started */
 };
 
 /* health_server.c: answer a request of the health port. */

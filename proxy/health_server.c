@@ -69,7 +69,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         return;
     }
     if (strcmp(path, "/healthz/ready") == 0) {
-        if (px_server_ready())
+        if (px_server_is_ready(h->srv))
             px_health_reply_text(req, 200, "ready");
         else
             px_health_reply_text(req, 503, "not ready: %s",

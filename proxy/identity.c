@@ -105,43 +105,6 @@ struct px_tls_conf *px_identity_tcp_client_tls(const struct px_identity *id)
     return id != NULL ? id->tcp_client : NULL;
 }
 
-/* ---- compatibility wrappers (identity.h): to be removed when callers pass srv ---- */
-
-static const struct px_identity *current(void)
-{
-    return px_srv != NULL ? px_srv->identity : NULL;
-}
-
-bool px_identity_configured(void)
-{
-    return px_identity_is_configured(current());
-}
-
-bool px_identity_ready(void)
-{
-    return px_identity_is_ready(current());
-}
-
-const char *px_identity_spiffe_id(void)
-{
-    return px_identity_id(current());
-}
-
-struct px_tls_conf *px_identity_server_conf(void)
-{
-    return px_identity_server_tls(current());
-}
-
-struct px_tls_conf *px_identity_client_conf(void)
-{
-    return px_identity_client_tls(current());
-}
-
-struct px_tls_conf *px_identity_tcp_client_conf(void)
-{
-    return px_identity_tcp_client_tls(current());
-}
-
 static void arm(struct px_identity *id, uint64_t ms)
 {
     struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};

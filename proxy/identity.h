@@ -57,13 +57,4 @@ void px_identity_admin_routes(struct px_identity *id, struct px_admin *admin);
 /* Stop rotation, cancel a CSR in flight, drop the snapshots, free id (NULL is fine). */
 void px_identity_free(struct px_identity *id);
 
-/* Compatibility wrappers on px_srv->identity, to be removed when callers pass
- * srv (stream.c, upstream.c). */
-bool px_identity_configured(void);
-bool px_identity_ready(void);
-const char *px_identity_spiffe_id(void);
-struct px_tls_conf *px_identity_server_conf(void);
-struct px_tls_conf *px_identity_client_conf(void);
-struct px_tls_conf *px_identity_tcp_client_conf(void);
-
 #endif

@@ -38,14 +38,14 @@ static const uint64_t bucket_le_us[PX_METRICS_NBUCKETS] = {
     50000, 100000, 250000, 500000, 1000000, 2500000, 10000000,
 };
 
-#define NCLASSES      3
+#define NCLASSES 3
 /* A gRPC request's series keeps its grpc_status label in the code's upper
  * bits (codes stay below 1 << GRPC_SHIFT): 0 no label, 1..17 grpc_status
  * 0..16, GRPC_OTHER "other" (none seen, or out of range). Plain requests key
  * their series exactly as before, at no cost. */
-#define GRPC_SHIFT    10
-#define GRPC_OTHER    18
-#define CODE_OF(k)    ((uint16_t)((k) & ((1u << GRPC_SHIFT) - 1)))
+#define GRPC_SHIFT 10
+#define GRPC_OTHER 18
+#define CODE_OF(k) ((uint16_t)((k) & ((1u << GRPC_SHIFT) - 1)))
 /* Bound of the /metrics text of this module (its series are bounded above:
  * a few hundred kilobytes at most). */
 #define PX_METRICS_TEXT_MAX (4 << 20)
@@ -199,14 +199,6 @@ void px_metrics_record_grpc(struct px_metrics_state *m, const struct px_listener
     record(m, l, method, status, grpc, duration_us);
 }
 
-void px_metrics_request(const struct px_listener_cfg *l, const char *method, int status,
-                        uint64_t duration_us)
-{
-    struct px_metrics_state *m = px_srv != NULL ? px_srv->metrics : NULL;
-    if (m != NULL)
-        record(m, l, method, status, 0, duration_us);
-}
-
 /* ---- Prometheus text (exposition format 0.0.4) ---------------------------- */
 
 static void code_label(uint16_t code, char *buf, size_t len)
@@ -326,18 +318,6 @@ void px_metrics_register_json_on(struct px_metrics_state *m, px_metrics_json_wri
 {
     if (m != NULL)
         add_writer(m, NULL, fn);
-}
-
-void px_metrics_register(px_metrics_writer fn)
-{
-    if (px_srv != NULL && px_srv->metrics != NULL)
-        add_writer(px_srv->metrics, fn, NULL);
-}
-
-void px_metrics_register_json(px_metrics_json_writer fn)
-{
-    if (px_srv != NULL && px_srv->metrics != NULL)
-        add_writer(px_srv->metrics, NULL, fn);
 }
 
 void px_metrics_register_with(struct px_metrics_state *m, px_metrics_writer_with fn, void *arg)
@@ -461,11 +441,6 @@ static const struct plain tunnel_series[] = {
           "opaque_ports).",
           detect_silent),
 };
-
-void px_metrics_write_prometheus(struct evbuffer *dst)
-{
-    px_metrics_write_prometheus_of(px_srv, dst);
-}
 
 void px_metrics_write_prometheus_of(const struct px_server *srv, struct evbuffer *dst)
 {
@@ -597,11 +572,6 @@ static json_t *durations_json(const struct px_metrics_state *m)
 static void set_u64(json_t *o, const char *key, uint64_t v)
 {
     json_object_set_new(o, key, json_integer(v > INT64_MAX ? INT64_MAX : (json_int_t)v));
-}
-
-void px_metrics_write_json(struct evbuffer *out)
-{
-    px_metrics_write_json_of(px_srv, out);
 }
 
 void px_metrics_write_json_of(const struct px_server *srv, struct evbuffer *out)

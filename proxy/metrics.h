@@ -71,10 +71,6 @@ void px_metrics_record(struct px_metrics_state *m, const struct px_listener_cfg 
  * or "other" (grpc_status < 0: none seen, or out of range). */
 void px_metrics_record_grpc(struct px_metrics_state *m, const struct px_listener_cfg *l,
                             const char *method, int status, int grpc_status, uint64_t duration_us);
-/* Compatibility wrapper on px_srv->metrics (nothing without one), to be
- * removed when callers pass srv (stream.c). */
-void px_metrics_request(const struct px_listener_cfg *l, const char *method, int status,
-                        uint64_t duration_us);
 /* Write all metrics in Prometheus text format into out (an evbuffer); srv's
  * gauges (streams, drain state, start time) when srv is not NULL. */
 struct evbuffer;
@@ -82,10 +78,6 @@ struct px_server;
 void px_metrics_write_prometheus_of(const struct px_server *srv, struct evbuffer *out);
 /* Write /stats JSON (srv's keys when srv is not NULL). */
 void px_metrics_write_json_of(const struct px_server *srv, struct evbuffer *out);
-/* Compatibility wrappers on px_srv, to be removed when callers pass srv
- * (scrape.c). */
-void px_metrics_write_prometheus(struct evbuffer *out);
-void px_metrics_write_json(struct evbuffer *out);
 /* Other modules export their own series (pool: circuit breakers; routes:
  * per-endpoint outcomes; policy: denials by rule) without metrics.c depending on
  * them: a registered writer appends Prometheus text to /metrics, a registered
@@ -100,9 +92,5 @@ void px_metrics_register_json_on(struct px_metrics_state *m, px_metrics_json_wri
 typedef void (*px_metrics_writer_with)(struct evbuffer *out, void *arg);
 void px_metrics_register_with(struct px_metrics_state *m, px_metrics_writer_with fn, void *arg);
 void px_metrics_unregister_with(struct px_metrics_state *m, px_metrics_writer_with fn, void *arg);
-/* Compatibility wrappers on px_srv->metrics, to be removed when callers pass
- * srv (policy_metrics.c). */
-void px_metrics_register(px_metrics_writer fn);
-void px_metrics_register_json(px_metrics_json_writer fn);
 
 #endif

@@ -118,10 +118,12 @@ struct evbuffer;
 void px_policy_metrics_prometheus(struct evbuffer *out);
 /* Adds "policy_denials" and "policy_audit_denials" ({rule: count}) to a /stats object. */
 void px_policy_metrics_json(json_t *stats);
-/* Register the two above with proxy/metrics.c (px_metrics_register and
- * px_metrics_register_json), so /metrics and /stats carry them; once at startup,
- * with or without a policy file (again: a no-op). */
-void px_policy_metrics_register(void);
+/* Register the two above with a server's metrics (srv->metrics, through
+ * px_metrics_register_on and px_metrics_register_json_on), so /metrics and
+ * /stats carry them; once at startup, with or without a policy file (again: a
+ * no-op; m NULL: nothing). */
+struct px_metrics_state;
+void px_policy_metrics_register(struct px_metrics_state *m);
 /* Count of one series (tests); 0 when absent. */
 uint64_t px_policy_denials(const char *rule, bool audit);
 /* Forget every series (exit, tests). */

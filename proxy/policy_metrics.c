@@ -155,8 +155,8 @@ void px_policy_metrics_json(json_t *stats)
     json_object_set_new(stats, "policy_audit_denials", family_json(true));
 }
 
-void px_policy_metrics_register(void)
+void px_policy_metrics_register(struct px_metrics_state *m)
 {
-    px_metrics_register(px_policy_metrics_prometheus);
-    px_metrics_register_json(px_policy_metrics_json);
+    px_metrics_register_on(m, px_policy_metrics_prometheus);
+    px_metrics_register_json_on(m, px_policy_metrics_json);
 }

@@ -74,11 +74,6 @@ struct px_routes *px_routes_current_of(const struct px_routes_state *rs)
     return rs != NULL ? rs->cur : NULL;
 }
 
-struct px_routes *px_routes_current(void)
-{
-    return px_srv != NULL ? px_routes_current_of(px_srv->routes) : NULL;
-}
-
 /* Attach the shared health records (only for snapshots that go live). */
 void px_routes_bind_states(struct px_routes_state *rs, struct px_routes *r)
 {

@@ -60,8 +60,8 @@ struct px_routes_state;
 
 struct px_route {
     struct px_routes_state *rs; /* the state its snapshot is bound to; NULL when unbound */
-    char *name;       /* "routes[i]" or the given name */
-    char *match_host; /* lower case, no port; or NULL */
+    char *name;                 /* "routes[i]" or the given name */
+    char *match_host;           /* lower case, no port; or NULL */
     bool has_match_addr;
     struct cm_addr match_addr;
     uint32_t timeout_ms; /* whole request, 0 = none */
@@ -134,9 +134,6 @@ int px_routes_load_file(const char *file, struct px_routes **out, char **errmsg)
 
 /* The snapshot in force (borrowed; px_routes_ref to keep it), or NULL. */
 struct px_routes *px_routes_current_of(const struct px_routes_state *rs);
-/* Compatibility wrapper on px_srv->routes, to be removed when callers pass
- * srv (stream.c). */
-struct px_routes *px_routes_current(void);
 struct px_routes *px_routes_ref(struct px_routes *r);
 void px_routes_unref(struct px_routes *r);
 

@@ -30,8 +30,8 @@ struct px_routes_state {
     uint64_t ejections_total;
     uint64_t eject_gen; /* bumped when an ejection starts: LB views rebuild */
     int64_t loaded_at;
-    struct px_watch watch; /* routes_file, and the last failed load */
-    const char *cluster;   /* our locality (cfg->cluster, borrowed), or NULL */
+    struct px_watch watch;            /* routes_file, and the last failed load */
+    const char *cluster;              /* our locality (cfg->cluster, borrowed), or NULL */
     const struct px_limits *limits;   /* cfg->limits (borrowed): the breakers' defaults */
     struct px_admin *admin;           /* where GET /clusters is registered, or NULL */
     struct px_metrics_state *metrics; /* where its /metrics rows are registered, or NULL */

@@ -83,7 +83,7 @@ static void scrape_answer(struct px_health *h, struct evhttp_request *req, const
                           const char *why)
 {
     struct evbuffer *b = evbuffer_new();
-    px_metrics_write_prometheus(b);
+    px_metrics_write_prometheus_of(h->srv, b);
     if (app != NULL) {
         evbuffer_add_printf(b, "# remora: the app's metrics (%s:%u%s) follow\n", h->metrics_host,
                             (unsigned)h->metrics_port, h->metrics_target);

@@ -67,11 +67,6 @@ bool px_server_is_ready(const struct px_server *srv)
            px_identity_is_ready(srv->identity);
 }
 
-bool px_server_ready(void)
-{
-    return px_server_is_ready(px_srv);
-}
-
 /* Polls while draining: exit once no connection is left. */
 static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
 {
@@ -93,11 +88,6 @@ static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
     }
     struct timeval tv = {0, 50000};
     evtimer_add(srv->drain_timer, &tv);
-}
-
-void px_server_drain(bool exit_when_done)
-{
-    px_server_begin_drain(px_srv, exit_when_done);
 }
 
 void px_server_begin_drain(struct px_server *srv, bool exit_when_done)
@@ -148,7 +138,7 @@ int px_server_run(struct px_config *cfg)
     struct px_health *health = NULL;
     signal(SIGPIPE, SIG_IGN);
     struct px_server *srv = cm_xcalloc(1, sizeof(*srv));
-    px_srv = srv; /* the process owns it: the compatibility wrappers' way in */
+    px_srv = srv; /* for debuggers and test harnesses: proxy code never reads it */
     srv->cfg = cfg;
     srv->started_wall_ms = cm_wall_ms();
     cm_list_init(&srv->conns);
@@ -196,7 +186,7 @@ int px_server_run(struct px_config *cfg)
         goto out;
     }
     /* after routes: /metrics keeps routes' series, then the policy's */
-    px_policy_metrics_register();
+    px_policy_metrics_register(srv->metrics);
     if (px_identity_start(srv, &err) != 0) {
         cm_error("%s", err);
         rc = CM_ERR_INVAL;

@@ -3,8 +3,7 @@
  * (metrics tables, authorization, identity, routes). One per process, created by
  * px_server_run; code reaches it through what it is given (a connection's
  * c->srv, a callback's argument), never through a global, except the
- * compatibility wrappers below and the process's own start-up and signal
- * handling (docs/proxy.md "Process context"). */
+ * process's own start-up and signal handling (docs/proxy.md "Process context"). */
 #ifndef PX_SERVER_H
 #define PX_SERVER_H
 
@@ -53,8 +52,8 @@ struct px_server {
     struct px_routes_state *routes; /* proxy/routes.c: always set (no snapshot without a file) */
 };
 
-/* The running server, for the process's own start-up, shut-down and signal
- * handling and for the compatibility wrappers; new code takes a
+/* The running server, set and cleared by px_server_run for debuggers and
+ * test harnesses; proxy code takes a
  * struct px_server * (from the connection or its arguments) instead. */
 extern struct px_server *px_srv;
 
@@ -66,10 +65,5 @@ void px_server_begin_drain(struct px_server *srv, bool exit_when_done);
  * held when an identity is configured (px_identity_is_ready). srv may be NULL
  * (not started: not ready). */
 bool px_server_is_ready(const struct px_server *srv);
-
-/* Compatibility wrappers on px_srv, to be removed when callers pass srv
- * (test_stream.c, health_server.c). */
-void px_server_drain(bool exit_when_done);
-bool px_server_ready(void);
 
 #endif

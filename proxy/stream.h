@@ -112,7 +112,8 @@ struct px_stream {
     bool paused[2]; /* reading from that side is paused for backpressure */
     bool expect_continue;
 
-    struct px_upstream_target target; /* where the current try goes and over what (proxy/upstream.h) */
+    struct px_upstream_target
+        target; /* where the current try goes and over what (proxy/upstream.h) */
     enum px_cause cause;
     uint64_t start_us;
     uint64_t req_body_bytes, resp_body_bytes;
@@ -125,10 +126,10 @@ struct px_stream {
     struct px_endpoint *ep;               /* endpoint of the current try, until reported */
     const struct px_ep_state *failed[10]; /* endpoints this request failed on (avoided) */
     uint8_t nfailed;
-    uint32_t tries;   /* tries started (resends included) */
-    uint32_t resends; /* of which resends of a request the upstream never processed */
-    bool resending;   /* this try is such a resend: a fresh h1 connection, another h2 session */
-    bool resend_due;  /* the retry being scheduled is a resend (same endpoint, no backoff) */
+    uint32_t tries;      /* tries started (resends included) */
+    uint32_t resends;    /* of which resends of a request the upstream never processed */
+    bool resending;      /* this try is such a resend: a fresh h1 connection, another h2 session */
+    bool resend_due;     /* the retry being scheduled is a resend (same endpoint, no backoff) */
     uint64_t avoid_sess; /* h2: the id of the session that refused the request, or 0 */
     uint64_t try_start_us;
     struct evbuffer *replay; /* request body kept for a retry, or NULL */
@@ -149,7 +150,7 @@ struct px_stream {
     bool resp_held;     /* the response head waits for the first DATA or the trailers
                          * (retries.on names a gRPC status) */
     int8_t grpc_status; /* the status the proxy answered with, or -1 */
-    struct px_trace tr;               /* request id, trace context, log fields (proxy/trace.h) */
+    struct px_trace tr; /* request id, trace context, log fields (proxy/trace.h) */
     /* HTTP Upgrade (docs/proxy.md "Upgrade and the tunnel after 101") */
     const char *upgrade;       /* the request's Upgrade value (in the arena), or NULL: no upgrade */
     bool upgrade_asked;        /* h1 codec: Upgrade with Connection: upgrade seen (llhttp's flag) */

@@ -34,8 +34,8 @@ struct tunnel {
     struct px_io *side[2]; /* [0] client, [1] upstream */
     bool eof[2];           /* EOF read from side i */
     enum tcp_state state;
-    struct event *reap;   /* frees the tunnel outside its callbacks */
-    struct px_timer idle; /* limits.tcp_idle_timeout_ms without a byte either way */
+    struct event *reap;               /* frees the tunnel outside its callbacks */
+    struct px_timer idle;             /* limits.tcp_idle_timeout_ms without a byte either way */
     struct px_upstream_target target; /* resolved by proxy/upstream.c */
     struct cm_list link;
     struct px_tcp_log log; /* its access log line (proxy/accesslog.h) */

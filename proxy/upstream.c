@@ -18,9 +18,9 @@
 #include "proxy/tls.h"
 
 /* Same window and floor as a route's retry budget (proxy/outlier.c). */
-#define BUDGET_SECS 10
+#define BUDGET_SECS    10
 #define BUDGET_PERCENT 20
-#define BUDGET_FLOOR 10
+#define BUDGET_FLOOR   10
 
 static struct {
     uint64_t sec[BUDGET_SECS];
@@ -81,7 +81,7 @@ enum px_resolve px_upstream_resolve(const struct px_stream *s, const struct px_e
     if (px_conn_is_loop(s->conn, &t->addr))
         return PX_RESOLVE_LOOP;
     if (mesh) {
-        struct px_tls_conf *conf = px_identity_client_conf();
+        struct px_tls_conf *conf = px_identity_client_tls(s->srv->identity);
         if (conf == NULL)
             return PX_RESOLVE_NO_CERT;
         t->tls = px_tls_conf_ref(conf); /* the try may wait in a queue across a rotation */
@@ -115,7 +115,7 @@ enum px_resolve px_upstream_resolve_tcp(const struct px_conn *c, struct px_upstr
     if (mesh) {
         /* opaque TCP between sidecars is wrapped in mTLS too (no ALPN: the
          * peer sidecar detects the protocol on the decrypted bytes) */
-        struct px_tls_conf *conf = px_identity_tcp_client_conf();
+        struct px_tls_conf *conf = px_identity_tcp_client_tls(c->srv->identity);
         if (conf == NULL)
             return PX_RESOLVE_NO_CERT;
         t->tls = px_tls_conf_ref(conf);

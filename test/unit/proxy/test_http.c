@@ -457,9 +457,10 @@ static void hop_by_hop_names(void **state)
 {
     (void)state;
     const char *hop[] = {"Connection", "keep-alive", "PROXY-CONNECTION", "Transfer-Encoding",
-                         "te", "Upgrade", "HTTP2-Settings"};
-    const char *not_hop[] = {"host", "content-length", "trailer", "proxy-authorization",
-                             "tex", "t", "", "connectio", "x-connection"};
+                         "te",         "Upgrade",    "HTTP2-Settings"};
+    const char *not_hop[] = {
+        "host", "content-length", "trailer",     "proxy-authorization", "tex", "t",
+        "",     "connectio",      "x-connection"};
     for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
         assert_true(px_http_is_hop_by_hop(hop[i], strlen(hop[i])));
     for (size_t i = 0; i < sizeof(not_hop) / sizeof(not_hop[0]); i++)

@@ -20,9 +20,7 @@
 #include "proxy/server.h"
 
 /* The server /metrics and /stats are written for: its request tables and
- * writers (srv.metrics), its gauges. It is also px_srv, for the compatibility
- * wrappers (px_metrics_request, px_metrics_register) the tests call as the
- * data path and policy_metrics.c do. */
+ * writers (srv.metrics), its gauges. */
 static struct px_server srv0;
 
 static const struct px_metrics_state *tables(void)
@@ -74,7 +72,6 @@ static int setup(void **state)
     (void)state;
     memset(&srv0, 0, sizeof(srv0));
     srv0.metrics = px_metrics_state_new();
-    px_srv = &srv0;
     return 0;
 }
 
@@ -84,21 +81,20 @@ static int teardown(void **state)
     px_metrics_state_free(srv0.metrics);
     memset(&srv0, 0, sizeof(srv0));
     memset(&px_metrics, 0, sizeof(px_metrics));
-    px_srv = NULL;
     return 0;
 }
 
 static void test_series_labels(void **state)
 {
     (void)state;
-    px_metrics_request(&l_in, "GET", 200, 1000);
-    px_metrics_request(&l_in, "GET", 200, 1000);
-    px_metrics_request(&l_in, "HEAD", 200, 1000);  /* read, same series */
-    px_metrics_request(&l_in, "POST", 201, 1000);  /* write */
-    px_metrics_request(&l_out, "BREW", 503, 1000); /* other */
-    px_metrics_request(&l_out, "GET", 0, 1000);    /* no response */
-    px_metrics_request(&l_out, "GET", 1000, 1000); /* nonsense status */
-    px_metrics_request(NULL, NULL, 400, 1000);     /* no listener, no method */
+    px_metrics_record(srv0.metrics, &l_in, "GET", 200, 1000);
+    px_metrics_record(srv0.metrics, &l_in, "GET", 200, 1000);
+    px_metrics_record(srv0.metrics, &l_in, "HEAD", 200, 1000);  /* read, same series */
+    px_metrics_record(srv0.metrics, &l_in, "POST", 201, 1000);  /* write */
+    px_metrics_record(srv0.metrics, &l_out, "BREW", 503, 1000); /* other */
+    px_metrics_record(srv0.metrics, &l_out, "GET", 0, 1000);    /* no response */
+    px_metrics_record(srv0.metrics, &l_out, "GET", 1000, 1000); /* nonsense status */
+    px_metrics_record(srv0.metrics, NULL, NULL, 400, 1000);     /* no listener, no method */
     assert_int_equal(tables()->nlisteners, 3);
     assert_int_equal(tables()->nseries, 6);
 
@@ -131,9 +127,9 @@ static void test_grpc_status_label(void **state)
     px_metrics_record_grpc(m, &l_in, "POST", 200, 0, 1000);
     px_metrics_record_grpc(m, &l_in, "POST", 200, 0, 1000);
     px_metrics_record_grpc(m, &l_in, "POST", 200, 14, 1000);
-    px_metrics_record_grpc(m, &l_in, "POST", 200, 99, 1000); /* out of range */
-    px_metrics_record_grpc(m, &l_in, "POST", 0, -1, 1000);   /* reset: none */
-    px_metrics_request(&l_in, "POST", 200, 1000);            /* not gRPC */
+    px_metrics_record_grpc(m, &l_in, "POST", 200, 99, 1000);   /* out of range */
+    px_metrics_record_grpc(m, &l_in, "POST", 0, -1, 1000);     /* reset: none */
+    px_metrics_record(srv0.metrics, &l_in, "POST", 200, 1000); /* not gRPC */
     assert_int_equal(tables()->nseries, 5);
     char *t = prom_text();
 #define G(code, g)                                                                                 \
@@ -153,12 +149,12 @@ static void test_grpc_status_label(void **state)
 static void test_histogram(void **state)
 {
     (void)state;
-    px_metrics_request(&l_in, "GET", 200, 50);       /* <= 0.0001 */
-    px_metrics_request(&l_in, "GET", 200, 100);      /* <= 0.0001 (le is inclusive) */
-    px_metrics_request(&l_in, "GET", 200, 101);      /* <= 0.0005 */
-    px_metrics_request(&l_in, "GET", 200, 3000);     /* <= 0.005 */
-    px_metrics_request(&l_in, "GET", 200, 10000000); /* <= 10 */
-    px_metrics_request(&l_in, "GET", 200, 60000000); /* +Inf only */
+    px_metrics_record(srv0.metrics, &l_in, "GET", 200, 50);       /* <= 0.0001 */
+    px_metrics_record(srv0.metrics, &l_in, "GET", 200, 100);      /* <= 0.0001 (le is inclusive) */
+    px_metrics_record(srv0.metrics, &l_in, "GET", 200, 101);      /* <= 0.0005 */
+    px_metrics_record(srv0.metrics, &l_in, "GET", 200, 3000);     /* <= 0.005 */
+    px_metrics_record(srv0.metrics, &l_in, "GET", 200, 10000000); /* <= 10 */
+    px_metrics_record(srv0.metrics, &l_in, "GET", 200, 60000000); /* +Inf only */
 
     char *t = prom_text();
 #define B(le)                                                                                      \
@@ -193,8 +189,8 @@ static void test_prometheus_shape(void **state)
     px_metrics.upstream_cx_active = 7;
     px_metrics.retries_total = 8;
     px_metrics.bad_request = 9;
-    px_metrics_request(&l_in, "GET", 200, 10);
-    px_policy_metrics_register(); /* as the server does: the policy's families */
+    px_metrics_record(srv0.metrics, &l_in, "GET", 200, 10);
+    px_policy_metrics_register(srv0.metrics); /* as the server does: the policy's families */
 
     char *t = prom_text();
     size_t len = strlen(t);
@@ -247,7 +243,7 @@ static void test_label_escaping(void **state)
 {
     (void)state;
     struct px_listener_cfg odd = {.name = "a\"b\\c\nd", .direction = PX_DIR_INBOUND};
-    px_metrics_request(&odd, "GET", 200, 10);
+    px_metrics_record(srv0.metrics, &odd, "GET", 200, 10);
     char *t = prom_text();
     assert_non_null(strstr(t, "listener=\"a\\\"b\\\\c\\nd\""));
     free(t);
@@ -262,7 +258,7 @@ static void test_table_bound(void **state)
         for (int code = 0; code <= 600; code++)
             for (int c = 0; c < 3; c++) {
                 static const char *const m[] = {"GET", "POST", "BREW"};
-                px_metrics_request(code & 1 ? &l_in : &l_out, m[c], code, 10);
+                px_metrics_record(srv0.metrics, code & 1 ? &l_in : &l_out, m[c], code, 10);
                 n++;
             }
     const struct px_metrics_state *tb = tables();
@@ -288,7 +284,7 @@ static void test_listener_bound(void **state)
     for (int i = 0; i < 200; i++) {
         snprintf(name, sizeof(name), "l%d", i);
         struct px_listener_cfg l = {.name = name, .direction = PX_DIR_INBOUND};
-        px_metrics_request(&l, "GET", 200, 10);
+        px_metrics_record(srv0.metrics, &l, "GET", 200, 10);
     }
     const struct px_metrics_state *tb = tables();
     assert_int_equal(tb->nlisteners, PX_METRICS_MAX_LISTENERS);
@@ -306,8 +302,8 @@ static void test_stats_json(void **state)
     srv0.started_wall_ms = (uint64_t)cm_wall_ms();
     px_metrics.downstream_cx_total = 11;
     px_metrics.cert_expiry_timestamp = 1800000000;
-    px_metrics_request(&l_in, "GET", 200, 1500);
-    px_metrics_request(&l_in, "PUT", 404, 1500);
+    px_metrics_record(srv0.metrics, &l_in, "GET", 200, 1500);
+    px_metrics_record(srv0.metrics, &l_in, "PUT", 404, 1500);
 
     char *t = json_text();
     json_error_t err;
@@ -369,14 +365,14 @@ static void test_module_writers(void **state)
 {
     (void)state;
     srv0.metrics->nwriters = 0;
-    px_metrics_register(module_a);
-    px_metrics_register(module_b);
-    px_metrics_register(module_a);
-    px_metrics_register_json(module_json);
-    px_metrics_register_json(module_json);
+    px_metrics_register_on(srv0.metrics, module_a);
+    px_metrics_register_on(srv0.metrics, module_b);
+    px_metrics_register_on(srv0.metrics, module_a);
+    px_metrics_register_json_on(srv0.metrics, module_json);
+    px_metrics_register_json_on(srv0.metrics, module_json);
     assert_int_equal(tables()->nwriters, 3);
-    px_policy_metrics_register();
-    px_policy_metrics_register();
+    px_policy_metrics_register(srv0.metrics);
+    px_policy_metrics_register(srv0.metrics);
     assert_int_equal(tables()->nwriters, 5);
     char *t = prom_text();
     assert_int_equal(module_calls, 1);
@@ -396,10 +392,10 @@ static void test_module_writers(void **state)
     json_decref(o);
     free(t);
     /* the bound: 3 more fill the 8 slots, the next is not kept */
-    px_metrics_register(fill_1);
-    px_metrics_register(fill_2);
-    px_metrics_register(fill_3);
-    px_metrics_register(past_bound);
+    px_metrics_register_on(srv0.metrics, fill_1);
+    px_metrics_register_on(srv0.metrics, fill_2);
+    px_metrics_register_on(srv0.metrics, fill_3);
+    px_metrics_register_on(srv0.metrics, past_bound);
     assert_int_equal(tables()->nwriters, 8);
     t = prom_text();
     assert_non_null(strstr(t, "# fill 3\n"));

@@ -575,7 +575,7 @@ static void load_routes(const char *json)
 
 static const struct px_ep_state *ep_state(const char *addr)
 {
-    struct px_route *rt = &px_routes_current()->routes[0];
+    struct px_route *rt = &px_routes_current_of(srv.routes)->routes[0];
     struct cm_addr a;
     cm_addr_parse(addr, &a);
     for (size_t i = 0; i < rt->neps; i++)
@@ -935,7 +935,7 @@ static void client_abort_frees_upstream(void **state)
     assert_int_equal(nups, 1);
 }
 
-/* SIGTERM's drain (px_server_drain, without the exit): the request in
+/* SIGTERM's drain (px_server_begin_drain, without the exit): the request in
  * flight completes, byte for byte. New requests are refused before a
  * stream exists (listeners, h1 connection: close, h2 GOAWAY), not here. */
 static void drain_completes_in_flight(void **state)
@@ -943,9 +943,9 @@ static void drain_completes_in_flight(void **state)
     (void)state;
     struct fake *d = req_start("POST", "/x", "app");
     assert_false(req_data(d, "before"));
-    px_server_drain(false);
+    px_server_begin_drain(&srv, false);
     assert_true(srv.draining);
-    assert_false(px_server_ready());
+    assert_false(px_server_is_ready(&srv));
     assert_false(req_data(d, "-after"));
     px_stream_on_req_end(d->s);
     up_head(&ups[0], 200);
