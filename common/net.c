@@ -11,7 +11,7 @@
 
 #include "common/err.h"
 
-static int parse_port(const char *s, uint16_t *out)
+int cm_port_parse(const char *s, uint16_t *out)
 {
     if (*s == '\0' || strlen(s) > 5)
         return CM_ERR_INVAL;
@@ -48,7 +48,7 @@ int cm_addr_parse(const char *s, struct cm_addr *out)
         host[hlen] = '\0';
         struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&out->ss;
         uint16_t p;
-        if (inet_pton(AF_INET6, host, &sin6->sin6_addr) != 1 || parse_port(port, &p) != 0)
+        if (inet_pton(AF_INET6, host, &sin6->sin6_addr) != 1 || cm_port_parse(port, &p) != 0)
             return CM_ERR_INVAL;
         sin6->sin6_family = AF_INET6;
         sin6->sin6_port = htons(p);
@@ -66,7 +66,7 @@ int cm_addr_parse(const char *s, struct cm_addr *out)
     host[hlen] = '\0';
     struct sockaddr_in *sin = (struct sockaddr_in *)&out->ss;
     uint16_t p;
-    if (parse_port(port, &p) != 0)
+    if (cm_port_parse(port, &p) != 0)
         return CM_ERR_INVAL;
     if (hlen == 0 || strcmp(host, "*") == 0)
         sin->sin_addr.s_addr = htonl(INADDR_ANY);

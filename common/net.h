@@ -19,6 +19,8 @@ struct cm_addr {
 /* Parse "1.2.3.4:80", "[::1]:8080", "*:80" / ":80" (any IPv4). Numeric only,
  * no name resolution. Returns 0 or CM_ERR_INVAL. */
 int cm_addr_parse(const char *s, struct cm_addr *out);
+/* A port in decimal, 0-65535, digits only (at most 5): 0, or CM_ERR_INVAL. */
+int cm_port_parse(const char *s, uint16_t *out);
 /* Format as "1.2.3.4:80" / "[::1]:80" into buf (CM_ADDR_STRLEN); returns buf. */
 char *cm_addr_format(const struct cm_addr *a, char *buf, size_t len);
 /* Format the host part alone ("1.2.3.4", "::1"). */

@@ -9,6 +9,7 @@
 
 #include "common/err.h"
 #include "common/json.h"
+#include "common/net.h"
 #include "common/xalloc.h"
 #include "proxy/discovery.h"
 
@@ -47,17 +48,10 @@ static bool name_norm(const char *s, size_t n, char *out)
 
 static bool parse_port(const char *s, uint16_t *port)
 {
-    if (*s == '\0' || strlen(s) > 5)
+    uint16_t p;
+    if (cm_port_parse(s, &p) != 0 || p == 0)
         return false;
-    unsigned v = 0;
-    for (const char *c = s; *c; c++) {
-        if (*c < '0' || *c > '9')
-            return false;
-        v = v * 10 + (unsigned)(*c - '0');
-    }
-    if (v < 1 || v > 65535)
-        return false;
-    *port = (uint16_t)v;
+    *port = p;
     return true;
 }
 

@@ -44,6 +44,27 @@ void px_upstream_target_release(struct px_upstream_target *t)
     t->tls = NULL;
 }
 
+/* What the registry says about the connection's destination (t->addr may be
+ * rewritten): refused under the outbound policy, as the app sent it (*mesh
+ * cleared), or a meshed workload whose identity *id names (*mesh kept). */
+static enum px_resolve disc_apply(const struct px_conn *c, struct px_upstream_target *t, bool *mesh,
+                                  const char **id)
+{
+    *id = NULL;
+    switch (px_disc_route(c->srv->disc, (enum px_disc_result)c->disc_res, c->dest, &t->addr, NULL,
+                          id)) {
+    case PX_ROUTE_REFUSED:
+        return PX_RESOLVE_NOT_IN_REGISTRY;
+    case PX_ROUTE_PLAIN:
+    case PX_ROUTE_EGRESS:
+        *mesh = false;
+        break;
+    case PX_ROUTE_MESH:
+        break;
+    }
+    return PX_RESOLVE_OK;
+}
+
 enum px_resolve px_upstream_resolve(const struct px_stream *s, const struct px_endpoint *ep,
                                     struct px_upstream_target *t)
 {
@@ -58,23 +79,14 @@ enum px_resolve px_upstream_resolve(const struct px_stream *s, const struct px_e
     t->expected_id = ep != NULL ? ep->identity : NULL;
     const struct px_conn *c = s->conn;
     if (ep == NULL && c->disc_done && c->srv->disc != NULL) {
-        /* service discovery (a routes-file endpoint above wins): what the
-         * registry says about the connection's destination */
-        const char *id = NULL;
-        switch (px_disc_route(c->srv->disc, (enum px_disc_result)c->disc_res, c->dest, &t->addr,
-                              NULL, &id)) {
-        case PX_ROUTE_REFUSED:
+        /* service discovery (a routes-file endpoint above wins) */
+        const char *id;
+        if (disc_apply(c, t, &mesh, &id) != PX_RESOLVE_OK)
             return PX_RESOLVE_NOT_IN_REGISTRY;
-        case PX_ROUTE_PLAIN:
-        case PX_ROUTE_EGRESS: /* as the app sent it: no mTLS, its own protocol */
-            mesh = false;
+        if (mesh)
+            t->expected_id = id;
+        else /* as the app sent it: no mTLS, its own protocol */
             t->proto = s->lcfg->upstream_protocol == PX_UP_H2 ? PX_TGT_H2 : PX_TGT_H1;
-            break;
-        case PX_ROUTE_MESH:
-            if (mesh)
-                t->expected_id = id;
-            break;
-        }
     }
     if (t->expected_id != NULL && !mesh)
         return PX_RESOLVE_ID_NEEDS_MTLS; /* only a peer certificate can prove it: fail closed */
@@ -99,18 +111,10 @@ enum px_resolve px_upstream_resolve_tcp(const struct px_conn *c, struct px_upstr
         return PX_RESOLVE_LOOP;
     bool mesh = c->lcfg->tls == PX_TLS_MESH;
     if (c->disc_done && c->srv->disc != NULL) {
-        const char *id = NULL;
-        switch (px_disc_route(c->srv->disc, (enum px_disc_result)c->disc_res, c->dest, &t->addr,
-                              NULL, &id)) {
-        case PX_ROUTE_REFUSED:
+        /* outside the mesh: TCP and the app's own TLS spliced as they are */
+        const char *id;
+        if (disc_apply(c, t, &mesh, &id) != PX_RESOLVE_OK)
             return PX_RESOLVE_NOT_IN_REGISTRY;
-        case PX_ROUTE_PLAIN:
-        case PX_ROUTE_EGRESS: /* TCP and the app's own TLS spliced as they are */
-            mesh = false;
-            break;
-        case PX_ROUTE_MESH:
-            break;
-        }
     }
     if (mesh) {
         /* opaque TCP between sidecars is wrapped in mTLS too (no ALPN: the
