@@ -70,7 +70,7 @@ static int check_pod(json_t *pod, const struct cm_jpath *at, char **errmsg)
 /* Standard base64 (RFC 4648, padded) into a fresh string. Not mbedTLS's
  * encoder: that one is constant-time, made for key material, and was a
  * tenth of a review's CPU time; a patch is no secret. */
-static char *base64(const char *s, size_t len, size_t *olen)
+char *ij_admission_base64(const char *s, size_t len, size_t *olen)
 {
     static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     const unsigned char *in = (const unsigned char *)s;
@@ -208,7 +208,7 @@ void ij_admission_review(const struct ij_inject_params *p, const char *body, siz
     size_t b64_len = 0;
     if (patch != NULL) {
         char *ps = json_dumps(patch, JSON_COMPACT);
-        b64 = base64(ps, strlen(ps), &b64_len);
+        b64 = ij_admission_base64(ps, strlen(ps), &b64_len);
         free(ps);
         json_decref(patch);
     }

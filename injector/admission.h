@@ -24,4 +24,7 @@ void ij_admission_review(const struct ij_inject_params *p, const char *body, siz
                          struct ij_review *out);
 void ij_review_deinit(struct ij_review *r);
 
+/* Standard base64 of s (heap, caller frees; *olen its length), or NULL; for the unit tests. */
+char *ij_admission_base64(const char *s, size_t len, size_t *olen);
+
 #endif

@@ -211,7 +211,7 @@ bool ij_port_listed(const char *list, long port)
 }
 
 /* A Go-style duration ("5s", "1m30s", "500ms", "0"): milliseconds, or -1. */
-static long duration_ms(const char *s)
+long ij_inject_duration_ms(const char *s)
 {
     static const struct {
         const char *unit;
@@ -254,7 +254,7 @@ long ij_drain_budget(json_t *pod, json_t *warnings)
     const char *v = ij_annotation(pod, IJ_ANN_DRAIN_DURATION);
     long ms = IJ_DRAIN_DEFAULT_MS;
     if (v != NULL) {
-        ms = duration_ms(v);
+        ms = ij_inject_duration_ms(v);
         if (ms < 0) {
             ij_warn(warnings,
                     "remora: annotation %s: \"%.40s\" is not a duration such as \"5s\" or "

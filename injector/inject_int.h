@@ -76,4 +76,9 @@ json_t *ij_volumes(const struct ij_inject_params *p, const char *policy, const c
 char *ij_bootstrap(const struct ij_inject_params *p, bool policy, bool routes, const char *opaque,
                    const struct ij_inbound_tls *tls);
 
+/* Helpers the unit tests reach (test/unit/injector/test_inject.c). */
+bool ij_inject_dns_label(const char *s); /* a DNS-1123 label (container names) */
+long ij_inject_resolve_port(json_t *container, json_t *port); /* a probe port: number or name */
+long ij_inject_duration_ms(const char *s); /* "30s", "2m", "500ms" -> ms, -1 bad */
+
 #endif

@@ -25,7 +25,7 @@ static const struct {
 
 /* DNS-1123 label: what Kubernetes allows as a container name; anything else
  * cannot be put in a URL path unescaped, so its probes are left alone. */
-static bool dns_label(const char *s)
+bool ij_inject_dns_label(const char *s)
 {
     size_t n = strlen(s);
     if (n == 0 || n > 63 || s[0] == '-' || s[n - 1] == '-')
@@ -38,7 +38,7 @@ static bool dns_label(const char *s)
 
 /* The number behind a probe port: an integer, a numeric string, or the name
  * of one of the container's ports. -1 when it cannot be resolved. */
-static long resolve_port(json_t *container, json_t *port)
+long ij_inject_resolve_port(json_t *container, json_t *port)
 {
     if (json_is_integer(port)) {
         json_int_t v = json_integer_value(port);
@@ -80,7 +80,8 @@ static void probe_warning(json_t *container, json_t *probe, const char *field, c
         if (host != NULL && *host != '\0')
             return; /* another host: not through the pod's capture */
     }
-    long port = resolve_port(container, json_object_get(grpc != NULL ? grpc : tcp, "port"));
+    long port =
+        ij_inject_resolve_port(container, json_object_get(grpc != NULL ? grpc : tcp, "port"));
     if (port > 0 && ij_port_listed(excl_in, port))
         return; /* not captured: kubelet reaches the app */
     char where[32] = "";
@@ -111,7 +112,7 @@ static void rewrite_grpc(json_t *patch, json_t *container, const char *index, js
                          json_t *probers, json_t *warnings)
 {
     const char *name = ij_get_str(container, "name");
-    long port = resolve_port(container, json_object_get(grpc, "port"));
+    long port = ij_inject_resolve_port(container, json_object_get(grpc, "port"));
     json_t *svc = json_object_get(grpc, "service");
     if (port < 0) {
         ij_warn(warnings,
@@ -161,7 +162,7 @@ void ij_rewrite_probes(json_t *patch, json_t *container, size_t idx, const char 
         json_t *probe = ij_get_obj(container, probe_kinds[k].field);
         json_t *http = ij_get_obj(probe, "httpGet");
         json_t *grpc = ij_get_obj(probe, "grpc");
-        if (grpc != NULL && http == NULL && name != NULL && dns_label(name)) {
+        if (grpc != NULL && http == NULL && name != NULL && ij_inject_dns_label(name)) {
             char *path = cm_xasprintf("/app-health/%s/%s", name, probe_kinds[k].what);
             rewrite_grpc(patch, container, index, probe, grpc, probe_kinds[k].field, path, excl_in,
                          probers, warnings);
@@ -177,9 +178,9 @@ void ij_rewrite_probes(json_t *patch, json_t *container, size_t idx, const char 
         const char *host = ij_get_str(http, "host");
         if (host != NULL && *host != '\0')
             continue; /* kubelet probes another host, not through the pod's capture */
-        if (name == NULL || !dns_label(name))
+        if (name == NULL || !ij_inject_dns_label(name))
             continue;
-        long port = resolve_port(container, json_object_get(http, "port"));
+        long port = ij_inject_resolve_port(container, json_object_get(http, "port"));
         if (port < 0) {
             ij_warn(warnings,
                     "remora: container %s: %s port cannot be resolved; probe not rewritten", name,

@@ -1,5 +1,5 @@
-/* Unit tests of the injection decision and the patch (injector/inject.c,
- * included to reach its statics), the AdmissionReview wrapper
+/* Unit tests of the injection decision and the patch (injector/inject*.c,
+ * helpers through inject_int.h), the AdmissionReview wrapper
  * (admission.c), the config and template loaders, and the metrics text.
  * Each patch is applied with ij_jsonpatch_apply and the result inspected;
  * the integration suite does the same with kubectl and kubernetes-models. */
@@ -15,14 +15,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "injector/admission.c"
-#include "injector/inject.c"
-#include "injector/inject_ann.c"
-#include "injector/inject_build.c"
-#include "injector/inject_probes.c"
-
 #include "common/err.h"
 #include "injector/admission.h"
+#include "injector/inject.h"
+#include "injector/inject_int.h"
 #include "injector/config.h"
 #include "injector/jsonpatch.h"
 #include "injector/metrics.h"
@@ -140,9 +136,9 @@ static void test_lists(void **state)
     assert_true(ij_port_listed("80,9090", 9090));
     assert_false(ij_port_listed("80,9090", 90));
     assert_false(ij_port_listed(NULL, 80));
-    assert_true(dns_label("web-1"));
-    assert_false(dns_label("Web"));
-    assert_false(dns_label("a/b"));
+    assert_true(ij_inject_dns_label("web-1"));
+    assert_false(ij_inject_dns_label("Web"));
+    assert_false(ij_inject_dns_label("a/b"));
     assert_true(ij_dns_subdomain("web-policy.v2"));
     assert_false(ij_dns_subdomain("Bad_Name"));
     assert_false(ij_dns_subdomain("-x"));
@@ -151,17 +147,17 @@ static void test_lists(void **state)
                            "{\"name\":\"bad\",\"containerPort\":70000}]}",
                            0, NULL);
     json_t *v;
-    assert_int_equal(resolve_port(c, v = json_string("http")), 8080);
+    assert_int_equal(ij_inject_resolve_port(c, v = json_string("http")), 8080);
     json_decref(v);
-    assert_int_equal(resolve_port(c, v = json_string("9090")), 9090);
+    assert_int_equal(ij_inject_resolve_port(c, v = json_string("9090")), 9090);
     json_decref(v);
-    assert_int_equal(resolve_port(c, v = json_string("bad")), -1);
+    assert_int_equal(ij_inject_resolve_port(c, v = json_string("bad")), -1);
     json_decref(v);
-    assert_int_equal(resolve_port(c, v = json_string("nope")), -1);
+    assert_int_equal(ij_inject_resolve_port(c, v = json_string("nope")), -1);
     json_decref(v);
-    assert_int_equal(resolve_port(c, v = json_integer(0)), -1);
+    assert_int_equal(ij_inject_resolve_port(c, v = json_integer(0)), -1);
     json_decref(v);
-    assert_int_equal(resolve_port(c, v = json_integer(81)), 81);
+    assert_int_equal(ij_inject_resolve_port(c, v = json_integer(81)), 81);
     json_decref(v);
     json_decref(c);
 }
@@ -390,9 +386,9 @@ static void test_duration(void **state)
         {"", -1},         {"5sm", -1},     {"99999999999999999999s", -1},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
-        if (duration_ms(cases[i].in) != cases[i].ms)
-            fail_msg("duration \"%s\": %ld, want %ld", cases[i].in, duration_ms(cases[i].in),
-                     cases[i].ms);
+        if (ij_inject_duration_ms(cases[i].in) != cases[i].ms)
+            fail_msg("duration \"%s\": %ld, want %ld", cases[i].in,
+                     ij_inject_duration_ms(cases[i].in), cases[i].ms);
 }
 
 /* issue 14: the webhook entries' paths */
@@ -664,7 +660,7 @@ static void test_base64(void **state)
     const char *in = "\x00\xff\x10patch \"json\"~/";
     for (size_t len = 0; len <= strlen(in + 1) + 1; len++) {
         size_t olen = 0, mlen = 0;
-        char *ours = base64(in, len, &olen);
+        char *ours = ij_admission_base64(in, len, &olen);
         unsigned char theirs[64];
         assert_int_equal(
             mbedtls_base64_encode(theirs, sizeof(theirs), &mlen, (const unsigned char *)in, len),
