@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "common/net.h"
 #include "common/xalloc.h"
 #include "injector/discovery.h"
 
@@ -425,13 +426,10 @@ static int qfail(char **errmsg, const char *msg)
 
 static bool parse_port(const char *p, uint16_t *out)
 {
-    size_t n = strlen(p);
-    if (n == 0 || n > 5 || strspn(p, "0123456789") != n)
+    uint16_t v;
+    if (cm_port_parse(p, &v) != 0 || v == 0)
         return false;
-    long v = strtol(p, NULL, 10);
-    if (v < 1 || v > 65535)
-        return false;
-    *out = (uint16_t)v;
+    *out = v;
     return true;
 }
 
