@@ -29,6 +29,7 @@
 
 #include "certs/pki.h"
 #include "common/clock.h"
+#include "test/unit/proxy/fake_server.h"
 #include "proxy/conn.h"
 #include "proxy/metrics.h"
 #include "proxy/pool.h"
@@ -486,14 +487,6 @@ static void upgrade_toward_h2_one_token(void **state)
 
 /* ---- fixtures ------------------------------------------------------------ */
 
-static void on_gc(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    (void)arg;
-    px_stream_gc(&srv);
-}
-
 static void on_drain_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -511,18 +504,10 @@ static bool never_free(struct px_upstream_ep *ep, const struct px_stream *s)
 static int setup(void **state)
 {
     (void)state;
-    memset(&srv, 0, sizeof(srv));
-    memset(&cfg, 0, sizeof(cfg));
+    fake_server_init(&srv, &cfg);
     memset(&lcfg, 0, sizeof(lcfg));
-    px_limits_default(&cfg.limits);
     cfg.limits.buffer_bytes = 1024;
     cfg.limits.request_timeout_ms = 0;
-    srv.cfg = &cfg;
-    srv.base = event_base_new();
-    cm_list_init(&srv.conns);
-    cm_list_init(&srv.streams);
-    cm_list_init(&srv.gc_streams);
-    srv.gc_ev = event_new(srv.base, -1, 0, on_gc, NULL);
     srv.drain_timer = evtimer_new(srv.base, on_drain_timer, NULL);
     px_srv = &srv;
     lcfg.name = "test";

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "common/net.h"
+#include "test/unit/proxy/fake_server.h"
 #include "proxy/conn.h"
 #include "proxy/h1.h"
 #include "proxy/h2.h"
@@ -68,30 +69,14 @@ static void d_abort(struct px_stream *s)
 static const struct px_side_ops down_ops = {"fake-down", d_head, d_data, d_head,
                                             d_pending,   d_head, d_abort};
 
-static void on_gc(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    (void)arg;
-    px_stream_gc(&srv);
-}
-
 static int setup(void **state)
 {
     (void)state;
-    memset(&srv, 0, sizeof(srv));
-    memset(&cfg, 0, sizeof(cfg));
+    fake_server_init(&srv, &cfg);
     memset(&lcfg, 0, sizeof(lcfg));
     memset(&conn, 0, sizeof(conn));
-    px_limits_default(&cfg.limits);
-    srv.cfg = &cfg;
-    srv.base = event_base_new();
     assert_non_null(srv.base);
     px_io_init(srv.base);
-    cm_list_init(&srv.conns);
-    cm_list_init(&srv.streams);
-    cm_list_init(&srv.gc_streams);
-    srv.gc_ev = event_new(srv.base, -1, 0, on_gc, NULL);
     cm_addr_parse("127.0.0.1:15001", &self.bound);
     srv.listeners = &selfp;
     srv.nlisteners = 1;
