@@ -10,6 +10,7 @@
 #include "proxy/accesslog.h"
 #include "proxy/authz.h"
 #include "proxy/conn.h"
+#include "proxy/discovery.h"
 #include "proxy/grpc.h"
 #include "proxy/identity.h"
 #include "proxy/metrics.h"
@@ -107,6 +108,11 @@ struct px_stream *px_stream_new(struct px_conn *conn, const struct px_side_ops *
     s->conn_peer = conn->peer; /* a stream refused before its head still names its peer */
     s->start_us = cm_mono_us();
     s->grpc_status = -1;
+    if (conn->disc_done) {
+        s->disc_done = true;
+        s->disc_res = conn->disc_res;
+        s->dest = conn->dest != NULL ? px_dest_answer_ref(conn->dest) : NULL;
+    }
     cm_list_insert_tail(&s->srv->streams, &s->link);
     s->srv->nstreams++;
     return s;
@@ -196,6 +202,8 @@ void px_stream_detach(struct px_stream *s, enum px_side side)
     s->target.expected_id = NULL; /* borrowed from the routes released next */
     px_routes_unref(s->routes);
     s->routes = NULL;
+    px_dest_answer_unref(s->dest); /* after the target: expected_id may be borrowed from it */
+    s->dest = NULL;
     cm_list_remove(&s->link);
     s->srv->nstreams--;
     s->state = PX_STREAM_DONE;

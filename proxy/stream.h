@@ -92,6 +92,8 @@ enum px_stream_state {
 
 struct px_server;
 
+struct px_dest_answer;
+
 struct px_stream {
     struct px_server *srv; /* the proxy this exchange runs in (from conn->srv) */
     struct px_conn *conn;  /* downstream connection: addresses, listener; borrowed */
@@ -120,6 +122,13 @@ struct px_stream {
     struct cm_list link; /* in the server's list of live streams, then the gc list */
     struct event *timer; /* whole-request timeout (limits.request_timeout_ms), or NULL */
     bool metrics_done;
+    /* service discovery (proxy/discovery.h): what the registry says about this
+     * request's destination. Copied from the connection's lookup at creation
+     * (its original destination); a later lookup of the request (by Host)
+     * may replace it. */
+    bool disc_done;              /* disc_res (and dest) hold a finished lookup */
+    int disc_res;                /* enum px_disc_result */
+    struct px_dest_answer *dest; /* FOUND: the answer (one reference), else NULL */
     /* routing and retries (proxy/routes.h) */
     struct px_routes *routes;             /* snapshot reference, or NULL */
     struct px_route *route;               /* matched route in routes, or NULL */

@@ -47,12 +47,11 @@ void px_upstream_target_release(struct px_upstream_target *t)
 /* What the registry says about the connection's destination (t->addr may be
  * rewritten): refused under the outbound policy, as the app sent it (*mesh
  * cleared), or a meshed workload whose identity *id names (*mesh kept). */
-static enum px_resolve disc_apply(const struct px_conn *c, struct px_upstream_target *t, bool *mesh,
-                                  const char **id)
+static enum px_resolve disc_apply(struct px_disc *d, int res, const struct px_dest_answer *dest,
+                                  struct px_upstream_target *t, bool *mesh, const char **id)
 {
     *id = NULL;
-    switch (px_disc_route(c->srv->disc, (enum px_disc_result)c->disc_res, c->dest, &t->addr, NULL,
-                          id)) {
+    switch (px_disc_route(d, (enum px_disc_result)res, dest, &t->addr, NULL, id)) {
     case PX_ROUTE_REFUSED:
         return PX_RESOLVE_NOT_IN_REGISTRY;
     case PX_ROUTE_PLAIN:
@@ -77,11 +76,10 @@ enum px_resolve px_upstream_resolve(const struct px_stream *s, const struct px_e
     t->proto = px_upstream_proto(s->lcfg);
     /* secure naming: the route's endpoint names the workload it must be */
     t->expected_id = ep != NULL ? ep->identity : NULL;
-    const struct px_conn *c = s->conn;
-    if (ep == NULL && c->disc_done && c->srv->disc != NULL) {
+    if (ep == NULL && s->disc_done && s->srv->disc != NULL) {
         /* service discovery (a routes-file endpoint above wins) */
         const char *id;
-        if (disc_apply(c, t, &mesh, &id) != PX_RESOLVE_OK)
+        if (disc_apply(s->srv->disc, s->disc_res, s->dest, t, &mesh, &id) != PX_RESOLVE_OK)
             return PX_RESOLVE_NOT_IN_REGISTRY;
         if (mesh)
             t->expected_id = id;
@@ -113,7 +111,7 @@ enum px_resolve px_upstream_resolve_tcp(const struct px_conn *c, struct px_upstr
     if (c->disc_done && c->srv->disc != NULL) {
         /* outside the mesh: TCP and the app's own TLS spliced as they are */
         const char *id;
-        if (disc_apply(c, t, &mesh, &id) != PX_RESOLVE_OK)
+        if (disc_apply(c->srv->disc, c->disc_res, c->dest, t, &mesh, &id) != PX_RESOLVE_OK)
             return PX_RESOLVE_NOT_IN_REGISTRY;
     }
     if (mesh) {
