@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# Traffic leaving the mesh, by name (issue 18; docs/operations.md "Egress"): the
+# real injector's discovery service over mTLS, fed by the fake API server, and a
+# proxy under outbound_policy registry_only whose egress_allow lists host names.
+# On loopback a listener's fixed upstream stands for the original destination,
+# which discovery does not know (404):
+#  - HTTP: the request's Host decides (its port, else the destination's): a
+#    listed name is forwarded (what reached the app, byte for byte), a name,
+#    port or address not listed gets 502 "destination HOST:PORT is not in the
+#    mesh registry (outbound_policy registry_only)" and the app sees nothing;
+#    "*.domain" matches names under the domain, not the domain itself;
+#  - TLS passthrough: the ClientHello's SNI decides; a listed name's session
+#    works end to end (the client verifies the destination's certificate, the
+#    bytes echo back unchanged); an unlisted or missing SNI is closed before
+#    anything is forwarded: the destination never sees a connection;
+#  - the Host lookup: a request for the Service web.shop:80 on a connection whose
+#    address discovery does not know is looked up by its Host, found, and let
+#    through (not an egress); a second request is answered from the cache; a
+#    Service-shaped Host that does not exist is refused by name;
+#  - remora_egress_total{decision} counts each decision, the log names each refusal.
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+FAKE=(python3 "$REMORA_ROOT/test/tools/fake_apiserver.py")
+
+# ---- PKI: the mesh (ca_pki), the API server's, and the outside TLS destination's ----------
+ca_pki || exit 1
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -keyout "$D/apica-key.pem" -out "$D/apica.pem" -subj "/CN=apica" 2>/dev/null || exit 1
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$D/api-key.pem" \
+    -out "$D/api.csr" -subj "/CN=kube-apiserver" 2>/dev/null &&
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$D/api.ext" &&
+    openssl x509 -req -in "$D/api.csr" -CA "$D/apica.pem" -CAkey "$D/apica-key.pem" -CAcreateserial \
+        -days 2 -extfile "$D/api.ext" -out "$D/api.pem" 2>/dev/null || exit 1
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -keyout "$D/outca-key.pem" -out "$D/outca.pem" -subj "/CN=outside ca" 2>/dev/null || exit 1
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$D/out-key.pem" \
+    -out "$D/out.csr" -subj "/CN=outside" 2>/dev/null &&
+    printf 'subjectAltName=DNS:tls-ok.example,DNS:*.tlswild.example,DNS:evil.example\nextendedKeyUsage=serverAuth\n' \
+        >"$D/out.ext" &&
+    openssl x509 -req -in "$D/out.csr" -CA "$D/outca.pem" -CAkey "$D/outca-key.pem" -CAcreateserial \
+        -days 2 -extfile "$D/out.ext" -out "$D/out.pem" 2>/dev/null || exit 1
+echo "tok-$$" >"$TMP/sa-token"
+"$CERTS" workload --ca-cert "$D/root.pem" --ca-key "$D/root-key.pem" \
+    --spiffe-id spiffe://cluster.local/ns/shop/sa/client --out-cert "$D/w.pem" --out-key "$D/w-key.pem" \
+    >/dev/null || exit 1
+
+# ---- the apps: outside HTTP (127.0.0.4), outside TLS (127.0.0.4), the Service web --------
+mkdir -p "$TMP/out" "$TMP/webdst" "$TMP/webep"
+RESP='HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'
+APPO=$(free_port)
+bg out python3 "$REMORA_ROOT/test/tools/h1_recorder.py" --dir "$TMP/out" --listen "127.0.0.4:$APPO" \
+    --response "$RESP"
+wait_until 5 listen_port "$TMP/out.log" || { fail "outside app starts"; cat "$TMP/out.log"; finish; }
+TLSP=$(free_port)
+bg tls python3 "$REMORA_ROOT/test/tools/tls_echo.py" --listen "127.0.0.4:$TLSP" --cert "$D/out.pem" \
+    --key "$D/out-key.pem" --dir "$TMP/tlsdst"
+wait_until 5 listen_port "$TMP/tls.log" || { fail "outside TLS server starts"; cat "$TMP/tls.log"; finish; }
+# web.shop: its pod at 127.0.0.5; the app's connection goes to 127.0.0.6 (an address
+# discovery does not know: a stale DNS answer, say). Both listen on WEBP.
+WEBP=$(free_port)
+for x in webdst:127.0.0.6 webep:127.0.0.5; do
+    bg "${x%%:*}" python3 "$REMORA_ROOT/test/tools/h1_recorder.py" --dir "$TMP/${x%%:*}" \
+        --listen "${x#*:}:$WEBP" --response "$RESP"
+    wait_until 5 listen_port "$TMP/${x%%:*}.log" || { fail "app ${x%%:*} starts"; finish; }
+done
+
+# ---- the fake API server and the injector's discovery service ------------------------------
+bg fake "${FAKE[@]}" --cert "$D/api.pem" --key "$D/api-key.pem" --port-file "$TMP/api.port" \
+    --control-listen 127.0.0.1:0 --control-port-file "$TMP/ctl.port"
+WAIT_UNTIL_STEP=0.05 wait_until 20 test -s "$TMP/ctl.port" -a -s "$TMP/api.port" ||
+    { fail "fake API server starts"; cat "$TMP/fake.log"; finish; }
+APIP=$(cat "$TMP/api.port")
+CTL=http://127.0.0.1:$(cat "$TMP/ctl.port")/_control
+ctl() { curl -sS -m 10 "$CTL/$1" "${@:2}"; }
+ctl state -X PUT --data-binary "{\"token\": \"tok-$$\"}" >/dev/null
+ctl objects/pods -X PUT --data-binary '{"metadata": {"name": "web-0", "namespace": "shop",
+    "labels": {"app": "web"}}, "spec": {"serviceAccountName": "web", "nodeName": "n1"},
+    "status": {"phase": "Running", "podIP": "127.0.0.5", "podIPs": [{"ip": "127.0.0.5"}],
+               "conditions": [{"type": "Ready", "status": "True"}]}}' >/dev/null
+ctl objects/services -X PUT --data-binary "{\"metadata\": {\"name\": \"web\", \"namespace\": \"shop\"},
+    \"spec\": {\"clusterIP\": \"10.96.0.10\", \"clusterIPs\": [\"10.96.0.10\"], \"selector\": {\"app\": \"web\"},
+               \"ports\": [{\"name\": \"http\", \"port\": 80, \"targetPort\": $WEBP, \"protocol\": \"TCP\"}]}}" >/dev/null
+ctl objects/endpointslices -X PUT --data-binary "{\"metadata\": {\"name\": \"web-0\", \"namespace\": \"shop\",
+    \"labels\": {\"kubernetes.io/service-name\": \"web\"}}, \"addressType\": \"IPv4\",
+    \"ports\": [{\"name\": \"http\", \"port\": $WEBP, \"protocol\": \"TCP\"}],
+    \"endpoints\": [{\"addresses\": [\"127.0.0.5\"], \"conditions\": {\"ready\": true, \"serving\": true, \"terminating\": false},
+                   \"targetRef\": {\"kind\": \"Pod\", \"namespace\": \"shop\", \"name\": \"web-0\"}}]}" >/dev/null
+
+DP=$(free_port)
+ca_config main 3600 "$(jq -n --arg a "127.0.0.1:$DP" --arg api "https://127.0.0.1:$APIP" \
+    --arg tok "$TMP/sa-token" --arg ca "$D/apica.pem" \
+    '{discovery: {address: $a, api: $api, token_file: $tok, ca_file: $ca}}')"
+ca_start_injector "$TMP/main.json" || { fail "injector starts"; cat "$TMP/injector-1.log"; finish; }
+wait_port "$DP" || { fail "discovery port listens"; cat "$TMP/injector-1.log"; finish; }
+# shellcheck disable=SC2317 # called through check/wait_until
+readyz() { [[ $(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/wh.pem" \
+    --resolve "$SVC:$WH:127.0.0.1" "https://$SVC:$WH/readyz") == 200 ]]; }
+check "injector synced (/readyz 200)" wait_until 30 readyz
+
+# ---- the proxy: registry_only, names in egress_allow ---------------------------------------
+ADMIN_PORT=$(free_port); LO=$(free_port); LT=$(free_port); LW=$(free_port)
+cat >"$TMP/proxy.json" <<JSON
+{"admin": {"address": "127.0.0.1:$ADMIN_PORT"},
+ "listeners": [
+   {"name": "out", "address": "127.0.0.1:$LO", "direction": "outbound", "tls": "mesh",
+    "upstream": "127.0.0.4:$APPO"},
+   {"name": "tls", "address": "127.0.0.1:$LT", "direction": "outbound", "tls": "mesh",
+    "upstream": "127.0.0.4:$TLSP"},
+   {"name": "web", "address": "127.0.0.1:$LW", "direction": "outbound", "tls": "mesh",
+    "upstream": "127.0.0.6:$WEBP"}],
+ "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "client",
+              "cert_file": "$D/w.pem", "key_file": "$D/w-key.pem", "bundle_file": "$D/root.pem"},
+ "discovery": {"address": "127.0.0.1:$DP", "lookup_timeout_ms": 3000},
+ "outbound_policy": "registry_only",
+ "egress_allow": ["allowed.example:$APPO", "*.wild.example:$APPO", "tls-ok.example:$TLSP",
+                  "*.tlswild.example:$TLSP"]}
+JSON
+start_proxy proxy "$TMP/proxy.json" || finish
+A=http://127.0.0.1:$ADMIN_PORT
+
+# send PORT HOST: a GET with that Host through the proxy; prints the status line and body
+send() {
+    printf 'GET /x?y=1 HTTP/1.1\r\nHost: %s\r\nX-App: 1\r\n\r\n' "$2" | timeout 20 python3 -c '
+import re, socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=15)
+s.sendall(sys.stdin.buffer.read())
+data = b""
+while b"\r\n\r\n" not in data:
+    d = s.recv(4096)
+    if not d: break
+    data += d
+head, _, body = data.partition(b"\r\n\r\n")
+m = re.search(rb"content-length: *(\d+)", head, re.I)
+n = int(m.group(1)) if m else 0
+while len(body) < n:
+    d = s.recv(4096)
+    if not d: break
+    body += d
+print(head.split(b"\r\n")[0].decode(), body.decode(errors="replace").rstrip("\n"))' "$1"
+}
+size() { stat -c %s "$1" 2>/dev/null || echo 0; }
+# exact_req FILE HOST: "match" when FILE holds exactly the request send() makes for HOST as
+# the proxy forwards it (names lower-cased, then its traceparent and x-request-id), else the bytes
+exact_req() {
+    python3 -c '
+import re, sys
+data = open(sys.argv[1], "rb").read()
+want = (rb"GET /x\?y=1 HTTP/1\.1\r\nhost: " + re.escape(sys.argv[2].encode()) +
+        rb"\r\nx-app: 1\r\ntraceparent: 00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]\r\n"
+        rb"x-request-id: [0-9a-f-]{36}\r\n\r\n")
+print("match" if re.fullmatch(want, data) else repr(data))' "$1" "$2"
+}
+refused() { echo "HTTP/1.1 502 Bad Gateway destination $1 is not in the mesh registry (outbound_policy registry_only)"; }
+
+# ---- HTTP: the Host decides ------------------------------------------------------------------
+expect_eq "Host allowed.example:$APPO (listed): forwarded, 200" "$(send "$LO" "allowed.example:$APPO")" \
+    "HTTP/1.1 200 OK ok"
+# what reached the app: the request as the app sent it (field names lower-cased), with the
+# proxy's own trace context and request id after it
+expect_eq "... what reached the app, byte for byte" "$(exact_req "$TMP/out/conn-1.bin" "allowed.example:$APPO")" match
+n0=$(size "$TMP/out/all.bin")
+expect_eq "Host Allowed.Example. (no port: the destination's; any case, trailing dot): 200" \
+    "$(send "$LO" "Allowed.Example.")" "HTTP/1.1 200 OK ok"
+check "... and it reached the app" test "$(size "$TMP/out/all.bin")" -gt "$n0"
+n0=$(size "$TMP/out/all.bin")
+expect_eq "Host unlisted.example (not listed): 502 naming it" \
+    "$(send "$LO" "unlisted.example:$APPO")" "$(refused "unlisted.example:$APPO")"
+expect_eq "Host allowed.example:9999 (listed name, other port): 502 naming it" \
+    "$(send "$LO" "allowed.example:9999")" "$(refused "allowed.example:9999")"
+expect_eq "Host wild.example (*.wild.example does not cover the domain itself): 502" \
+    "$(send "$LO" "wild.example:$APPO")" "$(refused "wild.example:$APPO")"
+expect_eq "Host 127.0.0.4:$APPO (an address: matched by address, never as a name): 502" \
+    "$(send "$LO" "127.0.0.4:$APPO")" "$(refused "127.0.0.4:$APPO")"
+expect_eq "... the app saw none of the four refused requests" "$(size "$TMP/out/all.bin")" "$n0"
+expect_eq "Host a.b.wild.example (under *.wild.example): 200" "$(send "$LO" "a.b.wild.example:$APPO")" \
+    "HTTP/1.1 200 OK ok"
+expect_match "the refusal is logged with the Host and the address" "$(cat "$TMP/proxy.log")" \
+    "egress: unlisted.example:$APPO at 127.0.0.4:$APPO refused: not in the mesh registry"
+
+# ---- TLS passthrough: the SNI decides --------------------------------------------------------
+# tls_try PORT SNI: a TLS client verifying the outside CA and the name ("-": no SNI, the
+# certificate chain still verified); prints "ok ECHO" or "refused"
+tls_try() {
+    timeout 20 python3 -c '
+import socket, ssl, sys
+port, sni, ca = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+if sni == "-":
+    ctx.check_hostname = False
+    sni = None
+msg = b"through the mesh, untouched \x00\xff\r\n"
+s = socket.create_connection(("127.0.0.1", port), timeout=15)
+try:
+    t = ctx.wrap_socket(s, server_hostname=sni)
+    t.sendall(msg)
+    got = b""
+    while len(got) < len(msg):
+        d = t.recv(4096)
+        if not d: break
+        got += d
+    print("ok", "same" if got == msg else repr(got))
+except (OSError, ssl.SSLError) as e:
+    print("refused")' "$1" "$2" "$D/outca.pem"
+}
+expect_eq "TLS with SNI tls-ok.example (listed): the session works end to end" \
+    "$(tls_try "$LT" tls-ok.example)" "ok same"
+expect_eq "... the destination got the client's bytes, decrypted by its own TLS" \
+    "$(od -An -c "$TMP/tlsdst/plain.bin" | tr -s ' \n' ' ')" \
+    "$(printf 'through the mesh, untouched \x00\xff\r\n' | od -An -c | tr -s ' \n' ' ')"
+expect_eq "TLS with SNI x.tlswild.example (under *.tlswild.example): works" \
+    "$(tls_try "$LT" x.tlswild.example)" "ok same"
+expect_eq "... the destination saw both names" "$(tr '\n' ' ' <"$TMP/tlsdst/sni")" \
+    "tls-ok.example x.tlswild.example "
+a0=$(wc -l <"$TMP/tlsdst/accepts")
+expect_eq "TLS with SNI evil.example (not listed): closed" "$(tls_try "$LT" evil.example)" "refused"
+expect_eq "TLS without SNI: closed" "$(tls_try "$LT" -)" "refused"
+expect_eq "... the destination never saw a connection (zero bytes)" \
+    "$(wc -l <"$TMP/tlsdst/accepts")" "$a0"
+expect_match "the TLS refusal is logged with the SNI" "$(cat "$TMP/proxy.log")" \
+    "egress: evil.example:$TLSP at 127.0.0.4:$TLSP refused"
+
+# ---- the Host lookup -------------------------------------------------------------------------
+sent() { curl -s "$A/metrics" | sed -n 's/^remora_discovery_requests_total{outcome="sent"} //p'; }
+expect_eq "Host web.shop:80 on an address discovery does not know: the Service, 200" \
+    "$(send "$LW" "web.shop:80")" "HTTP/1.1 200 OK ok"
+dest=$(curl -s "$A/destinations")
+expect_eq "/destinations: web.shop:80 is shop/web (found by the Host)" \
+    "$(jq -c --arg d "web.shop:80" '[.destinations[] | select(.destination == $d) |
+        .state, .answer.service]' <<<"$dest")" '["current","shop/web"]'
+cat "$TMP/webdst/all.bin" "$TMP/webep/all.bin" >"$TMP/web-all.bin"
+expect_eq "... the request reached the Service's app once, byte for byte" \
+    "$(exact_req "$TMP/web-all.bin" "web.shop:80")" match
+s0=$(sent)
+expect_eq "a second request for web.shop:80: 200" "$(send "$LW" "web.shop:80")" "HTTP/1.1 200 OK ok"
+expect_eq "... answered from the cache: no new request to discovery" "$(sent)" "$s0"
+expect_eq "Host nosuch.shop:80 (no such Service): 502 naming it" "$(send "$LW" "nosuch.shop:80")" \
+    "$(refused "nosuch.shop:80")"
+expect_eq "/destinations: svc.ns-shaped Hosts were asked about, a.b.wild.example (no Service's shape) never" \
+    "$(jq -c '[.destinations[].destination | select(test("example"))] | sort' <<<"$(curl -s "$A/destinations")")" \
+    "[\"allowed.example:$APPO\",\"allowed.example:9999\",\"unlisted.example:$APPO\",\"wild.example:$APPO\"]"
+
+# ---- the counter -----------------------------------------------------------------------------
+m=$(curl -s "$A/metrics")
+expect_eq "remora_egress_total: allowed 5 (3 HTTP, 2 TLS), refused 7 (4 HTTP, 2 TLS, nosuch.shop)" \
+    "$(grep '^remora_egress_total' <<<"$m" | sort | tr '\n' ' ')" \
+    'remora_egress_total{decision="allowed"} 5 remora_egress_total{decision="passthrough"} 0 remora_egress_total{decision="refused"} 7 '
+stop_pid "$PROXY_PID"
+expect_eq "proxy exits cleanly" "$STOP_RC" 0
+expect_sanitizers_clean "proxy: sanitizers clean" "$TMP/proxy.log"
+finish
