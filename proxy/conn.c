@@ -269,6 +269,14 @@ static bool read_sni(struct px_conn *c)
     if (c->srv->cfg->limits.buffer_bytes < cap)
         cap = c->srv->cfg->limits.buffer_bytes;
     size_t n = len < cap ? len : cap;
+    uint8_t head[5];
+    if (evbuffer_copyout(in, head, sizeof(head)) == (ev_ssize_t)sizeof(head) && head[0] == 22) {
+        /* wait for the whole first record before making the bytes contiguous
+         * (a client trickling its hello costs no copy per read) */
+        size_t need = 5 + ((size_t)head[3] << 8 | head[4]);
+        if (n < need && n < cap)
+            return false;
+    }
     const uint8_t *b = evbuffer_pullup(in, (ev_ssize_t)n);
     enum px_sni_result r = px_sni_parse(b != NULL ? b : (const uint8_t *)"", b ? n : 0, c->sni);
     if (r == PX_SNI_MORE && n < cap)

@@ -217,6 +217,62 @@ expect_eq "... the destination never saw a connection (zero bytes)" \
     "$(wc -l <"$TMP/tlsdst/accepts")" "$a0"
 expect_match "the TLS refusal is logged with the SNI" "$(cat "$TMP/proxy.log")" \
     "egress: evil.example:$TLSP at 127.0.0.4:$TLSP refused"
+# tls_cut PORT SNI MODE: the ClientHello for SNI sent "trickle" (in two TCP segments 300 ms
+# apart, then the handshake goes on) or "split" (re-framed as two TLS records); prints "ok"
+# when the verified session echoes, else "refused"
+tls_cut() {
+    timeout 20 python3 -c '
+import socket, ssl, sys, time
+port, sni, ca, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+ctx = ssl.create_default_context(cafile=ca)
+inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+t = ctx.wrap_bio(inc, out, server_hostname=sni)
+s = socket.create_connection(("127.0.0.1", port), timeout=15)
+try:
+    t.do_handshake()
+except ssl.SSLWantReadError:
+    pass
+hello = out.read()
+if mode == "split":
+    body = hello[5:]
+    hello = (hello[:3] + (60).to_bytes(2, "big") + body[:60] + hello[:3] +
+             (len(body) - 60).to_bytes(2, "big") + body[60:])
+    s.sendall(hello)
+else:
+    s.sendall(hello[:40]); time.sleep(0.3); s.sendall(hello[40:])
+try:
+    while True:
+        try:
+            t.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            s.sendall(out.read())
+            d = s.recv(65536)
+            if not d:
+                raise OSError("closed")
+            inc.write(d)
+    s.sendall(out.read())
+    t.write(b"cut hello"); s.sendall(out.read())
+    got = b""
+    while b"cut hello" not in got:
+        d = s.recv(65536)
+        if not d:
+            raise OSError("closed")
+        inc.write(d)
+        try:
+            got += t.read(65536)
+        except ssl.SSLWantReadError:
+            pass
+    print("ok")
+except (OSError, ssl.SSLError):
+    print("refused")' "$1" "$2" "$D/outca.pem" "$3"
+}
+expect_eq "TLS: a listed SNI in a ClientHello trickled over two segments: works" \
+    "$(tls_cut "$LT" tls-ok.example trickle)" ok
+a0=$(wc -l <"$TMP/tlsdst/accepts")
+expect_eq "TLS: a listed SNI in a ClientHello split over two records (no name read): closed" \
+    "$(tls_cut "$LT" tls-ok.example split)" refused
+expect_eq "... the destination never saw that connection" "$(wc -l <"$TMP/tlsdst/accepts")" "$a0"
 
 # ---- the Host lookup -------------------------------------------------------------------------
 sent() { curl -s "$A/metrics" | sed -n 's/^remora_discovery_requests_total{outcome="sent"} //p'; }
@@ -240,9 +296,9 @@ expect_eq "/destinations: svc.ns-shaped Hosts were asked about, a.b.wild.example
 
 # ---- the counter -----------------------------------------------------------------------------
 m=$(curl -s "$A/metrics")
-expect_eq "remora_egress_total: allowed 5 (3 HTTP, 2 TLS), refused 7 (4 HTTP, 2 TLS, nosuch.shop)" \
+expect_eq "remora_egress_total: allowed 6 (3 HTTP, 3 TLS), refused 8 (4 HTTP, 3 TLS, nosuch.shop)" \
     "$(grep '^remora_egress_total' <<<"$m" | sort | tr '\n' ' ')" \
-    'remora_egress_total{decision="allowed"} 5 remora_egress_total{decision="passthrough"} 0 remora_egress_total{decision="refused"} 7 '
+    'remora_egress_total{decision="allowed"} 6 remora_egress_total{decision="passthrough"} 0 remora_egress_total{decision="refused"} 8 '
 stop_pid "$PROXY_PID"
 expect_eq "proxy exits cleanly" "$STOP_RC" 0
 expect_sanitizers_clean "proxy: sanitizers clean" "$TMP/proxy.log"
