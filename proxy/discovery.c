@@ -668,11 +668,13 @@ enum px_disc_route px_disc_route(struct px_disc *d, enum px_disc_result res,
         return PX_ROUTE_EGRESS;
     }
     d->st.egress_refused++;
-    char what[MAX_KEY + 16];
-    if (named)
-        snprintf(what, sizeof(what), "%s:%u at ", name, (unsigned)port);
-    else
+    char what[MAX_KEY + 16], esc[MAX_KEY];
+    if (named) { /* the app's bytes: escaped for the log */
+        cm_log_escape(esc, sizeof(esc), name, strlen(name));
+        snprintf(what, sizeof(what), "%s:%u at ", esc, (unsigned)port);
+    } else {
         what[0] = '\0';
+    }
     cm_info("egress: %s%s refused: not in the mesh registry (%s) and not in egress_allow "
             "(outbound_policy registry_only)",
             what, cm_addr_format(dst, a, sizeof(a)),

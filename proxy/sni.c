@@ -79,8 +79,7 @@ static bool host_name(const uint8_t *s, size_t n, char *name)
             if (label == 0)
                 return false;
             label = 0;
-        } else if ((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' ||
-                   ch == '_') {
+        } else if ((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '_') {
             label++;
         } else if (ch >= 'A' && ch <= 'Z') {
             ch = (uint8_t)(ch - 'A' + 'a');

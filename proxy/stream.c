@@ -181,7 +181,8 @@ void px_stream_detach(struct px_stream *s, enum px_side side)
     if (s->attached[PX_DOWN] || s->attached[PX_UP])
         return;
     px_pool_cancel(s); /* still waiting for a connection: leave the queue */
-    px_disc_cancel(s->disc_wait); /* ... or for the Host lookup */
+    /* ... or for the Host lookup */
+    px_disc_cancel(s->disc_wait);
     s->disc_wait = NULL;
     if (s->held != NULL)
         evbuffer_free(s->held);
@@ -259,7 +260,8 @@ static void warn_5xx(struct px_stream *s, int status, const char *body)
 void px_stream_respond(struct px_stream *s, int status, const char *body)
 {
     px_pool_cancel(s); /* answered while waiting for a connection */
-    px_disc_cancel(s->disc_wait); /* ... or for the Host lookup */
+    /* ... or for the Host lookup */
+    px_disc_cancel(s->disc_wait);
     s->disc_wait = NULL;
     if (!s->attached[PX_DOWN] || s->aborted || s->ops[PX_DOWN] == NULL) {
         /* the client is gone: nobody to answer, only the upstream to stop */
@@ -766,7 +768,8 @@ void px_stream_on_error(struct px_stream *s, enum px_side side, enum px_cause ca
         s->aborted = true;
         px_metrics.downstream_resets++;
         px_pool_cancel(s); /* a waiting try leaves the queue, opening nothing */
-        px_disc_cancel(s->disc_wait); /* the client went away: the Host lookup is dropped */
+        /* the client went away: its Host lookup is dropped */
+        px_disc_cancel(s->disc_wait);
         s->disc_wait = NULL;
         px_stream_abort_side(s, PX_UP);
     }
