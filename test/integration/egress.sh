@@ -302,4 +302,68 @@ expect_eq "remora_egress_total: allowed 6 (3 HTTP, 3 TLS), refused 8 (4 HTTP, 3 
 stop_pid "$PROXY_PID"
 expect_eq "proxy exits cleanly" "$STOP_RC" 0
 expect_sanitizers_clean "proxy: sanitizers clean" "$TMP/proxy.log"
+
+# ---- a Host lookup that gets no answer: bounded, cancelled by the client, body held ----------
+# A discovery service that answers addresses (404) and holds every lookup by name.
+cat "$D/srv.pem" "$D/int.pem" >"$D/srv-chain.pem"
+bg slowdisc python3 "$REMORA_ROOT/test/tools/slow_discovery.py" --cert "$D/srv-chain.pem" \
+    --key "$D/srv-key.pem" --log "$TMP/slowdisc.req"
+wait_until 5 listen_port "$TMP/slowdisc.log" || { fail "slow discovery starts"; finish; }
+SLOWP=$LISTEN_PORT
+ADMIN_PORT=$(free_port); LS=$(free_port)
+cat >"$TMP/slow.json" <<JSON
+{"admin": {"address": "127.0.0.1:$ADMIN_PORT"},
+ "listeners": [{"name": "out", "address": "127.0.0.1:$LS", "direction": "outbound",
+                "tls": "mesh", "upstream": "127.0.0.4:$APPO"}],
+ "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "client",
+              "cert_file": "$D/w.pem", "key_file": "$D/w-key.pem", "bundle_file": "$D/root.pem"},
+ "discovery": {"address": "127.0.0.1:$SLOWP", "lookup_timeout_ms": 1500},
+ "outbound_policy": "registry_only", "egress_allow": ["held.shop:$APPO"]}
+JSON
+start_proxy slow "$TMP/slow.json" || finish
+A=http://127.0.0.1:$ADMIN_PORT
+unavailable() { curl -s "$A/metrics" | sed -n 's/^remora_discovery_lookups_total{result="unavailable"} //p'; }
+n0=$(size "$TMP/out/all.bin")
+# the client sends its request, waits until the lookup by name is asked, and goes away (a
+# reset: a half-close would still wait for the answer, as HTTP/1.1 allows)
+timeout 20 python3 -c '
+import socket, struct, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=15)
+s.sendall(b"GET /gone HTTP/1.1\r\nHost: gone.shop:80\r\n\r\n")
+end = time.time() + 10
+while time.time() < end and b"host=gone.shop" not in open(sys.argv[2], "rb").read():
+    time.sleep(0.05)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()' "$LS" "$TMP/slowdisc.req"
+check "the lookup of gone.shop:80 was asked" grep -q 'host=gone.shop%3A80' "$TMP/slowdisc.req"
+sleep 2.5 # past lookup_timeout_ms (1500): a waiter left behind would time out now
+expect_eq "the client went away: its lookup was cancelled (no waiter timed out)" "$(unavailable)" 0
+expect_eq "... and nothing reached the app" "$(size "$TMP/out/all.bin")" "$n0"
+t0=${EPOCHREALTIME/./}
+expect_eq "Host slow.shop:80, no answer: 502 naming it once lookup_timeout_ms passed" \
+    "$(send "$LS" slow.shop:80)" "$(refused "slow.shop:80")"
+ms=$(( (${EPOCHREALTIME/./} - t0) / 1000 ))
+check "... after the bound, not long after (${ms} ms; lookup_timeout_ms 1500)" test "$ms" -ge 1400 -a "$ms" -lt 10000
+expect_eq "... one waiter timed out" "$(unavailable)" 1
+# a body sent while the lookup waits is held, then forwarded (held.shop is listed)
+got=$(printf 'POST /held HTTP/1.1\r\nHost: held.shop:%s\r\nContent-Length: 11\r\n\r\nhello world' "$APPO" |
+    timeout 20 python3 -c '
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=15)
+s.sendall(sys.stdin.buffer.read())
+print(s.recv(4096).split(b"\r\n")[0].decode())' "$LS")
+expect_eq "POST with its body during the wait (held.shop listed): 200" "$got" "HTTP/1.1 200 OK"
+last=$(ls -t "$TMP"/out/conn-*.bin | head -1)
+expect_eq "... the app got the request and the body that waited, byte for byte" "$(python3 -c '
+import re, sys
+head, _, body = open(sys.argv[1], "rb").read().partition(b"\r\n\r\n")
+lines = head.split(b"\r\n")
+rest = sorted(l for l in lines[1:] if not re.match(rb"(traceparent|x-request-id): ", l))
+print("match" if lines[0] == b"POST /held HTTP/1.1" and body == b"hello world" and
+      rest == [b"content-length: 11", b"host: held.shop:" + sys.argv[2].encode()] else repr(head + body))' \
+    "$last" "$APPO")" match
+check "the proxy is alive" alive "$PROXY_PID"
+stop_pid "$PROXY_PID"
+expect_eq "proxy (slow discovery) exits cleanly" "$STOP_RC" 0
+expect_sanitizers_clean "proxy (slow discovery): sanitizers clean" "$TMP/slow.log"
 finish
