@@ -417,13 +417,40 @@ static void set_egress_host(struct px_stream *s)
     s->egress_host = px_arena_strndup(&s->arena, buf, (size_t)len);
 }
 
+/* Is the request's destination one the answer vouches for: a meshed endpoint
+ * (the peer must then prove its identity over mTLS), or the very address the
+ * connection goes to? */
+static bool answer_covers(const struct px_dest_answer *a, const struct cm_addr *dst)
+{
+    for (size_t i = 0; i < a->neps; i++)
+        if (a->eps[i].meshed || cm_addr_equal(&a->eps[i].addr, dst))
+            return true;
+    return false;
+}
+
 /* A Host lookup's result replaces the connection's (a 404 for its address)
  * when the Host is in the registry; otherwise the address's result stands
- * and egress_allow decides on the Host name. */
+ * and egress_allow decides on the Host name. The request still goes to the
+ * connection's address: a Service with no meshed endpoint there (nothing
+ * to verify) is believed only when that address is one of its endpoints, or
+ * any app could reach any address under registry_only by naming a
+ * plaintext Service in its Host. */
 static void host_result(struct px_stream *s, enum px_disc_result r, struct px_dest_answer *ans)
 {
     if (r != PX_DISC_FOUND || ans == NULL)
         return;
+    struct cm_addr dst;
+    px_conn_default_upstream(s->conn, &dst);
+    if (!answer_covers(ans, &dst)) {
+        char a[CM_ADDR_STRLEN];
+        cm_log_limited(CM_LOG_INFO, "egress: host not at its address",
+                       "egress: Host %s is %s in the registry, but the connection goes to %s, "
+                       "not one of its endpoints, and none is meshed: decided as outside the "
+                       "mesh",
+                       s->egress_host, ans->service ? ans->service : "a pod",
+                       cm_addr_format(&dst, a, sizeof(a)));
+        return;
+    }
     px_dest_answer_unref(s->dest);
     s->dest = px_dest_answer_ref(ans);
     s->disc_res = (int)PX_DISC_FOUND;

@@ -13,10 +13,12 @@
 #    works end to end (the client verifies the destination's certificate, the
 #    bytes echo back unchanged); an unlisted or missing SNI is closed before
 #    anything is forwarded: the destination never sees a connection;
-#  - the Host lookup: a request for the Service web.shop:80 on a connection whose
-#    address discovery does not know is looked up by its Host, found, and let
-#    through (not an egress); a second request is answered from the cache; a
-#    Service-shaped Host that does not exist is refused by name;
+#  - the Host lookup: a request for the meshed Service web.shop:80 on a connection
+#    whose address discovery does not know is looked up by its Host, found, and
+#    sent over mTLS to a peer that must be shop/web (not an egress); a second
+#    request is answered from the cache; a plaintext Service named in the Host of a
+#    connection to an address that is none of its endpoints is not believed (502);
+#    a Service-shaped Host that does not exist is refused by name;
 #  - remora_egress_total{decision} counts each decision, the log names each refusal.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 FAKE=(python3 "$REMORA_ROOT/test/tools/fake_apiserver.py")
@@ -44,7 +46,7 @@ echo "tok-$$" >"$TMP/sa-token"
     >/dev/null || exit 1
 
 # ---- the apps: outside HTTP (127.0.0.4), outside TLS (127.0.0.4), the Service web --------
-mkdir -p "$TMP/out" "$TMP/webdst" "$TMP/webep"
+mkdir -p "$TMP/out" "$TMP/webapp"
 RESP='HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'
 APPO=$(free_port)
 bg out python3 "$REMORA_ROOT/test/tools/h1_recorder.py" --dir "$TMP/out" --listen "127.0.0.4:$APPO" \
@@ -54,14 +56,29 @@ TLSP=$(free_port)
 bg tls python3 "$REMORA_ROOT/test/tools/tls_echo.py" --listen "127.0.0.4:$TLSP" --cert "$D/out.pem" \
     --key "$D/out-key.pem" --dir "$TMP/tlsdst"
 wait_until 5 listen_port "$TMP/tls.log" || { fail "outside TLS server starts"; cat "$TMP/tls.log"; finish; }
-# web.shop: its pod at 127.0.0.5; the app's connection goes to 127.0.0.6 (an address
-# discovery does not know: a stale DNS answer, say). Both listen on WEBP.
+# web.shop (meshed, shop/web): its pod at 127.0.0.5; the app's connection goes to 127.0.0.6
+# (an address discovery does not know: a stale DNS answer, say). The pod's sidecar listens
+# on both (strict mTLS as shop/web) in front of the app.
 WEBP=$(free_port)
-for x in webdst:127.0.0.6 webep:127.0.0.5; do
-    bg "${x%%:*}" python3 "$REMORA_ROOT/test/tools/h1_recorder.py" --dir "$TMP/${x%%:*}" \
-        --listen "${x#*:}:$WEBP" --response "$RESP"
-    wait_until 5 listen_port "$TMP/${x%%:*}.log" || { fail "app ${x%%:*} starts"; finish; }
-done
+bg webapp python3 "$REMORA_ROOT/test/tools/h1_recorder.py" --dir "$TMP/webapp" --response "$RESP"
+wait_until 5 listen_port "$TMP/webapp.log" || { fail "web app starts"; finish; }
+WEBAPP=$LISTEN_PORT
+"$CERTS" workload --ca-cert "$D/root.pem" --ca-key "$D/root-key.pem" \
+    --spiffe-id spiffe://cluster.local/ns/shop/sa/web --out-cert "$D/web.pem" --out-key "$D/web-key.pem" \
+    >/dev/null || exit 1
+WEBADMIN=$(free_port)
+cat >"$TMP/websc.json" <<JSON
+{"admin": {"address": "127.0.0.1:$WEBADMIN"},
+ "listeners": [{"name": "in5", "address": "127.0.0.5:$WEBP", "direction": "inbound", "tls": "strict",
+                "upstream": "127.0.0.1:$WEBAPP"},
+               {"name": "in6", "address": "127.0.0.6:$WEBP", "direction": "inbound", "tls": "strict",
+                "upstream": "127.0.0.1:$WEBAPP"}],
+ "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "web",
+              "cert_file": "$D/web.pem", "key_file": "$D/web-key.pem", "bundle_file": "$D/root.pem"}}
+JSON
+bg websc "$PROXY" -c "$TMP/websc.json"
+WEBSC_PID=$LASTPID
+wait_http "http://127.0.0.1:$WEBADMIN/ready" || { fail "web sidecar starts"; cat "$TMP/websc.log"; finish; }
 
 # ---- the fake API server and the injector's discovery service ------------------------------
 bg fake "${FAKE[@]}" --cert "$D/api.pem" --key "$D/api-key.pem" --port-file "$TMP/api.port" \
@@ -73,7 +90,8 @@ CTL=http://127.0.0.1:$(cat "$TMP/ctl.port")/_control
 ctl() { curl -sS -m 10 "$CTL/$1" "${@:2}"; }
 ctl state -X PUT --data-binary "{\"token\": \"tok-$$\"}" >/dev/null
 ctl objects/pods -X PUT --data-binary '{"metadata": {"name": "web-0", "namespace": "shop",
-    "labels": {"app": "web"}}, "spec": {"serviceAccountName": "web", "nodeName": "n1"},
+    "labels": {"app": "web"}, "annotations": {"remora.io/status": "{}"}},
+    "spec": {"serviceAccountName": "web", "nodeName": "n1"},
     "status": {"phase": "Running", "podIP": "127.0.0.5", "podIPs": [{"ip": "127.0.0.5"}],
                "conditions": [{"type": "Ready", "status": "True"}]}}' >/dev/null
 ctl objects/services -X PUT --data-binary "{\"metadata\": {\"name\": \"web\", \"namespace\": \"shop\"},
@@ -84,6 +102,19 @@ ctl objects/endpointslices -X PUT --data-binary "{\"metadata\": {\"name\": \"web
     \"ports\": [{\"name\": \"http\", \"port\": $WEBP, \"protocol\": \"TCP\"}],
     \"endpoints\": [{\"addresses\": [\"127.0.0.5\"], \"conditions\": {\"ready\": true, \"serving\": true, \"terminating\": false},
                    \"targetRef\": {\"kind\": \"Pod\", \"namespace\": \"shop\", \"name\": \"web-0\"}}]}" >/dev/null
+# legacy.shop: a plaintext Service (no sidecar) with its pod at 127.0.0.7
+ctl objects/pods -X PUT --data-binary '{"metadata": {"name": "legacy-0", "namespace": "shop",
+    "labels": {"app": "legacy"}}, "spec": {"serviceAccountName": "legacy", "nodeName": "n1"},
+    "status": {"phase": "Running", "podIP": "127.0.0.7", "podIPs": [{"ip": "127.0.0.7"}],
+               "conditions": [{"type": "Ready", "status": "True"}]}}' >/dev/null
+ctl objects/services -X PUT --data-binary '{"metadata": {"name": "legacy", "namespace": "shop"},
+    "spec": {"clusterIP": "10.96.0.11", "clusterIPs": ["10.96.0.11"], "selector": {"app": "legacy"},
+             "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}}' >/dev/null
+ctl objects/endpointslices -X PUT --data-binary '{"metadata": {"name": "legacy-0", "namespace": "shop",
+    "labels": {"kubernetes.io/service-name": "legacy"}}, "addressType": "IPv4",
+    "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+    "endpoints": [{"addresses": ["127.0.0.7"], "conditions": {"ready": true, "serving": true, "terminating": false},
+                   "targetRef": {"kind": "Pod", "namespace": "shop", "name": "legacy-0"}}]}' >/dev/null
 
 DP=$(free_port)
 ca_config main 3600 "$(jq -n --arg a "127.0.0.1:$DP" --arg api "https://127.0.0.1:$APIP" \
@@ -276,18 +307,22 @@ expect_eq "... the destination never saw that connection" "$(wc -l <"$TMP/tlsdst
 
 # ---- the Host lookup -------------------------------------------------------------------------
 sent() { curl -s "$A/metrics" | sed -n 's/^remora_discovery_requests_total{outcome="sent"} //p'; }
-expect_eq "Host web.shop:80 on an address discovery does not know: the Service, 200" \
+expect_eq "Host web.shop:80 on an address discovery does not know: the meshed Service, 200" \
     "$(send "$LW" "web.shop:80")" "HTTP/1.1 200 OK ok"
 dest=$(curl -s "$A/destinations")
 expect_eq "/destinations: web.shop:80 is shop/web (found by the Host)" \
     "$(jq -c --arg d "web.shop:80" '[.destinations[] | select(.destination == $d) |
         .state, .answer.service]' <<<"$dest")" '["current","shop/web"]'
-cat "$TMP/webdst/all.bin" "$TMP/webep/all.bin" >"$TMP/web-all.bin"
-expect_eq "... the request reached the Service's app once, byte for byte" \
-    "$(exact_req "$TMP/web-all.bin" "web.shop:80")" match
+expect_match "... the request reached web's app through its sidecar (mTLS as shop/web)" \
+    "$(cat "$TMP/webapp/all.bin")" \
+    $'^GET /x\\?y=1 HTTP/1.1\r\n.*host: web.shop:80\r\n.*x-forwarded-client-cert: By=spiffe://cluster.local/ns/shop/sa/web;URI=spiffe://cluster.local/ns/shop/sa/client\r\n'
 s0=$(sent)
 expect_eq "a second request for web.shop:80: 200" "$(send "$LW" "web.shop:80")" "HTTP/1.1 200 OK ok"
 expect_eq "... answered from the cache: no new request to discovery" "$(sent)" "$s0"
+expect_eq "Host legacy.shop:80 (a plaintext Service, none of its endpoints at this address): 502" \
+    "$(send "$LW" "legacy.shop:80")" "$(refused "legacy.shop:80")"
+expect_match "... the log says why" "$(cat "$TMP/proxy.log")" \
+    "egress: Host legacy.shop:80 is shop/legacy in the registry, but the connection goes to 127.0.0.6:$WEBP, not one of its endpoints"
 expect_eq "Host nosuch.shop:80 (no such Service): 502 naming it" "$(send "$LW" "nosuch.shop:80")" \
     "$(refused "nosuch.shop:80")"
 expect_eq "/destinations: svc.ns-shaped Hosts were asked about, a.b.wild.example (no Service's shape) never" \
@@ -296,12 +331,14 @@ expect_eq "/destinations: svc.ns-shaped Hosts were asked about, a.b.wild.example
 
 # ---- the counter -----------------------------------------------------------------------------
 m=$(curl -s "$A/metrics")
-expect_eq "remora_egress_total: allowed 6 (3 HTTP, 3 TLS), refused 8 (4 HTTP, 3 TLS, nosuch.shop)" \
+expect_eq "remora_egress_total: allowed 6 (3 HTTP, 3 TLS), refused 9 (4 HTTP, 3 TLS, legacy, nosuch)" \
     "$(grep '^remora_egress_total' <<<"$m" | sort | tr '\n' ' ')" \
-    'remora_egress_total{decision="allowed"} 6 remora_egress_total{decision="passthrough"} 0 remora_egress_total{decision="refused"} 8 '
+    'remora_egress_total{decision="allowed"} 6 remora_egress_total{decision="passthrough"} 0 remora_egress_total{decision="refused"} 9 '
 stop_pid "$PROXY_PID"
 expect_eq "proxy exits cleanly" "$STOP_RC" 0
 expect_sanitizers_clean "proxy: sanitizers clean" "$TMP/proxy.log"
+stop_pid "$WEBSC_PID"
+expect_sanitizers_clean "web sidecar: sanitizers clean" "$TMP/websc.log"
 
 # ---- a Host lookup that gets no answer: bounded, cancelled by the client, body held ----------
 # A discovery service that answers addresses (404) and holds every lookup by name.
