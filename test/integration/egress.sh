@@ -204,6 +204,11 @@ expect_eq "Host 127.0.0.4:$APPO (an address: matched by address, never as a name
 expect_eq "... the app saw none of the four refused requests" "$(size "$TMP/out/all.bin")" "$n0"
 expect_eq "Host a.b.wild.example (under *.wild.example): 200" "$(send "$LO" "a.b.wild.example:$APPO")" \
     "HTTP/1.1 200 OK ok"
+h2() { curl -s --http2-prior-knowledge -w ' %{http_code} %{http_version}' -H "Host: $2" "http://127.0.0.1:$1/h2"; }
+expect_eq "h2c, :authority allowed.example:$APPO: 200" "$(h2 "$LO" "allowed.example:$APPO")" "ok 200 2"
+expect_eq "h2c, :authority unlisted.example:$APPO: 502 naming it" "$(h2 "$LO" "unlisted.example:$APPO")" \
+    "destination unlisted.example:$APPO is not in the mesh registry (outbound_policy registry_only)
+ 502 2"
 expect_match "the refusal is logged with the Host and the address" "$(cat "$TMP/proxy.log")" \
     "egress: unlisted.example:$APPO at 127.0.0.4:$APPO refused: not in the mesh registry"
 
@@ -331,9 +336,9 @@ expect_eq "/destinations: svc.ns-shaped Hosts were asked about, a.b.wild.example
 
 # ---- the counter -----------------------------------------------------------------------------
 m=$(curl -s "$A/metrics")
-expect_eq "remora_egress_total: allowed 6 (3 HTTP, 3 TLS), refused 9 (4 HTTP, 3 TLS, legacy, nosuch)" \
+expect_eq "remora_egress_total: allowed 7 (4 HTTP, 3 TLS), refused 10 (5 HTTP, 3 TLS, legacy, nosuch)" \
     "$(grep '^remora_egress_total' <<<"$m" | sort | tr '\n' ' ')" \
-    'remora_egress_total{decision="allowed"} 6 remora_egress_total{decision="passthrough"} 0 remora_egress_total{decision="refused"} 9 '
+    'remora_egress_total{decision="allowed"} 7 remora_egress_total{decision="passthrough"} 0 remora_egress_total{decision="refused"} 10 '
 stop_pid "$PROXY_PID"
 expect_eq "proxy exits cleanly" "$STOP_RC" 0
 expect_sanitizers_clean "proxy: sanitizers clean" "$TMP/proxy.log"
