@@ -405,7 +405,14 @@ print("match" if lines[0] == b"POST /held HTTP/1.1" and body == b"hello world" a
       rest == [b"content-length: 11", b"host: held.shop:" + sys.argv[2].encode()] else repr(head + body))' \
     "$last" "$APPO")" match
 check "the proxy is alive" alive "$PROXY_PID"
+# SIGTERM while a request waits for its Host lookup: it is answered within the drain
+send "$LS" wait.shop:80 >"$TMP/wait.out" &
+WAITER=$!
+check "the lookup of wait.shop:80 was asked" wait_until 10 grep -q 'host=wait.shop' "$TMP/slowdisc.req"
 stop_pid "$PROXY_PID"
+wait "$WAITER"
+expect_eq "SIGTERM during a Host lookup: the request still gets its answer" "$(cat "$TMP/wait.out")" \
+    "$(refused "wait.shop:80")"
 expect_eq "proxy (slow discovery) exits cleanly" "$STOP_RC" 0
 expect_sanitizers_clean "proxy (slow discovery): sanitizers clean" "$TMP/slow.log"
 finish
