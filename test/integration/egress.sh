@@ -395,7 +395,7 @@ s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=15)
 s.sendall(sys.stdin.buffer.read())
 print(s.recv(4096).split(b"\r\n")[0].decode())' "$LS")
 expect_eq "POST with its body during the wait (held.shop listed): 200" "$got" "HTTP/1.1 200 OK"
-last=$(ls -t "$TMP"/out/conn-*.bin | head -1)
+last=$TMP/out/conn-$(find "$TMP/out" -name 'conn-*.bin' | wc -l).bin # numbered from 1
 expect_eq "... the app got the request and the body that waited, byte for byte" "$(python3 -c '
 import re, sys
 head, _, body = open(sys.argv[1], "rb").read().partition(b"\r\n\r\n")
