@@ -324,6 +324,11 @@ expect_match "... the request reached web's app through its sidecar (mTLS as sho
 s0=$(sent)
 expect_eq "a second request for web.shop:80: 200" "$(send "$LW" "web.shop:80")" "HTTP/1.1 200 OK ok"
 expect_eq "... answered from the cache: no new request to discovery" "$(sent)" "$s0"
+timed() { curl -s -o /dev/null -w '%{http_code} %{time_total}' -H "Host: $2" "http://127.0.0.1:$1/t"; }
+read -r c1 t1 <<<"$(timed "$LW" web.shop.svc:80)"
+read -r c2 t2 <<<"$(timed "$LW" web.shop.svc:80)"
+expect_eq "web.shop.svc:80 (the same Service by its other name): 200, twice" "$c1 $c2" "200 200"
+echo "   measured (curl time_total, $REMORA_BUILD): first request ${t1}s (a Host lookup), second ${t2}s (a hit)"
 expect_eq "Host legacy.shop:80 (a plaintext Service, none of its endpoints at this address): 502" \
     "$(send "$LW" "legacy.shop:80")" "$(refused "legacy.shop:80")"
 expect_match "... the log says why" "$(cat "$TMP/proxy.log")" \
