@@ -24,6 +24,7 @@
 #include "proxy/listener.h"
 #include "proxy/metrics.h"
 #include "proxy/server.h"
+#include "proxy/sni.h"
 #include "proxy/tcp.h"
 #include "proxy/tls.h"
 
@@ -249,6 +250,42 @@ static void start_mtls(struct px_conn *c)
         abort_conn(c);
 }
 
+/* Outbound TLS under registry_only: egress_allow names match the SNI, so the
+ * ClientHello is read before the connection is passed through. */
+static bool want_sni(const struct px_conn *c)
+{
+    return c->srv->disc != NULL && c->lcfg->direction == PX_DIR_OUTBOUND && !c->mtls &&
+           c->srv->cfg->discovery != NULL &&
+           c->srv->cfg->discovery->policy == PX_OUTBOUND_REGISTRY_ONLY;
+}
+
+/* Read the SNI from the bytes so far: false while the first record is not
+ * all in (at most PX_SNI_MAX_BYTES, and never past what the connection may
+ * buffer; a silence then is decided by the detect timeout, as TCP). */
+static bool read_sni(struct px_conn *c)
+{
+    struct evbuffer *in = px_io_input(c->io);
+    size_t len = evbuffer_get_length(in), cap = PX_SNI_MAX_BYTES;
+    if (c->srv->cfg->limits.buffer_bytes < cap)
+        cap = c->srv->cfg->limits.buffer_bytes;
+    size_t n = len < cap ? len : cap;
+    uint8_t head[5];
+    if (evbuffer_copyout(in, head, sizeof(head)) == (ev_ssize_t)sizeof(head) && head[0] == 22) {
+        /* wait for the whole first record before making the bytes contiguous
+         * (a client trickling its hello costs no copy per read) */
+        size_t need = 5 + ((size_t)head[3] << 8 | head[4]);
+        if (n < need && n < cap)
+            return false;
+    }
+    const uint8_t *b = evbuffer_pullup(in, (ev_ssize_t)n);
+    enum px_sni_result r = px_sni_parse(b != NULL ? b : (const uint8_t *)"", b ? n : 0, c->sni);
+    if (r == PX_SNI_MORE && n < cap)
+        return false;
+    cm_debug("conn %llu: TLS to %s%s", (unsigned long long)c->id,
+             c->sni[0] ? "SNI " : "no usable SNI", c->sni);
+    return true;
+}
+
 static void on_detect_read(struct px_io *io, void *arg)
 {
     struct px_conn *c = arg;
@@ -257,6 +294,13 @@ static void on_detect_read(struct px_io *io, void *arg)
     if (n < 0)
         n = 0;
     enum px_conn_proto p = px_detect(buf, (size_t)n);
+    if (p == PX_PROTO_TLS && want_sni(c) && !read_sni(c)) {
+        if (!c->detect_bytes) { /* the rest of the ClientHello within detect_timeout_ms */
+            c->detect_bytes = true;
+            px_io_set_timeout(io, c->srv->cfg->limits.detect_timeout_ms);
+        }
+        return;
+    }
     if (p != PX_PROTO_UNKNOWN) {
         dispatch(c, p);
         return;

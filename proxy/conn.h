@@ -14,6 +14,7 @@
 #include "common/net.h"
 #include "proxy/config.h"
 #include "proxy/io.h"
+#include "proxy/sni.h"
 
 struct px_listener;
 struct px_server;
@@ -59,6 +60,9 @@ struct px_conn {
     struct px_dest_answer *dest;    /* FOUND: the answer (one reference), else NULL */
     bool disc_deferred;             /* detection finished while the lookup was in flight */
     enum px_conn_proto disc_proto;  /* ... with this protocol */
+    /* outbound TLS outside the mesh (registry_only): the ClientHello's SNI
+     * (proxy/sni.h), read before the connection is passed through; "" none */
+    char sni[PX_SNI_NAME_BUF];
 };
 
 /* Take an accepted socket (fd, peer sa/salen) from listener l: record it,

@@ -14,6 +14,7 @@
  * destination one wait, not one per connection. An entry unused idle_ms is
  * dropped with its watch; past max_entries the least recently used one with
  * no waiter goes. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <inttypes.h>
@@ -601,6 +602,34 @@ json_t *px_disc_json(struct px_disc *d)
                      "entries", (json_int_t)d->nentries, "destinations", arr);
 }
 
+/* The name part of an egress host ("name", "name:port" or "name."): false
+ * when there is none or it is an address literal (addresses match by the
+ * destination, never by what the app wrote). *port is the Host's port when
+ * it has one. */
+static bool egress_name(const char *host, char *name, size_t cap, uint16_t *port)
+{
+    if (host == NULL || host[0] == '\0' || host[0] == '[')
+        return false;
+    const char *colon = strchr(host, ':');
+    size_t n = colon != NULL ? (size_t)(colon - host) : strlen(host);
+    if (n == 0 || n >= cap)
+        return false;
+    if (colon != NULL) {
+        uint16_t p;
+        if (cm_port_parse(colon + 1, &p) != 0 || p == 0)
+            return false;
+        *port = p;
+    }
+    memcpy(name, host, n);
+    name[n] = '\0';
+    struct in_addr a4;
+    char trimmed[MAX_KEY];
+    memcpy(trimmed, name, n + 1);
+    if (n > 0 && trimmed[n - 1] == '.')
+        trimmed[n - 1] = '\0';
+    return inet_pton(AF_INET, trimmed, &a4) != 1;
+}
+
 enum px_disc_route px_disc_route(struct px_disc *d, enum px_disc_result res,
                                  const struct px_dest_answer *ans, const struct cm_addr *dst,
                                  const char *host, const char **expected_id)
@@ -628,14 +657,27 @@ enum px_disc_route px_disc_route(struct px_disc *d, enum px_disc_result res,
         d->st.egress_passthrough++;
         return PX_ROUTE_EGRESS;
     }
-    if (px_egress_allowed(d->cfg, host, dst, cm_addr_port(dst))) {
+    /* host names match with the Host's own port (else the destination's),
+     * addresses with the destination's */
+    char name[MAX_KEY];
+    uint16_t port = cm_addr_port(dst);
+    bool named = egress_name(host, name, sizeof(name), &port);
+    if ((named && px_egress_allowed(d->cfg, name, NULL, port)) ||
+        px_egress_allowed(d->cfg, NULL, dst, cm_addr_port(dst))) {
         d->st.egress_allowed++;
         return PX_ROUTE_EGRESS;
     }
     d->st.egress_refused++;
-    cm_info("egress: %s%s%s refused: not in the mesh registry (%s) and not in egress_allow "
+    char what[MAX_KEY + 16], esc[MAX_KEY];
+    if (named) { /* the app's bytes: escaped for the log */
+        cm_log_escape(esc, sizeof(esc), name, strlen(name));
+        snprintf(what, sizeof(what), "%s:%u at ", esc, (unsigned)port);
+    } else {
+        what[0] = '\0';
+    }
+    cm_info("egress: %s%s refused: not in the mesh registry (%s) and not in egress_allow "
             "(outbound_policy registry_only)",
-            host ? host : "", host ? " at " : "", cm_addr_format(dst, a, sizeof(a)),
+            what, cm_addr_format(dst, a, sizeof(a)),
             res == PX_DISC_NOT_FOUND ? "discovery answered 404"
                                      : "no answer from discovery in time");
     return PX_ROUTE_REFUSED;

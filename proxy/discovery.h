@@ -199,8 +199,11 @@ enum px_disc_route {
     PX_ROUTE_EGRESS,   /* outside the mesh, let out (allow_any, or listed in egress_allow) */
     PX_ROUTE_REFUSED   /* outside the mesh under registry_only, not in egress_allow */
 };
-/* Decide for a destination dst (host: its name when known, else NULL) from a
- * finished lookup (res, and ans for FOUND). Counts the egress decisions
+/* Decide for a destination dst from a finished lookup (res, and ans for
+ * FOUND). host: the name the app gave it when known, else NULL: an HTTP Host
+ * ("name" or "name:port": its port then is the one egress_allow names match
+ * on, else dst's) or a TLS SNI; an address literal there is ignored (CIDR
+ * entries match dst only). Counts the egress decisions
  * (remora_egress_total{decision}) and logs the refusals. *expected_id is
  * borrowed from ans. */
 enum px_disc_route px_disc_route(struct px_disc *d, enum px_disc_result res,

@@ -1,11 +1,15 @@
 #include "proxy/stream.h"
 
+#include <arpa/inet.h>
+#include <event2/buffer.h>
 #include <event2/event.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/net.h"
 #include "common/xalloc.h"
 #include "proxy/accesslog.h"
 #include "proxy/authz.h"
@@ -177,6 +181,9 @@ void px_stream_detach(struct px_stream *s, enum px_side side)
     if (s->attached[PX_DOWN] || s->attached[PX_UP])
         return;
     px_pool_cancel(s); /* still waiting for a connection: leave the queue */
+    /* ... or for the Host lookup */
+    px_disc_cancel(s->disc_wait);
+    s->disc_wait = NULL;
     if (s->held != NULL)
         evbuffer_free(s->held);
     s->held = NULL;
@@ -253,6 +260,9 @@ static void warn_5xx(struct px_stream *s, int status, const char *body)
 void px_stream_respond(struct px_stream *s, int status, const char *body)
 {
     px_pool_cancel(s); /* answered while waiting for a connection */
+    /* ... or for the Host lookup */
+    px_disc_cancel(s->disc_wait);
+    s->disc_wait = NULL;
     if (!s->attached[PX_DOWN] || s->aborted || s->ops[PX_DOWN] == NULL) {
         /* the client is gone: nobody to answer, only the upstream to stop */
         px_stream_abort_side(s, PX_UP);
@@ -356,6 +366,155 @@ static int grpc_timeout(struct px_stream *s, uint32_t *timeout_ms)
     return 0;
 }
 
+/* ---- the Host of an outbound request (service discovery, egress_allow) ---------- */
+
+/* Is name shaped like a cluster Service name the discovery service answers
+ * for (svc.ns, svc.ns.svc, svc.ns.svc.<cluster domain>)? Other names (an
+ * external API's) are never asked about: the answer would be "no". */
+static bool service_shaped(const char *name)
+{
+    size_t labels = 1;
+    const char *third = NULL;
+    for (const char *p = name; *p; p++) {
+        if (*p != '.')
+            continue;
+        if (++labels == 3)
+            third = p + 1;
+    }
+    if (labels == 2)
+        return true;
+    return third != NULL && strncmp(third, "svc", 3) == 0 && (third[3] == '.' || third[3] == '\0');
+}
+
+/* s->egress_host from the request's Host: "name:port" lower-case, without a
+ * trailing dot; the port is the Host's, else the destination's. NULL when
+ * there is no Host, or it is an address literal (matched by address only). */
+static void set_egress_host(struct px_stream *s)
+{
+    const char *a = s->req.authority;
+    if (a == NULL || a[0] == '\0' || a[0] == '[')
+        return;
+    const char *colon = strchr(a, ':');
+    size_t n = colon != NULL ? (size_t)(colon - a) : strlen(a);
+    if (n > 0 && a[n - 1] == '.')
+        n--;
+    if (n == 0 || n > 253)
+        return;
+    char name[254];
+    for (size_t i = 0; i < n; i++)
+        name[i] = (a[i] >= 'A' && a[i] <= 'Z') ? (char)(a[i] - 'A' + 'a') : a[i];
+    name[n] = '\0';
+    struct in_addr a4;
+    if (inet_pton(AF_INET, name, &a4) == 1)
+        return;
+    struct cm_addr dst;
+    px_conn_default_upstream(s->conn, &dst);
+    uint16_t port = cm_addr_port(&dst);
+    if (colon != NULL && colon[1] != '\0' && (cm_port_parse(colon + 1, &port) != 0 || port == 0))
+        return; /* not a port: no name to match */
+    char buf[264];
+    int len = snprintf(buf, sizeof(buf), "%s:%u", name, (unsigned)port);
+    s->egress_host = px_arena_strndup(&s->arena, buf, (size_t)len);
+}
+
+/* Is the request's destination one the answer vouches for: a meshed endpoint
+ * (the peer must then prove its identity over mTLS), or the very address the
+ * connection goes to? */
+static bool answer_covers(const struct px_dest_answer *a, const struct cm_addr *dst)
+{
+    for (size_t i = 0; i < a->neps; i++)
+        if (a->eps[i].meshed || cm_addr_equal(&a->eps[i].addr, dst))
+            return true;
+    return false;
+}
+
+/* A Host lookup's result replaces the connection's (a 404 for its address)
+ * when the Host is in the registry; otherwise the address's result stands
+ * and egress_allow decides on the Host name. The request still goes to the
+ * connection's address: a Service with no meshed endpoint there (nothing
+ * to verify) is believed only when that address is one of its endpoints, or
+ * any app could reach any address under registry_only by naming a
+ * plaintext Service in its Host. */
+static void host_result(struct px_stream *s, enum px_disc_result r, struct px_dest_answer *ans)
+{
+    if (r != PX_DISC_FOUND || ans == NULL)
+        return;
+    struct cm_addr dst;
+    px_conn_default_upstream(s->conn, &dst);
+    if (!answer_covers(ans, &dst)) {
+        char a[CM_ADDR_STRLEN];
+        cm_log_limited(CM_LOG_INFO, "egress: host not at its address",
+                       "egress: Host %s is %s in the registry, but the connection goes to %s, "
+                       "not one of its endpoints, and none is meshed: decided as outside the "
+                       "mesh",
+                       s->egress_host, ans->service ? ans->service : "a pod",
+                       cm_addr_format(&dst, a, sizeof(a)));
+        return;
+    }
+    px_dest_answer_unref(s->dest);
+    s->dest = px_dest_answer_ref(ans);
+    s->disc_res = (int)PX_DISC_FOUND;
+    cm_debug("stream %s %s: Host %s is %s in the registry", s->req.method, s->req.path,
+             s->egress_host, ans->service ? ans->service : "a pod");
+}
+
+static void route_and_forward(struct px_stream *s);
+
+static void on_host_dest(enum px_disc_result r, struct px_dest_answer *ans, void *arg)
+{
+    struct px_stream *s = arg;
+    s->disc_wait = NULL;
+    host_result(s, r, ans);
+    if (s->state != PX_STREAM_FORWARD || !s->attached[PX_DOWN] || s->aborted)
+        return; /* answered or gone meanwhile */
+    route_and_forward(s);
+}
+
+/* Outbound with discovery, the connection's destination not in the registry
+ * (404) and the Host a Service-shaped name: look the Host up. True when the
+ * request waits for the answer (bounded by lookup_timeout_ms; the body is
+ * held meanwhile, px_stream_on_req_data). A Host the cache answered costs
+ * nothing here. */
+static bool host_lookup(struct px_stream *s)
+{
+    if (s->srv->disc == NULL || s->lcfg->direction != PX_DIR_OUTBOUND)
+        return false;
+    set_egress_host(s);
+    if (s->egress_host == NULL || !s->disc_done || s->disc_res != (int)PX_DISC_NOT_FOUND)
+        return false;
+    const char *colon = strrchr(s->egress_host, ':');
+    char name[254];
+    size_t n = (size_t)(colon - s->egress_host);
+    memcpy(name, s->egress_host, n);
+    name[n] = '\0';
+    if (!service_shaped(name))
+        return false;
+    struct px_dest_answer *ans = NULL;
+    enum px_disc_result r =
+        px_disc_lookup(s->srv->disc, NULL, s->egress_host, &ans, on_host_dest, s, &s->disc_wait);
+    if (s->disc_wait != NULL)
+        return true;
+    host_result(s, r, ans);
+    px_dest_answer_unref(ans);
+    return false;
+}
+
+/* Body that arrived while the Host was looked up goes into a route's replay
+ * buffer too (a retry resends it), or the request is not retried. */
+static void keep_held_for_replay(struct px_stream *s)
+{
+    size_t n = s->held != NULL ? evbuffer_get_length(s->held) : 0;
+    if (n == 0 || !s->replayable)
+        return;
+    if (n > s->srv->cfg->limits.retry_buffer_bytes) {
+        s->replayable = false;
+        evbuffer_free(s->replay);
+        s->replay = NULL;
+        return;
+    }
+    evbuffer_add(s->replay, evbuffer_pullup(s->held, -1), n);
+}
+
 void px_stream_on_req_head(struct px_stream *s)
 {
     const struct px_limits *lim = &s->srv->cfg->limits;
@@ -380,6 +539,16 @@ void px_stream_on_req_head(struct px_stream *s)
     px_trace_restore(s); /* a Connection header cannot strip the request id or trace */
     if (upgrade != NULL && px_stream_keep_upgrade(s, &s->req, upgrade) != 0)
         return;
+    /* outbound with discovery: the Host names the destination too */
+    if (host_lookup(s))
+        return; /* waiting for the answer: on_host_dest routes the request */
+    route_and_forward(s);
+}
+
+/* The request chain after the Host lookup: route -> forward. */
+static void route_and_forward(struct px_stream *s)
+{
+    const struct px_limits *lim = &s->srv->cfg->limits;
     /* a matching route overrides the listener's upstream / original destination */
     s->routes = px_routes_ref(px_routes_current_of(s->srv->routes));
     s->route = px_routes_match(s->routes, s->req.authority, &s->conn->orig_dst);
@@ -396,6 +565,7 @@ void px_stream_on_req_head(struct px_stream *s)
         if (s->route->attempts > 1 && lim->retry_buffer_bytes > 0) {
             s->replay = evbuffer_new();
             s->replayable = s->replay != NULL;
+            keep_held_for_replay(s);
         }
     } else {
         px_upstream_budget_request(s->start_us); /* the budget of resends no route counts */
@@ -437,8 +607,8 @@ bool px_stream_on_req_data(struct px_stream *s, const uint8_t *data, size_t len)
         s->paused[PX_DOWN] = true; /* hold the client until the next try starts */
         return true;
     }
-    if (s->state == PX_STREAM_FORWARD && s->queued_on != NULL) {
-        /* waiting for a connection: keep what came, and hold the client past
+    if (s->state == PX_STREAM_FORWARD && (s->queued_on != NULL || s->disc_wait != NULL)) {
+        /* waiting for a connection (or the Host lookup): keep what came, and hold the client past
          * buffer_bytes as if the upstream were slow (below it the client is
          * still read, so its close is seen and the request leaves the queue) */
         s->req_body_bytes += len;
@@ -625,6 +795,9 @@ void px_stream_on_error(struct px_stream *s, enum px_side side, enum px_cause ca
         s->aborted = true;
         px_metrics.downstream_resets++;
         px_pool_cancel(s); /* a waiting try leaves the queue, opening nothing */
+        /* the client went away: its Host lookup is dropped */
+        px_disc_cancel(s->disc_wait);
+        s->disc_wait = NULL;
         px_stream_abort_side(s, PX_UP);
     }
 }

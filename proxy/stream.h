@@ -93,6 +93,7 @@ enum px_stream_state {
 struct px_server;
 
 struct px_dest_answer;
+struct px_disc_wait;
 
 struct px_stream {
     struct px_server *srv; /* the proxy this exchange runs in (from conn->srv) */
@@ -129,6 +130,11 @@ struct px_stream {
     bool disc_done;              /* disc_res (and dest) hold a finished lookup */
     int disc_res;                /* enum px_disc_result */
     struct px_dest_answer *dest; /* FOUND: the answer (one reference), else NULL */
+    /* outbound with discovery: the request's Host as "name:port" (the port from
+     * the Host, else the original destination's) when it names a host, not an
+     * address; egress_allow names match it (in the arena), else NULL */
+    const char *egress_host;
+    struct px_disc_wait *disc_wait; /* the lookup of egress_host in flight, or NULL */
     /* routing and retries (proxy/routes.h) */
     struct px_routes *routes;             /* snapshot reference, or NULL */
     struct px_route *route;               /* matched route in routes, or NULL */

@@ -48,10 +48,11 @@ void px_upstream_target_release(struct px_upstream_target *t)
  * rewritten): refused under the outbound policy, as the app sent it (*mesh
  * cleared), or a meshed workload whose identity *id names (*mesh kept). */
 static enum px_resolve disc_apply(struct px_disc *d, int res, const struct px_dest_answer *dest,
-                                  struct px_upstream_target *t, bool *mesh, const char **id)
+                                  const char *host, struct px_upstream_target *t, bool *mesh,
+                                  const char **id)
 {
     *id = NULL;
-    switch (px_disc_route(d, (enum px_disc_result)res, dest, &t->addr, NULL, id)) {
+    switch (px_disc_route(d, (enum px_disc_result)res, dest, &t->addr, host, id)) {
     case PX_ROUTE_REFUSED:
         return PX_RESOLVE_NOT_IN_REGISTRY;
     case PX_ROUTE_PLAIN:
@@ -68,6 +69,7 @@ enum px_resolve px_upstream_resolve(const struct px_stream *s, const struct px_e
                                     struct px_upstream_target *t)
 {
     px_upstream_target_release(t);
+    t->host = NULL;
     bool mesh = s->lcfg->tls == PX_TLS_MESH;
     if (ep != NULL)
         t->addr = ep->addr;
@@ -79,7 +81,9 @@ enum px_resolve px_upstream_resolve(const struct px_stream *s, const struct px_e
     if (ep == NULL && s->disc_done && s->srv->disc != NULL) {
         /* service discovery (a routes-file endpoint above wins) */
         const char *id;
-        if (disc_apply(s->srv->disc, s->disc_res, s->dest, t, &mesh, &id) != PX_RESOLVE_OK)
+        t->host = s->egress_host; /* egress_allow names match the Host; the 502 names it */
+        if (disc_apply(s->srv->disc, s->disc_res, s->dest, s->egress_host, t, &mesh, &id) !=
+            PX_RESOLVE_OK)
             return PX_RESOLVE_NOT_IN_REGISTRY;
         if (mesh)
             t->expected_id = id;
@@ -102,6 +106,7 @@ enum px_resolve px_upstream_resolve(const struct px_stream *s, const struct px_e
 enum px_resolve px_upstream_resolve_tcp(const struct px_conn *c, struct px_upstream_target *t)
 {
     px_upstream_target_release(t);
+    t->host = NULL;
     px_conn_default_upstream(c, &t->addr);
     t->proto = PX_TGT_TCP;
     t->expected_id = NULL;
@@ -111,7 +116,9 @@ enum px_resolve px_upstream_resolve_tcp(const struct px_conn *c, struct px_upstr
     if (c->disc_done && c->srv->disc != NULL) {
         /* outside the mesh: TCP and the app's own TLS spliced as they are */
         const char *id;
-        if (disc_apply(c->srv->disc, c->disc_res, c->dest, t, &mesh, &id) != PX_RESOLVE_OK)
+        const char *sni = c->sni[0] != '\0' ? c->sni : NULL; /* the app's TLS names it */
+        t->host = sni;
+        if (disc_apply(c->srv->disc, c->disc_res, c->dest, sni, t, &mesh, &id) != PX_RESOLVE_OK)
             return PX_RESOLVE_NOT_IN_REGISTRY;
     }
     if (mesh) {
@@ -157,7 +164,7 @@ const char *px_resolve_msg(enum px_resolve r, const struct px_upstream_target *t
         return px_resolve_str(r);
     char a[CM_ADDR_STRLEN];
     snprintf(buf, len, "destination %s is not in the mesh registry (outbound_policy registry_only)",
-             cm_addr_format(&t->addr, a, sizeof(a)));
+             t->host != NULL ? t->host : cm_addr_format(&t->addr, a, sizeof(a)));
     return buf;
 }
 

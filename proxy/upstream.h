@@ -43,6 +43,9 @@ struct px_upstream_target {
     struct px_tls_conf *tls; /* mTLS client snapshot (one reference), or NULL: plaintext */
     const char *expected_id; /* SPIFFE ID the peer must present (borrowed from the route
                               * snapshot the stream holds), or NULL: any mesh workload */
+    const char *host;        /* outside the mesh: the name egress_allow was matched on (the
+                              * HTTP Host "name:port" or the TLS SNI; borrowed from the stream
+                              * or connection), or NULL: the address */
 };
 
 /* Why a target could not be resolved (the stream answers with the status). */
@@ -70,7 +73,7 @@ enum px_resolve px_upstream_resolve_tcp(const struct px_conn *c, struct px_upstr
 int px_resolve_status(enum px_resolve r);
 const char *px_resolve_str(enum px_resolve r);
 /* The body for the client: px_resolve_str, or for NOT_IN_REGISTRY the message
- * naming the destination (t->addr), written into buf. */
+ * naming the destination (t->host, else t->addr), written into buf. */
 const char *px_resolve_msg(enum px_resolve r, const struct px_upstream_target *t, char *buf,
                            size_t len);
 /* Drop the target's TLS reference (idempotent). */

@@ -150,9 +150,10 @@ expect_match "the app got the request as sent (path, Host, field)" "$got" \
 expect_eq "outside the mesh, allow_any: passed through, 200" "$(send "$L2")" "HTTP/1.1 200 OK ok"
 dest=$(curl -s "$A/destinations")
 jq -r '.destinations[] | select(.last_error) | "   " + .destination + ": " + .last_error' <<<"$dest"
-expect_eq "/destinations: the pod (current) and the outside address (not in the registry)" \
+# (the outside address's request then looked its Host legacy.shop:80 up: no such Service)
+expect_eq "/destinations: the pod (current), the outside address and its Host (not in the registry)" \
     "$(jq -c '[.destinations[] | [.destination, .state, (.answer.kind // "")]] | sort' <<<"$dest")" \
-    "[[\"127.0.0.1:$APP1\",\"current\",\"pod\"],[\"127.0.0.2:$APP2\",\"not in the registry\",\"\"]]"
+    "[[\"127.0.0.1:$APP1\",\"current\",\"pod\"],[\"127.0.0.2:$APP2\",\"not in the registry\",\"\"],[\"legacy.shop:80\",\"not in the registry\",\"\"]]"
 expect_match "remora_egress_total passthrough" "$(curl -s "$A/metrics")" \
     'remora_egress_total\{decision="passthrough"\} 1'
 # secure naming from discovery: the pod at 127.0.0.3 is shop/web
@@ -177,8 +178,8 @@ expect_sanitizers_clean "allow_any proxy: sanitizers clean" "$TMP/allow.log"
 before=$(stat -c %s "$TMP/rec2/all.bin")
 run_proxy strict registry_only '[]' || finish
 A=http://127.0.0.1:$ADMIN_PORT
-expect_eq "registry_only: 502 naming the destination" "$(send "$L2")" \
-    "HTTP/1.1 502 Bad Gateway destination 127.0.0.2:$APP2 is not in the mesh registry (outbound_policy registry_only)"
+expect_eq "registry_only: 502 naming the destination (the request's Host)" "$(send "$L2")" \
+    "HTTP/1.1 502 Bad Gateway destination legacy.shop:80 is not in the mesh registry (outbound_policy registry_only)"
 expect_eq "registry_only: the outside app saw nothing" "$(stat -c %s "$TMP/rec2/all.bin")" "$before"
 timed() { curl -s -o /dev/null -w '%{http_code} %{time_total}' -H 'Host: legacy.shop:80' "http://127.0.0.1:$1/t"; }
 read -r c1 s1 <<<"$(timed "$L1")"

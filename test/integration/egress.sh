@@ -1,0 +1,423 @@
+#!/usr/bin/env bash
+# Traffic leaving the mesh, by name (issue 18; docs/operations.md "Egress"): the
+# real injector's discovery service over mTLS, fed by the fake API server, and a
+# proxy under outbound_policy registry_only whose egress_allow lists host names.
+# On loopback a listener's fixed upstream stands for the original destination,
+# which discovery does not know (404):
+#  - HTTP: the request's Host decides (its port, else the destination's): a
+#    listed name is forwarded (what reached the app, byte for byte), a name,
+#    port or address not listed gets 502 "destination HOST:PORT is not in the
+#    mesh registry (outbound_policy registry_only)" and the app sees nothing;
+#    "*.domain" matches names under the domain, not the domain itself;
+#  - TLS passthrough: the ClientHello's SNI decides; a listed name's session
+#    works end to end (the client verifies the destination's certificate, the
+#    bytes echo back unchanged); an unlisted or missing SNI is closed before
+#    anything is forwarded: the destination never sees a connection;
+#  - the Host lookup: a request for the meshed Service web.shop:80 on a connection
+#    whose address discovery does not know is looked up by its Host, found, and
+#    sent over mTLS to a peer that must be shop/web (not an egress); a second
+#    request is answered from the cache; a plaintext Service named in the Host of a
+#    connection to an address that is none of its endpoints is not believed (502);
+#    a Service-shaped Host that does not exist is refused by name;
+#  - remora_egress_total{decision} counts each decision, the log names each refusal.
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+FAKE=(python3 "$REMORA_ROOT/test/tools/fake_apiserver.py")
+
+# ---- PKI: the mesh (ca_pki), the API server's, and the outside TLS destination's ----------
+ca_pki || exit 1
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -keyout "$D/apica-key.pem" -out "$D/apica.pem" -subj "/CN=apica" 2>/dev/null || exit 1
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$D/api-key.pem" \
+    -out "$D/api.csr" -subj "/CN=kube-apiserver" 2>/dev/null &&
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$D/api.ext" &&
+    openssl x509 -req -in "$D/api.csr" -CA "$D/apica.pem" -CAkey "$D/apica-key.pem" -CAcreateserial \
+        -days 2 -extfile "$D/api.ext" -out "$D/api.pem" 2>/dev/null || exit 1
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -keyout "$D/outca-key.pem" -out "$D/outca.pem" -subj "/CN=outside ca" 2>/dev/null || exit 1
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$D/out-key.pem" \
+    -out "$D/out.csr" -subj "/CN=outside" 2>/dev/null &&
+    printf 'subjectAltName=DNS:tls-ok.example,DNS:*.tlswild.example,DNS:evil.example\nextendedKeyUsage=serverAuth\n' \
+        >"$D/out.ext" &&
+    openssl x509 -req -in "$D/out.csr" -CA "$D/outca.pem" -CAkey "$D/outca-key.pem" -CAcreateserial \
+        -days 2 -extfile "$D/out.ext" -out "$D/out.pem" 2>/dev/null || exit 1
+echo "tok-$$" >"$TMP/sa-token"
+"$CERTS" workload --ca-cert "$D/root.pem" --ca-key "$D/root-key.pem" \
+    --spiffe-id spiffe://cluster.local/ns/shop/sa/client --out-cert "$D/w.pem" --out-key "$D/w-key.pem" \
+    >/dev/null || exit 1
+
+# ---- the apps: outside HTTP (127.0.0.4), outside TLS (127.0.0.4), the Service web --------
+mkdir -p "$TMP/out" "$TMP/webapp"
+RESP='HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'
+APPO=$(free_port)
+bg out python3 "$REMORA_ROOT/test/tools/h1_recorder.py" --dir "$TMP/out" --listen "127.0.0.4:$APPO" \
+    --response "$RESP"
+wait_until 5 listen_port "$TMP/out.log" || { fail "outside app starts"; cat "$TMP/out.log"; finish; }
+TLSP=$(free_port)
+bg tls python3 "$REMORA_ROOT/test/tools/tls_echo.py" --listen "127.0.0.4:$TLSP" --cert "$D/out.pem" \
+    --key "$D/out-key.pem" --dir "$TMP/tlsdst"
+wait_until 5 listen_port "$TMP/tls.log" || { fail "outside TLS server starts"; cat "$TMP/tls.log"; finish; }
+# web.shop (meshed, shop/web): its pod at 127.0.0.5; the app's connection goes to 127.0.0.6
+# (an address discovery does not know: a stale DNS answer, say). The pod's sidecar listens
+# on both (strict mTLS as shop/web) in front of the app.
+WEBP=$(free_port)
+bg webapp python3 "$REMORA_ROOT/test/tools/h1_recorder.py" --dir "$TMP/webapp" --response "$RESP"
+wait_until 5 listen_port "$TMP/webapp.log" || { fail "web app starts"; finish; }
+WEBAPP=$LISTEN_PORT
+"$CERTS" workload --ca-cert "$D/root.pem" --ca-key "$D/root-key.pem" \
+    --spiffe-id spiffe://cluster.local/ns/shop/sa/web --out-cert "$D/web.pem" --out-key "$D/web-key.pem" \
+    >/dev/null || exit 1
+WEBADMIN=$(free_port)
+cat >"$TMP/websc.json" <<JSON
+{"admin": {"address": "127.0.0.1:$WEBADMIN"},
+ "listeners": [{"name": "in5", "address": "127.0.0.5:$WEBP", "direction": "inbound", "tls": "strict",
+                "upstream": "127.0.0.1:$WEBAPP"},
+               {"name": "in6", "address": "127.0.0.6:$WEBP", "direction": "inbound", "tls": "strict",
+                "upstream": "127.0.0.1:$WEBAPP"}],
+ "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "web",
+              "cert_file": "$D/web.pem", "key_file": "$D/web-key.pem", "bundle_file": "$D/root.pem"}}
+JSON
+bg websc "$PROXY" -c "$TMP/websc.json"
+WEBSC_PID=$LASTPID
+wait_http "http://127.0.0.1:$WEBADMIN/ready" || { fail "web sidecar starts"; cat "$TMP/websc.log"; finish; }
+
+# ---- the fake API server and the injector's discovery service ------------------------------
+bg fake "${FAKE[@]}" --cert "$D/api.pem" --key "$D/api-key.pem" --port-file "$TMP/api.port" \
+    --control-listen 127.0.0.1:0 --control-port-file "$TMP/ctl.port"
+WAIT_UNTIL_STEP=0.05 wait_until 20 test -s "$TMP/ctl.port" -a -s "$TMP/api.port" ||
+    { fail "fake API server starts"; cat "$TMP/fake.log"; finish; }
+APIP=$(cat "$TMP/api.port")
+CTL=http://127.0.0.1:$(cat "$TMP/ctl.port")/_control
+ctl() { curl -sS -m 10 "$CTL/$1" "${@:2}"; }
+ctl state -X PUT --data-binary "{\"token\": \"tok-$$\"}" >/dev/null
+ctl objects/pods -X PUT --data-binary '{"metadata": {"name": "web-0", "namespace": "shop",
+    "labels": {"app": "web"}, "annotations": {"remora.io/status": "{}"}},
+    "spec": {"serviceAccountName": "web", "nodeName": "n1"},
+    "status": {"phase": "Running", "podIP": "127.0.0.5", "podIPs": [{"ip": "127.0.0.5"}],
+               "conditions": [{"type": "Ready", "status": "True"}]}}' >/dev/null
+ctl objects/services -X PUT --data-binary "{\"metadata\": {\"name\": \"web\", \"namespace\": \"shop\"},
+    \"spec\": {\"clusterIP\": \"10.96.0.10\", \"clusterIPs\": [\"10.96.0.10\"], \"selector\": {\"app\": \"web\"},
+               \"ports\": [{\"name\": \"http\", \"port\": 80, \"targetPort\": $WEBP, \"protocol\": \"TCP\"}]}}" >/dev/null
+ctl objects/endpointslices -X PUT --data-binary "{\"metadata\": {\"name\": \"web-0\", \"namespace\": \"shop\",
+    \"labels\": {\"kubernetes.io/service-name\": \"web\"}}, \"addressType\": \"IPv4\",
+    \"ports\": [{\"name\": \"http\", \"port\": $WEBP, \"protocol\": \"TCP\"}],
+    \"endpoints\": [{\"addresses\": [\"127.0.0.5\"], \"conditions\": {\"ready\": true, \"serving\": true, \"terminating\": false},
+                   \"targetRef\": {\"kind\": \"Pod\", \"namespace\": \"shop\", \"name\": \"web-0\"}}]}" >/dev/null
+# legacy.shop: a plaintext Service (no sidecar) with its pod at 127.0.0.7
+ctl objects/pods -X PUT --data-binary '{"metadata": {"name": "legacy-0", "namespace": "shop",
+    "labels": {"app": "legacy"}}, "spec": {"serviceAccountName": "legacy", "nodeName": "n1"},
+    "status": {"phase": "Running", "podIP": "127.0.0.7", "podIPs": [{"ip": "127.0.0.7"}],
+               "conditions": [{"type": "Ready", "status": "True"}]}}' >/dev/null
+ctl objects/services -X PUT --data-binary '{"metadata": {"name": "legacy", "namespace": "shop"},
+    "spec": {"clusterIP": "10.96.0.11", "clusterIPs": ["10.96.0.11"], "selector": {"app": "legacy"},
+             "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}}' >/dev/null
+ctl objects/endpointslices -X PUT --data-binary '{"metadata": {"name": "legacy-0", "namespace": "shop",
+    "labels": {"kubernetes.io/service-name": "legacy"}}, "addressType": "IPv4",
+    "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+    "endpoints": [{"addresses": ["127.0.0.7"], "conditions": {"ready": true, "serving": true, "terminating": false},
+                   "targetRef": {"kind": "Pod", "namespace": "shop", "name": "legacy-0"}}]}' >/dev/null
+
+DP=$(free_port)
+ca_config main 3600 "$(jq -n --arg a "127.0.0.1:$DP" --arg api "https://127.0.0.1:$APIP" \
+    --arg tok "$TMP/sa-token" --arg ca "$D/apica.pem" \
+    '{discovery: {address: $a, api: $api, token_file: $tok, ca_file: $ca}}')"
+ca_start_injector "$TMP/main.json" || { fail "injector starts"; cat "$TMP/injector-1.log"; finish; }
+wait_port "$DP" || { fail "discovery port listens"; cat "$TMP/injector-1.log"; finish; }
+# shellcheck disable=SC2317 # called through check/wait_until
+readyz() { [[ $(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/wh.pem" \
+    --resolve "$SVC:$WH:127.0.0.1" "https://$SVC:$WH/readyz") == 200 ]]; }
+check "injector synced (/readyz 200)" wait_until 30 readyz
+
+# ---- the proxy: registry_only, names in egress_allow ---------------------------------------
+ADMIN_PORT=$(free_port); LO=$(free_port); LT=$(free_port); LW=$(free_port)
+cat >"$TMP/proxy.json" <<JSON
+{"admin": {"address": "127.0.0.1:$ADMIN_PORT"},
+ "listeners": [
+   {"name": "out", "address": "127.0.0.1:$LO", "direction": "outbound", "tls": "mesh",
+    "upstream": "127.0.0.4:$APPO"},
+   {"name": "tls", "address": "127.0.0.1:$LT", "direction": "outbound", "tls": "mesh",
+    "upstream": "127.0.0.4:$TLSP"},
+   {"name": "web", "address": "127.0.0.1:$LW", "direction": "outbound", "tls": "mesh",
+    "upstream": "127.0.0.6:$WEBP"}],
+ "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "client",
+              "cert_file": "$D/w.pem", "key_file": "$D/w-key.pem", "bundle_file": "$D/root.pem"},
+ "discovery": {"address": "127.0.0.1:$DP", "lookup_timeout_ms": 3000},
+ "outbound_policy": "registry_only",
+ "egress_allow": ["allowed.example:$APPO", "*.wild.example:$APPO", "tls-ok.example:$TLSP",
+                  "*.tlswild.example:$TLSP"]}
+JSON
+start_proxy proxy "$TMP/proxy.json" || finish
+A=http://127.0.0.1:$ADMIN_PORT
+
+# send PORT HOST: a GET with that Host through the proxy; prints the status line and body
+send() {
+    printf 'GET /x?y=1 HTTP/1.1\r\nHost: %s\r\nX-App: 1\r\n\r\n' "$2" | timeout 20 python3 -c '
+import re, socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=15)
+s.sendall(sys.stdin.buffer.read())
+data = b""
+while b"\r\n\r\n" not in data:
+    d = s.recv(4096)
+    if not d: break
+    data += d
+head, _, body = data.partition(b"\r\n\r\n")
+m = re.search(rb"content-length: *(\d+)", head, re.I)
+n = int(m.group(1)) if m else 0
+while len(body) < n:
+    d = s.recv(4096)
+    if not d: break
+    body += d
+print(head.split(b"\r\n")[0].decode(), body.decode(errors="replace").rstrip("\n"))' "$1"
+}
+size() { stat -c %s "$1" 2>/dev/null || echo 0; }
+# exact_req FILE HOST: "match" when FILE holds exactly the request send() makes for HOST as
+# the proxy forwards it (names lower-cased, then its traceparent and x-request-id), else the bytes
+exact_req() {
+    python3 -c '
+import re, sys
+data = open(sys.argv[1], "rb").read()
+want = (rb"GET /x\?y=1 HTTP/1\.1\r\nhost: " + re.escape(sys.argv[2].encode()) +
+        rb"\r\nx-app: 1\r\ntraceparent: 00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]\r\n"
+        rb"x-request-id: [0-9a-f-]{36}\r\n\r\n")
+print("match" if re.fullmatch(want, data) else repr(data))' "$1" "$2"
+}
+refused() { echo "HTTP/1.1 502 Bad Gateway destination $1 is not in the mesh registry (outbound_policy registry_only)"; }
+
+# ---- HTTP: the Host decides ------------------------------------------------------------------
+expect_eq "Host allowed.example:$APPO (listed): forwarded, 200" "$(send "$LO" "allowed.example:$APPO")" \
+    "HTTP/1.1 200 OK ok"
+# what reached the app: the request as the app sent it (field names lower-cased), with the
+# proxy's own trace context and request id after it
+expect_eq "... what reached the app, byte for byte" "$(exact_req "$TMP/out/conn-1.bin" "allowed.example:$APPO")" match
+n0=$(size "$TMP/out/all.bin")
+expect_eq "Host Allowed.Example. (no port: the destination's; any case, trailing dot): 200" \
+    "$(send "$LO" "Allowed.Example.")" "HTTP/1.1 200 OK ok"
+check "... and it reached the app" test "$(size "$TMP/out/all.bin")" -gt "$n0"
+n0=$(size "$TMP/out/all.bin")
+expect_eq "Host unlisted.example (not listed): 502 naming it" \
+    "$(send "$LO" "unlisted.example:$APPO")" "$(refused "unlisted.example:$APPO")"
+expect_eq "Host allowed.example:9999 (listed name, other port): 502 naming it" \
+    "$(send "$LO" "allowed.example:9999")" "$(refused "allowed.example:9999")"
+expect_eq "Host wild.example (*.wild.example does not cover the domain itself): 502" \
+    "$(send "$LO" "wild.example:$APPO")" "$(refused "wild.example:$APPO")"
+expect_eq "Host 127.0.0.4:$APPO (an address: matched by address, never as a name): 502" \
+    "$(send "$LO" "127.0.0.4:$APPO")" "$(refused "127.0.0.4:$APPO")"
+expect_eq "... the app saw none of the four refused requests" "$(size "$TMP/out/all.bin")" "$n0"
+expect_eq "Host a.b.wild.example (under *.wild.example): 200" "$(send "$LO" "a.b.wild.example:$APPO")" \
+    "HTTP/1.1 200 OK ok"
+h2() { curl -s --http2-prior-knowledge -w ' %{http_code} %{http_version}' -H "Host: $2" "http://127.0.0.1:$1/h2"; }
+expect_eq "h2c, :authority allowed.example:$APPO: 200" "$(h2 "$LO" "allowed.example:$APPO")" "ok 200 2"
+expect_eq "h2c, :authority unlisted.example:$APPO: 502 naming it" "$(h2 "$LO" "unlisted.example:$APPO")" \
+    "destination unlisted.example:$APPO is not in the mesh registry (outbound_policy registry_only)
+ 502 2"
+expect_match "the refusal is logged with the Host and the address" "$(cat "$TMP/proxy.log")" \
+    "egress: unlisted.example:$APPO at 127.0.0.4:$APPO refused: not in the mesh registry"
+
+# ---- TLS passthrough: the SNI decides --------------------------------------------------------
+# tls_try PORT SNI: a TLS client verifying the outside CA and the name ("-": no SNI, the
+# certificate chain still verified); prints "ok ECHO" or "refused"
+tls_try() {
+    timeout 20 python3 -c '
+import socket, ssl, sys
+port, sni, ca = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+if sni == "-":
+    ctx.check_hostname = False
+    sni = None
+msg = b"through the mesh, untouched \x00\xff\r\n"
+s = socket.create_connection(("127.0.0.1", port), timeout=15)
+try:
+    t = ctx.wrap_socket(s, server_hostname=sni)
+    t.sendall(msg)
+    got = b""
+    while len(got) < len(msg):
+        d = t.recv(4096)
+        if not d: break
+        got += d
+    print("ok", "same" if got == msg else repr(got))
+except (OSError, ssl.SSLError) as e:
+    print("refused")' "$1" "$2" "$D/outca.pem"
+}
+expect_eq "TLS with SNI tls-ok.example (listed): the session works end to end" \
+    "$(tls_try "$LT" tls-ok.example)" "ok same"
+expect_eq "... the destination got the client's bytes, decrypted by its own TLS" \
+    "$(od -An -c "$TMP/tlsdst/plain.bin" | tr -s ' \n' ' ')" \
+    "$(printf 'through the mesh, untouched \x00\xff\r\n' | od -An -c | tr -s ' \n' ' ')"
+expect_eq "TLS with SNI x.tlswild.example (under *.tlswild.example): works" \
+    "$(tls_try "$LT" x.tlswild.example)" "ok same"
+expect_eq "... the destination saw both names" "$(tr '\n' ' ' <"$TMP/tlsdst/sni")" \
+    "tls-ok.example x.tlswild.example "
+a0=$(wc -l <"$TMP/tlsdst/accepts")
+expect_eq "TLS with SNI evil.example (not listed): closed" "$(tls_try "$LT" evil.example)" "refused"
+expect_eq "TLS without SNI: closed" "$(tls_try "$LT" -)" "refused"
+expect_eq "... the destination never saw a connection (zero bytes)" \
+    "$(wc -l <"$TMP/tlsdst/accepts")" "$a0"
+expect_match "the TLS refusal is logged with the SNI" "$(cat "$TMP/proxy.log")" \
+    "egress: evil.example:$TLSP at 127.0.0.4:$TLSP refused"
+# tls_cut PORT SNI MODE: the ClientHello for SNI sent "trickle" (in two TCP segments 300 ms
+# apart, then the handshake goes on) or "split" (re-framed as two TLS records); prints "ok"
+# when the verified session echoes, else "refused"
+tls_cut() {
+    timeout 20 python3 -c '
+import socket, ssl, sys, time
+port, sni, ca, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+ctx = ssl.create_default_context(cafile=ca)
+inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+t = ctx.wrap_bio(inc, out, server_hostname=sni)
+s = socket.create_connection(("127.0.0.1", port), timeout=15)
+try:
+    t.do_handshake()
+except ssl.SSLWantReadError:
+    pass
+hello = out.read()
+if mode == "split":
+    body = hello[5:]
+    hello = (hello[:3] + (60).to_bytes(2, "big") + body[:60] + hello[:3] +
+             (len(body) - 60).to_bytes(2, "big") + body[60:])
+    s.sendall(hello)
+else:
+    s.sendall(hello[:40]); time.sleep(0.3); s.sendall(hello[40:])
+try:
+    while True:
+        try:
+            t.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            s.sendall(out.read())
+            d = s.recv(65536)
+            if not d:
+                raise OSError("closed")
+            inc.write(d)
+    s.sendall(out.read())
+    t.write(b"cut hello"); s.sendall(out.read())
+    got = b""
+    while b"cut hello" not in got:
+        d = s.recv(65536)
+        if not d:
+            raise OSError("closed")
+        inc.write(d)
+        try:
+            got += t.read(65536)
+        except ssl.SSLWantReadError:
+            pass
+    print("ok")
+except (OSError, ssl.SSLError):
+    print("refused")' "$1" "$2" "$D/outca.pem" "$3"
+}
+expect_eq "TLS: a listed SNI in a ClientHello trickled over two segments: works" \
+    "$(tls_cut "$LT" tls-ok.example trickle)" ok
+a0=$(wc -l <"$TMP/tlsdst/accepts")
+expect_eq "TLS: a listed SNI in a ClientHello split over two records (no name read): closed" \
+    "$(tls_cut "$LT" tls-ok.example split)" refused
+expect_eq "... the destination never saw that connection" "$(wc -l <"$TMP/tlsdst/accepts")" "$a0"
+
+# ---- the Host lookup -------------------------------------------------------------------------
+sent() { curl -s "$A/metrics" | sed -n 's/^remora_discovery_requests_total{outcome="sent"} //p'; }
+expect_eq "Host web.shop:80 on an address discovery does not know: the meshed Service, 200" \
+    "$(send "$LW" "web.shop:80")" "HTTP/1.1 200 OK ok"
+dest=$(curl -s "$A/destinations")
+expect_eq "/destinations: web.shop:80 is shop/web (found by the Host)" \
+    "$(jq -c --arg d "web.shop:80" '[.destinations[] | select(.destination == $d) |
+        .state, .answer.service]' <<<"$dest")" '["current","shop/web"]'
+expect_match "... the request reached web's app through its sidecar (mTLS as shop/web)" \
+    "$(cat "$TMP/webapp/all.bin")" \
+    $'^GET /x\\?y=1 HTTP/1.1\r\n.*host: web.shop:80\r\n.*x-forwarded-client-cert: By=spiffe://cluster.local/ns/shop/sa/web;URI=spiffe://cluster.local/ns/shop/sa/client\r\n'
+s0=$(sent)
+expect_eq "a second request for web.shop:80: 200" "$(send "$LW" "web.shop:80")" "HTTP/1.1 200 OK ok"
+expect_eq "... answered from the cache: no new request to discovery" "$(sent)" "$s0"
+timed() { curl -s -o /dev/null -w '%{http_code} %{time_total}' -H "Host: $2" "http://127.0.0.1:$1/t"; }
+read -r c1 t1 <<<"$(timed "$LW" web.shop.svc:80)"
+read -r c2 t2 <<<"$(timed "$LW" web.shop.svc:80)"
+expect_eq "web.shop.svc:80 (the same Service by its other name): 200, twice" "$c1 $c2" "200 200"
+echo "   measured (curl time_total, $REMORA_BUILD): first request ${t1}s (a Host lookup), second ${t2}s (a hit)"
+expect_eq "Host legacy.shop:80 (a plaintext Service, none of its endpoints at this address): 502" \
+    "$(send "$LW" "legacy.shop:80")" "$(refused "legacy.shop:80")"
+expect_match "... the log says why" "$(cat "$TMP/proxy.log")" \
+    "egress: Host legacy.shop:80 is shop/legacy in the registry, but the connection goes to 127.0.0.6:$WEBP, not one of its endpoints"
+expect_eq "Host nosuch.shop:80 (no such Service): 502 naming it" "$(send "$LW" "nosuch.shop:80")" \
+    "$(refused "nosuch.shop:80")"
+expect_eq "/destinations: svc.ns-shaped Hosts were asked about, a.b.wild.example (no Service's shape) never" \
+    "$(jq -c '[.destinations[].destination | select(test("example"))] | sort' <<<"$(curl -s "$A/destinations")")" \
+    "[\"allowed.example:$APPO\",\"allowed.example:9999\",\"unlisted.example:$APPO\",\"wild.example:$APPO\"]"
+
+# ---- the counter -----------------------------------------------------------------------------
+m=$(curl -s "$A/metrics")
+expect_eq "remora_egress_total: allowed 7 (4 HTTP, 3 TLS), refused 10 (5 HTTP, 3 TLS, legacy, nosuch)" \
+    "$(grep '^remora_egress_total' <<<"$m" | sort | tr '\n' ' ')" \
+    'remora_egress_total{decision="allowed"} 7 remora_egress_total{decision="passthrough"} 0 remora_egress_total{decision="refused"} 10 '
+stop_pid "$PROXY_PID"
+expect_eq "proxy exits cleanly" "$STOP_RC" 0
+expect_sanitizers_clean "proxy: sanitizers clean" "$TMP/proxy.log"
+stop_pid "$WEBSC_PID"
+expect_sanitizers_clean "web sidecar: sanitizers clean" "$TMP/websc.log"
+
+# ---- a Host lookup that gets no answer: bounded, cancelled by the client, body held ----------
+# A discovery service that answers addresses (404) and holds every lookup by name.
+cat "$D/srv.pem" "$D/int.pem" >"$D/srv-chain.pem"
+bg slowdisc python3 "$REMORA_ROOT/test/tools/slow_discovery.py" --cert "$D/srv-chain.pem" \
+    --key "$D/srv-key.pem" --log "$TMP/slowdisc.req"
+wait_until 5 listen_port "$TMP/slowdisc.log" || { fail "slow discovery starts"; finish; }
+SLOWP=$LISTEN_PORT
+ADMIN_PORT=$(free_port); LS=$(free_port)
+cat >"$TMP/slow.json" <<JSON
+{"admin": {"address": "127.0.0.1:$ADMIN_PORT"},
+ "listeners": [{"name": "out", "address": "127.0.0.1:$LS", "direction": "outbound",
+                "tls": "mesh", "upstream": "127.0.0.4:$APPO"}],
+ "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "client",
+              "cert_file": "$D/w.pem", "key_file": "$D/w-key.pem", "bundle_file": "$D/root.pem"},
+ "discovery": {"address": "127.0.0.1:$SLOWP", "lookup_timeout_ms": 1500},
+ "outbound_policy": "registry_only", "egress_allow": ["held.shop:$APPO"]}
+JSON
+start_proxy slow "$TMP/slow.json" || finish
+A=http://127.0.0.1:$ADMIN_PORT
+unavailable() { curl -s "$A/metrics" | sed -n 's/^remora_discovery_lookups_total{result="unavailable"} //p'; }
+n0=$(size "$TMP/out/all.bin")
+# the client sends its request, waits until the lookup by name is asked, and goes away (a
+# reset: a half-close would still wait for the answer, as HTTP/1.1 allows)
+timeout 20 python3 -c '
+import socket, struct, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=15)
+s.sendall(b"GET /gone HTTP/1.1\r\nHost: gone.shop:80\r\n\r\n")
+end = time.time() + 10
+while time.time() < end and b"host=gone.shop" not in open(sys.argv[2], "rb").read():
+    time.sleep(0.05)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()' "$LS" "$TMP/slowdisc.req"
+check "the lookup of gone.shop:80 was asked" grep -q 'host=gone.shop%3A80' "$TMP/slowdisc.req"
+sleep 2.5 # past lookup_timeout_ms (1500): a waiter left behind would time out now
+expect_eq "the client went away: its lookup was cancelled (no waiter timed out)" "$(unavailable)" 0
+expect_eq "... and nothing reached the app" "$(size "$TMP/out/all.bin")" "$n0"
+t0=${EPOCHREALTIME/./}
+expect_eq "Host slow.shop:80, no answer: 502 naming it once lookup_timeout_ms passed" \
+    "$(send "$LS" slow.shop:80)" "$(refused "slow.shop:80")"
+ms=$(( (${EPOCHREALTIME/./} - t0) / 1000 ))
+check "... after the bound, not long after (${ms} ms; lookup_timeout_ms 1500)" test "$ms" -ge 1400 -a "$ms" -lt 10000
+expect_eq "... one waiter timed out" "$(unavailable)" 1
+# a body sent while the lookup waits is held, then forwarded (held.shop is listed)
+got=$(printf 'POST /held HTTP/1.1\r\nHost: held.shop:%s\r\nContent-Length: 11\r\n\r\nhello world' "$APPO" |
+    timeout 20 python3 -c '
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=15)
+s.sendall(sys.stdin.buffer.read())
+print(s.recv(4096).split(b"\r\n")[0].decode())' "$LS")
+expect_eq "POST with its body during the wait (held.shop listed): 200" "$got" "HTTP/1.1 200 OK"
+last=$TMP/out/conn-$(find "$TMP/out" -name 'conn-*.bin' | wc -l).bin # numbered from 1
+expect_eq "... the app got the request and the body that waited, byte for byte" "$(python3 -c '
+import re, sys
+head, _, body = open(sys.argv[1], "rb").read().partition(b"\r\n\r\n")
+lines = head.split(b"\r\n")
+rest = sorted(l for l in lines[1:] if not re.match(rb"(traceparent|x-request-id): ", l))
+print("match" if lines[0] == b"POST /held HTTP/1.1" and body == b"hello world" and
+      rest == [b"content-length: 11", b"host: held.shop:" + sys.argv[2].encode()] else repr(head + body))' \
+    "$last" "$APPO")" match
+check "the proxy is alive" alive "$PROXY_PID"
+# SIGTERM while a request waits for its Host lookup: it is answered within the drain
+send "$LS" wait.shop:80 >"$TMP/wait.out" &
+WAITER=$!
+check "the lookup of wait.shop:80 was asked" wait_until 10 grep -q 'host=wait.shop' "$TMP/slowdisc.req"
+stop_pid "$PROXY_PID"
+wait "$WAITER"
+expect_eq "SIGTERM during a Host lookup: the request still gets its answer" "$(cat "$TMP/wait.out")" \
+    "$(refused "wait.shop:80")"
+expect_eq "proxy (slow discovery) exits cleanly" "$STOP_RC" 0
+expect_sanitizers_clean "proxy (slow discovery): sanitizers clean" "$TMP/slow.log"
+finish
