@@ -191,8 +191,8 @@ static int discovery(const struct cm_jpath *p, json_t *root, struct ij_template 
                             "\"lookup_timeout_ms\"} or false");
     if ((rc = cm_json_check_keys(&c, d, dkeys, errmsg)) != 0 ||
         (rc = cm_json_get_string(&c, d, "address", true, &t->discovery_address, errmsg)) != 0 ||
-        (rc = cm_json_get_string(&c, d, "server_name", false, &t->discovery_server_name,
-                                 errmsg)) != 0 ||
+        (rc = cm_json_get_string(&c, d, "server_name", false, &t->discovery_server_name, errmsg)) !=
+            0 ||
         (rc = cm_json_get_int(&c, d, "lookup_timeout_ms", false, 1, 60000,
                               &t->discovery_lookup_timeout_ms, errmsg)) != 0)
         return rc;
@@ -207,8 +207,7 @@ static int discovery(const struct cm_jpath *p, json_t *root, struct ij_template 
             ok = isalnum((unsigned char)*n) || *n == '.' || *n == '-' || *n == '_';
         if (!ok) {
             cm_jpath_key(&k, &c, "server_name");
-            return cm_json_fail(&k, errmsg, "\"%s\" is not a DNS name",
-                                t->discovery_server_name);
+            return cm_json_fail(&k, errmsg, "\"%s\" is not a DNS name", t->discovery_server_name);
         }
     }
     return 0;

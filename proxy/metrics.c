@@ -193,8 +193,7 @@ static uint32_t series_hash(uint16_t lidx, uint8_t cls, uint16_t code, uint16_t 
 
 /* The series of this key, added when there is room, or NULL. */
 static struct px_metrics_series *series_get(struct px_metrics_state *m, uint16_t lidx, uint8_t cls,
-                                            uint16_t code, uint16_t dst, uint16_t src,
-                                            size_t limit)
+                                            uint16_t code, uint16_t dst, uint16_t src, size_t limit)
 {
     if (!m->series)
         m->series = cm_xcalloc(PX_METRICS_SERIES_SLOTS, sizeof(*m->series));
@@ -251,12 +250,9 @@ static inline uint16_t fold(uint16_t v)
 
 /* Inlined into the entry points: the wrapper the data path calls once per
  * request costs no extra call. */
-static inline __attribute__((always_inline)) void record(struct px_metrics_state *m,
-                                                         const struct px_listener_cfg *l,
-                                                         const char *method, int status,
-                                                         uint8_t grpc,
-                                                         const struct px_metrics_labels *lab,
-                                                         uint64_t duration_us)
+static inline __attribute__((always_inline)) void
+record(struct px_metrics_state *m, const struct px_listener_cfg *l, const char *method, int status,
+       uint8_t grpc, const struct px_metrics_labels *lab, uint64_t duration_us)
 {
     const char *name = l && l->name ? l->name : "unknown";
     const char *direction = l ? dir_name(l->direction) : "unknown";
@@ -273,8 +269,7 @@ static inline __attribute__((always_inline)) void record(struct px_metrics_state
     struct px_metrics_series *s =
         series_get(m, lidx, cls, code | g, dst, src, PX_METRICS_SERIES_EXACT);
     if (!s && code != PX_METRICS_CODE_OTHER)
-        s = series_get(m, lidx, cls, PX_METRICS_CODE_OTHER | g, dst, src,
-                       PX_METRICS_SERIES_LABELS);
+        s = series_get(m, lidx, cls, PX_METRICS_CODE_OTHER | g, dst, src, PX_METRICS_SERIES_LABELS);
     if (!s && (dst | src) != 0)
         s = series_get(m, lidx, cls, PX_METRICS_CODE_OTHER | g, fold(dst), fold(src),
                        PX_METRICS_SERIES_MAX);
@@ -751,9 +746,9 @@ static json_t *requests_json(const struct px_metrics_state *m, uint64_t *total)
     return arr;
 }
 
-static json_t *duration_json(const struct px_metrics_state *m,
-                             const struct px_metrics_listener *ml, uint16_t dst, uint16_t src,
-                             const uint64_t *b_us, uint64_t count, uint64_t sum_us)
+static json_t *duration_json(const struct px_metrics_state *m, const struct px_metrics_listener *ml,
+                             uint16_t dst, uint16_t src, const uint64_t *b_us, uint64_t count,
+                             uint64_t sum_us)
 {
     json_t *buckets = json_object();
     uint64_t cum = 0;
@@ -780,8 +775,7 @@ static json_t *durations_json(const struct px_metrics_state *m)
         const struct px_metrics_listener *ml = &m->listeners[i];
         if (!ml->name || (ml->count == 0 && m->hists != NULL))
             continue;
-        json_array_append_new(
-            arr, duration_json(m, ml, 0, 0, ml->buckets, ml->count, ml->sum_us));
+        json_array_append_new(arr, duration_json(m, ml, 0, 0, ml->buckets, ml->count, ml->sum_us));
     }
     for (size_t i = 0; m->hists != NULL && i < PX_METRICS_HIST_SLOTS; i++) {
         const struct px_metrics_hist *h = &m->hists[i];

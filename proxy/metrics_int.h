@@ -9,12 +9,12 @@
 
 #include "proxy/metrics.h"
 
-#define PX_METRICS_MAX_LISTENERS 64  /* the last one is "other" */
+#define PX_METRICS_MAX_LISTENERS 64   /* the last one is "other" */
 #define PX_METRICS_SERIES_SLOTS  4096 /* power of two */
 #define PX_METRICS_SERIES_EXACT  2560 /* series with an exact code; then codes fold to "other" */
 #define PX_METRICS_SERIES_LABELS 2816 /* then label values fold to "other" too */
 #define PX_METRICS_SERIES_MAX    3072 /* all series (75% load of the slots) */
-#define PX_METRICS_CODE_OTHER    600 /* code label "other": not 0 and not 100..599 */
+#define PX_METRICS_CODE_OTHER    600  /* code label "other": not 0 and not 100..599 */
 
 /* One listener as seen by metrics: copied out of the config, so a reload
  * that frees the old config never leaves a dangling name here. */

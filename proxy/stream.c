@@ -128,10 +128,10 @@ static void record(struct px_stream *s)
     if (s->srv->metrics == NULL) {
         /* no request tables (unit tests without a server's metrics) */
     } else {
-        int grpc = !s->grpc            ? -2 /* not gRPC */
+        int grpc = !s->grpc              ? -2 /* not gRPC */
                    : s->grpc_status >= 0 ? s->grpc_status
-                   : status != 0       ? px_grpc_resp_status(&s->resp, s->resp_trailers)
-                                       : -1;
+                   : status != 0         ? px_grpc_resp_status(&s->resp, s->resp_trailers)
+                                         : -1;
         struct px_metrics_labels lab = px_metrics_stream_labels(s); /* issue 18 */
         px_metrics_record_labels(s->srv->metrics, s->lcfg, s->req.method, status, grpc, &lab, dur);
     }

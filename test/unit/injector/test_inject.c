@@ -762,7 +762,8 @@ static void test_template(void **state)
         {"discovery", "true", "t: discovery: expected an object"},
         {"discovery", "{}", "t: discovery.address: required key is missing"},
         {"discovery", "{\"address\":\"a:1\",\"port\":1}", "t: discovery.port: unknown key"},
-        {"discovery", "{\"address\":\"no-port\"}", "t: discovery.address: \"no-port\" is not host:port"},
+        {"discovery", "{\"address\":\"no-port\"}",
+         "t: discovery.address: \"no-port\" is not host:port"},
         {"discovery", "{\"address\":\"a:0\"}", "discovery.address"},
         {"discovery", "{\"address\":\"a b:1\"}", "discovery.address"},
         {"discovery", "{\"address\":\"a:1\",\"lookup_timeout_ms\":0}",
@@ -836,9 +837,9 @@ static void test_discovery_block(void **state)
     /* the template's keys */
     struct ij_template *saved = tpl, *t = NULL;
     char *err = NULL;
-    json_t *root = with_template(
-        "discovery", "{\"address\":\"10.0.0.1:15011\",\"server_name\":\"disc.example\","
-                     "\"lookup_timeout_ms\":250}");
+    json_t *root = with_template("discovery",
+                                 "{\"address\":\"10.0.0.1:15011\",\"server_name\":\"disc.example\","
+                                 "\"lookup_timeout_ms\":250}");
     assert_int_equal(ij_template_from_json("t", root, &t, &err), 0);
     json_decref(root);
     tpl = t;

@@ -357,8 +357,8 @@ static void test_destination_label(void **state)
                      1);
     assert_int_equal(sample(t, "remora_metrics_label_values{label=\"destination_service\"}"),
                      3); /* other, shop/web, external */
-    assert_int_equal(
-        sample(t, "remora_metrics_label_folded_total{label=\"destination_service\"}"), 0);
+    assert_int_equal(sample(t, "remora_metrics_label_folded_total{label=\"destination_service\"}"),
+                     0);
     free(t);
     t = json_text();
     assert_non_null(strstr(t, "\"destination_service\": \"shop/web\""));
@@ -394,12 +394,10 @@ static void test_label_cap(void **state)
     assert_int_equal(hsum, n);
     char *t = prom_text();
     /* 1000 - 254 values per round folded, both rounds */
-    assert_int_equal(
-        sample(t, "remora_metrics_label_folded_total{label=\"destination_service\"}"),
-        (long long)(2 * (1000 - (PX_METRICS_LABEL_VALUES - 2))));
+    assert_int_equal(sample(t, "remora_metrics_label_folded_total{label=\"destination_service\"}"),
+                     (long long)(2 * (1000 - (PX_METRICS_LABEL_VALUES - 2))));
     assert_true(sample(t, "remora_requests_total{listener=\"out\",direction=\"outbound\","
-                          "method_class=\"read\",code=\"200\",destination_service=\"other\"}") >
-                0);
+                          "method_class=\"read\",code=\"200\",destination_service=\"other\"}") > 0);
     assert_true(sample(t, "remora_request_duration_seconds_count{listener=\"out\","
                           "direction=\"outbound\",destination_service=\"other\"}") > 0);
     assert_int_equal(sample(t, "remora_metrics_label_values{label=\"destination_service\"}"),
