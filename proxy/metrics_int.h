@@ -43,7 +43,7 @@ struct px_metrics_series {
  * series hold its index; past PX_METRICS_LABEL_VALUES distinct values a new
  * one reads as "other" (index PX_METRICS_LABEL_OTHER) and is counted in
  * folded. Index 0 means "no label". */
-#define PX_METRICS_LABEL_VALUES 256 /* distinct values, "other" included */
+#define PX_METRICS_LABEL_VALUES 256 /* indexes: [0] none, [1] "other", 254 values */
 #define PX_METRICS_LABEL_SLOTS  512 /* power of two, twice the values */
 #define PX_METRICS_LABEL_MAXLEN 512 /* a longer value reads as "other" */
 #define PX_METRICS_LABEL_OTHER  1
