@@ -216,7 +216,8 @@ json_t *ij_inject_patch(const struct ij_inject_params *p, json_t *request, json_
     }
     json_t *added_ann = json_array();
     json_t *ann = json_object();
-    char *boot = ij_bootstrap(p, policy != NULL, routes != NULL, opaque, &tls);
+    char *boot = ij_bootstrap(p, policy != NULL, routes != NULL, opaque, &tls,
+                              ij_discovery_wanted(pod, t, warnings));
     json_object_set_new(ann, IJ_ANN_BOOTSTRAP, json_string(boot));
     json_array_append_new(added_ann, json_string(IJ_ANN_BOOTSTRAP));
     free(boot);

@@ -34,6 +34,9 @@
  * bad value refuses the pod (ij_inject_check). */
 #define IJ_ANN_INBOUND_TLS      "remora.io/inbound-tls"
 #define IJ_ANN_PERMISSIVE_PORTS "remora.io/permissive-ports"
+/* Issue 18: "off" (or false/disabled/0) leaves the template's "discovery"
+ * block out of this pod's bootstrap; "on" (true/enabled/1) is the default. */
+#define IJ_ANN_DISCOVERY "remora.io/discovery"
 /* Ours beyond the contract: the proxy's bootstrap config, read by the proxy
  * through a downward-API volume (docs/injector.md). */
 #define IJ_ANN_BOOTSTRAP "remora.io/bootstrap"

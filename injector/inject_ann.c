@@ -77,6 +77,31 @@ int ij_ann_bool(json_t *pod, const char *key)
         return 0;
     return -1;
 }
+bool ij_discovery_wanted(json_t *pod, const struct ij_template *t, json_t *warnings)
+{
+    const char *v = ij_annotation(pod, IJ_ANN_DISCOVERY);
+    int on = ij_ann_bool(pod, IJ_ANN_DISCOVERY);
+    if (v != NULL && on < 0) {
+        if (strcasecmp(v, "off") == 0)
+            on = 0;
+        else if (strcasecmp(v, "on") == 0)
+            on = 1;
+        else
+            ij_warn(warnings,
+                    "remora: annotation %s: \"%.40s\" is neither \"on\" nor \"off\"; "
+                    "using the default (on)",
+                    IJ_ANN_DISCOVERY, v);
+    }
+    if (on == 0)
+        return false;
+    if (on == 1 && t->discovery_address == NULL)
+        ij_warn(warnings,
+                "remora: annotation %s: the sidecar template has no discovery block "
+                "(\"discovery\": false); the pod runs without service discovery",
+                IJ_ANN_DISCOVERY);
+    return t->discovery_address != NULL;
+}
+
 /* ---- exclusion annotations ------------------------------------------------ */
 
 /* Copy `s` without blanks into a fresh string. */

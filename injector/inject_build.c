@@ -171,7 +171,7 @@ json_t *ij_volumes(const struct ij_inject_params *p, const char *policy, const c
 /* The proxy's bootstrap config (docs/contract.md "remora-proxy"), as the file the
  * downward-API volume shows it at IJ_DIR_BOOTSTRAP/bootstrap.json. */
 char *ij_bootstrap(const struct ij_inject_params *p, bool policy, bool routes, const char *opaque,
-                   const struct ij_inbound_tls *tls)
+                   const struct ij_inbound_tls *tls, bool discovery)
 {
     const struct ij_template *t = p->tpl;
     char admin[32], in[32], out[32];
@@ -231,6 +231,17 @@ char *ij_bootstrap(const struct ij_inject_params *p, bool policy, bool routes, c
                 o++;
         }
         json_object_set_new(b, "opaque_ports", ports);
+    }
+    /* the discovery service (issue 18; docs/discovery.md "Proxy side"):
+     * server_name and lookup_timeout_ms only when the template sets them */
+    if (discovery && t->discovery_address != NULL) {
+        json_t *d = json_pack("{s:s}", "address", t->discovery_address);
+        if (t->discovery_server_name != NULL)
+            json_object_set_new(d, "server_name", json_string(t->discovery_server_name));
+        if (t->discovery_lookup_timeout_ms > 0)
+            json_object_set_new(d, "lookup_timeout_ms",
+                                json_integer((json_int_t)t->discovery_lookup_timeout_ms));
+        json_object_set_new(b, "discovery", d);
     }
     char *s = json_dumps(b, JSON_COMPACT);
     json_decref(b);

@@ -59,6 +59,11 @@ struct ij_inbound_tls {
 int ij_inbound_tls_read(json_t *pod, const char *tpl_mode, struct ij_inbound_tls *out,
                         char **errmsg, json_t *warnings);
 
+/* remora.io/discovery (IJ_ANN_DISCOVERY): does this pod's bootstrap get the
+ * template's discovery block? A value that is neither on nor off is warned
+ * about and reads as the default (on). */
+bool ij_discovery_wanted(json_t *pod, const struct ij_template *t, json_t *warnings);
+
 /* ---- inject_probes.c ------------------------------------------------------ */
 /* Rewrite the HTTP and gRPC probes of spec.containers[idx] to go through the
  * proxy's health port; record each original target in `probers` (path ->
@@ -74,7 +79,7 @@ json_t *ij_proxy_container(const struct ij_template *t, bool native, bool policy
 json_t *ij_volumes(const struct ij_inject_params *p, const char *policy, const char *routes);
 /* The proxy's bootstrap config as JSON text (heap, caller frees). */
 char *ij_bootstrap(const struct ij_inject_params *p, bool policy, bool routes, const char *opaque,
-                   const struct ij_inbound_tls *tls);
+                   const struct ij_inbound_tls *tls, bool discovery);
 
 /* Helpers the unit tests reach (test/unit/injector/test_inject.c). */
 bool ij_inject_dns_label(const char *s); /* a DNS-1123 label (container names) */

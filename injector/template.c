@@ -6,6 +6,7 @@
 
 #include "common/err.h"
 #include "common/json.h"
+#include "common/net.h"
 #include "common/xalloc.h"
 
 /* Kept in step with manifests/injector/template.json (the test compares them). */
@@ -24,7 +25,8 @@ const char ij_template_builtin_json[] =
     "  \"inbound_tls\": \"strict\",\n"
     "  \"token_expiration_seconds\": 43200,\n"
     "  \"hold_application\": true,\n"
-    "  \"wait_command\": [\"remora-proxy\", \"wait\", \"--timeout\", \"60\"]\n"
+    "  \"wait_command\": [\"remora-proxy\", \"wait\", \"--timeout\", \"60\"],\n"
+    "  \"discovery\": {\"address\": \"" IJ_TEMPLATE_DISCOVERY_ADDRESS "\"}\n"
     "}\n";
 
 static const char *const keys[] = {"image",
@@ -39,6 +41,7 @@ static const char *const keys[] = {"image",
                                    "token_expiration_seconds",
                                    "hold_application",
                                    "wait_command",
+                                   "discovery",
                                    NULL};
 static const char *const pull_policies[] = {"Always", "IfNotPresent", "Never", NULL};
 static const char *const tls_modes[] = {"strict", "permissive", "disabled", NULL};
@@ -149,6 +152,67 @@ static int env_list(const struct cm_jpath *p, json_t *obj, json_t **out, char **
     return 0;
 }
 
+/* host:port, the host a DNS name or an address ([v6] bracketed), the port
+ * 1-65535: what the proxy's discovery.address takes. */
+static bool host_port_ok(const char *s)
+{
+    const char *colon = strrchr(s, ':');
+    if (colon == NULL || colon == s || strlen(s) > 253 + 8)
+        return false;
+    uint16_t port;
+    if (cm_port_parse(colon + 1, &port) != 0 || port == 0)
+        return false;
+    for (const char *c = s; c < colon; c++)
+        if (!(isalnum((unsigned char)*c) || strchr(".-_:[]", *c) != NULL))
+            return false;
+    return s[0] != '[' || colon[-1] == ']';
+}
+
+/* "discovery": the proxy's discovery block for every injected pod (issue 18);
+ * absent: the default address; false: none. */
+static int discovery(const struct cm_jpath *p, json_t *root, struct ij_template *t, char **errmsg)
+{
+    static const char *const dkeys[] = {"address", "server_name", "lookup_timeout_ms", NULL};
+    struct cm_jpath c, k;
+    json_t *d = json_object_get(root, "discovery");
+    int rc;
+    t->discovery_address = IJ_TEMPLATE_DISCOVERY_ADDRESS;
+    t->discovery_lookup_timeout_ms = 0;
+    if (d == NULL)
+        return 0;
+    cm_jpath_key(&c, p, "discovery");
+    if (json_is_false(d)) {
+        t->discovery_address = NULL;
+        return 0;
+    }
+    if (!json_is_object(d))
+        return cm_json_fail(&c, errmsg,
+                            "expected an object {\"address\", \"server_name\", "
+                            "\"lookup_timeout_ms\"} or false");
+    if ((rc = cm_json_check_keys(&c, d, dkeys, errmsg)) != 0 ||
+        (rc = cm_json_get_string(&c, d, "address", true, &t->discovery_address, errmsg)) != 0 ||
+        (rc = cm_json_get_string(&c, d, "server_name", false, &t->discovery_server_name, errmsg)) !=
+            0 ||
+        (rc = cm_json_get_int(&c, d, "lookup_timeout_ms", false, 1, 60000,
+                              &t->discovery_lookup_timeout_ms, errmsg)) != 0)
+        return rc;
+    if (!host_port_ok(t->discovery_address)) {
+        cm_jpath_key(&k, &c, "address");
+        return cm_json_fail(&k, errmsg, "\"%s\" is not host:port", t->discovery_address);
+    }
+    if (t->discovery_server_name != NULL) {
+        const char *n = t->discovery_server_name;
+        bool ok = *n != '\0' && strlen(n) <= 253;
+        for (; ok && *n; n++)
+            ok = isalnum((unsigned char)*n) || *n == '.' || *n == '-' || *n == '_';
+        if (!ok) {
+            cm_jpath_key(&k, &c, "server_name");
+            return cm_json_fail(&k, errmsg, "\"%s\" is not a DNS name", t->discovery_server_name);
+        }
+    }
+    return 0;
+}
+
 int ij_template_from_json(const char *name, json_t *root, struct ij_template **out, char **errmsg)
 {
     struct cm_jpath p, c;
@@ -181,6 +245,8 @@ int ij_template_from_json(const char *name, json_t *root, struct ij_template **o
                               &t->token_expiration_seconds, errmsg)) != 0 ||
         (rc = cm_json_get_bool(&p, root, "hold_application", false, &t->hold_application,
                                errmsg)) != 0)
+        goto fail;
+    if ((rc = discovery(&p, root, t, errmsg)) != 0)
         goto fail;
     if (t->hold_application &&
         (rc = string_array(&p, root, "wait_command", true, &t->wait_command, errmsg)) != 0)

@@ -32,7 +32,16 @@ struct ij_template {
     int64_t token_expiration_seconds;
     bool hold_application; /* classic mode: app waits for the proxy */
     json_t *wait_command;  /* postStart exec that blocks until the proxy is ready */
+    /* The bootstrap's "discovery" block (issue 18): address NULL when the
+     * template says "discovery": false; server_name NULL and
+     * lookup_timeout_ms 0 leave the proxy's defaults. */
+    const char *discovery_address;
+    const char *discovery_server_name;
+    int64_t discovery_lookup_timeout_ms;
 };
+
+/* The template's discovery address when it has no "discovery" key. */
+#define IJ_TEMPLATE_DISCOVERY_ADDRESS "remora-injector.remora-system.svc:15011"
 
 /* The built-in template's JSON text (also what --print-template prints). */
 extern const char ij_template_builtin_json[];

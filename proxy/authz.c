@@ -49,6 +49,11 @@ struct px_authz {
     uint64_t loads, failures;
 };
 
+bool px_authz_metrics_source_principal(const struct px_authz *az)
+{
+    return az != NULL && px_policy_metrics_source_principal(az->policy);
+}
+
 static void set_error(struct px_authz *az, const char *msg)
 {
     if (msg != NULL)

@@ -33,6 +33,10 @@ void px_authz_admin_routes(struct px_authz *az, struct px_admin *admin);
  * reset the denial series (proxy/policy_metrics.c). */
 void px_authz_free(struct px_authz *az);
 
+/* Does the policy in force ask for the source_principal label on inbound
+ * request metrics ("metrics": {"source_principal": true})? az may be NULL. */
+bool px_authz_metrics_source_principal(const struct px_authz *az);
+
 /* Decide the request whose head is in s->req under the policy of its
  * connection's server (s->conn->srv->authz). Returns true to go on; false
  * when the request was denied and answered (403 naming the rule). */

@@ -25,10 +25,14 @@
 #include "common/log.h"
 #include "common/prom.h"
 #include "common/xalloc.h"
+#include "proxy/authz.h"
+#include "proxy/conn.h"
+#include "proxy/discovery.h"
 #include "proxy/h2.h"
 #include "proxy/http.h"
 #include "proxy/metrics_int.h"
 #include "proxy/server.h"
+#include "proxy/stream.h"
 
 struct px_metrics px_metrics;
 
@@ -57,10 +61,19 @@ struct px_metrics_state *px_metrics_state_new(void)
     return cm_xcalloc(1, sizeof(struct px_metrics_state));
 }
 
+static void intern_free(struct px_metrics_intern *t)
+{
+    for (size_t i = 0; i < PX_METRICS_LABEL_VALUES; i++)
+        free(t->values[i]);
+}
+
 void px_metrics_state_free(struct px_metrics_state *m)
 {
     if (m == NULL)
         return;
+    intern_free(&m->dst_values);
+    intern_free(&m->src_values);
+    free(m->hists);
     for (size_t i = 0; m->listeners && i < PX_METRICS_MAX_LISTENERS; i++)
         free(m->listeners[i].name);
     free(m->listeners);
@@ -121,9 +134,57 @@ listener_index(struct px_metrics_state *m, const char *name, const char *directi
     return PX_METRICS_MAX_LISTENERS - 1;
 }
 
-static uint32_t series_hash(uint16_t lidx, uint8_t cls, uint16_t code)
+/* ---- interned label values (issue 18) ----------------------------------------- */
+
+static uint32_t str_hash(const char *s, size_t *len)
 {
-    uint32_t h = ((uint32_t)lidx * 2654435761u) ^ ((uint32_t)cls * 40503u) ^ (uint32_t)code;
+    uint32_t h = 2166136261u; /* FNV-1a */
+    const char *p = s;
+    for (; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    *len = (size_t)(p - s);
+    return h;
+}
+
+uint16_t px_metrics_intern(struct px_metrics_intern *t, const char *value)
+{
+    if (t->nvalues == 0) { /* first use: [0] "no label", [1] "other" */
+        t->values[PX_METRICS_LABEL_OTHER] = cm_xstrdup("other");
+        t->nvalues = 2;
+    }
+    size_t len;
+    uint32_t h = str_hash(value, &len);
+    if (len > PX_METRICS_LABEL_MAXLEN) {
+        t->folded++;
+        return PX_METRICS_LABEL_OTHER;
+    }
+    size_t i = h & (PX_METRICS_LABEL_SLOTS - 1);
+    for (;;) {
+        uint16_t v = t->slots[i];
+        if (v == 0)
+            break;
+        if (t->hashes[v] == h && strcmp(t->values[v], value) == 0)
+            return v;
+        i = (i + 1) & (PX_METRICS_LABEL_SLOTS - 1); /* at most half full: always ends */
+    }
+    /* "other" itself is a value like the rest: a real "other" shares it */
+    if (strcmp(value, "other") == 0)
+        return PX_METRICS_LABEL_OTHER;
+    if (t->nvalues >= PX_METRICS_LABEL_VALUES) {
+        t->folded++;
+        return PX_METRICS_LABEL_OTHER;
+    }
+    uint16_t v = (uint16_t)t->nvalues++;
+    t->values[v] = cm_xstrdup(value);
+    t->hashes[v] = h;
+    t->slots[i] = v;
+    return v;
+}
+
+static uint32_t series_hash(uint16_t lidx, uint8_t cls, uint16_t code, uint16_t dst, uint16_t src)
+{
+    uint32_t h = ((uint32_t)lidx * 2654435761u) ^ ((uint32_t)cls * 40503u) ^ (uint32_t)code ^
+                 ((uint32_t)dst << 16) ^ ((uint32_t)src * 2246822519u);
     h ^= h >> 15;
     h *= 2246822519u;
     h ^= h >> 13;
@@ -132,11 +193,11 @@ static uint32_t series_hash(uint16_t lidx, uint8_t cls, uint16_t code)
 
 /* The series of this key, added when there is room, or NULL. */
 static struct px_metrics_series *series_get(struct px_metrics_state *m, uint16_t lidx, uint8_t cls,
-                                            uint16_t code, size_t limit)
+                                            uint16_t code, uint16_t dst, uint16_t src, size_t limit)
 {
     if (!m->series)
         m->series = cm_xcalloc(PX_METRICS_SERIES_SLOTS, sizeof(*m->series));
-    size_t i = series_hash(lidx, cls, code) & (PX_METRICS_SERIES_SLOTS - 1);
+    size_t i = series_hash(lidx, cls, code, dst, src) & (PX_METRICS_SERIES_SLOTS - 1);
     for (;;) {
         struct px_metrics_series *s = &m->series[i];
         if (!s->used) {
@@ -146,21 +207,52 @@ static struct px_metrics_series *series_get(struct px_metrics_state *m, uint16_t
             s->lidx = lidx;
             s->cls = cls;
             s->code = code;
+            s->dst = dst;
+            s->src = src;
             m->nseries++;
             return s;
         }
-        if (s->lidx == lidx && s->cls == cls && s->code == code)
+        if (s->lidx == lidx && s->cls == cls && s->code == code && s->dst == dst && s->src == src)
             return s;
         i = (i + 1) & (PX_METRICS_SERIES_SLOTS - 1); /* load stays under 75%: always ends */
     }
 }
 
-/* Inlined into both entry points: the wrapper the data path calls once per
+/* The histogram of a labelled (listener, dst, src), added when there is room, or NULL. */
+static struct px_metrics_hist *hist_get(struct px_metrics_state *m, uint16_t lidx, uint16_t dst,
+                                        uint16_t src, size_t limit)
+{
+    if (!m->hists)
+        m->hists = cm_xcalloc(PX_METRICS_HIST_SLOTS, sizeof(*m->hists));
+    size_t i = series_hash(lidx, 0, 0, dst, src) & (PX_METRICS_HIST_SLOTS - 1);
+    for (;;) {
+        struct px_metrics_hist *h = &m->hists[i];
+        if (!h->used) {
+            if (m->nhists >= limit)
+                return NULL;
+            h->used = 1;
+            h->lidx = lidx;
+            h->dst = dst;
+            h->src = src;
+            m->nhists++;
+            return h;
+        }
+        if (h->lidx == lidx && h->dst == dst && h->src == src)
+            return h;
+        i = (i + 1) & (PX_METRICS_HIST_SLOTS - 1); /* load stays under 75%: always ends */
+    }
+}
+
+static inline uint16_t fold(uint16_t v)
+{
+    return v != 0 ? PX_METRICS_LABEL_OTHER : 0;
+}
+
+/* Inlined into the entry points: the wrapper the data path calls once per
  * request costs no extra call. */
-static inline __attribute__((always_inline)) void record(struct px_metrics_state *m,
-                                                         const struct px_listener_cfg *l,
-                                                         const char *method, int status,
-                                                         uint8_t grpc, uint64_t duration_us)
+static inline __attribute__((always_inline)) void
+record(struct px_metrics_state *m, const struct px_listener_cfg *l, const char *method, int status,
+       uint8_t grpc, const struct px_metrics_labels *lab, uint64_t duration_us)
 {
     const char *name = l && l->name ? l->name : "unknown";
     const char *direction = l ? dir_name(l->direction) : "unknown";
@@ -168,35 +260,92 @@ static inline __attribute__((always_inline)) void record(struct px_metrics_state
     uint8_t cls = class_index(method);
     uint16_t g = (uint16_t)(grpc << GRPC_SHIFT); /* 0 for plain requests: folded away */
     uint16_t code = code_index(status);
+    uint16_t dst = 0, src = 0;
+    if (lab != NULL && lab->destination_service != NULL)
+        dst = px_metrics_intern(&m->dst_values, lab->destination_service);
+    if (lab != NULL && lab->source_principal != NULL)
+        src = px_metrics_intern(&m->src_values, lab->source_principal);
 
-    struct px_metrics_series *s = series_get(m, lidx, cls, code | g, PX_METRICS_SERIES_EXACT);
+    struct px_metrics_series *s =
+        series_get(m, lidx, cls, code | g, dst, src, PX_METRICS_SERIES_EXACT);
     if (!s && code != PX_METRICS_CODE_OTHER)
-        s = series_get(m, lidx, cls, PX_METRICS_CODE_OTHER | g, PX_METRICS_SERIES_MAX);
+        s = series_get(m, lidx, cls, PX_METRICS_CODE_OTHER | g, dst, src, PX_METRICS_SERIES_LABELS);
+    if (!s && (dst | src) != 0)
+        s = series_get(m, lidx, cls, PX_METRICS_CODE_OTHER | g, fold(dst), fold(src),
+                       PX_METRICS_SERIES_MAX);
     if (s)
         s->count++;
     else
         m->overflow_count++;
 
-    struct px_metrics_listener *ml = &m->listeners[lidx];
+    uint64_t *buckets, *count, *sum;
+    struct px_metrics_hist *h = NULL;
+    if ((dst | src) != 0) {
+        h = hist_get(m, lidx, dst, src, PX_METRICS_HIST_EXACT);
+        if (!h)
+            h = hist_get(m, lidx, fold(dst), fold(src), PX_METRICS_HIST_MAX);
+    }
+    if (h) {
+        buckets = h->buckets, count = &h->count, sum = &h->sum_us;
+    } else { /* unlabelled (or, past every bound, the listener's own) */
+        struct px_metrics_listener *ml = &m->listeners[lidx];
+        buckets = ml->buckets, count = &ml->count, sum = &ml->sum_us;
+    }
     size_t b = 0;
     while (b < PX_METRICS_NBUCKETS && duration_us > bucket_le_us[b])
         b++;
-    ml->buckets[b]++;
-    ml->count++;
-    ml->sum_us += duration_us;
+    buckets[b]++;
+    (*count)++;
+    *sum += duration_us;
 }
 
 void px_metrics_record(struct px_metrics_state *m, const struct px_listener_cfg *l,
                        const char *method, int status, uint64_t duration_us)
 {
-    record(m, l, method, status, 0, duration_us);
+    record(m, l, method, status, 0, NULL, duration_us);
+}
+
+static uint8_t grpc_index(int grpc_status)
+{
+    return grpc_status >= 0 && grpc_status <= 16 ? (uint8_t)(grpc_status + 1) : GRPC_OTHER;
 }
 
 void px_metrics_record_grpc(struct px_metrics_state *m, const struct px_listener_cfg *l,
                             const char *method, int status, int grpc_status, uint64_t duration_us)
 {
-    uint8_t grpc = grpc_status >= 0 && grpc_status <= 16 ? (uint8_t)(grpc_status + 1) : GRPC_OTHER;
-    record(m, l, method, status, grpc, duration_us);
+    record(m, l, method, status, grpc_index(grpc_status), NULL, duration_us);
+}
+
+void px_metrics_record_labels(struct px_metrics_state *m, const struct px_listener_cfg *l,
+                              const char *method, int status, int grpc_status,
+                              const struct px_metrics_labels *lab, uint64_t duration_us)
+{
+    uint8_t grpc = grpc_status == -2 ? 0 : grpc_index(grpc_status);
+    record(m, l, method, status, grpc, lab, duration_us);
+}
+
+struct px_metrics_labels px_metrics_stream_labels(const struct px_stream *s)
+{
+    struct px_metrics_labels lab = {NULL, NULL};
+    const struct px_server *srv = s->srv;
+    if (s->lcfg == NULL || srv == NULL)
+        return lab;
+    if (s->lcfg->direction == PX_DIR_OUTBOUND) {
+        /* only in a proxy with a discovery block: no surprise label elsewhere */
+        if (srv->cfg == NULL || srv->cfg->discovery == NULL || !srv->cfg->discovery->enabled)
+            return lab;
+        if (s->disc_done && s->disc_res == PX_DISC_FOUND && s->dest != NULL)
+            /* a pod no Service selects has no service name */
+            lab.destination_service = s->dest->service != NULL ? s->dest->service : "unknown";
+        else
+            lab.destination_service = "external"; /* not in the registry, or no answer */
+    } else if (s->lcfg->direction == PX_DIR_INBOUND &&
+               px_authz_metrics_source_principal(srv->authz)) {
+        const struct px_conn *c = s->conn;
+        lab.source_principal =
+            c != NULL && c->mtls && c->peer_id[0] != '\0' ? c->peer_id : "unauthenticated";
+    }
+    return lab;
 }
 
 /* ---- Prometheus text (exposition format 0.0.4) ---------------------------- */
@@ -236,6 +385,16 @@ static const struct px_metrics_series *next_series(const struct px_metrics_state
     return NULL;
 }
 
+/* destination_service / source_principal of a series (0: absent) */
+static void write_labels(const struct px_metrics_state *m, uint16_t dst, uint16_t src,
+                         struct cm_prom *out)
+{
+    if (dst != 0)
+        cm_prom_label(out, "destination_service", m->dst_values.values[dst], false);
+    if (src != 0)
+        cm_prom_label(out, "source_principal", m->src_values.values[src], false);
+}
+
 static void write_requests(const struct px_metrics_state *m, struct cm_prom *out)
 {
     cm_prom_head(out, "remora_requests_total", "counter",
@@ -251,6 +410,7 @@ static void write_requests(const struct px_metrics_state *m, struct cm_prom *out
         cm_prom_label(out, "code", code, false);
         if (grpc[0] != '\0')
             cm_prom_label(out, "grpc_status", grpc, false);
+        write_labels(m, s->dst, s->src, out);
         cm_prom_printf(out, "} %" PRIu64 "\n", s->count);
     }
     if (m->overflow_count)
@@ -260,37 +420,73 @@ static void write_requests(const struct px_metrics_state *m, struct cm_prom *out
                        m->overflow_count);
 }
 
-static void write_durations(const struct px_metrics_state *m, struct cm_prom *out)
+static void write_histogram(const struct px_metrics_state *m, const struct px_metrics_listener *ml,
+                            uint16_t dst, uint16_t src, const uint64_t *buckets, uint64_t count,
+                            uint64_t sum_us, struct cm_prom *out)
 {
     const char *name = "remora_request_duration_seconds";
-    cm_prom_head(out, name, "histogram",
+    uint64_t cum = 0;
+    for (size_t b = 0; b <= PX_METRICS_NBUCKETS; b++) {
+        cum += buckets[b];
+        cm_prom_printf(out, "%s_bucket{", name);
+        cm_prom_label(out, "listener", ml->name, true);
+        cm_prom_label(out, "direction", ml->direction, false);
+        write_labels(m, dst, src, out);
+        cm_prom_add(out, ",le=\"", 5);
+        if (b == PX_METRICS_NBUCKETS)
+            cm_prom_add(out, "+Inf", 4);
+        else
+            cm_prom_seconds(out, bucket_le_us[b]);
+        cm_prom_printf(out, "\"} %" PRIu64 "\n", cum);
+    }
+    cm_prom_printf(out, "%s_sum{", name);
+    cm_prom_label(out, "listener", ml->name, true);
+    cm_prom_label(out, "direction", ml->direction, false);
+    write_labels(m, dst, src, out);
+    cm_prom_add(out, "} ", 2);
+    cm_prom_seconds(out, sum_us);
+    cm_prom_printf(out, "\n%s_count{", name);
+    cm_prom_label(out, "listener", ml->name, true);
+    cm_prom_label(out, "direction", ml->direction, false);
+    write_labels(m, dst, src, out);
+    cm_prom_printf(out, "} %" PRIu64 "\n", count);
+}
+
+static void write_durations(const struct px_metrics_state *m, struct cm_prom *out)
+{
+    cm_prom_head(out, "remora_request_duration_seconds", "histogram",
                  "Time from the first byte of a request to the end of its response, by listener.");
     for (size_t i = 0; i < m->nlisteners; i++) {
         const struct px_metrics_listener *ml = &m->listeners[i];
-        if (!ml->name)
+        /* a listener whose requests were all labelled has no unlabelled histogram */
+        if (!ml->name || (ml->count == 0 && m->hists != NULL))
             continue;
-        uint64_t cum = 0;
-        for (size_t b = 0; b <= PX_METRICS_NBUCKETS; b++) {
-            cum += ml->buckets[b];
-            cm_prom_printf(out, "%s_bucket{", name);
-            cm_prom_label(out, "listener", ml->name, true);
-            cm_prom_label(out, "direction", ml->direction, false);
-            cm_prom_add(out, ",le=\"", 5);
-            if (b == PX_METRICS_NBUCKETS)
-                cm_prom_add(out, "+Inf", 4);
-            else
-                cm_prom_seconds(out, bucket_le_us[b]);
-            cm_prom_printf(out, "\"} %" PRIu64 "\n", cum);
-        }
-        cm_prom_printf(out, "%s_sum{", name);
-        cm_prom_label(out, "listener", ml->name, true);
-        cm_prom_label(out, "direction", ml->direction, false);
-        cm_prom_add(out, "} ", 2);
-        cm_prom_seconds(out, ml->sum_us);
-        cm_prom_printf(out, "\n%s_count{", name);
-        cm_prom_label(out, "listener", ml->name, true);
-        cm_prom_label(out, "direction", ml->direction, false);
-        cm_prom_printf(out, "} %" PRIu64 "\n", ml->count);
+        write_histogram(m, ml, 0, 0, ml->buckets, ml->count, ml->sum_us, out);
+    }
+    for (size_t i = 0; m->hists != NULL && i < PX_METRICS_HIST_SLOTS; i++) {
+        const struct px_metrics_hist *h = &m->hists[i];
+        if (h->used)
+            write_histogram(m, &m->listeners[h->lidx], h->dst, h->src, h->buckets, h->count,
+                            h->sum_us, out);
+    }
+    uint64_t folded = m->dst_values.folded + m->src_values.folded;
+    if (m->dst_values.nvalues + m->src_values.nvalues > 0 || folded > 0) {
+        cm_prom_head(out, "remora_metrics_label_values", "gauge",
+                     "Distinct values of a bounded request label in use (\"other\" included), "
+                     "at most 256.");
+        cm_prom_printf(out,
+                       "remora_metrics_label_values{label=\"destination_service\"} %zu\n"
+                       "remora_metrics_label_values{label=\"source_principal\"} %zu\n",
+                       m->dst_values.nvalues ? m->dst_values.nvalues - 1 : 0,
+                       m->src_values.nvalues ? m->src_values.nvalues - 1 : 0);
+        cm_prom_head(out, "remora_metrics_label_folded_total", "counter",
+                     "Requests whose label value read as \"other\": the label's bound was "
+                     "reached.");
+        cm_prom_printf(out,
+                       "remora_metrics_label_folded_total{label=\"destination_service\"} %" PRIu64
+                       "\nremora_metrics_label_folded_total{label=\"source_principal\"} %" PRIu64
+                       "\n",
+                       m->dst_values.folded, m->src_values.folded);
     }
 }
 
@@ -532,6 +728,11 @@ static json_t *requests_json(const struct px_metrics_state *m, uint64_t *total)
                               class_names[s->cls], "code", code, "count", (json_int_t)s->count);
         if (grpc[0] != '\0')
             json_object_set_new(o, "grpc_status", json_string(grpc));
+        if (s->dst != 0)
+            json_object_set_new(o, "destination_service",
+                                json_string(m->dst_values.values[s->dst]));
+        if (s->src != 0)
+            json_object_set_new(o, "source_principal", json_string(m->src_values.values[s->src]));
         json_array_append_new(arr, o);
         *total += s->count;
     }
@@ -545,25 +746,42 @@ static json_t *requests_json(const struct px_metrics_state *m, uint64_t *total)
     return arr;
 }
 
+static json_t *duration_json(const struct px_metrics_state *m, const struct px_metrics_listener *ml,
+                             uint16_t dst, uint16_t src, const uint64_t *b_us, uint64_t count,
+                             uint64_t sum_us)
+{
+    json_t *buckets = json_object();
+    uint64_t cum = 0;
+    for (size_t b = 0; b < PX_METRICS_NBUCKETS; b++) {
+        char le[32];
+        cum += b_us[b];
+        snprintf(le, sizeof(le), "%g", (double)bucket_le_us[b] / 1e6);
+        json_object_set_new(buckets, le, json_integer((json_int_t)cum));
+    }
+    json_t *o = json_pack("{s:s, s:s, s:I, s:f, s:o}", "listener", ml->name, "direction",
+                          ml->direction, "count", (json_int_t)count, "sum_seconds",
+                          (double)sum_us / 1e6, "buckets_le_seconds", buckets);
+    if (dst != 0)
+        json_object_set_new(o, "destination_service", json_string(m->dst_values.values[dst]));
+    if (src != 0)
+        json_object_set_new(o, "source_principal", json_string(m->src_values.values[src]));
+    return o;
+}
+
 static json_t *durations_json(const struct px_metrics_state *m)
 {
     json_t *arr = json_array();
     for (size_t i = 0; i < m->nlisteners; i++) {
         const struct px_metrics_listener *ml = &m->listeners[i];
-        if (!ml->name)
+        if (!ml->name || (ml->count == 0 && m->hists != NULL))
             continue;
-        json_t *buckets = json_object();
-        uint64_t cum = 0;
-        for (size_t b = 0; b < PX_METRICS_NBUCKETS; b++) {
-            char le[32];
-            cum += ml->buckets[b];
-            snprintf(le, sizeof(le), "%g", (double)bucket_le_us[b] / 1e6);
-            json_object_set_new(buckets, le, json_integer((json_int_t)cum));
-        }
-        json_array_append_new(
-            arr, json_pack("{s:s, s:s, s:I, s:f, s:o}", "listener", ml->name, "direction",
-                           ml->direction, "count", (json_int_t)ml->count, "sum_seconds",
-                           (double)ml->sum_us / 1e6, "buckets_le_seconds", buckets));
+        json_array_append_new(arr, duration_json(m, ml, 0, 0, ml->buckets, ml->count, ml->sum_us));
+    }
+    for (size_t i = 0; m->hists != NULL && i < PX_METRICS_HIST_SLOTS; i++) {
+        const struct px_metrics_hist *h = &m->hists[i];
+        if (h->used)
+            json_array_append_new(arr, duration_json(m, &m->listeners[h->lidx], h->dst, h->src,
+                                                     h->buckets, h->count, h->sum_us));
     }
     return arr;
 }

@@ -63,6 +63,19 @@ struct px_metrics_state;
 struct px_metrics_state *px_metrics_state_new(void);
 void px_metrics_state_free(struct px_metrics_state *m);
 
+/* Optional labels of a request's series (issue 18); NULL: no such label.
+ * Values are interned (a bounded table per label: past 256 distinct values
+ * they read as "other"). */
+struct px_metrics_labels {
+    const char *destination_service; /* outbound: "ns/name", "external" */
+    const char *source_principal;    /* inbound: the peer's SPIFFE ID, "unauthenticated" */
+};
+/* The labels of a finished stream: destination_service on an outbound
+ * listener of a proxy with a discovery block, source_principal on an inbound
+ * listener when the policy in force asks for it. */
+struct px_stream;
+struct px_metrics_labels px_metrics_stream_labels(const struct px_stream *s);
+
 /* Count one finished exchange in m: labels listener, direction, method class,
  * response code (0 when no response was sent), and its duration. */
 void px_metrics_record(struct px_metrics_state *m, const struct px_listener_cfg *l,
@@ -71,6 +84,10 @@ void px_metrics_record(struct px_metrics_state *m, const struct px_listener_cfg 
  * or "other" (grpc_status < 0: none seen, or out of range). */
 void px_metrics_record_grpc(struct px_metrics_state *m, const struct px_listener_cfg *l,
                             const char *method, int status, int grpc_status, uint64_t duration_us);
+/* Either of the two with labels (lab NULL: none); grpc_status -2: not gRPC. */
+void px_metrics_record_labels(struct px_metrics_state *m, const struct px_listener_cfg *l,
+                              const char *method, int status, int grpc_status,
+                              const struct px_metrics_labels *lab, uint64_t duration_us);
 /* Write all metrics in Prometheus text format into out (an evbuffer); srv's
  * gauges (streams, drain state, start time) when srv is not NULL. */
 struct evbuffer;

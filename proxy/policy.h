@@ -98,6 +98,9 @@ int px_policy_parse_cidr(const char *s, uint8_t addr[16], uint8_t *family, uint8
 enum px_policy_mode px_policy_mode(const struct px_policy *p);
 bool px_policy_default_deny(const struct px_policy *p);
 size_t px_policy_nrules(const struct px_policy *p);
+/* "metrics": {"source_principal": true}: inbound request series carry the
+ * peer's SPIFFE ID (proxy/metrics.c, docs/policy.md "Metrics labels"). */
+bool px_policy_metrics_source_principal(const struct px_policy *p);
 size_t px_policy_nallow(const struct px_policy *p);
 size_t px_policy_ndeny(const struct px_policy *p);
 const char *px_policy_name(const struct px_policy *p);

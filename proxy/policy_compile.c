@@ -606,7 +606,8 @@ void px_policy_free(struct px_policy *p)
 
 int px_policy_compile(const char *name, json_t *doc, struct px_policy **out, char **errmsg)
 {
-    static const char *const keys[] = {"default", "mode", "rules", NULL};
+    static const char *const keys[] = {"default", "mode", "rules", "metrics", NULL};
+    static const char *const mkeys[] = {"source_principal", NULL};
     static const char *const defaults[] = {"allow", "deny", NULL};
     static const char *const modes[] = {"enforce", "audit", NULL};
     struct px_policy *p = cm_xcalloc(1, sizeof(*p));
@@ -627,6 +628,18 @@ int px_policy_compile(const char *name, json_t *doc, struct px_policy **out, cha
         cm_json_get_enum(&root, doc, "mode", false, modes, &mode, errmsg) != 0 ||
         cm_json_get_child(&root, doc, "rules", false, JSON_ARRAY, &rules, errmsg) != 0)
         goto fail;
+    /* "metrics": what the inbound request series carry (issue 18) */
+    json_t *metrics = NULL;
+    if (cm_json_get_child(&root, doc, "metrics", false, JSON_OBJECT, &metrics, errmsg) != 0)
+        goto fail;
+    if (metrics != NULL) {
+        struct cm_jpath mp;
+        cm_jpath_key(&mp, &root, "metrics");
+        if (cm_json_check_keys(&mp, metrics, mkeys, errmsg) != 0 ||
+            cm_json_get_bool(&mp, metrics, "source_principal", false, &p->metrics_source_principal,
+                             errmsg) != 0)
+            goto fail;
+    }
     p->default_deny = def == 1;
     p->mode = mode == 1 ? PX_POLICY_AUDIT : PX_POLICY_ENFORCE;
     size_t n = rules ? json_array_size(rules) : 0;
@@ -697,6 +710,11 @@ enum px_policy_mode px_policy_mode(const struct px_policy *p)
 bool px_policy_default_deny(const struct px_policy *p)
 {
     return p->default_deny;
+}
+
+bool px_policy_metrics_source_principal(const struct px_policy *p)
+{
+    return p != NULL && p->metrics_source_principal;
 }
 
 size_t px_policy_nrules(const struct px_policy *p)

@@ -210,7 +210,8 @@ struct px_policy {
     /* Header names some rule matches: as written (lower case) and with '_' read as
      * '-', keyed by name_hash(); for the underscore check (PX_POLICY_BAD_HEADER). */
     struct table hdr_exact, hdr_mapped;
-    bool hdr_underscore; /* some of those names holds '_' */
+    bool hdr_underscore;           /* some of those names holds '_' */
+    bool metrics_source_principal; /* "metrics": {"source_principal": true} (issue 18) */
 };
 
 /* Keys of the principal, namespace and exact-path tables: 8 bytes a step. */

@@ -131,13 +131,13 @@ static void record(struct px_stream *s)
     uint64_t dur = cm_mono_us() - s->start_us;
     if (s->srv->metrics == NULL) {
         /* no request tables (unit tests without a server's metrics) */
-    } else if (s->grpc) {
-        int grpc = s->grpc_status >= 0 ? s->grpc_status
-                   : status != 0       ? px_grpc_resp_status(&s->resp, s->resp_trailers)
-                                       : -1;
-        px_metrics_record_grpc(s->srv->metrics, s->lcfg, s->req.method, status, grpc, dur);
     } else {
-        px_metrics_record(s->srv->metrics, s->lcfg, s->req.method, status, dur);
+        int grpc = !s->grpc              ? -2 /* not gRPC */
+                   : s->grpc_status >= 0 ? s->grpc_status
+                   : status != 0         ? px_grpc_resp_status(&s->resp, s->resp_trailers)
+                                         : -1;
+        struct px_metrics_labels lab = px_metrics_stream_labels(s); /* issue 18 */
+        px_metrics_record_labels(s->srv->metrics, s->lcfg, s->req.method, status, grpc, &lab, dur);
     }
     px_accesslog_http(s->srv->access_log, s, status, dur);
 }

@@ -55,8 +55,9 @@ e2e_cluster() {
     node "$REMORA_ROOT/test/tools/mint-token.js" keys "$E2E/jwt" || return 1
 
     # The template the cluster's injector uses: the shipped one, with the CA at the
-    # node's address (the proxy takes ip:port; a cluster would use the Service IP).
-    jq --arg ca "$E2E_NODE_IP:15012" '.ca_address = $ca' \
+    # node's address (the proxy takes ip:port; a cluster would use the Service IP),
+    # and no discovery block (issue 18: this injector runs no discovery service).
+    jq --arg ca "$E2E_NODE_IP:15012" '.ca_address = $ca | .discovery = false' \
         "$REMORA_ROOT/manifests/injector/template.json" >"$E2E/template.json"
     jq -n --arg ip "$E2E_NODE_IP" --arg pki "$E2E/pki" --arg jwks "$E2E/jwt/jwks.json" \
         --arg tpl "$E2E/template.json" '{

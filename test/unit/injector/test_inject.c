@@ -759,6 +759,18 @@ static void test_template(void **state)
         {"token_expiration_seconds", "60", "token_expiration_seconds: 60 is out of range"},
         {"wait_command", "[]", "wait_command: must not be empty"},
         {"extra", "1", "t: extra: unknown key"},
+        {"discovery", "true", "t: discovery: expected an object"},
+        {"discovery", "{}", "t: discovery.address: required key is missing"},
+        {"discovery", "{\"address\":\"a:1\",\"port\":1}", "t: discovery.port: unknown key"},
+        {"discovery", "{\"address\":\"no-port\"}",
+         "t: discovery.address: \"no-port\" is not host:port"},
+        {"discovery", "{\"address\":\"a:0\"}", "discovery.address"},
+        {"discovery", "{\"address\":\"a b:1\"}", "discovery.address"},
+        {"discovery", "{\"address\":\"a:1\",\"lookup_timeout_ms\":0}",
+         "discovery.lookup_timeout_ms: 0 is out of range"},
+        {"discovery", "{\"address\":\"a:1\",\"server_name\":\"x/y\"}",
+         "discovery.server_name: \"x/y\" is not a DNS name"},
+        {"discovery", "{\"address\":\"a:1\",\"server_name\":7}", "discovery.server_name"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         json_t *copy = json_deep_copy(root);
@@ -771,6 +783,101 @@ static void test_template(void **state)
         json_decref(copy);
     }
     json_decref(root);
+}
+
+/* Issue 18: the template's "discovery" block in every bootstrap, left out by
+ * remora.io/discovery: "off" or by "discovery": false in the template. */
+static json_t *with_template(const char *key, const char *value)
+{
+    json_t *root = json_loads(ij_template_builtin_json, 0, NULL);
+    if (value == NULL)
+        json_object_del(root, key);
+    else
+        json_object_set_new(root, key, json_loads(value, JSON_DECODE_ANY, NULL));
+    return root;
+}
+
+static void test_discovery_block(void **state)
+{
+    (void)state;
+    json_t *w;
+    /* built-in template: the default address, the proxy's other defaults */
+    json_t *boot = boot_of(POD("", ""), &w);
+    assert_string_equal(str_at(boot, "discovery|address"),
+                        "remora-injector.remora-system.svc:15011");
+    assert_int_equal(json_object_size(at(boot, "discovery")), 1);
+    assert_int_equal(json_array_size(w), 0);
+    json_decref(w);
+    json_decref(boot);
+
+    static const char *const off[] = {"off", "OFF", "false", "disabled", "0"};
+    for (size_t i = 0; i < sizeof(off) / sizeof(off[0]); i++) {
+        char pod[512];
+        snprintf(pod, sizeof(pod), POD("", ",\"annotations\":{\"remora.io/discovery\":\"%s\"}"),
+                 off[i]);
+        boot = boot_of(pod, &w);
+        assert_null(at(boot, "discovery"));
+        assert_int_equal(json_array_size(w), 0);
+        json_decref(w);
+        json_decref(boot);
+    }
+    boot = boot_of(POD("", ",\"annotations\":{\"remora.io/discovery\":\"on\"}"), &w);
+    assert_non_null(at(boot, "discovery|address"));
+    assert_int_equal(json_array_size(w), 0);
+    json_decref(w);
+    json_decref(boot);
+    /* a typo: warned about, the default (on) */
+    boot = boot_of(POD("", ",\"annotations\":{\"remora.io/discovery\":\"of\"}"), &w);
+    assert_non_null(at(boot, "discovery|address"));
+    assert_int_equal(json_array_size(w), 1);
+    assert_non_null(strstr(json_string_value(json_array_get(w, 0)), "remora.io/discovery"));
+    json_decref(w);
+    json_decref(boot);
+
+    /* the template's keys */
+    struct ij_template *saved = tpl, *t = NULL;
+    char *err = NULL;
+    json_t *root = with_template("discovery",
+                                 "{\"address\":\"10.0.0.1:15011\",\"server_name\":\"disc.example\","
+                                 "\"lookup_timeout_ms\":250}");
+    assert_int_equal(ij_template_from_json("t", root, &t, &err), 0);
+    json_decref(root);
+    tpl = t;
+    boot = boot_of(POD("", ""), NULL);
+    assert_string_equal(str_at(boot, "discovery|address"), "10.0.0.1:15011");
+    assert_string_equal(str_at(boot, "discovery|server_name"), "disc.example");
+    assert_int_equal(json_integer_value(at(boot, "discovery|lookup_timeout_ms")), 250);
+    json_decref(boot);
+    ij_template_unref(t);
+
+    /* "discovery": false: none, and a pod asking for it is told why */
+    root = with_template("discovery", "false");
+    assert_int_equal(ij_template_from_json("t", root, &t, &err), 0);
+    json_decref(root);
+    tpl = t;
+    boot = boot_of(POD("", ""), &w);
+    assert_null(at(boot, "discovery"));
+    assert_int_equal(json_array_size(w), 0);
+    json_decref(w);
+    json_decref(boot);
+    boot = boot_of(POD("", ",\"annotations\":{\"remora.io/discovery\":\"true\"}"), &w);
+    assert_null(at(boot, "discovery"));
+    assert_int_equal(json_array_size(w), 1);
+    json_decref(w);
+    json_decref(boot);
+    ij_template_unref(t);
+
+    /* an older template without the key: the default address */
+    root = with_template("discovery", NULL);
+    assert_int_equal(ij_template_from_json("t", root, &t, &err), 0);
+    json_decref(root);
+    tpl = t;
+    boot = boot_of(POD("", ""), NULL);
+    assert_string_equal(str_at(boot, "discovery|address"),
+                        "remora-injector.remora-system.svc:15011");
+    json_decref(boot);
+    ij_template_unref(t);
+    tpl = saved;
 }
 
 static void test_metrics(void **state)
@@ -810,6 +917,7 @@ int main(void)
         cmocka_unit_test(test_base64),
         cmocka_unit_test(test_config),
         cmocka_unit_test(test_template),
+        cmocka_unit_test(test_discovery_block),
         cmocka_unit_test(test_metrics),
         cmocka_unit_test(test_duration),
         cmocka_unit_test(test_inject_path),

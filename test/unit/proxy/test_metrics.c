@@ -252,15 +252,16 @@ static void test_label_escaping(void **state)
 static void test_table_bound(void **state)
 {
     (void)state;
-    /* 3 classes x 501 codes x 2 listeners = 3006 distinct keys: far past the cap. */
+    /* 3 classes x 501 codes x 2 listeners = 3006 distinct keys: past the cap. */
     uint64_t n = 0;
     for (int round = 0; round < 2; round++)
         for (int code = 0; code <= 600; code++)
-            for (int c = 0; c < 3; c++) {
-                static const char *const m[] = {"GET", "POST", "BREW"};
-                px_metrics_record(srv0.metrics, code & 1 ? &l_in : &l_out, m[c], code, 10);
-                n++;
-            }
+            for (int c = 0; c < 3; c++)
+                for (int l = 0; l < 2; l++) {
+                    static const char *const m[] = {"GET", "POST", "BREW"};
+                    px_metrics_record(srv0.metrics, l ? &l_in : &l_out, m[c], code, 10);
+                    n++;
+                }
     const struct px_metrics_state *tb = tables();
     assert_true(tb->nseries <= PX_METRICS_SERIES_MAX);
     assert_true(tb->nseries >= PX_METRICS_SERIES_EXACT);
@@ -274,6 +275,133 @@ static void test_table_bound(void **state)
     char *t = prom_text();
     assert_true(sample(t, "remora_requests_total{listener=\"in\",direction=\"inbound\","
                           "method_class=\"read\",code=\"other\"}") > 0);
+    free(t);
+}
+
+/* Issue 18: interned label values, bounded. */
+static void test_label_intern(void **state)
+{
+    (void)state;
+    struct px_metrics_intern *t = &srv0.metrics->dst_values;
+    uint16_t a = px_metrics_intern(t, "shop/web");
+    assert_true(a > PX_METRICS_LABEL_OTHER);
+    assert_int_equal(px_metrics_intern(t, "shop/web"), a);
+    assert_int_equal(px_metrics_intern(t, "other"), PX_METRICS_LABEL_OTHER);
+    assert_int_equal(t->folded, 0); /* a real "other" is not a fold */
+    char v[PX_METRICS_LABEL_MAXLEN + 2];
+    memset(v, 'x', sizeof(v) - 1);
+    v[sizeof(v) - 1] = '\0';
+    assert_int_equal(px_metrics_intern(t, v), PX_METRICS_LABEL_OTHER);
+    assert_int_equal(t->folded, 1);
+    /* up to the bound, each new value gets its own index; then "other" */
+    char name[32];
+    size_t fresh = 0;
+    for (int i = 0; i < 400; i++) {
+        snprintf(name, sizeof(name), "ns/svc-%d", i);
+        if (px_metrics_intern(t, name) != PX_METRICS_LABEL_OTHER)
+            fresh++;
+    }
+    assert_int_equal(t->nvalues, PX_METRICS_LABEL_VALUES);
+    assert_int_equal(fresh, PX_METRICS_LABEL_VALUES - 3); /* [0], "other", "shop/web" */
+    assert_int_equal(t->folded, 1 + 400 - fresh);
+    /* values known before the bound keep their index */
+    assert_int_equal(px_metrics_intern(t, "shop/web"), a);
+    assert_int_equal(px_metrics_intern(t, "ns/svc-0"), a + 1);
+    assert_int_equal(px_metrics_intern(t, "ns/svc-399"), PX_METRICS_LABEL_OTHER);
+}
+
+static void test_destination_label(void **state)
+{
+    (void)state;
+    struct px_metrics_labels web = {"shop/web", NULL}, ext = {"external", NULL};
+    struct px_metrics_labels peer = {NULL, "spiffe://cluster.local/ns/shop/sa/web"};
+    px_metrics_record_labels(srv0.metrics, &l_out, "GET", 200, -2, &web, 1000);
+    px_metrics_record_labels(srv0.metrics, &l_out, "GET", 200, -2, &web, 3000);
+    px_metrics_record_labels(srv0.metrics, &l_out, "GET", 200, -2, &ext, 1000);
+    px_metrics_record_labels(srv0.metrics, &l_out, "POST", 200, 0, &web, 1000); /* gRPC OK */
+    px_metrics_record_labels(srv0.metrics, &l_in, "GET", 200, -2, &peer, 1000);
+    px_metrics_record_labels(srv0.metrics, &l_in, "GET", 200, -2, NULL, 1000);
+    char *t = prom_text();
+    assert_int_equal(sample(t, "remora_requests_total{listener=\"out\",direction=\"outbound\","
+                               "method_class=\"read\",code=\"200\","
+                               "destination_service=\"shop/web\"}"),
+                     2);
+    assert_int_equal(sample(t, "remora_requests_total{listener=\"out\",direction=\"outbound\","
+                               "method_class=\"read\",code=\"200\","
+                               "destination_service=\"external\"}"),
+                     1);
+    assert_int_equal(sample(t, "remora_requests_total{listener=\"out\",direction=\"outbound\","
+                               "method_class=\"write\",code=\"200\",grpc_status=\"0\","
+                               "destination_service=\"shop/web\"}"),
+                     1);
+    assert_int_equal(sample(t, "remora_requests_total{listener=\"in\",direction=\"inbound\","
+                               "method_class=\"read\",code=\"200\","
+                               "source_principal=\"spiffe://cluster.local/ns/shop/sa/web\"}"),
+                     1);
+    assert_int_equal(sample(t, "remora_requests_total{listener=\"in\",direction=\"inbound\","
+                               "method_class=\"read\",code=\"200\"}"),
+                     1);
+    /* the histogram: per label value; no unlabelled one for "out" */
+    assert_int_equal(sample(t, "remora_request_duration_seconds_count{listener=\"out\","
+                               "direction=\"outbound\",destination_service=\"shop/web\"}"),
+                     3);
+    assert_int_equal(sample(t, "remora_request_duration_seconds_bucket{listener=\"out\","
+                               "direction=\"outbound\",destination_service=\"shop/web\","
+                               "le=\"0.001000\"}"),
+                     2);
+    assert_int_equal(sample(t, "remora_request_duration_seconds_count{listener=\"out\","
+                               "direction=\"outbound\"}"),
+                     -1);
+    assert_int_equal(sample(t, "remora_request_duration_seconds_count{listener=\"in\","
+                               "direction=\"inbound\"}"),
+                     1);
+    assert_int_equal(sample(t, "remora_metrics_label_values{label=\"destination_service\"}"),
+                     3); /* other, shop/web, external */
+    assert_int_equal(sample(t, "remora_metrics_label_folded_total{label=\"destination_service\"}"),
+                     0);
+    free(t);
+    t = json_text();
+    assert_non_null(strstr(t, "\"destination_service\": \"shop/web\""));
+    assert_non_null(strstr(t, "\"source_principal\": \"spiffe://cluster.local/ns/shop/sa/web\""));
+    free(t);
+}
+
+/* Past the bound, new values count under "other"; nothing is lost. */
+static void test_label_cap(void **state)
+{
+    (void)state;
+    char name[32];
+    uint64_t n = 0;
+    for (int round = 0; round < 2; round++)
+        for (int i = 0; i < 1000; i++) {
+            snprintf(name, sizeof(name), "ns/svc-%d", i);
+            struct px_metrics_labels lab = {name, NULL};
+            px_metrics_record_labels(srv0.metrics, &l_out, "GET", 200 + (i % 3), -2, &lab, 10);
+            n++;
+        }
+    const struct px_metrics_state *tb = tables();
+    assert_int_equal(tb->dst_values.nvalues, PX_METRICS_LABEL_VALUES);
+    assert_true(tb->nseries <= PX_METRICS_SERIES_MAX);
+    assert_true(tb->nhists <= PX_METRICS_HIST_MAX);
+    uint64_t sum = tb->overflow_count, hsum = 0;
+    for (size_t i = 0; i < PX_METRICS_SERIES_SLOTS; i++)
+        if (tb->series[i].used)
+            sum += tb->series[i].count;
+    for (size_t i = 0; i < PX_METRICS_HIST_SLOTS; i++)
+        if (tb->hists[i].used)
+            hsum += tb->hists[i].count;
+    assert_int_equal(sum, n);
+    assert_int_equal(hsum, n);
+    char *t = prom_text();
+    /* 1000 - 254 values per round folded, both rounds */
+    assert_int_equal(sample(t, "remora_metrics_label_folded_total{label=\"destination_service\"}"),
+                     (long long)(2 * (1000 - (PX_METRICS_LABEL_VALUES - 2))));
+    assert_true(sample(t, "remora_requests_total{listener=\"out\",direction=\"outbound\","
+                          "method_class=\"read\",code=\"200\",destination_service=\"other\"}") > 0);
+    assert_true(sample(t, "remora_request_duration_seconds_count{listener=\"out\","
+                          "direction=\"outbound\",destination_service=\"other\"}") > 0);
+    assert_int_equal(sample(t, "remora_metrics_label_values{label=\"destination_service\"}"),
+                     PX_METRICS_LABEL_VALUES - 1);
     free(t);
 }
 
@@ -414,6 +542,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_label_escaping, setup, teardown),
         cmocka_unit_test_setup_teardown(test_table_bound, setup, teardown),
         cmocka_unit_test_setup_teardown(test_listener_bound, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_label_intern, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_destination_label, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_label_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_module_writers, setup, teardown),
     };

@@ -460,7 +460,15 @@ static void facts_and_defaults(void **state)
     assert_int_equal(px_policy_ndeny(p), 1);
     assert_true(px_policy_default_deny(p));
     assert_int_equal(px_policy_mode(p), PX_POLICY_AUDIT);
+    assert_false(px_policy_metrics_source_principal(p)); /* issue 18: off by default */
     px_policy_free(p);
+    p = compile_str("{\"metrics\": {\"source_principal\": true}}");
+    assert_true(px_policy_metrics_source_principal(p));
+    px_policy_free(p);
+    p = compile_str("{\"metrics\": {}}");
+    assert_false(px_policy_metrics_source_principal(p));
+    px_policy_free(p);
+    assert_false(px_policy_metrics_source_principal(NULL));
 }
 
 /* A policy without path conditions never looks at the path: no 400 for odd ones. */
