@@ -17,6 +17,7 @@
 #include "proxy/metrics.h"
 #include "proxy/routes_int.h"
 #include "proxy/server.h"
+#include "proxy/service.h"
 #include "proxy/watch.h"
 
 /* ---- endpoint state ------------------------------------------------------------ */
@@ -48,6 +49,7 @@ void px_routes_free(struct px_routes *r)
         free(rt->lb_cand);
         free(rt->name);
         free(rt->match_host);
+        free(rt->match_service);
     }
     free(r->routes);
     free(r->host_idx);
@@ -170,6 +172,7 @@ void px_routes_state_free(struct px_routes_state *rs)
     }
     px_metrics_unregister_with(rs->metrics, px_routes_write_prometheus, rs);
     px_watch_stop(&rs->watch);
+    px_service_cache_free(rs);
     px_routes_unref(rs->cur);
     while (rs->states != NULL) {
         struct px_ep_state *n = rs->states->next;

@@ -129,3 +129,12 @@ struct px_route *px_routes_match(struct px_routes *r, const char *authority,
     size_t k = h < a ? h : a; /* the first route in file order that matches */
     return k == SIZE_MAX ? NULL : &r->routes[k];
 }
+
+struct px_route *px_routes_match_service(struct px_routes *r, const char *svc)
+{
+    /* only when a Service's route is built (once per answer and snapshot) */
+    for (size_t i = 0; r != NULL && svc != NULL && i < r->n; i++)
+        if (r->routes[i].match_service != NULL && strcmp(r->routes[i].match_service, svc) == 0)
+            return &r->routes[i];
+    return NULL;
+}

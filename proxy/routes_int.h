@@ -18,6 +18,7 @@
 
 struct px_admin;
 struct px_metrics_state;
+struct px_svc_cache;
 
 /* The routes state of a server (srv->routes; routes.c owns it): the file,
  * the snapshot in force, the per-address endpoint records, the ejection
@@ -35,6 +36,7 @@ struct px_routes_state {
     const struct px_limits *limits;   /* cfg->limits (borrowed): the breakers' defaults */
     struct px_admin *admin;           /* where GET /clusters is registered, or NULL */
     struct px_metrics_state *metrics; /* where its /metrics rows are registered, or NULL */
+    struct px_svc_cache *svc;         /* discovered Services' routes (proxy/service.c), or NULL */
 };
 
 static inline bool px_ep_ejected(const struct px_ep_state *s, uint64_t now)

@@ -198,14 +198,14 @@ static void resolve_loop(void **state)
     stream_end(s);
     /* opaque TCP: the connection's default upstream, same check */
     struct px_upstream_target t = {0};
-    assert_int_equal(px_upstream_resolve_tcp(&conn, &t), PX_RESOLVE_OK);
+    assert_int_equal(px_upstream_resolve_tcp(&conn, NULL, &t), PX_RESOLVE_OK);
     assert_int_equal(t.proto, PX_TGT_TCP);
     assert_true(cm_addr_equal(&t.addr, &up_addr));
     lcfg.upstream = self.bound;
-    assert_int_equal(px_upstream_resolve_tcp(&conn, &t), PX_RESOLVE_LOOP);
+    assert_int_equal(px_upstream_resolve_tcp(&conn, NULL, &t), PX_RESOLVE_LOOP);
     lcfg.tls = PX_TLS_MESH;
     lcfg.upstream = up_addr;
-    assert_int_equal(px_upstream_resolve_tcp(&conn, &t), PX_RESOLVE_NO_CERT);
+    assert_int_equal(px_upstream_resolve_tcp(&conn, NULL, &t), PX_RESOLVE_NO_CERT);
     px_upstream_target_release(&t);
 }
 
