@@ -54,6 +54,11 @@ void px_service_cache_free(struct px_routes_state *rs)
     rs->svc = NULL;
 }
 
+size_t px_service_cached(const struct px_routes_state *rs)
+{
+    return rs != NULL && rs->svc != NULL ? rs->svc->n : 0;
+}
+
 void px_service_stats(const struct px_routes_state *rs, uint64_t *builds, uint64_t *hits)
 {
     *builds = rs != NULL && rs->svc != NULL ? rs->svc->builds : 0;

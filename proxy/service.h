@@ -23,6 +23,7 @@
 #ifndef PX_SERVICE_H
 #define PX_SERVICE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct px_stream;
@@ -56,6 +57,8 @@ struct px_routes *px_service_tcp_pick(const struct px_conn *c, struct px_endpoin
 /* Drop the cache (px_routes_state_free). */
 void px_service_cache_free(struct px_routes_state *rs);
 
+/* Destinations with a cache entry now (tests). */
+size_t px_service_cached(const struct px_routes_state *rs);
 /* Counters (tests, benchmarks): routes built, cache hits. */
 void px_service_stats(const struct px_routes_state *rs, uint64_t *builds, uint64_t *hits);
 
