@@ -30,6 +30,8 @@
 struct px_ep_state {
     struct cm_addr addr;
     uint32_t outstanding; /* requests in flight now */
+    uint32_t tcp_conns;   /* opaque TCP connections open now (proxy/service.c; not a latency
+                           * signal: a long-lived tunnel is not a stalled request) */
     uint32_t consecutive_failures;
     uint32_t ejections;        /* how many times ejected so far */
     uint64_t ejected_until_ms; /* monotonic; 0 = healthy */

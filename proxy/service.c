@@ -211,8 +211,38 @@ struct px_routes *px_service_route_for(struct px_routes_state *rs, struct px_rou
     return px_routes_ref(e->built);
 }
 
+static void ignore_answer(enum px_disc_result res, struct px_dest_answer *ans, void *arg)
+{
+    (void)res;
+    (void)ans;
+    (void)arg;
+}
+
+/* The connection's answer is as old as the connection: a keep-alive or HTTP/2
+ * connection lives across endpoint changes, so each request takes the
+ * cache's current answer for the same destination (a hit: no wait; a miss,
+ * when the entry went meanwhile, keeps the connection's answer). */
+static void refresh_dest(struct px_stream *s)
+{
+    if (s->srv->disc == NULL || s->dest != s->conn->dest)
+        return; /* a per-request lookup (by Host) is current already */
+    struct cm_addr dst;
+    px_conn_default_upstream(s->conn, &dst);
+    struct px_dest_answer *cur = NULL;
+    struct px_disc_wait *w = NULL;
+    enum px_disc_result r = px_disc_lookup(s->srv->disc, &dst, NULL, &cur, ignore_answer, NULL, &w);
+    px_disc_cancel(w);
+    if (r == PX_DISC_FOUND && cur != NULL && cur != s->dest) {
+        px_dest_answer_unref(s->dest);
+        s->dest = cur;
+    } else {
+        px_dest_answer_unref(cur);
+    }
+}
+
 void px_service_route(struct px_stream *s)
 {
+    refresh_dest(s);
     struct px_route *rt;
     struct px_routes *r = px_service_route_for(s->srv->routes, s->routes, s->dest, &rt);
     if (r == NULL)
@@ -237,7 +267,10 @@ static struct px_endpoint *least_conn(struct px_route *rt)
         bool is_local = local == NULL || (e->cluster != NULL && strcmp(e->cluster, local) == 0);
         int tier = px_ep_ejected(e->st, now) ? 2 : is_local ? 0 : 1;
         if (best == NULL || tier < best_tier ||
-            (tier == best_tier && e->st->outstanding < best->st->outstanding)) {
+            (tier == best_tier &&
+             (e->st->tcp_conns < best->st->tcp_conns ||
+              (e->st->tcp_conns == best->st->tcp_conns &&
+               e->st->outstanding < best->st->outstanding)))) {
             best = e;
             best_tier = tier;
         }
@@ -261,4 +294,15 @@ struct px_routes *px_service_tcp_pick(const struct px_conn *c, struct px_endpoin
     }
     *ep = least_conn(rt);
     return r;
+}
+
+void px_service_tcp_open(struct px_endpoint *ep)
+{
+    ep->st->tcp_conns++;
+}
+
+void px_service_tcp_close(struct px_endpoint *ep)
+{
+    if (ep->st->tcp_conns > 0)
+        ep->st->tcp_conns--;
 }

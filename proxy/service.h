@@ -49,10 +49,14 @@ struct px_routes *px_service_route_for(struct px_routes_state *rs, struct px_rou
 void px_service_route(struct px_stream *s);
 
 /* Opaque TCP: the route of the connection's answer and the endpoint with the
- * fewest connections and requests outstanding (healthy local ones first).
- * Returns the snapshot reference (the caller unrefs it after the endpoint's
- * px_route_try_abandon) and *ep, or NULL. */
+ * fewest TCP connections, then requests outstanding (healthy local ones
+ * first). Returns the snapshot reference (the caller unrefs it after
+ * px_service_tcp_close) and *ep, or NULL. */
 struct px_routes *px_service_tcp_pick(const struct px_conn *c, struct px_endpoint **ep);
+
+/* A TCP connection on ep opens / closes (the least-connections count). */
+void px_service_tcp_open(struct px_endpoint *ep);
+void px_service_tcp_close(struct px_endpoint *ep);
 
 /* Drop the cache (px_routes_state_free). */
 void px_service_cache_free(struct px_routes_state *rs);

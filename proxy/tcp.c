@@ -70,7 +70,7 @@ static void tunnel_free(struct tunnel *t)
     px_upstream_target_release(&t->target);
     t->target.expected_id = NULL; /* borrowed from the route released next */
     if (t->ep != NULL)
-        px_route_try_abandon(t->ep); /* one connection fewer on it */
+        px_service_tcp_close(t->ep); /* one connection fewer on it */
     px_routes_unref(t->svc);
     px_conn_free(t->c);
     free(t);
@@ -243,7 +243,7 @@ void px_tcp_start(struct px_conn *c)
         /* a discovered Service: one endpoint per connection, the least loaded */
         t->svc = px_service_tcp_pick(c, &t->ep);
         if (t->ep != NULL)
-            px_route_try_start(t->ep);
+            px_service_tcp_open(t->ep);
     }
     enum px_resolve r = px_upstream_resolve_tcp(c, t->ep, &t->target);
     if (r == PX_RESOLVE_LOOP) {
