@@ -148,8 +148,7 @@ static int parse_route(const struct cm_jpath *p, json_t *o, struct px_route *rt,
         cm_json_get_string(&c, m, "service", false, &svc, errmsg) != 0)
         return CM_ERR_INVAL;
     if ((host != NULL) + (addr != NULL) + (svc != NULL) != 1)
-        return cm_json_fail(&c, errmsg,
-                            "give exactly one of \"host\", \"address\" or \"service\"");
+        return cm_json_fail(&c, errmsg, "give exactly one of \"host\", \"address\" or \"service\"");
     if (svc != NULL) {
         if (!service_name_ok(svc)) {
             struct cm_jpath h;

@@ -267,10 +267,9 @@ static struct px_endpoint *least_conn(struct px_route *rt)
         bool is_local = local == NULL || (e->cluster != NULL && strcmp(e->cluster, local) == 0);
         int tier = px_ep_ejected(e->st, now) ? 2 : is_local ? 0 : 1;
         if (best == NULL || tier < best_tier ||
-            (tier == best_tier &&
-             (e->st->tcp_conns < best->st->tcp_conns ||
-              (e->st->tcp_conns == best->st->tcp_conns &&
-               e->st->outstanding < best->st->outstanding)))) {
+            (tier == best_tier && (e->st->tcp_conns < best->st->tcp_conns ||
+                                   (e->st->tcp_conns == best->st->tcp_conns &&
+                                    e->st->outstanding < best->st->outstanding)))) {
             best = e;
             best_tier = tier;
         }
@@ -284,8 +283,8 @@ struct px_routes *px_service_tcp_pick(const struct px_conn *c, struct px_endpoin
     if (!c->disc_done || c->dest == NULL || c->srv->routes == NULL)
         return NULL;
     struct px_route *rt;
-    struct px_routes *r = px_service_route_for(c->srv->routes,
-                                               px_routes_current_of(c->srv->routes), c->dest, &rt);
+    struct px_routes *r =
+        px_service_route_for(c->srv->routes, px_routes_current_of(c->srv->routes), c->dest, &rt);
     if (r == NULL)
         return NULL;
     if (rt->neps == 0) {

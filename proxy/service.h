@@ -34,7 +34,8 @@ struct px_route;
 struct px_endpoint;
 struct px_dest_answer;
 
-#define PX_SVC_CACHE_MAX 1024 /* destinations with a built route; more: the least recently used go */
+#define PX_SVC_CACHE_MAX                                                                           \
+    1024 /* destinations with a built route; more: the least recently used go */
 
 /* The route for answer a under the routes-file snapshot cur (may be NULL):
  * returns a new reference to the snapshot holding it and sets *rt, or NULL

@@ -75,8 +75,8 @@ static void endpoint_via(const struct px_listener_cfg *l, const struct px_endpoi
         return; /* mTLS + HTTP/2, expected_id = ep->identity */
     *mesh = false;
     t->expected_id = NULL;
-    t->proto = ep->via == PX_EP_VIA_PLAIN_H2C || l->upstream_protocol == PX_UP_H2 ? PX_TGT_H2
-                                                                                  : PX_TGT_H1;
+    t->proto =
+        ep->via == PX_EP_VIA_PLAIN_H2C || l->upstream_protocol == PX_UP_H2 ? PX_TGT_H2 : PX_TGT_H1;
 }
 
 enum px_resolve px_upstream_resolve(const struct px_stream *s, const struct px_endpoint *ep,

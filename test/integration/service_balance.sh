@@ -17,7 +17,8 @@
 #    defaults (one try on a 503 -> three tries on three endpoints);
 #  - a Service port whose protocol is "tcp" skips detection: a server-first
 #    app's greeting comes at once (the same app behind a port of unknown
-#    protocol: after detect_timeout_ms of silence).
+#    protocol: after detect_timeout_ms of silence); protocol "http2": an
+#    unmeshed endpoint gets h2c.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 FAKE=(python3 "$REMORA_ROOT/test/tools/fake_apiserver.py")
 REC=(python3 "$REMORA_ROOT/test/tools/h1_recorder.py")
@@ -94,6 +95,9 @@ service banner 127.0.0.53 tcp-banner
 slice banner "banner-0:127.0.0.31" tcp-banner
 service banner2 127.0.0.54 plain # the same app, its protocol unknown: detected
 slice banner2 "banner-0:127.0.0.31" plain
+pod h2-0 127.0.0.41 h2 false h2svc # an unmeshed h2c app, port "http2-web": protocol http2
+service h2svc 127.0.0.55 http2-web
+slice h2svc "h2-0:127.0.0.41" http2-web
 
 DP=$(free_port)
 ca_config main 3600 "$(jq -n --arg a "127.0.0.1:$DP" --arg api "https://127.0.0.1:$APIP" \
@@ -147,6 +151,8 @@ while True:
     c, _ = s.accept()
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 PY
+bg h2up "$UPSTREAM" --listen "127.0.0.41:$EPP" --h2 --name h2up
+wait_port "$EPP" 127.0.0.41 || { fail "h2c app starts"; cat "$TMP/h2up.log"; finish; }
 bg banner python3 "$TMP/banner.py" 127.0.0.31 "$EPP"
 wait_until 5 listen_port "$TMP/banner.log" || { fail "banner app starts"; cat "$TMP/banner.log"; finish; }
 
@@ -173,7 +179,7 @@ sidecar imp-0 127.0.0.14 other "$APPI" || finish
 SI=$SIDE_PID
 
 # the client pod's proxy: outbound listeners to the three ClusterIPs
-ADMIN_PORT=$(free_port); LW=$(free_port); LI=$(free_port); LF=$(free_port); LB=$(free_port); LB2=$(free_port)
+ADMIN_PORT=$(free_port); LW=$(free_port); LI=$(free_port); LF=$(free_port); LB=$(free_port); LB2=$(free_port); LH=$(free_port)
 echo '{"routes": []}' >"$TMP/routes.json"
 cat >"$TMP/proxy.json" <<JSON
 {"admin": {"address": "127.0.0.1:$ADMIN_PORT"},
@@ -187,7 +193,9 @@ cat >"$TMP/proxy.json" <<JSON
    {"name": "banner", "address": "127.0.0.1:$LB", "direction": "outbound", "tls": "mesh",
     "upstream": "127.0.0.53:$SVCP"},
    {"name": "banner2", "address": "127.0.0.1:$LB2", "direction": "outbound", "tls": "mesh",
-    "upstream": "127.0.0.54:$SVCP"}],
+    "upstream": "127.0.0.54:$SVCP"},
+   {"name": "h2svc", "address": "127.0.0.1:$LH", "direction": "outbound", "tls": "mesh",
+    "upstream": "127.0.0.55:$SVCP"}],
  "limits": {"detect_timeout_ms": 5000},
  "routes_file": "$TMP/routes.json",
  "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "client",
@@ -372,6 +380,10 @@ IFS='|' read -r g e dt <<<"$(timeout 20 python3 "$TMP/greet.py" "$LB2")"
 expect_eq "the same app, protocol unknown: the greeting too" "$g $e" "b'220 ready\\r\\n' b'echo hi\\n'"
 echo "   greeting after ${dt}s"
 check "... only after detection's silence (>= 4 s)" python3 -c "import sys; sys.exit(0 if $dt >= 4 else 1)"
+
+# 8. protocol http2 from discovery: the unmeshed endpoint gets h2c (the app sent HTTP/1.1)
+got=$(curl -s "http://127.0.0.1:$LH/h2?x=1" | jq -c '[.name, .protocol, .path]')
+expect_eq "protocol http2, unmeshed endpoint: h2c upstream" "$got" '["h2up","HTTP/2","/h2?x=1"]'
 
 alive "$PROXY_PID" || fail "the proxy is alive"
 stop_pid "$PROXY_PID"

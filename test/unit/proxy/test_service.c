@@ -29,8 +29,8 @@ static struct px_dest_answer *answer(const char *doc)
     return a;
 }
 
-#define EP(addr, meshed, sa, zone, ready, serving, term)                                          \
-    "{\"address\": \"" addr "\", \"identity\": " sa ", \"meshed\": " meshed ", \"zone\": \"" zone \
+#define EP(addr, meshed, sa, zone, ready, serving, term)                                           \
+    "{\"address\": \"" addr "\", \"identity\": " sa ", \"meshed\": " meshed ", \"zone\": \"" zone  \
     "\", \"ready\": " ready ", \"serving\": " serving ", \"terminating\": " term                   \
     ", \"pod\": null}"
 #define WEB "\"spiffe://cluster.local/ns/shop/sa/web\""
@@ -38,20 +38,22 @@ static struct px_dest_answer *answer(const char *doc)
 
 static const char *V1 =
     "{\"kind\": \"service\", \"service\": \"shop/web\", \"port\": 80, \"protocol\": \"http\", "
-    "\"version\": \"v1\", \"endpoints\": [" EP("10.0.0.1:8080", "true", WEB, "z1", "true", "true",
-                                              "false") ","
-    EP("10.0.0.2:8080", "false", "null", "z2", "true", "true", "false") "," EP(
-        "10.0.0.3:8080", "true", API, "z1", "true", "true", "true") "," EP("10.0.0.4:8080", "true",
-                                                                           WEB, "z1", "false",
-                                                                           "false", "false") ","
-    EP("10.0.0.5:8080", "true", WEB, "z1", "true", "false", "false") "]}";
+    "\"version\": \"v1\", \"endpoints\": [" EP(
+        "10.0.0.1:8080", "true", WEB, "z1", "true", "true",
+        "false") "," EP("10.0.0.2:8080", "false", "null", "z2", "true", "true",
+                        "false") "," EP("10.0.0.3:8080", "true", API, "z1", "true", "true",
+                                        "true") "," EP("10.0.0.4:8080", "true", WEB, "z1", "false",
+                                                       "false", "false") "," EP("10.0.0.5:8080",
+                                                                                "true", WEB, "z1",
+                                                                                "true", "false",
+                                                                                "false") "]}";
 
 /* v2: 10.0.0.2 gone, 10.0.0.6 new */
 static const char *V2 =
     "{\"kind\": \"service\", \"service\": \"shop/web\", \"port\": 80, \"protocol\": \"grpc\", "
     "\"version\": \"v2\", \"endpoints\": [" EP("10.0.0.1:8080", "true", WEB, "z1", "true", "true",
-                                              "false") ","
-    EP("10.0.0.6:8080", "false", "null", "", "true", "true", "false") "]}";
+                                               "false") "," EP("10.0.0.6:8080", "false", "null", "",
+                                                               "true", "true", "false") "]}";
 
 static struct px_endpoint *find_ep(struct px_route *rt, const char *addr)
 {
@@ -133,7 +135,7 @@ static void swap_keeps_request_route_and_ejections(void **state)
     assert_non_null(n6);
     assert_null(find_ep(rt2, "10.0.0.2:8080"));
     assert_int_equal(n6->via, PX_EP_VIA_PLAIN_H2C); /* protocol grpc: h2c */
-    assert_null(n6->cluster);                        /* zone "" */
+    assert_null(n6->cluster);                       /* zone "" */
     /* the ejection is not forgotten: the same record, still ejected */
     assert_ptr_equal(n1->st, e1->st);
     for (int i = 0; i < 50; i++)
@@ -189,11 +191,11 @@ static void routes_file_override(void **state)
     struct px_routes_state *rs = px_routes_state_new(NULL);
     struct px_dest_answer *a = answer(V1);
     /* timeouts and retries from the file, the discovered endpoints */
-    struct px_routes *cur = parse_ok(
-        "{\"routes\": [{\"name\": \"web\", \"match\": {\"service\": \"shop/web\"}, "
-        "\"timeout_ms\": 1500, \"retries\": {\"attempts\": 3, \"on\": [\"5xx\"]}, "
-        "\"outlier\": {\"consecutive_failures\": 2}, \"circuit_breakers\": "
-        "{\"max_connections\": 7}}, {\"match\": {\"service\": \"shop/other\"}}]}");
+    struct px_routes *cur =
+        parse_ok("{\"routes\": [{\"name\": \"web\", \"match\": {\"service\": \"shop/web\"}, "
+                 "\"timeout_ms\": 1500, \"retries\": {\"attempts\": 3, \"on\": [\"5xx\"]}, "
+                 "\"outlier\": {\"consecutive_failures\": 2}, \"circuit_breakers\": "
+                 "{\"max_connections\": 7}}, {\"match\": {\"service\": \"shop/other\"}}]}");
     assert_null(px_routes_match(cur, "shop/web", NULL)); /* never matched as a host */
     px_routes_bind_states(rs, cur);
     struct px_route *rt;
@@ -211,9 +213,9 @@ static void routes_file_override(void **state)
     px_routes_unref(r);
     /* a reload: the route is rebuilt under the new snapshot, whose entry
      * lists endpoints: those win */
-    struct px_routes *cur2 = parse_ok(
-        "{\"routes\": [{\"match\": {\"service\": \"shop/web\"}, \"endpoints\": "
-        "[{\"address\": \"10.9.9.9:1\"}]}]}");
+    struct px_routes *cur2 =
+        parse_ok("{\"routes\": [{\"match\": {\"service\": \"shop/web\"}, \"endpoints\": "
+                 "[{\"address\": \"10.9.9.9:1\"}]}]}");
     px_routes_bind_states(rs, cur2);
     r = px_service_route_for(rs, cur2, a, &rt);
     assert_ptr_equal(r, cur2);
@@ -261,10 +263,10 @@ static void pods_and_empty(void **state)
 {
     (void)state;
     struct px_routes_state *rs = px_routes_state_new(NULL);
-    struct px_dest_answer *p = answer(
-        "{\"kind\": \"pod\", \"service\": null, \"port\": 9000, \"protocol\": \"\", "
-        "\"version\": \"p1\", \"endpoints\": [" EP("10.1.0.1:9000", "true", WEB, "", "true",
-                                                  "true", "false") "]}");
+    struct px_dest_answer *p =
+        answer("{\"kind\": \"pod\", \"service\": null, \"port\": 9000, \"protocol\": \"\", "
+               "\"version\": \"p1\", \"endpoints\": [" EP("10.1.0.1:9000", "true", WEB, "", "true",
+                                                          "true", "false") "]}");
     struct px_route *rt;
     struct px_routes *r = px_service_route_for(rs, NULL, p, &rt);
     assert_non_null(r);
@@ -276,7 +278,7 @@ static void pods_and_empty(void **state)
     struct px_dest_answer *e = answer(
         "{\"kind\": \"service\", \"service\": \"shop/down\", \"port\": 80, \"protocol\": \"\", "
         "\"version\": \"d1\", \"endpoints\": [" EP("10.2.0.1:80", "false", "null", "", "false",
-                                                  "false", "false") "]}");
+                                                   "false", "false") "]}");
     assert_null(px_service_route_for(rs, NULL, e, &rt));
     assert_null(rt);
     px_dest_answer_unref(e);
