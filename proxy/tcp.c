@@ -210,6 +210,10 @@ static void on_event(struct px_io *io, int what, void *arg)
     if (i == 1 && t->state == TUN_CONNECTING) {
         px_metrics.upstream_cx_connect_fail++;
         char a[CM_ADDR_STRLEN];
+        if (px_io_is_tls(io) && px_io_tls_error(io)[0] != '\0')
+            cm_log_limited(CM_LOG_WARN, "outbound TCP mTLS handshake failed",
+                           "tcp conn %llu: mTLS to %s failed: %s", (unsigned long long)t->c->id,
+                           cm_addr_format(&t->target.addr, a, sizeof(a)), px_io_tls_error(io));
         cm_debug("tcp conn %llu: upstream %s: %s", (unsigned long long)t->c->id,
                  cm_addr_format(&t->target.addr, a, sizeof(a)),
                  (what & PX_IO_TIMEOUT) ? "connect timeout" : strerror(px_io_errno(io)));

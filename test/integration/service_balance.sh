@@ -338,6 +338,23 @@ expect_eq "a pod answered by another workload: 503 naming both identities" "$got
     "upstream mTLS handshake failed: peer is spiffe://cluster.local/ns/shop/sa/other, expected spiffe://cluster.local/ns/shop/sa/web
  503"
 expect_eq "... its app saw nothing" "$(reqs "$TMP/imp")" "$ni"
+tcp_imp=$(timeout 20 python3 -c '
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=15)
+s.sendall(b"\x00\x01IMPMARK\r\n")
+data = b""
+try:
+    while True:
+        d = s.recv(4096)
+        if not d: break
+        data += d
+    print("closed", len(data))
+except OSError as e:
+    print("error", e)' "$LI")
+expect_match "... opaque TCP to it: closed, nothing answered" "$tcp_imp" '^(closed 0|error .*reset.*)$'
+check "... and its app saw no TCP byte" test -z "$(cat "$TMP"/imp/*.bin 2>/dev/null | grep -ao IMPMARK)"
+expect_match "... the proxy logs both identities for the connection" "$(cat "$TMP/proxy.log")" \
+    'tcp conn [0-9]+: mTLS to 127.0.0.14:[0-9]+ failed: peer is spiffe://cluster.local/ns/shop/sa/other, expected spiffe://cluster.local/ns/shop/sa/web'
 
 # 6. a routes-file entry for the Service overrides the defaults
 total_f() { echo $(($(reqs "$TMP/f1") + $(reqs "$TMP/f2") + $(reqs "$TMP/f3"))); }
