@@ -46,7 +46,13 @@ struct px_ep_state {
                            * outstanding went 0 -> 1: while requests are
                            * outstanding, now - progress_us is a lower bound of
                            * this endpoint's latency (a hung one shows at once) */
-    struct px_ep_state *next;
+    /* the routes state's records: a list (admin, metrics) and a hash chain;
+     * refs counts the bound endpoints naming it. With none left it goes, unless
+     * it is ejected (then it is kept until the ejection ends, so an endpoint
+     * that leaves and comes back is still ejected): records stay bounded while
+     * discovered endpoints come and go. */
+    struct px_ep_state *next, *prev, *hnext;
+    uint32_t refs;
 };
 
 /* How a try reaches an endpoint (px_upstream_resolve). */
@@ -111,7 +117,8 @@ struct px_route {
 #define PX_BREAKER_UNSET UINT32_MAX
 
 struct px_routes {
-    int refs; /* also a Service's route (proxy/service.c): one route, no index */
+    int refs;   /* also a Service's route (proxy/service.c): one route, no index */
+    bool bound; /* px_routes_bind_states ran: its endpoints hold references on the records */
     struct px_route *routes;
     size_t n;
     json_t *raw;

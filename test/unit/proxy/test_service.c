@@ -310,6 +310,63 @@ static void cache_is_bounded(void **state)
     px_routes_state_free(rs);
 }
 
+/* Endpoints come and go: the records stay bounded (one per address named by a
+ * live route), but an ejected endpoint that leaves and comes back is still
+ * ejected. */
+static void records_follow_churn(void **state)
+{
+    (void)state;
+    struct px_routes_state *rs = px_routes_state_new(NULL);
+    const char *fmt = "{\"kind\": \"service\", \"service\": \"ns/churn\", \"port\": 80, "
+                      "\"protocol\": \"\", \"version\": \"v%d\", \"endpoints\": ["
+                      "{\"address\": \"10.4.0.1:80\", \"identity\": null, \"meshed\": false, "
+                      "\"zone\": \"\", \"ready\": true, \"serving\": true, \"terminating\": "
+                      "false, \"pod\": null}, {\"address\": \"10.5.%d.%d:80\", \"identity\": "
+                      "null, \"meshed\": false, \"zone\": \"\", \"ready\": true, \"serving\": "
+                      "true, \"terminating\": false, \"pod\": null}]}";
+    char doc[700];
+    for (int i = 0; i < 5000; i++) {
+        snprintf(doc, sizeof(doc), fmt, i, i / 250, i % 250);
+        struct px_dest_answer *a = answer(doc);
+        struct px_route *rt;
+        struct px_routes *r = px_service_route_for(rs, NULL, a, &rt);
+        assert_int_equal(rt->neps, 2);
+        px_routes_unref(r);
+        px_dest_answer_unref(a);
+        assert_true(px_routes_nstates(rs) <= 3); /* the two in force (and one going) */
+    }
+    /* 10.5.0.7 ejected, then gone from the answer, then back: still ejected */
+    snprintf(doc, sizeof(doc), fmt, 9001, 0, 7);
+    struct px_dest_answer *a = answer(doc);
+    struct px_route *rt;
+    struct px_routes *r = px_service_route_for(rs, NULL, a, &rt);
+    struct px_endpoint *e = find_ep(rt, "10.5.0.7:80");
+    for (int i = 0; i < 5; i++) {
+        px_route_try_start(e);
+        px_route_report(rt, e, PX_TRY_CONNECT, 0);
+    }
+    assert_true(e->st->ejected_until_ms > 0);
+    px_routes_unref(r);
+    px_dest_answer_unref(a);
+    snprintf(doc, sizeof(doc), fmt, 9002, 0, 8);
+    a = answer(doc); /* 10.5.0.7 left */
+    r = px_service_route_for(rs, NULL, a, &rt);
+    px_routes_unref(r);
+    px_dest_answer_unref(a);
+    assert_null(px_service_route_for(rs, NULL, NULL, &rt));
+    snprintf(doc, sizeof(doc), fmt, 9003, 0, 7);
+    a = answer(doc); /* and came back */
+    r = px_service_route_for(rs, NULL, a, &rt);
+    e = find_ep(rt, "10.5.0.7:80");
+    assert_true(e->st->ejected_until_ms > 0);
+    assert_int_equal(e->st->ejections, 1);
+    for (int i = 0; i < 20; i++)
+        assert_ptr_equal(px_route_pick(rt, NULL, 0), find_ep(rt, "10.4.0.1:80"));
+    px_routes_unref(r);
+    px_dest_answer_unref(a);
+    px_routes_state_free(rs);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -320,6 +377,7 @@ int main(void)
         cmocka_unit_test(service_match_errors),
         cmocka_unit_test(pods_and_empty),
         cmocka_unit_test(cache_is_bounded),
+        cmocka_unit_test(records_follow_churn),
     };
     int rc = cmocka_run_group_tests_name("proxy/service", tests, NULL, NULL);
     pki_rng_free();
