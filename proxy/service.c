@@ -29,12 +29,47 @@ struct svc_entry {
     uint64_t used;              /* LRU tick */
 };
 
+#define SVC_IDX_SLOTS (2 * PX_SVC_CACHE_MAX) /* at most half full: probes end soon */
+
 struct px_svc_cache {
     struct svc_entry e[PX_SVC_CACHE_MAX];
     size_t n;
     uint64_t tick;
     uint64_t builds, hits;
+    /* entry position + 1 by answer pointer (open addressing, 0 = empty);
+     * rebuilt whenever an entry changes (a build, rare next to lookups) */
+    uint16_t idx[SVC_IDX_SLOTS];
 };
+
+static size_t slot_of(const void *p)
+{
+    uint64_t x = (uint64_t)(uintptr_t)p;
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    return (size_t)x & (SVC_IDX_SLOTS - 1);
+}
+
+static void reindex(struct px_svc_cache *c)
+{
+    memset(c->idx, 0, sizeof(c->idx));
+    for (size_t i = 0; i < c->n; i++) {
+        size_t k = slot_of(c->e[i].ans);
+        while (c->idx[k] != 0)
+            k = (k + 1) & (SVC_IDX_SLOTS - 1);
+        c->idx[k] = (uint16_t)(i + 1);
+    }
+}
+
+static struct svc_entry *find(struct px_svc_cache *c, const struct px_dest_answer *a)
+{
+    for (size_t k = slot_of(a);; k = (k + 1) & (SVC_IDX_SLOTS - 1)) {
+        if (c->idx[k] == 0)
+            return NULL;
+        if (c->e[c->idx[k] - 1].ans == a)
+            return &c->e[c->idx[k] - 1];
+    }
+}
 
 static void entry_clear(struct svc_entry *e)
 {
@@ -155,12 +190,7 @@ static struct svc_entry *entry_for(struct px_routes_state *rs, struct px_routes 
     if (rs->svc == NULL)
         rs->svc = cm_xcalloc(1, sizeof(*rs->svc));
     struct px_svc_cache *c = rs->svc;
-    struct svc_entry *e = NULL;
-    for (size_t i = 0; i < c->n; i++)
-        if (c->e[i].ans == a) {
-            e = &c->e[i];
-            break;
-        }
+    struct svc_entry *e = find(c, a);
     if (e != NULL && e->base == cur) {
         c->hits++;
         e->used = ++c->tick;
@@ -191,6 +221,7 @@ static struct svc_entry *entry_for(struct px_routes_state *rs, struct px_routes 
         e->built = build(rs, a, ovr);
     c->builds++;
     e->used = ++c->tick;
+    reindex(c);
     return e;
 }
 
