@@ -134,11 +134,14 @@ enum px_resolve px_upstream_resolve_tcp(const struct px_conn *c, const struct px
         return PX_RESOLVE_LOOP;
     bool mesh = c->lcfg->tls == PX_TLS_MESH;
     if (ep != NULL) {
-        /* a discovered endpoint: meshed ones must be exactly their identity */
-        if (ep->via == PX_EP_VIA_MESH && mesh)
-            t->expected_id = ep->identity;
-        else if (ep->via != PX_EP_VIA_LISTENER)
+        /* a Service's endpoint (proxy/service.c): a meshed or routes-file one
+         * must be exactly its identity; an unmeshed one gets the bytes as sent */
+        if (ep->via == PX_EP_VIA_PLAIN || ep->via == PX_EP_VIA_PLAIN_H2C)
             mesh = false;
+        else if (mesh)
+            t->expected_id = ep->identity;
+        else if (ep->via == PX_EP_VIA_LISTENER && ep->identity != NULL)
+            return PX_RESOLVE_ID_NEEDS_MTLS; /* only a peer certificate can prove it */
     } else if (c->disc_done && c->srv->disc != NULL) {
         /* outside the mesh: TCP and the app's own TLS spliced as they are */
         const char *id;
