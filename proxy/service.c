@@ -202,6 +202,13 @@ static struct svc_entry *entry_for(struct px_routes_state *rs, struct px_routes 
                 e = &c->e[i];
                 break;
             }
+    if (e != NULL && e->base == cur && e->ans != a && strcmp(e->ans->version, a->version) == 0) {
+        /* the same answer held twice by the discovery cache (looked up by
+         * address and by Host): one route, not a rebuild per alternation */
+        c->hits++;
+        e->used = ++c->tick;
+        return e;
+    }
     if (e == NULL && c->n < PX_SVC_CACHE_MAX)
         e = &c->e[c->n++];
     if (e == NULL) {

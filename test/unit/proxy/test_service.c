@@ -104,6 +104,18 @@ static void answer_becomes_route(void **state)
     assert_int_equal(builds, 1);
     assert_int_equal(hits, 1);
     px_routes_unref(r2);
+    /* the same version held twice (the discovery cache's entry by address and by
+     * Host): the same route, no rebuild */
+    struct px_dest_answer *twin = answer(V1);
+    r2 = px_service_route_for(rs, NULL, twin, &rt2);
+    assert_ptr_equal(r2, r);
+    px_routes_unref(r2);
+    r2 = px_service_route_for(rs, NULL, a, &rt2);
+    assert_ptr_equal(r2, r);
+    px_service_stats(rs, &builds, &hits);
+    assert_int_equal(builds, 1);
+    px_routes_unref(r2);
+    px_dest_answer_unref(twin);
     px_routes_unref(r);
     px_dest_answer_unref(a);
     px_routes_state_free(rs);
