@@ -102,6 +102,14 @@ static void on_deferred_event(struct px_io *io, int what, void *arg)
     }
 }
 
+/* Discovery says the destination speaks opaque TCP (its Service port's
+ * protocol "tcp"): no detection, so a server-first protocol gets the app's
+ * greeting at once. */
+static bool dest_is_tcp(const struct px_conn *c)
+{
+    return c->disc_done && c->dest != NULL && strcmp(c->dest->protocol, "tcp") == 0;
+}
+
 static void on_dest(enum px_disc_result res, struct px_dest_answer *ans, void *arg)
 {
     struct px_conn *c = arg;
@@ -111,6 +119,8 @@ static void on_dest(enum px_disc_result res, struct px_dest_answer *ans, void *a
     c->dest = ans != NULL ? px_dest_answer_ref(ans) : NULL;
     if (c->disc_deferred)
         dispatch(c, c->disc_proto);
+    else if (dest_is_tcp(c))
+        dispatch(c, PX_PROTO_TCP); /* still detecting: stop, the bytes read so far go first */
 }
 
 /* Free a connection that never reached a handler, from the event loop. */
@@ -387,7 +397,7 @@ void px_conn_accept(struct px_listener *l, int fd, const struct sockaddr *sa, so
         start_mtls(c); /* the peer sidecar speaks first: a ClientHello */
         return;
     }
-    if (c->opaque && c->tls != PX_TLS_PERMISSIVE) {
+    if ((c->opaque || dest_is_tcp(c)) && c->tls != PX_TLS_PERMISSIVE) {
         /* server-first protocols (MySQL's greeting) need the app at once */
         dispatch(c, PX_PROTO_TCP);
         return;

@@ -22,6 +22,7 @@
 #include "proxy/metrics.h"
 #include "proxy/pool.h"
 #include "proxy/server.h"
+#include "proxy/tls.h"
 
 struct cm_list px_h2_server_list = {&px_h2_server_list, &px_h2_server_list};
 struct cm_list px_h2_client_list = {&px_h2_client_list, &px_h2_client_list};
@@ -342,7 +343,14 @@ static void destroy_streams(struct px_h2_session *sess)
         struct px_h2_stream *st = cm_container_of(pos, struct px_h2_stream, link);
         if (st->s != NULL) {
             st->failing = true;
-            px_stream_on_error(st->s, server ? PX_DOWN : PX_UP, st->fail ? st->fail : cause);
+            enum px_cause c = st->fail ? st->fail : cause;
+            if (c == PX_CAUSE_UPSTREAM_TLS && !server && sess->io != NULL &&
+                px_io_tls_error(sess->io)[0] != '\0') {
+                /* the stream's 503 names it (secure naming: both identities) */
+                const char *e = px_io_tls_error(sess->io);
+                st->s->tls_detail = px_arena_strndup(&st->s->arena, e, strlen(e));
+            }
+            px_stream_on_error(st->s, server ? PX_DOWN : PX_UP, c);
             px_h2_stream_detach(st);
         }
         px_h2_stream_free(st);

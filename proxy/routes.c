@@ -17,20 +17,95 @@
 #include "proxy/metrics.h"
 #include "proxy/routes_int.h"
 #include "proxy/server.h"
+#include "proxy/service.h"
 #include "proxy/watch.h"
 
 /* ---- endpoint state ------------------------------------------------------------ */
 
+static struct px_ep_state **chain_of(struct px_routes_state *rs, const struct cm_addr *a)
+{
+    return &rs->stab[px_routes_hash_addr(a) & rs->stab_mask];
+}
+
+/* Unlink and free a record nothing names. */
+static void state_drop(struct px_routes_state *rs, struct px_ep_state *s)
+{
+    struct px_ep_state **pp = chain_of(rs, &s->addr);
+    while (*pp != s)
+        pp = &(*pp)->hnext;
+    *pp = s->hnext;
+    if (s->prev != NULL)
+        s->prev->next = s->next;
+    else
+        rs->states = s->next;
+    if (s->next != NULL)
+        s->next->prev = s->prev;
+    rs->nstates--;
+    free(s);
+}
+
+/* Drop the records kept only for an ejection that has ended. */
+static void sweep(struct px_routes_state *rs)
+{
+    uint64_t now = cm_mono_ms();
+    struct px_ep_state *s = rs->states;
+    while (s != NULL) {
+        struct px_ep_state *n = s->next;
+        if (s->refs == 0 && !px_ep_ejected(s, now))
+            state_drop(rs, s);
+        s = n;
+    }
+}
+
+/* The record of address a, with one more reference. The table keeps at most
+ * one record per chain on average (doubled as records grow); records kept
+ * for an ejection are swept when the count doubles since the last sweep. */
 static struct px_ep_state *state_for(struct px_routes_state *rs, const struct cm_addr *a)
 {
-    for (struct px_ep_state *s = rs->states; s != NULL; s = s->next)
-        if (cm_addr_equal(&s->addr, a))
+    if (rs->stab == NULL || rs->nstates > rs->stab_mask) {
+        size_t cap = rs->stab == NULL ? 64 : 2 * (rs->stab_mask + 1);
+        free(rs->stab);
+        rs->stab = cm_xcalloc(cap, sizeof(*rs->stab));
+        rs->stab_mask = cap - 1;
+        for (struct px_ep_state *s = rs->states; s != NULL; s = s->next) {
+            struct px_ep_state **c = chain_of(rs, &s->addr);
+            s->hnext = *c;
+            *c = s;
+        }
+    }
+    for (struct px_ep_state *s = *chain_of(rs, a); s != NULL; s = s->hnext)
+        if (cm_addr_equal(&s->addr, a)) {
+            s->refs++;
             return s;
+        }
+    if (rs->nstates >= rs->sweep_at) {
+        sweep(rs);
+        rs->sweep_at = rs->nstates * 2 > 64 ? rs->nstates * 2 : 64;
+    }
     struct px_ep_state *s = cm_xcalloc(1, sizeof(*s));
     s->addr = *a;
+    s->refs = 1;
     s->next = rs->states;
+    if (s->next != NULL)
+        s->next->prev = s;
     rs->states = s;
+    struct px_ep_state **c = chain_of(rs, a);
+    s->hnext = *c;
+    *c = s;
+    rs->nstates++;
     return s;
+}
+
+/* An endpoint naming s goes (its snapshot is freed). */
+static void state_release(struct px_routes_state *rs, struct px_ep_state *s)
+{
+    if (--s->refs == 0 && !px_ep_ejected(s, cm_mono_ms()))
+        state_drop(rs, s);
+}
+
+size_t px_routes_nstates(const struct px_routes_state *rs)
+{
+    return rs != NULL ? rs->nstates : 0;
 }
 
 void px_routes_free(struct px_routes *r)
@@ -40,6 +115,8 @@ void px_routes_free(struct px_routes *r)
     for (size_t i = 0; i < r->n; i++) {
         struct px_route *rt = &r->routes[i];
         for (size_t k = 0; k < rt->neps; k++) {
+            if (r->bound && rt->eps[k].st != NULL)
+                state_release(rt->rs, rt->eps[k].st);
             free(rt->eps[k].cluster);
             free(rt->eps[k].identity);
         }
@@ -48,6 +125,7 @@ void px_routes_free(struct px_routes *r)
         free(rt->lb_cand);
         free(rt->name);
         free(rt->match_host);
+        free(rt->match_service);
     }
     free(r->routes);
     free(r->host_idx);
@@ -77,6 +155,9 @@ struct px_routes *px_routes_current_of(const struct px_routes_state *rs)
 /* Attach the shared health records (only for snapshots that go live). */
 void px_routes_bind_states(struct px_routes_state *rs, struct px_routes *r)
 {
+    if (r->bound)
+        return; /* its endpoints hold their references already */
+    r->bound = true;
     for (size_t i = 0; i < r->n; i++) {
         r->routes[i].rs = rs;
         for (size_t k = 0; k < r->routes[i].neps; k++)
@@ -170,12 +251,14 @@ void px_routes_state_free(struct px_routes_state *rs)
     }
     px_metrics_unregister_with(rs->metrics, px_routes_write_prometheus, rs);
     px_watch_stop(&rs->watch);
+    px_service_cache_free(rs);
     px_routes_unref(rs->cur);
     while (rs->states != NULL) {
         struct px_ep_state *n = rs->states->next;
         free(rs->states);
         rs->states = n;
     }
+    free(rs->stab);
     free(rs->file);
     free(rs);
 }

@@ -30,6 +30,8 @@
 struct px_ep_state {
     struct cm_addr addr;
     uint32_t outstanding; /* requests in flight now */
+    uint32_t tcp_conns;   /* opaque TCP connections open now (proxy/service.c; not a latency
+                           * signal: a long-lived tunnel is not a stalled request) */
     uint32_t consecutive_failures;
     uint32_t ejections;        /* how many times ejected so far */
     uint64_t ejected_until_ms; /* monotonic; 0 = healthy */
@@ -44,7 +46,21 @@ struct px_ep_state {
                            * outstanding went 0 -> 1: while requests are
                            * outstanding, now - progress_us is a lower bound of
                            * this endpoint's latency (a hung one shows at once) */
-    struct px_ep_state *next;
+    /* the routes state's records: a list (admin, metrics) and a hash chain;
+     * refs counts the bound endpoints naming it. With none left it goes, unless
+     * it is ejected (then it is kept until the ejection ends, so an endpoint
+     * that leaves and comes back is still ejected): records stay bounded while
+     * discovered endpoints come and go. */
+    struct px_ep_state *next, *prev, *hnext;
+    uint32_t refs;
+};
+
+/* How a try reaches an endpoint (px_upstream_resolve). */
+enum px_ep_via {
+    PX_EP_VIA_LISTENER = 0, /* a routes-file endpoint: as the listener says (tls, protocol) */
+    PX_EP_VIA_MESH,         /* discovered, meshed: mTLS (secure naming on identity) + HTTP/2 */
+    PX_EP_VIA_PLAIN,        /* discovered, not meshed: as the app sent it, no mTLS */
+    PX_EP_VIA_PLAIN_H2C     /* discovered, not meshed, protocol http2/grpc: h2c */
 };
 
 struct px_endpoint {
@@ -53,6 +69,7 @@ struct px_endpoint {
     char *identity;  /* SPIFFE ID the endpoint must present over mTLS, or NULL */
     uint32_t weight; /* >= 1 */
     bool local;      /* in our cluster (ranked by the route's LB view) */
+    uint8_t via;     /* enum px_ep_via */
     struct px_ep_state *st;
 };
 
@@ -62,6 +79,7 @@ struct px_route {
     struct px_routes_state *rs; /* the state its snapshot is bound to; NULL when unbound */
     char *name;                 /* "routes[i]" or the given name */
     char *match_host;           /* lower case, no port; or NULL */
+    char *match_service;        /* "ns/name" (match.service: a discovered Service), or NULL */
     bool has_match_addr;
     struct cm_addr match_addr;
     uint32_t timeout_ms; /* whole request, 0 = none */
@@ -99,7 +117,8 @@ struct px_route {
 #define PX_BREAKER_UNSET UINT32_MAX
 
 struct px_routes {
-    int refs;
+    int refs;   /* also a Service's route (proxy/service.c): one route, no index */
+    bool bound; /* px_routes_bind_states ran: its endpoints hold references on the records */
     struct px_route *routes;
     size_t n;
     json_t *raw;
@@ -142,6 +161,8 @@ void px_routes_unref(struct px_routes *r);
  * own (its LB and budget state change as requests use it), hence not const. */
 struct px_route *px_routes_match(struct px_routes *r, const char *authority,
                                  const struct cm_addr *orig_dst);
+/* The first route in file order whose match.service is svc ("ns/name"), or NULL. */
+struct px_route *px_routes_match_service(struct px_routes *r, const char *svc);
 /* Pick an endpoint: healthy ones of our own cluster first (all traffic
  * stays local while any is healthy), else the other clusters; power of two
  * choices on cost = latency estimate x (outstanding + 1) / weight; endpoints

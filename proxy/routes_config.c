@@ -76,6 +76,25 @@ static int parse_retry_on(const struct cm_jpath *p, json_t *arr, struct px_route
     return 0;
 }
 
+/* "namespace/name": two DNS labels (RFC 1123: lower-case letters, digits,
+ * '-', not at either end); the name may be up to 63, the namespace too. */
+static bool label_ok(const char *s, size_t n)
+{
+    if (n == 0 || n > 63 || s[0] == '-' || s[n - 1] == '-')
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-'))
+            return false;
+    return true;
+}
+
+static bool service_name_ok(const char *svc)
+{
+    const char *slash = strchr(svc, '/');
+    return slash != NULL && label_ok(svc, (size_t)(slash - svc)) &&
+           label_ok(slash + 1, strlen(slash + 1));
+}
+
 static int get_u32(const struct cm_jpath *p, json_t *o, const char *key, int64_t min, int64_t max,
                    uint32_t *out, char **errmsg)
 {
@@ -93,7 +112,7 @@ static int parse_route(const struct cm_jpath *p, json_t *o, struct px_route *rt,
                                        "endpoints", "outlier", "circuit_breakers", NULL};
     static const char *const cbkeys[] = {"max_connections", "max_pending_requests",
                                          "pending_timeout_ms", "max_requests_per_connection", NULL};
-    static const char *const mkeys[] = {"host", "address", NULL};
+    static const char *const mkeys[] = {"host", "address", "service", NULL};
     static const char *const rkeys[] = {"attempts",       "per_try_timeout_ms", "on",
                                         "budget_percent", "backoff_base_ms",    NULL};
     static const char *const okeys[] = {"consecutive_failures", "base_ejection_ms", NULL};
@@ -123,13 +142,25 @@ static int parse_route(const struct cm_jpath *p, json_t *o, struct px_route *rt,
     cm_jpath_key(&c, p, "match");
     if (cm_json_check_keys(&c, m, mkeys, errmsg) != 0)
         return CM_ERR_INVAL;
-    const char *host = NULL, *addr = NULL;
+    const char *host = NULL, *addr = NULL, *svc = NULL;
     if (cm_json_get_string(&c, m, "host", false, &host, errmsg) != 0 ||
-        cm_json_get_string(&c, m, "address", false, &addr, errmsg) != 0)
+        cm_json_get_string(&c, m, "address", false, &addr, errmsg) != 0 ||
+        cm_json_get_string(&c, m, "service", false, &svc, errmsg) != 0)
         return CM_ERR_INVAL;
-    if ((host == NULL) == (addr == NULL))
-        return cm_json_fail(&c, errmsg, "give exactly one of \"host\" or \"address\"");
-    if (host != NULL) {
+    if ((host != NULL) + (addr != NULL) + (svc != NULL) != 1)
+        return cm_json_fail(&c, errmsg, "give exactly one of \"host\", \"address\" or \"service\"");
+    if (svc != NULL) {
+        if (!service_name_ok(svc)) {
+            struct cm_jpath h;
+            cm_jpath_key(&h, &c, "service");
+            return cm_json_fail(&h, errmsg,
+                                "\"%s\" is not a Service \"namespace/name\" (lower-case DNS "
+                                "labels)",
+                                svc);
+        }
+        rt->match_service = cm_xstrdup(svc);
+        rt->attempts = 2; /* a Service's defaults (proxy/service.c) until "retries" says */
+    } else if (host != NULL) {
         if (host[0] == '\0' || strlen(host) > 253)
             return cm_json_fail(&c, errmsg, "host must be 1..253 characters");
         rt->match_host = cm_xstrndup(host, px_routes_host_len(host)); /* "port ignored" */
@@ -199,13 +230,14 @@ static int parse_route(const struct cm_jpath *p, json_t *o, struct px_route *rt,
             return CM_ERR_INVAL;
     }
     json_t *eps = NULL;
-    if (cm_json_get_child(p, o, "endpoints", true, JSON_ARRAY, &eps, errmsg) != 0)
+    /* a "service" route without endpoints runs on the discovered ones */
+    if (cm_json_get_child(p, o, "endpoints", svc == NULL, JSON_ARRAY, &eps, errmsg) != 0)
         return CM_ERR_INVAL;
     cm_jpath_key(&c, p, "endpoints");
     size_t n = json_array_size(eps);
-    if (n == 0 || n > 4096)
+    if (eps != NULL && (n == 0 || n > 4096))
         return cm_json_fail(&c, errmsg, "1 to 4096 endpoints");
-    rt->eps = cm_xcalloc(n, sizeof(*rt->eps));
+    rt->eps = cm_xcalloc(n ? n : 1, sizeof(*rt->eps));
     for (size_t i = 0; i < n; i++) {
         struct cm_jpath e;
         cm_jpath_index(&e, &c, i);

@@ -38,7 +38,7 @@ static uint64_t hash_bytes(uint64_t x, const void *p, size_t n)
 }
 
 /* Hash of what cm_addr_equal compares: family, port, address. */
-static uint64_t hash_addr(const struct cm_addr *a)
+uint64_t px_routes_hash_addr(const struct cm_addr *a)
 {
     uint64_t x = hash_bytes(0xcbf29ce484222325ULL, &a->ss.ss_family, sizeof(a->ss.ss_family));
     if (a->ss.ss_family == AF_INET) {
@@ -73,7 +73,7 @@ static size_t find_host(const struct px_routes *r, const char *h, size_t n)
 
 static size_t find_addr(const struct px_routes *r, const struct cm_addr *a)
 {
-    for (size_t i = hash_addr(a) & r->idx_mask;; i = (i + 1) & r->idx_mask) {
+    for (size_t i = px_routes_hash_addr(a) & r->idx_mask;; i = (i + 1) & r->idx_mask) {
         uint32_t v = r->addr_idx[i];
         if (v == 0)
             return SIZE_MAX;
@@ -108,7 +108,7 @@ void px_routes_index_build(struct px_routes *r)
             if (find_addr(r, &rt->match_addr) != SIZE_MAX)
                 continue;
             tab = r->addr_idx;
-            i = hash_addr(&rt->match_addr) & r->idx_mask;
+            i = px_routes_hash_addr(&rt->match_addr) & r->idx_mask;
         } else {
             continue;
         }
@@ -128,4 +128,13 @@ struct px_route *px_routes_match(struct px_routes *r, const char *authority,
     size_t a = orig_dst != NULL ? find_addr(r, orig_dst) : SIZE_MAX;
     size_t k = h < a ? h : a; /* the first route in file order that matches */
     return k == SIZE_MAX ? NULL : &r->routes[k];
+}
+
+struct px_route *px_routes_match_service(struct px_routes *r, const char *svc)
+{
+    /* only when a Service's route is built (once per answer and snapshot) */
+    for (size_t i = 0; r != NULL && svc != NULL && i < r->n; i++)
+        if (r->routes[i].match_service != NULL && strcmp(r->routes[i].match_service, svc) == 0)
+            return &r->routes[i];
+    return NULL;
 }

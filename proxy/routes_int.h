@@ -18,6 +18,7 @@
 
 struct px_admin;
 struct px_metrics_state;
+struct px_svc_cache;
 
 /* The routes state of a server (srv->routes; routes.c owns it): the file,
  * the snapshot in force, the per-address endpoint records, the ejection
@@ -26,7 +27,9 @@ struct px_metrics_state;
 struct px_routes_state {
     char *file;
     struct px_routes *cur;
-    struct px_ep_state *states; /* every endpoint address ever seen */
+    struct px_ep_state *states; /* the endpoint records (see struct px_ep_state) */
+    struct px_ep_state **stab;  /* their hash table by address: stab_mask + 1 chains */
+    size_t stab_mask, nstates, sweep_at;
     uint64_t ejections_total;
     uint64_t eject_gen; /* bumped when an ejection starts: LB views rebuild */
     int64_t loaded_at;
@@ -35,6 +38,7 @@ struct px_routes_state {
     const struct px_limits *limits;   /* cfg->limits (borrowed): the breakers' defaults */
     struct px_admin *admin;           /* where GET /clusters is registered, or NULL */
     struct px_metrics_state *metrics; /* where its /metrics rows are registered, or NULL */
+    struct px_svc_cache *svc;         /* discovered Services' routes (proxy/service.c), or NULL */
 };
 
 static inline bool px_ep_ejected(const struct px_ep_state *s, uint64_t now)
@@ -50,6 +54,11 @@ void px_routes_bind_states(struct px_routes_state *rs, struct px_routes *r);
 
 /* routes_config.c: length of a Host value without its ":port". */
 size_t px_routes_host_len(const char *h);
+
+/* routes_index.c: hash of what cm_addr_equal compares. */
+uint64_t px_routes_hash_addr(const struct cm_addr *a);
+/* routes.c: the number of endpoint records held (tests). */
+size_t px_routes_nstates(const struct px_routes_state *rs);
 
 /* routes_index.c: fill r's exact-match index (after parsing). */
 void px_routes_index_build(struct px_routes *r);

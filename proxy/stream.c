@@ -21,6 +21,7 @@
 #include "proxy/pool.h"
 #include "proxy/routes.h"
 #include "proxy/server.h"
+#include "proxy/service.h"
 #include "proxy/stream_int.h"
 #include "proxy/upstream.h"
 
@@ -552,6 +553,8 @@ static void route_and_forward(struct px_stream *s)
     /* a matching route overrides the listener's upstream / original destination */
     s->routes = px_routes_ref(px_routes_current_of(s->srv->routes));
     s->route = px_routes_match(s->routes, s->req.authority, &s->conn->orig_dst);
+    if (s->route == NULL && s->dest != NULL)
+        px_service_route(s); /* a discovered Service, balanced per request (proxy/service.c) */
     s->cb = lim->upstream;
     if (s->route != NULL)
         px_route_breakers(s->route, &s->cb);
@@ -781,6 +784,13 @@ void px_stream_on_error(struct px_stream *s, enum px_side side, enum px_cause ca
         if (s->state == PX_STREAM_FORWARD && !s->head_sent[PX_DOWN] && s->attached[PX_DOWN]) {
             cm_debug("%s %s -> %s", s->req.method ? s->req.method : "-",
                      s->req.path ? s->req.path : "-", px_cause_str(cause));
+            if (cause == PX_CAUSE_UPSTREAM_TLS && s->tls_detail != NULL) {
+                /* secure naming: the body names who answered and who was expected */
+                char body[1200];
+                snprintf(body, sizeof(body), "%s: %s", px_cause_str(cause), s->tls_detail);
+                px_stream_respond(s, px_cause_status(cause), body);
+                return;
+            }
             px_stream_respond(s, px_cause_status(cause), px_cause_str(cause));
             return;
         }

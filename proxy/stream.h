@@ -154,6 +154,8 @@ struct px_stream {
     bool abort_sent[2];
     struct cm_addr conn_peer; /* copied: the connection may go first */
     const char *cause_detail; /* static text refining `cause` for the warn line, or NULL */
+    const char *tls_detail;   /* why the upstream mTLS handshake failed (in the arena: "peer
+                               * is X, expected Y"), for the 503's body; or NULL */
     /* circuit breakers (proxy/pool.h) */
     struct px_breakers cb;            /* limits.upstream_*, with the route's overrides */
     struct px_upstream_ep *queued_on; /* waiting in this endpoint's queue, or NULL */

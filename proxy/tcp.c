@@ -16,7 +16,9 @@
 #include "proxy/io.h"
 #include "proxy/tls.h"
 #include "proxy/metrics.h"
+#include "proxy/routes.h"
 #include "proxy/server.h"
+#include "proxy/service.h"
 #include "proxy/upstream.h"
 
 /* One spliced connection pair. Each direction ends on its own (half-close):
@@ -37,6 +39,8 @@ struct tunnel {
     struct event *reap;               /* frees the tunnel outside its callbacks */
     struct px_timer idle;             /* limits.tcp_idle_timeout_ms without a byte either way */
     struct px_upstream_target target; /* resolved by proxy/upstream.c */
+    struct px_routes *svc;            /* a discovered Service's route (proxy/service.c), or NULL */
+    struct px_endpoint *ep;           /* its endpoint this connection counts on, or NULL */
     struct cm_list link;
     struct px_tcp_log log; /* its access log line (proxy/accesslog.h) */
 };
@@ -64,6 +68,10 @@ static void tunnel_free(struct tunnel *t)
     event_free(t->reap);
     px_timer_free(&t->idle);
     px_upstream_target_release(&t->target);
+    t->target.expected_id = NULL; /* borrowed from the route released next */
+    if (t->ep != NULL)
+        px_service_tcp_close(t->ep); /* one connection fewer on it */
+    px_routes_unref(t->svc);
     px_conn_free(t->c);
     free(t);
 }
@@ -202,6 +210,10 @@ static void on_event(struct px_io *io, int what, void *arg)
     if (i == 1 && t->state == TUN_CONNECTING) {
         px_metrics.upstream_cx_connect_fail++;
         char a[CM_ADDR_STRLEN];
+        if (px_io_is_tls(io) && px_io_tls_error(io)[0] != '\0')
+            cm_log_limited(CM_LOG_WARN, "outbound TCP mTLS handshake failed",
+                           "tcp conn %llu: mTLS to %s failed: %s", (unsigned long long)t->c->id,
+                           cm_addr_format(&t->target.addr, a, sizeof(a)), px_io_tls_error(io));
         cm_debug("tcp conn %llu: upstream %s: %s", (unsigned long long)t->c->id,
                  cm_addr_format(&t->target.addr, a, sizeof(a)),
                  (what & PX_IO_TIMEOUT) ? "connect timeout" : strerror(px_io_errno(io)));
@@ -231,7 +243,13 @@ void px_tcp_start(struct px_conn *c)
     }
     if (lim->tcp_idle_timeout_ms > 0)
         px_timer_set(&t->idle, lim->tcp_idle_timeout_ms);
-    enum px_resolve r = px_upstream_resolve_tcp(c, &t->target);
+    if (c->lcfg->direction == PX_DIR_OUTBOUND) {
+        /* a discovered Service: one endpoint per connection, the least loaded */
+        t->svc = px_service_tcp_pick(c, &t->ep);
+        if (t->ep != NULL)
+            px_service_tcp_open(t->ep);
+    }
+    enum px_resolve r = px_upstream_resolve_tcp(c, t->ep, &t->target);
     if (r == PX_RESOLVE_LOOP) {
         cm_warn("tcp conn %llu: refusing a connection to the proxy itself",
                 (unsigned long long)c->id);
@@ -254,7 +272,7 @@ void px_tcp_start(struct px_conn *c)
         return;
     }
     if (t->target.tls != NULL)
-        px_io_start_tls(t->side[1], t->target.tls, NULL);
+        px_io_start_tls(t->side[1], t->target.tls, t->target.expected_id);
     px_metrics.upstream_cx_total++;
     px_metrics.upstream_cx_active++;
     for (int i = 0; i < 2; i++) {

@@ -65,6 +65,20 @@ static enum px_resolve disc_apply(struct px_disc *d, int res, const struct px_de
     return PX_RESOLVE_OK;
 }
 
+/* A discovered endpoint: a meshed one over mTLS (when the listener is mesh)
+ * with its own identity, an unmeshed one as the app sent it (h2c when the
+ * Service says http2/grpc). */
+static void endpoint_via(const struct px_listener_cfg *l, const struct px_endpoint *ep,
+                         struct px_upstream_target *t, bool *mesh)
+{
+    if (ep->via == PX_EP_VIA_MESH && *mesh)
+        return; /* mTLS + HTTP/2, expected_id = ep->identity */
+    *mesh = false;
+    t->expected_id = NULL;
+    t->proto =
+        ep->via == PX_EP_VIA_PLAIN_H2C || l->upstream_protocol == PX_UP_H2 ? PX_TGT_H2 : PX_TGT_H1;
+}
+
 enum px_resolve px_upstream_resolve(const struct px_stream *s, const struct px_endpoint *ep,
                                     struct px_upstream_target *t)
 {
@@ -78,7 +92,9 @@ enum px_resolve px_upstream_resolve(const struct px_stream *s, const struct px_e
     t->proto = px_upstream_proto(s->lcfg);
     /* secure naming: the route's endpoint names the workload it must be */
     t->expected_id = ep != NULL ? ep->identity : NULL;
-    if (ep == NULL && s->disc_done && s->srv->disc != NULL) {
+    if (ep != NULL && ep->via != PX_EP_VIA_LISTENER)
+        endpoint_via(s->lcfg, ep, t, &mesh); /* a discovered endpoint (proxy/service.c) */
+    else if (ep == NULL && s->disc_done && s->srv->disc != NULL) {
         /* service discovery (a routes-file endpoint above wins) */
         const char *id;
         t->host = s->egress_host; /* egress_allow names match the Host; the 502 names it */
@@ -103,17 +119,30 @@ enum px_resolve px_upstream_resolve(const struct px_stream *s, const struct px_e
     return PX_RESOLVE_OK;
 }
 
-enum px_resolve px_upstream_resolve_tcp(const struct px_conn *c, struct px_upstream_target *t)
+enum px_resolve px_upstream_resolve_tcp(const struct px_conn *c, const struct px_endpoint *ep,
+                                        struct px_upstream_target *t)
 {
     px_upstream_target_release(t);
     t->host = NULL;
-    px_conn_default_upstream(c, &t->addr);
+    if (ep != NULL)
+        t->addr = ep->addr;
+    else
+        px_conn_default_upstream(c, &t->addr);
     t->proto = PX_TGT_TCP;
     t->expected_id = NULL;
     if (px_conn_is_loop(c, &t->addr))
         return PX_RESOLVE_LOOP;
     bool mesh = c->lcfg->tls == PX_TLS_MESH;
-    if (c->disc_done && c->srv->disc != NULL) {
+    if (ep != NULL) {
+        /* a Service's endpoint (proxy/service.c): a meshed or routes-file one
+         * must be exactly its identity; an unmeshed one gets the bytes as sent */
+        if (ep->via == PX_EP_VIA_PLAIN || ep->via == PX_EP_VIA_PLAIN_H2C)
+            mesh = false;
+        else if (mesh)
+            t->expected_id = ep->identity;
+        else if (ep->via == PX_EP_VIA_LISTENER && ep->identity != NULL)
+            return PX_RESOLVE_ID_NEEDS_MTLS; /* only a peer certificate can prove it */
+    } else if (c->disc_done && c->srv->disc != NULL) {
         /* outside the mesh: TCP and the app's own TLS spliced as they are */
         const char *id;
         const char *sni = c->sni[0] != '\0' ? c->sni : NULL; /* the app's TLS names it */

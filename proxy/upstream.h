@@ -67,8 +67,11 @@ enum px_target_proto px_upstream_proto(const struct px_listener_cfg *l);
  * the log line) and no TLS reference. */
 enum px_resolve px_upstream_resolve(const struct px_stream *s, const struct px_endpoint *ep,
                                     struct px_upstream_target *t);
-/* The same for an opaque TCP connection (no route, no identity). */
-enum px_resolve px_upstream_resolve_tcp(const struct px_conn *c, struct px_upstream_target *t);
+/* The same for an opaque TCP connection: ep is the discovered Service's
+ * endpoint picked for it (proxy/service.c: its identity is required), or NULL
+ * for the connection's default upstream. */
+enum px_resolve px_upstream_resolve_tcp(const struct px_conn *c, const struct px_endpoint *ep,
+                                        struct px_upstream_target *t);
 /* The status and body the client gets for a resolve failure. */
 int px_resolve_status(enum px_resolve r);
 const char *px_resolve_str(enum px_resolve r);

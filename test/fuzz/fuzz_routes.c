@@ -1,8 +1,9 @@
 /* libFuzzer target for px_routes_parse (proxy/routes_config.c): the bytes are a
  * routes file. Either it loads and satisfies what the data path relies on
- * (at least one endpoint per route, attempts >= 1, a match of exactly one
- * kind, every route's host or address matching the first route in file
- * order that has it), or it fails naming the file — never a crash or a leak. */
+ * (at least one endpoint per route but a "service" one, attempts >= 1, a
+ * match of exactly one kind, every route's host, address or service matching
+ * the first route in file order that has it), or it fails naming the file —
+ * never a crash or a leak. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -28,10 +29,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         __builtin_trap();
     for (size_t i = 0; i < r->n; i++) {
         const struct px_route *rt = &r->routes[i];
-        if (rt->neps < 1 || rt->attempts < 1 || rt->name == NULL)
+        /* a "service" route may list no endpoints (the discovered ones serve it) */
+        if ((rt->neps < 1 && rt->match_service == NULL) || rt->attempts < 1 || rt->name == NULL)
             __builtin_trap();
-        if ((rt->match_host == NULL) == !rt->has_match_addr)
+        if ((rt->match_host != NULL) + rt->has_match_addr + (rt->match_service != NULL) != 1)
             __builtin_trap();
+        if (rt->match_service != NULL) {
+            /* never matched by host or address; found by its name, first in file order */
+            const struct px_route *first = px_routes_match_service(r, rt->match_service);
+            if (first == NULL || first > rt || strcmp(first->match_service, rt->match_service) != 0)
+                __builtin_trap();
+            continue;
+        }
         for (size_t k = 0; k < rt->neps; k++)
             if (rt->eps[k].weight < 1)
                 __builtin_trap();

@@ -160,7 +160,7 @@ expect_match "remora_egress_total passthrough" "$(curl -s "$A/metrics")" \
 web_sidecar other || finish
 n1=$(stat -c %s "$TMP/rec1/all.bin")
 expect_eq "meshed pod answered by another workload: 503, never sent" "$(send "$L3")" \
-    "HTTP/1.1 503 Service Unavailable upstream mTLS handshake failed"
+    "HTTP/1.1 503 Service Unavailable upstream mTLS handshake failed: peer is spiffe://cluster.local/ns/shop/sa/other, expected spiffe://cluster.local/ns/shop/sa/web"
 expect_eq "... the app behind it saw nothing" "$(stat -c %s "$TMP/rec1/all.bin")" "$n1"
 expect_match "... the log names both identities" "$(cat "$TMP/allow.log")" \
     'peer is spiffe://cluster.local/ns/shop/sa/other, expected spiffe://cluster.local/ns/shop/sa/web'

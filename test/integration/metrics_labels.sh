@@ -31,9 +31,10 @@ for sa in client frontend; do
         --out-key "$D/$sa-key.pem" >/dev/null || exit 1
 done
 
-# the apps: shop/web behind its ClusterIP 127.0.0.5:$SP (requests still go to the
-# connection's destination: kube-proxy's job in a cluster), an outside one on
-# 127.0.0.2, the inbound app on 127.0.0.1
+# the apps: shop/web on 127.0.0.5:$SP, both its ClusterIP and its one endpoint's address
+# (with discovery the proxy balances over the endpoints, docs/routes.md "Services";
+# without it the request goes to the ClusterIP), an outside one on 127.0.0.2, the
+# inbound app on 127.0.0.1
 SP=$(free_port)
 mkdir -p "$TMP/web" "$TMP/ext" "$TMP/in"
 OK='HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'
@@ -60,7 +61,7 @@ ctl objects/services -X PUT --data-binary "{\"metadata\": {\"name\": \"web\", \"
 ctl objects/endpointslices -X PUT --data-binary "{\"metadata\": {\"name\": \"web-0\", \"namespace\": \"shop\",
     \"labels\": {\"kubernetes.io/service-name\": \"web\"}}, \"addressType\": \"IPv4\",
     \"ports\": [{\"name\": \"http\", \"port\": $SP, \"protocol\": \"TCP\"}],
-    \"endpoints\": [{\"addresses\": [\"127.0.0.9\"], \"conditions\": {\"ready\": true}}]}" >/dev/null
+    \"endpoints\": [{\"addresses\": [\"127.0.0.5\"], \"conditions\": {\"ready\": true}}]}" >/dev/null
 
 DP=$(free_port)
 ca_config main 3600 "$(jq -n --arg a "127.0.0.1:$DP" --arg api "https://127.0.0.1:$APIP" \

@@ -187,6 +187,48 @@ static void resolve_endpoint(void **state)
     stream_end(s);
 }
 
+/* A discovered Service's endpoints (proxy/service.c): meshed -> HTTP/2 over
+ * mTLS with its identity; unmeshed -> as the app sent it (h2c for http2/grpc),
+ * never mTLS, even on a mesh listener; opaque TCP the same way. */
+static void resolve_discovered_endpoint(void **state)
+{
+    (void)state;
+    struct px_stream *s = stream_new();
+    lcfg.tls = PX_TLS_MESH;
+    struct px_endpoint ep = {.weight = 1, .via = PX_EP_VIA_MESH};
+    ep.identity = "spiffe://cluster.local/ns/shop/sa/web";
+    cm_addr_parse("10.1.2.3:8080", &ep.addr);
+    assert_int_equal(px_upstream_resolve(s, &ep, &s->target), PX_RESOLVE_NO_CERT);
+    assert_int_equal(s->target.proto, PX_TGT_H2);
+    assert_string_equal(s->target.expected_id, ep.identity);
+    struct px_endpoint plain = {.weight = 1, .via = PX_EP_VIA_PLAIN};
+    cm_addr_parse("10.1.2.4:8080", &plain.addr);
+    assert_int_equal(px_upstream_resolve(s, &plain, &s->target), PX_RESOLVE_OK);
+    assert_int_equal(s->target.proto, PX_TGT_H1);
+    assert_null(s->target.tls);
+    assert_null(s->target.expected_id);
+    char a[CM_ADDR_STRLEN];
+    assert_string_equal(cm_addr_format(&s->target.addr, a, sizeof(a)), "10.1.2.4:8080");
+    plain.via = PX_EP_VIA_PLAIN_H2C;
+    assert_int_equal(px_upstream_resolve(s, &plain, &s->target), PX_RESOLVE_OK);
+    assert_int_equal(s->target.proto, PX_TGT_H2);
+    assert_null(s->target.tls);
+    stream_end(s);
+    struct px_upstream_target t = {0};
+    assert_int_equal(px_upstream_resolve_tcp(&conn, &ep, &t), PX_RESOLVE_NO_CERT);
+    assert_string_equal(t.expected_id, ep.identity);
+    assert_int_equal(px_upstream_resolve_tcp(&conn, &plain, &t), PX_RESOLVE_OK);
+    assert_null(t.tls);
+    assert_null(t.expected_id);
+    assert_string_equal(cm_addr_format(&t.addr, a, sizeof(a)), "10.1.2.4:8080");
+    /* a routes-file endpoint with an identity on a listener that is not mesh: fail closed */
+    lcfg.tls = PX_TLS_DISABLED;
+    struct px_endpoint file = {.weight = 1, .identity = "spiffe://cluster.local/ns/a/sa/b"};
+    cm_addr_parse("10.1.2.5:8080", &file.addr);
+    assert_int_equal(px_upstream_resolve_tcp(&conn, &file, &t), PX_RESOLVE_ID_NEEDS_MTLS);
+    px_upstream_target_release(&t);
+}
+
 static void resolve_loop(void **state)
 {
     (void)state;
@@ -198,14 +240,14 @@ static void resolve_loop(void **state)
     stream_end(s);
     /* opaque TCP: the connection's default upstream, same check */
     struct px_upstream_target t = {0};
-    assert_int_equal(px_upstream_resolve_tcp(&conn, &t), PX_RESOLVE_OK);
+    assert_int_equal(px_upstream_resolve_tcp(&conn, NULL, &t), PX_RESOLVE_OK);
     assert_int_equal(t.proto, PX_TGT_TCP);
     assert_true(cm_addr_equal(&t.addr, &up_addr));
     lcfg.upstream = self.bound;
-    assert_int_equal(px_upstream_resolve_tcp(&conn, &t), PX_RESOLVE_LOOP);
+    assert_int_equal(px_upstream_resolve_tcp(&conn, NULL, &t), PX_RESOLVE_LOOP);
     lcfg.tls = PX_TLS_MESH;
     lcfg.upstream = up_addr;
-    assert_int_equal(px_upstream_resolve_tcp(&conn, &t), PX_RESOLVE_NO_CERT);
+    assert_int_equal(px_upstream_resolve_tcp(&conn, NULL, &t), PX_RESOLVE_NO_CERT);
     px_upstream_target_release(&t);
 }
 
@@ -312,6 +354,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(resolve_default_upstream, setup, teardown),
         cmocka_unit_test_setup_teardown(resolve_endpoint, setup, teardown),
+        cmocka_unit_test_setup_teardown(resolve_discovered_endpoint, setup, teardown),
         cmocka_unit_test_setup_teardown(resolve_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(pool_hands_out_h1_and_h2, setup, teardown),
         cmocka_unit_test_setup_teardown(resend_budget, setup, teardown),
