@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/xalloc.h"
 #include "proxy/h1.h"
@@ -545,6 +546,8 @@ static void on_event(struct px_io *io, int what, void *arg)
         px_io_set_timeout(io, 0);
         if (u->state == H1C_CONNECTING)
             u->state = H1C_BUSY;
+        if (u->s != NULL)
+            u->s->try_start_us = cm_mono_us(); /* the connect is not response latency */
         return;
     }
     if (u->state == H1C_IDLE) {

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/xalloc.h"
@@ -296,6 +297,19 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user
         !sess->got_settings) {
         sess->got_settings = true;
         px_io_set_timeout(sess->io, 0);
+        /* The session is usable only now: the connect and the mTLS
+         * handshake the streams waited through are not the endpoint's
+         * response latency (the balancer's sample starts here, as it would
+         * on a connection already open; a fresh endpoint is not starved for
+         * the cost of its first handshake). */
+        uint64_t now = cm_mono_us();
+        struct cm_list *n, *tmp;
+        cm_list_foreach_safe(n, tmp, &sess->streams)
+        {
+            struct px_h2_stream *st = cm_container_of(n, struct px_h2_stream, link);
+            if (st->s != NULL && !st->s->head_sent[PX_DOWN])
+                st->s->try_start_us = now;
+        }
         return 0;
     }
     if (f->hd.type == NGHTTP2_GOAWAY) {
