@@ -328,6 +328,7 @@ static int parse_root(const char *name, json_t *root, struct px_config *cfg, cha
         "routes_file", "cluster",         "log_level",    "log_format",
         "access_log",  "limits",          "health",       "opaque_ports",
         "discovery",   "outbound_policy", "egress_allow", "tracing",
+        "egress_verify_names", /* proxy/resolve.h */
         NULL};
     static const char *const formats[] = {"text", "json", NULL};
     struct cm_jpath p, c;

@@ -40,6 +40,7 @@ struct px_server {
     struct event *sig_term, *sig_int, *sig_hup;
     struct px_admin *admin;
     struct px_disc *disc;  /* the destination cache (proxy/discovery.h), or NULL */
+    struct px_resolver *resolver; /* egress names checked against DNS (proxy/resolve.h), or NULL */
     FILE *access_log;      /* JSON lines, or NULL */
     struct event *gc_ev;   /* frees closed streams/connections on the next loop turn */
     struct event *trim_ev; /* gives freed heap back to the kernel (see on_trim) */
