@@ -17,12 +17,17 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <event2/buffer.h>
+
 #include "common/clock.h"
+#include "common/err.h"
 #include "common/list.h"
 #include "common/log.h"
+#include "common/prom.h"
 #include "common/xalloc.h"
 #include "proxy/config.h"
 #include "proxy/discovery.h"
+#include "proxy/metrics.h"
 #include "proxy/server.h"
 
 #define NBUCKETS 256
@@ -439,6 +444,39 @@ void px_resolver_get_stats(struct px_resolver *r, struct px_resolver_stats *s)
     s->queued = r->inflight;
 }
 
+/* remora_egress_resolve_* on /metrics. */
+static void write_prometheus(struct evbuffer *out, void *arg)
+{
+    struct px_resolver_stats s;
+    px_resolver_get_stats(arg, &s);
+    struct cm_prom p;
+    cm_prom_init(&p, 4096);
+    const struct cm_prom_sample asks[] = {{"hit", s.hits}, {"miss", s.misses},
+                                          {"joined", s.joined}, {"busy", s.busy}};
+    cm_prom_by_label(&p, "remora_egress_resolve_asks_total", "counter",
+                     "Checks of an egress_allow name against DNS: answered by the cache, sent "
+                     "to the resolver, joined to a look-up in flight, refused (queue full).",
+                     "result", asks, 4);
+    const struct cm_prom_sample ans[] = {{"addresses", s.resolved}, {"none", s.failed}};
+    cm_prom_by_label(&p, "remora_egress_resolve_answers_total", "counter",
+                     "Look-ups the resolver finished: with addresses, without (the name does "
+                     "not resolve).",
+                     "result", ans, 2);
+    cm_prom_u64(&p, "remora_egress_resolve_timeouts_total", "counter",
+                "Waits for a name that ended at lookup_timeout_ms (refused).", s.timeouts);
+    cm_prom_u64(&p, "remora_egress_resolve_names", "gauge", "Names in the cache.", s.entries);
+    cm_prom_u64(&p, "remora_egress_resolve_queued", "gauge",
+                "Names being resolved or waiting for the resolver.", s.queued);
+    size_t len;
+    int err;
+    char *text = cm_prom_take(&p, &len, &err);
+    if (err == CM_OK)
+        evbuffer_add(out, text, len);
+    else
+        cm_error("resolve metrics: over 4096 bytes: left out of /metrics");
+    free(text);
+}
+
 void px_resolver_start(struct px_server *srv)
 {
     const struct px_disc_cfg *c = srv->cfg->discovery;
@@ -449,12 +487,18 @@ void px_resolver_start(struct px_server *srv)
     px_resolver_opts_default(&o);
     o.timeout_ms = c->lookup_timeout_ms;
     srv->resolver = px_resolver_new(srv->base, &o);
-    if (srv->resolver == NULL)
+    if (srv->resolver == NULL) {
         cm_error("egress: no resolver: names in egress_allow let nothing out (fail closed)");
+        return;
+    }
+    px_metrics_register_with(srv->metrics, write_prometheus, srv->resolver);
 }
 
 void px_resolver_shutdown(struct px_server *srv)
 {
+    if (srv->resolver == NULL)
+        return;
+    px_metrics_unregister_with(srv->metrics, write_prometheus, srv->resolver);
     px_resolver_free(srv->resolver);
     srv->resolver = NULL;
 }

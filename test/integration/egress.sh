@@ -431,6 +431,11 @@ expect_eq "remora_egress_total: allowed 10 (6 HTTP, 4 TLS), refused 14 (5 HTTP, 
     'remora_egress_total{decision="allowed"} 10 remora_egress_total{decision="passthrough"} 0 remora_egress_total{decision="refused"} 14 '
 expect_eq "remora_egress_refused_dns_total: 4 (2 HTTP to 127.0.0.8, ghost.example, 1 TLS)" \
     "$(sed -n 's/^remora_egress_refused_dns_total //p' <<<"$m")" 4
+# names checked: allowed.example (a miss, then hits), a.b.wild.example, tls-ok.example, x.tlswild.example,
+# fresh.wild.example (each a miss first), ghost.example (a miss, no address): 6 look-ups, 5 with addresses
+expect_eq "remora_egress_resolve_*: 6 misses, 5 answers with addresses and 1 without, nothing queued" \
+    "$(grep -E '^remora_egress_resolve_(asks_total\{result="miss"\}|answers_total|queued|names)' <<<"$m" | sort | tr '\n' ' ')" \
+    'remora_egress_resolve_answers_total{result="addresses"} 5 remora_egress_resolve_answers_total{result="none"} 1 remora_egress_resolve_asks_total{result="miss"} 6 remora_egress_resolve_names 6 remora_egress_resolve_queued 0 '
 stop_pid "$PROXY_PID"
 expect_eq "proxy exits cleanly" "$STOP_RC" 0
 expect_sanitizers_clean "proxy: sanitizers clean" "$TMP/proxy.log"
