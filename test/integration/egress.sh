@@ -142,10 +142,11 @@ wait_until 5 listen_port "$TMP/wrong.log" || { fail "wrong app starts"; cat "$TM
 bg wrongtls python3 "$REMORA_ROOT/test/tools/tls_echo.py" --listen "127.0.0.8:$TLSP" --cert "$D/out.pem" \
     --key "$D/out-key.pem" --dir "$TMP/wrongtls"
 wait_until 5 listen_port "$TMP/wrongtls.log" || { fail "wrong TLS server starts"; finish; }
-# the proxy's nameserver: NXDOMAIN for names under ghost.example, no answer ever for the rest
-# (a slow resolver); every query's name is appended to dns.q
+# the proxy's nameserver: NXDOMAIN for names under ghost.example; names under late.example are
+# 127.0.0.4, answered 400 ms late; no answer ever for the rest (a silent resolver); every
+# query's name is appended to dns.q
 bg dns python3 -c '
-import socket, sys
+import socket, sys, threading
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("127.0.0.211", 53))
 print("listening on 127.0.0.211:53", flush=True)
@@ -154,11 +155,16 @@ while True:
     i, labels = 12, []
     while i < len(d) and d[i] != 0:
         labels.append(d[i + 1:i + 1 + d[i]]); i += 1 + d[i]
-    name = b".".join(labels)
+    name, question = b".".join(labels), d[12:i + 5]
     open(sys.argv[1], "ab").write(name + b"\n")
-    if name.endswith(b"ghost.example"):
-        flags = 0x8183 | (d[2] & 1) << 8  # a response, recursion available, NXDOMAIN; RD echoed
-        s.sendto(d[:2] + flags.to_bytes(2, "big") + b"\0\1\0\0\0\0\0\0" + d[12:i + 5], a)' "$TMP/dns.q"
+    rd = (d[2] & 1) << 8  # recursion desired, echoed
+    if name.endswith(b"ghost.example"):  # a response, recursion available, NXDOMAIN
+        s.sendto(d[:2] + (0x8183 | rd).to_bytes(2, "big") + b"\0\1\0\0\0\0\0\0" + question, a)
+    elif name.endswith(b"late.example"):  # A: 127.0.0.4 (ttl 30); AAAA: no data
+        ans = b"\xc0\x0c\0\1\0\1\0\0\0\x1e\0\4\x7f\0\0\4" if d[i + 2] == 1 else b""
+        msg = (d[:2] + (0x8180 | rd).to_bytes(2, "big") + b"\0\1\0" + bytes([1 if ans else 0]) +
+               b"\0\0\0\0" + question + ans)
+        threading.Timer(0.4, s.sendto, (msg, a)).start()' "$TMP/dns.q"
 wait_until 5 grep -q listening "$TMP/dns.log" || { fail "the test nameserver starts"; cat "$TMP/dns.log"; finish; }
 cat >"$TMP/hosts" <<HOSTS
 127.0.0.1 localhost
@@ -476,7 +482,7 @@ cat >"$TMP/slow.json" <<JSON
               "cert_file": "$D/w.pem", "key_file": "$D/w-key.pem", "bundle_file": "$D/root.pem"},
  "discovery": {"address": "127.0.0.1:$SLOWP", "lookup_timeout_ms": 1500},
  "outbound_policy": "registry_only",
- "egress_allow": ["held.shop:$APPO", "*.slowdns.example:$APPO"]}
+ "egress_allow": ["held.shop:$APPO", "*.slowdns.example:$APPO", "*.late.example:$APPO"]}
 JSON
 start_proxy slow "$TMP/slow.json" || finish
 A=http://127.0.0.1:$ADMIN_PORT
@@ -521,6 +527,25 @@ print("match" if lines[0] == b"POST /held HTTP/1.1" and body == b"hello world" a
       rest == [b"content-length: 11", b"host: held.shop:" + sys.argv[2].encode()] else repr(head + body))' \
     "$last" "$APPO")" match
 check "the proxy is alive" alive "$PROXY_PID"
+# a listed name its nameserver answers 400 ms late: the request waits, its body held, then forwarded
+got=$(printf 'POST /late HTTP/1.1\r\nHost: api.late.example:%s\r\nContent-Length: 10\r\n\r\nhello late' "$APPO" |
+    timeout 20 python3 -c '
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=15)
+s.sendall(sys.stdin.buffer.read())
+print(s.recv(4096).split(b"\r\n")[0].decode())' "$LS")
+expect_eq "POST to api.late.example (resolved 400 ms late): 200" "$got" "HTTP/1.1 200 OK"
+check "... its name was asked of the nameserver" grep -qx api.late.example "$TMP/dns.q"
+last=$TMP/out/conn-$(find "$TMP/out" -name 'conn-*.bin' | wc -l).bin # a kept-alive one: its last request
+expect_eq "... the app got the request and the body that waited, byte for byte" "$(python3 -c '
+import re, sys
+data = open(sys.argv[1], "rb").read()
+head, _, body = data[data.rfind(b"POST /late "):].partition(b"\r\n\r\n")
+lines = head.split(b"\r\n")
+rest = sorted(l for l in lines[1:] if not re.match(rb"(traceparent|x-request-id): ", l))
+print("match" if lines[0] == b"POST /late HTTP/1.1" and body == b"hello late" and
+      rest == [b"content-length: 10", b"host: api.late.example:" + sys.argv[2].encode()] else repr(head + body))' \
+    "$last" "$APPO")" match
 # a listed name whose nameserver never answers: refused once lookup_timeout_ms passed
 n0=$(size "$TMP/out/all.bin")
 t0=${EPOCHREALTIME/./}
