@@ -36,11 +36,11 @@ struct entry {
     struct cm_list lru;    /* in r->lru, most recently used last */
     struct cm_list bucket; /* in r->buckets[hash] */
     char name[PX_RESOLVE_MAX_NAME + 1];
-    bool pending;       /* a job is out for it: never evicted */
-    bool notifying;     /* its waiters are being called: never evicted */
+    bool pending;        /* a job is out for it: never evicted */
+    bool notifying;      /* its waiters are being called: never evicted */
     uint64_t expires_ms; /* with !pending: the answer is believed until then */
     struct cm_addr addrs[PX_RESOLVE_MAX_ADDRS];
-    size_t naddrs;      /* 0: the name does not resolve */
+    size_t naddrs; /* 0: the name does not resolve */
     struct cm_list waiters;
 };
 
@@ -451,8 +451,8 @@ static void write_prometheus(struct evbuffer *out, void *arg)
     px_resolver_get_stats(arg, &s);
     struct cm_prom p;
     cm_prom_init(&p, 4096);
-    const struct cm_prom_sample asks[] = {{"hit", s.hits}, {"miss", s.misses},
-                                          {"joined", s.joined}, {"busy", s.busy}};
+    const struct cm_prom_sample asks[] = {
+        {"hit", s.hits}, {"miss", s.misses}, {"joined", s.joined}, {"busy", s.busy}};
     cm_prom_by_label(&p, "remora_egress_resolve_asks_total", "counter",
                      "Checks of an egress_allow name against DNS: answered by the cache, sent "
                      "to the resolver, joined to a look-up in flight, refused (queue full).",

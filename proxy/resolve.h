@@ -19,12 +19,12 @@
 
 #include "common/net.h"
 
-#define PX_RESOLVE_POSITIVE_MS   30000 /* an answer with addresses is believed this long */
-#define PX_RESOLVE_NEGATIVE_MS   5000  /* a name that does not resolve: this long */
-#define PX_RESOLVE_MAX_ENTRIES   1024  /* names cached */
-#define PX_RESOLVE_MAX_QUEUE     64    /* names being resolved or waiting for the worker */
-#define PX_RESOLVE_MAX_ADDRS     32    /* addresses kept of one answer */
-#define PX_RESOLVE_MAX_NAME      253
+#define PX_RESOLVE_POSITIVE_MS 30000 /* an answer with addresses is believed this long */
+#define PX_RESOLVE_NEGATIVE_MS 5000  /* a name that does not resolve: this long */
+#define PX_RESOLVE_MAX_ENTRIES 1024  /* names cached */
+#define PX_RESOLVE_MAX_QUEUE   64    /* names being resolved or waiting for the worker */
+#define PX_RESOLVE_MAX_ADDRS   32    /* addresses kept of one answer */
+#define PX_RESOLVE_MAX_NAME    253
 
 enum px_name_verdict {
     PX_NAME_MATCH = 0, /* the address is one of the name's */
@@ -73,10 +73,10 @@ enum px_name_verdict px_resolver_check(struct px_resolver *r, const char *name,
 void px_name_cancel(struct px_name_wait *w);
 
 struct px_resolver_stats {
-    uint64_t hits, misses, joined;  /* asks answered by the cache, sent, joined to one in flight */
-    uint64_t resolved, failed;      /* answers of the worker: with addresses, without */
+    uint64_t hits, misses, joined; /* asks answered by the cache, sent, joined to one in flight */
+    uint64_t resolved, failed;     /* answers of the worker: with addresses, without */
     uint64_t busy, timeouts, evicted;
-    uint32_t entries, queued;       /* now */
+    uint32_t entries, queued; /* now */
 };
 void px_resolver_get_stats(struct px_resolver *r, struct px_resolver_stats *s);
 

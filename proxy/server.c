@@ -246,7 +246,8 @@ out:
         px_io_free(c->io);
         px_conn_free(c);
     }
-    px_resolver_shutdown(srv); /* after the connections too: the worker thread joined */
+    /* after the connections too (one may wait on a name): the worker thread joined */
+    px_resolver_shutdown(srv);
     px_disc_shutdown(srv); /* after the connections: one still detecting may wait on a lookup */
     px_health_free(health);
     if (srv->admin != NULL)

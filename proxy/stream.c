@@ -691,8 +691,8 @@ bool px_stream_on_req_data(struct px_stream *s, const uint8_t *data, size_t len)
         s->paused[PX_DOWN] = true; /* hold the client until the next try starts */
         return true;
     }
-    if (s->state == PX_STREAM_FORWARD && (s->queued_on != NULL || s->disc_wait != NULL ||
-                                          s->name_wait != NULL)) {
+    if (s->state == PX_STREAM_FORWARD &&
+        (s->queued_on != NULL || s->disc_wait != NULL || s->name_wait != NULL)) {
         /* waiting for a connection (or the Host lookup): keep what came, and hold the client past
          * buffer_bytes as if the upstream were slow (below it the client is
          * still read, so its close is seen and the request leaves the queue) */

@@ -283,8 +283,7 @@ static void test_queue_full(void **state)
     assert_non_null(w1);
     assert_non_null(w2);
     /* a third name: refused at once, fail closed */
-    assert_int_equal(px_resolver_check(f.r, "q3.example", &a, on_verdict, NULL, &w3),
-                     PX_NAME_BUSY);
+    assert_int_equal(px_resolver_check(f.r, "q3.example", &a, on_verdict, NULL, &w3), PX_NAME_BUSY);
     assert_null(w3);
     /* a name already asked still joins */
     struct got g4 = {0, PX_NAME_BUSY};
@@ -377,9 +376,9 @@ static void test_free_in_flight(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_verdicts),   cmocka_unit_test(test_expiry),
-        cmocka_unit_test(test_joined),     cmocka_unit_test(test_queue_full),
-        cmocka_unit_test(test_timeout),    cmocka_unit_test(test_lru),
+        cmocka_unit_test(test_verdicts),       cmocka_unit_test(test_expiry),
+        cmocka_unit_test(test_joined),         cmocka_unit_test(test_queue_full),
+        cmocka_unit_test(test_timeout),        cmocka_unit_test(test_lru),
         cmocka_unit_test(test_free_in_flight),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
