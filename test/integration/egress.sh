@@ -170,7 +170,7 @@ cat >"$TMP/hosts" <<HOSTS
 127.0.0.1 localhost
 127.0.0.4 allowed.example a.b.wild.example fresh.wild.example tls-ok.example x.tlswild.example held.shop
 HOSTS
-printf 'nameserver 127.0.0.211\noptions timeout:4 attempts:1\n' >"$TMP/resolv.conf"
+printf 'nameserver 127.0.0.211\noptions timeout:3 attempts:1\n' >"$TMP/resolv.conf"
 # the proxy in its own mount namespace with those files (exec: the PID stays the proxy's)
 cat >"$TMP/nsproxy" <<SH
 #!/bin/sh
