@@ -324,10 +324,10 @@ static int parse_tracing(const struct cm_jpath *p, json_t *root, struct px_confi
 static int parse_root(const char *name, json_t *root, struct px_config *cfg, char **errmsg)
 {
     static const char *const keys[] = {
-        "admin",       "listeners",       "identity",     "policy_file",
-        "routes_file", "cluster",         "log_level",    "log_format",
-        "access_log",  "limits",          "health",       "opaque_ports",
-        "discovery",   "outbound_policy", "egress_allow", "tracing",
+        "admin",   "listeners",           "identity",   "policy_file",     "routes_file",
+        "cluster", "log_level",           "log_format", "access_log",      "limits",
+        "health",  "opaque_ports",        "discovery",  "outbound_policy", "egress_allow",
+        "tracing", "egress_verify_names", /* proxy/resolve.h */
         NULL};
     static const char *const formats[] = {"text", "json", NULL};
     struct cm_jpath p, c;

@@ -23,6 +23,7 @@
 #include "proxy/inbound_tls.h"
 #include "proxy/listener.h"
 #include "proxy/metrics.h"
+#include "proxy/resolve.h"
 #include "proxy/server.h"
 #include "proxy/sni.h"
 #include "proxy/tcp.h"
@@ -44,6 +45,7 @@ void px_conn_free(struct px_conn *c)
     if (c->detect_timer != NULL)
         event_free(c->detect_timer);
     px_disc_cancel(c->disc_wait);
+    px_name_cancel(c->name_wait);
     px_dest_answer_unref(c->dest);
     cm_list_remove(&c->link);
     c->srv->nconns--;
@@ -98,6 +100,8 @@ static void on_deferred_event(struct px_io *io, int what, void *arg)
         struct px_conn *c = arg;
         px_disc_cancel(c->disc_wait);
         c->disc_wait = NULL;
+        px_name_cancel(c->name_wait);
+        c->name_wait = NULL;
         abort_conn(c);
     }
 }
@@ -130,17 +134,76 @@ static void abort_conn(struct px_conn *c)
     event_active(c->detect_timer, EV_TIMEOUT, 0);
 }
 
+/* Wait for a lookup (the destination's, or the SNI's against DNS): the
+ * handler starts with the answer; bytes wait in the input buffer. */
+static void defer(struct px_conn *c, enum px_conn_proto proto)
+{
+    c->disc_deferred = true;
+    c->disc_proto = proto;
+    px_io_set_timeout(c->io, 0);
+    px_io_setcb(c->io, NULL, NULL, on_deferred_event, c);
+}
+
+static bool want_sni(const struct px_conn *c);
+
+/* The SNI's check against DNS is done (proxy/resolve.h). */
+static void on_sni_name(enum px_name_verdict v, void *arg)
+{
+    struct px_conn *c = arg;
+    c->name_wait = NULL;
+    if (v != PX_NAME_MATCH) {
+        char name[PX_SNI_NAME_BUF];
+        struct cm_addr dst;
+        px_conn_default_upstream(c, &dst);
+        if (px_disc_egress_by_name(c->srv->disc, (enum px_disc_result)c->disc_res, c->dest, &dst,
+                                   c->sni, name, sizeof(name)))
+            px_disc_egress_refuse_name(c->srv->disc, &dst, name, px_name_verdict_str(v));
+        abort_conn(c); /* closed before a byte is forwarded */
+        return;
+    }
+    c->name_checked = true;
+    dispatch(c, c->disc_proto);
+}
+
+/* Outbound TLS let out only because its SNI matched a name entry of
+ * egress_allow: is the destination an address of that name? False when the
+ * connection may go on now; true when it waits (on_sni_name) or was refused. */
+static bool sni_name_check(struct px_conn *c, enum px_conn_proto proto)
+{
+    if (proto != PX_PROTO_TLS || c->name_checked || !want_sni(c) || !c->disc_done ||
+        c->sni[0] == '\0')
+        return false;
+    char name[PX_SNI_NAME_BUF];
+    struct cm_addr dst;
+    px_conn_default_upstream(c, &dst);
+    if (!px_disc_egress_by_name(c->srv->disc, (enum px_disc_result)c->disc_res, c->dest, &dst,
+                                c->sni, name, sizeof(name)))
+        return false;
+    enum px_name_verdict v = PX_NAME_BUSY; /* no resolver (its thread failed): fail closed */
+    if (c->srv->resolver != NULL)
+        v = px_resolver_check(c->srv->resolver, name, &dst, on_sni_name, c, &c->name_wait);
+    if (c->name_wait != NULL) {
+        defer(c, proto);
+        return true;
+    }
+    if (v == PX_NAME_MATCH) {
+        c->name_checked = true;
+        return false;
+    }
+    px_disc_egress_refuse_name(c->srv->disc, &dst, name, px_name_verdict_str(v));
+    abort_conn(c);
+    return true;
+}
+
 static void dispatch(struct px_conn *c, enum px_conn_proto proto)
 {
     if (c->disc_wait != NULL) {
-        /* the destination is still being looked up (at most lookup_timeout_ms):
-         * the handler starts with the answer; bytes wait in the input buffer */
-        c->disc_deferred = true;
-        c->disc_proto = proto;
-        px_io_set_timeout(c->io, 0);
-        px_io_setcb(c->io, NULL, NULL, on_deferred_event, c);
+        /* the destination is still being looked up (at most lookup_timeout_ms) */
+        defer(c, proto);
         return;
     }
+    if (sni_name_check(c, proto))
+        return;
     c->proto = proto;
     px_io_set_timeout(c->io, 0);
     char peer[CM_ADDR_STRLEN];

@@ -19,6 +19,7 @@
 struct px_listener;
 struct px_server;
 struct px_disc_wait;
+struct px_name_wait;
 struct px_dest_answer;
 
 enum px_conn_proto {
@@ -63,6 +64,10 @@ struct px_conn {
     /* outbound TLS outside the mesh (registry_only): the ClientHello's SNI
      * (proxy/sni.h), read before the connection is passed through; "" none */
     char sni[PX_SNI_NAME_BUF];
+    /* ... let out only because the SNI matched a name entry: the destination
+     * must be an address of that name (proxy/resolve.h); dispatch waits */
+    struct px_name_wait *name_wait; /* the check in flight, or NULL */
+    bool name_checked;              /* the check passed */
 };
 
 /* Take an accepted socket (fd, peer sa/salen) from listener l: record it,

@@ -683,6 +683,41 @@ enum px_disc_route px_disc_route(struct px_disc *d, enum px_disc_result res,
     return PX_ROUTE_REFUSED;
 }
 
+bool px_disc_egress_by_name(struct px_disc *d, enum px_disc_result res,
+                            const struct px_dest_answer *ans, const struct cm_addr *dst,
+                            const char *host, char *name, size_t cap)
+{
+    if ((res == PX_DISC_FOUND && ans != NULL) || d->cfg->policy != PX_OUTBOUND_REGISTRY_ONLY ||
+        !d->cfg->verify_names)
+        return false;
+    char n[MAX_KEY];
+    uint16_t port = cm_addr_port(dst);
+    if (!egress_name(host, n, sizeof(n), &port) || !px_egress_allowed(d->cfg, n, NULL, port) ||
+        px_egress_allowed(d->cfg, NULL, dst, cm_addr_port(dst)))
+        return false; /* refused anyway, or an address entry vouches for dst */
+    size_t len = strlen(n);
+    if (len > 0 && n[len - 1] == '.')
+        len--;
+    if (len == 0 || len >= cap)
+        return false; /* cannot happen: egress_allowed matched a name */
+    for (size_t i = 0; i < len; i++)
+        name[i] = (n[i] >= 'A' && n[i] <= 'Z') ? (char)(n[i] - 'A' + 'a') : n[i];
+    name[len] = '\0';
+    return true;
+}
+
+void px_disc_egress_refuse_name(struct px_disc *d, const struct cm_addr *dst, const char *name,
+                                const char *why)
+{
+    char a[CM_ADDR_STRLEN], esc[MAX_KEY];
+    d->st.egress_refused++;
+    d->st.egress_refused_dns++;
+    cm_log_escape(esc, sizeof(esc), name, strlen(name));
+    cm_info("egress: %s refused: not an address of %s (egress_allow names are checked against "
+            "DNS: %s)",
+            cm_addr_format(dst, a, sizeof(a)), esc, why);
+}
+
 void px_disc_get_stats(struct px_disc *d, struct px_disc_stats *s)
 {
     *s = d->st;
@@ -723,6 +758,10 @@ void px_disc_write_prometheus(struct px_disc *d, struct evbuffer *dst)
                      "Tries to destinations outside the mesh registry: passed through "
                      "(allow_any), let out by egress_allow, or refused (registry_only).",
                      "decision", eg, 3);
+    cm_prom_u64(&p, "remora_egress_refused_dns_total", "counter",
+                "Of the refused: let out only by a name in egress_allow, and not an address "
+                "of that name (egress_verify_names).",
+                s.egress_refused_dns);
     size_t len;
     int err;
     char *text = cm_prom_take(&p, &len, &err);

@@ -62,6 +62,8 @@ struct px_disc_cfg {
     enum px_outbound_policy policy;
     struct px_egress_rule *egress;
     size_t negress;
+    bool verify_names; /* egress_verify_names (default true): a destination let out only by a
+                        * name entry must be an address of that name (proxy/resolve.h) */
 };
 
 /* Read the three top-level keys of the bootstrap document `root` (path p)
@@ -210,6 +212,19 @@ enum px_disc_route px_disc_route(struct px_disc *d, enum px_disc_result res,
                                  const struct px_dest_answer *ans, const struct cm_addr *dst,
                                  const char *host, const char **expected_id);
 
+/* Would px_disc_route let dst out ONLY because host matched a name entry
+ * (HOST or SUFFIX; no CIDR entry covers dst), with egress_verify_names on?
+ * Then name (cap bytes) is that name, lower-case without a trailing dot: it
+ * must resolve to dst first (proxy/resolve.h). */
+bool px_disc_egress_by_name(struct px_disc *d, enum px_disc_result res,
+                            const struct px_dest_answer *ans, const struct cm_addr *dst,
+                            const char *host, char *name, size_t cap);
+/* Count (remora_egress_total{decision="refused"}, and
+ * remora_egress_refused_dns_total) and log a destination refused because it
+ * is not an address of name; why: px_name_verdict_str. */
+void px_disc_egress_refuse_name(struct px_disc *d, const struct cm_addr *dst, const char *name,
+                                const char *why);
+
 /* In the running proxy (proxy/discovery_server.c): make srv->disc when the
  * bootstrap has "discovery" (after the admin server: GET /destinations), and
  * free it (before the admin server). */
@@ -224,6 +239,7 @@ struct px_disc_stats {
     uint64_t found, not_found, unavailable; /* results given */
     uint64_t evicted, expired;
     uint64_t egress_passthrough, egress_allowed, egress_refused; /* remora_egress_total */
+    uint64_t egress_refused_dns; /* of the refused: not an address of the name (resolve.h) */
     uint32_t entries, stale;
 };
 void px_disc_get_stats(struct px_disc *d, struct px_disc_stats *s);

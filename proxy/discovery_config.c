@@ -193,6 +193,9 @@ int px_disc_cfg_parse(const struct cm_jpath *p, json_t *root, bool has_identity,
         cm_json_get_child(p, root, "egress_allow", false, JSON_ARRAY, &egress, errmsg) != 0)
         return CM_ERR_INVAL;
     c->policy = (enum px_outbound_policy)pol;
+    c->verify_names = true; /* egress_verify_names: proxy/resolve.h */
+    if (cm_json_get_bool(p, root, "egress_verify_names", false, &c->verify_names, errmsg) != 0)
+        return CM_ERR_INVAL;
     if (disc != NULL) {
         cm_jpath_key(&k, p, "discovery");
         if (parse_discovery(&k, disc, c, errmsg) != 0)

@@ -22,6 +22,7 @@
 #include "proxy/metrics.h"
 #include "proxy/policy.h"
 #include "proxy/pool.h"
+#include "proxy/resolve.h"
 #include "proxy/routes.h"
 #include "proxy/server_run.h"
 #include "proxy/stream.h"
@@ -220,6 +221,7 @@ int px_server_run(struct px_config *cfg)
     px_authz_admin_routes(srv->authz, srv->admin);
     px_routes_admin_routes(srv->routes, srv->admin);
     px_disc_start(srv);
+    px_resolver_start(srv);
     srv->listeners_bound = true;
     cm_info("remora-proxy ready");
     event_base_dispatch(srv->base);
@@ -244,6 +246,8 @@ out:
         px_io_free(c->io);
         px_conn_free(c);
     }
+    /* after the connections too (one may wait on a name): the worker thread joined */
+    px_resolver_shutdown(srv);
     px_disc_shutdown(srv); /* after the connections: one still detecting may wait on a lookup */
     px_health_free(health);
     if (srv->admin != NULL)

@@ -44,6 +44,8 @@ struct px_server {
     struct event *gc_ev;   /* frees closed streams/connections on the next loop turn */
     struct event *trim_ev; /* gives freed heap back to the kernel (see on_trim) */
     size_t trim_free_base; /* the heap's free bytes after the last trim */
+    /* egress names checked against DNS (proxy/resolve.h), or NULL */
+    struct px_resolver *resolver;
     struct cm_list gc_streams;
     /* module state, created by px_server_run and freed when it returns */
     struct px_metrics_state *metrics; /* proxy/metrics.c: request tables, modules' writers */

@@ -19,6 +19,7 @@
 #include "proxy/identity.h"
 #include "proxy/metrics.h"
 #include "proxy/pool.h"
+#include "proxy/resolve.h"
 #include "proxy/routes.h"
 #include "proxy/server.h"
 #include "proxy/service.h"
@@ -182,9 +183,11 @@ void px_stream_detach(struct px_stream *s, enum px_side side)
     if (s->attached[PX_DOWN] || s->attached[PX_UP])
         return;
     px_pool_cancel(s); /* still waiting for a connection: leave the queue */
-    /* ... or for the Host lookup */
+    /* ... or for the Host lookup, or its check against DNS */
     px_disc_cancel(s->disc_wait);
     s->disc_wait = NULL;
+    px_name_cancel(s->name_wait);
+    s->name_wait = NULL;
     if (s->held != NULL)
         evbuffer_free(s->held);
     s->held = NULL;
@@ -261,9 +264,11 @@ static void warn_5xx(struct px_stream *s, int status, const char *body)
 void px_stream_respond(struct px_stream *s, int status, const char *body)
 {
     px_pool_cancel(s); /* answered while waiting for a connection */
-    /* ... or for the Host lookup */
+    /* ... or for the Host lookup, or its check against DNS */
     px_disc_cancel(s->disc_wait);
     s->disc_wait = NULL;
+    px_name_cancel(s->name_wait);
+    s->name_wait = NULL;
     if (!s->attached[PX_DOWN] || s->aborted || s->ops[PX_DOWN] == NULL) {
         /* the client is gone: nobody to answer, only the upstream to stop */
         px_stream_abort_side(s, PX_UP);
@@ -546,15 +551,91 @@ void px_stream_on_req_head(struct px_stream *s)
     route_and_forward(s);
 }
 
-/* The request chain after the Host lookup: route -> forward. */
+static void forward(struct px_stream *s);
+
+/* The refusal of a destination that is not an address of the name that let
+ * it out: 502 naming both. */
+static void refuse_name(struct px_stream *s, const struct cm_addr *dst, const char *name,
+                        enum px_name_verdict v)
+{
+    px_disc_egress_refuse_name(s->srv->disc, dst, name, px_name_verdict_str(v));
+    char a[CM_ADDR_STRLEN], body[PX_RESOLVE_MAX_NAME + 200];
+    snprintf(body, sizeof(body),
+             "destination %s is not an address of %s (egress_allow names are checked against "
+             "DNS%s%s)",
+             cm_addr_format(dst, a, sizeof(a)), name, v == PX_NAME_MISMATCH ? "" : ": ",
+             v == PX_NAME_MISMATCH ? "" : px_name_verdict_str(v));
+    px_stream_respond(s, 502, body);
+}
+
+/* The name the Host matched in egress_allow when it alone lets the request
+ * out (no route endpoint, no registry answer, no address entry): false when
+ * there is nothing to check. */
+static bool name_to_check(struct px_stream *s, struct cm_addr *dst, char *name, size_t cap)
+{
+    if (s->srv->disc == NULL || s->lcfg->direction != PX_DIR_OUTBOUND || !s->disc_done ||
+        s->egress_host == NULL || (s->route != NULL && s->route->neps > 0))
+        return false;
+    px_conn_default_upstream(s->conn, dst);
+    return px_disc_egress_by_name(s->srv->disc, (enum px_disc_result)s->disc_res, s->dest, dst,
+                                  s->egress_host, name, cap);
+}
+
+static void on_host_name(enum px_name_verdict v, void *arg)
+{
+    struct px_stream *s = arg;
+    s->name_wait = NULL;
+    if (s->state != PX_STREAM_FORWARD || !s->attached[PX_DOWN] || s->aborted)
+        return; /* answered or gone meanwhile */
+    if (v != PX_NAME_MATCH) {
+        char name[PX_RESOLVE_MAX_NAME + 1];
+        struct cm_addr dst;
+        if (name_to_check(s, &dst, name, sizeof(name)))
+            refuse_name(s, &dst, name, v);
+        else
+            px_stream_respond(s, 502, "egress name check failed");
+        return;
+    }
+    forward(s);
+}
+
+/* The Host let the request out by name alone: is the destination an address
+ * of it? True when the request waits for the answer (body held, bounded by
+ * lookup_timeout_ms) or was refused. */
+static bool host_name_check(struct px_stream *s)
+{
+    char name[PX_RESOLVE_MAX_NAME + 1];
+    struct cm_addr dst;
+    if (!name_to_check(s, &dst, name, sizeof(name)))
+        return false;
+    enum px_name_verdict v = PX_NAME_BUSY; /* no resolver (its thread failed): fail closed */
+    if (s->srv->resolver != NULL)
+        v = px_resolver_check(s->srv->resolver, name, &dst, on_host_name, s, &s->name_wait);
+    if (s->name_wait != NULL)
+        return true;
+    if (v == PX_NAME_MATCH)
+        return false;
+    refuse_name(s, &dst, name, v);
+    return true;
+}
+
+/* The request chain after the Host lookup: route -> (the Host's name checked
+ * against DNS) -> forward. */
 static void route_and_forward(struct px_stream *s)
 {
-    const struct px_limits *lim = &s->srv->cfg->limits;
     /* a matching route overrides the listener's upstream / original destination */
     s->routes = px_routes_ref(px_routes_current_of(s->srv->routes));
     s->route = px_routes_match(s->routes, s->req.authority, &s->conn->orig_dst);
     if (s->route == NULL && s->dest != NULL)
         px_service_route(s); /* a discovered Service, balanced per request (proxy/service.c) */
+    if (host_name_check(s))
+        return; /* waiting (on_host_name forwards it) or refused */
+    forward(s);
+}
+
+static void forward(struct px_stream *s)
+{
+    const struct px_limits *lim = &s->srv->cfg->limits;
     s->cb = lim->upstream;
     if (s->route != NULL)
         px_route_breakers(s->route, &s->cb);
@@ -610,7 +691,8 @@ bool px_stream_on_req_data(struct px_stream *s, const uint8_t *data, size_t len)
         s->paused[PX_DOWN] = true; /* hold the client until the next try starts */
         return true;
     }
-    if (s->state == PX_STREAM_FORWARD && (s->queued_on != NULL || s->disc_wait != NULL)) {
+    if (s->state == PX_STREAM_FORWARD &&
+        (s->queued_on != NULL || s->disc_wait != NULL || s->name_wait != NULL)) {
         /* waiting for a connection (or the Host lookup): keep what came, and hold the client past
          * buffer_bytes as if the upstream were slow (below it the client is
          * still read, so its close is seen and the request leaves the queue) */
@@ -808,6 +890,8 @@ void px_stream_on_error(struct px_stream *s, enum px_side side, enum px_cause ca
         /* the client went away: its Host lookup is dropped */
         px_disc_cancel(s->disc_wait);
         s->disc_wait = NULL;
+        px_name_cancel(s->name_wait);
+        s->name_wait = NULL;
         px_stream_abort_side(s, PX_UP);
     }
 }

@@ -135,6 +135,9 @@ struct px_stream {
      * address; egress_allow names match it (in the arena), else NULL */
     const char *egress_host;
     struct px_disc_wait *disc_wait; /* the lookup of egress_host in flight, or NULL */
+    /* let out only because egress_host matched a name entry: the destination
+     * must be an address of that name (proxy/resolve.h); the check in flight */
+    struct px_name_wait *name_wait;
     /* routing and retries (proxy/routes.h) */
     struct px_routes *routes;             /* snapshot reference, or NULL */
     struct px_route *route;               /* matched route in routes, or NULL */

@@ -19,6 +19,13 @@
 #    request is answered from the cache; a plaintext Service named in the Host of a
 #    connection to an address that is none of its endpoints is not believed (502);
 #    a Service-shaped Host that does not exist is refused by name;
+#  - names are checked against DNS (egress_verify_names, default on): the proxy runs in a
+#    private mount namespace (unshare -m) whose /etc/hosts maps the listed names to
+#    127.0.0.4, and whose resolv.conf points at a nameserver that never answers; a listed
+#    Host or SNI sent to another address (127.0.0.8, where another app listens) is refused
+#    (502 naming both; TLS closed) and nothing reaches that app; a listed name that does not
+#    resolve, or whose resolver does not answer within lookup_timeout_ms, is refused; with
+#    "egress_verify_names": false the name is believed as written (as before);
 #  - remora_egress_total{decision} counts each decision, the log names each refusal.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 FAKE=(python3 "$REMORA_ROOT/test/tools/fake_apiserver.py")
@@ -127,8 +134,56 @@ readyz() { [[ $(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/wh.pem" \
     --resolve "$SVC:$WH:127.0.0.1" "https://$SVC:$WH/readyz") == 200 ]]; }
 check "injector synced (/readyz 200)" wait_until 30 readyz
 
+# ---- the wrong destinations (127.0.0.8) and the proxy's private /etc/hosts -------------------
+mkdir -p "$TMP/wrong"
+bg wrong python3 "$REMORA_ROOT/test/tools/h1_recorder.py" --dir "$TMP/wrong" --listen "127.0.0.8:$APPO" \
+    --response "$RESP"
+wait_until 5 listen_port "$TMP/wrong.log" || { fail "wrong app starts"; cat "$TMP/wrong.log"; finish; }
+bg wrongtls python3 "$REMORA_ROOT/test/tools/tls_echo.py" --listen "127.0.0.8:$TLSP" --cert "$D/out.pem" \
+    --key "$D/out-key.pem" --dir "$TMP/wrongtls"
+wait_until 5 listen_port "$TMP/wrongtls.log" || { fail "wrong TLS server starts"; finish; }
+# the proxy's nameserver: NXDOMAIN for names under ghost.example; names under late.example are
+# 127.0.0.4, answered 400 ms late; no answer ever for the rest (a silent resolver); every
+# query's name is appended to dns.q
+bg dns python3 -c '
+import socket, sys, threading
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.211", 53))
+print("listening on 127.0.0.211:53", flush=True)
+while True:
+    d, a = s.recvfrom(4096)
+    i, labels = 12, []
+    while i < len(d) and d[i] != 0:
+        labels.append(d[i + 1:i + 1 + d[i]]); i += 1 + d[i]
+    name, question = b".".join(labels), d[12:i + 5]
+    open(sys.argv[1], "ab").write(name + b"\n")
+    rd = (d[2] & 1) << 8  # recursion desired, echoed
+    if name.endswith(b"ghost.example"):  # a response, recursion available, NXDOMAIN
+        s.sendto(d[:2] + (0x8183 | rd).to_bytes(2, "big") + b"\0\1\0\0\0\0\0\0" + question, a)
+    elif name.endswith(b"late.example"):  # A: 127.0.0.4 (ttl 30); AAAA: no data
+        ans = b"\xc0\x0c\0\1\0\1\0\0\0\x1e\0\4\x7f\0\0\4" if d[i + 2] == 1 else b""
+        msg = (d[:2] + (0x8180 | rd).to_bytes(2, "big") + b"\0\1\0" + bytes([1 if ans else 0]) +
+               b"\0\0\0\0" + question + ans)
+        threading.Timer(0.4, s.sendto, (msg, a)).start()' "$TMP/dns.q"
+wait_until 5 grep -q listening "$TMP/dns.log" || { fail "the test nameserver starts"; cat "$TMP/dns.log"; finish; }
+cat >"$TMP/hosts" <<HOSTS
+127.0.0.1 localhost
+127.0.0.4 allowed.example a.b.wild.example fresh.wild.example tls-ok.example x.tlswild.example held.shop
+HOSTS
+printf 'nameserver 127.0.0.211\noptions timeout:3 attempts:1\n' >"$TMP/resolv.conf"
+# the proxy in its own mount namespace with those files (exec: the PID stays the proxy's)
+cat >"$TMP/nsproxy" <<SH
+#!/bin/sh
+exec unshare -m sh -c 'mount --bind "\$0" /etc/hosts && mount --bind "\$1" /etc/resolv.conf && shift && exec "\$@"' \\
+    "$TMP/hosts" "$TMP/resolv.conf" "$PROXY" "\$@"
+SH
+chmod +x "$TMP/nsproxy"
+REAL_PROXY=$PROXY
+PROXY=$TMP/nsproxy
+
 # ---- the proxy: registry_only, names in egress_allow ---------------------------------------
-ADMIN_PORT=$(free_port); LO=$(free_port); LT=$(free_port); LW=$(free_port)
+ADMIN_PORT=$(free_port); LO=$(free_port); LT=$(free_port); LW=$(free_port); LX=$(free_port)
+LXT=$(free_port)
 cat >"$TMP/proxy.json" <<JSON
 {"admin": {"address": "127.0.0.1:$ADMIN_PORT"},
  "listeners": [
@@ -137,13 +192,17 @@ cat >"$TMP/proxy.json" <<JSON
    {"name": "tls", "address": "127.0.0.1:$LT", "direction": "outbound", "tls": "mesh",
     "upstream": "127.0.0.4:$TLSP"},
    {"name": "web", "address": "127.0.0.1:$LW", "direction": "outbound", "tls": "mesh",
-    "upstream": "127.0.0.6:$WEBP"}],
+    "upstream": "127.0.0.6:$WEBP"},
+   {"name": "wrong", "address": "127.0.0.1:$LX", "direction": "outbound", "tls": "mesh",
+    "upstream": "127.0.0.8:$APPO"},
+   {"name": "wrongtls", "address": "127.0.0.1:$LXT", "direction": "outbound", "tls": "mesh",
+    "upstream": "127.0.0.8:$TLSP"}],
  "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "client",
               "cert_file": "$D/w.pem", "key_file": "$D/w-key.pem", "bundle_file": "$D/root.pem"},
  "discovery": {"address": "127.0.0.1:$DP", "lookup_timeout_ms": 3000},
  "outbound_policy": "registry_only",
  "egress_allow": ["allowed.example:$APPO", "*.wild.example:$APPO", "tls-ok.example:$TLSP",
-                  "*.tlswild.example:$TLSP"]}
+                  "*.tlswild.example:$TLSP", "ghost.example:$APPO"]}
 JSON
 start_proxy proxy "$TMP/proxy.json" || finish
 A=http://127.0.0.1:$ADMIN_PORT
@@ -169,6 +228,7 @@ while len(body) < n:
 print(head.split(b"\r\n")[0].decode(), body.decode(errors="replace").rstrip("\n"))' "$1"
 }
 size() { stat -c %s "$1" 2>/dev/null || echo 0; }
+timed_h() { curl -s -o /dev/null -w '%{http_code} %{time_total}' -H "Host: $2" "http://127.0.0.1:$1/t"; }
 # exact_req FILE HOST: "match" when FILE holds exactly the request send() makes for HOST as
 # the proxy forwards it (names lower-cased, then its traceparent and x-request-id), else the bytes
 exact_req() {
@@ -310,6 +370,37 @@ expect_eq "TLS: a listed SNI in a ClientHello split over two records (no name re
     "$(tls_cut "$LT" tls-ok.example split)" refused
 expect_eq "... the destination never saw that connection" "$(wc -l <"$TMP/tlsdst/accepts")" "$a0"
 
+# ---- names are checked against DNS ------------------------------------------------------------
+# dnsref DEST NAME [WHY]: the 502 of a destination that is not an address of the name
+dnsref() { echo "HTTP/1.1 502 Bad Gateway destination $1 is not an address of $2 (egress_allow names are checked against DNS${3:+: $3})"; }
+w0=$(size "$TMP/wrong/all.bin")
+expect_eq "Host allowed.example:$APPO on a connection to 127.0.0.8 (not its address): 502 naming both" \
+    "$(send "$LX" "allowed.example:$APPO")" "$(dnsref "127.0.0.8:$APPO" allowed.example)"
+expect_eq "h2c, :authority A.B.Wild.Example:$APPO to 127.0.0.8: 502 naming both" \
+    "$(h2 "$LX" "A.B.Wild.Example:$APPO")" \
+    "destination 127.0.0.8:$APPO is not an address of a.b.wild.example (egress_allow names are checked against DNS)
+ 502 2"
+expect_eq "... nothing reached the app at 127.0.0.8 (zero bytes)" "$(size "$TMP/wrong/all.bin")" "$w0"
+expect_match "the refusal is logged naming both" "$(cat "$TMP/proxy.log")" \
+    "egress: 127.0.0.8:$APPO refused: not an address of allowed.example \(egress_allow names are checked against DNS: the name resolves to other addresses\)"
+n0=$(size "$TMP/out/all.bin")
+expect_eq "Host ghost.example:$APPO (listed; the nameserver says NXDOMAIN): 502" \
+    "$(send "$LO" "ghost.example:$APPO")" "$(dnsref "127.0.0.4:$APPO" ghost.example "the name does not resolve")"
+check "... the name was asked of the nameserver" grep -qx ghost.example "$TMP/dns.q"
+expect_eq "... nothing reached the app at 127.0.0.4" "$(size "$TMP/out/all.bin")" "$n0"
+read -r c1 t1 <<<"$(timed_h "$LO" "fresh.wild.example:$APPO")"
+read -r c2 t2 <<<"$(timed_h "$LO" "fresh.wild.example:$APPO")"
+expect_eq "Host fresh.wild.example (its address in /etc/hosts): 200, twice" "$c1 $c2" "200 200"
+echo "   measured (curl time_total, $REMORA_BUILD): first request ${t1}s (name resolved), second ${t2}s (cached)"
+a0=$(wc -l <"$TMP/wrongtls/accepts" 2>/dev/null || echo 0)
+expect_eq "TLS with SNI tls-ok.example on a connection to 127.0.0.8: closed" "$(tls_try "$LXT" tls-ok.example)" \
+    refused
+expect_eq "... 127.0.0.8 never saw a connection (zero bytes)" \
+    "$(wc -l <"$TMP/wrongtls/accepts" 2>/dev/null || echo 0)" "$a0"
+expect_match "the TLS refusal is logged naming both" "$(cat "$TMP/proxy.log")" \
+    "egress: 127.0.0.8:$TLSP refused: not an address of tls-ok.example"
+expect_eq "... while tls-ok.example at its own address still works" "$(tls_try "$LT" tls-ok.example)" "ok same"
+
 # ---- the Host lookup -------------------------------------------------------------------------
 sent() { curl -s "$A/metrics" | sed -n 's/^remora_discovery_requests_total{outcome="sent"} //p'; }
 expect_eq "Host web.shop:80 on an address discovery does not know: the meshed Service, 200" \
@@ -337,18 +428,43 @@ expect_eq "Host nosuch.shop:80 (no such Service): 502 naming it" "$(send "$LW" "
     "$(refused "nosuch.shop:80")"
 expect_eq "/destinations: svc.ns-shaped Hosts were asked about, a.b.wild.example (no Service's shape) never" \
     "$(jq -c '[.destinations[].destination | select(test("example"))] | sort' <<<"$(curl -s "$A/destinations")")" \
-    "[\"allowed.example:$APPO\",\"allowed.example:9999\",\"unlisted.example:$APPO\",\"wild.example:$APPO\"]"
+    "[\"allowed.example:$APPO\",\"allowed.example:9999\",\"ghost.example:$APPO\",\"unlisted.example:$APPO\",\"wild.example:$APPO\"]"
 
 # ---- the counter -----------------------------------------------------------------------------
 m=$(curl -s "$A/metrics")
-expect_eq "remora_egress_total: allowed 7 (4 HTTP, 3 TLS), refused 10 (5 HTTP, 3 TLS, legacy, nosuch)" \
+expect_eq "remora_egress_total: allowed 10 (6 HTTP, 4 TLS), refused 14 (5 HTTP, 3 TLS, legacy, nosuch, 4 by DNS)" \
     "$(grep '^remora_egress_total' <<<"$m" | sort | tr '\n' ' ')" \
-    'remora_egress_total{decision="allowed"} 7 remora_egress_total{decision="passthrough"} 0 remora_egress_total{decision="refused"} 10 '
+    'remora_egress_total{decision="allowed"} 10 remora_egress_total{decision="passthrough"} 0 remora_egress_total{decision="refused"} 14 '
+expect_eq "remora_egress_refused_dns_total: 4 (2 HTTP to 127.0.0.8, ghost.example, 1 TLS)" \
+    "$(sed -n 's/^remora_egress_refused_dns_total //p' <<<"$m")" 4
+# names checked: allowed.example (a miss, then hits), a.b.wild.example, tls-ok.example, x.tlswild.example,
+# fresh.wild.example (each a miss first), ghost.example (a miss, no address): 6 look-ups, 5 with addresses
+expect_eq "remora_egress_resolve_*: 6 misses, 5 answers with addresses and 1 without, nothing queued" \
+    "$(grep -E '^remora_egress_resolve_(asks_total\{result="miss"\}|answers_total|queued|names)' <<<"$m" | sort | tr '\n' ' ')" \
+    'remora_egress_resolve_answers_total{result="addresses"} 5 remora_egress_resolve_answers_total{result="none"} 1 remora_egress_resolve_asks_total{result="miss"} 6 remora_egress_resolve_names 6 remora_egress_resolve_queued 0 '
 stop_pid "$PROXY_PID"
 expect_eq "proxy exits cleanly" "$STOP_RC" 0
 expect_sanitizers_clean "proxy: sanitizers clean" "$TMP/proxy.log"
 stop_pid "$WEBSC_PID"
 expect_sanitizers_clean "web sidecar: sanitizers clean" "$TMP/websc.log"
+
+# ---- egress_verify_names: false: the name is believed as written --------------------------------
+sed 's/"registry_only",/"registry_only", "egress_verify_names": "no",/' "$TMP/proxy.json" >"$TMP/bad.json"
+out=$("$REAL_PROXY" --check-config -c "$TMP/bad.json" 2>&1) && fail "egress_verify_names \"no\" is refused"
+expect_match "egress_verify_names \"no\": refused, the error names the key" "$out" "egress_verify_names"
+ADMIN_PORT=$(free_port)
+sed -e 's/"registry_only",/"registry_only", "egress_verify_names": false,/' \
+    -e "s/127.0.0.1:[0-9]*\"},/127.0.0.1:$ADMIN_PORT\"},/" "$TMP/proxy.json" >"$TMP/off.json"
+start_proxy off "$TMP/off.json" || finish
+w0=$(size "$TMP/wrong/all.bin")
+expect_eq "egress_verify_names false: Host allowed.example:$APPO to 127.0.0.8 is let out, 200" \
+    "$(send "$LX" "allowed.example:$APPO")" "HTTP/1.1 200 OK ok"
+expect_eq "... what reached 127.0.0.8, byte for byte" \
+    "$(exact_req "$TMP/wrong/conn-$(find "$TMP/wrong" -name 'conn-*.bin' | wc -l).bin" "allowed.example:$APPO")" match
+check "... and it was not asked of DNS (only ghost.example was, earlier)" test "$(sort -u "$TMP/dns.q")" = ghost.example
+stop_pid "$PROXY_PID"
+expect_eq "proxy (egress_verify_names false) exits cleanly" "$STOP_RC" 0
+expect_sanitizers_clean "proxy (egress_verify_names false): sanitizers clean" "$TMP/off.log"
 
 # ---- a Host lookup that gets no answer: bounded, cancelled by the client, body held ----------
 # A discovery service that answers addresses (404) and holds every lookup by name.
@@ -365,7 +481,8 @@ cat >"$TMP/slow.json" <<JSON
  "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "client",
               "cert_file": "$D/w.pem", "key_file": "$D/w-key.pem", "bundle_file": "$D/root.pem"},
  "discovery": {"address": "127.0.0.1:$SLOWP", "lookup_timeout_ms": 1500},
- "outbound_policy": "registry_only", "egress_allow": ["held.shop:$APPO"]}
+ "outbound_policy": "registry_only",
+ "egress_allow": ["held.shop:$APPO", "*.slowdns.example:$APPO", "*.late.example:$APPO"]}
 JSON
 start_proxy slow "$TMP/slow.json" || finish
 A=http://127.0.0.1:$ADMIN_PORT
@@ -410,6 +527,47 @@ print("match" if lines[0] == b"POST /held HTTP/1.1" and body == b"hello world" a
       rest == [b"content-length: 11", b"host: held.shop:" + sys.argv[2].encode()] else repr(head + body))' \
     "$last" "$APPO")" match
 check "the proxy is alive" alive "$PROXY_PID"
+# a listed name its nameserver answers 400 ms late: the request waits, its body held, then forwarded
+got=$(printf 'POST /late HTTP/1.1\r\nHost: api.late.example:%s\r\nContent-Length: 10\r\n\r\nhello late' "$APPO" |
+    timeout 20 python3 -c '
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=15)
+s.sendall(sys.stdin.buffer.read())
+print(s.recv(4096).split(b"\r\n")[0].decode())' "$LS")
+expect_eq "POST to api.late.example (resolved 400 ms late): 200" "$got" "HTTP/1.1 200 OK"
+check "... its name was asked of the nameserver" grep -qx api.late.example "$TMP/dns.q"
+last=$TMP/out/conn-$(find "$TMP/out" -name 'conn-*.bin' | wc -l).bin # a kept-alive one: its last request
+expect_eq "... the app got the request and the body that waited, byte for byte" "$(python3 -c '
+import re, sys
+data = open(sys.argv[1], "rb").read()
+head, _, body = data[data.rfind(b"POST /late "):].partition(b"\r\n\r\n")
+lines = head.split(b"\r\n")
+rest = sorted(l for l in lines[1:] if not re.match(rb"(traceparent|x-request-id): ", l))
+print("match" if lines[0] == b"POST /late HTTP/1.1" and body == b"hello late" and
+      rest == [b"content-length: 10", b"host: api.late.example:" + sys.argv[2].encode()] else repr(head + body))' \
+    "$last" "$APPO")" match
+# a listed name whose nameserver never answers: refused once lookup_timeout_ms passed
+n0=$(size "$TMP/out/all.bin")
+t0=${EPOCHREALTIME/./}
+expect_eq "Host api.slowdns.example:$APPO, the resolver silent: 502 once lookup_timeout_ms passed" \
+    "$(send "$LS" "api.slowdns.example:$APPO")" \
+    "$(dnsref "127.0.0.4:$APPO" api.slowdns.example "no answer from the resolver in time")"
+ms=$(( (${EPOCHREALTIME/./} - t0) / 1000 ))
+check "... after the bound, not long after (${ms} ms; lookup_timeout_ms 1500)" test "$ms" -ge 1400 -a "$ms" -lt 10000
+check "... the name was asked of the nameserver" grep -qx api.slowdns.example "$TMP/dns.q"
+expect_eq "... nothing reached the app" "$(size "$TMP/out/all.bin")" "$n0"
+# a client that goes away (a reset) 300 ms into the wait for its name: the wait is dropped
+# (the sanitizers at exit would see a wait left behind firing on a freed stream)
+timeout 20 python3 -c '
+import socket, struct, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=15)
+s.sendall(b"GET /gone HTTP/1.1\r\nHost: gone.slowdns.example:" + sys.argv[2].encode() + b"\r\n\r\n")
+time.sleep(0.3)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()' "$LS" "$APPO"
+sleep 1.5 # past lookup_timeout_ms
+check "a client that went away mid-wait: the proxy is alive" alive "$PROXY_PID"
+expect_eq "... and nothing reached the app" "$(size "$TMP/out/all.bin")" "$n0"
 # SIGTERM while a request waits for its Host lookup: it is answered within the drain
 send "$LS" wait.shop:80 >"$TMP/wait.out" &
 WAITER=$!

@@ -4,7 +4,9 @@
  * "name:port" its own) or the TLS SNI, any case, a trailing dot ignored;
  * CIDR entries match the destination address only; an address written as
  * the Host is never a name; malformed hosts match nothing; allow_any lets
- * everything out; the counters of remora_egress_total follow. */
+ * everything out; the counters of remora_egress_total follow. And which
+ * destinations are let out by a name alone (px_disc_egress_by_name): those
+ * must be addresses of the name (egress_verify_names, proxy/resolve.h). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -147,13 +149,55 @@ static void allow_any(void **state)
     cfg->discovery->policy = PX_OUTBOUND_REGISTRY_ONLY;
 }
 
+/* px_disc_egress_by_name: the name to check against DNS, when a name entry
+ * alone lets the destination out (proxy/resolve.h). */
+static bool by_name(enum px_disc_result res, const char *dst, const char *host, char *name)
+{
+    struct cm_addr a;
+    assert_int_equal(cm_addr_parse(dst, &a), 0);
+    name[0] = '\0';
+    return px_disc_egress_by_name(d, res, NULL, &a, host, name, 254);
+}
+
+static void names_to_check(void **state)
+{
+    (void)state;
+    char name[254];
+    assert_true(cfg->discovery->verify_names); /* the default */
+    assert_true(by_name(PX_DISC_NOT_FOUND, "198.51.100.1:443", "API.Example.COM.", name));
+    assert_string_equal(name, "api.example.com"); /* lower case, no trailing dot */
+    assert_true(by_name(PX_DISC_UNAVAILABLE, "198.51.100.1:8443", "a.b.wild.example", name));
+    assert_string_equal(name, "a.b.wild.example");
+    assert_true(by_name(PX_DISC_NOT_FOUND, "198.51.100.1:80", "api.example.com:443", name));
+    /* a CIDR entry vouches for the address: nothing to check */
+    assert_false(by_name(PX_DISC_NOT_FOUND, "203.0.113.9:80", "api.example.com:443", name));
+    /* not let out by a name at all: refused anyway, nothing to check */
+    assert_false(by_name(PX_DISC_NOT_FOUND, "198.51.100.1:443", "unlisted.example", name));
+    assert_false(by_name(PX_DISC_NOT_FOUND, "198.51.100.1:443", "198.51.100.1", name));
+    assert_false(by_name(PX_DISC_NOT_FOUND, "198.51.100.1:443", NULL, name));
+    /* egress_verify_names false, or allow_any: names are believed */
+    cfg->discovery->verify_names = false;
+    assert_false(by_name(PX_DISC_NOT_FOUND, "198.51.100.1:443", "api.example.com", name));
+    cfg->discovery->verify_names = true;
+    cfg->discovery->policy = PX_OUTBOUND_ALLOW_ANY;
+    assert_false(by_name(PX_DISC_NOT_FOUND, "198.51.100.1:443", "api.example.com", name));
+    cfg->discovery->policy = PX_OUTBOUND_REGISTRY_ONLY;
+    /* the refusal is counted as one */
+    struct px_disc_stats st0, st;
+    px_disc_get_stats(d, &st0);
+    struct cm_addr a;
+    assert_int_equal(cm_addr_parse("198.51.100.1:443", &a), 0);
+    px_disc_egress_refuse_name(d, &a, "api.example.com", "the name resolves to other addresses");
+    px_disc_get_stats(d, &st);
+    assert_int_equal(st.egress_refused - st0.egress_refused, 1);
+    assert_int_equal(st.egress_refused_dns - st0.egress_refused_dns, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(names),
-        cmocka_unit_test(addresses),
-        cmocka_unit_test(malformed),
-        cmocka_unit_test(allow_any),
+        cmocka_unit_test(names),     cmocka_unit_test(addresses),      cmocka_unit_test(malformed),
+        cmocka_unit_test(allow_any), cmocka_unit_test(names_to_check),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
