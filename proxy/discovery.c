@@ -37,6 +37,8 @@
 #define FIRST_TIMEOUT 10000 /* ms: the first request of an entry (its waiters give up sooner) */
 #define RETRY_MIN_MS  250
 #define MAX_KEY       300 /* "name:port" */
+#define LOOKUP_CONNS   4     /* kept-alive connections for first requests */
+#define LOOKUP_IDLE_MS 60000 /* one unused this long is closed (the injector: 120 s) */
 
 enum entry_state {
     E_FETCHING = 0, /* the first request is in flight, no answer yet */
@@ -58,7 +60,8 @@ struct entry {
     bool stale; /* E_FOUND, and the last watch failed */
     bool notifying;
     char err[200]; /* why the last request failed */
-    struct px_httpc *req;
+    struct px_httpc *req;       /* a long-poll (its own connection) */
+    struct px_httpc_call *call; /* a first request (on d->lookups) */
     bool req_watch;
     struct event *retry_ev;
     uint32_t backoff_ms;
@@ -81,6 +84,7 @@ struct px_disc {
     struct cm_list lru;
     uint32_t nentries;
     struct event *sweep_ev;
+    struct px_httpc_pool *lookups; /* first requests: kept-alive connections */
     struct px_disc_stats st;
 };
 
@@ -193,6 +197,7 @@ static void entry_free(struct entry *e)
     while (!cm_list_empty(&e->waiters)) /* only at px_disc_free: callers never see these */
         waiter_free(cm_container_of(e->waiters.next, struct px_disc_wait, node));
     px_httpc_cancel(e->req);
+    px_httpc_call_cancel(e->call);
     if (e->retry_ev != NULL)
         event_free(e->retry_ev);
     px_dest_answer_unref(e->ans);
@@ -245,6 +250,7 @@ static void on_answer(const struct px_httpc_resp *r, void *arg)
     struct entry *e = arg;
     struct px_disc *d = e->d;
     e->req = NULL;
+    e->call = NULL;
     char why[200];
     if (r->status == 0) {
         snprintf(why, sizeof(why), "discovery service %s unreachable: %s", e->d->cfg->server_name,
@@ -335,10 +341,16 @@ static void start_request(struct entry *e, bool watch)
                               .max_body = PX_DEST_MAX_ANSWER};
     d->st.requests++;
     e->req_watch = watch;
-    e->req = px_httpc_start(d->base, &rq, on_answer, e);
-    int err = errno;
+    int err;
+    if (watch) {
+        e->req = px_httpc_start(d->base, &rq, on_answer, e);
+        err = errno;
+    } else {
+        e->call = px_httpc_pool_send(d->lookups, &rq, on_answer, e);
+        err = errno;
+    }
     px_tls_conf_unref(tls);
-    if (e->req == NULL) {
+    if (e->req == NULL && e->call == NULL) {
         char why[160];
         snprintf(why, sizeof(why), "cannot ask the discovery service: %s", strerror(err));
         failed(e, why);
@@ -399,6 +411,18 @@ struct px_disc *px_disc_new(struct event_base *base, const struct px_disc_cfg *c
     if (d->o.watch_s == 0)
         d->o.watch_s = PX_DISC_WATCH_S;
     cm_list_init(&d->lru);
+    struct px_httpc_pool_cfg pc = {.addr = &cfg->addr,
+                                   .tls_conf = d->o.tls_conf,
+                                   .tls_arg = d->o.tls_arg,
+                                   .plaintext = d->o.plaintext,
+                                   .no_tls_err = "no workload certificate yet (the discovery "
+                                                 "service takes mTLS only)",
+                                   .tls_name = cfg->server_name,
+                                   .host = cfg->server_name,
+                                   .max_conns = LOOKUP_CONNS,
+                                   .max_queue = d->o.max_entries,
+                                   .idle_ms = LOOKUP_IDLE_MS};
+    d->lookups = px_httpc_pool_new(base, &pc);
     d->sweep_ev = event_new(base, -1, EV_PERSIST, on_sweep, d);
     if (d->sweep_ev == NULL)
         abort();
@@ -416,6 +440,7 @@ void px_disc_free(struct px_disc *d)
         return;
     while (!cm_list_empty(&d->lru))
         entry_free(cm_container_of(d->lru.next, struct entry, lru));
+    px_httpc_pool_free(d->lookups);
     event_free(d->sweep_ev);
     free(d);
 }
