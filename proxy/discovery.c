@@ -747,6 +747,10 @@ void px_disc_get_stats(struct px_disc *d, struct px_disc_stats *s)
 {
     *s = d->st;
     s->entries = d->nentries;
+    struct px_httpc_pool_stats ps;
+    px_httpc_pool_get_stats(d->lookups, &ps);
+    s->lookup_connects = ps.connects;
+    s->lookup_reused = ps.reused;
     s->stale = 0;
     struct cm_list *pos;
     for (pos = d->lru.next; pos != &d->lru; pos = pos->next)
@@ -774,6 +778,12 @@ void px_disc_write_prometheus(struct px_disc *d, struct evbuffer *dst)
                      "Requests to the discovery service (first lookups and long-polls), and "
                      "those that failed.",
                      "outcome", req, 2);
+    const struct cm_prom_sample con[] = {{"opened", s.lookup_connects},
+                                         {"reused", s.lookup_reused}};
+    cm_prom_by_label(&p, "remora_discovery_lookup_connections_total", "counter",
+                     "First lookups: connections opened to the discovery service, and requests "
+                     "sent on one kept alive.",
+                     "event", con, 2);
     cm_prom_u64(&p, "remora_discovery_updates_total", "counter",
                 "Held answers replaced by a newer version.", s.updates);
     const struct cm_prom_sample eg[] = {{"passthrough", s.egress_passthrough},

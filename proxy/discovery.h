@@ -238,6 +238,8 @@ struct px_disc_stats {
     uint64_t requests, failures, updates;
     uint64_t found, not_found, unavailable; /* results given */
     uint64_t evicted, expired;
+    uint64_t lookup_connects, lookup_reused; /* first lookups: connections opened, requests
+                                              * sent on an open one */
     uint64_t egress_passthrough, egress_allowed, egress_refused; /* remora_egress_total */
     uint64_t egress_refused_dns; /* of the refused: not an address of the name (resolve.h) */
     uint32_t entries, stale;

@@ -339,10 +339,12 @@ static struct fake {
     unsigned neps;
     char targets[64][256]; /* every request target, in order */
     unsigned ntargets;
-    unsigned active; /* connection threads running */
+    unsigned active;       /* connection threads running */
+    bool keepalive;        /* answer without "Connection: close" and read the next request */
+    unsigned lookup_conns; /* connections whose first request was a first lookup (no &wait=) */
 } fk;
 
-static void fake_answer(int c, const char *target)
+static void fake_answer(int c, const char *target, bool keepalive)
 {
     char body[4096], resp[4608];
     int status = 200;
@@ -387,8 +389,10 @@ static void fake_answer(int c, const char *target)
     }
     int n = snprintf(resp, sizeof(resp),
                      "HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: "
-                     "%zu\r\nConnection: close\r\n\r\n%.*s",
-                     status, status == 304 ? (size_t)0 : blen, status == 304 ? 0 : (int)blen, body);
+                     "%zu\r\n%s\r\n%.*s",
+                     status, status == 304 ? (size_t)0 : blen,
+                     keepalive ? "" : "Connection: close\r\n", status == 304 ? 0 : (int)blen,
+                     body);
     ssize_t w = write(c, resp, (size_t)n);
     (void)w;
 }
@@ -396,33 +400,45 @@ static void fake_answer(int c, const char *target)
 static void *conn_main(void *arg)
 {
     int c = (int)(intptr_t)arg;
-    char req[4096];
-    size_t len = 0;
-    while (len < sizeof(req) - 1) {
-        ssize_t r = read(c, req + len, sizeof(req) - 1 - len);
-        if (r <= 0)
-            break;
-        len += (size_t)r;
-        req[len] = '\0';
-        if (strstr(req, "\r\n\r\n") != NULL)
-            break;
-    }
-    req[len] = '\0';
-    char target[256] = "";
-    if (strncmp(req, "GET ", 4) == 0) {
-        const char *sp = strchr(req + 4, ' ');
-        size_t n = sp ? (size_t)(sp - (req + 4)) : 0;
-        if (n < sizeof(target)) {
-            memcpy(target, req + 4, n);
-            target[n] = '\0';
+    bool first = true;
+    for (;;) { /* one request after another while keep-alive */
+        char req[4096];
+        size_t len = 0;
+        while (len < sizeof(req) - 1) {
+            ssize_t r = read(c, req + len, sizeof(req) - 1 - len);
+            if (r <= 0)
+                break;
+            len += (size_t)r;
+            req[len] = '\0';
+            if (strstr(req, "\r\n\r\n") != NULL)
+                break;
         }
+        req[len] = '\0';
+        char target[256] = "";
+        if (strncmp(req, "GET ", 4) == 0) {
+            const char *sp = strchr(req + 4, ' ');
+            size_t n = sp ? (size_t)(sp - (req + 4)) : 0;
+            if (n < sizeof(target)) {
+                memcpy(target, req + 4, n);
+                target[n] = '\0';
+            }
+        }
+        if (len == 0)
+            break;
+        pthread_mutex_lock(&fk.mu);
+        if (fk.ntargets < 64)
+            snprintf(fk.targets[fk.ntargets++], sizeof(fk.targets[0]), "%s", target);
+        if (first && strstr(target, "&wait=") == NULL)
+            fk.lookup_conns++;
+        bool keepalive = fk.keepalive;
+        pthread_mutex_unlock(&fk.mu);
+        first = false;
+        if (target[0] == '\0')
+            break;
+        fake_answer(c, target, keepalive);
+        if (!keepalive)
+            break;
     }
-    pthread_mutex_lock(&fk.mu);
-    if (fk.ntargets < 64)
-        snprintf(fk.targets[fk.ntargets++], sizeof(fk.targets[0]), "%s", target);
-    pthread_mutex_unlock(&fk.mu);
-    if (target[0] != '\0')
-        fake_answer(c, target);
     close(c);
     pthread_mutex_lock(&fk.mu);
     fk.active--;
@@ -501,6 +517,7 @@ static int teardown(void **state)
     while (fk.active > 0)
         pthread_cond_wait(&fk.cv, &fk.mu);
     pthread_mutex_unlock(&fk.mu);
+    px_io_deinit(); /* its flush event is on this base: the next test makes a new one */
     event_base_free(base);
     free(dcfg.server_name);
     return 0;
@@ -672,6 +689,82 @@ static void lookups_share_one_request(void **state)
     assert_string_equal(json_string_value(json_object_get(e0, "state")), "current");
     assert_string_equal(json_string_value(json_object_get(e0, "version")), "v2");
     json_decref(j);
+    px_disc_free(d);
+}
+
+/* Keep-alive: first lookups of many destinations, one after another, go over
+ * one kept-alive connection (N misses -> 1 connection, N-1 reuses), and a
+ * burst of them uses at most LOOKUP_CONNS (4) connections. A server that
+ * closes its idle connection costs nothing but a new connect. */
+static void lookups_reuse_one_connection(void **state)
+{
+    (void)state;
+    pthread_mutex_lock(&fk.mu);
+    fk.keepalive = true;
+    pthread_mutex_unlock(&fk.mu);
+    struct px_disc_opts o = test_opts();
+    struct px_disc *d = new_disc(&o);
+    for (unsigned i = 0; i < 6; i++) {
+        char a[32];
+        snprintf(a, sizeof(a), "10.96.1.%u:80", i + 1);
+        struct cm_addr dst;
+        cm_addr_parse(a, &dst);
+        struct result r = {0};
+        struct px_dest_answer *ans = NULL;
+        struct px_disc_wait *w = NULL;
+        assert_int_equal(px_disc_lookup(d, &dst, NULL, &ans, on_result, &r, &w),
+                         PX_DISC_UNAVAILABLE);
+        assert_true(run_until(called, &r, 10000));
+        assert_int_equal(r.res, PX_DISC_FOUND);
+    }
+    struct px_disc_stats st;
+    px_disc_get_stats(d, &st);
+    assert_int_equal(st.lookup_connects, 1);
+    assert_int_equal(st.lookup_reused, 5);
+    pthread_mutex_lock(&fk.mu);
+    unsigned lc = fk.lookup_conns;
+    pthread_mutex_unlock(&fk.mu);
+    assert_int_equal(lc, 1);
+
+    /* a burst of 20 at once: every one answered, over at most 4 connections */
+    struct result rs[20];
+    memset(rs, 0, sizeof(rs));
+    struct px_disc_wait *ws[20];
+    for (unsigned i = 0; i < 20; i++) {
+        char a[32];
+        snprintf(a, sizeof(a), "10.96.2.%u:80", i + 1);
+        struct cm_addr dst;
+        cm_addr_parse(a, &dst);
+        struct px_dest_answer *ans = NULL;
+        assert_int_equal(px_disc_lookup(d, &dst, NULL, &ans, on_result, &rs[i], &ws[i]),
+                         PX_DISC_UNAVAILABLE);
+    }
+    for (unsigned i = 0; i < 20; i++) {
+        assert_true(run_until(called, &rs[i], 10000));
+        assert_int_equal(rs[i].res, PX_DISC_FOUND);
+        assert_int_equal(rs[i].calls, 1);
+    }
+    px_disc_get_stats(d, &st);
+    assert_true(st.lookup_connects <= 4);
+    assert_int_equal(st.lookup_connects + st.lookup_reused, 26);
+
+    /* the server closes between requests (Connection: close): still answered */
+    pthread_mutex_lock(&fk.mu);
+    fk.keepalive = false;
+    pthread_mutex_unlock(&fk.mu);
+    for (unsigned i = 0; i < 2; i++) {
+        char a[32];
+        snprintf(a, sizeof(a), "10.96.3.%u:80", i + 1);
+        struct cm_addr dst;
+        cm_addr_parse(a, &dst);
+        struct result r = {0};
+        struct px_dest_answer *ans = NULL;
+        struct px_disc_wait *w = NULL;
+        assert_int_equal(px_disc_lookup(d, &dst, NULL, &ans, on_result, &r, &w),
+                         PX_DISC_UNAVAILABLE);
+        assert_true(run_until(called, &r, 10000));
+        assert_int_equal(r.res, PX_DISC_FOUND);
+    }
     px_disc_free(d);
 }
 
@@ -904,6 +997,7 @@ int main(void)
         cmocka_unit_test(answer_decodes),
         cmocka_unit_test(answer_refused),
         cmocka_unit_test_setup_teardown(lookups_share_one_request, setup, teardown),
+        cmocka_unit_test_setup_teardown(lookups_reuse_one_connection, setup, teardown),
         cmocka_unit_test_setup_teardown(not_found_is_believed, setup, teardown),
         cmocka_unit_test_setup_teardown(unreachable_keeps_held_answers, setup, teardown),
         cmocka_unit_test_setup_teardown(slow_first_lookup_is_bounded, setup, teardown),
