@@ -124,6 +124,27 @@ void px_dest_answer_unref(struct px_dest_answer *a);
 /* The answer as JSON (for /destinations): a new reference. */
 json_t *px_dest_answer_json(const struct px_dest_answer *a);
 
+/* ---- the watch's answer (proxy/discovery.c) --------------------------------------- */
+
+#define PX_DISC_MAX_CHANGES_BODY (4u << 20) /* bytes of a POST /v1/watch answer */
+
+/* One entry of the "changed" list of a POST /v1/watch 200. */
+struct px_disc_change {
+    bool by_host;
+    char key[304];              /* the destination as the proxy listed it */
+    int status;                 /* 200 (ans set) or 404 */
+    struct px_dest_answer *ans; /* one reference, or NULL */
+};
+/* Decode {"changed": [{"addr"|"host": ..., "status": 200, "answer": {...}} |
+ * {..., "status": 404}, ...]} (at most PX_DISC_MAX_ENTRIES entries, each
+ * answer as px_dest_decode). Returns 0 with *out (free with
+ * px_disc_changes_free) and *n >= 1, or CM_ERR_INVAL with *errmsg naming the
+ * field ("changed[2].answer.endpoints[0].address: ..."). Fuzzed by
+ * test/fuzz/fuzz_watch_changes.c. */
+int px_disc_changes_decode(const char *buf, size_t len, struct px_disc_change **out, size_t *n,
+                           char **errmsg);
+void px_disc_changes_free(struct px_disc_change *c, size_t n);
+
 /* ---- the cache (proxy/discovery.c) ----------------------------------------------- */
 
 #define PX_DISC_MAX_ENTRIES 4096   /* destinations held; more: the least recently used goes */
