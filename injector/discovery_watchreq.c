@@ -22,6 +22,10 @@ static int wfail(char **errmsg, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(m, sizeof(m), fmt, ap);
     va_end(ap);
+    /* jansson's messages quote the input: keep control bytes out of the answer and logs */
+    for (char *p = m; *p; p++)
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p == 0x7f)
+            *p = '?';
     *errmsg = cm_xstrdup(m);
     return CM_ERR_INVAL;
 }

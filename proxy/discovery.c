@@ -1025,6 +1025,9 @@ static int changes_fail(char **errmsg, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(m, sizeof(m), fmt, ap);
     va_end(ap);
+    for (char *p = m; *p; p++) /* jansson quotes the input: no control bytes into the logs */
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p == 0x7f)
+            *p = '?';
     *errmsg = cm_xstrdup(m);
     return CM_ERR_INVAL;
 }
