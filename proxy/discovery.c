@@ -25,6 +25,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <event2/buffer.h>
+#include <event2/dns.h>
+#include <event2/util.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <sys/random.h>
@@ -105,6 +107,13 @@ struct px_disc {
     uint32_t watch_backoff_ms;
     struct event *watch_ev; /* debounce / backoff */
     char session[33];
+    /* discovery.address as a name (cfg->address_name) */
+    struct evdns_base *dns;
+    struct evdns_getaddrinfo_request *resolving;
+    struct event *dns_ev; /* resolve (again), from the loop */
+    uint32_t dns_backoff_ms;
+    bool resolved;
+    struct cm_addr addr; /* what the name resolved to last */
     struct px_disc_stats st;
 };
 
@@ -352,6 +361,76 @@ static void start_request(struct entry *e)
         char why[160];
         snprintf(why, sizeof(why), "cannot ask the discovery service: %s", strerror(errno));
         failed(e, why);
+    }
+}
+
+/* ---- discovery.address as a name --------------------------------------------- */
+
+static void on_resolved(int result, struct evutil_addrinfo *res, void *arg)
+{
+    struct px_disc *d = arg;
+    d->resolving = NULL;
+    if (result == EVUTIL_EAI_CANCEL)
+        return; /* px_disc_free */
+    if (result != 0 || res == NULL) {
+        char why[400];
+        snprintf(why, sizeof(why), "discovery.address: cannot resolve %s: %s",
+                 d->cfg->address_name, evutil_gai_strerror(result));
+        if (res != NULL)
+            evutil_freeaddrinfo(res);
+        d->dns_backoff_ms = d->dns_backoff_ms == 0 ? RETRY_MIN_MS : d->dns_backoff_ms * 2;
+        if (d->dns_backoff_ms > d->o.retry_max_ms)
+            d->dns_backoff_ms = d->o.retry_max_ms;
+        cm_warn("%s; again in %" PRIu32 " ms", why, d->dns_backoff_ms);
+        /* what waits for a connection cannot get one: fail it now (the held
+         * answers stay, stale, as for any failure) */
+        px_httpc_pool_fail_queued(d->lookups, why);
+        px_httpc_pool_fail_queued(d->watch_pool, why);
+        struct timeval tv = {d->dns_backoff_ms / 1000, (d->dns_backoff_ms % 1000) * 1000};
+        evtimer_add(d->dns_ev, &tv);
+        return;
+    }
+    /* a Service name has one ClusterIP; of several addresses the first */
+    cm_addr_from_sockaddr(&d->addr, res->ai_addr, (socklen_t)res->ai_addrlen);
+    evutil_freeaddrinfo(res);
+    char a[CM_ADDR_STRLEN];
+    if (!d->resolved)
+        cm_info("discovery: %s is %s", d->cfg->address_name,
+                cm_addr_format(&d->addr, a, sizeof(a)));
+    d->resolved = true;
+    d->dns_backoff_ms = 0;
+    px_httpc_pool_set_addr(d->lookups, &d->addr);
+    px_httpc_pool_set_addr(d->watch_pool, &d->addr);
+    px_httpc_pool_hold(d->lookups, false);
+    px_httpc_pool_hold(d->watch_pool, false);
+}
+
+static void on_dns_ev(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    struct px_disc *d = arg;
+    if (d->resolving != NULL)
+        return;
+    px_httpc_pool_hold(d->lookups, true);
+    px_httpc_pool_hold(d->watch_pool, true);
+    struct evutil_addrinfo hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = EVUTIL_AI_ADDRCONFIG;
+    struct evdns_getaddrinfo_request *r = evdns_getaddrinfo(
+        d->dns, d->cfg->address_name, d->cfg->address_port, &hints, on_resolved, d);
+    if (r != NULL)
+        d->resolving = r; /* else on_resolved already ran */
+}
+
+/* A connect to the resolved address failed: the Service may have moved. */
+static void on_unreachable(void *arg)
+{
+    struct px_disc *d = arg;
+    if (d->dns != NULL && d->resolving == NULL && !evtimer_pending(d->dns_ev, NULL)) {
+        struct timeval tv = {0, 0};
+        evtimer_add(d->dns_ev, &tv);
     }
 }
 
@@ -614,7 +693,9 @@ struct px_disc *px_disc_new(struct event_base *base, const struct px_disc_cfg *c
                                    .host = cfg->server_name,
                                    .max_conns = LOOKUP_CONNS,
                                    .max_queue = d->o.max_entries,
-                                   .idle_ms = LOOKUP_IDLE_MS};
+                                   .idle_ms = LOOKUP_IDLE_MS,
+                                   .on_unreachable = on_unreachable,
+                                   .unreachable_arg = d};
     d->lookups = px_httpc_pool_new(base, &pc);
     pc.max_conns = 2; /* the held watch, and its successor that supersedes it */
     pc.max_queue = 2;
@@ -629,6 +710,21 @@ struct px_disc *px_disc_new(struct event_base *base, const struct px_disc_cfg *c
             rnd[i] = (uint8_t)((cm_mono_us() >> (i % 8)) ^ (uint64_t)getpid() ^ (uintptr_t)d);
     for (size_t i = 0; i < sizeof(rnd); i++)
         snprintf(d->session + 2 * i, 3, "%02x", rnd[i]);
+    d->dns_ev = evtimer_new(base, on_dns_ev, d);
+    if (d->dns_ev == NULL)
+        abort();
+    if (cfg->address_name != NULL) {
+        /* resolved from the loop before any connection; the hosts file counts */
+        d->dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+        if (d->dns == NULL) /* no resolv.conf: the hosts file only, then retries */
+            d->dns = evdns_base_new(base, 0);
+        if (d->dns == NULL)
+            abort();
+        px_httpc_pool_hold(d->lookups, true);
+        px_httpc_pool_hold(d->watch_pool, true);
+        struct timeval tv = {0, 0};
+        evtimer_add(d->dns_ev, &tv);
+    }
     d->sweep_ev = event_new(base, -1, EV_PERSIST, on_sweep, d);
     if (d->sweep_ev == NULL)
         abort();
@@ -646,6 +742,11 @@ void px_disc_free(struct px_disc *d)
         return;
     while (!cm_list_empty(&d->lru))
         entry_free(cm_container_of(d->lru.next, struct entry, lru));
+    if (d->resolving != NULL)
+        evdns_getaddrinfo_cancel(d->resolving); /* on_resolved: EVUTIL_EAI_CANCEL */
+    if (d->dns != NULL)
+        evdns_base_free(d->dns, 0);
+    event_free(d->dns_ev);
     px_httpc_pool_free(d->lookups);
     px_httpc_pool_free(d->watch_pool); /* drops the calls without their callbacks */
     while (!cm_list_empty(&d->watches))
@@ -828,11 +929,20 @@ json_t *px_disc_json(struct px_disc *d)
             json_object_set_new(o, "last_error", json_string(e->err));
         json_array_append_new(arr, o);
     }
-    char a[CM_ADDR_STRLEN];
-    return json_pack("{s:s, s:s, s:I, s:o}", "discovery",
-                     cm_addr_format(&d->cfg->addr, a, sizeof(a)), "outbound_policy",
-                     d->cfg->policy == PX_OUTBOUND_REGISTRY_ONLY ? "registry_only" : "allow_any",
-                     "entries", (json_int_t)d->nentries, "destinations", arr);
+    char a[CM_ADDR_STRLEN], name[320];
+    if (d->cfg->address_name != NULL)
+        snprintf(name, sizeof(name), "%s:%s", d->cfg->address_name, d->cfg->address_port);
+    else
+        cm_addr_format(&d->cfg->addr, name, sizeof(name));
+    json_t *j = json_pack("{s:s, s:s, s:I, s:o}", "discovery", name, "outbound_policy",
+                          d->cfg->policy == PX_OUTBOUND_REGISTRY_ONLY ? "registry_only"
+                                                                      : "allow_any",
+                          "entries", (json_int_t)d->nentries, "destinations", arr);
+    if (d->cfg->address_name != NULL)
+        json_object_set_new(j, "resolved",
+                            d->resolved ? json_string(cm_addr_format(&d->addr, a, sizeof(a)))
+                                        : json_null());
+    return j;
 }
 
 /* The name part of an egress host ("name", "name:port" or "name."): false

@@ -56,7 +56,11 @@ struct px_egress_rule {
 
 struct px_disc_cfg {
     bool enabled;               /* a "discovery" block is present */
-    struct cm_addr addr;        /* discovery.address (numeric) */
+    struct cm_addr addr;        /* discovery.address when numeric */
+    char *address_name;         /* discovery.address when "name:port": the name, resolved
+                                 * without blocking (evdns) before the first connection and
+                                 * again after a connect fails; else NULL */
+    char address_port[6];       /* its port */
     char *server_name;          /* discovery.server_name: the DNS name its certificate carries */
     uint32_t lookup_timeout_ms; /* discovery.lookup_timeout_ms: a first lookup waits at most this */
     enum px_outbound_policy policy;

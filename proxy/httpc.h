@@ -118,6 +118,10 @@ struct px_httpc_pool_cfg {
     unsigned max_conns;     /* 1..16 */
     size_t max_queue;       /* requests waiting for a connection */
     uint32_t idle_ms;       /* an idle connection is closed after this (0: 60 s) */
+    /* Called (from the loop) when a TCP connect to addr failed: the owner may
+     * re-resolve the name addr came from. NULL: nothing. */
+    void (*on_unreachable)(void *arg);
+    void *unreachable_arg;
 };
 struct px_httpc_pool;
 struct px_httpc_call;
@@ -129,6 +133,12 @@ struct px_httpc_pool *px_httpc_pool_new(struct event_base *base,
 void px_httpc_pool_free(struct px_httpc_pool *p);
 /* New connections go to addr (open ones stay). */
 void px_httpc_pool_set_addr(struct px_httpc_pool *p, const struct cm_addr *addr);
+/* While held, no connection is opened (calls wait in the queue; open idle
+ * ones still serve them): the address is being resolved. */
+void px_httpc_pool_hold(struct px_httpc_pool *p, bool held);
+/* Fail every queued call with err (their callbacks run now: call it from the
+ * loop, not from a callback of one of them). */
+void px_httpc_pool_fail_queued(struct px_httpc_pool *p, const char *err);
 /* Send a request: of rq the method, target, hdrs, body, timeout_ms (from now,
  * queueing included), max_head, max_body are used (addr, tls, tls_name and
  * host are the pool's). Returns the call, whose cb runs exactly once from the

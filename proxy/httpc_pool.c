@@ -59,6 +59,9 @@ struct px_httpc_pool {
     unsigned max_conns, nconns;
     size_t max_queue, nqueued;
     uint32_t idle_ms;
+    bool held;
+    void (*on_unreachable)(void *arg);
+    void *unreachable_arg;
     struct cm_list conns, closing, queue;
     struct event *kick; /* dispatch from the loop */
     struct px_httpc_pool_stats st;
@@ -158,6 +161,7 @@ static void conn_failed(struct pconn *k, const char *err, bool maybe_resend)
     struct px_httpc_pool *p = k->p;
     struct px_httpc_call *c = k->call;
     bool never_connected = !k->connected || (k->tls && k->st == PC_CONNECTING);
+    bool tcp_failed = !k->connected;
     conn_close(k);
     if (c != NULL) {
         c->conn = NULL;
@@ -177,6 +181,8 @@ static void conn_failed(struct pconn *k, const char *err, bool maybe_resend)
             call_done(q, 0, err);
         }
     }
+    if (tcp_failed && p->on_unreachable != NULL)
+        p->on_unreachable(p->unreachable_arg);
     dispatch(p);
 }
 
@@ -376,7 +382,7 @@ static void dispatch(struct px_httpc_pool *p)
             conn_ready(idle);
             continue;
         }
-        if (p->nconns >= p->max_conns)
+        if (p->nconns >= p->max_conns || p->held)
             return;
         struct px_httpc_call *c = cm_container_of(p->queue.next, struct px_httpc_call, node);
         cm_list_remove(&c->node);
@@ -409,6 +415,8 @@ struct px_httpc_pool *px_httpc_pool_new(struct event_base *base,
                                                                            : cfg->max_conns;
     p->max_queue = cfg->max_queue;
     p->idle_ms = cfg->idle_ms ? cfg->idle_ms : POOL_IDLE_MS;
+    p->on_unreachable = cfg->on_unreachable;
+    p->unreachable_arg = cfg->unreachable_arg;
     cm_list_init(&p->conns);
     cm_list_init(&p->closing);
     cm_list_init(&p->queue);
@@ -445,6 +453,19 @@ void px_httpc_pool_free(struct px_httpc_pool *p)
 void px_httpc_pool_set_addr(struct px_httpc_pool *p, const struct cm_addr *addr)
 {
     p->addr = *addr;
+}
+
+void px_httpc_pool_hold(struct px_httpc_pool *p, bool held)
+{
+    p->held = held;
+    if (!held)
+        dispatch_later(p);
+}
+
+void px_httpc_pool_fail_queued(struct px_httpc_pool *p, const char *err)
+{
+    while (!cm_list_empty(&p->queue))
+        call_done(cm_container_of(p->queue.next, struct px_httpc_call, node), 0, err);
 }
 
 struct px_httpc_call *px_httpc_pool_send(struct px_httpc_pool *p, const struct px_httpc_req *rq,

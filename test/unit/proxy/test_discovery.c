@@ -107,8 +107,22 @@ static void config_errors(void **state)
                 "p.json: discovery.adress: unknown key");
     parse_fails("{" LISTENERS ", " IDENTITY ", \"discovery\": {}}", "discovery.address");
     parse_fails("{" LISTENERS ", " IDENTITY ", \"discovery\": {\"address\": "
-                "\"remora-injector.remora-system.svc:15011\"}}",
-                "discovery.address: \"remora-injector.remora-system.svc:15011\" is not a numeric");
+                "\"remora injector:15011\"}}",
+                "discovery.address: \"remora injector:15011\" is not an address (want");
+    parse_fails("{" LISTENERS ", " IDENTITY ", \"discovery\": {\"address\": "
+                "\"remora-injector.remora-system.svc:0\"}}",
+                "discovery.address: \"remora-injector.remora-system.svc:0\" is not an address");
+    parse_fails("{" LISTENERS ", " IDENTITY ", \"discovery\": {\"address\": "
+                "\"remora-injector.remora-system.svc\"}}",
+                "is not an address");
+    parse_fails("{" LISTENERS ", " IDENTITY ", \"discovery\": {\"address\": \"0.0.0.0:1\"}}",
+                "discovery.address: \"0.0.0.0:1\": an unspecified address");
+    /* a DNS name (the injected template's default) is kept to be resolved */
+    struct px_config *cfg = parse_ok("{" LISTENERS ", " IDENTITY ", \"discovery\": {\"address\": "
+                                     "\"Remora-Injector.remora-system.svc:15011\"}}");
+    assert_string_equal(cfg->discovery->address_name, "remora-injector.remora-system.svc");
+    assert_string_equal(cfg->discovery->address_port, "15011");
+    px_config_free(cfg);
     parse_fails("{" LISTENERS ", \"discovery\": {\"address\": \"1.2.3.4:1\"}}",
                 "discovery: needs an \"identity\" block");
     parse_fails("{" LISTENERS ", " IDENTITY ", \"discovery\": {\"address\": \"1.2.3.4:1\", "
@@ -1016,6 +1030,37 @@ static void changes_decode(void **state)
     }
 }
 
+/* discovery.address as a name: resolved without blocking the loop (the hosts
+ * file's localhost here: no query leaves the machine), then used; /destinations
+ * shows the name and what it resolved to. */
+static void address_by_name(void **state)
+{
+    (void)state;
+    struct px_disc_cfg named = dcfg;
+    memset(&named.addr, 0, sizeof(named.addr));
+    named.address_name = (char *)"localhost";
+    snprintf(named.address_port, sizeof(named.address_port), "%u", fk.port);
+    struct px_disc_opts o = test_opts();
+    o.tls_conf = no_tls;
+    struct px_disc *d = px_disc_new(base, &named, &o);
+    struct cm_addr dst;
+    cm_addr_parse("10.96.5.1:80", &dst);
+    struct result r = {0};
+    struct px_dest_answer *a = NULL;
+    struct px_disc_wait *w = NULL;
+    assert_int_equal(px_disc_lookup(d, &dst, NULL, &a, on_result, &r, &w), PX_DISC_UNAVAILABLE);
+    assert_true(run_until(called, &r, 10000));
+    assert_int_equal(r.res, PX_DISC_FOUND);
+    json_t *j = px_disc_json(d);
+    char want[64];
+    snprintf(want, sizeof(want), "localhost:%u", fk.port);
+    assert_string_equal(json_string_value(json_object_get(j, "discovery")), want);
+    snprintf(want, sizeof(want), "127.0.0.1:%u", fk.port);
+    assert_string_equal(json_string_value(json_object_get(j, "resolved")), want);
+    json_decref(j);
+    px_disc_free(d);
+}
+
 static void not_found_is_believed(void **state)
 {
     (void)state;
@@ -1248,6 +1293,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(lookups_reuse_one_connection, setup, teardown),
         cmocka_unit_test_setup_teardown(one_watch_for_many, setup, teardown),
         cmocka_unit_test(changes_decode),
+        cmocka_unit_test_setup_teardown(address_by_name, setup, teardown),
         cmocka_unit_test_setup_teardown(not_found_is_believed, setup, teardown),
         cmocka_unit_test_setup_teardown(unreachable_keeps_held_answers, setup, teardown),
         cmocka_unit_test_setup_teardown(slow_first_lookup_is_bounded, setup, teardown),
