@@ -16,7 +16,8 @@
 #  - the unmeshed pod still answered under registry_only (it is in the registry);
 #  - the injector stopped: the held answer keeps working (stale), and
 #    /destinations and the series say so.
-# The wire (docs/discovery.md "Proxy side", the transport): 20 destinations looked up one
+# The wire (docs/discovery.md "Proxy side", the transport), with discovery.address a name
+# (localhost:PORT, resolved through the hosts file without blocking): 20 destinations looked up one
 # after another go over one kept-alive lookup connection; the injector holds ONE
 # POST /v1/watch listing them (its remora_discovery_watched_destinations/_subscribers, and
 # `ss`: at most 3 connections from the proxy); an update arrives through it; a destination
@@ -252,7 +253,7 @@ done
 {"admin": {"address": "127.0.0.1:$ADMIN_PORT"}, "listeners": [${ls[*]}],
  "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "client",
               "cert_file": "$D/w.pem", "key_file": "$D/w-key.pem", "bundle_file": "$D/root.pem"},
- "discovery": {"address": "127.0.0.1:$DP", "lookup_timeout_ms": 3000}}
+ "discovery": {"address": "localhost:$DP", "lookup_timeout_ms": 3000}}
 JSON
 )
 start_proxy many "$TMP/many.json" || finish
@@ -271,6 +272,8 @@ for i in $(seq 1 20); do
     wait_until 15 states_are current "$i" || break
 done
 expect_eq "20 destinations looked up one after another: all current" "$(n_state current)" 20
+expect_eq "discovery.address as a name (localhost, the hosts file): resolved without blocking" \
+    "$(curl -s "$A/destinations" | jq -r '.discovery + " " + .resolved')" "localhost:$DP 127.0.0.1:$DP"
 expect_eq "... over one kept-alive lookup connection (opened 1, reused 19)" \
     "$(pmetric 'remora_discovery_lookup_connections_total{event="opened"}') $(pmetric 'remora_discovery_lookup_connections_total{event="reused"}')" "1 19"
 check "the injector holds one watch listing the 20 (remora_discovery_watched_destinations)" \
