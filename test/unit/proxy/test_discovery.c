@@ -359,6 +359,8 @@ static struct fake {
     unsigned lookup_conns; /* connections whose first request was a first lookup (a GET) */
     unsigned watch_conns;  /* connections whose first request was a POST /v1/watch */
     unsigned watch_seq;    /* POST /v1/watch seen; a held one goes (304) when a newer comes */
+    bool drop_second;      /* close a kept-alive connection at its 2nd request, unanswered
+                            * (as a server whose idle timeout crossed the request) */
     char last_watch[8192]; /* the body of the last POST /v1/watch */
 } fk;
 
@@ -558,8 +560,16 @@ static void *conn_main(void *arg)
             fk.watch_conns++;
         bool keepalive = fk.keepalive;
         pthread_mutex_unlock(&fk.mu);
+        bool first_req_of_conn = first;
         first = false;
         if (target[0] == '\0') {
+            free(body);
+            break;
+        }
+        pthread_mutex_lock(&fk.mu);
+        bool drop = fk.drop_second && !first_req_of_conn && !post;
+        pthread_mutex_unlock(&fk.mu);
+        if (drop) {
             free(body);
             break;
         }
@@ -1061,6 +1071,44 @@ static void address_by_name(void **state)
     px_disc_free(d);
 }
 
+/* A kept-alive lookup connection the server closes as the next request
+ * arrives (no byte of an answer): the request is sent once more on a new
+ * connection and answered; the waiter sees FOUND. */
+static void reused_connection_closed_resends(void **state)
+{
+    (void)state;
+    pthread_mutex_lock(&fk.mu);
+    fk.keepalive = true;
+    fk.drop_second = true;
+    pthread_mutex_unlock(&fk.mu);
+    struct px_disc_opts o = test_opts();
+    struct px_disc *d = new_disc(&o);
+    for (unsigned i = 0; i < 2; i++) {
+        char a[32];
+        snprintf(a, sizeof(a), "10.96.6.%u:80", i + 1);
+        struct cm_addr dst;
+        cm_addr_parse(a, &dst);
+        struct result r = {0};
+        struct px_dest_answer *ans = NULL;
+        struct px_disc_wait *w = NULL;
+        assert_int_equal(px_disc_lookup(d, &dst, NULL, &ans, on_result, &r, &w),
+                         PX_DISC_UNAVAILABLE);
+        assert_true(run_until(called, &r, 10000));
+        assert_int_equal(r.res, PX_DISC_FOUND);
+        assert_int_equal(r.calls, 1);
+    }
+    struct px_disc_stats st;
+    px_disc_get_stats(d, &st);
+    assert_int_equal(st.lookup_connects, 2); /* the first, and the one the resend opened */
+    assert_int_equal(st.failures, 0);
+    /* the second destination was asked twice: on the closed connection, then again */
+    unsigned n = ntargets(), asked = 0;
+    for (unsigned i = 0; i < n; i++)
+        asked += strcmp(target(i), "/v1/destination?addr=10.96.6.2%3A80") == 0;
+    assert_int_equal(asked, 2);
+    px_disc_free(d);
+}
+
 static void not_found_is_believed(void **state)
 {
     (void)state;
@@ -1294,6 +1342,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(one_watch_for_many, setup, teardown),
         cmocka_unit_test(changes_decode),
         cmocka_unit_test_setup_teardown(address_by_name, setup, teardown),
+        cmocka_unit_test_setup_teardown(reused_connection_closed_resends, setup, teardown),
         cmocka_unit_test_setup_teardown(not_found_is_believed, setup, teardown),
         cmocka_unit_test_setup_teardown(unreachable_keeps_held_answers, setup, teardown),
         cmocka_unit_test_setup_teardown(slow_first_lookup_is_bounded, setup, teardown),
