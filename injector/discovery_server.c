@@ -206,9 +206,13 @@ void ij_disc_wake(struct ij_disc *d, const struct ij_disc_keys *keys, uint64_t s
                 changed_add(&b, &r->wr.items[l->idx], status, body);
                 size_t blen;
                 char *cb = changed_take(&b, &blen);
+                /* r's other links leave the bucket with it: if the next node was
+                 * one of them, go on from the head */
+                bool nx_mine = nx != head && cm_container_of(nx, struct wlink, bucket)->r == r;
                 release(r, 200, cb, blen, seen_us);
+                if (nx_mine)
+                    nx = head->next;
             }
-            nx = head->next; /* r's other links may have been next: start over */
         }
         free(body);
     }

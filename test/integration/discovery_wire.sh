@@ -330,6 +330,23 @@ expect_eq "no client certificate: refused" "$(curl -s -m 10 --cacert "$D/root.pe
     "https://$SVC:$DP/v1/watch")" "401"
 expect_eq "after the hostile bodies: still one watch of 21 held" \
     "$(imetric remora_discovery_subscribers) $(imetric remora_discovery_watched_destinations)" "1 21"
+# a watch listing one destination twice (adjacent in its wake bucket), held, then woken
+v1=$(curl -s "$A/destinations" | jq -r --arg d "127.0.2.1:$APP1" '.destinations[] | select(.destination == $d) | .version')
+printf '{"watch": [{"addr": "127.0.2.1:%s", "version": "%s"}, {"addr": "127.0.2.1:%s", "version": "%s"}]}' \
+    "$APP1" "$v1" "$APP1" "$v1" >"$TMP/h7.json"
+curl -s -m 30 --cacert "$D/root.pem" --cert "$D/w.pem" --key "$D/w-key.pem" --resolve "$SVC:$DP:127.0.0.1" \
+    -w ' %{http_code}' --data-binary @"$TMP/h7.json" "https://$SVC:$DP/v1/watch?timeout_s=20" >"$TMP/h7.out" &
+H7=$!
+check "a watch listing one destination twice is held" wait_until 15 imetric_is remora_discovery_watched_destinations 23
+ctl objects/pods -X PUT --data-binary '{"metadata": {"name": "w-1", "namespace": "shop",
+    "labels": {"app": "w", "tier": "x"}, "annotations": {"remora.io/status": "{}"}},
+    "spec": {"serviceAccountName": "w", "nodeName": "n1"},
+    "status": {"phase": "Running", "podIP": "127.0.2.1", "podIPs": [{"ip": "127.0.2.1"}],
+               "conditions": [{"type": "Ready", "status": "True"}]}}' >/dev/null
+wait "$H7"
+expect_match "... and answered once w-1 changes: 200 listing it" "$(cat "$TMP/h7.out")" \
+    '^\{"changed": \[\{"addr": "127.0.2.1:[0-9]+", "status": 200, "answer": \{.*"meshed": ?true.*\}\]\} 200$'
+check "... and nothing of it stays held (21 watched)" wait_until 15 imetric_is remora_discovery_watched_destinations 21
 
 # the injector restarted: stale, then current again through a new watch
 kill -TERM "$IPID"; wait "$IPID" 2>/dev/null
