@@ -33,8 +33,9 @@
 #define DESTINATION_PATH "/v1/destination"
 #define WATCH_PATH       "/v1/watch"
 #define WATCH_DISCARD    (16u << 20) /* an over-long watch body is read this far for its 400 */
-#define CHANGED_SOFT_MAX (1u << 20)  /* a "changed" list stops growing past this (the proxy
-                                      * asks again for the rest) */
+#define CHANGED_SOFT_MAX                                                                           \
+    (1u << 20) /* a "changed" list stops growing past this (the proxy                              \
+                * asks again for the rest) */
 
 /* ---- metrics ---------------------------------------------------------------------------- */
 
@@ -147,8 +148,9 @@ static void changed_add(struct cm_buf *b, const struct ij_disc_witem *it, unsign
     json_t *nm = json_string(it->name);
     char *esc = nm ? json_dumps(nm, JSON_ENCODE_ANY) : NULL;
     json_decref(nm);
-    int rc = cm_buf_printf(b, "%s{\"%s\": %s, \"status\": %u", b->data[b->len - 1] != '[' ? ", " : "",
-                           it->q.by_host ? "host" : "addr", esc ? esc : "\"\"", status);
+    int rc =
+        cm_buf_printf(b, "%s{\"%s\": %s, \"status\": %u", b->data[b->len - 1] != '[' ? ", " : "",
+                      it->q.by_host ? "host" : "addr", esc ? esc : "\"\"", status);
     free(esc);
     if (rc == 0 && status == 200)
         rc = cm_buf_printf(b, ", \"answer\": %s", body);
@@ -480,8 +482,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (!r->refused && r->up_total == 0 && !peer_ok(d, conn, &why))
             r->refused = true;
         r->up_total += *upload_data_size;
-        if (!r->refused && !r->up_over &&
-            cm_buf_add(&r->up, upload_data, *upload_data_size) != 0) {
+        if (!r->refused && !r->up_over && cm_buf_add(&r->up, upload_data, *upload_data_size) != 0) {
             r->up_over = true;
             cm_buf_free(&r->up);
         }

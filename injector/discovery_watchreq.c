@@ -49,8 +49,8 @@ static int parse_item(json_t *it, size_t i, const char *cluster_domain, struct i
                       char **errmsg)
 {
     if (!json_is_object(it))
-        return wfail(errmsg, "watch[%zu]: want an object {\"addr\"|\"host\": ..., \"version\": ...}",
-                     i);
+        return wfail(errmsg,
+                     "watch[%zu]: want an object {\"addr\"|\"host\": ..., \"version\": ...}", i);
     const char *k;
     json_t *v;
     json_object_foreach(it, k, v)
@@ -71,8 +71,8 @@ static int parse_item(json_t *it, size_t i, const char *cluster_domain, struct i
         return wfail(errmsg, "watch[%zu].%s: want %s of at most 300 bytes", i, field,
                      addr ? "IP:PORT" : "NAME:PORT");
     char *qerr = NULL;
-    if (ij_disc_query_parse(addr ? name : NULL, host ? name : NULL, cluster_domain, &w->q,
-                            &qerr) != 0) {
+    if (ij_disc_query_parse(addr ? name : NULL, host ? name : NULL, cluster_domain, &w->q, &qerr) !=
+        0) {
         int rc = wfail(errmsg, "watch[%zu].%s", i, qerr);
         free(qerr);
         return rc;

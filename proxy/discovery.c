@@ -47,13 +47,13 @@
 #include "proxy/identity.h"
 #include "proxy/tls.h"
 
-#define NBUCKETS      1024
-#define FIRST_TIMEOUT 10000 /* ms: the first request of an entry (its waiters give up sooner) */
-#define RETRY_MIN_MS  250
-#define MAX_KEY       300 /* "name:port" */
-#define LOOKUP_CONNS   4     /* kept-alive connections for first requests */
-#define WATCH_DEBOUNCE_MS 20 /* held-set changes this close together: one new watch */
-#define LOOKUP_IDLE_MS 60000 /* one unused this long is closed (the injector: 120 s) */
+#define NBUCKETS          1024
+#define FIRST_TIMEOUT     10000 /* ms: the first request of an entry (its waiters give up sooner) */
+#define RETRY_MIN_MS      250
+#define MAX_KEY           300   /* "name:port" */
+#define LOOKUP_CONNS      4     /* kept-alive connections for first requests */
+#define WATCH_DEBOUNCE_MS 20    /* held-set changes this close together: one new watch */
+#define LOOKUP_IDLE_MS    60000 /* one unused this long is closed (the injector: 120 s) */
 
 enum entry_state {
     E_FETCHING = 0, /* the first request is in flight, no answer yet */
@@ -74,7 +74,7 @@ struct entry {
     uint64_t used_ms, changed_ms, confirmed_ms, until_ms;
     bool stale; /* E_FOUND, and the last watch failed */
     bool notifying;
-    char err[200]; /* why the last request failed */
+    char err[200];              /* why the last request failed */
     struct px_httpc_call *call; /* the first request (on d->lookups) */
     bool by_host;
     uint32_t backoff_ms;
@@ -374,8 +374,8 @@ static void on_resolved(int result, struct evutil_addrinfo *res, void *arg)
         return; /* px_disc_free */
     if (result != 0 || res == NULL) {
         char why[400];
-        snprintf(why, sizeof(why), "discovery.address: cannot resolve %s: %s",
-                 d->cfg->address_name, evutil_gai_strerror(result));
+        snprintf(why, sizeof(why), "discovery.address: cannot resolve %s: %s", d->cfg->address_name,
+                 evutil_gai_strerror(result));
         if (res != NULL)
             evutil_freeaddrinfo(res);
         d->dns_backoff_ms = d->dns_backoff_ms == 0 ? RETRY_MIN_MS : d->dns_backoff_ms * 2;
@@ -934,10 +934,10 @@ json_t *px_disc_json(struct px_disc *d)
         snprintf(name, sizeof(name), "%s:%s", d->cfg->address_name, d->cfg->address_port);
     else
         cm_addr_format(&d->cfg->addr, name, sizeof(name));
-    json_t *j = json_pack("{s:s, s:s, s:I, s:o}", "discovery", name, "outbound_policy",
-                          d->cfg->policy == PX_OUTBOUND_REGISTRY_ONLY ? "registry_only"
-                                                                      : "allow_any",
-                          "entries", (json_int_t)d->nentries, "destinations", arr);
+    json_t *j =
+        json_pack("{s:s, s:s, s:I, s:o}", "discovery", name, "outbound_policy",
+                  d->cfg->policy == PX_OUTBOUND_REGISTRY_ONLY ? "registry_only" : "allow_any",
+                  "entries", (json_int_t)d->nentries, "destinations", arr);
     if (d->cfg->address_name != NULL)
         json_object_set_new(j, "resolved",
                             d->resolved ? json_string(cm_addr_format(&d->addr, a, sizeof(a)))
@@ -1166,8 +1166,9 @@ static int change_decode(json_t *it, size_t i, struct px_disc_change *c, char **
         return 0;
     json_t *ans = json_object_get(it, "answer");
     if (!json_is_object(ans))
-        return changes_fail(errmsg, "changed[%zu].answer: want the destination's answer (an "
-                                    "object) with status 200",
+        return changes_fail(errmsg,
+                            "changed[%zu].answer: want the destination's answer (an "
+                            "object) with status 200",
                             i);
     char *text = json_dumps(ans, JSON_COMPACT);
     if (text == NULL)

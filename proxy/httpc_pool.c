@@ -18,10 +18,10 @@
 #include "proxy/io.h"
 #include "proxy/tls.h"
 
-#define POOL_MAX_CONNS   16
-#define POOL_IDLE_MS     60000
-#define POOL_TIMEOUT_MS  10000
-#define POOL_READ_LIMIT  (64 * 1024)
+#define POOL_MAX_CONNS  16
+#define POOL_IDLE_MS    60000
+#define POOL_TIMEOUT_MS 10000
+#define POOL_READ_LIMIT (64 * 1024)
 
 enum conn_state { PC_CONNECTING = 0, PC_IDLE, PC_BUSY, PC_CLOSING };
 
@@ -238,8 +238,8 @@ static void on_read(struct px_io *io, void *arg)
     if (r == PX_HTTPC_MORE)
         return;
     struct px_httpc_pool *p = k->p;
-    bool reuse = r == PX_HTTPC_DONE && px_httpc_answer_keep_alive(c->ans) &&
-                 evbuffer_get_length(in) == 0;
+    bool reuse =
+        r == PX_HTTPC_DONE && px_httpc_answer_keep_alive(c->ans) && evbuffer_get_length(in) == 0;
     k->call = NULL;
     c->conn = NULL;
     if (!reuse)
@@ -309,8 +309,7 @@ static void on_event(struct px_io *io, int what, void *arg)
         if (!k->connected)
             snprintf(e, sizeof(e), "connect: %s", strerror(px_io_errno(io)));
         else if (tls_err[0] != '\0')
-            snprintf(e, sizeof(e), "%s%s", strncmp(tls_err, "TLS", 3) == 0 ? "" : "TLS: ",
-                     tls_err);
+            snprintf(e, sizeof(e), "%s%s", strncmp(tls_err, "TLS", 3) == 0 ? "" : "TLS: ", tls_err);
         else
             snprintf(e, sizeof(e), "connection: %s", strerror(px_io_errno(io)));
     }
@@ -411,8 +410,9 @@ struct px_httpc_pool *px_httpc_pool_new(struct event_base *base,
     p->no_tls_err = cm_xstrdup(cfg->no_tls_err ? cfg->no_tls_err : "no client certificate");
     p->tls_name = cfg->tls_name ? cm_xstrdup(cfg->tls_name) : NULL;
     p->host = cfg->host ? cm_xstrdup(cfg->host) : NULL;
-    p->max_conns = cfg->max_conns < 1 ? 1 : cfg->max_conns > POOL_MAX_CONNS ? POOL_MAX_CONNS
-                                                                           : cfg->max_conns;
+    p->max_conns = cfg->max_conns < 1                ? 1
+                   : cfg->max_conns > POOL_MAX_CONNS ? POOL_MAX_CONNS
+                                                     : cfg->max_conns;
     p->max_queue = cfg->max_queue;
     p->idle_ms = cfg->idle_ms ? cfg->idle_ms : POOL_IDLE_MS;
     p->on_unreachable = cfg->on_unreachable;

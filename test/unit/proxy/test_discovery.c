@@ -552,8 +552,8 @@ static void *conn_main(void *arg)
         }
         pthread_mutex_lock(&fk.mu);
         if (fk.ntargets < 64)
-            snprintf(fk.targets[fk.ntargets++], sizeof(fk.targets[0]), "%s%s",
-                     post ? "POST " : "", target);
+            snprintf(fk.targets[fk.ntargets++], sizeof(fk.targets[0]), "%s%s", post ? "POST " : "",
+                     target);
         if (first && !post)
             fk.lookup_conns++;
         if (first && post)
@@ -998,8 +998,9 @@ static void changes_decode(void **state)
 {
     (void)state;
     char ok[4096];
-    size_t n = (size_t)snprintf(ok, sizeof(ok), "{\"changed\": [{\"addr\": \"10.0.0.1:80\", "
-                                                "\"status\": 200, \"answer\": ");
+    size_t n = (size_t)snprintf(ok, sizeof(ok),
+                                "{\"changed\": [{\"addr\": \"10.0.0.1:80\", "
+                                "\"status\": 200, \"answer\": ");
     n += fake_body(ok + n, sizeof(ok) - n, 7, 1);
     n += (size_t)snprintf(ok + n, sizeof(ok) - n,
                           "}, {\"host\": \"web.shop:80\", \"status\": 404}]}");
@@ -1031,7 +1032,8 @@ static void changes_decode(void **state)
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         err = NULL;
-        assert_int_equal(px_disc_changes_decode(bad[i][0], strlen(bad[i][0]), &c, &k, &err), CM_ERR_INVAL);
+        assert_int_equal(px_disc_changes_decode(bad[i][0], strlen(bad[i][0]), &c, &k, &err),
+                         CM_ERR_INVAL);
         assert_null(c);
         assert_non_null(err);
         if (strstr(err, bad[i][1]) == NULL)
