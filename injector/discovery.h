@@ -188,6 +188,32 @@ void ij_disc_store_unlock(struct ij_disc_store *s);
 void ij_disc_store_answer_locked(struct ij_disc_store *s, const struct ij_disc_query *q,
                                  unsigned *status, char **body, size_t *len, char *version);
 
+/* ---- POST /v1/watch bodies (discovery_watchreq.c) ---------------------------------- */
+#define IJ_DISC_WATCH_MAX_ITEMS 4096         /* destinations one watch lists (the proxy's cache) */
+#define IJ_DISC_WATCH_MAX_BODY  (512 * 1024) /* bytes of its body */
+#define IJ_DISC_MAX_VERSION     64
+#define IJ_DISC_MAX_SESSION     64
+/* One listed destination: the query, the name as the proxy gave it (echoed
+ * in "changed"), and the version it holds ("" none: any answer differs). */
+struct ij_disc_witem {
+    struct ij_disc_query q;
+    char name[304];
+    char version[IJ_DISC_MAX_VERSION + 1];
+};
+struct ij_disc_watchreq {
+    char session[IJ_DISC_MAX_SESSION + 1]; /* "" none; a new watch of a session releases its
+                                            * held one (304) */
+    struct ij_disc_witem *items;
+    size_t n;
+};
+/* Parse {"session": "...", "watch": [{"addr"|"host": "...", "version": "..."}, ...]}.
+ * Returns 0 and *out (free with ij_disc_watchreq_deinit), or CM_ERR_INVAL
+ * with a message for the 400 naming the field ("watch[3].addr: ..."). Unknown
+ * fields are refused (a typo would silently watch nothing). */
+int ij_disc_watchreq_parse(const char *body, size_t len, const char *cluster_domain,
+                           struct ij_disc_watchreq *out, char **errmsg);
+void ij_disc_watchreq_deinit(struct ij_disc_watchreq *w);
+
 /* ---- the service (discovery_watch.c, discovery_server.c) ------------------------------ */
 struct ij_disc;
 /* Start watching and serving as cfg->discovery_address says (NULL: off,

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/buf.h"
 #include "common/clock.h"
 #include "common/err.h"
 #include "common/list.h"
@@ -30,6 +31,11 @@
 #define TIMER_TICK_MS    100
 #define IDLE_TIMEOUT_S   120 /* a connection between polls; held ones do not time out */
 #define DESTINATION_PATH "/v1/destination"
+#define WATCH_PATH       "/v1/watch"
+#define WATCH_DISCARD    (16u << 20) /* an over-long watch body is read this far for its 400 */
+#define CHANGED_SOFT_MAX                                                                           \
+    (1u << 20) /* a "changed" list stops growing past this (the proxy                              \
+                * asks again for the rest) */
 
 /* ---- metrics ---------------------------------------------------------------------------- */
 
@@ -37,6 +43,7 @@ enum answer { AN_OK, AN_NOT_MODIFIED, AN_NOT_FOUND, AN_BAD, AN_UNAUTH, AN_OTHER,
 static const char *const answer_names[AN__COUNT] = {"200", "304", "404", "400", "401", "other"};
 static atomic_uint_fast64_t answers[AN__COUNT];
 static atomic_int_fast64_t subscribers;
+static atomic_int_fast64_t watched; /* destinations listed by held POST /v1/watch */
 static const uint64_t push_bucket_us[] = {1000,   5000,   10000,   25000,  50000,
                                           100000, 250000, 1000000, 5000000};
 static struct cm_prom_hist push_hist = CM_PROM_HIST_INIT(push_bucket_us);
@@ -54,8 +61,17 @@ static void count_answer(unsigned code)
 
 /* ---- requests and waiters ------------------------------------------------------------------- */
 
+/* A held question in a wake bucket: the GET's one (idx -1), or a watch's
+ * item idx. */
+struct wlink {
+    struct cm_list bucket;
+    struct dreq *r;
+    long idx;
+};
+
 struct dreq {
-    struct cm_list bucket, all; /* linked while held */
+    struct wlink link;  /* a GET's: linked while held */
+    struct cm_list all; /* linked while held */
     struct MHD_Connection *conn;
     struct ij_disc_query q;
     char wait[MAX_VERSION_LEN + 1];
@@ -66,6 +82,12 @@ struct dreq {
     char *body;
     size_t len;
     uint64_t seen_us; /* the API event that woke it (0: none) */
+    /* POST /v1/watch */
+    bool is_watch, up_over, refused;
+    struct cm_buf up; /* the body, bounded */
+    size_t up_total;
+    struct ij_disc_watchreq wr;
+    struct wlink *links; /* one per item, linked while held */
 };
 
 struct ij_disc_waiters {
@@ -83,13 +105,23 @@ static uint32_t key_hash(const char *s)
     return h & (WAITER_BUCKETS - 1);
 }
 
+/* Under W->mu: take r out of the wake buckets. */
+static void unlink_all(struct dreq *r)
+{
+    if (r->is_watch) {
+        for (size_t i = 0; r->links != NULL && i < r->wr.n; i++)
+            cm_list_remove(&r->links[i].bucket);
+        atomic_fetch_sub(&watched, (int_fast64_t)r->wr.n);
+    } else {
+        cm_list_remove(&r->link.bucket);
+    }
+}
+
 /* Under W->mu: let r go with this answer (body taken). */
 static void release(struct dreq *r, unsigned status, char *body, size_t len, uint64_t seen_us)
 {
-    cm_list_remove(&r->bucket);
+    unlink_all(r);
     cm_list_remove(&r->all);
-    cm_list_init(&r->bucket);
-    cm_list_init(&r->all);
     r->held = false;
     r->resumed = true;
     r->status = status;
@@ -106,6 +138,30 @@ static bool same_query(const struct ij_disc_query *a, const struct ij_disc_query
     return a->by_host == b->by_host && a->port == b->port &&
            (a->by_host ? strcmp(a->key, b->key) == 0
                        : a->ip.len == b->ip.len && memcmp(a->ip.b, b->ip.b, a->ip.len) == 0);
+}
+
+/* Append one entry of a watch's "changed" list: the destination as the proxy
+ * named it, the status, and the answer of a 200 (already JSON). */
+static void changed_add(struct cm_buf *b, const struct ij_disc_witem *it, unsigned status,
+                        const char *body)
+{
+    json_t *nm = json_string(it->name);
+    char *esc = nm ? json_dumps(nm, JSON_ENCODE_ANY) : NULL;
+    json_decref(nm);
+    int rc =
+        cm_buf_printf(b, "%s{\"%s\": %s, \"status\": %u", b->data[b->len - 1] != '[' ? ", " : "",
+                      it->q.by_host ? "host" : "addr", esc ? esc : "\"\"", status);
+    free(esc);
+    if (rc == 0 && status == 200)
+        rc = cm_buf_printf(b, ", \"answer\": %s", body);
+    if (rc == 0)
+        cm_buf_adds(b, "}");
+}
+
+static char *changed_take(struct cm_buf *b, size_t *len)
+{
+    cm_buf_adds(b, "]}");
+    return cm_buf_take(b, len);
 }
 
 void ij_disc_wake(struct ij_disc *d, const struct ij_disc_keys *keys, uint64_t seen_us)
@@ -125,20 +181,40 @@ void ij_disc_wake(struct ij_disc *d, const struct ij_disc_keys *keys, uint64_t s
         size_t len = 0;
         for (struct cm_list *n = head->next, *nx; n != head; n = nx) {
             nx = n->next;
-            struct dreq *r = cm_container_of(n, struct dreq, bucket);
-            if (strcmp(r->q.wake, keys->v[i]) != 0)
+            struct wlink *l = cm_container_of(n, struct wlink, bucket);
+            struct dreq *r = l->r;
+            const struct ij_disc_query *q = l->idx < 0 ? &r->q : &r->wr.items[l->idx].q;
+            const char *held = l->idx < 0 ? r->wait : r->wr.items[l->idx].version;
+            if (strcmp(q->wake, keys->v[i]) != 0)
                 continue;
-            if (!have || !same_query(&last, &r->q)) {
+            if (!have || !same_query(&last, q)) {
                 free(body);
-                ij_disc_store_answer(d->store, &r->q, &status, &body, &len, version);
-                last = r->q;
+                ij_disc_store_answer(d->store, q, &status, &body, &len, version);
+                last = *q;
                 have = true;
             }
-            if (status == 200 && strcmp(version, r->wait) == 0)
+            if (status == 200 && strcmp(version, held) == 0)
                 continue; /* touched, not changed */
-            char *copy = cm_xmalloc(len + 1);
-            memcpy(copy, body, len + 1);
-            release(r, status, copy, len, seen_us);
+            if (l->idx < 0) {
+                char *copy = cm_xmalloc(len + 1);
+                memcpy(copy, body, len + 1);
+                release(r, status, copy, len, seen_us);
+            } else {
+                /* the watch goes with this one; another of its destinations that
+                 * changed too is answered at once when it asks again */
+                struct cm_buf b;
+                cm_buf_init(&b, SIZE_MAX / 2);
+                cm_buf_adds(&b, "{\"changed\": [");
+                changed_add(&b, &r->wr.items[l->idx], status, body);
+                size_t blen;
+                char *cb = changed_take(&b, &blen);
+                /* r's other links leave the bucket with it: if the next node was
+                 * one of them, go on from the head */
+                bool nx_mine = nx != head && cm_container_of(nx, struct wlink, bucket)->r == r;
+                release(r, 200, cb, blen, seen_us);
+                if (nx_mine)
+                    nx = head->next;
+            }
         }
         free(body);
     }
@@ -289,7 +365,9 @@ static enum MHD_Result destination(struct ij_disc *d, struct MHD_Connection *con
         r->conn = conn;
         r->deadline_ms = cm_mono_ms() + (uint64_t)timeout * 1000;
         r->held = true;
-        cm_list_insert_tail(&W->bucket[key_hash(r->q.wake)], &r->bucket);
+        r->link.r = r;
+        r->link.idx = -1;
+        cm_list_insert_tail(&W->bucket[key_hash(r->q.wake)], &r->link.bucket);
         cm_list_insert_tail(&W->all, &r->all);
         atomic_fetch_add(&subscribers, 1);
         MHD_suspend_connection(conn);
@@ -298,6 +376,87 @@ static enum MHD_Result destination(struct ij_disc *d, struct MHD_Connection *con
     }
     pthread_mutex_unlock(&W->mu);
     return send_body(conn, status, body, len);
+}
+
+/* POST /v1/watch: answer at once with every listed destination whose answer
+ * differs from the version given, or hold until one does (or timeout_s: 304). */
+static enum MHD_Result watch_post(struct ij_disc *d, struct MHD_Connection *conn, struct dreq *r)
+{
+    const char *tmo = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "timeout_s");
+    long timeout = WAIT_DEFAULT_S;
+    if (tmo != NULL) {
+        char *end;
+        errno = 0;
+        timeout = strtol(tmo, &end, 10);
+        if (*tmo == '\0' || *end != '\0' || errno != 0 || timeout < 1 || timeout > WAIT_MAX_S)
+            return send_error(conn, MHD_HTTP_BAD_REQUEST, "timeout_s: want 1..60 (seconds)");
+    }
+    if (r->up_over) {
+        char m[96];
+        snprintf(m, sizeof(m), "body: over %d bytes", IJ_DISC_WATCH_MAX_BODY);
+        return send_error(conn, MHD_HTTP_BAD_REQUEST, m);
+    }
+    char *err = NULL;
+    if (ij_disc_watchreq_parse(r->up.data ? r->up.data : "", r->up.len,
+                               d->cfg->discovery_cluster_domain, &r->wr, &err) != 0) {
+        enum MHD_Result ret = send_error(conn, MHD_HTTP_BAD_REQUEST, err);
+        free(err);
+        return ret;
+    }
+    cm_buf_free(&r->up);
+    struct ij_disc_waiters *W = d->waiters;
+    pthread_mutex_lock(&W->mu);
+    if (r->wr.session[0] != '\0') /* this proxy's previous watch: superseded */
+        for (struct cm_list *n = W->all.next, *nx; n != &W->all; n = nx) {
+            nx = n->next;
+            struct dreq *o = cm_container_of(n, struct dreq, all);
+            if (o->is_watch && strcmp(o->wr.session, r->wr.session) == 0)
+                release(o, 304, NULL, 0, 0);
+        }
+    struct cm_buf b;
+    cm_buf_init(&b, SIZE_MAX / 2);
+    cm_buf_adds(&b, "{\"changed\": [");
+    size_t nchanged = 0;
+    ij_disc_store_rdlock(d->store);
+    for (size_t i = 0; i < r->wr.n && b.len < CHANGED_SOFT_MAX; i++) {
+        const struct ij_disc_witem *it = &r->wr.items[i];
+        unsigned status;
+        char *body, version[17];
+        size_t len;
+        ij_disc_store_answer_locked(d->store, &it->q, &status, &body, &len, version);
+        if (status != 200 || strcmp(version, it->version) != 0) {
+            changed_add(&b, it, status, body);
+            nchanged++;
+        }
+        free(body);
+    }
+    ij_disc_store_unlock(d->store);
+    if (nchanged > 0 || W->closing) {
+        pthread_mutex_unlock(&W->mu);
+        if (nchanged == 0) {
+            cm_buf_free(&b);
+            return send_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down");
+        }
+        size_t blen;
+        char *cb = changed_take(&b, &blen);
+        return send_body(conn, 200, cb, blen);
+    }
+    cm_buf_free(&b);
+    r->links = cm_xcalloc(r->wr.n, sizeof(*r->links));
+    for (size_t i = 0; i < r->wr.n; i++) {
+        r->links[i].r = r;
+        r->links[i].idx = (long)i;
+        cm_list_insert_tail(&W->bucket[key_hash(r->wr.items[i].q.wake)], &r->links[i].bucket);
+    }
+    r->conn = conn;
+    r->deadline_ms = cm_mono_ms() + (uint64_t)timeout * 1000;
+    r->held = true;
+    cm_list_insert_tail(&W->all, &r->all);
+    atomic_fetch_add(&subscribers, 1);
+    atomic_fetch_add(&watched, (int_fast64_t)r->wr.n);
+    MHD_suspend_connection(conn);
+    pthread_mutex_unlock(&W->mu);
+    return MHD_YES;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -310,10 +469,25 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     struct dreq *r = *req_cls;
     if (r == NULL) {
         r = cm_xcalloc(1, sizeof(*r));
-        cm_list_init(&r->bucket);
+        cm_list_init(&r->link.bucket);
         cm_list_init(&r->all);
+        r->is_watch = strcmp(url, WATCH_PATH) == 0 && strcmp(method, MHD_HTTP_METHOD_POST) == 0;
+        cm_buf_init(&r->up, IJ_DISC_WATCH_MAX_BODY);
         *req_cls = r;
         return MHD_YES;
+    }
+    if (r->is_watch && *upload_data_size > 0) {
+        /* the body, bounded; a peer that is not a mesh workload gets nothing kept */
+        const char *why = NULL;
+        if (!r->refused && r->up_total == 0 && !peer_ok(d, conn, &why))
+            r->refused = true;
+        r->up_total += *upload_data_size;
+        if (!r->refused && !r->up_over && cm_buf_add(&r->up, upload_data, *upload_data_size) != 0) {
+            r->up_over = true;
+            cm_buf_free(&r->up);
+        }
+        *upload_data_size = 0;
+        return r->up_total > WATCH_DISCARD ? MHD_NO : MHD_YES;
     }
     if (*upload_data_size > 0) { /* a GET has no body: drop it, a little */
         r->dropped += *upload_data_size;
@@ -334,9 +508,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (!peer_ok(d, conn, &why))
         return send_error(conn, MHD_HTTP_UNAUTHORIZED, why);
     bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, "HEAD") == 0;
+    if (r->is_watch)
+        return watch_post(d, conn, r);
+    if (strcmp(url, WATCH_PATH) == 0)
+        return send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "use POST");
     if (strcmp(url, DESTINATION_PATH) != 0)
         return send_error(conn, MHD_HTTP_NOT_FOUND,
-                          "no such path; discovery answers GET " DESTINATION_PATH);
+                          "no such path; discovery answers GET " DESTINATION_PATH
+                          " and POST " WATCH_PATH);
     if (!get)
         return send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "use GET");
     return destination(d, conn, r);
@@ -353,7 +532,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     if (r->held) { /* not reached while suspended; be sure anyway */
         pthread_mutex_lock(&d->waiters->mu);
         if (r->held) {
-            cm_list_remove(&r->bucket);
+            unlink_all(r);
             cm_list_remove(&r->all);
             atomic_fetch_sub(&subscribers, 1);
         }
@@ -362,6 +541,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     if (r->seen_us != 0 && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
         cm_prom_hist_observe(&push_hist, cm_mono_us() - r->seen_us);
     free(r->body);
+    cm_buf_free(&r->up);
+    ij_disc_watchreq_deinit(&r->wr);
+    free(r->links);
     free(r);
     *req_cls = NULL;
 }
@@ -553,6 +735,9 @@ void ij_disc_metrics_write(struct cm_prom *o)
     cm_prom_u64(o, "remora_discovery_subscribers", "gauge",
                 "Long-polls held, waiting for their destination to change.",
                 (uint64_t)atomic_load(&subscribers));
+    cm_prom_u64(o, "remora_discovery_watched_destinations", "gauge",
+                "Destinations listed by the held POST /v1/watch requests.",
+                (uint64_t)atomic_load(&watched));
     cm_prom_head(o, "remora_discovery_answers_total", "counter",
                  "Answers of GET /v1/destination, by status.");
     for (int a = 0; a < AN__COUNT; a++)

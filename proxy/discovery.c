@@ -4,20 +4,33 @@
  * An entry's life: the first lookup starts GET /v1/destination?addr= (or
  * host=) and waits (every later lookup of the same destination joins it,
  * each bounded by lookup_timeout_ms on its own timer; the request itself
- * goes on and fills the cache). A 200 is decoded and held, and a long-poll
- * (&wait=VERSION&timeout_s=N) keeps it current: a 200 swaps the answer (the
- * old one lives on in whoever holds a reference), a 304 asks again, a failure
- * marks the entry stale and retries after a backoff (250 ms doubling to
- * retry_max_ms) while the held answer keeps being used. A 404 is believed for
- * negative_ms. A first request that fails makes the destination UNAVAILABLE
- * for the backoff, so a discovery service that is down costs each new
- * destination one wait, not one per connection. An entry unused idle_ms is
- * dropped with its watch; past max_entries the least recently used one with
- * no waiter goes. */
+ * goes on and fills the cache; first requests go over a few kept-alive
+ * connections, d->lookups). A 200 is decoded and held, and ONE watch for
+ * every held answer keeps them current: POST /v1/watch listing each
+ * destination with its version, held by the server until one differs. Its
+ * 200 lists what changed (an answer swapped: the old one lives on in whoever
+ * holds a reference; a 404: outside the mesh), a 304 confirms them all, and
+ * either way it is sent again at once; a failure marks every held answer
+ * stale and retries after a backoff (250 ms doubling to retry_max_ms) while
+ * they keep being used. When the set of held destinations changes, the watch
+ * is sent again (debounced) with the same session, which makes the server
+ * answer the previous one 304, so its connection is reused: two kept-alive
+ * connections, no handshake per change. A new destination is current as of
+ * its lookup and carries that version, so a change in between is answered at
+ * once. A 404 is believed for negative_ms. A first request that fails
+ * makes the destination UNAVAILABLE for the backoff, so a discovery service
+ * that is down costs each new destination one wait, not one per connection.
+ * An entry unused idle_ms is dropped (and left out of the next watch); past
+ * max_entries the least recently used one with no waiter goes. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <event2/buffer.h>
+#include <event2/dns.h>
+#include <event2/util.h>
 #include <inttypes.h>
+#include <stdarg.h>
+#include <sys/random.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,16 +40,20 @@
 #include "common/list.h"
 #include "common/log.h"
 #include "common/prom.h"
+#include "common/buf.h"
 #include "common/xalloc.h"
 #include "proxy/discovery.h"
 #include "proxy/httpc.h"
 #include "proxy/identity.h"
 #include "proxy/tls.h"
 
-#define NBUCKETS      1024
-#define FIRST_TIMEOUT 10000 /* ms: the first request of an entry (its waiters give up sooner) */
-#define RETRY_MIN_MS  250
-#define MAX_KEY       300 /* "name:port" */
+#define NBUCKETS          1024
+#define FIRST_TIMEOUT     10000 /* ms: the first request of an entry (its waiters give up sooner) */
+#define RETRY_MIN_MS      250
+#define MAX_KEY           300   /* "name:port" */
+#define LOOKUP_CONNS      4     /* kept-alive connections for first requests */
+#define WATCH_DEBOUNCE_MS 20    /* held-set changes this close together: one new watch */
+#define LOOKUP_IDLE_MS    60000 /* one unused this long is closed (the injector: 120 s) */
 
 enum entry_state {
     E_FETCHING = 0, /* the first request is in flight, no answer yet */
@@ -57,10 +74,9 @@ struct entry {
     uint64_t used_ms, changed_ms, confirmed_ms, until_ms;
     bool stale; /* E_FOUND, and the last watch failed */
     bool notifying;
-    char err[200]; /* why the last request failed */
-    struct px_httpc *req;
-    bool req_watch;
-    struct event *retry_ev;
+    char err[200];              /* why the last request failed */
+    struct px_httpc_call *call; /* the first request (on d->lookups) */
+    bool by_host;
     uint32_t backoff_ms;
     struct cm_list waiters;
 };
@@ -81,10 +97,35 @@ struct px_disc {
     struct cm_list lru;
     uint32_t nentries;
     struct event *sweep_ev;
+    struct px_httpc_pool *lookups; /* first requests: kept-alive connections */
+    /* the watch of every held answer */
+    struct px_httpc_pool *watch_pool;
+    struct cm_list watches; /* struct watch_call, the current one last */
+    unsigned nwatches;
+    bool watch_dirty; /* the held set changed since the current watch was sent */
+    bool watch_failing;
+    uint32_t watch_backoff_ms;
+    struct event *watch_ev; /* debounce / backoff */
+    char session[33];
+    /* discovery.address as a name (cfg->address_name) */
+    struct evdns_base *dns;
+    struct evdns_getaddrinfo_request *resolving;
+    struct event *dns_ev; /* resolve (again), from the loop */
+    uint32_t dns_backoff_ms;
+    bool resolved;
+    struct cm_addr addr; /* what the name resolved to last */
     struct px_disc_stats st;
 };
 
-static void start_request(struct entry *e, bool watch);
+/* A POST /v1/watch on the wire; only the newest one's answer counts. */
+struct watch_call {
+    struct cm_list node; /* d->watches */
+    struct px_disc *d;
+    struct px_httpc_call *call;
+};
+
+static void start_request(struct entry *e);
+static void watch_changed(struct px_disc *d);
 
 /* The workload certificate of the identity module (arg: struct px_identity *),
  * toward a server named by DNS, without ALPN (the discovery port speaks
@@ -192,21 +233,14 @@ static void entry_free(struct entry *e)
     cm_list_remove(&e->lru);
     while (!cm_list_empty(&e->waiters)) /* only at px_disc_free: callers never see these */
         waiter_free(cm_container_of(e->waiters.next, struct px_disc_wait, node));
-    px_httpc_cancel(e->req);
-    if (e->retry_ev != NULL)
-        event_free(e->retry_ev);
+    px_httpc_call_cancel(e->call);
+    if (e->st == E_FOUND)
+        watch_changed(d);
     px_dest_answer_unref(e->ans);
     free(e->key);
     free(e->query);
     free(e);
     d->nentries--;
-}
-
-static void on_retry(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd, (void)what;
-    struct entry *e = arg;
-    start_request(e, e->st == E_FOUND);
 }
 
 static void backoff_next(struct entry *e)
@@ -221,18 +255,8 @@ static void failed(struct entry *e, const char *why)
 {
     struct px_disc *d = e->d;
     d->st.failures++;
-    bool first = e->err[0] == '\0';
     snprintf(e->err, sizeof(e->err), "%s", why);
     backoff_next(e);
-    if (e->st == E_FOUND) {
-        if (!e->stale || first)
-            cm_warn("discovery: %s: %s; keeping the answer held (version %s) as stale, retrying",
-                    e->key, why, e->ans->version);
-        e->stale = true;
-        struct timeval tv = {e->backoff_ms / 1000, (e->backoff_ms % 1000) * 1000};
-        evtimer_add(e->retry_ev, &tv);
-        return;
-    }
     cm_warn("discovery: %s: %s: treated as outside the mesh for %" PRIu32 " ms", e->key, why,
             e->backoff_ms);
     e->st = E_FAILED;
@@ -240,11 +264,51 @@ static void failed(struct entry *e, const char *why)
     notify(e, PX_DISC_UNAVAILABLE);
 }
 
+/* e has a (new) answer a: hold it. */
+static void hold(struct entry *e, struct px_dest_answer *a, uint64_t now)
+{
+    struct px_disc *d = e->d;
+    if (e->st != E_FOUND || strcmp(e->ans->version, a->version) != 0) {
+        if (e->st == E_FOUND)
+            d->st.updates++;
+        px_dest_answer_unref(e->ans);
+        e->ans = a;
+        e->changed_ms = now;
+        cm_debug("discovery: %s: version %s, %zu endpoints", e->key, a->version, a->neps);
+    } else {
+        px_dest_answer_unref(a);
+    }
+    if (e->st != E_FOUND)
+        watch_changed(d);
+    e->st = E_FOUND;
+    e->stale = false;
+    e->err[0] = '\0';
+    e->backoff_ms = 0;
+    e->confirmed_ms = now;
+}
+
+/* e is not in the registry (any more). */
+static void absent(struct entry *e)
+{
+    struct px_disc *d = e->d;
+    if (e->st == E_FOUND) {
+        cm_info("discovery: %s: no longer in the registry (was %s)", e->key,
+                e->ans->service ? e->ans->service : "a pod");
+        watch_changed(d);
+    }
+    px_dest_answer_unref(e->ans);
+    e->ans = NULL;
+    e->stale = false;
+    e->err[0] = '\0';
+    e->backoff_ms = 0;
+    e->st = E_ABSENT;
+    e->until_ms = cm_mono_ms() + d->o.negative_ms;
+}
+
 static void on_answer(const struct px_httpc_resp *r, void *arg)
 {
     struct entry *e = arg;
-    struct px_disc *d = e->d;
-    e->req = NULL;
+    e->call = NULL;
     char why[200];
     if (r->status == 0) {
         snprintf(why, sizeof(why), "discovery service %s unreachable: %s", e->d->cfg->server_name,
@@ -252,25 +316,8 @@ static void on_answer(const struct px_httpc_resp *r, void *arg)
         failed(e, why);
         return;
     }
-    if (r->status == 304 && e->req_watch && e->st == E_FOUND) {
-        e->stale = false;
-        e->err[0] = '\0';
-        e->backoff_ms = 0;
-        e->confirmed_ms = cm_mono_ms();
-        start_request(e, true);
-        return;
-    }
     if (r->status == 404) {
-        if (e->st == E_FOUND)
-            cm_info("discovery: %s: no longer in the registry (was %s)", e->key,
-                    e->ans->service ? e->ans->service : "a pod");
-        px_dest_answer_unref(e->ans);
-        e->ans = NULL;
-        e->stale = false;
-        e->err[0] = '\0';
-        e->backoff_ms = 0;
-        e->st = E_ABSENT;
-        e->until_ms = cm_mono_ms() + d->o.negative_ms;
+        absent(e);
         notify(e, PX_DISC_NOT_FOUND);
         return;
     }
@@ -287,61 +334,298 @@ static void on_answer(const struct px_httpc_resp *r, void *arg)
         failed(e, why);
         return;
     }
-    uint64_t now = cm_mono_ms();
-    if (e->st != E_FOUND || strcmp(e->ans->version, a->version) != 0) {
-        if (e->st == E_FOUND)
-            d->st.updates++;
-        px_dest_answer_unref(e->ans);
-        e->ans = a;
-        e->changed_ms = now;
-        cm_debug("discovery: %s: version %s, %zu endpoints", e->key, a->version, a->neps);
-    } else {
-        px_dest_answer_unref(a);
-    }
-    if (e->stale)
-        cm_info("discovery: %s: reachable again (version %s)", e->key, e->ans->version);
-    e->st = E_FOUND;
-    e->stale = false;
-    e->err[0] = '\0';
-    e->backoff_ms = 0;
-    e->confirmed_ms = now;
-    start_request(e, true);
+    hold(e, a, cm_mono_ms());
     notify(e, PX_DISC_FOUND);
 }
 
-/* Ask discovery about e: the first request, or a long-poll from e->ans. */
-static void start_request(struct entry *e, bool watch)
+/* Ask discovery about e (its first request). */
+static void start_request(struct entry *e)
 {
     struct px_disc *d = e->d;
     char target[MAX_KEY * 3 + 160];
-    if (watch)
-        snprintf(target, sizeof(target), "/v1/destination?%s&wait=%s&timeout_s=%" PRIu32, e->query,
-                 e->ans->version, d->o.watch_s);
-    else
-        snprintf(target, sizeof(target), "/v1/destination?%s", e->query);
+    snprintf(target, sizeof(target), "/v1/destination?%s", e->query);
     struct px_tls_conf *tls = d->o.tls_conf(d->o.tls_arg);
     if (tls == NULL && !d->o.plaintext) {
         failed(e, "no workload certificate yet (the discovery service takes mTLS only)");
         return;
     }
-    struct px_httpc_req rq = {.addr = &d->cfg->addr,
-                              .tls = tls,
-                              .tls_name = d->cfg->server_name,
-                              .method = "GET",
+    px_tls_conf_unref(tls);
+    struct px_httpc_req rq = {.method = "GET",
                               .target = target,
-                              .host = d->cfg->server_name,
-                              .timeout_ms = watch ? (d->o.watch_s + 10) * 1000 : FIRST_TIMEOUT,
+                              .timeout_ms = FIRST_TIMEOUT,
                               .max_head = 16384,
                               .max_body = PX_DEST_MAX_ANSWER};
     d->st.requests++;
-    e->req_watch = watch;
-    e->req = px_httpc_start(d->base, &rq, on_answer, e);
-    int err = errno;
-    px_tls_conf_unref(tls);
-    if (e->req == NULL) {
+    e->call = px_httpc_pool_send(d->lookups, &rq, on_answer, e);
+    if (e->call == NULL) {
         char why[160];
-        snprintf(why, sizeof(why), "cannot ask the discovery service: %s", strerror(err));
+        snprintf(why, sizeof(why), "cannot ask the discovery service: %s", strerror(errno));
         failed(e, why);
+    }
+}
+
+/* ---- discovery.address as a name --------------------------------------------- */
+
+static void on_resolved(int result, struct evutil_addrinfo *res, void *arg)
+{
+    struct px_disc *d = arg;
+    d->resolving = NULL;
+    if (result == EVUTIL_EAI_CANCEL)
+        return; /* px_disc_free */
+    if (result != 0 || res == NULL) {
+        char why[400];
+        snprintf(why, sizeof(why), "discovery.address: cannot resolve %s: %s", d->cfg->address_name,
+                 evutil_gai_strerror(result));
+        if (res != NULL)
+            evutil_freeaddrinfo(res);
+        d->dns_backoff_ms = d->dns_backoff_ms == 0 ? RETRY_MIN_MS : d->dns_backoff_ms * 2;
+        if (d->dns_backoff_ms > d->o.retry_max_ms)
+            d->dns_backoff_ms = d->o.retry_max_ms;
+        cm_warn("%s; again in %" PRIu32 " ms", why, d->dns_backoff_ms);
+        /* what waits for a connection cannot get one: fail it now (the held
+         * answers stay, stale, as for any failure) */
+        px_httpc_pool_fail_queued(d->lookups, why);
+        px_httpc_pool_fail_queued(d->watch_pool, why);
+        struct timeval tv = {d->dns_backoff_ms / 1000, (d->dns_backoff_ms % 1000) * 1000};
+        evtimer_add(d->dns_ev, &tv);
+        return;
+    }
+    /* a Service name has one ClusterIP; of several addresses the first */
+    cm_addr_from_sockaddr(&d->addr, res->ai_addr, (socklen_t)res->ai_addrlen);
+    evutil_freeaddrinfo(res);
+    char a[CM_ADDR_STRLEN];
+    if (!d->resolved)
+        cm_info("discovery: %s is %s", d->cfg->address_name,
+                cm_addr_format(&d->addr, a, sizeof(a)));
+    d->resolved = true;
+    d->dns_backoff_ms = 0;
+    px_httpc_pool_set_addr(d->lookups, &d->addr);
+    px_httpc_pool_set_addr(d->watch_pool, &d->addr);
+    px_httpc_pool_hold(d->lookups, false);
+    px_httpc_pool_hold(d->watch_pool, false);
+}
+
+static void on_dns_ev(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    struct px_disc *d = arg;
+    if (d->resolving != NULL)
+        return;
+    px_httpc_pool_hold(d->lookups, true);
+    px_httpc_pool_hold(d->watch_pool, true);
+    struct evutil_addrinfo hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = EVUTIL_AI_ADDRCONFIG;
+    struct evdns_getaddrinfo_request *r = evdns_getaddrinfo(
+        d->dns, d->cfg->address_name, d->cfg->address_port, &hints, on_resolved, d);
+    if (r != NULL)
+        d->resolving = r; /* else on_resolved already ran */
+}
+
+/* A connect to the resolved address failed: the Service may have moved. */
+static void on_unreachable(void *arg)
+{
+    struct px_disc *d = arg;
+    if (d->dns != NULL && d->resolving == NULL && !evtimer_pending(d->dns_ev, NULL)) {
+        struct timeval tv = {0, 0};
+        evtimer_add(d->dns_ev, &tv);
+    }
+}
+
+/* ---- the watch ------------------------------------------------------------------ */
+
+static void watch_send(struct px_disc *d);
+
+static void watch_schedule(struct px_disc *d, uint32_t ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(d->watch_ev, &tv);
+}
+
+/* The held set changed: send the watch again soon (changes close together
+ * make one). */
+static void watch_changed(struct px_disc *d)
+{
+    d->watch_dirty = true;
+    if (!d->watch_failing && !evtimer_pending(d->watch_ev, NULL))
+        watch_schedule(d, WATCH_DEBOUNCE_MS);
+}
+
+static void on_watch_ev(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    watch_send(arg);
+}
+
+static void watch_call_free(struct watch_call *w)
+{
+    cm_list_remove(&w->node);
+    w->d->nwatches--;
+    free(w);
+}
+
+/* The watch failed: every held answer is kept, stale, and it is retried. */
+static void watch_failed(struct px_disc *d, const char *why)
+{
+    d->st.failures++;
+    uint32_t max = d->o.retry_max_ms;
+    d->watch_backoff_ms = d->watch_backoff_ms == 0 ? RETRY_MIN_MS : d->watch_backoff_ms * 2;
+    if (d->watch_backoff_ms > max)
+        d->watch_backoff_ms = max;
+    unsigned n = 0;
+    struct cm_list *pos;
+    for (pos = d->lru.next; pos != &d->lru; pos = pos->next) {
+        struct entry *e = cm_container_of(pos, struct entry, lru);
+        if (e->st != E_FOUND)
+            continue;
+        snprintf(e->err, sizeof(e->err), "%s", why);
+        n += !e->stale;
+        e->stale = true;
+    }
+    if (!d->watch_failing || n > 0)
+        cm_warn("discovery: the watch failed: %s; keeping the held answers as stale, retrying in "
+                "%" PRIu32 " ms",
+                why, d->watch_backoff_ms);
+    d->watch_failing = true;
+    evtimer_del(d->watch_ev);
+    watch_schedule(d, d->watch_backoff_ms);
+}
+
+static struct entry *find_key(struct px_disc *d, const char *key)
+{
+    return find(d, key, hash_key(key));
+}
+
+static void on_watch(const struct px_httpc_resp *r, void *arg)
+{
+    struct watch_call *w = arg;
+    struct px_disc *d = w->d;
+    bool current = d->watches.prev == &w->node;
+    watch_call_free(w);
+    if (!current) { /* superseded (the server answered it 304) */
+        if (d->watch_dirty && !evtimer_pending(d->watch_ev, NULL) && !d->watch_failing)
+            watch_schedule(d, 0);
+        return;
+    }
+    char why[240];
+    if (r->status == 0) {
+        snprintf(why, sizeof(why), "discovery service %s unreachable: %s", d->cfg->server_name,
+                 r->err ? r->err : "?");
+        watch_failed(d, why);
+        return;
+    }
+    if (r->status != 200 && r->status != 304) {
+        const char *b = r->body->data ? r->body->data : "";
+        snprintf(why, sizeof(why), "discovery answered the watch %d %.120s", r->status, b);
+        watch_failed(d, why);
+        return;
+    }
+    struct px_disc_change *ch = NULL;
+    size_t n = 0;
+    if (r->status == 200) {
+        char *err = NULL;
+        if (px_disc_changes_decode(r->body->data ? r->body->data : "", r->body->len, &ch, &n,
+                                   &err) != 0) {
+            snprintf(why, sizeof(why), "a bad watch answer from discovery: %s", err);
+            free(err);
+            watch_failed(d, why);
+            return;
+        }
+    }
+    uint64_t now = cm_mono_ms();
+    if (d->watch_failing)
+        cm_info("discovery: the watch is answered again");
+    d->watch_failing = false;
+    d->watch_backoff_ms = 0;
+    struct cm_list *pos;
+    for (pos = d->lru.next; pos != &d->lru; pos = pos->next) {
+        struct entry *e = cm_container_of(pos, struct entry, lru);
+        if (e->st == E_FOUND) {
+            e->stale = false;
+            e->err[0] = '\0';
+            e->confirmed_ms = now;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct entry *e = find_key(d, ch[i].key);
+        if (e == NULL || e->st != E_FOUND)
+            continue; /* dropped meanwhile */
+        if (ch[i].status == 404) {
+            absent(e);
+        } else {
+            hold(e, ch[i].ans, now);
+            ch[i].ans = NULL;
+        }
+    }
+    px_disc_changes_free(ch, n);
+    watch_send(d);
+}
+
+/* Send the watch of every held answer (none held: no watch). */
+static void watch_send(struct px_disc *d)
+{
+    evtimer_del(d->watch_ev);
+    if (d->nwatches >= 2) { /* the superseded one is about to come back */
+        d->watch_dirty = true;
+        return;
+    }
+    struct cm_buf b;
+    cm_buf_init(&b, (size_t)d->o.max_entries * (MAX_KEY + 120) + 256);
+    int rc = cm_buf_printf(&b, "{\"session\": \"%s\", \"watch\": [", d->session);
+    size_t n = 0;
+    struct cm_list *pos;
+    for (pos = d->lru.next; pos != &d->lru && rc == 0; pos = pos->next) {
+        struct entry *e = cm_container_of(pos, struct entry, lru);
+        if (e->st != E_FOUND)
+            continue;
+        /* keys are [A-Za-z0-9.:[\]-] (make_key), versions unreserved (px_dest_decode) */
+        rc = cm_buf_printf(&b, "%s{\"%s\": \"%s\", \"version\": \"%s\"}", n ? ", " : "",
+                           e->by_host ? "host" : "addr", e->key, e->ans->version);
+        n++;
+    }
+    rc |= cm_buf_adds(&b, "]}");
+    d->watch_dirty = false;
+    if (n == 0 || rc != 0) {
+        cm_buf_free(&b);
+        if (rc != 0)
+            cm_error("discovery: the watch body is over its bound: not sent");
+        /* nothing to watch: the held watch (if any) is let go */
+        struct cm_list *p2, *tmp;
+        cm_list_foreach_safe(p2, tmp, &d->watches)
+        {
+            struct watch_call *w = cm_container_of(p2, struct watch_call, node);
+            px_httpc_call_cancel(w->call);
+            watch_call_free(w);
+        }
+        return;
+    }
+    char target[64];
+    snprintf(target, sizeof(target), "/v1/watch?timeout_s=%" PRIu32, d->o.watch_s);
+    struct px_httpc_hdr ct = {"Content-Type", "application/json"};
+    struct px_httpc_req rq = {.method = "POST",
+                              .target = target,
+                              .hdrs = &ct,
+                              .nhdrs = 1,
+                              .body = b.data,
+                              .body_len = b.len,
+                              .timeout_ms = (d->o.watch_s + 10) * 1000,
+                              .max_head = 16384,
+                              .max_body = PX_DISC_MAX_CHANGES_BODY};
+    struct watch_call *w = cm_xcalloc(1, sizeof(*w));
+    w->d = d;
+    cm_list_insert_tail(&d->watches, &w->node);
+    d->nwatches++;
+    d->st.requests++;
+    w->call = px_httpc_pool_send(d->watch_pool, &rq, on_watch, w);
+    int err = errno;
+    cm_buf_free(&b);
+    if (w->call == NULL) {
+        watch_call_free(w);
+        char why[160];
+        snprintf(why, sizeof(why), "cannot send the watch: %s", strerror(err));
+        watch_failed(d, why);
     }
 }
 
@@ -399,6 +683,48 @@ struct px_disc *px_disc_new(struct event_base *base, const struct px_disc_cfg *c
     if (d->o.watch_s == 0)
         d->o.watch_s = PX_DISC_WATCH_S;
     cm_list_init(&d->lru);
+    struct px_httpc_pool_cfg pc = {.addr = &cfg->addr,
+                                   .tls_conf = d->o.tls_conf,
+                                   .tls_arg = d->o.tls_arg,
+                                   .plaintext = d->o.plaintext,
+                                   .no_tls_err = "no workload certificate yet (the discovery "
+                                                 "service takes mTLS only)",
+                                   .tls_name = cfg->server_name,
+                                   .host = cfg->server_name,
+                                   .max_conns = LOOKUP_CONNS,
+                                   .max_queue = d->o.max_entries,
+                                   .idle_ms = LOOKUP_IDLE_MS,
+                                   .on_unreachable = on_unreachable,
+                                   .unreachable_arg = d};
+    d->lookups = px_httpc_pool_new(base, &pc);
+    pc.max_conns = 2; /* the held watch, and its successor that supersedes it */
+    pc.max_queue = 2;
+    d->watch_pool = px_httpc_pool_new(base, &pc);
+    cm_list_init(&d->watches);
+    d->watch_ev = evtimer_new(base, on_watch_ev, d);
+    if (d->watch_ev == NULL)
+        abort();
+    uint8_t rnd[16];
+    if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
+        for (size_t i = 0; i < sizeof(rnd); i++) /* no entropy: unique enough per process */
+            rnd[i] = (uint8_t)((cm_mono_us() >> (i % 8)) ^ (uint64_t)getpid() ^ (uintptr_t)d);
+    for (size_t i = 0; i < sizeof(rnd); i++)
+        snprintf(d->session + 2 * i, 3, "%02x", rnd[i]);
+    d->dns_ev = evtimer_new(base, on_dns_ev, d);
+    if (d->dns_ev == NULL)
+        abort();
+    if (cfg->address_name != NULL) {
+        /* resolved from the loop before any connection; the hosts file counts */
+        d->dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+        if (d->dns == NULL) /* no resolv.conf: the hosts file only, then retries */
+            d->dns = evdns_base_new(base, 0);
+        if (d->dns == NULL)
+            abort();
+        px_httpc_pool_hold(d->lookups, true);
+        px_httpc_pool_hold(d->watch_pool, true);
+        struct timeval tv = {0, 0};
+        evtimer_add(d->dns_ev, &tv);
+    }
     d->sweep_ev = event_new(base, -1, EV_PERSIST, on_sweep, d);
     if (d->sweep_ev == NULL)
         abort();
@@ -416,6 +742,16 @@ void px_disc_free(struct px_disc *d)
         return;
     while (!cm_list_empty(&d->lru))
         entry_free(cm_container_of(d->lru.next, struct entry, lru));
+    if (d->resolving != NULL)
+        evdns_getaddrinfo_cancel(d->resolving); /* on_resolved: EVUTIL_EAI_CANCEL */
+    if (d->dns != NULL)
+        evdns_base_free(d->dns, 0);
+    event_free(d->dns_ev);
+    px_httpc_pool_free(d->lookups);
+    px_httpc_pool_free(d->watch_pool); /* drops the calls without their callbacks */
+    while (!cm_list_empty(&d->watches))
+        watch_call_free(cm_container_of(d->watches.next, struct watch_call, node));
+    event_free(d->watch_ev);
     event_free(d->sweep_ev);
     free(d);
 }
@@ -495,7 +831,7 @@ enum px_disc_result px_disc_lookup(struct px_disc *d, const struct cm_addr *dst,
             }
             d->st.lookups_miss++;
             e->st = E_FETCHING;
-            start_request(e, false);
+            start_request(e);
             if (e->st != E_FETCHING) { /* failed at once */
                 d->st.unavailable++;
                 return PX_DISC_UNAVAILABLE;
@@ -517,19 +853,17 @@ enum px_disc_result px_disc_lookup(struct px_disc *d, const struct cm_addr *dst,
         e->d = d;
         e->key = cm_xstrdup(key);
         e->query = cm_xstrdup(query);
+        e->by_host = dst == NULL;
         e->hash = h;
         e->used_ms = now;
         cm_list_init(&e->waiters);
-        e->retry_ev = evtimer_new(d->base, on_retry, e);
-        if (e->retry_ev == NULL)
-            abort();
         e->hnext = d->buckets[h % NBUCKETS];
         d->buckets[h % NBUCKETS] = e;
         cm_list_insert_tail(&d->lru, &e->lru);
         d->nentries++;
         d->st.lookups_miss++;
         e->st = E_FETCHING;
-        start_request(e, false);
+        start_request(e);
         if (e->st != E_FETCHING) {
             d->st.unavailable++;
             return PX_DISC_UNAVAILABLE;
@@ -595,11 +929,20 @@ json_t *px_disc_json(struct px_disc *d)
             json_object_set_new(o, "last_error", json_string(e->err));
         json_array_append_new(arr, o);
     }
-    char a[CM_ADDR_STRLEN];
-    return json_pack("{s:s, s:s, s:I, s:o}", "discovery",
-                     cm_addr_format(&d->cfg->addr, a, sizeof(a)), "outbound_policy",
-                     d->cfg->policy == PX_OUTBOUND_REGISTRY_ONLY ? "registry_only" : "allow_any",
-                     "entries", (json_int_t)d->nentries, "destinations", arr);
+    char a[CM_ADDR_STRLEN], name[320];
+    if (d->cfg->address_name != NULL)
+        snprintf(name, sizeof(name), "%s:%s", d->cfg->address_name, d->cfg->address_port);
+    else
+        cm_addr_format(&d->cfg->addr, name, sizeof(name));
+    json_t *j =
+        json_pack("{s:s, s:s, s:I, s:o}", "discovery", name, "outbound_policy",
+                  d->cfg->policy == PX_OUTBOUND_REGISTRY_ONLY ? "registry_only" : "allow_any",
+                  "entries", (json_int_t)d->nentries, "destinations", arr);
+    if (d->cfg->address_name != NULL)
+        json_object_set_new(j, "resolved",
+                            d->resolved ? json_string(cm_addr_format(&d->addr, a, sizeof(a)))
+                                        : json_null());
+    return j;
 }
 
 /* The name part of an egress host ("name", "name:port" or "name."): false
@@ -722,6 +1065,10 @@ void px_disc_get_stats(struct px_disc *d, struct px_disc_stats *s)
 {
     *s = d->st;
     s->entries = d->nentries;
+    struct px_httpc_pool_stats ps;
+    px_httpc_pool_get_stats(d->lookups, &ps);
+    s->lookup_connects = ps.connects;
+    s->lookup_reused = ps.reused;
     s->stale = 0;
     struct cm_list *pos;
     for (pos = d->lru.next; pos != &d->lru; pos = pos->next)
@@ -749,6 +1096,12 @@ void px_disc_write_prometheus(struct px_disc *d, struct evbuffer *dst)
                      "Requests to the discovery service (first lookups and long-polls), and "
                      "those that failed.",
                      "outcome", req, 2);
+    const struct cm_prom_sample con[] = {{"opened", s.lookup_connects},
+                                         {"reused", s.lookup_reused}};
+    cm_prom_by_label(&p, "remora_discovery_lookup_connections_total", "counter",
+                     "First lookups: connections opened to the discovery service, and requests "
+                     "sent on one kept alive.",
+                     "event", con, 2);
     cm_prom_u64(&p, "remora_discovery_updates_total", "counter",
                 "Held answers replaced by a newer version.", s.updates);
     const struct cm_prom_sample eg[] = {{"passthrough", s.egress_passthrough},
@@ -770,4 +1123,106 @@ void px_disc_write_prometheus(struct px_disc *d, struct evbuffer *dst)
     else
         cm_error("discovery metrics: over 8192 bytes: left out of /metrics");
     free(text);
+}
+
+/* ---- the watch's answer ----------------------------------------------------------- */
+
+static int changes_fail(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int changes_fail(char **errmsg, const char *fmt, ...)
+{
+    char m[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(m, sizeof(m), fmt, ap);
+    va_end(ap);
+    for (char *p = m; *p; p++) /* jansson quotes the input: no control bytes into the logs */
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p == 0x7f)
+            *p = '?';
+    *errmsg = cm_xstrdup(m);
+    return CM_ERR_INVAL;
+}
+
+static int change_decode(json_t *it, size_t i, struct px_disc_change *c, char **errmsg)
+{
+    if (!json_is_object(it))
+        return changes_fail(errmsg, "changed[%zu]: want an object", i);
+    json_t *addr = json_object_get(it, "addr"), *host = json_object_get(it, "host");
+    if ((addr == NULL) == (host == NULL))
+        return changes_fail(errmsg, "changed[%zu]: want exactly one of addr and host", i);
+    json_t *nm = addr ? addr : host;
+    const char *field = addr ? "addr" : "host";
+    if (!json_is_string(nm) || json_string_length(nm) == 0 ||
+        json_string_length(nm) >= sizeof(c->key) ||
+        json_string_length(nm) != strlen(json_string_value(nm)))
+        return changes_fail(errmsg, "changed[%zu].%s: want a string of 1..%zu bytes", i, field,
+                            sizeof(c->key) - 1);
+    c->by_host = host != NULL;
+    snprintf(c->key, sizeof(c->key), "%s", json_string_value(nm));
+    json_t *st = json_object_get(it, "status");
+    if (!json_is_integer(st) || (json_integer_value(st) != 200 && json_integer_value(st) != 404))
+        return changes_fail(errmsg, "changed[%zu].status: want 200 or 404", i);
+    c->status = (int)json_integer_value(st);
+    if (c->status == 404)
+        return 0;
+    json_t *ans = json_object_get(it, "answer");
+    if (!json_is_object(ans))
+        return changes_fail(errmsg,
+                            "changed[%zu].answer: want the destination's answer (an "
+                            "object) with status 200",
+                            i);
+    char *text = json_dumps(ans, JSON_COMPACT);
+    if (text == NULL)
+        return changes_fail(errmsg, "changed[%zu].answer: cannot be re-encoded", i);
+    char *err = NULL;
+    int rc = px_dest_decode(text, strlen(text), &c->ans, &err);
+    free(text);
+    if (rc != 0) {
+        rc = changes_fail(errmsg, "changed[%zu].answer: %s", i, err);
+        free(err);
+    }
+    return rc;
+}
+
+int px_disc_changes_decode(const char *buf, size_t len, struct px_disc_change **out, size_t *n,
+                           char **errmsg)
+{
+    *out = NULL;
+    *n = 0;
+    *errmsg = NULL;
+    if (len > PX_DISC_MAX_CHANGES_BODY)
+        return changes_fail(errmsg, "over %u bytes", PX_DISC_MAX_CHANGES_BODY);
+    json_error_t je;
+    json_t *root = json_loadb(buf, len, 0, &je);
+    if (root == NULL)
+        return changes_fail(errmsg, "not JSON: %s (line %d)", je.text, je.line);
+    int rc;
+    json_t *arr = json_object_get(root, "changed");
+    size_t k = json_is_array(arr) ? json_array_size(arr) : 0;
+    if (!json_is_object(root) || !json_is_array(arr)) {
+        rc = changes_fail(errmsg, "changed: want an array");
+    } else if (k == 0 || k > PX_DISC_MAX_ENTRIES) {
+        rc = changes_fail(errmsg, "changed: want 1..%d entries, got %zu", PX_DISC_MAX_ENTRIES, k);
+    } else {
+        struct px_disc_change *c = cm_xcalloc(k, sizeof(*c));
+        rc = 0;
+        for (size_t i = 0; i < k && rc == 0; i++)
+            rc = change_decode(json_array_get(arr, i), i, &c[i], errmsg);
+        if (rc != 0) {
+            px_disc_changes_free(c, k);
+        } else {
+            *out = c;
+            *n = k;
+        }
+    }
+    json_decref(root);
+    return rc;
+}
+
+void px_disc_changes_free(struct px_disc_change *c, size_t n)
+{
+    if (c == NULL)
+        return;
+    for (size_t i = 0; i < n; i++)
+        px_dest_answer_unref(c[i].ans);
+    free(c);
 }

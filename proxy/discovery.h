@@ -56,7 +56,11 @@ struct px_egress_rule {
 
 struct px_disc_cfg {
     bool enabled;               /* a "discovery" block is present */
-    struct cm_addr addr;        /* discovery.address (numeric) */
+    struct cm_addr addr;        /* discovery.address when numeric */
+    char *address_name;         /* discovery.address when "name:port": the name, resolved
+                                 * without blocking (evdns) before the first connection and
+                                 * again after a connect fails; else NULL */
+    char address_port[6];       /* its port */
     char *server_name;          /* discovery.server_name: the DNS name its certificate carries */
     uint32_t lookup_timeout_ms; /* discovery.lookup_timeout_ms: a first lookup waits at most this */
     enum px_outbound_policy policy;
@@ -123,6 +127,27 @@ struct px_dest_answer *px_dest_answer_ref(struct px_dest_answer *a);
 void px_dest_answer_unref(struct px_dest_answer *a);
 /* The answer as JSON (for /destinations): a new reference. */
 json_t *px_dest_answer_json(const struct px_dest_answer *a);
+
+/* ---- the watch's answer (proxy/discovery.c) --------------------------------------- */
+
+#define PX_DISC_MAX_CHANGES_BODY (4u << 20) /* bytes of a POST /v1/watch answer */
+
+/* One entry of the "changed" list of a POST /v1/watch 200. */
+struct px_disc_change {
+    bool by_host;
+    char key[304];              /* the destination as the proxy listed it */
+    int status;                 /* 200 (ans set) or 404 */
+    struct px_dest_answer *ans; /* one reference, or NULL */
+};
+/* Decode {"changed": [{"addr"|"host": ..., "status": 200, "answer": {...}} |
+ * {..., "status": 404}, ...]} (at most PX_DISC_MAX_ENTRIES entries, each
+ * answer as px_dest_decode). Returns 0 with *out (free with
+ * px_disc_changes_free) and *n >= 1, or CM_ERR_INVAL with *errmsg naming the
+ * field ("changed[2].answer.endpoints[0].address: ..."). Fuzzed by
+ * test/fuzz/fuzz_watch_changes.c. */
+int px_disc_changes_decode(const char *buf, size_t len, struct px_disc_change **out, size_t *n,
+                           char **errmsg);
+void px_disc_changes_free(struct px_disc_change *c, size_t n);
 
 /* ---- the cache (proxy/discovery.c) ----------------------------------------------- */
 
@@ -238,6 +263,8 @@ struct px_disc_stats {
     uint64_t requests, failures, updates;
     uint64_t found, not_found, unavailable; /* results given */
     uint64_t evicted, expired;
+    uint64_t lookup_connects, lookup_reused; /* first lookups: connections opened, requests
+                                              * sent on an open one */
     uint64_t egress_passthrough, egress_allowed, egress_refused; /* remora_egress_total */
     uint64_t egress_refused_dns; /* of the refused: not an address of the name (resolve.h) */
     uint32_t entries, stale;

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -160,11 +161,27 @@ static int parse_discovery(const struct cm_jpath *p, json_t *o, struct px_disc_c
         cm_json_get_int(p, o, "lookup_timeout_ms", false, 1, 60000, &to, errmsg) != 0)
         return CM_ERR_INVAL;
     struct cm_jpath k;
-    if (cm_addr_parse(addr, &c->addr) != 0 || cm_addr_is_any(&c->addr)) {
+    if (cm_addr_parse(addr, &c->addr) != 0) {
+        /* a DNS name (the Service's): "remora-injector.remora-system.svc:15011" */
+        const char *colon = strrchr(addr, ':');
+        char host[MAX_NAME + 2];
+        uint16_t port = 0;
+        size_t hl = colon ? (size_t)(colon - addr) : 0;
+        if (colon == NULL || hl == 0 || hl > MAX_NAME || cm_port_parse(colon + 1, &port) != 0 ||
+            port == 0 || !name_norm(addr, hl, host) || addr[0] == '[') {
+            cm_jpath_key(&k, p, "address");
+            return cm_json_fail(&k, errmsg,
+                                "\"%s\" is not an address (want \"ip:port\", \"[ipv6]:port\" "
+                                "or \"name:port\", port 1..65535)",
+                                addr);
+        }
+        memset(&c->addr, 0, sizeof(c->addr));
+        free(c->address_name);
+        c->address_name = cm_xstrdup(host);
+        snprintf(c->address_port, sizeof(c->address_port), "%u", port);
+    } else if (cm_addr_is_any(&c->addr)) {
         cm_jpath_key(&k, p, "address");
-        return cm_json_fail(&k, errmsg,
-                            "\"%s\" is not a numeric address (want \"ip:port\" or "
-                            "\"[ipv6]:port\"; names are not resolved)",
+        return cm_json_fail(&k, errmsg, "\"%s\": an unspecified address cannot be connected to",
                             addr);
     }
     char norm[MAX_NAME + 1];
@@ -239,6 +256,7 @@ void px_disc_cfg_deinit(struct px_disc_cfg *c)
         free(c->egress[i].name);
     free(c->egress);
     free(c->server_name);
+    free(c->address_name);
     memset(c, 0, sizeof(*c));
 }
 

@@ -8,6 +8,8 @@
 #include <stdarg.h>
 #include <event2/buffer.h>
 #include <llhttp.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +17,7 @@
 #include "common/clock.h"
 #include "common/xalloc.h"
 #include "proxy/http.h"
+#include "proxy/httpc_int.h"
 #include "proxy/io.h"
 
 #define HTTPC_TIMEOUT_MS   10000
@@ -398,29 +401,31 @@ static bool valid_field(const char *name, const char *value)
            px_http_valid_value(value, strlen(value));
 }
 
-/* The request's bytes into c->req; false when a part is not valid HTTP. */
-static bool build_request(struct px_httpc *c, const struct px_httpc_req *rq)
+/* The request's bytes into *out (initialised here); false when a part is
+ * not valid HTTP. keep_alive: no "Connection: close" (httpc_pool.c). */
+bool px_httpc_build(struct cm_buf *out, const struct px_httpc_req *rq, bool keep_alive)
 {
+    cm_buf_init(out, 0);
     if (rq->method == NULL || !px_http_valid_name(rq->method, strlen(rq->method)) ||
         !valid_target(rq->target) ||
         (rq->host != NULL && !px_http_valid_value(rq->host, strlen(rq->host))))
         return false;
     if (rq->body != NULL && rq->body_len > SIZE_MAX - HTTPC_MAX_REQ_HEAD)
         return false;
-    cm_buf_init(&c->req, HTTPC_MAX_REQ_HEAD + (rq->body ? rq->body_len : 0));
-    int r = cm_buf_printf(&c->req, "%s %s HTTP/1.1\r\n", rq->method, rq->target);
+    cm_buf_init(out, HTTPC_MAX_REQ_HEAD + (rq->body ? rq->body_len : 0));
+    int r = cm_buf_printf(out, "%s %s HTTP/1.1\r\n", rq->method, rq->target);
     if (rq->host != NULL)
-        r |= cm_buf_printf(&c->req, "Host: %s\r\n", rq->host);
+        r |= cm_buf_printf(out, "Host: %s\r\n", rq->host);
     for (size_t i = 0; i < rq->nhdrs; i++) {
         if (!valid_field(rq->hdrs[i].name, rq->hdrs[i].value))
             return false;
-        r |= cm_buf_printf(&c->req, "%s: %s\r\n", rq->hdrs[i].name, rq->hdrs[i].value);
+        r |= cm_buf_printf(out, "%s: %s\r\n", rq->hdrs[i].name, rq->hdrs[i].value);
     }
     if (rq->body != NULL)
-        r |= cm_buf_printf(&c->req, "Content-Length: %zu\r\n", rq->body_len);
-    r |= cm_buf_adds(&c->req, "Connection: close\r\n\r\n");
+        r |= cm_buf_printf(out, "Content-Length: %zu\r\n", rq->body_len);
+    r |= cm_buf_adds(out, keep_alive ? "\r\n" : "Connection: close\r\n\r\n");
     if (rq->body != NULL)
-        r |= cm_buf_add(&c->req, rq->body, rq->body_len);
+        r |= cm_buf_add(out, rq->body, rq->body_len);
     return r == 0;
 }
 
@@ -432,7 +437,7 @@ struct px_httpc *px_httpc_start(struct event_base *base, const struct px_httpc_r
         return NULL;
     }
     struct px_httpc *c = cm_xcalloc(1, sizeof(*c));
-    if (!build_request(c, rq)) {
+    if (!px_httpc_build(&c->req, rq, false)) {
         wipe_request(c);
         free(c);
         errno = EINVAL;
@@ -447,6 +452,7 @@ struct px_httpc *px_httpc_start(struct event_base *base, const struct px_httpc_r
         errno = e;
         return NULL;
     }
+    px_httpc_nodelay(c->io);
     if (rq->tls != NULL && px_io_start_tls(c->io, rq->tls, rq->tls_name) != 0) {
         px_io_free(c->io);
         wipe_request(c);
@@ -474,6 +480,36 @@ void px_httpc_cancel(struct px_httpc *c)
     if (c == NULL || c->state == HC_DONE)
         return;
     on_reap(-1, 0, c);
+}
+
+void px_httpc_nodelay(struct px_io *io)
+{
+    /* a small request after the TLS handshake's last flight would otherwise
+     * wait for the ACK of that flight (Nagle), which the server delays */
+    int one = 1;
+    setsockopt(px_io_fd(io), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+bool px_httpc_answer_keep_alive(struct px_httpc_answer *a)
+{
+    return a->result == PX_HTTPC_DONE && llhttp_should_keep_alive(&a->parser) != 0;
+}
+
+const char *px_httpc_answer_end(struct px_httpc_answer *a)
+{
+    if (a->result != PX_HTTPC_DONE || llhttp_get_errno(&a->parser) != HPE_PAUSED)
+        return NULL;
+    return llhttp_get_error_pos(&a->parser);
+}
+
+bool px_httpc_answer_got_bytes(const struct px_httpc_answer *a)
+{
+    return a->got_bytes;
+}
+
+const char *px_httpc_answer_error(const struct px_httpc_answer *a)
+{
+    return a->err;
 }
 
 const char *px_httpc_header(const struct px_httpc_resp *r, const char *name)

@@ -93,4 +93,71 @@ void px_httpc_answer_free(struct px_httpc_answer *a);
 /* The first response field of this (lower-case) name, or NULL. */
 const char *px_httpc_header(const struct px_httpc_resp *r, const char *name);
 
+/* ---- keep-alive connections to one server (proxy/httpc_pool.c) ------------------ */
+
+/* px_httpc_pool: up to max_conns HTTP/1.1 connections to one server, kept
+ * open between requests (no "Connection: close"; TCP_NODELAY), one request at
+ * a time on each (no pipelining), more requests queued FIFO up to max_queue.
+ * A request costs a connect and a TLS handshake only when no connection is
+ * idle and fewer than max_conns are open. A connection the server closes
+ * while idle, or that closes before any byte of the answer to a request sent
+ * on it after an earlier one, has that request sent again once on a new
+ * connection (the pool's users send idempotent requests only). A connect or
+ * handshake that fails fails the queued requests too (the server is down:
+ * each would pay the same wait). */
+struct px_httpc_pool_cfg {
+    const struct cm_addr *addr; /* copied; px_httpc_pool_set_addr changes it */
+    /* The client TLS configuration for a new connection (a new reference), or
+     * NULL: then requests fail with no_tls_err unless plaintext. */
+    struct px_tls_conf *(*tls_conf)(void *arg);
+    void *tls_arg;
+    bool plaintext;         /* tls_conf NULL or returning NULL means plain HTTP (tests) */
+    const char *no_tls_err; /* copied */
+    const char *tls_name;   /* copied: px_io_start_tls's expected_id */
+    const char *host;       /* copied: the Host field */
+    unsigned max_conns;     /* 1..16 */
+    size_t max_queue;       /* requests waiting for a connection */
+    uint32_t idle_ms;       /* an idle connection is closed after this (0: 60 s) */
+    /* Called (from the loop) when a TCP connect to addr failed: the owner may
+     * re-resolve the name addr came from. NULL: nothing. */
+    void (*on_unreachable)(void *arg);
+    void *unreachable_arg;
+};
+struct px_httpc_pool;
+struct px_httpc_call;
+
+struct px_httpc_pool *px_httpc_pool_new(struct event_base *base,
+                                        const struct px_httpc_pool_cfg *cfg);
+/* Close every connection; requests not answered yet are dropped without their
+ * callbacks. Not from inside a callback of the pool. NULL is fine. */
+void px_httpc_pool_free(struct px_httpc_pool *p);
+/* New connections go to addr (open ones stay). */
+void px_httpc_pool_set_addr(struct px_httpc_pool *p, const struct cm_addr *addr);
+/* While held, no connection is opened (calls wait in the queue; open idle
+ * ones still serve them): the address is being resolved. */
+void px_httpc_pool_hold(struct px_httpc_pool *p, bool held);
+/* Fail every queued call with err (their callbacks run now: call it from the
+ * loop, not from a callback of one of them). */
+void px_httpc_pool_fail_queued(struct px_httpc_pool *p, const char *err);
+/* Send a request: of rq the method, target, hdrs, body, timeout_ms (from now,
+ * queueing included), max_head, max_body are used (addr, tls, tls_name and
+ * host are the pool's). Returns the call, whose cb runs exactly once from the
+ * event loop unless px_httpc_call_cancel comes first; or NULL with errno
+ * EINVAL (not valid HTTP) or EAGAIN (max_queue requests wait already). */
+struct px_httpc_call *px_httpc_pool_send(struct px_httpc_pool *p, const struct px_httpc_req *rq,
+                                         px_httpc_cb cb, void *arg);
+/* Drop a call whose cb has not run (a call on the wire closes its connection:
+ * its answer cannot be told from the next one's). NULL is fine. */
+void px_httpc_call_cancel(struct px_httpc_call *c);
+
+struct px_httpc_pool_stats {
+    uint64_t connects; /* connections opened */
+    uint64_t requests; /* requests sent on the wire */
+    uint64_t reused;   /* of those, on a connection that had answered before */
+    uint64_t resent;   /* sent again after a reused connection closed under them */
+    unsigned open;     /* connections now */
+    size_t queued;     /* requests waiting for a connection now */
+};
+void px_httpc_pool_get_stats(const struct px_httpc_pool *p, struct px_httpc_pool_stats *s);
+
 #endif

@@ -46,8 +46,8 @@ config_fails egress_bad_cidr '"egress_allow": ["10.0.0.0/40:443"]' \
 config_fails policy '"outbound_policy": "deny_all"' 'outbound_policy'
 config_fails no_identity '"discovery": {"address": "127.0.0.1:15011"}' \
     'discovery: needs an "identity" block'
-config_fails name_address "\"discovery\": {\"address\": \"remora-injector.remora-system.svc:15011\"}, $IDENTITY" \
-    'discovery.address: "remora-injector.remora-system.svc:15011" is not a numeric address'
+config_fails bad_address "\"discovery\": {\"address\": \"remora injector:15011\"}, $IDENTITY" \
+    'discovery.address: "remora injector:15011" is not an address'
 config_fails typo "\"discovery\": {\"address\": \"127.0.0.1:1\", \"lookup_timeout\": 5}, $IDENTITY" \
     'discovery.lookup_timeout: unknown key'
 

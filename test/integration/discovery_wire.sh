@@ -16,6 +16,15 @@
 #  - the unmeshed pod still answered under registry_only (it is in the registry);
 #  - the injector stopped: the held answer keeps working (stale), and
 #    /destinations and the series say so.
+# The wire (docs/discovery.md "Proxy side", the transport), with discovery.address a name
+# (localhost:PORT, resolved through the hosts file without blocking): 20 destinations looked up one
+# after another go over one kept-alive lookup connection; the injector holds ONE
+# POST /v1/watch listing them (its remora_discovery_watched_destinations/_subscribers, and
+# `ss`: at most 3 connections from the proxy); an update arrives through it; a destination
+# added while it is held is watched and updated; hostile watch bodies (malformed, 10,000
+# entries, 2 MB, an unknown field, a bad address, no client certificate) get 400/401 naming
+# what is wrong and leave the held watch alone, and the injector is sanitizer-clean; the
+# injector restarted: every answer stale, then current again through a new watch.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 FAKE=(python3 "$REMORA_ROOT/test/tools/fake_apiserver.py")
 
@@ -223,4 +232,129 @@ expect_match "remora_egress_total allowed" "$(curl -s "http://127.0.0.1:$ADMIN_P
     'remora_egress_total\{decision="allowed"\} 1'
 stop_pid "$PROXY_PID"
 expect_sanitizers_clean "egress_allow proxy: sanitizers clean" "$TMP/listed.log"
+# ---- the wire (keep-alive lookups, one watch for every destination, POST /v1/watch) -------
+# 20 unmeshed pods at 127.0.2.1..20 and a proxy with a listener toward each (connect and
+# close: the lookup is asked at accept; the app behind is not needed)
+for i in $(seq 1 21); do
+    ctl objects/pods -X PUT --data-binary "{\"metadata\": {\"name\": \"w-$i\", \"namespace\": \"shop\",
+        \"labels\": {\"app\": \"w\"}}, \"spec\": {\"serviceAccountName\": \"w\", \"nodeName\": \"n1\"},
+        \"status\": {\"phase\": \"Running\", \"podIP\": \"127.0.2.$i\", \"podIPs\": [{\"ip\": \"127.0.2.$i\"}],
+                   \"conditions\": [{\"type\": \"Ready\", \"status\": \"True\"}]}}" >/dev/null
+done
+ADMIN_PORT=$(free_port)
+WP=()
+ls=()
+for i in $(seq 1 21); do
+    WP+=("$(free_port)")
+    ls+=("{\"name\": \"w$i\", \"address\": \"127.0.0.1:${WP[$((i - 1))]}\", \"direction\": \"outbound\",
+           \"tls\": \"mesh\", \"upstream\": \"127.0.2.$i:$APP1\"}")
+done
+(IFS=,; cat >"$TMP/many.json" <<JSON
+{"admin": {"address": "127.0.0.1:$ADMIN_PORT"}, "listeners": [${ls[*]}],
+ "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "client",
+              "cert_file": "$D/w.pem", "key_file": "$D/w-key.pem", "bundle_file": "$D/root.pem"},
+ "discovery": {"address": "localhost:$DP", "lookup_timeout_ms": 3000}}
+JSON
+)
+start_proxy many "$TMP/many.json" || finish
+A=http://127.0.0.1:$ADMIN_PORT
+# shellcheck disable=SC2317 # called through wait_until
+n_state() { curl -s "$A/destinations" | jq --arg s "$1" '[.destinations[] | select(.state == $s)] | length'; }
+# shellcheck disable=SC2317
+states_are() { [[ $(n_state "$1") == "$2" ]]; }
+pmetric() { curl -s "$A/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+imetric() { curl -s --cacert "$D/wh.pem" --resolve "$SVC:$WH:127.0.0.1" "https://$SVC:$WH/metrics" |
+    awk -v m="$1" '$1 == m {print $2}'; }
+# shellcheck disable=SC2317
+imetric_is() { [[ $(imetric "$1") == "$2" ]]; }
+for i in $(seq 1 20); do
+    accepts "${WP[$((i - 1))]}"
+    wait_until 15 states_are current "$i" || break
+done
+expect_eq "20 destinations looked up one after another: all current" "$(n_state current)" 20
+expect_eq "discovery.address as a name (localhost, the hosts file): resolved without blocking" \
+    "$(curl -s "$A/destinations" | jq -r '.discovery + " " + .resolved')" "localhost:$DP 127.0.0.1:$DP"
+expect_eq "... over one kept-alive lookup connection (opened 1, reused 19)" \
+    "$(pmetric 'remora_discovery_lookup_connections_total{event="opened"}') $(pmetric 'remora_discovery_lookup_connections_total{event="reused"}')" "1 19"
+check "the injector holds one watch listing the 20 (remora_discovery_watched_destinations)" \
+    wait_until 15 imetric_is remora_discovery_watched_destinations 20
+expect_eq "... one held request (remora_discovery_subscribers)" "$(imetric remora_discovery_subscribers)" 1
+nconn=$(ss -tnpH state established "( dport = :$DP )" | grep -c "pid=$PROXY_PID,")
+check "the proxy has at most 3 connections to the discovery port (1 lookup + the watch's 2): $nconn" \
+    test "$nconn" -le 3
+# an update reaches the proxy through the batch watch: w-5 becomes meshed
+ctl objects/pods -X PUT --data-binary '{"metadata": {"name": "w-5", "namespace": "shop",
+    "labels": {"app": "w"}, "annotations": {"remora.io/status": "{}"}},
+    "spec": {"serviceAccountName": "w", "nodeName": "n1"},
+    "status": {"phase": "Running", "podIP": "127.0.2.5", "podIPs": [{"ip": "127.0.2.5"}],
+               "conditions": [{"type": "Ready", "status": "True"}]}}' >/dev/null
+# shellcheck disable=SC2317
+meshed_now() { curl -s "$A/destinations" | jq -e --arg d "127.0.2.$1:$APP1" \
+    '.destinations[] | select(.destination == $d) | .answer.endpoints[0].meshed == true' >/dev/null; }
+check "an update reaches the proxy through the watch (127.0.2.5 now meshed)" wait_until 15 meshed_now 5
+# a destination added while the watch is held is watched
+accepts "${WP[20]}"
+check "a destination added while the watch is held: current" wait_until 15 states_are current 21
+check "... and watched (21 listed)" wait_until 15 imetric_is remora_discovery_watched_destinations 21
+ctl objects/pods -X PUT --data-binary '{"metadata": {"name": "w-21", "namespace": "shop",
+    "labels": {"app": "w"}, "annotations": {"remora.io/status": "{}"}},
+    "spec": {"serviceAccountName": "w", "nodeName": "n1"},
+    "status": {"phase": "Running", "podIP": "127.0.2.21", "podIPs": [{"ip": "127.0.2.21"}],
+               "conditions": [{"type": "Ready", "status": "True"}]}}' >/dev/null
+check "... its update arrives too" wait_until 15 meshed_now 21
+expect_eq "remora_discovery_updates_total 2" "$(pmetric remora_discovery_updates_total)" 2
+
+# hostile watch bodies at the injector: 400 naming what is wrong, nothing held
+watch_post() { # BODY-FILE: "CODE BODY"
+    curl -s -m 20 --cacert "$D/root.pem" --cert "$D/w.pem" --key "$D/w-key.pem" \
+        --resolve "$SVC:$DP:127.0.0.1" -w ' %{http_code}' -H 'Content-Type: application/json' \
+        --data-binary @"$1" "https://$SVC:$DP/v1/watch?timeout_s=1"
+}
+printf '{"watch": [{"addr": "127.0.2.1:%s"' "$APP1" >"$TMP/h1.json"
+expect_match "malformed watch body: 400 not JSON" "$(watch_post "$TMP/h1.json")" 'body: not JSON.* 400$'
+python3 -c 'import json; print(json.dumps({"watch": [{"addr": "10.1.%d.%d:80" % (i // 250, i % 250 + 1), "version": "a"} for i in range(10000)]}))' >"$TMP/h2.json"
+expect_match "10,000 entries: 400 naming the bound" "$(watch_post "$TMP/h2.json")" \
+    'watch: 10000 destinations, at most 4096.* 400$'
+head -c 2000000 /dev/zero | tr '\0' ' ' >"$TMP/h3.json"
+expect_match "a 2 MB body: 400 over the size bound" "$(watch_post "$TMP/h3.json")" \
+    'body: over 524288 bytes.* 400$'
+printf '{"watch": [{"addr": "127.0.2.1:%s", "versoin": "x"}]}' "$APP1" >"$TMP/h4.json"
+expect_match "an unknown field: 400 naming it" "$(watch_post "$TMP/h4.json")" 'watch\[0\]: unknown field.* 400$'
+printf '{"watch": [{"addr": "127.0.2.1:0"}]}' >"$TMP/h5.json"
+expect_match "a bad address: 400 naming watch[0].addr" "$(watch_post "$TMP/h5.json")" 'watch\[0\]\.addr: .* 400$'
+printf '{"watch": [{"addr": "127.0.2.1:%s", "version": "0"}]}' "$APP1" >"$TMP/h6.json"
+expect_match "a stale version: answered at once with the current answer" "$(watch_post "$TMP/h6.json")" \
+    '^\{"changed": \[\{"addr": "127.0.2.1:[0-9]+", "status": 200, "answer": \{.*\}\]\} 200$'
+expect_eq "no client certificate: refused" "$(curl -s -m 10 --cacert "$D/root.pem" \
+    --resolve "$SVC:$DP:127.0.0.1" -o /dev/null -w '%{http_code}' --data-binary @"$TMP/h6.json" \
+    "https://$SVC:$DP/v1/watch")" "401"
+expect_eq "after the hostile bodies: still one watch of 21 held" \
+    "$(imetric remora_discovery_subscribers) $(imetric remora_discovery_watched_destinations)" "1 21"
+# a watch listing one destination twice (adjacent in its wake bucket), held, then woken
+v1=$(curl -s "$A/destinations" | jq -r --arg d "127.0.2.1:$APP1" '.destinations[] | select(.destination == $d) | .version')
+printf '{"watch": [{"addr": "127.0.2.1:%s", "version": "%s"}, {"addr": "127.0.2.1:%s", "version": "%s"}]}' \
+    "$APP1" "$v1" "$APP1" "$v1" >"$TMP/h7.json"
+curl -s -m 30 --cacert "$D/root.pem" --cert "$D/w.pem" --key "$D/w-key.pem" --resolve "$SVC:$DP:127.0.0.1" \
+    -w ' %{http_code}' --data-binary @"$TMP/h7.json" "https://$SVC:$DP/v1/watch?timeout_s=20" >"$TMP/h7.out" &
+H7=$!
+check "a watch listing one destination twice is held" wait_until 15 imetric_is remora_discovery_watched_destinations 23
+ctl objects/pods -X PUT --data-binary '{"metadata": {"name": "w-1", "namespace": "shop",
+    "labels": {"app": "w", "tier": "x"}, "annotations": {"remora.io/status": "{}"}},
+    "spec": {"serviceAccountName": "w", "nodeName": "n1"},
+    "status": {"phase": "Running", "podIP": "127.0.2.1", "podIPs": [{"ip": "127.0.2.1"}],
+               "conditions": [{"type": "Ready", "status": "True"}]}}' >/dev/null
+wait "$H7"
+expect_match "... and answered once w-1 changes: 200 listing it" "$(cat "$TMP/h7.out")" \
+    '^\{"changed": \[\{"addr": "127.0.2.1:[0-9]+", "status": 200, "answer": \{.*"meshed": ?true.*\}\]\} 200$'
+check "... and nothing of it stays held (21 watched)" wait_until 15 imetric_is remora_discovery_watched_destinations 21
+
+# the injector restarted: stale, then current again through a new watch
+kill -TERM "$IPID"; wait "$IPID" 2>/dev/null
+expect_sanitizers_clean "injector (watch bodies, held watches): sanitizers clean" "$TMP/injector-2.log"
+check "injector stopped: every held answer turns stale" wait_until 30 states_are stale 21
+ca_start_injector "$TMP/main.json" || { fail "injector restarts"; finish; }
+check "injector back: all 21 current again" wait_until 60 states_are current 21
+check "... watched again by one watch" wait_until 30 imetric_is remora_discovery_watched_destinations 21
+stop_pid "$PROXY_PID"
+expect_sanitizers_clean "many-destinations proxy: sanitizers clean" "$TMP/many.log"
 finish

@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "common/err.h"
 #include "common/net.h"
 #include "proxy/config.h"
 #include "proxy/discovery.h"
@@ -106,8 +107,22 @@ static void config_errors(void **state)
                 "p.json: discovery.adress: unknown key");
     parse_fails("{" LISTENERS ", " IDENTITY ", \"discovery\": {}}", "discovery.address");
     parse_fails("{" LISTENERS ", " IDENTITY ", \"discovery\": {\"address\": "
-                "\"remora-injector.remora-system.svc:15011\"}}",
-                "discovery.address: \"remora-injector.remora-system.svc:15011\" is not a numeric");
+                "\"remora injector:15011\"}}",
+                "discovery.address: \"remora injector:15011\" is not an address (want");
+    parse_fails("{" LISTENERS ", " IDENTITY ", \"discovery\": {\"address\": "
+                "\"remora-injector.remora-system.svc:0\"}}",
+                "discovery.address: \"remora-injector.remora-system.svc:0\" is not an address");
+    parse_fails("{" LISTENERS ", " IDENTITY ", \"discovery\": {\"address\": "
+                "\"remora-injector.remora-system.svc\"}}",
+                "is not an address");
+    parse_fails("{" LISTENERS ", " IDENTITY ", \"discovery\": {\"address\": \"0.0.0.0:1\"}}",
+                "discovery.address: \"0.0.0.0:1\": an unspecified address");
+    /* a DNS name (the injected template's default) is kept to be resolved */
+    struct px_config *cfg = parse_ok("{" LISTENERS ", " IDENTITY ", \"discovery\": {\"address\": "
+                                     "\"Remora-Injector.remora-system.svc:15011\"}}");
+    assert_string_equal(cfg->discovery->address_name, "remora-injector.remora-system.svc");
+    assert_string_equal(cfg->discovery->address_port, "15011");
+    px_config_free(cfg);
     parse_fails("{" LISTENERS ", \"discovery\": {\"address\": \"1.2.3.4:1\"}}",
                 "discovery: needs an \"identity\" block");
     parse_fails("{" LISTENERS ", " IDENTITY ", \"discovery\": {\"address\": \"1.2.3.4:1\", "
@@ -337,14 +352,121 @@ static struct fake {
     enum fake_mode mode;
     unsigned version; /* "v<N>" */
     unsigned neps;
-    char targets[64][256]; /* every request target, in order */
+    char targets[64][272]; /* every request target ("POST " before a POST's), in order */
     unsigned ntargets;
-    unsigned active; /* connection threads running */
+    unsigned active;       /* connection threads running */
+    bool keepalive;        /* answer without "Connection: close" and read the next request */
+    unsigned lookup_conns; /* connections whose first request was a first lookup (a GET) */
+    unsigned watch_conns;  /* connections whose first request was a POST /v1/watch */
+    unsigned watch_seq;    /* POST /v1/watch seen; a held one goes (304) when a newer comes */
+    bool drop_second;      /* close a kept-alive connection at its 2nd request, unanswered
+                            * (as a server whose idle timeout crossed the request) */
+    char last_watch[8192]; /* the body of the last POST /v1/watch */
 } fk;
 
-static void fake_answer(int c, const char *target)
+/* The fake's answer for a destination at version ver. */
+static size_t fake_body(char *body, size_t cap, unsigned ver, unsigned neps)
 {
-    char body[4096], resp[4608];
+    size_t blen = (size_t)snprintf(body, cap,
+                                   "{\"kind\": \"service\", \"service\": \"shop/web\", "
+                                   "\"port\": 80, \"protocol\": \"http\", \"version\": "
+                                   "\"v%u\", \"endpoints\": [",
+                                   ver);
+    for (unsigned i = 0; i < neps; i++)
+        blen += (size_t)snprintf(body + blen, cap - blen,
+                                 "%s{\"address\": \"10.64.0.%u:8080\", \"identity\": "
+                                 "\"spiffe://cluster.local/ns/shop/sa/web\", \"meshed\": "
+                                 "true, \"zone\": \"z1\", \"ready\": true, \"serving\": true, "
+                                 "\"terminating\": false, \"pod\": \"shop/web-%u\"}",
+                                 i ? ", " : "", i + 1, i);
+    blen += (size_t)snprintf(body + blen, cap - blen, "]}");
+    return blen;
+}
+
+static void fake_write(int c, int status, const char *body, size_t blen, bool keepalive)
+{
+    char head[256];
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: "
+                     "%zu\r\n%s\r\n",
+                     status, status == 304 ? (size_t)0 : blen,
+                     keepalive ? "" : "Connection: close\r\n");
+    ssize_t w = write(c, head, (size_t)n);
+    if (status != 304 && blen > 0)
+        w = write(c, body, blen);
+    (void)w;
+}
+
+/* POST /v1/watch: every listed destination whose version is not the fake's
+ * (or that is 10.0.0.9:80, 404) is answered at once; else held until the
+ * version or mode moves, a newer watch comes, or 2 s (304). */
+static void fake_watch(int c, const char *reqbody, bool keepalive)
+{
+    json_t *root = json_loads(reqbody, 0, NULL);
+    json_t *arr = json_object_get(root, "watch");
+    pthread_mutex_lock(&fk.mu);
+    unsigned seq = ++fk.watch_seq;
+    pthread_cond_broadcast(&fk.cv);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 2;
+    char *out = NULL;
+    int status = 304;
+    for (;;) {
+        if (fk.mode != FAKE_OK || fk.stop)
+            break;
+        size_t cap = 65536, len = 0;
+        out = malloc(cap);
+        len += (size_t)snprintf(out, cap, "{\"changed\": [");
+        unsigned nch = 0;
+        size_t i;
+        json_t *it;
+        json_array_foreach(arr, i, it)
+        {
+            const char *addr = json_string_value(json_object_get(it, "addr"));
+            const char *host = json_string_value(json_object_get(it, "host"));
+            const char *ver = json_string_value(json_object_get(it, "version"));
+            char want[16];
+            snprintf(want, sizeof(want), "v%u", fk.version);
+            bool gone = addr != NULL && strcmp(addr, "10.0.0.9:80") == 0;
+            if (!gone && ver != NULL && strcmp(ver, want) == 0)
+                continue;
+            len += (size_t)snprintf(out + len, cap - len, "%s{\"%s\": \"%s\", \"status\": %d",
+                                    nch ? ", " : "", addr ? "addr" : "host", addr ? addr : host,
+                                    gone ? 404 : 200);
+            if (!gone) {
+                len += (size_t)snprintf(out + len, cap - len, ", \"answer\": ");
+                len += fake_body(out + len, cap - len, fk.version, fk.neps);
+            }
+            len += (size_t)snprintf(out + len, cap - len, "}");
+            nch++;
+        }
+        snprintf(out + len, cap - len, "]}");
+        if (nch > 0) {
+            status = 200;
+            break;
+        }
+        free(out);
+        out = NULL;
+        if (fk.watch_seq != seq) /* superseded */
+            break;
+        if (pthread_cond_timedwait(&fk.cv, &fk.mu, &until) == ETIMEDOUT)
+            break;
+    }
+    enum fake_mode mode = fk.mode;
+    pthread_mutex_unlock(&fk.mu);
+    json_decref(root);
+    if (mode == FAKE_DOWN) {
+        free(out);
+        return;
+    }
+    fake_write(c, status, out, out ? strlen(out) : 0, keepalive);
+    free(out);
+}
+
+static void fake_answer(int c, const char *target, bool keepalive)
+{
+    char body[4096];
     int status = 200;
     size_t blen = 0;
     pthread_mutex_lock(&fk.mu);
@@ -371,58 +493,94 @@ static void fake_answer(int c, const char *target)
     } else if (strstr(target, "addr=10.0.0.8%3A80") != NULL) {
         usleep(1500 * 1000); /* slower than any lookup_timeout_ms of these tests */
     }
-    if (status == 200) {
-        blen = (size_t)snprintf(body, sizeof(body),
-                                "{\"kind\": \"service\", \"service\": \"shop/web\", \"port\": 80, "
-                                "\"protocol\": \"http\", \"version\": \"v%u\", \"endpoints\": [",
-                                ver);
-        for (unsigned i = 0; i < neps; i++)
-            blen += (size_t)snprintf(body + blen, sizeof(body) - blen,
-                                     "%s{\"address\": \"10.64.0.%u:8080\", \"identity\": "
-                                     "\"spiffe://cluster.local/ns/shop/sa/web\", \"meshed\": "
-                                     "true, \"zone\": \"z1\", \"ready\": true, \"serving\": true, "
-                                     "\"terminating\": false, \"pod\": \"shop/web-%u\"}",
-                                     i ? ", " : "", i + 1, i);
-        blen += (size_t)snprintf(body + blen, sizeof(body) - blen, "]}");
-    }
-    int n = snprintf(resp, sizeof(resp),
-                     "HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: "
-                     "%zu\r\nConnection: close\r\n\r\n%.*s",
-                     status, status == 304 ? (size_t)0 : blen, status == 304 ? 0 : (int)blen, body);
-    ssize_t w = write(c, resp, (size_t)n);
-    (void)w;
+    if (status == 200)
+        blen = fake_body(body, sizeof(body), ver, neps);
+    fake_write(c, status, body, blen, keepalive);
 }
 
 static void *conn_main(void *arg)
 {
     int c = (int)(intptr_t)arg;
-    char req[4096];
-    size_t len = 0;
-    while (len < sizeof(req) - 1) {
-        ssize_t r = read(c, req + len, sizeof(req) - 1 - len);
-        if (r <= 0)
-            break;
-        len += (size_t)r;
-        req[len] = '\0';
-        if (strstr(req, "\r\n\r\n") != NULL)
-            break;
-    }
-    req[len] = '\0';
-    char target[256] = "";
-    if (strncmp(req, "GET ", 4) == 0) {
-        const char *sp = strchr(req + 4, ' ');
-        size_t n = sp ? (size_t)(sp - (req + 4)) : 0;
-        if (n < sizeof(target)) {
-            memcpy(target, req + 4, n);
-            target[n] = '\0';
+    bool first = true;
+    for (;;) { /* one request after another while keep-alive */
+        char req[4096];
+        size_t len = 0;
+        while (len < sizeof(req) - 1) {
+            ssize_t r = read(c, req + len, sizeof(req) - 1 - len);
+            if (r <= 0)
+                break;
+            len += (size_t)r;
+            req[len] = '\0';
+            if (strstr(req, "\r\n\r\n") != NULL)
+                break;
         }
+        req[len] = '\0';
+        char target[256] = "";
+        bool post = strncmp(req, "POST ", 5) == 0;
+        if (strncmp(req, "GET ", 4) == 0 || post) {
+            const char *t = req + (post ? 5 : 4);
+            const char *sp = strchr(t, ' ');
+            size_t n = sp ? (size_t)(sp - t) : 0;
+            if (n < sizeof(target)) {
+                memcpy(target, t, n);
+                target[n] = '\0';
+            }
+        }
+        if (len == 0)
+            break;
+        char *body = NULL;
+        if (post) { /* the body: what came after the head, then Content-Length's rest */
+            const char *h = strstr(req, "\r\n\r\n");
+            const char *cl = strcasestr(req, "content-length:");
+            size_t want = cl ? strtoul(cl + 15, NULL, 10) : 0;
+            char *b = malloc(want + 1);
+            size_t have = h ? len - (size_t)(h + 4 - req) : 0;
+            if (have > want)
+                have = want;
+            memcpy(b, h + 4, have);
+            while (have < want) {
+                ssize_t r = read(c, b + have, want - have);
+                if (r <= 0)
+                    break;
+                have += (size_t)r;
+            }
+            b[have] = '\0';
+            pthread_mutex_lock(&fk.mu);
+            snprintf(fk.last_watch, sizeof(fk.last_watch), "%s", b);
+            pthread_mutex_unlock(&fk.mu);
+            body = b;
+        }
+        pthread_mutex_lock(&fk.mu);
+        if (fk.ntargets < 64)
+            snprintf(fk.targets[fk.ntargets++], sizeof(fk.targets[0]), "%s%s", post ? "POST " : "",
+                     target);
+        if (first && !post)
+            fk.lookup_conns++;
+        if (first && post)
+            fk.watch_conns++;
+        bool keepalive = fk.keepalive;
+        pthread_mutex_unlock(&fk.mu);
+        bool first_req_of_conn = first;
+        first = false;
+        if (target[0] == '\0') {
+            free(body);
+            break;
+        }
+        pthread_mutex_lock(&fk.mu);
+        bool drop = fk.drop_second && !first_req_of_conn && !post;
+        pthread_mutex_unlock(&fk.mu);
+        if (drop) {
+            free(body);
+            break;
+        }
+        if (post)
+            fake_watch(c, body, keepalive);
+        else
+            fake_answer(c, target, keepalive);
+        free(body);
+        if (!keepalive)
+            break;
     }
-    pthread_mutex_lock(&fk.mu);
-    if (fk.ntargets < 64)
-        snprintf(fk.targets[fk.ntargets++], sizeof(fk.targets[0]), "%s", target);
-    pthread_mutex_unlock(&fk.mu);
-    if (target[0] != '\0')
-        fake_answer(c, target);
     close(c);
     pthread_mutex_lock(&fk.mu);
     fk.active--;
@@ -501,6 +659,7 @@ static int teardown(void **state)
     while (fk.active > 0)
         pthread_cond_wait(&fk.cv, &fk.mu);
     pthread_mutex_unlock(&fk.mu);
+    px_io_deinit(); /* its flush event is on this base: the next test makes a new one */
     event_base_free(base);
     free(dcfg.server_name);
     return 0;
@@ -633,10 +792,15 @@ static void lookups_share_one_request(void **state)
     assert_non_null(a);
     assert_string_equal(a->version, "v1");
 
-    /* the long-poll carries the version; a change swaps the answer */
+    /* the watch lists it with its version; a change swaps the answer */
     struct want_targets wt = {2};
     assert_true(run_until(have_targets, &wt, 10000));
-    assert_string_equal(target(1), "/v1/destination?addr=10.96.0.10%3A80&wait=v1&timeout_s=2");
+    assert_string_equal(target(1), "POST /v1/watch?timeout_s=2");
+    pthread_mutex_lock(&fk.mu);
+    assert_non_null(strstr(fk.last_watch, "\"watch\": [{\"addr\": \"10.96.0.10:80\", "
+                                          "\"version\": \"v1\"}]"));
+    assert_non_null(strstr(fk.last_watch, "{\"session\": \""));
+    pthread_mutex_unlock(&fk.mu);
     set_fake(FAKE_OK, 2, 3);
     struct px_disc_stats st;
     for (uint64_t end = cm_mono_ms() + 10000; cm_mono_ms() < end;) {
@@ -661,10 +825,10 @@ static void lookups_share_one_request(void **state)
     assert_int_equal(st.lookups_coalesced, 1);
     assert_int_equal(st.lookups_hit, 2);
     assert_int_equal(st.entries, 1);
-    /* the first request was the only one without &wait= */
+    /* the first request was the only GET: the rest are the watch */
     unsigned n = ntargets();
     for (unsigned i = 1; i < n; i++)
-        assert_non_null(strstr(target(i), "&wait=v"));
+        assert_string_equal(target(i), "POST /v1/watch?timeout_s=2");
 
     json_t *j = px_disc_json(d);
     json_t *e0 = json_array_get(json_object_get(j, "destinations"), 0);
@@ -672,6 +836,278 @@ static void lookups_share_one_request(void **state)
     assert_string_equal(json_string_value(json_object_get(e0, "state")), "current");
     assert_string_equal(json_string_value(json_object_get(e0, "version")), "v2");
     json_decref(j);
+    px_disc_free(d);
+}
+
+/* Keep-alive: first lookups of many destinations, one after another, go over
+ * one kept-alive connection (N misses -> 1 connection, N-1 reuses), and a
+ * burst of them uses at most LOOKUP_CONNS (4) connections. A server that
+ * closes its idle connection costs nothing but a new connect. */
+static void lookups_reuse_one_connection(void **state)
+{
+    (void)state;
+    pthread_mutex_lock(&fk.mu);
+    fk.keepalive = true;
+    pthread_mutex_unlock(&fk.mu);
+    struct px_disc_opts o = test_opts();
+    struct px_disc *d = new_disc(&o);
+    for (unsigned i = 0; i < 6; i++) {
+        char a[32];
+        snprintf(a, sizeof(a), "10.96.1.%u:80", i + 1);
+        struct cm_addr dst;
+        cm_addr_parse(a, &dst);
+        struct result r = {0};
+        struct px_dest_answer *ans = NULL;
+        struct px_disc_wait *w = NULL;
+        assert_int_equal(px_disc_lookup(d, &dst, NULL, &ans, on_result, &r, &w),
+                         PX_DISC_UNAVAILABLE);
+        assert_true(run_until(called, &r, 10000));
+        assert_int_equal(r.res, PX_DISC_FOUND);
+    }
+    struct px_disc_stats st;
+    px_disc_get_stats(d, &st);
+    assert_int_equal(st.lookup_connects, 1);
+    assert_int_equal(st.lookup_reused, 5);
+    pthread_mutex_lock(&fk.mu);
+    unsigned lc = fk.lookup_conns;
+    pthread_mutex_unlock(&fk.mu);
+    assert_int_equal(lc, 1);
+
+    /* a burst of 20 at once: every one answered, over at most 4 connections */
+    struct result rs[20];
+    memset(rs, 0, sizeof(rs));
+    struct px_disc_wait *ws[20];
+    for (unsigned i = 0; i < 20; i++) {
+        char a[32];
+        snprintf(a, sizeof(a), "10.96.2.%u:80", i + 1);
+        struct cm_addr dst;
+        cm_addr_parse(a, &dst);
+        struct px_dest_answer *ans = NULL;
+        assert_int_equal(px_disc_lookup(d, &dst, NULL, &ans, on_result, &rs[i], &ws[i]),
+                         PX_DISC_UNAVAILABLE);
+    }
+    for (unsigned i = 0; i < 20; i++) {
+        assert_true(run_until(called, &rs[i], 10000));
+        assert_int_equal(rs[i].res, PX_DISC_FOUND);
+        assert_int_equal(rs[i].calls, 1);
+    }
+    px_disc_get_stats(d, &st);
+    assert_true(st.lookup_connects <= 4);
+    assert_int_equal(st.lookup_connects + st.lookup_reused, 26);
+
+    /* the server closes between requests (Connection: close): still answered */
+    pthread_mutex_lock(&fk.mu);
+    fk.keepalive = false;
+    pthread_mutex_unlock(&fk.mu);
+    for (unsigned i = 0; i < 2; i++) {
+        char a[32];
+        snprintf(a, sizeof(a), "10.96.3.%u:80", i + 1);
+        struct cm_addr dst;
+        cm_addr_parse(a, &dst);
+        struct result r = {0};
+        struct px_dest_answer *ans = NULL;
+        struct px_disc_wait *w = NULL;
+        assert_int_equal(px_disc_lookup(d, &dst, NULL, &ans, on_result, &r, &w),
+                         PX_DISC_UNAVAILABLE);
+        assert_true(run_until(called, &r, 10000));
+        assert_int_equal(r.res, PX_DISC_FOUND);
+    }
+    px_disc_free(d);
+}
+
+static bool watch_lists(void *arg)
+{
+    unsigned want = *(unsigned *)arg;
+    pthread_mutex_lock(&fk.mu);
+    unsigned n = 0;
+    for (const char *p = fk.last_watch; (p = strstr(p, "\"addr\": ")) != NULL; p++)
+        n++;
+    pthread_mutex_unlock(&fk.mu);
+    return n == want;
+}
+
+struct want_updates {
+    struct px_disc *d;
+    uint64_t n;
+};
+static bool have_updates(void *arg)
+{
+    struct want_updates *w = arg;
+    struct px_disc_stats st;
+    px_disc_get_stats(w->d, &st);
+    return st.updates >= w->n;
+}
+
+/* One watch for every held answer: 20 destinations looked up one after
+ * another (each added while the watch is held) end up in one POST /v1/watch
+ * with their versions, over at most 2 connections (the held watch and the
+ * one superseding it: no connection per destination, no handshake per
+ * change); a change reaches all 20 through it. */
+static void one_watch_for_many(void **state)
+{
+    (void)state;
+    pthread_mutex_lock(&fk.mu);
+    fk.keepalive = true;
+    pthread_mutex_unlock(&fk.mu);
+    struct px_disc_opts o = test_opts();
+    struct px_disc *d = new_disc(&o);
+    struct cm_addr dst[20];
+    for (unsigned i = 0; i < 20; i++) {
+        char a[32];
+        snprintf(a, sizeof(a), "10.96.4.%u:80", i + 1);
+        cm_addr_parse(a, &dst[i]);
+        struct result r = {0};
+        struct px_dest_answer *ans = NULL;
+        struct px_disc_wait *w = NULL;
+        assert_int_equal(px_disc_lookup(d, &dst[i], NULL, &ans, on_result, &r, &w),
+                         PX_DISC_UNAVAILABLE);
+        assert_true(run_until(called, &r, 10000));
+        assert_int_equal(r.res, PX_DISC_FOUND);
+        run_until(called, &(struct result){0}, 30); /* let the watch go out now and then */
+    }
+    unsigned want = 20;
+    assert_true(run_until(watch_lists, &want, 10000));
+    pthread_mutex_lock(&fk.mu);
+    unsigned wc = fk.watch_conns, lc = fk.lookup_conns;
+    assert_non_null(strstr(fk.last_watch, "{\"addr\": \"10.96.4.20:80\", \"version\": \"v1\"}"));
+    pthread_mutex_unlock(&fk.mu);
+    assert_true(wc >= 1 && wc <= 2);
+    assert_int_equal(lc, 1);
+
+    set_fake(FAKE_OK, 2, 3); /* every destination changes: all 20 through the watch */
+    struct want_updates wu = {d, 20};
+    assert_true(run_until(have_updates, &wu, 10000));
+    for (unsigned i = 0; i < 20; i++) {
+        struct px_dest_answer *ans = NULL;
+        struct px_disc_wait *w = NULL;
+        assert_int_equal(px_disc_lookup(d, &dst[i], NULL, &ans, on_result, NULL, &w),
+                         PX_DISC_FOUND);
+        assert_string_equal(ans->version, "v2");
+        assert_int_equal(ans->neps, 3);
+        px_dest_answer_unref(ans);
+    }
+    pthread_mutex_lock(&fk.mu);
+    wc = fk.watch_conns;
+    pthread_mutex_unlock(&fk.mu);
+    assert_true(wc <= 2);
+    px_disc_free(d);
+}
+
+/* The watch's answer decoder: what it accepts, and each refusal names the field. */
+static void changes_decode(void **state)
+{
+    (void)state;
+    char ok[4096];
+    size_t n = (size_t)snprintf(ok, sizeof(ok),
+                                "{\"changed\": [{\"addr\": \"10.0.0.1:80\", "
+                                "\"status\": 200, \"answer\": ");
+    n += fake_body(ok + n, sizeof(ok) - n, 7, 1);
+    n += (size_t)snprintf(ok + n, sizeof(ok) - n,
+                          "}, {\"host\": \"web.shop:80\", \"status\": 404}]}");
+    struct px_disc_change *c = NULL;
+    size_t k = 0;
+    char *err = NULL;
+    assert_int_equal(px_disc_changes_decode(ok, n, &c, &k, &err), 0);
+    assert_int_equal(k, 2);
+    assert_string_equal(c[0].key, "10.0.0.1:80");
+    assert_false(c[0].by_host);
+    assert_int_equal(c[0].status, 200);
+    assert_string_equal(c[0].ans->version, "v7");
+    assert_true(c[1].by_host);
+    assert_int_equal(c[1].status, 404);
+    assert_null(c[1].ans);
+    px_disc_changes_free(c, k);
+    static const char *const bad[][2] = {
+        {"nope", "not JSON"},
+        {"{\"changed\": {}}", "changed: want an array"},
+        {"{\"changed\": []}", "changed: want 1..4096 entries"},
+        {"{\"changed\": [{\"addr\": \"a:1\", \"host\": \"b:1\", \"status\": 404}]}",
+         "changed[0]: want exactly one of addr and host"},
+        {"{\"changed\": [{\"addr\": \"a:1\", \"status\": 500}]}",
+         "changed[0].status: want 200 or 404"},
+        {"{\"changed\": [{\"addr\": \"a:1\", \"status\": 200}]}", "changed[0].answer: want"},
+        {"{\"changed\": [{\"addr\": \"a:1\", \"status\": 404}, {\"addr\": \"a:1\", "
+         "\"status\": 200, \"answer\": {\"kind\": \"x\"}}]}",
+         "changed[1].answer: "},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err = NULL;
+        assert_int_equal(px_disc_changes_decode(bad[i][0], strlen(bad[i][0]), &c, &k, &err),
+                         CM_ERR_INVAL);
+        assert_null(c);
+        assert_non_null(err);
+        if (strstr(err, bad[i][1]) == NULL)
+            fail_msg("%s: got \"%s\", want \"%s\"", bad[i][0], err, bad[i][1]);
+        free(err);
+    }
+}
+
+/* discovery.address as a name: resolved without blocking the loop (the hosts
+ * file's localhost here: no query leaves the machine), then used; /destinations
+ * shows the name and what it resolved to. */
+static void address_by_name(void **state)
+{
+    (void)state;
+    struct px_disc_cfg named = dcfg;
+    memset(&named.addr, 0, sizeof(named.addr));
+    named.address_name = (char *)"localhost";
+    snprintf(named.address_port, sizeof(named.address_port), "%u", fk.port);
+    struct px_disc_opts o = test_opts();
+    o.tls_conf = no_tls;
+    struct px_disc *d = px_disc_new(base, &named, &o);
+    struct cm_addr dst;
+    cm_addr_parse("10.96.5.1:80", &dst);
+    struct result r = {0};
+    struct px_dest_answer *a = NULL;
+    struct px_disc_wait *w = NULL;
+    assert_int_equal(px_disc_lookup(d, &dst, NULL, &a, on_result, &r, &w), PX_DISC_UNAVAILABLE);
+    assert_true(run_until(called, &r, 10000));
+    assert_int_equal(r.res, PX_DISC_FOUND);
+    json_t *j = px_disc_json(d);
+    char want[64];
+    snprintf(want, sizeof(want), "localhost:%u", fk.port);
+    assert_string_equal(json_string_value(json_object_get(j, "discovery")), want);
+    snprintf(want, sizeof(want), "127.0.0.1:%u", fk.port);
+    assert_string_equal(json_string_value(json_object_get(j, "resolved")), want);
+    json_decref(j);
+    px_disc_free(d);
+}
+
+/* A kept-alive lookup connection the server closes as the next request
+ * arrives (no byte of an answer): the request is sent once more on a new
+ * connection and answered; the waiter sees FOUND. */
+static void reused_connection_closed_resends(void **state)
+{
+    (void)state;
+    pthread_mutex_lock(&fk.mu);
+    fk.keepalive = true;
+    fk.drop_second = true;
+    pthread_mutex_unlock(&fk.mu);
+    struct px_disc_opts o = test_opts();
+    struct px_disc *d = new_disc(&o);
+    for (unsigned i = 0; i < 2; i++) {
+        char a[32];
+        snprintf(a, sizeof(a), "10.96.6.%u:80", i + 1);
+        struct cm_addr dst;
+        cm_addr_parse(a, &dst);
+        struct result r = {0};
+        struct px_dest_answer *ans = NULL;
+        struct px_disc_wait *w = NULL;
+        assert_int_equal(px_disc_lookup(d, &dst, NULL, &ans, on_result, &r, &w),
+                         PX_DISC_UNAVAILABLE);
+        assert_true(run_until(called, &r, 10000));
+        assert_int_equal(r.res, PX_DISC_FOUND);
+        assert_int_equal(r.calls, 1);
+    }
+    struct px_disc_stats st;
+    px_disc_get_stats(d, &st);
+    assert_int_equal(st.lookup_connects, 2); /* the first, and the one the resend opened */
+    assert_int_equal(st.failures, 0);
+    /* the second destination was asked twice: on the closed connection, then again */
+    unsigned n = ntargets(), asked = 0;
+    for (unsigned i = 0; i < n; i++)
+        asked += strcmp(target(i), "/v1/destination?addr=10.96.6.2%3A80") == 0;
+    assert_int_equal(asked, 2);
     px_disc_free(d);
 }
 
@@ -904,6 +1340,11 @@ int main(void)
         cmocka_unit_test(answer_decodes),
         cmocka_unit_test(answer_refused),
         cmocka_unit_test_setup_teardown(lookups_share_one_request, setup, teardown),
+        cmocka_unit_test_setup_teardown(lookups_reuse_one_connection, setup, teardown),
+        cmocka_unit_test_setup_teardown(one_watch_for_many, setup, teardown),
+        cmocka_unit_test(changes_decode),
+        cmocka_unit_test_setup_teardown(address_by_name, setup, teardown),
+        cmocka_unit_test_setup_teardown(reused_connection_closed_resends, setup, teardown),
         cmocka_unit_test_setup_teardown(not_found_is_believed, setup, teardown),
         cmocka_unit_test_setup_teardown(unreachable_keeps_held_answers, setup, teardown),
         cmocka_unit_test_setup_teardown(slow_first_lookup_is_bounded, setup, teardown),

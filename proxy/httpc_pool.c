@@ -1,0 +1,528 @@
+/* px_httpc_pool (proxy/httpc.h): keep-alive HTTP/1.1 connections to one
+ * server. A connection is CONNECTING (TCP, then TLS), IDLE (in p->idle, its
+ * timer closes it after idle_ms) or BUSY (one call on the wire); closing ones
+ * are freed from their reap event (never inside their own io callback).
+ * Calls wait in p->queue, FIFO, until a connection is idle or may be opened. */
+#include <errno.h>
+#include <event2/buffer.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/list.h"
+#include "common/log.h"
+#include "common/xalloc.h"
+#include "proxy/httpc.h"
+#include "proxy/httpc_int.h"
+#include "proxy/io.h"
+#include "proxy/tls.h"
+
+#define POOL_MAX_CONNS  16
+#define POOL_IDLE_MS    60000
+#define POOL_TIMEOUT_MS 10000
+#define POOL_READ_LIMIT (64 * 1024)
+
+enum conn_state { PC_CONNECTING = 0, PC_IDLE, PC_BUSY, PC_CLOSING };
+
+struct pconn {
+    struct cm_list node; /* p->conns */
+    struct px_httpc_pool *p;
+    struct px_io *io;
+    enum conn_state st;
+    bool tls, connected, answered_before;
+    struct px_httpc_call *call; /* PC_BUSY / PC_CONNECTING: the call it carries (or NULL) */
+    struct event *reap;
+};
+
+struct px_httpc_call {
+    struct cm_list node; /* p->queue while queued */
+    struct px_httpc_pool *p;
+    struct pconn *conn; /* on the wire (or waiting for its connection) */
+    struct cm_buf req;
+    struct px_httpc_answer *ans;
+    size_t max_head, max_body;
+    px_httpc_cb cb;
+    void *arg;
+    uint32_t timeout_ms;
+    uint64_t deadline_us;
+    bool resent;
+};
+
+struct px_httpc_pool {
+    struct event_base *base;
+    struct cm_addr addr;
+    struct px_tls_conf *(*tls_conf)(void *arg);
+    void *tls_arg;
+    bool plaintext;
+    char *no_tls_err, *tls_name, *host;
+    unsigned max_conns, nconns;
+    size_t max_queue, nqueued;
+    uint32_t idle_ms;
+    bool held;
+    void (*on_unreachable)(void *arg);
+    void *unreachable_arg;
+    struct cm_list conns, closing, queue;
+    struct event *kick; /* dispatch from the loop */
+    struct px_httpc_pool_stats st;
+};
+
+static void dispatch(struct px_httpc_pool *p);
+
+static void dispatch_later(struct px_httpc_pool *p)
+{
+    event_active(p->kick, EV_TIMEOUT, 0);
+}
+
+/* ---- calls ----------------------------------------------------------------------- */
+
+static void call_free(struct px_httpc_call *c)
+{
+    if (cm_list_linked(&c->node)) {
+        cm_list_remove(&c->node);
+        c->p->nqueued--;
+    }
+    cm_buf_free(&c->req);
+    px_httpc_answer_free(c->ans);
+    free(c);
+}
+
+/* Give the call its answer (status 0: err) and free it. */
+static void call_done(struct px_httpc_call *c, int status, const char *err)
+{
+    struct px_httpc_resp r;
+    px_httpc_answer_result(c->ans, &r);
+    if (status == 0) {
+        r.status = 0;
+        r.err = err;
+        r.nhdrs = 0;
+    }
+    px_httpc_cb cb = c->cb;
+    void *arg = c->arg;
+    cb(&r, arg);
+    call_free(c);
+}
+
+/* ---- connections ----------------------------------------------------------------- */
+
+static void on_reap(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    struct pconn *k = arg;
+    cm_list_remove(&k->node);
+    px_io_free(k->io);
+    event_free(k->reap);
+    free(k);
+}
+
+/* Take k out of the pool and free it on the next loop turn (its call, if any,
+ * is the caller's to finish). */
+static void conn_close(struct pconn *k)
+{
+    if (k->st == PC_CLOSING)
+        return;
+    k->st = PC_CLOSING;
+    k->call = NULL;
+    cm_list_remove(&k->node);
+    cm_list_insert_tail(&k->p->closing, &k->node);
+    k->p->nconns--;
+    px_io_setcb(k->io, NULL, NULL, NULL, NULL);
+    px_io_read_enable(k->io, false);
+    px_io_set_timeout(k->io, 0);
+    event_active(k->reap, EV_TIMEOUT, 0);
+}
+
+static uint32_t left_ms(const struct px_httpc_call *c)
+{
+    uint64_t now = cm_mono_us();
+    return c->deadline_us > now ? (uint32_t)((c->deadline_us - now + 999) / 1000) : 0;
+}
+
+/* Put c on the wire of k (connected, and through TLS when there is TLS). */
+static void conn_send(struct pconn *k, struct px_httpc_call *c)
+{
+    k->st = PC_BUSY;
+    k->call = c;
+    c->conn = k;
+    px_httpc_answer_free(c->ans);
+    c->ans = px_httpc_answer_new(c->max_head, c->max_body, false);
+    if (k->answered_before)
+        k->p->st.reused++;
+    k->p->st.requests++;
+    uint32_t left = left_ms(c);
+    px_io_set_timeout(k->io, left ? left : 1);
+    px_io_write(k->io, c->req.data, c->req.len);
+}
+
+/* The call on k failed for a reason of the connection's: finish it, or send
+ * it again when a reused connection closed before any byte of its answer. */
+static void conn_failed(struct pconn *k, const char *err, bool maybe_resend)
+{
+    struct px_httpc_pool *p = k->p;
+    struct px_httpc_call *c = k->call;
+    bool never_connected = !k->connected || (k->tls && k->st == PC_CONNECTING);
+    bool tcp_failed = !k->connected;
+    conn_close(k);
+    if (c != NULL) {
+        c->conn = NULL;
+        if (maybe_resend && !c->resent && left_ms(c) > 0) {
+            c->resent = true;
+            p->st.resent++;
+            cm_list_insert_head(&p->queue, &c->node);
+            p->nqueued++;
+        } else {
+            call_done(c, 0, err);
+        }
+    }
+    if (never_connected) {
+        /* the server cannot be reached: the queued calls would each pay the same */
+        while (!cm_list_empty(&p->queue)) {
+            struct px_httpc_call *q = cm_container_of(p->queue.next, struct px_httpc_call, node);
+            call_done(q, 0, err);
+        }
+    }
+    if (tcp_failed && p->on_unreachable != NULL)
+        p->on_unreachable(p->unreachable_arg);
+    dispatch(p);
+}
+
+/* k has answered its call (or just connected): the next queued call, or idle. */
+static void conn_ready(struct pconn *k)
+{
+    struct px_httpc_pool *p = k->p;
+    while (!cm_list_empty(&p->queue)) {
+        struct px_httpc_call *c = cm_container_of(p->queue.next, struct px_httpc_call, node);
+        cm_list_remove(&c->node);
+        p->nqueued--;
+        if (left_ms(c) == 0) {
+            call_done(c, 0, "no answer in time (queued for a connection)");
+            if (k->st == PC_CLOSING)
+                return;
+            continue;
+        }
+        conn_send(k, c);
+        return;
+    }
+    k->st = PC_IDLE;
+    k->call = NULL;
+    px_io_set_timeout(k->io, p->idle_ms);
+}
+
+static void on_read(struct px_io *io, void *arg)
+{
+    struct pconn *k = arg;
+    struct evbuffer *in = px_io_input(io);
+    if (k->st != PC_BUSY || k->call == NULL) {
+        /* bytes nobody asked for (idle): the stream is out of step */
+        conn_close(k);
+        dispatch(k->p);
+        return;
+    }
+    struct px_httpc_call *c = k->call;
+    int r = PX_HTTPC_MORE;
+    while (r == PX_HTTPC_MORE && evbuffer_get_length(in) > 0) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+            break;
+        r = px_httpc_answer_feed(c->ans, v.iov_base, v.iov_len);
+        /* llhttp paused at the end of the message: it consumed up to there */
+        size_t used = v.iov_len;
+        if (r == PX_HTTPC_DONE) {
+            const char *end = px_httpc_answer_end(c->ans);
+            if (end != NULL && end >= (const char *)v.iov_base &&
+                end <= (const char *)v.iov_base + v.iov_len)
+                used = (size_t)(end - (const char *)v.iov_base);
+        }
+        evbuffer_drain(in, used);
+    }
+    if (r == PX_HTTPC_MORE)
+        return;
+    struct px_httpc_pool *p = k->p;
+    bool reuse =
+        r == PX_HTTPC_DONE && px_httpc_answer_keep_alive(c->ans) && evbuffer_get_length(in) == 0;
+    k->call = NULL;
+    c->conn = NULL;
+    if (!reuse)
+        conn_close(k);
+    else
+        k->answered_before = true;
+    if (r == PX_HTTPC_DONE)
+        call_done(c, 1, NULL);
+    else
+        call_done(c, 0, c->ans != NULL ? px_httpc_answer_error(c->ans) : "?");
+    if (k->st != PC_CLOSING && k->st == PC_BUSY && k->call == NULL)
+        conn_ready(k);
+    dispatch(p);
+}
+
+static void on_event(struct px_io *io, int what, void *arg)
+{
+    struct pconn *k = arg;
+    char e[640];
+    if (what & PX_IO_CONNECTED) {
+        k->connected = true;
+        if (!k->tls) {
+            k->st = PC_BUSY;
+            if (k->call == NULL)
+                conn_ready(k);
+        }
+        return;
+    }
+    if (what & PX_IO_HANDSHAKE) {
+        struct px_httpc_call *c = k->call;
+        k->call = NULL;
+        if (c != NULL) {
+            c->conn = NULL;
+            conn_send(k, c);
+        } else {
+            conn_ready(k);
+        }
+        return;
+    }
+    if (k->st == PC_IDLE) { /* the server closed an idle connection, or our idle timer */
+        conn_close(k);
+        return;
+    }
+    bool resend = k->answered_before && k->call != NULL && k->call->ans != NULL &&
+                  !px_httpc_answer_got_bytes(k->call->ans) && (what & PX_IO_TIMEOUT) == 0;
+    if (what & PX_IO_EOF) {
+        struct px_httpc_call *c = k->call;
+        if (c != NULL && !resend) {
+            int r = px_httpc_answer_eof(c->ans);
+            if (r == PX_HTTPC_DONE) { /* a body delimited by the close */
+                k->call = NULL;
+                c->conn = NULL;
+                conn_close(k);
+                call_done(c, 1, NULL);
+                dispatch(k->p);
+                return;
+            }
+            snprintf(e, sizeof(e), "%s", px_httpc_answer_error(c->ans));
+        } else {
+            snprintf(e, sizeof(e), "the server closed the connection");
+        }
+    } else if (what & PX_IO_TIMEOUT) {
+        snprintf(e, sizeof(e), "no complete answer within %u ms",
+                 k->call ? (unsigned)k->call->timeout_ms : 0u);
+    } else {
+        const char *tls_err = px_io_tls_error(io);
+        if (!k->connected)
+            snprintf(e, sizeof(e), "connect: %s", strerror(px_io_errno(io)));
+        else if (tls_err[0] != '\0')
+            snprintf(e, sizeof(e), "%s%s", strncmp(tls_err, "TLS", 3) == 0 ? "" : "TLS: ", tls_err);
+        else
+            snprintf(e, sizeof(e), "connection: %s", strerror(px_io_errno(io)));
+    }
+    conn_failed(k, e, resend);
+}
+
+/* Open a connection for c. false: c is finished (failed) already. */
+static bool conn_open(struct px_httpc_pool *p, struct px_httpc_call *c)
+{
+    struct px_tls_conf *tls = p->tls_conf != NULL ? p->tls_conf(p->tls_arg) : NULL;
+    if (tls == NULL && !p->plaintext) {
+        call_done(c, 0, p->no_tls_err);
+        return false;
+    }
+    uint32_t left = left_ms(c);
+    struct px_io *io = px_io_connect(p->base, &p->addr, left ? left : 1);
+    if (io == NULL) {
+        char e[200];
+        snprintf(e, sizeof(e), "connect: %s", strerror(errno));
+        px_tls_conf_unref(tls);
+        call_done(c, 0, e);
+        return false;
+    }
+    px_httpc_nodelay(io);
+    if (tls != NULL && px_io_start_tls(io, tls, p->tls_name) != 0) {
+        px_tls_conf_unref(tls);
+        px_io_free(io);
+        call_done(c, 0, "TLS: cannot start a session");
+        return false;
+    }
+    struct pconn *k = cm_xcalloc(1, sizeof(*k));
+    k->p = p;
+    k->io = io;
+    k->tls = tls != NULL;
+    px_tls_conf_unref(tls);
+    k->reap = event_new(p->base, -1, 0, on_reap, k);
+    if (k->reap == NULL)
+        abort();
+    cm_list_insert_tail(&p->conns, &k->node);
+    p->nconns++;
+    p->st.connects++;
+    px_io_set_read_limit(io, POOL_READ_LIMIT);
+    px_io_setcb(io, on_read, NULL, on_event, k);
+    px_io_set_timeout(io, left ? left : 1);
+    k->st = PC_CONNECTING;
+    if (k->tls) {
+        k->call = c; /* written when the handshake completes */
+        c->conn = k;
+    } else {
+        conn_send(k, c); /* queued until the connect completes */
+    }
+    return true;
+}
+
+/* Match queued calls with idle connections, opening new ones while allowed. */
+static void dispatch(struct px_httpc_pool *p)
+{
+    while (!cm_list_empty(&p->queue)) {
+        struct pconn *idle = NULL;
+        struct cm_list *pos;
+        for (pos = p->conns.next; pos != &p->conns; pos = pos->next) {
+            struct pconn *k = cm_container_of(pos, struct pconn, node);
+            if (k->st == PC_IDLE) {
+                idle = k;
+                break;
+            }
+        }
+        if (idle != NULL) {
+            conn_ready(idle);
+            continue;
+        }
+        if (p->nconns >= p->max_conns || p->held)
+            return;
+        struct px_httpc_call *c = cm_container_of(p->queue.next, struct px_httpc_call, node);
+        cm_list_remove(&c->node);
+        p->nqueued--;
+        conn_open(p, c);
+    }
+}
+
+/* ---- the API --------------------------------------------------------------------- */
+
+static void on_kick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    dispatch(arg);
+}
+
+struct px_httpc_pool *px_httpc_pool_new(struct event_base *base,
+                                        const struct px_httpc_pool_cfg *cfg)
+{
+    struct px_httpc_pool *p = cm_xcalloc(1, sizeof(*p));
+    p->base = base;
+    p->addr = *cfg->addr;
+    p->tls_conf = cfg->tls_conf;
+    p->tls_arg = cfg->tls_arg;
+    p->plaintext = cfg->plaintext;
+    p->no_tls_err = cm_xstrdup(cfg->no_tls_err ? cfg->no_tls_err : "no client certificate");
+    p->tls_name = cfg->tls_name ? cm_xstrdup(cfg->tls_name) : NULL;
+    p->host = cfg->host ? cm_xstrdup(cfg->host) : NULL;
+    p->max_conns = cfg->max_conns < 1                ? 1
+                   : cfg->max_conns > POOL_MAX_CONNS ? POOL_MAX_CONNS
+                                                     : cfg->max_conns;
+    p->max_queue = cfg->max_queue;
+    p->idle_ms = cfg->idle_ms ? cfg->idle_ms : POOL_IDLE_MS;
+    p->on_unreachable = cfg->on_unreachable;
+    p->unreachable_arg = cfg->unreachable_arg;
+    cm_list_init(&p->conns);
+    cm_list_init(&p->closing);
+    cm_list_init(&p->queue);
+    p->kick = event_new(base, -1, 0, on_kick, p);
+    if (p->kick == NULL)
+        abort();
+    return p;
+}
+
+void px_httpc_pool_free(struct px_httpc_pool *p)
+{
+    if (p == NULL)
+        return;
+    while (!cm_list_empty(&p->queue))
+        call_free(cm_container_of(p->queue.next, struct px_httpc_call, node));
+    while (!cm_list_empty(&p->conns)) {
+        struct pconn *k = cm_container_of(p->conns.next, struct pconn, node);
+        if (k->call != NULL)
+            call_free(k->call);
+        cm_list_remove(&k->node);
+        px_io_free(k->io);
+        event_free(k->reap);
+        free(k);
+    }
+    while (!cm_list_empty(&p->closing))
+        on_reap(-1, 0, cm_container_of(p->closing.next, struct pconn, node));
+    event_free(p->kick);
+    free(p->no_tls_err);
+    free(p->tls_name);
+    free(p->host);
+    free(p);
+}
+
+void px_httpc_pool_set_addr(struct px_httpc_pool *p, const struct cm_addr *addr)
+{
+    p->addr = *addr;
+}
+
+void px_httpc_pool_hold(struct px_httpc_pool *p, bool held)
+{
+    p->held = held;
+    if (!held)
+        dispatch_later(p);
+}
+
+void px_httpc_pool_fail_queued(struct px_httpc_pool *p, const char *err)
+{
+    while (!cm_list_empty(&p->queue))
+        call_done(cm_container_of(p->queue.next, struct px_httpc_call, node), 0, err);
+}
+
+struct px_httpc_call *px_httpc_pool_send(struct px_httpc_pool *p, const struct px_httpc_req *rq,
+                                         px_httpc_cb cb, void *arg)
+{
+    if (p->nqueued >= p->max_queue) {
+        errno = EAGAIN;
+        return NULL;
+    }
+    struct px_httpc_req r = *rq;
+    r.host = p->host;
+    struct px_httpc_call *c = cm_xcalloc(1, sizeof(*c));
+    cm_list_init(&c->node);
+    if (!px_httpc_build(&c->req, &r, true)) {
+        cm_buf_free(&c->req);
+        free(c);
+        errno = EINVAL;
+        return NULL;
+    }
+    c->p = p;
+    c->cb = cb;
+    c->arg = arg;
+    c->max_head = rq->max_head;
+    c->max_body = rq->max_body;
+    c->timeout_ms = rq->timeout_ms ? rq->timeout_ms : POOL_TIMEOUT_MS;
+    c->deadline_us = cm_mono_us() + (uint64_t)c->timeout_ms * 1000;
+    c->ans = px_httpc_answer_new(c->max_head, c->max_body, false);
+    cm_list_insert_tail(&p->queue, &c->node);
+    p->nqueued++;
+    /* started from the loop, never inside the caller: cb must not run before
+     * the caller has the handle */
+    dispatch_later(p);
+    return c;
+}
+
+void px_httpc_call_cancel(struct px_httpc_call *c)
+{
+    if (c == NULL)
+        return;
+    struct pconn *k = c->conn;
+    if (k != NULL) {
+        k->call = NULL;
+        c->conn = NULL;
+        /* a TLS connection not through its handshake has not seen the request:
+         * it goes on and serves the next one; otherwise the answer on the
+         * wire belongs to nobody */
+        if (!(k->tls && k->st == PC_CONNECTING)) {
+            conn_close(k);
+            dispatch_later(k->p);
+        }
+    }
+    call_free(c);
+}
+
+void px_httpc_pool_get_stats(const struct px_httpc_pool *p, struct px_httpc_pool_stats *s)
+{
+    *s = p->st;
+    s->open = p->nconns;
+    s->queued = p->nqueued;
+}
