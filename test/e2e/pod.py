@@ -28,7 +28,16 @@ C.json (written by the test; see test/integration/e2e.sh):
    "token": {"mint": ["node", "mint-token.js"], "keys": "DIR"},
    "configmaps": {"<namespace>/<name>": {"<key>": "<file>"}},
    "secrets": {"<namespace>/<name>": {"<key>": "<file>"}},
-   "kubectl": "kubectl"}
+   "kubectl": "kubectl",
+   "bootstrap_merge": {...}}
+
+bootstrap_merge (optional) and a pod's annotation `e2e.remora.io/bootstrap-merge` (a JSON
+object) are the harness's overrides of the injected proxy's bootstrap, as lib.sh overrides
+the template's ca_address: after admission each is applied, in that order, to the
+`remora.io/bootstrap` annotation as an RFC 7386 merge patch (objects merge, null deletes),
+and the pod's events say which keys changed. A pod without a sidecar is left alone. Used
+for what the injector cannot set yet or not per pod (the discovery service at the node's
+IP, outbound_policy, egress_allow: test/integration/e2e_discovery.sh).
 
 With "backend": "podman" in C.json (test/integration/image.sh, docs/e2e.md "The podman
 backend") the pod is a podman pod and its containers run from real images:
@@ -158,6 +167,48 @@ def admit(cluster, pod, state):
     if r.returncode != 0:
         raise RuntimeError("kubectl patch --local failed: %s" % r.stderr.strip())
     return json.loads(r.stdout)
+
+
+BOOTSTRAP_ANNOTATION = "remora.io/bootstrap"
+MERGE_ANNOTATION = "e2e.remora.io/bootstrap-merge"
+
+
+def merge_patch(target, patch):
+    """RFC 7386: objects merge key by key, null deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
+
+
+def override_bootstrap(cluster, pod, state):
+    """The harness's overrides of the injected bootstrap (see the module's doc)."""
+    ann = pod["metadata"].get("annotations") or {}
+    if BOOTSTRAP_ANNOTATION not in ann:
+        return pod
+    patches = []
+    if cluster.get("bootstrap_merge"):
+        patches.append(("cluster.json bootstrap_merge", cluster["bootstrap_merge"]))
+    if MERGE_ANNOTATION in ann:
+        try:
+            patches.append((MERGE_ANNOTATION, json.loads(ann[MERGE_ANNOTATION])))
+        except ValueError as e:
+            raise RuntimeError("annotation %s: not JSON: %s" % (MERGE_ANNOTATION, e))
+    if not patches:
+        return pod
+    boot = json.loads(ann[BOOTSTRAP_ANNOTATION])
+    for what, patch in patches:
+        if not isinstance(patch, dict):
+            raise RuntimeError("%s: not a JSON object" % what)
+        boot = merge_patch(boot, patch)
+        log(state, "bootstrap overridden by the harness (%s): %s" % (what, ", ".join(sorted(patch))))
+    ann[BOOTSTRAP_ANNOTATION] = json.dumps(boot, separators=(",", ":"))
+    return pod
 
 
 # ---- fields, env, volumes ---------------------------------------------------------------
@@ -755,7 +806,8 @@ class Pod:
         self.netns = self.cluster["netns_prefix"] + pod["metadata"]["name"]
         self.podman_pod_name = podman_pod_name(self.cluster, pod["metadata"]["name"])
         self.save()
-        self.pod = admit(self.cluster, pod, self.state)
+        self.pod = override_bootstrap(self.cluster, admit(self.cluster, pod, self.state),
+                                      self.state)
         write_json(os.path.join(self.state, "pod.json"), self.pod)
         with open(os.path.join(self.state, "ip"), "w") as f:
             f.write(ip + "\n")
