@@ -181,14 +181,12 @@ hits() { grep -ao "GET $2[^ ]* HTTP/1.1" "$E2E/rec/$1/all.bin" 2>/dev/null | wc 
 # inet_hits PORT PATH-PREFIX / inet_conns PORT: what reached the internet host
 inet_hits() { grep -ao "GET $2[^ ]* HTTP/1.1" "$E2E/inet/rec/$1.bin" 2>/dev/null | wc -l; }
 inet_conns() { wc -l <"$E2E/inet/rec/$1.conns" 2>/dev/null || echo 0; }
-# req_head NAME PATH: the head of the first request for PATH that reached NAME's app
-req_head() { head_in "$E2E/rec/$1/all.bin" "$2"; }
-# head_in FILE PATH: the head of the first request for PATH recorded in FILE
+# head_in FILE PATH: the head of the first request for PATH* recorded in FILE
 head_in() {
     python3 - "$1" "$2" <<'PY'
 import sys
 data = open(sys.argv[1], "rb").read()
-i = data.find(b"GET " + sys.argv[2].encode() + b" ")
+i = data.find(b"GET " + sys.argv[2].encode())
 if i >= 0:
     j = data.find(b"\r\n\r\n", i)
     sys.stdout.write(data[i:j + 4 if j >= 0 else len(data)].decode("latin-1"))
@@ -213,6 +211,16 @@ extra = got[len(want):-4]
 ok = got.startswith(want + b"\r\n") and re.fullmatch(
     rb"\r\ntraceparent: 00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]\r\nx-request-id: [0-9a-f-]{36}", extra)
 print("ok" if ok else "got %r, sent %r" % (got, sent))
+PY
+}
+# with_header NAME PATH HEADER-LINE: how many requests for PATH* that reached NAME's app
+# carry HEADER-LINE exactly
+with_header() {
+    python3 - "$E2E/rec/$1/all.bin" "$2" "$3" <<'PY'
+import sys
+data = open(sys.argv[1], "rb").read()
+heads = [h for h in data.split(b"\r\n\r\n") if h.startswith(b"GET " + sys.argv[2].encode())]
+print(sum(1 for h in heads if sys.argv[3].encode() in h.split(b"\r\n")[1:]))
 PY
 }
 # pc POD CURL-ARGS...: curl in POD's client container (UID 1000, no proxy settings)
@@ -244,71 +252,76 @@ VIP_OK=""
 not_run() { fail "$1: not run, the Service's ClusterIP did not answer ('$first')"; }
 
 N1=300
-if [[ -z $VIP_OK ]]; then
-    not_run "client -> web, $N1 requests spread over the three replicas over mTLS"
+spread_run() {
+    out=$(pc client -m 120 -w ' %{http_code}\n' "http://$WEB_VIP/spread/[1-$N1]")
+    expect_eq "client -> web ($WEB_VIP:80), $N1 requests on one keep-alive connection: all 200" \
+        "$(grep -c ' 200$' <<<"$out")" "$N1"
+    total=0 xfcc=0
+    for w in "${WEBS[@]}"; do
+        n=$(hits "$w" /spread/)
+        total=$((total + n))
+        seen=$(grep -c "^$w 200\$" <<<"$out")
+        if ((n >= N1 / 10)); then
+            pass "$w's app got $n of the $N1 requests (at least a tenth; the client saw $seen answers from it)"
+        else
+            fail "$w's app got $n of the $N1 requests, want at least $((N1 / 10)) (spread over the three)"
+        fi
+        expect_eq "$w: the answers the client got from it are the requests its app recorded" "$seen" "$n"
+        xfcc=$((xfcc + $(with_header "$w" /spread/ "x-forwarded-client-cert: By=$SPIFFE/web;URI=$SPIFFE/client")))
+    done
+    expect_eq "the three replicas' apps recorded $N1 requests in all (none lost, none doubled)" "$total" "$N1"
+    expect_eq "each of them came with the client's SPIFFE ID (mTLS between the sidecars, XFCC)" "$xfcc" "$N1"
+    expect_eq "client's sidecar holds web's three endpoints (/destinations)" \
+        "$(dest_endpoints client "$WEB_VIP:80")" "${IP[web-0]}:8080 ${IP[web-1]}:8080 ${IP[web-2]}:8080"
+}
+if [[ -n $VIP_OK ]]; then
+    spread_run
 else
-out=$(pc client -m 120 -w ' %{http_code}\n' "http://$WEB_VIP/spread/[1-$N1]")
-expect_eq "client -> web ($WEB_VIP:80), $N1 requests on one keep-alive connection: all 200" \
-    "$(grep -c ' 200$' <<<"$out")" "$N1"
-total=0
-for w in "${WEBS[@]}"; do
-    n=$(hits "$w" /spread/)
-    total=$((total + n))
-    seen=$(grep -c "^$w 200\$" <<<"$out")
-    if ((n >= N1 / 10)); then
-        pass "$w's app got $n of the $N1 requests (at least a tenth; the client saw $seen answers from it)"
-    else
-        fail "$w's app got $n of the $N1 requests, want at least $((N1 / 10)) (spread over the three)"
-    fi
-    expect_eq "$w: the answers the client got from it are the requests its app recorded" "$seen" "$n"
-    expect_match "$w: its app saw the client's SPIFFE identity (mTLS between the sidecars, XFCC)" \
-        "$(req_head "$w" /spread/1)" \
-        "x-forwarded-client-cert: By=$SPIFFE/web;URI=$SPIFFE/client"$'\r\n'
-done
-expect_eq "the three replicas' apps recorded $N1 requests in all (none lost, none doubled)" "$total" "$N1"
-expect_eq "client's sidecar holds web's three endpoints (/destinations)" \
-    "$(dest_endpoints client "$WEB_VIP:80")" "${IP[web-0]}:8080 ${IP[web-1]}:8080 ${IP[web-2]}:8080"
+    not_run "client -> web, $N1 requests spread over the three replicas over mTLS"
 fi
 
 # ---- scale to two during 2,000 requests ---------------------------------------------------
 N2=2000
-if [[ -z $VIP_OK ]]; then
+scale_run() {
+    pc client -m 180 --rate 200/s -w ' %{http_code}\n' "http://$WEB_VIP/scale/[1-$N2]" \
+        >"$E2E/scale.out" 2>"$E2E/scale.err" &
+    scale_pid=$!
+    scaled() { (($(hits web-0 /scale/) + $(hits web-1 /scale/) + $(hits web-2 /scale/) >= $1)); }
+    at_change=""
+    if wait_until 60 scaled 500; then
+        put endpointslices "$(reg_slice web web-0 web-1)"
+        at_change=$(($(hits web-0 /scale/) + $(hits web-1 /scale/) + $(hits web-2 /scale/)))
+        two() { [[ $(dest_endpoints client "$WEB_VIP:80") == "${IP[web-0]}:8080 ${IP[web-1]}:8080" ]]; }
+        check "scale to two: the client's sidecar got the EndpointSlice change (long-poll)" wait_until 15 two
+        w2_after_update=$(hits web-2 /scale/)
+        # then the replica goes away, as a scale-down deletes the pod
+        e2e_delete web-2
+        w2_deleted=$(($(hits web-0 /scale/) + $(hits web-1 /scale/) + $(hits web-2 /scale/)))
+    else
+        fail "scale: the first 500 requests did not reach the replicas in 60 s"
+    fi
+    wait "$scale_pid"
+    expect_eq "scale to two during $N2 requests: every one answered 200" \
+        "$(grep -c ' 200$' "$E2E/scale.out")" "$N2"
+    grep -v ' 200$' "$E2E/scale.out" | sort | uniq -c | head -5
+    if [[ -n $at_change ]] && ((at_change < N2 && w2_deleted < N2)); then
+        pass "the change came during the run (at request $at_change; web-2 deleted by request $w2_deleted)"
+    else
+        fail "the change did not come during the run (at '$at_change', deleted by '${w2_deleted:-}')"
+    fi
+    s0=$(hits web-0 /scale/) s1=$(hits web-1 /scale/) s2=$(hits web-2 /scale/)
+    expect_eq "the replicas' apps recorded $N2 requests in all (web-0 $s0, web-1 $s1, web-2 $s2)" \
+        "$((s0 + s1 + s2))" "$N2"
+    if [[ -n ${w2_after_update:-} ]] && ((s2 <= w2_after_update + 1 && s2 > 0)); then
+        pass "web-2 got requests before the change ($s2) and none after the sidecar had it (at most the one in flight)"
+    else
+        fail "web-2 got $s2 requests, ${w2_after_update:-?} when the client's sidecar had the change"
+    fi
+}
+if [[ -n $VIP_OK ]]; then
+    scale_run
+else
     not_run "scale to two (an EndpointSlice change) during $N2 requests: none fails"
-else
-pc client -m 180 --rate 200/s -w ' %{http_code}\n' "http://$WEB_VIP/scale/[1-$N2]" \
-    >"$E2E/scale.out" 2>"$E2E/scale.err" &
-scale_pid=$!
-scaled() { (($(hits web-0 /scale/) + $(hits web-1 /scale/) + $(hits web-2 /scale/) >= $1)); }
-at_change=""
-if wait_until 60 scaled 500; then
-    put endpointslices "$(reg_slice web web-0 web-1)"
-    at_change=$(($(hits web-0 /scale/) + $(hits web-1 /scale/) + $(hits web-2 /scale/)))
-    two() { [[ $(dest_endpoints client "$WEB_VIP:80") == "${IP[web-0]}:8080 ${IP[web-1]}:8080" ]]; }
-    check "scale to two: the client's sidecar got the EndpointSlice change (long-poll)" wait_until 15 two
-    w2_after_update=$(hits web-2 /scale/)
-    # then the replica goes away, as a scale-down deletes the pod
-    e2e_delete web-2
-    w2_deleted=$(($(hits web-0 /scale/) + $(hits web-1 /scale/) + $(hits web-2 /scale/)))
-else
-    fail "scale: the first 500 requests did not reach the replicas in 60 s"
-fi
-wait "$scale_pid"
-expect_eq "scale to two during $N2 requests: every one answered 200" \
-    "$(grep -c ' 200$' "$E2E/scale.out")" "$N2"
-grep -v ' 200$' "$E2E/scale.out" | sort | uniq -c | head -5
-if [[ -n $at_change ]] && ((at_change < N2 && w2_deleted < N2)); then
-    pass "the change came during the run (at request $at_change; web-2 deleted by request $w2_deleted)"
-else
-    fail "the change did not come during the run (at '$at_change', deleted by '${w2_deleted:-}')"
-fi
-s0=$(hits web-0 /scale/) s1=$(hits web-1 /scale/) s2=$(hits web-2 /scale/)
-expect_eq "the replicas' apps recorded $N2 requests in all (web-0 $s0, web-1 $s1, web-2 $s2)" \
-    "$((s0 + s1 + s2))" "$N2"
-if [[ -n ${w2_after_update:-} ]] && ((s2 <= w2_after_update + 1 && s2 > 0)); then
-    pass "web-2 got requests before the change ($s2) and none after the sidecar had it (at most the one in flight)"
-else
-    fail "web-2 got $s2 requests, ${w2_after_update:-?} when the client's sidecar had the change"
-fi
 fi
 
 # ---- secure naming: a replica presenting another service account ------------------------
@@ -400,19 +413,22 @@ stale() {
         '.destinations[] | select(.destination == $d) | .stale' >/dev/null
 }
 check "injector stopped: client's held answer for web turns stale" wait_until 60 stale
-if [[ -z $VIP_OK ]]; then
+after_stop_run() {
+    before=$(($(hits web-0 /after/) + $(hits web-1 /after/)))
+    out=$(pc client -m 60 -w ' %{http_code}\n' "http://$WEB_VIP/after/[1-50]")
+    expect_eq "injector stopped: the Service web keeps working, 50 of 50 answered 200" \
+        "$(grep -c ' 200$' <<<"$out")" 50
+    a0=$(hits web-0 /after/) a1=$(hits web-1 /after/)
+    if ((a0 + a1 - before == 50 && a0 > 0 && a1 > 0)); then
+        pass "... spread over the two replicas still held (web-0 $a0, web-1 $a1)"
+    else
+        fail "... the replicas recorded web-0 $a0, web-1 $a1 (want 50 over both)"
+    fi
+}
+if [[ -n $VIP_OK ]]; then
+    after_stop_run
+else
     not_run "injector stopped: the Service web keeps working"
-else
-before=$(($(hits web-0 /after/) + $(hits web-1 /after/)))
-out=$(pc client -m 60 -w ' %{http_code}\n' "http://$WEB_VIP/after/[1-50]")
-expect_eq "injector stopped: the Service web keeps working, 50 of 50 answered 200" \
-    "$(grep -c ' 200$' <<<"$out")" 50
-a0=$(hits web-0 /after/) a1=$(hits web-1 /after/)
-if ((a0 + a1 - before == 50 && a0 > 0 && a1 > 0)); then
-    pass "... spread over the two replicas still held (web-0 $a0, web-1 $a1)"
-else
-    fail "... the replicas recorded web-0 $a0, web-1 $a1 (want 50 over both)"
-fi
 fi
 out=$(pc client -m 20 -w ' %{http_code}' "http://${IP[legacy]}:8080/after/legacy")
 expect_eq "injector stopped: the unmeshed pod keeps working" "$out" "legacy 200"
