@@ -131,16 +131,18 @@ e2e_cluster() {
                             entrypoint: ["python3", $ws, "server"]}},
         token: {mint: ["node", $mint], keys: $keys},
         configmaps: {}, kubectl: "kubectl"}' >"$E2E/cluster.json"
-    if [[ ${E2E_DISCOVERY:-} == 1 ]]; then
-        # the proxies ask the node's discovery port (numeric: no DNS server on the bridge),
-        # as ca_address above; remora-e2e/recorder is test/tools/h1_recorder.py
-        local tmp=$E2E/cluster.json.tmp
-        jq --arg a "$E2E_NODE_IP:$E2E_DISC_PORT" --arg rec "$REMORA_ROOT/test/tools/h1_recorder.py" '
-            .bootstrap_merge = {discovery: {address: $a}} |
-            .images["remora-e2e/recorder"] = {bin: {python3: "/usr/bin/python3"},
-                                              entrypoint: ["python3", $rec]}' \
-            "$E2E/cluster.json" >"$tmp" && mv "$tmp" "$E2E/cluster.json"
-    fi
+    # With discovery, the proxies ask the node's discovery port (numeric: no DNS server on
+    # the bridge), as ca_address above. Without it, a discovery block the template may set
+    # is dropped: nothing would answer it, and every destination would be "outside the
+    # mesh" (plaintext) instead of mTLS as these suites expect. remora-e2e/recorder is
+    # test/tools/h1_recorder.py.
+    local tmp=$E2E/cluster.json.tmp disc=null
+    [[ ${E2E_DISCOVERY:-} == 1 ]] && disc="{\"address\": \"$E2E_NODE_IP:$E2E_DISC_PORT\"}"
+    jq --argjson disc "$disc" --arg rec "$REMORA_ROOT/test/tools/h1_recorder.py" '
+        .bootstrap_merge = {discovery: $disc} |
+        .images["remora-e2e/recorder"] = {bin: {python3: "/usr/bin/python3"},
+                                          entrypoint: ["python3", $rec]}' \
+        "$E2E/cluster.json" >"$tmp" && mv "$tmp" "$E2E/cluster.json"
     if [[ ${E2E_BACKEND:-} == podman ]]; then
         e2e_podman_cluster_json || return 1 # images instead of binaries
     fi

@@ -35,7 +35,7 @@ bootstrap_merge (optional) and a pod's annotation `e2e.remora.io/bootstrap-merge
 object) are the harness's overrides of the injected proxy's bootstrap, as lib.sh overrides
 the template's ca_address: after admission each is applied, in that order, to the
 `remora.io/bootstrap` annotation as an RFC 7386 merge patch (objects merge, null deletes),
-and the pod's events say which keys changed. A pod without a sidecar is left alone. Used
+and the pod's log says which top-level keys changed. A pod without a sidecar is left alone. Used
 for what the injector cannot set yet or not per pod (the discovery service at the node's
 IP, outbound_policy, egress_allow: test/integration/e2e_discovery.sh).
 
@@ -205,8 +205,11 @@ def override_bootstrap(cluster, pod, state):
     for what, patch in patches:
         if not isinstance(patch, dict):
             raise RuntimeError("%s: not a JSON object" % what)
-        boot = merge_patch(boot, patch)
-        log(state, "bootstrap overridden by the harness (%s): %s" % (what, ", ".join(sorted(patch))))
+        new = merge_patch(boot, patch)
+        changed = sorted(k for k in set(boot) | set(new) if boot.get(k) != new.get(k))
+        if changed:
+            log(state, "bootstrap overridden by the harness (%s): %s" % (what, ", ".join(changed)))
+        boot = new
     ann[BOOTSTRAP_ANNOTATION] = json.dumps(boot, separators=(",", ":"))
     return pod
 
