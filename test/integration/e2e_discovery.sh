@@ -253,7 +253,7 @@ not_run() { fail "$1: not run, the Service's ClusterIP did not answer ('$first')
 
 # At 100 requests a second, as a client with steady traffic sends them: each replica's
 # first request pays its sidecars' TLS handshake, a peak the balancer's latency estimate
-# (peak-EWMA, docs/routes.md) takes a few seconds to forget: a replica may get nothing
+# (peak-EWMA, docs/routes.md "Choosing an endpoint") takes a few seconds to forget: a replica may get nothing
 # for the first ~3 s (measured: requests 9 to 314 of 600 at 100/s), so the run lasts 10 s.
 N1=1000
 spread_run() {
