@@ -287,7 +287,7 @@ fi
 
 # ---- scale to two during 2,000 requests ---------------------------------------------------
 # The change itself (the EndpointSlice update reaching the client's sidecar by its
-# long-poll, then the pod deleted) is made and checked in any case; the 2,000 requests
+# watch on the discovery service, then the pod deleted) is made and checked in any case; the 2,000 requests
 # around it only when the ClusterIP answers (see not_run).
 N2=2000
 sum_scale() { echo $(($(hits web-0 /scale/) + $(hits web-1 /scale/) + $(hits web-2 /scale/))); }
@@ -304,7 +304,7 @@ t0=${EPOCHREALTIME/./}
 put endpointslices "$(reg_slice web web-0 web-1)"
 at_change=$(sum_scale)
 if wait_until 15 two; then
-    pass "scale to two: the client's sidecar got the EndpointSlice change by its long-poll (seen $(((${EPOCHREALTIME/./} - t0) / 1000)) ms after the PUT, polling /destinations by pod exec)"
+    pass "scale to two: the client's sidecar got the EndpointSlice change pushed by discovery (seen $(((${EPOCHREALTIME/./} - t0) / 1000)) ms after the PUT, polling /destinations by pod exec)"
 else
     fail "scale to two: the client's sidecar still holds '$(dest_endpoints client "$WEB_VIP:80")' 15 s after the change"
 fi
