@@ -286,9 +286,9 @@ else
 fi
 
 # ---- scale to two during 2,000 requests ---------------------------------------------------
-# The change itself (the EndpointSlice update reaching the client's sidecar by its
-# watch on the discovery service, then the pod deleted) is made and checked in any case; the 2,000 requests
-# around it only when the ClusterIP answers (see not_run).
+# The change itself (the EndpointSlice update pushed to the client's sidecar by the
+# discovery service, then the pod deleted) is made and checked in any case; the 2,000
+# requests around it only when the ClusterIP answers (see not_run).
 N2=2000
 sum_scale() { echo $(($(hits web-0 /scale/) + $(hits web-1 /scale/) + $(hits web-2 /scale/))); }
 scaled() { (($(sum_scale) >= $1)); }
