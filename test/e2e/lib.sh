@@ -16,8 +16,8 @@
 #   e2e_pod_start ... / e2e_pod_wait NAME   the same in two steps (pods started together)
 # With E2E_DISCOVERY=1 before e2e_cluster, service discovery (docs/discovery.md) is on:
 # a fake API server (test/tools/fake_apiserver.py) on the node's 127.0.0.1, the
-# injector's discovery service on $E2E_NODE_IP:15011 listing it, and every injected
-# proxy's bootstrap pointed at it (cluster.json bootstrap_merge, test/e2e/pod.py).
+# injector's discovery service on $E2E_NODE_IP:15011 listing it, and the template's
+# discovery block pointed at it (every injected proxy asks it).
 #   e2e_ctl PATH [CURL-ARGS...]   the fake's control API (/_control/PATH), from the node
 #   e2e_delete NAME           delete a pod (SIGTERM to its kubelet) and wait for it
 #   e2e_exec NAME CONTAINER CMD...    run CMD in a pod's container
@@ -69,8 +69,12 @@ e2e_cluster() {
 
     # The template the cluster's injector uses: the shipped one, with the CA at the
     # node's address (the proxy takes ip:port; a cluster would use the Service IP),
-    # and no discovery block (issue 18: this injector runs no discovery service).
-    jq --arg ca "$E2E_NODE_IP:15012" '.ca_address = $ca | .discovery = false' \
+    # and the discovery block likewise at the node's address with E2E_DISCOVERY=1, else
+    # none (issue 18: this injector runs no discovery service; every destination would
+    # be "outside the mesh", plaintext, instead of mTLS as e2e.sh expects).
+    local disc=false
+    [[ ${E2E_DISCOVERY:-} == 1 ]] && disc="{\"address\": \"$E2E_NODE_IP:$E2E_DISC_PORT\"}"
+    jq --arg ca "$E2E_NODE_IP:15012" --argjson disc "$disc" '.ca_address = $ca | .discovery = $disc' \
         "$REMORA_ROOT/manifests/injector/template.json" >"$E2E/template.json"
     jq -n --arg ip "$E2E_NODE_IP" --arg pki "$E2E/pki" --arg jwks "$E2E/jwt/jwks.json" \
         --arg tpl "$E2E/template.json" '{
@@ -131,15 +135,9 @@ e2e_cluster() {
                             entrypoint: ["python3", $ws, "server"]}},
         token: {mint: ["node", $mint], keys: $keys},
         configmaps: {}, kubectl: "kubectl"}' >"$E2E/cluster.json"
-    # With discovery, the proxies ask the node's discovery port (numeric: no DNS server on
-    # the bridge), as ca_address above. Without it, a discovery block the template may set
-    # is dropped: nothing would answer it, and every destination would be "outside the
-    # mesh" (plaintext) instead of mTLS as these suites expect. remora-e2e/recorder is
-    # test/tools/h1_recorder.py.
-    local tmp=$E2E/cluster.json.tmp disc=null
-    [[ ${E2E_DISCOVERY:-} == 1 ]] && disc="{\"address\": \"$E2E_NODE_IP:$E2E_DISC_PORT\"}"
-    jq --argjson disc "$disc" --arg rec "$REMORA_ROOT/test/tools/h1_recorder.py" '
-        .bootstrap_merge = {discovery: $disc} |
+    # remora-e2e/recorder: test/tools/h1_recorder.py (records every byte an app receives)
+    local tmp=$E2E/cluster.json.tmp
+    jq --arg rec "$REMORA_ROOT/test/tools/h1_recorder.py" '
         .images["remora-e2e/recorder"] = {bin: {python3: "/usr/bin/python3"},
                                           entrypoint: ["python3", $rec]}' \
         "$E2E/cluster.json" >"$tmp" && mv "$tmp" "$E2E/cluster.json"

@@ -28,16 +28,14 @@ C.json (written by the test; see test/integration/e2e.sh):
    "token": {"mint": ["node", "mint-token.js"], "keys": "DIR"},
    "configmaps": {"<namespace>/<name>": {"<key>": "<file>"}},
    "secrets": {"<namespace>/<name>": {"<key>": "<file>"}},
-   "kubectl": "kubectl",
-   "bootstrap_merge": {...}}
+   "kubectl": "kubectl"}
 
-bootstrap_merge (optional) and a pod's annotation `e2e.remora.io/bootstrap-merge` (a JSON
-object) are the harness's overrides of the injected proxy's bootstrap, as lib.sh overrides
-the template's ca_address: after admission each is applied, in that order, to the
-`remora.io/bootstrap` annotation as an RFC 7386 merge patch (objects merge, null deletes),
-and the pod's log says which top-level keys changed. A pod without a sidecar is left alone. Used
-for what the injector cannot set yet or not per pod (the discovery service at the node's
-IP, outbound_policy, egress_allow: test/integration/e2e_discovery.sh).
+A pod's annotation `e2e.remora.io/bootstrap-merge` (a JSON object) is the harness's
+override of the injected proxy's bootstrap, for what the injector does not set per pod
+(outbound_policy, egress_allow: test/integration/e2e_discovery.sh): after admission it is
+applied to the `remora.io/bootstrap` annotation as an RFC 7386 merge patch (objects merge,
+null deletes), and the pod's log says which top-level keys changed. A pod without a
+sidecar is left alone.
 
 With "backend": "podman" in C.json (test/integration/image.sh, docs/e2e.md "The podman
 backend") the pod is a podman pod and its containers run from real images:
@@ -186,31 +184,25 @@ def merge_patch(target, patch):
     return out
 
 
-def override_bootstrap(cluster, pod, state):
-    """The harness's overrides of the injected bootstrap (see the module's doc)."""
+def override_bootstrap(pod, state):
+    """The harness's override of the injected bootstrap (see the module's doc)."""
     ann = pod["metadata"].get("annotations") or {}
     if BOOTSTRAP_ANNOTATION not in ann:
         return pod
-    patches = []
-    if cluster.get("bootstrap_merge"):
-        patches.append(("cluster.json bootstrap_merge", cluster["bootstrap_merge"]))
-    if MERGE_ANNOTATION in ann:
-        try:
-            patches.append((MERGE_ANNOTATION, json.loads(ann[MERGE_ANNOTATION])))
-        except ValueError as e:
-            raise RuntimeError("annotation %s: not JSON: %s" % (MERGE_ANNOTATION, e))
-    if not patches:
+    if MERGE_ANNOTATION not in ann:
         return pod
+    try:
+        patch = json.loads(ann[MERGE_ANNOTATION])
+    except ValueError as e:
+        raise RuntimeError("annotation %s: not JSON: %s" % (MERGE_ANNOTATION, e))
+    if not isinstance(patch, dict):
+        raise RuntimeError("annotation %s: not a JSON object" % MERGE_ANNOTATION)
     boot = json.loads(ann[BOOTSTRAP_ANNOTATION])
-    for what, patch in patches:
-        if not isinstance(patch, dict):
-            raise RuntimeError("%s: not a JSON object" % what)
-        new = merge_patch(boot, patch)
-        changed = sorted(k for k in set(boot) | set(new) if boot.get(k) != new.get(k))
-        if changed:
-            log(state, "bootstrap overridden by the harness (%s): %s" % (what, ", ".join(changed)))
-        boot = new
-    ann[BOOTSTRAP_ANNOTATION] = json.dumps(boot, separators=(",", ":"))
+    new = merge_patch(boot, patch)
+    changed = sorted(k for k in set(boot) | set(new) if boot.get(k) != new.get(k))
+    log(state, "bootstrap overridden by the harness (%s): %s"
+        % (MERGE_ANNOTATION, ", ".join(changed) or "nothing changed"))
+    ann[BOOTSTRAP_ANNOTATION] = json.dumps(new, separators=(",", ":"))
     return pod
 
 
@@ -809,8 +801,7 @@ class Pod:
         self.netns = self.cluster["netns_prefix"] + pod["metadata"]["name"]
         self.podman_pod_name = podman_pod_name(self.cluster, pod["metadata"]["name"])
         self.save()
-        self.pod = override_bootstrap(self.cluster, admit(self.cluster, pod, self.state),
-                                      self.state)
+        self.pod = override_bootstrap(admit(self.cluster, pod, self.state), self.state)
         write_json(os.path.join(self.state, "pod.json"), self.pod)
         with open(os.path.join(self.state, "ip"), "w") as f:
             f.write(ip + "\n")
