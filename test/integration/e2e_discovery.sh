@@ -347,6 +347,34 @@ expect_match "... the 503 names both identities" "${out%$'\n'*}" "$SPIFFE/rogue.
 expect_eq "web-x's app got nothing" "$(hits web-x /named/)" 0
 check "client's sidecar log names both identities" \
     grep -q "peer is $SPIFFE/rogue, expected $SPIFFE/web" "$E2E/pods/client/remora-proxy.log"
+# web-x joins web's replicas (the registry says it is sa web like them): whatever the
+# balancer picks, no request reaches web-x's app and none is answered by it; a try that
+# picked it is refused (503 naming both) or retried on another replica
+three() { [[ $(dest_endpoints client "$WEB_VIP:80") == "${IP[web-0]}:8080 ${IP[web-1]}:8080 ${IP[web-x]}:8080" ]]; }
+put endpointslices "$(reg_slice web web-0 web-1 web-x)"
+check "web-x added to web's EndpointSlice: the client's sidecar has it" wait_until 15 three
+mixed_run() {
+    local n0 n1 ok refused
+    n0=$(hits web-0 /mixed/) n1=$(hits web-1 /mixed/)
+    out=$(pc client -m 60 -w ' %{http_code}\n' "http://$WEB_VIP/mixed/[1-60]")
+    ok=$(grep -c '^web-[01] 200$' <<<"$out")
+    refused=$(grep -c ' 503$' <<<"$out")
+    expect_eq "web with an impostor among its replicas, 60 requests: each answered by web-0 or web-1, or refused 503 ($ok answered, $refused refused)" \
+        "$((ok + refused))" 60
+    expect_eq "... web-x's app got none of them" "$(hits web-x /mixed/)" 0
+    expect_eq "... web-0's and web-1's apps got exactly the ones answered" \
+        "$(($(hits web-0 /mixed/) + $(hits web-1 /mixed/) - n0 - n1))" "$ok"
+    if ((refused > 0)); then
+        expect_match "... a refusal names both identities" "$out" "$SPIFFE/rogue.*$SPIFFE/web|$SPIFFE/web.*$SPIFFE/rogue"
+    fi
+}
+if [[ -n $VIP_OK ]]; then
+    mixed_run
+else
+    not_run "web with an impostor among its replicas: it gets nothing"
+fi
+put endpointslices "$(reg_slice web web-0 web-1)"
+check "web-x removed again: the client's sidecar has web-0 and web-1" wait_until 15 two
 
 # ---- an unmeshed pod in the registry: plaintext, as the app sent it ----------------------
 UA=(-H 'User-Agent: e2e' -H 'X-E2E: legacy')
