@@ -2,13 +2,14 @@
 # Issue 18 end to end: service discovery in a cluster of pods (test/e2e, docs/e2e.md
 # "Service discovery"). The injector runs its discovery service against a fake API server
 # (test/tools/fake_apiserver.py) that describes the pods started here; every injected
-# proxy asks it (its bootstrap's discovery block, pointed at the node's IP by the harness).
+# proxy asks it (the template's discovery block, pointed at the node's IP by the harness;
+# outbound_policy and egress_allow per pod through pod.py's e2e.remora.io/bootstrap-merge).
 #
 #   web-0..2  shop/web (sa web), meshed: three replicas behind the Service web,
 #             ClusterIP 10.96.0.10:80 -> 8080, which nothing listens on (as in a pod,
 #             where kube-proxy's rules are on the node)
 #   web-x     registered as a web replica (sa web), but runs as sa rogue; alone behind
-#             the Service web-canary (10.96.0.11)
+#             the Service web-canary (10.96.0.11), and for one check among web's replicas
 #   legacy    not meshed (remora.io/inject: "false"), in the registry, Service legacy
 #             (10.96.0.12)
 #   client    an unmodified curl client, outbound_policy allow_any
@@ -79,9 +80,10 @@ reg_slice() {
         addressType: "IPv4", ports: [{name: "http", port: 8080, protocol: "TCP"}],
         endpoints: $eps}'
 }
-put() { # KIND JSON
+put() { # KIND JSON: an object (or a list) into the fake API server; fails on its refusal
     local out
-    out=$(e2e_ctl "objects/$1" -X PUT --data-binary "$2") || { echo "put $1: $out" >&2; return 1; }
+    out=$(e2e_ctl "objects/$1" --fail-with-body -X PUT --data-binary "$2") ||
+        { echo "put $1: $out" >&2; return 1; }
 }
 # called by e2e_cluster before the injector starts (test/e2e/lib.sh)
 e2e_registry() {
@@ -304,7 +306,7 @@ if [[ -n $VIP_OK ]]; then
     wait_until 60 scaled 500 || fail "scale: the first 500 requests did not reach the replicas in 60 s"
 fi
 t0=${EPOCHREALTIME/./}
-put endpointslices "$(reg_slice web web-0 web-1)"
+put endpointslices "$(reg_slice web web-0 web-1)" || fail "scale to two: the fake API server took the EndpointSlice"
 at_change=$(sum_scale)
 if WAIT_UNTIL_STEP=0.02 wait_until 15 two; then
     # when the sidecar swapped its answer: /destinations' changed_ms_ago, read now
