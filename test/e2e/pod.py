@@ -37,6 +37,9 @@ applied to the `remora.io/bootstrap` annotation as an RFC 7386 merge patch (obje
 null deletes), and the pod's log says which top-level keys changed. A pod without a
 sidecar is left alone.
 
+spec.hostAliases: the containers' /etc/hosts is the file kubelet would write (localhost,
+the pod's IP and name, the aliases), bind-mounted; under podman, `pod create --add-host`.
+
 With "backend": "podman" in C.json (test/integration/image.sh, docs/e2e.md "The podman
 backend") the pod is a podman pod and its containers run from real images:
   "podman": {"argv": ["podman"], "prefix": "rm-img-123-"},
@@ -165,6 +168,36 @@ def admit(cluster, pod, state):
     if r.returncode != 0:
         raise RuntimeError("kubectl patch --local failed: %s" % r.stderr.strip())
     return json.loads(r.stdout)
+
+
+def host_aliases(pod):
+    """spec.hostAliases as (ip, [hostnames]), validated."""
+    out = []
+    for i, a in enumerate(pod["spec"].get("hostAliases") or []):
+        ip, names = a.get("ip"), a.get("hostnames") or []
+        if not isinstance(ip, str) or not re.fullmatch(r"[0-9a-fA-F.:]+", ip) or not names or \
+                not all(isinstance(n, str) and re.fullmatch(r"[A-Za-z0-9.-]+", n) for n in names):
+            raise ValueError("spec.hostAliases[%d]: want an IP and hostnames" % i)
+        out.append((ip, names))
+    return out
+
+
+def write_etc_hosts(pod, ip, state):
+    """/etc/hosts as kubelet writes it for a pod with hostAliases: localhost, the pod's
+    IP and name, then the aliases. None (the machine's file is left) without them."""
+    aliases = host_aliases(pod)
+    if not aliases:
+        return None
+    lines = ["# Kubernetes-managed hosts file.", "127.0.0.1\tlocalhost",
+             "::1\tlocalhost ip6-localhost ip6-loopback", "fe00::0\tip6-localnet",
+             "fe00::0\tip6-mcastprefix", "fe00::1\tip6-allnodes", "fe00::2\tip6-allrouters",
+             "%s\t%s" % (ip, pod["metadata"]["name"]), "", "# Entries added by HostAliases."]
+    lines += ["%s\t%s" % (a, "\t".join(names)) for a, names in aliases]
+    path = os.path.join(state, "etc-hosts")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.chmod(path, 0o644)
+    return path
 
 
 BOOTSTRAP_ANNOTATION = "remora.io/bootstrap"
@@ -420,6 +453,9 @@ def launch_script(cluster, pod, ip, state, vols, c, argv, extra_env=None, user=N
     if extra_env:
         env.update(extra_env)
     lines = ["set -e"]
+    hosts = os.path.join(state, "etc-hosts")
+    if os.path.exists(hosts):  # hostAliases: the pod's hosts file (write_etc_hosts)
+        lines.append("mount --bind %s /etc/hosts" % shlex.quote(hosts))
     if sc.get("readOnlyRootFilesystem"):
         # remount,bind changes this namespace's view only (never the superblock)
         lines.append("mount -o remount,bind,ro /")
@@ -626,8 +662,9 @@ class Pod:
         write_json(os.path.join(self.state, "podman-argv"), pm)
         with open(os.path.join(self.state, "podman-pod"), "w") as f:
             f.write(name + "\n")
+        hosts = ["--add-host=%s:%s" % (n, a) for a, names in host_aliases(self.pod) for n in names]
         for argv in (pm + ["pod", "create", "--name", name, "--network", "none",
-                           "--hostname", self.pod["metadata"]["name"]],
+                           "--hostname", self.pod["metadata"]["name"]] + hosts,
                      pm + ["pod", "start", name]):
             r = run(argv)
             if r.returncode != 0:
@@ -812,6 +849,8 @@ class Pod:
                                                          or {})
         self.network()
         self.vols = make_volumes(self.cluster, self.pod, ip, self.state)
+        if not self.podman:  # podman writes its own, with --add-host (podman_pod)
+            write_etc_hosts(self.pod, ip, self.state)
         self.status["phase"] = "Initializing"
         self.save()
         for c in self.pod["spec"].get("initContainers") or []:

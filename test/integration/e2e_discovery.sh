@@ -106,15 +106,15 @@ e2e_configmap shop/remora-ca-root root.pem "$E2E/pki/root.pem"
 
 # ---- pods ------------------------------------------------------------------------------
 mkdir -p "$E2E/rec"
-# manifest NAME SA ANNOTATIONS-JSON CONTAINERS-JSON
+# manifest NAME SA ANNOTATIONS-JSON CONTAINERS-JSON [SPEC-JSON]: SPEC-JSON is merged into spec
 manifest() {
-    jq -n --arg name "$1" --arg sa "$2" --argjson ann "$3" --argjson cs "$4" '{
+    jq -n --arg name "$1" --arg sa "$2" --argjson ann "$3" --argjson cs "$4" --argjson spec "${5:-{\}}" '{
         apiVersion: "v1", kind: "Pod",
         metadata: {name: $name, namespace: "shop", labels: {app: ($name | sub("-[0-9x]$"; ""))},
                    annotations: $ann},
-        spec: {serviceAccountName: $sa, terminationGracePeriodSeconds: 10,
-               securityContext: {runAsUser: 1000, runAsGroup: 1000},
-               containers: $cs}}' >"$E2E/$1.json"
+        spec: ({serviceAccountName: $sa, terminationGracePeriodSeconds: 10,
+                securityContext: {runAsUser: 1000, runAsGroup: 1000},
+                containers: $cs} + $spec)}' >"$E2E/$1.json"
 }
 # recorder NAME: the app, h1_recorder.py on :8080 recording into $E2E/rec/NAME, answering NAME
 recorder() {
@@ -125,15 +125,20 @@ recorder() {
          readinessProbe: {httpGet: {path: "/ready", port: 8080}, periodSeconds: 1}}]'
 }
 TOOLBOX='[{"name": "client", "image": "remora-e2e/toolbox"}]'
+# the clients know the internet host by name as a cluster's DNS would tell them: the pod's
+# /etc/hosts (hostAliases), read by curl and by the sidecar (evdns), which checks that a
+# destination allowed by name is an address of that name
+DNS="{\"hostAliases\": [{\"ip\": \"$INET_IP\", \"hostnames\": [\"$INET_NAME\"]}]}"
 for p in web-0 web-1 web-2; do manifest "$p" web '{}' "$(recorder "$p")"; done
 manifest web-x rogue '{}' "$(recorder web-x)"
 manifest legacy legacy '{"remora.io/inject": "false"}' "$(recorder legacy)"
-manifest client client '{}' "$TOOLBOX"
-manifest locked locked '{"e2e.remora.io/bootstrap-merge": "{\"outbound_policy\": \"registry_only\"}"}' "$TOOLBOX"
+manifest client client '{}' "$TOOLBOX" "$DNS"
+manifest locked locked '{"e2e.remora.io/bootstrap-merge": "{\"outbound_policy\": \"registry_only\"}"}' \
+    "$TOOLBOX" "$DNS"
 EGRESS="[\"$INET_IP/32:80\", \"$INET_NAME:8080\", \"$INET_NAME:443\"]"
 manifest listed listed "$(jq -n --argjson e "$EGRESS" \
     '{"e2e.remora.io/bootstrap-merge": ({outbound_policy: "registry_only", egress_allow: $e} | tojson)}')" \
-    "$TOOLBOX"
+    "$TOOLBOX" "$DNS"
 PODS=(web-0 web-1 web-2 web-x legacy client locked listed)
 for p in "${PODS[@]}"; do e2e_pod_start "$p" "${IP[$p]}" "$E2E/$p.json"; done
 for p in "${PODS[@]}"; do check "pod $p Ready" e2e_pod_wait "$p"; done
@@ -235,7 +240,7 @@ dest_endpoints() {
     admin "$1" /destinations | jq -r --arg d "$2" \
         '[.destinations[] | select(.destination == $d) | .answer.endpoints[]?.address] | sort | join(" ")'
 }
-CA_INET=(--cacert "$E2E/inet/ca.pem" --resolve "$INET_NAME:443:$INET_IP" --resolve "$INET_NAME:8080:$INET_IP")
+CA_INET=(--cacert "$E2E/inet/ca.pem")
 WEBS=(web-0 web-1 web-2)
 
 # ---- a ClusterIP nothing listens on, in front of three meshed replicas --------------------
