@@ -453,9 +453,6 @@ def launch_script(cluster, pod, ip, state, vols, c, argv, extra_env=None, user=N
     if extra_env:
         env.update(extra_env)
     lines = ["set -e"]
-    hosts = os.path.join(state, "etc-hosts")
-    if os.path.exists(hosts):  # hostAliases: the pod's hosts file (write_etc_hosts)
-        lines.append("mount --bind %s /etc/hosts" % shlex.quote(hosts))
     if sc.get("readOnlyRootFilesystem"):
         # remount,bind changes this namespace's view only (never the superblock)
         lines.append("mount -o remount,bind,ro /")
@@ -491,6 +488,9 @@ def launch_script(cluster, pod, ip, state, vols, c, argv, extra_env=None, user=N
         lines.append("mount --bind %s %s" % (shlex.quote(src), shlex.quote(target)))
         if m.get("readOnly"):
             lines.append("mount -o remount,bind,ro %s" % shlex.quote(target))
+    hosts = os.path.join(state, "etc-hosts")
+    if os.path.exists(hosts):  # hostAliases (write_etc_hosts): after the overlay of /etc
+        lines.append("mount --bind %s /etc/hosts" % shlex.quote(hosts))
     lines.append("cd %s" % shlex.quote(c.get("workingDir") or "/"))
     priv = ["setpriv", "--reuid=%d" % uid, "--regid=%d" % gid, "--clear-groups"]
     caps = sc.get("capabilities") or {}
