@@ -13,6 +13,12 @@
 #   e2e_pod NAME IP MANIFEST [IP6]  run a pod (pod.py run, in the background), dual-stack
 #                             with IP6; waits until Ready (E2E_WAIT seconds); sets
 #                             POD_PID[NAME]
+#   e2e_pod_start ... / e2e_pod_wait NAME   the same in two steps (pods started together)
+# With E2E_DISCOVERY=1 before e2e_cluster, service discovery (docs/discovery.md) is on:
+# a fake API server (test/tools/fake_apiserver.py) on the node's 127.0.0.1, the
+# injector's discovery service on $E2E_NODE_IP:15011 listing it, and the template's
+# discovery block pointed at it (every injected proxy asks it).
+#   e2e_ctl PATH [CURL-ARGS...]   the fake's control API (/_control/PATH), from the node
 #   e2e_delete NAME           delete a pod (SIGTERM to its kubelet) and wait for it
 #   e2e_exec NAME CONTAINER CMD...    run CMD in a pod's container
 # Everything is removed at exit, even when a test fails: pods are deleted (their
@@ -54,10 +60,21 @@ e2e_cluster() {
             --out-key server-key.pem) >"$E2E/pki.log" 2>&1 || { cat "$E2E/pki.log"; return 1; }
     node "$REMORA_ROOT/test/tools/mint-token.js" keys "$E2E/jwt" || return 1
 
+    if [[ ${E2E_DISCOVERY:-} == 1 ]]; then
+        _e2e_fake_apiserver || return 1
+        # the test's objects (a function e2e_registry, if it defines one) are in the
+        # API server before the injector lists it: once /readyz says so, it knows them
+        if declare -F e2e_registry >/dev/null; then e2e_registry || return 1; fi
+    fi
+
     # The template the cluster's injector uses: the shipped one, with the CA at the
     # node's address (the proxy takes ip:port; a cluster would use the Service IP),
-    # and no discovery block (issue 18: this injector runs no discovery service).
-    jq --arg ca "$E2E_NODE_IP:15012" '.ca_address = $ca | .discovery = false' \
+    # and the discovery block likewise at the node's address with E2E_DISCOVERY=1, else
+    # none (issue 18: this injector runs no discovery service; every destination would
+    # be "outside the mesh", plaintext, instead of mTLS as e2e.sh expects).
+    local disc=false
+    [[ ${E2E_DISCOVERY:-} == 1 ]] && disc="{\"address\": \"$E2E_NODE_IP:$E2E_DISC_PORT\"}"
+    jq --arg ca "$E2E_NODE_IP:15012" --argjson disc "$disc" '.ca_address = $ca | .discovery = $disc' \
         "$REMORA_ROOT/manifests/injector/template.json" >"$E2E/template.json"
     jq -n --arg ip "$E2E_NODE_IP" --arg pki "$E2E/pki" --arg jwks "$E2E/jwt/jwks.json" \
         --arg tpl "$E2E/template.json" '{
@@ -68,6 +85,12 @@ e2e_cluster() {
              jwks_file: $jwks, ttl_seconds: 3600},
         trust_domain: "cluster.local", template_file: $tpl, native_sidecars: false,
         log_level: "info"}' >"$E2E/injector.json"
+    if [[ ${E2E_DISCOVERY:-} == 1 ]]; then
+        jq --arg a "$E2E_NODE_IP:$E2E_DISC_PORT" --arg api "https://127.0.0.1:$E2E_API_PORT" \
+            --arg tok "$E2E/api/token" --arg ca "$E2E/api/apica.pem" \
+            '.discovery = {address: $a, api: $api, token_file: $tok, ca_file: $ca}' \
+            "$E2E/injector.json" >"$E2E/injector.json.tmp" && mv "$E2E/injector.json.tmp" "$E2E/injector.json"
+    fi
     if [[ ${E2E_BACKEND:-} == podman ]]; then
         e2e_podman_injector || return 1 # test/e2e/podman.sh: from its image
     else
@@ -81,6 +104,16 @@ e2e_cluster() {
     }
     if ! wait_until 10 _e2e_injector_up; then
         echo "e2e: remora-injector did not come up:" >&2
+        tail -20 "$TMP/injector.log" >&2
+        return 1
+    fi
+    _e2e_injector_ready() {
+        [[ $(_e2e_in_node curl -s -o /dev/null -w '%{http_code}' --cacert "$E2E/pki/root.pem" \
+            --resolve "remora-injector.remora-system.svc:8443:$E2E_NODE_IP" \
+            https://remora-injector.remora-system.svc:8443/readyz) == 200 ]]
+    }
+    if [[ ${E2E_DISCOVERY:-} == 1 ]] && ! wait_until 30 _e2e_injector_ready; then
+        echo "e2e: remora-injector's discovery did not list the API server (/readyz):" >&2
         tail -20 "$TMP/injector.log" >&2
         return 1
     fi
@@ -102,9 +135,48 @@ e2e_cluster() {
                             entrypoint: ["python3", $ws, "server"]}},
         token: {mint: ["node", $mint], keys: $keys},
         configmaps: {}, kubectl: "kubectl"}' >"$E2E/cluster.json"
+    # remora-e2e/recorder: test/tools/h1_recorder.py (records every byte an app receives)
+    local tmp=$E2E/cluster.json.tmp
+    jq --arg rec "$REMORA_ROOT/test/tools/h1_recorder.py" '
+        .images["remora-e2e/recorder"] = {bin: {python3: "/usr/bin/python3"},
+                                          entrypoint: ["python3", $rec]}' \
+        "$E2E/cluster.json" >"$tmp" && mv "$tmp" "$E2E/cluster.json"
     if [[ ${E2E_BACKEND:-} == podman ]]; then
         e2e_podman_cluster_json || return 1 # images instead of binaries
     fi
+}
+
+# _e2e_fake_apiserver: the fake API server in the node namespace, HTTPS on 127.0.0.1 (its
+# own CA, $E2E/api/apica.pem; the token in $E2E/api/token), control on 127.0.0.1 too.
+E2E_DISC_PORT=15011
+_e2e_fake_apiserver() {
+    local d=$E2E/api
+    mkdir -p "$d"
+    (openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -keyout "$d/apica-key.pem" -out "$d/apica.pem" -subj "/CN=e2e apiserver CA" &&
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -keyout "$d/api-key.pem" -out "$d/api.csr" -subj "/CN=kube-apiserver" &&
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$d/api.ext" &&
+        openssl x509 -req -in "$d/api.csr" -CA "$d/apica.pem" -CAkey "$d/apica-key.pem" \
+            -CAcreateserial -days 2 -extfile "$d/api.ext" -out "$d/api.pem") >"$d/pki.log" 2>&1 ||
+        { cat "$d/pki.log" >&2; return 1; }
+    echo "e2e-token-$$" >"$d/token"
+    bg apiserver ip netns exec "$E2E_NODE" python3 "$REMORA_ROOT/test/tools/fake_apiserver.py" \
+        --cert "$d/api.pem" --key "$d/api-key.pem" --port-file "$d/api.port" \
+        --control-listen 127.0.0.1:0 --control-port-file "$d/ctl.port"
+    E2E_API_PID=$LASTPID
+    if ! WAIT_UNTIL_STEP=0.05 wait_until 20 test -s "$d/api.port" -a -s "$d/ctl.port"; then
+        echo "e2e: the fake API server did not start:" >&2
+        tail -20 "$TMP/apiserver.log" >&2
+        return 1
+    fi
+    E2E_API_PORT=$(cat "$d/api.port")
+    E2E_CTL_PORT=$(cat "$d/ctl.port")
+    e2e_ctl state -X PUT --data-binary "{\"token\": \"e2e-token-$$\"}" >/dev/null
+}
+
+e2e_ctl() { # PATH [CURL-ARGS...]
+    _e2e_in_node curl -sS -m 10 "http://127.0.0.1:$E2E_CTL_PORT/_control/$1" "${@:2}"
 }
 
 e2e_configmap() { # NS/NAME KEY FILE
@@ -123,6 +195,10 @@ e2e_secret() { # NS/NAME KEY FILE: a Secret's key (secret volumes, projected sec
 pod_status() { jq -r "$2" "$E2E/pods/$1/status.json" 2>/dev/null; }
 
 e2e_pod() { # NAME IP MANIFEST [IP6]
+    e2e_pod_start "$@" && e2e_pod_wait "$1"
+}
+
+e2e_pod_start() { # NAME IP MANIFEST [IP6]: pod.py run in the background
     local name=$1 ip=$2 manifest=$3 ip6=${4:-} state=$E2E/pods/$1
     local v6=()
     mkdir -p "$state"
@@ -133,6 +209,10 @@ e2e_pod() { # NAME IP MANIFEST [IP6]
         --ip "$ip" "${v6[@]}" --state "$state"
     POD_PID[$name]=$LASTPID
     on_exit "e2e_delete $name"
+}
+
+e2e_pod_wait() { # NAME: until Ready (E2E_WAIT seconds)
+    local name=$1
     E2E_SETTLED=""
     wait_until "$E2E_WAIT" _e2e_pod_settled "$name" && [[ $E2E_SETTLED == ready ]] && return 0
     echo "e2e: pod $name not Ready: $(pod_status "$name" '.phase + " " + (.reason // "")')" >&2

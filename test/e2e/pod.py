@@ -30,6 +30,16 @@ C.json (written by the test; see test/integration/e2e.sh):
    "secrets": {"<namespace>/<name>": {"<key>": "<file>"}},
    "kubectl": "kubectl"}
 
+A pod's annotation `e2e.remora.io/bootstrap-merge` (a JSON object) is the harness's
+override of the injected proxy's bootstrap, for what the injector does not set per pod
+(outbound_policy, egress_allow: test/integration/e2e_discovery.sh): after admission it is
+applied to the `remora.io/bootstrap` annotation as an RFC 7386 merge patch (objects merge,
+null deletes), and the pod's log says which top-level keys changed. A pod without a
+sidecar is left alone.
+
+spec.hostAliases: the containers' /etc/hosts is the file kubelet would write (localhost,
+the pod's IP and name, the aliases), bind-mounted; under podman, `pod create --add-host`.
+
 With "backend": "podman" in C.json (test/integration/image.sh, docs/e2e.md "The podman
 backend") the pod is a podman pod and its containers run from real images:
   "podman": {"argv": ["podman"], "prefix": "rm-img-123-"},
@@ -158,6 +168,75 @@ def admit(cluster, pod, state):
     if r.returncode != 0:
         raise RuntimeError("kubectl patch --local failed: %s" % r.stderr.strip())
     return json.loads(r.stdout)
+
+
+def host_aliases(pod):
+    """spec.hostAliases as (ip, [hostnames]), validated."""
+    out = []
+    for i, a in enumerate(pod["spec"].get("hostAliases") or []):
+        ip, names = a.get("ip"), a.get("hostnames") or []
+        if not isinstance(ip, str) or not re.fullmatch(r"[0-9a-fA-F.:]+", ip) or not names or \
+                not all(isinstance(n, str) and re.fullmatch(r"[A-Za-z0-9.-]+", n) for n in names):
+            raise ValueError("spec.hostAliases[%d]: want an IP and hostnames" % i)
+        out.append((ip, names))
+    return out
+
+
+def write_etc_hosts(pod, ip, state):
+    """/etc/hosts as kubelet writes it for a pod with hostAliases: localhost, the pod's
+    IP and name, then the aliases. None (the machine's file is left) without them."""
+    aliases = host_aliases(pod)
+    if not aliases:
+        return None
+    lines = ["# Kubernetes-managed hosts file.", "127.0.0.1\tlocalhost",
+             "::1\tlocalhost ip6-localhost ip6-loopback", "fe00::0\tip6-localnet",
+             "fe00::0\tip6-mcastprefix", "fe00::1\tip6-allnodes", "fe00::2\tip6-allrouters",
+             "%s\t%s" % (ip, pod["metadata"]["name"]), "", "# Entries added by HostAliases."]
+    lines += ["%s\t%s" % (a, "\t".join(names)) for a, names in aliases]
+    path = os.path.join(state, "etc-hosts")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.chmod(path, 0o644)
+    return path
+
+
+BOOTSTRAP_ANNOTATION = "remora.io/bootstrap"
+MERGE_ANNOTATION = "e2e.remora.io/bootstrap-merge"
+
+
+def merge_patch(target, patch):
+    """RFC 7386: objects merge key by key, null deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
+
+
+def override_bootstrap(pod, state):
+    """The harness's override of the injected bootstrap (see the module's doc)."""
+    ann = pod["metadata"].get("annotations") or {}
+    if BOOTSTRAP_ANNOTATION not in ann:
+        return pod
+    if MERGE_ANNOTATION not in ann:
+        return pod
+    try:
+        patch = json.loads(ann[MERGE_ANNOTATION])
+    except ValueError as e:
+        raise RuntimeError("annotation %s: not JSON: %s" % (MERGE_ANNOTATION, e))
+    if not isinstance(patch, dict):
+        raise RuntimeError("annotation %s: not a JSON object" % MERGE_ANNOTATION)
+    boot = json.loads(ann[BOOTSTRAP_ANNOTATION])
+    new = merge_patch(boot, patch)
+    changed = sorted(k for k in set(boot) | set(new) if boot.get(k) != new.get(k))
+    log(state, "bootstrap overridden by the harness (%s): %s"
+        % (MERGE_ANNOTATION, ", ".join(changed) or "nothing changed"))
+    ann[BOOTSTRAP_ANNOTATION] = json.dumps(new, separators=(",", ":"))
+    return pod
 
 
 # ---- fields, env, volumes ---------------------------------------------------------------
@@ -409,6 +488,9 @@ def launch_script(cluster, pod, ip, state, vols, c, argv, extra_env=None, user=N
         lines.append("mount --bind %s %s" % (shlex.quote(src), shlex.quote(target)))
         if m.get("readOnly"):
             lines.append("mount -o remount,bind,ro %s" % shlex.quote(target))
+    hosts = os.path.join(state, "etc-hosts")
+    if os.path.exists(hosts):  # hostAliases (write_etc_hosts): after the overlay of /etc
+        lines.append("mount --bind %s /etc/hosts" % shlex.quote(hosts))
     lines.append("cd %s" % shlex.quote(c.get("workingDir") or "/"))
     priv = ["setpriv", "--reuid=%d" % uid, "--regid=%d" % gid, "--clear-groups"]
     caps = sc.get("capabilities") or {}
@@ -580,8 +662,9 @@ class Pod:
         write_json(os.path.join(self.state, "podman-argv"), pm)
         with open(os.path.join(self.state, "podman-pod"), "w") as f:
             f.write(name + "\n")
+        hosts = ["--add-host=%s:%s" % (n, a) for a, names in host_aliases(self.pod) for n in names]
         for argv in (pm + ["pod", "create", "--name", name, "--network", "none",
-                           "--hostname", self.pod["metadata"]["name"]],
+                           "--hostname", self.pod["metadata"]["name"]] + hosts,
                      pm + ["pod", "start", name]):
             r = run(argv)
             if r.returncode != 0:
@@ -755,7 +838,7 @@ class Pod:
         self.netns = self.cluster["netns_prefix"] + pod["metadata"]["name"]
         self.podman_pod_name = podman_pod_name(self.cluster, pod["metadata"]["name"])
         self.save()
-        self.pod = admit(self.cluster, pod, self.state)
+        self.pod = override_bootstrap(admit(self.cluster, pod, self.state), self.state)
         write_json(os.path.join(self.state, "pod.json"), self.pod)
         with open(os.path.join(self.state, "ip"), "w") as f:
             f.write(ip + "\n")
@@ -766,6 +849,8 @@ class Pod:
                                                          or {})
         self.network()
         self.vols = make_volumes(self.cluster, self.pod, ip, self.state)
+        if not self.podman:  # podman writes its own, with --add-host (podman_pod)
+            write_etc_hosts(self.pod, ip, self.state)
         self.status["phase"] = "Initializing"
         self.save()
         for c in self.pod["spec"].get("initContainers") or []:
