@@ -82,7 +82,11 @@ void px_stream_start_try(struct px_stream *s)
         if (r != PX_RESOLVE_OK) {
             if (r == PX_RESOLVE_LOOP)
                 px_stream_report_try(s, PX_TRY_CONNECT);
-            s->cause = r == PX_RESOLVE_LOOP ? PX_CAUSE_LOOP : PX_CAUSE_UPSTREAM_TLS;
+            /* a refusal by the outbound policy is no upstream failure: the
+             * warn line and the access log say it with the body */
+            s->cause = r == PX_RESOLVE_LOOP              ? PX_CAUSE_LOOP
+                       : r == PX_RESOLVE_NOT_IN_REGISTRY ? PX_CAUSE_NONE
+                                                         : PX_CAUSE_UPSTREAM_TLS;
             char msg[192];
             px_stream_respond(s, px_resolve_status(r),
                               px_resolve_msg(r, &s->target, msg, sizeof(msg)));
