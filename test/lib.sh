@@ -252,6 +252,49 @@ ca_csr() {
     jq -n --rawfile csr "$TMP/$1.csr" '{csr: $csr}' >"$TMP/$1.json"
 }
 
+# ---- a registry for discovery (discovery_wire, service_balance, egress, metrics_labels) -------
+# After ca_pki. disc_registry: the API server's CA and certificate in $D (apica, api), the token
+# the fake accepts ($TMP/sa-token), the fake (test/tools/fake_apiserver.py) with its control port;
+# sets APIP and CTL and defines `ctl PATH [curl args]` on the control API (objects/pods, ...).
+disc_registry() {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -keyout "$D/apica-key.pem" -out "$D/apica.pem" -subj "/CN=apica" 2>/dev/null || return 1
+    _fake_cert api "DNS:localhost,IP:127.0.0.1" || return 1
+    echo "tok-$$" >"$TMP/sa-token"
+    bg fake python3 "$REMORA_ROOT/test/tools/fake_apiserver.py" --cert "$D/api.pem" \
+        --key "$D/api-key.pem" --port-file "$TMP/api.port" \
+        --control-listen 127.0.0.1:0 --control-port-file "$TMP/ctl.port"
+    WAIT_UNTIL_STEP=0.05 wait_until 20 test -s "$TMP/ctl.port" -a -s "$TMP/api.port" ||
+        { fail "fake API server starts"; cat "$TMP/fake.log"; return 1; }
+    APIP=$(cat "$TMP/api.port")
+    CTL=http://127.0.0.1:$(cat "$TMP/ctl.port")/_control
+    ctl state -X PUT --data-binary "{\"token\": \"tok-$$\"}" >/dev/null
+}
+# disc_workload SA [FILE]: a workload certificate of spiffe://cluster.local/ns/shop/sa/SA in
+# $D/FILE.pem and $D/FILE-key.pem (FILE defaults to SA)
+disc_workload() {
+    "$CERTS" workload --ca-cert "$D/root.pem" --ca-key "$D/root-key.pem" \
+        --spiffe-id "spiffe://cluster.local/ns/shop/sa/$1" --out-cert "$D/${2:-$1}.pem" \
+        --out-key "$D/${2:-$1}-key.pem" >/dev/null
+}
+# disc_injector: the injector with its CA and the discovery service on 127.0.0.1:$DP (set here)
+# fed by the fake of disc_registry; returns when the discovery port listens and /readyz says
+# the watches have synced (a FAIL line otherwise).
+disc_injector() {
+    DP=$(free_port)
+    ca_config main 3600 "$(jq -n --arg a "127.0.0.1:$DP" --arg api "https://127.0.0.1:$APIP" \
+        --arg tok "$TMP/sa-token" --arg ca "$D/apica.pem" \
+        '{discovery: {address: $a, api: $api, token_file: $tok, ca_file: $ca}}')"
+    ca_start_injector "$TMP/main.json" || { fail "injector starts"; cat "$TMP/injector-1.log"; return 1; }
+    wait_port "$DP" || { fail "discovery port listens"; cat "$TMP/injector-1.log"; return 1; }
+    check "injector synced (/readyz 200)" wait_until 30 disc_readyz
+}
+# shellcheck disable=SC2317 # called through check/wait_until
+disc_readyz() {
+    [[ $(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/wh.pem" \
+        --resolve "$SVC:$WH:127.0.0.1" "https://$SVC:$WH/readyz") == 200 ]]
+}
+
 # ---- the fake API server's fixture (publish.sh, publish_jwks.sh) ------------------------------
 # fake_pki: in $D (made here) the API server's CA apica (and an unrelated otherca), its
 # certificate api (localhost, 127.0.0.1) and wrongname (another name, another IP); the token
@@ -293,7 +336,14 @@ fake_start() {
 # ctl PATH [curl args]: the fake's control API (state, requests); state JQ: its state through
 # jq -c; put_state JSON: merge JSON into it; writes: how many requests since the last
 # `ctl requests -X DELETE` were not GETs.
-ctl() { curl -sS --cacert "$D/apica.pem" "$API/_control/$1" "${@:2}"; }
+# (after disc_registry: its plain control port, $CTL)
+ctl() {
+    if [[ -n ${CTL:-} ]]; then
+        curl -sS -m 10 "$CTL/$1" "${@:2}"
+    else
+        curl -sS --cacert "$D/apica.pem" "$API/_control/$1" "${@:2}"
+    fi
+}
 state() { ctl state | jq -c "$@"; }
 put_state() { ctl state -X PUT --data-binary "$1" >/dev/null; }
 writes() { ctl requests | jq -c '[.[] | select(.method != "GET")] | length'; }

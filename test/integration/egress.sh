@@ -28,17 +28,9 @@
 #    "egress_verify_names": false the name is believed as written (as before);
 #  - remora_egress_total{decision} counts each decision, the log names each refusal.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
-FAKE=(python3 "$REMORA_ROOT/test/tools/fake_apiserver.py")
 
 # ---- PKI: the mesh (ca_pki), the API server's, and the outside TLS destination's ----------
 ca_pki || exit 1
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -keyout "$D/apica-key.pem" -out "$D/apica.pem" -subj "/CN=apica" 2>/dev/null || exit 1
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$D/api-key.pem" \
-    -out "$D/api.csr" -subj "/CN=kube-apiserver" 2>/dev/null &&
-    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$D/api.ext" &&
-    openssl x509 -req -in "$D/api.csr" -CA "$D/apica.pem" -CAkey "$D/apica-key.pem" -CAcreateserial \
-        -days 2 -extfile "$D/api.ext" -out "$D/api.pem" 2>/dev/null || exit 1
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
     -keyout "$D/outca-key.pem" -out "$D/outca.pem" -subj "/CN=outside ca" 2>/dev/null || exit 1
 openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$D/out-key.pem" \
@@ -47,7 +39,6 @@ openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$D/
         >"$D/out.ext" &&
     openssl x509 -req -in "$D/out.csr" -CA "$D/outca.pem" -CAkey "$D/outca-key.pem" -CAcreateserial \
         -days 2 -extfile "$D/out.ext" -out "$D/out.pem" 2>/dev/null || exit 1
-echo "tok-$$" >"$TMP/sa-token"
 "$CERTS" workload --ca-cert "$D/root.pem" --ca-key "$D/root-key.pem" \
     --spiffe-id spiffe://cluster.local/ns/shop/sa/client --out-cert "$D/w.pem" --out-key "$D/w-key.pem" \
     >/dev/null || exit 1
@@ -88,14 +79,7 @@ WEBSC_PID=$LASTPID
 wait_http "http://127.0.0.1:$WEBADMIN/ready" || { fail "web sidecar starts"; cat "$TMP/websc.log"; finish; }
 
 # ---- the fake API server and the injector's discovery service ------------------------------
-bg fake "${FAKE[@]}" --cert "$D/api.pem" --key "$D/api-key.pem" --port-file "$TMP/api.port" \
-    --control-listen 127.0.0.1:0 --control-port-file "$TMP/ctl.port"
-WAIT_UNTIL_STEP=0.05 wait_until 20 test -s "$TMP/ctl.port" -a -s "$TMP/api.port" ||
-    { fail "fake API server starts"; cat "$TMP/fake.log"; finish; }
-APIP=$(cat "$TMP/api.port")
-CTL=http://127.0.0.1:$(cat "$TMP/ctl.port")/_control
-ctl() { curl -sS -m 10 "$CTL/$1" "${@:2}"; }
-ctl state -X PUT --data-binary "{\"token\": \"tok-$$\"}" >/dev/null
+disc_registry || finish
 ctl objects/pods -X PUT --data-binary '{"metadata": {"name": "web-0", "namespace": "shop",
     "labels": {"app": "web"}, "annotations": {"remora.io/status": "{}"}},
     "spec": {"serviceAccountName": "web", "nodeName": "n1"},
@@ -123,16 +107,7 @@ ctl objects/endpointslices -X PUT --data-binary '{"metadata": {"name": "legacy-0
     "endpoints": [{"addresses": ["127.0.0.7"], "conditions": {"ready": true, "serving": true, "terminating": false},
                    "targetRef": {"kind": "Pod", "namespace": "shop", "name": "legacy-0"}}]}' >/dev/null
 
-DP=$(free_port)
-ca_config main 3600 "$(jq -n --arg a "127.0.0.1:$DP" --arg api "https://127.0.0.1:$APIP" \
-    --arg tok "$TMP/sa-token" --arg ca "$D/apica.pem" \
-    '{discovery: {address: $a, api: $api, token_file: $tok, ca_file: $ca}}')"
-ca_start_injector "$TMP/main.json" || { fail "injector starts"; cat "$TMP/injector-1.log"; finish; }
-wait_port "$DP" || { fail "discovery port listens"; cat "$TMP/injector-1.log"; finish; }
-# shellcheck disable=SC2317 # called through check/wait_until
-readyz() { [[ $(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/wh.pem" \
-    --resolve "$SVC:$WH:127.0.0.1" "https://$SVC:$WH/readyz") == 200 ]]; }
-check "injector synced (/readyz 200)" wait_until 30 readyz
+disc_injector || finish
 
 # ---- the wrong destinations (127.0.0.8) and the proxy's private /etc/hosts -------------------
 mkdir -p "$TMP/wrong"
