@@ -67,7 +67,7 @@ bool px_zone_apply(struct px_routes_state *rs, const struct cm_addr *self,
         if (ep != NULL && ep->zone != NULL && ep->zone[0] != '\0') {
             if (zone_ok(ep->zone))
                 z = ep->zone;
-            else if (rs->zone_own != NULL || !rs->zone_bad_logged) {
+            else if (!rs->zone_bad_logged) { /* the decoder refuses these: a guard */
                 cm_warn("zone: discovery gave our address a zone of %zu bytes with bytes "
                         "outside 0x21-0x7e (or over %d): ignored, no locality preference",
                         strlen(ep->zone), PX_ZONE_MAX_LEN);
