@@ -51,8 +51,8 @@ static void set_zone(struct px_routes_state *rs, const char *z)
     free(old);
 }
 
-bool px_zone_apply(struct px_routes_state *rs, const struct cm_addr *self,
-                   enum px_disc_result res, const struct px_dest_answer *ans)
+bool px_zone_apply(struct px_routes_state *rs, const struct cm_addr *self, enum px_disc_result res,
+                   const struct px_dest_answer *ans)
 {
     if (rs == NULL || rs->zone_config || res == PX_DISC_UNAVAILABLE)
         return false; /* unreachable discovery: the last zone learned stays */
@@ -75,8 +75,8 @@ bool px_zone_apply(struct px_routes_state *rs, const struct cm_addr *self,
             }
         }
     }
-    bool same = z == NULL ? rs->zone_own == NULL
-                          : rs->zone_own != NULL && strcmp(rs->zone_own, z) == 0;
+    bool same =
+        z == NULL ? rs->zone_own == NULL : rs->zone_own != NULL && strcmp(rs->zone_own, z) == 0;
     if (same)
         return false;
     if (z != NULL)
@@ -120,8 +120,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     struct px_dest_answer *ans = NULL;
     struct px_disc_wait *w = NULL;
     z->lookups++;
-    enum px_disc_result r =
-        px_disc_lookup(z->srv->disc, &z->self, NULL, &ans, on_answer, z, &w);
+    enum px_disc_result r = px_disc_lookup(z->srv->disc, &z->self, NULL, &ans, on_answer, z, &w);
     if (w != NULL) {
         z->w = w; /* on_answer comes within lookup_timeout_ms */
         return;
@@ -141,8 +140,8 @@ static bool own_address(const struct px_config *cfg, struct cm_addr *out)
     const char *ip = getenv("POD_IP");
     if (ip != NULL && ip[0] != '\0') {
         char buf[CM_ADDR_STRLEN + 8];
-        int n = snprintf(buf, sizeof(buf), strchr(ip, ':') ? "[%s]:%u" : "%s:%u", ip,
-                         (unsigned)port);
+        int n =
+            snprintf(buf, sizeof(buf), strchr(ip, ':') ? "[%s]:%u" : "%s:%u", ip, (unsigned)port);
         if (n > 0 && (size_t)n < sizeof(buf) && cm_addr_parse(buf, out) == 0)
             return true;
         cm_warn("zone: POD_IP \"%.64s\" is not an IP address: ignored", ip);

@@ -35,8 +35,8 @@ void px_zone_free(struct px_routes_state *rs);
  * one endpoint otherwise), "" = none; NOT_FOUND: none; UNAVAILABLE: no
  * change. Nothing changes with a configured cluster. Returns true when our
  * locality changed. */
-bool px_zone_apply(struct px_routes_state *rs, const struct cm_addr *self,
-                   enum px_disc_result res, const struct px_dest_answer *ans);
+bool px_zone_apply(struct px_routes_state *rs, const struct cm_addr *self, enum px_disc_result res,
+                   const struct px_dest_answer *ans);
 
 /* "config", "discovery" (a zone learned) or "none". */
 const char *px_zone_source(const struct px_routes_state *rs);

@@ -382,13 +382,11 @@ static void records_follow_churn(void **state)
 
 static const char *ZS =
     "{\"kind\": \"service\", \"service\": \"shop/zoned\", \"port\": 80, \"protocol\": \"\", "
-    "\"version\": \"z\", \"endpoints\": [" EP("10.0.1.1:80", "false", "null", "z1", "true", "true",
-                                              "false") "," EP("10.0.1.2:80", "false", "null", "z1",
-                                                              "true", "true",
-                                                              "false") "," EP("10.0.2.1:80",
-                                                                              "false", "null", "z2",
-                                                                              "true", "true",
-                                                                              "false") "]}";
+    "\"version\": \"z\", \"endpoints\": [" EP(
+        "10.0.1.1:80", "false", "null", "z1", "true", "true",
+        "false") "," EP("10.0.1.2:80", "false", "null", "z1", "true", "true",
+                        "false") "," EP("10.0.2.1:80", "false", "null", "z2", "true", "true",
+                                        "false") "]}";
 
 /* picks of rt: how many went to endpoints of zone z (of n) */
 static int picks_in(struct px_route *rt, const char *z, int n)
@@ -425,13 +423,13 @@ static void zone_learned_from_discovery(void **state)
     /* our pod's answer: kind pod, its one endpoint in z1 (any port) */
     struct px_dest_answer *pod = answer(
         "{\"kind\": \"pod\", \"service\": \"shop/client\", \"port\": 80, \"protocol\": \"\", "
-        "\"version\": \"p1\", \"endpoints\": [" EP("10.9.0.1:80", "true", WEB, "z1", "true",
-                                                   "true", "false") "]}");
+        "\"version\": \"p1\", \"endpoints\": [" EP("10.9.0.1:80", "true", WEB, "z1", "true", "true",
+                                                   "false") "]}");
     assert_true(px_zone_apply(rs, &self, PX_DISC_FOUND, pod));
     assert_string_equal(rs->cluster, "z1");
     assert_string_equal(px_zone_source(rs), "discovery");
     assert_int_equal(picks_in(rt, "z1", 200), 200); /* the route built before re-ranks */
-    assert_false(px_zone_apply(rs, &self, PX_DISC_FOUND, pod)); /* the same: no change */
+    assert_false(px_zone_apply(rs, &self, PX_DISC_FOUND, pod));        /* the same: no change */
     assert_false(px_zone_apply(rs, &self, PX_DISC_UNAVAILABLE, NULL)); /* kept */
     assert_string_equal(rs->cluster, "z1");
     assert_int_equal(rs->zone_changes, 1);
@@ -451,10 +449,9 @@ static void zone_learned_from_discovery(void **state)
     /* a newer answer naming our address (another port) among several: z2 now */
     struct px_dest_answer *moved = answer(
         "{\"kind\": \"service\", \"service\": \"shop/client\", \"port\": 80, \"protocol\": \"\", "
-        "\"version\": \"p2\", \"endpoints\": [" EP("10.9.0.7:80", "true", WEB, "z1", "true", "true",
-                                                   "false") "," EP("10.9.0.1:9090", "true", WEB,
-                                                                   "z2", "true", "true",
-                                                                   "false") "]}");
+        "\"version\": \"p2\", \"endpoints\": [" EP(
+            "10.9.0.7:80", "true", WEB, "z1", "true", "true",
+            "false") "," EP("10.9.0.1:9090", "true", WEB, "z2", "true", "true", "false") "]}");
     assert_true(px_zone_apply(rs, &self, PX_DISC_FOUND, moved));
     assert_string_equal(rs->cluster, "z2");
     json_t *j = px_zone_json(rs);
@@ -464,10 +461,10 @@ static void zone_learned_from_discovery(void **state)
     json_decref(j);
 
     /* zone "" -> no preference; so does a 404 */
-    struct px_dest_answer *none = answer(
-        "{\"kind\": \"pod\", \"service\": null, \"port\": 80, \"protocol\": \"\", "
-        "\"version\": \"p3\", \"endpoints\": [" EP("10.9.0.1:80", "true", WEB, "", "true", "true",
-                                                   "false") "]}");
+    struct px_dest_answer *none =
+        answer("{\"kind\": \"pod\", \"service\": null, \"port\": 80, \"protocol\": \"\", "
+               "\"version\": \"p3\", \"endpoints\": [" EP("10.9.0.1:80", "true", WEB, "", "true",
+                                                          "true", "false") "]}");
     assert_true(px_zone_apply(rs, &self, PX_DISC_FOUND, none));
     assert_null(rs->cluster);
     assert_string_equal(px_zone_source(rs), "none");
