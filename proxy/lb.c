@@ -152,7 +152,8 @@ static void seed_typical(struct px_route *rt, uint64_t now_us)
  * snapshot and locality), then order them healthy local, healthy remote,
  * ejected, and note when the first ejection ends. O(endpoints), only after an
  * ejection started (the state's eject_gen) or ended (lb_until_ms). */
-static void lb_refresh(struct px_route *rt, uint64_t now, const char *local, uint64_t gen)
+static void lb_refresh(struct px_route *rt, uint64_t now, const char *local, uint64_t gen,
+                       uint64_t zgen)
 {
     if (rt->lb_order == NULL) {
         rt->lb_order = cm_xcalloc(rt->neps, sizeof(*rt->lb_order));
@@ -160,12 +161,13 @@ static void lb_refresh(struct px_route *rt, uint64_t now, const char *local, uin
         if (rt->lat_typical_ms == 0)
             seed_typical(rt, now * 1000);
     }
-    if (rt->lb_order[0] == NULL || rt->lb_cluster != local) {
+    if (rt->lb_order[0] == NULL || rt->lb_cluster != local || rt->lb_zone_gen != zgen) {
         for (size_t i = 0; i < rt->neps; i++) {
             struct px_endpoint *e = &rt->eps[i];
             e->local = local == NULL || (e->cluster != NULL && strcmp(e->cluster, local) == 0);
         }
         rt->lb_cluster = local;
+        rt->lb_zone_gen = zgen;
     }
     size_t n = 0;
     uint64_t until = UINT64_MAX;
@@ -237,9 +239,10 @@ struct px_endpoint *px_route_pick(struct px_route *rt, const struct px_ep_state 
     const struct px_routes_state *rs = rt->rs; /* NULL: an unbound snapshot (benchmarks) */
     const char *local = rs != NULL ? rs->cluster : NULL;
     uint64_t gen = rs != NULL ? rs->eject_gen : 0;
+    uint64_t zgen = rs != NULL ? rs->zone_gen : 0; /* our zone changed (proxy/zone.c) */
     if (rt->lb_order == NULL || rt->lb_gen != gen || now >= rt->lb_until_ms ||
-        rt->lb_cluster != local)
-        lb_refresh(rt, now, local, gen);
+        rt->lb_cluster != local || rt->lb_zone_gen != zgen)
+        lb_refresh(rt, now, local, gen, zgen);
     /* tiers, each a prefix of lb_order: healthy and local (or no locality),
      * healthy anywhere (failover), everything (all ejected: a guess beats a
      * certain failure) */

@@ -19,6 +19,7 @@
 #include "proxy/server.h"
 #include "proxy/service.h"
 #include "proxy/watch.h"
+#include "proxy/zone.h"
 
 /* ---- endpoint state ------------------------------------------------------------ */
 
@@ -220,6 +221,7 @@ struct px_routes_state *px_routes_state_new(const char *cluster)
 {
     struct px_routes_state *rs = cm_xcalloc(1, sizeof(*rs));
     rs->cluster = cluster;
+    rs->zone_config = cluster != NULL; /* given: never learned (proxy/zone.c) */
     return rs;
 }
 
@@ -229,10 +231,15 @@ int px_routes_start(struct px_server *srv, char **errmsg)
     struct px_routes_state *rs = px_routes_state_new(cfg->cluster);
     rs->limits = &cfg->limits;
     srv->routes = rs; /* freed by px_routes_state_free, also after a failed start */
-    if (cfg->routes_file == NULL)
+    rs->discovery = cfg->discovery != NULL && cfg->discovery->enabled;
+    px_zone_start(srv, rs); /* our locality: the cluster key, or learned from discovery */
+    if (cfg->routes_file == NULL && !rs->discovery)
         return 0;
+    /* per-endpoint rows: the routes file's and the discovered Services' endpoints */
     rs->metrics = srv->metrics;
     px_metrics_register_with(rs->metrics, px_routes_write_prometheus, rs);
+    if (cfg->routes_file == NULL)
+        return 0;
     rs->file = cm_xstrdup(cfg->routes_file);
     const char *path = rs->file;
     px_watch_start(&rs->watch, "routes", srv->base, &path, 1, on_watch, rs);
@@ -249,6 +256,7 @@ void px_routes_state_free(struct px_routes_state *rs)
         px_admin_route(rs->admin, PX_ADMIN_GET, "/clusters", NULL, NULL);
         px_admin_route(rs->admin, PX_ADMIN_POST, "/routes/reload", NULL, NULL);
     }
+    px_zone_free(rs); /* before the discovery cache goes: its lookup is cancelled */
     px_metrics_unregister_with(rs->metrics, px_routes_write_prometheus, rs);
     px_watch_stop(&rs->watch);
     px_service_cache_free(rs);

@@ -108,6 +108,7 @@ struct px_route {
     uint64_t lb_gen;        /* the ejection generation it reflects */
     uint64_t lb_until_ms;   /* it is stale from then on (the first ejection to end) */
     const char *lb_cluster; /* the locality endpoints were ranked against */
+    uint64_t lb_zone_gen;   /* and the routes state's zone_gen then (proxy/zone.c) */
     double lat_typical_ms;  /* EWMA of the route's latency samples: the estimate of
                              * an endpoint never measured (0: none yet) */
     /* "circuit_breakers": per-endpoint overrides of limits.upstream_*;

@@ -39,6 +39,14 @@ struct px_routes_state {
     struct px_admin *admin;           /* where GET /clusters is registered, or NULL */
     struct px_metrics_state *metrics; /* where its /metrics rows are registered, or NULL */
     struct px_svc_cache *svc;         /* discovered Services' routes (proxy/service.c), or NULL */
+    /* our zone learned from discovery (proxy/zone.c): cluster points at
+     * zone_own then; zone_gen is bumped on every change (LB views re-rank) */
+    bool zone_config; /* cfg->cluster is set: never learned */
+    bool discovery;   /* the bootstrap has "discovery": /clusters and /metrics without a file */
+    bool zone_bad_logged;
+    char *zone_own;
+    uint64_t zone_gen, zone_changes;
+    struct px_zone *zone; /* the learner, or NULL */
 };
 
 static inline bool px_ep_ejected(const struct px_ep_state *s, uint64_t now)

@@ -100,6 +100,19 @@ void px_service_stats(const struct px_routes_state *rs, uint64_t *builds, uint64
     *hits = rs != NULL && rs->svc != NULL ? rs->svc->hits : 0;
 }
 
+void px_service_each(struct px_routes_state *rs, px_service_each_fn fn, void *arg)
+{
+    if (rs == NULL || rs->svc == NULL)
+        return;
+    for (size_t i = 0; i < rs->svc->n; i++) {
+        struct svc_entry *e = &rs->svc->e[i];
+        if (e->file_rt != NULL)
+            fn(e->ans, e->file_rt, 1, arg);
+        else
+            fn(e->ans, e->built != NULL ? &e->built->routes[0] : NULL, 0, arg);
+    }
+}
+
 static bool eligible(const struct px_dest_ep *e)
 {
     return e->ready && e->serving && !e->terminating;

@@ -59,6 +59,14 @@ struct px_routes *px_service_tcp_pick(const struct px_conn *c, struct px_endpoin
 void px_service_tcp_open(struct px_endpoint *ep);
 void px_service_tcp_close(struct px_endpoint *ep);
 
+/* GET /clusters: fn for each cached destination (at most PX_SVC_CACHE_MAX),
+ * with its answer and its route: the one built from discovery, the
+ * routes-file entry whose endpoints win (file_route), or NULL (no endpoint
+ * is a candidate). */
+typedef void (*px_service_each_fn)(const struct px_dest_answer *a, struct px_route *rt,
+                                   int file_route, void *arg);
+void px_service_each(struct px_routes_state *rs, px_service_each_fn fn, void *arg);
+
 /* Drop the cache (px_routes_state_free). */
 void px_service_cache_free(struct px_routes_state *rs);
 

@@ -19,6 +19,12 @@
 #    app's greeting comes at once (the same app behind a port of unknown
 #    protocol: after detect_timeout_ms of silence); protocol "http2": an
 #    unmeshed endpoint gets h2c.
+#  - locality from discovery: a second client proxy without "cluster", whose
+#    POD_IP is an endpoint in zone z1, learns z1 (/clusters "zone_source":
+#    "discovery") and sends every request to z1's endpoints while they are
+#    ready; with none ready, to z2's; when its pod moves to z2, to z2's only.
+#    /clusters lists the Service's endpoints (zone, local, requests),
+#    /metrics has their remora_endpoint_* rows.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 FAKE=(python3 "$REMORA_ROOT/test/tools/fake_apiserver.py")
 REC=(python3 "$REMORA_ROOT/test/tools/h1_recorder.py")
@@ -401,6 +407,99 @@ check "... only after detection's silence (>= 4 s)" python3 -c "import sys; sys.
 # 8. protocol http2 from discovery: the unmeshed endpoint gets h2c (the app sent HTTP/1.1)
 got=$(curl -s "http://127.0.0.1:$LH/h2?x=1" | jq -c '[.name, .protocol, .path]')
 expect_eq "protocol http2, unmeshed endpoint: h2c upstream" "$got" '["h2up","HTTP/2","/h2?x=1"]'
+
+# 9. locality from discovery: shop/zoned has zn-1 (the zoned proxy's own pod) and zn-2 in z1,
+# zn-3 and zn-4 in z2; all unmeshed, each app answers its name
+for i in 1 2 3 4; do
+    pod "zn-$i" "127.0.0.6$i" zoned false zoned
+    mkdir -p "$TMP/zn$i"
+    bg "zn$i" "${REC[@]}" --dir "$TMP/zn$i" --listen "127.0.0.6$i:$EPP" \
+        --response "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nzn$i"
+    wait_until 5 listen_port "$TMP/zn$i.log" || { fail "app zn$i starts"; finish; }
+done
+service zoned 127.0.0.56
+# zslice "POD:IP:ZONE:READY ...": shop/zoned's EndpointSlice
+zslice() {
+    local eps='' p pod ip zone ready
+    for p in $1; do
+        IFS=: read -r pod ip zone ready <<<"$p"
+        [[ -n $eps ]] && eps+=','
+        eps+="{\"addresses\": [\"$ip\"], \"conditions\": {\"ready\": $ready, \"serving\": $ready,
+            \"terminating\": false}, \"targetRef\": {\"kind\": \"Pod\", \"namespace\": \"shop\",
+            \"name\": \"$pod\"}, \"nodeName\": \"n1\", \"zone\": \"$zone\"}"
+    done
+    ctl objects/endpointslices -X PUT --data-binary "{\"metadata\": {\"name\": \"zoned-1\",
+        \"namespace\": \"shop\", \"labels\": {\"kubernetes.io/service-name\": \"zoned\"}},
+        \"addressType\": \"IPv4\", \"ports\": [{\"name\": \"http\", \"port\": $EPP, \"protocol\": \"TCP\"}],
+        \"endpoints\": [$eps]}" >/dev/null
+}
+zslice "zn-1:127.0.0.61:z1:true zn-2:127.0.0.62:z1:true zn-3:127.0.0.63:z2:true zn-4:127.0.0.64:z2:true"
+ZADMIN=$(free_port); LZ=$(free_port)
+cat >"$TMP/zoned.json" <<JSON
+{"admin": {"address": "127.0.0.1:$ZADMIN"},
+ "listeners": [{"name": "zoned", "address": "127.0.0.1:$LZ", "direction": "outbound", "tls": "mesh",
+                "upstream": "127.0.0.56:$SVCP"}],
+ "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "client",
+              "cert_file": "$D/client.pem", "key_file": "$D/client-key.pem", "bundle_file": "$D/root.pem"},
+ "discovery": {"address": "127.0.0.1:$DP", "lookup_timeout_ms": 3000}}
+JSON
+export POD_IP=127.0.0.61 # as the injector sets it (downward API)
+bg zoned "$PROXY" -c "$TMP/zoned.json"
+ZPID=$LASTPID
+unset POD_IP
+wait_http "http://127.0.0.1:$ZADMIN/ready" || { fail "zoned proxy starts"; cat "$TMP/zoned.log"; finish; }
+ZA=http://127.0.0.1:$ZADMIN
+# shellcheck disable=SC2317 # called through wait_until
+zone_is() { [[ $(curl -s "$ZA/clusters" | jq -r '"\(.zone) \(.zone_source)"') == "$1" ]]; }
+check "no cluster key: the proxy learns its zone from discovery (z1)" wait_until 30 zone_is "z1 discovery"
+expect_eq "... /clusters says which address it asked about" \
+    "$(curl -s "$ZA/clusters" | jq -r '"\(.zone_address) \(.cluster)"')" "127.0.0.61:$LZ z1"
+zreqs() { echo "$(reqs "$TMP/zn1") $(reqs "$TMP/zn2") $(reqs "$TMP/zn3") $(reqs "$TMP/zn4")"; }
+load "$LZ" 40 4 "$TMP/z1.out"
+expect_eq "40 requests: all 200 from z1's endpoints" "$(grep -c '^200 zn[12]$' "$TMP/z1.out")" 40
+read -r n1 n2 n3 n4 <<<"$(zreqs)"
+echo "   per endpoint: zn1 $n1, zn2 $n2, zn3 $n3, zn4 $n4"
+expect_eq "... the apps in z1 got all 40, z2's none" "$((n1 + n2)) $n3 $n4" "40 0 0"
+check "... both z1 endpoints got some" test "$n1" -ge 1 -a "$n2" -ge 1
+cl=$(curl -s "$ZA/clusters")
+expect_eq "/clusters: the discovered Service with its endpoints, zones, locality" \
+    "$(jq -c '[.services[] | select(.service == "shop/zoned") | .route_source, .route,
+        (.endpoints[] | "\(.address|split(":")[0]) \(.zone) \(.local)")]' <<<"$cl")" \
+    '["discovery","service shop/zoned","127.0.0.61 z1 true","127.0.0.62 z1 true","127.0.0.63 z2 false","127.0.0.64 z2 false"]'
+expect_eq "... each endpoint's requests (what the apps counted)" \
+    "$(jq -r '[.services[] | select(.service == "shop/zoned") | .endpoints[].requests] | join(" ")' <<<"$cl")" \
+    "$n1 $n2 0 0"
+check "... with outstanding, EWMA latency, ejection, failures" jq -e '.services[] |
+    select(.service == "shop/zoned") | .endpoints[0] | (.outstanding == 0) and (.latency_ewma_ms > 0)
+    and (.ejected_for_ms == 0) and (.failures.connect == 0) and (.identity == null)' <<<"$cl"
+m=$(curl -s "$ZA/metrics")
+expect_match "/metrics: the discovered endpoint's outcomes" "$m" \
+    "remora_endpoint_requests_total\\{endpoint=\"127.0.0.61:$EPP\",outcome=\"success\"\\} $n1"
+expect_match "... and our zone" "$m" 'remora_proxy_zone_info\{zone="z1",source="discovery"\} 1'
+# z1's endpoints not ready (the slice still puts our pod in z1): z2 serves
+zslice "zn-1:127.0.0.61:z1:false zn-2:127.0.0.62:z1:false zn-3:127.0.0.63:z2:true zn-4:127.0.0.64:z2:true"
+# shellcheck disable=SC2317 # called through wait_until
+zready() { [[ $(curl -s "$ZA/destinations" | jq -r --arg d "127.0.0.56:$SVCP" '.destinations[] |
+    select(.destination == $d) | [.answer.endpoints[] | select(.ready) | .address | split(":")[0]] |
+    join(" ")') == "$1" ]]; }
+check "the proxy learns z1's endpoints are not ready" wait_until 30 zready "127.0.0.63 127.0.0.64"
+load "$LZ" 20 2 "$TMP/z2.out"
+expect_eq "z1 has no endpoint: 20 requests, all 200 from z2's" "$(grep -c '^200 zn[34]$' "$TMP/z2.out")" 20
+read -r m1 m2 m3 m4 <<<"$(zreqs)"
+expect_eq "... as the apps counted" "$((m1 - n1)) $((m2 - n2)) $((m3 + m4))" "0 0 20"
+expect_eq "... our zone is still z1" "$(curl -s "$ZA/clusters" | jq -r .zone)" z1
+# our pod moves to z2 (and zn-3, zn-4 to z1, zn-2 to z2, all ready): we follow, z2 is zn-1 and zn-2
+zslice "zn-1:127.0.0.61:z2:true zn-2:127.0.0.62:z2:true zn-3:127.0.0.63:z1:true zn-4:127.0.0.64:z1:true"
+check "its pod moved: the proxy re-learns its zone (z2)" wait_until 30 zone_is "z2 discovery"
+check "... and the Service's four endpoints are ready" wait_until 30 zready \
+    "127.0.0.61 127.0.0.62 127.0.0.63 127.0.0.64"
+load "$LZ" 20 2 "$TMP/z3.out"
+expect_eq "20 requests: all 200 from the endpoints now in z2" "$(grep -c '^200 zn[12]$' "$TMP/z3.out")" 20
+read -r k1 k2 k3 k4 <<<"$(zreqs)"
+expect_eq "... as the apps counted (z1's now: none)" "$((k1 + k2 - m1 - m2)) $((k3 + k4 - m3 - m4))" "20 0"
+alive "$ZPID" || fail "the zoned proxy is alive"
+stop_pid "$ZPID"
+expect_sanitizers_clean "zoned proxy: sanitizers clean" "$TMP/zoned.log"
 
 alive "$PROXY_PID" || fail "the proxy is alive"
 stop_pid "$PROXY_PID"

@@ -19,6 +19,7 @@
 #include "proxy/routes.h"
 #include "proxy/routes_int.h"
 #include "proxy/service.h"
+#include "proxy/zone.h"
 
 static struct px_dest_answer *answer(const char *doc)
 {
@@ -379,6 +380,142 @@ static void records_follow_churn(void **state)
     px_routes_state_free(rs);
 }
 
+static const char *ZS =
+    "{\"kind\": \"service\", \"service\": \"shop/zoned\", \"port\": 80, \"protocol\": \"\", "
+    "\"version\": \"z\", \"endpoints\": [" EP(
+        "10.0.1.1:80", "false", "null", "z1", "true", "true",
+        "false") "," EP("10.0.1.2:80", "false", "null", "z1", "true", "true",
+                        "false") "," EP("10.0.2.1:80", "false", "null", "z2", "true", "true",
+                                        "false") "]}";
+
+/* picks of rt: how many went to endpoints of zone z (of n) */
+static int picks_in(struct px_route *rt, const char *z, int n)
+{
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        struct px_endpoint *e = px_route_pick(rt, NULL, 0);
+        px_route_try_start(e);
+        px_route_try_head(rt, e, 1000);
+        px_route_report(rt, e, PX_TRY_OK, 0);
+        k += e->cluster != NULL && strcmp(e->cluster, z) == 0;
+    }
+    return k;
+}
+
+/* The own zone from discovery (proxy/zone.c): the zone of the endpoint at our
+ * address; a change re-ranks routes already built; "" / 404 -> no preference;
+ * unreachable -> the last one stays; a configured cluster is never replaced. */
+static void zone_learned_from_discovery(void **state)
+{
+    (void)state;
+    struct px_routes_state *rs = px_routes_state_new(NULL);
+    struct cm_addr self;
+    assert_int_equal(cm_addr_parse("10.9.0.1:15001", &self), 0);
+    assert_string_equal(px_zone_source(rs), "none");
+    struct px_dest_answer *svc = answer(ZS);
+    struct px_route *rt;
+    struct px_routes *r = px_service_route_for(rs, NULL, svc, &rt);
+    assert_non_null(r);
+    /* no zone yet: every endpoint is a candidate */
+    int z2 = picks_in(rt, "z2", 300);
+    assert_true(z2 > 0 && z2 < 300);
+
+    /* our pod's answer: kind pod, its one endpoint in z1 (any port) */
+    struct px_dest_answer *pod = answer(
+        "{\"kind\": \"pod\", \"service\": \"shop/client\", \"port\": 80, \"protocol\": \"\", "
+        "\"version\": \"p1\", \"endpoints\": [" EP("10.9.0.1:80", "true", WEB, "z1", "true", "true",
+                                                   "false") "]}");
+    assert_true(px_zone_apply(rs, &self, PX_DISC_FOUND, pod));
+    assert_string_equal(rs->cluster, "z1");
+    assert_string_equal(px_zone_source(rs), "discovery");
+    assert_int_equal(picks_in(rt, "z1", 200), 200); /* the route built before re-ranks */
+    assert_false(px_zone_apply(rs, &self, PX_DISC_FOUND, pod));        /* the same: no change */
+    assert_false(px_zone_apply(rs, &self, PX_DISC_UNAVAILABLE, NULL)); /* kept */
+    assert_string_equal(rs->cluster, "z1");
+    assert_int_equal(rs->zone_changes, 1);
+
+    /* both z1 endpoints ejected: failover to z2 */
+    for (int k = 0; k < 2; k++) {
+        struct px_endpoint *e = &rt->eps[k];
+        assert_string_equal(e->cluster, "z1");
+        for (int i = 0; i < 5; i++) {
+            px_route_try_start(e);
+            px_route_report(rt, e, PX_TRY_CONNECT, 0);
+        }
+    }
+    assert_int_equal(picks_in(rt, "z2", 50), 50);
+    px_routes_unref(r);
+
+    /* a newer answer naming our address (another port) among several: z2 now */
+    struct px_dest_answer *moved = answer(
+        "{\"kind\": \"service\", \"service\": \"shop/client\", \"port\": 80, \"protocol\": \"\", "
+        "\"version\": \"p2\", \"endpoints\": [" EP(
+            "10.9.0.7:80", "true", WEB, "z1", "true", "true",
+            "false") "," EP("10.9.0.1:9090", "true", WEB, "z2", "true", "true", "false") "]}");
+    assert_true(px_zone_apply(rs, &self, PX_DISC_FOUND, moved));
+    assert_string_equal(rs->cluster, "z2");
+    json_t *j = px_zone_json(rs);
+    assert_string_equal(json_string_value(json_object_get(j, "zone")), "z2");
+    assert_string_equal(json_string_value(json_object_get(j, "zone_source")), "discovery");
+    assert_int_equal(json_integer_value(json_object_get(j, "zone_changes")), 2);
+    json_decref(j);
+
+    /* zone "" -> no preference; so does a 404 */
+    struct px_dest_answer *none =
+        answer("{\"kind\": \"pod\", \"service\": null, \"port\": 80, \"protocol\": \"\", "
+               "\"version\": \"p3\", \"endpoints\": [" EP("10.9.0.1:80", "true", WEB, "", "true",
+                                                          "true", "false") "]}");
+    assert_true(px_zone_apply(rs, &self, PX_DISC_FOUND, none));
+    assert_null(rs->cluster);
+    assert_string_equal(px_zone_source(rs), "none");
+    assert_true(px_zone_apply(rs, &self, PX_DISC_FOUND, pod));
+    assert_true(px_zone_apply(rs, &self, PX_DISC_NOT_FOUND, NULL));
+    assert_null(rs->cluster);
+    /* a configured cluster is never replaced */
+    struct px_routes_state *cfg = px_routes_state_new("zc");
+    assert_false(px_zone_apply(cfg, &self, PX_DISC_FOUND, pod));
+    assert_string_equal(cfg->cluster, "zc");
+    assert_string_equal(px_zone_source(cfg), "config");
+    px_routes_state_free(cfg);
+
+    px_dest_answer_unref(none);
+    px_dest_answer_unref(moved);
+    px_dest_answer_unref(pod);
+    px_dest_answer_unref(svc);
+    px_routes_state_free(rs);
+}
+
+static void count_each(const struct px_dest_answer *a, struct px_route *rt, int file_route,
+                       void *arg)
+{
+    (void)a;
+    size_t *n = arg;
+    n[0]++;
+    n[1] += rt != NULL ? rt->neps : 0;
+    n[2] += (size_t)file_route;
+}
+
+/* GET /clusters walks the cache with px_service_each: each destination once. */
+static void each_lists_cached(void **state)
+{
+    (void)state;
+    struct px_routes_state *rs = px_routes_state_new(NULL);
+    struct px_dest_answer *a = answer(ZS), *b = answer(V1);
+    struct px_route *rt;
+    struct px_routes *r1 = px_service_route_for(rs, NULL, a, &rt);
+    struct px_routes *r2 = px_service_route_for(rs, NULL, b, &rt);
+    size_t n[3] = {0, 0, 0};
+    px_service_each(rs, count_each, n);
+    assert_int_equal(n[0], 2);
+    assert_int_equal(n[1], 3 + 2);
+    assert_int_equal(n[2], 0);
+    px_routes_unref(r1);
+    px_routes_unref(r2);
+    px_dest_answer_unref(a);
+    px_dest_answer_unref(b);
+    px_routes_state_free(rs);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -390,6 +527,8 @@ int main(void)
         cmocka_unit_test(pods_and_empty),
         cmocka_unit_test(cache_is_bounded),
         cmocka_unit_test(records_follow_churn),
+        cmocka_unit_test(zone_learned_from_discovery),
+        cmocka_unit_test(each_lists_cached),
     };
     int rc = cmocka_run_group_tests_name("proxy/service", tests, NULL, NULL);
     pki_rng_free();
