@@ -26,32 +26,11 @@
 #    /clusters lists the Service's endpoints (zone, local, requests),
 #    /metrics has their remora_endpoint_* rows.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
-FAKE=(python3 "$REMORA_ROOT/test/tools/fake_apiserver.py")
 REC=(python3 "$REMORA_ROOT/test/tools/h1_recorder.py")
 
 ca_pki || exit 1
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -keyout "$D/apica-key.pem" -out "$D/apica.pem" -subj "/CN=apica" 2>/dev/null || exit 1
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$D/api-key.pem" \
-    -out "$D/api.csr" -subj "/CN=kube-apiserver" 2>/dev/null &&
-    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$D/api.ext" &&
-    openssl x509 -req -in "$D/api.csr" -CA "$D/apica.pem" -CAkey "$D/apica-key.pem" -CAcreateserial \
-        -days 2 -extfile "$D/api.ext" -out "$D/api.pem" 2>/dev/null || exit 1
-echo "tok-$$" >"$TMP/sa-token"
-for sa in client web other; do
-    "$CERTS" workload --ca-cert "$D/root.pem" --ca-key "$D/root-key.pem" \
-        --spiffe-id "spiffe://cluster.local/ns/shop/sa/$sa" --out-cert "$D/$sa.pem" \
-        --out-key "$D/$sa-key.pem" >/dev/null || exit 1
-done
-
-bg fake "${FAKE[@]}" --cert "$D/api.pem" --key "$D/api-key.pem" --port-file "$TMP/api.port" \
-    --control-listen 127.0.0.1:0 --control-port-file "$TMP/ctl.port"
-WAIT_UNTIL_STEP=0.05 wait_until 20 test -s "$TMP/ctl.port" -a -s "$TMP/api.port" ||
-    { fail "fake API server starts"; cat "$TMP/fake.log"; finish; }
-APIP=$(cat "$TMP/api.port")
-CTL=http://127.0.0.1:$(cat "$TMP/ctl.port")/_control
-ctl() { curl -sS -m 10 "$CTL/$1" "${@:2}"; }
-ctl state -X PUT --data-binary "{\"token\": \"tok-$$\"}" >/dev/null
+for sa in client web other; do disc_workload "$sa" || exit 1; done
+disc_registry || finish
 
 SVCP=$(free_port) # the Service port (on ClusterIPs nothing listens on)
 EPP=$(free_port)  # the endpoints' port (sidecars and apps on 127.0.0.1x)
@@ -105,16 +84,7 @@ pod h2-0 127.0.0.41 h2 false h2svc # an unmeshed h2c app, port "http2-web": prot
 service h2svc 127.0.0.55 http2-web
 slice h2svc "h2-0:127.0.0.41" http2-web
 
-DP=$(free_port)
-ca_config main 3600 "$(jq -n --arg a "127.0.0.1:$DP" --arg api "https://127.0.0.1:$APIP" \
-    --arg tok "$TMP/sa-token" --arg ca "$D/apica.pem" \
-    '{discovery: {address: $a, api: $api, token_file: $tok, ca_file: $ca}}')"
-ca_start_injector "$TMP/main.json" || { fail "injector starts"; cat "$TMP/injector-1.log"; finish; }
-wait_port "$DP" || { fail "discovery port listens"; cat "$TMP/injector-1.log"; finish; }
-# shellcheck disable=SC2317 # called through check/wait_until
-readyz() { [[ $(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/wh.pem" \
-    --resolve "$SVC:$WH:127.0.0.1" "https://$SVC:$WH/readyz") == 200 ]]; }
-check "injector synced (/readyz 200)" wait_until 30 readyz
+disc_injector || finish
 
 # the apps: b1, b2 behind the meshed pods' sidecars, b3 the unmeshed pod itself, imp behind
 # the impostor's sidecar, f1..f3 the flaky pods (always 503)
