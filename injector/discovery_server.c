@@ -32,6 +32,7 @@
 #define IDLE_TIMEOUT_S   120 /* a connection between polls; held ones do not time out */
 #define DESTINATION_PATH "/v1/destination"
 #define WATCH_PATH       "/v1/watch"
+#define PING_PATH        "/v1/ping" /* a proxy's warm connection, idle 100 s: 204 */
 #define WATCH_DISCARD    (16u << 20) /* an over-long watch body is read this far for its 400 */
 #define CHANGED_SOFT_MAX                                                                           \
     (1u << 20) /* a "changed" list stops growing past this (the proxy                              \
@@ -39,8 +40,9 @@
 
 /* ---- metrics ---------------------------------------------------------------------------- */
 
-enum answer { AN_OK, AN_NOT_MODIFIED, AN_NOT_FOUND, AN_BAD, AN_UNAUTH, AN_OTHER, AN__COUNT };
-static const char *const answer_names[AN__COUNT] = {"200", "304", "404", "400", "401", "other"};
+enum answer { AN_OK, AN_NOT_MODIFIED, AN_NOT_FOUND, AN_BAD, AN_UNAUTH, AN_PING, AN_OTHER, AN__COUNT };
+static const char *const answer_names[AN__COUNT] = {"200", "304", "404", "400",
+                                                    "401", "204", "other"};
 static atomic_uint_fast64_t answers[AN__COUNT];
 static atomic_int_fast64_t subscribers;
 static atomic_int_fast64_t watched; /* destinations listed by held POST /v1/watch */
@@ -55,6 +57,7 @@ static void count_answer(unsigned code)
                     : code == 404 ? AN_NOT_FOUND
                     : code == 400 ? AN_BAD
                     : code == 401 ? AN_UNAUTH
+                    : code == 204 ? AN_PING
                                   : AN_OTHER;
     atomic_fetch_add(&answers[a], 1);
 }
@@ -510,12 +513,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, "HEAD") == 0;
     if (r->is_watch)
         return watch_post(d, conn, r);
+    if (strcmp(url, PING_PATH) == 0 && get) /* keeps a proxy's idle lookup connection */
+        return send_body(conn, MHD_HTTP_NO_CONTENT, NULL, 0);
     if (strcmp(url, WATCH_PATH) == 0)
         return send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "use POST");
     if (strcmp(url, DESTINATION_PATH) != 0)
         return send_error(conn, MHD_HTTP_NOT_FOUND,
                           "no such path; discovery answers GET " DESTINATION_PATH
-                          " and POST " WATCH_PATH);
+                          ", POST " WATCH_PATH " and GET " PING_PATH);
     if (!get)
         return send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "use GET");
     return destination(d, conn, r);

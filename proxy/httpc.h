@@ -122,6 +122,18 @@ struct px_httpc_pool_cfg {
      * re-resolve the name addr came from. NULL: nothing. */
     void (*on_unreachable)(void *arg);
     void *unreachable_arg;
+    /* Warm connections: keep this many open (0 or 1) whether or not a request
+     * waits. One is opened as soon as the pool may (not held, tls_conf gives a
+     * configuration; while it gives none, asked again 50 ms doubling to 1 s),
+     * re-opened when it closes or fails (at once after a connection that
+     * answered or lived 5 s; else 250 ms doubling to warm_retry_max_ms), and is exempt
+     * from idle_ms: after keepalive_ms without a request it carries a
+     * "GET keepalive_target" (the answer is read and dropped) so the server's
+     * idle close does not take it. keepalive_target NULL: never sent. */
+    unsigned warm;
+    const char *keepalive_target; /* copied */
+    uint32_t keepalive_ms;        /* 0: 100 s */
+    uint32_t warm_retry_max_ms;   /* 0: 30 s */
 };
 struct px_httpc_pool;
 struct px_httpc_call;
@@ -155,6 +167,8 @@ struct px_httpc_pool_stats {
     uint64_t requests; /* requests sent on the wire */
     uint64_t reused;   /* of those, on a connection that had answered before */
     uint64_t resent;   /* sent again after a reused connection closed under them */
+    uint64_t warm_opens; /* connections opened with no request (warm) */
+    uint64_t keepalives; /* keepalive_target requests sent */
     unsigned open;     /* connections now */
     size_t queued;     /* requests waiting for a connection now */
 };

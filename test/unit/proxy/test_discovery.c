@@ -362,6 +362,9 @@ static struct fake {
     bool drop_second;      /* close a kept-alive connection at its 2nd request, unanswered
                             * (as a server whose idle timeout crossed the request) */
     char last_watch[8192]; /* the body of the last POST /v1/watch */
+    unsigned accepts;      /* connections accepted */
+    bool refuse;           /* close each connection at accept (a server at its connection
+                            * limit) */
 } fk;
 
 /* The fake's answer for a destination at version ver. */
@@ -600,13 +603,18 @@ static void *accept_main(void *arg)
             return NULL; /* the socket was shut down */
         }
         pthread_mutex_lock(&fk.mu);
-        bool stop = fk.stop;
-        if (!stop)
+        bool stop = fk.stop, refuse = fk.refuse;
+        fk.accepts++;
+        if (!stop && !refuse)
             fk.active++;
         pthread_mutex_unlock(&fk.mu);
         if (stop) {
             close(c);
             return NULL;
+        }
+        if (refuse) {
+            close(c);
+            continue;
         }
         pthread_t t;
         pthread_create(&t, NULL, conn_main, (void *)(intptr_t)c);
@@ -873,7 +881,7 @@ static void lookups_reuse_one_connection(void **state)
     pthread_mutex_unlock(&fk.mu);
     assert_int_equal(lc, 1);
 
-    /* a burst of 20 at once: every one answered, over at most 4 connections */
+    /* a burst of 20 at once: every one answered, over at most 2 connections */
     struct result rs[20];
     memset(rs, 0, sizeof(rs));
     struct px_disc_wait *ws[20];
@@ -892,7 +900,7 @@ static void lookups_reuse_one_connection(void **state)
         assert_int_equal(rs[i].calls, 1);
     }
     px_disc_get_stats(d, &st);
-    assert_true(st.lookup_connects <= 4);
+    assert_true(st.lookup_connects <= 2);
     assert_int_equal(st.lookup_connects + st.lookup_reused, 26);
 
     /* the server closes between requests (Connection: close): still answered */
@@ -912,6 +920,175 @@ static void lookups_reuse_one_connection(void **state)
         assert_true(run_until(called, &r, 10000));
         assert_int_equal(r.res, PX_DISC_FOUND);
     }
+    px_disc_free(d);
+}
+
+static unsigned fake_get(const unsigned *field)
+{
+    pthread_mutex_lock(&fk.mu);
+    unsigned v = *field;
+    pthread_mutex_unlock(&fk.mu);
+    return v;
+}
+
+static bool one_open_lookup(void *arg)
+{
+    struct px_disc_stats st;
+    px_disc_get_stats(arg, &st);
+    return st.lookup_open == 1 && fake_get(&fk.active) >= 1;
+}
+
+static unsigned count_targets(const char *t)
+{
+    unsigned n = 0;
+    pthread_mutex_lock(&fk.mu);
+    for (unsigned i = 0; i < fk.ntargets; i++)
+        n += strcmp(fk.targets[i], t) == 0;
+    pthread_mutex_unlock(&fk.mu);
+    return n;
+}
+
+struct ping_wait {
+    struct px_disc *d;
+    unsigned pings;       /* GET /v1/ping seen at the fake */
+    unsigned connects;    /* lookup connections opened, at least */
+};
+static bool pings_seen(void *arg)
+{
+    struct ping_wait *pw = arg;
+    struct px_disc_stats st;
+    px_disc_get_stats(pw->d, &st);
+    return count_targets("/v1/ping") >= pw->pings && st.lookup_connects >= pw->connects &&
+           st.lookup_open == 1;
+}
+
+/* The warm lookup connection: open before any lookup, the first miss goes
+ * over it (no new connection), an idle one sends GET /v1/ping, and one the
+ * server closed comes back. */
+static void warm_connection(void **state)
+{
+    (void)state;
+    pthread_mutex_lock(&fk.mu);
+    fk.keepalive = true;
+    pthread_mutex_unlock(&fk.mu);
+    struct px_disc_opts o = test_opts();
+    o.keepalive_ms = 400;
+    struct px_disc *d = new_disc(&o);
+    assert_true(run_until(one_open_lookup, d, 10000));
+    struct px_disc_stats st;
+    px_disc_get_stats(d, &st);
+    assert_int_equal(st.lookup_connects, 1);
+    assert_int_equal(st.lookup_warm_opens, 1);
+    assert_int_equal(fake_get(&fk.accepts), 1); /* open before anything was asked */
+    assert_int_equal(ntargets(), 0);
+
+    struct cm_addr dst;
+    cm_addr_parse("10.96.5.1:80", &dst);
+    struct result r = {0};
+    struct px_dest_answer *ans = NULL;
+    struct px_disc_wait *w = NULL;
+    assert_int_equal(px_disc_lookup(d, &dst, NULL, &ans, on_result, &r, &w), PX_DISC_UNAVAILABLE);
+    assert_true(run_until(called, &r, 10000));
+    assert_int_equal(r.res, PX_DISC_FOUND);
+    px_disc_get_stats(d, &st);
+    assert_int_equal(st.lookup_connects, 1); /* the first miss: on the warm connection */
+    assert_int_equal(fake_get(&fk.lookup_conns), 1);
+    assert_string_equal(target(0), "/v1/destination?addr=10.96.5.1%3A80");
+
+    /* idle 400 ms: a GET /v1/ping on the same connection */
+    struct ping_wait pw = {.d = d, .pings = 1, .connects = 1};
+    assert_true(run_until(pings_seen, &pw, 10000));
+    px_disc_get_stats(d, &st);
+    assert_int_equal(st.lookup_connects, 1);
+    assert_true(st.lookup_keepalives >= 1);
+    assert_int_equal(st.lookup_reused, 0); /* pings are not lookups */
+
+    /* the server closes the connection under the next ping: it comes back */
+    pthread_mutex_lock(&fk.mu);
+    fk.drop_second = true;
+    pthread_mutex_unlock(&fk.mu);
+    pw.connects = 2;
+    pw.pings = count_targets("/v1/ping") + 2;
+    assert_true(run_until(pings_seen, &pw, 10000));
+    px_disc_get_stats(d, &st);
+    assert_true(st.lookup_connects >= 2);
+    assert_int_equal(st.lookup_open, 1);
+    px_disc_free(d);
+}
+
+static bool accepts_at_least(void *arg)
+{
+    return fake_get(&fk.accepts) >= *(unsigned *)arg;
+}
+
+/* A discovery service that refuses every connection (at its connection
+ * limit): the warm connection is retried with backoff, not in a loop; a
+ * lookup meanwhile is UNAVAILABLE within its bound; once the server takes
+ * connections again the warm one is back. */
+static void warm_connection_backs_off(void **state)
+{
+    (void)state;
+    pthread_mutex_lock(&fk.mu);
+    fk.keepalive = true;
+    fk.refuse = true;
+    pthread_mutex_unlock(&fk.mu);
+    struct px_disc_opts o = test_opts();
+    o.retry_max_ms = 1000;
+    struct px_disc *d = new_disc(&o);
+    unsigned want = 2;
+    assert_true(run_until(accepts_at_least, &want, 10000));
+    uint64_t t0 = cm_mono_ms();
+    unsigned a0 = fake_get(&fk.accepts);
+    struct cm_addr dst;
+    cm_addr_parse("10.96.6.1:80", &dst);
+    struct result r = {0};
+    struct px_dest_answer *ans = NULL;
+    struct px_disc_wait *w = NULL;
+    assert_int_equal(px_disc_lookup(d, &dst, NULL, &ans, on_result, &r, &w), PX_DISC_UNAVAILABLE);
+    assert_true(run_until(called, &r, 10000));
+    assert_int_equal(r.res, PX_DISC_UNAVAILABLE);
+    struct want_targets never = {1}; /* run 2.5 s more: nothing reaches the app's side */
+    assert_false(run_until(have_targets, &never, 2500));
+    uint64_t ms = cm_mono_ms() - t0;
+    unsigned tries = fake_get(&fk.accepts) - a0;
+    /* 250 ms doubling to 1 s: about one a second; a loop would be thousands */
+    assert_true(tries <= 3 + (unsigned)(ms / 500));
+    struct px_disc_stats st;
+    px_disc_get_stats(d, &st);
+    assert_true(st.lookup_warm_opens >= 2);
+
+    pthread_mutex_lock(&fk.mu);
+    fk.refuse = false;
+    pthread_mutex_unlock(&fk.mu);
+    assert_true(run_until(one_open_lookup, d, 10000));
+    r.calls = 0;
+    cm_addr_parse("10.96.6.2:80", &dst);
+    unsigned before = fake_get(&fk.accepts);
+    assert_int_equal(px_disc_lookup(d, &dst, NULL, &ans, on_result, &r, &w), PX_DISC_UNAVAILABLE);
+    assert_true(run_until(called, &r, 10000));
+    assert_int_equal(r.res, PX_DISC_FOUND);
+    assert_int_equal(fake_get(&fk.accepts), before); /* on the warm connection */
+    px_disc_free(d);
+}
+
+/* No workload certificate yet: no connection is made (the warm one waits for
+ * it), and a lookup is UNAVAILABLE, not stuck. */
+static void warm_connection_waits_for_certificate(void **state)
+{
+    (void)state;
+    struct px_disc_opts o = test_opts();
+    o.plaintext = false;
+    struct px_disc *d = new_disc(&o);
+    struct cm_addr dst;
+    cm_addr_parse("10.96.7.1:80", &dst);
+    struct result r = {0};
+    struct px_dest_answer *ans = NULL;
+    struct px_disc_wait *w = NULL;
+    /* without a certificate nothing is asked: UNAVAILABLE at once */
+    assert_int_equal(px_disc_lookup(d, &dst, NULL, &ans, on_result, &r, &w), PX_DISC_UNAVAILABLE);
+    assert_null(w);
+    unsigned want = 1;
+    assert_false(run_until(accepts_at_least, &want, 1500));
     px_disc_free(d);
 }
 
@@ -1350,6 +1527,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(slow_first_lookup_is_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(entries_expire_and_are_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(route_decisions, setup, teardown),
+        cmocka_unit_test_setup_teardown(warm_connection, setup, teardown),
+        cmocka_unit_test_setup_teardown(warm_connection_backs_off, setup, teardown),
+        cmocka_unit_test_setup_teardown(warm_connection_waits_for_certificate, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
