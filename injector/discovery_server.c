@@ -46,6 +46,7 @@ static const char *const answer_names[AN__COUNT] = {"200", "304", "404", "400",
 static atomic_uint_fast64_t answers[AN__COUNT];
 static atomic_int_fast64_t subscribers;
 static atomic_int_fast64_t watched; /* destinations listed by held POST /v1/watch */
+static atomic_int_fast64_t open_conns; /* connections of the discovery port now */
 static const uint64_t push_bucket_us[] = {1000,   5000,   10000,   25000,  50000,
                                           100000, 250000, 1000000, 5000000};
 static struct cm_prom_hist push_hist = CM_PROM_HIST_INIT(push_bucket_us);
@@ -560,7 +561,9 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     (void)conn;
     if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
         *socket_context = cm_xcalloc(1, sizeof(struct dconn));
+        atomic_fetch_add(&open_conns, 1);
     } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        atomic_fetch_sub(&open_conns, 1);
         free(*socket_context);
         *socket_context = NULL;
     }
@@ -740,6 +743,9 @@ void ij_disc_metrics_write(struct cm_prom *o)
     cm_prom_u64(o, "remora_discovery_subscribers", "gauge",
                 "Long-polls held, waiting for their destination to change.",
                 (uint64_t)atomic_load(&subscribers));
+    cm_prom_u64(o, "remora_discovery_connections", "gauge",
+                "Connections of the discovery port open now (at most discovery.max_connections).",
+                (uint64_t)atomic_load(&open_conns));
     cm_prom_u64(o, "remora_discovery_watched_destinations", "gauge",
                 "Destinations listed by the held POST /v1/watch requests.",
                 (uint64_t)atomic_load(&watched));
