@@ -127,9 +127,13 @@ struct px_httpc_pool_cfg {
      * configuration; while it gives none, asked again 50 ms doubling to 1 s),
      * re-opened when it closes or fails (at once after a connection that
      * answered or lived 5 s; else 250 ms doubling to warm_retry_max_ms), and is exempt
-     * from idle_ms: after keepalive_ms without a request it carries a
-     * "GET keepalive_target" (the answer is read and dropped) so the server's
-     * idle close does not take it. keepalive_target NULL: never sent. */
+     * from idle_ms: its first request, right after its handshake when no
+     * call waits, and one after each keepalive_ms without a request is a
+     * "GET keepalive_target" (the answer is read and dropped): the server's
+     * first-request costs are paid before a call needs the connection, and its
+     * idle close does not take it. A call that finds the only connection busy
+     * with that request waits for it rather than open another.
+     * keepalive_target NULL: never sent. */
     unsigned warm;
     const char *keepalive_target; /* copied */
     uint32_t keepalive_ms;        /* 0: 100 s */

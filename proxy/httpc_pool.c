@@ -37,6 +37,7 @@ struct pconn {
     struct px_io *io;
     enum conn_state st;
     bool tls, connected, answered_before;
+    bool warm; /* opened with no call: its first request is a keepalive_target (warm-up) */
     struct px_httpc_call *call; /* PC_BUSY / PC_CONNECTING: the call it carries (or NULL) */
     struct event *reap;
     uint64_t opened_us;
@@ -343,6 +344,21 @@ static void on_read(struct px_io *io, void *arg)
     dispatch(p);
 }
 
+/* A connection through its connect (and handshake) with no call on it: a
+ * warm one sends its warm-up request first (the server's first request on a
+ * connection costs more: its client-certificate check, its buffers), unless
+ * a call is waiting. */
+static void conn_warmed(struct pconn *k)
+{
+    if (k->warm && k->p->keepalive_target != NULL && cm_list_empty(&k->p->queue)) {
+        k->warm = false;
+        conn_keepalive(k);
+        return;
+    }
+    k->warm = false;
+    conn_ready(k);
+}
+
 static void on_event(struct px_io *io, int what, void *arg)
 {
     struct pconn *k = arg;
@@ -352,7 +368,7 @@ static void on_event(struct px_io *io, int what, void *arg)
         if (!k->tls) {
             k->st = PC_BUSY;
             if (k->call == NULL)
-                conn_ready(k);
+                conn_warmed(k);
         }
         return;
     }
@@ -363,7 +379,7 @@ static void on_event(struct px_io *io, int what, void *arg)
             c->conn = NULL;
             conn_send(k, c);
         } else {
-            conn_ready(k);
+            conn_warmed(k);
         }
         return;
     }
@@ -466,6 +482,7 @@ static bool conn_open(struct px_httpc_pool *p, struct px_httpc_call *c)
     k->st = PC_CONNECTING;
     if (c == NULL) {
         p->st.warm_opens++; /* idle once connected (and through TLS) */
+        k->warm = true;
     } else if (k->tls) {
         k->call = c; /* written when the handshake completes */
         c->conn = k;
@@ -483,6 +500,7 @@ static bool give_to_warm(struct px_httpc_pool *p, struct px_httpc_call *c)
         struct pconn *k = cm_container_of(pos, struct pconn, node);
         if (k->st != PC_CONNECTING || k->call != NULL)
             continue;
+        k->warm = false;
         uint32_t left = left_ms(c);
         if (k->tls) {
             k->call = c;
@@ -492,6 +510,19 @@ static bool give_to_warm(struct px_httpc_pool *p, struct px_httpc_call *c)
             conn_send(k, c);
         }
         return true;
+    }
+    return false;
+}
+
+/* A connection carries a keepalive_target request: it is idle again within
+ * a round trip, sooner than a new connection would be through its handshake. */
+static bool keepalive_on_wire(const struct px_httpc_pool *p)
+{
+    const struct cm_list *pos;
+    for (pos = p->conns.next; pos != &p->conns; pos = pos->next) {
+        const struct pconn *k = cm_container_of(pos, struct pconn, node);
+        if (k->st == PC_BUSY && k->call != NULL && k->call->keepalive)
+            return true;
     }
     return false;
 }
@@ -531,7 +562,7 @@ static void dispatch(struct px_httpc_pool *p)
             cm_list_insert_head(&p->queue, &c->node);
             p->nqueued++;
         }
-        if (p->nconns >= p->max_conns || p->held)
+        if (p->nconns >= p->max_conns || p->held || keepalive_on_wire(p))
             return;
         cm_list_remove(&c->node);
         p->nqueued--;
