@@ -38,21 +38,30 @@
  * bounded buffer, answers are malloc'd). Every proxy holds 1-4 connections
  * here, most of them idle: an idle one measured 43 KiB of RSS with 32 KiB,
  * 21 KiB with this (perf/bench-discovery-proxy.sh). */
-#define CONN_MEMORY 8192
-#define PING_PATH        "/v1/ping" /* a proxy's warm connection, idle 100 s: 204 */
-#define WATCH_DISCARD    (16u << 20) /* an over-long watch body is read this far for its 400 */
+#define CONN_MEMORY   8192
+#define PING_PATH     "/v1/ping"  /* a proxy's warm connection, idle 100 s: 204 */
+#define WATCH_DISCARD (16u << 20) /* an over-long watch body is read this far for its 400 */
 #define CHANGED_SOFT_MAX                                                                           \
     (1u << 20) /* a "changed" list stops growing past this (the proxy                              \
                 * asks again for the rest) */
 
 /* ---- metrics ---------------------------------------------------------------------------- */
 
-enum answer { AN_OK, AN_NOT_MODIFIED, AN_NOT_FOUND, AN_BAD, AN_UNAUTH, AN_PING, AN_OTHER, AN__COUNT };
-static const char *const answer_names[AN__COUNT] = {"200", "304", "404", "400",
+enum answer {
+    AN_OK,
+    AN_NOT_MODIFIED,
+    AN_NOT_FOUND,
+    AN_BAD,
+    AN_UNAUTH,
+    AN_PING,
+    AN_OTHER,
+    AN__COUNT
+};
+static const char *const answer_names[AN__COUNT] = {"200", "304", "404",  "400",
                                                     "401", "204", "other"};
 static atomic_uint_fast64_t answers[AN__COUNT];
 static atomic_int_fast64_t subscribers;
-static atomic_int_fast64_t watched; /* destinations listed by held POST /v1/watch */
+static atomic_int_fast64_t watched;    /* destinations listed by held POST /v1/watch */
 static atomic_int_fast64_t open_conns; /* connections of the discovery port now */
 static const uint64_t push_bucket_us[] = {1000,   5000,   10000,   25000,  50000,
                                           100000, 250000, 1000000, 5000000};
@@ -637,8 +646,8 @@ int ij_disc_server_start(struct ij_disc *d, char **errmsg)
         MHD_OPTION_HTTPS_MEM_CERT, d->serve_cert, MHD_OPTION_HTTPS_MEM_KEY, d->serve_key,
         MHD_OPTION_HTTPS_MEM_TRUST, d->trust_pem, MHD_OPTION_HTTPS_PRIORITIES,
         IJ_SERVER_TLS_PRIORITIES, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)IDLE_TIMEOUT_S, MHD_OPTION_CONNECTION_LIMIT,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)IDLE_TIMEOUT_S, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)cfg->discovery_max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
         (unsigned)cfg->discovery_max_connections_per_ip, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
         d, MHD_OPTION_NOTIFY_CONNECTION, on_connection, d, MHD_OPTION_END);

@@ -50,10 +50,10 @@
 #define NBUCKETS          1024
 #define FIRST_TIMEOUT     10000 /* ms: the first request of an entry (its waiters give up sooner) */
 #define RETRY_MIN_MS      250
-#define MAX_KEY           300   /* "name:port" */
-#define LOOKUP_CONNS      2     /* kept-alive connections for first requests (one warm) */
-#define WATCH_DEBOUNCE_MS 20    /* held-set changes this close together: one new watch */
-#define LOOKUP_IDLE_MS    60000 /* one unused this long is closed (the injector: 120 s) */
+#define MAX_KEY           300        /* "name:port" */
+#define LOOKUP_CONNS      2          /* kept-alive connections for first requests (one warm) */
+#define WATCH_DEBOUNCE_MS 20         /* held-set changes this close together: one new watch */
+#define LOOKUP_IDLE_MS    60000      /* one unused this long is closed (the injector: 120 s) */
 #define KEEPALIVE_TARGET  "/v1/ping" /* the warm connection's request after keepalive_ms idle */
 
 enum entry_state {
@@ -1079,6 +1079,7 @@ void px_disc_get_stats(struct px_disc *d, struct px_disc_stats *s)
     s->lookup_reused = ps.reused;
     s->lookup_warm_opens = ps.warm_opens;
     s->lookup_keepalives = ps.keepalives;
+    s->lookup_keepalives_answered = ps.keepalives_answered;
     s->lookup_open = ps.open;
     px_httpc_pool_get_stats(d->watch_pool, &ps);
     s->watch_open = ps.open;
@@ -1118,11 +1119,9 @@ void px_disc_write_prometheus(struct px_disc *d, struct evbuffer *dst)
                      "those, opened before a request), requests sent on one kept alive, and "
                      "GET /v1/ping sent to keep the warm one open.",
                      "event", con, 4);
-    const struct cm_prom_sample open_now[] = {{"lookup", s.lookup_open},
-                                              {"watch", s.watch_open}};
+    const struct cm_prom_sample open_now[] = {{"lookup", s.lookup_open}, {"watch", s.watch_open}};
     cm_prom_by_label(&p, "remora_discovery_connections", "gauge",
-                     "Connections to the discovery service open now, by use.", "use", open_now,
-                     2);
+                     "Connections to the discovery service open now, by use.", "use", open_now, 2);
     cm_prom_u64(&p, "remora_discovery_updates_total", "counter",
                 "Held answers replaced by a newer version.", s.updates);
     const struct cm_prom_sample eg[] = {{"passthrough", s.egress_passthrough},

@@ -18,16 +18,17 @@
 #include "proxy/io.h"
 #include "proxy/tls.h"
 
-#define POOL_MAX_CONNS  16
-#define POOL_IDLE_MS    60000
-#define POOL_TIMEOUT_MS 10000
-#define POOL_READ_LIMIT (64 * 1024)
-#define POOL_KEEPALIVE_MS 100000
-#define WARM_RETRY_MIN_MS 250   /* a warm connection that failed: again after this, doubling */
-#define WARM_RETRY_MAX_MS 30000
-#define WARM_TLS_MIN_MS   50    /* no client certificate yet: asked again after this, doubling */
-#define WARM_TLS_MAX_MS   1000
-#define WARM_LIVED_US     (5 * 1000000ULL) /* a connection that lived this long was no failure */
+#define POOL_MAX_CONNS       16
+#define POOL_IDLE_MS         60000
+#define POOL_TIMEOUT_MS      10000
+#define POOL_READ_LIMIT      (64 * 1024)
+#define POOL_KEEPALIVE_MS    100000
+#define KEEPALIVE_TIMEOUT_MS 5000 /* a keepalive_target request not answered by then: closed */
+#define WARM_RETRY_MIN_MS    250  /* a warm connection that failed: again after this, doubling */
+#define WARM_RETRY_MAX_MS    30000
+#define WARM_TLS_MIN_MS      50 /* no client certificate yet: asked again after this, doubling */
+#define WARM_TLS_MAX_MS      1000
+#define WARM_LIVED_US        (5 * 1000000ULL) /* a connection that lived this long was no failure */
 
 enum conn_state { PC_CONNECTING = 0, PC_IDLE, PC_BUSY, PC_CLOSING };
 
@@ -37,7 +38,8 @@ struct pconn {
     struct px_io *io;
     enum conn_state st;
     bool tls, connected, answered_before;
-    bool warm; /* opened with no call: its first request is a keepalive_target (warm-up) */
+    bool warm;   /* opened with no call: its first request is a keepalive_target (warm-up) */
+    bool served; /* answered a call of the pool's user (not only keepalive_target) */
     struct px_httpc_call *call; /* PC_BUSY / PC_CONNECTING: the call it carries (or NULL) */
     struct event *reap;
     uint64_t opened_us;
@@ -78,9 +80,9 @@ struct px_httpc_pool {
     unsigned warm;
     char *keepalive_target;
     uint32_t keepalive_ms, warm_retry_max_ms;
-    struct event *warm_ev;       /* the next warm open (backoff, or waiting for a certificate) */
-    uint32_t warm_backoff_ms;    /* 0: the last connection was fine */
-    uint32_t warm_tls_wait_ms;   /* 0: a certificate was there last time */
+    struct event *warm_ev;     /* the next warm open (backoff, or waiting for a certificate) */
+    uint32_t warm_backoff_ms;  /* 0: the last connection was fine */
+    uint32_t warm_tls_wait_ms; /* 0: a certificate was there last time */
 };
 
 static void dispatch(struct px_httpc_pool *p);
@@ -151,14 +153,15 @@ static void warm_failed(struct px_httpc_pool *p)
     warm_arm(p, p->warm_backoff_ms);
 }
 
-/* k is closing: was it of use (answered, or lived 5 s)? Then the warm one may
- * be re-opened at once; else after the backoff. */
+/* k is closing: was it of use (answered a user's call, or lived 5 s)? Then the
+ * warm one may be re-opened at once; else after the backoff (a server that
+ * answers the warm-up and then closes makes no loop either). */
 static void warm_closed(struct pconn *k)
 {
     struct px_httpc_pool *p = k->p;
     if (p->warm == 0)
         return;
-    if (k->answered_before || (k->opened_us != 0 && cm_mono_us() - k->opened_us >= WARM_LIVED_US))
+    if (k->served || (k->opened_us != 0 && cm_mono_us() - k->opened_us >= WARM_LIVED_US))
         p->warm_backoff_ms = 0;
     else
         warm_failed(p);
@@ -266,7 +269,9 @@ static void conn_ready(struct pconn *k)
 
 static void keepalive_done(const struct px_httpc_resp *r, void *arg)
 {
-    (void)r, (void)arg; /* the answer does not matter; a failure closed the connection */
+    struct px_httpc_pool *p = arg; /* the answer's status does not matter */
+    if (r->status != 0)
+        p->st.keepalives_answered++; /* else the connection is closed already */
 }
 
 /* k, the warm connection, has been idle keepalive_ms: a tiny request keeps
@@ -289,9 +294,10 @@ static void conn_keepalive(struct pconn *k)
     }
     c->p = p;
     c->cb = keepalive_done;
+    c->arg = p;
     c->keepalive = true;
     c->max_body = 4096;
-    c->timeout_ms = POOL_TIMEOUT_MS;
+    c->timeout_ms = KEEPALIVE_TIMEOUT_MS;
     c->deadline_us = cm_mono_us() + (uint64_t)c->timeout_ms * 1000;
     c->ans = px_httpc_answer_new(0, c->max_body, false);
     conn_send(k, c);
@@ -331,6 +337,8 @@ static void on_read(struct px_io *io, void *arg)
         r == PX_HTTPC_DONE && px_httpc_answer_keep_alive(c->ans) && evbuffer_get_length(in) == 0;
     k->call = NULL;
     c->conn = NULL;
+    if (r == PX_HTTPC_DONE && !c->keepalive)
+        k->served = true;
     if (!reuse)
         conn_close(k);
     else
@@ -433,8 +441,8 @@ static bool conn_open(struct px_httpc_pool *p, struct px_httpc_call *c)
         if (c != NULL) {
             call_done(c, 0, p->no_tls_err);
         } else { /* no certificate yet: ask again soon */
-            p->warm_tls_wait_ms = p->warm_tls_wait_ms == 0 ? WARM_TLS_MIN_MS
-                                                           : p->warm_tls_wait_ms * 2;
+            p->warm_tls_wait_ms =
+                p->warm_tls_wait_ms == 0 ? WARM_TLS_MIN_MS : p->warm_tls_wait_ms * 2;
             if (p->warm_tls_wait_ms > WARM_TLS_MAX_MS)
                 p->warm_tls_wait_ms = WARM_TLS_MAX_MS;
             warm_arm(p, p->warm_tls_wait_ms);
@@ -514,19 +522,6 @@ static bool give_to_warm(struct px_httpc_pool *p, struct px_httpc_call *c)
     return false;
 }
 
-/* A connection carries a keepalive_target request: it is idle again within
- * a round trip, sooner than a new connection would be through its handshake. */
-static bool keepalive_on_wire(const struct px_httpc_pool *p)
-{
-    const struct cm_list *pos;
-    for (pos = p->conns.next; pos != &p->conns; pos = pos->next) {
-        const struct pconn *k = cm_container_of(pos, struct pconn, node);
-        if (k->st == PC_BUSY && k->call != NULL && k->call->keepalive)
-            return true;
-    }
-    return false;
-}
-
 /* Keep p->warm connections open (after the queued calls were served). */
 static void warm_check(struct px_httpc_pool *p)
 {
@@ -562,7 +557,7 @@ static void dispatch(struct px_httpc_pool *p)
             cm_list_insert_head(&p->queue, &c->node);
             p->nqueued++;
         }
-        if (p->nconns >= p->max_conns || p->held || keepalive_on_wire(p))
+        if (p->nconns >= p->max_conns || p->held)
             return;
         cm_list_remove(&c->node);
         p->nqueued--;
@@ -612,8 +607,8 @@ struct px_httpc_pool *px_httpc_pool_new(struct event_base *base,
         abort();
     p->warm = cfg->warm > p->max_conns ? p->max_conns : cfg->warm;
     p->keepalive_ms = cfg->keepalive_ms ? cfg->keepalive_ms : POOL_KEEPALIVE_MS;
-    p->warm_retry_max_ms = cfg->warm_retry_max_ms < WARM_RETRY_MIN_MS ? WARM_RETRY_MAX_MS
-                                                                    : cfg->warm_retry_max_ms;
+    p->warm_retry_max_ms =
+        cfg->warm_retry_max_ms < WARM_RETRY_MIN_MS ? WARM_RETRY_MAX_MS : cfg->warm_retry_max_ms;
     if (cfg->keepalive_target != NULL) {
         struct px_httpc_req r = {.method = "GET", .target = cfg->keepalive_target, .host = p->host};
         struct cm_buf b;

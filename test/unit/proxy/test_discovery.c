@@ -363,6 +363,8 @@ static struct fake {
                             * (as a server whose idle timeout crossed the request) */
     char last_watch[8192]; /* the body of the last POST /v1/watch */
     unsigned accepts;      /* connections accepted */
+    unsigned pings;        /* GET /v1/ping seen (not in targets) */
+    bool close_after;      /* close each connection after its first answer (sent keep-alive) */
     bool refuse;           /* close each connection at accept (a server at its connection
                             * limit) */
 } fk;
@@ -553,8 +555,11 @@ static void *conn_main(void *arg)
             pthread_mutex_unlock(&fk.mu);
             body = b;
         }
+        bool ping = !post && strcmp(target, "/v1/ping") == 0; /* the warm connection's */
         pthread_mutex_lock(&fk.mu);
-        if (fk.ntargets < 64)
+        if (ping)
+            fk.pings++;
+        else if (fk.ntargets < 64)
             snprintf(fk.targets[fk.ntargets++], sizeof(fk.targets[0]), "%s%s", post ? "POST " : "",
                      target);
         if (first && !post)
@@ -578,10 +583,15 @@ static void *conn_main(void *arg)
         }
         if (post)
             fake_watch(c, body, keepalive);
+        else if (ping)
+            fake_write(c, 204, "", 0, keepalive);
         else
             fake_answer(c, target, keepalive);
         free(body);
-        if (!keepalive)
+        pthread_mutex_lock(&fk.mu);
+        bool close_after = fk.close_after;
+        pthread_mutex_unlock(&fk.mu);
+        if (!keepalive || close_after)
             break;
     }
     close(c);
@@ -938,28 +948,19 @@ static bool one_open_lookup(void *arg)
     return st.lookup_open == 1 && fake_get(&fk.active) >= 1;
 }
 
-static unsigned count_targets(const char *t)
-{
-    unsigned n = 0;
-    pthread_mutex_lock(&fk.mu);
-    for (unsigned i = 0; i < fk.ntargets; i++)
-        n += strcmp(fk.targets[i], t) == 0;
-    pthread_mutex_unlock(&fk.mu);
-    return n;
-}
-
 struct ping_wait {
     struct px_disc *d;
-    unsigned pings;       /* GET /v1/ping seen at the fake */
-    unsigned connects;    /* lookup connections opened, at least */
+    unsigned pings;    /* GET /v1/ping seen at the fake */
+    unsigned connects; /* lookup connections opened, at least */
+    unsigned answered; /* pings answered, at least */
 };
 static bool pings_seen(void *arg)
 {
     struct ping_wait *pw = arg;
     struct px_disc_stats st;
     px_disc_get_stats(pw->d, &st);
-    return count_targets("/v1/ping") >= pw->pings && st.lookup_connects >= pw->connects &&
-           st.lookup_open == 1;
+    return fake_get(&fk.pings) >= pw->pings && st.lookup_keepalives_answered >= pw->answered &&
+           st.lookup_connects >= pw->connects && st.lookup_open == 1;
 }
 
 /* The warm lookup connection: open before any lookup, the first miss goes
@@ -980,10 +981,9 @@ static void warm_connection(void **state)
     assert_int_equal(st.lookup_connects, 1);
     assert_int_equal(st.lookup_warm_opens, 1);
     assert_int_equal(fake_get(&fk.accepts), 1); /* open before anything was asked */
-    struct ping_wait pw = {.d = d, .pings = 1, .connects = 1};
+    struct ping_wait pw = {.d = d, .pings = 1, .connects = 1, .answered = 1};
     assert_true(run_until(pings_seen, &pw, 10000)); /* its warm-up request */
-    assert_int_equal(ntargets(), 1);
-    assert_string_equal(target(0), "/v1/ping");
+    assert_int_equal(ntargets(), 0);
 
     struct cm_addr dst;
     cm_addr_parse("10.96.5.1:80", &dst);
@@ -996,10 +996,11 @@ static void warm_connection(void **state)
     px_disc_get_stats(d, &st);
     assert_int_equal(st.lookup_connects, 1); /* the first miss: on the warm connection */
     assert_int_equal(fake_get(&fk.lookup_conns), 1);
-    assert_string_equal(target(1), "/v1/destination?addr=10.96.5.1%3A80");
+    assert_string_equal(target(0), "/v1/destination?addr=10.96.5.1%3A80");
 
     /* idle 400 ms: a GET /v1/ping on the same connection */
     pw.pings = 2;
+    pw.answered = 2;
     assert_true(run_until(pings_seen, &pw, 10000));
     px_disc_get_stats(d, &st);
     assert_int_equal(st.lookup_connects, 1);
@@ -1011,7 +1012,7 @@ static void warm_connection(void **state)
     fk.drop_second = true;
     pthread_mutex_unlock(&fk.mu);
     pw.connects = 2;
-    pw.pings = count_targets("/v1/ping") + 2;
+    pw.pings = fake_get(&fk.pings) + 2;
     assert_true(run_until(pings_seen, &pw, 10000));
     px_disc_get_stats(d, &st);
     assert_true(st.lookup_connects >= 2);
@@ -1055,7 +1056,7 @@ static void warm_connection_backs_off(void **state)
     uint64_t ms = cm_mono_ms() - t0;
     unsigned tries = fake_get(&fk.accepts) - a0;
     /* 250 ms doubling to 1 s: about one a second; a loop would be thousands */
-    assert_true(tries <= 3 + (unsigned)(ms / 500));
+    assert_true(tries <= 6 + (unsigned)(ms / 250));
     struct px_disc_stats st;
     px_disc_get_stats(d, &st);
     assert_true(st.lookup_warm_opens >= 2);
@@ -1063,14 +1064,37 @@ static void warm_connection_backs_off(void **state)
     pthread_mutex_lock(&fk.mu);
     fk.refuse = false;
     pthread_mutex_unlock(&fk.mu);
-    assert_true(run_until(one_open_lookup, d, 10000));
+    struct ping_wait pw = {.d = d, .pings = 1, .connects = 1, .answered = 1};
+    assert_true(run_until(pings_seen, &pw, 10000)); /* back, and warmed up */
     r.calls = 0;
     cm_addr_parse("10.96.6.2:80", &dst);
-    unsigned before = fake_get(&fk.accepts);
     assert_int_equal(px_disc_lookup(d, &dst, NULL, &ans, on_result, &r, &w), PX_DISC_UNAVAILABLE);
     assert_true(run_until(called, &r, 10000));
     assert_int_equal(r.res, PX_DISC_FOUND);
-    assert_int_equal(fake_get(&fk.accepts), before); /* on the warm connection */
+    px_disc_free(d);
+}
+
+/* A server that answers the warm-up request and then closes: the warm
+ * connection is re-opened with backoff, not once per round trip. */
+static void warm_connection_closed_after_warmup(void **state)
+{
+    (void)state;
+    pthread_mutex_lock(&fk.mu);
+    fk.keepalive = true;
+    fk.close_after = true;
+    pthread_mutex_unlock(&fk.mu);
+    struct px_disc_opts o = test_opts();
+    o.retry_max_ms = 1000;
+    struct px_disc *d = new_disc(&o);
+    unsigned want = 1;
+    assert_true(run_until(accepts_at_least, &want, 10000));
+    uint64_t t0 = cm_mono_ms();
+    want = 1000000;
+    assert_false(run_until(accepts_at_least, &want, 2500));
+    uint64_t ms = cm_mono_ms() - t0;
+    unsigned n = fake_get(&fk.accepts);
+    assert_true(n >= 2);                        /* re-opened */
+    assert_true(n <= 4 + (unsigned)(ms / 500)); /* 250 ms doubling to 1 s, not a loop */
     px_disc_free(d);
 }
 
@@ -1533,6 +1557,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(warm_connection, setup, teardown),
         cmocka_unit_test_setup_teardown(warm_connection_backs_off, setup, teardown),
         cmocka_unit_test_setup_teardown(warm_connection_waits_for_certificate, setup, teardown),
+        cmocka_unit_test_setup_teardown(warm_connection_closed_after_warmup, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
