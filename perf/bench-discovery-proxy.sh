@@ -9,8 +9,10 @@
 #             through listener i (a cache miss: the lookup is asked at accept), through it
 #             again (a hit). Added latency = proxied - direct (the proxy's own hop included:
 #             the hit's added latency is that hop); miss - hit = what the lookup adds. The
-#             first miss also opens the lookup connection (TCP + mTLS handshake); the rest
-#             reuse it.
+#             first miss goes over the warm lookup connection, opened when the proxy started
+#             (the bench waits until /metrics shows its warm-up request sent:
+#             remora_discovery_lookup_connections_total{event="keepalive"} 1; how long after
+#             ready that took is in latency.json); the rest reuse it.
 #   memory    a proxy with an outbound listener on 0.0.0.0:PORT without upstream, so a
 #             connection to 127.1.X.Y:PORT has that destination (its local address: no
 #             iptables on loopback); 1,000 pods at 127.1.X.Y in the registry. Connect and
@@ -98,13 +100,19 @@ done
 (IFS=,; printf '{"admin": {"address": "127.0.0.1:%s"}, "log_level": "warn", "listeners": [%s], %s, %s}\n' \
     "$ADMIN_PORT" "${ls[*]}" "$identity" "$disc") >"$TMP/lat.json"
 start_proxy lat "$TMP/lat.json" || die "latency proxy: $(tail -5 "$TMP/lat.log")"
+t_ready=$(date +%s%N)
+warm_open() { curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" |
+    grep -q '^remora_discovery_lookup_connections_total{event="keepalive"} 1$'; }
+WAIT_UNTIL_STEP=0.005 wait_until 10 warm_open || echo "bench-discovery-proxy: no warm lookup connection" >&2
+warm_after_ready_ms=$(( ($(date +%s%N) - t_ready) / 1000000 ))
+sleep 0.2 # its answer (a round trip)
 urls=()
 for i in $(seq 1 "$LISTENERS"); do
     urls+=(-o /dev/null "http://127.0.1.$i:$APP/d" -o /dev/null "http://127.0.0.1:${ports[$((i - 1))]}/m"
         -o /dev/null "http://127.0.0.1:${ports[$((i - 1))]}/h")
 done
 curl -s -H 'Connection: close' -w '%{http_code} %{time_total}\n' "${urls[@]}" >"$OUT/latency.txt"
-python3 - "$OUT/latency.txt" >"$OUT/latency.json" <<'PY'
+python3 - "$OUT/latency.txt" "$warm_after_ready_ms" >"$OUT/latency.json" <<'PY'
 import json, statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 bad = [r for r in rows if r[0] != "200"]
@@ -116,6 +124,8 @@ def s(v):
             "max_ms": round(v[-1], 3)}
 warm = miss[1:]
 out = {"non_200": len(bad), "direct": s(direct), "miss_first": round(miss[0], 3),
+       "miss_first_over_hit_ms": round(miss[0] - statistics.median(hit), 3),
+       "warm_connection_open_ms_after_ready": int(sys.argv[2]),
        "miss_warm": s(warm), "hit": s(hit),
        "added_by_lookup_warm_median_ms": round(statistics.median([m - h for m, h in zip(warm, hit[1:])]), 3),
        "miss_over_direct": round(statistics.median(warm) / statistics.median(direct), 2),
@@ -138,9 +148,10 @@ printf '{"admin": {"address": "127.0.0.1:%s"}, "log_level": "warn", "listeners":
 start_proxy mem "$TMP/mem.json" || die "memory proxy: $(tail -5 "$TMP/mem.log")"
 sleep 2
 idle=$(rss "$PROXY_PID")
+idle_conns=$(conns_to_dp)
 inj_idle=$(rss "$IPID")
 inj_cpu0=$(cpu_ticks "$IPID")
-echo "{\"proxy_idle_kb\": $idle, \"injector_idle_kb\": $inj_idle}" >"$OUT/memory.jsonl"
+echo "{\"proxy_idle_kb\": $idle, \"proxy_idle_conns_to_discovery\": $idle_conns, \"injector_idle_kb\": $inj_idle}" >"$OUT/memory.jsonl"
 done_n=0
 for n in $DESTS; do
     python3 - "$MP" "$done_n" "$n" <<'PY'
@@ -165,10 +176,46 @@ PY
 done
 curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | grep -E '^remora_discovery' >"$OUT/memory-metrics.txt"
 stop_pid "$PROXY_PID"
+
+# ---- the injector's cost of an idle proxy connection (the warm lookup connection) ----------
+# CONNS (500) mTLS connections with the workload certificate, each through one GET /v1/ping
+# (authenticated, its buffers allocated), then held idle: the injector's VmRSS over before.
+CONNS=${CONNS:-500}
+sleep 1
+inj_before=$(rss "$IPID")
+python3 - "$DP" "$CONNS" "$D" "$IPID" >"$OUT/idle-conns.json" <<'PY'
+import json, socket, ssl, sys, time
+port, n, d, ipid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ctx = ssl.create_default_context(cafile=d + "/root.pem")
+ctx.check_hostname = False
+ctx.load_cert_chain(d + "/w.pem", d + "/w-key.pem")
+def rss():
+    for l in open("/proc/%s/status" % ipid):
+        if l.startswith("VmRSS"):
+            return int(l.split()[1])
+before = rss()
+held = []
+for i in range(n):
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+    s.sendall(b"GET /v1/ping HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(4096)
+    held.append(s)
+time.sleep(2)
+after = rss()
+print(json.dumps({"connections": n, "injector_rss_before_kb": before, "injector_rss_after_kb": after,
+                  "injector_kb_per_idle_connection": round((after - before) / n, 1),
+                  "status_line": data.split(b"\r\n")[0].decode()}))
+for s in held:
+    s.close()
+PY
+cat "$OUT/idle-conns.json"
 cp "$TMP"/*.log "$OUT/" 2>/dev/null
 {
     echo "# bench-discovery-proxy $(date -u +%FT%TZ) ($(git -C "$REMORA_ROOT" rev-parse --short HEAD), $REMORA_BUILD)"
     echo; echo '## latency (ms)'; echo '```'; cat "$OUT/latency.json"; echo '```'
     echo; echo '## memory'; echo '```'; cat "$OUT/memory.jsonl"; echo '```'
+    echo; echo '## the injector, idle proxy connections'; echo '```'; cat "$OUT/idle-conns.json"; echo '```'
 } >"$OUT/summary.md"
 cat "$OUT/summary.md"

@@ -50,10 +50,11 @@
 #define NBUCKETS          1024
 #define FIRST_TIMEOUT     10000 /* ms: the first request of an entry (its waiters give up sooner) */
 #define RETRY_MIN_MS      250
-#define MAX_KEY           300   /* "name:port" */
-#define LOOKUP_CONNS      4     /* kept-alive connections for first requests */
-#define WATCH_DEBOUNCE_MS 20    /* held-set changes this close together: one new watch */
-#define LOOKUP_IDLE_MS    60000 /* one unused this long is closed (the injector: 120 s) */
+#define MAX_KEY           300        /* "name:port" */
+#define LOOKUP_CONNS      2          /* kept-alive connections for first requests (one warm) */
+#define WATCH_DEBOUNCE_MS 20         /* held-set changes this close together: one new watch */
+#define LOOKUP_IDLE_MS    60000      /* one unused this long is closed (the injector: 120 s) */
+#define KEEPALIVE_TARGET  "/v1/ping" /* the warm connection's request after keepalive_ms idle */
 
 enum entry_state {
     E_FETCHING = 0, /* the first request is in flight, no answer yet */
@@ -145,6 +146,8 @@ void px_disc_opts_default(struct px_disc_opts *o)
     o->watch_s = PX_DISC_WATCH_S;
     o->max_entries = PX_DISC_MAX_ENTRIES;
     o->retry_max_ms = 30000;
+    o->warm = true;
+    o->keepalive_ms = PX_DISC_KEEPALIVE_MS;
 }
 
 static uint32_t hash_key(const char *s)
@@ -695,10 +698,15 @@ struct px_disc *px_disc_new(struct event_base *base, const struct px_disc_cfg *c
                                    .max_queue = d->o.max_entries,
                                    .idle_ms = LOOKUP_IDLE_MS,
                                    .on_unreachable = on_unreachable,
-                                   .unreachable_arg = d};
+                                   .unreachable_arg = d,
+                                   .warm = d->o.warm ? 1 : 0,
+                                   .keepalive_target = KEEPALIVE_TARGET,
+                                   .keepalive_ms = d->o.keepalive_ms,
+                                   .warm_retry_max_ms = d->o.retry_max_ms};
     d->lookups = px_httpc_pool_new(base, &pc);
     pc.max_conns = 2; /* the held watch, and its successor that supersedes it */
     pc.max_queue = 2;
+    pc.warm = 0;
     d->watch_pool = px_httpc_pool_new(base, &pc);
     cm_list_init(&d->watches);
     d->watch_ev = evtimer_new(base, on_watch_ev, d);
@@ -1069,6 +1077,12 @@ void px_disc_get_stats(struct px_disc *d, struct px_disc_stats *s)
     px_httpc_pool_get_stats(d->lookups, &ps);
     s->lookup_connects = ps.connects;
     s->lookup_reused = ps.reused;
+    s->lookup_warm_opens = ps.warm_opens;
+    s->lookup_keepalives = ps.keepalives;
+    s->lookup_keepalives_answered = ps.keepalives_answered;
+    s->lookup_open = ps.open;
+    px_httpc_pool_get_stats(d->watch_pool, &ps);
+    s->watch_open = ps.open;
     s->stale = 0;
     struct cm_list *pos;
     for (pos = d->lru.next; pos != &d->lru; pos = pos->next)
@@ -1097,11 +1111,17 @@ void px_disc_write_prometheus(struct px_disc *d, struct evbuffer *dst)
                      "those that failed.",
                      "outcome", req, 2);
     const struct cm_prom_sample con[] = {{"opened", s.lookup_connects},
-                                         {"reused", s.lookup_reused}};
+                                         {"reused", s.lookup_reused},
+                                         {"warm", s.lookup_warm_opens},
+                                         {"keepalive", s.lookup_keepalives}};
     cm_prom_by_label(&p, "remora_discovery_lookup_connections_total", "counter",
-                     "First lookups: connections opened to the discovery service, and requests "
-                     "sent on one kept alive.",
-                     "event", con, 2);
+                     "First lookups: connections opened to the discovery service (warm: of "
+                     "those, opened before a request), requests sent on one kept alive, and "
+                     "GET /v1/ping sent to keep the warm one open.",
+                     "event", con, 4);
+    const struct cm_prom_sample open_now[] = {{"lookup", s.lookup_open}, {"watch", s.watch_open}};
+    cm_prom_by_label(&p, "remora_discovery_connections", "gauge",
+                     "Connections to the discovery service open now, by use.", "use", open_now, 2);
     cm_prom_u64(&p, "remora_discovery_updates_total", "counter",
                 "Held answers replaced by a newer version.", s.updates);
     const struct cm_prom_sample eg[] = {{"passthrough", s.egress_passthrough},

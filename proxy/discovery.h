@@ -151,10 +151,11 @@ void px_disc_changes_free(struct px_disc_change *c, size_t n);
 
 /* ---- the cache (proxy/discovery.c) ----------------------------------------------- */
 
-#define PX_DISC_MAX_ENTRIES 4096   /* destinations held; more: the least recently used goes */
-#define PX_DISC_IDLE_MS     300000 /* an entry unused this long is dropped (its watch too) */
-#define PX_DISC_NEGATIVE_MS 5000   /* a 404 is believed this long (404s are never held) */
-#define PX_DISC_WATCH_S     30     /* timeout_s of a long-poll */
+#define PX_DISC_MAX_ENTRIES  4096   /* destinations held; more: the least recently used goes */
+#define PX_DISC_IDLE_MS      300000 /* an entry unused this long is dropped (its watch too) */
+#define PX_DISC_NEGATIVE_MS  5000   /* a 404 is believed this long (404s are never held) */
+#define PX_DISC_WATCH_S      30     /* timeout_s of a long-poll */
+#define PX_DISC_KEEPALIVE_MS 100000 /* the warm lookup connection's GET /v1/ping when idle */
 
 /* What a lookup found. */
 enum px_disc_result {
@@ -179,9 +180,13 @@ struct px_disc_opts {
     uint32_t negative_ms;  /* PX_DISC_NEGATIVE_MS */
     uint32_t watch_s;      /* PX_DISC_WATCH_S */
     uint32_t max_entries;  /* PX_DISC_MAX_ENTRIES */
-    uint32_t retry_max_ms; /* backoff of a failed watch: 250 ms doubling to this (30 s) */
+    uint32_t retry_max_ms; /* backoff of a failed watch and of the warm lookup connection:
+                            * 250 ms doubling to this (30 s) */
     bool plaintext;        /* tests only: tls_conf NULL means plain HTTP (never in the proxy:
                             * no configuration key sets it) */
+    bool warm;             /* keep one lookup connection open from the start (default) */
+    uint32_t keepalive_ms; /* PX_DISC_KEEPALIVE_MS: the warm connection idle this long sends
+                            * GET /v1/ping (the injector closes connections idle 120 s) */
 };
 void px_disc_opts_default(struct px_disc_opts *o);
 
@@ -263,8 +268,12 @@ struct px_disc_stats {
     uint64_t requests, failures, updates;
     uint64_t found, not_found, unavailable; /* results given */
     uint64_t evicted, expired;
-    uint64_t lookup_connects, lookup_reused; /* first lookups: connections opened, requests
-                                              * sent on an open one */
+    uint64_t lookup_connects, lookup_reused;       /* first lookups: connections opened, requests
+                                                    * sent on an open one */
+    uint64_t lookup_warm_opens, lookup_keepalives; /* of lookup_connects: opened before any
+                                                    * request (warm); GET /v1/ping sent */
+    uint64_t lookup_keepalives_answered;
+    uint32_t lookup_open, watch_open;                            /* connections open now */
     uint64_t egress_passthrough, egress_allowed, egress_refused; /* remora_egress_total */
     uint64_t egress_refused_dns; /* of the refused: not an address of the name (resolve.h) */
     uint32_t entries, stale;

@@ -122,6 +122,22 @@ struct px_httpc_pool_cfg {
      * re-resolve the name addr came from. NULL: nothing. */
     void (*on_unreachable)(void *arg);
     void *unreachable_arg;
+    /* Warm connections: keep this many open (0 or 1) whether or not a request
+     * waits. One is opened as soon as the pool may (not held, tls_conf gives a
+     * configuration; while it gives none, asked again 50 ms doubling to 1 s),
+     * re-opened when it closes or fails (at once after a connection that
+     * answered a request sent with px_httpc_pool_send or lived 5 s; else 250 ms
+     * doubling to warm_retry_max_ms), and is exempt
+     * from idle_ms: its first request, right after its handshake when no
+     * call waits, and one after each keepalive_ms without a request is a
+     * "GET keepalive_target" (the answer is read and dropped): the server's
+     * first-request costs are paid before a call needs the connection, and its
+     * idle close does not take it (not answered in 5 s: the connection is
+     * closed and re-opened). keepalive_target NULL: never sent. */
+    unsigned warm;
+    const char *keepalive_target; /* copied */
+    uint32_t keepalive_ms;        /* 0: 100 s */
+    uint32_t warm_retry_max_ms;   /* 0: 30 s */
 };
 struct px_httpc_pool;
 struct px_httpc_call;
@@ -151,12 +167,15 @@ struct px_httpc_call *px_httpc_pool_send(struct px_httpc_pool *p, const struct p
 void px_httpc_call_cancel(struct px_httpc_call *c);
 
 struct px_httpc_pool_stats {
-    uint64_t connects; /* connections opened */
-    uint64_t requests; /* requests sent on the wire */
-    uint64_t reused;   /* of those, on a connection that had answered before */
-    uint64_t resent;   /* sent again after a reused connection closed under them */
-    unsigned open;     /* connections now */
-    size_t queued;     /* requests waiting for a connection now */
+    uint64_t connects;   /* connections opened */
+    uint64_t requests;   /* requests sent on the wire */
+    uint64_t reused;     /* of those, on a connection that had answered before */
+    uint64_t resent;     /* sent again after a reused connection closed under them */
+    uint64_t warm_opens; /* connections opened with no request (warm) */
+    uint64_t keepalives; /* keepalive_target requests sent */
+    uint64_t keepalives_answered;
+    unsigned open; /* connections now */
+    size_t queued; /* requests waiting for a connection now */
 };
 void px_httpc_pool_get_stats(const struct px_httpc_pool *p, struct px_httpc_pool_stats *s);
 

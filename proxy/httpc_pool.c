@@ -18,10 +18,17 @@
 #include "proxy/io.h"
 #include "proxy/tls.h"
 
-#define POOL_MAX_CONNS  16
-#define POOL_IDLE_MS    60000
-#define POOL_TIMEOUT_MS 10000
-#define POOL_READ_LIMIT (64 * 1024)
+#define POOL_MAX_CONNS       16
+#define POOL_IDLE_MS         60000
+#define POOL_TIMEOUT_MS      10000
+#define POOL_READ_LIMIT      (64 * 1024)
+#define POOL_KEEPALIVE_MS    100000
+#define KEEPALIVE_TIMEOUT_MS 5000 /* a keepalive_target request not answered by then: closed */
+#define WARM_RETRY_MIN_MS    250  /* a warm connection that failed: again after this, doubling */
+#define WARM_RETRY_MAX_MS    30000
+#define WARM_TLS_MIN_MS      50 /* no client certificate yet: asked again after this, doubling */
+#define WARM_TLS_MAX_MS      1000
+#define WARM_LIVED_US        (5 * 1000000ULL) /* a connection that lived this long was no failure */
 
 enum conn_state { PC_CONNECTING = 0, PC_IDLE, PC_BUSY, PC_CLOSING };
 
@@ -31,8 +38,11 @@ struct pconn {
     struct px_io *io;
     enum conn_state st;
     bool tls, connected, answered_before;
+    bool warm;   /* opened with no call: its first request is a keepalive_target (warm-up) */
+    bool served; /* answered a call of the pool's user (not only keepalive_target) */
     struct px_httpc_call *call; /* PC_BUSY / PC_CONNECTING: the call it carries (or NULL) */
     struct event *reap;
+    uint64_t opened_us;
 };
 
 struct px_httpc_call {
@@ -47,6 +57,7 @@ struct px_httpc_call {
     uint32_t timeout_ms;
     uint64_t deadline_us;
     bool resent;
+    bool keepalive; /* the pool's own keepalive_target request: not in the stats */
 };
 
 struct px_httpc_pool {
@@ -65,6 +76,13 @@ struct px_httpc_pool {
     struct cm_list conns, closing, queue;
     struct event *kick; /* dispatch from the loop */
     struct px_httpc_pool_stats st;
+    /* warm connections */
+    unsigned warm;
+    char *keepalive_target;
+    uint32_t keepalive_ms, warm_retry_max_ms;
+    struct event *warm_ev;     /* the next warm open (backoff, or waiting for a certificate) */
+    uint32_t warm_backoff_ms;  /* 0: the last connection was fine */
+    uint32_t warm_tls_wait_ms; /* 0: a certificate was there last time */
 };
 
 static void dispatch(struct px_httpc_pool *p);
@@ -115,6 +133,41 @@ static void on_reap(evutil_socket_t fd, short what, void *arg)
     free(k);
 }
 
+static void warm_arm(struct px_httpc_pool *p, uint32_t ms)
+{
+    if (evtimer_pending(p->warm_ev, NULL))
+        return;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(p->warm_ev, &tv);
+}
+
+/* A warm (re-)open failed, or a connection closed before it was of use: the
+ * next warm open waits 250 ms doubling to 30 s (never a loop of connects). */
+static void warm_failed(struct px_httpc_pool *p)
+{
+    if (p->warm == 0)
+        return;
+    p->warm_backoff_ms = p->warm_backoff_ms == 0 ? WARM_RETRY_MIN_MS : p->warm_backoff_ms * 2;
+    if (p->warm_backoff_ms > p->warm_retry_max_ms)
+        p->warm_backoff_ms = p->warm_retry_max_ms;
+    warm_arm(p, p->warm_backoff_ms);
+}
+
+/* k is closing: was it of use (answered a user's call, or lived 5 s)? Then the
+ * warm one may be re-opened at once; else after the backoff (a server that
+ * answers the warm-up and then closes makes no loop either). */
+static void warm_closed(struct pconn *k)
+{
+    struct px_httpc_pool *p = k->p;
+    if (p->warm == 0)
+        return;
+    if (k->served || (k->opened_us != 0 && cm_mono_us() - k->opened_us >= WARM_LIVED_US))
+        p->warm_backoff_ms = 0;
+    else
+        warm_failed(p);
+    dispatch_later(p);
+}
+
 /* Take k out of the pool and free it on the next loop turn (its call, if any,
  * is the caller's to finish). */
 static void conn_close(struct pconn *k)
@@ -126,6 +179,7 @@ static void conn_close(struct pconn *k)
     cm_list_remove(&k->node);
     cm_list_insert_tail(&k->p->closing, &k->node);
     k->p->nconns--;
+    warm_closed(k);
     px_io_setcb(k->io, NULL, NULL, NULL, NULL);
     px_io_read_enable(k->io, false);
     px_io_set_timeout(k->io, 0);
@@ -146,9 +200,13 @@ static void conn_send(struct pconn *k, struct px_httpc_call *c)
     c->conn = k;
     px_httpc_answer_free(c->ans);
     c->ans = px_httpc_answer_new(c->max_head, c->max_body, false);
-    if (k->answered_before)
-        k->p->st.reused++;
-    k->p->st.requests++;
+    if (c->keepalive) {
+        k->p->st.keepalives++;
+    } else {
+        if (k->answered_before)
+            k->p->st.reused++;
+        k->p->st.requests++;
+    }
     uint32_t left = left_ms(c);
     px_io_set_timeout(k->io, left ? left : 1);
     px_io_write(k->io, c->req.data, c->req.len);
@@ -205,7 +263,44 @@ static void conn_ready(struct pconn *k)
     }
     k->st = PC_IDLE;
     k->call = NULL;
-    px_io_set_timeout(k->io, p->idle_ms);
+    /* the warm one waits for its keepalive; more than that close when idle */
+    px_io_set_timeout(k->io, p->nconns > p->warm ? p->idle_ms : p->keepalive_ms);
+}
+
+static void keepalive_done(const struct px_httpc_resp *r, void *arg)
+{
+    struct px_httpc_pool *p = arg; /* the answer's status does not matter */
+    if (r->status != 0)
+        p->st.keepalives_answered++; /* else the connection is closed already */
+}
+
+/* k, the warm connection, has been idle keepalive_ms: a tiny request keeps
+ * the server's idle close away. */
+static void conn_keepalive(struct pconn *k)
+{
+    struct px_httpc_pool *p = k->p;
+    if (p->keepalive_target == NULL) {
+        px_io_set_timeout(k->io, p->keepalive_ms);
+        return;
+    }
+    struct px_httpc_req r = {.method = "GET", .target = p->keepalive_target, .host = p->host};
+    struct px_httpc_call *c = cm_xcalloc(1, sizeof(*c));
+    cm_list_init(&c->node);
+    if (!px_httpc_build(&c->req, &r, true)) { /* checked in px_httpc_pool_new */
+        cm_buf_free(&c->req);
+        free(c);
+        px_io_set_timeout(k->io, p->keepalive_ms);
+        return;
+    }
+    c->p = p;
+    c->cb = keepalive_done;
+    c->arg = p;
+    c->keepalive = true;
+    c->max_body = 4096;
+    c->timeout_ms = KEEPALIVE_TIMEOUT_MS;
+    c->deadline_us = cm_mono_us() + (uint64_t)c->timeout_ms * 1000;
+    c->ans = px_httpc_answer_new(0, c->max_body, false);
+    conn_send(k, c);
 }
 
 static void on_read(struct px_io *io, void *arg)
@@ -242,6 +337,8 @@ static void on_read(struct px_io *io, void *arg)
         r == PX_HTTPC_DONE && px_httpc_answer_keep_alive(c->ans) && evbuffer_get_length(in) == 0;
     k->call = NULL;
     c->conn = NULL;
+    if (r == PX_HTTPC_DONE && !c->keepalive)
+        k->served = true;
     if (!reuse)
         conn_close(k);
     else
@@ -255,6 +352,21 @@ static void on_read(struct px_io *io, void *arg)
     dispatch(p);
 }
 
+/* A connection through its connect (and handshake) with no call on it: a
+ * warm one sends its warm-up request first (the server's first request on a
+ * connection costs more: its client-certificate check, its buffers), unless
+ * a call is waiting. */
+static void conn_warmed(struct pconn *k)
+{
+    if (k->warm && k->p->keepalive_target != NULL && cm_list_empty(&k->p->queue)) {
+        k->warm = false;
+        conn_keepalive(k);
+        return;
+    }
+    k->warm = false;
+    conn_ready(k);
+}
+
 static void on_event(struct px_io *io, int what, void *arg)
 {
     struct pconn *k = arg;
@@ -264,7 +376,7 @@ static void on_event(struct px_io *io, int what, void *arg)
         if (!k->tls) {
             k->st = PC_BUSY;
             if (k->call == NULL)
-                conn_ready(k);
+                conn_warmed(k);
         }
         return;
     }
@@ -275,11 +387,15 @@ static void on_event(struct px_io *io, int what, void *arg)
             c->conn = NULL;
             conn_send(k, c);
         } else {
-            conn_ready(k);
+            conn_warmed(k);
         }
         return;
     }
     if (k->st == PC_IDLE) { /* the server closed an idle connection, or our idle timer */
+        if ((what & PX_IO_TIMEOUT) && k->p->nconns <= k->p->warm) {
+            conn_keepalive(k);
+            return;
+        }
         conn_close(k);
         return;
     }
@@ -316,28 +432,44 @@ static void on_event(struct px_io *io, int what, void *arg)
     conn_failed(k, e, resend);
 }
 
-/* Open a connection for c. false: c is finished (failed) already. */
+/* Open a connection for c, or (c NULL) a warm one. false: c is finished
+ * (failed) already / the warm open is put off. */
 static bool conn_open(struct px_httpc_pool *p, struct px_httpc_call *c)
 {
     struct px_tls_conf *tls = p->tls_conf != NULL ? p->tls_conf(p->tls_arg) : NULL;
     if (tls == NULL && !p->plaintext) {
-        call_done(c, 0, p->no_tls_err);
+        if (c != NULL) {
+            call_done(c, 0, p->no_tls_err);
+        } else { /* no certificate yet: ask again soon */
+            p->warm_tls_wait_ms =
+                p->warm_tls_wait_ms == 0 ? WARM_TLS_MIN_MS : p->warm_tls_wait_ms * 2;
+            if (p->warm_tls_wait_ms > WARM_TLS_MAX_MS)
+                p->warm_tls_wait_ms = WARM_TLS_MAX_MS;
+            warm_arm(p, p->warm_tls_wait_ms);
+        }
         return false;
     }
-    uint32_t left = left_ms(c);
+    p->warm_tls_wait_ms = 0;
+    uint32_t left = c != NULL ? left_ms(c) : POOL_TIMEOUT_MS;
+    const char *fail = NULL;
+    char e[200];
     struct px_io *io = px_io_connect(p->base, &p->addr, left ? left : 1);
     if (io == NULL) {
-        char e[200];
         snprintf(e, sizeof(e), "connect: %s", strerror(errno));
-        px_tls_conf_unref(tls);
-        call_done(c, 0, e);
-        return false;
+        fail = e;
+    } else {
+        px_httpc_nodelay(io);
+        if (tls != NULL && px_io_start_tls(io, tls, p->tls_name) != 0) {
+            px_io_free(io);
+            fail = "TLS: cannot start a session";
+        }
     }
-    px_httpc_nodelay(io);
-    if (tls != NULL && px_io_start_tls(io, tls, p->tls_name) != 0) {
+    if (fail != NULL) {
         px_tls_conf_unref(tls);
-        px_io_free(io);
-        call_done(c, 0, "TLS: cannot start a session");
+        if (c != NULL)
+            call_done(c, 0, fail);
+        else
+            warm_failed(p);
         return false;
     }
     struct pconn *k = cm_xcalloc(1, sizeof(*k));
@@ -351,17 +483,52 @@ static bool conn_open(struct px_httpc_pool *p, struct px_httpc_call *c)
     cm_list_insert_tail(&p->conns, &k->node);
     p->nconns++;
     p->st.connects++;
+    k->opened_us = cm_mono_us();
     px_io_set_read_limit(io, POOL_READ_LIMIT);
     px_io_setcb(io, on_read, NULL, on_event, k);
     px_io_set_timeout(io, left ? left : 1);
     k->st = PC_CONNECTING;
-    if (k->tls) {
+    if (c == NULL) {
+        p->st.warm_opens++; /* idle once connected (and through TLS) */
+        k->warm = true;
+    } else if (k->tls) {
         k->call = c; /* written when the handshake completes */
         c->conn = k;
     } else {
         conn_send(k, c); /* queued until the connect completes */
     }
     return true;
+}
+
+/* A warm connection on its way (no call yet) takes c rather than a new one. */
+static bool give_to_warm(struct px_httpc_pool *p, struct px_httpc_call *c)
+{
+    struct cm_list *pos;
+    for (pos = p->conns.next; pos != &p->conns; pos = pos->next) {
+        struct pconn *k = cm_container_of(pos, struct pconn, node);
+        if (k->st != PC_CONNECTING || k->call != NULL)
+            continue;
+        k->warm = false;
+        uint32_t left = left_ms(c);
+        if (k->tls) {
+            k->call = c;
+            c->conn = k;
+            px_io_set_timeout(k->io, left ? left : 1);
+        } else {
+            conn_send(k, c);
+        }
+        return true;
+    }
+    return false;
+}
+
+/* Keep p->warm connections open (after the queued calls were served). */
+static void warm_check(struct px_httpc_pool *p)
+{
+    if (p->warm == 0 || p->held || p->nconns >= p->warm || !cm_list_empty(&p->queue) ||
+        evtimer_pending(p->warm_ev, NULL))
+        return;
+    conn_open(p, NULL);
 }
 
 /* Match queued calls with idle connections, opening new ones while allowed. */
@@ -381,13 +548,28 @@ static void dispatch(struct px_httpc_pool *p)
             conn_ready(idle);
             continue;
         }
+        struct px_httpc_call *c = cm_container_of(p->queue.next, struct px_httpc_call, node);
+        if (!p->held) {
+            cm_list_remove(&c->node);
+            p->nqueued--;
+            if (give_to_warm(p, c))
+                continue;
+            cm_list_insert_head(&p->queue, &c->node);
+            p->nqueued++;
+        }
         if (p->nconns >= p->max_conns || p->held)
             return;
-        struct px_httpc_call *c = cm_container_of(p->queue.next, struct px_httpc_call, node);
         cm_list_remove(&c->node);
         p->nqueued--;
         conn_open(p, c);
     }
+    warm_check(p);
+}
+
+static void on_warm_ev(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    dispatch(arg);
 }
 
 /* ---- the API --------------------------------------------------------------------- */
@@ -423,6 +605,22 @@ struct px_httpc_pool *px_httpc_pool_new(struct event_base *base,
     p->kick = event_new(base, -1, 0, on_kick, p);
     if (p->kick == NULL)
         abort();
+    p->warm = cfg->warm > p->max_conns ? p->max_conns : cfg->warm;
+    p->keepalive_ms = cfg->keepalive_ms ? cfg->keepalive_ms : POOL_KEEPALIVE_MS;
+    p->warm_retry_max_ms =
+        cfg->warm_retry_max_ms < WARM_RETRY_MIN_MS ? WARM_RETRY_MAX_MS : cfg->warm_retry_max_ms;
+    if (cfg->keepalive_target != NULL) {
+        struct px_httpc_req r = {.method = "GET", .target = cfg->keepalive_target, .host = p->host};
+        struct cm_buf b;
+        if (px_httpc_build(&b, &r, true))
+            p->keepalive_target = cm_xstrdup(cfg->keepalive_target);
+        cm_buf_free(&b);
+    }
+    p->warm_ev = evtimer_new(base, on_warm_ev, p);
+    if (p->warm_ev == NULL)
+        abort();
+    if (p->warm > 0)
+        dispatch_later(p); /* the warm connection, from the loop */
     return p;
 }
 
@@ -444,6 +642,8 @@ void px_httpc_pool_free(struct px_httpc_pool *p)
     while (!cm_list_empty(&p->closing))
         on_reap(-1, 0, cm_container_of(p->closing.next, struct pconn, node));
     event_free(p->kick);
+    event_free(p->warm_ev);
+    free(p->keepalive_target);
     free(p->no_tls_err);
     free(p->tls_name);
     free(p->host);

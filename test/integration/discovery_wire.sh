@@ -256,6 +256,11 @@ done
  "discovery": {"address": "localhost:$DP", "lookup_timeout_ms": 3000}}
 JSON
 )
+imetric() { curl -s --cacert "$D/wh.pem" --resolve "$SVC:$WH:127.0.0.1" "https://$SVC:$WH/metrics" |
+    awk -v m="$1" '$1 == m {print $2}'; }
+# shellcheck disable=SC2317
+imetric_is() { [[ $(imetric "$1") == "$2" ]]; }
+pings0=$(imetric 'remora_discovery_answers_total{code="204"}')
 start_proxy many "$TMP/many.json" || finish
 A=http://127.0.0.1:$ADMIN_PORT
 # shellcheck disable=SC2317 # called through wait_until
@@ -263,10 +268,17 @@ n_state() { curl -s "$A/destinations" | jq --arg s "$1" '[.destinations[] | sele
 # shellcheck disable=SC2317
 states_are() { [[ $(n_state "$1") == "$2" ]]; }
 pmetric() { curl -s "$A/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
-imetric() { curl -s --cacert "$D/wh.pem" --resolve "$SVC:$WH:127.0.0.1" "https://$SVC:$WH/metrics" |
-    awk -v m="$1" '$1 == m {print $2}'; }
 # shellcheck disable=SC2317
-imetric_is() { [[ $(imetric "$1") == "$2" ]]; }
+pmetric_is() { [[ $(pmetric "$1") == "$2" ]]; }
+# the warm lookup connection: open before any destination is asked (the only proxy now)
+check "the warm lookup connection is open before the first lookup (the proxy's gauge)" \
+    wait_until 15 pmetric_is 'remora_discovery_connections{use="lookup"}' 1
+check "... one connection at the injector (remora_discovery_connections 1)" \
+    wait_until 15 imetric_is remora_discovery_connections 1
+check "... warmed up: its GET /v1/ping answered 204 (remora_discovery_answers_total{code=\"204\"})" \
+    wait_until 15 imetric_is 'remora_discovery_answers_total{code="204"}' $((pings0 + 1))
+expect_eq "... opened warm, nothing asked yet (warm 1, opened 1, 0 entries)" \
+    "$(pmetric 'remora_discovery_lookup_connections_total{event="warm"}') $(pmetric 'remora_discovery_lookup_connections_total{event="opened"}') $(curl -s "$A/destinations" | jq .entries)" "1 1 0"
 for i in $(seq 1 20); do
     accepts "${WP[$((i - 1))]}"
     wait_until 15 states_are current "$i" || break
@@ -274,8 +286,8 @@ done
 expect_eq "20 destinations looked up one after another: all current" "$(n_state current)" 20
 expect_eq "discovery.address as a name (localhost, the hosts file): resolved without blocking" \
     "$(curl -s "$A/destinations" | jq -r '.discovery + " " + .resolved')" "localhost:$DP 127.0.0.1:$DP"
-expect_eq "... over one kept-alive lookup connection (opened 1, reused 19)" \
-    "$(pmetric 'remora_discovery_lookup_connections_total{event="opened"}') $(pmetric 'remora_discovery_lookup_connections_total{event="reused"}')" "1 19"
+expect_eq "... over the warm lookup connection: the first miss too (opened 1, warm 1, reused 20: after its warm-up GET /v1/ping)" \
+    "$(pmetric 'remora_discovery_lookup_connections_total{event="opened"}') $(pmetric 'remora_discovery_lookup_connections_total{event="warm"}') $(pmetric 'remora_discovery_lookup_connections_total{event="reused"}')" "1 1 20"
 check "the injector holds one watch listing the 20 (remora_discovery_watched_destinations)" \
     wait_until 15 imetric_is remora_discovery_watched_destinations 20
 expect_eq "... one held request (remora_discovery_subscribers)" "$(imetric remora_discovery_subscribers)" 1
@@ -355,6 +367,35 @@ check "injector stopped: every held answer turns stale" wait_until 30 states_are
 ca_start_injector "$TMP/main.json" || { fail "injector restarts"; finish; }
 check "injector back: all 21 current again" wait_until 60 states_are current 21
 check "... watched again by one watch" wait_until 30 imetric_is remora_discovery_watched_destinations 21
+# shellcheck disable=SC2317
+warm_back() { pmetric_is 'remora_discovery_connections{use="lookup"}' 1 &&
+    (($(pmetric 'remora_discovery_lookup_connections_total{event="warm"}') >= 2)); }
+check "... and the warm lookup connection is back (re-opened with backoff, 1 open)" wait_until 60 warm_back
+nconn=$(ss -tnpH state established "( dport = :$DP )" | grep -c "pid=$PROXY_PID,")
+check "... the proxy has at most 3 connections to the discovery port: $nconn" test "$nconn" -le 3
 stop_pid "$PROXY_PID"
 expect_sanitizers_clean "many-destinations proxy: sanitizers clean" "$TMP/many.log"
+
+# discovery down at start (nothing listens at its address): ready all the same, the warm
+# connection retried with backoff (250 ms doubling), and a request still passes (allow_any)
+ADMIN_PORT=$(free_port); L1=$(free_port)
+cat >"$TMP/down.json" <<JSON
+{"admin": {"address": "127.0.0.1:$ADMIN_PORT"},
+ "listeners": [{"name": "l1", "address": "127.0.0.1:$L1", "direction": "outbound", "tls": "mesh",
+                "upstream": "127.0.0.2:$APP2"}],
+ "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "client",
+              "cert_file": "$D/w.pem", "key_file": "$D/w-key.pem", "bundle_file": "$D/root.pem"},
+ "discovery": {"address": "127.0.0.1:$(free_port)", "lookup_timeout_ms": 3000}}
+JSON
+t0=$(date +%s%N)
+start_proxy down "$TMP/down.json" || finish
+pass "discovery down at start: the proxy is ready ($(( ($(date +%s%N) - t0) / 1000000 )) ms)"
+A=http://127.0.0.1:$ADMIN_PORT
+sleep 3
+w=$(pmetric 'remora_discovery_lookup_connections_total{event="warm"}')
+check "... the warm connection retried with backoff, not in a loop: $w tries in ~3 s" \
+    test "$w" -ge 2 -a "$w" -le 6
+expect_eq "... a request still passes (allow_any, outside the mesh)" "$(send "$L1")" "HTTP/1.1 200 OK ok"
+stop_pid "$PROXY_PID"
+expect_sanitizers_clean "discovery-down proxy: sanitizers clean" "$TMP/down.log"
 finish

@@ -362,6 +362,11 @@ static struct fake {
     bool drop_second;      /* close a kept-alive connection at its 2nd request, unanswered
                             * (as a server whose idle timeout crossed the request) */
     char last_watch[8192]; /* the body of the last POST /v1/watch */
+    unsigned accepts;      /* connections accepted */
+    unsigned pings;        /* GET /v1/ping seen (not in targets) */
+    bool close_after;      /* close each connection after its first answer (sent keep-alive) */
+    bool refuse;           /* close each connection at accept (a server at its connection
+                            * limit) */
 } fk;
 
 /* The fake's answer for a destination at version ver. */
@@ -550,8 +555,11 @@ static void *conn_main(void *arg)
             pthread_mutex_unlock(&fk.mu);
             body = b;
         }
+        bool ping = !post && strcmp(target, "/v1/ping") == 0; /* the warm connection's */
         pthread_mutex_lock(&fk.mu);
-        if (fk.ntargets < 64)
+        if (ping)
+            fk.pings++;
+        else if (fk.ntargets < 64)
             snprintf(fk.targets[fk.ntargets++], sizeof(fk.targets[0]), "%s%s", post ? "POST " : "",
                      target);
         if (first && !post)
@@ -575,10 +583,15 @@ static void *conn_main(void *arg)
         }
         if (post)
             fake_watch(c, body, keepalive);
+        else if (ping)
+            fake_write(c, 204, "", 0, keepalive);
         else
             fake_answer(c, target, keepalive);
         free(body);
-        if (!keepalive)
+        pthread_mutex_lock(&fk.mu);
+        bool close_after = fk.close_after;
+        pthread_mutex_unlock(&fk.mu);
+        if (!keepalive || close_after)
             break;
     }
     close(c);
@@ -600,13 +613,18 @@ static void *accept_main(void *arg)
             return NULL; /* the socket was shut down */
         }
         pthread_mutex_lock(&fk.mu);
-        bool stop = fk.stop;
-        if (!stop)
+        bool stop = fk.stop, refuse = fk.refuse;
+        fk.accepts++;
+        if (!stop && !refuse)
             fk.active++;
         pthread_mutex_unlock(&fk.mu);
         if (stop) {
             close(c);
             return NULL;
+        }
+        if (refuse) {
+            close(c);
+            continue;
         }
         pthread_t t;
         pthread_create(&t, NULL, conn_main, (void *)(intptr_t)c);
@@ -873,7 +891,7 @@ static void lookups_reuse_one_connection(void **state)
     pthread_mutex_unlock(&fk.mu);
     assert_int_equal(lc, 1);
 
-    /* a burst of 20 at once: every one answered, over at most 4 connections */
+    /* a burst of 20 at once: every one answered, over at most 2 connections */
     struct result rs[20];
     memset(rs, 0, sizeof(rs));
     struct px_disc_wait *ws[20];
@@ -892,7 +910,7 @@ static void lookups_reuse_one_connection(void **state)
         assert_int_equal(rs[i].calls, 1);
     }
     px_disc_get_stats(d, &st);
-    assert_true(st.lookup_connects <= 4);
+    assert_true(st.lookup_connects <= 2);
     assert_int_equal(st.lookup_connects + st.lookup_reused, 26);
 
     /* the server closes between requests (Connection: close): still answered */
@@ -912,6 +930,192 @@ static void lookups_reuse_one_connection(void **state)
         assert_true(run_until(called, &r, 10000));
         assert_int_equal(r.res, PX_DISC_FOUND);
     }
+    px_disc_free(d);
+}
+
+static unsigned fake_get(const unsigned *field)
+{
+    pthread_mutex_lock(&fk.mu);
+    unsigned v = *field;
+    pthread_mutex_unlock(&fk.mu);
+    return v;
+}
+
+static bool one_open_lookup(void *arg)
+{
+    struct px_disc_stats st;
+    px_disc_get_stats(arg, &st);
+    return st.lookup_open == 1 && fake_get(&fk.active) >= 1;
+}
+
+struct ping_wait {
+    struct px_disc *d;
+    unsigned pings;    /* GET /v1/ping seen at the fake */
+    unsigned connects; /* lookup connections opened, at least */
+    unsigned answered; /* pings answered, at least */
+};
+static bool pings_seen(void *arg)
+{
+    struct ping_wait *pw = arg;
+    struct px_disc_stats st;
+    px_disc_get_stats(pw->d, &st);
+    return fake_get(&fk.pings) >= pw->pings && st.lookup_keepalives_answered >= pw->answered &&
+           st.lookup_connects >= pw->connects && st.lookup_open == 1;
+}
+
+/* The warm lookup connection: open before any lookup, the first miss goes
+ * over it (no new connection), an idle one sends GET /v1/ping, and one the
+ * server closed comes back. */
+static void warm_connection(void **state)
+{
+    (void)state;
+    pthread_mutex_lock(&fk.mu);
+    fk.keepalive = true;
+    pthread_mutex_unlock(&fk.mu);
+    struct px_disc_opts o = test_opts();
+    o.keepalive_ms = 400;
+    struct px_disc *d = new_disc(&o);
+    assert_true(run_until(one_open_lookup, d, 10000));
+    struct px_disc_stats st;
+    px_disc_get_stats(d, &st);
+    assert_int_equal(st.lookup_connects, 1);
+    assert_int_equal(st.lookup_warm_opens, 1);
+    assert_int_equal(fake_get(&fk.accepts), 1); /* open before anything was asked */
+    struct ping_wait pw = {.d = d, .pings = 1, .connects = 1, .answered = 1};
+    assert_true(run_until(pings_seen, &pw, 10000)); /* its warm-up request */
+    assert_int_equal(ntargets(), 0);
+
+    struct cm_addr dst;
+    cm_addr_parse("10.96.5.1:80", &dst);
+    struct result r = {0};
+    struct px_dest_answer *ans = NULL;
+    struct px_disc_wait *w = NULL;
+    assert_int_equal(px_disc_lookup(d, &dst, NULL, &ans, on_result, &r, &w), PX_DISC_UNAVAILABLE);
+    assert_true(run_until(called, &r, 10000));
+    assert_int_equal(r.res, PX_DISC_FOUND);
+    px_disc_get_stats(d, &st);
+    assert_int_equal(st.lookup_connects, 1); /* the first miss: on the warm connection */
+    assert_int_equal(fake_get(&fk.lookup_conns), 1);
+    assert_string_equal(target(0), "/v1/destination?addr=10.96.5.1%3A80");
+
+    /* idle 400 ms: a GET /v1/ping on the same connection */
+    pw.pings = 2;
+    pw.answered = 2;
+    assert_true(run_until(pings_seen, &pw, 10000));
+    px_disc_get_stats(d, &st);
+    assert_int_equal(st.lookup_connects, 1);
+    assert_true(st.lookup_keepalives >= 2);
+    assert_int_equal(st.lookup_reused, 1); /* the lookup, after the warm-up; pings not counted */
+
+    /* the server closes the connection under the next ping: it comes back */
+    pthread_mutex_lock(&fk.mu);
+    fk.drop_second = true;
+    pthread_mutex_unlock(&fk.mu);
+    pw.connects = 2;
+    pw.pings = fake_get(&fk.pings) + 2;
+    assert_true(run_until(pings_seen, &pw, 10000));
+    px_disc_get_stats(d, &st);
+    assert_true(st.lookup_connects >= 2);
+    assert_int_equal(st.lookup_open, 1);
+    px_disc_free(d);
+}
+
+static bool accepts_at_least(void *arg)
+{
+    return fake_get(&fk.accepts) >= *(unsigned *)arg;
+}
+
+/* A discovery service that refuses every connection (at its connection
+ * limit): the warm connection is retried with backoff, not in a loop; a
+ * lookup meanwhile is UNAVAILABLE within its bound; once the server takes
+ * connections again the warm one is back. */
+static void warm_connection_backs_off(void **state)
+{
+    (void)state;
+    pthread_mutex_lock(&fk.mu);
+    fk.keepalive = true;
+    fk.refuse = true;
+    pthread_mutex_unlock(&fk.mu);
+    struct px_disc_opts o = test_opts();
+    o.retry_max_ms = 1000;
+    struct px_disc *d = new_disc(&o);
+    unsigned want = 2;
+    assert_true(run_until(accepts_at_least, &want, 10000));
+    uint64_t t0 = cm_mono_ms();
+    unsigned a0 = fake_get(&fk.accepts);
+    struct cm_addr dst;
+    cm_addr_parse("10.96.6.1:80", &dst);
+    struct result r = {0};
+    struct px_dest_answer *ans = NULL;
+    struct px_disc_wait *w = NULL;
+    assert_int_equal(px_disc_lookup(d, &dst, NULL, &ans, on_result, &r, &w), PX_DISC_UNAVAILABLE);
+    assert_true(run_until(called, &r, 10000));
+    assert_int_equal(r.res, PX_DISC_UNAVAILABLE);
+    struct want_targets never = {1}; /* run 2.5 s more: nothing reaches the app's side */
+    assert_false(run_until(have_targets, &never, 2500));
+    uint64_t ms = cm_mono_ms() - t0;
+    unsigned tries = fake_get(&fk.accepts) - a0;
+    /* 250 ms doubling to 1 s: about one a second; a loop would be thousands */
+    assert_true(tries <= 6 + (unsigned)(ms / 250));
+    struct px_disc_stats st;
+    px_disc_get_stats(d, &st);
+    assert_true(st.lookup_warm_opens >= 2);
+
+    pthread_mutex_lock(&fk.mu);
+    fk.refuse = false;
+    pthread_mutex_unlock(&fk.mu);
+    struct ping_wait pw = {.d = d, .pings = 1, .connects = 1, .answered = 1};
+    assert_true(run_until(pings_seen, &pw, 10000)); /* back, and warmed up */
+    r.calls = 0;
+    cm_addr_parse("10.96.6.2:80", &dst);
+    assert_int_equal(px_disc_lookup(d, &dst, NULL, &ans, on_result, &r, &w), PX_DISC_UNAVAILABLE);
+    assert_true(run_until(called, &r, 10000));
+    assert_int_equal(r.res, PX_DISC_FOUND);
+    px_disc_free(d);
+}
+
+/* A server that answers the warm-up request and then closes: the warm
+ * connection is re-opened with backoff, not once per round trip. */
+static void warm_connection_closed_after_warmup(void **state)
+{
+    (void)state;
+    pthread_mutex_lock(&fk.mu);
+    fk.keepalive = true;
+    fk.close_after = true;
+    pthread_mutex_unlock(&fk.mu);
+    struct px_disc_opts o = test_opts();
+    o.retry_max_ms = 1000;
+    struct px_disc *d = new_disc(&o);
+    unsigned want = 1;
+    assert_true(run_until(accepts_at_least, &want, 10000));
+    uint64_t t0 = cm_mono_ms();
+    want = 1000000;
+    assert_false(run_until(accepts_at_least, &want, 2500));
+    uint64_t ms = cm_mono_ms() - t0;
+    unsigned n = fake_get(&fk.accepts);
+    assert_true(n >= 2);                        /* re-opened */
+    assert_true(n <= 4 + (unsigned)(ms / 500)); /* 250 ms doubling to 1 s, not a loop */
+    px_disc_free(d);
+}
+
+/* No workload certificate yet: no connection is made (the warm one waits for
+ * it), and a lookup is UNAVAILABLE, not stuck. */
+static void warm_connection_waits_for_certificate(void **state)
+{
+    (void)state;
+    struct px_disc_opts o = test_opts();
+    o.plaintext = false;
+    struct px_disc *d = new_disc(&o);
+    struct cm_addr dst;
+    cm_addr_parse("10.96.7.1:80", &dst);
+    struct result r = {0};
+    struct px_dest_answer *ans = NULL;
+    struct px_disc_wait *w = NULL;
+    /* without a certificate nothing is asked: UNAVAILABLE at once */
+    assert_int_equal(px_disc_lookup(d, &dst, NULL, &ans, on_result, &r, &w), PX_DISC_UNAVAILABLE);
+    assert_null(w);
+    unsigned want = 1;
+    assert_false(run_until(accepts_at_least, &want, 1500));
     px_disc_free(d);
 }
 
@@ -1350,6 +1554,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(slow_first_lookup_is_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(entries_expire_and_are_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(route_decisions, setup, teardown),
+        cmocka_unit_test_setup_teardown(warm_connection, setup, teardown),
+        cmocka_unit_test_setup_teardown(warm_connection_backs_off, setup, teardown),
+        cmocka_unit_test_setup_teardown(warm_connection_waits_for_certificate, setup, teardown),
+        cmocka_unit_test_setup_teardown(warm_connection_closed_after_warmup, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
