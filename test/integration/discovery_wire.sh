@@ -26,29 +26,13 @@
 # what is wrong and leave the held watch alone, and the injector is sanitizer-clean; the
 # injector restarted: every answer stale, then current again through a new watch.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
-FAKE=(python3 "$REMORA_ROOT/test/tools/fake_apiserver.py")
 
 ca_pki || exit 1
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -keyout "$D/apica-key.pem" -out "$D/apica.pem" -subj "/CN=apica" 2>/dev/null || exit 1
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$D/api-key.pem" \
-    -out "$D/api.csr" -subj "/CN=kube-apiserver" 2>/dev/null &&
-    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$D/api.ext" &&
-    openssl x509 -req -in "$D/api.csr" -CA "$D/apica.pem" -CAkey "$D/apica-key.pem" -CAcreateserial \
-        -days 2 -extfile "$D/api.ext" -out "$D/api.pem" 2>/dev/null || exit 1
-echo "tok-$$" >"$TMP/sa-token"
 "$CERTS" workload --ca-cert "$D/root.pem" --ca-key "$D/root-key.pem" \
     --spiffe-id spiffe://cluster.local/ns/shop/sa/client --out-cert "$D/w.pem" --out-key "$D/w-key.pem" \
     >/dev/null || exit 1
 
-bg fake "${FAKE[@]}" --cert "$D/api.pem" --key "$D/api-key.pem" --port-file "$TMP/api.port" \
-    --control-listen 127.0.0.1:0 --control-port-file "$TMP/ctl.port"
-WAIT_UNTIL_STEP=0.05 wait_until 20 test -s "$TMP/ctl.port" -a -s "$TMP/api.port" ||
-    { fail "fake API server starts"; cat "$TMP/fake.log"; finish; }
-APIP=$(cat "$TMP/api.port")
-CTL=http://127.0.0.1:$(cat "$TMP/ctl.port")/_control
-ctl() { curl -sS -m 10 "$CTL/$1" "${@:2}"; }
-ctl state -X PUT --data-binary "{\"token\": \"tok-$$\"}" >/dev/null
+disc_registry || finish
 # an unmeshed pod at 127.0.0.1 (the app below listens there)
 ctl objects/pods -X PUT --data-binary '{"metadata": {"name": "legacy-0", "namespace": "shop",
     "labels": {"app": "legacy"}}, "spec": {"serviceAccountName": "legacy", "nodeName": "n1"},
@@ -67,16 +51,7 @@ for sa in web other; do
         --out-key "$D/$sa-key.pem" >/dev/null || exit 1
 done
 
-DP=$(free_port)
-ca_config main 3600 "$(jq -n --arg a "127.0.0.1:$DP" --arg api "https://127.0.0.1:$APIP" \
-    --arg tok "$TMP/sa-token" --arg ca "$D/apica.pem" \
-    '{discovery: {address: $a, api: $api, token_file: $tok, ca_file: $ca}}')"
-ca_start_injector "$TMP/main.json" || { fail "injector starts"; cat "$TMP/injector-1.log"; finish; }
-wait_port "$DP" || { fail "discovery port listens"; cat "$TMP/injector-1.log"; finish; }
-# shellcheck disable=SC2317 # called through check/wait_until
-readyz() { [[ $(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/wh.pem" \
-    --resolve "$SVC:$WH:127.0.0.1" "https://$SVC:$WH/readyz") == 200 ]]; }
-check "injector synced (/readyz 200)" wait_until 30 readyz
+disc_injector || finish
 
 # the app: a recorder on 127.0.0.1 (in the registry), and one on 127.0.0.2 (outside it)
 mkdir -p "$TMP/rec1" "$TMP/rec2"
@@ -225,7 +200,7 @@ stop_pid "$PROXY_PID"
 expect_sanitizers_clean "registry_only proxy: sanitizers clean" "$TMP/strict.log"
 
 ca_start_injector "$TMP/main.json" || { fail "injector restarts"; finish; }
-check "injector synced again" wait_until 30 readyz
+check "injector synced again" wait_until 30 disc_readyz
 run_proxy listed registry_only "[\"127.0.0.0/8:$APP2\"]" || finish
 expect_eq "registry_only + egress_allow CIDR: let out, 200" "$(send "$L2")" "HTTP/1.1 200 OK ok"
 expect_match "remora_egress_total allowed" "$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics")" \
