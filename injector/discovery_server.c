@@ -349,6 +349,22 @@ static bool peer_ok(struct ij_disc *d, struct MHD_Connection *conn, const char *
     return dc->state > 0;
 }
 
+/* The timeout_s of a held request (GET ...&wait=, POST /v1/watch): absent
+ * gives the default; anything but 1..60 digits is refused. */
+static bool timeout_arg(const char *tmo, long *out)
+{
+    *out = WAIT_DEFAULT_S;
+    if (tmo == NULL)
+        return true;
+    char *end;
+    errno = 0;
+    long v = strtol(tmo, &end, 10);
+    if (*tmo == '\0' || *end != '\0' || errno != 0 || v < 1 || v > WAIT_MAX_S)
+        return false;
+    *out = v;
+    return true;
+}
+
 static enum MHD_Result destination(struct ij_disc *d, struct MHD_Connection *conn, struct dreq *r)
 {
     const char *addr = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "addr");
@@ -361,14 +377,9 @@ static enum MHD_Result destination(struct ij_disc *d, struct MHD_Connection *con
         free(err);
         return ret;
     }
-    long timeout = WAIT_DEFAULT_S;
-    if (tmo != NULL) {
-        char *end;
-        errno = 0;
-        timeout = strtol(tmo, &end, 10);
-        if (*tmo == '\0' || *end != '\0' || errno != 0 || timeout < 1 || timeout > WAIT_MAX_S)
-            return send_error(conn, MHD_HTTP_BAD_REQUEST, "timeout_s: want 1..60 (seconds)");
-    }
+    long timeout;
+    if (!timeout_arg(tmo, &timeout))
+        return send_error(conn, MHD_HTTP_BAD_REQUEST, "timeout_s: want 1..60 (seconds)");
     if (wait != NULL && strlen(wait) > MAX_VERSION_LEN)
         return send_error(conn, MHD_HTTP_BAD_REQUEST, "wait: a version is at most 64 bytes");
     unsigned status;
@@ -403,14 +414,9 @@ static enum MHD_Result destination(struct ij_disc *d, struct MHD_Connection *con
 static enum MHD_Result watch_post(struct ij_disc *d, struct MHD_Connection *conn, struct dreq *r)
 {
     const char *tmo = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "timeout_s");
-    long timeout = WAIT_DEFAULT_S;
-    if (tmo != NULL) {
-        char *end;
-        errno = 0;
-        timeout = strtol(tmo, &end, 10);
-        if (*tmo == '\0' || *end != '\0' || errno != 0 || timeout < 1 || timeout > WAIT_MAX_S)
-            return send_error(conn, MHD_HTTP_BAD_REQUEST, "timeout_s: want 1..60 (seconds)");
-    }
+    long timeout;
+    if (!timeout_arg(tmo, &timeout))
+        return send_error(conn, MHD_HTTP_BAD_REQUEST, "timeout_s: want 1..60 (seconds)");
     if (r->up_over) {
         char m[96];
         snprintf(m, sizeof(m), "body: over %d bytes", IJ_DISC_WATCH_MAX_BODY);
