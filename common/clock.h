@@ -5,10 +5,17 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/time.h>
 
 /* Monotonic time in microseconds / milliseconds. */
 uint64_t cm_mono_us(void);
 uint64_t cm_mono_ms(void);
+/* A duration in milliseconds as the struct timeval libevent's timers take. */
+static inline struct timeval cm_tv_ms(uint64_t ms)
+{
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    return tv;
+}
 /* Wall-clock time: milliseconds / seconds since the epoch. */
 int64_t cm_wall_ms(void);
 int64_t cm_wall_s(void);

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/hash.h"
 #include "common/buf.h"
 #include "common/clock.h"
 #include "common/err.h"
@@ -119,10 +120,7 @@ struct ij_disc_waiters {
 
 static uint32_t key_hash(const char *s)
 {
-    uint32_t h = 2166136261u;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 16777619u;
-    return h & (WAITER_BUCKETS - 1);
+    return cm_hash_str(s) & (WAITER_BUCKETS - 1);
 }
 
 /* Under W->mu: take r out of the wake buckets. */

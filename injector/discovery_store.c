@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/hash.h"
 #include "common/err.h"
 #include "common/net.h"
 #include "common/xalloc.h"
@@ -26,14 +27,6 @@ struct mmap {
     struct ment **b;
     size_t nb, n;
 };
-
-static uint32_t hash_str(const char *s)
-{
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 16777619u;
-    return h;
-}
 
 static void mm_init(struct mmap *m)
 {
@@ -74,7 +67,7 @@ static void mm_add(struct mmap *m, const char *key, void *val)
     struct ment *e = cm_xmalloc(sizeof(*e) + kl + 1);
     memcpy(e->key, key, kl + 1);
     e->val = val;
-    e->hash = hash_str(key);
+    e->hash = cm_hash_str(key);
     e->next = m->b[e->hash & (m->nb - 1)];
     m->b[e->hash & (m->nb - 1)] = e;
     m->n++;
@@ -82,7 +75,7 @@ static void mm_add(struct mmap *m, const char *key, void *val)
 
 static void mm_del(struct mmap *m, const char *key, void *val)
 {
-    uint32_t h = hash_str(key);
+    uint32_t h = cm_hash_str(key);
     for (struct ment **pp = &m->b[h & (m->nb - 1)]; *pp != NULL; pp = &(*pp)->next) {
         struct ment *e = *pp;
         if (e->hash == h && e->val == val && strcmp(e->key, key) == 0) {
@@ -97,7 +90,7 @@ static void mm_del(struct mmap *m, const char *key, void *val)
 /* The first entry of key, then the next ones with mm_next. */
 static struct ment *mm_first(const struct mmap *m, const char *key)
 {
-    uint32_t h = hash_str(key);
+    uint32_t h = cm_hash_str(key);
     for (struct ment *e = m->b[h & (m->nb - 1)]; e != NULL; e = e->next)
         if (e->hash == h && strcmp(e->key, key) == 0)
             return e;

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/xalloc.h"
@@ -328,7 +329,7 @@ static int on_quit(struct evhttp_request *req, const struct evkeyvalq *q, struct
     if (!a->srv)
         return px_admin_reply_error(out, 503, "server not started");
     if (!a->quitting) {
-        struct timeval tv = {QUIT_FLUSH_MS / 1000, (QUIT_FLUSH_MS % 1000) * 1000};
+        struct timeval tv = cm_tv_ms(QUIT_FLUSH_MS);
         a->quitting = true;
         evtimer_add(a->quit_ev, &tv);
         evhttp_request_set_on_complete_cb(req, on_quit_sent, a);

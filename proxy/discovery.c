@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/hash.h"
 #include "common/clock.h"
 #include "common/err.h"
 #include "common/list.h"
@@ -148,14 +149,6 @@ void px_disc_opts_default(struct px_disc_opts *o)
     o->retry_max_ms = 30000;
     o->warm = true;
     o->keepalive_ms = PX_DISC_KEEPALIVE_MS;
-}
-
-static uint32_t hash_key(const char *s)
-{
-    uint32_t h = 2166136261u;
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 16777619u;
-    return h;
 }
 
 /* ---- waiters -------------------------------------------------------------------- */
@@ -389,7 +382,7 @@ static void on_resolved(int result, struct evutil_addrinfo *res, void *arg)
          * answers stay, stale, as for any failure) */
         px_httpc_pool_fail_queued(d->lookups, why);
         px_httpc_pool_fail_queued(d->watch_pool, why);
-        struct timeval tv = {d->dns_backoff_ms / 1000, (d->dns_backoff_ms % 1000) * 1000};
+        struct timeval tv = cm_tv_ms(d->dns_backoff_ms);
         evtimer_add(d->dns_ev, &tv);
         return;
     }
@@ -443,7 +436,7 @@ static void watch_send(struct px_disc *d);
 
 static void watch_schedule(struct px_disc *d, uint32_t ms)
 {
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    struct timeval tv = cm_tv_ms(ms);
     evtimer_add(d->watch_ev, &tv);
 }
 
@@ -498,7 +491,7 @@ static void watch_failed(struct px_disc *d, const char *why)
 
 static struct entry *find_key(struct px_disc *d, const char *key)
 {
-    return find(d, key, hash_key(key));
+    return find(d, key, cm_hash_str(key));
 }
 
 static void on_watch(const struct px_httpc_resp *r, void *arg)
@@ -739,7 +732,7 @@ struct px_disc *px_disc_new(struct event_base *base, const struct px_disc_cfg *c
     uint32_t every = d->o.idle_ms / 4 < 30000 ? d->o.idle_ms / 4 : 30000;
     if (every < 10)
         every = 10;
-    struct timeval tv = {every / 1000, (every % 1000) * 1000};
+    struct timeval tv = cm_tv_ms(every);
     evtimer_add(d->sweep_ev, &tv);
     return d;
 }
@@ -813,7 +806,7 @@ enum px_disc_result px_disc_lookup(struct px_disc *d, const struct cm_addr *dst,
         d->st.not_found++;
         return PX_DISC_NOT_FOUND;
     }
-    uint32_t h = hash_key(key);
+    uint32_t h = cm_hash_str(key);
     uint64_t now = cm_mono_ms();
     struct entry *e = find(d, key, h);
     if (e != NULL) {
@@ -885,7 +878,7 @@ enum px_disc_result px_disc_lookup(struct px_disc *d, const struct cm_addr *dst,
     if (pw->timer == NULL)
         abort();
     uint32_t to = d->cfg->lookup_timeout_ms;
-    struct timeval tv = {to / 1000, (to % 1000) * 1000};
+    struct timeval tv = cm_tv_ms(to);
     evtimer_add(pw->timer, &tv);
     cm_list_insert_tail(&e->waiters, &pw->node);
     *w = pw;
@@ -897,7 +890,7 @@ bool px_disc_stale(struct px_disc *d, const struct cm_addr *dst, const char *hos
     char key[MAX_KEY], query[MAX_KEY * 3 + 8];
     if (!make_key(dst, host, key, sizeof(key), query, sizeof(query)))
         return false;
-    struct entry *e = find(d, key, hash_key(key));
+    struct entry *e = find(d, key, cm_hash_str(key));
     return e != NULL && e->st == E_FOUND && e->stale;
 }
 

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/list.h"
 #include "common/log.h"
 #include "common/xalloc.h"
@@ -444,7 +445,7 @@ bool px_grpc_health_handle(struct px_grpc_health *g, const char *path, struct ev
         return true;
     }
     c->timer = evtimer_new(g->base, on_timeout, c);
-    struct timeval tv = {pr->timeout_ms / 1000, (pr->timeout_ms % 1000) * 1000};
+    struct timeval tv = cm_tv_ms(pr->timeout_ms);
     evtimer_add(c->timer, &tv);
     c->bev = bufferevent_socket_new(g->base, -1, BEV_OPT_CLOSE_ON_FREE);
     bufferevent_setcb(c->bev, on_bev_read, NULL, on_bev_event, c);

@@ -34,7 +34,7 @@ static uint64_t next_session_id;
 
 static void set_timer_ms(struct event *ev, uint32_t ms)
 {
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    struct timeval tv = cm_tv_ms(ms);
     evtimer_add(ev, &tv);
 }
 

@@ -137,7 +137,7 @@ static void warm_arm(struct px_httpc_pool *p, uint32_t ms)
 {
     if (evtimer_pending(p->warm_ev, NULL))
         return;
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    struct timeval tv = cm_tv_ms(ms);
     evtimer_add(p->warm_ev, &tv);
 }
 

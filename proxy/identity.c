@@ -107,7 +107,7 @@ struct px_tls_conf *px_identity_tcp_client_tls(const struct px_identity *id)
 
 static void arm(struct px_identity *id, uint64_t ms)
 {
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    struct timeval tv = cm_tv_ms(ms);
     evtimer_add(id->timer, &tv);
 }
 

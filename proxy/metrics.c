@@ -20,6 +20,7 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "common/hash.h"
 #include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -136,24 +137,14 @@ listener_index(struct px_metrics_state *m, const char *name, const char *directi
 
 /* ---- interned label values (issue 18) ----------------------------------------- */
 
-static uint32_t str_hash(const char *s, size_t *len)
-{
-    uint32_t h = 2166136261u; /* FNV-1a */
-    const char *p = s;
-    for (; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
-    *len = (size_t)(p - s);
-    return h;
-}
-
 uint16_t px_metrics_intern(struct px_metrics_intern *t, const char *value)
 {
     if (t->nvalues == 0) { /* first use: [0] "no label", [1] "other" */
         t->values[PX_METRICS_LABEL_OTHER] = cm_xstrdup("other");
         t->nvalues = 2;
     }
-    size_t len;
-    uint32_t h = str_hash(value, &len);
+    size_t len = strlen(value);
+    uint32_t h = cm_hash_mem(value, len);
     if (len > PX_METRICS_LABEL_MAXLEN) {
         t->folded++;
         return PX_METRICS_LABEL_OTHER;

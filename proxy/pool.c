@@ -172,7 +172,7 @@ static void arm(struct px_upstream_ep *ep, uint64_t deadline_ms, uint64_t now_ms
     if (ep->timer_at_ms != 0 && ep->timer_at_ms <= deadline_ms)
         return;
     uint64_t ms = deadline_ms > now_ms ? deadline_ms - now_ms : 0;
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    struct timeval tv = cm_tv_ms(ms);
     evtimer_add(ep->timer, &tv);
     ep->timer_at_ms = deadline_ms;
 }

@@ -19,6 +19,7 @@
 
 #include <event2/buffer.h>
 
+#include "common/hash.h"
 #include "common/clock.h"
 #include "common/err.h"
 #include "common/list.h"
@@ -165,10 +166,7 @@ static enum px_name_verdict verdict(const struct entry *e, const struct cm_addr 
 
 static unsigned hash(const char *s)
 {
-    unsigned h = 2166136261u;
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 16777619u;
-    return h % NBUCKETS;
+    return cm_hash_str(s) % NBUCKETS;
 }
 
 static struct entry *find(struct px_resolver *r, const char *name)
@@ -430,7 +428,7 @@ enum px_name_verdict px_resolver_check(struct px_resolver *r, const char *name,
         cm_error("resolve: evtimer_new failed");
         abort();
     }
-    struct timeval tv = {r->o.timeout_ms / 1000, (r->o.timeout_ms % 1000) * 1000};
+    struct timeval tv = cm_tv_ms(r->o.timeout_ms);
     evtimer_add(nw->timer, &tv);
     cm_list_insert_tail(&e->waiters, &nw->link);
     *w = nw;

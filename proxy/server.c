@@ -159,7 +159,7 @@ int px_server_run(struct px_config *cfg)
     srv->drain_timer = evtimer_new(srv->base, on_drain_tick, srv);
     srv->trim_ev = event_new(srv->base, -1, EV_PERSIST, on_trim, srv);
     {
-        struct timeval tv = {TRIM_INTERVAL_MS / 1000, (TRIM_INTERVAL_MS % 1000) * 1000};
+        struct timeval tv = cm_tv_ms(TRIM_INTERVAL_MS);
         evtimer_add(srv->trim_ev, &tv);
     }
     srv->sig_term = evsignal_new(srv->base, SIGTERM, on_signal, srv);

@@ -656,7 +656,7 @@ static void forward(struct px_stream *s)
     }
     if (timeout_ms > 0) {
         s->timer = evtimer_new(s->srv->base, on_request_timeout, s);
-        struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+        struct timeval tv = cm_tv_ms(timeout_ms);
         evtimer_add(s->timer, &tv);
     }
     px_stream_start_try(s);

@@ -136,7 +136,7 @@ static void send_try(struct px_stream *s)
         if (s->try_timer == NULL)
             s->try_timer = evtimer_new(s->srv->base, on_try_timer, s);
         uint32_t ms = s->route->per_try_timeout_ms;
-        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        struct timeval tv = cm_tv_ms(ms);
         evtimer_add(s->try_timer, &tv);
     }
     px_stream_attach_upstream(s);
@@ -257,7 +257,7 @@ void px_stream_schedule_retry(struct px_stream *s, enum px_retry_reason why)
     }
     if (s->try_timer == NULL)
         s->try_timer = evtimer_new(s->srv->base, on_try_timer, s);
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    struct timeval tv = cm_tv_ms(ms);
     evtimer_add(s->try_timer, &tv);
     char a[CM_ADDR_STRLEN];
     cm_debug("%s %s: try %u %s (%s), %s in %llu ms", s->req.method, s->req.path, s->tries,

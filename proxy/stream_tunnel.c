@@ -126,7 +126,7 @@ static void start_tunnel(struct px_stream *s)
     if (lim->tcp_idle_timeout_ms > 0) {
         s->timer = evtimer_new(s->srv->base, on_tunnel_idle, s);
         uint32_t ms = lim->tcp_idle_timeout_ms;
-        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        struct timeval tv = cm_tv_ms(ms);
         evtimer_add(s->timer, &tv);
     }
 }

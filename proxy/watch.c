@@ -4,6 +4,7 @@
 #include <event2/event.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 
 static void report_gone(struct px_watch *w, int i)
@@ -46,7 +47,7 @@ void px_watch_start(struct px_watch *w, const char *what, struct event_base *bas
     if (w->timer == NULL)
         return;
     int64_t ms = cm_watch_interval_ms();
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    struct timeval tv = cm_tv_ms(ms);
     evtimer_add(w->timer, &tv);
 }
 

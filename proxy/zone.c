@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/xalloc.h"
 #include "proxy/config.h"
@@ -93,7 +94,7 @@ bool px_zone_apply(struct px_routes_state *rs, const struct cm_addr *self, enum 
 
 static void arm(struct px_zone *z, uint32_t ms)
 {
-    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    struct timeval tv = cm_tv_ms(ms);
     evtimer_add(z->ev, &tv);
 }
 
