@@ -99,14 +99,18 @@ kill -9 "$e2_PID"
 wait $lpid
 out=$(grep -E '^requests:' "$TMP/mid.txt")
 expect_match "endpoint killed (-9) mid-load: no failed request" "$out" '4000 succeeded, 0 failed'
-# What the mesh guarantees after the kill: the dead endpoint gets no more traffic. Which
-# mechanism stops it (ejection after consecutive failures, or the latency-aware balancer
-# pricing it out after one connect failure) depends on timing, so it is shown, not asserted.
-ej=$(ep svc 1 ejections); r1=$(ep svc 1 requests)
+# What the mesh guarantees after the kill: no request fails, and the dead endpoint is
+# tried at most until its failures reach the outlier threshold (consecutive_failures 3),
+# which ejects it. A refused connect is not a latency sample (docs/routes.md), so how many
+# of those tries fell in the mid-load run and how many in the next 200 depends on timing:
+# the tries are counted across both, from the endpoint's consecutive failures.
+ej1=$(ep svc 1 ejections); r1=$(ep svc 1 requests); c1=$(ep svc 1 consecutive_failures)
 expect_eq "... 200 more requests after the kill: none fails" "$(load svc.shop.svc.cluster.local 200)" "200 0"
-r2=$(ep svc 1 requests)
-check "... and the killed endpoint gets none of them (requests $r1 -> $r2; $ej ejections)" \
-    test "$r2" -le $((r1 + 1))
+r2=$(ep svc 1 requests); ej2=$(ep svc 1 ejections)
+check "... the killed endpoint gets at most the outlier threshold of them (requests $r1 -> $r2, $c1 consecutive failures before)" \
+    test $((r2 - r1)) -le 3
+check "... and the failure that reaches the threshold ejects it (ejections $ej1 -> $ej2)" \
+    test $((c1 + r2 - r1)) -lt 3 -o "$ej2" -gt "$ej1"
 
 # -- per-try timeout: a slow endpoint is cut off and the request retried ---------------------------
 start=$(date +%s%N)
