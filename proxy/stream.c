@@ -375,9 +375,10 @@ static int grpc_timeout(struct px_stream *s, uint32_t *timeout_ms)
 
 /* ---- the Host of an outbound request (service discovery, egress_allow) ---------- */
 
-/* Is name shaped like a cluster Service name the discovery service answers
- * for (svc.ns, svc.ns.svc, svc.ns.svc.<cluster domain>)? Other names (an
- * external API's) are never asked about: the answer would be "no". */
+/* Is name (its first n bytes) shaped like a cluster Service name the
+ * discovery service answers for (svc.ns, svc.ns.svc, svc.ns.svc.<cluster
+ * domain>)? Other names (an external API's) are never asked about: the
+ * answer would be "no". */
 static bool service_shaped(const char *name, size_t n)
 {
     size_t labels = 1, third = 0; /* the third label's offset, 0: none */
