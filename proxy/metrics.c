@@ -144,11 +144,11 @@ uint16_t px_metrics_intern(struct px_metrics_intern *t, const char *value)
         t->nvalues = 2;
     }
     size_t len = strlen(value);
-    uint32_t h = cm_hash_mem(value, len);
     if (len > PX_METRICS_LABEL_MAXLEN) {
         t->folded++;
         return PX_METRICS_LABEL_OTHER;
     }
+    uint32_t h = cm_hash_mem(value, len);
     size_t i = h & (PX_METRICS_LABEL_SLOTS - 1);
     for (;;) {
         uint16_t v = t->slots[i];
@@ -411,18 +411,24 @@ static void write_requests(const struct px_metrics_state *m, struct cm_prom *out
                        m->overflow_count);
 }
 
+/* "remora_request_duration_seconds_<part>{listener=..,direction=..[,labels]" */
+static void histogram_series(const struct px_metrics_state *m, const struct px_metrics_listener *ml,
+                             uint16_t dst, uint16_t src, const char *part, struct cm_prom *out)
+{
+    cm_prom_printf(out, "remora_request_duration_seconds_%s{", part);
+    cm_prom_label(out, "listener", ml->name, true);
+    cm_prom_label(out, "direction", ml->direction, false);
+    write_labels(m, dst, src, out);
+}
+
 static void write_histogram(const struct px_metrics_state *m, const struct px_metrics_listener *ml,
                             uint16_t dst, uint16_t src, const uint64_t *buckets, uint64_t count,
                             uint64_t sum_us, struct cm_prom *out)
 {
-    const char *name = "remora_request_duration_seconds";
     uint64_t cum = 0;
     for (size_t b = 0; b <= PX_METRICS_NBUCKETS; b++) {
         cum += buckets[b];
-        cm_prom_printf(out, "%s_bucket{", name);
-        cm_prom_label(out, "listener", ml->name, true);
-        cm_prom_label(out, "direction", ml->direction, false);
-        write_labels(m, dst, src, out);
+        histogram_series(m, ml, dst, src, "bucket", out);
         cm_prom_add(out, ",le=\"", 5);
         if (b == PX_METRICS_NBUCKETS)
             cm_prom_add(out, "+Inf", 4);
@@ -430,16 +436,11 @@ static void write_histogram(const struct px_metrics_state *m, const struct px_me
             cm_prom_seconds(out, bucket_le_us[b]);
         cm_prom_printf(out, "\"} %" PRIu64 "\n", cum);
     }
-    cm_prom_printf(out, "%s_sum{", name);
-    cm_prom_label(out, "listener", ml->name, true);
-    cm_prom_label(out, "direction", ml->direction, false);
-    write_labels(m, dst, src, out);
+    histogram_series(m, ml, dst, src, "sum", out);
     cm_prom_add(out, "} ", 2);
     cm_prom_seconds(out, sum_us);
-    cm_prom_printf(out, "\n%s_count{", name);
-    cm_prom_label(out, "listener", ml->name, true);
-    cm_prom_label(out, "direction", ml->direction, false);
-    write_labels(m, dst, src, out);
+    cm_prom_add(out, "\n", 1);
+    histogram_series(m, ml, dst, src, "count", out);
     cm_prom_printf(out, "} %" PRIu64 "\n", count);
 }
 
@@ -464,7 +465,7 @@ static void write_durations(const struct px_metrics_state *m, struct cm_prom *ou
     if (m->dst_values.nvalues + m->src_values.nvalues > 0 || folded > 0) {
         cm_prom_head(out, "remora_metrics_label_values", "gauge",
                      "Distinct values of a bounded request label in use (\"other\" included), "
-                     "at most 256.");
+                     "at most 255.");
         cm_prom_printf(out,
                        "remora_metrics_label_values{label=\"destination_service\"} %zu\n"
                        "remora_metrics_label_values{label=\"source_principal\"} %zu\n",

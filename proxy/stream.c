@@ -175,6 +175,17 @@ void px_stream_freelist_clear(void)
     freelist_len = 0;
 }
 
+/* Stop whatever the stream waits for: a connection from the pool's queue,
+ * the lookup of its Host, or that name's check against DNS. */
+static void stop_waiting(struct px_stream *s)
+{
+    px_pool_cancel(s);
+    px_disc_cancel(s->disc_wait);
+    s->disc_wait = NULL;
+    px_name_cancel(s->name_wait);
+    s->name_wait = NULL;
+}
+
 void px_stream_detach(struct px_stream *s, enum px_side side)
 {
     if (!s->attached[side])
@@ -182,12 +193,7 @@ void px_stream_detach(struct px_stream *s, enum px_side side)
     s->attached[side] = false;
     if (s->attached[PX_DOWN] || s->attached[PX_UP])
         return;
-    px_pool_cancel(s); /* still waiting for a connection: leave the queue */
-    /* ... or for the Host lookup, or its check against DNS */
-    px_disc_cancel(s->disc_wait);
-    s->disc_wait = NULL;
-    px_name_cancel(s->name_wait);
-    s->name_wait = NULL;
+    stop_waiting(s); /* still waiting for a connection or a lookup: leave the queue */
     if (s->held != NULL)
         evbuffer_free(s->held);
     s->held = NULL;
@@ -263,12 +269,7 @@ static void warn_5xx(struct px_stream *s, int status, const char *body)
 
 void px_stream_respond(struct px_stream *s, int status, const char *body)
 {
-    px_pool_cancel(s); /* answered while waiting for a connection */
-    /* ... or for the Host lookup, or its check against DNS */
-    px_disc_cancel(s->disc_wait);
-    s->disc_wait = NULL;
-    px_name_cancel(s->name_wait);
-    s->name_wait = NULL;
+    stop_waiting(s); /* answered while waiting for a connection or a lookup */
     if (!s->attached[PX_DOWN] || s->aborted || s->ops[PX_DOWN] == NULL) {
         /* the client is gone: nobody to answer, only the upstream to stop */
         px_stream_abort_side(s, PX_UP);
@@ -374,22 +375,23 @@ static int grpc_timeout(struct px_stream *s, uint32_t *timeout_ms)
 
 /* ---- the Host of an outbound request (service discovery, egress_allow) ---------- */
 
-/* Is name shaped like a cluster Service name the discovery service answers
- * for (svc.ns, svc.ns.svc, svc.ns.svc.<cluster domain>)? Other names (an
- * external API's) are never asked about: the answer would be "no". */
-static bool service_shaped(const char *name)
+/* Is name (its first n bytes) shaped like a cluster Service name the
+ * discovery service answers for (svc.ns, svc.ns.svc, svc.ns.svc.<cluster
+ * domain>)? Other names (an external API's) are never asked about: the
+ * answer would be "no". */
+static bool service_shaped(const char *name, size_t n)
 {
-    size_t labels = 1;
-    const char *third = NULL;
-    for (const char *p = name; *p; p++) {
-        if (*p != '.')
+    size_t labels = 1, third = 0; /* the third label's offset, 0: none */
+    for (size_t i = 0; i < n; i++) {
+        if (name[i] != '.')
             continue;
         if (++labels == 3)
-            third = p + 1;
+            third = i + 1;
     }
     if (labels == 2)
         return true;
-    return third != NULL && strncmp(third, "svc", 3) == 0 && (third[3] == '.' || third[3] == '\0');
+    return third != 0 && n - third >= 3 && memcmp(name + third, "svc", 3) == 0 &&
+           (n - third == 3 || name[third + 3] == '.');
 }
 
 /* s->egress_host from the request's Host: "name:port" lower-case, without a
@@ -483,17 +485,17 @@ static void on_host_dest(enum px_disc_result r, struct px_dest_answer *ans, void
  * nothing here. */
 static bool host_lookup(struct px_stream *s)
 {
-    if (s->srv->disc == NULL || s->lcfg->direction != PX_DIR_OUTBOUND)
+    /* egress_host is read only about a destination the registry did not
+     * answer with a Service or pod (proxy/upstream.c, name_to_check): a found
+     * one, the common case, costs no formatting of the Host */
+    if (s->srv->disc == NULL || s->lcfg->direction != PX_DIR_OUTBOUND || !s->disc_done ||
+        (s->disc_res == (int)PX_DISC_FOUND && s->dest != NULL))
         return false;
     set_egress_host(s);
-    if (s->egress_host == NULL || !s->disc_done || s->disc_res != (int)PX_DISC_NOT_FOUND)
+    if (s->egress_host == NULL || s->disc_res != (int)PX_DISC_NOT_FOUND)
         return false;
     const char *colon = strrchr(s->egress_host, ':');
-    char name[254];
-    size_t n = (size_t)(colon - s->egress_host);
-    memcpy(name, s->egress_host, n);
-    name[n] = '\0';
-    if (!service_shaped(name))
+    if (!service_shaped(s->egress_host, (size_t)(colon - s->egress_host)))
         return false;
     struct px_dest_answer *ans = NULL;
     enum px_disc_result r =
@@ -886,12 +888,7 @@ void px_stream_on_error(struct px_stream *s, enum px_side side, enum px_cause ca
         s->ended[PX_DOWN] = true;
         s->aborted = true;
         px_metrics.downstream_resets++;
-        px_pool_cancel(s); /* a waiting try leaves the queue, opening nothing */
-        /* the client went away: its Host lookup is dropped */
-        px_disc_cancel(s->disc_wait);
-        s->disc_wait = NULL;
-        px_name_cancel(s->name_wait);
-        s->name_wait = NULL;
+        stop_waiting(s); /* a waiting try leaves the queue, opening nothing; lookups dropped */
         px_stream_abort_side(s, PX_UP);
     }
 }

@@ -130,9 +130,10 @@ struct px_stream {
     bool disc_done;              /* disc_res (and dest) hold a finished lookup */
     int disc_res;                /* enum px_disc_result */
     struct px_dest_answer *dest; /* FOUND: the answer (one reference), else NULL */
-    /* outbound with discovery: the request's Host as "name:port" (the port from
-     * the Host, else the original destination's) when it names a host, not an
-     * address; egress_allow names match it (in the arena), else NULL */
+    /* outbound with discovery, the destination not found in the registry: the
+     * request's Host as "name:port" (the port from the Host, else the original
+     * destination's) when it names a host, not an address; egress_allow names
+     * match it (in the arena), else NULL */
     const char *egress_host;
     struct px_disc_wait *disc_wait; /* the lookup of egress_host in flight, or NULL */
     /* let out only because egress_host matched a name entry: the destination
