@@ -164,7 +164,7 @@ static void lb_refresh(struct px_route *rt, uint64_t now, const char *local, uin
     if (rt->lb_order[0] == NULL || rt->lb_cluster != local || rt->lb_zone_gen != zgen) {
         for (size_t i = 0; i < rt->neps; i++) {
             struct px_endpoint *e = &rt->eps[i];
-            e->local = local == NULL || (e->cluster != NULL && strcmp(e->cluster, local) == 0);
+            e->local = px_ep_is_local(e, local);
         }
         rt->lb_cluster = local;
         rt->lb_zone_gen = zgen;

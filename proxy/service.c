@@ -14,13 +14,6 @@
 #include "proxy/server.h"
 #include "proxy/stream.h"
 
-/* A Service's defaults (docs/routes.md "Services"). */
-#define SVC_ATTEMPTS         2
-#define SVC_BUDGET_PERCENT   20
-#define SVC_BACKOFF_BASE_MS  10
-#define SVC_OUTLIER_FAILURES 5
-#define SVC_OUTLIER_BASE_MS  30000
-
 struct svc_entry {
     struct px_dest_answer *ans; /* a reference: its pointer is the version's key */
     struct px_routes *base;     /* the routes-file snapshot it was built under (a reference) */
@@ -165,14 +158,7 @@ static struct px_routes *build(struct px_routes_state *rs, const struct px_dest_
             char ad[CM_ADDR_STRLEN];
             rt->name = cm_xasprintf("pod %s", cm_addr_format(&a->eps[0].addr, ad, sizeof(ad)));
         }
-        rt->attempts = SVC_ATTEMPTS;
-        rt->retry_on = PX_RETRY_CONNECT_FAILURE | PX_RETRY_RESET;
-        rt->budget_percent = SVC_BUDGET_PERCENT;
-        rt->backoff_base_ms = SVC_BACKOFF_BASE_MS;
-        rt->outlier_failures = SVC_OUTLIER_FAILURES;
-        rt->outlier_base_ms = SVC_OUTLIER_BASE_MS;
-        rt->cb.max_connections = rt->cb.max_pending_requests = PX_BREAKER_UNSET;
-        rt->cb.pending_timeout_ms = rt->cb.max_requests_per_connection = PX_BREAKER_UNSET;
+        px_route_set_defaults(rt, PX_SVC_ATTEMPTS); /* docs/routes.md "Services" */
     }
     rt->eps = cm_xcalloc(n, sizeof(*rt->eps));
     for (size_t i = 0; i < a->neps; i++) {
@@ -315,8 +301,7 @@ static struct px_endpoint *least_conn(struct px_route *rt)
     size_t start = rot++;
     for (size_t k = 0; k < rt->neps; k++) {
         struct px_endpoint *e = &rt->eps[(start + k) % rt->neps];
-        bool is_local = local == NULL || (e->cluster != NULL && strcmp(e->cluster, local) == 0);
-        int tier = px_ep_ejected(e->st, now) ? 2 : is_local ? 0 : 1;
+        int tier = px_ep_ejected(e->st, now) ? 2 : px_ep_is_local(e, local) ? 0 : 1;
         if (best == NULL || tier < best_tier ||
             (tier == best_tier && (e->st->tcp_conns < best->st->tcp_conns ||
                                    (e->st->tcp_conns == best->st->tcp_conns &&
