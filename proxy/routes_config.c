@@ -10,6 +10,7 @@
 #include "certs/pki.h"
 #include "common/err.h"
 #include "common/json.h"
+#include "common/net.h"
 #include "common/xalloc.h"
 #include "proxy/grpc.h"
 #include "proxy/routes_int.h"
@@ -77,23 +78,12 @@ static int parse_retry_on(const struct cm_jpath *p, json_t *arr, struct px_route
     return 0;
 }
 
-/* "namespace/name": two DNS labels (RFC 1123: lower-case letters, digits,
- * '-', not at either end); the name may be up to 63, the namespace too. */
-static bool label_ok(const char *s, size_t n)
-{
-    if (n == 0 || n > 63 || s[0] == '-' || s[n - 1] == '-')
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-'))
-            return false;
-    return true;
-}
-
+/* "namespace/name": two DNS-1123 labels. */
 static bool service_name_ok(const char *svc)
 {
     const char *slash = strchr(svc, '/');
-    return slash != NULL && label_ok(svc, (size_t)(slash - svc)) &&
-           label_ok(slash + 1, strlen(slash + 1));
+    return slash != NULL && cm_dns_label(svc, (size_t)(slash - svc)) &&
+           cm_dns_label(slash + 1, strlen(slash + 1));
 }
 
 static int get_u32(const struct cm_jpath *p, json_t *o, const char *key, int64_t min, int64_t max,
