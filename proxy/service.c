@@ -15,22 +15,25 @@
 #include "proxy/stream.h"
 
 struct svc_entry {
-    struct px_dest_answer *ans; /* a reference: its pointer is the version's key */
-    struct px_routes *base;     /* the routes-file snapshot it was built under (a reference) */
-    struct px_routes *built;    /* the Service's one-route snapshot, or NULL */
-    struct px_route *file_rt;   /* or the routes-file entry with endpoints (in base), or NULL */
-    uint64_t used;              /* LRU tick */
+    struct px_dest_answer *ans;   /* a reference: its pointer is the version's key */
+    struct px_dest_answer *alias; /* the same version held twice by the discovery cache (by
+                                   * address and by Host): a reference, a second key */
+    struct px_routes *base;       /* the routes-file snapshot it was built under (a reference) */
+    struct px_routes *built;      /* the Service's one-route snapshot, or NULL */
+    struct px_route *file_rt;     /* or the routes-file entry with endpoints (in base), or NULL */
+    uint64_t used;                /* LRU tick */
 };
 
-#define SVC_IDX_SLOTS (2 * PX_SVC_CACHE_MAX) /* at most half full: probes end soon */
+#define SVC_IDX_SLOTS (4 * PX_SVC_CACHE_MAX) /* two keys an entry, at most half full */
 
 struct px_svc_cache {
     struct svc_entry e[PX_SVC_CACHE_MAX];
     size_t n;
     uint64_t tick;
     uint64_t builds, hits;
-    /* entry position + 1 by answer pointer (open addressing, 0 = empty);
-     * rebuilt whenever an entry changes (a build, rare next to lookups) */
+    /* entry position + 1 by answer pointer, ans and alias (open addressing,
+     * 0 = empty); rebuilt whenever an entry's keys change (a build, a new
+     * alias: rare next to lookups) */
     uint16_t idx[SVC_IDX_SLOTS];
 };
 
@@ -43,14 +46,21 @@ static size_t slot_of(const void *p)
     return (size_t)x & (SVC_IDX_SLOTS - 1);
 }
 
+static void index_key(struct px_svc_cache *c, const void *key, size_t i)
+{
+    size_t k = slot_of(key);
+    while (c->idx[k] != 0)
+        k = (k + 1) & (SVC_IDX_SLOTS - 1);
+    c->idx[k] = (uint16_t)(i + 1);
+}
+
 static void reindex(struct px_svc_cache *c)
 {
     memset(c->idx, 0, sizeof(c->idx));
     for (size_t i = 0; i < c->n; i++) {
-        size_t k = slot_of(c->e[i].ans);
-        while (c->idx[k] != 0)
-            k = (k + 1) & (SVC_IDX_SLOTS - 1);
-        c->idx[k] = (uint16_t)(i + 1);
+        index_key(c, c->e[i].ans, i);
+        if (c->e[i].alias != NULL)
+            index_key(c, c->e[i].alias, i);
     }
 }
 
@@ -59,14 +69,16 @@ static struct svc_entry *find(struct px_svc_cache *c, const struct px_dest_answe
     for (size_t k = slot_of(a);; k = (k + 1) & (SVC_IDX_SLOTS - 1)) {
         if (c->idx[k] == 0)
             return NULL;
-        if (c->e[c->idx[k] - 1].ans == a)
-            return &c->e[c->idx[k] - 1];
+        struct svc_entry *e = &c->e[c->idx[k] - 1];
+        if (e->ans == a || e->alias == a)
+            return e;
     }
 }
 
 static void entry_clear(struct svc_entry *e)
 {
     px_dest_answer_unref(e->ans);
+    px_dest_answer_unref(e->alias);
     px_routes_unref(e->base);
     px_routes_unref(e->built);
     memset(e, 0, sizeof(*e));
@@ -203,7 +215,12 @@ static struct svc_entry *entry_for(struct px_routes_state *rs, struct px_routes 
             }
     if (e != NULL && e->base == cur && e->ans != a && strcmp(e->ans->version, a->version) == 0) {
         /* the same answer held twice by the discovery cache (looked up by
-         * address and by Host): one route, not a rebuild per alternation */
+         * address and by Host): one route, not a rebuild per alternation;
+         * a's pointer becomes a key too, so its next requests are found by
+         * the index rather than by this scan */
+        px_dest_answer_unref(e->alias);
+        e->alias = px_dest_answer_ref((struct px_dest_answer *)a);
+        reindex(c);
         c->hits++;
         e->used = ++c->tick;
         return e;
