@@ -215,3 +215,13 @@ int cm_net_local_addr(int fd, struct cm_addr *out)
         return CM_ERR_IO;
     return 0;
 }
+
+bool cm_dns_label(const char *s, size_t n)
+{
+    if (n == 0 || n > 63 || s[0] == '-' || s[n - 1] == '-')
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-'))
+            return false;
+    return true;
+}

@@ -35,6 +35,10 @@ void cm_addr_from_sockaddr(struct cm_addr *a, const struct sockaddr *sa, socklen
 /* 127.0.0.1:port or [::1]:port, matching the family of `like` (NULL: IPv4). */
 void cm_addr_loopback(struct cm_addr *out, const struct cm_addr *like, uint16_t port);
 
+/* s[0..n) is a DNS-1123 label (a Kubernetes namespace or Service name): 1..63
+ * of [a-z0-9-], not starting or ending with '-'. */
+bool cm_dns_label(const char *s, size_t n);
+
 /* Bound, listening, non-blocking, close-on-exec socket with SO_REUSEADDR.
  * Returns the fd or -1 with errno set. */
 int cm_net_listen(const struct cm_addr *a, int backlog);

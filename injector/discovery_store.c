@@ -426,16 +426,6 @@ static bool parse_port(const char *p, uint16_t *out)
     return true;
 }
 
-static bool dns_label(const char *s, size_t n)
-{
-    if (n == 0 || n > 63 || s[0] == '-' || s[n - 1] == '-')
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (!(islower((unsigned char)s[i]) || isdigit((unsigned char)s[i]) || s[i] == '-'))
-            return false;
-    return true;
-}
-
 int ij_disc_query_parse(const char *addr, const char *host, const char *cluster_domain,
                         struct ij_disc_query *q, char **errmsg)
 {
@@ -480,8 +470,8 @@ int ij_disc_query_parse(const char *addr, const char *host, const char *cluster_
     else if (nl > 4 && strcmp(name + nl - 4, ".svc") == 0)
         name[nl -= 4] = '\0';
     char *dot = strchr(name, '.');
-    if (dot == NULL || strchr(dot + 1, '.') != NULL || !dns_label(name, (size_t)(dot - name)) ||
-        !dns_label(dot + 1, strlen(dot + 1)))
+    if (dot == NULL || strchr(dot + 1, '.') != NULL || !cm_dns_label(name, (size_t)(dot - name)) ||
+        !cm_dns_label(dot + 1, strlen(dot + 1)))
         return qfail(errmsg, "host: want svc.ns, svc.ns.svc or svc.ns.svc.<cluster domain>, "
                              "then :PORT");
     *dot = '\0';

@@ -161,12 +161,11 @@ static void lb_refresh(struct px_route *rt, uint64_t now, const char *local, uin
         if (rt->lat_typical_ms == 0)
             seed_typical(rt, now * 1000);
     }
-    if (rt->lb_order[0] == NULL || rt->lb_cluster != local || rt->lb_zone_gen != zgen) {
+    if (rt->lb_order[0] == NULL || rt->lb_zone_gen != zgen) {
         for (size_t i = 0; i < rt->neps; i++) {
             struct px_endpoint *e = &rt->eps[i];
-            e->local = local == NULL || (e->cluster != NULL && strcmp(e->cluster, local) == 0);
+            e->local = px_ep_is_local(e, local);
         }
-        rt->lb_cluster = local;
         rt->lb_zone_gen = zgen;
     }
     size_t n = 0;
@@ -241,7 +240,7 @@ struct px_endpoint *px_route_pick(struct px_route *rt, const struct px_ep_state 
     uint64_t gen = rs != NULL ? rs->eject_gen : 0;
     uint64_t zgen = rs != NULL ? rs->zone_gen : 0; /* our zone changed (proxy/zone.c) */
     if (rt->lb_order == NULL || rt->lb_gen != gen || now >= rt->lb_until_ms ||
-        rt->lb_cluster != local || rt->lb_zone_gen != zgen)
+        rt->lb_zone_gen != zgen)
         lb_refresh(rt, now, local, gen, zgen);
     /* tiers, each a prefix of lb_order: healthy and local (or no locality),
      * healthy anywhere (failover), everything (all ejected: a guess beats a

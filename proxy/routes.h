@@ -105,12 +105,12 @@ struct px_route {
     struct px_endpoint **lb_order;
     struct px_endpoint **lb_cand; /* neps slots: lb.c's scratch when a retry filters a tier */
     size_t lb_nlocal, lb_nhealthy;
-    uint64_t lb_gen;        /* the ejection generation it reflects */
-    uint64_t lb_until_ms;   /* it is stale from then on (the first ejection to end) */
-    const char *lb_cluster; /* the locality endpoints were ranked against */
-    uint64_t lb_zone_gen;   /* and the routes state's zone_gen then (proxy/zone.c) */
-    double lat_typical_ms;  /* EWMA of the route's latency samples: the estimate of
-                             * an endpoint never measured (0: none yet) */
+    uint64_t lb_gen;       /* the ejection generation it reflects */
+    uint64_t lb_until_ms;  /* it is stale from then on (the first ejection to end) */
+    uint64_t lb_zone_gen;  /* the routes state's zone_gen endpoints were ranked at: our
+                            * locality changes only with it (proxy/zone.c) */
+    double lat_typical_ms; /* EWMA of the route's latency samples: the estimate of
+                            * an endpoint never measured (0: none yet) */
     /* "circuit_breakers": per-endpoint overrides of limits.upstream_*;
      * PX_BREAKER_UNSET where the route keeps the default */
     struct px_breakers cb;

@@ -33,9 +33,7 @@ static json_t *endpoint_json(const struct px_route *rt, const struct px_endpoint
      * balancer's first tier while any local one is healthy) */
     const char *ours = rt->rs != NULL ? rt->rs->cluster : NULL;
     json_object_set_new(o, "zone", e->cluster ? json_string(e->cluster) : json_null());
-    json_object_set_new(
-        o, "local",
-        json_boolean(ours == NULL || (e->cluster != NULL && strcmp(e->cluster, ours) == 0)));
+    json_object_set_new(o, "local", json_boolean(px_ep_is_local(e, ours)));
     json_object_set_new(o, "identity", e->identity ? json_string(e->identity) : json_null());
     json_object_set_new(o, "weight", json_integer(e->weight));
     bool ej = px_ep_ejected(s, now);
@@ -210,9 +208,7 @@ static int on_reload(struct evhttp_request *req, const struct evkeyvalq *q, stru
 {
     (void)req;
     (void)q;
-    struct px_routes_state *rs = arg;
-    if (rs->file == NULL)
-        return px_admin_reply_error(out, 404, "no routes_file configured");
+    struct px_routes_state *rs = arg; /* registered only with a routes file */
     char *e = NULL;
     if (px_routes_reload(rs, &e) != 0) {
         int rc = px_admin_reply_error(out, 400, "%s", e);

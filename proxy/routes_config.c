@@ -10,9 +10,11 @@
 #include "certs/pki.h"
 #include "common/err.h"
 #include "common/json.h"
+#include "common/net.h"
 #include "common/xalloc.h"
 #include "proxy/grpc.h"
 #include "proxy/routes_int.h"
+#include "proxy/service.h"
 
 /* Length of a Host value without its ":port" (digits only; "[v6]:port" too). */
 size_t px_routes_host_len(const char *h)
@@ -76,23 +78,12 @@ static int parse_retry_on(const struct cm_jpath *p, json_t *arr, struct px_route
     return 0;
 }
 
-/* "namespace/name": two DNS labels (RFC 1123: lower-case letters, digits,
- * '-', not at either end); the name may be up to 63, the namespace too. */
-static bool label_ok(const char *s, size_t n)
-{
-    if (n == 0 || n > 63 || s[0] == '-' || s[n - 1] == '-')
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-'))
-            return false;
-    return true;
-}
-
+/* "namespace/name": two DNS-1123 labels. */
 static bool service_name_ok(const char *svc)
 {
     const char *slash = strchr(svc, '/');
-    return slash != NULL && label_ok(svc, (size_t)(slash - svc)) &&
-           label_ok(slash + 1, strlen(slash + 1));
+    return slash != NULL && cm_dns_label(svc, (size_t)(slash - svc)) &&
+           cm_dns_label(slash + 1, strlen(slash + 1));
 }
 
 static int get_u32(const struct cm_jpath *p, json_t *o, const char *key, int64_t min, int64_t max,
@@ -103,6 +94,18 @@ static int get_u32(const struct cm_jpath *p, json_t *o, const char *key, int64_t
         return CM_ERR_INVAL;
     *out = (uint32_t)v;
     return 0;
+}
+
+void px_route_set_defaults(struct px_route *rt, uint32_t attempts)
+{
+    rt->attempts = attempts;
+    rt->retry_on = PX_RETRY_CONNECT_FAILURE | PX_RETRY_RESET;
+    rt->budget_percent = 20;
+    rt->backoff_base_ms = 10;
+    rt->outlier_failures = 5;
+    rt->outlier_base_ms = 30000;
+    rt->cb.max_connections = rt->cb.max_pending_requests = PX_BREAKER_UNSET;
+    rt->cb.pending_timeout_ms = rt->cb.max_requests_per_connection = PX_BREAKER_UNSET;
 }
 
 static int parse_route(const struct cm_jpath *p, json_t *o, struct px_route *rt, size_t idx,
@@ -126,15 +129,7 @@ static int parse_route(const struct cm_jpath *p, json_t *o, struct px_route *rt,
     if (cm_json_get_string(p, o, "name", false, &name, errmsg) != 0)
         return CM_ERR_INVAL;
     rt->name = name ? cm_xstrdup(name) : cm_xasprintf("routes[%zu]", idx);
-    /* defaults: one try, no timeout, Envoy-like outlier settings */
-    rt->attempts = 1;
-    rt->retry_on = PX_RETRY_CONNECT_FAILURE | PX_RETRY_RESET;
-    rt->budget_percent = 20;
-    rt->backoff_base_ms = 10;
-    rt->outlier_failures = 5;
-    rt->outlier_base_ms = 30000;
-    rt->cb.max_connections = rt->cb.max_pending_requests = PX_BREAKER_UNSET;
-    rt->cb.pending_timeout_ms = rt->cb.max_requests_per_connection = PX_BREAKER_UNSET;
+    px_route_set_defaults(rt, 1); /* one try */
 
     json_t *m = NULL;
     if (cm_json_get_child(p, o, "match", true, JSON_OBJECT, &m, errmsg) != 0)
@@ -159,7 +154,7 @@ static int parse_route(const struct cm_jpath *p, json_t *o, struct px_route *rt,
                                 svc);
         }
         rt->match_service = cm_xstrdup(svc);
-        rt->attempts = 2; /* a Service's defaults (proxy/service.c) until "retries" says */
+        rt->attempts = PX_SVC_ATTEMPTS; /* a Service's default until "retries" says */
     } else if (host != NULL) {
         if (host[0] == '\0' || strlen(host) > 253)
             return cm_json_fail(&c, errmsg, "host must be 1..253 characters");

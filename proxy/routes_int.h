@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "proxy/routes.h"
 #include "proxy/watch.h"
@@ -54,12 +55,22 @@ static inline bool px_ep_ejected(const struct px_ep_state *s, uint64_t now)
     return s->ejected_until_ms > now;
 }
 
+/* Is e in our locality `local` (rs->cluster)? Without one, every endpoint is. */
+static inline bool px_ep_is_local(const struct px_endpoint *e, const char *local)
+{
+    return local == NULL || (e->cluster != NULL && strcmp(e->cluster, local) == 0);
+}
+
 /* routes.c */
 void px_routes_free(struct px_routes *r);
 /* Attach rs's shared health records to r and point r and its routes at rs
  * (only for snapshots that go live). */
 void px_routes_bind_states(struct px_routes_state *rs, struct px_routes *r);
 
+/* routes_config.c: a route's defaults (attempts tries, no timeout, Envoy-like
+ * outlier settings, a 20% retry budget, the listener's circuit breakers):
+ * a routes-file entry's before its keys, a discovered Service's. */
+void px_route_set_defaults(struct px_route *rt, uint32_t attempts);
 /* routes_config.c: length of a Host value without its ":port". */
 size_t px_routes_host_len(const char *h);
 

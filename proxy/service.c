@@ -14,30 +14,26 @@
 #include "proxy/server.h"
 #include "proxy/stream.h"
 
-/* A Service's defaults (docs/routes.md "Services"). */
-#define SVC_ATTEMPTS         2
-#define SVC_BUDGET_PERCENT   20
-#define SVC_BACKOFF_BASE_MS  10
-#define SVC_OUTLIER_FAILURES 5
-#define SVC_OUTLIER_BASE_MS  30000
-
 struct svc_entry {
-    struct px_dest_answer *ans; /* a reference: its pointer is the version's key */
-    struct px_routes *base;     /* the routes-file snapshot it was built under (a reference) */
-    struct px_routes *built;    /* the Service's one-route snapshot, or NULL */
-    struct px_route *file_rt;   /* or the routes-file entry with endpoints (in base), or NULL */
-    uint64_t used;              /* LRU tick */
+    struct px_dest_answer *ans;   /* a reference: its pointer is the version's key */
+    struct px_dest_answer *alias; /* the same version held twice by the discovery cache (by
+                                   * address and by Host): a reference, a second key */
+    struct px_routes *base;       /* the routes-file snapshot it was built under (a reference) */
+    struct px_routes *built;      /* the Service's one-route snapshot, or NULL */
+    struct px_route *file_rt;     /* or the routes-file entry with endpoints (in base), or NULL */
+    uint64_t used;                /* LRU tick */
 };
 
-#define SVC_IDX_SLOTS (2 * PX_SVC_CACHE_MAX) /* at most half full: probes end soon */
+#define SVC_IDX_SLOTS (4 * PX_SVC_CACHE_MAX) /* two keys an entry, at most half full */
 
 struct px_svc_cache {
     struct svc_entry e[PX_SVC_CACHE_MAX];
     size_t n;
     uint64_t tick;
     uint64_t builds, hits;
-    /* entry position + 1 by answer pointer (open addressing, 0 = empty);
-     * rebuilt whenever an entry changes (a build, rare next to lookups) */
+    /* entry position + 1 by answer pointer, ans and alias (open addressing,
+     * 0 = empty); rebuilt whenever an entry's keys change (a build, a new
+     * alias: rare next to lookups) */
     uint16_t idx[SVC_IDX_SLOTS];
 };
 
@@ -50,14 +46,21 @@ static size_t slot_of(const void *p)
     return (size_t)x & (SVC_IDX_SLOTS - 1);
 }
 
+static void index_key(struct px_svc_cache *c, const void *key, size_t i)
+{
+    size_t k = slot_of(key);
+    while (c->idx[k] != 0)
+        k = (k + 1) & (SVC_IDX_SLOTS - 1);
+    c->idx[k] = (uint16_t)(i + 1);
+}
+
 static void reindex(struct px_svc_cache *c)
 {
     memset(c->idx, 0, sizeof(c->idx));
     for (size_t i = 0; i < c->n; i++) {
-        size_t k = slot_of(c->e[i].ans);
-        while (c->idx[k] != 0)
-            k = (k + 1) & (SVC_IDX_SLOTS - 1);
-        c->idx[k] = (uint16_t)(i + 1);
+        index_key(c, c->e[i].ans, i);
+        if (c->e[i].alias != NULL)
+            index_key(c, c->e[i].alias, i);
     }
 }
 
@@ -66,14 +69,16 @@ static struct svc_entry *find(struct px_svc_cache *c, const struct px_dest_answe
     for (size_t k = slot_of(a);; k = (k + 1) & (SVC_IDX_SLOTS - 1)) {
         if (c->idx[k] == 0)
             return NULL;
-        if (c->e[c->idx[k] - 1].ans == a)
-            return &c->e[c->idx[k] - 1];
+        struct svc_entry *e = &c->e[c->idx[k] - 1];
+        if (e->ans == a || e->alias == a)
+            return e;
     }
 }
 
 static void entry_clear(struct svc_entry *e)
 {
     px_dest_answer_unref(e->ans);
+    px_dest_answer_unref(e->alias);
     px_routes_unref(e->base);
     px_routes_unref(e->built);
     memset(e, 0, sizeof(*e));
@@ -165,14 +170,7 @@ static struct px_routes *build(struct px_routes_state *rs, const struct px_dest_
             char ad[CM_ADDR_STRLEN];
             rt->name = cm_xasprintf("pod %s", cm_addr_format(&a->eps[0].addr, ad, sizeof(ad)));
         }
-        rt->attempts = SVC_ATTEMPTS;
-        rt->retry_on = PX_RETRY_CONNECT_FAILURE | PX_RETRY_RESET;
-        rt->budget_percent = SVC_BUDGET_PERCENT;
-        rt->backoff_base_ms = SVC_BACKOFF_BASE_MS;
-        rt->outlier_failures = SVC_OUTLIER_FAILURES;
-        rt->outlier_base_ms = SVC_OUTLIER_BASE_MS;
-        rt->cb.max_connections = rt->cb.max_pending_requests = PX_BREAKER_UNSET;
-        rt->cb.pending_timeout_ms = rt->cb.max_requests_per_connection = PX_BREAKER_UNSET;
+        px_route_set_defaults(rt, PX_SVC_ATTEMPTS); /* docs/routes.md "Services" */
     }
     rt->eps = cm_xcalloc(n, sizeof(*rt->eps));
     for (size_t i = 0; i < a->neps; i++) {
@@ -217,7 +215,12 @@ static struct svc_entry *entry_for(struct px_routes_state *rs, struct px_routes 
             }
     if (e != NULL && e->base == cur && e->ans != a && strcmp(e->ans->version, a->version) == 0) {
         /* the same answer held twice by the discovery cache (looked up by
-         * address and by Host): one route, not a rebuild per alternation */
+         * address and by Host): one route, not a rebuild per alternation;
+         * a's pointer becomes a key too, so its next requests are found by
+         * the index rather than by this scan */
+        px_dest_answer_unref(e->alias);
+        e->alias = px_dest_answer_ref((struct px_dest_answer *)a);
+        reindex(c);
         c->hits++;
         e->used = ++c->tick;
         return e;
@@ -315,8 +318,7 @@ static struct px_endpoint *least_conn(struct px_route *rt)
     size_t start = rot++;
     for (size_t k = 0; k < rt->neps; k++) {
         struct px_endpoint *e = &rt->eps[(start + k) % rt->neps];
-        bool is_local = local == NULL || (e->cluster != NULL && strcmp(e->cluster, local) == 0);
-        int tier = px_ep_ejected(e->st, now) ? 2 : is_local ? 0 : 1;
+        int tier = px_ep_ejected(e->st, now) ? 2 : px_ep_is_local(e, local) ? 0 : 1;
         if (best == NULL || tier < best_tier ||
             (tier == best_tier && (e->st->tcp_conns < best->st->tcp_conns ||
                                    (e->st->tcp_conns == best->st->tcp_conns &&

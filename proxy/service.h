@@ -36,6 +36,9 @@ struct px_dest_answer;
 
 #define PX_SVC_CACHE_MAX                                                                           \
     1024 /* destinations with a built route; more: the least recently used go */
+/* A Service's tries per request (a routes-file "service" entry's too, until
+ * its "retries" says); its other defaults are a routes-file entry's. */
+#define PX_SVC_ATTEMPTS 2
 
 /* The route for answer a under the routes-file snapshot cur (may be NULL):
  * returns a new reference to the snapshot holding it and sets *rt, or NULL

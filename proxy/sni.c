@@ -153,14 +153,13 @@ enum px_sni_result px_sni_parse(const uint8_t *buf, size_t len, char name[PX_SNI
     /* the handshake header decides early whether the hello fits this record */
     if (len >= 6 && buf[5] != 1)
         return PX_SNI_NONE;
-    if (len >= 9) {
-        size_t hlen = (size_t)buf[6] << 16 | (size_t)buf[7] << 8 | buf[8];
-        if (hlen + 4 > rlen)
-            return PX_SNI_NONE; /* fragmented over records (or a wrong length): no name */
-    }
+    if (len < 9)
+        return PX_SNI_MORE; /* rlen >= 4: the record is not complete either */
+    size_t hlen = (size_t)buf[6] << 16 | (size_t)buf[7] << 8 | buf[8];
+    if (hlen + 4 > rlen)
+        return PX_SNI_NONE; /* fragmented over records (or a wrong length): no name */
     if (len < 5 + rlen)
         return PX_SNI_MORE;
-    size_t hlen = (size_t)buf[6] << 16 | (size_t)buf[7] << 8 | buf[8];
     struct cur c = {buf + 9, buf + 9 + hlen};
     enum px_sni_result r = client_hello(&c, name);
     if (r != PX_SNI_FOUND)

@@ -30,11 +30,17 @@ static struct {
 static uint64_t retries[PX_RETRY_REASON_N];
 static const char *const reason_names[PX_RETRY_REASON_N] = {"retry_on", "unprocessed"};
 
+/* The app's own protocol, as it reaches a destination without mTLS. */
+static enum px_target_proto app_proto(const struct px_listener_cfg *l)
+{
+    return l->upstream_protocol == PX_UP_H2 ? PX_TGT_H2 : PX_TGT_H1;
+}
+
 enum px_target_proto px_upstream_proto(const struct px_listener_cfg *l)
 {
     if (l->tls == PX_TLS_MESH)
         return PX_TGT_H2; /* sidecar to sidecar: HTTP/2 over mTLS, whatever the app speaks */
-    return l->upstream_protocol == PX_UP_H2 ? PX_TGT_H2 : PX_TGT_H1;
+    return app_proto(l);
 }
 
 void px_upstream_target_release(struct px_upstream_target *t)
@@ -75,8 +81,7 @@ static void endpoint_via(const struct px_listener_cfg *l, const struct px_endpoi
         return; /* mTLS + HTTP/2, expected_id = ep->identity */
     *mesh = false;
     t->expected_id = NULL;
-    t->proto =
-        ep->via == PX_EP_VIA_PLAIN_H2C || l->upstream_protocol == PX_UP_H2 ? PX_TGT_H2 : PX_TGT_H1;
+    t->proto = ep->via == PX_EP_VIA_PLAIN_H2C ? PX_TGT_H2 : app_proto(l);
 }
 
 enum px_resolve px_upstream_resolve(const struct px_stream *s, const struct px_endpoint *ep,
@@ -104,7 +109,7 @@ enum px_resolve px_upstream_resolve(const struct px_stream *s, const struct px_e
         if (mesh)
             t->expected_id = id;
         else /* as the app sent it: no mTLS, its own protocol */
-            t->proto = s->lcfg->upstream_protocol == PX_UP_H2 ? PX_TGT_H2 : PX_TGT_H1;
+            t->proto = app_proto(s->lcfg);
     }
     if (t->expected_id != NULL && !mesh)
         return PX_RESOLVE_ID_NEEDS_MTLS; /* only a peer certificate can prove it: fail closed */

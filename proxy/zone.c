@@ -157,12 +157,8 @@ static bool own_address(const struct px_config *cfg, struct cm_addr *out)
 void px_zone_start(struct px_server *srv, struct px_routes_state *rs)
 {
     const struct px_config *cfg = srv->cfg;
-    if (cfg->cluster != NULL) {
-        rs->zone_config = true;
-        return;
-    }
-    if (cfg->discovery == NULL || !cfg->discovery->enabled)
-        return;
+    if (rs->zone_config || !rs->discovery)
+        return; /* a configured cluster (px_routes_state_new) is never learned */
     struct px_zone *z = cm_xcalloc(1, sizeof(*z));
     z->srv = srv;
     z->rs = rs;

@@ -290,6 +290,22 @@ static void listen_on_port_zero(void **state)
     assert_int_equal(cm_net_local_addr(-1, &bound), CM_ERR_IO);
 }
 
+static void dns_labels(void **state)
+{
+    (void)state;
+    static const char *const good[] = {"a", "shop", "web-1", "0x", NULL};
+    static const char *const bad[] = {"", "-a", "a-", "Shop", "a_b", "a.b", NULL};
+    for (size_t i = 0; good[i] != NULL; i++)
+        assert_true(cm_dns_label(good[i], strlen(good[i])));
+    for (size_t i = 0; bad[i] != NULL; i++)
+        assert_false(cm_dns_label(bad[i], strlen(bad[i])));
+    char l[65];
+    memset(l, 'a', sizeof(l));
+    assert_true(cm_dns_label(l, 63));
+    assert_false(cm_dns_label(l, 64));
+    assert_true(cm_dns_label("shop/web", 4)); /* only the first n bytes */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -303,6 +319,7 @@ int main(void)
         cmocka_unit_test(loopback_and_ports),
         cmocka_unit_test(from_sockaddr),
         cmocka_unit_test(listen_on_port_zero),
+        cmocka_unit_test(dns_labels),
     };
     return cmocka_run_group_tests_name("common/net", tests, NULL, NULL);
 }

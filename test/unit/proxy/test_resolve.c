@@ -105,29 +105,29 @@ static void on_guard(evutil_socket_t fd, short what, void *arg)
     *(bool *)arg = true;
 }
 
-/* Run the loop until *n reaches want, or ms pass (then fail). */
-static void run_until(struct event_base *base, const int *n, int want, int ms)
+/* Run the loop until *n reaches want (n NULL: never), or ms pass. */
+static void run_guarded(struct event_base *base, const int *n, int want, int ms)
 {
     bool expired = false;
     struct event *guard = evtimer_new(base, on_guard, &expired);
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     evtimer_add(guard, &tv);
-    while (*n < want && !expired)
+    while ((n == NULL || *n < want) && !expired)
         event_base_loop(base, EVLOOP_ONCE);
     event_free(guard);
+}
+
+/* Run the loop until *n reaches want, or ms pass (then fail). */
+static void run_until(struct event_base *base, const int *n, int want, int ms)
+{
+    run_guarded(base, n, want, ms);
     assert_int_equal(*n, want);
 }
 
 /* Run the loop for ms (nothing may be called meanwhile). */
 static void run_for(struct event_base *base, int ms)
 {
-    bool expired = false;
-    struct event *guard = evtimer_new(base, on_guard, &expired);
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    evtimer_add(guard, &tv);
-    while (!expired)
-        event_base_loop(base, EVLOOP_ONCE);
-    event_free(guard);
+    run_guarded(base, NULL, 0, ms);
 }
 
 struct fx {
@@ -163,6 +163,17 @@ static void teardown(struct fx *f)
     hold(false);
     px_resolver_free(f->r);
     event_base_free(f->base);
+}
+
+/* pending: a check the cache cannot answer yet (it must wait; g gets the verdict) */
+static struct px_name_wait *pending(struct fx *f, const char *name, const char *ip, struct got *g)
+{
+    struct cm_addr a;
+    set_addr(&a, ip);
+    struct px_name_wait *w;
+    px_resolver_check(f->r, name, &a, on_verdict, g, &w);
+    assert_non_null(w);
+    return w;
 }
 
 /* ask: a check that must wait; the verdict once the loop ran */
@@ -243,17 +254,10 @@ static void test_joined(void **state)
     (void)state;
     struct fx f = setup(4, 16, 30000, 5000, 5000);
     hold(true);
-    struct cm_addr a, b;
-    set_addr(&a, "127.0.0.4");
-    set_addr(&b, "127.0.0.9");
     struct got g1 = {0, PX_NAME_BUSY}, g2 = {0, PX_NAME_BUSY}, g3 = {0, PX_NAME_BUSY};
-    struct px_name_wait *w1, *w2, *w3;
-    px_resolver_check(f.r, "j.example", &a, on_verdict, &g1, &w1);
-    px_resolver_check(f.r, "j.example", &b, on_verdict, &g2, &w2);
-    px_resolver_check(f.r, "j.example", &a, on_verdict, &g3, &w3);
-    assert_non_null(w1);
-    assert_non_null(w2);
-    assert_non_null(w3);
+    pending(&f, "j.example", "127.0.0.4", &g1);
+    pending(&f, "j.example", "127.0.0.9", &g2);
+    struct px_name_wait *w3 = pending(&f, "j.example", "127.0.0.4", &g3);
     px_name_cancel(w3); /* a cancelled wait is never called */
     hold(false);
     run_until(f.base, &g2.n, 1, 5000);
@@ -277,19 +281,15 @@ static void test_queue_full(void **state)
     struct cm_addr a;
     set_addr(&a, "127.0.0.4");
     struct got g1 = {0, PX_NAME_BUSY}, g2 = {0, PX_NAME_BUSY};
-    struct px_name_wait *w1, *w2, *w3;
-    px_resolver_check(f.r, "q1.example", &a, on_verdict, &g1, &w1);
-    px_resolver_check(f.r, "q2.example", &a, on_verdict, &g2, &w2);
-    assert_non_null(w1);
-    assert_non_null(w2);
+    pending(&f, "q1.example", "127.0.0.4", &g1);
+    pending(&f, "q2.example", "127.0.0.4", &g2);
     /* a third name: refused at once, fail closed */
+    struct px_name_wait *w3;
     assert_int_equal(px_resolver_check(f.r, "q3.example", &a, on_verdict, NULL, &w3), PX_NAME_BUSY);
     assert_null(w3);
     /* a name already asked still joins */
     struct got g4 = {0, PX_NAME_BUSY};
-    struct px_name_wait *w4;
-    px_resolver_check(f.r, "q1.example", &a, on_verdict, &g4, &w4);
-    assert_non_null(w4);
+    pending(&f, "q1.example", "127.0.0.4", &g4);
     hold(false);
     run_until(f.base, &g2.n, 1, 5000);
     run_until(f.base, &g1.n, 1, 5000);
@@ -309,12 +309,8 @@ static void test_timeout(void **state)
     (void)state;
     struct fx f = setup(4, 16, 30000, 5000, 120);
     hold(true);
-    struct cm_addr a;
-    set_addr(&a, "127.0.0.4");
     struct got g = {0, PX_NAME_MATCH};
-    struct px_name_wait *w;
-    px_resolver_check(f.r, "slow.example", &a, on_verdict, &g, &w);
-    assert_non_null(w);
+    pending(&f, "slow.example", "127.0.0.4", &g);
     run_until(f.base, &g.n, 1, 5000);
     assert_int_equal(g.v, PX_NAME_TIMEOUT); /* within the bound: refused */
     struct px_resolver_stats s;
@@ -357,12 +353,9 @@ static void test_free_in_flight(void **state)
     (void)state;
     struct fx f = setup(4, 16, 30000, 5000, 5000);
     hold(true);
-    struct cm_addr a;
-    set_addr(&a, "127.0.0.4");
     struct got g1 = {0, PX_NAME_BUSY}, g2 = {0, PX_NAME_BUSY};
-    struct px_name_wait *w1, *w2;
-    px_resolver_check(f.r, "f1.example", &a, on_verdict, &g1, &w1);
-    px_resolver_check(f.r, "f2.example", &a, on_verdict, &g2, &w2);
+    pending(&f, "f1.example", "127.0.0.4", &g1);
+    pending(&f, "f2.example", "127.0.0.4", &g2);
     while (ncalls() < 1) /* the worker holds f1, f2 is queued */
         run_for(f.base, 5);
     hold(false);

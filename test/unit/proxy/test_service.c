@@ -65,6 +65,15 @@ static struct px_endpoint *find_ep(struct px_route *rt, const char *addr)
     return NULL;
 }
 
+/* Eject e: the Service default's 5 consecutive connect failures. */
+static void eject(struct px_route *rt, struct px_endpoint *e)
+{
+    for (int i = 0; i < 5; i++) {
+        px_route_try_start(e);
+        px_route_report(rt, e, PX_TRY_CONNECT, 0);
+    }
+}
+
 static void answer_becomes_route(void **state)
 {
     (void)state;
@@ -131,10 +140,7 @@ static void swap_keeps_request_route_and_ejections(void **state)
     struct px_routes *r1 = px_service_route_for(rs, NULL, a1, &rt1); /* a request in flight */
     struct px_endpoint *e1 = find_ep(rt1, "10.0.0.1:8080");
     /* eject 10.0.0.1 (5 consecutive connect failures), a request on .2 outstanding */
-    for (int i = 0; i < 5; i++) {
-        px_route_try_start(e1);
-        px_route_report(rt1, e1, PX_TRY_CONNECT, 0);
-    }
+    eject(rt1, e1);
     assert_true(e1->st->ejected_until_ms > 0);
     px_route_try_start(find_ep(rt1, "10.0.0.2:8080"));
     /* the answer changes: the cache drops v1 (the request still holds it) */
@@ -178,10 +184,7 @@ static void locality_prefers_own_zone(void **state)
     for (int i = 0; i < 100; i++)
         assert_ptr_equal(px_route_pick(rt, NULL, 0), e2);
     /* z2's only endpoint ejected: the other zone takes over */
-    for (int i = 0; i < 5; i++) {
-        px_route_try_start(e2);
-        px_route_report(rt, e2, PX_TRY_CONNECT, 0);
-    }
+    eject(rt, e2);
     for (int i = 0; i < 20; i++)
         assert_ptr_equal(px_route_pick(rt, NULL, 0), e1);
     px_routes_unref(r);
@@ -354,10 +357,7 @@ static void records_follow_churn(void **state)
     struct px_route *rt;
     struct px_routes *r = px_service_route_for(rs, NULL, a, &rt);
     struct px_endpoint *e = find_ep(rt, "10.5.0.7:80");
-    for (int i = 0; i < 5; i++) {
-        px_route_try_start(e);
-        px_route_report(rt, e, PX_TRY_CONNECT, 0);
-    }
+    eject(rt, e);
     assert_true(e->st->ejected_until_ms > 0);
     px_routes_unref(r);
     px_dest_answer_unref(a);
@@ -438,10 +438,7 @@ static void zone_learned_from_discovery(void **state)
     for (int k = 0; k < 2; k++) {
         struct px_endpoint *e = &rt->eps[k];
         assert_string_equal(e->cluster, "z1");
-        for (int i = 0; i < 5; i++) {
-            px_route_try_start(e);
-            px_route_report(rt, e, PX_TRY_CONNECT, 0);
-        }
+        eject(rt, e);
     }
     assert_int_equal(picks_in(rt, "z2", 50), 50);
     px_routes_unref(r);
