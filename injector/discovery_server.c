@@ -13,10 +13,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "common/hash.h"
 #include "common/buf.h"
 #include "common/clock.h"
 #include "common/err.h"
+#include "common/hash.h"
 #include "common/list.h"
 #include "common/log.h"
 #include "common/prom.h"
@@ -26,7 +26,6 @@
 
 #define WAIT_DEFAULT_S   30
 #define WAIT_MAX_S       60
-#define MAX_VERSION_LEN  64
 #define MAX_PEER_CERTS   8
 #define WAITER_BUCKETS   4096 /* power of two */
 #define TIMER_TICK_MS    100
@@ -95,7 +94,7 @@ struct dreq {
     struct cm_list all; /* linked while held */
     struct MHD_Connection *conn;
     struct ij_disc_query q;
-    char wait[MAX_VERSION_LEN + 1];
+    char wait[IJ_DISC_MAX_VERSION + 1];
     uint64_t deadline_ms;
     size_t dropped; /* body bytes of a GET, read and dropped */
     bool held, resumed, answered;
@@ -104,7 +103,7 @@ struct dreq {
     size_t len;
     uint64_t seen_us; /* the API event that woke it (0: none) */
     /* POST /v1/watch */
-    bool is_watch, up_over, refused;
+    bool is_watch, up_over;
     struct cm_buf up; /* the body, bounded */
     size_t up_total;
     struct ij_disc_watchreq wr;
@@ -156,6 +155,14 @@ static bool same_query(const struct ij_disc_query *a, const struct ij_disc_query
     return a->by_host == b->by_host && a->port == b->port &&
            (a->by_host ? strcmp(a->key, b->key) == 0
                        : a->ip.len == b->ip.len && memcmp(a->ip.b, b->ip.b, a->ip.len) == 0);
+}
+
+/* A watch's answer, {"changed": [...]}: opened here, entries added with
+ * changed_add, closed and handed over by changed_take. */
+static void changed_open(struct cm_buf *b)
+{
+    cm_buf_init(b, SIZE_MAX / 2);
+    cm_buf_adds(b, "{\"changed\": [");
 }
 
 /* Append one entry of a watch's "changed" list: the destination as the proxy
@@ -221,8 +228,7 @@ void ij_disc_wake(struct ij_disc *d, const struct ij_disc_keys *keys, uint64_t s
                 /* the watch goes with this one; another of its destinations that
                  * changed too is answered at once when it asks again */
                 struct cm_buf b;
-                cm_buf_init(&b, SIZE_MAX / 2);
-                cm_buf_adds(&b, "{\"changed\": [");
+                changed_open(&b);
                 changed_add(&b, &r->wr.items[l->idx], status, body);
                 size_t blen;
                 char *cb = changed_take(&b, &blen);
@@ -378,7 +384,7 @@ static enum MHD_Result destination(struct ij_disc *d, struct MHD_Connection *con
     long timeout;
     if (!timeout_arg(tmo, &timeout))
         return send_error(conn, MHD_HTTP_BAD_REQUEST, "timeout_s: want 1..60 (seconds)");
-    if (wait != NULL && strlen(wait) > MAX_VERSION_LEN)
+    if (wait != NULL && strlen(wait) > IJ_DISC_MAX_VERSION)
         return send_error(conn, MHD_HTTP_BAD_REQUEST, "wait: a version is at most 64 bytes");
     unsigned status;
     char *body, version[17];
@@ -438,8 +444,7 @@ static enum MHD_Result watch_post(struct ij_disc *d, struct MHD_Connection *conn
                 release(o, 304, NULL, 0, 0);
         }
     struct cm_buf b;
-    cm_buf_init(&b, SIZE_MAX / 2);
-    cm_buf_adds(&b, "{\"changed\": [");
+    changed_open(&b);
     size_t nchanged = 0;
     ij_disc_store_rdlock(d->store);
     for (size_t i = 0; i < r->wr.n && b.len < CHANGED_SOFT_MAX; i++) {
@@ -501,12 +506,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     }
     if (r->is_watch && *upload_data_size > 0) {
-        /* the body, bounded; a peer that is not a mesh workload gets nothing kept */
+        /* the body, bounded; a peer that is not a mesh workload gets nothing
+         * kept (peer_ok looks at its certificate once per connection) */
         const char *why = NULL;
-        if (!r->refused && r->up_total == 0 && !peer_ok(d, conn, &why))
-            r->refused = true;
         r->up_total += *upload_data_size;
-        if (!r->refused && !r->up_over && cm_buf_add(&r->up, upload_data, *upload_data_size) != 0) {
+        if (!r->up_over && peer_ok(d, conn, &why) &&
+            cm_buf_add(&r->up, upload_data, *upload_data_size) != 0) {
             r->up_over = true;
             cm_buf_free(&r->up);
         }
