@@ -1,8 +1,9 @@
-/* GET /v1/destination on discovery.address (discovery.h): HTTPS with a
- * certificate the CA issues to itself, mTLS (a mesh certificate with a
- * SPIFFE ID in the trust domain, verified with mbedTLS from the DER chain
- * GnuTLS received), and long-polls held with libmicrohttpd's suspend/resume:
- * a held request costs its struct and its socket, no thread. */
+/* GET /v1/destination, POST /v1/watch and GET /v1/ping on discovery.address
+ * (discovery.h, docs/discovery.md): HTTPS with a certificate the CA issues to
+ * itself, mTLS (a mesh certificate with a SPIFFE ID in the trust domain,
+ * verified with mbedTLS from the DER chain GnuTLS received), and long-polls
+ * and watches held with libmicrohttpd's suspend/resume: a held request costs
+ * its struct and its socket, no thread. */
 #include <errno.h>
 #include <gnutls/gnutls.h>
 #include <jansson.h>
@@ -122,8 +123,21 @@ static uint32_t key_hash(const char *s)
     return cm_hash_str(s) & (WAITER_BUCKETS - 1);
 }
 
-/* Under W->mu: take r out of the wake buckets. */
-static void unlink_all(struct dreq *r)
+/* Under W->mu: hold r, its wake links already in their buckets, until a
+ * wake, its timeout or shutdown lets it go (release). */
+static void hold(struct ij_disc_waiters *W, struct dreq *r, struct MHD_Connection *conn,
+                 long timeout_s)
+{
+    r->conn = conn;
+    r->deadline_ms = cm_mono_ms() + (uint64_t)timeout_s * 1000;
+    r->held = true;
+    cm_list_insert_tail(&W->all, &r->all);
+    atomic_fetch_add(&subscribers, 1);
+    MHD_suspend_connection(conn);
+}
+
+/* Under W->mu: take a held r out of the wake buckets and the timer's list. */
+static void unhold(struct dreq *r)
 {
     if (r->is_watch) {
         for (size_t i = 0; r->links != NULL && i < r->wr.n; i++)
@@ -132,20 +146,20 @@ static void unlink_all(struct dreq *r)
     } else {
         cm_list_remove(&r->link.bucket);
     }
+    cm_list_remove(&r->all);
+    r->held = false;
+    atomic_fetch_sub(&subscribers, 1);
 }
 
 /* Under W->mu: let r go with this answer (body taken). */
 static void release(struct dreq *r, unsigned status, char *body, size_t len, uint64_t seen_us)
 {
-    unlink_all(r);
-    cm_list_remove(&r->all);
-    r->held = false;
+    unhold(r);
     r->resumed = true;
     r->status = status;
     r->body = body;
     r->len = len;
     r->seen_us = seen_us;
-    atomic_fetch_sub(&subscribers, 1);
     MHD_resume_connection(r->conn);
 }
 
@@ -397,15 +411,10 @@ static enum MHD_Result destination(struct ij_disc *d, struct MHD_Connection *con
     if (wait != NULL && status == 200 && strcmp(wait, version) == 0 && !W->closing) {
         free(body);
         snprintf(r->wait, sizeof(r->wait), "%s", wait);
-        r->conn = conn;
-        r->deadline_ms = cm_mono_ms() + (uint64_t)timeout * 1000;
-        r->held = true;
         r->link.r = r;
         r->link.idx = -1;
         cm_list_insert_tail(&W->bucket[key_hash(r->q.wake)], &r->link.bucket);
-        cm_list_insert_tail(&W->all, &r->all);
-        atomic_fetch_add(&subscribers, 1);
-        MHD_suspend_connection(conn);
+        hold(W, r, conn, timeout);
         pthread_mutex_unlock(&W->mu);
         return MHD_YES;
     }
@@ -477,13 +486,8 @@ static enum MHD_Result watch_post(struct ij_disc *d, struct MHD_Connection *conn
         r->links[i].idx = (long)i;
         cm_list_insert_tail(&W->bucket[key_hash(r->wr.items[i].q.wake)], &r->links[i].bucket);
     }
-    r->conn = conn;
-    r->deadline_ms = cm_mono_ms() + (uint64_t)timeout * 1000;
-    r->held = true;
-    cm_list_insert_tail(&W->all, &r->all);
-    atomic_fetch_add(&subscribers, 1);
     atomic_fetch_add(&watched, (int_fast64_t)r->wr.n);
-    MHD_suspend_connection(conn);
+    hold(W, r, conn, timeout);
     pthread_mutex_unlock(&W->mu);
     return MHD_YES;
 }
@@ -562,11 +566,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
         return;
     if (r->held) { /* not reached while suspended; be sure anyway */
         pthread_mutex_lock(&d->waiters->mu);
-        if (r->held) {
-            unlink_all(r);
-            cm_list_remove(&r->all);
-            atomic_fetch_sub(&subscribers, 1);
-        }
+        if (r->held)
+            unhold(r);
         pthread_mutex_unlock(&d->waiters->mu);
     }
     if (r->seen_us != 0 && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
@@ -766,17 +767,19 @@ void ij_disc_metrics_write(struct cm_prom *o)
              stale);
     PER_KIND("remora_discovery_synced", "gauge", "1 once the kind was listed.", synced);
 #undef PER_KIND
-    cm_prom_u64(o, "remora_discovery_subscribers", "gauge",
-                "Long-polls held, waiting for their destination to change.",
-                (uint64_t)atomic_load(&subscribers));
+    cm_prom_u64(
+        o, "remora_discovery_subscribers", "gauge",
+        "Requests held (a GET long-poll or a POST /v1/watch, one each), waiting for a change.",
+        (uint64_t)atomic_load(&subscribers));
     cm_prom_u64(o, "remora_discovery_connections", "gauge",
                 "Connections of the discovery port open now (at most discovery.max_connections).",
                 (uint64_t)atomic_load(&open_conns));
     cm_prom_u64(o, "remora_discovery_watched_destinations", "gauge",
                 "Destinations listed by the held POST /v1/watch requests.",
                 (uint64_t)atomic_load(&watched));
-    cm_prom_head(o, "remora_discovery_answers_total", "counter",
-                 "Answers of GET /v1/destination, by status.");
+    cm_prom_head(
+        o, "remora_discovery_answers_total", "counter",
+        "Answers of the discovery port (/v1/destination, /v1/watch, /v1/ping), by status.");
     for (int a = 0; a < AN__COUNT; a++)
         cm_prom_printf(o, "remora_discovery_answers_total{code=\"%s\"} %llu\n", answer_names[a],
                        (unsigned long long)atomic_load(&answers[a]));
