@@ -50,3 +50,15 @@ int cm_vfail(char **errmsg, int rc, const char *fmt, va_list ap)
     *errmsg = cm_xstrdup(buf);
     return rc;
 }
+
+int cm_fail_printable(char **errmsg, int rc, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    cm_vfail(errmsg, rc, fmt, ap);
+    va_end(ap);
+    for (char *p = errmsg != NULL ? *errmsg : NULL; p != NULL && *p; p++)
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p == 0x7f)
+            *p = '?';
+    return rc;
+}

@@ -29,6 +29,11 @@ const char *cm_err_str(int err);
 int cm_fail(char **errmsg, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int cm_vfail(char **errmsg, int rc, const char *fmt, va_list ap)
     __attribute__((format(printf, 3, 0)));
+/* cm_fail for a message that quotes untrusted input (a parser's error text
+ * quoting the bytes it choked on): control bytes and DEL become '?', so the
+ * message stays one line of an answer or a log. */
+int cm_fail_printable(char **errmsg, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 static inline int cm_err_is_fatal(int err)
 {

@@ -1,8 +1,9 @@
-/* GET /v1/destination on discovery.address (discovery.h): HTTPS with a
- * certificate the CA issues to itself, mTLS (a mesh certificate with a
- * SPIFFE ID in the trust domain, verified with mbedTLS from the DER chain
- * GnuTLS received), and long-polls held with libmicrohttpd's suspend/resume:
- * a held request costs its struct and its socket, no thread. */
+/* GET /v1/destination, POST /v1/watch and GET /v1/ping on discovery.address
+ * (discovery.h, docs/discovery.md): HTTPS with a certificate the CA issues to
+ * itself, mTLS (a mesh certificate with a SPIFFE ID in the trust domain,
+ * verified with mbedTLS from the DER chain GnuTLS received), and long-polls
+ * and watches held with libmicrohttpd's suspend/resume: a held request costs
+ * its struct and its socket, no thread. */
 #include <errno.h>
 #include <gnutls/gnutls.h>
 #include <jansson.h>
@@ -13,10 +14,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "common/hash.h"
 #include "common/buf.h"
 #include "common/clock.h"
 #include "common/err.h"
+#include "common/hash.h"
 #include "common/list.h"
 #include "common/log.h"
 #include "common/prom.h"
@@ -26,7 +27,6 @@
 
 #define WAIT_DEFAULT_S   30
 #define WAIT_MAX_S       60
-#define MAX_VERSION_LEN  64
 #define MAX_PEER_CERTS   8
 #define WAITER_BUCKETS   4096 /* power of two */
 #define TIMER_TICK_MS    100
@@ -95,7 +95,7 @@ struct dreq {
     struct cm_list all; /* linked while held */
     struct MHD_Connection *conn;
     struct ij_disc_query q;
-    char wait[MAX_VERSION_LEN + 1];
+    char wait[IJ_DISC_MAX_VERSION + 1];
     uint64_t deadline_ms;
     size_t dropped; /* body bytes of a GET, read and dropped */
     bool held, resumed, answered;
@@ -104,7 +104,7 @@ struct dreq {
     size_t len;
     uint64_t seen_us; /* the API event that woke it (0: none) */
     /* POST /v1/watch */
-    bool is_watch, up_over, refused;
+    bool is_watch, up_over;
     struct cm_buf up; /* the body, bounded */
     size_t up_total;
     struct ij_disc_watchreq wr;
@@ -123,8 +123,21 @@ static uint32_t key_hash(const char *s)
     return cm_hash_str(s) & (WAITER_BUCKETS - 1);
 }
 
-/* Under W->mu: take r out of the wake buckets. */
-static void unlink_all(struct dreq *r)
+/* Under W->mu: hold r, its wake links already in their buckets, until a
+ * wake, its timeout or shutdown lets it go (release). */
+static void hold(struct ij_disc_waiters *W, struct dreq *r, struct MHD_Connection *conn,
+                 long timeout_s)
+{
+    r->conn = conn;
+    r->deadline_ms = cm_mono_ms() + (uint64_t)timeout_s * 1000;
+    r->held = true;
+    cm_list_insert_tail(&W->all, &r->all);
+    atomic_fetch_add(&subscribers, 1);
+    MHD_suspend_connection(conn);
+}
+
+/* Under W->mu: take a held r out of the wake buckets and the timer's list. */
+static void unhold(struct dreq *r)
 {
     if (r->is_watch) {
         for (size_t i = 0; r->links != NULL && i < r->wr.n; i++)
@@ -133,20 +146,20 @@ static void unlink_all(struct dreq *r)
     } else {
         cm_list_remove(&r->link.bucket);
     }
+    cm_list_remove(&r->all);
+    r->held = false;
+    atomic_fetch_sub(&subscribers, 1);
 }
 
 /* Under W->mu: let r go with this answer (body taken). */
 static void release(struct dreq *r, unsigned status, char *body, size_t len, uint64_t seen_us)
 {
-    unlink_all(r);
-    cm_list_remove(&r->all);
-    r->held = false;
+    unhold(r);
     r->resumed = true;
     r->status = status;
     r->body = body;
     r->len = len;
     r->seen_us = seen_us;
-    atomic_fetch_sub(&subscribers, 1);
     MHD_resume_connection(r->conn);
 }
 
@@ -156,6 +169,14 @@ static bool same_query(const struct ij_disc_query *a, const struct ij_disc_query
     return a->by_host == b->by_host && a->port == b->port &&
            (a->by_host ? strcmp(a->key, b->key) == 0
                        : a->ip.len == b->ip.len && memcmp(a->ip.b, b->ip.b, a->ip.len) == 0);
+}
+
+/* A watch's answer, {"changed": [...]}: opened here, entries added with
+ * changed_add, closed and handed over by changed_take. */
+static void changed_open(struct cm_buf *b)
+{
+    cm_buf_init(b, SIZE_MAX / 2);
+    cm_buf_adds(b, "{\"changed\": [");
 }
 
 /* Append one entry of a watch's "changed" list: the destination as the proxy
@@ -221,8 +242,7 @@ void ij_disc_wake(struct ij_disc *d, const struct ij_disc_keys *keys, uint64_t s
                 /* the watch goes with this one; another of its destinations that
                  * changed too is answered at once when it asks again */
                 struct cm_buf b;
-                cm_buf_init(&b, SIZE_MAX / 2);
-                cm_buf_adds(&b, "{\"changed\": [");
+                changed_open(&b);
                 changed_add(&b, &r->wr.items[l->idx], status, body);
                 size_t blen;
                 char *cb = changed_take(&b, &blen);
@@ -378,7 +398,7 @@ static enum MHD_Result destination(struct ij_disc *d, struct MHD_Connection *con
     long timeout;
     if (!timeout_arg(tmo, &timeout))
         return send_error(conn, MHD_HTTP_BAD_REQUEST, "timeout_s: want 1..60 (seconds)");
-    if (wait != NULL && strlen(wait) > MAX_VERSION_LEN)
+    if (wait != NULL && strlen(wait) > IJ_DISC_MAX_VERSION)
         return send_error(conn, MHD_HTTP_BAD_REQUEST, "wait: a version is at most 64 bytes");
     unsigned status;
     char *body, version[17];
@@ -391,15 +411,10 @@ static enum MHD_Result destination(struct ij_disc *d, struct MHD_Connection *con
     if (wait != NULL && status == 200 && strcmp(wait, version) == 0 && !W->closing) {
         free(body);
         snprintf(r->wait, sizeof(r->wait), "%s", wait);
-        r->conn = conn;
-        r->deadline_ms = cm_mono_ms() + (uint64_t)timeout * 1000;
-        r->held = true;
         r->link.r = r;
         r->link.idx = -1;
         cm_list_insert_tail(&W->bucket[key_hash(r->q.wake)], &r->link.bucket);
-        cm_list_insert_tail(&W->all, &r->all);
-        atomic_fetch_add(&subscribers, 1);
-        MHD_suspend_connection(conn);
+        hold(W, r, conn, timeout);
         pthread_mutex_unlock(&W->mu);
         return MHD_YES;
     }
@@ -438,8 +453,7 @@ static enum MHD_Result watch_post(struct ij_disc *d, struct MHD_Connection *conn
                 release(o, 304, NULL, 0, 0);
         }
     struct cm_buf b;
-    cm_buf_init(&b, SIZE_MAX / 2);
-    cm_buf_adds(&b, "{\"changed\": [");
+    changed_open(&b);
     size_t nchanged = 0;
     ij_disc_store_rdlock(d->store);
     for (size_t i = 0; i < r->wr.n && b.len < CHANGED_SOFT_MAX; i++) {
@@ -472,13 +486,8 @@ static enum MHD_Result watch_post(struct ij_disc *d, struct MHD_Connection *conn
         r->links[i].idx = (long)i;
         cm_list_insert_tail(&W->bucket[key_hash(r->wr.items[i].q.wake)], &r->links[i].bucket);
     }
-    r->conn = conn;
-    r->deadline_ms = cm_mono_ms() + (uint64_t)timeout * 1000;
-    r->held = true;
-    cm_list_insert_tail(&W->all, &r->all);
-    atomic_fetch_add(&subscribers, 1);
     atomic_fetch_add(&watched, (int_fast64_t)r->wr.n);
-    MHD_suspend_connection(conn);
+    hold(W, r, conn, timeout);
     pthread_mutex_unlock(&W->mu);
     return MHD_YES;
 }
@@ -501,12 +510,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     }
     if (r->is_watch && *upload_data_size > 0) {
-        /* the body, bounded; a peer that is not a mesh workload gets nothing kept */
+        /* the body, bounded; a peer that is not a mesh workload gets nothing
+         * kept (peer_ok looks at its certificate once per connection) */
         const char *why = NULL;
-        if (!r->refused && r->up_total == 0 && !peer_ok(d, conn, &why))
-            r->refused = true;
         r->up_total += *upload_data_size;
-        if (!r->refused && !r->up_over && cm_buf_add(&r->up, upload_data, *upload_data_size) != 0) {
+        if (!r->up_over && peer_ok(d, conn, &why) &&
+            cm_buf_add(&r->up, upload_data, *upload_data_size) != 0) {
             r->up_over = true;
             cm_buf_free(&r->up);
         }
@@ -557,11 +566,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
         return;
     if (r->held) { /* not reached while suspended; be sure anyway */
         pthread_mutex_lock(&d->waiters->mu);
-        if (r->held) {
-            unlink_all(r);
-            cm_list_remove(&r->all);
-            atomic_fetch_sub(&subscribers, 1);
-        }
+        if (r->held)
+            unhold(r);
         pthread_mutex_unlock(&d->waiters->mu);
     }
     if (r->seen_us != 0 && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
@@ -761,17 +767,19 @@ void ij_disc_metrics_write(struct cm_prom *o)
              stale);
     PER_KIND("remora_discovery_synced", "gauge", "1 once the kind was listed.", synced);
 #undef PER_KIND
-    cm_prom_u64(o, "remora_discovery_subscribers", "gauge",
-                "Long-polls held, waiting for their destination to change.",
-                (uint64_t)atomic_load(&subscribers));
+    cm_prom_u64(
+        o, "remora_discovery_subscribers", "gauge",
+        "Requests held (a GET long-poll or a POST /v1/watch, one each), waiting for a change.",
+        (uint64_t)atomic_load(&subscribers));
     cm_prom_u64(o, "remora_discovery_connections", "gauge",
                 "Connections of the discovery port open now (at most discovery.max_connections).",
                 (uint64_t)atomic_load(&open_conns));
     cm_prom_u64(o, "remora_discovery_watched_destinations", "gauge",
                 "Destinations listed by the held POST /v1/watch requests.",
                 (uint64_t)atomic_load(&watched));
-    cm_prom_head(o, "remora_discovery_answers_total", "counter",
-                 "Answers of GET /v1/destination, by status.");
+    cm_prom_head(
+        o, "remora_discovery_answers_total", "counter",
+        "Answers of the discovery port (/v1/destination, /v1/watch, /v1/ping), by status.");
     for (int a = 0; a < AN__COUNT; a++)
         cm_prom_printf(o, "remora_discovery_answers_total{code=\"%s\"} %llu\n", answer_names[a],
                        (unsigned long long)atomic_load(&answers[a]));

@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/hash.h"
 #include "common/err.h"
+#include "common/hash.h"
 #include "common/net.h"
 #include "common/xalloc.h"
 #include "injector/discovery.h"

@@ -5,7 +5,6 @@
  * every field checked, errors naming the field. Fuzzed by
  * test/fuzz/fuzz_watch_request.c. */
 #include <jansson.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,22 +12,6 @@
 #include "common/err.h"
 #include "common/xalloc.h"
 #include "injector/discovery.h"
-
-static int wfail(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int wfail(char **errmsg, const char *fmt, ...)
-{
-    char m[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(m, sizeof(m), fmt, ap);
-    va_end(ap);
-    /* jansson's messages quote the input: keep control bytes out of the answer and logs */
-    for (char *p = m; *p; p++)
-        if ((unsigned char)*p < 0x20 || (unsigned char)*p == 0x7f)
-            *p = '?';
-    *errmsg = cm_xstrdup(m);
-    return CM_ERR_INVAL;
-}
 
 /* A version or a session: 1..max of [A-Za-z0-9._~-] (the store's versions are hex). */
 static bool token_ok(const char *s, size_t max)
@@ -49,31 +32,36 @@ static int parse_item(json_t *it, size_t i, const char *cluster_domain, struct i
                       char **errmsg)
 {
     if (!json_is_object(it))
-        return wfail(errmsg,
-                     "watch[%zu]: want an object {\"addr\"|\"host\": ..., \"version\": ...}", i);
+        return cm_fail_printable(
+            errmsg, CM_ERR_INVAL,
+            "watch[%zu]: want an object {\"addr\"|\"host\": ..., \"version\": ...}", i);
     const char *k;
     json_t *v;
     json_object_foreach(it, k, v)
     {
         if (strcmp(k, "addr") != 0 && strcmp(k, "host") != 0 && strcmp(k, "version") != 0)
-            return wfail(errmsg, "watch[%zu]: unknown field (want addr or host, and version)", i);
+            return cm_fail_printable(errmsg, CM_ERR_INVAL,
+                                     "watch[%zu]: unknown field (want addr or host, and version)",
+                                     i);
     }
     json_t *addr = json_object_get(it, "addr"), *host = json_object_get(it, "host");
     if ((addr == NULL) == (host == NULL))
-        return wfail(errmsg, "watch[%zu]: give exactly one of addr and host", i);
+        return cm_fail_printable(errmsg, CM_ERR_INVAL,
+                                 "watch[%zu]: give exactly one of addr and host", i);
     json_t *nv = addr ? addr : host;
     const char *field = addr ? "addr" : "host";
     if (!json_is_string(nv))
-        return wfail(errmsg, "watch[%zu].%s: want a string", i, field);
+        return cm_fail_printable(errmsg, CM_ERR_INVAL, "watch[%zu].%s: want a string", i, field);
     const char *name = json_string_value(nv);
     size_t nl = json_string_length(nv);
     if (nl != strlen(name) || nl >= sizeof(w->name))
-        return wfail(errmsg, "watch[%zu].%s: want %s of at most 300 bytes", i, field,
-                     addr ? "IP:PORT" : "NAME:PORT");
+        return cm_fail_printable(errmsg, CM_ERR_INVAL,
+                                 "watch[%zu].%s: want %s of at most 300 bytes", i, field,
+                                 addr ? "IP:PORT" : "NAME:PORT");
     char *qerr = NULL;
     if (ij_disc_query_parse(addr ? name : NULL, host ? name : NULL, cluster_domain, &w->q, &qerr) !=
         0) {
-        int rc = wfail(errmsg, "watch[%zu].%s", i, qerr);
+        int rc = cm_fail_printable(errmsg, CM_ERR_INVAL, "watch[%zu].%s", i, qerr);
         free(qerr);
         return rc;
     }
@@ -81,10 +69,11 @@ static int parse_item(json_t *it, size_t i, const char *cluster_domain, struct i
     json_t *ver = json_object_get(it, "version");
     if (ver != NULL && !json_is_null(ver)) {
         if (!json_is_string(ver) || !token_ok(json_string_value(ver), IJ_DISC_MAX_VERSION))
-            return wfail(errmsg,
-                         "watch[%zu].version: want a string of 1..%d characters [A-Za-z0-9._~-] "
-                         "(or null: none held)",
-                         i, IJ_DISC_MAX_VERSION);
+            return cm_fail_printable(
+                errmsg, CM_ERR_INVAL,
+                "watch[%zu].version: want a string of 1..%d characters [A-Za-z0-9._~-] "
+                "(or null: none held)",
+                i, IJ_DISC_MAX_VERSION);
         snprintf(w->version, sizeof(w->version), "%s", json_string_value(ver));
     }
     return 0;
@@ -96,15 +85,16 @@ int ij_disc_watchreq_parse(const char *body, size_t len, const char *cluster_dom
     memset(out, 0, sizeof(*out));
     *errmsg = NULL;
     if (len > IJ_DISC_WATCH_MAX_BODY)
-        return wfail(errmsg, "body: over %d bytes", IJ_DISC_WATCH_MAX_BODY);
+        return cm_fail_printable(errmsg, CM_ERR_INVAL, "body: over %d bytes",
+                                 IJ_DISC_WATCH_MAX_BODY);
     json_error_t je;
     json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
     if (root == NULL)
-        return wfail(errmsg, "body: not JSON: %s (line %d, column %d)", je.text, je.line,
-                     je.column);
+        return cm_fail_printable(errmsg, CM_ERR_INVAL, "body: not JSON: %s (line %d, column %d)",
+                                 je.text, je.line, je.column);
     int rc = CM_ERR_INVAL;
     if (!json_is_object(root)) {
-        rc = wfail(errmsg, "body: want an object {\"watch\": [...]}");
+        rc = cm_fail_printable(errmsg, CM_ERR_INVAL, "body: want an object {\"watch\": [...]}");
         goto out;
     }
     const char *k;
@@ -112,31 +102,35 @@ int ij_disc_watchreq_parse(const char *body, size_t len, const char *cluster_dom
     json_object_foreach(root, k, v)
     {
         if (strcmp(k, "watch") != 0 && strcmp(k, "session") != 0) {
-            rc = wfail(errmsg, "body: unknown field (want watch, and session)");
+            rc = cm_fail_printable(errmsg, CM_ERR_INVAL,
+                                   "body: unknown field (want watch, and session)");
             goto out;
         }
     }
     json_t *sess = json_object_get(root, "session");
     if (sess != NULL) {
         if (!json_is_string(sess) || !token_ok(json_string_value(sess), IJ_DISC_MAX_SESSION)) {
-            rc = wfail(errmsg, "session: want a string of 1..%d characters [A-Za-z0-9._~-]",
-                       IJ_DISC_MAX_SESSION);
+            rc = cm_fail_printable(errmsg, CM_ERR_INVAL,
+                                   "session: want a string of 1..%d characters [A-Za-z0-9._~-]",
+                                   IJ_DISC_MAX_SESSION);
             goto out;
         }
         snprintf(out->session, sizeof(out->session), "%s", json_string_value(sess));
     }
     json_t *arr = json_object_get(root, "watch");
     if (!json_is_array(arr)) {
-        rc = wfail(errmsg, "watch: want an array of destinations");
+        rc = cm_fail_printable(errmsg, CM_ERR_INVAL, "watch: want an array of destinations");
         goto out;
     }
     size_t n = json_array_size(arr);
     if (n == 0) {
-        rc = wfail(errmsg, "watch: empty (list at least one destination)");
+        rc =
+            cm_fail_printable(errmsg, CM_ERR_INVAL, "watch: empty (list at least one destination)");
         goto out;
     }
     if (n > IJ_DISC_WATCH_MAX_ITEMS) {
-        rc = wfail(errmsg, "watch: %zu destinations, at most %d", n, IJ_DISC_WATCH_MAX_ITEMS);
+        rc = cm_fail_printable(errmsg, CM_ERR_INVAL, "watch: %zu destinations, at most %d", n,
+                               IJ_DISC_WATCH_MAX_ITEMS);
         goto out;
     }
     out->items = cm_xcalloc(n, sizeof(*out->items));

@@ -177,7 +177,6 @@ static int discovery(const struct cm_jpath *p, json_t *root, struct ij_template 
     json_t *d = json_object_get(root, "discovery");
     int rc;
     t->discovery_address = IJ_TEMPLATE_DISCOVERY_ADDRESS;
-    t->discovery_lookup_timeout_ms = 0;
     if (d == NULL)
         return 0;
     cm_jpath_key(&c, p, "discovery");

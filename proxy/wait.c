@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "proxy/health_int.h"
 #include "proxy/httpc.h"
@@ -59,13 +60,6 @@ static int status_once(const struct cm_addr *addr, const char *path)
     return o.status;
 }
 
-static long mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* issue 14: `remora-proxy wait --drain [--timeout-ms MS]`, the classic
  * sidecar's preStop. kubelet sends SIGTERM to the app at once and to the proxy
  * only when this returns: until then the proxy listens and serves as usual.
@@ -75,7 +69,7 @@ static long mono_ms(void)
  * stderr). */
 static int drain_wait(const struct cm_addr *addr, long timeout_ms)
 {
-    long start = mono_ms(), now;
+    long start = (long)cm_mono_ms(), now;
     int idle = 0, silent = 0, last = 0;
     char a[CM_ADDR_STRLEN];
     cm_addr_format(addr, a, sizeof(a));
@@ -83,7 +77,7 @@ static int drain_wait(const struct cm_addr *addr, long timeout_ms)
         last = status_once(addr, "/healthz/idle");
         idle = last == 200 ? idle + 1 : 0;
         silent = last == 0 ? silent + 1 : 0;
-        now = mono_ms();
+        now = (long)cm_mono_ms();
         if (idle >= 2) {
             fprintf(stderr, "remora-proxy wait --drain: nothing in flight after %ld ms\n",
                     now - start);

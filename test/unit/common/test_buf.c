@@ -240,6 +240,20 @@ static void fail_sets_message(void **state)
     assert_int_equal(cm_fail(NULL, CM_ERR_LIMIT, "dropped"), CM_ERR_LIMIT);
 }
 
+/* cm_fail_printable: cm_fail with control bytes and DEL of the message
+ * replaced by '?' (UTF-8 kept); nothing kept without an errmsg. */
+static void fail_printable_masks_controls(void **state)
+{
+    (void)state;
+    char *msg = NULL;
+    assert_int_equal(
+        cm_fail_printable(&msg, CM_ERR_INVAL, "bad: %s", "a\nb\r\x1b[1m\x7f\tc\xc3\xa9"),
+        CM_ERR_INVAL);
+    assert_string_equal(msg, "bad: a?b?\?[1m?\?c\xc3\xa9");
+    free(msg);
+    assert_int_equal(cm_fail_printable(NULL, CM_ERR_LIMIT, "x\ny"), CM_ERR_LIMIT);
+}
+
 static void prom_error_is_sticky(void **state)
 {
     (void)state;
@@ -276,6 +290,7 @@ int main(void)
         cmocka_unit_test(prom_error_is_sticky),
         cmocka_unit_test(prom_hist_observe_and_write),
         cmocka_unit_test(fail_sets_message),
+        cmocka_unit_test(fail_printable_masks_controls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

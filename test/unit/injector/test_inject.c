@@ -785,18 +785,24 @@ static void test_template(void **state)
     json_decref(root);
 }
 
-/* Issue 18: the template's "discovery" block in every bootstrap, left out by
- * remora.io/discovery: "off" or by "discovery": false in the template. */
-static json_t *with_template(const char *key, const char *value)
+/* The built-in template with its "discovery" set to value (JSON text) or,
+ * NULL, removed: it must load. */
+static struct ij_template *template_discovery(const char *value)
 {
     json_t *root = json_loads(ij_template_builtin_json, 0, NULL);
     if (value == NULL)
-        json_object_del(root, key);
+        json_object_del(root, "discovery");
     else
-        json_object_set_new(root, key, json_loads(value, JSON_DECODE_ANY, NULL));
-    return root;
+        json_object_set_new(root, "discovery", json_loads(value, JSON_DECODE_ANY, NULL));
+    struct ij_template *t = NULL;
+    char *err = NULL;
+    assert_int_equal(ij_template_from_json("t", root, &t, &err), 0);
+    json_decref(root);
+    return t;
 }
 
+/* Issue 18: the template's "discovery" block in every bootstrap, left out by
+ * remora.io/discovery: "off" or by "discovery": false in the template. */
 static void test_discovery_block(void **state)
 {
     (void)state;
@@ -835,26 +841,18 @@ static void test_discovery_block(void **state)
     json_decref(boot);
 
     /* the template's keys */
-    struct ij_template *saved = tpl, *t = NULL;
-    char *err = NULL;
-    json_t *root = with_template("discovery",
-                                 "{\"address\":\"10.0.0.1:15011\",\"server_name\":\"disc.example\","
-                                 "\"lookup_timeout_ms\":250}");
-    assert_int_equal(ij_template_from_json("t", root, &t, &err), 0);
-    json_decref(root);
-    tpl = t;
+    struct ij_template *saved = tpl;
+    tpl = template_discovery("{\"address\":\"10.0.0.1:15011\",\"server_name\":\"disc.example\","
+                             "\"lookup_timeout_ms\":250}");
     boot = boot_of(POD("", ""), NULL);
     assert_string_equal(str_at(boot, "discovery|address"), "10.0.0.1:15011");
     assert_string_equal(str_at(boot, "discovery|server_name"), "disc.example");
     assert_int_equal(json_integer_value(at(boot, "discovery|lookup_timeout_ms")), 250);
     json_decref(boot);
-    ij_template_unref(t);
+    ij_template_unref(tpl);
 
     /* "discovery": false: none, and a pod asking for it is told why */
-    root = with_template("discovery", "false");
-    assert_int_equal(ij_template_from_json("t", root, &t, &err), 0);
-    json_decref(root);
-    tpl = t;
+    tpl = template_discovery("false");
     boot = boot_of(POD("", ""), &w);
     assert_null(at(boot, "discovery"));
     assert_int_equal(json_array_size(w), 0);
@@ -865,18 +863,15 @@ static void test_discovery_block(void **state)
     assert_int_equal(json_array_size(w), 1);
     json_decref(w);
     json_decref(boot);
-    ij_template_unref(t);
+    ij_template_unref(tpl);
 
     /* an older template without the key: the default address */
-    root = with_template("discovery", NULL);
-    assert_int_equal(ij_template_from_json("t", root, &t, &err), 0);
-    json_decref(root);
-    tpl = t;
+    tpl = template_discovery(NULL);
     boot = boot_of(POD("", ""), NULL);
     assert_string_equal(str_at(boot, "discovery|address"),
                         "remora-injector.remora-system.svc:15011");
     json_decref(boot);
-    ij_template_unref(t);
+    ij_template_unref(tpl);
     tpl = saved;
 }
 
