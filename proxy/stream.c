@@ -438,11 +438,12 @@ static bool answer_covers(const struct px_dest_answer *a, const struct cm_addr *
 
 /* A Host lookup's result replaces the connection's (a 404 for its address)
  * when the Host is in the registry; otherwise the address's result stands
- * and egress_allow decides on the Host name. The request still goes to the
- * connection's address: a Service with no meshed endpoint there (nothing
- * to verify) is believed only when that address is one of its endpoints, or
- * any app could reach any address under registry_only by naming a
- * plaintext Service in its Host. */
+ * and egress_allow decides on the Host name. A found Service's answer then
+ * routes the request (balanced over its endpoints; the connection's address
+ * only while none is ready). An answer with no meshed endpoint (nothing to
+ * verify) is believed only when the connection's address is one of its
+ * endpoints, or any app could reach any address under registry_only by
+ * naming a plaintext Service in its Host. */
 static void host_result(struct px_stream *s, enum px_disc_result r, struct px_dest_answer *ans)
 {
     if (r != PX_DISC_FOUND || ans == NULL)
