@@ -3,7 +3,7 @@
  * checked here, so the data path never meets a malformed answer: addresses
  * parse, a meshed endpoint has a SPIFFE ID of our form (and an unmeshed one
  * none: secure naming must never be silently skipped), counts and lengths
- * are bounded, the version is safe to put back in a query string. */
+ * are bounded, the version is safe to put back in the watch's body. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,7 +152,7 @@ int px_dest_decode(const char *buf, size_t len, struct px_dest_answer **out, cha
     const char *vs = json_string_value(ver);
     size_t vn = vs ? json_string_length(ver) : 0;
     bool vok = vn >= 1 && vn <= PX_DEST_MAX_VERSION && strlen(vs) == vn;
-    for (size_t i = 0; vok && i < vn; i++) /* goes back in &wait=: unreserved characters only */
+    for (size_t i = 0; vok && i < vn; i++) /* back in the watch's body: unreserved only */
         vok = (vs[i] >= '0' && vs[i] <= '9') || (vs[i] >= 'a' && vs[i] <= 'z') ||
               (vs[i] >= 'A' && vs[i] <= 'Z') || vs[i] == '-' || vs[i] == '.' || vs[i] == '_' ||
               vs[i] == '~';
