@@ -16,6 +16,13 @@ static inline struct timeval cm_tv_ms(uint64_t ms)
     struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
     return tv;
 }
+/* The next wait of a retry backoff: min after none (cur 0), else cur doubled,
+ * at most max. */
+static inline uint32_t cm_backoff_ms(uint32_t cur, uint32_t min, uint32_t max)
+{
+    uint32_t next = cur == 0 ? min : cur * 2;
+    return next > max ? max : next;
+}
 /* Wall-clock time: milliseconds / seconds since the epoch. */
 int64_t cm_wall_ms(void);
 int64_t cm_wall_s(void);

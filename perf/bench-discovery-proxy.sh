@@ -29,28 +29,14 @@ LISTENERS=${LISTENERS:-30}
 DESTS=${DESTS:-100 1000}
 OUT=${OUT:-$REMORA_ROOT/perf/results/$(date -u +%F-%H%M)-discovery-proxy}
 mkdir -p "$OUT"
-FAKE=(python3 "$REMORA_ROOT/test/tools/fake_apiserver.py")
 die() { echo "bench-discovery-proxy: $*" >&2; exit 1; }
 
-# ---- PKI, fake API server, injector (as test/integration/discovery_wire.sh) ---------------
+# ---- PKI, fake API server (test/lib.sh disc_registry), injector ------------------------
 ca_pki || die "pki"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -keyout "$D/apica-key.pem" -out "$D/apica.pem" -subj "/CN=apica" 2>/dev/null || die "apica"
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$D/api-key.pem" \
-    -out "$D/api.csr" -subj "/CN=kube-apiserver" 2>/dev/null &&
-    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$D/api.ext" &&
-    openssl x509 -req -in "$D/api.csr" -CA "$D/apica.pem" -CAkey "$D/apica-key.pem" -CAcreateserial \
-        -days 2 -extfile "$D/api.ext" -out "$D/api.pem" 2>/dev/null || die "api cert"
-echo "tok-$$" >"$TMP/sa-token"
+disc_registry || die "fake API server: $(tail -5 "$TMP/fake.log")"
 "$CERTS" workload --ca-cert "$D/root.pem" --ca-key "$D/root-key.pem" \
     --spiffe-id spiffe://cluster.local/ns/bench/sa/client --out-cert "$D/w.pem" --out-key "$D/w-key.pem" \
     >/dev/null || die "workload cert"
-bg fake "${FAKE[@]}" --cert "$D/api.pem" --key "$D/api-key.pem" --port-file "$TMP/api.port" \
-    --control-listen 127.0.0.1:0 --control-port-file "$TMP/ctl.port"
-WAIT_UNTIL_STEP=0.05 wait_until 20 test -s "$TMP/ctl.port" -a -s "$TMP/api.port" || die "fake"
-APIP=$(cat "$TMP/api.port")
-CTL=http://127.0.0.1:$(cat "$TMP/ctl.port")/_control
-curl -sS -m 10 "$CTL/state" -X PUT --data-binary "{\"token\": \"tok-$$\"}" >/dev/null
 NMAX=0
 for n in $DESTS; do ((n > NMAX)) && NMAX=$n; done
 # unmeshed pods: 127.0.1.1..LISTENERS (latency) and 127.1.X.Y (memory)
@@ -76,9 +62,7 @@ ca_config main 3600 "$(jq -n --arg a "127.0.0.1:$DP" --arg api "https://127.0.0.
                   max_connections_per_ip: 4000, max_connections: 8000}}')" '.log_level = "warn"'
 ca_start_injector "$TMP/main.json" || die "injector: $(tail -5 "$TMP/injector-1.log")"
 wait_port "$DP" || die "discovery port"
-readyz() { [[ $(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/wh.pem" \
-    --resolve "$SVC:$WH:127.0.0.1" "https://$SVC:$WH/readyz") == 200 ]]; }
-wait_until 60 readyz || die "injector not synced"
+wait_until 60 disc_readyz || die "injector not synced"
 
 APP=$(free_port)
 bg backend "$UPSTREAM" --listen "0.0.0.0:$APP" --name backend
@@ -182,7 +166,6 @@ stop_pid "$PROXY_PID"
 # (authenticated, its buffers allocated), then held idle: the injector's VmRSS over before.
 CONNS=${CONNS:-500}
 sleep 1
-inj_before=$(rss "$IPID")
 python3 - "$DP" "$CONNS" "$D" "$IPID" >"$OUT/idle-conns.json" <<'PY'
 import json, socket, ssl, sys, time
 port, n, d, ipid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]

@@ -69,8 +69,7 @@ struct entry {
     struct cm_list lru; /* d->lru, least recently used first */
     struct entry *hnext;
     uint32_t hash;
-    char *key;   /* "10.0.0.1:80", "[fd00::1]:80" or "web.shop:80" */
-    char *query; /* "addr=10.0.0.1%3A80" / "host=web.shop%3A80" */
+    char *key; /* "10.0.0.1:80", "[fd00::1]:80" or "web.shop:80" */
     enum entry_state st;
     struct px_dest_answer *ans; /* E_FOUND */
     uint64_t used_ms, changed_ms, confirmed_ms, until_ms;
@@ -234,17 +233,8 @@ static void entry_free(struct entry *e)
         watch_changed(d);
     px_dest_answer_unref(e->ans);
     free(e->key);
-    free(e->query);
     free(e);
     d->nentries--;
-}
-
-static void backoff_next(struct entry *e)
-{
-    uint32_t max = e->d->o.retry_max_ms;
-    e->backoff_ms = e->backoff_ms == 0 ? RETRY_MIN_MS : e->backoff_ms * 2;
-    if (e->backoff_ms > max)
-        e->backoff_ms = max;
 }
 
 static void failed(struct entry *e, const char *why)
@@ -252,7 +242,7 @@ static void failed(struct entry *e, const char *why)
     struct px_disc *d = e->d;
     d->st.failures++;
     snprintf(e->err, sizeof(e->err), "%s", why);
-    backoff_next(e);
+    e->backoff_ms = cm_backoff_ms(e->backoff_ms, RETRY_MIN_MS, d->o.retry_max_ms);
     cm_warn("discovery: %s: %s: treated as outside the mesh for %" PRIu32 " ms", e->key, why,
             e->backoff_ms);
     e->st = E_FAILED;
@@ -338,8 +328,18 @@ static void on_answer(const struct px_httpc_resp *r, void *arg)
 static void start_request(struct entry *e)
 {
     struct px_disc *d = e->d;
-    char target[MAX_KEY * 3 + 160];
-    snprintf(target, sizeof(target), "/v1/destination?%s", e->query);
+    /* "/v1/destination?addr=10.0.0.1%3A80" / "?host=web.shop%3A80": the key
+     * is [A-Za-z0-9.:[\]-] (make_key), its ':', '[' and ']' percent-encoded */
+    char target[MAX_KEY * 3 + 32];
+    size_t o = (size_t)snprintf(target, sizeof(target),
+                                "/v1/destination?%s=", e->by_host ? "host" : "addr");
+    for (const char *p = e->key; *p != '\0' && o + 4 < sizeof(target); p++) {
+        if (*p == ':' || *p == '[' || *p == ']')
+            o += (size_t)snprintf(target + o, sizeof(target) - o, "%%%02X", (unsigned char)*p);
+        else
+            target[o++] = *p;
+    }
+    target[o] = '\0';
     struct px_tls_conf *tls = d->o.tls_conf(d->o.tls_arg);
     if (tls == NULL && !d->o.plaintext) {
         failed(e, "no workload certificate yet (the discovery service takes mTLS only)");
@@ -374,9 +374,7 @@ static void on_resolved(int result, struct evutil_addrinfo *res, void *arg)
                  evutil_gai_strerror(result));
         if (res != NULL)
             evutil_freeaddrinfo(res);
-        d->dns_backoff_ms = d->dns_backoff_ms == 0 ? RETRY_MIN_MS : d->dns_backoff_ms * 2;
-        if (d->dns_backoff_ms > d->o.retry_max_ms)
-            d->dns_backoff_ms = d->o.retry_max_ms;
+        d->dns_backoff_ms = cm_backoff_ms(d->dns_backoff_ms, RETRY_MIN_MS, d->o.retry_max_ms);
         cm_warn("%s; again in %" PRIu32 " ms", why, d->dns_backoff_ms);
         /* what waits for a connection cannot get one: fail it now (the held
          * answers stay, stale, as for any failure) */
@@ -466,10 +464,7 @@ static void watch_call_free(struct watch_call *w)
 static void watch_failed(struct px_disc *d, const char *why)
 {
     d->st.failures++;
-    uint32_t max = d->o.retry_max_ms;
-    d->watch_backoff_ms = d->watch_backoff_ms == 0 ? RETRY_MIN_MS : d->watch_backoff_ms * 2;
-    if (d->watch_backoff_ms > max)
-        d->watch_backoff_ms = max;
+    d->watch_backoff_ms = cm_backoff_ms(d->watch_backoff_ms, RETRY_MIN_MS, d->o.retry_max_ms);
     unsigned n = 0;
     struct cm_list *pos;
     for (pos = d->lru.next; pos != &d->lru; pos = pos->next) {
@@ -757,41 +752,30 @@ void px_disc_free(struct px_disc *d)
     free(d);
 }
 
-/* The cache key and the query of a destination; false when host is not a
- * valid "name:port" (a Host header from the app: anything may be there). */
-static bool make_key(const struct cm_addr *dst, const char *host, char *key, size_t keylen,
-                     char *query, size_t qlen)
+/* The cache key of a destination; false when host is not a valid
+ * "name:port" (a Host header from the app: anything may be there). */
+static bool make_key(const struct cm_addr *dst, const char *host, char *key, size_t keylen)
 {
-    const char *kind = "addr";
     if (dst != NULL) {
         cm_addr_format(dst, key, keylen);
-    } else {
-        kind = "host";
-        size_t n = host ? strlen(host) : 0;
-        const char *colon = host ? strrchr(host, ':') : NULL;
-        if (n == 0 || n >= keylen || colon == NULL || colon == host || colon[1] == '\0')
+        return true;
+    }
+    size_t n = host ? strlen(host) : 0;
+    const char *colon = host ? strrchr(host, ':') : NULL;
+    if (n == 0 || n >= keylen || colon == NULL || colon == host || colon[1] == '\0')
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = host[i];
+        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                  (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' || ch == ':';
+        if (!ok || (ch == ':' && host + i != colon))
             return false;
-        for (size_t i = 0; i < n; i++) {
-            char ch = host[i];
-            bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-                      (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' || ch == ':';
-            if (!ok || (ch == ':' && host + i != colon))
-                return false;
-            key[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch - 'A' + 'a') : ch;
-        }
-        key[n] = '\0';
-        for (const char *p = colon + 1; *p; p++)
-            if (*p < '0' || *p > '9' || p - colon > 5)
-                return false;
+        key[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch - 'A' + 'a') : ch;
     }
-    size_t o = (size_t)snprintf(query, qlen, "%s=", kind);
-    for (const char *p = key; *p && o + 4 < qlen; p++) {
-        if (*p == ':' || *p == '[' || *p == ']')
-            o += (size_t)snprintf(query + o, qlen - o, "%%%02X", (unsigned char)*p);
-        else
-            query[o++] = *p;
-    }
-    query[o] = '\0';
+    key[n] = '\0';
+    for (const char *p = colon + 1; *p; p++)
+        if (*p < '0' || *p > '9' || p - colon > 5)
+            return false;
     return true;
 }
 
@@ -801,8 +785,8 @@ enum px_disc_result px_disc_lookup(struct px_disc *d, const struct cm_addr *dst,
 {
     *ans = NULL;
     *w = NULL;
-    char key[MAX_KEY], query[MAX_KEY * 3 + 8];
-    if (!make_key(dst, host, key, sizeof(key), query, sizeof(query))) {
+    char key[MAX_KEY];
+    if (!make_key(dst, host, key, sizeof(key))) {
         d->st.not_found++;
         return PX_DISC_NOT_FOUND;
     }
@@ -853,7 +837,6 @@ enum px_disc_result px_disc_lookup(struct px_disc *d, const struct cm_addr *dst,
         e = cm_xcalloc(1, sizeof(*e));
         e->d = d;
         e->key = cm_xstrdup(key);
-        e->query = cm_xstrdup(query);
         e->by_host = dst == NULL;
         e->hash = h;
         e->used_ms = now;
@@ -887,8 +870,8 @@ enum px_disc_result px_disc_lookup(struct px_disc *d, const struct cm_addr *dst,
 
 bool px_disc_stale(struct px_disc *d, const struct cm_addr *dst, const char *host)
 {
-    char key[MAX_KEY], query[MAX_KEY * 3 + 8];
-    if (!make_key(dst, host, key, sizeof(key), query, sizeof(query)))
+    char key[MAX_KEY];
+    if (!make_key(dst, host, key, sizeof(key)))
         return false;
     struct entry *e = find(d, key, cm_hash_str(key));
     return e != NULL && e->st == E_FOUND && e->stale;
@@ -1143,15 +1126,13 @@ void px_disc_write_prometheus(struct px_disc *d, struct evbuffer *dst)
 static int changes_fail(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int changes_fail(char **errmsg, const char *fmt, ...)
 {
-    char m[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(m, sizeof(m), fmt, ap);
+    cm_vfail(errmsg, CM_ERR_INVAL, fmt, ap);
     va_end(ap);
-    for (char *p = m; *p; p++) /* jansson quotes the input: no control bytes into the logs */
+    for (char *p = *errmsg; *p; p++) /* jansson quotes the input: no control bytes into the logs */
         if ((unsigned char)*p < 0x20 || (unsigned char)*p == 0x7f)
             *p = '?';
-    *errmsg = cm_xstrdup(m);
     return CM_ERR_INVAL;
 }
 

@@ -3,15 +3,16 @@
  * the cache of those answers.
  *
  * Three parts:
- *  - the bootstrap keys "discovery", "outbound_policy", "egress_allow"
- *    (proxy/discovery_config.c), with the egress_allow matcher;
+ *  - the bootstrap keys "discovery", "outbound_policy", "egress_allow",
+ *    "egress_verify_names" (proxy/discovery_config.c), with the egress_allow
+ *    matcher;
  *  - the answer decoder (proxy/discovery_answer.c): the JSON of
  *    GET /v1/destination into a bounded, validated, reference-counted
  *    px_dest_answer (fuzzed by test/fuzz/fuzz_destination.c);
  *  - the cache (proxy/discovery.c): one entry per destination in use, each
  *    fetched once (concurrent lookups share the request), then kept current
- *    by a long-poll (&wait=VERSION) while in use and dropped after
- *    5 minutes unused. Admin: GET /destinations.
+ *    by the one POST /v1/watch of every held answer while in use and dropped
+ *    after 5 minutes unused. Admin: GET /destinations.
  *
  * Design note: docs/discovery.md, "Proxy side". */
 #ifndef PX_DISCOVERY_H
@@ -70,7 +71,7 @@ struct px_disc_cfg {
                         * name entry must be an address of that name (proxy/resolve.h) */
 };
 
-/* Read the three top-level keys of the bootstrap document `root` (path p)
+/* Read the four top-level keys of the bootstrap document `root` (path p)
  * into *out (zeroed first: absent keys give the defaults). Errors name the
  * key: "proxy.json: egress_allow[2]: ...". has_identity: whether the
  * document has an "identity" block (discovery is mTLS only). Returns 0 or

@@ -3,8 +3,7 @@
  * checked here, so the data path never meets a malformed answer: addresses
  * parse, a meshed endpoint has a SPIFFE ID of our form (and an unmeshed one
  * none: secure naming must never be silently skipped), counts and lengths
- * are bounded, the version is safe to put back in a query string. */
-#include <stdarg.h>
+ * are bounded, the version is safe to put back in the watch's body. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,19 +14,6 @@
 #include "proxy/discovery.h"
 
 #define MAX_STR 512 /* service, pod, zone */
-
-static int fail(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(char **errmsg, const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    if (errmsg != NULL)
-        *errmsg = cm_xstrdup(buf);
-    return CM_ERR_INVAL;
-}
 
 /* A printable string without spaces, quotes or backslashes (it reaches logs
  * and labels), 0..max bytes, no NUL inside. */
@@ -59,7 +45,7 @@ static int get_bool(json_t *o, const char *key, size_t i, bool *out, char **errm
 {
     json_t *v = json_object_get(o, key);
     if (!json_is_boolean(v))
-        return fail(errmsg, "endpoints[%zu].%s: expected true or false", i, key);
+        return cm_fail(errmsg, CM_ERR_INVAL, "endpoints[%zu].%s: expected true or false", i, key);
     *out = json_is_true(v);
     return 0;
 }
@@ -67,11 +53,11 @@ static int get_bool(json_t *o, const char *key, size_t i, bool *out, char **errm
 static int decode_ep(json_t *o, size_t i, struct px_dest_ep *ep, char **errmsg)
 {
     if (!json_is_object(o))
-        return fail(errmsg, "endpoints[%zu]: expected an object", i);
+        return cm_fail(errmsg, CM_ERR_INVAL, "endpoints[%zu]: expected an object", i);
     json_t *addr = json_object_get(o, "address");
     if (!plain(addr, CM_ADDR_STRLEN) || cm_addr_parse(json_string_value(addr), &ep->addr) != 0 ||
         cm_addr_is_any(&ep->addr) || cm_addr_port(&ep->addr) == 0)
-        return fail(errmsg, "endpoints[%zu].address: expected \"ip:port\"", i);
+        return cm_fail(errmsg, CM_ERR_INVAL, "endpoints[%zu].address: expected \"ip:port\"", i);
     if (get_bool(o, "meshed", i, &ep->meshed, errmsg) != 0 ||
         get_bool(o, "ready", i, &ep->ready, errmsg) != 0 ||
         get_bool(o, "serving", i, &ep->serving, errmsg) != 0 ||
@@ -82,25 +68,28 @@ static int decode_ep(json_t *o, size_t i, struct px_dest_ep *ep, char **errmsg)
         char td[PKI_SPIFFE_MAX], ns[PKI_SPIFFE_MAX], sa[PKI_SPIFFE_MAX];
         char *e = NULL;
         if (!plain(id, PKI_SPIFFE_MAX - 1))
-            return fail(errmsg, "endpoints[%zu].identity: a meshed endpoint needs its SPIFFE ID",
-                        i);
+            return cm_fail(errmsg, CM_ERR_INVAL,
+                           "endpoints[%zu].identity: a meshed endpoint needs its SPIFFE ID", i);
         if (pki_spiffe_parse(json_string_value(id), td, ns, sa, &e) != 0) {
-            int rc = fail(errmsg, "endpoints[%zu].identity: %s", i, e ? e : "not a SPIFFE ID");
+            int rc = cm_fail(errmsg, CM_ERR_INVAL, "endpoints[%zu].identity: %s", i,
+                             e ? e : "not a SPIFFE ID");
             free(e);
             return rc;
         }
         ep->identity = cm_xstrdup(json_string_value(id));
     } else if (id != NULL && !json_is_null(id)) {
-        return fail(errmsg, "endpoints[%zu].identity: set for an endpoint that is not meshed", i);
+        return cm_fail(errmsg, CM_ERR_INVAL,
+                       "endpoints[%zu].identity: set for an endpoint that is not meshed", i);
     }
     json_t *zone = json_object_get(o, "zone"), *pod = json_object_get(o, "pod");
     if (zone != NULL && !json_is_null(zone) &&
         !(json_string_length(zone) == 0 && json_is_string(zone)) && !plain(zone, MAX_STR))
-        return fail(errmsg, "endpoints[%zu].zone: expected a zone name", i);
+        return cm_fail(errmsg, CM_ERR_INVAL, "endpoints[%zu].zone: expected a zone name", i);
     ep->zone = cm_xstrdup(json_is_string(zone) ? json_string_value(zone) : "");
     if (pod != NULL && !json_is_null(pod)) {
         if (!ns_name(pod))
-            return fail(errmsg, "endpoints[%zu].pod: expected \"ns/name\" or null", i);
+            return cm_fail(errmsg, CM_ERR_INVAL, "endpoints[%zu].pod: expected \"ns/name\" or null",
+                           i);
         ep->pod = cm_xstrdup(json_string_value(pod));
     }
     return 0;
@@ -109,17 +98,20 @@ static int decode_ep(json_t *o, size_t i, struct px_dest_ep *ep, char **errmsg)
 int px_dest_decode(const char *buf, size_t len, struct px_dest_answer **out, char **errmsg)
 {
     *out = NULL;
+    if (errmsg != NULL)
+        *errmsg = NULL; /* cm_fail replaces it */
     if (len > PX_DEST_MAX_ANSWER)
-        return fail(errmsg, "answer of %zu bytes (at most %u)", len, PX_DEST_MAX_ANSWER);
+        return cm_fail(errmsg, CM_ERR_INVAL, "answer of %zu bytes (at most %u)", len,
+                       PX_DEST_MAX_ANSWER);
     json_error_t jerr;
     json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
     if (root == NULL)
-        return fail(errmsg, "not JSON: %s (line %d)", jerr.text, jerr.line);
+        return cm_fail(errmsg, CM_ERR_INVAL, "not JSON: %s (line %d)", jerr.text, jerr.line);
     struct px_dest_answer *a = cm_xcalloc(1, sizeof(*a));
     a->refs = 1;
     int rc = CM_ERR_INVAL;
     if (!json_is_object(root)) {
-        rc = fail(errmsg, "not a JSON object");
+        rc = cm_fail(errmsg, CM_ERR_INVAL, "not a JSON object");
         goto done;
     }
     const char *kind = json_string_value(json_object_get(root, "kind"));
@@ -128,31 +120,31 @@ int px_dest_decode(const char *buf, size_t len, struct px_dest_answer **out, cha
     else if (kind != NULL && strcmp(kind, "pod") == 0)
         a->kind = PX_DEST_POD;
     else {
-        rc = fail(errmsg, "kind: expected \"service\" or \"pod\"");
+        rc = cm_fail(errmsg, CM_ERR_INVAL, "kind: expected \"service\" or \"pod\"");
         goto done;
     }
     json_t *svc = json_object_get(root, "service");
     if (svc != NULL && !json_is_null(svc)) {
         if (!ns_name(svc)) {
-            rc = fail(errmsg, "service: expected \"ns/name\" or null");
+            rc = cm_fail(errmsg, CM_ERR_INVAL, "service: expected \"ns/name\" or null");
             goto done;
         }
         a->service = cm_xstrdup(json_string_value(svc));
     } else if (a->kind == PX_DEST_SERVICE) {
-        rc = fail(errmsg, "service: a kind \"service\" answer names its Service");
+        rc = cm_fail(errmsg, CM_ERR_INVAL, "service: a kind \"service\" answer names its Service");
         goto done;
     }
     json_t *port = json_object_get(root, "port");
     if (!json_is_integer(port) || json_integer_value(port) < 1 ||
         json_integer_value(port) > 65535) {
-        rc = fail(errmsg, "port: expected a port number 1-65535");
+        rc = cm_fail(errmsg, CM_ERR_INVAL, "port: expected a port number 1-65535");
         goto done;
     }
     a->port = (uint16_t)json_integer_value(port);
     json_t *proto = json_object_get(root, "protocol");
     if (proto != NULL && !json_is_null(proto) &&
         !(json_is_string(proto) && json_string_length(proto) == 0) && !plain(proto, 32)) {
-        rc = fail(errmsg, "protocol: expected a protocol name");
+        rc = cm_fail(errmsg, CM_ERR_INVAL, "protocol: expected a protocol name");
         goto done;
     }
     a->protocol = cm_xstrdup(json_is_string(proto) ? json_string_value(proto) : "");
@@ -160,27 +152,28 @@ int px_dest_decode(const char *buf, size_t len, struct px_dest_answer **out, cha
     const char *vs = json_string_value(ver);
     size_t vn = vs ? json_string_length(ver) : 0;
     bool vok = vn >= 1 && vn <= PX_DEST_MAX_VERSION && strlen(vs) == vn;
-    for (size_t i = 0; vok && i < vn; i++) /* goes back in &wait=: unreserved characters only */
+    for (size_t i = 0; vok && i < vn; i++) /* back in the watch's body: unreserved only */
         vok = (vs[i] >= '0' && vs[i] <= '9') || (vs[i] >= 'a' && vs[i] <= 'z') ||
               (vs[i] >= 'A' && vs[i] <= 'Z') || vs[i] == '-' || vs[i] == '.' || vs[i] == '_' ||
               vs[i] == '~';
     if (!vok) {
-        rc = fail(errmsg, "version: expected 1-%d letters, digits or -._~", PX_DEST_MAX_VERSION);
+        rc = cm_fail(errmsg, CM_ERR_INVAL, "version: expected 1-%d letters, digits or -._~",
+                     PX_DEST_MAX_VERSION);
         goto done;
     }
     memcpy(a->version, vs, vn + 1);
     json_t *eps = json_object_get(root, "endpoints");
     if (!json_is_array(eps)) {
-        rc = fail(errmsg, "endpoints: expected an array");
+        rc = cm_fail(errmsg, CM_ERR_INVAL, "endpoints: expected an array");
         goto done;
     }
     size_t n = json_array_size(eps);
     if (n > PX_DEST_MAX_ENDPOINTS) {
-        rc = fail(errmsg, "endpoints: %zu (at most %d)", n, PX_DEST_MAX_ENDPOINTS);
+        rc = cm_fail(errmsg, CM_ERR_INVAL, "endpoints: %zu (at most %d)", n, PX_DEST_MAX_ENDPOINTS);
         goto done;
     }
     if (a->kind == PX_DEST_POD && n != 1) {
-        rc = fail(errmsg, "endpoints: a kind \"pod\" answer has exactly one");
+        rc = cm_fail(errmsg, CM_ERR_INVAL, "endpoints: a kind \"pod\" answer has exactly one");
         goto done;
     }
     a->eps = cm_xcalloc(n ? n : 1, sizeof(*a->eps));

@@ -1,5 +1,6 @@
-/* The bootstrap keys of service discovery: "discovery", "outbound_policy" and
- * "egress_allow" (docs/config.md), and the egress_allow matcher. */
+/* The bootstrap keys of service discovery: "discovery", "outbound_policy",
+ * "egress_allow" and "egress_verify_names" (docs/config.md), and the
+ * egress_allow matcher. */
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <netinet/in.h>

@@ -5,7 +5,6 @@
 #include "proxy/httpc.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <event2/buffer.h>
 #include <llhttp.h>
 #include <netinet/in.h>
@@ -97,26 +96,10 @@ static void finish(struct px_httpc *c, int status, const char *err)
     px_io_read_enable(c->io, false);
     px_io_set_timeout(c->io, 0);
     struct px_httpc_resp r;
-    px_httpc_answer_result(c->ans, &r);
-    if (status == 0) {
-        r.status = 0;
-        r.err = err;
-        r.nhdrs = 0;
-    }
+    px_httpc_answer_outcome(c->ans, status != 0, err, &r);
     if (c->cb != NULL)
         c->cb(&r, c->arg);
     event_active(c->reap, EV_TIMEOUT, 0);
-}
-
-static void fail(struct px_httpc *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void fail(struct px_httpc *c, const char *fmt, ...)
-{
-    char e[640];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(e, sizeof(e), fmt, ap);
-    va_end(ap);
-    finish(c, 0, e);
 }
 
 /* ---- llhttp callbacks: the answer's fields and body, bounded ----------------------- */
@@ -306,6 +289,17 @@ void px_httpc_answer_result(struct px_httpc_answer *a, struct px_httpc_resp *r)
     r->nhdrs = a->nfields;
 }
 
+void px_httpc_answer_outcome(struct px_httpc_answer *a, bool ok, const char *err,
+                             struct px_httpc_resp *r)
+{
+    px_httpc_answer_result(a, r);
+    if (!ok) {
+        r->status = 0;
+        r->err = err;
+        r->nhdrs = 0;
+    }
+}
+
 void px_httpc_answer_free(struct px_httpc_answer *a)
 {
     if (a == NULL)
@@ -371,16 +365,14 @@ static void on_event(struct px_io *io, int what, void *arg)
         return;
     }
     if (what & PX_IO_TIMEOUT) {
-        fail(c, "no complete answer within %u ms", (unsigned)c->timeout_ms);
+        char e[64];
+        snprintf(e, sizeof(e), "no complete answer within %u ms", (unsigned)c->timeout_ms);
+        finish(c, 0, e);
         return;
     }
-    const char *tls_err = px_io_tls_error(io);
-    if (!c->connected)
-        fail(c, "connect: %s", strerror(px_io_errno(io)));
-    else if (tls_err[0] != '\0')
-        fail(c, "%s%s", strncmp(tls_err, "TLS", 3) == 0 ? "" : "TLS: ", tls_err);
-    else
-        fail(c, "connection: %s", strerror(px_io_errno(io)));
+    char e[640];
+    px_httpc_io_error(io, c->connected, e, sizeof(e));
+    finish(c, 0, e);
 }
 
 /* ---- the request ------------------------------------------------------------------- */
@@ -488,6 +480,17 @@ void px_httpc_nodelay(struct px_io *io)
      * wait for the ACK of that flight (Nagle), which the server delays */
     int one = 1;
     setsockopt(px_io_fd(io), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+void px_httpc_io_error(struct px_io *io, bool connected, char *buf, size_t cap)
+{
+    const char *tls_err = px_io_tls_error(io);
+    if (!connected)
+        snprintf(buf, cap, "connect: %s", strerror(px_io_errno(io)));
+    else if (tls_err[0] != '\0')
+        snprintf(buf, cap, "%s%s", strncmp(tls_err, "TLS", 3) == 0 ? "" : "TLS: ", tls_err);
+    else
+        snprintf(buf, cap, "connection: %s", strerror(px_io_errno(io)));
 }
 
 bool px_httpc_answer_keep_alive(struct px_httpc_answer *a)

@@ -23,5 +23,11 @@ const char *px_httpc_answer_end(struct px_httpc_answer *a);
 bool px_httpc_answer_got_bytes(const struct px_httpc_answer *a);
 /* Why the answer failed ("" while it has not). */
 const char *px_httpc_answer_error(const struct px_httpc_answer *a);
+/* What the callback gets: the answer so far (ok), or status 0 with err. */
+void px_httpc_answer_outcome(struct px_httpc_answer *a, bool ok, const char *err,
+                             struct px_httpc_resp *r);
+/* Why a connection failed, after px_io's error event: "connect: ...", the TLS
+ * error, or "connection: ..." (connected: its TCP connect had completed). */
+void px_httpc_io_error(struct px_io *io, bool connected, char *buf, size_t cap);
 
 #endif

@@ -51,7 +51,6 @@ struct px_httpc_call {
     struct pconn *conn; /* on the wire (or waiting for its connection) */
     struct cm_buf req;
     struct px_httpc_answer *ans;
-    size_t max_head, max_body;
     px_httpc_cb cb;
     void *arg;
     uint32_t timeout_ms;
@@ -105,16 +104,34 @@ static void call_free(struct px_httpc_call *c)
     free(c);
 }
 
+/* A call of rq (its method, target, hdrs, body and bounds; the pool's Host),
+ * its deadline counted from now; NULL when rq is not valid HTTP. */
+static struct px_httpc_call *call_new(struct px_httpc_pool *p, const struct px_httpc_req *rq,
+                                      px_httpc_cb cb, void *arg)
+{
+    struct px_httpc_req r = *rq;
+    r.host = p->host;
+    struct px_httpc_call *c = cm_xcalloc(1, sizeof(*c));
+    cm_list_init(&c->node);
+    if (!px_httpc_build(&c->req, &r, true)) {
+        cm_buf_free(&c->req);
+        free(c);
+        return NULL;
+    }
+    c->p = p;
+    c->cb = cb;
+    c->arg = arg;
+    c->timeout_ms = rq->timeout_ms ? rq->timeout_ms : POOL_TIMEOUT_MS;
+    c->deadline_us = cm_mono_us() + (uint64_t)c->timeout_ms * 1000;
+    c->ans = px_httpc_answer_new(rq->max_head, rq->max_body, false);
+    return c;
+}
+
 /* Give the call its answer (status 0: err) and free it. */
 static void call_done(struct px_httpc_call *c, int status, const char *err)
 {
     struct px_httpc_resp r;
-    px_httpc_answer_result(c->ans, &r);
-    if (status == 0) {
-        r.status = 0;
-        r.err = err;
-        r.nhdrs = 0;
-    }
+    px_httpc_answer_outcome(c->ans, status != 0, err, &r);
     px_httpc_cb cb = c->cb;
     void *arg = c->arg;
     cb(&r, arg);
@@ -147,9 +164,7 @@ static void warm_failed(struct px_httpc_pool *p)
 {
     if (p->warm == 0)
         return;
-    p->warm_backoff_ms = p->warm_backoff_ms == 0 ? WARM_RETRY_MIN_MS : p->warm_backoff_ms * 2;
-    if (p->warm_backoff_ms > p->warm_retry_max_ms)
-        p->warm_backoff_ms = p->warm_retry_max_ms;
+    p->warm_backoff_ms = cm_backoff_ms(p->warm_backoff_ms, WARM_RETRY_MIN_MS, p->warm_retry_max_ms);
     warm_arm(p, p->warm_backoff_ms);
 }
 
@@ -197,9 +212,7 @@ static void conn_send(struct pconn *k, struct px_httpc_call *c)
 {
     k->st = PC_BUSY;
     k->call = c;
-    c->conn = k;
-    px_httpc_answer_free(c->ans);
-    c->ans = px_httpc_answer_new(c->max_head, c->max_body, false);
+    c->conn = k; /* c->ans is unused yet: a call is resent only when no byte of its answer came */
     if (c->keepalive) {
         k->p->st.keepalives++;
     } else {
@@ -283,23 +296,16 @@ static void conn_keepalive(struct pconn *k)
         px_io_set_timeout(k->io, p->keepalive_ms);
         return;
     }
-    struct px_httpc_req r = {.method = "GET", .target = p->keepalive_target, .host = p->host};
-    struct px_httpc_call *c = cm_xcalloc(1, sizeof(*c));
-    cm_list_init(&c->node);
-    if (!px_httpc_build(&c->req, &r, true)) { /* checked in px_httpc_pool_new */
-        cm_buf_free(&c->req);
-        free(c);
+    struct px_httpc_req r = {.method = "GET",
+                             .target = p->keepalive_target,
+                             .timeout_ms = KEEPALIVE_TIMEOUT_MS,
+                             .max_body = 4096};
+    struct px_httpc_call *c = call_new(p, &r, keepalive_done, p);
+    if (c == NULL) { /* cannot happen: checked in px_httpc_pool_new */
         px_io_set_timeout(k->io, p->keepalive_ms);
         return;
     }
-    c->p = p;
-    c->cb = keepalive_done;
-    c->arg = p;
     c->keepalive = true;
-    c->max_body = 4096;
-    c->timeout_ms = KEEPALIVE_TIMEOUT_MS;
-    c->deadline_us = cm_mono_us() + (uint64_t)c->timeout_ms * 1000;
-    c->ans = px_httpc_answer_new(0, c->max_body, false);
     conn_send(k, c);
 }
 
@@ -421,13 +427,7 @@ static void on_event(struct px_io *io, int what, void *arg)
         snprintf(e, sizeof(e), "no complete answer within %u ms",
                  k->call ? (unsigned)k->call->timeout_ms : 0u);
     } else {
-        const char *tls_err = px_io_tls_error(io);
-        if (!k->connected)
-            snprintf(e, sizeof(e), "connect: %s", strerror(px_io_errno(io)));
-        else if (tls_err[0] != '\0')
-            snprintf(e, sizeof(e), "%s%s", strncmp(tls_err, "TLS", 3) == 0 ? "" : "TLS: ", tls_err);
-        else
-            snprintf(e, sizeof(e), "connection: %s", strerror(px_io_errno(io)));
+        px_httpc_io_error(io, k->connected, e, sizeof(e));
     }
     conn_failed(k, e, resend);
 }
@@ -442,9 +442,7 @@ static bool conn_open(struct px_httpc_pool *p, struct px_httpc_call *c)
             call_done(c, 0, p->no_tls_err);
         } else { /* no certificate yet: ask again soon */
             p->warm_tls_wait_ms =
-                p->warm_tls_wait_ms == 0 ? WARM_TLS_MIN_MS : p->warm_tls_wait_ms * 2;
-            if (p->warm_tls_wait_ms > WARM_TLS_MAX_MS)
-                p->warm_tls_wait_ms = WARM_TLS_MAX_MS;
+                cm_backoff_ms(p->warm_tls_wait_ms, WARM_TLS_MIN_MS, WARM_TLS_MAX_MS);
             warm_arm(p, p->warm_tls_wait_ms);
         }
         return false;
@@ -675,24 +673,11 @@ struct px_httpc_call *px_httpc_pool_send(struct px_httpc_pool *p, const struct p
         errno = EAGAIN;
         return NULL;
     }
-    struct px_httpc_req r = *rq;
-    r.host = p->host;
-    struct px_httpc_call *c = cm_xcalloc(1, sizeof(*c));
-    cm_list_init(&c->node);
-    if (!px_httpc_build(&c->req, &r, true)) {
-        cm_buf_free(&c->req);
-        free(c);
+    struct px_httpc_call *c = call_new(p, rq, cb, arg);
+    if (c == NULL) {
         errno = EINVAL;
         return NULL;
     }
-    c->p = p;
-    c->cb = cb;
-    c->arg = arg;
-    c->max_head = rq->max_head;
-    c->max_body = rq->max_body;
-    c->timeout_ms = rq->timeout_ms ? rq->timeout_ms : POOL_TIMEOUT_MS;
-    c->deadline_us = cm_mono_us() + (uint64_t)c->timeout_ms * 1000;
-    c->ans = px_httpc_answer_new(c->max_head, c->max_body, false);
     cm_list_insert_tail(&p->queue, &c->node);
     p->nqueued++;
     /* started from the loop, never inside the caller: cb must not run before

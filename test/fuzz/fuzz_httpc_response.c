@@ -19,14 +19,7 @@
 #include <string.h>
 
 #include "proxy/httpc.h"
-
-#define CHECK(x)                                                                                   \
-    do {                                                                                           \
-        if (!(x))                                                                                  \
-            __builtin_trap();                                                                      \
-    } while (0)
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "test/fuzz/fuzz_util.h"
 
 static void check_result(struct px_httpc_answer *a, int fate, bool status_only, size_t max_body)
 {

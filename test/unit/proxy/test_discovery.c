@@ -4,14 +4,16 @@
  *  - the answer decoder: a good answer, and each way an answer is refused;
  *  - the cache against a fake discovery service: a plaintext HTTP/1.1 server
  *    in threads on 127.0.0.1 (one thread per connection) answering
- *    /v1/destination as the injector does, holding long-polls until the
- *    version changes. It records every request target, so the tests assert
- *    what the cache asked, byte for byte: concurrent lookups share one
- *    request, a hit asks nothing, a 404 is believed, a long-poll carries the
- *    version and swaps the answer, an unreachable service leaves the held
- *    answer in use (stale) and new destinations UNAVAILABLE, a slow one
- *    bounds the first lookup by lookup_timeout_ms, unused entries are
- *    dropped, and the entry count is bounded. */
+ *    /v1/destination as the injector does and holding POST /v1/watch until
+ *    a listed version differs. It records every request target and watch
+ *    body, so the tests assert what the cache asked, byte for byte:
+ *    concurrent lookups share one request, a hit asks nothing, a 404 is
+ *    believed, the watch carries the versions and swaps the answers, an
+ *    unreachable service leaves the held answer in use (stale) and new
+ *    destinations UNAVAILABLE, a slow one bounds the first lookup by
+ *    lookup_timeout_ms, unused entries are dropped, the entry count is
+ *    bounded, first lookups reuse kept-alive connections, the warm lookup
+ *    connection. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -475,18 +477,6 @@ static void fake_answer(int c, const char *target, bool keepalive)
     int status = 200;
     size_t blen = 0;
     pthread_mutex_lock(&fk.mu);
-    const char *wait = strstr(target, "&wait=");
-    if (wait != NULL) { /* hold until the version moves, the mode changes or 1.5 s */
-        unsigned held = (unsigned)strtoul(wait + 7, NULL, 10);
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 2;
-        while (!fk.stop && fk.mode == FAKE_OK && fk.version == held)
-            if (pthread_cond_timedwait(&fk.cv, &fk.mu, &until) == ETIMEDOUT)
-                break;
-        if (fk.mode == FAKE_OK && fk.version == held)
-            status = 304;
-    }
     enum fake_mode mode = fk.mode;
     unsigned ver = fk.version, neps = fk.neps;
     pthread_mutex_unlock(&fk.mu);
@@ -693,6 +683,14 @@ static void set_fake(enum fake_mode m, unsigned version, unsigned neps)
     pthread_mutex_unlock(&fk.mu);
 }
 
+/* Set one of the fake's switches (its threads read them under fk.mu). */
+static void fake_set(bool *flag, bool v)
+{
+    pthread_mutex_lock(&fk.mu);
+    *flag = v;
+    pthread_mutex_unlock(&fk.mu);
+}
+
 static unsigned ntargets(void)
 {
     pthread_mutex_lock(&fk.mu);
@@ -760,19 +758,29 @@ static bool called(void *arg)
     return ((struct result *)arg)->calls > 0;
 }
 
-/* A first lookup of addr ("ip:port"): not cached, so UNAVAILABLE with a wait,
- * then its callback with FOUND. Returns what the callback saw. */
-static struct result miss_found(struct px_disc *d, const char *addr)
+/* A first lookup of addr ("ip:port") or, addr NULL, of host: not cached, so
+ * UNAVAILABLE with a wait, then its callback with want. Returns what the
+ * callback saw. */
+static struct result miss(struct px_disc *d, const char *addr, const char *host,
+                          enum px_disc_result want)
 {
     struct cm_addr dst;
-    cm_addr_parse(addr, &dst);
+    if (addr != NULL)
+        cm_addr_parse(addr, &dst);
     struct result r = {0};
     struct px_dest_answer *ans = NULL;
     struct px_disc_wait *w = NULL;
-    assert_int_equal(px_disc_lookup(d, &dst, NULL, &ans, on_result, &r, &w), PX_DISC_UNAVAILABLE);
+    assert_int_equal(px_disc_lookup(d, addr ? &dst : NULL, host, &ans, on_result, &r, &w),
+                     PX_DISC_UNAVAILABLE);
+    assert_non_null(w);
     assert_true(run_until(called, &r, 10000));
-    assert_int_equal(r.res, PX_DISC_FOUND);
+    assert_int_equal(r.res, want);
     return r;
+}
+
+static struct result miss_found(struct px_disc *d, const char *addr)
+{
+    return miss(d, addr, NULL, PX_DISC_FOUND);
 }
 
 static bool two_called(void *arg)
@@ -879,9 +887,7 @@ static void lookups_share_one_request(void **state)
 static void lookups_reuse_one_connection(void **state)
 {
     (void)state;
-    pthread_mutex_lock(&fk.mu);
-    fk.keepalive = true;
-    pthread_mutex_unlock(&fk.mu);
+    fake_set(&fk.keepalive, true);
     struct px_disc_opts o = test_opts();
     struct px_disc *d = new_disc(&o);
     for (unsigned i = 0; i < 6; i++) {
@@ -921,9 +927,7 @@ static void lookups_reuse_one_connection(void **state)
     assert_int_equal(st.lookup_connects + st.lookup_reused, 26);
 
     /* the server closes between requests (Connection: close): still answered */
-    pthread_mutex_lock(&fk.mu);
-    fk.keepalive = false;
-    pthread_mutex_unlock(&fk.mu);
+    fake_set(&fk.keepalive, false);
     for (unsigned i = 0; i < 2; i++) {
         char a[32];
         snprintf(a, sizeof(a), "10.96.3.%u:80", i + 1);
@@ -968,9 +972,7 @@ static bool pings_seen(void *arg)
 static void warm_connection(void **state)
 {
     (void)state;
-    pthread_mutex_lock(&fk.mu);
-    fk.keepalive = true;
-    pthread_mutex_unlock(&fk.mu);
+    fake_set(&fk.keepalive, true);
     struct px_disc_opts o = test_opts();
     o.keepalive_ms = 400;
     struct px_disc *d = new_disc(&o);
@@ -984,14 +986,7 @@ static void warm_connection(void **state)
     assert_true(run_until(pings_seen, &pw, 10000)); /* its warm-up request */
     assert_int_equal(ntargets(), 0);
 
-    struct cm_addr dst;
-    cm_addr_parse("10.96.5.1:80", &dst);
-    struct result r = {0};
-    struct px_dest_answer *ans = NULL;
-    struct px_disc_wait *w = NULL;
-    assert_int_equal(px_disc_lookup(d, &dst, NULL, &ans, on_result, &r, &w), PX_DISC_UNAVAILABLE);
-    assert_true(run_until(called, &r, 10000));
-    assert_int_equal(r.res, PX_DISC_FOUND);
+    miss_found(d, "10.96.5.1:80");
     px_disc_get_stats(d, &st);
     assert_int_equal(st.lookup_connects, 1); /* the first miss: on the warm connection */
     assert_int_equal(fake_get(&fk.lookup_conns), 1);
@@ -1007,9 +1002,7 @@ static void warm_connection(void **state)
     assert_int_equal(st.lookup_reused, 1); /* the lookup, after the warm-up; pings not counted */
 
     /* the server closes the connection under the next ping: it comes back */
-    pthread_mutex_lock(&fk.mu);
-    fk.drop_second = true;
-    pthread_mutex_unlock(&fk.mu);
+    fake_set(&fk.drop_second, true);
     pw.connects = 2;
     pw.pings = fake_get(&fk.pings) + 2;
     assert_true(run_until(pings_seen, &pw, 10000));
@@ -1031,10 +1024,8 @@ static bool accepts_at_least(void *arg)
 static void warm_connection_backs_off(void **state)
 {
     (void)state;
-    pthread_mutex_lock(&fk.mu);
-    fk.keepalive = true;
-    fk.refuse = true;
-    pthread_mutex_unlock(&fk.mu);
+    fake_set(&fk.keepalive, true);
+    fake_set(&fk.refuse, true);
     struct px_disc_opts o = test_opts();
     o.retry_max_ms = 1000;
     struct px_disc *d = new_disc(&o);
@@ -1042,14 +1033,7 @@ static void warm_connection_backs_off(void **state)
     assert_true(run_until(accepts_at_least, &want, 10000));
     uint64_t t0 = cm_mono_ms();
     unsigned a0 = fake_get(&fk.accepts);
-    struct cm_addr dst;
-    cm_addr_parse("10.96.6.1:80", &dst);
-    struct result r = {0};
-    struct px_dest_answer *ans = NULL;
-    struct px_disc_wait *w = NULL;
-    assert_int_equal(px_disc_lookup(d, &dst, NULL, &ans, on_result, &r, &w), PX_DISC_UNAVAILABLE);
-    assert_true(run_until(called, &r, 10000));
-    assert_int_equal(r.res, PX_DISC_UNAVAILABLE);
+    miss(d, "10.96.6.1:80", NULL, PX_DISC_UNAVAILABLE);
     struct want_targets never = {1}; /* run 2.5 s more: nothing reaches the app's side */
     assert_false(run_until(have_targets, &never, 2500));
     uint64_t ms = cm_mono_ms() - t0;
@@ -1060,16 +1044,10 @@ static void warm_connection_backs_off(void **state)
     px_disc_get_stats(d, &st);
     assert_true(st.lookup_warm_opens >= 2);
 
-    pthread_mutex_lock(&fk.mu);
-    fk.refuse = false;
-    pthread_mutex_unlock(&fk.mu);
+    fake_set(&fk.refuse, false);
     struct ping_wait pw = {.d = d, .pings = 1, .connects = 1, .answered = 1};
     assert_true(run_until(pings_seen, &pw, 10000)); /* back, and warmed up */
-    r.calls = 0;
-    cm_addr_parse("10.96.6.2:80", &dst);
-    assert_int_equal(px_disc_lookup(d, &dst, NULL, &ans, on_result, &r, &w), PX_DISC_UNAVAILABLE);
-    assert_true(run_until(called, &r, 10000));
-    assert_int_equal(r.res, PX_DISC_FOUND);
+    miss_found(d, "10.96.6.2:80");
     px_disc_free(d);
 }
 
@@ -1078,10 +1056,8 @@ static void warm_connection_backs_off(void **state)
 static void warm_connection_closed_after_warmup(void **state)
 {
     (void)state;
-    pthread_mutex_lock(&fk.mu);
-    fk.keepalive = true;
-    fk.close_after = true;
-    pthread_mutex_unlock(&fk.mu);
+    fake_set(&fk.keepalive, true);
+    fake_set(&fk.close_after, true);
     struct px_disc_opts o = test_opts();
     o.retry_max_ms = 1000;
     struct px_disc *d = new_disc(&o);
@@ -1149,9 +1125,7 @@ static bool have_updates(void *arg)
 static void one_watch_for_many(void **state)
 {
     (void)state;
-    pthread_mutex_lock(&fk.mu);
-    fk.keepalive = true;
-    pthread_mutex_unlock(&fk.mu);
+    fake_set(&fk.keepalive, true);
     struct px_disc_opts o = test_opts();
     struct px_disc *d = new_disc(&o);
     struct cm_addr dst[20];
@@ -1159,13 +1133,7 @@ static void one_watch_for_many(void **state)
         char a[32];
         snprintf(a, sizeof(a), "10.96.4.%u:80", i + 1);
         cm_addr_parse(a, &dst[i]);
-        struct result r = {0};
-        struct px_dest_answer *ans = NULL;
-        struct px_disc_wait *w = NULL;
-        assert_int_equal(px_disc_lookup(d, &dst[i], NULL, &ans, on_result, &r, &w),
-                         PX_DISC_UNAVAILABLE);
-        assert_true(run_until(called, &r, 10000));
-        assert_int_equal(r.res, PX_DISC_FOUND);
+        miss_found(d, a);
         run_until(called, &(struct result){0}, 30); /* let the watch go out now and then */
     }
     unsigned want = 20;
@@ -1258,14 +1226,7 @@ static void address_by_name(void **state)
     struct px_disc_opts o = test_opts();
     o.tls_conf = no_tls;
     struct px_disc *d = px_disc_new(base, &named, &o);
-    struct cm_addr dst;
-    cm_addr_parse("10.96.5.1:80", &dst);
-    struct result r = {0};
-    struct px_dest_answer *a = NULL;
-    struct px_disc_wait *w = NULL;
-    assert_int_equal(px_disc_lookup(d, &dst, NULL, &a, on_result, &r, &w), PX_DISC_UNAVAILABLE);
-    assert_true(run_until(called, &r, 10000));
-    assert_int_equal(r.res, PX_DISC_FOUND);
+    miss_found(d, "10.96.5.1:80");
     json_t *j = px_disc_json(d);
     char want[64];
     snprintf(want, sizeof(want), "localhost:%u", fk.port);
@@ -1282,10 +1243,8 @@ static void address_by_name(void **state)
 static void reused_connection_closed_resends(void **state)
 {
     (void)state;
-    pthread_mutex_lock(&fk.mu);
-    fk.keepalive = true;
-    fk.drop_second = true;
-    pthread_mutex_unlock(&fk.mu);
+    fake_set(&fk.keepalive, true);
+    fake_set(&fk.drop_second, true);
     struct px_disc_opts o = test_opts();
     struct px_disc *d = new_disc(&o);
     for (unsigned i = 0; i < 2; i++) {
@@ -1313,22 +1272,15 @@ static void not_found_is_believed(void **state)
     struct px_disc *d = new_disc(&o);
     struct cm_addr dst;
     cm_addr_parse("10.0.0.9:80", &dst);
-    struct result r = {0};
+    struct result r = miss(d, "10.0.0.9:80", NULL, PX_DISC_NOT_FOUND);
     struct px_dest_answer *a = NULL;
     struct px_disc_wait *w = NULL;
-    px_disc_lookup(d, &dst, NULL, &a, on_result, &r, &w);
-    assert_true(run_until(called, &r, 10000));
-    assert_int_equal(r.res, PX_DISC_NOT_FOUND);
     assert_int_equal(px_disc_lookup(d, &dst, NULL, &a, on_result, &r, &w), PX_DISC_NOT_FOUND);
     assert_null(w);
     assert_int_equal(ntargets(), 1); /* no long-poll on a 404, no second ask */
 
     /* hosts: lower-cased, percent-encoded; a bad one is NOT_FOUND without asking */
-    struct result h = {0};
-    px_disc_lookup(d, NULL, "Web.Shop:80", &a, on_result, &h, &w);
-    assert_non_null(w);
-    assert_true(run_until(called, &h, 10000));
-    assert_int_equal(h.res, PX_DISC_FOUND);
+    struct result h = miss(d, NULL, "Web.Shop:80", PX_DISC_FOUND);
     assert_string_equal(target(1), "/v1/destination?host=web.shop%3A80");
     assert_int_equal(px_disc_lookup(d, NULL, "web shop:80", &a, on_result, &h, &w),
                      PX_DISC_NOT_FOUND);
@@ -1357,15 +1309,11 @@ static void unreachable_keeps_held_answers(void **state)
     (void)state;
     struct px_disc_opts o = test_opts();
     struct px_disc *d = new_disc(&o);
-    struct cm_addr dst, other;
+    struct cm_addr dst;
     cm_addr_parse("10.96.0.10:80", &dst);
-    cm_addr_parse("10.96.0.11:80", &other);
-    struct result r = {0};
+    struct result r = miss_found(d, "10.96.0.10:80");
     struct px_dest_answer *a = NULL;
     struct px_disc_wait *w = NULL;
-    px_disc_lookup(d, &dst, NULL, &a, on_result, &r, &w);
-    assert_true(run_until(called, &r, 10000));
-    assert_int_equal(r.res, PX_DISC_FOUND);
 
     set_fake(FAKE_DOWN, 1, 2); /* the held long-poll is closed unanswered */
     assert_true(run_until(stale_now, d, 10000));
@@ -1374,10 +1322,7 @@ static void unreachable_keeps_held_answers(void **state)
     assert_string_equal(a->version, "v1");
     px_dest_answer_unref(a);
     /* a new destination: UNAVAILABLE (outside the mesh), then believed for the backoff */
-    struct result n = {0};
-    px_disc_lookup(d, &other, NULL, &a, on_result, &n, &w);
-    assert_true(run_until(called, &n, 10000));
-    assert_int_equal(n.res, PX_DISC_UNAVAILABLE);
+    miss(d, "10.96.0.11:80", NULL, PX_DISC_UNAVAILABLE);
     json_t *j = px_disc_json(d);
     char *text = json_dumps(j, 0);
     assert_non_null(strstr(text, "\"state\": \"stale\""));
@@ -1399,13 +1344,10 @@ static void slow_first_lookup_is_bounded(void **state)
     struct px_disc *d = new_disc(&o);
     struct cm_addr dst;
     cm_addr_parse("10.0.0.8:80", &dst);
-    struct result r = {0};
     struct px_dest_answer *a = NULL;
     struct px_disc_wait *w = NULL;
     uint64_t t0 = cm_mono_ms();
-    px_disc_lookup(d, &dst, NULL, &a, on_result, &r, &w);
-    assert_true(run_until(called, &r, 10000));
-    assert_int_equal(r.res, PX_DISC_UNAVAILABLE);
+    miss(d, "10.0.0.8:80", NULL, PX_DISC_UNAVAILABLE);
     assert_true(cm_mono_ms() - t0 < 1400); /* before the server's 1.5 s answer */
     /* the request went on and filled the cache */
     struct result r2 = {0};
@@ -1433,16 +1375,8 @@ static void entries_expire_and_are_bounded(void **state)
     o.idle_ms = 300;
     struct px_disc *d = new_disc(&o);
     const char *dests[] = {"10.96.0.1:80", "10.96.0.2:80", "10.96.0.3:80"};
-    for (int i = 0; i < 3; i++) {
-        struct cm_addr dst;
-        cm_addr_parse(dests[i], &dst);
-        struct result r = {0};
-        struct px_dest_answer *a = NULL;
-        struct px_disc_wait *w = NULL;
-        px_disc_lookup(d, &dst, NULL, &a, on_result, &r, &w);
-        assert_true(run_until(called, &r, 10000));
-        assert_int_equal(r.res, PX_DISC_FOUND);
-    }
+    for (int i = 0; i < 3; i++)
+        miss_found(d, dests[i]);
     struct px_disc_stats st;
     px_disc_get_stats(d, &st);
     assert_int_equal(st.entries, 2);
