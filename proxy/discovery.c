@@ -914,10 +914,7 @@ json_t *px_disc_json(struct px_disc *d)
         json_array_append_new(arr, o);
     }
     char a[CM_ADDR_STRLEN], name[320];
-    if (d->cfg->address_name != NULL)
-        snprintf(name, sizeof(name), "%s:%s", d->cfg->address_name, d->cfg->address_port);
-    else
-        cm_addr_format(&d->cfg->addr, name, sizeof(name));
+    px_disc_cfg_address(d->cfg, name, sizeof(name));
     json_t *j =
         json_pack("{s:s, s:s, s:I, s:o}", "discovery", name, "outbound_policy",
                   d->cfg->policy == PX_OUTBOUND_REGISTRY_ONLY ? "registry_only" : "allow_any",

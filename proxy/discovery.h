@@ -80,6 +80,9 @@ int px_disc_cfg_parse(const struct cm_jpath *p, json_t *root, bool has_identity,
                       struct px_disc_cfg *out, char **errmsg);
 void px_disc_cfg_deinit(struct px_disc_cfg *c);
 
+/* discovery.address as configured, "ip:port" or "name:port", into buf. */
+const char *px_disc_cfg_address(const struct px_disc_cfg *c, char *buf, size_t n);
+
 /* Does egress_allow let this destination out under registry_only? host is the
  * HTTP Host or the TLS SNI without its port (NULL: not known), dst the
  * original destination address (NULL: not known), port the destination port.

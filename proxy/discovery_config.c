@@ -261,6 +261,15 @@ void px_disc_cfg_deinit(struct px_disc_cfg *c)
     memset(c, 0, sizeof(*c));
 }
 
+const char *px_disc_cfg_address(const struct px_disc_cfg *c, char *buf, size_t n)
+{
+    if (c->address_name != NULL)
+        snprintf(buf, n, "%s:%s", c->address_name, c->address_port);
+    else
+        cm_addr_format(&c->addr, buf, n);
+    return buf;
+}
+
 static bool cidr_match(const struct px_egress_rule *r, const struct cm_addr *a)
 {
     uint8_t b[16];

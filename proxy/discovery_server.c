@@ -39,9 +39,9 @@ void px_disc_start(struct px_server *srv)
     o.tls_arg = srv->identity;
     srv->disc = px_disc_new(srv->base, c, &o);
     px_metrics_register_with(srv->metrics, write_prometheus, srv->disc);
-    char a[CM_ADDR_STRLEN];
+    char a[320];
     cm_info("discovery: asking %s (%s), outbound_policy %s, %zu egress_allow entries",
-            cm_addr_format(&c->addr, a, sizeof(a)), c->server_name,
+            px_disc_cfg_address(c, a, sizeof(a)), c->server_name,
             c->policy == PX_OUTBOUND_REGISTRY_ONLY ? "registry_only" : "allow_any", c->negress);
 }
 
