@@ -95,12 +95,21 @@ bg wrongtls python3 "$REMORA_ROOT/test/tools/tls_echo.py" --listen "127.0.0.8:$T
 wait_until 5 listen_port "$TMP/wrongtls.log" || { fail "wrong TLS server starts"; finish; }
 # the proxy's nameserver: NXDOMAIN for names under ghost.example; names under late.example are
 # 127.0.0.4, answered 400 ms late; no answer ever for the rest (a silent resolver); every
-# query's name is appended to dns.q
+# query's name is appended to dns.q. Port 53 is fixed (resolv.conf names no port), so it binds
+# a loopback address of its own, picked at random: another run of this suite may hold one.
 bg dns python3 -c '
-import socket, sys, threading
+import random, socket, sys, threading
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("127.0.0.211", 53))
-print("listening on 127.0.0.211:53", flush=True)
+for _ in range(100):
+    ns = "127.%d.%d.%d" % (random.randrange(200, 255), random.randrange(256), random.randrange(2, 255))
+    try:
+        s.bind((ns, 53))
+        break
+    except OSError:
+        pass
+else:
+    sys.exit("no free loopback address for port 53")
+print("listening on %s:53" % ns, flush=True)
 while True:
     d, a = s.recvfrom(4096)
     i, labels = 12, []
@@ -117,11 +126,12 @@ while True:
                b"\0\0\0\0" + question + ans)
         threading.Timer(0.4, s.sendto, (msg, a)).start()' "$TMP/dns.q"
 wait_until 5 grep -q listening "$TMP/dns.log" || { fail "the test nameserver starts"; cat "$TMP/dns.log"; finish; }
+NS=$(sed -n 's/^listening on \(.*\):53$/\1/p' "$TMP/dns.log")
 cat >"$TMP/hosts" <<HOSTS
 127.0.0.1 localhost
 127.0.0.4 allowed.example a.b.wild.example fresh.wild.example tls-ok.example x.tlswild.example held.shop
 HOSTS
-printf 'nameserver 127.0.0.211\noptions timeout:3 attempts:1\n' >"$TMP/resolv.conf"
+printf 'nameserver %s\noptions timeout:3 attempts:1\n' "$NS" >"$TMP/resolv.conf"
 # the proxy in its own mount namespace with those files (exec: the PID stays the proxy's)
 cat >"$TMP/nsproxy" <<SH
 #!/bin/sh
