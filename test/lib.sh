@@ -257,8 +257,7 @@ ca_csr() {
 # the fake accepts ($TMP/sa-token), the fake (test/tools/fake_apiserver.py) with its control port;
 # sets APIP and CTL and defines `ctl PATH [curl args]` on the control API (objects/pods, ...).
 disc_registry() {
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-        -keyout "$D/apica-key.pem" -out "$D/apica.pem" -subj "/CN=apica" 2>/dev/null || return 1
+    _fake_ca apica || return 1
     _fake_cert api "DNS:localhost,IP:127.0.0.1" || return 1
     echo "tok-$$" >"$TMP/sa-token"
     bg fake python3 "$REMORA_ROOT/test/tools/fake_apiserver.py" --cert "$D/api.pem" \
@@ -269,6 +268,16 @@ disc_registry() {
     APIP=$(cat "$TMP/api.port")
     CTL=http://127.0.0.1:$(cat "$TMP/ctl.port")/_control
     ctl state -X PUT --data-binary "{\"token\": \"tok-$$\"}" >/dev/null
+}
+# disc_pod NAME IP SA MESHED(true|false) APP: a Running, Ready pod shop/NAME at IP with the
+# label app=APP, running as SA, meshed (the injector's remora.io/status annotation) or not
+disc_pod() {
+    local ann=''
+    [[ $4 == true ]] && ann=', "annotations": {"remora.io/status": "{}"}'
+    ctl objects/pods -X PUT --data-binary "{\"metadata\": {\"name\": \"$1\", \"namespace\": \"shop\",
+        \"labels\": {\"app\": \"$5\"}$ann}, \"spec\": {\"serviceAccountName\": \"$3\", \"nodeName\": \"n1\"},
+        \"status\": {\"phase\": \"Running\", \"podIP\": \"$2\", \"podIPs\": [{\"ip\": \"$2\"}],
+        \"conditions\": [{\"type\": \"Ready\", \"status\": \"True\"}]}}" >/dev/null
 }
 # disc_workload SA [FILE]: a workload certificate of spiffe://cluster.local/ns/shop/sa/SA in
 # $D/FILE.pem and $D/FILE-key.pem (FILE defaults to SA)
@@ -294,6 +303,82 @@ disc_readyz() {
     [[ $(curl -s -o /dev/null -w '%{http_code}' --cacert "$D/wh.pem" \
         --resolve "$SVC:$WH:127.0.0.1" "https://$SVC:$WH/readyz") == 200 ]]
 }
+# disc_sidecar NAME SA APP-PORT ADDRESS...: a meshed pod's inbound sidecar (strict mTLS) on
+# each ADDRESS (IP:PORT) in front of the app on 127.0.0.1:APP-PORT, presenting SA's
+# certificate (disc_workload SA); config $TMP/NAME.json, log $TMP/NAME.log; sets SIDE_PID
+# and returns once its admin /ready answers (a FAIL line otherwise).
+disc_sidecar() {
+    local name=$1 sa=$2 app=$3 admin l ls='' i=0; shift 3
+    admin=$(free_port)
+    for l in "$@"; do
+        i=$((i + 1))
+        ls+="${ls:+,}{\"name\": \"in$i\", \"address\": \"$l\", \"direction\": \"inbound\",
+            \"tls\": \"strict\", \"upstream\": \"127.0.0.1:$app\"}"
+    done
+    cat >"$TMP/$name.json" <<JSON
+{"admin": {"address": "127.0.0.1:$admin"}, "listeners": [$ls],
+ "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "$sa",
+              "cert_file": "$D/$sa.pem", "key_file": "$D/$sa-key.pem", "bundle_file": "$D/root.pem"}}
+JSON
+    bg "$name" "$PROXY" -c "$TMP/$name.json"
+    SIDE_PID=$LASTPID
+    wait_http "http://127.0.0.1:$admin/ready" || { fail "sidecar $name starts"; cat "$TMP/$name.log"; return 1; }
+}
+# disc_client NAME LISTENERS [EXTRA-JSON [JQ-FILTER]]: $TMP/NAME.json, the client pod's proxy:
+# admin on 127.0.0.1:$ADMIN_PORT, LISTENERS (a JSON list; `outbound` writes one), the identity
+# shop/client (disc_workload client) and discovery at 127.0.0.1:$DP (lookup_timeout_ms 3000);
+# EXTRA is merged over it, then the filter runs (del(.discovery) drops the block).
+disc_client() {
+    jq -n --arg admin "127.0.0.1:$ADMIN_PORT" --argjson ls "$2" --arg d "$D" --arg disc "127.0.0.1:${DP:-}" \
+        --argjson extra "${3:-{\}}" '{admin: {address: $admin}, listeners: $ls,
+        identity: {trust_domain: "cluster.local", namespace: "shop", service_account: "client",
+                   cert_file: ($d + "/client.pem"), key_file: ($d + "/client-key.pem"),
+                   bundle_file: ($d + "/root.pem")},
+        discovery: {address: $disc, lookup_timeout_ms: 3000}} * $extra | '"${4:-.}" >"$TMP/$1.json"
+}
+# outbound NAME PORT UPSTREAM [TLS]: one outbound listener on 127.0.0.1:PORT (tls "mesh")
+outbound() {
+    printf '{"name": "%s", "address": "127.0.0.1:%s", "direction": "outbound", "tls": "%s", "upstream": "%s"}' \
+        "$1" "$2" "${4:-mesh}" "$3"
+}
+# h1_exchange PORT: the bytes on stdin (one HTTP/1.1 request) sent to 127.0.0.1:PORT; prints
+# the response's status line and its body (Content-Length bytes, or none), one space between
+h1_exchange() {
+    timeout 20 python3 -c '
+import re, socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=15)
+s.sendall(sys.stdin.buffer.read())
+data = b""
+while b"\r\n\r\n" not in data:
+    d = s.recv(4096)
+    if not d: break
+    data += d
+head, _, body = data.partition(b"\r\n\r\n")
+m = re.search(rb"content-length: *(\d+)", head, re.I)
+n = int(m.group(1)) if m else 0
+while len(body) < n:
+    d = s.recv(4096)
+    if not d: break
+    body += d
+print(head.split(b"\r\n")[0].decode(), body.decode(errors="replace").rstrip("\n"))' "$1"
+}
+# tcp_exchange PORT: the bytes on stdin sent to 127.0.0.1:PORT, then read until the peer
+# closes: prints "closed N" (N bytes came back) or "error MESSAGE" (a reset, or 15 s of silence)
+tcp_exchange() {
+    timeout 20 python3 -c '
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=15)
+s.sendall(sys.stdin.buffer.read())
+data = b""
+try:
+    while True:
+        d = s.recv(4096)
+        if not d: break
+        data += d
+    print("closed", len(data))
+except OSError as e:
+    print("error", e)' "$1"
+}
 
 # ---- the fake API server's fixture (publish.sh, publish_jwks.sh) ------------------------------
 # fake_pki: in $D (made here) the API server's CA apica (and an unrelated otherca), its
@@ -305,15 +390,16 @@ fake_pki() {
     D=$TMP/pki
     mkdir -p "$D"
     local n
-    for n in apica otherca; do
-        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-            -keyout "$D/$n-key.pem" -out "$D/$n.pem" -subj "/CN=$n" 2>/dev/null || return 1
-    done
+    for n in apica otherca; do _fake_ca "$n" || return 1; done
     _fake_cert api "DNS:localhost,IP:127.0.0.1" || return 1
     _fake_cert wrongname "DNS:wrong.example,IP:10.9.8.7" || return 1
     FAKE_TOKEN=tok-$$-good
     echo "$FAKE_TOKEN" >"$TMP/token"
     echo "tok-$$-stale" >"$TMP/bad-token"
+}
+_fake_ca() { # NAME: a self-signed CA, $D/NAME.pem and $D/NAME-key.pem
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -keyout "$D/$1-key.pem" -out "$D/$1.pem" -subj "/CN=$1" 2>/dev/null
 }
 _fake_cert() { # NAME SAN: a serving certificate for the fake, signed by apica
     openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$D/$1-key.pem" \

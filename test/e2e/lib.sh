@@ -152,14 +152,9 @@ E2E_DISC_PORT=15011
 _e2e_fake_apiserver() {
     local d=$E2E/api
     mkdir -p "$d"
-    (openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-        -keyout "$d/apica-key.pem" -out "$d/apica.pem" -subj "/CN=e2e apiserver CA" &&
-        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-            -keyout "$d/api-key.pem" -out "$d/api.csr" -subj "/CN=kube-apiserver" &&
-        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$d/api.ext" &&
-        openssl x509 -req -in "$d/api.csr" -CA "$d/apica.pem" -CAkey "$d/apica-key.pem" \
-            -CAcreateserial -days 2 -extfile "$d/api.ext" -out "$d/api.pem") >"$d/pki.log" 2>&1 ||
-        { cat "$d/pki.log" >&2; return 1; }
+    # test/lib.sh's fake API server certificates, made in $d
+    D=$d _fake_ca apica && D=$d _fake_cert api "DNS:localhost,IP:127.0.0.1" ||
+        { echo "e2e: the fake API server's certificates could not be made in $d" >&2; return 1; }
     echo "e2e-token-$$" >"$d/token"
     bg apiserver ip netns exec "$E2E_NODE" python3 "$REMORA_ROOT/test/tools/fake_apiserver.py" \
         --cert "$d/api.pem" --key "$d/api-key.pem" --port-file "$d/api.port" \

@@ -220,9 +220,7 @@ def merge_patch(target, patch):
 def override_bootstrap(pod, state):
     """The harness's override of the injected bootstrap (see the module's doc)."""
     ann = pod["metadata"].get("annotations") or {}
-    if BOOTSTRAP_ANNOTATION not in ann:
-        return pod
-    if MERGE_ANNOTATION not in ann:
+    if BOOTSTRAP_ANNOTATION not in ann or MERGE_ANNOTATION not in ann:
         return pod
     try:
         patch = json.loads(ann[MERGE_ANNOTATION])

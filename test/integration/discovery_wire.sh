@@ -28,28 +28,14 @@
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 ca_pki || exit 1
-"$CERTS" workload --ca-cert "$D/root.pem" --ca-key "$D/root-key.pem" \
-    --spiffe-id spiffe://cluster.local/ns/shop/sa/client --out-cert "$D/w.pem" --out-key "$D/w-key.pem" \
-    >/dev/null || exit 1
+for sa in client web other; do disc_workload "$sa" || exit 1; done
 
 disc_registry || finish
 # an unmeshed pod at 127.0.0.1 (the app below listens there)
-ctl objects/pods -X PUT --data-binary '{"metadata": {"name": "legacy-0", "namespace": "shop",
-    "labels": {"app": "legacy"}}, "spec": {"serviceAccountName": "legacy", "nodeName": "n1"},
-    "status": {"phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
-               "conditions": [{"type": "Ready", "status": "True"}]}}' >/dev/null
+disc_pod legacy-0 127.0.0.1 legacy false legacy
 
 # a meshed pod at 127.0.0.3 running as shop/web (its sidecar is started below)
-ctl objects/pods -X PUT --data-binary '{"metadata": {"name": "web-0", "namespace": "shop",
-    "labels": {"app": "web"}, "annotations": {"remora.io/status": "{}"}},
-    "spec": {"serviceAccountName": "web", "nodeName": "n1"},
-    "status": {"phase": "Running", "podIP": "127.0.0.3", "podIPs": [{"ip": "127.0.0.3"}],
-               "conditions": [{"type": "Ready", "status": "True"}]}}' >/dev/null
-for sa in web other; do
-    "$CERTS" workload --ca-cert "$D/root.pem" --ca-key "$D/root-key.pem" \
-        --spiffe-id "spiffe://cluster.local/ns/shop/sa/$sa" --out-cert "$D/$sa.pem" \
-        --out-key "$D/$sa-key.pem" >/dev/null || exit 1
-done
+disc_pod web-0 127.0.0.3 web true web
 
 disc_injector || finish
 
@@ -65,65 +51,22 @@ bg rec2 python3 "$REMORA_ROOT/test/tools/h1_recorder.py" --dir "$TMP/rec2" --lis
 wait_until 5 listen_port "$TMP/rec2.log" || { fail "recorder 2 did not start"; cat "$TMP/rec2.log"; finish; }
 
 # web_sidecar SA: the meshed pod's inbound sidecar on 127.0.0.3:$WEBP (strict mTLS, to the
-# app on 127.0.0.1:$APP1), presenting the certificate of service account SA; sets WEB_PID.
+# app on 127.0.0.1:$APP1), presenting the certificate of service account SA; sets SIDE_PID.
 WEBP=$(free_port)
-web_sidecar() {
-    local admin; admin=$(free_port)
-    cat >"$TMP/web-$1.json" <<JSON
-{"admin": {"address": "127.0.0.1:$admin"},
- "listeners": [{"name": "in", "address": "127.0.0.3:$WEBP", "direction": "inbound",
-                "tls": "strict", "upstream": "127.0.0.1:$APP1"}],
- "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "$1",
-              "cert_file": "$D/$1.pem", "key_file": "$D/$1-key.pem", "bundle_file": "$D/root.pem"}}
-JSON
-    bg "web-$1" "$PROXY" -c "$TMP/web-$1.json"
-    WEB_PID=$LASTPID
-    wait_http "http://127.0.0.1:$admin/ready" || { fail "web sidecar ($1) starts"; return 1; }
-}
+web_sidecar() { disc_sidecar "web-$1" "$1" "$APP1" "127.0.0.3:$WEBP"; }
 
 # run_proxy NAME POLICY EGRESS-JSON: a proxy with two mesh outbound listeners (L1 -> APP1,
 # L2 -> APP2) and a TCP one on an opaque port (L3 -> APP2); sets ADMIN_PORT, L1, L2, PROXY_PID.
 run_proxy() {
     ADMIN_PORT=$(free_port); L1=$(free_port); L2=$(free_port); L3=$(free_port)
-    cat >"$TMP/$1.json" <<JSON
-{"admin": {"address": "127.0.0.1:$ADMIN_PORT"},
- "listeners": [
-   {"name": "l1", "address": "127.0.0.1:$L1", "direction": "outbound", "tls": "mesh",
-    "upstream": "127.0.0.1:$APP1"},
-   {"name": "l2", "address": "127.0.0.1:$L2", "direction": "outbound", "tls": "mesh",
-    "upstream": "127.0.0.2:$APP2"},
-   {"name": "l3", "address": "127.0.0.1:$L3", "direction": "outbound", "tls": "mesh",
-    "upstream": "127.0.0.3:$WEBP"}],
- "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "client",
-              "cert_file": "$D/w.pem", "key_file": "$D/w-key.pem", "bundle_file": "$D/root.pem"},
- "discovery": {"address": "127.0.0.1:$DP", "lookup_timeout_ms": 3000},
- "outbound_policy": "$2", "egress_allow": $3}
-JSON
+    disc_client "$1" "[$(outbound l1 "$L1" "127.0.0.1:$APP1"), $(outbound l2 "$L2" "127.0.0.2:$APP2"),
+        $(outbound l3 "$L3" "127.0.0.3:$WEBP")]" "{\"outbound_policy\": \"$2\", \"egress_allow\": $3}"
     start_proxy "$1" "$TMP/$1.json"
 }
 
 REQ=$'GET /hello?x=1 HTTP/1.1\r\nHost: legacy.shop:80\r\nX-App: 1\r\n\r\n'
-# send PORT: the app's request through the proxy; prints the status line
-send() {
-    printf '%s' "$REQ" | timeout 20 python3 -c '
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=15)
-s.sendall(sys.stdin.buffer.read())
-data = b""
-while b"\r\n\r\n" not in data:
-    d = s.recv(4096)
-    if not d: break
-    data += d
-head, _, body = data.partition(b"\r\n\r\n")
-import re
-m = re.search(rb"content-length: *(\d+)", head, re.I)
-n = int(m.group(1)) if m else 0
-while len(body) < n:
-    d = s.recv(4096)
-    if not d: break
-    body += d
-print(head.split(b"\r\n")[0].decode(), body.decode(errors="replace"))' "$1"
-}
+# send PORT: the app's request through the proxy; prints the status line and body
+send() { printf '%s' "$REQ" | h1_exchange "$1"; }
 
 run_proxy allow allow_any '[]' || finish
 A=http://127.0.0.1:$ADMIN_PORT
@@ -148,13 +91,13 @@ expect_eq "meshed pod answered by another workload: 503, never sent" "$(send "$L
 expect_eq "... the app behind it saw nothing" "$(stat -c %s "$TMP/rec1/all.bin")" "$n1"
 expect_match "... the log names both identities" "$(cat "$TMP/allow.log")" \
     'peer is spiffe://cluster.local/ns/shop/sa/other, expected spiffe://cluster.local/ns/shop/sa/web'
-stop_pid "$WEB_PID"
+stop_pid "$SIDE_PID"
 expect_sanitizers_clean "web sidecar (other): sanitizers clean" "$TMP/web-other.log"
 web_sidecar web || finish
 n1=$(stat -c %s "$TMP/rec1/all.bin")
 expect_eq "meshed pod answered by its own workload: mTLS, 200" "$(send "$L3")" "HTTP/1.1 200 OK ok"
 check "... and the app behind its sidecar got the request" test "$(stat -c %s "$TMP/rec1/all.bin")" -gt "$n1"
-stop_pid "$WEB_PID"
+stop_pid "$SIDE_PID"
 expect_sanitizers_clean "web sidecar (web): sanitizers clean" "$TMP/web-web.log"
 stop_pid "$PROXY_PID"
 expect_sanitizers_clean "allow_any proxy: sanitizers clean" "$TMP/allow.log"
@@ -170,19 +113,7 @@ read -r c1 s1 <<<"$(timed "$L1")"
 read -r c2 s2 <<<"$(timed "$L1")"
 expect_eq "registry_only: the unmeshed pod in the registry still 200, twice" "$c1 $c2" "200 200"
 echo "   measured (curl time_total): first request ${s1}s (a lookup over mTLS), second ${s2}s (a hit)"
-tcp_answer=$(timeout 20 python3 -c '
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=15)
-s.sendall(b"\x00\x01\x02 not http\r\n")
-data = b""
-try:
-    while True:
-        d = s.recv(4096)
-        if not d: break
-        data += d
-    print("closed", len(data))
-except OSError as e:
-    print("error", e)' "$L2")
+tcp_answer=$(printf '\x00\x01\x02 not http\r\n' | tcp_exchange "$L2")
 expect_eq "registry_only: opaque TCP to the outside address closed, nothing answered" "$tcp_answer" "closed 0"
 expect_eq "registry_only: the outside app saw no TCP bytes either" "$(stat -c %s "$TMP/rec2/all.bin")" "$before"
 expect_match "remora_egress_total refused (the request and the TCP connection)" \
@@ -210,27 +141,15 @@ expect_sanitizers_clean "egress_allow proxy: sanitizers clean" "$TMP/listed.log"
 # ---- the wire (keep-alive lookups, one watch for every destination, POST /v1/watch) -------
 # 20 unmeshed pods at 127.0.2.1..20 and a proxy with a listener toward each (connect and
 # close: the lookup is asked at accept; the app behind is not needed)
-for i in $(seq 1 21); do
-    ctl objects/pods -X PUT --data-binary "{\"metadata\": {\"name\": \"w-$i\", \"namespace\": \"shop\",
-        \"labels\": {\"app\": \"w\"}}, \"spec\": {\"serviceAccountName\": \"w\", \"nodeName\": \"n1\"},
-        \"status\": {\"phase\": \"Running\", \"podIP\": \"127.0.2.$i\", \"podIPs\": [{\"ip\": \"127.0.2.$i\"}],
-                   \"conditions\": [{\"type\": \"Ready\", \"status\": \"True\"}]}}" >/dev/null
-done
+for i in $(seq 1 21); do disc_pod "w-$i" "127.0.2.$i" w false w; done
 ADMIN_PORT=$(free_port)
 WP=()
 ls=()
 for i in $(seq 1 21); do
     WP+=("$(free_port)")
-    ls+=("{\"name\": \"w$i\", \"address\": \"127.0.0.1:${WP[$((i - 1))]}\", \"direction\": \"outbound\",
-           \"tls\": \"mesh\", \"upstream\": \"127.0.2.$i:$APP1\"}")
+    ls+=("$(outbound "w$i" "${WP[$((i - 1))]}" "127.0.2.$i:$APP1")")
 done
-(IFS=,; cat >"$TMP/many.json" <<JSON
-{"admin": {"address": "127.0.0.1:$ADMIN_PORT"}, "listeners": [${ls[*]}],
- "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "client",
-              "cert_file": "$D/w.pem", "key_file": "$D/w-key.pem", "bundle_file": "$D/root.pem"},
- "discovery": {"address": "localhost:$DP", "lookup_timeout_ms": 3000}}
-JSON
-)
+disc_client many "[$(IFS=,; echo "${ls[*]}")]" "{\"discovery\": {\"address\": \"localhost:$DP\"}}"
 imetric() { curl -s --cacert "$D/wh.pem" --resolve "$SVC:$WH:127.0.0.1" "https://$SVC:$WH/metrics" |
     awk -v m="$1" '$1 == m {print $2}'; }
 # shellcheck disable=SC2317
@@ -270,11 +189,7 @@ nconn=$(ss -tnpH state established "( dport = :$DP )" | grep -c "pid=$PROXY_PID,
 check "the proxy has at most 3 connections to the discovery port (1 lookup + the watch's 2): $nconn" \
     test "$nconn" -le 3
 # an update reaches the proxy through the batch watch: w-5 becomes meshed
-ctl objects/pods -X PUT --data-binary '{"metadata": {"name": "w-5", "namespace": "shop",
-    "labels": {"app": "w"}, "annotations": {"remora.io/status": "{}"}},
-    "spec": {"serviceAccountName": "w", "nodeName": "n1"},
-    "status": {"phase": "Running", "podIP": "127.0.2.5", "podIPs": [{"ip": "127.0.2.5"}],
-               "conditions": [{"type": "Ready", "status": "True"}]}}' >/dev/null
+disc_pod w-5 127.0.2.5 w true w
 # shellcheck disable=SC2317
 meshed_now() { curl -s "$A/destinations" | jq -e --arg d "127.0.2.$1:$APP1" \
     '.destinations[] | select(.destination == $d) | .answer.endpoints[0].meshed == true' >/dev/null; }
@@ -283,17 +198,13 @@ check "an update reaches the proxy through the watch (127.0.2.5 now meshed)" wai
 accepts "${WP[20]}"
 check "a destination added while the watch is held: current" wait_until 15 states_are current 21
 check "... and watched (21 listed)" wait_until 15 imetric_is remora_discovery_watched_destinations 21
-ctl objects/pods -X PUT --data-binary '{"metadata": {"name": "w-21", "namespace": "shop",
-    "labels": {"app": "w"}, "annotations": {"remora.io/status": "{}"}},
-    "spec": {"serviceAccountName": "w", "nodeName": "n1"},
-    "status": {"phase": "Running", "podIP": "127.0.2.21", "podIPs": [{"ip": "127.0.2.21"}],
-               "conditions": [{"type": "Ready", "status": "True"}]}}' >/dev/null
+disc_pod w-21 127.0.2.21 w true w
 check "... its update arrives too" wait_until 15 meshed_now 21
 expect_eq "remora_discovery_updates_total 2" "$(pmetric remora_discovery_updates_total)" 2
 
 # hostile watch bodies at the injector: 400 naming what is wrong, nothing held
 watch_post() { # BODY-FILE: "CODE BODY"
-    curl -s -m 20 --cacert "$D/root.pem" --cert "$D/w.pem" --key "$D/w-key.pem" \
+    curl -s -m 20 --cacert "$D/root.pem" --cert "$D/client.pem" --key "$D/client-key.pem" \
         --resolve "$SVC:$DP:127.0.0.1" -w ' %{http_code}' -H 'Content-Type: application/json' \
         --data-binary @"$1" "https://$SVC:$DP/v1/watch?timeout_s=1"
 }
@@ -321,7 +232,7 @@ expect_eq "after the hostile bodies: still one watch of 21 held" \
 v1=$(curl -s "$A/destinations" | jq -r --arg d "127.0.2.1:$APP1" '.destinations[] | select(.destination == $d) | .version')
 printf '{"watch": [{"addr": "127.0.2.1:%s", "version": "%s"}, {"addr": "127.0.2.1:%s", "version": "%s"}]}' \
     "$APP1" "$v1" "$APP1" "$v1" >"$TMP/h7.json"
-curl -s -m 30 --cacert "$D/root.pem" --cert "$D/w.pem" --key "$D/w-key.pem" --resolve "$SVC:$DP:127.0.0.1" \
+curl -s -m 30 --cacert "$D/root.pem" --cert "$D/client.pem" --key "$D/client-key.pem" --resolve "$SVC:$DP:127.0.0.1" \
     -w ' %{http_code}' --data-binary @"$TMP/h7.json" "https://$SVC:$DP/v1/watch?timeout_s=20" >"$TMP/h7.out" &
 H7=$!
 check "a watch listing one destination twice is held" wait_until 15 imetric_is remora_discovery_watched_destinations 23
@@ -354,14 +265,8 @@ expect_sanitizers_clean "many-destinations proxy: sanitizers clean" "$TMP/many.l
 # discovery down at start (nothing listens at its address): ready all the same, the warm
 # connection retried with backoff (250 ms doubling), and a request still passes (allow_any)
 ADMIN_PORT=$(free_port); L1=$(free_port)
-cat >"$TMP/down.json" <<JSON
-{"admin": {"address": "127.0.0.1:$ADMIN_PORT"},
- "listeners": [{"name": "l1", "address": "127.0.0.1:$L1", "direction": "outbound", "tls": "mesh",
-                "upstream": "127.0.0.2:$APP2"}],
- "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "client",
-              "cert_file": "$D/w.pem", "key_file": "$D/w-key.pem", "bundle_file": "$D/root.pem"},
- "discovery": {"address": "127.0.0.1:$(free_port)", "lookup_timeout_ms": 3000}}
-JSON
+disc_client down "[$(outbound l1 "$L1" "127.0.0.2:$APP2")]" \
+    "{\"discovery\": {\"address\": \"127.0.0.1:$(free_port)\"}}"
 t0=$(date +%s%N)
 start_proxy down "$TMP/down.json" || finish
 pass "discovery down at start: the proxy is ready ($(( ($(date +%s%N) - t0) / 1000000 )) ms)"

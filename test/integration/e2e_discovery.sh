@@ -297,7 +297,9 @@ check "web-x removed again: the client's sidecar has web-0 and web-1" wait_until
 
 # ---- an unmeshed pod in the registry: plaintext, as the app sent it ----------------------
 UA=(-H 'User-Agent: e2e' -H 'X-E2E: legacy')
-sent_legacy() { printf 'GET %s HTTP/1.1\r\nHost: %s\r\nAccept: */*\r\nUser-Agent: e2e\r\nX-E2E: legacy\r\n\r\n' "$2" "$1"; }
+# sent HOST PATH [FIELD-LINE]: the request head curl sends (with UA: FIELD-LINE "X-E2E: legacy")
+sent() { printf 'GET %s HTTP/1.1\r\nHost: %s\r\nAccept: */*\r\nUser-Agent: e2e\r\n%s\r\n' "$2" "$1" "${3:+$3$'\r\n'}"; }
+sent_legacy() { sent "$1" "$2" 'X-E2E: legacy'; }
 out=$(pc client -m 20 "${UA[@]}" -w ' %{http_code}' "http://${IP[legacy]}:8080/legacy/direct?x=1")
 expect_eq "client -> legacy by pod IP: its app answers" "$out" "legacy 200"
 expect_eq "... its app got the request as the client sent it, in plaintext (no XFCC, nothing but the ids every sidecar adds)" \
@@ -311,16 +313,18 @@ expect_eq "... its app got the request as the client sent it, in plaintext" \
 # inet POD TAG: the three kinds of request to the internet host, paths /TAG/{ip,host,tls};
 # sets C80 C8080 C443 (the HTTP status, or "exit N" when curl failed) and B80 B8080 B443
 inet() {
-    local p=$1 t=$2 o rc
-    o=$(pc "$p" -m 20 -H 'User-Agent: e2e' -w '\n%{http_code}' "http://$INET_IP/$t/ip")
-    rc=$?; C80=${o##*$'\n'}; B80=${o%$'\n'*}; B80=${B80%$'\n'}; ((rc == 0)) || C80="exit $rc"
-    o=$(pc "$p" -m 20 "${CA_INET[@]}" -H 'User-Agent: e2e' -w '\n%{http_code}' "http://$INET_NAME:8080/$t/host")
-    rc=$?; C8080=${o##*$'\n'}; B8080=${o%$'\n'*}; B8080=${B8080%$'\n'}; ((rc == 0)) || C8080="exit $rc"
-    o=$(pc "$p" -m 20 "${CA_INET[@]}" -H 'User-Agent: e2e' -w '\n%{http_code}' "https://$INET_NAME/$t/tls")
-    rc=$?; C443=${o##*$'\n'}; B443=${o%$'\n'*}; B443=${B443%$'\n'}; ((rc == 0)) || C443="exit $rc"
+    inet_get 80 "$1" "http://$INET_IP/$2/ip"
+    inet_get 8080 "$1" "${CA_INET[@]}" "http://$INET_NAME:8080/$2/host"
+    inet_get 443 "$1" "${CA_INET[@]}" "https://$INET_NAME/$2/tls"
 }
-# sent HOST PATH: the request head curl sends above
-sent() { printf 'GET %s HTTP/1.1\r\nHost: %s\r\nAccept: */*\r\nUser-Agent: e2e\r\n\r\n' "$2" "$1"; }
+# inet_get PORT POD CURL-ARGS...: one of them; sets CPORT and BPORT
+# shellcheck disable=SC2034 # code and body are namerefs to them
+inet_get() {
+    local -n code=C$1 body=B$1
+    local o rc
+    o=$(pc "$2" -m 20 -H 'User-Agent: e2e' -w '\n%{http_code}' "${@:3}")
+    rc=$?; code=${o##*$'\n'}; body=${o%$'\n'*}; body=${body%$'\n'}; ((rc == 0)) || code="exit $rc"
+}
 inet client any
 expect_eq "allow_any: the internet host over plain HTTP by address: 200" "$C80 $B80" "200 internet 80 /any/ip"
 expect_eq "... it got the request as the client sent it" \

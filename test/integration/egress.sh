@@ -39,9 +39,7 @@ openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$D/
         >"$D/out.ext" &&
     openssl x509 -req -in "$D/out.csr" -CA "$D/outca.pem" -CAkey "$D/outca-key.pem" -CAcreateserial \
         -days 2 -extfile "$D/out.ext" -out "$D/out.pem" 2>/dev/null || exit 1
-"$CERTS" workload --ca-cert "$D/root.pem" --ca-key "$D/root-key.pem" \
-    --spiffe-id spiffe://cluster.local/ns/shop/sa/client --out-cert "$D/w.pem" --out-key "$D/w-key.pem" \
-    >/dev/null || exit 1
+for sa in client web; do disc_workload "$sa" || exit 1; done
 
 # ---- the apps: outside HTTP (127.0.0.4), outside TLS (127.0.0.4), the Service web --------
 mkdir -p "$TMP/out" "$TMP/webapp"
@@ -60,31 +58,12 @@ wait_until 5 listen_port "$TMP/tls.log" || { fail "outside TLS server starts"; c
 WEBP=$(free_port)
 bg webapp python3 "$REMORA_ROOT/test/tools/h1_recorder.py" --dir "$TMP/webapp" --response "$RESP"
 wait_until 5 listen_port "$TMP/webapp.log" || { fail "web app starts"; finish; }
-WEBAPP=$LISTEN_PORT
-"$CERTS" workload --ca-cert "$D/root.pem" --ca-key "$D/root-key.pem" \
-    --spiffe-id spiffe://cluster.local/ns/shop/sa/web --out-cert "$D/web.pem" --out-key "$D/web-key.pem" \
-    >/dev/null || exit 1
-WEBADMIN=$(free_port)
-cat >"$TMP/websc.json" <<JSON
-{"admin": {"address": "127.0.0.1:$WEBADMIN"},
- "listeners": [{"name": "in5", "address": "127.0.0.5:$WEBP", "direction": "inbound", "tls": "strict",
-                "upstream": "127.0.0.1:$WEBAPP"},
-               {"name": "in6", "address": "127.0.0.6:$WEBP", "direction": "inbound", "tls": "strict",
-                "upstream": "127.0.0.1:$WEBAPP"}],
- "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "web",
-              "cert_file": "$D/web.pem", "key_file": "$D/web-key.pem", "bundle_file": "$D/root.pem"}}
-JSON
-bg websc "$PROXY" -c "$TMP/websc.json"
-WEBSC_PID=$LASTPID
-wait_http "http://127.0.0.1:$WEBADMIN/ready" || { fail "web sidecar starts"; cat "$TMP/websc.log"; finish; }
+disc_sidecar websc web "$LISTEN_PORT" "127.0.0.5:$WEBP" "127.0.0.6:$WEBP" || finish
+WEBSC_PID=$SIDE_PID
 
 # ---- the fake API server and the injector's discovery service ------------------------------
 disc_registry || finish
-ctl objects/pods -X PUT --data-binary '{"metadata": {"name": "web-0", "namespace": "shop",
-    "labels": {"app": "web"}, "annotations": {"remora.io/status": "{}"}},
-    "spec": {"serviceAccountName": "web", "nodeName": "n1"},
-    "status": {"phase": "Running", "podIP": "127.0.0.5", "podIPs": [{"ip": "127.0.0.5"}],
-               "conditions": [{"type": "Ready", "status": "True"}]}}' >/dev/null
+disc_pod web-0 127.0.0.5 web true web
 ctl objects/services -X PUT --data-binary "{\"metadata\": {\"name\": \"web\", \"namespace\": \"shop\"},
     \"spec\": {\"clusterIP\": \"10.96.0.10\", \"clusterIPs\": [\"10.96.0.10\"], \"selector\": {\"app\": \"web\"},
                \"ports\": [{\"name\": \"http\", \"port\": 80, \"targetPort\": $WEBP, \"protocol\": \"TCP\"}]}}" >/dev/null
@@ -94,10 +73,7 @@ ctl objects/endpointslices -X PUT --data-binary "{\"metadata\": {\"name\": \"web
     \"endpoints\": [{\"addresses\": [\"127.0.0.5\"], \"conditions\": {\"ready\": true, \"serving\": true, \"terminating\": false},
                    \"targetRef\": {\"kind\": \"Pod\", \"namespace\": \"shop\", \"name\": \"web-0\"}}]}" >/dev/null
 # legacy.shop: a plaintext Service (no sidecar) with its pod at 127.0.0.7
-ctl objects/pods -X PUT --data-binary '{"metadata": {"name": "legacy-0", "namespace": "shop",
-    "labels": {"app": "legacy"}}, "spec": {"serviceAccountName": "legacy", "nodeName": "n1"},
-    "status": {"phase": "Running", "podIP": "127.0.0.7", "podIPs": [{"ip": "127.0.0.7"}],
-               "conditions": [{"type": "Ready", "status": "True"}]}}' >/dev/null
+disc_pod legacy-0 127.0.0.7 legacy false legacy
 ctl objects/services -X PUT --data-binary '{"metadata": {"name": "legacy", "namespace": "shop"},
     "spec": {"clusterIP": "10.96.0.11", "clusterIPs": ["10.96.0.11"], "selector": {"app": "legacy"},
              "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}}' >/dev/null
@@ -119,12 +95,21 @@ bg wrongtls python3 "$REMORA_ROOT/test/tools/tls_echo.py" --listen "127.0.0.8:$T
 wait_until 5 listen_port "$TMP/wrongtls.log" || { fail "wrong TLS server starts"; finish; }
 # the proxy's nameserver: NXDOMAIN for names under ghost.example; names under late.example are
 # 127.0.0.4, answered 400 ms late; no answer ever for the rest (a silent resolver); every
-# query's name is appended to dns.q
+# query's name is appended to dns.q. Port 53 is fixed (resolv.conf names no port), so it binds
+# a loopback address of its own, picked at random: another run of this suite may hold one.
 bg dns python3 -c '
-import socket, sys, threading
+import random, socket, sys, threading
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("127.0.0.211", 53))
-print("listening on 127.0.0.211:53", flush=True)
+for _ in range(100):
+    ns = "127.%d.%d.%d" % (random.randrange(200, 255), random.randrange(256), random.randrange(2, 255))
+    try:
+        s.bind((ns, 53))
+        break
+    except OSError:
+        pass
+else:
+    sys.exit("no free loopback address for port 53")
+print("listening on %s:53" % ns, flush=True)
 while True:
     d, a = s.recvfrom(4096)
     i, labels = 12, []
@@ -141,11 +126,12 @@ while True:
                b"\0\0\0\0" + question + ans)
         threading.Timer(0.4, s.sendto, (msg, a)).start()' "$TMP/dns.q"
 wait_until 5 grep -q listening "$TMP/dns.log" || { fail "the test nameserver starts"; cat "$TMP/dns.log"; finish; }
+NS=$(sed -n 's/^listening on \(.*\):53$/\1/p' "$TMP/dns.log")
 cat >"$TMP/hosts" <<HOSTS
 127.0.0.1 localhost
 127.0.0.4 allowed.example a.b.wild.example fresh.wild.example tls-ok.example x.tlswild.example held.shop
 HOSTS
-printf 'nameserver 127.0.0.211\noptions timeout:3 attempts:1\n' >"$TMP/resolv.conf"
+printf 'nameserver %s\noptions timeout:3 attempts:1\n' "$NS" >"$TMP/resolv.conf"
 # the proxy in its own mount namespace with those files (exec: the PID stays the proxy's)
 cat >"$TMP/nsproxy" <<SH
 #!/bin/sh
@@ -159,49 +145,16 @@ PROXY=$TMP/nsproxy
 # ---- the proxy: registry_only, names in egress_allow ---------------------------------------
 ADMIN_PORT=$(free_port); LO=$(free_port); LT=$(free_port); LW=$(free_port); LX=$(free_port)
 LXT=$(free_port)
-cat >"$TMP/proxy.json" <<JSON
-{"admin": {"address": "127.0.0.1:$ADMIN_PORT"},
- "listeners": [
-   {"name": "out", "address": "127.0.0.1:$LO", "direction": "outbound", "tls": "mesh",
-    "upstream": "127.0.0.4:$APPO"},
-   {"name": "tls", "address": "127.0.0.1:$LT", "direction": "outbound", "tls": "mesh",
-    "upstream": "127.0.0.4:$TLSP"},
-   {"name": "web", "address": "127.0.0.1:$LW", "direction": "outbound", "tls": "mesh",
-    "upstream": "127.0.0.6:$WEBP"},
-   {"name": "wrong", "address": "127.0.0.1:$LX", "direction": "outbound", "tls": "mesh",
-    "upstream": "127.0.0.8:$APPO"},
-   {"name": "wrongtls", "address": "127.0.0.1:$LXT", "direction": "outbound", "tls": "mesh",
-    "upstream": "127.0.0.8:$TLSP"}],
- "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "client",
-              "cert_file": "$D/w.pem", "key_file": "$D/w-key.pem", "bundle_file": "$D/root.pem"},
- "discovery": {"address": "127.0.0.1:$DP", "lookup_timeout_ms": 3000},
- "outbound_policy": "registry_only",
- "egress_allow": ["allowed.example:$APPO", "*.wild.example:$APPO", "tls-ok.example:$TLSP",
-                  "*.tlswild.example:$TLSP", "ghost.example:$APPO"]}
-JSON
+disc_client proxy "[$(outbound out "$LO" "127.0.0.4:$APPO"), $(outbound tls "$LT" "127.0.0.4:$TLSP"),
+    $(outbound web "$LW" "127.0.0.6:$WEBP"), $(outbound wrong "$LX" "127.0.0.8:$APPO"),
+    $(outbound wrongtls "$LXT" "127.0.0.8:$TLSP")]" "{\"outbound_policy\": \"registry_only\",
+    \"egress_allow\": [\"allowed.example:$APPO\", \"*.wild.example:$APPO\", \"tls-ok.example:$TLSP\",
+                     \"*.tlswild.example:$TLSP\", \"ghost.example:$APPO\"]}"
 start_proxy proxy "$TMP/proxy.json" || finish
 A=http://127.0.0.1:$ADMIN_PORT
 
 # send PORT HOST: a GET with that Host through the proxy; prints the status line and body
-send() {
-    printf 'GET /x?y=1 HTTP/1.1\r\nHost: %s\r\nX-App: 1\r\n\r\n' "$2" | timeout 20 python3 -c '
-import re, socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=15)
-s.sendall(sys.stdin.buffer.read())
-data = b""
-while b"\r\n\r\n" not in data:
-    d = s.recv(4096)
-    if not d: break
-    data += d
-head, _, body = data.partition(b"\r\n\r\n")
-m = re.search(rb"content-length: *(\d+)", head, re.I)
-n = int(m.group(1)) if m else 0
-while len(body) < n:
-    d = s.recv(4096)
-    if not d: break
-    body += d
-print(head.split(b"\r\n")[0].decode(), body.decode(errors="replace").rstrip("\n"))' "$1"
-}
+send() { printf 'GET /x?y=1 HTTP/1.1\r\nHost: %s\r\nX-App: 1\r\n\r\n' "$2" | h1_exchange "$1"; }
 size() { stat -c %s "$1" 2>/dev/null || echo 0; }
 timed_h() { curl -s -o /dev/null -w '%{http_code} %{time_total}' -H "Host: $2" "http://127.0.0.1:$1/t"; }
 # exact_req FILE HOST: "match" when FILE holds exactly the request send() makes for HOST as
@@ -390,9 +343,8 @@ expect_match "... the request reached web's app through its sidecar (mTLS as sho
 s0=$(sent)
 expect_eq "a second request for web.shop:80: 200" "$(send "$LW" "web.shop:80")" "HTTP/1.1 200 OK ok"
 expect_eq "... answered from the cache: no new request to discovery" "$(sent)" "$s0"
-timed() { curl -s -o /dev/null -w '%{http_code} %{time_total}' -H "Host: $2" "http://127.0.0.1:$1/t"; }
-read -r c1 t1 <<<"$(timed "$LW" web.shop.svc:80)"
-read -r c2 t2 <<<"$(timed "$LW" web.shop.svc:80)"
+read -r c1 t1 <<<"$(timed_h "$LW" web.shop.svc:80)"
+read -r c2 t2 <<<"$(timed_h "$LW" web.shop.svc:80)"
 expect_eq "web.shop.svc:80 (the same Service by its other name): 200, twice" "$c1 $c2" "200 200"
 echo "   measured (curl time_total, $REMORA_BUILD): first request ${t1}s (a Host lookup), second ${t2}s (a hit)"
 expect_eq "Host legacy.shop:80 (a plaintext Service, none of its endpoints at this address): 502" \
@@ -424,12 +376,12 @@ stop_pid "$WEBSC_PID"
 expect_sanitizers_clean "web sidecar: sanitizers clean" "$TMP/websc.log"
 
 # ---- egress_verify_names: false: the name is believed as written --------------------------------
-sed 's/"registry_only",/"registry_only", "egress_verify_names": "no",/' "$TMP/proxy.json" >"$TMP/bad.json"
+jq '.egress_verify_names = "no"' "$TMP/proxy.json" >"$TMP/bad.json"
 out=$("$REAL_PROXY" --check-config -c "$TMP/bad.json" 2>&1) && fail "egress_verify_names \"no\" is refused"
 expect_match "egress_verify_names \"no\": refused, the error names the key" "$out" "egress_verify_names"
 ADMIN_PORT=$(free_port)
-sed -e 's/"registry_only",/"registry_only", "egress_verify_names": false,/' \
-    -e "s/127.0.0.1:[0-9]*\"},/127.0.0.1:$ADMIN_PORT\"},/" "$TMP/proxy.json" >"$TMP/off.json"
+jq --arg a "127.0.0.1:$ADMIN_PORT" '.egress_verify_names = false | .admin.address = $a' "$TMP/proxy.json" \
+    >"$TMP/off.json"
 start_proxy off "$TMP/off.json" || finish
 w0=$(size "$TMP/wrong/all.bin")
 expect_eq "egress_verify_names false: Host allowed.example:$APPO to 127.0.0.8 is let out, 200" \
@@ -449,16 +401,9 @@ bg slowdisc python3 "$REMORA_ROOT/test/tools/slow_discovery.py" --cert "$D/srv-c
 wait_until 5 listen_port "$TMP/slowdisc.log" || { fail "slow discovery starts"; finish; }
 SLOWP=$LISTEN_PORT
 ADMIN_PORT=$(free_port); LS=$(free_port)
-cat >"$TMP/slow.json" <<JSON
-{"admin": {"address": "127.0.0.1:$ADMIN_PORT"},
- "listeners": [{"name": "out", "address": "127.0.0.1:$LS", "direction": "outbound",
-                "tls": "mesh", "upstream": "127.0.0.4:$APPO"}],
- "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "client",
-              "cert_file": "$D/w.pem", "key_file": "$D/w-key.pem", "bundle_file": "$D/root.pem"},
- "discovery": {"address": "127.0.0.1:$SLOWP", "lookup_timeout_ms": 1500},
- "outbound_policy": "registry_only",
- "egress_allow": ["held.shop:$APPO", "*.slowdns.example:$APPO", "*.late.example:$APPO"]}
-JSON
+disc_client slow "[$(outbound out "$LS" "127.0.0.4:$APPO")]" "{\"outbound_policy\": \"registry_only\",
+    \"discovery\": {\"address\": \"127.0.0.1:$SLOWP\", \"lookup_timeout_ms\": 1500},
+    \"egress_allow\": [\"held.shop:$APPO\", \"*.slowdns.example:$APPO\", \"*.late.example:$APPO\"]}"
 start_proxy slow "$TMP/slow.json" || finish
 A=http://127.0.0.1:$ADMIN_PORT
 unavailable() { curl -s "$A/metrics" | sed -n 's/^remora_discovery_lookups_total{result="unavailable"} //p'; }
@@ -484,43 +429,45 @@ expect_eq "Host slow.shop:80, no answer: 502 naming it once lookup_timeout_ms pa
 ms=$(( (${EPOCHREALTIME/./} - t0) / 1000 ))
 check "... after the bound, not long after (${ms} ms; lookup_timeout_ms 1500)" test "$ms" -ge 1400 -a "$ms" -lt 10000
 expect_eq "... one waiter timed out" "$(unavailable)" 1
-# a body sent while the lookup waits is held, then forwarded (held.shop is listed)
-got=$(printf 'POST /held HTTP/1.1\r\nHost: held.shop:%s\r\nContent-Length: 11\r\n\r\nhello world' "$APPO" |
-    timeout 20 python3 -c '
+# post PORT PATH HOST BODY: POST PATH with Host HOST and BODY through the proxy; prints the
+# first line of what came back
+post() {
+    printf 'POST %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n%s' "$2" "$3" "${#4}" "$4" |
+        timeout 20 python3 -c '
 import socket, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=15)
 s.sendall(sys.stdin.buffer.read())
-print(s.recv(4096).split(b"\r\n")[0].decode())' "$LS")
-expect_eq "POST with its body during the wait (held.shop listed): 200" "$got" "HTTP/1.1 200 OK"
-last=$TMP/out/conn-$(find "$TMP/out" -name 'conn-*.bin' | wc -l).bin # numbered from 1
-expect_eq "... the app got the request and the body that waited, byte for byte" "$(python3 -c '
+print(s.recv(4096).split(b"\r\n")[0].decode())' "$1"
+}
+# posted FILE PATH HOST BODY [last]: "match" when FILE holds exactly that POST as the proxy
+# forwards it (field names lower-cased, its traceparent and x-request-id in any place), from
+# the file's first byte (with "last": its last POST PATH, a kept-alive connection), else the bytes
+posted() {
+    python3 -c '
 import re, sys
-head, _, body = open(sys.argv[1], "rb").read().partition(b"\r\n\r\n")
+data, path, host, body_want = open(sys.argv[1], "rb").read(), sys.argv[2].encode(), sys.argv[3].encode(), sys.argv[4].encode()
+if sys.argv[5:] == ["last"]:
+    data = data[data.rfind(b"POST " + path + b" "):]
+head, _, body = data.partition(b"\r\n\r\n")
 lines = head.split(b"\r\n")
 rest = sorted(l for l in lines[1:] if not re.match(rb"(traceparent|x-request-id): ", l))
-print("match" if lines[0] == b"POST /held HTTP/1.1" and body == b"hello world" and
-      rest == [b"content-length: 11", b"host: held.shop:" + sys.argv[2].encode()] else repr(head + body))' \
-    "$last" "$APPO")" match
+print("match" if lines[0] == b"POST " + path + b" HTTP/1.1" and body == body_want and
+      rest == [b"content-length: %d" % len(body_want), b"host: " + host] else repr(head + body))' "$@"
+}
+# a body sent while the lookup waits is held, then forwarded (held.shop is listed)
+expect_eq "POST with its body during the wait (held.shop listed): 200" \
+    "$(post "$LS" /held "held.shop:$APPO" "hello world")" "HTTP/1.1 200 OK"
+last=$TMP/out/conn-$(find "$TMP/out" -name 'conn-*.bin' | wc -l).bin # numbered from 1
+expect_eq "... the app got the request and the body that waited, byte for byte" \
+    "$(posted "$last" /held "held.shop:$APPO" "hello world")" match
 check "the proxy is alive" alive "$PROXY_PID"
 # a listed name its nameserver answers 400 ms late: the request waits, its body held, then forwarded
-got=$(printf 'POST /late HTTP/1.1\r\nHost: api.late.example:%s\r\nContent-Length: 10\r\n\r\nhello late' "$APPO" |
-    timeout 20 python3 -c '
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=15)
-s.sendall(sys.stdin.buffer.read())
-print(s.recv(4096).split(b"\r\n")[0].decode())' "$LS")
-expect_eq "POST to api.late.example (resolved 400 ms late): 200" "$got" "HTTP/1.1 200 OK"
+expect_eq "POST to api.late.example (resolved 400 ms late): 200" \
+    "$(post "$LS" /late "api.late.example:$APPO" "hello late")" "HTTP/1.1 200 OK"
 check "... its name was asked of the nameserver" grep -qx api.late.example "$TMP/dns.q"
 last=$TMP/out/conn-$(find "$TMP/out" -name 'conn-*.bin' | wc -l).bin # a kept-alive one: its last request
-expect_eq "... the app got the request and the body that waited, byte for byte" "$(python3 -c '
-import re, sys
-data = open(sys.argv[1], "rb").read()
-head, _, body = data[data.rfind(b"POST /late "):].partition(b"\r\n\r\n")
-lines = head.split(b"\r\n")
-rest = sorted(l for l in lines[1:] if not re.match(rb"(traceparent|x-request-id): ", l))
-print("match" if lines[0] == b"POST /late HTTP/1.1" and body == b"hello late" and
-      rest == [b"content-length: 10", b"host: api.late.example:" + sys.argv[2].encode()] else repr(head + body))' \
-    "$last" "$APPO")" match
+expect_eq "... the app got the request and the body that waited, byte for byte" \
+    "$(posted "$last" /late "api.late.example:$APPO" "hello late" last)" match
 # a listed name whose nameserver never answers: refused once lookup_timeout_ms passed
 n0=$(size "$TMP/out/all.bin")
 t0=${EPOCHREALTIME/./}

@@ -16,11 +16,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 ca_pki || exit 1
-for sa in client frontend; do
-    "$CERTS" workload --ca-cert "$D/root.pem" --ca-key "$D/root-key.pem" \
-        --spiffe-id "spiffe://cluster.local/ns/shop/sa/$sa" --out-cert "$D/$sa.pem" \
-        --out-key "$D/$sa-key.pem" >/dev/null || exit 1
-done
+for sa in client frontend; do disc_workload "$sa" || exit 1; done
 
 # the apps: shop/web on 127.0.0.5:$SP, both its ClusterIP and its one endpoint's address
 # (with discovery the proxy balances over the endpoints, docs/routes.md "Services";
@@ -53,22 +49,12 @@ echo '{"metrics": {"source_principal": true}}' >"$TMP/policy.json"
 # run_proxy NAME DISCOVERY(0/1): the proxy; sets ADMIN_PORT, LWEB, LEXT, LIN, PROXY_PID, A
 run_proxy() {
     ADMIN_PORT=$(free_port); LWEB=$(free_port); LEXT=$(free_port); LIN=$(free_port)
-    local disc='' tls=disabled
-    (($2)) && tls=mesh && disc="\"discovery\": {\"address\": \"127.0.0.1:$DP\", \"lookup_timeout_ms\": 5000},"
-    cat >"$TMP/$1.json" <<JSON
-{"admin": {"address": "127.0.0.1:$ADMIN_PORT"},
- "listeners": [
-   {"name": "web", "address": "127.0.0.1:$LWEB", "direction": "outbound", "tls": "$tls",
-    "upstream": "127.0.0.5:$SP"},
-   {"name": "ext", "address": "127.0.0.1:$LEXT", "direction": "outbound", "tls": "$tls",
-    "upstream": "127.0.0.2:$EXTP"},
-   {"name": "in", "address": "127.0.0.1:$LIN", "direction": "inbound", "tls": "permissive",
-    "upstream": "127.0.0.1:$INAPP"}],
- "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "client",
-              "cert_file": "$D/client.pem", "key_file": "$D/client-key.pem", "bundle_file": "$D/root.pem"},
- $disc
- "policy_file": "$TMP/policy.json"}
-JSON
+    local tls=disabled filter='del(.discovery)'
+    (($2)) && tls=mesh && filter=.
+    disc_client "$1" "[$(outbound web "$LWEB" "127.0.0.5:$SP" "$tls"), $(outbound ext "$LEXT" "127.0.0.2:$EXTP" "$tls"),
+        {\"name\": \"in\", \"address\": \"127.0.0.1:$LIN\", \"direction\": \"inbound\", \"tls\": \"permissive\",
+         \"upstream\": \"127.0.0.1:$INAPP\"}]" \
+        "{\"discovery\": {\"lookup_timeout_ms\": 5000}, \"policy_file\": \"$TMP/policy.json\"}" "$filter"
     start_proxy "$1" "$TMP/$1.json" || return 1
     A=http://127.0.0.1:$ADMIN_PORT
 }

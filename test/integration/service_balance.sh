@@ -34,15 +34,7 @@ disc_registry || finish
 
 SVCP=$(free_port) # the Service port (on ClusterIPs nothing listens on)
 EPP=$(free_port)  # the endpoints' port (sidecars and apps on 127.0.0.1x)
-# pod NAME IP SA MESHED(true|false) APP
-pod() {
-    local ann=''
-    [[ $4 == true ]] && ann=', "annotations": {"remora.io/status": "{}"}'
-    ctl objects/pods -X PUT --data-binary "{\"metadata\": {\"name\": \"$1\", \"namespace\": \"shop\",
-        \"labels\": {\"app\": \"$5\"}$ann}, \"spec\": {\"serviceAccountName\": \"$3\", \"nodeName\": \"n1\"},
-        \"status\": {\"phase\": \"Running\", \"podIP\": \"$2\", \"podIPs\": [{\"ip\": \"$2\"}],
-        \"conditions\": [{\"type\": \"Ready\", \"status\": \"True\"}]}}" >/dev/null
-}
+pod() { disc_pod "$@"; } # NAME IP SA MESHED(true|false) APP
 # service NAME CLUSTER-IP [PORT-NAME]
 service() {
     ctl objects/services -X PUT --data-binary "{\"metadata\": {\"name\": \"$1\", \"namespace\": \"shop\"},
@@ -132,52 +124,22 @@ wait_port "$EPP" 127.0.0.41 || { fail "h2c app starts"; cat "$TMP/h2up.log"; fin
 bg banner python3 "$TMP/banner.py" 127.0.0.31 "$EPP"
 wait_until 5 listen_port "$TMP/banner.log" || { fail "banner app starts"; cat "$TMP/banner.log"; finish; }
 
-# sidecar NAME IP SA APP-PORT: an inbound sidecar on IP:$EPP (strict mTLS) presenting SA's
-# certificate, to the app on 127.0.0.1:APP-PORT; sets SIDE_PID.
-sidecar() {
-    local admin; admin=$(free_port)
-    cat >"$TMP/side-$1.json" <<JSON
-{"admin": {"address": "127.0.0.1:$admin"},
- "listeners": [{"name": "in", "address": "$2:$EPP", "direction": "inbound",
-                "tls": "strict", "upstream": "127.0.0.1:$4"}],
- "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "$3",
-              "cert_file": "$D/$3.pem", "key_file": "$D/$3-key.pem", "bundle_file": "$D/root.pem"}}
-JSON
-    bg "side-$1" "$PROXY" -c "$TMP/side-$1.json"
-    SIDE_PID=$LASTPID
-    wait_http "http://127.0.0.1:$admin/ready" || { fail "sidecar $1 starts"; return 1; }
-}
-sidecar web-1 127.0.0.11 web "$APP1" || finish
+# the meshed pods' inbound sidecars on IP:$EPP (strict mTLS), each presenting its SA's
+# certificate to the caller; imp-0's is shop/other
+disc_sidecar side-web-1 web "$APP1" "127.0.0.11:$EPP" || finish
 S1=$SIDE_PID
-sidecar web-2 127.0.0.12 web "$APP2" || finish
+disc_sidecar side-web-2 web "$APP2" "127.0.0.12:$EPP" || finish
 S2=$SIDE_PID
-sidecar imp-0 127.0.0.14 other "$APPI" || finish
+disc_sidecar side-imp-0 other "$APPI" "127.0.0.14:$EPP" || finish
 SI=$SIDE_PID
 
 # the client pod's proxy: outbound listeners to the three ClusterIPs
 ADMIN_PORT=$(free_port); LW=$(free_port); LI=$(free_port); LF=$(free_port); LB=$(free_port); LB2=$(free_port); LH=$(free_port)
 echo '{"routes": []}' >"$TMP/routes.json"
-cat >"$TMP/proxy.json" <<JSON
-{"admin": {"address": "127.0.0.1:$ADMIN_PORT"},
- "listeners": [
-   {"name": "web", "address": "127.0.0.1:$LW", "direction": "outbound", "tls": "mesh",
-    "upstream": "127.0.0.50:$SVCP"},
-   {"name": "imp", "address": "127.0.0.1:$LI", "direction": "outbound", "tls": "mesh",
-    "upstream": "127.0.0.51:$SVCP"},
-   {"name": "flaky", "address": "127.0.0.1:$LF", "direction": "outbound", "tls": "mesh",
-    "upstream": "127.0.0.52:$SVCP"},
-   {"name": "banner", "address": "127.0.0.1:$LB", "direction": "outbound", "tls": "mesh",
-    "upstream": "127.0.0.53:$SVCP"},
-   {"name": "banner2", "address": "127.0.0.1:$LB2", "direction": "outbound", "tls": "mesh",
-    "upstream": "127.0.0.54:$SVCP"},
-   {"name": "h2svc", "address": "127.0.0.1:$LH", "direction": "outbound", "tls": "mesh",
-    "upstream": "127.0.0.55:$SVCP"}],
- "limits": {"detect_timeout_ms": 5000},
- "routes_file": "$TMP/routes.json",
- "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "client",
-              "cert_file": "$D/client.pem", "key_file": "$D/client-key.pem", "bundle_file": "$D/root.pem"},
- "discovery": {"address": "127.0.0.1:$DP", "lookup_timeout_ms": 3000}}
-JSON
+disc_client proxy "[$(outbound web "$LW" "127.0.0.50:$SVCP"), $(outbound imp "$LI" "127.0.0.51:$SVCP"),
+    $(outbound flaky "$LF" "127.0.0.52:$SVCP"), $(outbound banner "$LB" "127.0.0.53:$SVCP"),
+    $(outbound banner2 "$LB2" "127.0.0.54:$SVCP"), $(outbound h2svc "$LH" "127.0.0.55:$SVCP")]" \
+    "{\"limits\": {\"detect_timeout_ms\": 5000}, \"routes_file\": \"$TMP/routes.json\"}"
 start_proxy proxy "$TMP/proxy.json" || finish
 A=http://127.0.0.1:$ADMIN_PORT
 
@@ -324,19 +286,7 @@ expect_eq "a pod answered by another workload: 503 naming both identities" "$got
     "upstream mTLS handshake failed: peer is spiffe://cluster.local/ns/shop/sa/other, expected spiffe://cluster.local/ns/shop/sa/web
  503"
 expect_eq "... its app saw nothing" "$(reqs "$TMP/imp")" "$ni"
-tcp_imp=$(timeout 20 python3 -c '
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=15)
-s.sendall(b"\x00\x01IMPMARK\r\n")
-data = b""
-try:
-    while True:
-        d = s.recv(4096)
-        if not d: break
-        data += d
-    print("closed", len(data))
-except OSError as e:
-    print("error", e)' "$LI")
+tcp_imp=$(printf '\x00\x01IMPMARK\r\n' | tcp_exchange "$LI")
 expect_match "... opaque TCP to it: closed, nothing answered" "$tcp_imp" '^(closed 0|error .*reset.*)$'
 check "... and its app saw no TCP byte" test -z "$(cat "$TMP"/imp/*.bin 2>/dev/null | grep -ao IMPMARK)"
 expect_match "... the proxy logs both identities for the connection" "$(cat "$TMP/proxy.log")" \
@@ -415,14 +365,7 @@ zslice() {
 }
 zslice "zn-1:127.0.0.61:z1:true zn-2:127.0.0.62:z1:true zn-3:127.0.0.63:z2:true zn-4:127.0.0.64:z2:true"
 ZADMIN=$(free_port); LZ=$(free_port)
-cat >"$TMP/zoned.json" <<JSON
-{"admin": {"address": "127.0.0.1:$ZADMIN"},
- "listeners": [{"name": "zoned", "address": "127.0.0.1:$LZ", "direction": "outbound", "tls": "mesh",
-                "upstream": "127.0.0.56:$SVCP"}],
- "identity": {"trust_domain": "cluster.local", "namespace": "shop", "service_account": "client",
-              "cert_file": "$D/client.pem", "key_file": "$D/client-key.pem", "bundle_file": "$D/root.pem"},
- "discovery": {"address": "127.0.0.1:$DP", "lookup_timeout_ms": 3000}}
-JSON
+ADMIN_PORT=$ZADMIN disc_client zoned "[$(outbound zoned "$LZ" "127.0.0.56:$SVCP")]"
 export POD_IP=127.0.0.61 # as the injector sets it (downward API)
 bg zoned "$PROXY" -c "$TMP/zoned.json"
 ZPID=$LASTPID
