@@ -28,7 +28,6 @@
 #include <event2/dns.h>
 #include <event2/util.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <sys/random.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -1120,55 +1119,48 @@ void px_disc_write_prometheus(struct px_disc *d, struct evbuffer *dst)
 
 /* ---- the watch's answer ----------------------------------------------------------- */
 
-static int changes_fail(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int changes_fail(char **errmsg, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    cm_vfail(errmsg, CM_ERR_INVAL, fmt, ap);
-    va_end(ap);
-    for (char *p = *errmsg; *p; p++) /* jansson quotes the input: no control bytes into the logs */
-        if ((unsigned char)*p < 0x20 || (unsigned char)*p == 0x7f)
-            *p = '?';
-    return CM_ERR_INVAL;
-}
+/* Its errors quote the input (jansson's do): cm_fail_printable keeps control
+ * bytes out of the logs. */
 
 static int change_decode(json_t *it, size_t i, struct px_disc_change *c, char **errmsg)
 {
     if (!json_is_object(it))
-        return changes_fail(errmsg, "changed[%zu]: want an object", i);
+        return cm_fail_printable(errmsg, CM_ERR_INVAL, "changed[%zu]: want an object", i);
     json_t *addr = json_object_get(it, "addr"), *host = json_object_get(it, "host");
     if ((addr == NULL) == (host == NULL))
-        return changes_fail(errmsg, "changed[%zu]: want exactly one of addr and host", i);
+        return cm_fail_printable(errmsg, CM_ERR_INVAL,
+                                 "changed[%zu]: want exactly one of addr and host", i);
     json_t *nm = addr ? addr : host;
     const char *field = addr ? "addr" : "host";
     if (!json_is_string(nm) || json_string_length(nm) == 0 ||
         json_string_length(nm) >= sizeof(c->key) ||
         json_string_length(nm) != strlen(json_string_value(nm)))
-        return changes_fail(errmsg, "changed[%zu].%s: want a string of 1..%zu bytes", i, field,
-                            sizeof(c->key) - 1);
+        return cm_fail_printable(errmsg, CM_ERR_INVAL,
+                                 "changed[%zu].%s: want a string of 1..%zu bytes", i, field,
+                                 sizeof(c->key) - 1);
     c->by_host = host != NULL;
     snprintf(c->key, sizeof(c->key), "%s", json_string_value(nm));
     json_t *st = json_object_get(it, "status");
     if (!json_is_integer(st) || (json_integer_value(st) != 200 && json_integer_value(st) != 404))
-        return changes_fail(errmsg, "changed[%zu].status: want 200 or 404", i);
+        return cm_fail_printable(errmsg, CM_ERR_INVAL, "changed[%zu].status: want 200 or 404", i);
     c->status = (int)json_integer_value(st);
     if (c->status == 404)
         return 0;
     json_t *ans = json_object_get(it, "answer");
     if (!json_is_object(ans))
-        return changes_fail(errmsg,
-                            "changed[%zu].answer: want the destination's answer (an "
-                            "object) with status 200",
-                            i);
+        return cm_fail_printable(errmsg, CM_ERR_INVAL,
+                                 "changed[%zu].answer: want the destination's answer (an "
+                                 "object) with status 200",
+                                 i);
     char *text = json_dumps(ans, JSON_COMPACT);
     if (text == NULL)
-        return changes_fail(errmsg, "changed[%zu].answer: cannot be re-encoded", i);
+        return cm_fail_printable(errmsg, CM_ERR_INVAL, "changed[%zu].answer: cannot be re-encoded",
+                                 i);
     char *err = NULL;
     int rc = px_dest_decode(text, strlen(text), &c->ans, &err);
     free(text);
     if (rc != 0) {
-        rc = changes_fail(errmsg, "changed[%zu].answer: %s", i, err);
+        rc = cm_fail_printable(errmsg, CM_ERR_INVAL, "changed[%zu].answer: %s", i, err);
         free(err);
     }
     return rc;
@@ -1181,18 +1173,19 @@ int px_disc_changes_decode(const char *buf, size_t len, struct px_disc_change **
     *n = 0;
     *errmsg = NULL;
     if (len > PX_DISC_MAX_CHANGES_BODY)
-        return changes_fail(errmsg, "over %u bytes", PX_DISC_MAX_CHANGES_BODY);
+        return cm_fail_printable(errmsg, CM_ERR_INVAL, "over %u bytes", PX_DISC_MAX_CHANGES_BODY);
     json_error_t je;
     json_t *root = json_loadb(buf, len, 0, &je);
     if (root == NULL)
-        return changes_fail(errmsg, "not JSON: %s (line %d)", je.text, je.line);
+        return cm_fail_printable(errmsg, CM_ERR_INVAL, "not JSON: %s (line %d)", je.text, je.line);
     int rc;
     json_t *arr = json_object_get(root, "changed");
     size_t k = json_is_array(arr) ? json_array_size(arr) : 0;
     if (!json_is_object(root) || !json_is_array(arr)) {
-        rc = changes_fail(errmsg, "changed: want an array");
+        rc = cm_fail_printable(errmsg, CM_ERR_INVAL, "changed: want an array");
     } else if (k == 0 || k > PX_DISC_MAX_ENTRIES) {
-        rc = changes_fail(errmsg, "changed: want 1..%d entries, got %zu", PX_DISC_MAX_ENTRIES, k);
+        rc = cm_fail_printable(errmsg, CM_ERR_INVAL, "changed: want 1..%d entries, got %zu",
+                               PX_DISC_MAX_ENTRIES, k);
     } else {
         struct px_disc_change *c = cm_xcalloc(k, sizeof(*c));
         rc = 0;
