@@ -17,9 +17,9 @@
 #include "injector/admission.h"
 #include "injector/jsonpatch.h"
 #include "injector/template.h"
+#include "test/fuzz/fuzz_util.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static struct ij_template *tpl;
 
@@ -32,12 +32,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         abort();
     return 0;
 }
-
-#define CHECK(x)                                                                                   \
-    do {                                                                                           \
-        if (!(x))                                                                                  \
-            __builtin_trap();                                                                      \
-    } while (0)
 
 static void one(const char *body, size_t len, bool native, int depth)
 {

@@ -14,14 +14,7 @@
 
 #include "injector/inject.h"
 #include "injector/template.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(x)                                                                                   \
-    do {                                                                                           \
-        if (!(x))                                                                                  \
-            __builtin_trap();                                                                      \
-    } while (0)
+#include "test/fuzz/fuzz_util.h"
 
 static const char pod_on[] = "{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{\"name\":\"p\","
                              "\"namespace\":\"shop\"},\"spec\":{\"containers\":[{\"name\":\"app\","
